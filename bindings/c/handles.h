@@ -1,0 +1,50 @@
+// Definitions of the opaque C handles and the error plumbing shared by the
+// C API implementation files.
+#pragma once
+
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "context.h"
+#include "model.h"
+#include "qwen35/qwen35.h"
+#include "status.h"
+
+struct qwen35_model {
+  std::unique_ptr<qwen35::Model> m;
+  std::string desc;
+};
+
+struct qwen35_context {
+  qwen35_model* model = nullptr;
+  std::unique_ptr<qwen35::Context> ctx;
+  std::string errmsg;
+};
+
+namespace qwen35 {
+
+// Record a failure for qwen35_errmsg() (and the context's errmsg when given)
+// and return its code.
+qwen35_status set_error(const Status& st, qwen35_context* ctx = nullptr);
+inline qwen35_status set_error(qwen35_status code, const std::string& msg, qwen35_context* ctx = nullptr) {
+  return set_error(Status(code, msg), ctx);
+}
+// Clear the context's message at the start of a call.
+inline void clear_error(qwen35_context* ctx) {
+  if (ctx) ctx->errmsg.clear();
+}
+
+// Copy a struct that starts with struct_size: take min(given, ours) bytes
+// over the defaults so older callers keep working.
+template <typename T>
+T read_params(const T* p, T defaults) {
+  if (!p) return defaults;
+  size_t n = p->struct_size;
+  if (n == 0 || n > sizeof(T)) n = sizeof(T);
+  std::memcpy(static_cast<void*>(&defaults), p, n);
+  defaults.struct_size = sizeof(T);
+  return defaults;
+}
+
+}  // namespace qwen35

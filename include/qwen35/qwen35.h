@@ -1,0 +1,514 @@
+/*
+ * qwen35.h - the public C API of the qwen35 inference library.
+ *
+ * This header is the whole contract: anything not declared here is internal.
+ *
+ * Conventions (in the spirit of sqlite3.h):
+ *  - Opaque handles with paired verbs: *_load / *_create and *_free.
+ *    Every *_free(NULL) is a harmless no-op.
+ *  - Parameter structs start with `struct_size`; get them from
+ *    *_default_params() and change only the fields you need. A library built
+ *    against a newer header accepts older (smaller) structs.
+ *  - Functions return a qwen35_status (0 = QWEN35_OK). The message of the last
+ *    failure is available per context (qwen35_context_errmsg) and per calling
+ *    thread (qwen35_errmsg); never process-wide.
+ *  - Library code never prints to stdout/stderr, never aborts and never exits.
+ *    Diagnostics go to the log callback installed by the embedder.
+ *  - Strings are UTF-8, NUL-terminated unless a length is given.
+ *
+ * Threading:
+ *  - A qwen35_model is immutable after loading and may be shared by any number
+ *    of contexts and threads.
+ *  - A qwen35_context (and a qwen35_sampler) is used by one thread at a time.
+ *    The only exception is qwen35_context_abort(), which may be called from any
+ *    thread at any time.
+ */
+#ifndef QWEN35_H
+#define QWEN35_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#if defined(_WIN32) && !defined(QWEN35_STATIC)
+#  ifdef QWEN35_BUILD
+#    define QWEN35_API __declspec(dllexport)
+#  else
+#    define QWEN35_API __declspec(dllimport)
+#  endif
+#elif defined(__GNUC__)
+#  define QWEN35_API __attribute__((visibility("default")))
+#else
+#  define QWEN35_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Version                                                                   */
+/* ------------------------------------------------------------------------ */
+
+#define QWEN35_VERSION_MAJOR 0
+#define QWEN35_VERSION_MINOR 1
+#define QWEN35_VERSION_PATCH 0
+#define QWEN35_VERSION_STRING "0.1.0"
+/* Single number for compile-time comparison: major*10000 + minor*100 + patch. */
+#define QWEN35_VERSION_NUMBER 100
+
+/* The version of the library actually linked (compare with the macros). */
+QWEN35_API const char * qwen35_version(void);
+QWEN35_API int          qwen35_version_number(void);
+
+/* ------------------------------------------------------------------------ */
+/* Status codes and errors                                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef enum qwen35_status {
+    QWEN35_OK                 =  0,
+    QWEN35_ERR_INVALID_ARG    = -1,  /* null handle, out-of-range value, bad token id */
+    QWEN35_ERR_IO             = -2,  /* file cannot be opened / read / written */
+    QWEN35_ERR_FORMAT         = -3,  /* corrupt or truncated file, bad GGUF, bad image */
+    QWEN35_ERR_UNSUPPORTED    = -4,  /* valid file but not something this library runs */
+    QWEN35_ERR_OUT_OF_MEMORY  = -5,
+    QWEN35_ERR_CONTEXT_FULL   = -6,  /* the request does not fit in n_ctx; state unchanged */
+    QWEN35_ERR_CANCELLED      = -7,  /* a callback or qwen35_context_abort() stopped the work */
+    QWEN35_ERR_BACKEND        = -8,  /* the compute device failed (CUDA error, ...) */
+    QWEN35_ERR_STATE          = -9,  /* call not valid in the current state */
+    QWEN35_ERR_BUFFER_TOO_SMALL = -10 /* output buffer too small; size reported */
+} qwen35_status;
+
+/* Static description of a status code ("invalid argument", ...). Never NULL. */
+QWEN35_API const char * qwen35_status_str(qwen35_status status);
+
+/* Message of the most recent failure of a qwen35_* call made by the calling
+ * thread ("" if none). Valid until the next failing call on this thread. */
+QWEN35_API const char * qwen35_errmsg(void);
+
+/* Logging. The library never prints; it passes messages to this callback.
+ * Install one per model (model params) or process-wide default here; NULL
+ * silences logging. The callback may be called from worker threads. */
+typedef enum qwen35_log_level {
+    QWEN35_LOG_ERROR = 0, QWEN35_LOG_WARN = 1, QWEN35_LOG_INFO = 2, QWEN35_LOG_DEBUG = 3
+} qwen35_log_level;
+typedef void (*qwen35_log_callback)(qwen35_log_level level, const char * message, void * user_data);
+/* Process-wide default log callback for models loaded without one (NULL = silent,
+ * the initial state). Set it before loading models; thread-safe. */
+QWEN35_API void qwen35_log_set(qwen35_log_callback callback, void * user_data);
+
+/* ------------------------------------------------------------------------ */
+/* Model                                                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct qwen35_model   qwen35_model;
+typedef struct qwen35_context qwen35_context;
+typedef struct qwen35_sampler qwen35_sampler;
+typedef int32_t qwen35_token;
+
+typedef enum qwen35_device {
+    QWEN35_DEVICE_AUTO = 0,   /* CUDA if a usable GPU is present, else CPU */
+    QWEN35_DEVICE_CPU  = 1,
+    QWEN35_DEVICE_CUDA = 2
+} qwen35_device;
+
+/* Called during loading with progress in [0, 1]. Return false to cancel the
+ * load (qwen35_model_load then returns QWEN35_ERR_CANCELLED). */
+typedef bool (*qwen35_progress_callback)(float progress, void * user_data);
+
+typedef struct qwen35_model_params {
+    size_t struct_size;               /* = sizeof(qwen35_model_params) */
+    bool   use_mmap;                  /* map the file (default true); false reads it into memory */
+    qwen35_device device;             /* default AUTO */
+    int    device_index;              /* CUDA device ordinal (default 0) */
+    int    n_gpu_layers;              /* llama.cpp compatibility: 0 forces CPU, anything else is "all" (default -1) */
+    qwen35_progress_callback progress_callback; void * progress_user_data;
+    qwen35_log_callback      log_callback;      void * log_user_data;
+} qwen35_model_params;
+
+QWEN35_API qwen35_model_params qwen35_model_default_params(void);
+
+/* Load a qwen35 GGUF file. On success *out_model owns the mapping/weights;
+ * release it with qwen35_model_free() after every context using it is freed.
+ * On failure *out_model is NULL and qwen35_errmsg() says what is wrong and
+ * where (key or tensor name, byte offset). params may be NULL (defaults). */
+QWEN35_API qwen35_status qwen35_model_load(const char * path, const qwen35_model_params * params,
+                                           qwen35_model ** out_model);
+QWEN35_API void qwen35_model_free(qwen35_model * model);
+
+/* Model facts. All return 0 / NULL for a NULL model. Thread-safe. */
+QWEN35_API int32_t qwen35_model_n_vocab(const qwen35_model * model);
+QWEN35_API int32_t qwen35_model_n_ctx_train(const qwen35_model * model);
+QWEN35_API int32_t qwen35_model_n_embd(const qwen35_model * model);
+QWEN35_API int32_t qwen35_model_n_layer(const qwen35_model * model);   /* main layers, without MTP */
+QWEN35_API bool    qwen35_model_has_mtp(const qwen35_model * model);
+QWEN35_API qwen35_device qwen35_model_device(const qwen35_model * model); /* where it runs: CPU or CUDA */
+/* Bytes of weights the model holds in host memory it allocated (0 when mmapped
+ * and used in place) and on the device. */
+QWEN35_API uint64_t qwen35_model_host_bytes(const qwen35_model * model);
+QWEN35_API uint64_t qwen35_model_device_bytes(const qwen35_model * model);
+QWEN35_API uint64_t qwen35_model_file_bytes(const qwen35_model * model);
+/* One-line human description, e.g. "qwen35 4.3B NVFP4 (32+1 layers, vocab 248320)". */
+QWEN35_API const char * qwen35_model_desc(const qwen35_model * model);
+
+/* Metadata lookup by GGUF key. Scalars are rendered as text ("262144",
+ * "1e-06", "true"); strings are returned as is; arrays as "[array of N type]".
+ * Writes at most buf_size bytes including the NUL; returns the full length of
+ * the value (as snprintf does), or -1 if the key does not exist. */
+QWEN35_API int32_t qwen35_model_meta(const qwen35_model * model, const char * key, char * buf, size_t buf_size);
+QWEN35_API int32_t qwen35_model_meta_count(const qwen35_model * model);
+/* Key of the i-th metadata entry (file order), or NULL if out of range. */
+QWEN35_API const char * qwen35_model_meta_key(const qwen35_model * model, int32_t i);
+
+/* ------------------------------------------------------------------------ */
+/* Context: the per-conversation state (KV cache, recurrent state)           */
+/* ------------------------------------------------------------------------ */
+
+typedef struct qwen35_context_params {
+    size_t  struct_size;      /* = sizeof(qwen35_context_params) */
+    int32_t n_ctx;            /* maximum tokens held (default 4096; 0 = trained context) */
+    int32_t n_batch;          /* max tokens per internal prefill chunk (default 512) */
+    int32_t n_threads;        /* CPU threads (default: number of physical cores, max 16) */
+    bool    use_mtp;          /* speculative decoding with the model's MTP layer when present (default true) */
+    bool    mtp_prenorm;      /* feed the MTP the pre-norm hidden instead of the post-norm one (A/B only; default false) */
+    bool    reference;        /* run the slow float reference path (oracle for tests; default false) */
+    bool    mtp_logits;       /* with use_mtp: also compute MTP logits for every MTP cache row a decode
+                                 fills (testing/analysis; see qwen35_context_mtp_logits; default false) */
+} qwen35_context_params;
+
+QWEN35_API qwen35_context_params qwen35_context_default_params(void);
+
+/* Create a context on a model. The model must outlive the context. */
+QWEN35_API qwen35_status qwen35_context_create(qwen35_model * model, const qwen35_context_params * params,
+                                               qwen35_context ** out_ctx);
+QWEN35_API void qwen35_context_free(qwen35_context * ctx);
+
+/* Message of the last failure on this context ("" if none). Owned by ctx. */
+QWEN35_API const char * qwen35_context_errmsg(const qwen35_context * ctx);
+QWEN35_API const qwen35_model * qwen35_context_model(const qwen35_context * ctx);
+QWEN35_API int32_t qwen35_context_n_ctx(const qwen35_context * ctx);
+/* Number of rows (tokens or image embeddings) currently held. */
+QWEN35_API int32_t qwen35_context_n_past(const qwen35_context * ctx);
+/* Bytes of state this context allocated (KV cache, recurrent state, scratch). */
+QWEN35_API uint64_t qwen35_context_memory_bytes(const qwen35_context * ctx);
+
+/* Which rows of a decode call produce logits. */
+typedef enum qwen35_logits_mode {
+    QWEN35_LOGITS_LAST = 0,   /* only the last row (default) */
+    QWEN35_LOGITS_ALL  = 1,   /* every row */
+    QWEN35_LOGITS_NONE = 2    /* none (prefill only) */
+} qwen35_logits_mode;
+
+/* Append n tokens and run the model over them. On error the context is left
+ * exactly as before the call (bad token id, QWEN35_ERR_CONTEXT_FULL, ...). */
+QWEN35_API qwen35_status qwen35_context_decode(qwen35_context * ctx, const qwen35_token * tokens, int32_t n,
+                                               qwen35_logits_mode mode);
+
+/* Logits of row i of the last decode call (i = -1: its last row). Returns a
+ * pointer to n_vocab floats owned by ctx, valid until the next call that
+ * changes the context, or NULL if that row has no logits. */
+QWEN35_API const float * qwen35_context_logits(qwen35_context * ctx, int32_t i);
+/* Post-output_norm hidden state of row i of the last decode call (n_embd
+ * floats), same rules as qwen35_context_logits. Available for every row. */
+QWEN35_API const float * qwen35_context_hidden(qwen35_context * ctx, int32_t i);
+/* MTP head ("NextN" layer, models with qwen35_model_has_mtp only).
+ * When the context was created with use_mtp, every decode call also keeps the
+ * MTP layer's own KV cache complete: row i's hidden state is paired with the
+ * token of row i+1 (the last row waits for the next call's first token).
+ * qwen35_context_mtp_draft() runs the head on the last decoded row paired with
+ * next_token (normally the token just sampled from that row's logits) and
+ * returns the draft logits for the token after it (n_vocab floats, owned by
+ * ctx, valid until the next call). The MTP cache entry it adds is provisional
+ * and replaced by the next decode. */
+QWEN35_API qwen35_status qwen35_context_mtp_draft(qwen35_context * ctx, qwen35_token next_token,
+                                                  const float ** out_logits);
+
+/* With mtp_logits: the MTP logits of MTP row `pos` (the prediction of the
+ * token at row pos+2 from the hidden of row pos and the token of row pos+1)
+ * if the last decode call filled that row, else NULL. */
+QWEN35_API const float * qwen35_context_mtp_logits(qwen35_context * ctx, int32_t pos);
+
+/* Forget everything (n_past = 0). */
+QWEN35_API void qwen35_context_reset(qwen35_context * ctx);
+/* Keep only the first n_keep rows (0 <= n_keep <= n_past). Exact: the
+ * recurrent state is restored from a checkpoint and replayed if necessary. */
+QWEN35_API qwen35_status qwen35_context_truncate(qwen35_context * ctx, int32_t n_keep);
+/* Tokens held by the context (image rows read as -1). Returns the count. */
+QWEN35_API int32_t qwen35_context_tokens(const qwen35_context * ctx, qwen35_token * out, int32_t max);
+
+/* Ask a running decode/generation on ctx to stop as soon as possible. Safe to
+ * call from any thread; the running call returns QWEN35_ERR_CANCELLED (generation
+ * returns QWEN35_OK with stop reason CANCELLED). The flag clears when the next call starts. */
+QWEN35_API void qwen35_context_abort(qwen35_context * ctx);
+
+/* Snapshot of the whole conversation state (tokens, KV cache, recurrent
+ * state, MTP cache). The snapshot is tied to the model file (checked on load). */
+QWEN35_API uint64_t      qwen35_context_state_size(qwen35_context * ctx);
+QWEN35_API qwen35_status qwen35_context_state_save(qwen35_context * ctx, void * buf, uint64_t buf_size, uint64_t * written);
+QWEN35_API qwen35_status qwen35_context_state_load(qwen35_context * ctx, const void * buf, uint64_t size);
+QWEN35_API qwen35_status qwen35_context_state_save_file(qwen35_context * ctx, const char * path);
+QWEN35_API qwen35_status qwen35_context_state_load_file(qwen35_context * ctx, const char * path);
+
+/* ------------------------------------------------------------------------ */
+/* Tokenizer                                                                 */
+/* ------------------------------------------------------------------------ */
+
+QWEN35_API qwen35_token qwen35_token_eos(const qwen35_model * model);
+QWEN35_API qwen35_token qwen35_token_bos(const qwen35_model * model);   /* -1 if none */
+QWEN35_API bool         qwen35_token_is_eog(const qwen35_model * model, qwen35_token token);
+QWEN35_API bool         qwen35_token_is_control(const qwen35_model * model, qwen35_token token);
+/* Raw vocabulary text of a token (byte-encoded form), NULL if out of range. */
+QWEN35_API const char * qwen35_token_text(const qwen35_model * model, qwen35_token token);
+/* Id of the token whose vocabulary text is exactly `text`, or -1. */
+QWEN35_API qwen35_token qwen35_token_lookup(const qwen35_model * model, const char * text);
+
+/* Tokenize len bytes of text. parse_special: match control tokens such as
+ * <|im_start|> in the text (user-defined tokens like <think> always match).
+ * add_special: prepend BOS if the model asks for it (Qwen3.5 does not).
+ * Writes up to max_tokens ids; returns the number of tokens, or
+ * -(needed) if max_tokens is too small (nothing useful written then). */
+QWEN35_API int32_t qwen35_tokenize(const qwen35_model * model, const char * text, size_t len,
+                                   qwen35_token * tokens, int32_t max_tokens,
+                                   bool add_special, bool parse_special);
+
+/* Bytes of one token (may be an incomplete UTF-8 sequence). Control tokens
+ * are empty unless render_special. Returns the length, or -(needed) if
+ * buf_size is too small; no NUL is written. */
+QWEN35_API int32_t qwen35_token_to_piece(const qwen35_model * model, qwen35_token token,
+                                         char * buf, int32_t buf_size, bool render_special);
+
+/* Detokenize a sequence into buf (NUL-terminated if room). Returns the length
+ * without NUL, or -(needed+1) if buf_size is too small. Invalid UTF-8 is kept
+ * as bytes. */
+QWEN35_API int32_t qwen35_detokenize(const qwen35_model * model, const qwen35_token * tokens, int32_t n,
+                                     char * buf, int32_t buf_size, bool render_special);
+
+/* Streaming detokenizer: feed tokens one at a time and get back only complete
+ * UTF-8 text (bytes of a character split across tokens are held back). */
+typedef struct qwen35_detok qwen35_detok;
+QWEN35_API qwen35_status qwen35_detok_create(const qwen35_model * model, bool render_special, qwen35_detok ** out);
+QWEN35_API void qwen35_detok_free(qwen35_detok * d);
+/* Returns a pointer to the newly completed text (NUL-terminated, owned by d,
+ * valid until the next call) and its length in *len. */
+QWEN35_API const char * qwen35_detok_push(qwen35_detok * d, qwen35_token token, size_t * len);
+/* Emit whatever is still held back (at end of generation). */
+QWEN35_API const char * qwen35_detok_flush(qwen35_detok * d, size_t * len);
+
+/* ------------------------------------------------------------------------ */
+/* Chat                                                                      */
+/* ------------------------------------------------------------------------ */
+
+typedef struct qwen35_image_embed qwen35_image_embed;   /* see Vision */
+
+typedef enum qwen35_part_type {
+    QWEN35_PART_TEXT  = 0,
+    QWEN35_PART_IMAGE = 1,
+    QWEN35_PART_VIDEO = 2
+} qwen35_part_type;
+
+/* One part of a multi-part message (OpenAI "content": [ ... ]). */
+typedef struct qwen35_content_part {
+    qwen35_part_type type;
+    const char * text;                      /* TEXT */
+    const qwen35_image_embed * image;       /* IMAGE: an encoded image; NULL renders the placeholder only */
+} qwen35_content_part;
+
+typedef struct qwen35_chat_message {
+    const char * role;                      /* "system", "user", "assistant", "tool" */
+    const char * content;                   /* text content, used when n_parts == 0 (may be NULL) */
+    const qwen35_content_part * parts;      /* optional multi-part content */
+    size_t n_parts;
+    const char * reasoning_content;         /* assistant: optional reasoning text */
+    const char * tool_calls_json;           /* assistant: optional JSON array of
+                                               {"name": ..., "arguments": {...}} or OpenAI
+                                               {"type":"function","function":{...}} objects */
+    const char * name;                      /* optional (tool name for role "tool") */
+} qwen35_chat_message;
+
+typedef struct qwen35_chat_params {
+    size_t struct_size;                     /* = sizeof(qwen35_chat_params) */
+    const char * tools_json;                /* optional JSON array of OpenAI tool definitions */
+    bool add_generation_prompt;             /* default true */
+    int  enable_thinking;                   /* -1 = template default (on), 0 = off, 1 = on */
+    const char * template_override;         /* optional Jinja template to use instead of the model's */
+} qwen35_chat_params;
+
+QWEN35_API qwen35_chat_params qwen35_chat_default_params(void);
+
+/* Render a conversation with the model's chat template (tokenizer.chat_template).
+ * Writes the prompt into buf (NUL-terminated if room) and returns its length,
+ * or a negative qwen35_status on error (message in qwen35_errmsg()); if the
+ * result does not fit, returns QWEN35_ERR_BUFFER_TOO_SMALL and sets *needed. */
+QWEN35_API int32_t qwen35_chat_render(const qwen35_model * model, const qwen35_chat_message * messages, size_t n,
+                                      const qwen35_chat_params * params, char * buf, size_t buf_size, size_t * needed);
+
+/* A parsed assistant reply. Strings are owned by the struct. */
+typedef struct qwen35_chat_reply {
+    char * reasoning_content;               /* NULL if none */
+    char * content;                         /* never NULL after a successful parse */
+    char * tool_calls_json;                 /* JSON array of {"name":..,"arguments":{..}}, NULL if none */
+    int32_t n_tool_calls;
+} qwen35_chat_reply;
+
+/* Parse generated text (detokenized without special tokens) into reasoning,
+ * content and tool calls. thinking: whether the prompt ended inside <think>.
+ * tools_offered: whether tools were given (tool calls are parsed only then). */
+QWEN35_API qwen35_status qwen35_chat_parse(const char * text, size_t len, bool thinking, bool tools_offered,
+                                           qwen35_chat_reply * out);
+QWEN35_API void qwen35_chat_reply_free(qwen35_chat_reply * reply);
+
+/* ------------------------------------------------------------------------ */
+/* Sampling                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef struct qwen35_logit_bias { qwen35_token token; float bias; } qwen35_logit_bias;
+
+typedef struct qwen35_sampler_params {
+    size_t   struct_size;       /* = sizeof(qwen35_sampler_params) */
+    float    temperature;       /* <= 0: greedy (argmax) */
+    int32_t  top_k;             /* <= 0: off */
+    float    top_p;             /* >= 1: off */
+    float    min_p;             /* <= 0: off */
+    float    repeat_penalty;    /* 1: off (llama.cpp style: divide positive logits, multiply negative) */
+    float    presence_penalty;  /* 0: off (subtract once from every seen token) */
+    float    frequency_penalty; /* 0: off (subtract count * value) */
+    int32_t  penalty_last_n;    /* window of the penalties: -1 = all generated tokens (default), 0 = none */
+    bool     penalize_prompt;   /* also count prompt tokens in the window (llama.cpp; default false) */
+    uint64_t seed;              /* RNG seed; same seed, same output on every machine */
+    const qwen35_logit_bias * logit_bias; size_t n_logit_bias;   /* copied at create */
+} qwen35_sampler_params;
+
+/* Qwen3.5 recommended settings: thinking on -> temp 1.0, top_p 0.95, top_k 20,
+ * presence 1.5; thinking off -> temp 0.7, top_p 0.8, top_k 20, presence 1.5. */
+QWEN35_API qwen35_sampler_params qwen35_sampler_default_params(bool thinking);
+/* Greedy: temperature 0, no penalties. */
+QWEN35_API qwen35_sampler_params qwen35_sampler_greedy_params(void);
+
+QWEN35_API qwen35_status qwen35_sampler_create(const qwen35_model * model, const qwen35_sampler_params * params,
+                                               qwen35_sampler ** out);
+QWEN35_API void qwen35_sampler_free(qwen35_sampler * s);
+/* Pick a token from n_vocab logits (not modified). Does not record it: call
+ * qwen35_sampler_accept for every token that becomes part of the output. */
+QWEN35_API qwen35_token qwen35_sampler_sample(qwen35_sampler * s, const float * logits);
+QWEN35_API void qwen35_sampler_accept(qwen35_sampler * s, qwen35_token token);
+/* Record prompt tokens (used by the penalties only when penalize_prompt). */
+QWEN35_API void qwen35_sampler_accept_prompt(qwen35_sampler * s, const qwen35_token * tokens, int32_t n);
+/* Clear the history and reseed (seed as at creation if seed == UINT64_MAX). */
+QWEN35_API void qwen35_sampler_reset(qwen35_sampler * s, uint64_t seed);
+
+/* ------------------------------------------------------------------------ */
+/* Generation                                                                */
+/* ------------------------------------------------------------------------ */
+
+typedef enum qwen35_stop_reason {
+    QWEN35_STOP_NONE = 0,
+    QWEN35_STOP_EOG = 1,        /* end-of-generation token (not emitted) */
+    QWEN35_STOP_MAX_TOKENS = 2,
+    QWEN35_STOP_STRING = 3,     /* a stop string matched (it is not emitted) */
+    QWEN35_STOP_CANCELLED = 4,  /* callback returned false or qwen35_context_abort() */
+    QWEN35_STOP_CONTEXT_FULL = 5
+} qwen35_stop_reason;
+
+/* Streaming callback: a generated token and the text it completes (may be
+ * empty when a UTF-8 character is split across tokens, or held back while it
+ * might start a stop string). Return false to stop generation. */
+typedef bool (*qwen35_token_callback)(qwen35_token token, const char * piece, size_t piece_len, void * user_data);
+
+typedef struct qwen35_generate_params {
+    size_t  struct_size;            /* = sizeof(qwen35_generate_params) */
+    int32_t max_tokens;             /* default -1: until EOG or the context is full */
+    const char * const * stop;      /* stop strings (not emitted, matched across token boundaries) */
+    size_t  n_stop;
+    bool    ignore_eos;             /* keep going past end-of-generation tokens */
+    int     use_mtp;                /* -1 = context setting (default), 0 = off, 1 = on */
+    qwen35_token_callback on_token; void * user_data;
+} qwen35_generate_params;
+
+QWEN35_API qwen35_generate_params qwen35_generate_default_params(void);
+
+typedef struct qwen35_generate_stats {
+    int32_t n_prompt;               /* prompt rows evaluated by this call (after prefix reuse) */
+    int32_t n_generated;            /* tokens emitted */
+    double  t_prompt_ms;
+    double  t_generate_ms;
+    double  prompt_tokens_per_s;
+    double  generate_tokens_per_s;
+    int32_t n_drafted;              /* MTP draft tokens proposed */
+    int32_t n_accepted;             /* ... and accepted */
+    int32_t n_main_passes;          /* forward passes of the main model during generation */
+    qwen35_stop_reason stop_reason;
+} qwen35_generate_stats;
+
+/* Append the prompt tokens to the context, then sample and append tokens
+ * until a stop condition. Every emitted token is passed to the callback and
+ * recorded in the sampler; generated tokens stay in the context (so the next
+ * turn can continue). stats may be NULL. */
+QWEN35_API qwen35_status qwen35_generate(qwen35_context * ctx, qwen35_sampler * sampler,
+                                         const qwen35_token * prompt, int32_t n_prompt,
+                                         const qwen35_generate_params * params, qwen35_generate_stats * stats);
+
+/* Render messages with the chat template, reuse the longest common prefix of
+ * what the context already holds, decode the rest (images included) and
+ * generate the assistant reply. The reply text (without special tokens) is
+ * streamed through params->on_token. */
+QWEN35_API qwen35_status qwen35_chat_generate(qwen35_context * ctx, qwen35_sampler * sampler,
+                                              const qwen35_chat_message * messages, size_t n,
+                                              const qwen35_chat_params * chat_params,
+                                              const qwen35_generate_params * params, qwen35_generate_stats * stats);
+
+/* ------------------------------------------------------------------------ */
+/* Vision                                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef struct qwen35_mmproj qwen35_mmproj;
+typedef struct qwen35_image  qwen35_image;
+
+typedef struct qwen35_mmproj_params {
+    size_t struct_size;         /* = sizeof(qwen35_mmproj_params) */
+    bool   use_mmap;            /* default true */
+    int    n_threads;           /* encoder CPU threads (default: physical cores) */
+    bool   llamacpp_compat;     /* preprocess like llama.cpp (letterbox, its resize) instead of the reference (default false) */
+    qwen35_device device;       /* default AUTO (follows the model) */
+} qwen35_mmproj_params;
+
+QWEN35_API qwen35_mmproj_params qwen35_mmproj_default_params(void);
+/* Load a vision projector GGUF. If model is not NULL, the projector must fit it
+ * (projection width == n_embd). Free with qwen35_mmproj_free(); it may be
+ * shared across threads like a model. */
+QWEN35_API qwen35_status qwen35_mmproj_load(const char * path, const qwen35_model * model,
+                                            const qwen35_mmproj_params * params, qwen35_mmproj ** out);
+QWEN35_API void qwen35_mmproj_free(qwen35_mmproj * mmproj);
+
+/* Images: decoded RGB8 pixels. From a file (PNG, JPEG, BMP, PPM/PGM) or from
+ * memory (an encoded file in memory, or raw pixels). */
+QWEN35_API qwen35_status qwen35_image_load_file(const char * path, qwen35_image ** out);
+QWEN35_API qwen35_status qwen35_image_load_memory(const void * data, size_t size, qwen35_image ** out);
+/* Raw pixels: channels 3 (RGB) or 4 (RGBA, alpha dropped); stride in bytes (0 = width*channels). */
+QWEN35_API qwen35_status qwen35_image_from_pixels(const uint8_t * pixels, int32_t width, int32_t height,
+                                                  int32_t channels, int32_t stride, qwen35_image ** out);
+QWEN35_API void    qwen35_image_free(qwen35_image * image);
+QWEN35_API int32_t qwen35_image_width(const qwen35_image * image);
+QWEN35_API int32_t qwen35_image_height(const qwen35_image * image);
+
+/* Encode an image into LLM-space embeddings (one per merged 2x2 patch). The
+ * result is immutable and can be reused across turns and contexts. */
+QWEN35_API qwen35_status qwen35_image_encode(qwen35_mmproj * mmproj, const qwen35_image * image,
+                                             qwen35_image_embed ** out);
+QWEN35_API void    qwen35_image_embed_free(qwen35_image_embed * embed);
+QWEN35_API int32_t qwen35_image_embed_n_tokens(const qwen35_image_embed * embed);
+QWEN35_API int32_t qwen35_image_embed_n_embd(const qwen35_image_embed * embed);
+/* Merged grid size (nx * ny == n_tokens) and the preprocessed pixel size. */
+QWEN35_API void    qwen35_image_embed_grid(const qwen35_image_embed * embed, int32_t * nx, int32_t * ny,
+                                           int32_t * width, int32_t * height);
+/* n_tokens x n_embd floats, row-major, merged-token (row-major grid) order. */
+QWEN35_API const float * qwen35_image_embed_data(const qwen35_image_embed * embed);
+
+/* Append an image to the context: <|vision_start|>, the embeddings with
+ * M-RoPE positions, <|vision_end|>. Text positions continue as the spec says. */
+QWEN35_API qwen35_status qwen35_context_decode_image(qwen35_context * ctx, const qwen35_image_embed * embed);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* QWEN35_H */

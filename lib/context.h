@@ -1,0 +1,135 @@
+// A conversation's state over a backend: the row history (tokens, image
+// embeddings, M-RoPE positions), logits and hidden states of the last call,
+// recurrent-state checkpoints for exact truncation, and the MTP cache
+// bookkeeping (spec §5.4).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend.h"
+#include "model.h"
+#include "status.h"
+
+namespace qwen35 {
+
+struct ContextOptions {
+  int32_t n_ctx = 4096;
+  int32_t n_batch = 512;
+  int32_t n_threads = 1;
+  bool use_mtp = true;
+  bool mtp_prenorm = false;
+  bool reference = false;
+  bool mtp_logits = false;
+};
+
+enum class LogitsMode { Last, All, None };
+
+class Context {
+ public:
+  static Status Create(const Model& model, const ContextOptions& opt, std::unique_ptr<Context>* out);
+  ~Context();
+
+  const Model& model() const { return m_; }
+  const ContextOptions& options() const { return opt_; }
+  int32_t n_ctx() const { return opt_.n_ctx; }
+  int32_t n_past() const { return int32_t(tokens_.size()); }
+  const std::vector<int32_t>& tokens() const { return tokens_; }
+  bool mtp_enabled() const { return opt_.use_mtp && m_.mtp != nullptr; }
+  uint64_t memory_bytes() const;
+  Backend& backend() { return *be_; }
+
+  // Append text tokens. On failure the context is exactly as before.
+  Status decode(const int32_t* tokens, int32_t n, LogitsMode mode);
+  // Append n embedding rows with explicit (t, h, w) positions; the next text
+  // position becomes next_pos_after.
+  Status decode_embd(const float* embd, int32_t n, const int32_t* pos, int32_t next_pos_after, LogitsMode mode);
+  // Next text position (t = h = w for text rows).
+  int32_t next_pos() const { return next_pos_; }
+
+  // Results of the last decode call (row i of that call, -1 = last).
+  const float* logits(int32_t i) const;
+  const float* hidden(int32_t i) const;
+  const float* mtp_logits(int32_t pos) const;
+
+  // MTP draft: run the head on (hidden of the last row, token) and return the
+  // draft logits. The MTP cache row it writes is provisional.
+  Status mtp_draft(int32_t token, const float** logits);
+
+  // Speculative verify support: decode tokens with a snapshot of the
+  // recurrent state after row 0, then either keep all rows or roll back to
+  // "after row 0" without recomputation.
+  Status decode_with_snapshot(const int32_t* tokens, int32_t n, LogitsMode mode);
+  Status rollback_to_snapshot();
+
+  void reset();
+  Status truncate(int32_t n_keep);
+  // Save the recurrent state at the current row count into checkpoint slot
+  // (for cheap truncation back to here later).
+  Status checkpoint();
+
+  // Conversation snapshot (rows, positions, caches, recurrent state).
+  uint64_t state_size() const;
+  Status state_save(std::vector<uint8_t>* out) const;
+  Status state_load(const uint8_t* data, uint64_t size);
+
+  std::atomic<bool> abort{false};
+  std::string errmsg;
+
+ private:
+  Context(const Model& m, const ContextOptions& o) : m_(m), opt_(o) {}
+  struct EmbdSpan {
+    int32_t row0 = 0, n = 0;
+    std::shared_ptr<std::vector<float>> data;  // [n, D]
+  };
+  struct Checkpoint {
+    int32_t rows = -1;             // row count the state belongs to (-1: empty)
+    std::vector<float> hidden;     // post-norm (or pre-norm) hidden of row rows-1 for the MTP
+    int32_t n_mtp = 0;
+  };
+
+  // Core append: rows are tokens or embeddings (embd != null), positions given.
+  Status append(const int32_t* tokens, const float* embd, int32_t n, const int32_t* pos, LogitsMode mode,
+                int32_t snapshot_row);
+  Status eval_rows(int32_t first_row, int32_t n, LogitsMode mode, int32_t snapshot_row, bool record);
+  Status mtp_fill(int32_t first_row, int32_t n, const float* hidden_rows);
+  Status recover(int32_t n_rows);  // restore the exact state of the first n_rows rows
+  const float* row_embd(int32_t row) const;  // image embedding of a row, or null
+
+  const Model& m_;
+  ContextOptions opt_;
+  std::unique_ptr<Backend> be_;
+
+  // History, one entry per row.
+  std::vector<int32_t> tokens_;          // token id, -1 for embedding rows
+  std::vector<int32_t> pos_;             // [rows, 3]
+  std::vector<int32_t> next_pos_after_;  // next text position after each row
+  std::vector<EmbdSpan> spans_;
+  int32_t next_pos_ = 0;
+
+  // Last call's outputs.
+  std::vector<float> logits_;    // [n_logit_rows, V]
+  int32_t logits_row0_ = 0;      // call-relative row of logits_ row 0
+  int32_t n_logit_rows_ = 0;
+  std::vector<float> hidden_;    // [call rows, D] post-norm
+  std::vector<float> prenorm_;   // [call rows, D] when mtp_prenorm
+  int32_t call_rows_ = 0;
+  std::vector<float> mtp_logits_;  // [k, V]
+  int32_t mtp_logits_pos0_ = 0, n_mtp_logits_ = 0;
+
+  // MTP cache: rows 0..n_mtp_-1 pair hidden(row i) with the input of row i+1.
+  int32_t n_mtp_ = 0;
+  std::vector<float> pending_hidden_;  // hidden of row n_past-1, waiting for the next row
+  bool have_pending_ = false;
+  std::vector<float> draft_logits_;
+  bool draft_valid_ = false;   // mtp_draft wrote MTP row draft_row_ for input draft_token_
+  int32_t draft_row_ = -1;
+  int32_t draft_token_ = -1;
+
+  Checkpoint slots_[Backend::kNumSlots];
+};
+
+}  // namespace qwen35

@@ -1,0 +1,491 @@
+// The CPU backend: the qwen35 forward pass over a batch of rows (spec §4),
+// one function per layer kind, and the MTP head (spec §5.1).
+//
+// Batches are processed layer by layer over all rows (so every weight is read
+// once per batch); the recurrent parts (conv, delta rule) walk the rows in
+// order. The same code serves prefill and single-token decode.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "backend.h"
+#include "cpu/matmul.h"
+#include "cpu/ops.h"
+#include "quants.h"
+#include "threadpool.h"
+
+namespace qwen35 {
+
+namespace {
+
+// F32 buffer that reports allocation failure instead of throwing.
+struct Buf {
+  std::vector<float> v;
+  Status alloc(size_t n, const char* what) {
+    try {
+      v.assign(n, 0.0f);
+    } catch (const std::bad_alloc&) {
+      return Error(QWEN35_ERR_OUT_OF_MEMORY, "cannot allocate {} MiB for {}", (n * 4) >> 20, what);
+    }
+    return Status::Ok();
+  }
+  float* data() { return v.data(); }
+  const float* data() const { return v.data(); }
+  size_t bytes() const { return v.size() * sizeof(float); }
+};
+
+// Per full-attention layer: keys after q/k-norm and RoPE, values as projected.
+struct KVCache {
+  Buf k;  // [n_ctx, Hkv*Dh]
+  Buf v;  // [n_ctx, Hkv*Dh]
+};
+
+// Per gated-delta-net layer.
+struct RecurrentState {
+  Buf conv;  // [Kc-1, Cconv]: the last Kc-1 pre-conv inputs, oldest first
+  Buf ssm;   // [Hv, dv, dk]: per value head M = S^T (row per value dim)
+};
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend(const Model& m, const BackendParams& p) : m_(m), hp_(m.hp), p_(p), tp_(p.n_threads) {
+    rope_.n_rot = hp_.n_rot;
+    std::copy(hp_.rope_sections, hp_.rope_sections + 4, rope_.sections);
+    rope_.base = hp_.rope_base;
+  }
+
+  Status init();
+  const char* name() const override { return p_.reference ? "cpu-reference" : "cpu"; }
+  Status eval(const EvalBatch& b) override;
+  Status eval_mtp(const MtpBatch& b) override;
+  void reset() override;
+  Status save_recurrent(int slot) override;
+  Status restore_recurrent(int slot) override;
+  uint64_t state_bytes(int32_t n_rows, int32_t n_mtp_rows) const override;
+  Status write_state(int32_t n_rows, int32_t n_mtp_rows, uint8_t* dst) override;
+  Status read_state(int32_t n_rows, int32_t n_mtp_rows, const uint8_t* src) override;
+  uint64_t memory_bytes() const override;
+
+ private:
+  void mm(const Weight& w, const float* x, int64_t n, float* y) {
+    if (p_.reference) matmul_ref(w, x, n, y, tp_);
+    else matmul(w, x, n, y, tp_);
+  }
+  bool aborted() const { return abort_flag && abort_flag->load(std::memory_order_relaxed); }
+
+  // x: [n, D] normalized input; out: [n, D].
+  void attention_layer(const Layer& L, KVCache& kv, const float* x, int32_t n, int32_t n_past, const int32_t* pos,
+                       float* out);
+  void delta_net_layer(const Layer& L, RecurrentState& st, RecurrentState* snap, const float* x, int32_t n,
+                       int32_t snapshot_row, float* out);
+  void ffn(const Layer& L, const float* x, int32_t n, float* out);
+  // Residual block: h += mixer(norm(h)); h += ffn(norm(h)).
+  void decoder_layer(int il, const Layer& L, float* h, int32_t n, int32_t n_past, const int32_t* pos,
+                     int32_t snapshot_row);
+  void norm_rows(const float* x, const Vec& w, int32_t n, float* y);
+  void lm_head(const Weight& head, const float* h, int32_t n, float* logits) { mm(head, h, n, logits); }
+
+  const Model& m_;
+  const HParams& hp_;
+  BackendParams p_;
+  ThreadPool tp_;
+  RopeConfig rope_;
+
+  std::vector<KVCache> kv_;                  // per main layer (empty for delta-net layers)
+  std::vector<RecurrentState> rs_;           // per main layer (empty for attention layers)
+  std::vector<std::vector<RecurrentState>> slots_;  // [kNumSlots][layer], allocated on first use
+  KVCache mtp_kv_;
+
+  // Scratch, sized for n_batch rows.
+  Buf h_, xn_, out_;                 // [nb, D]
+  Buf qg_, q_, k_, v_, o_;           // attention: [nb, 2*Hq*Dh], [nb, Hq*Dh], [nb, kv], [nb, kv], [nb, Hq*Dh]
+  Buf scores_;                       // [threads, n_ctx]
+  Buf u_, conv_out_, z_, beta_, alpha_, ssm_o_;  // delta net
+  Buf ffn_g_, ffn_u_;                // [nb, F]
+  Buf mtp_in_;                       // [nb, 2D]
+};
+
+Status CpuBackend::init() {
+  const int64_t D = hp_.n_embd, nb = p_.n_batch, nctx = p_.n_ctx;
+  kv_.resize(size_t(hp_.n_layer));
+  rs_.resize(size_t(hp_.n_layer));
+  for (int il = 0; il < hp_.n_layer; ++il) {
+    if (hp_.is_attn_layer(il)) {
+      QWEN35_TRY(kv_[size_t(il)].k.alloc(size_t(nctx * hp_.kv_dim()), "the KV cache"));
+      QWEN35_TRY(kv_[size_t(il)].v.alloc(size_t(nctx * hp_.kv_dim()), "the KV cache"));
+    } else {
+      QWEN35_TRY(rs_[size_t(il)].conv.alloc(size_t((hp_.ssm_conv - 1) * hp_.ssm_conv_dim()), "conv state"));
+      QWEN35_TRY(rs_[size_t(il)].ssm.alloc(size_t(hp_.ssm_inner) * size_t(hp_.ssm_state), "delta-net state"));
+    }
+  }
+  if (m_.mtp) {
+    QWEN35_TRY(mtp_kv_.k.alloc(size_t(nctx * hp_.kv_dim()), "the MTP KV cache"));
+    QWEN35_TRY(mtp_kv_.v.alloc(size_t(nctx * hp_.kv_dim()), "the MTP KV cache"));
+  }
+  slots_.resize(kNumSlots);
+  const int64_t qd = hp_.q_dim(), kvd = hp_.kv_dim(), F = hp_.n_ff;
+  QWEN35_TRY(h_.alloc(size_t(nb * D), "scratch"));
+  QWEN35_TRY(xn_.alloc(size_t(nb * D), "scratch"));
+  QWEN35_TRY(out_.alloc(size_t(nb * D), "scratch"));
+  QWEN35_TRY(qg_.alloc(size_t(nb * 2 * qd), "scratch"));
+  QWEN35_TRY(q_.alloc(size_t(nb * qd), "scratch"));
+  QWEN35_TRY(k_.alloc(size_t(nb * kvd), "scratch"));
+  QWEN35_TRY(v_.alloc(size_t(nb * kvd), "scratch"));
+  QWEN35_TRY(o_.alloc(size_t(nb * qd), "scratch"));
+  QWEN35_TRY(scores_.alloc(size_t(tp_.size()) * size_t(nctx), "scratch"));
+  QWEN35_TRY(u_.alloc(size_t(nb * hp_.ssm_conv_dim()), "scratch"));
+  QWEN35_TRY(conv_out_.alloc(size_t(nb * hp_.ssm_conv_dim()), "scratch"));
+  QWEN35_TRY(z_.alloc(size_t(nb * hp_.ssm_inner), "scratch"));
+  QWEN35_TRY(beta_.alloc(size_t(nb * hp_.ssm_heads_v), "scratch"));
+  QWEN35_TRY(alpha_.alloc(size_t(nb * hp_.ssm_heads_v), "scratch"));
+  QWEN35_TRY(ssm_o_.alloc(size_t(nb * hp_.ssm_inner), "scratch"));
+  QWEN35_TRY(ffn_g_.alloc(size_t(nb * F), "scratch"));
+  QWEN35_TRY(ffn_u_.alloc(size_t(nb * F), "scratch"));
+  if (m_.mtp) QWEN35_TRY(mtp_in_.alloc(size_t(nb * 2 * D), "scratch"));
+  return Status::Ok();
+}
+
+void CpuBackend::norm_rows(const float* x, const Vec& w, int32_t n, float* y) {
+  const int64_t D = hp_.n_embd;
+  for (int32_t t = 0; t < n; ++t) rmsnorm(x + t * D, w.data, D, hp_.eps, y + t * D);
+}
+
+// Full attention (spec §4.4): gated query heads, q/k RMSNorm, partial M-RoPE,
+// causal GQA softmax attention over the cache, sigmoid output gate.
+void CpuBackend::attention_layer(const Layer& L, KVCache& kv, const float* x, int32_t n, int32_t n_past,
+                                 const int32_t* pos, float* out) {
+  const int64_t Hq = hp_.n_head, Hkv = hp_.n_head_kv, Dh = hp_.head_dim;
+  const int64_t qd = Hq * Dh, kvd = Hkv * Dh;
+  float* qg = qg_.data();  // [n, Hq, 2, Dh]: per head [query | gate]
+  float* q = q_.data();    // [n, Hq*Dh]
+  float* o = o_.data();    // [n, Hq*Dh]
+  mm(L.wq, x, n, qg);
+  mm(L.wk, x, n, k_.data());
+  mm(L.wv, x, n, v_.data());
+  for (int32_t t = 0; t < n; ++t) {
+    for (int64_t h = 0; h < Hq; ++h)
+      rmsnorm(qg + t * 2 * qd + h * 2 * Dh, L.q_norm.data, Dh, hp_.eps, q + t * qd + h * Dh);
+    rope_heads(q + t * qd, Hq, Dh, rope_, pos + 3 * t);
+    float* kr = kv.k.data() + int64_t(n_past + t) * kvd;
+    for (int64_t g = 0; g < Hkv; ++g) rmsnorm(k_.data() + t * kvd + g * Dh, L.k_norm.data, Dh, hp_.eps, kr + g * Dh);
+    rope_heads(kr, Hkv, Dh, rope_, pos + 3 * t);
+    std::memcpy(kv.v.data() + int64_t(n_past + t) * kvd, v_.data() + t * kvd, size_t(kvd) * sizeof(float));
+  }
+  const float scale = 1.0f / std::sqrt(float(Dh));
+  const int64_t group = Hq / Hkv;
+  // One task per (row, head); row t sees cache rows 0..n_past+t.
+  tp_.run([&](int ith, int nth) {
+    float* sc = scores_.data() + int64_t(ith) * p_.n_ctx;
+    for (int64_t job = ith; job < int64_t(n) * Hq; job += nth) {
+      const int64_t t = job / Hq, h = job % Hq, g = h / group;
+      attend_one(q + t * qd + h * Dh, kv.k.data() + g * Dh, kv.v.data() + g * Dh, n_past + t + 1, kvd, Dh, scale,
+                 sc, o + t * qd + h * Dh);
+    }
+  });
+  for (int32_t t = 0; t < n; ++t)
+    for (int64_t h = 0; h < Hq; ++h) {
+      const float* gate = qg + t * 2 * qd + h * 2 * Dh + Dh;
+      float* oh = o + t * qd + h * Dh;
+      for (int64_t i = 0; i < Dh; ++i) oh[i] *= sigmoidf(gate[i]);
+    }
+  mm(L.wo, o, n, out);
+}
+
+// Gated delta net (spec §4.5): projections, causal conv + SiLU, L2-normalized
+// q/k, the gated delta rule per value head, gated RMSNorm, output projection.
+void CpuBackend::delta_net_layer(const Layer& L, RecurrentState& st, RecurrentState* snap, const float* x, int32_t n,
+                                 int32_t snapshot_row, float* out) {
+  const int64_t C = hp_.ssm_conv_dim(), K = hp_.ssm_conv, Hv = hp_.ssm_heads_v, Hk = hp_.ssm_heads_k;
+  const int64_t dk = hp_.ssm_state, dv = hp_.ssm_dv, Cqk = hp_.ssm_qk_dim(), Cv = hp_.ssm_inner;
+  float* u = u_.data();          // [n, C] pre-conv
+  float* uc = conv_out_.data();  // [n, C] post conv + SiLU
+  float* z = z_.data();          // [n, Cv]
+  float* beta = beta_.data();    // [n, Hv]
+  float* g = alpha_.data();      // [n, Hv]: alpha, then log-decay g
+  float* o = ssm_o_.data();      // [n, Cv]
+  mm(L.wqkv, x, n, u);
+  mm(L.wgate, x, n, z);
+  mm(L.wbeta, x, n, beta);
+  mm(L.walpha, x, n, g);
+  for (int64_t i = 0; i < int64_t(n) * Hv; ++i) {
+    const int64_t j = i % Hv;
+    beta[i] = sigmoidf(beta[i]);
+    g[i] = L.ssm_a.data[j] * softplusf(g[i] + L.dt_bias.data[j]);
+  }
+
+  // Causal conv, channel-parallel; the window holds the previous K-1 inputs.
+  float* win = st.conv.data();  // [K-1, C]
+  tp_.parallel_for(C, 64, [&](int64_t c0, int64_t c1) {
+    std::vector<float> w(static_cast<size_t>(K));
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t k = 0; k < K - 1; ++k) w[size_t(k)] = win[k * C + c];  // oldest first
+      const float* taps = L.conv1d.data + c * K;
+      for (int32_t t = 0; t < n; ++t) {
+        w[size_t(K - 1)] = u[t * C + c];
+        float acc = 0.0f;
+        for (int64_t k = 0; k < K; ++k) acc += taps[k] * w[size_t(k)];
+        uc[t * C + c] = siluf(acc);
+        for (int64_t k = 0; k + 1 < K; ++k) w[size_t(k)] = w[size_t(k + 1)];
+        if (snap && t == snapshot_row)
+          for (int64_t k = 0; k < K - 1; ++k) snap->conv.data()[k * C + c] = w[size_t(k)];
+      }
+      for (int64_t k = 0; k < K - 1; ++k) win[k * C + c] = w[size_t(k)];
+    }
+  });
+
+  // q, k: L2-normalize per key head; q also scaled by 1/sqrt(dk).
+  const float qscale = 1.0f / std::sqrt(float(dk));
+  for (int32_t t = 0; t < n; ++t) {
+    for (int64_t h = 0; h < Hk; ++h) {
+      float* qh = uc + t * C + h * dk;
+      float* kh = uc + t * C + Cqk + h * dk;
+      l2norm(qh, dk, hp_.eps);
+      l2norm(kh, dk, hp_.eps);
+      for (int64_t i = 0; i < dk; ++i) qh[i] *= qscale;
+    }
+  }
+
+  // Delta rule, head-parallel, rows in order. Value head j uses key head j % Hk.
+  tp_.parallel_for(Hv, 1, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      float* M = st.ssm.data() + j * dv * dk;
+      const int64_t kh = j % Hk;
+      for (int32_t t = 0; t < n; ++t) {
+        const float* qv = uc + t * C + kh * dk;
+        const float* kv = uc + t * C + Cqk + kh * dk;
+        const float* vv = uc + t * C + 2 * Cqk + j * dv;
+        delta_rule_step(M, qv, kv, vv, beta[t * Hv + j], g[t * Hv + j], dk, dv, o + t * Cv + j * dv);
+        if (snap && t == snapshot_row)
+          std::memcpy(snap->ssm.data() + j * dv * dk, M, size_t(dv * dk) * sizeof(float));
+      }
+    }
+  });
+
+  // Gated RMSNorm per value head, then the output projection.
+  for (int32_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < Hv; ++j) {
+      float* oh = o + t * Cv + j * dv;
+      const float* zh = z + t * Cv + j * dv;
+      rmsnorm(oh, L.ssm_norm.data, dv, hp_.eps, oh);
+      for (int64_t i = 0; i < dv; ++i) oh[i] *= siluf(zh[i]);
+    }
+  mm(L.ssm_out, o, n, out);
+}
+
+// SwiGLU feed-forward (spec §4.3).
+void CpuBackend::ffn(const Layer& L, const float* x, int32_t n, float* out) {
+  const int64_t F = hp_.n_ff;
+  float* gt = ffn_g_.data();
+  float* up = ffn_u_.data();
+  mm(L.ffn_gate, x, n, gt);
+  mm(L.ffn_up, x, n, up);
+  for (int64_t i = 0; i < int64_t(n) * F; ++i) gt[i] = siluf(gt[i]) * up[i];
+  mm(L.ffn_down, gt, n, out);
+}
+
+void CpuBackend::decoder_layer(int il, const Layer& L, float* h, int32_t n, int32_t n_past, const int32_t* pos,
+                               int32_t snapshot_row) {
+  const int64_t D = hp_.n_embd;
+  float* xn = xn_.data();
+  float* out = out_.data();
+  norm_rows(h, L.attn_norm, n, xn);
+  if (L.is_attn) {
+    attention_layer(L, kv_[size_t(il)], xn, n, n_past, pos, out);
+  } else {
+    RecurrentState* snap = snapshot_row >= 0 ? &slots_[kRollbackSlot][size_t(il)] : nullptr;
+    delta_net_layer(L, rs_[size_t(il)], snap, xn, n, snapshot_row, out);
+  }
+  for (int64_t i = 0; i < int64_t(n) * D; ++i) h[i] += out[i];
+  norm_rows(h, L.post_attention_norm, n, xn);
+  ffn(L, xn, n, out);
+  for (int64_t i = 0; i < int64_t(n) * D; ++i) h[i] += out[i];
+}
+
+Status CpuBackend::eval(const EvalBatch& b) {
+  const int64_t D = hp_.n_embd;
+  if (b.n < 1 || b.n > p_.n_batch) return Error(QWEN35_ERR_INVALID_ARG, "batch of {} rows (limit {})", b.n, p_.n_batch);
+  if (b.n_past < 0 || b.n_past + b.n > p_.n_ctx)
+    return Error(QWEN35_ERR_CONTEXT_FULL, "rows {}..{} exceed the context size {}", b.n_past, b.n_past + b.n, p_.n_ctx);
+  if (b.snapshot_row >= 0) {
+    // The rollback slot must hold buffers before the layers write into it.
+    auto& slot = slots_[kRollbackSlot];
+    if (slot.empty()) {
+      slot.resize(size_t(hp_.n_layer));
+      for (int il = 0; il < hp_.n_layer; ++il)
+        if (!hp_.is_attn_layer(il)) {
+          QWEN35_TRY(slot[size_t(il)].conv.alloc(rs_[size_t(il)].conv.v.size(), "a state snapshot"));
+          QWEN35_TRY(slot[size_t(il)].ssm.alloc(rs_[size_t(il)].ssm.v.size(), "a state snapshot"));
+        }
+    }
+  }
+  float* h = h_.data();  // [n, D] residual stream
+  for (int32_t t = 0; t < b.n; ++t) {
+    if (b.embd) std::memcpy(h + t * D, b.embd + t * D, size_t(D) * sizeof(float));
+    else embedding_row(m_.token_embd, b.tokens[t], h + t * D);
+  }
+  for (int il = 0; il < hp_.n_layer; ++il) {
+    if (aborted()) return Error(QWEN35_ERR_CANCELLED, "decode aborted");
+    decoder_layer(il, m_.layers[size_t(il)], h, b.n, b.n_past, b.pos, b.snapshot_row);
+  }
+  if (b.hidden_prenorm) std::memcpy(b.hidden_prenorm, h, size_t(b.n * D) * sizeof(float));
+  float* hn = b.hidden ? b.hidden : xn_.data();
+  norm_rows(h, m_.output_norm, b.n, hn);
+  if (b.logits && b.logits_first < b.n)
+    lm_head(m_.output, hn + int64_t(b.logits_first) * D, b.n - b.logits_first, b.logits);
+  return Status::Ok();
+}
+
+// MTP head (spec §5.1): e = enorm(embed(token)), hh = hnorm(hidden),
+// y = eh_proj [e | hh], a full-attention decoder layer with its own KV cache,
+// shared_head_norm, then the (shared) LM head.
+Status CpuBackend::eval_mtp(const MtpBatch& b) {
+  if (!m_.mtp) return Error(QWEN35_ERR_UNSUPPORTED, "the model has no MTP layer");
+  if (b.n < 1 || b.n > p_.n_batch) return Error(QWEN35_ERR_INVALID_ARG, "MTP batch of {} rows", b.n);
+  if (b.n_past < 0 || b.n_past + b.n > p_.n_ctx)
+    return Error(QWEN35_ERR_CONTEXT_FULL, "MTP rows {}..{} exceed the context size {}", b.n_past, b.n_past + b.n,
+                 p_.n_ctx);
+  const MtpLayer& M = *m_.mtp;
+  const int64_t D = hp_.n_embd;
+  float* in = mtp_in_.data();  // [n, 2D]: [enorm(embedding) | hnorm(hidden)]
+  const Weight& embed = M.embed.present() ? M.embed : m_.token_embd;
+  for (int32_t t = 0; t < b.n; ++t) {
+    float* e = in + t * 2 * D;
+    if (b.tokens[t] >= 0) embedding_row(embed, b.tokens[t], e);
+    else std::memcpy(e, b.next_embd + t * D, size_t(D) * sizeof(float));
+    rmsnorm(e, M.enorm.data, D, hp_.eps, e);
+    rmsnorm(b.hidden + t * D, M.hnorm.data, D, hp_.eps, e + D);
+  }
+  float* y = h_.data();
+  mm(M.eh_proj, in, b.n, y);
+  float* xn = xn_.data();
+  float* out = out_.data();
+  norm_rows(y, M.block.attn_norm, b.n, xn);
+  attention_layer(M.block, mtp_kv_, xn, b.n, b.n_past, b.pos, out);
+  for (int64_t i = 0; i < int64_t(b.n) * D; ++i) y[i] += out[i];
+  norm_rows(y, M.block.post_attention_norm, b.n, xn);
+  ffn(M.block, xn, b.n, out);
+  for (int64_t i = 0; i < int64_t(b.n) * D; ++i) y[i] += out[i];
+  if (b.logits && b.logits_first < b.n) {
+    norm_rows(y + int64_t(b.logits_first) * D, M.shared_head_norm, b.n - b.logits_first, xn);
+    lm_head(M.head.present() ? M.head : m_.output, xn, b.n - b.logits_first, b.logits);
+  }
+  return Status::Ok();
+}
+
+void CpuBackend::reset() {
+  for (auto& s : rs_) {
+    std::fill(s.conv.v.begin(), s.conv.v.end(), 0.0f);
+    std::fill(s.ssm.v.begin(), s.ssm.v.end(), 0.0f);
+  }
+}
+
+Status CpuBackend::save_recurrent(int slot) {
+  if (slot < 0 || slot >= kNumSlots) return Error(QWEN35_ERR_INVALID_ARG, "bad state slot {}", slot);
+  auto& s = slots_[size_t(slot)];
+  if (s.empty()) {
+    s.resize(rs_.size());
+    for (size_t il = 0; il < rs_.size(); ++il) {
+      QWEN35_TRY(s[il].conv.alloc(rs_[il].conv.v.size(), "a state checkpoint"));
+      QWEN35_TRY(s[il].ssm.alloc(rs_[il].ssm.v.size(), "a state checkpoint"));
+    }
+  }
+  for (size_t il = 0; il < rs_.size(); ++il) {
+    s[il].conv.v = rs_[il].conv.v;
+    s[il].ssm.v = rs_[il].ssm.v;
+  }
+  return Status::Ok();
+}
+
+Status CpuBackend::restore_recurrent(int slot) {
+  if (slot < 0 || slot >= kNumSlots || slots_[size_t(slot)].empty())
+    return Error(QWEN35_ERR_STATE, "state slot {} is empty", slot);
+  auto& s = slots_[size_t(slot)];
+  for (size_t il = 0; il < rs_.size(); ++il) {
+    rs_[il].conv.v = s[il].conv.v;
+    rs_[il].ssm.v = s[il].ssm.v;
+  }
+  return Status::Ok();
+}
+
+uint64_t CpuBackend::state_bytes(int32_t n_rows, int32_t n_mtp_rows) const {
+  uint64_t bytes = 0;
+  const uint64_t row = uint64_t(hp_.kv_dim()) * sizeof(float);
+  for (int il = 0; il < hp_.n_layer; ++il) {
+    if (hp_.is_attn_layer(il)) bytes += 2 * row * uint64_t(n_rows);
+    else bytes += rs_[size_t(il)].conv.bytes() + rs_[size_t(il)].ssm.bytes();
+  }
+  if (m_.mtp) bytes += 2 * row * uint64_t(n_mtp_rows);
+  return bytes;
+}
+
+Status CpuBackend::write_state(int32_t n_rows, int32_t n_mtp_rows, uint8_t* dst) {
+  const size_t row = size_t(hp_.kv_dim()) * sizeof(float);
+  auto put = [&](const void* p, size_t k) {
+    std::memcpy(dst, p, k);
+    dst += k;
+  };
+  for (int il = 0; il < hp_.n_layer; ++il) {
+    if (hp_.is_attn_layer(il)) {
+      put(kv_[size_t(il)].k.data(), row * size_t(n_rows));
+      put(kv_[size_t(il)].v.data(), row * size_t(n_rows));
+    } else {
+      put(rs_[size_t(il)].conv.data(), rs_[size_t(il)].conv.bytes());
+      put(rs_[size_t(il)].ssm.data(), rs_[size_t(il)].ssm.bytes());
+    }
+  }
+  if (m_.mtp) {
+    put(mtp_kv_.k.data(), row * size_t(n_mtp_rows));
+    put(mtp_kv_.v.data(), row * size_t(n_mtp_rows));
+  }
+  return Status::Ok();
+}
+
+Status CpuBackend::read_state(int32_t n_rows, int32_t n_mtp_rows, const uint8_t* src) {
+  if (n_rows > p_.n_ctx || n_mtp_rows > p_.n_ctx)
+    return Error(QWEN35_ERR_CONTEXT_FULL, "state holds {} rows but the context has room for {}", n_rows, p_.n_ctx);
+  const size_t row = size_t(hp_.kv_dim()) * sizeof(float);
+  auto get = [&](void* p, size_t k) {
+    std::memcpy(p, src, k);
+    src += k;
+  };
+  for (int il = 0; il < hp_.n_layer; ++il) {
+    if (hp_.is_attn_layer(il)) {
+      get(kv_[size_t(il)].k.data(), row * size_t(n_rows));
+      get(kv_[size_t(il)].v.data(), row * size_t(n_rows));
+    } else {
+      get(rs_[size_t(il)].conv.data(), rs_[size_t(il)].conv.bytes());
+      get(rs_[size_t(il)].ssm.data(), rs_[size_t(il)].ssm.bytes());
+    }
+  }
+  if (m_.mtp) {
+    get(mtp_kv_.k.data(), row * size_t(n_mtp_rows));
+    get(mtp_kv_.v.data(), row * size_t(n_mtp_rows));
+  }
+  return Status::Ok();
+}
+
+uint64_t CpuBackend::memory_bytes() const {
+  uint64_t b = 0;
+  for (auto& kv : kv_) b += kv.k.bytes() + kv.v.bytes();
+  for (auto& s : rs_) b += s.conv.bytes() + s.ssm.bytes();
+  for (auto& sl : slots_)
+    for (auto& s : sl) b += s.conv.bytes() + s.ssm.bytes();
+  b += mtp_kv_.k.bytes() + mtp_kv_.v.bytes();
+  for (const Buf* x : {&h_, &xn_, &out_, &qg_, &q_, &k_, &v_, &o_, &scores_, &u_, &conv_out_, &z_, &beta_, &alpha_,
+                       &ssm_o_, &ffn_g_, &ffn_u_, &mtp_in_})
+    b += x->bytes();
+  return b;
+}
+
+}  // namespace
+
+Status CreateCpuBackend(const Model& model, const BackendParams& p, std::unique_ptr<Backend>* out) {
+  auto b = std::make_unique<CpuBackend>(model, p);
+  QWEN35_TRY(b->init());
+  *out = std::move(b);
+  return Status::Ok();
+}
+
+}  // namespace qwen35

@@ -1,0 +1,18 @@
+// Built when the CUDA backend is not: every GPU request gets a clear answer.
+#include "backend.h"
+
+namespace qwen35 {
+
+Status CreateCudaBackend(const Model&, const BackendParams&, std::unique_ptr<Backend>* out) {
+  out->reset();
+  return Error(QWEN35_ERR_UNSUPPORTED, "this build of qwen35 has no CUDA backend");
+}
+
+Status UploadModelToCuda(Model&, int, bool required) {
+  if (required) return Error(QWEN35_ERR_UNSUPPORTED, "this build of qwen35 has no CUDA backend");
+  return Status::Ok();
+}
+
+bool CudaAvailable() { return false; }
+
+}  // namespace qwen35
