@@ -1,0 +1,96 @@
+// The C API contract: version, status strings, NULL handles and bad
+// arguments give errors (never crashes), *_free(NULL) is a no-op, metadata.
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <string>
+
+#include "qwen35/qwen35.h"
+#include "test_util.h"
+
+using namespace qwen35::test;
+
+TEST_CASE("version and status strings") {
+  CHECK(std::string(qwen35_version()) == QWEN35_VERSION_STRING);
+  CHECK(qwen35_version_number() == QWEN35_VERSION_NUMBER);
+  for (int s = 0; s >= -10; --s) CHECK(std::strlen(qwen35_status_str(qwen35_status(s))) > 0);
+}
+
+TEST_CASE("NULL handles and bad arguments") {
+  qwen35_model_free(nullptr);
+  qwen35_context_free(nullptr);
+  qwen35_model* m = nullptr;
+  CHECK(qwen35_model_load(nullptr, nullptr, &m) == QWEN35_ERR_INVALID_ARG);
+  CHECK(qwen35_model_load("x", nullptr, nullptr) == QWEN35_ERR_INVALID_ARG);
+  CHECK(qwen35_model_load("/no/such/file.gguf", nullptr, &m) == QWEN35_ERR_IO);
+  CHECK(m == nullptr);
+  CHECK(std::string(qwen35_errmsg()).find("/no/such/file.gguf") != std::string::npos);
+  CHECK(qwen35_model_n_vocab(nullptr) == 0);
+  CHECK(qwen35_model_meta(nullptr, "x", nullptr, 0) == -1);
+  qwen35_context* c = nullptr;
+  CHECK(qwen35_context_create(nullptr, nullptr, &c) == QWEN35_ERR_INVALID_ARG);
+  CHECK(qwen35_context_decode(nullptr, nullptr, 1, QWEN35_LOGITS_LAST) == QWEN35_ERR_INVALID_ARG);
+  CHECK(qwen35_context_logits(nullptr, 0) == nullptr);
+  CHECK(qwen35_context_truncate(nullptr, 0) == QWEN35_ERR_INVALID_ARG);
+  qwen35_context_abort(nullptr);
+  qwen35_context_reset(nullptr);
+}
+
+TEST_CASE("model facts, metadata and context basics") {
+  qwen35_model* m = nullptr;
+  qwen35_model_params mp = qwen35_model_default_params();
+  mp.device = QWEN35_DEVICE_CPU;
+  REQUIRE(qwen35_model_load(fixture("models/tiny-m-nvfp4.gguf").c_str(), &mp, &m) == QWEN35_OK);
+  CHECK(qwen35_model_n_vocab(m) == 4122);
+  CHECK(qwen35_model_n_embd(m) == 256);
+  CHECK(qwen35_model_n_layer(m) == 4);
+  CHECK(qwen35_model_has_mtp(m));
+  CHECK(qwen35_model_device(m) == QWEN35_DEVICE_CPU);
+  CHECK(qwen35_model_host_bytes(m) == 0);
+  char buf[64];
+  CHECK(qwen35_model_meta(m, "general.architecture", buf, sizeof buf) == 6);
+  CHECK(std::string(buf) == "qwen35");
+  CHECK(qwen35_model_meta(m, "qwen35.block_count", buf, sizeof buf) == 1);
+  CHECK(std::string(buf) == "5");
+  CHECK(qwen35_model_meta(m, "no.such.key", buf, sizeof buf) == -1);
+  // Truncated output still reports the full length.
+  CHECK(qwen35_model_meta(m, "general.architecture", buf, 3) == 6);
+  CHECK(std::string(buf) == "qw");
+  CHECK(qwen35_model_meta_count(m) > 10);
+  CHECK(qwen35_model_meta_key(m, 0) != nullptr);
+  CHECK(qwen35_model_meta_key(m, 100000) == nullptr);
+
+  // Older callers pass a smaller struct: the rest keeps its defaults.
+  qwen35_context_params cp = qwen35_context_default_params();
+  cp.n_ctx = 64;
+  cp.struct_size = offsetof(qwen35_context_params, n_batch);
+  qwen35_context* c = nullptr;
+  REQUIRE(qwen35_context_create(m, &cp, &c) == QWEN35_OK);
+  CHECK(qwen35_context_n_ctx(c) == 64);
+  CHECK(qwen35_context_memory_bytes(c) > 0);
+  int32_t t[2] = {1, 2};
+  CHECK(qwen35_context_decode(c, t, 0, QWEN35_LOGITS_LAST) == QWEN35_ERR_INVALID_ARG);
+  CHECK(qwen35_context_decode(c, t, 2, qwen35_logits_mode(7)) == QWEN35_ERR_INVALID_ARG);
+  REQUIRE(qwen35_context_decode(c, t, 2, QWEN35_LOGITS_LAST) == QWEN35_OK);
+  CHECK(qwen35_context_logits(c, 0) == nullptr);  // only the last row has logits
+  CHECK(qwen35_context_logits(c, 1) != nullptr);
+  CHECK(qwen35_context_logits(c, 2) == nullptr);
+  CHECK(qwen35_context_hidden(c, 0) != nullptr);
+  int32_t toks[4];
+  CHECK(qwen35_context_tokens(c, toks, 4) == 2);
+  CHECK(toks[1] == 2);
+  qwen35_context_params bad = qwen35_context_default_params();
+  bad.n_ctx = -5;
+  qwen35_context* c2 = nullptr;
+  CHECK(qwen35_context_create(m, &bad, &c2) == QWEN35_ERR_INVALID_ARG);
+  qwen35_context_free(c);
+  qwen35_model_free(m);
+}
+
+TEST_CASE("a progress callback can cancel loading") {
+  qwen35_model_params mp = qwen35_model_default_params();
+  mp.progress_callback = [](float p, void*) { return p < 0.5f; };
+  qwen35_model* m = nullptr;
+  CHECK(qwen35_model_load(fixture("models/tiny-a-nvfp4.gguf").c_str(), &mp, &m) == QWEN35_ERR_CANCELLED);
+  CHECK(m == nullptr);
+}

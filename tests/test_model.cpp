@@ -1,0 +1,310 @@
+// End-to-end forward pass through the C API: fixture logits (reference and
+// default paths, batch and step, MTP), state handling (split prefill,
+// truncation, save/load, errors that leave the state intact), determinism and
+// other model shapes.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "qwen35/qwen35.h"
+#include "test_util.h"
+
+using namespace qwen35::test;
+
+namespace {
+
+struct Model {
+  qwen35_model* m = nullptr;
+  explicit Model(const std::string& path, qwen35_device dev = QWEN35_DEVICE_CPU) {
+    qwen35_model_params p = qwen35_model_default_params();
+    p.device = dev;
+    REQUIRE_MESSAGE(qwen35_model_load(path.c_str(), &p, &m) == QWEN35_OK, qwen35_errmsg());
+  }
+  ~Model() { qwen35_model_free(m); }
+};
+
+struct Ctx {
+  qwen35_context* c = nullptr;
+  Ctx(qwen35_model* m, bool reference, int n_ctx = 512, bool mtp = false, int threads = 2, int n_batch = 512) {
+    qwen35_context_params p = qwen35_context_default_params();
+    p.n_ctx = n_ctx;
+    p.reference = reference;
+    p.use_mtp = mtp;
+    p.mtp_logits = mtp;
+    p.n_threads = threads;
+    p.n_batch = n_batch;
+    REQUIRE_MESSAGE(qwen35_context_create(m, &p, &c) == QWEN35_OK, qwen35_errmsg());
+  }
+  ~Ctx() { qwen35_context_free(c); }
+};
+
+struct Fixture {
+  std::vector<std::vector<int32_t>> seqs;
+  std::vector<float> main, mtp;
+  int V = 4122;
+  explicit Fixture(const std::string& model) {
+    seqs = read_seqs(fixture("logits/seqs.txt"));
+    main = read_f32(fixture("logits/" + model + ".exact.main.f32"));
+    if (model == "tiny-m-nvfp4") mtp = read_f32(fixture("logits/" + model + ".exact.mtp.f32"));
+  }
+};
+
+// Evaluate every fixture case and return per-position relative errors.
+std::vector<double> run_cases(qwen35_model* m, const Fixture& fx, bool reference, bool step, bool mtp,
+                              std::vector<double>* mtp_err, std::vector<std::pair<size_t, size_t>>* argmaxes) {
+  Ctx ctx(m, reference, 512, mtp);
+  std::vector<double> err;
+  size_t row = 0, mrow = 0;
+  for (const auto& s : fx.seqs) {
+    qwen35_context_reset(ctx.c);
+    const int n = int(s.size());
+    auto check_row = [&](const float* l, size_t r) {
+      REQUIRE(l != nullptr);
+      const float* ref = fx.main.data() + r * size_t(fx.V);
+      err.push_back(rel_err(l, ref, size_t(fx.V)));
+      if (argmaxes) argmaxes->push_back({argmax(l, size_t(fx.V)), r});
+    };
+    auto check_mtp = [&](int pos) {
+      const float* l = qwen35_context_mtp_logits(ctx.c, pos);
+      REQUIRE(l != nullptr);
+      mtp_err->push_back(rel_err(l, fx.mtp.data() + (mrow + size_t(pos)) * size_t(fx.V), size_t(fx.V)));
+    };
+    if (!step) {
+      REQUIRE(qwen35_context_decode(ctx.c, s.data(), n, QWEN35_LOGITS_ALL) == QWEN35_OK);
+      for (int i = 0; i < n; ++i) check_row(qwen35_context_logits(ctx.c, i), row + size_t(i));
+      if (mtp)
+        for (int i = 0; i + 1 < n; ++i) check_mtp(i);
+    } else {
+      for (int i = 0; i < n; ++i) {
+        REQUIRE(qwen35_context_decode(ctx.c, &s[size_t(i)], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+        check_row(qwen35_context_logits(ctx.c, -1), row + size_t(i));
+        if (mtp && i >= 1) check_mtp(i - 1);
+      }
+    }
+    row += size_t(n);
+    mrow += size_t(n - 1);
+  }
+  return err;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+TEST_CASE("reference path matches the exact fixture logits (batch and step)") {
+  for (const char* name : {"tiny-a-f32", "tiny-a-nvfp4", "tiny-m-nvfp4"}) {
+    Fixture fx(name);
+    Model m(fixture(std::string("models/") + name + ".gguf"));
+    const bool mtp = std::string(name) == "tiny-m-nvfp4";
+    for (bool step : {false, true}) {
+      CAPTURE(name);
+      CAPTURE(step);
+      std::vector<double> merr;
+      auto err = run_cases(m.m, fx, true, step, mtp, &merr, nullptr);
+      CHECK(err.size() == 374);
+      CHECK(*std::max_element(err.begin(), err.end()) <= 1e-3);
+      if (mtp) {
+        CHECK(merr.size() == 371);
+        CHECK(*std::max_element(merr.begin(), merr.end()) <= 1e-3);
+      }
+    }
+  }
+}
+
+TEST_CASE("default path meets the fixture bar") {
+  for (const char* name : {"tiny-a-f32", "tiny-a-nvfp4", "tiny-m-nvfp4"}) {
+    Fixture fx(name);
+    Model m(fixture(std::string("models/") + name + ".gguf"));
+    const bool mtp = std::string(name) == "tiny-m-nvfp4";
+    for (bool step : {false, true}) {
+      CAPTURE(name);
+      CAPTURE(step);
+      std::vector<double> merr;
+      std::vector<std::pair<size_t, size_t>> am;
+      auto err = run_cases(m.m, fx, false, step, mtp, &merr, &am);
+      CHECK(median(err) <= 8e-2);
+      CHECK(*std::max_element(err.begin(), err.end()) <= 0.25);
+      // Argmax must agree wherever the exact top-2 margin exceeds 0.5.
+      for (auto [got, r] : am) {
+        const float* ref = fx.main.data() + r * size_t(fx.V);
+        std::vector<float> s(ref, ref + fx.V);
+        std::partial_sort(s.begin(), s.begin() + 2, s.end(), std::greater<float>());
+        if (s[0] - s[1] > 0.5f) CHECK_MESSAGE(got == argmax(ref, size_t(fx.V)), "row " << r);
+      }
+      if (mtp) {
+        CHECK(median(merr) <= 8e-2);
+        CHECK(*std::max_element(merr.begin(), merr.end()) <= 0.25);
+      }
+    }
+  }
+}
+
+TEST_CASE("splitting a prompt across calls and chunks gives the same logits") {
+  Model m(fixture("models/tiny-m-nvfp4.gguf"));
+  auto seqs = read_seqs(fixture("logits/seqs.txt"));
+  const auto& s = seqs[2];  // 300 tokens
+  for (bool reference : {true, false}) {
+    Ctx one(m.m, reference, 512, true);
+    REQUIRE(qwen35_context_decode(one.c, s.data(), int(s.size()), QWEN35_LOGITS_LAST) == QWEN35_OK);
+    std::vector<float> want(qwen35_context_logits(one.c, -1), qwen35_context_logits(one.c, -1) + 4122);
+    // Two calls, and a tiny n_batch that forces internal chunking.
+    Ctx two(m.m, reference, 512, true, 2, 37);
+    REQUIRE(qwen35_context_decode(two.c, s.data(), 123, QWEN35_LOGITS_NONE) == QWEN35_OK);
+    REQUIRE(qwen35_context_decode(two.c, s.data() + 123, int(s.size()) - 123, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    CHECK(qwen35_context_n_past(two.c) == int(s.size()));
+    CHECK(rel_err(qwen35_context_logits(two.c, -1), want.data(), 4122) < 1e-5);
+    // MTP cache stayed complete: the next draft equals the one-call context's.
+    const float *d1 = nullptr, *d2 = nullptr;
+    REQUIRE(qwen35_context_mtp_draft(one.c, 42, &d1) == QWEN35_OK);
+    std::vector<float> draft1(d1, d1 + 4122);
+    REQUIRE(qwen35_context_mtp_draft(two.c, 42, &d2) == QWEN35_OK);
+    CHECK(rel_err(d2, draft1.data(), 4122) < 1e-5);
+  }
+}
+
+TEST_CASE("logits are bitwise reproducible across runs and thread counts") {
+  Model m(fixture("models/tiny-a-nvfp4.gguf"));
+  auto s = read_seqs(fixture("logits/seqs.txt"))[1];
+  std::vector<float> first;
+  for (int threads : {1, 2, 3, 2}) {
+    Ctx ctx(m.m, false, 512, false, threads);
+    REQUIRE(qwen35_context_decode(ctx.c, s.data(), int(s.size()), QWEN35_LOGITS_ALL) == QWEN35_OK);
+    std::vector<float> all;
+    for (int i = 0; i < int(s.size()); ++i) all.insert(all.end(), qwen35_context_logits(ctx.c, i), qwen35_context_logits(ctx.c, i) + 4122);
+    if (first.empty()) first = all;
+    else CHECK(std::memcmp(first.data(), all.data(), all.size() * 4) == 0);
+  }
+}
+
+TEST_CASE("truncate, state save/load and failed calls keep the state exact") {
+  Model m(fixture("models/tiny-m-nvfp4.gguf"));
+  auto s = read_seqs(fixture("logits/seqs.txt"))[2];
+  Ctx ctx(m.m, false, 400, true);
+  // Uninterrupted run.
+  REQUIRE(qwen35_context_decode(ctx.c, s.data(), 60, QWEN35_LOGITS_LAST) == QWEN35_OK);
+  std::vector<float> want(qwen35_context_logits(ctx.c, -1), qwen35_context_logits(ctx.c, -1) + 4122);
+
+  SUBCASE("truncate and re-decode") {
+    REQUIRE(qwen35_context_truncate(ctx.c, 25) == QWEN35_OK);
+    CHECK(qwen35_context_n_past(ctx.c) == 25);
+    REQUIRE(qwen35_context_decode(ctx.c, s.data() + 25, 35, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    CHECK(rel_err(qwen35_context_logits(ctx.c, -1), want.data(), 4122) < 1e-5);
+    CHECK(qwen35_context_truncate(ctx.c, 61) == QWEN35_ERR_INVALID_ARG);
+    CHECK(qwen35_context_truncate(ctx.c, -1) == QWEN35_ERR_INVALID_ARG);
+  }
+  SUBCASE("save, continue, load, continue again") {
+    std::vector<uint8_t> st(qwen35_context_state_size(ctx.c));
+    uint64_t written = 0;
+    REQUIRE(qwen35_context_state_save(ctx.c, st.data(), st.size(), &written) == QWEN35_OK);
+    REQUIRE(qwen35_context_decode(ctx.c, s.data() + 60, 10, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    std::vector<float> after(qwen35_context_logits(ctx.c, -1), qwen35_context_logits(ctx.c, -1) + 4122);
+    // Into a fresh context, and from a file.
+    Ctx other(m.m, false, 400, true);
+    REQUIRE(qwen35_context_state_load(other.c, st.data(), written) == QWEN35_OK);
+    CHECK(qwen35_context_n_past(other.c) == 60);
+    REQUIRE(qwen35_context_decode(other.c, s.data() + 60, 10, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    CHECK(std::memcmp(qwen35_context_logits(other.c, -1), after.data(), after.size() * 4) == 0);
+    const std::string path = tmp_path("state.bin");
+    REQUIRE(qwen35_context_state_save_file(other.c, path.c_str()) == QWEN35_OK);
+    Ctx third(m.m, false, 400, true);
+    REQUIRE(qwen35_context_state_load_file(third.c, path.c_str()) == QWEN35_OK);
+    CHECK(qwen35_context_n_past(third.c) == 70);
+    // Corrupt or foreign states are refused and leave the context untouched.
+    std::vector<uint8_t> bad(st.begin(), st.begin() + int64_t(written / 2));
+    CHECK(qwen35_context_state_load(third.c, bad.data(), bad.size()) == QWEN35_ERR_FORMAT);
+    CHECK(qwen35_context_n_past(third.c) == 70);
+    Model other_model(fixture("models/tiny-a-nvfp4.gguf"));
+    Ctx foreign(other_model.m, false, 400, false);
+    CHECK(qwen35_context_state_load(foreign.c, st.data(), written) != QWEN35_OK);
+    CHECK(qwen35_context_state_load(ctx.c, st.data(), 3) == QWEN35_ERR_FORMAT);
+  }
+  SUBCASE("bad token ids and overflow leave the state intact") {
+    int32_t bad[3] = {5, 4122, 7};
+    CHECK(qwen35_context_decode(ctx.c, bad, 3, QWEN35_LOGITS_LAST) == QWEN35_ERR_INVALID_ARG);
+    CHECK(std::string(qwen35_context_errmsg(ctx.c)).find("4122") != std::string::npos);
+    int32_t neg = -3;
+    CHECK(qwen35_context_decode(ctx.c, &neg, 1, QWEN35_LOGITS_LAST) == QWEN35_ERR_INVALID_ARG);
+    std::vector<int32_t> many(400, 5);
+    CHECK(qwen35_context_decode(ctx.c, many.data(), 400, QWEN35_LOGITS_LAST) == QWEN35_ERR_CONTEXT_FULL);
+    CHECK(qwen35_context_n_past(ctx.c) == 60);
+    REQUIRE(qwen35_context_truncate(ctx.c, 59) == QWEN35_OK);
+    REQUIRE(qwen35_context_decode(ctx.c, s.data() + 59, 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    CHECK(rel_err(qwen35_context_logits(ctx.c, -1), want.data(), 4122) < 1e-5);
+  }
+}
+
+TEST_CASE("abort from another thread cancels a long decode and keeps the state") {
+  qwen35::SynthConfig cfg;
+  cfg.n_embd = 512;
+  cfg.n_ff = 2048;
+  cfg.n_layer = 8;
+  cfg.n_vocab = 2000;
+  Model m(synth_model("abort-model", cfg));
+  Ctx ctx(m.m, true, 3000, false, 1);
+  std::vector<int32_t> s(10, 3);
+  REQUIRE(qwen35_context_decode(ctx.c, s.data(), 10, QWEN35_LOGITS_LAST) == QWEN35_OK);
+  std::vector<float> want(qwen35_context_logits(ctx.c, -1), qwen35_context_logits(ctx.c, -1) + 2000);
+  std::vector<int32_t> longp(2000, 7);
+  std::thread killer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    qwen35_context_abort(ctx.c);
+  });
+  qwen35_status st = qwen35_context_decode(ctx.c, longp.data(), 2000, QWEN35_LOGITS_LAST);
+  killer.join();
+  CHECK(st == QWEN35_ERR_CANCELLED);
+  CHECK(qwen35_context_n_past(ctx.c) == 10);
+  REQUIRE(qwen35_context_truncate(ctx.c, 9) == QWEN35_OK);
+  REQUIRE(qwen35_context_decode(ctx.c, s.data(), 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+  CHECK(rel_err(qwen35_context_logits(ctx.c, -1), want.data(), 2000) < 1e-6);
+}
+
+TEST_CASE("other shapes and mixed weight types: batch, step and reference agree") {
+  struct Shape {
+    const char* name;
+    qwen35::SynthConfig cfg;
+  };
+  std::vector<Shape> shapes;
+  {
+    qwen35::SynthConfig c;  // mixed types, untied head, wider model, no MTP
+    c.n_embd = 512; c.n_ff = 1024; c.n_layer = 5; c.n_head = 4; c.n_head_kv = 2; c.head_dim = 128; c.n_rot = 32;
+    c.sections = {6, 5, 5, 0}; c.ssm_state = 32; c.ssm_heads_k = 4; c.ssm_heads_v = 8; c.ssm_dv = 32; c.n_mtp = 0;
+    c.mixed = true; c.untied = true; c.output_type = qwen35::GGML_Q8_0; c.n_vocab = 3000; c.seed = 5;
+    shapes.push_back({"mixed-untied", c});
+  }
+  {
+    qwen35::SynthConfig c;  // interval 2, conv width 3, Q4_K embeddings, F16 matrices
+    c.n_embd = 256; c.n_ff = 768; c.n_layer = 4; c.full_attn_interval = 2; c.ssm_conv = 3;
+    c.matrix_type = qwen35::GGML_F16; c.embd_type = qwen35::GGML_Q4_K; c.n_vocab = 1500; c.seed = 6;
+    shapes.push_back({"f16-interval2", c});
+  }
+  for (const Shape& sh : shapes) {
+    CAPTURE(sh.name);
+    Model m(synth_model(sh.name, sh.cfg));
+    const int V = qwen35_model_n_vocab(m.m);
+    std::vector<int32_t> s;
+    for (int i = 0; i < 700; ++i) s.push_back((i * 37 + 11) % (V - 20));
+    Ctx ref(m.m, true, 800, sh.cfg.n_mtp > 0);
+    REQUIRE(qwen35_context_decode(ref.c, s.data(), int(s.size()), QWEN35_LOGITS_ALL) == QWEN35_OK);
+    Ctx fast(m.m, false, 800, sh.cfg.n_mtp > 0);
+    Ctx step(m.m, false, 800, sh.cfg.n_mtp > 0);
+    REQUIRE(qwen35_context_decode(fast.c, s.data(), int(s.size()), QWEN35_LOGITS_ALL) == QWEN35_OK);
+    double worst = 0;
+    for (int i = 0; i < int(s.size()); ++i) {
+      REQUIRE(qwen35_context_decode(step.c, &s[size_t(i)], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+      const float* r = qwen35_context_logits(ref.c, i);
+      for (const float* l : {qwen35_context_logits(fast.c, i), qwen35_context_logits(step.c, -1)}) {
+        REQUIRE(l);
+        worst = std::max(worst, rel_err(l, r, size_t(V)));
+      }
+    }
+    CHECK(worst < 0.25);
+  }
+}

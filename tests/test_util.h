@@ -1,0 +1,27 @@
+// Shared helpers for the tests: fixture paths, reading fixture logits,
+// relative errors, temporary files.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "synth.h"
+
+namespace qwen35::test {
+
+std::string fixture(const std::string& rel);   // QWEN35_FIXTURES_DIR/rel
+std::string tmp_path(const std::string& name); // a file name in the test temp dir (created)
+bool file_exists(const std::string& path);
+std::vector<uint8_t> read_file(const std::string& path);
+std::vector<float> read_f32(const std::string& path);
+std::vector<std::vector<int32_t>> read_seqs(const std::string& path);
+
+// ||a - b|| / ||b|| over n elements.
+double rel_err(const float* a, const float* b, size_t n);
+size_t argmax(const float* x, size_t n);
+
+// Writes a synthetic model to the temp dir (once per name) and returns its path.
+std::string synth_model(const std::string& name, const SynthConfig& cfg);
+
+}  // namespace qwen35::test
