@@ -98,7 +98,6 @@ Status Context::decode_embd(const float* embd, int32_t n, const int32_t* pos, in
 
 Status Context::append(const int32_t* tokens, const float* embd, int32_t n, const int32_t* pos, LogitsMode mode,
                        int32_t snapshot_row) {
-  abort.store(false);
   const int32_t old = n_past();
   if (int64_t(old) + n > opt_.n_ctx)
     return Error(QWEN35_ERR_CONTEXT_FULL, "{} more rows do not fit: the context holds {} of {}", n, old, opt_.n_ctx);
@@ -226,14 +225,16 @@ Status Context::eval_rows(int32_t first_row, int32_t n, LogitsMode mode, int32_t
       call_rows_ = c0 + cn;
       n_logit_rows_ = std::max(0, c0 + cn - (n - n_logits));
     }
+    if (mtp_enabled()) QWEN35_TRY(mtp_fill(row0, cn, pre ? pre : hid));
     if (snapshot_row >= 0) {
+      // MTP rows below the snapshot's last row are final (they pair true
+      // hiddens with true tokens), so a rollback keeps them.
       Checkpoint& s = slots_[Backend::kRollbackSlot];
       s.rows = row0 + snapshot_row + 1;
       const float* hs = (pre ? pre : hid) + size_t(snapshot_row) * size_t(D);
       s.hidden.assign(hs, hs + D);
       s.n_mtp = std::min(n_mtp_, s.rows - 1);
     }
-    if (mtp_enabled()) QWEN35_TRY(mtp_fill(row0, cn, pre ? pre : hid));
   }
   return Status::Ok();
 }
@@ -385,7 +386,6 @@ Status Context::recover(int32_t n_rows) {
 }
 
 Status Context::truncate(int32_t n_keep) {
-  abort.store(false);
   const int32_t np = n_past();
   if (n_keep < 0 || n_keep > np)
     return Error(QWEN35_ERR_INVALID_ARG, "cannot truncate to {} rows: the context holds {}", n_keep, np);

@@ -76,6 +76,8 @@ class Context {
   Status state_save(std::vector<uint8_t>* out) const;
   Status state_load(const uint8_t* data, uint64_t size);
 
+  // Set from any thread to cancel the running call; the C API clears it when
+  // a new call starts.
   std::atomic<bool> abort{false};
   std::string errmsg;
 

@@ -206,6 +206,7 @@ qwen35_status qwen35_context_decode(qwen35_context* ctx, const qwen35_token* tok
   if (!tokens || n <= 0) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_context_decode: need n > 0 tokens", ctx);
   if (mode != QWEN35_LOGITS_LAST && mode != QWEN35_LOGITS_ALL && mode != QWEN35_LOGITS_NONE)
     return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_context_decode: bad logits mode", ctx);
+  ctx->ctx->abort.store(false);
   Status st;
   try {
     st = ctx->ctx->decode(tokens, n, to_mode(mode));

@@ -1,0 +1,233 @@
+#include "generate.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "tokenizer.h"
+
+namespace qwen35 {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+// Streamed text: complete UTF-8 only, and text that could be the start of a
+// stop string is held back until it is known not to be one.
+class TextStream {
+ public:
+  explicit TextStream(const std::vector<std::string>& stops) : stops_(stops) {}
+
+  // Bytes of a new token; returns the text that can be emitted now.
+  std::string push(const std::string& bytes) {
+    held_ += utf8_.push(bytes);
+    return release(false);
+  }
+  // End of generation: everything still held (unless a stop string matched).
+  std::string flush() {
+    held_ += utf8_.flush();
+    return release(true);
+  }
+  bool matched() const { return matched_; }
+
+ private:
+  std::string release(bool final) {
+    if (matched_) return {};
+    size_t cut = std::string::npos;
+    for (const std::string& s : stops_) {
+      if (s.empty()) continue;
+      size_t p = held_.find(s);
+      if (p != std::string::npos) cut = std::min(cut, p);
+    }
+    std::string out;
+    if (cut != std::string::npos) {
+      matched_ = true;
+      out = held_.substr(0, cut);
+      held_.clear();
+      return out;
+    }
+    size_t keep = 0;
+    if (!final)
+      for (const std::string& s : stops_)
+        for (size_t k = std::min(s.size() - 1, held_.size()); k > keep; --k)
+          if (held_.compare(held_.size() - k, k, s, 0, k) == 0) {
+            keep = k;
+            break;
+          }
+    out = held_.substr(0, held_.size() - keep);
+    held_.erase(0, held_.size() - keep);
+    return out;
+  }
+
+  const std::vector<std::string>& stops_;
+  Utf8Stream utf8_;
+  std::string held_;
+  bool matched_ = false;
+};
+
+int32_t argmax(const float* x, int32_t n) {
+  int32_t best = 0;
+  for (int32_t i = 1; i < n; ++i)
+    if (x[i] > x[best]) best = i;
+  return best;
+}
+
+}  // namespace
+
+Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prompt, const GenerateOptions& opt,
+                GenerateStats* stats_out, const MtpPolicy& policy) {
+  GenerateStats st;
+  const Model& model = ctx.model();
+  const int32_t V = model.hp.n_vocab;
+  const Vocab* vocab = model.vocab.get();
+  auto is_eog = [&](int32_t t) { return vocab && vocab->is_eog(t); };
+  auto finish = [&](Status s) {
+    if (stats_out) *stats_out = st;
+    return s;
+  };
+
+  // ---- prompt ----
+  const auto t0 = Clock::now();
+  if (!prompt.empty()) {
+    Status s = ctx.decode(prompt.data(), int32_t(prompt.size()), LogitsMode::Last);
+    if (!s.ok()) {
+      if (s.code() == QWEN35_ERR_CANCELLED) {
+        st.stop = StopReason::Cancelled;
+        return finish(Status::Ok());
+      }
+      return finish(s);
+    }
+    st.n_prompt = int32_t(prompt.size());
+    sampler.accept_prompt(prompt.data(), int32_t(prompt.size()));
+    // A checkpoint at the end of the prompt makes a later truncation back to
+    // here (the next chat turn re-rendering this reply) free.
+    Status cs = ctx.checkpoint();
+    (void)cs;  // only an optimization
+  } else if (!ctx.logits(-1)) {
+    // No logits for the last row (e.g. the previous call was cancelled):
+    // recompute them by re-decoding that row.
+    const int32_t np = ctx.n_past();
+    if (np == 0 || ctx.tokens().back() < 0)
+      return finish(Error(QWEN35_ERR_STATE, "nothing to generate from: give a prompt or decode one first"));
+    const int32_t last = ctx.tokens().back();
+    QWEN35_TRY(finish(ctx.truncate(np - 1)));
+    Status s = ctx.decode(&last, 1, LogitsMode::Last);
+    if (!s.ok()) return finish(s);
+  }
+  st.t_prompt_ms = ms_since(t0);
+
+  // ---- generation ----
+  const auto t1 = Clock::now();
+  TextStream text(opt.stop);
+  const bool mtp = opt.use_mtp && ctx.mtp_enabled();
+  int32_t window_drafts = 0, window_accepted = 0, paused_until = -1;
+  bool stopped = false;
+
+  // Emit one token: record it, stream its text, apply the stop rules.
+  // Returns false when generation must stop after this token.
+  auto emit = [&](int32_t tok) -> bool {
+    sampler.accept(tok);
+    ++st.n_generated;
+    std::string piece;
+    if (vocab) vocab->piece(tok, opt.render_special, &piece);
+    std::string out = text.push(piece);
+    const bool last = opt.max_tokens > 0 && st.n_generated >= opt.max_tokens;
+    if (last && !text.matched()) out += text.flush();
+    bool go_on = true;
+    if (opt.on_token && !opt.on_token(tok, out)) {
+      st.stop = StopReason::Cancelled;
+      go_on = false;
+    }
+    if (text.matched()) {
+      st.stop = StopReason::String;
+      go_on = false;
+    } else if (last && go_on) {
+      st.stop = StopReason::MaxTokens;
+      go_on = false;
+    }
+    return go_on;
+  };
+  // Whether a freshly sampled token ends generation before being emitted.
+  auto ends_before_emit = [&](int32_t tok, int32_t rows_needed) -> bool {
+    if (ctx.abort.load()) {
+      st.stop = StopReason::Cancelled;
+      return true;
+    }
+    if (!opt.ignore_eos && is_eog(tok)) {
+      st.stop = StopReason::Eog;
+      return true;
+    }
+    if (ctx.n_past() + rows_needed > ctx.n_ctx()) {
+      st.stop = StopReason::ContextFull;
+      return true;
+    }
+    return false;
+  };
+  auto on_decode_error = [&](const Status& s) -> Status {
+    if (s.code() == QWEN35_ERR_CANCELLED) {
+      st.stop = StopReason::Cancelled;
+      return Status::Ok();
+    }
+    return s;
+  };
+
+  if (opt.max_tokens == 0) {
+    st.stop = StopReason::MaxTokens;
+    return finish(Status::Ok());
+  }
+  int32_t tok = sampler.sample(ctx.logits(-1));
+  while (!stopped) {
+    if (ends_before_emit(tok, 1)) break;
+    const bool go_on = emit(tok);
+    // `tok` is emitted; put it in the context (also when stopping, so the
+    // context holds exactly the emitted tokens).
+    const bool draft_now = go_on && mtp && st.n_generated > paused_until && ctx.n_past() + 2 <= ctx.n_ctx();
+    if (!draft_now) {
+      Status s = ctx.decode(&tok, 1, LogitsMode::Last);
+      ++st.n_main_passes;
+      if (!s.ok()) return finish(on_decode_error(s));
+      if (!go_on) break;
+      tok = sampler.sample(ctx.logits(-1));
+      continue;
+    }
+    // Draft the token after `tok` with the MTP head, verify both in one pass.
+    const float* dl = nullptr;
+    Status s = ctx.mtp_draft(tok, &dl);
+    if (!s.ok()) return finish(on_decode_error(s));
+    const int32_t d = argmax(dl, V);
+    const int32_t pair[2] = {tok, d};
+    s = ctx.decode_with_snapshot(pair, 2, LogitsMode::All);
+    ++st.n_main_passes;
+    ++st.n_drafted;
+    ++window_drafts;
+    if (!s.ok()) return finish(on_decode_error(s));
+    const int32_t y0 = sampler.sample(ctx.logits(0));
+    if (y0 == d && !(is_eog(d) && !opt.ignore_eos) && !ctx.abort.load()) {
+      ++st.n_accepted;
+      ++window_accepted;
+      if (!emit(d)) break;  // both tokens are in the context
+      tok = sampler.sample(ctx.logits(1));
+    } else {
+      // Reject: keep the rows through `tok`, drop the draft's row.
+      s = ctx.rollback_to_snapshot();
+      if (!s.ok()) return finish(s);
+      tok = y0;
+    }
+    if (window_drafts >= policy.window) {
+      if (double(window_accepted) < policy.min_rate * double(window_drafts))
+        paused_until = st.n_generated + policy.pause_tokens;
+      window_drafts = window_accepted = 0;
+    }
+  }
+  // Release text held back for a possible stop string that never came.
+  if (st.stop != StopReason::String && st.stop != StopReason::MaxTokens) {
+    std::string rest = text.flush();
+    if (!rest.empty() && opt.on_token) opt.on_token(-1, rest);
+  }
+  st.t_generate_ms = ms_since(t1);
+  return finish(Status::Ok());
+}
+
+}  // namespace qwen35
