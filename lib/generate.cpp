@@ -122,7 +122,7 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
   const auto t1 = Clock::now();
   TextStream text(opt.stop);
   const bool mtp = opt.use_mtp && ctx.mtp_enabled();
-  int32_t window_drafts = 0, window_accepted = 0, paused_until = -1;
+  int32_t window_drafts = 0, window_accepted = 0, paused_until = -1, pause = policy.pause_tokens;
   bool stopped = false;
 
   // Emit one token: record it, stream its text, apply the stop rules.
@@ -216,8 +216,12 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
       tok = y0;
     }
     if (window_drafts >= policy.window) {
-      if (double(window_accepted) < policy.min_rate * double(window_drafts))
-        paused_until = st.n_generated + policy.pause_tokens;
+      if (double(window_accepted) < policy.min_rate * double(window_drafts)) {
+        paused_until = st.n_generated + pause;
+        pause = std::min(2 * pause, policy.max_pause);
+      } else {
+        pause = policy.pause_tokens;
+      }
       window_drafts = window_accepted = 0;
     }
   }

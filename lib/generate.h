@@ -39,12 +39,14 @@ struct GenerateStats {
 };
 
 // Adaptive drafting: after a window of drafts with low acceptance the loop
-// stops drafting for a while, then probes again, so a poor drafter costs
-// little. Exposed for tests.
+// stops drafting for a while, then probes again; every failed probe doubles
+// the pause, so a drafter that never helps costs almost nothing in the long
+// run (only the MTP cache upkeep). Exposed for tests.
 struct MtpPolicy {
-  int32_t window = 16;          // drafts per acceptance measurement
+  int32_t window = 8;           // drafts per acceptance measurement
   double min_rate = 0.25;       // below this the drafter is paused
-  int32_t pause_tokens = 64;    // tokens generated without drafting before probing again
+  int32_t pause_tokens = 32;    // first pause (tokens generated without drafting)
+  int32_t max_pause = 1024;     // longest pause
 };
 
 // Decode `prompt` (may be empty when the context already has logits for its
