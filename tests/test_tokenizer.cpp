@@ -442,6 +442,31 @@ TEST_CASE("round trip: detokenize(tokenize(x)) == x for valid UTF-8") {
   }
 }
 
+TEST_CASE("random bytes: tokenization never fails and decodes to the lenient re-encoding (2.3)") {
+  const Vocab& v = qwen();
+  std::mt19937 rng(5);
+  const std::vector<std::string> specials = {"<|im_start|>", "<think>", "<|im_end|>", "</tool_call>"};
+  for (int it = 0; it < 1500; ++it) {
+    std::string s;
+    const int n = int(rng() % 48);
+    for (int k = 0; k < n; ++k) {
+      const uint32_t r = rng() % 100;
+      if (r < 3) s += specials[rng() % specials.size()];
+      else if (r < 40) s += char(0x80 + rng() % 0x80);  // continuation / lead bytes
+      else s += char(rng() % 0x80);
+    }
+    // Expected text: each code point as decoded by llama.cpp's rules, in shortest form.
+    std::string expect;
+    const uint8_t* p = reinterpret_cast<const uint8_t*>(s.data());
+    for (size_t i = 0, len; i < s.size(); i += len) unicode::append_utf8(unicode::decode_lenient(p + i, s.size() - i, &len), &expect);
+    for (bool ps : {false, true}) {
+      const auto ids = tok(v, s, ps);
+      for (int32_t id : ids) CHECK((id >= 0 && id < v.n_tokens()));
+      CHECK_MESSAGE(detok(v, ids, true) == expect, show(s));
+    }
+  }
+}
+
 // ---- detokenization and streaming (§3, §8.5) ------------------------------------
 
 TEST_CASE("detokenization pieces (spec 8.5)") {
@@ -512,6 +537,7 @@ struct MiniVocab {
   std::vector<std::string> merges;
   bool has_tokens = true, has_types = true, has_merges = true, has_model = true, has_pre = true;
   int64_t eos = -1, bos = -1;
+  int add_bos = -1, add_eos = -1;  // -1: key absent
 
   MiniVocab() {
     // The 256 byte tokens in GPT-2 order: bytes sorted by their image U(b).
@@ -551,6 +577,8 @@ struct MiniVocab {
     if (has_merges) w.set_arr_str("tokenizer.ggml.merges", merges);
     if (eos >= 0) w.set_u32("tokenizer.ggml.eos_token_id", uint32_t(eos));
     if (bos >= 0) w.set_u32("tokenizer.ggml.bos_token_id", uint32_t(bos));
+    if (add_bos >= 0) w.set_bool("tokenizer.ggml.add_bos_token", add_bos != 0);
+    if (add_eos >= 0) w.set_bool("tokenizer.ggml.add_eos_token", add_eos != 0);
     const std::vector<uint8_t> img = w.header();
     std::unique_ptr<GgufFile> f;
     QWEN35_TRY(GgufFile::FromMemory(img.data(), img.size(), true, &f));
@@ -596,6 +624,19 @@ TEST_CASE("vocab: a small valid vocabulary (types, duplicates, empty text, out-o
   CHECK(s.empty());
   v->piece(261, false, &s);
   CHECK(s == "<think>");
+  // add_special adds BOS / EOS only when the vocabulary asks for them.
+  std::vector<int32_t> ids;
+  REQUIRE(v->tokenize("ab", true, false, &ids).ok());
+  CHECK(ids == std::vector<int32_t>{256});
+  mv.bos = 261;
+  mv.add_bos = 1;
+  mv.add_eos = 1;
+  REQUIRE(mv.load(&v).ok());
+  REQUIRE(v->tokenize("ab", true, false, &ids).ok());
+  CHECK(ids == std::vector<int32_t>{261, 256, 260});
+  REQUIRE(v->tokenize("ab", false, false, &ids).ok());
+  CHECK(ids == std::vector<int32_t>{256});
+  mv.add_bos = mv.add_eos = -1;
   // pre = "qwen2" is accepted.
   mv.pre = "qwen2";
   REQUIRE(mv.load(&v).ok());

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gguf.h"
@@ -272,6 +273,27 @@ TEST_CASE("C API: streaming detokenizer (spec 8.5)") {
   REQUIRE(qwen35_detok_create(m, true, &d) == QWEN35_OK);
   CHECK(std::string(qwen35_detok_push(d, 151645, &len)) == "<|im_end|>");
   qwen35_detok_free(d);
+}
+
+TEST_CASE("C API: one model tokenizes from several threads at once") {
+  const qwen35_model* m = vocab_model().m;
+  const std::vector<std::string> cases = read_cases();
+  const std::string expect = read_text(fixture("tokenizer/tok-expected.txt"));
+  std::vector<std::string> got(4);
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < got.size(); ++t)
+    threads.emplace_back([&, t] {
+      std::string out;
+      for (const std::string& c : cases) {
+        std::vector<qwen35_token> ids(c.size() + 8);
+        const int32_t n = qwen35_tokenize(m, c.data(), c.size(), ids.data(), int32_t(ids.size()), false, true);
+        for (int32_t i = 0; i < n; ++i) out += (i ? " " : "") + std::to_string(ids[size_t(i)]);
+        out += "\n";
+      }
+      got[t] = out;
+    });
+  for (auto& th : threads) th.join();
+  for (const std::string& g : got) CHECK(g == expect);
 }
 
 TEST_CASE("fixture models load with their real tokenizer") {
