@@ -18,6 +18,9 @@ Context::~Context() = default;
 
 Status Context::Create(const Model& model, const ContextOptions& opt, std::unique_ptr<Context>* out) {
   out->reset();
+  if (model.vocab_only)
+    return Error(QWEN35_ERR_UNSUPPORTED, "'{}' is a vocabulary-only file (no weights): it cannot run a context",
+                 model.path);
   if (opt.n_ctx < 1) return Error(QWEN35_ERR_INVALID_ARG, "n_ctx must be positive (got {})", opt.n_ctx);
   if (opt.n_batch < 1) return Error(QWEN35_ERR_INVALID_ARG, "n_batch must be positive (got {})", opt.n_batch);
   if (opt.n_threads < 1 || opt.n_threads > 256)

@@ -19,6 +19,19 @@ void put_str(std::vector<uint8_t>& b, const std::string& s) {
   put(b, uint64_t(s.size()));
   b.insert(b.end(), s.begin(), s.end());
 }
+// Bytes of a record's type + value as GGUF v3 encodes them (arrays of
+// arrays are not produced by any writer we copy from).
+uint64_t encoded_value_size(const GgufKV& kv) {
+  static const uint8_t kScalar[GGUF_TYPE_COUNT] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+  if (kv.type == GGUF_STRING) return 4 + 8 + kv.str.size();
+  if (kv.type != GGUF_ARRAY) return 4 + (kv.type < GGUF_TYPE_COUNT ? kScalar[kv.type] : 0);
+  uint64_t n = 4 + 4 + 8;
+  if (kv.arr_type == GGUF_STRING) {
+    for (std::string_view s : kv.arr_strings) n += 8 + s.size();
+    return n;
+  }
+  return n + kv.arr_count * (kv.arr_type < GGUF_TYPE_COUNT ? kScalar[kv.arr_type] : 0);
+}
 }  // namespace
 
 void GgufWriter::set_u32(const std::string& key, uint32_t v) {
@@ -81,8 +94,12 @@ void GgufWriter::copy_kv(const GgufFile& f, const GgufKV& kv) {
     uint64_t t0 = f.tensors().front().info_offset;
     if (t0 > kv.file_offset && t0 < end) end = t0;
   }
+  const uint8_t* value_end = f.base() + end;
+  // The last record of a file without tensors is followed by the alignment
+  // padding of the data section: size it from its parsed value instead.
+  if (end == f.data_offset()) value_end = value_start + encoded_value_size(kv);
   KV out{std::string(kv.key), {}};
-  out.encoded.assign(value_start, f.base() + end);
+  out.encoded.assign(value_start, value_end);
   kvs_.push_back(std::move(out));
 }
 

@@ -311,13 +311,17 @@ Status LoadModelFromGguf(std::unique_ptr<GgufFile> file, const LoadOptions& opt,
   m->file = std::move(file);
   Loader ld(*m, *m->file);
   QWEN35_TRY(ld.hparams());
-  QWEN35_TRY(ld.weights(opt));
+  // A vocabulary-only file (tokenizer keys, no tensors, like llama.cpp's
+  // ggml-vocab-*.gguf) loads for the tokenizer APIs; contexts refuse it.
+  m->vocab_only = m->file->tensors().empty() && m->file->find_kv("tokenizer.ggml.tokens");
+  if (!m->vocab_only) QWEN35_TRY(ld.weights(opt));
 
   // The tokenizer is optional at this level (synthetic test files may carry
   // none); text APIs report a clear error when it is missing.
   if (m->file->find_kv("tokenizer.ggml.tokens")) {
     std::shared_ptr<Vocab> vocab;
     QWEN35_TRY(Vocab::Load(*m->file, log, &vocab));
+    if (m->vocab_only) m->hp.n_vocab = vocab->n_tokens();
     if (vocab->n_tokens() > m->hp.n_vocab)
       return Error(QWEN35_ERR_FORMAT, "tokenizer has {} tokens but token_embd has {} rows", vocab->n_tokens(),
                    m->hp.n_vocab);
@@ -333,8 +337,11 @@ Status LoadModelFromGguf(std::unique_ptr<GgufFile> file, const LoadOptions& opt,
   }
   std::string types;
   for (auto& [k, v] : census) types += fmt::format("{}{} {}", types.empty() ? "" : ", ", v, k);
-  m->desc = fmt::format("qwen35 {:.2f}B ({}+{} layers, d {}, vocab {}; {})", double(n_params) / 1e9, hp.n_layer,
-                        hp.n_mtp, hp.n_embd, hp.n_vocab, types);
+  if (m->vocab_only)
+    m->desc = fmt::format("qwen35 vocabulary only ({} tokens, {} merges)", m->vocab->n_tokens(), m->vocab->n_merges());
+  else
+    m->desc = fmt::format("qwen35 {:.2f}B ({}+{} layers, d {}, vocab {}; {})", double(n_params) / 1e9,
+                          hp.n_layer, hp.n_mtp, hp.n_embd, hp.n_vocab, types);
   if (opt.progress && !opt.progress(1.0f, opt.progress_user_data))
     return Error(QWEN35_ERR_CANCELLED, "model load cancelled by the progress callback");
   *out = std::move(m);

@@ -115,6 +115,7 @@ struct Model {
   std::unique_ptr<MtpLayer> mtp;
 
   std::shared_ptr<Vocab> vocab;  // may be null for files without a tokenizer
+  bool vocab_only = false;       // a file with a tokenizer and no tensors: text APIs only, no contexts
   uint64_t host_bytes = 0;       // bytes we allocated for weights (converted vectors)
   uint64_t device_bytes = 0;     // filled by a GPU backend
   int device = QWEN35_DEVICE_CPU;

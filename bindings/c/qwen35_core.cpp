@@ -100,7 +100,7 @@ qwen35_status qwen35_model_load(const char* path, const qwen35_model_params* par
   // Device selection: a GPU backend claims the model when asked for (or on
   // AUTO when one is usable).
   const bool want_cpu = p.device == QWEN35_DEVICE_CPU || p.n_gpu_layers == 0;
-  if (!want_cpu) {
+  if (!want_cpu && !h->m->vocab_only) {
     st = UploadModelToCuda(*h->m, p.device_index, p.device == QWEN35_DEVICE_CUDA);
     if (!st.ok()) return set_error(st);
   }

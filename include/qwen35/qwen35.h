@@ -252,6 +252,12 @@ QWEN35_API qwen35_status qwen35_context_state_load_file(qwen35_context * ctx, co
 /* ------------------------------------------------------------------------ */
 /* Tokenizer                                                                 */
 /* ------------------------------------------------------------------------ */
+/* The functions below that return a count return INT32_MIN on error (NULL
+ * model, a model without tokenizer, bad arguments, a bad token id) with the
+ * reason in qwen35_errmsg(); the queries return -1 / false / NULL. A
+ * vocabulary-only GGUF loads with qwen35_model_load for these functions
+ * (contexts refuse it). Invalid UTF-8 input never fails: each bad byte is
+ * tokenized as U+FFFD. */
 
 QWEN35_API qwen35_token qwen35_token_eos(const qwen35_model * model);
 QWEN35_API qwen35_token qwen35_token_bos(const qwen35_model * model);   /* -1 if none */
@@ -289,7 +295,8 @@ typedef struct qwen35_detok qwen35_detok;
 QWEN35_API qwen35_status qwen35_detok_create(const qwen35_model * model, bool render_special, qwen35_detok ** out);
 QWEN35_API void qwen35_detok_free(qwen35_detok * d);
 /* Returns a pointer to the newly completed text (NUL-terminated, owned by d,
- * valid until the next call) and its length in *len. */
+ * valid until the next call) and its length in *len. The text is valid UTF-8:
+ * invalid bytes become U+FFFD. NULL (and *len = 0) for a bad token id. */
 QWEN35_API const char * qwen35_detok_push(qwen35_detok * d, qwen35_token token, size_t * len);
 /* Emit whatever is still held back (at end of generation). */
 QWEN35_API const char * qwen35_detok_flush(qwen35_detok * d, size_t * len);
