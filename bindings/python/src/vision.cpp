@@ -1,0 +1,119 @@
+// _qwen35: vision projector (mmproj), images and image embeddings.
+#include <pybind11/stl.h>
+
+#include "common.h"
+
+namespace qwen35py {
+
+namespace {
+
+template <typename Fn>
+void call_nogil(Fn fn) {
+  qwen35_status st;
+  std::string msg;
+  {
+    py::gil_scoped_release nogil;
+    st = fn();
+    if (st != QWEN35_OK) msg = qwen35_errmsg();
+  }
+  if (st != QWEN35_OK) raise_status(st, msg);
+}
+
+MmprojPtr load_mmproj(const std::string& path, const py::object& model, int n_threads, bool use_mmap,
+                      bool llamacpp_compat, int device) {
+  auto h = std::make_shared<MmprojHandle>();
+  const qwen35_model* mdl = nullptr;
+  if (!model.is_none()) {
+    ModelPtr mp = model.cast<ModelPtr>();
+    mdl = mp->get();
+    h->model = std::make_unique<ModelUse>(mp);
+  }
+  qwen35_mmproj_params p = qwen35_mmproj_default_params();
+  if (n_threads > 0) p.n_threads = n_threads;
+  p.use_mmap = use_mmap;
+  p.llamacpp_compat = llamacpp_compat;
+  p.device = qwen35_device(device);
+  call_nogil([&] { return qwen35_mmproj_load(path.c_str(), mdl, &p, &h->mmproj); });
+  return h;
+}
+
+ImagePtr image_checked(const ImagePtr& im) {
+  if (!im->image) raise_state("the image is empty");
+  return im;
+}
+
+}  // namespace
+
+void bind_vision(py::module_& m) {
+  py::class_<MmprojHandle, MmprojPtr>(m, "Mmproj", "Vision projector GGUF (qwen35_mmproj).")
+      .def(py::init(&load_mmproj), py::arg("path"), py::arg("model") = py::none(), py::arg("n_threads") = 0,
+           py::arg("use_mmap") = true, py::arg("llamacpp_compat") = false, py::arg("device") = int(QWEN35_DEVICE_AUTO),
+           "Load a projector; with a model, check that it fits it.")
+      .def("close",
+           [](MmprojHandle& h) {
+             qwen35_mmproj_free(h.mmproj);
+             h.mmproj = nullptr;
+             h.model.reset();
+           })
+      .def("encode",
+           [](const MmprojPtr& h, const ImagePtr& im) {
+             qwen35_mmproj* mp = h->get();
+             image_checked(im);
+             auto e = std::make_shared<EmbedHandle>();
+             call_nogil([&] { return qwen35_image_encode(mp, im->image, &e->embed); });
+             return e;
+           },
+           py::arg("image"), "Encode an image into LLM-space embeddings (an ImageEmbed).");
+
+  py::class_<ImageHandle, ImagePtr>(m, "Image", "Decoded RGB8 image (qwen35_image).")
+      .def_static("from_file",
+                  [](const std::string& path) {
+                    auto h = std::make_shared<ImageHandle>();
+                    call_nogil([&] { return qwen35_image_load_file(path.c_str(), &h->image); });
+                    return h;
+                  },
+                  py::arg("path"), "PNG, JPEG, BMP or PPM/PGM file.")
+      .def_static("from_memory",
+                  [](const py::bytes& data) {
+                    std::string buf = data;
+                    auto h = std::make_shared<ImageHandle>();
+                    call_nogil([&] { return qwen35_image_load_memory(buf.data(), buf.size(), &h->image); });
+                    return h;
+                  },
+                  py::arg("data"), "An encoded image file held in memory.")
+      .def_static("from_pixels",
+                  [](const py::bytes& pixels, int32_t width, int32_t height, int32_t channels, int32_t stride) {
+                    std::string buf = pixels;
+                    const int64_t row = stride > 0 ? stride : int64_t(width) * channels;
+                    if (width <= 0 || height <= 0 || row <= 0 || int64_t(buf.size()) < row * (height - 1) + int64_t(width) * channels)
+                      raise_status(QWEN35_ERR_INVALID_ARG, "pixel buffer is smaller than width x height x channels");
+                    auto h = std::make_shared<ImageHandle>();
+                    call_nogil([&] {
+                      return qwen35_image_from_pixels(reinterpret_cast<const uint8_t*>(buf.data()), width, height,
+                                                      channels, stride, &h->image);
+                    });
+                    return h;
+                  },
+                  py::arg("pixels"), py::arg("width"), py::arg("height"), py::arg("channels") = 3,
+                  py::arg("stride") = 0, "Raw RGB (3) or RGBA (4) pixels, rows `stride` bytes apart (0 = packed).")
+      .def_property_readonly("width", [](const ImagePtr& h) { return qwen35_image_width(image_checked(h)->image); })
+      .def_property_readonly("height", [](const ImagePtr& h) { return qwen35_image_height(image_checked(h)->image); });
+
+  py::class_<EmbedHandle, EmbedPtr>(m, "ImageEmbed", "Encoded image (qwen35_image_embed), reusable across turns.")
+      .def_property_readonly("n_tokens", [](const EmbedHandle& e) { return qwen35_image_embed_n_tokens(e.embed); })
+      .def_property_readonly("n_embd", [](const EmbedHandle& e) { return qwen35_image_embed_n_embd(e.embed); })
+      .def_property_readonly("grid",
+                             [](const EmbedHandle& e) {
+                               int32_t nx = 0, ny = 0, w = 0, h = 0;
+                               qwen35_image_embed_grid(e.embed, &nx, &ny, &w, &h);
+                               return py::make_tuple(nx, ny, w, h);
+                             },
+                             "(nx, ny, width, height): merged grid and preprocessed pixel size.")
+      .def("data", [](const EmbedHandle& e) {
+        const float* p = qwen35_image_embed_data(e.embed);
+        size_t n = size_t(qwen35_image_embed_n_tokens(e.embed)) * size_t(qwen35_image_embed_n_embd(e.embed));
+        return py::bytes(reinterpret_cast<const char*>(p), p ? n * sizeof(float) : 0);
+      }, "n_tokens x n_embd float32 values (bytes), row-major.");
+}
+
+}  // namespace qwen35py
