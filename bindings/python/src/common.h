@@ -58,10 +58,16 @@ class ModelUse {
 // runs on a worker thread), so a second thread gets an exception instead of
 // corrupting it. qwen35_context_abort() is the exception and needs no claim.
 struct ContextHandle {
-  explicit ContextHandle(ModelPtr m) : model(std::move(m)) {}
+  explicit ContextHandle(ModelPtr m) : model(std::make_unique<ModelUse>(std::move(m))) {}
   ~ContextHandle() { qwen35_context_free(ctx); }
+  // Free the context and stop counting as a user of the model.
+  void close() {
+    qwen35_context_free(ctx);
+    ctx = nullptr;
+    model.reset();
+  }
   qwen35_context* ctx = nullptr;
-  ModelUse model;
+  std::unique_ptr<ModelUse> model;
   std::atomic<bool> busy{false};
   qwen35_context* get() const {
     if (!ctx) raise_state("the context is closed");

@@ -104,8 +104,7 @@ void bind_context(py::module_& m) {
            [](const ContextPtr& c) {
              if (!c->ctx) return;
              ContextClaim claim(c);
-             qwen35_context_free(c->ctx);
-             c->ctx = nullptr;
+             c->close();
            })
       .def_property_readonly("closed", [](const ContextHandle& c) { return c.ctx == nullptr; })
       .def_property_readonly("n_ctx", [](const ContextHandle& c) { return qwen35_context_n_ctx(c.get()); })

@@ -168,6 +168,10 @@ class Generation {
       n_past_end_ = qwen35_context_n_past(ctx);
       ctx_claim_.release();
       sampler_claim_.release();
+      // Nothing needs them any more: let a closed Llama free its model.
+      ctx_.reset();
+      sampler_.reset();
+      chat_.reset();
       done_ = true;
     }
     cv_.notify_all();
