@@ -10,7 +10,9 @@ echo "== C++ tests"
 (cd "$BUILD" && ctest --output-on-failure -j "$JOBS")
 if [ -d bindings/python/tests ]; then
   echo "== Python tests"
-  PYTHONPATH="$PWD/$BUILD/bindings/python:$PWD/bindings/python" python3 -m pytest -q bindings/python/tests
+  # The Debian interpreter: the one pytest (python3-pytest) and the module's build belong to.
+  PY=python3; [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
+  PYTHONPATH="$PWD/$BUILD/bindings/python:$PWD/bindings/python" "$PY" -m pytest -q bindings/python/tests
 fi
 echo "== ASan + UBSan: hostile GGUF corpus and API misuse"
 cmake -S . -B "$BUILD-asan" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQWEN35_SANITIZE=ON -DQWEN35_CUDA=OFF >/dev/null

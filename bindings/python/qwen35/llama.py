@@ -283,6 +283,68 @@ class Llama:
             frequency_penalty=float(frequency_penalty), seed=self._next_seed(seed),
             logit_bias=_logit_bias_pairs(logit_bias))
 
+    # ---- tokens in, tokens out ------------------------------------------------
+
+    def eval(self, tokens):
+        """Append tokens to the context and run the model over them."""
+        self._check()
+        self._stop_active()
+        self._ctx.decode([int(t) for t in tokens])
+
+    def _start(self, tokens, sampler, max_tokens, stop, stream):
+        # Reuse what the context already holds of this prompt (the last prompt
+        # token is always decoded again, for its logits).
+        held = self._ctx.tokens()
+        keep = 0
+        limit = min(len(held), len(tokens) - 1)
+        while keep < limit and held[keep] == tokens[keep]:
+            keep += 1
+        gen = _qwen35.generate(self._ctx, sampler, tokens[keep:], keep=keep, max_tokens=max_tokens, stop=stop,
+                               stream=stream)
+        self._active = gen
+        return gen
+
+    def generate(self, tokens, top_k=40, top_p=0.95, min_p=0.05, typical_p=1.0, temp=0.80, repeat_penalty=1.0,
+                 reset=True, frequency_penalty=0.0, presence_penalty=0.0, tfs_z=1.0, mirostat_mode=0,
+                 mirostat_tau=5.0, mirostat_eta=0.1, penalize_nl=True, logits_processor=None,
+                 stopping_criteria=None, grammar=None, seed=None, logit_bias=None):
+        """Yield generated token ids after the prompt `tokens` until an
+        end-of-generation token (not yielded) or the context is full; stop
+        earlier by leaving the loop. reset=False is accepted for
+        compatibility: the held prefix is reused either way."""
+        self._check()
+        self._stop_active()
+        for name, value, default in (("typical_p", typical_p, 1.0), ("tfs_z", tfs_z, 1.0),
+                                     ("mirostat_mode", mirostat_mode, 0), ("grammar", grammar, None),
+                                     ("logits_processor", logits_processor, None),
+                                     ("stopping_criteria", stopping_criteria, None)):
+            _unsupported(name, value, default)
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            raise _status_error(_qwen35.InvalidArgumentError, -1, "generate() needs at least one prompt token")
+        sampler = self._sampler(temp, top_k, top_p, min_p, repeat_penalty, presence_penalty, frequency_penalty,
+                                seed, logit_bias)
+        gen = self._start(tokens, sampler, -1, [], True)
+        return self._token_stream(gen)
+
+    def _token_stream(self, gen):
+        try:
+            while True:
+                c = gen.next_chunk()
+                if c is None:
+                    break
+                if c[0] >= 0:
+                    yield c[0]
+        finally:
+            gen.cancel()
+            if self._active is gen:
+                self._stop_active()
+
+    def create_embedding(self, *args, **kwargs):
+        raise NotImplementedError("qwen35.Llama does not compute embeddings")
+
+    embed = create_embedding
+
     # ---- completion ---------------------------------------------------------
 
     def __call__(self, prompt, *args, **kwargs):
@@ -316,17 +378,8 @@ class Llama:
                                 f"Requested tokens ({len(tokens)}) exceed context window of {n_ctx}")
         sampler = self._sampler(temperature, top_k, top_p, min_p, repeat_penalty, presence_penalty,
                                 frequency_penalty, seed, logit_bias)
-        # Reuse what the context already holds of this prompt (at least the
-        # last prompt token is decoded again, for its logits).
-        held = self._ctx.tokens()
-        keep = 0
-        limit = min(len(held), len(tokens) - 1)
-        while keep < limit and held[keep] == tokens[keep]:
-            keep += 1
-        gen = _qwen35.generate(self._ctx, sampler, tokens[keep:], keep=keep,
-                               max_tokens=-1 if max_tokens is None or max_tokens <= 0 else int(max_tokens),
-                               stop=_stop_list(stop), stream=bool(stream))
-        self._active = gen
+        gen = self._start(tokens, sampler, -1 if max_tokens is None or max_tokens <= 0 else int(max_tokens),
+                          _stop_list(stop), bool(stream))
         head = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time()),
                 "model": model if model is not None else self.model_path}
         prefix = self.detokenize(tokens).decode("utf-8", "replace") if echo else ""

@@ -148,3 +148,19 @@ def test_bad_arguments(llm):
         llm("x", no_such_argument=1)
     # Nothing above broke the context.
     assert llm("x", max_tokens=2, **GREEDY)["usage"]["completion_tokens"] <= 2
+
+
+def test_generate_and_eval(llm):
+    prompt = llm.tokenize(b"Token by token")
+    ref = llm(prompt, max_tokens=8, **GREEDY)
+    got = []
+    for tok in llm.generate(prompt, temp=0.0):
+        got.append(tok)
+        if len(got) == 8:
+            break
+    assert llm.detokenize(got).decode("utf-8", "replace") == ref["choices"][0]["text"]
+    llm.reset()
+    llm.eval(prompt)
+    assert llm.n_tokens == len(prompt)
+    with pytest.raises(NotImplementedError):
+        llm.create_embedding("x")
