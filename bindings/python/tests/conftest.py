@@ -1,6 +1,7 @@
 """Shared fixtures: the reference fixture models from ../shared/fixtures (or
-$QWEN35_FIXTURES). Tests run on one CPU thread: the tiny models are fastest
-that way, also on a loaded CI machine."""
+$QWEN35_FIXTURES). Tests run on the CPU with one thread: the tiny models are
+fastest that way, also on a loaded CI machine, and results do not depend on a
+GPU's numerics."""
 
 import os
 
@@ -36,7 +37,7 @@ def mmproj_path():
 
 @pytest.fixture
 def llm(mtp_model_path):
-    with qwen35.Llama(mtp_model_path, n_ctx=512, n_threads=1, seed=1234, verbose=False) as m:
+    with qwen35.Llama(mtp_model_path, n_ctx=512, n_threads=1, seed=1234, n_gpu_layers=0, verbose=False) as m:
         yield m
 
 

@@ -116,7 +116,7 @@ def test_multi_turn_reuses_prefix_exactly(mtp_model_path, llm):
     second = llm.create_chat_completion(history, **kw)
     assert second["usage"]["prompt_tokens"] == len(rendered_tokens(llm, history, 0))
     assert second["usage"]["prompt_tokens"] > first["usage"]["total_tokens"] - 12
-    with qwen35.Llama(mtp_model_path, n_ctx=512, n_threads=1, verbose=False) as fresh:
+    with qwen35.Llama(mtp_model_path, n_ctx=512, n_threads=1, n_gpu_layers=0, verbose=False) as fresh:
         ref = fresh.create_chat_completion(history, **kw)
     assert second["choices"][0]["message"] == ref["choices"][0]["message"]
 

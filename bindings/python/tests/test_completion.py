@@ -73,7 +73,7 @@ def test_seeds(mtp_model_path, llm):
     # A fixed Llama seed makes the sequence of unseeded calls reproducible.
     runs = []
     for _ in range(2):
-        with qwen35.Llama(mtp_model_path, n_ctx=256, n_threads=1, seed=99, verbose=False) as m:
+        with qwen35.Llama(mtp_model_path, n_ctx=256, n_threads=1, seed=99, n_gpu_layers=0, verbose=False) as m:
             runs.append([m("Random words:", max_tokens=10, **RANDOM)["choices"][0]["text"] for _ in range(2)])
     assert runs[0] == runs[1]
 
@@ -90,7 +90,7 @@ def test_echo_and_token_prompt(llm):
 def test_prefix_reuse_matches_fresh_context(mtp_model_path, llm):
     llm("A long shared prefix, then one ending", max_tokens=6, **GREEDY)
     again = llm("A long shared prefix, then another ending", max_tokens=12, **GREEDY)
-    with qwen35.Llama(mtp_model_path, n_ctx=512, n_threads=1, verbose=False) as fresh:
+    with qwen35.Llama(mtp_model_path, n_ctx=512, n_threads=1, n_gpu_layers=0, verbose=False) as fresh:
         ref = fresh("A long shared prefix, then another ending", max_tokens=12, **GREEDY)
     assert again["choices"][0]["text"] == ref["choices"][0]["text"]
 
@@ -98,7 +98,7 @@ def test_prefix_reuse_matches_fresh_context(mtp_model_path, llm):
 def test_mtp_is_exact_for_greedy(mtp_model_path):
     outs = []
     for use_mtp in (True, False):
-        with qwen35.Llama(mtp_model_path, n_ctx=256, n_threads=1, use_mtp=use_mtp, verbose=False) as m:
+        with qwen35.Llama(mtp_model_path, n_ctx=256, n_threads=1, use_mtp=use_mtp, n_gpu_layers=0, verbose=False) as m:
             outs.append(m("Speculative decoding keeps", max_tokens=30, **GREEDY)["choices"][0]["text"])
     assert outs[0] == outs[1]
 
@@ -120,7 +120,7 @@ def test_breaking_a_stream_stops_generation(llm):
 
 
 def test_prompt_longer_than_context(mtp_model_path):
-    with qwen35.Llama(mtp_model_path, n_ctx=16, n_threads=1, verbose=False) as m:
+    with qwen35.Llama(mtp_model_path, n_ctx=16, n_threads=1, n_gpu_layers=0, verbose=False) as m:
         with pytest.raises(ValueError, match="exceed context window"):
             m("word " * 50, max_tokens=4)
         with pytest.raises(qwen35.ContextFullError):

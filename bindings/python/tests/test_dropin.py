@@ -48,7 +48,7 @@ def test_llama_cpp_python_script_runs_with_the_import_changed(tmp_path, mtp_mode
 
 def test_examples_chat_one_shot(mtp_model_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "chat.py"), mtp_model_path,
-                        "-p", "Hello!", "-n", "16", "--threads", "1", "--seed", "3"],
+                        "-p", "Hello!", "-n", "16", "--threads", "1", "--seed", "3", "--cpu"],
                        capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() or r.stderr.strip()

@@ -8,7 +8,7 @@ import qwen35
 def test_missing_model_file(tmp_path):
     path = str(tmp_path / "missing.gguf")
     with pytest.raises(qwen35.FileError) as e:
-        qwen35.Llama(path, verbose=False)
+        qwen35.Llama(path, n_gpu_layers=0, verbose=False)
     # llama-cpp-python raises ValueError for a bad path; so do we (and OSError).
     assert isinstance(e.value, ValueError) and isinstance(e.value, OSError)
     assert "missing.gguf" in str(e.value)
@@ -31,26 +31,26 @@ def test_corrupt_model_files(tmp_path, mtp_model_path):
 
 def test_constructor_arguments(mtp_model_path):
     with pytest.raises(ValueError):
-        qwen35.Llama(mtp_model_path, n_ctx=-5, verbose=False)
+        qwen35.Llama(mtp_model_path, n_ctx=-5, n_gpu_layers=0, verbose=False)
     with pytest.raises(TypeError):
-        qwen35.Llama(mtp_model_path, no_such_option=True, verbose=False)
+        qwen35.Llama(mtp_model_path, no_such_option=True, n_gpu_layers=0, verbose=False)
     with pytest.raises(NotImplementedError):
-        qwen35.Llama(mtp_model_path, lora_path="adapter.gguf", verbose=False)
+        qwen35.Llama(mtp_model_path, lora_path="adapter.gguf", n_gpu_layers=0, verbose=False)
     with pytest.raises(TypeError):
         qwen35.Llama(None)
     # llama.cpp tuning options are accepted and ignored.
     with qwen35.Llama(mtp_model_path, n_ctx=64, n_threads=1, n_threads_batch=2, use_mlock=True,
-                      flash_attn=True, chat_format="chatml", verbose=False) as m:
+                      flash_attn=True, chat_format="chatml", n_gpu_layers=0, verbose=False) as m:
         assert m.n_ctx() == 64
 
 
 def test_n_ctx_zero_is_the_trained_context(mtp_model_path):
-    with qwen35.Llama(mtp_model_path, n_ctx=0, n_threads=1, verbose=False) as m:
+    with qwen35.Llama(mtp_model_path, n_ctx=0, n_threads=1, n_gpu_layers=0, verbose=False) as m:
         assert m.n_ctx() == m._model.n_ctx_train
 
 
 def test_close_and_context_manager(mtp_model_path):
-    with qwen35.Llama(mtp_model_path, n_ctx=64, n_threads=1, verbose=False) as m:
+    with qwen35.Llama(mtp_model_path, n_ctx=64, n_threads=1, n_gpu_layers=0, verbose=False) as m:
         assert m("hi", max_tokens=1, temperature=0)["usage"]["completion_tokens"] <= 1
     with pytest.raises(qwen35.StateError):
         m("hi", max_tokens=1)
@@ -60,7 +60,7 @@ def test_close_and_context_manager(mtp_model_path):
 
 
 def test_close_during_a_stream(mtp_model_path):
-    m = qwen35.Llama(mtp_model_path, n_ctx=512, n_threads=1, verbose=False)
+    m = qwen35.Llama(mtp_model_path, n_ctx=512, n_threads=1, n_gpu_layers=0, verbose=False)
     tok = m.tokenize(b" hello", add_bos=False)[0]
     stream = m("Go", max_tokens=400, logit_bias={tok: 100.0}, stream=True, temperature=0)
     next(stream)

@@ -41,7 +41,7 @@ def test_model_facts(mtp_model_path):
 
 
 def test_tokenize_roundtrip(mtp_model_path):
-    m = _qwen35.Model(mtp_model_path)
+    m = _qwen35.Model(mtp_model_path, device=_qwen35.DEVICE_CPU)
     text = "Hello, world! Ünïcödé 😀 <|im_start|>".encode()
     toks = m.tokenize(text, parse_special=True)
     assert all(isinstance(t, int) for t in toks)
@@ -61,7 +61,7 @@ def test_tokenize_roundtrip(mtp_model_path):
 
 def test_decode_logits_and_sampler(mtp_model_path):
     import array
-    m = _qwen35.Model(mtp_model_path)
+    m = _qwen35.Model(mtp_model_path, device=_qwen35.DEVICE_CPU)
     ctx = _qwen35.Context(m, n_ctx=128, n_threads=1)
     toks = m.tokenize(b"The quick brown fox")
     ctx.decode(toks)
@@ -87,7 +87,7 @@ def test_decode_logits_and_sampler(mtp_model_path):
 
 
 def test_context_full(mtp_model_path):
-    m = _qwen35.Model(mtp_model_path)
+    m = _qwen35.Model(mtp_model_path, device=_qwen35.DEVICE_CPU)
     ctx = _qwen35.Context(m, n_ctx=8, n_threads=1)
     with pytest.raises(qwen35.ContextFullError):
         ctx.decode(list(range(100, 120)))
@@ -95,7 +95,7 @@ def test_context_full(mtp_model_path):
 
 
 def test_state_roundtrip(mtp_model_path, tmp_path):
-    m = _qwen35.Model(mtp_model_path)
+    m = _qwen35.Model(mtp_model_path, device=_qwen35.DEVICE_CPU)
     ctx = _qwen35.Context(m, n_ctx=128, n_threads=1)
     ctx.decode(m.tokenize(b"State of the conversation"))
     state = ctx.state_save()
@@ -117,7 +117,7 @@ def test_state_roundtrip(mtp_model_path, tmp_path):
 
 
 def test_model_outlives_python_references(mtp_model_path):
-    m = _qwen35.Model(mtp_model_path)
+    m = _qwen35.Model(mtp_model_path, device=_qwen35.DEVICE_CPU)
     ctx = _qwen35.Context(m, n_ctx=64, n_threads=1)
     with pytest.raises(qwen35.StateError):
         m.close()                            # a context still uses it
@@ -127,7 +127,7 @@ def test_model_outlives_python_references(mtp_model_path):
 
 
 def test_generation_claims_the_context(mtp_model_path):
-    m = _qwen35.Model(mtp_model_path)
+    m = _qwen35.Model(mtp_model_path, device=_qwen35.DEVICE_CPU)
     ctx = _qwen35.Context(m, n_ctx=512, n_threads=1)
     tok = m.tokenize(b" hello")[0]
     sampler = _qwen35.Sampler(m, logit_bias=[(tok, 100.0)])
@@ -147,7 +147,7 @@ def test_generation_claims_the_context(mtp_model_path):
 
 
 def test_generate_wait_result(mtp_model_path):
-    m = _qwen35.Model(mtp_model_path)
+    m = _qwen35.Model(mtp_model_path, device=_qwen35.DEVICE_CPU)
     ctx = _qwen35.Context(m, n_ctx=256, n_threads=1)
     r = _qwen35.generate(ctx, _qwen35.Sampler(m), m.tokenize(b"Once upon a time"), max_tokens=12).wait()
     assert r["n_generated"] == len(r["tokens"]) <= 12
@@ -157,7 +157,7 @@ def test_generate_wait_result(mtp_model_path):
 
 
 def test_generation_releases_the_gil(mtp_model_path):
-    m = _qwen35.Model(mtp_model_path)
+    m = _qwen35.Model(mtp_model_path, device=_qwen35.DEVICE_CPU)
     ctx = _qwen35.Context(m, n_ctx=512, n_threads=1)
     tok = m.tokenize(b" hello")[0]
     sampler = _qwen35.Sampler(m, logit_bias=[(tok, 100.0)])

@@ -22,12 +22,12 @@ def image_message(url):
 
 @pytest.fixture
 def vlm(f32_model_path, mmproj_path):
-    with qwen35.Llama(f32_model_path, mmproj_path=mmproj_path, n_ctx=512, n_threads=1, verbose=False) as m:
+    with qwen35.Llama(f32_model_path, mmproj_path=mmproj_path, n_ctx=512, n_threads=1, n_gpu_layers=0, verbose=False) as m:
         yield m
 
 
 def test_encode_matches_the_fixture(f32_model_path, mmproj_path):
-    model = _qwen35.Model(f32_model_path)
+    model = _qwen35.Model(f32_model_path, device=_qwen35.DEVICE_CPU)
     proj = _qwen35.Mmproj(mmproj_path, model, n_threads=1)
     img = _qwen35.Image.from_file(fixture_path("vision", "sq128.png"))
     assert (img.width, img.height) == (128, 128)
@@ -66,7 +66,7 @@ def test_chat_handler_is_the_same_as_mmproj_path(f32_model_path, mmproj_path, vl
     png = fixture_path("vision", "tall64x128.png")
     ref = vlm.create_chat_completion(image_message(png), **GREEDY)
     for handler in (Llava15ChatHandler(clip_model_path=mmproj_path), Qwen25VLChatHandler(mmproj_path)):
-        with qwen35.Llama(f32_model_path, chat_handler=handler, n_ctx=512, n_threads=1, verbose=False) as m:
+        with qwen35.Llama(f32_model_path, chat_handler=handler, n_ctx=512, n_threads=1, n_gpu_layers=0, verbose=False) as m:
             r = m.create_chat_completion(image_message(png), **GREEDY)
         assert r["choices"][0]["message"] == ref["choices"][0]["message"]
 
