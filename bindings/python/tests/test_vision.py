@@ -28,7 +28,9 @@ def vlm(f32_model_path, mmproj_path):
 
 def test_encode_matches_the_fixture(f32_model_path, mmproj_path):
     model = _qwen35.Model(f32_model_path, device=_qwen35.DEVICE_CPU)
-    proj = _qwen35.Mmproj(mmproj_path, model, n_threads=1)
+    # llama.cpp preprocessing keeps this image as it is, like the fixture
+    # (the reference preprocessing would upscale it to 64 tokens).
+    proj = _qwen35.Mmproj(mmproj_path, model, n_threads=1, llamacpp_compat=True)
     img = _qwen35.Image.from_file(fixture_path("vision", "sq128.png"))
     assert (img.width, img.height) == (128, 128)
     emb = proj.encode(img)
