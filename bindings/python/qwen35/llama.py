@@ -164,7 +164,10 @@ class Llama:
             self._ctx.close()
             self._ctx = None
         if self._model is not None:
-            self._model.close()
+            try:
+                self._model.close()
+            except _qwen35.StateError:
+                pass   # still referenced elsewhere (e.g. a traceback): freed with its last user
             self._model = None
 
     def __enter__(self):
@@ -476,15 +479,19 @@ class Llama:
             return self._chat_chunks(gen, head, thinking, tools_offered)
         r = gen.wait()
         self._active = None
-        reasoning, content, calls = self._parse_reply(r["text"], thinking, tools_offered)
+        return self._chat_result(head, r, thinking, tools_offered)
+
+    @classmethod
+    def _chat_result(cls, head, r, thinking, tools_offered):
+        reasoning, content, calls = cls._parse_reply(r["text"], thinking, tools_offered)
         message = {"role": "assistant", "content": content if content or not calls else None}
         if reasoning:
             message["reasoning_content"] = reasoning
         if calls:
             message["tool_calls"] = calls
         return dict(head, choices=[{"index": 0, "message": message, "logprobs": None,
-                                    "finish_reason": self._chat_finish(r, calls)}],
-                    usage=self._chat_usage(r))
+                                    "finish_reason": cls._chat_finish(r, calls)}],
+                    usage=cls._chat_usage(r))
 
     @staticmethod
     def _parse_reply(text, thinking, tools_offered):

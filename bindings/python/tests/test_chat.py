@@ -242,3 +242,44 @@ def test_tool_calls_are_openai_shaped():
     assert call["id"].startswith("call_")
     assert call["function"]["name"] == "get_weather"
     assert json.loads(call["function"]["arguments"]) == {"city": "Paris", "days": 2}
+
+
+class ReplayGeneration:
+    """Test double of _qwen35.Generation that replays a canned reply, so the
+    chunk shaping can be checked on replies a random model never writes."""
+
+    def __init__(self, text, pieces):
+        self.text, self.pieces, self.done = text.encode(), [p.encode() for p in pieces], False
+
+    def next_chunk(self):
+        return (1, self.pieces.pop(0)) if self.pieces else None
+
+    def wait(self):
+        self.done = True
+        return {"text": self.text, "tokens": [], "n_generated": 9, "n_past": 30,
+                "stop_reason": _qwen35.STOP_EOG}
+
+    def cancel(self):
+        pass
+
+
+@pytest.mark.parametrize("text,thinking,tools,reasoning,content,n_calls", REPLIES)
+def test_chat_chunks_add_up_to_the_message(llm, text, thinking, tools, reasoning, content, n_calls):
+    pieces = [text[i:i + 3] for i in range(0, len(text), 3)]
+    head = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+    chunks = list(llm._chat_chunks(ReplayGeneration(text, pieces), head, thinking, tools))
+    full = qwen35.Llama._chat_result(dict(head, object="chat.completion"), ReplayGeneration(text, []).wait(),
+                                     thinking, tools)
+    msg = full["choices"][0]["message"]
+    streamed = join_stream(chunks)
+    assert streamed.get("reasoning_content", "") == msg.get("reasoning_content", "")
+    assert streamed.get("content", "") == (msg["content"] or "")
+    calls = streamed.get("tool_calls", [])
+    assert [c["index"] for c in calls] == list(range(n_calls))
+    assert [c["function"] for c in calls] == [c["function"] for c in msg.get("tool_calls", [])]
+    assert chunks[-1]["choices"][0]["finish_reason"] == full["choices"][0]["finish_reason"]
+    assert full["choices"][0]["finish_reason"] == ("tool_calls" if n_calls else "stop")
+    if n_calls:
+        assert msg["content"] is None if not content else msg["content"] == content
+    assert chunks[-1]["usage"] == full["usage"] == {"prompt_tokens": 21, "completion_tokens": 9,
+                                                     "total_tokens": 30}
