@@ -38,6 +38,8 @@ class Context {
   int32_t n_ctx() const { return opt_.n_ctx; }
   int32_t n_past() const { return int32_t(tokens_.size()); }
   const std::vector<int32_t>& tokens() const { return tokens_; }
+  // The input embedding of an image row ([n_embd] floats), or null for token rows.
+  const float* row_embedding(int32_t row) const { return row_embd(row); }
   bool mtp_enabled() const { return opt_.use_mtp && m_.mtp != nullptr; }
   uint64_t memory_bytes() const;
   Backend& backend() { return *be_; }
