@@ -95,8 +95,11 @@ class Generation {
 
   void cancel() {
     cancelled_.store(true);
-    std::lock_guard<std::mutex> lk(mu_);
-    if (!done_) qwen35_context_abort(ctx_->ctx);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (!done_) qwen35_context_abort(ctx_->ctx);
+    }
+    cv_.notify_all();   // a reader waiting in next_chunk() returns at once
   }
 
   bool done() {
@@ -114,13 +117,17 @@ class Generation {
     worker_ = std::thread([this] { run(); });
   }
 
+  // Join the worker (once, even if two Python threads wait on this object).
   void join() {
-    if (!worker_.joinable()) return;
+    auto join_once = [this] {
+      std::lock_guard<std::mutex> lk(join_mu_);
+      if (worker_.joinable()) worker_.join();
+    };
     if (PyGILState_Check()) {
       py::gil_scoped_release nogil;
-      worker_.join();
+      join_once();
     } else {
-      worker_.join();
+      join_once();
     }
   }
 
@@ -213,6 +220,7 @@ class Generation {
   const bool stream_;
 
   std::thread worker_;
+  std::mutex join_mu_;
   std::atomic<bool> cancelled_{false};
   std::mutex mu_;   // guards everything below until done_
   std::condition_variable cv_;
