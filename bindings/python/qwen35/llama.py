@@ -124,7 +124,8 @@ class Llama:
         if not isinstance(model_path, (str, os.PathLike)):
             raise TypeError("model_path must be a path")
         if n_ctx is None or int(n_ctx) < 0:
-            raise _status_error(_qwen35.InvalidArgumentError, -1, f"n_ctx must be >= 0 (0: the trained context), got {n_ctx}")
+            raise _status_error(_qwen35.InvalidArgumentError, _qwen35.ERR_INVALID_ARG,
+                                f"n_ctx must be >= 0 (0: the trained context), got {n_ctx}")
         self.model_path = os.fspath(model_path)
         self.verbose = verbose
         self.n_batch = n_batch
@@ -184,7 +185,7 @@ class Llama:
 
     def _check(self):
         if self._ctx is None:
-            raise _status_error(_qwen35.StateError, -9, "this Llama is closed")
+            raise _status_error(_qwen35.StateError, _qwen35.ERR_STATE, "this Llama is closed")
 
     def _stop_active(self):
         # A stream that was left unfinished still holds the context: stop it.
@@ -324,7 +325,8 @@ class Llama:
             _unsupported(name, value, default)
         tokens = [int(t) for t in tokens]
         if not tokens:
-            raise _status_error(_qwen35.InvalidArgumentError, -1, "generate() needs at least one prompt token")
+            raise _status_error(_qwen35.InvalidArgumentError, _qwen35.ERR_INVALID_ARG,
+                                "generate() needs at least one prompt token")
         sampler = self._sampler(temp, top_k, top_p, min_p, repeat_penalty, presence_penalty, frequency_penalty,
                                 seed, logit_bias)
         gen = self._start(tokens, sampler, -1, [], True)
@@ -374,10 +376,10 @@ class Llama:
         else:
             tokens = [int(t) for t in prompt]
         if not tokens:
-            raise _status_error(_qwen35.InvalidArgumentError, -1, "the prompt is empty")
+            raise _status_error(_qwen35.InvalidArgumentError, _qwen35.ERR_INVALID_ARG, "the prompt is empty")
         n_ctx = self._ctx.n_ctx
         if len(tokens) > n_ctx:
-            raise _status_error(_qwen35.ContextFullError, -6,
+            raise _status_error(_qwen35.ContextFullError, _qwen35.ERR_CONTEXT_FULL,
                                 f"Requested tokens ({len(tokens)}) exceed context window of {n_ctx}")
         sampler = self._sampler(temperature, top_k, top_p, min_p, repeat_penalty, presence_penalty,
                                 frequency_penalty, seed, logit_bias)

@@ -111,7 +111,8 @@ void bind_context(py::module_& m) {
       .def_property_readonly("n_past", [](const ContextHandle& c) { return qwen35_context_n_past(c.get()); })
       .def_property_readonly("memory_bytes",
                              [](const ContextHandle& c) { return qwen35_context_memory_bytes(c.get()); })
-      .def_property_readonly("errmsg", [](const ContextHandle& c) { return std::string(qwen35_context_errmsg(c.get())); })
+      .def_property_readonly("errmsg",
+                             [](const ContextHandle& c) { return std::string(qwen35_context_errmsg(c.get())); })
       .def("decode",
            [](const ContextPtr& c, const std::vector<qwen35_token>& toks, int mode) {
              run_checked(c, [&](qwen35_context* ctx) {
@@ -174,7 +175,9 @@ void bind_context(py::module_& m) {
       .def("state_load",
            [](const ContextPtr& c, const py::bytes& data) {
              std::string buf = data;
-             run_checked(c, [&](qwen35_context* ctx) { return qwen35_context_state_load(ctx, buf.data(), buf.size()); });
+             run_checked(c, [&](qwen35_context* ctx) {
+               return qwen35_context_state_load(ctx, buf.data(), buf.size());
+             });
            },
            py::arg("data"))
       .def("state_save_file",
@@ -199,14 +202,16 @@ void bind_context(py::module_& m) {
            py::arg("presence_penalty") = 0.0f, py::arg("frequency_penalty") = 0.0f,
            py::arg("penalty_last_n") = -1, py::arg("penalize_prompt") = false, py::arg("seed") = 0x5EEDull,
            py::arg("logit_bias") = std::vector<std::pair<qwen35_token, float>>())
-      .def_static("default_params", [](bool thinking) { return sampler_params_dict(qwen35_sampler_default_params(thinking)); },
+      .def_static("default_params",
+                  [](bool thinking) { return sampler_params_dict(qwen35_sampler_default_params(thinking)); },
                   py::arg("thinking"), "The library's recommended settings (Qwen3.5 model card).")
       .def("sample",
            [](const SamplerPtr& s, const ContextPtr& c, int32_t i) {
              SamplerClaim sclaim(s, "sampler");
              ContextClaim claim(c);
              const float* logits = qwen35_context_logits(claim.ctx(), i);
-             if (!logits) raise_status(QWEN35_ERR_STATE, "row " + std::to_string(i) + " of the last decode has no logits");
+             if (!logits)
+               raise_status(QWEN35_ERR_STATE, "row " + std::to_string(i) + " of the last decode has no logits");
              qwen35_token t = qwen35_sampler_sample(s->sampler, logits);
              if (t < 0) raise_last(QWEN35_ERR_INVALID_ARG);
              return t;

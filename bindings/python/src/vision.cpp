@@ -85,7 +85,8 @@ void bind_vision(py::module_& m) {
                   [](const py::bytes& pixels, int32_t width, int32_t height, int32_t channels, int32_t stride) {
                     std::string buf = pixels;
                     const int64_t row = stride > 0 ? stride : int64_t(width) * channels;
-                    if (width <= 0 || height <= 0 || row <= 0 || int64_t(buf.size()) < row * (height - 1) + int64_t(width) * channels)
+                    const int64_t needed = row * (height - 1) + int64_t(width) * channels;
+                    if (width <= 0 || height <= 0 || row <= 0 || int64_t(buf.size()) < needed)
                       raise_status(QWEN35_ERR_INVALID_ARG, "pixel buffer is smaller than width x height x channels");
                     auto h = std::make_shared<ImageHandle>();
                     call_nogil([&] {

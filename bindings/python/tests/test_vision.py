@@ -22,7 +22,8 @@ def image_message(url):
 
 @pytest.fixture
 def vlm(f32_model_path, mmproj_path):
-    with qwen35.Llama(f32_model_path, mmproj_path=mmproj_path, n_ctx=512, n_threads=1, n_gpu_layers=0, verbose=False) as m:
+    with qwen35.Llama(f32_model_path, mmproj_path=mmproj_path, n_ctx=512, n_threads=1, n_gpu_layers=0,
+                      verbose=False) as m:
         yield m
 
 
@@ -68,7 +69,8 @@ def test_chat_handler_is_the_same_as_mmproj_path(f32_model_path, mmproj_path, vl
     png = fixture_path("vision", "tall64x128.png")
     ref = vlm.create_chat_completion(image_message(png), **GREEDY)
     for handler in (Llava15ChatHandler(clip_model_path=mmproj_path), Qwen25VLChatHandler(mmproj_path)):
-        with qwen35.Llama(f32_model_path, chat_handler=handler, n_ctx=512, n_threads=1, n_gpu_layers=0, verbose=False) as m:
+        with qwen35.Llama(f32_model_path, chat_handler=handler, n_ctx=512, n_threads=1, n_gpu_layers=0,
+                          verbose=False) as m:
             r = m.create_chat_completion(image_message(png), **GREEDY)
         assert r["choices"][0]["message"] == ref["choices"][0]["message"]
 
