@@ -153,6 +153,11 @@ class Llama:
             self._images = ImageEncoder(proj)
         self.metadata = {k: self._model.meta(k) for k in self._model.meta_keys()}
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        raise NotImplementedError("qwen35.Llama does not download models: download the GGUF file and "
+                                  "pass its path as model_path")
+
     # ---- lifetime -----------------------------------------------------------
 
     def close(self):
@@ -364,7 +369,7 @@ class Llama:
         text_completion dict, or an iterator of chunks when stream=True."""
         self._check()
         self._stop_active()
-        for name, value, default in (("suffix", suffix, None), ("logprobs", logprobs, None),
+        for name, value, default in (("suffix", suffix or None, None), ("logprobs", logprobs, None),
                                      ("typical_p", typical_p, 1.0), ("tfs_z", tfs_z, 1.0),
                                      ("mirostat_mode", mirostat_mode, 0), ("grammar", grammar, None),
                                      ("stopping_criteria", stopping_criteria, None),
@@ -452,8 +457,8 @@ class Llama:
         self._stop_active()
         for name, value, default in (("typical_p", typical_p, 1.0), ("tfs_z", tfs_z, 1.0),
                                      ("mirostat_mode", mirostat_mode, 0), ("grammar", grammar, None),
-                                     ("logits_processor", logits_processor, None), ("logprobs", logprobs, None),
-                                     ("top_logprobs", top_logprobs, None)):
+                                     ("logits_processor", logits_processor, None),
+                                     ("logprobs", logprobs or None, None), ("top_logprobs", top_logprobs or None, None)):
             _unsupported(name, value, default)
         if response_format is not None and response_format.get("type", "text") != "text":
             raise NotImplementedError("qwen35.Llama does not support response_format (no grammar sampling)")
