@@ -231,7 +231,8 @@ void json_escape(std::string_view s, bool ensure_ascii, std::string* out) {
         case '\b': out->append("\\b"); break;
         case '\f': out->append("\\f"); break;
         default:
-          if (c < 0x20) append_u_escape(c, out);
+          // json.dumps escapes controls; with ensure_ascii also DEL.
+          if (c < 0x20 || (c == 0x7F && ensure_ascii)) append_u_escape(c, out);
           else out->push_back(char(c));
       }
       ++i;

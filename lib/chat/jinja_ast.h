@@ -82,6 +82,7 @@ struct Stmt {
   Body body, else_body;
   std::string name;
   KwArgs params;   // macro parameters (default expr may be null); with-assignments
+  bool uses_loop = true;   // For: the body or filter mentions `loop` (else no loop object is built)
 };
 
 struct ParseLimits {

@@ -561,7 +561,7 @@ Status Interp::call_method(const CallableObj& m, const Args& args, Value* out) {
     std::vector<Value> items;
     items.reserve(parts.size());
     for (auto& p : parts) items.push_back(Value::string(std::move(p)));
-    total_bytes_ += s.size();
+    QWEN35_TRY(charge(s.size()));
     return make_list(std::move(items), out);
   }
   if (name == "startswith" || name == "endswith") {
@@ -713,7 +713,7 @@ Status Interp::call_method(const CallableObj& m, const Args& args, Value* out) {
       start = i;
     }
     if (start < s.size()) items.push_back(Value::string(s.substr(start)));
-    total_bytes_ += s.size();
+    QWEN35_TRY(charge(s.size()));
     return make_list(std::move(items), out);
   }
   if (name == "removeprefix" || name == "removesuffix") {

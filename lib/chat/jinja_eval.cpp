@@ -81,6 +81,14 @@ Status Interp::check_size(size_t bytes) const {
   return Status::Ok();
 }
 
+Status Interp::charge(size_t bytes) {
+  if (total_bytes_ + bytes > lim_.max_total_bytes)
+    return Error(QWEN35_ERR_INVALID_ARG, "chat template created more than {} bytes of data (line {})",
+                 lim_.max_total_bytes, line_);
+  total_bytes_ += bytes;
+  return Status::Ok();
+}
+
 Status Interp::make_string(std::string s, Value* out) {
   QWEN35_TRY(check_size(s.size()));
   total_bytes_ += s.size();
@@ -91,8 +99,7 @@ Status Interp::make_string(std::string s, Value* out) {
 Status Interp::make_list(std::vector<Value> items, Value* out, bool tuple) {
   if (items.size() > lim_.max_list)
     return error(fmt::format("list of {} elements exceeds the limit of {}", items.size(), lim_.max_list));
-  QWEN35_TRY(check_size(items.size() * sizeof(Value)));
-  total_bytes_ += items.size() * sizeof(Value);
+  QWEN35_TRY(charge(items.size() * sizeof(Value)));
   Value v = Value::list(std::move(items), tuple);
   if (v.depth() > kMaxValueDepth) return error(fmt::format("values nested deeper than {} levels", kMaxValueDepth));
   *out = std::move(v);
@@ -102,8 +109,7 @@ Status Interp::make_list(std::vector<Value> items, Value* out, bool tuple) {
 Status Interp::make_dict(std::vector<std::pair<std::string, Value>> items, Value* out) {
   if (items.size() > lim_.max_list)
     return error(fmt::format("dict of {} items exceeds the limit of {}", items.size(), lim_.max_list));
-  QWEN35_TRY(check_size(items.size() * (sizeof(Value) + 32)));
-  total_bytes_ += items.size() * (sizeof(Value) + 32);
+  QWEN35_TRY(charge(items.size() * (sizeof(Value) + 32)));
   Value v = Value::dict(std::move(items));
   if (v.depth() > kMaxValueDepth) return error(fmt::format("values nested deeper than {} levels", kMaxValueDepth));
   *out = std::move(v);
@@ -286,20 +292,22 @@ Status Interp::exec_for(const Stmt& s, const ScopePtr& scope, std::string* out) 
     auto sc = std::make_shared<Scope>();
     sc->parent = scope;
     QWEN35_TRY(bind(*sc, items[size_t(i)]));
-    auto cycle = std::make_shared<CallableObj>();
-    cycle->kind = CallableObj::Kind::Method;
-    cycle->name = "cycle";
-    cycle->loop_index0 = i;
-    std::vector<std::pair<std::string, Value>> loop = {
-        {"index", Value::integer(i + 1)},      {"index0", Value::integer(i)},
-        {"revindex", Value::integer(n - i)},   {"revindex0", Value::integer(n - i - 1)},
-        {"first", Value::boolean(i == 0)},     {"last", Value::boolean(i == n - 1)},
-        {"length", Value::integer(n)},         {"depth", Value::integer(1)},
-        {"depth0", Value::integer(0)},         {"cycle", Value::callable(cycle)},
-    };
-    if (i > 0) loop.emplace_back("previtem", items[size_t(i - 1)]);
-    if (i + 1 < n) loop.emplace_back("nextitem", items[size_t(i + 1)]);
-    sc->set("loop", Value::dict(std::move(loop)));
+    if (s.uses_loop) {
+      auto cycle = std::make_shared<CallableObj>();
+      cycle->kind = CallableObj::Kind::Method;
+      cycle->name = "cycle";
+      cycle->loop_index0 = i;
+      std::vector<std::pair<std::string, Value>> loop = {
+          {"index", Value::integer(i + 1)},      {"index0", Value::integer(i)},
+          {"revindex", Value::integer(n - i)},   {"revindex0", Value::integer(n - i - 1)},
+          {"first", Value::boolean(i == 0)},     {"last", Value::boolean(i == n - 1)},
+          {"length", Value::integer(n)},         {"depth", Value::integer(1)},
+          {"depth0", Value::integer(0)},         {"cycle", Value::callable(cycle)},
+      };
+      if (i > 0) loop.emplace_back("previtem", items[size_t(i - 1)]);
+      if (i + 1 < n) loop.emplace_back("nextitem", items[size_t(i + 1)]);
+      sc->set("loop", Value::dict(std::move(loop)));
+    }
     Flow f = Flow::Normal;
     QWEN35_TRY(exec_body(s.body, sc, out, &f));
     if (f == Flow::Break) break;
@@ -801,8 +809,7 @@ Status Interp::iterate(const Value& v, std::vector<Value>* out) {
         out->push_back(Value::string(s.substr(i, n)));
         i += n;
       }
-      total_bytes_ += s.size() * 40;   // one small string per character
-      return check_size(0);
+      return charge(s.size() * 40);   // one small string per character
     }
     default: return error(fmt::format("'{}' object is not iterable", v.type_name()));
   }

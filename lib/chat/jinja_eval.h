@@ -47,6 +47,7 @@ class Interp {
   Status make_dict(std::vector<std::pair<std::string, Value>> items, Value* out);
   Value make_namespace(std::vector<std::pair<std::string, Value>> items);
   Status check_size(size_t bytes) const;   // a string about to be built
+  Status charge(size_t bytes);             // count bytes against the cumulative budget
   // str() / repr() bounded by the output limit.
   Status stringify(const Value& v, std::string* out);
   Status reprify(const Value& v, std::string* out);

@@ -204,6 +204,7 @@ class Parser {
       QWEN35_TRY(parse_targets(&s->targets, nullptr));
       if (!skip_name("in")) return err(fmt::format("expected 'in', got {}", describe(cur())));
       QWEN35_TRY(parse_tuple(&s->expr, false, false));
+      const int refs_before = loop_refs_;
       if (skip_name("if")) QWEN35_TRY(parse_expression(&s->cond, true));
       if (is_name("recursive")) return unsupported("a recursive for loop");
       QWEN35_TRY(expect_block_end());
@@ -211,6 +212,7 @@ class Parser {
       Status st = parse_body(&s->body, {"endfor", "else"}, &ended);
       --loops_;
       QWEN35_TRY(st);
+      s->uses_loop = loop_refs_ != refs_before;
       if (ended == "else") {
         QWEN35_TRY(expect_block_end());
         QWEN35_TRY(parse_body(&s->else_body, {"endfor"}, &ended));
@@ -537,6 +539,7 @@ class Parser {
       else {
         auto e = node(Expr::Kind::Name, line);
         e->name = n;
+        if (n == "loop") ++loop_refs_;
         next();
         QWEN35_TRY(finish(e.get()));
         *out = std::move(e);
@@ -768,6 +771,7 @@ class Parser {
   ParseLimits lim_;
   int depth_ = 0;
   int loops_ = 0;
+  int loop_refs_ = 0;   // Name nodes "loop" seen so far
 };
 
 }  // namespace

@@ -29,7 +29,7 @@ namespace qwen35 {
 struct RenderLimits {
   size_t max_output_bytes = size_t(32) << 20;   // the result, and any single string
   size_t max_total_bytes = size_t(512) << 20;   // all strings and lists created, cumulatively
-  uint64_t max_steps = 20'000'000;              // statements + expressions evaluated
+  uint64_t max_steps = 5'000'000;               // statements + expressions evaluated
   int max_depth = 400;                          // nested evaluation (blocks, expressions, macro calls)
   size_t max_list = size_t(1) << 20;            // elements of one list (range(), +, *)
 };
