@@ -33,7 +33,7 @@ Json Json::big_int(std::string digits) {
 
 double Json::as_double() const {
   if (type_ == Type::Double) return d_;
-  if (type_ == Type::Int) return big_ ? std::strtod(s_.c_str(), nullptr) : double(i_);
+  if (type_ == Type::Int) return big_ ? digits_to_double(s_) : double(i_);
   return 0.0;
 }
 
@@ -144,6 +144,13 @@ std::string py_float_repr(double v) {
     out += std::to_string(x);
   }
   return out;
+}
+
+double digits_to_double(const std::string& digits) {
+  double d = 0.0;
+  auto r = std::from_chars(digits.data(), digits.data() + digits.size(), d);
+  if (r.ec == std::errc::result_out_of_range) return !digits.empty() && digits[0] == '-' ? -HUGE_VAL : HUGE_VAL;
+  return d;
 }
 
 std::string json_float(double v) {

@@ -106,6 +106,8 @@ std::string py_float_repr(double v);
 // The same as json.dumps writes it ("Infinity", "-Infinity", "NaN" for the
 // non-finite values, which strict JSON cannot express).
 std::string json_float(double v);
+// The value of a decimal integer text too large for int64 (big integers).
+double digits_to_double(const std::string& digits);
 // Append s as a JSON string literal (quotes included), escaping like Python's
 // json module: \" \\ \n \r \t \b \f, other controls as \u00xx.
 void json_escape(std::string_view s, bool ensure_ascii, std::string* out);

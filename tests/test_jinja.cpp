@@ -247,28 +247,40 @@ TEST_CASE("hostile templates fail cleanly") {
   std::string filters = "{{ 'x'";
   for (int i = 0; i < 100000; ++i) filters += "|trim";
   CHECK(fails(filters + " }}").code() == QWEN35_ERR_FORMAT);
-  // Unbounded recursion, loops, output and memory.
+  // Unbounded recursion, loops, output and memory. Small limits keep the
+  // test fast; the defaults only scale them.
   CHECK(fails("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}").message().find("deeper than") != std::string::npos);
-  CHECK(fails("{% for i in range(1000000) %}{% for j in range(1000000) %}{% endfor %}{% endfor %}").message().find(
-            "chat template exceeded") == 0);
   RenderLimits small;
   small.max_steps = 100000;
+  small.max_output_bytes = 1 << 20;
+  small.max_total_bytes = 16 << 20;
+  small.max_list = 100000;
+  CHECK(fails("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", small)
+            .message()
+            .find("chat template exceeded") == 0);
   CHECK(fails("{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}", small)
             .message()
             .find("evaluation steps") != std::string::npos);
-  CHECK(fails("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}").message().find("output exceeds") !=
+  CHECK(fails("{% for i in range(10000) %}{{ 'x' * 1000 }}{% endfor %}", small).message().find("output exceeds") !=
         std::string::npos);
-  CHECK(fails("{% set ns = namespace(s='x') %}{% for i in range(100) %}{% set ns.s = ns.s + ns.s %}{% endfor %}")
+  CHECK(fails("{% set ns = namespace(s='x') %}{% for i in range(100) %}{% set ns.s = ns.s + ns.s %}{% endfor %}", small)
             .message()
             .find("string of more than") != std::string::npos);
-  CHECK(fails("{% set ns = namespace(l=[1]) %}{% for i in range(100) %}{% set ns.l = ns.l + ns.l %}{% endfor %}").ok() ==
-        false);
-  CHECK(fails("{% set ns = namespace(l=[]) %}{% for i in range(10000) %}{% set ns.l = [ns.l] %}{% endfor %}")
+  // Quadratic growth trips the cumulative budget before the size limit.
+  CHECK(fails("{% set ns = namespace(s='x') %}{% for i in range(100000) %}{% set ns.s = ns.s ~ 'x' * 1000 %}{% endfor %}",
+              small)
+            .message()
+            .find("bytes of data") != std::string::npos);
+  CHECK(fails("{% set ns = namespace(l=[1]) %}{% for i in range(100) %}{% set ns.l = ns.l + ns.l %}{% endfor %}", small)
+            .ok() == false);
+  CHECK(fails("{% set ns = namespace(l=[]) %}{% for i in range(10000) %}{% set ns.l = [ns.l] %}{% endfor %}", small)
             .message()
             .find("nested deeper") != std::string::npos);
+  CHECK(fails("{% for i in range(1000) %}{% set l = range(50000) %}{% endfor %}", small).message().find("bytes of data") !=
+        std::string::npos);
   CHECK(fails("{{ 'a' * 10000000000 }}").ok() == false);
   CHECK(fails("{{ range(10000000000) }}").ok() == false);
-  CHECK(fails("{{ 'ab'.replace('', 'x' * 1000000) * 1 ~ ('y' * 30000000).replace('y', 'yy') }}").ok() == false);
+  CHECK(fails("{{ ('y' * 3000000).replace('y', 'yy' * 100) }}", small).ok() == false);
   CHECK(fails("{{ 9223372036854775807 + 1 }}").message().find("overflow") != std::string::npos);
   CHECK(fails("{{ 2 ** 64 }}").message().find("overflow") != std::string::npos);
   // Self-referencing namespaces print bounded and are released.

@@ -57,17 +57,18 @@ std::string ascii_upper(std::string s) {
 }
 bool is_alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
 
-// Python str.title()/capitalize() (ASCII letters only; other characters
-// are kept as they are).
+// Python str.title(): upper-case the first letter of every run of letters,
+// lower-case the rest. Only ASCII letters change case; other non-ASCII
+// bytes count as letters (approximation of Python's Unicode rules).
 std::string py_title(const std::string& s) {
   std::string r = s;
-  bool prev_cased = false;
+  bool in_word = false;
   for (char& c : r) {
     if (is_alpha(c)) {
-      c = prev_cased ? ascii_lower(std::string(1, c))[0] : ascii_upper(std::string(1, c))[0];
-      prev_cased = true;
+      c = in_word ? char(c | 0x20) : char(c & ~0x20);
+      in_word = true;
     } else {
-      prev_cased = uint8_t(c) >= 0x80 && prev_cased;
+      in_word = uint8_t(c) >= 0x80;
     }
   }
   return r;
@@ -442,7 +443,11 @@ Status Interp::call_global(const std::string& name, const Args& args, Value* out
     if (!f || !f->is_string()) return error("strftime_now() needs a format string");
     std::time_t now = std::time(nullptr);
     std::tm tm{};
+#ifdef _WIN32
+    localtime_s(&tm, &now);
+#else
     localtime_r(&now, &tm);
+#endif
     char buf[256];
     size_t n = std::strftime(buf, sizeof buf, f->str().c_str(), &tm);
     return make_string(std::string(buf, n), out);

@@ -1,5 +1,6 @@
 // Jinja filters (jinja2.filters, plus Hugging Face's `tojson`).
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 
 #include "chat/jinja_eval.h"
@@ -65,9 +66,10 @@ bool parse_py_float(std::string_view s, double* out) {
   if (l == "nan" || l == "+nan" || l == "-nan") return *out = NAN, true;
   for (char c : t)
     if (!((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-')) return false;
-  char* end = nullptr;
-  *out = std::strtod(t.c_str(), &end);
-  return end == t.c_str() + t.size();
+  size_t start = t[0] == '+' ? 1 : 0;   // from_chars takes no '+' (and ignores the locale, unlike strtod)
+  auto r = std::from_chars(t.data() + start, t.data() + t.size(), *out);
+  if (r.ec == std::errc::result_out_of_range) return false;
+  return r.ec == std::errc() && r.ptr == t.data() + t.size();
 }
 
 }  // namespace

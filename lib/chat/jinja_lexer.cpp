@@ -3,6 +3,8 @@
 // templates (spec tokenizer-chat.md §5.1).
 #include "chat/jinja_lexer.h"
 
+#include <charconv>
+#include <cmath>
 #include <cstring>
 
 namespace qwen35::jinja {
@@ -413,15 +415,17 @@ class Lexer {
     if (is_float) {
       clean = strip_us(p, f);
       tk.type = Tok::Float;
-      tk.fval = std::strtod(clean.c_str(), nullptr);
+      // from_chars: locale-independent (strtod would follow LC_NUMERIC).
+      auto r = std::from_chars(clean.data(), clean.data() + clean.size(), tk.fval);
+      if (r.ec == std::errc::result_out_of_range) tk.fval = clean.find("e-") != std::string::npos ? 0.0 : HUGE_VAL;
       tk.text = s_.substr(p, f - p);
       *pos = f;
     } else {
       clean = strip_us(p, e);
       tk.type = Tok::Int;
-      errno = 0;
-      unsigned long long v = std::strtoull(clean.c_str(), nullptr, 10);
-      if (errno != 0 || v > uint64_t(INT64_MAX)) return err("integer literal out of range");
+      uint64_t v = 0;
+      auto r = std::from_chars(clean.data(), clean.data() + clean.size(), v);
+      if (r.ec != std::errc() || v > uint64_t(INT64_MAX)) return err("integer literal out of range");
       tk.ival = int64_t(v);
       tk.text = s_.substr(p, e - p);
       *pos = e;

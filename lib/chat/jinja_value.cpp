@@ -143,7 +143,7 @@ double Value::f() const {
     case Kind::Float: return f_;
     case Kind::Int: return double(i_);
     case Kind::Bool: return b_ ? 1.0 : 0.0;
-    case Kind::BigInt: return std::strtod(str().c_str(), nullptr);
+    case Kind::BigInt: return digits_to_double(str());
     default: return 0.0;
   }
 }
