@@ -3,11 +3,13 @@
 // follows Jinja2 3.1 + Python 3 (noted where only an approximation is made).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <ctime>
 #include <functional>
 
 #include "chat/jinja_eval.h"
 #include "chat/jinja_lexer.h"
+#include "chat/text_case.h"
 
 namespace qwen35::jinja {
 
@@ -45,34 +47,7 @@ Value method(const Value& self, const std::string& name) {
 
 Value tuple2(Value a, Value b) { return Value::list({std::move(a), std::move(b)}, true); }
 
-std::string ascii_lower(std::string s) {
-  for (char& c : s)
-    if (c >= 'A' && c <= 'Z') c = char(c - 'A' + 'a');
-  return s;
-}
-std::string ascii_upper(std::string s) {
-  for (char& c : s)
-    if (c >= 'a' && c <= 'z') c = char(c - 'a' + 'A');
-  return s;
-}
 bool is_alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
-
-// Python str.title(): upper-case the first letter of every run of letters,
-// lower-case the rest. Only ASCII letters change case; other non-ASCII
-// bytes count as letters (approximation of Python's Unicode rules).
-std::string py_title(const std::string& s) {
-  std::string r = s;
-  bool in_word = false;
-  for (char& c : r) {
-    if (is_alpha(c)) {
-      c = in_word ? char(c | 0x20) : char(c & ~0x20);
-      in_word = true;
-    } else {
-      in_word = uint8_t(c) >= 0x80;
-    }
-  }
-  return r;
-}
 
 size_t cp_count(std::string_view s) {
   size_t n = 0;
@@ -328,8 +303,11 @@ Status Interp::call_test(const std::string& name, const Value& in, const Args& a
   else if (name == "callable") *out = k == K::Callable;
   else if (name == "escaped") *out = false;
   else if (name == "odd" || name == "even") {
-    if (!is_plain_int(in)) return error(fmt::format("test '{}' needs an integer", name));
-    *out = (in.i() % 2 != 0) == (name == "odd");
+    // Jinja2: value % 2 == 1 (floats allowed).
+    if (is_plain_int(in)) *out = (in.i() % 2 != 0) == (name == "odd");
+    else if (k == K::Float) *out = name == "odd" ? std::fmod(in.f(), 2.0) == 1.0 || std::fmod(in.f(), 2.0) == -1.0
+                                                   : std::fmod(in.f(), 2.0) == 0.0;
+    else return error(fmt::format("test '{}' needs a number, not '{}'", name, in.type_name()));
   } else if (name == "divisibleby") {
     const Value* d;
     QWEN35_TRY(arg0(&d));
@@ -338,7 +316,7 @@ Status Interp::call_test(const std::string& name, const Value& in, const Args& a
   } else if (name == "lower" || name == "upper") {
     std::string s;
     QWEN35_TRY(stringify(in, &s));
-    *out = name == "lower" ? s == ascii_lower(s) : s == ascii_upper(s);
+    *out = name == "lower" ? str_islower(s) : str_isupper(s);   // Python: needs a cased character
   } else if (name == "sameas") {
     const Value* o;
     QWEN35_TRY(arg0(&o));
@@ -592,20 +570,11 @@ Status Interp::call_method(const CallableObj& m, const Args& args, Value* out) {
     *out = Value::boolean(r);
     return Status::Ok();
   }
-  if (name == "upper") return make_string(ascii_upper(s), out);
-  if (name == "lower" || name == "casefold") return make_string(ascii_lower(s), out);
-  if (name == "title") return make_string(py_title(s), out);
-  if (name == "capitalize") {
-    std::string r = ascii_lower(s);
-    if (!r.empty()) r[0] = ascii_upper(r.substr(0, 1))[0];
-    return make_string(std::move(r), out);
-  }
-  if (name == "swapcase") {
-    std::string r = s;
-    for (char& c : r)
-      if (is_alpha(c)) c = char(c ^ 0x20);
-    return make_string(std::move(r), out);
-  }
+  if (name == "upper") return make_string(str_upper(s), out);
+  if (name == "lower" || name == "casefold") return make_string(str_lower(s), out);
+  if (name == "title") return make_string(str_title(s), out);
+  if (name == "capitalize") return make_string(str_capitalize(s), out);
+  if (name == "swapcase") return make_string(str_swapcase(s), out);
   if (name == "replace") {
     const Value *o, *n;
     QWEN35_TRY(str_arg(0, "old", &o));
@@ -733,26 +702,24 @@ Status Interp::call_method(const CallableObj& m, const Args& args, Value* out) {
     *out = self;
     return Status::Ok();
   }
-  if (name == "isdigit" || name == "isalpha" || name == "isalnum" || name == "isspace" || name == "islower" ||
-      name == "isupper") {
-    // ASCII approximation of Python's Unicode predicates.
+  if (name == "islower" || name == "isupper") {
+    *out = Value::boolean(name == "islower" ? str_islower(s) : str_isupper(s));
+    return Status::Ok();
+  }
+  if (name == "isdigit" || name == "isalpha" || name == "isalnum" || name == "isspace") {
+    // Python's Unicode predicates, approximated: ASCII digits; letters are
+    // ASCII letters and cased characters; whitespace is Python's set.
     bool r = !s.empty();
-    bool cased = false;
-    for (char c : s) {
-      bool d = c >= '0' && c <= '9', a = is_alpha(c);
-      if (name == "isdigit") r &= d;
-      else if (name == "isalpha") r &= a;
-      else if (name == "isalnum") r &= a || d;
-      else if (name == "isspace") r &= c == ' ' || (c >= '\t' && c <= '\r');
-      else if (name == "islower") {
-        r &= !(c >= 'A' && c <= 'Z');
-        cased |= c >= 'a' && c <= 'z';
-      } else {
-        r &= !(c >= 'a' && c <= 'z');
-        cased |= c >= 'A' && c <= 'Z';
-      }
+    for (size_t i = 0; i < s.size() && r;) {
+      uint32_t cp;
+      i += utf8_next(s, i, &cp);
+      bool d = cp >= '0' && cp <= '9';
+      bool a = cp < 0x80 ? is_alpha(char(cp)) : cp_is_cased(cp);
+      if (name == "isdigit") r = d;
+      else if (name == "isalpha") r = a;
+      else if (name == "isalnum") r = a || d;
+      else r = py_isspace(cp);
     }
-    if (name == "islower" || name == "isupper") r = r && cased;
     *out = Value::boolean(r);
     return Status::Ok();
   }
@@ -781,6 +748,139 @@ Status Interp::call_method(const CallableObj& m, const Args& args, Value* out) {
     return make_string(rep(left) + s + rep(pad - left), out);
   }
   return unsupported(fmt::format("the string method '{}'", name));
+}
+
+// ---------------------------------------------------------------------------
+// printf-style formatting ("%s: %d" % (a, b)), Python semantics for the
+// conversions s r d i u x X o c f F e E g G and the flags - + space 0.
+
+Status Interp::percent_format(const std::string& f, const Value& args, Value* out) {
+  // A tuple supplies positional arguments, a mapping %(name)s lookups (and
+  // itself as the single positional argument), anything else is one argument.
+  // Python treats any argument with __getitem__ (list, dict, Jinja's
+  // Undefined; not str or tuple) as a mapping: unused arguments are fine then.
+  std::vector<Value> pos;
+  const Value* mapping = args.is_dict() ? &args : nullptr;
+  const bool mapping_like = args.is_dict() || (args.is_list() && !args.is_tuple()) || args.is_undefined();
+  if (args.is_tuple()) pos = args.items();
+  else pos.push_back(args);
+  size_t next = 0;
+  std::string r;
+  for (size_t i = 0; i < f.size(); ++i) {
+    if (f[i] != '%') {
+      r.push_back(f[i]);
+      continue;
+    }
+    if (++i >= f.size()) return error("incomplete format");
+    if (f[i] == '%') {
+      r.push_back('%');
+      continue;
+    }
+    const Value* arg = nullptr;
+    if (f[i] == '(') {
+      size_t close = f.find(')', i);
+      if (close == std::string::npos) return error("incomplete format key");
+      if (!mapping) return error("format requires a mapping");
+      arg = mapping->dict().find(f.substr(i + 1, close - i - 1));
+      if (!arg) return error(fmt::format("format key '{}' not found", f.substr(i + 1, close - i - 1)));
+      i = close + 1;
+    }
+    bool left = false, plus = false, space = false, zero = false;
+    for (; i < f.size() && std::strchr("-+ #0", f[i]) && f[i]; ++i) {
+      left |= f[i] == '-';
+      plus |= f[i] == '+';
+      space |= f[i] == ' ';
+      zero |= f[i] == '0';
+      if (f[i] == '#') return unsupported("the '#' flag in '%' formatting");
+    }
+    size_t width = 0, prec = SIZE_MAX;
+    if (i < f.size() && f[i] == '*') return unsupported("'*' widths in '%' formatting");
+    for (; i < f.size() && f[i] >= '0' && f[i] <= '9'; ++i) width = std::min<size_t>(width * 10 + size_t(f[i] - '0'), 100000);
+    if (i < f.size() && f[i] == '.') {
+      prec = 0;
+      for (++i; i < f.size() && f[i] >= '0' && f[i] <= '9'; ++i) prec = std::min<size_t>(prec * 10 + size_t(f[i] - '0'), 1000);
+    }
+    if (i < f.size() && (f[i] == 'l' || f[i] == 'h' || f[i] == 'L')) ++i;   // length modifiers are ignored
+    if (i >= f.size()) return error("incomplete format");
+    const char conv = f[i];
+    if (!arg) {
+      if (next >= pos.size()) return error("not enough arguments for format string");
+      arg = &pos[next++];
+    }
+    if (arg->is_undefined() && conv != 's') return undefined_error(*arg);
+    std::string body, sign;
+    bool numeric = false;
+    switch (conv) {
+      case 's':
+      case 'r': {
+        QWEN35_TRY(conv == 's' ? stringify(*arg, &body) : reprify(*arg, &body));
+        if (prec != SIZE_MAX) {   // precision truncates to that many characters
+          size_t b = 0;
+          for (size_t n = 0; b < body.size() && n < prec; ++n) {
+            uint32_t cp;
+            b += utf8_next(body, b, &cp);
+          }
+          body.resize(b);
+        }
+        break;
+      }
+      case 'd': case 'i': case 'u': case 'x': case 'X': case 'o': case 'c': {
+        int64_t v;
+        if (is_plain_int(*arg)) v = arg->i();
+        else if (arg->kind() == Value::Kind::Float && (conv == 'd' || conv == 'i' || conv == 'u') &&
+                 std::isfinite(arg->f()) && std::fabs(arg->f()) < 9.2e18)
+          v = int64_t(arg->f());
+        else if (conv == 'c' && arg->is_string() && cp_count(arg->str()) == 1) {
+          body = arg->str();
+          break;
+        } else
+          return error(fmt::format("%{} format: a number is required, not {}", conv, arg->type_name()));
+        if (conv == 'c') {
+          if (v < 0 || v > 0x10FFFF) return error("%c arg not in range(0x110000)");
+          body.clear();
+          append_utf8(uint32_t(v), &body);
+          break;
+        }
+        numeric = true;
+        uint64_t mag = v < 0 ? uint64_t(0) - uint64_t(v) : uint64_t(v);
+        body = conv == 'x' ? fmt::format("{:x}", mag) : conv == 'X' ? fmt::format("{:X}", mag)
+                           : conv == 'o' ? fmt::format("{:o}", mag) : std::to_string(mag);
+        if (prec != SIZE_MAX && body.size() < prec) body.insert(0, prec - body.size(), '0');
+        sign = v < 0 ? "-" : plus ? "+" : space ? " " : "";
+        break;
+      }
+      case 'f': case 'F': case 'e': case 'E': case 'g': case 'G': {
+        if (!arg->is_number()) return error(fmt::format("must be real number, not {}", arg->type_name()));
+        double v = arg->f();
+        int p = int(prec == SIZE_MAX ? 6 : prec);
+        double mag = std::fabs(v);
+        if (std::isnan(v)) body = conv >= 'a' ? "nan" : "NAN";
+        else if (std::isinf(v)) body = conv >= 'a' ? "inf" : "INF";
+        else if (conv == 'f' || conv == 'F') body = fmt::format("{:.{}f}", mag, p);
+        else if (conv == 'e') body = fmt::format("{:.{}e}", mag, p);
+        else if (conv == 'E') body = fmt::format("{:.{}E}", mag, p);
+        else if (conv == 'g') body = fmt::format("{:.{}g}", mag, std::max(p, 1));
+        else body = fmt::format("{:.{}G}", mag, std::max(p, 1));
+        numeric = true;
+        sign = std::signbit(v) && !std::isnan(v) ? "-" : plus ? "+" : space ? " " : "";
+        break;
+      }
+      default: return unsupported(fmt::format("the '%{}' conversion", conv));
+    }
+    size_t len = cp_count(body) + sign.size();
+    QWEN35_TRY(check_size(r.size() + body.size() + sign.size() + width));
+    if (len >= width) {
+      r += sign + body;
+    } else if (left) {
+      r += sign + body + std::string(width - len, ' ');
+    } else if (zero && numeric) {
+      r += sign + std::string(width - len, '0') + body;
+    } else {
+      r += std::string(width - len, ' ') + sign + body;
+    }
+  }
+  if (!mapping_like && next < pos.size()) return error("not all arguments converted during string formatting");
+  return make_string(std::move(r), out);
 }
 
 }  // namespace qwen35::jinja

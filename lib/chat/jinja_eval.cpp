@@ -594,6 +594,7 @@ Status Interp::eval_binary(const std::string& op, const Value& a, const Value& b
     s += t;
     return make_string(std::move(s), out);
   }
+  if (op == "%" && a.is_string()) return percent_format(a.str(), b, out);   // "%s" % x
   if (a.is_undefined()) return undefined_error(a);
   if (b.is_undefined()) return undefined_error(b);
   auto type_err = [&]() {
@@ -671,10 +672,7 @@ Status Interp::eval_binary(const std::string& op, const Value& a, const Value& b
     for (int64_t k = 0; k < n; ++k) items.insert(items.end(), seq.items().begin(), seq.items().end());
     return make_list(std::move(items), out, seq.is_tuple());
   }
-  if (!nums) {
-    if (op == "%" && a.is_string()) return unsupported("printf-style string formatting with '%'");
-    return type_err();
-  }
+  if (!nums) return type_err();
   if (op == "/") {
     if (b.f() == 0.0) return error("division by zero");
     *out = Value::number(a.f() / b.f());
@@ -700,6 +698,7 @@ Status Interp::eval_binary(const std::string& op, const Value& a, const Value& b
     } else {
       double r = std::fmod(x, y);
       if (r != 0.0 && ((r < 0) != (y < 0))) r += y;
+      if (r == 0.0) r = std::copysign(0.0, y);   // Python: a zero remainder takes the divisor's sign
       *out = Value::number(r);
     }
     return Status::Ok();
@@ -717,7 +716,11 @@ Status Interp::eval_binary(const std::string& op, const Value& a, const Value& b
       return Status::Ok();
     }
     if (a.f() == 0.0 && b.f() < 0) return error("zero to a negative power");
-    *out = Value::number(std::pow(a.f(), b.f()));
+    double r = std::pow(a.f(), b.f());
+    if (std::isinf(r) && std::isfinite(a.f()) && std::isfinite(b.f())) return error("numerical result out of range");
+    if (std::isnan(r) && !std::isnan(a.f()) && !std::isnan(b.f()))
+      return unsupported("a fractional power of a negative number (complex result)");
+    *out = Value::number(r);
     return Status::Ok();
   }
   return error(fmt::format("unknown operator '{}'", op));
@@ -744,7 +747,7 @@ Status Interp::compare(const std::string& op, const Value& a, const Value& b, bo
   } else if (a.is_string() && b.is_string()) {
     c = a.str().compare(b.str());
     c = c < 0 ? -1 : c > 0 ? 1 : 0;
-  } else if (a.is_list() && b.is_list()) {
+  } else if (a.is_list() && b.is_list() && a.is_tuple() == b.is_tuple()) {
     const auto& x = a.items();
     const auto& y = b.items();
     size_t k = 0;
@@ -787,6 +790,8 @@ Status Interp::contains(const Value& container, const Value& item, bool* out) {
     case Value::Kind::Dict:
     case Value::Kind::Namespace:
       if (container.is_namespace()) return error("argument of type 'Namespace' is not iterable");
+      if ((item.is_list() && !item.is_tuple()) || item.is_dict() || item.is_namespace())
+        return error(fmt::format("unhashable type: '{}'", item.type_name()));
       *out = item.is_string() && container.dict().find(item.str()) != nullptr;
       return Status::Ok();
     default: return error(fmt::format("argument of type '{}' is not iterable", container.type_name()));

@@ -83,6 +83,8 @@ class Interp {
   Status compare(const std::string& op, const Value& a, const Value& b, bool* out);
   Status contains(const Value& container, const Value& item, bool* out);
   Status call(const Value& fn, const Args& args, Value* out);
+  // Python printf-style formatting: fmt % args.
+  Status percent_format(const std::string& fmt, const Value& args, Value* out);
 
  private:
   enum class Flow { Normal, Break, Continue };

@@ -5,6 +5,7 @@
 
 #include "chat/jinja_eval.h"
 #include "chat/jinja_lexer.h"
+#include "chat/text_case.h"
 
 namespace qwen35::jinja {
 
@@ -199,8 +200,12 @@ Status Interp::call_filter(const std::string& name, const Value& in, const Args&
     }
     return make_string(std::move(r), out);
   }
-  if (name == "upper" || name == "lower" || name == "title" || name == "capitalize" || name == "center" ||
-      name == "replace") {
+  if (name == "title") {   // Jinja's own title(): words start after - space ( { [ <
+    std::string s;
+    QWEN35_TRY(as_string(&s));
+    return make_string(jinja_title(s), out);
+  }
+  if (name == "upper" || name == "lower" || name == "capitalize" || name == "center" || name == "replace") {
     std::string s;
     QWEN35_TRY(as_string(&s));
     CallableObj m;
@@ -299,6 +304,7 @@ Status Interp::call_filter(const std::string& name, const Value& in, const Args&
     std::reverse(items.begin(), items.end());
     return make_list(std::move(items), out);
   }
+  if ((name == "int" || name == "float") && in.is_undefined()) return undefined_error(in);
   if (name == "int") {
     const Value* dv = args.get(0, "default");
     Value d = dv ? *dv : Value::integer(0);
@@ -347,6 +353,26 @@ Status Interp::call_filter(const std::string& name, const Value& in, const Args&
     const Value* mv = args.get(1, "method");
     int64_t prec = pv && is_plain_int(*pv) ? std::clamp<int64_t>(pv->i(), -300, 300) : 0;
     std::string method = mv ? mv->to_str() : "common";
+    if (method == "common" && is_plain_int(in)) {   // Python round(int, n) stays an int
+      int64_t v = in.i();
+      if (prec < 0) {
+        if (prec < -18) {
+          v = 0;
+        } else {
+          int64_t m = 1;
+          for (int64_t k = 0; k < -prec; ++k) m *= 10;
+          int64_t q = v / m, r = v % m;
+          if (r < 0) {
+            r += m;
+            --q;
+          }
+          if (2 * r > m || (2 * r == m && (q & 1))) ++q;   // half to even
+          if (__builtin_mul_overflow(q, m, &v)) return error("integer overflow");
+        }
+      }
+      *out = Value::integer(v);
+      return Status::Ok();
+    }
     double scale = std::pow(10.0, double(prec));
     double x = in.f() * scale, r;
     if (method == "common") r = std::nearbyint(x);   // Python round(): half to even
@@ -446,7 +472,7 @@ Status Interp::call_filter(const std::string& name, const Value& in, const Args&
       Value x = v;
       if (name == "dictsort") x = v.items()[dict_by_value ? 1 : 0];
       else if (attr && !attr->is_none()) QWEN35_TRY(attr_of(v, attr->to_str(), &x));
-      if (!case_sensitive && x.is_string()) x = Value::string(ascii_lower(x.str()));
+      if (!case_sensitive && x.is_string()) x = Value::string(str_lower(x.str()));
       *k = std::move(x);
       return Status::Ok();
     };
