@@ -575,3 +575,36 @@ TEST_CASE("C API: the synthetic vocabulary's demo template renders") {
   p.add_generation_prompt = false;
   CHECK(c_render(mh.m, msgs, &p) == "<|im_start|>user\nhi<|im_end|>\n");
 }
+
+TEST_CASE("rendered prompts tokenize with every chat marker as one special token") {
+  ModelHandle mh(fixture("models/tiny-a-nvfp4.gguf"));
+  qwen35_content_part parts[3] = {{QWEN35_PART_TEXT, "Look: ", nullptr},
+                                  {QWEN35_PART_IMAGE, nullptr, nullptr},
+                                  {QWEN35_PART_IMAGE, nullptr, nullptr}};
+  qwen35_chat_message u = cmsg("user", nullptr);
+  u.parts = parts;
+  u.n_parts = 3;
+  qwen35_chat_params p = qwen35_chat_default_params();
+  p.enable_thinking = 0;
+  std::string prompt = c_render(mh.m, {cmsg("system", "Be brief."), u}, &p);
+  std::vector<qwen35_token> toks(4096);
+  int32_t n = qwen35_tokenize(mh.m, prompt.data(), prompt.size(), toks.data(), int32_t(toks.size()), false, true);
+  REQUIRE(n > 0);
+  toks.resize(size_t(n));
+  auto count = [&](const char* text) {
+    qwen35_token id = qwen35_token_lookup(mh.m, text);
+    REQUIRE(id >= 0);
+    return std::count(toks.begin(), toks.end(), id);
+  };
+  CHECK(count("<|im_start|>") == 3);
+  CHECK(count("<|im_end|>") == 2);
+  CHECK(count("<|vision_start|>") == 2);
+  CHECK(count("<|image_pad|>") == 2);
+  CHECK(count("<|vision_end|>") == 2);
+  CHECK(count("<think>") == 1);
+  CHECK(count("</think>") == 1);
+  // Detokenizing with special tokens gives the prompt back.
+  std::vector<char> back(prompt.size() + 1);
+  CHECK(qwen35_detokenize(mh.m, toks.data(), n, back.data(), int32_t(back.size()), true) == int32_t(prompt.size()));
+  CHECK(std::string(back.data()) == prompt);
+}
