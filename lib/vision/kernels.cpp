@@ -1,6 +1,7 @@
 #include "vision/kernels.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -102,18 +103,29 @@ void tile_generic(const float* A, int64_t lda, const float* B, int64_t ldb, int6
   tile_body<4, 4, 2>(A, lda, B, ldb, K, tile);
 }
 
-const KernelSet& kernels() {
-  static const KernelSet ks = [] {
+// Variants this CPU can run, best first.
+std::vector<KernelSet> supported_kernels() {
+  std::vector<KernelSet> v;
 #if QWEN35_X86_CLONES
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512dq"))
-      return KernelSet{8, 32, tile_avx512, "avx512"};
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return KernelSet{6, 16, tile_avx2, "avx2"};
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    v.push_back(KernelSet{8, 32, tile_avx512, "avx512"});
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) v.push_back(KernelSet{6, 16, tile_avx2, "avx2"});
 #endif
-    return KernelSet{4, 8, tile_generic, "generic"};
-  }();
-  return ks;
+  v.push_back(KernelSet{4, 8, tile_generic, "generic"});
+  return v;
+}
+
+const std::vector<KernelSet>& kernel_list() {
+  static const std::vector<KernelSet> v = supported_kernels();
+  return v;
+}
+
+std::atomic<const KernelSet*> g_kernel{nullptr};
+
+const KernelSet& kernels() {
+  const KernelSet* k = g_kernel.load(std::memory_order_acquire);
+  return k ? *k : kernel_list().front();
 }
 
 // Convert elements [k0, k0 + n) of weight row r to F32. k0 and n are
@@ -296,6 +308,25 @@ void softmax_ref(float* x, int64_t n) {
 }
 
 const char* gemm_kernel_name() { return kernels().name; }
+
+std::vector<std::string> gemm_kernel_names() {
+  std::vector<std::string> names;
+  for (const KernelSet& k : kernel_list()) names.push_back(k.name);
+  return names;
+}
+
+bool select_gemm_kernel(const std::string& name) {
+  if (name.empty()) {
+    g_kernel.store(nullptr, std::memory_order_release);
+    return true;
+  }
+  for (const KernelSet& k : kernel_list())
+    if (name == k.name) {
+      g_kernel.store(&k, std::memory_order_release);
+      return true;
+    }
+  return false;
+}
 
 // ---- matrix products -----------------------------------------------------------
 

@@ -13,6 +13,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "model.h"
 #include "threadpool.h"
@@ -59,7 +61,12 @@ void softmax_ref(float* x, int64_t n);
 // F16 -> F32 for n elements (bit-exact, subnormals and specials included).
 void fp16_to_fp32_row(const uint16_t* src, float* dst, int64_t n);
 
-// Name of the micro-kernel variant this CPU runs ("avx512", "avx2", "generic").
+// Name of the micro-kernel variant in use ("avx512", "avx2", "generic").
 const char* gemm_kernel_name();
+// Variants this CPU supports, best first (the default).
+std::vector<std::string> gemm_kernel_names();
+// Tests and benchmarks only: run `name` from now on ("" = the default).
+// Returns false if this CPU cannot run it. Not to be called while a product runs.
+bool select_gemm_kernel(const std::string& name);
 
 }  // namespace qwen35::vision

@@ -101,8 +101,11 @@ Status WriteSynthMmproj(const SynthMmprojConfig& cfg, const std::string& path) {
   };
   const uint32_t M = cfg.matrix_type, F32 = GGML_F32;
   const float s_patch = 1.0f / std::sqrt(float(6 * P * P));
-  add("v.patch_embd.weight", M, {P, P, 3, C}, 0.0f, s_patch);
-  add("v.patch_embd.weight.1", M, {P, P, 3, C}, 0.0f, s_patch);
+  // Quantized types whose blocks are longer than a pixel row keep the patch
+  // kernels in F16 (as llama.cpp's quantizer does).
+  const uint32_t PT = P % mt->block == 0 ? M : uint32_t(GGML_F16);
+  add("v.patch_embd.weight", PT, {P, P, 3, C}, 0.0f, s_patch);
+  add("v.patch_embd.weight.1", PT, {P, P, 3, C}, 0.0f, s_patch);
   add("v.patch_embd.bias", F32, {C}, 0.0f, 0.02f);
   add("v.position_embd.weight", F32, {C, int64_t(cfg.pos_grid) * cfg.pos_grid}, 0.0f, 0.5f);
   for (int32_t il = 0; il < cfg.n_block; ++il) {
