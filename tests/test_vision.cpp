@@ -6,22 +6,14 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
-#define STB_IMAGE_WRITE_IMPLEMENTATION
 #define STBI_WRITE_NO_STDIO
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
-#pragma GCC diagnostic ignored "-Wunused-function"
-#endif
 #include <stb/stb_image_write.h>
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
 
 #include "ggml_types.h"
 #include "qwen35/qwen35.h"
@@ -364,6 +356,23 @@ TEST_CASE("patch sequence order and the 640x480 example of spec 6.1") {
   CHECK(pos[3 * 21 + 2] == 5);
 }
 
+TEST_CASE("vision RoPE: identity at (0, 0), rows drive the first quarter of pairs (spec 6.4)") {
+  std::vector<float> c(32), s(32);
+  VisionRopeCosSin(0, 0, 64, c.data(), s.data());
+  for (int d = 0; d < 32; ++d) {
+    CHECK(c[size_t(d)] == 1.0f);
+    CHECK(s[size_t(d)] == 0.0f);
+  }
+  VisionRopeCosSin(0, 7, 64, c.data(), s.data());
+  for (int d = 0; d < 16; ++d) CHECK(s[size_t(d)] == 0.0f);  // row 0: pairs 0..15 unrotated
+  CHECK(s[16] == doctest::Approx(std::sin(7.0)));             // col 7, frequency 1
+  CHECK(c[17] == doctest::Approx(std::cos(7.0 * std::pow(10000.0, -1.0 / 16))));
+  VisionRopeCosSin(3, 0, 64, c.data(), s.data());
+  CHECK(s[0] == doctest::Approx(std::sin(3.0)));
+  CHECK(s[15] == doctest::Approx(std::sin(3.0 * std::pow(10000.0, -15.0 / 16))));
+  for (int d = 16; d < 32; ++d) CHECK(s[size_t(d)] == 0.0f);
+}
+
 TEST_CASE("LC bilinear resize: identity, corners and truncation") {
   Image src;
   src.width = 3;
@@ -550,6 +559,35 @@ TEST_CASE("fast path and reference path agree at thread counts 1 and 3") {
   CHECK(a.data == b.data);  // each output element is computed in a fixed order
 }
 
+TEST_CASE("qwen35-embed-image writes the fixture format") {
+  const std::string out = tmp_path("embed-wide");
+  const std::string cmd = std::string(QWEN35_TOOLS_DIR) + "/qwen35-embed-image --mmproj " +
+                          fixture("vision/tiny-vis.mmproj.gguf") + " --image " + fixture("vision/wide160x96.png") +
+                          " -o " + out + " -t 2";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  const auto got = read_f32(out + ".f32");
+  const auto want = read_f32(fixture("vision/wide160x96.emb.f32"));  // default profile: LC
+  REQUIRE(got.size() == want.size());
+  CHECK(max_token_rel(got, want, 256) <= 1e-4);
+  const auto js = read_file(out + ".json");
+  const std::string j(js.begin(), js.end());
+  for (const char* key : {"\"n_tokens\": 15", "\"n_embd\": 256", "\"nx\": 5", "\"ny\": 3",
+                          "\"grid\": {\"nx\": 5, \"ny\": 3}", "\"preprocessed_size\": [160, 96]", "\"n_pos\": 5"})
+    CHECK_MESSAGE(j.find(key) != std::string::npos, key);
+  const std::string ref_cmd = std::string(QWEN35_TOOLS_DIR) + "/qwen35-embed-image --mmproj " +
+                              fixture("vision/tiny-vis.mmproj.gguf") + " --image " +
+                              fixture("vision/tall64x128.png") + " -o " + out + " --profile ref --image-min-tokens 8";
+  REQUIRE(std::system(ref_cmd.c_str()) == 0);
+  const auto got_ref = read_f32(out + ".f32");
+  const auto want_ref = read_f32(fixture("vision/tall64x128.ref.emb.f32"));
+  REQUIRE(got_ref.size() == want_ref.size());
+  CHECK(max_token_rel(got_ref, want_ref, 256) <= 1e-4);
+  // Bad input: a clear message and a non-zero exit.
+  const std::string bad = std::string(QWEN35_TOOLS_DIR) + "/qwen35-embed-image --mmproj " +
+                          fixture("vision/tiny-vis.mmproj.gguf") + " --image /no/such.png -o " + out + " 2>/dev/null";
+  CHECK(std::system(bad.c_str()) != 0);
+}
+
 // ---- images ---------------------------------------------------------------------
 
 TEST_CASE("image decoding: PNG, JPEG, BMP, PPM, PGM and raw pixels") {
@@ -734,12 +772,16 @@ TEST_CASE("C API: load, images, encode, accessors and errors") {
   CHECK(qwen35_image_embed_n_tokens(er) >= 64);
 
   // Errors: NULLs, a projector that does not fit, an explicit CUDA request.
-  CHECK(qwen35_mmproj_load(nullptr, nullptr, nullptr, &proj_ref) == QWEN35_ERR_INVALID_ARG);
-  CHECK(qwen35_image_encode(nullptr, img, &er) == QWEN35_ERR_INVALID_ARG);
-  CHECK(er == nullptr);
-  CHECK(qwen35_image_load_file(nullptr, &img2) == QWEN35_ERR_INVALID_ARG);
-  CHECK(qwen35_image_load_file("/no/such.png", &img2) == QWEN35_ERR_IO);
-  CHECK(img2 == nullptr);
+  qwen35_mmproj* no_proj = proj;
+  CHECK(qwen35_mmproj_load(nullptr, nullptr, nullptr, &no_proj) == QWEN35_ERR_INVALID_ARG);
+  CHECK(no_proj == nullptr);
+  qwen35_image_embed* no_embed = e;
+  CHECK(qwen35_image_encode(nullptr, img, &no_embed) == QWEN35_ERR_INVALID_ARG);
+  CHECK(no_embed == nullptr);
+  qwen35_image* no_img = img;
+  CHECK(qwen35_image_load_file(nullptr, &no_img) == QWEN35_ERR_INVALID_ARG);
+  CHECK(qwen35_image_load_file("/no/such.png", &no_img) == QWEN35_ERR_IO);
+  CHECK(no_img == nullptr);
   SynthMmprojConfig narrow;
   narrow.proj_dim = 128;
   const std::string narrow_path = synth_mmproj("narrow", narrow);

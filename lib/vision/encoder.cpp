@@ -69,6 +69,16 @@ void ResamplePositions(const Mmproj& mp, int32_t gh, int32_t gw, PosInterp mode,
   }
 }
 
+void VisionRopeCosSin(int32_t row, int32_t col, int32_t head_dim, float* cos_out, float* sin_out) {
+  const int32_t half = head_dim / 2, quarter = head_dim / 4;
+  for (int32_t d = 0; d < half; ++d) {
+    const int32_t j = d < quarter ? d : d - quarter;
+    const double a = double(d < quarter ? row : col) * std::pow(10000.0, -double(j) / double(quarter));
+    cos_out[d] = float(std::cos(a));
+    sin_out[d] = float(std::sin(a));
+  }
+}
+
 namespace {
 
 // F32 buffer that reports allocation failure instead of throwing.
@@ -164,22 +174,14 @@ Status CpuEncoder::run(const float* patches, float* out) {
   return Status::Ok();
 }
 
-// §4.3: pair d < DH/4 turns by row * theta^(-d/(DH/4)), the next DH/4 pairs
-// by col with the same frequencies. Angles in double, stored as F32.
 void CpuEncoder::rope_tables() {
-  const int32_t half = hp_.head_dim / 2, quarter = hp_.head_dim / 4, mw = gw_ / 2;
+  const int32_t half = hp_.head_dim / 2, mw = gw_ / 2;
   cos_.resize(size_t(np_) * size_t(half));
   sin_.resize(size_t(np_) * size_t(half));
-  std::vector<double> inv_freq(static_cast<size_t>(quarter));
-  for (int32_t j = 0; j < quarter; ++j) inv_freq[size_t(j)] = std::pow(10000.0, -double(j) / double(quarter));
   for (int64_t s = 0; s < np_; ++s) {
     int32_t row = 0, col = 0;
     patch_of_seq(s, mw, &row, &col);
-    for (int32_t d = 0; d < half; ++d) {
-      const double a = d < quarter ? row * inv_freq[size_t(d)] : col * inv_freq[size_t(d - quarter)];
-      cos_[size_t(s) * size_t(half) + size_t(d)] = float(std::cos(a));
-      sin_[size_t(s) * size_t(half) + size_t(d)] = float(std::sin(a));
-    }
+    VisionRopeCosSin(row, col, hp_.head_dim, cos_.data() + s * half, sin_.data() + s * half);
   }
 }
 

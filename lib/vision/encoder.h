@@ -37,6 +37,12 @@ struct Tap {
 // Per output index 0..n_out-1 of one axis: the taps into the n_src table rows.
 std::vector<std::vector<Tap>> PosAxisTaps(int32_t n_out, int32_t n_src, PosInterp mode);
 
+// 2-D vision RoPE of the patch at (row, col) (§4.3): cos and sin of the
+// head_dim/2 rotation pairs (d, d + head_dim/2). Pairs below head_dim/4 turn
+// by row * 10000^(-d/(head_dim/4)), the others by col with the same
+// frequencies. Angles in double, stored as F32.
+void VisionRopeCosSin(int32_t row, int32_t col, int32_t head_dim, float* cos_out, float* sin_out);
+
 // Called with named intermediates ("patch_embd", "pos_added", "block" for
 // each layer, "merger_norm", "output"), rows x cols floats in sequence order.
 using DebugHook = std::function<void(const char* name, int32_t layer, const float* data, int64_t rows, int64_t cols)>;

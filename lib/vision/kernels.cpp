@@ -9,14 +9,19 @@
 #include "ggml_types.h"
 #include "quants.h"
 
-// Per-ISA clones. GCC/Clang vector extensions give one source for every
-// width; on x86 the element-wise loops are additionally cloned for AVX-512
-// and AVX2 and dispatched by the loader (ifunc).
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__SANITIZE_ADDRESS__)
+// Per-ISA code from one source: GCC/Clang vector extensions give every
+// vector width. On x86 the micro-kernel is compiled for AVX-512, AVX2+FMA and
+// baseline and picked with __builtin_cpu_supports; the element-wise loops are
+// GCC ifunc clones (target_clones), left out of sanitizer builds so that
+// those see plain functions.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define QWEN35_X86_CLONES 1
-#define QWEN35_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define QWEN35_X86_CLONES 0
+#endif
+#if QWEN35_X86_CLONES && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define QWEN35_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
 #define QWEN35_CLONES
 #endif
 #define QWEN35_INLINE inline __attribute__((always_inline))
