@@ -209,8 +209,8 @@ QWEN35_INLINE float exp_approx(float x) {
   return p * s;
 }
 
-// Sum and max of a row with 4 x 8 independent accumulators (a fixed order,
-// so results are reproducible, and no reliance on -ffast-math).
+// Row sum with 4 x 8 independent accumulators and row max over 8 lanes: a
+// fixed order (reproducible results) without relying on -ffast-math.
 QWEN35_INLINE float row_sum(const float* x, int64_t n) {
   v8 a0{}, a1{}, a2{}, a3{};
   int64_t i = 0;
