@@ -548,7 +548,7 @@ TEST_CASE("other encoder shapes and resampled images: fast path matches the refe
   }
 }
 
-TEST_CASE("fast path and reference path agree at thread counts 1 and 3") {
+TEST_CASE("the fast path gives identical results with 1 and 3 threads") {
   auto mp = load_fixture_mmproj();
   const Image img = load_image(fixture("vision/wide160x96.png"));
   VisionOptions o = VisionOptions::ForProfile(Profile::LlamaCpp);
