@@ -25,11 +25,9 @@
 #define QWEN35_CLONES
 #endif
 #define QWEN35_INLINE inline __attribute__((always_inline))
-// Vector values are only passed between always-inline helpers, so GCC's
+// Vector values are only passed between always-inline helpers, so the
 // "ABI changes without AVX" note does not apply.
-#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"
-#endif
 
 namespace qwen35::vision {
 
