@@ -66,6 +66,28 @@ char* dup_string(const std::string& s) {
 
 }  // namespace
 
+namespace qwen35 {
+
+Status ConvertChatRequest(const qwen35_chat_message* messages, size_t n, const qwen35_chat_params* params,
+                          std::vector<ChatMessage>* msgs, ChatOptions* opt) {
+  if (n > 0 && !messages) return Error(QWEN35_ERR_INVALID_ARG, "messages is NULL");
+  qwen35_chat_params p = read_params(params, qwen35_chat_default_params());
+  if (p.enable_thinking < -1 || p.enable_thinking > 1)
+    return Error(QWEN35_ERR_INVALID_ARG, "enable_thinking must be -1, 0 or 1 (got {})", p.enable_thinking);
+  msgs->assign(n, ChatMessage());
+  for (size_t i = 0; i < n; ++i) QWEN35_TRY(convert_message(messages[i], i, &(*msgs)[i]));
+  if (p.tools_json) {
+    QWEN35_TRY(parse_json_arg(p.tools_json, "tools_json", &opt->tools));
+    if (!opt->tools.is_array()) return Error(QWEN35_ERR_INVALID_ARG, "tools_json must be a JSON array");
+  }
+  opt->add_generation_prompt = p.add_generation_prompt;
+  opt->enable_thinking = p.enable_thinking;
+  if (p.template_override) opt->template_override = p.template_override;
+  return Status::Ok();
+}
+
+}  // namespace qwen35
+
 extern "C" {
 
 qwen35_chat_params qwen35_chat_default_params(void) {
@@ -83,26 +105,11 @@ int32_t qwen35_chat_render(const qwen35_model* model, const qwen35_chat_message*
                            const qwen35_chat_params* params, char* buf, size_t buf_size, size_t* needed) {
   try {
     if (!model || !model->m) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_chat_render: model is NULL");
-    if (n > 0 && !messages) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_chat_render: messages is NULL");
     if (!buf && buf_size > 0) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_chat_render: buf is NULL");
-    qwen35_chat_params p = read_params(params, qwen35_chat_default_params());
-    if (p.enable_thinking < -1 || p.enable_thinking > 1)
-      return set_error(QWEN35_ERR_INVALID_ARG,
-                       fmt::format("qwen35_chat_render: enable_thinking must be -1, 0 or 1 (got {})", p.enable_thinking));
-    std::vector<ChatMessage> msgs(n);
-    for (size_t i = 0; i < n; ++i) {
-      Status st = convert_message(messages[i], i, &msgs[i]);
-      if (!st.ok()) return set_error(st);
-    }
+    std::vector<ChatMessage> msgs;
     ChatOptions opt;
-    if (p.tools_json) {
-      Status st = parse_json_arg(p.tools_json, "tools_json", &opt.tools);
-      if (!st.ok()) return set_error(st);
-      if (!opt.tools.is_array()) return set_error(QWEN35_ERR_INVALID_ARG, "tools_json must be a JSON array");
-    }
-    opt.add_generation_prompt = p.add_generation_prompt;
-    opt.enable_thinking = p.enable_thinking;
-    if (p.template_override) opt.template_override = p.template_override;
+    Status cst = ConvertChatRequest(messages, n, params, &msgs, &opt);
+    if (!cst.ok()) return set_error(cst.prefix("qwen35_chat_render: "));
     RenderedChat r;
     Status st = RenderChat(*model->m, msgs, opt, &r);
     if (!st.ok()) return set_error(st);
