@@ -81,6 +81,23 @@ void GgufWriter::set_arr_str(const std::string& key, const std::vector<std::stri
   kvs_.push_back(std::move(kv));
 }
 
+void GgufWriter::set_arr_f32(const std::string& key, const std::vector<float>& v) {
+  KV kv{key, {}};
+  put(kv.encoded, uint32_t(GGUF_ARRAY));
+  put(kv.encoded, uint32_t(GGUF_FLOAT32));
+  put(kv.encoded, uint64_t(v.size()));
+  for (float x : v) put(kv.encoded, x);
+  kvs_.push_back(std::move(kv));
+}
+void GgufWriter::set_arr_bool(const std::string& key, const std::vector<bool>& v) {
+  KV kv{key, {}};
+  put(kv.encoded, uint32_t(GGUF_ARRAY));
+  put(kv.encoded, uint32_t(GGUF_BOOL));
+  put(kv.encoded, uint64_t(v.size()));
+  for (bool x : v) put(kv.encoded, uint8_t(x));
+  kvs_.push_back(std::move(kv));
+}
+
 void GgufWriter::copy_kv(const GgufFile& f, const GgufKV& kv) {
   // The record's bytes run from the key's length prefix to the start of the
   // next record; re-derive the value bytes from the key position.

@@ -22,6 +22,8 @@ class GgufWriter {
   void set_str(const std::string& key, const std::string& v);
   void set_arr_i32(const std::string& key, const std::vector<int32_t>& v);
   void set_arr_str(const std::string& key, const std::vector<std::string>& v);
+  void set_arr_f32(const std::string& key, const std::vector<float>& v);
+  void set_arr_bool(const std::string& key, const std::vector<bool>& v);
   // Copy one key/value record verbatim from an existing file.
   void copy_kv(const GgufFile& f, const GgufKV& kv);
 

@@ -10,6 +10,7 @@
 #include "model.h"
 #include "qwen35/qwen35.h"
 #include "status.h"
+#include "vision/vision.h"
 
 struct qwen35_model {
   std::unique_ptr<qwen35::Model> m;
@@ -20,6 +21,22 @@ struct qwen35_context {
   qwen35_model* model = nullptr;
   std::unique_ptr<qwen35::Context> ctx;
   std::string errmsg;
+};
+
+// Vision handles (bindings/c/qwen35_vision.cpp). An image embedding is
+// immutable after qwen35_image_encode and may be shared by contexts.
+struct qwen35_mmproj {
+  std::unique_ptr<qwen35::vision::Mmproj> mp;
+  qwen35::vision::VisionOptions opt;  // profile switches picked at load
+  int n_threads = 1;
+};
+
+struct qwen35_image {
+  qwen35::vision::Image img;
+};
+
+struct qwen35_image_embed {
+  qwen35::vision::ImageEmbed e;
 };
 
 namespace qwen35 {

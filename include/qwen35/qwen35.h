@@ -476,7 +476,9 @@ typedef struct qwen35_mmproj_params {
     size_t struct_size;         /* = sizeof(qwen35_mmproj_params) */
     bool   use_mmap;            /* default true */
     int    n_threads;           /* encoder CPU threads (default: physical cores) */
-    bool   llamacpp_compat;     /* preprocess like llama.cpp (letterbox, its resize) instead of the reference (default false) */
+    bool   llamacpp_compat;     /* behave like llama.cpp (May 2026) instead of the transformers reference (default false):
+                                   8..4096 tokens, bilinear resize + letterbox, half-pixel antialiased position-table
+                                   interpolation, tanh GELU in the merger (spec vision.md section 8) */
     qwen35_device device;       /* default AUTO (follows the model) */
 } qwen35_mmproj_params;
 
@@ -513,7 +515,12 @@ QWEN35_API void    qwen35_image_embed_grid(const qwen35_image_embed * embed, int
 QWEN35_API const float * qwen35_image_embed_data(const qwen35_image_embed * embed);
 
 /* Append an image to the context: <|vision_start|>, the embeddings with
- * M-RoPE positions, <|vision_end|>. Text positions continue as the spec says. */
+ * M-RoPE positions, <|vision_end|>. Text positions continue as the spec says
+ * (at p0 + max(nx, ny), p0 = the position after <|vision_start|>). Afterwards
+ * qwen35_context_logits(ctx, -1) holds the logits of <|vision_end|>. On error
+ * (QWEN35_ERR_CONTEXT_FULL when n_tokens + 2 rows do not fit, a width that
+ * differs from the model's, a vocabulary without the delimiters) the context
+ * is left as it was. */
 QWEN35_API qwen35_status qwen35_context_decode_image(qwen35_context * ctx, const qwen35_image_embed * embed);
 
 #ifdef __cplusplus

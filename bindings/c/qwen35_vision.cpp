@@ -1,0 +1,148 @@
+// C API: vision projector, images, image embeddings and placing them in a
+// context (the "Vision" section of qwen35.h).
+#include <cstring>
+#include <exception>
+#include <new>
+
+#include "bindings/c/handles.h"
+#include "log.h"
+#include "threadpool.h"
+
+using namespace qwen35;
+using namespace qwen35::vision;
+
+namespace {
+
+// Run f() and turn escaping exceptions into a status (nothing escapes the C API).
+template <typename F>
+Status guarded(const char* what, F&& f) {
+  try {
+    return f();
+  } catch (const std::bad_alloc&) {
+    return Error(QWEN35_ERR_OUT_OF_MEMORY, "{}: out of memory", what);
+  } catch (const std::exception& e) {
+    return Error(QWEN35_ERR_BACKEND, "{}: {}", what, e.what());
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+qwen35_mmproj_params qwen35_mmproj_default_params(void) {
+  qwen35_mmproj_params p;
+  std::memset(&p, 0, sizeof p);
+  p.struct_size = sizeof p;
+  p.use_mmap = true;
+  p.n_threads = ThreadPool::default_threads();
+  p.llamacpp_compat = false;
+  p.device = QWEN35_DEVICE_AUTO;
+  return p;
+}
+
+qwen35_status qwen35_mmproj_load(const char* path, const qwen35_model* model, const qwen35_mmproj_params* params,
+                                 qwen35_mmproj** out) {
+  if (out) *out = nullptr;
+  if (!path || !out) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_mmproj_load: path and out must not be NULL");
+  const qwen35_mmproj_params p = read_params(params, qwen35_mmproj_default_params());
+  if (p.n_threads < 0 || p.n_threads > 256)
+    return set_error(QWEN35_ERR_INVALID_ARG, fmt::format("qwen35_mmproj_load: n_threads {} is out of range", p.n_threads));
+  if (p.device == QWEN35_DEVICE_CUDA)
+    return set_error(QWEN35_ERR_UNSUPPORTED,
+                     "qwen35_mmproj_load: this build has no CUDA vision encoder (use QWEN35_DEVICE_AUTO or CPU)");
+  if (p.device != QWEN35_DEVICE_AUTO && p.device != QWEN35_DEVICE_CPU)
+    return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_mmproj_load: bad device");
+  const Logger log = model ? model->m->log : default_logger();
+  std::unique_ptr<qwen35_mmproj> h(new (std::nothrow) qwen35_mmproj());
+  if (!h) return set_error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory");
+  Status st = guarded("loading the mmproj", [&] { return LoadMmproj(path, p.use_mmap, log, &h->mp); });
+  if (st.ok() && model) st = CheckMmprojFitsModel(*h->mp, *model->m).prefix(std::string("'") + path + "': ");
+  if (!st.ok()) return set_error(st);
+  h->opt = VisionOptions::ForProfile(p.llamacpp_compat ? Profile::LlamaCpp : Profile::Ref);
+  h->n_threads = p.n_threads > 0 ? p.n_threads : ThreadPool::default_threads();
+  log.info("{}", h->mp->desc);
+  *out = h.release();
+  return QWEN35_OK;
+}
+
+void qwen35_mmproj_free(qwen35_mmproj* mmproj) { delete mmproj; }
+
+qwen35_status qwen35_image_load_file(const char* path, qwen35_image** out) {
+  if (out) *out = nullptr;
+  if (!path || !out) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_image_load_file: path and out must not be NULL");
+  std::unique_ptr<qwen35_image> h(new (std::nothrow) qwen35_image());
+  if (!h) return set_error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory");
+  Status st = guarded("loading an image", [&] { return ImageFromFile(path, &h->img); });
+  if (!st.ok()) return set_error(st);
+  *out = h.release();
+  return QWEN35_OK;
+}
+
+qwen35_status qwen35_image_load_memory(const void* data, size_t size, qwen35_image** out) {
+  if (out) *out = nullptr;
+  if (!data || !out) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_image_load_memory: data and out must not be NULL");
+  std::unique_ptr<qwen35_image> h(new (std::nothrow) qwen35_image());
+  if (!h) return set_error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory");
+  Status st = guarded("decoding an image", [&] { return ImageFromMemory(data, size, &h->img); });
+  if (!st.ok()) return set_error(st);
+  *out = h.release();
+  return QWEN35_OK;
+}
+
+qwen35_status qwen35_image_from_pixels(const uint8_t* pixels, int32_t width, int32_t height, int32_t channels,
+                                       int32_t stride, qwen35_image** out) {
+  if (out) *out = nullptr;
+  if (!out) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_image_from_pixels: out must not be NULL");
+  std::unique_ptr<qwen35_image> h(new (std::nothrow) qwen35_image());
+  if (!h) return set_error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory");
+  Status st = guarded("copying pixels", [&] { return ImageFromPixels(pixels, width, height, channels, stride, &h->img); });
+  if (!st.ok()) return set_error(st);
+  *out = h.release();
+  return QWEN35_OK;
+}
+
+void qwen35_image_free(qwen35_image* image) { delete image; }
+int32_t qwen35_image_width(const qwen35_image* image) { return image ? image->img.width : 0; }
+int32_t qwen35_image_height(const qwen35_image* image) { return image ? image->img.height : 0; }
+
+qwen35_status qwen35_image_encode(qwen35_mmproj* mmproj, const qwen35_image* image, qwen35_image_embed** out) {
+  if (out) *out = nullptr;
+  if (!mmproj || !image || !out)
+    return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_image_encode: mmproj, image and out must not be NULL");
+  std::unique_ptr<qwen35_image_embed> h(new (std::nothrow) qwen35_image_embed());
+  if (!h) return set_error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory");
+  Status st = guarded("encoding an image", [&] {
+    // A pool per call keeps one mmproj usable from several threads at once.
+    ThreadPool tp(mmproj->n_threads);
+    return EncodeImage(*mmproj->mp, image->img, mmproj->opt, tp, &h->e);
+  });
+  if (!st.ok()) return set_error(st);
+  *out = h.release();
+  return QWEN35_OK;
+}
+
+void qwen35_image_embed_free(qwen35_image_embed* embed) { delete embed; }
+int32_t qwen35_image_embed_n_tokens(const qwen35_image_embed* embed) { return embed ? embed->e.n_tokens() : 0; }
+int32_t qwen35_image_embed_n_embd(const qwen35_image_embed* embed) { return embed ? embed->e.n_embd : 0; }
+
+void qwen35_image_embed_grid(const qwen35_image_embed* embed, int32_t* nx, int32_t* ny, int32_t* width,
+                             int32_t* height) {
+  if (nx) *nx = embed ? embed->e.nx : 0;
+  if (ny) *ny = embed ? embed->e.ny : 0;
+  if (width) *width = embed ? embed->e.width : 0;
+  if (height) *height = embed ? embed->e.height : 0;
+}
+
+const float* qwen35_image_embed_data(const qwen35_image_embed* embed) {
+  return embed ? embed->e.data.data() : nullptr;
+}
+
+qwen35_status qwen35_context_decode_image(qwen35_context* ctx, const qwen35_image_embed* embed) {
+  if (!ctx) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_context_decode_image: ctx is NULL");
+  clear_error(ctx);
+  if (!embed) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_context_decode_image: embed is NULL", ctx);
+  Status st = guarded("decoding an image", [&] { return DecodeImage(*ctx->ctx, embed->e, LogitsMode::Last); });
+  return st.ok() ? QWEN35_OK : set_error(st, ctx);
+}
+
+}  // extern "C"
