@@ -3,7 +3,7 @@
 # as root (directly, or through sudo when available).
 set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config libfmt-dev doctest-dev pybind11-dev python3-dev
-      python3-pytest python3-numpy libstb-dev unicode-data)
+      python3-pytest python3-numpy python3-pip python3-venv libstb-dev unicode-data)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
