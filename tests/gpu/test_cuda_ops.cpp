@@ -1,0 +1,519 @@
+// Every CUDA kernel against its CPU twin (lib/cpu/ops.h, lib/quants.h) on
+// random inputs. Skips (and passes) without a CUDA device.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "attention.h"
+#include "conv.h"
+#include "cpu/ops.h"
+#include "delta_net.h"
+#include "elementwise.h"
+#include "gemm.h"
+#include "gpu_test_util.h"
+#include "matmul.h"
+#include "norm.h"
+#include "quants.h"
+#include "rope.h"
+#include "test_util.h"
+
+using namespace qwen35;
+using namespace qwen35::cuda;
+using namespace qwen35::test;
+
+namespace {
+
+const uint32_t kTypes[] = {GGML_F32, GGML_F16, GGML_BF16, GGML_Q8_0, GGML_Q4_K, GGML_Q6_K, GGML_NVFP4, GGML_MXFP4};
+
+// A random quantized matrix on the host and the device.
+struct QMat {
+  uint32_t type;
+  int64_t rows, cols;
+  uint64_t row_bytes;
+  std::vector<uint8_t> host;
+  DevArray<uint8_t> dev;
+  QMat(uint32_t t, int64_t r, int64_t c, uint32_t seed) : type(t), rows(r), cols(c) {
+    row_bytes = row_bytes_of(t, c);
+    host.resize(size_t(rows) * row_bytes);
+    auto v = random_floats(size_t(rows * cols), seed, -0.5f, 0.5f);
+    for (int64_t i = 0; i < rows; ++i) quantize_row(t, v.data() + i * cols, host.data() + i * row_bytes, cols);
+    dev.alloc(host.size());
+    dev.upload(host);
+  }
+  static uint64_t row_bytes_of(uint32_t t, int64_t c) { return qwen35::row_bytes(*type_info(t), c); }
+  MatView view(float scale = 1.0f) const {
+    MatView m;
+    m.type = type;
+    m.rows = rows;
+    m.cols = cols;
+    m.row_bytes = row_bytes;
+    m.data = dev.get();
+    m.scale = scale;
+    return m;
+  }
+  std::vector<float> row(int64_t r) const {
+    std::vector<float> out(static_cast<size_t>(cols));
+    dequantize_row(type, host.data() + r * row_bytes, out.data(), cols);
+    return out;
+  }
+};
+
+double max_rel(const std::vector<float>& a, const std::vector<float>& b) { return rel_err(a.data(), b.data(), a.size()); }
+
+uint16_t to_f16(float x) { return fp32_to_fp16(x); }
+float f16_round(float x) { return fp16_to_fp32(fp32_to_fp16(x)); }
+
+}  // namespace
+
+TEST_CASE("matvec_generic matches the CPU dot products for every type") {
+  QWEN35_REQUIRE_GPU();
+  const int64_t N = 67, K = 512;
+  for (uint32_t t : kTypes) {
+    CAPTURE(type_info(t)->name);
+    QMat w(t, N, K, 11 + t);
+    for (int n : {1, 3, 8}) {
+      CAPTURE(n);
+      const int64_t ldx = K + 4, ldy = N + 3;
+      auto x = random_floats(size_t(n * ldx), 7 + n);
+      auto y0 = random_floats(size_t(n * ldy), 9);
+      DevArray<float> dx(x), dy(y0);
+      for (bool add : {false, true}) {
+        dy.upload(y0);
+        REQUIRE(matvec_generic(w.view(0.75f), dx.get(), ldx, n, dy.get(), ldy, add ? Accum::Add : Accum::Store, 0) ==
+                cudaSuccess);
+        auto y = dy.download();
+        std::vector<float> want(y0);
+        for (int j = 0; j < n; ++j)
+          for (int64_t r = 0; r < N; ++r) {
+            const float d = vec_dot_ref(t, w.host.data() + r * w.row_bytes, x.data() + j * ldx, K) * 0.75f;
+            want[size_t(j * ldy + r)] = add ? y0[size_t(j * ldy + r)] + d : d;
+          }
+        CHECK(max_rel(y, want) < 2e-6);
+      }
+      // Column j of a batch equals the same column computed alone.
+      if (n > 1) {
+        DevArray<float> y1(static_cast<size_t>(ldy));
+        REQUIRE(matvec_generic(w.view(), dx.get() + 2 * ldx, ldx, 1, y1.get(), ldy, Accum::Store, 0) == cudaSuccess);
+        dy.upload(y0);
+        REQUIRE(matvec_generic(w.view(), dx.get(), ldx, n, dy.get(), ldy, Accum::Store, 0) == cudaSuccess);
+        auto a = y1.download(), b = dy.download();
+        CHECK(std::memcmp(a.data(), b.data() + 2 * ldy, size_t(N) * 4) == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("dequant_rows reproduces dequantize_row (F32 exactly, BF16 rounded)") {
+  QWEN35_REQUIRE_GPU();
+  for (uint32_t t : kTypes) {
+    CAPTURE(type_info(t)->name);
+    QMat w(t, 9, 768, 3 + t);
+    DevArray<float> f(static_cast<size_t>(5 * 768));
+    DevArray<uint16_t> b(static_cast<size_t>(5 * 768));
+    REQUIRE(dequant_rows_f32(w.view(), 3, 5, f.get(), 0) == cudaSuccess);
+    REQUIRE(dequant_rows_bf16(w.view(), 3, 5, b.get(), 0) == cudaSuccess);
+    auto hf = f.download();
+    auto hb = b.download();
+    for (int64_t r = 0; r < 5; ++r) {
+      auto want = w.row(3 + r);
+      CHECK(std::memcmp(hf.data() + r * 768, want.data(), 768 * 4) == 0);
+      bool same = true;
+      for (int64_t k = 0; k < 768; ++k) same &= hb[size_t(r * 768 + k)] == fp32_to_bf16(want[size_t(k)]);
+      CHECK(same);
+    }
+  }
+}
+
+TEST_CASE("cuBLASLt GEMM (F32 and BF16) matches the CPU product") {
+  QWEN35_REQUIRE_GPU();
+  Gemm gemm;
+  REQUIRE(gemm.init(4 << 20).ok());
+  const int64_t N = 96, K = 256, n = 37, ldx = 260, ldy = 100;
+  auto A = random_floats(size_t(N * K), 1);
+  auto X = random_floats(size_t(n * ldx), 2);
+  auto Y0 = random_floats(size_t(n * ldy), 3);
+  for (GemmType type : {GemmType::F32, GemmType::BF16}) {
+    for (bool add : {false, true}) {
+      CAPTURE(int(type));
+      CAPTURE(add);
+      std::vector<float> want(Y0);
+      std::vector<float> a = A, x = X;
+      if (type == GemmType::BF16) {
+        for (float& v : a) v = bf16_to_fp32(fp32_to_bf16(v));
+        for (float& v : x) v = bf16_to_fp32(fp32_to_bf16(v));
+      }
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t r = 0; r < N; ++r) {
+          double s = 0;
+          for (int64_t k = 0; k < K; ++k) s += double(a[size_t(r * K + k)]) * x[size_t(t * ldx + k)];
+          want[size_t(t * ldy + r)] = float(0.5 * s) + (add ? Y0[size_t(t * ldy + r)] : 0.0f);
+        }
+      DevArray<float> dy(Y0);
+      std::vector<float> got;
+      if (type == GemmType::F32) {
+        DevArray<float> da(A), dx(X);
+        REQUIRE(gemm.run(type, da.get(), N, K, dx.get(), ldx, n, dy.get(), ldy, 0.5f, add, 0).ok());
+        got = dy.download();
+      } else {
+        std::vector<uint16_t> ab(A.size()), xb(X.size());
+        for (size_t i = 0; i < A.size(); ++i) ab[i] = fp32_to_bf16(A[i]);
+        for (size_t i = 0; i < X.size(); ++i) xb[i] = fp32_to_bf16(X[i]);
+        DevArray<uint16_t> da(ab), dx(xb);
+        REQUIRE(gemm.run(type, da.get(), N, K, dx.get(), ldx, n, dy.get(), ldy, 0.5f, add, 0).ok());
+        got = dy.download();
+      }
+      CHECK(max_rel(got, want) < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("convert_rows_bf16 rounds like fp32_to_bf16") {
+  QWEN35_REQUIRE_GPU();
+  auto x = random_floats(5 * 70, 4, -100, 100);
+  DevArray<float> dx(x);
+  DevArray<uint16_t> db(5 * 64);
+  REQUIRE(convert_rows_bf16(dx.get(), 70, 5, 64, db.get(), 0) == cudaSuccess);
+  auto b = db.download();
+  bool same = true;
+  for (int t = 0; t < 5; ++t)
+    for (int k = 0; k < 64; ++k) same &= b[size_t(t * 64 + k)] == fp32_to_bf16(x[size_t(t * 70 + k)]);
+  CHECK(same);
+}
+
+TEST_CASE("rmsnorm, add+rmsnorm and the gated norm match the CPU") {
+  QWEN35_REQUIRE_GPU();
+  const int64_t n = 5, D = 640;
+  auto x = random_floats(size_t(n * D), 5, -3, 3);
+  auto d = random_floats(size_t(n * D), 6, -3, 3);
+  auto w = random_floats(size_t(D), 7, 0.5f, 1.5f);
+  DevArray<float> dx(x), dd(d), dw(w), dy(static_cast<size_t>(n * D));
+  REQUIRE(rmsnorm_rows(dx.get(), D, dw.get(), n, D, 1e-6f, dy.get(), D, 0) == cudaSuccess);
+  std::vector<float> want(static_cast<size_t>(n * D));
+  for (int64_t t = 0; t < n; ++t) rmsnorm(x.data() + t * D, w.data(), D, 1e-6f, want.data() + t * D);
+  CHECK(max_rel(dy.download(), want) < 1e-6);
+
+  REQUIRE(add_rmsnorm_rows(dx.get(), dd.get(), D, dw.get(), n, D, 1e-6f, dy.get(), 0) == cudaSuccess);
+  std::vector<float> h(x);
+  for (size_t i = 0; i < h.size(); ++i) h[i] += d[i];
+  for (int64_t t = 0; t < n; ++t) rmsnorm(h.data() + t * D, w.data(), D, 1e-6f, want.data() + t * D);
+  CHECK(max_rel(dx.download(), h) == 0.0);
+  CHECK(max_rel(dy.download(), want) < 1e-6);
+
+  // Gated norm: 10 heads of 64 per row, z rows with a stride.
+  const int64_t heads = 10, dv = 64, ldz = heads * dv + 16;
+  auto o = random_floats(size_t(n * heads * dv), 8, -2, 2);
+  auto z = random_floats(size_t(n * ldz), 9, -4, 4);
+  auto wn = random_floats(size_t(dv), 10, 0.5f, 1.5f);
+  DevArray<float> dob(o), dz(z), dwn(wn);
+  REQUIRE(gated_rmsnorm(dob.get(), dz.get(), ldz, dwn.get(), n, heads, dv, 1e-6f, 0) == cudaSuccess);
+  std::vector<float> wo(o);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < heads; ++j) {
+      float* oh = wo.data() + t * heads * dv + j * dv;
+      rmsnorm(oh, wn.data(), dv, 1e-6f, oh);
+      for (int64_t i = 0; i < dv; ++i) oh[i] *= siluf(z[size_t(t * ldz + j * dv + i)]);
+    }
+  CHECK(max_rel(dob.download(), wo) < 1e-6);
+}
+
+TEST_CASE("q/k norm + IMROPE + KV write match rmsnorm and rope_heads") {
+  QWEN35_REQUIRE_GPU();
+  const int64_t n = 5, Hq = 4, Hkv = 2, Dh = 256, n_past = 7, n_ctx = 16;
+  RopeConfig rc;
+  rc.n_rot = 64;
+  rc.sections[0] = 11;
+  rc.sections[1] = 11;
+  rc.sections[2] = 10;
+  rc.base = 1e7f;
+  const int half = rc.n_rot / 2;
+  std::vector<double> inv(static_cast<size_t>(half));
+  std::vector<int32_t> comp(static_cast<size_t>(half));
+  for (int i = 0; i < half; ++i) {
+    inv[size_t(i)] = std::pow(double(rc.base), -2.0 * i / double(rc.n_rot));
+    comp[size_t(i)] = rope_component(rc, i);
+  }
+  const int64_t qd = Hq * Dh, kvd = Hkv * Dh;
+  auto qg = random_floats(size_t(n * 2 * qd), 1, -2, 2);
+  auto k = random_floats(size_t(n * kvd), 2, -2, 2);
+  auto v = random_floats(size_t(n * kvd), 3, -2, 2);
+  auto qn = random_floats(size_t(Dh), 4, 0.5f, 1.5f);
+  auto kn = random_floats(size_t(Dh), 5, 0.5f, 1.5f);
+  std::vector<int32_t> pos;
+  for (int64_t t = 0; t < n; ++t) {  // distinct t/h/w, some large
+    pos.push_back(int32_t(1000 + 37 * t));
+    pos.push_back(int32_t(3 + t));
+    pos.push_back(int32_t(90000 - 11 * t));
+  }
+  DevArray<float> dqg(qg), dk(k), dv(v), dqn(qn), dkn(kn), dq(static_cast<size_t>(n * qd));
+  DevArray<double> dinv(inv);
+  DevArray<int32_t> dcomp(comp), dpos(pos), dnp(std::vector<int32_t>{int32_t(n_past)});
+  DevArray<uint16_t> kc(static_cast<size_t>(n_ctx * kvd)), vc(static_cast<size_t>(n_ctx * kvd));
+  QkvRopeArgs a;
+  a.n = n;
+  a.n_head = Hq;
+  a.n_head_kv = Hkv;
+  a.head_dim = Dh;
+  a.eps = 1e-6f;
+  a.qg = dqg.get();
+  a.ldqg = 2 * qd;
+  a.k = dk.get();
+  a.ldk = kvd;
+  a.v = dv.get();
+  a.ldv = kvd;
+  a.q_norm = dqn.get();
+  a.k_norm = dkn.get();
+  a.pos = dpos.get();
+  a.rope.n_rot = rc.n_rot;
+  a.rope.inv_freq = dinv.get();
+  a.rope.comp = dcomp.get();
+  a.q_out = dq.get();
+  a.k_cache = kc.get();
+  a.v_cache = vc.get();
+  a.n_past = dnp.get();
+  REQUIRE(qkv_norm_rope(a, 0) == cudaSuccess);
+  auto q = dq.download();
+  auto hk = kc.download(), hv = vc.download();
+  std::vector<float> wq(static_cast<size_t>(n * qd)), wk(static_cast<size_t>(kvd));
+  double kerr = 0, verr = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t h = 0; h < Hq; ++h)
+      rmsnorm(qg.data() + t * 2 * qd + h * 2 * Dh, qn.data(), Dh, 1e-6f, wq.data() + t * qd + h * Dh);
+    rope_heads(wq.data() + t * qd, Hq, Dh, rc, pos.data() + 3 * t);
+    for (int64_t g = 0; g < Hkv; ++g) rmsnorm(k.data() + t * kvd + g * Dh, kn.data(), Dh, 1e-6f, wk.data() + g * Dh);
+    rope_heads(wk.data(), Hkv, Dh, rc, pos.data() + 3 * t);
+    for (int64_t i = 0; i < kvd; ++i) {
+      kerr = std::max(kerr, double(std::fabs(fp16_to_fp32(hk[size_t((n_past + t) * kvd + i)]) - wk[size_t(i)])));
+      verr = std::max(verr, double(std::fabs(fp16_to_fp32(hv[size_t((n_past + t) * kvd + i)]) - f16_round(v[size_t(t * kvd + i)]))));
+    }
+  }
+  CHECK(max_rel(q, wq) < 1e-5);
+  CHECK(kerr < 4e-3);  // F16 rounding of values up to ~4
+  CHECK(verr == 0.0);
+  // Rows outside n_past .. n_past+n-1 are untouched.
+  CHECK(hk[0] == 0);
+  CHECK(hk[size_t((n_past + n) * kvd)] == 0);
+}
+
+TEST_CASE("attention matches attend_one with the gate, for every head size and split count") {
+  QWEN35_REQUIRE_GPU();
+  for (int64_t Dh : {64, 128, 256, 512}) {
+    for (int64_t n : {1, 6}) {
+      for (int splits : {1, 3, 32}) {
+        CAPTURE(Dh);
+        CAPTURE(n);
+        CAPTURE(splits);
+        const int64_t Hq = 4, Hkv = 2, n_past = 20, n_ctx = 40, qd = Hq * Dh, kvd = Hkv * Dh;
+        auto q = random_floats(size_t(n * qd), 1, -1, 1);
+        auto kf = random_floats(size_t(n_ctx * kvd), 2, -1, 1);
+        auto vf = random_floats(size_t(n_ctx * kvd), 3, -1, 1);
+        const int64_t ldgate = qd + 8;
+        auto gate = random_floats(size_t(n * ldgate), 4, -3, 3);
+        std::vector<uint16_t> kh(kf.size()), vh(vf.size());
+        for (size_t i = 0; i < kf.size(); ++i) {
+          kh[i] = to_f16(kf[i]);
+          kf[i] = fp16_to_fp32(kh[i]);
+          vh[i] = to_f16(vf[i]);
+          vf[i] = fp16_to_fp32(vh[i]);
+        }
+        DevArray<float> dq(q), dgate(gate), dout(static_cast<size_t>(n * qd));
+        DevArray<uint16_t> dk(kh), dv(vh);
+        DevArray<int32_t> dnp(std::vector<int32_t>{int32_t(n_past)});
+        DevArray<float> pm(static_cast<size_t>(n * Hq * splits)), pl(static_cast<size_t>(n * Hq * splits)), po(static_cast<size_t>(n * Hq * splits * Dh));
+        AttnArgs a;
+        a.n = n;
+        a.n_head = Hq;
+        a.n_head_kv = Hkv;
+        a.head_dim = Dh;
+        a.scale = 1.0f / std::sqrt(float(Dh));
+        a.q = dq.get();
+        a.k_cache = dk.get();
+        a.v_cache = dv.get();
+        a.gate = dgate.get();
+        a.ldgate = ldgate;
+        a.gate_stride = Dh;
+        a.n_past = dnp.get();
+        a.o = dout.get();
+        a.splits = splits;
+        a.part_m = pm.get();
+        a.part_l = pl.get();
+        a.part_o = po.get();
+        REQUIRE(attention(a, 0) == cudaSuccess);
+        auto o = dout.download();
+        std::vector<float> want(static_cast<size_t>(n * qd)), sc(static_cast<size_t>(n_ctx));
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t h = 0; h < Hq; ++h) {
+            float* oh = want.data() + t * qd + h * Dh;
+            attend_one(q.data() + t * qd + h * Dh, kf.data() + (h / 2) * Dh, vf.data() + (h / 2) * Dh, n_past + t + 1,
+                       kvd, Dh, a.scale, sc.data(), oh);
+            for (int64_t i = 0; i < Dh; ++i) oh[i] *= sigmoidf(gate[size_t(t * ldgate + h * Dh + i)]);
+          }
+        CHECK(max_rel(o, want) < 2e-5);
+      }
+    }
+  }
+}
+
+TEST_CASE("causal conv + SiLU matches conv_silu_step row by row, with snapshots") {
+  QWEN35_REQUIRE_GPU();
+  for (int64_t K : {2, 3, 4}) {
+    for (int64_t n : {1, 2, 9}) {
+      CAPTURE(K);
+      CAPTURE(n);
+      const int64_t C = 300, ldu = 320;
+      auto u = random_floats(size_t(n * ldu), 1, -2, 2);
+      auto taps = random_floats(size_t(C * K), 2, -1, 1);
+      auto win = random_floats(size_t((K - 1) * C), 3, -2, 2);
+      DevArray<float> du(u), dt(taps), dw(win), dout(static_cast<size_t>(n * C)), dsnap(static_cast<size_t>((K - 1) * C));
+      ConvArgs a;
+      a.n = n;
+      a.C = C;
+      a.K = K;
+      a.u = du.get();
+      a.ldu = ldu;
+      a.taps = dt.get();
+      a.window = dw.get();
+      a.out = dout.get();
+      a.snapshot_row = n / 2;
+      a.snapshot = dsnap.get();
+      REQUIRE(conv_silu(a, 0) == cudaSuccess);
+      // CPU: slide the window one row at a time.
+      std::vector<float> w(win), out(static_cast<size_t>(n * C)), snap;
+      for (int64_t t = 0; t < n; ++t) {
+        conv_silu_step(w.data(), u.data() + t * ldu, taps.data(), C, K, out.data() + t * C);
+        for (int64_t k = 0; k + 2 < K; ++k)
+          for (int64_t c = 0; c < C; ++c) w[size_t(k * C + c)] = w[size_t((k + 1) * C + c)];
+        if (K > 1)
+          for (int64_t c = 0; c < C; ++c) w[size_t((K - 2) * C + c)] = u[size_t(t * ldu + c)];
+        if (t == n / 2) snap = w;
+      }
+      CHECK(max_rel(dout.download(), out) < 1e-6);
+      CHECK(max_rel(dw.download(), w) == 0.0);
+      CHECK(max_rel(dsnap.download(), snap) == 0.0);
+    }
+  }
+}
+
+TEST_CASE("the delta rule kernel matches l2norm + delta_rule_step, with snapshots") {
+  QWEN35_REQUIRE_GPU();
+  struct Shape {
+    int64_t Hk, Hv, dk, dv;
+  };
+  for (Shape s : {Shape{2, 4, 64, 64}, Shape{4, 8, 32, 32}, Shape{2, 4, 128, 128}, Shape{1, 2, 256, 64}}) {
+    for (int64_t n : {1, 7}) {
+      CAPTURE(s.dk);
+      CAPTURE(s.dv);
+      CAPTURE(n);
+      const int64_t Cqk = s.Hk * s.dk, Cv = s.Hv * s.dv, C = 2 * Cqk + Cv, ldu = C + 4, ldb = s.Hv + 3;
+      auto uc = random_floats(size_t(n * ldu), 1, -1, 1);
+      auto b = random_floats(size_t(n * ldb), 2, -3, 3);
+      auto al = random_floats(size_t(n * ldb), 3, -3, 3);
+      auto a_log = random_floats(size_t(s.Hv), 4, -2, -0.1f);
+      auto dtb = random_floats(size_t(s.Hv), 5, -1, 1);
+      auto st = random_floats(size_t(Cv * s.dk), 6, -0.5f, 0.5f);
+      DevArray<float> duc(uc), db(b), da(al), dal(a_log), ddt(dtb), dst(st), dout(static_cast<size_t>(n * Cv)),
+          dsnap(static_cast<size_t>(Cv * s.dk));
+      DeltaNetArgs p;
+      p.n = n;
+      p.Hk = s.Hk;
+      p.Hv = s.Hv;
+      p.dk = s.dk;
+      p.dv = s.dv;
+      p.eps = 1e-6f;
+      p.uc = duc.get();
+      p.ldu = ldu;
+      p.b = db.get();
+      p.ldb = ldb;
+      p.a = da.get();
+      p.lda = ldb;
+      p.ssm_a = dal.get();
+      p.dt_bias = ddt.get();
+      p.state = dst.get();
+      p.out = dout.get();
+      p.snapshot_row = n - 1 > 0 ? 1 : 0;
+      p.snapshot = dsnap.get();
+      REQUIRE(delta_net_shape_supported(s.dk, s.dv));
+      REQUIRE(delta_net(p, 0) == cudaSuccess);
+      std::vector<float> M(st), out(static_cast<size_t>(n * Cv)), snap;
+      const float qscale = 1.0f / std::sqrt(float(s.dk));
+      for (int64_t t = 0; t < n; ++t) {
+        std::vector<float> row(uc.begin() + t * ldu, uc.begin() + t * ldu + C);
+        for (int64_t h = 0; h < s.Hk; ++h) {
+          l2norm(row.data() + h * s.dk, s.dk, 1e-6f);
+          l2norm(row.data() + Cqk + h * s.dk, s.dk, 1e-6f);
+          for (int64_t i = 0; i < s.dk; ++i) row[size_t(h * s.dk + i)] *= qscale;
+        }
+        for (int64_t j = 0; j < s.Hv; ++j) {
+          const int64_t kh = j % s.Hk;
+          const float beta = sigmoidf(b[size_t(t * ldb + j)]);
+          const float g = a_log[size_t(j)] * softplusf(al[size_t(t * ldb + j)] + dtb[size_t(j)]);
+          delta_rule_step(M.data() + j * s.dv * s.dk, row.data() + kh * s.dk, row.data() + Cqk + kh * s.dk,
+                          row.data() + 2 * Cqk + j * s.dv, beta, g, s.dk, s.dv, out.data() + t * Cv + j * s.dv);
+        }
+        if (t == p.snapshot_row) snap = M;
+      }
+      CHECK(max_rel(dout.download(), out) < 1e-5);
+      CHECK(max_rel(dst.download(), M) < 1e-5);
+      CHECK(max_rel(dsnap.download(), snap) < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("embedding rows of every type; rows with a negative id are left alone") {
+  QWEN35_REQUIRE_GPU();
+  for (uint32_t t : kTypes) {
+    CAPTURE(type_info(t)->name);
+    QMat e(t, 50, 256, 20 + t);
+    std::vector<int32_t> toks = {3, -1, 49, 0, 3};
+    const int64_t ldo = 300;
+    auto init = random_floats(size_t(5 * ldo), 5);
+    DevArray<int32_t> dt(toks);
+    DevArray<float> dout(init);
+    REQUIRE(embedding_rows(e.view(), dt.get(), 5, dout.get(), ldo, 0) == cudaSuccess);
+    auto out = dout.download();
+    std::vector<float> want(init);
+    for (int r = 0; r < 5; ++r)
+      if (toks[size_t(r)] >= 0) {
+        auto row = e.row(toks[size_t(r)]);
+        std::copy(row.begin(), row.end(), want.begin() + r * ldo);
+      }
+    CHECK(max_rel(out, want) == 0.0);
+  }
+}
+
+TEST_CASE("SwiGLU, argmax and the F16 conversions") {
+  QWEN35_REQUIRE_GPU();
+  auto g = random_floats(3 * 40, 1, -6, 6), u = random_floats(3 * 50, 2, -2, 2);
+  DevArray<float> dg(g), du(u);
+  REQUIRE(swiglu(dg.get(), 40, du.get(), 50, 3, 33, 0) == cudaSuccess);
+  std::vector<float> want(g);
+  for (int t = 0; t < 3; ++t)
+    for (int k = 0; k < 33; ++k) want[size_t(t * 40 + k)] = siluf(g[size_t(t * 40 + k)]) * u[size_t(t * 50 + k)];
+  CHECK(max_rel(dg.download(), want) < 1e-6);
+
+  const int64_t V = 5000;
+  auto x = random_floats(size_t(4 * V), 3);
+  x[size_t(0 * V + 17)] = 5.0f;  // a tie: the lower index wins
+  x[size_t(0 * V + 4000)] = 5.0f;
+  x[size_t(1 * V + 4999)] = 7.0f;
+  x[size_t(2 * V + 0)] = 9.0f;
+  x[size_t(2 * V + 1)] = NAN;    // NaN never wins
+  x[size_t(3 * V + 2500)] = 3.0f;
+  DevArray<float> dx(x);
+  DevArray<int32_t> dam(4);
+  REQUIRE(argmax_rows(dx.get(), V, 4, V, dam.get(), 0) == cudaSuccess);
+  CHECK(dam.download() == std::vector<int32_t>{17, 4999, 0, 2500});
+
+  auto f = random_floats(1000, 4, -70000, 70000);
+  DevArray<float> df(f), back(1000);
+  DevArray<uint16_t> dh(1000);
+  REQUIRE(f32_to_f16(df.get(), 1000, dh.get(), 0) == cudaSuccess);
+  REQUIRE(f16_to_f32(dh.get(), 1000, back.get(), 0) == cudaSuccess);
+  auto h = dh.download();
+  auto fb = back.download();
+  bool same = true;
+  for (size_t i = 0; i < f.size(); ++i) same &= h[i] == fp32_to_fp16(f[i]) && fb[i] == fp16_to_fp32(h[i]);
+  CHECK(same);
+}
