@@ -234,6 +234,11 @@ Status Context::eval_rows(int32_t first_row, int32_t n, LogitsMode mode, int32_t
       s.n_mtp = std::min(n_mtp_, s.rows - 1);
     }
     if (mtp_enabled()) QWEN35_TRY(mtp_fill(row0, cn, pre ? pre : hid));
+    // The MTP rows below the snapshot are those filled now (a draft's row
+    // for this chunk's first token is one of them): a rejected draft rolls
+    // back to a state that can draft again (spec §5.5).
+    if (snapshot_row >= 0)
+      slots_[Backend::kRollbackSlot].n_mtp = std::min(n_mtp_, slots_[Backend::kRollbackSlot].rows - 1);
   }
   return Status::Ok();
 }
