@@ -5,15 +5,24 @@
 // Activations and the residual stream are F32; the KV caches are F16; the
 // delta-net and conv states are F32 in the CPU backend's layouts, so saved
 // states are interchangeable between the backends. All work of a context is
-// queued on its own stream; a call returns after one synchronization at its
-// end (the outputs are copied to the host then).
+// queued on its own stream and a call synchronizes once, at its end.
+//
+// Matrix products: up to 8 rows use the decode kernels (tensor-core NVFP4 on
+// the tiled layout, the Q6_K row kernel, or the generic one for other
+// types); larger batches dequantize weight blocks to BF16 and use cuBLASLt.
+// A decode step (1 or 2 rows, token input) is captured once per shape into a
+// CUDA graph and replayed: positions and cache offsets live in device memory,
+// so the same graph serves every step.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "attention.h"
@@ -34,13 +43,14 @@ namespace {
 
 using namespace cuda;
 
-// Largest logits block copied at once (the LM head runs in row chunks).
+// Largest logits block of the LM head at once (it runs in row chunks).
 constexpr uint64_t kLogitsChunkBytes = 64ull << 20;
-// Elements of the dequantized-weight scratch of the GEMM path (larger
-// weights are processed in row blocks).
+// Elements of the dequantized-weight scratch of the GEMM path.
 constexpr int64_t kDequantElems = 32ll << 20;
 // Key-range splits of decode attention (rows <= kMatvecMaxCols).
 constexpr int kMaxAttnSplits = 32;
+// Rows whose outputs go through pinned staging (and may use a CUDA graph).
+constexpr int64_t kStageRows = 2;
 
 // Carves one device allocation into aligned sub-buffers.
 class Carver {
@@ -58,6 +68,21 @@ class Carver {
  private:
   std::vector<std::pair<void**, uint64_t>> items_;
   uint64_t total_ = 0;
+};
+
+bool env_off(const char* name) {
+  const char* v = std::getenv(name);
+  return v && std::string(v) == "0";
+}
+
+enum class Epi { Store, Add, SwiGLU };
+
+// Where a forward pass leaves its outputs (host memory, pinned or not).
+struct OutPlan {
+  float* hidden = nullptr;    // [n, D] post-norm
+  float* prenorm = nullptr;   // [n, D]
+  float* logits = nullptr;    // [n - logits_first, V]
+  int32_t* argmax = nullptr;  // [n - logits_first]
 };
 
 class CudaBackend final : public Backend {
@@ -84,25 +109,37 @@ class CudaBackend final : public Backend {
     uint16_t* k = nullptr;  // [n_ctx, Hkv*Dh] F16
     uint16_t* v = nullptr;
   };
+  using GraphKey = std::tuple<int64_t, int32_t, int32_t, bool, bool, bool, bool>;
 
   Status run_eval(const EvalBatch& b, int32_t* argmax);
   Status run_mtp(const MtpBatch& b, int32_t* argmax);
+  // Queue the main model over n rows already in h_ (or as tokens in
+  // d_tokens_): layers, final norm, outputs.
+  Status enqueue_eval(int64_t n, int32_t snapshot_row, int32_t logits_first, bool from_embd, const OutPlan& out,
+                      bool check_abort);
+  Status launch_graph(const GraphKey& key, const std::function<Status()>& enqueue);
   Status select_device() { return cuda_status(cudaSetDevice(dm_.device), "selecting the CUDA device"); }
   bool aborted() const { return abort_flag && abort_flag->load(std::memory_order_relaxed); }
-  // Wait for the stream; turns asynchronous kernel faults into a Status.
   Status sync(const char* what) { return cuda_status(cudaStreamSynchronize(stream_), what); }
   Status upload_inputs(const int32_t* tokens, const int32_t* pos, int64_t n, int32_t n_past);
   Status ensure_slot(int slot, const char* what);
 
-  // y[n, ldy] (= or +=) W x[n, ldx].
+  // y = W x for the generic and GEMM paths (one GGUF part).
   Status mm(const MatView& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy, bool add);
-  // Layers read the normalized input xn_ and add their output into h.
+  // y = W rmsnorm(x) (no norm when nw is null); Epi::SwiGLU needs a gate_up
+  // stack and writes silu(gate) * up, [n, F] with row stride ldy.
+  Status project(const DevLinear& W, const float* x, int64_t ldx, int64_t n, const float* nw, float* y, int64_t ldy,
+                 Epi epi);
+  Status embed(const DevEmbed& E, const int32_t* tokens, int64_t n, float* out, int64_t ldo);
+  Status head(const DevEmbed& E, const float* hn, int64_t n, float* logits, int64_t ldl);
+
+  // Layers read the residual stream h and add their output into it.
   Status attention_layer(const DevLayer& L, const KVCache& kv, int64_t n, float* h);
   Status delta_net_layer(const DevLayer& L, int il, int64_t n, int32_t snapshot_row, float* h);
   Status ffn(const DevLayer& L, int64_t n, float* h);
   Status decoder_layer(int il, const DevLayer& L, int64_t n, int32_t snapshot_row);
   // Logits (or their argmax) of n rows of normalized hidden states.
-  Status lm_head(const MatView& head, const float* hn, int64_t n, float* logits, int32_t* argmax);
+  Status lm_head(const DevEmbed& E, const float* hn, int64_t n, float* logits, int32_t* argmax);
 
   float* slot_ptr(int slot, const float* live) const {
     return slots_[slot].as<float>() + (live - rs_buf_.as<float>());
@@ -116,6 +153,8 @@ class CudaBackend final : public Backend {
   Gemm gemm_;
   GemmType gemm_type_ = GemmType::BF16;
   int attn_splits_ = 1;
+  bool use_graphs_ = true;
+  std::map<GraphKey, cudaGraphExec_t> graphs_;
 
   // Rotary tables.
   DeviceBuffer rope_buf_;
@@ -129,41 +168,50 @@ class CudaBackend final : public Backend {
   std::vector<float*> conv_, ssm_;   // per main layer: [Kc-1, Cconv] and [Hv, dv, dk] inside rs_buf_
   DeviceBuffer slots_[kNumSlots];    // copies of rs_buf_
 
-  // Inputs: [n_past, pad x3, tokens[nb], pos[3*nb]] as int32.
+  // Inputs: [n_past, pad x3, tokens[nb], pos[3*nb], argmax[nb]] as int32.
   PinnedBuffer in_host_;
   DeviceBuffer in_dev_;
   int32_t* d_npast_ = nullptr;
   int32_t* d_tokens_ = nullptr;
   int32_t* d_pos_ = nullptr;
-  int32_t* d_argmax_ = nullptr;      // [nb]
-  PinnedBuffer out_host_;            // staging for small outputs
+  int32_t* d_argmax_ = nullptr;
+  // Pinned staging of small outputs: [kStageRows, D] x2, [kStageRows, V], ints.
+  PinnedBuffer stage_;
+  float* st_hidden_ = nullptr;
+  float* st_prenorm_ = nullptr;
+  float* st_logits_ = nullptr;
+  int32_t* st_argmax_ = nullptr;
 
   // Scratch, sized for n_batch rows.
   DeviceBuffer scratch_;
   float *h_ = nullptr, *xn_ = nullptr;                      // [nb, D]
-  float *qg_ = nullptr, *q_ = nullptr, *k_ = nullptr, *v_ = nullptr, *o_ = nullptr;
+  float* mix_ = nullptr;                                    // [nb, ld_mix_]: in_proj outputs
+  int64_t ld_mix_ = 0;
+  float *q_ = nullptr, *o_ = nullptr;                       // [nb, Hq*Dh]
   float *part_m_ = nullptr, *part_l_ = nullptr, *part_o_ = nullptr;
-  float *u_ = nullptr, *uc_ = nullptr, *z_ = nullptr, *beta_ = nullptr, *alpha_ = nullptr, *so_ = nullptr;
-  float *g_ = nullptr, *up_ = nullptr;                      // [nb, F]
+  float *uc_ = nullptr, *so_ = nullptr;                     // [nb, Cconv], [nb, Cv]
+  float* gu_ = nullptr;                                     // [nb, 2F]: gate | up, then silu(gate) * up
   float *mtp_in_ = nullptr, *mtp_hid_ = nullptr;            // [nb, 2D], [nb, D]
   float* logits_ = nullptr;                                 // [logit_rows_, V]
   int64_t logit_rows_ = 1;
+  float* fp4_partial_ = nullptr;                            // split-K scratch of the decode kernels
+  int* fp4_counters_ = nullptr;
   uint16_t* xb_ = nullptr;                                  // [nb, max K] BF16 activations
   void* deq_ = nullptr;                                     // dequantized weight block
 };
 
 CudaBackend::~CudaBackend() {
   cudaSetDevice(dm_.device);
-  if (stream_) {
-    cudaStreamSynchronize(stream_);
-    cudaStreamDestroy(stream_);
-  }
+  if (stream_) cudaStreamSynchronize(stream_);
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
+  if (stream_) cudaStreamDestroy(stream_);
 }
 
 Status CudaBackend::init() {
   QWEN35_TRY(select_device());
   QWEN35_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "creating a CUDA stream");
   if (const char* g = std::getenv("QWEN35_CUDA_GEMM"); g && std::string(g) == "f32") gemm_type_ = GemmType::F32;
+  use_graphs_ = !env_off("QWEN35_CUDA_GRAPHS");
   QWEN35_TRY(gemm_.init(32ull << 20));
 
   const int64_t D = hp_.n_embd, nb = p_.n_batch, nctx = p_.n_ctx, V = hp_.n_vocab;
@@ -225,51 +273,51 @@ Status CudaBackend::init() {
     rp += conv_elems + ssm_elems;
   }
 
-  // Inputs and outputs.
+  // Inputs and staging.
   QWEN35_TRY(in_host_.alloc(size_t(4 + 4 * nb) * sizeof(int32_t), "the input staging buffer"));
   QWEN35_TRY(in_dev_.alloc(size_t(4 + 5 * nb) * sizeof(int32_t), "the input buffer"));
   d_npast_ = in_dev_.as<int32_t>();
   d_tokens_ = d_npast_ + 4;
   d_pos_ = d_tokens_ + nb;
   d_argmax_ = d_pos_ + 3 * nb;
-  QWEN35_TRY(out_host_.alloc(std::max<size_t>(size_t(V) * 4, size_t(nb) * 4), "the output staging buffer"));
+  QWEN35_TRY(stage_.alloc(size_t(kStageRows) * size_t(2 * D + V + 1) * 4 + 64, "the output staging buffer"));
+  st_hidden_ = stage_.as<float>();
+  st_prenorm_ = st_hidden_ + kStageRows * D;
+  st_logits_ = st_prenorm_ + kStageRows * D;
+  st_argmax_ = reinterpret_cast<int32_t*>(st_logits_ + kStageRows * V);
 
   // Scratch.
   // Decode attention splits the keys over up to 32 blocks per head (about
   // 64 keys per block at a full context).
   attn_splits_ = int(std::clamp<int64_t>((nctx + 63) / 64, 1, kMaxAttnSplits));
   logit_rows_ = std::clamp<int64_t>(int64_t(kLogitsChunkBytes / (uint64_t(V) * 4)), 1, nb);
-  const int64_t max_k = std::max({D * 2, qd, Cv, F});
+  ld_mix_ = std::max(2 * qd + 2 * kvd, C + Cv + 2 * Hv);
+  const int64_t max_k = std::max({D * 2, qd, Cv, 2 * F});
   const int64_t part_rows = std::max<int64_t>(nb, int64_t(kMatvecMaxCols) * attn_splits_);
   Carver cv;
   cv.add(&h_, nb * D);
   cv.add(&xn_, nb * D);
-  cv.add(&qg_, nb * 2 * qd);
+  cv.add(&mix_, nb * ld_mix_);
   cv.add(&q_, nb * qd);
-  cv.add(&k_, nb * kvd);
-  cv.add(&v_, nb * kvd);
   cv.add(&o_, nb * qd);
   cv.add(&part_m_, part_rows * hp_.n_head);
   cv.add(&part_l_, part_rows * hp_.n_head);
   cv.add(&part_o_, part_rows * hp_.n_head * Dh);
-  cv.add(&u_, nb * C);
   cv.add(&uc_, nb * C);
-  cv.add(&z_, nb * Cv);
-  cv.add(&beta_, nb * Hv);
-  cv.add(&alpha_, nb * Hv);
   cv.add(&so_, nb * Cv);
-  cv.add(&g_, nb * F);
-  cv.add(&up_, nb * F);
+  cv.add(&gu_, nb * 2 * F);
   if (m_.mtp) {
     cv.add(&mtp_in_, nb * 2 * D);
     cv.add(&mtp_hid_, nb * D);
   }
   cv.add(&logits_, logit_rows_ * V);
+  cv.add(&fp4_partial_, std::max<uint64_t>(1, dm_.fp4_partial_floats));
+  cv.add(&fp4_counters_, std::max<uint64_t>(1, dm_.fp4_counter_ints));
   if (nb > kMatvecMaxCols) {
     cv.add(&xb_, nb * max_k);
     cv.add(reinterpret_cast<float**>(&deq_), gemm_type_ == GemmType::F32 ? kDequantElems : kDequantElems / 2);
   }
-  QWEN35_TRY(scratch_.alloc(cv.total(), "scratch buffers"));
+  QWEN35_TRY(scratch_.alloc(cv.total(), "scratch buffers"));  // zeroed: the split-K counters start at 0
   cv.assign(scratch_.as());
   return Status::Ok();
 }
@@ -291,6 +339,8 @@ Status CudaBackend::upload_inputs(const int32_t* tokens, const int32_t* pos, int
   return Status::Ok();
 }
 
+// ---- matrix products ---------------------------------------------------------------
+
 Status CudaBackend::mm(const MatView& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy, bool add) {
   if (n <= kMatvecMaxCols)
     return cuda_status(matvec_generic(w, x, ldx, int(n), y, ldy, add ? Accum::Add : Accum::Store, stream_),
@@ -303,8 +353,7 @@ Status CudaBackend::mm(const MatView& w, const float* x, int64_t ldx, int64_t n,
     X = xb_;
     ldX = K;
   }
-  // The scratch holds kDequantElems elements of either type.
-  const int64_t rows_per = std::max<int64_t>(1, kDequantElems / K);
+  const int64_t rows_per = std::max<int64_t>(1, kDequantElems / K);  // the scratch holds kDequantElems elements
   for (int64_t r0 = 0; r0 < N; r0 += rows_per) {
     const int64_t nr = std::min(rows_per, N - r0);
     if (gemm_type_ == GemmType::F32)
@@ -316,25 +365,113 @@ Status CudaBackend::mm(const MatView& w, const float* x, int64_t ldx, int64_t n,
   return Status::Ok();
 }
 
-// Full attention (spec §4.4): projections, q/k norm + RoPE + cache write,
-// causal GQA attention with the sigmoid gate, output projection into h.
+Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int64_t n, const float* nw, float* y,
+                            int64_t ldy, Epi epi) {
+  const int64_t K = W.cols;
+  if (W.fp4.present() && n <= kMatvecMaxCols) {
+    Fp4MatvecArgs a;
+    a.w = W.fp4;
+    a.n = int(n);
+    a.x = x;
+    a.ldx = ldx;
+    a.norm = nw;
+    a.eps = hp_.eps;
+    a.y = y;
+    a.ldy = ldy;
+    a.epilogue = epi == Epi::SwiGLU ? Fp4Epilogue::SwiGLU : epi == Epi::Add ? Fp4Epilogue::Add : Fp4Epilogue::Store;
+    a.partial = fp4_partial_;
+    a.counters = fp4_counters_;
+    return cuda_status(fp4_matvec(a, dm_.sms, stream_), "an NVFP4 matrix-vector product");
+  }
+  if (nw) {
+    QWEN35_CUDA_TRY(rmsnorm_rows(x, ldx, nw, n, K, hp_.eps, xn_, K, stream_), "a norm");
+    x = xn_;
+    ldx = K;
+  }
+  // SwiGLU: [gate | up] into gu_ (2F wide), then combined into y.
+  const bool swiglu_out = epi == Epi::SwiGLU;
+  float* out = swiglu_out ? gu_ : y;
+  const int64_t ldo = swiglu_out ? W.rows : ldy;
+  const bool add = epi == Epi::Add;
+  if (W.fp4.present()) {  // batched: dequantize the tiled weight in row blocks
+    const void* X = x;
+    int64_t ldX = ldx;
+    if (gemm_type_ == GemmType::BF16) {
+      QWEN35_CUDA_TRY(convert_rows_bf16(x, ldx, n, K, xb_, stream_), "converting activations");
+      X = xb_;
+      ldX = K;
+    }
+    const int64_t rows_per = std::max<int64_t>(1, kDequantElems / K);
+    for (int64_t r0 = 0; r0 < W.rows; r0 += rows_per) {
+      const int64_t nr = std::min(rows_per, W.rows - r0);
+      if (gemm_type_ == GemmType::F32)
+        QWEN35_CUDA_TRY(fp4_dequant_rows_f32(W.fp4, r0, nr, static_cast<float*>(deq_), stream_), "dequantizing");
+      else
+        QWEN35_CUDA_TRY(fp4_dequant_rows_bf16(W.fp4, r0, nr, static_cast<uint16_t*>(deq_), stream_), "dequantizing");
+      QWEN35_TRY(gemm_.run(gemm_type_, deq_, nr, K, X, ldX, n, out + r0, ldo, W.fp4.scale, add, stream_));
+    }
+  } else {
+    for (size_t i = 0; i < W.parts.size(); ++i) QWEN35_TRY(mm(W.parts[i], x, ldx, n, out + W.offsets[i], ldo, add));
+  }
+  if (swiglu_out) {
+    const int64_t F = W.rows / 2;
+    QWEN35_CUDA_TRY(swiglu(gu_, W.rows, gu_ + F, W.rows, n, F, stream_), "SwiGLU");
+    if (y != gu_ || ldy != W.rows) return Error(QWEN35_ERR_BACKEND, "SwiGLU output must be the gate/up buffer");
+  }
+  return Status::Ok();
+}
+
+Status CudaBackend::embed(const DevEmbed& E, const int32_t* tokens, int64_t n, float* out, int64_t ldo) {
+  if (E.q6k.present()) return cuda_status(q6k_embedding_rows(E.q6k, tokens, n, out, ldo, stream_), "the embedding");
+  return cuda_status(embedding_rows(E.gguf, tokens, n, out, ldo, stream_), "the embedding");
+}
+
+Status CudaBackend::head(const DevEmbed& E, const float* hn, int64_t n, float* logits, int64_t ldl) {
+  if (!E.q6k.present()) return mm(E.gguf, hn, hp_.n_embd, n, logits, ldl, false);
+  const Q6kRows32& q = E.q6k;
+  if (q6k_matvec_fits(q, int(n)))
+    return cuda_status(q6k_matvec(q, hn, hp_.n_embd, int(n), logits, ldl, Accum::Store, stream_), "the LM head");
+  const int64_t K = q.cols;
+  const void* X = hn;
+  int64_t ldX = hp_.n_embd;
+  if (gemm_type_ == GemmType::BF16) {
+    QWEN35_CUDA_TRY(convert_rows_bf16(hn, hp_.n_embd, n, K, xb_, stream_), "converting activations");
+    X = xb_;
+    ldX = K;
+  }
+  const int64_t rows_per = std::max<int64_t>(1, kDequantElems / K);
+  for (int64_t r0 = 0; r0 < q.rows; r0 += rows_per) {
+    const int64_t nr = std::min(rows_per, q.rows - r0);
+    if (gemm_type_ == GemmType::F32)
+      QWEN35_CUDA_TRY(q6k_dequant_rows_f32(q, r0, nr, static_cast<float*>(deq_), stream_), "dequantizing");
+    else
+      QWEN35_CUDA_TRY(q6k_dequant_rows_bf16(q, r0, nr, static_cast<uint16_t*>(deq_), stream_), "dequantizing");
+    QWEN35_TRY(gemm_.run(gemm_type_, deq_, nr, K, X, ldX, n, logits + r0, ldl, q.scale, false, stream_));
+  }
+  return Status::Ok();
+}
+
+// ---- layers ------------------------------------------------------------------------
+
+// Full attention (spec §4.4): fused q|gate, k, v projection of the
+// normalized input, q/k norm + RoPE + cache write, causal GQA attention with
+// the sigmoid gate, output projection added into h.
 Status CudaBackend::attention_layer(const DevLayer& L, const KVCache& kv, int64_t n, float* h) {
   const int64_t D = hp_.n_embd, Dh = hp_.head_dim, qd = hp_.q_dim(), kvd = hp_.kv_dim();
-  QWEN35_TRY(mm(L.wq, xn_, D, n, qg_, 2 * qd, false));  // [n, Hq, 2, Dh]: per head [query | gate]
-  QWEN35_TRY(mm(L.wk, xn_, D, n, k_, kvd, false));
-  QWEN35_TRY(mm(L.wv, xn_, D, n, v_, kvd, false));
+  const int64_t ld = L.in_proj.rows;  // [n, Hq*(q|gate) | k | v]
+  QWEN35_TRY(project(L.in_proj, h, D, n, L.attn_norm, mix_, ld, Epi::Store));
   QkvRopeArgs r;
   r.n = n;
   r.n_head = hp_.n_head;
   r.n_head_kv = hp_.n_head_kv;
   r.head_dim = Dh;
   r.eps = hp_.eps;
-  r.qg = qg_;
-  r.ldqg = 2 * qd;
-  r.k = k_;
-  r.ldk = kvd;
-  r.v = v_;
-  r.ldv = kvd;
+  r.qg = mix_;
+  r.ldqg = ld;
+  r.k = mix_ + 2 * qd;
+  r.ldk = ld;
+  r.v = mix_ + 2 * qd + kvd;
+  r.ldv = ld;
   r.q_norm = L.q_norm;
   r.k_norm = L.k_norm;
   r.pos = d_pos_;
@@ -353,8 +490,8 @@ Status CudaBackend::attention_layer(const DevLayer& L, const KVCache& kv, int64_
   a.q = q_;
   a.k_cache = kv.k;
   a.v_cache = kv.v;
-  a.gate = qg_ + Dh;
-  a.ldgate = 2 * qd;
+  a.gate = mix_ + Dh;
+  a.ldgate = ld;
   a.gate_stride = 2 * Dh;
   a.n_past = d_npast_;
   a.o = o_;
@@ -363,22 +500,21 @@ Status CudaBackend::attention_layer(const DevLayer& L, const KVCache& kv, int64_
   a.part_l = part_l_;
   a.part_o = part_o_;
   QWEN35_CUDA_TRY(attention(a, stream_), "attention");
-  return mm(L.wo, o_, qd, n, h, D, true);
+  return project(L.out_proj, o_, qd, n, nullptr, h, D, Epi::Add);
 }
 
-// Gated delta net (spec §4.5).
+// Gated delta net (spec §4.5): fused qkv, z, beta, alpha projection, causal
+// conv + SiLU, the gated delta rule, gated RMSNorm, output projection.
 Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_t snapshot_row, float* h) {
   const int64_t D = hp_.n_embd, C = hp_.ssm_conv_dim(), Cv = hp_.ssm_inner, Hv = hp_.ssm_heads_v;
-  QWEN35_TRY(mm(L.wqkv, xn_, D, n, u_, C, false));    // [n, C]: [q | k | v] pre-conv
-  QWEN35_TRY(mm(L.wgate, xn_, D, n, z_, Cv, false));  // [n, Cv]
-  QWEN35_TRY(mm(L.wbeta, xn_, D, n, beta_, Hv, false));
-  QWEN35_TRY(mm(L.walpha, xn_, D, n, alpha_, Hv, false));
+  const int64_t ld = L.in_proj.rows;  // [n, qkv C | z Cv | beta Hv | alpha Hv]
+  QWEN35_TRY(project(L.in_proj, h, D, n, L.attn_norm, mix_, ld, Epi::Store));
   ConvArgs c;
   c.n = n;
   c.C = C;
   c.K = hp_.ssm_conv;
-  c.u = u_;
-  c.ldu = C;
+  c.u = mix_;
+  c.ldu = ld;
   c.taps = L.conv1d;
   c.window = conv_[size_t(il)];
   c.out = uc_;
@@ -394,10 +530,10 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
   d.eps = hp_.eps;
   d.uc = uc_;
   d.ldu = C;
-  d.b = beta_;
-  d.ldb = Hv;
-  d.a = alpha_;
-  d.lda = Hv;
+  d.b = mix_ + C + Cv;
+  d.ldb = ld;
+  d.a = mix_ + C + Cv + Hv;
+  d.lda = ld;
   d.ssm_a = L.ssm_a;
   d.dt_bias = L.dt_bias;
   d.state = ssm_[size_t(il)];
@@ -405,57 +541,88 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
   d.snapshot_row = snapshot_row;
   d.snapshot = snapshot_row >= 0 ? slot_ptr(kRollbackSlot, ssm_[size_t(il)]) : nullptr;
   QWEN35_CUDA_TRY(delta_net(d, stream_), "the delta rule");
-  QWEN35_CUDA_TRY(gated_rmsnorm(so_, z_, Cv, L.ssm_norm, n, Hv, hp_.ssm_dv, hp_.eps, stream_), "the gated norm");
-  return mm(L.ssm_out, so_, Cv, n, h, D, true);
+  QWEN35_CUDA_TRY(gated_rmsnorm(so_, mix_ + C, ld, L.ssm_norm, n, Hv, hp_.ssm_dv, hp_.eps, stream_), "the gated norm");
+  return project(L.out_proj, so_, Cv, n, nullptr, h, D, Epi::Add);
 }
 
-// SwiGLU FFN (spec §4.3), output added into h.
+// SwiGLU FFN (spec §4.3) of the post-attention-normalized stream, added into h.
 Status CudaBackend::ffn(const DevLayer& L, int64_t n, float* h) {
   const int64_t D = hp_.n_embd, F = hp_.n_ff;
-  QWEN35_TRY(mm(L.ffn_gate, xn_, D, n, g_, F, false));
-  QWEN35_TRY(mm(L.ffn_up, xn_, D, n, up_, F, false));
-  QWEN35_CUDA_TRY(swiglu(g_, F, up_, F, n, F, stream_), "SwiGLU");
-  return mm(L.ffn_down, g_, F, n, h, D, true);
+  QWEN35_TRY(project(L.gate_up, h, D, n, L.post_norm, gu_, 2 * F, Epi::SwiGLU));
+  return project(L.down, gu_, 2 * F, n, nullptr, h, D, Epi::Add);
 }
 
 Status CudaBackend::decoder_layer(int il, const DevLayer& L, int64_t n, int32_t snapshot_row) {
-  const int64_t D = hp_.n_embd;
-  QWEN35_CUDA_TRY(rmsnorm_rows(h_, D, L.attn_norm, n, D, hp_.eps, xn_, D, stream_), "attn_norm");
   if (L.is_attn) QWEN35_TRY(attention_layer(L, kv_[size_t(il)], n, h_));
   else QWEN35_TRY(delta_net_layer(L, il, n, snapshot_row, h_));
-  QWEN35_CUDA_TRY(rmsnorm_rows(h_, D, L.post_norm, n, D, hp_.eps, xn_, D, stream_), "post_attention_norm");
   return ffn(L, n, h_);
 }
 
-Status CudaBackend::lm_head(const MatView& head, const float* hn, int64_t n, float* logits, int32_t* argmax) {
+Status CudaBackend::lm_head(const DevEmbed& E, const float* hn, int64_t n, float* logits, int32_t* argmax) {
   const int64_t D = hp_.n_embd, V = hp_.n_vocab;
   for (int64_t r0 = 0; r0 < n; r0 += logit_rows_) {
     const int64_t nr = std::min(logit_rows_, n - r0);
-    QWEN35_TRY(mm(head, hn + r0 * D, D, nr, logits_, V, false));
+    QWEN35_TRY(head(E, hn + r0 * D, nr, logits_, V));
     if (argmax) {
       QWEN35_CUDA_TRY(argmax_rows(logits_, V, nr, V, d_argmax_ + r0, stream_), "argmax");
     } else {
-      const size_t bytes = size_t(nr * V) * sizeof(float);
-      if (bytes <= out_host_.bytes()) {
-        QWEN35_CUDA_TRY(cudaMemcpyAsync(out_host_.as(), logits_, bytes, cudaMemcpyDeviceToHost, stream_),
-                        "copying logits");
-        QWEN35_TRY(sync("the LM head"));
-        std::memcpy(logits + r0 * V, out_host_.as(), bytes);
-      } else {
-        QWEN35_CUDA_TRY(cudaMemcpyAsync(logits + r0 * V, logits_, bytes, cudaMemcpyDeviceToHost, stream_),
-                        "copying logits");
-      }
+      QWEN35_CUDA_TRY(cudaMemcpyAsync(logits + r0 * V, logits_, size_t(nr * V) * sizeof(float), cudaMemcpyDeviceToHost,
+                                      stream_),
+                      "copying logits");
     }
   }
-  if (argmax) {
+  if (argmax)
     QWEN35_CUDA_TRY(cudaMemcpyAsync(argmax, d_argmax_, size_t(n) * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_),
                     "copying the argmax");
-  }
   return Status::Ok();
 }
 
-Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax) {
+// ---- evaluation ----------------------------------------------------------------------
+
+Status CudaBackend::enqueue_eval(int64_t n, int32_t snapshot_row, int32_t logits_first, bool from_embd,
+                                 const OutPlan& out, bool check_abort) {
   const int64_t D = hp_.n_embd;
+  if (!from_embd) QWEN35_TRY(embed(dm_.token_embd, d_tokens_, n, h_, D));
+  for (int il = 0; il < hp_.n_layer; ++il) {
+    if (check_abort && aborted()) return Error(QWEN35_ERR_CANCELLED, "decode aborted");
+    Status st = decoder_layer(il, dm_.layers[size_t(il)], n, snapshot_row);
+    if (!st.ok()) return st.prefix(fmt::format("layer {}: ", il));
+  }
+  if (out.prenorm)
+    QWEN35_CUDA_TRY(cudaMemcpyAsync(out.prenorm, h_, size_t(n * D) * sizeof(float), cudaMemcpyDeviceToHost, stream_),
+                    "copying hidden states");
+  QWEN35_CUDA_TRY(rmsnorm_rows(h_, D, dm_.output_norm, n, D, hp_.eps, xn_, D, stream_), "output_norm");
+  if (out.hidden)
+    QWEN35_CUDA_TRY(cudaMemcpyAsync(out.hidden, xn_, size_t(n * D) * sizeof(float), cudaMemcpyDeviceToHost, stream_),
+                    "copying hidden states");
+  if (logits_first < n && (out.logits || out.argmax))
+    QWEN35_TRY(lm_head(*dm_.output, xn_ + logits_first * D, n - logits_first, out.logits, out.argmax));
+  return Status::Ok();
+}
+
+Status CudaBackend::launch_graph(const GraphKey& key, const std::function<Status()>& enqueue) {
+  auto it = graphs_.find(key);
+  if (it == graphs_.end()) {
+    QWEN35_CUDA_TRY(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "capturing a CUDA graph");
+    Status st = enqueue();
+    cudaGraph_t graph = nullptr;
+    const cudaError_t e = cudaStreamEndCapture(stream_, &graph);
+    if (!st.ok()) {
+      if (graph) cudaGraphDestroy(graph);
+      return st;
+    }
+    QWEN35_CUDA_TRY(e, "capturing a CUDA graph");
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t ie = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    QWEN35_CUDA_TRY(ie, "instantiating a CUDA graph");
+    it = graphs_.emplace(key, exec).first;
+  }
+  return cuda_status(cudaGraphLaunch(it->second, stream_), "launching a CUDA graph");
+}
+
+Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax) {
+  const int64_t D = hp_.n_embd, V = hp_.n_vocab;
   if (b.n < 1 || b.n > p_.n_batch) return Error(QWEN35_ERR_INVALID_ARG, "batch of {} rows (limit {})", b.n, p_.n_batch);
   if (b.n_past < 0 || b.n_past + b.n > p_.n_ctx)
     return Error(QWEN35_ERR_CONTEXT_FULL, "rows {}..{} exceed the context size {}", b.n_past, b.n_past + b.n, p_.n_ctx);
@@ -463,34 +630,49 @@ Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax) {
   QWEN35_TRY(select_device());
   if (b.snapshot_row >= 0) QWEN35_TRY(ensure_slot(kRollbackSlot, "a state snapshot"));
   const int64_t n = b.n;
+  const int32_t lf = std::clamp(b.logits_first, 0, b.n);
+  const bool want_logits = lf < n && (argmax || b.logits);
   QWEN35_TRY(upload_inputs(b.embd ? nullptr : b.tokens, b.pos, n, b.n_past));
-  if (b.embd) {
+  if (b.embd)
     QWEN35_CUDA_TRY(cudaMemcpyAsync(h_, b.embd, size_t(n * D) * sizeof(float), cudaMemcpyHostToDevice, stream_),
                     "uploading input embeddings");
+
+  // Small outputs go through pinned staging (fixed addresses, as graphs need).
+  const bool staged = n <= kStageRows;
+  OutPlan out;
+  if (staged) {
+    out.hidden = b.hidden ? st_hidden_ : nullptr;
+    out.prenorm = b.hidden_prenorm ? st_prenorm_ : nullptr;
+    if (want_logits) {
+      if (argmax) out.argmax = st_argmax_;
+      else out.logits = st_logits_;
+    }
   } else {
-    QWEN35_CUDA_TRY(embedding_rows(dm_.token_embd, d_tokens_, n, h_, D, stream_), "the embedding lookup");
-  }
-  for (int il = 0; il < hp_.n_layer; ++il) {
-    if (aborted()) {
-      QWEN35_TRY(sync("cancelling a decode"));
-      return Error(QWEN35_ERR_CANCELLED, "decode aborted");
-    }
-    Status st = decoder_layer(il, dm_.layers[size_t(il)], n, b.snapshot_row);
-    if (!st.ok()) {
-      sync("a failed layer").ok();
-      return st.prefix(fmt::format("layer {}: ", il));
+    out.hidden = b.hidden;
+    out.prenorm = b.hidden_prenorm;
+    if (want_logits) {
+      out.logits = argmax ? nullptr : b.logits;
+      out.argmax = argmax;
     }
   }
-  if (b.hidden_prenorm)
-    QWEN35_CUDA_TRY(cudaMemcpyAsync(b.hidden_prenorm, h_, size_t(n * D) * sizeof(float), cudaMemcpyDeviceToHost, stream_),
-                    "copying hidden states");
-  QWEN35_CUDA_TRY(rmsnorm_rows(h_, D, dm_.output_norm, n, D, hp_.eps, xn_, D, stream_), "output_norm");
-  if (b.hidden)
-    QWEN35_CUDA_TRY(cudaMemcpyAsync(b.hidden, xn_, size_t(n * D) * sizeof(float), cudaMemcpyDeviceToHost, stream_),
-                    "copying hidden states");
-  if (b.logits_first < n && (b.logits || argmax))
-    QWEN35_TRY(lm_head(dm_.output, xn_ + b.logits_first * D, n - b.logits_first, b.logits, argmax));
-  return sync("a decode");
+  Status st;
+  if (staged && use_graphs_ && !b.embd) {
+    const GraphKey key{n, b.snapshot_row, want_logits ? lf : int32_t(n), out.hidden != nullptr,
+                       out.prenorm != nullptr, out.logits != nullptr, out.argmax != nullptr};
+    st = launch_graph(key, [&] { return enqueue_eval(n, b.snapshot_row, lf, false, out, false); });
+  } else {
+    st = enqueue_eval(n, b.snapshot_row, lf, b.embd != nullptr, out, true);
+  }
+  const Status done = sync("a decode");
+  QWEN35_TRY(st);
+  QWEN35_TRY(done);
+  if (staged) {
+    if (b.hidden) std::memcpy(b.hidden, st_hidden_, size_t(n * D) * sizeof(float));
+    if (b.hidden_prenorm) std::memcpy(b.hidden_prenorm, st_prenorm_, size_t(n * D) * sizeof(float));
+    if (out.logits) std::memcpy(b.logits, st_logits_, size_t((n - lf) * V) * sizeof(float));
+    if (out.argmax) std::memcpy(argmax, st_argmax_, size_t(n - lf) * sizeof(int32_t));
+  }
+  return Status::Ok();
 }
 
 // MTP head (spec §5.1): e = enorm(embed(token)), hh = hnorm(hidden),
@@ -514,32 +696,29 @@ Status CudaBackend::run_mtp(const MtpBatch& b, int32_t* argmax) {
     QWEN35_CUDA_TRY(cudaMemcpy2DAsync(mtp_in_, size_t(2 * D) * 4, b.next_embd, size_t(D) * 4, size_t(D) * 4, size_t(n),
                                       cudaMemcpyHostToDevice, stream_),
                     "uploading MTP input embeddings");
-  QWEN35_CUDA_TRY(embedding_rows(M.embed, d_tokens_, n, mtp_in_, 2 * D, stream_), "the MTP embedding lookup");
   QWEN35_CUDA_TRY(cudaMemcpyAsync(mtp_hid_, b.hidden, size_t(n * D) * 4, cudaMemcpyHostToDevice, stream_),
                   "uploading MTP hidden states");
-  QWEN35_CUDA_TRY(rmsnorm_rows(mtp_in_, 2 * D, M.enorm, n, D, hp_.eps, mtp_in_, 2 * D, stream_), "enorm");
-  QWEN35_CUDA_TRY(rmsnorm_rows(mtp_hid_, D, M.hnorm, n, D, hp_.eps, mtp_in_ + D, 2 * D, stream_), "hnorm");
   Status st = [&]() -> Status {
-    QWEN35_TRY(mm(M.eh_proj, mtp_in_, 2 * D, n, h_, D, false));
-    const DevLayer& L = M.block;
-    QWEN35_CUDA_TRY(rmsnorm_rows(h_, D, L.attn_norm, n, D, hp_.eps, xn_, D, stream_), "MTP attn_norm");
-    QWEN35_TRY(attention_layer(L, mtp_kv_, n, h_));
-    QWEN35_CUDA_TRY(rmsnorm_rows(h_, D, L.post_norm, n, D, hp_.eps, xn_, D, stream_), "MTP post_attention_norm");
-    QWEN35_TRY(ffn(L, n, h_));
+    QWEN35_TRY(embed(*M.embed, d_tokens_, n, mtp_in_, 2 * D));
+    QWEN35_CUDA_TRY(rmsnorm_rows(mtp_in_, 2 * D, M.enorm, n, D, hp_.eps, mtp_in_, 2 * D, stream_), "enorm");
+    QWEN35_CUDA_TRY(rmsnorm_rows(mtp_hid_, D, M.hnorm, n, D, hp_.eps, mtp_in_ + D, 2 * D, stream_), "hnorm");
+    QWEN35_TRY(project(M.eh_proj, mtp_in_, 2 * D, n, nullptr, h_, D, Epi::Store));
+    QWEN35_TRY(attention_layer(M.block, mtp_kv_, n, h_));
+    QWEN35_TRY(ffn(M.block, n, h_));
     if (b.logits_first < n && (b.logits || argmax)) {
       const int64_t nl = n - b.logits_first;
       QWEN35_CUDA_TRY(rmsnorm_rows(h_ + b.logits_first * D, D, M.shared_head_norm, nl, D, hp_.eps, xn_, D, stream_),
                       "shared_head_norm");
-      QWEN35_TRY(lm_head(M.head, xn_, nl, b.logits, argmax));
+      QWEN35_TRY(lm_head(*M.head, xn_, nl, b.logits, argmax));
     }
     return Status::Ok();
   }();
-  if (!st.ok()) {
-    sync("a failed MTP pass").ok();
-    return st.prefix("MTP: ");
-  }
-  return sync("an MTP pass");
+  const Status done = sync("an MTP pass");
+  if (!st.ok()) return st.prefix("MTP: ");
+  return done;
 }
+
+// ---- state ---------------------------------------------------------------------------
 
 void CudaBackend::reset() {
   if (!select_device().ok()) return;
@@ -650,7 +829,7 @@ Status CudaBackend::read_state(int32_t n_rows, int32_t n_mtp_rows, const uint8_t
 
 uint64_t CudaBackend::memory_bytes() const {
   uint64_t b = kv_buf_.bytes() + rs_buf_.bytes() + scratch_.bytes() + rope_buf_.bytes() + in_dev_.bytes() +
-               in_host_.bytes() + out_host_.bytes() + gemm_.workspace_bytes();
+               in_host_.bytes() + stage_.bytes() + gemm_.workspace_bytes();
   for (const auto& s : slots_) b += s.bytes();
   return b;
 }

@@ -55,6 +55,8 @@ class DeviceBuffer {
     n_ = bytes;
     return cuda_status(cudaMemset(p_, 0, bytes), what);
   }
+  // Grow to at least `bytes` (contents are not kept).
+  Status reserve(size_t bytes, const char* what) { return bytes <= n_ ? Status::Ok() : alloc(bytes, what); }
   void reset() {
     if (p_) cudaFree(p_);
     p_ = nullptr;

@@ -15,6 +15,8 @@
 #include "gemm.h"
 #include "gpu_test_util.h"
 #include "matmul.h"
+#include "matvec_fp4.h"
+#include "matvec_q6k.h"
 #include "norm.h"
 #include "quants.h"
 #include "rope.h"
@@ -516,4 +518,228 @@ TEST_CASE("SwiGLU, argmax and the F16 conversions") {
   bool same = true;
   for (size_t i = 0; i < f.size(); ++i) same &= h[i] == fp32_to_fp16(f[i]) && fb[i] == fp16_to_fp32(h[i]);
   CHECK(same);
+}
+
+namespace {
+
+int device_sms() {
+  int dev = 0, sms = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  return sms;
+}
+
+// A tiled NVFP4 weight on the device, repacked from random GGUF rows.
+struct TiledFp4 {
+  QMat a, b;  // b: the up rows of a GateUp pair (unused for Plain)
+  DevArray<uint8_t> buf;
+  Fp4Tiled t;
+  TiledFp4(int64_t rows, int64_t cols, Fp4Pairing pairing, uint32_t seed)
+      : a(GGML_NVFP4, rows, cols, seed), b(GGML_NVFP4, pairing == Fp4Pairing::GateUp ? rows : 1, cols, seed + 1) {
+    t.rows = rows;
+    t.cols = cols;
+    t.pairing = pairing;
+    t.scale = 0.5f;
+    buf.alloc(t.code_bytes() + t.scale_bytes());
+    t.codes = buf.get();
+    t.scales = buf.get() + t.code_bytes();
+    REQUIRE(fp4_repack(a.dev.get(), pairing == Fp4Pairing::GateUp ? b.dev.get() : nullptr, a.row_bytes, t, 0) ==
+            cudaSuccess);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("tensor-core NVFP4 matvec matches the CPU (plain, norm prologue, add, SwiGLU, split K)") {
+  QWEN35_REQUIRE_GPU();
+  const int sms = device_sms();
+  struct Case {
+    int64_t rows, cols;
+  };
+  for (Case cs : {Case{40, 256}, Case{2560, 9216}, Case{1024, 2560}, Case{8192 + 2048, 2560}}) {
+    CAPTURE(cs.rows);
+    CAPTURE(cs.cols);
+    TiledFp4 w(cs.rows, cs.cols, Fp4Pairing::Plain, 31);
+    DevArray<float> part(std::max<uint64_t>(1, fp4_partial_floats(w.t, sms)));
+    DevArray<int> cnt(std::max<uint64_t>(1, fp4_counter_ints(w.t)));
+    const int64_t K = cs.cols, N = cs.rows;
+    for (int n : {1, 2, 5, 8}) {
+      for (bool norm : {false, true}) {
+        CAPTURE(n);
+        CAPTURE(norm);
+        const int64_t ldx = K + 8, ldy = N + 5;
+        auto x = random_floats(size_t(n * ldx), 100 + n, -3, 3);
+        auto nw = random_floats(size_t(K), 7, 0.5f, 1.5f);
+        auto y0 = random_floats(size_t(n * ldy), 8);
+        DevArray<float> dx(x), dnw(nw), dy(y0);
+        for (bool add : {false, true}) {
+          dy.upload(y0);
+          Fp4MatvecArgs a;
+          a.w = w.t;
+          a.n = n;
+          a.x = dx.get();
+          a.ldx = ldx;
+          a.norm = norm ? dnw.get() : nullptr;
+          a.y = dy.get();
+          a.ldy = ldy;
+          a.epilogue = add ? Fp4Epilogue::Add : Fp4Epilogue::Store;
+          a.partial = part.get();
+          a.counters = cnt.get();
+          REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
+          auto y = dy.download();
+          std::vector<float> want(y0), xr(static_cast<size_t>(K));
+          double num = 0, den = 0;
+          for (int j = 0; j < n; ++j) {
+            std::copy(x.begin() + j * ldx, x.begin() + j * ldx + K, xr.begin());
+            if (norm) rmsnorm(xr.data(), nw.data(), K, 1e-6f, xr.data());
+            for (int64_t r = 0; r < N; ++r) {
+              const double d = double(vec_dot_ref(GGML_NVFP4, w.a.host.data() + r * w.a.row_bytes, xr.data(), K)) * 0.5;
+              const double wv = add ? y0[size_t(j * ldy + r)] + d : d;
+              const double g = y[size_t(j * ldy + r)];
+              num += (g - wv) * (g - wv);
+              den += wv * wv;
+            }
+            // Padding of y beyond N is untouched.
+            CHECK(y[size_t(j * ldy + N)] == y0[size_t(j * ldy + N)]);
+          }
+          CHECK(std::sqrt(num / den) < 2e-3);  // F16 activations
+        }
+      }
+      // Row j computed in a batch equals row j alone (bitwise), and the
+      // split-K counters were left at zero (a second run repeats exactly).
+      if (n > 1) {
+        const int64_t ldx = K, ldy = N;
+        auto x = random_floats(size_t(n * ldx), 200 + n, -3, 3);
+        DevArray<float> dx(x), dy(static_cast<size_t>(n * ldy)), d1(static_cast<size_t>(ldy));
+        Fp4MatvecArgs a;
+        a.w = w.t;
+        a.n = n;
+        a.x = dx.get();
+        a.ldx = ldx;
+        a.y = dy.get();
+        a.ldy = ldy;
+        a.partial = part.get();
+        a.counters = cnt.get();
+        REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
+        auto batch = dy.download();
+        a.n = 1;
+        a.x = dx.get() + (n - 1) * ldx;
+        a.y = d1.get();
+        REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
+        auto alone = d1.download();
+        CHECK(std::memcmp(alone.data(), batch.data() + (n - 1) * ldy, size_t(N) * 4) == 0);
+        REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
+        CHECK(std::memcmp(d1.download().data(), alone.data(), size_t(N) * 4) == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("tensor-core NVFP4 gate/up with the SwiGLU epilogue, and the tiled dequantization") {
+  QWEN35_REQUIRE_GPU();
+  const int sms = device_sms();
+  const int64_t F = 96, K = 512;
+  TiledFp4 w(F, K, Fp4Pairing::GateUp, 41);
+  DevArray<float> part(std::max<uint64_t>(1, fp4_partial_floats(w.t, sms)));
+  DevArray<int> cnt(std::max<uint64_t>(1, fp4_counter_ints(w.t)));
+  const int n = 3;
+  auto x = random_floats(size_t(n * K), 5, -2, 2);
+  DevArray<float> dx(x), dy(static_cast<size_t>(n * 2 * F));
+  Fp4MatvecArgs a;
+  a.w = w.t;
+  a.n = n;
+  a.x = dx.get();
+  a.ldx = K;
+  a.y = dy.get();
+  a.ldy = 2 * F;
+  a.epilogue = Fp4Epilogue::SwiGLU;
+  a.partial = part.get();
+  a.counters = cnt.get();
+  REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
+  auto y = dy.download();
+  double num = 0, den = 0;
+  for (int j = 0; j < n; ++j)
+    for (int64_t i = 0; i < F; ++i) {
+      const float g = vec_dot_ref(GGML_NVFP4, w.a.host.data() + i * w.a.row_bytes, x.data() + j * K, K) * 0.5f;
+      const float u = vec_dot_ref(GGML_NVFP4, w.b.host.data() + i * w.b.row_bytes, x.data() + j * K, K) * 0.5f;
+      const double want = siluf(g) * u, got = y[size_t(j * 2 * F + i)];
+      num += (got - want) * (got - want);
+      den += want * want;
+    }
+  CHECK(std::sqrt(num / den) < 2e-3);
+
+  // Dequantized rows: [gate rows | up rows], exactly the GGUF values.
+  DevArray<float> f(static_cast<size_t>(2 * F * K));
+  DevArray<uint16_t> bf(static_cast<size_t>(2 * F * K));
+  REQUIRE(fp4_dequant_rows_f32(w.t, 0, 2 * F, f.get(), 0) == cudaSuccess);
+  REQUIRE(fp4_dequant_rows_bf16(w.t, 0, 2 * F, bf.get(), 0) == cudaSuccess);
+  auto hf = f.download();
+  auto hb = bf.download();
+  bool same = true;
+  for (int64_t r = 0; r < 2 * F; ++r) {
+    auto row = r < F ? w.a.row(r) : w.b.row(r - F);
+    same &= std::memcmp(hf.data() + r * K, row.data(), size_t(K) * 4) == 0;
+    for (int64_t k = 0; k < K; ++k) same &= hb[size_t(r * K + k)] == fp32_to_bf16(row[size_t(k)]);
+  }
+  CHECK(same);
+  // A row range in the middle.
+  DevArray<float> part_rows(static_cast<size_t>(10 * K));
+  REQUIRE(fp4_dequant_rows_f32(w.t, F - 5, 10, part_rows.get(), 0) == cudaSuccess);
+  auto hp = part_rows.download();
+  CHECK(std::memcmp(hp.data(), hf.data() + (F - 5) * K, size_t(10 * K) * 4) == 0);
+}
+
+TEST_CASE("Q6_K rows32: matvec, dequantization and embedding rows match the CPU") {
+  QWEN35_REQUIRE_GPU();
+  const int64_t N = 300, K = 768;  // a partial last row group
+  QMat w(GGML_Q6_K, N, K, 51);
+  Q6kRows32 q;
+  q.rows = N;
+  q.cols = K;
+  q.scale = 0.75f;
+  DevArray<uint8_t> ql(q.ql_bytes()), qh(q.qh_bytes()), sc(q.sc_bytes()), d(q.d_bytes());
+  q.ql = ql.get();
+  q.qh = qh.get();
+  q.sc = reinterpret_cast<const int8_t*>(sc.get());
+  q.d = reinterpret_cast<const uint16_t*>(d.get());
+  // Repack in two row ranges, as the upload does for large tensors.
+  REQUIRE(q6k_repack(w.dev.get(), w.row_bytes, 0, 128, q, 0) == cudaSuccess);
+  REQUIRE(q6k_repack(w.dev.get() + 128 * w.row_bytes, w.row_bytes, 128, N - 128, q, 0) == cudaSuccess);
+  for (int n : {1, 4, 8}) {
+    CAPTURE(n);
+    const int64_t ldy = N + 2;
+    auto x = random_floats(size_t(n * K), 60 + n, -2, 2);
+    auto y0 = random_floats(size_t(n * ldy), 61);
+    DevArray<float> dx(x), dy(y0);
+    REQUIRE(q6k_matvec(q, dx.get(), K, n, dy.get(), ldy, Accum::Add, 0) == cudaSuccess);
+    auto y = dy.download();
+    std::vector<float> want(y0);
+    for (int j = 0; j < n; ++j)
+      for (int64_t r = 0; r < N; ++r)
+        want[size_t(j * ldy + r)] += vec_dot_ref(GGML_Q6_K, w.host.data() + r * w.row_bytes, x.data() + j * K, K) * 0.75f;
+    CHECK(max_rel(y, want) < 1e-5);
+  }
+  DevArray<float> f(static_cast<size_t>(7 * K));
+  REQUIRE(q6k_dequant_rows_f32(q, 290, 7, f.get(), 0) == cudaSuccess);
+  auto hf = f.download();
+  bool same = true;
+  for (int r = 0; r < 7; ++r) {
+    auto row = w.row(290 + r);
+    same &= std::memcmp(hf.data() + r * K, row.data(), size_t(K) * 4) == 0;
+  }
+  CHECK(same);
+  std::vector<int32_t> toks = {5, -1, 299, 0};
+  const int64_t ldo = K + 32;
+  auto init = random_floats(size_t(4 * ldo), 62);
+  DevArray<int32_t> dt(toks);
+  DevArray<float> out(init);
+  REQUIRE(q6k_embedding_rows(q, dt.get(), 4, out.get(), ldo, 0) == cudaSuccess);
+  auto ho = out.download();
+  std::vector<float> want(init);
+  for (int t = 0; t < 4; ++t)
+    if (toks[size_t(t)] >= 0) {
+      auto row = w.row(toks[size_t(t)]);
+      std::copy(row.begin(), row.end(), want.begin() + t * ldo);
+    }
+  CHECK(max_rel(ho, want) == 0.0);
 }

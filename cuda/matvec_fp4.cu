@@ -1,0 +1,324 @@
+// NVFP4 decode kernels on the tensor cores (see matvec_fp4.h, fp4_tiled.h).
+//
+// fp4_matvec: a block of 4 warps takes 4 row tiles (16 rows each) and one
+// slice of the columns. The block first writes its slice of x (RMS-normalized
+// when asked) into shared memory as F16, scaled by a power of two per
+// activation row so that the largest value is near 2^14 (no overflow, full
+// F16 precision). Each warp then streams its tile: per 64 columns one 16-byte
+// load of codes and one 8-byte load of scales per lane, four mma.sync
+// m16n8k16 (one per NVFP4 sub-block, fresh accumulators) and an F32 FMA with
+// the sub-block scales. Activation row j is column j of the mma's B operand,
+// so 1..8 rows cost the same and each row's result does not depend on the
+// others. With several column slices the partial sums meet in global memory
+// and the last block of the tile group adds them in a fixed order.
+#include <cuda_fp8.h>
+
+#include <algorithm>
+
+#include "common.cuh"
+#include "matvec_fp4.h"
+
+namespace qwen35::cuda {
+
+namespace {
+
+constexpr int kWarps = 4;           // row tiles per block
+constexpr int kPrefetch = 4;        // kgroups loaded ahead per warp
+constexpr int kMaxSplits = 16;
+
+// ---- repack ---------------------------------------------------------------------
+
+// One thread per (tile, kgroup, lane).
+__global__ void fp4_repack_kernel(const uint8_t* __restrict__ a, const uint8_t* __restrict__ b, uint64_t row_bytes,
+                                  Fp4Tiled dst, uint8_t* __restrict__ codes, uint8_t* __restrict__ scales) {
+  const int64_t kg_n = dst.kgroups();
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= dst.tiles() * kg_n * 32) return;
+  const int lane = int(i % 32);
+  const int64_t kg = (i / 32) % kg_n, tile = i / 32 / kg_n;
+  const uint8_t* block[kFp4TileRows];
+  for (int r = 0; r < kFp4TileRows; ++r) {
+    bool second = false;
+    const int64_t src = fp4_source_row(dst.pairing, tile, r, &second);
+    block[r] = src < dst.rows ? (second ? b : a) + uint64_t(src) * row_bytes + uint64_t(kg) * 36 : nullptr;
+  }
+  uint32_t words[4];
+  fp4_lane_words(block, lane, words);
+  reinterpret_cast<uint4*>(codes)[i] = make_uint4(words[0], words[1], words[2], words[3]);
+  if ((lane & 3) == 0) {
+    const int g = lane >> 2;
+    fp4_g_scales(block, g, scales + (tile * kg_n + kg) * kFp4ScaleBytes + 8 * g);
+  }
+}
+
+// ---- dequantization to rows (the GEMM path) ---------------------------------------
+
+// F32 value of an F16 bit pattern times 2^14 (the A-register encoding).
+__device__ __forceinline__ float fp4_half_value(uint32_t h16) {
+  return __half2float(__ushort_as_half(uint16_t(h16))) * 16384.0f;
+}
+
+// One warp per (tile, kgroup): decode into shared memory, then write the
+// 16 x 64 block row by row.
+template <typename Out>
+__global__ void fp4_dequant_kernel(Fp4Tiled w, int64_t r0, int64_t nr, Out* __restrict__ dst) {
+  __shared__ float tile_buf[kWarps][kFp4TileRows][kFp4GroupCols + 1];
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t kg_n = w.kgroups();
+  const int64_t unit = int64_t(blockIdx.x) * kWarps + warp;
+  if (unit >= w.tiles() * kg_n) return;  // whole warp
+  const int64_t tile = unit / kg_n, kg = unit % kg_n;
+  const uint4 c = reinterpret_cast<const uint4*>(w.codes)[unit * 32 + lane];
+  const uint8_t* s = w.scales + unit * kFp4ScaleBytes;
+  const uint32_t words[4] = {c.x, c.y, c.z, c.w};
+  for (int wd = 0; wd < 4; ++wd) {
+    uint32_t a[4];
+    fp4_unpack_word(words[wd], a);
+    for (int p = 0; p < 8; ++p) {
+      int row, col;
+      fp4_code_position(lane, wd, p, &row, &col);
+      const float v = fp4_half_value((a[p >> 1] >> (16 * (p & 1))) & 0xFFFFu);
+      tile_buf[warp][row][col] = v * ue4m3_to_f32(s[fp4_scale_byte(row, wd)]);
+    }
+  }
+  __syncwarp();
+  for (int row = 0; row < kFp4TileRows; ++row) {
+    bool second = false;
+    const int64_t src = fp4_source_row(w.pairing, tile, row, &second);
+    if (src >= w.rows) continue;
+    const int64_t out_row = (second ? w.rows : 0) + src - r0;
+    if (out_row < 0 || out_row >= nr) continue;
+    Out* o = dst + out_row * w.cols + kg * kFp4GroupCols;
+    for (int col = lane; col < kFp4GroupCols; col += kWarp) {
+      const float v = tile_buf[warp][row][col];
+      if constexpr (sizeof(Out) == 4) o[col] = v;
+      else o[col] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+    }
+  }
+}
+
+// ---- matrix-vector product ---------------------------------------------------------
+
+struct SliceInfo {
+  int64_t kg0, kg1;  // kgroups of this block's slice
+};
+
+__device__ __forceinline__ void mma_f16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%10,%10,%10,%10};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.0f));
+}
+
+__device__ __forceinline__ float2 e4m3x2_to_float2(uint32_t pair) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(pair & 0xFFFFu), __NV_E4M3);
+  return __half22float2(*reinterpret_cast<const __half2*>(&h));
+}
+
+// 2^e as a float for |e| < 126.
+__device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) << 23); }
+
+__global__ void __launch_bounds__(kWarps * kWarp) fp4_matvec_kernel(Fp4MatvecArgs a, int splits, int64_t kg_per) {
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  __shared__ float red[32];
+  __shared__ int exps[kMatvecMaxCols];
+  __shared__ bool is_last;
+  uint16_t* xs = reinterpret_cast<uint16_t*>(smem_raw);  // [n][slice cols] F16, permuted
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int g = lane >> 2, t = lane & 3;
+  const Fp4Tiled& w = a.w;
+  const int64_t kg_n = w.kgroups(), K = w.cols, tiles = w.tiles();
+  const int64_t kg0 = int64_t(blockIdx.y) * kg_per, kg1 = min(kg_n, kg0 + kg_per);
+  const int64_t c0 = kg0 * kFp4GroupCols, slice = (kg1 - kg0) * kFp4GroupCols;
+
+  // 1. x slice -> shared F16, per row scaled by 2^-e.
+  for (int j = 0; j < a.n; ++j) {
+    const float* xr = a.x + j * a.ldx;
+    float rnorm = 1.0f;
+    if (a.norm) {
+      float ss = 0.0f;
+      for (int64_t k = threadIdx.x; k < K; k += blockDim.x) ss = fmaf(xr[k], xr[k], ss);
+      rnorm = rsqrtf(block_sum(ss, red) / float(K) + a.eps);
+    }
+    float amax = 0.0f;
+    for (int64_t k = threadIdx.x; k < slice; k += blockDim.x) {
+      const float v = xr[c0 + k] * rnorm * (a.norm ? a.norm[c0 + k] : 1.0f);
+      amax = fmaxf(amax, fabsf(v));
+    }
+    amax = block_max(amax, red);
+    // Clamped so that 2^-e and 2^(e+14) stay normal floats.
+    const int e = amax > 0.0f ? max(-100, min(100, ilogbf(amax) - 14)) : 0;
+    if (threadIdx.x == 0) exps[j] = e;
+    const float inv = pow2f(-e);
+    for (int64_t k = threadIdx.x; k < slice; k += blockDim.x) {
+      const float v = xr[c0 + k] * rnorm * (a.norm ? a.norm[c0 + k] : 1.0f) * inv;
+      xs[j * slice + fp4_x_index(int(k))] = __half_as_ushort(__float2half_rn(v));
+    }
+  }
+  __syncthreads();
+
+  // 2. Stream the tile.
+  const int64_t tile = int64_t(blockIdx.x) * kWarps + warp;
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (tile < tiles) {
+    const uint4* cp = reinterpret_cast<const uint4*>(w.codes) + (tile * kg_n) * 32 + lane;
+    const uint2* sp = reinterpret_cast<const uint2*>(w.scales) + (tile * kg_n) * 8 + g;
+    const uint16_t* xb = xs + g * slice + t * 4;
+    const bool has_col = g < a.n;
+    for (int64_t kg = kg0; kg < kg1; kg += kPrefetch) {
+      uint4 cbuf[kPrefetch];
+      uint2 sbuf[kPrefetch];
+#pragma unroll
+      for (int p = 0; p < kPrefetch; ++p) {
+        if (kg + p < kg1) {
+          cbuf[p] = __ldg(cp + (kg + p) * 32);
+          sbuf[p] = __ldg(sp + (kg + p) * 8);
+        }
+      }
+#pragma unroll
+      for (int p = 0; p < kPrefetch; ++p) {
+        if (kg + p >= kg1) break;
+        const uint32_t words[4] = {cbuf[p].x, cbuf[p].y, cbuf[p].z, cbuf[p].w};
+        const int64_t chunk0 = (kg + p - kg0) * 4;
+#pragma unroll
+        for (int wd = 0; wd < 4; ++wd) {
+          uint32_t ar[4];
+          fp4_unpack_word(words[wd], ar);
+          uint32_t b0 = 0, b1 = 0;
+          if (has_col) {
+            const uint2 bv = *reinterpret_cast<const uint2*>(xb + (chunk0 + wd) * 16);
+            b0 = bv.x;
+            b1 = bv.y;
+          }
+          float d[4];
+          mma_f16(d, ar, b0, b1);
+          const uint32_t sw = wd < 2 ? sbuf[p].x : sbuf[p].y;
+          const float2 sc = e4m3x2_to_float2(sw >> (16 * (wd & 1)));  // (row g, row g+8)
+          acc[0] = fmaf(d[0], sc.x, acc[0]);
+          acc[1] = fmaf(d[1], sc.x, acc[1]);
+          acc[2] = fmaf(d[2], sc.y, acc[2]);
+          acc[3] = fmaf(d[3], sc.y, acc[3]);
+        }
+      }
+    }
+  }
+  // acc[e]: row g + 8*(e/2), activation row 2t + (e%2). Undo the x scaling,
+  // the 2^-14 of the A encoding and apply the tensor scale.
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int j = 2 * t + (e & 1);
+    acc[e] *= j < a.n ? pow2f(exps[j] + 14) * w.scale : 0.0f;
+  }
+
+  // 3. Combine the slices (if split) and write.
+  if (splits > 1) {
+    // partial: [split][tile][16 rows][8 activation rows]
+    float* part = a.partial + ((int64_t(blockIdx.y) * tiles + tile) * kFp4TileRows) * kMatvecMaxCols;
+    if (tile < tiles) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) part[(g + 8 * (e >> 1)) * kMatvecMaxCols + 2 * t + (e & 1)] = acc[e];
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(&a.counters[blockIdx.x], 1) == splits - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    if (tile < tiles) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float s = 0.0f;
+        for (int sp = 0; sp < splits; ++sp)
+          s += __ldcg(a.partial + ((int64_t(sp) * tiles + tile) * kFp4TileRows + g + 8 * (e >> 1)) * kMatvecMaxCols +
+                      2 * t + (e & 1));
+        acc[e] = s;
+      }
+    }
+    if (threadIdx.x == 0) a.counters[blockIdx.x] = 0;
+  }
+  if (tile >= tiles) return;
+  if (a.epilogue == Fp4Epilogue::SwiGLU) {
+    // Rows g (gate) and g+8 (up) of the tile are the pair for output 8*tile + g.
+    const int64_t out = 8 * tile + g;
+    if (out < w.rows) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int j = 2 * t + e;
+        if (j < a.n) a.y[j * a.ldy + out] = silu_f(acc[e]) * acc[2 + e];
+      }
+    }
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int64_t row = tile * kFp4TileRows + g + 8 * (e >> 1);
+    const int j = 2 * t + (e & 1);
+    if (row < w.rows && j < a.n) {
+      float* out = a.y + j * a.ldy + row;
+      *out = a.epilogue == Fp4Epilogue::Add ? *out + acc[e] : acc[e];
+    }
+  }
+}
+
+}  // namespace
+
+cudaError_t fp4_repack(const uint8_t* a, const uint8_t* b, uint64_t row_bytes, const Fp4Tiled& dst,
+                       cudaStream_t stream) {
+  if (dst.cols % kFp4GroupCols != 0 || (dst.pairing == Fp4Pairing::GateUp && (dst.rows % 8 != 0 || !b)))
+    return cudaErrorInvalidValue;
+  const int64_t threads = dst.tiles() * dst.kgroups() * 32;
+  fp4_repack_kernel<<<ceil_div(threads, 256), 256, 0, stream>>>(a, b, row_bytes, dst, const_cast<uint8_t*>(dst.codes),
+                                                                 const_cast<uint8_t*>(dst.scales));
+  return cudaGetLastError();
+}
+
+template <typename Out>
+static cudaError_t fp4_dequant(const Fp4Tiled& w, int64_t r0, int64_t nr, Out* dst, cudaStream_t stream) {
+  if (nr <= 0) return cudaSuccess;
+  const int64_t units = w.tiles() * w.kgroups();
+  fp4_dequant_kernel<Out><<<ceil_div(units, kWarps), kWarps * kWarp, 0, stream>>>(w, r0, nr, dst);
+  return cudaGetLastError();
+}
+
+cudaError_t fp4_dequant_rows_bf16(const Fp4Tiled& w, int64_t r0, int64_t nr, uint16_t* dst, cudaStream_t stream) {
+  return fp4_dequant<uint16_t>(w, r0, nr, dst, stream);
+}
+
+cudaError_t fp4_dequant_rows_f32(const Fp4Tiled& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream) {
+  return fp4_dequant<float>(w, r0, nr, dst, stream);
+}
+
+int fp4_splits(const Fp4Tiled& w, int sms) {
+  const int64_t groups = (w.tiles() + kWarps - 1) / kWarps;
+  const int64_t target = 2 * int64_t(std::max(sms, 1));
+  int64_t s = (target + groups / 2) / groups;
+  s = std::max<int64_t>(1, std::min<int64_t>({s, kMaxSplits, w.kgroups()}));
+  const int64_t per = (w.kgroups() + s - 1) / s;
+  return int((w.kgroups() + per - 1) / per);
+}
+
+uint64_t fp4_partial_floats(const Fp4Tiled& w, int sms) {
+  const int s = fp4_splits(w, sms);
+  return s > 1 ? uint64_t(s) * uint64_t(w.tiles()) * kFp4TileRows * kMatvecMaxCols : 0;
+}
+
+uint64_t fp4_counter_ints(const Fp4Tiled& w) { return uint64_t((w.tiles() + kWarps - 1) / kWarps); }
+
+cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream) {
+  if (a.n < 1 || a.n > kMatvecMaxCols || !a.w.present()) return cudaErrorInvalidValue;
+  if (a.epilogue == Fp4Epilogue::SwiGLU && a.w.pairing != Fp4Pairing::GateUp) return cudaErrorInvalidValue;
+  const int splits = fp4_splits(a.w, sms);
+  if (splits > 1 && (!a.partial || !a.counters)) return cudaErrorInvalidValue;
+  const int64_t kg_per = (a.w.kgroups() + splits - 1) / splits;
+  const size_t smem = size_t(a.n) * size_t(kg_per) * kFp4GroupCols * sizeof(uint16_t);
+  if (smem > 48 * 1024) {  // opt in to the larger shared memory (a per-device setting)
+    const cudaError_t e = cudaFuncSetAttribute(fp4_matvec_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (e != cudaSuccess) return e;
+  }
+  const dim3 grid(unsigned((a.w.tiles() + kWarps - 1) / kWarps), unsigned(splits));
+  fp4_matvec_kernel<<<grid, kWarps * kWarp, smem, stream>>>(a, splits, kg_per);
+  return cudaGetLastError();
+}
+
+}  // namespace qwen35::cuda
