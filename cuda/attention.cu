@@ -9,6 +9,7 @@
 // n_past, so the same launch serves every decode step (CUDA graphs).
 #include "attention.h"
 #include "common.cuh"
+#include "launch.cuh"
 
 namespace qwen35::cuda {
 
@@ -30,6 +31,7 @@ __device__ __forceinline__ void load_f16_row(const uint16_t* p, float* out) {
 
 template <int EPL>
 __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_part_kernel(AttnArgs a) {
+  pdl_prologue();
   constexpr int Dh = EPL * kWarp;
   __shared__ float sm[kAttnWarps], sl[kAttnWarps];
   __shared__ float so[kAttnWarps][Dh];
@@ -94,6 +96,7 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_part_kernel(Attn
 
 // One block per (head, row): merge the splits, normalize, gate.
 __global__ void attention_merge_kernel(AttnArgs a) {
+  pdl_prologue();
   const int64_t h = blockIdx.x, t = blockIdx.y, Dh = a.head_dim;
   const int64_t base = (t * a.n_head + h) * a.splits;
   float M = -INFINITY;
@@ -124,16 +127,15 @@ cudaError_t attention(const AttnArgs& a, cudaStream_t stream) {
   if (!attention_head_dim_supported(a.head_dim) || a.splits < 1 || a.n_head % a.n_head_kv != 0)
     return cudaErrorInvalidValue;
   const dim3 grid(unsigned(a.n_head), unsigned(a.n), unsigned(a.splits));
+  cudaError_t e;
   switch (a.head_dim) {
-    case 64: attention_part_kernel<2><<<grid, kAttnWarps * kWarp, 0, stream>>>(a); break;
-    case 128: attention_part_kernel<4><<<grid, kAttnWarps * kWarp, 0, stream>>>(a); break;
-    case 256: attention_part_kernel<8><<<grid, kAttnWarps * kWarp, 0, stream>>>(a); break;
-    default: attention_part_kernel<16><<<grid, kAttnWarps * kWarp, 0, stream>>>(a); break;
+    case 64: e = launch(attention_part_kernel<2>, grid, dim3(kAttnWarps * kWarp), 0, stream, a); break;
+    case 128: e = launch(attention_part_kernel<4>, grid, dim3(kAttnWarps * kWarp), 0, stream, a); break;
+    case 256: e = launch(attention_part_kernel<8>, grid, dim3(kAttnWarps * kWarp), 0, stream, a); break;
+    default: e = launch(attention_part_kernel<16>, grid, dim3(kAttnWarps * kWarp), 0, stream, a); break;
   }
-  const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  attention_merge_kernel<<<dim3(unsigned(a.n_head), unsigned(a.n)), 128, 0, stream>>>(a);
-  return cudaGetLastError();
+  return launch(attention_merge_kernel, dim3(unsigned(a.n_head), unsigned(a.n)), dim3(128), 0, stream, a);
 }
 
 }  // namespace qwen35::cuda

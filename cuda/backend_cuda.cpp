@@ -77,6 +77,17 @@ bool env_off(const char* name) {
 
 enum class Epi { Store, Add, SwiGLU };
 
+// The delta net's causal conv, fused into its input projection's epilogue
+// when the tensor-core kernel runs it (1 or 2 rows).
+struct ConvEpi {
+  const float* taps = nullptr;
+  float* window = nullptr;
+  int64_t channels = 0;
+  int k = 0;
+  int snapshot_row = -1;
+  float* snapshot = nullptr;
+};
+
 // Where a forward pass leaves its outputs (host memory, pinned or not).
 struct OutPlan {
   float* hidden = nullptr;    // [n, D] post-norm
@@ -129,7 +140,7 @@ class CudaBackend final : public Backend {
   // y = W rmsnorm(x) (no norm when nw is null); Epi::SwiGLU needs a gate_up
   // stack and writes silu(gate) * up, [n, F] with row stride ldy.
   Status project(const DevLinear& W, const float* x, int64_t ldx, int64_t n, const float* nw, float* y, int64_t ldy,
-                 Epi epi);
+                 Epi epi, const ConvEpi* conv = nullptr);
   Status embed(const DevEmbed& E, const int32_t* tokens, int64_t n, float* out, int64_t ldo);
   Status head(const DevEmbed& E, const float* hn, int64_t n, float* logits, int64_t ldl);
 
@@ -212,6 +223,7 @@ Status CudaBackend::init() {
   QWEN35_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "creating a CUDA stream");
   if (const char* g = std::getenv("QWEN35_CUDA_GEMM"); g && std::string(g) == "f32") gemm_type_ = GemmType::F32;
   use_graphs_ = !env_off("QWEN35_CUDA_GRAPHS");
+  set_pdl(!env_off("QWEN35_CUDA_PDL"));
   QWEN35_TRY(gemm_.init(32ull << 20));
 
   const int64_t D = hp_.n_embd, nb = p_.n_batch, nctx = p_.n_ctx, V = hp_.n_vocab;
@@ -366,8 +378,9 @@ Status CudaBackend::mm(const MatView& w, const float* x, int64_t ldx, int64_t n,
 }
 
 Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int64_t n, const float* nw, float* y,
-                            int64_t ldy, Epi epi) {
+                            int64_t ldy, Epi epi, const ConvEpi* conv) {
   const int64_t K = W.cols;
+  if (conv && !(W.fp4.present() && n <= 2)) return Error(QWEN35_ERR_BACKEND, "the fused conv needs the NVFP4 kernel");
   if (W.fp4.present() && n <= kMatvecMaxCols) {
     Fp4MatvecArgs a;
     a.w = W.fp4;
@@ -381,6 +394,15 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
     a.epilogue = epi == Epi::SwiGLU ? Fp4Epilogue::SwiGLU : epi == Epi::Add ? Fp4Epilogue::Add : Fp4Epilogue::Store;
     a.partial = fp4_partial_;
     a.counters = fp4_counters_;
+    if (conv) {
+      a.epilogue = Fp4Epilogue::Conv;
+      a.conv_taps = conv->taps;
+      a.conv_window = conv->window;
+      a.conv_channels = conv->channels;
+      a.conv_k = conv->k;
+      a.conv_snapshot_row = conv->snapshot_row;
+      a.conv_snapshot = conv->snapshot;
+    }
     return cuda_status(fp4_matvec(a, dm_.sms, stream_), "an NVFP4 matrix-vector product");
   }
   if (nw) {
@@ -508,19 +530,38 @@ Status CudaBackend::attention_layer(const DevLayer& L, const KVCache& kv, int64_
 Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_t snapshot_row, float* h) {
   const int64_t D = hp_.n_embd, C = hp_.ssm_conv_dim(), Cv = hp_.ssm_inner, Hv = hp_.ssm_heads_v;
   const int64_t ld = L.in_proj.rows;  // [n, qkv C | z Cv | beta Hv | alpha Hv]
-  QWEN35_TRY(project(L.in_proj, h, D, n, L.attn_norm, mix_, ld, Epi::Store));
-  ConvArgs c;
-  c.n = n;
-  c.C = C;
-  c.K = hp_.ssm_conv;
-  c.u = mix_;
-  c.ldu = ld;
-  c.taps = L.conv1d;
-  c.window = conv_[size_t(il)];
-  c.out = uc_;
-  c.snapshot_row = snapshot_row;
-  c.snapshot = snapshot_row >= 0 ? slot_ptr(kRollbackSlot, conv_[size_t(il)]) : nullptr;
-  QWEN35_CUDA_TRY(conv_silu(c, stream_), "the causal conv");
+  float* const window = conv_[size_t(il)];
+  float* const window_snap = snapshot_row >= 0 ? slot_ptr(kRollbackSlot, window) : nullptr;
+  // Post-conv q|k|v: fused into the projection (written over its output) or
+  // a separate kernel into uc_.
+  const float* uc = uc_;
+  int64_t ldu = C;
+  if (L.in_proj.fp4.present() && n <= 2) {
+    ConvEpi ce;
+    ce.taps = L.conv1d;
+    ce.window = window;
+    ce.channels = C;
+    ce.k = hp_.ssm_conv;
+    ce.snapshot_row = snapshot_row;
+    ce.snapshot = window_snap;
+    QWEN35_TRY(project(L.in_proj, h, D, n, L.attn_norm, mix_, ld, Epi::Store, &ce));
+    uc = mix_;
+    ldu = ld;
+  } else {
+    QWEN35_TRY(project(L.in_proj, h, D, n, L.attn_norm, mix_, ld, Epi::Store));
+    ConvArgs c;
+    c.n = n;
+    c.C = C;
+    c.K = hp_.ssm_conv;
+    c.u = mix_;
+    c.ldu = ld;
+    c.taps = L.conv1d;
+    c.window = window;
+    c.out = uc_;
+    c.snapshot_row = snapshot_row;
+    c.snapshot = window_snap;
+    QWEN35_CUDA_TRY(conv_silu(c, stream_), "the causal conv");
+  }
   DeltaNetArgs d;
   d.n = n;
   d.Hk = hp_.ssm_heads_k;
@@ -528,8 +569,8 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
   d.dk = hp_.ssm_state;
   d.dv = hp_.ssm_dv;
   d.eps = hp_.eps;
-  d.uc = uc_;
-  d.ldu = C;
+  d.uc = uc;
+  d.ldu = ldu;
   d.b = mix_ + C + Cv;
   d.ldb = ld;
   d.a = mix_ + C + Cv + Hv;

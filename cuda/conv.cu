@@ -1,6 +1,7 @@
 // Causal conv + SiLU (see conv.h): one thread per channel walks the rows in
 // order. Input row t' < 0 is window row K-1+t'.
 #include "common.cuh"
+#include "launch.cuh"
 #include "conv.h"
 
 namespace qwen35::cuda {
@@ -8,6 +9,7 @@ namespace qwen35::cuda {
 namespace {
 
 __global__ void conv_silu_kernel(ConvArgs a) {
+  pdl_prologue();
   const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= a.C) return;
   const int64_t K = a.K, C = a.C;
@@ -29,8 +31,7 @@ __global__ void conv_silu_kernel(ConvArgs a) {
 
 cudaError_t conv_silu(const ConvArgs& a, cudaStream_t stream) {
   if (a.n <= 0) return cudaSuccess;
-  conv_silu_kernel<<<ceil_div(a.C, 128), 128, 0, stream>>>(a);
-  return cudaGetLastError();
+  return launch(conv_silu_kernel, dim3(ceil_div(a.C, 128)), dim3(128), 0, stream, a);
 }
 
 }  // namespace qwen35::cuda

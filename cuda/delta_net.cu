@@ -1,20 +1,23 @@
 // Recurrent gated delta rule (see delta_net.h).
 //
-// One block per value head. The head's state M (dv rows of dk) lives in
-// registers for the whole call: row v is split over TPR = dk/32 adjacent
-// threads, thread `sub` holding elements sub, sub+TPR, sub+2*TPR, ... (32
-// of them), so the shared-memory reads of q and k hit distinct banks. The
-// rows of the batch are walked in order with one barrier per row.
+// The rows of a head's state M (one per value dimension) evolve
+// independently given q, k, beta and g, so a head is split over blocks of
+// kRowsPerBlock rows (more blocks in flight for decode). Within a block, row
+// v of M lives in registers, split over TPR = dk/32 adjacent threads: thread
+// `sub` holds elements sub, sub+TPR, ... (32 of them), so the shared-memory
+// reads of q and k hit distinct banks. The batch rows are walked in order
+// with one barrier per row; the next row's inputs are loaded while the
+// current one is computed.
 #include "common.cuh"
+#include "launch.cuh"
 #include "delta_net.h"
 
 namespace qwen35::cuda {
 
 namespace {
 
-// 32 state floats per thread need more than the 64 registers a 1024-thread
-// block allows, so blocks are capped at 512 threads (dv * dk <= 16384).
-constexpr int kMaxThreads = 512;
+constexpr int kMaxThreads = 256;  // kRowsPerBlock * dk / 32 for dk <= 256
+constexpr int kRowsPerBlock = 32;
 
 template <int TPR>
 __device__ __forceinline__ float group_sum(float v) {
@@ -24,30 +27,48 @@ __device__ __forceinline__ float group_sum(float v) {
 }
 
 template <int TPR>
-__global__ void __launch_bounds__(kMaxThreads) delta_net_kernel(DeltaNetArgs p) {
+__global__ void __launch_bounds__(kMaxThreads) delta_net_kernel(DeltaNetArgs p, int rows_per_block) {
+  pdl_prologue();
   constexpr int DK = 32 * TPR;
   __shared__ float qs[2][DK], ks[2][DK];
   const int64_t j = blockIdx.x;
   const int64_t Hk = p.Hk, dv = p.dv, kh = j % Hk;
   const int tid = threadIdx.x, lane = tid % kWarp;
-  const int64_t v_row = tid / TPR;
+  const int64_t v_row = int64_t(blockIdx.y) * rows_per_block + tid / TPR;
   const int sub = tid % TPR;
   const float qscale = rsqrtf(float(DK));
+  const float a_log = p.ssm_a[j], dtb = p.dt_bias[j];
 
   float M[32];
   float* st = p.state + (j * dv + v_row) * DK;
 #pragma unroll
   for (int i = 0; i < 32; ++i) M[i] = st[i * TPR + sub];
 
-  const float a_log = p.ssm_a[j], dtb = p.dt_bias[j];
+  // Inputs of row t: q, k (loaded by threads < DK into shared memory), the
+  // value of this thread's state row and the two gate projections.
+  auto row_ptr = [&](int64_t t) { return p.uc + t * p.ldu; };
+  float nq = 0.0f, nk = 0.0f, nv = 0.0f, nb = 0.0f, na = 0.0f;
+  auto prefetch = [&](int64_t t) {
+    const float* row = row_ptr(t);
+    if (tid < DK) {
+      nq = row[kh * DK + tid];
+      nk = row[Hk * DK + kh * DK + tid];
+    }
+    nv = row[2 * Hk * DK + j * dv + v_row];
+    nb = p.b[t * p.ldb + j];
+    na = p.a[t * p.lda + j];
+  };
+  prefetch(0);
+  if (tid < DK) {
+    qs[0][tid] = nq;
+    ks[0][tid] = nk;
+  }
   for (int64_t t = 0; t < p.n; ++t) {
     const int buf = int(t & 1);
-    const float* row = p.uc + t * p.ldu;
-    for (int i = tid; i < DK; i += blockDim.x) {
-      qs[buf][i] = row[kh * DK + i];
-      ks[buf][i] = row[Hk * DK + kh * DK + i];
-    }
-    __syncthreads();
+    const float v = nv, braw = nb, araw = na;
+    __syncthreads();  // row t's q and k are in buf
+    if (t + 1 < p.n) prefetch(t + 1);
+
     // L2 norms of q and k, computed by every warp for itself.
     float sq = 0.0f, sk = 0.0f;
     for (int i = lane; i < DK; i += kWarp) {
@@ -56,29 +77,36 @@ __global__ void __launch_bounds__(kMaxThreads) delta_net_kernel(DeltaNetArgs p) 
     }
     const float rq = qscale / fmaxf(sqrtf(warp_sum(sq)), p.eps);
     const float rk = 1.0f / fmaxf(sqrtf(warp_sum(sk)), p.eps);
-    const float beta = sigmoid_f(p.b[t * p.ldb + j]);
-    const float decay = expf(a_log * softplus_f(p.a[t * p.lda + j] + dtb));
-    const float v = row[2 * Hk * DK + j * dv + v_row];
+    const float beta = sigmoid_f(braw);
+    const float decay = expf(a_log * softplus_f(araw + dtb));
 
-    float m = 0.0f;
+    // m = (decayed M) k, with four independent partial sums.
+    float m4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int i = 0; i < 32; ++i) {
       M[i] *= decay;
-      m = fmaf(M[i], ks[buf][i * TPR + sub] * rk, m);
+      m4[i & 3] = fmaf(M[i], ks[buf][i * TPR + sub], m4[i & 3]);
     }
-    const float d = beta * (v - group_sum<TPR>(m));
-    float o = 0.0f;
+    const float m = group_sum<TPR>((m4[0] + m4[1]) + (m4[2] + m4[3])) * rk;
+    const float d = beta * (v - m) * rk;  // the update uses k * rk
+    float o4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int i = 0; i < 32; ++i) {
-      M[i] = fmaf(ks[buf][i * TPR + sub] * rk, d, M[i]);
-      o = fmaf(M[i], qs[buf][i * TPR + sub] * rq, o);
+      M[i] = fmaf(ks[buf][i * TPR + sub], d, M[i]);
+      o4[i & 3] = fmaf(M[i], qs[buf][i * TPR + sub], o4[i & 3]);
     }
-    o = group_sum<TPR>(o);
+    const float o = group_sum<TPR>((o4[0] + o4[1]) + (o4[2] + o4[3])) * rq;
     if (sub == 0) p.out[t * p.Hv * dv + j * dv + v_row] = o;
     if (t == p.snapshot_row) {
       float* sn = p.snapshot + (j * dv + v_row) * DK;
 #pragma unroll
       for (int i = 0; i < 32; ++i) sn[i * TPR + sub] = M[i];
+    }
+    // Row t+1's q and k into the other buffer (last read during row t-1,
+    // before this row's barrier).
+    if (t + 1 < p.n && tid < DK) {
+      qs[buf ^ 1][tid] = nq;
+      ks[buf ^ 1][tid] = nk;
     }
   }
 #pragma unroll
@@ -88,21 +116,24 @@ __global__ void __launch_bounds__(kMaxThreads) delta_net_kernel(DeltaNetArgs p) 
 }  // namespace
 
 bool delta_net_shape_supported(int64_t dk, int64_t dv) {
-  if (dk != 32 && dk != 64 && dk != 128 && dk != 256) return false;
-  return dv >= 1 && dv * (dk / 32) <= kMaxThreads && (dv * (dk / 32)) % kWarp == 0;
+  // A block is kRowsPerBlock state rows of dk/32 threads, which also load q and k.
+  return (dk == 32 || dk == 64 || dk == 128 || dk == 256) && dv >= kRowsPerBlock && dv % kRowsPerBlock == 0;
 }
 
 cudaError_t delta_net(const DeltaNetArgs& a, cudaStream_t stream) {
   if (a.n <= 0) return cudaSuccess;
   if (!delta_net_shape_supported(a.dk, a.dv)) return cudaErrorInvalidValue;
-  const unsigned threads = unsigned(a.dv * (a.dk / 32));
+  const int rows = kRowsPerBlock;
+  const dim3 grid(unsigned(a.Hv), unsigned(a.dv / rows));
+  const unsigned threads = unsigned(rows * (a.dk / 32));
+  cudaError_t e;
   switch (a.dk) {
-    case 32: delta_net_kernel<1><<<unsigned(a.Hv), threads, 0, stream>>>(a); break;
-    case 64: delta_net_kernel<2><<<unsigned(a.Hv), threads, 0, stream>>>(a); break;
-    case 128: delta_net_kernel<4><<<unsigned(a.Hv), threads, 0, stream>>>(a); break;
-    default: delta_net_kernel<8><<<unsigned(a.Hv), threads, 0, stream>>>(a); break;
+    case 32: e = launch(delta_net_kernel<1>, grid, dim3(threads), 0, stream, a, rows); break;
+    case 64: e = launch(delta_net_kernel<2>, grid, dim3(threads), 0, stream, a, rows); break;
+    case 128: e = launch(delta_net_kernel<4>, grid, dim3(threads), 0, stream, a, rows); break;
+    default: e = launch(delta_net_kernel<8>, grid, dim3(threads), 0, stream, a, rows); break;
   }
-  return cudaGetLastError();
+  return e;
 }
 
 }  // namespace qwen35::cuda

@@ -15,7 +15,7 @@ struct DeltaNetArgs {
   int64_t Hk = 0;        // key heads; value head j uses key head j % Hk
   int64_t Hv = 0;        // value heads
   int64_t dk = 0;        // key head dim: 32, 64, 128 or 256
-  int64_t dv = 0;        // value head dim, dv * dk / 32 <= 512 and a multiple of 32
+  int64_t dv = 0;        // value head dim, a multiple of 32
   float eps = 1e-6f;
   // Post-conv activations, row t: q at uc[t*ldu + h*dk], k at
   // uc[t*ldu + Hk*dk + h*dk], v at uc[t*ldu + 2*Hk*dk + j*dv].

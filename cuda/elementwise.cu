@@ -1,5 +1,8 @@
 // Element-wise and gather kernels (see elementwise.h).
+#include <atomic>
+
 #include "common.cuh"
+#include "launch.cuh"
 #include "dequant.cuh"
 #include "elementwise.h"
 
@@ -11,6 +14,7 @@ namespace {
 template <uint32_t T>
 __global__ void embedding_kernel(const uint8_t* __restrict__ W, uint64_t row_bytes, int64_t rows, int64_t cols,
                                  const int32_t* __restrict__ tokens, int64_t n, float* __restrict__ out, int64_t ldo) {
+  pdl_prologue();
   const int64_t nchunks = cols / 32;
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n * nchunks) return;
@@ -27,6 +31,7 @@ __global__ void embedding_kernel(const uint8_t* __restrict__ W, uint64_t row_byt
 
 __global__ void swiglu_kernel(float* __restrict__ g, int64_t ldg, const float* __restrict__ u, int64_t ldu, int64_t n,
                               int64_t F) {
+  pdl_prologue();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n * F) return;
   const int64_t t = i / F, k = i % F;
@@ -38,6 +43,7 @@ __global__ void swiglu_kernel(float* __restrict__ g, int64_t ldg, const float* _
 // pairs are reduced so that the larger value wins and ties go to the lower
 // index, exactly like a sequential scan with ">".
 __global__ void argmax_kernel(const float* __restrict__ x, int64_t ldx, int64_t V, int32_t* __restrict__ out) {
+  pdl_prologue();
   __shared__ float sv[32];
   __shared__ int32_t si[32];
   const float* xr = x + blockIdx.x * ldx;
@@ -89,6 +95,8 @@ __global__ void argmax_kernel(const float* __restrict__ x, int64_t ldx, int64_t 
 
 __global__ void noop_kernel() {}
 
+std::atomic<bool> g_pdl{true};
+
 __global__ void f16_to_f32_kernel(const uint16_t* __restrict__ src, int64_t n, float* __restrict__ dst) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) dst[i] = __half2float(__ushort_as_half(src[i]));
@@ -100,6 +108,9 @@ __global__ void f32_to_f16_kernel(const float* __restrict__ src, int64_t n, uint
 }
 
 }  // namespace
+
+bool pdl_enabled() { return g_pdl.load(std::memory_order_relaxed); }
+void set_pdl(bool on) { g_pdl.store(on, std::memory_order_relaxed); }
 
 cudaError_t probe_device() {
   noop_kernel<<<1, 32>>>();
@@ -125,23 +136,23 @@ cudaError_t embedding_rows(const MatView& emb, const int32_t* tokens, int64_t n,
   if (n <= 0) return cudaSuccess;
   if (emb.cols % 32 != 0) return cudaErrorInvalidValue;
   const unsigned blocks = ceil_div(n * (emb.cols / 32), 128);
-  bool ok = dispatch_type(emb.type, [&](auto tag) {
+  cudaError_t e = cudaErrorInvalidValue;
+  dispatch_type(emb.type, [&](auto tag) {
     constexpr uint32_t T = decltype(tag)::value;
-    embedding_kernel<T><<<blocks, 128, 0, stream>>>(emb.data, emb.row_bytes, emb.rows, emb.cols, tokens, n, out, ldo);
+    e = launch(embedding_kernel<T>, dim3(blocks), dim3(128), 0, stream, emb.data, emb.row_bytes, emb.rows, emb.cols,
+               tokens, n, out, ldo);
   });
-  return ok ? cudaGetLastError() : cudaErrorInvalidValue;
+  return e;
 }
 
 cudaError_t swiglu(float* g, int64_t ldg, const float* u, int64_t ldu, int64_t n, int64_t F, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  swiglu_kernel<<<ceil_div(n * F, 256), 256, 0, stream>>>(g, ldg, u, ldu, n, F);
-  return cudaGetLastError();
+  return launch(swiglu_kernel, dim3(ceil_div(n * F, 256)), dim3(256), 0, stream, g, ldg, u, ldu, n, F);
 }
 
 cudaError_t argmax_rows(const float* x, int64_t ldx, int64_t n, int64_t V, int32_t* out, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  argmax_kernel<<<unsigned(n), 1024, 0, stream>>>(x, ldx, V, out);
-  return cudaGetLastError();
+  return launch(argmax_kernel, dim3(unsigned(n)), dim3(1024), 0, stream, x, ldx, V, out);
 }
 
 }  // namespace qwen35::cuda

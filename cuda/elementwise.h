@@ -22,6 +22,11 @@ cudaError_t swiglu(float* g, int64_t ldg, const float* u, int64_t ldu, int64_t n
 // NaNs never win) for t < n rows with stride ldx.
 cudaError_t argmax_rows(const float* x, int64_t ldx, int64_t n, int64_t V, int32_t* out, cudaStream_t stream);
 
+// Programmatic Dependent Launch of the decode kernels (launch.cuh),
+// process-wide; on by default.
+bool pdl_enabled();
+void set_pdl(bool on);
+
 // Run a trivial kernel on the current device and wait for it: fails with
 // cudaErrorNoKernelImageForDevice when this build has no code for the GPU.
 cudaError_t probe_device();

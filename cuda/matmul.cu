@@ -1,6 +1,7 @@
 // Generic matrix-vector products and row dequantization for every GGUF
 // weight type (see matmul.h).
 #include "dequant.cuh"
+#include "launch.cuh"
 #include "matmul.h"
 
 namespace qwen35::cuda {
@@ -17,6 +18,7 @@ __global__ void __launch_bounds__(kMatvecWarps * kWarp)
     matvec_generic_kernel(const uint8_t* __restrict__ W, uint64_t row_bytes, int64_t rows, int64_t cols, float scale,
                           const float* __restrict__ x, int64_t ldx, int n, float* __restrict__ y, int64_t ldy,
                           bool add) {
+  pdl_prologue();
   const int lane = threadIdx.x % kWarp;
   const int64_t r = int64_t(blockIdx.x) * kMatvecWarps + threadIdx.x / kWarp;
   if (r >= rows) return;
@@ -123,12 +125,13 @@ cudaError_t matvec_generic(const MatView& w, const float* x, int64_t ldx, int n,
       reinterpret_cast<uintptr_t>(x) % 16 != 0)
     return cudaErrorInvalidValue;
   const unsigned blocks = ceil_div(w.rows, kMatvecWarps);
-  bool ok = dispatch_type(w.type, [&](auto tag) {
+  cudaError_t e = cudaErrorInvalidValue;
+  dispatch_type(w.type, [&](auto tag) {
     constexpr uint32_t T = decltype(tag)::value;
-    matvec_generic_kernel<T><<<blocks, kMatvecWarps * kWarp, 0, stream>>>(
-        w.data, w.row_bytes, w.rows, w.cols, w.scale, x, ldx, n, y, ldy, acc == Accum::Add);
+    e = launch(matvec_generic_kernel<T>, dim3(blocks), dim3(kMatvecWarps * kWarp), 0, stream, w.data, w.row_bytes,
+               w.rows, w.cols, w.scale, x, ldx, n, y, ldy, acc == Accum::Add);
   });
-  return ok ? cudaGetLastError() : cudaErrorInvalidValue;
+  return e;
 }
 
 cudaError_t dequant_rows_f32(const MatView& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream) {

@@ -16,6 +16,7 @@
 #include <algorithm>
 
 #include "common.cuh"
+#include "launch.cuh"
 #include "matvec_fp4.h"
 
 namespace qwen35::cuda {
@@ -120,6 +121,7 @@ __device__ __forceinline__ float2 e4m3x2_to_float2(uint32_t pair) {
 __device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) << 23); }
 
 __global__ void __launch_bounds__(kWarps * kWarp) fp4_matvec_kernel(Fp4MatvecArgs a, int splits, int64_t kg_per) {
+  pdl_prologue();
   extern __shared__ __align__(16) uint8_t smem_raw[];
   __shared__ float red[32];
   __shared__ int exps[kMatvecMaxCols];
@@ -238,6 +240,34 @@ __global__ void __launch_bounds__(kWarps * kWarp) fp4_matvec_kernel(Fp4MatvecArg
     if (threadIdx.x == 0) a.counters[blockIdx.x] = 0;
   }
   if (tile >= tiles) return;
+  if (a.epilogue == Fp4Epilogue::Conv) {
+    // Activation rows 0 and 1 are in lane t = 0 (n <= 2): it walks them in order.
+    if (t != 0) return;
+    const int64_t C = a.conv_channels, K = a.conv_k;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t r = tile * kFp4TileRows + g + 8 * half;
+      if (r >= w.rows) continue;
+      const float v0 = acc[2 * half], v1 = acc[2 * half + 1];
+      if (r >= C) {
+        a.y[r] = v0;
+        if (a.n > 1) a.y[a.ldy + r] = v1;
+        continue;
+      }
+      // Input row tp of the conv: this call's rows, or the window before them.
+      auto in = [&](int64_t tp) { return tp >= 0 ? (tp == 0 ? v0 : v1) : a.conv_window[(K - 1 + tp) * C + r]; };
+      const float* taps = a.conv_taps + r * K;
+      for (int j = 0; j < a.n; ++j) {
+        float s = 0.0f;
+        for (int64_t k = 0; k < K; ++k) s = fmaf(taps[k], in(j - (K - 1) + k), s);
+        a.y[j * a.ldy + r] = silu_f(s);
+      }
+      if (a.conv_snapshot_row >= 0 && a.conv_snapshot_row < a.n)
+        for (int64_t k = 0; k + 1 < K; ++k) a.conv_snapshot[k * C + r] = in(a.conv_snapshot_row - (K - 2) + k);
+      for (int64_t k = 0; k + 1 < K; ++k) a.conv_window[k * C + r] = in(a.n - (K - 1) + k);
+    }
+    return;
+  }
   if (a.epilogue == Fp4Epilogue::SwiGLU) {
     // Rows g (gate) and g+8 (up) of the tile are the pair for output 8*tile + g.
     const int64_t out = 8 * tile + g;
@@ -308,6 +338,10 @@ uint64_t fp4_counter_ints(const Fp4Tiled& w) { return uint64_t((w.tiles() + kWar
 cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream) {
   if (a.n < 1 || a.n > kMatvecMaxCols || !a.w.present()) return cudaErrorInvalidValue;
   if (a.epilogue == Fp4Epilogue::SwiGLU && a.w.pairing != Fp4Pairing::GateUp) return cudaErrorInvalidValue;
+  if (a.epilogue == Fp4Epilogue::Conv &&
+      (a.n > 2 || a.w.pairing != Fp4Pairing::Plain || !a.conv_taps || !a.conv_window || a.conv_k < 1 ||
+       a.conv_channels > a.w.rows))
+    return cudaErrorInvalidValue;
   const int splits = fp4_splits(a.w, sms);
   if (splits > 1 && (!a.partial || !a.counters)) return cudaErrorInvalidValue;
   const int64_t kg_per = (a.w.kgroups() + splits - 1) / splits;
@@ -317,8 +351,7 @@ cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream) {
     if (e != cudaSuccess) return e;
   }
   const dim3 grid(unsigned((a.w.tiles() + kWarps - 1) / kWarps), unsigned(splits));
-  fp4_matvec_kernel<<<grid, kWarps * kWarp, smem, stream>>>(a, splits, kg_per);
-  return cudaGetLastError();
+  return launch(fp4_matvec_kernel, dim3(grid), dim3(kWarps * kWarp), smem, stream, a, splits, kg_per);
 }
 
 }  // namespace qwen35::cuda

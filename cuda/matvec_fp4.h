@@ -43,6 +43,8 @@ enum class Fp4Epilogue {
   Store,   // y = W x
   Add,     // y += W x (residual)
   SwiGLU,  // GateUp: y[i] = silu(gate_i . x) * (up_i . x)
+  Conv,    // n <= 2: outputs < conv_channels through the delta net's causal
+           // conv + SiLU (spec §4.5.2), updating its window; others stored
 };
 
 struct Fp4MatvecArgs {
@@ -61,6 +63,14 @@ struct Fp4MatvecArgs {
   // adds them in a fixed order.
   float* partial = nullptr;         // fp4_partial_floats() floats
   int* counters = nullptr;          // fp4_counter_ints() ints
+  // Conv epilogue: taps [C, K], window [K-1, C] (oldest first), and the
+  // window after row conv_snapshot_row copied to conv_snapshot.
+  const float* conv_taps = nullptr;
+  float* conv_window = nullptr;
+  int64_t conv_channels = 0;
+  int conv_k = 0;
+  int conv_snapshot_row = -1;
+  float* conv_snapshot = nullptr;
 };
 
 // Split count chosen for a weight on a device with `sms` multiprocessors.

@@ -6,6 +6,7 @@
 // bytes per 32 columns. 6-bit codes become floats with the 2^23 trick
 // (exact), so there is no integer conversion in the loop.
 #include "common.cuh"
+#include "launch.cuh"
 #include "matvec_q6k.h"
 
 namespace qwen35::cuda {
@@ -39,6 +40,7 @@ __device__ __forceinline__ float code_value(uint32_t q) { return __int_as_float(
 
 __global__ void __launch_bounds__(kThreads) q6k_matvec_kernel(Q6kRows32 w, const float* __restrict__ x, int64_t ldx,
                                                                int n, float* __restrict__ y, int64_t ldy, bool add) {
+  pdl_prologue();
   extern __shared__ __align__(16) float xs[];  // [n][K]
   const int64_t K = w.cols, chunks = w.chunks();
   for (int j = 0; j < n; ++j)
@@ -110,6 +112,7 @@ __device__ void q6k_load_chunk(const Q6kRows32& w, int64_t r, int64_t c, float* 
 template <typename Out>
 __global__ void q6k_dequant_kernel(Q6kRows32 w, int64_t r0, int64_t nr, const int32_t* __restrict__ tokens,
                                    Out* __restrict__ dst, int64_t ldo) {
+  pdl_prologue();
   const int64_t chunks = w.chunks();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= nr * chunks) return;
@@ -152,28 +155,24 @@ cudaError_t q6k_matvec(const Q6kRows32& w, const float* x, int64_t ldx, int n, f
     const cudaError_t e = cudaFuncSetAttribute(q6k_matvec_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (e != cudaSuccess) return e;
   }
-  q6k_matvec_kernel<<<ceil_div(w.groups() * 32, kThreads), kThreads, smem, stream>>>(w, x, ldx, n, y, ldy,
+  return launch(q6k_matvec_kernel, dim3(ceil_div(w.groups() * 32, kThreads)), dim3(kThreads), smem, stream, w, x, ldx, n, y, ldy,
                                                                                      acc == Accum::Add);
-  return cudaGetLastError();
 }
 
 cudaError_t q6k_dequant_rows_f32(const Q6kRows32& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream) {
   if (nr <= 0) return cudaSuccess;
-  q6k_dequant_kernel<float><<<ceil_div(nr * w.chunks(), 256), 256, 0, stream>>>(w, r0, nr, nullptr, dst, w.cols);
-  return cudaGetLastError();
+  return launch(q6k_dequant_kernel<float>, dim3(ceil_div(nr * w.chunks(), 256)), dim3(256), 0, stream, w, r0, nr, nullptr, dst, w.cols);
 }
 
 cudaError_t q6k_dequant_rows_bf16(const Q6kRows32& w, int64_t r0, int64_t nr, uint16_t* dst, cudaStream_t stream) {
   if (nr <= 0) return cudaSuccess;
-  q6k_dequant_kernel<uint16_t><<<ceil_div(nr * w.chunks(), 256), 256, 0, stream>>>(w, r0, nr, nullptr, dst, w.cols);
-  return cudaGetLastError();
+  return launch(q6k_dequant_kernel<uint16_t>, dim3(ceil_div(nr * w.chunks(), 256)), dim3(256), 0, stream, w, r0, nr, nullptr, dst, w.cols);
 }
 
 cudaError_t q6k_embedding_rows(const Q6kRows32& w, const int32_t* tokens, int64_t n, float* out, int64_t ldo,
                                cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  q6k_dequant_kernel<float><<<ceil_div(n * w.chunks(), 256), 256, 0, stream>>>(w, 0, n, tokens, out, ldo);
-  return cudaGetLastError();
+  return launch(q6k_dequant_kernel<float>, dim3(ceil_div(n * w.chunks(), 256)), dim3(256), 0, stream, w, 0, n, tokens, out, ldo);
 }
 
 }  // namespace qwen35::cuda

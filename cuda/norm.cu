@@ -1,5 +1,6 @@
 // RMSNorm kernels (see norm.h).
 #include "common.cuh"
+#include "launch.cuh"
 #include "norm.h"
 
 namespace qwen35::cuda {
@@ -11,6 +12,7 @@ constexpr int kNormThreads = 256;
 // One block per row.
 __global__ void rmsnorm_kernel(const float* __restrict__ x, int64_t ldx, const float* __restrict__ w, int64_t D,
                                float eps, float* y, int64_t ldy) {
+  pdl_prologue();
   __shared__ float red[32];
   const float* xr = x + blockIdx.x * ldx;
   float* yr = y + blockIdx.x * ldy;
@@ -23,6 +25,7 @@ __global__ void rmsnorm_kernel(const float* __restrict__ x, int64_t ldx, const f
 
 __global__ void add_rmsnorm_kernel(float* __restrict__ h, const float* __restrict__ d, int64_t ldd,
                                    const float* __restrict__ w, int64_t D, float eps, float* __restrict__ y) {
+  pdl_prologue();
   __shared__ float red[32];
   float* hr = h + blockIdx.x * D;
   const float* dr = d + blockIdx.x * ldd;
@@ -42,6 +45,7 @@ __global__ void add_rmsnorm_kernel(float* __restrict__ h, const float* __restric
 // One warp per (row, head).
 __global__ void gated_rmsnorm_kernel(float* __restrict__ o, const float* __restrict__ z, int64_t ldz,
                                      const float* __restrict__ w, int64_t n, int64_t heads, int64_t dv, float eps) {
+  pdl_prologue();
   const int64_t job = int64_t(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
   if (job >= n * heads) return;
   const int lane = threadIdx.x % kWarp;
@@ -59,23 +63,20 @@ __global__ void gated_rmsnorm_kernel(float* __restrict__ o, const float* __restr
 cudaError_t rmsnorm_rows(const float* x, int64_t ldx, const float* w, int64_t n, int64_t D, float eps, float* y,
                          int64_t ldy, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  rmsnorm_kernel<<<unsigned(n), kNormThreads, 0, stream>>>(x, ldx, w, D, eps, y, ldy);
-  return cudaGetLastError();
+  return launch(rmsnorm_kernel, dim3(unsigned(n)), dim3(kNormThreads), 0, stream, x, ldx, w, D, eps, y, ldy);
 }
 
 cudaError_t add_rmsnorm_rows(float* h, const float* d, int64_t ldd, const float* w, int64_t n, int64_t D, float eps,
                              float* y, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  add_rmsnorm_kernel<<<unsigned(n), kNormThreads, 0, stream>>>(h, d, ldd, w, D, eps, y);
-  return cudaGetLastError();
+  return launch(add_rmsnorm_kernel, dim3(unsigned(n)), dim3(kNormThreads), 0, stream, h, d, ldd, w, D, eps, y);
 }
 
 cudaError_t gated_rmsnorm(float* o, const float* z, int64_t ldz, const float* w, int64_t n, int64_t heads, int64_t dv,
                           float eps, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   const int warps = 8;
-  gated_rmsnorm_kernel<<<ceil_div(n * heads, warps), warps * kWarp, 0, stream>>>(o, z, ldz, w, n, heads, dv, eps);
-  return cudaGetLastError();
+  return launch(gated_rmsnorm_kernel, dim3(ceil_div(n * heads, warps)), dim3(warps * kWarp), 0, stream, o, z, ldz, w, n, heads, dv, eps);
 }
 
 }  // namespace qwen35::cuda

@@ -1,5 +1,6 @@
 // q/k norm + RoPE + KV cache write (see rope.h).
 #include "common.cuh"
+#include "launch.cuh"
 #include "rope.h"
 
 namespace qwen35::cuda {
@@ -12,6 +13,7 @@ constexpr int kMaxHeadDim = 512;
 // Block (t, job): job < Hq is query head job, then Hkv key heads, then Hkv
 // value heads.
 __global__ void __launch_bounds__(kRopeThreads) qkv_norm_rope_kernel(QkvRopeArgs a) {
+  pdl_prologue();
   __shared__ float buf[kMaxHeadDim];
   __shared__ float red[32];
   const int64_t t = blockIdx.x;
@@ -65,8 +67,7 @@ cudaError_t qkv_norm_rope(const QkvRopeArgs& a, cudaStream_t stream) {
   if (a.n <= 0) return cudaSuccess;
   if (a.head_dim > kMaxHeadDim || a.rope.n_rot > a.head_dim) return cudaErrorInvalidValue;
   const dim3 grid(unsigned(a.n), unsigned(a.n_head + 2 * a.n_head_kv));
-  qkv_norm_rope_kernel<<<grid, kRopeThreads, 0, stream>>>(a);
-  return cudaGetLastError();
+  return launch(qkv_norm_rope_kernel, dim3(grid), dim3(kRopeThreads), 0, stream, a);
 }
 
 }  // namespace qwen35::cuda

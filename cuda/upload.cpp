@@ -43,7 +43,7 @@ std::string unsupported_reason(const Model& m) {
     return fmt::format("attention head size {} (the CUDA kernels support 64, 128, 256, 512)", hp.head_dim);
   if (hp.n_rot > hp.head_dim) return fmt::format("rotary dims {} exceed the head size", hp.n_rot);
   if (!delta_net_shape_supported(hp.ssm_state, hp.ssm_dv))
-    return fmt::format("delta-net head sizes dk {} / dv {} (the CUDA kernels support dk 32..256 with dv*dk <= 16384)",
+    return fmt::format("delta-net head sizes dk {} / dv {} (the CUDA kernels support dk 32, 64, 128, 256 and dv a multiple of 32)",
                        hp.ssm_state, hp.ssm_dv);
   if (hp.n_embd % 32 != 0) return fmt::format("n_embd {} is not a multiple of 32", hp.n_embd);
   auto check = [](const Weight& w) -> std::string {

@@ -19,6 +19,7 @@
 
 #include "backend.h"
 #include "context.h"
+#include "device_model.h"
 #include "model.h"
 
 using namespace qwen35;
@@ -174,6 +175,8 @@ int main(int argc, char** argv) {
     t_mtp = now_s() - t0;
   }
 
+  const cuda::DeviceModel* dm = cuda::device_model(*model);
+  const char* layouts = !dm ? "cpu" : dm->fast ? "decode" : "gguf";
   const double pf = p / t_prefill, dc = n / t_decode, dca = n / t_decode_api;
   const double mt = t_mtp > 0 ? emitted / t_mtp : 0;
   if (json) {
@@ -181,9 +184,9 @@ int main(int argc, char** argv) {
         "{\"model\": \"%s\", \"device\": \"%s\", \"prompt_tokens\": %d, \"decode_tokens\": %d, "
         "\"load_s\": %.3f, \"upload_s\": %.3f, \"device_bytes\": %llu, "
         "\"prefill_tokens_per_s\": %.1f, \"decode_tokens_per_s\": %.1f, \"decode_api_tokens_per_s\": %.1f, "
-        "\"decode_mtp_tokens_per_s\": %.1f, \"mtp_drafted\": %d, \"mtp_accepted\": %d}\n",
+        "\"decode_mtp_tokens_per_s\": %.1f, \"mtp_drafted\": %d, \"mtp_accepted\": %d, \"layouts\": \"%s\"}\n",
         path.c_str(), device.c_str(), p, n, t_load, t_upload, (unsigned long long)model->device_bytes, pf, dc, dca, mt,
-        drafted, accepted);
+        drafted, accepted, layouts);
   } else {
     std::printf("load %.2f s, upload %.2f s, %.0f MiB on the device\n", t_load, t_upload,
                 double(model->device_bytes) / (1 << 20));

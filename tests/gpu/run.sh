@@ -151,6 +151,12 @@ fi
 if [ -s "$M4MTP" ]; then
   bench "bench 4B NVFP4 + MTP (mirror)" "$BIN/qwen35-cuda-bench" -m "$M4MTP" -p 512 -n 128 --device cuda --json
 fi
+# The same without each decode optimization, for comparison.
+if [ -s "$M4" ]; then
+  bench "  without PDL" env QWEN35_CUDA_PDL=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json
+  bench "  without PDL and graphs" env QWEN35_CUDA_PDL=0 QWEN35_CUDA_GRAPHS=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json
+  bench "  generic kernels (GGUF layouts)" env QWEN35_CUDA_FAST=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 64 --device cuda --json
+fi
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv >>"$LOG" 2>&1 || true
 
 # ---- table ----------------------------------------------------------------------
@@ -189,6 +195,8 @@ for line in open(sys.argv[1]):
         out.append(f"MTP {r['decode_mtp_tokens_per_s']:,.0f} tok/s ({r.get('mtp_accepted')}/{r.get('mtp_drafted')} accepted)")
     if r.get("device_bytes"):
         out.append(f"{r['device_bytes'] / 2**30:.2f} GiB weights")
+    if r.get("layouts"):
+        out.append(f"{r['layouts']} layouts")
     print(f"{rec.get('label', '?'):<34} " + ", ".join(out))
 print("targets (H100, 4B NVFP4, batch 1): decode >= 1000 tok/s without MTP, prefill of 512 >= 20000 tok/s")
 EOF

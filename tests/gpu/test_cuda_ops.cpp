@@ -743,3 +743,62 @@ TEST_CASE("Q6_K rows32: matvec, dequantization and embedding rows match the CPU"
     }
   CHECK(max_rel(ho, want) == 0.0);
 }
+
+TEST_CASE("tensor-core NVFP4 matvec with the fused causal-conv epilogue (1 and 2 rows, snapshot)") {
+  QWEN35_REQUIRE_GPU();
+  const int sms = device_sms();
+  const int64_t N = 200, K = 256, C = 150, Kc = 4;  // rows >= C are stored as they are
+  TiledFp4 w(N, K, Fp4Pairing::Plain, 71);
+  DevArray<float> part(std::max<uint64_t>(1, fp4_partial_floats(w.t, sms)));
+  DevArray<int> cnt(std::max<uint64_t>(1, fp4_counter_ints(w.t)));
+  auto taps = random_floats(static_cast<size_t>(C * Kc), 72, -1, 1);
+  auto win0 = random_floats(static_cast<size_t>((Kc - 1) * C), 73, -2, 2);
+  for (int n : {1, 2}) {
+    CAPTURE(n);
+    const int64_t ldy = N + 3;
+    auto x = random_floats(static_cast<size_t>(n * K), 74 + n, -2, 2);
+    DevArray<float> dx(x), dy(static_cast<size_t>(n * ldy)), dt(taps), dw(win0), ds(static_cast<size_t>((Kc - 1) * C));
+    Fp4MatvecArgs a;
+    a.w = w.t;
+    a.n = n;
+    a.x = dx.get();
+    a.ldx = K;
+    a.y = dy.get();
+    a.ldy = ldy;
+    a.epilogue = Fp4Epilogue::Conv;
+    a.partial = part.get();
+    a.counters = cnt.get();
+    a.conv_taps = dt.get();
+    a.conv_window = dw.get();
+    a.conv_channels = C;
+    a.conv_k = int(Kc);
+    a.conv_snapshot_row = 0;
+    a.conv_snapshot = ds.get();
+    REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
+    auto y = dy.download();
+    // CPU: the projection, then the conv row by row.
+    std::vector<float> u(static_cast<size_t>(n * N)), win(win0), out(static_cast<size_t>(n * N)), snap;
+    for (int j = 0; j < n; ++j)
+      for (int64_t r = 0; r < N; ++r)
+        u[size_t(j * N + r)] = vec_dot_ref(GGML_NVFP4, w.a.host.data() + r * w.a.row_bytes, x.data() + j * K, K) * 0.5f;
+    for (int j = 0; j < n; ++j) {
+      std::vector<float> o(static_cast<size_t>(C));
+      conv_silu_step(win.data(), u.data() + j * N, taps.data(), C, Kc, o.data());
+      for (int64_t k = 0; k + 2 < Kc; ++k)
+        for (int64_t c = 0; c < C; ++c) win[size_t(k * C + c)] = win[size_t((k + 1) * C + c)];
+      for (int64_t c = 0; c < C; ++c) win[size_t((Kc - 2) * C + c)] = u[size_t(j * N + c)];
+      if (j == 0) snap = win;
+      for (int64_t r = 0; r < N; ++r) out[size_t(j * N + r)] = r < C ? o[size_t(r)] : u[size_t(j * N + r)];
+    }
+    double num = 0, den = 0;
+    for (int j = 0; j < n; ++j)
+      for (int64_t r = 0; r < N; ++r) {
+        const double g = y[size_t(j * ldy + r)], e = out[size_t(j * N + r)];
+        num += (g - e) * (g - e);
+        den += e * e;
+      }
+    CHECK(std::sqrt(num / den) < 3e-3);
+    CHECK(max_rel(dw.download(), win) < 3e-3);
+    CHECK(max_rel(ds.download(), snap) < 3e-3);
+  }
+}
