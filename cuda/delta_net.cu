@@ -7,7 +7,8 @@
 // `sub` holds elements sub, sub+TPR, ... (32 of them), so the shared-memory
 // reads of q and k hit distinct banks. The batch rows are walked in order
 // with one barrier per row; the next row's inputs are loaded while the
-// current one is computed.
+// current one is computed, and the norms of q and k and the gates of a
+// chunk of rows are computed in parallel before the sequential walk.
 #include "common.cuh"
 #include "launch.cuh"
 #include "delta_net.h"
@@ -18,6 +19,7 @@ namespace {
 
 constexpr int kMaxThreads = 256;  // kRowsPerBlock * dk / 32 for dk <= 256
 constexpr int kRowsPerBlock = 32;
+constexpr int kChunk = 128;  // batch rows whose norms and gates are computed ahead
 
 template <int TPR>
 __device__ __forceinline__ float group_sum(float v) {
@@ -31,9 +33,11 @@ __global__ void __launch_bounds__(kMaxThreads) delta_net_kernel(DeltaNetArgs p, 
   pdl_prologue();
   constexpr int DK = 32 * TPR;
   __shared__ float qs[2][DK], ks[2][DK];
+  // Per batch row of the current chunk: q and k norm factors and the gates.
+  __shared__ float s_rq[kChunk], s_rk[kChunk], s_beta[kChunk], s_decay[kChunk];
   const int64_t j = blockIdx.x;
   const int64_t Hk = p.Hk, dv = p.dv, kh = j % Hk;
-  const int tid = threadIdx.x, lane = tid % kWarp;
+  const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp, n_warps = blockDim.x / kWarp;
   const int64_t v_row = int64_t(blockIdx.y) * rows_per_block + tid / TPR;
   const int sub = tid % TPR;
   const float qscale = rsqrtf(float(DK));
@@ -44,10 +48,10 @@ __global__ void __launch_bounds__(kMaxThreads) delta_net_kernel(DeltaNetArgs p, 
 #pragma unroll
   for (int i = 0; i < 32; ++i) M[i] = st[i * TPR + sub];
 
-  // Inputs of row t: q, k (loaded by threads < DK into shared memory), the
-  // value of this thread's state row and the two gate projections.
+  // Inputs of row t: q, k (loaded by the first DK threads into shared
+  // memory) and the value of this thread's state row.
   auto row_ptr = [&](int64_t t) { return p.uc + t * p.ldu; };
-  float nq = 0.0f, nk = 0.0f, nv = 0.0f, nb = 0.0f, na = 0.0f;
+  float nq = 0.0f, nk = 0.0f, nv = 0.0f;
   auto prefetch = [&](int64_t t) {
     const float* row = row_ptr(t);
     if (tid < DK) {
@@ -55,58 +59,69 @@ __global__ void __launch_bounds__(kMaxThreads) delta_net_kernel(DeltaNetArgs p, 
       nk = row[Hk * DK + kh * DK + tid];
     }
     nv = row[2 * Hk * DK + j * dv + v_row];
-    nb = p.b[t * p.ldb + j];
-    na = p.a[t * p.lda + j];
   };
   prefetch(0);
   if (tid < DK) {
     qs[0][tid] = nq;
     ks[0][tid] = nk;
   }
-  for (int64_t t = 0; t < p.n; ++t) {
-    const int buf = int(t & 1);
-    const float v = nv, braw = nb, araw = na;
-    __syncthreads();  // row t's q and k are in buf
-    if (t + 1 < p.n) prefetch(t + 1);
+  for (int64_t t0 = 0; t0 < p.n; t0 += kChunk) {
+    const int64_t t1 = min(p.n, t0 + kChunk);
+    // The rows' L2 norms and gates, all at once (warps take rows); visible
+    // after the barrier that starts each row below.
+    if (t0 > 0) __syncthreads();  // the previous chunk's values are no longer read
+    for (int64_t t = t0 + warp; t < t1; t += n_warps) {
+      const float* row = row_ptr(t);
+      float sq = 0.0f, sk = 0.0f;
+      for (int i = lane; i < DK; i += kWarp) {
+        const float q = row[kh * DK + i], k = row[Hk * DK + kh * DK + i];
+        sq = fmaf(q, q, sq);
+        sk = fmaf(k, k, sk);
+      }
+      sq = warp_sum(sq);
+      sk = warp_sum(sk);
+      if (lane == 0) {
+        s_rq[t - t0] = qscale / fmaxf(sqrtf(sq), p.eps);
+        s_rk[t - t0] = 1.0f / fmaxf(sqrtf(sk), p.eps);
+        s_beta[t - t0] = sigmoid_f(p.b[t * p.ldb + j]);
+        s_decay[t - t0] = expf(a_log * softplus_f(p.a[t * p.lda + j] + dtb));
+      }
+    }
+    for (int64_t t = t0; t < t1; ++t) {
+      const int buf = int(t & 1);
+      const float v = nv;
+      __syncthreads();  // row t's q and k are in buf
+      if (t + 1 < p.n) prefetch(t + 1);
+      const float rq = s_rq[t - t0], rk = s_rk[t - t0], beta = s_beta[t - t0], decay = s_decay[t - t0];
 
-    // L2 norms of q and k, computed by every warp for itself.
-    float sq = 0.0f, sk = 0.0f;
-    for (int i = lane; i < DK; i += kWarp) {
-      sq = fmaf(qs[buf][i], qs[buf][i], sq);
-      sk = fmaf(ks[buf][i], ks[buf][i], sk);
-    }
-    const float rq = qscale / fmaxf(sqrtf(warp_sum(sq)), p.eps);
-    const float rk = 1.0f / fmaxf(sqrtf(warp_sum(sk)), p.eps);
-    const float beta = sigmoid_f(braw);
-    const float decay = expf(a_log * softplus_f(araw + dtb));
-
-    // m = (decayed M) k, with four independent partial sums.
-    float m4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      // m = (decayed M) k, with four independent partial sums.
+      float m4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-    for (int i = 0; i < 32; ++i) {
-      M[i] *= decay;
-      m4[i & 3] = fmaf(M[i], ks[buf][i * TPR + sub], m4[i & 3]);
-    }
-    const float m = group_sum<TPR>((m4[0] + m4[1]) + (m4[2] + m4[3])) * rk;
-    const float d = beta * (v - m) * rk;  // the update uses k * rk
-    float o4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      for (int i = 0; i < 32; ++i) {
+        M[i] *= decay;
+        m4[i & 3] = fmaf(M[i], ks[buf][i * TPR + sub], m4[i & 3]);
+      }
+      const float m = group_sum<TPR>((m4[0] + m4[1]) + (m4[2] + m4[3])) * rk;
+      const float d = beta * (v - m) * rk;  // the update uses k * rk
+      float o4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-    for (int i = 0; i < 32; ++i) {
-      M[i] = fmaf(ks[buf][i * TPR + sub], d, M[i]);
-      o4[i & 3] = fmaf(M[i], qs[buf][i * TPR + sub], o4[i & 3]);
-    }
-    const float o = group_sum<TPR>((o4[0] + o4[1]) + (o4[2] + o4[3])) * rq;
-    if (sub == 0) p.out[t * p.Hv * dv + j * dv + v_row] = o;
-    if (t == p.snapshot_row) {
-      float* sn = p.snapshot + (j * dv + v_row) * DK;
+      for (int i = 0; i < 32; ++i) {
+        M[i] = fmaf(ks[buf][i * TPR + sub], d, M[i]);
+        o4[i & 3] = fmaf(M[i], qs[buf][i * TPR + sub], o4[i & 3]);
+      }
+      const float o = group_sum<TPR>((o4[0] + o4[1]) + (o4[2] + o4[3])) * rq;
+      if (sub == 0) p.out[t * p.Hv * dv + j * dv + v_row] = o;
+      if (t == p.snapshot_row) {
+        float* sn = p.snapshot + (j * dv + v_row) * DK;
 #pragma unroll
-      for (int i = 0; i < 32; ++i) sn[i * TPR + sub] = M[i];
-    }
-    // Row t+1's q and k into the other buffer (last read during row t-1,
-    // before this row's barrier).
-    if (t + 1 < p.n && tid < DK) {
-      qs[buf ^ 1][tid] = nq;
-      ks[buf ^ 1][tid] = nk;
+        for (int i = 0; i < 32; ++i) sn[i * TPR + sub] = M[i];
+      }
+      // Row t+1's q and k into the other buffer (last read during row t-1,
+      // before this row's barrier).
+      if (t + 1 < p.n && tid < DK) {
+        qs[buf ^ 1][tid] = nq;
+        ks[buf ^ 1][tid] = nk;
+      }
     }
   }
 #pragma unroll
