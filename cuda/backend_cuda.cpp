@@ -165,6 +165,7 @@ class CudaBackend final : public Backend {
   GemmType gemm_type_ = GemmType::BF16;
   int attn_splits_ = 1;
   bool use_graphs_ = true;
+  bool fp4_gemm_ = false;            // block-scaled FP4 GEMMs for batches (Blackwell)
   std::map<GraphKey, cudaGraphExec_t> graphs_;
 
   // Rotary tables.
@@ -209,6 +210,8 @@ class CudaBackend final : public Backend {
   int* fp4_counters_ = nullptr;
   uint16_t* xb_ = nullptr;                                  // [nb, max K] BF16 activations
   void* deq_ = nullptr;                                     // dequantized weight block
+  uint8_t *xq_ = nullptr, *xqs_ = nullptr;                  // NVFP4 activations and their scales
+  float* fp4_work_ = nullptr;                               // [g, alpha, amax bits, pad, beta 0, beta 1]
 };
 
 CudaBackend::~CudaBackend() {
@@ -328,9 +331,19 @@ Status CudaBackend::init() {
   if (nb > kMatvecMaxCols) {
     cv.add(&xb_, nb * max_k);
     cv.add(reinterpret_cast<float**>(&deq_), gemm_type_ == GemmType::F32 ? kDequantElems : kDequantElems / 2);
+    fp4_gemm_ = dm_.fp4_gemm;
+    if (fp4_gemm_) {
+      cv.add(&xq_, uint64_t(nb * max_k / 2));
+      cv.add(&xqs_, blockscale_bytes(nb, max_k));
+      cv.add(&fp4_work_, 8);
+    }
   }
   QWEN35_TRY(scratch_.alloc(cv.total(), "scratch buffers"));  // zeroed: the split-K counters start at 0
   cv.assign(scratch_.as());
+  if (fp4_gemm_) {
+    const float betas[2] = {0.0f, 1.0f};
+    QWEN35_CUDA_TRY(cudaMemcpy(fp4_work_ + 4, betas, sizeof betas, cudaMemcpyHostToDevice), "initializing");
+  }
   return Status::Ok();
 }
 
@@ -415,7 +428,22 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
   float* out = swiglu_out ? gu_ : y;
   const int64_t ldo = swiglu_out ? W.rows : ldy;
   const bool add = epi == Epi::Add;
-  if (W.fp4.present()) {  // batched: dequantize the tiled weight in row blocks
+  bool done = false;
+  if (W.blas.present() && fp4_gemm_) {  // Blackwell: NVFP4 activations, FP4 tensor cores
+    QWEN35_CUDA_TRY(fp4blas_quantize(x, ldx, n, K, W.blas.scale, xq_, xqs_, fp4_work_, stream_),
+                    "quantizing activations");
+    const Status st = gemm_.run_fp4(W.blas.data, W.blas.scales, W.rows, K, xq_, xqs_, n, out, ldo, fp4_work_ + 1,
+                                    fp4_work_ + (add ? 5 : 4), stream_);
+    if (st.ok()) {
+      done = true;
+    } else if (st.code() == QWEN35_ERR_UNSUPPORTED) {
+      m_.log.warn("{}; using BF16 GEMMs", st.message());
+      fp4_gemm_ = false;
+    } else {
+      return st;
+    }
+  }
+  if (!done && W.fp4.present()) {  // batched: dequantize the tiled weight in row blocks
     const void* X = x;
     int64_t ldX = ldx;
     if (gemm_type_ == GemmType::BF16) {
@@ -432,7 +460,7 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
         QWEN35_CUDA_TRY(fp4_dequant_rows_bf16(W.fp4, r0, nr, static_cast<uint16_t*>(deq_), stream_), "dequantizing");
       QWEN35_TRY(gemm_.run(gemm_type_, deq_, nr, K, X, ldX, n, out + r0, ldo, W.fp4.scale, add, stream_));
     }
-  } else {
+  } else if (!done) {
     for (size_t i = 0; i < W.parts.size(); ++i) QWEN35_TRY(mm(W.parts[i], x, ldx, n, out + W.offsets[i], ldo, add));
   }
   if (swiglu_out) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "cuda_util.h"
+#include "fp4_gemm.h"
 #include "matmul.h"
 #include "matvec_fp4.h"
 #include "matvec_q6k.h"
@@ -32,6 +33,7 @@ struct DevLinear {
   std::vector<MatView> parts;   // GGUF layout (empty when fp4 holds the weights)
   std::vector<int64_t> offsets;
   Fp4Tiled fp4;                 // the whole stack in the tiled layout, or absent
+  Fp4Blas blas;                 // and in cuBLASLt's FP4 layout (Blackwell prefill), or absent
   bool present() const { return fp4.present() || !parts.empty(); }
 };
 
@@ -79,6 +81,7 @@ struct DeviceModel {
   int sms = 0;                       // multiprocessors
   uint64_t bytes = 0;                // weights on the device
   bool fast = false;                 // repacked layouts in use
+  bool fp4_gemm = false;             // Fp4Blas copies for the Blackwell prefill GEMM
 
   DevEmbed token_embd;               // [D, V]
   DevEmbed output_own;               // a separate LM head (untied models)

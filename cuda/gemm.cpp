@@ -113,4 +113,60 @@ Status Gemm::run(GemmType type, const void* A, int64_t N, int64_t K, const void*
   return Status::Ok();
 }
 
+Status Gemm::run_fp4(const uint8_t* A, const uint8_t* a_scales, int64_t N, int64_t K, const uint8_t* X,
+                     const uint8_t* x_scales, int64_t n, float* y, int64_t ldy, const float* alpha, const float* beta,
+                     cudaStream_t stream) {
+  if (n <= 0 || N <= 0) return Status::Ok();
+  const Key key{0, N, K, n, 0, ldy, false, alignment_of(A), alignment_of(X), alignment_of(y)};
+  auto it = fp4_plans_.find(key);
+  Plan* p = nullptr;
+  if (it != fp4_plans_.end()) {
+    p = it->second.get();
+  } else {
+    auto np = std::make_unique<Plan>();
+    LT_TRY(cublasLtMatmulDescCreate(&np->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    const cublasLtMatmulMatrixScale_t vec16 = CUBLASLT_MATMUL_MATRIX_SCALE_VEC16_UE4M3;
+    const cublasLtPointerMode_t dev_ptr = CUBLASLT_POINTER_MODE_DEVICE;
+    LT_TRY(cublasLtMatmulDescSetAttribute(np->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "set TRANSA");
+    LT_TRY(cublasLtMatmulDescSetAttribute(np->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "set TRANSB");
+    LT_TRY(cublasLtMatmulDescSetAttribute(np->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &vec16, sizeof vec16),
+           "set A_SCALE_MODE");
+    LT_TRY(cublasLtMatmulDescSetAttribute(np->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &vec16, sizeof vec16),
+           "set B_SCALE_MODE");
+    LT_TRY(cublasLtMatmulDescSetAttribute(np->desc, CUBLASLT_MATMUL_DESC_POINTER_MODE, &dev_ptr, sizeof dev_ptr),
+           "set POINTER_MODE");
+    LT_TRY(cublasLtMatmulDescSetAttribute(np->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scales, sizeof a_scales),
+           "set A_SCALE_POINTER");
+    LT_TRY(cublasLtMatmulDescSetAttribute(np->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scales, sizeof x_scales),
+           "set B_SCALE_POINTER");
+    LT_TRY(cublasLtMatrixLayoutCreate(&np->a, CUDA_R_4F_E2M1, uint64_t(K), uint64_t(N), K), "layout A");
+    LT_TRY(cublasLtMatrixLayoutCreate(&np->b, CUDA_R_4F_E2M1, uint64_t(K), uint64_t(n), K), "layout X");
+    LT_TRY(cublasLtMatrixLayoutCreate(&np->c, CUDA_R_32F, uint64_t(N), uint64_t(n), ldy), "layout Y");
+    cublasLtMatmulPreference_t pref = nullptr;
+    LT_TRY(cublasLtMatmulPreferenceCreate(&pref), "preference");
+    const uint64_t ws = ws_bytes_;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    cublasLtMatmulHeuristicResult_t res{};
+    int found = 0;
+    const cublasStatus_t hs =
+        cublasLtMatmulAlgoGetHeuristic(handle_, np->desc, np->a, np->b, np->c, np->c, pref, 1, &res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (hs != CUBLAS_STATUS_SUCCESS || found == 0)
+      return Error(QWEN35_ERR_UNSUPPORTED, "cuBLASLt has no block-scaled FP4 algorithm for {}x{}x{} here", N, n, K);
+    np->algo = res.algo;
+    p = np.get();
+    fp4_plans_.emplace(key, std::move(np));
+  }
+  // The scale pointers change between weights (and are cheap to set).
+  LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scales, sizeof a_scales),
+         "set A_SCALE_POINTER");
+  LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scales, sizeof x_scales),
+         "set B_SCALE_POINTER");
+  LT_TRY(cublasLtMatmul(handle_, p->desc, alpha, A, p->a, X, p->b, beta, y, p->c, y, p->c, &p->algo, ws_, ws_bytes_,
+                        stream),
+         "cublasLtMatmul (FP4)");
+  return Status::Ok();
+}
+
 }  // namespace qwen35::cuda

@@ -36,6 +36,14 @@ class Gemm {
   Status run(GemmType type, const void* A, int64_t N, int64_t K, const void* X, int64_t ldx, int64_t n, float* y,
              int64_t ldy, float alpha, bool add, cudaStream_t stream);
 
+  // Block-scaled FP4 (Blackwell): A = w [N][K/2] E2M1 with VEC16_UE4M3
+  // scales a_scales, X = [n][K/2] with scales x_scales (fp4_blockscale.h);
+  // alpha and beta are device pointers. UNSUPPORTED when cuBLASLt has no
+  // algorithm for it on this device.
+  Status run_fp4(const uint8_t* A, const uint8_t* a_scales, int64_t N, int64_t K, const uint8_t* X,
+                 const uint8_t* x_scales, int64_t n, float* y, int64_t ldy, const float* alpha, const float* beta,
+                 cudaStream_t stream);
+
   uint64_t workspace_bytes() const { return ws_bytes_; }
 
  private:
@@ -47,6 +55,7 @@ class Gemm {
   void* ws_ = nullptr;
   size_t ws_bytes_ = 0;
   std::map<Key, std::unique_ptr<Plan>> plans_;
+  std::map<Key, std::unique_ptr<Plan>> fp4_plans_;
 };
 
 }  // namespace qwen35::cuda

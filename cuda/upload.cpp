@@ -114,7 +114,8 @@ double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
 // Lays out every tensor in one allocation and fills it.
 class Uploader {
  public:
-  Uploader(const Model& m, DeviceModel& dm, bool fast) : m_(m), dm_(dm), fast_(fast) {}
+  Uploader(const Model& m, DeviceModel& dm, bool fast, bool fp4_gemm)
+      : m_(m), dm_(dm), fast_(fast), fp4_gemm_(fast && fp4_gemm) {}
 
   Status run();
   bool self_check_failed() const { return check_failed_; }
@@ -124,6 +125,7 @@ class Uploader {
     std::vector<const Weight*> parts;
     DevLinear* out;
     uint64_t off = 0;
+    uint64_t blas_off = 0;  // the cuBLASLt copy (fp4_gemm_)
   };
   struct Q6kJob {
     const Weight* w;
@@ -160,6 +162,7 @@ class Uploader {
   const Model& m_;
   DeviceModel& dm_;
   bool fast_;
+  bool fp4_gemm_;
   bool check_failed_ = false;
   uint64_t total_ = 0;
   std::map<const void*, std::pair<uint64_t, uint64_t>> raw_;  // host -> (offset, bytes)
@@ -198,6 +201,14 @@ void Uploader::plan_linear(DevLinear* L, std::vector<const Weight*> parts, bool 
     t.scale = parts[0]->scale;
     Fp4Job job{parts, L, reserve(t.code_bytes() + t.scale_bytes())};
     L->fp4 = t;  // pointers filled in do_fp4
+    if (fp4_gemm_) {
+      Fp4Blas bl;
+      bl.rows = L->rows;
+      bl.cols = L->cols;
+      bl.scale = t.scale;
+      job.blas_off = reserve(bl.data_bytes() + bl.scale_bytes());
+      L->blas = bl;
+    }
     fp4_jobs_.push_back(job);
     dm_.fp4_partial_floats = std::max(dm_.fp4_partial_floats, fp4_partial_floats(t, dm_.sms));
     dm_.fp4_counter_ints = std::max(dm_.fp4_counter_ints, fp4_counter_ints(t));
@@ -287,6 +298,12 @@ Status Uploader::do_fp4(Fp4Job& job, bool check) {
   const uint8_t* a = staging_.as<uint8_t>();
   const uint8_t* b = gate_up ? a + uint64_t(t.rows) * rb : nullptr;
   QWEN35_CUDA_TRY(fp4_repack(a, b, rb, t, nullptr), "repacking NVFP4 weights");
+  if (job.out->blas.rows > 0) {  // the staged rows are the stack in order ([gate; up] for a pair)
+    Fp4Blas& bl = job.out->blas;
+    bl.data = dev(job.blas_off);
+    bl.scales = dev(job.blas_off) + bl.data_bytes();
+    QWEN35_CUDA_TRY(fp4blas_repack(a, rb, bl, nullptr), "repacking NVFP4 weights for cuBLASLt");
+  }
   if (!check) return Status::Ok();
 
   // Self-check: the tensor-core kernel against the generic one on the staged
@@ -448,6 +465,7 @@ Status Uploader::run() {
   }
   dm_.bytes = total_;
   dm_.fast = fast_;
+  dm_.fp4_gemm = fp4_gemm_ && !fp4_jobs_.empty();
   return Status::Ok();
 }
 
@@ -528,6 +546,7 @@ Status UploadModelToCuda(Model& model, int device_index, bool required) {
 
   const char* env = std::getenv("QWEN35_CUDA_FAST");
   bool fast = !(env && std::string(env) == "0");
+  const char* env_fp4 = std::getenv("QWEN35_CUDA_FP4_GEMM");
   for (int attempt = 0; attempt < 2; ++attempt) {
     auto dm = std::make_unique<DeviceModel>();
     dm->device = device_index;
@@ -537,16 +556,18 @@ Status UploadModelToCuda(Model& model, int device_index, bool required) {
     dm->cc_major = prop.major;
     dm->cc_minor = prop.minor;
     dm->sms = prop.multiProcessorCount;
-    Uploader up(model, *dm, fast);
+    // FP4 tensor cores (Blackwell): block-scaled FP4 GEMMs for prefill.
+    const bool fp4_gemm = prop.major >= 10 && !(env_fp4 && std::string(env_fp4) == "0");
+    Uploader up(model, *dm, fast, fp4_gemm);
     st = up.run();
     if (!st.ok()) return fail(st);
     if (up.self_check_failed() && fast) {
       fast = false;  // again with the GGUF layouts only
       continue;
     }
-    model.log.info("uploaded {:.1f} MiB of weights to CUDA device {} ({}, compute capability {}.{}, {} layouts)",
+    model.log.info("uploaded {:.1f} MiB of weights to CUDA device {} ({}, compute capability {}.{}, {} layouts{})",
                    double(dm->bytes) / (1 << 20), device_index, dm->device_name, dm->cc_major, dm->cc_minor,
-                   dm->fast ? "decode" : "GGUF");
+                   dm->fast ? "decode" : "GGUF", dm->fp4_gemm ? ", FP4 GEMM" : "");
     model.device_bytes = dm->bytes;
     model.device = QWEN35_DEVICE_CUDA;
     model.device_weights = std::shared_ptr<DeviceModel>(std::move(dm));

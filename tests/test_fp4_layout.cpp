@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "fp4_blockscale.h"
 #include "fp4_tiled.h"
 #include "ggml_types.h"
 #include "q6k_rows32.h"
@@ -238,4 +239,82 @@ TEST_CASE("Q6_K rows32 units decode to the GGUF values") {
   CHECK(L.unit(0, 1) == 32);
   CHECK(L.unit(33, 2) == (1 * 16 + 2) * 32 + 1);
   CHECK(L.d_index(33, 9) == (1 * 2 + 1) * 32 + 1);
+}
+
+TEST_CASE("cuBLASLt block-scale layout: published anchors, tiles, bijection") {
+  // nvmath-python's example for a 128 x 128 NVFP4 operand: scale (5, 2) at
+  // offset 82 and (5, 5) at 593.
+  CHECK(blockscale_offset(5, 2, 128) == 82);
+  CHECK(blockscale_offset(5, 5, 128) == 593);
+  // 128 x 4 tiles of 512 bytes; column tiles innermost.
+  CHECK(blockscale_offset(0, 4, 256) == 512);
+  CHECK(blockscale_offset(128, 0, 256) == 4 * 512);  // 16 blocks: 4 column tiles per row tile
+  CHECK(blockscale_offset(32, 0, 256) == 4);
+  CHECK(blockscale_offset(1, 0, 256) == 16);
+  CHECK(blockscale_offset(0, 1, 256) == 1);
+  // Every (row, block) of a padded operand has its own byte.
+  for (int64_t k : {64, 320, 2560}) {
+    const int64_t rows = 300;
+    CAPTURE(k);
+    REQUIRE(blockscale_bytes(rows, k) == uint64_t(384 * ((k / 16 + 3) / 4 * 4)));
+    std::vector<int> seen(blockscale_bytes(rows, k), 0);
+    for (int64_t r = 0; r < blockscale_rows_padded(rows); ++r)
+      for (int64_t c = 0; c < blockscale_cols_padded(k); ++c) {
+        const uint64_t off = blockscale_offset(r, c, k);
+        REQUIRE(off < seen.size());
+        seen[off]++;
+      }
+    for (int v : seen) REQUIRE(v == 1);
+  }
+}
+
+TEST_CASE("cuBLASLt FP4 packing keeps every element and scale of a GGUF block") {
+  auto m = random_nvfp4(3, 256, 11);
+  const uint64_t rb = 4 * 36;
+  for (int64_t r = 0; r < 3; ++r) {
+    std::vector<float> want(256);
+    dequantize_row(GGML_NVFP4, m.data() + r * rb, want.data(), 256);
+    for (int c = 0; c < 16; ++c) {
+      uint8_t packed[8];
+      const uint8_t sc = fp4blas_pack_block(m.data() + r * rb + (c / 4) * 36, c % 4, packed);
+      for (int e = 0; e < 16; ++e) {
+        const uint8_t code = e % 2 == 0 ? (packed[e / 2] & 0x0F) : (packed[e / 2] >> 4);
+        REQUIRE(kE2M1[code] * e4m3_value(sc) == want[size_t(c * 16 + e)]);
+      }
+    }
+  }
+}
+
+TEST_CASE("activation quantization helpers: E2M1 rounding and E4M3 scales") {
+  // Exact values map to their codes; midpoints go to the even code.
+  for (int code = 0; code < 16; ++code) {
+    if (code == 8) continue;  // -0 encodes as +0
+    CHECK(e2m1_nearest(kE2M1[code]) == code);
+  }
+  CHECK(e2m1_nearest(-0.0f) == 0);
+  CHECK(e2m1_nearest(0.25f) == 0);
+  CHECK(e2m1_nearest(0.26f) == 1);
+  CHECK(e2m1_nearest(0.75f) == 2);
+  CHECK(e2m1_nearest(1.25f) == 2);
+  CHECK(e2m1_nearest(1.75f) == 4);
+  CHECK(e2m1_nearest(2.5f) == 4);
+  CHECK(e2m1_nearest(3.5f) == 6);
+  CHECK(e2m1_nearest(5.0f) == 6);
+  CHECK(e2m1_nearest(5.1f) == 7);
+  CHECK(e2m1_nearest(100.0f) == 7);
+  CHECK(e2m1_nearest(-2.9f) == 13);
+  // E4M3: every finite positive code round-trips; values round to the
+  // nearest code; the decoder agrees with the UE4M3 one of the weights.
+  for (int c = 1; c <= 0x7E; ++c) {
+    CHECK(e4m3_value(uint8_t(c)) == ue4m3_to_fp32(uint8_t(c)));
+    CHECK(e4m3_from_positive(e4m3_value(uint8_t(c))) == c);
+  }
+  for (int c = 1; c < 0x7E; ++c) {
+    const float lo = e4m3_value(uint8_t(c)), hi = e4m3_value(uint8_t(c + 1));
+    CHECK(e4m3_from_positive(lo + (hi - lo) * 0.3f) == c);
+    CHECK(e4m3_from_positive(lo + (hi - lo) * 0.7f) == c + 1);
+  }
+  CHECK(e4m3_from_positive(0.0f) == 0);
+  CHECK(e4m3_from_positive(1e-6f) == 0);
+  CHECK(e4m3_from_positive(1000.0f) == 0x7E);
 }

@@ -12,6 +12,7 @@
 #include "cpu/ops.h"
 #include "delta_net.h"
 #include "elementwise.h"
+#include "fp4_gemm.h"
 #include "gemm.h"
 #include "gpu_test_util.h"
 #include "matmul.h"
@@ -801,4 +802,61 @@ TEST_CASE("tensor-core NVFP4 matvec with the fused causal-conv epilogue (1 and 2
     CHECK(max_rel(dw.download(), win) < 3e-3);
     CHECK(max_rel(ds.download(), snap) < 3e-3);
   }
+}
+
+TEST_CASE("Blackwell block-scaled FP4 GEMM equals its CPU emulation (skipped before compute capability 10)") {
+  QWEN35_REQUIRE_GPU();
+  int dev = 0, major = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  if (major < 10) {
+    MESSAGE("skipped: the FP4 tensor-core GEMM needs compute capability 10 or later");
+    return;
+  }
+  const int64_t N = 256, K = 512, n = 40;
+  QMat w(GGML_NVFP4, N, K, 81);
+  Fp4Blas bl;
+  bl.rows = N;
+  bl.cols = K;
+  DevArray<uint8_t> buf(static_cast<size_t>(bl.data_bytes() + bl.scale_bytes()));
+  bl.data = buf.get();
+  bl.scales = buf.get() + bl.data_bytes();
+  REQUIRE(fp4blas_repack(w.dev.get(), w.row_bytes, bl, 0) == cudaSuccess);
+  auto x = random_floats(static_cast<size_t>(n * K), 82, -3, 3);
+  DevArray<float> dx(x), work(8), dy(static_cast<size_t>(n * N));
+  DevArray<uint8_t> xq(static_cast<size_t>(n * K / 2)), xs(static_cast<size_t>(blockscale_bytes(n, K)));
+  // work: [g, alpha, amax, -, beta 0, beta 1] (alpha and beta are device pointers).
+  work.upload(std::vector<float>{0, 0, 0, 0, 0.0f, 1.0f, 0, 0});
+  REQUIRE(fp4blas_quantize(dx.get(), K, n, K, 1.0f, xq.get(), xs.get(), work.get(), 0) == cudaSuccess);
+  Gemm gemm;
+  REQUIRE(gemm.init(16 << 20).ok());
+  const Status st = gemm.run_fp4(bl.data, bl.scales, N, K, xq.get(), xs.get(), n, dy.get(), N, work.get() + 1,
+                                 work.get() + 4, 0);
+  if (st.code() == QWEN35_ERR_UNSUPPORTED) {
+    MESSAGE("cuBLASLt offers no FP4 algorithm here: " << st.message());
+    return;
+  }
+  REQUIRE_MESSAGE(st.ok(), st.message());
+  auto y = dy.download();
+  // CPU: the same activation quantization, then exact products.
+  float amax = 0;
+  for (float v : x) amax = std::max(amax, std::fabs(v));
+  const float g = amax / (6.0f * 448.0f);
+  std::vector<float> xd(x.size());
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t c = 0; c < K / 16; ++c) {
+      const float* v = x.data() + t * K + c * 16;
+      float bmax = 0;
+      for (int k = 0; k < 16; ++k) bmax = std::max(bmax, std::fabs(v[k]));
+      const float sc = e4m3_value(e4m3_from_positive(bmax / 6.0f / g)) * g;
+      for (int k = 0; k < 16; ++k) xd[size_t(t * K + c * 16 + k)] = sc > 0 ? kE2M1[e2m1_nearest(v[k] / sc)] * sc : 0.0f;
+    }
+  std::vector<float> want(static_cast<size_t>(n * N)), exact(static_cast<size_t>(n * N));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t r = 0; r < N; ++r) {
+      want[size_t(t * N + r)] = vec_dot_ref(GGML_NVFP4, w.host.data() + r * w.row_bytes, xd.data() + t * K, K);
+      exact[size_t(t * N + r)] = vec_dot_ref(GGML_NVFP4, w.host.data() + r * w.row_bytes, x.data() + t * K, K);
+    }
+  CHECK(max_rel(y, want) < 1e-3);
+  MESSAGE("FP4 GEMM vs float activations: relative error " << max_rel(y, exact));
 }
