@@ -100,10 +100,6 @@ __global__ void fp4_dequant_kernel(Fp4Tiled w, int64_t r0, int64_t nr, Out* __re
 
 // ---- matrix-vector product ---------------------------------------------------------
 
-struct SliceInfo {
-  int64_t kg0, kg1;  // kgroups of this block's slice
-};
-
 __device__ __forceinline__ void mma_f16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -243,7 +239,7 @@ __global__ void __launch_bounds__(kWarps * kWarp) fp4_matvec_kernel(Fp4MatvecArg
   if (a.epilogue == Fp4Epilogue::Conv) {
     // Activation rows 0 and 1 are in lane t = 0 (n <= 2): it walks them in order.
     if (t != 0) return;
-    const int64_t C = a.conv_channels, K = a.conv_k;
+    const int64_t C = a.conv_channels, Kc = a.conv_k;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int64_t r = tile * kFp4TileRows + g + 8 * half;
@@ -255,16 +251,16 @@ __global__ void __launch_bounds__(kWarps * kWarp) fp4_matvec_kernel(Fp4MatvecArg
         continue;
       }
       // Input row tp of the conv: this call's rows, or the window before them.
-      auto in = [&](int64_t tp) { return tp >= 0 ? (tp == 0 ? v0 : v1) : a.conv_window[(K - 1 + tp) * C + r]; };
-      const float* taps = a.conv_taps + r * K;
+      auto in = [&](int64_t tp) { return tp >= 0 ? (tp == 0 ? v0 : v1) : a.conv_window[(Kc - 1 + tp) * C + r]; };
+      const float* taps = a.conv_taps + r * Kc;
       for (int j = 0; j < a.n; ++j) {
         float s = 0.0f;
-        for (int64_t k = 0; k < K; ++k) s = fmaf(taps[k], in(j - (K - 1) + k), s);
+        for (int64_t k = 0; k < Kc; ++k) s = fmaf(taps[k], in(j - (Kc - 1) + k), s);
         a.y[j * a.ldy + r] = silu_f(s);
       }
       if (a.conv_snapshot_row >= 0 && a.conv_snapshot_row < a.n)
-        for (int64_t k = 0; k + 1 < K; ++k) a.conv_snapshot[k * C + r] = in(a.conv_snapshot_row - (K - 2) + k);
-      for (int64_t k = 0; k + 1 < K; ++k) a.conv_window[k * C + r] = in(a.n - (K - 1) + k);
+        for (int64_t k = 0; k + 1 < Kc; ++k) a.conv_snapshot[k * C + r] = in(a.conv_snapshot_row - (Kc - 2) + k);
+      for (int64_t k = 0; k + 1 < Kc; ++k) a.conv_window[k * C + r] = in(a.n - (Kc - 1) + k);
     }
     return;
   }
