@@ -4,8 +4,9 @@
 // independently given q, k, beta and g, so a head is split over blocks of
 // kRowsPerBlock rows (more blocks in flight for decode). Within a block, row
 // v of M lives in registers, split over TPR = dk/32 adjacent threads: thread
-// `sub` holds elements sub, sub+TPR, ... (32 of them), so the shared-memory
-// reads of q and k hit distinct banks. The batch rows are walked in order
+// `sub` holds the 32 contiguous elements 32*sub .. 32*sub+31 (vector loads
+// and stores of the state); q and k sit in shared memory with one padding
+// word per 32, so the TPR threads of a row read distinct banks. The batch rows are walked in order
 // with one barrier per row; the next row's inputs are loaded while the
 // current one is computed, and the norms of q and k and the gates of a
 // chunk of rows are computed in parallel before the sequential walk.
@@ -32,7 +33,8 @@ template <int TPR>
 __global__ void __launch_bounds__(kMaxThreads) delta_net_kernel(DeltaNetArgs p, int rows_per_block) {
   pdl_prologue();
   constexpr int DK = 32 * TPR;
-  __shared__ float qs[2][DK], ks[2][DK];
+  constexpr int PAD = 33;  // shared-memory stride of each 32-element part
+  __shared__ float qs[2][TPR * PAD], ks[2][TPR * PAD];
   // Per batch row of the current chunk: q and k norm factors and the gates.
   __shared__ float s_rq[kChunk], s_rk[kChunk], s_beta[kChunk], s_decay[kChunk];
   const int64_t j = blockIdx.x;
@@ -44,9 +46,17 @@ __global__ void __launch_bounds__(kMaxThreads) delta_net_kernel(DeltaNetArgs p, 
   const float a_log = p.ssm_a[j], dtb = p.dt_bias[j];
 
   float M[32];
-  float* st = p.state + (j * dv + v_row) * DK;
+  float4* st = reinterpret_cast<float4*>(p.state + (j * dv + v_row) * DK + 32 * sub);
 #pragma unroll
-  for (int i = 0; i < 32; ++i) M[i] = st[i * TPR + sub];
+  for (int i = 0; i < 8; ++i) {
+    const float4 v = st[i];
+    M[4 * i] = v.x;
+    M[4 * i + 1] = v.y;
+    M[4 * i + 2] = v.z;
+    M[4 * i + 3] = v.w;
+  }
+  const int sq_at = (tid / 32) * PAD + tid % 32;  // where thread tid < DK stores q[tid], k[tid]
+  const int my = sub * PAD;                       // this thread's part of q and k
 
   // Inputs of row t: q, k (loaded by the first DK threads into shared
   // memory) and the value of this thread's state row.
@@ -62,8 +72,8 @@ __global__ void __launch_bounds__(kMaxThreads) delta_net_kernel(DeltaNetArgs p, 
   };
   prefetch(0);
   if (tid < DK) {
-    qs[0][tid] = nq;
-    ks[0][tid] = nk;
+    qs[0][sq_at] = nq;
+    ks[0][sq_at] = nk;
   }
   for (int64_t t0 = 0; t0 < p.n; t0 += kChunk) {
     const int64_t t1 = min(p.n, t0 + kChunk);
@@ -99,33 +109,33 @@ __global__ void __launch_bounds__(kMaxThreads) delta_net_kernel(DeltaNetArgs p, 
 #pragma unroll
       for (int i = 0; i < 32; ++i) {
         M[i] *= decay;
-        m4[i & 3] = fmaf(M[i], ks[buf][i * TPR + sub], m4[i & 3]);
+        m4[i & 3] = fmaf(M[i], ks[buf][my + i], m4[i & 3]);
       }
       const float m = group_sum<TPR>((m4[0] + m4[1]) + (m4[2] + m4[3])) * rk;
       const float d = beta * (v - m) * rk;  // the update uses k * rk
       float o4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
       for (int i = 0; i < 32; ++i) {
-        M[i] = fmaf(ks[buf][i * TPR + sub], d, M[i]);
-        o4[i & 3] = fmaf(M[i], qs[buf][i * TPR + sub], o4[i & 3]);
+        M[i] = fmaf(ks[buf][my + i], d, M[i]);
+        o4[i & 3] = fmaf(M[i], qs[buf][my + i], o4[i & 3]);
       }
       const float o = group_sum<TPR>((o4[0] + o4[1]) + (o4[2] + o4[3])) * rq;
       if (sub == 0) p.out[t * p.Hv * dv + j * dv + v_row] = o;
       if (t == p.snapshot_row) {
-        float* sn = p.snapshot + (j * dv + v_row) * DK;
+        float4* sn = reinterpret_cast<float4*>(p.snapshot + (j * dv + v_row) * DK + 32 * sub);
 #pragma unroll
-        for (int i = 0; i < 32; ++i) sn[i * TPR + sub] = M[i];
+        for (int i = 0; i < 8; ++i) sn[i] = make_float4(M[4 * i], M[4 * i + 1], M[4 * i + 2], M[4 * i + 3]);
       }
       // Row t+1's q and k into the other buffer (last read during row t-1,
       // before this row's barrier).
       if (t + 1 < p.n && tid < DK) {
-        qs[buf ^ 1][tid] = nq;
-        ks[buf ^ 1][tid] = nk;
+        qs[buf ^ 1][sq_at] = nq;
+        ks[buf ^ 1][sq_at] = nk;
       }
     }
   }
 #pragma unroll
-  for (int i = 0; i < 32; ++i) st[i * TPR + sub] = M[i];
+  for (int i = 0; i < 8; ++i) st[i] = make_float4(M[4 * i], M[4 * i + 1], M[4 * i + 2], M[4 * i + 3]);
 }
 
 }  // namespace
