@@ -77,6 +77,15 @@ bool env_off(const char* name) {
 
 enum class Epi { Store, Add, SwiGLU };
 
+// The delta net's gated RMSNorm, fused into its output projection's
+// prologue when the tensor-core kernel runs it.
+struct GatedNorm {
+  const float* z = nullptr;
+  int64_t ldz = 0;
+  const float* w = nullptr;
+  int dv = 0;
+};
+
 // The delta net's causal conv, fused into its input projection's epilogue
 // when the tensor-core kernel runs it (1 or 2 rows).
 struct ConvEpi {
@@ -140,7 +149,7 @@ class CudaBackend final : public Backend {
   // y = W rmsnorm(x) (no norm when nw is null); Epi::SwiGLU needs a gate_up
   // stack and writes silu(gate) * up, [n, F] with row stride ldy.
   Status project(const DevLinear& W, const float* x, int64_t ldx, int64_t n, const float* nw, float* y, int64_t ldy,
-                 Epi epi, const ConvEpi* conv = nullptr);
+                 Epi epi, const ConvEpi* conv = nullptr, const GatedNorm* gated = nullptr);
   Status embed(const DevEmbed& E, const int32_t* tokens, int64_t n, float* out, int64_t ldo);
   Status head(const DevEmbed& E, const float* hn, int64_t n, float* logits, int64_t ldl);
 
@@ -391,9 +400,11 @@ Status CudaBackend::mm(const MatView& w, const float* x, int64_t ldx, int64_t n,
 }
 
 Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int64_t n, const float* nw, float* y,
-                            int64_t ldy, Epi epi, const ConvEpi* conv) {
+                            int64_t ldy, Epi epi, const ConvEpi* conv, const GatedNorm* gated) {
   const int64_t K = W.cols;
   if (conv && !(W.fp4.present() && n <= 2)) return Error(QWEN35_ERR_BACKEND, "the fused conv needs the NVFP4 kernel");
+  if (gated && !(W.fp4.present() && n <= kMatvecMaxCols))
+    return Error(QWEN35_ERR_BACKEND, "the fused gated norm needs the NVFP4 kernel");
   if (W.fp4.present() && n <= kMatvecMaxCols) {
     Fp4MatvecArgs a;
     a.w = W.fp4;
@@ -407,6 +418,12 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
     a.epilogue = epi == Epi::SwiGLU ? Fp4Epilogue::SwiGLU : epi == Epi::Add ? Fp4Epilogue::Add : Fp4Epilogue::Store;
     a.partial = fp4_partial_;
     a.counters = fp4_counters_;
+    if (gated) {
+      a.gate_z = gated->z;
+      a.ldz = gated->ldz;
+      a.gate_w = gated->w;
+      a.gate_dv = gated->dv;
+    }
     if (conv) {
       a.epilogue = Fp4Epilogue::Conv;
       a.conv_taps = conv->taps;
@@ -610,6 +627,14 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
   d.snapshot_row = snapshot_row;
   d.snapshot = snapshot_row >= 0 ? slot_ptr(kRollbackSlot, ssm_[size_t(il)]) : nullptr;
   QWEN35_CUDA_TRY(delta_net(d, stream_), "the delta rule");
+  if (L.out_proj.fp4.present() && n <= kMatvecMaxCols && fp4_gated_supported(L.out_proj.fp4, int(hp_.ssm_dv))) {
+    GatedNorm gn;
+    gn.z = mix_ + C;
+    gn.ldz = ld;
+    gn.w = L.ssm_norm;
+    gn.dv = int(hp_.ssm_dv);
+    return project(L.out_proj, so_, Cv, n, nullptr, h, D, Epi::Add, nullptr, &gn);
+  }
   QWEN35_CUDA_TRY(gated_rmsnorm(so_, mix_ + C, ld, L.ssm_norm, n, Hv, hp_.ssm_dv, hp_.eps, stream_), "the gated norm");
   return project(L.out_proj, so_, Cv, n, nullptr, h, D, Epi::Add);
 }

@@ -26,6 +26,7 @@ namespace {
 constexpr int kWarps = 4;           // row tiles per block
 constexpr int kPrefetch = 4;        // kgroups loaded ahead per warp
 constexpr int kMaxSplits = 16;
+constexpr int kMaxGatedHeads = 128;  // heads of the gated-norm prologue per slice
 
 // ---- repack ---------------------------------------------------------------------
 
@@ -113,6 +114,14 @@ __device__ __forceinline__ float2 e4m3x2_to_float2(uint32_t pair) {
   return __half22float2(*reinterpret_cast<const __half2*>(&h));
 }
 
+// Slice column k of activation row xr after the prologue: RMS-normalized
+// (rnorm, norm weights), gated-normalized (z row zr), or as it is.
+__device__ __forceinline__ float prologue_value(const Fp4MatvecArgs& a, const float* xr, const float* zr, int64_t c0,
+                                                int64_t k, float rnorm, const float* head_scale) {
+  if (zr) return xr[c0 + k] * head_scale[k / a.gate_dv] * a.gate_w[(c0 + k) % a.gate_dv] * silu_f(zr[c0 + k]);
+  return xr[c0 + k] * rnorm * (a.norm ? a.norm[c0 + k] : 1.0f);
+}
+
 // 2^e as a float for |e| < 126.
 __device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) << 23); }
 
@@ -121,6 +130,7 @@ __global__ void __launch_bounds__(kWarps * kWarp) fp4_matvec_kernel(Fp4MatvecArg
   extern __shared__ __align__(16) uint8_t smem_raw[];
   __shared__ float red[32];
   __shared__ int exps[kMatvecMaxCols];
+  __shared__ float head_scale[kMaxGatedHeads];
   __shared__ bool is_last;
   uint16_t* xs = reinterpret_cast<uint16_t*>(smem_raw);  // [n][slice cols] F16, permuted
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
@@ -139,20 +149,29 @@ __global__ void __launch_bounds__(kWarps * kWarp) fp4_matvec_kernel(Fp4MatvecArg
       for (int64_t k = threadIdx.x; k < K; k += blockDim.x) ss = fmaf(xr[k], xr[k], ss);
       rnorm = rsqrtf(block_sum(ss, red) / float(K) + a.eps);
     }
-    float amax = 0.0f;
-    for (int64_t k = threadIdx.x; k < slice; k += blockDim.x) {
-      const float v = xr[c0 + k] * rnorm * (a.norm ? a.norm[c0 + k] : 1.0f);
-      amax = fmaxf(amax, fabsf(v));
+    const float* zr = a.gate_z ? a.gate_z + j * a.ldz : nullptr;
+    if (zr) {  // per-head norm factors of the gated norm (slices hold whole heads)
+      const int dv = a.gate_dv;
+      for (int64_t h = warp; h < slice / dv; h += kWarps) {
+        float ss = 0.0f;
+        for (int i = lane; i < dv; i += kWarp) ss = fmaf(xr[c0 + h * dv + i], xr[c0 + h * dv + i], ss);
+        ss = warp_sum(ss);
+        if (lane == 0) head_scale[h] = rsqrtf(ss / float(dv) + a.eps);
+      }
+      __syncthreads();
     }
+    float amax = 0.0f;
+    for (int64_t k = threadIdx.x; k < slice; k += blockDim.x)
+      amax = fmaxf(amax, fabsf(prologue_value(a, xr, zr, c0, k, rnorm, head_scale)));
     amax = block_max(amax, red);
     // Clamped so that 2^-e and 2^(e+14) stay normal floats.
     const int e = amax > 0.0f ? max(-100, min(100, ilogbf(amax) - 14)) : 0;
     if (threadIdx.x == 0) exps[j] = e;
     const float inv = pow2f(-e);
-    for (int64_t k = threadIdx.x; k < slice; k += blockDim.x) {
-      const float v = xr[c0 + k] * rnorm * (a.norm ? a.norm[c0 + k] : 1.0f) * inv;
-      xs[j * slice + fp4_x_index(int(k))] = __half_as_ushort(__float2half_rn(v));
-    }
+    for (int64_t k = threadIdx.x; k < slice; k += blockDim.x)
+      xs[j * slice + fp4_x_index(int(k))] =
+          __half_as_ushort(__float2half_rn(prologue_value(a, xr, zr, c0, k, rnorm, head_scale) * inv));
+    __syncthreads();  // head_scale is rewritten for the next row
   }
   __syncthreads();
 
@@ -315,13 +334,19 @@ cudaError_t fp4_dequant_rows_f32(const Fp4Tiled& w, int64_t r0, int64_t nr, floa
   return fp4_dequant<float>(w, r0, nr, dst, stream);
 }
 
-int fp4_splits(const Fp4Tiled& w, int sms) {
+int fp4_splits(const Fp4Tiled& w, int sms, int align_kg) {
   const int64_t groups = (w.tiles() + kWarps - 1) / kWarps;
   const int64_t target = 2 * int64_t(std::max(sms, 1));
   int64_t s = (target + groups / 2) / groups;
   s = std::max<int64_t>(1, std::min<int64_t>({s, kMaxSplits, w.kgroups()}));
-  const int64_t per = (w.kgroups() + s - 1) / s;
+  int64_t per = (w.kgroups() + s - 1) / s;
+  per = (per + align_kg - 1) / align_kg * align_kg;
   return int((w.kgroups() + per - 1) / per);
+}
+
+bool fp4_gated_supported(const Fp4Tiled& w, int gate_dv) {
+  return gate_dv > 0 && gate_dv % kFp4GroupCols == 0 && w.cols % gate_dv == 0 &&
+         w.cols <= int64_t(kMaxGatedHeads) * gate_dv;
 }
 
 uint64_t fp4_partial_floats(const Fp4Tiled& w, int sms) {
@@ -338,9 +363,12 @@ cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream) {
       (a.n > 2 || a.w.pairing != Fp4Pairing::Plain || !a.conv_taps || !a.conv_window || a.conv_k < 1 ||
        a.conv_channels > a.w.rows))
     return cudaErrorInvalidValue;
-  const int splits = fp4_splits(a.w, sms);
+  if (a.gate_z && (!a.gate_w || !fp4_gated_supported(a.w, a.gate_dv))) return cudaErrorInvalidValue;
+  const int align = a.gate_z ? a.gate_dv / kFp4GroupCols : 1;
+  const int splits = fp4_splits(a.w, sms, align);
   if (splits > 1 && (!a.partial || !a.counters)) return cudaErrorInvalidValue;
-  const int64_t kg_per = (a.w.kgroups() + splits - 1) / splits;
+  int64_t kg_per = (a.w.kgroups() + splits - 1) / splits;
+  kg_per = (kg_per + align - 1) / align * align;
   const size_t smem = size_t(a.n) * size_t(kg_per) * kFp4GroupCols * sizeof(uint16_t);
   if (smem > 48 * 1024) {  // opt in to the larger shared memory (a per-device setting)
     const cudaError_t e = cudaFuncSetAttribute(fp4_matvec_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));

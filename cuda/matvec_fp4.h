@@ -54,6 +54,14 @@ struct Fp4MatvecArgs {
   int64_t ldx = 0;
   const float* norm = nullptr;      // optional: x is first RMS-normalized with this weight [cols]
   float eps = 1e-6f;
+  // Optional gated RMSNorm prologue (the delta net's, spec §4.5.5): x is
+  // the delta rule's output; column c of head h = c / gate_dv becomes
+  // rmsnorm(x_h) * gate_w[c % gate_dv] * silu(gate_z[c]). gate_dv must be a
+  // multiple of 64 and cols <= 128 * gate_dv (fp4_gated_supported).
+  const float* gate_z = nullptr;    // [n, ldz]
+  int64_t ldz = 0;
+  const float* gate_w = nullptr;    // [gate_dv]
+  int gate_dv = 0;
   float* y = nullptr;               // [n, ldy]
   int64_t ldy = 0;
   Fp4Epilogue epilogue = Fp4Epilogue::Store;
@@ -73,8 +81,10 @@ struct Fp4MatvecArgs {
   float* conv_snapshot = nullptr;
 };
 
-// Split count chosen for a weight on a device with `sms` multiprocessors.
-int fp4_splits(const Fp4Tiled& w, int sms);
+// Split count chosen for a weight on a device with `sms` multiprocessors;
+// with align_kg > 1 the column slices are multiples of align_kg kgroups.
+int fp4_splits(const Fp4Tiled& w, int sms, int align_kg = 1);
+bool fp4_gated_supported(const Fp4Tiled& w, int gate_dv);
 uint64_t fp4_partial_floats(const Fp4Tiled& w, int sms);
 uint64_t fp4_counter_ints(const Fp4Tiled& w);
 

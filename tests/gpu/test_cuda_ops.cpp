@@ -860,3 +860,48 @@ TEST_CASE("Blackwell block-scaled FP4 GEMM equals its CPU emulation (skipped bef
   CHECK(max_rel(y, want) < 1e-3);
   MESSAGE("FP4 GEMM vs float activations: relative error " << max_rel(y, exact));
 }
+
+TEST_CASE("tensor-core NVFP4 matvec with the fused gated-RMSNorm prologue (split K on head boundaries)") {
+  QWEN35_REQUIRE_GPU();
+  const int sms = device_sms();
+  const int64_t N = 2560, K = 512, dv = 128;
+  TiledFp4 w(N, K, Fp4Pairing::Plain, 91);
+  REQUIRE(fp4_gated_supported(w.t, int(dv)));
+  DevArray<float> part(std::max<uint64_t>(1, fp4_partial_floats(w.t, sms)));
+  DevArray<int> cnt(std::max<uint64_t>(1, fp4_counter_ints(w.t)));
+  const int n = 2;
+  const int64_t ldz = K + 16;
+  auto o = random_floats(static_cast<size_t>(n * K), 92, -2, 2);
+  auto z = random_floats(static_cast<size_t>(n * ldz), 93, -3, 3);
+  auto gw = random_floats(static_cast<size_t>(dv), 94, 0.5f, 1.5f);
+  auto y0 = random_floats(static_cast<size_t>(n * N), 95);
+  DevArray<float> dox(o), dz(z), dgw(gw), dy(y0);
+  Fp4MatvecArgs a;
+  a.w = w.t;
+  a.n = n;
+  a.x = dox.get();
+  a.ldx = K;
+  a.gate_z = dz.get();
+  a.ldz = ldz;
+  a.gate_w = dgw.get();
+  a.gate_dv = int(dv);
+  a.y = dy.get();
+  a.ldy = N;
+  a.epilogue = Fp4Epilogue::Add;
+  a.partial = part.get();
+  a.counters = cnt.get();
+  REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
+  auto y = dy.download();
+  std::vector<float> want(y0);
+  for (int j = 0; j < n; ++j) {
+    std::vector<float> xr(o.begin() + j * K, o.begin() + (j + 1) * K);
+    for (int64_t h = 0; h < K / dv; ++h) {
+      float* oh = xr.data() + h * dv;
+      rmsnorm(oh, gw.data(), dv, 1e-6f, oh);
+      for (int64_t i = 0; i < dv; ++i) oh[i] *= siluf(z[size_t(j * ldz + h * dv + i)]);
+    }
+    for (int64_t r = 0; r < N; ++r)
+      want[size_t(j * N + r)] += vec_dot_ref(GGML_NVFP4, w.a.host.data() + r * w.a.row_bytes, xr.data(), K) * 0.5f;
+  }
+  CHECK(max_rel(y, want) < 2e-3);
+}
