@@ -750,13 +750,18 @@ Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax) {
     }
   }
   Status st;
+  bool eager = true;
   if (staged && use_graphs_ && !b.embd) {
     const GraphKey key{n, b.snapshot_row, want_logits ? lf : int32_t(n), out.hidden != nullptr,
                        out.prenorm != nullptr, out.logits != nullptr, out.argmax != nullptr};
     st = launch_graph(key, [&] { return enqueue_eval(n, b.snapshot_row, lf, false, out, false); });
-  } else {
-    st = enqueue_eval(n, b.snapshot_row, lf, b.embd != nullptr, out, true);
+    eager = !st.ok();
+    if (eager) {  // nothing of the step ran: redo it without graphs from now on
+      m_.log.warn("CUDA graph capture or launch failed ({}); continuing without graphs", st.message());
+      use_graphs_ = false;
+    }
   }
+  if (eager) st = enqueue_eval(n, b.snapshot_row, lf, b.embd != nullptr, out, true);
   const Status done = sync("a decode");
   QWEN35_TRY(st);
   QWEN35_TRY(done);
