@@ -457,3 +457,41 @@ TEST_CASE("without a usable GPU, device=CUDA fails cleanly and AUTO runs on the 
   uint64_t fr = 0, tot = 0;
   CHECK(qwen35_cuda_memory_info(0, &fr, &tot) == QWEN35_ERR_UNSUPPORTED);
 }
+
+TEST_CASE("CUDA: graphs and PDL change nothing; the fast kernels agree with the generic ones") {
+  QWEN35_REQUIRE_GPU();
+  const std::string path = fixture("models/tiny-m-nvfp4.gguf");
+  auto s = read_seqs(fixture("logits/seqs.txt"))[1];
+  auto run_steps = [&](qwen35_model* m) {
+    Ctx ctx(m, 512, true);
+    std::vector<float> all;
+    for (int i = 0; i < 20; ++i) {
+      REQUIRE(qwen35_context_decode(ctx.c, &s[size_t(i)], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+      all.insert(all.end(), qwen35_context_logits(ctx.c, -1), qwen35_context_logits(ctx.c, -1) + 4122);
+    }
+    // An MTP draft too (the head's own path).
+    const float* d = nullptr;
+    REQUIRE(qwen35_context_mtp_draft(ctx.c, 7, &d) == QWEN35_OK);
+    all.insert(all.end(), d, d + 4122);
+    return all;
+  };
+  Model fast(path);
+  const auto with_graphs = run_steps(fast.m);
+  std::vector<float> eager;
+  {
+    EnvVar g("QWEN35_CUDA_GRAPHS", "0"), p("QWEN35_CUDA_PDL", "0");
+    eager = run_steps(fast.m);
+  }
+  CHECK(std::memcmp(with_graphs.data(), eager.data(), eager.size() * 4) == 0);
+  std::vector<float> generic;
+  {
+    EnvVar f("QWEN35_CUDA_FAST", "0");
+    Model slow(path);
+    generic = run_steps(slow.m);
+  }
+  double worst = 0;
+  for (size_t r = 0; r * 4122 < generic.size(); ++r)
+    worst = std::max(worst, rel_err(with_graphs.data() + r * 4122, generic.data() + r * 4122, 4122));
+  MESSAGE("fast vs generic decode kernels: worst relative difference " << worst);
+  CHECK(worst < 5e-2);
+}
