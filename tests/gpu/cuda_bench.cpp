@@ -8,8 +8,11 @@
 //   api:     qwen35_context_decode + the host argmax of the copied logits
 //   mtp:     the speculative loop of spec §5.5 with one MTP draft (models
 //            with an MTP layer), through the context
+// --check N: also run an N-token prompt on the CPU backend and report the
+// relative difference of the last row's logits (batch and one-token steps).
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -51,7 +54,7 @@ int fail(const char* what, const Status& st) {
 
 int main(int argc, char** argv) {
   std::string path, device = "cuda";
-  int p = 512, n = 128;
+  int p = 512, n = 128, check = 0;
   bool json = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -60,6 +63,7 @@ int main(int argc, char** argv) {
     else if (a == "-n" && i + 1 < argc) n = std::atoi(argv[++i]);
     else if (a == "--device" && i + 1 < argc) device = argv[++i];
     else if (a == "--json") json = true;
+    else if (a == "--check" && i + 1 < argc) check = std::atoi(argv[++i]);
     else return usage();
   }
   if (path.empty() || p < 1 || n < 1) return usage();
@@ -175,6 +179,36 @@ int main(int argc, char** argv) {
     t_mtp = now_s() - t0;
   }
 
+  // Agreement with the CPU backend on a short prompt.
+  double check_batch = -1, check_step = -1;
+  int check_argmax = -1;
+  if (check > 0 && device == "cuda") {
+    std::unique_ptr<Model> cpu_model;
+    if (!(st = LoadModel(path, {}, {}, &cpu_model)).ok()) return fail("loading for the check", st);
+    ContextOptions oc = o;
+    oc.use_mtp = false;
+    oc.n_threads = 16;
+    std::unique_ptr<Context> cc, gb, gs;
+    if (!(st = Context::Create(*cpu_model, oc, &cc)).ok()) return fail("check context", st);
+    if (!(st = Context::Create(*model, oc, &gb)).ok()) return fail("check context", st);
+    if (!(st = Context::Create(*model, oc, &gs)).ok()) return fail("check context", st);
+    if (!(st = cc->decode(prompt.data(), check, LogitsMode::Last)).ok()) return fail("check (cpu)", st);
+    if (!(st = gb->decode(prompt.data(), check, LogitsMode::Last)).ok()) return fail("check (gpu)", st);
+    for (int i = 0; i < check; ++i)
+      if (!(st = gs->decode(prompt.data() + i, 1, LogitsMode::Last)).ok()) return fail("check (gpu steps)", st);
+    auto rel = [&](const float* a, const float* b) {
+      double num = 0, den = 0;
+      for (int i = 0; i < V; ++i) {
+        num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+        den += double(b[i]) * b[i];
+      }
+      return std::sqrt(num / std::max(den, 1e-30));
+    };
+    check_batch = rel(gb->logits(-1), cc->logits(-1));
+    check_step = rel(gs->logits(-1), cc->logits(-1));
+    check_argmax = argmax(gb->logits(-1), V) == argmax(cc->logits(-1), V);
+  }
+
   const cuda::DeviceModel* dm = cuda::device_model(*model);
   const char* layouts = !dm ? "cpu" : dm->fast ? "decode" : "gguf";
   const double pf = p / t_prefill, dc = n / t_decode, dca = n / t_decode_api;
@@ -184,9 +218,10 @@ int main(int argc, char** argv) {
         "{\"model\": \"%s\", \"device\": \"%s\", \"prompt_tokens\": %d, \"decode_tokens\": %d, "
         "\"load_s\": %.3f, \"upload_s\": %.3f, \"device_bytes\": %llu, "
         "\"prefill_tokens_per_s\": %.1f, \"decode_tokens_per_s\": %.1f, \"decode_api_tokens_per_s\": %.1f, "
-        "\"decode_mtp_tokens_per_s\": %.1f, \"mtp_drafted\": %d, \"mtp_accepted\": %d, \"layouts\": \"%s\"}\n",
+        "\"decode_mtp_tokens_per_s\": %.1f, \"mtp_drafted\": %d, \"mtp_accepted\": %d, \"layouts\": \"%s\", "
+        "\"check_rel_batch\": %.4g, \"check_rel_step\": %.4g, \"check_argmax_equal\": %d}\n",
         path.c_str(), device.c_str(), p, n, t_load, t_upload, (unsigned long long)model->device_bytes, pf, dc, dca, mt,
-        drafted, accepted, layouts);
+        drafted, accepted, layouts, check_batch, check_step, check_argmax);
   } else {
     std::printf("load %.2f s, upload %.2f s, %.0f MiB on the device\n", t_load, t_upload,
                 double(model->device_bytes) / (1 << 20));

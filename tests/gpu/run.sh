@@ -143,7 +143,7 @@ bench() {  # bench LABEL CMD...: appends {"label": ..., <the tool's JSON>} to be
   rm -f "$tmp"
 }
 if [ -s "$M4" ]; then
-  bench "bench 4B NVFP4" "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json
+  bench "bench 4B NVFP4" "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json --check 6
   if [ $HAVE_BENCH -eq 1 ]; then
     bench "qwen35-bench 4B NVFP4" "$BUILD/examples/qwen35-bench" -m "$M4" -p 512 -n 128 --device cuda --json
   fi
@@ -197,6 +197,9 @@ for line in open(sys.argv[1]):
         out.append(f"{r['device_bytes'] / 2**30:.2f} GiB weights")
     if r.get("layouts"):
         out.append(f"{r['layouts']} layouts")
+    if r.get("check_rel_batch", -1) >= 0:
+        out.append(f"vs CPU: rel {r['check_rel_batch']:.2g} batch / {r['check_rel_step']:.2g} step, "
+                   f"argmax {'equal' if r.get('check_argmax_equal') == 1 else 'DIFFERENT'}")
     print(f"{rec.get('label', '?'):<34} " + ", ".join(out))
 print("targets (H100, 4B NVFP4, batch 1): decode >= 1000 tok/s without MTP, prefill of 512 >= 20000 tok/s")
 EOF
