@@ -40,7 +40,7 @@ struct Ctx {
     p.n_ctx = n_ctx;
     p.use_mtp = mtp;
     p.mtp_logits = mtp;
-    p.n_threads = 2;
+    p.n_threads = std::min(16, std::max(2, int(std::thread::hardware_concurrency())));  // CPU reference contexts
     p.n_batch = n_batch;
     REQUIRE_MESSAGE(qwen35_context_create(m, &p, &c) == QWEN35_OK, qwen35_errmsg());
   }

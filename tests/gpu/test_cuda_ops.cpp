@@ -564,7 +564,9 @@ TEST_CASE("tensor-core NVFP4 matvec matches the CPU (plain, norm prologue, add, 
     DevArray<float> part(std::max<uint64_t>(1, fp4_partial_floats(w.t, sms)));
     DevArray<int> cnt(std::max<uint64_t>(1, fp4_counter_ints(w.t)));
     const int64_t K = cs.cols, N = cs.rows;
+    const bool big = N * K > 4'000'000;  // keep the CPU reference short
     for (int n : {1, 2, 5, 8}) {
+      if (big && (n == 2 || n == 5)) continue;
       for (bool norm : {false, true}) {
         CAPTURE(n);
         CAPTURE(norm);
@@ -573,6 +575,18 @@ TEST_CASE("tensor-core NVFP4 matvec matches the CPU (plain, norm prologue, add, 
         auto nw = random_floats(size_t(K), 7, 0.5f, 1.5f);
         auto y0 = random_floats(size_t(n * ldy), 8);
         DevArray<float> dx(x), dnw(nw), dy(y0);
+        // CPU products, shared by the store and add variants.
+        std::vector<double> prod(static_cast<size_t>(n * N));
+        {
+          std::vector<float> xr(static_cast<size_t>(K));
+          for (int j = 0; j < n; ++j) {
+            std::copy(x.begin() + j * ldx, x.begin() + j * ldx + K, xr.begin());
+            if (norm) rmsnorm(xr.data(), nw.data(), K, 1e-6f, xr.data());
+            for (int64_t r = 0; r < N; ++r)
+              prod[size_t(j * N + r)] =
+                  double(vec_dot_ref(GGML_NVFP4, w.a.host.data() + r * w.a.row_bytes, xr.data(), K)) * 0.5;
+          }
+        }
         for (bool add : {false, true}) {
           dy.upload(y0);
           Fp4MatvecArgs a;
@@ -588,13 +602,10 @@ TEST_CASE("tensor-core NVFP4 matvec matches the CPU (plain, norm prologue, add, 
           a.counters = cnt.get();
           REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
           auto y = dy.download();
-          std::vector<float> want(y0), xr(static_cast<size_t>(K));
           double num = 0, den = 0;
           for (int j = 0; j < n; ++j) {
-            std::copy(x.begin() + j * ldx, x.begin() + j * ldx + K, xr.begin());
-            if (norm) rmsnorm(xr.data(), nw.data(), K, 1e-6f, xr.data());
             for (int64_t r = 0; r < N; ++r) {
-              const double d = double(vec_dot_ref(GGML_NVFP4, w.a.host.data() + r * w.a.row_bytes, xr.data(), K)) * 0.5;
+              const double d = prod[size_t(j * N + r)];
               const double wv = add ? y0[size_t(j * ldy + r)] + d : d;
               const double g = y[size_t(j * ldy + r)];
               num += (g - wv) * (g - wv);
