@@ -52,6 +52,11 @@ constexpr int kMaxAttnSplits = 32;
 // Rows whose outputs go through pinned staging (and may use a CUDA graph).
 constexpr int64_t kStageRows = 2;
 
+// Weight rows per dequantized block of the GEMM path (the scratch holds
+// `elems` elements, at least 64 rows): blocks start at multiples of 64 rows
+// so that the output columns they write stay 256-byte aligned for cuBLASLt.
+int64_t gemm_rows_per_block(int64_t elems, int64_t K) { return std::max<int64_t>(64, elems / K / 64 * 64); }
+
 // Carves one device allocation into aligned sub-buffers.
 class Carver {
  public:
@@ -219,6 +224,7 @@ class CudaBackend final : public Backend {
   int* fp4_counters_ = nullptr;
   uint16_t* xb_ = nullptr;                                  // [nb, max K] BF16 activations
   void* deq_ = nullptr;                                     // dequantized weight block
+  int64_t deq_elems_ = 0;                                   // its size in elements
   uint8_t *xq_ = nullptr, *xqs_ = nullptr;                  // NVFP4 activations and their scales
   float* fp4_work_ = nullptr;                               // [g, alpha, amax bits, pad, beta 0, beta 1]
 };
@@ -339,7 +345,8 @@ Status CudaBackend::init() {
   cv.add(&fp4_counters_, std::max<uint64_t>(1, dm_.fp4_counter_ints));
   if (nb > kMatvecMaxCols) {
     cv.add(&xb_, nb * max_k);
-    cv.add(reinterpret_cast<float**>(&deq_), gemm_type_ == GemmType::F32 ? kDequantElems : kDequantElems / 2);
+    deq_elems_ = std::max<int64_t>(kDequantElems, 64 * max_k);
+    cv.add(reinterpret_cast<float**>(&deq_), uint64_t(gemm_type_ == GemmType::F32 ? deq_elems_ : deq_elems_ / 2));
     fp4_gemm_ = dm_.fp4_gemm;
     if (fp4_gemm_) {
       cv.add(&xq_, uint64_t(nb * max_k / 2));
@@ -387,7 +394,7 @@ Status CudaBackend::mm(const MatView& w, const float* x, int64_t ldx, int64_t n,
     X = xb_;
     ldX = K;
   }
-  const int64_t rows_per = std::max<int64_t>(1, kDequantElems / K);  // the scratch holds kDequantElems elements
+  const int64_t rows_per = gemm_rows_per_block(deq_elems_, K);
   for (int64_t r0 = 0; r0 < N; r0 += rows_per) {
     const int64_t nr = std::min(rows_per, N - r0);
     if (gemm_type_ == GemmType::F32)
@@ -468,7 +475,7 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
       X = xb_;
       ldX = K;
     }
-    const int64_t rows_per = std::max<int64_t>(1, kDequantElems / K);
+    const int64_t rows_per = gemm_rows_per_block(deq_elems_, K);
     for (int64_t r0 = 0; r0 < W.rows; r0 += rows_per) {
       const int64_t nr = std::min(rows_per, W.rows - r0);
       if (gemm_type_ == GemmType::F32)
@@ -506,7 +513,7 @@ Status CudaBackend::head(const DevEmbed& E, const float* hn, int64_t n, float* l
     X = xb_;
     ldX = K;
   }
-  const int64_t rows_per = std::max<int64_t>(1, kDequantElems / K);
+  const int64_t rows_per = gemm_rows_per_block(deq_elems_, K);
   for (int64_t r0 = 0; r0 < q.rows; r0 += rows_per) {
     const int64_t nr = std::min(rows_per, q.rows - r0);
     if (gemm_type_ == GemmType::F32)

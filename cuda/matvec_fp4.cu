@@ -26,6 +26,7 @@ namespace {
 constexpr int kWarps = 4;           // row tiles per block
 constexpr int kPrefetch = 4;        // kgroups loaded ahead per warp
 constexpr int kMaxSplits = 16;
+constexpr int64_t kMaxSliceKgroups = 96;  // 8 rows x 96 x 64 F16 = 96 KiB of shared memory
 constexpr int kMaxGatedHeads = 128;  // heads of the gated-norm prologue per slice
 
 // ---- repack ---------------------------------------------------------------------
@@ -339,6 +340,8 @@ int fp4_splits(const Fp4Tiled& w, int sms, int align_kg) {
   const int64_t target = 2 * int64_t(std::max(sms, 1));
   int64_t s = (target + groups / 2) / groups;
   s = std::max<int64_t>(1, std::min<int64_t>({s, kMaxSplits, w.kgroups()}));
+  // The x slice of 8 rows must fit the shared memory of every target (96 KiB).
+  s = std::max<int64_t>(s, (w.kgroups() + kMaxSliceKgroups - 1) / kMaxSliceKgroups);
   int64_t per = (w.kgroups() + s - 1) / s;
   per = (per + align_kg - 1) / align_kg * align_kg;
   return int((w.kgroups() + per - 1) / per);

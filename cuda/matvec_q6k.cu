@@ -144,7 +144,8 @@ cudaError_t q6k_repack(const uint8_t* src, uint64_t row_bytes, int64_t r0, int64
 }
 
 bool q6k_matvec_fits(const Q6kRows32& w, int n) {
-  return n >= 1 && n <= kMatvecMaxCols && uint64_t(n) * uint64_t(w.cols) * 4 <= 200 * 1024;
+  // x in shared memory, within what every target offers a block (sm_120: 99 KiB).
+  return n >= 1 && n <= kMatvecMaxCols && uint64_t(n) * uint64_t(w.cols) * 4 <= 96 * 1024;
 }
 
 cudaError_t q6k_matvec(const Q6kRows32& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc,

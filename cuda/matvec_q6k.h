@@ -21,7 +21,7 @@ cudaError_t q6k_repack(const uint8_t* src, uint64_t row_bytes, int64_t r0, int64
                        cudaStream_t stream);
 
 // y[j][r] (= or +=) scale * W[r] . x[j] for j < n <= 8. Needs n*cols*4 bytes
-// of shared memory (q6k_matvec_fits).
+// of shared memory, at most 96 KiB (q6k_matvec_fits; else use the GEMM path).
 bool q6k_matvec_fits(const Q6kRows32& w, int n);
 cudaError_t q6k_matvec(const Q6kRows32& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc,
                        cudaStream_t stream);
