@@ -343,11 +343,11 @@ Status CudaBackend::init() {
   cv.add(&logits_, logit_rows_ * V);
   cv.add(&fp4_partial_, std::max<uint64_t>(1, dm_.fp4_partial_floats));
   cv.add(&fp4_counters_, std::max<uint64_t>(1, dm_.fp4_counter_ints));
-  if (nb > kMatvecMaxCols) {
+  {  // the GEMM path (batches, and an LM head too wide for the decode kernel's shared memory)
     cv.add(&xb_, nb * max_k);
     deq_elems_ = std::max<int64_t>(kDequantElems, 64 * max_k);
     cv.add(reinterpret_cast<float**>(&deq_), uint64_t(gemm_type_ == GemmType::F32 ? deq_elems_ : deq_elems_ / 2));
-    fp4_gemm_ = dm_.fp4_gemm;
+    fp4_gemm_ = dm_.fp4_gemm && nb > kMatvecMaxCols;
     if (fp4_gemm_) {
       cv.add(&xq_, uint64_t(nb * max_k / 2));
       cv.add(&xqs_, blockscale_bytes(nb, max_k));
