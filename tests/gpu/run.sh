@@ -207,3 +207,10 @@ EOF
     cat "$BENCH"
   fi
 } | tee "$SUMMARY" | tee -a "$LOG"
+
+# Exit status: 1 if any step failed (the table above says which).
+for r in "${ROWS[@]}"; do
+  IFS='|' read -r _ st _ <<<"$r"
+  [ "$st" = ok ] || exit 1
+done
+exit 0
