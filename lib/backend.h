@@ -59,6 +59,15 @@ class Backend {
   virtual Status eval(const EvalBatch& b) = 0;
   virtual Status eval_mtp(const MtpBatch& b) = 0;
 
+  // Greedy variants: like eval / eval_mtp, but instead of copying the logits
+  // of rows logits_first..n-1 to b.logits (which is ignored), write the index
+  // of each row's largest logit (lowest index on ties) to argmax[n -
+  // logits_first]. A GPU backend computes it on the device, so greedy
+  // decoding copies one id per token instead of n_vocab floats. The default
+  // runs eval / eval_mtp into a temporary buffer and scans it.
+  virtual Status eval_greedy(const EvalBatch& b, int32_t* argmax);
+  virtual Status eval_mtp_greedy(const MtpBatch& b, int32_t* argmax);
+
   // Zero the recurrent state. KV rows are addressed by the caller's n_past,
   // so they need no clearing.
   virtual void reset() = 0;
@@ -76,6 +85,9 @@ class Backend {
   // Set by the context; checked between layers so a long prefill can be
   // cancelled from another thread.
   const std::atomic<bool>* abort_flag = nullptr;
+
+  // Width of a logits row (the model's n_vocab); set by the Create function.
+  int32_t n_vocab = 0;
 };
 
 struct BackendParams {
@@ -94,5 +106,8 @@ Status CreateCudaBackend(const Model& model, const BackendParams& p, std::unique
 Status UploadModelToCuda(Model& model, int device_index, bool required);
 // Whether this build has the CUDA backend and a usable device.
 bool CudaAvailable();
+// Free and total memory of CUDA device `device_index` (UNSUPPORTED without
+// the CUDA backend or a device).
+Status CudaMemoryInfo(int device_index, uint64_t* free_bytes, uint64_t* total_bytes);
 
 }  // namespace qwen35

@@ -15,4 +15,9 @@ Status UploadModelToCuda(Model&, int, bool required) {
 
 bool CudaAvailable() { return false; }
 
+Status CudaMemoryInfo(int, uint64_t* free_bytes, uint64_t* total_bytes) {
+  *free_bytes = *total_bytes = 0;
+  return Error(QWEN35_ERR_UNSUPPORTED, "this build of qwen35 has no CUDA backend");
+}
+
 }  // namespace qwen35

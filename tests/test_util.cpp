@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -14,7 +15,12 @@
 
 namespace qwen35::test {
 
-std::string fixture(const std::string& rel) { return std::string(QWEN35_FIXTURES_DIR) + "/" + rel; }
+// QWEN35_FIXTURES in the environment overrides the configured directory (a
+// GPU machine gets a copy of the fixtures next to the repository).
+std::string fixture(const std::string& rel) {
+  const char* dir = std::getenv("QWEN35_FIXTURES");
+  return std::string(dir && *dir ? dir : QWEN35_FIXTURES_DIR) + "/" + rel;
+}
 
 std::string tmp_path(const std::string& name) {
   ::mkdir(QWEN35_TEST_TMP, 0755);

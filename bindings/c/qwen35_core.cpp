@@ -122,6 +122,12 @@ qwen35_device qwen35_model_device(const qwen35_model* m) {
 uint64_t qwen35_model_host_bytes(const qwen35_model* m) { return m ? m->m->host_bytes : 0; }
 uint64_t qwen35_model_device_bytes(const qwen35_model* m) { return m ? m->m->device_bytes : 0; }
 uint64_t qwen35_model_file_bytes(const qwen35_model* m) { return m && m->m->file ? m->m->file->size() : 0; }
+
+qwen35_status qwen35_cuda_memory_info(int device_index, uint64_t* free_bytes, uint64_t* total_bytes) {
+  if (!free_bytes || !total_bytes) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_cuda_memory_info: NULL argument");
+  Status st = CudaMemoryInfo(device_index, free_bytes, total_bytes);
+  return st.ok() ? QWEN35_OK : set_error(st);
+}
 const char* qwen35_model_desc(const qwen35_model* m) { return m ? m->desc.c_str() : nullptr; }
 
 int32_t qwen35_model_meta(const qwen35_model* m, const char* key, char* buf, size_t buf_size) {

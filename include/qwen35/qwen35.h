@@ -148,6 +148,11 @@ QWEN35_API qwen35_device qwen35_model_device(const qwen35_model * model); /* whe
 QWEN35_API uint64_t qwen35_model_host_bytes(const qwen35_model * model);
 QWEN35_API uint64_t qwen35_model_device_bytes(const qwen35_model * model);
 QWEN35_API uint64_t qwen35_model_file_bytes(const qwen35_model * model);
+/* Free and total memory of CUDA device device_index, in bytes (for budgeting
+ * n_ctx before creating contexts). QWEN35_ERR_UNSUPPORTED when the library was
+ * built without CUDA or no device is usable; QWEN35_ERR_INVALID_ARG for a bad
+ * index. Thread-safe. */
+QWEN35_API qwen35_status qwen35_cuda_memory_info(int device_index, uint64_t * free_bytes, uint64_t * total_bytes);
 /* One-line human description, e.g. "qwen35 4.3B NVFP4 (32+1 layers, vocab 248320)". */
 QWEN35_API const char * qwen35_model_desc(const qwen35_model * model);
 

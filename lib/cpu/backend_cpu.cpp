@@ -483,6 +483,7 @@ uint64_t CpuBackend::memory_bytes() const {
 
 Status CreateCpuBackend(const Model& model, const BackendParams& p, std::unique_ptr<Backend>* out) {
   auto b = std::make_unique<CpuBackend>(model, p);
+  b->n_vocab = model.hp.n_vocab;
   QWEN35_TRY(b->init());
   *out = std::move(b);
   return Status::Ok();

@@ -1,0 +1,38 @@
+// Causal GQA attention over the F16 KV cache with the sigmoid output gate
+// (spec §4.4.4-4.4.5). CPU twin: attend_one() in lib/cpu/ops.h.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace qwen35::cuda {
+
+struct AttnArgs {
+  int64_t n = 0;          // query rows; row t attends cache rows 0 .. n_past + t
+  int64_t n_head = 0;     // Hq
+  int64_t n_head_kv = 0;  // Hkv (query head h uses KV head h / (Hq/Hkv))
+  int64_t head_dim = 0;   // Dh: 64, 128, 256 or 512
+  float scale = 1.0f;     // 1/sqrt(Dh)
+  const float* q = nullptr;          // [n, Hq*Dh]
+  const uint16_t* k_cache = nullptr; // [n_ctx, Hkv*Dh] F16
+  const uint16_t* v_cache = nullptr; // [n_ctx, Hkv*Dh] F16
+  const float* gate = nullptr;       // gate of row t, head h at gate[t*ldgate + h*gate_stride] (Dh values)
+  int64_t ldgate = 0;
+  int64_t gate_stride = 0;
+  const int32_t* n_past = nullptr;   // device scalar
+  float* o = nullptr;                // [n, Hq*Dh]: softmax(q K^T * scale) V * sigmoid(gate)
+  // Split-K scratch for decode (attention_splits() partitions of the keys):
+  // [n, Hq, splits] maxima and sums and [n, Hq, splits, Dh] partial outputs.
+  int splits = 1;
+  float* part_m = nullptr;
+  float* part_l = nullptr;
+  float* part_o = nullptr;
+};
+
+bool attention_head_dim_supported(int64_t head_dim);
+
+// The whole attention for every row and head.
+cudaError_t attention(const AttnArgs& a, cudaStream_t stream);
+
+}  // namespace qwen35::cuda

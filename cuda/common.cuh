@@ -1,0 +1,92 @@
+// Device-side helpers shared by the kernels: number formats of the GGUF
+// weight types, warp and block reductions. Included by .cu files only.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace qwen35::cuda {
+
+constexpr int kWarp = 32;
+
+// ---- number formats (spec qwen35-text.md §6) ---------------------------------
+
+__device__ __forceinline__ float f16_bits_to_f32(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+__device__ __forceinline__ float bf16_bits_to_f32(uint16_t h) { return __uint_as_float(uint32_t(h) << 16); }
+
+// E2M1 code (bit 3 sign, bits 0-2 magnitude) -> value.
+__device__ __forceinline__ float e2m1_to_f32(uint32_t code) {
+  // Magnitudes {0, .5, 1, 1.5, 2, 3, 4, 6}: for e = bits 1-2 > 0 the value
+  // is 2^(e-1) * (1 + m/2); for e = 0 it is m/2.
+  const uint32_t m = code & 1u, e = (code >> 1) & 3u;
+  const float mag = e ? __int_as_float(int((e + 126u) << 23)) * (1.0f + 0.5f * float(m)) : 0.5f * float(m);
+  return (code & 8u) ? -mag : mag;
+}
+
+// UE4M3 scale byte as llama.cpp decodes it: 0x00 and 0x7F are 0, bit 7 is
+// ignored otherwise, E = 0 is subnormal (M * 2^-9).
+__device__ __forceinline__ float ue4m3_to_f32(uint32_t code) {
+  code &= 0xFFu;
+  if (code == 0x00u || code == 0x7Fu) return 0.0f;
+  const uint32_t E = (code >> 3) & 0x0Fu, M = code & 7u;
+  if (E == 0) return float(M) * (1.0f / 512.0f);
+  // (1 + M/8) * 2^(E-7): build the float directly.
+  return __uint_as_float(((E + 120u) << 23) | (M << 20));
+}
+
+// E8M0 exponent byte -> 2^(e-127) (e = 0 is 2^-127, 0xFF is NaN).
+__device__ __forceinline__ float e8m0_to_f32(uint32_t e) {
+  e &= 0xFFu;
+  if (e == 0) return __uint_as_float(0x00400000u);  // 2^-127, subnormal
+  if (e == 0xFF) return __uint_as_float(0x7FC00000u);
+  return __uint_as_float(e << 23);
+}
+
+// ---- reductions ----------------------------------------------------------------
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024). Every
+// thread gets the result. `scratch` holds 32 floats; it may be reused right
+// after the call returns (a barrier ends the function).
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, nw = blockDim.x / kWarp;
+  v = warp_sum(v);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float t = lane < nw ? scratch[lane] : 0.0f;
+  t = warp_sum(t);
+  return t;
+}
+
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, nw = blockDim.x / kWarp;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float t = lane < nw ? scratch[lane] : -INFINITY;
+  return warp_max(t);
+}
+
+__device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
+__device__ __forceinline__ float silu_f(float x) { return x / (1.0f + expf(-x)); }
+__device__ __forceinline__ float softplus_f(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+inline unsigned ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
+
+}  // namespace qwen35::cuda

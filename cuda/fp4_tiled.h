@@ -1,0 +1,136 @@
+// The tiled NVFP4 layout of the decode matrix-vector kernel (matvec_fp4.cu),
+// as host/device functions so that tests/test_fp4_layout.cpp can check the
+// packing, the bit-level decoding and the fragment mapping on the CPU.
+//
+// The kernel multiplies 16-row tiles of W with x on the tensor cores
+// (mma.sync m16n8k16, F16 inputs, F32 accumulation), one NVFP4 sub-block of
+// 16 elements per instruction. Weights are repacked once at upload so that
+// each lane loads exactly its A-fragment values with one 16-byte load per 64
+// columns, already arranged for a cheap E2M1 -> F16 conversion:
+//
+//   codes:  [tiles][kgroups][32 lanes][4 words]     (512 bytes per tile-kgroup)
+//   scales: [tiles][kgroups][8 g][4 chunks][2]      (64 bytes per tile-kgroup)
+//
+// kgroup = 64 columns = 4 chunks of 16 (one NVFP4 sub-block, one mma). Lane
+// L = 4g + t holds, for chunk w, the word with the 8 codes of rows g and g+8
+// at columns 2t, 2t+1, 2t+8, 2t+9 (the m16n8k16 A fragment). In a word, the
+// code for A-register `reg` (0..3) and half `hi` (0 = lower column) keeps its
+// 3 magnitude bits at bit 16*hi + kMagOff[reg] and its sign at bit
+// 16*hi + kSignOff[reg]; then each register is one or two shifts and masks:
+// the magnitude lands on bits 9-11 and the sign on bit 15 of each half, i.e.
+// the F16 number E2M1 * 2^-14 (exactly; 0.5 becomes the subnormal 2^-15).
+// Scale bytes are the UE4M3 codes, normalized to plain E4M3 (0x7F -> 0, bit 7
+// cleared), byte 8g + 2w + (row >= 8) for row g or g+8 of chunk w.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define QWEN35_HD __host__ __device__ __forceinline__
+#else
+#define QWEN35_HD inline
+#endif
+
+namespace qwen35::cuda {
+
+constexpr int kFp4TileRows = 16;
+constexpr int kFp4GroupCols = 64;
+constexpr int kFp4CodeBytes = 512;   // per tile and kgroup
+constexpr int kFp4ScaleBytes = 64;   // per tile and kgroup
+
+// Bit offsets of register reg's magnitude (3 bits) and sign inside a half.
+QWEN35_HD int fp4_mag_off(int reg) { return reg == 0 ? 9 : reg == 1 ? 6 : reg == 2 ? 0 : 3; }
+QWEN35_HD int fp4_sign_off(int reg) { return reg == 0 ? 15 : reg == 1 ? 12 : reg == 2 ? 13 : 14; }
+
+// Tile row and kgroup column held by code p (p = 2*reg + hi) of word w of lane.
+QWEN35_HD void fp4_code_position(int lane, int w, int p, int* row, int* col) {
+  const int g = lane >> 2, t = lane & 3, reg = p >> 1, hi = p & 1;
+  *row = g + ((reg & 1) ? 8 : 0);
+  *col = 16 * w + 2 * t + hi + ((reg & 2) ? 8 : 0);
+}
+
+// Pack 8 E2M1 codes (code[2*reg + hi]) into one word.
+QWEN35_HD uint32_t fp4_pack_word(const uint8_t* code) {
+  uint32_t w = 0;
+  for (int p = 0; p < 8; ++p) {
+    const int reg = p >> 1, base = 16 * (p & 1);
+    w |= uint32_t(code[p] & 7u) << (base + fp4_mag_off(reg));
+    w |= uint32_t((code[p] >> 3) & 1u) << (base + fp4_sign_off(reg));
+  }
+  return w;
+}
+
+// The four A registers (F16x2 bit patterns) of one word: what the kernel runs.
+QWEN35_HD void fp4_unpack_word(uint32_t w, uint32_t* a) {
+  a[0] = w & 0x8E008E00u;
+  a[1] = (w << 3) & 0x8E008E00u;
+  a[2] = ((w << 9) & 0x0E000E00u) | ((w << 2) & 0x80008000u);
+  a[3] = ((w << 6) & 0x0E000E00u) | ((w << 1) & 0x80008000u);
+}
+
+// UE4M3 as llama.cpp decodes it -> the E4M3 byte with the same value.
+// 0xFF (480) has no E4M3 equivalent: tensors holding it are not repacked.
+QWEN35_HD uint8_t fp4_normalize_scale(uint8_t b) { return b == 0x7F ? 0 : uint8_t(b & 0x7F); }
+
+// Byte of the scale of tile row `row`, chunk w inside a tile-kgroup block.
+QWEN35_HD int fp4_scale_byte(int row, int w) { return 8 * (row & 7) + 2 * w + (row >> 3); }
+
+// How tile rows map to source rows. Plain: row 16*tile + i of the source
+// (zero beyond `rows`). Paired (gate/up of SwiGLU): rows 0-7 of tile t are
+// rows 8t..8t+7 of the first source, rows 8-15 the same rows of the second,
+// so one lane holds a gate output and its up output.
+enum class Fp4Pairing { Plain, GateUp };
+
+QWEN35_HD int64_t fp4_tiles(Fp4Pairing pairing, int64_t rows) {
+  return pairing == Fp4Pairing::GateUp ? rows / 8 : (rows + kFp4TileRows - 1) / kFp4TileRows;
+}
+
+// Source row of tile row i: for GateUp, *second says which source.
+QWEN35_HD int64_t fp4_source_row(Fp4Pairing pairing, int64_t tile, int i, bool* second) {
+  if (pairing == Fp4Pairing::GateUp) {
+    *second = i >= 8;
+    return 8 * tile + (i & 7);
+  }
+  *second = false;
+  return kFp4TileRows * tile + i;
+}
+
+// The 4 code words of `lane` in one tile-kgroup, from the GGUF NVFP4 blocks
+// (36 bytes: d[4], qs[32]) of the 16 tile rows (null for padding rows).
+// Element e of a block is in sub-block e/16, byte qs[8*(e/16) + e%8], low
+// nibble for e%16 < 8 (spec §6.5).
+QWEN35_HD void fp4_lane_words(const uint8_t* const* block, int lane, uint32_t* words) {
+  for (int w = 0; w < 4; ++w) {
+    uint8_t code[8];
+    for (int p = 0; p < 8; ++p) {
+      int row, col;
+      fp4_code_position(lane, w, p, &row, &col);
+      const uint8_t* b = block[row];
+      if (!b) {
+        code[p] = 0;
+        continue;
+      }
+      const uint8_t q = b[4 + 8 * (col / 16) + (col % 8)];
+      code[p] = (col % 16) < 8 ? uint8_t(q & 0x0F) : uint8_t(q >> 4);
+    }
+    words[w] = fp4_pack_word(code);
+  }
+}
+
+// The 8 scale bytes of rows g and g+8 of a tile-kgroup (bytes 8g .. 8g+7).
+QWEN35_HD void fp4_g_scales(const uint8_t* const* block, int g, uint8_t* out8) {
+  for (int up = 0; up < 2; ++up) {
+    const uint8_t* b = block[g + 8 * up];
+    for (int w = 0; w < 4; ++w) out8[fp4_scale_byte(g + 8 * up, w) - 8 * g] = b ? fp4_normalize_scale(b[w]) : 0;
+  }
+}
+
+// Position of column k (within a slice starting at a kgroup boundary) in the
+// kernel's shared-memory copy of x: per chunk of 16, lane t's four B values
+// (k = 2t, 2t+1, 2t+8, 2t+9) are contiguous. Returns the F16 index.
+QWEN35_HD int fp4_x_index(int k) {
+  const int chunk = k >> 4, r = k & 15, hi = r >> 3, t = (r & 7) >> 1;
+  return chunk * 16 + t * 4 + hi * 2 + (r & 1);
+}
+
+}  // namespace qwen35::cuda

@@ -1,0 +1,384 @@
+// NVFP4 decode kernels on the tensor cores (see matvec_fp4.h, fp4_tiled.h).
+//
+// fp4_matvec: a block of 4 warps takes 4 row tiles (16 rows each) and one
+// slice of the columns. The block first writes its slice of x (RMS-normalized
+// when asked) into shared memory as F16, scaled by a power of two per
+// activation row so that the largest value is near 2^14 (no overflow, full
+// F16 precision). Each warp then streams its tile: per 64 columns one 16-byte
+// load of codes and one 8-byte load of scales per lane, four mma.sync
+// m16n8k16 (one per NVFP4 sub-block, fresh accumulators) and an F32 FMA with
+// the sub-block scales. Activation row j is column j of the mma's B operand,
+// so 1..8 rows cost the same and each row's result does not depend on the
+// others. With several column slices the partial sums meet in global memory
+// and the last block of the tile group adds them in a fixed order.
+#include <cuda_fp8.h>
+
+#include <algorithm>
+
+#include "common.cuh"
+#include "launch.cuh"
+#include "matvec_fp4.h"
+
+namespace qwen35::cuda {
+
+namespace {
+
+constexpr int kWarps = 4;           // row tiles per block
+constexpr int kPrefetch = 4;        // kgroups loaded ahead per warp
+constexpr int kMaxSplits = 16;
+constexpr int64_t kMaxSliceKgroups = 96;  // 8 rows x 96 x 64 F16 = 96 KiB of shared memory
+constexpr int kMaxGatedHeads = 128;  // heads of the gated-norm prologue per slice
+
+// ---- repack ---------------------------------------------------------------------
+
+// One thread per (tile, kgroup, lane).
+__global__ void fp4_repack_kernel(const uint8_t* __restrict__ a, const uint8_t* __restrict__ b, uint64_t row_bytes,
+                                  Fp4Tiled dst, uint8_t* __restrict__ codes, uint8_t* __restrict__ scales) {
+  const int64_t kg_n = dst.kgroups();
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= dst.tiles() * kg_n * 32) return;
+  const int lane = int(i % 32);
+  const int64_t kg = (i / 32) % kg_n, tile = i / 32 / kg_n;
+  const uint8_t* block[kFp4TileRows];
+  for (int r = 0; r < kFp4TileRows; ++r) {
+    bool second = false;
+    const int64_t src = fp4_source_row(dst.pairing, tile, r, &second);
+    block[r] = src < dst.rows ? (second ? b : a) + uint64_t(src) * row_bytes + uint64_t(kg) * 36 : nullptr;
+  }
+  uint32_t words[4];
+  fp4_lane_words(block, lane, words);
+  reinterpret_cast<uint4*>(codes)[i] = make_uint4(words[0], words[1], words[2], words[3]);
+  if ((lane & 3) == 0) {
+    const int g = lane >> 2;
+    fp4_g_scales(block, g, scales + (tile * kg_n + kg) * kFp4ScaleBytes + 8 * g);
+  }
+}
+
+// ---- dequantization to rows (the GEMM path) ---------------------------------------
+
+// F32 value of an F16 bit pattern times 2^14 (the A-register encoding).
+__device__ __forceinline__ float fp4_half_value(uint32_t h16) {
+  return __half2float(__ushort_as_half(uint16_t(h16))) * 16384.0f;
+}
+
+// One warp per (tile, kgroup): decode into shared memory, then write the
+// 16 x 64 block row by row.
+template <typename Out>
+__global__ void fp4_dequant_kernel(Fp4Tiled w, int64_t r0, int64_t nr, Out* __restrict__ dst) {
+  __shared__ float tile_buf[kWarps][kFp4TileRows][kFp4GroupCols + 1];
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t kg_n = w.kgroups();
+  const int64_t unit = int64_t(blockIdx.x) * kWarps + warp;
+  if (unit >= w.tiles() * kg_n) return;  // whole warp
+  const int64_t tile = unit / kg_n, kg = unit % kg_n;
+  const uint4 c = reinterpret_cast<const uint4*>(w.codes)[unit * 32 + lane];
+  const uint8_t* s = w.scales + unit * kFp4ScaleBytes;
+  const uint32_t words[4] = {c.x, c.y, c.z, c.w};
+  for (int wd = 0; wd < 4; ++wd) {
+    uint32_t a[4];
+    fp4_unpack_word(words[wd], a);
+    for (int p = 0; p < 8; ++p) {
+      int row, col;
+      fp4_code_position(lane, wd, p, &row, &col);
+      const float v = fp4_half_value((a[p >> 1] >> (16 * (p & 1))) & 0xFFFFu);
+      tile_buf[warp][row][col] = v * ue4m3_to_f32(s[fp4_scale_byte(row, wd)]);
+    }
+  }
+  __syncwarp();
+  for (int row = 0; row < kFp4TileRows; ++row) {
+    bool second = false;
+    const int64_t src = fp4_source_row(w.pairing, tile, row, &second);
+    if (src >= w.rows) continue;
+    const int64_t out_row = (second ? w.rows : 0) + src - r0;
+    if (out_row < 0 || out_row >= nr) continue;
+    Out* o = dst + out_row * w.cols + kg * kFp4GroupCols;
+    for (int col = lane; col < kFp4GroupCols; col += kWarp) {
+      const float v = tile_buf[warp][row][col];
+      if constexpr (sizeof(Out) == 4) o[col] = v;
+      else o[col] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+    }
+  }
+}
+
+// ---- matrix-vector product ---------------------------------------------------------
+
+__device__ __forceinline__ void mma_f16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%10,%10,%10,%10};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.0f));
+}
+
+__device__ __forceinline__ float2 e4m3x2_to_float2(uint32_t pair) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(pair & 0xFFFFu), __NV_E4M3);
+  return __half22float2(*reinterpret_cast<const __half2*>(&h));
+}
+
+// Slice column k of activation row xr after the prologue: RMS-normalized
+// (rnorm, norm weights), gated-normalized (z row zr), or as it is.
+__device__ __forceinline__ float prologue_value(const Fp4MatvecArgs& a, const float* xr, const float* zr, int64_t c0,
+                                                int64_t k, float rnorm, const float* head_scale) {
+  if (zr) return xr[c0 + k] * head_scale[k / a.gate_dv] * a.gate_w[(c0 + k) % a.gate_dv] * silu_f(zr[c0 + k]);
+  return xr[c0 + k] * rnorm * (a.norm ? a.norm[c0 + k] : 1.0f);
+}
+
+// 2^e as a float for |e| < 126.
+__device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) << 23); }
+
+__global__ void __launch_bounds__(kWarps * kWarp) fp4_matvec_kernel(Fp4MatvecArgs a, int splits, int64_t kg_per) {
+  pdl_prologue();
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  __shared__ float red[32];
+  __shared__ int exps[kMatvecMaxCols];
+  __shared__ float head_scale[kMaxGatedHeads];
+  __shared__ bool is_last;
+  uint16_t* xs = reinterpret_cast<uint16_t*>(smem_raw);  // [n][slice cols] F16, permuted
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int g = lane >> 2, t = lane & 3;
+  const Fp4Tiled& w = a.w;
+  const int64_t kg_n = w.kgroups(), K = w.cols, tiles = w.tiles();
+  const int64_t kg0 = int64_t(blockIdx.y) * kg_per, kg1 = min(kg_n, kg0 + kg_per);
+  const int64_t c0 = kg0 * kFp4GroupCols, slice = (kg1 - kg0) * kFp4GroupCols;
+
+  // 1. x slice -> shared F16, per row scaled by 2^-e.
+  for (int j = 0; j < a.n; ++j) {
+    const float* xr = a.x + j * a.ldx;
+    float rnorm = 1.0f;
+    if (a.norm) {
+      float ss = 0.0f;
+      for (int64_t k = threadIdx.x; k < K; k += blockDim.x) ss = fmaf(xr[k], xr[k], ss);
+      rnorm = rsqrtf(block_sum(ss, red) / float(K) + a.eps);
+    }
+    const float* zr = a.gate_z ? a.gate_z + j * a.ldz : nullptr;
+    if (zr) {  // per-head norm factors of the gated norm (slices hold whole heads)
+      const int dv = a.gate_dv;
+      for (int64_t h = warp; h < slice / dv; h += kWarps) {
+        float ss = 0.0f;
+        for (int i = lane; i < dv; i += kWarp) ss = fmaf(xr[c0 + h * dv + i], xr[c0 + h * dv + i], ss);
+        ss = warp_sum(ss);
+        if (lane == 0) head_scale[h] = rsqrtf(ss / float(dv) + a.eps);
+      }
+      __syncthreads();
+    }
+    float amax = 0.0f;
+    for (int64_t k = threadIdx.x; k < slice; k += blockDim.x)
+      amax = fmaxf(amax, fabsf(prologue_value(a, xr, zr, c0, k, rnorm, head_scale)));
+    amax = block_max(amax, red);
+    // Clamped so that 2^-e and 2^(e+14) stay normal floats.
+    const int e = amax > 0.0f ? max(-100, min(100, ilogbf(amax) - 14)) : 0;
+    if (threadIdx.x == 0) exps[j] = e;
+    const float inv = pow2f(-e);
+    for (int64_t k = threadIdx.x; k < slice; k += blockDim.x)
+      xs[j * slice + fp4_x_index(int(k))] =
+          __half_as_ushort(__float2half_rn(prologue_value(a, xr, zr, c0, k, rnorm, head_scale) * inv));
+    __syncthreads();  // head_scale is rewritten for the next row
+  }
+  __syncthreads();
+
+  // 2. Stream the tile.
+  const int64_t tile = int64_t(blockIdx.x) * kWarps + warp;
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (tile < tiles) {
+    const uint4* cp = reinterpret_cast<const uint4*>(w.codes) + (tile * kg_n) * 32 + lane;
+    const uint2* sp = reinterpret_cast<const uint2*>(w.scales) + (tile * kg_n) * 8 + g;
+    const uint16_t* xb = xs + g * slice + t * 4;
+    const bool has_col = g < a.n;
+    for (int64_t kg = kg0; kg < kg1; kg += kPrefetch) {
+      uint4 cbuf[kPrefetch];
+      uint2 sbuf[kPrefetch];
+#pragma unroll
+      for (int p = 0; p < kPrefetch; ++p) {
+        if (kg + p < kg1) {
+          cbuf[p] = __ldg(cp + (kg + p) * 32);
+          sbuf[p] = __ldg(sp + (kg + p) * 8);
+        }
+      }
+#pragma unroll
+      for (int p = 0; p < kPrefetch; ++p) {
+        if (kg + p >= kg1) break;
+        const uint32_t words[4] = {cbuf[p].x, cbuf[p].y, cbuf[p].z, cbuf[p].w};
+        const int64_t chunk0 = (kg + p - kg0) * 4;
+#pragma unroll
+        for (int wd = 0; wd < 4; ++wd) {
+          uint32_t ar[4];
+          fp4_unpack_word(words[wd], ar);
+          uint32_t b0 = 0, b1 = 0;
+          if (has_col) {
+            const uint2 bv = *reinterpret_cast<const uint2*>(xb + (chunk0 + wd) * 16);
+            b0 = bv.x;
+            b1 = bv.y;
+          }
+          float d[4];
+          mma_f16(d, ar, b0, b1);
+          const uint32_t sw = wd < 2 ? sbuf[p].x : sbuf[p].y;
+          const float2 sc = e4m3x2_to_float2(sw >> (16 * (wd & 1)));  // (row g, row g+8)
+          acc[0] = fmaf(d[0], sc.x, acc[0]);
+          acc[1] = fmaf(d[1], sc.x, acc[1]);
+          acc[2] = fmaf(d[2], sc.y, acc[2]);
+          acc[3] = fmaf(d[3], sc.y, acc[3]);
+        }
+      }
+    }
+  }
+  // acc[e]: row g + 8*(e/2), activation row 2t + (e%2). Undo the x scaling,
+  // the 2^-14 of the A encoding and apply the tensor scale.
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int j = 2 * t + (e & 1);
+    acc[e] *= j < a.n ? pow2f(exps[j] + 14) * w.scale : 0.0f;
+  }
+
+  // 3. Combine the slices (if split) and write.
+  if (splits > 1) {
+    // partial: [split][tile][16 rows][8 activation rows]
+    float* part = a.partial + ((int64_t(blockIdx.y) * tiles + tile) * kFp4TileRows) * kMatvecMaxCols;
+    if (tile < tiles) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) part[(g + 8 * (e >> 1)) * kMatvecMaxCols + 2 * t + (e & 1)] = acc[e];
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(&a.counters[blockIdx.x], 1) == splits - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    if (tile < tiles) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float s = 0.0f;
+        for (int sp = 0; sp < splits; ++sp)
+          s += __ldcg(a.partial + ((int64_t(sp) * tiles + tile) * kFp4TileRows + g + 8 * (e >> 1)) * kMatvecMaxCols +
+                      2 * t + (e & 1));
+        acc[e] = s;
+      }
+    }
+    if (threadIdx.x == 0) a.counters[blockIdx.x] = 0;
+  }
+  if (tile >= tiles) return;
+  if (a.epilogue == Fp4Epilogue::Conv) {
+    // Activation rows 0 and 1 are in lane t = 0 (n <= 2): it walks them in order.
+    if (t != 0) return;
+    const int64_t C = a.conv_channels, Kc = a.conv_k;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t r = tile * kFp4TileRows + g + 8 * half;
+      if (r >= w.rows) continue;
+      const float v0 = acc[2 * half], v1 = acc[2 * half + 1];
+      if (r >= C) {
+        a.y[r] = v0;
+        if (a.n > 1) a.y[a.ldy + r] = v1;
+        continue;
+      }
+      // Input row tp of the conv: this call's rows, or the window before them.
+      auto in = [&](int64_t tp) { return tp >= 0 ? (tp == 0 ? v0 : v1) : a.conv_window[(Kc - 1 + tp) * C + r]; };
+      const float* taps = a.conv_taps + r * Kc;
+      for (int j = 0; j < a.n; ++j) {
+        float s = 0.0f;
+        for (int64_t k = 0; k < Kc; ++k) s = fmaf(taps[k], in(j - (Kc - 1) + k), s);
+        a.y[j * a.ldy + r] = silu_f(s);
+      }
+      if (a.conv_snapshot_row >= 0 && a.conv_snapshot_row < a.n)
+        for (int64_t k = 0; k + 1 < Kc; ++k) a.conv_snapshot[k * C + r] = in(a.conv_snapshot_row - (Kc - 2) + k);
+      for (int64_t k = 0; k + 1 < Kc; ++k) a.conv_window[k * C + r] = in(a.n - (Kc - 1) + k);
+    }
+    return;
+  }
+  if (a.epilogue == Fp4Epilogue::SwiGLU) {
+    // Rows g (gate) and g+8 (up) of the tile are the pair for output 8*tile + g.
+    const int64_t out = 8 * tile + g;
+    if (out < w.rows) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int j = 2 * t + e;
+        if (j < a.n) a.y[j * a.ldy + out] = silu_f(acc[e]) * acc[2 + e];
+      }
+    }
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int64_t row = tile * kFp4TileRows + g + 8 * (e >> 1);
+    const int j = 2 * t + (e & 1);
+    if (row < w.rows && j < a.n) {
+      float* out = a.y + j * a.ldy + row;
+      *out = a.epilogue == Fp4Epilogue::Add ? *out + acc[e] : acc[e];
+    }
+  }
+}
+
+}  // namespace
+
+cudaError_t fp4_repack(const uint8_t* a, const uint8_t* b, uint64_t row_bytes, const Fp4Tiled& dst,
+                       cudaStream_t stream) {
+  if (dst.cols % kFp4GroupCols != 0 || (dst.pairing == Fp4Pairing::GateUp && (dst.rows % 8 != 0 || !b)))
+    return cudaErrorInvalidValue;
+  const int64_t threads = dst.tiles() * dst.kgroups() * 32;
+  fp4_repack_kernel<<<ceil_div(threads, 256), 256, 0, stream>>>(a, b, row_bytes, dst, const_cast<uint8_t*>(dst.codes),
+                                                                 const_cast<uint8_t*>(dst.scales));
+  return cudaGetLastError();
+}
+
+template <typename Out>
+static cudaError_t fp4_dequant(const Fp4Tiled& w, int64_t r0, int64_t nr, Out* dst, cudaStream_t stream) {
+  if (nr <= 0) return cudaSuccess;
+  const int64_t units = w.tiles() * w.kgroups();
+  fp4_dequant_kernel<Out><<<ceil_div(units, kWarps), kWarps * kWarp, 0, stream>>>(w, r0, nr, dst);
+  return cudaGetLastError();
+}
+
+cudaError_t fp4_dequant_rows_bf16(const Fp4Tiled& w, int64_t r0, int64_t nr, uint16_t* dst, cudaStream_t stream) {
+  return fp4_dequant<uint16_t>(w, r0, nr, dst, stream);
+}
+
+cudaError_t fp4_dequant_rows_f32(const Fp4Tiled& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream) {
+  return fp4_dequant<float>(w, r0, nr, dst, stream);
+}
+
+int fp4_splits(const Fp4Tiled& w, int sms, int align_kg) {
+  const int64_t groups = (w.tiles() + kWarps - 1) / kWarps;
+  const int64_t target = 2 * int64_t(std::max(sms, 1));
+  int64_t s = (target + groups / 2) / groups;
+  s = std::max<int64_t>(1, std::min<int64_t>({s, kMaxSplits, w.kgroups()}));
+  // The x slice of 8 rows must fit the shared memory of every target (96 KiB).
+  s = std::max<int64_t>(s, (w.kgroups() + kMaxSliceKgroups - 1) / kMaxSliceKgroups);
+  int64_t per = (w.kgroups() + s - 1) / s;
+  per = (per + align_kg - 1) / align_kg * align_kg;
+  return int((w.kgroups() + per - 1) / per);
+}
+
+bool fp4_gated_supported(const Fp4Tiled& w, int gate_dv) {
+  return gate_dv > 0 && gate_dv % kFp4GroupCols == 0 && w.cols % gate_dv == 0 &&
+         w.cols <= int64_t(kMaxGatedHeads) * gate_dv;
+}
+
+uint64_t fp4_partial_floats(const Fp4Tiled& w, int sms) {
+  const int s = fp4_splits(w, sms);
+  return s > 1 ? uint64_t(s) * uint64_t(w.tiles()) * kFp4TileRows * kMatvecMaxCols : 0;
+}
+
+uint64_t fp4_counter_ints(const Fp4Tiled& w) { return uint64_t((w.tiles() + kWarps - 1) / kWarps); }
+
+cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream) {
+  if (a.n < 1 || a.n > kMatvecMaxCols || !a.w.present()) return cudaErrorInvalidValue;
+  if (a.epilogue == Fp4Epilogue::SwiGLU && a.w.pairing != Fp4Pairing::GateUp) return cudaErrorInvalidValue;
+  if (a.epilogue == Fp4Epilogue::Conv &&
+      (a.n > 2 || a.w.pairing != Fp4Pairing::Plain || !a.conv_taps || !a.conv_window || a.conv_k < 1 ||
+       a.conv_channels > a.w.rows))
+    return cudaErrorInvalidValue;
+  if (a.gate_z && (!a.gate_w || !fp4_gated_supported(a.w, a.gate_dv))) return cudaErrorInvalidValue;
+  const int align = a.gate_z ? a.gate_dv / kFp4GroupCols : 1;
+  const int splits = fp4_splits(a.w, sms, align);
+  if (splits > 1 && (!a.partial || !a.counters)) return cudaErrorInvalidValue;
+  int64_t kg_per = (a.w.kgroups() + splits - 1) / splits;
+  kg_per = (kg_per + align - 1) / align * align;
+  const size_t smem = size_t(a.n) * size_t(kg_per) * kFp4GroupCols * sizeof(uint16_t);
+  if (smem > 48 * 1024) {  // opt in to the larger shared memory (a per-device setting)
+    const cudaError_t e = cudaFuncSetAttribute(fp4_matvec_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (e != cudaSuccess) return e;
+  }
+  const dim3 grid(unsigned((a.w.tiles() + kWarps - 1) / kWarps), unsigned(splits));
+  return launch(fp4_matvec_kernel, dim3(grid), dim3(kWarps * kWarp), smem, stream, a, splits, kg_per);
+}
+
+}  // namespace qwen35::cuda

@@ -1,0 +1,36 @@
+// Q6_K decode kernels (the tied embedding / LM head of the 4B) on the
+// Q6kRows32 layout: repack from GGUF, matrix-vector product for up to 8
+// activation rows, and row dequantization (GEMM path, embedding lookup).
+// CPU twin: vec_dot_ref() / dequantize_row() in lib/quants.h.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "matmul.h"
+#include "q6k_rows32.h"
+
+namespace qwen35::cuda {
+
+// GGUF Q6_K rows r0 .. r0+nr-1 (device memory at src, row_bytes apart) ->
+// the same rows of dst (buffers of ql_bytes() / qh_bytes() / sc_bytes() /
+// d_bytes()). r0 and nr are multiples of 32, except that the last range
+// may end at dst.rows; rows past dst.rows up to the group end are zeroed.
+cudaError_t q6k_repack(const uint8_t* src, uint64_t row_bytes, int64_t r0, int64_t nr, const Q6kRows32& dst,
+                       cudaStream_t stream);
+
+// y[j][r] (= or +=) scale * W[r] . x[j] for j < n <= 8. Needs n*cols*4 bytes
+// of shared memory, at most 96 KiB (q6k_matvec_fits; else use the GEMM path).
+bool q6k_matvec_fits(const Q6kRows32& w, int n);
+cudaError_t q6k_matvec(const Q6kRows32& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc,
+                       cudaStream_t stream);
+
+// Rows r0 .. r0+nr-1 dequantized, [nr, cols] (the scale is not applied).
+cudaError_t q6k_dequant_rows_f32(const Q6kRows32& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream);
+cudaError_t q6k_dequant_rows_bf16(const Q6kRows32& w, int64_t r0, int64_t nr, uint16_t* dst, cudaStream_t stream);
+// out[t] = row tokens[t] for t < n (rows with a negative id are left alone).
+cudaError_t q6k_embedding_rows(const Q6kRows32& w, const int32_t* tokens, int64_t n, float* out, int64_t ldo,
+                               cudaStream_t stream);
+
+}  // namespace qwen35::cuda

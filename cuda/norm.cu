@@ -1,0 +1,82 @@
+// RMSNorm kernels (see norm.h).
+#include "common.cuh"
+#include "launch.cuh"
+#include "norm.h"
+
+namespace qwen35::cuda {
+
+namespace {
+
+constexpr int kNormThreads = 256;
+
+// One block per row.
+__global__ void rmsnorm_kernel(const float* __restrict__ x, int64_t ldx, const float* __restrict__ w, int64_t D,
+                               float eps, float* y, int64_t ldy) {
+  pdl_prologue();
+  __shared__ float red[32];
+  const float* xr = x + blockIdx.x * ldx;
+  float* yr = y + blockIdx.x * ldy;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) ss = fmaf(xr[i], xr[i], ss);
+  ss = block_sum(ss, red);
+  const float scale = rsqrtf(ss / float(D) + eps);
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) yr[i] = xr[i] * scale * (w ? w[i] : 1.0f);
+}
+
+__global__ void add_rmsnorm_kernel(float* __restrict__ h, const float* __restrict__ d, int64_t ldd,
+                                   const float* __restrict__ w, int64_t D, float eps, float* __restrict__ y) {
+  pdl_prologue();
+  __shared__ float red[32];
+  float* hr = h + blockIdx.x * D;
+  const float* dr = d + blockIdx.x * ldd;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    const float v = hr[i] + dr[i];
+    hr[i] = v;
+    ss = fmaf(v, v, ss);
+  }
+  if (!y) return;
+  ss = block_sum(ss, red);
+  const float scale = rsqrtf(ss / float(D) + eps);
+  float* yr = y + blockIdx.x * D;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) yr[i] = hr[i] * scale * w[i];
+}
+
+// One warp per (row, head).
+__global__ void gated_rmsnorm_kernel(float* __restrict__ o, const float* __restrict__ z, int64_t ldz,
+                                     const float* __restrict__ w, int64_t n, int64_t heads, int64_t dv, float eps) {
+  pdl_prologue();
+  const int64_t job = int64_t(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+  if (job >= n * heads) return;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t t = job / heads, j = job % heads;
+  float* oh = o + t * heads * dv + j * dv;
+  const float* zh = z + t * ldz + j * dv;
+  float ss = 0.0f;
+  for (int64_t i = lane; i < dv; i += kWarp) ss = fmaf(oh[i], oh[i], ss);
+  const float scale = rsqrtf(warp_sum(ss) / float(dv) + eps);
+  for (int64_t i = lane; i < dv; i += kWarp) oh[i] = oh[i] * scale * w[i] * silu_f(zh[i]);
+}
+
+}  // namespace
+
+cudaError_t rmsnorm_rows(const float* x, int64_t ldx, const float* w, int64_t n, int64_t D, float eps, float* y,
+                         int64_t ldy, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  return launch(rmsnorm_kernel, dim3(unsigned(n)), dim3(kNormThreads), 0, stream, x, ldx, w, D, eps, y, ldy);
+}
+
+cudaError_t add_rmsnorm_rows(float* h, const float* d, int64_t ldd, const float* w, int64_t n, int64_t D, float eps,
+                             float* y, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  return launch(add_rmsnorm_kernel, dim3(unsigned(n)), dim3(kNormThreads), 0, stream, h, d, ldd, w, D, eps, y);
+}
+
+cudaError_t gated_rmsnorm(float* o, const float* z, int64_t ldz, const float* w, int64_t n, int64_t heads, int64_t dv,
+                          float eps, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  const int warps = 8;
+  return launch(gated_rmsnorm_kernel, dim3(ceil_div(n * heads, warps)), dim3(warps * kWarp), 0, stream, o, z, ldz, w, n, heads, dv, eps);
+}
+
+}  // namespace qwen35::cuda

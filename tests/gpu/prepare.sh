@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# tests/gpu/prepare.sh [FIXTURES_DIR]
+#
+# Run on the development machine, from the repository root, before sending
+# the tree to a GPU machine. Copies into .gpu/ (git-ignored; carry it) what
+# tests/gpu/run.sh needs that the repository does not hold:
+#   .gpu/fixtures  the fixture models and exact logits the GPU tests read
+#   .gpu/deps      fmt and doctest (headers, library, CMake files) in case
+#                  the GPU machine's image lacks them
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel)"
+SRC=${1:-../shared/fixtures}
+[ -d "$SRC/models" ] || { echo "prepare.sh: no fixtures at $SRC" >&2; exit 1; }
+
+rm -rf .gpu/fixtures .gpu/deps
+mkdir -p .gpu/fixtures/models .gpu/fixtures/logits .gpu/deps
+cp "$SRC"/models/tiny-a-f32.gguf "$SRC"/models/tiny-a-nvfp4.gguf "$SRC"/models/tiny-m-nvfp4.gguf .gpu/fixtures/models/
+cp "$SRC"/logits/seqs.txt "$SRC"/logits/tiny-a-f32.exact.main.f32 "$SRC"/logits/tiny-a-nvfp4.exact.main.f32 \
+   "$SRC"/logits/tiny-m-nvfp4.exact.main.f32 "$SRC"/logits/tiny-m-nvfp4.exact.mtp.f32 .gpu/fixtures/logits/
+
+# fmt (headers, shared library, CMake package) and doctest (header).
+for pkg in libfmt-dev libfmt9 doctest-dev; do
+  dpkg -L "$pkg" 2>/dev/null | grep -E '^/usr/(include|lib)/' | while read -r f; do
+    if [ -f "$f" ] || [ -L "$f" ]; then cp -P --parents "$f" .gpu/deps/; fi
+  done
+done
+[ -f .gpu/deps/usr/include/fmt/format.h ] || echo "prepare.sh: warning: fmt headers not found (install libfmt-dev)" >&2
+[ -f .gpu/deps/usr/include/doctest/doctest.h ] || echo "prepare.sh: warning: doctest not found (install doctest-dev)" >&2
+du -sh .gpu | sed 's/^/prepare.sh: /'
+echo "prepare.sh: now run tests/gpu/run.sh on the GPU machine with .gpu carried"

@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# tests/gpu/run.sh [FIXTURES_DIR]
+#
+# The GPU check, run from the repository root on a machine with an NVIDIA
+# GPU (after tests/gpu/prepare.sh on the development machine, with .gpu
+# carried): builds for the device it runs on, runs the GPU tests, writes
+# full-size synthetic Qwen3.5-4B NVFP4 files with qwen35-synth and measures
+# prefill and decode throughput, then prints a short table (last).
+#
+# Fixtures: $1, else $QWEN35_FIXTURES, else .gpu/fixtures.
+# Output: everything goes to $OUT (default .gpu/out): run.log (all output),
+# bench.json (throughput records), summary.txt (the table).
+# Every step has a time limit; a failing step does not stop the others.
+# Knobs: QWEN35_CUDA_ARCH (e.g. 90a), QWEN35_GPU_WORK (scratch dir for the
+# 2.5 GB model files, default /tmp/qwen35-gpu), QWEN35_GPU_JOBS (default 16).
+set -euo pipefail
+
+ROOT=$(pwd)
+[ -f "$ROOT/cuda/CMakeLists.txt" ] || { echo "run.sh: run me from the repository root" >&2; exit 2; }
+FIX=${1:-${QWEN35_FIXTURES:-$ROOT/.gpu/fixtures}}
+FIX=$(cd "$FIX" 2>/dev/null && pwd || echo "$FIX")
+OUT=${OUT:-$ROOT/.gpu/out}
+WORK=${QWEN35_GPU_WORK:-/tmp/qwen35-gpu}
+JOBS=${QWEN35_GPU_JOBS:-16}
+BUILD=$ROOT/build-gpu
+mkdir -p "$OUT" "$WORK"
+LOG=$OUT/run.log
+BENCH=$OUT/bench.json
+SUMMARY=$OUT/summary.txt
+: >"$LOG"
+: >"$BENCH"
+T0=$(date +%s)
+ROWS=()
+
+log() { echo "[run.sh $(($(date +%s) - T0))s] $*" | tee -a "$LOG"; }
+
+# step NAME LIMIT_S CMD...: run with a time limit, output to the log; records
+# "NAME|status|seconds" and never fails the script.
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local t=$(date +%s) rc=0
+  log "== $name (limit ${limit}s): $*"
+  if timeout --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1; then rc=0; else rc=$?; fi
+  local dt=$(($(date +%s) - t)) st=ok
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then st="TIMEOUT"; elif [ $rc -ne 0 ]; then st="FAIL($rc)"; fi
+  log "== $name: $st in ${dt}s"
+  ROWS+=("$name|$st|$dt")
+  return 0
+}
+
+# ---- machine -----------------------------------------------------------------
+{
+  nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv || true
+  nvcc --version | tail -2 || true
+  cmake --version | head -1 || true
+  c++ --version | head -1 || true
+} >>"$LOG" 2>&1
+GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo "unknown GPU")
+CC=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .' || true)
+case "${CC:-90}" in
+  90) ARCH=90a ;;
+  100) ARCH=100a ;;
+  120) ARCH=120a ;;
+  *) ARCH=${CC:-90a} ;;
+esac
+ARCH=${QWEN35_CUDA_ARCH:-$ARCH}
+log "GPU: $GPU_NAME (compute capability ${CC:-?}), building for sm_$ARCH; fixtures: $FIX"
+
+# ---- configure and build ------------------------------------------------------
+CMAKE_ARGS=(-S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DQWEN35_CUDA=ON
+  "-DCMAKE_CUDA_ARCHITECTURES=$ARCH" "-DQWEN35_FIXTURES=$FIX")
+DEPS=$ROOT/.gpu/deps/usr
+if [ -d "$DEPS/include/fmt" ]; then
+  FMT_DIR=$(dirname "$(find "$DEPS/lib" -name fmt-config.cmake | head -1)")
+  CMAKE_ARGS+=("-Dfmt_DIR=$FMT_DIR" "-DDOCTEST_INCLUDE_DIR=$DEPS/include")
+  export LD_LIBRARY_PATH=$(dirname "$(find "$DEPS/lib" -name 'libfmt.so*' | head -1)")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  log "using the carried fmt and doctest from $DEPS"
+fi
+step configure 180 cmake "${CMAKE_ARGS[@]}"
+ALL_TARGETS=$(ninja -C "$BUILD" -t targets all 2>/dev/null | cut -d: -f1 || true)
+TARGETS=()
+for t in test_cuda_ops test_cuda_model test_fp4_layout test_mtp_loop qwen35-synth qwen35-cuda-bench qwen35-bench; do
+  if grep -qx "$t" <<<"$ALL_TARGETS"; then TARGETS+=("$t"); fi
+done
+HAVE_BENCH=0
+if grep -qx qwen35-bench <<<"$ALL_TARGETS"; then HAVE_BENCH=1; fi
+step build 420 ninja -C "$BUILD" -j"$JOBS" "${TARGETS[@]}"
+BIN=$BUILD/tests
+SYNTH=$BUILD/examples/qwen35-synth
+
+# ---- synthetic 4B files (CPU work, in the background while the tests run) ----
+M4=$WORK/qwen35-4b-nvfp4.gguf
+M4MTP=$WORK/qwen35-4b-nvfp4-mtp-mirror.gguf
+synth_one() {  # synth_one FILE ARGS...: write FILE unless it exists
+  local f=$1
+  shift
+  if [ ! -s "$f" ]; then
+    echo "qwen35-synth $* -> $f"
+    if timeout 240 "$SYNTH" --preset 4b "$@" -o "$f.part" -t "$JOBS"; then mv -f "$f.part" "$f"; fi
+  fi
+}
+synth_bg() {
+  synth_one "$M4" --no-mtp
+  synth_one "$M4MTP" --mtp-mirror
+}
+SYNTH_T=$(date +%s)
+if [ -x "$SYNTH" ]; then
+  synth_bg >"$WORK/synth.log" 2>&1 &
+  SYNTH_PID=$!
+else
+  SYNTH_PID=
+fi
+
+# ---- tests ----------------------------------------------------------------------
+export QWEN35_FIXTURES=$FIX
+for t in test_cuda_ops test_cuda_model test_fp4_layout test_mtp_loop; do
+  if [ -x "$BIN/$t" ]; then
+    step "$t" 300 "$BIN/$t" --duration=true
+  else
+    ROWS+=("$t|NOT BUILT|0")
+  fi
+done
+
+if [ -n "$SYNTH_PID" ]; then
+  wait "$SYNTH_PID" || true
+  cat "$WORK/synth.log" >>"$LOG"
+fi
+ROWS+=("synth 4B files|$([ -s "$M4" ] && [ -s "$M4MTP" ] && echo ok || echo FAIL)|$(($(date +%s) - SYNTH_T))")
+
+# ---- throughput ---------------------------------------------------------------
+bench() {  # bench LABEL CMD...: appends {"label": ..., <the tool's JSON>} to bench.json
+  local label=$1
+  shift
+  local tmp=$WORK/bench.out
+  step "$label" 240 bash -c '"$@" > "'"$tmp"'"' _ "$@"
+  if [ -s "$tmp" ]; then
+    local line
+    line=$(grep -E '^\{' "$tmp" | tail -1 || true)
+    [ -n "$line" ] && echo "{\"label\": \"$label\", \"result\": $line}" >>"$BENCH"
+    cat "$tmp" >>"$LOG"
+  fi
+  rm -f "$tmp"
+}
+if [ -s "$M4" ]; then
+  bench "bench 4B NVFP4" "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json --check 6
+  if [ $HAVE_BENCH -eq 1 ]; then
+    bench "qwen35-bench 4B NVFP4" "$BUILD/examples/qwen35-bench" -m "$M4" -p 512 -n 128 --device cuda --json
+  fi
+fi
+if [ -s "$M4MTP" ]; then
+  bench "bench 4B NVFP4 + MTP (mirror)" "$BIN/qwen35-cuda-bench" -m "$M4MTP" -p 512 -n 128 --device cuda --json
+fi
+# The same without each decode optimization, for comparison.
+if [ -s "$M4" ]; then
+  bench "  without PDL" env QWEN35_CUDA_PDL=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json
+  bench "  without PDL and graphs" env QWEN35_CUDA_PDL=0 QWEN35_CUDA_GRAPHS=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json
+  bench "  generic kernels (GGUF layouts)" env QWEN35_CUDA_FAST=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 64 --device cuda --json
+fi
+nvidia-smi --query-gpu=memory.used,memory.total --format=csv >>"$LOG" 2>&1 || true
+
+# ---- table ----------------------------------------------------------------------
+TOTAL=$(($(date +%s) - T0))
+{
+  echo "qwen35 GPU check: $GPU_NAME, sm_$ARCH, $(date -u +%Y-%m-%dT%H:%MZ), ${TOTAL}s in all"
+  printf '%-34s %-12s %6s  %s\n' "step" "status" "time" "result"
+  for r in "${ROWS[@]}"; do
+    IFS='|' read -r name st dt <<<"$r"
+    res=""
+    if [[ $name == test_* ]]; then
+      res=$(awk -v n="== $name (limit" 'index($0, n) {on=1} on && /\[doctest\] test cases:/ {print; on=0}' "$LOG" |
+        tail -1 | sed -E 's/.*test cases: *([0-9]+) \| *([0-9]+) passed \| *([0-9]+) failed.*/\2\/\1 cases passed, \3 failed/')
+      if awk -v n="== $name (limit" 'index($0, n) {on=1} on && /GPU tests skipped/ {f=1} on && /\[doctest\] Status/ {on=0} END {exit !f}' "$LOG"; then
+        res="$res (SKIPPED: no usable GPU)"
+      fi
+    fi
+    printf '%-34s %-12s %5ss  %s\n' "$name" "$st" "$dt" "$res"
+  done
+  if [ -s "$BENCH" ] && command -v python3 >/dev/null; then
+    python3 - "$BENCH" <<'EOF'
+import json, sys
+for line in open(sys.argv[1]):
+    line = line.strip()
+    if not line:
+        continue
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        print("  (unparsed) " + line[:150]); continue
+    r = rec.get("result", {})
+    out = [f"prefill {r.get('prefill_tokens_per_s', 0):,.0f} tok/s", f"decode {r.get('decode_tokens_per_s', 0):,.0f} tok/s"]
+    if r.get("decode_api_tokens_per_s"):
+        out.append(f"decode via API {r['decode_api_tokens_per_s']:,.0f} tok/s")
+    if r.get("decode_mtp_tokens_per_s"):
+        out.append(f"MTP {r['decode_mtp_tokens_per_s']:,.0f} tok/s ({r.get('mtp_accepted')}/{r.get('mtp_drafted')} accepted)")
+    if r.get("device_bytes"):
+        out.append(f"{r['device_bytes'] / 2**30:.2f} GiB weights")
+    if r.get("layouts"):
+        out.append(f"{r['layouts']} layouts")
+    if r.get("check_rel_batch", -1) >= 0:
+        out.append(f"vs CPU: rel {r['check_rel_batch']:.2g} batch / {r['check_rel_step']:.2g} step, "
+                   f"argmax {'equal' if r.get('check_argmax_equal') == 1 else 'DIFFERENT'}")
+    print(f"{rec.get('label', '?'):<34} " + ", ".join(out))
+print("targets (H100, 4B NVFP4, batch 1): decode >= 1000 tok/s without MTP, prefill of 512 >= 20000 tok/s")
+EOF
+  elif [ -s "$BENCH" ]; then
+    cat "$BENCH"
+  fi
+} | tee "$SUMMARY" | tee -a "$LOG"
+
+# Exit status: 1 if any step failed (the table above says which).
+for r in "${ROWS[@]}"; do
+  IFS='|' read -r _ st _ <<<"$r"
+  [ "$st" = ok ] || exit 1
+done
+exit 0

@@ -1,0 +1,497 @@
+// End-to-end CUDA backend tests through the C API (and the internal Context
+// for the MTP loop): fixture logits at the fixture bar (batch and step, MTP),
+// agreement with the CPU backend on other shapes and weight types, split
+// prompts, truncation, state save/load (also across backends), rollback,
+// greedy MTP equivalence and device selection. Skips without a CUDA device.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "context.h"
+#include "gpu_test_util.h"
+#include "model.h"
+#include "qwen35/qwen35.h"
+#include "test_util.h"
+
+using namespace qwen35::test;
+
+namespace {
+
+struct Model {
+  qwen35_model* m = nullptr;
+  explicit Model(const std::string& path, qwen35_device dev = QWEN35_DEVICE_CUDA) {
+    qwen35_model_params p = qwen35_model_default_params();
+    p.device = dev;
+    REQUIRE_MESSAGE(qwen35_model_load(path.c_str(), &p, &m) == QWEN35_OK, qwen35_errmsg());
+  }
+  ~Model() { qwen35_model_free(m); }
+};
+
+struct Ctx {
+  qwen35_context* c = nullptr;
+  Ctx(qwen35_model* m, int n_ctx = 512, bool mtp = false, int n_batch = 512) {
+    qwen35_context_params p = qwen35_context_default_params();
+    p.n_ctx = n_ctx;
+    p.use_mtp = mtp;
+    p.mtp_logits = mtp;
+    p.n_threads = std::min(16, std::max(2, int(std::thread::hardware_concurrency())));  // CPU reference contexts
+    p.n_batch = n_batch;
+    REQUIRE_MESSAGE(qwen35_context_create(m, &p, &c) == QWEN35_OK, qwen35_errmsg());
+  }
+  ~Ctx() { qwen35_context_free(c); }
+};
+
+struct Fixture {
+  std::vector<std::vector<int32_t>> seqs;
+  std::vector<float> main, mtp;
+  int V = 4122;
+  explicit Fixture(const std::string& model) {
+    seqs = read_seqs(fixture("logits/seqs.txt"));
+    main = read_f32(fixture("logits/" + model + ".exact.main.f32"));
+    if (model == "tiny-m-nvfp4") mtp = read_f32(fixture("logits/" + model + ".exact.mtp.f32"));
+  }
+};
+
+struct Errors {
+  std::vector<double> main, mtp;
+  std::vector<std::pair<size_t, size_t>> argmax;  // (got, reference row)
+};
+
+// Every fixture case, batch or one token at a time; per-position errors.
+Errors run_cases(qwen35_model* m, const Fixture& fx, bool step, bool mtp) {
+  Ctx ctx(m, 512, mtp);
+  Errors e;
+  size_t row = 0, mrow = 0;
+  for (const auto& s : fx.seqs) {
+    qwen35_context_reset(ctx.c);
+    const int n = int(s.size());
+    auto check_row = [&](const float* l, size_t r) {
+      REQUIRE(l != nullptr);
+      e.main.push_back(rel_err(l, fx.main.data() + r * size_t(fx.V), size_t(fx.V)));
+      e.argmax.push_back({argmax(l, size_t(fx.V)), r});
+    };
+    auto check_mtp = [&](int pos) {
+      const float* l = qwen35_context_mtp_logits(ctx.c, pos);
+      REQUIRE(l != nullptr);
+      e.mtp.push_back(rel_err(l, fx.mtp.data() + (mrow + size_t(pos)) * size_t(fx.V), size_t(fx.V)));
+    };
+    if (!step) {
+      REQUIRE(qwen35_context_decode(ctx.c, s.data(), n, QWEN35_LOGITS_ALL) == QWEN35_OK);
+      for (int i = 0; i < n; ++i) check_row(qwen35_context_logits(ctx.c, i), row + size_t(i));
+      if (mtp)
+        for (int i = 0; i + 1 < n; ++i) check_mtp(i);
+    } else {
+      for (int i = 0; i < n; ++i) {
+        REQUIRE(qwen35_context_decode(ctx.c, &s[size_t(i)], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+        check_row(qwen35_context_logits(ctx.c, -1), row + size_t(i));
+        if (mtp && i >= 1) check_mtp(i - 1);
+      }
+    }
+    row += size_t(n);
+    mrow += size_t(n - 1);
+  }
+  return e;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+double worst(const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); }
+
+// The fixture bar of fixtures/README.md.
+void check_bar(const Fixture& fx, const Errors& e, bool mtp) {
+  CHECK(e.main.size() == 374);
+  CHECK(median(e.main) <= 8e-2);
+  CHECK(worst(e.main) <= 0.25);
+  for (auto [got, r] : e.argmax) {
+    const float* ref = fx.main.data() + r * size_t(fx.V);
+    std::vector<float> s(ref, ref + fx.V);
+    std::partial_sort(s.begin(), s.begin() + 2, s.end(), std::greater<float>());
+    if (s[0] - s[1] > 0.5f) CHECK_MESSAGE(got == argmax(ref, size_t(fx.V)), "row " << r);
+  }
+  if (mtp) {
+    CHECK(e.mtp.size() == 371);
+    CHECK(median(e.mtp) <= 8e-2);
+    CHECK(worst(e.mtp) <= 0.25);
+  }
+}
+
+// Sets an environment variable for the lifetime of the object.
+struct EnvVar {
+  std::string name;
+  EnvVar(const char* n, const char* v) : name(n) { setenv(n, v, 1); }
+  ~EnvVar() { unsetenv(name.c_str()); }
+};
+
+}  // namespace
+
+TEST_CASE("CUDA: fixture logits meet the fixture bar (batch and step, MTP)") {
+  QWEN35_REQUIRE_GPU();
+  for (const char* name : {"tiny-a-f32", "tiny-a-nvfp4", "tiny-m-nvfp4"}) {
+    Fixture fx(name);
+    Model m(fixture(std::string("models/") + name + ".gguf"));
+    REQUIRE(qwen35_model_device(m.m) == QWEN35_DEVICE_CUDA);
+    CHECK(qwen35_model_device_bytes(m.m) > 0);
+    const bool mtp = std::string(name) == "tiny-m-nvfp4";
+    for (bool step : {false, true}) {
+      CAPTURE(name);
+      CAPTURE(step);
+      Errors e = run_cases(m.m, fx, step, mtp);
+      check_bar(fx, e, mtp);
+      MESSAGE(name << (step ? " step" : " batch") << ": median " << median(e.main) << " worst " << worst(e.main));
+    }
+  }
+}
+
+TEST_CASE("CUDA: with F32 GEMMs the batch path stays close to the exact logits") {
+  QWEN35_REQUIRE_GPU();
+  EnvVar env("QWEN35_CUDA_GEMM", "f32");
+  for (const char* name : {"tiny-a-f32", "tiny-m-nvfp4"}) {
+    Fixture fx(name);
+    Model m(fixture(std::string("models/") + name + ".gguf"));
+    Errors e = run_cases(m.m, fx, false, std::string(name) == "tiny-m-nvfp4");
+    CAPTURE(name);
+    MESSAGE(name << " F32 GEMM: median " << median(e.main) << " worst " << worst(e.main));
+    // Only the F16 KV cache separates this path from the float reference.
+    CHECK(worst(e.main) <= 2e-2);
+    if (!e.mtp.empty()) CHECK(worst(e.mtp) <= 2e-2);
+  }
+}
+
+TEST_CASE("CUDA: other shapes and mixed weight types agree with the CPU backend (batch and step)") {
+  QWEN35_REQUIRE_GPU();
+  struct Shape {
+    const char* name;
+    qwen35::SynthConfig cfg;
+  };
+  std::vector<Shape> shapes;
+  {
+    qwen35::SynthConfig c;  // mixed types, untied head, wider model, no MTP
+    c.n_embd = 512; c.n_ff = 1024; c.n_layer = 5; c.n_head = 4; c.n_head_kv = 2; c.head_dim = 128; c.n_rot = 32;
+    c.sections = {6, 5, 5, 0}; c.ssm_state = 32; c.ssm_heads_k = 4; c.ssm_heads_v = 8; c.ssm_dv = 32; c.n_mtp = 0;
+    c.mixed = true; c.untied = true; c.output_type = qwen35::GGML_Q8_0; c.n_vocab = 3000; c.seed = 5;
+    shapes.push_back({"mixed-untied", c});
+  }
+  {
+    qwen35::SynthConfig c;  // interval 2, conv width 3, Q4_K embeddings, F16 matrices
+    c.n_embd = 256; c.n_ff = 768; c.n_layer = 4; c.full_attn_interval = 2; c.ssm_conv = 3;
+    c.matrix_type = qwen35::GGML_F16; c.embd_type = qwen35::GGML_Q4_K; c.n_vocab = 1500; c.seed = 6;
+    shapes.push_back({"f16-interval2", c});
+  }
+  for (const Shape& sh : shapes) {
+    CAPTURE(sh.name);
+    const std::string path = synth_model(sh.name, sh.cfg);
+    Model cpu(path, QWEN35_DEVICE_CPU), gpu(path, QWEN35_DEVICE_CUDA);
+    REQUIRE(qwen35_model_device(gpu.m) == QWEN35_DEVICE_CUDA);
+    const int V = qwen35_model_n_vocab(cpu.m);
+    std::vector<int32_t> s;
+    for (int i = 0; i < 700; ++i) s.push_back((i * 37 + 11) % (V - 20));
+    Ctx ref(cpu.m, 800), fast(gpu.m, 800), step(gpu.m, 800);
+    REQUIRE(qwen35_context_decode(ref.c, s.data(), int(s.size()), QWEN35_LOGITS_ALL) == QWEN35_OK);
+    REQUIRE(qwen35_context_decode(fast.c, s.data(), int(s.size()), QWEN35_LOGITS_ALL) == QWEN35_OK);
+    double w = 0;
+    for (int i = 0; i < int(s.size()); ++i) {
+      REQUIRE(qwen35_context_decode(step.c, &s[size_t(i)], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+      const float* r = qwen35_context_logits(ref.c, i);
+      for (const float* l : {qwen35_context_logits(fast.c, i), qwen35_context_logits(step.c, -1)}) {
+        REQUIRE(l);
+        w = std::max(w, rel_err(l, r, size_t(V)));
+      }
+    }
+    MESSAGE(sh.name << ": worst relative error vs CPU " << w);
+    CHECK(w < 0.25);
+  }
+}
+
+TEST_CASE("CUDA: splitting a prompt across calls and chunks gives the same logits") {
+  QWEN35_REQUIRE_GPU();
+  Model m(fixture("models/tiny-m-nvfp4.gguf"));
+  auto seqs = read_seqs(fixture("logits/seqs.txt"));
+  const auto& s = seqs[2];  // 300 tokens
+  Ctx one(m.m, 512, true);
+  REQUIRE(qwen35_context_decode(one.c, s.data(), int(s.size()), QWEN35_LOGITS_LAST) == QWEN35_OK);
+  std::vector<float> want(qwen35_context_logits(one.c, -1), qwen35_context_logits(one.c, -1) + 4122);
+  Ctx two(m.m, 512, true, 37);
+  REQUIRE(qwen35_context_decode(two.c, s.data(), 123, QWEN35_LOGITS_NONE) == QWEN35_OK);
+  REQUIRE(qwen35_context_decode(two.c, s.data() + 123, int(s.size()) - 123, QWEN35_LOGITS_LAST) == QWEN35_OK);
+  CHECK(qwen35_context_n_past(two.c) == int(s.size()));
+  // Different chunkings may pick different GEMM kernels: equal up to rounding.
+  CHECK(rel_err(qwen35_context_logits(two.c, -1), want.data(), 4122) < 1e-3);
+  const float *d1 = nullptr, *d2 = nullptr;
+  REQUIRE(qwen35_context_mtp_draft(one.c, 42, &d1) == QWEN35_OK);
+  std::vector<float> draft1(d1, d1 + 4122);
+  REQUIRE(qwen35_context_mtp_draft(two.c, 42, &d2) == QWEN35_OK);
+  CHECK(rel_err(d2, draft1.data(), 4122) < 1e-3);
+}
+
+TEST_CASE("CUDA: truncate, state save/load (also into a CPU context) and failed calls keep the state") {
+  QWEN35_REQUIRE_GPU();
+  Model m(fixture("models/tiny-m-nvfp4.gguf"));
+  auto s = read_seqs(fixture("logits/seqs.txt"))[2];
+  Ctx ctx(m.m, 400, true);
+  REQUIRE(qwen35_context_decode(ctx.c, s.data(), 60, QWEN35_LOGITS_LAST) == QWEN35_OK);
+  std::vector<float> want(qwen35_context_logits(ctx.c, -1), qwen35_context_logits(ctx.c, -1) + 4122);
+
+  SUBCASE("truncate and re-decode") {
+    REQUIRE(qwen35_context_truncate(ctx.c, 25) == QWEN35_OK);
+    CHECK(qwen35_context_n_past(ctx.c) == 25);
+    REQUIRE(qwen35_context_decode(ctx.c, s.data() + 25, 35, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    CHECK(rel_err(qwen35_context_logits(ctx.c, -1), want.data(), 4122) < 1e-3);
+    // One token at a time after a truncation (the matvec path): the batch and
+    // step paths round differently, both within the fixture bar.
+    REQUIRE(qwen35_context_truncate(ctx.c, 57) == QWEN35_OK);
+    for (int i = 57; i < 60; ++i) REQUIRE(qwen35_context_decode(ctx.c, &s[size_t(i)], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    CHECK(rel_err(qwen35_context_logits(ctx.c, -1), want.data(), 4122) < 0.25);
+  }
+  SUBCASE("save, continue, load, continue again; load on the CPU") {
+    std::vector<uint8_t> st(qwen35_context_state_size(ctx.c));
+    uint64_t written = 0;
+    REQUIRE(qwen35_context_state_save(ctx.c, st.data(), st.size(), &written) == QWEN35_OK);
+    REQUIRE(qwen35_context_decode(ctx.c, s.data() + 60, 10, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    std::vector<float> after(qwen35_context_logits(ctx.c, -1), qwen35_context_logits(ctx.c, -1) + 4122);
+    Ctx other(m.m, 400, true);
+    REQUIRE(qwen35_context_state_load(other.c, st.data(), written) == QWEN35_OK);
+    CHECK(qwen35_context_n_past(other.c) == 60);
+    REQUIRE(qwen35_context_decode(other.c, s.data() + 60, 10, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    CHECK(std::memcmp(qwen35_context_logits(other.c, -1), after.data(), after.size() * 4) == 0);
+    // The serialized state is the CPU backend's format.
+    Model cpu(fixture("models/tiny-m-nvfp4.gguf"), QWEN35_DEVICE_CPU);
+    Ctx on_cpu(cpu.m, 400, true);
+    REQUIRE(qwen35_context_state_load(on_cpu.c, st.data(), written) == QWEN35_OK);
+    REQUIRE(qwen35_context_decode(on_cpu.c, s.data() + 60, 10, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    // A wrong layout would give O(1) errors; the paths' rounding differs.
+    CHECK(rel_err(qwen35_context_logits(on_cpu.c, -1), after.data(), 4122) < 0.25);
+    std::vector<uint8_t> st2(qwen35_context_state_size(on_cpu.c));
+    REQUIRE(qwen35_context_state_save(on_cpu.c, st2.data(), st2.size(), &written) == QWEN35_OK);
+    Ctx back(m.m, 400, true);
+    REQUIRE(qwen35_context_state_load(back.c, st2.data(), written) == QWEN35_OK);
+    CHECK(qwen35_context_n_past(back.c) == 70);
+    std::vector<uint8_t> bad(st.begin(), st.begin() + int64_t(st.size() / 2));
+    CHECK(qwen35_context_state_load(back.c, bad.data(), bad.size()) == QWEN35_ERR_FORMAT);
+    CHECK(qwen35_context_n_past(back.c) == 70);
+  }
+  SUBCASE("bad token ids and overflow leave the state intact") {
+    int32_t bad[3] = {5, 4122, 7};
+    CHECK(qwen35_context_decode(ctx.c, bad, 3, QWEN35_LOGITS_LAST) == QWEN35_ERR_INVALID_ARG);
+    std::vector<int32_t> many(400, 5);
+    CHECK(qwen35_context_decode(ctx.c, many.data(), 400, QWEN35_LOGITS_LAST) == QWEN35_ERR_CONTEXT_FULL);
+    CHECK(qwen35_context_n_past(ctx.c) == 60);
+    // Truncating replays the 59 rows as one batch; a fresh context doing the
+    // same work gives the same bits (the kernels are deterministic).
+    REQUIRE(qwen35_context_truncate(ctx.c, 59) == QWEN35_OK);
+    REQUIRE(qwen35_context_decode(ctx.c, s.data() + 59, 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    Ctx fresh(m.m, 400, true);
+    REQUIRE(qwen35_context_decode(fresh.c, s.data(), 59, QWEN35_LOGITS_NONE) == QWEN35_OK);
+    REQUIRE(qwen35_context_decode(fresh.c, s.data() + 59, 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    CHECK(std::memcmp(qwen35_context_logits(ctx.c, -1), qwen35_context_logits(fresh.c, -1), 4122 * 4) == 0);
+    CHECK(rel_err(qwen35_context_logits(ctx.c, -1), want.data(), 4122) < 0.25);
+  }
+}
+
+TEST_CASE("CUDA: snapshot rollback, greedy device argmax and greedy MTP equivalence") {
+  QWEN35_REQUIRE_GPU();
+  qwen35::SynthConfig cfg;
+  cfg.n_vocab = 2000;
+  cfg.mtp_mirror = true;  // the MTP head reproduces the trunk: drafts are accepted
+  cfg.seed = 9;
+  const std::string path = synth_model("mtp-mirror-gpu", cfg);
+  std::unique_ptr<qwen35::Model> model;
+  REQUIRE(qwen35::LoadModel(path, {}, {}, &model).ok());
+  REQUIRE(qwen35::UploadModelToCuda(*model, 0, true).ok());
+  qwen35::ContextOptions o;
+  o.n_ctx = 256;
+  o.n_batch = 64;
+  auto make = [&](bool mtp) {
+    qwen35::ContextOptions oo = o;
+    oo.use_mtp = mtp;
+    std::unique_ptr<qwen35::Context> c;
+    REQUIRE(qwen35::Context::Create(*model, oo, &c).ok());
+    return c;
+  };
+  const std::vector<int32_t> prompt = {5, 17, 300, 42, 1999, 7, 7, 123};
+  const int n_gen = 40;
+  const int V = model->hp.n_vocab;
+
+  // Plain greedy decoding, one token per pass.
+  std::vector<int32_t> plain;
+  {
+    auto c = make(false);
+    REQUIRE(c->decode(prompt.data(), int32_t(prompt.size()), qwen35::LogitsMode::Last).ok());
+    int32_t next = int32_t(argmax(c->logits(-1), size_t(V)));
+    for (int i = 0; i < n_gen; ++i) {
+      plain.push_back(next);
+      REQUIRE(c->decode(&next, 1, qwen35::LogitsMode::Last).ok());
+      next = int32_t(argmax(c->logits(-1), size_t(V)));
+    }
+  }
+  // The device argmax (eval_greedy) equals the host argmax of eval's logits.
+  {
+    auto a = make(false), b = make(false);
+    REQUIRE(a->decode(prompt.data(), int32_t(prompt.size()), qwen35::LogitsMode::Last).ok());
+    REQUIRE(b->decode(prompt.data(), int32_t(prompt.size()), qwen35::LogitsMode::Last).ok());
+    const int32_t tok = plain[0];
+    REQUIRE(a->decode(&tok, 1, qwen35::LogitsMode::Last).ok());
+    qwen35::EvalBatch eb;
+    std::vector<int32_t> pos = {8, 8, 8};
+    std::vector<float> hidden(static_cast<size_t>(model->hp.n_embd));
+    eb.n = 1;
+    eb.tokens = &tok;
+    eb.pos = pos.data();
+    eb.n_past = 8;
+    eb.logits_first = 0;
+    eb.hidden = hidden.data();
+    int32_t dev = -1;
+    REQUIRE(b->backend().eval_greedy(eb, &dev).ok());
+    CHECK(dev == int32_t(argmax(a->logits(-1), size_t(V))));
+    CHECK(dev == plain[1]);
+  }
+  // Speculative greedy decoding with one MTP draft per pass (spec §5.5).
+  std::vector<int32_t> spec;
+  int accepted = 0, passes = 0;
+  {
+    auto c = make(true);
+    REQUIRE(c->decode(prompt.data(), int32_t(prompt.size()), qwen35::LogitsMode::Last).ok());
+    int32_t next = int32_t(argmax(c->logits(-1), size_t(V)));
+    while (int(spec.size()) < n_gen) {
+      const float* dl = nullptr;
+      REQUIRE(c->mtp_draft(next, &dl).ok());
+      const int32_t draft = int32_t(argmax(dl, size_t(V)));
+      const int32_t pair[2] = {next, draft};
+      REQUIRE(c->decode_with_snapshot(pair, 2, qwen35::LogitsMode::All).ok());
+      ++passes;
+      spec.push_back(next);
+      const int32_t y0 = int32_t(argmax(c->logits(0), size_t(V)));
+      if (y0 == draft) {
+        ++accepted;
+        if (int(spec.size()) < n_gen) spec.push_back(draft);
+        next = int32_t(argmax(c->logits(1), size_t(V)));
+      } else {
+        REQUIRE(c->rollback_to_snapshot().ok());
+        next = y0;
+      }
+    }
+  }
+  spec.resize(size_t(n_gen));
+  CHECK(spec == plain);
+  MESSAGE("MTP on the GPU: " << accepted << " of " << passes << " drafts accepted");
+  CHECK(accepted > passes / 2);
+}
+
+TEST_CASE("CUDA: device selection, memory query and cancellation") {
+  QWEN35_REQUIRE_GPU();
+  const std::string path = fixture("models/tiny-a-nvfp4.gguf");
+  {
+    Model autom(path, QWEN35_DEVICE_AUTO);
+    CHECK(qwen35_model_device(autom.m) == QWEN35_DEVICE_CUDA);
+    Model cpu(path, QWEN35_DEVICE_CPU);
+    CHECK(qwen35_model_device(cpu.m) == QWEN35_DEVICE_CPU);
+    CHECK(qwen35_model_device_bytes(cpu.m) == 0);
+  }
+  qwen35_model_params p = qwen35_model_default_params();
+  p.n_gpu_layers = 0;
+  qwen35_model* m = nullptr;
+  REQUIRE(qwen35_model_load(path.c_str(), &p, &m) == QWEN35_OK);
+  CHECK(qwen35_model_device(m) == QWEN35_DEVICE_CPU);
+  qwen35_model_free(m);
+  p = qwen35_model_default_params();
+  p.device = QWEN35_DEVICE_CUDA;
+  p.device_index = 99;
+  CHECK(qwen35_model_load(path.c_str(), &p, &m) == QWEN35_ERR_INVALID_ARG);
+  CHECK(m == nullptr);
+  CHECK(std::string(qwen35_errmsg()).find("99") != std::string::npos);
+  uint64_t fr = 0, tot = 0;
+  REQUIRE(qwen35_cuda_memory_info(0, &fr, &tot) == QWEN35_OK);
+  CHECK(tot > 0);
+  CHECK(fr <= tot);
+  CHECK(qwen35_cuda_memory_info(99, &fr, &tot) == QWEN35_ERR_INVALID_ARG);
+
+  // Cancellation between layers keeps the state exact.
+  qwen35::SynthConfig cfg;
+  cfg.n_embd = 512;
+  cfg.n_ff = 2048;
+  cfg.n_layer = 16;
+  cfg.n_vocab = 2000;
+  Model big(synth_model("abort-model-gpu", cfg));
+  Ctx ctx(big.m, 8192, false, 4096);
+  std::vector<int32_t> s(10, 3);
+  REQUIRE(qwen35_context_decode(ctx.c, s.data(), 9, QWEN35_LOGITS_NONE) == QWEN35_OK);
+  REQUIRE(qwen35_context_decode(ctx.c, s.data(), 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+  std::vector<float> want(qwen35_context_logits(ctx.c, -1), qwen35_context_logits(ctx.c, -1) + 2000);
+  std::vector<int32_t> longp(8000, 7);
+  std::thread killer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    qwen35_context_abort(ctx.c);
+  });
+  const qwen35_status st = qwen35_context_decode(ctx.c, longp.data(), 8000, QWEN35_LOGITS_LAST);
+  killer.join();
+  if (st == QWEN35_ERR_CANCELLED) {
+    CHECK(qwen35_context_n_past(ctx.c) == 10);
+  } else {
+    MESSAGE("the long decode finished before the abort arrived");
+    CHECK(st == QWEN35_OK);
+  }
+  REQUIRE(qwen35_context_truncate(ctx.c, 9) == QWEN35_OK);
+  REQUIRE(qwen35_context_decode(ctx.c, s.data(), 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+  CHECK(rel_err(qwen35_context_logits(ctx.c, -1), want.data(), 2000) < 1e-6);
+}
+
+TEST_CASE("without a usable GPU, device=CUDA fails cleanly and AUTO runs on the CPU") {
+  if (qwen35::CudaAvailable()) return;  // covered by the cases above
+  const std::string path = fixture("models/tiny-a-nvfp4.gguf");
+  qwen35_model_params p = qwen35_model_default_params();
+  p.device = QWEN35_DEVICE_CUDA;
+  qwen35_model* m = nullptr;
+  CHECK(qwen35_model_load(path.c_str(), &p, &m) == QWEN35_ERR_UNSUPPORTED);
+  CHECK(m == nullptr);
+  p.device = QWEN35_DEVICE_AUTO;
+  REQUIRE(qwen35_model_load(path.c_str(), &p, &m) == QWEN35_OK);
+  CHECK(qwen35_model_device(m) == QWEN35_DEVICE_CPU);
+  qwen35_model_free(m);
+  uint64_t fr = 0, tot = 0;
+  CHECK(qwen35_cuda_memory_info(0, &fr, &tot) == QWEN35_ERR_UNSUPPORTED);
+}
+
+TEST_CASE("CUDA: graphs and PDL change nothing; the fast kernels agree with the generic ones") {
+  QWEN35_REQUIRE_GPU();
+  const std::string path = fixture("models/tiny-m-nvfp4.gguf");
+  auto s = read_seqs(fixture("logits/seqs.txt"))[1];
+  auto run_steps = [&](qwen35_model* m) {
+    Ctx ctx(m, 512, true);
+    std::vector<float> all;
+    for (int i = 0; i < 20; ++i) {
+      REQUIRE(qwen35_context_decode(ctx.c, &s[size_t(i)], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+      all.insert(all.end(), qwen35_context_logits(ctx.c, -1), qwen35_context_logits(ctx.c, -1) + 4122);
+    }
+    // An MTP draft too (the head's own path).
+    const float* d = nullptr;
+    REQUIRE(qwen35_context_mtp_draft(ctx.c, 7, &d) == QWEN35_OK);
+    all.insert(all.end(), d, d + 4122);
+    return all;
+  };
+  Model fast(path);
+  const auto with_graphs = run_steps(fast.m);
+  std::vector<float> eager;
+  {
+    EnvVar g("QWEN35_CUDA_GRAPHS", "0"), p("QWEN35_CUDA_PDL", "0");
+    eager = run_steps(fast.m);
+  }
+  CHECK(std::memcmp(with_graphs.data(), eager.data(), eager.size() * 4) == 0);
+  std::vector<float> generic;
+  {
+    EnvVar f("QWEN35_CUDA_FAST", "0");
+    Model slow(path);
+    generic = run_steps(slow.m);
+  }
+  double worst = 0;
+  for (size_t r = 0; r * 4122 < generic.size(); ++r)
+    worst = std::max(worst, rel_err(with_graphs.data() + r * 4122, generic.data() + r * 4122, 4122));
+  MESSAGE("fast vs generic decode kernels: worst relative difference " << worst);
+  CHECK(worst < 5e-2);
+}

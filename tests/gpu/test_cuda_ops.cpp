@@ -1,0 +1,918 @@
+// Every CUDA kernel against its CPU twin (lib/cpu/ops.h, lib/quants.h) on
+// random inputs. Skips (and passes) without a CUDA device.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "attention.h"
+#include "conv.h"
+#include "cpu/ops.h"
+#include "delta_net.h"
+#include "elementwise.h"
+#include "fp4_gemm.h"
+#include "gemm.h"
+#include "gpu_test_util.h"
+#include "matmul.h"
+#include "matvec_fp4.h"
+#include "matvec_q6k.h"
+#include "norm.h"
+#include "quants.h"
+#include "rope.h"
+#include "test_util.h"
+
+using namespace qwen35;
+using namespace qwen35::cuda;
+using namespace qwen35::test;
+
+namespace {
+
+const uint32_t kTypes[] = {GGML_F32, GGML_F16, GGML_BF16, GGML_Q8_0, GGML_Q4_K, GGML_Q6_K, GGML_NVFP4, GGML_MXFP4};
+
+// A random quantized matrix on the host and the device.
+struct QMat {
+  uint32_t type;
+  int64_t rows, cols;
+  uint64_t row_bytes;
+  std::vector<uint8_t> host;
+  DevArray<uint8_t> dev;
+  QMat(uint32_t t, int64_t r, int64_t c, uint32_t seed) : type(t), rows(r), cols(c) {
+    row_bytes = row_bytes_of(t, c);
+    host.resize(size_t(rows) * row_bytes);
+    auto v = random_floats(size_t(rows * cols), seed, -0.5f, 0.5f);
+    for (int64_t i = 0; i < rows; ++i) quantize_row(t, v.data() + i * cols, host.data() + i * row_bytes, cols);
+    dev.alloc(host.size());
+    dev.upload(host);
+  }
+  static uint64_t row_bytes_of(uint32_t t, int64_t c) { return qwen35::row_bytes(*type_info(t), c); }
+  MatView view(float scale = 1.0f) const {
+    MatView m;
+    m.type = type;
+    m.rows = rows;
+    m.cols = cols;
+    m.row_bytes = row_bytes;
+    m.data = dev.get();
+    m.scale = scale;
+    return m;
+  }
+  std::vector<float> row(int64_t r) const {
+    std::vector<float> out(static_cast<size_t>(cols));
+    dequantize_row(type, host.data() + r * row_bytes, out.data(), cols);
+    return out;
+  }
+};
+
+double max_rel(const std::vector<float>& a, const std::vector<float>& b) { return rel_err(a.data(), b.data(), a.size()); }
+
+uint16_t to_f16(float x) { return fp32_to_fp16(x); }
+float f16_round(float x) { return fp16_to_fp32(fp32_to_fp16(x)); }
+
+}  // namespace
+
+TEST_CASE("matvec_generic matches the CPU dot products for every type") {
+  QWEN35_REQUIRE_GPU();
+  const int64_t N = 67, K = 512;
+  for (uint32_t t : kTypes) {
+    CAPTURE(type_info(t)->name);
+    QMat w(t, N, K, 11 + t);
+    for (int n : {1, 3, 8}) {
+      CAPTURE(n);
+      const int64_t ldx = K + 4, ldy = N + 3;
+      auto x = random_floats(size_t(n * ldx), 7 + n);
+      auto y0 = random_floats(size_t(n * ldy), 9);
+      DevArray<float> dx(x), dy(y0);
+      for (bool add : {false, true}) {
+        dy.upload(y0);
+        REQUIRE(matvec_generic(w.view(0.75f), dx.get(), ldx, n, dy.get(), ldy, add ? Accum::Add : Accum::Store, 0) ==
+                cudaSuccess);
+        auto y = dy.download();
+        std::vector<float> want(y0);
+        for (int j = 0; j < n; ++j)
+          for (int64_t r = 0; r < N; ++r) {
+            const float d = vec_dot_ref(t, w.host.data() + r * w.row_bytes, x.data() + j * ldx, K) * 0.75f;
+            want[size_t(j * ldy + r)] = add ? y0[size_t(j * ldy + r)] + d : d;
+          }
+        CHECK(max_rel(y, want) < 2e-6);
+      }
+      // Column j of a batch equals the same column computed alone.
+      if (n > 1) {
+        DevArray<float> y1(static_cast<size_t>(ldy));
+        REQUIRE(matvec_generic(w.view(), dx.get() + 2 * ldx, ldx, 1, y1.get(), ldy, Accum::Store, 0) == cudaSuccess);
+        dy.upload(y0);
+        REQUIRE(matvec_generic(w.view(), dx.get(), ldx, n, dy.get(), ldy, Accum::Store, 0) == cudaSuccess);
+        auto a = y1.download(), b = dy.download();
+        CHECK(std::memcmp(a.data(), b.data() + 2 * ldy, size_t(N) * 4) == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("dequant_rows reproduces dequantize_row (F32 exactly, BF16 rounded)") {
+  QWEN35_REQUIRE_GPU();
+  for (uint32_t t : kTypes) {
+    CAPTURE(type_info(t)->name);
+    QMat w(t, 9, 768, 3 + t);
+    DevArray<float> f(static_cast<size_t>(5 * 768));
+    DevArray<uint16_t> b(static_cast<size_t>(5 * 768));
+    REQUIRE(dequant_rows_f32(w.view(), 3, 5, f.get(), 0) == cudaSuccess);
+    REQUIRE(dequant_rows_bf16(w.view(), 3, 5, b.get(), 0) == cudaSuccess);
+    auto hf = f.download();
+    auto hb = b.download();
+    for (int64_t r = 0; r < 5; ++r) {
+      auto want = w.row(3 + r);
+      CHECK(std::memcmp(hf.data() + r * 768, want.data(), 768 * 4) == 0);
+      bool same = true;
+      for (int64_t k = 0; k < 768; ++k) same &= hb[size_t(r * 768 + k)] == fp32_to_bf16(want[size_t(k)]);
+      CHECK(same);
+    }
+  }
+}
+
+TEST_CASE("cuBLASLt GEMM (F32 and BF16) matches the CPU product") {
+  QWEN35_REQUIRE_GPU();
+  Gemm gemm;
+  REQUIRE(gemm.init(4 << 20).ok());
+  const int64_t N = 96, K = 256, n = 37, ldx = 260, ldy = 100;
+  auto A = random_floats(size_t(N * K), 1);
+  auto X = random_floats(size_t(n * ldx), 2);
+  auto Y0 = random_floats(size_t(n * ldy), 3);
+  for (GemmType type : {GemmType::F32, GemmType::BF16}) {
+    for (bool add : {false, true}) {
+      CAPTURE(int(type));
+      CAPTURE(add);
+      std::vector<float> want(Y0);
+      std::vector<float> a = A, x = X;
+      if (type == GemmType::BF16) {
+        for (float& v : a) v = bf16_to_fp32(fp32_to_bf16(v));
+        for (float& v : x) v = bf16_to_fp32(fp32_to_bf16(v));
+      }
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t r = 0; r < N; ++r) {
+          double s = 0;
+          for (int64_t k = 0; k < K; ++k) s += double(a[size_t(r * K + k)]) * x[size_t(t * ldx + k)];
+          want[size_t(t * ldy + r)] = float(0.5 * s) + (add ? Y0[size_t(t * ldy + r)] : 0.0f);
+        }
+      DevArray<float> dy(Y0);
+      std::vector<float> got;
+      if (type == GemmType::F32) {
+        DevArray<float> da(A), dx(X);
+        REQUIRE(gemm.run(type, da.get(), N, K, dx.get(), ldx, n, dy.get(), ldy, 0.5f, add, 0).ok());
+        got = dy.download();
+      } else {
+        std::vector<uint16_t> ab(A.size()), xb(X.size());
+        for (size_t i = 0; i < A.size(); ++i) ab[i] = fp32_to_bf16(A[i]);
+        for (size_t i = 0; i < X.size(); ++i) xb[i] = fp32_to_bf16(X[i]);
+        DevArray<uint16_t> da(ab), dx(xb);
+        REQUIRE(gemm.run(type, da.get(), N, K, dx.get(), ldx, n, dy.get(), ldy, 0.5f, add, 0).ok());
+        got = dy.download();
+      }
+      CHECK(max_rel(got, want) < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("convert_rows_bf16 rounds like fp32_to_bf16") {
+  QWEN35_REQUIRE_GPU();
+  auto x = random_floats(5 * 70, 4, -100, 100);
+  DevArray<float> dx(x);
+  DevArray<uint16_t> db(5 * 64);
+  REQUIRE(convert_rows_bf16(dx.get(), 70, 5, 64, db.get(), 0) == cudaSuccess);
+  auto b = db.download();
+  bool same = true;
+  for (int t = 0; t < 5; ++t)
+    for (int k = 0; k < 64; ++k) same &= b[size_t(t * 64 + k)] == fp32_to_bf16(x[size_t(t * 70 + k)]);
+  CHECK(same);
+}
+
+TEST_CASE("rmsnorm, add+rmsnorm and the gated norm match the CPU") {
+  QWEN35_REQUIRE_GPU();
+  const int64_t n = 5, D = 640;
+  auto x = random_floats(size_t(n * D), 5, -3, 3);
+  auto d = random_floats(size_t(n * D), 6, -3, 3);
+  auto w = random_floats(size_t(D), 7, 0.5f, 1.5f);
+  DevArray<float> dx(x), dd(d), dw(w), dy(static_cast<size_t>(n * D));
+  REQUIRE(rmsnorm_rows(dx.get(), D, dw.get(), n, D, 1e-6f, dy.get(), D, 0) == cudaSuccess);
+  std::vector<float> want(static_cast<size_t>(n * D));
+  for (int64_t t = 0; t < n; ++t) rmsnorm(x.data() + t * D, w.data(), D, 1e-6f, want.data() + t * D);
+  CHECK(max_rel(dy.download(), want) < 1e-6);
+
+  REQUIRE(add_rmsnorm_rows(dx.get(), dd.get(), D, dw.get(), n, D, 1e-6f, dy.get(), 0) == cudaSuccess);
+  std::vector<float> h(x);
+  for (size_t i = 0; i < h.size(); ++i) h[i] += d[i];
+  for (int64_t t = 0; t < n; ++t) rmsnorm(h.data() + t * D, w.data(), D, 1e-6f, want.data() + t * D);
+  CHECK(max_rel(dx.download(), h) == 0.0);
+  CHECK(max_rel(dy.download(), want) < 1e-6);
+
+  // Gated norm: 10 heads of 64 per row, z rows with a stride.
+  const int64_t heads = 10, dv = 64, ldz = heads * dv + 16;
+  auto o = random_floats(size_t(n * heads * dv), 8, -2, 2);
+  auto z = random_floats(size_t(n * ldz), 9, -4, 4);
+  auto wn = random_floats(size_t(dv), 10, 0.5f, 1.5f);
+  DevArray<float> dob(o), dz(z), dwn(wn);
+  REQUIRE(gated_rmsnorm(dob.get(), dz.get(), ldz, dwn.get(), n, heads, dv, 1e-6f, 0) == cudaSuccess);
+  std::vector<float> wo(o);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < heads; ++j) {
+      float* oh = wo.data() + t * heads * dv + j * dv;
+      rmsnorm(oh, wn.data(), dv, 1e-6f, oh);
+      for (int64_t i = 0; i < dv; ++i) oh[i] *= siluf(z[size_t(t * ldz + j * dv + i)]);
+    }
+  CHECK(max_rel(dob.download(), wo) < 1e-6);
+}
+
+TEST_CASE("q/k norm + IMROPE + KV write match rmsnorm and rope_heads") {
+  QWEN35_REQUIRE_GPU();
+  const int64_t n = 5, Hq = 4, Hkv = 2, Dh = 256, n_past = 7, n_ctx = 16;
+  RopeConfig rc;
+  rc.n_rot = 64;
+  rc.sections[0] = 11;
+  rc.sections[1] = 11;
+  rc.sections[2] = 10;
+  rc.base = 1e7f;
+  const int half = rc.n_rot / 2;
+  std::vector<double> inv(static_cast<size_t>(half));
+  std::vector<int32_t> comp(static_cast<size_t>(half));
+  for (int i = 0; i < half; ++i) {
+    inv[size_t(i)] = std::pow(double(rc.base), -2.0 * i / double(rc.n_rot));
+    comp[size_t(i)] = rope_component(rc, i);
+  }
+  const int64_t qd = Hq * Dh, kvd = Hkv * Dh;
+  auto qg = random_floats(size_t(n * 2 * qd), 1, -2, 2);
+  auto k = random_floats(size_t(n * kvd), 2, -2, 2);
+  auto v = random_floats(size_t(n * kvd), 3, -2, 2);
+  auto qn = random_floats(size_t(Dh), 4, 0.5f, 1.5f);
+  auto kn = random_floats(size_t(Dh), 5, 0.5f, 1.5f);
+  std::vector<int32_t> pos;
+  for (int64_t t = 0; t < n; ++t) {  // distinct t/h/w, some large
+    pos.push_back(int32_t(1000 + 37 * t));
+    pos.push_back(int32_t(3 + t));
+    pos.push_back(int32_t(90000 - 11 * t));
+  }
+  DevArray<float> dqg(qg), dk(k), dv(v), dqn(qn), dkn(kn), dq(static_cast<size_t>(n * qd));
+  DevArray<double> dinv(inv);
+  DevArray<int32_t> dcomp(comp), dpos(pos), dnp(std::vector<int32_t>{int32_t(n_past)});
+  DevArray<uint16_t> kc(static_cast<size_t>(n_ctx * kvd)), vc(static_cast<size_t>(n_ctx * kvd));
+  QkvRopeArgs a;
+  a.n = n;
+  a.n_head = Hq;
+  a.n_head_kv = Hkv;
+  a.head_dim = Dh;
+  a.eps = 1e-6f;
+  a.qg = dqg.get();
+  a.ldqg = 2 * qd;
+  a.k = dk.get();
+  a.ldk = kvd;
+  a.v = dv.get();
+  a.ldv = kvd;
+  a.q_norm = dqn.get();
+  a.k_norm = dkn.get();
+  a.pos = dpos.get();
+  a.rope.n_rot = rc.n_rot;
+  a.rope.inv_freq = dinv.get();
+  a.rope.comp = dcomp.get();
+  a.q_out = dq.get();
+  a.k_cache = kc.get();
+  a.v_cache = vc.get();
+  a.n_past = dnp.get();
+  REQUIRE(qkv_norm_rope(a, 0) == cudaSuccess);
+  auto q = dq.download();
+  auto hk = kc.download(), hv = vc.download();
+  std::vector<float> wq(static_cast<size_t>(n * qd)), wk(static_cast<size_t>(kvd));
+  double kerr = 0, verr = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t h = 0; h < Hq; ++h)
+      rmsnorm(qg.data() + t * 2 * qd + h * 2 * Dh, qn.data(), Dh, 1e-6f, wq.data() + t * qd + h * Dh);
+    rope_heads(wq.data() + t * qd, Hq, Dh, rc, pos.data() + 3 * t);
+    for (int64_t g = 0; g < Hkv; ++g) rmsnorm(k.data() + t * kvd + g * Dh, kn.data(), Dh, 1e-6f, wk.data() + g * Dh);
+    rope_heads(wk.data(), Hkv, Dh, rc, pos.data() + 3 * t);
+    for (int64_t i = 0; i < kvd; ++i) {
+      kerr = std::max(kerr, double(std::fabs(fp16_to_fp32(hk[size_t((n_past + t) * kvd + i)]) - wk[size_t(i)])));
+      verr = std::max(verr, double(std::fabs(fp16_to_fp32(hv[size_t((n_past + t) * kvd + i)]) - f16_round(v[size_t(t * kvd + i)]))));
+    }
+  }
+  CHECK(max_rel(q, wq) < 1e-5);
+  CHECK(kerr < 4e-3);  // F16 rounding of values up to ~4
+  CHECK(verr == 0.0);
+  // Rows outside n_past .. n_past+n-1 are untouched.
+  CHECK(hk[0] == 0);
+  CHECK(hk[size_t((n_past + n) * kvd)] == 0);
+}
+
+TEST_CASE("attention matches attend_one with the gate, for every head size and split count") {
+  QWEN35_REQUIRE_GPU();
+  for (int64_t Dh : {64, 128, 256, 512}) {
+    for (int64_t n : {1, 6}) {
+      for (int splits : {1, 3, 32}) {
+        CAPTURE(Dh);
+        CAPTURE(n);
+        CAPTURE(splits);
+        const int64_t Hq = 4, Hkv = 2, n_past = 20, n_ctx = 40, qd = Hq * Dh, kvd = Hkv * Dh;
+        auto q = random_floats(size_t(n * qd), 1, -1, 1);
+        auto kf = random_floats(size_t(n_ctx * kvd), 2, -1, 1);
+        auto vf = random_floats(size_t(n_ctx * kvd), 3, -1, 1);
+        const int64_t ldgate = qd + 8;
+        auto gate = random_floats(size_t(n * ldgate), 4, -3, 3);
+        std::vector<uint16_t> kh(kf.size()), vh(vf.size());
+        for (size_t i = 0; i < kf.size(); ++i) {
+          kh[i] = to_f16(kf[i]);
+          kf[i] = fp16_to_fp32(kh[i]);
+          vh[i] = to_f16(vf[i]);
+          vf[i] = fp16_to_fp32(vh[i]);
+        }
+        DevArray<float> dq(q), dgate(gate), dout(static_cast<size_t>(n * qd));
+        DevArray<uint16_t> dk(kh), dv(vh);
+        DevArray<int32_t> dnp(std::vector<int32_t>{int32_t(n_past)});
+        DevArray<float> pm(static_cast<size_t>(n * Hq * splits)), pl(static_cast<size_t>(n * Hq * splits)), po(static_cast<size_t>(n * Hq * splits * Dh));
+        AttnArgs a;
+        a.n = n;
+        a.n_head = Hq;
+        a.n_head_kv = Hkv;
+        a.head_dim = Dh;
+        a.scale = 1.0f / std::sqrt(float(Dh));
+        a.q = dq.get();
+        a.k_cache = dk.get();
+        a.v_cache = dv.get();
+        a.gate = dgate.get();
+        a.ldgate = ldgate;
+        a.gate_stride = Dh;
+        a.n_past = dnp.get();
+        a.o = dout.get();
+        a.splits = splits;
+        a.part_m = pm.get();
+        a.part_l = pl.get();
+        a.part_o = po.get();
+        REQUIRE(attention(a, 0) == cudaSuccess);
+        auto o = dout.download();
+        std::vector<float> want(static_cast<size_t>(n * qd)), sc(static_cast<size_t>(n_ctx));
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t h = 0; h < Hq; ++h) {
+            float* oh = want.data() + t * qd + h * Dh;
+            attend_one(q.data() + t * qd + h * Dh, kf.data() + (h / 2) * Dh, vf.data() + (h / 2) * Dh, n_past + t + 1,
+                       kvd, Dh, a.scale, sc.data(), oh);
+            for (int64_t i = 0; i < Dh; ++i) oh[i] *= sigmoidf(gate[size_t(t * ldgate + h * Dh + i)]);
+          }
+        CHECK(max_rel(o, want) < 2e-5);
+      }
+    }
+  }
+}
+
+TEST_CASE("causal conv + SiLU matches conv_silu_step row by row, with snapshots") {
+  QWEN35_REQUIRE_GPU();
+  for (int64_t K : {2, 3, 4}) {
+    for (int64_t n : {1, 2, 9}) {
+      CAPTURE(K);
+      CAPTURE(n);
+      const int64_t C = 300, ldu = 320;
+      auto u = random_floats(size_t(n * ldu), 1, -2, 2);
+      auto taps = random_floats(size_t(C * K), 2, -1, 1);
+      auto win = random_floats(size_t((K - 1) * C), 3, -2, 2);
+      DevArray<float> du(u), dt(taps), dw(win), dout(static_cast<size_t>(n * C)), dsnap(static_cast<size_t>((K - 1) * C));
+      ConvArgs a;
+      a.n = n;
+      a.C = C;
+      a.K = K;
+      a.u = du.get();
+      a.ldu = ldu;
+      a.taps = dt.get();
+      a.window = dw.get();
+      a.out = dout.get();
+      a.snapshot_row = n / 2;
+      a.snapshot = dsnap.get();
+      REQUIRE(conv_silu(a, 0) == cudaSuccess);
+      // CPU: slide the window one row at a time.
+      std::vector<float> w(win), out(static_cast<size_t>(n * C)), snap;
+      for (int64_t t = 0; t < n; ++t) {
+        conv_silu_step(w.data(), u.data() + t * ldu, taps.data(), C, K, out.data() + t * C);
+        for (int64_t k = 0; k + 2 < K; ++k)
+          for (int64_t c = 0; c < C; ++c) w[size_t(k * C + c)] = w[size_t((k + 1) * C + c)];
+        if (K > 1)
+          for (int64_t c = 0; c < C; ++c) w[size_t((K - 2) * C + c)] = u[size_t(t * ldu + c)];
+        if (t == n / 2) snap = w;
+      }
+      CHECK(max_rel(dout.download(), out) < 1e-6);
+      CHECK(max_rel(dw.download(), w) == 0.0);
+      CHECK(max_rel(dsnap.download(), snap) == 0.0);
+    }
+  }
+}
+
+TEST_CASE("the delta rule kernel matches l2norm + delta_rule_step, with snapshots") {
+  QWEN35_REQUIRE_GPU();
+  struct Shape {
+    int64_t Hk, Hv, dk, dv;
+  };
+  for (Shape s : {Shape{2, 4, 64, 64}, Shape{4, 8, 32, 32}, Shape{2, 4, 128, 128}, Shape{1, 2, 256, 64}}) {
+    for (int64_t n : {1, 7, 300}) {  // 300: several chunks of precomputed norms
+      CAPTURE(s.dk);
+      CAPTURE(s.dv);
+      CAPTURE(n);
+      const int64_t Cqk = s.Hk * s.dk, Cv = s.Hv * s.dv, C = 2 * Cqk + Cv, ldu = C + 4, ldb = s.Hv + 3;
+      auto uc = random_floats(size_t(n * ldu), 1, -1, 1);
+      auto b = random_floats(size_t(n * ldb), 2, -3, 3);
+      auto al = random_floats(size_t(n * ldb), 3, -3, 3);
+      auto a_log = random_floats(size_t(s.Hv), 4, -2, -0.1f);
+      auto dtb = random_floats(size_t(s.Hv), 5, -1, 1);
+      auto st = random_floats(size_t(Cv * s.dk), 6, -0.5f, 0.5f);
+      DevArray<float> duc(uc), db(b), da(al), dal(a_log), ddt(dtb), dst(st), dout(static_cast<size_t>(n * Cv)),
+          dsnap(static_cast<size_t>(Cv * s.dk));
+      DeltaNetArgs p;
+      p.n = n;
+      p.Hk = s.Hk;
+      p.Hv = s.Hv;
+      p.dk = s.dk;
+      p.dv = s.dv;
+      p.eps = 1e-6f;
+      p.uc = duc.get();
+      p.ldu = ldu;
+      p.b = db.get();
+      p.ldb = ldb;
+      p.a = da.get();
+      p.lda = ldb;
+      p.ssm_a = dal.get();
+      p.dt_bias = ddt.get();
+      p.state = dst.get();
+      p.out = dout.get();
+      p.snapshot_row = n - 1 > 0 ? 1 : 0;
+      p.snapshot = dsnap.get();
+      REQUIRE(delta_net_shape_supported(s.dk, s.dv));
+      REQUIRE(delta_net(p, 0) == cudaSuccess);
+      std::vector<float> M(st), out(static_cast<size_t>(n * Cv)), snap;
+      const float qscale = 1.0f / std::sqrt(float(s.dk));
+      for (int64_t t = 0; t < n; ++t) {
+        std::vector<float> row(uc.begin() + t * ldu, uc.begin() + t * ldu + C);
+        for (int64_t h = 0; h < s.Hk; ++h) {
+          l2norm(row.data() + h * s.dk, s.dk, 1e-6f);
+          l2norm(row.data() + Cqk + h * s.dk, s.dk, 1e-6f);
+          for (int64_t i = 0; i < s.dk; ++i) row[size_t(h * s.dk + i)] *= qscale;
+        }
+        for (int64_t j = 0; j < s.Hv; ++j) {
+          const int64_t kh = j % s.Hk;
+          const float beta = sigmoidf(b[size_t(t * ldb + j)]);
+          const float g = a_log[size_t(j)] * softplusf(al[size_t(t * ldb + j)] + dtb[size_t(j)]);
+          delta_rule_step(M.data() + j * s.dv * s.dk, row.data() + kh * s.dk, row.data() + Cqk + kh * s.dk,
+                          row.data() + 2 * Cqk + j * s.dv, beta, g, s.dk, s.dv, out.data() + t * Cv + j * s.dv);
+        }
+        if (t == p.snapshot_row) snap = M;
+      }
+      CHECK(max_rel(dout.download(), out) < 1e-5);
+      CHECK(max_rel(dst.download(), M) < 1e-5);
+      CHECK(max_rel(dsnap.download(), snap) < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("embedding rows of every type; rows with a negative id are left alone") {
+  QWEN35_REQUIRE_GPU();
+  for (uint32_t t : kTypes) {
+    CAPTURE(type_info(t)->name);
+    QMat e(t, 50, 256, 20 + t);
+    std::vector<int32_t> toks = {3, -1, 49, 0, 3};
+    const int64_t ldo = 300;
+    auto init = random_floats(size_t(5 * ldo), 5);
+    DevArray<int32_t> dt(toks);
+    DevArray<float> dout(init);
+    REQUIRE(embedding_rows(e.view(), dt.get(), 5, dout.get(), ldo, 0) == cudaSuccess);
+    auto out = dout.download();
+    std::vector<float> want(init);
+    for (int r = 0; r < 5; ++r)
+      if (toks[size_t(r)] >= 0) {
+        auto row = e.row(toks[size_t(r)]);
+        std::copy(row.begin(), row.end(), want.begin() + r * ldo);
+      }
+    CHECK(max_rel(out, want) == 0.0);
+  }
+}
+
+TEST_CASE("SwiGLU, argmax and the F16 conversions") {
+  QWEN35_REQUIRE_GPU();
+  auto g = random_floats(3 * 40, 1, -6, 6), u = random_floats(3 * 50, 2, -2, 2);
+  DevArray<float> dg(g), du(u);
+  REQUIRE(swiglu(dg.get(), 40, du.get(), 50, 3, 33, 0) == cudaSuccess);
+  std::vector<float> want(g);
+  for (int t = 0; t < 3; ++t)
+    for (int k = 0; k < 33; ++k) want[size_t(t * 40 + k)] = siluf(g[size_t(t * 40 + k)]) * u[size_t(t * 50 + k)];
+  CHECK(max_rel(dg.download(), want) < 1e-6);
+
+  const int64_t V = 5000;
+  auto x = random_floats(size_t(4 * V), 3);
+  x[size_t(0 * V + 17)] = 5.0f;  // a tie: the lower index wins
+  x[size_t(0 * V + 4000)] = 5.0f;
+  x[size_t(1 * V + 4999)] = 7.0f;
+  x[size_t(2 * V + 0)] = 9.0f;
+  x[size_t(2 * V + 1)] = NAN;    // NaN never wins
+  x[size_t(3 * V + 2500)] = 3.0f;
+  DevArray<float> dx(x);
+  DevArray<int32_t> dam(4);
+  REQUIRE(argmax_rows(dx.get(), V, 4, V, dam.get(), 0) == cudaSuccess);
+  CHECK(dam.download() == std::vector<int32_t>{17, 4999, 0, 2500});
+
+  auto f = random_floats(1000, 4, -70000, 70000);
+  DevArray<float> df(f), back(1000);
+  DevArray<uint16_t> dh(1000);
+  REQUIRE(f32_to_f16(df.get(), 1000, dh.get(), 0) == cudaSuccess);
+  REQUIRE(f16_to_f32(dh.get(), 1000, back.get(), 0) == cudaSuccess);
+  auto h = dh.download();
+  auto fb = back.download();
+  bool same = true;
+  for (size_t i = 0; i < f.size(); ++i) same &= h[i] == fp32_to_fp16(f[i]) && fb[i] == fp16_to_fp32(h[i]);
+  CHECK(same);
+}
+
+namespace {
+
+int device_sms() {
+  int dev = 0, sms = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  return sms;
+}
+
+// A tiled NVFP4 weight on the device, repacked from random GGUF rows.
+struct TiledFp4 {
+  QMat a, b;  // b: the up rows of a GateUp pair (unused for Plain)
+  DevArray<uint8_t> buf;
+  Fp4Tiled t;
+  TiledFp4(int64_t rows, int64_t cols, Fp4Pairing pairing, uint32_t seed)
+      : a(GGML_NVFP4, rows, cols, seed), b(GGML_NVFP4, pairing == Fp4Pairing::GateUp ? rows : 1, cols, seed + 1) {
+    t.rows = rows;
+    t.cols = cols;
+    t.pairing = pairing;
+    t.scale = 0.5f;
+    buf.alloc(t.code_bytes() + t.scale_bytes());
+    t.codes = buf.get();
+    t.scales = buf.get() + t.code_bytes();
+    REQUIRE(fp4_repack(a.dev.get(), pairing == Fp4Pairing::GateUp ? b.dev.get() : nullptr, a.row_bytes, t, 0) ==
+            cudaSuccess);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("tensor-core NVFP4 matvec matches the CPU (plain, norm prologue, add, SwiGLU, split K)") {
+  QWEN35_REQUIRE_GPU();
+  const int sms = device_sms();
+  struct Case {
+    int64_t rows, cols;
+  };
+  for (Case cs : {Case{40, 256}, Case{2560, 9216}, Case{1024, 2560}, Case{8192 + 2048, 2560}}) {
+    CAPTURE(cs.rows);
+    CAPTURE(cs.cols);
+    TiledFp4 w(cs.rows, cs.cols, Fp4Pairing::Plain, 31);
+    DevArray<float> part(std::max<uint64_t>(1, fp4_partial_floats(w.t, sms)));
+    DevArray<int> cnt(std::max<uint64_t>(1, fp4_counter_ints(w.t)));
+    const int64_t K = cs.cols, N = cs.rows;
+    const bool big = N * K > 4'000'000;  // keep the CPU reference short
+    for (int n : {1, 2, 5, 8}) {
+      if (big && (n == 2 || n == 5)) continue;
+      for (bool norm : {false, true}) {
+        CAPTURE(n);
+        CAPTURE(norm);
+        const int64_t ldx = K + 8, ldy = N + 5;
+        auto x = random_floats(size_t(n * ldx), 100 + n, -3, 3);
+        auto nw = random_floats(size_t(K), 7, 0.5f, 1.5f);
+        auto y0 = random_floats(size_t(n * ldy), 8);
+        DevArray<float> dx(x), dnw(nw), dy(y0);
+        // CPU products, shared by the store and add variants.
+        std::vector<double> prod(static_cast<size_t>(n * N));
+        {
+          std::vector<float> xr(static_cast<size_t>(K));
+          for (int j = 0; j < n; ++j) {
+            std::copy(x.begin() + j * ldx, x.begin() + j * ldx + K, xr.begin());
+            if (norm) rmsnorm(xr.data(), nw.data(), K, 1e-6f, xr.data());
+            for (int64_t r = 0; r < N; ++r)
+              prod[size_t(j * N + r)] =
+                  double(vec_dot_ref(GGML_NVFP4, w.a.host.data() + r * w.a.row_bytes, xr.data(), K)) * 0.5;
+          }
+        }
+        for (bool add : {false, true}) {
+          dy.upload(y0);
+          Fp4MatvecArgs a;
+          a.w = w.t;
+          a.n = n;
+          a.x = dx.get();
+          a.ldx = ldx;
+          a.norm = norm ? dnw.get() : nullptr;
+          a.y = dy.get();
+          a.ldy = ldy;
+          a.epilogue = add ? Fp4Epilogue::Add : Fp4Epilogue::Store;
+          a.partial = part.get();
+          a.counters = cnt.get();
+          REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
+          auto y = dy.download();
+          double num = 0, den = 0;
+          for (int j = 0; j < n; ++j) {
+            for (int64_t r = 0; r < N; ++r) {
+              const double d = prod[size_t(j * N + r)];
+              const double wv = add ? y0[size_t(j * ldy + r)] + d : d;
+              const double g = y[size_t(j * ldy + r)];
+              num += (g - wv) * (g - wv);
+              den += wv * wv;
+            }
+            // Padding of y beyond N is untouched.
+            CHECK(y[size_t(j * ldy + N)] == y0[size_t(j * ldy + N)]);
+          }
+          CHECK(std::sqrt(num / den) < 2e-3);  // F16 activations
+        }
+      }
+      // Row j computed in a batch equals row j alone (bitwise), and the
+      // split-K counters were left at zero (a second run repeats exactly).
+      if (n > 1) {
+        const int64_t ldx = K, ldy = N;
+        auto x = random_floats(size_t(n * ldx), 200 + n, -3, 3);
+        DevArray<float> dx(x), dy(static_cast<size_t>(n * ldy)), d1(static_cast<size_t>(ldy));
+        Fp4MatvecArgs a;
+        a.w = w.t;
+        a.n = n;
+        a.x = dx.get();
+        a.ldx = ldx;
+        a.y = dy.get();
+        a.ldy = ldy;
+        a.partial = part.get();
+        a.counters = cnt.get();
+        REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
+        auto batch = dy.download();
+        a.n = 1;
+        a.x = dx.get() + (n - 1) * ldx;
+        a.y = d1.get();
+        REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
+        auto alone = d1.download();
+        CHECK(std::memcmp(alone.data(), batch.data() + (n - 1) * ldy, size_t(N) * 4) == 0);
+        REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
+        CHECK(std::memcmp(d1.download().data(), alone.data(), size_t(N) * 4) == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("tensor-core NVFP4 gate/up with the SwiGLU epilogue, and the tiled dequantization") {
+  QWEN35_REQUIRE_GPU();
+  const int sms = device_sms();
+  const int64_t F = 96, K = 512;
+  TiledFp4 w(F, K, Fp4Pairing::GateUp, 41);
+  DevArray<float> part(std::max<uint64_t>(1, fp4_partial_floats(w.t, sms)));
+  DevArray<int> cnt(std::max<uint64_t>(1, fp4_counter_ints(w.t)));
+  const int n = 3;
+  auto x = random_floats(size_t(n * K), 5, -2, 2);
+  DevArray<float> dx(x), dy(static_cast<size_t>(n * 2 * F));
+  Fp4MatvecArgs a;
+  a.w = w.t;
+  a.n = n;
+  a.x = dx.get();
+  a.ldx = K;
+  a.y = dy.get();
+  a.ldy = 2 * F;
+  a.epilogue = Fp4Epilogue::SwiGLU;
+  a.partial = part.get();
+  a.counters = cnt.get();
+  REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
+  auto y = dy.download();
+  double num = 0, den = 0;
+  for (int j = 0; j < n; ++j)
+    for (int64_t i = 0; i < F; ++i) {
+      const float g = vec_dot_ref(GGML_NVFP4, w.a.host.data() + i * w.a.row_bytes, x.data() + j * K, K) * 0.5f;
+      const float u = vec_dot_ref(GGML_NVFP4, w.b.host.data() + i * w.b.row_bytes, x.data() + j * K, K) * 0.5f;
+      const double want = siluf(g) * u, got = y[size_t(j * 2 * F + i)];
+      num += (got - want) * (got - want);
+      den += want * want;
+    }
+  CHECK(std::sqrt(num / den) < 2e-3);
+
+  // Dequantized rows: [gate rows | up rows], exactly the GGUF values.
+  DevArray<float> f(static_cast<size_t>(2 * F * K));
+  DevArray<uint16_t> bf(static_cast<size_t>(2 * F * K));
+  REQUIRE(fp4_dequant_rows_f32(w.t, 0, 2 * F, f.get(), 0) == cudaSuccess);
+  REQUIRE(fp4_dequant_rows_bf16(w.t, 0, 2 * F, bf.get(), 0) == cudaSuccess);
+  auto hf = f.download();
+  auto hb = bf.download();
+  bool same = true;
+  for (int64_t r = 0; r < 2 * F; ++r) {
+    auto row = r < F ? w.a.row(r) : w.b.row(r - F);
+    same &= std::memcmp(hf.data() + r * K, row.data(), size_t(K) * 4) == 0;
+    for (int64_t k = 0; k < K; ++k) same &= hb[size_t(r * K + k)] == fp32_to_bf16(row[size_t(k)]);
+  }
+  CHECK(same);
+  // A row range in the middle.
+  DevArray<float> part_rows(static_cast<size_t>(10 * K));
+  REQUIRE(fp4_dequant_rows_f32(w.t, F - 5, 10, part_rows.get(), 0) == cudaSuccess);
+  auto hp = part_rows.download();
+  CHECK(std::memcmp(hp.data(), hf.data() + (F - 5) * K, size_t(10 * K) * 4) == 0);
+}
+
+TEST_CASE("Q6_K rows32: matvec, dequantization and embedding rows match the CPU") {
+  QWEN35_REQUIRE_GPU();
+  const int64_t N = 300, K = 768;  // a partial last row group
+  QMat w(GGML_Q6_K, N, K, 51);
+  Q6kRows32 q;
+  q.rows = N;
+  q.cols = K;
+  q.scale = 0.75f;
+  DevArray<uint8_t> ql(q.ql_bytes()), qh(q.qh_bytes()), sc(q.sc_bytes()), d(q.d_bytes());
+  q.ql = ql.get();
+  q.qh = qh.get();
+  q.sc = reinterpret_cast<const int8_t*>(sc.get());
+  q.d = reinterpret_cast<const uint16_t*>(d.get());
+  // Repack in two row ranges, as the upload does for large tensors.
+  REQUIRE(q6k_repack(w.dev.get(), w.row_bytes, 0, 128, q, 0) == cudaSuccess);
+  REQUIRE(q6k_repack(w.dev.get() + 128 * w.row_bytes, w.row_bytes, 128, N - 128, q, 0) == cudaSuccess);
+  for (int n : {1, 4, 8}) {
+    CAPTURE(n);
+    const int64_t ldy = N + 2;
+    auto x = random_floats(size_t(n * K), 60 + n, -2, 2);
+    auto y0 = random_floats(size_t(n * ldy), 61);
+    DevArray<float> dx(x), dy(y0);
+    REQUIRE(q6k_matvec(q, dx.get(), K, n, dy.get(), ldy, Accum::Add, 0) == cudaSuccess);
+    auto y = dy.download();
+    std::vector<float> want(y0);
+    for (int j = 0; j < n; ++j)
+      for (int64_t r = 0; r < N; ++r)
+        want[size_t(j * ldy + r)] += vec_dot_ref(GGML_Q6_K, w.host.data() + r * w.row_bytes, x.data() + j * K, K) * 0.75f;
+    CHECK(max_rel(y, want) < 1e-5);
+  }
+  DevArray<float> f(static_cast<size_t>(7 * K));
+  REQUIRE(q6k_dequant_rows_f32(q, 290, 7, f.get(), 0) == cudaSuccess);
+  auto hf = f.download();
+  bool same = true;
+  for (int r = 0; r < 7; ++r) {
+    auto row = w.row(290 + r);
+    same &= std::memcmp(hf.data() + r * K, row.data(), size_t(K) * 4) == 0;
+  }
+  CHECK(same);
+  std::vector<int32_t> toks = {5, -1, 299, 0};
+  const int64_t ldo = K + 32;
+  auto init = random_floats(size_t(4 * ldo), 62);
+  DevArray<int32_t> dt(toks);
+  DevArray<float> out(init);
+  REQUIRE(q6k_embedding_rows(q, dt.get(), 4, out.get(), ldo, 0) == cudaSuccess);
+  auto ho = out.download();
+  std::vector<float> want(init);
+  for (int t = 0; t < 4; ++t)
+    if (toks[size_t(t)] >= 0) {
+      auto row = w.row(toks[size_t(t)]);
+      std::copy(row.begin(), row.end(), want.begin() + t * ldo);
+    }
+  CHECK(max_rel(ho, want) == 0.0);
+}
+
+TEST_CASE("tensor-core NVFP4 matvec with the fused causal-conv epilogue (1 and 2 rows, snapshot)") {
+  QWEN35_REQUIRE_GPU();
+  const int sms = device_sms();
+  const int64_t N = 200, K = 256, C = 150, Kc = 4;  // rows >= C are stored as they are
+  TiledFp4 w(N, K, Fp4Pairing::Plain, 71);
+  DevArray<float> part(std::max<uint64_t>(1, fp4_partial_floats(w.t, sms)));
+  DevArray<int> cnt(std::max<uint64_t>(1, fp4_counter_ints(w.t)));
+  auto taps = random_floats(static_cast<size_t>(C * Kc), 72, -1, 1);
+  auto win0 = random_floats(static_cast<size_t>((Kc - 1) * C), 73, -2, 2);
+  for (int n : {1, 2}) {
+    CAPTURE(n);
+    const int64_t ldy = N + 3;
+    auto x = random_floats(static_cast<size_t>(n * K), 74 + n, -2, 2);
+    DevArray<float> dx(x), dy(static_cast<size_t>(n * ldy)), dt(taps), dw(win0), ds(static_cast<size_t>((Kc - 1) * C));
+    Fp4MatvecArgs a;
+    a.w = w.t;
+    a.n = n;
+    a.x = dx.get();
+    a.ldx = K;
+    a.y = dy.get();
+    a.ldy = ldy;
+    a.epilogue = Fp4Epilogue::Conv;
+    a.partial = part.get();
+    a.counters = cnt.get();
+    a.conv_taps = dt.get();
+    a.conv_window = dw.get();
+    a.conv_channels = C;
+    a.conv_k = int(Kc);
+    a.conv_snapshot_row = 0;
+    a.conv_snapshot = ds.get();
+    REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
+    auto y = dy.download();
+    // CPU: the projection, then the conv row by row.
+    std::vector<float> u(static_cast<size_t>(n * N)), win(win0), out(static_cast<size_t>(n * N)), snap;
+    for (int j = 0; j < n; ++j)
+      for (int64_t r = 0; r < N; ++r)
+        u[size_t(j * N + r)] = vec_dot_ref(GGML_NVFP4, w.a.host.data() + r * w.a.row_bytes, x.data() + j * K, K) * 0.5f;
+    for (int j = 0; j < n; ++j) {
+      std::vector<float> o(static_cast<size_t>(C));
+      conv_silu_step(win.data(), u.data() + j * N, taps.data(), C, Kc, o.data());
+      for (int64_t k = 0; k + 2 < Kc; ++k)
+        for (int64_t c = 0; c < C; ++c) win[size_t(k * C + c)] = win[size_t((k + 1) * C + c)];
+      for (int64_t c = 0; c < C; ++c) win[size_t((Kc - 2) * C + c)] = u[size_t(j * N + c)];
+      if (j == 0) snap = win;
+      for (int64_t r = 0; r < N; ++r) out[size_t(j * N + r)] = r < C ? o[size_t(r)] : u[size_t(j * N + r)];
+    }
+    double num = 0, den = 0;
+    for (int j = 0; j < n; ++j)
+      for (int64_t r = 0; r < N; ++r) {
+        const double g = y[size_t(j * ldy + r)], e = out[size_t(j * N + r)];
+        num += (g - e) * (g - e);
+        den += e * e;
+      }
+    CHECK(std::sqrt(num / den) < 3e-3);
+    CHECK(max_rel(dw.download(), win) < 3e-3);
+    CHECK(max_rel(ds.download(), snap) < 3e-3);
+  }
+}
+
+TEST_CASE("Blackwell block-scaled FP4 GEMM equals its CPU emulation (skipped before compute capability 10)") {
+  QWEN35_REQUIRE_GPU();
+  int dev = 0, major = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  if (major < 10) {
+    MESSAGE("skipped: the FP4 tensor-core GEMM needs compute capability 10 or later");
+    return;
+  }
+  const int64_t N = 256, K = 512, n = 40;
+  QMat w(GGML_NVFP4, N, K, 81);
+  Fp4Blas bl;
+  bl.rows = N;
+  bl.cols = K;
+  DevArray<uint8_t> buf(static_cast<size_t>(bl.data_bytes() + bl.scale_bytes()));
+  bl.data = buf.get();
+  bl.scales = buf.get() + bl.data_bytes();
+  REQUIRE(fp4blas_repack(w.dev.get(), w.row_bytes, bl, 0) == cudaSuccess);
+  auto x = random_floats(static_cast<size_t>(n * K), 82, -3, 3);
+  DevArray<float> dx(x), work(8), dy(static_cast<size_t>(n * N));
+  DevArray<uint8_t> xq(static_cast<size_t>(n * K / 2)), xs(static_cast<size_t>(blockscale_bytes(n, K)));
+  // work: [g, alpha, amax, -, beta 0, beta 1] (alpha and beta are device pointers).
+  work.upload(std::vector<float>{0, 0, 0, 0, 0.0f, 1.0f, 0, 0});
+  REQUIRE(fp4blas_quantize(dx.get(), K, n, K, 1.0f, xq.get(), xs.get(), work.get(), 0) == cudaSuccess);
+  Gemm gemm;
+  REQUIRE(gemm.init(16 << 20).ok());
+  const Status st = gemm.run_fp4(bl.data, bl.scales, N, K, xq.get(), xs.get(), n, dy.get(), N, work.get() + 1,
+                                 work.get() + 4, 0);
+  if (st.code() == QWEN35_ERR_UNSUPPORTED) {
+    MESSAGE("cuBLASLt offers no FP4 algorithm here: " << st.message());
+    return;
+  }
+  REQUIRE_MESSAGE(st.ok(), st.message());
+  auto y = dy.download();
+  // CPU: the same activation quantization, then exact products.
+  float amax = 0;
+  for (float v : x) amax = std::max(amax, std::fabs(v));
+  const float g = amax / (6.0f * 448.0f);
+  std::vector<float> xd(x.size());
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t c = 0; c < K / 16; ++c) {
+      const float* v = x.data() + t * K + c * 16;
+      float bmax = 0;
+      for (int k = 0; k < 16; ++k) bmax = std::max(bmax, std::fabs(v[k]));
+      const float sc = e4m3_value(e4m3_from_positive(bmax / 6.0f / g)) * g;
+      for (int k = 0; k < 16; ++k) xd[size_t(t * K + c * 16 + k)] = sc > 0 ? kE2M1[e2m1_nearest(v[k] / sc)] * sc : 0.0f;
+    }
+  std::vector<float> want(static_cast<size_t>(n * N)), exact(static_cast<size_t>(n * N));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t r = 0; r < N; ++r) {
+      want[size_t(t * N + r)] = vec_dot_ref(GGML_NVFP4, w.host.data() + r * w.row_bytes, xd.data() + t * K, K);
+      exact[size_t(t * N + r)] = vec_dot_ref(GGML_NVFP4, w.host.data() + r * w.row_bytes, x.data() + t * K, K);
+    }
+  CHECK(max_rel(y, want) < 1e-3);
+  MESSAGE("FP4 GEMM vs float activations: relative error " << max_rel(y, exact));
+}
+
+TEST_CASE("tensor-core NVFP4 matvec with the fused gated-RMSNorm prologue (split K on head boundaries)") {
+  QWEN35_REQUIRE_GPU();
+  const int sms = device_sms();
+  const int64_t N = 2560, K = 512, dv = 128;
+  TiledFp4 w(N, K, Fp4Pairing::Plain, 91);
+  REQUIRE(fp4_gated_supported(w.t, int(dv)));
+  DevArray<float> part(std::max<uint64_t>(1, fp4_partial_floats(w.t, sms)));
+  DevArray<int> cnt(std::max<uint64_t>(1, fp4_counter_ints(w.t)));
+  const int n = 2;
+  const int64_t ldz = K + 16;
+  auto o = random_floats(static_cast<size_t>(n * K), 92, -2, 2);
+  auto z = random_floats(static_cast<size_t>(n * ldz), 93, -3, 3);
+  auto gw = random_floats(static_cast<size_t>(dv), 94, 0.5f, 1.5f);
+  auto y0 = random_floats(static_cast<size_t>(n * N), 95);
+  DevArray<float> dox(o), dz(z), dgw(gw), dy(y0);
+  Fp4MatvecArgs a;
+  a.w = w.t;
+  a.n = n;
+  a.x = dox.get();
+  a.ldx = K;
+  a.gate_z = dz.get();
+  a.ldz = ldz;
+  a.gate_w = dgw.get();
+  a.gate_dv = int(dv);
+  a.y = dy.get();
+  a.ldy = N;
+  a.epilogue = Fp4Epilogue::Add;
+  a.partial = part.get();
+  a.counters = cnt.get();
+  REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
+  auto y = dy.download();
+  std::vector<float> want(y0);
+  for (int j = 0; j < n; ++j) {
+    std::vector<float> xr(o.begin() + j * K, o.begin() + (j + 1) * K);
+    for (int64_t h = 0; h < K / dv; ++h) {
+      float* oh = xr.data() + h * dv;
+      rmsnorm(oh, gw.data(), dv, 1e-6f, oh);
+      for (int64_t i = 0; i < dv; ++i) oh[i] *= siluf(z[size_t(j * ldz + h * dv + i)]);
+    }
+    for (int64_t r = 0; r < N; ++r)
+      want[size_t(j * N + r)] += vec_dot_ref(GGML_NVFP4, w.a.host.data() + r * w.a.row_bytes, xr.data(), K) * 0.5f;
+  }
+  CHECK(max_rel(y, want) < 2e-3);
+}

@@ -1,0 +1,320 @@
+// The weight layouts of the CUDA decode kernels, checked on the CPU (they are
+// plain host/device functions in cuda/*.h, so CI runs this without a GPU):
+// the tiled NVFP4 layout and its bit-level E2M1 -> F16 decoding, the
+// tensor-core fragment mapping (emulated from the PTX fragment tables), and
+// the row-interleaved Q6_K layout.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "fp4_blockscale.h"
+#include "fp4_tiled.h"
+#include "ggml_types.h"
+#include "q6k_rows32.h"
+#include "quants.h"
+#include "test_util.h"
+
+using namespace qwen35;
+using namespace qwen35::cuda;
+
+namespace {
+
+// A random NVFP4 matrix in GGUF layout (random codes and scale bytes,
+// including the special scale codes 0x00 and 0x7F).
+std::vector<uint8_t> random_nvfp4(int64_t rows, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> m(size_t(rows * (cols / 64) * 36));
+  for (size_t i = 0; i < m.size(); ++i) {
+    const size_t in_block = i % 36;
+    if (in_block < 4) {
+      const uint32_t r = rng() % 100;
+      m[i] = r == 0 ? 0x00 : r == 1 ? 0x7F : uint8_t(1 + rng() % 0x7E);
+    } else {
+      m[i] = uint8_t(rng());
+    }
+  }
+  return m;
+}
+
+float half_bits_value(uint32_t h16) { return fp16_to_fp32(uint16_t(h16)); }
+
+// The 16 block pointers of a tile-kgroup.
+void tile_blocks(const std::vector<uint8_t>& a, const std::vector<uint8_t>* b, int64_t rows, int64_t cols,
+                 Fp4Pairing pairing, int64_t tile, int64_t kg, const uint8_t** block) {
+  const uint64_t rb = uint64_t(cols / 64) * 36;
+  for (int r = 0; r < kFp4TileRows; ++r) {
+    bool second = false;
+    const int64_t src = fp4_source_row(pairing, tile, r, &second);
+    block[r] = src < rows ? (second ? b->data() : a.data()) + uint64_t(src) * rb + uint64_t(kg) * 36 : nullptr;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("fp4 words: every code at every position decodes to E2M1 * 2^-14, the others unchanged") {
+  std::mt19937 rng(1);
+  for (int p = 0; p < 8; ++p) {
+    for (int code = 0; code < 16; ++code) {
+      for (int trial = 0; trial < 20; ++trial) {
+        uint8_t codes[8];
+        for (uint8_t& c : codes) c = uint8_t(rng() % 16);
+        codes[p] = uint8_t(code);
+        uint32_t a[4];
+        fp4_unpack_word(fp4_pack_word(codes), a);
+        for (int q = 0; q < 8; ++q) {
+          const float got = half_bits_value((a[q >> 1] >> (16 * (q & 1))) & 0xFFFFu) * 16384.0f;
+          REQUIRE(got == kE2M1[codes[q]]);
+          // -0 keeps its sign bit: the F16 pattern is exact, not just the value.
+          REQUIRE(std::signbit(got) == std::signbit(kE2M1[codes[q]]));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("fp4_x_index permutes each 16-column chunk into per-lane B fragments") {
+  for (int chunk = 0; chunk < 3; ++chunk) {
+    std::vector<int> seen(16, 0);
+    for (int k = 0; k < 16; ++k) {
+      const int idx = fp4_x_index(16 * chunk + k);
+      REQUIRE(idx / 16 == chunk);
+      seen[size_t(idx % 16)]++;
+    }
+    for (int s : seen) CHECK(s == 1);
+  }
+  // Lane t's four values: k = 2t, 2t+1, 2t+8, 2t+9.
+  for (int t = 0; t < 4; ++t) {
+    CHECK(fp4_x_index(2 * t) == 4 * t);
+    CHECK(fp4_x_index(2 * t + 1) == 4 * t + 1);
+    CHECK(fp4_x_index(2 * t + 8) == 4 * t + 2);
+    CHECK(fp4_x_index(2 * t + 9) == 4 * t + 3);
+  }
+}
+
+TEST_CASE("tiled NVFP4 repack keeps every value at its mapped position (plain, gate/up, padding rows)") {
+  const int64_t cols = 192;
+  for (Fp4Pairing pairing : {Fp4Pairing::Plain, Fp4Pairing::GateUp}) {
+    const int64_t rows = pairing == Fp4Pairing::Plain ? 40 : 24;  // 40: a partial last tile
+    auto a = random_nvfp4(rows, cols, 3);
+    auto b = random_nvfp4(rows, cols, 4);
+    const uint64_t rb = uint64_t(cols / 64) * 36;
+    const int64_t tiles = fp4_tiles(pairing, rows);
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      for (int64_t kg = 0; kg < cols / 64; ++kg) {
+        const uint8_t* block[16];
+        tile_blocks(a, &b, rows, cols, pairing, tile, kg, block);
+        uint8_t scales[64];
+        for (int g = 0; g < 8; ++g) fp4_g_scales(block, g, scales + 8 * g);
+        for (int lane = 0; lane < 32; ++lane) {
+          uint32_t words[4];
+          fp4_lane_words(block, lane, words);
+          for (int w = 0; w < 4; ++w) {
+            uint32_t ar[4];
+            fp4_unpack_word(words[w], ar);
+            for (int p = 0; p < 8; ++p) {
+              int row, col;
+              fp4_code_position(lane, w, p, &row, &col);
+              const float v = half_bits_value((ar[p >> 1] >> (16 * (p & 1))) & 0xFFFFu) * 16384.0f *
+                              ue4m3_to_fp32(scales[fp4_scale_byte(row, w)]);
+              bool second = false;
+              const int64_t src = fp4_source_row(pairing, tile, row, &second);
+              float want = 0.0f;
+              if (src < rows) {
+                std::vector<float> deq(64);
+                const auto& m = second ? b : a;
+                dequantize_row(GGML_NVFP4, m.data() + uint64_t(src) * rb + uint64_t(kg) * 36, deq.data(), 64);
+                want = deq[size_t(col)];
+              }
+              REQUIRE(v == want);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("emulated tensor-core matvec on the tiled layout equals the CPU dot products") {
+  // The kernel's arithmetic per tile-kgroup, with the m16n8k16 fragments
+  // taken from the PTX tables (not from fp4_code_position): A rows g / g+8,
+  // columns 2t+{0,1} (+8); B rows 2t+{0,1} (+8), column g; C rows g / g+8,
+  // columns 2t+{0,1}.
+  const int64_t rows = 48, cols = 256, n = 3;
+  auto w = random_nvfp4(rows, cols, 7);
+  const uint64_t rb = uint64_t(cols / 64) * 36;
+  std::mt19937 rng(9);
+  std::vector<float> x(static_cast<size_t>(n * cols));
+  for (float& v : x) v = float(int(rng() % 257) - 128) / 64.0f;  // exact in F16
+  std::vector<uint16_t> xs(static_cast<size_t>(n * cols));  // the kernel's shared-memory copy
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t k = 0; k < cols; ++k) xs[size_t(j * cols + fp4_x_index(int(k)))] = fp32_to_fp16(x[size_t(j * cols + k)]);
+
+  std::vector<double> y(static_cast<size_t>(n * rows), 0.0);
+  for (int64_t tile = 0; tile < fp4_tiles(Fp4Pairing::Plain, rows); ++tile) {
+    double acc[32][4] = {};
+    for (int64_t kg = 0; kg < cols / 64; ++kg) {
+      const uint8_t* block[16];
+      tile_blocks(w, nullptr, rows, cols, Fp4Pairing::Plain, tile, kg, block);
+      uint8_t scales[64];
+      for (int g = 0; g < 8; ++g) fp4_g_scales(block, g, scales + 8 * g);
+      uint32_t words[32][4];
+      for (int lane = 0; lane < 32; ++lane) fp4_lane_words(block, lane, words[lane]);
+      for (int wd = 0; wd < 4; ++wd) {
+        float A[16][16], B[16][8] = {};
+        for (int lane = 0; lane < 32; ++lane) {
+          const int g = lane >> 2, t = lane & 3;
+          uint32_t ar[4];
+          fp4_unpack_word(words[lane][wd], ar);
+          for (int reg = 0; reg < 4; ++reg)
+            for (int hi = 0; hi < 2; ++hi)
+              A[g + 8 * (reg & 1)][2 * t + hi + 8 * (reg >> 1)] = half_bits_value((ar[reg] >> (16 * hi)) & 0xFFFFu);
+          if (g < n) {
+            const uint16_t* xb = xs.data() + g * cols + (kg * 4 + wd) * 16 + t * 4;
+            B[2 * t][g] = fp16_to_fp32(xb[0]);
+            B[2 * t + 1][g] = fp16_to_fp32(xb[1]);
+            B[2 * t + 8][g] = fp16_to_fp32(xb[2]);
+            B[2 * t + 9][g] = fp16_to_fp32(xb[3]);
+          }
+        }
+        for (int lane = 0; lane < 32; ++lane) {
+          const int g = lane >> 2, t = lane & 3;
+          for (int e = 0; e < 4; ++e) {
+            const int r = g + 8 * (e >> 1), c = 2 * t + (e & 1);
+            double d = 0;
+            for (int k = 0; k < 16; ++k) d += double(A[r][k]) * B[k][c];
+            acc[lane][e] += d * ue4m3_to_fp32(scales[fp4_scale_byte(r, wd)]);
+          }
+        }
+      }
+    }
+    for (int lane = 0; lane < 32; ++lane) {
+      const int g = lane >> 2, t = lane & 3;
+      for (int e = 0; e < 4; ++e) {
+        const int64_t r = tile * 16 + g + 8 * (e >> 1);
+        const int c = 2 * t + (e & 1);
+        if (r < rows && c < n) y[size_t(c * rows + r)] = acc[lane][e] * 16384.0;
+      }
+    }
+  }
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t r = 0; r < rows; ++r) {
+      const double want = vec_dot_ref(GGML_NVFP4, w.data() + uint64_t(r) * rb, x.data() + j * cols, cols);
+      REQUIRE(std::fabs(y[size_t(j * rows + r)] - want) <= 1e-4 * (1.0 + std::fabs(want)));
+    }
+}
+
+TEST_CASE("Q6_K rows32 units decode to the GGUF values") {
+  const int64_t cols = 512, rows = 3;
+  std::vector<float> src(static_cast<size_t>(rows * cols));
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  for (float& v : src) v = nd(rng);
+  const uint64_t rb = row_bytes(*type_info(GGML_Q6_K), cols);
+  std::vector<uint8_t> q(size_t(rows) * rb);
+  for (int64_t r = 0; r < rows; ++r) quantize_row(GGML_Q6_K, src.data() + r * cols, q.data() + r * rb, cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    std::vector<float> want(static_cast<size_t>(cols));
+    dequantize_row(GGML_Q6_K, q.data() + r * rb, want.data(), cols);
+    for (int64_t c = 0; c < cols / 32; ++c) {
+      uint32_t l4[4], h2[2];
+      int8_t sc[2];
+      uint16_t d;
+      q6k_pack_unit(q.data() + r * rb + (c / 8) * 210, int(c % 8), l4, h2, sc, &d);
+      for (int i = 0; i < 32; ++i) {
+        const float v = fp16_to_fp32(d) * float(sc[i / 16]) * float(int(q6k_rows32_code(l4, h2, i)) - 32);
+        REQUIRE(v == want[size_t(c * 32 + i)]);
+      }
+    }
+  }
+  // Unit indexing: 32 rows interleaved per group.
+  Q6kRows32 L;
+  L.rows = 70;
+  L.cols = 512;
+  CHECK(L.groups() == 3);
+  CHECK(L.unit(0, 0) == 0);
+  CHECK(L.unit(1, 0) == 1);
+  CHECK(L.unit(0, 1) == 32);
+  CHECK(L.unit(33, 2) == (1 * 16 + 2) * 32 + 1);
+  CHECK(L.d_index(33, 9) == (1 * 2 + 1) * 32 + 1);
+}
+
+TEST_CASE("cuBLASLt block-scale layout: published anchors, tiles, bijection") {
+  // nvmath-python's example for a 128 x 128 NVFP4 operand: scale (5, 2) at
+  // offset 82 and (5, 5) at 593.
+  CHECK(blockscale_offset(5, 2, 128) == 82);
+  CHECK(blockscale_offset(5, 5, 128) == 593);
+  // 128 x 4 tiles of 512 bytes; column tiles innermost.
+  CHECK(blockscale_offset(0, 4, 256) == 512);
+  CHECK(blockscale_offset(128, 0, 256) == 4 * 512);  // 16 blocks: 4 column tiles per row tile
+  CHECK(blockscale_offset(32, 0, 256) == 4);
+  CHECK(blockscale_offset(1, 0, 256) == 16);
+  CHECK(blockscale_offset(0, 1, 256) == 1);
+  // Every (row, block) of a padded operand has its own byte.
+  for (int64_t k : {64, 320, 2560}) {
+    const int64_t rows = 300;
+    CAPTURE(k);
+    REQUIRE(blockscale_bytes(rows, k) == uint64_t(384 * ((k / 16 + 3) / 4 * 4)));
+    std::vector<int> seen(blockscale_bytes(rows, k), 0);
+    for (int64_t r = 0; r < blockscale_rows_padded(rows); ++r)
+      for (int64_t c = 0; c < blockscale_cols_padded(k); ++c) {
+        const uint64_t off = blockscale_offset(r, c, k);
+        REQUIRE(off < seen.size());
+        seen[off]++;
+      }
+    for (int v : seen) REQUIRE(v == 1);
+  }
+}
+
+TEST_CASE("cuBLASLt FP4 packing keeps every element and scale of a GGUF block") {
+  auto m = random_nvfp4(3, 256, 11);
+  const uint64_t rb = 4 * 36;
+  for (int64_t r = 0; r < 3; ++r) {
+    std::vector<float> want(256);
+    dequantize_row(GGML_NVFP4, m.data() + r * rb, want.data(), 256);
+    for (int c = 0; c < 16; ++c) {
+      uint8_t packed[8];
+      const uint8_t sc = fp4blas_pack_block(m.data() + r * rb + (c / 4) * 36, c % 4, packed);
+      for (int e = 0; e < 16; ++e) {
+        const uint8_t code = e % 2 == 0 ? (packed[e / 2] & 0x0F) : (packed[e / 2] >> 4);
+        REQUIRE(kE2M1[code] * e4m3_value(sc) == want[size_t(c * 16 + e)]);
+      }
+    }
+  }
+}
+
+TEST_CASE("activation quantization helpers: E2M1 rounding and E4M3 scales") {
+  // Exact values map to their codes; midpoints go to the even code.
+  for (int code = 0; code < 16; ++code) {
+    if (code == 8) continue;  // -0 encodes as +0
+    CHECK(e2m1_nearest(kE2M1[code]) == code);
+  }
+  CHECK(e2m1_nearest(-0.0f) == 0);
+  CHECK(e2m1_nearest(0.25f) == 0);
+  CHECK(e2m1_nearest(0.26f) == 1);
+  CHECK(e2m1_nearest(0.75f) == 2);
+  CHECK(e2m1_nearest(1.25f) == 2);
+  CHECK(e2m1_nearest(1.75f) == 4);
+  CHECK(e2m1_nearest(2.5f) == 4);
+  CHECK(e2m1_nearest(3.5f) == 6);
+  CHECK(e2m1_nearest(5.0f) == 6);
+  CHECK(e2m1_nearest(5.1f) == 7);
+  CHECK(e2m1_nearest(100.0f) == 7);
+  CHECK(e2m1_nearest(-2.9f) == 13);
+  // E4M3: every finite positive code round-trips; values round to the
+  // nearest code; the decoder agrees with the UE4M3 one of the weights.
+  for (int c = 1; c <= 0x7E; ++c) {
+    CHECK(e4m3_value(uint8_t(c)) == ue4m3_to_fp32(uint8_t(c)));
+    CHECK(e4m3_from_positive(e4m3_value(uint8_t(c))) == c);
+  }
+  for (int c = 1; c < 0x7E; ++c) {
+    const float lo = e4m3_value(uint8_t(c)), hi = e4m3_value(uint8_t(c + 1));
+    CHECK(e4m3_from_positive(lo + (hi - lo) * 0.3f) == c);
+    CHECK(e4m3_from_positive(lo + (hi - lo) * 0.7f) == c + 1);
+  }
+  CHECK(e4m3_from_positive(0.0f) == 0);
+  CHECK(e4m3_from_positive(1e-6f) == 0);
+  CHECK(e4m3_from_positive(1000.0f) == 0x7E);
+}
