@@ -547,7 +547,7 @@ TEST_CASE("C API: qwen35_chat_render") {
   CHECK(std::string(qwen35_errmsg()) == "chat template: No messages provided.");
   tp.tools_json = "[{";
   CHECK(qwen35_chat_render(mh.m, msgs.data(), 2, &tp, small, sizeof small, nullptr) == QWEN35_ERR_INVALID_ARG);
-  CHECK(std::string(qwen35_errmsg()).find("tools_json: JSON:") == 0);
+  CHECK(std::string(qwen35_errmsg()).find("qwen35_chat_render: tools_json: JSON:") == 0);
   qwen35_chat_message bad = cmsg(nullptr, "x");
   CHECK(qwen35_chat_render(mh.m, &bad, 1, nullptr, small, sizeof small, nullptr) == QWEN35_ERR_INVALID_ARG);
   qwen35_chat_message badparts = cmsg("user", nullptr);
