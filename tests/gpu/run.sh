@@ -57,15 +57,15 @@ step() {
   c++ --version | head -1 || true
 } >>"$LOG" 2>&1
 GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo "unknown GPU")
-CC=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .' || true)
-case "${CC:-90}" in
+CAP=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .' || true)
+case "${CAP:-90}" in
   90) ARCH=90a ;;
   100) ARCH=100a ;;
   120) ARCH=120a ;;
-  *) ARCH=${CC:-90a} ;;
+  *) ARCH=${CAP:-90a} ;;
 esac
 ARCH=${QWEN35_CUDA_ARCH:-$ARCH}
-log "GPU: $GPU_NAME (compute capability ${CC:-?}), building for sm_$ARCH; fixtures: $FIX"
+log "GPU: $GPU_NAME (compute capability ${CAP:-?}), building for sm_$ARCH; fixtures: $FIX"
 
 # ---- configure and build ------------------------------------------------------
 CMAKE_ARGS=(-S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DQWEN35_CUDA=ON
