@@ -18,8 +18,8 @@ cp "$SRC"/models/tiny-a-f32.gguf "$SRC"/models/tiny-a-nvfp4.gguf "$SRC"/models/t
 cp "$SRC"/logits/seqs.txt "$SRC"/logits/tiny-a-f32.exact.main.f32 "$SRC"/logits/tiny-a-nvfp4.exact.main.f32 \
    "$SRC"/logits/tiny-m-nvfp4.exact.main.f32 "$SRC"/logits/tiny-m-nvfp4.exact.mtp.f32 .gpu/fixtures/logits/
 
-# fmt (headers, shared library, CMake package) and doctest (header).
-for pkg in libfmt-dev libfmt9 doctest-dev; do
+# fmt (headers, shared library, CMake package), doctest and stb_image (headers).
+for pkg in libfmt-dev libfmt9 doctest-dev libstb-dev; do
   dpkg -L "$pkg" 2>/dev/null | grep -E '^/usr/(include|lib)/' | while read -r f; do
     if [ -f "$f" ] || [ -L "$f" ]; then cp -P --parents "$f" .gpu/deps/; fi
   done
