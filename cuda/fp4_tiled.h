@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__)
 #define QWEN35_HD __host__ __device__ __forceinline__
@@ -132,5 +133,37 @@ QWEN35_HD int fp4_x_index(int k) {
   const int chunk = k >> 4, r = k & 15, hi = r >> 3, t = (r & 7) >> 1;
   return chunk * 16 + t * 4 + hi * 2 + (r & 1);
 }
+
+// ---- activations of the streaming kernels (matvec_fp4.cu kernel 2, matvec_q6k.cu) ----
+//
+// x is kept in shared memory per 16-column chunk (one mma k-step) as F16
+// values scaled by 2^-e, where e = tc_chunk_exponent(largest magnitude in
+// the chunk): the chunk then lies below 2^15 (no overflow, full F16
+// precision for its large values) and its product is multiplied back by 2^e
+// together with the weight scale. Chunks are independent, so no reduction
+// over the row is needed before the conversion. In a chunk's copy, F16 pair
+// q (positions 2q, 2q+1, one 32-bit word) holds columns tc_pair_col(q) and
+// tc_pair_col(q) + 1, which is the order of fp4_x_index.
+
+QWEN35_HD uint32_t tc_float_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+#endif
+}
+
+// e for a chunk whose largest magnitude is amax (>= 0, finite): 2^-e * amax
+// is in [2^14, 2^15); clamped to [-100, 100] so that 2^e, 2^-e and 2^(e+14)
+// are normal floats. 0 for an all-zero chunk.
+QWEN35_HD int tc_chunk_exponent(float amax) {
+  if (!(amax > 0.0f)) return 0;
+  const int e = int((tc_float_bits(amax) >> 23) & 0xFFu) - 127 - 14;
+  return e < -100 ? -100 : e > 100 ? 100 : e;
+}
+
+QWEN35_HD int tc_pair_col(int q) { return 8 * (q & 1) + 2 * (q >> 1); }
 
 }  // namespace qwen35::cuda

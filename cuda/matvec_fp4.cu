@@ -1,23 +1,32 @@
 // NVFP4 decode kernels on the tensor cores (see matvec_fp4.h, fp4_tiled.h).
 //
-// fp4_matvec: a block of 4 warps takes 4 row tiles (16 rows each) and one
-// slice of the columns. The block first writes its slice of x (RMS-normalized
-// when asked) into shared memory as F16, scaled by a power of two per
-// activation row so that the largest value is near 2^14 (no overflow, full
-// F16 precision). Each warp then streams its tile: per 64 columns one 16-byte
-// load of codes and one 8-byte load of scales per lane, four mma.sync
-// m16n8k16 (one per NVFP4 sub-block, fresh accumulators) and an F32 FMA with
-// the sub-block scales. Activation row j is column j of the mma's B operand,
-// so 1..8 rows cost the same and each row's result does not depend on the
-// others. With several column slices the partial sums meet in global memory
-// and the last block of the tile group adds them in a fixed order.
-#include <cuda_fp8.h>
-
+// Both kernels: a block of warps takes one row tile (16 rows) per warp and
+// one slice of the columns. Per 64 columns each lane loads 16 bytes of codes
+// and 8 of scales, runs four mma.sync m16n8k16 (one per NVFP4 sub-block,
+// fresh accumulators) and an F32 FMA with the sub-block scales. Activation
+// row j is column j of the mma's B operand (F16 in shared memory), so 1..8
+// rows cost the same and each row's result does not depend on the others.
+// With several column slices the partial sums meet in global memory and the
+// last block of the tile group adds them in a fixed order. Fused: RMSNorm or
+// the delta net's gated RMSNorm as prologue, residual add / SwiGLU / causal
+// conv epilogues.
+//
+// Kernel 1 (QWEN35_CUDA_FP4_KERNEL=1): 4 warps; the block first normalizes
+// the activation rows (a pass over the whole row), finds each row's largest
+// value over its slice and writes the slice scaled by one power of two per
+// row, then streams with 4 kgroups in flight per warp.
+// Kernel 2 (default, tuning.h): W warps, P kgroups in flight per warp, the
+// first ones requested before the PDL wait; the activation slice is scaled
+// per 16-column chunk (no reductions before the conversion) and the RMS
+// norm's factor is applied to the results.
 #include <algorithm>
+#include <atomic>
 
 #include "common.cuh"
 #include "launch.cuh"
 #include "matvec_fp4.h"
+#include "tc_common.cuh"
+#include "tuning.h"
 
 namespace qwen35::cuda {
 
@@ -102,18 +111,63 @@ __global__ void fp4_dequant_kernel(Fp4Tiled w, int64_t r0, int64_t nr, Out* __re
 
 // ---- matrix-vector product ---------------------------------------------------------
 
-__device__ __forceinline__ void mma_f16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%10,%10,%10,%10};\n"
-      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.0f));
+// The finished results of one lane (both kernels): acc[e] is tile row
+// g + 8*(e/2) for activation row 2t + e%2, through the epilogue.
+__device__ __forceinline__ void fp4_store_outputs(const Fp4MatvecArgs& a, int64_t tile, int g, int t,
+                                                  const float* acc) {
+  const Fp4Tiled& w = a.w;
+  if (a.epilogue == Fp4Epilogue::Conv) {
+    // Activation rows 0 and 1 are in lane t = 0 (n <= 2): it walks them in order.
+    if (t != 0) return;
+    const int64_t C = a.conv_channels, Kc = a.conv_k;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t r = tile * kFp4TileRows + g + 8 * half;
+      if (r >= w.rows) continue;
+      const float v0 = acc[2 * half], v1 = acc[2 * half + 1];
+      if (r >= C) {
+        a.y[r] = v0;
+        if (a.n > 1) a.y[a.ldy + r] = v1;
+        continue;
+      }
+      // Input row tp of the conv: this call's rows, or the window before them.
+      auto in = [&](int64_t tp) { return tp >= 0 ? (tp == 0 ? v0 : v1) : a.conv_window[(Kc - 1 + tp) * C + r]; };
+      const float* taps = a.conv_taps + r * Kc;
+      for (int j = 0; j < a.n; ++j) {
+        float s = 0.0f;
+        for (int64_t k = 0; k < Kc; ++k) s = fmaf(taps[k], in(j - (Kc - 1) + k), s);
+        a.y[j * a.ldy + r] = silu_f(s);
+      }
+      if (a.conv_snapshot_row >= 0 && a.conv_snapshot_row < a.n)
+        for (int64_t k = 0; k + 1 < Kc; ++k) a.conv_snapshot[k * C + r] = in(a.conv_snapshot_row - (Kc - 2) + k);
+      for (int64_t k = 0; k + 1 < Kc; ++k) a.conv_window[k * C + r] = in(a.n - (Kc - 1) + k);
+    }
+    return;
+  }
+  if (a.epilogue == Fp4Epilogue::SwiGLU) {
+    // Rows g (gate) and g+8 (up) of the tile are the pair for output 8*tile + g.
+    const int64_t out = 8 * tile + g;
+    if (out < w.rows) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int j = 2 * t + e;
+        if (j < a.n) a.y[j * a.ldy + out] = silu_f(acc[e]) * acc[2 + e];
+      }
+    }
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int64_t row = tile * kFp4TileRows + g + 8 * (e >> 1);
+    const int j = 2 * t + (e & 1);
+    if (row < w.rows && j < a.n) {
+      float* out = a.y + j * a.ldy + row;
+      *out = a.epilogue == Fp4Epilogue::Add ? *out + acc[e] : acc[e];
+    }
+  }
 }
 
-__device__ __forceinline__ float2 e4m3x2_to_float2(uint32_t pair) {
-  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(pair & 0xFFFFu), __NV_E4M3);
-  return __half22float2(*reinterpret_cast<const __half2*>(&h));
-}
+// ---- kernel 1 ------------------------------------------------------------------------
 
 // Slice column k of activation row xr after the prologue: RMS-normalized
 // (rnorm, norm weights), gated-normalized (z row zr), or as it is.
@@ -122,9 +176,6 @@ __device__ __forceinline__ float prologue_value(const Fp4MatvecArgs& a, const fl
   if (zr) return xr[c0 + k] * head_scale[k / a.gate_dv] * a.gate_w[(c0 + k) % a.gate_dv] * silu_f(zr[c0 + k]);
   return xr[c0 + k] * rnorm * (a.norm ? a.norm[c0 + k] : 1.0f);
 }
-
-// 2^e as a float for |e| < 126.
-__device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) << 23); }
 
 __global__ void __launch_bounds__(kWarps * kWarp) fp4_matvec_kernel(Fp4MatvecArgs a, int splits, int64_t kg_per) {
   pdl_prologue();
@@ -255,56 +306,205 @@ __global__ void __launch_bounds__(kWarps * kWarp) fp4_matvec_kernel(Fp4MatvecArg
     }
     if (threadIdx.x == 0) a.counters[blockIdx.x] = 0;
   }
-  if (tile >= tiles) return;
-  if (a.epilogue == Fp4Epilogue::Conv) {
-    // Activation rows 0 and 1 are in lane t = 0 (n <= 2): it walks them in order.
-    if (t != 0) return;
-    const int64_t C = a.conv_channels, Kc = a.conv_k;
+  if (tile < tiles) fp4_store_outputs(a, tile, g, t, acc);
+}
+
+
+// ---- kernel 2: streaming -----------------------------------------------------------------
+//
+// A block of W warps takes W row tiles (one per warp) and one column slice
+// (blockIdx.y of `splits`). Each warp keeps P kgroups of weights in flight
+// in registers: the first P are requested before waiting for the previous
+// kernel, the rest one per kgroup consumed. The activation slice is
+// converted per 16-column chunk (tc_load_x) while those loads are under way;
+// the RMS norm's 1/rms (the same in every block) is applied to the result.
+
+constexpr int kStreamMaxSplits = 32;
+constexpr int64_t kStreamMaxSliceKg = 80;  // 8 rows: 80 x 64 x (8+1) x 4 B = 90 KiB of shared memory
+
+// Column slice (kgroups per block) of kernel 2 with `warps` warps per block,
+// aiming at bps blocks per multiprocessor; every slice is nonempty.
+int64_t stream_kg_per(const Fp4Tiled& w, int sms, int align_kg, int warps, int bps) {
+  const int64_t groups = (w.tiles() + warps - 1) / warps;
+  const int64_t target = int64_t(bps) * std::max(sms, 1);
+  int64_t s = (target + groups / 2) / groups;
+  s = std::max<int64_t>(1, std::min<int64_t>({s, kStreamMaxSplits, w.kgroups()}));
+  s = std::max<int64_t>(s, (w.kgroups() + kStreamMaxSliceKg - 1) / kStreamMaxSliceKg);
+  const int64_t per = (w.kgroups() + s - 1) / s;
+  return (per + align_kg - 1) / align_kg * align_kg;
+}
+
+template <int W, int P>
+__global__ void __launch_bounds__(W * kWarp) fp4_stream_kernel(Fp4MatvecArgs a, int splits, int64_t kg_per) {
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  __shared__ float ss_part[W][kMatvecMaxCols];
+  __shared__ bool is_last;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int g = lane >> 2, t = lane & 3;
+  const Fp4Tiled& w = a.w;
+  const int n = a.n;
+  const int64_t kg_n = w.kgroups(), tiles = w.tiles();
+  const int64_t kg0 = int64_t(blockIdx.y) * kg_per;
+  const int nkg = int(min(kg_n, kg0 + kg_per) - kg0);  // >= 1
+  const int nch = 4 * nkg;                             // 16-column chunks of the slice
+  uint16_t* xs = reinterpret_cast<uint16_t*>(smem_raw);                           // [nch][n][16] F16
+  float* mult = reinterpret_cast<float*>(smem_raw + size_t(nch) * size_t(n) * 32);  // [nch][8]
+  const int64_t tile = int64_t(blockIdx.x) * W + warp;
+  const bool active = tile < tiles;
+
+  // 1. The first P kgroups of this warp's weights.
+  const uint4* cp = reinterpret_cast<const uint4*>(w.codes) + (tile * kg_n + kg0) * 32 + lane;
+  const uint2* sp = reinterpret_cast<const uint2*>(w.scales) + (tile * kg_n + kg0) * 8 + g;
+  uint4 cb[P];
+  uint2 sb[P];
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int64_t r = tile * kFp4TileRows + g + 8 * half;
-      if (r >= w.rows) continue;
-      const float v0 = acc[2 * half], v1 = acc[2 * half + 1];
-      if (r >= C) {
-        a.y[r] = v0;
-        if (a.n > 1) a.y[a.ldy + r] = v1;
-        continue;
+  for (int p = 0; p < P; ++p) {
+    cb[p] = make_uint4(0, 0, 0, 0);
+    sb[p] = make_uint2(0, 0);
+    if (active && p < nkg) {
+      cb[p] = ld_stream(cp + p * 32);
+      sb[p] = ld_stream(sp + p * 8);
+    }
+  }
+  pdl_wait_and_trigger();
+
+  // 2. The activation slice (and the rows' sums of squares for the norm).
+  TcInput in;
+  in.x = a.x;
+  in.ldx = a.ldx;
+  in.n = n;
+  in.norm = a.norm;
+  in.gate_z = a.gate_z;
+  in.ldz = a.ldz;
+  in.gate_w = a.gate_w;
+  in.gate_dv = a.gate_dv;
+  in.eps = a.eps;
+  tc_load_x(in, kg0 * kFp4GroupCols, nch, xs, mult);
+  if (a.norm) tc_row_squares<W>(in, w.cols, ss_part);
+  __syncthreads();
+
+  // 3. Stream: kgroup i of the slice is 4 chunks (one mma each).
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (active) {
+    const bool has_col = g < n;
+    const uint16_t* xb = xs + g * 16 + t * 4;  // + chunk * n * 16
+    const float* mp = mult + 2 * t;            // + chunk * 8
+    for (int i0 = 0; i0 < nkg; i0 += P) {
+#pragma unroll
+      for (int p = 0; p < P; ++p) {
+        const int i = i0 + p;
+        if (i < nkg) {
+          const uint4 c4 = cb[p];
+          const uint2 s2 = sb[p];
+          if (i + P < nkg) {
+            cb[p] = ld_stream(cp + (i + P) * 32);
+            sb[p] = ld_stream(sp + (i + P) * 8);
+          }
+          const uint32_t words[4] = {c4.x, c4.y, c4.z, c4.w};
+#pragma unroll
+          for (int wd = 0; wd < 4; ++wd) {
+            const int c = 4 * i + wd;
+            uint32_t ar[4];
+            fp4_unpack_word(words[wd], ar);
+            uint32_t b0 = 0, b1 = 0;
+            if (has_col) {
+              const uint2 bv = *reinterpret_cast<const uint2*>(xb + c * n * 16);
+              b0 = bv.x;
+              b1 = bv.y;
+            }
+            float d[4];
+            mma_f16(d, ar, b0, b1);
+            const float2 m = *reinterpret_cast<const float2*>(mp + c * kMatvecMaxCols);  // rows 2t, 2t+1
+            const uint32_t sw = wd < 2 ? s2.x : s2.y;
+            const float2 sc = e4m3x2_to_float2(sw >> (16 * (wd & 1)));  // tile rows g, g+8
+            acc[0] = fmaf(d[0], sc.x * m.x, acc[0]);
+            acc[1] = fmaf(d[1], sc.x * m.y, acc[1]);
+            acc[2] = fmaf(d[2], sc.y * m.x, acc[2]);
+            acc[3] = fmaf(d[3], sc.y * m.y, acc[3]);
+          }
+        }
       }
-      // Input row tp of the conv: this call's rows, or the window before them.
-      auto in = [&](int64_t tp) { return tp >= 0 ? (tp == 0 ? v0 : v1) : a.conv_window[(Kc - 1 + tp) * C + r]; };
-      const float* taps = a.conv_taps + r * Kc;
-      for (int j = 0; j < a.n; ++j) {
+    }
+  }
+  // The 2^-14 of the A encoding and the tensor scale.
+#pragma unroll
+  for (int e = 0; e < 4; ++e) acc[e] *= 16384.0f * w.scale;
+
+  // 4. Combine the slices (last block of the tile group, in split order).
+  if (splits > 1) {
+    float* part = a.partial + ((int64_t(blockIdx.y) * tiles + tile) * kFp4TileRows) * kMatvecMaxCols;
+    if (active) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) part[(g + 8 * (e >> 1)) * kMatvecMaxCols + 2 * t + (e & 1)] = acc[e];
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(&a.counters[blockIdx.x], 1) == splits - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    if (active) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
         float s = 0.0f;
-        for (int64_t k = 0; k < Kc; ++k) s = fmaf(taps[k], in(j - (Kc - 1) + k), s);
-        a.y[j * a.ldy + r] = silu_f(s);
-      }
-      if (a.conv_snapshot_row >= 0 && a.conv_snapshot_row < a.n)
-        for (int64_t k = 0; k + 1 < Kc; ++k) a.conv_snapshot[k * C + r] = in(a.conv_snapshot_row - (Kc - 2) + k);
-      for (int64_t k = 0; k + 1 < Kc; ++k) a.conv_window[k * C + r] = in(a.n - (Kc - 1) + k);
-    }
-    return;
-  }
-  if (a.epilogue == Fp4Epilogue::SwiGLU) {
-    // Rows g (gate) and g+8 (up) of the tile are the pair for output 8*tile + g.
-    const int64_t out = 8 * tile + g;
-    if (out < w.rows) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int j = 2 * t + e;
-        if (j < a.n) a.y[j * a.ldy + out] = silu_f(acc[e]) * acc[2 + e];
+        for (int sp2 = 0; sp2 < splits; ++sp2)
+          s += __ldcg(a.partial + ((int64_t(sp2) * tiles + tile) * kFp4TileRows + g + 8 * (e >> 1)) * kMatvecMaxCols +
+                      2 * t + (e & 1));
+        acc[e] = s;
       }
     }
-    return;
+    if (threadIdx.x == 0) a.counters[blockIdx.x] = 0;
   }
+  if (!active) return;
+  if (a.norm) {
 #pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    const int64_t row = tile * kFp4TileRows + g + 8 * (e >> 1);
-    const int j = 2 * t + (e & 1);
-    if (row < w.rows && j < a.n) {
-      float* out = a.y + j * a.ldy + row;
-      *out = a.epilogue == Fp4Epilogue::Add ? *out + acc[e] : acc[e];
+    for (int e = 0; e < 4; ++e) {
+      const int j = 2 * t + (e & 1);
+      if (j < n) acc[e] *= tc_rnorm<W>(ss_part, j, w.cols, a.eps);
     }
   }
+  fp4_store_outputs(a, tile, g, t, acc);
+}
+
+// Raises a kernel's dynamic shared memory limit once to what it needs.
+template <typename Kernel>
+cudaError_t allow_smem(Kernel kernel, std::atomic<int>& allowed, size_t smem) {
+  if (smem <= 48 * 1024 || int(smem) <= allowed.load(std::memory_order_relaxed)) return cudaSuccess;
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (e == cudaSuccess) {
+    int cur = allowed.load(std::memory_order_relaxed);
+    while (int(smem) > cur && !allowed.compare_exchange_weak(cur, int(smem))) {
+    }
+  }
+  return e;
+}
+
+template <int W, int P>
+cudaError_t launch_stream(const Fp4MatvecArgs& a, int splits, int64_t kg_per, cudaStream_t stream) {
+  static std::atomic<int> allowed{0};
+  const size_t smem = tc_x_bytes(int(4 * kg_per), a.n);
+  const cudaError_t e = allow_smem(fp4_stream_kernel<W, P>, allowed, smem);
+  if (e != cudaSuccess) return e;
+  const dim3 grid(unsigned((a.w.tiles() + W - 1) / W), unsigned(splits));
+  return launch(fp4_stream_kernel<W, P>, grid, dim3(W * kWarp), smem, stream, a, splits, kg_per);
+}
+
+// Kernel 2 can run these arguments (else kernel 1 does).
+bool stream_supported(const Fp4MatvecArgs& a) {
+  TcInput in;
+  in.x = a.x;
+  in.ldx = a.ldx;
+  in.norm = a.norm;
+  in.gate_z = a.gate_z;
+  in.ldz = a.ldz;
+  in.gate_w = a.gate_w;
+  in.gate_dv = a.gate_dv;
+  if (!tc_input_aligned(in)) return false;
+  if (a.gate_z) {
+    const int hc = a.gate_dv / 16;
+    if (hc < 1 || hc > 32 || (hc & (hc - 1)) != 0) return false;
+  }
+  return true;
 }
 
 }  // namespace
@@ -353,7 +553,13 @@ bool fp4_gated_supported(const Fp4Tiled& w, int gate_dv) {
 }
 
 uint64_t fp4_partial_floats(const Fp4Tiled& w, int sms) {
-  const int s = fp4_splits(w, sms);
+  // Enough for every kernel and tuning (the tuning may change at run time).
+  int64_t s = fp4_splits(w, sms);
+  for (int warps : {4, 8})
+    for (int bps = 1; bps <= kFp4MaxBlocksPerSm; ++bps) {
+      const int64_t per = stream_kg_per(w, sms, 1, warps, bps);
+      s = std::max(s, (w.kgroups() + per - 1) / per);
+    }
   return s > 1 ? uint64_t(s) * uint64_t(w.tiles()) * kFp4TileRows * kMatvecMaxCols : 0;
 }
 
@@ -368,15 +574,27 @@ cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream) {
     return cudaErrorInvalidValue;
   if (a.gate_z && (!a.gate_w || !fp4_gated_supported(a.w, a.gate_dv))) return cudaErrorInvalidValue;
   const int align = a.gate_z ? a.gate_dv / kFp4GroupCols : 1;
+  const DecodeTuning tune = decode_tuning();
+  if (tune.fp4_kernel == 2 && stream_supported(a)) {
+    const int64_t kg_per = stream_kg_per(a.w, sms, align, tune.fp4_warps, tune.fp4_blocks_per_sm);
+    const int splits = int((a.w.kgroups() + kg_per - 1) / kg_per);
+    if (splits > 1 && (!a.partial || !a.counters)) return cudaErrorInvalidValue;
+    const bool w8 = tune.fp4_warps == 8;
+    switch (tune.fp4_depth) {
+      case 4: return w8 ? launch_stream<8, 4>(a, splits, kg_per, stream) : launch_stream<4, 4>(a, splits, kg_per, stream);
+      case 16:
+        return w8 ? launch_stream<8, 16>(a, splits, kg_per, stream) : launch_stream<4, 16>(a, splits, kg_per, stream);
+      default: return w8 ? launch_stream<8, 8>(a, splits, kg_per, stream) : launch_stream<4, 8>(a, splits, kg_per, stream);
+    }
+  }
   const int splits = fp4_splits(a.w, sms, align);
   if (splits > 1 && (!a.partial || !a.counters)) return cudaErrorInvalidValue;
   int64_t kg_per = (a.w.kgroups() + splits - 1) / splits;
   kg_per = (kg_per + align - 1) / align * align;
   const size_t smem = size_t(a.n) * size_t(kg_per) * kFp4GroupCols * sizeof(uint16_t);
-  if (smem > 48 * 1024) {  // opt in to the larger shared memory (a per-device setting)
-    const cudaError_t e = cudaFuncSetAttribute(fp4_matvec_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (e != cudaSuccess) return e;
-  }
+  static std::atomic<int> allowed{0};
+  const cudaError_t e = allow_smem(fp4_matvec_kernel, allowed, smem);
+  if (e != cudaSuccess) return e;
   const dim3 grid(unsigned((a.w.tiles() + kWarps - 1) / kWarps), unsigned(splits));
   return launch(fp4_matvec_kernel, dim3(grid), dim3(kWarps * kWarp), smem, stream, a, splits, kg_per);
 }

@@ -22,6 +22,7 @@
 #include "quants.h"
 #include "rope.h"
 #include "test_util.h"
+#include "tuning.h"
 
 using namespace qwen35;
 using namespace qwen35::cuda;
@@ -530,6 +531,33 @@ int device_sms() {
   return sms;
 }
 
+// The NVFP4 kernel variants every tensor-core test runs: kernel 1 and
+// kernel 2 with each block width and prefetch depth, at split choices from
+// one slice to the most slices.
+std::vector<DecodeTuning> fp4_variants() {
+  std::vector<DecodeTuning> v;
+  DecodeTuning t;
+  t.fp4_kernel = 1;
+  v.push_back(t);
+  t.fp4_kernel = 2;
+  for (int warps : {4, 8})
+    for (int depth : {4, 8, 16})
+      for (int bps : {1, 4, 32}) {
+        t.fp4_warps = warps;
+        t.fp4_depth = depth;
+        t.fp4_blocks_per_sm = bps;
+        v.push_back(t);
+      }
+  return v;
+}
+
+// Sets the decode tuning for a scope.
+struct TuningScope {
+  DecodeTuning saved = decode_tuning();
+  explicit TuningScope(const DecodeTuning& t) { set_decode_tuning(t); }
+  ~TuningScope() { set_decode_tuning(saved); }
+};
+
 // A tiled NVFP4 weight on the device, repacked from random GGUF rows.
 struct TiledFp4 {
   QMat a, b;  // b: the up rows of a GateUp pair (unused for Plain)
@@ -587,47 +615,56 @@ TEST_CASE("tensor-core NVFP4 matvec matches the CPU (plain, norm prologue, add, 
                   double(vec_dot_ref(GGML_NVFP4, w.a.host.data() + r * w.a.row_bytes, xr.data(), K)) * 0.5;
           }
         }
-        for (bool add : {false, true}) {
-          dy.upload(y0);
-          Fp4MatvecArgs a;
-          a.w = w.t;
-          a.n = n;
-          a.x = dx.get();
-          a.ldx = ldx;
-          a.norm = norm ? dnw.get() : nullptr;
-          a.y = dy.get();
-          a.ldy = ldy;
-          a.epilogue = add ? Fp4Epilogue::Add : Fp4Epilogue::Store;
-          a.partial = part.get();
-          a.counters = cnt.get();
-          REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
-          auto y = dy.download();
-          double num = 0, den = 0;
-          for (int j = 0; j < n; ++j) {
-            for (int64_t r = 0; r < N; ++r) {
-              const double d = prod[size_t(j * N + r)];
-              const double wv = add ? y0[size_t(j * ldy + r)] + d : d;
-              const double g = y[size_t(j * ldy + r)];
-              num += (g - wv) * (g - wv);
-              den += wv * wv;
+        for (const DecodeTuning& tv : fp4_variants()) {
+          CAPTURE(describe(tv));
+          TuningScope ts(tv);
+          for (bool add : {false, true}) {
+            dy.upload(y0);
+            Fp4MatvecArgs a;
+            a.w = w.t;
+            a.n = n;
+            a.x = dx.get();
+            a.ldx = ldx;
+            a.norm = norm ? dnw.get() : nullptr;
+            a.y = dy.get();
+            a.ldy = ldy;
+            a.epilogue = add ? Fp4Epilogue::Add : Fp4Epilogue::Store;
+            a.partial = part.get();
+            a.counters = cnt.get();
+            REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
+            auto y = dy.download();
+            double num = 0, den = 0;
+            for (int j = 0; j < n; ++j) {
+              for (int64_t r = 0; r < N; ++r) {
+                const double d = prod[size_t(j * N + r)];
+                const double wv = add ? y0[size_t(j * ldy + r)] + d : d;
+                const double g = y[size_t(j * ldy + r)];
+                num += (g - wv) * (g - wv);
+                den += wv * wv;
+              }
+              // Padding of y beyond N is untouched.
+              CHECK(y[size_t(j * ldy + N)] == y0[size_t(j * ldy + N)]);
             }
-            // Padding of y beyond N is untouched.
-            CHECK(y[size_t(j * ldy + N)] == y0[size_t(j * ldy + N)]);
+            CHECK(std::sqrt(num / den) < 2e-3);  // F16 activations
           }
-          CHECK(std::sqrt(num / den) < 2e-3);  // F16 activations
         }
       }
       // Row j computed in a batch equals row j alone (bitwise), and the
       // split-K counters were left at zero (a second run repeats exactly).
-      if (n > 1) {
+      for (const DecodeTuning& tv : fp4_variants()) {
+        if (n == 1) break;
+        CAPTURE(describe(tv));
+        TuningScope ts(tv);
         const int64_t ldx = K, ldy = N;
         auto x = random_floats(size_t(n * ldx), 200 + n, -3, 3);
-        DevArray<float> dx(x), dy(static_cast<size_t>(n * ldy)), d1(static_cast<size_t>(ldy));
+        auto nw = random_floats(size_t(K), 9, 0.5f, 1.5f);
+        DevArray<float> dx(x), dnw(nw), dy(static_cast<size_t>(n * ldy)), d1(static_cast<size_t>(ldy));
         Fp4MatvecArgs a;
         a.w = w.t;
         a.n = n;
         a.x = dx.get();
         a.ldx = ldx;
+        a.norm = dnw.get();
         a.y = dy.get();
         a.ldy = ldy;
         a.partial = part.get();
@@ -667,18 +704,27 @@ TEST_CASE("tensor-core NVFP4 gate/up with the SwiGLU epilogue, and the tiled deq
   a.epilogue = Fp4Epilogue::SwiGLU;
   a.partial = part.get();
   a.counters = cnt.get();
-  REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
-  auto y = dy.download();
-  double num = 0, den = 0;
+  std::vector<double> want(static_cast<size_t>(n * F));
   for (int j = 0; j < n; ++j)
     for (int64_t i = 0; i < F; ++i) {
       const float g = vec_dot_ref(GGML_NVFP4, w.a.host.data() + i * w.a.row_bytes, x.data() + j * K, K) * 0.5f;
       const float u = vec_dot_ref(GGML_NVFP4, w.b.host.data() + i * w.b.row_bytes, x.data() + j * K, K) * 0.5f;
-      const double want = siluf(g) * u, got = y[size_t(j * 2 * F + i)];
-      num += (got - want) * (got - want);
-      den += want * want;
+      want[size_t(j * F + i)] = siluf(g) * u;
     }
-  CHECK(std::sqrt(num / den) < 2e-3);
+  for (const DecodeTuning& tv : fp4_variants()) {
+    CAPTURE(describe(tv));
+    TuningScope ts(tv);
+    REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
+    auto y = dy.download();
+    double num = 0, den = 0;
+    for (int j = 0; j < n; ++j)
+      for (int64_t i = 0; i < F; ++i) {
+        const double wv = want[size_t(j * F + i)], got = y[size_t(j * 2 * F + i)];
+        num += (got - wv) * (got - wv);
+        den += wv * wv;
+      }
+    CHECK(std::sqrt(num / den) < 2e-3);
+  }
 
   // Dequantized rows: [gate rows | up rows], exactly the GGUF values.
   DevArray<float> f(static_cast<size_t>(2 * F * K));
@@ -786,8 +832,6 @@ TEST_CASE("tensor-core NVFP4 matvec with the fused causal-conv epilogue (1 and 2
     a.conv_k = int(Kc);
     a.conv_snapshot_row = 0;
     a.conv_snapshot = ds.get();
-    REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
-    auto y = dy.download();
     // CPU: the projection, then the conv row by row.
     std::vector<float> u(static_cast<size_t>(n * N)), win(win0), out(static_cast<size_t>(n * N)), snap;
     for (int j = 0; j < n; ++j)
@@ -802,16 +846,23 @@ TEST_CASE("tensor-core NVFP4 matvec with the fused causal-conv epilogue (1 and 2
       if (j == 0) snap = win;
       for (int64_t r = 0; r < N; ++r) out[size_t(j * N + r)] = r < C ? o[size_t(r)] : u[size_t(j * N + r)];
     }
-    double num = 0, den = 0;
-    for (int j = 0; j < n; ++j)
-      for (int64_t r = 0; r < N; ++r) {
-        const double g = y[size_t(j * ldy + r)], e = out[size_t(j * N + r)];
-        num += (g - e) * (g - e);
-        den += e * e;
-      }
-    CHECK(std::sqrt(num / den) < 3e-3);
-    CHECK(max_rel(dw.download(), win) < 3e-3);
-    CHECK(max_rel(ds.download(), snap) < 3e-3);
+    for (const DecodeTuning& tv : fp4_variants()) {
+      CAPTURE(describe(tv));
+      TuningScope ts(tv);
+      dw.upload(win0);
+      REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
+      auto y = dy.download();
+      double num = 0, den = 0;
+      for (int j = 0; j < n; ++j)
+        for (int64_t r = 0; r < N; ++r) {
+          const double g = y[size_t(j * ldy + r)], e = out[size_t(j * N + r)];
+          num += (g - e) * (g - e);
+          den += e * e;
+        }
+      CHECK(std::sqrt(num / den) < 3e-3);
+      CHECK(max_rel(dw.download(), win) < 3e-3);
+      CHECK(max_rel(ds.download(), snap) < 3e-3);
+    }
   }
 }
 
@@ -875,44 +926,55 @@ TEST_CASE("Blackwell block-scaled FP4 GEMM equals its CPU emulation (skipped bef
 TEST_CASE("tensor-core NVFP4 matvec with the fused gated-RMSNorm prologue (split K on head boundaries)") {
   QWEN35_REQUIRE_GPU();
   const int sms = device_sms();
-  const int64_t N = 2560, K = 512, dv = 128;
-  TiledFp4 w(N, K, Fp4Pairing::Plain, 91);
-  REQUIRE(fp4_gated_supported(w.t, int(dv)));
-  DevArray<float> part(std::max<uint64_t>(1, fp4_partial_floats(w.t, sms)));
-  DevArray<int> cnt(std::max<uint64_t>(1, fp4_counter_ints(w.t)));
-  const int n = 2;
-  const int64_t ldz = K + 16;
-  auto o = random_floats(static_cast<size_t>(n * K), 92, -2, 2);
-  auto z = random_floats(static_cast<size_t>(n * ldz), 93, -3, 3);
-  auto gw = random_floats(static_cast<size_t>(dv), 94, 0.5f, 1.5f);
-  auto y0 = random_floats(static_cast<size_t>(n * N), 95);
-  DevArray<float> dox(o), dz(z), dgw(gw), dy(y0);
-  Fp4MatvecArgs a;
-  a.w = w.t;
-  a.n = n;
-  a.x = dox.get();
-  a.ldx = K;
-  a.gate_z = dz.get();
-  a.ldz = ldz;
-  a.gate_w = dgw.get();
-  a.gate_dv = int(dv);
-  a.y = dy.get();
-  a.ldy = N;
-  a.epilogue = Fp4Epilogue::Add;
-  a.partial = part.get();
-  a.counters = cnt.get();
-  REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
-  auto y = dy.download();
-  std::vector<float> want(y0);
-  for (int j = 0; j < n; ++j) {
-    std::vector<float> xr(o.begin() + j * K, o.begin() + (j + 1) * K);
-    for (int64_t h = 0; h < K / dv; ++h) {
-      float* oh = xr.data() + h * dv;
-      rmsnorm(oh, gw.data(), dv, 1e-6f, oh);
-      for (int64_t i = 0; i < dv; ++i) oh[i] *= siluf(z[size_t(j * ldz + h * dv + i)]);
+  // dv = 192: heads of 12 chunks, which kernel 2 leaves to kernel 1.
+  struct Case {
+    int64_t N, K, dv;
+  };
+  for (Case cs : {Case{2560, 512, 128}, Case{300, 768, 192}, Case{200, 1024, 64}}) {
+    const int64_t N = cs.N, K = cs.K, dv = cs.dv;
+    CAPTURE(dv);
+    TiledFp4 w(N, K, Fp4Pairing::Plain, 91);
+    REQUIRE(fp4_gated_supported(w.t, int(dv)));
+    DevArray<float> part(std::max<uint64_t>(1, fp4_partial_floats(w.t, sms)));
+    DevArray<int> cnt(std::max<uint64_t>(1, fp4_counter_ints(w.t)));
+    const int n = 2;
+    const int64_t ldz = K + 16;
+    auto o = random_floats(static_cast<size_t>(n * K), 92, -2, 2);
+    auto z = random_floats(static_cast<size_t>(n * ldz), 93, -3, 3);
+    auto gw = random_floats(static_cast<size_t>(dv), 94, 0.5f, 1.5f);
+    auto y0 = random_floats(static_cast<size_t>(n * N), 95);
+    DevArray<float> dox(o), dz(z), dgw(gw), dy(y0);
+    Fp4MatvecArgs a;
+    a.w = w.t;
+    a.n = n;
+    a.x = dox.get();
+    a.ldx = K;
+    a.gate_z = dz.get();
+    a.ldz = ldz;
+    a.gate_w = dgw.get();
+    a.gate_dv = int(dv);
+    a.y = dy.get();
+    a.ldy = N;
+    a.epilogue = Fp4Epilogue::Add;
+    a.partial = part.get();
+    a.counters = cnt.get();
+    std::vector<float> want(y0);
+    for (int j = 0; j < n; ++j) {
+      std::vector<float> xr(o.begin() + j * K, o.begin() + (j + 1) * K);
+      for (int64_t h = 0; h < K / dv; ++h) {
+        float* oh = xr.data() + h * dv;
+        rmsnorm(oh, gw.data(), dv, 1e-6f, oh);
+        for (int64_t i = 0; i < dv; ++i) oh[i] *= siluf(z[size_t(j * ldz + h * dv + i)]);
+      }
+      for (int64_t r = 0; r < N; ++r)
+        want[size_t(j * N + r)] += vec_dot_ref(GGML_NVFP4, w.a.host.data() + r * w.a.row_bytes, xr.data(), K) * 0.5f;
     }
-    for (int64_t r = 0; r < N; ++r)
-      want[size_t(j * N + r)] += vec_dot_ref(GGML_NVFP4, w.a.host.data() + r * w.a.row_bytes, xr.data(), K) * 0.5f;
+    for (const DecodeTuning& tv : fp4_variants()) {
+      CAPTURE(describe(tv));
+      TuningScope ts(tv);
+      dy.upload(y0);
+      REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
+      CHECK(max_rel(dy.download(), want) < 2e-3);
+    }
   }
-  CHECK(max_rel(y, want) < 2e-3);
 }

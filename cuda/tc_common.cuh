@@ -1,0 +1,207 @@
+// Device helpers of the tensor-core decode kernels (matvec_fp4.cu,
+// matvec_q6k.cu): the m16n8k16 instruction, streaming loads, and the
+// activation prologue of the streaming kernels. Included by .cu files only.
+//
+// Fragment mapping of mma.sync m16n8k16 (row.col, F16 inputs, F32
+// accumulators), lane = 4g + t: A registers hold rows g and g+8 at columns
+// 2t, 2t+1, 2t+8, 2t+9 of the 16-column k-step; B holds column g (one
+// activation row) at the same four k; D holds rows g, g+8 at columns 2t,
+// 2t+1 (activation rows 2t and 2t+1).
+#pragma once
+
+#include <cuda_fp8.h>
+
+#include "common.cuh"
+#include "fp4_tiled.h"
+#include "matmul.h"
+
+namespace qwen35::cuda {
+
+__device__ __forceinline__ void mma_f16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%10,%10,%10,%10};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.0f));
+}
+
+// Two E4M3 bytes (low 16 bits) -> floats.
+__device__ __forceinline__ float2 e4m3x2_to_float2(uint32_t pair) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(pair & 0xFFFFu), __NV_E4M3);
+  return __half22float2(*reinterpret_cast<const __half2*>(&h));
+}
+
+// 2^e as a float for |e| < 126.
+__device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) << 23); }
+
+// Weight loads: read once per step, so they do not displace the small,
+// reused data in L1 (read-only path, no L1 allocation). Plain C++ asm (not
+// volatile): the compiler may move them, which is fine for constant data.
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint2 ld_stream(const uint2* p) {
+  uint2 v;
+  asm("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint32_t ld_stream(const uint32_t* p) {
+  uint32_t v;
+  asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
+}
+
+// PDL halves (launch.cuh's pdl_prologue is both): the streaming kernels
+// issue their first weight loads before waiting for the previous kernel
+// (weights are never written by a kernel), so those loads overlap its end.
+__device__ __forceinline__ void pdl_wait_and_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+// Activation rows of a streaming matvec and how they are prepared.
+struct TcInput {
+  const float* x = nullptr;       // [n, ldx]
+  int64_t ldx = 0;
+  int n = 1;
+  const float* norm = nullptr;    // optional per-column weights (the RMS norm's; its 1/rms is applied to the result)
+  // Optional gated RMSNorm of the delta net: column c of head h = c / gate_dv
+  // becomes x_c * rms_h^-1 * gate_w[c % gate_dv] * silu(gate_z[c]); rms_h^-1
+  // goes into the chunk multipliers. gate_dv / 16 must be a power of two <= 32.
+  const float* gate_z = nullptr;  // [n, ldz]
+  int64_t ldz = 0;
+  const float* gate_w = nullptr;
+  int gate_dv = 0;
+  float eps = 1e-6f;
+};
+
+// Shared-memory bytes of the prologue's output for a slice of nch chunks.
+__host__ __device__ constexpr size_t tc_x_bytes(int nch, int n) { return size_t(nch) * 32 * size_t(n + 1); }
+
+// Writes the slice of columns c0 .. c0 + 16*nch - 1 of every activation row:
+//   xs   [nch][n][16] F16 (each chunk permuted as fp4_x_index), times 2^-e
+//   mult [nch][8]     float: 2^e (times the gated norm's factor); 0 for rows >= n
+// x, ldx, gate_z, ldz, norm and gate_w must allow 16-byte loads at chunk
+// starts. Every thread of the block must call it (warp shuffles). The caller
+// synchronizes before reading the results.
+__device__ __forceinline__ void tc_load_x(const TcInput& in, int64_t c0, int nch, uint16_t* xs, float* mult) {
+  const int n = in.n, total = n * nch;
+  const int hc = in.gate_z ? in.gate_dv / 16 : 1;  // chunks per head of the gated norm
+  for (int base = 0; base < total; base += blockDim.x) {  // the same trip count in every thread
+    const int item = base + int(threadIdx.x);
+    const bool valid = item < total;
+    const int j = valid ? item / nch : 0, c = valid ? item % nch : 0;
+    const int64_t col = c0 + 16 * int64_t(c);
+    float v[16];
+    float ss = 0.0f;
+    if (valid) {
+      const float4* xp = reinterpret_cast<const float4*>(in.x + j * in.ldx + col);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float4 f = xp[i];
+        v[4 * i] = f.x;
+        v[4 * i + 1] = f.y;
+        v[4 * i + 2] = f.z;
+        v[4 * i + 3] = f.w;
+      }
+      if (in.gate_z) {
+#pragma unroll
+        for (int i = 0; i < 16; ++i) ss = fmaf(v[i], v[i], ss);
+        const float4* zp = reinterpret_cast<const float4*>(in.gate_z + j * in.ldz + col);
+        const float4* wp = reinterpret_cast<const float4*>(in.gate_w + col % in.gate_dv);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float4 z = zp[i], gw = wp[i];
+          v[4 * i] *= gw.x * silu_f(z.x);
+          v[4 * i + 1] *= gw.y * silu_f(z.y);
+          v[4 * i + 2] *= gw.z * silu_f(z.z);
+          v[4 * i + 3] *= gw.w * silu_f(z.w);
+        }
+      } else if (in.norm) {
+        const float4* wp = reinterpret_cast<const float4*>(in.norm + col);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float4 nw = wp[i];
+          v[4 * i] *= nw.x;
+          v[4 * i + 1] *= nw.y;
+          v[4 * i + 2] *= nw.z;
+          v[4 * i + 3] *= nw.w;
+        }
+      }
+    }
+    float head_scale = 1.0f;
+    if (in.gate_z) {
+      // A head's chunks are hc consecutive items (slices and rows start on
+      // head boundaries), i.e. hc aligned lanes of one warp.
+      for (int o = 1; o < hc; o <<= 1) ss += __shfl_xor_sync(0xFFFFFFFFu, ss, o);
+      head_scale = rsqrtf(ss / float(in.gate_dv) + in.eps);
+    }
+    if (valid) {
+      float amax = 0.0f;
+#pragma unroll
+      for (int i = 0; i < 16; ++i) amax = fmaxf(amax, fabsf(v[i]));
+      const int e = tc_chunk_exponent(amax);
+      const float inv = pow2f(-e);
+      uint32_t h[8];
+#pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        const int k0 = tc_pair_col(q);
+        const __half2 p = __floats2half2_rn(v[k0] * inv, v[k0 + 1] * inv);
+        h[q] = *reinterpret_cast<const uint32_t*>(&p);
+      }
+      uint4* dst = reinterpret_cast<uint4*>(xs + (size_t(c) * n + j) * 16);
+      dst[0] = make_uint4(h[0], h[1], h[2], h[3]);
+      dst[1] = make_uint4(h[4], h[5], h[6], h[7]);
+      mult[c * kMatvecMaxCols + j] = pow2f(e) * head_scale;
+    }
+  }
+  for (int i = int(threadIdx.x); i < nch * kMatvecMaxCols; i += blockDim.x)
+    if (i % kMatvecMaxCols >= n) mult[i] = 0.0f;
+}
+
+// Per-warp sums of squares of whole activation rows (K columns) for the RMS
+// norm: ss_part[warp][j]. Every block computes them in the same order, so
+// all blocks (and all split counts) get the same norm factor.
+template <int W>
+__device__ __forceinline__ void tc_row_squares(const TcInput& in, int64_t K, float (*ss_part)[kMatvecMaxCols]) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  for (int j = 0; j < in.n; ++j) {
+    const float4* xp = reinterpret_cast<const float4*>(in.x + j * in.ldx);
+    float s = 0.0f;
+    for (int64_t i = threadIdx.x; i < K / 4; i += W * kWarp) {
+      const float4 f = xp[i];
+      s = fmaf(f.x, f.x, s);
+      s = fmaf(f.y, f.y, s);
+      s = fmaf(f.z, f.z, s);
+      s = fmaf(f.w, f.w, s);
+    }
+    s = warp_sum(s);
+    if (lane == 0) ss_part[warp][j] = s;
+  }
+}
+
+// 1 / rms of activation row j from tc_row_squares (after a barrier).
+template <int W>
+__device__ __forceinline__ float tc_rnorm(const float (*ss_part)[kMatvecMaxCols], int j, int64_t K, float eps) {
+  float s = 0.0f;
+#pragma unroll
+  for (int w = 0; w < W; ++w) s += ss_part[w][j];
+  return rsqrtf(s / float(K) + eps);
+}
+
+// Whether the prologue's 16-byte loads are aligned for these inputs.
+inline bool tc_input_aligned(const TcInput& in) {
+  auto al = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+  bool ok = al(in.x) && in.ldx % 4 == 0;
+  if (in.norm) ok = ok && al(in.norm);
+  if (in.gate_z) ok = ok && al(in.gate_z) && in.ldz % 4 == 0 && al(in.gate_w) && in.gate_dv % 16 == 0;
+  return ok;
+}
+
+}  // namespace qwen35::cuda

@@ -1,0 +1,63 @@
+// Decode-kernel tuning (see tuning.h).
+#include "tuning.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <mutex>
+
+#include <fmt/format.h>
+
+namespace qwen35::cuda {
+
+namespace {
+
+int env_int(const char* name, int def) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return def;
+  char* end = nullptr;
+  const long x = std::strtol(v, &end, 10);
+  return end && *end == '\0' ? int(x) : def;
+}
+
+DecodeTuning clamp(DecodeTuning t) {
+  t.fp4_kernel = t.fp4_kernel == 1 ? 1 : 2;
+  t.fp4_warps = t.fp4_warps >= 8 ? 8 : 4;
+  t.fp4_blocks_per_sm = std::clamp(t.fp4_blocks_per_sm, 1, kFp4MaxBlocksPerSm);
+  t.fp4_depth = t.fp4_depth >= 16 ? 16 : t.fp4_depth >= 8 ? 8 : 4;
+  t.q6k_kernel = t.q6k_kernel == 1 ? 1 : 2;
+  return t;
+}
+
+std::mutex g_mu;
+DecodeTuning g_tuning;
+bool g_loaded = false;
+
+}  // namespace
+
+DecodeTuning decode_tuning() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  if (!g_loaded) {
+    DecodeTuning t;
+    t.fp4_kernel = env_int("QWEN35_CUDA_FP4_KERNEL", t.fp4_kernel);
+    t.fp4_warps = env_int("QWEN35_CUDA_FP4_WARPS", t.fp4_warps);
+    t.fp4_blocks_per_sm = env_int("QWEN35_CUDA_FP4_BPS", t.fp4_blocks_per_sm);
+    t.fp4_depth = env_int("QWEN35_CUDA_FP4_DEPTH", t.fp4_depth);
+    t.q6k_kernel = env_int("QWEN35_CUDA_Q6K_KERNEL", t.q6k_kernel);
+    g_tuning = clamp(t);
+    g_loaded = true;
+  }
+  return g_tuning;
+}
+
+void set_decode_tuning(const DecodeTuning& t) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  g_tuning = clamp(t);
+  g_loaded = true;
+}
+
+std::string describe(const DecodeTuning& t) {
+  if (t.fp4_kernel == 1) return fmt::format("fp4 v1, q6k v{}", t.q6k_kernel);
+  return fmt::format("fp4 v2 w{} bps{} d{}, q6k v{}", t.fp4_warps, t.fp4_blocks_per_sm, t.fp4_depth, t.q6k_kernel);
+}
+
+}  // namespace qwen35::cuda

@@ -1,0 +1,42 @@
+// Run-time choices of the decode kernels, so that one device session can
+// compare variants without rebuilding. Process-wide; read from the
+// environment on first use:
+//
+//   QWEN35_CUDA_FP4_KERNEL  1: the first NVFP4 kernel (one prologue per block
+//                           over the whole activation row), 2: the streaming
+//                           kernel (default)
+//   QWEN35_CUDA_FP4_WARPS   row tiles (warps) per block of kernel 2: 4 or 8
+//   QWEN35_CUDA_FP4_BPS     blocks per multiprocessor that kernel 2's split-K
+//                           choice aims at (1..32)
+//   QWEN35_CUDA_FP4_DEPTH   kgroups each warp of kernel 2 keeps in flight:
+//                           4, 8 or 16
+//   QWEN35_CUDA_Q6K_KERNEL  1: one thread per row (Q6kRows32 layout),
+//                           2: tensor cores on the tiled Q6_K layout (default;
+//                           chosen at upload, see upload.cpp)
+//
+// set_decode_tuning() changes them for kernels launched afterwards; contexts
+// that already captured CUDA graphs keep the shapes they captured, so change
+// them only between contexts (qwen35-cuda-bench --sweep does).
+#pragma once
+
+#include <string>
+
+namespace qwen35::cuda {
+
+struct DecodeTuning {
+  int fp4_kernel = 2;
+  int fp4_warps = 4;
+  int fp4_blocks_per_sm = 8;
+  int fp4_depth = 8;
+  int q6k_kernel = 2;
+};
+
+constexpr int kFp4MaxBlocksPerSm = 32;
+
+DecodeTuning decode_tuning();
+// Values out of range are clamped to the nearest supported one.
+void set_decode_tuning(const DecodeTuning& t);
+// "fp4 v2 w4 bps8 d8, q6k v2": for logs and tables.
+std::string describe(const DecodeTuning& t);
+
+}  // namespace qwen35::cuda
