@@ -219,6 +219,7 @@ class CudaBackend final : public Backend {
   float* gu_ = nullptr;                                     // [nb, 2F]: gate | up, then silu(gate) * up
   float *mtp_in_ = nullptr, *mtp_hid_ = nullptr;            // [nb, 2D], [nb, D]
   float* logits_ = nullptr;                                 // [logit_rows_, V]
+  uint8_t* argmax_scratch_ = nullptr;                       // argmax_scratch_bytes(logit_rows_), zero between calls
   int64_t logit_rows_ = 1;
   float* fp4_partial_ = nullptr;                            // split-K scratch of the decode kernels
   int* fp4_counters_ = nullptr;
@@ -341,6 +342,7 @@ Status CudaBackend::init() {
     cv.add(&mtp_hid_, nb * D);
   }
   cv.add(&logits_, logit_rows_ * V);
+  cv.add(&argmax_scratch_, argmax_scratch_bytes(logit_rows_));
   cv.add(&fp4_partial_, std::max<uint64_t>(1, dm_.fp4_partial_floats));
   cv.add(&fp4_counters_, std::max<uint64_t>(1, dm_.fp4_counter_ints));
   {  // the GEMM path (batches, and an LM head too wide for the decode kernel's shared memory)
@@ -665,7 +667,7 @@ Status CudaBackend::lm_head(const DevEmbed& E, const float* hn, int64_t n, float
     const int64_t nr = std::min(logit_rows_, n - r0);
     QWEN35_TRY(head(E, hn + r0 * D, nr, logits_, V));
     if (argmax) {
-      QWEN35_CUDA_TRY(argmax_rows(logits_, V, nr, V, d_argmax_ + r0, stream_), "argmax");
+      QWEN35_CUDA_TRY(argmax_rows(logits_, V, nr, V, d_argmax_ + r0, argmax_scratch_, stream_), "argmax");
     } else {
       QWEN35_CUDA_TRY(cudaMemcpyAsync(logits + r0 * V, logits_, size_t(nr * V) * sizeof(float), cudaMemcpyDeviceToHost,
                                       stream_),

@@ -1,4 +1,5 @@
 // Element-wise and gather kernels (see elementwise.h).
+#include <algorithm>
 #include <atomic>
 
 #include "common.cuh"
@@ -39,57 +40,101 @@ __global__ void swiglu_kernel(float* __restrict__ g, int64_t ldg, const float* _
   *gp = silu_f(*gp) * u[t * ldu + k];
 }
 
-// One block per row: each thread scans a strided slice, then (value, index)
-// pairs are reduced so that the larger value wins and ties go to the lower
-// index, exactly like a sequential scan with ">".
-__global__ void argmax_kernel(const float* __restrict__ x, int64_t ldx, int64_t V, int32_t* __restrict__ out) {
-  pdl_prologue();
+// Argmax in two levels: blocks (blockIdx.x of kArgmaxBlocks) scan
+// contiguous parts of row blockIdx.y and write their best (value, index);
+// the last block of the row (counted in the scratch) reduces those. The
+// order "larger value, then lower index" is total, so the result is that of
+// a sequential scan with ">" whatever the order of the reductions. NaNs
+// never win; an all-NaN row gives token 0.
+constexpr int kArgmaxBlocks = 64;
+constexpr int kArgmaxThreads = 256;
+
+struct ArgmaxPart {
+  float v;
+  int32_t i;
+};
+
+__device__ __forceinline__ bool argmax_better(float v, int32_t i, float bv, int32_t bi) {
+  if (i < 0) return false;
+  if (bi < 0) return true;
+  return v > bv || (v == bv && i < bi);
+}
+
+// The block's best pair (valid in every thread).
+__device__ ArgmaxPart argmax_block(float best, int32_t bi) {
   __shared__ float sv[32];
   __shared__ int32_t si[32];
-  const float* xr = x + blockIdx.x * ldx;
-  float best = -INFINITY;
-  int32_t bi = -1;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
-    const float v = xr[i];
-    if (v > best) {  // NaN compares false
-      best = v;
-      bi = int32_t(i);
-    }
-  }
-  auto better = [](float v, int32_t i, float bv, int32_t bidx) {
-    if (i < 0) return false;
-    if (bidx < 0) return true;
-    return v > bv || (v == bv && i < bidx);
-  };
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(0xFFFFFFFFu, best, o);
     const int32_t oi = __shfl_xor_sync(0xFFFFFFFFu, bi, o);
-    if (better(ov, oi, best, bi)) {
+    if (argmax_better(ov, oi, best, bi)) {
       best = ov;
       bi = oi;
     }
   }
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, nw = blockDim.x / kWarp;
+  __syncthreads();  // sv/si may still be read by a previous call
   if (lane == 0) {
     sv[warp] = best;
     si[warp] = bi;
   }
   __syncthreads();
-  if (warp == 0) {
-    const int nw = blockDim.x / kWarp;
-    best = lane < nw ? sv[lane] : -INFINITY;
-    bi = lane < nw ? si[lane] : -1;
+  best = lane < nw ? sv[lane] : -INFINITY;
+  bi = lane < nw ? si[lane] : -1;
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xFFFFFFFFu, best, o);
-      const int32_t oi = __shfl_xor_sync(0xFFFFFFFFu, bi, o);
-      if (better(ov, oi, best, bi)) {
-        best = ov;
-        bi = oi;
-      }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xFFFFFFFFu, best, o);
+    const int32_t oi = __shfl_xor_sync(0xFFFFFFFFu, bi, o);
+    if (argmax_better(ov, oi, best, bi)) {
+      best = ov;
+      bi = oi;
     }
-    if (lane == 0) out[blockIdx.x] = bi < 0 ? 0 : bi;  // all-NaN row: token 0
+  }
+  return {best, bi};
+}
+
+__global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(const float* __restrict__ x, int64_t ldx, int64_t V,
+                                                                 ArgmaxPart* __restrict__ parts, int* __restrict__ counters,
+                                                                 int32_t* __restrict__ out) {
+  pdl_prologue();
+  __shared__ bool is_last;
+  const int64_t row = blockIdx.y;
+  const float* xr = x + row * ldx;
+  const int64_t per = (V + kArgmaxBlocks - 1) / kArgmaxBlocks;
+  const int64_t i0 = int64_t(blockIdx.x) * per, i1 = min(V, i0 + per);
+  float best = -INFINITY;
+  int32_t bi = -1;
+  for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) {
+    const float v = xr[i];
+    if (v > best) {  // NaN compares false; ascending i: ties keep the first
+      best = v;
+      bi = int32_t(i);
+    }
+  }
+  ArgmaxPart p = argmax_block(best, bi);
+  ArgmaxPart* rp = parts + row * kArgmaxBlocks;
+  if (threadIdx.x == 0) rp[blockIdx.x] = p;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) is_last = atomicAdd(&counters[row], 1) == kArgmaxBlocks - 1;
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  best = -INFINITY;
+  bi = -1;
+  for (int b = threadIdx.x; b < kArgmaxBlocks; b += blockDim.x) {
+    const float v = __ldcg(&rp[b].v);
+    const int32_t i = __ldcg(&rp[b].i);
+    if (argmax_better(v, i, best, bi)) {
+      best = v;
+      bi = i;
+    }
+  }
+  p = argmax_block(best, bi);
+  if (threadIdx.x == 0) {
+    out[row] = p.i < 0 ? 0 : p.i;
+    counters[row] = 0;
   }
 }
 
@@ -150,9 +195,16 @@ cudaError_t swiglu(float* g, int64_t ldg, const float* u, int64_t ldu, int64_t n
   return launch(swiglu_kernel, dim3(ceil_div(n * F, 256)), dim3(256), 0, stream, g, ldg, u, ldu, n, F);
 }
 
-cudaError_t argmax_rows(const float* x, int64_t ldx, int64_t n, int64_t V, int32_t* out, cudaStream_t stream) {
+size_t argmax_scratch_bytes(int64_t n) { return size_t(std::max<int64_t>(n, 1)) * (kArgmaxBlocks * sizeof(ArgmaxPart) + sizeof(int)); }
+
+cudaError_t argmax_rows(const float* x, int64_t ldx, int64_t n, int64_t V, int32_t* out, void* scratch,
+                        cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  return launch(argmax_kernel, dim3(unsigned(n)), dim3(1024), 0, stream, x, ldx, V, out);
+  if (n > 65535 || !scratch) return cudaErrorInvalidValue;
+  auto* parts = static_cast<ArgmaxPart*>(scratch);
+  int* counters = reinterpret_cast<int*>(parts + n * kArgmaxBlocks);
+  return launch(argmax_kernel, dim3(kArgmaxBlocks, unsigned(n)), dim3(kArgmaxThreads), 0, stream, x, ldx, V, parts,
+                counters, out);
 }
 
 }  // namespace qwen35::cuda

@@ -19,8 +19,12 @@ cudaError_t embedding_rows(const MatView& emb, const int32_t* tokens, int64_t n,
 cudaError_t swiglu(float* g, int64_t ldg, const float* u, int64_t ldu, int64_t n, int64_t F, cudaStream_t stream);
 
 // out[t] = index of the largest of x[t][0..V) (the lowest index on ties;
-// NaNs never win) for t < n rows with stride ldx.
-cudaError_t argmax_rows(const float* x, int64_t ldx, int64_t n, int64_t V, int32_t* out, cudaStream_t stream);
+// NaNs never win; 0 for a row of NaNs) for t < n rows with stride ldx. Two
+// levels of parallel reductions; `scratch` (argmax_scratch_bytes(n), device
+// memory) must be zero before the first call and is left zero.
+size_t argmax_scratch_bytes(int64_t n);
+cudaError_t argmax_rows(const float* x, int64_t ldx, int64_t n, int64_t V, int32_t* out, void* scratch,
+                        cudaStream_t stream);
 
 // Programmatic Dependent Launch of the decode kernels (launch.cuh),
 // process-wide; on by default.

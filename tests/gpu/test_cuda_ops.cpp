@@ -507,8 +507,27 @@ TEST_CASE("SwiGLU, argmax and the F16 conversions") {
   x[size_t(3 * V + 2500)] = 3.0f;
   DevArray<float> dx(x);
   DevArray<int32_t> dam(4);
-  REQUIRE(argmax_rows(dx.get(), V, 4, V, dam.get(), 0) == cudaSuccess);
+  DevArray<uint8_t> scratch(argmax_scratch_bytes(4));
+  REQUIRE(argmax_rows(dx.get(), V, 4, V, dam.get(), scratch.get(), 0) == cudaSuccess);
   CHECK(dam.download() == std::vector<int32_t>{17, 4999, 0, 2500});
+  // Again (the scratch was left zero), and a vocabulary-sized row whose
+  // maximum appears in many blocks (ties across blocks), and an all-NaN row.
+  REQUIRE(argmax_rows(dx.get(), V, 4, V, dam.get(), scratch.get(), 0) == cudaSuccess);
+  CHECK(dam.download() == std::vector<int32_t>{17, 4999, 0, 2500});
+  const int64_t BV = 248320;
+  auto big = random_floats(size_t(2 * BV), 11, -10, 10);
+  for (int64_t i = 1000; i < BV; i += 7919) big[size_t(i)] = 20.0f;  // first at 1000
+  big[size_t(BV - 1)] = 21.0f;                                         // then the last element wins row 0
+  for (int64_t i = 0; i < BV; ++i) big[size_t(BV + i)] = NAN;
+  DevArray<float> dbig(big);
+  DevArray<int32_t> dbi(2);
+  DevArray<uint8_t> scratch2(argmax_scratch_bytes(2));
+  REQUIRE(argmax_rows(dbig.get(), BV, 2, BV, dbi.get(), scratch2.get(), 0) == cudaSuccess);
+  CHECK(dbi.download() == std::vector<int32_t>{int32_t(BV - 1), 0});
+  big[size_t(BV - 1)] = 0.0f;
+  dbig.upload(big);
+  REQUIRE(argmax_rows(dbig.get(), BV, 1, BV, dbi.get(), scratch2.get(), 0) == cudaSuccess);
+  CHECK(dbi.download()[0] == 1000);
 
   auto f = random_floats(1000, 4, -70000, 70000);
   DevArray<float> df(f), back(1000);
