@@ -498,16 +498,21 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
 }
 
 Status CudaBackend::embed(const DevEmbed& E, const int32_t* tokens, int64_t n, float* out, int64_t ldo) {
+  if (E.q6kt.present()) return cuda_status(q6kt_embedding_rows(E.q6kt, tokens, n, out, ldo, stream_), "the embedding");
   if (E.q6k.present()) return cuda_status(q6k_embedding_rows(E.q6k, tokens, n, out, ldo, stream_), "the embedding");
   return cuda_status(embedding_rows(E.gguf, tokens, n, out, ldo, stream_), "the embedding");
 }
 
 Status CudaBackend::head(const DevEmbed& E, const float* hn, int64_t n, float* logits, int64_t ldl) {
-  if (!E.q6k.present()) return mm(E.gguf, hn, hp_.n_embd, n, logits, ldl, false);
+  if (!E.repacked()) return mm(E.gguf, hn, hp_.n_embd, n, logits, ldl, false);
   const Q6kRows32& q = E.q6k;
-  if (q6k_matvec_fits(q, int(n)))
+  const Q6kTiled& qt = E.q6kt;
+  if (qt.present() && q6kt_matvec_fits(qt, int(n)))
+    return cuda_status(q6kt_matvec(qt, hn, hp_.n_embd, int(n), logits, ldl, Accum::Store, stream_), "the LM head");
+  if (q.present() && q6k_matvec_fits(q, int(n)))
     return cuda_status(q6k_matvec(q, hn, hp_.n_embd, int(n), logits, ldl, Accum::Store, stream_), "the LM head");
-  const int64_t K = q.cols;
+  // The GEMM path: row blocks dequantized from the repacked layout.
+  const int64_t K = E.cols(), rows = E.rows();
   const void* X = hn;
   int64_t ldX = hp_.n_embd;
   if (gemm_type_ == GemmType::BF16) {
@@ -516,13 +521,17 @@ Status CudaBackend::head(const DevEmbed& E, const float* hn, int64_t n, float* l
     ldX = K;
   }
   const int64_t rows_per = gemm_rows_per_block(deq_elems_, K);
-  for (int64_t r0 = 0; r0 < q.rows; r0 += rows_per) {
-    const int64_t nr = std::min(rows_per, q.rows - r0);
+  for (int64_t r0 = 0; r0 < rows; r0 += rows_per) {
+    const int64_t nr = std::min(rows_per, rows - r0);
+    cudaError_t e;
     if (gemm_type_ == GemmType::F32)
-      QWEN35_CUDA_TRY(q6k_dequant_rows_f32(q, r0, nr, static_cast<float*>(deq_), stream_), "dequantizing");
+      e = qt.present() ? q6kt_dequant_rows_f32(qt, r0, nr, static_cast<float*>(deq_), stream_)
+                       : q6k_dequant_rows_f32(q, r0, nr, static_cast<float*>(deq_), stream_);
     else
-      QWEN35_CUDA_TRY(q6k_dequant_rows_bf16(q, r0, nr, static_cast<uint16_t*>(deq_), stream_), "dequantizing");
-    QWEN35_TRY(gemm_.run(gemm_type_, deq_, nr, K, X, ldX, n, logits + r0, ldl, q.scale, false, stream_));
+      e = qt.present() ? q6kt_dequant_rows_bf16(qt, r0, nr, static_cast<uint16_t*>(deq_), stream_)
+                       : q6k_dequant_rows_bf16(q, r0, nr, static_cast<uint16_t*>(deq_), stream_);
+    QWEN35_CUDA_TRY(e, "dequantizing");
+    QWEN35_TRY(gemm_.run(gemm_type_, deq_, nr, K, X, ldX, n, logits + r0, ldl, E.scale(), false, stream_));
   }
   return Status::Ok();
 }

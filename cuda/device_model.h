@@ -37,13 +37,16 @@ struct DevLinear {
   bool present() const { return fp4.present() || !parts.empty(); }
 };
 
-// A token embedding / LM head matrix: GGUF layout or Q6kRows32.
+// A token embedding / LM head matrix: GGUF layout, Q6kRows32 or Q6kTiled
+// (one of them).
 struct DevEmbed {
   MatView gguf;
   Q6kRows32 q6k;
-  int64_t rows() const { return q6k.present() ? q6k.rows : gguf.rows; }
-  int64_t cols() const { return q6k.present() ? q6k.cols : gguf.cols; }
-  float scale() const { return q6k.present() ? q6k.scale : gguf.scale; }
+  Q6kTiled q6kt;
+  bool repacked() const { return q6k.present() || q6kt.present(); }
+  int64_t rows() const { return q6k.present() ? q6k.rows : q6kt.present() ? q6kt.rows : gguf.rows; }
+  int64_t cols() const { return q6k.present() ? q6k.cols : q6kt.present() ? q6kt.cols : gguf.cols; }
+  float scale() const { return q6k.present() ? q6k.scale : q6kt.present() ? q6kt.scale : gguf.scale; }
 };
 
 struct DevLayer {

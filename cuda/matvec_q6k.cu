@@ -1,13 +1,26 @@
-// Q6_K kernels on the Q6kRows32 layout (see matvec_q6k.h, q6k_rows32.h).
+// Q6_K kernels (see matvec_q6k.h).
 //
-// The matrix-vector product gives each thread one row: x is in shared
-// memory and every thread of a warp reads the same x element at once (a
-// broadcast), while the warp's weight loads are contiguous 512 + 256 + 64
-// bytes per 32 columns. 6-bit codes become floats with the 2^23 trick
-// (exact), so there is no integer conversion in the loop.
+// Kernel 1, Q6kRows32 layout (q6k_rows32.h): the matrix-vector product
+// gives each thread one row: x is in shared memory and every thread of a
+// warp reads the same x element at once (a broadcast), while the warp's
+// weight loads are contiguous 512 + 256 + 64 bytes per 32 columns. 6-bit
+// codes become floats with the 2^23 trick (exact). About 7 instructions per
+// weight: at batch 1 it is bound by instruction issue, not memory.
+//
+// Kernel 2, Q6kTiled layout (q6k_tiled.h): the structure of the NVFP4
+// streaming kernel (matvec_fp4.cu): one 16-row tile per warp, mma.sync
+// m16n8k16 per 16-column sub-block with the codes turned into F16 q - 32 by
+// three shifts/masks and one F16 subtraction per register, P kgroups in
+// flight per warp (the first before the PDL wait), activations as F16 per
+// chunk with power-of-two chunk scales (tc_load_x). No split of K: the
+// LM head has thousands of tiles.
+#include <atomic>
+
 #include "common.cuh"
 #include "launch.cuh"
 #include "matvec_q6k.h"
+#include "tc_common.cuh"
+#include "tuning.h"
 
 namespace qwen35::cuda {
 
@@ -128,6 +141,204 @@ __global__ void q6k_dequant_kernel(Q6kRows32 w, int64_t r0, int64_t nr, const in
   }
 }
 
+// ---- kernel 2: tiled layout ----------------------------------------------------------
+
+// One thread per (tile, kgroup, lane) of the tiles of rows r0 .. r1-1; src
+// holds row r0 first.
+__global__ void q6kt_repack_kernel(const uint8_t* __restrict__ src, uint64_t row_bytes, int64_t r0, int64_t r1,
+                                   Q6kTiled dst, uint8_t* __restrict__ lo, uint8_t* __restrict__ hi,
+                                   int8_t* __restrict__ sc, uint16_t* __restrict__ d) {
+  const int64_t kg_n = dst.kgroups();
+  const int64_t tile0 = r0 / kFp4TileRows;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= (r1 - r0 + kFp4TileRows - 1) / kFp4TileRows * kg_n * 32) return;
+  const int lane = int(i % 32);
+  const int64_t kg = (i / 32) % kg_n, tile = tile0 + i / 32 / kg_n;
+  const uint8_t* block[kFp4TileRows];
+  for (int r = 0; r < kFp4TileRows; ++r) {
+    const int64_t row = tile * kFp4TileRows + r;
+    block[r] = row < r1 && row < dst.rows ? src + uint64_t(row - r0) * row_bytes + uint64_t(kg / 4) * 210 : nullptr;
+  }
+  uint32_t l[4], h[2] = {0, 0};
+  for (int w = 0; w < 4; ++w) {
+    uint32_t hw = 0;
+    q6kt_lane_words(block, int(kg % 4), lane, w, &l[w], &hw);
+    h[w / 2] |= hw;
+  }
+  const int64_t unit = tile * kg_n + kg;
+  reinterpret_cast<uint4*>(lo)[unit * 32 + lane] = make_uint4(l[0], l[1], l[2], l[3]);
+  reinterpret_cast<uint2*>(hi)[unit * 32 + lane] = make_uint2(h[0], h[1]);
+  if ((lane & 3) == 0) {
+    const int g = lane >> 2;
+    q6kt_g_scales(block, int(kg % 4), g, sc + unit * 64 + 8 * g);
+    if (kg % 4 == 0) reinterpret_cast<uint32_t*>(d)[(tile * (kg_n / 4) + kg / 4) * 8 + g] = q6kt_g_d(block, g);
+  }
+}
+
+template <int W, int P>
+__global__ void __launch_bounds__(W * kWarp) q6kt_matvec_kernel(Q6kTiled w, TcInput in, float* __restrict__ y,
+                                                                 int64_t ldy, bool add) {
+  static_assert(P % 4 == 0, "a super-scale covers 4 kgroups");
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int g = lane >> 2, t = lane & 3;
+  const int n = in.n;
+  const int kg_n = int(w.kgroups());  // a multiple of 4
+  const int nch = 4 * kg_n;
+  uint16_t* xs = reinterpret_cast<uint16_t*>(smem_raw);                           // [nch][n][16] F16
+  float* mult = reinterpret_cast<float*>(smem_raw + size_t(nch) * size_t(n) * 32);  // [nch][8]
+  const int64_t tile = int64_t(blockIdx.x) * W + warp;
+  const bool active = tile < w.tiles();
+
+  // 1. The first P kgroups of this warp's tile (and their super-scales).
+  const int64_t unit0 = tile * kg_n;
+  const uint4* lp = reinterpret_cast<const uint4*>(w.lo) + unit0 * 32 + lane;
+  const uint2* hp = reinterpret_cast<const uint2*>(w.hi) + unit0 * 32 + lane;
+  const uint2* sp = reinterpret_cast<const uint2*>(w.sc) + unit0 * 8 + g;
+  const uint32_t* dp = reinterpret_cast<const uint32_t*>(w.d) + tile * (kg_n / 4) * 8 + g;
+  uint4 lb[P];
+  uint2 hb[P], sb[P];
+  uint32_t db[P / 4];
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    lb[p] = make_uint4(0, 0, 0, 0);
+    hb[p] = sb[p] = make_uint2(0, 0);
+    if (p % 4 == 0) db[p / 4] = 0;
+    if (active && p < kg_n) {
+      lb[p] = ld_stream(lp + p * 32);
+      hb[p] = ld_stream(hp + p * 32);
+      sb[p] = ld_stream(sp + p * 8);
+      if (p % 4 == 0) db[p / 4] = ld_stream(dp + (p / 4) * 8);
+    }
+  }
+  pdl_wait_and_trigger();
+
+  // 2. The activations.
+  tc_load_x(in, 0, nch, xs, mult);
+  __syncthreads();
+
+  // 3. Stream.
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (active) {
+    const bool has_col = g < n;
+    const uint16_t* xb = xs + g * 16 + t * 4;  // + chunk * n * 16
+    const float* mp = mult + 2 * t;            // + chunk * 8
+    const __half2 k1056 = __floats2half2_rn(1056.0f, 1056.0f);
+    float d_g = 0.0f, d_g8 = 0.0f;
+    for (int i0 = 0; i0 < kg_n; i0 += P) {
+#pragma unroll
+      for (int p = 0; p < P; ++p) {
+        const int i = i0 + p;
+        if (i < kg_n) {
+          const uint4 l4 = lb[p];
+          const uint2 h2 = hb[p], s2 = sb[p];
+          if (p % 4 == 0) {  // a new 256-column block: its super-scales
+            const uint32_t dd = db[p / 4];
+            d_g = __half2float(__ushort_as_half(uint16_t(dd & 0xFFFFu)));
+            d_g8 = __half2float(__ushort_as_half(uint16_t(dd >> 16)));
+          }
+          if (i + P < kg_n) {
+            lb[p] = ld_stream(lp + (i + P) * 32);
+            hb[p] = ld_stream(hp + (i + P) * 32);
+            sb[p] = ld_stream(sp + (i + P) * 8);
+            if (p % 4 == 0) db[p / 4] = ld_stream(dp + ((i + P) / 4) * 8);
+          }
+          const uint32_t lw[4] = {l4.x, l4.y, l4.z, l4.w};
+#pragma unroll
+          for (int wd = 0; wd < 4; ++wd) {
+            const int c = 4 * i + wd;
+            const uint32_t hw = wd < 2 ? h2.x : h2.y;
+            uint32_t ar[4];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+              const uint32_t biased = q6kt_reg(lw[wd], hw, wd, r);  // 1024 + q per half
+              const __half2 v = __hsub2(*reinterpret_cast<const __half2*>(&biased), k1056);
+              ar[r] = *reinterpret_cast<const uint32_t*>(&v);
+            }
+            uint32_t b0 = 0, b1 = 0;
+            if (has_col) {
+              const uint2 bv = *reinterpret_cast<const uint2*>(xb + c * n * 16);
+              b0 = bv.x;
+              b1 = bv.y;
+            }
+            float dm[4];
+            mma_f16(dm, ar, b0, b1);
+            const float2 m = *reinterpret_cast<const float2*>(mp + c * kMatvecMaxCols);  // rows 2t, 2t+1
+            const uint32_t sw = (wd < 2 ? s2.x : s2.y) >> (16 * (wd & 1));
+            const float s0 = d_g * float(int8_t(sw & 0xFFu)), s1 = d_g8 * float(int8_t((sw >> 8) & 0xFFu));
+            acc[0] = fmaf(dm[0], s0 * m.x, acc[0]);
+            acc[1] = fmaf(dm[1], s0 * m.y, acc[1]);
+            acc[2] = fmaf(dm[2], s1 * m.x, acc[2]);
+            acc[3] = fmaf(dm[3], s1 * m.y, acc[3]);
+          }
+        }
+      }
+    }
+  }
+  if (!active) return;
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int64_t row = tile * kFp4TileRows + g + 8 * (e >> 1);
+    const int j = 2 * t + (e & 1);
+    if (row < w.rows && j < n) {
+      float* out = y + j * ldy + row;
+      const float v = acc[e] * w.scale;
+      *out = add ? *out + v : v;
+    }
+  }
+}
+
+// Element values of row r (tile row i), columns 16*c .. 16*c+15 of the row.
+__device__ void q6kt_load_chunk(const Q6kTiled& w, int64_t r, int64_t c, float* out) {
+  const int64_t kg_n = w.kgroups(), tile = r / kFp4TileRows, kg = c / 4;
+  const int i = int(r % kFp4TileRows), wd = int(c % 4);
+  const int64_t unit = tile * kg_n + kg;
+  const uint32_t* lo = reinterpret_cast<const uint32_t*>(w.lo) + unit * 32 * 4;
+  const uint32_t* hi = reinterpret_cast<const uint32_t*>(w.hi) + unit * 32 * 2;
+  const float d = __half2float(__ushort_as_half(w.d[((tile * (kg_n / 4) + kg / 4) * 8 + (i & 7)) * 2 + (i >> 3)]));
+  const float s = d * float(w.sc[unit * 64 + fp4_scale_byte(i, wd)]);
+  for (int k = 0; k < 16; ++k) {
+    int lane, w2, p;
+    q6kt_position(i, 16 * wd + k, &lane, &w2, &p);
+    const uint32_t q = q6kt_code(lo[lane * 4 + wd], hi[lane * 2 + wd / 2], wd, p);
+    out[k] = s * float(int(q) - 32);
+  }
+}
+
+// One thread per (row, 16-column chunk).
+template <typename Out>
+__global__ void q6kt_dequant_kernel(Q6kTiled w, int64_t r0, int64_t nr, const int32_t* __restrict__ tokens,
+                                    Out* __restrict__ dst, int64_t ldo) {
+  pdl_prologue();
+  const int64_t chunks = w.cols / 16;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= nr * chunks) return;
+  const int64_t t = i / chunks, c = i % chunks;
+  const int64_t r = tokens ? int64_t(tokens[t]) : r0 + t;
+  if (r < 0 || r >= w.rows) return;
+  float v[16];
+  q6kt_load_chunk(w, r, c, v);
+  Out* o = dst + t * ldo + 16 * c;
+  for (int k = 0; k < 16; ++k) {
+    if constexpr (sizeof(Out) == 4) o[k] = v[k];
+    else o[k] = __bfloat16_as_ushort(__float2bfloat16_rn(v[k]));
+  }
+}
+
+template <int W, int P>
+cudaError_t launch_q6kt(const Q6kTiled& w, const TcInput& in, float* y, int64_t ldy, bool add, cudaStream_t stream) {
+  static std::atomic<int> allowed{0};
+  const size_t smem = tc_x_bytes(int(w.cols / 16), in.n);
+  if (smem > 48 * 1024 && int(smem) > allowed.load(std::memory_order_relaxed)) {
+    const cudaError_t e = cudaFuncSetAttribute(q6kt_matvec_kernel<W, P>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               int(smem));
+    if (e != cudaSuccess) return e;
+    allowed.store(int(smem), std::memory_order_relaxed);
+  }
+  return launch(q6kt_matvec_kernel<W, P>, dim3(unsigned((w.tiles() + W - 1) / W)), dim3(W * kWarp), smem, stream, w, in,
+                y, ldy, add);
+}
+
 }  // namespace
 
 cudaError_t q6k_repack(const uint8_t* src, uint64_t row_bytes, int64_t r0, int64_t nr, const Q6kRows32& dst,
@@ -174,6 +385,57 @@ cudaError_t q6k_embedding_rows(const Q6kRows32& w, const int32_t* tokens, int64_
                                cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   return launch(q6k_dequant_kernel<float>, dim3(ceil_div(n * w.chunks(), 256)), dim3(256), 0, stream, w, 0, n, tokens, out, ldo);
+}
+
+// ---- tiled layout ----
+
+cudaError_t q6kt_repack(const uint8_t* src, uint64_t row_bytes, int64_t r0, int64_t nr, const Q6kTiled& dst,
+                        cudaStream_t stream) {
+  if (dst.cols % 256 != 0 || r0 % kFp4TileRows != 0 || nr <= 0) return cudaErrorInvalidValue;
+  const int64_t r1 = r0 + nr;
+  if (r1 % kFp4TileRows != 0 && r1 != dst.rows) return cudaErrorInvalidValue;
+  const int64_t threads = (nr + kFp4TileRows - 1) / kFp4TileRows * dst.kgroups() * 32;
+  q6kt_repack_kernel<<<ceil_div(threads, 256), 256, 0, stream>>>(
+      src, row_bytes, r0, r1, dst, const_cast<uint8_t*>(dst.lo), const_cast<uint8_t*>(dst.hi),
+      const_cast<int8_t*>(dst.sc), const_cast<uint16_t*>(dst.d));
+  return cudaGetLastError();
+}
+
+bool q6kt_matvec_fits(const Q6kTiled& w, int n) {
+  return n >= 1 && n <= kMatvecMaxCols && w.cols % 256 == 0 && tc_x_bytes(int(w.cols / 16), n) <= 96 * 1024;
+}
+
+cudaError_t q6kt_matvec(const Q6kTiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc,
+                        cudaStream_t stream) {
+  TcInput in;
+  in.x = x;
+  in.ldx = ldx;
+  in.n = n;
+  if (!q6kt_matvec_fits(w, n) || !tc_input_aligned(in)) return cudaErrorInvalidValue;
+  const DecodeTuning tune = decode_tuning();
+  const bool add = acc == Accum::Add;
+  if (tune.fp4_warps == 8)
+    return tune.fp4_depth >= 8 ? launch_q6kt<8, 8>(w, in, y, ldy, add, stream) : launch_q6kt<8, 4>(w, in, y, ldy, add, stream);
+  return tune.fp4_depth >= 8 ? launch_q6kt<4, 8>(w, in, y, ldy, add, stream) : launch_q6kt<4, 4>(w, in, y, ldy, add, stream);
+}
+
+cudaError_t q6kt_dequant_rows_f32(const Q6kTiled& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream) {
+  if (nr <= 0) return cudaSuccess;
+  return launch(q6kt_dequant_kernel<float>, dim3(ceil_div(nr * (w.cols / 16), 256)), dim3(256), 0, stream, w, r0, nr,
+                nullptr, dst, w.cols);
+}
+
+cudaError_t q6kt_dequant_rows_bf16(const Q6kTiled& w, int64_t r0, int64_t nr, uint16_t* dst, cudaStream_t stream) {
+  if (nr <= 0) return cudaSuccess;
+  return launch(q6kt_dequant_kernel<uint16_t>, dim3(ceil_div(nr * (w.cols / 16), 256)), dim3(256), 0, stream, w, r0, nr,
+                nullptr, dst, w.cols);
+}
+
+cudaError_t q6kt_embedding_rows(const Q6kTiled& w, const int32_t* tokens, int64_t n, float* out, int64_t ldo,
+                                cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  return launch(q6kt_dequant_kernel<float>, dim3(ceil_div(n * (w.cols / 16), 256)), dim3(256), 0, stream, w, 0, n,
+                tokens, out, ldo);
 }
 
 }  // namespace qwen35::cuda

@@ -1,7 +1,9 @@
-// Q6_K decode kernels (the tied embedding / LM head of the 4B) on the
-// Q6kRows32 layout: repack from GGUF, matrix-vector product for up to 8
-// activation rows, and row dequantization (GEMM path, embedding lookup).
-// CPU twin: vec_dot_ref() / dequantize_row() in lib/quants.h.
+// Q6_K decode kernels (the tied embedding / LM head of the 4B) on two
+// layouts: Q6kRows32 (kernel 1: one thread per row) and Q6kTiled (kernel 2:
+// tensor cores, F16 activations). Each has a repack from GGUF, a
+// matrix-vector product for up to 8 activation rows, and row
+// dequantization (GEMM path, embedding lookup). CPU twin: vec_dot_ref() /
+// dequantize_row() in lib/quants.h.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -10,6 +12,7 @@
 
 #include "matmul.h"
 #include "q6k_rows32.h"
+#include "q6k_tiled.h"
 
 namespace qwen35::cuda {
 
@@ -32,5 +35,27 @@ cudaError_t q6k_dequant_rows_bf16(const Q6kRows32& w, int64_t r0, int64_t nr, ui
 // out[t] = row tokens[t] for t < n (rows with a negative id are left alone).
 cudaError_t q6k_embedding_rows(const Q6kRows32& w, const int32_t* tokens, int64_t n, float* out, int64_t ldo,
                                cudaStream_t stream);
+
+// ---- tiled layout (kernel 2) ----
+
+// GGUF Q6_K rows r0 .. r0+nr-1 (device memory at src) -> the same rows of
+// dst (buffers of lo_bytes() / hi_bytes() / sc_bytes() / d_bytes()). r0 is a
+// multiple of 16 and nr too, except that the last range ends at dst.rows
+// (padding rows of the last tile are zeroed).
+cudaError_t q6kt_repack(const uint8_t* src, uint64_t row_bytes, int64_t r0, int64_t nr, const Q6kTiled& dst,
+                        cudaStream_t stream);
+
+// y[j][r] (= or +=) scale * W[r] . x[j] for j < n <= 8, on the tensor cores
+// with x rounded to F16 per 16-column chunk (like the NVFP4 kernels). x rows
+// 16-byte aligned, ldx % 4 == 0; needs tc_x_bytes(cols/16, n) <= 96 KiB of
+// shared memory (q6kt_matvec_fits; else use the GEMM path).
+bool q6kt_matvec_fits(const Q6kTiled& w, int n);
+cudaError_t q6kt_matvec(const Q6kTiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc,
+                        cudaStream_t stream);
+
+cudaError_t q6kt_dequant_rows_f32(const Q6kTiled& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream);
+cudaError_t q6kt_dequant_rows_bf16(const Q6kTiled& w, int64_t r0, int64_t nr, uint16_t* dst, cudaStream_t stream);
+cudaError_t q6kt_embedding_rows(const Q6kTiled& w, const int32_t* tokens, int64_t n, float* out, int64_t ldo,
+                                cudaStream_t stream);
 
 }  // namespace qwen35::cuda

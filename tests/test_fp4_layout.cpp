@@ -14,6 +14,7 @@
 #include "fp4_tiled.h"
 #include "ggml_types.h"
 #include "q6k_rows32.h"
+#include "q6k_tiled.h"
 #include "quants.h"
 #include "test_util.h"
 
@@ -317,4 +318,140 @@ TEST_CASE("activation quantization helpers: E2M1 rounding and E4M3 scales") {
   CHECK(e4m3_from_positive(0.0f) == 0);
   CHECK(e4m3_from_positive(1e-6f) == 0);
   CHECK(e4m3_from_positive(1000.0f) == 0x7E);
+}
+
+namespace {
+
+// A random Q6_K matrix in GGUF layout (quantized normal values).
+std::vector<uint8_t> random_q6k(int64_t rows, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 0.05f);
+  std::vector<float> src(static_cast<size_t>(rows * cols));
+  for (float& v : src) v = nd(rng);
+  const uint64_t rb = row_bytes(*type_info(GGML_Q6_K), cols);
+  std::vector<uint8_t> q(size_t(rows) * rb);
+  for (int64_t r = 0; r < rows; ++r) quantize_row(GGML_Q6_K, src.data() + r * cols, q.data() + r * rb, cols);
+  return q;
+}
+
+// The kernel's view of one tile-kgroup of a tiled Q6_K matrix: block
+// pointers of the 16 rows' GGUF blocks holding the kgroup.
+void q6k_tile_blocks(const std::vector<uint8_t>& m, int64_t rows, int64_t cols, int64_t tile, int64_t kg,
+                     const uint8_t** block) {
+  const uint64_t rb = row_bytes(*type_info(GGML_Q6_K), cols);
+  for (int r = 0; r < kFp4TileRows; ++r) {
+    const int64_t src = tile * kFp4TileRows + r;
+    block[r] = src < rows ? m.data() + uint64_t(src) * rb + uint64_t(kg / 4) * 210 : nullptr;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("tiled Q6_K: registers decode to q - 32, codes and positions invert, values equal the GGUF ones") {
+  const int64_t rows = 40, cols = 512;  // a partial last tile, two blocks per row
+  const auto m = random_q6k(rows, cols, 21);
+  const uint64_t rb = row_bytes(*type_info(GGML_Q6_K), cols);
+  for (int64_t tile = 0; tile < (rows + 15) / 16; ++tile) {
+    for (int64_t kg = 0; kg < cols / 64; ++kg) {
+      const uint8_t* block[16];
+      q6k_tile_blocks(m, rows, cols, tile, kg, block);
+      int8_t sc[64];
+      uint32_t dd[8];
+      for (int g = 0; g < 8; ++g) {
+        q6kt_g_scales(block, int(kg % 4), g, sc + 8 * g);
+        dd[g] = q6kt_g_d(block, g);
+      }
+      for (int lane = 0; lane < 32; ++lane) {
+        uint32_t lo[4], hi[2] = {0, 0};
+        for (int w = 0; w < 4; ++w) {
+          uint32_t h = 0;
+          q6kt_lane_words(block, int(kg % 4), lane, w, &lo[w], &h);
+          hi[w / 2] |= h;
+        }
+        for (int w = 0; w < 4; ++w) {
+          for (int p = 0; p < 8; ++p) {
+            int row, col;
+            fp4_code_position(lane, w, p, &row, &col);
+            const uint32_t reg = q6kt_reg(lo[w], hi[w / 2], w, p >> 1);
+            const uint32_t half = (reg >> (16 * (p & 1))) & 0xFFFFu;
+            const float hv = fp16_to_fp32(uint16_t(half));
+            const uint32_t code = q6kt_code(lo[w], hi[w / 2], w, p);
+            REQUIRE(hv == 1024.0f + float(code));
+            // The F16 subtraction of 1056 is exact.
+            REQUIRE(fp16_to_fp32(fp32_to_fp16(hv - 1056.0f)) == float(int(code) - 32));
+            int l2, w2, p2;
+            q6kt_position(row, col, &l2, &w2, &p2);
+            REQUIRE(l2 == lane);
+            REQUIRE(w2 == w);
+            REQUIRE(p2 == p);
+            const int64_t src = tile * 16 + row;
+            const int g = row & 7;
+            const uint16_t d16 = uint16_t(row < 8 ? dd[g] & 0xFFFFu : dd[g] >> 16);
+            const float v = fp16_to_fp32(d16) * float(sc[fp4_scale_byte(row, w)]) * float(int(code) - 32);
+            float want = 0.0f;
+            if (src < rows) {
+              std::vector<float> deq(static_cast<size_t>(cols));
+              dequantize_row(GGML_Q6_K, m.data() + uint64_t(src) * rb, deq.data(), cols);
+              want = deq[size_t(kg * 64 + col)];
+            }
+            REQUIRE(v == want);
+          }
+        }
+      }
+    }
+  }
+  Q6kTiled t;
+  t.rows = 40;
+  t.cols = 512;
+  CHECK(t.tiles() == 3);
+  CHECK(t.bytes() == 3 * 8 * (512 + 256 + 64) + 3 * 2 * 32);
+  CHECK(t.bytes() == uint64_t(48) * 2 * 210);  // exactly the GGUF bytes of the padded rows
+}
+
+TEST_CASE("streaming kernels: per-chunk scaled F16 activations give the dot products (emulated)") {
+  // tc_chunk_exponent puts each chunk's largest magnitude in [2^14, 2^15).
+  for (float a : {1.0f, 3.5f, 1e-3f, 65504.0f, 1e6f, 1e-20f}) {
+    const int e = tc_chunk_exponent(a);
+    const float s = std::ldexp(a, -e);
+    CHECK(s >= 16384.0f);
+    CHECK(s < 32768.0f);
+  }
+  CHECK(tc_chunk_exponent(0.0f) == 0);
+  CHECK(tc_chunk_exponent(7e-30f) == -100);  // clamped: 2^100 stays a normal float
+  CHECK(tc_chunk_exponent(1e38f) == 100);
+  // The chunk copy order is fp4_x_index's.
+  for (int q = 0; q < 8; ++q) {
+    CHECK(fp4_x_index(tc_pair_col(q)) == 2 * q);
+    CHECK(fp4_x_index(tc_pair_col(q) + 1) == 2 * q + 1);
+  }
+  // Emulation of kernel 2 on the tiled Q6_K layout: per chunk, an exact dot
+  // product of q - 32 with the F16 chunk, times d * sc * 2^e.
+  const int64_t rows = 20, cols = 256, n = 2;
+  const auto m = random_q6k(rows, cols, 31);
+  const uint64_t rb = row_bytes(*type_info(GGML_Q6_K), cols);
+  std::mt19937 rng(33);
+  std::uniform_real_distribution<float> ud(-3.0f, 3.0f);
+  std::vector<float> x(static_cast<size_t>(n * cols));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = ud(rng) * (i % 37 == 0 ? 100.0f : 1.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    std::vector<float> deq(static_cast<size_t>(cols));
+    dequantize_row(GGML_Q6_K, m.data() + uint64_t(r) * rb, deq.data(), cols);
+    for (int64_t j = 0; j < n; ++j) {
+      double got = 0, want = 0, mag = 0;
+      for (int64_t c = 0; c < cols / 16; ++c) {
+        const float* xc = x.data() + j * cols + c * 16;
+        float amax = 0;
+        for (int k = 0; k < 16; ++k) amax = std::max(amax, std::fabs(xc[k]));
+        const int e = tc_chunk_exponent(amax);
+        double chunk = 0;
+        for (int k = 0; k < 16; ++k) chunk += double(deq[size_t(c * 16 + k)]) * fp16_to_fp32(fp32_to_fp16(std::ldexp(xc[k], -e)));
+        got += std::ldexp(chunk, e);
+        for (int k = 0; k < 16; ++k) {
+          want += double(deq[size_t(c * 16 + k)]) * xc[k];
+          mag += std::fabs(double(deq[size_t(c * 16 + k)]) * xc[k]);
+        }
+      }
+      REQUIRE(std::fabs(got - want) <= 1e-3 * mag);  // F16 rounding: 2^-11 relative per product
+    }
+  }
 }

@@ -821,6 +821,85 @@ TEST_CASE("Q6_K rows32: matvec, dequantization and embedding rows match the CPU"
   CHECK(max_rel(ho, want) == 0.0);
 }
 
+TEST_CASE("tiled Q6_K (kernel 2): tensor-core matvec, dequantization and embedding rows match the CPU") {
+  QWEN35_REQUIRE_GPU();
+  const int64_t N = 300, K = 768;  // a partial last tile; 12 kgroups (a partial prefetch round)
+  QMat w(GGML_Q6_K, N, K, 52);
+  Q6kTiled q;
+  q.rows = N;
+  q.cols = K;
+  q.scale = 0.75f;
+  DevArray<uint8_t> buf(q.bytes());
+  q.lo = buf.get();
+  q.hi = buf.get() + q.lo_bytes();
+  q.sc = reinterpret_cast<const int8_t*>(buf.get() + q.lo_bytes() + q.hi_bytes());
+  q.d = reinterpret_cast<const uint16_t*>(buf.get() + q.lo_bytes() + q.hi_bytes() + q.sc_bytes());
+  // Repack in two row ranges, as the upload does for large tensors.
+  REQUIRE(q6kt_repack(w.dev.get(), w.row_bytes, 0, 128, q, 0) == cudaSuccess);
+  REQUIRE(q6kt_repack(w.dev.get() + 128 * w.row_bytes, w.row_bytes, 128, N - 128, q, 0) == cudaSuccess);
+  DevArray<float> f(static_cast<size_t>(N * K));
+  REQUIRE(q6kt_dequant_rows_f32(q, 0, N, f.get(), 0) == cudaSuccess);
+  auto hf = f.download();
+  bool same = true;
+  for (int64_t r = 0; r < N; ++r) {
+    auto row = w.row(r);
+    same &= std::memcmp(hf.data() + r * K, row.data(), size_t(K) * 4) == 0;
+  }
+  CHECK(same);
+  DevArray<uint16_t> bf(static_cast<size_t>(7 * K));
+  REQUIRE(q6kt_dequant_rows_bf16(q, 290, 7, bf.get(), 0) == cudaSuccess);
+  auto hb = bf.download();
+  same = true;
+  for (int64_t r = 0; r < 7; ++r) {
+    auto row = w.row(290 + r);
+    for (int64_t k = 0; k < K; ++k) same &= hb[size_t(r * K + k)] == fp32_to_bf16(row[size_t(k)]);
+  }
+  CHECK(same);
+  for (int n : {1, 2, 5, 8}) {
+    CAPTURE(n);
+    const int64_t ldx = K + 4, ldy = N + 2;
+    auto x = random_floats(size_t(n * ldx), 63 + n, -2, 2);
+    auto y0 = random_floats(size_t(n * ldy), 64);
+    DevArray<float> dx(x), dy(y0);
+    std::vector<float> want(y0);
+    for (int j = 0; j < n; ++j)
+      for (int64_t r = 0; r < N; ++r)
+        want[size_t(j * ldy + r)] +=
+            vec_dot_ref(GGML_Q6_K, w.host.data() + r * w.row_bytes, x.data() + j * ldx, K) * 0.75f;
+    for (const DecodeTuning& tv : fp4_variants()) {
+      CAPTURE(describe(tv));
+      TuningScope ts(tv);
+      dy.upload(y0);
+      REQUIRE(q6kt_matvec(q, dx.get(), ldx, n, dy.get(), ldy, Accum::Add, 0) == cudaSuccess);
+      auto y = dy.download();
+      CHECK(max_rel(y, want) < 2e-3);  // F16 activations
+      // Row n-1 alone gives the same bits as in the batch (batch invariance).
+      if (n > 1) {
+        DevArray<float> db(static_cast<size_t>(n * ldy)), d1(static_cast<size_t>(ldy));
+        REQUIRE(q6kt_matvec(q, dx.get(), ldx, n, db.get(), ldy, Accum::Store, 0) == cudaSuccess);
+        REQUIRE(q6kt_matvec(q, dx.get() + (n - 1) * ldx, ldx, 1, d1.get(), ldy, Accum::Store, 0) == cudaSuccess);
+        auto batch = db.download();
+        auto alone = d1.download();
+        CHECK(std::memcmp(alone.data(), batch.data() + (n - 1) * ldy, size_t(N) * 4) == 0);
+      }
+    }
+  }
+  std::vector<int32_t> toks = {5, -1, 299, 0, 16};
+  const int64_t ldo = K + 32;
+  auto init = random_floats(size_t(5 * ldo), 65);
+  DevArray<int32_t> dt(toks);
+  DevArray<float> out(init);
+  REQUIRE(q6kt_embedding_rows(q, dt.get(), 5, out.get(), ldo, 0) == cudaSuccess);
+  auto ho = out.download();
+  std::vector<float> want_rows(init);
+  for (int t = 0; t < 5; ++t)
+    if (toks[size_t(t)] >= 0) {
+      auto row = w.row(toks[size_t(t)]);
+      std::copy(row.begin(), row.end(), want_rows.begin() + t * ldo);
+    }
+  CHECK(max_rel(ho, want_rows) == 0.0);
+}
+
 TEST_CASE("tensor-core NVFP4 matvec with the fused causal-conv epilogue (1 and 2 rows, snapshot)") {
   QWEN35_REQUIRE_GPU();
   const int sms = device_sms();
