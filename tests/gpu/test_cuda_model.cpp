@@ -11,6 +11,7 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "context.h"
@@ -18,6 +19,7 @@
 #include "model.h"
 #include "qwen35/qwen35.h"
 #include "test_util.h"
+#include "tuning.h"
 
 using namespace qwen35::test;
 
@@ -494,4 +496,60 @@ TEST_CASE("CUDA: graphs and PDL change nothing; the fast kernels agree with the 
     worst = std::max(worst, rel_err(with_graphs.data() + r * 4122, generic.data() + r * 4122, 4122));
   MESSAGE("fast vs generic decode kernels: worst relative difference " << worst);
   CHECK(worst < 5e-2);
+}
+
+TEST_CASE("CUDA: every decode-kernel variant agrees with the generic kernels; graphs equal eager launches for each") {
+  QWEN35_REQUIRE_GPU();
+  const std::string path = fixture("models/tiny-m-nvfp4.gguf");
+  auto s = read_seqs(fixture("logits/seqs.txt"))[1];
+  auto run_steps = [&](qwen35_model* m) {
+    Ctx ctx(m, 512, true);
+    std::vector<float> all;
+    for (int i = 0; i < 12; ++i) {
+      REQUIRE(qwen35_context_decode(ctx.c, &s[size_t(i)], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+      all.insert(all.end(), qwen35_context_logits(ctx.c, -1), qwen35_context_logits(ctx.c, -1) + 4122);
+    }
+    const float* d = nullptr;
+    REQUIRE(qwen35_context_mtp_draft(ctx.c, 7, &d) == QWEN35_OK);
+    all.insert(all.end(), d, d + 4122);
+    return all;
+  };
+  std::vector<float> generic;
+  {
+    EnvVar f("QWEN35_CUDA_FAST", "0");
+    Model slow(path);
+    generic = run_steps(slow.m);
+  }
+  const qwen35::cuda::DecodeTuning saved = qwen35::cuda::decode_tuning();
+  std::vector<qwen35::cuda::DecodeTuning> variants;
+  qwen35::cuda::DecodeTuning t;
+  t.fp4_kernel = 1;
+  t.q6k_kernel = 1;
+  variants.push_back(t);
+  t.fp4_kernel = 2;
+  t.q6k_kernel = 2;
+  for (auto [w, bps, d] : {std::tuple{4, 4, 8}, std::tuple{8, 32, 16}, std::tuple{4, 1, 4}}) {
+    t.fp4_warps = w;
+    t.fp4_blocks_per_sm = bps;
+    t.fp4_depth = d;
+    variants.push_back(t);
+  }
+  for (const auto& v : variants) {
+    CAPTURE(qwen35::cuda::describe(v));
+    qwen35::cuda::set_decode_tuning(v);
+    Model fast(path);  // the Q6_K layout is chosen at upload
+    const auto graphs = run_steps(fast.m);
+    std::vector<float> eager;
+    {
+      EnvVar g("QWEN35_CUDA_GRAPHS", "0"), p("QWEN35_CUDA_PDL", "0");
+      eager = run_steps(fast.m);
+    }
+    CHECK(std::memcmp(graphs.data(), eager.data(), eager.size() * 4) == 0);
+    double worst = 0;
+    for (size_t r = 0; r * 4122 < generic.size(); ++r)
+      worst = std::max(worst, rel_err(graphs.data() + r * 4122, generic.data() + r * 4122, 4122));
+    MESSAGE(qwen35::cuda::describe(v) << " vs generic kernels: worst relative difference " << worst);
+    CHECK(worst < 5e-2);
+  }
+  qwen35::cuda::set_decode_tuning(saved);
 }
