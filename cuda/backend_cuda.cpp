@@ -121,6 +121,7 @@ class CudaBackend final : public Backend {
   Status eval_greedy(const EvalBatch& b, int32_t* argmax) override { return run_eval(b, argmax); }
   Status eval_mtp(const MtpBatch& b) override { return run_mtp(b, nullptr); }
   Status eval_mtp_greedy(const MtpBatch& b, int32_t* argmax) override { return run_mtp(b, argmax); }
+  bool device_argmax() const override { return true; }
   void reset() override;
   Status save_recurrent(int slot) override;
   Status restore_recurrent(int slot) override;

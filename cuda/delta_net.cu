@@ -31,7 +31,6 @@ __device__ __forceinline__ float group_sum(float v) {
 
 template <int TPR>
 __global__ void __launch_bounds__(kMaxThreads) delta_net_kernel(DeltaNetArgs p, int rows_per_block) {
-  pdl_prologue();
   constexpr int DK = 32 * TPR;
   constexpr int PAD = 33;  // shared-memory stride of each 32-element part
   __shared__ float qs[2][TPR * PAD], ks[2][TPR * PAD];
@@ -45,6 +44,10 @@ __global__ void __launch_bounds__(kMaxThreads) delta_net_kernel(DeltaNetArgs p, 
   const float qscale = rsqrtf(float(DK));
   const float a_log = p.ssm_a[j], dtb = p.dt_bias[j];
 
+  // The state is loaded before waiting for the previous kernel: no kernel
+  // of the step before this one writes it (it was last written by this
+  // layer's previous launch or by a stream-ordered copy), so the load
+  // overlaps the end of the input projection.
   float M[32];
   float4* st = reinterpret_cast<float4*>(p.state + (j * dv + v_row) * DK + 32 * sub);
 #pragma unroll
@@ -55,6 +58,7 @@ __global__ void __launch_bounds__(kMaxThreads) delta_net_kernel(DeltaNetArgs p, 
     M[4 * i + 2] = v.z;
     M[4 * i + 3] = v.w;
   }
+  pdl_prologue();
   const int sq_at = (tid / 32) * PAD + tid % 32;  // where thread tid < DK stores q[tid], k[tid]
   const int my = sub * PAD;                       // this thread's part of q and k
 

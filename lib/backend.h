@@ -67,6 +67,9 @@ class Backend {
   // runs eval / eval_mtp into a temporary buffer and scans it.
   virtual Status eval_greedy(const EvalBatch& b, int32_t* argmax);
   virtual Status eval_mtp_greedy(const MtpBatch& b, int32_t* argmax);
+  // Whether the greedy variants save work here (the argmax runs where the
+  // logits are); the generation loop then asks for ids instead of logits.
+  virtual bool device_argmax() const { return false; }
 
   // Zero the recurrent state. KV rows are addressed by the caller's n_past,
   // so they need no clearing.

@@ -44,7 +44,7 @@ Status Context::Create(const Model& model, const ContextOptions& opt, std::uniqu
 
 uint64_t Context::memory_bytes() const {
   return be_->memory_bytes() + logits_.capacity() * 4 + hidden_.capacity() * 4 + prenorm_.capacity() * 4 +
-         mtp_logits_.capacity() * 4 + draft_logits_.capacity() * 4;
+         mtp_logits_.capacity() * 4 + draft_logits_.capacity() * 4 + argmax_.capacity() * 4;
 }
 
 const float* Context::logits(int32_t i) const {
@@ -52,6 +52,13 @@ const float* Context::logits(int32_t i) const {
   const int32_t k = i - logits_row0_;
   if (i < 0 || i >= call_rows_ || k < 0 || k >= n_logit_rows_) return nullptr;
   return logits_.data() + size_t(k) * size_t(m_.hp.n_vocab);
+}
+
+int32_t Context::argmax(int32_t i) const {
+  if (i < 0) i = call_rows_ - 1;
+  const int32_t k = i - logits_row0_;
+  if (i < 0 || i >= call_rows_ || k < 0 || k >= n_argmax_rows_) return -1;
+  return argmax_[size_t(k)];
 }
 
 const float* Context::hidden(int32_t i) const {
@@ -79,6 +86,13 @@ Status Context::decode(const int32_t* tokens, int32_t n, LogitsMode mode) {
   return append(tokens, nullptr, n, pos.data(), mode, -1);
 }
 
+Status Context::decode_argmax(const int32_t* tokens, int32_t n, LogitsMode mode) {
+  if (!tokens || n < 1) return Error(QWEN35_ERR_INVALID_ARG, "decode needs at least one token");
+  std::vector<int32_t> pos(static_cast<size_t>(n) * 3);
+  for (int32_t i = 0; i < n; ++i) pos[3 * size_t(i)] = pos[3 * size_t(i) + 1] = pos[3 * size_t(i) + 2] = next_pos_ + i;
+  return append(tokens, nullptr, n, pos.data(), mode, -1, Outputs::Argmax);
+}
+
 Status Context::decode_with_snapshot(const int32_t* tokens, int32_t n, LogitsMode mode) {
   if (!tokens || n < 1 || n > opt_.n_batch)
     return Error(QWEN35_ERR_INVALID_ARG, "a verify batch needs 1..{} tokens", opt_.n_batch);
@@ -100,7 +114,7 @@ Status Context::decode_embd(const float* embd, int32_t n, const int32_t* pos, in
 }
 
 Status Context::append(const int32_t* tokens, const float* embd, int32_t n, const int32_t* pos, LogitsMode mode,
-                       int32_t snapshot_row) {
+                       int32_t snapshot_row, Outputs outputs, bool defer_mtp) {
   const int32_t old = n_past();
   if (int64_t(old) + n > opt_.n_ctx)
     return Error(QWEN35_ERR_CONTEXT_FULL, "{} more rows do not fit: the context holds {} of {}", n, old, opt_.n_ctx);
@@ -139,7 +153,7 @@ Status Context::append(const int32_t* tokens, const float* embd, int32_t n, cons
       slots_[kSlotPreDecode].n_mtp = n_mtp_;
     }
   }
-  Status st = eval_rows(old, n, mode, snapshot_row, true);
+  Status st = eval_rows(old, n, mode, snapshot_row, true, outputs, defer_mtp);
   if (!st.ok()) {
     // Undo: forget the rows and rebuild the exact state of the first `old`.
     tokens_.resize(size_t(old));
@@ -155,14 +169,15 @@ Status Context::append(const int32_t* tokens, const float* embd, int32_t n, cons
                    st.message(), rs.message());
     }
     call_rows_ = 0;
-    n_logit_rows_ = 0;
+    n_logit_rows_ = n_argmax_rows_ = 0;
     return st;
   }
   next_pos_ = next_pos_after_.back();
   return Status::Ok();
 }
 
-Status Context::eval_rows(int32_t first_row, int32_t n, LogitsMode mode, int32_t snapshot_row, bool record) {
+Status Context::eval_rows(int32_t first_row, int32_t n, LogitsMode mode, int32_t snapshot_row, bool record,
+                          Outputs outputs, bool defer_mtp) {
   const int32_t V = m_.hp.n_vocab, D = m_.hp.n_embd;
   if (snapshot_row >= 0) {
     if (n > opt_.n_batch) return Error(QWEN35_ERR_INVALID_ARG, "a snapshot batch must fit in one chunk");
@@ -171,7 +186,8 @@ Status Context::eval_rows(int32_t first_row, int32_t n, LogitsMode mode, int32_t
   const int32_t n_logits = mode == LogitsMode::All ? n : mode == LogitsMode::Last ? 1 : 0;
   try {
     if (record) {
-      logits_.resize(size_t(n_logits) * size_t(V));
+      if (outputs == Outputs::Logits) logits_.resize(size_t(n_logits) * size_t(V));
+      else argmax_.resize(size_t(n_logits));
       hidden_.resize(size_t(n) * size_t(D));
       if (opt_.mtp_prenorm) prenorm_.resize(size_t(n) * size_t(D));
     } else {
@@ -182,7 +198,7 @@ Status Context::eval_rows(int32_t first_row, int32_t n, LogitsMode mode, int32_t
     return Error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory for the outputs of {} rows", n);
   }
   call_rows_ = 0;
-  n_logit_rows_ = 0;
+  n_logit_rows_ = n_argmax_rows_ = 0;
   logits_row0_ = n - n_logits;
   n_mtp_logits_ = 0;
   std::vector<float> embd_chunk;
@@ -218,17 +234,20 @@ Status Context::eval_rows(int32_t first_row, int32_t n, LogitsMode mode, int32_t
     const int32_t lfirst = std::max(n - n_logits, c0);
     if (record && lfirst < c0 + cn) {
       b.logits_first = lfirst - c0;
-      b.logits = logits_.data() + size_t(lfirst - (n - n_logits)) * size_t(V);
+      if (outputs == Outputs::Logits) b.logits = logits_.data() + size_t(lfirst - (n - n_logits)) * size_t(V);
     } else {
       b.logits_first = cn;
     }
     b.snapshot_row = snapshot_row;
-    QWEN35_TRY(be_->eval(b));
+    if (outputs == Outputs::Argmax && b.logits_first < cn)
+      QWEN35_TRY(be_->eval_greedy(b, argmax_.data() + (lfirst - (n - n_logits))));
+    else
+      QWEN35_TRY(be_->eval(b));
     if (record) {
       call_rows_ = c0 + cn;
-      n_logit_rows_ = std::max(0, c0 + cn - (n - n_logits));
+      (outputs == Outputs::Logits ? n_logit_rows_ : n_argmax_rows_) = std::max(0, c0 + cn - (n - n_logits));
     }
-    if (mtp_enabled()) QWEN35_TRY(mtp_fill(row0, cn, pre ? pre : hid));
+    if (mtp_enabled()) QWEN35_TRY(mtp_fill(row0, cn, pre ? pre : hid, defer_mtp && cn == n));
     if (snapshot_row >= 0) {
       // MTP rows below the snapshot's last row are final (they pair true
       // hiddens with true tokens), so a rollback keeps them.
@@ -242,8 +261,8 @@ Status Context::eval_rows(int32_t first_row, int32_t n, LogitsMode mode, int32_t
   return Status::Ok();
 }
 
-Status Context::mtp_fill(int32_t first_row, int32_t n, const float* hidden_rows) {
-  const int32_t D = m_.hp.n_embd, V = m_.hp.n_vocab;
+Status Context::mtp_fill(int32_t first_row, int32_t n, const float* hidden_rows, bool defer) {
+  const int32_t D = m_.hp.n_embd;
   const bool chained = first_row > 0 && have_pending_ && n_mtp_ == first_row - 1;
   if (first_row > 0 && !chained) {
     // The MTP cache is behind (no hidden for an earlier row): it can no
@@ -262,42 +281,71 @@ Status Context::mtp_fill(int32_t first_row, int32_t n, const float* hidden_rows)
     n_mtp_ = start;
   }
   draft_valid_ = false;
-  const int32_t rows = end - start;
-  if (rows > 0) {
-    std::vector<float> hid(static_cast<size_t>(rows) * size_t(D));
-    std::vector<int32_t> toks(static_cast<size_t>(rows));
-    std::vector<float> next_embd;
-    for (int32_t r = 0; r < rows; ++r) {
+  MtpRows rows;
+  rows.start = start;
+  rows.n = std::max(0, end - start);
+  if (rows.n > 0) {
+    rows.hidden.resize(size_t(rows.n) * size_t(D));
+    rows.tokens.resize(size_t(rows.n));
+    for (int32_t r = 0; r < rows.n; ++r) {
       const int32_t i = start + r;
       const float* h = i < first_row ? pending_hidden_.data() : hidden_rows + size_t(i - first_row) * size_t(D);
-      std::memcpy(hid.data() + size_t(r) * size_t(D), h, size_t(D) * sizeof(float));
-      toks[size_t(r)] = tokens_[size_t(i + 1)];
-      if (toks[size_t(r)] < 0) {
-        if (next_embd.empty()) next_embd.assign(size_t(rows) * size_t(D), 0.0f);
-        std::memcpy(next_embd.data() + size_t(r) * size_t(D), row_embd(i + 1), size_t(D) * sizeof(float));
+      std::memcpy(rows.hidden.data() + size_t(r) * size_t(D), h, size_t(D) * sizeof(float));
+      rows.tokens[size_t(r)] = tokens_[size_t(i + 1)];
+      if (rows.tokens[size_t(r)] < 0) {
+        if (rows.next_embd.empty()) rows.next_embd.assign(size_t(rows.n) * size_t(D), 0.0f);
+        std::memcpy(rows.next_embd.data() + size_t(r) * size_t(D), row_embd(i + 1), size_t(D) * sizeof(float));
       }
     }
-    MtpBatch mb;
-    mb.n = rows;
-    mb.hidden = hid.data();
-    mb.tokens = toks.data();
-    mb.next_embd = next_embd.empty() ? nullptr : next_embd.data();
-    mb.pos = pos_.data() + 3 * size_t(start);
-    mb.n_past = start;
-    mb.logits_first = rows;
-    if (opt_.mtp_logits) {
-      mtp_logits_.resize(size_t(rows) * size_t(V));
-      mb.logits_first = 0;
-      mb.logits = mtp_logits_.data();
-      mtp_logits_pos0_ = start;
-      n_mtp_logits_ = rows;
-    }
-    QWEN35_TRY(be_->eval_mtp(mb));
-    n_mtp_ = end;
   }
   const float* last = hidden_rows + size_t(n - 1) * size_t(D);
+  if (defer) {
+    mtp_deferred_ = std::move(rows);
+  } else {
+    QWEN35_TRY(mtp_run(rows, -1, nullptr));
+  }
   pending_hidden_.assign(last, last + D);
   have_pending_ = true;
+  return Status::Ok();
+}
+
+Status Context::mtp_run(MtpRows& rows, int32_t draft_token, int32_t* draft) {
+  const int32_t D = m_.hp.n_embd, V = m_.hp.n_vocab;
+  const int32_t total = rows.n + (draft_token >= 0 ? 1 : 0);
+  if (total == 0) return Status::Ok();
+  if (draft_token >= 0) {
+    // The draft row: hidden of the last row with the proposed next token.
+    if (rows.start + rows.n != n_past() - 1 || !have_pending_)
+      return Error(QWEN35_ERR_STATE, "internal: the MTP draft row does not follow the cache");
+    rows.hidden.insert(rows.hidden.end(), pending_hidden_.begin(), pending_hidden_.end());
+    rows.tokens.push_back(draft_token);
+    if (!rows.next_embd.empty()) rows.next_embd.resize(size_t(total) * size_t(D), 0.0f);
+  }
+  MtpBatch mb;
+  mb.n = total;
+  mb.hidden = rows.hidden.data();
+  mb.tokens = rows.tokens.data();
+  mb.next_embd = rows.next_embd.empty() ? nullptr : rows.next_embd.data();
+  mb.pos = pos_.data() + 3 * size_t(rows.start);
+  mb.n_past = rows.start;
+  mb.logits_first = total;
+  if (draft_token >= 0) {
+    mb.logits_first = total - 1;
+    QWEN35_TRY(be_->eval_mtp_greedy(mb, draft));
+    draft_valid_ = true;
+    draft_row_ = rows.start + rows.n;
+    draft_token_ = draft_token;
+  } else {
+    if (opt_.mtp_logits) {
+      mtp_logits_.resize(size_t(total) * size_t(V));
+      mb.logits_first = 0;
+      mb.logits = mtp_logits_.data();
+      mtp_logits_pos0_ = rows.start;
+      n_mtp_logits_ = total;
+    }
+    QWEN35_TRY(be_->eval_mtp(mb));
+  }
+  n_mtp_ = rows.start + rows.n;
   return Status::Ok();
 }
 
@@ -327,6 +375,63 @@ Status Context::mtp_draft(int32_t token, const float** out) {
   return Status::Ok();
 }
 
+Status Context::mtp_draft_argmax(int32_t token, int32_t* draft) {
+  *draft = -1;
+  if (!mtp_enabled()) return Error(QWEN35_ERR_STATE, "MTP is not enabled on this context");
+  if (token < 0 || token >= m_.hp.n_vocab)
+    return Error(QWEN35_ERR_INVALID_ARG, "token id {} is out of range", token);
+  const int32_t np = n_past();
+  if (np < 1 || !have_pending_ || n_mtp_ != np - 1)
+    return Error(QWEN35_ERR_STATE, "no hidden state to draft from (decode a token first)");
+  if (np > opt_.n_ctx - 1) return Error(QWEN35_ERR_CONTEXT_FULL, "no room for a draft");
+  MtpRows none;
+  none.start = np - 1;
+  return mtp_run(none, token, draft);
+}
+
+Status Context::speculate_greedy(int32_t token, int32_t draft, SpecStep* out) {
+  *out = SpecStep();
+  if (!mtp_enabled()) return Error(QWEN35_ERR_STATE, "MTP is not enabled on this context");
+  if (opt_.n_batch < 2) return Error(QWEN35_ERR_INVALID_ARG, "a verify batch needs n_batch >= 2");
+  const int32_t np = n_past();
+  const int32_t pair[2] = {token, draft};
+  int32_t pos[6];
+  for (int i = 0; i < 2; ++i) pos[3 * i] = pos[3 * i + 1] = pos[3 * i + 2] = next_pos_ + i;
+  // The MTP rows of the verify pass wait (mtp_deferred_) so that, on
+  // acceptance, they run in the same MTP pass as the next draft; with
+  // mtp_logits they are computed as usual.
+  // (Only after mtp_draft_argmax(token): the draft's MTP row is then final
+  // after the verify, so a rejection keeps the cache chained.)
+  const bool fuse = !opt_.mtp_logits && draft_valid_ && draft_row_ == np - 1 && draft_token_ == token;
+  mtp_deferred_ = MtpRows();
+  QWEN35_TRY(append(pair, nullptr, 2, pos, LogitsMode::All, 0, Outputs::Argmax, fuse));
+  const int32_t y0 = argmax_[0], y1 = argmax_[1];
+  auto room = [&] { return n_past() <= opt_.n_ctx - 1; };
+  if (y0 != draft) {
+    mtp_deferred_ = MtpRows();  // rows after the snapshot: dropped with the draft's row
+    QWEN35_TRY(rollback_to_snapshot());
+    out->next = y0;
+    if (room() && have_pending_) QWEN35_TRY(mtp_draft_argmax(y0, &out->next_draft));
+    return Status::Ok();
+  }
+  out->accepted = true;
+  out->next = y1;
+  if (!fuse) {
+    if (room() && have_pending_) QWEN35_TRY(mtp_draft_argmax(y1, &out->next_draft));
+    return Status::Ok();
+  }
+  MtpRows rows = std::move(mtp_deferred_);
+  mtp_deferred_ = MtpRows();
+  const bool draft_next = room() && have_pending_ && n_mtp_ + rows.n == np + 1;
+  const Status st = mtp_run(rows, draft_next ? y1 : -1, &out->next_draft);
+  if (!st.ok()) {
+    have_pending_ = false;  // the MTP cache is behind: no drafts until a reset/truncate
+    out->next_draft = -1;
+    return st;
+  }
+  return Status::Ok();
+}
+
 Status Context::rollback_to_snapshot() {
   const Checkpoint& s = slots_[Backend::kRollbackSlot];
   if (s.rows < 0 || s.rows > n_past()) return Error(QWEN35_ERR_STATE, "no snapshot to roll back to");
@@ -348,8 +453,9 @@ void Context::reset() {
   next_pos_after_.clear();
   spans_.clear();
   next_pos_ = 0;
-  call_rows_ = n_logit_rows_ = n_mtp_logits_ = 0;
+  call_rows_ = n_logit_rows_ = n_argmax_rows_ = n_mtp_logits_ = 0;
   n_mtp_ = 0;
+  mtp_deferred_ = MtpRows();
   have_pending_ = false;
   draft_valid_ = false;
   for (Checkpoint& c : slots_) c.rows = -1;
@@ -364,6 +470,7 @@ Status Context::recover(int32_t n_rows) {
       best = s;
   int32_t have = 0;
   draft_valid_ = false;
+  mtp_deferred_ = MtpRows();
   if (best >= 0 && slots_[best].rows > 0) {
     QWEN35_TRY(be_->restore_recurrent(best));
     const Checkpoint& c = slots_[best];
@@ -410,7 +517,7 @@ Status Context::truncate(int32_t n_keep) {
   next_pos_ = next_pos_after_.back();
   for (Checkpoint& c : slots_)
     if (c.rows > n_keep) c.rows = -1;
-  call_rows_ = n_logit_rows_ = n_mtp_logits_ = 0;
+  call_rows_ = n_logit_rows_ = n_argmax_rows_ = n_mtp_logits_ = 0;
   Status st = recover(n_keep);
   if (!st.ok()) {
     reset();

@@ -28,6 +28,19 @@ struct ContextOptions {
 
 enum class LogitsMode { Last, All, None };
 
+// What a decode call keeps of its logit rows: the logits, or only each
+// row's argmax (lowest id on ties), which a GPU backend computes on the
+// device so that greedy decoding copies one id per row instead of n_vocab
+// floats.
+enum class Outputs { Logits, Argmax };
+
+// One greedy speculative step (Context::speculate_greedy).
+struct SpecStep {
+  bool accepted = false;   // the main model's argmax after `token` was the draft
+  int32_t next = -1;       // the next token: argmax after the draft (accepted) or after `token`
+  int32_t next_draft = -1; // the MTP draft for the token after `next`, or -1 (no room)
+};
+
 class Context {
  public:
   static Status Create(const Model& model, const ContextOptions& opt, std::unique_ptr<Context>* out);
@@ -52,14 +65,30 @@ class Context {
   // Next text position (t = h = w for text rows).
   int32_t next_pos() const { return next_pos_; }
 
+  // Like decode, but the call keeps only the argmax of its logit rows.
+  Status decode_argmax(const int32_t* tokens, int32_t n, LogitsMode mode);
+
   // Results of the last decode call (row i of that call, -1 = last).
   const float* logits(int32_t i) const;
+  int32_t argmax(int32_t i) const;  // -1 if the call kept no argmax for row i
   const float* hidden(int32_t i) const;
   const float* mtp_logits(int32_t pos) const;
 
   // MTP draft: run the head on (hidden of the last row, token) and return the
   // draft logits. The MTP cache row it writes is provisional.
   Status mtp_draft(int32_t token, const float** logits);
+  // The same, keeping only the draft's argmax.
+  Status mtp_draft_argmax(int32_t token, int32_t* draft);
+
+  // Greedy speculative decoding (spec §5.5) with argmax outputs, after
+  // mtp_draft_argmax(token, &draft): verifies [token, draft] in one pass.
+  // Accepted (the argmax after `token` is `draft`): both rows stay, and the
+  // MTP cache row of the draft and the next draft are computed together in
+  // one MTP pass. Rejected: the draft's row is rolled back and the next
+  // draft is computed for the argmax after `token`. The result equals
+  // decode_with_snapshot + (rollback_to_snapshot) + mtp_draft with argmax
+  // sampling; after an accepted step the caller may still roll back.
+  Status speculate_greedy(int32_t token, int32_t draft, SpecStep* out);
 
   // Speculative verify support: decode tokens with a snapshot of the
   // recurrent state after row 0, then either keep all rows or roll back to
@@ -95,11 +124,25 @@ class Context {
     int32_t n_mtp = 0;
   };
 
+  // MTP cache rows whose inputs are known but that were not computed yet
+  // (only inside speculate_greedy, which computes or drops them).
+  struct MtpRows {
+    int32_t start = 0, n = 0;
+    std::vector<float> hidden;     // [n, D]
+    std::vector<int32_t> tokens;   // [n]
+    std::vector<float> next_embd;  // [n, D] or empty
+  };
+
   // Core append: rows are tokens or embeddings (embd != null), positions given.
   Status append(const int32_t* tokens, const float* embd, int32_t n, const int32_t* pos, LogitsMode mode,
-                int32_t snapshot_row);
-  Status eval_rows(int32_t first_row, int32_t n, LogitsMode mode, int32_t snapshot_row, bool record);
-  Status mtp_fill(int32_t first_row, int32_t n, const float* hidden_rows);
+                int32_t snapshot_row, Outputs outputs = Outputs::Logits, bool defer_mtp = false);
+  Status eval_rows(int32_t first_row, int32_t n, LogitsMode mode, int32_t snapshot_row, bool record,
+                   Outputs outputs = Outputs::Logits, bool defer_mtp = false);
+  // defer: leave the rows to compute in mtp_deferred_ instead of running them.
+  Status mtp_fill(int32_t first_row, int32_t n, const float* hidden_rows, bool defer = false);
+  // Run the MTP head on `rows`, plus (draft_token >= 0) one draft row for
+  // row n_past-1 whose argmax goes to *draft.
+  Status mtp_run(MtpRows& rows, int32_t draft_token, int32_t* draft);
   Status recover(int32_t n_rows);  // restore the exact state of the first n_rows rows
   const float* row_embd(int32_t row) const;  // image embedding of a row, or null
 
@@ -116,8 +159,10 @@ class Context {
 
   // Last call's outputs.
   std::vector<float> logits_;    // [n_logit_rows, V]
-  int32_t logits_row0_ = 0;      // call-relative row of logits_ row 0
+  std::vector<int32_t> argmax_;  // [n_argmax_rows] with Outputs::Argmax
+  int32_t logits_row0_ = 0;      // call-relative row of logits_ (or argmax_) row 0
   int32_t n_logit_rows_ = 0;
+  int32_t n_argmax_rows_ = 0;
   std::vector<float> hidden_;    // [call rows, D] post-norm
   std::vector<float> prenorm_;   // [call rows, D] when mtp_prenorm
   int32_t call_rows_ = 0;
@@ -128,6 +173,7 @@ class Context {
   int32_t n_mtp_ = 0;
   std::vector<float> pending_hidden_;  // hidden of row n_past-1, waiting for the next row
   bool have_pending_ = false;
+  MtpRows mtp_deferred_;
   std::vector<float> draft_logits_;
   bool draft_valid_ = false;   // mtp_draft wrote MTP row draft_row_ for input draft_token_
   int32_t draft_row_ = -1;

@@ -74,6 +74,15 @@ int32_t argmax(const float* x, int32_t n) {
   return best;
 }
 
+// Whether sampling is a plain argmax of the logits (no bias, no effective
+// penalties), so the backend may return token ids instead of logits.
+bool plain_argmax(const Sampler& s) {
+  const SamplerOptions& o = s.options();
+  const bool no_penalties = o.penalty_last_n == 0 || (o.repeat_penalty == 1.0f && o.presence_penalty == 0.0f &&
+                                                      o.frequency_penalty == 0.0f);
+  return s.greedy() && o.logit_bias.empty() && no_penalties;
+}
+
 }  // namespace
 
 Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prompt, const GenerateOptions& opt,
@@ -88,10 +97,20 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
     return s;
   };
 
+  // Greedy decoding on a backend that computes the argmax where the logits
+  // are (the GPU): the context keeps token ids instead of logits, and MTP
+  // speculation runs as Context::speculate_greedy (fewer passes).
+  const bool ids = plain_argmax(sampler) && ctx.backend().device_argmax();
+  auto decode = [&](const int32_t* t, int32_t n) {
+    return ids ? ctx.decode_argmax(t, n, LogitsMode::Last) : ctx.decode(t, n, LogitsMode::Last);
+  };
+  // The token sampled from call row i (logits, or the kept argmax).
+  auto next_of = [&](int32_t i) { return ctx.logits(i) || !ids ? sampler.sample(ctx.logits(i)) : ctx.argmax(i); };
+
   // ---- prompt ----
   const auto t0 = Clock::now();
   if (!prompt.empty()) {
-    Status s = ctx.decode(prompt.data(), int32_t(prompt.size()), LogitsMode::Last);
+    Status s = decode(prompt.data(), int32_t(prompt.size()));
     if (!s.ok()) {
       if (s.code() == QWEN35_ERR_CANCELLED) {
         st.stop = StopReason::Cancelled;
@@ -105,7 +124,7 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
     // here (the next chat turn re-rendering this reply) free.
     Status cs = ctx.checkpoint();
     (void)cs;  // only an optimization
-  } else if (!ctx.logits(-1)) {
+  } else if (!ctx.logits(-1) && !(ids && ctx.argmax(-1) >= 0)) {
     // No logits for the last row (e.g. the previous call was cancelled):
     // recompute them by re-decoding that row.
     const int32_t np = ctx.n_past();
@@ -113,7 +132,7 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
       return finish(Error(QWEN35_ERR_STATE, "nothing to generate from: give a prompt or decode one first"));
     const int32_t last = ctx.tokens().back();
     QWEN35_TRY(finish(ctx.truncate(np - 1)));
-    Status s = ctx.decode(&last, 1, LogitsMode::Last);
+    Status s = decode(&last, 1);
     if (!s.ok()) return finish(s);
   }
   st.t_prompt_ms = ms_since(t0);
@@ -177,7 +196,8 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
     st.stop = StopReason::MaxTokens;
     return finish(Status::Ok());
   }
-  int32_t tok = sampler.sample(ctx.logits(-1));
+  int32_t tok = next_of(-1);
+  int32_t draft = -1;  // (ids) the MTP draft of the token after `tok`, from the last speculative step
   while (!stopped) {
     if (ends_before_emit(tok, 1)) break;
     const bool go_on = emit(tok);
@@ -185,35 +205,66 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
     // context holds exactly the emitted tokens).
     const bool draft_now = go_on && mtp && st.n_generated > paused_until && ctx.n_past() + 2 <= ctx.n_ctx();
     if (!draft_now) {
-      Status s = ctx.decode(&tok, 1, LogitsMode::Last);
+      Status s = decode(&tok, 1);
       ++st.n_main_passes;
       if (!s.ok()) return finish(on_decode_error(s));
       if (!go_on) break;
-      tok = sampler.sample(ctx.logits(-1));
+      tok = next_of(-1);
+      draft = -1;
       continue;
     }
-    // Draft the token after `tok` with the MTP head, verify both in one pass.
-    const float* dl = nullptr;
-    Status s = ctx.mtp_draft(tok, &dl);
-    if (!s.ok()) return finish(on_decode_error(s));
-    const int32_t d = argmax(dl, V);
-    const int32_t pair[2] = {tok, d};
-    s = ctx.decode_with_snapshot(pair, 2, LogitsMode::All);
-    ++st.n_main_passes;
-    ++st.n_drafted;
-    ++window_drafts;
-    if (!s.ok()) return finish(on_decode_error(s));
-    const int32_t y0 = sampler.sample(ctx.logits(0));
-    if (y0 == d && !(is_eog(d) && !opt.ignore_eos) && !ctx.abort.load()) {
-      ++st.n_accepted;
-      ++window_accepted;
-      if (!emit(d)) break;  // both tokens are in the context
-      tok = sampler.sample(ctx.logits(1));
+    if (ids) {
+      // Verify [tok, draft]; the context also drafts the token after the next one.
+      if (draft < 0) {
+        Status s = ctx.mtp_draft_argmax(tok, &draft);
+        if (!s.ok()) return finish(on_decode_error(s));
+      }
+      const int32_t d = draft;
+      SpecStep r;
+      Status s = ctx.speculate_greedy(tok, d, &r);
+      ++st.n_main_passes;
+      ++st.n_drafted;
+      ++window_drafts;
+      if (!s.ok()) return finish(on_decode_error(s));
+      draft = r.next_draft;
+      if (r.accepted && ((is_eog(d) && !opt.ignore_eos) || ctx.abort.load())) {
+        // The draft is not emitted: drop its row; the next token is the draft.
+        s = ctx.rollback_to_snapshot();
+        if (!s.ok()) return finish(s);
+        tok = d;
+        draft = -1;
+      } else if (r.accepted) {
+        ++st.n_accepted;
+        ++window_accepted;
+        if (!emit(d)) break;  // both tokens are in the context
+        tok = r.next;
+      } else {
+        tok = r.next;
+      }
     } else {
-      // Reject: keep the rows through `tok`, drop the draft's row.
-      s = ctx.rollback_to_snapshot();
-      if (!s.ok()) return finish(s);
-      tok = y0;
+      // Draft the token after `tok` with the MTP head, verify both in one pass.
+      const float* dl = nullptr;
+      Status s = ctx.mtp_draft(tok, &dl);
+      if (!s.ok()) return finish(on_decode_error(s));
+      const int32_t d = argmax(dl, V);
+      const int32_t pair[2] = {tok, d};
+      s = ctx.decode_with_snapshot(pair, 2, LogitsMode::All);
+      ++st.n_main_passes;
+      ++st.n_drafted;
+      ++window_drafts;
+      if (!s.ok()) return finish(on_decode_error(s));
+      const int32_t y0 = sampler.sample(ctx.logits(0));
+      if (y0 == d && !(is_eog(d) && !opt.ignore_eos) && !ctx.abort.load()) {
+        ++st.n_accepted;
+        ++window_accepted;
+        if (!emit(d)) break;  // both tokens are in the context
+        tok = sampler.sample(ctx.logits(1));
+      } else {
+        // Reject: keep the rows through `tok`, drop the draft's row.
+        s = ctx.rollback_to_snapshot();
+        if (!s.ok()) return finish(s);
+        tok = y0;
+      }
     }
     if (window_drafts >= policy.window) {
       if (double(window_accepted) < policy.min_rate * double(window_drafts)) {

@@ -9,6 +9,7 @@
 
 #include "context.h"
 #include "model.h"
+#include "synth.h"
 #include "test_util.h"
 
 using namespace qwen35;
@@ -71,4 +72,92 @@ TEST_CASE("greedy MTP speculation equals plain greedy decoding, across rejection
   spec.resize(size_t(n_gen));
   CHECK(spec == plain);
   CHECK(accepted < passes);  // random weights: most drafts are rejected
+}
+
+namespace {
+
+// Greedy tokens after `prompt`: plain decoding, one token per pass.
+std::vector<int32_t> plain_greedy(const Model& model, const ContextOptions& o, const std::vector<int32_t>& prompt,
+                                  int n_gen) {
+  ContextOptions oo = o;
+  oo.use_mtp = false;
+  std::unique_ptr<Context> c;
+  REQUIRE(Context::Create(model, oo, &c).ok());
+  const int V = model.hp.n_vocab;
+  REQUIRE(c->decode(prompt.data(), int32_t(prompt.size()), LogitsMode::Last).ok());
+  std::vector<int32_t> out;
+  int32_t next = int32_t(argmax(c->logits(-1), size_t(V)));
+  for (int i = 0; i < n_gen; ++i) {
+    out.push_back(next);
+    REQUIRE(c->decode(&next, 1, LogitsMode::Last).ok());
+    next = int32_t(argmax(c->logits(-1), size_t(V)));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("speculate_greedy (argmax outputs, fused MTP passes) equals plain greedy decoding; the MTP cache stays exact") {
+  // A random model (drafts mostly rejected) and a mirror model (drafts accepted).
+  SynthConfig cfg;
+  cfg.n_vocab = 1500;
+  cfg.mtp_mirror = true;
+  cfg.seed = 5;
+  const std::string mirror = synth_model("mtp-mirror-spec", cfg);
+  for (const std::string& path : {fixture("models/tiny-m-nvfp4.gguf"), mirror}) {
+    CAPTURE(path);
+    std::unique_ptr<Model> model;
+    REQUIRE(LoadModel(path, {}, {}, &model).ok());
+    const int V = model->hp.n_vocab;
+    ContextOptions o;
+    o.n_ctx = 128;
+    o.n_batch = 64;
+    o.n_threads = 2;
+    const std::vector<int32_t> prompt = {5, 17, 300, 42, 1499, 7, 7, 123};
+    const int n_gen = 30;
+    const auto plain = plain_greedy(*model, o, prompt, n_gen);
+
+    // The speculative loop with ids, as Generate runs it on a GPU.
+    std::unique_ptr<Context> c;
+    REQUIRE(Context::Create(*model, o, &c).ok());
+    REQUIRE(c->decode_argmax(prompt.data(), int32_t(prompt.size()), LogitsMode::Last).ok());
+    CHECK(c->logits(-1) == nullptr);
+    int32_t next = c->argmax(-1);
+    int32_t draft = -1;
+    std::vector<int32_t> spec;
+    int passes = 0, accepted = 0;
+    while (int(spec.size()) < n_gen) {
+      if (draft < 0) REQUIRE(c->mtp_draft_argmax(next, &draft).ok());
+      SpecStep r;
+      REQUIRE(c->speculate_greedy(next, draft, &r).ok());
+      ++passes;
+      spec.push_back(next);
+      if (r.accepted) {
+        ++accepted;
+        spec.push_back(draft);
+      }
+      CHECK(c->n_past() == int(prompt.size() + spec.size()));
+      next = r.next;
+      draft = r.next_draft;
+      REQUIRE(draft >= 0);
+    }
+    spec.resize(size_t(n_gen));
+    CHECK(spec == plain);
+    MESSAGE(accepted << " of " << passes << " drafts accepted");
+    if (path == mirror) CHECK(accepted > passes / 2);
+
+    // The MTP cache it left equals that of the logits loop: the same draft
+    // logits for the next token (within the CPU's batch-size rounding).
+    const float* dl = nullptr;
+    REQUIRE(c->mtp_draft(next, &dl).ok());
+    std::vector<float> got(dl, dl + V);
+    CHECK(int32_t(argmax(got.data(), size_t(V))) == draft);
+    std::unique_ptr<Context> ref;
+    REQUIRE(Context::Create(*model, o, &ref).ok());
+    std::vector<int32_t> all(prompt);
+    all.insert(all.end(), c->tokens().begin() + int64_t(prompt.size()), c->tokens().end());
+    REQUIRE(ref->decode(all.data(), int32_t(all.size()), LogitsMode::Last).ok());
+    REQUIRE(ref->mtp_draft(next, &dl).ok());
+    CHECK(rel_err(got.data(), dl, size_t(V)) < 1e-4);
+  }
 }

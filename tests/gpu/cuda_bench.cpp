@@ -2,14 +2,18 @@
 // device, for tests/gpu/run.sh (a stand-in with qwen35-bench's interface).
 //
 //   qwen35-cuda-bench -m MODEL [-p 512] [-n 128] [--device cuda|cpu] [--json]
+//                     [--check N] [--sweep]
 //
 // Prefill: one call of p tokens (the best of 3). Decode, greedy, n tokens:
-//   backend: the backend's device argmax (one id copied per token)
-//   api:     qwen35_context_decode + the host argmax of the copied logits
-//   mtp:     the speculative loop of spec §5.5 with one MTP draft (models
-//            with an MTP layer), through the context
+//   backend:  the backend's device argmax (one id copied per token)
+//   api:      qwen35_context_decode + the host argmax of the copied logits
+//   generate: the generation loop (Generate) with a greedy sampler: token
+//             ids from the device, no MTP
+//   mtp:      the same with MTP speculation (models with an MTP layer)
 // --check N: also run an N-token prompt on the CPU backend and report the
 // relative difference of the last row's logits (batch and one-token steps).
+// --sweep: then time backend decoding for each decode-kernel variant
+// (cuda/tuning.h) and print a table (and a "sweep" JSON line).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -23,7 +27,10 @@
 #include "backend.h"
 #include "context.h"
 #include "device_model.h"
+#include "generate.h"
 #include "model.h"
+#include "sampler.h"
+#include "tuning.h"
 
 using namespace qwen35;
 
@@ -41,7 +48,8 @@ int32_t argmax(const float* x, int64_t n) {
 }
 
 int usage() {
-  std::fprintf(stderr, "usage: qwen35-cuda-bench -m MODEL [-p 512] [-n 128] [--device cuda|cpu] [--json]\n");
+  std::fprintf(stderr,
+               "usage: qwen35-cuda-bench -m MODEL [-p 512] [-n 128] [--device cuda|cpu] [--json] [--check N] [--sweep]\n");
   return 2;
 }
 
@@ -50,12 +58,47 @@ int fail(const char* what, const Status& st) {
   return 1;
 }
 
+// Greedy decoding of n tokens after the prompt through Backend::eval_greedy
+// (one id per token copied back), in tokens per second.
+Status backend_decode_rate(const Model& model, const ContextOptions& o, const std::vector<int32_t>& prompt, int n,
+                           double* rate) {
+  ContextOptions oo = o;
+  oo.use_mtp = false;
+  std::unique_ptr<Context> ctx;
+  QWEN35_TRY(Context::Create(model, oo, &ctx));
+  const int32_t p = int32_t(prompt.size());
+  QWEN35_TRY(ctx->decode_argmax(prompt.data(), p, LogitsMode::Last));
+  int32_t tok = ctx->argmax(-1);
+  Backend& be = ctx->backend();
+  auto step = [&](int32_t n_past) {
+    EvalBatch b;
+    int32_t pos[3] = {n_past, n_past, n_past};
+    b.n = 1;
+    b.tokens = &tok;
+    b.pos = pos;
+    b.n_past = n_past;
+    b.logits_first = 0;
+    int32_t next = 0;
+    Status s = be.eval_greedy(b, &next);
+    tok = next;
+    return s;
+  };
+  QWEN35_TRY(be.save_recurrent(1));
+  for (int i = 0; i < 4; ++i) QWEN35_TRY(step(p + i));  // graph capture
+  QWEN35_TRY(be.restore_recurrent(1));
+  tok = ctx->argmax(-1);
+  const double t0 = now_s();
+  for (int i = 0; i < n; ++i) QWEN35_TRY(step(p + i));
+  *rate = n / (now_s() - t0);
+  return Status::Ok();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string path, device = "cuda";
   int p = 512, n = 128, check = 0;
-  bool json = false;
+  bool json = false, sweep = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "-m" && i + 1 < argc) path = argv[++i];
@@ -64,6 +107,7 @@ int main(int argc, char** argv) {
     else if (a == "--device" && i + 1 < argc) device = argv[++i];
     else if (a == "--json") json = true;
     else if (a == "--check" && i + 1 < argc) check = std::atoi(argv[++i]);
+    else if (a == "--sweep") sweep = true;
     else return usage();
   }
   if (path.empty() || p < 1 || n < 1) return usage();
@@ -149,34 +193,33 @@ int main(int argc, char** argv) {
   const double t_decode_api = now_s() - t0;
   ctx.reset();
 
-  // Speculative decoding with the MTP head.
+  // The generation loop with a greedy sampler (ids from the device), with
+  // and without MTP speculation.
+  auto generate = [&](bool mtp, GenerateStats* gs) -> Status {
+    std::unique_ptr<Context> c;
+    QWEN35_TRY(make(mtp, &c));
+    Sampler sampler(V, SamplerOptions());
+    GenerateOptions go;
+    go.max_tokens = n;
+    go.ignore_eos = true;
+    go.use_mtp = mtp;
+    // A short warm-up generation (graph capture), then the measured one.
+    GenerateOptions warm = go;
+    warm.max_tokens = 4;
+    QWEN35_TRY(Generate(*c, sampler, prompt, warm, gs));
+    c->reset();
+    return Generate(*c, sampler, prompt, go, gs);
+  };
+  GenerateStats gen{}, mtp_stats{};
+  if (!(st = generate(false, &gen)).ok()) return fail("generate", st);
   double t_mtp = 0;
   int drafted = 0, accepted = 0, emitted = 0;
   if (model->mtp) {
-    std::unique_ptr<Context> c;
-    if (!(st = make(true, &c)).ok()) return fail("creating an MTP context", st);
-    if (!(st = c->decode(prompt.data(), p, LogitsMode::Last)).ok()) return fail("prefill (mtp)", st);
-    int32_t next = argmax(c->logits(-1), V);
-    t0 = now_s();
-    while (emitted < n) {
-      const float* dl = nullptr;
-      if (!(st = c->mtp_draft(next, &dl)).ok()) return fail("draft", st);
-      const int32_t d = argmax(dl, V);
-      const int32_t pair[2] = {next, d};
-      if (!(st = c->decode_with_snapshot(pair, 2, LogitsMode::All)).ok()) return fail("verify", st);
-      ++drafted;
-      ++emitted;
-      const int32_t y0 = argmax(c->logits(0), V);
-      if (y0 == d) {
-        ++accepted;
-        ++emitted;
-        next = argmax(c->logits(1), V);
-      } else {
-        if (!(st = c->rollback_to_snapshot()).ok()) return fail("rollback", st);
-        next = y0;
-      }
-    }
-    t_mtp = now_s() - t0;
+    if (!(st = generate(true, &mtp_stats)).ok()) return fail("generate (mtp)", st);
+    t_mtp = mtp_stats.t_generate_ms / 1e3;
+    drafted = mtp_stats.n_drafted;
+    accepted = mtp_stats.n_accepted;
+    emitted = mtp_stats.n_generated;
   }
 
   // Agreement with the CPU backend on a short prompt.
@@ -209,24 +252,78 @@ int main(int argc, char** argv) {
     check_argmax = argmax(gb->logits(-1), V) == argmax(cc->logits(-1), V);
   }
 
+  // Decode-kernel variants: backend decoding (device argmax) per tuning.
+  // The Q6_K layout is chosen at upload, so its variants reload the model.
+  if (sweep && device == "cuda") {
+    const cuda::DecodeTuning base = cuda::decode_tuning();
+    std::vector<cuda::DecodeTuning> variants;
+    cuda::DecodeTuning t = base;
+    t.fp4_kernel = 1;
+    for (int q6k : {1, 2}) {
+      t.q6k_kernel = q6k;
+      variants.push_back(t);
+    }
+    t.fp4_kernel = 2;
+    t.q6k_kernel = 2;
+    for (int warps : {4, 8})
+      for (int bps : {2, 4, 8, 16})
+        for (int depth : {4, 8, 16}) {
+          t.fp4_warps = warps;
+          t.fp4_blocks_per_sm = bps;
+          t.fp4_depth = depth;
+          variants.push_back(t);
+        }
+    std::unique_ptr<Model> sm;
+    int sm_q6k = -1;
+    std::string rows_json;
+    double best = 0;
+    std::string best_name;
+    for (const cuda::DecodeTuning& v : variants) {
+      cuda::set_decode_tuning(v);
+      if (v.q6k_kernel != sm_q6k) {
+        sm.reset();
+        if (!(st = LoadModel(path, {}, {}, &sm)).ok()) return fail("loading (sweep)", st);
+        if (!(st = UploadModelToCuda(*sm, 0, true)).ok()) return fail("uploading (sweep)", st);
+        sm_q6k = v.q6k_kernel;
+      }
+      double rate = 0;
+      if (!(st = backend_decode_rate(*sm, o, prompt, n, &rate)).ok()) return fail("decode (sweep)", st);
+      const std::string name = cuda::describe(v);
+      std::printf("sweep| %-34s | %8.1f tok/s | %6.3f ms/token\n", name.c_str(), rate, 1e3 / rate);
+      std::fflush(stdout);
+      rows_json += fmt::format("{}{{\"variant\": \"{}\", \"decode_tokens_per_s\": {:.1f}}}", rows_json.empty() ? "" : ", ",
+                               name, rate);
+      if (rate > best) {
+        best = rate;
+        best_name = name;
+      }
+    }
+    std::printf("sweep| best: %s, %.1f tok/s\n", best_name.c_str(), best);
+    std::printf("{\"sweep\": [%s]}\n", rows_json.c_str());
+    cuda::set_decode_tuning(base);
+  }
+
   const cuda::DeviceModel* dm = cuda::device_model(*model);
   const char* layouts = !dm ? "cpu" : dm->fast ? "decode" : "gguf";
   const double pf = p / t_prefill, dc = n / t_decode, dca = n / t_decode_api;
   const double mt = t_mtp > 0 ? emitted / t_mtp : 0;
+  const double dg = gen.t_generate_ms > 0 ? gen.n_generated / (gen.t_generate_ms / 1e3) : 0;
   if (json) {
     std::printf(
         "{\"model\": \"%s\", \"device\": \"%s\", \"prompt_tokens\": %d, \"decode_tokens\": %d, "
         "\"load_s\": %.3f, \"upload_s\": %.3f, \"device_bytes\": %llu, "
         "\"prefill_tokens_per_s\": %.1f, \"decode_tokens_per_s\": %.1f, \"decode_api_tokens_per_s\": %.1f, "
+        "\"decode_generate_tokens_per_s\": %.1f, "
         "\"decode_mtp_tokens_per_s\": %.1f, \"mtp_drafted\": %d, \"mtp_accepted\": %d, \"layouts\": \"%s\", "
-        "\"check_rel_batch\": %.4g, \"check_rel_step\": %.4g, \"check_argmax_equal\": %d}\n",
-        path.c_str(), device.c_str(), p, n, t_load, t_upload, (unsigned long long)model->device_bytes, pf, dc, dca, mt,
-        drafted, accepted, layouts, check_batch, check_step, check_argmax);
+        "\"tuning\": \"%s\", \"check_rel_batch\": %.4g, \"check_rel_step\": %.4g, \"check_argmax_equal\": %d}\n",
+        path.c_str(), device.c_str(), p, n, t_load, t_upload, (unsigned long long)model->device_bytes, pf, dc, dca, dg,
+        mt, drafted, accepted, layouts, cuda::describe(cuda::decode_tuning()).c_str(), check_batch, check_step,
+        check_argmax);
   } else {
     std::printf("load %.2f s, upload %.2f s, %.0f MiB on the device\n", t_load, t_upload,
                 double(model->device_bytes) / (1 << 20));
     std::printf("prefill %d tokens: %.1f tok/s\n", p, pf);
-    std::printf("decode %d tokens: %.1f tok/s (device argmax), %.1f tok/s (api)\n", n, dc, dca);
+    std::printf("decode %d tokens: %.1f tok/s (device argmax), %.1f tok/s (api), %.1f tok/s (generate)\n", n, dc, dca, dg);
     if (model->mtp) std::printf("decode with MTP: %.1f tok/s, %d/%d drafts accepted\n", mt, accepted, drafted);
   }
   return 0;

@@ -15,6 +15,8 @@
 #include <vector>
 
 #include "context.h"
+#include "generate.h"
+#include "sampler.h"
 #include "gpu_test_util.h"
 #include "model.h"
 #include "qwen35/qwen35.h"
@@ -384,6 +386,33 @@ TEST_CASE("CUDA: snapshot rollback, greedy device argmax and greedy MTP equivale
   CHECK(spec == plain);
   MESSAGE("MTP on the GPU: " << accepted << " of " << passes << " drafts accepted");
   CHECK(accepted > passes / 2);
+
+  // The generation loop with a greedy sampler: token ids from the device,
+  // speculate_greedy with fused MTP passes; the same tokens as plain decoding.
+  for (bool use_mtp : {false, true}) {
+    CAPTURE(use_mtp);
+    auto c = make(true);
+    qwen35::Sampler sampler(V, qwen35::SamplerOptions());
+    qwen35::GenerateOptions go;
+    go.max_tokens = n_gen;
+    go.ignore_eos = true;
+    go.use_mtp = use_mtp;
+    std::vector<int32_t> got;
+    go.on_token = [&](int32_t t, const std::string&) {
+      if (t >= 0) got.push_back(t);
+      return true;
+    };
+    qwen35::GenerateStats gs;
+    REQUIRE(qwen35::Generate(*c, sampler, prompt, go, &gs).ok());
+    CHECK(got == plain);
+    CHECK(c->n_past() == int(prompt.size()) + n_gen);
+    MESSAGE("Generate (ids): " << gs.n_accepted << " of " << gs.n_drafted << " drafts accepted, " << gs.n_main_passes
+                               << " main passes");
+    if (use_mtp) CHECK(gs.n_accepted > gs.n_drafted / 2);
+    // The context can go on with logits afterwards.
+    REQUIRE(c->decode(&plain[0], 1, qwen35::LogitsMode::Last).ok());
+    CHECK(c->logits(-1) != nullptr);
+  }
 }
 
 TEST_CASE("CUDA: device selection, memory query and cancellation") {
