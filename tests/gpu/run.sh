@@ -143,7 +143,7 @@ bench() {  # bench LABEL CMD...: appends {"label": ..., <the tool's JSON>} to be
   rm -f "$tmp"
 }
 if [ -s "$M4" ]; then
-  bench "bench 4B NVFP4" "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json --check 6
+  bench "bench 4B NVFP4" "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json --check 6 --sweep
   if [ $HAVE_BENCH -eq 1 ]; then
     bench "qwen35-bench 4B NVFP4" "$BUILD/examples/qwen35-bench" -m "$M4" -p 512 -n 128 --device cuda --json
   fi
@@ -153,6 +153,7 @@ if [ -s "$M4MTP" ]; then
 fi
 # The same without each decode optimization, for comparison.
 if [ -s "$M4" ]; then
+  bench "  first kernels (fp4 v1, q6k v1)" env QWEN35_CUDA_FP4_KERNEL=1 QWEN35_CUDA_Q6K_KERNEL=1 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json
   bench "  without PDL" env QWEN35_CUDA_PDL=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json
   bench "  without PDL and graphs" env QWEN35_CUDA_PDL=0 QWEN35_CUDA_GRAPHS=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json
   bench "  generic kernels (GGUF layouts)" env QWEN35_CUDA_FAST=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 64 --device cuda --json
@@ -191,18 +192,28 @@ for line in open(sys.argv[1]):
     out = [f"prefill {r.get('prefill_tokens_per_s', 0):,.0f} tok/s", f"decode {r.get('decode_tokens_per_s', 0):,.0f} tok/s"]
     if r.get("decode_api_tokens_per_s"):
         out.append(f"decode via API {r['decode_api_tokens_per_s']:,.0f} tok/s")
+    if r.get("decode_generate_tokens_per_s"):
+        out.append(f"generate {r['decode_generate_tokens_per_s']:,.0f} tok/s")
     if r.get("decode_mtp_tokens_per_s"):
         out.append(f"MTP {r['decode_mtp_tokens_per_s']:,.0f} tok/s ({r.get('mtp_accepted')}/{r.get('mtp_drafted')} accepted)")
     if r.get("device_bytes"):
         out.append(f"{r['device_bytes'] / 2**30:.2f} GiB weights")
     if r.get("layouts"):
         out.append(f"{r['layouts']} layouts")
+    if r.get("tuning"):
+        out.append(r["tuning"])
     if r.get("check_rel_batch", -1) >= 0:
         out.append(f"vs CPU: rel {r['check_rel_batch']:.2g} batch / {r['check_rel_step']:.2g} step, "
                    f"argmax {'equal' if r.get('check_argmax_equal') == 1 else 'DIFFERENT'}")
     print(f"{rec.get('label', '?'):<34} " + ", ".join(out))
 print("targets (H100, 4B NVFP4, batch 1): decode >= 1000 tok/s without MTP, prefill of 512 >= 20000 tok/s")
 EOF
+    # Decode-kernel variants (qwen35-cuda-bench --sweep), fastest first.
+    if grep -q '^sweep|' "$LOG"; then
+      echo "decode-kernel variants (backend decode, device argmax):"
+      grep '^sweep| best' "$LOG" | tail -1
+      grep '^sweep|' "$LOG" | grep -v 'best:' | sort -t'|' -k3 -rn | head -40
+    fi
   elif [ -s "$BENCH" ]; then
     cat "$BENCH"
   fi
