@@ -135,7 +135,8 @@ class CudaBackend final : public Backend {
     uint16_t* k = nullptr;  // [n_ctx, Hkv*Dh] F16
     uint16_t* v = nullptr;
   };
-  using GraphKey = std::tuple<int64_t, int32_t, int32_t, bool, bool, bool, bool>;
+  // (MTP pass?, rows, snapshot row, first logits row, hidden?, prenorm?, logits?, argmax?)
+  using GraphKey = std::tuple<bool, int64_t, int32_t, int32_t, bool, bool, bool, bool>;
 
   Status run_eval(const EvalBatch& b, int32_t* argmax);
   Status run_mtp(const MtpBatch& b, int32_t* argmax);
@@ -771,7 +772,7 @@ Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax) {
   Status st;
   bool eager = true;
   if (staged && use_graphs_ && !b.embd) {
-    const GraphKey key{n, b.snapshot_row, want_logits ? lf : int32_t(n), out.hidden != nullptr,
+    const GraphKey key{false, n, b.snapshot_row, want_logits ? lf : int32_t(n), out.hidden != nullptr,
                        out.prenorm != nullptr, out.logits != nullptr, out.argmax != nullptr};
     st = launch_graph(key, [&] { return enqueue_eval(n, b.snapshot_row, lf, false, out, false); });
     eager = !st.ok();
@@ -804,7 +805,7 @@ Status CudaBackend::run_mtp(const MtpBatch& b, int32_t* argmax) {
                  p_.n_ctx);
   QWEN35_TRY(select_device());
   const DevMtp& M = *dm_.mtp;
-  const int64_t D = hp_.n_embd, n = b.n;
+  const int64_t D = hp_.n_embd, V = hp_.n_vocab, n = b.n;
   bool any_embd = false;
   for (int64_t i = 0; i < n; ++i) any_embd |= b.tokens[i] < 0;
   if (any_embd && !b.next_embd) return Error(QWEN35_ERR_INVALID_ARG, "MTP rows without a token need next_embd");
@@ -816,24 +817,46 @@ Status CudaBackend::run_mtp(const MtpBatch& b, int32_t* argmax) {
                     "uploading MTP input embeddings");
   QWEN35_CUDA_TRY(cudaMemcpyAsync(mtp_hid_, b.hidden, size_t(n * D) * 4, cudaMemcpyHostToDevice, stream_),
                   "uploading MTP hidden states");
-  Status st = [&]() -> Status {
+  const int32_t lf = std::clamp(b.logits_first, 0, b.n);
+  const bool want = lf < n && (b.logits || argmax);
+  // Small passes (the draft) write their outputs to pinned staging, so that
+  // they can be a CUDA graph like the decode step.
+  const bool staged = n <= kStageRows && !any_embd;
+  float* out_logits = want && !argmax ? (staged ? st_logits_ : b.logits) : nullptr;
+  int32_t* out_argmax = want && argmax ? (staged ? st_argmax_ : argmax) : nullptr;
+  auto body = [&]() -> Status {
     QWEN35_TRY(embed(*M.embed, d_tokens_, n, mtp_in_, 2 * D));
     QWEN35_CUDA_TRY(rmsnorm_rows(mtp_in_, 2 * D, M.enorm, n, D, hp_.eps, mtp_in_, 2 * D, stream_), "enorm");
     QWEN35_CUDA_TRY(rmsnorm_rows(mtp_hid_, D, M.hnorm, n, D, hp_.eps, mtp_in_ + D, 2 * D, stream_), "hnorm");
     QWEN35_TRY(project(M.eh_proj, mtp_in_, 2 * D, n, nullptr, h_, D, Epi::Store));
     QWEN35_TRY(attention_layer(M.block, mtp_kv_, n, h_));
     QWEN35_TRY(ffn(M.block, n, h_));
-    if (b.logits_first < n && (b.logits || argmax)) {
-      const int64_t nl = n - b.logits_first;
-      QWEN35_CUDA_TRY(rmsnorm_rows(h_ + b.logits_first * D, D, M.shared_head_norm, nl, D, hp_.eps, xn_, D, stream_),
+    if (want) {
+      const int64_t nl = n - lf;
+      QWEN35_CUDA_TRY(rmsnorm_rows(h_ + lf * D, D, M.shared_head_norm, nl, D, hp_.eps, xn_, D, stream_),
                       "shared_head_norm");
-      QWEN35_TRY(lm_head(*M.head, xn_, nl, b.logits, argmax));
+      QWEN35_TRY(lm_head(*M.head, xn_, nl, out_logits, out_argmax));
     }
     return Status::Ok();
-  }();
+  };
+  Status st;
+  bool eager = true;
+  if (staged && use_graphs_) {
+    const GraphKey key{true, n, -1, want ? lf : int32_t(n), false, false, out_logits != nullptr, out_argmax != nullptr};
+    st = launch_graph(key, body);
+    eager = !st.ok();
+    if (eager) {
+      m_.log.warn("CUDA graph capture or launch failed ({}); continuing without graphs", st.message());
+      use_graphs_ = false;
+    }
+  }
+  if (eager) st = body();
   const Status done = sync("an MTP pass");
   if (!st.ok()) return st.prefix("MTP: ");
-  return done;
+  QWEN35_TRY(done);
+  if (staged && out_logits) std::memcpy(b.logits, st_logits_, size_t((n - lf) * V) * sizeof(float));
+  if (staged && out_argmax) std::memcpy(argmax, st_argmax_, size_t(n - lf) * sizeof(int32_t));
+  return Status::Ok();
 }
 
 // ---- state ---------------------------------------------------------------------------
