@@ -30,6 +30,7 @@
 #include "conv.h"
 #include "cpu/ops.h"
 #include "delta_net.h"
+#include "dequant_ahead.h"
 #include "device_model.h"
 #include "elementwise.h"
 #include "gemm.h"
@@ -183,6 +184,8 @@ class CudaBackend final : public Backend {
   bool use_graphs_ = true;
   bool fp4_gemm_ = false;            // block-scaled FP4 GEMMs for batches (Blackwell)
   std::map<GraphKey, cudaGraphExec_t> graphs_;
+  DequantAhead deq_ahead_;           // prefill: NVFP4 dequantization one projection ahead
+  bool use_deq_ahead_ = false;
 
   // Rotary tables.
   DeviceBuffer rope_buf_;
@@ -358,6 +361,12 @@ Status CudaBackend::init() {
       cv.add(&fp4_work_, 8);
     }
   }
+  // Prefill with BF16 GEMMs: dequantize ahead on a second stream
+  // (QWEN35_CUDA_DEQ_AHEAD=0: in row blocks before each GEMM).
+  if (nb > kMatvecMaxCols && gemm_type_ == GemmType::BF16 && !fp4_gemm_ && !env_off("QWEN35_CUDA_DEQ_AHEAD")) {
+    QWEN35_TRY(deq_ahead_.init(dm_));
+    use_deq_ahead_ = deq_ahead_.bytes() > 0;
+  }
   QWEN35_TRY(scratch_.alloc(cv.total(), "scratch buffers"));  // zeroed: the split-K counters start at 0
   cv.assign(scratch_.as());
   if (fp4_gemm_) {
@@ -479,14 +488,18 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
       X = xb_;
       ldX = K;
     }
-    const int64_t rows_per = gemm_rows_per_block(deq_elems_, K);
-    for (int64_t r0 = 0; r0 < W.rows; r0 += rows_per) {
-      const int64_t nr = std::min(rows_per, W.rows - r0);
-      if (gemm_type_ == GemmType::F32)
-        QWEN35_CUDA_TRY(fp4_dequant_rows_f32(W.fp4, r0, nr, static_cast<float*>(deq_), stream_), "dequantizing");
-      else
-        QWEN35_CUDA_TRY(fp4_dequant_rows_bf16(W.fp4, r0, nr, static_cast<uint16_t*>(deq_), stream_), "dequantizing");
-      QWEN35_TRY(gemm_.run(gemm_type_, deq_, nr, K, X, ldX, n, out + r0, ldo, W.fp4.scale, add, stream_));
+    if (use_deq_ahead_ && gemm_type_ == GemmType::BF16 && deq_ahead_.fits(W)) {
+      QWEN35_TRY(deq_ahead_.gemm(W, xb_, K, n, out, ldo, add, gemm_, stream_));
+    } else {
+      const int64_t rows_per = gemm_rows_per_block(deq_elems_, K);
+      for (int64_t r0 = 0; r0 < W.rows; r0 += rows_per) {
+        const int64_t nr = std::min(rows_per, W.rows - r0);
+        if (gemm_type_ == GemmType::F32)
+          QWEN35_CUDA_TRY(fp4_dequant_rows_f32(W.fp4, r0, nr, static_cast<float*>(deq_), stream_), "dequantizing");
+        else
+          QWEN35_CUDA_TRY(fp4_dequant_rows_bf16(W.fp4, r0, nr, static_cast<uint16_t*>(deq_), stream_), "dequantizing");
+        QWEN35_TRY(gemm_.run(gemm_type_, deq_, nr, K, X, ldX, n, out + r0, ldo, W.fp4.scale, add, stream_));
+      }
     }
   } else if (!done) {
     for (size_t i = 0; i < W.parts.size(); ++i) QWEN35_TRY(mm(W.parts[i], x, ldx, n, out + W.offsets[i], ldo, add));
@@ -970,7 +983,7 @@ Status CudaBackend::read_state(int32_t n_rows, int32_t n_mtp_rows, const uint8_t
 
 uint64_t CudaBackend::memory_bytes() const {
   uint64_t b = kv_buf_.bytes() + rs_buf_.bytes() + scratch_.bytes() + rope_buf_.bytes() + in_dev_.bytes() +
-               in_host_.bytes() + stage_.bytes() + gemm_.workspace_bytes();
+               in_host_.bytes() + stage_.bytes() + gemm_.workspace_bytes() + deq_ahead_.bytes();
   for (const auto& s : slots_) b += s.bytes();
   return b;
 }

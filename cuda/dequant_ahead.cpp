@@ -1,0 +1,76 @@
+// Dequantization one projection ahead for the prefill GEMMs (see dequant_ahead.h).
+#include "dequant_ahead.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "matvec_fp4.h"
+
+namespace qwen35::cuda {
+
+DequantAhead::~DequantAhead() {
+  if (side_) cudaStreamSynchronize(side_);
+  for (Slot& s : slots_) {
+    if (s.ready) cudaEventDestroy(s.ready);
+    if (s.free) cudaEventDestroy(s.free);
+  }
+  if (side_) cudaStreamDestroy(side_);
+}
+
+Status DequantAhead::init(const DeviceModel& dm) {
+  // The forward order of the projections: every layer, the MTP layer (its
+  // fill follows the main pass), then back to the first (the next chunk).
+  std::vector<const DevLinear*> order;
+  auto add_layer = [&](const DevLayer& L) {
+    for (const DevLinear* W : {&L.in_proj, &L.out_proj, &L.gate_up, &L.down})
+      if (W->fp4.present()) order.push_back(W);
+  };
+  for (const DevLayer& L : dm.layers) add_layer(L);
+  if (dm.mtp) {
+    if (dm.mtp->eh_proj.fp4.present()) order.push_back(&dm.mtp->eh_proj);
+    add_layer(dm.mtp->block);
+  }
+  if (order.empty()) return Status::Ok();
+  for (size_t i = 0; i < order.size(); ++i) {
+    next_[order[i]] = order[(i + 1) % order.size()];
+    elems_ = std::max(elems_, order[i]->rows * order[i]->cols);
+  }
+  QWEN35_TRY(buf_.alloc(size_t(2 * elems_) * sizeof(uint16_t), "the prefill weight buffers"));
+  QWEN35_CUDA_TRY(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking), "creating a CUDA stream");
+  for (int i = 0; i < 2; ++i) {
+    slots_[i].buf = buf_.as<uint16_t>() + i * elems_;
+    QWEN35_CUDA_TRY(cudaEventCreateWithFlags(&slots_[i].ready, cudaEventDisableTiming), "creating a CUDA event");
+    QWEN35_CUDA_TRY(cudaEventCreateWithFlags(&slots_[i].free, cudaEventDisableTiming), "creating a CUDA event");
+  }
+  return Status::Ok();
+}
+
+Status DequantAhead::dequant_into(const DevLinear& W, int slot) {
+  Slot& s = slots_[slot];
+  s.tag = nullptr;  // until its dequantization is queued
+  // Events never recorded count as complete.
+  QWEN35_CUDA_TRY(cudaStreamWaitEvent(side_, s.free, 0), "ordering the prefill streams");
+  QWEN35_CUDA_TRY(fp4_dequant_rows_bf16(W.fp4, 0, W.rows, s.buf, side_), "dequantizing");
+  QWEN35_CUDA_TRY(cudaEventRecord(s.ready, side_), "ordering the prefill streams");
+  s.tag = &W;
+  return Status::Ok();
+}
+
+Status DequantAhead::gemm(const DevLinear& W, const uint16_t* X, int64_t ldx, int64_t n, float* y, int64_t ldy,
+                          bool add, Gemm& gemm, cudaStream_t stream) {
+  const DevLinear* next = nullptr;
+  if (auto it = next_.find(&W); it != next_.end() && it->second != &W && fits(*it->second)) next = it->second;
+  int slot = slot_of(&W);
+  if (slot < 0) {
+    // Not prefetched: use the slot that does not hold the prefetched successor.
+    slot = slot_of(next) == 0 ? 1 : 0;
+    QWEN35_TRY(dequant_into(W, slot));
+  }
+  QWEN35_CUDA_TRY(cudaStreamWaitEvent(stream, slots_[slot].ready, 0), "ordering the prefill streams");
+  QWEN35_TRY(gemm.run(GemmType::BF16, slots_[slot].buf, W.rows, W.cols, X, ldx, n, y, ldy, W.fp4.scale, add, stream));
+  QWEN35_CUDA_TRY(cudaEventRecord(slots_[slot].free, stream), "ordering the prefill streams");
+  if (next && slot_of(next) < 0) QWEN35_TRY(dequant_into(*next, 1 - slot));
+  return Status::Ok();
+}
+
+}  // namespace qwen35::cuda

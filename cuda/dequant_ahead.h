@@ -1,0 +1,62 @@
+// Prefill GEMMs on NVFP4 weights with the dequantization one projection
+// ahead (Hopper and other GPUs without the FP4 GEMM).
+//
+// The batched path multiplies BF16 weights with cuBLASLt; dequantizing the
+// tiled NVFP4 weight to BF16 is memory-bound work that, done just before
+// each GEMM on the same stream, adds its full time to the prefill. Here it
+// runs on a second stream into one of two buffers, each holding a whole
+// projection: while projection i is multiplied from one buffer (and while
+// the attention or delta-rule kernels after it run), projection i+1, the
+// next in the model's fixed order, is dequantized into the other. Events
+// order the two streams: a dequantization waits for the last GEMM that read
+// its buffer; a GEMM waits for the dequantization of its buffer. Results are
+// those of the row-block path up to the GEMM's own rounding (one GEMM per
+// projection instead of row blocks).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <map>
+
+#include "cuda_util.h"
+#include "device_model.h"
+#include "gemm.h"
+
+namespace qwen35::cuda {
+
+class DequantAhead {
+ public:
+  DequantAhead() = default;
+  ~DequantAhead();
+  DequantAhead(const DequantAhead&) = delete;
+  DequantAhead& operator=(const DequantAhead&) = delete;
+
+  // Buffers for the largest NVFP4 projection of dm, and the order in which
+  // a forward pass uses them (layers, then the MTP layer, then around).
+  Status init(const DeviceModel& dm);
+  bool fits(const DevLinear& W) const { return W.fp4.present() && W.rows * W.cols <= elems_; }
+  uint64_t bytes() const { return buf_.bytes(); }
+
+  // y[n, ldy] (= or +=) W x with X the BF16 activations [n, ldx], on `stream`
+  // (W must fit). Queues the dequantization of W's successor.
+  Status gemm(const DevLinear& W, const uint16_t* X, int64_t ldx, int64_t n, float* y, int64_t ldy, bool add,
+              Gemm& gemm, cudaStream_t stream);
+
+ private:
+  struct Slot {
+    uint16_t* buf = nullptr;          // [rows, cols] BF16
+    const DevLinear* tag = nullptr;   // whose weights it holds (or is receiving)
+    cudaEvent_t ready = nullptr;      // its dequantization is done
+    cudaEvent_t free = nullptr;       // the last GEMM reading it is done
+  };
+  Status dequant_into(const DevLinear& W, int slot);
+  int slot_of(const DevLinear* W) const { return slots_[0].tag == W ? 0 : slots_[1].tag == W ? 1 : -1; }
+
+  DeviceBuffer buf_;
+  int64_t elems_ = 0;
+  cudaStream_t side_ = nullptr;
+  Slot slots_[2];
+  std::map<const DevLinear*, const DevLinear*> next_;
+};
+
+}  // namespace qwen35::cuda
