@@ -444,13 +444,29 @@ __global__ void __launch_bounds__(W * kWarp) fp4_stream_kernel(Fp4MatvecArgs a, 
     if (!is_last) return;
     __threadfence();
     if (active) {
+      // The partials of rows g and g+8 (activation rows 2t, 2t+1), added in
+      // split order; loads issued 8 splits at a time (this is the kernel's tail).
+      acc[0] = acc[1] = acc[2] = acc[3] = 0.0f;
+      const float* base = a.partial + (tile * kFp4TileRows + g) * kMatvecMaxCols + 2 * t;
+      const int64_t split_stride = tiles * kFp4TileRows * kMatvecMaxCols;
+      for (int s0 = 0; s0 < splits; s0 += 8) {
+        float2 lo[8], hi[8];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float s = 0.0f;
-        for (int sp2 = 0; sp2 < splits; ++sp2)
-          s += __ldcg(a.partial + ((int64_t(sp2) * tiles + tile) * kFp4TileRows + g + 8 * (e >> 1)) * kMatvecMaxCols +
-                      2 * t + (e & 1));
-        acc[e] = s;
+        for (int k = 0; k < 8; ++k) {
+          if (s0 + k < splits) {
+            lo[k] = __ldcg(reinterpret_cast<const float2*>(base + (s0 + k) * split_stride));
+            hi[k] = __ldcg(reinterpret_cast<const float2*>(base + (s0 + k) * split_stride + 8 * kMatvecMaxCols));
+          }
+        }
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          if (s0 + k < splits) {
+            acc[0] += lo[k].x;
+            acc[1] += lo[k].y;
+            acc[2] += hi[k].x;
+            acc[3] += hi[k].y;
+          }
+        }
       }
     }
     if (threadIdx.x == 0) a.counters[blockIdx.x] = 0;
