@@ -14,10 +14,11 @@ DequantAhead::~DequantAhead() {
     if (s.ready) cudaEventDestroy(s.ready);
     if (s.free) cudaEventDestroy(s.free);
   }
+  if (cache_ready_) cudaEventDestroy(cache_ready_);
   if (side_) cudaStreamDestroy(side_);
 }
 
-Status DequantAhead::init(const DeviceModel& dm) {
+Status DequantAhead::init(const DeviceModel& dm, bool cache) {
   // The forward order of the projections: every layer, the MTP layer (its
   // fill follows the main pass), then back to the first (the next chunk).
   std::vector<const DevLinear*> order;
@@ -31,12 +32,26 @@ Status DequantAhead::init(const DeviceModel& dm) {
     add_layer(dm.mtp->block);
   }
   if (order.empty()) return Status::Ok();
+  QWEN35_CUDA_TRY(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking), "creating a CUDA stream");
+  if (cache) {
+    uint64_t total = 0;
+    for (const DevLinear* W : order) total += uint64_t(W->rows * W->cols);
+    QWEN35_TRY(buf_.alloc(total * sizeof(uint16_t), "the dequantized prefill weights (QWEN35_CUDA_DEQ_CACHE)"));
+    uint16_t* p = buf_.as<uint16_t>();
+    for (const DevLinear* W : order) {
+      QWEN35_CUDA_TRY(fp4_dequant_rows_bf16(W->fp4, 0, W->rows, p, side_), "dequantizing");
+      cached_[W] = p;
+      p += W->rows * W->cols;
+    }
+    QWEN35_CUDA_TRY(cudaEventCreateWithFlags(&cache_ready_, cudaEventDisableTiming), "creating a CUDA event");
+    QWEN35_CUDA_TRY(cudaEventRecord(cache_ready_, side_), "ordering the prefill streams");
+    return Status::Ok();
+  }
   for (size_t i = 0; i < order.size(); ++i) {
     next_[order[i]] = order[(i + 1) % order.size()];
     elems_ = std::max(elems_, order[i]->rows * order[i]->cols);
   }
   QWEN35_TRY(buf_.alloc(size_t(2 * elems_) * sizeof(uint16_t), "the prefill weight buffers"));
-  QWEN35_CUDA_TRY(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking), "creating a CUDA stream");
   for (int i = 0; i < 2; ++i) {
     slots_[i].buf = buf_.as<uint16_t>() + i * elems_;
     QWEN35_CUDA_TRY(cudaEventCreateWithFlags(&slots_[i].ready, cudaEventDisableTiming), "creating a CUDA event");
@@ -58,6 +73,12 @@ Status DequantAhead::dequant_into(const DevLinear& W, int slot) {
 
 Status DequantAhead::gemm(const DevLinear& W, const uint16_t* X, int64_t ldx, int64_t n, float* y, int64_t ldy,
                           bool add, Gemm& gemm, cudaStream_t stream) {
+  if (!cached_.empty()) {
+    const auto it = cached_.find(&W);
+    if (it == cached_.end()) return Error(QWEN35_ERR_BACKEND, "internal: a projection missing from the weight cache");
+    QWEN35_CUDA_TRY(cudaStreamWaitEvent(stream, cache_ready_, 0), "ordering the prefill streams");
+    return gemm.run(GemmType::BF16, it->second, W.rows, W.cols, X, ldx, n, y, ldy, W.fp4.scale, add, stream);
+  }
   const DevLinear* next = nullptr;
   if (auto it = next_.find(&W); it != next_.end() && it->second != &W && fits(*it->second)) next = it->second;
   int slot = slot_of(&W);

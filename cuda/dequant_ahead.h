@@ -12,6 +12,10 @@
 // its buffer; a GEMM waits for the dequantization of its buffer. Results are
 // those of the row-block path up to the GEMM's own rounding (one GEMM per
 // projection instead of row blocks).
+//
+// Opt-in (QWEN35_CUDA_DEQ_CACHE=1): every NVFP4 projection is dequantized
+// once, at context creation, and kept (about 7.5 GB for the 4B per context):
+// prefill GEMMs then read BF16 weights only.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -33,8 +37,11 @@ class DequantAhead {
 
   // Buffers for the largest NVFP4 projection of dm, and the order in which
   // a forward pass uses them (layers, then the MTP layer, then around).
-  Status init(const DeviceModel& dm);
-  bool fits(const DevLinear& W) const { return W.fp4.present() && W.rows * W.cols <= elems_; }
+  // cache: keep every projection dequantized instead (see above).
+  Status init(const DeviceModel& dm, bool cache);
+  bool fits(const DevLinear& W) const {
+    return W.fp4.present() && (cached_.empty() ? W.rows * W.cols <= elems_ : cached_.count(&W) > 0);
+  }
   uint64_t bytes() const { return buf_.bytes(); }
 
   // y[n, ldy] (= or +=) W x with X the BF16 activations [n, ldx], on `stream`
@@ -57,6 +64,8 @@ class DequantAhead {
   cudaStream_t side_ = nullptr;
   Slot slots_[2];
   std::map<const DevLinear*, const DevLinear*> next_;
+  std::map<const DevLinear*, const uint16_t*> cached_;  // cache mode: every projection's BF16 copy
+  cudaEvent_t cache_ready_ = nullptr;
 };
 
 }  // namespace qwen35::cuda

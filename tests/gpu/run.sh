@@ -154,6 +154,8 @@ fi
 # The same without each decode optimization, for comparison.
 if [ -s "$M4" ]; then
   bench "  first kernels (fp4 v1, q6k v1)" env QWEN35_CUDA_FP4_KERNEL=1 QWEN35_CUDA_Q6K_KERNEL=1 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json
+  bench "  prefill: row-block dequantization" env QWEN35_CUDA_DEQ_AHEAD=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 32 --device cuda --json
+  bench "  prefill: cached BF16 weights" env QWEN35_CUDA_DEQ_CACHE=1 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 32 --device cuda --json
   bench "  without PDL" env QWEN35_CUDA_PDL=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json
   bench "  without PDL and graphs" env QWEN35_CUDA_PDL=0 QWEN35_CUDA_GRAPHS=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json
   bench "  generic kernels (GGUF layouts)" env QWEN35_CUDA_FAST=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 64 --device cuda --json

@@ -583,7 +583,7 @@ TEST_CASE("CUDA: every decode-kernel variant agrees with the generic kernels; gr
   qwen35::cuda::set_decode_tuning(saved);
 }
 
-TEST_CASE("CUDA: prefill with the dequantization ahead equals the row-block path") {
+TEST_CASE("CUDA: prefill with the dequantization ahead (or cached) equals the row-block path") {
   QWEN35_REQUIRE_GPU();
   Model m(fixture("models/tiny-m-nvfp4.gguf"));
   const auto s = read_seqs(fixture("logits/seqs.txt"))[2];  // 300 tokens
@@ -601,17 +601,25 @@ TEST_CASE("CUDA: prefill with the dequantization ahead equals the row-block path
   // Chunks of 64 rows: the prefetch chain wraps from the MTP layer to layer 0.
   for (int n_batch : {512, 64}) {
     CAPTURE(n_batch);
-    const auto ahead = run(n_batch);
     std::vector<float> blocks;
     {
       EnvVar e("QWEN35_CUDA_DEQ_AHEAD", "0");
       blocks = run(n_batch);
     }
-    // One GEMM per projection instead of row blocks: equal up to the GEMM's rounding.
-    double worst = 0;
-    for (size_t r = 0; r * 4122 < blocks.size(); ++r)
-      worst = std::max(worst, rel_err(ahead.data() + r * 4122, blocks.data() + r * 4122, 4122));
-    MESSAGE("dequantization ahead vs row blocks: worst relative difference " << worst);
-    CHECK(worst < 1e-4);
+    for (bool cache : {false, true}) {
+      CAPTURE(cache);
+      std::vector<float> ahead;
+      {
+        EnvVar e("QWEN35_CUDA_DEQ_CACHE", cache ? "1" : "0");
+        ahead = run(n_batch);
+      }
+      // One GEMM per projection instead of row blocks: equal up to the GEMM's rounding.
+      double worst = 0;
+      for (size_t r = 0; r * 4122 < blocks.size(); ++r)
+        worst = std::max(worst, rel_err(ahead.data() + r * 4122, blocks.data() + r * 4122, 4122));
+      MESSAGE((cache ? "cached weights" : "dequantization ahead") << " vs row blocks: worst relative difference "
+                                                                 << worst);
+      CHECK(worst < 1e-4);
+    }
   }
 }
