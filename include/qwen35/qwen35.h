@@ -456,7 +456,9 @@ typedef struct qwen35_generate_stats {
 /* Append the prompt tokens to the context, then sample and append tokens
  * until a stop condition. Every emitted token is passed to the callback and
  * recorded in the sampler; generated tokens stay in the context (so the next
- * turn can continue). stats may be NULL. */
+ * turn can continue). stats may be NULL. With a greedy sampler (no bias or
+ * penalties) on a GPU the argmax is taken on the device and no logits are
+ * copied: afterwards qwen35_context_logits may return NULL. */
 QWEN35_API qwen35_status qwen35_generate(qwen35_context * ctx, qwen35_sampler * sampler,
                                          const qwen35_token * prompt, int32_t n_prompt,
                                          const qwen35_generate_params * params, qwen35_generate_stats * stats);
