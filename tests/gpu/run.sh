@@ -160,6 +160,15 @@ if [ -s "$M4" ]; then
   bench "  without PDL and graphs" env QWEN35_CUDA_PDL=0 QWEN35_CUDA_GRAPHS=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json
   bench "  generic kernels (GGUF layouts)" env QWEN35_CUDA_FAST=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 64 --device cuda --json
 fi
+# Per-kernel times of a short decode under Nsight Compute (when installed;
+# QWEN35_GPU_NCU=0 skips it): kernel durations by name and grid, kernels
+# serialized (no PDL overlap), for the next round of tuning.
+NCU_CSV=$OUT/ncu.csv
+if [ -s "$M4" ] && [ "${QWEN35_GPU_NCU:-1}" != 0 ] && command -v ncu >/dev/null; then
+  step "ncu: decode kernels" 150 bash -c 'ncu --csv --metrics gpu__time_duration.sum --launch-count 1500 \
+      -k regex:"fp4|q6k|argmax|delta_net|attention|qkv_norm|rmsnorm|embedding|swiglu|conv" \
+      "$1" -m "$2" -p 9 -n 8 --device cuda > "$3"' _ "$BIN/qwen35-cuda-bench" "$M4" "$NCU_CSV"
+fi
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv >>"$LOG" 2>&1 || true
 
 # ---- table ----------------------------------------------------------------------
@@ -210,6 +219,26 @@ for line in open(sys.argv[1]):
     print(f"{rec.get('label', '?'):<34} " + ", ".join(out))
 print("targets (H100, 4B NVFP4, batch 1): decode >= 1000 tok/s without MTP, prefill of 512 >= 20000 tok/s")
 EOF
+    # Per-kernel times from ncu (mean per launch, grouped by kernel and grid).
+    if [ -s "$NCU_CSV" ]; then
+      python3 - "$NCU_CSV" <<'EOF'
+import csv, collections, sys
+rows = [l for l in open(sys.argv[1]) if l.startswith('"')]
+if rows:
+    r = list(csv.reader(rows))
+    h = r[0]
+    try:
+        ki, gi, vi = h.index("Kernel Name"), h.index("Grid Size"), h.index("Metric Value")
+        agg = collections.defaultdict(list)
+        for x in r[1:]:
+            agg[(x[ki].split("(")[0][-48:], x[gi])].append(float(x[vi].replace(",", "")) / 1e3)
+        print("ncu (kernels serialized, -p 9 -n 8): kernel | grid | launches | mean us | total us")
+        for (k, g), v in sorted(agg.items(), key=lambda kv: -sum(kv[1]))[:25]:
+            print(f"  {k:<48} {g:<14} {len(v):>5} {sum(v)/len(v):>9.1f} {sum(v):>10.0f}")
+    except ValueError:
+        print("ncu: unexpected CSV header")
+EOF
+    fi
     # Decode-kernel variants (qwen35-cuda-bench --sweep), fastest first.
     if grep -q '^sweep|' "$LOG"; then
       echo "decode-kernel variants (backend decode, device argmax):"
