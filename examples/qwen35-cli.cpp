@@ -136,12 +136,15 @@ bool parse_args(int argc, char** argv, Args* a) {
 // The demo model lives in the user's cache directory and is made once.
 std::string demo_model_path() {
   std::string dir;
-  if (const char* x = std::getenv("XDG_CACHE_HOME")) dir = x;
-  else if (const char* h = std::getenv("HOME")) dir = std::string(h) + "/.cache";
+  const char* x = std::getenv("XDG_CACHE_HOME");
+  const char* h = std::getenv("HOME");
+  if (x && *x) dir = x;
+  else if (h && *h) dir = std::string(h) + "/.cache";
   else dir = "/tmp";
-  ::mkdir(dir.c_str(), 0755);
   dir += "/qwen35";
-  ::mkdir(dir.c_str(), 0755);
+  // mkdir -p
+  for (size_t i = 1; i <= dir.size(); ++i)
+    if (i == dir.size() || dir[i] == '/') ::mkdir(dir.substr(0, i).c_str(), 0755);
   const std::string path = dir + "/qwen35-demo.gguf";
   struct stat st;
   if (::stat(path.c_str(), &st) == 0) return path;

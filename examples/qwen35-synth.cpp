@@ -4,7 +4,7 @@
 //
 // dims: --n-vocab N --n-embd N --n-layer N --n-ff N --n-head N --n-head-kv N
 //       --head-dim N --n-rot N --ssm-state N --ssm-heads-k N --ssm-heads-v N
-//       --ssm-dv N --ssm-conv N --attn-interval N --ctx N
+//       --ssm-dv N --ssm-conv N --attn-interval N --ctx N --sections T,H,W,E
 // types: --type T (matrices) --embd-type T --untied [--output-type T] --mixed
 //        (T one of F32 F16 BF16 Q8_0 Q4_K Q6_K NVFP4 MXFP4)
 // other: --mtp-mirror (MTP reproduces the trunk: 100% greedy acceptance)
@@ -25,6 +25,7 @@ static int usage() {
                "usage: qwen35-synth -o FILE [--preset 4b|tiny] [--seed N] [--no-mtp] [dims...]\n"
                "  dims:  --n-vocab --n-embd --n-layer --n-ff --n-head --n-head-kv --head-dim --n-rot\n"
                "         --ssm-state --ssm-heads-k --ssm-heads-v --ssm-dv --ssm-conv --attn-interval --ctx\n"
+               "         --sections T,H,W,E (M-RoPE pairs; default 11,11,10,0 scaled to --n-rot)\n"
                "  types: --type T --embd-type T --untied --output-type T --mixed\n"
                "         (T: F32 F16 BF16 Q8_0 Q4_K Q6_K NVFP4 MXFP4)\n"
                "  other: --mtp-mirror --vocab-from GGUF -t THREADS\n");
@@ -98,6 +99,17 @@ int main(int argc, char** argv) {
     else if (a == "--ssm-conv") cfg.ssm_conv = num();
     else if (a == "--attn-interval") cfg.full_attn_interval = num();
     else if (a == "--ctx") cfg.n_ctx_train = num();
+    else if (a == "--sections") {
+      // Comma-separated M-RoPE sections, e.g. 11,11,10,0.
+      cfg.sections.clear();
+      std::string v = val();
+      for (size_t p = 0; p <= v.size();) {
+        size_t q = v.find(',', p);
+        if (q == std::string::npos) q = v.size();
+        cfg.sections.push_back(std::atoi(v.substr(p, q - p).c_str()));
+        p = q + 1;
+      }
+    }
     else if (a == "--type") type(&cfg.matrix_type);
     else if (a == "--embd-type") type(&cfg.embd_type);
     else if (a == "--output-type") type(&cfg.output_type);

@@ -233,6 +233,14 @@ Status WriteSynthModel(const SynthConfig& cfg, const std::string& path) {
       cfg.n_head % cfg.n_head_kv || cfg.ssm_heads_v % cfg.ssm_heads_k || cfg.n_rot > Dh || cfg.n_rot % 2)
     return Error(QWEN35_ERR_INVALID_ARG, "inconsistent model dimensions");
   if (cfg.mtp_mirror && cfg.n_mtp != 1) return Error(QWEN35_ERR_INVALID_ARG, "--mtp-mirror needs an MTP layer");
+  // The default M-RoPE split (11, 11, 10, 0 for 32 pairs) is rescaled to the
+  // rotary pairs of other shapes (t, h, w about a third each); sections
+  // given explicitly are written as they are.
+  std::vector<int32_t> sections = cfg.sections;
+  if (sections == SynthConfig().sections && cfg.n_rot != 64) {
+    const int32_t pairs = cfg.n_rot / 2;
+    sections = {pairs - 2 * (pairs / 3), pairs / 3, pairs / 3, 0};
+  }
   const int n_threads = cfg.n_threads > 0 ? cfg.n_threads : ThreadPool::default_threads();
 
   GgufWriter w;
@@ -252,7 +260,7 @@ Status WriteSynthModel(const SynthConfig& cfg, const std::string& path) {
   w.set_f32(a + "attention.layer_norm_rms_epsilon", cfg.eps);
   w.set_f32(a + "rope.freq_base", cfg.rope_base);
   w.set_u32(a + "rope.dimension_count", uint32_t(cfg.n_rot));
-  w.set_arr_i32(a + "rope.dimension_sections", cfg.sections);
+  w.set_arr_i32(a + "rope.dimension_sections", sections);
   w.set_u32(a + "ssm.conv_kernel", uint32_t(cfg.ssm_conv));
   w.set_u32(a + "ssm.inner_size", uint32_t(Cv));
   w.set_u32(a + "ssm.state_size", uint32_t(cfg.ssm_state));
@@ -294,12 +302,16 @@ Status WriteSynthModel(const SynthConfig& cfg, const std::string& path) {
     for (auto& v : *out_norm) v = 1.0f + 0.1f * rng.normal();
   }
   const float emb_std = 2.0f / std::sqrt(float(D));
-  const uint32_t et = (cfg.embd_type == GGML_Q6_K && D % 256) ? GGML_Q8_0 : cfg.embd_type;
-  add("token_embd.weight", et, D, V, normal(emb_std));
+  // Like llama-quantize: a type whose block does not divide the row falls back to Q8_0 (or F16).
+  auto fit = [](uint32_t t, int64_t cols) {
+    if (cols % type_info(t)->block == 0) return t;
+    return cols % 32 == 0 ? uint32_t(GGML_Q8_0) : uint32_t(GGML_F16);
+  };
+  add("token_embd.weight", fit(cfg.embd_type, D), D, V, normal(emb_std));
   Gen on;
   on.values = out_norm.get();
   add("output_norm.weight", GGML_F32, D, 1, on);
-  if (cfg.untied) add("output.weight", cfg.output_type, D, V, normal(emb_std));
+  if (cfg.untied) add("output.weight", fit(cfg.output_type, D), D, V, normal(emb_std));
 
   auto layer = [&](int il, bool attn, bool is_mtp) {
     const std::string p = "blk." + std::to_string(il) + ".";

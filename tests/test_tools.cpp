@@ -1,0 +1,109 @@
+// The command-line tools as others script them: qwen35-cli (chat, raw
+// completion, errors, demo model), qwen35-logits (fixture format) and
+// qwen35-synth (files that load).
+#include <doctest/doctest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "test_util.h"
+
+using namespace qwen35::test;
+
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string out;  // stdout and stderr
+};
+
+Result run(const std::string& cmd) {
+  Result r;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int st = pclose(p);
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+std::string tool(const std::string& name) { return std::string(QWEN35_TOOLS_DIR) + "/" + name; }
+
+}  // namespace
+
+TEST_CASE("qwen35-cli chats on a model, streams, and reports timings and MTP stats") {
+  const std::string model = fixture("models/tiny-m-nvfp4.gguf");
+  Result r = run(tool("qwen35-cli") + " -m " + model + " -p 'Hello there' -n 8 --seed 3 --timings -t 2 --device cpu");
+  CHECK_MESSAGE(r.code == 0, r.out);
+  CHECK(r.out.find("[timings] prompt") != std::string::npos);
+  CHECK(r.out.find("generated 8 tokens") != std::string::npos);
+  // Same seed, same output; --mtp off gives the same text too.
+  Result again = run(tool("qwen35-cli") + " -m " + model + " -p 'Hello there' -n 8 --seed 3 -t 2 --mtp off");
+  Result first = run(tool("qwen35-cli") + " -m " + model + " -p 'Hello there' -n 8 --seed 3 -t 2");
+  CHECK(again.code == 0);
+  CHECK(again.out == first.out);
+  // Raw completion, system prompt, no-think, interactive mode on stdin.
+  CHECK(run(tool("qwen35-cli") + " -m " + model + " --raw -p 'Once upon' -n 4").code == 0);
+  CHECK(run(tool("qwen35-cli") + " -m " + model + " --system 'Be brief.' --no-think -p hi -n 4 -ngl 0").code == 0);
+  Result inter = run("printf 'hi\\nand again\\n/exit\\n' | " + tool("qwen35-cli") + " -m " + model + " -i -n 4");
+  CHECK(inter.code == 0);
+}
+
+TEST_CASE("qwen35-cli gives clear errors for bad paths and arguments") {
+  Result r = run(tool("qwen35-cli") + " -m /no/such/model.gguf -p hi");
+  CHECK(r.code != 0);
+  CHECK(r.out.find("/no/such/model.gguf") != std::string::npos);
+  r = run(tool("qwen35-cli") + " --bogus");
+  CHECK(r.code != 0);
+  CHECK(r.out.find("unknown argument '--bogus'") != std::string::npos);
+  r = run(tool("qwen35-cli") + " -n many");
+  CHECK(r.code != 0);
+  CHECK(r.out.find("not an integer") != std::string::npos);
+  r = run(tool("qwen35-cli") + " --device tpu");
+  CHECK(r.code != 0);
+  r = run(tool("qwen35-cli") + " --image x.png -p hi");
+  CHECK(r.out.find("--mmproj") != std::string::npos);
+  r = run(tool("qwen35-cli") + " -m " + fixture("models/tiny-a-nvfp4.gguf") + " --mtp on -p hi");
+  CHECK(r.code != 0);
+  CHECK(r.out.find("no MTP layer") != std::string::npos);
+  CHECK(run(tool("qwen35-cli") + " --help").code == 0);
+}
+
+TEST_CASE("qwen35-cli without a model generates and uses a demo model") {
+  const std::string home = tmp_path("cli-home");
+  Result r = run("HOME=" + home + " XDG_CACHE_HOME= " + tool("qwen35-cli") + " -p hi -n 4");
+  CHECK_MESSAGE(r.code == 0, r.out);
+  CHECK(file_exists(home + "/.cache/qwen35/qwen35-demo.gguf"));
+}
+
+TEST_CASE("qwen35-cli with an image") {
+  Result r = run(tool("qwen35-cli") + " -m " + fixture("models/tiny-a-f32.gguf") + " --mmproj " +
+                 fixture("vision/tiny-vis.mmproj.gguf") + " --image " + fixture("vision/sq128.png") +
+                 " -p 'What is in the picture?' -n 4 --timings");
+  CHECK_MESSAGE(r.code == 0, r.out);
+  CHECK(r.out.find("[timings]") != std::string::npos);
+}
+
+TEST_CASE("qwen35-logits reproduces the fixture format and qwen35-synth writes loadable files") {
+  const std::string out = tmp_path("logits-out");
+  Result r = run(tool("qwen35-logits") + " -m " + fixture("models/tiny-m-nvfp4.gguf") + " --tokens " +
+                 fixture("logits/seqs.txt") + " -o " + out + " --reference --mtp");
+  REQUIRE_MESSAGE(r.code == 0, r.out);
+  CHECK(read_file(out + ".json") == read_file(fixture("logits/tiny-m-nvfp4.exact.json")));
+  CHECK(read_file(out + ".main.f32").size() == read_file(fixture("logits/tiny-m-nvfp4.exact.main.f32")).size());
+  CHECK(read_file(out + ".mtp.f32").size() == read_file(fixture("logits/tiny-m-nvfp4.exact.mtp.f32")).size());
+  r = run(tool("qwen35-logits") + " -m " + fixture("models/tiny-a-nvfp4.gguf") + " --tokens /no/such/file -o " + out);
+  CHECK(r.code != 0);
+
+  const std::string synth = tmp_path("tool-synth.gguf");
+  r = run(tool("qwen35-synth") + " -o " + synth + " --n-embd 128 --n-ff 256 --n-layer 2 --head-dim 64 --n-rot 32 " +
+          "--ssm-state 32 --ssm-dv 32 --n-vocab 400 --mixed --untied --seed 9");
+  REQUIRE_MESSAGE(r.code == 0, r.out);
+  r = run(tool("qwen35-cli") + " -m " + synth + " -p hi -n 3");
+  CHECK_MESSAGE(r.code == 0, r.out);
+  CHECK(run(tool("qwen35-synth") + " -o " + synth + " --type Q5_0").code != 0);
+  CHECK(run(tool("qwen35-synth") + " -o " + synth + " --preset 7b").code != 0);
+}
