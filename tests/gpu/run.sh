@@ -164,10 +164,15 @@ fi
 # QWEN35_GPU_NCU=0 skips it): kernel durations by name and grid, kernels
 # serialized (no PDL overlap), for the next round of tuning.
 NCU_CSV=$OUT/ncu.csv
+NCU_PREFILL_CSV=$OUT/ncu-prefill.csv
 if [ -s "$M4" ] && [ "${QWEN35_GPU_NCU:-1}" != 0 ] && command -v ncu >/dev/null; then
   step "ncu: decode kernels" 150 bash -c 'ncu --csv --metrics gpu__time_duration.sum --launch-count 1500 \
       -k regex:"fp4|q6k|argmax|delta_net|attention|qkv_norm|rmsnorm|embedding|swiglu|conv" \
       "$1" -m "$2" -p 9 -n 8 --device cuda > "$3"' _ "$BIN/qwen35-cuda-bench" "$M4" "$NCU_CSV"
+  # The warm-up (16 rows) and the first 512-row prefill.
+  step "ncu: prefill kernels" 150 bash -c 'ncu --csv --metrics gpu__time_duration.sum --launch-count 1200 \
+      -k regex:"gemm|xmma|cutlass|sm90|sm80|dequant|delta_net|attention|qkv_norm|rmsnorm|embedding|swiglu|conv|convert" \
+      "$1" -m "$2" -p 512 -n 1 --device cuda > "$3"' _ "$BIN/qwen35-cuda-bench" "$M4" "$NCU_PREFILL_CSV"
 fi
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv >>"$LOG" 2>&1 || true
 
@@ -220,9 +225,10 @@ for line in open(sys.argv[1]):
 print("targets (H100, 4B NVFP4, batch 1): decode >= 1000 tok/s without MTP, prefill of 512 >= 20000 tok/s")
 EOF
     # Per-kernel times from ncu (mean per launch, grouped by kernel and grid).
-    if [ -s "$NCU_CSV" ]; then
-      python3 - "$NCU_CSV" <<'EOF'
-import csv, collections, sys
+    for f in "$NCU_CSV" "$NCU_PREFILL_CSV"; do
+      [ -s "$f" ] || continue
+      python3 - "$f" <<'EOF'
+import csv, collections, os, sys
 rows = [l for l in open(sys.argv[1]) if l.startswith('"')]
 if rows:
     r = list(csv.reader(rows))
@@ -232,13 +238,13 @@ if rows:
         agg = collections.defaultdict(list)
         for x in r[1:]:
             agg[(x[ki].split("(")[0][-48:], x[gi])].append(float(x[vi].replace(",", "")) / 1e3)
-        print("ncu (kernels serialized, -p 9 -n 8): kernel | grid | launches | mean us | total us")
+        print(f"{os.path.basename(sys.argv[1])} (kernels serialized): kernel | grid | launches | mean us | total us")
         for (k, g), v in sorted(agg.items(), key=lambda kv: -sum(kv[1]))[:25]:
             print(f"  {k:<48} {g:<14} {len(v):>5} {sum(v)/len(v):>9.1f} {sum(v):>10.0f}")
     except ValueError:
         print("ncu: unexpected CSV header")
 EOF
-    fi
+    done
     # Decode-kernel variants (qwen35-cuda-bench --sweep), fastest first.
     if grep -q '^sweep|' "$LOG"; then
       echo "decode-kernel variants (backend decode, device argmax):"
