@@ -94,8 +94,13 @@ __device__ ArgmaxPart argmax_block(float best, int32_t bi) {
   return {best, bi};
 }
 
+// Scratch per row: [counter (int, padded to 8 bytes) | kArgmaxBlocks parts].
+// Each row's counter sits at the same place whatever the row count, so a
+// call with fewer rows never reads another call's parts as a counter.
+constexpr size_t kArgmaxRowBytes = 8 + kArgmaxBlocks * sizeof(ArgmaxPart);
+
 __global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(const float* __restrict__ x, int64_t ldx, int64_t V,
-                                                                 ArgmaxPart* __restrict__ parts, int* __restrict__ counters,
+                                                                 uint8_t* __restrict__ scratch,
                                                                  int32_t* __restrict__ out) {
   pdl_prologue();
   __shared__ bool is_last;
@@ -113,11 +118,12 @@ __global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(const float* __r
     }
   }
   ArgmaxPart p = argmax_block(best, bi);
-  ArgmaxPart* rp = parts + row * kArgmaxBlocks;
+  int* counter = reinterpret_cast<int*>(scratch + row * kArgmaxRowBytes);
+  ArgmaxPart* rp = reinterpret_cast<ArgmaxPart*>(scratch + row * kArgmaxRowBytes + 8);
   if (threadIdx.x == 0) rp[blockIdx.x] = p;
   __threadfence();
   __syncthreads();
-  if (threadIdx.x == 0) is_last = atomicAdd(&counters[row], 1) == kArgmaxBlocks - 1;
+  if (threadIdx.x == 0) is_last = atomicAdd(counter, 1) == kArgmaxBlocks - 1;
   __syncthreads();
   if (!is_last) return;
   __threadfence();
@@ -134,7 +140,7 @@ __global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(const float* __r
   p = argmax_block(best, bi);
   if (threadIdx.x == 0) {
     out[row] = p.i < 0 ? 0 : p.i;
-    counters[row] = 0;
+    *counter = 0;
   }
 }
 
@@ -195,16 +201,14 @@ cudaError_t swiglu(float* g, int64_t ldg, const float* u, int64_t ldu, int64_t n
   return launch(swiglu_kernel, dim3(ceil_div(n * F, 256)), dim3(256), 0, stream, g, ldg, u, ldu, n, F);
 }
 
-size_t argmax_scratch_bytes(int64_t n) { return size_t(std::max<int64_t>(n, 1)) * (kArgmaxBlocks * sizeof(ArgmaxPart) + sizeof(int)); }
+size_t argmax_scratch_bytes(int64_t n) { return size_t(std::max<int64_t>(n, 1)) * kArgmaxRowBytes; }
 
 cudaError_t argmax_rows(const float* x, int64_t ldx, int64_t n, int64_t V, int32_t* out, void* scratch,
                         cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   if (n > 65535 || !scratch) return cudaErrorInvalidValue;
-  auto* parts = static_cast<ArgmaxPart*>(scratch);
-  int* counters = reinterpret_cast<int*>(parts + n * kArgmaxBlocks);
-  return launch(argmax_kernel, dim3(kArgmaxBlocks, unsigned(n)), dim3(kArgmaxThreads), 0, stream, x, ldx, V, parts,
-                counters, out);
+  return launch(argmax_kernel, dim3(kArgmaxBlocks, unsigned(n)), dim3(kArgmaxThreads), 0, stream, x, ldx, V,
+                static_cast<uint8_t*>(scratch), out);
 }
 
 }  // namespace qwen35::cuda

@@ -23,11 +23,14 @@
 
 namespace qwen35::cuda {
 
+// Defaults from the sweep of the H100 run of 2026-11-26 (qwen35-cuda-bench
+// --sweep, 4B NVFP4 file): w4 bps4 d4 decoded at 348.5 tok/s, the previous
+// default w4 bps8 d8 at 316.7 (docs/gpu-runs/2026-11-26-h100-run2.txt).
 struct DecodeTuning {
   int fp4_kernel = 2;
   int fp4_warps = 4;
-  int fp4_blocks_per_sm = 8;
-  int fp4_depth = 8;
+  int fp4_blocks_per_sm = 4;
+  int fp4_depth = 4;
   int q6k_kernel = 2;
 };
 
