@@ -1,10 +1,17 @@
 // Device-side helpers shared by the kernels: number formats of the GGUF
-// weight types, warp and block reductions. Included by .cu files only.
+// weight types, warp and block reductions, dynamic shared memory, cp.async.
+// Included by .cu files only. With QWEN35_CUDA_EMU the CUDA built-ins come
+// from the CPU emulation of tests/emu (cuda_emu.h), which runs the kernels
+// that use no inline PTX other than the helpers below.
 #pragma once
 
+#ifdef QWEN35_CUDA_EMU
+#include "cuda_emu.h"
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
 
@@ -88,5 +95,46 @@ __device__ __forceinline__ float silu_f(float x) { return x / (1.0f + expf(-x));
 __device__ __forceinline__ float softplus_f(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
+
+// ---- shared memory ---------------------------------------------------------------
+
+// The block's dynamic shared memory (16-byte aligned).
+template <typename T>
+__device__ __forceinline__ T* dynamic_smem() {
+#ifdef QWEN35_CUDA_EMU
+  return static_cast<T*>(::qwen35::emu::dynamic_smem());
+#else
+  extern __shared__ __align__(16) unsigned char qwen35_dynamic_smem[];
+  return reinterpret_cast<T*>(qwen35_dynamic_smem);
+#endif
+}
+
+// Asynchronous global -> shared copies (sm_80+): issued per thread, grouped
+// by cp_async_commit(); cp_async_wait<N>() waits until at most N of the
+// calling thread's committed groups are in flight. Other threads see the
+// data only after a barrier that follows their writers' waits.
+__device__ __forceinline__ void cp_async4(float* smem, const float* gmem) {
+#ifdef QWEN35_CUDA_EMU
+  ::qwen35::emu::async_copy(smem, gmem, 4);
+#else
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(s), "l"(gmem) : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef QWEN35_CUDA_EMU
+  ::qwen35::emu::async_commit();
+#else
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifdef QWEN35_CUDA_EMU
+  ::qwen35::emu::async_wait(N);
+#else
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
 
 }  // namespace qwen35::cuda

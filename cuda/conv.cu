@@ -1,5 +1,12 @@
-// Causal conv + SiLU (see conv.h): one thread per channel walks the rows in
-// order. Input row t' < 0 is window row K-1+t'.
+// Causal conv + SiLU (see conv.h).
+//
+// Every (row, channel) output depends only on the pre-conv inputs u of rows
+// t-K+1 .. t (input row t' < 0 is window row K-1+t'), never on other
+// outputs, so the rows are independent: a block covers kConvChannels
+// channels of kConvRows consecutive rows, one thread per channel walking its
+// rows. Only the first row block reads the window (rows t < K-1, which needs
+// K-1 <= kConvRows), and the same threads write the snapshot and the updated
+// window after their reads, so no other thread sees the window change.
 #include "common.cuh"
 #include "launch.cuh"
 #include "conv.h"
@@ -8,18 +15,23 @@ namespace qwen35::cuda {
 
 namespace {
 
-__global__ void conv_silu_kernel(ConvArgs a) {
+constexpr int kConvChannels = 128;
+constexpr int kConvRows = 16;
+
+__global__ void __launch_bounds__(kConvChannels) conv_silu_kernel(ConvArgs a) {
   pdl_prologue();
   const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= a.C) return;
   const int64_t K = a.K, C = a.C;
   const float* taps = a.taps + c * K;
   auto in = [&](int64_t tp) { return tp >= 0 ? a.u[tp * a.ldu + c] : a.window[(K - 1 + tp) * C + c]; };
-  for (int64_t t = 0; t < a.n; ++t) {
+  const int64_t t0 = int64_t(blockIdx.y) * kConvRows, t1 = min(a.n, t0 + kConvRows);
+  for (int64_t t = t0; t < t1; ++t) {
     float acc = 0.0f;
     for (int64_t k = 0; k < K; ++k) acc = fmaf(taps[k], in(t - (K - 1) + k), acc);
     a.out[t * C + c] = silu_f(acc);
   }
+  if (blockIdx.y != 0) return;
   // The window after row r holds inputs r-K+2 .. r.
   if (a.snapshot_row >= 0 && a.snapshot_row < a.n)
     for (int64_t k = 0; k + 1 < K; ++k) a.snapshot[k * C + c] = in(a.snapshot_row - (K - 2) + k);
@@ -29,9 +41,13 @@ __global__ void conv_silu_kernel(ConvArgs a) {
 
 }  // namespace
 
+bool conv_width_supported(int64_t K) { return K >= 1 && K - 1 <= kConvRows; }
+
 cudaError_t conv_silu(const ConvArgs& a, cudaStream_t stream) {
   if (a.n <= 0) return cudaSuccess;
-  return launch(conv_silu_kernel, dim3(ceil_div(a.C, 128)), dim3(128), 0, stream, a);
+  if (!conv_width_supported(a.K)) return cudaErrorInvalidValue;
+  const dim3 grid(ceil_div(a.C, kConvChannels), ceil_div(a.n, kConvRows));
+  return launch(conv_silu_kernel, grid, dim3(kConvChannels), 0, stream, a);
 }
 
 }  // namespace qwen35::cuda

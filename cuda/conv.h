@@ -1,6 +1,6 @@
 // Causal depthwise convolution + SiLU of the delta net with its window state
 // (spec §4.5.2). CPU twin: conv_silu_step() in lib/cpu/ops.h, applied row by
-// row with the window shifted after each row.
+// row with the window shifted after each row. The rows run in parallel.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -22,6 +22,10 @@ struct ConvArgs {
   int64_t snapshot_row = -1;
   float* snapshot = nullptr;   // [K-1, C]
 };
+
+// Kernel widths the batch kernel handles: 1 <= K <= 17 (the window rows
+// are read by the first block of rows only; see conv.cu).
+bool conv_width_supported(int64_t K);
 
 cudaError_t conv_silu(const ConvArgs& a, cudaStream_t stream);
 

@@ -11,7 +11,13 @@
 // turns the attribute off.
 #pragma once
 
+#ifdef QWEN35_CUDA_EMU
+#include <tuple>
+
+#include "cuda_emu.h"
+#else
 #include <cuda_runtime.h>
+#endif
 
 #include <utility>
 
@@ -26,6 +32,17 @@ __device__ __forceinline__ void pdl_prologue() {
 #endif
 }
 
+#ifdef QWEN35_CUDA_EMU
+// The emulation runs the grid on the calling thread (tests/emu).
+template <typename... KArgs, typename... Args>
+cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t,
+                   Args&&... args) {
+  std::tuple<KArgs...> params(std::forward<Args>(args)...);
+  return ::qwen35::emu::run_grid(grid, block, smem, [&] { std::apply(kernel, params); }, nullptr)
+             ? cudaSuccess
+             : cudaErrorLaunchFailure;
+}
+#else
 template <typename... KArgs, typename... Args>
 cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                    Args&&... args) {
@@ -41,6 +58,33 @@ cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
   // Only on real streams (the legacy default stream keeps plain ordering).
   cfg.numAttrs = pdl_enabled() && stream != nullptr ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+#endif
+
+// The most dynamic shared memory a block of the current device may opt in to.
+inline size_t max_dynamic_smem() {
+#ifdef QWEN35_CUDA_EMU
+  return size_t(227) * 1024;
+#else
+  int dev = 0, bytes = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+    return 48 * 1024;
+  return size_t(bytes);
+#endif
+}
+
+// Lets `kernel` use `bytes` of dynamic shared memory (more than the default
+// 48 KiB needs an opt-in per kernel; the attribute is per device, so it is
+// set on every call rather than cached).
+template <typename... KArgs>
+cudaError_t allow_dynamic_smem(void (*kernel)(KArgs...), size_t bytes) {
+#ifdef QWEN35_CUDA_EMU
+  return cudaSuccess;
+#else
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+#endif
 }
 
 }  // namespace qwen35::cuda

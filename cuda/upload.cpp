@@ -21,6 +21,7 @@
 
 #include "attention.h"
 #include "backend.h"
+#include "conv.h"
 #include "delta_net.h"
 #include "device_model.h"
 #include "elementwise.h"
@@ -46,6 +47,8 @@ std::string unsupported_reason(const Model& m) {
   if (!delta_net_shape_supported(hp.ssm_state, hp.ssm_dv))
     return fmt::format("delta-net head sizes dk {} / dv {} (the CUDA kernels support dk 32, 64, 128, 256 and dv a multiple of 32)",
                        hp.ssm_state, hp.ssm_dv);
+  if (!conv_width_supported(hp.ssm_conv))
+    return fmt::format("causal conv width {} (the CUDA kernels support 1 to 17)", hp.ssm_conv);
   if (hp.n_embd % 32 != 0) return fmt::format("n_embd {} is not a multiple of 32", hp.n_embd);
   auto check = [](const Weight& w) -> std::string {
     if (!w.present()) return "";

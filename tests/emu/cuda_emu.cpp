@@ -1,0 +1,217 @@
+// The fiber scheduler of the CUDA emulation (see cuda_emu.h).
+#include "cuda_emu.h"
+
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace qwen35::emu {
+
+uint3 g_block_idx;
+dim3 g_block_dim, g_grid_dim;
+
+namespace {
+
+enum class Wait { None, Block, Warp, Done };
+
+struct Copy {
+  void* dst;
+  const void* src;
+  size_t bytes;
+};
+
+struct Fiber {
+  ucontext_t ctx;
+  std::unique_ptr<char[]> stack;
+  uint3 tid;
+  int linear = 0;
+  Wait wait = Wait::None;
+  int parity = 0;  // of the warp exchange buffer this thread wrote
+  std::vector<std::vector<Copy>> groups;  // committed cp.async groups, oldest first
+  std::vector<Copy> open;                 // not yet committed
+};
+
+struct Warp {
+  uint64_t slot[2][32] = {};
+  int gen = 0;
+};
+
+constexpr size_t kStackBytes = 256 * 1024;
+
+struct Block {
+  std::vector<Fiber> fibers;
+  std::vector<Warp> warps;
+  std::vector<unsigned char> smem;
+  const std::function<void()>* fn = nullptr;
+  ucontext_t sched;
+  Fiber* cur = nullptr;
+  std::string error;
+};
+
+Block* g_block = nullptr;
+bool g_reverse = false;
+std::string g_last_error;
+const uint3 kNoThread = {0, 0, 0};
+
+void fiber_main() {
+  Block& b = *g_block;
+  (*b.fn)();
+  b.cur->wait = Wait::Done;
+  swapcontext(&b.cur->ctx, &b.sched);
+}
+
+void yield(Wait w) {
+  Block& b = *g_block;
+  Fiber* f = b.cur;
+  f->wait = w;
+  swapcontext(&f->ctx, &b.sched);
+}
+
+// Releases the barriers every live thread (of the block, or of a warp) waits
+// at. False: nothing could be released (a deadlock).
+bool release() {
+  Block& b = *g_block;
+  bool all_block = true, any_live = false;
+  for (const Fiber& f : b.fibers) {
+    if (f.wait == Wait::Done) continue;
+    any_live = true;
+    if (f.wait != Wait::Block) all_block = false;
+  }
+  if (!any_live) return true;
+  if (all_block) {
+    for (Fiber& f : b.fibers)
+      if (f.wait == Wait::Block) f.wait = Wait::None;
+    return true;
+  }
+  bool released = false;
+  for (size_t w = 0; w < b.warps.size(); ++w) {
+    bool all = true, live = false;
+    for (size_t i = w * 32; i < std::min(b.fibers.size(), w * 32 + 32); ++i) {
+      const Fiber& f = b.fibers[i];
+      if (f.wait == Wait::Done) continue;
+      live = true;
+      if (f.wait != Wait::Warp) all = false;
+    }
+    if (!live || !all) continue;
+    for (size_t i = w * 32; i < std::min(b.fibers.size(), w * 32 + 32); ++i)
+      if (b.fibers[i].wait == Wait::Warp) b.fibers[i].wait = Wait::None;
+    b.warps[w].gen++;
+    released = true;
+  }
+  return released;
+}
+
+std::string describe_waits() {
+  Block& b = *g_block;
+  std::string s;
+  for (const Fiber& f : b.fibers) {
+    const char* w = f.wait == Wait::Block ? "syncthreads" : f.wait == Wait::Warp ? "warp" : f.wait == Wait::Done ? "exited" : "running";
+    s += std::to_string(f.linear) + ":" + w + " ";
+    if (s.size() > 600) break;
+  }
+  return s;
+}
+
+}  // namespace
+
+const uint3& thread_idx() { return g_block && g_block->cur ? g_block->cur->tid : kNoThread; }
+
+void sync_block() { yield(Wait::Block); }
+
+void sync_warp() { yield(Wait::Warp); }
+
+uint64_t warp_exchange(uint64_t mine, int src) {
+  Block& b = *g_block;
+  Fiber* f = b.cur;
+  const int w = f->linear / 32, lane = f->linear % 32;
+  Warp& wp = b.warps[size_t(w)];
+  const int parity = wp.gen & 1;
+  wp.slot[parity][lane] = mine;
+  yield(Wait::Warp);
+  if (src < 0 || src >= 32) return mine;
+  const size_t si = size_t(w) * 32 + size_t(src);
+  if (si >= b.fibers.size() || b.fibers[si].wait == Wait::Done) {
+    if (b.error.empty()) b.error = "shuffle from lane " + std::to_string(src) + " which is not running";
+    return 0;
+  }
+  return wp.slot[parity][src];
+}
+
+void* dynamic_smem() { return g_block->smem.data(); }
+
+void async_copy(void* dst, const void* src, size_t bytes) { g_block->cur->open.push_back({dst, src, bytes}); }
+
+void async_commit() {
+  Fiber* f = g_block->cur;
+  f->groups.push_back(std::move(f->open));
+  f->open.clear();
+}
+
+void async_wait(int keep) {
+  Fiber* f = g_block->cur;
+  while (int(f->groups.size()) > keep) {
+    for (const Copy& c : f->groups.front()) std::memcpy(c.dst, c.src, c.bytes);
+    f->groups.erase(f->groups.begin());
+  }
+}
+
+void set_order(bool reverse) { g_reverse = reverse; }
+
+const char* last_error() { return g_last_error.c_str(); }
+
+bool run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& fn, const char** err) {
+  g_grid_dim = grid;
+  g_block_dim = block;
+  const int nthreads = int(block.x * block.y * block.z);
+  const int64_t nblocks = int64_t(grid.x) * grid.y * grid.z;
+  for (int64_t bi = 0; bi < nblocks; ++bi) {
+    const int64_t lb = g_reverse ? nblocks - 1 - bi : bi;
+    g_block_idx = {unsigned(lb % grid.x), unsigned(lb / grid.x % grid.y), unsigned(lb / (int64_t(grid.x) * grid.y))};
+    Block b;
+    b.fn = &fn;
+    b.smem.assign(smem, 0xFF);  // NaN bytes: unwritten shared memory reads as NaN
+    b.fibers.resize(size_t(nthreads));
+    b.warps.resize(size_t((nthreads + 31) / 32));
+    g_block = &b;
+    for (int i = 0; i < nthreads; ++i) {
+      Fiber& f = b.fibers[size_t(i)];
+      f.linear = i;
+      f.tid = {unsigned(i % block.x), unsigned(i / block.x % block.y), unsigned(i / (block.x * block.y))};
+      f.stack.reset(new char[kStackBytes]);
+      getcontext(&f.ctx);
+      f.ctx.uc_stack.ss_sp = f.stack.get();
+      f.ctx.uc_stack.ss_size = kStackBytes;
+      f.ctx.uc_link = nullptr;
+      makecontext(&f.ctx, fiber_main, 0);
+    }
+    for (;;) {
+      bool ran = false;
+      for (int k = 0; k < nthreads; ++k) {
+        Fiber& f = b.fibers[size_t(g_reverse ? nthreads - 1 - k : k)];
+        if (f.wait != Wait::None) continue;
+        b.cur = &f;
+        swapcontext(&b.sched, &f.ctx);
+        b.cur = nullptr;
+        ran = true;
+      }
+      if (std::all_of(b.fibers.begin(), b.fibers.end(), [](const Fiber& f) { return f.wait == Wait::Done; })) break;
+      if (!ran && !release()) {
+        b.error = "deadlock in block " + std::to_string(lb) + ": " + describe_waits();
+        break;
+      }
+    }
+    g_block = nullptr;
+    if (!b.error.empty()) {
+      g_last_error = b.error;
+      if (err) *err = g_last_error.c_str();
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace qwen35::emu

@@ -1,0 +1,148 @@
+// A CPU emulation of the CUDA built-ins our plain-CUDA kernels use, so that
+// kernels (not their CPU twins: the kernels themselves, with their indexing,
+// barriers, shuffles and cp.async staging) run on a machine without a GPU.
+//
+// cuda/common.cuh and cuda/launch.cuh include this header instead of the
+// CUDA device headers when QWEN35_CUDA_EMU is defined; tests/emu compiles
+// kernel files (cuda/*.cu) as C++ that way. A launch runs the blocks one
+// after another; the threads of a block are fibers (ucontext) on the calling
+// thread, switched only at __syncthreads, __syncwarp and warp shuffles, so a
+// run is deterministic. What it catches: wrong indices and bounds, reads of
+// shared memory before the barrier that publishes it (run the threads in
+// both orders: emu::set_order), cp.async data read before its wait (copies
+// land at the wait), barriers not reached by every thread (deadlock report),
+// shuffles with lanes that exited. What it does not model: the memory
+// model beyond barriers, timing, inline PTX (kernels with mma/asm are not
+// emulated), atomics.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <type_traits>
+
+// Shared memory: blocks run one at a time, so a function-local static is
+// exactly one copy per block (per template instantiation).
+#undef __shared__
+#define __shared__ static
+#ifndef __launch_bounds__
+#define __launch_bounds__(...)
+#endif
+
+namespace qwen35::emu {
+
+// The running thread's index, and the launch's block index and shapes.
+const uint3& thread_idx();
+extern uint3 g_block_idx;
+extern dim3 g_block_dim, g_grid_dim;
+
+void sync_block();
+// All live lanes of the calling thread's warp exchange 8 bytes: returns the
+// value lane `src` put in (the calling lane's own for src out of range).
+uint64_t warp_exchange(uint64_t mine, int src);
+void sync_warp();
+void* dynamic_smem();
+
+// cp.async: copies are queued per thread and happen at the wait.
+void async_copy(void* dst, const void* src, size_t bytes);
+void async_commit();
+void async_wait(int keep_groups);
+
+// Runs fn as every thread of every block of the grid. Returns false (and
+// fills *err) on a deadlock or an invalid shuffle.
+bool run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& fn, const char** err);
+
+// Thread (and block) order of the next launches: false = ascending ids,
+// true = descending. Running a test both ways finds reads that depend on
+// another thread having run first.
+void set_order(bool reverse);
+// The error of the last failed launch.
+const char* last_error();
+
+template <typename T>
+T shfl(T v, int src) {
+  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>);
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  bits = warp_exchange(bits, src);
+  T out;
+  std::memcpy(&out, &bits, sizeof(T));
+  return out;
+}
+
+inline int lane_id() {
+  const uint3& t = thread_idx();
+  const unsigned linear = t.x + g_block_dim.x * (t.y + g_block_dim.y * t.z);
+  return int(linear % 32);
+}
+
+}  // namespace qwen35::emu
+
+#define threadIdx (::qwen35::emu::thread_idx())
+#define blockIdx (::qwen35::emu::g_block_idx)
+#define blockDim (::qwen35::emu::g_block_dim)
+#define gridDim (::qwen35::emu::g_grid_dim)
+
+inline void __syncthreads() { ::qwen35::emu::sync_block(); }
+inline void __syncwarp(unsigned = 0xFFFFFFFFu) { ::qwen35::emu::sync_warp(); }
+
+template <typename T>
+T __shfl_xor_sync(unsigned, T v, int mask, int width = 32) {
+  const int lane = ::qwen35::emu::lane_id();
+  return ::qwen35::emu::shfl(v, (lane & ~(width - 1)) | ((lane ^ mask) & (width - 1)));
+}
+template <typename T>
+T __shfl_sync(unsigned, T v, int src, int width = 32) {
+  const int lane = ::qwen35::emu::lane_id();
+  return ::qwen35::emu::shfl(v, (lane & ~(width - 1)) | (src & (width - 1)));
+}
+template <typename T>
+T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
+  const int lane = ::qwen35::emu::lane_id();
+  const int src = (lane & (width - 1)) + int(delta) < width ? lane + int(delta) : lane;
+  return ::qwen35::emu::shfl(v, src);
+}
+
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+
+inline float __uint_as_float(unsigned u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline float __int_as_float(int i) {
+  float f;
+  std::memcpy(&f, &i, 4);
+  return f;
+}
+inline unsigned __float_as_uint(float f) {
+  unsigned u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline int __float_as_int(float f) {
+  int i;
+  std::memcpy(&i, &f, 4);
+  return i;
+}
+
+// CUDA's integer min/max (mixed argument types promote as in device code).
+template <typename A, typename B, typename = std::enable_if_t<std::is_integral_v<A> && std::is_integral_v<B>>>
+std::common_type_t<A, B> min(A a, B b) {
+  using C = std::common_type_t<A, B>;
+  return C(a) < C(b) ? C(a) : C(b);
+}
+template <typename A, typename B, typename = std::enable_if_t<std::is_integral_v<A> && std::is_integral_v<B>>>
+std::common_type_t<A, B> max(A a, B b) {
+  using C = std::common_type_t<A, B>;
+  return C(a) > C(b) ? C(a) : C(b);
+}

@@ -1,0 +1,206 @@
+// The plain-CUDA kernels (no inline PTX other than cp.async) run on the CPU
+// through the emulation of cuda_emu.h, against the same CPU references as the
+// GPU op tests (tests/gpu/kernel_refs.h). Every case runs the threads and
+// blocks in ascending and in descending order, so a read that only works
+// because another thread happened to run first fails one of the two.
+// "Device" memory is host memory here.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "attention.h"
+#include "conv.h"
+#include "cpu/ops.h"
+#include "cuda_emu.h"
+#include "delta_net.h"
+#include "kernel_refs.h"
+
+using namespace qwen35;
+using namespace qwen35::cuda;
+using namespace qwen35::test;
+
+namespace {
+
+std::vector<float> random_floats(size_t n, uint32_t seed, float lo, float hi) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+// ||a - b|| / ||b||; NaN never passes.
+double rel(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return INFINITY;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+uint16_t to_f16(float x) { return __half_as_ushort(__float2half_rn(x)); }
+float from_f16(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+
+}  // namespace
+
+TEST_CASE("emulated: causal conv + SiLU over row blocks matches conv_silu_step, with snapshots") {
+  for (bool reverse : {false, true}) {
+    emu::set_order(reverse);
+    for (int64_t K : {2, 4}) {
+      for (int64_t n : {1, 2, 9, 40}) {
+        for (int64_t snap_row : {int64_t(0), n / 2, n - 1}) {
+          CAPTURE(reverse);
+          CAPTURE(K);
+          CAPTURE(n);
+          CAPTURE(snap_row);
+          const int64_t C = 300, ldu = 320;
+          auto u = random_floats(size_t(n * ldu), 1, -2, 2);
+          auto taps = random_floats(size_t(C * K), 2, -1, 1);
+          auto win = random_floats(size_t((K - 1) * C), 3, -2, 2);
+          std::vector<float> dwin(win), dout(size_t(n * C), NAN), dsnap(size_t((K - 1) * C), NAN);
+          ConvArgs a;
+          a.n = n;
+          a.C = C;
+          a.K = K;
+          a.u = u.data();
+          a.ldu = ldu;
+          a.taps = taps.data();
+          a.window = dwin.data();
+          a.out = dout.data();
+          a.snapshot_row = snap_row;
+          a.snapshot = dsnap.data();
+          REQUIRE(conv_silu(a, nullptr) == cudaSuccess);
+          std::vector<float> out, snap;
+          conv_reference(u, ldu, taps, C, K, n, snap_row, win, out, snap);
+          CHECK(rel(dout, out) < 1e-6);
+          CHECK(rel(dwin, win) == 0.0);
+          CHECK(rel(dsnap, snap) == 0.0);
+        }
+      }
+    }
+  }
+  emu::set_order(false);
+}
+
+TEST_CASE("emulated: the delta rule kernel (8, 16 and 32 elements per thread) matches delta_rule_step") {
+  for (bool reverse : {false, true}) {
+    emu::set_order(reverse);
+    for (DeltaShape s : {DeltaShape{2, 2, 64, 32}, DeltaShape{1, 2, 128, 32}, DeltaShape{1, 1, 256, 32},
+                         DeltaShape{2, 2, 32, 64}}) {
+      for (int64_t n : {1, 7, 40}) {
+        for (int ept : {8, 16, 32}) {
+          CAPTURE(reverse);
+          CAPTURE(s.dk);
+          CAPTURE(s.dv);
+          CAPTURE(n);
+          CAPTURE(ept);
+          const int64_t Cqk = s.Hk * s.dk, Cv = s.Hv * s.dv, C = 2 * Cqk + Cv, ldu = C + 4, ldb = s.Hv + 3;
+          auto uc = random_floats(size_t(n * ldu), 1, -1, 1);
+          auto b = random_floats(size_t(n * ldb), 2, -3, 3);
+          auto al = random_floats(size_t(n * ldb), 3, -3, 3);
+          auto a_log = random_floats(size_t(s.Hv), 4, -2, -0.1f);
+          auto dtb = random_floats(size_t(s.Hv), 5, -1, 1);
+          auto st = random_floats(size_t(Cv * s.dk), 6, -0.5f, 0.5f);
+          std::vector<float> dst(st), dout(size_t(n * Cv), NAN), dsnap(size_t(Cv * s.dk), NAN);
+          DeltaNetArgs p;
+          p.n = n;
+          p.Hk = s.Hk;
+          p.Hv = s.Hv;
+          p.dk = s.dk;
+          p.dv = s.dv;
+          p.eps = 1e-6f;
+          p.uc = uc.data();
+          p.ldu = ldu;
+          p.b = b.data();
+          p.ldb = ldb;
+          p.a = al.data();
+          p.lda = ldb;
+          p.ssm_a = a_log.data();
+          p.dt_bias = dtb.data();
+          p.state = dst.data();
+          p.out = dout.data();
+          p.snapshot_row = n > 1 ? n - 2 : 0;
+          p.snapshot = dsnap.data();
+          p.elems_per_thread = ept;
+          REQUIRE(delta_net(p, nullptr) == cudaSuccess);
+          std::vector<float> M(st), out, snap;
+          delta_reference(s, n, uc, ldu, b, al, ldb, a_log, dtb, 1e-6f, M, out, p.snapshot_row, snap);
+          CHECK(rel(dout, out) < 1e-5);
+          CHECK(rel(dst, M) < 1e-5);
+          CHECK(rel(dsnap, snap) < 1e-5);
+        }
+      }
+    }
+  }
+  emu::set_order(false);
+}
+
+TEST_CASE("emulated: split and tiled attention match attend_one with the gate") {
+  for (bool reverse : {false, true}) {
+    emu::set_order(reverse);
+    for (int64_t Dh : {64, 128, 256, 512}) {
+      for (int64_t n : {1, 6, 40}) {
+        for (int64_t n_past : {0, 21}) {
+          for (int mode : {0, 1, 2}) {  // split 1, split 3, tiled
+            CAPTURE(reverse);
+            CAPTURE(Dh);
+            CAPTURE(n);
+            CAPTURE(n_past);
+            CAPTURE(mode);
+            const int64_t Hq = 4, Hkv = 2, n_ctx = 72, qd = Hq * Dh, kvd = Hkv * Dh;
+            const int splits = mode == 1 ? 3 : 1;
+            auto q = random_floats(size_t(n * qd), 1, -1, 1);
+            auto kf = random_floats(size_t(n_ctx * kvd), 2, -1, 1);
+            auto vf = random_floats(size_t(n_ctx * kvd), 3, -1, 1);
+            const int64_t ldgate = 2 * qd + 8;
+            auto gate = random_floats(size_t(n * ldgate), 4, -3, 3);
+            std::vector<uint16_t> kh(kf.size()), vh(vf.size());
+            for (size_t i = 0; i < kf.size(); ++i) {
+              // Cache rows past the batch hold garbage (NaN) that must never be read into a result.
+              const bool stale = int64_t(i) >= (n_past + n) * kvd;
+              kh[i] = stale ? 0x7E00 : to_f16(kf[i]);
+              vh[i] = stale ? 0x7E00 : to_f16(vf[i]);
+              kf[i] = from_f16(kh[i]);
+              vf[i] = from_f16(vh[i]);
+            }
+            std::vector<float> dout(size_t(n * qd), NAN), pm(size_t(n * Hq * splits)), pl(pm.size()),
+                po(pm.size() * size_t(Dh));
+            int32_t np32 = int32_t(n_past);
+            AttnArgs a;
+            a.n = n;
+            a.n_head = Hq;
+            a.n_head_kv = Hkv;
+            a.head_dim = Dh;
+            a.scale = 1.0f / std::sqrt(float(Dh));
+            a.q = q.data();
+            a.k_cache = kh.data();
+            a.v_cache = vh.data();
+            a.gate = gate.data() + Dh;  // the attention layer's layout: per head [q | gate]
+            a.ldgate = ldgate;
+            a.gate_stride = 2 * Dh;
+            a.n_past = &np32;
+            a.o = dout.data();
+            a.splits = splits;
+            a.part_m = pm.data();
+            a.part_l = pl.data();
+            a.part_o = po.data();
+            a.tiled = mode == 2;
+            REQUIRE(attention(a, nullptr) == cudaSuccess);
+            std::vector<float> want;
+            std::vector<float> g(gate.begin() + Dh, gate.end());
+            attention_reference(q, kf, vf, g, ldgate, 2 * Dh, n, n_past, Hq, Hkv, Dh, a.scale, want);
+            CHECK(rel(dout, want) < 2e-6);
+          }
+        }
+      }
+    }
+  }
+  emu::set_order(false);
+}
