@@ -1,5 +1,6 @@
 // Causal GQA attention over the F16 KV cache with the sigmoid output gate
-// (spec §4.4.4-4.4.5). CPU twin: attend_one() in lib/cpu/ops.h.
+// (spec §4.4.4-4.4.5). CPU twin: attend_one() in lib/cpu/ops.h. All
+// arithmetic is F32 (the cache values are F16).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -28,6 +29,10 @@ struct AttnArgs {
   float* part_m = nullptr;
   float* part_l = nullptr;
   float* part_o = nullptr;
+  // Batches: the tiled kernel (key tiles in shared memory shared by a tile
+  // of query rows, online softmax; no split scratch) when its shared memory
+  // fits the device; else the split kernel above.
+  bool tiled = false;
 };
 
 bool attention_head_dim_supported(int64_t head_dim);

@@ -37,6 +37,7 @@
 #include "matmul.h"
 #include "norm.h"
 #include "rope.h"
+#include "tuning.h"
 
 namespace qwen35 {
 
@@ -183,6 +184,8 @@ class CudaBackend final : public Backend {
   int attn_splits_ = 1;
   bool use_graphs_ = true;
   bool fp4_gemm_ = false;            // block-scaled FP4 GEMMs for batches (Blackwell)
+  bool tiled_attn_ = true;           // batches: the tiled attention kernel
+  int delta_ept_ = 16;               // delta rule: state elements per thread
   std::map<GraphKey, cudaGraphExec_t> graphs_;
   DequantAhead deq_ahead_;           // prefill: NVFP4 dequantization one projection ahead
   bool use_deq_ahead_ = false;
@@ -247,6 +250,8 @@ Status CudaBackend::init() {
   QWEN35_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "creating a CUDA stream");
   if (const char* g = std::getenv("QWEN35_CUDA_GEMM"); g && std::string(g) == "f32") gemm_type_ = GemmType::F32;
   use_graphs_ = !env_off("QWEN35_CUDA_GRAPHS");
+  tiled_attn_ = !env_off("QWEN35_CUDA_TILED_ATTN");
+  delta_ept_ = decode_tuning().delta_ept;
   set_pdl(!env_off("QWEN35_CUDA_PDL"));
   QWEN35_TRY(gemm_.init(32ull << 20));
 
@@ -600,6 +605,7 @@ Status CudaBackend::attention_layer(const DevLayer& L, const KVCache& kv, int64_
   a.part_m = part_m_;
   a.part_l = part_l_;
   a.part_o = part_o_;
+  a.tiled = tiled_attn_ && n > kMatvecMaxCols;
   QWEN35_CUDA_TRY(attention(a, stream_), "attention");
   return project(L.out_proj, o_, qd, n, nullptr, h, D, Epi::Add);
 }
@@ -660,6 +666,7 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
   d.out = so_;
   d.snapshot_row = snapshot_row;
   d.snapshot = snapshot_row >= 0 ? slot_ptr(kRollbackSlot, ssm_[size_t(il)]) : nullptr;
+  d.elems_per_thread = delta_ept_;
   QWEN35_CUDA_TRY(delta_net(d, stream_), "the delta rule");
   if (L.out_proj.fp4.present() && n <= kMatvecMaxCols && fp4_gated_supported(L.out_proj.fp4, int(hp_.ssm_dv))) {
     GatedNorm gn;

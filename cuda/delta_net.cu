@@ -2,16 +2,21 @@
 //
 // The rows of a head's state M (one per value dimension) evolve
 // independently given q, k, beta and g, so a head is split over blocks of
-// kRowsPerBlock rows (more blocks in flight for decode). Within a block, row
-// v of M lives in registers, split over TPR = dk/32 adjacent threads: thread
-// `sub` holds the 32 contiguous elements 32*sub .. 32*sub+31 (vector loads
-// and stores of the state). The batch rows are walked in order, in chunks
-// of C rows whose inputs (q, k, the block's v values, the gate inputs) are
-// copied into shared memory with cp.async while the previous chunk is
-// walked; the chunk's q/k norms and gates are then computed in parallel, so
-// the sequential walk reads shared memory only and needs no barrier per
-// row. q and k keep one padding word per 32, so the TPR threads of a row
-// read distinct banks. The state is loaded before the PDL wait.
+// kRowsPerBlock rows. Within a block, row v of M lives in registers, split
+// over TPR = dk/EPT adjacent threads of EPT elements each (EPT = 8, 16 or
+// 32, chosen at launch): thread `sub` holds the float4 groups sub,
+// sub + TPR, sub + 2*TPR, ... of the row, so the TPR threads of a row read
+// consecutive 16-byte words of q and k (no bank conflicts, coalesced state
+// loads). Fewer elements per thread mean more threads (more warps to hide
+// the latency of the per-row dependency chain) and shorter chains, at the
+// cost of deeper shuffle reductions. The batch rows are walked in order, in
+// chunks of C rows whose inputs (q, k, the block's v values, the gate
+// inputs) are copied into shared memory with cp.async while the previous
+// chunk is walked; the chunk's q/k norms and gates are then computed in
+// parallel, so the sequential walk reads shared memory only and needs no
+// barrier per row. The state is loaded before the PDL wait.
+#include <algorithm>
+
 #include "common.cuh"
 #include "launch.cuh"
 #include "delta_net.h"
@@ -20,7 +25,6 @@ namespace qwen35::cuda {
 
 namespace {
 
-constexpr int kMaxThreads = 256;  // kRowsPerBlock * dk / 32 for dk <= 256
 constexpr int kRowsPerBlock = 32;
 
 template <int TPR>
@@ -30,23 +34,14 @@ __device__ __forceinline__ float group_sum(float v) {
   return v;
 }
 
-__device__ __forceinline__ void cp_async4(float* smem, const float* gmem) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(s), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-
-template <int TPR>
-__global__ void __launch_bounds__(kMaxThreads) delta_net_kernel(DeltaNetArgs p) {
-  constexpr int DK = 32 * TPR;
-  constexpr int PAD = 33;                   // shared-memory stride of each 32-element part
-  constexpr int C = TPR >= 8 ? 8 : 16;      // rows per staged chunk (about 17 KiB of q/k per buffer)
-  constexpr int QK = 2 * TPR * PAD;         // one row's q parts, then its k parts
-  __shared__ float s_qk[2][C][QK];
+template <int DK, int EPT>
+__global__ void __launch_bounds__(kRowsPerBlock * DK / EPT) delta_net_kernel(DeltaNetArgs p) {
+  constexpr int TPR = DK / EPT;        // threads per state row
+  constexpr int NV = EPT / 4;          // float4 groups per thread
+  constexpr int C = DK >= 256 ? 8 : 16;  // rows per staged chunk (16 KiB of q/k per buffer)
+  static_assert(TPR >= 1 && TPR <= 32 && EPT % 4 == 0, "a state row is split within one warp");
+  // Per staged row: q (DK floats), then k (DK floats).
+  __shared__ __align__(16) float s_qk[2][C][2 * DK];
   __shared__ float s_v[2][C][kRowsPerBlock];
   __shared__ float s_b[2][C], s_a[2][C];
   // Per row of the current chunk: q and k norm factors and the gates.
@@ -63,12 +58,13 @@ __global__ void __launch_bounds__(kMaxThreads) delta_net_kernel(DeltaNetArgs p) 
   // The state is loaded before waiting for the previous kernel: no kernel
   // of the step before this one writes it (it was last written by this
   // layer's previous launch or by a stream-ordered copy), so the load
-  // overlaps the end of the input projection.
-  float M[32];
-  float4* st = reinterpret_cast<float4*>(p.state + (j * dv + v_row) * DK + 32 * sub);
+  // overlaps the end of the input projection. M[4i..4i+3] is float4 group
+  // sub + TPR*i of the row.
+  float M[EPT];
+  float4* st = reinterpret_cast<float4*>(p.state + (j * dv + v_row) * DK);
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const float4 v = st[i];
+  for (int i = 0; i < NV; ++i) {
+    const float4 v = st[sub + TPR * i];
     M[4 * i] = v.x;
     M[4 * i + 1] = v.y;
     M[4 * i + 2] = v.z;
@@ -83,7 +79,7 @@ __global__ void __launch_bounds__(kMaxThreads) delta_net_kernel(DeltaNetArgs p) 
     for (int e = tid; e < cn * 2 * DK; e += blockDim.x) {
       const int r = e / (2 * DK), c = e % (2 * DK), which = c / DK, i = c % DK;
       const float* src = p.uc + (t0 + r) * p.ldu + (which ? Hk * DK : 0) + kh * DK + i;
-      cp_async4(&s_qk[buf][r][(which * TPR + i / 32) * PAD + i % 32], src);
+      cp_async4(&s_qk[buf][r][c], src);
     }
     for (int e = tid; e < cn * kRowsPerBlock; e += blockDim.x) {
       const int r = e / kRowsPerBlock, c = e % kRowsPerBlock;
@@ -96,7 +92,6 @@ __global__ void __launch_bounds__(kMaxThreads) delta_net_kernel(DeltaNetArgs p) 
     cp_async_commit();
   };
 
-  const int my = sub * PAD;  // this thread's part of q and k
   stage(0, 0);
   int buf = 0;
   for (int64_t t0 = 0; t0 < p.n; t0 += C, buf ^= 1) {
@@ -112,7 +107,7 @@ __global__ void __launch_bounds__(kMaxThreads) delta_net_kernel(DeltaNetArgs p) 
     for (int r = warp; r < cn; r += n_warps) {
       float sq = 0.0f, sk = 0.0f;
       for (int i = lane; i < DK; i += kWarp) {
-        const float q = s_qk[buf][r][(i / 32) * PAD + i % 32], k = s_qk[buf][r][(TPR + i / 32) * PAD + i % 32];
+        const float q = s_qk[buf][r][i], k = s_qk[buf][r][DK + i];
         sq = fmaf(q, q, sq);
         sk = fmaf(k, k, sk);
       }
@@ -128,57 +123,76 @@ __global__ void __launch_bounds__(kMaxThreads) delta_net_kernel(DeltaNetArgs p) 
     __syncthreads();
     for (int r = 0; r < cn; ++r) {
       const int64_t t = t0 + r;
-      const float* qs = s_qk[buf][r];
-      const float* ks = s_qk[buf][r] + TPR * PAD;
+      const float4* q4 = reinterpret_cast<const float4*>(s_qk[buf][r]);
+      const float4* k4 = reinterpret_cast<const float4*>(s_qk[buf][r] + DK);
       const float v = s_v[buf][r][v_local];
       const float rq = s_rq[r], rk = s_rk[r], beta = s_beta[r], decay = s_decay[r];
 
       // m = (decayed M) k, with four independent partial sums.
       float m4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-      for (int i = 0; i < 32; ++i) {
-        M[i] *= decay;
-        m4[i & 3] = fmaf(M[i], ks[my + i], m4[i & 3]);
+      for (int i = 0; i < NV; ++i) {
+        const float4 k = k4[sub + TPR * i];
+        const float kk[4] = {k.x, k.y, k.z, k.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          M[4 * i + e] *= decay;
+          m4[e] = fmaf(M[4 * i + e], kk[e], m4[e]);
+        }
       }
       const float m = group_sum<TPR>((m4[0] + m4[1]) + (m4[2] + m4[3])) * rk;
       const float d = beta * (v - m) * rk;  // the update uses k * rk
       float o4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-      for (int i = 0; i < 32; ++i) {
-        M[i] = fmaf(ks[my + i], d, M[i]);
-        o4[i & 3] = fmaf(M[i], qs[my + i], o4[i & 3]);
+      for (int i = 0; i < NV; ++i) {
+        const float4 k = k4[sub + TPR * i], q = q4[sub + TPR * i];
+        const float kk[4] = {k.x, k.y, k.z, k.w}, qq[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          M[4 * i + e] = fmaf(kk[e], d, M[4 * i + e]);
+          o4[e] = fmaf(M[4 * i + e], qq[e], o4[e]);
+        }
       }
       const float o = group_sum<TPR>((o4[0] + o4[1]) + (o4[2] + o4[3])) * rq;
       if (sub == 0) p.out[t * p.Hv * dv + j * dv + v_row] = o;
       if (t == p.snapshot_row) {
-        float4* sn = reinterpret_cast<float4*>(p.snapshot + (j * dv + v_row) * DK + 32 * sub);
+        float4* sn = reinterpret_cast<float4*>(p.snapshot + (j * dv + v_row) * DK);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) sn[i] = make_float4(M[4 * i], M[4 * i + 1], M[4 * i + 2], M[4 * i + 3]);
+        for (int i = 0; i < NV; ++i)
+          sn[sub + TPR * i] = make_float4(M[4 * i], M[4 * i + 1], M[4 * i + 2], M[4 * i + 3]);
       }
     }
     __syncthreads();  // buf and the norms are rewritten for the next chunks
   }
 #pragma unroll
-  for (int i = 0; i < 8; ++i) st[i] = make_float4(M[4 * i], M[4 * i + 1], M[4 * i + 2], M[4 * i + 3]);
+  for (int i = 0; i < NV; ++i) st[sub + TPR * i] = make_float4(M[4 * i], M[4 * i + 1], M[4 * i + 2], M[4 * i + 3]);
+}
+
+template <int DK>
+cudaError_t launch_dk(const DeltaNetArgs& a, cudaStream_t stream) {
+  const dim3 grid(unsigned(a.Hv), unsigned(a.dv / kRowsPerBlock));
+  // 8, 16 or 32 elements per thread, at most 32 threads (one warp) per row.
+  const int ept = std::max(a.elems_per_thread, DK / 32);
+  if (ept >= 32) return launch(delta_net_kernel<DK, 32>, grid, dim3(kRowsPerBlock * DK / 32), 0, stream, a);
+  if (ept >= 16) return launch(delta_net_kernel<DK, 16>, grid, dim3(kRowsPerBlock * DK / 16), 0, stream, a);
+  return launch(delta_net_kernel<DK, 8>, grid, dim3(kRowsPerBlock * DK / 8), 0, stream, a);
 }
 
 }  // namespace
 
 bool delta_net_shape_supported(int64_t dk, int64_t dv) {
-  // A block is kRowsPerBlock state rows of dk/32 threads, which also load q and k.
+  // A block is kRowsPerBlock state rows, each split over threads of one warp.
   return (dk == 32 || dk == 64 || dk == 128 || dk == 256) && dv >= kRowsPerBlock && dv % kRowsPerBlock == 0;
 }
 
 cudaError_t delta_net(const DeltaNetArgs& a, cudaStream_t stream) {
   if (a.n <= 0) return cudaSuccess;
   if (!delta_net_shape_supported(a.dk, a.dv)) return cudaErrorInvalidValue;
-  const dim3 grid(unsigned(a.Hv), unsigned(a.dv / kRowsPerBlock));
-  const unsigned threads = unsigned(kRowsPerBlock * (a.dk / 32));
   switch (a.dk) {
-    case 32: return launch(delta_net_kernel<1>, grid, dim3(threads), 0, stream, a);
-    case 64: return launch(delta_net_kernel<2>, grid, dim3(threads), 0, stream, a);
-    case 128: return launch(delta_net_kernel<4>, grid, dim3(threads), 0, stream, a);
-    default: return launch(delta_net_kernel<8>, grid, dim3(threads), 0, stream, a);
+    case 32: return launch_dk<32>(a, stream);
+    case 64: return launch_dk<64>(a, stream);
+    case 128: return launch_dk<128>(a, stream);
+    default: return launch_dk<256>(a, stream);
   }
 }
 

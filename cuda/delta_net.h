@@ -33,6 +33,9 @@ struct DeltaNetArgs {
   float* out = nullptr;            // [n, Hv*dv]
   int64_t snapshot_row = -1;       // >= 0: copy the state after that row to snapshot
   float* snapshot = nullptr;       // [Hv, dv, dk]
+  // State elements per thread: 8, 16 or 32 (at least dk/32); fewer means
+  // more threads and shorter dependency chains per row (tuning.h).
+  int elems_per_thread = 16;
 };
 
 bool delta_net_shape_supported(int64_t dk, int64_t dv);

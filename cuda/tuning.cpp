@@ -25,6 +25,7 @@ DecodeTuning clamp(DecodeTuning t) {
   t.fp4_blocks_per_sm = std::clamp(t.fp4_blocks_per_sm, 1, kFp4MaxBlocksPerSm);
   t.fp4_depth = t.fp4_depth >= 16 ? 16 : t.fp4_depth >= 8 ? 8 : 4;
   t.q6k_kernel = t.q6k_kernel == 1 ? 1 : 2;
+  t.delta_ept = t.delta_ept >= 32 ? 32 : t.delta_ept >= 16 ? 16 : 8;
   return t;
 }
 
@@ -43,6 +44,7 @@ DecodeTuning decode_tuning() {
     t.fp4_blocks_per_sm = env_int("QWEN35_CUDA_FP4_BPS", t.fp4_blocks_per_sm);
     t.fp4_depth = env_int("QWEN35_CUDA_FP4_DEPTH", t.fp4_depth);
     t.q6k_kernel = env_int("QWEN35_CUDA_Q6K_KERNEL", t.q6k_kernel);
+    t.delta_ept = env_int("QWEN35_CUDA_DELTA_EPT", t.delta_ept);
     g_tuning = clamp(t);
     g_loaded = true;
   }
@@ -56,8 +58,9 @@ void set_decode_tuning(const DecodeTuning& t) {
 }
 
 std::string describe(const DecodeTuning& t) {
-  if (t.fp4_kernel == 1) return fmt::format("fp4 v1, q6k v{}", t.q6k_kernel);
-  return fmt::format("fp4 v2 w{} bps{} d{}, q6k v{}", t.fp4_warps, t.fp4_blocks_per_sm, t.fp4_depth, t.q6k_kernel);
+  if (t.fp4_kernel == 1) return fmt::format("fp4 v1, q6k v{}, dn e{}", t.q6k_kernel, t.delta_ept);
+  return fmt::format("fp4 v2 w{} bps{} d{}, q6k v{}, dn e{}", t.fp4_warps, t.fp4_blocks_per_sm, t.fp4_depth,
+                     t.q6k_kernel, t.delta_ept);
 }
 
 }  // namespace qwen35::cuda

@@ -13,6 +13,9 @@
 //   QWEN35_CUDA_Q6K_KERNEL  1: one thread per row (Q6kRows32 layout),
 //                           2: tensor cores on the tiled Q6_K layout (default;
 //                           chosen at upload, see upload.cpp)
+//   QWEN35_CUDA_DELTA_EPT   delta rule (decode and prefill): state elements
+//                           per thread, 8, 16 (default) or 32 (the first
+//                           kernel's split); read when a context is created
 //
 // set_decode_tuning() changes them for kernels launched afterwards; contexts
 // that already captured CUDA graphs keep the shapes they captured, so change
@@ -32,6 +35,7 @@ struct DecodeTuning {
   int fp4_blocks_per_sm = 4;
   int fp4_depth = 4;
   int q6k_kernel = 2;
+  int delta_ept = 16;
 };
 
 constexpr int kFp4MaxBlocksPerSm = 32;
@@ -39,7 +43,7 @@ constexpr int kFp4MaxBlocksPerSm = 32;
 DecodeTuning decode_tuning();
 // Values out of range are clamped to the nearest supported one.
 void set_decode_tuning(const DecodeTuning& t);
-// "fp4 v2 w4 bps8 d8, q6k v2": for logs and tables.
+// "fp4 v2 w4 bps8 d8, q6k v2, dn e16": for logs and tables.
 std::string describe(const DecodeTuning& t);
 
 }  // namespace qwen35::cuda

@@ -623,3 +623,57 @@ TEST_CASE("CUDA: prefill with the dequantization ahead (or cached) equals the ro
     }
   }
 }
+
+TEST_CASE("CUDA: the tiled attention and every delta-rule thread split agree with the first kernels") {
+  QWEN35_REQUIRE_GPU();
+  // F32 GEMMs: no BF16 rounding of activations to amplify the F32
+  // summation-order differences between the kernels.
+  EnvVar f32("QWEN35_CUDA_GEMM", "f32");
+  Model m(fixture("models/tiny-m-nvfp4.gguf"));
+  const auto s = read_seqs(fixture("logits/seqs.txt"))[2];  // 300 tokens
+  const int n_pre = 290;
+  // Rows of a 290-token prefill (chunks of 128: the tiled kernel with and
+  // without n_past), then 10 one-token steps and an MTP draft.
+  auto run = [&](std::vector<float>* pre, std::vector<float>* steps) {
+    Ctx c(m.m, 512, true, 128);
+    REQUIRE(qwen35_context_decode(c.c, s.data(), n_pre, QWEN35_LOGITS_ALL) == QWEN35_OK);
+    for (int i = 0; i < n_pre; i += 29)
+      pre->insert(pre->end(), qwen35_context_logits(c.c, i), qwen35_context_logits(c.c, i) + 4122);
+    for (int i = n_pre; i < int(s.size()); ++i) {
+      REQUIRE(qwen35_context_decode(c.c, &s[size_t(i)], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+      steps->insert(steps->end(), qwen35_context_logits(c.c, -1), qwen35_context_logits(c.c, -1) + 4122);
+    }
+    const float* d = nullptr;
+    REQUIRE(qwen35_context_mtp_draft(c.c, 42, &d) == QWEN35_OK);
+    steps->insert(steps->end(), d, d + 4122);
+  };
+  auto worst_of = [](const std::vector<float>& a, const std::vector<float>& b) {
+    double w = 0;
+    for (size_t r = 0; r * 4122 < b.size(); ++r) w = std::max(w, rel_err(a.data() + r * 4122, b.data() + r * 4122, 4122));
+    return w;
+  };
+  const qwen35::cuda::DecodeTuning saved = qwen35::cuda::decode_tuning();
+  qwen35::cuda::DecodeTuning t = saved;
+  std::vector<float> base_pre, base_steps;
+  {
+    EnvVar e("QWEN35_CUDA_TILED_ATTN", "0");
+    t.delta_ept = 32;
+    qwen35::cuda::set_decode_tuning(t);
+    run(&base_pre, &base_steps);
+  }
+  for (int ept : {8, 16, 32}) {
+    CAPTURE(ept);
+    t.delta_ept = ept;
+    qwen35::cuda::set_decode_tuning(t);
+    std::vector<float> pre, steps;
+    run(&pre, &steps);
+    const double wp = worst_of(pre, base_pre), ws = worst_of(steps, base_steps);
+    MESSAGE("tiled attention, " << ept << " delta-rule elements per thread vs split attention, 32: prefill " << wp
+                                << ", steps " << ws);
+    CHECK(wp < 1e-4);
+    // Steps round activations to F16 in the decode kernels: a changed input
+    // bit can flip a rounding.
+    CHECK(ws < 2e-3);
+  }
+  qwen35::cuda::set_decode_tuning(saved);
+}

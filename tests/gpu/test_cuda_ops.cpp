@@ -15,6 +15,7 @@
 #include "fp4_gemm.h"
 #include "gemm.h"
 #include "gpu_test_util.h"
+#include "kernel_refs.h"
 #include "matmul.h"
 #include "matvec_fp4.h"
 #include "matvec_q6k.h"
@@ -301,60 +302,61 @@ TEST_CASE("q/k norm + IMROPE + KV write match rmsnorm and rope_heads") {
   CHECK(hk[size_t((n_past + n) * kvd)] == 0);
 }
 
-TEST_CASE("attention matches attend_one with the gate, for every head size and split count") {
+TEST_CASE("attention (split and tiled) matches attend_one with the gate, for every head size") {
   QWEN35_REQUIRE_GPU();
   for (int64_t Dh : {64, 128, 256, 512}) {
-    for (int64_t n : {1, 6}) {
-      for (int splits : {1, 3, 32}) {
-        CAPTURE(Dh);
-        CAPTURE(n);
-        CAPTURE(splits);
-        const int64_t Hq = 4, Hkv = 2, n_past = 20, n_ctx = 40, qd = Hq * Dh, kvd = Hkv * Dh;
-        auto q = random_floats(size_t(n * qd), 1, -1, 1);
-        auto kf = random_floats(size_t(n_ctx * kvd), 2, -1, 1);
-        auto vf = random_floats(size_t(n_ctx * kvd), 3, -1, 1);
-        const int64_t ldgate = qd + 8;
-        auto gate = random_floats(size_t(n * ldgate), 4, -3, 3);
-        std::vector<uint16_t> kh(kf.size()), vh(vf.size());
-        for (size_t i = 0; i < kf.size(); ++i) {
-          kh[i] = to_f16(kf[i]);
-          kf[i] = fp16_to_fp32(kh[i]);
-          vh[i] = to_f16(vf[i]);
-          vf[i] = fp16_to_fp32(vh[i]);
-        }
-        DevArray<float> dq(q), dgate(gate), dout(static_cast<size_t>(n * qd));
-        DevArray<uint16_t> dk(kh), dv(vh);
-        DevArray<int32_t> dnp(std::vector<int32_t>{int32_t(n_past)});
-        DevArray<float> pm(static_cast<size_t>(n * Hq * splits)), pl(static_cast<size_t>(n * Hq * splits)), po(static_cast<size_t>(n * Hq * splits * Dh));
-        AttnArgs a;
-        a.n = n;
-        a.n_head = Hq;
-        a.n_head_kv = Hkv;
-        a.head_dim = Dh;
-        a.scale = 1.0f / std::sqrt(float(Dh));
-        a.q = dq.get();
-        a.k_cache = dk.get();
-        a.v_cache = dv.get();
-        a.gate = dgate.get();
-        a.ldgate = ldgate;
-        a.gate_stride = Dh;
-        a.n_past = dnp.get();
-        a.o = dout.get();
-        a.splits = splits;
-        a.part_m = pm.get();
-        a.part_l = pl.get();
-        a.part_o = po.get();
-        REQUIRE(attention(a, 0) == cudaSuccess);
-        auto o = dout.download();
-        std::vector<float> want(static_cast<size_t>(n * qd)), sc(static_cast<size_t>(n_ctx));
-        for (int64_t t = 0; t < n; ++t)
-          for (int64_t h = 0; h < Hq; ++h) {
-            float* oh = want.data() + t * qd + h * Dh;
-            attend_one(q.data() + t * qd + h * Dh, kf.data() + (h / 2) * Dh, vf.data() + (h / 2) * Dh, n_past + t + 1,
-                       kvd, Dh, a.scale, sc.data(), oh);
-            for (int64_t i = 0; i < Dh; ++i) oh[i] *= sigmoidf(gate[size_t(t * ldgate + h * Dh + i)]);
+    for (int64_t n : {1, 6, 77}) {
+      for (int64_t n_past : {0, 20}) {
+        for (int mode : {1, 3, 32, 0}) {  // split count, or 0: the tiled kernel
+          CAPTURE(Dh);
+          CAPTURE(n);
+          CAPTURE(n_past);
+          CAPTURE(mode);
+          const int64_t Hq = 4, Hkv = 2, n_ctx = 112, qd = Hq * Dh, kvd = Hkv * Dh;
+          const int splits = mode == 0 ? 1 : mode;
+          auto q = random_floats(size_t(n * qd), 1, -1, 1);
+          auto kf = random_floats(size_t(n_ctx * kvd), 2, -1, 1);
+          auto vf = random_floats(size_t(n_ctx * kvd), 3, -1, 1);
+          const int64_t ldgate = qd + 8;
+          auto gate = random_floats(size_t(n * ldgate), 4, -3, 3);
+          std::vector<uint16_t> kh(kf.size()), vh(vf.size());
+          for (size_t i = 0; i < kf.size(); ++i) {
+            // Cache rows past the batch hold NaNs that must never reach a result.
+            const bool stale = int64_t(i) >= (n_past + n) * kvd;
+            kh[i] = stale ? uint16_t(0x7E00) : to_f16(kf[i]);
+            kf[i] = fp16_to_fp32(kh[i]);
+            vh[i] = stale ? uint16_t(0x7E00) : to_f16(vf[i]);
+            vf[i] = fp16_to_fp32(vh[i]);
           }
-        CHECK(max_rel(o, want) < 2e-5);
+          DevArray<float> dq(q), dgate(gate), dout(static_cast<size_t>(n * qd));
+          DevArray<uint16_t> dk(kh), dv(vh);
+          DevArray<int32_t> dnp(std::vector<int32_t>{int32_t(n_past)});
+          DevArray<float> pm(static_cast<size_t>(n * Hq * splits)), pl(static_cast<size_t>(n * Hq * splits)),
+              po(static_cast<size_t>(n * Hq * splits * Dh));
+          AttnArgs a;
+          a.n = n;
+          a.n_head = Hq;
+          a.n_head_kv = Hkv;
+          a.head_dim = Dh;
+          a.scale = 1.0f / std::sqrt(float(Dh));
+          a.q = dq.get();
+          a.k_cache = dk.get();
+          a.v_cache = dv.get();
+          a.gate = dgate.get();
+          a.ldgate = ldgate;
+          a.gate_stride = Dh;
+          a.n_past = dnp.get();
+          a.o = dout.get();
+          a.splits = splits;
+          a.part_m = pm.get();
+          a.part_l = pl.get();
+          a.part_o = po.get();
+          a.tiled = mode == 0;
+          REQUIRE(attention(a, 0) == cudaSuccess);
+          std::vector<float> want;
+          attention_reference(q, kf, vf, gate, ldgate, Dh, n, n_past, Hq, Hkv, Dh, a.scale, want);
+          CHECK(max_rel(dout.download(), want) < 2e-5);
+        }
       }
     }
   }
@@ -363,104 +365,86 @@ TEST_CASE("attention matches attend_one with the gate, for every head size and s
 TEST_CASE("causal conv + SiLU matches conv_silu_step row by row, with snapshots") {
   QWEN35_REQUIRE_GPU();
   for (int64_t K : {2, 3, 4}) {
-    for (int64_t n : {1, 2, 9}) {
-      CAPTURE(K);
-      CAPTURE(n);
-      const int64_t C = 300, ldu = 320;
-      auto u = random_floats(size_t(n * ldu), 1, -2, 2);
-      auto taps = random_floats(size_t(C * K), 2, -1, 1);
-      auto win = random_floats(size_t((K - 1) * C), 3, -2, 2);
-      DevArray<float> du(u), dt(taps), dw(win), dout(static_cast<size_t>(n * C)), dsnap(static_cast<size_t>((K - 1) * C));
-      ConvArgs a;
-      a.n = n;
-      a.C = C;
-      a.K = K;
-      a.u = du.get();
-      a.ldu = ldu;
-      a.taps = dt.get();
-      a.window = dw.get();
-      a.out = dout.get();
-      a.snapshot_row = n / 2;
-      a.snapshot = dsnap.get();
-      REQUIRE(conv_silu(a, 0) == cudaSuccess);
-      // CPU: slide the window one row at a time.
-      std::vector<float> w(win), out(static_cast<size_t>(n * C)), snap;
-      for (int64_t t = 0; t < n; ++t) {
-        conv_silu_step(w.data(), u.data() + t * ldu, taps.data(), C, K, out.data() + t * C);
-        for (int64_t k = 0; k + 2 < K; ++k)
-          for (int64_t c = 0; c < C; ++c) w[size_t(k * C + c)] = w[size_t((k + 1) * C + c)];
-        if (K > 1)
-          for (int64_t c = 0; c < C; ++c) w[size_t((K - 2) * C + c)] = u[size_t(t * ldu + c)];
-        if (t == n / 2) snap = w;
+    for (int64_t n : {1, 2, 9, 300}) {  // 300: many row blocks
+      for (int64_t snap_row : {int64_t(0), n / 2, n - 1}) {
+        CAPTURE(K);
+        CAPTURE(n);
+        CAPTURE(snap_row);
+        const int64_t C = 300, ldu = 320;
+        auto u = random_floats(size_t(n * ldu), 1, -2, 2);
+        auto taps = random_floats(size_t(C * K), 2, -1, 1);
+        auto win = random_floats(size_t((K - 1) * C), 3, -2, 2);
+        DevArray<float> du(u), dt(taps), dw(win), dout(static_cast<size_t>(n * C)),
+            dsnap(static_cast<size_t>((K - 1) * C));
+        ConvArgs a;
+        a.n = n;
+        a.C = C;
+        a.K = K;
+        a.u = du.get();
+        a.ldu = ldu;
+        a.taps = dt.get();
+        a.window = dw.get();
+        a.out = dout.get();
+        a.snapshot_row = snap_row;
+        a.snapshot = dsnap.get();
+        REQUIRE(conv_silu(a, 0) == cudaSuccess);
+        std::vector<float> out, snap;
+        conv_reference(u, ldu, taps, C, K, n, snap_row, win, out, snap);
+        CHECK(max_rel(dout.download(), out) < 1e-6);
+        CHECK(max_rel(dw.download(), win) == 0.0);
+        CHECK(max_rel(dsnap.download(), snap) == 0.0);
       }
-      CHECK(max_rel(dout.download(), out) < 1e-6);
-      CHECK(max_rel(dw.download(), w) == 0.0);
-      CHECK(max_rel(dsnap.download(), snap) == 0.0);
     }
   }
 }
 
-TEST_CASE("the delta rule kernel matches l2norm + delta_rule_step, with snapshots") {
+TEST_CASE("the delta rule kernel matches l2norm + delta_rule_step, with snapshots, for each thread split") {
   QWEN35_REQUIRE_GPU();
-  struct Shape {
-    int64_t Hk, Hv, dk, dv;
-  };
-  for (Shape s : {Shape{2, 4, 64, 64}, Shape{4, 8, 32, 32}, Shape{2, 4, 128, 128}, Shape{1, 2, 256, 64}}) {
+  for (DeltaShape s : {DeltaShape{2, 4, 64, 64}, DeltaShape{4, 8, 32, 32}, DeltaShape{2, 4, 128, 128},
+                       DeltaShape{1, 2, 256, 64}}) {
     for (int64_t n : {1, 7, 300}) {  // 300: several chunks of precomputed norms
-      CAPTURE(s.dk);
-      CAPTURE(s.dv);
-      CAPTURE(n);
-      const int64_t Cqk = s.Hk * s.dk, Cv = s.Hv * s.dv, C = 2 * Cqk + Cv, ldu = C + 4, ldb = s.Hv + 3;
-      auto uc = random_floats(size_t(n * ldu), 1, -1, 1);
-      auto b = random_floats(size_t(n * ldb), 2, -3, 3);
-      auto al = random_floats(size_t(n * ldb), 3, -3, 3);
-      auto a_log = random_floats(size_t(s.Hv), 4, -2, -0.1f);
-      auto dtb = random_floats(size_t(s.Hv), 5, -1, 1);
-      auto st = random_floats(size_t(Cv * s.dk), 6, -0.5f, 0.5f);
-      DevArray<float> duc(uc), db(b), da(al), dal(a_log), ddt(dtb), dst(st), dout(static_cast<size_t>(n * Cv)),
-          dsnap(static_cast<size_t>(Cv * s.dk));
-      DeltaNetArgs p;
-      p.n = n;
-      p.Hk = s.Hk;
-      p.Hv = s.Hv;
-      p.dk = s.dk;
-      p.dv = s.dv;
-      p.eps = 1e-6f;
-      p.uc = duc.get();
-      p.ldu = ldu;
-      p.b = db.get();
-      p.ldb = ldb;
-      p.a = da.get();
-      p.lda = ldb;
-      p.ssm_a = dal.get();
-      p.dt_bias = ddt.get();
-      p.state = dst.get();
-      p.out = dout.get();
-      p.snapshot_row = n - 1 > 0 ? 1 : 0;
-      p.snapshot = dsnap.get();
-      REQUIRE(delta_net_shape_supported(s.dk, s.dv));
-      REQUIRE(delta_net(p, 0) == cudaSuccess);
-      std::vector<float> M(st), out(static_cast<size_t>(n * Cv)), snap;
-      const float qscale = 1.0f / std::sqrt(float(s.dk));
-      for (int64_t t = 0; t < n; ++t) {
-        std::vector<float> row(uc.begin() + t * ldu, uc.begin() + t * ldu + C);
-        for (int64_t h = 0; h < s.Hk; ++h) {
-          l2norm(row.data() + h * s.dk, s.dk, 1e-6f);
-          l2norm(row.data() + Cqk + h * s.dk, s.dk, 1e-6f);
-          for (int64_t i = 0; i < s.dk; ++i) row[size_t(h * s.dk + i)] *= qscale;
-        }
-        for (int64_t j = 0; j < s.Hv; ++j) {
-          const int64_t kh = j % s.Hk;
-          const float beta = sigmoidf(b[size_t(t * ldb + j)]);
-          const float g = a_log[size_t(j)] * softplusf(al[size_t(t * ldb + j)] + dtb[size_t(j)]);
-          delta_rule_step(M.data() + j * s.dv * s.dk, row.data() + kh * s.dk, row.data() + Cqk + kh * s.dk,
-                          row.data() + 2 * Cqk + j * s.dv, beta, g, s.dk, s.dv, out.data() + t * Cv + j * s.dv);
-        }
-        if (t == p.snapshot_row) snap = M;
+      for (int ept : {8, 16, 32}) {
+        CAPTURE(s.dk);
+        CAPTURE(s.dv);
+        CAPTURE(n);
+        CAPTURE(ept);
+        const int64_t Cqk = s.Hk * s.dk, Cv = s.Hv * s.dv, C = 2 * Cqk + Cv, ldu = C + 4, ldb = s.Hv + 3;
+        auto uc = random_floats(size_t(n * ldu), 1, -1, 1);
+        auto b = random_floats(size_t(n * ldb), 2, -3, 3);
+        auto al = random_floats(size_t(n * ldb), 3, -3, 3);
+        auto a_log = random_floats(size_t(s.Hv), 4, -2, -0.1f);
+        auto dtb = random_floats(size_t(s.Hv), 5, -1, 1);
+        auto st = random_floats(size_t(Cv * s.dk), 6, -0.5f, 0.5f);
+        DevArray<float> duc(uc), db(b), da(al), dal(a_log), ddt(dtb), dst(st), dout(static_cast<size_t>(n * Cv)),
+            dsnap(static_cast<size_t>(Cv * s.dk));
+        DeltaNetArgs p;
+        p.n = n;
+        p.Hk = s.Hk;
+        p.Hv = s.Hv;
+        p.dk = s.dk;
+        p.dv = s.dv;
+        p.eps = 1e-6f;
+        p.uc = duc.get();
+        p.ldu = ldu;
+        p.b = db.get();
+        p.ldb = ldb;
+        p.a = da.get();
+        p.lda = ldb;
+        p.ssm_a = dal.get();
+        p.dt_bias = ddt.get();
+        p.state = dst.get();
+        p.out = dout.get();
+        p.snapshot_row = n - 1 > 0 ? 1 : 0;
+        p.snapshot = dsnap.get();
+        p.elems_per_thread = ept;
+        REQUIRE(delta_net_shape_supported(s.dk, s.dv));
+        REQUIRE(delta_net(p, 0) == cudaSuccess);
+        std::vector<float> M(st), out, snap;
+        delta_reference(s, n, uc, ldu, b, al, ldb, a_log, dtb, 1e-6f, M, out, p.snapshot_row, snap);
+        CHECK(max_rel(dout.download(), out) < 1e-5);
+        CHECK(max_rel(dst.download(), M) < 1e-5);
+        CHECK(max_rel(dsnap.download(), snap) < 1e-5);
       }
-      CHECK(max_rel(dout.download(), out) < 1e-5);
-      CHECK(max_rel(dst.download(), M) < 1e-5);
-      CHECK(max_rel(dsnap.download(), snap) < 1e-5);
     }
   }
 }
