@@ -12,8 +12,17 @@
 //   mtp:      the same with MTP speculation (models with an MTP layer)
 // --check N: also run an N-token prompt on the CPU backend and report the
 // relative difference of the last row's logits (batch and one-token steps).
-// --sweep: then time backend decoding for each decode-kernel variant
-// (cuda/tuning.h) and print a table (and a "sweep" JSON line).
+// --sweep: then time backend decoding for a short list of decode-kernel
+// variants (cuda/tuning.h: the best of the H100 sweep of run 2, and the
+// delta-rule thread splits) and print a table (and a "sweep" JSON line);
+// --sweep-all: every NVFP4 kernel variant instead.
+// --profile prefill|decode: for a profiler started with its collection off
+// (ncu --profile-from-start off, nsys --capture-range=cudaProfilerApi):
+// after the warm-up, only one prefill of p tokens, or only n decode steps
+// after it (graphs captured beforehand), run between cudaProfilerStart and
+// cudaProfilerStop; nothing else is measured.
+#include <cuda_profiler_api.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -22,6 +31,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "backend.h"
@@ -49,7 +59,8 @@ int32_t argmax(const float* x, int64_t n) {
 
 int usage() {
   std::fprintf(stderr,
-               "usage: qwen35-cuda-bench -m MODEL [-p 512] [-n 128] [--device cuda|cpu] [--json] [--check N] [--sweep]\n");
+               "usage: qwen35-cuda-bench -m MODEL [-p 512] [-n 128] [--device cuda|cpu] [--json] [--check N]\n"
+               "                         [--sweep | --sweep-all] [--profile prefill|decode]\n");
   return 2;
 }
 
@@ -96,9 +107,9 @@ Status backend_decode_rate(const Model& model, const ContextOptions& o, const st
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string path, device = "cuda";
+  std::string path, device = "cuda", profile;
   int p = 512, n = 128, check = 0;
-  bool json = false, sweep = false;
+  bool json = false, sweep = false, sweep_all = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "-m" && i + 1 < argc) path = argv[++i];
@@ -108,9 +119,12 @@ int main(int argc, char** argv) {
     else if (a == "--json") json = true;
     else if (a == "--check" && i + 1 < argc) check = std::atoi(argv[++i]);
     else if (a == "--sweep") sweep = true;
+    else if (a == "--sweep-all") sweep = sweep_all = true;
+    else if (a == "--profile" && i + 1 < argc) profile = argv[++i];
     else return usage();
   }
   if (path.empty() || p < 1 || n < 1) return usage();
+  if (!profile.empty() && (profile != "prefill" && profile != "decode")) return usage();
 
   double t0 = now_s();
   std::unique_ptr<Model> model;
@@ -143,6 +157,15 @@ int main(int argc, char** argv) {
   if (!st.ok()) return fail("creating a context", st);
   st = ctx->decode(prompt.data(), std::min(p, 16), LogitsMode::Last);
   if (!st.ok()) return fail("warm-up", st);
+  if (profile == "prefill") {
+    ctx->reset();
+    cudaProfilerStart();
+    st = ctx->decode(prompt.data(), p, LogitsMode::Last);
+    cudaProfilerStop();
+    if (!st.ok()) return fail("prefill", st);
+    std::printf("profiled one prefill of %d tokens\n", p);
+    return 0;
+  }
   double t_prefill = 1e30;
   for (int rep = 0; rep < 3; ++rep) {
     ctx->reset();
@@ -176,6 +199,14 @@ int main(int argc, char** argv) {
     if (!(st = step(p + i)).ok()) return fail("decode warm-up", st);
   if (!(st = be.restore_recurrent(1)).ok()) return fail("restoring the state", st);
   tok = argmax(ctx->logits(-1), V);
+  if (profile == "decode") {
+    cudaProfilerStart();
+    for (int i = 0; i < n && st.ok(); ++i) st = step(p + i);
+    cudaProfilerStop();
+    if (!st.ok()) return fail("decode", st);
+    std::printf("profiled %d decode steps after a prefill of %d tokens\n", n, p);
+    return 0;
+  }
   t0 = now_s();
   for (int i = 0; i < n; ++i)
     if (!(st = step(p + i)).ok()) return fail("decode", st);
@@ -258,21 +289,40 @@ int main(int argc, char** argv) {
     const cuda::DecodeTuning base = cuda::decode_tuning();
     std::vector<cuda::DecodeTuning> variants;
     cuda::DecodeTuning t = base;
-    t.fp4_kernel = 1;
-    for (int q6k : {1, 2}) {
-      t.q6k_kernel = q6k;
-      variants.push_back(t);
+    if (sweep_all) {
+      t.fp4_kernel = 1;
+      for (int q6k : {1, 2}) {
+        t.q6k_kernel = q6k;
+        variants.push_back(t);
+      }
+      t.fp4_kernel = 2;
+      t.q6k_kernel = 2;
+      for (int warps : {4, 8})
+        for (int bps : {2, 4, 8, 16})
+          for (int depth : {4, 8, 16}) {
+            t.fp4_warps = warps;
+            t.fp4_blocks_per_sm = bps;
+            t.fp4_depth = depth;
+            variants.push_back(t);
+          }
+    } else {
+      // The six fastest NVFP4 variants of the H100 sweep of 2026-11-26 (run 2),
+      // then the default one with each delta-rule thread split.
+      t.fp4_kernel = 2;
+      t.q6k_kernel = 2;
+      for (auto [warps, bps, depth] : {std::tuple{4, 4, 4}, std::tuple{8, 2, 4}, std::tuple{4, 8, 4},
+                                       std::tuple{8, 4, 4}, std::tuple{4, 2, 4}, std::tuple{4, 2, 8}}) {
+        t.fp4_warps = warps;
+        t.fp4_blocks_per_sm = bps;
+        t.fp4_depth = depth;
+        variants.push_back(t);
+      }
+      for (int ept : {8, 32}) {
+        t = base;
+        t.delta_ept = ept;
+        variants.push_back(t);
+      }
     }
-    t.fp4_kernel = 2;
-    t.q6k_kernel = 2;
-    for (int warps : {4, 8})
-      for (int bps : {2, 4, 8, 16})
-        for (int depth : {4, 8, 16}) {
-          t.fp4_warps = warps;
-          t.fp4_blocks_per_sm = bps;
-          t.fp4_depth = depth;
-          variants.push_back(t);
-        }
     std::unique_ptr<Model> sm;
     int sm_q6k = -1;
     std::string rows_json;

@@ -151,28 +151,28 @@ fi
 if [ -s "$M4MTP" ]; then
   bench "bench 4B NVFP4 + MTP (mirror)" "$BIN/qwen35-cuda-bench" -m "$M4MTP" -p 512 -n 128 --device cuda --json
 fi
-# The same without each decode optimization, for comparison.
+# The same without one optimization each, for comparison (prefill rows:
+# short decodes).
 if [ -s "$M4" ]; then
-  bench "  first kernels (fp4 v1, q6k v1)" env QWEN35_CUDA_FP4_KERNEL=1 QWEN35_CUDA_Q6K_KERNEL=1 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json
-  bench "  prefill: row-block dequantization" env QWEN35_CUDA_DEQ_AHEAD=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 32 --device cuda --json
-  bench "  prefill: cached BF16 weights" env QWEN35_CUDA_DEQ_CACHE=1 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 32 --device cuda --json
-  bench "  without PDL" env QWEN35_CUDA_PDL=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json
   bench "  without PDL and graphs" env QWEN35_CUDA_PDL=0 QWEN35_CUDA_GRAPHS=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json
-  bench "  generic kernels (GGUF layouts)" env QWEN35_CUDA_FAST=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 64 --device cuda --json
+  bench "  prefill: split attention" env QWEN35_CUDA_TILED_ATTN=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
+  bench "  prefill: delta rule e32" env QWEN35_CUDA_DELTA_EPT=32 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
+  bench "  prefill: delta rule e8" env QWEN35_CUDA_DELTA_EPT=8 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
+  bench "  prefill: cached BF16 weights" env QWEN35_CUDA_DEQ_CACHE=1 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
 fi
-# Per-kernel times of a short decode under Nsight Compute (when installed;
-# QWEN35_GPU_NCU=0 skips it): kernel durations by name and grid, kernels
-# serialized (no PDL overlap), for the next round of tuning.
-NCU_CSV=$OUT/ncu.csv
+# Per-kernel times under Nsight Compute (when installed; QWEN35_GPU_NCU=0
+# skips it): the bench's --profile runs only the part of interest between
+# cudaProfilerStart/Stop (ncu --profile-from-start off): 3 decode steps
+# (graph nodes profiled one by one) and one 512-token prefill. Kernels are
+# serialized (no PDL overlap), at ncu's locked clocks.
+NCU_CSV=$OUT/ncu-decode.csv
 NCU_PREFILL_CSV=$OUT/ncu-prefill.csv
+NCU_STEPS=3
 if [ -s "$M4" ] && [ "${QWEN35_GPU_NCU:-1}" != 0 ] && command -v ncu >/dev/null; then
-  step "ncu: decode kernels" 150 bash -c 'ncu --csv --metrics gpu__time_duration.sum --launch-count 1500 \
-      -k regex:"fp4|q6k|argmax|delta_net|attention|qkv_norm|rmsnorm|embedding|swiglu|conv" \
-      "$1" -m "$2" -p 9 -n 8 --device cuda > "$3"' _ "$BIN/qwen35-cuda-bench" "$M4" "$NCU_CSV"
-  # The warm-up (16 rows) and the first 512-row prefill.
-  step "ncu: prefill kernels" 150 bash -c 'ncu --csv --metrics gpu__time_duration.sum --launch-count 1200 \
-      -k regex:"gemm|xmma|cutlass|sm90|sm80|dequant|delta_net|attention|qkv_norm|rmsnorm|embedding|swiglu|conv|convert" \
-      "$1" -m "$2" -p 512 -n 1 --device cuda > "$3"' _ "$BIN/qwen35-cuda-bench" "$M4" "$NCU_PREFILL_CSV"
+  step "ncu: decode kernels" 120 bash -c 'ncu --csv --metrics gpu__time_duration.sum --profile-from-start off \
+      "$1" -m "$2" -p 64 -n "$4" --device cuda --profile decode > "$3"' _ "$BIN/qwen35-cuda-bench" "$M4" "$NCU_CSV" "$NCU_STEPS"
+  step "ncu: prefill kernels" 150 bash -c 'ncu --csv --metrics gpu__time_duration.sum --profile-from-start off \
+      "$1" -m "$2" -p 512 -n 1 --device cuda --profile prefill > "$3"' _ "$BIN/qwen35-cuda-bench" "$M4" "$NCU_PREFILL_CSV"
 fi
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv >>"$LOG" 2>&1 || true
 
@@ -227,9 +227,12 @@ EOF
     # Per-kernel times from ncu (mean per launch, grouped by kernel and grid).
     for f in "$NCU_CSV" "$NCU_PREFILL_CSV"; do
       [ -s "$f" ] || continue
-      python3 - "$f" <<'EOF'
+      runs=1
+      [ "$f" = "$NCU_CSV" ] && runs=$NCU_STEPS
+      python3 - "$f" "$runs" <<'EOF'
 import csv, collections, os, sys
 rows = [l for l in open(sys.argv[1]) if l.startswith('"')]
+runs = int(sys.argv[2])
 if rows:
     r = list(csv.reader(rows))
     h = r[0]
@@ -238,8 +241,13 @@ if rows:
         agg = collections.defaultdict(list)
         for x in r[1:]:
             agg[(x[ki].split("(")[0][-48:], x[gi])].append(float(x[vi].replace(",", "")) / 1e3)
-        print(f"{os.path.basename(sys.argv[1])} (kernels serialized): kernel | grid | launches | mean us | total us")
-        for (k, g), v in sorted(agg.items(), key=lambda kv: -sum(kv[1]))[:25]:
+        total = sum(sum(v) for v in agg.values())
+        count = sum(len(v) for v in agg.values())
+        what = "decode step" if runs > 1 else "prefill"
+        print(f"{os.path.basename(sys.argv[1])} (kernels serialized, locked clocks): per {what}: "
+              f"{count / runs:.0f} kernels, {total / runs:,.0f} us")
+        print("  kernel | grid | launches | mean us | total us")
+        for (k, g), v in sorted(agg.items(), key=lambda kv: -sum(kv[1]))[:30]:
             print(f"  {k:<48} {g:<14} {len(v):>5} {sum(v)/len(v):>9.1f} {sum(v):>10.0f}")
     except ValueError:
         print("ncu: unexpected CSV header")
@@ -249,7 +257,7 @@ EOF
     if grep -q '^sweep|' "$LOG"; then
       echo "decode-kernel variants (backend decode, device argmax):"
       grep '^sweep| best' "$LOG" | tail -1
-      grep '^sweep|' "$LOG" | grep -v 'best:' | sort -t'|' -k3 -rn | head -40
+      grep '^sweep|' "$LOG" | grep -v 'best:' | sort -t'|' -k3 -rn | head -30
     fi
   elif [ -s "$BENCH" ]; then
     cat "$BENCH"
