@@ -17,6 +17,7 @@
 #include "attention.h"
 #include "common.cuh"
 #include "launch.cuh"
+#include "rope.cuh"
 
 namespace qwen35::cuda {
 
@@ -121,6 +122,136 @@ __global__ void attention_merge_kernel(AttnArgs a) {
     }
     a.o[t * a.n_head * Dh + h * Dh + i] = v * inv * sigmoid_f(gate[i]);
   }
+}
+
+// ---- fused decode kernel ----------------------------------------------------------
+//
+// The part kernel's online softmax over the block's key range, preceded by
+// the work of qkv_norm_rope() that this block needs (its query head; the
+// batch's new keys and values, rounded to F16 exactly as the cache stores
+// them) and followed by the merge in the last block of the (row, head).
+template <int EPL>
+__global__ void __launch_bounds__(kAttnWarps * kWarp) attention_fused_kernel(FusedAttnArgs f) {
+  pdl_prologue();
+  constexpr int Dh = EPL * kWarp;
+  const AttnArgs& a = f.attn;
+  const QkvRopeArgs& r = f.rope;
+  __shared__ float buf[Dh], sq[Dh], red[32];
+  __shared__ float snk[kFusedAttnRows][Dh], snv[kFusedAttnRows][Dh];  // keys/values n_past .. n_past + t
+  __shared__ float sm[kAttnWarps], sl[kAttnWarps];
+  __shared__ float so[kAttnWarps][Dh];
+  __shared__ int s_last;
+  const int64_t h = blockIdx.x, t = blockIdx.y, s = blockIdx.z;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int64_t group = a.n_head / a.n_head_kv, g = h / group;
+  const int64_t kvd = a.n_head_kv * Dh;
+  const int64_t n_past = int64_t(*a.n_past);
+
+  head_rmsnorm(r.qg + t * r.ldqg + h * 2 * Dh, r.q_norm, Dh, r.eps, buf, red);
+  for (int64_t i = threadIdx.x; i < Dh; i += blockDim.x) sq[i] = rope_element(buf, i, r.pos + 3 * t, r.rope);
+  const bool writer = h % group == 0 && s == 0;  // writes row t's key and value of KV head g
+  for (int64_t u = 0; u <= t; ++u) {
+    __syncthreads();  // buf is no longer read
+    head_rmsnorm(r.k + u * r.ldk + g * Dh, r.k_norm, Dh, r.eps, buf, red);
+    for (int64_t i = threadIdx.x; i < Dh; i += blockDim.x) {
+      const __half kh = __float2half_rn(rope_element(buf, i, r.pos + 3 * u, r.rope));
+      const __half vh = __float2half_rn(r.v[u * r.ldv + g * Dh + i]);
+      snk[u][i] = __half2float(kh);
+      snv[u][i] = __half2float(vh);
+      if (writer && u == t) {
+        r.k_cache[(n_past + t) * kvd + g * Dh + i] = __half_as_ushort(kh);
+        r.v_cache[(n_past + t) * kvd + g * Dh + i] = __half_as_ushort(vh);
+      }
+    }
+  }
+  __syncthreads();
+
+  const int64_t n_kv = n_past + t + 1;
+  const int64_t chunk = (n_kv + a.splits - 1) / a.splits;
+  const int64_t j0 = s * chunk, j1 = min(n_kv, j0 + chunk);
+  float q[EPL];
+#pragma unroll
+  for (int e = 0; e < EPL; ++e) q[e] = sq[lane * EPL + e] * a.scale;
+  float m = -INFINITY, l = 0.0f, acc[EPL];
+#pragma unroll
+  for (int e = 0; e < EPL; ++e) acc[e] = 0.0f;
+  const uint16_t* kb = a.k_cache + g * Dh + lane * EPL;
+  const uint16_t* vb = a.v_cache + g * Dh + lane * EPL;
+  for (int64_t j = j0 + warp; j < j1; j += kAttnWarps) {
+    float kv[EPL];
+    if (j < n_past) {
+      load_f16_row<EPL>(kb + j * kvd, kv);
+    } else {
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) kv[e] = snk[j - n_past][lane * EPL + e];
+    }
+    float d = 0.0f;
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) d = fmaf(q[e], kv[e], d);
+    d = warp_sum(d);
+    const float m_new = fmaxf(m, d);
+    const float c = __expf(m - m_new), p = __expf(d - m_new);
+    l = l * c + p;
+    if (j < n_past) {
+      load_f16_row<EPL>(vb + j * kvd, kv);
+    } else {
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) kv[e] = snv[j - n_past][lane * EPL + e];
+    }
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) acc[e] = fmaf(p, kv[e], acc[e] * c);
+    m = m_new;
+  }
+  // Merge the warps of this block (as the part kernel).
+  if (lane == 0) {
+    sm[warp] = m;
+    sl[warp] = l;
+  }
+#pragma unroll
+  for (int e = 0; e < EPL; ++e) so[warp][lane * EPL + e] = acc[e];
+  __syncthreads();
+  float M = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, sm[w]);
+  const int64_t base = (t * a.n_head + h) * a.splits;
+  if (threadIdx.x == 0) {
+    float L = 0.0f;
+    for (int w = 0; w < kAttnWarps; ++w) L += sm[w] == -INFINITY ? 0.0f : sl[w] * __expf(sm[w] - M);
+    a.part_m[base + s] = M;
+    a.part_l[base + s] = L;
+  }
+  for (int i = threadIdx.x; i < Dh; i += blockDim.x) {
+    float v = 0.0f;
+    for (int w = 0; w < kAttnWarps; ++w)
+      if (sm[w] != -INFINITY) v += so[w][i] * __expf(sm[w] - M);
+    a.part_o[(base + s) * Dh + i] = v;
+  }
+
+  // The last block of (t, h) to get here merges the splits (as the merge kernel).
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) s_last = atomicAdd(&f.counters[t * a.n_head + h], 1) == a.splits - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  float Mg = -INFINITY;
+  for (int k = 0; k < a.splits; ++k) Mg = fmaxf(Mg, __ldcg(a.part_m + base + k));
+  float Lg = 0.0f;
+  for (int k = 0; k < a.splits; ++k) {
+    const float mk = __ldcg(a.part_m + base + k);
+    if (mk != -INFINITY) Lg += __ldcg(a.part_l + base + k) * __expf(mk - Mg);
+  }
+  const float inv = 1.0f / Lg;
+  const float* gate = a.gate + t * a.ldgate + h * a.gate_stride;
+  for (int64_t i = threadIdx.x; i < Dh; i += blockDim.x) {
+    float v = 0.0f;
+    for (int k = 0; k < a.splits; ++k) {
+      const float mk = __ldcg(a.part_m + base + k);
+      if (mk != -INFINITY) v += __ldcg(a.part_o + (base + k) * Dh + i) * __expf(mk - Mg);
+    }
+    a.o[t * a.n_head * Dh + h * Dh + i] = v * inv * sigmoid_f(gate[i]);
+  }
+  if (threadIdx.x == 0) f.counters[t * a.n_head + h] = 0;
 }
 
 // ---- tiled kernel ------------------------------------------------------------------
@@ -362,6 +493,24 @@ cudaError_t attention(const AttnArgs& a, cudaStream_t stream) {
   }
   if (e != cudaSuccess) return e;
   return launch(attention_merge_kernel, dim3(unsigned(a.n_head), unsigned(a.n)), dim3(128), 0, stream, a);
+}
+
+cudaError_t attention_fused(const FusedAttnArgs& f, cudaStream_t stream) {
+  const AttnArgs& a = f.attn;
+  if (a.n <= 0) return cudaSuccess;
+  if (a.n > kFusedAttnRows || !attention_head_dim_supported(a.head_dim) || a.splits < 1 ||
+      a.n_head % a.n_head_kv != 0 || a.tiled || !f.counters || f.rope.head_dim != a.head_dim ||
+      f.rope.n_head != a.n_head || f.rope.n_head_kv != a.n_head_kv || f.rope.rope.n_rot > a.head_dim ||
+      f.rope.k_cache != a.k_cache || f.rope.v_cache != a.v_cache || f.rope.n_past != a.n_past)
+    return cudaErrorInvalidValue;
+  const dim3 grid(unsigned(a.n_head), unsigned(a.n), unsigned(a.splits));
+  const dim3 block(kAttnWarps * kWarp);
+  switch (a.head_dim) {
+    case 64: return launch(attention_fused_kernel<2>, grid, block, 0, stream, f);
+    case 128: return launch(attention_fused_kernel<4>, grid, block, 0, stream, f);
+    case 256: return launch(attention_fused_kernel<8>, grid, block, 0, stream, f);
+    default: return launch(attention_fused_kernel<16>, grid, block, 0, stream, f);
+  }
 }
 
 }  // namespace qwen35::cuda

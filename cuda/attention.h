@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "rope.h"
+
 namespace qwen35::cuda {
 
 struct AttnArgs {
@@ -39,5 +41,22 @@ bool attention_head_dim_supported(int64_t head_dim);
 
 // The whole attention for every row and head.
 cudaError_t attention(const AttnArgs& a, cudaStream_t stream);
+
+// Decode steps of up to kFusedAttnRows rows: the q/k norm + RoPE + KV cache
+// write of qkv_norm_rope() and both attention kernels in one kernel. Every
+// block computes its query head and the batch's new keys and values itself
+// (F16-rounded, as the cache holds them) and reads only the cache rows
+// before n_past; one block per (row, KV head) writes that row's key and
+// value to the cache; the last block of each (row, head) to finish merges
+// the splits (in split order, as the merge kernel).
+constexpr int kFusedAttnRows = 2;
+
+struct FusedAttnArgs {
+  AttnArgs attn;       // q is not read (tiled must be false)
+  QkvRopeArgs rope;    // the raw projections and norms (caches and n_past as in attn); q_out is not written
+  int* counters = nullptr;  // [n, n_head] zeros (left zero)
+};
+
+cudaError_t attention_fused(const FusedAttnArgs& a, cudaStream_t stream);
 
 }  // namespace qwen35::cuda

@@ -185,6 +185,7 @@ class CudaBackend final : public Backend {
   bool use_graphs_ = true;
   bool fp4_gemm_ = false;            // block-scaled FP4 GEMMs for batches (Blackwell)
   bool tiled_attn_ = true;           // batches: the tiled attention kernel
+  bool fused_attn_ = true;           // decode: q/k norm, RoPE and attention in one kernel
   int delta_ept_ = 16;               // delta rule: state elements per thread
   std::map<GraphKey, cudaGraphExec_t> graphs_;
   DequantAhead deq_ahead_;           // prefill: NVFP4 dequantization one projection ahead
@@ -223,6 +224,7 @@ class CudaBackend final : public Backend {
   int64_t ld_mix_ = 0;
   float *q_ = nullptr, *o_ = nullptr;                       // [nb, Hq*Dh]
   float *part_m_ = nullptr, *part_l_ = nullptr, *part_o_ = nullptr;
+  int* attn_counters_ = nullptr;                            // [kFusedAttnRows, Hq], zero between calls
   float *uc_ = nullptr, *so_ = nullptr;                     // [nb, Cconv], [nb, Cv]
   float* gu_ = nullptr;                                     // [nb, 2F]: gate | up, then silu(gate) * up
   float *mtp_in_ = nullptr, *mtp_hid_ = nullptr;            // [nb, 2D], [nb, D]
@@ -251,6 +253,7 @@ Status CudaBackend::init() {
   if (const char* g = std::getenv("QWEN35_CUDA_GEMM"); g && std::string(g) == "f32") gemm_type_ = GemmType::F32;
   use_graphs_ = !env_off("QWEN35_CUDA_GRAPHS");
   tiled_attn_ = !env_off("QWEN35_CUDA_TILED_ATTN");
+  fused_attn_ = !env_off("QWEN35_CUDA_FUSED_ATTN");
   delta_ept_ = decode_tuning().delta_ept;
   set_pdl(!env_off("QWEN35_CUDA_PDL"));
   QWEN35_TRY(gemm_.init(32ull << 20));
@@ -344,6 +347,7 @@ Status CudaBackend::init() {
   cv.add(&part_m_, part_rows * hp_.n_head);
   cv.add(&part_l_, part_rows * hp_.n_head);
   cv.add(&part_o_, part_rows * hp_.n_head * Dh);
+  cv.add(&attn_counters_, uint64_t(kFusedAttnRows) * hp_.n_head);
   cv.add(&uc_, nb * C);
   cv.add(&so_, nb * Cv);
   cv.add(&gu_, nb * 2 * F);
@@ -586,7 +590,6 @@ Status CudaBackend::attention_layer(const DevLayer& L, const KVCache& kv, int64_
   r.k_cache = kv.k;
   r.v_cache = kv.v;
   r.n_past = d_npast_;
-  QWEN35_CUDA_TRY(qkv_norm_rope(r, stream_), "q/k norm and RoPE");
   AttnArgs a;
   a.n = n;
   a.n_head = hp_.n_head;
@@ -606,7 +609,16 @@ Status CudaBackend::attention_layer(const DevLayer& L, const KVCache& kv, int64_
   a.part_l = part_l_;
   a.part_o = part_o_;
   a.tiled = tiled_attn_ && n > kMatvecMaxCols;
-  QWEN35_CUDA_TRY(attention(a, stream_), "attention");
+  if (fused_attn_ && n <= kFusedAttnRows) {
+    FusedAttnArgs f;
+    f.attn = a;
+    f.rope = r;
+    f.counters = attn_counters_;
+    QWEN35_CUDA_TRY(attention_fused(f, stream_), "attention");
+  } else {
+    QWEN35_CUDA_TRY(qkv_norm_rope(r, stream_), "q/k norm and RoPE");
+    QWEN35_CUDA_TRY(attention(a, stream_), "attention");
+  }
   return project(L.out_proj, o_, qd, n, nullptr, h, D, Epi::Add);
 }
 

@@ -1,14 +1,12 @@
 // q/k norm + RoPE + KV cache write (see rope.h).
-#include "common.cuh"
 #include "launch.cuh"
-#include "rope.h"
+#include "rope.cuh"
 
 namespace qwen35::cuda {
 
 namespace {
 
 constexpr int kRopeThreads = 128;
-constexpr int kMaxHeadDim = 512;
 
 // Block (t, job): job < Hq is query head job, then Hkv key heads, then Hkv
 // value heads.
@@ -31,31 +29,10 @@ __global__ void __launch_bounds__(kRopeThreads) qkv_norm_rope_kernel(QkvRopeArgs
   }
   const bool is_q = job < Hq;
   const float* src = is_q ? a.qg + t * a.ldqg + job * 2 * Dh : a.k + t * a.ldk + (job - Hq) * Dh;
-  const float* w = is_q ? a.q_norm : a.k_norm;
-
-  float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < Dh; i += blockDim.x) {
-    const float v = src[i];
-    buf[i] = v;
-    ss = fmaf(v, v, ss);
-  }
-  ss = block_sum(ss, red);  // ends with a barrier: buf is complete
-  const float scale = rsqrtf(ss / float(Dh) + a.eps);
-  for (int64_t i = threadIdx.x; i < Dh; i += blockDim.x) buf[i] = buf[i] * scale * w[i];
-  __syncthreads();
-
-  const int half = a.rope.n_rot / 2;
+  head_rmsnorm(src, is_q ? a.q_norm : a.k_norm, Dh, a.eps, buf, red);
   const int32_t* pos = a.pos + 3 * t;
   for (int64_t i = threadIdx.x; i < Dh; i += blockDim.x) {
-    float out = buf[i];
-    if (i < 2 * half) {
-      const int p = int(i < half ? i : i - half);
-      const int comp = a.rope.comp[p];
-      const double ang = (comp < 3 ? double(pos[comp]) : 0.0) * a.rope.inv_freq[p];
-      const float c = float(cos(ang)), s = float(sin(ang));
-      if (i < half) out = buf[i] * c - buf[i + half] * s;
-      else out = buf[i - half] * s + buf[i] * c;
-    }
+    const float out = rope_element(buf, i, pos, a.rope);
     if (is_q) a.q_out[t * Hq * Dh + job * Dh + i] = out;
     else a.k_cache[row * kvd + (job - Hq) * Dh + i] = __half_as_ushort(__float2half_rn(out));
   }

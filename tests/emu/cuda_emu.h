@@ -146,3 +146,17 @@ std::common_type_t<A, B> max(A a, B b) {
   using C = std::common_type_t<A, B>;
   return C(a) > C(b) ? C(a) : C(b);
 }
+
+// Blocks run one at a time: atomics are plain read-modify-writes, fences
+// and cache hints are no-ops.
+template <typename T>
+T atomicAdd(T* p, T v) {
+  const T old = *p;
+  *p = old + v;
+  return old;
+}
+inline void __threadfence() {}
+template <typename T>
+T __ldcg(const T* p) {
+  return *p;
+}

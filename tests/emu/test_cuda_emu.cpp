@@ -7,6 +7,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -17,6 +18,7 @@
 #include "cpu/ops.h"
 #include "cuda_emu.h"
 #include "delta_net.h"
+#include "fused_attn_case.h"
 #include "kernel_refs.h"
 
 using namespace qwen35;
@@ -197,6 +199,47 @@ TEST_CASE("emulated: split and tiled attention match attend_one with the gate") 
             std::vector<float> g(gate.begin() + Dh, gate.end());
             attention_reference(q, kf, vf, g, ldgate, 2 * Dh, n, n_past, Hq, Hkv, Dh, a.scale, want);
             CHECK(rel(dout, want) < 2e-6);
+          }
+        }
+      }
+    }
+  }
+  emu::set_order(false);
+}
+
+namespace {
+
+// "Device" arrays of the emulation: host vectors.
+template <typename T>
+struct HostArray {
+  std::vector<T> v;
+  explicit HostArray(const std::vector<T>& h) : v(h) {}
+  T* get() { return v.data(); }
+  std::vector<T> download() const { return v; }
+};
+
+}  // namespace
+
+TEST_CASE("emulated: the fused decode attention equals q/k norm + RoPE + split attention, caches included") {
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  for (bool reverse : {false, true}) {
+    emu::set_order(reverse);
+    for (int64_t Dh : {64, 256, 512}) {
+      for (int64_t n : {1, 2}) {
+        for (int64_t n_past : {0, 9, 30}) {
+          for (int splits : {1, 3, 8}) {
+            CAPTURE(reverse);
+            CAPTURE(Dh);
+            CAPTURE(n);
+            CAPTURE(n_past);
+            CAPTURE(splits);
+            const FusedAttnResult r = run_fused_attention_case<HostArray>(Dh, n, n_past, splits, rand, to_f16);
+            REQUIRE(r.ok);
+            // Same arithmetic in the same order: equal bits.
+            CHECK(rel(r.out_fused, r.out_ref) == 0.0);
+            CHECK(r.k_fused == r.k_ref);
+            CHECK(r.v_fused == r.v_ref);
+            CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int32_t c) { return c == 0; }));
           }
         }
       }

@@ -677,3 +677,38 @@ TEST_CASE("CUDA: the tiled attention and every delta-rule thread split agree wit
   }
   qwen35::cuda::set_decode_tuning(saved);
 }
+
+TEST_CASE("CUDA: decode with the fused attention kernel agrees with the three kernels (steps, MTP verify)") {
+  QWEN35_REQUIRE_GPU();
+  Model m(fixture("models/tiny-m-nvfp4.gguf"));
+  const auto s = read_seqs(fixture("logits/seqs.txt"))[1];
+  // One-token steps, then a two-row batch (the verify shape) and an MTP draft.
+  auto run = [&] {
+    Ctx c(m.m, 512, true);
+    std::vector<float> all;
+    for (int i = 0; i < 10; ++i) {
+      REQUIRE(qwen35_context_decode(c.c, &s[size_t(i)], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+      all.insert(all.end(), qwen35_context_logits(c.c, -1), qwen35_context_logits(c.c, -1) + 4122);
+    }
+    REQUIRE(qwen35_context_decode(c.c, &s[10], 2, QWEN35_LOGITS_ALL) == QWEN35_OK);
+    for (int i = 0; i < 2; ++i)
+      all.insert(all.end(), qwen35_context_logits(c.c, i), qwen35_context_logits(c.c, i) + 4122);
+    const float* d = nullptr;
+    REQUIRE(qwen35_context_mtp_draft(c.c, 7, &d) == QWEN35_OK);
+    all.insert(all.end(), d, d + 4122);
+    return all;
+  };
+  std::vector<float> three;
+  {
+    EnvVar e("QWEN35_CUDA_FUSED_ATTN", "0");
+    three = run();
+  }
+  const std::vector<float> fused = run();
+  double worst = 0;
+  for (size_t r = 0; r * 4122 < three.size(); ++r)
+    worst = std::max(worst, rel_err(fused.data() + r * 4122, three.data() + r * 4122, 4122));
+  MESSAGE("fused vs separate decode attention: worst relative difference " << worst);
+  // Equal formulas; a different contraction of a*b+c can flip an F16
+  // rounding in the cache or in a decode kernel's activations.
+  CHECK(worst < 2e-3);
+}

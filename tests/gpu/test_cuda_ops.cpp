@@ -14,6 +14,7 @@
 #include "elementwise.h"
 #include "fp4_gemm.h"
 #include "gemm.h"
+#include "fused_attn_case.h"
 #include "gpu_test_util.h"
 #include "kernel_refs.h"
 #include "matmul.h"
@@ -356,6 +357,39 @@ TEST_CASE("attention (split and tiled) matches attend_one with the gate, for eve
           std::vector<float> want;
           attention_reference(q, kf, vf, gate, ldgate, Dh, n, n_past, Hq, Hkv, Dh, a.scale, want);
           CHECK(max_rel(dout.download(), want) < 2e-5);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("the fused decode attention agrees with q/k norm + RoPE + split attention, caches included") {
+  QWEN35_REQUIRE_GPU();
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  for (int64_t Dh : {64, 128, 256, 512}) {
+    for (int64_t n : {1, 2}) {
+      for (int64_t n_past : {0, 9, 30}) {
+        for (int splits : {1, 3, 8}) {
+          CAPTURE(Dh);
+          CAPTURE(n);
+          CAPTURE(n_past);
+          CAPTURE(splits);
+          const FusedAttnResult r = run_fused_attention_case<DevArray>(Dh, n, n_past, splits, rand, to_f16);
+          REQUIRE(r.ok);
+          // The same formulas; only the compiler's contraction of a*b+c may
+          // differ between the kernels (a changed F32 bit can flip an F16
+          // rounding of a key).
+          CHECK(max_rel(r.out_fused, r.out_ref) < 1e-5);
+          CHECK(r.v_fused == r.v_ref);
+          std::vector<float> kf(r.k_fused.size()), kr(r.k_ref.size());
+          for (size_t i = 0; i < kf.size(); ++i) {
+            kf[i] = fp16_to_fp32(r.k_fused[i]);
+            kr[i] = fp16_to_fp32(r.k_ref[i]);
+          }
+          const size_t written = size_t((n_past + n) * 2 * Dh);  // rows up to the batch (the rest stay NaN)
+          CHECK(rel_err(kf.data(), kr.data(), written) < 1e-3);
+          CHECK(std::memcmp(r.k_fused.data() + written, r.k_ref.data() + written, (kf.size() - written) * 2) == 0);
+          CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int32_t c) { return c == 0; }));
         }
       }
     }
