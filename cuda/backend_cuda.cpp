@@ -159,6 +159,14 @@ class CudaBackend final : public Backend {
   // stack and writes silu(gate) * up, [n, F] with row stride ldy.
   Status project(const DevLinear& W, const float* x, int64_t ldx, int64_t n, const float* nw, float* y, int64_t ldy,
                  Epi epi, const ConvEpi* conv = nullptr, const GatedNorm* gated = nullptr);
+  // Batches with BF16 GEMMs on an NVFP4 stack (no FP4 GEMM): the caller may
+  // write the activations to xb_ in BF16 itself (fused into the kernel that
+  // produces them) and call fp4_gemm_bf16.
+  bool direct_bf16(const DevLinear& W, int64_t n) const {
+    return n > kMatvecMaxCols && gemm_type_ == GemmType::BF16 && W.fp4.present() && !(W.blas.present() && fp4_gemm_);
+  }
+  // out (+)= W xb_, xb_: [n, W.cols] BF16 activations.
+  Status fp4_gemm_bf16(const DevLinear& W, int64_t n, float* out, int64_t ldo, bool add);
   Status embed(const DevEmbed& E, const int32_t* tokens, int64_t n, float* out, int64_t ldo);
   Status head(const DevEmbed& E, const float* hn, int64_t n, float* logits, int64_t ldl);
 
@@ -465,18 +473,23 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
     }
     return cuda_status(fp4_matvec(a, dm_.sms, stream_), "an NVFP4 matrix-vector product");
   }
-  if (nw) {
-    QWEN35_CUDA_TRY(rmsnorm_rows(x, ldx, nw, n, K, hp_.eps, xn_, K, stream_), "a norm");
-    x = xn_;
-    ldx = K;
-  }
   // SwiGLU: [gate | up] into gu_ (2F wide), then combined into y.
   const bool swiglu_out = epi == Epi::SwiGLU;
   float* out = swiglu_out ? gu_ : y;
   const int64_t ldo = swiglu_out ? W.rows : ldy;
   const bool add = epi == Epi::Add;
   bool done = false;
-  if (W.blas.present() && fp4_gemm_) {  // Blackwell: NVFP4 activations, FP4 tensor cores
+  if (direct_bf16(W, n)) {  // the norm (or the conversion) writes the BF16 activations in one pass
+    if (nw) QWEN35_CUDA_TRY(rmsnorm_rows_bf16(x, ldx, nw, n, K, hp_.eps, xb_, K, stream_), "a norm");
+    else QWEN35_CUDA_TRY(convert_rows_bf16(x, ldx, n, K, xb_, stream_), "converting activations");
+    QWEN35_TRY(fp4_gemm_bf16(W, n, out, ldo, add));
+    done = true;
+  } else if (nw) {
+    QWEN35_CUDA_TRY(rmsnorm_rows(x, ldx, nw, n, K, hp_.eps, xn_, K, stream_), "a norm");
+    x = xn_;
+    ldx = K;
+  }
+  if (!done && W.blas.present() && fp4_gemm_) {  // Blackwell: NVFP4 activations, FP4 tensor cores
     QWEN35_CUDA_TRY(fp4blas_quantize(x, ldx, n, K, W.blas.scale, xq_, xqs_, fp4_work_, stream_),
                     "quantizing activations");
     const Status st = gemm_.run_fp4(W.blas.data, W.blas.scales, W.rows, K, xq_, xqs_, n, out, ldo, fp4_work_ + 1,
@@ -490,25 +503,16 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
       return st;
     }
   }
-  if (!done && W.fp4.present()) {  // batched: dequantize the tiled weight in row blocks
-    const void* X = x;
-    int64_t ldX = ldx;
+  if (!done && W.fp4.present()) {  // batched: dequantize the tiled weight (ahead, or in row blocks)
     if (gemm_type_ == GemmType::BF16) {
       QWEN35_CUDA_TRY(convert_rows_bf16(x, ldx, n, K, xb_, stream_), "converting activations");
-      X = xb_;
-      ldX = K;
-    }
-    if (use_deq_ahead_ && gemm_type_ == GemmType::BF16 && deq_ahead_.fits(W)) {
-      QWEN35_TRY(deq_ahead_.gemm(W, xb_, K, n, out, ldo, add, gemm_, stream_));
+      QWEN35_TRY(fp4_gemm_bf16(W, n, out, ldo, add));
     } else {
       const int64_t rows_per = gemm_rows_per_block(deq_elems_, K);
       for (int64_t r0 = 0; r0 < W.rows; r0 += rows_per) {
         const int64_t nr = std::min(rows_per, W.rows - r0);
-        if (gemm_type_ == GemmType::F32)
-          QWEN35_CUDA_TRY(fp4_dequant_rows_f32(W.fp4, r0, nr, static_cast<float*>(deq_), stream_), "dequantizing");
-        else
-          QWEN35_CUDA_TRY(fp4_dequant_rows_bf16(W.fp4, r0, nr, static_cast<uint16_t*>(deq_), stream_), "dequantizing");
-        QWEN35_TRY(gemm_.run(gemm_type_, deq_, nr, K, X, ldX, n, out + r0, ldo, W.fp4.scale, add, stream_));
+        QWEN35_CUDA_TRY(fp4_dequant_rows_f32(W.fp4, r0, nr, static_cast<float*>(deq_), stream_), "dequantizing");
+        QWEN35_TRY(gemm_.run(gemm_type_, deq_, nr, K, x, ldx, n, out + r0, ldo, W.fp4.scale, add, stream_));
       }
     }
   } else if (!done) {
@@ -518,6 +522,18 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
     const int64_t F = W.rows / 2;
     QWEN35_CUDA_TRY(swiglu(gu_, W.rows, gu_ + F, W.rows, n, F, stream_), "SwiGLU");
     if (y != gu_ || ldy != W.rows) return Error(QWEN35_ERR_BACKEND, "SwiGLU output must be the gate/up buffer");
+  }
+  return Status::Ok();
+}
+
+Status CudaBackend::fp4_gemm_bf16(const DevLinear& W, int64_t n, float* out, int64_t ldo, bool add) {
+  const int64_t K = W.cols;
+  if (use_deq_ahead_ && deq_ahead_.fits(W)) return deq_ahead_.gemm(W, xb_, K, n, out, ldo, add, gemm_, stream_);
+  const int64_t rows_per = gemm_rows_per_block(deq_elems_, K);
+  for (int64_t r0 = 0; r0 < W.rows; r0 += rows_per) {
+    const int64_t nr = std::min(rows_per, W.rows - r0);
+    QWEN35_CUDA_TRY(fp4_dequant_rows_bf16(W.fp4, r0, nr, static_cast<uint16_t*>(deq_), stream_), "dequantizing");
+    QWEN35_TRY(gemm_.run(GemmType::BF16, deq_, nr, K, xb_, K, n, out + r0, ldo, W.fp4.scale, add, stream_));
   }
   return Status::Ok();
 }
@@ -688,6 +704,11 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
     gn.dv = int(hp_.ssm_dv);
     return project(L.out_proj, so_, Cv, n, nullptr, h, D, Epi::Add, nullptr, &gn);
   }
+  if (direct_bf16(L.out_proj, n)) {  // the gated norm writes the GEMM's BF16 activations
+    QWEN35_CUDA_TRY(gated_rmsnorm_bf16(so_, mix_ + C, ld, L.ssm_norm, n, Hv, hp_.ssm_dv, hp_.eps, xb_, stream_),
+                    "the gated norm");
+    return fp4_gemm_bf16(L.out_proj, n, h, D, true);
+  }
   QWEN35_CUDA_TRY(gated_rmsnorm(so_, mix_ + C, ld, L.ssm_norm, n, Hv, hp_.ssm_dv, hp_.eps, stream_), "the gated norm");
   return project(L.out_proj, so_, Cv, n, nullptr, h, D, Epi::Add);
 }
@@ -695,6 +716,11 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
 // SwiGLU FFN (spec §4.3) of the post-attention-normalized stream, added into h.
 Status CudaBackend::ffn(const DevLayer& L, int64_t n, float* h) {
   const int64_t D = hp_.n_embd, F = hp_.n_ff;
+  if (direct_bf16(L.down, n)) {  // silu(gate) * up goes straight to BF16 as the down projection's input
+    QWEN35_TRY(project(L.gate_up, h, D, n, L.post_norm, gu_, 2 * F, Epi::Store));
+    QWEN35_CUDA_TRY(swiglu_bf16(gu_, 2 * F, gu_ + F, 2 * F, n, F, xb_, F, stream_), "SwiGLU");
+    return fp4_gemm_bf16(L.down, n, h, D, true);
+  }
   QWEN35_TRY(project(L.gate_up, h, D, n, L.post_norm, gu_, 2 * F, Epi::SwiGLU));
   return project(L.down, gu_, 2 * F, n, nullptr, h, D, Epi::Add);
 }

@@ -40,6 +40,15 @@ __global__ void swiglu_kernel(float* __restrict__ g, int64_t ldg, const float* _
   *gp = silu_f(*gp) * u[t * ldu + k];
 }
 
+__global__ void swiglu_bf16_kernel(const float* __restrict__ g, int64_t ldg, const float* __restrict__ u, int64_t ldu,
+                                   int64_t n, int64_t F, uint16_t* __restrict__ y, int64_t ldy) {
+  pdl_prologue();
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n * F) return;
+  const int64_t t = i / F, k = i % F;
+  y[t * ldy + k] = __bfloat16_as_ushort(__float2bfloat16_rn(silu_f(g[t * ldg + k]) * u[t * ldu + k]));
+}
+
 // Argmax in two levels: blocks (blockIdx.x of kArgmaxBlocks) scan
 // contiguous parts of row blockIdx.y and write their best (value, index);
 // the last block of the row (counted in the scratch) reduces those. The
@@ -199,6 +208,12 @@ cudaError_t embedding_rows(const MatView& emb, const int32_t* tokens, int64_t n,
 cudaError_t swiglu(float* g, int64_t ldg, const float* u, int64_t ldu, int64_t n, int64_t F, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   return launch(swiglu_kernel, dim3(ceil_div(n * F, 256)), dim3(256), 0, stream, g, ldg, u, ldu, n, F);
+}
+
+cudaError_t swiglu_bf16(const float* g, int64_t ldg, const float* u, int64_t ldu, int64_t n, int64_t F, uint16_t* y,
+                        int64_t ldy, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  return launch(swiglu_bf16_kernel, dim3(ceil_div(n * F, 256)), dim3(256), 0, stream, g, ldg, u, ldu, n, F, y, ldy);
 }
 
 size_t argmax_scratch_bytes(int64_t n) { return size_t(std::max<int64_t>(n, 1)) * kArgmaxRowBytes; }

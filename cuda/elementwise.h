@@ -17,6 +17,10 @@ cudaError_t embedding_rows(const MatView& emb, const int32_t* tokens, int64_t n,
 
 // g[t][i] = silu(g[t][i]) * u[t][i] for t < n, i < F (row strides ldg, ldu).
 cudaError_t swiglu(float* g, int64_t ldg, const float* u, int64_t ldu, int64_t n, int64_t F, cudaStream_t stream);
+// y[t][i] = silu(g[t][i]) * u[t][i] rounded to BF16 (as convert_rows_bf16
+// rounds; y: BF16 bits, row stride ldy), g unchanged.
+cudaError_t swiglu_bf16(const float* g, int64_t ldg, const float* u, int64_t ldu, int64_t n, int64_t F, uint16_t* y,
+                        int64_t ldy, cudaStream_t stream);
 
 // out[t] = index of the largest of x[t][0..V) (the lowest index on ties;
 // NaNs never win; 0 for a row of NaNs) for t < n rows with stride ldx. Two

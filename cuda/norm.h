@@ -13,6 +13,11 @@ namespace qwen35::cuda {
 cudaError_t rmsnorm_rows(const float* x, int64_t ldx, const float* w, int64_t n, int64_t D, float eps, float* y,
                          int64_t ldy, cudaStream_t stream);
 
+// The same rounded to BF16 (as convert_rows_bf16 rounds): the activations
+// of a BF16 GEMM in one pass. y: [n, ldy] BF16 bits.
+cudaError_t rmsnorm_rows_bf16(const float* x, int64_t ldx, const float* w, int64_t n, int64_t D, float eps,
+                              uint16_t* y, int64_t ldy, cudaStream_t stream);
+
 // h[t] += d[t] (residual add), then y[t] = rmsnorm(h[t]) * w. y may be null
 // (only the add).
 cudaError_t add_rmsnorm_rows(float* h, const float* d, int64_t ldd, const float* w, int64_t n, int64_t D, float eps,
@@ -23,5 +28,9 @@ cudaError_t add_rmsnorm_rows(float* h, const float* d, int64_t ldd, const float*
 // o: [n, heads*dv] dense; z: [n, ldz] with head j at z + j*dv.
 cudaError_t gated_rmsnorm(float* o, const float* z, int64_t ldz, const float* w, int64_t n, int64_t heads, int64_t dv,
                           float eps, cudaStream_t stream);
+// The same written to y ([n, heads*dv] BF16 bits, as convert_rows_bf16
+// rounds), o unchanged.
+cudaError_t gated_rmsnorm_bf16(const float* o, const float* z, int64_t ldz, const float* w, int64_t n, int64_t heads,
+                               int64_t dv, float eps, uint16_t* y, cudaStream_t stream);
 
 }  // namespace qwen35::cuda

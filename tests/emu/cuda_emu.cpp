@@ -37,6 +37,7 @@ struct Fiber {
 
 struct Warp {
   uint64_t slot[2][32] = {};
+  int slot_gen[2][32] = {};  // the exchange (generation) each slot was written for
   int gen = 0;
 };
 
@@ -129,13 +130,13 @@ uint64_t warp_exchange(uint64_t mine, int src) {
   Fiber* f = b.cur;
   const int w = f->linear / 32, lane = f->linear % 32;
   Warp& wp = b.warps[size_t(w)];
-  const int parity = wp.gen & 1;
+  const int gen = wp.gen, parity = gen & 1;
   wp.slot[parity][lane] = mine;
+  wp.slot_gen[parity][lane] = gen + 1;  // + 1: a never-written slot (0) matches no exchange
   yield(Wait::Warp);
   if (src < 0 || src >= 32) return mine;
-  const size_t si = size_t(w) * 32 + size_t(src);
-  if (si >= b.fibers.size() || b.fibers[si].wait == Wait::Done) {
-    if (b.error.empty()) b.error = "shuffle from lane " + std::to_string(src) + " which is not running";
+  if (wp.slot_gen[parity][src] != gen + 1) {  // the lane exited (or never existed) before this exchange
+    if (b.error.empty()) b.error = "shuffle from lane " + std::to_string(src) + " which did not take part";
     return 0;
   }
   return wp.slot[parity][src];

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "attention.h"
@@ -20,6 +21,7 @@
 #include "delta_net.h"
 #include "fused_attn_case.h"
 #include "kernel_refs.h"
+#include "norm.h"
 
 using namespace qwen35;
 using namespace qwen35::cuda;
@@ -246,4 +248,33 @@ TEST_CASE("emulated: the fused decode attention equals q/k norm + RoPE + split a
     }
   }
   emu::set_order(false);
+}
+
+TEST_CASE("emulated: the norms with BF16 outputs equal the F32 norms rounded to BF16") {
+  const int64_t n = 5, D = 640, heads = 10, dv = 64, ldz = heads * dv + 16;
+  auto x = random_floats(size_t(n * (D + 8)), 5, -3, 3);
+  auto w = random_floats(size_t(D), 7, 0.5f, 1.5f);
+  std::vector<float> y(size_t(n * D));
+  std::vector<uint16_t> yb(size_t(n * (D + 4)), 0xFFFF);
+  REQUIRE_MESSAGE(rmsnorm_rows(x.data(), D + 8, w.data(), n, D, 1e-6f, y.data(), D, nullptr) == cudaSuccess,
+                  std::string(emu::last_error()));
+  REQUIRE(rmsnorm_rows_bf16(x.data(), D + 8, w.data(), n, D, 1e-6f, yb.data(), D + 4, nullptr) == cudaSuccess);
+  bool same = true;
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t i = 0; i < D; ++i)
+      same &= yb[size_t(t * (D + 4) + i)] == __bfloat16_as_ushort(__float2bfloat16_rn(y[size_t(t * D + i)]));
+  CHECK(same);
+
+  auto o = random_floats(size_t(n * heads * dv), 8, -2, 2);
+  auto z = random_floats(size_t(n * ldz), 9, -4, 4);
+  auto wn = random_floats(size_t(dv), 10, 0.5f, 1.5f);
+  std::vector<float> o32(o);
+  std::vector<uint16_t> ob(o.size());
+  REQUIRE(gated_rmsnorm(o32.data(), z.data(), ldz, wn.data(), n, heads, dv, 1e-6f, nullptr) == cudaSuccess);
+  REQUIRE(gated_rmsnorm_bf16(o.data(), z.data(), ldz, wn.data(), n, heads, dv, 1e-6f, ob.data(), nullptr) ==
+          cudaSuccess);
+  same = true;
+  for (size_t i = 0; i < o.size(); ++i) same &= ob[i] == __bfloat16_as_ushort(__float2bfloat16_rn(o32[i]));
+  CHECK(same);
+  CHECK(rel(o, random_floats(size_t(n * heads * dv), 8, -2, 2)) == 0.0);  // the input is unchanged
 }

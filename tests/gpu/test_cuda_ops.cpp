@@ -223,6 +223,26 @@ TEST_CASE("rmsnorm, add+rmsnorm and the gated norm match the CPU") {
       for (int64_t i = 0; i < dv; ++i) oh[i] *= siluf(z[size_t(t * ldz + j * dv + i)]);
     }
   CHECK(max_rel(dob.download(), wo) < 1e-6);
+
+  // BF16 outputs: the F32 results rounded as convert_rows_bf16 rounds.
+  DevArray<uint16_t> yb(static_cast<size_t>(n * (D + 4)));
+  REQUIRE(rmsnorm_rows(dx.get(), D, dw.get(), n, D, 1e-6f, dy.get(), D, 0) == cudaSuccess);
+  REQUIRE(rmsnorm_rows_bf16(dx.get(), D, dw.get(), n, D, 1e-6f, yb.get(), D + 4, 0) == cudaSuccess);
+  auto y32 = dy.download();
+  auto y16 = yb.download();
+  bool same = true;
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t i = 0; i < D; ++i) same &= y16[size_t(t * (D + 4) + i)] == fp32_to_bf16(y32[size_t(t * D + i)]);
+  CHECK(same);
+  DevArray<float> dob2(o);
+  DevArray<uint16_t> ob(o.size());
+  REQUIRE(gated_rmsnorm_bf16(dob2.get(), dz.get(), ldz, dwn.get(), n, heads, dv, 1e-6f, ob.get(), 0) == cudaSuccess);
+  auto o32 = dob.download();
+  auto o16 = ob.download();
+  same = true;
+  for (size_t i = 0; i < o16.size(); ++i) same &= o16[i] == fp32_to_bf16(o32[i]);
+  CHECK(same);
+  CHECK(max_rel(dob2.download(), o) == 0.0);  // the input is left alone
 }
 
 TEST_CASE("q/k norm + IMROPE + KV write match rmsnorm and rope_heads") {
@@ -514,6 +534,18 @@ TEST_CASE("SwiGLU, argmax and the F16 conversions") {
   for (int t = 0; t < 3; ++t)
     for (int k = 0; k < 33; ++k) want[size_t(t * 40 + k)] = siluf(g[size_t(t * 40 + k)]) * u[size_t(t * 50 + k)];
   CHECK(max_rel(dg.download(), want) < 1e-6);
+  {  // BF16 output: the F32 result rounded as convert_rows_bf16 rounds
+    DevArray<float> dg2(g);
+    DevArray<uint16_t> yb(3 * 36);
+    REQUIRE(swiglu_bf16(dg2.get(), 40, du.get(), 50, 3, 33, yb.get(), 36, 0) == cudaSuccess);
+    auto g32 = dg.download();
+    auto y16 = yb.download();
+    bool same = true;
+    for (int t = 0; t < 3; ++t)
+      for (int k = 0; k < 33; ++k) same &= y16[size_t(t * 36 + k)] == fp32_to_bf16(g32[size_t(t * 40 + k)]);
+    CHECK(same);
+    CHECK(max_rel(dg2.download(), g) == 0.0);
+  }
 
   const int64_t V = 5000;
   auto x = random_floats(size_t(4 * V), 3);
