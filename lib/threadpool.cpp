@@ -46,17 +46,18 @@ void ThreadPool::worker(int index) {
     }
     seen = g;
     if (stop_.load()) return;
-    (*job_)(index, n_threads_);
+    job_(job_ctx_, index, n_threads_);
     pending_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
 
-void ThreadPool::run(const std::function<void(int, int)>& fn) {
+void ThreadPool::run_raw(void (*fn)(void*, int, int), void* ctx) {
   if (n_threads_ == 1) {
-    fn(0, 1);
+    fn(ctx, 0, 1);
     return;
   }
-  job_ = &fn;
+  job_ = fn;
+  job_ctx_ = ctx;
   pending_.store(n_threads_ - 1, std::memory_order_release);
   {
     // Taking the lock orders the generation bump against a worker that is
@@ -65,24 +66,10 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
     generation_.fetch_add(1, std::memory_order_acq_rel);
   }
   cv_.notify_all();
-  fn(0, n_threads_);
+  fn(ctx, 0, n_threads_);
   while (pending_.load(std::memory_order_acquire) != 0) QWEN35_PAUSE();
   job_ = nullptr;
-}
-
-void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
-  if (n <= 0) return;
-  grain = std::max<int64_t>(1, grain);
-  const int64_t chunks = (n + grain - 1) / grain;
-  if (n_threads_ == 1 || chunks == 1) {
-    fn(0, n);
-    return;
-  }
-  run([&](int t, int nt) {
-    int64_t c0 = chunks * t / nt, c1 = chunks * (t + 1) / nt;
-    int64_t b = std::min(n, c0 * grain), e = std::min(n, c1 * grain);
-    if (b < e) fn(b, e);
-  });
+  job_ctx_ = nullptr;
 }
 
 int ThreadPool::default_threads() {

@@ -7,10 +7,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <new>
 #include <vector>
 
 #include "backend.h"
+#include "cpu/kernels.h"
 #include "cpu/matmul.h"
 #include "cpu/ops.h"
 #include "quants.h"
@@ -50,7 +52,8 @@ struct RecurrentState {
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(const Model& m, const BackendParams& p) : m_(m), hp_(m.hp), p_(p), tp_(p.n_threads) {
+  CpuBackend(const Model& m, const BackendParams& p)
+      : m_(m), hp_(m.hp), p_(p), tp_(p.n_threads), ks_(cpu::kernels()) {
     rope_.n_rot = hp_.n_rot;
     std::copy(hp_.rope_sections, hp_.rope_sections + 4, rope_.sections);
     rope_.base = hp_.rope_base;
@@ -71,27 +74,53 @@ class CpuBackend final : public Backend {
  private:
   void mm(const Weight& w, const float* x, int64_t n, float* y) {
     if (p_.reference) matmul_ref(w, x, n, y, tp_);
-    else matmul(w, x, n, y, tp_);
+    else matmul(w, x, n, y, tp_, mms_);
+  }
+  // Several products of the same input: one pass over the threads on the fast path.
+  void mm_multi(std::initializer_list<MatmulOut> outs, const float* x, int64_t n) {
+    if (p_.reference) {
+      for (const MatmulOut& o : outs) matmul_ref(*o.w, x, n, o.y, tp_);
+    } else {
+      matmul_multi(outs.begin(), int(outs.size()), x, n, tp_, mms_);
+    }
   }
   bool aborted() const { return abort_flag && abort_flag->load(std::memory_order_relaxed); }
+  // fn(t) for every row t < n; rows are independent, so they may run on any thread.
+  template <class Fn>
+  void for_rows(int64_t n, Fn&& fn) {
+    if (n == 1) {
+      fn(int64_t(0));
+      return;
+    }
+    tp_.parallel_for(n, 1, [&](int64_t a, int64_t b) {
+      for (int64_t t = a; t < b; ++t) fn(t);
+    });
+  }
 
   // x: [n, D] normalized input; out: [n, D].
   void attention_layer(const Layer& L, KVCache& kv, const float* x, int32_t n, int32_t n_past, const int32_t* pos,
                        float* out);
-  void delta_net_layer(const Layer& L, RecurrentState& st, RecurrentState* snap, const float* x, int32_t n,
+  void conv_rows(const Layer& L, int il, RecurrentState& st, RecurrentState* snap, const float* u, int32_t n,
+                 int32_t snapshot_row, float* uc);
+  void delta_net_layer(const Layer& L, int il, RecurrentState& st, RecurrentState* snap, const float* x, int32_t n,
                        int32_t snapshot_row, float* out);
   void ffn(const Layer& L, const float* x, int32_t n, float* out);
   // Residual block: h += mixer(norm(h)); h += ffn(norm(h)).
   void decoder_layer(int il, const Layer& L, float* h, int32_t n, int32_t n_past, const int32_t* pos,
                      int32_t snapshot_row);
   void norm_rows(const float* x, const Vec& w, int32_t n, float* y);
+  Status reserve_matmul_scratch();
   void lm_head(const Weight& head, const float* h, int32_t n, float* logits) { mm(head, h, n, logits); }
 
   const Model& m_;
   const HParams& hp_;
   BackendParams p_;
   ThreadPool tp_;
+  const cpu::KernelSet& ks_;  // fast path kernels for this CPU
+  MatmulScratch mms_;         // fast path: quantized activations
   RopeConfig rope_;
+  static constexpr int64_t kMaxConv = 64;        // ssm.conv_kernel limit of the loader
+  std::vector<std::vector<float>> conv_taps_t_;  // fast path, per delta-net layer: [Kc, Cconv]
 
   std::vector<KVCache> kv_;                  // per main layer (empty for delta-net layers)
   std::vector<RecurrentState> rs_;           // per main layer (empty for attention layers)
@@ -144,12 +173,60 @@ Status CpuBackend::init() {
   QWEN35_TRY(ffn_g_.alloc(size_t(nb * F), "scratch"));
   QWEN35_TRY(ffn_u_.alloc(size_t(nb * F), "scratch"));
   if (m_.mtp) QWEN35_TRY(mtp_in_.alloc(size_t(nb * 2 * D), "scratch"));
+  if (!p_.reference) {
+    QWEN35_TRY(reserve_matmul_scratch());
+    // Conv taps transposed to [Kc, Cconv] so the fast conv runs along channels.
+    const int64_t C = hp_.ssm_conv_dim(), K = hp_.ssm_conv;
+    try {
+      conv_taps_t_.resize(size_t(hp_.n_layer));
+      for (int il = 0; il < hp_.n_layer; ++il) {
+        if (hp_.is_attn_layer(il)) continue;
+        const float* w = m_.layers[size_t(il)].conv1d.data;  // [C, K]
+        auto& t = conv_taps_t_[size_t(il)];
+        t.resize(size_t(K * C));
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t k = 0; k < K; ++k) t[size_t(k * C + c)] = w[c * K + k];
+      }
+    } catch (const std::bad_alloc&) {
+      return Error(QWEN35_ERR_OUT_OF_MEMORY, "cannot allocate the transposed conv taps");
+    }
+  }
   return Status::Ok();
+}
+
+// Room for the largest batch of quantized activations: n_batch rows of the
+// widest matrix input, once per distinct quantized weight type.
+Status CpuBackend::reserve_matmul_scratch() {
+  int64_t k_max = 0;
+  std::vector<uint32_t> types;
+  auto visit = [&](const Weight& w) {
+    if (!w.present()) return;
+    k_max = std::max(k_max, w.cols);
+    if (cpu::uses_quantized_acts(w.type) && std::find(types.begin(), types.end(), w.type) == types.end())
+      types.push_back(w.type);
+  };
+  auto visit_layer = [&](const Layer& L) {
+    for (const Weight* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.wqkv, &L.wgate, &L.wbeta, &L.walpha, &L.ssm_out,
+                            &L.ffn_gate, &L.ffn_up, &L.ffn_down})
+      visit(*w);
+  };
+  for (const Layer& L : m_.layers) visit_layer(L);
+  visit(m_.output);
+  if (m_.mtp) {
+    visit_layer(m_.mtp->block);
+    visit(m_.mtp->eh_proj);
+    visit(m_.mtp->head);
+  }
+  return mms_.reserve(p_.n_batch, k_max, int(types.size()), tp_.size());
 }
 
 void CpuBackend::norm_rows(const float* x, const Vec& w, int32_t n, float* y) {
   const int64_t D = hp_.n_embd;
-  for (int32_t t = 0; t < n; ++t) rmsnorm(x + t * D, w.data, D, hp_.eps, y + t * D);
+  if (p_.reference) {
+    for (int32_t t = 0; t < n; ++t) rmsnorm(x + t * D, w.data, D, hp_.eps, y + t * D);
+    return;
+  }
+  for_rows(n, [&](int64_t t) { ks_.rmsnorm(x + t * D, w.data, D, hp_.eps, y + t * D); });
 }
 
 // Full attention (spec §4.4): gated query heads, q/k RMSNorm, partial M-RoPE,
@@ -161,18 +238,19 @@ void CpuBackend::attention_layer(const Layer& L, KVCache& kv, const float* x, in
   float* qg = qg_.data();  // [n, Hq, 2, Dh]: per head [query | gate]
   float* q = q_.data();    // [n, Hq*Dh]
   float* o = o_.data();    // [n, Hq*Dh]
-  mm(L.wq, x, n, qg);
-  mm(L.wk, x, n, k_.data());
-  mm(L.wv, x, n, v_.data());
-  for (int32_t t = 0; t < n; ++t) {
-    for (int64_t h = 0; h < Hq; ++h)
-      rmsnorm(qg + t * 2 * qd + h * 2 * Dh, L.q_norm.data, Dh, hp_.eps, q + t * qd + h * Dh);
+  mm_multi({{&L.wq, qg}, {&L.wk, k_.data()}, {&L.wv, v_.data()}}, x, n);
+  auto rms = [&](const float* src, const Vec& w, float* dst) {
+    if (p_.reference) rmsnorm(src, w.data, Dh, hp_.eps, dst);
+    else ks_.rmsnorm(src, w.data, Dh, hp_.eps, dst);
+  };
+  for_rows(n, [&](int64_t t) {
+    for (int64_t h = 0; h < Hq; ++h) rms(qg + t * 2 * qd + h * 2 * Dh, L.q_norm, q + t * qd + h * Dh);
     rope_heads(q + t * qd, Hq, Dh, rope_, pos + 3 * t);
-    float* kr = kv.k.data() + int64_t(n_past + t) * kvd;
-    for (int64_t g = 0; g < Hkv; ++g) rmsnorm(k_.data() + t * kvd + g * Dh, L.k_norm.data, Dh, hp_.eps, kr + g * Dh);
+    float* kr = kv.k.data() + (n_past + t) * kvd;
+    for (int64_t g = 0; g < Hkv; ++g) rms(k_.data() + t * kvd + g * Dh, L.k_norm, kr + g * Dh);
     rope_heads(kr, Hkv, Dh, rope_, pos + 3 * t);
-    std::memcpy(kv.v.data() + int64_t(n_past + t) * kvd, v_.data() + t * kvd, size_t(kvd) * sizeof(float));
-  }
+    std::memcpy(kv.v.data() + (n_past + t) * kvd, v_.data() + t * kvd, size_t(kvd) * sizeof(float));
+  });
   const float scale = 1.0f / std::sqrt(float(Dh));
   const int64_t group = Hq / Hkv;
   // One task per (row, head); row t sees cache rows 0..n_past+t.
@@ -180,24 +258,95 @@ void CpuBackend::attention_layer(const Layer& L, KVCache& kv, const float* x, in
     float* sc = scores_.data() + int64_t(ith) * p_.n_ctx;
     for (int64_t job = ith; job < int64_t(n) * Hq; job += nth) {
       const int64_t t = job / Hq, h = job % Hq, g = h / group;
-      attend_one(q + t * qd + h * Dh, kv.k.data() + g * Dh, kv.v.data() + g * Dh, n_past + t + 1, kvd, Dh, scale,
-                 sc, o + t * qd + h * Dh);
+      const float* qh = q + t * qd + h * Dh;
+      float* oh = o + t * qd + h * Dh;
+      const int64_t n_kv = n_past + t + 1;
+      if (p_.reference) {
+        attend_one(qh, kv.k.data() + g * Dh, kv.v.data() + g * Dh, n_kv, kvd, Dh, scale, sc, oh);
+      } else {
+        cpu::AttnArgs a;
+        a.q = qh;
+        a.k = kv.k.data() + g * Dh;
+        a.v = kv.v.data() + g * Dh;
+        a.n_kv = n_kv;
+        a.stride = kvd;
+        a.head_dim = Dh;
+        a.scale = scale;
+        a.scores = sc;
+        a.o = oh;
+        ks_.attend(a);
+      }
     }
   });
-  for (int32_t t = 0; t < n; ++t)
+  for_rows(n, [&](int64_t t) {
     for (int64_t h = 0; h < Hq; ++h) {
       const float* gate = qg + t * 2 * qd + h * 2 * Dh + Dh;
       float* oh = o + t * qd + h * Dh;
-      for (int64_t i = 0; i < Dh; ++i) oh[i] *= sigmoidf(gate[i]);
+      if (p_.reference) {
+        for (int64_t i = 0; i < Dh; ++i) oh[i] *= sigmoidf(gate[i]);
+      } else {
+        ks_.mul_sigmoid(oh, gate, Dh);
+      }
     }
+  });
   mm(L.wo, o, n, out);
+}
+
+// Causal depthwise conv + SiLU over the window of the previous K-1 inputs
+// and the n new rows u [n, C]; uc [n, C] receives the outputs. The window
+// afterwards holds the last K-1 inputs (snap: as after row snapshot_row).
+void CpuBackend::conv_rows(const Layer& L, int il, RecurrentState& st, RecurrentState* snap, const float* u,
+                           int32_t n, int32_t snapshot_row, float* uc) {
+  const int64_t C = hp_.ssm_conv_dim(), K = hp_.ssm_conv;
+  float* win = st.conv.data();  // [K-1, C], oldest first
+  if (p_.reference) {
+    // Channel-parallel scalar loop.
+    tp_.parallel_for(C, 64, [&](int64_t c0, int64_t c1) {
+      std::vector<float> w(static_cast<size_t>(K));
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int64_t k = 0; k < K - 1; ++k) w[size_t(k)] = win[k * C + c];  // oldest first
+        const float* taps = L.conv1d.data + c * K;
+        for (int32_t t = 0; t < n; ++t) {
+          w[size_t(K - 1)] = u[t * C + c];
+          float acc = 0.0f;
+          for (int64_t k = 0; k < K; ++k) acc += taps[k] * w[size_t(k)];
+          uc[t * C + c] = siluf(acc);
+          for (int64_t k = 0; k + 1 < K; ++k) w[size_t(k)] = w[size_t(k + 1)];
+          if (snap && t == snapshot_row)
+            for (int64_t k = 0; k < K - 1; ++k) snap->conv.data()[k * C + c] = w[size_t(k)];
+        }
+        for (int64_t k = 0; k < K - 1; ++k) win[k * C + c] = w[size_t(k)];
+      }
+    });
+    return;
+  }
+  // Fast path: the input sequence is [window rows | u rows]; output row t
+  // combines sequence rows t..t+K-1 with the transposed taps, vectorized over
+  // channels.
+  const float* taps = conv_taps_t_[size_t(il)].data();  // [K, C]
+  auto seq = [&](int64_t i) { return i < K - 1 ? win + i * C : u + (i - (K - 1)) * C; };
+  for_rows(n, [&](int64_t t) {
+    const float* in[kMaxConv];
+    for (int64_t k = 0; k < K; ++k) in[k] = seq(t + k);
+    ks_.conv_silu(in, taps, K, C, uc + t * C);
+  });
+  // The window after row t is sequence rows t+1..t+K-1.
+  if (snap && snapshot_row >= 0)
+    for (int64_t k = 0; k < K - 1; ++k)
+      std::memcpy(snap->conv.data() + k * C, seq(snapshot_row + 1 + k), size_t(C) * sizeof(float));
+  if (n >= K - 1) {
+    std::memcpy(win, u + (n - (K - 1)) * C, size_t((K - 1) * C) * sizeof(float));
+  } else {
+    std::memmove(win, win + int64_t(n) * C, size_t((K - 1 - n) * C) * sizeof(float));
+    std::memcpy(win + (K - 1 - n) * C, u, size_t(int64_t(n) * C) * sizeof(float));
+  }
 }
 
 // Gated delta net (spec §4.5): projections, causal conv + SiLU, L2-normalized
 // q/k, the gated delta rule per value head, gated RMSNorm, output projection.
-void CpuBackend::delta_net_layer(const Layer& L, RecurrentState& st, RecurrentState* snap, const float* x, int32_t n,
-                                 int32_t snapshot_row, float* out) {
-  const int64_t C = hp_.ssm_conv_dim(), K = hp_.ssm_conv, Hv = hp_.ssm_heads_v, Hk = hp_.ssm_heads_k;
+void CpuBackend::delta_net_layer(const Layer& L, int il, RecurrentState& st, RecurrentState* snap, const float* x,
+                                 int32_t n, int32_t snapshot_row, float* out) {
+  const int64_t C = hp_.ssm_conv_dim(), Hv = hp_.ssm_heads_v, Hk = hp_.ssm_heads_k;
   const int64_t dk = hp_.ssm_state, dv = hp_.ssm_dv, Cqk = hp_.ssm_qk_dim(), Cv = hp_.ssm_inner;
   float* u = u_.data();          // [n, C] pre-conv
   float* uc = conv_out_.data();  // [n, C] post conv + SiLU
@@ -205,72 +354,80 @@ void CpuBackend::delta_net_layer(const Layer& L, RecurrentState& st, RecurrentSt
   float* beta = beta_.data();    // [n, Hv]
   float* g = alpha_.data();      // [n, Hv]: alpha, then log-decay g
   float* o = ssm_o_.data();      // [n, Cv]
-  mm(L.wqkv, x, n, u);
-  mm(L.wgate, x, n, z);
-  mm(L.wbeta, x, n, beta);
-  mm(L.walpha, x, n, g);
+  mm_multi({{&L.wqkv, u}, {&L.wgate, z}, {&L.wbeta, beta}, {&L.walpha, g}}, x, n);
   for (int64_t i = 0; i < int64_t(n) * Hv; ++i) {
     const int64_t j = i % Hv;
     beta[i] = sigmoidf(beta[i]);
     g[i] = L.ssm_a.data[j] * softplusf(g[i] + L.dt_bias.data[j]);
   }
-
-  // Causal conv, channel-parallel; the window holds the previous K-1 inputs.
-  float* win = st.conv.data();  // [K-1, C]
-  tp_.parallel_for(C, 64, [&](int64_t c0, int64_t c1) {
-    std::vector<float> w(static_cast<size_t>(K));
-    for (int64_t c = c0; c < c1; ++c) {
-      for (int64_t k = 0; k < K - 1; ++k) w[size_t(k)] = win[k * C + c];  // oldest first
-      const float* taps = L.conv1d.data + c * K;
-      for (int32_t t = 0; t < n; ++t) {
-        w[size_t(K - 1)] = u[t * C + c];
-        float acc = 0.0f;
-        for (int64_t k = 0; k < K; ++k) acc += taps[k] * w[size_t(k)];
-        uc[t * C + c] = siluf(acc);
-        for (int64_t k = 0; k + 1 < K; ++k) w[size_t(k)] = w[size_t(k + 1)];
-        if (snap && t == snapshot_row)
-          for (int64_t k = 0; k < K - 1; ++k) snap->conv.data()[k * C + c] = w[size_t(k)];
-      }
-      for (int64_t k = 0; k < K - 1; ++k) win[k * C + c] = w[size_t(k)];
-    }
-  });
+  conv_rows(L, il, st, snap, u, n, snapshot_row, uc);
 
   // q, k: L2-normalize per key head; q also scaled by 1/sqrt(dk).
   const float qscale = 1.0f / std::sqrt(float(dk));
-  for (int32_t t = 0; t < n; ++t) {
+  for_rows(n, [&](int64_t t) {
     for (int64_t h = 0; h < Hk; ++h) {
       float* qh = uc + t * C + h * dk;
       float* kh = uc + t * C + Cqk + h * dk;
-      l2norm(qh, dk, hp_.eps);
-      l2norm(kh, dk, hp_.eps);
-      for (int64_t i = 0; i < dk; ++i) qh[i] *= qscale;
+      if (p_.reference) {
+        l2norm(qh, dk, hp_.eps);
+        l2norm(kh, dk, hp_.eps);
+        for (int64_t i = 0; i < dk; ++i) qh[i] *= qscale;
+      } else {
+        ks_.l2norm(qh, dk, hp_.eps, qscale);
+        ks_.l2norm(kh, dk, hp_.eps, 1.0f);
+      }
     }
-  }
+  });
 
   // Delta rule, head-parallel, rows in order. Value head j uses key head j % Hk.
-  tp_.parallel_for(Hv, 1, [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
+  tp_.run([&](int ith, int nth) {
+    for (int64_t j = ith; j < Hv; j += nth) {
       float* M = st.ssm.data() + j * dv * dk;
       const int64_t kh = j % Hk;
-      for (int32_t t = 0; t < n; ++t) {
-        const float* qv = uc + t * C + kh * dk;
-        const float* kv = uc + t * C + Cqk + kh * dk;
-        const float* vv = uc + t * C + 2 * Cqk + j * dv;
-        delta_rule_step(M, qv, kv, vv, beta[t * Hv + j], g[t * Hv + j], dk, dv, o + t * Cv + j * dv);
-        if (snap && t == snapshot_row)
-          std::memcpy(snap->ssm.data() + j * dv * dk, M, size_t(dv * dk) * sizeof(float));
+      if (p_.reference) {
+        for (int32_t t = 0; t < n; ++t) {
+          const float* qv = uc + t * C + kh * dk;
+          const float* kv = uc + t * C + Cqk + kh * dk;
+          const float* vv = uc + t * C + 2 * Cqk + j * dv;
+          delta_rule_step(M, qv, kv, vv, beta[t * Hv + j], g[t * Hv + j], dk, dv, o + t * Cv + j * dv);
+          if (snap && t == snapshot_row)
+            std::memcpy(snap->ssm.data() + j * dv * dk, M, size_t(dv * dk) * sizeof(float));
+        }
+        continue;
       }
+      cpu::DeltaArgs a;
+      a.M = M;
+      a.q = uc + kh * dk;
+      a.k = uc + Cqk + kh * dk;
+      a.v = uc + 2 * Cqk + j * dv;
+      a.x_stride = C;
+      a.beta = beta + j;
+      a.g = g + j;
+      a.g_stride = Hv;
+      a.o = o + j * dv;
+      a.o_stride = Cv;
+      a.n = n;
+      a.dk = dk;
+      a.dv = dv;
+      a.snap = snap ? snap->ssm.data() + j * dv * dk : nullptr;
+      a.snap_row = snapshot_row;
+      ks_.delta_rule(a);
     }
   });
 
   // Gated RMSNorm per value head, then the output projection.
-  for (int32_t t = 0; t < n; ++t)
+  for_rows(n, [&](int64_t t) {
     for (int64_t j = 0; j < Hv; ++j) {
       float* oh = o + t * Cv + j * dv;
       const float* zh = z + t * Cv + j * dv;
-      rmsnorm(oh, L.ssm_norm.data, dv, hp_.eps, oh);
-      for (int64_t i = 0; i < dv; ++i) oh[i] *= siluf(zh[i]);
+      if (p_.reference) {
+        rmsnorm(oh, L.ssm_norm.data, dv, hp_.eps, oh);
+        for (int64_t i = 0; i < dv; ++i) oh[i] *= siluf(zh[i]);
+      } else {
+        ks_.gated_rmsnorm(oh, zh, L.ssm_norm.data, dv, hp_.eps);
+      }
     }
+  });
   mm(L.ssm_out, o, n, out);
 }
 
@@ -279,9 +436,12 @@ void CpuBackend::ffn(const Layer& L, const float* x, int32_t n, float* out) {
   const int64_t F = hp_.n_ff;
   float* gt = ffn_g_.data();
   float* up = ffn_u_.data();
-  mm(L.ffn_gate, x, n, gt);
-  mm(L.ffn_up, x, n, up);
-  for (int64_t i = 0; i < int64_t(n) * F; ++i) gt[i] = siluf(gt[i]) * up[i];
+  mm_multi({{&L.ffn_gate, gt}, {&L.ffn_up, up}}, x, n);
+  if (p_.reference) {
+    for (int64_t i = 0; i < int64_t(n) * F; ++i) gt[i] = siluf(gt[i]) * up[i];
+  } else {
+    for_rows(n, [&](int64_t t) { ks_.silu_mul(gt + t * F, up + t * F, F); });
+  }
   mm(L.ffn_down, gt, n, out);
 }
 
@@ -295,7 +455,7 @@ void CpuBackend::decoder_layer(int il, const Layer& L, float* h, int32_t n, int3
     attention_layer(L, kv_[size_t(il)], xn, n, n_past, pos, out);
   } else {
     RecurrentState* snap = snapshot_row >= 0 ? &slots_[kRollbackSlot][size_t(il)] : nullptr;
-    delta_net_layer(L, rs_[size_t(il)], snap, xn, n, snapshot_row, out);
+    delta_net_layer(L, il, rs_[size_t(il)], snap, xn, n, snapshot_row, out);
   }
   for (int64_t i = 0; i < int64_t(n) * D; ++i) h[i] += out[i];
   norm_rows(h, L.post_attention_norm, n, xn);
@@ -476,6 +636,8 @@ uint64_t CpuBackend::memory_bytes() const {
   for (const Buf* x : {&h_, &xn_, &out_, &qg_, &q_, &k_, &v_, &o_, &scores_, &u_, &conv_out_, &z_, &beta_, &alpha_,
                        &ssm_o_, &ffn_g_, &ffn_u_, &mtp_in_})
     b += x->bytes();
+  for (const auto& t : conv_taps_t_) b += t.size() * sizeof(float);
+  b += mms_.acts_bytes() + uint64_t(mms_.row_buf_len()) * sizeof(float) * uint64_t(tp_.size());
   return b;
 }
 
