@@ -21,33 +21,67 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
 }
 
 ThreadPool::~ThreadPool() {
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    stop_.store(true);
-    generation_.fetch_add(1);
-  }
-  cv_.notify_all();
+  stop_.store(true, std::memory_order_release);
+  publish((uint64_t(++gen_) << 32) | kClosed);
   for (auto& t : threads_) t.join();
 }
 
+void ThreadPool::publish(uint64_t word) {
+  {
+    // Under the lock, so that a worker about to sleep cannot miss the change.
+    std::lock_guard<std::mutex> lk(mu_);
+    state_.store(word, std::memory_order_release);
+  }
+  cv_.notify_all();
+}
+
 void ThreadPool::worker(int index) {
-  uint64_t seen = 0;
+  uint32_t seen = 0;
   for (;;) {
     // Spin first: in decode the next loop usually arrives within microseconds.
-    uint64_t g = generation_.load(std::memory_order_acquire);
-    for (int spin = 0; g == seen && spin < 20000; ++spin) {
+    uint64_t s = state_.load(std::memory_order_acquire);
+    for (int spin = 0; uint32_t(s >> 32) == seen && spin < 20000; ++spin) {
       QWEN35_PAUSE();
-      g = generation_.load(std::memory_order_acquire);
+      s = state_.load(std::memory_order_acquire);
     }
-    if (g == seen) {
+    if (uint32_t(s >> 32) == seen) {
       std::unique_lock<std::mutex> lk(mu_);
-      cv_.wait(lk, [&] { return generation_.load(std::memory_order_acquire) != seen; });
-      g = generation_.load(std::memory_order_acquire);
+      cv_.wait(lk, [&] { return uint32_t(state_.load(std::memory_order_acquire) >> 32) != seen; });
+      s = state_.load(std::memory_order_acquire);
     }
-    seen = g;
-    if (stop_.load()) return;
-    job_(job_ctx_, index, n_threads_);
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    seen = uint32_t(s >> 32);
+    if (stop_.load(std::memory_order_acquire)) return;
+    if (s & kAll) {
+      // The owner waits for every worker: always run it.
+      run_fn_(ctx_, index, n_threads_);
+      state_.fetch_sub(1, std::memory_order_acq_rel);
+      continue;
+    }
+    // A chunked loop: join only while it is open (the job fields are read
+    // only after joining, when the owner cannot replace them).
+    while (uint32_t(s >> 32) == seen && !(s & kClosed)) {
+      if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
+        claim_chunks(index);
+        state_.fetch_sub(1, std::memory_order_acq_rel);
+        break;
+      }
+    }
+  }
+}
+
+void ThreadPool::claim_chunks(int index) {
+  for (;;) {
+    const int64_t c = next_chunk_.fetch_add(1, std::memory_order_relaxed);
+    if (c >= n_chunks_) return;
+    const int64_t b = c * grain_;
+    chunk_fn_(ctx_, b, std::min(n_items_, b + grain_), index);
+  }
+}
+
+void ThreadPool::wait_count_zero() {
+  for (int spin = 0; (state_.load(std::memory_order_acquire) & kCount) != 0; ++spin) {
+    if (spin < 4000) QWEN35_PAUSE();
+    else std::this_thread::yield();  // the worker we wait for may need this core
   }
 }
 
@@ -56,20 +90,30 @@ void ThreadPool::run_raw(void (*fn)(void*, int, int), void* ctx) {
     fn(ctx, 0, 1);
     return;
   }
-  job_ = fn;
-  job_ctx_ = ctx;
-  pending_.store(n_threads_ - 1, std::memory_order_release);
-  {
-    // Taking the lock orders the generation bump against a worker that is
-    // about to sleep, so no wake-up is lost.
-    std::lock_guard<std::mutex> lk(mu_);
-    generation_.fetch_add(1, std::memory_order_acq_rel);
-  }
-  cv_.notify_all();
+  run_fn_ = fn;
+  ctx_ = ctx;
+  publish((uint64_t(++gen_) << 32) | kAll | kClosed | uint64_t(n_threads_ - 1));
   fn(ctx, 0, n_threads_);
-  while (pending_.load(std::memory_order_acquire) != 0) QWEN35_PAUSE();
-  job_ = nullptr;
-  job_ctx_ = nullptr;
+  wait_count_zero();
+}
+
+void ThreadPool::chunks_raw(int64_t n, int64_t grain, void (*fn)(void*, int64_t, int64_t, int), void* ctx) {
+  const int64_t n_chunks = (n + grain - 1) / grain;
+  if (n_threads_ == 1 || n_chunks == 1) {
+    for (int64_t b = 0; b < n; b += grain) fn(ctx, b, std::min(n, b + grain), 0);
+    return;
+  }
+  chunk_fn_ = fn;
+  ctx_ = ctx;
+  n_items_ = n;
+  grain_ = grain;
+  n_chunks_ = n_chunks;
+  next_chunk_.store(0, std::memory_order_relaxed);
+  publish(uint64_t(++gen_) << 32);
+  claim_chunks(0);
+  // No new worker may join; wait for those that did to finish their chunk.
+  state_.fetch_or(kClosed, std::memory_order_acq_rel);
+  wait_count_zero();
 }
 
 int ThreadPool::default_threads() {

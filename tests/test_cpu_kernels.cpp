@@ -5,6 +5,7 @@
 // chunked delta rule against the sequential one. Never timings.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -408,5 +409,29 @@ TEST_CASE("delta rule: sequential kernel matches the reference step, chunked mat
       CHECK(rel_err(oc.data(), os.data(), os.size()) < 1e-5);
       CHECK(rel_err(Mc.data(), Ms.data(), Ms.size()) < 1e-5);
     }
+  }
+}
+
+TEST_CASE("thread pool: every chunk runs once, run() reaches every thread") {
+  for (int threads : {1, 2, 3, 5}) {
+    CAPTURE(threads);
+    ThreadPool tp(threads);
+    for (int rep = 0; rep < 200; ++rep) {
+      const int64_t n = 1 + rep * 7 % 131, grain = 1 + rep % 5;
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      std::atomic<bool> bad_index{false};
+      tp.parallel_chunks(n, grain, [&](int64_t b, int64_t e, int ith) {
+        if (ith < 0 || ith >= threads || e - b > grain) bad_index = true;
+        for (int64_t i = b; i < e; ++i) hits[size_t(i)]++;
+      });
+      for (auto& h : hits) CHECK(h.load() == 1);
+      CHECK(!bad_index);
+    }
+    std::vector<std::atomic<int>> seen(static_cast<size_t>(threads));
+    tp.run([&](int ith, int nth) {
+      CHECK(nth == threads);
+      seen[size_t(ith)]++;
+    });
+    for (auto& s : seen) CHECK(s.load() == 1);
   }
 }

@@ -254,28 +254,26 @@ void CpuBackend::attention_layer(const Layer& L, KVCache& kv, const float* x, in
   const float scale = 1.0f / std::sqrt(float(Dh));
   const int64_t group = Hq / Hkv;
   // One task per (row, head); row t sees cache rows 0..n_past+t.
-  tp_.run([&](int ith, int nth) {
+  tp_.parallel_chunks(int64_t(n) * Hq, 1, [&](int64_t job, int64_t, int ith) {
     float* sc = scores_.data() + int64_t(ith) * p_.n_ctx;
-    for (int64_t job = ith; job < int64_t(n) * Hq; job += nth) {
-      const int64_t t = job / Hq, h = job % Hq, g = h / group;
-      const float* qh = q + t * qd + h * Dh;
-      float* oh = o + t * qd + h * Dh;
-      const int64_t n_kv = n_past + t + 1;
-      if (p_.reference) {
-        attend_one(qh, kv.k.data() + g * Dh, kv.v.data() + g * Dh, n_kv, kvd, Dh, scale, sc, oh);
-      } else {
-        cpu::AttnArgs a;
-        a.q = qh;
-        a.k = kv.k.data() + g * Dh;
-        a.v = kv.v.data() + g * Dh;
-        a.n_kv = n_kv;
-        a.stride = kvd;
-        a.head_dim = Dh;
-        a.scale = scale;
-        a.scores = sc;
-        a.o = oh;
-        ks_.attend(a);
-      }
+    const int64_t t = job / Hq, h = job % Hq, g = h / group;
+    const float* qh = q + t * qd + h * Dh;
+    float* oh = o + t * qd + h * Dh;
+    const int64_t n_kv = n_past + t + 1;
+    if (p_.reference) {
+      attend_one(qh, kv.k.data() + g * Dh, kv.v.data() + g * Dh, n_kv, kvd, Dh, scale, sc, oh);
+    } else {
+      cpu::AttnArgs a;
+      a.q = qh;
+      a.k = kv.k.data() + g * Dh;
+      a.v = kv.v.data() + g * Dh;
+      a.n_kv = n_kv;
+      a.stride = kvd;
+      a.head_dim = Dh;
+      a.scale = scale;
+      a.scores = sc;
+      a.o = oh;
+      ks_.attend(a);
     }
   });
   for_rows(n, [&](int64_t t) {
@@ -380,39 +378,37 @@ void CpuBackend::delta_net_layer(const Layer& L, int il, RecurrentState& st, Rec
   });
 
   // Delta rule, head-parallel, rows in order. Value head j uses key head j % Hk.
-  tp_.run([&](int ith, int nth) {
-    for (int64_t j = ith; j < Hv; j += nth) {
-      float* M = st.ssm.data() + j * dv * dk;
-      const int64_t kh = j % Hk;
-      if (p_.reference) {
-        for (int32_t t = 0; t < n; ++t) {
-          const float* qv = uc + t * C + kh * dk;
-          const float* kv = uc + t * C + Cqk + kh * dk;
-          const float* vv = uc + t * C + 2 * Cqk + j * dv;
-          delta_rule_step(M, qv, kv, vv, beta[t * Hv + j], g[t * Hv + j], dk, dv, o + t * Cv + j * dv);
-          if (snap && t == snapshot_row)
-            std::memcpy(snap->ssm.data() + j * dv * dk, M, size_t(dv * dk) * sizeof(float));
-        }
-        continue;
+  tp_.parallel_for(Hv, 1, [&](int64_t j, int64_t) {
+    float* M = st.ssm.data() + j * dv * dk;
+    const int64_t kh = j % Hk;
+    if (p_.reference) {
+      for (int32_t t = 0; t < n; ++t) {
+        const float* qv = uc + t * C + kh * dk;
+        const float* kv = uc + t * C + Cqk + kh * dk;
+        const float* vv = uc + t * C + 2 * Cqk + j * dv;
+        delta_rule_step(M, qv, kv, vv, beta[t * Hv + j], g[t * Hv + j], dk, dv, o + t * Cv + j * dv);
+        if (snap && t == snapshot_row)
+          std::memcpy(snap->ssm.data() + j * dv * dk, M, size_t(dv * dk) * sizeof(float));
       }
-      cpu::DeltaArgs a;
-      a.M = M;
-      a.q = uc + kh * dk;
-      a.k = uc + Cqk + kh * dk;
-      a.v = uc + 2 * Cqk + j * dv;
-      a.x_stride = C;
-      a.beta = beta + j;
-      a.g = g + j;
-      a.g_stride = Hv;
-      a.o = o + j * dv;
-      a.o_stride = Cv;
-      a.n = n;
-      a.dk = dk;
-      a.dv = dv;
-      a.snap = snap ? snap->ssm.data() + j * dv * dk : nullptr;
-      a.snap_row = snapshot_row;
-      ks_.delta_rule(a);
+      return;
     }
+    cpu::DeltaArgs a;
+    a.M = M;
+    a.q = uc + kh * dk;
+    a.k = uc + Cqk + kh * dk;
+    a.v = uc + 2 * Cqk + j * dv;
+    a.x_stride = C;
+    a.beta = beta + j;
+    a.g = g + j;
+    a.g_stride = Hv;
+    a.o = o + j * dv;
+    a.o_stride = Cv;
+    a.n = n;
+    a.dk = dk;
+    a.dv = dv;
+    a.snap = snap ? snap->ssm.data() + j * dv * dk : nullptr;
+    a.snap_row = snapshot_row;
+    ks_.delta_rule(a);
   });
 
   // Gated RMSNorm per value head, then the output projection.

@@ -1,7 +1,6 @@
 #include "cpu/matmul.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -158,18 +157,12 @@ void matmul_multi(const MatmulOut* outs, int count, const float* x, int64_t n, T
       a.ldy = w.rows;
       a.scale = w.scale;
     }
-    std::atomic<int64_t> next{0};
-    tp.run([&](int ith, int) {
-      for (;;) {
-        const int64_t c = next.fetch_add(1, std::memory_order_relaxed);
-        if (c >= n_chunks) break;
-        int i = 0;
-        while (c >= first_chunk[i + 1]) ++i;
-        const int64_t r0 = (c - first_chunk[i]) * crows;
-        const int64_t r1 = std::min(r0 + crows, outs[i].w->rows);
-        if (!ks.gemm(args[i], r0, r1))
-          gemm_fallback(ks, *outs[i].w, xs, nt, args[i].y, r0, r1, s.row_buf(ith));
-      }
+    tp.parallel_chunks(n_chunks, 1, [&](int64_t c, int64_t, int ith) {
+      int i = 0;
+      while (c >= first_chunk[i + 1]) ++i;
+      const int64_t r0 = (c - first_chunk[i]) * crows;
+      const int64_t r1 = std::min(r0 + crows, outs[i].w->rows);
+      if (!ks.gemm(args[i], r0, r1)) gemm_fallback(ks, *outs[i].w, xs, nt, args[i].y, r0, r1, s.row_buf(ith));
     });
   }
 }
