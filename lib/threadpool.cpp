@@ -1,6 +1,7 @@
 #include "threadpool.h"
 
 #include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <set>
 #include <string>
@@ -97,12 +98,26 @@ void ThreadPool::run_raw(void (*fn)(void*, int, int), void* ctx) {
   wait_count_zero();
 }
 
+void ThreadPool::note_stall(double loop_us, double wait_us) {
+  // A straggler cost more than the loop's own work (and more than a wake-up):
+  // some worker was preempted.
+  if (wait_us > 100.0 && wait_us > loop_us) {
+    solo_backoff_ = std::min(solo_backoff_ > 0 ? 2 * solo_backoff_ : 32, 4096);
+    solo_loops_ = solo_backoff_;
+  } else if (solo_backoff_ > 0 && wait_us < 20.0) {
+    solo_backoff_ /= 2;  // calm again: shorter stretches next time
+  }
+}
+
 void ThreadPool::chunks_raw(int64_t n, int64_t grain, void (*fn)(void*, int64_t, int64_t, int), void* ctx) {
   const int64_t n_chunks = (n + grain - 1) / grain;
-  if (n_threads_ == 1 || n_chunks == 1) {
+  if (n_threads_ == 1 || n_chunks == 1 || solo_loops_ > 0) {
+    if (solo_loops_ > 0 && n_chunks > 1) --solo_loops_;
     for (int64_t b = 0; b < n; b += grain) fn(ctx, b, std::min(n, b + grain), 0);
     return;
   }
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
   chunk_fn_ = fn;
   ctx_ = ctx;
   n_items_ = n;
@@ -113,7 +128,11 @@ void ThreadPool::chunks_raw(int64_t n, int64_t grain, void (*fn)(void*, int64_t,
   claim_chunks(0);
   // No new worker may join; wait for those that did to finish their chunk.
   state_.fetch_or(kClosed, std::memory_order_acq_rel);
+  const auto t1 = Clock::now();
   wait_count_zero();
+  const auto t2 = Clock::now();
+  note_stall(std::chrono::duration<double, std::micro>(t1 - t0).count(),
+             std::chrono::duration<double, std::micro>(t2 - t1).count());
 }
 
 int ThreadPool::default_threads() {

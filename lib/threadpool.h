@@ -9,6 +9,13 @@
 // has descheduled does not hold the loop up; the threads that run simply take
 // its share. Results must therefore not depend on which thread runs a chunk
 // (the thread index is only for per-thread scratch).
+//
+// A worker preempted in the middle of a chunk still stalls the loop until the
+// OS runs it again (milliseconds when other programs compete for the cores,
+// as on a game client). When the caller waits longer for stragglers than the
+// loop itself took, the pool runs the next loops on the calling thread alone
+// for a while (backing off exponentially while stalls recur), then tries the
+// workers again.
 #pragma once
 
 #include <atomic>
@@ -76,12 +83,15 @@ class ThreadPool {
   void publish(uint64_t word);
   void claim_chunks(int index);
   void wait_count_zero();
+  void note_stall(double loop_us, double wait_us);
 
   int n_threads_;
   std::vector<std::thread> threads_;
   std::atomic<uint64_t> state_{0};
   std::atomic<bool> stop_{false};
   uint32_t gen_ = 0;  // generation of the last job (owner thread only)
+  int solo_loops_ = 0;    // chunked loops still to run on the caller alone
+  int solo_backoff_ = 0;  // length of the next solo stretch (0: none yet)
 
   // The current job; written before it is published, stable until it ends.
   void (*run_fn_)(void*, int, int) = nullptr;

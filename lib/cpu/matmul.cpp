@@ -68,11 +68,15 @@ Status MatmulScratch::reserve(int64_t rows, int64_t K_max, int n_types, int n_th
 
 namespace {
 
-// Rows of weight rows per work item: small enough to balance across threads
-// (work is handed out dynamically), large enough to amortize the hand-out.
-int64_t chunk_rows(int64_t total_rows, int n_threads) {
-  const int64_t target = total_rows / (int64_t(n_threads) * 8);
-  return std::clamp<int64_t>((target + 3) & ~int64_t(3), 4, 64);
+// Weight rows per work item: about 64 KiB of weights (short enough that the
+// last items finish together on all threads, long enough to amortize the
+// hand-out), at least 8 items per thread, a multiple of 4 (the kernels'
+// row tile).
+int64_t chunk_rows(int64_t total_rows, uint64_t row_bytes, int n_threads) {
+  const int64_t by_bytes = int64_t((64u << 10) / std::max<uint64_t>(row_bytes, 1));
+  const int64_t by_count = total_rows / (int64_t(n_threads) * 8);
+  const int64_t rows = std::min(by_bytes, by_count);
+  return std::clamp<int64_t>((rows + 3) & ~int64_t(3), 4, 64);
 }
 
 // Types without a kernel (MXFP4): dequantize a row into the thread's buffer
@@ -113,8 +117,12 @@ void matmul_multi(const MatmulOut* outs, int count, const float* x, int64_t n, T
   if (rows_per_slice < 1) rows_per_slice = 1;  // reserve() guarantees one row of K_max
 
   int64_t total_rows = 0;
-  for (int i = 0; i < count; ++i) total_rows += outs[i].w->rows;
-  const int64_t crows = chunk_rows(total_rows, tp.size());
+  uint64_t max_row_bytes = 0;
+  for (int i = 0; i < count; ++i) {
+    total_rows += outs[i].w->rows;
+    max_row_bytes = std::max(max_row_bytes, outs[i].w->row_bytes);
+  }
+  const int64_t crows = chunk_rows(total_rows, max_row_bytes, tp.size());
   int64_t first_chunk[kMaxMatmulOuts + 1];
   first_chunk[0] = 0;
   for (int i = 0; i < count; ++i) first_chunk[i + 1] = first_chunk[i] + (outs[i].w->rows + crows - 1) / crows;
