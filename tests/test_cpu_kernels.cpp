@@ -7,11 +7,14 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <new>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "qwen35/qwen35.h"
 #include "cpu/kernels.h"
 #include "cpu/matmul.h"
 #include "cpu/ops.h"
@@ -21,6 +24,36 @@
 
 using namespace qwen35;
 using qwen35::test::rel_err;
+
+// Counts operator new calls while g_count_allocs is set (decode-step test).
+namespace {
+std::atomic<bool> g_count_allocs{false};
+std::atomic<long> g_allocs{0};
+}  // namespace
+// Every replaceable form goes through malloc/free, so they always pair up
+// (also under the sanitizers).
+namespace {
+void* counted_alloc(size_t n) {
+  if (g_count_allocs.load(std::memory_order_relaxed)) g_allocs.fetch_add(1, std::memory_order_relaxed);
+  return std::malloc(n ? n : 1);
+}
+}  // namespace
+void* operator new(size_t n) {
+  if (void* p = counted_alloc(n)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](size_t n) {
+  if (void* p = counted_alloc(n)) return p;
+  throw std::bad_alloc();
+}
+void* operator new(size_t n, const std::nothrow_t&) noexcept { return counted_alloc(n); }
+void* operator new[](size_t n, const std::nothrow_t&) noexcept { return counted_alloc(n); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, size_t) noexcept { std::free(p); }
+void operator delete[](void* p, size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
 
 namespace {
 
@@ -434,4 +467,34 @@ TEST_CASE("thread pool: every chunk runs once, run() reaches every thread") {
     });
     for (auto& s : seen) CHECK(s.load() == 1);
   }
+}
+
+TEST_CASE("decode steps on the fast path do not allocate") {
+  qwen35_model_params mp = qwen35_model_default_params();
+  mp.device = QWEN35_DEVICE_CPU;
+  qwen35_model* m = nullptr;
+  REQUIRE(qwen35_model_load(test::fixture("models/tiny-a-nvfp4.gguf").c_str(), &mp, &m) == QWEN35_OK);
+  for (int threads : {1, 2}) {
+    qwen35_context_params cp = qwen35_context_default_params();
+    cp.n_ctx = 128;
+    cp.n_threads = threads;
+    qwen35_context* c = nullptr;
+    REQUIRE(qwen35_context_create(m, &cp, &c) == QWEN35_OK);
+    const int32_t prompt[5] = {11, 22, 33, 44, 55};
+    REQUIRE(qwen35_context_decode(c, prompt, 5, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    int32_t tok = 7;
+    REQUIRE(qwen35_context_decode(c, &tok, 1, QWEN35_LOGITS_LAST) == QWEN35_OK);  // sizes the outputs
+    g_allocs = 0;
+    g_count_allocs = true;
+    bool ok = true;
+    for (int i = 0; i < 16; ++i) {
+      tok = (tok * 37 + 11) % 4000;
+      ok = ok && qwen35_context_decode(c, &tok, 1, QWEN35_LOGITS_LAST) == QWEN35_OK;
+    }
+    g_count_allocs = false;
+    CHECK(ok);
+    CHECK(g_allocs.load() == 0);
+    qwen35_context_free(c);
+  }
+  qwen35_model_free(m);
 }

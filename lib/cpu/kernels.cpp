@@ -28,7 +28,7 @@ bool uses_quantized_acts(uint32_t type) {
   return type == GGML_NVFP4 || type == GGML_Q8_0 || type == GGML_Q4_K || type == GGML_Q6_K;
 }
 
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__x86_64__)
 bool cpu_has_avx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
@@ -47,7 +47,7 @@ bool cpu_has_avx512() { return false; }
 int available_kernel_sets(const KernelSet** out, int max) {
   int n = 0;
   if (n < max) out[n++] = &kernels_generic();
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__x86_64__)
   if (n < max && cpu_has_avx2()) out[n++] = &kernels_avx2();
   if (n < max && cpu_has_avx512()) out[n++] = &kernels_avx512();
 #endif
