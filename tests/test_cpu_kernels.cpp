@@ -91,8 +91,14 @@ struct TestWeight {
   }
 };
 
-// Dequantize a quantized activation row back to floats (natural order).
+// Dequantize a converted activation row back to floats (natural order).
 std::vector<float> dequant_act(uint32_t type, const uint8_t* row, int64_t K) {
+  if (type == GGML_BF16) {  // BF16 rows (AVX-512 BF16)
+    std::vector<float> x(static_cast<size_t>(K));
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(row);
+    for (int64_t k = 0; k < K; ++k) x[size_t(k)] = bf16_to_fp32(h[k]);
+    return x;
+  }
   const cpu::ActLayout L = cpu::act_layout(K);
   const int8_t* q = reinterpret_cast<const int8_t*>(row);
   const float* xs = reinterpret_cast<const float*>(row + L.xs);
@@ -138,7 +144,7 @@ std::vector<float> run_gemm(const cpu::KernelSet& ks, const Weight& w, const std
   std::vector<float> y(size_t(n * w.rows), NAN);
   a.y = y.data();
   a.ldy = w.rows;
-  if (cpu::uses_quantized_acts(w.type)) {
+  if (ks.converts_acts(w.type)) {
     const cpu::ActLayout L = cpu::act_layout(K);
     acts->assign(size_t(n) * L.stride + 64, 0xCD);
     for (int64_t t = 0; t < n; ++t) ks.quantize_act(w.type, x.data() + t * K, K, acts->data() + size_t(t) * L.stride);
@@ -228,14 +234,14 @@ TEST_CASE("matrix kernels match the reference on every weight type and kernel se
         // activations in double precision.
         std::vector<std::vector<float>> xq;
         for (int64_t t = 0; t < n; ++t)
-          xq.push_back(cpu::uses_quantized_acts(c.type)
+          xq.push_back(ks->converts_acts(c.type)
                            ? dequant_act(c.type, acts.data() + size_t(t) * cpu::act_layout(c.K).stride, c.K)
                            : xf[size_t(t)]);
         const std::vector<double> want = dot_oracle(w, xq);
         for (int64_t t = 0; t < n; ++t)
           CHECK(max_rel_row(y.data() + t * c.N, want.data() + t * c.N, c.N) < 2e-6);
         // Against the float reference: only the activation rounding differs.
-        const double tol = cpu::uses_quantized_acts(c.type) ? 2e-2 : 1e-5;
+        const double tol = ks->converts_acts(c.type) ? 2e-2 : 1e-5;
         CHECK(rel_err(y.data(), yref.data(), yref.size()) < tol);
         // Each row alone, and split row ranges, give the same bits.
         for (int64_t t = 0; t < n; ++t) {
@@ -254,7 +260,8 @@ TEST_CASE("matrix kernels match the reference on every weight type and kernel se
 }
 
 TEST_CASE("matmul and matmul_multi: bitwise identical on 1, 2 and 3 threads") {
-  TestWeight a(GGML_NVFP4, 301, 256, 1), b(GGML_Q6_K, 67, 256, 2), c(GGML_MXFP4, 45, 256, 3), d(GGML_F16, 33, 256, 4);
+  TestWeight a(GGML_NVFP4, 301, 256, 1), b(GGML_Q6_K, 67, 256, 2), c(GGML_MXFP4, 45, 256, 3), d(GGML_F16, 33, 256, 4),
+      e(GGML_BF16, 21, 256, 5);
   const int64_t n = 9;
   std::vector<float> x = randn(size_t(n * 256), 5);
   std::vector<std::vector<float>> first;
@@ -264,13 +271,15 @@ TEST_CASE("matmul and matmul_multi: bitwise identical on 1, 2 and 3 threads") {
     // A reservation for only 4 rows forces the batch into slices.
     REQUIRE(s.reserve(4, 256, 2, threads).ok());
     std::vector<std::vector<float>> ys = {std::vector<float>(size_t(n * 301)), std::vector<float>(size_t(n * 67)),
-                                          std::vector<float>(size_t(n * 45)), std::vector<float>(size_t(n * 33))};
-    const MatmulOut outs[] = {{&a.w, ys[0].data()}, {&b.w, ys[1].data()}, {&c.w, ys[2].data()}, {&d.w, ys[3].data()}};
-    matmul_multi(outs, 4, x.data(), n, tp, s);
+                                          std::vector<float>(size_t(n * 45)), std::vector<float>(size_t(n * 33)),
+                                          std::vector<float>(size_t(n * 21))};
+    const MatmulOut outs[] = {{&a.w, ys[0].data()}, {&b.w, ys[1].data()}, {&c.w, ys[2].data()}, {&d.w, ys[3].data()},
+                              {&e.w, ys[4].data()}};
+    matmul_multi(outs, 5, x.data(), n, tp, s);
     if (first.empty()) {
       first = ys;
       // And close to the reference (MXFP4 goes through the float fallback).
-      for (int i = 0; i < 4; ++i) {
+      for (int i = 0; i < 5; ++i) {
         std::vector<float> ref(ys[size_t(i)].size());
         matmul_ref(*outs[i].w, x.data(), n, ref.data(), tp);
         CHECK(rel_err(ys[size_t(i)].data(), ref.data(), ref.size()) < 2e-2);
@@ -279,7 +288,7 @@ TEST_CASE("matmul and matmul_multi: bitwise identical on 1, 2 and 3 threads") {
       matmul(a.w, x.data(), n, single.data(), tp, s);
       CHECK(std::memcmp(single.data(), ys[0].data(), single.size() * 4) == 0);
     } else {
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < 5; ++i)
         CHECK(std::memcmp(first[size_t(i)].data(), ys[size_t(i)].data(), ys[size_t(i)].size() * 4) == 0);
     }
   }

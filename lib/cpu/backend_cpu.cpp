@@ -194,15 +194,16 @@ Status CpuBackend::init() {
   return Status::Ok();
 }
 
-// Room for the largest batch of quantized activations: n_batch rows of the
-// widest matrix input, once per distinct quantized weight type.
+// Room for the largest batch of converted activations: n_batch rows of the
+// widest matrix input, once per distinct weight type that may want them.
 Status CpuBackend::reserve_matmul_scratch() {
   int64_t k_max = 0;
   std::vector<uint32_t> types;
   auto visit = [&](const Weight& w) {
     if (!w.present()) return;
     k_max = std::max(k_max, w.cols);
-    if (cpu::uses_quantized_acts(w.type) && std::find(types.begin(), types.end(), w.type) == types.end())
+    const bool converts = cpu::uses_quantized_acts(w.type) || w.type == GGML_BF16;  // BF16: on AVX-512 BF16
+    if (converts && std::find(types.begin(), types.end(), w.type) == types.end())
       types.push_back(w.type);
   };
   auto visit_layer = [&](const Layer& L) {

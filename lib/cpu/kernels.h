@@ -9,7 +9,9 @@
 // need unsigned weights, so each weight value gets an offset c (NVFP4:
 // 2*E2M1 + 12, Q8_0: q + 128, Q6_K: q + 32 as stored, Q4_K: q as stored) and
 // the activation row carries the correction -c * (sum of each group of 4).
-// F32/F16/BF16 weights use float activations.
+// F32/F16 weights use float activations; BF16 weights too, except where
+// the CPU has AVX-512 BF16: there activations are rounded to BF16 and
+// multiplied by vdpbf16ps (pairs of products accumulated in F32).
 //
 // Every output element is computed by one kernel call in a fixed order that
 // does not depend on the row range, the batch size or the thread count, so
@@ -36,7 +38,8 @@ namespace qwen35::cpu {
 //   corr  int32[K/4]   -c * (sum of the 4 values at positions 4l..4l+3)
 //   xs    float[K/16]  scale of each group of 16 elements (x ~= xs * q)
 //   s32   float[K/32]  sum of xs*q over each group of 32 elements (Q4_K mins)
-// Padding bytes are zero.
+// Padding bytes are zero. Activations converted to BF16 (see KernelSet::
+// converts_acts) are K bf16 values at the start of a row of the same stride.
 struct ActLayout {
   int64_t K = 0;
   size_t corr = 0, xs = 0, s32 = 0;  // section offsets in bytes
@@ -44,7 +47,7 @@ struct ActLayout {
 };
 ActLayout act_layout(int64_t K);
 
-// Whether matrices of this type multiply quantized activations (else F32).
+// Whether matrices of this type multiply int8-quantized activations.
 bool uses_quantized_acts(uint32_t type);
 
 // y[t * ldy + r] = scale * sum_k W[r][k] x[t][k] for rows r0 <= r < r1 and
@@ -54,7 +57,7 @@ struct GemmArgs {
   const uint8_t* w = nullptr;   // row 0 of the weight matrix
   uint64_t w_stride = 0;        // bytes per weight row
   int64_t K = 0;
-  const void* x = nullptr;      // [n] quantized rows (act_layout(K)) or [n, K] F32
+  const void* x = nullptr;      // [n] converted rows (act_layout(K).stride apart) or [n, K] F32
   size_t x_stride = 0;          // bytes between activation rows
   int64_t n = 0;
   float* y = nullptr;
@@ -100,7 +103,10 @@ size_t delta_chunk_work_floats(int64_t dk, int64_t dv);
 
 struct KernelSet {
   const char* name;
-  // Quantize one activation row for weights of `type` (act_layout(K) bytes).
+  // Whether gemm on this type wants converted activation rows (int8 groups,
+  // or BF16) rather than F32 rows.
+  bool (*converts_acts)(uint32_t type);
+  // Convert one activation row for weights of `type` (act_layout(K).stride bytes).
   void (*quantize_act)(uint32_t type, const float* x, int64_t K, uint8_t* dst);
   // Matrix product over weight rows [r0, r1); false if the type has no kernel
   // here (the caller then uses its float fallback).
@@ -134,6 +140,7 @@ const KernelSet& kernels_avx512();
 // What this CPU (and OS) supports.
 bool cpu_has_avx2();    // AVX2 + FMA + F16C
 bool cpu_has_avx512();  // AVX-512 F/BW/VL/VNNI
+bool cpu_has_avx512_bf16();
 
 // The best kernel set for this CPU. QWEN35_CPU_ISA=generic|avx2|avx512 in the
 // environment caps the choice (for measurements); read once.

@@ -351,6 +351,7 @@ bool gemm(const GemmArgs& a, int64_t r0, int64_t r1) {
 const KernelSet& kernels_avx2() {
   static const KernelSet ks = {
       "avx2",
+      uses_quantized_acts,
       avx2::quantize_act_impl,
       avx2::gemm,
       avx2::dot,

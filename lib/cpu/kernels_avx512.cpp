@@ -1,6 +1,7 @@
-// AVX-512 kernels (F, BW, VL and VNNI; also uses AVX2/FMA/F16C). This file is
-// compiled with those instruction sets enabled and only ever called after
-// cpu_has_avx512() (kernels.cpp); see kernels.h for the rules it follows.
+// AVX-512 kernels (F, BW, VL and VNNI; also uses AVX2/FMA/F16C; BF16 in the
+// functions marked for it). This file is compiled with those instruction sets
+// enabled and only ever called after cpu_has_avx512() (kernels.cpp); see
+// kernels.h for the rules it follows.
 //
 // Quantized matrix products: 64 weights per ZMM register are decoded to
 // unsigned bytes (weight integer + offset), multiplied with the int8
@@ -356,6 +357,64 @@ void gemm_f(const GemmArgs& a, int64_t r0, int64_t r1) {
   });
 }
 
+// BF16 weights on CPUs with AVX-512 BF16: activations rounded to BF16 once
+// per row, then vdpbf16ps (32 products per instruction, pairs accumulated in
+// F32). These functions carry the extra instruction set themselves and run
+// only after cpu_has_avx512_bf16().
+#define QWEN35_BF16 __attribute__((target("avx512bf16")))
+
+QWEN35_BF16 void convert_bf16(const float* x, int64_t K, uint16_t* dst) {
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + k)));
+  if (k < K) {
+    const __m256i h = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(first_n(K - k), x + k));
+    _mm256_mask_storeu_epi16(dst + k, first_n(K - k), h);
+  }
+}
+
+template <int TT>
+QWEN35_BF16 void bf16tile(const uint8_t* const* rows, const uint16_t* const* x, int64_t K, float out[RT][4]) {
+  __m512 acc[RT][TT];
+  for (int r = 0; r < RT; ++r)
+    for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 32) {
+    const __mmask32 m = K - k >= 32 ? ~__mmask32(0) : __mmask32((1ull << (K - k)) - 1);
+    __m512i w[RT];
+    for (int r = 0; r < RT; ++r) w[r] = _mm512_maskz_loadu_epi16(m, rows[r] + 2 * k);
+    for (int t = 0; t < TT; ++t) {
+      const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(m, x[t] + k);
+      for (int r = 0; r < RT; ++r) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], (__m512bh)w[r], xv);
+    }
+  }
+  for (int r = 0; r < RT; ++r)
+    for (int t = 0; t < TT; ++t) out[r][t] = vhsum(F{acc[r][t]});
+}
+
+QWEN35_BF16 void gemm_bf16(const GemmArgs& a, int64_t r0, int64_t r1) {
+  drive(a, r0, r1, 1.0f, [&](const uint8_t* const* rows, int64_t t, int tt, float out[RT][4]) {
+    const uint16_t* x[4];
+    for (int j = 0; j < tt; ++j)
+      x[j] = reinterpret_cast<const uint16_t*>(static_cast<const uint8_t*>(a.x) + size_t(t + j) * a.x_stride);
+    if (tt == 4) bf16tile<4>(rows, x, a.K, out);
+    else bf16tile<1>(rows, x, a.K, out);
+  });
+}
+
+const bool kHasBf16 = cpu_has_avx512_bf16();
+
+bool converts_acts(uint32_t type) { return uses_quantized_acts(type) || (type == GGML_BF16 && kHasBf16); }
+
+void convert_act(uint32_t type, const float* x, int64_t K, uint8_t* dst) {
+  if (type != GGML_BF16) {
+    quantize_act_impl(type, x, K, dst);
+    return;
+  }
+  const ActLayout L = act_layout(K);
+  memset(dst, 0, L.stride);
+  convert_bf16(x, K, reinterpret_cast<uint16_t*>(dst));
+}
+
 bool gemm(const GemmArgs& a, int64_t r0, int64_t r1) {
   switch (a.type) {
     case GGML_NVFP4: gemm_q<Nvfp4>(a, r0, r1); return true;
@@ -364,7 +423,10 @@ bool gemm(const GemmArgs& a, int64_t r0, int64_t r1) {
     case GGML_Q6_K: gemm_q<Q6K>(a, r0, r1); return true;
     case GGML_F32: gemm_f<GGML_F32>(a, r0, r1); return true;
     case GGML_F16: gemm_f<GGML_F16>(a, r0, r1); return true;
-    case GGML_BF16: gemm_f<GGML_BF16>(a, r0, r1); return true;
+    case GGML_BF16:
+      if (kHasBf16) gemm_bf16(a, r0, r1);
+      else gemm_f<GGML_BF16>(a, r0, r1);
+      return true;
     default: return false;
   }
 }
@@ -375,7 +437,8 @@ bool gemm(const GemmArgs& a, int64_t r0, int64_t r1) {
 const KernelSet& kernels_avx512() {
   static const KernelSet ks = {
       "avx512",
-      avx512::quantize_act_impl,
+      avx512::converts_acts,
+      avx512::convert_act,
       avx512::gemm,
       avx512::dot,
       avx512::rmsnorm_impl,

@@ -201,6 +201,7 @@ bool gemm(const GemmArgs& a, int64_t r0, int64_t r1) {
 const KernelSet& kernels_generic() {
   static const KernelSet ks = {
       "generic",
+      uses_quantized_acts,
       generic::quantize_act_impl,
       generic::gemm,
       generic::dot,

@@ -96,14 +96,14 @@ void matmul_multi(const MatmulOut* outs, int count, const float* x, int64_t n, T
   const int64_t K = outs[0].w->cols;
   const cpu::ActLayout L = cpu::act_layout(K);
 
-  // One quantized copy of x per distinct weight type that wants one.
+  // One converted copy of x per distinct weight type that wants one.
   uint32_t types[kMaxMatmulOuts];
   int slot[kMaxMatmulOuts];
   int n_types = 0;
   for (int i = 0; i < count; ++i) {
     slot[i] = -1;
     const uint32_t t = outs[i].w->type;
-    if (!cpu::uses_quantized_acts(t)) continue;
+    if (!ks.converts_acts(t)) continue;
     for (int j = 0; j < n_types; ++j)
       if (types[j] == t) slot[i] = j;
     if (slot[i] < 0) {
