@@ -338,9 +338,25 @@ TEST_CASE("vector ops match the scalar reference ops") {
   }
 }
 
-TEST_CASE("conv and attention kernels match the scalar reference ops") {
+TEST_CASE("conv, RoPE and attention kernels match the scalar reference ops") {
   for (const cpu::KernelSet* ks : kernel_sets()) {
     CAPTURE(ks->name);
+    {
+      RopeConfig rc;
+      rc.n_rot = 40;
+      rc.sections[0] = 7;
+      rc.sections[1] = 7;
+      rc.sections[2] = 6;
+      rc.base = 1e7f;
+      const int32_t pos[3] = {1234, 17, 5};
+      const int64_t D = 72, heads = 3;
+      std::vector<float> want = randn(size_t(heads * D), 51), got = want;
+      rope_heads(want.data(), heads, D, rc, pos);
+      float cs[kMaxRopePairs], sn[kMaxRopePairs];
+      rope_tables(rc, pos, cs, sn);
+      ks->rope(got.data(), heads, D, rc.n_rot / 2, cs, sn);
+      CHECK(rel_err(got.data(), want.data(), want.size()) < 1e-6);
+    }
     for (int64_t C : {5, 48, 70}) {
       const int64_t K = 4;
       std::vector<float> win = randn(size_t((K - 1) * C), 31), u = randn(size_t(C), 32), taps = randn(size_t(C * K), 33);

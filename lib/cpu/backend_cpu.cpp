@@ -246,10 +246,18 @@ void CpuBackend::attention_layer(const Layer& L, KVCache& kv, const float* x, in
   };
   for_rows(n, [&](int64_t t) {
     for (int64_t h = 0; h < Hq; ++h) rms(qg + t * 2 * qd + h * 2 * Dh, L.q_norm, q + t * qd + h * Dh);
-    rope_heads(q + t * qd, Hq, Dh, rope_, pos + 3 * t);
     float* kr = kv.k.data() + (n_past + t) * kvd;
     for (int64_t g = 0; g < Hkv; ++g) rms(k_.data() + t * kvd + g * Dh, L.k_norm, kr + g * Dh);
-    rope_heads(kr, Hkv, Dh, rope_, pos + 3 * t);
+    if (p_.reference) {
+      rope_heads(q + t * qd, Hq, Dh, rope_, pos + 3 * t);
+      rope_heads(kr, Hkv, Dh, rope_, pos + 3 * t);
+    } else {
+      // One table of angles for the row's query and key heads.
+      float cs[kMaxRopePairs], sn[kMaxRopePairs];
+      rope_tables(rope_, pos + 3 * t, cs, sn);
+      ks_.rope(q + t * qd, Hq, Dh, rope_.n_rot / 2, cs, sn);
+      ks_.rope(kr, Hkv, Dh, rope_.n_rot / 2, cs, sn);
+    }
     std::memcpy(kv.v.data() + (n_past + t) * kvd, v_.data() + t * kvd, size_t(kvd) * sizeof(float));
   });
   const float scale = 1.0f / std::sqrt(float(Dh));

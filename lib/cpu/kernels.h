@@ -127,6 +127,9 @@ struct KernelSet {
   // Causal conv + SiLU for one row: out[c] = silu(sum_k taps_t[k*C + c] * in[k][c]),
   // in[0..K-1] the K input rows (oldest first).
   void (*conv_silu)(const float* const* in, const float* taps_t, int64_t K, int64_t C, float* out);
+  // Rotary embedding of n_heads heads of head_dim floats in place: pair
+  // (i, i + half) of each head rotated by the angle with cos cs[i], sin sn[i].
+  void (*rope)(float* x, int64_t n_heads, int64_t head_dim, int64_t half, const float* cs, const float* sn);
   void (*attend)(const AttnArgs& a);
   void (*delta_rule)(const DeltaArgs& a);        // sequential form
   void (*delta_rule_chunked)(const DeltaArgs& a);  // chunked form (n any; chunks of kDeltaChunk)

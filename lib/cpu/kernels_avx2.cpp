@@ -361,6 +361,7 @@ const KernelSet& kernels_avx2() {
       avx2::mul_sigmoid_impl,
       avx2::gated_rmsnorm_impl,
       avx2::conv_silu_impl,
+      avx2::rope_impl,
       avx2::attend_impl,
       avx2::delta_rule_impl,
       avx2::delta_rule_chunked_impl,

@@ -447,6 +447,7 @@ const KernelSet& kernels_avx512() {
       avx512::mul_sigmoid_impl,
       avx512::gated_rmsnorm_impl,
       avx512::conv_silu_impl,
+      avx512::rope_impl,
       avx512::attend_impl,
       avx512::delta_rule_impl,
       avx512::delta_rule_chunked_impl,

@@ -211,6 +211,7 @@ const KernelSet& kernels_generic() {
       generic::mul_sigmoid_impl,
       generic::gated_rmsnorm_impl,
       generic::conv_silu_impl,
+      generic::rope_impl,
       generic::attend_impl,
       generic::delta_rule_impl,
       generic::delta_rule_chunked_impl,
