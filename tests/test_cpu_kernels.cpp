@@ -154,6 +154,9 @@ std::vector<float> run_gemm(const cpu::KernelSet& ks, const Weight& w, const std
     a.x = x.data();
     a.x_stride = size_t(K) * sizeof(float);
   }
+  std::vector<uint8_t> work(cpu::gemm_work_bytes(K) + 64);
+  a.work = work.data() + 1;  // any alignment
+  a.work_bytes = work.size() - 1;
   REQUIRE(ks.gemm(a, r0, r1));
   return y;
 }
@@ -216,7 +219,7 @@ TEST_CASE("matrix kernels match the reference on every weight type and kernel se
     CAPTURE(type_info(c.type)->name);
     TestWeight tw(c.type, c.N, c.K, uint32_t(c.N * 1000 + c.K));
     const Weight& w = tw.w;
-    for (int64_t n : {1, 3, 6}) {
+    for (int64_t n : {1, 3, 6, 9}) {  // 9: long enough for decoded weight tiles
       CAPTURE(n);
       std::vector<float> x = randn(size_t(n * c.K), uint32_t(n + 11), 2.0f);
       std::vector<float> yref(static_cast<size_t>(n * c.N));

@@ -642,7 +642,7 @@ uint64_t CpuBackend::memory_bytes() const {
                        &ssm_o_, &ffn_g_, &ffn_u_, &mtp_in_})
     b += x->bytes();
   for (const auto& t : conv_taps_t_) b += t.size() * sizeof(float);
-  b += mms_.acts_bytes() + uint64_t(mms_.row_buf_len()) * sizeof(float) * uint64_t(tp_.size());
+  b += mms_.bytes();
   return b;
 }
 

@@ -76,6 +76,13 @@ const KernelSet& kernels() {
   return *best;
 }
 
+size_t gemm_work_bytes(int64_t K) {
+  // A decoded tile of 4 rows: per 64 weights 64 bytes and 16 lane scales
+  // each, plus per 256 the Q4_K mins, plus alignment.
+  const int64_t super_blocks = (K + 255) / 256;
+  return size_t(4 * super_blocks * (4 * 128 + 64) + 64);
+}
+
 size_t delta_chunk_work_floats(int64_t dk, int64_t dv) {
   const int64_t C = kDeltaChunk;
   // S, K^T, A, P, U/V', Wm, one scratch row (see delta_rule_chunked_impl).

@@ -63,7 +63,11 @@ struct GemmArgs {
   float* y = nullptr;
   int64_t ldy = 0;
   float scale = 1.0f;
+  uint8_t* work = nullptr;  // per-thread scratch of gemm_work_bytes(K), or null
+  size_t work_bytes = 0;
 };
+// Scratch a gemm call can use (decoded weight tiles for long batches).
+size_t gemm_work_bytes(int64_t K);
 
 // Attention of one query head over n_kv cached rows (keys and values F32,
 // `stride` floats apart): o = softmax(scale * q.K^T) V. scores: n_kv floats.

@@ -237,29 +237,85 @@ struct Q6K {
 };
 
 // A tile of RT weight rows x TT activation rows over the whole of K.
-// Decode streams 4 rows at once; the hardware prefetcher barely trains on
-// such short interleaved streams, so each unit also prefetches the same
-// bytes of the next tile's rows (rows are contiguous: that is the next
-// stretch of the matrix).
-template <class Fmt, int TT>
-void qtile(const uint8_t* const* rows, uint64_t stride, const XRow* x, int64_t K, float out[RT][4]) {
-  __m512 acc[RT][TT];
-  for (int r = 0; r < RT; ++r)
-    for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
-  const int64_t units = (K + Fmt::kElems - 1) / Fmt::kElems;
-  for (int64_t u = 0; u < units; ++u) {
-    typename Fmt::Unit s[RT];
+// Weights of a tile, decoded as the tile runs. Decode streams 4 rows at
+// once; the hardware prefetcher barely trains on such short interleaved
+// streams, so each unit also prefetches the same bytes of the next tile's
+// rows (rows are contiguous: that is the next stretch of the matrix).
+template <class Fmt>
+struct LiveWeights {
+  const uint8_t* const* rows;
+  uint64_t stride;
+  int64_t K;
+  typename Fmt::Unit s[RT];
+  void unit(int64_t u) {
     for (int r = 0; r < RT; ++r) Fmt::setup(rows[r], u, &s[r]);
     for (int r = 0; r < RT; ++r)
       for (int l = 0; l < Fmt::kUnitBytes; l += 64)
         _mm_prefetch(reinterpret_cast<const char*>(rows[r] + RT * stride + u * Fmt::kUnitBytes + l), _MM_HINT_T0);
     if constexpr (std::is_same_v<Fmt, Q8_0>)
       for (int r = 0; r < RT; ++r) s[r].pair = (u + 1) * 64 <= K;
+  }
+  void step(int v, __m512i* w, __m512* ws) {
+    for (int r = 0; r < RT; ++r) Fmt::step(s[r], v, &w[r], &ws[r]);
+  }
+  __m512 mins(int r) const {
+    if constexpr (Fmt::kMins) return s[r].mins;
+    return _mm512_setzero_ps();
+  }
+};
+
+// Weights of a tile decoded once into a buffer (prefill: reused by every
+// activation tile): per unit, per step and row the weight bytes and lane
+// scales, then per row the mins. Reads back exactly what LiveWeights makes.
+template <class Fmt>
+struct BufferedWeights {
+  static constexpr int64_t kUnit = Fmt::kVecs * RT * 128 + (Fmt::kMins ? RT * 64 : 0);
+  static size_t bytes(int64_t K) { return size_t((K + Fmt::kElems - 1) / Fmt::kElems * kUnit); }
+  const uint8_t* buf;
+  const uint8_t* cur = nullptr;
+  void unit(int64_t u) { cur = buf + u * kUnit; }
+  void step(int v, __m512i* w, __m512* ws) {
+    for (int r = 0; r < RT; ++r) {
+      const uint8_t* p = cur + (v * RT + r) * 128;
+      w[r] = _mm512_load_si512(p);
+      ws[r] = _mm512_load_ps(reinterpret_cast<const float*>(p + 64));
+    }
+  }
+  __m512 mins(int r) const { return _mm512_load_ps(reinterpret_cast<const float*>(cur + Fmt::kVecs * RT * 128 + r * 64)); }
+  static void fill(LiveWeights<Fmt>& src, int64_t K, uint8_t* dst) {
+    for (int64_t u = 0; u < (K + Fmt::kElems - 1) / Fmt::kElems; ++u) {
+      uint8_t* p = dst + u * kUnit;
+      src.unit(u);
+      for (int v = 0; v < Fmt::kVecs; ++v) {
+        __m512i w[RT];
+        __m512 ws[RT];
+        src.step(v, w, ws);
+        for (int r = 0; r < RT; ++r) {
+          _mm512_store_si512(p + (v * RT + r) * 128, w[r]);
+          _mm512_store_ps(reinterpret_cast<float*>(p + (v * RT + r) * 128 + 64), ws[r]);
+        }
+      }
+      if constexpr (Fmt::kMins)
+        for (int r = 0; r < RT; ++r) _mm512_store_ps(reinterpret_cast<float*>(p + Fmt::kVecs * RT * 128 + r * 64), src.mins(r));
+    }
+  }
+};
+
+// A tile of RT weight rows x TT activation rows over the whole of K. Both
+// weight sources feed the same arithmetic, so results are identical.
+template <class Fmt, int TT, class Weights>
+void qtile(Weights& wt, const XRow* x, int64_t K, float out[RT][4]) {
+  __m512 acc[RT][TT];
+  for (int r = 0; r < RT; ++r)
+    for (int t = 0; t < TT; ++t) acc[r][t] = _mm512_setzero_ps();
+  const int64_t units = (K + Fmt::kElems - 1) / Fmt::kElems;
+  for (int64_t u = 0; u < units; ++u) {
+    wt.unit(u);
     for (int v = 0; v < Fmt::kVecs; ++v) {
       const int64_t e0 = u * Fmt::kElems + v * 64;  // first element (position) of this step
       __m512i w[RT];
       __m512 ws[RT];
-      for (int r = 0; r < RT; ++r) Fmt::step(s[r], v, &w[r], &ws[r]);
+      wt.step(v, w, ws);
       for (int t = 0; t < TT; ++t) {
         const __m512i xq = _mm512_loadu_si512(x[t].q + e0);
         const __m512i c0 = Fmt::kCorr ? _mm512_loadu_si512(x[t].corr + e0 / 4) : _mm512_setzero_si512();
@@ -273,7 +329,7 @@ void qtile(const uint8_t* const* rows, uint64_t stride, const XRow* x, int64_t K
     if constexpr (Fmt::kMins) {
       for (int t = 0; t < TT; ++t) {
         const __m512 s32 = _mm512_maskz_loadu_ps(0x00FF, x[t].s32 + u * 8);
-        for (int r = 0; r < RT; ++r) acc[r][t] = _mm512_fnmadd_ps(s[r].mins, s32, acc[r][t]);
+        for (int r = 0; r < RT; ++r) acc[r][t] = _mm512_fnmadd_ps(wt.mins(r), s32, acc[r][t]);
       }
     }
   }
@@ -311,8 +367,12 @@ void ftile(const uint8_t* const* rows, const float* const* x, int64_t K, float o
 // Rows [r0, r1) in tiles of RT (a short last tile repeats its last row),
 // activation rows in blocks of TB (so a block stays in cache while the rows
 // stream) and tiles of 4 (remainder one at a time).
-template <class Tile>
-void drive(const GemmArgs& a, int64_t r0, int64_t r1, float out_scale, Tile tile) {
+// Rows [r0, r1) in tiles of RT (a short last tile repeats its last row),
+// activation rows in blocks of TB (so a block stays in cache while the rows
+// stream) and tiles of 4 (remainder one at a time). prepare(rows) runs once
+// per weight tile and activation block, before its tiles.
+template <class Prepare, class Tile>
+void drive(const GemmArgs& a, int64_t r0, int64_t r1, float out_scale, Prepare prepare, Tile tile) {
   float out[RT][4];
   for (int64_t tb = 0; tb < a.n; tb += TB) {
     const int64_t te = tb + TB < a.n ? tb + TB : a.n;
@@ -320,6 +380,7 @@ void drive(const GemmArgs& a, int64_t r0, int64_t r1, float out_scale, Tile tile
       const int nr = r1 - r < RT ? int(r1 - r) : RT;
       const uint8_t* rows[RT];
       for (int i = 0; i < RT; ++i) rows[i] = a.w + uint64_t(r + (i < nr ? i : nr - 1)) * a.w_stride;
+      prepare(rows);
       for (int64_t t = tb; t < te;) {
         const int tt = te - t >= 4 ? 4 : 1;
         tile(rows, t, tt, out);
@@ -331,24 +392,53 @@ void drive(const GemmArgs& a, int64_t r0, int64_t r1, float out_scale, Tile tile
   }
 }
 
+// Batches of at least this many rows decode each weight tile once into the
+// caller's work buffer instead of once per activation tile.
+constexpr int64_t kPredecodeRows = 8;
+
 template <class Fmt>
 void gemm_q(const GemmArgs& a, int64_t r0, int64_t r1) {
   const ActLayout L = act_layout(a.K);
-  drive(a, r0, r1, Fmt::kOutScale, [&](const uint8_t* const* rows, int64_t t, int tt, float out[RT][4]) {
-    XRow x[4];
+  auto xrows = [&](int64_t t, int tt, XRow* x) {
     for (int j = 0; j < tt; ++j) {
       const uint8_t* base = static_cast<const uint8_t*>(a.x) + size_t(t + j) * a.x_stride;
       x[j] = {reinterpret_cast<const int8_t*>(base), reinterpret_cast<const int32_t*>(base + L.corr),
               reinterpret_cast<const float*>(base + L.xs), reinterpret_cast<const float*>(base + L.s32)};
     }
-    if (tt == 4) qtile<Fmt, 4>(rows, a.w_stride, x, a.K, out);
-    else qtile<Fmt, 1>(rows, a.w_stride, x, a.K, out);
-  });
+  };
+  uint8_t* buf = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(a.work) + 63) & ~uintptr_t(63));
+  const bool predecode = a.n >= kPredecodeRows && a.work &&
+                         BufferedWeights<Fmt>::bytes(a.K) + size_t(buf - a.work) <= a.work_bytes;
+  if (predecode) {
+    drive(
+        a, r0, r1, Fmt::kOutScale,
+        [&](const uint8_t* const* rows) {
+          LiveWeights<Fmt> live{rows, a.w_stride, a.K, {}};
+          BufferedWeights<Fmt>::fill(live, a.K, buf);
+        },
+        [&](const uint8_t* const*, int64_t t, int tt, float out[RT][4]) {
+          XRow x[4];
+          xrows(t, tt, x);
+          BufferedWeights<Fmt> wt{buf};
+          if (tt == 4) qtile<Fmt, 4>(wt, x, a.K, out);
+          else qtile<Fmt, 1>(wt, x, a.K, out);
+        });
+    return;
+  }
+  drive(
+      a, r0, r1, Fmt::kOutScale, [](const uint8_t* const*) {},
+      [&](const uint8_t* const* rows, int64_t t, int tt, float out[RT][4]) {
+        XRow x[4];
+        xrows(t, tt, x);
+        LiveWeights<Fmt> wt{rows, a.w_stride, a.K, {}};
+        if (tt == 4) qtile<Fmt, 4>(wt, x, a.K, out);
+        else qtile<Fmt, 1>(wt, x, a.K, out);
+      });
 }
 
 template <uint32_t kType>
 void gemm_f(const GemmArgs& a, int64_t r0, int64_t r1) {
-  drive(a, r0, r1, 1.0f, [&](const uint8_t* const* rows, int64_t t, int tt, float out[RT][4]) {
+  drive(a, r0, r1, 1.0f, [](const uint8_t* const*) {}, [&](const uint8_t* const* rows, int64_t t, int tt, float out[RT][4]) {
     const float* x[4];
     for (int j = 0; j < tt; ++j)
       x[j] = reinterpret_cast<const float*>(static_cast<const uint8_t*>(a.x) + size_t(t + j) * a.x_stride);
@@ -392,7 +482,7 @@ QWEN35_BF16 void bf16tile(const uint8_t* const* rows, const uint16_t* const* x, 
 }
 
 QWEN35_BF16 void gemm_bf16(const GemmArgs& a, int64_t r0, int64_t r1) {
-  drive(a, r0, r1, 1.0f, [&](const uint8_t* const* rows, int64_t t, int tt, float out[RT][4]) {
+  drive(a, r0, r1, 1.0f, [](const uint8_t* const*) {}, [&](const uint8_t* const* rows, int64_t t, int tt, float out[RT][4]) {
     const uint16_t* x[4];
     for (int j = 0; j < tt; ++j)
       x[j] = reinterpret_cast<const uint16_t*>(static_cast<const uint8_t*>(a.x) + size_t(t + j) * a.x_stride);

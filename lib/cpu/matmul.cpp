@@ -42,6 +42,7 @@ void matmul_ref(const Weight& w, const float* x, int64_t n, float* y, ThreadPool
 MatmulScratch::~MatmulScratch() {
   std::free(acts_);
   std::free(rowbuf_);
+  std::free(work_);
 }
 
 Status MatmulScratch::reserve(int64_t rows, int64_t K_max, int n_types, int n_threads) {
@@ -53,15 +54,25 @@ Status MatmulScratch::reserve(int64_t rows, int64_t K_max, int n_types, int n_th
     acts_ = static_cast<uint8_t*>(p);
     acts_bytes_ = want;
   }
-  if (K_max > rowbuf_len_ || n_threads > rowbuf_threads_) {
+  const size_t wb = (cpu::gemm_work_bytes(K_max) + 63) & ~size_t(63);
+  if (K_max > rowbuf_len_ || n_threads > rowbuf_threads_ || wb > work_bytes_) {
     const int64_t len = std::max(K_max, rowbuf_len_);
     const int th = std::max(n_threads, rowbuf_threads_);
+    const size_t wlen = std::max(wb, work_bytes_);
     void* p = alloc64(size_t(len) * size_t(th) * sizeof(float));
-    if (!p) return Error(QWEN35_ERR_OUT_OF_MEMORY, "cannot allocate matmul row buffers");
+    void* q = alloc64(wlen * size_t(th));
+    if (!p || !q) {
+      std::free(p);
+      std::free(q);
+      return Error(QWEN35_ERR_OUT_OF_MEMORY, "cannot allocate matmul work buffers");
+    }
     std::free(rowbuf_);
+    std::free(work_);
     rowbuf_ = static_cast<float*>(p);
+    work_ = static_cast<uint8_t*>(q);
     rowbuf_len_ = len;
     rowbuf_threads_ = th;
+    work_bytes_ = wlen;
   }
   return Status::Ok();
 }
@@ -170,7 +181,10 @@ void matmul_multi(const MatmulOut* outs, int count, const float* x, int64_t n, T
       while (c >= first_chunk[i + 1]) ++i;
       const int64_t r0 = (c - first_chunk[i]) * crows;
       const int64_t r1 = std::min(r0 + crows, outs[i].w->rows);
-      if (!ks.gemm(args[i], r0, r1)) gemm_fallback(ks, *outs[i].w, xs, nt, args[i].y, r0, r1, s.row_buf(ith));
+      cpu::GemmArgs a = args[i];
+      a.work = s.work(ith);
+      a.work_bytes = s.work_bytes();
+      if (!ks.gemm(a, r0, r1)) gemm_fallback(ks, *outs[i].w, xs, nt, a.y, r0, r1, s.row_buf(ith));
     });
   }
 }

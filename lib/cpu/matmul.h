@@ -41,6 +41,13 @@ class MatmulScratch {
   size_t acts_bytes() const { return acts_bytes_; }
   float* row_buf(int thread) { return rowbuf_ + size_t(thread) * size_t(rowbuf_len_); }
   int64_t row_buf_len() const { return rowbuf_len_; }
+  // Kernel scratch of a thread (cpu::gemm_work_bytes(K_max) bytes).
+  uint8_t* work(int thread) { return work_ + size_t(thread) * work_bytes_; }
+  size_t work_bytes() const { return work_bytes_; }
+  uint64_t bytes() const {
+    return acts_bytes_ + uint64_t(rowbuf_len_) * uint64_t(rowbuf_threads_) * sizeof(float) +
+           uint64_t(work_bytes_) * uint64_t(rowbuf_threads_);
+  }
 
  private:
   uint8_t* acts_ = nullptr;
@@ -48,6 +55,8 @@ class MatmulScratch {
   float* rowbuf_ = nullptr;
   int64_t rowbuf_len_ = 0;
   int rowbuf_threads_ = 0;
+  uint8_t* work_ = nullptr;  // [rowbuf_threads_][work_bytes_]
+  size_t work_bytes_ = 0;
 };
 
 // One product of a multi-product: y = W x with y [n, W.rows].
