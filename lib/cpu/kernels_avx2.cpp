@@ -10,6 +10,7 @@
 // sign) instead of an offset, which would overflow int16.
 #include <immintrin.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include <type_traits>
@@ -104,7 +105,7 @@ inline __m256i dot4(__m256i wu, __m256i x) {
 // of 32 elements: the unsigned weight bytes and per-lane weight scales
 // (wstep), the activation scales per lane, and the exact int32 lane sums.
 struct Nvfp4 {
-  static constexpr int kElems = 64, kSteps = 2;
+  static constexpr int kElems = 64, kSteps = 2, kUnitBytes = 36;
   static constexpr bool kMins = false;
   static constexpr float kOutScale = 128.0f;  // UE4M3 read through F16 (see the AVX-512 kernels)
   struct Unit {
@@ -134,7 +135,7 @@ struct Nvfp4 {
 };
 
 struct Q8_0 {
-  static constexpr int kElems = 32, kSteps = 1;
+  static constexpr int kElems = 32, kSteps = 1, kUnitBytes = 34;
   static constexpr bool kMins = false;
   static constexpr float kOutScale = 1.0f;
   struct Unit {
@@ -156,7 +157,7 @@ struct Q8_0 {
 };
 
 struct Q4K {
-  static constexpr int kElems = 256, kSteps = 8;
+  static constexpr int kElems = 256, kSteps = 8, kUnitBytes = 144;
   static constexpr bool kMins = true;
   static constexpr float kOutScale = 1.0f;
   struct Unit {
@@ -190,19 +191,22 @@ struct Q4K {
 };
 
 struct Q6K {
-  static constexpr int kElems = 256, kSteps = 8;
+  static constexpr int kElems = 256, kSteps = 8, kUnitBytes = 210;
   static constexpr bool kMins = false;
   static constexpr float kOutScale = 1.0f;
   struct Unit {
     const BlockQ6_K* b;
-    float d;
+    __m256 sc[2];  // d * scale of groups 0-7 and 8-15
   };
   static void setup(const uint8_t* row, int64_t u, Unit* s) {
     s->b = reinterpret_cast<const BlockQ6_K*>(row) + u;
-    s->d = f16(s->b->d);
+    const __m256 d = _mm256_set1_ps(f16(s->b->d));
+    const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s->b->scales));
+    s->sc[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc8)), d);
+    s->sc[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc8, 8))), d);
   }
   // Step v: elements 32v..32v+31; half h = v/4, c = v%4: ql[64h + 32(c&1) + l]
-  // (low nibble for c < 2) and bits 2c of qh[32h + l].
+  // (low nibble for c < 2) and bits 2c of qh[32h + l]; groups 2v and 2v+1.
   static void wstep(const Unit& s, int v, __m256i* w, __m256* ws) {
     const int h = v / 4, c = v % 4;
     const __m256i ql = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s.b->ql + 64 * h + 32 * (c & 1)));
@@ -210,8 +214,8 @@ struct Q6K {
     const __m256i lo = c < 2 ? mask_nibble_lo(ql) : mask_nibble_hi(ql);
     const __m256i hb = _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(qh, 2 * c), 4), _mm256_set1_epi8(0x30));
     *w = _mm256_or_si256(lo, hb);
-    const float s0 = s.d * float(s.b->scales[2 * v]), s1 = s.d * float(s.b->scales[2 * v + 1]);
-    *ws = _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1);
+    const int g = (2 * v) % 8;
+    *ws = _mm256_permutevar8x32_ps(s.sc[v / 4], _mm256_setr_epi32(g, g, g, g, g + 1, g + 1, g + 1, g + 1));
   }
   static __m256 xs_lanes(const float* xs, int64_t e0, int) { return xs_lanes_halves(xs + e0 / 16); }
   static __m256i isum(__m256i w, __m256i xq, const int32_t* corr) {
@@ -219,19 +223,80 @@ struct Q6K {
   }
 };
 
-template <class Fmt, int TT>
-void qtile(const uint8_t* const* rows, const XRow* x, int64_t K, float out[RT][4]) {
+// Weights of a tile, decoded as the tile runs. Each unit also prefetches the
+// same bytes of the next tile's rows: the hardware prefetcher barely trains
+// on such short interleaved streams.
+template <class Fmt>
+struct LiveWeights {
+  const uint8_t* const* rows;
+  uint64_t stride;
+  typename Fmt::Unit s[RT];
+  void unit(int64_t u) {
+    for (int r = 0; r < RT; ++r) Fmt::setup(rows[r], u, &s[r]);
+    for (int r = 0; r < RT; ++r)
+      for (int l = 0; l < Fmt::kUnitBytes; l += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(rows[r] + RT * stride + u * Fmt::kUnitBytes + l), _MM_HINT_T0);
+  }
+  void step(int v, __m256i* w, __m256* ws) {
+    for (int r = 0; r < RT; ++r) Fmt::wstep(s[r], v, &w[r], &ws[r]);
+  }
+  __m256 mins(int r) const {
+    if constexpr (Fmt::kMins) return s[r].mins;
+    return _mm256_setzero_ps();
+  }
+};
+
+// Weights of a tile decoded once into a buffer (prefill), read back exactly
+// as LiveWeights makes them: per unit, per step and row the weight bytes and
+// lane scales, then per row the mins.
+template <class Fmt>
+struct BufferedWeights {
+  static constexpr int64_t kUnit = Fmt::kSteps * RT * 64 + (Fmt::kMins ? RT * 32 : 0);
+  static size_t bytes(int64_t K) { return size_t(K / Fmt::kElems * kUnit); }
+  const uint8_t* buf;
+  const uint8_t* cur = nullptr;
+  void unit(int64_t u) { cur = buf + u * kUnit; }
+  void step(int v, __m256i* w, __m256* ws) {
+    for (int r = 0; r < RT; ++r) {
+      const uint8_t* p = cur + (v * RT + r) * 64;
+      w[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
+      ws[r] = _mm256_load_ps(reinterpret_cast<const float*>(p + 32));
+    }
+  }
+  __m256 mins(int r) const { return _mm256_load_ps(reinterpret_cast<const float*>(cur + Fmt::kSteps * RT * 64 + r * 32)); }
+  static void fill(LiveWeights<Fmt>& src, int64_t K, uint8_t* dst) {
+    for (int64_t u = 0; u < K / Fmt::kElems; ++u) {
+      uint8_t* p = dst + u * kUnit;
+      src.unit(u);
+      for (int v = 0; v < Fmt::kSteps; ++v) {
+        __m256i w[RT];
+        __m256 ws[RT];
+        src.step(v, w, ws);
+        for (int r = 0; r < RT; ++r) {
+          _mm256_store_si256(reinterpret_cast<__m256i*>(p + (v * RT + r) * 64), w[r]);
+          _mm256_store_ps(reinterpret_cast<float*>(p + (v * RT + r) * 64 + 32), ws[r]);
+        }
+      }
+      if constexpr (Fmt::kMins)
+        for (int r = 0; r < RT; ++r) _mm256_store_ps(reinterpret_cast<float*>(p + Fmt::kSteps * RT * 64 + r * 32), src.mins(r));
+    }
+  }
+};
+
+// A tile of RT weight rows x TT activation rows over the whole of K; both
+// weight sources feed the same arithmetic.
+template <class Fmt, int TT, class Weights>
+void qtile(Weights& wt, const XRow* x, int64_t K, float out[RT][4]) {
   __m256 acc[RT][TT];
   for (int r = 0; r < RT; ++r)
     for (int t = 0; t < TT; ++t) acc[r][t] = _mm256_setzero_ps();
   for (int64_t u = 0; u < K / Fmt::kElems; ++u) {
-    typename Fmt::Unit s[RT];
-    for (int r = 0; r < RT; ++r) Fmt::setup(rows[r], u, &s[r]);
+    wt.unit(u);
     for (int v = 0; v < Fmt::kSteps; ++v) {
       const int64_t e0 = u * Fmt::kElems + 32 * v;
       __m256i w[RT];
       __m256 ws[RT];
-      for (int r = 0; r < RT; ++r) Fmt::wstep(s[r], v, &w[r], &ws[r]);
+      wt.step(v, w, ws);
       for (int t = 0; t < TT; ++t) {
         const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[t].q + e0));
         const __m256 xs = Fmt::xs_lanes(x[t].xs, e0, v);
@@ -244,7 +309,7 @@ void qtile(const uint8_t* const* rows, const XRow* x, int64_t K, float out[RT][4
     if constexpr (Fmt::kMins) {
       for (int t = 0; t < TT; ++t) {
         const __m256 s32 = _mm256_loadu_ps(x[t].s32 + u * 8);
-        for (int r = 0; r < RT; ++r) acc[r][t] = _mm256_fnmadd_ps(s[r].mins, s32, acc[r][t]);
+        for (int r = 0; r < RT; ++r) acc[r][t] = _mm256_fnmadd_ps(wt.mins(r), s32, acc[r][t]);
       }
     }
   }
@@ -286,8 +351,11 @@ void ftile(const uint8_t* const* rows, const float* const* x, int64_t K, float o
     for (int t = 0; t < TT; ++t) out[r][t] = vhsum(F{acc[r][t]});
 }
 
-template <class Tile>
-void drive(const GemmArgs& a, int64_t r0, int64_t r1, float out_scale, Tile tile) {
+// Rows [r0, r1) in tiles of RT (a short last tile repeats its last row),
+// activation rows in blocks of TB and tiles of 4 (remainder one at a time).
+// prepare(rows) runs once per weight tile and activation block.
+template <class Prepare, class Tile>
+void drive(const GemmArgs& a, int64_t r0, int64_t r1, float out_scale, Prepare prepare, Tile tile) {
   float out[RT][4];
   for (int64_t tb = 0; tb < a.n; tb += TB) {
     const int64_t te = tb + TB < a.n ? tb + TB : a.n;
@@ -295,6 +363,7 @@ void drive(const GemmArgs& a, int64_t r0, int64_t r1, float out_scale, Tile tile
       const int nr = r1 - r < RT ? int(r1 - r) : RT;
       const uint8_t* rows[RT];
       for (int i = 0; i < RT; ++i) rows[i] = a.w + uint64_t(r + (i < nr ? i : nr - 1)) * a.w_stride;
+      prepare(rows);
       for (int64_t t = tb; t < te;) {
         const int tt = te - t >= 4 ? 4 : 1;
         tile(rows, t, tt, out);
@@ -306,24 +375,52 @@ void drive(const GemmArgs& a, int64_t r0, int64_t r1, float out_scale, Tile tile
   }
 }
 
+// Batches of at least this many rows decode each weight tile once.
+constexpr int64_t kPredecodeRows = 8;
+
 template <class Fmt>
 void gemm_q(const GemmArgs& a, int64_t r0, int64_t r1) {
   const ActLayout L = act_layout(a.K);
-  drive(a, r0, r1, Fmt::kOutScale, [&](const uint8_t* const* rows, int64_t t, int tt, float out[RT][4]) {
-    XRow x[4];
+  auto xrows = [&](int64_t t, int tt, XRow* x) {
     for (int j = 0; j < tt; ++j) {
       const uint8_t* base = static_cast<const uint8_t*>(a.x) + size_t(t + j) * a.x_stride;
       x[j] = {reinterpret_cast<const int8_t*>(base), reinterpret_cast<const int32_t*>(base + L.corr),
               reinterpret_cast<const float*>(base + L.xs), reinterpret_cast<const float*>(base + L.s32)};
     }
-    if (tt == 4) qtile<Fmt, 4>(rows, x, a.K, out);
-    else qtile<Fmt, 1>(rows, x, a.K, out);
-  });
+  };
+  uint8_t* buf = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(a.work) + 63) & ~uintptr_t(63));
+  const bool predecode = a.n >= kPredecodeRows && a.work &&
+                         BufferedWeights<Fmt>::bytes(a.K) + size_t(buf - a.work) <= a.work_bytes;
+  if (predecode) {
+    drive(
+        a, r0, r1, Fmt::kOutScale,
+        [&](const uint8_t* const* rows) {
+          LiveWeights<Fmt> live{rows, a.w_stride, {}};
+          BufferedWeights<Fmt>::fill(live, a.K, buf);
+        },
+        [&](const uint8_t* const*, int64_t t, int tt, float out[RT][4]) {
+          XRow x[4];
+          xrows(t, tt, x);
+          BufferedWeights<Fmt> wt{buf};
+          if (tt == 4) qtile<Fmt, 4>(wt, x, a.K, out);
+          else qtile<Fmt, 1>(wt, x, a.K, out);
+        });
+    return;
+  }
+  drive(
+      a, r0, r1, Fmt::kOutScale, [](const uint8_t* const*) {},
+      [&](const uint8_t* const* rows, int64_t t, int tt, float out[RT][4]) {
+        XRow x[4];
+        xrows(t, tt, x);
+        LiveWeights<Fmt> wt{rows, a.w_stride, {}};
+        if (tt == 4) qtile<Fmt, 4>(wt, x, a.K, out);
+        else qtile<Fmt, 1>(wt, x, a.K, out);
+      });
 }
 
 template <uint32_t kType>
 void gemm_f(const GemmArgs& a, int64_t r0, int64_t r1) {
-  drive(a, r0, r1, 1.0f, [&](const uint8_t* const* rows, int64_t t, int tt, float out[RT][4]) {
+  drive(a, r0, r1, 1.0f, [](const uint8_t* const*) {}, [&](const uint8_t* const* rows, int64_t t, int tt, float out[RT][4]) {
     const float* x[4];
     for (int j = 0; j < tt; ++j)
       x[j] = reinterpret_cast<const float*>(static_cast<const uint8_t*>(a.x) + size_t(t + j) * a.x_stride);
