@@ -318,17 +318,19 @@ int main(int argc, char** argv) {
         "\"load_ms\": %.1f, \"prompt_tokens\": %d, \"gen_tokens\": %d, \"prefill_tokens_per_s\": %.3f, "
         "\"decode_tokens_per_s\": %.3f, \"read_bandwidth_gb_s\": %.2f, \"read_bandwidth_one_stream_gb_s\": %.2f, "
         "\"weight_bytes_per_token\": %llu, "
-        "\"roofline_tokens_per_s\": %.3f, \"roofline_fraction\": %.3f, \"context_bytes\": %llu, "
+        "\"roofline_tokens_per_s\": %.3f, \"roofline_fraction\": %.3f, \"model_host_bytes\": %llu, "
+        "\"context_bytes\": %llu, "
         "\"peak_rss_bytes\": %llu}\n",
         o.model.c_str(), qwen35_model_desc(model), dev, kernels, threads, o.mtp ? "true" : "false", o.reps, r.load_ms, o.prompt,
         o.gen, prefill, decode, r.bandwidth_gbs, r.bandwidth_one_stream_gbs, (unsigned long long)r.weight_bytes, roofline,
-        fraction,
-        (unsigned long long)r.context_bytes, (unsigned long long)r.rss_bytes);
+        fraction, (unsigned long long)qwen35_model_host_bytes(model), (unsigned long long)r.context_bytes,
+        (unsigned long long)r.rss_bytes);
   } else {
     std::printf("model        %s (%s)\n", o.model.c_str(), qwen35_model_desc(model));
     std::printf("device       %s (%s kernels), %d threads, mtp %s, %d repetitions (medians)\n", dev, kernels, threads,
                 o.mtp ? "on" : "off", o.reps);
-    std::printf("load_ms      %.1f\n", r.load_ms);
+    std::printf("load_ms      %.1f (weights mapped, %.1f MiB copied or converted)\n", r.load_ms,
+                double(qwen35_model_host_bytes(model)) / 1048576.0);
     if (o.prompt > 0) std::printf("prefill      %d tokens: %.2f tok/s\n", o.prompt, prefill);
     if (o.gen > 0) std::printf("decode       %d tokens: %.2f tok/s\n", o.gen, decode);
     if (on_cpu) {
