@@ -377,10 +377,12 @@ TEST_CASE("conv, RoPE and attention kernels match the scalar reference ops") {
     }
     for (int64_t n_kv : {1, 5, 17, 300}) {
       CAPTURE(n_kv);
-      const int64_t D = 72, stride = 3 * D;
-      std::vector<float> q = randn(size_t(D), 41, 0.3f), kv = randn(size_t(n_kv * stride), 42), v = randn(size_t(n_kv * stride), 43);
-      std::vector<float> sc(static_cast<size_t>(n_kv)), want(static_cast<size_t>(D)), got(static_cast<size_t>(D));
-      attend_one(q.data(), kv.data() + D, v.data() + D, n_kv, stride, D, 0.125f, sc.data(), want.data());
+      const int64_t D = 72, stride = 3 * D, G = 3;  // a group of 3 query heads
+      std::vector<float> q = randn(size_t(G * D), 41, 0.3f), kv = randn(size_t(n_kv * stride), 42),
+                         v = randn(size_t(n_kv * stride), 43);
+      std::vector<float> sc(static_cast<size_t>(G * n_kv)), want(static_cast<size_t>(G * D)), got(want.size());
+      for (int64_t h = 0; h < G; ++h)
+        attend_one(q.data() + h * D, kv.data() + D, v.data() + D, n_kv, stride, D, 0.125f, sc.data(), want.data() + h * D);
       cpu::AttnArgs a;
       a.q = q.data();
       a.k = kv.data() + D;
@@ -388,11 +390,23 @@ TEST_CASE("conv, RoPE and attention kernels match the scalar reference ops") {
       a.n_kv = n_kv;
       a.stride = stride;
       a.head_dim = D;
+      a.n_heads = G;
+      a.head_stride = D;
       a.scale = 0.125f;
       a.scores = sc.data();
       a.o = got.data();
       ks->attend(a);
-      CHECK(rel_err(got.data(), want.data(), size_t(D)) < 1e-5);
+      CHECK(rel_err(got.data(), want.data(), want.size()) < 1e-5);
+      // Each head alone gives the same bits as in the group.
+      for (int64_t h = 0; h < G; ++h) {
+        std::vector<float> one(static_cast<size_t>(D));
+        cpu::AttnArgs b = a;
+        b.q = q.data() + h * D;
+        b.n_heads = 1;
+        b.o = one.data();
+        ks->attend(b);
+        CHECK(std::memcmp(one.data(), got.data() + h * D, size_t(D) * 4) == 0);
+      }
     }
   }
 }

@@ -38,10 +38,17 @@ struct Buf {
   size_t bytes() const { return v.size() * sizeof(float); }
 };
 
-// Per full-attention layer: keys after q/k-norm and RoPE, values as projected.
+// Per full-attention layer: keys after q/k-norm and RoPE, values as
+// projected. Head-major, so that attention streams each KV head's rows from
+// one contiguous stretch (row-major, consecutive rows of a head would be
+// Hkv*Dh floats apart: a new page per row at 4B sizes). The serialized state
+// is row-major ([rows, Hkv*Dh]) all the same.
 struct KVCache {
-  Buf k;  // [n_ctx, Hkv*Dh]
-  Buf v;  // [n_ctx, Hkv*Dh]
+  Buf k;  // [Hkv, n_ctx, Dh]
+  Buf v;  // [Hkv, n_ctx, Dh]
+  int64_t n_ctx = 0, dh = 0;
+  float* k_row(int64_t g, int64_t row) { return k.data() + (g * n_ctx + row) * dh; }
+  float* v_row(int64_t g, int64_t row) { return v.data() + (g * n_ctx + row) * dh; }
 };
 
 // Per gated-delta-net layer.
@@ -130,7 +137,8 @@ class CpuBackend final : public Backend {
   // Scratch, sized for n_batch rows.
   Buf h_, xn_, out_;                 // [nb, D]
   Buf qg_, q_, k_, v_, o_;           // attention: [nb, 2*Hq*Dh], [nb, Hq*Dh], [nb, kv], [nb, kv], [nb, Hq*Dh]
-  Buf scores_;                       // [threads, n_ctx]
+  Buf scores_;                       // [threads, Hq/Hkv, n_ctx]
+  size_t scores_stride_ = 0;         // floats per thread
   Buf u_, conv_out_, z_, beta_, alpha_, ssm_o_;  // delta net
   Buf ffn_g_, ffn_u_;                // [nb, F]
   Buf mtp_in_;                       // [nb, 2D]
@@ -144,6 +152,8 @@ Status CpuBackend::init() {
     if (hp_.is_attn_layer(il)) {
       QWEN35_TRY(kv_[size_t(il)].k.alloc(size_t(nctx * hp_.kv_dim()), "the KV cache"));
       QWEN35_TRY(kv_[size_t(il)].v.alloc(size_t(nctx * hp_.kv_dim()), "the KV cache"));
+      kv_[size_t(il)].n_ctx = nctx;
+      kv_[size_t(il)].dh = hp_.head_dim;
     } else {
       QWEN35_TRY(rs_[size_t(il)].conv.alloc(size_t((hp_.ssm_conv - 1) * hp_.ssm_conv_dim()), "conv state"));
       QWEN35_TRY(rs_[size_t(il)].ssm.alloc(size_t(hp_.ssm_inner) * size_t(hp_.ssm_state), "delta-net state"));
@@ -152,6 +162,8 @@ Status CpuBackend::init() {
   if (m_.mtp) {
     QWEN35_TRY(mtp_kv_.k.alloc(size_t(nctx * hp_.kv_dim()), "the MTP KV cache"));
     QWEN35_TRY(mtp_kv_.v.alloc(size_t(nctx * hp_.kv_dim()), "the MTP KV cache"));
+    mtp_kv_.n_ctx = nctx;
+    mtp_kv_.dh = hp_.head_dim;
   }
   slots_.resize(kNumSlots);
   const int64_t qd = hp_.q_dim(), kvd = hp_.kv_dim(), F = hp_.n_ff;
@@ -163,7 +175,12 @@ Status CpuBackend::init() {
   QWEN35_TRY(k_.alloc(size_t(nb * kvd), "scratch"));
   QWEN35_TRY(v_.alloc(size_t(nb * kvd), "scratch"));
   QWEN35_TRY(o_.alloc(size_t(nb * qd), "scratch"));
-  QWEN35_TRY(scores_.alloc(size_t(tp_.size()) * size_t(nctx), "scratch"));
+  // Attention scores: per thread, one row of n_ctx per query head of a GQA group.
+  if (hp_.n_head / hp_.n_head_kv > cpu::kMaxAttnGroup)
+    return Error(QWEN35_ERR_UNSUPPORTED, "{} query heads per KV head (at most {})", hp_.n_head / hp_.n_head_kv,
+                 cpu::kMaxAttnGroup);
+  scores_stride_ = size_t(nctx) * size_t(hp_.n_head / hp_.n_head_kv);
+  QWEN35_TRY(scores_.alloc(size_t(tp_.size()) * scores_stride_, "scratch"));
   QWEN35_TRY(u_.alloc(size_t(nb * hp_.ssm_conv_dim()), "scratch"));
   QWEN35_TRY(conv_out_.alloc(size_t(nb * hp_.ssm_conv_dim()), "scratch"));
   QWEN35_TRY(z_.alloc(size_t(nb * hp_.ssm_inner), "scratch"));
@@ -245,46 +262,51 @@ void CpuBackend::attention_layer(const Layer& L, KVCache& kv, const float* x, in
     else ks_.rmsnorm(src, w.data, Dh, hp_.eps, dst);
   };
   for_rows(n, [&](int64_t t) {
+    const int64_t row = n_past + t;
     for (int64_t h = 0; h < Hq; ++h) rms(qg + t * 2 * qd + h * 2 * Dh, L.q_norm, q + t * qd + h * Dh);
-    float* kr = kv.k.data() + (n_past + t) * kvd;
-    for (int64_t g = 0; g < Hkv; ++g) rms(k_.data() + t * kvd + g * Dh, L.k_norm, kr + g * Dh);
+    for (int64_t g = 0; g < Hkv; ++g) rms(k_.data() + t * kvd + g * Dh, L.k_norm, kv.k_row(g, row));
     if (p_.reference) {
       rope_heads(q + t * qd, Hq, Dh, rope_, pos + 3 * t);
-      rope_heads(kr, Hkv, Dh, rope_, pos + 3 * t);
+      for (int64_t g = 0; g < Hkv; ++g) rope_heads(kv.k_row(g, row), 1, Dh, rope_, pos + 3 * t);
     } else {
       // One table of angles for the row's query and key heads.
       float cs[kMaxRopePairs], sn[kMaxRopePairs];
       rope_tables(rope_, pos + 3 * t, cs, sn);
       ks_.rope(q + t * qd, Hq, Dh, rope_.n_rot / 2, cs, sn);
-      ks_.rope(kr, Hkv, Dh, rope_.n_rot / 2, cs, sn);
+      for (int64_t g = 0; g < Hkv; ++g) ks_.rope(kv.k_row(g, row), 1, Dh, rope_.n_rot / 2, cs, sn);
     }
-    std::memcpy(kv.v.data() + (n_past + t) * kvd, v_.data() + t * kvd, size_t(kvd) * sizeof(float));
+    for (int64_t g = 0; g < Hkv; ++g)
+      std::memcpy(kv.v_row(g, row), v_.data() + t * kvd + g * Dh, size_t(Dh) * sizeof(float));
   });
   const float scale = 1.0f / std::sqrt(float(Dh));
   const int64_t group = Hq / Hkv;
-  // One task per (row, head); row t sees cache rows 0..n_past+t.
-  tp_.parallel_chunks(int64_t(n) * Hq, 1, [&](int64_t job, int64_t, int ith) {
-    float* sc = scores_.data() + int64_t(ith) * p_.n_ctx;
-    const int64_t t = job / Hq, h = job % Hq, g = h / group;
-    const float* qh = q + t * qd + h * Dh;
-    float* oh = o + t * qd + h * Dh;
-    const int64_t n_kv = n_past + t + 1;
-    if (p_.reference) {
-      attend_one(qh, kv.k.data() + g * Dh, kv.v.data() + g * Dh, n_kv, kvd, Dh, scale, sc, oh);
-    } else {
+  // Row t sees cache rows 0..n_past+t. Reference: one task per (row, head);
+  // fast path: one per (row, KV head), the group's query heads together.
+  if (p_.reference) {
+    tp_.parallel_chunks(int64_t(n) * Hq, 1, [&](int64_t job, int64_t, int ith) {
+      float* sc = scores_.data() + int64_t(ith) * scores_stride_;
+      const int64_t t = job / Hq, h = job % Hq, g = h / group;
+      attend_one(q + t * qd + h * Dh, kv.k_row(g, 0), kv.v_row(g, 0), n_past + t + 1, Dh, Dh, scale, sc,
+                 o + t * qd + h * Dh);
+    });
+  } else {
+    tp_.parallel_chunks(int64_t(n) * Hkv, 1, [&](int64_t job, int64_t, int ith) {
+      const int64_t t = job / Hkv, g = job % Hkv;
       cpu::AttnArgs a;
-      a.q = qh;
-      a.k = kv.k.data() + g * Dh;
-      a.v = kv.v.data() + g * Dh;
-      a.n_kv = n_kv;
-      a.stride = kvd;
+      a.q = q + t * qd + g * group * Dh;
+      a.k = kv.k_row(g, 0);
+      a.v = kv.v_row(g, 0);
+      a.n_kv = n_past + t + 1;
+      a.stride = Dh;
       a.head_dim = Dh;
+      a.n_heads = group;
+      a.head_stride = Dh;
       a.scale = scale;
-      a.scores = sc;
-      a.o = oh;
+      a.scores = scores_.data() + int64_t(ith) * scores_stride_;
+      a.o = o + t * qd + g * group * Dh;
       ks_.attend(a);
-    }
-  });
+    });
+  }
   for_rows(n, [&](int64_t t) {
     for (int64_t h = 0; h < Hq; ++h) {
       const float* gate = qg + t * 2 * qd + h * 2 * Dh + Dh;
@@ -586,48 +608,53 @@ uint64_t CpuBackend::state_bytes(int32_t n_rows, int32_t n_mtp_rows) const {
 }
 
 Status CpuBackend::write_state(int32_t n_rows, int32_t n_mtp_rows, uint8_t* dst) {
-  const size_t row = size_t(hp_.kv_dim()) * sizeof(float);
   auto put = [&](const void* p, size_t k) {
     std::memcpy(dst, p, k);
     dst += k;
   };
+  // KV rows go out row-major: [rows, Hkv*Dh] keys, then values.
+  const size_t head = size_t(hp_.head_dim) * sizeof(float);
+  auto put_kv = [&](KVCache& kv, int32_t rows) {
+    for (int32_t r = 0; r < rows; ++r)
+      for (int64_t g = 0; g < hp_.n_head_kv; ++g) put(kv.k_row(g, r), head);
+    for (int32_t r = 0; r < rows; ++r)
+      for (int64_t g = 0; g < hp_.n_head_kv; ++g) put(kv.v_row(g, r), head);
+  };
   for (int il = 0; il < hp_.n_layer; ++il) {
     if (hp_.is_attn_layer(il)) {
-      put(kv_[size_t(il)].k.data(), row * size_t(n_rows));
-      put(kv_[size_t(il)].v.data(), row * size_t(n_rows));
+      put_kv(kv_[size_t(il)], n_rows);
     } else {
       put(rs_[size_t(il)].conv.data(), rs_[size_t(il)].conv.bytes());
       put(rs_[size_t(il)].ssm.data(), rs_[size_t(il)].ssm.bytes());
     }
   }
-  if (m_.mtp) {
-    put(mtp_kv_.k.data(), row * size_t(n_mtp_rows));
-    put(mtp_kv_.v.data(), row * size_t(n_mtp_rows));
-  }
+  if (m_.mtp) put_kv(mtp_kv_, n_mtp_rows);
   return Status::Ok();
 }
 
 Status CpuBackend::read_state(int32_t n_rows, int32_t n_mtp_rows, const uint8_t* src) {
   if (n_rows > p_.n_ctx || n_mtp_rows > p_.n_ctx)
     return Error(QWEN35_ERR_CONTEXT_FULL, "state holds {} rows but the context has room for {}", n_rows, p_.n_ctx);
-  const size_t row = size_t(hp_.kv_dim()) * sizeof(float);
   auto get = [&](void* p, size_t k) {
     std::memcpy(p, src, k);
     src += k;
   };
+  const size_t head = size_t(hp_.head_dim) * sizeof(float);
+  auto get_kv = [&](KVCache& kv, int32_t rows) {
+    for (int32_t r = 0; r < rows; ++r)
+      for (int64_t g = 0; g < hp_.n_head_kv; ++g) get(kv.k_row(g, r), head);
+    for (int32_t r = 0; r < rows; ++r)
+      for (int64_t g = 0; g < hp_.n_head_kv; ++g) get(kv.v_row(g, r), head);
+  };
   for (int il = 0; il < hp_.n_layer; ++il) {
     if (hp_.is_attn_layer(il)) {
-      get(kv_[size_t(il)].k.data(), row * size_t(n_rows));
-      get(kv_[size_t(il)].v.data(), row * size_t(n_rows));
+      get_kv(kv_[size_t(il)], n_rows);
     } else {
       get(rs_[size_t(il)].conv.data(), rs_[size_t(il)].conv.bytes());
       get(rs_[size_t(il)].ssm.data(), rs_[size_t(il)].ssm.bytes());
     }
   }
-  if (m_.mtp) {
-    get(mtp_kv_.k.data(), row * size_t(n_mtp_rows));
-    get(mtp_kv_.v.data(), row * size_t(n_mtp_rows));
-  }
+  if (m_.mtp) get_kv(mtp_kv_, n_mtp_rows);
   return Status::Ok();
 }
 

@@ -69,13 +69,17 @@ struct GemmArgs {
 // Scratch a gemm call can use (decoded weight tiles for long batches).
 size_t gemm_work_bytes(int64_t K);
 
-// Attention of one query head over n_kv cached rows (keys and values F32,
-// `stride` floats apart): o = softmax(scale * q.K^T) V. scores: n_kv floats.
+// Attention of n_heads query heads that share keys and values (a GQA group)
+// over n_kv cached rows (keys and values F32, `stride` floats apart):
+// o_h = softmax(scale * q_h.K^T) V. Head h reads q + h*head_stride, writes
+// o + h*head_stride and uses scores + h*n_kv (n_heads * n_kv floats).
+constexpr int64_t kMaxAttnGroup = 64;
 struct AttnArgs {
   const float* q = nullptr;
   const float* k = nullptr;
   const float* v = nullptr;
   int64_t n_kv = 0, stride = 0, head_dim = 0;
+  int64_t n_heads = 1, head_stride = 0;  // n_heads <= kMaxAttnGroup
   float scale = 1.0f;
   float* scores = nullptr;
   float* o = nullptr;
