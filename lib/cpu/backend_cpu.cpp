@@ -4,6 +4,13 @@
 // Batches are processed layer by layer over all rows (so every weight is read
 // once per batch); the recurrent parts (conv, delta rule) walk the rows in
 // order. The same code serves prefill and single-token decode.
+//
+// Two paths share the layer functions: the reference path (BackendParams::
+// reference) calls matmul_ref and the scalar oracles of cpu/ops.h; the fast
+// path calls matmul / matmul_multi and the kernel set chosen for this CPU
+// (cpu/kernels.h). Every fast-path result is independent of the thread count
+// and of how rows are batched (docs/performance.md), and decode steps do not
+// allocate: all scratch is sized in init().
 #include <algorithm>
 #include <cmath>
 #include <cstring>
