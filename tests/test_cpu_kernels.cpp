@@ -15,10 +15,12 @@
 #include <vector>
 
 #include "qwen35/qwen35.h"
+#include "context.h"
 #include "cpu/kernels.h"
 #include "cpu/matmul.h"
 #include "cpu/ops.h"
 #include "ggml_types.h"
+#include "model.h"
 #include "quants.h"
 #include "test_util.h"
 
@@ -543,4 +545,31 @@ TEST_CASE("decode steps on the fast path do not allocate") {
     qwen35_context_free(c);
   }
   qwen35_model_free(m);
+}
+
+TEST_CASE("fast path: a verify batch rolled back to its snapshot equals decoding its first row alone") {
+  // Exercises the snapshot of the fast conv window and delta-rule state
+  // (EvalBatch::snapshot_row), which speculative decoding relies on.
+  std::unique_ptr<Model> model;
+  REQUIRE(LoadModel(test::fixture("models/tiny-a-nvfp4.gguf"), LoadOptions{}, Logger{}, &model).ok());
+  ContextOptions opt;
+  opt.n_ctx = 64;
+  opt.n_threads = 2;
+  opt.use_mtp = false;
+  std::unique_ptr<Context> a, b;
+  REQUIRE(Context::Create(*model, opt, &a).ok());
+  REQUIRE(Context::Create(*model, opt, &b).ok());
+  const int32_t prompt[6] = {101, 7, 2048, 33, 500, 9};
+  REQUIRE(a->decode(prompt, 6, LogitsMode::Last).ok());
+  REQUIRE(b->decode(prompt, 6, LogitsMode::Last).ok());
+  const int32_t verify[3] = {77, 1234, 4000};
+  REQUIRE(a->decode_with_snapshot(verify, 3, LogitsMode::All).ok());
+  REQUIRE(a->rollback_to_snapshot().ok());
+  CHECK(a->n_past() == 7);
+  REQUIRE(b->decode(verify, 1, LogitsMode::Last).ok());
+  const int32_t next = 321;
+  REQUIRE(a->decode(&next, 1, LogitsMode::Last).ok());
+  REQUIRE(b->decode(&next, 1, LogitsMode::Last).ok());
+  const int V = model->hp.n_vocab;
+  CHECK(std::memcmp(a->logits(-1), b->logits(-1), size_t(V) * sizeof(float)) == 0);
 }
