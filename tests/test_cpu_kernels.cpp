@@ -268,6 +268,31 @@ TEST_CASE("matrix kernels match the reference on every weight type and kernel se
   }
 }
 
+TEST_CASE("NVFP4 kernels read every scale code like the reference decoder") {
+  // Subnormal codes, 0x7F (NaN in E4M3, read as 0) and codes with bit 7 set
+  // (ignored), which the quantizer never writes but a file may hold.
+  const int64_t N = 9, K = 256;
+  TestWeight tw(GGML_NVFP4, N, K, 77);
+  const uint8_t codes[] = {0x00, 0x01, 0x05, 0x07, 0x08, 0x3F, 0x7E, 0x7F, 0x80, 0x81, 0xB8, 0xFF};
+  size_t c = 0;
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t b = 0; b < K / 64; ++b)
+      for (int s = 0; s < 4; ++s) {
+        auto* blk = reinterpret_cast<BlockNVFP4*>(tw.bytes.data() + r * tw.w.row_bytes) + b;
+        blk->d[s] = codes[c++ % sizeof(codes)];
+      }
+  std::vector<float> x = randn(size_t(3 * K), 78);
+  for (const cpu::KernelSet* ks : kernel_sets()) {
+    CAPTURE(ks->name);
+    std::vector<uint8_t> acts;
+    const std::vector<float> y = run_gemm(*ks, tw.w, x, 3, &acts);
+    std::vector<std::vector<float>> xq;
+    for (int64_t t = 0; t < 3; ++t) xq.push_back(dequant_act(GGML_NVFP4, acts.data() + size_t(t) * cpu::act_layout(K).stride, K));
+    const std::vector<double> want = dot_oracle(tw.w, xq);
+    for (int64_t t = 0; t < 3; ++t) CHECK(max_rel_row(y.data() + t * N, want.data() + t * N, N) < 2e-6);
+  }
+}
+
 TEST_CASE("matmul and matmul_multi: bitwise identical on 1, 2 and 3 threads") {
   TestWeight a(GGML_NVFP4, 301, 256, 1), b(GGML_Q6_K, 67, 256, 2), c(GGML_MXFP4, 45, 256, 3), d(GGML_F16, 33, 256, 4),
       e(GGML_BF16, 21, 256, 5);

@@ -117,8 +117,10 @@ struct Nvfp4 {
     uint32_t d4;
     memcpy(&d4, s->b->d, 4);
     const __m128i sel = _mm_setr_epi8(0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1);
-    __m128i code = _mm_and_si128(_mm_shuffle_epi8(_mm_set1_epi32(int(d4)), sel), _mm_set1_epi16(0x7F));
-    code = _mm_andnot_si128(_mm_cmpeq_epi16(code, _mm_set1_epi16(0x7F)), code);  // 0x7F reads as 0
+    const __m128i raw = _mm_shuffle_epi8(_mm_set1_epi32(int(d4)), sel);
+    // As llama.cpp's decoder: the byte 0x7F reads as 0, otherwise bit 7 is ignored.
+    const __m128i code = _mm_andnot_si128(_mm_cmpeq_epi16(raw, _mm_set1_epi16(0x7F)),
+                                          _mm_and_si128(raw, _mm_set1_epi16(0x7F)));
     s->ws = _mm256_cvtph_ps(_mm_slli_epi16(code, 7));
   }
   static void wstep(const Unit& s, int v, __m256i* w, __m256* ws) {

@@ -132,10 +132,11 @@ struct Nvfp4 {
     // 16-bit lane i gets scale byte (i % 8) / 2.
     const __m256i sel = _mm256_setr_epi8(0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1,  //
                                          0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1);
-    __m256i code = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(int(d4)), sel), _mm256_set1_epi16(0x7F));
-    // 0x7F is NaN in E4M3; llama.cpp's decoder (our reference) reads it as 0.
-    code = _mm256_maskz_mov_epi16(_mm256_cmpneq_epi16_mask(code, _mm256_set1_epi16(0x7F)), code);
-    *ws = _mm512_cvtph_ps(_mm256_slli_epi16(code, 7));
+    const __m256i raw = _mm256_shuffle_epi8(_mm256_set1_epi32(int(d4)), sel);
+    // As llama.cpp's decoder (our reference): the byte 0x7F (NaN in E4M3)
+    // reads as 0, otherwise bit 7 is ignored.
+    const __mmask16 keep = _mm256_cmpneq_epi16_mask(raw, _mm256_set1_epi16(0x7F));
+    *ws = _mm512_maskz_cvtph_ps(keep, _mm256_slli_epi16(_mm256_and_si256(raw, _mm256_set1_epi16(0x7F)), 7));
   }
   static __m512 xs_lanes(const float* xs4) { return xs_lanes_nv(xs4); }
 };
