@@ -153,6 +153,10 @@ class CpuBackend final : public Backend {
 
 Status CpuBackend::init() {
   const int64_t D = hp_.n_embd, nb = p_.n_batch, nctx = p_.n_ctx;
+  // RoPE angle tables hold kMaxRopePairs pairs (the 4B model rotates 32).
+  if (hp_.n_rot / 2 > kMaxRopePairs)
+    return Error(QWEN35_ERR_UNSUPPORTED, "rope.dimension_count {} is larger than {} (not supported)", hp_.n_rot,
+                 2 * kMaxRopePairs);
   kv_.resize(size_t(hp_.n_layer));
   rs_.resize(size_t(hp_.n_layer));
   for (int il = 0; il < hp_.n_layer; ++il) {
