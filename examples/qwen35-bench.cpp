@@ -304,6 +304,8 @@ int main(int argc, char** argv) {
       r.decode_tps.push_back(double(o.gen) / (ms_since(t1) * 1e-3));
     }
   }
+  // Peak memory of the runs, before the bandwidth buffer below adds to it.
+  r.rss_bytes = peak_rss_bytes();
   // Bandwidth again after the runs: the best of both measurements, so that
   // a burst of load from other programs during one of them does not lower
   // the roofline (and inflate the fraction).
@@ -313,7 +315,6 @@ int main(int argc, char** argv) {
     r.bandwidth_one_stream_gbs = std::max(r.bandwidth_one_stream_gbs, one);
   }
   r.context_bytes = qwen35_context_memory_bytes(ctx);
-  r.rss_bytes = peak_rss_bytes();
 
   const double prefill = median(r.prefill_tps), decode = median(r.decode_tps);
   const double roofline = r.weight_bytes && r.bandwidth_gbs > 0 ? r.bandwidth_gbs * 1e9 / double(r.weight_bytes) : 0;
