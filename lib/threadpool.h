@@ -4,8 +4,8 @@
 // few hundred loops per token). Jobs are passed as a function pointer plus
 // context, so running a loop never allocates.
 //
-// Loops hand out work dynamically (an atomic counter over chunks) and workers
-// join a loop only while work remains: on a busy machine a worker that the OS
+// parallel_chunks hands out work dynamically (an atomic counter over chunks)
+// and workers join it only while work remains: on a busy machine a worker that the OS
 // has descheduled does not hold the loop up; the threads that run simply take
 // its share. Results must therefore not depend on which thread runs a chunk
 // (the thread index is only for per-thread scratch).
@@ -50,15 +50,27 @@ class ThreadPool {
         const_cast<void*>(static_cast<const void*>(&fn)));
   }
 
-  // Items [0, n) in chunks of `grain`: fn(begin, end).
+  // Split [0, n) into contiguous ranges, one per thread, aligned to `grain`;
+  // fn(begin, end) once per non-empty range. Waits for every worker (as
+  // run() does); prefer parallel_chunks where the work can be claimed.
   template <class Fn>
   void parallel_for(int64_t n, int64_t grain, Fn&& fn) {
-    parallel_chunks(n, grain, [&](int64_t b, int64_t e, int) { fn(b, e); });
+    if (n <= 0) return;
+    grain = grain < 1 ? 1 : grain;
+    const int64_t chunks = (n + grain - 1) / grain;
+    if (n_threads_ == 1 || chunks == 1) {
+      fn(int64_t(0), n);
+      return;
+    }
+    run([&](int t, int nt) {
+      const int64_t c0 = chunks * t / nt, c1 = chunks * (t + 1) / nt;
+      const int64_t b = c0 * grain < n ? c0 * grain : n, e = c1 * grain < n ? c1 * grain : n;
+      if (b < e) fn(b, e);
+    });
   }
 
   // Every thread (caller included) runs fn(thread_index, n_threads) once and
   // the call returns when all have: for work that must be split statically.
-  // Waits for every worker, so prefer parallel_chunks.
   template <class Fn>
   void run(Fn&& fn) {
     using F = std::remove_reference_t<Fn>;

@@ -518,7 +518,7 @@ TEST_CASE("delta rule: sequential kernel matches the reference step, chunked mat
   }
 }
 
-TEST_CASE("thread pool: every chunk runs once, run() reaches every thread") {
+TEST_CASE("thread pool: every chunk runs once, run() reaches every thread, parallel_for splits per thread") {
   for (int threads : {1, 2, 3, 5}) {
     CAPTURE(threads);
     ThreadPool tp(threads);
@@ -539,6 +539,20 @@ TEST_CASE("thread pool: every chunk runs once, run() reaches every thread") {
       seen[size_t(ith)]++;
     });
     for (auto& s : seen) CHECK(s.load() == 1);
+    // parallel_for: one contiguous, grain-aligned range per thread at most.
+    for (int64_t n : {1, 10, 64, 1000}) {
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      std::atomic<int> calls{0};
+      std::atomic<bool> misaligned{false};
+      tp.parallel_for(n, 8, [&](int64_t b, int64_t e) {
+        calls++;
+        if (b % 8 != 0 || b >= e) misaligned = true;
+        for (int64_t i = b; i < e; ++i) hits[size_t(i)]++;
+      });
+      for (auto& h : hits) CHECK(h.load() == 1);
+      CHECK(calls.load() <= threads);
+      CHECK(!misaligned);
+    }
   }
 }
 

@@ -106,9 +106,7 @@ class CpuBackend final : public Backend {
       fn(int64_t(0));
       return;
     }
-    tp_.parallel_for(n, 1, [&](int64_t a, int64_t b) {
-      for (int64_t t = a; t < b; ++t) fn(t);
-    });
+    tp_.parallel_chunks(n, 1, [&](int64_t t, int64_t, int) { fn(t); });
   }
 
   // x: [n, D] normalized input; out: [n, D].
@@ -420,7 +418,7 @@ void CpuBackend::delta_net_layer(const Layer& L, int il, RecurrentState& st, Rec
   });
 
   // Delta rule, head-parallel, rows in order. Value head j uses key head j % Hk.
-  tp_.parallel_for(Hv, 1, [&](int64_t j, int64_t) {
+  tp_.parallel_chunks(Hv, 1, [&](int64_t j, int64_t, int) {
     float* M = st.ssm.data() + j * dv * dk;
     const int64_t kh = j % Hk;
     if (p_.reference) {

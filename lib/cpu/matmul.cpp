@@ -151,9 +151,7 @@ void matmul_multi(const MatmulOut* outs, int count, const float* x, int64_t n, T
     if (q_jobs <= 2) {
       for (int64_t j = 0; j < q_jobs; ++j) quantize(j);
     } else {
-      tp.parallel_for(q_jobs, 1, [&](int64_t j0, int64_t j1) {
-        for (int64_t j = j0; j < j1; ++j) quantize(j);
-      });
+      tp.parallel_chunks(q_jobs, 1, [&](int64_t j, int64_t, int) { quantize(j); });
     }
 
     cpu::GemmArgs args[kMaxMatmulOuts];
