@@ -38,6 +38,15 @@ Status Context::Create(const Model& model, const ContextOptions& opt, std::uniqu
     QWEN35_TRY(CreateCpuBackend(model, bp, &c->be_));
   }
   c->be_->abort_flag = &c->abort;
+  // The row history holds at most n_ctx rows: reserve it so that decode
+  // steps never allocate.
+  try {
+    c->tokens_.reserve(size_t(c->opt_.n_ctx));
+    c->pos_.reserve(3 * size_t(c->opt_.n_ctx));
+    c->next_pos_after_.reserve(size_t(c->opt_.n_ctx));
+  } catch (const std::bad_alloc&) {
+    return Error(QWEN35_ERR_OUT_OF_MEMORY, "cannot allocate the row history of {} rows", c->opt_.n_ctx);
+  }
   *out = std::move(c);
   return Status::Ok();
 }
@@ -81,9 +90,16 @@ const float* Context::row_embd(int32_t row) const {
 
 Status Context::decode(const int32_t* tokens, int32_t n, LogitsMode mode) {
   if (!tokens || n < 1) return Error(QWEN35_ERR_INVALID_ARG, "decode needs at least one token");
-  std::vector<int32_t> pos(static_cast<size_t>(n) * 3);
+  // Text positions (t = h = w); a one-token decode step allocates nothing.
+  int32_t one[3];
+  std::vector<int32_t> many;
+  int32_t* pos = one;
+  if (n > 1) {
+    many.resize(static_cast<size_t>(n) * 3);
+    pos = many.data();
+  }
   for (int32_t i = 0; i < n; ++i) pos[3 * size_t(i)] = pos[3 * size_t(i) + 1] = pos[3 * size_t(i) + 2] = next_pos_ + i;
-  return append(tokens, nullptr, n, pos.data(), mode, -1);
+  return append(tokens, nullptr, n, pos, mode, -1);
 }
 
 Status Context::decode_argmax(const int32_t* tokens, int32_t n, LogitsMode mode) {

@@ -4,13 +4,22 @@
 // Batches are processed layer by layer over all rows (so every weight is read
 // once per batch); the recurrent parts (conv, delta rule) walk the rows in
 // order. The same code serves prefill and single-token decode.
+//
+// Two paths share the layer functions: the reference path (BackendParams::
+// reference) calls matmul_ref and the scalar oracles of cpu/ops.h; the fast
+// path calls matmul / matmul_multi and the kernel set chosen for this CPU
+// (cpu/kernels.h). Every fast-path result is independent of the thread count
+// and of how rows are batched (docs/performance.md), and decode steps do not
+// allocate: all scratch is sized in init().
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <new>
 #include <vector>
 
 #include "backend.h"
+#include "cpu/kernels.h"
 #include "cpu/matmul.h"
 #include "cpu/ops.h"
 #include "quants.h"
@@ -36,10 +45,17 @@ struct Buf {
   size_t bytes() const { return v.size() * sizeof(float); }
 };
 
-// Per full-attention layer: keys after q/k-norm and RoPE, values as projected.
+// Per full-attention layer: keys after q/k-norm and RoPE, values as
+// projected. Head-major, so that attention streams each KV head's rows from
+// one contiguous stretch (row-major, consecutive rows of a head would be
+// Hkv*Dh floats apart: a new page per row at 4B sizes). The serialized state
+// is row-major ([rows, Hkv*Dh]) all the same.
 struct KVCache {
-  Buf k;  // [n_ctx, Hkv*Dh]
-  Buf v;  // [n_ctx, Hkv*Dh]
+  Buf k;  // [Hkv, n_ctx, Dh]
+  Buf v;  // [Hkv, n_ctx, Dh]
+  int64_t n_ctx = 0, dh = 0;
+  float* k_row(int64_t g, int64_t row) { return k.data() + (g * n_ctx + row) * dh; }
+  float* v_row(int64_t g, int64_t row) { return v.data() + (g * n_ctx + row) * dh; }
 };
 
 // Per gated-delta-net layer.
@@ -50,7 +66,8 @@ struct RecurrentState {
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(const Model& m, const BackendParams& p) : m_(m), hp_(m.hp), p_(p), tp_(p.n_threads) {
+  CpuBackend(const Model& m, const BackendParams& p)
+      : m_(m), hp_(m.hp), p_(p), tp_(p.n_threads), ks_(cpu::kernels()) {
     rope_.n_rot = hp_.n_rot;
     std::copy(hp_.rope_sections, hp_.rope_sections + 4, rope_.sections);
     rope_.base = hp_.rope_base;
@@ -71,27 +88,51 @@ class CpuBackend final : public Backend {
  private:
   void mm(const Weight& w, const float* x, int64_t n, float* y) {
     if (p_.reference) matmul_ref(w, x, n, y, tp_);
-    else matmul(w, x, n, y, tp_);
+    else matmul(w, x, n, y, tp_, mms_);
+  }
+  // Several products of the same input: one pass over the threads on the fast path.
+  void mm_multi(std::initializer_list<MatmulOut> outs, const float* x, int64_t n) {
+    if (p_.reference) {
+      for (const MatmulOut& o : outs) matmul_ref(*o.w, x, n, o.y, tp_);
+    } else {
+      matmul_multi(outs.begin(), int(outs.size()), x, n, tp_, mms_);
+    }
   }
   bool aborted() const { return abort_flag && abort_flag->load(std::memory_order_relaxed); }
+  // fn(t) for every row t < n; rows are independent, so they may run on any thread.
+  template <class Fn>
+  void for_rows(int64_t n, Fn&& fn) {
+    if (n == 1) {
+      fn(int64_t(0));
+      return;
+    }
+    tp_.parallel_chunks(n, 1, [&](int64_t t, int64_t, int) { fn(t); });
+  }
 
   // x: [n, D] normalized input; out: [n, D].
   void attention_layer(const Layer& L, KVCache& kv, const float* x, int32_t n, int32_t n_past, const int32_t* pos,
                        float* out);
-  void delta_net_layer(const Layer& L, RecurrentState& st, RecurrentState* snap, const float* x, int32_t n,
+  void conv_rows(const Layer& L, int il, RecurrentState& st, RecurrentState* snap, const float* u, int32_t n,
+                 int32_t snapshot_row, float* uc);
+  void delta_net_layer(const Layer& L, int il, RecurrentState& st, RecurrentState* snap, const float* x, int32_t n,
                        int32_t snapshot_row, float* out);
   void ffn(const Layer& L, const float* x, int32_t n, float* out);
   // Residual block: h += mixer(norm(h)); h += ffn(norm(h)).
   void decoder_layer(int il, const Layer& L, float* h, int32_t n, int32_t n_past, const int32_t* pos,
                      int32_t snapshot_row);
   void norm_rows(const float* x, const Vec& w, int32_t n, float* y);
+  Status reserve_matmul_scratch();
   void lm_head(const Weight& head, const float* h, int32_t n, float* logits) { mm(head, h, n, logits); }
 
   const Model& m_;
   const HParams& hp_;
   BackendParams p_;
   ThreadPool tp_;
+  const cpu::KernelSet& ks_;  // fast path kernels for this CPU
+  MatmulScratch mms_;         // fast path: quantized activations
   RopeConfig rope_;
+  static constexpr int64_t kMaxConv = 64;        // ssm.conv_kernel limit of the loader
+  std::vector<std::vector<float>> conv_taps_t_;  // fast path, per delta-net layer: [Kc, Cconv]
 
   std::vector<KVCache> kv_;                  // per main layer (empty for delta-net layers)
   std::vector<RecurrentState> rs_;           // per main layer (empty for attention layers)
@@ -101,7 +142,8 @@ class CpuBackend final : public Backend {
   // Scratch, sized for n_batch rows.
   Buf h_, xn_, out_;                 // [nb, D]
   Buf qg_, q_, k_, v_, o_;           // attention: [nb, 2*Hq*Dh], [nb, Hq*Dh], [nb, kv], [nb, kv], [nb, Hq*Dh]
-  Buf scores_;                       // [threads, n_ctx]
+  Buf scores_;                       // [threads, Hq/Hkv, n_ctx]
+  size_t scores_stride_ = 0;         // floats per thread
   Buf u_, conv_out_, z_, beta_, alpha_, ssm_o_;  // delta net
   Buf ffn_g_, ffn_u_;                // [nb, F]
   Buf mtp_in_;                       // [nb, 2D]
@@ -109,12 +151,18 @@ class CpuBackend final : public Backend {
 
 Status CpuBackend::init() {
   const int64_t D = hp_.n_embd, nb = p_.n_batch, nctx = p_.n_ctx;
+  // RoPE angle tables hold kMaxRopePairs pairs (the 4B model rotates 32).
+  if (hp_.n_rot / 2 > kMaxRopePairs)
+    return Error(QWEN35_ERR_UNSUPPORTED, "rope.dimension_count {} is larger than {} (not supported)", hp_.n_rot,
+                 2 * kMaxRopePairs);
   kv_.resize(size_t(hp_.n_layer));
   rs_.resize(size_t(hp_.n_layer));
   for (int il = 0; il < hp_.n_layer; ++il) {
     if (hp_.is_attn_layer(il)) {
       QWEN35_TRY(kv_[size_t(il)].k.alloc(size_t(nctx * hp_.kv_dim()), "the KV cache"));
       QWEN35_TRY(kv_[size_t(il)].v.alloc(size_t(nctx * hp_.kv_dim()), "the KV cache"));
+      kv_[size_t(il)].n_ctx = nctx;
+      kv_[size_t(il)].dh = hp_.head_dim;
     } else {
       QWEN35_TRY(rs_[size_t(il)].conv.alloc(size_t((hp_.ssm_conv - 1) * hp_.ssm_conv_dim()), "conv state"));
       QWEN35_TRY(rs_[size_t(il)].ssm.alloc(size_t(hp_.ssm_inner) * size_t(hp_.ssm_state), "delta-net state"));
@@ -123,6 +171,8 @@ Status CpuBackend::init() {
   if (m_.mtp) {
     QWEN35_TRY(mtp_kv_.k.alloc(size_t(nctx * hp_.kv_dim()), "the MTP KV cache"));
     QWEN35_TRY(mtp_kv_.v.alloc(size_t(nctx * hp_.kv_dim()), "the MTP KV cache"));
+    mtp_kv_.n_ctx = nctx;
+    mtp_kv_.dh = hp_.head_dim;
   }
   slots_.resize(kNumSlots);
   const int64_t qd = hp_.q_dim(), kvd = hp_.kv_dim(), F = hp_.n_ff;
@@ -134,7 +184,12 @@ Status CpuBackend::init() {
   QWEN35_TRY(k_.alloc(size_t(nb * kvd), "scratch"));
   QWEN35_TRY(v_.alloc(size_t(nb * kvd), "scratch"));
   QWEN35_TRY(o_.alloc(size_t(nb * qd), "scratch"));
-  QWEN35_TRY(scores_.alloc(size_t(tp_.size()) * size_t(nctx), "scratch"));
+  // Attention scores: per thread, one row of n_ctx per query head of a GQA group.
+  if (hp_.n_head / hp_.n_head_kv > cpu::kMaxAttnGroup)
+    return Error(QWEN35_ERR_UNSUPPORTED, "{} query heads per KV head (at most {})", hp_.n_head / hp_.n_head_kv,
+                 cpu::kMaxAttnGroup);
+  scores_stride_ = size_t(nctx) * size_t(hp_.n_head / hp_.n_head_kv);
+  QWEN35_TRY(scores_.alloc(size_t(tp_.size()) * scores_stride_, "scratch"));
   QWEN35_TRY(u_.alloc(size_t(nb * hp_.ssm_conv_dim()), "scratch"));
   QWEN35_TRY(conv_out_.alloc(size_t(nb * hp_.ssm_conv_dim()), "scratch"));
   QWEN35_TRY(z_.alloc(size_t(nb * hp_.ssm_inner), "scratch"));
@@ -144,12 +199,61 @@ Status CpuBackend::init() {
   QWEN35_TRY(ffn_g_.alloc(size_t(nb * F), "scratch"));
   QWEN35_TRY(ffn_u_.alloc(size_t(nb * F), "scratch"));
   if (m_.mtp) QWEN35_TRY(mtp_in_.alloc(size_t(nb * 2 * D), "scratch"));
+  if (!p_.reference) {
+    QWEN35_TRY(reserve_matmul_scratch());
+    // Conv taps transposed to [Kc, Cconv] so the fast conv runs along channels.
+    const int64_t C = hp_.ssm_conv_dim(), K = hp_.ssm_conv;
+    try {
+      conv_taps_t_.resize(size_t(hp_.n_layer));
+      for (int il = 0; il < hp_.n_layer; ++il) {
+        if (hp_.is_attn_layer(il)) continue;
+        const float* w = m_.layers[size_t(il)].conv1d.data;  // [C, K]
+        auto& t = conv_taps_t_[size_t(il)];
+        t.resize(size_t(K * C));
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t k = 0; k < K; ++k) t[size_t(k * C + c)] = w[c * K + k];
+      }
+    } catch (const std::bad_alloc&) {
+      return Error(QWEN35_ERR_OUT_OF_MEMORY, "cannot allocate the transposed conv taps");
+    }
+  }
   return Status::Ok();
+}
+
+// Room for the largest batch of converted activations: n_batch rows of the
+// widest matrix input, once per distinct weight type that may want them.
+Status CpuBackend::reserve_matmul_scratch() {
+  int64_t k_max = 0;
+  std::vector<uint32_t> types;
+  auto visit = [&](const Weight& w) {
+    if (!w.present()) return;
+    k_max = std::max(k_max, w.cols);
+    const bool converts = cpu::uses_quantized_acts(w.type) || w.type == GGML_BF16;  // BF16: on AVX-512 BF16
+    if (converts && std::find(types.begin(), types.end(), w.type) == types.end())
+      types.push_back(w.type);
+  };
+  auto visit_layer = [&](const Layer& L) {
+    for (const Weight* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.wqkv, &L.wgate, &L.wbeta, &L.walpha, &L.ssm_out,
+                            &L.ffn_gate, &L.ffn_up, &L.ffn_down})
+      visit(*w);
+  };
+  for (const Layer& L : m_.layers) visit_layer(L);
+  visit(m_.output);
+  if (m_.mtp) {
+    visit_layer(m_.mtp->block);
+    visit(m_.mtp->eh_proj);
+    visit(m_.mtp->head);
+  }
+  return mms_.reserve(p_.n_batch, k_max, int(types.size()), tp_.size());
 }
 
 void CpuBackend::norm_rows(const float* x, const Vec& w, int32_t n, float* y) {
   const int64_t D = hp_.n_embd;
-  for (int32_t t = 0; t < n; ++t) rmsnorm(x + t * D, w.data, D, hp_.eps, y + t * D);
+  if (p_.reference) {
+    for (int32_t t = 0; t < n; ++t) rmsnorm(x + t * D, w.data, D, hp_.eps, y + t * D);
+    return;
+  }
+  for_rows(n, [&](int64_t t) { ks_.rmsnorm(x + t * D, w.data, D, hp_.eps, y + t * D); });
 }
 
 // Full attention (spec §4.4): gated query heads, q/k RMSNorm, partial M-RoPE,
@@ -161,43 +265,126 @@ void CpuBackend::attention_layer(const Layer& L, KVCache& kv, const float* x, in
   float* qg = qg_.data();  // [n, Hq, 2, Dh]: per head [query | gate]
   float* q = q_.data();    // [n, Hq*Dh]
   float* o = o_.data();    // [n, Hq*Dh]
-  mm(L.wq, x, n, qg);
-  mm(L.wk, x, n, k_.data());
-  mm(L.wv, x, n, v_.data());
-  for (int32_t t = 0; t < n; ++t) {
-    for (int64_t h = 0; h < Hq; ++h)
-      rmsnorm(qg + t * 2 * qd + h * 2 * Dh, L.q_norm.data, Dh, hp_.eps, q + t * qd + h * Dh);
-    rope_heads(q + t * qd, Hq, Dh, rope_, pos + 3 * t);
-    float* kr = kv.k.data() + int64_t(n_past + t) * kvd;
-    for (int64_t g = 0; g < Hkv; ++g) rmsnorm(k_.data() + t * kvd + g * Dh, L.k_norm.data, Dh, hp_.eps, kr + g * Dh);
-    rope_heads(kr, Hkv, Dh, rope_, pos + 3 * t);
-    std::memcpy(kv.v.data() + int64_t(n_past + t) * kvd, v_.data() + t * kvd, size_t(kvd) * sizeof(float));
-  }
+  mm_multi({{&L.wq, qg}, {&L.wk, k_.data()}, {&L.wv, v_.data()}}, x, n);
+  auto rms = [&](const float* src, const Vec& w, float* dst) {
+    if (p_.reference) rmsnorm(src, w.data, Dh, hp_.eps, dst);
+    else ks_.rmsnorm(src, w.data, Dh, hp_.eps, dst);
+  };
+  for_rows(n, [&](int64_t t) {
+    const int64_t row = n_past + t;
+    for (int64_t h = 0; h < Hq; ++h) rms(qg + t * 2 * qd + h * 2 * Dh, L.q_norm, q + t * qd + h * Dh);
+    for (int64_t g = 0; g < Hkv; ++g) rms(k_.data() + t * kvd + g * Dh, L.k_norm, kv.k_row(g, row));
+    if (p_.reference) {
+      rope_heads(q + t * qd, Hq, Dh, rope_, pos + 3 * t);
+      for (int64_t g = 0; g < Hkv; ++g) rope_heads(kv.k_row(g, row), 1, Dh, rope_, pos + 3 * t);
+    } else {
+      // One table of angles for the row's query and key heads.
+      float cs[kMaxRopePairs], sn[kMaxRopePairs];
+      rope_tables(rope_, pos + 3 * t, cs, sn);
+      ks_.rope(q + t * qd, Hq, Dh, rope_.n_rot / 2, cs, sn);
+      for (int64_t g = 0; g < Hkv; ++g) ks_.rope(kv.k_row(g, row), 1, Dh, rope_.n_rot / 2, cs, sn);
+    }
+    for (int64_t g = 0; g < Hkv; ++g)
+      std::memcpy(kv.v_row(g, row), v_.data() + t * kvd + g * Dh, size_t(Dh) * sizeof(float));
+  });
   const float scale = 1.0f / std::sqrt(float(Dh));
   const int64_t group = Hq / Hkv;
-  // One task per (row, head); row t sees cache rows 0..n_past+t.
-  tp_.run([&](int ith, int nth) {
-    float* sc = scores_.data() + int64_t(ith) * p_.n_ctx;
-    for (int64_t job = ith; job < int64_t(n) * Hq; job += nth) {
+  // Row t sees cache rows 0..n_past+t. Reference: one task per (row, head);
+  // fast path: one per (row, KV head), the group's query heads together.
+  if (p_.reference) {
+    tp_.parallel_chunks(int64_t(n) * Hq, 1, [&](int64_t job, int64_t, int ith) {
+      float* sc = scores_.data() + int64_t(ith) * scores_stride_;
       const int64_t t = job / Hq, h = job % Hq, g = h / group;
-      attend_one(q + t * qd + h * Dh, kv.k.data() + g * Dh, kv.v.data() + g * Dh, n_past + t + 1, kvd, Dh, scale,
-                 sc, o + t * qd + h * Dh);
-    }
-  });
-  for (int32_t t = 0; t < n; ++t)
+      attend_one(q + t * qd + h * Dh, kv.k_row(g, 0), kv.v_row(g, 0), n_past + t + 1, Dh, Dh, scale, sc,
+                 o + t * qd + h * Dh);
+    });
+  } else {
+    tp_.parallel_chunks(int64_t(n) * Hkv, 1, [&](int64_t job, int64_t, int ith) {
+      const int64_t t = job / Hkv, g = job % Hkv;
+      cpu::AttnArgs a;
+      a.q = q + t * qd + g * group * Dh;
+      a.k = kv.k_row(g, 0);
+      a.v = kv.v_row(g, 0);
+      a.n_kv = n_past + t + 1;
+      a.stride = Dh;
+      a.head_dim = Dh;
+      a.n_heads = group;
+      a.head_stride = Dh;
+      a.scale = scale;
+      a.scores = scores_.data() + int64_t(ith) * scores_stride_;
+      a.o = o + t * qd + g * group * Dh;
+      ks_.attend(a);
+    });
+  }
+  for_rows(n, [&](int64_t t) {
     for (int64_t h = 0; h < Hq; ++h) {
       const float* gate = qg + t * 2 * qd + h * 2 * Dh + Dh;
       float* oh = o + t * qd + h * Dh;
-      for (int64_t i = 0; i < Dh; ++i) oh[i] *= sigmoidf(gate[i]);
+      if (p_.reference) {
+        for (int64_t i = 0; i < Dh; ++i) oh[i] *= sigmoidf(gate[i]);
+      } else {
+        ks_.mul_sigmoid(oh, gate, Dh);
+      }
     }
+  });
   mm(L.wo, o, n, out);
+}
+
+// Causal depthwise conv + SiLU over the window of the previous K-1 inputs
+// and the n new rows u [n, C]; uc [n, C] receives the outputs. The window
+// afterwards holds the last K-1 inputs (snap: as after row snapshot_row).
+void CpuBackend::conv_rows(const Layer& L, int il, RecurrentState& st, RecurrentState* snap, const float* u,
+                           int32_t n, int32_t snapshot_row, float* uc) {
+  const int64_t C = hp_.ssm_conv_dim(), K = hp_.ssm_conv;
+  float* win = st.conv.data();  // [K-1, C], oldest first
+  if (p_.reference) {
+    // Channel-parallel scalar loop.
+    tp_.parallel_for(C, 64, [&](int64_t c0, int64_t c1) {
+      std::vector<float> w(static_cast<size_t>(K));
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int64_t k = 0; k < K - 1; ++k) w[size_t(k)] = win[k * C + c];  // oldest first
+        const float* taps = L.conv1d.data + c * K;
+        for (int32_t t = 0; t < n; ++t) {
+          w[size_t(K - 1)] = u[t * C + c];
+          float acc = 0.0f;
+          for (int64_t k = 0; k < K; ++k) acc += taps[k] * w[size_t(k)];
+          uc[t * C + c] = siluf(acc);
+          for (int64_t k = 0; k + 1 < K; ++k) w[size_t(k)] = w[size_t(k + 1)];
+          if (snap && t == snapshot_row)
+            for (int64_t k = 0; k < K - 1; ++k) snap->conv.data()[k * C + c] = w[size_t(k)];
+        }
+        for (int64_t k = 0; k < K - 1; ++k) win[k * C + c] = w[size_t(k)];
+      }
+    });
+    return;
+  }
+  // Fast path: the input sequence is [window rows | u rows]; output row t
+  // combines sequence rows t..t+K-1 with the transposed taps, vectorized over
+  // channels.
+  const float* taps = conv_taps_t_[size_t(il)].data();  // [K, C]
+  auto seq = [&](int64_t i) { return i < K - 1 ? win + i * C : u + (i - (K - 1)) * C; };
+  for_rows(n, [&](int64_t t) {
+    const float* in[kMaxConv];
+    for (int64_t k = 0; k < K; ++k) in[k] = seq(t + k);
+    ks_.conv_silu(in, taps, K, C, uc + t * C);
+  });
+  // The window after row t is sequence rows t+1..t+K-1.
+  if (snap && snapshot_row >= 0)
+    for (int64_t k = 0; k < K - 1; ++k)
+      std::memcpy(snap->conv.data() + k * C, seq(snapshot_row + 1 + k), size_t(C) * sizeof(float));
+  if (n >= K - 1) {
+    std::memcpy(win, u + (n - (K - 1)) * C, size_t((K - 1) * C) * sizeof(float));
+  } else {
+    std::memmove(win, win + int64_t(n) * C, size_t((K - 1 - n) * C) * sizeof(float));
+    std::memcpy(win + (K - 1 - n) * C, u, size_t(int64_t(n) * C) * sizeof(float));
+  }
 }
 
 // Gated delta net (spec §4.5): projections, causal conv + SiLU, L2-normalized
 // q/k, the gated delta rule per value head, gated RMSNorm, output projection.
-void CpuBackend::delta_net_layer(const Layer& L, RecurrentState& st, RecurrentState* snap, const float* x, int32_t n,
-                                 int32_t snapshot_row, float* out) {
-  const int64_t C = hp_.ssm_conv_dim(), K = hp_.ssm_conv, Hv = hp_.ssm_heads_v, Hk = hp_.ssm_heads_k;
+void CpuBackend::delta_net_layer(const Layer& L, int il, RecurrentState& st, RecurrentState* snap, const float* x,
+                                 int32_t n, int32_t snapshot_row, float* out) {
+  const int64_t C = hp_.ssm_conv_dim(), Hv = hp_.ssm_heads_v, Hk = hp_.ssm_heads_k;
   const int64_t dk = hp_.ssm_state, dv = hp_.ssm_dv, Cqk = hp_.ssm_qk_dim(), Cv = hp_.ssm_inner;
   float* u = u_.data();          // [n, C] pre-conv
   float* uc = conv_out_.data();  // [n, C] post conv + SiLU
@@ -205,53 +392,36 @@ void CpuBackend::delta_net_layer(const Layer& L, RecurrentState& st, RecurrentSt
   float* beta = beta_.data();    // [n, Hv]
   float* g = alpha_.data();      // [n, Hv]: alpha, then log-decay g
   float* o = ssm_o_.data();      // [n, Cv]
-  mm(L.wqkv, x, n, u);
-  mm(L.wgate, x, n, z);
-  mm(L.wbeta, x, n, beta);
-  mm(L.walpha, x, n, g);
+  mm_multi({{&L.wqkv, u}, {&L.wgate, z}, {&L.wbeta, beta}, {&L.walpha, g}}, x, n);
   for (int64_t i = 0; i < int64_t(n) * Hv; ++i) {
     const int64_t j = i % Hv;
     beta[i] = sigmoidf(beta[i]);
     g[i] = L.ssm_a.data[j] * softplusf(g[i] + L.dt_bias.data[j]);
   }
-
-  // Causal conv, channel-parallel; the window holds the previous K-1 inputs.
-  float* win = st.conv.data();  // [K-1, C]
-  tp_.parallel_for(C, 64, [&](int64_t c0, int64_t c1) {
-    std::vector<float> w(static_cast<size_t>(K));
-    for (int64_t c = c0; c < c1; ++c) {
-      for (int64_t k = 0; k < K - 1; ++k) w[size_t(k)] = win[k * C + c];  // oldest first
-      const float* taps = L.conv1d.data + c * K;
-      for (int32_t t = 0; t < n; ++t) {
-        w[size_t(K - 1)] = u[t * C + c];
-        float acc = 0.0f;
-        for (int64_t k = 0; k < K; ++k) acc += taps[k] * w[size_t(k)];
-        uc[t * C + c] = siluf(acc);
-        for (int64_t k = 0; k + 1 < K; ++k) w[size_t(k)] = w[size_t(k + 1)];
-        if (snap && t == snapshot_row)
-          for (int64_t k = 0; k < K - 1; ++k) snap->conv.data()[k * C + c] = w[size_t(k)];
-      }
-      for (int64_t k = 0; k < K - 1; ++k) win[k * C + c] = w[size_t(k)];
-    }
-  });
+  conv_rows(L, il, st, snap, u, n, snapshot_row, uc);
 
   // q, k: L2-normalize per key head; q also scaled by 1/sqrt(dk).
   const float qscale = 1.0f / std::sqrt(float(dk));
-  for (int32_t t = 0; t < n; ++t) {
+  for_rows(n, [&](int64_t t) {
     for (int64_t h = 0; h < Hk; ++h) {
       float* qh = uc + t * C + h * dk;
       float* kh = uc + t * C + Cqk + h * dk;
-      l2norm(qh, dk, hp_.eps);
-      l2norm(kh, dk, hp_.eps);
-      for (int64_t i = 0; i < dk; ++i) qh[i] *= qscale;
+      if (p_.reference) {
+        l2norm(qh, dk, hp_.eps);
+        l2norm(kh, dk, hp_.eps);
+        for (int64_t i = 0; i < dk; ++i) qh[i] *= qscale;
+      } else {
+        ks_.l2norm(qh, dk, hp_.eps, qscale);
+        ks_.l2norm(kh, dk, hp_.eps, 1.0f);
+      }
     }
-  }
+  });
 
   // Delta rule, head-parallel, rows in order. Value head j uses key head j % Hk.
-  tp_.parallel_for(Hv, 1, [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      float* M = st.ssm.data() + j * dv * dk;
-      const int64_t kh = j % Hk;
+  tp_.parallel_chunks(Hv, 1, [&](int64_t j, int64_t, int) {
+    float* M = st.ssm.data() + j * dv * dk;
+    const int64_t kh = j % Hk;
+    if (p_.reference) {
       for (int32_t t = 0; t < n; ++t) {
         const float* qv = uc + t * C + kh * dk;
         const float* kv = uc + t * C + Cqk + kh * dk;
@@ -260,17 +430,40 @@ void CpuBackend::delta_net_layer(const Layer& L, RecurrentState& st, RecurrentSt
         if (snap && t == snapshot_row)
           std::memcpy(snap->ssm.data() + j * dv * dk, M, size_t(dv * dk) * sizeof(float));
       }
+      return;
     }
+    cpu::DeltaArgs a;
+    a.M = M;
+    a.q = uc + kh * dk;
+    a.k = uc + Cqk + kh * dk;
+    a.v = uc + 2 * Cqk + j * dv;
+    a.x_stride = C;
+    a.beta = beta + j;
+    a.g = g + j;
+    a.g_stride = Hv;
+    a.o = o + j * dv;
+    a.o_stride = Cv;
+    a.n = n;
+    a.dk = dk;
+    a.dv = dv;
+    a.snap = snap ? snap->ssm.data() + j * dv * dk : nullptr;
+    a.snap_row = snapshot_row;
+    ks_.delta_rule(a);
   });
 
   // Gated RMSNorm per value head, then the output projection.
-  for (int32_t t = 0; t < n; ++t)
+  for_rows(n, [&](int64_t t) {
     for (int64_t j = 0; j < Hv; ++j) {
       float* oh = o + t * Cv + j * dv;
       const float* zh = z + t * Cv + j * dv;
-      rmsnorm(oh, L.ssm_norm.data, dv, hp_.eps, oh);
-      for (int64_t i = 0; i < dv; ++i) oh[i] *= siluf(zh[i]);
+      if (p_.reference) {
+        rmsnorm(oh, L.ssm_norm.data, dv, hp_.eps, oh);
+        for (int64_t i = 0; i < dv; ++i) oh[i] *= siluf(zh[i]);
+      } else {
+        ks_.gated_rmsnorm(oh, zh, L.ssm_norm.data, dv, hp_.eps);
+      }
     }
+  });
   mm(L.ssm_out, o, n, out);
 }
 
@@ -279,9 +472,12 @@ void CpuBackend::ffn(const Layer& L, const float* x, int32_t n, float* out) {
   const int64_t F = hp_.n_ff;
   float* gt = ffn_g_.data();
   float* up = ffn_u_.data();
-  mm(L.ffn_gate, x, n, gt);
-  mm(L.ffn_up, x, n, up);
-  for (int64_t i = 0; i < int64_t(n) * F; ++i) gt[i] = siluf(gt[i]) * up[i];
+  mm_multi({{&L.ffn_gate, gt}, {&L.ffn_up, up}}, x, n);
+  if (p_.reference) {
+    for (int64_t i = 0; i < int64_t(n) * F; ++i) gt[i] = siluf(gt[i]) * up[i];
+  } else {
+    for_rows(n, [&](int64_t t) { ks_.silu_mul(gt + t * F, up + t * F, F); });
+  }
   mm(L.ffn_down, gt, n, out);
 }
 
@@ -295,7 +491,7 @@ void CpuBackend::decoder_layer(int il, const Layer& L, float* h, int32_t n, int3
     attention_layer(L, kv_[size_t(il)], xn, n, n_past, pos, out);
   } else {
     RecurrentState* snap = snapshot_row >= 0 ? &slots_[kRollbackSlot][size_t(il)] : nullptr;
-    delta_net_layer(L, rs_[size_t(il)], snap, xn, n, snapshot_row, out);
+    delta_net_layer(L, il, rs_[size_t(il)], snap, xn, n, snapshot_row, out);
   }
   for (int64_t i = 0; i < int64_t(n) * D; ++i) h[i] += out[i];
   norm_rows(h, L.post_attention_norm, n, xn);
@@ -421,48 +617,53 @@ uint64_t CpuBackend::state_bytes(int32_t n_rows, int32_t n_mtp_rows) const {
 }
 
 Status CpuBackend::write_state(int32_t n_rows, int32_t n_mtp_rows, uint8_t* dst) {
-  const size_t row = size_t(hp_.kv_dim()) * sizeof(float);
   auto put = [&](const void* p, size_t k) {
     std::memcpy(dst, p, k);
     dst += k;
   };
+  // KV rows go out row-major: [rows, Hkv*Dh] keys, then values.
+  const size_t head = size_t(hp_.head_dim) * sizeof(float);
+  auto put_kv = [&](KVCache& kv, int32_t rows) {
+    for (int32_t r = 0; r < rows; ++r)
+      for (int64_t g = 0; g < hp_.n_head_kv; ++g) put(kv.k_row(g, r), head);
+    for (int32_t r = 0; r < rows; ++r)
+      for (int64_t g = 0; g < hp_.n_head_kv; ++g) put(kv.v_row(g, r), head);
+  };
   for (int il = 0; il < hp_.n_layer; ++il) {
     if (hp_.is_attn_layer(il)) {
-      put(kv_[size_t(il)].k.data(), row * size_t(n_rows));
-      put(kv_[size_t(il)].v.data(), row * size_t(n_rows));
+      put_kv(kv_[size_t(il)], n_rows);
     } else {
       put(rs_[size_t(il)].conv.data(), rs_[size_t(il)].conv.bytes());
       put(rs_[size_t(il)].ssm.data(), rs_[size_t(il)].ssm.bytes());
     }
   }
-  if (m_.mtp) {
-    put(mtp_kv_.k.data(), row * size_t(n_mtp_rows));
-    put(mtp_kv_.v.data(), row * size_t(n_mtp_rows));
-  }
+  if (m_.mtp) put_kv(mtp_kv_, n_mtp_rows);
   return Status::Ok();
 }
 
 Status CpuBackend::read_state(int32_t n_rows, int32_t n_mtp_rows, const uint8_t* src) {
   if (n_rows > p_.n_ctx || n_mtp_rows > p_.n_ctx)
     return Error(QWEN35_ERR_CONTEXT_FULL, "state holds {} rows but the context has room for {}", n_rows, p_.n_ctx);
-  const size_t row = size_t(hp_.kv_dim()) * sizeof(float);
   auto get = [&](void* p, size_t k) {
     std::memcpy(p, src, k);
     src += k;
   };
+  const size_t head = size_t(hp_.head_dim) * sizeof(float);
+  auto get_kv = [&](KVCache& kv, int32_t rows) {
+    for (int32_t r = 0; r < rows; ++r)
+      for (int64_t g = 0; g < hp_.n_head_kv; ++g) get(kv.k_row(g, r), head);
+    for (int32_t r = 0; r < rows; ++r)
+      for (int64_t g = 0; g < hp_.n_head_kv; ++g) get(kv.v_row(g, r), head);
+  };
   for (int il = 0; il < hp_.n_layer; ++il) {
     if (hp_.is_attn_layer(il)) {
-      get(kv_[size_t(il)].k.data(), row * size_t(n_rows));
-      get(kv_[size_t(il)].v.data(), row * size_t(n_rows));
+      get_kv(kv_[size_t(il)], n_rows);
     } else {
       get(rs_[size_t(il)].conv.data(), rs_[size_t(il)].conv.bytes());
       get(rs_[size_t(il)].ssm.data(), rs_[size_t(il)].ssm.bytes());
     }
   }
-  if (m_.mtp) {
-    get(mtp_kv_.k.data(), row * size_t(n_mtp_rows));
-    get(mtp_kv_.v.data(), row * size_t(n_mtp_rows));
-  }
+  if (m_.mtp) get_kv(mtp_kv_, n_mtp_rows);
   return Status::Ok();
 }
 
@@ -476,6 +677,8 @@ uint64_t CpuBackend::memory_bytes() const {
   for (const Buf* x : {&h_, &xn_, &out_, &qg_, &q_, &k_, &v_, &o_, &scores_, &u_, &conv_out_, &z_, &beta_, &alpha_,
                        &ssm_o_, &ffn_g_, &ffn_u_, &mtp_in_})
     b += x->bytes();
+  for (const auto& t : conv_taps_t_) b += t.size() * sizeof(float);
+  b += mms_.bytes();
   return b;
 }
 

@@ -32,16 +32,21 @@ int rope_component(const RopeConfig& rc, int pair) {
   return 3;
 }
 
-void rope_heads(float* x, int64_t n_heads, int64_t head_dim, const RopeConfig& rc, const int32_t pos[3]) {
+void rope_tables(const RopeConfig& rc, const int32_t pos[3], float* cs, float* sn) {
   const int half = rc.n_rot / 2;
-  float cs[512], sn[512];
-  for (int i = 0; i < half && i < 512; ++i) {
+  for (int i = 0; i < half && i < kMaxRopePairs; ++i) {
     const double inv_freq = std::pow(double(rc.base), -2.0 * i / double(rc.n_rot));
     const int comp = rope_component(rc, i);
     const double ang = (comp < 3 ? double(pos[comp]) : 0.0) * inv_freq;
     cs[i] = float(std::cos(ang));
     sn[i] = float(std::sin(ang));
   }
+}
+
+void rope_heads(float* x, int64_t n_heads, int64_t head_dim, const RopeConfig& rc, const int32_t pos[3]) {
+  const int half = rc.n_rot / 2;
+  float cs[kMaxRopePairs], sn[kMaxRopePairs];
+  rope_tables(rc, pos, cs, sn);
   for (int64_t h = 0; h < n_heads; ++h) {
     float* v = x + h * head_dim;
     for (int i = 0; i < half; ++i) {

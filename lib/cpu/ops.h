@@ -28,8 +28,11 @@ struct RopeConfig {
 };
 // Which position component (0=t, 1=h, 2=w, 3=e which is always 0) drives rotation pair i.
 int rope_component(const RopeConfig& rc, int pair);
-// Rotate n_heads heads of `head_dim` floats in place; pos = (t, h, w).
+// cos and sin of the rotation angle of each pair i < n_rot/2 at pos = (t, h, w).
 // Angles are computed in double and reduced once (spec §4.4.3 numerics).
+constexpr int kMaxRopePairs = 512;
+void rope_tables(const RopeConfig& rc, const int32_t pos[3], float* cs, float* sn);
+// Rotate n_heads heads of `head_dim` floats in place; pos = (t, h, w).
 void rope_heads(float* x, int64_t n_heads, int64_t head_dim, const RopeConfig& rc, const int32_t pos[3]);
 
 // Causal depthwise conv over a window: channels `C`, width `K`.
