@@ -8,7 +8,7 @@
 //   -n N   tokens generated per decode measurement (default 32; 0 skips decode)
 //   -t N   CPU threads (default: physical cores)
 //   -r N   repetitions; the reported speeds are medians (default 3)
-//   --mtp  on: speculative decoding with the model's MTP layer (context use_mtp)
+//   --mtp  on: speculative decoding with the model's MTP layer (qwen35_generate with use_mtp)
 //   --json print one JSON object instead of text
 //
 // Each repetition starts from an empty context, prefills N pseudo-random
@@ -203,27 +203,15 @@ uint64_t peak_rss_bytes() {
   return uint64_t(ru.ru_maxrss) * 1024;  // Linux reports KiB
 }
 
-int32_t argmax(const float* x, int32_t n) {
-  int32_t best = 0;
-  for (int32_t i = 1; i < n; ++i)
-    if (x[i] > x[best]) best = i;
-  return best;
-}
-
-// Greedy generation of n tokens after the context's last decoded row.
-// Speculative MTP decoding (qwen35_generate with use_mtp) replaces this loop
-// once the generation API is available; for now --mtp on only makes the
-// context keep its MTP cache (use_mtp), which is what a speculative loop pays
-// on every pass on top of the main model.
-bool generate_greedy(qwen35_context* ctx, int n, int32_t n_vocab) {
-  const float* logits = qwen35_context_logits(ctx, -1);
-  if (!logits) return false;
-  for (int i = 0; i < n; ++i) {
-    const qwen35_token tok = argmax(logits, n_vocab);
-    if (qwen35_context_decode(ctx, &tok, 1, QWEN35_LOGITS_LAST) != QWEN35_OK) return false;
-    logits = qwen35_context_logits(ctx, -1);
-  }
-  return true;
+// Greedy generation of n tokens after the context's last decoded row, through
+// qwen35_generate (so --mtp on measures speculative decoding with the MTP
+// head: drafts, 2-token verification, rollback).
+bool generate_greedy(qwen35_context* ctx, qwen35_sampler* greedy, int n, bool mtp, qwen35_generate_stats* st) {
+  qwen35_generate_params gp = qwen35_generate_default_params();
+  gp.max_tokens = n;
+  gp.ignore_eos = true;
+  gp.use_mtp = mtp ? 1 : 0;
+  return qwen35_generate(ctx, greedy, nullptr, 0, &gp, st) == QWEN35_OK && st->n_generated == n;
 }
 
 struct Results {
@@ -231,6 +219,7 @@ struct Results {
   double bandwidth_gbs = 0, bandwidth_one_stream_gbs = 0;
   uint64_t weight_bytes = 0;
   std::vector<double> prefill_tps, decode_tps;
+  int64_t drafted = 0, accepted = 0, passes = 0, generated = 0;
   uint64_t context_bytes = 0, rss_bytes = 0;
 };
 
@@ -271,6 +260,10 @@ int main(int argc, char** argv) {
     return fail("cannot create a context");
   }
   const int threads = o.threads > 0 ? o.threads : qwen35_context_default_params().n_threads;
+  qwen35_sampler_params sp = qwen35_sampler_greedy_params();
+  qwen35_sampler* greedy = nullptr;
+  if (qwen35_sampler_create(model, &sp, &greedy) != QWEN35_OK) return fail("cannot create a sampler");
+  qwen35_generate_stats gst;
 
   r.weight_bytes = weight_bytes_per_token(o.model, qwen35_model_n_layer(model), o.mtp && qwen35_model_has_mtp(model));
   if (on_cpu) r.bandwidth_gbs = measure_read_bandwidth(threads, &r.bandwidth_one_stream_gbs);
@@ -287,7 +280,7 @@ int main(int argc, char** argv) {
   qwen35_context_reset(ctx);
   if (qwen35_context_decode(ctx, prompt.data(), std::min<int>(int(prompt.size()), 4), QWEN35_LOGITS_LAST) !=
           QWEN35_OK ||
-      !generate_greedy(ctx, 1, V))
+      !generate_greedy(ctx, greedy, 1, o.mtp, &gst))
     return fail("warm-up decode failed");
 
   for (int rep = 0; rep < o.reps; ++rep) {
@@ -300,8 +293,12 @@ int main(int argc, char** argv) {
     if (o.prompt > 0) r.prefill_tps.push_back(double(np) / (pms * 1e-3));
     if (o.gen > 0) {
       const auto t1 = Clock::now();
-      if (!generate_greedy(ctx, o.gen, V)) return fail("decode failed");
+      if (!generate_greedy(ctx, greedy, o.gen, o.mtp, &gst)) return fail("decode failed");
       r.decode_tps.push_back(double(o.gen) / (ms_since(t1) * 1e-3));
+      r.drafted += gst.n_drafted;
+      r.accepted += gst.n_accepted;
+      r.passes += gst.n_main_passes;
+      r.generated += gst.n_generated;
     }
   }
   // Peak memory of the runs, before the bandwidth buffer below adds to it.
@@ -329,10 +326,12 @@ int main(int argc, char** argv) {
         "\"weight_bytes_per_token\": %llu, "
         "\"roofline_tokens_per_s\": %.3f, \"roofline_fraction\": %.3f, \"model_host_bytes\": %llu, "
         "\"context_bytes\": %llu, "
+        "\"mtp_drafted\": %lld, \"mtp_accepted\": %lld, \"tokens_per_main_pass\": %.3f, "
         "\"peak_rss_bytes\": %llu}\n",
         o.model.c_str(), qwen35_model_desc(model), dev, kernels, threads, o.mtp ? "true" : "false", o.reps, r.load_ms, o.prompt,
         o.gen, prefill, decode, r.bandwidth_gbs, r.bandwidth_one_stream_gbs, (unsigned long long)r.weight_bytes, roofline,
         fraction, (unsigned long long)qwen35_model_host_bytes(model), (unsigned long long)r.context_bytes,
+        (long long)r.drafted, (long long)r.accepted, r.passes ? double(r.generated) / double(r.passes) : 0.0,
         (unsigned long long)r.rss_bytes);
   } else {
     std::printf("model        %s (%s)\n", o.model.c_str(), qwen35_model_desc(model));
@@ -342,6 +341,10 @@ int main(int argc, char** argv) {
                 double(qwen35_model_host_bytes(model)) / 1048576.0);
     if (o.prompt > 0) std::printf("prefill      %d tokens: %.2f tok/s\n", o.prompt, prefill);
     if (o.gen > 0) std::printf("decode       %d tokens: %.2f tok/s\n", o.gen, decode);
+    if (r.drafted > 0)
+      std::printf("mtp          %lld drafts, %lld accepted (%.1f%%), %.2f tokens per main pass\n", (long long)r.drafted,
+                  (long long)r.accepted, 100.0 * double(r.accepted) / double(r.drafted),
+                  double(r.generated) / double(std::max<int64_t>(r.passes, 1)));
     if (on_cpu) {
       std::printf("bandwidth    %.1f GB/s read (%d threads; one stream per thread: %.1f GB/s)\n", r.bandwidth_gbs, threads,
                   r.bandwidth_one_stream_gbs);
@@ -351,6 +354,7 @@ int main(int argc, char** argv) {
     std::printf("memory       context %.1f MiB, peak RSS %.1f MiB (mapped weights count once touched)\n",
                 double(r.context_bytes) / 1048576.0, double(r.rss_bytes) / 1048576.0);
   }
+  qwen35_sampler_free(greedy);
   qwen35_context_free(ctx);
   qwen35_model_free(model);
   return 0;
