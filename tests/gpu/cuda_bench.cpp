@@ -263,7 +263,9 @@ int main(int argc, char** argv) {
     oc.use_mtp = false;
     oc.n_threads = 16;
     std::unique_ptr<Context> cc, gb, gs;
-    if (!(st = Context::Create(*cpu_model, oc, &cc)).ok()) return fail("check context", st);
+    ContextOptions oref = oc;
+    oref.reference = true;  // the oracle: float activations, exact dequantization
+    if (!(st = Context::Create(*cpu_model, oref, &cc)).ok()) return fail("check context", st);
     if (!(st = Context::Create(*model, oc, &gb)).ok()) return fail("check context", st);
     if (!(st = Context::Create(*model, oc, &gs)).ok()) return fail("check context", st);
     if (!(st = cc->decode(prompt.data(), check, LogitsMode::Last)).ok()) return fail("check (cpu)", st);
