@@ -163,7 +163,7 @@ Status Context::append(const int32_t* tokens, const float* embd, int32_t n, cons
   }
 
   if (n >= kPreDecodeMinRows && old > 0) {
-    if (be_->save_recurrent(kSlotPreDecode).ok()) {
+    if (mtp_flush().ok() && be_->save_recurrent(kSlotPreDecode).ok()) {
       slots_[kSlotPreDecode].rows = old;
       slots_[kSlotPreDecode].hidden = have_pending_ ? pending_hidden_ : std::vector<float>();
       slots_[kSlotPreDecode].n_mtp = n_mtp_;
@@ -279,7 +279,7 @@ Status Context::eval_rows(int32_t first_row, int32_t n, LogitsMode mode, int32_t
 
 Status Context::mtp_fill(int32_t first_row, int32_t n, const float* hidden_rows, bool defer) {
   const int32_t D = m_.hp.n_embd;
-  const bool chained = first_row > 0 && have_pending_ && n_mtp_ == first_row - 1;
+  const bool chained = first_row > 0 && have_pending_ && n_mtp_ + mtp_backlog_.n == first_row - 1;
   if (first_row > 0 && !chained) {
     // The MTP cache is behind (no hidden for an earlier row): it can no
     // longer be kept exact; drafting stays off until a reset/truncate.
@@ -317,11 +317,50 @@ Status Context::mtp_fill(int32_t first_row, int32_t n, const float* hidden_rows,
   const float* last = hidden_rows + size_t(n - 1) * size_t(D);
   if (defer) {
     mtp_deferred_ = std::move(rows);
+  } else if (mtp_lazy_ || mtp_backlog_.n > 0) {
+    // Queue behind what already waits (rows stay in order); run the queue
+    // now unless drafting is paused and it is still short.
+    if (rows.n > 0) {
+      if (mtp_backlog_.n == 0) mtp_backlog_.start = rows.start;
+      const bool embd = !rows.next_embd.empty() || !mtp_backlog_.next_embd.empty();
+      if (embd) {
+        mtp_backlog_.next_embd.resize(size_t(mtp_backlog_.n) * size_t(D), 0.0f);
+        if (rows.next_embd.empty()) rows.next_embd.assign(size_t(rows.n) * size_t(D), 0.0f);
+        mtp_backlog_.next_embd.insert(mtp_backlog_.next_embd.end(), rows.next_embd.begin(), rows.next_embd.end());
+      }
+      mtp_backlog_.hidden.insert(mtp_backlog_.hidden.end(), rows.hidden.begin(), rows.hidden.end());
+      mtp_backlog_.tokens.insert(mtp_backlog_.tokens.end(), rows.tokens.begin(), rows.tokens.end());
+      mtp_backlog_.n += rows.n;
+    }
+    if (!mtp_lazy_ || mtp_backlog_.n >= opt_.n_batch) QWEN35_TRY(mtp_flush());
   } else {
     QWEN35_TRY(mtp_run(rows, -1, nullptr));
   }
   pending_hidden_.assign(last, last + D);
   have_pending_ = true;
+  return Status::Ok();
+}
+
+Status Context::mtp_flush() {
+  if (mtp_backlog_.n == 0) return Status::Ok();
+  MtpRows all = std::move(mtp_backlog_);
+  mtp_backlog_ = MtpRows();
+  const size_t D = size_t(m_.hp.n_embd);
+  for (int32_t r0 = 0; r0 < all.n; r0 += opt_.n_batch) {
+    MtpRows part;
+    part.start = all.start + r0;
+    part.n = std::min(opt_.n_batch, all.n - r0);
+    part.hidden.assign(all.hidden.begin() + int64_t(size_t(r0) * D), all.hidden.begin() + int64_t(size_t(r0 + part.n) * D));
+    part.tokens.assign(all.tokens.begin() + r0, all.tokens.begin() + r0 + part.n);
+    if (!all.next_embd.empty())
+      part.next_embd.assign(all.next_embd.begin() + int64_t(size_t(r0) * D),
+                            all.next_embd.begin() + int64_t(size_t(r0 + part.n) * D));
+    Status st = mtp_run(part, -1, nullptr);
+    if (!st.ok()) {
+      have_pending_ = false;  // the cache cannot catch up: no drafts until a reset/truncate
+      return st;
+    }
+  }
   return Status::Ok();
 }
 
@@ -368,6 +407,7 @@ Status Context::mtp_run(MtpRows& rows, int32_t draft_token, int32_t* draft) {
 Status Context::mtp_draft(int32_t token, const float** out) {
   *out = nullptr;
   if (!mtp_enabled()) return Error(QWEN35_ERR_STATE, "MTP is not enabled on this context");
+  QWEN35_TRY(mtp_flush());
   if (token < 0 || token >= m_.hp.n_vocab)
     return Error(QWEN35_ERR_INVALID_ARG, "token id {} is out of range", token);
   const int32_t np = n_past();
@@ -394,6 +434,7 @@ Status Context::mtp_draft(int32_t token, const float** out) {
 Status Context::mtp_draft_argmax(int32_t token, int32_t* draft) {
   *draft = -1;
   if (!mtp_enabled()) return Error(QWEN35_ERR_STATE, "MTP is not enabled on this context");
+  QWEN35_TRY(mtp_flush());
   if (token < 0 || token >= m_.hp.n_vocab)
     return Error(QWEN35_ERR_INVALID_ARG, "token id {} is out of range", token);
   const int32_t np = n_past();
@@ -408,6 +449,7 @@ Status Context::mtp_draft_argmax(int32_t token, int32_t* draft) {
 Status Context::speculate_greedy(int32_t token, int32_t draft, SpecStep* out) {
   *out = SpecStep();
   if (!mtp_enabled()) return Error(QWEN35_ERR_STATE, "MTP is not enabled on this context");
+  QWEN35_TRY(mtp_flush());
   if (opt_.n_batch < 2) return Error(QWEN35_ERR_INVALID_ARG, "a verify batch needs n_batch >= 2");
   const int32_t np = n_past();
   const int32_t pair[2] = {token, draft};
@@ -455,6 +497,7 @@ Status Context::rollback_to_snapshot() {
 }
 
 Status Context::checkpoint() {
+  QWEN35_TRY(mtp_flush());  // a checkpoint records a complete MTP cache
   QWEN35_TRY(be_->save_recurrent(kSlotExplicit));
   Checkpoint& c = slots_[kSlotExplicit];
   c.rows = n_past();
@@ -472,6 +515,7 @@ void Context::reset() {
   call_rows_ = n_logit_rows_ = n_argmax_rows_ = n_mtp_logits_ = 0;
   n_mtp_ = 0;
   mtp_deferred_ = MtpRows();
+  mtp_backlog_ = MtpRows();
   have_pending_ = false;
   draft_valid_ = false;
   for (Checkpoint& c : slots_) c.rows = -1;
@@ -487,6 +531,9 @@ Status Context::recover(int32_t n_rows) {
   int32_t have = 0;
   draft_valid_ = false;
   mtp_deferred_ = MtpRows();
+  // Waiting MTP rows all follow the newest checkpoint (checkpoints flush):
+  // the replay below queues or computes them again.
+  mtp_backlog_ = MtpRows();
   if (best >= 0 && slots_[best].rows > 0) {
     QWEN35_TRY(be_->restore_recurrent(best));
     const Checkpoint& c = slots_[best];

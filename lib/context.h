@@ -97,6 +97,13 @@ class Context {
   Status rollback_to_snapshot();
 
   void reset();
+  // While drafting is paused, the MTP cache rows of new tokens may wait and
+  // be computed later in one batched MTP pass (much cheaper per row than one
+  // pass per token). mtp_flush() computes them; drafts and checkpoints flush
+  // first, so the cache is complete whenever it is read.
+  // (Never while every row's MTP logits are wanted: they come per decode.)
+  void set_mtp_lazy(bool lazy) { mtp_lazy_ = lazy && !opt_.mtp_logits; }
+  Status mtp_flush();
   Status truncate(int32_t n_keep);
   // Save the recurrent state at the current row count into checkpoint slot
   // (for cheap truncation back to here later).
@@ -174,6 +181,8 @@ class Context {
   std::vector<float> pending_hidden_;  // hidden of row n_past-1, waiting for the next row
   bool have_pending_ = false;
   MtpRows mtp_deferred_;
+  bool mtp_lazy_ = false;
+  MtpRows mtp_backlog_;          // rows n_mtp_.. waiting for mtp_flush()
   std::vector<float> draft_logits_;
   bool draft_valid_ = false;   // mtp_draft wrote MTP row draft_row_ for input draft_token_
   int32_t draft_row_ = -1;

@@ -93,6 +93,7 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
   const Vocab* vocab = model.vocab.get();
   auto is_eog = [&](int32_t t) { return vocab && vocab->is_eog(t); };
   auto finish = [&](Status s) {
+    ctx.set_mtp_lazy(false);  // later decodes keep the MTP cache current again
     if (stats_out) *stats_out = st;
     return s;
   };
@@ -204,6 +205,9 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
     // `tok` is emitted; put it in the context (also when stopping, so the
     // context holds exactly the emitted tokens).
     const bool draft_now = go_on && mtp && st.n_generated > paused_until && ctx.n_past() + 2 <= ctx.n_ctx();
+    // While paused, the MTP cache rows of plain steps wait and are computed
+    // in one batch when drafting resumes.
+    if (mtp) ctx.set_mtp_lazy(!draft_now);
     if (!draft_now) {
       Status s = decode(&tok, 1);
       ++st.n_main_passes;

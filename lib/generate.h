@@ -43,7 +43,7 @@ struct GenerateStats {
 // the pause, so a drafter that never helps costs almost nothing in the long
 // run (only the MTP cache upkeep). Exposed for tests.
 struct MtpPolicy {
-  int32_t window = 8;           // drafts per acceptance measurement
+  int32_t window = 4;           // drafts per acceptance measurement
   double min_rate = 0.25;       // below this the drafter is paused
   int32_t pause_tokens = 32;    // first pause (tokens generated without drafting)
   int32_t max_pause = 1024;     // longest pause

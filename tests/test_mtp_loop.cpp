@@ -161,3 +161,51 @@ TEST_CASE("speculate_greedy (argmax outputs, fused MTP passes) equals plain gree
     CHECK(rel_err(got.data(), dl, size_t(V)) < 1e-4);
   }
 }
+
+TEST_CASE("lazy MTP fill (drafting paused): waiting rows are computed later, in batches, to the same cache") {
+  std::unique_ptr<Model> model;
+  REQUIRE(LoadModel(fixture("models/tiny-m-nvfp4.gguf"), {}, {}, &model).ok());
+  const int V = model->hp.n_vocab;
+  ContextOptions o;
+  o.n_ctx = 128;
+  o.n_batch = 8;  // the backlog flushes itself every 8 rows
+  o.n_threads = 2;
+  o.use_mtp = true;
+  std::vector<int32_t> toks;
+  for (int i = 0; i < 40; ++i) toks.push_back((i * 977 + 13) % V);
+
+  // Reference: every row decoded with an eager MTP fill.
+  auto draft_of = [&](Context& c, int32_t next, std::vector<float>* out) {
+    const float* dl = nullptr;
+    REQUIRE(c.mtp_draft(next, &dl).ok());
+    out->assign(dl, dl + V);
+  };
+  std::unique_ptr<Context> ref;
+  REQUIRE(Context::Create(*model, o, &ref).ok());
+  REQUIRE(ref->decode(toks.data(), 5, LogitsMode::Last).ok());
+  for (int i = 5; i < 40; ++i) REQUIRE(ref->decode(&toks[size_t(i)], 1, LogitsMode::Last).ok());
+  std::vector<float> want;
+  draft_of(*ref, 3, &want);
+
+  // Lazy: the same token-by-token decodes; logits are unaffected, the draft
+  // flushes the backlog first.
+  std::unique_ptr<Context> c;
+  REQUIRE(Context::Create(*model, o, &c).ok());
+  c->set_mtp_lazy(true);
+  REQUIRE(c->decode(toks.data(), 5, LogitsMode::Last).ok());
+  for (int i = 5; i < 40; ++i) {
+    REQUIRE(c->decode(&toks[size_t(i)], 1, LogitsMode::Last).ok());
+    if (i == 21) REQUIRE(c->checkpoint().ok());  // a checkpoint flushes too
+  }
+  std::vector<float> got;
+  draft_of(*c, 3, &got);
+  CHECK(rel_err(got.data(), want.data(), size_t(V)) < 1e-4);
+
+  // Truncating into rows that waited, then decoding lazily again.
+  c->set_mtp_lazy(true);
+  for (int i = 0; i < 3; ++i) REQUIRE(c->decode(&toks[size_t(i)], 1, LogitsMode::Last).ok());
+  REQUIRE(c->truncate(30).ok());
+  for (int i = 30; i < 40; ++i) REQUIRE(c->decode(&toks[size_t(i)], 1, LogitsMode::Last).ok());
+  draft_of(*c, 3, &got);
+  CHECK(rel_err(got.data(), want.data(), size_t(V)) < 1e-4);
+}

@@ -260,12 +260,19 @@ void qwen35_context_abort(qwen35_context* ctx) {
   if (ctx) ctx->ctx->abort.store(true);
 }
 
-uint64_t qwen35_context_state_size(qwen35_context* ctx) { return ctx ? ctx->ctx->state_size() : 0; }
+uint64_t qwen35_context_state_size(qwen35_context* ctx) {
+  if (!ctx) return 0;
+  Status st = ctx->ctx->mtp_flush();  // a snapshot holds the complete MTP cache
+  (void)st;
+  return ctx->ctx->state_size();
+}
 
 qwen35_status qwen35_context_state_save(qwen35_context* ctx, void* buf, uint64_t buf_size, uint64_t* written) {
   if (written) *written = 0;
   if (!ctx || !buf) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_context_state_save: NULL argument");
   clear_error(ctx);
+  Status fl = ctx->ctx->mtp_flush();
+  if (!fl.ok()) return set_error(fl, ctx);
   std::vector<uint8_t> data;
   Status st = ctx->ctx->state_save(&data);
   if (!st.ok()) return set_error(st, ctx);
@@ -287,6 +294,8 @@ qwen35_status qwen35_context_state_load(qwen35_context* ctx, const void* buf, ui
 qwen35_status qwen35_context_state_save_file(qwen35_context* ctx, const char* path) {
   if (!ctx || !path) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_context_state_save_file: NULL argument");
   clear_error(ctx);
+  Status fl = ctx->ctx->mtp_flush();
+  if (!fl.ok()) return set_error(fl, ctx);
   std::vector<uint8_t> data;
   Status st = ctx->ctx->state_save(&data);
   if (!st.ok()) return set_error(st, ctx);

@@ -77,6 +77,13 @@ class CpuBackend final : public Backend {
   const char* name() const override { return p_.reference ? "cpu-reference" : "cpu"; }
   Status eval(const EvalBatch& b) override;
   Status eval_mtp(const MtpBatch& b) override;
+  // Greedy variants: logits land in a reused buffer and are scanned here (no
+  // allocation per step). Saying yes to device_argmax also lets the
+  // generation loop fuse the MTP cache row and the next draft into one MTP
+  // pass. The reference path keeps plain logits.
+  Status eval_greedy(const EvalBatch& b, int32_t* argmax) override;
+  Status eval_mtp_greedy(const MtpBatch& b, int32_t* argmax) override;
+  bool device_argmax() const override { return !p_.reference; }
   void reset() override;
   Status save_recurrent(int slot) override;
   Status restore_recurrent(int slot) override;
@@ -147,6 +154,7 @@ class CpuBackend final : public Backend {
   Buf u_, conv_out_, z_, beta_, alpha_, ssm_o_;  // delta net
   Buf ffn_g_, ffn_u_;                // [nb, F]
   Buf mtp_in_;                       // [nb, 2D]
+  Buf greedy_logits_;                // [rows, V] for the greedy variants, grown on demand
 };
 
 Status CpuBackend::init() {
@@ -536,6 +544,40 @@ Status CpuBackend::eval(const EvalBatch& b) {
 // MTP head (spec §5.1): e = enorm(embed(token)), hh = hnorm(hidden),
 // y = eh_proj [e | hh], a full-attention decoder layer with its own KV cache,
 // shared_head_norm, then the (shared) LM head.
+namespace {
+// Index of the largest value, lowest index on ties (the greedy sampler's rule).
+int32_t argmax_row(const float* x, int64_t n) {
+  int32_t best = 0;
+  for (int64_t i = 1; i < n; ++i)
+    if (x[i] > x[best]) best = int32_t(i);
+  return best;
+}
+}  // namespace
+
+Status CpuBackend::eval_greedy(const EvalBatch& b, int32_t* argmax) {
+  const int32_t rows = b.n - b.logits_first;
+  if (rows <= 0) return eval(b);
+  const size_t need = size_t(rows) * size_t(hp_.n_vocab);
+  if (greedy_logits_.v.size() < need) QWEN35_TRY(greedy_logits_.alloc(need, "greedy logits"));
+  EvalBatch e = b;
+  e.logits = greedy_logits_.data();
+  QWEN35_TRY(eval(e));
+  for (int32_t r = 0; r < rows; ++r) argmax[r] = argmax_row(greedy_logits_.data() + size_t(r) * hp_.n_vocab, hp_.n_vocab);
+  return Status::Ok();
+}
+
+Status CpuBackend::eval_mtp_greedy(const MtpBatch& b, int32_t* argmax) {
+  const int32_t rows = b.n - b.logits_first;
+  if (rows <= 0) return eval_mtp(b);
+  const size_t need = size_t(rows) * size_t(hp_.n_vocab);
+  if (greedy_logits_.v.size() < need) QWEN35_TRY(greedy_logits_.alloc(need, "greedy logits"));
+  MtpBatch e = b;
+  e.logits = greedy_logits_.data();
+  QWEN35_TRY(eval_mtp(e));
+  for (int32_t r = 0; r < rows; ++r) argmax[r] = argmax_row(greedy_logits_.data() + size_t(r) * hp_.n_vocab, hp_.n_vocab);
+  return Status::Ok();
+}
+
 Status CpuBackend::eval_mtp(const MtpBatch& b) {
   if (!m_.mtp) return Error(QWEN35_ERR_UNSUPPORTED, "the model has no MTP layer");
   if (b.n < 1 || b.n > p_.n_batch) return Error(QWEN35_ERR_INVALID_ARG, "MTP batch of {} rows", b.n);
@@ -675,7 +717,7 @@ uint64_t CpuBackend::memory_bytes() const {
     for (auto& s : sl) b += s.conv.bytes() + s.ssm.bytes();
   b += mtp_kv_.k.bytes() + mtp_kv_.v.bytes();
   for (const Buf* x : {&h_, &xn_, &out_, &qg_, &q_, &k_, &v_, &o_, &scores_, &u_, &conv_out_, &z_, &beta_, &alpha_,
-                       &ssm_o_, &ffn_g_, &ffn_u_, &mtp_in_})
+                       &ssm_o_, &ffn_g_, &ffn_u_, &mtp_in_, &greedy_logits_})
     b += x->bytes();
   for (const auto& t : conv_taps_t_) b += t.size() * sizeof(float);
   b += mms_.bytes();

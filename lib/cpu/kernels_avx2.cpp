@@ -367,7 +367,9 @@ void drive(const GemmArgs& a, int64_t r0, int64_t r1, float out_scale, Prepare p
       for (int i = 0; i < RT; ++i) rows[i] = a.w + uint64_t(r + (i < nr ? i : nr - 1)) * a.w_stride;
       prepare(rows);
       for (int64_t t = tb; t < te;) {
-        const int tt = te - t >= 4 ? 4 : 1;
+        // 4, 2 or 1 activation rows share each decoded weight tile (2: the
+        // MTP verify pass decodes its weights once, not twice).
+        const int tt = te - t >= 4 ? 4 : te - t >= 2 ? 2 : 1;
         tile(rows, t, tt, out);
         for (int i = 0; i < nr; ++i)
           for (int j = 0; j < tt; ++j) a.y[(t + j) * a.ldy + r + i] = out[i][j] * out_scale * a.scale;
@@ -405,6 +407,7 @@ void gemm_q(const GemmArgs& a, int64_t r0, int64_t r1) {
           xrows(t, tt, x);
           BufferedWeights<Fmt> wt{buf};
           if (tt == 4) qtile<Fmt, 4>(wt, x, a.K, out);
+          else if (tt == 2) qtile<Fmt, 2>(wt, x, a.K, out);
           else qtile<Fmt, 1>(wt, x, a.K, out);
         });
     return;
@@ -416,6 +419,7 @@ void gemm_q(const GemmArgs& a, int64_t r0, int64_t r1) {
         xrows(t, tt, x);
         LiveWeights<Fmt> wt{rows, a.w_stride, {}};
         if (tt == 4) qtile<Fmt, 4>(wt, x, a.K, out);
+        else if (tt == 2) qtile<Fmt, 2>(wt, x, a.K, out);
         else qtile<Fmt, 1>(wt, x, a.K, out);
       });
 }
@@ -427,6 +431,7 @@ void gemm_f(const GemmArgs& a, int64_t r0, int64_t r1) {
     for (int j = 0; j < tt; ++j)
       x[j] = reinterpret_cast<const float*>(static_cast<const uint8_t*>(a.x) + size_t(t + j) * a.x_stride);
     if (tt == 4) ftile<kType, 4>(rows, x, a.K, out);
+    else if (tt == 2) ftile<kType, 2>(rows, x, a.K, out);
     else ftile<kType, 1>(rows, x, a.K, out);
   });
 }

@@ -383,7 +383,9 @@ void drive(const GemmArgs& a, int64_t r0, int64_t r1, float out_scale, Prepare p
       for (int i = 0; i < RT; ++i) rows[i] = a.w + uint64_t(r + (i < nr ? i : nr - 1)) * a.w_stride;
       prepare(rows);
       for (int64_t t = tb; t < te;) {
-        const int tt = te - t >= 4 ? 4 : 1;
+        // 4, 2 or 1 activation rows share each decoded weight tile (2: the
+        // MTP verify pass decodes its weights once, not twice).
+        const int tt = te - t >= 4 ? 4 : te - t >= 2 ? 2 : 1;
         tile(rows, t, tt, out);
         for (int i = 0; i < nr; ++i)
           for (int j = 0; j < tt; ++j) a.y[(t + j) * a.ldy + r + i] = out[i][j] * out_scale * a.scale;
@@ -422,6 +424,7 @@ void gemm_q(const GemmArgs& a, int64_t r0, int64_t r1) {
           xrows(t, tt, x);
           BufferedWeights<Fmt> wt{buf};
           if (tt == 4) qtile<Fmt, 4>(wt, x, a.K, out);
+          else if (tt == 2) qtile<Fmt, 2>(wt, x, a.K, out);
           else qtile<Fmt, 1>(wt, x, a.K, out);
         });
     return;
@@ -433,6 +436,7 @@ void gemm_q(const GemmArgs& a, int64_t r0, int64_t r1) {
         xrows(t, tt, x);
         LiveWeights<Fmt> wt{rows, a.w_stride, a.K, {}};
         if (tt == 4) qtile<Fmt, 4>(wt, x, a.K, out);
+        else if (tt == 2) qtile<Fmt, 2>(wt, x, a.K, out);
         else qtile<Fmt, 1>(wt, x, a.K, out);
       });
 }
@@ -444,6 +448,7 @@ void gemm_f(const GemmArgs& a, int64_t r0, int64_t r1) {
     for (int j = 0; j < tt; ++j)
       x[j] = reinterpret_cast<const float*>(static_cast<const uint8_t*>(a.x) + size_t(t + j) * a.x_stride);
     if (tt == 4) ftile<kType, 4>(rows, x, a.K, out);
+    else if (tt == 2) ftile<kType, 2>(rows, x, a.K, out);
     else ftile<kType, 1>(rows, x, a.K, out);
   });
 }
@@ -527,6 +532,7 @@ QWEN35_BF16 void gemm_bf16(const GemmArgs& a, int64_t r0, int64_t r1) {
     for (int j = 0; j < tt; ++j)
       x[j] = reinterpret_cast<const uint16_t*>(static_cast<const uint8_t*>(a.x) + size_t(t + j) * a.x_stride);
     if (tt == 4) bf16tile<4>(rows, x, a.K, out);
+    else if (tt == 2) bf16tile<2>(rows, x, a.K, out);
     else bf16tile<1>(rows, x, a.K, out);
   });
 }
