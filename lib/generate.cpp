@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "tokenizer.h"
+#include "unicode.h"
 
 namespace qwen35 {
 
@@ -14,8 +15,11 @@ double ms_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
 }
 
-// Streamed text: complete UTF-8 only, and text that could be the start of a
-// stop string is held back until it is known not to be one.
+// Streamed text: complete, valid UTF-8 only (ill-formed bytes, which a
+// model can produce with byte tokens, become U+FFFD as spec §3.2
+// recommends; stop strings are matched on the raw bytes), and text that
+// could be the start of a stop string is held back until it is known not
+// to be one.
 class TextStream {
  public:
   explicit TextStream(const std::vector<std::string>& stops) : stops_(stops) {}
@@ -46,7 +50,7 @@ class TextStream {
       matched_ = true;
       out = held_.substr(0, cut);
       held_.clear();
-      return out;
+      return unicode::sanitize_utf8(out);
     }
     size_t keep = 0;
     if (!final)
@@ -58,7 +62,7 @@ class TextStream {
           }
     out = held_.substr(0, held_.size() - keep);
     held_.erase(0, held_.size() - keep);
-    return out;
+    return unicode::sanitize_utf8(out);
   }
 
   const std::vector<std::string>& stops_;

@@ -18,6 +18,7 @@
 
 #include "qwen35/qwen35.h"
 #include "test_util.h"
+#include "unicode.h"
 
 using namespace qwen35::test;
 
@@ -354,4 +355,49 @@ TEST_CASE("max tokens, callback stop, EOG, context overflow and abort from anoth
       CHECK(more.tokens.size() == 2);
     }
   }
+}
+
+TEST_CASE("streamed text is valid UTF-8 even when sampled byte tokens are ill-formed") {
+  Model m(fixture("models/tiny-a-nvfp4.gguf"));
+  int bad_raw = 0;
+  for (uint64_t seed = 1; seed <= 6; ++seed) {
+    CAPTURE(seed);
+    Ctx c(m.m, 256, false);
+    qwen35_sampler_params sp = qwen35_sampler_default_params(false);
+    sp.seed = seed;
+    sp.temperature = 1.5f;
+    sp.top_k = 0;
+    sp.top_p = 1.0f;
+    sp.min_p = 0.0f;
+    Sampler s(m.m, sp);
+    std::vector<std::string> pieces;
+    qwen35_generate_params gp = qwen35_generate_default_params();
+    gp.max_tokens = 48;
+    gp.ignore_eos = true;
+    gp.on_token = [](qwen35_token, const char* piece, size_t len, void* ud) {
+      static_cast<std::vector<std::string>*>(ud)->emplace_back(piece, len);
+      return true;
+    };
+    gp.user_data = &pieces;
+    auto prompt = prompt_of(6, qwen35_model_n_vocab(m.m), int(seed));
+    REQUIRE(qwen35_generate(c.c, s.s, prompt.data(), int32_t(prompt.size()), &gp, nullptr) == QWEN35_OK);
+    std::vector<qwen35_token> toks(size_t(qwen35_context_n_past(c.c)));
+    REQUIRE(qwen35_context_tokens(c.c, toks.data(), int32_t(toks.size())) == int32_t(toks.size()));
+    std::string raw;
+    for (size_t i = prompt.size(); i < toks.size(); ++i) {
+      char buf[256];
+      const int32_t n = qwen35_token_to_piece(m.m, toks[i], buf, sizeof buf, false);
+      REQUIRE(n >= 0);
+      raw.append(buf, size_t(n));
+    }
+    if (!qwen35::unicode::is_valid_utf8(raw)) ++bad_raw;
+    std::string all;
+    for (const std::string& p : pieces) {
+      CHECK(qwen35::unicode::is_valid_utf8(p));
+      all += p;
+    }
+    CHECK(all == qwen35::unicode::sanitize_utf8(raw));
+  }
+  MESSAGE(bad_raw << " of 6 generations produced ill-formed bytes");
+  CHECK(bad_raw > 0);  // the case the test is about did occur
 }

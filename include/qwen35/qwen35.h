@@ -423,8 +423,10 @@ typedef enum qwen35_stop_reason {
 
 /* Streaming callback: a generated token and the text it completes (may be
  * empty when a UTF-8 character is split across tokens, or held back while it
- * might start a stop string). Text still held back when generation ends is
- * delivered by one last call with token == -1. Return false to stop
+ * might start a stop string). The text is always valid UTF-8: ill-formed
+ * bytes (byte tokens that do not form a character) arrive as U+FFFD. Text
+ * still held back when generation ends is delivered by one last call with
+ * token == -1. Return false to stop
  * generation. Called on the thread that runs qwen35_generate. */
 typedef bool (*qwen35_token_callback)(qwen35_token token, const char * piece, size_t piece_len, void * user_data);
 
