@@ -57,21 +57,21 @@ uint64_t Context::memory_bytes() const {
 }
 
 const float* Context::logits(int32_t i) const {
-  if (i < 0) i = call_rows_ - 1;
+  if (i == -1) i = call_rows_ - 1;  // -1: the last row; other negatives are invalid
   const int32_t k = i - logits_row0_;
   if (i < 0 || i >= call_rows_ || k < 0 || k >= n_logit_rows_) return nullptr;
   return logits_.data() + size_t(k) * size_t(m_.hp.n_vocab);
 }
 
 int32_t Context::argmax(int32_t i) const {
-  if (i < 0) i = call_rows_ - 1;
+  if (i == -1) i = call_rows_ - 1;  // -1: the last row; other negatives are invalid
   const int32_t k = i - logits_row0_;
   if (i < 0 || i >= call_rows_ || k < 0 || k >= n_argmax_rows_) return -1;
   return argmax_[size_t(k)];
 }
 
 const float* Context::hidden(int32_t i) const {
-  if (i < 0) i = call_rows_ - 1;
+  if (i == -1) i = call_rows_ - 1;  // -1: the last row; other negatives are invalid
   if (i < 0 || i >= call_rows_) return nullptr;
   return hidden_.data() + size_t(i) * size_t(m_.hp.n_embd);
 }

@@ -18,7 +18,16 @@ namespace qwen35 {
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
   threads_.reserve(size_t(n_threads_ - 1));
-  for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this, i] { worker(i); });
+  try {
+    for (int i = 1; i < n_threads_; ++i) threads_.emplace_back([this, i] { worker(i); });
+  } catch (...) {
+    // A thread could not start (std::system_error): stop the ones that did,
+    // so the exception reaches the caller instead of std::terminate.
+    stop_.store(true, std::memory_order_release);
+    publish((uint64_t(++gen_) << 32) | kClosed);
+    for (auto& t : threads_) t.join();
+    throw;
+  }
 }
 
 ThreadPool::~ThreadPool() {

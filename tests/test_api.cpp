@@ -57,8 +57,14 @@ TEST_CASE("model facts, metadata and context basics") {
   CHECK(qwen35_model_meta(m, "general.architecture", buf, 3) == 6);
   CHECK(std::string(buf) == "qw");
   CHECK(qwen35_model_meta_count(m) > 10);
-  CHECK(qwen35_model_meta_key(m, 0) != nullptr);
+  const char* k0 = qwen35_model_meta_key(m, 0);
+  const char* k1 = qwen35_model_meta_key(m, 1);
+  REQUIRE(k0 != nullptr);
+  REQUIRE(k1 != nullptr);
+  CHECK(std::string(k0) != std::string(k1));  // each key keeps its own storage
+  CHECK(qwen35_model_meta(m, k0, nullptr, 0) >= 0);
   CHECK(qwen35_model_meta_key(m, 100000) == nullptr);
+  CHECK(qwen35_model_meta_key(m, -1) == nullptr);
 
   // Older callers pass a smaller struct: the rest keeps its defaults.
   qwen35_context_params cp = qwen35_context_default_params();
@@ -75,7 +81,10 @@ TEST_CASE("model facts, metadata and context basics") {
   CHECK(qwen35_context_logits(c, 0) == nullptr);  // only the last row has logits
   CHECK(qwen35_context_logits(c, 1) != nullptr);
   CHECK(qwen35_context_logits(c, 2) == nullptr);
+  CHECK(qwen35_context_logits(c, -1) == qwen35_context_logits(c, 1));
+  CHECK(qwen35_context_logits(c, -2) == nullptr);  // only -1 means "last"
   CHECK(qwen35_context_hidden(c, 0) != nullptr);
+  CHECK(qwen35_context_hidden(c, -3) == nullptr);
   int32_t toks[4];
   CHECK(qwen35_context_tokens(c, toks, 4) == 2);
   CHECK(toks[1] == 2);

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "context.h"
 #include "model.h"
@@ -15,6 +16,7 @@
 struct qwen35_model {
   std::unique_ptr<qwen35::Model> m;
   std::string desc;
+  std::vector<std::string> meta_keys;  // NUL-terminated metadata keys, file order
 };
 
 struct qwen35_context {
@@ -50,6 +52,21 @@ inline qwen35_status set_error(qwen35_status code, const std::string& msg, qwen3
 // Clear the context's message at the start of a call.
 inline void clear_error(qwen35_context* ctx) {
   if (ctx) ctx->errmsg.clear();
+}
+
+// Run f() (returning Status) and turn escaping exceptions into a status:
+// nothing escapes the C API.
+template <typename F>
+Status guarded(const char* what, F&& f) {
+  try {
+    return f();
+  } catch (const std::bad_alloc&) {
+    return Error(QWEN35_ERR_OUT_OF_MEMORY, "{}: out of memory", what);
+  } catch (const std::exception& e) {
+    return Error(QWEN35_ERR_BACKEND, "{}: {}", what, e.what());
+  } catch (...) {
+    return Error(QWEN35_ERR_BACKEND, "{}: unexpected failure", what);
+  }
 }
 
 // Copy a struct that starts with struct_size: take min(given, ours) bytes

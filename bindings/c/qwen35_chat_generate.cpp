@@ -175,5 +175,7 @@ extern "C" qwen35_status qwen35_chat_generate(qwen35_context* ctx, qwen35_sample
     return rs;
   } catch (const std::bad_alloc&) {
     return set_error(QWEN35_ERR_OUT_OF_MEMORY, "qwen35_chat_generate: out of memory", ctx);
+  } catch (const std::exception& e) {
+    return set_error(QWEN35_ERR_BACKEND, fmt::format("qwen35_chat_generate: {}", e.what()), ctx);
   }
 }

@@ -88,23 +88,21 @@ qwen35_status qwen35_model_load(const char* path, const qwen35_model_params* par
   opt.progress_user_data = p.progress_user_data;
   std::unique_ptr<qwen35_model> h(new (std::nothrow) qwen35_model());
   if (!h) return set_error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory");
-  Status st;
-  try {
-    st = LoadModel(path, opt, log, &h->m);
-  } catch (const std::bad_alloc&) {
-    st = Error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory while loading '{}'", path);
-  } catch (const std::exception& e) {
-    st = Error(QWEN35_ERR_FORMAT, "error while loading '{}': {}", path, e.what());
-  }
+  const std::string what = fmt::format("loading '{}'", path);
+  Status st = guarded(what.c_str(), [&] {
+    QWEN35_TRY(LoadModel(path, opt, log, &h->m));
+    // Device selection: a GPU backend claims the model when asked for (or
+    // on AUTO when one is usable).
+    const bool want_cpu = p.device == QWEN35_DEVICE_CPU || p.n_gpu_layers == 0;
+    if (!want_cpu && !h->m->vocab_only)
+      QWEN35_TRY(UploadModelToCuda(*h->m, p.device_index, p.device == QWEN35_DEVICE_CUDA));
+    h->desc = h->m->desc;
+    // NUL-terminated copies of the metadata keys (the file's are not), for
+    // qwen35_model_meta_key.
+    for (const auto& kv : h->m->file->kvs()) h->meta_keys.emplace_back(kv.key);
+    return Status::Ok();
+  });
   if (!st.ok()) return set_error(st);
-  // Device selection: a GPU backend claims the model when asked for (or on
-  // AUTO when one is usable).
-  const bool want_cpu = p.device == QWEN35_DEVICE_CPU || p.n_gpu_layers == 0;
-  if (!want_cpu && !h->m->vocab_only) {
-    st = UploadModelToCuda(*h->m, p.device_index, p.device == QWEN35_DEVICE_CUDA);
-    if (!st.ok()) return set_error(st);
-  }
-  h->desc = h->m->desc;
   *out = h.release();
   return QWEN35_OK;
 }
@@ -147,10 +145,7 @@ int32_t qwen35_model_meta_count(const qwen35_model* m) { return m ? int32_t(m->m
 
 const char* qwen35_model_meta_key(const qwen35_model* m, int32_t i) {
   if (!m || i < 0 || size_t(i) >= m->m->file->kvs().size()) return nullptr;
-  // Keys are not NUL-terminated in the file; keep a terminated copy per model.
-  static thread_local std::string key;
-  key = std::string(m->m->file->kvs()[size_t(i)].key);
-  return key.c_str();
+  return m->meta_keys[size_t(i)].c_str();
 }
 
 // ---- context -------------------------------------------------------------------
@@ -182,12 +177,8 @@ qwen35_status qwen35_context_create(qwen35_model* model, const qwen35_context_pa
   std::unique_ptr<qwen35_context> h(new (std::nothrow) qwen35_context());
   if (!h) return set_error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory");
   h->model = model;
-  Status st;
-  try {
-    st = Context::Create(*model->m, o, &h->ctx);
-  } catch (const std::bad_alloc&) {
-    st = Error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory creating a context of {} tokens", o.n_ctx);
-  }
+  const std::string what = fmt::format("creating a context of {} tokens", o.n_ctx);
+  Status st = guarded(what.c_str(), [&] { return Context::Create(*model->m, o, &h->ctx); });
   if (!st.ok()) return set_error(st);
   *out = h.release();
   return QWEN35_OK;
@@ -213,12 +204,7 @@ qwen35_status qwen35_context_decode(qwen35_context* ctx, const qwen35_token* tok
   if (mode != QWEN35_LOGITS_LAST && mode != QWEN35_LOGITS_ALL && mode != QWEN35_LOGITS_NONE)
     return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_context_decode: bad logits mode", ctx);
   ctx->ctx->abort.store(false);
-  Status st;
-  try {
-    st = ctx->ctx->decode(tokens, n, to_mode(mode));
-  } catch (const std::bad_alloc&) {
-    st = Error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory during decode");
-  }
+  Status st = guarded("decode", [&] { return ctx->ctx->decode(tokens, n, to_mode(mode)); });
   return st.ok() ? QWEN35_OK : set_error(st, ctx);
 }
 
@@ -229,7 +215,7 @@ qwen35_status qwen35_context_mtp_draft(qwen35_context* ctx, qwen35_token next_to
   if (out_logits) *out_logits = nullptr;
   if (!ctx || !out_logits) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_context_mtp_draft: NULL argument");
   clear_error(ctx);
-  Status st = ctx->ctx->mtp_draft(next_token, out_logits);
+  Status st = guarded("MTP draft", [&] { return ctx->ctx->mtp_draft(next_token, out_logits); });
   return st.ok() ? QWEN35_OK : set_error(st, ctx);
 }
 
@@ -244,7 +230,7 @@ void qwen35_context_reset(qwen35_context* ctx) {
 qwen35_status qwen35_context_truncate(qwen35_context* ctx, int32_t n_keep) {
   if (!ctx) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_context_truncate: ctx is NULL");
   clear_error(ctx);
-  Status st = ctx->ctx->truncate(n_keep);
+  Status st = guarded("truncate", [&] { return ctx->ctx->truncate(n_keep); });
   return st.ok() ? QWEN35_OK : set_error(st, ctx);
 }
 
@@ -260,21 +246,31 @@ void qwen35_context_abort(qwen35_context* ctx) {
   if (ctx) ctx->ctx->abort.store(true);
 }
 
+// The context's state as bytes; a snapshot holds the complete MTP cache.
+static Status serialize_state(qwen35_context* ctx, std::vector<uint8_t>* data) {
+  return guarded("state save", [&] {
+    QWEN35_TRY(ctx->ctx->mtp_flush());
+    return ctx->ctx->state_save(data);
+  });
+}
+
 uint64_t qwen35_context_state_size(qwen35_context* ctx) {
   if (!ctx) return 0;
-  Status st = ctx->ctx->mtp_flush();  // a snapshot holds the complete MTP cache
-  (void)st;
-  return ctx->ctx->state_size();
+  uint64_t n = 0;
+  Status st = guarded("state size", [&] {
+    QWEN35_TRY(ctx->ctx->mtp_flush());  // a snapshot holds the complete MTP cache
+    n = ctx->ctx->state_size();
+    return Status::Ok();
+  });
+  return st.ok() ? n : 0;
 }
 
 qwen35_status qwen35_context_state_save(qwen35_context* ctx, void* buf, uint64_t buf_size, uint64_t* written) {
   if (written) *written = 0;
   if (!ctx || !buf) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_context_state_save: NULL argument");
   clear_error(ctx);
-  Status fl = ctx->ctx->mtp_flush();
-  if (!fl.ok()) return set_error(fl, ctx);
   std::vector<uint8_t> data;
-  Status st = ctx->ctx->state_save(&data);
+  Status st = serialize_state(ctx, &data);
   if (!st.ok()) return set_error(st, ctx);
   if (data.size() > buf_size)
     return set_error(Error(QWEN35_ERR_BUFFER_TOO_SMALL, "state needs {} bytes, buffer has {}", data.size(), buf_size),
@@ -287,17 +283,15 @@ qwen35_status qwen35_context_state_save(qwen35_context* ctx, void* buf, uint64_t
 qwen35_status qwen35_context_state_load(qwen35_context* ctx, const void* buf, uint64_t size) {
   if (!ctx || !buf) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_context_state_load: NULL argument");
   clear_error(ctx);
-  Status st = ctx->ctx->state_load(static_cast<const uint8_t*>(buf), size);
+  Status st = guarded("state load", [&] { return ctx->ctx->state_load(static_cast<const uint8_t*>(buf), size); });
   return st.ok() ? QWEN35_OK : set_error(st, ctx);
 }
 
 qwen35_status qwen35_context_state_save_file(qwen35_context* ctx, const char* path) {
   if (!ctx || !path) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_context_state_save_file: NULL argument");
   clear_error(ctx);
-  Status fl = ctx->ctx->mtp_flush();
-  if (!fl.ok()) return set_error(fl, ctx);
   std::vector<uint8_t> data;
-  Status st = ctx->ctx->state_save(&data);
+  Status st = serialize_state(ctx, &data);
   if (!st.ok()) return set_error(st, ctx);
   FILE* f = std::fopen(path, "wb");
   if (!f) return set_error(Error(QWEN35_ERR_IO, "cannot open '{}' for writing: {}", path, std::strerror(errno)), ctx);
@@ -312,14 +306,15 @@ qwen35_status qwen35_context_state_load_file(qwen35_context* ctx, const char* pa
   clear_error(ctx);
   FILE* f = std::fopen(path, "rb");
   if (!f) return set_error(Error(QWEN35_ERR_IO, "cannot open '{}': {}", path, std::strerror(errno)), ctx);
-  std::vector<uint8_t> data;
-  uint8_t chunk[1 << 16];
-  size_t k;
-  while ((k = std::fread(chunk, 1, sizeof chunk, f)) > 0) data.insert(data.end(), chunk, chunk + k);
-  const bool err = std::ferror(f) != 0;
+  Status st = guarded("state load", [&] {
+    std::vector<uint8_t> data;
+    uint8_t chunk[1 << 16];
+    size_t k;
+    while ((k = std::fread(chunk, 1, sizeof chunk, f)) > 0) data.insert(data.end(), chunk, chunk + k);
+    if (std::ferror(f)) return Error(QWEN35_ERR_IO, "read error on '{}'", path);
+    return ctx->ctx->state_load(data.data(), data.size());
+  });
   std::fclose(f);
-  if (err) return set_error(Error(QWEN35_ERR_IO, "read error on '{}'", path), ctx);
-  Status st = ctx->ctx->state_load(data.data(), data.size());
   return st.ok() ? QWEN35_OK : set_error(st, ctx);
 }
 

@@ -138,12 +138,7 @@ qwen35_status run_generate(qwen35_context* ctx, qwen35_sampler* sampler, const s
     o.on_token = [cb, ud](int32_t tok, const std::string& piece) { return cb(tok, piece.data(), piece.size(), ud); };
   }
   GenerateStats st;
-  Status s;
-  try {
-    s = Generate(*ctx->ctx, *sampler->s, prompt, o, &st);
-  } catch (const std::bad_alloc&) {
-    s = Error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory during generation");
-  }
+  Status s = guarded("generation", [&] { return Generate(*ctx->ctx, *sampler->s, prompt, o, &st); });
   if (stats) {
     stats->n_prompt = st.n_prompt;
     stats->n_generated = st.n_generated;

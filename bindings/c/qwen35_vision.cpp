@@ -11,22 +11,6 @@
 using namespace qwen35;
 using namespace qwen35::vision;
 
-namespace {
-
-// Run f() and turn escaping exceptions into a status (nothing escapes the C API).
-template <typename F>
-Status guarded(const char* what, F&& f) {
-  try {
-    return f();
-  } catch (const std::bad_alloc&) {
-    return Error(QWEN35_ERR_OUT_OF_MEMORY, "{}: out of memory", what);
-  } catch (const std::exception& e) {
-    return Error(QWEN35_ERR_BACKEND, "{}: {}", what, e.what());
-  }
-}
-
-}  // namespace
-
 extern "C" {
 
 qwen35_mmproj_params qwen35_mmproj_default_params(void) {

@@ -162,7 +162,8 @@ QWEN35_API const char * qwen35_model_desc(const qwen35_model * model);
  * the value (as snprintf does), or -1 if the key does not exist. */
 QWEN35_API int32_t qwen35_model_meta(const qwen35_model * model, const char * key, char * buf, size_t buf_size);
 QWEN35_API int32_t qwen35_model_meta_count(const qwen35_model * model);
-/* Key of the i-th metadata entry (file order), or NULL if out of range. */
+/* Key of the i-th metadata entry (file order), or NULL if out of range. The
+ * string is owned by the model and valid until qwen35_model_free. */
 QWEN35_API const char * qwen35_model_meta_key(const qwen35_model * model, int32_t i);
 
 /* ------------------------------------------------------------------------ */
