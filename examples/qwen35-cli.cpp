@@ -193,7 +193,7 @@ struct Session {
       std::fprintf(stderr, " | MTP drafted %d accepted %d (%.1f%%), %.2f tokens per main pass", st.n_drafted,
                    st.n_accepted, 100.0 * st.n_accepted / st.n_drafted,
                    st.n_main_passes ? double(st.n_generated) / st.n_main_passes : 0.0);
-    std::fprintf(stderr, "\n");
+    std::fprintf(stderr, " | context %d/%d tokens\n", qwen35_context_n_past(ctx), qwen35_context_n_ctx(ctx));
   }
 
   qwen35_generate_params gen_params(std::vector<const char*>* stops) const {

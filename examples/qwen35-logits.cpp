@@ -7,11 +7,12 @@
 // Each line of FILE is one sequence of token ids, evaluated from an empty
 // state: all at once (default) or one token at a time (--step). Writes
 // OUT.json, OUT.main.f32 and, with --mtp, OUT.mtp.f32.
+#include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -71,12 +72,27 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "qwen35-logits: cannot read '%s'\n", tokens_path.c_str());
       return 1;
     }
+    // One sequence per line: decimal token ids separated by blanks.
+    // Anything else (a word, an id outside int32) is an error, not a cut.
     std::string line;
-    while (std::getline(in, line)) {
-      std::istringstream ls(line);
+    for (long line_no = 1; std::getline(in, line); ++line_no) {
       std::vector<qwen35_token> s;
-      long long t;
-      while (ls >> t) s.push_back(qwen35_token(t));
+      const char* p = line.c_str();
+      for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == '\r') ++p;
+        if (!*p) break;
+        char* end = nullptr;
+        errno = 0;
+        const long long t = std::strtoll(p, &end, 10);
+        if (end == p || errno == ERANGE || t < INT32_MIN || t > INT32_MAX ||
+            (*end && *end != ' ' && *end != '\t' && *end != '\r')) {
+          std::fprintf(stderr, "qwen35-logits: %s:%ld: not a token id: '%.*s'\n", tokens_path.c_str(), line_no,
+                       int(std::strcspn(p, " \t\r")), p);
+          return 1;
+        }
+        s.push_back(qwen35_token(t));
+        p = end;
+      }
       if (!s.empty()) seqs.push_back(std::move(s));
     }
   }
@@ -111,6 +127,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "qwen35-logits: cannot write '%s.*'\n", out.c_str());
     return 1;
   }
+  // Logit rows go to the .f32 files; a short write (disk full) is an error.
+  bool write_ok = true;
+  auto put_row = [&](const float* l, FILE* f) { write_ok = write_ok && std::fwrite(l, 4, size_t(V), f) == size_t(V); };
   std::string json = "{\"n_vocab\": " + std::to_string(V) + ", \"cases\": [";
   long row = 0, mtp_row = 0;
   for (size_t c = 0; c < seqs.size(); ++c) {
@@ -124,22 +143,22 @@ int main(int argc, char** argv) {
     const int32_t n = int32_t(s.size());
     if (!step) {
       if (qwen35_context_decode(ctx, s.data(), n, QWEN35_LOGITS_ALL) != QWEN35_OK) return fail("decode");
-      for (int32_t i = 0; i < n; ++i) std::fwrite(qwen35_context_logits(ctx, i), 4, size_t(V), fmain);
+      for (int32_t i = 0; i < n; ++i) put_row(qwen35_context_logits(ctx, i), fmain);
       if (mtp)
         for (int32_t i = 0; i + 1 < n; ++i) {
           const float* l = qwen35_context_mtp_logits(ctx, i);
           if (!l) return fail("MTP logits missing");
-          std::fwrite(l, 4, size_t(V), fmtp);
+          put_row(l, fmtp);
         }
     } else {
       for (int32_t i = 0; i < n; ++i) {
         if (qwen35_context_decode(ctx, &s[size_t(i)], 1, QWEN35_LOGITS_LAST) != QWEN35_OK) return fail("decode");
-        std::fwrite(qwen35_context_logits(ctx, 0), 4, size_t(V), fmain);
+        put_row(qwen35_context_logits(ctx, 0), fmain);
         // Decoding token i fills MTP row i-1 (hidden i-1 paired with token i).
         if (mtp && i >= 1) {
           const float* l = qwen35_context_mtp_logits(ctx, i - 1);
           if (!l) return fail("MTP logits missing");
-          std::fwrite(l, 4, size_t(V), fmtp);
+          put_row(l, fmtp);
         }
       }
     }
@@ -147,14 +166,21 @@ int main(int argc, char** argv) {
     mtp_row += n - 1;
   }
   json += "]}";
-  std::fclose(fmain);
-  if (fmtp) std::fclose(fmtp);
+  write_ok = std::fclose(fmain) == 0 && write_ok;
+  if (fmtp) write_ok = std::fclose(fmtp) == 0 && write_ok;
+  if (!write_ok) {
+    std::fprintf(stderr, "qwen35-logits: cannot write '%s.*.f32'\n", out.c_str());
+    return 1;
+  }
   FILE* fj = std::fopen((out + ".json").c_str(), "wb");
   if (!fj || std::fwrite(json.data(), 1, json.size(), fj) != json.size()) {
     std::fprintf(stderr, "qwen35-logits: cannot write '%s.json'\n", out.c_str());
     return 1;
   }
-  std::fclose(fj);
+  if (std::fclose(fj) != 0) {
+    std::fprintf(stderr, "qwen35-logits: cannot write '%s.json'\n", out.c_str());
+    return 1;
+  }
   qwen35_context_free(ctx);
   qwen35_model_free(model);
   return 0;

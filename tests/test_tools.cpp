@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "test_util.h"
 
@@ -52,6 +53,43 @@ TEST_CASE("qwen35-cli chats on a model, streams, and reports timings and MTP sta
   CHECK(inter.code == 0);
 }
 
+namespace {
+// The "context N/M tokens" figures of the [timings] lines, in order.
+std::vector<int> context_usage(const std::string& out) {
+  std::vector<int> used;
+  for (size_t p = out.find("| context "); p != std::string::npos; p = out.find("| context ", p + 1))
+    used.push_back(std::atoi(out.c_str() + p + 10));
+  return used;
+}
+}  // namespace
+
+TEST_CASE("qwen35-cli: -i keeps the history across turns, /reset clears it") {
+  const std::string model = fixture("models/tiny-m-nvfp4.gguf");
+  Result r = run("printf 'hi\\nand again\\n/reset\\nhi\\n/exit\\n' | " + tool("qwen35-cli") + " -m " + model +
+                 " -i -n 4 --seed 1 --timings");
+  CHECK_MESSAGE(r.code == 0, r.out);
+  const std::vector<int> used = context_usage(r.out);
+  REQUIRE(used.size() == 3);
+  CHECK(used[1] > used[0] + 4);  // turn 2 sits on top of turn 1
+  CHECK(used[2] == used[0]);     // after /reset: the same first turn again
+}
+
+TEST_CASE("qwen35-cli sampling flags: reproducible with a seed, bad values refused") {
+  const std::string model = fixture("models/tiny-m-nvfp4.gguf");
+  const std::string cmd = tool("qwen35-cli") + " -m " + model +
+                          " -p 'Hello there' -n 8 -c 128 -t 2 --temp 0.8 --top-k 20 --top-p 0.9 --min-p 0.05"
+                          " --repeat-penalty 1.1";
+  Result a = run(cmd + " -s 5"), b = run(cmd + " --seed 5");
+  CHECK_MESSAGE(a.code == 0, a.out);
+  CHECK(a.out == b.out);
+  for (const char* bad : {"--min-p 5", "--repeat-penalty 0", "--temp nan", "-c 5", "-n x", "--top-k 1.5"}) {
+    CAPTURE(bad);
+    Result r = run(tool("qwen35-cli") + " -m " + model + " -p hi -n 2 " + bad);
+    CHECK(r.code != 0);
+    CHECK(r.out.find("qwen35-cli: ") != std::string::npos);
+  }
+}
+
 TEST_CASE("qwen35-cli gives clear errors for bad paths and arguments") {
   Result r = run(tool("qwen35-cli") + " -m /no/such/model.gguf -p hi");
   CHECK(r.code != 0);
@@ -95,8 +133,28 @@ TEST_CASE("qwen35-logits reproduces the fixture format and qwen35-synth writes l
   CHECK(read_file(out + ".json") == read_file(fixture("logits/tiny-m-nvfp4.exact.json")));
   CHECK(read_file(out + ".main.f32").size() == read_file(fixture("logits/tiny-m-nvfp4.exact.main.f32")).size());
   CHECK(read_file(out + ".mtp.f32").size() == read_file(fixture("logits/tiny-m-nvfp4.exact.mtp.f32")).size());
+  // And the values: the reference path matches the exact logits.
+  for (const char* part : {".main.f32", ".mtp.f32"}) {
+    CAPTURE(part);
+    const std::vector<float> got = read_f32(out + part);
+    const std::vector<float> want = read_f32(fixture(std::string("logits/tiny-m-nvfp4.exact") + part));
+    REQUIRE(got.size() == want.size());
+    CHECK(rel_err(got.data(), want.data(), got.size()) < 1e-4);
+  }
   r = run(tool("qwen35-logits") + " -m " + fixture("models/tiny-a-nvfp4.gguf") + " --tokens /no/such/file -o " + out);
   CHECK(r.code != 0);
+  // Token files are parsed strictly: no silent cut at a word, no wrap-around.
+  for (const char* line : {"5 1 x 7", "4294967297 3", "12abc"}) {
+    CAPTURE(line);
+    const std::string tokens = tmp_path("bad-tokens.txt");
+    FILE* f = std::fopen(tokens.c_str(), "w");
+    REQUIRE(f != nullptr);
+    std::fprintf(f, "%s\n", line);
+    std::fclose(f);
+    r = run(tool("qwen35-logits") + " -m " + fixture("models/tiny-a-nvfp4.gguf") + " --tokens " + tokens + " -o " + out);
+    CHECK(r.code != 0);
+    CHECK(r.out.find("not a token id") != std::string::npos);
+  }
 
   const std::string synth = tmp_path("tool-synth.gguf");
   r = run(tool("qwen35-synth") + " -o " + synth + " --n-embd 128 --n-ff 256 --n-layer 2 --head-dim 64 --n-rot 32 " +
