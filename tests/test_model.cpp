@@ -11,6 +11,8 @@
 #include <thread>
 #include <vector>
 
+#include "gguf.h"
+#include "gguf_writer.h"
 #include "qwen35/qwen35.h"
 #include "test_util.h"
 
@@ -23,7 +25,7 @@ struct Model {
   explicit Model(const std::string& path, qwen35_device dev = QWEN35_DEVICE_CPU) {
     qwen35_model_params p = qwen35_model_default_params();
     p.device = dev;
-    REQUIRE_MESSAGE(qwen35_model_load(path.c_str(), &p, &m) == QWEN35_OK, qwen35_errmsg());
+    REQUIRE_MESSAGE(qwen35_model_load(path.c_str(), &p, &m) == QWEN35_OK, std::string(qwen35_errmsg()));
   }
   ~Model() { qwen35_model_free(m); }
 };
@@ -307,4 +309,92 @@ TEST_CASE("other shapes and mixed weight types: batch, step and reference agree"
     }
     CHECK(worst < 0.25);
   }
+}
+
+namespace {
+
+// Copy a GGUF file, adding single-value F32 tensors `X.scale` (spec §3.6).
+void write_with_scales(const std::string& src, const std::string& dst,
+                       const std::vector<std::pair<std::string, float>>& scales) {
+  std::unique_ptr<qwen35::GgufFile> f;
+  REQUIRE(qwen35::GgufFile::Open(src, true, &f).ok());
+  qwen35::GgufWriter w;
+  for (const auto& kv : f->kvs()) w.copy_kv(*f, kv);
+  for (const auto& t : f->tensors()) {
+    std::vector<int64_t> ne(t.ne, t.ne + t.n_dims);
+    const uint8_t* data = t.data;
+    w.add_tensor(std::string(t.name), t.type, ne, [data](uint8_t* out, uint64_t n) { std::memcpy(out, data, n); });
+  }
+  for (const auto& [name, v] : scales)
+    w.add_tensor(name, qwen35::GGML_F32, {1}, [v](uint8_t* out, uint64_t) { std::memcpy(out, &v, 4); });
+  REQUIRE(w.write(dst).ok());
+}
+
+std::vector<float> all_logits(qwen35_model* m, bool reference, const std::vector<int32_t>& s) {
+  Ctx c(m, reference, 128);
+  REQUIRE(qwen35_context_decode(c.c, s.data(), int32_t(s.size()), QWEN35_LOGITS_ALL) == QWEN35_OK);
+  const size_t V = size_t(qwen35_model_n_vocab(m));
+  std::vector<float> out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const float* l = qwen35_context_logits(c.c, int32_t(i));
+    out.insert(out.end(), l, l + V);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("NVFP4 per-tensor .scale tensors multiply the product's output (spec 3.6), on every path") {
+  qwen35::SynthConfig c;
+  c.n_embd = 128; c.n_ff = 256; c.n_layer = 4; c.head_dim = 64; c.n_rot = 32; c.sections = {6, 5, 5, 0};
+  c.ssm_state = 32; c.ssm_dv = 32; c.n_mtp = 0; c.n_vocab = 600; c.seed = 13;
+  c.untied = true; c.output_type = qwen35::GGML_NVFP4;  // an NVFP4 LM head: its scale scales the logits
+  const std::string plain = synth_model("scale-plain-4l", c);
+  std::vector<int32_t> s;
+  for (int i = 0; i < 24; ++i) s.push_back((i * 53 + 5) % 580);
+  Model a(plain);
+  const std::vector<float> ref_a = all_logits(a.m, true, s), fast_a = all_logits(a.m, false, s);
+
+  // output.scale = 2: exactly twice the logits (a power of two), both paths.
+  const std::string doubled = tmp_path("scale-output.gguf");
+  write_with_scales(plain, doubled, {{"output.scale", 2.0f}});
+  Model b(doubled);
+  const std::vector<float> ref_b = all_logits(b.m, true, s), fast_b = all_logits(b.m, false, s);
+  bool exact_ref = true, exact_fast = true;
+  for (size_t i = 0; i < ref_a.size(); ++i) {
+    exact_ref = exact_ref && ref_b[i] == 2.0f * ref_a[i];
+    exact_fast = exact_fast && fast_b[i] == 2.0f * fast_a[i];
+  }
+  CHECK(exact_ref);
+  CHECK(exact_fast);
+
+  // Scales inside the layers change the result; fast and reference agree.
+  const std::string inner = tmp_path("scale-inner.gguf");
+  write_with_scales(plain, inner, {{"blk.0.ffn_down.scale", 0.75f}, {"blk.1.ffn_up.scale", 1.5f},
+                                   {"blk.3.attn_output.scale", 0.5f}});
+  Model d(inner);
+  const std::vector<float> ref_d = all_logits(d.m, true, s), fast_d = all_logits(d.m, false, s);
+  CHECK(rel_err(ref_d.data(), ref_a.data(), ref_a.size()) > 1e-3);
+  CHECK(rel_err(fast_d.data(), ref_d.data(), ref_d.size()) < 0.08);
+
+  // A scale that is not one F32 value is refused.
+  const std::string bad = tmp_path("scale-bad.gguf");
+  {
+    std::unique_ptr<qwen35::GgufFile> f;
+    REQUIRE(qwen35::GgufFile::Open(plain, true, &f).ok());
+    qwen35::GgufWriter w;
+    for (const auto& kv : f->kvs()) w.copy_kv(*f, kv);
+    for (const auto& t : f->tensors()) {
+      const uint8_t* data = t.data;
+      w.add_tensor(std::string(t.name), t.type, std::vector<int64_t>(t.ne, t.ne + t.n_dims),
+                   [data](uint8_t* out, uint64_t n) { std::memcpy(out, data, n); });
+    }
+    w.add_tensor("output.scale", qwen35::GGML_F32, {2}, [](uint8_t* out, uint64_t n) { std::memset(out, 0, n); });
+    REQUIRE(w.write(bad).ok());
+  }
+  qwen35_model* m = nullptr;
+  qwen35_model_params p = qwen35_model_default_params();
+  p.device = QWEN35_DEVICE_CPU;
+  CHECK(qwen35_model_load(bad.c_str(), &p, &m) == QWEN35_ERR_FORMAT);
+  CHECK(std::string(qwen35_errmsg()).find("output.scale") != std::string::npos);
 }
