@@ -6,8 +6,30 @@
 #include <memory>
 #include <new>
 
-#define STBI_NO_STDIO
+// stb_image (Debian libstb-dev) is compiled here, as static functions: a
+// static libqwen35 must not define global stbi_* symbols that could clash
+// with an embedder's own copy. Only the formats the API documents.
+#define STB_IMAGE_STATIC
+#define STB_IMAGE_IMPLEMENTATION
+#define STBI_ONLY_PNG
+#define STBI_ONLY_JPEG
+#define STBI_ONLY_BMP
+#define STBI_ONLY_PNM
+#define STBI_NO_STDIO          // we read files ourselves (clear I/O errors)
+#define STBI_NO_LINEAR         // no float (HDR) paths
+#define STBI_NO_HDR
+#define STBI_MAX_DIMENSIONS 32768  // = kMaxImageSide; a second line of defence
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wall"
+#pragma GCC diagnostic ignored "-Wextra"
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wconversion"
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wimplicit-fallthrough"
+#pragma GCC diagnostic ignored "-Wshadow"
 #include <stb/stb_image.h>
+#pragma GCC diagnostic pop
 
 namespace qwen35::vision {
 
