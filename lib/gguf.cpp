@@ -177,7 +177,7 @@ Status GgufFile::Parse() {
   if (version_ == 0x03000000u || version_ == 0x02000000u)
     return Error(QWEN35_ERR_UNSUPPORTED, "big-endian GGUF files are not supported");
   if (version_ != 3 && version_ != 2)
-    return Error(QWEN35_ERR_UNSUPPORTED, "GGUF version {} is not supported (need 3)", version_);
+    return Error(QWEN35_ERR_UNSUPPORTED, "GGUF version {} is not supported (versions 2 and 3 are read)", version_);
 
   int64_t n_tensors = 0, n_kv = 0;
   if (!r.get(&n_tensors)) return Truncated("tensor count", 8);

@@ -229,9 +229,16 @@ Status WriteSynthModel(const SynthConfig& cfg, const std::string& path) {
   const int64_t Dh = cfg.head_dim, qd = int64_t(cfg.n_head) * Dh, kvd = int64_t(cfg.n_head_kv) * Dh;
   const int64_t Cqk = int64_t(cfg.ssm_heads_k) * cfg.ssm_state, Cv = int64_t(cfg.ssm_heads_v) * cfg.ssm_dv;
   const int64_t Cconv = 2 * Cqk + Cv;
-  if (D <= 0 || V <= 0 || F <= 0 || cfg.n_layer <= 0 || cfg.n_head <= 0 || cfg.n_head_kv <= 0 ||
-      cfg.n_head % cfg.n_head_kv || cfg.ssm_heads_v % cfg.ssm_heads_k || cfg.n_rot > Dh || cfg.n_rot % 2)
-    return Error(QWEN35_ERR_INVALID_ARG, "inconsistent model dimensions");
+  if (D <= 0 || V <= 0 || F <= 0 || cfg.n_layer <= 0 || cfg.n_head <= 0 || cfg.n_head_kv <= 0)
+    return Error(QWEN35_ERR_INVALID_ARG, "model dimensions must be positive (n_embd {}, n_vocab {}, n_ff {}, n_layer {}, "
+                 "n_head {}, n_head_kv {})", D, V, F, cfg.n_layer, cfg.n_head, cfg.n_head_kv);
+  if (cfg.n_head % cfg.n_head_kv)
+    return Error(QWEN35_ERR_INVALID_ARG, "n_head {} is not a multiple of n_head_kv {}", cfg.n_head, cfg.n_head_kv);
+  if (cfg.ssm_heads_k <= 0 || cfg.ssm_heads_v % cfg.ssm_heads_k)
+    return Error(QWEN35_ERR_INVALID_ARG, "ssm value heads {} are not a multiple of ssm key heads {}", cfg.ssm_heads_v,
+                 cfg.ssm_heads_k);
+  if (cfg.n_rot > Dh || cfg.n_rot % 2)
+    return Error(QWEN35_ERR_INVALID_ARG, "n_rot {} must be even and at most head_dim {}", cfg.n_rot, Dh);
   if (cfg.mtp_mirror && cfg.n_mtp != 1) return Error(QWEN35_ERR_INVALID_ARG, "--mtp-mirror needs an MTP layer");
   // The default M-RoPE split (11, 11, 10, 0 for 32 pairs) is rescaled to the
   // rotary pairs of other shapes (t, h, w about a third each); sections
