@@ -493,9 +493,9 @@ typedef enum qwen35_vision_preprocess {
 } qwen35_vision_preprocess;
 
 typedef enum qwen35_vision_pos_interp {
-    QWEN35_VISION_POS_INTERP_PRESET             = 0,
-    QWEN35_VISION_POS_INTERP_ALIGN_CORNERS      = 1,  /* REF: align-corners bilinear */
-    QWEN35_VISION_POS_INTERP_HALF_PIXEL_ANTIALIAS = 2 /* LC: half-pixel bilinear with antialiasing */
+    QWEN35_VISION_POS_INTERP_PRESET               = 0,
+    QWEN35_VISION_POS_INTERP_ALIGN_CORNERS        = 1,  /* REF: align-corners bilinear */
+    QWEN35_VISION_POS_INTERP_HALF_PIXEL_ANTIALIAS = 2   /* LC: half-pixel bilinear with antialiasing */
 } qwen35_vision_pos_interp;
 
 typedef enum qwen35_vision_gelu {
@@ -514,7 +514,9 @@ typedef struct qwen35_mmproj_params {
                                    the merger (spec vision.md section 8) */
     qwen35_device device;       /* default AUTO (follows the model) */
     /* Individual switches (fields added after `device`; a caller built against
-     * an older header gets the preset for all of them). Default: 0 each. */
+     * an older header gets the preset for all of them). Default: 0 each.
+     * qwen35_mmproj_load refuses (QWEN35_ERR_INVALID_ARG) an unknown switch
+     * value, a negative token bound and bounds that leave no valid size. */
     qwen35_vision_preprocess preprocess;  /* image preprocessing: smart-resize rounding, resize filter,
                                              letterbox and default token bounds (spec sections 3.2-3.3) */
     qwen35_vision_pos_interp pos_interp;  /* learned position table resampled to the patch grid (section 4.2) */
