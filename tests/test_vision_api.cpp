@@ -267,7 +267,7 @@ TEST_CASE("C API vision switches: bad values are refused at load, older structs 
   REQUIRE(try_load(p, &proj) == QWEN35_OK);
   qwen35_mmproj_free(proj);
   p = params(false);
-  p.pos_interp = qwen35_vision_pos_interp(3);
+  p.pos_interp = qwen35_vision_pos_interp(3);  // (3 is within the enum's value range: no UB)
   CHECK(try_load(p, &proj) == QWEN35_ERR_INVALID_ARG);
   CHECK(std::string(qwen35_errmsg()).find("pos_interp") != std::string::npos);
   p = params(false);

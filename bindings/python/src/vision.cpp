@@ -1,6 +1,9 @@
 // _qwen35: vision projector (mmproj), images and image embeddings.
 #include <pybind11/stl.h>
 
+#include <string>
+#include <utility>
+
 #include "common.h"
 
 namespace qwen35py {
@@ -34,7 +37,10 @@ MmprojPtr load_mmproj(const std::string& path, const py::object& model, int n_th
   p.use_mmap = use_mmap;
   p.llamacpp_compat = llamacpp_compat;
   p.device = qwen35_device(device);
-  // Out-of-range switch values are refused by qwen35_mmproj_load.
+  // Checked here: an int outside an enum's values must not be cast to it.
+  for (const auto& [name, v] : {std::pair<const char*, int>{"preprocess", preprocess}, {"pos_interp", pos_interp},
+                                {"merger_gelu", merger_gelu}})
+    if (v < 0 || v > 2) raise_status(QWEN35_ERR_INVALID_ARG, std::string("bad ") + name + " " + std::to_string(v));
   p.preprocess = qwen35_vision_preprocess(preprocess);
   p.pos_interp = qwen35_vision_pos_interp(pos_interp);
   p.merger_gelu = qwen35_vision_gelu(merger_gelu);
