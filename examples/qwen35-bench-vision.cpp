@@ -24,11 +24,12 @@
 using namespace qwen35;
 using namespace qwen35::vision;
 
-static int usage() {
-  std::fprintf(stderr,
+static int usage(int code = 2) {
+  // --help: the text on stdout and exit 0; a usage error: stderr and exit 2.
+  std::fprintf(code == 0 ? stdout : stderr,
                "usage: qwen35-bench-vision [--mmproj FILE] [--synth-path FILE] [--width W --height H] [-t N]\n"
                "                           [--reps N] [--profile lc|ref] [--kernel avx512|avx2|generic]\n");
-  return 2;
+  return code;
 }
 
 // Multiply-adds x 2 of the encoder for a gh x gw patch grid (spec §6.1).
@@ -58,7 +59,11 @@ int main(int argc, char** argv) {
     else if (a == "--reps") reps = std::max(1, std::atoi(val()));
     else if (a == "--profile") profile = val();
     else if (a == "--kernel") kernel = val();
-    else return usage();
+    else if (a == "-h" || a == "--help") return usage(0);
+    else {
+      std::fprintf(stderr, "qwen35-bench-vision: unknown argument '%s'\n", a.c_str());
+      return usage();
+    }
   }
   if (!kernel.empty() && !select_gemm_kernel(kernel)) {
     std::fprintf(stderr, "qwen35-bench-vision: this CPU cannot run the '%s' kernel\n", kernel.c_str());

@@ -67,11 +67,12 @@ struct Options {
   qwen35_device device = QWEN35_DEVICE_AUTO;
 };
 
-int usage() {
-  std::fprintf(stderr,
+int usage(int code = 2) {
+  // --help: the text on stdout and exit 0; a usage error: stderr and exit 2.
+  std::fprintf(code == 0 ? stdout : stderr,
                "usage: qwen35-bench -m MODEL [-p N] [-n N] [-t N] [-r N] [--mtp on|off]\n"
                "                    [--device auto|cpu|cuda] [--ctx N] [--json]\n");
-  return 2;
+  return code;
 }
 
 bool parse_args(int argc, char** argv, Options* o) {
@@ -98,6 +99,7 @@ bool parse_args(int argc, char** argv, Options* o) {
     else if (a == "-r" || a == "--reps") ok = number(&o->reps, 1);
     else if (a == "--ctx") ok = number(&o->n_ctx, 1);
     else if (a == "--json") o->json = true;
+    else if (a == "-h" || a == "--help") std::exit(usage(0));
     else if (a == "--mtp") {
       const char* v = value();
       ok = v && (std::strcmp(v, "on") == 0 || std::strcmp(v, "off") == 0);

@@ -42,6 +42,10 @@ const char* kUsage =
     "      --mtp on|off        MTP speculative decoding (default on when the model has it)\n"
     "      --mmproj FILE       vision projector GGUF\n"
     "      --image FILE        image for the (first) user message (repeatable; needs --mmproj)\n"
+    "      --vision-profile P  ref | lc: vision preprocessing and encoder like transformers (ref, default)\n"
+    "                          or llama.cpp (lc): token bounds, resize, position table, merger GELU\n"
+    "      --image-min-tokens N fewest tokens an image is resized to (default ref 64, lc 8)\n"
+    "      --image-max-tokens N most tokens an image is resized to (default ref 16384, lc 4096)\n"
     "      --timings           print prompt/generation speed and MTP stats to stderr\n"
     "  -v, --verbose           library log messages to stderr\n"
     "  -h, --help              this help\n";
@@ -59,6 +63,8 @@ struct Args {
   qwen35_device device = QWEN35_DEVICE_AUTO;
   int ngl = -1;
   int mtp = -1;
+  bool vision_lc = false;                          // --vision-profile lc
+  int image_min_tokens = 0, image_max_tokens = 0;  // 0: the profile's default
 };
 
 [[noreturn]] void die(const std::string& msg) {
@@ -119,6 +125,13 @@ bool parse_args(int argc, char** argv, Args* a) {
       else die("--mtp must be on or off");
     } else if (s == "--mmproj") a->mmproj = val();
     else if (s == "--image") a->images.push_back(val());
+    else if (s == "--vision-profile") {
+      const std::string v = val();
+      if (v == "lc") a->vision_lc = true;
+      else if (v == "ref") a->vision_lc = false;
+      else die("--vision-profile must be lc or ref");
+    } else if (s == "--image-min-tokens") a->image_min_tokens = int(num());
+    else if (s == "--image-max-tokens") a->image_max_tokens = int(num());
     else if (s == "--timings") a->timings = true;
     else if (s == "-v" || s == "--verbose") a->verbose = true;
     else if (s == "-h" || s == "--help") {
@@ -128,6 +141,7 @@ bool parse_args(int argc, char** argv, Args* a) {
   }
   if (a->ctx < 0) die("--ctx-size must be >= 0");
   if (a->threads < 0) die("--threads must be >= 0");
+  if (a->image_min_tokens < 0 || a->image_max_tokens < 0) die("--image-min-tokens/--image-max-tokens must be >= 0");
   if (!a->images.empty() && a->mmproj.empty()) die("--image needs --mmproj");
   if (a->raw && a->prompt.empty()) die("--raw needs -p");
   return true;
@@ -323,7 +337,12 @@ int main(int argc, char** argv) {
   if (qwen35_sampler_create(s.model, &sp, &s.sampler) != QWEN35_OK) die(qwen35_errmsg());
 
   if (!a.mmproj.empty()) {
-    if (qwen35_mmproj_load(a.mmproj.c_str(), s.model, nullptr, &s.mmproj) != QWEN35_OK) die(qwen35_errmsg());
+    qwen35_mmproj_params vp = qwen35_mmproj_default_params();
+    vp.llamacpp_compat = a.vision_lc;
+    vp.image_min_tokens = a.image_min_tokens;
+    vp.image_max_tokens = a.image_max_tokens;
+    if (a.threads > 0) vp.n_threads = a.threads;
+    if (qwen35_mmproj_load(a.mmproj.c_str(), s.model, &vp, &s.mmproj) != QWEN35_OK) die(qwen35_errmsg());
     for (const auto& path : a.images) {
       qwen35_image* img = nullptr;
       if (qwen35_image_load_file(path.c_str(), &img) != QWEN35_OK) die(qwen35_errmsg());

@@ -28,12 +28,13 @@
 using namespace qwen35;
 using namespace qwen35::vision;
 
-static int usage() {
-  std::fprintf(stderr,
+static int usage(int code = 2) {
+  // --help: the text on stdout and exit 0; a usage error: stderr and exit 2.
+  std::fprintf(code == 0 ? stdout : stderr,
                "usage: qwen35-embed-image --mmproj FILE --image FILE -o OUT [--profile lc|ref] [-t N] [--time]\n"
                "                          [--image-min-tokens N] [--image-max-tokens N] [--reference]\n"
                "       qwen35-embed-image --synth-mmproj OUT.gguf [--synth-preset 4b|tiny] [--seed N]\n");
-  return 2;
+  return code;
 }
 
 static std::string base_name(const std::string& p) {
@@ -135,7 +136,7 @@ int main(int argc, char** argv) {
     else if (a == "--synth-mmproj") synth_out = val();
     else if (a == "--synth-preset") synth_preset = val();
     else if (a == "--seed") seed = std::strtoull(val(), nullptr, 10);
-    else if (a == "-h" || a == "--help") return usage();
+    else if (a == "-h" || a == "--help") return usage(0);
     else {
       std::fprintf(stderr, "qwen35-embed-image: unknown argument '%s'\n", a.c_str());
       return usage();

@@ -18,11 +18,12 @@
 
 #include "qwen35/qwen35.h"
 
-static int usage() {
-  std::fprintf(stderr,
+static int usage(int code = 2) {
+  // --help: the text on stdout and exit 0; a usage error: stderr and exit 2.
+  std::fprintf(code == 0 ? stdout : stderr,
                "usage: qwen35-logits -m MODEL --tokens FILE -o OUT [--step] [--reference] [--mtp]\n"
                "                     [-t THREADS] [--device auto|cpu|cuda]\n");
-  return 2;
+  return code;
 }
 
 static int fail(const char* what) {
@@ -57,7 +58,7 @@ int main(int argc, char** argv) {
       else if (d == "cuda") device = QWEN35_DEVICE_CUDA;
       else if (d == "auto") device = QWEN35_DEVICE_AUTO;
       else return usage();
-    } else if (a == "-h" || a == "--help") return usage();
+    } else if (a == "-h" || a == "--help") return usage(0);
     else {
       std::fprintf(stderr, "qwen35-logits: unknown argument '%s'\n", a.c_str());
       return usage();

@@ -20,8 +20,9 @@
 
 using namespace qwen35;
 
-static int usage() {
-  std::fprintf(stderr,
+static int usage(int code = 2) {
+  // --help: the text on stdout and exit 0; a usage error: stderr and exit 2.
+  std::fprintf(code == 0 ? stdout : stderr,
                "usage: qwen35-synth -o FILE [--preset 4b|tiny] [--seed N] [--no-mtp] [dims...]\n"
                "  dims:  --n-vocab --n-embd --n-layer --n-ff --n-head --n-head-kv --head-dim --n-rot\n"
                "         --ssm-state --ssm-heads-k --ssm-heads-v --ssm-dv --ssm-conv --attn-interval --ctx\n"
@@ -29,7 +30,7 @@ static int usage() {
                "  types: --type T --embd-type T --untied --output-type T --mixed\n"
                "         (T: F32 F16 BF16 Q8_0 Q4_K Q6_K NVFP4 MXFP4)\n"
                "  other: --mtp-mirror --vocab-from GGUF -t THREADS\n");
-  return 2;
+  return code;
 }
 
 static bool parse_type(const char* s, uint32_t* t) {
@@ -118,7 +119,7 @@ int main(int argc, char** argv) {
     else if (a == "--mtp-mirror") cfg.mtp_mirror = true;
     else if (a == "--vocab-from") cfg.vocab_from = val();
     else if (a == "-t") cfg.n_threads = num();
-    else if (a == "-h" || a == "--help") return usage();
+    else if (a == "-h" || a == "--help") return usage(0);
     else {
       std::fprintf(stderr, "qwen35-synth: unknown argument '%s'\n", a.c_str());
       return usage();

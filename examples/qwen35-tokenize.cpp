@@ -29,11 +29,12 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-int usage() {
-  std::fprintf(stderr,
+int usage(int code = 2) {
+  // --help: the text on stdout and exit 0; a usage error: stderr and exit 2.
+  std::fprintf(code == 0 ? stdout : stderr,
                "usage: qwen35-tokenize -m MODEL (--in CASES.bin | -p TEXT | --bench FILE)\n"
                "                       [--no-special] [--add-special] [--seconds S]\n");
-  return 2;
+  return code;
 }
 
 int fail(const char* what) {
@@ -130,7 +131,7 @@ int main(int argc, char** argv) {
     } else if (a == "--no-special") parse_special = false;
     else if (a == "--add-special") add_special = true;
     else if (a == "--seconds") seconds = std::atof(next("--seconds"));
-    else if (a == "-h" || a == "--help") return usage();
+    else if (a == "-h" || a == "--help") return usage(0);
     else {
       std::fprintf(stderr, "qwen35-tokenize: unknown argument '%s'\n", a.c_str());
       return usage();

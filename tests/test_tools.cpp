@@ -125,6 +125,62 @@ TEST_CASE("qwen35-cli with an image") {
   CHECK(r.out.find("[timings]") != std::string::npos);
 }
 
+// "prompt N tokens" of qwen35-cli --timings (-1 when absent).
+int timings_prompt_tokens(const std::string& out) {
+  const size_t k = out.find("[timings] prompt ");
+  return k == std::string::npos ? -1 : std::atoi(out.c_str() + k + 17);
+}
+
+TEST_CASE("qwen35-cli --vision-profile and the image token bounds") {
+  const std::string base = tool("qwen35-cli") + " -m " + fixture("models/tiny-a-f32.gguf") + " --mmproj " +
+                           fixture("vision/tiny-vis.mmproj.gguf") + " --image " + fixture("vision/sq128.png") +
+                           " -p 'What is in the picture?' -n 1 --no-think --timings -t 1";
+  // sq128 is 16 tokens as it is; REF (the default) upscales it to its
+  // 64-token minimum, LC keeps it.
+  Result def = run(base), ref = run(base + " --vision-profile ref"), lc = run(base + " --vision-profile lc");
+  REQUIRE_MESSAGE(def.code == 0, def.out);
+  REQUIRE_MESSAGE(ref.code == 0, ref.out);
+  REQUIRE_MESSAGE(lc.code == 0, lc.out);
+  const int n_def = timings_prompt_tokens(def.out), n_ref = timings_prompt_tokens(ref.out),
+            n_lc = timings_prompt_tokens(lc.out);
+  CHECK(n_def == n_ref);
+  CHECK(n_ref - n_lc >= 48);
+  Result ref8 = run(base + " --vision-profile ref --image-min-tokens 8");
+  CHECK_MESSAGE(ref8.code == 0, ref8.out);
+  CHECK(timings_prompt_tokens(ref8.out) == n_lc);
+  Result lc12 = run(base + " --vision-profile lc --image-max-tokens 12");  // 128x128 -> 96x96, 9 tokens
+  CHECK_MESSAGE(lc12.code == 0, lc12.out);
+  CHECK(timings_prompt_tokens(lc12.out) == n_lc - 7);
+  Result lc32 = run(base + " --vision-profile lc --image-min-tokens 32");
+  CHECK_MESSAGE(lc32.code == 0, lc32.out);
+  CHECK(timings_prompt_tokens(lc32.out) >= n_lc + 16);
+
+  Result bad = run(base + " --vision-profile hf");
+  CHECK(bad.code != 0);
+  CHECK(bad.out.find("--vision-profile must be lc or ref") != std::string::npos);
+  bad = run(base + " --image-min-tokens 100 --image-max-tokens 50");
+  CHECK(bad.code != 0);
+  CHECK(bad.out.find("[100, 50]") != std::string::npos);
+  bad = run(base + " --image-max-tokens -3");
+  CHECK(bad.code != 0);
+}
+
+TEST_CASE("every tool's --help exits 0 with its usage on stdout; an unknown argument fails") {
+  for (const char* name : {"qwen35-cli", "qwen35-logits", "qwen35-tokenize", "qwen35-synth", "qwen35-bench",
+                           "qwen35-embed-image", "qwen35-bench-vision"}) {
+    CAPTURE(name);
+    for (const char* flag : {"--help", "-h"}) {
+      CAPTURE(flag);
+      Result r = run("(" + tool(name) + " " + flag + " 2>/dev/null)");  // stdout only
+      CHECK(r.code == 0);
+      CHECK(r.out.find("usage: " + std::string(name)) != std::string::npos);
+    }
+    Result bad = run(tool(name) + " --no-such-flag");
+    CHECK(bad.code != 0);
+    CHECK(bad.code != 127);  // (the shell's "command not found")
+  }
+}
+
 TEST_CASE("qwen35-logits reproduces the fixture format and qwen35-synth writes loadable files") {
   const std::string out = tmp_path("logits-out");
   Result r = run(tool("qwen35-logits") + " -m " + fixture("models/tiny-m-nvfp4.gguf") + " --tokens " +

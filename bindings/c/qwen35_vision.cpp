@@ -11,6 +11,51 @@
 using namespace qwen35;
 using namespace qwen35::vision;
 
+namespace {
+
+// The encoder switches of the params: the llamacpp_compat preset, then each
+// switch that is not 0 ("as the preset says") overrides its item.
+Status options_from_params(const qwen35_mmproj_params& p, VisionOptions* out) {
+  VisionOptions o = VisionOptions::ForProfile(p.llamacpp_compat ? Profile::LlamaCpp : Profile::Ref);
+  switch (p.preprocess) {
+    case QWEN35_VISION_PREPROCESS_PRESET: break;
+    case QWEN35_VISION_PREPROCESS_REF: o.pre.profile = Profile::Ref; break;
+    case QWEN35_VISION_PREPROCESS_LC: o.pre.profile = Profile::LlamaCpp; break;
+    default: return Error(QWEN35_ERR_INVALID_ARG, "qwen35_mmproj_load: bad preprocess {}", int(p.preprocess));
+  }
+  switch (p.pos_interp) {
+    case QWEN35_VISION_POS_INTERP_PRESET: break;
+    case QWEN35_VISION_POS_INTERP_ALIGN_CORNERS: o.pos_interp = PosInterp::AlignCorners; break;
+    case QWEN35_VISION_POS_INTERP_HALF_PIXEL_ANTIALIAS: o.pos_interp = PosInterp::HalfPixelAntialias; break;
+    default: return Error(QWEN35_ERR_INVALID_ARG, "qwen35_mmproj_load: bad pos_interp {}", int(p.pos_interp));
+  }
+  switch (p.merger_gelu) {
+    case QWEN35_VISION_GELU_PRESET: break;
+    case QWEN35_VISION_GELU_ERF: o.merger_act = MergerAct::GeluErf; break;
+    case QWEN35_VISION_GELU_TANH: o.merger_act = MergerAct::GeluTanh; break;
+    default: return Error(QWEN35_ERR_INVALID_ARG, "qwen35_mmproj_load: bad merger_gelu {}", int(p.merger_gelu));
+  }
+  if (p.image_min_tokens < 0 || p.image_max_tokens < 0)
+    return Error(QWEN35_ERR_INVALID_ARG, "qwen35_mmproj_load: image_min_tokens {} / image_max_tokens {} must be >= 0",
+                 p.image_min_tokens, p.image_max_tokens);
+  o.pre.min_tokens = p.image_min_tokens;
+  o.pre.max_tokens = p.image_max_tokens;
+  // Check the bounds now (with the profile's defaults filled in) rather than
+  // on every encode.
+  int32_t tmin = 0, tmax = 0;
+  TokenBounds(o.pre, &tmin, &tmax);
+  if (tmax < tmin)
+    return Error(QWEN35_ERR_INVALID_ARG,
+                 "qwen35_mmproj_load: image token bounds [{}, {}] are empty (image_min_tokens {}, image_max_tokens {}; "
+                 "0 = the preprocessing profile's default)",
+                 tmin, tmax, p.image_min_tokens, p.image_max_tokens);
+  o.reference = p.reference;
+  *out = o;
+  return Status();
+}
+
+}  // namespace
+
 extern "C" {
 
 qwen35_mmproj_params qwen35_mmproj_default_params(void) {
@@ -21,6 +66,13 @@ qwen35_mmproj_params qwen35_mmproj_default_params(void) {
   p.n_threads = ThreadPool::default_threads();
   p.llamacpp_compat = false;
   p.device = QWEN35_DEVICE_AUTO;
+  // Every switch follows the llamacpp_compat preset.
+  p.preprocess = QWEN35_VISION_PREPROCESS_PRESET;
+  p.pos_interp = QWEN35_VISION_POS_INTERP_PRESET;
+  p.merger_gelu = QWEN35_VISION_GELU_PRESET;
+  p.image_min_tokens = 0;
+  p.image_max_tokens = 0;
+  p.reference = false;
   return p;
 }
 
@@ -36,13 +88,15 @@ qwen35_status qwen35_mmproj_load(const char* path, const qwen35_model* model, co
                      "qwen35_mmproj_load: this build has no CUDA vision encoder (use QWEN35_DEVICE_AUTO or CPU)");
   if (p.device != QWEN35_DEVICE_AUTO && p.device != QWEN35_DEVICE_CPU)
     return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_mmproj_load: bad device");
+  VisionOptions opt;
+  if (Status st = options_from_params(p, &opt); !st.ok()) return set_error(st);
   const Logger log = model ? model->m->log : default_logger();
   std::unique_ptr<qwen35_mmproj> h(new (std::nothrow) qwen35_mmproj());
   if (!h) return set_error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory");
   Status st = guarded("loading the mmproj", [&] { return LoadMmproj(path, p.use_mmap, log, &h->mp); });
   if (st.ok() && model) st = CheckMmprojFitsModel(*h->mp, *model->m).prefix(std::string("'") + path + "': ");
   if (!st.ok()) return set_error(st);
-  h->opt = VisionOptions::ForProfile(p.llamacpp_compat ? Profile::LlamaCpp : Profile::Ref);
+  h->opt = opt;
   h->n_threads = p.n_threads > 0 ? p.n_threads : ThreadPool::default_threads();
   log.info("{}", h->mp->desc);
   *out = h.release();

@@ -482,14 +482,53 @@ QWEN35_API qwen35_status qwen35_chat_generate(qwen35_context * ctx, qwen35_sampl
 typedef struct qwen35_mmproj qwen35_mmproj;
 typedef struct qwen35_image  qwen35_image;
 
+/* The items where llama.cpp (LC) and the transformers reference (REF) differ
+ * (spec vision.md section 8), one switch each. Every switch's 0 value means
+ * "as the preset says": the preset is qwen35_mmproj_params.llamacpp_compat
+ * (false: REF, true: LC), so setting only llamacpp_compat selects the whole
+ * profile and setting a switch overrides just that item. */
+typedef enum qwen35_vision_preprocess {
+    QWEN35_VISION_PREPROCESS_PRESET = 0,
+    QWEN35_VISION_PREPROCESS_REF    = 1,  /* float64 smart resize with halves to even, PIL bicubic
+                                             (antialiased) stretch; default token bounds 64..16384 */
+    QWEN35_VISION_PREPROCESS_LC     = 2   /* float32 smart resize with halves away from zero, align-corners
+                                             bilinear fit + centred black letterbox; default bounds 8..4096 */
+} qwen35_vision_preprocess;
+
+typedef enum qwen35_vision_pos_interp {
+    QWEN35_VISION_POS_INTERP_PRESET               = 0,
+    QWEN35_VISION_POS_INTERP_ALIGN_CORNERS        = 1,  /* REF: align-corners bilinear */
+    QWEN35_VISION_POS_INTERP_HALF_PIXEL_ANTIALIAS = 2   /* LC: half-pixel bilinear with antialiasing */
+} qwen35_vision_pos_interp;
+
+typedef enum qwen35_vision_gelu {
+    QWEN35_VISION_GELU_PRESET = 0,
+    QWEN35_VISION_GELU_ERF    = 1,  /* REF: exact (erf) GELU */
+    QWEN35_VISION_GELU_TANH   = 2   /* LC: tanh approximation */
+} qwen35_vision_gelu;
+
 typedef struct qwen35_mmproj_params {
     size_t struct_size;         /* = sizeof(qwen35_mmproj_params) */
     bool   use_mmap;            /* default true */
     int    n_threads;           /* encoder CPU threads (default: physical cores) */
-    bool   llamacpp_compat;     /* behave like llama.cpp (May 2026) instead of the transformers reference (default false):
-                                   8..4096 tokens, bilinear resize + letterbox, half-pixel antialiased position-table
-                                   interpolation, tanh GELU in the merger (spec vision.md section 8) */
+    bool   llamacpp_compat;     /* the preset of the switches below: behave like llama.cpp (May 2026) instead of
+                                   the transformers reference (default false): 8..4096 tokens, bilinear resize +
+                                   letterbox, half-pixel antialiased position-table interpolation, tanh GELU in
+                                   the merger (spec vision.md section 8) */
     qwen35_device device;       /* default AUTO (follows the model) */
+    /* Individual switches (fields added after `device`; a caller built against
+     * an older header gets the preset for all of them). Default: 0 each.
+     * qwen35_mmproj_load refuses (QWEN35_ERR_INVALID_ARG) an unknown switch
+     * value, a negative token bound and bounds that leave no valid size. */
+    qwen35_vision_preprocess preprocess;  /* image preprocessing: smart-resize rounding, resize filter,
+                                             letterbox and default token bounds (spec sections 3.2-3.3) */
+    qwen35_vision_pos_interp pos_interp;  /* learned position table resampled to the patch grid (section 4.2) */
+    qwen35_vision_gelu merger_gelu;       /* activation between the merger's two linear layers (section 4.5);
+                                             the ViT MLP uses the tanh GELU in both profiles */
+    int32_t image_min_tokens;   /* fewest merged tokens an image is resized to (0 = the preprocessing
+                                   profile's default: REF 64, LC 8) */
+    int32_t image_max_tokens;   /* most merged tokens an image is resized to (0 = REF 16384, LC 4096) */
+    bool   reference;           /* run the slow plain-loop float encoder (oracle for tests; default false) */
 } qwen35_mmproj_params;
 
 QWEN35_API qwen35_mmproj_params qwen35_mmproj_default_params(void);

@@ -16,6 +16,8 @@
 
 #include "context.h"
 #include "generate.h"
+#include "gguf.h"
+#include "gguf_writer.h"
 #include "sampler.h"
 #include "gpu_test_util.h"
 #include "model.h"
@@ -714,4 +716,70 @@ TEST_CASE("CUDA: decode with the fused attention kernel agrees with the three ke
   // Equal formulas; a different contraction of a*b+c can flip an F16
   // rounding in the cache or in a decode kernel's activations.
   CHECK(worst < 2e-3);
+}
+
+TEST_CASE("CUDA: lazy MTP fill (drafting paused) leaves the same MTP cache as the eager fill") {
+  QWEN35_REQUIRE_GPU();
+  std::unique_ptr<qwen35::Model> model;
+  REQUIRE(qwen35::LoadModel(fixture("models/tiny-m-nvfp4.gguf"), {}, {}, &model).ok());
+  REQUIRE(qwen35::UploadModelToCuda(*model, 0, true).ok());
+  const int V = model->hp.n_vocab;
+  qwen35::ContextOptions o;
+  o.n_ctx = 128;
+  o.n_batch = 8;  // the backlog flushes itself every 8 rows
+  o.use_mtp = true;
+  std::vector<int32_t> toks;
+  for (int i = 0; i < 40; ++i) toks.push_back((i * 977 + 13) % V);
+  auto draft_of = [&](qwen35::Context& c, std::vector<float>* out) {
+    const float* dl = nullptr;
+    REQUIRE(c.mtp_draft(3, &dl).ok());
+    out->assign(dl, dl + V);
+  };
+  std::vector<float> want, got;
+  for (bool lazy : {false, true}) {
+    std::unique_ptr<qwen35::Context> c;
+    REQUIRE(qwen35::Context::Create(*model, o, &c).ok());
+    c->set_mtp_lazy(lazy);
+    REQUIRE(c->decode(toks.data(), 5, qwen35::LogitsMode::Last).ok());
+    for (int i = 5; i < 40; ++i) {
+      REQUIRE(c->decode(&toks[size_t(i)], 1, qwen35::LogitsMode::Last).ok());
+      if (i == 21) REQUIRE(c->checkpoint().ok());
+    }
+    draft_of(*c, lazy ? &got : &want);
+  }
+  // Batched MTP rows on the GPU round like a prefill, one-row ones like decode.
+  CHECK(rel_err(got.data(), want.data(), size_t(V)) < 2e-2);
+  CHECK(argmax(got.data(), size_t(V)) == argmax(want.data(), size_t(V)));
+}
+
+TEST_CASE("CUDA: NVFP4 per-tensor .scale tensors are applied like on the CPU") {
+  QWEN35_REQUIRE_GPU();
+  qwen35::SynthConfig c;
+  c.n_embd = 128; c.n_ff = 256; c.n_layer = 4; c.head_dim = 64; c.n_rot = 32; c.sections = {6, 5, 5, 0};
+  c.ssm_state = 32; c.ssm_dv = 32; c.n_mtp = 0; c.n_vocab = 600; c.seed = 13;
+  const std::string plain = synth_model("gpu-scale-plain", c);
+  // Copy with scales inside the layers (spec 3.6).
+  const std::string scaled = tmp_path("gpu-scale-inner.gguf");
+  {
+    std::unique_ptr<qwen35::GgufFile> f;
+    REQUIRE(qwen35::GgufFile::Open(plain, true, &f).ok());
+    qwen35::GgufWriter w;
+    for (const auto& kv : f->kvs()) w.copy_kv(*f, kv);
+    for (const auto& t : f->tensors()) {
+      const uint8_t* data = t.data;
+      w.add_tensor(std::string(t.name), t.type, std::vector<int64_t>(t.ne, t.ne + t.n_dims),
+                   [data](uint8_t* out, uint64_t n) { std::memcpy(out, data, n); });
+    }
+    for (const auto& [name, v] : std::vector<std::pair<std::string, float>>{
+             {"blk.0.ffn_down.scale", 0.75f}, {"blk.1.ffn_up.scale", 1.5f}, {"blk.3.attn_output.scale", 0.5f}})
+      w.add_tensor(name, qwen35::GGML_F32, {1}, [v = v](uint8_t* out, uint64_t) { std::memcpy(out, &v, 4); });
+    REQUIRE(w.write(scaled).ok());
+  }
+  Model gpu(scaled), cpu(scaled, QWEN35_DEVICE_CPU);
+  std::vector<int32_t> s;
+  for (int i = 0; i < 24; ++i) s.push_back((i * 53 + 5) % 580);
+  Ctx g(gpu.m, 128), r(cpu.m, 128, false, 512, true);
+  REQUIRE(qwen35_context_decode(g.c, s.data(), int32_t(s.size()), QWEN35_LOGITS_LAST) == QWEN35_OK);
+  REQUIRE(qwen35_context_decode(r.c, s.data(), int32_t(s.size()), QWEN35_LOGITS_LAST) == QWEN35_OK);
+  CHECK(rel_err(qwen35_context_logits(g.c, -1), qwen35_context_logits(r.c, -1), 600) < 0.08);
 }

@@ -19,7 +19,7 @@ import time
 import uuid
 
 from . import _chat, _qwen35
-from ._vision import ImageEncoder
+from ._vision import ImageEncoder, mmproj_options
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 
@@ -107,11 +107,20 @@ class Llama:
     (anything else, the default -1); use_mtp turns MTP speculative decoding
     on or off; images come from mmproj_path= or a chat_handler from
     qwen35.llama_chat_format.
+
+    The vision encoder follows the transformers reference by default;
+    mmproj_profile="lc" makes it behave like llama.cpp (spec vision.md
+    section 8), and mmproj_preprocess / mmproj_pos_interp /
+    mmproj_merger_gelu ("ref" or "lc") override single items of the profile.
+    image_min_tokens / image_max_tokens bound the tokens per image (None: the
+    profile's default; also taken from the chat handler, as in
+    llama-cpp-python's Qwen3VLChatHandler(..., image_max_tokens=...)).
     """
 
     def __init__(self, model_path, *, n_gpu_layers=-1, main_gpu=0, use_mmap=True, seed=LLAMA_DEFAULT_SEED,
                  n_ctx=512, n_batch=512, n_threads=None, use_mtp=True, mmproj_path=None, chat_handler=None,
-                 verbose=True, **kwargs):
+                 mmproj_profile=None, mmproj_preprocess=None, mmproj_pos_interp=None, mmproj_merger_gelu=None,
+                 image_min_tokens=None, image_max_tokens=None, verbose=True, **kwargs):
         self._ctx = None
         self._model = None
         self._images = None
@@ -126,6 +135,11 @@ class Llama:
         if n_ctx is None or int(n_ctx) < 0:
             raise _status_error(_qwen35.InvalidArgumentError, _qwen35.ERR_INVALID_ARG,
                                 f"n_ctx must be >= 0 (0: the trained context), got {n_ctx}")
+        # Checked before anything is loaded.
+        vision = mmproj_options(
+            mmproj_profile, mmproj_preprocess, mmproj_pos_interp, mmproj_merger_gelu,
+            image_min_tokens if image_min_tokens is not None else getattr(chat_handler, "image_min_tokens", None),
+            image_max_tokens if image_max_tokens is not None else getattr(chat_handler, "image_max_tokens", None))
         self.model_path = os.fspath(model_path)
         self.verbose = verbose
         self.n_batch = n_batch
@@ -149,7 +163,7 @@ class Llama:
                 raise ValueError("give either mmproj_path or a chat_handler, not both")
             mmproj_path = clip
         if mmproj_path is not None:
-            proj = _qwen35.Mmproj(os.fspath(mmproj_path), self._model, n_threads=n_threads or 0)
+            proj = _qwen35.Mmproj(os.fspath(mmproj_path), self._model, n_threads=n_threads or 0, **vision)
             self._images = ImageEncoder(proj)
         self.metadata = {k: self._model.meta(k) for k in self._model.meta_keys()}
 

@@ -14,13 +14,17 @@ import os
 
 
 class VisionChatHandler:
-    """Carries the path of a qwen35 vision projector GGUF (mmproj)."""
+    """Carries the path of a qwen35 vision projector GGUF (mmproj) and,
+    as llama-cpp-python's Qwen3VLChatHandler does, optional bounds on the
+    tokens per image (None or -1: the vision profile's default)."""
 
-    def __init__(self, clip_model_path, verbose=True, **kwargs):
+    def __init__(self, clip_model_path, verbose=True, image_min_tokens=None, image_max_tokens=None, **kwargs):
         if not isinstance(clip_model_path, (str, os.PathLike)):
             raise TypeError("clip_model_path must be a path")
         self.clip_model_path = os.fspath(clip_model_path)
         self.verbose = verbose
+        self.image_min_tokens = image_min_tokens
+        self.image_max_tokens = image_max_tokens
 
 
 # The names llama-cpp-python uses for its multimodal handlers; all of them

@@ -1,6 +1,9 @@
 // _qwen35: vision projector (mmproj), images and image embeddings.
 #include <pybind11/stl.h>
 
+#include <string>
+#include <utility>
+
 #include "common.h"
 
 namespace qwen35py {
@@ -20,7 +23,8 @@ void call_nogil(Fn fn) {
 }
 
 MmprojPtr load_mmproj(const std::string& path, const py::object& model, int n_threads, bool use_mmap,
-                      bool llamacpp_compat, int device) {
+                      bool llamacpp_compat, int device, int preprocess, int pos_interp, int merger_gelu,
+                      int image_min_tokens, int image_max_tokens, bool reference) {
   auto h = std::make_shared<MmprojHandle>();
   const qwen35_model* mdl = nullptr;
   if (!model.is_none()) {
@@ -33,6 +37,16 @@ MmprojPtr load_mmproj(const std::string& path, const py::object& model, int n_th
   p.use_mmap = use_mmap;
   p.llamacpp_compat = llamacpp_compat;
   p.device = qwen35_device(device);
+  // Checked here: an int outside an enum's values must not be cast to it.
+  for (const auto& [name, v] : {std::pair<const char*, int>{"preprocess", preprocess}, {"pos_interp", pos_interp},
+                                {"merger_gelu", merger_gelu}})
+    if (v < 0 || v > 2) raise_status(QWEN35_ERR_INVALID_ARG, std::string("bad ") + name + " " + std::to_string(v));
+  p.preprocess = qwen35_vision_preprocess(preprocess);
+  p.pos_interp = qwen35_vision_pos_interp(pos_interp);
+  p.merger_gelu = qwen35_vision_gelu(merger_gelu);
+  p.image_min_tokens = image_min_tokens;
+  p.image_max_tokens = image_max_tokens;
+  p.reference = reference;
   call_nogil([&] { return qwen35_mmproj_load(path.c_str(), mdl, &p, &h->mmproj); });
   return h;
 }
@@ -48,7 +62,13 @@ void bind_vision(py::module_& m) {
   py::class_<MmprojHandle, MmprojPtr>(m, "Mmproj", "Vision projector GGUF (qwen35_mmproj).")
       .def(py::init(&load_mmproj), py::arg("path"), py::arg("model") = py::none(), py::arg("n_threads") = 0,
            py::arg("use_mmap") = true, py::arg("llamacpp_compat") = false, py::arg("device") = int(QWEN35_DEVICE_AUTO),
-           "Load a projector; with a model, check that it fits it.")
+           py::arg("preprocess") = int(QWEN35_VISION_PREPROCESS_PRESET),
+           py::arg("pos_interp") = int(QWEN35_VISION_POS_INTERP_PRESET),
+           py::arg("merger_gelu") = int(QWEN35_VISION_GELU_PRESET), py::arg("image_min_tokens") = 0,
+           py::arg("image_max_tokens") = 0, py::arg("reference") = false,
+           "Load a projector; with a model, check that it fits it. llamacpp_compat picks the LC (True) or REF\n"
+           "(False) preset; the VISION_* switches (0 = as the preset says) and the token bounds (0 = the\n"
+           "preprocessing profile's default) override single items (qwen35_mmproj_params).")
       .def("close",
            [](MmprojHandle& h) {
              qwen35_mmproj_free(h.mmproj);
