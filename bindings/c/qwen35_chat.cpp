@@ -76,6 +76,65 @@ char* dup_string(const std::string& s) {
   return p;
 }
 
+void clear_delta(qwen35_reply_delta* d) {
+  if (!d) return;
+  d->reasoning_content = "";
+  d->reasoning_content_len = 0;
+  d->content = "";
+  d->content_len = 0;
+  d->tool_calls = nullptr;
+  d->n_tool_calls = 0;
+}
+
+// Point `out` at the delta the parser just produced.
+void expose_delta(qwen35_reply_parser* p, qwen35_reply_delta* out) {
+  const ChatReplyDelta& d = p->delta;
+  p->calls.clear();
+  for (const ChatReplyDelta::ToolCallDelta& tc : d.tool_calls) {
+    qwen35_tool_call_delta c;
+    c.index = int32_t(tc.index);
+    c.id = tc.id.empty() ? nullptr : tc.id.c_str();   // set exactly when the call is announced
+    c.name = tc.id.empty() ? nullptr : tc.name.c_str();
+    c.arguments = tc.arguments.c_str();
+    c.arguments_len = tc.arguments.size();
+    p->calls.push_back(c);
+  }
+  out->reasoning_content = d.reasoning_content.c_str();
+  out->reasoning_content_len = d.reasoning_content.size();
+  out->content = d.content.c_str();
+  out->content_len = d.content.size();
+  out->tool_calls = p->calls.empty() ? nullptr : p->calls.data();
+  out->n_tool_calls = p->calls.size();
+}
+
+// push (text != nullptr) or finish (text == nullptr).
+qwen35_status feed(qwen35_reply_parser* p, const char* text, size_t len, qwen35_reply_delta* delta,
+                   const char* fn) {
+  clear_delta(delta);
+  if (!p) return set_error(QWEN35_ERR_INVALID_ARG, fmt::format("{}: parser is NULL", fn));
+  if (p->finished)
+    return set_error(QWEN35_ERR_STATE, fmt::format("{}: the parser was already finished", fn));
+  try {
+    p->delta = ChatReplyDelta();
+    p->calls.clear();
+    ChatReplyDelta* d = delta ? &p->delta : nullptr;
+    if (text) {
+      p->parser.push(std::string_view(text, len), d);
+    } else {
+      p->parser.finish(d);
+      p->finished = true;
+    }
+    if (delta) expose_delta(p, delta);
+    return QWEN35_OK;
+  } catch (const std::bad_alloc&) {
+    clear_delta(delta);
+    return set_error(QWEN35_ERR_OUT_OF_MEMORY, fmt::format("{}: out of memory", fn));
+  } catch (...) {
+    clear_delta(delta);
+    return set_error(QWEN35_ERR_INVALID_ARG, fmt::format("{}: unexpected failure", fn));
+  }
+}
+
 }  // namespace
 
 namespace qwen35 {
@@ -228,73 +287,6 @@ qwen35_status qwen35_reply_parser_create(bool thinking, bool tools_offered, cons
 }
 
 void qwen35_reply_parser_free(qwen35_reply_parser* p) { delete p; }
-
-}  // extern "C"
-
-namespace {
-
-void clear_delta(qwen35_reply_delta* d) {
-  if (!d) return;
-  d->reasoning_content = "";
-  d->reasoning_content_len = 0;
-  d->content = "";
-  d->content_len = 0;
-  d->tool_calls = nullptr;
-  d->n_tool_calls = 0;
-}
-
-// Point `out` at the delta the parser just produced.
-void expose_delta(qwen35_reply_parser* p, qwen35_reply_delta* out) {
-  const ChatReplyDelta& d = p->delta;
-  p->calls.clear();
-  for (const ChatReplyDelta::ToolCallDelta& tc : d.tool_calls) {
-    qwen35_tool_call_delta c;
-    c.index = int32_t(tc.index);
-    c.id = tc.id.empty() ? nullptr : tc.id.c_str();   // set exactly when the call is announced
-    c.name = tc.id.empty() ? nullptr : tc.name.c_str();
-    c.arguments = tc.arguments.c_str();
-    c.arguments_len = tc.arguments.size();
-    p->calls.push_back(c);
-  }
-  out->reasoning_content = d.reasoning_content.c_str();
-  out->reasoning_content_len = d.reasoning_content.size();
-  out->content = d.content.c_str();
-  out->content_len = d.content.size();
-  out->tool_calls = p->calls.empty() ? nullptr : p->calls.data();
-  out->n_tool_calls = p->calls.size();
-}
-
-// push (text != nullptr) or finish (text == nullptr).
-qwen35_status feed(qwen35_reply_parser* p, const char* text, size_t len, qwen35_reply_delta* delta,
-                   const char* fn) {
-  clear_delta(delta);
-  if (!p) return set_error(QWEN35_ERR_INVALID_ARG, fmt::format("{}: parser is NULL", fn));
-  if (p->finished)
-    return set_error(QWEN35_ERR_STATE, fmt::format("{}: the parser was already finished", fn));
-  try {
-    p->delta = ChatReplyDelta();
-    p->calls.clear();
-    ChatReplyDelta* d = delta ? &p->delta : nullptr;
-    if (text) {
-      p->parser.push(std::string_view(text, len), d);
-    } else {
-      p->parser.finish(d);
-      p->finished = true;
-    }
-    if (delta) expose_delta(p, delta);
-    return QWEN35_OK;
-  } catch (const std::bad_alloc&) {
-    clear_delta(delta);
-    return set_error(QWEN35_ERR_OUT_OF_MEMORY, fmt::format("{}: out of memory", fn));
-  } catch (...) {
-    clear_delta(delta);
-    return set_error(QWEN35_ERR_INVALID_ARG, fmt::format("{}: unexpected failure", fn));
-  }
-}
-
-}  // namespace
-
-extern "C" {
 
 qwen35_status qwen35_reply_parser_push(qwen35_reply_parser* p, const char* text, size_t len,
                                        qwen35_reply_delta* delta) {

@@ -398,3 +398,22 @@ def test_load_state_restores_the_seed_sequence(llm):
     a = [llm("Once upon", **kw)["choices"][0]["text"] for _ in range(2)]
     llm.load_state(state)
     assert [llm("Once upon", **kw)["choices"][0]["text"] for _ in range(2)] == a
+
+
+def test_low_level_reply_parser():
+    p = _qwen35.ReplyParser(True, True, TOOLS_JSON, id_seed=5)
+    d = p.push("r\n</think>\n\n<tool_call>\n<function=get_weather>\n<parameter=city>\nPa")
+    assert d["reasoning_content"] == "r" and d["content"] == ""
+    ((index, call_id, name, args),) = d["tool_calls"]
+    assert (index, name, args) == (0, "get_weather", '{"city":"Pa')
+    assert call_id.startswith("call_")
+    assert p.result()["n_tool_calls"] == 0   # the open call is not complete JSON yet
+    d = p.push(b"ris\n</parameter>\n</function>\n</tool_call>")
+    assert d["tool_calls"] == [(0, None, None, 'ris"}')]
+    assert p.finish() == {"reasoning_content": "", "content": "", "tool_calls": []}
+    assert p.result() == {"reasoning_content": "r", "content": "", "n_tool_calls": 1,
+                          "tool_calls_json": '[{"name":"get_weather","arguments":{"city":"Paris"}}]'}
+    with pytest.raises(qwen35.StateError, match="finished"):
+        p.push("more")
+    with pytest.raises(qwen35.InvalidArgumentError, match="tools_json"):
+        _qwen35.ReplyParser(False, True, '{"not": "a list"}')
