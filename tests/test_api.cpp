@@ -103,3 +103,46 @@ TEST_CASE("a progress callback can cancel loading") {
   CHECK(qwen35_model_load(fixture("models/tiny-a-nvfp4.gguf").c_str(), &mp, &m) == QWEN35_ERR_CANCELLED);
   CHECK(m == nullptr);
 }
+
+// The streaming reply parser's C surface (its parsing is tested in
+// test_chat_parse.cpp); here under ASan in scripts/test.sh: deltas read
+// right after each call, misuse answered with errors.
+TEST_CASE("reply parser: deltas, misuse and NULL arguments") {
+  const std::string text =
+      "r\n</think>\n\nOk <tool_call>\n<function=f>\n<parameter=a>\nx y\n</parameter>\n</function>\n</tool_call>";
+  qwen35_reply_parser* p = nullptr;
+  REQUIRE(qwen35_reply_parser_create(true, true, "[]", 1, &p) == QWEN35_OK);
+  std::string reasoning, content, args, name;
+  for (char ch : text) {
+    qwen35_reply_delta d;
+    REQUIRE(qwen35_reply_parser_push(p, &ch, 1, &d) == QWEN35_OK);
+    reasoning.append(d.reasoning_content, d.reasoning_content_len);
+    content.append(d.content, d.content_len);
+    for (size_t i = 0; i < d.n_tool_calls; ++i) {
+      if (d.tool_calls[i].name) name = d.tool_calls[i].name;
+      args.append(d.tool_calls[i].arguments, d.tool_calls[i].arguments_len);
+    }
+  }
+  qwen35_reply_delta d;
+  REQUIRE(qwen35_reply_parser_finish(p, &d) == QWEN35_OK);
+  content.append(d.content, d.content_len);
+  CHECK(reasoning == "r");
+  CHECK(content == "Ok ");
+  CHECK(name == "f");
+  CHECK(args == R"({"a":"x y"})");
+  CHECK(qwen35_reply_parser_push(p, "x", 1, &d) == QWEN35_ERR_STATE);
+  CHECK(qwen35_reply_parser_finish(p, &d) == QWEN35_ERR_STATE);
+  qwen35_chat_reply r;
+  REQUIRE(qwen35_reply_parser_result(p, &r) == QWEN35_OK);
+  CHECK(std::string(r.tool_calls_json) == R"([{"name":"f","arguments":{"a":"x y"}}])");
+  qwen35_chat_reply_free(&r);
+  qwen35_reply_parser_free(p);
+  qwen35_reply_parser_free(nullptr);
+  CHECK(qwen35_reply_parser_create(false, false, "{", 0, &p) == QWEN35_ERR_INVALID_ARG);
+  CHECK(p == nullptr);
+  CHECK(qwen35_reply_parser_create(false, false, nullptr, 0, nullptr) == QWEN35_ERR_INVALID_ARG);
+  CHECK(qwen35_reply_parser_push(nullptr, "x", 1, nullptr) == QWEN35_ERR_INVALID_ARG);
+  CHECK(qwen35_reply_parser_finish(nullptr, nullptr) == QWEN35_ERR_INVALID_ARG);
+  CHECK(qwen35_reply_parser_result(nullptr, &r) == QWEN35_ERR_INVALID_ARG);
+  CHECK(qwen35_reply_parser_result(nullptr, nullptr) == QWEN35_ERR_INVALID_ARG);
+}

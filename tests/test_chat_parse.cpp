@@ -64,6 +64,132 @@ ChatReply stream(const std::string& text, const ReplyParseOptions& o, const std:
   return acc;
 }
 
+// The reply in qwen35_chat_parse's form, built from a C++ reply.
+std::string calls_json(const std::vector<ToolCall>& calls) {
+  if (calls.empty()) return "";
+  std::string j = "[";
+  for (size_t k = 0; k < calls.size(); ++k) {
+    if (k) j += ",";
+    j += "{\"name\":";
+    json_escape(calls[k].name, false, &j);
+    j += ",\"arguments\":" + calls[k].arguments + "}";
+  }
+  return j + "]";
+}
+
+std::string str_or_empty(const char* s) { return s ? s : ""; }
+
+// Stream `text` through the C API parser in the given chunk sizes (empty:
+// all at once). Checks every delta and every intermediate result, and
+// returns the final result plus the reply rebuilt from the deltas alone.
+struct CStream {
+  std::string reasoning, content, calls_json;
+  int32_t n_calls = 0;
+  ChatReply from_deltas;
+};
+
+CStream c_stream(const std::string& text, bool thinking, bool tools_offered, const char* tools_json, uint64_t seed,
+                 const std::vector<size_t>& chunks) {
+  qwen35_reply_parser* p = nullptr;
+  REQUIRE(qwen35_reply_parser_create(thinking, tools_offered, tools_json, seed, &p) == QWEN35_OK);
+  REQUIRE(p != nullptr);
+  CStream out;
+  ChatReply& acc = out.from_deltas;
+  auto apply = [&](const qwen35_reply_delta& d) {
+    REQUIRE(d.reasoning_content != nullptr);
+    REQUIRE(d.content != nullptr);
+    CHECK(std::strlen(d.reasoning_content) <= d.reasoning_content_len);   // NUL-terminated (text may hold NULs)
+    CHECK(d.reasoning_content[d.reasoning_content_len] == 0);
+    CHECK(d.content[d.content_len] == 0);
+    acc.reasoning_content.append(d.reasoning_content, d.reasoning_content_len);
+    acc.content.append(d.content, d.content_len);
+    CHECK((d.tool_calls == nullptr) == (d.n_tool_calls == 0));
+    for (size_t i = 0; i < d.n_tool_calls; ++i) {
+      const qwen35_tool_call_delta& tc = d.tool_calls[i];
+      CHECK((tc.id == nullptr) == (tc.name == nullptr));
+      if (tc.id) {
+        REQUIRE(size_t(tc.index) == acc.tool_calls.size());   // announced once, in order
+        CHECK(std::strlen(tc.id) == 29);
+        acc.tool_calls.push_back(ToolCall{tc.id, tc.name, ""});
+      }
+      REQUIRE(tc.index >= 0);
+      REQUIRE(size_t(tc.index) < acc.tool_calls.size());
+      REQUIRE(tc.arguments != nullptr);
+      CHECK(tc.arguments[tc.arguments_len] == 0);
+      acc.tool_calls[size_t(tc.index)].arguments.append(tc.arguments, tc.arguments_len);
+    }
+    // The result so far agrees with the deltas, and its JSON is valid.
+    qwen35_chat_reply r;
+    REQUIRE(qwen35_reply_parser_result(p, &r) == QWEN35_OK);
+    CHECK(str_or_empty(r.reasoning_content) == acc.reasoning_content);
+    REQUIRE(r.content != nullptr);
+    CHECK(std::string(r.content) == acc.content);
+    if (r.tool_calls_json) {
+      Json j;
+      CHECK(Json::Parse(r.tool_calls_json, &j).ok());
+      CHECK(j.size() == size_t(r.n_tool_calls));
+    }
+    CHECK(size_t(r.n_tool_calls) <= acc.tool_calls.size());
+    qwen35_chat_reply_free(&r);
+  };
+  size_t pos = 0, k = 0;
+  while (pos < text.size()) {
+    size_t n = chunks.empty() ? text.size() : std::max<size_t>(1, chunks[k++ % chunks.size()]);
+    n = std::min(n, text.size() - pos);
+    qwen35_reply_delta d;
+    REQUIRE(qwen35_reply_parser_push(p, text.data() + pos, n, &d) == QWEN35_OK);
+    apply(d);
+    pos += n;
+  }
+  qwen35_reply_delta d;
+  REQUIRE(qwen35_reply_parser_finish(p, &d) == QWEN35_OK);
+  apply(d);
+  qwen35_chat_reply r;
+  REQUIRE(qwen35_reply_parser_result(p, &r) == QWEN35_OK);
+  out.reasoning = str_or_empty(r.reasoning_content);
+  out.content = r.content;
+  out.calls_json = str_or_empty(r.tool_calls_json);
+  out.n_calls = r.n_tool_calls;
+  qwen35_chat_reply_free(&r);
+  qwen35_reply_parser_free(p);
+  CHECK(out.reasoning == acc.reasoning_content);
+  CHECK(out.content == acc.content);
+  CHECK(out.calls_json == calls_json(acc.tool_calls));
+  CHECK(size_t(out.n_calls) == acc.tool_calls.size());
+  return out;
+}
+
+// The C API streaming parser on `text`, with random chunkings: without tool
+// definitions its result equals qwen35_chat_parse; with them it equals the
+// C++ parse `full` (same ids for the same seed).
+void check_c_api(const std::string& text, const ReplyParseOptions& o, const ChatReply& full) {
+  if (!o.extract_reasoning) return;   // case C has no C API switch
+  std::mt19937 rng(uint32_t(text.size()) + 7);
+  std::vector<std::vector<size_t>> chunkings = {{1}, {}};
+  for (int r = 0; r < 3; ++r) {
+    std::vector<size_t> c;
+    for (int i = 0; i < 16; ++i) c.push_back(1 + rng() % 12);
+    chunkings.push_back(c);
+  }
+  qwen35_chat_reply ref;
+  REQUIRE(qwen35_chat_parse(text.data(), text.size(), o.thinking, o.parse_tool_calls, &ref) == QWEN35_OK);
+  for (const auto& c : chunkings) {
+    CStream s = c_stream(text, o.thinking, o.parse_tool_calls, nullptr, 0, c);
+    CHECK(s.reasoning == str_or_empty(ref.reasoning_content));
+    CHECK(s.content == ref.content);
+    CHECK(s.calls_json == str_or_empty(ref.tool_calls_json));
+    CHECK(s.n_calls == ref.n_tool_calls);
+    if (o.tools.is_null()) continue;
+    CStream t = c_stream(text, o.thinking, o.parse_tool_calls, kTools, o.id_seed, c);
+    CHECK(t.reasoning == full.reasoning_content);
+    CHECK(t.content == full.content);
+    CHECK(t.calls_json == calls_json(full.tool_calls));
+    REQUIRE(t.from_deltas.tool_calls.size() == full.tool_calls.size());
+    for (size_t k = 0; k < full.tool_calls.size(); ++k) CHECK(t.from_deltas.tool_calls[k].id == full.tool_calls[k].id);
+  }
+  qwen35_chat_reply_free(&ref);
+}
+
 struct Expect {
   const char* reasoning;
   const char* content;
@@ -92,6 +218,7 @@ void check_parse(const std::string& text, const ReplyParseOptions& o, const Expe
     for (int i = 0; i < 16; ++i) c.push_back(1 + rng() % 12);
     chunkings.push_back(c);
   }
+  check_c_api(text, o, full);
   for (const auto& c : chunkings) {
     ChatReply s = stream(text, o, c);
     CHECK(s.reasoning_content == full.reasoning_content);
@@ -314,4 +441,93 @@ TEST_CASE("C API: qwen35_chat_parse") {
   qwen35_chat_reply_free(&r);
   CHECK(qwen35_chat_parse(nullptr, 5, true, false, &r) == QWEN35_ERR_INVALID_ARG);
   CHECK(qwen35_chat_parse("x", 1, true, false, nullptr) == QWEN35_ERR_INVALID_ARG);
+}
+
+TEST_CASE("C API: qwen35_reply_parser streams tool calls") {
+  const std::string text =
+      "Need weather.\n</think>\n\nOk.\n\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+      "<parameter=days>\n2\n</parameter>\n</function>\n</tool_call>";
+  qwen35_reply_parser* p = nullptr;
+  REQUIRE(qwen35_reply_parser_create(true, true, kTools, 7, &p) == QWEN35_OK);
+  qwen35_reply_delta d;
+  const size_t announced = text.find("<function=") + std::strlen("<function=get_weather>");
+  REQUIRE(qwen35_reply_parser_push(p, text.data(), announced, &d) == QWEN35_OK);
+  CHECK(std::string(d.reasoning_content) == "Need weather.");
+  CHECK(std::string(d.content) == "Ok.\n\n");
+  REQUIRE(d.n_tool_calls == 1);
+  CHECK(d.tool_calls[0].index == 0);
+  REQUIRE(d.tool_calls[0].name != nullptr);
+  CHECK(std::string(d.tool_calls[0].name) == "get_weather");
+  CHECK(std::string(d.tool_calls[0].id).rfind("call_", 0) == 0);
+  CHECK(std::string(d.tool_calls[0].arguments) == "{");
+  // The open call is not in the result yet (its JSON is incomplete).
+  qwen35_chat_reply r;
+  REQUIRE(qwen35_reply_parser_result(p, &r) == QWEN35_OK);
+  CHECK(r.tool_calls_json == nullptr);
+  CHECK(r.n_tool_calls == 0);
+  qwen35_chat_reply_free(&r);
+  const size_t at = text.find("Paris") + 3;
+  REQUIRE(qwen35_reply_parser_push(p, text.data() + announced, at - announced, &d) == QWEN35_OK);
+  REQUIRE(d.n_tool_calls == 1);
+  CHECK(d.tool_calls[0].id == nullptr);
+  CHECK(d.tool_calls[0].name == nullptr);
+  CHECK(std::string(d.tool_calls[0].arguments) == R"("city":"Par)");
+  REQUIRE(qwen35_reply_parser_push(p, text.data() + at, text.size() - at, nullptr) == QWEN35_OK);
+  REQUIRE(qwen35_reply_parser_finish(p, &d) == QWEN35_OK);
+  CHECK(d.content_len == 0);
+  REQUIRE(qwen35_reply_parser_result(p, &r) == QWEN35_OK);
+  CHECK(std::string(r.tool_calls_json) == R"([{"name":"get_weather","arguments":{"city":"Paris","days":2}}])");
+  qwen35_chat_reply_free(&r);
+  // One finish per parser; the result stays available.
+  CHECK(qwen35_reply_parser_push(p, "x", 1, &d) == QWEN35_ERR_STATE);
+  CHECK(std::string(qwen35_errmsg()).find("finished") != std::string::npos);
+  CHECK(d.content_len == 0);
+  CHECK(qwen35_reply_parser_finish(p, nullptr) == QWEN35_ERR_STATE);
+  REQUIRE(qwen35_reply_parser_result(p, &r) == QWEN35_OK);
+  CHECK(r.n_tool_calls == 1);
+  qwen35_chat_reply_free(&r);
+  qwen35_reply_parser_free(p);
+  // Same seed, same ids; string typing follows tools_json.
+  auto first_id = [&](uint64_t seed, const char* tools) {
+    qwen35_reply_parser* q = nullptr;
+    REQUIRE(qwen35_reply_parser_create(true, true, tools, seed, &q) == QWEN35_OK);
+    qwen35_reply_delta e;
+    REQUIRE(qwen35_reply_parser_push(q, text.data(), text.size(), &e) == QWEN35_OK);
+    REQUIRE(e.n_tool_calls >= 1);
+    std::string id = e.tool_calls[0].id;
+    qwen35_reply_parser_free(q);
+    return id;
+  };
+  CHECK(first_id(7, kTools) == first_id(7, nullptr));
+  CHECK(first_id(7, kTools) != first_id(8, kTools));
+}
+
+TEST_CASE("C API: qwen35_reply_parser argument errors") {
+  qwen35_reply_parser* p = reinterpret_cast<qwen35_reply_parser*>(1);
+  CHECK(qwen35_reply_parser_create(false, true, "{\"not\": \"an array\"}", 0, &p) == QWEN35_ERR_INVALID_ARG);
+  CHECK(p == nullptr);
+  CHECK(std::string(qwen35_errmsg()).find("tools_json") != std::string::npos);
+  CHECK(qwen35_reply_parser_create(false, true, "[oops", 0, &p) == QWEN35_ERR_INVALID_ARG);
+  CHECK(qwen35_reply_parser_create(false, true, nullptr, 0, nullptr) == QWEN35_ERR_INVALID_ARG);
+  qwen35_reply_delta d;
+  CHECK(qwen35_reply_parser_push(nullptr, "x", 1, &d) == QWEN35_ERR_INVALID_ARG);
+  CHECK(std::string(qwen35_errmsg()).find("parser is NULL") != std::string::npos);
+  CHECK(d.content != nullptr);
+  CHECK(d.content_len == 0);
+  CHECK(qwen35_reply_parser_finish(nullptr, &d) == QWEN35_ERR_INVALID_ARG);
+  qwen35_chat_reply r;
+  CHECK(qwen35_reply_parser_result(nullptr, &r) == QWEN35_ERR_INVALID_ARG);
+  CHECK(r.content == nullptr);
+  qwen35_reply_parser_free(nullptr);
+  REQUIRE(qwen35_reply_parser_create(false, false, nullptr, 0, &p) == QWEN35_OK);
+  CHECK(qwen35_reply_parser_push(p, nullptr, 3, &d) == QWEN35_ERR_INVALID_ARG);
+  CHECK(qwen35_reply_parser_result(p, nullptr) == QWEN35_ERR_INVALID_ARG);
+  CHECK(qwen35_reply_parser_push(p, nullptr, 0, &d) == QWEN35_OK);
+  CHECK(qwen35_reply_parser_push(p, "\n\nHi", 4, nullptr) == QWEN35_OK);
+  REQUIRE(qwen35_reply_parser_finish(p, &d) == QWEN35_OK);
+  REQUIRE(qwen35_reply_parser_result(p, &r) == QWEN35_OK);
+  CHECK(std::string(r.content) == "Hi");
+  CHECK(r.reasoning_content == nullptr);
+  qwen35_chat_reply_free(&r);
+  qwen35_reply_parser_free(p);
 }

@@ -370,6 +370,74 @@ QWEN35_API qwen35_status qwen35_chat_parse(const char * text, size_t len, bool t
                                            qwen35_chat_reply * out);
 QWEN35_API void qwen35_chat_reply_free(qwen35_chat_reply * reply);
 
+/* Streaming reply parser (spec tokenizer-chat.md section 6.4): the parse of
+ * qwen35_chat_parse, fed the generated text as it arrives and reporting what
+ * each piece added. Any chunking works, also inside a marker; text split
+ * inside a UTF-8 character gives deltas split there too.
+ * Text that may be the start of a marker ("\n</thi", "<tool_ca", ...) is held
+ * back until it is resolved; a tool call is announced (id, name) once its
+ * "<function=NAME>" is complete and its arguments then stream as JSON text.
+ * Every field only grows, and after qwen35_reply_parser_finish the result is
+ * exactly qwen35_chat_parse of the whole text (with string-typed parameters
+ * from tools_json; qwen35_chat_parse has no tools, so it types none).
+ *
+ * Threading: a parser is used by one thread at a time; different parsers are
+ * independent. Failures set qwen35_errmsg() of the calling thread. */
+typedef struct qwen35_reply_parser qwen35_reply_parser;
+
+/* One tool call's part of a delta. */
+typedef struct qwen35_tool_call_delta {
+    int32_t index;                          /* the call, 0-based in order of appearance */
+    const char * id;                        /* set in the delta that announces the call ("call_" + 24
+                                               alphanumerics), else NULL */
+    const char * name;                      /* the function name, set with id, else NULL */
+    const char * arguments;                 /* JSON text appended to the call's arguments (never NULL) */
+    size_t arguments_len;
+} qwen35_tool_call_delta;
+
+/* What one push / finish added to the reply. Text is appended to the field of
+ * the same name; strings are NUL-terminated ("" when nothing was added). All
+ * pointers are owned by the parser and stay valid until the next
+ * qwen35_reply_parser_push / _finish / _free on it. */
+typedef struct qwen35_reply_delta {
+    const char * reasoning_content;
+    size_t reasoning_content_len;
+    const char * content;
+    size_t content_len;
+    const qwen35_tool_call_delta * tool_calls;   /* in order; NULL when n_tool_calls == 0 */
+    size_t n_tool_calls;
+} qwen35_reply_delta;
+
+/* Create a parser. thinking / tools_offered: as for qwen35_chat_parse.
+ * tools_json: optional JSON array of the offered tool definitions (as in
+ * qwen35_chat_params); parameters whose schema type is "string" are then
+ * emitted as JSON strings as they stream, others as JSON values when they
+ * parse (spec section 6.2). id_seed: seed of the tool-call id generator, so
+ * that two parses of the same reply can agree on ids; 0 = random. On success
+ * *out owns a new parser (free with qwen35_reply_parser_free); on failure
+ * *out is NULL and QWEN35_ERR_INVALID_ARG is returned for a NULL out or
+ * tools_json that is not a JSON array. */
+QWEN35_API qwen35_status qwen35_reply_parser_create(bool thinking, bool tools_offered, const char * tools_json,
+                                                    uint64_t id_seed, qwen35_reply_parser ** out);
+QWEN35_API void qwen35_reply_parser_free(qwen35_reply_parser * p);
+
+/* Feed len bytes of generated text (detokenized without special tokens;
+ * text may be NULL when len is 0). delta may be NULL; otherwise it is filled
+ * with what this call added. Errors: QWEN35_ERR_INVALID_ARG (NULL parser, or
+ * NULL text with len > 0), QWEN35_ERR_STATE after qwen35_reply_parser_finish;
+ * the parser is unchanged and *delta empty then. */
+QWEN35_API qwen35_status qwen35_reply_parser_push(qwen35_reply_parser * p, const char * text, size_t len,
+                                                  qwen35_reply_delta * delta);
+/* The end of the text: resolve and report what is still held back (delta may
+ * be NULL). Only one finish per parser: later pushes and finishes return
+ * QWEN35_ERR_STATE. */
+QWEN35_API qwen35_status qwen35_reply_parser_finish(qwen35_reply_parser * p, qwen35_reply_delta * delta);
+/* The reply so far, in qwen35_chat_parse's form (the caller owns the strings:
+ * free with qwen35_chat_reply_free). Before finish, tool_calls_json and
+ * n_tool_calls hold only the calls whose arguments are complete, so the JSON
+ * is always valid; after finish, everything. Does not change the parser. */
+QWEN35_API qwen35_status qwen35_reply_parser_result(const qwen35_reply_parser * p, qwen35_chat_reply * out);
+
 /* ------------------------------------------------------------------------ */
 /* Sampling                                                                  */
 /* ------------------------------------------------------------------------ */

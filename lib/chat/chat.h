@@ -144,6 +144,8 @@ class ReplyParser {
   void push(std::string_view text, ChatReplyDelta* delta = nullptr);
   void finish(ChatReplyDelta* delta = nullptr);
   const ChatReply& reply() const { return reply_; }
+  // The last tool call's arguments are still growing (not yet valid JSON).
+  bool call_open() const { return !args_closed_; }
 
  private:
   enum class State { Reasoning, ContentLead, Content, CallOpen, Body, Value, CallClose, AfterCall, Done };

@@ -3,23 +3,17 @@
 - normalize_messages / normalize_tools: OpenAI messages and tool definitions
   into the form the _qwen35 extension passes to qwen35_chat_render /
   qwen35_chat_generate (spec tokenizer-chat.md section 5.4).
-- ReplyStream: splits the reply text into reasoning_content / content deltas
-  while it streams, holding back text that may be the start of a marker
-  (spec section 6.4); the final split is always qwen35_chat_parse's.
-- tool_calls_from_json: qwen35_chat_parse's tool calls as OpenAI tool_calls.
+- ReplyStream: the library's streaming reply parser (qwen35_reply_parser)
+  turning the reply text into OpenAI chunk deltas (reasoning_content, content,
+  tool calls with streamed arguments); the non-streaming reply is the same
+  parse, so the two always agree (spec section 6.4).
+- tool_calls_from_json: the parser's tool calls as OpenAI tool_calls.
 """
 
 import json
-import logging
 import uuid
 
-_log = logging.getLogger("qwen35")
-
-# ASCII whitespace, the set the reply parser strips (not str.isspace's).
-_WS = " \t\n\r\f\v"
-_THINK_CLOSE = "</think>"
-_THINK_TAIL = "\n</think>\n\n"   # the closing marker as the model writes it
-_TOOL_OPEN = "<tool_call>"
+from . import _qwen35
 
 
 def _text_of(value, what):
@@ -133,93 +127,65 @@ def _content_parts(content, i, encode_image):
     return parts
 
 
-def _held_suffix(text, marker):
-    """Length of the longest suffix of text that is a proper prefix of marker."""
-    for k in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:k]):
-            return k
-    return 0
-
-
 class ReplyStream:
-    """Turns streamed reply text into monotonic reasoning_content / content
-    deltas (spec 6.4). push() returns [(field, delta), ...]; finish(parsed)
-    returns the remaining deltas so that everything streamed adds up to the
-    final parse. Tool calls are reported by the caller at the end."""
+    """The library's streaming reply parser (qwen35_reply_parser, spec
+    section 6.4) with OpenAI-shaped output. push(text) and finish() return
+    lists of chat.completion.chunk deltas: {"reasoning_content": ...},
+    {"content": ...}, and for tool calls {"tool_calls": [{"index", "id",
+    "type": "function", "function": {"name", "arguments": ""}}]} when a call
+    is announced, then {"tool_calls": [{"index", "function": {"arguments":
+    piece}}]} as its arguments grow. Everything streamed adds up exactly to
+    message() after finish(); text that may start a marker is held back by
+    the parser until it is resolved.
 
-    def __init__(self, thinking, tools_offered):
-        self.tools = tools_offered
-        self.state = "reasoning" if thinking else "content"
-        self.text = ""
-        self.scan = 0              # where the search for </think> resumes
-        self.content_start = 0     # index in text where the content begins
-        self.sent = {"reasoning_content": "", "content": ""}
+    tools_json: the offered tool definitions (string-typed parameters);
+    id_seed: seed of the tool-call ids (0 = random), so that two parses of
+    one reply give the same ids."""
 
-    def _emit(self, field, value, out):
-        sent = self.sent[field]
-        if len(value) > len(sent) and value.startswith(sent):
-            out.append((field, value[len(sent):]))
-            self.sent[field] = value
+    def __init__(self, thinking, tools_offered, tools_json=None, id_seed=0):
+        self._parser = _qwen35.ReplyParser(bool(thinking), bool(tools_offered), tools_json, int(id_seed))
+        self.ids = []   # tool-call ids, in order
 
-    def push(self, piece):
+    def push(self, text):
+        if not text:
+            return []
+        return self._deltas(self._parser.push(text))
+
+    def finish(self):
+        return self._deltas(self._parser.finish())
+
+    def message(self):
+        """(reasoning_content, content, OpenAI tool_calls) of the reply so far."""
+        r = self._parser.result()
+        return r["reasoning_content"] or "", r["content"], tool_calls_from_json(r["tool_calls_json"], self.ids)
+
+    def _deltas(self, d):
         out = []
-        if not piece:
-            return out
-        self.text += piece
-        if self.state == "reasoning":
-            k = self.text.find(_THINK_CLOSE, max(0, self.scan - len(_THINK_CLOSE) + 1))
-            if k < 0:
-                self.scan = len(self.text)
-                r = self.text[:len(self.text) - _held_suffix(self.text, _THINK_TAIL)]
-                if r.strip(_WS):   # whitespace-only reasoning becomes "" at the end
-                    self._emit("reasoning_content", r, out)
-                return out
-            r = self.text[:k]
-            if r.endswith("\n"):
-                r = r[:-1]
-            if r.strip(_WS):
-                self._emit("reasoning_content", r, out)
-            self.state = "content"
-            self.content_start = k + len(_THINK_CLOSE)
-        if self.state == "content":
-            rest = self.text[self.content_start:].lstrip(_WS)
-            if self.tools:
-                k = rest.find(_TOOL_OPEN)
-                if k >= 0:
-                    # Everything from here on is tool calls (or, if malformed,
-                    # text the final parse puts back into the content).
-                    self._emit("content", rest[:k], out)
-                    self.state = "tools"
-                    return out
-                rest = rest[:len(rest) - _held_suffix(rest, _TOOL_OPEN)]
-            self._emit("content", rest, out)
-        return out
-
-    def finish(self, reasoning, content):
-        """Deltas that complete the stream to the final parse."""
-        out = []
-        for field, value in (("reasoning_content", reasoning or ""), ("content", content or "")):
-            sent = self.sent[field]
-            if not value.startswith(sent):
-                _log.warning("qwen35: streamed %s differs from the final parse", field)
-                continue
-            if len(value) > len(sent):
-                out.append((field, value[len(sent):]))
-                self.sent[field] = value
+        for field in ("reasoning_content", "content"):
+            if d[field]:
+                out.append({field: d[field]})
+        for index, call_id, name, args in d["tool_calls"]:
+            if call_id is not None:
+                self.ids.append(call_id)
+                out.append({"tool_calls": [{"index": index, "id": call_id, "type": "function",
+                                            "function": {"name": name, "arguments": ""}}]})
+            if args:
+                out.append({"tool_calls": [{"index": index, "function": {"arguments": args}}]})
         return out
 
 
-def tool_calls_from_json(text):
-    """qwen35_chat_parse's [{"name", "arguments": {...}}] -> OpenAI tool_calls."""
+def tool_calls_from_json(text, ids=()):
+    """The parser's [{"name", "arguments": {...}}] -> OpenAI tool_calls, with
+    the given ids (random ones for calls beyond them)."""
     if not text:
         return []
     calls = []
-    for call in json.loads(text):
+    for i, call in enumerate(json.loads(text)):
         args = call.get("arguments", {})
         if not isinstance(args, str):
             args = json.dumps(args, ensure_ascii=False, separators=(",", ":"))
         calls.append({
-            "id": "call_" + uuid.uuid4().hex[:24],
+            "id": ids[i] if i < len(ids) else "call_" + uuid.uuid4().hex[:24],
             "type": "function",
             "function": {"name": call.get("name", ""), "arguments": args},
         })

@@ -13,6 +13,9 @@ stream early (break, close(), garbage collection) stops the generation.
 """
 
 import codecs
+import hashlib
+import json
+import logging
 import os
 import random
 import time
@@ -22,6 +25,8 @@ from . import _chat, _qwen35
 from ._vision import ImageEncoder, mmproj_options
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
+
+_log = logging.getLogger("qwen35")
 
 # llama-cpp-python constructor arguments that tune llama.cpp internals with
 # no counterpart here; accepted (and ignored) so existing scripts run.
@@ -90,13 +95,17 @@ def _decoder():
 class LlamaState:
     """A saved conversation state (Llama.save_state / load_state)."""
 
-    def __init__(self, input_ids, scores, n_tokens, llama_state, llama_state_size, seed):
+    def __init__(self, input_ids, scores, n_tokens, llama_state, llama_state_size, seed, rng_state=None):
         self.input_ids = input_ids
         self.scores = scores
         self.n_tokens = n_tokens
         self.llama_state = llama_state
         self.llama_state_size = llama_state_size
         self.seed = seed
+        # Where the Llama's seed sequence stood (random.Random.getstate()),
+        # so that requests without a seed after load_state repeat those
+        # after save_state; None when the Llama was not seeded.
+        self.rng_state = rng_state
 
 
 class Llama:
@@ -280,14 +289,21 @@ class Llama:
         data = self._ctx.state_save()
         ids = self._ctx.tokens()
         return LlamaState(input_ids=ids, scores=None, n_tokens=len(ids), llama_state=data,
-                          llama_state_size=len(data), seed=self._seed)
+                          llama_state_size=len(data), seed=self._seed,
+                          rng_state=self._rng.getstate() if self._rng is not None else None)
 
     def load_state(self, state):
+        """Restore the context and the seed sequence: the next requests
+        without an explicit seed sample as they did after save_state()."""
         self._check()
         self._stop_active()
         if not isinstance(state, LlamaState):
             raise TypeError("load_state() needs a LlamaState from save_state()")
         self._ctx.state_load(state.llama_state)
+        self.set_seed(state.seed)
+        rng_state = getattr(state, "rng_state", None)
+        if self._rng is not None and rng_state is not None:
+            self._rng.setstate(rng_state)
 
     # ---- sampling -----------------------------------------------------------
 
@@ -487,24 +503,81 @@ class Llama:
         prompt = _qwen35.chat_render(self._model, msgs, tools_json, True, thinking_flag)
         thinking = prompt.endswith(b"<think>\n")
         tools_offered = tools_json is not None
+        forced, template = self._force_tool_call(choice, tools_json, msgs, thinking_flag, prompt, thinking)
+        seed = self._next_seed(seed)
         sampler = self._sampler(temperature, top_k, top_p, min_p, repeat_penalty, presence_penalty,
                                 frequency_penalty, seed, logit_bias)
-        gen = _qwen35.chat_generate(self._ctx, sampler, msgs, tools_json, thinking_flag,
+        # Tool-call ids follow the seed and the prompt: a streamed and a
+        # non-streamed request with the same seed get the same ids.
+        id_seed = int.from_bytes(hashlib.blake2b(prompt + seed.to_bytes(8, "little"), digest_size=8).digest(),
+                                 "little") or 1
+        gen = _qwen35.chat_generate(self._ctx, sampler, msgs, tools_json, thinking_flag, template,
                                     max_tokens=-1 if max_tokens is None or max_tokens <= 0 else int(max_tokens),
                                     stop=_stop_list(stop), stream=bool(stream))
         self._active = gen
         head = {"id": f"chatcmpl-{uuid.uuid4()}", "object": "chat.completion", "created": int(time.time()),
                 "model": model if model is not None else self.model_path}
+        parse = dict(tools_json=tools_json, id_seed=id_seed, prefix=forced)
         if stream:
             head["object"] = "chat.completion.chunk"
-            return self._chat_chunks(gen, head, thinking, tools_offered)
+            return self._chat_chunks(gen, head, thinking, tools_offered, **parse)
         r = gen.wait()
         self._active = None
-        return self._chat_result(head, r, thinking, tools_offered)
+        return self._chat_result(head, r, thinking, tools_offered, **parse)
+
+    def _force_tool_call(self, choice, tools_json, msgs, thinking_flag, prompt, thinking):
+        """tool_choice "required" or naming a function: the opening of the call
+        ("<tool_call>\n<function=" [+ NAME + ">\n"], spec sections 5.3 and
+        6.2) is appended to the prompt, through a template override that is the
+        model's template plus that text, and put in front of the generated
+        text before parsing. Returns (prefix, template override) or ("", None)
+        when the choice forces nothing or cannot be forced exactly (a
+        warning is logged then)."""
+        if choice is None or choice in ("auto", "none"):
+            return "", None
+        if isinstance(choice, dict):
+            fn = choice.get("function", choice)
+            name = fn.get("name") if isinstance(fn, dict) else None
+            if not isinstance(name, str) or not name:
+                raise ValueError("tool_choice must name a function: {\"type\": \"function\", \"function\": "
+                                 "{\"name\": ...}}")
+            if tools_json is None or name not in [t["function"]["name"] for t in json.loads(tools_json)]:
+                raise ValueError(f"tool_choice names the function {name!r}, which is not among the tools")
+            prefix = f"<tool_call>\n<function={name}>\n"
+        elif choice == "required":
+            if tools_json is None:
+                raise ValueError("tool_choice='required' needs tools")
+            prefix = "<tool_call>\n<function="
+        else:
+            raise ValueError(f"unsupported tool_choice {choice!r} (use 'auto', 'none', 'required' or "
+                             "{'type': 'function', 'function': {'name': ...}})")
+        if thinking:
+            # The call would have to follow the reasoning, whose end is not
+            # known before it is generated.
+            _log.warning("qwen35: tool_choice=%r is not forced while thinking is on (the call would have to "
+                         "follow the reasoning); pass enable_thinking=False to force it", choice)
+            return "", None
+        source = self.metadata.get("tokenizer.chat_template")
+        if isinstance(source, bytes):
+            source = source.decode("utf-8", "replace")
+        template = None
+        if isinstance(source, str) and source:
+            template = source + "{{- " + _jinja_literal(prefix) + " }}"
+            try:
+                forced = _qwen35.chat_render(self._model, msgs, tools_json, True, thinking_flag, template)
+            except _qwen35.Error:
+                forced = None
+            if forced != prompt + prefix.encode("utf-8"):
+                template = None
+        if template is None:
+            _log.warning("qwen35: tool_choice=%r is not forced: the model's chat template cannot be extended "
+                         "with the opening of the call", choice)
+            return "", None
+        return prefix, template
 
     @classmethod
-    def _chat_result(cls, head, r, thinking, tools_offered):
-        reasoning, content, calls = cls._parse_reply(r["text"], thinking, tools_offered)
+    def _chat_result(cls, head, r, thinking, tools_offered, tools_json=None, id_seed=0, prefix=""):
+        reasoning, content, calls = cls._parse_reply(r["text"], thinking, tools_offered, tools_json, id_seed, prefix)
         message = {"role": "assistant", "content": content if content or not calls else None}
         if reasoning:
             message["reasoning_content"] = reasoning
@@ -515,12 +588,15 @@ class Llama:
                     usage=cls._chat_usage(r))
 
     @staticmethod
-    def _parse_reply(text, thinking, tools_offered):
-        p = _qwen35.chat_parse(text, thinking, tools_offered)
-        reasoning = p["reasoning_content"].decode("utf-8", "replace") if p["reasoning_content"] else ""
-        content = p["content"].decode("utf-8", "replace")
-        calls = _chat.tool_calls_from_json(p["tool_calls_json"].decode("utf-8")) if p["tool_calls_json"] else []
-        return reasoning, content, calls
+    def _parse_reply(text, thinking, tools_offered, tools_json=None, id_seed=0, prefix=""):
+        """(reasoning_content, content, OpenAI tool_calls) of generated text
+        (bytes); prefix: text forced into the prompt before it (tool_choice).
+        The same parse as the streamed one (_chat_chunks)."""
+        split = _chat.ReplyStream(thinking, tools_offered, tools_json, id_seed)
+        split.push(prefix)
+        split.push(text.decode("utf-8", "replace"))
+        split.finish()
+        return split.message()
 
     @staticmethod
     def _chat_finish(r, calls):
@@ -534,33 +610,43 @@ class Llama:
         return {"prompt_tokens": n_prompt, "completion_tokens": r["n_generated"],
                 "total_tokens": n_prompt + r["n_generated"]}
 
-    def _chat_chunks(self, gen, head, thinking, tools_offered):
+    def _chat_chunks(self, gen, head, thinking, tools_offered, tools_json=None, id_seed=0, prefix=""):
         def chunk(delta, finish=None):
             return dict(head, choices=[{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}])
         try:
             yield chunk({"role": "assistant"})
             dec = _decoder()
-            split = _chat.ReplyStream(thinking, tools_offered)
+            split = _chat.ReplyStream(thinking, tools_offered, tools_json, id_seed)
+            for delta in split.push(prefix):
+                yield chunk(delta)
             while True:
                 c = gen.next_chunk()
                 if c is None:
                     break
-                for field, delta in split.push(dec.decode(c[1])):
-                    yield chunk({field: delta})
+                for delta in split.push(dec.decode(c[1])):
+                    yield chunk(delta)
             r = gen.wait()
             if r["stop_reason"] == _qwen35.STOP_CANCELLED:
                 return   # stopped by a later call on this Llama
-            for field, delta in split.push(dec.decode(b"", final=True)):
-                yield chunk({field: delta})
-            reasoning, content, calls = self._parse_reply(r["text"], thinking, tools_offered)
-            for field, delta in split.finish(reasoning, content):
-                yield chunk({field: delta})
-            if calls:
-                yield chunk({"tool_calls": [dict(call, index=i) for i, call in enumerate(calls)]})
-            last = chunk({}, self._chat_finish(r, calls))
+            for delta in split.push(dec.decode(b"", final=True)) + split.finish():
+                yield chunk(delta)
+            last = chunk({}, self._chat_finish(r, split.ids))
             last["usage"] = self._chat_usage(r)
             yield last
         finally:
             gen.cancel()
             if self._active is gen:
                 self._stop_active()
+
+
+def _jinja_literal(text):
+    """A Jinja string literal whose value is text."""
+    out = []
+    for ch in text:
+        if ch in "\\\"":
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ch == "\x7f":
+            out.append("\\x%02x" % ord(ch))
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'

@@ -3,6 +3,8 @@
 
 #include <pybind11/stl.h>
 
+#include <cstring>
+
 namespace qwen35py {
 
 namespace {
@@ -21,6 +23,80 @@ py::object opt_bytes(const char* s) {
   if (!s) return py::none();
   return py::bytes(s);
 }
+
+// UTF-8 text from the library as str (invalid bytes become U+FFFD).
+py::str text_of(const char* s, size_t n) {
+  PyObject* o = PyUnicode_DecodeUTF8(s, Py_ssize_t(n), "replace");
+  if (!o) throw py::error_already_set();
+  return py::reinterpret_steal<py::str>(o);
+}
+
+py::object opt_text(const char* s) {
+  if (!s) return py::none();
+  return text_of(s, std::strlen(s));
+}
+
+// qwen35_reply_parser: the streaming reply parser. Used under the GIL, so
+// one thread at a time as the C API requires.
+class ReplyParser {
+ public:
+  ReplyParser(bool thinking, bool tools_offered, const py::object& tools_json, uint64_t id_seed) {
+    std::string tools;
+    if (!tools_json.is_none()) tools = tools_json.cast<std::string>();
+    qwen35_status st =
+        qwen35_reply_parser_create(thinking, tools_offered, tools_json.is_none() ? nullptr : tools.c_str(), id_seed, &p_);
+    if (st != QWEN35_OK) raise_last(st);
+  }
+  ~ReplyParser() { qwen35_reply_parser_free(p_); }
+  ReplyParser(const ReplyParser&) = delete;
+  ReplyParser& operator=(const ReplyParser&) = delete;
+
+  py::dict push(const std::string& text) {
+    qwen35_reply_delta d;
+    qwen35_status st = qwen35_reply_parser_push(p_, text.data(), text.size(), &d);
+    if (st != QWEN35_OK) raise_last(st);
+    return delta_dict(d);
+  }
+  py::dict finish() {
+    qwen35_reply_delta d;
+    qwen35_status st = qwen35_reply_parser_finish(p_, &d);
+    if (st != QWEN35_OK) raise_last(st);
+    return delta_dict(d);
+  }
+  py::dict result() const {
+    qwen35_chat_reply r{};
+    qwen35_status st = qwen35_reply_parser_result(p_, &r);
+    if (st != QWEN35_OK) raise_last(st);
+    py::dict out;
+    try {
+      out["reasoning_content"] = opt_text(r.reasoning_content);
+      out["content"] = opt_text(r.content ? r.content : "");
+      out["tool_calls_json"] = opt_text(r.tool_calls_json);
+      out["n_tool_calls"] = r.n_tool_calls;
+    } catch (...) {
+      qwen35_chat_reply_free(&r);
+      throw;
+    }
+    qwen35_chat_reply_free(&r);
+    return out;
+  }
+
+ private:
+  static py::dict delta_dict(const qwen35_reply_delta& d) {
+    py::dict out;
+    out["reasoning_content"] = text_of(d.reasoning_content, d.reasoning_content_len);
+    out["content"] = text_of(d.content, d.content_len);
+    py::list calls;
+    for (size_t i = 0; i < d.n_tool_calls; ++i) {
+      const qwen35_tool_call_delta& c = d.tool_calls[i];
+      calls.append(py::make_tuple(c.index, opt_text(c.id), opt_text(c.name), text_of(c.arguments, c.arguments_len)));
+    }
+    out["tool_calls"] = calls;
+    return out;
+  }
+
+  qwen35_reply_parser* p_ = nullptr;
+};
 
 }  // namespace
 
@@ -124,6 +200,17 @@ void bind_chat(py::module_& m) {
       },
       py::arg("text"), py::arg("thinking"), py::arg("tools_offered"),
       "Split generated text into reasoning_content, content and tool calls (values are bytes).");
+
+  py::class_<ReplyParser>(m, "ReplyParser",
+                          "Streaming reply parser (qwen35_reply_parser): push(text) and finish() return what they "
+                          "added as {'reasoning_content': str, 'content': str, 'tool_calls': [(index, id or None, "
+                          "name or None, arguments str)]}; id and name are set when a call is announced.")
+      .def(py::init<bool, bool, const py::object&, uint64_t>(), py::arg("thinking"), py::arg("tools_offered"),
+           py::arg("tools_json") = py::none(), py::arg("id_seed") = 0)
+      .def("push", &ReplyParser::push, py::arg("text"), "Feed generated text (str or UTF-8 bytes).")
+      .def("finish", &ReplyParser::finish, "End of the text: what was still held back.")
+      .def("result", &ReplyParser::result,
+           "The reply so far as chat_parse gives it, with str values (only complete tool calls before finish).");
 }
 
 }  // namespace qwen35py

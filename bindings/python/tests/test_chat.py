@@ -25,12 +25,26 @@ def rendered_tokens(llm, messages, enable_thinking=-1, tools=None):
 
 
 def join_stream(chunks):
-    """Concatenate chat.completion.chunk deltas into a message dict."""
+    """Concatenate chat.completion.chunk deltas into a message dict, tool
+    calls merged by index as OpenAI clients do (checking the shape: a call is
+    announced with id, type and name before its arguments stream)."""
     msg = {}
     for c in chunks[1:]:
         for k, v in c["choices"][0]["delta"].items():
             if k == "tool_calls":
-                msg.setdefault(k, []).extend(v)
+                calls = msg.setdefault(k, [])
+                for piece in v:
+                    i = piece["index"]
+                    if i == len(calls):
+                        assert set(piece) == {"index", "id", "type", "function"}
+                        assert piece["type"] == "function" and piece["id"].startswith("call_")
+                        assert piece["function"]["name"] and piece["function"]["arguments"] == ""
+                        calls.append({"index": i, "id": piece["id"], "type": "function",
+                                      "function": {"name": piece["function"]["name"], "arguments": ""}})
+                    else:
+                        assert i < len(calls) and set(piece) == {"index", "function"}
+                        assert set(piece["function"]) == {"arguments"} and piece["function"]["arguments"]
+                    calls[i]["function"]["arguments"] += piece["function"]["arguments"]
             else:
                 msg[k] = msg.get(k, "") + v
     return msg
@@ -91,10 +105,7 @@ def test_stream_equals_non_stream(llm, thinking, tools):
         expected = {k: v for k, v in expected.items() if v}
         for call in streamed.get("tool_calls", []):
             call.pop("index")
-            call.pop("id")
-        for call in expected.get("tool_calls", []):
-            call.pop("id")
-        assert streamed == expected
+        assert streamed == expected   # tool-call ids included: same seed, same ids
 
 
 def test_stop_strings(llm):
@@ -210,28 +221,34 @@ def test_reply_parse(text, thinking, tools, reasoning, content, n_calls):
 def test_reply_stream_adds_up_to_the_parse(text, thinking, tools, reasoning, content, n_calls):
     rng = random.Random(len(text))
     for trial in range(20):
-        split = _chat.ReplyStream(thinking, tools)
-        got = {"reasoning_content": "", "content": ""}
+        split = _chat.ReplyStream(thinking, tools, id_seed=9)
+        deltas = []
         pos = 0
         while pos < len(text):
             step = 1 if trial == 0 else rng.randint(1, 6)
-            for field, delta in split.push(text[pos:pos + step]):
-                assert delta
-                got[field] += delta
+            for delta in split.push(text[pos:pos + step]):
+                assert all(delta.values())
+                deltas.append(delta)
+                got = join_stream([None] + [{"choices": [{"delta": d}]} for d in deltas])
                 # Every streamed state is a prefix of the final result.
-                assert (reasoning if field == "reasoning_content" else content).startswith(got[field])
+                assert reasoning.startswith(got.get("reasoning_content", ""))
+                assert content.startswith(got.get("content", ""))
             pos += step
-        for field, delta in split.finish(reasoning, content):
-            got[field] += delta
-        assert got == {"reasoning_content": reasoning, "content": content}
+        deltas += split.finish()
+        got = join_stream([None] + [{"choices": [{"delta": d}]} for d in deltas])
+        assert (got.get("reasoning_content", ""), got.get("content", "")) == (reasoning, content)
+        r, c, calls = split.message()
+        assert (r, c) == (reasoning, content)
+        assert [dict(call, index=i) for i, call in enumerate(calls)] == got.get("tool_calls", [])
+        assert len(calls) == n_calls
 
 
 def test_reply_stream_holds_back_markers():
     split = _chat.ReplyStream(True, True)
     out = split.push("reason\n</thi")
-    assert out == [("reasoning_content", "reason")]
+    assert out == [{"reasoning_content": "reason"}]
     out = split.push("nk>\n\nSure <tool_ca")
-    assert out == [("content", "Sure ")]
+    assert out == [{"content": "Sure "}]
 
 
 def test_tool_calls_are_openai_shaped():
@@ -283,3 +300,120 @@ def test_chat_chunks_add_up_to_the_message(llm, text, thinking, tools, reasoning
         assert msg["content"] is None if not content else msg["content"] == content
     assert chunks[-1]["usage"] == full["usage"] == {"prompt_tokens": 21, "completion_tokens": 9,
                                                      "total_tokens": 30}
+
+
+# ---- streamed tool calls and tool_choice ----------------------------------------------
+
+TOOLS_JSON = _chat.normalize_tools(TOOLS)
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 1000])
+def test_tool_calls_stream_in_openai_chunks(llm, size):
+    # "2" for the string parameter city stays a string (typed by the tool
+    # definitions); days is an integer.
+    call = WEATHER_CALL.replace("\nParis\n", "\n2\n")
+    text = "r\n</think>\n\nLet me check.\n\n" + call + "\n" + WEATHER_CALL
+    pieces = [text[i:i + size] for i in range(0, len(text), size)]
+    head = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+    chunks = list(llm._chat_chunks(ReplayGeneration(text, pieces), head, True, True, tools_json=TOOLS_JSON,
+                                   id_seed=77))
+    full = qwen35.Llama._chat_result(dict(head, object="chat.completion"), ReplayGeneration(text, []).wait(),
+                                     True, True, tools_json=TOOLS_JSON, id_seed=77)
+    msg = full["choices"][0]["message"]
+    assert [json.loads(c["function"]["arguments"]) for c in msg["tool_calls"]] == [
+        {"city": "2", "days": 2}, {"city": "Paris", "days": 2}]
+    streamed = join_stream(chunks)
+    # Same id seed: the stream and the message agree on everything.
+    assert streamed["tool_calls"] == [dict(c, index=i) for i, c in enumerate(msg["tool_calls"])]
+    assert streamed["content"] == msg["content"] == "Let me check.\n\n"
+    assert streamed["reasoning_content"] == msg["reasoning_content"] == "r"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    # Calls are announced as soon as "<function=NAME>" is complete, and the
+    # arguments arrive in pieces while the reply streams.
+    pieces_of_first = [p for c in chunks for p in c["choices"][0]["delta"].get("tool_calls", [])
+                       if p["index"] == 0]
+    assert pieces_of_first[0]["function"] == {"name": "get_weather", "arguments": ""}
+    if size < 1000:
+        assert len(pieces_of_first) > 3
+    # Without an id seed the ids are random, but still call_ + 24 characters.
+    other = qwen35.Llama._chat_result(dict(head, object="chat.completion"), ReplayGeneration(text, []).wait(),
+                                      True, True, tools_json=TOOLS_JSON)
+    ids = [c["id"] for c in other["choices"][0]["message"]["tool_calls"]]
+    assert all(len(i) == 29 for i in ids) and ids != [c["id"] for c in msg["tool_calls"]]
+
+
+def rendered_prompt(llm, messages, enable_thinking, tools):
+    msgs = _chat.normalize_messages(messages, None)
+    return _qwen35.chat_render(llm._model, msgs, _chat.normalize_tools(tools), True, enable_thinking)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_choice_names_a_function(llm, stream):
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    kw = dict(tools=TOOLS, tool_choice=choice, enable_thinking=False, max_tokens=6, seed=3, **RANDOM)
+    full = llm.create_chat_completion(USER, **kw)
+    prefix = b"<tool_call>\n<function=get_weather>\n"
+    prompt = rendered_prompt(llm, USER, 0, TOOLS) + prefix
+    assert full["usage"]["prompt_tokens"] == len(llm.tokenize(prompt, add_bos=False, special=True))
+    msg = full["choices"][0]["message"]
+    # The call is forced: whatever the (random) model writes next, the reply
+    # is a call of get_weather.
+    assert full["choices"][0]["finish_reason"] == "tool_calls"
+    assert msg["tool_calls"][0]["function"]["name"] == "get_weather"
+    json.loads(msg["tool_calls"][0]["function"]["arguments"])
+    if stream:
+        chunks = list(llm.create_chat_completion(USER, stream=True, **kw))
+        streamed = join_stream(chunks)
+        assert streamed["tool_calls"] == [dict(c, index=i) for i, c in enumerate(msg["tool_calls"])]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+        assert chunks[-1]["usage"] == full["usage"]
+    # The legacy function_call form forces the same.
+    legacy = dict(kw, tool_choice=None, function_call={"name": "get_weather"})
+    assert llm.create_chat_completion(USER, **legacy)["choices"][0]["message"] == msg
+
+
+def test_tool_choice_required_and_errors(llm, caplog):
+    kw = dict(tools=TOOLS, enable_thinking=False, max_tokens=4, seed=3, **RANDOM)
+    r = llm.create_chat_completion(USER, tool_choice="required", **kw)
+    prompt = rendered_prompt(llm, USER, 0, TOOLS) + b"<tool_call>\n<function="
+    assert r["usage"]["prompt_tokens"] == len(llm.tokenize(prompt, add_bos=False, special=True))
+    with pytest.raises(ValueError, match="not among the tools"):
+        llm.create_chat_completion(USER, tool_choice={"type": "function", "function": {"name": "nope"}}, **kw)
+    with pytest.raises(ValueError, match="needs tools"):
+        llm.create_chat_completion(USER, tool_choice="required", enable_thinking=False, max_tokens=1)
+    with pytest.raises(ValueError, match="unsupported tool_choice"):
+        llm.create_chat_completion(USER, tool_choice="sometimes", **kw)
+    # Thinking on: the call cannot be forced exactly; a warning says so and
+    # the request runs unforced.
+    with caplog.at_level("WARNING", logger="qwen35"):
+        r = llm.create_chat_completion(USER, tools=TOOLS, tool_choice="required", max_tokens=2, **GREEDY)
+    assert "not forced while thinking" in caplog.text
+    assert r["usage"]["prompt_tokens"] == len(rendered_tokens(llm, USER, tools=TOOLS))
+
+
+def test_load_state_restores_the_seed_sequence(llm):
+    kw = dict(max_tokens=8, **RANDOM)
+    llm("Once upon", **kw)
+    state = llm.save_state()
+    a = [llm("Once upon", **kw)["choices"][0]["text"] for _ in range(2)]
+    llm.load_state(state)
+    assert [llm("Once upon", **kw)["choices"][0]["text"] for _ in range(2)] == a
+
+
+def test_low_level_reply_parser():
+    p = _qwen35.ReplyParser(True, True, TOOLS_JSON, id_seed=5)
+    d = p.push("r\n</think>\n\n<tool_call>\n<function=get_weather>\n<parameter=city>\nPa")
+    assert d["reasoning_content"] == "r" and d["content"] == ""
+    ((index, call_id, name, args),) = d["tool_calls"]
+    assert (index, name, args) == (0, "get_weather", '{"city":"Pa')
+    assert call_id.startswith("call_")
+    assert p.result()["n_tool_calls"] == 0   # the open call is not complete JSON yet
+    d = p.push(b"ris\n</parameter>\n</function>\n</tool_call>")
+    assert d["tool_calls"] == [(0, None, None, 'ris"}')]
+    assert p.finish() == {"reasoning_content": "", "content": "", "tool_calls": []}
+    assert p.result() == {"reasoning_content": "r", "content": "", "n_tool_calls": 1,
+                          "tool_calls_json": '[{"name":"get_weather","arguments":{"city":"Paris"}}]'}
+    with pytest.raises(qwen35.StateError, match="finished"):
+        p.push("more")
+    with pytest.raises(qwen35.InvalidArgumentError, match="tools_json"):
+        _qwen35.ReplyParser(False, True, '{"not": "a list"}')
