@@ -16,12 +16,20 @@
  *    Diagnostics go to the log callback installed by the embedder.
  *  - Strings are UTF-8, NUL-terminated unless a length is given.
  *
- * Threading:
- *  - A qwen35_model is immutable after loading and may be shared by any number
- *    of contexts and threads.
- *  - A qwen35_context (and a qwen35_sampler) is used by one thread at a time.
- *    The only exception is qwen35_context_abort(), which may be called from any
- *    thread at any time.
+ * Threading, stated per function by a tag at the end of its declaration:
+ *  - A qwen35_model, a qwen35_mmproj and a qwen35_image_embed are immutable
+ *    once created and may be shared by any number of contexts and threads.
+ *  - [any]: may be called from any thread, concurrently with any other call.
+ *  - [ctx], [sampler], [detok], [parser]: calls on the same context (sampler,
+ *    detokenizer, reply parser) must not overlap; different handles are
+ *    independent, so the usual design is one thread per context.
+ *    [ctx+sampler]: both. qwen35_context_abort() is the exception: [any].
+ *  - [free]: no other call on that handle may overlap it; a model is freed
+ *    after its contexts and samplers, a projector after its encodes.
+ *
+ * Ownership: a pointer a function returns is owned by the handle it came from
+ * (valid as that function says), unless the function gives it to the caller
+ * and names the matching *_free.
  */
 #ifndef QWEN35_H
 #define QWEN35_H
@@ -58,8 +66,8 @@ extern "C" {
 #define QWEN35_VERSION_NUMBER 100
 
 /* The version of the library actually linked (compare with the macros). */
-QWEN35_API const char * qwen35_version(void);
-QWEN35_API int          qwen35_version_number(void);
+QWEN35_API const char * qwen35_version(void); /* [any] */
+QWEN35_API int          qwen35_version_number(void); /* [any] */
 
 /* ------------------------------------------------------------------------ */
 /* Status codes and errors                                                   */
@@ -80,11 +88,11 @@ typedef enum qwen35_status {
 } qwen35_status;
 
 /* Static description of a status code ("invalid argument", ...). Never NULL. */
-QWEN35_API const char * qwen35_status_str(qwen35_status status);
+QWEN35_API const char * qwen35_status_str(qwen35_status status); /* [any] */
 
 /* Message of the most recent failure of a qwen35_* call made by the calling
  * thread ("" if none). Valid until the next failing call on this thread. */
-QWEN35_API const char * qwen35_errmsg(void);
+QWEN35_API const char * qwen35_errmsg(void); /* [any] */
 
 /* Logging. The library never prints; it passes messages to this callback.
  * Install one per model (model params) or process-wide default here; NULL
@@ -95,7 +103,7 @@ typedef enum qwen35_log_level {
 typedef void (*qwen35_log_callback)(qwen35_log_level level, const char * message, void * user_data);
 /* Process-wide default log callback for models loaded without one (NULL = silent,
  * the initial state). Set it before loading models; thread-safe. */
-QWEN35_API void qwen35_log_set(qwen35_log_callback callback, void * user_data);
+QWEN35_API void qwen35_log_set(qwen35_log_callback callback, void * user_data); /* [any] */
 
 /* ------------------------------------------------------------------------ */
 /* Model                                                                     */
@@ -126,45 +134,45 @@ typedef struct qwen35_model_params {
     qwen35_log_callback      log_callback;      void * log_user_data;
 } qwen35_model_params;
 
-QWEN35_API qwen35_model_params qwen35_model_default_params(void);
+QWEN35_API qwen35_model_params qwen35_model_default_params(void); /* [any] */
 
 /* Load a qwen35 GGUF file. On success *out_model owns the mapping/weights;
  * release it with qwen35_model_free() after every context using it is freed.
  * On failure *out_model is NULL and qwen35_errmsg() says what is wrong and
  * where (key or tensor name, byte offset). params may be NULL (defaults). */
 QWEN35_API qwen35_status qwen35_model_load(const char * path, const qwen35_model_params * params,
-                                           qwen35_model ** out_model);
-QWEN35_API void qwen35_model_free(qwen35_model * model);
+                                           qwen35_model ** out_model); /* [any] */
+QWEN35_API void qwen35_model_free(qwen35_model * model); /* [free] */
 
 /* Model facts. All return 0 / NULL for a NULL model. Thread-safe. */
-QWEN35_API int32_t qwen35_model_n_vocab(const qwen35_model * model);
-QWEN35_API int32_t qwen35_model_n_ctx_train(const qwen35_model * model);
-QWEN35_API int32_t qwen35_model_n_embd(const qwen35_model * model);
-QWEN35_API int32_t qwen35_model_n_layer(const qwen35_model * model);   /* main layers, without MTP */
-QWEN35_API bool    qwen35_model_has_mtp(const qwen35_model * model);
-QWEN35_API qwen35_device qwen35_model_device(const qwen35_model * model); /* where it runs: CPU or CUDA */
+QWEN35_API int32_t qwen35_model_n_vocab(const qwen35_model * model); /* [any] */
+QWEN35_API int32_t qwen35_model_n_ctx_train(const qwen35_model * model); /* [any] */
+QWEN35_API int32_t qwen35_model_n_embd(const qwen35_model * model); /* [any] */
+QWEN35_API int32_t qwen35_model_n_layer(const qwen35_model * model);   /* main layers, without MTP [any] */
+QWEN35_API bool    qwen35_model_has_mtp(const qwen35_model * model); /* [any] */
+QWEN35_API qwen35_device qwen35_model_device(const qwen35_model * model); /* where it runs: CPU or CUDA [any] */
 /* Bytes of weights the model holds in host memory it allocated (0 when mmapped
  * and used in place) and on the device. */
-QWEN35_API uint64_t qwen35_model_host_bytes(const qwen35_model * model);
-QWEN35_API uint64_t qwen35_model_device_bytes(const qwen35_model * model);
-QWEN35_API uint64_t qwen35_model_file_bytes(const qwen35_model * model);
+QWEN35_API uint64_t qwen35_model_host_bytes(const qwen35_model * model); /* [any] */
+QWEN35_API uint64_t qwen35_model_device_bytes(const qwen35_model * model); /* [any] */
+QWEN35_API uint64_t qwen35_model_file_bytes(const qwen35_model * model); /* [any] */
 /* Free and total memory of CUDA device device_index, in bytes (for budgeting
  * n_ctx before creating contexts). QWEN35_ERR_UNSUPPORTED when the library was
  * built without CUDA or no device is usable; QWEN35_ERR_INVALID_ARG for a bad
  * index. Thread-safe. */
-QWEN35_API qwen35_status qwen35_cuda_memory_info(int device_index, uint64_t * free_bytes, uint64_t * total_bytes);
+QWEN35_API qwen35_status qwen35_cuda_memory_info(int device_index, uint64_t * free_bytes, uint64_t * total_bytes); /* [any] */
 /* One-line human description, e.g. "qwen35 4.3B NVFP4 (32+1 layers, vocab 248320)". */
-QWEN35_API const char * qwen35_model_desc(const qwen35_model * model);
+QWEN35_API const char * qwen35_model_desc(const qwen35_model * model); /* [any] */
 
 /* Metadata lookup by GGUF key. Scalars are rendered as text ("262144",
  * "1e-06", "true"); strings are returned as is; arrays as "[array of N type]".
  * Writes at most buf_size bytes including the NUL; returns the full length of
  * the value (as snprintf does), or -1 if the key does not exist. */
-QWEN35_API int32_t qwen35_model_meta(const qwen35_model * model, const char * key, char * buf, size_t buf_size);
-QWEN35_API int32_t qwen35_model_meta_count(const qwen35_model * model);
+QWEN35_API int32_t qwen35_model_meta(const qwen35_model * model, const char * key, char * buf, size_t buf_size); /* [any] */
+QWEN35_API int32_t qwen35_model_meta_count(const qwen35_model * model); /* [any] */
 /* Key of the i-th metadata entry (file order), or NULL if out of range. The
  * string is owned by the model and valid until qwen35_model_free. */
-QWEN35_API const char * qwen35_model_meta_key(const qwen35_model * model, int32_t i);
+QWEN35_API const char * qwen35_model_meta_key(const qwen35_model * model, int32_t i); /* [any] */
 
 /* ------------------------------------------------------------------------ */
 /* Context: the per-conversation state (KV cache, recurrent state)           */
@@ -182,21 +190,21 @@ typedef struct qwen35_context_params {
                                  fills (testing/analysis; see qwen35_context_mtp_logits; default false) */
 } qwen35_context_params;
 
-QWEN35_API qwen35_context_params qwen35_context_default_params(void);
+QWEN35_API qwen35_context_params qwen35_context_default_params(void); /* [any] */
 
 /* Create a context on a model. The model must outlive the context. */
 QWEN35_API qwen35_status qwen35_context_create(qwen35_model * model, const qwen35_context_params * params,
-                                               qwen35_context ** out_ctx);
-QWEN35_API void qwen35_context_free(qwen35_context * ctx);
+                                               qwen35_context ** out_ctx); /* [any] */
+QWEN35_API void qwen35_context_free(qwen35_context * ctx); /* [free] */
 
 /* Message of the last failure on this context ("" if none). Owned by ctx. */
-QWEN35_API const char * qwen35_context_errmsg(const qwen35_context * ctx);
-QWEN35_API const qwen35_model * qwen35_context_model(const qwen35_context * ctx);
-QWEN35_API int32_t qwen35_context_n_ctx(const qwen35_context * ctx);
+QWEN35_API const char * qwen35_context_errmsg(const qwen35_context * ctx); /* [ctx] */
+QWEN35_API const qwen35_model * qwen35_context_model(const qwen35_context * ctx); /* [ctx] */
+QWEN35_API int32_t qwen35_context_n_ctx(const qwen35_context * ctx); /* [ctx] */
 /* Number of rows (tokens or image embeddings) currently held. */
-QWEN35_API int32_t qwen35_context_n_past(const qwen35_context * ctx);
+QWEN35_API int32_t qwen35_context_n_past(const qwen35_context * ctx); /* [ctx] */
 /* Bytes of state this context allocated (KV cache, recurrent state, scratch). */
-QWEN35_API uint64_t qwen35_context_memory_bytes(const qwen35_context * ctx);
+QWEN35_API uint64_t qwen35_context_memory_bytes(const qwen35_context * ctx); /* [ctx] */
 
 /* Which rows of a decode call produce logits. */
 typedef enum qwen35_logits_mode {
@@ -208,15 +216,15 @@ typedef enum qwen35_logits_mode {
 /* Append n tokens and run the model over them. On error the context is left
  * exactly as before the call (bad token id, QWEN35_ERR_CONTEXT_FULL, ...). */
 QWEN35_API qwen35_status qwen35_context_decode(qwen35_context * ctx, const qwen35_token * tokens, int32_t n,
-                                               qwen35_logits_mode mode);
+                                               qwen35_logits_mode mode); /* [ctx] */
 
 /* Logits of row i of the last decode call (i = -1: its last row). Returns a
  * pointer to n_vocab floats owned by ctx, valid until the next call that
  * changes the context, or NULL if that row has no logits. */
-QWEN35_API const float * qwen35_context_logits(qwen35_context * ctx, int32_t i);
+QWEN35_API const float * qwen35_context_logits(qwen35_context * ctx, int32_t i); /* [ctx] */
 /* Post-output_norm hidden state of row i of the last decode call (n_embd
  * floats), same rules as qwen35_context_logits. Available for every row. */
-QWEN35_API const float * qwen35_context_hidden(qwen35_context * ctx, int32_t i);
+QWEN35_API const float * qwen35_context_hidden(qwen35_context * ctx, int32_t i); /* [ctx] */
 /* MTP head ("NextN" layer, models with qwen35_model_has_mtp only).
  * When the context was created with use_mtp, every decode call also keeps the
  * MTP layer's own KV cache complete: row i's hidden state is paired with the
@@ -227,33 +235,33 @@ QWEN35_API const float * qwen35_context_hidden(qwen35_context * ctx, int32_t i);
  * ctx, valid until the next call). The MTP cache entry it adds is provisional
  * and replaced by the next decode. */
 QWEN35_API qwen35_status qwen35_context_mtp_draft(qwen35_context * ctx, qwen35_token next_token,
-                                                  const float ** out_logits);
+                                                  const float ** out_logits); /* [ctx] */
 
 /* With mtp_logits: the MTP logits of MTP row `pos` (the prediction of the
  * token at row pos+2 from the hidden of row pos and the token of row pos+1)
  * if the last decode call filled that row, else NULL. */
-QWEN35_API const float * qwen35_context_mtp_logits(qwen35_context * ctx, int32_t pos);
+QWEN35_API const float * qwen35_context_mtp_logits(qwen35_context * ctx, int32_t pos); /* [ctx] */
 
 /* Forget everything (n_past = 0). */
-QWEN35_API void qwen35_context_reset(qwen35_context * ctx);
+QWEN35_API void qwen35_context_reset(qwen35_context * ctx); /* [ctx] */
 /* Keep only the first n_keep rows (0 <= n_keep <= n_past). Exact: the
  * recurrent state is restored from a checkpoint and replayed if necessary. */
-QWEN35_API qwen35_status qwen35_context_truncate(qwen35_context * ctx, int32_t n_keep);
+QWEN35_API qwen35_status qwen35_context_truncate(qwen35_context * ctx, int32_t n_keep); /* [ctx] */
 /* Tokens held by the context (image rows read as -1). Returns the count. */
-QWEN35_API int32_t qwen35_context_tokens(const qwen35_context * ctx, qwen35_token * out, int32_t max);
+QWEN35_API int32_t qwen35_context_tokens(const qwen35_context * ctx, qwen35_token * out, int32_t max); /* [ctx] */
 
 /* Ask a running decode/generation on ctx to stop as soon as possible. Safe to
  * call from any thread; the running call returns QWEN35_ERR_CANCELLED (generation
  * returns QWEN35_OK with stop reason CANCELLED). The flag clears when the next call starts. */
-QWEN35_API void qwen35_context_abort(qwen35_context * ctx);
+QWEN35_API void qwen35_context_abort(qwen35_context * ctx); /* [any] */
 
 /* Snapshot of the whole conversation state (tokens, KV cache, recurrent
  * state, MTP cache). The snapshot is tied to the model file (checked on load). */
-QWEN35_API uint64_t      qwen35_context_state_size(qwen35_context * ctx);
-QWEN35_API qwen35_status qwen35_context_state_save(qwen35_context * ctx, void * buf, uint64_t buf_size, uint64_t * written);
-QWEN35_API qwen35_status qwen35_context_state_load(qwen35_context * ctx, const void * buf, uint64_t size);
-QWEN35_API qwen35_status qwen35_context_state_save_file(qwen35_context * ctx, const char * path);
-QWEN35_API qwen35_status qwen35_context_state_load_file(qwen35_context * ctx, const char * path);
+QWEN35_API uint64_t      qwen35_context_state_size(qwen35_context * ctx); /* [ctx] */
+QWEN35_API qwen35_status qwen35_context_state_save(qwen35_context * ctx, void * buf, uint64_t buf_size, uint64_t * written); /* [ctx] */
+QWEN35_API qwen35_status qwen35_context_state_load(qwen35_context * ctx, const void * buf, uint64_t size); /* [ctx] */
+QWEN35_API qwen35_status qwen35_context_state_save_file(qwen35_context * ctx, const char * path); /* [ctx] */
+QWEN35_API qwen35_status qwen35_context_state_load_file(qwen35_context * ctx, const char * path); /* [ctx] */
 
 /* ------------------------------------------------------------------------ */
 /* Tokenizer                                                                 */
@@ -265,14 +273,14 @@ QWEN35_API qwen35_status qwen35_context_state_load_file(qwen35_context * ctx, co
  * (contexts refuse it). Invalid UTF-8 input never fails: each bad byte is
  * tokenized as U+FFFD. */
 
-QWEN35_API qwen35_token qwen35_token_eos(const qwen35_model * model);
-QWEN35_API qwen35_token qwen35_token_bos(const qwen35_model * model);   /* -1 if none */
-QWEN35_API bool         qwen35_token_is_eog(const qwen35_model * model, qwen35_token token);
-QWEN35_API bool         qwen35_token_is_control(const qwen35_model * model, qwen35_token token);
+QWEN35_API qwen35_token qwen35_token_eos(const qwen35_model * model); /* [any] */
+QWEN35_API qwen35_token qwen35_token_bos(const qwen35_model * model);   /* -1 if none [any] */
+QWEN35_API bool         qwen35_token_is_eog(const qwen35_model * model, qwen35_token token); /* [any] */
+QWEN35_API bool         qwen35_token_is_control(const qwen35_model * model, qwen35_token token); /* [any] */
 /* Raw vocabulary text of a token (byte-encoded form), NULL if out of range. */
-QWEN35_API const char * qwen35_token_text(const qwen35_model * model, qwen35_token token);
+QWEN35_API const char * qwen35_token_text(const qwen35_model * model, qwen35_token token); /* [any] */
 /* Id of the token whose vocabulary text is exactly `text`, or -1. */
-QWEN35_API qwen35_token qwen35_token_lookup(const qwen35_model * model, const char * text);
+QWEN35_API qwen35_token qwen35_token_lookup(const qwen35_model * model, const char * text); /* [any] */
 
 /* Tokenize len bytes of text. parse_special: match control tokens such as
  * <|im_start|> in the text (user-defined tokens like <think> always match).
@@ -281,31 +289,31 @@ QWEN35_API qwen35_token qwen35_token_lookup(const qwen35_model * model, const ch
  * -(needed) if max_tokens is too small (nothing useful written then). */
 QWEN35_API int32_t qwen35_tokenize(const qwen35_model * model, const char * text, size_t len,
                                    qwen35_token * tokens, int32_t max_tokens,
-                                   bool add_special, bool parse_special);
+                                   bool add_special, bool parse_special); /* [any] */
 
 /* Bytes of one token (may be an incomplete UTF-8 sequence). Control tokens
  * are empty unless render_special. Returns the length, or -(needed) if
  * buf_size is too small; no NUL is written. */
 QWEN35_API int32_t qwen35_token_to_piece(const qwen35_model * model, qwen35_token token,
-                                         char * buf, int32_t buf_size, bool render_special);
+                                         char * buf, int32_t buf_size, bool render_special); /* [any] */
 
 /* Detokenize a sequence into buf (NUL-terminated if room). Returns the length
  * without NUL, or -(needed+1) if buf_size is too small. Invalid UTF-8 is kept
  * as bytes. */
 QWEN35_API int32_t qwen35_detokenize(const qwen35_model * model, const qwen35_token * tokens, int32_t n,
-                                     char * buf, int32_t buf_size, bool render_special);
+                                     char * buf, int32_t buf_size, bool render_special); /* [any] */
 
 /* Streaming detokenizer: feed tokens one at a time and get back only complete
  * UTF-8 text (bytes of a character split across tokens are held back). */
 typedef struct qwen35_detok qwen35_detok;
-QWEN35_API qwen35_status qwen35_detok_create(const qwen35_model * model, bool render_special, qwen35_detok ** out);
-QWEN35_API void qwen35_detok_free(qwen35_detok * d);
+QWEN35_API qwen35_status qwen35_detok_create(const qwen35_model * model, bool render_special, qwen35_detok ** out); /* [any] */
+QWEN35_API void qwen35_detok_free(qwen35_detok * d); /* [free] */
 /* Returns a pointer to the newly completed text (NUL-terminated, owned by d,
  * valid until the next call) and its length in *len. The text is valid UTF-8:
  * invalid bytes become U+FFFD. NULL (and *len = 0) for a bad token id. */
-QWEN35_API const char * qwen35_detok_push(qwen35_detok * d, qwen35_token token, size_t * len);
+QWEN35_API const char * qwen35_detok_push(qwen35_detok * d, qwen35_token token, size_t * len); /* [detok] */
 /* Emit whatever is still held back (at end of generation). */
-QWEN35_API const char * qwen35_detok_flush(qwen35_detok * d, size_t * len);
+QWEN35_API const char * qwen35_detok_flush(qwen35_detok * d, size_t * len); /* [detok] */
 
 /* ------------------------------------------------------------------------ */
 /* Chat                                                                      */
@@ -346,14 +354,14 @@ typedef struct qwen35_chat_params {
     const char * template_override;         /* optional Jinja template to use instead of the model's */
 } qwen35_chat_params;
 
-QWEN35_API qwen35_chat_params qwen35_chat_default_params(void);
+QWEN35_API qwen35_chat_params qwen35_chat_default_params(void); /* [any] */
 
 /* Render a conversation with the model's chat template (tokenizer.chat_template).
  * Writes the prompt into buf (NUL-terminated if room) and returns its length,
  * or a negative qwen35_status on error (message in qwen35_errmsg()); if the
  * result does not fit, returns QWEN35_ERR_BUFFER_TOO_SMALL and sets *needed. */
 QWEN35_API int32_t qwen35_chat_render(const qwen35_model * model, const qwen35_chat_message * messages, size_t n,
-                                      const qwen35_chat_params * params, char * buf, size_t buf_size, size_t * needed);
+                                      const qwen35_chat_params * params, char * buf, size_t buf_size, size_t * needed); /* [any] */
 
 /* A parsed assistant reply. Strings are owned by the struct. */
 typedef struct qwen35_chat_reply {
@@ -367,8 +375,8 @@ typedef struct qwen35_chat_reply {
  * content and tool calls. thinking: whether the prompt ended inside <think>.
  * tools_offered: whether tools were given (tool calls are parsed only then). */
 QWEN35_API qwen35_status qwen35_chat_parse(const char * text, size_t len, bool thinking, bool tools_offered,
-                                           qwen35_chat_reply * out);
-QWEN35_API void qwen35_chat_reply_free(qwen35_chat_reply * reply);
+                                           qwen35_chat_reply * out); /* [any] */
+QWEN35_API void qwen35_chat_reply_free(qwen35_chat_reply * reply); /* [free] */
 
 /* Streaming reply parser (spec tokenizer-chat.md section 6.4): the parse of
  * qwen35_chat_parse, fed the generated text as it arrives and reporting what
@@ -418,8 +426,8 @@ typedef struct qwen35_reply_delta {
  * *out is NULL and QWEN35_ERR_INVALID_ARG is returned for a NULL out or
  * tools_json that is not a JSON array. */
 QWEN35_API qwen35_status qwen35_reply_parser_create(bool thinking, bool tools_offered, const char * tools_json,
-                                                    uint64_t id_seed, qwen35_reply_parser ** out);
-QWEN35_API void qwen35_reply_parser_free(qwen35_reply_parser * p);
+                                                    uint64_t id_seed, qwen35_reply_parser ** out); /* [any] */
+QWEN35_API void qwen35_reply_parser_free(qwen35_reply_parser * p); /* [free] */
 
 /* Feed len bytes of generated text (detokenized without special tokens;
  * text may be NULL when len is 0). delta may be NULL; otherwise it is filled
@@ -427,16 +435,16 @@ QWEN35_API void qwen35_reply_parser_free(qwen35_reply_parser * p);
  * NULL text with len > 0), QWEN35_ERR_STATE after qwen35_reply_parser_finish;
  * the parser is unchanged and *delta empty then. */
 QWEN35_API qwen35_status qwen35_reply_parser_push(qwen35_reply_parser * p, const char * text, size_t len,
-                                                  qwen35_reply_delta * delta);
+                                                  qwen35_reply_delta * delta); /* [parser] */
 /* The end of the text: resolve and report what is still held back (delta may
  * be NULL). Only one finish per parser: later pushes and finishes return
  * QWEN35_ERR_STATE. */
-QWEN35_API qwen35_status qwen35_reply_parser_finish(qwen35_reply_parser * p, qwen35_reply_delta * delta);
+QWEN35_API qwen35_status qwen35_reply_parser_finish(qwen35_reply_parser * p, qwen35_reply_delta * delta); /* [parser] */
 /* The reply so far, in qwen35_chat_parse's form (the caller owns the strings:
  * free with qwen35_chat_reply_free). Before finish, tool_calls_json and
  * n_tool_calls hold only the calls whose arguments are complete, so the JSON
  * is always valid; after finish, everything. Does not change the parser. */
-QWEN35_API qwen35_status qwen35_reply_parser_result(const qwen35_reply_parser * p, qwen35_chat_reply * out);
+QWEN35_API qwen35_status qwen35_reply_parser_result(const qwen35_reply_parser * p, qwen35_chat_reply * out); /* [parser] */
 
 /* ------------------------------------------------------------------------ */
 /* Sampling                                                                  */
@@ -461,21 +469,21 @@ typedef struct qwen35_sampler_params {
 
 /* Qwen3.5 recommended settings: thinking on -> temp 1.0, top_p 0.95, top_k 20,
  * presence 1.5; thinking off -> temp 0.7, top_p 0.8, top_k 20, presence 1.5. */
-QWEN35_API qwen35_sampler_params qwen35_sampler_default_params(bool thinking);
+QWEN35_API qwen35_sampler_params qwen35_sampler_default_params(bool thinking); /* [any] */
 /* Greedy: temperature 0, no penalties. */
-QWEN35_API qwen35_sampler_params qwen35_sampler_greedy_params(void);
+QWEN35_API qwen35_sampler_params qwen35_sampler_greedy_params(void); /* [any] */
 
 QWEN35_API qwen35_status qwen35_sampler_create(const qwen35_model * model, const qwen35_sampler_params * params,
-                                               qwen35_sampler ** out);
-QWEN35_API void qwen35_sampler_free(qwen35_sampler * s);
+                                               qwen35_sampler ** out); /* [any] */
+QWEN35_API void qwen35_sampler_free(qwen35_sampler * s); /* [free] */
 /* Pick a token from n_vocab logits (not modified). Does not record it: call
  * qwen35_sampler_accept for every token that becomes part of the output. */
-QWEN35_API qwen35_token qwen35_sampler_sample(qwen35_sampler * s, const float * logits);
-QWEN35_API void qwen35_sampler_accept(qwen35_sampler * s, qwen35_token token);
+QWEN35_API qwen35_token qwen35_sampler_sample(qwen35_sampler * s, const float * logits); /* [sampler] */
+QWEN35_API void qwen35_sampler_accept(qwen35_sampler * s, qwen35_token token); /* [sampler] */
 /* Record prompt tokens (used by the penalties only when penalize_prompt). */
-QWEN35_API void qwen35_sampler_accept_prompt(qwen35_sampler * s, const qwen35_token * tokens, int32_t n);
+QWEN35_API void qwen35_sampler_accept_prompt(qwen35_sampler * s, const qwen35_token * tokens, int32_t n); /* [sampler] */
 /* Clear the history and reseed (seed as at creation if seed == UINT64_MAX). */
-QWEN35_API void qwen35_sampler_reset(qwen35_sampler * s, uint64_t seed);
+QWEN35_API void qwen35_sampler_reset(qwen35_sampler * s, uint64_t seed); /* [sampler] */
 
 /* ------------------------------------------------------------------------ */
 /* Generation                                                                */
@@ -509,7 +517,7 @@ typedef struct qwen35_generate_params {
     qwen35_token_callback on_token; void * user_data;
 } qwen35_generate_params;
 
-QWEN35_API qwen35_generate_params qwen35_generate_default_params(void);
+QWEN35_API qwen35_generate_params qwen35_generate_default_params(void); /* [any] */
 
 typedef struct qwen35_generate_stats {
     int32_t n_prompt;               /* prompt rows evaluated by this call (after prefix reuse) */
@@ -532,7 +540,7 @@ typedef struct qwen35_generate_stats {
  * copied: afterwards qwen35_context_logits may return NULL. */
 QWEN35_API qwen35_status qwen35_generate(qwen35_context * ctx, qwen35_sampler * sampler,
                                          const qwen35_token * prompt, int32_t n_prompt,
-                                         const qwen35_generate_params * params, qwen35_generate_stats * stats);
+                                         const qwen35_generate_params * params, qwen35_generate_stats * stats); /* [ctx+sampler] */
 
 /* Render messages with the chat template, reuse the longest common prefix of
  * what the context already holds, decode the rest (images included) and
@@ -541,7 +549,7 @@ QWEN35_API qwen35_status qwen35_generate(qwen35_context * ctx, qwen35_sampler * 
 QWEN35_API qwen35_status qwen35_chat_generate(qwen35_context * ctx, qwen35_sampler * sampler,
                                               const qwen35_chat_message * messages, size_t n,
                                               const qwen35_chat_params * chat_params,
-                                              const qwen35_generate_params * params, qwen35_generate_stats * stats);
+                                              const qwen35_generate_params * params, qwen35_generate_stats * stats); /* [ctx+sampler] */
 
 /* ------------------------------------------------------------------------ */
 /* Vision                                                                    */
@@ -599,37 +607,37 @@ typedef struct qwen35_mmproj_params {
     bool   reference;           /* run the slow plain-loop float encoder (oracle for tests; default false) */
 } qwen35_mmproj_params;
 
-QWEN35_API qwen35_mmproj_params qwen35_mmproj_default_params(void);
+QWEN35_API qwen35_mmproj_params qwen35_mmproj_default_params(void); /* [any] */
 /* Load a vision projector GGUF. If model is not NULL, the projector must fit it
  * (projection width == n_embd). Free with qwen35_mmproj_free(); it may be
  * shared across threads like a model. */
 QWEN35_API qwen35_status qwen35_mmproj_load(const char * path, const qwen35_model * model,
-                                            const qwen35_mmproj_params * params, qwen35_mmproj ** out);
-QWEN35_API void qwen35_mmproj_free(qwen35_mmproj * mmproj);
+                                            const qwen35_mmproj_params * params, qwen35_mmproj ** out); /* [any] */
+QWEN35_API void qwen35_mmproj_free(qwen35_mmproj * mmproj); /* [free] */
 
 /* Images: decoded RGB8 pixels. From a file (PNG, JPEG, BMP, PPM/PGM) or from
  * memory (an encoded file in memory, or raw pixels). */
-QWEN35_API qwen35_status qwen35_image_load_file(const char * path, qwen35_image ** out);
-QWEN35_API qwen35_status qwen35_image_load_memory(const void * data, size_t size, qwen35_image ** out);
+QWEN35_API qwen35_status qwen35_image_load_file(const char * path, qwen35_image ** out); /* [any] */
+QWEN35_API qwen35_status qwen35_image_load_memory(const void * data, size_t size, qwen35_image ** out); /* [any] */
 /* Raw pixels: channels 3 (RGB) or 4 (RGBA, alpha dropped); stride in bytes (0 = width*channels). */
 QWEN35_API qwen35_status qwen35_image_from_pixels(const uint8_t * pixels, int32_t width, int32_t height,
-                                                  int32_t channels, int32_t stride, qwen35_image ** out);
-QWEN35_API void    qwen35_image_free(qwen35_image * image);
-QWEN35_API int32_t qwen35_image_width(const qwen35_image * image);
-QWEN35_API int32_t qwen35_image_height(const qwen35_image * image);
+                                                  int32_t channels, int32_t stride, qwen35_image ** out); /* [any] */
+QWEN35_API void    qwen35_image_free(qwen35_image * image); /* [free] */
+QWEN35_API int32_t qwen35_image_width(const qwen35_image * image); /* [any] */
+QWEN35_API int32_t qwen35_image_height(const qwen35_image * image); /* [any] */
 
 /* Encode an image into LLM-space embeddings (one per merged 2x2 patch). The
  * result is immutable and can be reused across turns and contexts. */
 QWEN35_API qwen35_status qwen35_image_encode(qwen35_mmproj * mmproj, const qwen35_image * image,
-                                             qwen35_image_embed ** out);
-QWEN35_API void    qwen35_image_embed_free(qwen35_image_embed * embed);
-QWEN35_API int32_t qwen35_image_embed_n_tokens(const qwen35_image_embed * embed);
-QWEN35_API int32_t qwen35_image_embed_n_embd(const qwen35_image_embed * embed);
+                                             qwen35_image_embed ** out); /* [any] */
+QWEN35_API void    qwen35_image_embed_free(qwen35_image_embed * embed); /* [free] */
+QWEN35_API int32_t qwen35_image_embed_n_tokens(const qwen35_image_embed * embed); /* [any] */
+QWEN35_API int32_t qwen35_image_embed_n_embd(const qwen35_image_embed * embed); /* [any] */
 /* Merged grid size (nx * ny == n_tokens) and the preprocessed pixel size. */
 QWEN35_API void    qwen35_image_embed_grid(const qwen35_image_embed * embed, int32_t * nx, int32_t * ny,
-                                           int32_t * width, int32_t * height);
+                                           int32_t * width, int32_t * height); /* [any] */
 /* n_tokens x n_embd floats, row-major, merged-token (row-major grid) order. */
-QWEN35_API const float * qwen35_image_embed_data(const qwen35_image_embed * embed);
+QWEN35_API const float * qwen35_image_embed_data(const qwen35_image_embed * embed); /* [any] */
 
 /* Append an image to the context: <|vision_start|>, the embeddings with
  * M-RoPE positions, <|vision_end|>. Text positions continue as the spec says
@@ -638,7 +646,7 @@ QWEN35_API const float * qwen35_image_embed_data(const qwen35_image_embed * embe
  * (QWEN35_ERR_CONTEXT_FULL when n_tokens + 2 rows do not fit, a width that
  * differs from the model's, a vocabulary without the delimiters) the context
  * is left as it was. */
-QWEN35_API qwen35_status qwen35_context_decode_image(qwen35_context * ctx, const qwen35_image_embed * embed);
+QWEN35_API qwen35_status qwen35_context_decode_image(qwen35_context * ctx, const qwen35_image_embed * embed); /* [ctx] */
 
 #ifdef __cplusplus
 }
