@@ -97,19 +97,19 @@ TEST_CASE("CUDA vision encoder: fixture images, LC and REF, F16 and F32 GEMMs, v
     auto mp = load_mmproj(fixture("vision/tiny-vis.mmproj.gguf"));
     attach_cuda(*mp, f32_gemm);
     const double bar = f32_gemm ? 1e-4 : 5e-3;
-    for (const char* name : kImages) {
+    for (const std::string name : kImages) {
       CAPTURE(name);
-      const Image img = load_image(fixture(std::string("vision/") + name + ".png"));
+      const Image img = load_image(fixture("vision/" + name + ".png"));
       const Pair lc = encode_both(*mp, img, VisionOptions::ForProfile(Profile::LlamaCpp));
       const double r_cpu = max_token_rel(lc.gpu.data, lc.cpu.data, 256);
-      const double r_fix = max_token_rel(lc.gpu.data, read_f32(fixture(std::string("vision/") + name + ".emb.f32")), 256);
-      MESSAGE(name << (f32_gemm ? " F32" : " native") << " LC: vs CPU reference " << r_cpu << ", vs fixture " << r_fix);
+      const double r_fix = max_token_rel(lc.gpu.data, read_f32(fixture("vision/" + name + ".emb.f32")), 256);
+      MESSAGE(name << std::string(f32_gemm ? " F32" : " native") << " LC: vs CPU reference " << r_cpu << ", vs fixture " << r_fix);
       CHECK(r_cpu <= bar);
       CHECK(r_fix <= bar);
       VisionOptions ref = VisionOptions::ForProfile(Profile::Ref);
       ref.pre.min_tokens = 8;  // keep the fixture pixels as they are (see test_vision)
       const Pair rf = encode_both(*mp, img, ref);
-      const double r_ref = max_token_rel(rf.gpu.data, read_f32(fixture(std::string("vision/") + name + ".ref.emb.f32")), 256);
+      const double r_ref = max_token_rel(rf.gpu.data, read_f32(fixture("vision/" + name + ".ref.emb.f32")), 256);
       CHECK(max_token_rel(rf.gpu.data, rf.cpu.data, 256) <= bar);
       CHECK(r_ref <= bar);
     }
@@ -204,10 +204,10 @@ TEST_CASE("CUDA vision encoder through the C API: device = CUDA, repeatable, ima
   REQUIRE(qwen35_mmproj_load(path.c_str(), nullptr, &pc, &cpu) == QWEN35_OK);
   REQUIRE_MESSAGE(qwen35_mmproj_load(path.c_str(), nullptr, &pg, &gpu) == QWEN35_OK, qwen35_errmsg());
   // Small, large, small: the scratch grows and is reused.
-  for (const char* name : {"tall64x128", "wide160x96", "sq128", "tall64x128"}) {
+  for (const std::string name : {"tall64x128", "wide160x96", "sq128", "tall64x128"}) {
     CAPTURE(name);
     qwen35_image* img = nullptr;
-    REQUIRE(qwen35_image_load_file(fixture(std::string("vision/") + name + ".png").c_str(), &img) == QWEN35_OK);
+    REQUIRE(qwen35_image_load_file(fixture("vision/" + name + ".png").c_str(), &img) == QWEN35_OK);
     qwen35_image_embed *ec = nullptr, *eg = nullptr, *eg2 = nullptr;
     REQUIRE(qwen35_image_encode(cpu, img, &ec) == QWEN35_OK);
     REQUIRE_MESSAGE(qwen35_image_encode(gpu, img, &eg) == QWEN35_OK, qwen35_errmsg());
@@ -221,7 +221,7 @@ TEST_CASE("CUDA vision encoder through the C API: device = CUDA, repeatable, ima
     const std::vector<float> vg(g, g + size_t(n) * size_t(d)), vc(c, c + size_t(n) * size_t(d));
     CHECK(max_token_rel(vg, vc, size_t(d)) <= 5e-3);
     CHECK(std::equal(g, g + size_t(n) * size_t(d), g2));  // same input, same bits
-    const auto want = read_f32(fixture(std::string("vision/") + name + ".emb.f32"));
+    const auto want = read_f32(fixture("vision/" + name + ".emb.f32"));
     CHECK(max_token_rel(vg, want, size_t(d)) <= 5e-3);
     qwen35_image_embed_free(eg2);
     qwen35_image_embed_free(eg);
