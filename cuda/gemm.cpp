@@ -68,7 +68,9 @@ Status Gemm::plan(const Key& key, Plan** out) {
   }
   const auto [type, N, K, n, ldx, ldy, add, al_a, al_x, al_y] = key;
   auto p = std::make_unique<Plan>();
-  const cudaDataType_t in_t = GemmType(type) == GemmType::BF16 ? CUDA_R_16BF : CUDA_R_32F;
+  const cudaDataType_t in_t = GemmType(type) == GemmType::BF16  ? CUDA_R_16BF
+                              : GemmType(type) == GemmType::F16 ? CUDA_R_16F
+                                                                : CUDA_R_32F;
   LT_TRY(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "set TRANSA");
@@ -94,7 +96,7 @@ Status Gemm::plan(const Key& key, Plan** out) {
   LT_TRY(hs, "cublasLtMatmulAlgoGetHeuristic");
   if (found == 0)
     return Error(QWEN35_ERR_BACKEND, "cuBLASLt has no algorithm for a {} GEMM of {}x{}x{}",
-                 in_t == CUDA_R_16BF ? "BF16" : "F32", N, n, K);
+                 in_t == CUDA_R_16BF ? "BF16" : in_t == CUDA_R_16F ? "F16" : "F32", N, n, K);
   p->algo = res.algo;
   *out = p.get();
   plans_.emplace(key, std::move(p));

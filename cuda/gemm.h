@@ -3,7 +3,8 @@
 //   y[t][r] (= or +=) alpha * sum_k A[r][k] * X[t][k]     t < n, r < N
 //
 // A: [N, K] row-major (a dequantized weight), X: [n, ldx] row-major, both
-// F32 or both BF16; y: F32 [n, ldy]. In cuBLAS's column-major terms this is
+// F32, both BF16 or both F16 (the vision encoder's F16 weights); y: F32
+// [n, ldy]. Accumulation is F32 in every case. In cuBLAS's column-major terms this is
 // D(N x n) = op_T(A) * X with A read as a K x N matrix, the "TN" layout.
 // Plans (descriptors and the chosen algorithm) are cached per shape.
 #pragma once
@@ -21,7 +22,7 @@ struct cublasLtContext;
 
 namespace qwen35::cuda {
 
-enum class GemmType { F32, BF16 };
+enum class GemmType { F32, BF16, F16 };
 
 class Gemm {
  public:

@@ -1,5 +1,6 @@
 // Built when the CUDA backend is not: every GPU request gets a clear answer.
 #include "backend.h"
+#include "vision/device_encoder.h"
 
 namespace qwen35 {
 
@@ -18,6 +19,11 @@ bool CudaAvailable() { return false; }
 Status CudaMemoryInfo(int, uint64_t* free_bytes, uint64_t* total_bytes) {
   *free_bytes = *total_bytes = 0;
   return Error(QWEN35_ERR_UNSUPPORTED, "this build of qwen35 has no CUDA backend");
+}
+
+Status vision::CreateCudaVisionEncoder(const vision::Mmproj&, const Model*, std::shared_ptr<vision::DeviceEncoder>* out) {
+  out->reset();
+  return Error(QWEN35_ERR_UNSUPPORTED, "this build of qwen35 has no CUDA backend (no CUDA vision encoder)");
 }
 
 }  // namespace qwen35

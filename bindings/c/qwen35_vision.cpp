@@ -7,6 +7,7 @@
 #include "bindings/c/handles.h"
 #include "log.h"
 #include "threadpool.h"
+#include "vision/device_encoder.h"
 
 using namespace qwen35;
 using namespace qwen35::vision;
@@ -83,10 +84,7 @@ qwen35_status qwen35_mmproj_load(const char* path, const qwen35_model* model, co
   const qwen35_mmproj_params p = read_params(params, qwen35_mmproj_default_params());
   if (p.n_threads < 0 || p.n_threads > 256)
     return set_error(QWEN35_ERR_INVALID_ARG, fmt::format("qwen35_mmproj_load: n_threads {} is out of range", p.n_threads));
-  if (p.device == QWEN35_DEVICE_CUDA)
-    return set_error(QWEN35_ERR_UNSUPPORTED,
-                     "qwen35_mmproj_load: this build has no CUDA vision encoder (use QWEN35_DEVICE_AUTO or CPU)");
-  if (p.device != QWEN35_DEVICE_AUTO && p.device != QWEN35_DEVICE_CPU)
+  if (p.device != QWEN35_DEVICE_AUTO && p.device != QWEN35_DEVICE_CPU && p.device != QWEN35_DEVICE_CUDA)
     return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_mmproj_load: bad device");
   VisionOptions opt;
   if (Status st = options_from_params(p, &opt); !st.ok()) return set_error(st);
@@ -95,10 +93,16 @@ qwen35_status qwen35_mmproj_load(const char* path, const qwen35_model* model, co
   if (!h) return set_error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory");
   Status st = guarded("loading the mmproj", [&] { return LoadMmproj(path, p.use_mmap, log, &h->mp); });
   if (st.ok() && model) st = CheckMmprojFitsModel(*h->mp, *model->m).prefix(std::string("'") + path + "': ");
+  // CUDA only when asked for: AUTO stays on the CPU until the CUDA encoder
+  // (cuda/vision_encoder.cpp) has been verified on a GPU (docs/cuda.md).
+  if (st.ok() && p.device == QWEN35_DEVICE_CUDA)
+    st = guarded("uploading the mmproj", [&] { return CreateCudaVisionEncoder(*h->mp, model ? model->m.get() : nullptr,
+                                                                              &h->mp->device); });
   if (!st.ok()) return set_error(st);
   h->opt = opt;
   h->n_threads = p.n_threads > 0 ? p.n_threads : ThreadPool::default_threads();
   log.info("{}", h->mp->desc);
+  if (h->mp->device) log.info("{}", h->mp->device->describe());
   *out = h.release();
   return QWEN35_OK;
 }

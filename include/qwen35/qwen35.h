@@ -591,7 +591,8 @@ typedef struct qwen35_mmproj_params {
                                    the transformers reference (default false): 8..4096 tokens, bilinear resize +
                                    letterbox, half-pixel antialiased position-table interpolation, tanh GELU in
                                    the merger (spec vision.md section 8) */
-    qwen35_device device;       /* default AUTO (follows the model) */
+    qwen35_device device;       /* AUTO (default) and CPU: the CPU encoder; CUDA: the GPU encoder
+                                   (compiled, not yet run on a GPU: AUTO picks it once it is verified) */
     /* Individual switches (fields added after `device`; a caller built against
      * an older header gets the preset for all of them). Default: 0 each.
      * qwen35_mmproj_load refuses (QWEN35_ERR_INVALID_ARG) an unknown switch

@@ -224,14 +224,7 @@ void CpuEncoder::rope2d(float* qkv) {
       const float* cs = cos_.data() + s * half;
       const float* sn = sin_.data() + s * half;
       for (int64_t part = 0; part < 2; ++part)  // q, then k
-        for (int64_t h = 0; h < hp_.n_head; ++h) {
-          float* v = qkv + s * 3 * C + part * C + h * DH;
-          for (int64_t d = 0; d < half; ++d) {
-            const float a = v[d], b = v[d + half];
-            v[d] = a * cs[d] - b * sn[d];
-            v[d + half] = b * cs[d] + a * sn[d];
-          }
-        }
+        for (int64_t h = 0; h < hp_.n_head; ++h) rope2d_head(qkv + s * 3 * C + part * C + h * DH, cs, sn, half);
     }
   });
 }

@@ -296,6 +296,14 @@ void gelu_erf(float* x, int64_t n) {
   }
 }
 
+void rope2d_head(float* v, const float* cs, const float* sn, int64_t half) {
+  for (int64_t d = 0; d < half; ++d) {
+    const float a = v[d], b = v[d + half];
+    v[d] = a * cs[d] - b * sn[d];
+    v[d + half] = b * cs[d] + a * sn[d];
+  }
+}
+
 QWEN35_CLONES void softmax(float* x, int64_t n) {
   const float m = row_max(x, n);
   for (int64_t i = 0; i < n; ++i) x[i] = exp_approx(x[i] - m);

@@ -54,6 +54,10 @@ void gelu_tanh_ref(float* x, int64_t n);
 // In place: x = 0.5 x (1 + erf(x / sqrt(2))) (exact GELU).
 void gelu_erf(float* x, int64_t n);
 
+// 2-D vision RoPE of one head in place (spec §4.3): pairs (d, d + half) turn
+// by the angle whose cosine and sine are cs[d] and sn[d] (VisionRopeCosSin).
+void rope2d_head(float* v, const float* cs, const float* sn, int64_t half);
+
 // In place softmax of one row (F32 statistics).
 void softmax(float* x, int64_t n);
 void softmax_ref(float* x, int64_t n);

@@ -15,6 +15,8 @@
 
 namespace qwen35::vision {
 
+class DeviceEncoder;  // device_encoder.h
+
 struct VisionHParams {
   int32_t n_embd = 0;      // C: ViT width (clip.vision.embedding_length)
   int32_t n_ff = 0;        // FF: ViT MLP width
@@ -69,6 +71,10 @@ struct Mmproj {
 
   uint64_t host_bytes = 0;            // bytes allocated for converted weights
   std::string desc;                   // one-line description
+
+  // Set once right after loading when the projector runs on a GPU
+  // (CreateCudaVisionEncoder); null: the CPU encoder.
+  std::shared_ptr<DeviceEncoder> device;
 };
 
 // Open and validate an mmproj file: keys, tensor names, shapes and types.

@@ -3,6 +3,7 @@
 #include <new>
 
 #include "tokenizer.h"
+#include "vision/device_encoder.h"
 
 namespace qwen35::vision {
 
@@ -39,9 +40,12 @@ Status EncodeImage(const Mmproj& mp, const Image& img, const VisionOptions& opt,
   eo.pos_interp = opt.pos_interp;
   eo.merger_act = opt.merger_act;
   eo.reference = opt.reference;
-  // The CPU encoder is the only one so far; a device encoder would be
-  // chosen here from where the projector's weights live.
-  QWEN35_TRY(EncodeCpu(mp, pre.patches.data(), pre.gw, pre.gh, eo, tp, e.data.data()));
+  // A projector with a device encoder (weights uploaded at load) runs there;
+  // the reference switch always runs the CPU oracle.
+  if (mp.device && !opt.reference)
+    QWEN35_TRY(mp.device->encode(mp, pre.patches.data(), pre.gw, pre.gh, eo, e.data.data()));
+  else
+    QWEN35_TRY(EncodeCpu(mp, pre.patches.data(), pre.gw, pre.gh, eo, tp, e.data.data()));
   *out = std::move(e);
   return Status::Ok();
 }

@@ -1,6 +1,7 @@
 // The plain-CUDA kernels (no inline PTX other than cp.async) run on the CPU
 // through the emulation of cuda_emu.h, against the same CPU references as the
-// GPU op tests (tests/gpu/kernel_refs.h). Every case runs the threads and
+// GPU op tests (tests/gpu/kernel_refs.h); the vision kernels against the CPU
+// vision kernels (lib/vision/kernels.h). Every case runs the threads and
 // blocks in ascending and in descending order, so a read that only works
 // because another thread happened to run first fails one of the two.
 // "Device" memory is host memory here.
@@ -22,6 +23,9 @@
 #include "fused_attn_case.h"
 #include "kernel_refs.h"
 #include "norm.h"
+#include "vision/encoder.h"
+#include "vision/kernels.h"
+#include "vision_kernels.h"
 
 using namespace qwen35;
 using namespace qwen35::cuda;
@@ -277,4 +281,189 @@ TEST_CASE("emulated: the norms with BF16 outputs equal the F32 norms rounded to 
   for (size_t i = 0; i < o.size(); ++i) same &= ob[i] == __bfloat16_as_ushort(__float2bfloat16_rn(o32[i]));
   CHECK(same);
   CHECK(rel(o, random_floats(size_t(n * heads * dv), 8, -2, 2)) == 0.0);  // the input is unchanged
+}
+
+// ---- vision encoder kernels (cuda/vision_*.cu) against lib/vision/kernels.h ----
+
+namespace {
+
+// F32 activation and the same value rounded as the F16 / BF16 GEMM inputs.
+uint16_t to_bf16(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
+
+// The vision kernels' outputs in each activation type: F32 is checked
+// against the CPU twin, F16 and BF16 must be the F32 values rounded.
+template <typename Run>
+void check_act_types(int64_t n, int64_t cols, int64_t ldy, Run&& run, const std::vector<float>& want, double bar) {
+  std::vector<float> y(size_t(n * ldy), NAN);
+  std::vector<uint16_t> yh(size_t(n * ldy), 0xFFFF), yb(size_t(n * ldy), 0xFFFF);
+  REQUIRE_MESSAGE(run(static_cast<void*>(y.data()), ActType::F32) == cudaSuccess, std::string(emu::last_error()));
+  REQUIRE(run(static_cast<void*>(yh.data()), ActType::F16) == cudaSuccess);
+  REQUIRE(run(static_cast<void*>(yb.data()), ActType::BF16) == cudaSuccess);
+  std::vector<float> got(size_t(n * cols));
+  bool rounded = true, pad_kept = true;
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t i = 0; i < ldy; ++i) {
+      const size_t k = size_t(t * ldy + i);
+      if (i >= cols) {
+        pad_kept &= std::isnan(y[k]) && yh[k] == 0xFFFF && yb[k] == 0xFFFF;
+        continue;
+      }
+      got[size_t(t * cols + i)] = y[k];
+      rounded &= yh[k] == to_f16(y[k]) && yb[k] == to_bf16(y[k]);
+    }
+  CHECK(rel(got, want) < bar);
+  CHECK(rounded);
+  CHECK(pad_kept);
+}
+
+}  // namespace
+
+TEST_CASE("emulated: vision LayerNorm matches layer_norm_ref, in F32, F16 and BF16") {
+  for (bool reverse : {false, true}) {
+    emu::set_order(reverse);
+    for (int64_t C : {64, 300, 1024}) {
+      for (int64_t n : {1, 5}) {
+        CAPTURE(reverse);
+        CAPTURE(C);
+        CAPTURE(n);
+        const int64_t ldx = C + 12, ldy = C + 4;
+        auto x = random_floats(size_t(n * ldx), 11, -3, 5);  // mean far from 0: tests the two-pass variance
+        auto g = random_floats(size_t(C), 12, 0.5f, 1.5f);
+        auto b = random_floats(size_t(C), 13, -0.5f, 0.5f);
+        std::vector<float> want(size_t(n * C));
+        for (int64_t t = 0; t < n; ++t)
+          vision::layer_norm_ref(x.data() + t * ldx, g.data(), b.data(), C, 1e-6f, want.data() + t * C);
+        check_act_types(
+            n, C, ldy,
+            [&](void* y, ActType yt) {
+              return vision_layer_norm(x.data(), ldx, g.data(), b.data(), n, C, 1e-6f, y, ldy, yt, nullptr);
+            },
+            want, 1e-6);
+        // In place (F32, same stride).
+        std::vector<float> xi(x);
+        REQUIRE(vision_layer_norm(xi.data(), ldx, g.data(), b.data(), n, C, 1e-6f, xi.data(), ldx, ActType::F32,
+                                  nullptr) == cudaSuccess);
+        std::vector<float> gi(size_t(n * C));
+        for (int64_t t = 0; t < n; ++t) std::copy_n(xi.data() + t * ldx, C, gi.data() + t * C);
+        CHECK(rel(gi, want) < 1e-6);
+      }
+    }
+  }
+  emu::set_order(false);
+}
+
+TEST_CASE("emulated: vision bias + GELU (tanh, erf, none) matches gelu_tanh_ref / gelu_erf") {
+  for (bool reverse : {false, true}) {
+    emu::set_order(reverse);
+    for (VisionAct act : {VisionAct::None, VisionAct::GeluTanh, VisionAct::GeluErf}) {
+      for (bool with_bias : {true, false}) {
+        CAPTURE(reverse);
+        CAPTURE(int(act));
+        CAPTURE(with_bias);
+        const int64_t n = 7, cols = 333, ldx = 340, ldy = 336;
+        auto x = random_floats(size_t(n * ldx), 21, -6, 6);
+        auto bias = random_floats(size_t(cols), 22, -1, 1);
+        std::vector<float> want(size_t(n * cols));
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t i = 0; i < cols; ++i) want[size_t(t * cols + i)] = x[size_t(t * ldx + i)] + (with_bias ? bias[size_t(i)] : 0.0f);
+        if (act == VisionAct::GeluTanh) vision::gelu_tanh_ref(want.data(), int64_t(want.size()));
+        if (act == VisionAct::GeluErf) vision::gelu_erf(want.data(), int64_t(want.size()));
+        check_act_types(
+            n, cols, ldy,
+            [&](void* y, ActType yt) {
+              return vision_bias_act(x.data(), ldx, with_bias ? bias.data() : nullptr, n, cols, act, y, ldy, yt,
+                                     nullptr);
+            },
+            want, 1e-6);
+      }
+    }
+    // In place on an F32 residual (the bias adds after the residual GEMMs).
+    const int64_t n = 3, cols = 64;
+    auto x = random_floats(size_t(n * cols), 23, -2, 2);
+    auto bias = random_floats(size_t(cols), 24, -1, 1);
+    std::vector<float> want(x);
+    for (size_t k = 0; k < want.size(); ++k) want[k] += bias[k % size_t(cols)];
+    REQUIRE(vision_bias_act(x.data(), cols, bias.data(), n, cols, VisionAct::None, x.data(), cols, ActType::F32,
+                            nullptr) == cudaSuccess);
+    CHECK(rel(x, want) == 0.0);
+  }
+  emu::set_order(false);
+}
+
+TEST_CASE("emulated: vision 2-D RoPE matches rope2d_head on q and k, v untouched") {
+  for (bool reverse : {false, true}) {
+    emu::set_order(reverse);
+    for (int64_t DH : {32, 64}) {
+      CAPTURE(reverse);
+      CAPTURE(DH);
+      const int32_t gw = 6, gh = 4, mw = gw / 2;
+      const int64_t n = gw * gh, NH = 3, C = NH * DH, ld = 3 * C + 8, half = DH / 2;
+      auto qkv = random_floats(size_t(n * ld), 31, -2, 2);
+      std::vector<float> cs(size_t(n * half)), sn(size_t(n * half));
+      for (int64_t s = 0; s < n; ++s) {
+        const int64_t m = s >> 2;
+        const int32_t py = int32_t(m / mw) * 2 + int32_t((s >> 1) & 1), px = int32_t(m % mw) * 2 + int32_t(s & 1);
+        vision::VisionRopeCosSin(py, px, int32_t(DH), cs.data() + s * half, sn.data() + s * half);
+      }
+      std::vector<float> want(qkv);
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t part = 0; part < 2; ++part)
+          for (int64_t h = 0; h < NH; ++h)
+            vision::rope2d_head(want.data() + t * ld + part * C + h * DH, cs.data() + t * half, sn.data() + t * half,
+                                half);
+      REQUIRE(vision_rope(qkv.data(), ld, n, NH, DH, C, cs.data(), sn.data(), nullptr) == cudaSuccess);
+      CHECK(rel(qkv, want) < 1e-6);
+      bool v_same = true;
+      const auto orig = random_floats(size_t(n * ld), 31, -2, 2);
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t i = 2 * C; i < ld; ++i) v_same &= qkv[size_t(t * ld + i)] == orig[size_t(t * ld + i)];
+      CHECK(v_same);
+    }
+  }
+  emu::set_order(false);
+}
+
+TEST_CASE("emulated: vision attention (tiled, online softmax) matches scores + softmax_ref + weighted V") {
+  for (bool reverse : {false, true}) {
+    emu::set_order(reverse);
+    for (int64_t DH : {32, 64, 128}) {
+      for (int64_t n : {1, 5, 33, 70}) {
+        CAPTURE(reverse);
+        CAPTURE(DH);
+        CAPTURE(n);
+        const int64_t NH = 2, C = NH * DH, ld = 3 * C + 4, ldo = C + 8;
+        const float scale = 1.0f / std::sqrt(float(DH));
+        auto qkv = random_floats(size_t(n * ld), 41, -2, 2);
+        std::vector<float> o(size_t(n * ldo), NAN);
+        REQUIRE_MESSAGE(vision_attention(qkv.data(), ld, C, 2 * C, n, NH, DH, scale, o.data(), ldo, nullptr) ==
+                            cudaSuccess,
+                        std::string(emu::last_error()));
+        // The CPU encoder's attention_ref, one query at a time.
+        std::vector<float> want(size_t(n * C)), got(size_t(n * C)), sc(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t h = 0; h < NH; ++h) {
+            const float* q = qkv.data() + i * ld + h * DH;
+            for (int64_t j = 0; j < n; ++j) {
+              const float* k = qkv.data() + j * ld + C + h * DH;
+              float acc = 0.0f;
+              for (int64_t d = 0; d < DH; ++d) acc += q[d] * k[d];
+              sc[size_t(j)] = acc * scale;
+            }
+            vision::softmax_ref(sc.data(), n);
+            for (int64_t d = 0; d < DH; ++d) {
+              float acc = 0.0f;
+              for (int64_t j = 0; j < n; ++j) acc += sc[size_t(j)] * qkv[size_t(j * ld + 2 * C + h * DH + d)];
+              want[size_t(i * C + h * DH + d)] = acc;
+              got[size_t(i * C + h * DH + d)] = o[size_t(i * ldo + h * DH + d)];
+            }
+          }
+        CHECK(rel(got, want) < 1e-5);
+        bool pad_kept = true;
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t c = C; c < ldo; ++c) pad_kept &= std::isnan(o[size_t(i * ldo + c)]);
+        CHECK(pad_kept);
+      }
+    }
+  }
+  emu::set_order(false);
 }

@@ -4,7 +4,8 @@
 # Run on the development machine, from the repository root, before sending
 # the tree to a GPU machine. Copies into .gpu/ (git-ignored; carry it) what
 # tests/gpu/run.sh needs that the repository does not hold:
-#   .gpu/fixtures  the fixture models and exact logits the GPU tests read
+#   .gpu/fixtures  the fixture models, exact logits and vision fixtures the
+#                  GPU tests read
 #   .gpu/deps      fmt and doctest (headers, library, CMake files) in case
 #                  the GPU machine's image lacks them
 set -euo pipefail
@@ -15,6 +16,11 @@ SRC=${1:-../shared/fixtures}
 rm -rf .gpu/fixtures .gpu/deps
 mkdir -p .gpu/fixtures/models .gpu/fixtures/logits .gpu/deps
 cp "$SRC"/models/tiny-a-f32.gguf "$SRC"/models/tiny-a-nvfp4.gguf "$SRC"/models/tiny-m-nvfp4.gguf .gpu/fixtures/models/
+# The vision fixtures (test_cuda_vision): the tiny projector, the images and
+# the expected embeddings of both profiles.
+mkdir -p .gpu/fixtures/vision
+cp "$SRC"/vision/tiny-vis.mmproj.gguf "$SRC"/vision/*.png "$SRC"/vision/*.emb.f32 "$SRC"/vision/*.json \
+   .gpu/fixtures/vision/
 cp "$SRC"/logits/seqs.txt "$SRC"/logits/tiny-a-f32.exact.main.f32 "$SRC"/logits/tiny-a-nvfp4.exact.main.f32 \
    "$SRC"/logits/tiny-m-nvfp4.exact.main.f32 "$SRC"/logits/tiny-m-nvfp4.exact.mtp.f32 .gpu/fixtures/logits/
 

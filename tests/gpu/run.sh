@@ -80,7 +80,8 @@ fi
 step configure 180 cmake "${CMAKE_ARGS[@]}"
 ALL_TARGETS=$(ninja -C "$BUILD" -t targets all 2>/dev/null | cut -d: -f1 || true)
 TARGETS=()
-for t in test_cuda_ops test_cuda_model test_fp4_layout test_mtp_loop qwen35-synth qwen35-cuda-bench qwen35-bench; do
+for t in test_cuda_ops test_cuda_model test_cuda_vision test_fp4_layout test_mtp_loop qwen35-synth qwen35-cuda-bench \
+  qwen35-bench qwen35-bench-vision; do
   if grep -qx "$t" <<<"$ALL_TARGETS"; then TARGETS+=("$t"); fi
 done
 HAVE_BENCH=0
@@ -114,7 +115,7 @@ fi
 
 # ---- tests ----------------------------------------------------------------------
 export QWEN35_FIXTURES=$FIX
-for t in test_cuda_ops test_cuda_model test_fp4_layout test_mtp_loop; do
+for t in test_cuda_ops test_cuda_model test_cuda_vision test_fp4_layout test_mtp_loop; do
   if [ -x "$BIN/$t" ]; then
     step "$t" 300 "$BIN/$t" --duration=true
   else
@@ -150,6 +151,14 @@ if [ -s "$M4" ]; then
 fi
 if [ -s "$M4MTP" ]; then
   bench "bench 4B NVFP4 + MTP (mirror)" "$BIN/qwen35-cuda-bench" -m "$M4MTP" -p 512 -n 128 --device cuda --json
+fi
+# The vision encoder on the GPU: a 640x480 image through a random projector
+# of the real Qwen3.5-4B shapes (F16, written to $WORK, about 672 MB), 5
+# timed encodes, and the embeddings compared once with the CPU encoder.
+VISION_BENCH=$BUILD/examples/qwen35-bench-vision
+if [ -x "$VISION_BENCH" ]; then
+  step "vision encoder 640x480 (CUDA)" 240 "$VISION_BENCH" --device cuda --width 640 --height 480 --reps 5 --check \
+    --synth-path "$WORK/qwen35-4b-synth.mmproj.gguf"
 fi
 # The same without one optimization each, for comparison (prefill rows:
 # short decodes).
@@ -193,6 +202,8 @@ TOTAL=$(($(date +%s) - T0))
     fi
     printf '%-34s %-12s %5ss  %s\n' "$name" "$st" "$dt" "$res"
   done
+  # Vision encoder timing (qwen35-bench-vision --device cuda).
+  grep -E '^vision\||^check vs the CPU encoder|^CUDA vision encoder' "$LOG" | sed 's/^/vision: /' || true
   if [ -s "$BENCH" ] && command -v python3 >/dev/null; then
     python3 - "$BENCH" <<'EOF'
 import json, sys
