@@ -83,6 +83,8 @@ class CpuBackend final : public Backend {
   // pass. The reference path keeps plain logits.
   Status eval_greedy(const EvalBatch& b, int32_t* argmax) override;
   Status eval_mtp_greedy(const MtpBatch& b, int32_t* argmax) override;
+  template <class Batch, class Eval>
+  Status argmax_rows(const Batch& b, int32_t* argmax, Eval eval);
   bool device_argmax() const override { return !p_.reference; }
   void reset() override;
   Status save_recurrent(int slot) override;
@@ -541,43 +543,40 @@ Status CpuBackend::eval(const EvalBatch& b) {
   return Status::Ok();
 }
 
-// MTP head (spec §5.1): e = enorm(embed(token)), hh = hnorm(hidden),
-// y = eh_proj [e | hh], a full-attention decoder layer with its own KV cache,
-// shared_head_norm, then the (shared) LM head.
-namespace {
-// Index of the largest value, lowest index on ties (the greedy sampler's rule).
-int32_t argmax_row(const float* x, int64_t n) {
-  int32_t best = 0;
-  for (int64_t i = 1; i < n; ++i)
-    if (x[i] > x[best]) best = int32_t(i);
-  return best;
-}
-}  // namespace
-
-Status CpuBackend::eval_greedy(const EvalBatch& b, int32_t* argmax) {
+// The greedy variants: the batch's logits go to a reused buffer and only
+// each row's argmax (lowest index on ties, the greedy sampler's rule) is
+// returned.
+template <class Batch, class Eval>
+Status CpuBackend::argmax_rows(const Batch& b, int32_t* argmax, Eval eval) {
   const int32_t rows = b.n - b.logits_first;
   if (rows <= 0) return eval(b);
-  const size_t need = size_t(rows) * size_t(hp_.n_vocab);
-  if (greedy_logits_.v.size() < need) QWEN35_TRY(greedy_logits_.alloc(need, "greedy logits"));
-  EvalBatch e = b;
+  const int64_t V = hp_.n_vocab;
+  if (greedy_logits_.v.size() < size_t(rows) * size_t(V))
+    QWEN35_TRY(greedy_logits_.alloc(size_t(rows) * size_t(V), "greedy logits"));
+  Batch e = b;
   e.logits = greedy_logits_.data();
   QWEN35_TRY(eval(e));
-  for (int32_t r = 0; r < rows; ++r) argmax[r] = argmax_row(greedy_logits_.data() + size_t(r) * hp_.n_vocab, hp_.n_vocab);
+  for (int32_t r = 0; r < rows; ++r) {
+    const float* x = greedy_logits_.data() + r * V;
+    int32_t best = 0;
+    for (int64_t i = 1; i < V; ++i)
+      if (x[i] > x[best]) best = int32_t(i);
+    argmax[r] = best;
+  }
   return Status::Ok();
+}
+
+Status CpuBackend::eval_greedy(const EvalBatch& b, int32_t* argmax) {
+  return argmax_rows(b, argmax, [this](const EvalBatch& e) { return eval(e); });
 }
 
 Status CpuBackend::eval_mtp_greedy(const MtpBatch& b, int32_t* argmax) {
-  const int32_t rows = b.n - b.logits_first;
-  if (rows <= 0) return eval_mtp(b);
-  const size_t need = size_t(rows) * size_t(hp_.n_vocab);
-  if (greedy_logits_.v.size() < need) QWEN35_TRY(greedy_logits_.alloc(need, "greedy logits"));
-  MtpBatch e = b;
-  e.logits = greedy_logits_.data();
-  QWEN35_TRY(eval_mtp(e));
-  for (int32_t r = 0; r < rows; ++r) argmax[r] = argmax_row(greedy_logits_.data() + size_t(r) * hp_.n_vocab, hp_.n_vocab);
-  return Status::Ok();
+  return argmax_rows(b, argmax, [this](const MtpBatch& e) { return eval_mtp(e); });
 }
 
+// MTP head (spec §5.1): e = enorm(embed(token)), hh = hnorm(hidden),
+// y = eh_proj [e | hh], a full-attention decoder layer with its own KV cache,
+// shared_head_norm, then the (shared) LM head.
 Status CpuBackend::eval_mtp(const MtpBatch& b) {
   if (!m_.mtp) return Error(QWEN35_ERR_UNSUPPORTED, "the model has no MTP layer");
   if (b.n < 1 || b.n > p_.n_batch) return Error(QWEN35_ERR_INVALID_ARG, "MTP batch of {} rows", b.n);
