@@ -11,8 +11,6 @@
 #include <thread>
 #include <vector>
 
-#include "gguf.h"
-#include "gguf_writer.h"
 #include "qwen35/qwen35.h"
 #include "test_util.h"
 
@@ -313,23 +311,6 @@ TEST_CASE("other shapes and mixed weight types: batch, step and reference agree"
 
 namespace {
 
-// Copy a GGUF file, adding single-value F32 tensors `X.scale` (spec §3.6).
-void write_with_scales(const std::string& src, const std::string& dst,
-                       const std::vector<std::pair<std::string, float>>& scales) {
-  std::unique_ptr<qwen35::GgufFile> f;
-  REQUIRE(qwen35::GgufFile::Open(src, true, &f).ok());
-  qwen35::GgufWriter w;
-  for (const auto& kv : f->kvs()) w.copy_kv(*f, kv);
-  for (const auto& t : f->tensors()) {
-    std::vector<int64_t> ne(t.ne, t.ne + t.n_dims);
-    const uint8_t* data = t.data;
-    w.add_tensor(std::string(t.name), t.type, ne, [data](uint8_t* out, uint64_t n) { std::memcpy(out, data, n); });
-  }
-  for (const auto& [name, v] : scales)
-    w.add_tensor(name, qwen35::GGML_F32, {1}, [v](uint8_t* out, uint64_t) { std::memcpy(out, &v, 4); });
-  REQUIRE(w.write(dst).ok());
-}
-
 std::vector<float> all_logits(qwen35_model* m, bool reference, const std::vector<int32_t>& s) {
   Ctx c(m, reference, 128);
   REQUIRE(qwen35_context_decode(c.c, s.data(), int32_t(s.size()), QWEN35_LOGITS_ALL) == QWEN35_OK);
@@ -357,7 +338,7 @@ TEST_CASE("NVFP4 per-tensor .scale tensors multiply the product's output (spec 3
 
   // output.scale = 2: exactly twice the logits (a power of two), both paths.
   const std::string doubled = tmp_path("scale-output.gguf");
-  write_with_scales(plain, doubled, {{"output.scale", 2.0f}});
+  REQUIRE(copy_gguf_with_f32(plain, doubled, {{"output.scale", {2.0f}}}));
   Model b(doubled);
   const std::vector<float> ref_b = all_logits(b.m, true, s), fast_b = all_logits(b.m, false, s);
   bool exact_ref = true, exact_fast = true;
@@ -370,8 +351,8 @@ TEST_CASE("NVFP4 per-tensor .scale tensors multiply the product's output (spec 3
 
   // Scales inside the layers change the result; fast and reference agree.
   const std::string inner = tmp_path("scale-inner.gguf");
-  write_with_scales(plain, inner, {{"blk.0.ffn_down.scale", 0.75f}, {"blk.1.ffn_up.scale", 1.5f},
-                                   {"blk.3.attn_output.scale", 0.5f}});
+  REQUIRE(copy_gguf_with_f32(plain, inner, {{"blk.0.ffn_down.scale", {0.75f}}, {"blk.1.ffn_up.scale", {1.5f}},
+                                            {"blk.3.attn_output.scale", {0.5f}}}));
   Model d(inner);
   const std::vector<float> ref_d = all_logits(d.m, true, s), fast_d = all_logits(d.m, false, s);
   CHECK(rel_err(ref_d.data(), ref_a.data(), ref_a.size()) > 1e-3);
@@ -379,19 +360,7 @@ TEST_CASE("NVFP4 per-tensor .scale tensors multiply the product's output (spec 3
 
   // A scale that is not one F32 value is refused.
   const std::string bad = tmp_path("scale-bad.gguf");
-  {
-    std::unique_ptr<qwen35::GgufFile> f;
-    REQUIRE(qwen35::GgufFile::Open(plain, true, &f).ok());
-    qwen35::GgufWriter w;
-    for (const auto& kv : f->kvs()) w.copy_kv(*f, kv);
-    for (const auto& t : f->tensors()) {
-      const uint8_t* data = t.data;
-      w.add_tensor(std::string(t.name), t.type, std::vector<int64_t>(t.ne, t.ne + t.n_dims),
-                   [data](uint8_t* out, uint64_t n) { std::memcpy(out, data, n); });
-    }
-    w.add_tensor("output.scale", qwen35::GGML_F32, {2}, [](uint8_t* out, uint64_t n) { std::memset(out, 0, n); });
-    REQUIRE(w.write(bad).ok());
-  }
+  REQUIRE(copy_gguf_with_f32(plain, bad, {{"output.scale", {0.0f, 0.0f}}}));
   qwen35_model* m = nullptr;
   qwen35_model_params p = qwen35_model_default_params();
   p.device = QWEN35_DEVICE_CPU;

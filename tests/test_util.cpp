@@ -10,8 +10,13 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "synth.h"
+#include <algorithm>
+#include <memory>
+
 #include "ggml_types.h"
+#include "gguf.h"
+#include "gguf_writer.h"
+#include "synth.h"
 
 namespace qwen35::test {
 
@@ -75,6 +80,32 @@ size_t argmax(const float* x, size_t n) {
   for (size_t i = 1; i < n; ++i)
     if (x[i] > x[best]) best = i;
   return best;
+}
+
+double max_token_rel(const std::vector<float>& a, const std::vector<float>& b, size_t n) {
+  if (a.size() != b.size() || n == 0) return INFINITY;
+  double worst = 0;
+  for (size_t r = 0; r * n < b.size(); ++r) worst = std::max(worst, rel_err(a.data() + r * n, b.data() + r * n, n));
+  return worst;
+}
+
+bool copy_gguf_with_f32(const std::string& src, const std::string& dst,
+                        const std::vector<std::pair<std::string, std::vector<float>>>& extra) {
+  std::unique_ptr<GgufFile> f;
+  if (!GgufFile::Open(src, true, &f).ok()) return false;
+  GgufWriter w;
+  for (const GgufKV& kv : f->kvs()) w.copy_kv(*f, kv);
+  for (const GgufTensor& t : f->tensors()) {
+    const uint8_t* data = t.data;
+    w.add_tensor(std::string(t.name), t.type, std::vector<int64_t>(t.ne, t.ne + t.n_dims),
+                 [data](uint8_t* out, uint64_t n) { std::memcpy(out, data, n); });
+  }
+  for (const auto& [name, values] : extra) {
+    const std::vector<float> v = values;
+    w.add_tensor(name, GGML_F32, {int64_t(v.size())},
+                 [v](uint8_t* out, uint64_t) { std::memcpy(out, v.data(), v.size() * sizeof(float)); });
+  }
+  return w.write(dst).ok();
 }
 
 std::string synth_model(const std::string& name, const SynthConfig& cfg) {

@@ -46,13 +46,6 @@ Image load_image(const std::string& path) {
   return img;
 }
 
-// Largest per-token relative L2 error (rows of n floats).
-double max_token_rel(const std::vector<float>& a, const std::vector<float>& b, size_t n) {
-  double worst = 0;
-  for (size_t r = 0; r * n < b.size(); ++r) worst = std::max(worst, rel_err(a.data() + r * n, b.data() + r * n, n));
-  return worst;
-}
-
 std::vector<uint8_t> random_pixels(int w, int h, uint32_t seed) {
   std::mt19937 rng(seed);
   std::vector<uint8_t> px(size_t(w) * size_t(h) * 3);

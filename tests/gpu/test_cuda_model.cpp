@@ -16,8 +16,6 @@
 
 #include "context.h"
 #include "generate.h"
-#include "gguf.h"
-#include "gguf_writer.h"
 #include "sampler.h"
 #include "gpu_test_util.h"
 #include "model.h"
@@ -760,21 +758,8 @@ TEST_CASE("CUDA: NVFP4 per-tensor .scale tensors are applied like on the CPU") {
   const std::string plain = synth_model("gpu-scale-plain", c);
   // Copy with scales inside the layers (spec 3.6).
   const std::string scaled = tmp_path("gpu-scale-inner.gguf");
-  {
-    std::unique_ptr<qwen35::GgufFile> f;
-    REQUIRE(qwen35::GgufFile::Open(plain, true, &f).ok());
-    qwen35::GgufWriter w;
-    for (const auto& kv : f->kvs()) w.copy_kv(*f, kv);
-    for (const auto& t : f->tensors()) {
-      const uint8_t* data = t.data;
-      w.add_tensor(std::string(t.name), t.type, std::vector<int64_t>(t.ne, t.ne + t.n_dims),
-                   [data](uint8_t* out, uint64_t n) { std::memcpy(out, data, n); });
-    }
-    for (const auto& [name, v] : std::vector<std::pair<std::string, float>>{
-             {"blk.0.ffn_down.scale", 0.75f}, {"blk.1.ffn_up.scale", 1.5f}, {"blk.3.attn_output.scale", 0.5f}})
-      w.add_tensor(name, qwen35::GGML_F32, {1}, [v = v](uint8_t* out, uint64_t) { std::memcpy(out, &v, 4); });
-    REQUIRE(w.write(scaled).ok());
-  }
+  REQUIRE(copy_gguf_with_f32(plain, scaled, {{"blk.0.ffn_down.scale", {0.75f}}, {"blk.1.ffn_up.scale", {1.5f}},
+                                             {"blk.3.attn_output.scale", {0.5f}}}));
   Model gpu(scaled), cpu(scaled, QWEN35_DEVICE_CPU);
   std::vector<int32_t> s;
   for (int i = 0; i < 24; ++i) s.push_back((i * 53 + 5) % 580);

@@ -49,13 +49,6 @@ Image load_image(const std::string& path) {
   return img;
 }
 
-double max_token_rel(const std::vector<float>& a, const std::vector<float>& b, size_t n) {
-  if (a.size() != b.size()) return INFINITY;
-  double worst = 0;
-  for (size_t r = 0; r * n < b.size(); ++r) worst = std::max(worst, rel_err(a.data() + r * n, b.data() + r * n, n));
-  return worst;
-}
-
 // The CUDA encoder attached to `mp` with QWEN35_CUDA_VISION_GEMM as given
 // (read when the encoder is created).
 void attach_cuda(Mmproj& mp, bool f32_gemm) {
