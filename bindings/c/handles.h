@@ -69,6 +69,17 @@ Status guarded(const char* what, F&& f) {
   }
 }
 
+// The value of a C enum argument or field as an int. A C caller may store any
+// int there, and loading an out-of-range value as the enum type is undefined
+// in C++: read the bits instead, then validate.
+template <typename E>
+int raw_enum(const E& e) {
+  static_assert(sizeof(E) == sizeof(int), "C enums are int-sized");
+  int v;
+  std::memcpy(&v, &e, sizeof v);
+  return v;
+}
+
 // Copy a struct that starts with struct_size: take min(given, ours) bytes
 // over the defaults so older callers keep working.
 template <typename T>

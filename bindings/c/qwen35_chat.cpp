@@ -36,7 +36,7 @@ Status convert_message(const qwen35_chat_message& in, size_t i, ChatMessage* out
     for (size_t k = 0; k < in.n_parts; ++k) {
       const qwen35_content_part& p = in.parts[k];
       ContentPart part;
-      switch (p.type) {
+      switch (raw_enum(p.type)) {
         case QWEN35_PART_TEXT:
           if (!p.text) return Error(QWEN35_ERR_INVALID_ARG, "message {}: text part {} has a NULL text", i, k);
           part.type = ContentPart::Type::Text;
@@ -50,7 +50,7 @@ Status convert_message(const qwen35_chat_message& in, size_t i, ChatMessage* out
           part.type = ContentPart::Type::Video;
           part.media = p.image;
           break;
-        default: return Error(QWEN35_ERR_INVALID_ARG, "message {}: part {} has an unknown type {}", i, k, int(p.type));
+        default: return Error(QWEN35_ERR_INVALID_ARG, "message {}: part {} has an unknown type {}", i, k, raw_enum(p.type));
       }
       out->parts.push_back(std::move(part));
     }

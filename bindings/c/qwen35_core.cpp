@@ -81,6 +81,9 @@ qwen35_status qwen35_model_load(const char* path, const qwen35_model_params* par
   if (out) *out = nullptr;
   if (!path || !out) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_model_load: path and out_model must not be NULL");
   const qwen35_model_params p = read_params(params, qwen35_model_default_params());
+  const int dev = raw_enum(p.device);
+  if (dev != QWEN35_DEVICE_AUTO && dev != QWEN35_DEVICE_CPU && dev != QWEN35_DEVICE_CUDA)
+    return set_error(QWEN35_ERR_INVALID_ARG, fmt::format("qwen35_model_load: bad device {}", dev));
   Logger log = p.log_callback ? Logger{p.log_callback, p.log_user_data} : default_logger();
   LoadOptions opt;
   opt.use_mmap = p.use_mmap;
@@ -192,19 +195,19 @@ int32_t qwen35_context_n_ctx(const qwen35_context* ctx) { return ctx ? ctx->ctx-
 int32_t qwen35_context_n_past(const qwen35_context* ctx) { return ctx ? ctx->ctx->n_past() : 0; }
 uint64_t qwen35_context_memory_bytes(const qwen35_context* ctx) { return ctx ? ctx->ctx->memory_bytes() : 0; }
 
-static LogitsMode to_mode(qwen35_logits_mode m) {
-  return m == QWEN35_LOGITS_ALL ? LogitsMode::All : m == QWEN35_LOGITS_NONE ? LogitsMode::None : LogitsMode::Last;
-}
 
 qwen35_status qwen35_context_decode(qwen35_context* ctx, const qwen35_token* tokens, int32_t n,
                                     qwen35_logits_mode mode) {
   if (!ctx) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_context_decode: ctx is NULL");
   clear_error(ctx);
   if (!tokens || n <= 0) return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_context_decode: need n > 0 tokens", ctx);
-  if (mode != QWEN35_LOGITS_LAST && mode != QWEN35_LOGITS_ALL && mode != QWEN35_LOGITS_NONE)
+  const int m = raw_enum(mode);
+  if (m != QWEN35_LOGITS_LAST && m != QWEN35_LOGITS_ALL && m != QWEN35_LOGITS_NONE)
     return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_context_decode: bad logits mode", ctx);
+  const LogitsMode lm = m == QWEN35_LOGITS_ALL ? LogitsMode::All : m == QWEN35_LOGITS_NONE ? LogitsMode::None
+                                                                                          : LogitsMode::Last;
   ctx->ctx->abort.store(false);
-  Status st = guarded("decode", [&] { return ctx->ctx->decode(tokens, n, to_mode(mode)); });
+  Status st = guarded("decode", [&] { return ctx->ctx->decode(tokens, n, lm); });
   return st.ok() ? QWEN35_OK : set_error(st, ctx);
 }
 

@@ -18,23 +18,23 @@ namespace {
 // switch that is not 0 ("as the preset says") overrides its item.
 Status options_from_params(const qwen35_mmproj_params& p, VisionOptions* out) {
   VisionOptions o = VisionOptions::ForProfile(p.llamacpp_compat ? Profile::LlamaCpp : Profile::Ref);
-  switch (p.preprocess) {
+  switch (raw_enum(p.preprocess)) {
     case QWEN35_VISION_PREPROCESS_PRESET: break;
     case QWEN35_VISION_PREPROCESS_REF: o.pre.profile = Profile::Ref; break;
     case QWEN35_VISION_PREPROCESS_LC: o.pre.profile = Profile::LlamaCpp; break;
-    default: return Error(QWEN35_ERR_INVALID_ARG, "qwen35_mmproj_load: bad preprocess {}", int(p.preprocess));
+    default: return Error(QWEN35_ERR_INVALID_ARG, "qwen35_mmproj_load: bad preprocess {}", raw_enum(p.preprocess));
   }
-  switch (p.pos_interp) {
+  switch (raw_enum(p.pos_interp)) {
     case QWEN35_VISION_POS_INTERP_PRESET: break;
     case QWEN35_VISION_POS_INTERP_ALIGN_CORNERS: o.pos_interp = PosInterp::AlignCorners; break;
     case QWEN35_VISION_POS_INTERP_HALF_PIXEL_ANTIALIAS: o.pos_interp = PosInterp::HalfPixelAntialias; break;
-    default: return Error(QWEN35_ERR_INVALID_ARG, "qwen35_mmproj_load: bad pos_interp {}", int(p.pos_interp));
+    default: return Error(QWEN35_ERR_INVALID_ARG, "qwen35_mmproj_load: bad pos_interp {}", raw_enum(p.pos_interp));
   }
-  switch (p.merger_gelu) {
+  switch (raw_enum(p.merger_gelu)) {
     case QWEN35_VISION_GELU_PRESET: break;
     case QWEN35_VISION_GELU_ERF: o.merger_act = MergerAct::GeluErf; break;
     case QWEN35_VISION_GELU_TANH: o.merger_act = MergerAct::GeluTanh; break;
-    default: return Error(QWEN35_ERR_INVALID_ARG, "qwen35_mmproj_load: bad merger_gelu {}", int(p.merger_gelu));
+    default: return Error(QWEN35_ERR_INVALID_ARG, "qwen35_mmproj_load: bad merger_gelu {}", raw_enum(p.merger_gelu));
   }
   if (p.image_min_tokens < 0 || p.image_max_tokens < 0)
     return Error(QWEN35_ERR_INVALID_ARG, "qwen35_mmproj_load: image_min_tokens {} / image_max_tokens {} must be >= 0",
@@ -84,8 +84,9 @@ qwen35_status qwen35_mmproj_load(const char* path, const qwen35_model* model, co
   const qwen35_mmproj_params p = read_params(params, qwen35_mmproj_default_params());
   if (p.n_threads < 0 || p.n_threads > 256)
     return set_error(QWEN35_ERR_INVALID_ARG, fmt::format("qwen35_mmproj_load: n_threads {} is out of range", p.n_threads));
-  if (p.device != QWEN35_DEVICE_AUTO && p.device != QWEN35_DEVICE_CPU && p.device != QWEN35_DEVICE_CUDA)
-    return set_error(QWEN35_ERR_INVALID_ARG, "qwen35_mmproj_load: bad device");
+  const int dev = raw_enum(p.device);
+  if (dev != QWEN35_DEVICE_AUTO && dev != QWEN35_DEVICE_CPU && dev != QWEN35_DEVICE_CUDA)
+    return set_error(QWEN35_ERR_INVALID_ARG, fmt::format("qwen35_mmproj_load: bad device {}", dev));
   VisionOptions opt;
   if (Status st = options_from_params(p, &opt); !st.ok()) return set_error(st);
   const Logger log = model ? model->m->log : default_logger();
