@@ -147,6 +147,10 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
   TextStream text(opt.stop);
   const bool mtp = opt.use_mtp && ctx.mtp_enabled();
   int32_t window_drafts = 0, window_accepted = 0, paused_until = -1, pause = policy.pause_tokens;
+  // After a pause: shadow probes (see MtpPolicy) until a window decides.
+  bool probing = policy.initial_pause > 0;
+  int32_t probes = 0, probe_hits = 0;
+  if (probing) paused_until = policy.initial_pause;
   bool stopped = false;
 
   // Emit one token: record it, stream its text, apply the stop rules.
@@ -208,10 +212,42 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
     const bool go_on = emit(tok);
     // `tok` is emitted; put it in the context (also when stopping, so the
     // context holds exactly the emitted tokens).
-    const bool draft_now = go_on && mtp && st.n_generated > paused_until && ctx.n_past() + 2 <= ctx.n_ctx();
+    const bool may_draft = go_on && mtp && st.n_generated > paused_until && ctx.n_past() + 2 <= ctx.n_ctx();
+    const bool draft_now = may_draft && !probing;
     // While paused, the MTP cache rows of plain steps wait and are computed
-    // in one batch when drafting resumes.
+    // in one batch when drafting resumes (or a probe drafts).
     if (mtp) ctx.set_mtp_lazy(!draft_now);
+    if (may_draft && probing) {
+      // Shadow probe: draft the token after `tok`, take a plain step, compare.
+      int32_t d = -1;
+      Status s;
+      if (ids) {
+        s = ctx.mtp_draft_argmax(tok, &d);
+      } else {
+        const float* dl = nullptr;
+        s = ctx.mtp_draft(tok, &dl);
+        if (s.ok()) d = argmax(dl, V);
+      }
+      if (!s.ok()) return finish(on_decode_error(s));
+      s = decode(&tok, 1);
+      ++st.n_main_passes;
+      if (!s.ok()) return finish(on_decode_error(s));
+      tok = next_of(-1);
+      draft = -1;
+      ++probes;
+      if (tok == d) ++probe_hits;
+      if (probes >= policy.window) {
+        if (double(probe_hits) >= policy.min_rate * double(probes)) {
+          probing = false;  // the drafter helps again: draft for real
+          pause = policy.pause_tokens;
+        } else {
+          paused_until = st.n_generated + pause;
+          pause = std::min(2 * pause, policy.max_pause);
+        }
+        probes = probe_hits = 0;
+      }
+      continue;
+    }
     if (!draft_now) {
       Status s = decode(&tok, 1);
       ++st.n_main_passes;
@@ -278,6 +314,7 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
       if (double(window_accepted) < policy.min_rate * double(window_drafts)) {
         paused_until = st.n_generated + pause;
         pause = std::min(2 * pause, policy.max_pause);
+        probing = true;
       } else {
         pause = policy.pause_tokens;
       }

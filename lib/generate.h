@@ -41,12 +41,17 @@ struct GenerateStats {
 // Adaptive drafting: after a window of drafts with low acceptance the loop
 // stops drafting for a while, then probes again; every failed probe doubles
 // the pause, so a drafter that never helps costs almost nothing in the long
-// run (only the MTP cache upkeep). Exposed for tests.
+// run (only the MTP cache upkeep). Probes are shadow drafts: the MTP head
+// drafts the next token, the step runs without it (no two-row verify, no
+// rollback) and the draft is compared with the token the step produces;
+// real drafting resumes when a window of probes reaches min_rate. Exposed
+// for tests.
 struct MtpPolicy {
-  int32_t window = 4;           // drafts per acceptance measurement
+  int32_t window = 4;           // drafts (or probes) per acceptance measurement
   double min_rate = 0.25;       // below this the drafter is paused
   int32_t pause_tokens = 32;    // first pause (tokens generated without drafting)
   int32_t max_pause = 1024;     // longest pause
+  int32_t initial_pause = 0;    // tokens before the first probe (0: draft from the start)
 };
 
 // Decode `prompt` (may be empty when the context already has logits for its

@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "context.h"
+#include "generate.h"
+#include "sampler.h"
 #include "model.h"
 #include "synth.h"
 #include "test_util.h"
@@ -208,4 +210,56 @@ TEST_CASE("lazy MTP fill (drafting paused): waiting rows are computed later, in 
   for (int i = 30; i < 40; ++i) REQUIRE(c->decode(&toks[size_t(i)], 1, LogitsMode::Last).ok());
   draft_of(*c, 3, &got);
   CHECK(rel_err(got.data(), want.data(), size_t(V)) < 1e-4);
+}
+
+TEST_CASE("adaptive drafting: shadow probes after a pause decide whether real drafting resumes") {
+  SynthConfig cfg;
+  cfg.n_vocab = 1500;
+  cfg.mtp_mirror = true;
+  cfg.seed = 5;
+  const std::string mirror = synth_model("mtp-mirror-spec", cfg);  // drafts always right
+  for (const std::string& path : {mirror, fixture("models/tiny-m-nvfp4.gguf")}) {
+    CAPTURE(path);
+    std::unique_ptr<Model> model;
+    REQUIRE(LoadModel(path, {}, {}, &model).ok());
+    ContextOptions o;
+    o.n_ctx = 256;
+    o.n_batch = 64;
+    o.n_threads = 2;
+    const std::vector<int32_t> prompt = {5, 17, 300, 42, 1499, 7, 7, 123};
+    const int n_gen = 80;
+    const auto plain = plain_greedy(*model, o, prompt, n_gen);
+    for (bool greedy_ids : {true, false}) {
+      CAPTURE(greedy_ids);
+      std::unique_ptr<Context> c;
+      REQUIRE(Context::Create(*model, o, &c).ok());
+      SamplerOptions so;  // greedy
+      if (!greedy_ids) so.logit_bias = {{1, 0.0f}};  // not a plain argmax: the logits path
+      Sampler sampler(model->hp.n_vocab, so);
+      GenerateOptions go;
+      go.max_tokens = n_gen;
+      go.ignore_eos = true;
+      std::vector<int32_t> got;
+      go.on_token = [&](int32_t t, const std::string&) {
+        if (t >= 0) got.push_back(t);
+        return true;
+      };
+      MtpPolicy policy;
+      policy.initial_pause = 10;  // start paused: 10 plain tokens, then probes
+      GenerateStats gs;
+      REQUIRE(Generate(*c, sampler, prompt, go, &gs, policy).ok());
+      CHECK(got == plain);  // probes never change the output
+      MESSAGE(gs.n_drafted << " drafts, " << gs.n_accepted << " accepted, " << gs.n_main_passes << " main passes");
+      if (path == mirror) {
+        // 10 plain steps, 4 probes that hit, then real drafting, all accepted.
+        CHECK(gs.n_drafted > 20);
+        CHECK(gs.n_accepted == gs.n_drafted);
+        CHECK(gs.n_main_passes < n_gen - 20);
+      } else {
+        // Random MTP weights: the probes miss, drafting never resumes.
+        CHECK(gs.n_drafted == 0);
+        CHECK(gs.n_main_passes == n_gen);
+      }
+    }
+  }
 }

@@ -526,7 +526,8 @@ typedef struct qwen35_generate_stats {
     double  t_generate_ms;
     double  prompt_tokens_per_s;
     double  generate_tokens_per_s;
-    int32_t n_drafted;              /* MTP draft tokens proposed */
+    int32_t n_drafted;              /* MTP draft tokens verified (the adaptive pause's shadow probes,
+                                       drafts checked without a verify pass, are not counted) */
     int32_t n_accepted;             /* ... and accepted */
     int32_t n_main_passes;          /* forward passes of the main model during generation */
     qwen35_stop_reason stop_reason;
