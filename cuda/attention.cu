@@ -37,6 +37,69 @@ __device__ __forceinline__ void load_f16_row(const uint16_t* p, float* out) {
   }
 }
 
+// Merge the kAttnWarps warps of a block (each with its running maximum m,
+// sum l and unnormalized output acc, online softmax) into split partial
+// `part` of part_m / part_l / part_o. Every thread of the block calls it.
+template <int EPL>
+__device__ __forceinline__ void write_split_partial(const AttnArgs& a, int64_t part, int warp, int lane, float m,
+                                                    float l, const float* acc, float* sm, float* sl,
+                                                    float (*so)[EPL * kWarp]) {
+  constexpr int Dh = EPL * kWarp;
+  if (lane == 0) {
+    sm[warp] = m;
+    sl[warp] = l;
+  }
+#pragma unroll
+  for (int e = 0; e < EPL; ++e) so[warp][lane * EPL + e] = acc[e];
+  __syncthreads();
+  float M = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, sm[w]);
+  if (threadIdx.x == 0) {
+    float L = 0.0f;
+    for (int w = 0; w < kAttnWarps; ++w) L += sm[w] == -INFINITY ? 0.0f : sl[w] * __expf(sm[w] - M);
+    a.part_m[part] = M;
+    a.part_l[part] = L;
+  }
+  for (int i = threadIdx.x; i < Dh; i += blockDim.x) {
+    float v = 0.0f;
+    for (int w = 0; w < kAttnWarps; ++w)
+      if (sm[w] != -INFINITY) v += so[w][i] * __expf(sm[w] - M);
+    a.part_o[part * Dh + i] = v;
+  }
+}
+
+// Merge the splits of (row t, head h) in split order, normalize, gate and
+// write the output. kL2: read the partials through L2 only (__ldcg), for a
+// block that merges what other blocks of the same launch wrote.
+template <bool kL2>
+__device__ __forceinline__ float part_load(const float* p) {
+  if constexpr (kL2) return __ldcg(p);
+  else return *p;
+}
+
+template <bool kL2>
+__device__ __forceinline__ void merge_splits(const AttnArgs& a, int64_t t, int64_t h, int64_t Dh) {
+  const int64_t base = (t * a.n_head + h) * a.splits;
+  float M = -INFINITY;
+  for (int s = 0; s < a.splits; ++s) M = fmaxf(M, part_load<kL2>(a.part_m + base + s));
+  float L = 0.0f;
+  for (int s = 0; s < a.splits; ++s) {
+    const float ms = part_load<kL2>(a.part_m + base + s);
+    if (ms != -INFINITY) L += part_load<kL2>(a.part_l + base + s) * __expf(ms - M);
+  }
+  const float inv = 1.0f / L;
+  const float* gate = a.gate + t * a.ldgate + h * a.gate_stride;
+  for (int64_t i = threadIdx.x; i < Dh; i += blockDim.x) {
+    float v = 0.0f;
+    for (int s = 0; s < a.splits; ++s) {
+      const float ms = part_load<kL2>(a.part_m + base + s);
+      if (ms != -INFINITY) v += part_load<kL2>(a.part_o + (base + s) * Dh + i) * __expf(ms - M);
+    }
+    a.o[t * a.n_head * Dh + h * Dh + i] = v * inv * sigmoid_f(gate[i]);
+  }
+}
+
 template <int EPL>
 __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_part_kernel(AttnArgs a) {
   pdl_prologue();
@@ -76,52 +139,13 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_part_kernel(Attn
     for (int e = 0; e < EPL; ++e) acc[e] = fmaf(p, kv[e], acc[e] * c);
     m = m_new;
   }
-  // Merge the warps of this block.
-  if (lane == 0) {
-    sm[warp] = m;
-    sl[warp] = l;
-  }
-#pragma unroll
-  for (int e = 0; e < EPL; ++e) so[warp][lane * EPL + e] = acc[e];
-  __syncthreads();
-  float M = -INFINITY;
-#pragma unroll
-  for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, sm[w]);
-  const int64_t part = (t * a.n_head + h) * a.splits + s;
-  if (threadIdx.x == 0) {
-    float L = 0.0f;
-    for (int w = 0; w < kAttnWarps; ++w) L += sm[w] == -INFINITY ? 0.0f : sl[w] * __expf(sm[w] - M);
-    a.part_m[part] = M;
-    a.part_l[part] = L;
-  }
-  for (int i = threadIdx.x; i < Dh; i += blockDim.x) {
-    float v = 0.0f;
-    for (int w = 0; w < kAttnWarps; ++w)
-      if (sm[w] != -INFINITY) v += so[w][i] * __expf(sm[w] - M);
-    a.part_o[part * Dh + i] = v;
-  }
+  write_split_partial<EPL>(a, (t * a.n_head + h) * a.splits + s, warp, lane, m, l, acc, sm, sl, so);
 }
 
 // One block per (head, row): merge the splits, normalize, gate.
 __global__ void attention_merge_kernel(AttnArgs a) {
   pdl_prologue();
-  const int64_t h = blockIdx.x, t = blockIdx.y, Dh = a.head_dim;
-  const int64_t base = (t * a.n_head + h) * a.splits;
-  float M = -INFINITY;
-  for (int s = 0; s < a.splits; ++s) M = fmaxf(M, a.part_m[base + s]);
-  float L = 0.0f;
-  for (int s = 0; s < a.splits; ++s)
-    if (a.part_m[base + s] != -INFINITY) L += a.part_l[base + s] * __expf(a.part_m[base + s] - M);
-  const float inv = 1.0f / L;
-  const float* gate = a.gate + t * a.ldgate + h * a.gate_stride;
-  for (int64_t i = threadIdx.x; i < Dh; i += blockDim.x) {
-    float v = 0.0f;
-    for (int s = 0; s < a.splits; ++s) {
-      const float ms = a.part_m[base + s];
-      if (ms != -INFINITY) v += a.part_o[(base + s) * Dh + i] * __expf(ms - M);
-    }
-    a.o[t * a.n_head * Dh + h * Dh + i] = v * inv * sigmoid_f(gate[i]);
-  }
+  merge_splits<false>(a, blockIdx.y, blockIdx.x, a.head_dim);
 }
 
 // ---- fused decode kernel ----------------------------------------------------------
@@ -203,29 +227,7 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_fused_kernel(Fus
     m = m_new;
   }
   // Merge the warps of this block (as the part kernel).
-  if (lane == 0) {
-    sm[warp] = m;
-    sl[warp] = l;
-  }
-#pragma unroll
-  for (int e = 0; e < EPL; ++e) so[warp][lane * EPL + e] = acc[e];
-  __syncthreads();
-  float M = -INFINITY;
-#pragma unroll
-  for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, sm[w]);
-  const int64_t base = (t * a.n_head + h) * a.splits;
-  if (threadIdx.x == 0) {
-    float L = 0.0f;
-    for (int w = 0; w < kAttnWarps; ++w) L += sm[w] == -INFINITY ? 0.0f : sl[w] * __expf(sm[w] - M);
-    a.part_m[base + s] = M;
-    a.part_l[base + s] = L;
-  }
-  for (int i = threadIdx.x; i < Dh; i += blockDim.x) {
-    float v = 0.0f;
-    for (int w = 0; w < kAttnWarps; ++w)
-      if (sm[w] != -INFINITY) v += so[w][i] * __expf(sm[w] - M);
-    a.part_o[(base + s) * Dh + i] = v;
-  }
+  write_split_partial<EPL>(a, (t * a.n_head + h) * a.splits + s, warp, lane, m, l, acc, sm, sl, so);
 
   // The last block of (t, h) to get here merges the splits (as the merge kernel).
   __threadfence();
@@ -234,23 +236,7 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_fused_kernel(Fus
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  float Mg = -INFINITY;
-  for (int k = 0; k < a.splits; ++k) Mg = fmaxf(Mg, __ldcg(a.part_m + base + k));
-  float Lg = 0.0f;
-  for (int k = 0; k < a.splits; ++k) {
-    const float mk = __ldcg(a.part_m + base + k);
-    if (mk != -INFINITY) Lg += __ldcg(a.part_l + base + k) * __expf(mk - Mg);
-  }
-  const float inv = 1.0f / Lg;
-  const float* gate = a.gate + t * a.ldgate + h * a.gate_stride;
-  for (int64_t i = threadIdx.x; i < Dh; i += blockDim.x) {
-    float v = 0.0f;
-    for (int k = 0; k < a.splits; ++k) {
-      const float mk = __ldcg(a.part_m + base + k);
-      if (mk != -INFINITY) v += __ldcg(a.part_o + (base + k) * Dh + i) * __expf(mk - Mg);
-    }
-    a.o[t * a.n_head * Dh + h * Dh + i] = v * inv * sigmoid_f(gate[i]);
-  }
+  merge_splits<true>(a, t, h, Dh);
   if (threadIdx.x == 0) f.counters[t * a.n_head + h] = 0;
 }
 
