@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "qwen35/qwen35.h"
+#include "fixture_logits.h"
 #include "test_util.h"
 
 using namespace qwen35::test;
@@ -43,77 +44,23 @@ struct Ctx {
   ~Ctx() { qwen35_context_free(c); }
 };
 
-struct Fixture {
-  std::vector<std::vector<int32_t>> seqs;
-  std::vector<float> main, mtp;
-  int V = 4122;
-  explicit Fixture(const std::string& model) {
-    seqs = read_seqs(fixture("logits/seqs.txt"));
-    main = read_f32(fixture("logits/" + model + ".exact.main.f32"));
-    if (model == "tiny-m-nvfp4") mtp = read_f32(fixture("logits/" + model + ".exact.mtp.f32"));
-  }
-};
-
-// Evaluate every fixture case and return per-position relative errors.
-std::vector<double> run_cases(qwen35_model* m, const Fixture& fx, bool reference, bool step, bool mtp,
-                              std::vector<double>* mtp_err, std::vector<std::pair<size_t, size_t>>* argmaxes) {
-  Ctx ctx(m, reference, 512, mtp);
-  std::vector<double> err;
-  size_t row = 0, mrow = 0;
-  for (const auto& s : fx.seqs) {
-    qwen35_context_reset(ctx.c);
-    const int n = int(s.size());
-    auto check_row = [&](const float* l, size_t r) {
-      REQUIRE(l != nullptr);
-      const float* ref = fx.main.data() + r * size_t(fx.V);
-      err.push_back(rel_err(l, ref, size_t(fx.V)));
-      if (argmaxes) argmaxes->push_back({argmax(l, size_t(fx.V)), r});
-    };
-    auto check_mtp = [&](int pos) {
-      const float* l = qwen35_context_mtp_logits(ctx.c, pos);
-      REQUIRE(l != nullptr);
-      mtp_err->push_back(rel_err(l, fx.mtp.data() + (mrow + size_t(pos)) * size_t(fx.V), size_t(fx.V)));
-    };
-    if (!step) {
-      REQUIRE(qwen35_context_decode(ctx.c, s.data(), n, QWEN35_LOGITS_ALL) == QWEN35_OK);
-      for (int i = 0; i < n; ++i) check_row(qwen35_context_logits(ctx.c, i), row + size_t(i));
-      if (mtp)
-        for (int i = 0; i + 1 < n; ++i) check_mtp(i);
-    } else {
-      for (int i = 0; i < n; ++i) {
-        REQUIRE(qwen35_context_decode(ctx.c, &s[size_t(i)], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
-        check_row(qwen35_context_logits(ctx.c, -1), row + size_t(i));
-        if (mtp && i >= 1) check_mtp(i - 1);
-      }
-    }
-    row += size_t(n);
-    mrow += size_t(n - 1);
-  }
-  return err;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 }  // namespace
 
 TEST_CASE("reference path matches the exact fixture logits (batch and step)") {
   for (const char* name : {"tiny-a-f32", "tiny-a-nvfp4", "tiny-m-nvfp4"}) {
-    Fixture fx(name);
+    FixtureLogits fx(name);
     Model m(fixture(std::string("models/") + name + ".gguf"));
     const bool mtp = std::string(name) == "tiny-m-nvfp4";
     for (bool step : {false, true}) {
       CAPTURE(name);
       CAPTURE(step);
-      std::vector<double> merr;
-      auto err = run_cases(m.m, fx, true, step, mtp, &merr, nullptr);
-      CHECK(err.size() == 374);
-      CHECK(*std::max_element(err.begin(), err.end()) <= 1e-3);
+      Ctx ctx(m.m, true, 512, mtp);
+      const FixtureErrors e = run_fixture_cases(ctx.c, fx, step, mtp);
+      CHECK(e.main.size() == 374);
+      CHECK(worst(e.main) <= 1e-3);
       if (mtp) {
-        CHECK(merr.size() == 371);
-        CHECK(*std::max_element(merr.begin(), merr.end()) <= 1e-3);
+        CHECK(e.mtp.size() == 371);
+        CHECK(worst(e.mtp) <= 1e-3);
       }
     }
   }
@@ -121,28 +68,14 @@ TEST_CASE("reference path matches the exact fixture logits (batch and step)") {
 
 TEST_CASE("default path meets the fixture bar") {
   for (const char* name : {"tiny-a-f32", "tiny-a-nvfp4", "tiny-m-nvfp4"}) {
-    Fixture fx(name);
+    FixtureLogits fx(name);
     Model m(fixture(std::string("models/") + name + ".gguf"));
     const bool mtp = std::string(name) == "tiny-m-nvfp4";
     for (bool step : {false, true}) {
       CAPTURE(name);
       CAPTURE(step);
-      std::vector<double> merr;
-      std::vector<std::pair<size_t, size_t>> am;
-      auto err = run_cases(m.m, fx, false, step, mtp, &merr, &am);
-      CHECK(median(err) <= 8e-2);
-      CHECK(*std::max_element(err.begin(), err.end()) <= 0.25);
-      // Argmax must agree wherever the exact top-2 margin exceeds 0.5.
-      for (auto [got, r] : am) {
-        const float* ref = fx.main.data() + r * size_t(fx.V);
-        std::vector<float> s(ref, ref + fx.V);
-        std::partial_sort(s.begin(), s.begin() + 2, s.end(), std::greater<float>());
-        if (s[0] - s[1] > 0.5f) CHECK_MESSAGE(got == argmax(ref, size_t(fx.V)), "row " << r);
-      }
-      if (mtp) {
-        CHECK(median(merr) <= 8e-2);
-        CHECK(*std::max_element(merr.begin(), merr.end()) <= 0.25);
-      }
+      Ctx ctx(m.m, false, 512, mtp);
+      check_fixture_bar(fx, run_fixture_cases(ctx.c, fx, step, mtp), mtp);
     }
   }
 }

@@ -20,6 +20,7 @@
 #include "gpu_test_util.h"
 #include "model.h"
 #include "qwen35/qwen35.h"
+#include "fixture_logits.h"
 #include "test_util.h"
 #include "tuning.h"
 
@@ -52,82 +53,6 @@ struct Ctx {
   ~Ctx() { qwen35_context_free(c); }
 };
 
-struct Fixture {
-  std::vector<std::vector<int32_t>> seqs;
-  std::vector<float> main, mtp;
-  int V = 4122;
-  explicit Fixture(const std::string& model) {
-    seqs = read_seqs(fixture("logits/seqs.txt"));
-    main = read_f32(fixture("logits/" + model + ".exact.main.f32"));
-    if (model == "tiny-m-nvfp4") mtp = read_f32(fixture("logits/" + model + ".exact.mtp.f32"));
-  }
-};
-
-struct Errors {
-  std::vector<double> main, mtp;
-  std::vector<std::pair<size_t, size_t>> argmax;  // (got, reference row)
-};
-
-// Every fixture case, batch or one token at a time; per-position errors.
-Errors run_cases(qwen35_model* m, const Fixture& fx, bool step, bool mtp) {
-  Ctx ctx(m, 512, mtp);
-  Errors e;
-  size_t row = 0, mrow = 0;
-  for (const auto& s : fx.seqs) {
-    qwen35_context_reset(ctx.c);
-    const int n = int(s.size());
-    auto check_row = [&](const float* l, size_t r) {
-      REQUIRE(l != nullptr);
-      e.main.push_back(rel_err(l, fx.main.data() + r * size_t(fx.V), size_t(fx.V)));
-      e.argmax.push_back({argmax(l, size_t(fx.V)), r});
-    };
-    auto check_mtp = [&](int pos) {
-      const float* l = qwen35_context_mtp_logits(ctx.c, pos);
-      REQUIRE(l != nullptr);
-      e.mtp.push_back(rel_err(l, fx.mtp.data() + (mrow + size_t(pos)) * size_t(fx.V), size_t(fx.V)));
-    };
-    if (!step) {
-      REQUIRE(qwen35_context_decode(ctx.c, s.data(), n, QWEN35_LOGITS_ALL) == QWEN35_OK);
-      for (int i = 0; i < n; ++i) check_row(qwen35_context_logits(ctx.c, i), row + size_t(i));
-      if (mtp)
-        for (int i = 0; i + 1 < n; ++i) check_mtp(i);
-    } else {
-      for (int i = 0; i < n; ++i) {
-        REQUIRE(qwen35_context_decode(ctx.c, &s[size_t(i)], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
-        check_row(qwen35_context_logits(ctx.c, -1), row + size_t(i));
-        if (mtp && i >= 1) check_mtp(i - 1);
-      }
-    }
-    row += size_t(n);
-    mrow += size_t(n - 1);
-  }
-  return e;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-double worst(const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); }
-
-// The fixture bar of fixtures/README.md.
-void check_bar(const Fixture& fx, const Errors& e, bool mtp) {
-  CHECK(e.main.size() == 374);
-  CHECK(median(e.main) <= 8e-2);
-  CHECK(worst(e.main) <= 0.25);
-  for (auto [got, r] : e.argmax) {
-    const float* ref = fx.main.data() + r * size_t(fx.V);
-    std::vector<float> s(ref, ref + fx.V);
-    std::partial_sort(s.begin(), s.begin() + 2, s.end(), std::greater<float>());
-    if (s[0] - s[1] > 0.5f) CHECK_MESSAGE(got == argmax(ref, size_t(fx.V)), "row " << r);
-  }
-  if (mtp) {
-    CHECK(e.mtp.size() == 371);
-    CHECK(median(e.mtp) <= 8e-2);
-    CHECK(worst(e.mtp) <= 0.25);
-  }
-}
-
 // Sets an environment variable for the lifetime of the object.
 struct EnvVar {
   std::string name;
@@ -140,7 +65,7 @@ struct EnvVar {
 TEST_CASE("CUDA: fixture logits meet the fixture bar (batch and step, MTP)") {
   QWEN35_REQUIRE_GPU();
   for (const char* name : {"tiny-a-f32", "tiny-a-nvfp4", "tiny-m-nvfp4"}) {
-    Fixture fx(name);
+    FixtureLogits fx(name);
     Model m(fixture(std::string("models/") + name + ".gguf"));
     REQUIRE(qwen35_model_device(m.m) == QWEN35_DEVICE_CUDA);
     CHECK(qwen35_model_device_bytes(m.m) > 0);
@@ -148,8 +73,9 @@ TEST_CASE("CUDA: fixture logits meet the fixture bar (batch and step, MTP)") {
     for (bool step : {false, true}) {
       CAPTURE(name);
       CAPTURE(step);
-      Errors e = run_cases(m.m, fx, step, mtp);
-      check_bar(fx, e, mtp);
+      Ctx ctx(m.m, 512, mtp);
+      const FixtureErrors e = run_fixture_cases(ctx.c, fx, step, mtp);
+      check_fixture_bar(fx, e, mtp);
       MESSAGE(name << (step ? " step" : " batch") << ": median " << median(e.main) << " worst " << worst(e.main));
     }
   }
@@ -159,9 +85,11 @@ TEST_CASE("CUDA: with F32 GEMMs the batch path stays close to the exact logits")
   QWEN35_REQUIRE_GPU();
   EnvVar env("QWEN35_CUDA_GEMM", "f32");
   for (const char* name : {"tiny-a-f32", "tiny-m-nvfp4"}) {
-    Fixture fx(name);
+    FixtureLogits fx(name);
     Model m(fixture(std::string("models/") + name + ".gguf"));
-    Errors e = run_cases(m.m, fx, false, std::string(name) == "tiny-m-nvfp4");
+    const bool mtp = std::string(name) == "tiny-m-nvfp4";
+    Ctx ctx(m.m, 512, mtp);
+    const FixtureErrors e = run_fixture_cases(ctx.c, fx, false, mtp);
     CAPTURE(name);
     MESSAGE(name << " F32 GEMM: median " << median(e.main) << " worst " << worst(e.main));
     // Only the F16 KV cache separates this path from the float reference.
