@@ -205,6 +205,15 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
     st.stop = StopReason::MaxTokens;
     return finish(Status::Ok());
   }
+  // The MTP draft of the token after `t`: its argmax on the device (ids) or
+  // from the draft logits.
+  auto draft_of = [&](int32_t t, int32_t* d) -> Status {
+    if (ids) return ctx.mtp_draft_argmax(t, d);
+    const float* dl = nullptr;
+    QWEN35_TRY(ctx.mtp_draft(t, &dl));
+    *d = argmax(dl, V);
+    return Status::Ok();
+  };
   int32_t tok = next_of(-1);
   int32_t draft = -1;  // (ids) the MTP draft of the token after `tok`, from the last speculative step
   while (!stopped) {
@@ -220,14 +229,7 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
     if (may_draft && probing) {
       // Shadow probe: draft the token after `tok`, take a plain step, compare.
       int32_t d = -1;
-      Status s;
-      if (ids) {
-        s = ctx.mtp_draft_argmax(tok, &d);
-      } else {
-        const float* dl = nullptr;
-        s = ctx.mtp_draft(tok, &dl);
-        if (s.ok()) d = argmax(dl, V);
-      }
+      Status s = draft_of(tok, &d);
       if (!s.ok()) return finish(on_decode_error(s));
       s = decode(&tok, 1);
       ++st.n_main_passes;
@@ -260,7 +262,7 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
     if (ids) {
       // Verify [tok, draft]; the context also drafts the token after the next one.
       if (draft < 0) {
-        Status s = ctx.mtp_draft_argmax(tok, &draft);
+        Status s = draft_of(tok, &draft);
         if (!s.ok()) return finish(on_decode_error(s));
       }
       const int32_t d = draft;
@@ -287,10 +289,9 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
       }
     } else {
       // Draft the token after `tok` with the MTP head, verify both in one pass.
-      const float* dl = nullptr;
-      Status s = ctx.mtp_draft(tok, &dl);
+      int32_t d = -1;
+      Status s = draft_of(tok, &d);
       if (!s.ok()) return finish(on_decode_error(s));
-      const int32_t d = argmax(dl, V);
       const int32_t pair[2] = {tok, d};
       s = ctx.decode_with_snapshot(pair, 2, LogitsMode::All);
       ++st.n_main_passes;
