@@ -289,3 +289,21 @@ TEST_CASE("C API vision switches: bad values are refused at load, older structs 
   CHECK(same(old, api_encode(params(true), im.h)));
   CHECK(rel(old, read_f32(fixture("vision/tall64x128.emb.f32"))) <= 1e-4);
 }
+
+TEST_CASE("C API vision: AUTO follows the model, qwen35_mmproj_device says where images are encoded") {
+  CHECK(qwen35_mmproj_device(nullptr) == QWEN35_DEVICE_CPU);
+  qwen35_model_params mp = qwen35_model_default_params();
+  mp.device = QWEN35_DEVICE_CPU;
+  qwen35_model* model = nullptr;
+  REQUIRE(qwen35_model_load(fixture("models/tiny-a-f32.gguf").c_str(), &mp, &model) == QWEN35_OK);
+  const qwen35_mmproj_params p = params(true);  // device AUTO
+  CHECK(p.device == QWEN35_DEVICE_AUTO);
+  qwen35_mmproj* proj = nullptr;
+  REQUIRE(qwen35_mmproj_load(fixture("vision/tiny-vis.mmproj.gguf").c_str(), model, &p, &proj) == QWEN35_OK);
+  CHECK(qwen35_mmproj_device(proj) == QWEN35_DEVICE_CPU);  // the model is on the CPU
+  qwen35_mmproj_free(proj);
+  REQUIRE(try_load(p, &proj) == QWEN35_OK);  // no model: the CPU
+  CHECK(qwen35_mmproj_device(proj) == QWEN35_DEVICE_CPU);
+  qwen35_mmproj_free(proj);
+  qwen35_model_free(model);
+}

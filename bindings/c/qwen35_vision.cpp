@@ -94,11 +94,23 @@ qwen35_status qwen35_mmproj_load(const char* path, const qwen35_model* model, co
   if (!h) return set_error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory");
   Status st = guarded("loading the mmproj", [&] { return LoadMmproj(path, p.use_mmap, log, &h->mp); });
   if (st.ok() && model) st = CheckMmprojFitsModel(*h->mp, *model->m).prefix(std::string("'") + path + "': ");
-  // CUDA only when asked for: AUTO stays on the CPU until the CUDA encoder
-  // (cuda/vision_encoder.cpp) has been verified on a GPU (docs/cuda.md).
-  if (st.ok() && p.device == QWEN35_DEVICE_CUDA)
-    st = guarded("uploading the mmproj", [&] { return CreateCudaVisionEncoder(*h->mp, model ? model->m.get() : nullptr,
-                                                                              &h->mp->device); });
+  // CUDA when asked for, or under AUTO when the model runs on CUDA (the
+  // projector follows the model; the CUDA encoder passed tests/gpu on an
+  // H100, docs/cuda.md). AUTO falls back to the CPU encoder if the upload
+  // fails (logged); an explicit CUDA request fails instead.
+  const bool want_cuda = p.device == QWEN35_DEVICE_CUDA ||
+                         (p.device == QWEN35_DEVICE_AUTO && model && model->m->device == QWEN35_DEVICE_CUDA);
+  if (st.ok() && want_cuda) {
+    Status up = guarded("uploading the mmproj", [&] {
+      return CreateCudaVisionEncoder(*h->mp, model ? model->m.get() : nullptr, &h->mp->device);
+    });
+    if (!up.ok() && p.device == QWEN35_DEVICE_AUTO) {
+      log.warn("vision projector stays on the CPU: {}", up.message());
+      h->mp->device.reset();
+    } else {
+      st = up;
+    }
+  }
   if (!st.ok()) return set_error(st);
   h->opt = opt;
   h->n_threads = p.n_threads > 0 ? p.n_threads : ThreadPool::default_threads();
@@ -109,6 +121,10 @@ qwen35_status qwen35_mmproj_load(const char* path, const qwen35_model* model, co
 }
 
 void qwen35_mmproj_free(qwen35_mmproj* mmproj) { delete mmproj; }
+
+qwen35_device qwen35_mmproj_device(const qwen35_mmproj* mmproj) {
+  return mmproj && mmproj->mp && mmproj->mp->device ? QWEN35_DEVICE_CUDA : QWEN35_DEVICE_CPU;
+}
 
 qwen35_status qwen35_image_load_file(const char* path, qwen35_image** out) {
   if (out) *out = nullptr;

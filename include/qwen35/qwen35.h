@@ -592,8 +592,9 @@ typedef struct qwen35_mmproj_params {
                                    the transformers reference (default false): 8..4096 tokens, bilinear resize +
                                    letterbox, half-pixel antialiased position-table interpolation, tanh GELU in
                                    the merger (spec vision.md section 8) */
-    qwen35_device device;       /* AUTO (default) and CPU: the CPU encoder; CUDA: the GPU encoder
-                                   (compiled, not yet run on a GPU: AUTO picks it once it is verified) */
+    qwen35_device device;       /* AUTO (default): the GPU encoder when `model` runs on CUDA (the
+                                   CPU encoder if that upload fails, logged), else the CPU; CPU: the
+                                   CPU encoder; CUDA: the GPU encoder (an error without one) */
     /* Individual switches (fields added after `device`; a caller built against
      * an older header gets the preset for all of them). Default: 0 each.
      * qwen35_mmproj_load refuses (QWEN35_ERR_INVALID_ARG) an unknown switch
@@ -616,6 +617,9 @@ QWEN35_API qwen35_mmproj_params qwen35_mmproj_default_params(void); /* [any] */
 QWEN35_API qwen35_status qwen35_mmproj_load(const char * path, const qwen35_model * model,
                                             const qwen35_mmproj_params * params, qwen35_mmproj ** out); /* [any] */
 QWEN35_API void qwen35_mmproj_free(qwen35_mmproj * mmproj); /* [free] */
+/* Where the projector encodes images: QWEN35_DEVICE_CUDA or QWEN35_DEVICE_CPU
+ * (also for NULL). Tells which one AUTO picked. */
+QWEN35_API qwen35_device qwen35_mmproj_device(const qwen35_mmproj * mmproj); /* [any] */
 
 /* Images: decoded RGB8 pixels. From a file (PNG, JPEG, BMP, PPM/PGM) or from
  * memory (an encoded file in memory, or raw pixels). */

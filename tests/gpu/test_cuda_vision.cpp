@@ -224,3 +224,37 @@ TEST_CASE("CUDA vision encoder through the C API: device = CUDA, repeatable, ima
   qwen35_mmproj_free(gpu);
   qwen35_mmproj_free(cpu);
 }
+
+TEST_CASE("CUDA vision encoder: AUTO follows a model on CUDA and gives the explicit CUDA encoder's bits") {
+  QWEN35_REQUIRE_GPU();
+  qwen35_model_params mparams = qwen35_model_default_params();
+  mparams.device = QWEN35_DEVICE_CUDA;
+  qwen35_model* model = nullptr;
+  REQUIRE_MESSAGE(qwen35_model_load(fixture("models/tiny-a-f32.gguf").c_str(), &mparams, &model) == QWEN35_OK,
+                  qwen35_errmsg());
+  REQUIRE(qwen35_model_device(model) == QWEN35_DEVICE_CUDA);
+  const std::string path = fixture("vision/tiny-vis.mmproj.gguf");
+  qwen35_mmproj_params pa = qwen35_mmproj_default_params();
+  pa.llamacpp_compat = true;
+  qwen35_mmproj_params pg = pa;
+  pg.device = QWEN35_DEVICE_CUDA;
+  qwen35_mmproj *autop = nullptr, *gpu = nullptr;
+  REQUIRE_MESSAGE(qwen35_mmproj_load(path.c_str(), model, &pa, &autop) == QWEN35_OK, qwen35_errmsg());
+  REQUIRE_MESSAGE(qwen35_mmproj_load(path.c_str(), nullptr, &pg, &gpu) == QWEN35_OK, qwen35_errmsg());
+  CHECK(qwen35_mmproj_device(autop) == QWEN35_DEVICE_CUDA);
+  CHECK(qwen35_mmproj_device(gpu) == QWEN35_DEVICE_CUDA);
+  qwen35_image* img = nullptr;
+  REQUIRE(qwen35_image_load_file(fixture("vision/sq128.png").c_str(), &img) == QWEN35_OK);
+  qwen35_image_embed *ea = nullptr, *eg = nullptr;
+  REQUIRE_MESSAGE(qwen35_image_encode(autop, img, &ea) == QWEN35_OK, qwen35_errmsg());
+  REQUIRE(qwen35_image_encode(gpu, img, &eg) == QWEN35_OK);
+  const size_t n = size_t(qwen35_image_embed_n_tokens(ea)) * size_t(qwen35_image_embed_n_embd(ea));
+  REQUIRE(n == size_t(qwen35_image_embed_n_tokens(eg)) * size_t(qwen35_image_embed_n_embd(eg)));
+  CHECK(std::equal(qwen35_image_embed_data(ea), qwen35_image_embed_data(ea) + n, qwen35_image_embed_data(eg)));
+  qwen35_image_embed_free(eg);
+  qwen35_image_embed_free(ea);
+  qwen35_image_free(img);
+  qwen35_mmproj_free(gpu);
+  qwen35_mmproj_free(autop);
+  qwen35_model_free(model);
+}

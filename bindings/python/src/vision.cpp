@@ -69,6 +69,9 @@ void bind_vision(py::module_& m) {
            "Load a projector; with a model, check that it fits it. llamacpp_compat picks the LC (True) or REF\n"
            "(False) preset; the VISION_* switches (0 = as the preset says) and the token bounds (0 = the\n"
            "preprocessing profile's default) override single items (qwen35_mmproj_params).")
+      .def_property_readonly(
+          "device", [](const MmprojHandle& h) { return int(qwen35_mmproj_device(h.mmproj)); },
+          "Where images are encoded: DEVICE_CUDA or DEVICE_CPU (which one AUTO picked).")
       .def("close",
            [](MmprojHandle& h) {
              qwen35_mmproj_free(h.mmproj);

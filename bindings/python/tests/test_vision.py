@@ -32,6 +32,7 @@ def test_encode_matches_the_fixture(f32_model_path, mmproj_path):
     # llama.cpp preprocessing keeps this image as it is, like the fixture
     # (the reference preprocessing would upscale it to 64 tokens).
     proj = _qwen35.Mmproj(mmproj_path, model, n_threads=1, llamacpp_compat=True)
+    assert proj.device == _qwen35.DEVICE_CPU  # AUTO follows the model (on the CPU)
     img = _qwen35.Image.from_file(fixture_path("vision", "sq128.png"))
     assert (img.width, img.height) == (128, 128)
     emb = proj.encode(img)
