@@ -19,6 +19,8 @@
 // first ones requested before the PDL wait; the activation slice is scaled
 // per 16-column chunk (no reductions before the conversion) and the RMS
 // norm's factor is applied to the results.
+// Kernel 3 (QWEN35_CUDA_FP4_KERNEL=3): kernel 2 with the weights moved by
+// bulk copies into a ring of shared-memory stages instead of registers.
 #include <algorithm>
 #include <atomic>
 
@@ -334,6 +336,109 @@ int64_t stream_kg_per(const Fp4Tiled& w, int sms, int align_kg, int warps, int b
   return (per + align_kg - 1) / align_kg * align_kg;
 }
 
+// One kgroup (64 columns, four mma) of a lane's tile rows: codes c4 and
+// scales s2 as loaded, activation chunks at xb / multipliers at mp.
+// kLean: the activation rows have one multiplier for the whole slice
+// (tc_load_x_impl<true>), applied by the caller to the finished sums.
+template <bool kLean = false>
+__device__ __forceinline__ void fp4_kgroup(float* acc, uint4 c4, uint2 s2, int i, const uint16_t* xb, const float* mp,
+                                           int n, bool has_col) {
+  const uint32_t words[4] = {c4.x, c4.y, c4.z, c4.w};
+#pragma unroll
+  for (int wd = 0; wd < 4; ++wd) {
+    const int c = 4 * i + wd;
+    uint32_t ar[4];
+    fp4_unpack_word(words[wd], ar);
+    uint32_t b0 = 0, b1 = 0;
+    if (has_col) {
+      const uint2 bv = *reinterpret_cast<const uint2*>(xb + c * n * 16);
+      b0 = bv.x;
+      b1 = bv.y;
+    }
+    float d[4];
+    mma_f16(d, ar, b0, b1);
+    const uint32_t sw = wd < 2 ? s2.x : s2.y;
+    const float2 sc = e4m3x2_to_float2(sw >> (16 * (wd & 1)));  // tile rows g, g+8
+    if constexpr (kLean) {
+      acc[0] = fmaf(d[0], sc.x, acc[0]);
+      acc[1] = fmaf(d[1], sc.x, acc[1]);
+      acc[2] = fmaf(d[2], sc.y, acc[2]);
+      acc[3] = fmaf(d[3], sc.y, acc[3]);
+    } else {
+      const float2 m = *reinterpret_cast<const float2*>(mp + c * kMatvecMaxCols);  // rows 2t, 2t+1
+      acc[0] = fmaf(d[0], sc.x * m.x, acc[0]);
+      acc[1] = fmaf(d[1], sc.x * m.y, acc[1]);
+      acc[2] = fmaf(d[2], sc.y * m.x, acc[2]);
+      acc[3] = fmaf(d[3], sc.y * m.y, acc[3]);
+    }
+  }
+}
+
+// Kernels 2 and 3 after the stream: the encoding's scale, the slices
+// combined (last block of the tile group, in split order), the RMS norm's
+// factor, the epilogue. Every thread of the block calls it.
+template <int W>
+__device__ __forceinline__ void fp4_finish(const Fp4MatvecArgs& a, int splits, int64_t tile, bool active, int g, int t,
+                                           float* acc, const float (*ss_part)[kMatvecMaxCols], bool& is_last) {
+  const Fp4Tiled& w = a.w;
+  const int n = a.n;
+  const int64_t tiles = w.tiles();
+  // The 2^-14 of the A encoding and the tensor scale.
+#pragma unroll
+  for (int e = 0; e < 4; ++e) acc[e] *= 16384.0f * w.scale;
+
+  // Combine the slices.
+  if (splits > 1) {
+    float* part = a.partial + ((int64_t(blockIdx.y) * tiles + tile) * kFp4TileRows) * kMatvecMaxCols;
+    if (active) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) part[(g + 8 * (e >> 1)) * kMatvecMaxCols + 2 * t + (e & 1)] = acc[e];
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(&a.counters[blockIdx.x], 1) == splits - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    if (active) {
+      // The partials of rows g and g+8 (activation rows 2t, 2t+1), added in
+      // split order; loads issued 8 splits at a time (this is the kernel's tail).
+      acc[0] = acc[1] = acc[2] = acc[3] = 0.0f;
+      const float* base = a.partial + (tile * kFp4TileRows + g) * kMatvecMaxCols + 2 * t;
+      const int64_t split_stride = tiles * kFp4TileRows * kMatvecMaxCols;
+      for (int s0 = 0; s0 < splits; s0 += 8) {
+        float2 lo[8], hi[8];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          if (s0 + k < splits) {
+            lo[k] = __ldcg(reinterpret_cast<const float2*>(base + (s0 + k) * split_stride));
+            hi[k] = __ldcg(reinterpret_cast<const float2*>(base + (s0 + k) * split_stride + 8 * kMatvecMaxCols));
+          }
+        }
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          if (s0 + k < splits) {
+            acc[0] += lo[k].x;
+            acc[1] += lo[k].y;
+            acc[2] += hi[k].x;
+            acc[3] += hi[k].y;
+          }
+        }
+      }
+    }
+    if (threadIdx.x == 0) a.counters[blockIdx.x] = 0;
+  }
+  if (!active) return;
+  if (a.norm) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int j = 2 * t + (e & 1);
+      if (j < n) acc[e] *= tc_rnorm<W>(ss_part, j, w.cols, a.eps);
+    }
+  }
+  fp4_store_outputs(a, tile, g, t, acc);
+}
+
 template <int W, int P>
 __global__ void __launch_bounds__(W * kWarp) fp4_stream_kernel(Fp4MatvecArgs a, int splits, int64_t kg_per) {
   extern __shared__ __align__(16) uint8_t smem_raw[];
@@ -400,86 +505,143 @@ __global__ void __launch_bounds__(W * kWarp) fp4_stream_kernel(Fp4MatvecArgs a, 
             cb[p] = ld_stream(cp + (i + P) * 32);
             sb[p] = ld_stream(sp + (i + P) * 8);
           }
-          const uint32_t words[4] = {c4.x, c4.y, c4.z, c4.w};
-#pragma unroll
-          for (int wd = 0; wd < 4; ++wd) {
-            const int c = 4 * i + wd;
-            uint32_t ar[4];
-            fp4_unpack_word(words[wd], ar);
-            uint32_t b0 = 0, b1 = 0;
-            if (has_col) {
-              const uint2 bv = *reinterpret_cast<const uint2*>(xb + c * n * 16);
-              b0 = bv.x;
-              b1 = bv.y;
-            }
-            float d[4];
-            mma_f16(d, ar, b0, b1);
-            const float2 m = *reinterpret_cast<const float2*>(mp + c * kMatvecMaxCols);  // rows 2t, 2t+1
-            const uint32_t sw = wd < 2 ? s2.x : s2.y;
-            const float2 sc = e4m3x2_to_float2(sw >> (16 * (wd & 1)));  // tile rows g, g+8
-            acc[0] = fmaf(d[0], sc.x * m.x, acc[0]);
-            acc[1] = fmaf(d[1], sc.x * m.y, acc[1]);
-            acc[2] = fmaf(d[2], sc.y * m.x, acc[2]);
-            acc[3] = fmaf(d[3], sc.y * m.y, acc[3]);
-          }
+          fp4_kgroup(acc, c4, s2, i, xb, mp, n, has_col);
         }
       }
     }
   }
-  // The 2^-14 of the A encoding and the tensor scale.
-#pragma unroll
-  for (int e = 0; e < 4; ++e) acc[e] *= 16384.0f * w.scale;
+  fp4_finish<W>(a, splits, tile, active, g, t, acc, ss_part, is_last);
+}
 
-  // 4. Combine the slices (last block of the tile group, in split order).
-  if (splits > 1) {
-    float* part = a.partial + ((int64_t(blockIdx.y) * tiles + tile) * kFp4TileRows) * kMatvecMaxCols;
-    if (active) {
+// ---- kernel 3: bulk copies into shared memory ---------------------------------------
+//
+// Kernel 2's arithmetic, but the weights travel through shared memory: each
+// warp's (tile, slice) run of codes and scales is contiguous in the tiled
+// layout, so lane 0 moves it with cp.async.bulk in stages of 4 kgroups
+// (2 KiB of codes + 256 B of scales) into a ring of S stages per warp,
+// completing on one mbarrier per stage. All S stages are requested before
+// the PDL wait and each consumed stage is requested again for the stage S
+// ahead. The bytes in flight are bounded by shared memory instead of
+// registers: S = 4 keeps 9 KiB per warp in flight (kernel 2 with P = 4:
+// 2.3 KiB), for fewer registers (capped at 80, so that 6 blocks of 4 warps
+// fit a multiprocessor; kernel 2 needs 127). Blocks of 4 warps (8 were
+// slower on the H100). kN = 1 or 2 compiles the activation row count in
+// (decode and MTP verification), which turns the per-mma shared-memory
+// address arithmetic into immediates; kN = 0 reads it at run time.
+// Lean mode (tuning fp4_lean) scales each activation row once for the whole
+// slice instead of per 16-column chunk, which saves a shared-memory load
+// and four multiplications per mma. skip_math (tuning fp4_probe, wrong
+// results) leaves out the arithmetic of the stream: a measuring probe of
+// what the weight traffic and the rest cost without it.
+
+constexpr int kBulkStageKg = 4;
+constexpr int kBulkStageBytes = kBulkStageKg * (kFp4CodeBytes + kFp4ScaleBytes);  // 2304
+
+// Dynamic shared memory of kernel 3: the rings, the barriers, the x slice.
+constexpr size_t bulk_ring_bytes(int warps, int stages) { return size_t(warps) * stages * (kBulkStageBytes + 8); }
+
+constexpr int kBulkWarps = 4;
+
+template <int S, bool kLean, int kN>
+__global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
+    fp4_bulk_kernel(Fp4MatvecArgs a, int splits, int64_t kg_per, bool skip_math) {
+  constexpr int W = kBulkWarps;
+  extern __shared__ __align__(128) uint8_t smem_raw[];
+  __shared__ float ss_part[W][kMatvecMaxCols];
+  __shared__ int rmax[kMatvecMaxCols];
+  __shared__ bool is_last;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int g = lane >> 2, t = lane & 3;
+  const Fp4Tiled& w = a.w;
+  const int n = kN > 0 ? kN : a.n;
+  const int64_t kg_n = w.kgroups(), tiles = w.tiles();
+  const int64_t kg0 = int64_t(blockIdx.y) * kg_per;
+  const int nkg = int(min(kg_n, kg0 + kg_per) - kg0);  // >= 1
+  const int nch = 4 * nkg;
+  const int nst = (nkg + kBulkStageKg - 1) / kBulkStageKg;
+  uint8_t* ring = smem_raw + size_t(warp) * S * kBulkStageBytes;                   // [S][2304] this warp's
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem_raw + size_t(W) * S * kBulkStageBytes) + warp * S;  // [S]
+  uint8_t* xbase = smem_raw + bulk_ring_bytes(W, S);
+  uint16_t* xs = reinterpret_cast<uint16_t*>(xbase);                           // [nch][n][16] F16
+  float* mult = reinterpret_cast<float*>(xbase + size_t(nch) * size_t(n) * 32);  // [nch][8]
+  const int64_t tile = int64_t(blockIdx.x) * W + warp;
+  const bool active = tile < tiles;
+  const uint8_t* codes = w.codes + (tile * kg_n + kg0) * kFp4CodeBytes;
+  const uint8_t* scales = w.scales + (tile * kg_n + kg0) * kFp4ScaleBytes;
+
+  // Stage st (kgroups 4st .. 4st+3 of the slice) into its ring slot; lane 0.
+  auto issue = [&](int st) {
+    const int k0 = st * kBulkStageKg, nk = min(kBulkStageKg, nkg - k0);
+    uint8_t* dst = ring + (st % S) * kBulkStageBytes;
+    const uint32_t bar = smem_addr(bars + st % S);
+    mbar_expect_tx(bar, uint32_t(nk) * (kFp4CodeBytes + kFp4ScaleBytes));
+    bulk_copy_g2s(smem_addr(dst), codes + size_t(k0) * kFp4CodeBytes, uint32_t(nk) * kFp4CodeBytes, bar);
+    bulk_copy_g2s(smem_addr(dst + kBulkStageKg * kFp4CodeBytes), scales + size_t(k0) * kFp4ScaleBytes,
+                  uint32_t(nk) * kFp4ScaleBytes, bar);
+  };
+
+  // 1. The first S stages (weights are never written by a kernel).
+  if (active && lane == 0) {
+    for (int i = 0; i < S; ++i) mbar_init(smem_addr(bars + i), 1);
+    for (int i = 0; i < S && i < nst; ++i) issue(i);
+  }
+  __syncwarp();
+  pdl_wait_and_trigger();
+
+  // 2. The activation slice, as kernel 2.
+  TcInput in;
+  in.x = a.x;
+  in.ldx = a.ldx;
+  in.n = n;
+  in.norm = a.norm;
+  in.gate_z = a.gate_z;
+  in.ldz = a.ldz;
+  in.gate_w = a.gate_w;
+  in.gate_dv = a.gate_dv;
+  in.eps = a.eps;
+  tc_load_x_impl<kLean>(in, kg0 * kFp4GroupCols, nch, xs, mult, rmax);
+  if (a.norm) tc_row_squares<W>(in, w.cols, ss_part);
+  __syncthreads();
+
+  // 3. Stream the stages.
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (active) {
+    const bool has_col = g < n;
+    const uint16_t* xb = xs + g * 16 + t * 4;
+    const float* mp = mult + 2 * t;
+    for (int st = 0; st < nst; ++st) {
+      const uint8_t* src = ring + (st % S) * kBulkStageBytes;
+      mbar_wait(smem_addr(bars + st % S), uint32_t(st / S) & 1u);
+      const int k0 = st * kBulkStageKg, nk = min(kBulkStageKg, nkg - k0);
+      uint4 c4[kBulkStageKg];
+      uint2 s2[kBulkStageKg];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) part[(g + 8 * (e >> 1)) * kMatvecMaxCols + 2 * t + (e & 1)] = acc[e];
-    }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) is_last = atomicAdd(&a.counters[blockIdx.x], 1) == splits - 1;
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    if (active) {
-      // The partials of rows g and g+8 (activation rows 2t, 2t+1), added in
-      // split order; loads issued 8 splits at a time (this is the kernel's tail).
-      acc[0] = acc[1] = acc[2] = acc[3] = 0.0f;
-      const float* base = a.partial + (tile * kFp4TileRows + g) * kMatvecMaxCols + 2 * t;
-      const int64_t split_stride = tiles * kFp4TileRows * kMatvecMaxCols;
-      for (int s0 = 0; s0 < splits; s0 += 8) {
-        float2 lo[8], hi[8];
-#pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          if (s0 + k < splits) {
-            lo[k] = __ldcg(reinterpret_cast<const float2*>(base + (s0 + k) * split_stride));
-            hi[k] = __ldcg(reinterpret_cast<const float2*>(base + (s0 + k) * split_stride + 8 * kMatvecMaxCols));
-          }
-        }
-#pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          if (s0 + k < splits) {
-            acc[0] += lo[k].x;
-            acc[1] += lo[k].y;
-            acc[2] += hi[k].x;
-            acc[3] += hi[k].y;
-          }
+      for (int k = 0; k < kBulkStageKg; ++k) {
+        if (k < nk) {
+          c4[k] = *reinterpret_cast<const uint4*>(src + k * kFp4CodeBytes + lane * 16);
+          s2[k] = *reinterpret_cast<const uint2*>(src + kBulkStageKg * kFp4CodeBytes + k * kFp4ScaleBytes + g * 8);
         }
       }
-    }
-    if (threadIdx.x == 0) a.counters[blockIdx.x] = 0;
-  }
-  if (!active) return;
-  if (a.norm) {
+      // The slot is free once every lane has its values: request stage st + S.
+      __syncwarp();
+      if (lane == 0 && st + S < nst) {
+        fence_proxy_async_smem();
+        issue(st + S);
+      }
+      if (skip_math) continue;
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int j = 2 * t + (e & 1);
-      if (j < n) acc[e] *= tc_rnorm<W>(ss_part, j, w.cols, a.eps);
+      for (int k = 0; k < kBulkStageKg; ++k)
+        if (k < nk) fp4_kgroup<kLean>(acc, c4[k], s2[k], k0 + k, xb, mp, n, has_col);
+    }
+    if constexpr (kLean) {
+      const float2 m = *reinterpret_cast<const float2*>(mp);  // rows 2t, 2t+1: the same for every chunk
+      acc[0] *= m.x;
+      acc[1] *= m.y;
+      acc[2] *= m.x;
+      acc[3] *= m.y;
     }
   }
-  fp4_store_outputs(a, tile, g, t, acc);
+  fp4_finish<W>(a, splits, tile, active, g, t, acc, ss_part, is_last);
 }
 
 // Raises a kernel's dynamic shared memory limit once to what it needs.
@@ -503,6 +665,25 @@ cudaError_t launch_stream(const Fp4MatvecArgs& a, int splits, int64_t kg_per, cu
   if (e != cudaSuccess) return e;
   const dim3 grid(unsigned((a.w.tiles() + W - 1) / W), unsigned(splits));
   return launch(fp4_stream_kernel<W, P>, grid, dim3(W * kWarp), smem, stream, a, splits, kg_per);
+}
+
+template <int S, bool kLean, int kN>
+cudaError_t launch_bulk(const Fp4MatvecArgs& a, int splits, int64_t kg_per, bool skip_math, cudaStream_t stream) {
+  static std::atomic<int> allowed{0};
+  auto kernel = fp4_bulk_kernel<S, kLean, kN>;
+  const size_t smem = bulk_ring_bytes(kBulkWarps, S) + tc_x_bytes(int(4 * kg_per), a.n);
+  const cudaError_t e = allow_smem(kernel, allowed, smem);
+  if (e != cudaSuccess) return e;
+  const dim3 grid(unsigned((a.w.tiles() + kBulkWarps - 1) / kBulkWarps), unsigned(splits));
+  return launch(kernel, grid, dim3(kBulkWarps * kWarp), smem, stream, a, splits, kg_per, skip_math);
+}
+
+// Kernel 3's instances: 1, 2 or any number of activation rows.
+template <int S, bool kLean>
+cudaError_t launch_bulk_rows(const Fp4MatvecArgs& a, int splits, int64_t kg_per, bool skip_math, cudaStream_t stream) {
+  if (a.n == 1) return launch_bulk<S, kLean, 1>(a, splits, kg_per, skip_math, stream);
+  if (a.n == 2) return launch_bulk<S, kLean, 2>(a, splits, kg_per, skip_math, stream);
+  return launch_bulk<S, kLean, 0>(a, splits, kg_per, skip_math, stream);
 }
 
 // Kernel 2 can run these arguments (else kernel 1 does).
@@ -591,7 +772,24 @@ cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream) {
   if (a.gate_z && (!a.gate_w || !fp4_gated_supported(a.w, a.gate_dv))) return cudaErrorInvalidValue;
   const int align = a.gate_z ? a.gate_dv / kFp4GroupCols : 1;
   const DecodeTuning tune = decode_tuning();
-  if (tune.fp4_kernel == 2 && stream_supported(a)) {
+  if (tune.fp4_kernel == 3 && stream_supported(a)) {
+    // Kernel 3 needs 16-byte aligned weight runs for the bulk copies (the
+    // upload arena's alignment; checked, not assumed) and its shared memory.
+    const int64_t kg_per = stream_kg_per(a.w, sms, align, kBulkWarps, tune.fp4_blocks_per_sm);
+    const int splits = int((a.w.kgroups() + kg_per - 1) / kg_per);
+    const bool aligned = ((reinterpret_cast<uintptr_t>(a.w.codes) | reinterpret_cast<uintptr_t>(a.w.scales)) & 15u) == 0;
+    const size_t smem = bulk_ring_bytes(kBulkWarps, tune.fp4_stages) + tc_x_bytes(int(4 * kg_per), a.n);
+    if (aligned && smem <= max_dynamic_smem()) {
+      if (splits > 1 && (!a.partial || !a.counters)) return cudaErrorInvalidValue;
+      const bool probe = tune.fp4_probe != 0;
+      if (tune.fp4_stages == 2)
+        return tune.fp4_lean ? launch_bulk_rows<2, true>(a, splits, kg_per, probe, stream)
+                             : launch_bulk_rows<2, false>(a, splits, kg_per, probe, stream);
+      return tune.fp4_lean ? launch_bulk_rows<4, true>(a, splits, kg_per, probe, stream)
+                           : launch_bulk_rows<4, false>(a, splits, kg_per, probe, stream);
+    }
+  }
+  if (tune.fp4_kernel >= 2 && stream_supported(a)) {
     const int64_t kg_per = stream_kg_per(a.w, sms, align, tune.fp4_warps, tune.fp4_blocks_per_sm);
     const int splits = int((a.w.kgroups() + kg_per - 1) / kg_per);
     if (splits > 1 && (!a.partial || !a.counters)) return cudaErrorInvalidValue;

@@ -55,6 +55,58 @@ __device__ __forceinline__ uint32_t ld_stream(const uint32_t* p) {
   return v;
 }
 
+// Bulk copies global -> shared completing on an mbarrier (sm_90+, the copy
+// engine of cp.async.bulk): one instruction moves a contiguous run of bytes
+// (16-byte aligned, a multiple of 16), so a warp can keep many kilobytes of
+// weights in flight without holding them in registers. Used by the NVFP4
+// decode kernel 3. `bar` and `dst` are shared-state-space addresses.
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+  // Make the initialized barrier visible to the copy engine (async proxy).
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+}
+
+// One arrival that also announces `bytes` more to come from bulk copies.
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+#endif
+}
+
+__device__ __forceinline__ void bulk_copy_g2s(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+#endif
+}
+
+// Orders this thread's earlier shared-memory accesses (generic proxy) before
+// its later bulk copies into the same bytes.
+__device__ __forceinline__ void fence_proxy_async_smem() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+
+// Waits until the barrier's phase with the given parity has completed.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+#endif
+}
+
 // PDL halves (launch.cuh's pdl_prologue is both): the streaming kernels
 // issue their first weight loads before waiting for the previous kernel
 // (weights are never written by a kernel), so those loads overlap its end.
@@ -90,9 +142,23 @@ __host__ __device__ constexpr size_t tc_x_bytes(int nch, int n) { return size_t(
 // x, ldx, gate_z, ldz, norm and gate_w must allow 16-byte loads at chunk
 // starts. Every thread of the block must call it (warp shuffles). The caller
 // synchronizes before reading the results.
-__device__ __forceinline__ void tc_load_x(const TcInput& in, int64_t c0, int nch, uint16_t* xs, float* mult) {
+//
+// kRowScale (kernel 3's lean mode): one exponent per activation row over the
+// whole slice instead of per chunk (a pass for the rows' largest magnitudes,
+// reduced through `rmax`, 8 ints of shared memory, then the conversion), so
+// mult[c][j] is the same for every chunk c and the kernel applies it once to
+// its finished sums. The gated norm's head factor is then folded into the
+// values before the conversion.
+template <bool kRowScale>
+__device__ __forceinline__ void tc_load_x_impl(const TcInput& in, int64_t c0, int nch, uint16_t* xs, float* mult,
+                                               int* rmax) {
   const int n = in.n, total = n * nch;
   const int hc = in.gate_z ? in.gate_dv / 16 : 1;  // chunks per head of the gated norm
+  if constexpr (kRowScale) {
+    if (threadIdx.x < kMatvecMaxCols) rmax[threadIdx.x] = 0;
+    __syncthreads();
+  }
+  for (int pass = kRowScale ? 0 : 1; pass < 2; ++pass) {
   for (int base = 0; base < total; base += blockDim.x) {  // the same trip count in every thread
     const int item = base + int(threadIdx.x);
     const bool valid = item < total;
@@ -143,10 +209,18 @@ __device__ __forceinline__ void tc_load_x(const TcInput& in, int64_t c0, int nch
       head_scale = rsqrtf(ss / float(in.gate_dv) + in.eps);
     }
     if (valid) {
+      if constexpr (kRowScale) {
+#pragma unroll
+        for (int i = 0; i < 16; ++i) v[i] *= head_scale;
+      }
       float amax = 0.0f;
 #pragma unroll
       for (int i = 0; i < 16; ++i) amax = fmaxf(amax, fabsf(v[i]));
-      const int e = tc_chunk_exponent(amax);
+      if (kRowScale && pass == 0) {
+        atomicMax(rmax + j, __float_as_int(amax));  // non-negative floats order as their bits
+        continue;
+      }
+      const int e = tc_chunk_exponent(kRowScale ? __int_as_float(rmax[j]) : amax);
       const float inv = pow2f(-e);
       uint32_t h[8];
 #pragma unroll
@@ -158,11 +232,19 @@ __device__ __forceinline__ void tc_load_x(const TcInput& in, int64_t c0, int nch
       uint4* dst = reinterpret_cast<uint4*>(xs + (size_t(c) * n + j) * 16);
       dst[0] = make_uint4(h[0], h[1], h[2], h[3]);
       dst[1] = make_uint4(h[4], h[5], h[6], h[7]);
-      mult[c * kMatvecMaxCols + j] = pow2f(e) * head_scale;
+      mult[c * kMatvecMaxCols + j] = kRowScale ? pow2f(e) : pow2f(e) * head_scale;
     }
+  }
+  if constexpr (kRowScale) {
+    if (pass == 0) __syncthreads();
+  }
   }
   for (int i = int(threadIdx.x); i < nch * kMatvecMaxCols; i += blockDim.x)
     if (i % kMatvecMaxCols >= n) mult[i] = 0.0f;
+}
+
+__device__ __forceinline__ void tc_load_x(const TcInput& in, int64_t c0, int nch, uint16_t* xs, float* mult) {
+  tc_load_x_impl<false>(in, c0, nch, xs, mult, nullptr);
 }
 
 // Per-warp sums of squares of whole activation rows (K columns) for the RMS
@@ -174,12 +256,23 @@ __device__ __forceinline__ void tc_row_squares(const TcInput& in, int64_t K, flo
   for (int j = 0; j < in.n; ++j) {
     const float4* xp = reinterpret_cast<const float4*>(in.x + j * in.ldx);
     float s = 0.0f;
-    for (int64_t i = threadIdx.x; i < K / 4; i += W * kWarp) {
-      const float4 f = xp[i];
-      s = fmaf(f.x, f.x, s);
-      s = fmaf(f.y, f.y, s);
-      s = fmaf(f.z, f.z, s);
-      s = fmaf(f.w, f.w, s);
+    // Four loads in flight per thread (one L2 round trip instead of four);
+    // the sum keeps the order of a plain loop over i.
+    constexpr int kStride = W * kWarp;
+    for (int64_t i0 = threadIdx.x; i0 < K / 4; i0 += 4 * kStride) {
+      float4 f[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+        f[u] = i0 + u * kStride < K / 4 ? xp[i0 + u * kStride] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        if (i0 + u * kStride < K / 4) {
+          s = fmaf(f[u].x, f[u].x, s);
+          s = fmaf(f[u].y, f[u].y, s);
+          s = fmaf(f[u].z, f[u].z, s);
+          s = fmaf(f[u].w, f[u].w, s);
+        }
+      }
     }
     s = warp_sum(s);
     if (lane == 0) ss_part[warp][j] = s;

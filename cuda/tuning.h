@@ -4,12 +4,21 @@
 //
 //   QWEN35_CUDA_FP4_KERNEL  1: the first NVFP4 kernel (one prologue per block
 //                           over the whole activation row), 2: the streaming
-//                           kernel (default)
+//                           kernel, 3: the streaming kernel with bulk copies
+//                           into shared memory (default)
 //   QWEN35_CUDA_FP4_WARPS   row tiles (warps) per block of kernel 2: 4 or 8
 //   QWEN35_CUDA_FP4_BPS     blocks per multiprocessor that kernel 2's split-K
 //                           choice aims at (1..32)
 //   QWEN35_CUDA_FP4_DEPTH   kgroups each warp of kernel 2 keeps in flight:
 //                           4, 8 or 16
+//   QWEN35_CUDA_FP4_STAGES  kernel 3: stages of 4 kgroups in flight per warp:
+//                           2 or 4
+//   QWEN35_CUDA_FP4_LEAN    kernel 3: 1 = one activation scale per row and
+//                           column slice (fewer instructions per mma)
+//   QWEN35_CUDA_FP4_PROBE   kernel 3: 1 = skip the stream's arithmetic: wrong
+//                           results, for timing what the rest costs
+//   (kernel 3 always uses 4 warps per block: QWEN35_CUDA_FP4_WARPS is
+//   kernel 2's)
 //   QWEN35_CUDA_Q6K_KERNEL  1: one thread per row (Q6kRows32 layout),
 //                           2: tensor cores on the tiled Q6_K layout (default;
 //                           chosen at upload, see upload.cpp)
@@ -26,14 +35,20 @@
 
 namespace qwen35::cuda {
 
-// Defaults from the sweep of the H100 run of 2026-11-26 (qwen35-cuda-bench
-// --sweep, 4B NVFP4 file): w4 bps4 d4 decoded at 348.5 tok/s, the previous
-// default w4 bps8 d8 at 316.7 (docs/gpu-runs/2026-11-26-h100-run2.txt).
+// Defaults from the H100 sweeps of 2026-11-26 (qwen35-cuda-bench --sweep,
+// 4B NVFP4 file): kernel 2 w4 bps4 d4 decoded at 348.5 tok/s (run 2, the
+// previous default w4 bps8 d8 at 316.7); kernel 3 w4 bps4 s4 at 404.6-409
+// tok/s against kernel 2's 352-355 in the same runs (runs 5 and 6,
+// docs/gpu-runs/2026-11-26-h100-run5.txt to -run7.txt). Lean mode, 8 warps
+// per block and a 64-register cap did not help there.
 struct DecodeTuning {
-  int fp4_kernel = 2;
+  int fp4_kernel = 3;
   int fp4_warps = 4;
   int fp4_blocks_per_sm = 4;
   int fp4_depth = 4;
+  int fp4_stages = 4;  // kernel 3: shared-memory stages of 4 kgroups per warp (2 or 4)
+  int fp4_lean = 0;    // kernel 3: one activation scale per row and slice (1) or per chunk (0)
+  int fp4_probe = 0;   // kernel 3: 1 = leave out the stream's arithmetic (WRONG results; timing probe)
   int q6k_kernel = 2;
   int delta_ept = 16;
 };

@@ -568,6 +568,46 @@ Status CudaMemoryInfo(int device_index, uint64_t* free_bytes, uint64_t* total_by
   return Status::Ok();
 }
 
+Status CudaCopyBandwidth(int device_index, uint64_t bytes, double* gb_per_s) {
+  *gb_per_s = 0;
+  int n = 0;
+  QWEN35_TRY(cuda::device_count(&n));
+  if (device_index < 0 || device_index >= n)
+    return Error(QWEN35_ERR_INVALID_ARG, "CUDA device index {} is out of range ({} device(s))", device_index, n);
+  QWEN35_CUDA_TRY(cudaSetDevice(device_index), "selecting the CUDA device");
+  void* a = nullptr;
+  void* b = nullptr;
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  auto release = [&] {
+    if (a) cudaFree(a);
+    if (b) cudaFree(b);
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+  };
+  cudaError_t err = cudaMalloc(&a, bytes);
+  if (err == cudaSuccess) err = cudaMalloc(&b, bytes);
+  if (err == cudaSuccess) err = cudaMemset(a, 0x5A, bytes);
+  if (err == cudaSuccess) err = cudaEventCreate(&e0);
+  if (err == cudaSuccess) err = cudaEventCreate(&e1);
+  float best_ms = 0;
+  for (int i = 0; i < 6 && err == cudaSuccess; ++i) {  // the first is a warm-up
+    err = cudaEventRecord(e0);
+    if (err == cudaSuccess) err = cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice);
+    if (err == cudaSuccess) err = cudaEventRecord(e1);
+    if (err == cudaSuccess) err = cudaEventSynchronize(e1);
+    float ms = 0;
+    if (err == cudaSuccess) err = cudaEventElapsedTime(&ms, e0, e1);
+    if (err == cudaSuccess && i > 0 && (best_ms == 0 || ms < best_ms)) best_ms = ms;
+  }
+  release();
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return Error(QWEN35_ERR_BACKEND, "measuring the device copy bandwidth: {}", cudaGetErrorString(err));
+  }
+  *gb_per_s = best_ms > 0 ? 2.0 * double(bytes) / (double(best_ms) * 1e6) : 0;
+  return Status::Ok();
+}
+
 Status UploadModelToCuda(Model& model, int device_index, bool required) {
   using namespace cuda;
   // On AUTO every obstacle means "stay on the CPU"; with device=CUDA it is an error.

@@ -600,9 +600,9 @@ int device_sms() {
   return sms;
 }
 
-// The NVFP4 kernel variants every tensor-core test runs: kernel 1 and
-// kernel 2 with each block width and prefetch depth, at split choices from
-// one slice to the most slices.
+// The NVFP4 kernel variants every tensor-core test runs: kernel 1, and
+// kernels 2 and 3 with each block width and prefetch depth (stage count),
+// at split choices from one slice to the most slices.
 std::vector<DecodeTuning> fp4_variants() {
   std::vector<DecodeTuning> v;
   DecodeTuning t;
@@ -614,6 +614,17 @@ std::vector<DecodeTuning> fp4_variants() {
       for (int bps : {1, 4, 32}) {
         t.fp4_warps = warps;
         t.fp4_depth = depth;
+        t.fp4_blocks_per_sm = bps;
+        v.push_back(t);
+      }
+  t.fp4_kernel = 3;
+  t.fp4_depth = 4;
+  t.fp4_warps = 4;
+  for (int lean : {0, 1})
+    for (int stages : {2, 4})
+      for (int bps : {1, 4, 32}) {
+        t.fp4_lean = lean;
+        t.fp4_stages = stages;
         t.fp4_blocks_per_sm = bps;
         v.push_back(t);
       }
