@@ -20,7 +20,9 @@
 // read_bandwidth / weight_bytes_per_token. The tool measures the read
 // bandwidth of this machine with the same thread count (a streaming sum over
 // a buffer much larger than the caches, before and after the runs) and
-// reports decode tokens/s as a fraction of that bound. Weight bytes are counted from the GGUF tensor table
+// reports decode tokens/s as a fraction of that bound. On a GPU the bound
+// uses the device's copy bandwidth (a 1 GiB device-to-device copy, bytes read
+// plus written). Weight bytes are counted from the GGUF tensor table
 // and the CPU kernel set is named through internal headers; everything else
 // uses the public C API.
 #include <sys/resource.h>
@@ -36,6 +38,7 @@
 #include <thread>
 #include <vector>
 
+#include "backend.h"
 #include "cpu/kernels.h"
 #include "gguf.h"
 #include "qwen35/qwen35.h"
@@ -269,6 +272,9 @@ int main(int argc, char** argv) {
 
   r.weight_bytes = weight_bytes_per_token(o.model, qwen35_model_n_layer(model), o.mtp && qwen35_model_has_mtp(model));
   if (on_cpu) r.bandwidth_gbs = measure_read_bandwidth(threads, &r.bandwidth_one_stream_gbs);
+  // On a GPU: a 1 GiB device-to-device copy (bytes read plus written), the
+  // rate a weight stream can at best approach.
+  if (!on_cpu && !qwen35::CudaCopyBandwidth(0, uint64_t(1) << 30, &r.bandwidth_gbs).ok()) r.bandwidth_gbs = 0;
 
   // Pseudo-random prompt (an LCG: the same tokens on every run).
   std::vector<qwen35_token> prompt(size_t(std::max(o.prompt, 1)));
@@ -347,12 +353,14 @@ int main(int argc, char** argv) {
       std::printf("mtp          %lld drafts, %lld accepted (%.1f%%), %.2f tokens per main pass\n", (long long)r.drafted,
                   (long long)r.accepted, 100.0 * double(r.accepted) / double(r.drafted),
                   double(r.generated) / double(std::max<int64_t>(r.passes, 1)));
-    if (on_cpu) {
+    if (on_cpu)
       std::printf("bandwidth    %.1f GB/s read (%d threads; one stream per thread: %.1f GB/s)\n", r.bandwidth_gbs, threads,
                   r.bandwidth_one_stream_gbs);
+    else if (r.bandwidth_gbs > 0)
+      std::printf("bandwidth    %.1f GB/s (device-to-device copy, read + write)\n", r.bandwidth_gbs);
+    if (roofline > 0)
       std::printf("roofline     %.3f GB of weights per token -> %.2f tok/s; decode reaches %.0f%%\n",
                   double(r.weight_bytes) / 1e9, roofline, 100.0 * fraction);
-    }
     std::printf("memory       context %.1f MiB, peak RSS %.1f MiB (mapped weights count once touched)\n",
                 double(r.context_bytes) / 1048576.0, double(r.rss_bytes) / 1048576.0);
   }

@@ -112,5 +112,9 @@ bool CudaAvailable();
 // Free and total memory of CUDA device `device_index` (UNSUPPORTED without
 // the CUDA backend or a device).
 Status CudaMemoryInfo(int device_index, uint64_t* free_bytes, uint64_t* total_bytes);
+// Device memory bandwidth of CUDA device `device_index` for benchmarks' roofline: the best of a few
+// device-to-device copies of `bytes` (counting bytes read plus written), in GB/s. UNSUPPORTED
+// without the CUDA backend or a device.
+Status CudaCopyBandwidth(int device_index, uint64_t bytes, double* gb_per_s);
 
 }  // namespace qwen35

@@ -21,6 +21,11 @@ Status CudaMemoryInfo(int, uint64_t* free_bytes, uint64_t* total_bytes) {
   return Error(QWEN35_ERR_UNSUPPORTED, "this build of qwen35 has no CUDA backend");
 }
 
+Status CudaCopyBandwidth(int, uint64_t, double* gb_per_s) {
+  *gb_per_s = 0;
+  return Error(QWEN35_ERR_UNSUPPORTED, "this build of qwen35 has no CUDA backend");
+}
+
 Status vision::CreateCudaVisionEncoder(const vision::Mmproj&, const Model*, std::shared_ptr<vision::DeviceEncoder>* out) {
   out->reset();
   return Error(QWEN35_ERR_UNSUPPORTED, "this build of qwen35 has no CUDA backend (no CUDA vision encoder)");

@@ -81,7 +81,7 @@ step configure 180 cmake "${CMAKE_ARGS[@]}"
 ALL_TARGETS=$(ninja -C "$BUILD" -t targets all 2>/dev/null | cut -d: -f1 || true)
 TARGETS=()
 for t in test_cuda_ops test_cuda_model test_cuda_vision test_fp4_layout test_mtp_loop qwen35-synth qwen35-cuda-bench \
-  qwen35-bench qwen35-bench-vision; do
+  qwen35-bench qwen35-bench-vision qwen35-bw-probe; do
   if grep -qx "$t" <<<"$ALL_TARGETS"; then TARGETS+=("$t"); fi
 done
 HAVE_BENCH=0
@@ -160,10 +160,19 @@ if [ -x "$VISION_BENCH" ]; then
   step "vision encoder 640x480 (CUDA)" 240 "$VISION_BENCH" --device cuda --width 640 --height 480 --reps 5 --check \
     --synth-path "$WORK/qwen35-4b-synth.mmproj.gguf"
 fi
+# The floor: a chain of 32 dependent launches that only read buffers of the
+# decode matrices' sizes (tests/gpu/bw_probe.cu).
+if [ -x "$BIN/qwen35-bw-probe" ]; then
+  step "bandwidth probe" 60 "$BIN/qwen35-bw-probe"
+fi
 # The same without one optimization each, for comparison (prefill rows:
 # short decodes).
 if [ -s "$M4" ]; then
   bench "  without PDL and graphs" env QWEN35_CUDA_PDL=0 QWEN35_CUDA_GRAPHS=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json
+  bench "  fp4 kernel 3 (bulk copies)" env QWEN35_CUDA_FP4_KERNEL=3 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 256 --device cuda --json
+  bench "  fp4 kernel 3 lean" env QWEN35_CUDA_FP4_KERNEL=3 QWEN35_CUDA_FP4_LEAN=1 \
+    "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 256 --device cuda --json
+  bench "  fp4 kernel 2 (registers)" env QWEN35_CUDA_FP4_KERNEL=2 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 256 --device cuda --json
   bench "  prefill: split attention" env QWEN35_CUDA_TILED_ATTN=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
   bench "  prefill: delta rule e32" env QWEN35_CUDA_DELTA_EPT=32 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
   bench "  prefill: delta rule e8" env QWEN35_CUDA_DELTA_EPT=8 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
@@ -182,6 +191,26 @@ if [ -s "$M4" ] && [ "${QWEN35_GPU_NCU:-1}" != 0 ] && command -v ncu >/dev/null;
       "$1" -m "$2" -p 64 -n "$4" --device cuda --profile decode > "$3"' _ "$BIN/qwen35-cuda-bench" "$M4" "$NCU_CSV" "$NCU_STEPS"
   step "ncu: prefill kernels" 150 bash -c 'ncu --csv --metrics gpu__time_duration.sum --profile-from-start off \
       "$1" -m "$2" -p 512 -n 1 --device cuda --profile prefill > "$3"' _ "$BIN/qwen35-cuda-bench" "$M4" "$NCU_PREFILL_CSV"
+  # Nsight Compute's sections for the decode matrix kernels and the fused
+  # attention (NVFP4 kernel 3): memory throughput, occupancy and what the
+  # warps wait for, as text.
+  # One NVFP4 FFN gate+up launch of kernel 3 with every section (stall
+  # reasons, source counters), and kernel 3's machine code.
+  step "ncu: full, one fp4 kernel 3 launch" 120 bash -c 'ncu --profile-from-start off --set full \
+      -k "regex:fp4_bulk" --launch-skip 2 --launch-count 1 --print-details all \
+      "$1" -m "$2" -p 64 -n 1 --device cuda --profile decode > "$3" 2>&1' \
+    _ "$BIN/qwen35-cuda-bench" "$M4" "$OUT/ncu-full-fp4k3.txt"
+  if command -v cuobjdump >/dev/null; then
+    step "sass: fp4 kernel 3" 60 bash -c 'cuobjdump -sass "$1" | awk "/Function : /{on = index(\$0, \"fp4_bulk_kernelILi4ELb0ELi1E\") > 0} on" > "$2"' \
+      _ "$BUILD/cuda/CMakeFiles/qwen35_cuda.dir/matvec_fp4.cu.o" "$OUT/sass-fp4k3.txt"
+  fi
+  for k in 3; do
+    step "ncu: decode details, fp4 kernel $k" 120 bash -c 'QWEN35_CUDA_FP4_KERNEL='"$k"' ncu --profile-from-start off \
+        -k "regex:fp4_|q6kt_matvec|attention_fused|delta_net" --launch-count 12 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+        --section MemoryWorkloadAnalysis "$1" -m "$2" -p 64 -n 1 --device cuda --profile decode > "$3"' \
+      _ "$BIN/qwen35-cuda-bench" "$M4" "$OUT/ncu-detail-fp4k$k.txt"
+  done
 fi
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv >>"$LOG" 2>&1 || true
 
@@ -202,6 +231,8 @@ TOTAL=$(($(date +%s) - T0))
     fi
     printf '%-34s %-12s %5ss  %s\n' "$name" "$st" "$dt" "$res"
   done
+  # The read floor (qwen35-bw-probe).
+  awk '/== bandwidth probe \(limit/ {on=1; next} on && /== bandwidth probe:/ {on=0} on && !/^\[run.sh/ {print "probe: " $0}' "$LOG" || true
   # Vision encoder timing (qwen35-bench-vision --device cuda).
   grep -E '^vision\||^check vs the CPU encoder|^CUDA vision encoder' "$LOG" | sed 's/^/vision: /' || true
   if [ -s "$BENCH" ] && command -v python3 >/dev/null; then
@@ -229,6 +260,9 @@ for line in open(sys.argv[1]):
         out.append(f"{r['layouts']} layouts")
     if r.get("tuning"):
         out.append(r["tuning"])
+    if r.get("roofline_fraction"):
+        out.append(f"{r['roofline_fraction'] * 100:.0f}% of the roofline ({r.get('read_bandwidth_gb_s', 0):,.0f} GB/s copy, "
+                   f"{r.get('weight_bytes_per_token', 0) / 1e9:.2f} GB/token)")
     if r.get("check_rel_batch", -1) >= 0:
         out.append(f"vs CPU: rel {r['check_rel_batch']:.2g} batch / {r['check_rel_step']:.2g} step, "
                    f"argmax {'equal' if r.get('check_argmax_equal') == 1 else 'DIFFERENT'}")

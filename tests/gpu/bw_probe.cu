@@ -1,0 +1,228 @@
+// qwen35-bw-probe: how fast a chain of dependent kernels can read weights,
+// with no arithmetic: the floor the decode matrix-vector kernels are
+// measured against (tests/gpu/run.sh prints its table).
+//
+// For each size (the decode step's matrix sizes of the 4B model and the LM
+// head), 32 launches each read a different buffer of that size (so the
+// 50 MB L2 holds none of them) and depend on each other like the decode
+// kernels do: captured in a CUDA graph, programmatic dependent launch, every
+// launch waits for the previous one before finishing. Two readers:
+//   ld:   every thread streams 16-byte loads (4 in flight), grid = 4 blocks
+//         of 256 threads per multiprocessor
+//   bulk: one warp per 2304-byte stage issues cp.async.bulk copies into
+//         shared memory (4 stages in flight per warp), as NVFP4 kernel 3
+// Printed: microseconds per launch (median of 5 graph replays) and GB/s.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#define CHECK_CUDA(x)                                                                              \
+  do {                                                                                             \
+    cudaError_t e_ = (x);                                                                          \
+    if (e_ != cudaSuccess) {                                                                       \
+      std::fprintf(stderr, "qwen35-bw-probe: %s: %s\n", #x, cudaGetErrorString(e_));               \
+      std::exit(1);                                                                                \
+    }                                                                                              \
+  } while (0)
+
+namespace {
+
+__device__ __forceinline__ void pdl() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+__global__ void __launch_bounds__(256) read_ld(const uint4* __restrict__ p, size_t n, unsigned* sink) {
+  pdl();
+  uint4 a = make_uint4(0, 0, 0, 0);
+  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (; i + 3 * stride < n; i += 4 * stride) {
+    const uint4 v0 = ld_stream(p + i), v1 = ld_stream(p + i + stride), v2 = ld_stream(p + i + 2 * stride),
+                v3 = ld_stream(p + i + 3 * stride);
+    a.x ^= v0.x ^ v1.x ^ v2.x ^ v3.x;
+    a.y ^= v0.y ^ v1.y ^ v2.y ^ v3.y;
+    a.z ^= v0.z ^ v1.z ^ v2.z ^ v3.z;
+    a.w ^= v0.w ^ v1.w ^ v2.w ^ v3.w;
+  }
+  for (; i < n; i += stride) {
+    const uint4 v = ld_stream(p + i);
+    a.x ^= v.x;
+    a.y ^= v.y;
+  }
+  if ((a.x ^ a.y ^ a.z ^ a.w) == 0x9E3779B9u) atomicAdd(sink, 1u);
+}
+
+constexpr int kStage = 2304, kStages = 4, kWarps = 4;
+
+__global__ void __launch_bounds__(kWarps * 32) read_bulk(const uint8_t* __restrict__ p, size_t stages_total,
+                                                         unsigned* sink) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  __shared__ __align__(128) uint8_t ring[kWarps][kStages][kStage];
+  __shared__ __align__(8) uint64_t bars[kWarps][kStages];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const size_t gw = size_t(blockIdx.x) * kWarps + warp, nw = size_t(gridDim.x) * kWarps;
+  // This warp's stages: gw, gw + nw, ...
+  const size_t mine = gw < stages_total ? (stages_total - gw + nw - 1) / nw : 0;
+  auto addr = [](const void* q) { return uint32_t(__cvta_generic_to_shared(q)); };
+  auto issue = [&](size_t k) {
+    const uint32_t bar = addr(&bars[warp][k % kStages]);
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(kStage) : "memory");
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     addr(ring[warp][k % kStages])),
+                 "l"(p + (gw + k * nw) * kStage), "r"(kStage), "r"(bar)
+                 : "memory");
+  };
+  if (lane == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(addr(&bars[warp][s])) : "memory");
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    for (size_t k = 0; k < mine && k < kStages; ++k) issue(k);
+  }
+  __syncwarp();
+  pdl();
+  uint32_t a = 0;
+  for (size_t k = 0; k < mine; ++k) {
+    const uint32_t bar = addr(&bars[warp][k % kStages]), parity = uint32_t(k / kStages) & 1u;
+    uint32_t done = 0;
+    do {
+      asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+                   : "=r"(done)
+                   : "r"(bar), "r"(parity)
+                   : "memory");
+    } while (!done);
+    a ^= reinterpret_cast<const uint32_t*>(ring[warp][k % kStages])[lane];
+    __syncwarp();
+    if (lane == 0 && k + kStages < mine) {
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      issue(k + kStages);
+    }
+  }
+  if (a == 0x9E3779B9u) atomicAdd(sink, 1u);
+#endif
+}
+
+template <typename... KArgs, typename... Args>
+void launch_pdl(void (*k)(KArgs...), int grid, int block, cudaStream_t s, Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(grid));
+  cfg.blockDim = dim3(unsigned(block));
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  CHECK_CUDA(cudaLaunchKernelEx(&cfg, k, args...));
+}
+
+}  // namespace
+
+int main() {
+  int dev = 0, sms = 0;
+  CHECK_CUDA(cudaGetDevice(&dev));
+  CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  cudaDeviceProp prop;
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, dev));
+  std::printf("qwen35-bw-probe: %s, %d multiprocessors\n", prop.name, sms);
+  const int kLaunches = 32;
+  // 4B model decode matrices (NVFP4 bytes incl. scales) and the Q6_K LM head.
+  const struct {
+    const char* what;
+    size_t bytes;
+  } sizes[] = {{"attn/dn out proj 2560x4096", 5898240},
+               {"dn in proj 12352x2560", 17786880},
+               {"ffn down 2560x9216", 13271040},
+               {"ffn gate+up 18432x2560", 26542080},
+               {"lm head (Q6_K) 248320x2560", 521472000}};
+  size_t max_bytes = 0;
+  for (const auto& s : sizes) max_bytes = std::max(max_bytes, (s.bytes + kStage - 1) / kStage * kStage);
+  // 32 buffers of the largest small size, or 2 of the LM head (it is larger than L2 anyway).
+  std::vector<uint8_t*> bufs(kLaunches, nullptr);
+  unsigned* sink = nullptr;
+  CHECK_CUDA(cudaMalloc(&sink, sizeof(unsigned)));
+  cudaStream_t st;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  cudaEvent_t e0, e1;
+  CHECK_CUDA(cudaEventCreate(&e0));
+  CHECK_CUDA(cudaEventCreate(&e1));
+  std::printf("%-30s %-5s %10s %10s\n", "matrix", "read", "us/launch", "GB/s");
+  for (const auto& s : sizes) {
+    const size_t bytes = (s.bytes + kStage - 1) / kStage * kStage;
+    const int n = bytes > (size_t(200) << 20) ? 2 : kLaunches;
+    for (int i = 0; i < n; ++i) {
+      CHECK_CUDA(cudaMalloc(&bufs[i], bytes));
+      CHECK_CUDA(cudaMemset(bufs[i], i + 1, bytes));
+    }
+    for (int mode = 0; mode < 2; ++mode) {
+      cudaGraph_t g;
+      CHECK_CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+      for (int i = 0; i < kLaunches; ++i) {
+        if (mode == 0)
+          launch_pdl(read_ld, 4 * sms, 256, st, reinterpret_cast<const uint4*>(bufs[i % n]), bytes / 16, sink);
+        else
+          launch_pdl(read_bulk, 5 * sms, kWarps * 32, st, static_cast<const uint8_t*>(bufs[i % n]), bytes / kStage, sink);
+      }
+      CHECK_CUDA(cudaStreamEndCapture(st, &g));
+      cudaGraphExec_t ge;
+      CHECK_CUDA(cudaGraphInstantiate(&ge, g, 0));
+      std::vector<float> ms;
+      for (int r = 0; r < 6; ++r) {
+        CHECK_CUDA(cudaEventRecord(e0, st));
+        CHECK_CUDA(cudaGraphLaunch(ge, st));
+        CHECK_CUDA(cudaEventRecord(e1, st));
+        CHECK_CUDA(cudaEventSynchronize(e1));
+        float t = 0;
+        CHECK_CUDA(cudaEventElapsedTime(&t, e0, e1));
+        if (r > 0) ms.push_back(t);  // the first replay is a warm-up
+      }
+      std::sort(ms.begin(), ms.end());
+      const double us = ms[ms.size() / 2] * 1e3 / kLaunches;
+      std::printf("%-30s %-5s %10.2f %10.1f\n", s.what, mode == 0 ? "ld" : "bulk", us, double(bytes) / (us * 1e3));
+      CHECK_CUDA(cudaGraphExecDestroy(ge));
+      CHECK_CUDA(cudaGraphDestroy(g));
+    }
+    for (int i = 0; i < n; ++i) CHECK_CUDA(cudaFree(bufs[i]));
+  }
+  // An empty chain: the launch and dependency cost alone.
+  {
+    cudaGraph_t g;
+    CHECK_CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < kLaunches; ++i)
+      launch_pdl(read_ld, 4 * sms, 256, st, static_cast<const uint4*>(nullptr), size_t(0), sink);
+    CHECK_CUDA(cudaStreamEndCapture(st, &g));
+    cudaGraphExec_t ge;
+    CHECK_CUDA(cudaGraphInstantiate(&ge, g, 0));
+    std::vector<float> ms;
+    for (int r = 0; r < 6; ++r) {
+      CHECK_CUDA(cudaEventRecord(e0, st));
+      CHECK_CUDA(cudaGraphLaunch(ge, st));
+      CHECK_CUDA(cudaEventRecord(e1, st));
+      CHECK_CUDA(cudaEventSynchronize(e1));
+      float t = 0;
+      CHECK_CUDA(cudaEventElapsedTime(&t, e0, e1));
+      if (r > 0) ms.push_back(t);
+    }
+    std::sort(ms.begin(), ms.end());
+    std::printf("%-30s %-5s %10.2f\n", "empty kernel (528 blocks)", "-", ms[ms.size() / 2] * 1e3 / kLaunches);
+    CHECK_CUDA(cudaGraphExecDestroy(ge));
+    CHECK_CUDA(cudaGraphDestroy(g));
+  }
+  CHECK_CUDA(cudaGetLastError());
+  return 0;
+}
