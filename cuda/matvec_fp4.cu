@@ -21,6 +21,8 @@
 // norm's factor is applied to the results.
 // Kernel 3 (QWEN35_CUDA_FP4_KERNEL=3): kernel 2 with the weights moved by
 // bulk copies into a ring of shared-memory stages instead of registers.
+#include <cooperative_groups.h>
+
 #include <algorithm>
 #include <atomic>
 
@@ -33,6 +35,8 @@
 namespace qwen35::cuda {
 
 namespace {
+
+namespace cg = cooperative_groups;
 
 constexpr int kWarps = 4;           // row tiles per block
 constexpr int kPrefetch = 4;        // kgroups loaded ahead per warp
@@ -322,6 +326,7 @@ __global__ void __launch_bounds__(kWarps * kWarp) fp4_matvec_kernel(Fp4MatvecArg
 // the RMS norm's 1/rms (the same in every block) is applied to the result.
 
 constexpr int kStreamMaxSplits = 32;
+constexpr int kMaxClusterSplits = 8;  // kernel 3's cluster combine: the portable cluster size
 constexpr int64_t kStreamMaxSliceKg = 80;  // 8 rows: 80 x 64 x (8+1) x 4 B = 90 KiB of shared memory
 
 // Column slice (kgroups per block) of kernel 2 with `warps` warps per block,
@@ -377,9 +382,17 @@ __device__ __forceinline__ void fp4_kgroup(float* acc, uint4 c4, uint2 s2, int i
 // Kernels 2 and 3 after the stream: the encoding's scale, the slices
 // combined (last block of the tile group, in split order), the RMS norm's
 // factor, the epilogue. Every thread of the block calls it.
-template <int W>
+//
+// kCluster (kernel 3): the `splits` blocks of a tile group form one thread
+// block cluster (cluster dims 1 x splits, so the rank is blockIdx.y); each
+// block leaves its sums in its own shared memory (`red`, 16 x 8 floats per
+// warp) and the rank-0 block adds all of them in split order through
+// distributed shared memory: the same sums in the same order as the global
+// combine, without its global round trips (fence, counter, partial loads).
+template <int W, bool kCluster = false>
 __device__ __forceinline__ void fp4_finish(const Fp4MatvecArgs& a, int splits, int64_t tile, bool active, int g, int t,
-                                           float* acc, const float (*ss_part)[kMatvecMaxCols], bool& is_last) {
+                                           float* acc, const float (*ss_part)[kMatvecMaxCols], bool& is_last,
+                                           float* red = nullptr) {
   const Fp4Tiled& w = a.w;
   const int n = a.n;
   const int64_t tiles = w.tiles();
@@ -387,8 +400,32 @@ __device__ __forceinline__ void fp4_finish(const Fp4MatvecArgs& a, int splits, i
 #pragma unroll
   for (int e = 0; e < 4; ++e) acc[e] *= 16384.0f * w.scale;
 
-  // Combine the slices.
-  if (splits > 1) {
+  if constexpr (kCluster) {
+    if (splits > 1) {
+      cg::cluster_group cluster = cg::this_cluster();
+      const int idx = (g + 8 * 0) * kMatvecMaxCols + 2 * t;  // rows g (e = 0, 1) and g + 8 (e = 2, 3)
+      if (active) {
+        red[idx] = acc[0];
+        red[idx + 1] = acc[1];
+        red[idx + 8 * kMatvecMaxCols] = acc[2];
+        red[idx + 8 * kMatvecMaxCols + 1] = acc[3];
+      }
+      cluster.sync();  // every block's sums are in its shared memory
+      const bool leader = blockIdx.y == 0;
+      if (leader && active) {
+        acc[0] = acc[1] = acc[2] = acc[3] = 0.0f;
+        for (int r = 0; r < splits; ++r) {
+          const float* rr = cluster.map_shared_rank(red, r);
+          acc[0] += rr[idx];
+          acc[1] += rr[idx + 1];
+          acc[2] += rr[idx + 8 * kMatvecMaxCols];
+          acc[3] += rr[idx + 8 * kMatvecMaxCols + 1];
+        }
+      }
+      cluster.sync();  // the remote reads are done before any block exits
+      if (!leader) return;
+    }
+  } else if (splits > 1) {  // Combine the slices through global memory.
     float* part = a.partial + ((int64_t(blockIdx.y) * tiles + tile) * kFp4TileRows) * kMatvecMaxCols;
     if (active) {
 #pragma unroll
@@ -542,7 +579,7 @@ constexpr size_t bulk_ring_bytes(int warps, int stages) { return size_t(warps) *
 
 constexpr int kBulkWarps = 4;
 
-template <int S, bool kLean, int kN>
+template <int S, bool kLean, int kN, bool kCluster>
 __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
     fp4_bulk_kernel(Fp4MatvecArgs a, int splits, int64_t kg_per, bool skip_math) {
   constexpr int W = kBulkWarps;
@@ -641,7 +678,9 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
       acc[3] *= m.y;
     }
   }
-  fp4_finish<W>(a, splits, tile, active, g, t, acc, ss_part, is_last);
+  // Cluster combine: this warp's sums go to the start of its ring (every
+  // bulk copy it issued has completed: it waited for all its stages).
+  fp4_finish<W, kCluster>(a, splits, tile, active, g, t, acc, ss_part, is_last, reinterpret_cast<float*>(ring));
 }
 
 // Raises a kernel's dynamic shared memory limit once to what it needs.
@@ -667,23 +706,47 @@ cudaError_t launch_stream(const Fp4MatvecArgs& a, int splits, int64_t kg_per, cu
   return launch(fp4_stream_kernel<W, P>, grid, dim3(W * kWarp), smem, stream, a, splits, kg_per);
 }
 
-template <int S, bool kLean, int kN>
+template <int S, bool kLean, int kN, bool kCluster>
 cudaError_t launch_bulk(const Fp4MatvecArgs& a, int splits, int64_t kg_per, bool skip_math, cudaStream_t stream) {
   static std::atomic<int> allowed{0};
-  auto kernel = fp4_bulk_kernel<S, kLean, kN>;
+  auto kernel = fp4_bulk_kernel<S, kLean, kN, kCluster>;
   const size_t smem = bulk_ring_bytes(kBulkWarps, S) + tc_x_bytes(int(4 * kg_per), a.n);
   const cudaError_t e = allow_smem(kernel, allowed, smem);
   if (e != cudaSuccess) return e;
   const dim3 grid(unsigned((a.w.tiles() + kBulkWarps - 1) / kBulkWarps), unsigned(splits));
-  return launch(kernel, grid, dim3(kBulkWarps * kWarp), smem, stream, a, splits, kg_per, skip_math);
+  if (!kCluster) return launch(kernel, grid, dim3(kBulkWarps * kWarp), smem, stream, a, splits, kg_per, skip_math);
+  // One cluster per tile group (its `splits` blocks), with PDL as launch().
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kBulkWarps * kWarp);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.y = unsigned(splits);
+  attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() && stream != nullptr ? 2 : 1;
+  return cudaLaunchKernelEx(&cfg, kernel, a, splits, kg_per, skip_math);
 }
 
-// Kernel 3's instances: 1, 2 or any number of activation rows.
-template <int S, bool kLean>
+// Kernel 3's instances: 1, 2 or any number of activation rows; the global
+// or the cluster combine.
+template <int S, bool kLean, bool kCluster>
 cudaError_t launch_bulk_rows(const Fp4MatvecArgs& a, int splits, int64_t kg_per, bool skip_math, cudaStream_t stream) {
-  if (a.n == 1) return launch_bulk<S, kLean, 1>(a, splits, kg_per, skip_math, stream);
-  if (a.n == 2) return launch_bulk<S, kLean, 2>(a, splits, kg_per, skip_math, stream);
-  return launch_bulk<S, kLean, 0>(a, splits, kg_per, skip_math, stream);
+  if (a.n == 1) return launch_bulk<S, kLean, 1, kCluster>(a, splits, kg_per, skip_math, stream);
+  if (a.n == 2) return launch_bulk<S, kLean, 2, kCluster>(a, splits, kg_per, skip_math, stream);
+  return launch_bulk<S, kLean, 0, kCluster>(a, splits, kg_per, skip_math, stream);
+}
+
+template <int S, bool kLean>
+cudaError_t launch_bulk_combine(const Fp4MatvecArgs& a, int splits, int64_t kg_per, bool skip_math, bool cluster,
+                                cudaStream_t stream) {
+  return cluster ? launch_bulk_rows<S, kLean, true>(a, splits, kg_per, skip_math, stream)
+                 : launch_bulk_rows<S, kLean, false>(a, splits, kg_per, skip_math, stream);
 }
 
 // Kernel 2 can run these arguments (else kernel 1 does).
@@ -775,18 +838,31 @@ cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream) {
   if (tune.fp4_kernel == 3 && stream_supported(a)) {
     // Kernel 3 needs 16-byte aligned weight runs for the bulk copies (the
     // upload arena's alignment; checked, not assumed) and its shared memory.
-    const int64_t kg_per = stream_kg_per(a.w, sms, align, kBulkWarps, tune.fp4_blocks_per_sm);
-    const int splits = int((a.w.kgroups() + kg_per - 1) / kg_per);
+    int64_t kg_per = stream_kg_per(a.w, sms, align, kBulkWarps, tune.fp4_blocks_per_sm);
+    int splits = int((a.w.kgroups() + kg_per - 1) / kg_per);
+    bool cluster = tune.fp4_cluster != 0;
+    if (cluster && splits > kMaxClusterSplits) {
+      // A cluster holds at most 8 blocks (portable size): wider slices.
+      const int64_t per = (a.w.kgroups() + kMaxClusterSplits - 1) / kMaxClusterSplits;
+      kg_per = (per + align - 1) / align * align;
+      splits = int((a.w.kgroups() + kg_per - 1) / kg_per);
+      cluster = kg_per <= kStreamMaxSliceKg;
+      if (!cluster) {
+        kg_per = stream_kg_per(a.w, sms, align, kBulkWarps, tune.fp4_blocks_per_sm);
+        splits = int((a.w.kgroups() + kg_per - 1) / kg_per);
+      }
+    }
     const bool aligned = ((reinterpret_cast<uintptr_t>(a.w.codes) | reinterpret_cast<uintptr_t>(a.w.scales)) & 15u) == 0;
     const size_t smem = bulk_ring_bytes(kBulkWarps, tune.fp4_stages) + tc_x_bytes(int(4 * kg_per), a.n);
     if (aligned && smem <= max_dynamic_smem()) {
-      if (splits > 1 && (!a.partial || !a.counters)) return cudaErrorInvalidValue;
+      if (splits > 1 && !cluster && (!a.partial || !a.counters)) return cudaErrorInvalidValue;
       const bool probe = tune.fp4_probe != 0;
+      cluster = cluster && splits > 1;
       if (tune.fp4_stages == 2)
-        return tune.fp4_lean ? launch_bulk_rows<2, true>(a, splits, kg_per, probe, stream)
-                             : launch_bulk_rows<2, false>(a, splits, kg_per, probe, stream);
-      return tune.fp4_lean ? launch_bulk_rows<4, true>(a, splits, kg_per, probe, stream)
-                           : launch_bulk_rows<4, false>(a, splits, kg_per, probe, stream);
+        return tune.fp4_lean ? launch_bulk_combine<2, true>(a, splits, kg_per, probe, cluster, stream)
+                             : launch_bulk_combine<2, false>(a, splits, kg_per, probe, cluster, stream);
+      return tune.fp4_lean ? launch_bulk_combine<4, true>(a, splits, kg_per, probe, cluster, stream)
+                           : launch_bulk_combine<4, false>(a, splits, kg_per, probe, cluster, stream);
     }
   }
   if (tune.fp4_kernel >= 2 && stream_supported(a)) {

@@ -15,6 +15,9 @@
 //                           2 or 4
 //   QWEN35_CUDA_FP4_LEAN    kernel 3: 1 = one activation scale per row and
 //                           column slice (fewer instructions per mma)
+//   QWEN35_CUDA_FP4_CLUSTER kernel 3: 1 = the split-K slices of a tile group
+//                           form a thread block cluster and are added
+//                           through distributed shared memory (at most 8)
 //   QWEN35_CUDA_FP4_PROBE   kernel 3: 1 = skip the stream's arithmetic: wrong
 //                           results, for timing what the rest costs
 //   (kernel 3 always uses 4 warps per block: QWEN35_CUDA_FP4_WARPS is
@@ -49,6 +52,7 @@ struct DecodeTuning {
   int fp4_stages = 4;  // kernel 3: shared-memory stages of 4 kgroups per warp (2 or 4)
   int fp4_lean = 0;    // kernel 3: one activation scale per row and slice (1) or per chunk (0)
   int fp4_probe = 0;   // kernel 3: 1 = leave out the stream's arithmetic (WRONG results; timing probe)
+  int fp4_cluster = 0;  // kernel 3: 1 = combine the split-K slices in a thread block cluster (<= 8 slices)
   int q6k_kernel = 2;
   int delta_ept = 16;
 };

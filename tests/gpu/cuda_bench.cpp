@@ -309,21 +309,22 @@ int main(int argc, char** argv) {
           }
       t.fp4_kernel = 3;
       t.fp4_depth = base.fp4_depth;
-      for (int lean : {0, 1})
-        for (int bps : {1, 2, 3, 4, 5, 6, 8})
-          for (int stages : {2, 4}) {
-            t.fp4_lean = lean;
-            t.fp4_blocks_per_sm = bps;
-            t.fp4_stages = stages;
-            variants.push_back(t);
-          }
+      for (int cluster : {0, 1})
+        for (int lean : {0, 1})
+          for (int bps : {1, 2, 3, 4, 5, 6, 8})
+            for (int stages : {2, 4}) {
+              t.fp4_cluster = cluster;
+              t.fp4_lean = lean;
+              t.fp4_blocks_per_sm = bps;
+              t.fp4_stages = stages;
+              variants.push_back(t);
+            }
     } else {
-      // The six fastest NVFP4 variants of the H100 sweep of 2026-11-26 (run 2),
+      // Kernel 2's two fastest variants of the H100 sweep of 2026-11-26 (run 2),
       // then the default one with each delta-rule thread split.
       t.fp4_kernel = 2;
       t.q6k_kernel = 2;
-      for (auto [warps, bps, depth] : {std::tuple{4, 4, 4}, std::tuple{8, 2, 4}, std::tuple{4, 8, 4},
-                                       std::tuple{8, 4, 4}, std::tuple{4, 2, 4}, std::tuple{4, 2, 8}}) {
+      for (auto [warps, bps, depth] : {std::tuple{4, 4, 4}, std::tuple{8, 2, 4}}) {
         t.fp4_warps = warps;
         t.fp4_blocks_per_sm = bps;
         t.fp4_depth = depth;
@@ -334,16 +335,19 @@ int main(int argc, char** argv) {
       // the stream's arithmetic (wrong results; what the rest costs).
       t.fp4_kernel = 3;
       t.fp4_depth = base.fp4_depth;
-      for (auto [bps, stages, lean, probe] :
-           {std::tuple{4, 4, 0, 0}, std::tuple{4, 2, 0, 0}, std::tuple{3, 4, 0, 0}, std::tuple{5, 4, 0, 0},
-            std::tuple{2, 4, 0, 0}, std::tuple{4, 2, 1, 0}, std::tuple{4, 4, 1, 0}, std::tuple{4, 4, 0, 1}}) {
+      for (auto [bps, stages, lean, probe, cluster] :
+           {std::tuple{4, 4, 0, 0, 0}, std::tuple{4, 2, 0, 0, 0}, std::tuple{2, 4, 0, 0, 0}, std::tuple{4, 2, 1, 0, 0},
+            std::tuple{4, 4, 0, 1, 0}, std::tuple{4, 4, 0, 0, 1}, std::tuple{4, 2, 0, 0, 1}, std::tuple{2, 4, 0, 0, 1},
+            std::tuple{8, 4, 0, 0, 1}, std::tuple{6, 2, 0, 0, 1}, std::tuple{4, 2, 1, 0, 1}, std::tuple{4, 4, 0, 1, 1}}) {
         t.fp4_blocks_per_sm = bps;
         t.fp4_stages = stages;
         t.fp4_lean = lean;
         t.fp4_probe = probe;
+        t.fp4_cluster = cluster;
         variants.push_back(t);
       }
       t.fp4_probe = 0;
+      t.fp4_cluster = 0;
       for (int ept : {8, 32}) {
         t = base;
         t.delta_ept = ept;

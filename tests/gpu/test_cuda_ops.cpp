@@ -602,7 +602,8 @@ int device_sms() {
 
 // The NVFP4 kernel variants every tensor-core test runs: kernel 1, and
 // kernels 2 and 3 with each block width and prefetch depth (stage count),
-// at split choices from one slice to the most slices.
+// at split choices from one slice to the most slices; kernel 3 also with
+// lean scaling and with the cluster combine.
 std::vector<DecodeTuning> fp4_variants() {
   std::vector<DecodeTuning> v;
   DecodeTuning t;
@@ -620,14 +621,16 @@ std::vector<DecodeTuning> fp4_variants() {
   t.fp4_kernel = 3;
   t.fp4_depth = 4;
   t.fp4_warps = 4;
-  for (int lean : {0, 1})
-    for (int stages : {2, 4})
-      for (int bps : {1, 4, 32}) {
-        t.fp4_lean = lean;
-        t.fp4_stages = stages;
-        t.fp4_blocks_per_sm = bps;
-        v.push_back(t);
-      }
+  for (int cluster : {0, 1})
+    for (int lean : {0, 1})
+      for (int stages : {2, 4})
+        for (int bps : {1, 4, 32}) {
+          t.fp4_cluster = cluster;
+          t.fp4_lean = lean;
+          t.fp4_stages = stages;
+          t.fp4_blocks_per_sm = bps;
+          v.push_back(t);
+        }
   return v;
 }
 
