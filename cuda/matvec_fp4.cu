@@ -341,6 +341,22 @@ int64_t stream_kg_per(const Fp4Tiled& w, int sms, int align_kg, int warps, int b
   return (per + align_kg - 1) / align_kg * align_kg;
 }
 
+// The activation rows and their prologue (norm or gated norm) of a product,
+// as the streaming kernels' shared helpers take them (tc_common.cuh).
+__host__ __device__ __forceinline__ TcInput tc_input(const Fp4MatvecArgs& a) {
+  TcInput in;
+  in.x = a.x;
+  in.ldx = a.ldx;
+  in.n = a.n;
+  in.norm = a.norm;
+  in.gate_z = a.gate_z;
+  in.ldz = a.ldz;
+  in.gate_w = a.gate_w;
+  in.gate_dv = a.gate_dv;
+  in.eps = a.eps;
+  return in;
+}
+
 // One kgroup (64 columns, four mma) of a lane's tile rows: codes c4 and
 // scales s2 as loaded, activation chunks at xb / multipliers at mp.
 // kLean: the activation rows have one multiplier for the whole slice
@@ -511,16 +527,7 @@ __global__ void __launch_bounds__(W * kWarp) fp4_stream_kernel(Fp4MatvecArgs a, 
   pdl_wait_and_trigger();
 
   // 2. The activation slice (and the rows' sums of squares for the norm).
-  TcInput in;
-  in.x = a.x;
-  in.ldx = a.ldx;
-  in.n = n;
-  in.norm = a.norm;
-  in.gate_z = a.gate_z;
-  in.ldz = a.ldz;
-  in.gate_w = a.gate_w;
-  in.gate_dv = a.gate_dv;
-  in.eps = a.eps;
+  const TcInput in = tc_input(a);
   tc_load_x(in, kg0 * kFp4GroupCols, nch, xs, mult);
   if (a.norm) tc_row_squares<W>(in, w.cols, ss_part);
   __syncthreads();
@@ -626,16 +633,8 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
   pdl_wait_and_trigger();
 
   // 2. The activation slice, as kernel 2.
-  TcInput in;
-  in.x = a.x;
-  in.ldx = a.ldx;
-  in.n = n;
-  in.norm = a.norm;
-  in.gate_z = a.gate_z;
-  in.ldz = a.ldz;
-  in.gate_w = a.gate_w;
-  in.gate_dv = a.gate_dv;
-  in.eps = a.eps;
+  TcInput in = tc_input(a);
+  in.n = n;  // a compile-time constant for kN > 0
   tc_load_x_impl<kLean>(in, kg0 * kFp4GroupCols, nch, xs, mult, rmax);
   if (a.norm) tc_row_squares<W>(in, w.cols, ss_part);
   __syncthreads();
@@ -751,15 +750,7 @@ cudaError_t launch_bulk_combine(const Fp4MatvecArgs& a, int splits, int64_t kg_p
 
 // Kernel 2 can run these arguments (else kernel 1 does).
 bool stream_supported(const Fp4MatvecArgs& a) {
-  TcInput in;
-  in.x = a.x;
-  in.ldx = a.ldx;
-  in.norm = a.norm;
-  in.gate_z = a.gate_z;
-  in.ldz = a.ldz;
-  in.gate_w = a.gate_w;
-  in.gate_dv = a.gate_dv;
-  if (!tc_input_aligned(in)) return false;
+  if (!tc_input_aligned(tc_input(a))) return false;
   if (a.gate_z) {
     const int hc = a.gate_dv / 16;
     if (hc < 1 || hc > 32 || (hc & (hc - 1)) != 0) return false;

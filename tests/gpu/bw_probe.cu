@@ -131,6 +131,37 @@ void launch_pdl(void (*k)(KArgs...), int grid, int block, cudaStream_t s, Args..
   CHECK_CUDA(cudaLaunchKernelEx(&cfg, k, args...));
 }
 
+// Microseconds per launch of a graph of `launches` launches made by
+// enqueue(i, stream): the median of 5 replays after a warm-up replay.
+template <typename Enqueue>
+double us_per_launch(cudaStream_t st, int launches, Enqueue enqueue) {
+  cudaEvent_t e0, e1;
+  CHECK_CUDA(cudaEventCreate(&e0));
+  CHECK_CUDA(cudaEventCreate(&e1));
+  cudaGraph_t g;
+  CHECK_CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < launches; ++i) enqueue(i);
+  CHECK_CUDA(cudaStreamEndCapture(st, &g));
+  cudaGraphExec_t ge;
+  CHECK_CUDA(cudaGraphInstantiate(&ge, g, 0));
+  std::vector<float> ms;
+  for (int r = 0; r < 6; ++r) {
+    CHECK_CUDA(cudaEventRecord(e0, st));
+    CHECK_CUDA(cudaGraphLaunch(ge, st));
+    CHECK_CUDA(cudaEventRecord(e1, st));
+    CHECK_CUDA(cudaEventSynchronize(e1));
+    float t = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&t, e0, e1));
+    if (r > 0) ms.push_back(t);  // the first replay is a warm-up
+  }
+  CHECK_CUDA(cudaGraphExecDestroy(ge));
+  CHECK_CUDA(cudaGraphDestroy(g));
+  CHECK_CUDA(cudaEventDestroy(e0));
+  CHECK_CUDA(cudaEventDestroy(e1));
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2] * 1e3 / launches;
+}
+
 }  // namespace
 
 int main() {
@@ -150,17 +181,12 @@ int main() {
                {"ffn down 2560x9216", 13271040},
                {"ffn gate+up 18432x2560", 26542080},
                {"lm head (Q6_K) 248320x2560", 521472000}};
-  size_t max_bytes = 0;
-  for (const auto& s : sizes) max_bytes = std::max(max_bytes, (s.bytes + kStage - 1) / kStage * kStage);
-  // 32 buffers of the largest small size, or 2 of the LM head (it is larger than L2 anyway).
+  // 32 buffers of each size (2 of the LM head: it is larger than L2 anyway).
   std::vector<uint8_t*> bufs(kLaunches, nullptr);
   unsigned* sink = nullptr;
   CHECK_CUDA(cudaMalloc(&sink, sizeof(unsigned)));
   cudaStream_t st;
   CHECK_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  cudaEvent_t e0, e1;
-  CHECK_CUDA(cudaEventCreate(&e0));
-  CHECK_CUDA(cudaEventCreate(&e1));
   std::printf("%-30s %-5s %10s %10s\n", "matrix", "read", "us/launch", "GB/s");
   for (const auto& s : sizes) {
     const size_t bytes = (s.bytes + kStage - 1) / kStage * kStage;
@@ -170,59 +196,21 @@ int main() {
       CHECK_CUDA(cudaMemset(bufs[i], i + 1, bytes));
     }
     for (int mode = 0; mode < 2; ++mode) {
-      cudaGraph_t g;
-      CHECK_CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-      for (int i = 0; i < kLaunches; ++i) {
+      const double us = us_per_launch(st, kLaunches, [&](int i) {
         if (mode == 0)
           launch_pdl(read_ld, 4 * sms, 256, st, reinterpret_cast<const uint4*>(bufs[i % n]), bytes / 16, sink);
         else
           launch_pdl(read_bulk, 5 * sms, kWarps * 32, st, static_cast<const uint8_t*>(bufs[i % n]), bytes / kStage, sink);
-      }
-      CHECK_CUDA(cudaStreamEndCapture(st, &g));
-      cudaGraphExec_t ge;
-      CHECK_CUDA(cudaGraphInstantiate(&ge, g, 0));
-      std::vector<float> ms;
-      for (int r = 0; r < 6; ++r) {
-        CHECK_CUDA(cudaEventRecord(e0, st));
-        CHECK_CUDA(cudaGraphLaunch(ge, st));
-        CHECK_CUDA(cudaEventRecord(e1, st));
-        CHECK_CUDA(cudaEventSynchronize(e1));
-        float t = 0;
-        CHECK_CUDA(cudaEventElapsedTime(&t, e0, e1));
-        if (r > 0) ms.push_back(t);  // the first replay is a warm-up
-      }
-      std::sort(ms.begin(), ms.end());
-      const double us = ms[ms.size() / 2] * 1e3 / kLaunches;
+      });
       std::printf("%-30s %-5s %10.2f %10.1f\n", s.what, mode == 0 ? "ld" : "bulk", us, double(bytes) / (us * 1e3));
-      CHECK_CUDA(cudaGraphExecDestroy(ge));
-      CHECK_CUDA(cudaGraphDestroy(g));
     }
     for (int i = 0; i < n; ++i) CHECK_CUDA(cudaFree(bufs[i]));
   }
   // An empty chain: the launch and dependency cost alone.
-  {
-    cudaGraph_t g;
-    CHECK_CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < kLaunches; ++i)
-      launch_pdl(read_ld, 4 * sms, 256, st, static_cast<const uint4*>(nullptr), size_t(0), sink);
-    CHECK_CUDA(cudaStreamEndCapture(st, &g));
-    cudaGraphExec_t ge;
-    CHECK_CUDA(cudaGraphInstantiate(&ge, g, 0));
-    std::vector<float> ms;
-    for (int r = 0; r < 6; ++r) {
-      CHECK_CUDA(cudaEventRecord(e0, st));
-      CHECK_CUDA(cudaGraphLaunch(ge, st));
-      CHECK_CUDA(cudaEventRecord(e1, st));
-      CHECK_CUDA(cudaEventSynchronize(e1));
-      float t = 0;
-      CHECK_CUDA(cudaEventElapsedTime(&t, e0, e1));
-      if (r > 0) ms.push_back(t);
-    }
-    std::sort(ms.begin(), ms.end());
-    std::printf("%-30s %-5s %10.2f\n", "empty kernel (528 blocks)", "-", ms[ms.size() / 2] * 1e3 / kLaunches);
-    CHECK_CUDA(cudaGraphExecDestroy(ge));
-    CHECK_CUDA(cudaGraphDestroy(g));
-  }
+  const double empty_us = us_per_launch(st, kLaunches, [&](int) {
+    launch_pdl(read_ld, 4 * sms, 256, st, static_cast<const uint4*>(nullptr), size_t(0), sink);
+  });
+  std::printf("empty kernel (%4d blocks)      %-5s %10.2f\n", 4 * sms, "-", empty_us);
   CHECK_CUDA(cudaGetLastError());
   return 0;
 }
