@@ -201,7 +201,7 @@ if [ -s "$M4" ] && [ "${QWEN35_GPU_NCU:-1}" != 0 ] && command -v ncu >/dev/null;
       "$1" -m "$2" -p 64 -n 1 --device cuda --profile decode > "$3" 2>&1' \
     _ "$BIN/qwen35-cuda-bench" "$M4" "$OUT/ncu-full-fp4k3.txt"
   if command -v cuobjdump >/dev/null; then
-    step "sass: fp4 kernel 3" 60 bash -c 'cuobjdump -sass "$1" | awk "/Function : /{on = index(\$0, \"fp4_bulk_kernelILi4ELb0ELi1E\") > 0} on" > "$2"' \
+    step "sass: fp4 kernel 3" 60 bash -c 'cuobjdump -sass "$1" | awk "/Function : /{on = index(\$0, \"fp4_bulk_kernelILi4ELb0ELi1ELb0E\") > 0} on" > "$2"' \
       _ "$BUILD/cuda/CMakeFiles/qwen35_cuda.dir/matvec_fp4.cu.o" "$OUT/sass-fp4k3.txt"
   fi
   for k in 3; do
