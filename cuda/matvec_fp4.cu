@@ -567,9 +567,9 @@ __global__ void __launch_bounds__(W * kWarp) fp4_stream_kernel(Fp4MatvecArgs a, 
 // the PDL wait and each consumed stage is requested again for the stage S
 // ahead. The bytes in flight are bounded by shared memory instead of
 // registers: S = 4 keeps 9 KiB per warp in flight (kernel 2 with P = 4:
-// 2.3 KiB), for fewer registers (capped at 80, so that 6 blocks of 4 warps
-// fit a multiprocessor; kernel 2 needs 127). Blocks of 4 warps (8 were
-// slower on the H100). kN = 1 or 2 compiles the activation row count in
+// 2.3 KiB), for fewer registers (launch bounds of 6 blocks of 4 warps per
+// multiprocessor; it uses 70-77, kernel 2 needs 127). Blocks of 4 warps (8
+// were slower on the H100). kN = 1 or 2 compiles the activation row count in
 // (decode and MTP verification), which turns the per-mma shared-memory
 // address arithmetic into immediates; kN = 0 reads it at run time.
 // Lean mode (tuning fp4_lean) scales each activation row once for the whole
