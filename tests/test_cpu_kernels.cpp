@@ -268,6 +268,44 @@ TEST_CASE("matrix kernels match the reference on every weight type and kernel se
   }
 }
 
+TEST_CASE("Q6_K screen (MTP draft): the product of the Q6_K matrix with every low nibble set to 8, bit for bit") {
+  const int64_t N = 23, K = 768, blocks = K / 256;
+  TestWeight tw(GGML_Q6_K, N, K, 4242);
+  // The screen copy, and the Q6_K matrix it stands for (low 4 bits = 8).
+  std::vector<uint8_t> screen(size_t(N * blocks) * cpu::kQ6kScreenBlockBytes);
+  TestWeight mid(GGML_Q6_K, N, K, 4242);
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t j = 0; j < blocks; ++j) {
+      const uint8_t* b = tw.w.row(r) + j * 210;
+      cpu::q6k_screen_block(b, screen.data() + size_t(r * blocks + j) * cpu::kQ6kScreenBlockBytes);
+      std::memset(mid.bytes.data() + size_t(r) * mid.w.row_bytes + size_t(j) * 210, 0x88, 128);  // ql
+    }
+  Weight sw = tw.w;
+  sw.type = cpu::kQ6kScreen;
+  sw.data = screen.data();
+  sw.row_bytes = uint64_t(blocks) * cpu::kQ6kScreenBlockBytes;
+  int sets = 0;
+  for (const cpu::KernelSet* ks : kernel_sets()) {
+    if (!ks->converts_acts(cpu::kQ6kScreen)) continue;
+    CAPTURE(ks->name);
+    ++sets;
+    for (int64_t n : {1, 2, 9}) {
+      CAPTURE(n);
+      const std::vector<float> x = randn(size_t(n * K), uint32_t(77 + n), 2.0f);
+      std::vector<uint8_t> acts;
+      const std::vector<float> got = run_gemm(*ks, sw, x, n, &acts);
+      const std::vector<float> want = run_gemm(*ks, mid.w, x, n, &acts);
+      CHECK(std::memcmp(got.data(), want.data(), got.size() * 4) == 0);
+      // And it is a coarse approximation of the full product (the 2 high
+      // bits of 6; 0.41-0.60 on these test weights, whose outliers make most
+      // codes small): only good enough to rank candidates.
+      const std::vector<float> full = run_gemm(*ks, tw.w, x, n, &acts);
+      CHECK(rel_err(got.data(), full.data(), full.size()) < 0.8);
+    }
+  }
+  MESSAGE(sets << " kernel set(s) with the Q6_K screen");
+}
+
 TEST_CASE("NVFP4 kernels read every scale code like the reference decoder") {
   // Subnormal codes, 0x7F (NaN in E4M3, read as 0) and codes with bit 7 set
   // (ignored), which the quantizer never writes but a file may hold.

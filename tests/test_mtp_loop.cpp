@@ -263,3 +263,60 @@ TEST_CASE("adaptive drafting: shadow probes after a pause decide whether real dr
     }
   }
 }
+
+TEST_CASE("MTP draft screen (large vocabularies): exact greedy output, the drafts of the full LM head") {
+  // 70,000 tokens: above the screen's threshold (the CPU backend screens the
+  // Q6_K head for vocabularies of 65,536 or more when the kernel set has it).
+  SynthConfig cfg;
+  cfg.n_vocab = 70000;
+  cfg.mtp_mirror = true;
+  cfg.seed = 9;
+  const std::string path = synth_model("mtp-mirror-screen", cfg);
+  std::unique_ptr<Model> model;
+  REQUIRE(LoadModel(path, {}, {}, &model).ok());
+  ContextOptions o;
+  o.n_ctx = 96;
+  o.n_batch = 16;
+  o.n_threads = 2;
+  const std::vector<int32_t> prompt = {5, 17, 300, 42, 69999, 7, 7, 123};
+  const int n_gen = 24;
+  const auto plain = plain_greedy(*model, o, prompt, n_gen);
+  // The speculative loop with the screen (default) and without it.
+  auto run = [&](bool screen, std::vector<int32_t>* drafts, int* accepted) {
+    std::unique_ptr<EnvVar> off;
+    if (!screen) off = std::make_unique<EnvVar>("QWEN35_MTP_SCREEN", "0");
+    std::unique_ptr<Context> c;
+    REQUIRE(Context::Create(*model, o, &c).ok());
+    REQUIRE(c->decode_argmax(prompt.data(), int32_t(prompt.size()), LogitsMode::Last).ok());
+    int32_t next = c->argmax(-1), draft = -1;
+    std::vector<int32_t> out;
+    *accepted = 0;
+    while (int(out.size()) < n_gen) {
+      if (draft < 0) REQUIRE(c->mtp_draft_argmax(next, &draft).ok());
+      drafts->push_back(draft);
+      SpecStep r;
+      REQUIRE(c->speculate_greedy(next, draft, &r).ok());
+      out.push_back(next);
+      if (r.accepted) {
+        ++*accepted;
+        out.push_back(draft);
+      }
+      next = r.next;
+      draft = r.next_draft;
+    }
+    out.resize(size_t(n_gen));
+    return out;
+  };
+  std::vector<int32_t> d_screen, d_full;
+  int acc_screen = 0, acc_full = 0;
+  CHECK(run(true, &d_screen, &acc_screen) == plain);
+  CHECK(run(false, &d_full, &acc_full) == plain);
+  // Both see the same tokens, so the drafts are comparable one by one: the
+  // screen's candidates hold the full head's argmax, so they agree.
+  const size_t n = std::min(d_screen.size(), d_full.size());
+  size_t same = 0;
+  for (size_t i = 0; i < n; ++i) same += d_screen[i] == d_full[i];
+  MESSAGE(same << " of " << n << " drafts equal; accepted " << acc_screen << " (screen) vs " << acc_full << " (full)");
+  CHECK(same == n);
+  CHECK(acc_screen == acc_full);
+}

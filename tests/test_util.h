@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <utility>
 #include <vector>
@@ -32,5 +33,12 @@ bool copy_gguf_with_f32(const std::string& src, const std::string& dst,
 
 // Writes a synthetic model to the temp dir (once per name) and returns its path.
 std::string synth_model(const std::string& name, const SynthConfig& cfg);
+
+// Sets an environment variable for the lifetime of the object.
+struct EnvVar {
+  std::string name;
+  EnvVar(const char* n, const char* v) : name(n) { setenv(n, v, 1); }
+  ~EnvVar() { unsetenv(name.c_str()); }
+};
 
 }  // namespace qwen35::test

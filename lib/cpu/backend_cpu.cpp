@@ -13,9 +13,11 @@
 // allocate: all scratch is sized in init().
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <initializer_list>
 #include <new>
+#include <utility>
 #include <vector>
 
 #include "backend.h"
@@ -83,6 +85,19 @@ class CpuBackend final : public Backend {
   // pass. The reference path keeps plain logits.
   Status eval_greedy(const EvalBatch& b, int32_t* argmax) override;
   Status eval_mtp_greedy(const MtpBatch& b, int32_t* argmax) override;
+  // The MTP head up to its last residual (h_, rows [0, b.n)).
+  Status mtp_trunk(const MtpBatch& b);
+  // Draft argmax of normalized rows xn [rows, D] through the Q6_K screen
+  // (cpu/kernels.h kQ6kScreen, a compact copy of the head's high bits made
+  // on first use): the kScreenCandidates best rows of the approximate
+  // product, then their exact logits (the kernel and order of the full LM
+  // head, so the same values) and the best of those (lowest index on ties).
+  // That is the full argmax whenever it is among the candidates; a draft
+  // only decides what gets verified, so results are exact either way.
+  void screened_argmax(const Weight& head, const float* xn, int32_t rows, int32_t* argmax);
+  // Whether the draft of `head` goes through the screen; makes the screen
+  // copy on first use (false, and the full head is used, if memory is short).
+  bool use_screen(const Weight& head);
   template <class Batch, class Eval>
   Status argmax_rows(const Batch& b, int32_t* argmax, Eval eval);
   bool device_argmax() const override { return !p_.reference; }
@@ -157,6 +172,13 @@ class CpuBackend final : public Backend {
   Buf ffn_g_, ffn_u_;                // [nb, F]
   Buf mtp_in_;                       // [nb, 2D]
   Buf greedy_logits_;                // [rows, V] for the greedy variants, grown on demand
+  std::vector<uint8_t> screen_w_;    // [V][K/256][82] the MTP draft screen (built on first use)
+  std::vector<uint8_t> screen_act_;  // one Q6_K-converted activation row
+  // QWEN35_MTP_SCREEN=0 turns the draft screen off (for comparisons).
+  bool screen_enabled_ = [] {
+    const char* e = std::getenv("QWEN35_MTP_SCREEN");
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
 };
 
 Status CpuBackend::init() {
@@ -570,14 +592,125 @@ Status CpuBackend::eval_greedy(const EvalBatch& b, int32_t* argmax) {
   return argmax_rows(b, argmax, [this](const EvalBatch& e) { return eval(e); });
 }
 
+// The screen pays off for large vocabularies on kernel sets that have it:
+// the draft streams 82 of every 210 bytes of the Q6_K head, plus 64 rows.
+constexpr int64_t kScreenMinVocab = 65536;
+constexpr int kScreenCandidates = 64;
+
+bool CpuBackend::use_screen(const Weight& head) {
+  if (!screen_enabled_ || p_.reference || head.type != GGML_Q6_K || head.rows < kScreenMinVocab ||
+      head.cols % 256 != 0 || !cpu::kernels().converts_acts(cpu::kQ6kScreen))
+    return false;
+  if (!screen_w_.empty()) return true;
+  const int64_t V = head.rows, D = head.cols, blocks = D / 256;
+  const uint64_t sbytes = uint64_t(blocks) * cpu::kQ6kScreenBlockBytes;
+  try {
+    screen_w_.resize(size_t(V) * size_t(sbytes));
+    screen_act_.resize(cpu::act_layout(D).stride);
+  } catch (const std::bad_alloc&) {
+    screen_w_ = {};
+    screen_act_ = {};
+    screen_enabled_ = false;
+    m_.log.warn("MTP draft screen: no memory for {} MiB; drafting with the full LM head",
+                (uint64_t(V) * sbytes) >> 20);
+    return false;
+  }
+  tp_.parallel_chunks(V, 4096, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t j = 0; j < blocks; ++j)
+        cpu::q6k_screen_block(head.row(r) + j * 210,
+                              screen_w_.data() + uint64_t(r) * sbytes + uint64_t(j) * cpu::kQ6kScreenBlockBytes);
+  });
+  return true;
+}
+
+void CpuBackend::screened_argmax(const Weight& head, const float* xn, int32_t rows, int32_t* argmax) {
+  const int64_t V = head.rows, D = head.cols;
+  Weight screen = head;
+  screen.type = cpu::kQ6kScreen;
+  screen.data = screen_w_.data();
+  screen.row_bytes = uint64_t(D / 256) * cpu::kQ6kScreenBlockBytes;
+  float* approx = greedy_logits_.data();  // [rows, V]
+  mm(screen, xn, rows, approx);
+  const cpu::KernelSet& ks = cpu::kernels();
+  const cpu::ActLayout L = cpu::act_layout(D);
+  using Cand = std::pair<float, int32_t>;
+  auto greater = [](const Cand& x, const Cand& y) { return x.first > y.first; };
+  for (int32_t r = 0; r < rows; ++r) {
+    // The kScreenCandidates largest approximate values (a min-heap).
+    const float* a = approx + int64_t(r) * V;
+    Cand heap[kScreenCandidates];
+    int n = 0;
+    for (int32_t i = 0; i < int32_t(V); ++i) {
+      if (n < kScreenCandidates) {
+        heap[n++] = {a[i], i};
+        std::push_heap(heap, heap + n, greater);
+      } else if (a[i] > heap[0].first) {
+        std::pop_heap(heap, heap + n, greater);
+        heap[n - 1] = {a[i], i};
+        std::push_heap(heap, heap + n, greater);
+      }
+    }
+    // Their exact logits, one row at a time (a row's value does not depend
+    // on the rows computed with it), and the best of them.
+    ks.quantize_act(GGML_Q6_K, xn + int64_t(r) * D, D, screen_act_.data());
+    int32_t best = -1;
+    float best_v = 0.0f;
+    for (int c = 0; c < n; ++c) {
+      const int32_t i = heap[c].second;
+      float v = 0.0f;
+      cpu::GemmArgs g;
+      g.type = GGML_Q6_K;
+      g.w = head.row(i);
+      g.w_stride = head.row_bytes;
+      g.K = D;
+      g.x = screen_act_.data();
+      g.x_stride = L.stride;
+      g.n = 1;
+      g.y = &v;
+      g.ldy = 1;
+      g.scale = head.scale;
+      ks.gemm(g, 0, 1);
+      if (best < 0 || v > best_v || (v == best_v && i < best)) {
+        best = i;
+        best_v = v;
+      }
+    }
+    argmax[r] = best;
+  }
+}
+
 Status CpuBackend::eval_mtp_greedy(const MtpBatch& b, int32_t* argmax) {
-  return argmax_rows(b, argmax, [this](const MtpBatch& e) { return eval_mtp(e); });
+  const int32_t rows = b.n - b.logits_first;
+  const Weight* head = m_.mtp ? (m_.mtp->head.present() ? &m_.mtp->head : &m_.output) : nullptr;
+  if (rows <= 0 || !head || !use_screen(*head))
+    return argmax_rows(b, argmax, [this](const MtpBatch& e) { return eval_mtp(e); });
+  const int64_t D = hp_.n_embd, V = hp_.n_vocab;
+  if (greedy_logits_.v.size() < size_t(rows) * size_t(V))
+    QWEN35_TRY(greedy_logits_.alloc(size_t(rows) * size_t(V), "greedy logits"));
+  QWEN35_TRY(mtp_trunk(b));
+  float* xn = xn_.data();
+  norm_rows(h_.data() + int64_t(b.logits_first) * D, m_.mtp->shared_head_norm, rows, xn);
+  screened_argmax(*head, xn, rows, argmax);
+  return Status::Ok();
 }
 
 // MTP head (spec §5.1): e = enorm(embed(token)), hh = hnorm(hidden),
 // y = eh_proj [e | hh], a full-attention decoder layer with its own KV cache,
 // shared_head_norm, then the (shared) LM head.
 Status CpuBackend::eval_mtp(const MtpBatch& b) {
+  QWEN35_TRY(mtp_trunk(b));
+  if (b.logits && b.logits_first < b.n) {
+    const MtpLayer& M = *m_.mtp;
+    const int64_t D = hp_.n_embd;
+    float* xn = xn_.data();
+    norm_rows(h_.data() + int64_t(b.logits_first) * D, M.shared_head_norm, b.n - b.logits_first, xn);
+    lm_head(M.head.present() ? M.head : m_.output, xn, b.n - b.logits_first, b.logits);
+  }
+  return Status::Ok();
+}
+
+Status CpuBackend::mtp_trunk(const MtpBatch& b) {
   if (!m_.mtp) return Error(QWEN35_ERR_UNSUPPORTED, "the model has no MTP layer");
   if (b.n < 1 || b.n > p_.n_batch) return Error(QWEN35_ERR_INVALID_ARG, "MTP batch of {} rows", b.n);
   if (b.n_past < 0 || b.n_past + b.n > p_.n_ctx)
@@ -604,10 +737,6 @@ Status CpuBackend::eval_mtp(const MtpBatch& b) {
   norm_rows(y, M.block.post_attention_norm, b.n, xn);
   ffn(M.block, xn, b.n, out);
   for (int64_t i = 0; i < int64_t(b.n) * D; ++i) y[i] += out[i];
-  if (b.logits && b.logits_first < b.n) {
-    norm_rows(y + int64_t(b.logits_first) * D, M.shared_head_norm, b.n - b.logits_first, xn);
-    lm_head(M.head.present() ? M.head : m_.output, xn, b.n - b.logits_first, b.logits);
-  }
   return Status::Ok();
 }
 
@@ -719,6 +848,7 @@ uint64_t CpuBackend::memory_bytes() const {
                        &ssm_o_, &ffn_g_, &ffn_u_, &mtp_in_, &greedy_logits_})
     b += x->bytes();
   for (const auto& t : conv_taps_t_) b += t.size() * sizeof(float);
+  b += screen_w_.size() + screen_act_.size();
   b += mms_.bytes();
   return b;
 }

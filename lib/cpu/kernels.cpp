@@ -24,6 +24,10 @@ ActLayout act_layout(int64_t K) {
   return L;
 }
 
+void q6k_screen_block(const uint8_t* q6k_block, uint8_t* dst) {
+  std::memcpy(dst, q6k_block + 128, kQ6kScreenBlockBytes);  // qh, scales, d: the block's last 82 bytes
+}
+
 bool uses_quantized_acts(uint32_t type) {
   return type == GGML_NVFP4 || type == GGML_Q8_0 || type == GGML_Q4_K || type == GGML_Q6_K;
 }

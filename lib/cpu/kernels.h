@@ -50,6 +50,19 @@ ActLayout act_layout(int64_t K);
 // Whether matrices of this type multiply int8-quantized activations.
 bool uses_quantized_acts(uint32_t type);
 
+// A pseudo weight type for GemmArgs::type / converts_acts / quantize_act:
+// the approximate "screen" of a Q6_K matrix used to pick the MTP draft's
+// candidate tokens. Its rows are blocks of kQ6kScreenBlockBytes: the qh[64],
+// scales[16] and d of each Q6_K block (the high 2 bits of every 6-bit code),
+// copied out of the Q6_K rows (q6k_screen_block); the low 4 bits count as 8,
+// their middle. 82 of 210 bytes: the stream is 2.6x shorter. Activations are
+// converted as for GGML_Q6_K. Only kernel sets whose converts_acts(kQ6kScreen)
+// is true implement it.
+constexpr uint32_t kQ6kScreen = 0x10000u | 14u;  // 14 = GGML_Q6_K
+constexpr int kQ6kScreenBlockBytes = 82;
+// The screen block of one 210-byte Q6_K block.
+void q6k_screen_block(const uint8_t* q6k_block, uint8_t* dst);
+
 // y[t * ldy + r] = scale * sum_k W[r][k] x[t][k] for rows r0 <= r < r1 and
 // 0 <= t < n.
 struct GemmArgs {

@@ -237,6 +237,38 @@ struct Q6K {
   static __m512 xs_lanes(const float* xs4) { return xs_lanes_nat(xs4); }
 };
 
+// The Q6_K screen (kernels.h, kQ6kScreen): blocks of qh[64], scales[16], d;
+// Q6K's decoding with the low 4 bits of every code taken as 8.
+struct Q6KScreen {
+  static constexpr int kElems = 256, kVecs = 4, kUnitBytes = kQ6kScreenBlockBytes;
+  static constexpr bool kCorr = true, kMins = false;
+  static constexpr float kOutScale = 1.0f;
+  struct Unit {
+    const uint8_t* b;
+    __m512 sc;  // d * scale of each group of 16
+  };
+  static void setup(const uint8_t* row, int64_t u, Unit* s) {
+    const uint8_t* b = row + u * kUnitBytes;
+    s->b = b;
+    uint16_t d;
+    memcpy(&d, b + 80, 2);
+    const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 64));
+    s->sc = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc8)), _mm512_set1_ps(f16(d)));
+  }
+  static void step(const Unit& s, int v, __m512i* w, __m512* ws) {
+    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s.b + 32 * (v / 2)));
+    // As Q6K: bytes 0-31 take bits (2c) for c = 0 or 2, bytes 32-63 for c = 1 or 3.
+    const __m512i qh2 = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
+    const __m512i m30 = _mm512_set1_epi8(0x30);
+    const __m512i hb = v % 2 == 0 ? _mm512_and_si512(_mm512_slli_epi16(qh2, 4), m30) : _mm512_and_si512(qh2, m30);
+    *w = _mm512_or_si512(hb, _mm512_set1_epi8(0x08));
+    const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(4 * v),
+                                         _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
+    *ws = _mm512_permutexvar_ps(idx, s.sc);
+  }
+  static __m512 xs_lanes(const float* xs4) { return xs_lanes_nat(xs4); }
+};
+
 // A tile of RT weight rows x TT activation rows over the whole of K.
 // Weights of a tile, decoded as the tile runs. Decode streams 4 rows at
 // once; the hardware prefetcher barely trains on such short interleaved
@@ -539,9 +571,12 @@ QWEN35_BF16 void gemm_bf16(const GemmArgs& a, int64_t r0, int64_t r1) {
 
 const bool kHasBf16 = cpu_has_avx512_bf16();
 
-bool converts_acts(uint32_t type) { return uses_quantized_acts(type) || (type == GGML_BF16 && kHasBf16); }
+bool converts_acts(uint32_t type) {
+  return uses_quantized_acts(type) || (type == GGML_BF16 && kHasBf16) || type == kQ6kScreen;
+}
 
 void convert_act(uint32_t type, const float* x, int64_t K, uint8_t* dst) {
+  if (type == kQ6kScreen) type = GGML_Q6_K;  // the same activations as the exact product
   if (type != GGML_BF16) {
     quantize_act_fast(type, x, K, dst);
     return;
@@ -557,6 +592,7 @@ bool gemm(const GemmArgs& a, int64_t r0, int64_t r1) {
     case GGML_Q8_0: gemm_q<Q8_0>(a, r0, r1); return true;
     case GGML_Q4_K: gemm_q<Q4K>(a, r0, r1); return true;
     case GGML_Q6_K: gemm_q<Q6K>(a, r0, r1); return true;
+    case kQ6kScreen: gemm_q<Q6KScreen>(a, r0, r1); return true;
     case GGML_F32: gemm_f<GGML_F32>(a, r0, r1); return true;
     case GGML_F16: gemm_f<GGML_F16>(a, r0, r1); return true;
     case GGML_BF16:

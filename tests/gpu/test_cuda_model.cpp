@@ -53,13 +53,6 @@ struct Ctx {
   ~Ctx() { qwen35_context_free(c); }
 };
 
-// Sets an environment variable for the lifetime of the object.
-struct EnvVar {
-  std::string name;
-  EnvVar(const char* n, const char* v) : name(n) { setenv(n, v, 1); }
-  ~EnvVar() { unsetenv(name.c_str()); }
-};
-
 }  // namespace
 
 TEST_CASE("CUDA: fixture logits meet the fixture bar (batch and step, MTP)") {
