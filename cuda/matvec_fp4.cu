@@ -173,6 +173,54 @@ __device__ __forceinline__ void fp4_store_outputs(const Fp4MatvecArgs& a, int64_
   }
 }
 
+// Split-K combine through global memory (kernels 1 to 3): each block of a
+// tile group writes its sums to a.partial, the last block to arrive (counted
+// in a.counters, left at zero) adds all of them in split order into acc.
+// False in the other blocks: they are done.
+__device__ __forceinline__ bool fp4_combine_global(const Fp4MatvecArgs& a, int splits, int64_t tile, bool active,
+                                                   int g, int t, float* acc, bool& is_last) {
+  const int64_t tiles = a.w.tiles();
+  float* part = a.partial + ((int64_t(blockIdx.y) * tiles + tile) * kFp4TileRows) * kMatvecMaxCols;
+  if (active) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) part[(g + 8 * (e >> 1)) * kMatvecMaxCols + 2 * t + (e & 1)] = acc[e];
+  }
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) is_last = atomicAdd(&a.counters[blockIdx.x], 1) == splits - 1;
+  __syncthreads();
+  if (!is_last) return false;
+  __threadfence();
+  if (active) {
+    // The partials of rows g and g+8 (activation rows 2t, 2t+1), added in
+    // split order; loads issued 8 splits at a time (this is the kernel's tail).
+    acc[0] = acc[1] = acc[2] = acc[3] = 0.0f;
+    const float* base = a.partial + (tile * kFp4TileRows + g) * kMatvecMaxCols + 2 * t;
+    const int64_t split_stride = tiles * kFp4TileRows * kMatvecMaxCols;
+    for (int s0 = 0; s0 < splits; s0 += 8) {
+      float2 lo[8], hi[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        if (s0 + k < splits) {
+          lo[k] = __ldcg(reinterpret_cast<const float2*>(base + (s0 + k) * split_stride));
+          hi[k] = __ldcg(reinterpret_cast<const float2*>(base + (s0 + k) * split_stride + 8 * kMatvecMaxCols));
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        if (s0 + k < splits) {
+          acc[0] += lo[k].x;
+          acc[1] += lo[k].y;
+          acc[2] += hi[k].x;
+          acc[3] += hi[k].y;
+        }
+      }
+    }
+  }
+  if (threadIdx.x == 0) a.counters[blockIdx.x] = 0;
+  return true;
+}
+
 // ---- kernel 1 ------------------------------------------------------------------------
 
 // Slice column k of activation row xr after the prologue: RMS-normalized
@@ -287,31 +335,7 @@ __global__ void __launch_bounds__(kWarps * kWarp) fp4_matvec_kernel(Fp4MatvecArg
   }
 
   // 3. Combine the slices (if split) and write.
-  if (splits > 1) {
-    // partial: [split][tile][16 rows][8 activation rows]
-    float* part = a.partial + ((int64_t(blockIdx.y) * tiles + tile) * kFp4TileRows) * kMatvecMaxCols;
-    if (tile < tiles) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) part[(g + 8 * (e >> 1)) * kMatvecMaxCols + 2 * t + (e & 1)] = acc[e];
-    }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) is_last = atomicAdd(&a.counters[blockIdx.x], 1) == splits - 1;
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    if (tile < tiles) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float s = 0.0f;
-        for (int sp = 0; sp < splits; ++sp)
-          s += __ldcg(a.partial + ((int64_t(sp) * tiles + tile) * kFp4TileRows + g + 8 * (e >> 1)) * kMatvecMaxCols +
-                      2 * t + (e & 1));
-        acc[e] = s;
-      }
-    }
-    if (threadIdx.x == 0) a.counters[blockIdx.x] = 0;
-  }
+  if (splits > 1 && !fp4_combine_global(a, splits, tile, tile < tiles, g, t, acc, is_last)) return;
   if (tile < tiles) fp4_store_outputs(a, tile, g, t, acc);
 }
 
@@ -411,7 +435,6 @@ __device__ __forceinline__ void fp4_finish(const Fp4MatvecArgs& a, int splits, i
                                            float* red = nullptr) {
   const Fp4Tiled& w = a.w;
   const int n = a.n;
-  const int64_t tiles = w.tiles();
   // The 2^-14 of the A encoding and the tensor scale.
 #pragma unroll
   for (int e = 0; e < 4; ++e) acc[e] *= 16384.0f * w.scale;
@@ -419,7 +442,7 @@ __device__ __forceinline__ void fp4_finish(const Fp4MatvecArgs& a, int splits, i
   if constexpr (kCluster) {
     if (splits > 1) {
       cg::cluster_group cluster = cg::this_cluster();
-      const int idx = (g + 8 * 0) * kMatvecMaxCols + 2 * t;  // rows g (e = 0, 1) and g + 8 (e = 2, 3)
+      const int idx = g * kMatvecMaxCols + 2 * t;  // row g (e = 0, 1); row g + 8 (e = 2, 3) is 8 rows on
       if (active) {
         red[idx] = acc[0];
         red[idx + 1] = acc[1];
@@ -441,45 +464,8 @@ __device__ __forceinline__ void fp4_finish(const Fp4MatvecArgs& a, int splits, i
       cluster.sync();  // the remote reads are done before any block exits
       if (!leader) return;
     }
-  } else if (splits > 1) {  // Combine the slices through global memory.
-    float* part = a.partial + ((int64_t(blockIdx.y) * tiles + tile) * kFp4TileRows) * kMatvecMaxCols;
-    if (active) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) part[(g + 8 * (e >> 1)) * kMatvecMaxCols + 2 * t + (e & 1)] = acc[e];
-    }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) is_last = atomicAdd(&a.counters[blockIdx.x], 1) == splits - 1;
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    if (active) {
-      // The partials of rows g and g+8 (activation rows 2t, 2t+1), added in
-      // split order; loads issued 8 splits at a time (this is the kernel's tail).
-      acc[0] = acc[1] = acc[2] = acc[3] = 0.0f;
-      const float* base = a.partial + (tile * kFp4TileRows + g) * kMatvecMaxCols + 2 * t;
-      const int64_t split_stride = tiles * kFp4TileRows * kMatvecMaxCols;
-      for (int s0 = 0; s0 < splits; s0 += 8) {
-        float2 lo[8], hi[8];
-#pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          if (s0 + k < splits) {
-            lo[k] = __ldcg(reinterpret_cast<const float2*>(base + (s0 + k) * split_stride));
-            hi[k] = __ldcg(reinterpret_cast<const float2*>(base + (s0 + k) * split_stride + 8 * kMatvecMaxCols));
-          }
-        }
-#pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          if (s0 + k < splits) {
-            acc[0] += lo[k].x;
-            acc[1] += lo[k].y;
-            acc[2] += hi[k].x;
-            acc[3] += hi[k].y;
-          }
-        }
-      }
-    }
-    if (threadIdx.x == 0) a.counters[blockIdx.x] = 0;
+  } else if (splits > 1 && !fp4_combine_global(a, splits, tile, active, g, t, acc, is_last)) {
+    return;
   }
   if (!active) return;
   if (a.norm) {
@@ -590,7 +576,7 @@ template <int S, bool kLean, int kN, bool kCluster>
 __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
     fp4_bulk_kernel(Fp4MatvecArgs a, int splits, int64_t kg_per, bool skip_math) {
   constexpr int W = kBulkWarps;
-  extern __shared__ __align__(128) uint8_t smem_raw[];
+  extern __shared__ __align__(16) uint8_t smem_raw[];  // 16 is what the bulk copies need
   __shared__ float ss_part[W][kMatvecMaxCols];
   __shared__ int rmax[kMatvecMaxCols];
   __shared__ bool is_last;
@@ -713,23 +699,9 @@ cudaError_t launch_bulk(const Fp4MatvecArgs& a, int splits, int64_t kg_per, bool
   const cudaError_t e = allow_smem(kernel, allowed, smem);
   if (e != cudaSuccess) return e;
   const dim3 grid(unsigned((a.w.tiles() + kBulkWarps - 1) / kBulkWarps), unsigned(splits));
-  if (!kCluster) return launch(kernel, grid, dim3(kBulkWarps * kWarp), smem, stream, a, splits, kg_per, skip_math);
-  // One cluster per tile group (its `splits` blocks), with PDL as launch().
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(kBulkWarps * kWarp);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 1;
-  attr[0].val.clusterDim.y = unsigned(splits);
-  attr[0].val.clusterDim.z = 1;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() && stream != nullptr ? 2 : 1;
-  return cudaLaunchKernelEx(&cfg, kernel, a, splits, kg_per, skip_math);
+  // With the cluster combine: one cluster per tile group (its `splits` blocks).
+  const dim3 cluster(1, kCluster ? unsigned(splits) : 1u, 1);
+  return launch_clustered(kernel, grid, dim3(kBulkWarps * kWarp), smem, stream, cluster, a, splits, kg_per, skip_math);
 }
 
 // Kernel 3's instances: 1, 2 or any number of activation rows; the global
