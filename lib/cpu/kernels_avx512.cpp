@@ -215,24 +215,25 @@ struct Q6K {
     s->sc = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc8)), _mm512_set1_ps(f16(b->d)));
   }
   static void step(const Unit& s, int v, __m512i* w, __m512* ws) {
-    const int h = v / 2;
-    const __m512i ql = _mm512_loadu_si512(s.b->ql + 64 * h);
-    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s.b->qh + 32 * h));
-    // Bytes 0-31 take bits (2c) for c = 0 or 2, bytes 32-63 bits (2c) for c = 1 or 3.
-    const __m512i qh2 = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
-    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
-    __m512i lo, hb;
-    if (v % 2 == 0) {
-      lo = _mm512_and_si512(ql, m4);
-      hb = _mm512_and_si512(_mm512_slli_epi16(qh2, 4), m30);
-    } else {
-      lo = _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4);
-      hb = _mm512_and_si512(qh2, m30);
-    }
-    *w = _mm512_or_si512(lo, hb);
+    const __m512i ql = _mm512_loadu_si512(s.b->ql + 64 * (v / 2));
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i lo = _mm512_and_si512(v % 2 == 0 ? ql : _mm512_srli_epi16(ql, 4), m4);
+    *w = _mm512_or_si512(lo, high_bits(s.b->qh, v));
+    *ws = scale_lanes(s.sc, v);
+  }
+  // The high 2 bits of step v's codes, at bits 4-5 of each byte; qh: the
+  // block's 64 qh bytes. Bytes 0-31 take bits (2c) for c = 0 or 2, bytes
+  // 32-63 bits (2c) for c = 1 or 3.
+  static __m512i high_bits(const uint8_t* qh, int v) {
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qh + 32 * (v / 2)));
+    const __m512i q2 = _mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 2), 1);
+    return _mm512_and_si512(v % 2 == 0 ? _mm512_slli_epi16(q2, 4) : q2, _mm512_set1_epi8(0x30));
+  }
+  // Lane scales of step v from the 16 group scales sc.
+  static __m512 scale_lanes(__m512 sc, int v) {
     const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(4 * v),
                                          _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
-    *ws = _mm512_permutexvar_ps(idx, s.sc);
+    return _mm512_permutexvar_ps(idx, sc);
   }
   static __m512 xs_lanes(const float* xs4) { return xs_lanes_nat(xs4); }
 };
@@ -256,15 +257,8 @@ struct Q6KScreen {
     s->sc = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc8)), _mm512_set1_ps(f16(d)));
   }
   static void step(const Unit& s, int v, __m512i* w, __m512* ws) {
-    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s.b + 32 * (v / 2)));
-    // As Q6K: bytes 0-31 take bits (2c) for c = 0 or 2, bytes 32-63 for c = 1 or 3.
-    const __m512i qh2 = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
-    const __m512i m30 = _mm512_set1_epi8(0x30);
-    const __m512i hb = v % 2 == 0 ? _mm512_and_si512(_mm512_slli_epi16(qh2, 4), m30) : _mm512_and_si512(qh2, m30);
-    *w = _mm512_or_si512(hb, _mm512_set1_epi8(0x08));
-    const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(4 * v),
-                                         _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
-    *ws = _mm512_permutexvar_ps(idx, s.sc);
+    *w = _mm512_or_si512(Q6K::high_bits(s.b, v), _mm512_set1_epi8(0x08));  // qh is the block's first 64 bytes
+    *ws = Q6K::scale_lanes(s.sc, v);
   }
   static __m512 xs_lanes(const float* xs4) { return xs_lanes_nat(xs4); }
 };
