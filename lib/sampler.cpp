@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <queue>
 
 namespace qwen35 {
 
@@ -13,16 +15,52 @@ uint64_t splitmix(uint64_t& x) {
   return z ^ (z >> 31);
 }
 inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+// The adjusted logits of a row in id order: `visit(id, logit)` for every
+// token (the adjustments are sorted by id, so one pointer walks them).
+template <typename F>
+void for_each_adjusted(const float* logits, int32_t n_vocab, const TopKRequest& req, F&& visit) {
+  size_t a = 0;
+  for (int32_t i = 0; i < n_vocab; ++i) {
+    float l;
+    if (a < req.adjust.size() && req.adjust[a].id == i) l = adjust_logit(logits[i], req.adjust[a++], req.repeat_penalty);
+    else l = sanitize_logit(logits[i]);
+    visit(i, l);
+  }
+}
 }  // namespace
 
+void select_topk(const float* logits, int32_t n_vocab, const TopKRequest& req, std::vector<TokenLogit>* out) {
+  const size_t k = size_t(std::clamp(req.k, 0, n_vocab));
+  out->clear();
+  if (k == 0) return;
+  // A heap whose top is the worst kept candidate; ids come in increasing
+  // order, so a newcomer that ties the worst never displaces it.
+  std::priority_queue<TokenLogit, std::vector<TokenLogit>, decltype(&ranks_before)> heap(&ranks_before);
+  for_each_adjusted(logits, n_vocab, req, [&](int32_t id, float l) {
+    const TokenLogit c{id, l};
+    if (heap.size() < k) heap.push(c);
+    else if (ranks_before(c, heap.top())) {
+      heap.pop();
+      heap.push(c);
+    }
+  });
+  out->reserve(k);
+  while (!heap.empty()) {
+    out->push_back(heap.top());
+    heap.pop();
+  }
+  std::reverse(out->begin(), out->end());
+}
+
 Sampler::Sampler(int32_t n_vocab, const SamplerOptions& opt) : n_vocab_(n_vocab), opt_(opt) {
-  // Out-of-range bias entries are dropped here so sampling never indexes out of bounds.
-  opt_.logit_bias.erase(std::remove_if(opt_.logit_bias.begin(), opt_.logit_bias.end(),
-                                       [&](const auto& b) { return b.first < 0 || b.first >= n_vocab_; }),
-                        opt_.logit_bias.end());
+  // Out-of-range bias entries are dropped here so sampling never indexes out
+  // of bounds; repeated ids are merged into one bias (their sum, in order).
+  std::map<int32_t, float> bias;
+  for (const auto& [id, b] : opt.logit_bias)
+    if (id >= 0 && id < n_vocab_) bias[id] += b;
+  opt_.logit_bias.assign(bias.begin(), bias.end());
   reset(opt.seed);
-  cands_.reserve(size_t(n_vocab));
-  probs_.reserve(size_t(n_vocab));
 }
 
 void Sampler::reset(uint64_t seed) {
@@ -64,33 +102,55 @@ void Sampler::accept_prompt(const int32_t* tokens, int32_t n) {
   for (int32_t i = 0; i < n; ++i) accept(tokens[i]);
 }
 
-void Sampler::apply_bias_and_penalties(std::vector<Cand>& c) const {
-  for (const auto& [id, b] : opt_.logit_bias) c[size_t(id)].logit += b;
+TopKRequest Sampler::request(int32_t k) const {
+  TopKRequest r;
+  r.k = k;
+  r.repeat_penalty = opt_.repeat_penalty;
+  r.adjust.reserve(opt_.logit_bias.size() + counts_.size());
+  for (const auto& [id, b] : opt_.logit_bias) r.adjust.push_back({id, b, 0.0f, LogitAdjust::kBias});
+  const size_t n_bias = r.adjust.size();
   for (const auto& [id, cnt] : counts_) {
     if (id < 0 || id >= n_vocab_) continue;
-    float& l = c[size_t(id)].logit;
-    // llama.cpp's repetition penalty: shrink positive logits, grow negative ones.
-    if (opt_.repeat_penalty != 1.0f) l = l > 0 ? l / opt_.repeat_penalty : l * opt_.repeat_penalty;
-    l -= float(cnt) * opt_.frequency_penalty + opt_.presence_penalty;
+    // One float product and one sum, stored: the device subtracts this value.
+    const float f = float(cnt) * opt_.frequency_penalty;
+    const float sub = f + opt_.presence_penalty;
+    r.adjust.push_back({id, 0.0f, sub, LogitAdjust::kPenalty});
   }
+  // Merge into one entry per id, sorted.
+  std::sort(r.adjust.begin() + int64_t(n_bias), r.adjust.end(),
+            [](const LogitAdjust& a, const LogitAdjust& b) { return a.id < b.id; });
+  std::vector<LogitAdjust> merged;
+  merged.reserve(r.adjust.size());
+  size_t i = 0, j = n_bias;
+  while (i < n_bias || j < r.adjust.size()) {
+    if (j == r.adjust.size() || (i < n_bias && r.adjust[i].id < r.adjust[j].id)) {
+      merged.push_back(r.adjust[i++]);
+    } else if (i == n_bias || r.adjust[j].id < r.adjust[i].id) {
+      merged.push_back(r.adjust[j++]);
+    } else {
+      LogitAdjust m = r.adjust[i++];
+      m.sub = r.adjust[j++].sub;
+      m.flags |= LogitAdjust::kPenalty;
+      merged.push_back(m);
+    }
+  }
+  r.adjust = std::move(merged);
+  return r;
 }
 
-void Sampler::filter(const float* logits) {
-  cands_.resize(size_t(n_vocab_));
-  for (int32_t i = 0; i < n_vocab_; ++i) cands_[size_t(i)] = {i, logits[i]};
-  apply_bias_and_penalties(cands_);
-  const float temp = opt_.temperature > 0 ? opt_.temperature : 1.0f;
-  // Sort by logit (ties by id so the order is total and machine-independent);
-  // with top-k only the first k need sorting.
-  auto by_logit = [](const Cand& a, const Cand& b) { return a.logit > b.logit || (a.logit == b.logit && a.id < b.id); };
-  size_t keep = cands_.size();
-  if (opt_.top_k > 0 && size_t(opt_.top_k) < keep) {
-    keep = size_t(opt_.top_k);
-    std::partial_sort(cands_.begin(), cands_.begin() + int64_t(keep), cands_.end(), by_logit);
-    cands_.resize(keep);
-  } else {
-    std::sort(cands_.begin(), cands_.end(), by_logit);
-  }
+bool Sampler::topk_request(TopKRequest* req) const {
+  int32_t k = 0;
+  if (greedy()) k = 1;
+  else if (opt_.top_k > 0 && opt_.top_k < n_vocab_ && opt_.top_k <= kMaxRequestK) k = opt_.top_k;
+  if (k == 0 || k >= n_vocab_) return false;
+  *req = request(k);
+  return true;
+}
+
+// The filters over cands_, the k best sorted (spec'd by the old full-sort
+// implementation, which this path repeats operation for operation).
+void Sampler::filter_sorted() {
+  const double temp = opt_.temperature > 0 ? double(opt_.temperature) : 1.0;
   // Softmax over the survivors (max first, in double).
   probs_.resize(cands_.size());
   const double mx = double(cands_[0].logit) / temp;
@@ -125,24 +185,7 @@ void Sampler::filter(const float* logits) {
   for (double& p : probs_) p /= s;
 }
 
-int32_t Sampler::sample(const float* logits) {
-  if (greedy()) {
-    // Argmax after bias and penalties; lowest id wins ties.
-    if (opt_.logit_bias.empty() && counts_.empty()) {
-      int32_t best = 0;
-      for (int32_t i = 1; i < n_vocab_; ++i)
-        if (logits[i] > logits[best]) best = i;
-      return best;
-    }
-    cands_.resize(size_t(n_vocab_));
-    for (int32_t i = 0; i < n_vocab_; ++i) cands_[size_t(i)] = {i, logits[i]};
-    apply_bias_and_penalties(cands_);
-    int32_t best = 0;
-    for (int32_t i = 1; i < n_vocab_; ++i)
-      if (cands_[size_t(i)].logit > cands_[size_t(best)].logit) best = i;
-    return best;
-  }
-  filter(logits);
+int32_t Sampler::draw_sorted() {
   const double u = uniform();
   double cum = 0;
   for (size_t i = 0; i < probs_.size(); ++i) {
@@ -152,14 +195,145 @@ int32_t Sampler::sample(const float* logits) {
   return cands_.back().id;
 }
 
+double Sampler::weight(size_t i) const {
+  const double l = double(pool_[i].logit);
+  return std::isfinite(l) ? std::exp(l / temp_ - mx_) : 0.0;
+}
+
+void Sampler::rank_prefix(size_t m) {
+  m = std::min(m, pool_.size());
+  if (m <= sorted_) return;
+  const auto first = pool_.begin() + int64_t(sorted_), mid = pool_.begin() + int64_t(m);
+  if (mid != pool_.end()) std::nth_element(first, mid, pool_.end(), ranks_before);
+  std::sort(first, mid, ranks_before);
+  sorted_ = m;
+}
+
+void Sampler::rank_through(size_t i) {
+  // Rank more of the pool as the walks need it: 64 first, then x4.
+  if (i >= sorted_) rank_prefix(std::max<size_t>(i + 1, std::max<size_t>(64, 4 * sorted_)));
+}
+
+void Sampler::prepare_all(const float* logits, size_t* n_out, double* s_out) {
+  const size_t V = size_t(n_vocab_);
+  temp_ = opt_.temperature > 0 ? double(opt_.temperature) : 1.0;
+  pool_.resize(V);
+  float best = -std::numeric_limits<float>::infinity();
+  for_each_adjusted(logits, n_vocab_, request(0), [&](int32_t id, float l) {
+    pool_[size_t(id)] = {id, l};
+    best = std::max(best, l);
+  });
+  sorted_ = 0;
+  // The normalizer over the whole vocabulary, in id order.
+  mx_ = double(best) / temp_;
+  total_ = 0;
+  for (size_t i = 0; i < V; ++i) total_ += weight(i);
+  auto need = [&](size_t i) { rank_through(i); };
+  size_t n = V;
+  bool cut = false;
+  if (!std::isfinite(total_) || total_ <= 0) {
+    // No finite weights (every logit -inf, or an infinite one): the best ranked token.
+    need(0);
+    *n_out = 1;
+    *s_out = 0;
+    return;
+  }
+  if (opt_.top_p < 1.0f) {
+    double cum = 0;
+    size_t i = 0;
+    while (i < V) {
+      need(i);
+      cum += weight(i) / total_;
+      ++i;
+      if (cum >= double(opt_.top_p)) break;
+    }
+    n = i;
+    cut = n < V;
+  }
+  if (opt_.min_p > 0.0f) {
+    need(0);
+    const double thr = weight(0) / total_ * double(opt_.min_p);
+    size_t m = 1;
+    while (m < n) {
+      need(m);
+      if (!(weight(m) / total_ >= thr)) break;
+      ++m;
+    }
+    cut = cut || m < n;
+    n = m;
+  }
+  // Renormalize over the survivors (in rank order); with every token kept
+  // the probabilities are already normalized.
+  double s = 1.0;
+  if (cut) {
+    s = 0;
+    for (size_t i = 0; i < n; ++i) s += weight(i) / total_;
+  }
+  *n_out = n;
+  *s_out = s;
+}
+
+int32_t Sampler::sample(const float* logits) {
+  if (greedy()) {
+    // Argmax after bias and penalties; lowest id wins ties.
+    if (opt_.logit_bias.empty() && counts_.empty()) {
+      int32_t best = 0;
+      for (int32_t i = 1; i < n_vocab_; ++i)
+        if (logits[i] > logits[best]) best = i;
+      return best;
+    }
+    select_topk(logits, n_vocab_, request(1), &cands_);
+    return cands_[0].id;
+  }
+  if (opt_.top_k > 0 && opt_.top_k < n_vocab_) {
+    select_topk(logits, n_vocab_, request(opt_.top_k), &cands_);
+    filter_sorted();
+    return draw_sorted();
+  }
+  size_t n = 0;
+  double s = 0;
+  prepare_all(logits, &n, &s);
+  if (s == 0) return pool_[0].id;
+  const double u = uniform();
+  double cum = 0;
+  for (size_t i = 0; i < n; ++i) {
+    rank_through(i);
+    cum += weight(i) / total_ / s;
+    if (u < cum) return pool_[i].id;
+  }
+  rank_prefix(n);
+  return pool_[n - 1].id;
+}
+
+int32_t Sampler::sample_topk(std::vector<TokenLogit>& best) {
+  const size_t k = size_t(greedy() ? 1 : std::max(opt_.top_k, 1));
+  if (best.empty()) return 0;
+  const size_t keep = std::min(k, best.size());
+  std::partial_sort(best.begin(), best.begin() + int64_t(keep), best.end(), ranks_before);
+  if (greedy()) return best[0].id;
+  cands_.assign(best.begin(), best.begin() + int64_t(keep));
+  filter_sorted();
+  return draw_sorted();
+}
+
 std::vector<std::pair<int32_t, double>> Sampler::distribution(const float* logits) {
   std::vector<std::pair<int32_t, double>> out;
   if (greedy()) {
     out.push_back({sample(logits), 1.0});
     return out;
   }
-  filter(logits);
-  for (size_t i = 0; i < probs_.size(); ++i) out.push_back({cands_[i].id, probs_[i]});
+  if (opt_.top_k > 0 && opt_.top_k < n_vocab_) {
+    select_topk(logits, n_vocab_, request(opt_.top_k), &cands_);
+    filter_sorted();
+    for (size_t i = 0; i < probs_.size(); ++i) out.push_back({cands_[i].id, probs_[i]});
+    return out;
+  }
+  size_t n = 0;
+  double s = 0;
+  prepare_all(logits, &n, &s);
+  if (s == 0) return {{pool_[0].id, 1.0}};
+  rank_prefix(n);
+  for (size_t i = 0; i < n; ++i) out.push_back({pool_[i].id, weight(i) / total_ / s});
   return out;
 }
 

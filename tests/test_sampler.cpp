@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <set>
 #include <vector>
@@ -155,4 +156,215 @@ TEST_CASE("same seed, same tokens; reset reseeds; golden sequence") {
   // Pinned values: a change here means seeds no longer reproduce old runs.
   const std::vector<int32_t> golden(sa.begin(), sa.begin() + 8);
   CHECK(golden == std::vector<int32_t>{208, 870, 4, 853, 191, 531, 395, 310});
+}
+
+namespace {
+// The sampler's chain as first written (every token sorted, plain loops):
+// the reference of the fast paths below.
+struct ReferenceSampler {
+  SamplerOptions o;
+  std::vector<std::pair<int32_t, double>> dist(const std::vector<float>& raw,
+                                               const std::map<int32_t, int32_t>& counts) const {
+    const int32_t V = int32_t(raw.size());
+    std::vector<TokenLogit> c;
+    for (int32_t i = 0; i < V; ++i) c.push_back({i, raw[size_t(i)]});
+    for (const auto& [id, b] : o.logit_bias) c[size_t(id)].logit += b;
+    for (const auto& [id, cnt] : counts) {
+      float& l = c[size_t(id)].logit;
+      if (o.repeat_penalty != 1.0f) l = l > 0 ? l / o.repeat_penalty : l * o.repeat_penalty;
+      l -= float(cnt) * o.frequency_penalty + o.presence_penalty;
+    }
+    for (auto& x : c) x.logit = sanitize_logit(x.logit);
+    std::sort(c.begin(), c.end(), ranks_before);
+    if (o.top_k > 0 && o.top_k < V) c.resize(size_t(o.top_k));
+    std::vector<double> p(c.size());
+    const double T = o.temperature, mx = double(c[0].logit) / T;
+    double sum = 0;
+    for (size_t i = 0; i < c.size(); ++i) sum += p[i] = std::isfinite(c[i].logit) ? std::exp(c[i].logit / T - mx) : 0.0;
+    for (double& x : p) x /= sum;
+    size_t n = c.size();
+    if (o.top_p < 1.0f) {
+      double cum = 0;
+      size_t i = 0;
+      while (i < n && cum < double(o.top_p)) cum += p[i++];
+      n = i;
+    }
+    if (o.min_p > 0.0f) {
+      size_t m = 1;
+      while (m < n && p[m] >= p[0] * double(o.min_p)) ++m;
+      n = m;
+    }
+    double s = 0;
+    for (size_t i = 0; i < n; ++i) s += p[i];
+    std::vector<std::pair<int32_t, double>> out;
+    for (size_t i = 0; i < n; ++i) out.push_back({c[i].id, p[i] / s});
+    return out;
+  }
+};
+
+// A row like a language model's: a few strong tokens over a wide tail,
+// with exact ties, -inf, NaN and both zeros mixed in.
+std::vector<float> lm_row(int32_t V, uint32_t seed) {
+  std::vector<float> l(static_cast<size_t>(V));
+  uint32_t s = seed * 2654435761u + 1;
+  auto next = [&] { return s = s * 1664525u + 1013904223u; };
+  for (auto& x : l) x = float(int32_t(next() >> 8) % 4000) / 400.0f - 5.0f;  // ties on a 1/400 grid
+  for (int i = 0; i < 6; ++i) l[size_t(next() % uint32_t(V))] = 8.0f + float(i);
+  l[size_t(next() % uint32_t(V))] = -INFINITY;
+  l[size_t(next() % uint32_t(V))] = NAN;
+  l[size_t(next() % uint32_t(V))] = -0.0f;
+  l[size_t(next() % uint32_t(V))] = 0.0f;
+  return l;
+}
+}  // namespace
+
+TEST_CASE("select_topk keeps the k best adjusted logits in rank order") {
+  const int32_t V = 5000;
+  for (uint32_t seed = 1; seed <= 4; ++seed) {
+    const auto l = lm_row(V, seed);
+    SamplerOptions o;
+    o.temperature = 0.8f;
+    o.top_k = 40;
+    o.repeat_penalty = 1.3f;
+    o.presence_penalty = 0.7f;
+    o.frequency_penalty = 0.2f;
+    o.logit_bias = {{7, 3.0f}, {7, 1.5f}, {11, -INFINITY}, {V + 3, 1.0f}, {42, 20.0f}};
+    Sampler s(V, o);
+    for (int t : {42, 42, 5, 7, 1000, 1000, 1000}) s.accept(t);
+    TopKRequest req;
+    REQUIRE(s.topk_request(&req));
+    CHECK(req.k == 40);
+    // One entry per id, sorted; 7 and 42 carry bias and penalty.
+    for (size_t i = 1; i < req.adjust.size(); ++i) CHECK(req.adjust[i - 1].id < req.adjust[i].id);
+    for (const auto& a : req.adjust)
+      if (a.id == 7 || a.id == 42) CHECK(a.flags == (LogitAdjust::kBias | LogitAdjust::kPenalty));
+    for (int32_t k : {1, 2, 40, 1024, V - 1}) {
+      req.k = k;
+      std::vector<TokenLogit> got;
+      select_topk(l.data(), V, req, &got);
+      // Reference: adjust every logit, sort everything.
+      std::vector<TokenLogit> all;
+      size_t a = 0;
+      for (int32_t i = 0; i < V; ++i) {
+        float x = sanitize_logit(l[size_t(i)]);
+        if (a < req.adjust.size() && req.adjust[a].id == i) x = adjust_logit(l[size_t(i)], req.adjust[a++], 1.3f);
+        all.push_back({i, x});
+      }
+      std::sort(all.begin(), all.end(), ranks_before);
+      REQUIRE(got.size() == size_t(k));
+      for (int32_t i = 0; i < k; ++i) {
+        CHECK(got[size_t(i)].id == all[size_t(i)].id);
+        CHECK(std::memcmp(&got[size_t(i)].logit, &all[size_t(i)].logit, 4) == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("sample_topk on the k best equals sample on the whole row") {
+  const int32_t V = 3000;
+  for (float temp : {0.0f, 0.7f, 1.3f}) {
+    for (int32_t k : {1, 20, 300}) {
+      SamplerOptions o;
+      o.temperature = temp;
+      o.top_k = k;
+      o.top_p = 0.9f;
+      o.min_p = 0.02f;
+      o.presence_penalty = 1.5f;
+      o.logit_bias = {{3, 2.0f}};
+      o.seed = 77;
+      Sampler full(V, o), part(V, o);
+      for (int step = 0; step < 60; ++step) {
+        const auto l = lm_row(V, uint32_t(step + 1));
+        TopKRequest req;
+        REQUIRE(part.topk_request(&req));
+        // A backend may return more than k candidates, in any order.
+        TopKRequest wider = req;
+        wider.k = std::min(V - 1, req.k + 17);
+        std::vector<TokenLogit> best;
+        select_topk(l.data(), V, wider, &best);
+        std::reverse(best.begin(), best.end());
+        const int32_t a = full.sample(l.data()), b = part.sample_topk(best);
+        REQUIRE(a == b);
+        full.accept(a);
+        part.accept(b);
+      }
+    }
+  }
+  // No request without a top-k (or above kMaxRequestK); greedy asks for one token.
+  SamplerOptions o;
+  o.temperature = 1.0f;
+  TopKRequest req;
+  CHECK_FALSE(Sampler(V, o).topk_request(&req));
+  o.top_k = Sampler::kMaxRequestK + 1;
+  CHECK_FALSE(Sampler(V, o).topk_request(&req));
+  o.temperature = 0.0f;
+  REQUIRE(Sampler(V, o).topk_request(&req));
+  CHECK(req.k == 1);
+}
+
+TEST_CASE("without top-k: the lazily ranked vocabulary gives the reference distribution and draws") {
+  const int32_t V = 20000;
+  struct Case {
+    float temp, top_p, min_p;
+  };
+  for (const Case& c : {Case{0.7f, 0.8f, 0.0f}, Case{1.0f, 0.95f, 0.0f}, Case{1.0f, 1.0f, 0.0f},
+                        Case{0.6f, 1.0f, 0.05f}, Case{1.2f, 0.9f, 0.01f}}) {
+    CAPTURE(c.temp);
+    CAPTURE(c.top_p);
+    CAPTURE(c.min_p);
+    SamplerOptions o;
+    o.temperature = c.temp;
+    o.top_p = c.top_p;
+    o.min_p = c.min_p;
+    o.repeat_penalty = 1.1f;
+    o.frequency_penalty = 0.3f;
+    o.seed = 5;
+    Sampler s(V, o);
+    std::map<int32_t, int32_t> counts;
+    for (int t : {1, 2, 2, 19999}) {
+      s.accept(t);
+      ++counts[t];
+    }
+    const auto l = lm_row(V, 9);
+    ReferenceSampler ref{o};
+    const auto want = ref.dist(l, counts);
+    const auto got = s.distribution(l.data());
+    REQUIRE(got.size() == want.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      CHECK(got[i].first == want[i].first);
+      CHECK(std::abs(got[i].second - want[i].second) <= 1e-12 * want[i].second + 1e-300);
+    }
+    // Draws walk the same ranking: the reference's inverse CDF with the same uniforms.
+    Sampler again(V, o);
+    for (int t : {1, 2, 2, 19999}) again.accept(t);
+    uint64_t st = o.seed, rng[4];
+    auto splitmix = [](uint64_t& x) {
+      uint64_t z = (x += 0x9E3779B97F4A7C15ull);
+      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+      return z ^ (z >> 31);
+    };
+    for (auto& r : rng) r = splitmix(st);
+    auto rotl = [](uint64_t x, int k) { return (x << k) | (x >> (64 - k)); };
+    for (int d = 0; d < 300; ++d) {
+      const uint64_t res = rotl(rng[1] * 5, 7) * 9, t = rng[1] << 17;
+      rng[2] ^= rng[0];
+      rng[3] ^= rng[1];
+      rng[1] ^= rng[2];
+      rng[0] ^= rng[3];
+      rng[2] ^= t;
+      rng[3] = rotl(rng[3], 45);
+      const double u = double(res >> 11) * (1.0 / 9007199254740992.0);
+      double cum = 0;
+      int32_t expect = want.back().first;
+      for (auto [id, p] : want) {
+        cum += p;
+        if (u < cum) {
+          expect = id;
+          break;
+        }
+      }
+      REQUIRE(again.sample(l.data()) == expect);
+    }
+  }
 }
