@@ -23,6 +23,7 @@
 #include "fused_attn_case.h"
 #include "kernel_refs.h"
 #include "norm.h"
+#include "topk_case.h"
 #include "vision/encoder.h"
 #include "vision/kernels.h"
 #include "vision_kernels.h"
@@ -464,6 +465,37 @@ TEST_CASE("emulated: vision attention (tiled, online softmax) matches scores + s
         CHECK(pad_kept);
       }
     }
+  }
+  emu::set_order(false);
+}
+
+TEST_CASE("emulated: sampling candidates (adjust + radix search + compaction) equal select_topk") {
+  for (bool reverse : {false, true}) {
+    emu::set_order(reverse);
+    for (int32_t V : {3000, 70000}) {
+      for (int32_t k : {1, 20, 1024}) {
+        for (TopkRow kind : {TopkRow::kGrid, TopkRow::kFine, TopkRow::kLowBits, TopkRow::kFlat}) {
+          CAPTURE(reverse);
+          CAPTURE(V);
+          CAPTURE(k);
+          CAPTURE(int(kind));
+          const auto logits = topk_row(V, uint32_t(V + k), kind);
+          const TopKRequest req = topk_request(V, k, uint32_t(k));
+          const TopkCaseResult r = run_topk_case<HostArray>(logits, req);
+          CHECK(check_topk_case(logits, req, r) == "");
+          // The flat rows of 70,000 tie far more tokens at the 1024th rank
+          // than the candidates hold (check_topk_case checks every failure).
+          if (kind == TopkRow::kFlat && V > kTopkCap && k == 1024) CHECK(r.failed);
+          if (kind == TopkRow::kLowBits) CHECK_FALSE(r.failed);
+        }
+      }
+    }
+    // No adjustments at all.
+    const auto logits = topk_row(5000, 3);
+    TopKRequest plain;
+    plain.k = 40;
+    const TopkCaseResult r = run_topk_case<HostArray>(logits, plain);
+    CHECK(check_topk_case(logits, plain, r) == "");
   }
   emu::set_order(false);
 }

@@ -24,6 +24,7 @@
 #include "quants.h"
 #include "rope.h"
 #include "test_util.h"
+#include "topk_case.h"
 #include "tuning.h"
 
 using namespace qwen35;
@@ -1137,6 +1138,24 @@ TEST_CASE("tensor-core NVFP4 matvec with the fused gated-RMSNorm prologue (split
       dy.upload(y0);
       REQUIRE(fp4_matvec(a, sms, 0) == cudaSuccess);
       CHECK(max_rel(dy.download(), want) < 2e-3);
+    }
+  }
+}
+
+TEST_CASE("sampling candidates on the device equal select_topk (adjusted row bit for bit)") {
+  QWEN35_REQUIRE_GPU();
+  for (int32_t V : {3000, 70000, 248320}) {
+    for (int32_t k : {1, 20, 300, 1024}) {
+      for (TopkRow kind : {TopkRow::kGrid, TopkRow::kFine, TopkRow::kLowBits, TopkRow::kFlat}) {
+        CAPTURE(V);
+        CAPTURE(k);
+        CAPTURE(int(kind));
+        const auto logits = topk_row(V, uint32_t(V + k), kind);
+        const TopKRequest req = topk_request(V, k, uint32_t(k));
+        const TopkCaseResult r = run_topk_case<DevArray>(logits, req);
+        CHECK(check_topk_case(logits, req, r) == "");
+        if (kind == TopkRow::kFlat && V > cuda::kTopkCap && k == 1024) CHECK(r.failed);
+      }
     }
   }
 }
