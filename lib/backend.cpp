@@ -35,6 +35,22 @@ Status Backend::eval_greedy(const EvalBatch& b, int32_t* argmax) {
   return Status::Ok();
 }
 
+Status Backend::eval_topk(const EvalBatch& b, const TopKRequest& req, std::vector<TokenLogit>* cands) {
+  if (b.logits_first != b.n - 1)
+    return Error(QWEN35_ERR_INVALID_ARG, "sampling candidates are computed for the last row of a batch only");
+  std::vector<float> row;
+  try {
+    row.resize(size_t(n_vocab));
+  } catch (const std::bad_alloc&) {
+    return Error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory for a logits row");
+  }
+  EvalBatch e = b;
+  e.logits = row.data();
+  QWEN35_TRY(eval(e));
+  select_topk(row.data(), int32_t(n_vocab), req, cands);
+  return Status::Ok();
+}
+
 Status Backend::eval_mtp_greedy(const MtpBatch& b, int32_t* argmax) {
   const int32_t rows = b.n - b.logits_first;
   if (rows <= 0) return eval_mtp(b);

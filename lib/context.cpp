@@ -109,6 +109,16 @@ Status Context::decode_argmax(const int32_t* tokens, int32_t n, LogitsMode mode)
   return append(tokens, nullptr, n, pos.data(), mode, -1, Outputs::Argmax);
 }
 
+Status Context::decode_topk(const int32_t* tokens, int32_t n, const TopKRequest& req) {
+  if (!tokens || n < 1) return Error(QWEN35_ERR_INVALID_ARG, "decode needs at least one token");
+  std::vector<int32_t> pos(static_cast<size_t>(n) * 3);
+  for (int32_t i = 0; i < n; ++i) pos[3 * size_t(i)] = pos[3 * size_t(i) + 1] = pos[3 * size_t(i) + 2] = next_pos_ + i;
+  topk_req_ = &req;
+  Status st = append(tokens, nullptr, n, pos.data(), LogitsMode::Last, -1, Outputs::TopK);
+  topk_req_ = nullptr;
+  return st;
+}
+
 Status Context::decode_with_snapshot(const int32_t* tokens, int32_t n, LogitsMode mode) {
   if (!tokens || n < 1 || n > opt_.n_batch)
     return Error(QWEN35_ERR_INVALID_ARG, "a verify batch needs 1..{} tokens", opt_.n_batch);
@@ -185,7 +195,7 @@ Status Context::append(const int32_t* tokens, const float* embd, int32_t n, cons
                    st.message(), rs.message());
     }
     call_rows_ = 0;
-    n_logit_rows_ = n_argmax_rows_ = 0;
+    n_logit_rows_ = n_argmax_rows_ = n_topk_rows_ = 0;
     return st;
   }
   next_pos_ = next_pos_after_.back();
@@ -203,7 +213,7 @@ Status Context::eval_rows(int32_t first_row, int32_t n, LogitsMode mode, int32_t
   try {
     if (record) {
       if (outputs == Outputs::Logits) logits_.resize(size_t(n_logits) * size_t(V));
-      else argmax_.resize(size_t(n_logits));
+      else if (outputs == Outputs::Argmax) argmax_.resize(size_t(n_logits));
       hidden_.resize(size_t(n) * size_t(D));
       if (opt_.mtp_prenorm) prenorm_.resize(size_t(n) * size_t(D));
     } else {
@@ -214,7 +224,7 @@ Status Context::eval_rows(int32_t first_row, int32_t n, LogitsMode mode, int32_t
     return Error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory for the outputs of {} rows", n);
   }
   call_rows_ = 0;
-  n_logit_rows_ = n_argmax_rows_ = 0;
+  n_logit_rows_ = n_argmax_rows_ = n_topk_rows_ = 0;
   logits_row0_ = n - n_logits;
   n_mtp_logits_ = 0;
   std::vector<float> embd_chunk;
@@ -257,11 +267,16 @@ Status Context::eval_rows(int32_t first_row, int32_t n, LogitsMode mode, int32_t
     b.snapshot_row = snapshot_row;
     if (outputs == Outputs::Argmax && b.logits_first < cn)
       QWEN35_TRY(be_->eval_greedy(b, argmax_.data() + (lfirst - (n - n_logits))));
+    else if (outputs == Outputs::TopK && b.logits_first < cn)
+      QWEN35_TRY(be_->eval_topk(b, *topk_req_, &topk_));
     else
       QWEN35_TRY(be_->eval(b));
     if (record) {
       call_rows_ = c0 + cn;
-      (outputs == Outputs::Logits ? n_logit_rows_ : n_argmax_rows_) = std::max(0, c0 + cn - (n - n_logits));
+      const int32_t rows = std::max(0, c0 + cn - (n - n_logits));
+      if (outputs == Outputs::Logits) n_logit_rows_ = rows;
+      else if (outputs == Outputs::Argmax) n_argmax_rows_ = rows;
+      else n_topk_rows_ = rows;
     }
     if (mtp_enabled()) QWEN35_TRY(mtp_fill(row0, cn, pre ? pre : hid, defer_mtp && cn == n));
     if (snapshot_row >= 0) {
@@ -512,7 +527,7 @@ void Context::reset() {
   next_pos_after_.clear();
   spans_.clear();
   next_pos_ = 0;
-  call_rows_ = n_logit_rows_ = n_argmax_rows_ = n_mtp_logits_ = 0;
+  call_rows_ = n_logit_rows_ = n_argmax_rows_ = n_topk_rows_ = n_mtp_logits_ = 0;
   n_mtp_ = 0;
   mtp_deferred_ = MtpRows();
   mtp_backlog_ = MtpRows();
@@ -580,7 +595,7 @@ Status Context::truncate(int32_t n_keep) {
   next_pos_ = next_pos_after_.back();
   for (Checkpoint& c : slots_)
     if (c.rows > n_keep) c.rows = -1;
-  call_rows_ = n_logit_rows_ = n_argmax_rows_ = n_mtp_logits_ = 0;
+  call_rows_ = n_logit_rows_ = n_argmax_rows_ = n_topk_rows_ = n_mtp_logits_ = 0;
   Status st = recover(n_keep);
   if (!st.ok()) {
     reset();

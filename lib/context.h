@@ -32,7 +32,7 @@ enum class LogitsMode { Last, All, None };
 // row's argmax (lowest id on ties), which a GPU backend computes on the
 // device so that greedy decoding copies one id per row instead of n_vocab
 // floats.
-enum class Outputs { Logits, Argmax };
+enum class Outputs { Logits, Argmax, TopK };
 
 // One greedy speculative step (Context::speculate_greedy).
 struct SpecStep {
@@ -68,9 +68,16 @@ class Context {
   // Like decode, but the call keeps only the argmax of its logit rows.
   Status decode_argmax(const int32_t* tokens, int32_t n, LogitsMode mode);
 
+  // Like decode with LogitsMode::Last, but the call keeps only the sampling
+  // candidates of its last row for `req` (Backend::eval_topk).
+  Status decode_topk(const int32_t* tokens, int32_t n, const TopKRequest& req);
+
   // Results of the last decode call (row i of that call, -1 = last).
   const float* logits(int32_t i) const;
   int32_t argmax(int32_t i) const;  // -1 if the call kept no argmax for row i
+  // The last row's candidates (decode_topk), or null. Sampler::sample_topk
+  // may reorder them.
+  std::vector<TokenLogit>* topk() { return n_topk_rows_ ? &topk_ : nullptr; }
   const float* hidden(int32_t i) const;
   const float* mtp_logits(int32_t pos) const;
 
@@ -170,6 +177,9 @@ class Context {
   int32_t logits_row0_ = 0;      // call-relative row of logits_ (or argmax_) row 0
   int32_t n_logit_rows_ = 0;
   int32_t n_argmax_rows_ = 0;
+  std::vector<TokenLogit> topk_;  // with Outputs::TopK: the last row's candidates
+  int32_t n_topk_rows_ = 0;       // 1 when topk_ belongs to the last call
+  const TopKRequest* topk_req_ = nullptr;  // during decode_topk
   std::vector<float> hidden_;    // [call rows, D] post-norm
   std::vector<float> prenorm_;   // [call rows, D] when mtp_prenorm
   int32_t call_rows_ = 0;

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <string>
 
 #include "tokenizer.h"
 #include "unicode.h"
@@ -106,16 +108,37 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
   // are (the GPU): the context keeps token ids instead of logits, and MTP
   // speculation runs as Context::speculate_greedy (fewer passes).
   const bool ids = plain_argmax(sampler) && ctx.backend().device_argmax();
+  // Other samplers that read only the k best adjusted logits (top-k, or
+  // greedy with bias or penalties) on a backend that selects them where the
+  // logits are: the context keeps those candidates instead of the row. The
+  // request is built when the step is decoded, from the sampler's state then
+  // (every emitted token is accepted before its row is decoded).
+  // QWEN35_TOPK_CANDIDATES=0 turns this off (A/B tests).
+  const char* env_cands = std::getenv("QWEN35_TOPK_CANDIDATES");
+  const bool cands = !ids && ctx.backend().device_topk() && !(env_cands && std::string(env_cands) == "0");
+  TopKRequest req;
   auto decode = [&](const int32_t* t, int32_t n) {
-    return ids ? ctx.decode_argmax(t, n, LogitsMode::Last) : ctx.decode(t, n, LogitsMode::Last);
+    if (ids) return ctx.decode_argmax(t, n, LogitsMode::Last);
+    if (cands && sampler.topk_request(&req)) {
+      ++st.n_candidate_steps;
+      return ctx.decode_topk(t, n, req);
+    }
+    return ctx.decode(t, n, LogitsMode::Last);
   };
-  // The token sampled from call row i (logits, or the kept argmax).
-  auto next_of = [&](int32_t i) { return ctx.logits(i) || !ids ? sampler.sample(ctx.logits(i)) : ctx.argmax(i); };
+  // The token sampled from call row i (logits, the kept argmax, or the kept candidates).
+  auto next_of = [&](int32_t i) -> int32_t {
+    if (ctx.logits(i)) return sampler.sample(ctx.logits(i));
+    if (std::vector<TokenLogit>* c = i == -1 ? ctx.topk() : nullptr) return sampler.sample_topk(*c);
+    return ctx.argmax(i);
+  };
 
   // ---- prompt ----
   const auto t0 = Clock::now();
   if (!prompt.empty()) {
-    Status s = decode(prompt.data(), int32_t(prompt.size()));
+    // Penalties over the prompt are recorded after it is decoded: its last
+    // row's candidates would miss them, so that row keeps its logits.
+    Status s = sampler.options().penalize_prompt ? ctx.decode(prompt.data(), int32_t(prompt.size()), LogitsMode::Last)
+                                                 : decode(prompt.data(), int32_t(prompt.size()));
     if (!s.ok()) {
       if (s.code() == QWEN35_ERR_CANCELLED) {
         st.stop = StopReason::Cancelled;

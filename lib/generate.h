@@ -35,6 +35,7 @@ struct GenerateStats {
   int32_t n_drafted = 0;
   int32_t n_accepted = 0;
   int32_t n_main_passes = 0;
+  int32_t n_candidate_steps = 0;  // main passes that returned sampling candidates (Backend::eval_topk)
   StopReason stop = StopReason::None;
 };
 

@@ -401,3 +401,51 @@ TEST_CASE("streamed text is valid UTF-8 even when sampled byte tokens are ill-fo
   MESSAGE(bad_raw << " of 6 generations produced ill-formed bytes");
   CHECK(bad_raw > 0);  // the case the test is about did occur
 }
+
+TEST_CASE("sampling from backend-selected candidates gives the tokens of sampling from the logits") {
+  // The CPU fast path selects the k best adjusted logits itself
+  // (Backend::eval_topk), like the GPU; QWEN35_TOPK_CANDIDATES=0 samples
+  // from the copied rows instead. Same seed: the same tokens.
+  qwen35::SynthConfig mc = tiny_cfg(5);
+  mc.mtp_mirror = true;
+  Model m(synth_model("gen-mirror", mc));
+  const int V = qwen35_model_n_vocab(m.m);
+  struct Case {
+    float temp;
+    int top_k;
+    float presence, repeat;
+    bool bias, penalize_prompt;
+    int mtp;
+  };
+  for (const Case& c : {Case{0.8f, 20, 1.5f, 1.0f, false, false, 0}, Case{1.2f, 50, 0.0f, 1.3f, true, false, 0},
+                        Case{0.0f, 0, 1.5f, 1.0f, true, false, 0}, Case{0.7f, 20, 1.5f, 1.1f, false, true, 0},
+                        Case{1.0f, 20, 0.5f, 1.0f, true, false, 1}}) {
+    CAPTURE(c.temp);
+    CAPTURE(c.top_k);
+    CAPTURE(c.mtp);
+    qwen35_sampler_params sp = qwen35_sampler_default_params(false);
+    sp.temperature = c.temp;
+    sp.top_k = c.top_k;
+    sp.top_p = 0.9f;
+    sp.presence_penalty = c.presence;
+    sp.repeat_penalty = c.repeat;
+    sp.penalize_prompt = c.penalize_prompt;
+    const qwen35_logit_bias bias[2] = {{3, 4.0f}, {17, -INFINITY}};
+    if (c.bias) {
+      sp.logit_bias = bias;
+      sp.n_logit_bias = 2;
+    }
+    std::vector<std::vector<int32_t>> outs;
+    for (const char* env : {"1", "0"}) {
+      EnvVar e("QWEN35_TOPK_CANDIDATES", env);
+      for (uint64_t seed : {1, 2, 3}) {
+        sp.seed = seed;
+        Sampler s(m.m, sp);
+        Ctx ctx(m.m, 300, c.mtp != 0);
+        outs.push_back(generate(ctx.c, s.s, prompt_of(6, V, int(seed)), 40, c.mtp).tokens);
+      }
+    }
+    for (size_t i = 0; i < 3; ++i) CHECK(outs[i] == outs[i + 3]);
+    for (size_t i = 0; i < 3; ++i) CHECK(outs[i].size() == 40);
+  }
+}

@@ -4,7 +4,9 @@
 // after a rejection.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "context.h"
@@ -319,4 +321,69 @@ TEST_CASE("MTP draft screen (large vocabularies): exact greedy output, the draft
   MESSAGE(same << " of " << n << " drafts equal; accepted " << acc_screen << " (screen) vs " << acc_full << " (full)");
   CHECK(same == n);
   CHECK(acc_screen == acc_full);
+}
+
+TEST_CASE("sampling candidates: decode_topk keeps select_topk of the row; Generate samples from them") {
+  std::unique_ptr<Model> model;
+  REQUIRE(LoadModel(fixture("models/tiny-m-nvfp4.gguf"), {}, {}, &model).ok());
+  const int32_t V = model->hp.n_vocab;
+  ContextOptions o;
+  o.n_ctx = 128;
+  o.n_threads = 2;
+  std::unique_ptr<Context> a, b;
+  REQUIRE(Context::Create(*model, o, &a).ok());
+  REQUIRE(Context::Create(*model, o, &b).ok());
+  REQUIRE(a->backend().device_topk());  // the CPU fast path selects them itself
+  const std::vector<int32_t> prompt = {5, 17, 300, 42, 1999, 7};
+  SamplerOptions so;
+  so.temperature = 0.9f;
+  so.top_k = 30;
+  so.presence_penalty = 1.5f;
+  so.logit_bias = {{12, 2.5f}};
+  Sampler s(V, so);
+  for (int32_t t : {17, 42, 42}) s.accept(t);
+  TopKRequest req;
+  REQUIRE(s.topk_request(&req));
+  REQUIRE(a->decode_topk(prompt.data(), int32_t(prompt.size()), req).ok());
+  REQUIRE(b->decode(prompt.data(), int32_t(prompt.size()), LogitsMode::Last).ok());
+  REQUIRE(a->topk());
+  CHECK(a->logits(-1) == nullptr);
+  std::vector<TokenLogit> want;
+  select_topk(b->logits(-1), V, req, &want);
+  std::vector<TokenLogit> got = *a->topk();
+  std::sort(got.begin(), got.end(), ranks_before);
+  REQUIRE(got.size() == want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    CHECK(got[i].id == want[i].id);
+    CHECK(got[i].logit == want[i].logit);
+  }
+  // The next plain decode drops them.
+  const int32_t t = 9;
+  REQUIRE(a->decode(&t, 1, LogitsMode::Last).ok());
+  CHECK(a->topk() == nullptr);
+
+  // Generate takes the path for every step (the prompt's too) and emits what
+  // sampling from the copied rows emits.
+  std::vector<int32_t> toks[2];
+  for (int pass = 0; pass < 2; ++pass) {
+    EnvVar e("QWEN35_TOPK_CANDIDATES", pass == 0 ? "1" : "0");
+    std::unique_ptr<Context> c;
+    REQUIRE(Context::Create(*model, o, &c).ok());
+    Sampler gs(V, so);
+    GenerateOptions go;
+    go.max_tokens = 20;
+    go.ignore_eos = true;
+    go.use_mtp = false;  // (the speculative passes verify from logits rows)
+    go.on_token = [&](int32_t tok, const std::string&) {
+      if (tok >= 0) toks[pass].push_back(tok);
+      return true;
+    };
+    GenerateStats st;
+    REQUIRE(Generate(*c, gs, prompt, go, &st).ok());
+    // The prompt's pass and every step's.
+    CHECK(st.n_candidate_steps == (pass == 0 ? st.n_main_passes + 1 : 0));
+    CHECK(st.n_main_passes >= 19);
+  }
+  CHECK(toks[0].size() == 20);
+  CHECK(toks[0] == toks[1]);
 }
