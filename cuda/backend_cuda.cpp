@@ -37,6 +37,7 @@
 #include "matmul.h"
 #include "norm.h"
 #include "rope.h"
+#include "topk.h"
 #include "tuning.h"
 
 namespace qwen35 {
@@ -110,6 +111,7 @@ struct OutPlan {
   float* prenorm = nullptr;   // [n, D]
   float* logits = nullptr;    // [n - logits_first, V]
   int32_t* argmax = nullptr;  // [n - logits_first]
+  bool topk = false;          // sampling candidates of the last row (to the pinned TopkOut)
 };
 
 class CudaBackend final : public Backend {
@@ -121,6 +123,8 @@ class CudaBackend final : public Backend {
   const char* name() const override { return "cuda"; }
   Status eval(const EvalBatch& b) override { return run_eval(b, nullptr); }
   Status eval_greedy(const EvalBatch& b, int32_t* argmax) override { return run_eval(b, argmax); }
+  Status eval_topk(const EvalBatch& b, const TopKRequest& req, std::vector<TokenLogit>* cands) override;
+  bool device_topk() const override { return true; }
   Status eval_mtp(const MtpBatch& b) override { return run_mtp(b, nullptr); }
   Status eval_mtp_greedy(const MtpBatch& b, int32_t* argmax) override { return run_mtp(b, argmax); }
   bool device_argmax() const override { return true; }
@@ -137,10 +141,14 @@ class CudaBackend final : public Backend {
     uint16_t* k = nullptr;  // [n_ctx, Hkv*Dh] F16
     uint16_t* v = nullptr;
   };
-  // (MTP pass?, rows, snapshot row, first logits row, hidden?, prenorm?, logits?, argmax?)
-  using GraphKey = std::tuple<bool, int64_t, int32_t, int32_t, bool, bool, bool, bool>;
+  // (MTP pass?, rows, snapshot row, first logits row, hidden?, prenorm?, logits?, argmax?, candidates?)
+  using GraphKey = std::tuple<bool, int64_t, int32_t, int32_t, bool, bool, bool, bool, bool>;
 
-  Status run_eval(const EvalBatch& b, int32_t* argmax);
+  // One of argmax (ids) or topk (candidates of the last row) may be set.
+  Status run_eval(const EvalBatch& b, int32_t* argmax, const TopKRequest* topk = nullptr,
+                  std::vector<TokenLogit>* cands = nullptr);
+  // The sampling-candidate buffers (allocated on the first request).
+  Status ensure_topk();
   Status run_mtp(const MtpBatch& b, int32_t* argmax);
   // Queue the main model over n rows already in h_ (or as tokens in
   // d_tokens_): layers, final norm, outputs.
@@ -224,6 +232,15 @@ class CudaBackend final : public Backend {
   float* st_prenorm_ = nullptr;
   float* st_logits_ = nullptr;
   int32_t* st_argmax_ = nullptr;
+  // Sampling candidates: [TopkParams, LogitAdjust[kTopkMaxAdjust], TopkOut]
+  // pinned and on the device, plus the selection's scratch on the device.
+  static constexpr int32_t kTopkMaxAdjust = 16384;
+  PinnedBuffer topk_host_;
+  DeviceBuffer topk_dev_;
+  TopkParams *h_topk_params_ = nullptr, *d_topk_params_ = nullptr;
+  LogitAdjust *h_topk_adjust_ = nullptr, *d_topk_adjust_ = nullptr;
+  TopkOut *h_topk_out_ = nullptr, *d_topk_out_ = nullptr;
+  void* d_topk_scratch_ = nullptr;
 
   // Scratch, sized for n_batch rows.
   DeviceBuffer scratch_;
@@ -768,8 +785,18 @@ Status CudaBackend::enqueue_eval(int64_t n, int32_t snapshot_row, int32_t logits
   if (out.hidden)
     QWEN35_CUDA_TRY(cudaMemcpyAsync(out.hidden, xn_, size_t(n * D) * sizeof(float), cudaMemcpyDeviceToHost, stream_),
                     "copying hidden states");
-  if (logits_first < n && (out.logits || out.argmax))
+  if (out.topk) {
+    // The last row's logits stay on the device; the selection adjusts them in place.
+    const int64_t V = hp_.n_vocab;
+    QWEN35_TRY(head(*dm_.output, xn_ + (n - 1) * D, 1, logits_, V));
+    QWEN35_CUDA_TRY(topk_candidates(logits_, int32_t(V), d_topk_params_, d_topk_adjust_, d_topk_scratch_, d_topk_out_,
+                                    stream_),
+                    "selecting sampling candidates");
+    QWEN35_CUDA_TRY(cudaMemcpyAsync(h_topk_out_, d_topk_out_, sizeof(TopkOut), cudaMemcpyDeviceToHost, stream_),
+                    "copying sampling candidates");
+  } else if (logits_first < n && (out.logits || out.argmax)) {
     QWEN35_TRY(lm_head(*dm_.output, xn_ + logits_first * D, n - logits_first, out.logits, out.argmax));
+  }
   return Status::Ok();
 }
 
@@ -794,7 +821,37 @@ Status CudaBackend::launch_graph(const GraphKey& key, const std::function<Status
   return cuda_status(cudaGraphLaunch(it->second, stream_), "launching a CUDA graph");
 }
 
-Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax) {
+Status CudaBackend::ensure_topk() {
+  if (topk_dev_.bytes()) return Status::Ok();
+  const size_t head = sizeof(TopkParams) + size_t(kTopkMaxAdjust) * sizeof(LogitAdjust);
+  QWEN35_TRY(topk_host_.alloc(head + sizeof(TopkOut), "the sampling-candidate staging buffer"));
+  QWEN35_TRY(topk_dev_.alloc(head + sizeof(TopkOut) + topk_scratch_bytes(), "the sampling-candidate buffers"));
+  auto carve = [head](void* base, TopkParams** p, LogitAdjust** a, TopkOut** o) {
+    uint8_t* b = static_cast<uint8_t*>(base);
+    *p = reinterpret_cast<TopkParams*>(b);
+    *a = reinterpret_cast<LogitAdjust*>(b + sizeof(TopkParams));
+    *o = reinterpret_cast<TopkOut*>(b + head);
+  };
+  carve(topk_host_.as(), &h_topk_params_, &h_topk_adjust_, &h_topk_out_);
+  carve(topk_dev_.as(), &d_topk_params_, &d_topk_adjust_, &d_topk_out_);
+  d_topk_scratch_ = static_cast<uint8_t*>(topk_dev_.as()) + head + sizeof(TopkOut);
+  return Status::Ok();
+}
+
+Status CudaBackend::eval_topk(const EvalBatch& b, const TopKRequest& req, std::vector<TokenLogit>* cands) {
+  if (b.logits_first != b.n - 1)
+    return Error(QWEN35_ERR_INVALID_ARG, "sampling candidates are computed for the last row of a batch only");
+  // Requests the selection does not cover take the row to the host.
+  if (req.k < 1 || req.k > Sampler::kMaxRequestK || req.k >= hp_.n_vocab ||
+      req.adjust.size() > size_t(kTopkMaxAdjust))
+    return Backend::eval_topk(b, req, cands);
+  QWEN35_TRY(select_device());
+  QWEN35_TRY(ensure_topk());
+  return run_eval(b, nullptr, &req, cands);
+}
+
+Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax, const TopKRequest* topk,
+                             std::vector<TokenLogit>* cands) {
   const int64_t D = hp_.n_embd, V = hp_.n_vocab;
   if (b.n < 1 || b.n > p_.n_batch) return Error(QWEN35_ERR_INVALID_ARG, "batch of {} rows (limit {})", b.n, p_.n_batch);
   if (b.n_past < 0 || b.n_past + b.n > p_.n_ctx)
@@ -804,8 +861,18 @@ Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax) {
   if (b.snapshot_row >= 0) QWEN35_TRY(ensure_slot(kRollbackSlot, "a state snapshot"));
   const int64_t n = b.n;
   const int32_t lf = std::clamp(b.logits_first, 0, b.n);
-  const bool want_logits = lf < n && (argmax || b.logits);
+  const bool want_logits = lf < n && (argmax || b.logits || topk);
   QWEN35_TRY(upload_inputs(b.embd ? nullptr : b.tokens, b.pos, n, b.n_past));
+  if (topk) {  // the request, before the graph that reads it
+    h_topk_params_->k = topk->k;
+    h_topk_params_->n_adjust = int32_t(topk->adjust.size());
+    h_topk_params_->repeat_penalty = topk->repeat_penalty;
+    std::copy(topk->adjust.begin(), topk->adjust.end(), h_topk_adjust_);
+    QWEN35_CUDA_TRY(cudaMemcpyAsync(d_topk_params_, h_topk_params_,
+                                    sizeof(TopkParams) + topk->adjust.size() * sizeof(LogitAdjust),
+                                    cudaMemcpyHostToDevice, stream_),
+                    "uploading the sampling request");
+  }
   if (b.embd)
     QWEN35_CUDA_TRY(cudaMemcpyAsync(h_, b.embd, size_t(n * D) * sizeof(float), cudaMemcpyHostToDevice, stream_),
                     "uploading input embeddings");
@@ -817,14 +884,16 @@ Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax) {
     out.hidden = b.hidden ? st_hidden_ : nullptr;
     out.prenorm = b.hidden_prenorm ? st_prenorm_ : nullptr;
     if (want_logits) {
-      if (argmax) out.argmax = st_argmax_;
+      if (topk) out.topk = true;
+      else if (argmax) out.argmax = st_argmax_;
       else out.logits = st_logits_;
     }
   } else {
     out.hidden = b.hidden;
     out.prenorm = b.hidden_prenorm;
     if (want_logits) {
-      out.logits = argmax ? nullptr : b.logits;
+      out.topk = topk != nullptr;
+      out.logits = argmax || topk ? nullptr : b.logits;
       out.argmax = argmax;
     }
   }
@@ -832,7 +901,7 @@ Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax) {
   bool eager = true;
   if (staged && use_graphs_ && !b.embd) {
     const GraphKey key{false, n, b.snapshot_row, want_logits ? lf : int32_t(n), out.hidden != nullptr,
-                       out.prenorm != nullptr, out.logits != nullptr, out.argmax != nullptr};
+                       out.prenorm != nullptr, out.logits != nullptr, out.argmax != nullptr, out.topk};
     st = launch_graph(key, [&] { return enqueue_eval(n, b.snapshot_row, lf, false, out, false); });
     eager = !st.ok();
     if (eager) {  // nothing of the step ran: redo it without graphs from now on
@@ -849,6 +918,21 @@ Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax) {
     if (b.hidden_prenorm) std::memcpy(b.hidden_prenorm, st_prenorm_, size_t(n * D) * sizeof(float));
     if (out.logits) std::memcpy(b.logits, st_logits_, size_t((n - lf) * V) * sizeof(float));
     if (out.argmax) std::memcpy(argmax, st_argmax_, size_t(n - lf) * sizeof(int32_t));
+  }
+  if (out.topk) {
+    const TopkOut& r = *h_topk_out_;
+    if (!r.failed && r.count >= topk->k && r.count <= kTopkCap) {
+      cands->assign(r.cands, r.cands + r.count);
+    } else {
+      // More tokens tie at the k-th rank than the candidates hold: rank the
+      // row (already adjusted in place) on the host.
+      std::vector<float> row(static_cast<size_t>(V));
+      QWEN35_CUDA_TRY(cudaMemcpy(row.data(), logits_, size_t(V) * sizeof(float), cudaMemcpyDeviceToHost),
+                      "copying a logits row");
+      TopKRequest plain;
+      plain.k = topk->k;
+      select_topk(row.data(), int32_t(V), plain, cands);
+    }
   }
   return Status::Ok();
 }
@@ -901,7 +985,8 @@ Status CudaBackend::run_mtp(const MtpBatch& b, int32_t* argmax) {
   Status st;
   bool eager = true;
   if (staged && use_graphs_) {
-    const GraphKey key{true, n, -1, want ? lf : int32_t(n), false, false, out_logits != nullptr, out_argmax != nullptr};
+    const GraphKey key{true, n, -1, want ? lf : int32_t(n), false, false, out_logits != nullptr, out_argmax != nullptr,
+                       false};
     st = launch_graph(key, body);
     eager = !st.ok();
     if (eager) {
@@ -1029,7 +1114,8 @@ Status CudaBackend::read_state(int32_t n_rows, int32_t n_mtp_rows, const uint8_t
 
 uint64_t CudaBackend::memory_bytes() const {
   uint64_t b = kv_buf_.bytes() + rs_buf_.bytes() + scratch_.bytes() + rope_buf_.bytes() + in_dev_.bytes() +
-               in_host_.bytes() + stage_.bytes() + gemm_.workspace_bytes() + deq_ahead_.bytes();
+               in_host_.bytes() + stage_.bytes() + gemm_.workspace_bytes() + deq_ahead_.bytes() + topk_host_.bytes() +
+               topk_dev_.bytes();
   for (const auto& s : slots_) b += s.bytes();
   return b;
 }

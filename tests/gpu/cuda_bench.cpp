@@ -226,10 +226,10 @@ int main(int argc, char** argv) {
 
   // The generation loop with a greedy sampler (ids from the device), with
   // and without MTP speculation.
-  auto generate = [&](bool mtp, GenerateStats* gs) -> Status {
+  auto generate = [&](bool mtp, GenerateStats* gs, const SamplerOptions& so = SamplerOptions()) -> Status {
     std::unique_ptr<Context> c;
     QWEN35_TRY(make(mtp, &c));
-    Sampler sampler(V, SamplerOptions());
+    Sampler sampler(V, so);
     GenerateOptions go;
     go.max_tokens = n;
     go.ignore_eos = true;
@@ -243,6 +243,22 @@ int main(int argc, char** argv) {
   };
   GenerateStats gen{}, mtp_stats{};
   if (!(st = generate(false, &gen)).ok()) return fail("generate", st);
+  // Sampling with Qwen3.5's recommended settings (non-thinking: temperature
+  // 0.7, top-k 20, top-p 0.8, presence penalty 1.5): candidates selected on
+  // the device, and (QWEN35_TOPK_CANDIDATES=0) from rows copied to the host.
+  SamplerOptions rec;
+  rec.temperature = 0.7f;
+  rec.top_k = 20;
+  rec.top_p = 0.8f;
+  rec.presence_penalty = 1.5f;
+  rec.seed = 1;
+  GenerateStats sampled{}, sampled_rows{};
+  if (!(st = generate(false, &sampled, rec)).ok()) return fail("generate (sampled)", st);
+  setenv("QWEN35_TOPK_CANDIDATES", "0", 1);
+  st = generate(false, &sampled_rows, rec);
+  unsetenv("QWEN35_TOPK_CANDIDATES");
+  if (!st.ok()) return fail("generate (sampled, rows)", st);
+  auto rate = [](const GenerateStats& g) { return g.t_generate_ms > 0 ? g.n_generated / (g.t_generate_ms / 1e3) : 0.0; };
   double t_mtp = 0;
   int drafted = 0, accepted = 0, emitted = 0;
   if (model->mtp) {
@@ -394,10 +410,12 @@ int main(int argc, char** argv) {
         "{\"model\": \"%s\", \"device\": \"%s\", \"prompt_tokens\": %d, \"decode_tokens\": %d, "
         "\"load_s\": %.3f, \"upload_s\": %.3f, \"device_bytes\": %llu, "
         "\"prefill_tokens_per_s\": %.1f, \"decode_tokens_per_s\": %.1f, \"decode_api_tokens_per_s\": %.1f, "
-        "\"decode_generate_tokens_per_s\": %.1f, "
+        "\"decode_generate_tokens_per_s\": %.1f, \"decode_sampled_tokens_per_s\": %.1f, "
+        "\"decode_sampled_rows_tokens_per_s\": %.1f, "
         "\"decode_mtp_tokens_per_s\": %.1f, \"mtp_drafted\": %d, \"mtp_accepted\": %d, \"layouts\": \"%s\", "
         "\"tuning\": \"%s\", \"check_rel_batch\": %.4g, \"check_rel_step\": %.4g, \"check_argmax_equal\": %d}\n",
         path.c_str(), device.c_str(), p, n, t_load, t_upload, (unsigned long long)model->device_bytes, pf, dc, dca, dg,
+        rate(sampled), rate(sampled_rows),
         mt, drafted, accepted, layouts, cuda::describe(cuda::decode_tuning()).c_str(), check_batch, check_step,
         check_argmax);
   } else {
@@ -405,6 +423,9 @@ int main(int argc, char** argv) {
                 double(model->device_bytes) / (1 << 20));
     std::printf("prefill %d tokens: %.1f tok/s\n", p, pf);
     std::printf("decode %d tokens: %.1f tok/s (device argmax), %.1f tok/s (api), %.1f tok/s (generate)\n", n, dc, dca, dg);
+    std::printf("sampled generate (temp 0.7, top-k 20, top-p 0.8, presence 1.5): %.1f tok/s (device candidates), "
+                "%.1f tok/s (rows to the host)\n",
+                rate(sampled), rate(sampled_rows));
     if (model->mtp) std::printf("decode with MTP: %.1f tok/s, %d/%d drafts accepted\n", mt, accepted, drafted);
   }
   return 0;

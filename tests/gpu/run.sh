@@ -252,6 +252,9 @@ for line in open(sys.argv[1]):
         out.append(f"decode via API {r['decode_api_tokens_per_s']:,.0f} tok/s")
     if r.get("decode_generate_tokens_per_s"):
         out.append(f"generate {r['decode_generate_tokens_per_s']:,.0f} tok/s")
+    if r.get("decode_sampled_tokens_per_s"):
+        out.append(f"sampled {r['decode_sampled_tokens_per_s']:,.0f} tok/s "
+                   f"(rows to host {r['decode_sampled_rows_tokens_per_s']:,.0f})")
     if r.get("decode_mtp_tokens_per_s"):
         out.append(f"MTP {r['decode_mtp_tokens_per_s']:,.0f} tok/s ({r.get('mtp_accepted')}/{r.get('mtp_drafted')} accepted)")
     if r.get("device_bytes"):

@@ -699,3 +699,94 @@ TEST_CASE("CUDA: NVFP4 per-tensor .scale tensors are applied like on the CPU") {
   REQUIRE(qwen35_context_decode(r.c, s.data(), int32_t(s.size()), QWEN35_LOGITS_LAST) == QWEN35_OK);
   CHECK(rel_err(qwen35_context_logits(g.c, -1), qwen35_context_logits(r.c, -1), 600) < 0.08);
 }
+
+TEST_CASE("CUDA: sampling candidates selected on the device equal select_topk of the row; Generate samples the same") {
+  QWEN35_REQUIRE_GPU();
+  qwen35::SynthConfig cfg;
+  cfg.n_vocab = 70000;  // the radix search's deeper levels and many blocks
+  cfg.seed = 4;
+  const std::string path = synth_model("topk-gpu", cfg);
+  std::unique_ptr<qwen35::Model> model;
+  REQUIRE(qwen35::LoadModel(path, {}, {}, &model).ok());
+  REQUIRE(qwen35::UploadModelToCuda(*model, 0, true).ok());
+  qwen35::ContextOptions o;
+  o.n_ctx = 256;
+  o.n_batch = 64;
+  o.use_mtp = false;
+  const int32_t V = model->hp.n_vocab;
+  std::unique_ptr<qwen35::Context> a, b;
+  REQUIRE(qwen35::Context::Create(*model, o, &a).ok());
+  REQUIRE(qwen35::Context::Create(*model, o, &b).ok());
+  REQUIRE(a->backend().device_topk());
+  // A prompt (eager or graph by length), then single steps (graphs).
+  std::vector<int32_t> toks = {5, 17, 300, 42, 1999, 7, 7, 123, 4000, 65000};
+  for (int step = 0; step < 6; ++step) {
+    for (int32_t k : {1, 20, 1024}) {
+      CAPTURE(step);
+      CAPTURE(k);
+      qwen35::SamplerOptions so;
+      so.temperature = k == 1 ? 0.0f : 0.8f;
+      so.top_k = k == 1 ? 0 : k;
+      so.repeat_penalty = 1.2f;
+      so.presence_penalty = 1.5f;
+      so.logit_bias = {{12, 2.5f}, {toks[0], -INFINITY}};
+      qwen35::Sampler s(V, so);
+      for (int32_t t : toks) s.accept(t);
+      qwen35::TopKRequest req;
+      REQUIRE(s.topk_request(&req));
+      REQUIRE(req.k == k);
+      const int32_t* in = step == 0 ? toks.data() : &toks.back();
+      const int32_t n = step == 0 ? int32_t(toks.size()) : 1;
+      if (k > 1) {  // re-decode the same rows in both contexts
+        REQUIRE(a->truncate(a->n_past() - n).ok());
+        REQUIRE(b->truncate(b->n_past() - n).ok());
+      }
+      REQUIRE(a->decode_topk(in, n, req).ok());
+      REQUIRE(b->decode(in, n, qwen35::LogitsMode::Last).ok());
+      REQUIRE(a->topk());
+      std::vector<qwen35::TokenLogit> want, got = *a->topk();
+      qwen35::select_topk(b->logits(-1), V, req, &want);
+      std::sort(got.begin(), got.end(), qwen35::ranks_before);
+      REQUIRE(got.size() >= want.size());
+      for (size_t i = 0; i < want.size(); ++i) {
+        CHECK(got[i].id == want[i].id);
+        CHECK(got[i].logit == want[i].logit);
+      }
+    }
+    toks.push_back(int32_t((step * 7919 + 11) % V));
+  }
+  // Generate on the device path and from copied rows: the same tokens.
+  for (float temp : {0.0f, 0.7f}) {
+    std::vector<int32_t> out[2];
+    int32_t cand_steps[2] = {0, 0}, passes = 0;
+    for (int pass = 0; pass < 2; ++pass) {
+      EnvVar e("QWEN35_TOPK_CANDIDATES", pass == 0 ? "1" : "0");
+      std::unique_ptr<qwen35::Context> c;
+      REQUIRE(qwen35::Context::Create(*model, o, &c).ok());
+      qwen35::SamplerOptions so;
+      so.temperature = temp;
+      so.top_k = 20;
+      so.top_p = 0.8f;
+      so.presence_penalty = 1.5f;
+      so.seed = 3;
+      qwen35::Sampler s(V, so);
+      qwen35::GenerateOptions go;
+      go.max_tokens = 32;
+      go.ignore_eos = true;
+      go.use_mtp = false;
+      go.on_token = [&](int32_t t, const std::string&) {
+        if (t >= 0) out[pass].push_back(t);
+        return true;
+      };
+      qwen35::GenerateStats st;
+      REQUIRE(qwen35::Generate(*c, s, {5, 17, 300, 42}, go, &st).ok());
+      cand_steps[pass] = st.n_candidate_steps;
+      passes = st.n_main_passes;
+    }
+    CAPTURE(temp);
+    CHECK(cand_steps[0] == passes + 1);  // the prompt's pass and every step's
+    CHECK(cand_steps[1] == 0);
+    CHECK(out[0].size() == 32);
+    CHECK(out[0] == out[1]);
+  }
+}
