@@ -29,6 +29,7 @@
 #include "backend.h"
 #include "conv.h"
 #include "cpu/ops.h"
+#include "delta_chunked.h"
 #include "delta_net.h"
 #include "dequant_ahead.h"
 #include "device_model.h"
@@ -203,6 +204,7 @@ class CudaBackend final : public Backend {
   bool tiled_attn_ = true;           // batches: the tiled attention kernel
   bool fused_attn_ = true;           // decode: q/k norm, RoPE and attention in one kernel
   int delta_ept_ = 16;               // delta rule: state elements per thread
+  float* delta_scratch_ = nullptr;   // batches: the chunked delta rule's scratch (QWEN35_CUDA_DELTA_CHUNKED=1)
   std::map<GraphKey, cudaGraphExec_t> graphs_;
   DequantAhead deq_ahead_;           // prefill: NVFP4 dequantization one projection ahead
   bool use_deq_ahead_ = false;
@@ -280,6 +282,8 @@ Status CudaBackend::init() {
   tiled_attn_ = !env_off("QWEN35_CUDA_TILED_ATTN");
   fused_attn_ = !env_off("QWEN35_CUDA_FUSED_ATTN");
   delta_ept_ = decode_tuning().delta_ept;
+  const char* chunked = std::getenv("QWEN35_CUDA_DELTA_CHUNKED");
+  const bool delta_chunked = chunked && std::string(chunked) == "1";
   set_pdl(!env_off("QWEN35_CUDA_PDL"));
   QWEN35_TRY(gemm_.init(32ull << 20));
 
@@ -380,6 +384,9 @@ Status CudaBackend::init() {
     cv.add(&mtp_in_, nb * 2 * D);
     cv.add(&mtp_hid_, nb * D);
   }
+  // The chunked delta rule for batches (off by default: not yet measured on a GPU).
+  if (delta_chunked && nb > kMatvecMaxCols && delta_chunked_supported(hp_.ssm_state, hp_.ssm_dv))
+    cv.add(&delta_scratch_, delta_chunked_scratch_floats(nb, Hv, hp_.ssm_state, hp_.ssm_dv));
   cv.add(&logits_, logit_rows_ * V);
   cv.add(&argmax_scratch_, argmax_scratch_bytes(logit_rows_));
   cv.add(&fp4_partial_, std::max<uint64_t>(1, dm_.fp4_partial_floats));
@@ -712,7 +719,10 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
   d.snapshot_row = snapshot_row;
   d.snapshot = snapshot_row >= 0 ? slot_ptr(kRollbackSlot, ssm_[size_t(il)]) : nullptr;
   d.elems_per_thread = delta_ept_;
-  QWEN35_CUDA_TRY(delta_net(d, stream_), "the delta rule");
+  if (delta_scratch_ && n > kMatvecMaxCols && snapshot_row < 0)
+    QWEN35_CUDA_TRY(delta_net_chunked(d, delta_scratch_, stream_), "the chunked delta rule");
+  else
+    QWEN35_CUDA_TRY(delta_net(d, stream_), "the delta rule");
   if (L.out_proj.fp4.present() && n <= kMatvecMaxCols && fp4_gated_supported(L.out_proj.fp4, int(hp_.ssm_dv))) {
     GatedNorm gn;
     gn.z = mix_ + C;

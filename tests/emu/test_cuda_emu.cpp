@@ -19,6 +19,7 @@
 #include "conv.h"
 #include "cpu/ops.h"
 #include "cuda_emu.h"
+#include "delta_chunked_case.h"
 #include "delta_net.h"
 #include "fused_attn_case.h"
 #include "kernel_refs.h"
@@ -496,6 +497,32 @@ TEST_CASE("emulated: sampling candidates (adjust + radix search + compaction) eq
     plain.k = 40;
     const TopkCaseResult r = run_topk_case<HostArray>(logits, plain);
     CHECK(check_topk_case(logits, plain, r) == "");
+  }
+  emu::set_order(false);
+}
+
+TEST_CASE("emulated: the chunked delta rule matches the sequential reference (chunk edges, a wiping gate)") {
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  for (bool reverse : {false, true}) {
+    emu::set_order(reverse);
+    for (DeltaShape s : {DeltaShape{1, 2, 32, 32}, DeltaShape{2, 2, 64, 64}, DeltaShape{1, 1, 128, 128},
+                         DeltaShape{2, 4, 128, 96}}) {
+      for (int64_t n : {1, 63, 64, 65, 150}) {
+        for (bool wipe : {false, true}) {
+          if (wipe && n < 64) continue;
+          CAPTURE(reverse);
+          CAPTURE(s.dk);
+          CAPTURE(s.dv);
+          CAPTURE(n);
+          CAPTURE(wipe);
+          REQUIRE(delta_chunked_supported(s.dk, s.dv));
+          const DeltaChunkedResult r = run_delta_chunked_case<HostArray>(s, n, wipe, rand);
+          REQUIRE(r.ok);
+          CHECK(rel(r.out, r.ref_out) < 1e-5);
+          CHECK(rel(r.state, r.ref_state) < 1e-5);
+        }
+      }
+    }
   }
   emu::set_order(false);
 }

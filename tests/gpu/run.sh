@@ -176,6 +176,7 @@ if [ -s "$M4" ]; then
   bench "  prefill: split attention" env QWEN35_CUDA_TILED_ATTN=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
   bench "  prefill: delta rule e32" env QWEN35_CUDA_DELTA_EPT=32 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
   bench "  prefill: delta rule e8" env QWEN35_CUDA_DELTA_EPT=8 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
+  bench "  prefill: chunked delta rule" env QWEN35_CUDA_DELTA_CHUNKED=1 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
   bench "  prefill: cached BF16 weights" env QWEN35_CUDA_DEQ_CACHE=1 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
 fi
 # Per-kernel times under Nsight Compute (when installed; QWEN35_GPU_NCU=0
@@ -185,12 +186,16 @@ fi
 # serialized (no PDL overlap), at ncu's locked clocks.
 NCU_CSV=$OUT/ncu-decode.csv
 NCU_PREFILL_CSV=$OUT/ncu-prefill.csv
+NCU_CHUNKED_CSV=$OUT/ncu-prefill-chunked.csv
 NCU_STEPS=3
 if [ -s "$M4" ] && [ "${QWEN35_GPU_NCU:-1}" != 0 ] && command -v ncu >/dev/null; then
   step "ncu: decode kernels" 120 bash -c 'ncu --csv --metrics gpu__time_duration.sum --profile-from-start off \
       "$1" -m "$2" -p 64 -n "$4" --device cuda --profile decode > "$3"' _ "$BIN/qwen35-cuda-bench" "$M4" "$NCU_CSV" "$NCU_STEPS"
   step "ncu: prefill kernels" 150 bash -c 'ncu --csv --metrics gpu__time_duration.sum --profile-from-start off \
       "$1" -m "$2" -p 512 -n 1 --device cuda --profile prefill > "$3"' _ "$BIN/qwen35-cuda-bench" "$M4" "$NCU_PREFILL_CSV"
+  step "ncu: prefill, chunked delta rule" 150 bash -c 'QWEN35_CUDA_DELTA_CHUNKED=1 ncu --csv --metrics gpu__time_duration.sum \
+      --profile-from-start off "$1" -m "$2" -p 512 -n 1 --device cuda --profile prefill > "$3"' _ \
+      "$BIN/qwen35-cuda-bench" "$M4" "$NCU_CHUNKED_CSV"
   # Nsight Compute's sections for the decode matrix kernels and the fused
   # attention (NVFP4 kernel 3): memory throughput, occupancy and what the
   # warps wait for, as text.
@@ -273,7 +278,7 @@ for line in open(sys.argv[1]):
 print("targets (H100, 4B NVFP4, batch 1): decode >= 1000 tok/s without MTP, prefill of 512 >= 20000 tok/s")
 EOF
     # Per-kernel times from ncu (mean per launch, grouped by kernel and grid).
-    for f in "$NCU_CSV" "$NCU_PREFILL_CSV"; do
+    for f in "$NCU_CSV" "$NCU_PREFILL_CSV" "$NCU_CHUNKED_CSV"; do
       [ -s "$f" ] || continue
       runs=1
       [ "$f" = "$NCU_CSV" ] && runs=$NCU_STEPS

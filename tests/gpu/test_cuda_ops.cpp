@@ -10,6 +10,7 @@
 #include "attention.h"
 #include "conv.h"
 #include "cpu/ops.h"
+#include "delta_chunked_case.h"
 #include "delta_net.h"
 #include "elementwise.h"
 #include "fp4_gemm.h"
@@ -1155,6 +1156,28 @@ TEST_CASE("sampling candidates on the device equal select_topk (adjusted row bit
         const TopkCaseResult r = run_topk_case<DevArray>(logits, req);
         CHECK(check_topk_case(logits, req, r) == "");
         if (kind == TopkRow::kFlat && V > cuda::kTopkCap && k == 1024) CHECK(r.failed);
+      }
+    }
+  }
+}
+
+TEST_CASE("the chunked delta rule matches the sequential reference (chunk edges, a wiping gate)") {
+  QWEN35_REQUIRE_GPU();
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  for (DeltaShape s : {DeltaShape{1, 2, 32, 32}, DeltaShape{2, 2, 64, 64}, DeltaShape{16, 32, 128, 128},
+                       DeltaShape{2, 4, 128, 96}}) {
+    for (int64_t n : {1, 63, 64, 65, 512, 700}) {
+      for (bool wipe : {false, true}) {
+        if (wipe && n < 64) continue;
+        CAPTURE(s.dk);
+        CAPTURE(s.dv);
+        CAPTURE(n);
+        CAPTURE(wipe);
+        REQUIRE(delta_chunked_supported(s.dk, s.dv));
+        const DeltaChunkedResult r = run_delta_chunked_case<DevArray>(s, n, wipe, rand);
+        REQUIRE(r.ok);
+        CHECK(max_rel(r.out, r.ref_out) < 1e-4);
+        CHECK(max_rel(r.state, r.ref_state) < 1e-4);
       }
     }
   }
