@@ -2,17 +2,19 @@
 // of the memory-bandwidth roofline reached by decode.
 //
 //   qwen35-bench -m MODEL [-p N] [-n N] [-t N] [-r N] [--mtp on|off]
-//                [--device auto|cpu|cuda] [--ctx N] [--json]
+//                [--device auto|cpu|cuda] [--ctx N] [--sampler greedy|recommended] [--json]
 //
 //   -p N   prompt tokens per prefill measurement (default 256; 0 skips prefill)
 //   -n N   tokens generated per decode measurement (default 32; 0 skips decode)
 //   -t N   CPU threads (default: physical cores)
 //   -r N   repetitions; the reported speeds are medians (default 3)
 //   --mtp  on: speculative decoding with the model's MTP layer (qwen35_generate with use_mtp)
+//   --sampler  greedy (default) or recommended: Qwen3.5's non-thinking
+//          settings (temperature 0.7, top-k 20, top-p 0.8, presence 1.5; seed 1)
 //   --json print one JSON object instead of text
 //
 // Each repetition starts from an empty context, prefills N pseudo-random
-// tokens (timed), then decodes greedily (timed). A warm-up pass before the
+// tokens (timed), then generates with the sampler (timed). A warm-up pass before the
 // first repetition pages the mapped weights in.
 //
 // Roofline: decode must read every weight of the main model (all trunk
@@ -67,6 +69,7 @@ struct Options {
   int n_ctx = 0;
   bool mtp = false;
   bool json = false;
+  bool recommended = false;  // --sampler recommended
   qwen35_device device = QWEN35_DEVICE_AUTO;
 };
 
@@ -74,7 +77,7 @@ int usage(int code = 2) {
   // --help: the text on stdout and exit 0; a usage error: stderr and exit 2.
   std::fprintf(code == 0 ? stdout : stderr,
                "usage: qwen35-bench -m MODEL [-p N] [-n N] [-t N] [-r N] [--mtp on|off]\n"
-               "                    [--device auto|cpu|cuda] [--ctx N] [--json]\n");
+               "                    [--device auto|cpu|cuda] [--ctx N] [--sampler greedy|recommended] [--json]\n");
   return code;
 }
 
@@ -107,6 +110,10 @@ bool parse_args(int argc, char** argv, Options* o) {
       const char* v = value();
       ok = v && (std::strcmp(v, "on") == 0 || std::strcmp(v, "off") == 0);
       if (ok) o->mtp = std::strcmp(v, "on") == 0;
+    } else if (a == "--sampler") {
+      const char* v = value();
+      ok = v && (std::strcmp(v, "greedy") == 0 || std::strcmp(v, "recommended") == 0);
+      if (ok) o->recommended = std::strcmp(v, "recommended") == 0;
     } else if (a == "--device") {
       const char* v = value();
       ok = v != nullptr;
@@ -208,15 +215,15 @@ uint64_t peak_rss_bytes() {
   return uint64_t(ru.ru_maxrss) * 1024;  // Linux reports KiB
 }
 
-// Greedy generation of n tokens after the context's last decoded row, through
+// Generation of n tokens after the context's last decoded row, through
 // qwen35_generate (so --mtp on measures speculative decoding with the MTP
 // head: drafts, 2-token verification, rollback).
-bool generate_greedy(qwen35_context* ctx, qwen35_sampler* greedy, int n, bool mtp, qwen35_generate_stats* st) {
+bool generate_n(qwen35_context* ctx, qwen35_sampler* sampler, int n, bool mtp, qwen35_generate_stats* st) {
   qwen35_generate_params gp = qwen35_generate_default_params();
   gp.max_tokens = n;
   gp.ignore_eos = true;
   gp.use_mtp = mtp ? 1 : 0;
-  return qwen35_generate(ctx, greedy, nullptr, 0, &gp, st) == QWEN35_OK && st->n_generated == n;
+  return qwen35_generate(ctx, sampler, nullptr, 0, &gp, st) == QWEN35_OK && st->n_generated == n;
 }
 
 struct Results {
@@ -265,9 +272,10 @@ int main(int argc, char** argv) {
     return fail("cannot create a context");
   }
   const int threads = o.threads > 0 ? o.threads : qwen35_context_default_params().n_threads;
-  qwen35_sampler_params sp = qwen35_sampler_greedy_params();
-  qwen35_sampler* greedy = nullptr;
-  if (qwen35_sampler_create(model, &sp, &greedy) != QWEN35_OK) return fail("cannot create a sampler");
+  qwen35_sampler_params sp = o.recommended ? qwen35_sampler_default_params(false) : qwen35_sampler_greedy_params();
+  sp.seed = 1;
+  qwen35_sampler* sampler = nullptr;
+  if (qwen35_sampler_create(model, &sp, &sampler) != QWEN35_OK) return fail("cannot create a sampler");
   qwen35_generate_stats gst;
 
   r.weight_bytes = weight_bytes_per_token(o.model, qwen35_model_n_layer(model), o.mtp && qwen35_model_has_mtp(model));
@@ -288,7 +296,7 @@ int main(int argc, char** argv) {
   qwen35_context_reset(ctx);
   if (qwen35_context_decode(ctx, prompt.data(), std::min<int>(int(prompt.size()), 4), QWEN35_LOGITS_LAST) !=
           QWEN35_OK ||
-      !generate_greedy(ctx, greedy, 1, o.mtp, &gst))
+      !generate_n(ctx, sampler, 1, o.mtp, &gst))
     return fail("warm-up decode failed");
 
   for (int rep = 0; rep < o.reps; ++rep) {
@@ -301,7 +309,8 @@ int main(int argc, char** argv) {
     if (o.prompt > 0) r.prefill_tps.push_back(double(np) / (pms * 1e-3));
     if (o.gen > 0) {
       const auto t1 = Clock::now();
-      if (!generate_greedy(ctx, greedy, o.gen, o.mtp, &gst)) return fail("decode failed");
+      qwen35_sampler_reset(sampler, 1);
+      if (!generate_n(ctx, sampler, o.gen, o.mtp, &gst)) return fail("decode failed");
       r.decode_tps.push_back(double(o.gen) / (ms_since(t1) * 1e-3));
       r.drafted += gst.n_drafted;
       r.accepted += gst.n_accepted;
@@ -328,7 +337,8 @@ int main(int argc, char** argv) {
   const char* kernels = on_cpu ? qwen35::cpu::kernels().name : "cuda";
   if (o.json) {
     std::printf(
-        "{\"model\": \"%s\", \"desc\": \"%s\", \"device\": \"%s\", \"kernels\": \"%s\", \"threads\": %d, \"mtp\": %s, \"reps\": %d, "
+        "{\"model\": \"%s\", \"desc\": \"%s\", \"device\": \"%s\", \"kernels\": \"%s\", \"threads\": %d, \"mtp\": %s, "
+        "\"sampler\": \"%s\", \"reps\": %d, "
         "\"load_ms\": %.1f, \"prompt_tokens\": %d, \"gen_tokens\": %d, \"prefill_tokens_per_s\": %.3f, "
         "\"decode_tokens_per_s\": %.3f, \"read_bandwidth_gb_s\": %.2f, \"read_bandwidth_one_stream_gb_s\": %.2f, "
         "\"weight_bytes_per_token\": %llu, "
@@ -336,15 +346,16 @@ int main(int argc, char** argv) {
         "\"context_bytes\": %llu, "
         "\"mtp_drafted\": %lld, \"mtp_accepted\": %lld, \"tokens_per_main_pass\": %.3f, "
         "\"peak_rss_bytes\": %llu}\n",
-        o.model.c_str(), qwen35_model_desc(model), dev, kernels, threads, o.mtp ? "true" : "false", o.reps, r.load_ms, o.prompt,
+        o.model.c_str(), qwen35_model_desc(model), dev, kernels, threads, o.mtp ? "true" : "false",
+        o.recommended ? "recommended" : "greedy", o.reps, r.load_ms, o.prompt,
         o.gen, prefill, decode, r.bandwidth_gbs, r.bandwidth_one_stream_gbs, (unsigned long long)r.weight_bytes, roofline,
         fraction, (unsigned long long)qwen35_model_host_bytes(model), (unsigned long long)r.context_bytes,
         (long long)r.drafted, (long long)r.accepted, r.passes ? double(r.generated) / double(r.passes) : 0.0,
         (unsigned long long)r.rss_bytes);
   } else {
     std::printf("model        %s (%s)\n", o.model.c_str(), qwen35_model_desc(model));
-    std::printf("device       %s (%s kernels), %d threads, mtp %s, %d repetitions (medians)\n", dev, kernels, threads,
-                o.mtp ? "on" : "off", o.reps);
+    std::printf("device       %s (%s kernels), %d threads, mtp %s, %s sampler, %d repetitions (medians)\n", dev, kernels,
+                threads, o.mtp ? "on" : "off", o.recommended ? "recommended" : "greedy", o.reps);
     std::printf("load_ms      %.1f (weights mapped, %.1f MiB copied or converted)\n", r.load_ms,
                 double(qwen35_model_host_bytes(model)) / 1048576.0);
     if (o.prompt > 0) std::printf("prefill      %d tokens: %.2f tok/s\n", o.prompt, prefill);
@@ -364,7 +375,7 @@ int main(int argc, char** argv) {
     std::printf("memory       context %.1f MiB, peak RSS %.1f MiB (mapped weights count once touched)\n",
                 double(r.context_bytes) / 1048576.0, double(r.rss_bytes) / 1048576.0);
   }
-  qwen35_sampler_free(greedy);
+  qwen35_sampler_free(sampler);
   qwen35_context_free(ctx);
   qwen35_model_free(model);
   return 0;

@@ -228,10 +228,11 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
     st.stop = StopReason::MaxTokens;
     return finish(Status::Ok());
   }
-  // The MTP draft of the token after `t`: its argmax on the device (ids) or
-  // from the draft logits.
+  // The MTP draft of the token after `t`: the argmax of the draft logits,
+  // computed where they are when the backend can (whatever the sampler: the
+  // draft only decides what is verified, never what is emitted).
   auto draft_of = [&](int32_t t, int32_t* d) -> Status {
-    if (ids) return ctx.mtp_draft_argmax(t, d);
+    if (ctx.backend().device_argmax()) return ctx.mtp_draft_argmax(t, d);
     const float* dl = nullptr;
     QWEN35_TRY(ctx.mtp_draft(t, &dl));
     *d = argmax(dl, V);

@@ -221,3 +221,16 @@ TEST_CASE("qwen35-logits reproduces the fixture format and qwen35-synth writes l
   CHECK(run(tool("qwen35-synth") + " -o " + synth + " --type Q5_0").code != 0);
   CHECK(run(tool("qwen35-synth") + " -o " + synth + " --preset 7b").code != 0);
 }
+
+TEST_CASE("qwen35-bench measures a model with either sampler and prints one JSON object") {
+  const std::string model = fixture("models/tiny-m-nvfp4.gguf");
+  for (const char* sampler : {"greedy", "recommended"}) {
+    CAPTURE(sampler);
+    Result r = run(tool("qwen35-bench") + " -m " + model + " -p 8 -n 8 -r 1 -t 2 --device cpu --mtp on --json --sampler " +
+                   sampler);
+    REQUIRE_MESSAGE(r.code == 0, r.out);
+    CHECK(r.out.find("\"sampler\": \"" + std::string(sampler) + "\"") != std::string::npos);
+    CHECK(r.out.find("\"decode_tokens_per_s\": ") != std::string::npos);
+  }
+  CHECK(run(tool("qwen35-bench") + " -m " + model + " --sampler warm").code == 2);
+}
