@@ -112,7 +112,7 @@ struct OutPlan {
   float* prenorm = nullptr;   // [n, D]
   float* logits = nullptr;    // [n - logits_first, V]
   int32_t* argmax = nullptr;  // [n - logits_first]
-  bool topk = false;          // sampling candidates of the last row (to the pinned TopkOut)
+  bool topk = false;          // sampling candidates of rows logits_first.. (to the pinned TopkOuts)
 };
 
 class CudaBackend final : public Backend {
@@ -124,7 +124,7 @@ class CudaBackend final : public Backend {
   const char* name() const override { return "cuda"; }
   Status eval(const EvalBatch& b) override { return run_eval(b, nullptr); }
   Status eval_greedy(const EvalBatch& b, int32_t* argmax) override { return run_eval(b, argmax); }
-  Status eval_topk(const EvalBatch& b, const TopKRequest& req, std::vector<TokenLogit>* cands) override;
+  Status eval_topk(const EvalBatch& b, const TopKRequest* reqs, std::vector<TokenLogit>* cands) override;
   bool device_topk() const override { return true; }
   Status eval_mtp(const MtpBatch& b) override { return run_mtp(b, nullptr); }
   Status eval_mtp_greedy(const MtpBatch& b, int32_t* argmax) override { return run_mtp(b, argmax); }
@@ -145,7 +145,7 @@ class CudaBackend final : public Backend {
   // (MTP pass?, rows, snapshot row, first logits row, hidden?, prenorm?, logits?, argmax?, candidates?)
   using GraphKey = std::tuple<bool, int64_t, int32_t, int32_t, bool, bool, bool, bool, bool>;
 
-  // One of argmax (ids) or topk (candidates of the last row) may be set.
+  // One of argmax (ids) or topk (a request and candidates per logits row) may be set.
   Status run_eval(const EvalBatch& b, int32_t* argmax, const TopKRequest* topk = nullptr,
                   std::vector<TokenLogit>* cands = nullptr);
   // The sampling-candidate buffers (allocated on the first request).
@@ -234,9 +234,11 @@ class CudaBackend final : public Backend {
   float* st_prenorm_ = nullptr;
   float* st_logits_ = nullptr;
   int32_t* st_argmax_ = nullptr;
-  // Sampling candidates: [TopkParams, LogitAdjust[kTopkMaxAdjust], TopkOut]
-  // pinned and on the device, plus the selection's scratch on the device.
+  // Sampling candidates of up to kTopkRows rows (a decode step, a verify
+  // pass): [TopkParams x rows, LogitAdjust[kTopkMaxAdjust] x rows, TopkOut x
+  // rows] pinned and on the device, plus the selection's scratch on the device.
   static constexpr int32_t kTopkMaxAdjust = 16384;
+  static constexpr int32_t kTopkRows = 2;
   PinnedBuffer topk_host_;
   DeviceBuffer topk_dev_;
   TopkParams *h_topk_params_ = nullptr, *d_topk_params_ = nullptr;
@@ -796,13 +798,15 @@ Status CudaBackend::enqueue_eval(int64_t n, int32_t snapshot_row, int32_t logits
     QWEN35_CUDA_TRY(cudaMemcpyAsync(out.hidden, xn_, size_t(n * D) * sizeof(float), cudaMemcpyDeviceToHost, stream_),
                     "copying hidden states");
   if (out.topk) {
-    // The last row's logits stay on the device; the selection adjusts them in place.
-    const int64_t V = hp_.n_vocab;
-    QWEN35_TRY(head(*dm_.output, xn_ + (n - 1) * D, 1, logits_, V));
-    QWEN35_CUDA_TRY(topk_candidates(logits_, int32_t(V), d_topk_params_, d_topk_adjust_, d_topk_scratch_, d_topk_out_,
+    // The rows' logits stay on the device; the selection adjusts them in place.
+    const int64_t V = hp_.n_vocab, rows = n - logits_first;
+    QWEN35_TRY(head(*dm_.output, xn_ + logits_first * D, rows, logits_, V));
+    for (int64_t r = 0; r < rows; ++r)
+      QWEN35_CUDA_TRY(topk_candidates(logits_ + r * V, int32_t(V), d_topk_params_ + r,
+                                      d_topk_adjust_ + r * kTopkMaxAdjust, d_topk_scratch_, d_topk_out_ + r, stream_),
+                      "selecting sampling candidates");
+    QWEN35_CUDA_TRY(cudaMemcpyAsync(h_topk_out_, d_topk_out_, size_t(rows) * sizeof(TopkOut), cudaMemcpyDeviceToHost,
                                     stream_),
-                    "selecting sampling candidates");
-    QWEN35_CUDA_TRY(cudaMemcpyAsync(h_topk_out_, d_topk_out_, sizeof(TopkOut), cudaMemcpyDeviceToHost, stream_),
                     "copying sampling candidates");
   } else if (logits_first < n && (out.logits || out.argmax)) {
     QWEN35_TRY(lm_head(*dm_.output, xn_ + logits_first * D, n - logits_first, out.logits, out.argmax));
@@ -833,31 +837,35 @@ Status CudaBackend::launch_graph(const GraphKey& key, const std::function<Status
 
 Status CudaBackend::ensure_topk() {
   if (topk_dev_.bytes()) return Status::Ok();
-  const size_t head = sizeof(TopkParams) + size_t(kTopkMaxAdjust) * sizeof(LogitAdjust);
-  QWEN35_TRY(topk_host_.alloc(head + sizeof(TopkOut), "the sampling-candidate staging buffer"));
-  QWEN35_TRY(topk_dev_.alloc(head + sizeof(TopkOut) + topk_scratch_bytes(), "the sampling-candidate buffers"));
-  auto carve = [head](void* base, TopkParams** p, LogitAdjust** a, TopkOut** o) {
+  const size_t params = kTopkRows * sizeof(TopkParams);
+  const size_t head = params + size_t(kTopkRows) * size_t(kTopkMaxAdjust) * sizeof(LogitAdjust);
+  const size_t outs = kTopkRows * sizeof(TopkOut);
+  QWEN35_TRY(topk_host_.alloc(head + outs, "the sampling-candidate staging buffer"));
+  QWEN35_TRY(topk_dev_.alloc(head + outs + topk_scratch_bytes(), "the sampling-candidate buffers"));
+  auto carve = [params, head](void* base, TopkParams** p, LogitAdjust** a, TopkOut** o) {
     uint8_t* b = static_cast<uint8_t*>(base);
     *p = reinterpret_cast<TopkParams*>(b);
-    *a = reinterpret_cast<LogitAdjust*>(b + sizeof(TopkParams));
+    *a = reinterpret_cast<LogitAdjust*>(b + params);
     *o = reinterpret_cast<TopkOut*>(b + head);
   };
   carve(topk_host_.as(), &h_topk_params_, &h_topk_adjust_, &h_topk_out_);
   carve(topk_dev_.as(), &d_topk_params_, &d_topk_adjust_, &d_topk_out_);
-  d_topk_scratch_ = static_cast<uint8_t*>(topk_dev_.as()) + head + sizeof(TopkOut);
+  d_topk_scratch_ = static_cast<uint8_t*>(topk_dev_.as()) + head + outs;
   return Status::Ok();
 }
 
-Status CudaBackend::eval_topk(const EvalBatch& b, const TopKRequest& req, std::vector<TokenLogit>* cands) {
-  if (b.logits_first != b.n - 1)
-    return Error(QWEN35_ERR_INVALID_ARG, "sampling candidates are computed for the last row of a batch only");
-  // Requests the selection does not cover take the row to the host.
-  if (req.k < 1 || req.k > Sampler::kMaxRequestK || req.k >= hp_.n_vocab ||
-      req.adjust.size() > size_t(kTopkMaxAdjust))
-    return Backend::eval_topk(b, req, cands);
+Status CudaBackend::eval_topk(const EvalBatch& b, const TopKRequest* reqs, std::vector<TokenLogit>* cands) {
+  const int64_t rows = b.n - b.logits_first;
+  if (rows <= 0) return eval(b);
+  // Requests the selection does not cover take the rows to the host.
+  bool device = rows <= kTopkRows && rows <= logit_rows_;
+  for (int64_t r = 0; r < rows && device; ++r)
+    device = reqs[r].k >= 1 && reqs[r].k <= Sampler::kMaxRequestK && reqs[r].k < hp_.n_vocab &&
+             reqs[r].adjust.size() <= size_t(kTopkMaxAdjust);
+  if (!device) return Backend::eval_topk(b, reqs, cands);
   QWEN35_TRY(select_device());
   QWEN35_TRY(ensure_topk());
-  return run_eval(b, nullptr, &req, cands);
+  return run_eval(b, nullptr, reqs, cands);
 }
 
 Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax, const TopKRequest* topk,
@@ -873,13 +881,19 @@ Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax, const TopKRequ
   const int32_t lf = std::clamp(b.logits_first, 0, b.n);
   const bool want_logits = lf < n && (argmax || b.logits || topk);
   QWEN35_TRY(upload_inputs(b.embd ? nullptr : b.tokens, b.pos, n, b.n_past));
-  if (topk) {  // the request, before the graph that reads it
-    h_topk_params_->k = topk->k;
-    h_topk_params_->n_adjust = int32_t(topk->adjust.size());
-    h_topk_params_->repeat_penalty = topk->repeat_penalty;
-    std::copy(topk->adjust.begin(), topk->adjust.end(), h_topk_adjust_);
-    QWEN35_CUDA_TRY(cudaMemcpyAsync(d_topk_params_, h_topk_params_,
-                                    sizeof(TopkParams) + topk->adjust.size() * sizeof(LogitAdjust),
+  if (topk) {  // the requests, before the graph that reads them
+    for (int64_t r = 0; r < n - lf; ++r) {
+      const TopKRequest& q = topk[r];
+      h_topk_params_[r].k = q.k;
+      h_topk_params_[r].n_adjust = int32_t(q.adjust.size());
+      h_topk_params_[r].repeat_penalty = q.repeat_penalty;
+      std::copy(q.adjust.begin(), q.adjust.end(), h_topk_adjust_ + r * kTopkMaxAdjust);
+      if (!q.adjust.empty())
+        QWEN35_CUDA_TRY(cudaMemcpyAsync(d_topk_adjust_ + r * kTopkMaxAdjust, h_topk_adjust_ + r * kTopkMaxAdjust,
+                                        q.adjust.size() * sizeof(LogitAdjust), cudaMemcpyHostToDevice, stream_),
+                        "uploading the sampling request");
+    }
+    QWEN35_CUDA_TRY(cudaMemcpyAsync(d_topk_params_, h_topk_params_, size_t(n - lf) * sizeof(TopkParams),
                                     cudaMemcpyHostToDevice, stream_),
                     "uploading the sampling request");
   }
@@ -930,18 +944,20 @@ Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax, const TopKRequ
     if (out.argmax) std::memcpy(argmax, st_argmax_, size_t(n - lf) * sizeof(int32_t));
   }
   if (out.topk) {
-    const TopkOut& r = *h_topk_out_;
-    if (!r.failed && r.count >= topk->k && r.count <= kTopkCap) {
-      cands->assign(r.cands, r.cands + r.count);
-    } else {
-      // More tokens tie at the k-th rank than the candidates hold: rank the
-      // row (already adjusted in place) on the host.
-      std::vector<float> row(static_cast<size_t>(V));
-      QWEN35_CUDA_TRY(cudaMemcpy(row.data(), logits_, size_t(V) * sizeof(float), cudaMemcpyDeviceToHost),
-                      "copying a logits row");
-      TopKRequest plain;
-      plain.k = topk->k;
-      select_topk(row.data(), int32_t(V), plain, cands);
+    for (int64_t r = 0; r < n - lf; ++r) {
+      const TopkOut& o = h_topk_out_[r];
+      if (!o.failed && o.count >= topk[r].k && o.count <= kTopkCap) {
+        cands[r].assign(o.cands, o.cands + o.count);
+      } else {
+        // More tokens tie at the k-th rank than the candidates hold: rank
+        // the row (already adjusted in place) on the host.
+        std::vector<float> row(static_cast<size_t>(V));
+        QWEN35_CUDA_TRY(cudaMemcpy(row.data(), logits_ + r * V, size_t(V) * sizeof(float), cudaMemcpyDeviceToHost),
+                        "copying a logits row");
+        TopKRequest plain;
+        plain.k = topk[r].k;
+        select_topk(row.data(), int32_t(V), plain, &cands[r]);
+      }
     }
   }
   return Status::Ok();

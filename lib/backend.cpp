@@ -35,19 +35,20 @@ Status Backend::eval_greedy(const EvalBatch& b, int32_t* argmax) {
   return Status::Ok();
 }
 
-Status Backend::eval_topk(const EvalBatch& b, const TopKRequest& req, std::vector<TokenLogit>* cands) {
-  if (b.logits_first != b.n - 1)
-    return Error(QWEN35_ERR_INVALID_ARG, "sampling candidates are computed for the last row of a batch only");
-  std::vector<float> row;
+Status Backend::eval_topk(const EvalBatch& b, const TopKRequest* reqs, std::vector<TokenLogit>* cands) {
+  const int32_t rows = b.n - b.logits_first;
+  if (rows <= 0) return eval(b);
+  std::vector<float> logits;
   try {
-    row.resize(size_t(n_vocab));
+    logits.resize(size_t(rows) * size_t(n_vocab));
   } catch (const std::bad_alloc&) {
-    return Error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory for a logits row");
+    return Error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory for the logits of {} rows", rows);
   }
   EvalBatch e = b;
-  e.logits = row.data();
+  e.logits = logits.data();
   QWEN35_TRY(eval(e));
-  select_topk(row.data(), int32_t(n_vocab), req, cands);
+  for (int32_t r = 0; r < rows; ++r)
+    select_topk(logits.data() + size_t(r) * size_t(n_vocab), int32_t(n_vocab), reqs[r], &cands[r]);
   return Status::Ok();
 }
 

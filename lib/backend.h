@@ -72,13 +72,13 @@ class Backend {
   // logits are); the generation loop then asks for ids instead of logits.
   virtual bool device_argmax() const { return false; }
 
-  // Sampling candidates: like eval for a batch whose only logits row is its
-  // last (b.logits_first == b.n - 1; b.logits is ignored), but instead of
-  // the row, *cands receives at least min(req.k, n_vocab) (id, adjusted
-  // logit) pairs, in any order, that include the row's req.k best as
-  // select_topk() ranks them with req's adjustments. The default runs eval
-  // into a temporary row and calls select_topk.
-  virtual Status eval_topk(const EvalBatch& b, const TopKRequest& req, std::vector<TokenLogit>* cands);
+  // Sampling candidates: like eval, but instead of logits rows
+  // logits_first..n-1 (b.logits is ignored), cands[r] receives at least
+  // reqs[r].k (id, adjusted logit) pairs, in any order, that include the
+  // k best of row logits_first + r as select_topk() ranks them with
+  // reqs[r]'s adjustments. The default runs eval into temporary rows and
+  // calls select_topk.
+  virtual Status eval_topk(const EvalBatch& b, const TopKRequest* reqs, std::vector<TokenLogit>* cands);
   // Whether eval_topk saves work here (the selection runs where the logits
   // are); the generation loop then asks for candidates instead of logits.
   virtual bool device_topk() const { return false; }

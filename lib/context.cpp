@@ -63,6 +63,13 @@ const float* Context::logits(int32_t i) const {
   return logits_.data() + size_t(k) * size_t(m_.hp.n_vocab);
 }
 
+std::vector<TokenLogit>* Context::topk(int32_t i) {
+  if (i == -1) i = call_rows_ - 1;  // -1: the last row; other negatives are invalid
+  const int32_t k = i - logits_row0_;
+  if (i < 0 || i >= call_rows_ || k < 0 || k >= n_topk_rows_) return nullptr;
+  return &topk_[size_t(k)];
+}
+
 int32_t Context::argmax(int32_t i) const {
   if (i == -1) i = call_rows_ - 1;  // -1: the last row; other negatives are invalid
   const int32_t k = i - logits_row0_;
@@ -113,9 +120,20 @@ Status Context::decode_topk(const int32_t* tokens, int32_t n, const TopKRequest&
   if (!tokens || n < 1) return Error(QWEN35_ERR_INVALID_ARG, "decode needs at least one token");
   std::vector<int32_t> pos(static_cast<size_t>(n) * 3);
   for (int32_t i = 0; i < n; ++i) pos[3 * size_t(i)] = pos[3 * size_t(i) + 1] = pos[3 * size_t(i) + 2] = next_pos_ + i;
-  topk_req_ = &req;
+  topk_reqs_ = &req;
   Status st = append(tokens, nullptr, n, pos.data(), LogitsMode::Last, -1, Outputs::TopK);
-  topk_req_ = nullptr;
+  topk_reqs_ = nullptr;
+  return st;
+}
+
+Status Context::decode_with_snapshot_topk(const int32_t* tokens, int32_t n, const TopKRequest* reqs) {
+  if (!tokens || !reqs || n < 1 || n > opt_.n_batch)
+    return Error(QWEN35_ERR_INVALID_ARG, "a verify batch needs 1..{} tokens", opt_.n_batch);
+  std::vector<int32_t> pos(static_cast<size_t>(n) * 3);
+  for (int32_t i = 0; i < n; ++i) pos[3 * size_t(i)] = pos[3 * size_t(i) + 1] = pos[3 * size_t(i) + 2] = next_pos_ + i;
+  topk_reqs_ = reqs;
+  Status st = append(tokens, nullptr, n, pos.data(), LogitsMode::All, 0, Outputs::TopK);
+  topk_reqs_ = nullptr;
   return st;
 }
 
@@ -214,6 +232,7 @@ Status Context::eval_rows(int32_t first_row, int32_t n, LogitsMode mode, int32_t
     if (record) {
       if (outputs == Outputs::Logits) logits_.resize(size_t(n_logits) * size_t(V));
       else if (outputs == Outputs::Argmax) argmax_.resize(size_t(n_logits));
+      else topk_.resize(size_t(n_logits));
       hidden_.resize(size_t(n) * size_t(D));
       if (opt_.mtp_prenorm) prenorm_.resize(size_t(n) * size_t(D));
     } else {
@@ -268,7 +287,7 @@ Status Context::eval_rows(int32_t first_row, int32_t n, LogitsMode mode, int32_t
     if (outputs == Outputs::Argmax && b.logits_first < cn)
       QWEN35_TRY(be_->eval_greedy(b, argmax_.data() + (lfirst - (n - n_logits))));
     else if (outputs == Outputs::TopK && b.logits_first < cn)
-      QWEN35_TRY(be_->eval_topk(b, *topk_req_, &topk_));
+      QWEN35_TRY(be_->eval_topk(b, topk_reqs_ + (lfirst - (n - n_logits)), topk_.data() + (lfirst - (n - n_logits))));
     else
       QWEN35_TRY(be_->eval(b));
     if (record) {

@@ -71,13 +71,16 @@ class Context {
   // Like decode with LogitsMode::Last, but the call keeps only the sampling
   // candidates of its last row for `req` (Backend::eval_topk).
   Status decode_topk(const int32_t* tokens, int32_t n, const TopKRequest& req);
+  // Like decode_with_snapshot with LogitsMode::All, keeping the candidates
+  // of every row i for reqs[i] instead of the logits.
+  Status decode_with_snapshot_topk(const int32_t* tokens, int32_t n, const TopKRequest* reqs);
 
   // Results of the last decode call (row i of that call, -1 = last).
   const float* logits(int32_t i) const;
   int32_t argmax(int32_t i) const;  // -1 if the call kept no argmax for row i
-  // The last row's candidates (decode_topk), or null. Sampler::sample_topk
-  // may reorder them.
-  std::vector<TokenLogit>* topk() { return n_topk_rows_ ? &topk_ : nullptr; }
+  // Row i's candidates (decode_topk, decode_with_snapshot_topk; -1 = last
+  // row), or null. Sampler::sample_topk may reorder them.
+  std::vector<TokenLogit>* topk(int32_t i);
   const float* hidden(int32_t i) const;
   const float* mtp_logits(int32_t pos) const;
 
@@ -177,9 +180,9 @@ class Context {
   int32_t logits_row0_ = 0;      // call-relative row of logits_ (or argmax_) row 0
   int32_t n_logit_rows_ = 0;
   int32_t n_argmax_rows_ = 0;
-  std::vector<TokenLogit> topk_;  // with Outputs::TopK: the last row's candidates
-  int32_t n_topk_rows_ = 0;       // 1 when topk_ belongs to the last call
-  const TopKRequest* topk_req_ = nullptr;  // during decode_topk
+  std::vector<std::vector<TokenLogit>> topk_;  // [n_topk_rows] with Outputs::TopK
+  int32_t n_topk_rows_ = 0;
+  const TopKRequest* topk_reqs_ = nullptr;     // [logit rows of the call], during the call
   std::vector<float> hidden_;    // [call rows, D] post-norm
   std::vector<float> prenorm_;   // [call rows, D] when mtp_prenorm
   int32_t call_rows_ = 0;

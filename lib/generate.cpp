@@ -128,7 +128,7 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
   // The token sampled from call row i (logits, the kept argmax, or the kept candidates).
   auto next_of = [&](int32_t i) -> int32_t {
     if (ctx.logits(i)) return sampler.sample(ctx.logits(i));
-    if (std::vector<TokenLogit>* c = i == -1 ? ctx.topk() : nullptr) return sampler.sample_topk(*c);
+    if (std::vector<TokenLogit>* c = ctx.topk(i)) return sampler.sample_topk(*c);
     return ctx.argmax(i);
   };
 
@@ -317,17 +317,25 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
       Status s = draft_of(tok, &d);
       if (!s.ok()) return finish(on_decode_error(s));
       const int32_t pair[2] = {tok, d};
-      s = ctx.decode_with_snapshot(pair, 2, LogitsMode::All);
+      // With candidates: row 1 is sampled only after the draft is accepted,
+      // so its request already counts the draft.
+      TopKRequest reqs[2];
+      if (cands && sampler.topk_request(&reqs[0]) && sampler.topk_request_after(d, &reqs[1])) {
+        st.n_candidate_steps += 1;
+        s = ctx.decode_with_snapshot_topk(pair, 2, reqs);
+      } else {
+        s = ctx.decode_with_snapshot(pair, 2, LogitsMode::All);
+      }
       ++st.n_main_passes;
       ++st.n_drafted;
       ++window_drafts;
       if (!s.ok()) return finish(on_decode_error(s));
-      const int32_t y0 = sampler.sample(ctx.logits(0));
+      const int32_t y0 = next_of(0);
       if (y0 == d && !(is_eog(d) && !opt.ignore_eos) && !ctx.abort.load()) {
         ++st.n_accepted;
         ++window_accepted;
         if (!emit(d)) break;  // both tokens are in the context
-        tok = sampler.sample(ctx.logits(1));
+        tok = next_of(1);
       } else {
         // Reject: keep the rows through `tok`, drop the draft's row.
         s = ctx.rollback_to_snapshot();

@@ -102,14 +102,16 @@ void Sampler::accept_prompt(const int32_t* tokens, int32_t n) {
   for (int32_t i = 0; i < n; ++i) accept(tokens[i]);
 }
 
-TopKRequest Sampler::request(int32_t k) const {
+TopKRequest Sampler::request(int32_t k) const { return request(k, counts_); }
+
+TopKRequest Sampler::request(int32_t k, const std::unordered_map<int32_t, int32_t>& counts) const {
   TopKRequest r;
   r.k = k;
   r.repeat_penalty = opt_.repeat_penalty;
-  r.adjust.reserve(opt_.logit_bias.size() + counts_.size());
+  r.adjust.reserve(opt_.logit_bias.size() + counts.size());
   for (const auto& [id, b] : opt_.logit_bias) r.adjust.push_back({id, b, 0.0f, LogitAdjust::kBias});
   const size_t n_bias = r.adjust.size();
-  for (const auto& [id, cnt] : counts_) {
+  for (const auto& [id, cnt] : counts) {
     if (id < 0 || id >= n_vocab_) continue;
     // One float product and one sum, stored: the device subtracts this value.
     const float f = float(cnt) * opt_.frequency_penalty;
@@ -138,12 +140,38 @@ TopKRequest Sampler::request(int32_t k) const {
   return r;
 }
 
-bool Sampler::topk_request(TopKRequest* req) const {
+int32_t Sampler::request_k() const {
   int32_t k = 0;
   if (greedy()) k = 1;
   else if (opt_.top_k > 0 && opt_.top_k < n_vocab_ && opt_.top_k <= kMaxRequestK) k = opt_.top_k;
-  if (k == 0 || k >= n_vocab_) return false;
+  return k < n_vocab_ ? k : 0;
+}
+
+bool Sampler::topk_request(TopKRequest* req) const {
+  const int32_t k = request_k();
+  if (k == 0) return false;
   *req = request(k);
+  return true;
+}
+
+bool Sampler::topk_request_after(int32_t token, TopKRequest* req) const {
+  const int32_t k = request_k();
+  if (k == 0) return false;
+  if (opt_.penalty_last_n == 0) {
+    *req = request(k);
+    return true;
+  }
+  // accept(token) on a copy of the window's counts.
+  std::unordered_map<int32_t, int32_t> counts = counts_;
+  ++counts[token];
+  if (opt_.penalty_last_n > 0) {
+    int64_t extra = int64_t(history_.size()) + 1 - opt_.penalty_last_n;
+    for (size_t i = 0; extra > 0; ++i, --extra) {
+      const int32_t old = i < history_.size() ? history_[i] : token;
+      if (--counts[old] == 0) counts.erase(old);
+    }
+  }
+  *req = request(k, counts);
   return true;
 }
 

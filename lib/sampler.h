@@ -105,6 +105,9 @@ class Sampler {
   // greedy sampler: k = 1; else top-k in 1..kMaxRequestK below n_vocab); if
   // so, *req says what to select. Valid until the next accept().
   bool topk_request(TopKRequest* req) const;
+  // The same as it will be once `token` is accepted (the second row of a
+  // speculative verify pass, which is sampled after the draft is accepted).
+  bool topk_request_after(int32_t token, TopKRequest* req) const;
   // sample() from the k best adjusted logits of the request (exactly what
   // select_topk returns, in any order; more candidates are fine, the best k
   // are used). Same token as sample() on the full row. Reorders `best`.
@@ -116,6 +119,8 @@ class Sampler {
 
  private:
   TopKRequest request(int32_t k) const;
+  TopKRequest request(int32_t k, const std::unordered_map<int32_t, int32_t>& counts) const;
+  int32_t request_k() const;  // 0: sampling needs more than the k best
   // Top-k path: the filters over cands_ (the k best, sorted) -> probs_.
   void filter_sorted();
   // No top-k: ranks pool_ lazily. Returns the survivors' count n and their

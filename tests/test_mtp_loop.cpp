@@ -346,11 +346,11 @@ TEST_CASE("sampling candidates: decode_topk keeps select_topk of the row; Genera
   REQUIRE(s.topk_request(&req));
   REQUIRE(a->decode_topk(prompt.data(), int32_t(prompt.size()), req).ok());
   REQUIRE(b->decode(prompt.data(), int32_t(prompt.size()), LogitsMode::Last).ok());
-  REQUIRE(a->topk());
+  REQUIRE(a->topk(-1));
   CHECK(a->logits(-1) == nullptr);
   std::vector<TokenLogit> want;
   select_topk(b->logits(-1), V, req, &want);
-  std::vector<TokenLogit> got = *a->topk();
+  std::vector<TokenLogit> got = *a->topk(-1);
   std::sort(got.begin(), got.end(), ranks_before);
   REQUIRE(got.size() == want.size());
   for (size_t i = 0; i < got.size(); ++i) {
@@ -360,30 +360,70 @@ TEST_CASE("sampling candidates: decode_topk keeps select_topk of the row; Genera
   // The next plain decode drops them.
   const int32_t t = 9;
   REQUIRE(a->decode(&t, 1, LogitsMode::Last).ok());
-  CHECK(a->topk() == nullptr);
+  CHECK(a->topk(-1) == nullptr);
+  REQUIRE(b->decode(&t, 1, LogitsMode::Last).ok());
 
-  // Generate takes the path for every step (the prompt's too) and emits what
-  // sampling from the copied rows emits.
-  std::vector<int32_t> toks[2];
-  for (int pass = 0; pass < 2; ++pass) {
-    EnvVar e("QWEN35_TOPK_CANDIDATES", pass == 0 ? "1" : "0");
-    std::unique_ptr<Context> c;
-    REQUIRE(Context::Create(*model, o, &c).ok());
-    Sampler gs(V, so);
-    GenerateOptions go;
-    go.max_tokens = 20;
-    go.ignore_eos = true;
-    go.use_mtp = false;  // (the speculative passes verify from logits rows)
-    go.on_token = [&](int32_t tok, const std::string&) {
-      if (tok >= 0) toks[pass].push_back(tok);
-      return true;
-    };
-    GenerateStats st;
-    REQUIRE(Generate(*c, gs, prompt, go, &st).ok());
-    // The prompt's pass and every step's.
-    CHECK(st.n_candidate_steps == (pass == 0 ? st.n_main_passes + 1 : 0));
-    CHECK(st.n_main_passes >= 19);
+  // A verify pass: each row with its own request (the second counts the
+  // draft as accepted, as the sampler will when it samples that row).
+  const int32_t pair[2] = {77, 1234};
+  TopKRequest reqs[2];
+  REQUIRE(s.topk_request(&reqs[0]));
+  REQUIRE(s.topk_request_after(pair[1], &reqs[1]));
+  Sampler s2 = s;
+  s2.accept(pair[1]);
+  TopKRequest after;
+  REQUIRE(s2.topk_request(&after));
+  REQUIRE(after.adjust.size() == reqs[1].adjust.size());
+  for (size_t i = 0; i < after.adjust.size(); ++i) {
+    CHECK(after.adjust[i].id == reqs[1].adjust[i].id);
+    CHECK(after.adjust[i].sub == reqs[1].adjust[i].sub);
+    CHECK(after.adjust[i].flags == reqs[1].adjust[i].flags);
   }
-  CHECK(toks[0].size() == 20);
-  CHECK(toks[0] == toks[1]);
+  REQUIRE(a->decode_with_snapshot_topk(pair, 2, reqs).ok());
+  REQUIRE(b->decode_with_snapshot(pair, 2, LogitsMode::All).ok());
+  for (int32_t row = 0; row < 2; ++row) {
+    CAPTURE(row);
+    REQUIRE(a->topk(row));
+    select_topk(b->logits(row), V, reqs[row], &want);
+    got = *a->topk(row);
+    std::sort(got.begin(), got.end(), ranks_before);
+    REQUIRE(got.size() == want.size());
+    for (size_t i = 0; i < got.size(); ++i) CHECK(got[i].id == want[i].id);
+  }
+  // Rolling back keeps the context usable.
+  REQUIRE(a->rollback_to_snapshot().ok());
+  CHECK(a->n_past() == b->n_past() - 1);
+
+  // Generate takes the path for every pass (the prompt's too, and the
+  // speculative verify passes) and emits what sampling from the copied rows
+  // emits.
+  for (bool mtp : {false, true}) {
+    CAPTURE(mtp);
+    std::vector<int32_t> toks[2];
+    for (int pass = 0; pass < 2; ++pass) {
+      EnvVar e("QWEN35_TOPK_CANDIDATES", pass == 0 ? "1" : "0");
+      ContextOptions oo = o;
+      oo.use_mtp = mtp;
+      std::unique_ptr<Context> c;
+      REQUIRE(Context::Create(*model, oo, &c).ok());
+      Sampler gs(V, so);
+      GenerateOptions go;
+      go.max_tokens = 20;
+      go.ignore_eos = true;
+      go.use_mtp = mtp;
+      go.on_token = [&](int32_t tok, const std::string&) {
+        if (tok >= 0) toks[pass].push_back(tok);
+        return true;
+      };
+      GenerateStats st;
+      MtpPolicy always;
+      always.min_rate = 0.0;  // keep drafting whatever the acceptance
+      REQUIRE(Generate(*c, gs, prompt, go, &st, always).ok());
+      // The prompt's pass and every step's.
+      CHECK(st.n_candidate_steps == (pass == 0 ? st.n_main_passes + 1 : 0));
+      if (mtp) CHECK(st.n_drafted > 0);
+    }
+    CHECK(toks[0].size() == 20);
+    CHECK(toks[0] == toks[1]);
+  }
 }

@@ -104,7 +104,7 @@ class CpuBackend final : public Backend {
   // Sampling candidates: the row lands in the reused buffer and is selected
   // here (the context copies k pairs instead of the row). Saying yes lets the
   // generation loop's top-k path run (and be tested) on the CPU.
-  Status eval_topk(const EvalBatch& b, const TopKRequest& req, std::vector<TokenLogit>* cands) override;
+  Status eval_topk(const EvalBatch& b, const TopKRequest* reqs, std::vector<TokenLogit>* cands) override;
   bool device_topk() const override { return !p_.reference; }
   void reset() override;
   Status save_recurrent(int slot) override;
@@ -597,15 +597,16 @@ Status CpuBackend::eval_greedy(const EvalBatch& b, int32_t* argmax) {
   return argmax_rows(b, argmax, [this](const EvalBatch& e) { return eval(e); });
 }
 
-Status CpuBackend::eval_topk(const EvalBatch& b, const TopKRequest& req, std::vector<TokenLogit>* cands) {
-  if (b.logits_first != b.n - 1)
-    return Error(QWEN35_ERR_INVALID_ARG, "sampling candidates are computed for the last row of a batch only");
+Status CpuBackend::eval_topk(const EvalBatch& b, const TopKRequest* reqs, std::vector<TokenLogit>* cands) {
+  const int32_t rows = b.n - b.logits_first;
+  if (rows <= 0) return eval(b);
   const int64_t V = hp_.n_vocab;
-  if (greedy_logits_.v.size() < size_t(V)) QWEN35_TRY(greedy_logits_.alloc(size_t(V), "greedy logits"));
+  if (greedy_logits_.v.size() < size_t(rows) * size_t(V))
+    QWEN35_TRY(greedy_logits_.alloc(size_t(rows) * size_t(V), "greedy logits"));
   EvalBatch e = b;
   e.logits = greedy_logits_.data();
   QWEN35_TRY(eval(e));
-  select_topk(greedy_logits_.data(), int32_t(V), req, cands);
+  for (int32_t r = 0; r < rows; ++r) select_topk(greedy_logits_.data() + r * V, int32_t(V), reqs[r], &cands[r]);
   return Status::Ok();
 }
 

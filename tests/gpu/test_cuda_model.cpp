@@ -756,8 +756,8 @@ TEST_CASE("CUDA: sampling candidates selected on the device equal select_topk of
       }
       REQUIRE(a->decode_topk(in, n, req).ok());
       REQUIRE(b->decode(in, n, qwen35::LogitsMode::Last).ok());
-      REQUIRE(a->topk());
-      std::vector<qwen35::TokenLogit> want, got = *a->topk();
+      REQUIRE(a->topk(-1));
+      std::vector<qwen35::TokenLogit> want, got = *a->topk(-1);
       qwen35::select_topk(b->logits(-1), V, req, &want);
       std::sort(got.begin(), got.end(), qwen35::ranks_before);
       REQUIRE(got.size() >= want.size());
@@ -768,14 +768,19 @@ TEST_CASE("CUDA: sampling candidates selected on the device equal select_topk of
     }
     toks.push_back(int32_t((step * 7919 + 11) % V));
   }
-  // Generate on the device path and from copied rows: the same tokens.
-  for (float temp : {0.0f, 0.7f}) {
+  // Generate on the device path and from copied rows: the same tokens (with
+  // MTP: the verify passes' two rows, each with its own request).
+  for (float temp : {0.0f, 0.7f})
+  for (bool mtp : {false, true}) {
+    if (mtp && !model->mtp) continue;
     std::vector<int32_t> out[2];
     int32_t cand_steps[2] = {0, 0}, passes = 0;
     for (int pass = 0; pass < 2; ++pass) {
       EnvVar e("QWEN35_TOPK_CANDIDATES", pass == 0 ? "1" : "0");
+      qwen35::ContextOptions oo = o;
+      oo.use_mtp = mtp;
       std::unique_ptr<qwen35::Context> c;
-      REQUIRE(qwen35::Context::Create(*model, o, &c).ok());
+      REQUIRE(qwen35::Context::Create(*model, oo, &c).ok());
       qwen35::SamplerOptions so;
       so.temperature = temp;
       so.top_k = 20;
@@ -786,17 +791,20 @@ TEST_CASE("CUDA: sampling candidates selected on the device equal select_topk of
       qwen35::GenerateOptions go;
       go.max_tokens = 32;
       go.ignore_eos = true;
-      go.use_mtp = false;
+      go.use_mtp = mtp;
       go.on_token = [&](int32_t t, const std::string&) {
         if (t >= 0) out[pass].push_back(t);
         return true;
       };
       qwen35::GenerateStats st;
-      REQUIRE(qwen35::Generate(*c, s, {5, 17, 300, 42}, go, &st).ok());
+      qwen35::MtpPolicy always;
+      always.min_rate = 0.0;
+      REQUIRE(qwen35::Generate(*c, s, {5, 17, 300, 42}, go, &st, always).ok());
       cand_steps[pass] = st.n_candidate_steps;
       passes = st.n_main_passes;
     }
     CAPTURE(temp);
+    CAPTURE(mtp);
     CHECK(cand_steps[0] == passes + 1);  // the prompt's pass and every step's
     CHECK(cand_steps[1] == 0);
     CHECK(out[0].size() == 32);
