@@ -536,9 +536,11 @@ typedef struct qwen35_generate_stats {
 /* Append the prompt tokens to the context, then sample and append tokens
  * until a stop condition. Every emitted token is passed to the callback and
  * recorded in the sampler; generated tokens stay in the context (so the next
- * turn can continue). stats may be NULL. With a greedy sampler (no bias or
- * penalties) on a GPU the argmax is taken on the device and no logits are
- * copied: afterwards qwen35_context_logits may return NULL. */
+ * turn can continue). stats may be NULL. When the sampler needs only the
+ * argmax or the k best logits of a row (greedy, or top-k up to 1024) the
+ * backend selects them where the logits are (on the GPU: on the device) and
+ * the rows are not kept: afterwards qwen35_context_logits may return NULL.
+ * The tokens are the same as sampling from the rows. */
 QWEN35_API qwen35_status qwen35_generate(qwen35_context * ctx, qwen35_sampler * sampler,
                                          const qwen35_token * prompt, int32_t n_prompt,
                                          const qwen35_generate_params * params, qwen35_generate_stats * stats); /* [ctx+sampler] */
