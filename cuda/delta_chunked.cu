@@ -153,9 +153,17 @@ __global__ void __launch_bounds__(kPrepThreads) delta_chunk_prep_kernel(DeltaNet
   for (int col = tid; col < ncol; col += blockDim.x) {
     const bool is_u = col < dv;
     for (int t = 0; t < L; ++t) {
-      float x = is_u ? s_beta[t] * p.uc[(c0 + t) * p.ldu + 2 * Hk * DK + j * dv + col]
-                     : (s_beta[t] * s_eg[t]) * Kr[t * LD + (col - int(dv))];
-      for (int s = 0; s < t; ++s) x = fmaf(-A[t * C + s], X[s * ncol + col], x);
+      float x0 = is_u ? s_beta[t] * p.uc[(c0 + t) * p.ldu + 2 * Hk * DK + j * dv + col]
+                      : (s_beta[t] * s_eg[t]) * Kr[t * LD + (col - int(dv))];
+      // Two interleaved sums halve the dependency chain.
+      float x1 = 0.0f;
+      int s = 0;
+      for (; s + 1 < t; s += 2) {
+        x0 = fmaf(-A[t * C + s], X[s * ncol + col], x0);
+        x1 = fmaf(-A[t * C + s + 1], X[(s + 1) * ncol + col], x1);
+      }
+      if (s < t) x0 = fmaf(-A[t * C + s], X[s * ncol + col], x0);
+      const float x = x0 + x1;
       X[t * ncol + col] = x;
       if (is_u) gU[t * dv + col] = x;
       else gW[t * DK + (col - int(dv))] = x;
@@ -171,10 +179,17 @@ __global__ void __launch_bounds__(kPrepThreads) delta_chunk_prep_kernel(DeltaNet
     }
   }
   __syncthreads();
-  for (int e = tid; e < L * DK; e += blockDim.x) {
-    const int t = e / DK, i = e % DK;
-    gQ[t * DK + i] = Qr[t * LD + i];
-    gKd[t * DK + i] = s_rk[t] * Kr[t * LD + i];
+  for (int e = tid; e < L * DK / 4; e += blockDim.x) {  // float4 groups
+    const int t = e / (DK / 4), i = 4 * (e % (DK / 4));
+    const float4 q = *reinterpret_cast<const float4*>(Qr + t * LD + i);
+    float4 k = *reinterpret_cast<const float4*>(Kr + t * LD + i);
+    const float f = s_rk[t];
+    k.x *= f;
+    k.y *= f;
+    k.z *= f;
+    k.w *= f;
+    *reinterpret_cast<float4*>(gQ + t * DK + i) = q;
+    *reinterpret_cast<float4*>(gKd + t * DK + i) = k;
   }
 }
 
@@ -210,11 +225,11 @@ __global__ void __launch_bounds__(kScanThreads) delta_chunk_scan_kernel(DeltaNet
     const float* gU = gW + C * DK;
     const float* gP = gU + C * dv;
     const float* gEg = gP + C * C;
-    for (int e = tid; e < L * DK; e += blockDim.x) {
-      const int t = e / DK, i = e % DK;
-      Wc[t * LD + i] = gW[t * DK + i];
-      Qc[t * LD + i] = gQ[t * DK + i];
-      Kc[t * LD + i] = gKd[t * DK + i];
+    for (int e = tid; e < L * DK / 4; e += blockDim.x) {  // float4 groups (rows are 16-byte aligned)
+      const int t = e / (DK / 4), i = 4 * (e % (DK / 4));
+      *reinterpret_cast<float4*>(Wc + t * LD + i) = *reinterpret_cast<const float4*>(gW + t * DK + i);
+      *reinterpret_cast<float4*>(Qc + t * LD + i) = *reinterpret_cast<const float4*>(gQ + t * DK + i);
+      *reinterpret_cast<float4*>(Kc + t * LD + i) = *reinterpret_cast<const float4*>(gKd + t * DK + i);
     }
     for (int e = tid; e < L * kCols; e += blockDim.x) Uc[e] = gU[(e / kCols) * dv + v0 + e % kCols];
     for (int e = tid; e < C * C; e += blockDim.x) Pc[e] = gP[e];
