@@ -42,6 +42,20 @@ cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
              ? cudaSuccess
              : cudaErrorLaunchFailure;
 }
+// The same as launch() (kernels that do not wait for their predecessor:
+// launched without the PDL attribute in the real build).
+template <typename... KArgs, typename... Args>
+cudaError_t launch_plain(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                         Args&&... args) {
+  return launch(kernel, grid, block, smem, stream, std::forward<Args>(args)...);
+}
+// No thread block clusters in the emulation.
+template <typename... KArgs, typename... Args>
+cudaError_t launch_clustered(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                             dim3 cluster, Args&&... args) {
+  if (cluster.x * cluster.y * cluster.z > 1) return cudaErrorNotSupported;
+  return launch(kernel, grid, block, smem, stream, std::forward<Args>(args)...);
+}
 #else
 // As launch(), with the blocks grouped into thread block clusters of
 // `cluster` blocks (sm_90+; dim3(1, 1, 1): no clusters).
@@ -77,6 +91,18 @@ template <typename... KArgs, typename... Args>
 cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                    Args&&... args) {
   return launch_clustered(kernel, grid, block, smem, stream, dim3(1, 1, 1), std::forward<Args>(args)...);
+}
+// A plain launch (no PDL attribute), for kernels that do not call
+// pdl_prologue(): the equivalent of kernel<<<grid, block, smem, stream>>>.
+template <typename... KArgs, typename... Args>
+cudaError_t launch_plain(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                         Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 #endif
 

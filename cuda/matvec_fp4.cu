@@ -21,7 +21,9 @@
 // norm's factor is applied to the results.
 // Kernel 3 (QWEN35_CUDA_FP4_KERNEL=3): kernel 2 with the weights moved by
 // bulk copies into a ring of shared-memory stages instead of registers.
+#ifndef QWEN35_CUDA_EMU  // (the emulation in tests/emu has no clusters)
 #include <cooperative_groups.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -36,7 +38,9 @@ namespace qwen35::cuda {
 
 namespace {
 
+#ifndef QWEN35_CUDA_EMU
 namespace cg = cooperative_groups;
+#endif
 
 constexpr int kWarps = 4;           // row tiles per block
 constexpr int kPrefetch = 4;        // kgroups loaded ahead per warp
@@ -233,7 +237,7 @@ __device__ __forceinline__ float prologue_value(const Fp4MatvecArgs& a, const fl
 
 __global__ void __launch_bounds__(kWarps * kWarp) fp4_matvec_kernel(Fp4MatvecArgs a, int splits, int64_t kg_per) {
   pdl_prologue();
-  extern __shared__ __align__(16) uint8_t smem_raw[];
+  uint8_t* smem_raw = dynamic_smem<uint8_t>();
   __shared__ float red[32];
   __shared__ int exps[kMatvecMaxCols];
   __shared__ float head_scale[kMaxGatedHeads];
@@ -440,6 +444,7 @@ __device__ __forceinline__ void fp4_finish(const Fp4MatvecArgs& a, int splits, i
   for (int e = 0; e < 4; ++e) acc[e] *= 16384.0f * w.scale;
 
   if constexpr (kCluster) {
+#ifndef QWEN35_CUDA_EMU
     if (splits > 1) {
       cg::cluster_group cluster = cg::this_cluster();
       const int idx = g * kMatvecMaxCols + 2 * t;  // row g (e = 0, 1); row g + 8 (e = 2, 3) is 8 rows on
@@ -464,6 +469,7 @@ __device__ __forceinline__ void fp4_finish(const Fp4MatvecArgs& a, int splits, i
       cluster.sync();  // the remote reads are done before any block exits
       if (!leader) return;
     }
+#endif
   } else if (splits > 1 && !fp4_combine_global(a, splits, tile, active, g, t, acc, is_last)) {
     return;
   }
@@ -480,7 +486,7 @@ __device__ __forceinline__ void fp4_finish(const Fp4MatvecArgs& a, int splits, i
 
 template <int W, int P>
 __global__ void __launch_bounds__(W * kWarp) fp4_stream_kernel(Fp4MatvecArgs a, int splits, int64_t kg_per) {
-  extern __shared__ __align__(16) uint8_t smem_raw[];
+  uint8_t* smem_raw = dynamic_smem<uint8_t>();
   __shared__ float ss_part[W][kMatvecMaxCols];
   __shared__ bool is_last;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
@@ -576,7 +582,7 @@ template <int S, bool kLean, int kN, bool kCluster>
 __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
     fp4_bulk_kernel(Fp4MatvecArgs a, int splits, int64_t kg_per, bool skip_math) {
   constexpr int W = kBulkWarps;
-  extern __shared__ __align__(16) uint8_t smem_raw[];  // 16 is what the bulk copies need
+  uint8_t* smem_raw = dynamic_smem<uint8_t>();  // 16-byte aligned, as the bulk copies need
   __shared__ float ss_part[W][kMatvecMaxCols];
   __shared__ int rmax[kMatvecMaxCols];
   __shared__ bool is_last;
@@ -672,7 +678,7 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
 template <typename Kernel>
 cudaError_t allow_smem(Kernel kernel, std::atomic<int>& allowed, size_t smem) {
   if (smem <= 48 * 1024 || int(smem) <= allowed.load(std::memory_order_relaxed)) return cudaSuccess;
-  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  const cudaError_t e = allow_dynamic_smem(kernel, smem);
   if (e == cudaSuccess) {
     int cur = allowed.load(std::memory_order_relaxed);
     while (int(smem) > cur && !allowed.compare_exchange_weak(cur, int(smem))) {
@@ -716,8 +722,13 @@ cudaError_t launch_bulk_rows(const Fp4MatvecArgs& a, int splits, int64_t kg_per,
 template <int S, bool kLean>
 cudaError_t launch_bulk_combine(const Fp4MatvecArgs& a, int splits, int64_t kg_per, bool skip_math, bool cluster,
                                 cudaStream_t stream) {
+#ifdef QWEN35_CUDA_EMU
+  if (cluster) return cudaErrorNotSupported;
+  return launch_bulk_rows<S, kLean, false>(a, splits, kg_per, skip_math, stream);
+#else
   return cluster ? launch_bulk_rows<S, kLean, true>(a, splits, kg_per, skip_math, stream)
                  : launch_bulk_rows<S, kLean, false>(a, splits, kg_per, skip_math, stream);
+#endif
 }
 
 // Kernel 2 can run these arguments (else kernel 1 does).
@@ -737,17 +748,16 @@ cudaError_t fp4_repack(const uint8_t* a, const uint8_t* b, uint64_t row_bytes, c
   if (dst.cols % kFp4GroupCols != 0 || (dst.pairing == Fp4Pairing::GateUp && (dst.rows % 8 != 0 || !b)))
     return cudaErrorInvalidValue;
   const int64_t threads = dst.tiles() * dst.kgroups() * 32;
-  fp4_repack_kernel<<<ceil_div(threads, 256), 256, 0, stream>>>(a, b, row_bytes, dst, const_cast<uint8_t*>(dst.codes),
-                                                                 const_cast<uint8_t*>(dst.scales));
-  return cudaGetLastError();
+  return launch_plain(fp4_repack_kernel, dim3(ceil_div(threads, 256)), dim3(256), 0, stream, a, b, row_bytes, dst,
+                     const_cast<uint8_t*>(dst.codes), const_cast<uint8_t*>(dst.scales));
 }
 
 template <typename Out>
 static cudaError_t fp4_dequant(const Fp4Tiled& w, int64_t r0, int64_t nr, Out* dst, cudaStream_t stream) {
   if (nr <= 0) return cudaSuccess;
   const int64_t units = w.tiles() * w.kgroups();
-  fp4_dequant_kernel<Out><<<ceil_div(units, kWarps), kWarps * kWarp, 0, stream>>>(w, r0, nr, dst);
-  return cudaGetLastError();
+  return launch_plain(fp4_dequant_kernel<Out>, dim3(ceil_div(units, kWarps)), dim3(kWarps * kWarp), 0, stream, w, r0,
+                     nr, dst);
 }
 
 cudaError_t fp4_dequant_rows_bf16(const Fp4Tiled& w, int64_t r0, int64_t nr, uint16_t* dst, cudaStream_t stream) {

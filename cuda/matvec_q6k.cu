@@ -54,7 +54,7 @@ __device__ __forceinline__ float code_value(uint32_t q) { return __int_as_float(
 __global__ void __launch_bounds__(kThreads) q6k_matvec_kernel(Q6kRows32 w, const float* __restrict__ x, int64_t ldx,
                                                                int n, float* __restrict__ y, int64_t ldy, bool add) {
   pdl_prologue();
-  extern __shared__ __align__(16) float xs[];  // [n][K]
+  float* xs = dynamic_smem<float>();  // [n][K]
   const int64_t K = w.cols, chunks = w.chunks();
   for (int j = 0; j < n; ++j)
     for (int64_t k = threadIdx.x; k < K; k += blockDim.x) xs[j * K + k] = x[j * ldx + k];
@@ -179,7 +179,7 @@ template <int W, int P>
 __global__ void __launch_bounds__(W * kWarp) q6kt_matvec_kernel(Q6kTiled w, TcInput in, float* __restrict__ y,
                                                                  int64_t ldy, bool add) {
   static_assert(P % 4 == 0, "a super-scale covers 4 kgroups");
-  extern __shared__ __align__(16) uint8_t smem_raw[];
+  uint8_t* smem_raw = dynamic_smem<uint8_t>();
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int g = lane >> 2, t = lane & 3;
   const int n = in.n;
@@ -330,8 +330,7 @@ cudaError_t launch_q6kt(const Q6kTiled& w, const TcInput& in, float* y, int64_t 
   static std::atomic<int> allowed{0};
   const size_t smem = tc_x_bytes(int(w.cols / 16), in.n);
   if (smem > 48 * 1024 && int(smem) > allowed.load(std::memory_order_relaxed)) {
-    const cudaError_t e = cudaFuncSetAttribute(q6kt_matvec_kernel<W, P>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               int(smem));
+    const cudaError_t e = allow_dynamic_smem(q6kt_matvec_kernel<W, P>, smem);
     if (e != cudaSuccess) return e;
     allowed.store(int(smem), std::memory_order_relaxed);
   }
@@ -348,10 +347,9 @@ cudaError_t q6k_repack(const uint8_t* src, uint64_t row_bytes, int64_t r0, int64
   const int64_t r1 = r0 + nr >= dst.rows ? dst.groups() * 32 : r0 + nr;
   if (r1 % 32 != 0) return cudaErrorInvalidValue;
   const int64_t threads = (r1 - r0) * dst.chunks();
-  q6k_repack_kernel<<<ceil_div(threads, 256), 256, 0, stream>>>(
-      src, row_bytes, r0, r1, dst, const_cast<uint8_t*>(dst.ql), const_cast<uint8_t*>(dst.qh),
-      const_cast<int8_t*>(dst.sc), const_cast<uint16_t*>(dst.d));
-  return cudaGetLastError();
+  return launch_plain(q6k_repack_kernel, dim3(ceil_div(threads, 256)), dim3(256), 0, stream, src, row_bytes, r0, r1, dst,
+                     const_cast<uint8_t*>(dst.ql), const_cast<uint8_t*>(dst.qh), const_cast<int8_t*>(dst.sc),
+                     const_cast<uint16_t*>(dst.d));
 }
 
 bool q6k_matvec_fits(const Q6kRows32& w, int n) {
@@ -364,7 +362,7 @@ cudaError_t q6k_matvec(const Q6kRows32& w, const float* x, int64_t ldx, int n, f
   if (!q6k_matvec_fits(w, n)) return cudaErrorInvalidValue;
   const size_t smem = size_t(n) * size_t(w.cols) * sizeof(float);
   if (smem > 48 * 1024) {
-    const cudaError_t e = cudaFuncSetAttribute(q6k_matvec_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    const cudaError_t e = allow_dynamic_smem(q6k_matvec_kernel, smem);
     if (e != cudaSuccess) return e;
   }
   return launch(q6k_matvec_kernel, dim3(ceil_div(w.groups() * 32, kThreads)), dim3(kThreads), smem, stream, w, x, ldx, n, y, ldy,
@@ -395,10 +393,9 @@ cudaError_t q6kt_repack(const uint8_t* src, uint64_t row_bytes, int64_t r0, int6
   const int64_t r1 = r0 + nr;
   if (r1 % kFp4TileRows != 0 && r1 != dst.rows) return cudaErrorInvalidValue;
   const int64_t threads = (nr + kFp4TileRows - 1) / kFp4TileRows * dst.kgroups() * 32;
-  q6kt_repack_kernel<<<ceil_div(threads, 256), 256, 0, stream>>>(
-      src, row_bytes, r0, r1, dst, const_cast<uint8_t*>(dst.lo), const_cast<uint8_t*>(dst.hi),
-      const_cast<int8_t*>(dst.sc), const_cast<uint16_t*>(dst.d));
-  return cudaGetLastError();
+  return launch_plain(q6kt_repack_kernel, dim3(ceil_div(threads, 256)), dim3(256), 0, stream, src, row_bytes, r0, r1,
+                     dst, const_cast<uint8_t*>(dst.lo), const_cast<uint8_t*>(dst.hi), const_cast<int8_t*>(dst.sc),
+                     const_cast<uint16_t*>(dst.d));
 }
 
 bool q6kt_matvec_fits(const Q6kTiled& w, int n) {

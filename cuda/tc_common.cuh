@@ -17,6 +17,31 @@
 
 namespace qwen35::cuda {
 
+#ifdef QWEN35_CUDA_EMU
+// The emulation (tests/emu): the warp's fragments are gathered and each lane
+// forms its four results from the fragment tables above, summing the exact
+// F16 products in double (the hardware keeps at least F32 precision).
+__device__ __forceinline__ void mma_f16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  struct Frag {
+    uint32_t a[4], b[2];
+  };
+  const Frag mine = {{a[0], a[1], a[2], a[3]}, {b0, b1}};
+  Frag all[32];
+  ::qwen35::emu::warp_allgather(&mine, sizeof mine, all);
+  const int lane = ::qwen35::emu::lane_id(), g = lane >> 2, t = lane & 3;
+  auto half_at = [](uint32_t reg, int hi) { return __half2float(__ushort_as_half(uint16_t(reg >> (16 * hi)))); };
+  for (int e = 0; e < 4; ++e) {
+    const int r = g + 8 * (e >> 1), c = 2 * t + (e & 1);
+    double s = 0;
+    for (int k = 0; k < 16; ++k) {
+      const float av = half_at(all[(r & 7) * 4 + ((k & 7) >> 1)].a[(r >> 3) + 2 * (k >> 3)], k & 1);
+      const float bv = half_at(all[c * 4 + ((k & 7) >> 1)].b[k >> 3], k & 1);
+      s += double(av) * double(bv);
+    }
+    d[e] = float(s);
+  }
+}
+#else
 __device__ __forceinline__ void mma_f16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -24,6 +49,7 @@ __device__ __forceinline__ void mma_f16(float* d, const uint32_t* a, uint32_t b0
       : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.0f));
 }
+#endif
 
 // Two E4M3 bytes (low 16 bits) -> floats.
 __device__ __forceinline__ float2 e4m3x2_to_float2(uint32_t pair) {
@@ -37,6 +63,12 @@ __device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) 
 // Weight loads: read once per step, so they do not displace the small,
 // reused data in L1 (read-only path, no L1 allocation). Plain C++ asm (not
 // volatile): the compiler may move them, which is fine for constant data.
+#ifdef QWEN35_CUDA_EMU
+template <typename T>
+__device__ __forceinline__ T ld_stream(const T* p) {
+  return *p;
+}
+#else
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
   uint4 v;
   asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
@@ -54,13 +86,23 @@ __device__ __forceinline__ uint32_t ld_stream(const uint32_t* p) {
   asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
   return v;
 }
+#endif
 
 // Bulk copies global -> shared completing on an mbarrier (sm_90+, the copy
 // engine of cp.async.bulk): one instruction moves a contiguous run of bytes
 // (16-byte aligned, a multiple of 16), so a warp can keep many kilobytes of
 // weights in flight without holding them in registers. Used by the NVFP4
 // decode kernel 3. `bar` and `dst` are shared-state-space addresses.
+// (The emulation: offsets into the block's dynamic shared memory, where the
+// kernels keep their barriers and stages; copies land at once and the
+// barrier operations do nothing.)
+#ifdef QWEN35_CUDA_EMU
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return uint32_t(static_cast<const unsigned char*>(p) - static_cast<const unsigned char*>(::qwen35::emu::dynamic_smem()));
+}
+#else
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+#endif
 
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -78,7 +120,10 @@ __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
 }
 
 __device__ __forceinline__ void bulk_copy_g2s(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#ifdef QWEN35_CUDA_EMU
+  std::memcpy(static_cast<unsigned char*>(::qwen35::emu::dynamic_smem()) + dst, src, bytes);
+  (void)bar;
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
                "l"(src), "r"(bytes), "r"(bar)
                : "memory");

@@ -9,6 +9,10 @@
 #include <string>
 #include <vector>
 
+// The CUDA runtime call of the kernel files' host code (the emulation
+// links no runtime): the launch error query (launch() reports errors itself).
+extern "C" cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+
 namespace qwen35::emu {
 
 uint3 g_block_idx;
@@ -39,6 +43,8 @@ struct Warp {
   uint64_t slot[2][32] = {};
   int slot_gen[2][32] = {};  // the exchange (generation) each slot was written for
   int gen = 0;
+  unsigned char big[2][32][kMaxGather] = {};  // warp_allgather
+  int big_gen[2][32] = {};
 };
 
 constexpr size_t kStackBytes = 256 * 1024;
@@ -140,6 +146,33 @@ uint64_t warp_exchange(uint64_t mine, int src) {
     return 0;
   }
   return wp.slot[parity][src];
+}
+
+bool warp_allgather(const void* mine, size_t bytes, void* all) {
+  Block& b = *g_block;
+  Fiber* f = b.cur;
+  const int w = f->linear / 32, lane = f->linear % 32;
+  Warp& wp = b.warps[size_t(w)];
+  const int gen = wp.gen, parity = gen & 1;
+  if (bytes > kMaxGather) {
+    if (b.error.empty()) b.error = "warp_allgather of more than " + std::to_string(kMaxGather) + " bytes";
+    return false;
+  }
+  std::memcpy(wp.big[parity][lane], mine, bytes);
+  wp.big_gen[parity][lane] = gen + 1;
+  yield(Wait::Warp);
+  bool ok = true;
+  for (int l = 0; l < 32; ++l) {
+    unsigned char* dst = static_cast<unsigned char*>(all) + size_t(l) * bytes;
+    if (wp.big_gen[parity][l] != gen + 1) {  // the lane exited or does not exist: a warp-wide op without it
+      if (b.error.empty()) b.error = "warp-wide operation without lane " + std::to_string(l);
+      std::memset(dst, 0, bytes);
+      ok = false;
+    } else {
+      std::memcpy(dst, wp.big[parity][l], bytes);
+    }
+  }
+  return ok;
 }
 
 void* dynamic_smem() { return g_block->smem.data(); }

@@ -48,6 +48,13 @@ void sync_block();
 uint64_t warp_exchange(uint64_t mine, int src);
 void sync_warp();
 void* dynamic_smem();
+// Every lane of the calling thread's warp puts in `bytes` (at most
+// kMaxGather) and gets all 32 lanes' values, lane order, in `all`: the
+// collective the tensor-core instructions need (mma.sync reads the
+// fragments of the whole warp). False (and a launch error) if a lane of the
+// warp did not take part.
+constexpr size_t kMaxGather = 64;
+bool warp_allgather(const void* mine, size_t bytes, void* all);
 
 // cp.async: copies are queued per thread and happen at the wait.
 void async_copy(void* dst, const void* src, size_t bytes);
@@ -161,6 +168,16 @@ T atomicAdd(T* p, T v) {
   return old;
 }
 inline void __threadfence() {}
+template <typename T>
+T atomicMax(T* p, T v) {
+  const T old = *p;
+  if (v > old) *p = v;
+  return old;
+}
+template <typename T>
+T __ldg(const T* p) {
+  return *p;
+}
 template <typename T>
 T __ldcg(const T* p) {
   return *p;

@@ -23,6 +23,10 @@
 #include "delta_net.h"
 #include "fused_attn_case.h"
 #include "kernel_refs.h"
+#include "matvec_fp4.h"
+#include "matvec_q6k.h"
+#include "quants.h"
+#include "tuning.h"
 #include "norm.h"
 #include "topk_case.h"
 #include "vision/encoder.h"
@@ -522,6 +526,149 @@ TEST_CASE("emulated: the chunked delta rule matches the sequential reference (ch
           CHECK(rel(r.state, r.ref_state) < 1e-5);
         }
       }
+    }
+  }
+  emu::set_order(false);
+}
+
+// ---- the tensor-core kernels (mma.sync emulated from its fragment tables) ----
+
+namespace {
+
+// Random GGUF rows of a type and their CPU products with x.
+struct HostQMat {
+  uint32_t type;
+  int64_t rows, cols;
+  uint64_t row_bytes;
+  std::vector<uint8_t> data;
+  HostQMat(uint32_t t, int64_t r, int64_t c, uint32_t seed) : type(t), rows(r), cols(c) {
+    row_bytes = qwen35::row_bytes(*type_info(t), c);
+    data.resize(size_t(rows) * row_bytes);
+    auto v = random_floats(size_t(rows * cols), seed, -0.5f, 0.5f);
+    for (int64_t i = 0; i < rows; ++i) quantize_row(t, v.data() + i * cols, data.data() + i * row_bytes, cols);
+  }
+  double dot(int64_t r, const float* x) const { return vec_dot_ref(type, data.data() + r * row_bytes, x, cols); }
+};
+
+struct TuningScope {
+  DecodeTuning saved = decode_tuning();
+  explicit TuningScope(const DecodeTuning& t) { set_decode_tuning(t); }
+  ~TuningScope() { set_decode_tuning(saved); }
+};
+
+}  // namespace
+
+TEST_CASE("emulated: NVFP4 decode kernels 1-3 (tensor cores, bulk copies) match the CPU products") {
+  // 40 rows: a partial tile; 512 columns: 8 kgroups, two bulk stages.
+  const int64_t N = 40, K = 512, sms = 4;
+  HostQMat w(GGML_NVFP4, N, K, 31);
+  Fp4Tiled t;
+  t.rows = N;
+  t.cols = K;
+  t.pairing = Fp4Pairing::Plain;
+  t.scale = 0.5f;
+  std::vector<uint8_t> buf(t.code_bytes() + t.scale_bytes());
+  t.codes = buf.data();
+  t.scales = buf.data() + t.code_bytes();
+  REQUIRE(fp4_repack(w.data.data(), nullptr, w.row_bytes, t, nullptr) == cudaSuccess);
+  std::vector<float> part(std::max<uint64_t>(1, fp4_partial_floats(t, int(sms))));
+  std::vector<int> cnt(std::max<uint64_t>(1, fp4_counter_ints(t)), 0);
+  std::vector<DecodeTuning> variants;
+  DecodeTuning v;
+  v.fp4_kernel = 1;
+  variants.push_back(v);
+  v.fp4_kernel = 2;
+  v.fp4_warps = 4;
+  v.fp4_depth = 4;
+  for (int bps : {1, 32}) {
+    v.fp4_blocks_per_sm = bps;
+    variants.push_back(v);
+  }
+  v.fp4_kernel = 3;
+  for (int stages : {2, 4})
+    for (int lean : {0, 1}) {
+      v.fp4_stages = stages;
+      v.fp4_lean = lean;
+      v.fp4_blocks_per_sm = lean ? 32 : 1;  // one slice, or the most slices
+      variants.push_back(v);
+    }
+  for (int n : {1, 2, 3}) {
+    for (bool norm : {false, true}) {
+      const int64_t ldx = K + 8, ldy = N + 5;
+      auto x = random_floats(size_t(n * ldx), uint32_t(100 + n), -3, 3);
+      auto nw = random_floats(size_t(K), 7, 0.5f, 1.5f);
+      std::vector<double> want(static_cast<size_t>(n * N));
+      for (int j = 0; j < n; ++j) {
+        std::vector<float> xr(x.begin() + j * ldx, x.begin() + j * ldx + K);
+        if (norm) rmsnorm(xr.data(), nw.data(), K, 1e-6f, xr.data());
+        for (int64_t r = 0; r < N; ++r) want[size_t(j * N + r)] = w.dot(r, xr.data()) * 0.5;
+      }
+      for (const DecodeTuning& tv : variants) {
+        for (bool reverse : {false, true}) {
+          CAPTURE(n);
+          CAPTURE(norm);
+          CAPTURE(describe(tv));
+          CAPTURE(reverse);
+          emu::set_order(reverse);
+          TuningScope ts(tv);
+          std::vector<float> y(static_cast<size_t>(n * ldy), -7.0f);
+          Fp4MatvecArgs a;
+          a.w = t;
+          a.n = n;
+          a.x = x.data();
+          a.ldx = ldx;
+          a.norm = norm ? nw.data() : nullptr;
+          a.y = y.data();
+          a.ldy = ldy;
+          a.epilogue = Fp4Epilogue::Store;
+          a.partial = part.data();
+          a.counters = cnt.data();
+          REQUIRE(fp4_matvec(a, int(sms), nullptr) == cudaSuccess);
+          double num = 0, den = 0;
+          for (int j = 0; j < n; ++j) {
+            for (int64_t r = 0; r < N; ++r) {
+              const double d = want[size_t(j * N + r)], g = y[size_t(j * ldy + r)];
+              num += (g - d) * (g - d);
+              den += d * d;
+            }
+            CHECK(y[size_t(j * ldy + N)] == -7.0f);  // padding untouched
+          }
+          CHECK(std::sqrt(num / den) < 2e-3);  // F16 activations
+          CHECK(std::all_of(cnt.begin(), cnt.end(), [](int c) { return c == 0; }));  // split-K counters reset
+        }
+      }
+    }
+  }
+  emu::set_order(false);
+}
+
+TEST_CASE("emulated: the tiled Q6_K kernel (tensor cores) matches the CPU products") {
+  const int64_t N = 40, K = 512;
+  HostQMat w(GGML_Q6_K, N, K, 52);
+  Q6kTiled q;
+  q.rows = N;
+  q.cols = K;
+  q.scale = 0.75f;
+  std::vector<uint8_t> buf(q.bytes());
+  q.lo = buf.data();
+  q.hi = buf.data() + q.lo_bytes();
+  q.sc = reinterpret_cast<const int8_t*>(buf.data() + q.lo_bytes() + q.hi_bytes());
+  q.d = reinterpret_cast<const uint16_t*>(buf.data() + q.lo_bytes() + q.hi_bytes() + q.sc_bytes());
+  REQUIRE(q6kt_repack(w.data.data(), w.row_bytes, 0, N, q, nullptr) == cudaSuccess);
+  for (int n : {1, 2, 5}) {
+    for (bool reverse : {false, true}) {
+      CAPTURE(n);
+      CAPTURE(reverse);
+      emu::set_order(reverse);
+      const int64_t ldx = K + 4, ldy = N + 2;
+      auto x = random_floats(size_t(n * ldx), uint32_t(63 + n), -2, 2);
+      auto y0 = random_floats(size_t(n * ldy), 64, -1, 1);
+      std::vector<float> want(y0), y(y0);
+      for (int j = 0; j < n; ++j)
+        for (int64_t r = 0; r < N; ++r) want[size_t(j * ldy + r)] += float(w.dot(r, x.data() + j * ldx) * 0.75);
+      REQUIRE(q6kt_matvec(q, x.data(), ldx, n, y.data(), ldy, Accum::Add, nullptr) ==
+              cudaSuccess);
+      CHECK(rel(y, want) < 2e-3);
     }
   }
   emu::set_order(false);
