@@ -12,8 +12,10 @@
 // both orders: emu::set_order), cp.async data read before its wait (copies
 // land at the wait), barriers not reached by every thread (deadlock report),
 // shuffles with lanes that exited. What it does not model: the memory
-// model beyond barriers, timing, inline PTX (kernels with mma/asm are not
-// emulated), atomics.
+// model beyond barriers, timing, atomics, and inline PTX other than what
+// the kernel headers emulate themselves under QWEN35_CUDA_EMU (cp.async,
+// mma.sync through warp_allgather, streaming loads, bulk copies that land
+// at once); no thread block clusters.
 #pragma once
 
 #include <cuda_bf16.h>

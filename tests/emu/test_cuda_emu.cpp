@@ -1,7 +1,8 @@
-// The plain-CUDA kernels (no inline PTX other than cp.async) run on the CPU
-// through the emulation of cuda_emu.h, against the same CPU references as the
-// GPU op tests (tests/gpu/kernel_refs.h); the vision kernels against the CPU
-// vision kernels (lib/vision/kernels.h). Every case runs the threads and
+// The CUDA kernels run on the CPU through the emulation of cuda_emu.h
+// (the plain-CUDA ones, and the tensor-core decode kernels with mma.sync
+// emulated from its fragment tables), against the same CPU references as
+// the GPU op tests (tests/gpu/kernel_refs.h, the case headers); the vision
+// kernels against the CPU vision kernels (lib/vision/kernels.h). Every case runs the threads and
 // blocks in ascending and in descending order, so a read that only works
 // because another thread happened to run first fails one of the two.
 // "Device" memory is host memory here.
