@@ -674,3 +674,54 @@ TEST_CASE("emulated: the tiled Q6_K kernel (tensor cores) matches the CPU produc
   }
   emu::set_order(false);
 }
+
+TEST_CASE("emulated: NVFP4 gate/up with the SwiGLU epilogue (kernels 1-3) matches the CPU") {
+  const int64_t F = 96, K = 512, sms = 4;
+  HostQMat wa(GGML_NVFP4, F, K, 41), wb(GGML_NVFP4, F, K, 42);
+  Fp4Tiled t;
+  t.rows = F;
+  t.cols = K;
+  t.pairing = Fp4Pairing::GateUp;
+  t.scale = 0.5f;
+  std::vector<uint8_t> buf(t.code_bytes() + t.scale_bytes());
+  t.codes = buf.data();
+  t.scales = buf.data() + t.code_bytes();
+  REQUIRE(fp4_repack(wa.data.data(), wb.data.data(), wa.row_bytes, t, nullptr) == cudaSuccess);
+  std::vector<float> part(std::max<uint64_t>(1, fp4_partial_floats(t, int(sms))));
+  std::vector<int> cnt(std::max<uint64_t>(1, fp4_counter_ints(t)), 0);
+  const int n = 2;
+  auto x = random_floats(size_t(n * K), 5, -2, 2);
+  std::vector<double> want(static_cast<size_t>(n * F));
+  for (int j = 0; j < n; ++j)
+    for (int64_t i = 0; i < F; ++i) {
+      const float g = float(wa.dot(i, x.data() + j * K) * 0.5), u = float(wb.dot(i, x.data() + j * K) * 0.5);
+      want[size_t(j * F + i)] = siluf(g) * u;
+    }
+  for (int kernel : {1, 2, 3}) {
+    CAPTURE(kernel);
+    DecodeTuning v;
+    v.fp4_kernel = kernel;
+    v.fp4_blocks_per_sm = 32;  // split K
+    TuningScope ts(v);
+    std::vector<float> y(static_cast<size_t>(n * 2 * F), NAN);
+    Fp4MatvecArgs a;
+    a.w = t;
+    a.n = n;
+    a.x = x.data();
+    a.ldx = K;
+    a.y = y.data();
+    a.ldy = 2 * F;
+    a.epilogue = Fp4Epilogue::SwiGLU;
+    a.partial = part.data();
+    a.counters = cnt.data();
+    REQUIRE(fp4_matvec(a, int(sms), nullptr) == cudaSuccess);
+    double num = 0, den = 0;
+    for (int j = 0; j < n; ++j)
+      for (int64_t i = 0; i < F; ++i) {
+        const double wv = want[size_t(j * F + i)], got = y[size_t(j * 2 * F + i)];
+        num += (got - wv) * (got - wv);
+        den += wv * wv;
+      }
+    CHECK(std::sqrt(num / den) < 2e-3);
+  }
+}
