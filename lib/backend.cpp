@@ -16,57 +16,43 @@ int32_t argmax_row(const float* x, int64_t n) {
   return best;
 }
 
+// Runs `run` on a copy of b whose logits rows go to a temporary buffer,
+// then use(r, row) for each of them.
+template <class Batch, class Run, class Use>
+Status with_logit_rows(const Batch& b, int64_t V, Run run, Use use) {
+  const int32_t rows = b.n - b.logits_first;
+  if (rows <= 0) return run(b);
+  std::vector<float> logits;
+  try {
+    logits.resize(size_t(rows) * size_t(V));
+  } catch (const std::bad_alloc&) {
+    return Error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory for the logits of {} rows", rows);
+  }
+  Batch e = b;
+  e.logits = logits.data();
+  QWEN35_TRY(run(e));
+  for (int32_t r = 0; r < rows; ++r) use(r, logits.data() + size_t(r) * size_t(V));
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status Backend::eval_greedy(const EvalBatch& b, int32_t* argmax) {
-  const int32_t rows = b.n - b.logits_first;
-  if (rows <= 0) return eval(b);
-  const int64_t V = n_vocab;
-  std::vector<float> logits;
-  try {
-    logits.resize(size_t(rows) * size_t(V));
-  } catch (const std::bad_alloc&) {
-    return Error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory for the logits of {} rows", rows);
-  }
-  EvalBatch e = b;
-  e.logits = logits.data();
-  QWEN35_TRY(eval(e));
-  for (int32_t r = 0; r < rows; ++r) argmax[r] = argmax_row(logits.data() + size_t(r) * size_t(V), V);
-  return Status::Ok();
+  return with_logit_rows(
+      b, n_vocab, [this](const EvalBatch& e) { return eval(e); },
+      [&](int32_t r, const float* row) { argmax[r] = argmax_row(row, n_vocab); });
 }
 
 Status Backend::eval_topk(const EvalBatch& b, const TopKRequest* reqs, std::vector<TokenLogit>* cands) {
-  const int32_t rows = b.n - b.logits_first;
-  if (rows <= 0) return eval(b);
-  std::vector<float> logits;
-  try {
-    logits.resize(size_t(rows) * size_t(n_vocab));
-  } catch (const std::bad_alloc&) {
-    return Error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory for the logits of {} rows", rows);
-  }
-  EvalBatch e = b;
-  e.logits = logits.data();
-  QWEN35_TRY(eval(e));
-  for (int32_t r = 0; r < rows; ++r)
-    select_topk(logits.data() + size_t(r) * size_t(n_vocab), int32_t(n_vocab), reqs[r], &cands[r]);
-  return Status::Ok();
+  return with_logit_rows(
+      b, n_vocab, [this](const EvalBatch& e) { return eval(e); },
+      [&](int32_t r, const float* row) { select_topk(row, n_vocab, reqs[r], &cands[r]); });
 }
 
 Status Backend::eval_mtp_greedy(const MtpBatch& b, int32_t* argmax) {
-  const int32_t rows = b.n - b.logits_first;
-  if (rows <= 0) return eval_mtp(b);
-  const int64_t V = n_vocab;
-  std::vector<float> logits;
-  try {
-    logits.resize(size_t(rows) * size_t(V));
-  } catch (const std::bad_alloc&) {
-    return Error(QWEN35_ERR_OUT_OF_MEMORY, "out of memory for the logits of {} rows", rows);
-  }
-  MtpBatch e = b;
-  e.logits = logits.data();
-  QWEN35_TRY(eval_mtp(e));
-  for (int32_t r = 0; r < rows; ++r) argmax[r] = argmax_row(logits.data() + size_t(r) * size_t(V), V);
-  return Status::Ok();
+  return with_logit_rows(
+      b, n_vocab, [this](const MtpBatch& e) { return eval_mtp(e); },
+      [&](int32_t r, const float* row) { argmax[r] = argmax_row(row, n_vocab); });
 }
 
 }  // namespace qwen35

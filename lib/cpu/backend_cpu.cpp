@@ -98,6 +98,9 @@ class CpuBackend final : public Backend {
   // Whether the draft of `head` goes through the screen; makes the screen
   // copy on first use (false, and the full head is used, if memory is short).
   bool use_screen(const Weight& head);
+  // eval(b) with the logits rows in a reused buffer, then use(r, row) for each.
+  template <class Batch, class Eval, class Use>
+  Status logit_rows(const Batch& b, Eval eval, Use use);
   template <class Batch, class Eval>
   Status argmax_rows(const Batch& b, int32_t* argmax, Eval eval);
   bool device_argmax() const override { return !p_.reference; }
@@ -573,8 +576,8 @@ Status CpuBackend::eval(const EvalBatch& b) {
 // The greedy variants: the batch's logits go to a reused buffer and only
 // each row's argmax (lowest index on ties, the greedy sampler's rule) is
 // returned.
-template <class Batch, class Eval>
-Status CpuBackend::argmax_rows(const Batch& b, int32_t* argmax, Eval eval) {
+template <class Batch, class Eval, class Use>
+Status CpuBackend::logit_rows(const Batch& b, Eval eval, Use use) {
   const int32_t rows = b.n - b.logits_first;
   if (rows <= 0) return eval(b);
   const int64_t V = hp_.n_vocab;
@@ -583,14 +586,19 @@ Status CpuBackend::argmax_rows(const Batch& b, int32_t* argmax, Eval eval) {
   Batch e = b;
   e.logits = greedy_logits_.data();
   QWEN35_TRY(eval(e));
-  for (int32_t r = 0; r < rows; ++r) {
-    const float* x = greedy_logits_.data() + r * V;
+  for (int32_t r = 0; r < rows; ++r) use(r, greedy_logits_.data() + r * V);
+  return Status::Ok();
+}
+
+template <class Batch, class Eval>
+Status CpuBackend::argmax_rows(const Batch& b, int32_t* argmax, Eval eval) {
+  const int64_t V = hp_.n_vocab;
+  return logit_rows(b, eval, [&](int32_t r, const float* x) {
     int32_t best = 0;
     for (int64_t i = 1; i < V; ++i)
       if (x[i] > x[best]) best = int32_t(i);
     argmax[r] = best;
-  }
-  return Status::Ok();
+  });
 }
 
 Status CpuBackend::eval_greedy(const EvalBatch& b, int32_t* argmax) {
@@ -598,16 +606,9 @@ Status CpuBackend::eval_greedy(const EvalBatch& b, int32_t* argmax) {
 }
 
 Status CpuBackend::eval_topk(const EvalBatch& b, const TopKRequest* reqs, std::vector<TokenLogit>* cands) {
-  const int32_t rows = b.n - b.logits_first;
-  if (rows <= 0) return eval(b);
-  const int64_t V = hp_.n_vocab;
-  if (greedy_logits_.v.size() < size_t(rows) * size_t(V))
-    QWEN35_TRY(greedy_logits_.alloc(size_t(rows) * size_t(V), "greedy logits"));
-  EvalBatch e = b;
-  e.logits = greedy_logits_.data();
-  QWEN35_TRY(eval(e));
-  for (int32_t r = 0; r < rows; ++r) select_topk(greedy_logits_.data() + r * V, int32_t(V), reqs[r], &cands[r]);
-  return Status::Ok();
+  return logit_rows(
+      b, [this](const EvalBatch& e) { return eval(e); },
+      [&](int32_t r, const float* row) { select_topk(row, int32_t(hp_.n_vocab), reqs[r], &cands[r]); });
 }
 
 // The screen pays off for large vocabularies on kernel sets that have it:

@@ -551,6 +551,22 @@ struct HostQMat {
   double dot(int64_t r, const float* x) const { return vec_dot_ref(type, data.data() + r * row_bytes, x, cols); }
 };
 
+// NVFP4 rows (and, paired, the up rows) repacked into the tiled layout.
+struct HostTiledFp4 {
+  std::vector<uint8_t> buf;
+  Fp4Tiled t;
+  HostTiledFp4(const HostQMat& a, const HostQMat* b) {
+    t.rows = a.rows;
+    t.cols = a.cols;
+    t.pairing = b ? Fp4Pairing::GateUp : Fp4Pairing::Plain;
+    t.scale = 0.5f;
+    buf.resize(t.code_bytes() + t.scale_bytes());
+    t.codes = buf.data();
+    t.scales = buf.data() + t.code_bytes();
+    REQUIRE(fp4_repack(a.data.data(), b ? b->data.data() : nullptr, a.row_bytes, t, nullptr) == cudaSuccess);
+  }
+};
+
 struct TuningScope {
   DecodeTuning saved = decode_tuning();
   explicit TuningScope(const DecodeTuning& t) { set_decode_tuning(t); }
@@ -563,15 +579,8 @@ TEST_CASE("emulated: NVFP4 decode kernels 1-3 (tensor cores, bulk copies) match 
   // 40 rows: a partial tile; 512 columns: 8 kgroups, two bulk stages.
   const int64_t N = 40, K = 512, sms = 4;
   HostQMat w(GGML_NVFP4, N, K, 31);
-  Fp4Tiled t;
-  t.rows = N;
-  t.cols = K;
-  t.pairing = Fp4Pairing::Plain;
-  t.scale = 0.5f;
-  std::vector<uint8_t> buf(t.code_bytes() + t.scale_bytes());
-  t.codes = buf.data();
-  t.scales = buf.data() + t.code_bytes();
-  REQUIRE(fp4_repack(w.data.data(), nullptr, w.row_bytes, t, nullptr) == cudaSuccess);
+  const HostTiledFp4 tiled(w, nullptr);
+  const Fp4Tiled& t = tiled.t;
   std::vector<float> part(std::max<uint64_t>(1, fp4_partial_floats(t, int(sms))));
   std::vector<int> cnt(std::max<uint64_t>(1, fp4_counter_ints(t)), 0);
   std::vector<DecodeTuning> variants;
@@ -678,15 +687,8 @@ TEST_CASE("emulated: the tiled Q6_K kernel (tensor cores) matches the CPU produc
 TEST_CASE("emulated: NVFP4 gate/up with the SwiGLU epilogue (kernels 1-3) matches the CPU") {
   const int64_t F = 96, K = 512, sms = 4;
   HostQMat wa(GGML_NVFP4, F, K, 41), wb(GGML_NVFP4, F, K, 42);
-  Fp4Tiled t;
-  t.rows = F;
-  t.cols = K;
-  t.pairing = Fp4Pairing::GateUp;
-  t.scale = 0.5f;
-  std::vector<uint8_t> buf(t.code_bytes() + t.scale_bytes());
-  t.codes = buf.data();
-  t.scales = buf.data() + t.code_bytes();
-  REQUIRE(fp4_repack(wa.data.data(), wb.data.data(), wa.row_bytes, t, nullptr) == cudaSuccess);
+  const HostTiledFp4 tiled(wa, &wb);
+  const Fp4Tiled& t = tiled.t;
   std::vector<float> part(std::max<uint64_t>(1, fp4_partial_floats(t, int(sms))));
   std::vector<int> cnt(std::max<uint64_t>(1, fp4_counter_ints(t)), 0);
   const int n = 2;
