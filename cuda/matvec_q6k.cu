@@ -175,6 +175,9 @@ __global__ void q6kt_repack_kernel(const uint8_t* __restrict__ src, uint64_t row
   }
 }
 
+// One warp per tile, or (a grid smaller than tiles / W: the persistent
+// launch) tiles tile0, tile0 + gridDim.x * W, ... in turn, so a block
+// converts the activations once for many tiles.
 template <int W, int P>
 __global__ void __launch_bounds__(W * kWarp) q6kt_matvec_kernel(Q6kTiled w, TcInput in, float* __restrict__ y,
                                                                  int64_t ldy, bool add) {
@@ -187,43 +190,52 @@ __global__ void __launch_bounds__(W * kWarp) q6kt_matvec_kernel(Q6kTiled w, TcIn
   const int nch = 4 * kg_n;
   uint16_t* xs = reinterpret_cast<uint16_t*>(smem_raw);                           // [nch][n][16] F16
   float* mult = reinterpret_cast<float*>(smem_raw + size_t(nch) * size_t(n) * 32);  // [nch][8]
-  const int64_t tile = int64_t(blockIdx.x) * W + warp;
-  const bool active = tile < w.tiles();
+  const int64_t tiles = w.tiles(), stride = int64_t(gridDim.x) * W;
+  int64_t tile = int64_t(blockIdx.x) * W + warp;
 
-  // 1. The first P kgroups of this warp's tile (and their super-scales).
-  const int64_t unit0 = tile * kg_n;
-  const uint4* lp = reinterpret_cast<const uint4*>(w.lo) + unit0 * 32 + lane;
-  const uint2* hp = reinterpret_cast<const uint2*>(w.hi) + unit0 * 32 + lane;
-  const uint2* sp = reinterpret_cast<const uint2*>(w.sc) + unit0 * 8 + g;
-  const uint32_t* dp = reinterpret_cast<const uint32_t*>(w.d) + tile * (kg_n / 4) * 8 + g;
+  // The pointers of a tile and its first P kgroups (and their super-scales).
+  const uint4* lp = nullptr;
+  const uint2 *hp = nullptr, *sp = nullptr;
+  const uint32_t* dp = nullptr;
   uint4 lb[P];
   uint2 hb[P], sb[P];
   uint32_t db[P / 4];
+  auto start = [&](int64_t tl) {
+    const int64_t unit0 = tl * kg_n;
+    lp = reinterpret_cast<const uint4*>(w.lo) + unit0 * 32 + lane;
+    hp = reinterpret_cast<const uint2*>(w.hi) + unit0 * 32 + lane;
+    sp = reinterpret_cast<const uint2*>(w.sc) + unit0 * 8 + g;
+    dp = reinterpret_cast<const uint32_t*>(w.d) + tl * (kg_n / 4) * 8 + g;
 #pragma unroll
-  for (int p = 0; p < P; ++p) {
-    lb[p] = make_uint4(0, 0, 0, 0);
-    hb[p] = sb[p] = make_uint2(0, 0);
-    if (p % 4 == 0) db[p / 4] = 0;
-    if (active && p < kg_n) {
-      lb[p] = ld_stream(lp + p * 32);
-      hb[p] = ld_stream(hp + p * 32);
-      sb[p] = ld_stream(sp + p * 8);
-      if (p % 4 == 0) db[p / 4] = ld_stream(dp + (p / 4) * 8);
+    for (int p = 0; p < P; ++p) {
+      lb[p] = make_uint4(0, 0, 0, 0);
+      hb[p] = sb[p] = make_uint2(0, 0);
+      if (p % 4 == 0) db[p / 4] = 0;
+      if (tl < tiles && p < kg_n) {
+        lb[p] = ld_stream(lp + p * 32);
+        hb[p] = ld_stream(hp + p * 32);
+        sb[p] = ld_stream(sp + p * 8);
+        if (p % 4 == 0) db[p / 4] = ld_stream(dp + (p / 4) * 8);
+      }
     }
-  }
+  };
+
+  // 1. The first tile's first P kgroups, before waiting for the previous kernel.
+  start(tile);
   pdl_wait_and_trigger();
 
-  // 2. The activations.
+  // 2. The activations, once per block.
   tc_load_x(in, 0, nch, xs, mult);
   __syncthreads();
 
-  // 3. Stream.
-  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  if (active) {
-    const bool has_col = g < n;
-    const uint16_t* xb = xs + g * 16 + t * 4;  // + chunk * n * 16
-    const float* mp = mult + 2 * t;            // + chunk * 8
-    const __half2 k1056 = __floats2half2_rn(1056.0f, 1056.0f);
+  // 3. Stream each tile (no barriers from here: the warps go their own ways).
+  const bool has_col = g < n;
+  const uint16_t* xb = xs + g * 16 + t * 4;  // + chunk * n * 16
+  const float* mp = mult + 2 * t;            // + chunk * 8
+  const __half2 k1056 = __floats2half2_rn(1056.0f, 1056.0f);
+  for (bool first = true; tile < tiles; tile += stride, first = false) {
+    if (!first) start(tile);
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     float d_g = 0.0f, d_g8 = 0.0f;
     for (int i0 = 0; i0 < kg_n; i0 += P) {
 #pragma unroll
@@ -274,16 +286,15 @@ __global__ void __launch_bounds__(W * kWarp) q6kt_matvec_kernel(Q6kTiled w, TcIn
         }
       }
     }
-  }
-  if (!active) return;
 #pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    const int64_t row = tile * kFp4TileRows + g + 8 * (e >> 1);
-    const int j = 2 * t + (e & 1);
-    if (row < w.rows && j < n) {
-      float* out = y + j * ldy + row;
-      const float v = acc[e] * w.scale;
-      *out = add ? *out + v : v;
+    for (int e = 0; e < 4; ++e) {
+      const int64_t row = tile * kFp4TileRows + g + 8 * (e >> 1);
+      const int j = 2 * t + (e & 1);
+      if (row < w.rows && j < n) {
+        float* out = y + j * ldy + row;
+        const float v = acc[e] * w.scale;
+        *out = add ? *out + v : v;
+      }
     }
   }
 }
@@ -325,6 +336,18 @@ __global__ void q6kt_dequant_kernel(Q6kTiled w, int64_t r0, int64_t nr, const in
   }
 }
 
+// Multiprocessors of the current device (2 in the emulation).
+int multiprocessors() {
+#ifdef QWEN35_CUDA_EMU
+  return 2;
+#else
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    return 1;
+  return std::max(sms, 1);
+#endif
+}
+
 template <int W, int P>
 cudaError_t launch_q6kt(const Q6kTiled& w, const TcInput& in, float* y, int64_t ldy, bool add, cudaStream_t stream) {
   static std::atomic<int> allowed{0};
@@ -334,8 +357,12 @@ cudaError_t launch_q6kt(const Q6kTiled& w, const TcInput& in, float* y, int64_t 
     if (e != cudaSuccess) return e;
     allowed.store(int(smem), std::memory_order_relaxed);
   }
-  return launch(q6kt_matvec_kernel<W, P>, dim3(unsigned((w.tiles() + W - 1) / W)), dim3(W * kWarp), smem, stream, w, in,
-                y, ldy, add);
+  // Persistent (tuning q6k_persist = blocks per multiprocessor): fewer
+  // blocks than tiles / W, each converting the activations once.
+  int64_t blocks = (w.tiles() + W - 1) / W;
+  const int persist = decode_tuning().q6k_persist;
+  if (persist > 0) blocks = std::min<int64_t>(blocks, int64_t(persist) * multiprocessors());
+  return launch(q6kt_matvec_kernel<W, P>, dim3(unsigned(blocks)), dim3(W * kWarp), smem, stream, w, in, y, ldy, add);
 }
 
 }  // namespace

@@ -54,6 +54,7 @@ struct DecodeTuning {
   int fp4_probe = 0;   // kernel 3: 1 = leave out the stream's arithmetic (WRONG results; timing probe)
   int fp4_cluster = 0;  // kernel 3: 1 = combine the split-K slices in a thread block cluster (<= 8 slices)
   int q6k_kernel = 2;
+  int q6k_persist = 0;  // kernel 2: 0 = a warp per tile; N = persistent, N blocks per multiprocessor
   int delta_ept = 16;
 };
 

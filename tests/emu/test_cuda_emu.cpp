@@ -653,7 +653,8 @@ TEST_CASE("emulated: NVFP4 decode kernels 1-3 (tensor cores, bulk copies) match 
 }
 
 TEST_CASE("emulated: the tiled Q6_K kernel (tensor cores) matches the CPU products") {
-  const int64_t N = 40, K = 512;
+  // 13 tiles (the last partial): more than the 8 warps of the persistent launch.
+  const int64_t N = 200, K = 512;
   HostQMat w(GGML_Q6_K, N, K, 52);
   Q6kTiled q;
   q.rows = N;
@@ -665,11 +666,16 @@ TEST_CASE("emulated: the tiled Q6_K kernel (tensor cores) matches the CPU produc
   q.sc = reinterpret_cast<const int8_t*>(buf.data() + q.lo_bytes() + q.hi_bytes());
   q.d = reinterpret_cast<const uint16_t*>(buf.data() + q.lo_bytes() + q.hi_bytes() + q.sc_bytes());
   REQUIRE(q6kt_repack(w.data.data(), w.row_bytes, 0, N, q, nullptr) == cudaSuccess);
-  for (int n : {1, 2, 5}) {
+  for (int n : {1, 2, 5})
+  for (int persist : {0, 1}) {  // a warp per tile; one block (of 2 in the emulation) walking several tiles
     for (bool reverse : {false, true}) {
       CAPTURE(n);
+      CAPTURE(persist);
       CAPTURE(reverse);
       emu::set_order(reverse);
+      DecodeTuning tv;
+      tv.q6k_persist = persist;
+      TuningScope ts(tv);
       const int64_t ldx = K + 4, ldy = N + 2;
       auto x = random_floats(size_t(n * ldx), uint32_t(63 + n), -2, 2);
       auto y0 = random_floats(size_t(n * ldy), 64, -1, 1);

@@ -364,6 +364,12 @@ int main(int argc, char** argv) {
       }
       t.fp4_probe = 0;
       t.fp4_cluster = 0;
+      // The persistent Q6_K LM head (blocks per multiprocessor).
+      for (int persist : {2, 3, 4, 6}) {
+        t = base;
+        t.q6k_persist = persist;
+        variants.push_back(t);
+      }
       for (int ept : {8, 32}) {
         t = base;
         t.delta_ept = ept;

@@ -1182,3 +1182,43 @@ TEST_CASE("the chunked delta rule matches the sequential reference (chunk edges,
     }
   }
 }
+
+TEST_CASE("tiled Q6_K: the persistent launch (blocks walking several tiles) equals a warp per tile") {
+  QWEN35_REQUIRE_GPU();
+  const int64_t N = 40000, K = 256;  // 2,500 tiles: many per warp at 1-3 blocks per multiprocessor
+  QMat w(GGML_Q6_K, N, K, 77);
+  Q6kTiled q;
+  q.rows = N;
+  q.cols = K;
+  DevArray<uint8_t> buf(q.bytes());
+  q.lo = buf.get();
+  q.hi = buf.get() + q.lo_bytes();
+  q.sc = reinterpret_cast<const int8_t*>(buf.get() + q.lo_bytes() + q.hi_bytes());
+  q.d = reinterpret_cast<const uint16_t*>(buf.get() + q.lo_bytes() + q.hi_bytes() + q.sc_bytes());
+  REQUIRE(q6kt_repack(w.dev.get(), w.row_bytes, 0, N, q, 0) == cudaSuccess);
+  for (int n : {1, 2}) {
+    CAPTURE(n);
+    auto x = random_floats(size_t(n * K), 81 + n, -2, 2);
+    DevArray<float> dx(x), dy(static_cast<size_t>(n * N));
+    std::vector<float> base;
+    {
+      TuningScope ts(DecodeTuning{});
+      REQUIRE(q6kt_matvec(q, dx.get(), K, n, dy.get(), N, Accum::Store, 0) == cudaSuccess);
+      base = dy.download();
+      std::vector<float> want(base.size());
+      for (int j = 0; j < n; ++j)
+        for (int64_t r = 0; r < N; ++r)
+          want[size_t(j * N + r)] = vec_dot_ref(GGML_Q6_K, w.host.data() + r * w.row_bytes, x.data() + j * K, K);
+      CHECK(max_rel(base, want) < 2e-3);
+    }
+    for (int persist : {1, 3}) {
+      CAPTURE(persist);
+      DecodeTuning tv;
+      tv.q6k_persist = persist;
+      TuningScope ts(tv);
+      dy.upload(std::vector<float>(base.size(), NAN));
+      REQUIRE(q6kt_matvec(q, dx.get(), K, n, dy.get(), N, Accum::Store, 0) == cudaSuccess);
+      CHECK(std::memcmp(dy.download().data(), base.data(), base.size() * 4) == 0);  // the same arithmetic per tile
+    }
+  }
+}
