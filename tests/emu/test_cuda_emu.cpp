@@ -733,3 +733,118 @@ TEST_CASE("emulated: NVFP4 gate/up with the SwiGLU epilogue (kernels 1-3) matche
     CHECK(std::sqrt(num / den) < 2e-3);
   }
 }
+
+TEST_CASE("emulated: NVFP4 matvec with the fused causal-conv epilogue (kernels 1-3, snapshot) matches the CPU") {
+  const int64_t N = 200, K = 256, C = 150, Kc = 4, sms = 4;  // rows >= C are stored as they are
+  HostQMat wq(GGML_NVFP4, N, K, 71);
+  const HostTiledFp4 tiled(wq, nullptr);
+  std::vector<float> part(std::max<uint64_t>(1, fp4_partial_floats(tiled.t, int(sms))));
+  std::vector<int> cnt(std::max<uint64_t>(1, fp4_counter_ints(tiled.t)), 0);
+  auto taps = random_floats(static_cast<size_t>(C * Kc), 72, -1, 1);
+  auto win0 = random_floats(static_cast<size_t>((Kc - 1) * C), 73, -2, 2);
+  for (int n : {1, 2}) {
+    const int64_t ldy = N + 3;
+    auto x = random_floats(static_cast<size_t>(n * K), uint32_t(74 + n), -2, 2);
+    // CPU: the projection, then the conv row by row.
+    std::vector<float> u(static_cast<size_t>(n * N)), win(win0), out(static_cast<size_t>(n * N)), snap;
+    for (int j = 0; j < n; ++j)
+      for (int64_t r = 0; r < N; ++r) u[size_t(j * N + r)] = float(wq.dot(r, x.data() + j * K) * 0.5);
+    for (int j = 0; j < n; ++j) {
+      std::vector<float> o(static_cast<size_t>(C));
+      conv_silu_step(win.data(), u.data() + j * N, taps.data(), C, Kc, o.data());
+      for (int64_t k = 0; k + 2 < Kc; ++k)
+        for (int64_t c = 0; c < C; ++c) win[size_t(k * C + c)] = win[size_t((k + 1) * C + c)];
+      for (int64_t c = 0; c < C; ++c) win[size_t((Kc - 2) * C + c)] = u[size_t(j * N + c)];
+      if (j == 0) snap = win;
+      for (int64_t r = 0; r < N; ++r) out[size_t(j * N + r)] = r < C ? o[size_t(r)] : u[size_t(j * N + r)];
+    }
+    for (int kernel : {1, 2, 3}) {
+      CAPTURE(n);
+      CAPTURE(kernel);
+      DecodeTuning v;
+      v.fp4_kernel = kernel;
+      TuningScope ts(v);
+      std::vector<float> y(static_cast<size_t>(n * ldy), NAN), dw(win0), ds(static_cast<size_t>((Kc - 1) * C), NAN);
+      Fp4MatvecArgs a;
+      a.w = tiled.t;
+      a.n = n;
+      a.x = x.data();
+      a.ldx = K;
+      a.y = y.data();
+      a.ldy = ldy;
+      a.epilogue = Fp4Epilogue::Conv;
+      a.partial = part.data();
+      a.counters = cnt.data();
+      a.conv_taps = taps.data();
+      a.conv_window = dw.data();
+      a.conv_channels = C;
+      a.conv_k = int(Kc);
+      a.conv_snapshot_row = 0;
+      a.conv_snapshot = ds.data();
+      REQUIRE(fp4_matvec(a, int(sms), nullptr) == cudaSuccess);
+      double num = 0, den = 0;
+      for (int j = 0; j < n; ++j)
+        for (int64_t r = 0; r < N; ++r) {
+          const double g = y[size_t(j * ldy + r)], e = out[size_t(j * N + r)];
+          num += (g - e) * (g - e);
+          den += e * e;
+        }
+      CHECK(std::sqrt(num / den) < 3e-3);
+      CHECK(rel(dw, win) < 3e-3);
+      CHECK(rel(ds, snap) < 3e-3);
+    }
+  }
+}
+
+TEST_CASE("emulated: NVFP4 matvec with the fused gated-RMSNorm prologue (kernels 1-3, split K) matches the CPU") {
+  // dv = 192: heads of 12 chunks, which kernel 2 leaves to kernel 1.
+  for (int64_t dv : {int64_t(64), int64_t(192)}) {
+    const int64_t N = 48, K = dv == 64 ? 512 : 768, sms = 4;
+    HostQMat wq(GGML_NVFP4, N, K, 91);
+    const HostTiledFp4 tiled(wq, nullptr);
+    REQUIRE(fp4_gated_supported(tiled.t, int(dv)));
+    std::vector<float> part(std::max<uint64_t>(1, fp4_partial_floats(tiled.t, int(sms))));
+    std::vector<int> cnt(std::max<uint64_t>(1, fp4_counter_ints(tiled.t)), 0);
+    const int n = 2;
+    const int64_t ldz = K + 16;
+    auto o = random_floats(static_cast<size_t>(n * K), 92, -2, 2);
+    auto z = random_floats(static_cast<size_t>(n * ldz), 93, -3, 3);
+    auto gw = random_floats(static_cast<size_t>(dv), 94, 0.5f, 1.5f);
+    auto y0 = random_floats(static_cast<size_t>(n * N), 95, -1, 1);
+    std::vector<float> want(y0);
+    for (int j = 0; j < n; ++j) {
+      std::vector<float> xr(o.begin() + j * K, o.begin() + (j + 1) * K);
+      for (int64_t h = 0; h < K / dv; ++h) {
+        float* oh = xr.data() + h * dv;
+        rmsnorm(oh, gw.data(), dv, 1e-6f, oh);
+        for (int64_t i = 0; i < dv; ++i) oh[i] *= siluf(z[size_t(j * ldz + h * dv + i)]);
+      }
+      for (int64_t r = 0; r < N; ++r) want[size_t(j * N + r)] += float(wq.dot(r, xr.data()) * 0.5);
+    }
+    for (int kernel : {1, 2, 3}) {
+      CAPTURE(dv);
+      CAPTURE(kernel);
+      DecodeTuning v;
+      v.fp4_kernel = kernel;
+      v.fp4_blocks_per_sm = 32;  // split K (on head boundaries)
+      TuningScope ts(v);
+      std::vector<float> y(y0);
+      Fp4MatvecArgs a;
+      a.w = tiled.t;
+      a.n = n;
+      a.x = o.data();
+      a.ldx = K;
+      a.gate_z = z.data();
+      a.ldz = ldz;
+      a.gate_w = gw.data();
+      a.gate_dv = int(dv);
+      a.y = y.data();
+      a.ldy = N;
+      a.epilogue = Fp4Epilogue::Add;
+      a.partial = part.data();
+      a.counters = cnt.data();
+      REQUIRE(fp4_matvec(a, int(sms), nullptr) == cudaSuccess);
+      CHECK(rel(y, want) < 2e-3);
+    }
+  }
+}
