@@ -173,22 +173,19 @@ bool pdl_enabled() { return g_pdl.load(std::memory_order_relaxed); }
 void set_pdl(bool on) { g_pdl.store(on, std::memory_order_relaxed); }
 
 cudaError_t probe_device() {
-  noop_kernel<<<1, 32>>>();
-  const cudaError_t e = cudaGetLastError();
+  const cudaError_t e = launch_plain(noop_kernel, dim3(1), dim3(32), 0, nullptr);
   if (e != cudaSuccess) return e;
   return cudaDeviceSynchronize();
 }
 
 cudaError_t f16_to_f32(const uint16_t* src, int64_t n, float* dst, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  f16_to_f32_kernel<<<ceil_div(n, 256), 256, 0, stream>>>(src, n, dst);
-  return cudaGetLastError();
+  return launch_plain(f16_to_f32_kernel, dim3(ceil_div(n, 256)), dim3(256), 0, stream, src, n, dst);
 }
 
 cudaError_t f32_to_f16(const float* src, int64_t n, uint16_t* dst, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  f32_to_f16_kernel<<<ceil_div(n, 256), 256, 0, stream>>>(src, n, dst);
-  return cudaGetLastError();
+  return launch_plain(f32_to_f16_kernel, dim3(ceil_div(n, 256)), dim3(256), 0, stream, src, n, dst);
 }
 
 cudaError_t embedding_rows(const MatView& emb, const int32_t* tokens, int64_t n, float* out, int64_t ldo,

@@ -106,11 +106,13 @@ cudaError_t dequant_rows(const MatView& w, int64_t r0, int64_t nr, Out* dst, cud
   if (w.cols % 32 != 0 || r0 < 0 || r0 + nr > w.rows) return cudaErrorInvalidValue;
   const int64_t total = nr * (w.cols / 32);
   const unsigned blocks = ceil_div(total, 256);
+  cudaError_t e = cudaSuccess;
   bool ok = dispatch_type(w.type, [&](auto tag) {
     constexpr uint32_t T = decltype(tag)::value;
-    dequant_rows_kernel<T, Out><<<blocks, 256, 0, stream>>>(w.data, w.row_bytes, r0, nr, w.cols, dst);
+    e = launch_plain(dequant_rows_kernel<T, Out>, dim3(blocks), dim3(256), 0, stream, w.data, w.row_bytes, r0, nr,
+                     w.cols, dst);
   });
-  return ok ? cudaGetLastError() : cudaErrorInvalidValue;
+  return ok ? e : cudaErrorInvalidValue;
 }
 
 }  // namespace
@@ -145,8 +147,8 @@ cudaError_t dequant_rows_bf16(const MatView& w, int64_t r0, int64_t nr, uint16_t
 cudaError_t convert_rows_bf16(const float* src, int64_t lds, int64_t n, int64_t cols, uint16_t* dst,
                               cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  convert_rows_bf16_kernel<<<ceil_div(n * cols, 256), 256, 0, stream>>>(src, lds, n, cols, dst);
-  return cudaGetLastError();
+  return launch_plain(convert_rows_bf16_kernel, dim3(ceil_div(n * cols, 256)), dim3(256), 0, stream, src, lds, n, cols,
+                     dst);
 }
 
 }  // namespace qwen35::cuda

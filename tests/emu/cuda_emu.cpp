@@ -30,7 +30,6 @@ struct Copy {
 
 struct Fiber {
   ucontext_t ctx;
-  std::unique_ptr<char[]> stack;
   uint3 tid;
   int linear = 0;
   Wait wait = Wait::None;
@@ -197,6 +196,16 @@ void set_order(bool reverse) { g_reverse = reverse; }
 
 const char* last_error() { return g_last_error.c_str(); }
 
+namespace {
+// Fiber stacks, kept from launch to launch (allocating them per block cost
+// more than running most kernels).
+char* stack_of(int i) {
+  static std::vector<std::unique_ptr<char[]>> stacks;
+  while (stacks.size() <= size_t(i)) stacks.emplace_back(new char[kStackBytes]);
+  return stacks[size_t(i)].get();
+}
+}  // namespace
+
 bool run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& fn, const char** err) {
   g_grid_dim = grid;
   g_block_dim = block;
@@ -215,9 +224,8 @@ bool run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& f
       Fiber& f = b.fibers[size_t(i)];
       f.linear = i;
       f.tid = {unsigned(i % block.x), unsigned(i / block.x % block.y), unsigned(i / (block.x * block.y))};
-      f.stack.reset(new char[kStackBytes]);
       getcontext(&f.ctx);
-      f.ctx.uc_stack.ss_sp = f.stack.get();
+      f.ctx.uc_stack.ss_sp = stack_of(i);
       f.ctx.uc_stack.ss_size = kStackBytes;
       f.ctx.uc_link = nullptr;
       makecontext(&f.ctx, fiber_main, 0);

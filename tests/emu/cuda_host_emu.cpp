@@ -1,11 +1,12 @@
 // The host side of a CUDA program run on the CPU, for emulating a whole
-// device pipeline (test_cuda_vision_emu): "device" memory is host memory,
-// streams are the calling thread (every call completes before it returns),
-// and the library pieces that are not plain kernels get CPU stand-ins:
-// cuBLASLt (Gemm: the same y = A X^T contract, F32 accumulation over
-// F32/F16/BF16 inputs), the weight dequantization of matmul.cu
-// (dequantize_row) and CudaAvailable. The kernels themselves run through
-// the emulation of cuda_emu.h.
+// device pipeline (test_cuda_vision_emu, test_cuda_backend_emu): "device"
+// and pinned memory are host memory, streams are the calling thread (every
+// call completes before it returns, so events and stream waits are
+// trivially satisfied), CUDA graphs are not available (capture fails, and
+// the callers fall back to plain launches), and cuBLASLt gets a CPU
+// stand-in (Gemm: the same y = A X^T contract, F32 accumulation over
+// F32/F16/BF16 inputs). The kernels themselves run through the emulation
+// of cuda_emu.h.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
@@ -57,8 +58,57 @@ cudaError_t cudaSetDevice(int) { return cudaSuccess; }
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
   std::memset(p, 0, sizeof *p);
   std::strcpy(p->name, "CPU emulation");
+  p->major = 9;  // Hopper's kernels, no FP4 GEMM
+  p->multiProcessorCount = 2;
+  p->sharedMemPerBlockOptin = 227 * 1024;
+  p->totalGlobalMem = size_t(16) << 30;
   return cudaSuccess;
 }
+cudaError_t cudaMemcpy2DAsync(void* d, size_t dpitch, const void* s, size_t spitch, size_t width, size_t height,
+                              cudaMemcpyKind, cudaStream_t) {
+  for (size_t r = 0; r < height; ++r)
+    std::memcpy(static_cast<char*>(d) + r * dpitch, static_cast<const char*>(s) + r * spitch, width);
+  return cudaSuccess;
+}
+cudaError_t cudaGetDeviceCount(int* n) {
+  *n = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int) {
+  *v = attr == cudaDevAttrMultiProcessorCount ? 2 : attr == cudaDevAttrComputeCapabilityMajor ? 9 : 0;
+  return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
+  *free_bytes = size_t(8) << 30;
+  *total = size_t(16) << 30;
+  return cudaSuccess;
+}
+cudaError_t cudaMallocHost(void** p, size_t n) { return cudaMalloc(p, n); }
+cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
+cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) { return cudaMemset(p, v, n); }
+cudaError_t cudaEventCreate(cudaEvent_t* e) {
+  static int dummy;
+  *e = reinterpret_cast<cudaEvent_t>(&dummy);
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
+cudaError_t cudaEventDestroy(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) {
+  *ms = 1.0f;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
+cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) { return cudaErrorNotSupported; }
+cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t* g) {
+  *g = nullptr;
+  return cudaErrorNotSupported;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t*, cudaGraph_t, unsigned long long) { return cudaErrorNotSupported; }
+cudaError_t cudaGraphDestroy(cudaGraph_t) { return cudaSuccess; }
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t) { return cudaSuccess; }
+cudaError_t cudaGraphLaunch(cudaGraphExec_t, cudaStream_t) { return cudaErrorNotSupported; }
 // (cudaGetLastError: cuda_emu.cpp, which every emulated test links)
 const char* cudaGetErrorString(cudaError_t) { return "emulated CUDA error"; }
 const char* cudaGetErrorName(cudaError_t) { return "cudaErrorEmulated"; }
@@ -66,8 +116,6 @@ const char* cudaGetErrorName(cudaError_t) { return "cudaErrorEmulated"; }
 }  // extern "C"
 
 namespace qwen35 {
-
-bool CudaAvailable() { return true; }
 
 namespace cuda {
 
@@ -101,14 +149,10 @@ Status Gemm::run(GemmType type, const void* A, int64_t N, int64_t K, const void*
   return Status::Ok();
 }
 
-bool device_type_supported(uint32_t type) {
-  const TypeInfo* ti = type_info(type);
-  return ti && ti->compute;
-}
-
-cudaError_t dequant_rows_f32(const MatView& w, int64_t r0, int64_t nr, float* dst, cudaStream_t) {
-  for (int64_t r = 0; r < nr; ++r) dequantize_row(w.type, w.data + uint64_t(r0 + r) * w.row_bytes, dst + r * w.cols, w.cols);
-  return cudaSuccess;
+// The block-scaled FP4 GEMM (Blackwell): the emulated device is a Hopper.
+Status Gemm::run_fp4(const uint8_t*, const uint8_t*, int64_t, int64_t, const uint8_t*, const uint8_t*, int64_t, float*,
+                     int64_t, const float*, const float*, cudaStream_t) {
+  return Error(QWEN35_ERR_UNSUPPORTED, "no FP4 GEMM in the emulation");
 }
 
 }  // namespace cuda

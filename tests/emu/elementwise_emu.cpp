@@ -1,0 +1,2 @@
+// Kernel file elementwise.cu compiled as C++ for the CPU emulation (cuda_emu.h).
+#include "elementwise.cu"

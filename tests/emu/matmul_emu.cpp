@@ -1,0 +1,2 @@
+// Kernel file matmul.cu compiled as C++ for the CPU emulation (cuda_emu.h).
+#include "matmul.cu"

@@ -1,0 +1,159 @@
+// The whole CUDA backend on the CPU: the library's C API and context over
+// cuda/backend_cuda.cpp and upload.cpp, every kernel emulated (cuda_emu.h,
+// mma.sync included), the CUDA runtime and cuBLASLt replaced by CPU
+// stand-ins (cuda_host_emu.cpp; no CUDA graphs, so the backend launches
+// eagerly). It checks what the GPU tests check end to end, without a GPU:
+// the fixture logits at the fixture bar through the decode kernels (steps)
+// and the GEMM path (batch), and the device-side sampling path.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "context.h"
+#include "fixture_logits.h"
+#include "generate.h"
+#include "model.h"
+#include "qwen35/qwen35.h"
+#include "sampler.h"
+#include "test_util.h"
+#include "tuning.h"
+
+using namespace qwen35;
+using namespace qwen35::test;
+
+namespace {
+
+qwen35_model* load_cuda(const char* name) {
+  qwen35_model_params mp = qwen35_model_default_params();
+  mp.device = QWEN35_DEVICE_CUDA;
+  qwen35_model* m = nullptr;
+  REQUIRE_MESSAGE(qwen35_model_load(fixture(std::string("models/") + name + ".gguf").c_str(), &mp, &m) == QWEN35_OK,
+                  qwen35_errmsg());
+  CHECK(qwen35_model_device(m) == QWEN35_DEVICE_CUDA);
+  return m;
+}
+
+qwen35_context* make_ctx(qwen35_model* m) {
+  qwen35_context_params cp = qwen35_context_default_params();
+  cp.n_ctx = 512;
+  cp.n_batch = 512;
+  cp.use_mtp = true;
+  cp.mtp_logits = true;
+  qwen35_context* c = nullptr;
+  REQUIRE_MESSAGE(qwen35_context_create(m, &cp, &c) == QWEN35_OK, qwen35_errmsg());
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("emulated CUDA backend: every fixture case in one batch meets the fixture bar") {
+  EnvVar graphs("QWEN35_CUDA_GRAPHS", "0");  // (the emulation has no graphs)
+  const char* name = "tiny-m-nvfp4";
+  FixtureLogits fx(name);
+  qwen35_model* m = load_cuda(name);
+  qwen35_context* c = make_ctx(m);
+  const FixtureErrors e = run_fixture_cases(c, fx, false, true);
+  check_fixture_bar(fx, e, true);
+  MESSAGE("batch: median " << median(e.main) << " worst " << worst(e.main));
+  qwen35_context_free(c);
+  qwen35_model_free(m);
+}
+
+TEST_CASE("emulated CUDA backend: one token at a time (the decode kernels) tracks the fixture") {
+  EnvVar graphs("QWEN35_CUDA_GRAPHS", "0");
+  const char* name = "tiny-m-nvfp4";
+  FixtureLogits fx(name);
+  qwen35_model* m = load_cuda(name);
+  const cuda::DecodeTuning saved = cuda::decode_tuning();
+  for (int persist : {0, 1}) {  // the LM head: a warp per tile; 2 blocks walking the tiles
+    CAPTURE(persist);
+    cuda::DecodeTuning t = saved;
+    t.q6k_persist = persist;
+    cuda::set_decode_tuning(t);
+    qwen35_context* c = make_ctx(m);
+    // The first sequence's first tokens (the emulated decode step is slow).
+    const std::vector<int32_t>& s = fx.seqs[0];
+    const int n = std::min<int>(int(s.size()), persist ? 4 : 10);
+    std::vector<double> errs;
+    for (int i = 0; i < n; ++i) {
+      REQUIRE(qwen35_context_decode(c, &s[size_t(i)], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+      const float* l = qwen35_context_logits(c, -1);
+      REQUIRE(l != nullptr);
+      errs.push_back(rel_err(l, fx.main.data() + size_t(i) * size_t(fx.V), size_t(fx.V)));
+    }
+    MESSAGE("steps: median " << median(errs) << " worst " << worst(errs));
+    CHECK(median(errs) <= 8e-2);
+    CHECK(worst(errs) <= 0.25);
+    qwen35_context_free(c);
+  }
+  cuda::set_decode_tuning(saved);
+  qwen35_model_free(m);
+}
+
+TEST_CASE("emulated CUDA backend: the chunked delta rule in the batch path meets the fixture bar") {
+  EnvVar graphs("QWEN35_CUDA_GRAPHS", "0");
+  EnvVar chunked("QWEN35_CUDA_DELTA_CHUNKED", "1");  // read when the context is created
+  const char* name = "tiny-m-nvfp4";
+  FixtureLogits fx(name);
+  qwen35_model* m = load_cuda(name);
+  qwen35_context* c = make_ctx(m);
+  const FixtureErrors e = run_fixture_cases(c, fx, false, true);
+  check_fixture_bar(fx, e, true);
+  MESSAGE("batch, chunked delta rule: median " << median(e.main) << " worst " << worst(e.main));
+  qwen35_context_free(c);
+  qwen35_model_free(m);
+}
+
+namespace {
+std::vector<int32_t> generate_tokens(qwen35_model* m, const qwen35_sampler_params& sp, int n, bool mtp) {
+  qwen35_context_params cp = qwen35_context_default_params();
+  cp.n_ctx = 128;
+  cp.n_batch = 64;
+  cp.use_mtp = mtp;
+  qwen35_context* c = nullptr;
+  REQUIRE(qwen35_context_create(m, &cp, &c) == QWEN35_OK);
+  qwen35_sampler* s = nullptr;
+  REQUIRE(qwen35_sampler_create(m, &sp, &s) == QWEN35_OK);
+  std::vector<int32_t> out;
+  qwen35_generate_params gp = qwen35_generate_default_params();
+  gp.max_tokens = n;
+  gp.ignore_eos = true;
+  gp.use_mtp = mtp ? 1 : 0;
+  gp.on_token = [](qwen35_token t, const char*, size_t, void* ud) {
+    if (t >= 0) static_cast<std::vector<int32_t>*>(ud)->push_back(t);
+    return true;
+  };
+  gp.user_data = &out;
+  const qwen35_token prompt[4] = {5, 17, 300, 42};
+  REQUIRE(qwen35_generate(c, s, prompt, 4, &gp, nullptr) == QWEN35_OK);
+  qwen35_sampler_free(s);
+  qwen35_context_free(c);
+  return out;
+}
+}  // namespace
+
+TEST_CASE("emulated CUDA backend: sampling from device-selected candidates gives the tokens of the rows") {
+  EnvVar graphs("QWEN35_CUDA_GRAPHS", "0");
+  qwen35_model* m = load_cuda("tiny-m-nvfp4");
+  qwen35_sampler_params sp = qwen35_sampler_default_params(false);  // top-k 20, top-p 0.8, presence 1.5
+  sp.seed = 11;
+  for (bool mtp : {false, true}) {  // with MTP: both rows of the verify passes
+    CAPTURE(mtp);
+    std::vector<int32_t> a, b;
+    {
+      EnvVar on("QWEN35_TOPK_CANDIDATES", "1");
+      a = generate_tokens(m, sp, 6, mtp);
+    }
+    {
+      EnvVar off("QWEN35_TOPK_CANDIDATES", "0");
+      b = generate_tokens(m, sp, 6, mtp);
+    }
+    CHECK(a.size() == 6);
+    CHECK(a == b);
+  }
+  qwen35_model_free(m);
+}
