@@ -12,6 +12,7 @@
 #pragma once
 
 #ifdef QWEN35_CUDA_EMU
+#include <memory>
 #include <tuple>
 
 #include "cuda_emu.h"
@@ -33,14 +34,20 @@ __device__ __forceinline__ void pdl_prologue() {
 }
 
 #ifdef QWEN35_CUDA_EMU
-// The emulation runs the grid on the calling thread (tests/emu).
+// The emulation runs the grid on the calling thread (tests/emu), or, while
+// a stream capture is open, records it for the graph's launches.
 template <typename... KArgs, typename... Args>
 cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t,
                    Args&&... args) {
-  std::tuple<KArgs...> params(std::forward<Args>(args)...);
-  return ::qwen35::emu::run_grid(grid, block, smem, [&] { std::apply(kernel, params); }, nullptr)
-             ? cudaSuccess
-             : cudaErrorLaunchFailure;
+  auto params = std::make_shared<std::tuple<KArgs...>>(std::forward<Args>(args)...);
+  auto run = [=] {
+    return ::qwen35::emu::run_grid(grid, block, smem, [&] { std::apply(kernel, *params); }, nullptr);
+  };
+  if (::qwen35::emu::capturing()) {
+    ::qwen35::emu::capture_add(run);
+    return cudaSuccess;
+  }
+  return run() ? cudaSuccess : cudaErrorLaunchFailure;
 }
 // The same as launch() (kernels that do not wait for their predecessor:
 // launched without the PDL attribute in the real build).

@@ -192,6 +192,22 @@ void async_wait(int keep) {
   }
 }
 
+namespace {
+bool g_capturing = false;
+std::vector<Op> g_captured;
+}  // namespace
+
+bool capturing() { return g_capturing; }
+void capture_add(Op op) { g_captured.push_back(std::move(op)); }
+void capture_begin() {
+  g_capturing = true;
+  g_captured.clear();
+}
+std::vector<Op> capture_end() {
+  g_capturing = false;
+  return std::move(g_captured);
+}
+
 void set_order(bool reverse) { g_reverse = reverse; }
 
 const char* last_error() { return g_last_error.c_str(); }

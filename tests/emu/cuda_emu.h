@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <vector>
 #include <type_traits>
 
 // Shared memory: blocks run one at a time, so a function-local static is
@@ -57,6 +58,18 @@ void* dynamic_smem();
 // warp did not take part.
 constexpr size_t kMaxGather = 64;
 bool warp_allgather(const void* mine, size_t bytes, void* all);
+
+// Stream capture (CUDA graphs): while open, launches and asynchronous
+// copies are recorded instead of run; a graph is the recorded list, and
+// launching it runs the list in order (cuda_host_emu.cpp).
+using Op = std::function<bool()>;
+bool capturing();
+void capture_add(Op op);
+void capture_begin();
+std::vector<Op> capture_end();
+// Graph launches so far (cuda_host_emu.cpp), so tests can tell that the
+// graph path ran.
+int64_t graph_launches();
 
 // cp.async: copies are queued per thread and happen at the wait.
 void async_copy(void* dst, const void* src, size_t bytes);

@@ -2,8 +2,8 @@
 // device pipeline (test_cuda_vision_emu, test_cuda_backend_emu): "device"
 // and pinned memory are host memory, streams are the calling thread (every
 // call completes before it returns, so events and stream waits are
-// trivially satisfied), CUDA graphs are not available (capture fails, and
-// the callers fall back to plain launches), and cuBLASLt gets a CPU
+// trivially satisfied), CUDA graphs are the launches and copies recorded
+// during a capture, replayed in order, and cuBLASLt gets a CPU
 // stand-in (Gemm: the same y = A X^T contract, F32 accumulation over
 // F32/F16/BF16 inputs). The kernels themselves run through the emulation
 // of cuda_emu.h.
@@ -13,6 +13,9 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <vector>
+
+#include "cuda_emu.h"
 
 #include "backend.h"
 #include "gemm.h"
@@ -39,6 +42,13 @@ cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) {
   return cudaSuccess;
 }
 cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t) {
+  if (::qwen35::emu::capturing()) {
+    ::qwen35::emu::capture_add([=] {
+      std::memcpy(d, s, n);
+      return true;
+    });
+    return cudaSuccess;
+  }
   std::memcpy(d, s, n);
   return cudaSuccess;
 }
@@ -66,8 +76,13 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
 }
 cudaError_t cudaMemcpy2DAsync(void* d, size_t dpitch, const void* s, size_t spitch, size_t width, size_t height,
                               cudaMemcpyKind, cudaStream_t) {
-  for (size_t r = 0; r < height; ++r)
-    std::memcpy(static_cast<char*>(d) + r * dpitch, static_cast<const char*>(s) + r * spitch, width);
+  auto copy = [=] {
+    for (size_t r = 0; r < height; ++r)
+      std::memcpy(static_cast<char*>(d) + r * dpitch, static_cast<const char*>(s) + r * spitch, width);
+    return true;
+  };
+  if (::qwen35::emu::capturing()) ::qwen35::emu::capture_add(copy);
+  else copy();
   return cudaSuccess;
 }
 cudaError_t cudaGetDeviceCount(int* n) {
@@ -85,7 +100,16 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
 }
 cudaError_t cudaMallocHost(void** p, size_t n) { return cudaMalloc(p, n); }
 cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
-cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) { return cudaMemset(p, v, n); }
+cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
+  if (::qwen35::emu::capturing()) {
+    ::qwen35::emu::capture_add([=] {
+      std::memset(p, v, n);
+      return true;
+    });
+    return cudaSuccess;
+  }
+  return cudaMemset(p, v, n);
+}
 cudaError_t cudaEventCreate(cudaEvent_t* e) {
   static int dummy;
   *e = reinterpret_cast<cudaEvent_t>(&dummy);
@@ -100,15 +124,38 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) {
   return cudaSuccess;
 }
 cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
-cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) { return cudaErrorNotSupported; }
-cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t* g) {
-  *g = nullptr;
-  return cudaErrorNotSupported;
+// Graphs: the launches and copies recorded between begin and end capture,
+// replayed in order (a graph and its executable are the same list here).
+using OpList = std::vector<::qwen35::emu::Op>;
+cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) {
+  ::qwen35::emu::capture_begin();
+  return cudaSuccess;
 }
-cudaError_t cudaGraphInstantiate(cudaGraphExec_t*, cudaGraph_t, unsigned long long) { return cudaErrorNotSupported; }
-cudaError_t cudaGraphDestroy(cudaGraph_t) { return cudaSuccess; }
-cudaError_t cudaGraphExecDestroy(cudaGraphExec_t) { return cudaSuccess; }
-cudaError_t cudaGraphLaunch(cudaGraphExec_t, cudaStream_t) { return cudaErrorNotSupported; }
+cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t* g) {
+  *g = reinterpret_cast<cudaGraph_t>(new OpList(::qwen35::emu::capture_end()));
+  return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* e, cudaGraph_t g, unsigned long long) {
+  *e = reinterpret_cast<cudaGraphExec_t>(new OpList(*reinterpret_cast<OpList*>(g)));
+  return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t g) {
+  delete reinterpret_cast<OpList*>(g);
+  return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) {
+  delete reinterpret_cast<OpList*>(e);
+  return cudaSuccess;
+}
+namespace {
+int64_t g_graph_launches = 0;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t) {
+  ++g_graph_launches;
+  for (const auto& op : *reinterpret_cast<OpList*>(e))
+    if (!op()) return cudaErrorLaunchFailure;
+  return cudaSuccess;
+}
 // (cudaGetLastError: cuda_emu.cpp, which every emulated test links)
 const char* cudaGetErrorString(cudaError_t) { return "emulated CUDA error"; }
 const char* cudaGetErrorName(cudaError_t) { return "cudaErrorEmulated"; }
@@ -116,6 +163,8 @@ const char* cudaGetErrorName(cudaError_t) { return "cudaErrorEmulated"; }
 }  // extern "C"
 
 namespace qwen35 {
+
+int64_t emu::graph_launches() { return g_graph_launches; }
 
 namespace cuda {
 

@@ -1,10 +1,11 @@
 // The whole CUDA backend on the CPU: the library's C API and context over
 // cuda/backend_cuda.cpp and upload.cpp, every kernel emulated (cuda_emu.h,
 // mma.sync included), the CUDA runtime and cuBLASLt replaced by CPU
-// stand-ins (cuda_host_emu.cpp; no CUDA graphs, so the backend launches
-// eagerly). It checks what the GPU tests check end to end, without a GPU:
-// the fixture logits at the fixture bar through the decode kernels (steps)
-// and the GEMM path (batch), and the device-side sampling path.
+// stand-ins (cuda_host_emu.cpp; a CUDA graph replays the launches and
+// copies recorded while it was captured). It checks what the GPU tests
+// check end to end, without a GPU: the fixture logits at the fixture bar
+// through the decode kernels and graphs (steps) and the GEMM path (batch),
+// and the device-side sampling path.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "context.h"
+#include "cuda_emu.h"
 #include "fixture_logits.h"
 #include "generate.h"
 #include "model.h"
@@ -51,7 +53,6 @@ qwen35_context* make_ctx(qwen35_model* m) {
 }  // namespace
 
 TEST_CASE("emulated CUDA backend: every fixture case in one batch meets the fixture bar") {
-  EnvVar graphs("QWEN35_CUDA_GRAPHS", "0");  // (the emulation has no graphs)
   const char* name = "tiny-m-nvfp4";
   FixtureLogits fx(name);
   qwen35_model* m = load_cuda(name);
@@ -63,8 +64,7 @@ TEST_CASE("emulated CUDA backend: every fixture case in one batch meets the fixt
   qwen35_model_free(m);
 }
 
-TEST_CASE("emulated CUDA backend: one token at a time (the decode kernels) tracks the fixture") {
-  EnvVar graphs("QWEN35_CUDA_GRAPHS", "0");
+TEST_CASE("emulated CUDA backend: one token at a time (the decode kernels, CUDA graphs) tracks the fixture") {
   const char* name = "tiny-m-nvfp4";
   FixtureLogits fx(name);
   qwen35_model* m = load_cuda(name);
@@ -75,6 +75,7 @@ TEST_CASE("emulated CUDA backend: one token at a time (the decode kernels) track
     t.q6k_persist = persist;
     cuda::set_decode_tuning(t);
     qwen35_context* c = make_ctx(m);
+    const int64_t graphs0 = emu::graph_launches();
     // The first sequence's first tokens (the emulated decode step is slow).
     const std::vector<int32_t>& s = fx.seqs[0];
     const int n = std::min<int>(int(s.size()), persist ? 4 : 10);
@@ -86,16 +87,27 @@ TEST_CASE("emulated CUDA backend: one token at a time (the decode kernels) track
       errs.push_back(rel_err(l, fx.main.data() + size_t(i) * size_t(fx.V), size_t(fx.V)));
     }
     MESSAGE("steps: median " << median(errs) << " worst " << worst(errs));
+    CHECK(emu::graph_launches() - graphs0 >= n);  // every step ran as a graph
     CHECK(median(errs) <= 8e-2);
     CHECK(worst(errs) <= 0.25);
     qwen35_context_free(c);
+    // Without graphs: the same launches, the same bits.
+    EnvVar eager("QWEN35_CUDA_GRAPHS", "0");
+    qwen35_context* ce = make_ctx(m);
+    std::vector<double> errs_eager;
+    for (int i = 0; i < n; ++i) {
+      REQUIRE(qwen35_context_decode(ce, &s[size_t(i)], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+      errs_eager.push_back(
+          rel_err(qwen35_context_logits(ce, -1), fx.main.data() + size_t(i) * size_t(fx.V), size_t(fx.V)));
+    }
+    CHECK(errs_eager == errs);
+    qwen35_context_free(ce);
   }
   cuda::set_decode_tuning(saved);
   qwen35_model_free(m);
 }
 
 TEST_CASE("emulated CUDA backend: the chunked delta rule in the batch path meets the fixture bar") {
-  EnvVar graphs("QWEN35_CUDA_GRAPHS", "0");
   EnvVar chunked("QWEN35_CUDA_DELTA_CHUNKED", "1");  // read when the context is created
   const char* name = "tiny-m-nvfp4";
   FixtureLogits fx(name);
@@ -137,7 +149,6 @@ std::vector<int32_t> generate_tokens(qwen35_model* m, const qwen35_sampler_param
 }  // namespace
 
 TEST_CASE("emulated CUDA backend: sampling from device-selected candidates gives the tokens of the rows") {
-  EnvVar graphs("QWEN35_CUDA_GRAPHS", "0");
   qwen35_model* m = load_cuda("tiny-m-nvfp4");
   qwen35_sampler_params sp = qwen35_sampler_default_params(false);  // top-k 20, top-p 0.8, presence 1.5
   sp.seed = 11;
@@ -146,7 +157,9 @@ TEST_CASE("emulated CUDA backend: sampling from device-selected candidates gives
     std::vector<int32_t> a, b;
     {
       EnvVar on("QWEN35_TOPK_CANDIDATES", "1");
+      const int64_t graphs0 = emu::graph_launches();
       a = generate_tokens(m, sp, 6, mtp);
+      CHECK(emu::graph_launches() > graphs0);
     }
     {
       EnvVar off("QWEN35_TOPK_CANDIDATES", "0");
