@@ -50,19 +50,22 @@ qwen35_context* make_ctx(qwen35_model* m) {
   return c;
 }
 
-}  // namespace
-
-TEST_CASE("emulated CUDA backend: every fixture case in one batch meets the fixture bar") {
+// Every fixture case of tiny-m-nvfp4 decoded in one batch, at the bar.
+void check_batch_bar(const char* what) {
   const char* name = "tiny-m-nvfp4";
   FixtureLogits fx(name);
   qwen35_model* m = load_cuda(name);
   qwen35_context* c = make_ctx(m);
   const FixtureErrors e = run_fixture_cases(c, fx, false, true);
   check_fixture_bar(fx, e, true);
-  MESSAGE("batch: median " << median(e.main) << " worst " << worst(e.main));
+  MESSAGE(what << ": median " << median(e.main) << " worst " << worst(e.main));
   qwen35_context_free(c);
   qwen35_model_free(m);
 }
+
+}  // namespace
+
+TEST_CASE("emulated CUDA backend: every fixture case in one batch meets the fixture bar") { check_batch_bar("batch"); }
 
 TEST_CASE("emulated CUDA backend: one token at a time (the decode kernels, CUDA graphs) tracks the fixture") {
   const char* name = "tiny-m-nvfp4";
@@ -109,15 +112,7 @@ TEST_CASE("emulated CUDA backend: one token at a time (the decode kernels, CUDA 
 
 TEST_CASE("emulated CUDA backend: the chunked delta rule in the batch path meets the fixture bar") {
   EnvVar chunked("QWEN35_CUDA_DELTA_CHUNKED", "1");  // read when the context is created
-  const char* name = "tiny-m-nvfp4";
-  FixtureLogits fx(name);
-  qwen35_model* m = load_cuda(name);
-  qwen35_context* c = make_ctx(m);
-  const FixtureErrors e = run_fixture_cases(c, fx, false, true);
-  check_fixture_bar(fx, e, true);
-  MESSAGE("batch, chunked delta rule: median " << median(e.main) << " worst " << worst(e.main));
-  qwen35_context_free(c);
-  qwen35_model_free(m);
+  check_batch_bar("batch, chunked delta rule");
 }
 
 namespace {

@@ -15,6 +15,7 @@
 #include "elementwise.h"
 #include "fp4_gemm.h"
 #include "gemm.h"
+#include "fp4_refs.h"
 #include "fused_attn_case.h"
 #include "gpu_test_util.h"
 #include "kernel_refs.h"
@@ -997,19 +998,11 @@ TEST_CASE("tensor-core NVFP4 matvec with the fused causal-conv epilogue (1 and 2
     a.conv_snapshot_row = 0;
     a.conv_snapshot = ds.get();
     // CPU: the projection, then the conv row by row.
-    std::vector<float> u(static_cast<size_t>(n * N)), win(win0), out(static_cast<size_t>(n * N)), snap;
+    std::vector<float> u(static_cast<size_t>(n * N)), win(win0), snap;
     for (int j = 0; j < n; ++j)
       for (int64_t r = 0; r < N; ++r)
         u[size_t(j * N + r)] = vec_dot_ref(GGML_NVFP4, w.a.host.data() + r * w.a.row_bytes, x.data() + j * K, K) * 0.5f;
-    for (int j = 0; j < n; ++j) {
-      std::vector<float> o(static_cast<size_t>(C));
-      conv_silu_step(win.data(), u.data() + j * N, taps.data(), C, Kc, o.data());
-      for (int64_t k = 0; k + 2 < Kc; ++k)
-        for (int64_t c = 0; c < C; ++c) win[size_t(k * C + c)] = win[size_t((k + 1) * C + c)];
-      for (int64_t c = 0; c < C; ++c) win[size_t((Kc - 2) * C + c)] = u[size_t(j * N + c)];
-      if (j == 0) snap = win;
-      for (int64_t r = 0; r < N; ++r) out[size_t(j * N + r)] = r < C ? o[size_t(r)] : u[size_t(j * N + r)];
-    }
+    const std::vector<float> out = conv_epilogue_reference(u, n, N, C, Kc, taps, win, &snap);
     for (const DecodeTuning& tv : fp4_variants()) {
       CAPTURE(describe(tv));
       TuningScope ts(tv);
@@ -1124,12 +1117,7 @@ TEST_CASE("tensor-core NVFP4 matvec with the fused gated-RMSNorm prologue (split
     a.counters = cnt.get();
     std::vector<float> want(y0);
     for (int j = 0; j < n; ++j) {
-      std::vector<float> xr(o.begin() + j * K, o.begin() + (j + 1) * K);
-      for (int64_t h = 0; h < K / dv; ++h) {
-        float* oh = xr.data() + h * dv;
-        rmsnorm(oh, gw.data(), dv, 1e-6f, oh);
-        for (int64_t i = 0; i < dv; ++i) oh[i] *= siluf(z[size_t(j * ldz + h * dv + i)]);
-      }
+      const std::vector<float> xr = gated_prologue_row(o, z, ldz, gw, j, K, dv);
       for (int64_t r = 0; r < N; ++r)
         want[size_t(j * N + r)] += vec_dot_ref(GGML_NVFP4, w.a.host.data() + r * w.a.row_bytes, xr.data(), K) * 0.5f;
     }
