@@ -21,6 +21,7 @@
 #include "model.h"
 #include "qwen35/qwen35.h"
 #include "sampler.h"
+#include "synth.h"
 #include "test_util.h"
 #include "tuning.h"
 
@@ -116,7 +117,8 @@ TEST_CASE("emulated CUDA backend: the chunked delta rule in the batch path meets
 }
 
 namespace {
-std::vector<int32_t> generate_tokens(qwen35_model* m, const qwen35_sampler_params& sp, int n, bool mtp) {
+std::vector<int32_t> generate_tokens(qwen35_model* m, const qwen35_sampler_params& sp, int n, bool mtp,
+                                     qwen35_generate_stats* stats = nullptr) {
   qwen35_context_params cp = qwen35_context_default_params();
   cp.n_ctx = 128;
   cp.n_batch = 64;
@@ -136,7 +138,7 @@ std::vector<int32_t> generate_tokens(qwen35_model* m, const qwen35_sampler_param
   };
   gp.user_data = &out;
   const qwen35_token prompt[4] = {5, 17, 300, 42};
-  REQUIRE(qwen35_generate(c, s, prompt, 4, &gp, nullptr) == QWEN35_OK);
+  REQUIRE(qwen35_generate(c, s, prompt, 4, &gp, stats) == QWEN35_OK);
   qwen35_sampler_free(s);
   qwen35_context_free(c);
   return out;
@@ -163,5 +165,33 @@ TEST_CASE("emulated CUDA backend: sampling from device-selected candidates gives
     CHECK(a.size() == 6);
     CHECK(a == b);
   }
+  qwen35_model_free(m);
+}
+
+TEST_CASE("emulated CUDA backend: greedy MTP speculation (graphs, snapshots, rollback) equals plain greedy") {
+  SynthConfig cfg;
+  cfg.n_vocab = 600;
+  cfg.n_embd = 128;
+  cfg.n_ff = 256;
+  cfg.head_dim = 64;
+  cfg.n_rot = 32;
+  cfg.sections = {6, 5, 5, 0};
+  cfg.ssm_state = 32;
+  cfg.ssm_dv = 32;
+  cfg.mtp_mirror = true;  // the drafts are right: every verify pass is accepted
+  cfg.seed = 5;
+  const std::string path = synth_model("emu-cuda-mirror", cfg);
+  qwen35_model_params mp = qwen35_model_default_params();
+  mp.device = QWEN35_DEVICE_CUDA;
+  qwen35_model* m = nullptr;
+  REQUIRE_MESSAGE(qwen35_model_load(path.c_str(), &mp, &m) == QWEN35_OK, qwen35_errmsg());
+  const qwen35_sampler_params greedy = qwen35_sampler_greedy_params();
+  const std::vector<int32_t> plain = generate_tokens(m, greedy, 8, false);
+  qwen35_generate_stats st;
+  const std::vector<int32_t> spec = generate_tokens(m, greedy, 8, true, &st);
+  CHECK(plain.size() == 8);
+  CHECK(spec == plain);
+  CHECK(st.n_drafted > 0);
+  CHECK(st.n_accepted == st.n_drafted);
   qwen35_model_free(m);
 }
