@@ -125,23 +125,8 @@ TEST_CASE("emulated: the delta rule kernel (8, 16 and 32 elements per thread) ma
           auto dtb = random_floats(size_t(s.Hv), 5, -1, 1);
           auto st = random_floats(size_t(Cv * s.dk), 6, -0.5f, 0.5f);
           std::vector<float> dst(st), dout(size_t(n * Cv), NAN), dsnap(size_t(Cv * s.dk), NAN);
-          DeltaNetArgs p;
-          p.n = n;
-          p.Hk = s.Hk;
-          p.Hv = s.Hv;
-          p.dk = s.dk;
-          p.dv = s.dv;
-          p.eps = 1e-6f;
-          p.uc = uc.data();
-          p.ldu = ldu;
-          p.b = b.data();
-          p.ldb = ldb;
-          p.a = al.data();
-          p.lda = ldb;
-          p.ssm_a = a_log.data();
-          p.dt_bias = dtb.data();
-          p.state = dst.data();
-          p.out = dout.data();
+          DeltaNetArgs p = delta_args(s, n, uc.data(), ldu, b.data(), al.data(), ldb, a_log.data(), dtb.data(),
+                                      dst.data(), dout.data());
           p.snapshot_row = n > 1 ? n - 2 : 0;
           p.snapshot = dsnap.data();
           p.elems_per_thread = ept;

@@ -32,23 +32,8 @@ DeltaChunkedResult run_delta_chunked_case(const DeltaShape& s, int64_t n, bool w
     for (int64_t j = 0; j < s.Hv; ++j) al[size_t((n / 2) * ldb + j)] = 400.0f;
   Arr<float> duc(uc), db(b), dal(al), dalog(a_log), ddtb(dtb), dst(st), dout(std::vector<float>(size_t(n * Cv), NAN));
   Arr<float> scratch(std::vector<float>(delta_chunked_scratch_floats(n, s.Hv, s.dk, s.dv), NAN));
-  DeltaNetArgs p;
-  p.n = n;
-  p.Hk = s.Hk;
-  p.Hv = s.Hv;
-  p.dk = s.dk;
-  p.dv = s.dv;
-  p.eps = 1e-6f;
-  p.uc = duc.get();
-  p.ldu = ldu;
-  p.b = db.get();
-  p.ldb = ldb;
-  p.a = dal.get();
-  p.lda = ldb;
-  p.ssm_a = dalog.get();
-  p.dt_bias = ddtb.get();
-  p.state = dst.get();
-  p.out = dout.get();
+  const DeltaNetArgs p =
+      delta_args(s, n, duc.get(), ldu, db.get(), dal.get(), ldb, dalog.get(), ddtb.get(), dst.get(), dout.get());
   DeltaChunkedResult r;
   r.ok = delta_net_chunked(p, scratch.get(), nullptr) == cudaSuccess;
   r.out = dout.download();

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cpu/ops.h"
+#include "delta_net.h"
 
 namespace qwen35::test {
 
@@ -31,6 +32,31 @@ inline void conv_reference(const std::vector<float>& u, int64_t ldu, const std::
 struct DeltaShape {
   int64_t Hk, Hv, dk, dv;
 };
+
+// The launch arguments for the inputs delta_reference reads (device
+// pointers, the same layouts); no snapshot.
+inline cuda::DeltaNetArgs delta_args(const DeltaShape& s, int64_t n, const float* uc, int64_t ldu, const float* b,
+                                     const float* al, int64_t ldb, const float* a_log, const float* dtb, float* state,
+                                     float* out) {
+  cuda::DeltaNetArgs p;
+  p.n = n;
+  p.Hk = s.Hk;
+  p.Hv = s.Hv;
+  p.dk = s.dk;
+  p.dv = s.dv;
+  p.eps = 1e-6f;
+  p.uc = uc;
+  p.ldu = ldu;
+  p.b = b;
+  p.ldb = ldb;
+  p.a = al;
+  p.lda = ldb;
+  p.ssm_a = a_log;
+  p.dt_bias = dtb;
+  p.state = state;
+  p.out = out;
+  return p;
+}
 
 // The gated delta rule over n rows (spec §4.5.3-4.5.4): uc [n, ldu] post-conv
 // q|k|v, b and al [n, ldb] raw gate inputs; M [Hv, dv, dk] updated; out

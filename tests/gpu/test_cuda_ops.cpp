@@ -474,23 +474,8 @@ TEST_CASE("the delta rule kernel matches l2norm + delta_rule_step, with snapshot
         auto st = random_floats(size_t(Cv * s.dk), 6, -0.5f, 0.5f);
         DevArray<float> duc(uc), db(b), da(al), dal(a_log), ddt(dtb), dst(st), dout(static_cast<size_t>(n * Cv)),
             dsnap(static_cast<size_t>(Cv * s.dk));
-        DeltaNetArgs p;
-        p.n = n;
-        p.Hk = s.Hk;
-        p.Hv = s.Hv;
-        p.dk = s.dk;
-        p.dv = s.dv;
-        p.eps = 1e-6f;
-        p.uc = duc.get();
-        p.ldu = ldu;
-        p.b = db.get();
-        p.ldb = ldb;
-        p.a = da.get();
-        p.lda = ldb;
-        p.ssm_a = dal.get();
-        p.dt_bias = ddt.get();
-        p.state = dst.get();
-        p.out = dout.get();
+        DeltaNetArgs p =
+            delta_args(s, n, duc.get(), ldu, db.get(), da.get(), ldb, dal.get(), ddt.get(), dst.get(), dout.get());
         p.snapshot_row = n - 1 > 0 ? 1 : 0;
         p.snapshot = dsnap.get();
         p.elems_per_thread = ept;
