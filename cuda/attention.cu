@@ -25,18 +25,6 @@ namespace {
 
 constexpr int kAttnWarps = 4;
 
-// Lane l holds elements l*EPL .. l*EPL+EPL-1 of a head (EPL = Dh/32, even).
-template <int EPL>
-__device__ __forceinline__ void load_f16_row(const uint16_t* p, float* out) {
-  const __half2* h2 = reinterpret_cast<const __half2*>(p);
-#pragma unroll
-  for (int e = 0; e < EPL / 2; ++e) {
-    const float2 f = __half22float2(h2[e]);
-    out[2 * e] = f.x;
-    out[2 * e + 1] = f.y;
-  }
-}
-
 // Merge the kAttnWarps warps of a block (each with its running maximum m,
 // sum l and unnormalized output acc, online softmax) into split partial
 // `part` of part_m / part_l / part_o. Every thread of the block calls it.
@@ -100,6 +88,86 @@ __device__ __forceinline__ void merge_splits(const AttnArgs& a, int64_t t, int64
   }
 }
 
+// The keys a warp walks: j0 + warp, j0 + warp + kAttnWarps, ... below j1.
+// Cache rows are read kKeysAhead keys ahead of the arithmetic (raw F16 in
+// registers), so the loads of later keys are in flight while the online
+// softmax of earlier ones runs; the arithmetic is the same, in the same
+// order, as reading each row when it is used.
+template <int EPL>
+struct KeyStream {
+  static constexpr int kAhead = EPL >= 16 ? 2 : 4;
+  __half2 k[kAhead][EPL / 2], v[kAhead][EPL / 2];
+
+  // Slot p <- key j's cache rows if j < jc (the keys read from the cache).
+  __device__ __forceinline__ void fetch(int p, int64_t j, int64_t jc, const uint16_t* kb, const uint16_t* vb,
+                                        int64_t kvd) {
+    if (j >= jc) return;
+    const __half2* kp = reinterpret_cast<const __half2*>(kb + j * kvd);
+    const __half2* vp = reinterpret_cast<const __half2*>(vb + j * kvd);
+#pragma unroll
+    for (int e = 0; e < EPL / 2; ++e) {
+      k[p][e] = kp[e];
+      v[p][e] = vp[e];
+    }
+  }
+  // The first kAhead keys of the warp.
+  __device__ __forceinline__ void start(int64_t j, int64_t jc, const uint16_t* kb, const uint16_t* vb, int64_t kvd) {
+#pragma unroll
+    for (int p = 0; p < kAhead; ++p) fetch(p, j + int64_t(p) * kAttnWarps, jc, kb, vb, kvd);
+  }
+};
+
+template <int EPL>
+__device__ __forceinline__ void half2_row_to_float(const __half2* h, float* out) {
+#pragma unroll
+  for (int e = 0; e < EPL / 2; ++e) {
+    const float2 f = __half22float2(h[e]);
+    out[2 * e] = f.x;
+    out[2 * e + 1] = f.y;
+  }
+}
+
+// Online softmax of one warp over its keys j = j0 + warp + kAttnWarps*i
+// < j1 (ks already holds the first kAhead of them). Keys below jc come from
+// the cache (through ks), the others (j - jc < kFusedAttnRows) from the
+// new rows nk/nv (F32, already F16-rounded); nk/nv may be null if jc >= j1.
+template <int EPL>
+__device__ __forceinline__ void attend_keys(KeyStream<EPL>& ks, const float* q, int64_t j0, int64_t j1, int64_t jc,
+                                            int warp, int lane, const uint16_t* kb, const uint16_t* vb, int64_t kvd,
+                                            const float (*nk)[EPL * kWarp], const float (*nv)[EPL * kWarp], float& m,
+                                            float& l, float* acc) {
+  constexpr int A = KeyStream<EPL>::kAhead;
+  for (int64_t jb = j0 + warp; jb < j1; jb += int64_t(A) * kAttnWarps) {
+#pragma unroll
+    for (int p = 0; p < A; ++p) {
+      const int64_t j = jb + int64_t(p) * kAttnWarps;
+      if (j >= j1) break;
+      float kf[EPL], vf[EPL];
+      if (j < jc) {
+        half2_row_to_float<EPL>(ks.k[p], kf);
+        half2_row_to_float<EPL>(ks.v[p], vf);
+        ks.fetch(p, j + int64_t(A) * kAttnWarps, jc, kb, vb, kvd);  // the slot's next key
+      } else {
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) {
+          kf[e] = nk[j - jc][lane * EPL + e];
+          vf[e] = nv[j - jc][lane * EPL + e];
+        }
+      }
+      float d = 0.0f;
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) d = fmaf(q[e], kf[e], d);
+      d = warp_sum(d);
+      const float m_new = fmaxf(m, d);
+      const float c = __expf(m - m_new), pr = __expf(d - m_new);
+      l = l * c + pr;
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) acc[e] = fmaf(pr, vf[e], acc[e] * c);
+      m = m_new;
+    }
+  }
+}
+
 template <int EPL>
 __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_part_kernel(AttnArgs a) {
   pdl_prologue();
@@ -113,6 +181,10 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_part_kernel(Attn
   const int64_t n_kv = int64_t(*a.n_past) + t + 1;
   const int64_t chunk = (n_kv + a.splits - 1) / a.splits;
   const int64_t j0 = s * chunk, j1 = min(n_kv, j0 + chunk);
+  const uint16_t* kb = a.k_cache + g * Dh + lane * EPL;
+  const uint16_t* vb = a.v_cache + g * Dh + lane * EPL;
+  KeyStream<EPL> ks;
+  ks.start(j0 + warp, j1, kb, vb, kvd);
 
   float q[EPL];
   const float* qh = a.q + t * a.n_head * Dh + h * Dh + lane * EPL;
@@ -122,23 +194,7 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_part_kernel(Attn
   float m = -INFINITY, l = 0.0f, acc[EPL];
 #pragma unroll
   for (int e = 0; e < EPL; ++e) acc[e] = 0.0f;
-  const uint16_t* kb = a.k_cache + g * Dh + lane * EPL;
-  const uint16_t* vb = a.v_cache + g * Dh + lane * EPL;
-  for (int64_t j = j0 + warp; j < j1; j += kAttnWarps) {
-    float kv[EPL];
-    load_f16_row<EPL>(kb + j * kvd, kv);
-    float d = 0.0f;
-#pragma unroll
-    for (int e = 0; e < EPL; ++e) d = fmaf(q[e], kv[e], d);
-    d = warp_sum(d);
-    const float m_new = fmaxf(m, d);
-    const float c = __expf(m - m_new), p = __expf(d - m_new);
-    l = l * c + p;
-    load_f16_row<EPL>(vb + j * kvd, kv);
-#pragma unroll
-    for (int e = 0; e < EPL; ++e) acc[e] = fmaf(p, kv[e], acc[e] * c);
-    m = m_new;
-  }
+  attend_keys<EPL>(ks, q, j0, j1, j1, warp, lane, kb, vb, kvd, nullptr, nullptr, m, l, acc);
   write_split_partial<EPL>(a, (t * a.n_head + h) * a.splits + s, warp, lane, m, l, acc, sm, sl, so);
 }
 
@@ -156,7 +212,6 @@ __global__ void attention_merge_kernel(AttnArgs a) {
 // them) and followed by the merge in the last block of the (row, head).
 template <int EPL>
 __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_fused_kernel(FusedAttnArgs f) {
-  pdl_prologue();
   constexpr int Dh = EPL * kWarp;
   const AttnArgs& a = f.attn;
   const QkvRopeArgs& r = f.rope;
@@ -170,6 +225,19 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_fused_kernel(Fus
   const int64_t group = a.n_head / a.n_head_kv, g = h / group;
   const int64_t kvd = a.n_head_kv * Dh;
   const int64_t n_past = int64_t(*a.n_past);
+  const int64_t n_kv = n_past + t + 1;
+  const int64_t chunk = (n_kv + a.splits - 1) / a.splits;
+  const int64_t j0 = s * chunk, j1 = min(n_kv, j0 + chunk);
+  const uint16_t* kb = a.k_cache + g * Dh + lane * EPL;
+  const uint16_t* vb = a.v_cache + g * Dh + lane * EPL;
+
+  // The warp's first cache rows, before waiting for the previous kernel:
+  // rows below n_past were written by earlier steps (the previous kernel
+  // only produced this step's projections; n_past was copied before the
+  // step's first kernel), so these loads overlap its end and the prologue.
+  KeyStream<EPL> ks;
+  ks.start(j0 + warp, min(j1, n_past), kb, vb, kvd);
+  pdl_prologue();
 
   head_rmsnorm(r.qg + t * r.ldqg + h * 2 * Dh, r.q_norm, Dh, r.eps, buf, red);
   for (int64_t i = threadIdx.x; i < Dh; i += blockDim.x) sq[i] = rope_element(buf, i, r.pos + 3 * t, r.rope);
@@ -190,42 +258,13 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_fused_kernel(Fus
   }
   __syncthreads();
 
-  const int64_t n_kv = n_past + t + 1;
-  const int64_t chunk = (n_kv + a.splits - 1) / a.splits;
-  const int64_t j0 = s * chunk, j1 = min(n_kv, j0 + chunk);
   float q[EPL];
 #pragma unroll
   for (int e = 0; e < EPL; ++e) q[e] = sq[lane * EPL + e] * a.scale;
   float m = -INFINITY, l = 0.0f, acc[EPL];
 #pragma unroll
   for (int e = 0; e < EPL; ++e) acc[e] = 0.0f;
-  const uint16_t* kb = a.k_cache + g * Dh + lane * EPL;
-  const uint16_t* vb = a.v_cache + g * Dh + lane * EPL;
-  for (int64_t j = j0 + warp; j < j1; j += kAttnWarps) {
-    float kv[EPL];
-    if (j < n_past) {
-      load_f16_row<EPL>(kb + j * kvd, kv);
-    } else {
-#pragma unroll
-      for (int e = 0; e < EPL; ++e) kv[e] = snk[j - n_past][lane * EPL + e];
-    }
-    float d = 0.0f;
-#pragma unroll
-    for (int e = 0; e < EPL; ++e) d = fmaf(q[e], kv[e], d);
-    d = warp_sum(d);
-    const float m_new = fmaxf(m, d);
-    const float c = __expf(m - m_new), p = __expf(d - m_new);
-    l = l * c + p;
-    if (j < n_past) {
-      load_f16_row<EPL>(vb + j * kvd, kv);
-    } else {
-#pragma unroll
-      for (int e = 0; e < EPL; ++e) kv[e] = snv[j - n_past][lane * EPL + e];
-    }
-#pragma unroll
-    for (int e = 0; e < EPL; ++e) acc[e] = fmaf(p, kv[e], acc[e] * c);
-    m = m_new;
-  }
+  attend_keys<EPL>(ks, q, j0, j1, n_past, warp, lane, kb, vb, kvd, snk, snv, m, l, acc);
   // Merge the warps of this block (as the part kernel).
   write_split_partial<EPL>(a, (t * a.n_head + h) * a.splits + s, warp, lane, m, l, acc, sm, sl, so);
 

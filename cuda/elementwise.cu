@@ -40,13 +40,31 @@ __global__ void swiglu_kernel(float* __restrict__ g, int64_t ldg, const float* _
   *gp = silu_f(*gp) * u[t * ldu + k];
 }
 
+// Row blockIdx.y (and every gridDim.y-th after it), V consecutive columns
+// per thread: V = 4 moves 16-byte words of g and u and 8 bytes of y (the
+// launcher checks the alignment), V = 1 any layout. The same value per
+// element either way.
+template <int V>
 __global__ void swiglu_bf16_kernel(const float* __restrict__ g, int64_t ldg, const float* __restrict__ u, int64_t ldu,
                                    int64_t n, int64_t F, uint16_t* __restrict__ y, int64_t ldy) {
   pdl_prologue();
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n * F) return;
-  const int64_t t = i / F, k = i % F;
-  y[t * ldy + k] = __bfloat16_as_ushort(__float2bfloat16_rn(silu_f(g[t * ldg + k]) * u[t * ldu + k]));
+  const int64_t k = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V;
+  if (k >= F) return;
+  auto one = [](float gv, float uv) { return __bfloat16_as_ushort(__float2bfloat16_rn(silu_f(gv) * uv)); };
+  for (int64_t t = blockIdx.y; t < n; t += gridDim.y) {
+    if constexpr (V == 4) {
+      const float4 gv = *reinterpret_cast<const float4*>(g + t * ldg + k);
+      const float4 uv = *reinterpret_cast<const float4*>(u + t * ldu + k);
+      ushort4 o;
+      o.x = one(gv.x, uv.x);
+      o.y = one(gv.y, uv.y);
+      o.z = one(gv.z, uv.z);
+      o.w = one(gv.w, uv.w);
+      *reinterpret_cast<ushort4*>(y + t * ldy + k) = o;
+    } else {
+      y[t * ldy + k] = one(g[t * ldg + k], u[t * ldu + k]);
+    }
+  }
 }
 
 // Argmax in two levels: blocks (blockIdx.x of kArgmaxBlocks) scan
@@ -210,7 +228,15 @@ cudaError_t swiglu(float* g, int64_t ldg, const float* u, int64_t ldu, int64_t n
 cudaError_t swiglu_bf16(const float* g, int64_t ldg, const float* u, int64_t ldu, int64_t n, int64_t F, uint16_t* y,
                         int64_t ldy, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  return launch(swiglu_bf16_kernel, dim3(ceil_div(n * F, 256)), dim3(256), 0, stream, g, ldg, u, ldu, n, F, y, ldy);
+  const dim3 block(256);
+  const unsigned rows = unsigned(std::min<int64_t>(n, 65535));
+  const bool vec = F % 4 == 0 && ldg % 4 == 0 && ldu % 4 == 0 && ldy % 4 == 0 &&
+                   ((reinterpret_cast<uintptr_t>(g) | reinterpret_cast<uintptr_t>(u)) & 15u) == 0 &&
+                   (reinterpret_cast<uintptr_t>(y) & 7u) == 0;
+  if (vec)
+    return launch(swiglu_bf16_kernel<4>, dim3(ceil_div(F / 4, 256), rows), block, 0, stream, g, ldg, u, ldu, n, F, y,
+                  ldy);
+  return launch(swiglu_bf16_kernel<1>, dim3(ceil_div(F, 256), rows), block, 0, stream, g, ldg, u, ldu, n, F, y, ldy);
 }
 
 size_t argmax_scratch_bytes(int64_t n) { return size_t(std::max<int64_t>(n, 1)) * kArgmaxRowBytes; }

@@ -81,7 +81,7 @@ __device__ __forceinline__ float fp4_half_value(uint32_t h16) {
 }
 
 // One warp per (tile, kgroup): decode into shared memory, then write the
-// 16 x 64 block row by row.
+// 16 x 64 block (F32: row by row; BF16: four rows per 16-byte store pass).
 template <typename Out>
 __global__ void fp4_dequant_kernel(Fp4Tiled w, int64_t r0, int64_t nr, Out* __restrict__ dst) {
   __shared__ float tile_buf[kWarps][kFp4TileRows][kFp4GroupCols + 1];
@@ -104,6 +104,28 @@ __global__ void fp4_dequant_kernel(Fp4Tiled w, int64_t r0, int64_t nr, Out* __re
     }
   }
   __syncwarp();
+  if constexpr (sizeof(Out) == 2) {
+    // BF16: 16-byte stores, lane l writes columns 8(l%8) .. 8(l%8)+7 of
+    // tile row 4p + l/8 in pass p (the launcher checks the alignment).
+#pragma unroll
+    for (int p = 0; p < kFp4TileRows / 4; ++p) {
+      const int row = 4 * p + lane / 8, col0 = 8 * (lane % 8);
+      bool second = false;
+      const int64_t src = fp4_source_row(w.pairing, tile, row, &second);
+      if (src >= w.rows) continue;
+      const int64_t out_row = (second ? w.rows : 0) + src - r0;
+      if (out_row < 0 || out_row >= nr) continue;
+      uint32_t h[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const uint32_t lo = __bfloat16_as_ushort(__float2bfloat16_rn(tile_buf[warp][row][col0 + 2 * e]));
+        const uint32_t hi = __bfloat16_as_ushort(__float2bfloat16_rn(tile_buf[warp][row][col0 + 2 * e + 1]));
+        h[e] = lo | (hi << 16);
+      }
+      *reinterpret_cast<uint4*>(dst + out_row * w.cols + kg * kFp4GroupCols + col0) = make_uint4(h[0], h[1], h[2], h[3]);
+    }
+    return;
+  }
   for (int row = 0; row < kFp4TileRows; ++row) {
     bool second = false;
     const int64_t src = fp4_source_row(w.pairing, tile, row, &second);
@@ -755,6 +777,9 @@ cudaError_t fp4_repack(const uint8_t* a, const uint8_t* b, uint64_t row_bytes, c
 template <typename Out>
 static cudaError_t fp4_dequant(const Fp4Tiled& w, int64_t r0, int64_t nr, Out* dst, cudaStream_t stream) {
   if (nr <= 0) return cudaSuccess;
+  // The BF16 kernel stores 16-byte words (the column count is a multiple of
+  // the 64-column kgroup).
+  if (sizeof(Out) == 2 && (reinterpret_cast<uintptr_t>(dst) & 15u) != 0) return cudaErrorInvalidValue;
   const int64_t units = w.tiles() * w.kgroups();
   return launch_plain(fp4_dequant_kernel<Out>, dim3(ceil_div(units, kWarps)), dim3(kWarps * kWarp), 0, stream, w, r0,
                      nr, dst);

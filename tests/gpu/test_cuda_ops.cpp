@@ -391,7 +391,7 @@ TEST_CASE("the fused decode attention agrees with q/k norm + RoPE + split attent
   auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
   for (int64_t Dh : {64, 128, 256, 512}) {
     for (int64_t n : {1, 2}) {
-      for (int64_t n_past : {0, 9, 30}) {
+      for (int64_t n_past : {0, 9, 30, 45}) {
         for (int splits : {1, 3, 8}) {
           CAPTURE(Dh);
           CAPTURE(n);
