@@ -500,6 +500,7 @@ cudaError_t attention(const AttnArgs& a, cudaStream_t stream) {
   if (a.n <= 0) return cudaSuccess;
   if (!attention_head_dim_supported(a.head_dim) || a.splits < 1 || a.n_head % a.n_head_kv != 0)
     return cudaErrorInvalidValue;
+  if (a.tiled && a.tensor_cores && attention_mma_supported(a.head_dim)) return attention_mma(a, stream);
   if (a.tiled) {
     switch (a.head_dim) {
       case 64: if (tiled_fits<64>()) return launch_tiled<64>(a, stream); break;

@@ -35,12 +35,23 @@ struct AttnArgs {
   // of query rows, online softmax; no split scratch) when its shared memory
   // fits the device; else the split kernel above.
   bool tiled = false;
+  // With tiled: the tensor-core kernel (attention_mma) where it supports the
+  // head size; else the F32 tiled kernel.
+  bool tensor_cores = false;
 };
 
 bool attention_head_dim_supported(int64_t head_dim);
 
 // The whole attention for every row and head.
 cudaError_t attention(const AttnArgs& a, cudaStream_t stream);
+
+// Flash attention on tensor cores (attention_mma.cu): mma.sync with F16
+// operands, the queries and probabilities split into F16 hi + lo parts so
+// the products keep F32 precision (results agree with the F32 kernels to
+// rounding, not bit for bit). Head sizes 64-256 where the block's shared
+// memory fits the device (about 103 KiB for 256); splits are not used.
+bool attention_mma_supported(int64_t head_dim);
+cudaError_t attention_mma(const AttnArgs& a, cudaStream_t stream);
 
 // Decode steps of up to kFusedAttnRows rows: the q/k norm + RoPE + KV cache
 // write of qkv_norm_rope() and both attention kernels in one kernel. Every

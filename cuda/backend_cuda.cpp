@@ -203,6 +203,7 @@ class CudaBackend final : public Backend {
   bool fp4_gemm_ = false;            // block-scaled FP4 GEMMs for batches (Blackwell)
   bool tiled_attn_ = true;           // batches: the tiled attention kernel
   bool fused_attn_ = true;           // decode: q/k norm, RoPE and attention in one kernel
+  bool mma_attn_ = false;            // batches: the tensor-core attention (QWEN35_CUDA_ATTN_MMA=1)
   int delta_ept_ = 16;               // delta rule: state elements per thread
   float* delta_scratch_ = nullptr;   // batches: the chunked delta rule's scratch (QWEN35_CUDA_DELTA_CHUNKED=1)
   std::map<GraphKey, cudaGraphExec_t> graphs_;
@@ -283,6 +284,8 @@ Status CudaBackend::init() {
   use_graphs_ = !env_off("QWEN35_CUDA_GRAPHS");
   tiled_attn_ = !env_off("QWEN35_CUDA_TILED_ATTN");
   fused_attn_ = !env_off("QWEN35_CUDA_FUSED_ATTN");
+  const char* mma_attn = std::getenv("QWEN35_CUDA_ATTN_MMA");
+  mma_attn_ = mma_attn && std::string(mma_attn) == "1";
   delta_ept_ = decode_tuning().delta_ept;
   const char* chunked = std::getenv("QWEN35_CUDA_DELTA_CHUNKED");
   const bool delta_chunked = chunked && std::string(chunked) == "1";
@@ -651,6 +654,7 @@ Status CudaBackend::attention_layer(const DevLayer& L, const KVCache& kv, int64_
   a.part_l = part_l_;
   a.part_o = part_o_;
   a.tiled = tiled_attn_ && n > kMatvecMaxCols;
+  a.tensor_cores = mma_attn_;
   if (fused_attn_ && n <= kFusedAttnRows) {
     FusedAttnArgs f;
     f.attn = a;

@@ -124,19 +124,17 @@ __global__ void fp4_dequant_kernel(Fp4Tiled w, int64_t r0, int64_t nr, Out* __re
       }
       *reinterpret_cast<uint4*>(dst + out_row * w.cols + kg * kFp4GroupCols + col0) = make_uint4(h[0], h[1], h[2], h[3]);
     }
-    return;
-  }
-  for (int row = 0; row < kFp4TileRows; ++row) {
-    bool second = false;
-    const int64_t src = fp4_source_row(w.pairing, tile, row, &second);
-    if (src >= w.rows) continue;
-    const int64_t out_row = (second ? w.rows : 0) + src - r0;
-    if (out_row < 0 || out_row >= nr) continue;
-    Out* o = dst + out_row * w.cols + kg * kFp4GroupCols;
-    for (int col = lane; col < kFp4GroupCols; col += kWarp) {
-      const float v = tile_buf[warp][row][col];
-      if constexpr (sizeof(Out) == 4) o[col] = v;
-      else o[col] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+  } else {
+    for (int row = 0; row < kFp4TileRows; ++row) {
+      bool second = false;
+      const int64_t src = fp4_source_row(w.pairing, tile, row, &second);
+      if (src >= w.rows) continue;
+      const int64_t out_row = (second ? w.rows : 0) + src - r0;
+      if (out_row < 0 || out_row >= nr) continue;
+      Out* o = dst + out_row * w.cols + kg * kFp4GroupCols;
+      for (int col = lane; col < kFp4GroupCols; col += kWarp) {
+        o[col] = tile_buf[warp][row][col];
+      }
     }
   }
 }

@@ -51,6 +51,23 @@ __device__ __forceinline__ void mma_f16(float* d, const uint32_t* a, uint32_t b0
 }
 #endif
 
+// d += A B (the accumulating form: one instruction on the GPU).
+#ifdef QWEN35_CUDA_EMU
+__device__ __forceinline__ void mma_f16_acc(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  float p[4];
+  mma_f16(p, a, b0, b1);
+  for (int e = 0; e < 4; ++e) d[e] += p[e];
+}
+#else
+__device__ __forceinline__ void mma_f16_acc(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+#endif
+
 // Two E4M3 bytes (low 16 bits) -> floats.
 __device__ __forceinline__ float2 e4m3x2_to_float2(uint32_t pair) {
   const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(pair & 0xFFFFu), __NV_E4M3);

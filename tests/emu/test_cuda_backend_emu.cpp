@@ -116,6 +116,11 @@ TEST_CASE("emulated CUDA backend: the chunked delta rule in the batch path meets
   check_batch_bar("batch, chunked delta rule");
 }
 
+TEST_CASE("emulated CUDA backend: the tensor-core attention in the batch path meets the fixture bar") {
+  EnvVar mma("QWEN35_CUDA_ATTN_MMA", "1");  // read when the context is created
+  check_batch_bar("batch, tensor-core attention");
+}
+
 namespace {
 std::vector<int32_t> generate_tokens(qwen35_model* m, const qwen35_sampler_params& sp, int n, bool mtp,
                                      qwen35_generate_stats* stats = nullptr) {

@@ -177,6 +177,9 @@ if [ -s "$M4" ]; then
   bench "  prefill: delta rule e32" env QWEN35_CUDA_DELTA_EPT=32 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
   bench "  prefill: delta rule e8" env QWEN35_CUDA_DELTA_EPT=8 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
   bench "  prefill: chunked delta rule" env QWEN35_CUDA_DELTA_CHUNKED=1 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
+  bench "  prefill: tensor-core attention" env QWEN35_CUDA_ATTN_MMA=1 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
+  bench "  prefill: chunked delta + tensor-core attention" env QWEN35_CUDA_DELTA_CHUNKED=1 QWEN35_CUDA_ATTN_MMA=1 \
+    "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
   bench "  prefill: cached BF16 weights" env QWEN35_CUDA_DEQ_CACHE=1 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
 fi
 # Per-kernel times under Nsight Compute (when installed; QWEN35_GPU_NCU=0

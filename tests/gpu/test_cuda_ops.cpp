@@ -326,18 +326,18 @@ TEST_CASE("q/k norm + IMROPE + KV write match rmsnorm and rope_heads") {
   CHECK(hk[size_t((n_past + n) * kvd)] == 0);
 }
 
-TEST_CASE("attention (split and tiled) matches attend_one with the gate, for every head size") {
+TEST_CASE("attention (split, tiled, tensor cores) matches attend_one with the gate, for every head size") {
   QWEN35_REQUIRE_GPU();
   for (int64_t Dh : {64, 128, 256, 512}) {
     for (int64_t n : {1, 6, 77}) {
       for (int64_t n_past : {0, 20}) {
-        for (int mode : {1, 3, 32, 0}) {  // split count, or 0: the tiled kernel
+        for (int mode : {1, 3, 32, 0, -1}) {  // split count; 0: the tiled kernel; -1: tensor cores (Dh <= 256)
           CAPTURE(Dh);
           CAPTURE(n);
           CAPTURE(n_past);
           CAPTURE(mode);
           const int64_t Hq = 4, Hkv = 2, n_ctx = 112, qd = Hq * Dh, kvd = Hkv * Dh;
-          const int splits = mode == 0 ? 1 : mode;
+          const int splits = mode <= 0 ? 1 : mode;
           auto q = random_floats(size_t(n * qd), 1, -1, 1);
           auto kf = random_floats(size_t(n_ctx * kvd), 2, -1, 1);
           auto vf = random_floats(size_t(n_ctx * kvd), 3, -1, 1);
@@ -375,7 +375,8 @@ TEST_CASE("attention (split and tiled) matches attend_one with the gate, for eve
           a.part_m = pm.get();
           a.part_l = pl.get();
           a.part_o = po.get();
-          a.tiled = mode == 0;
+          a.tiled = mode <= 0;
+          a.tensor_cores = mode < 0;
           REQUIRE(attention(a, 0) == cudaSuccess);
           std::vector<float> want;
           attention_reference(q, kf, vf, gate, ldgate, Dh, n, n_past, Hq, Hkv, Dh, a.scale, want);
