@@ -21,6 +21,9 @@
 // after the warm-up, only one prefill of p tokens, or only n decode steps
 // after it (graphs captured beforehand), run between cudaProfilerStart and
 // cudaProfilerStop; nothing else is measured.
+// --trace prefill|decode: the same region, with the kernel timeline recorded
+// through CUPTI (real clocks, PDL and graphs as they run) and printed as
+// "trace|" lines (tests/gpu/kernel_trace.h); needs a build with CUPTI.
 #include <cuda_profiler_api.h>
 
 #include <algorithm>
@@ -38,6 +41,7 @@
 #include "context.h"
 #include "device_model.h"
 #include "generate.h"
+#include "kernel_trace.h"
 #include "model.h"
 #include "sampler.h"
 #include "tuning.h"
@@ -60,7 +64,7 @@ int32_t argmax(const float* x, int64_t n) {
 int usage() {
   std::fprintf(stderr,
                "usage: qwen35-cuda-bench -m MODEL [-p 512] [-n 128] [--device cuda|cpu] [--json] [--check N]\n"
-               "                         [--sweep | --sweep-all] [--profile prefill|decode]\n");
+               "                         [--sweep | --sweep-all] [--profile prefill|decode] [--trace prefill|decode]\n");
   return 2;
 }
 
@@ -109,7 +113,7 @@ Status backend_decode_rate(const Model& model, const ContextOptions& o, const st
 int main(int argc, char** argv) {
   std::string path, device = "cuda", profile;
   int p = 512, n = 128, check = 0;
-  bool json = false, sweep = false, sweep_all = false;
+  bool json = false, sweep = false, sweep_all = false, trace = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "-m" && i + 1 < argc) path = argv[++i];
@@ -121,6 +125,7 @@ int main(int argc, char** argv) {
     else if (a == "--sweep") sweep = true;
     else if (a == "--sweep-all") sweep = sweep_all = true;
     else if (a == "--profile" && i + 1 < argc) profile = argv[++i];
+    else if (a == "--trace" && i + 1 < argc) profile = argv[++i], trace = true;
     else return usage();
   }
   if (path.empty() || p < 1 || n < 1) return usage();
@@ -157,11 +162,22 @@ int main(int argc, char** argv) {
   if (!st.ok()) return fail("creating a context", st);
   st = ctx->decode(prompt.data(), std::min(p, 16), LogitsMode::Last);
   if (!st.ok()) return fail("warm-up", st);
+  // The measured region of --profile / --trace.
+  std::string why;
+  auto region_start = [&] {
+    if (trace && !test::trace_start(&why)) return false;
+    cudaProfilerStart();
+    return true;
+  };
+  auto region_stop = [&](int steps) {
+    cudaProfilerStop();
+    if (trace) test::trace_report(test::trace_stop(), steps, stdout);
+  };
   if (profile == "prefill") {
     ctx->reset();
-    cudaProfilerStart();
+    if (!region_start()) return fail("tracing", Error(QWEN35_ERR_UNSUPPORTED, "{}", why));
     st = ctx->decode(prompt.data(), p, LogitsMode::Last);
-    cudaProfilerStop();
+    region_stop(1);
     if (!st.ok()) return fail("prefill", st);
     std::printf("profiled one prefill of %d tokens\n", p);
     return 0;
@@ -200,9 +216,9 @@ int main(int argc, char** argv) {
   if (!(st = be.restore_recurrent(1)).ok()) return fail("restoring the state", st);
   tok = argmax(ctx->logits(-1), V);
   if (profile == "decode") {
-    cudaProfilerStart();
+    if (!region_start()) return fail("tracing", Error(QWEN35_ERR_UNSUPPORTED, "{}", why));
     for (int i = 0; i < n && st.ok(); ++i) st = step(p + i);
-    cudaProfilerStop();
+    region_stop(n);
     if (!st.ok()) return fail("decode", st);
     std::printf("profiled %d decode steps after a prefill of %d tokens\n", n, p);
     return 0;

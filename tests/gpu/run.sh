@@ -182,6 +182,24 @@ if [ -s "$M4" ]; then
     "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
   bench "  prefill: cached BF16 weights" env QWEN35_CUDA_DEQ_CACHE=1 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
 fi
+# The kernel timeline as it runs (CUPTI: real clocks, PDL overlap, graphs):
+# per kernel its share of the busy time, and the idle time of a step.
+TRACES=()
+trace() {  # trace LABEL FILE ENV... -- ARGS...: qwen35-cuda-bench --trace into $OUT/FILE
+  local label=$1 file=$OUT/$2
+  shift 2
+  local envs=()
+  while [ "$1" != "--" ]; do envs+=("$1"); shift; done
+  shift
+  step "$label" 90 bash -c 'env "${@:2}" > "$1" 2>&1' _ "$file" "${envs[@]}" "$BIN/qwen35-cuda-bench" -m "$M4" "$@"
+  TRACES+=("$label|$file")
+}
+if [ -s "$M4" ] && [ "${QWEN35_GPU_TRACE:-1}" != 0 ]; then
+  trace "trace: decode" trace-decode.txt -- -p 512 -n 32 --device cuda --trace decode
+  trace "trace: prefill" trace-prefill.txt -- -p 512 -n 1 --device cuda --trace prefill
+  trace "trace: prefill, chunked+mma" trace-prefill-new.txt QWEN35_CUDA_DELTA_CHUNKED=1 QWEN35_CUDA_ATTN_MMA=1 -- \
+    -p 512 -n 1 --device cuda --trace prefill
+fi
 # Per-kernel times under Nsight Compute (when installed; QWEN35_GPU_NCU=0
 # skips it): the bench's --profile runs only the part of interest between
 # cudaProfilerStart/Stop (ncu --profile-from-start off): 3 decode steps
@@ -238,6 +256,11 @@ TOTAL=$(($(date +%s) - T0))
       fi
     fi
     printf '%-34s %-12s %5ss  %s\n' "$name" "$st" "$dt" "$res"
+  done
+  # Kernel timelines (qwen35-cuda-bench --trace): the first 14 kernels of each.
+  for t in "${TRACES[@]}"; do
+    IFS='|' read -r label file <<<"$t"
+    [ -s "$file" ] && grep '^trace|' "$file" | head -16 | sed "s/^trace|/$label|/"
   done
   # The read floor (qwen35-bw-probe).
   awk '/== bandwidth probe \(limit/ {on=1; next} on && /== bandwidth probe:/ {on=0} on && !/^\[run.sh/ {print "probe: " $0}' "$LOG" || true
