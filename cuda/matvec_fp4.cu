@@ -411,21 +411,16 @@ __host__ __device__ __forceinline__ TcInput tc_input(const Fp4MatvecArgs& a) {
 // (tc_load_x_impl<true>), applied by the caller to the finished sums.
 template <bool kLean = false>
 __device__ __forceinline__ void fp4_kgroup(float* acc, uint4 c4, uint2 s2, int i, const uint16_t* xb, const float* mp,
-                                           int n, bool has_col) {
+                                           int n) {
   const uint32_t words[4] = {c4.x, c4.y, c4.z, c4.w};
 #pragma unroll
   for (int wd = 0; wd < 4; ++wd) {
     const int c = 4 * i + wd;
     uint32_t ar[4];
     fp4_unpack_word(words[wd], ar);
-    uint32_t b0 = 0, b1 = 0;
-    if (has_col) {
-      const uint2 bv = *reinterpret_cast<const uint2*>(xb + c * n * 16);
-      b0 = bv.x;
-      b1 = bv.y;
-    }
+    const uint2 bv = *reinterpret_cast<const uint2*>(xb + c * n * 16);
     float d[4];
-    mma_f16(d, ar, b0, b1);
+    mma_f16(d, ar, bv.x, bv.y);
     const uint32_t sw = wd < 2 ? s2.x : s2.y;
     const float2 sc = e4m3x2_to_float2(sw >> (16 * (wd & 1)));  // tile rows g, g+8
     if constexpr (kLean) {
@@ -547,8 +542,7 @@ __global__ void __launch_bounds__(W * kWarp) fp4_stream_kernel(Fp4MatvecArgs a, 
   // 3. Stream: kgroup i of the slice is 4 chunks (one mma each).
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   if (active) {
-    const bool has_col = g < n;
-    const uint16_t* xb = xs + g * 16 + t * 4;  // + chunk * n * 16
+    const uint16_t* xb = xs + tc_b_row(g, n) * 16 + t * 4;  // + chunk * n * 16
     const float* mp = mult + 2 * t;            // + chunk * 8
     for (int i0 = 0; i0 < nkg; i0 += P) {
 #pragma unroll
@@ -561,7 +555,7 @@ __global__ void __launch_bounds__(W * kWarp) fp4_stream_kernel(Fp4MatvecArgs a, 
             cb[p] = ld_stream(cp + (i + P) * 32);
             sb[p] = ld_stream(sp + (i + P) * 8);
           }
-          fp4_kgroup(acc, c4, s2, i, xb, mp, n, has_col);
+          fp4_kgroup(acc, c4, s2, i, xb, mp, n);
         }
       }
     }
@@ -654,8 +648,7 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
   // 3. Stream the stages.
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   if (active) {
-    const bool has_col = g < n;
-    const uint16_t* xb = xs + g * 16 + t * 4;
+    const uint16_t* xb = xs + tc_b_row(g, n) * 16 + t * 4;
     const float* mp = mult + 2 * t;
     for (int st = 0; st < nst; ++st) {
       const uint8_t* src = ring + (st % S) * kBulkStageBytes;
@@ -679,7 +672,7 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
       if (skip_math) continue;
 #pragma unroll
       for (int k = 0; k < kBulkStageKg; ++k)
-        if (k < nk) fp4_kgroup<kLean>(acc, c4[k], s2[k], k0 + k, xb, mp, n, has_col);
+        if (k < nk) fp4_kgroup<kLean>(acc, c4[k], s2[k], k0 + k, xb, mp, n);
     }
     if constexpr (kLean) {
       const float2 m = *reinterpret_cast<const float2*>(mp);  // rows 2t, 2t+1: the same for every chunk
@@ -854,6 +847,8 @@ cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream) {
       if (splits > 1 && !cluster && (!a.partial || !a.counters)) return cudaErrorInvalidValue;
       const bool probe = tune.fp4_probe != 0;
       cluster = cluster && splits > 1;
+      if (tune.fp4_stages == 8 && !tune.fp4_lean)
+        return launch_bulk_combine<8, false>(a, splits, kg_per, probe, cluster, stream);
       if (tune.fp4_stages == 2)
         return tune.fp4_lean ? launch_bulk_combine<2, true>(a, splits, kg_per, probe, cluster, stream)
                              : launch_bulk_combine<2, false>(a, splits, kg_per, probe, cluster, stream);

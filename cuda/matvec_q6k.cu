@@ -229,8 +229,7 @@ __global__ void __launch_bounds__(W * kWarp) q6kt_matvec_kernel(Q6kTiled w, TcIn
   __syncthreads();
 
   // 3. Stream each tile (no barriers from here: the warps go their own ways).
-  const bool has_col = g < n;
-  const uint16_t* xb = xs + g * 16 + t * 4;  // + chunk * n * 16
+  const uint16_t* xb = xs + tc_b_row(g, n) * 16 + t * 4;  // + chunk * n * 16
   const float* mp = mult + 2 * t;            // + chunk * 8
   const __half2 k1056 = __floats2half2_rn(1056.0f, 1056.0f);
   for (bool first = true; tile < tiles; tile += stride, first = false) {
@@ -267,14 +266,9 @@ __global__ void __launch_bounds__(W * kWarp) q6kt_matvec_kernel(Q6kTiled w, TcIn
               const __half2 v = __hsub2(*reinterpret_cast<const __half2*>(&biased), k1056);
               ar[r] = *reinterpret_cast<const uint32_t*>(&v);
             }
-            uint32_t b0 = 0, b1 = 0;
-            if (has_col) {
-              const uint2 bv = *reinterpret_cast<const uint2*>(xb + c * n * 16);
-              b0 = bv.x;
-              b1 = bv.y;
-            }
+            const uint2 bv = *reinterpret_cast<const uint2*>(xb + c * n * 16);
             float dm[4];
-            mma_f16(dm, ar, b0, b1);
+            mma_f16(dm, ar, bv.x, bv.y);
             const float2 m = *reinterpret_cast<const float2*>(mp + c * kMatvecMaxCols);  // rows 2t, 2t+1
             const uint32_t sw = (wd < 2 ? s2.x : s2.y) >> (16 * (wd & 1));
             const float s0 = d_g * float(int8_t(sw & 0xFFu)), s1 = d_g8 * float(int8_t((sw >> 8) & 0xFFu));

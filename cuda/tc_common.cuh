@@ -195,6 +195,13 @@ struct TcInput {
   float eps = 1e-6f;
 };
 
+// The activation row whose x values lane group g loads as its B column:
+// its own for g < n; row 0 for the others, whose products land in
+// accumulator columns >= n that the chunk multipliers (0 for rows >= n)
+// zero and nothing reads. An unconditional shared-memory load instead of a
+// divergent branch per mma (for n = 1, a constant row).
+__device__ __forceinline__ int tc_b_row(int g, int n) { return g < n ? g : 0; }
+
 // Shared-memory bytes of the prologue's output for a slice of nch chunks.
 __host__ __device__ constexpr size_t tc_x_bytes(int nch, int n) { return size_t(nch) * 32 * size_t(n + 1); }
 
