@@ -24,7 +24,7 @@ DecodeTuning clamp(DecodeTuning t) {
   t.fp4_warps = t.fp4_warps >= 8 ? 8 : 4;
   t.fp4_blocks_per_sm = std::clamp(t.fp4_blocks_per_sm, 1, kFp4MaxBlocksPerSm);
   t.fp4_depth = t.fp4_depth >= 16 ? 16 : t.fp4_depth >= 8 ? 8 : 4;
-  t.fp4_stages = t.fp4_stages >= 4 ? 4 : 2;
+  t.fp4_stages = t.fp4_stages >= 8 && !t.fp4_lean ? 8 : t.fp4_stages >= 4 ? 4 : 2;  // 8: not in lean mode
   t.fp4_lean = t.fp4_lean ? 1 : 0;
   t.fp4_probe = t.fp4_probe ? 1 : 0;
   t.fp4_cluster = t.fp4_cluster ? 1 : 0;

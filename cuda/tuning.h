@@ -12,7 +12,7 @@
 //   QWEN35_CUDA_FP4_DEPTH   kgroups each warp of kernel 2 keeps in flight:
 //                           4, 8 or 16
 //   QWEN35_CUDA_FP4_STAGES  kernel 3: stages of 4 kgroups in flight per warp:
-//                           2 or 4
+//                           2, 4 or 8 (8 not in lean mode)
 //   QWEN35_CUDA_FP4_LEAN    kernel 3: 1 = one activation scale per row and
 //                           column slice (fewer instructions per mma)
 //   QWEN35_CUDA_FP4_CLUSTER kernel 3: 1 = the split-K slices of a tile group
@@ -49,7 +49,7 @@ struct DecodeTuning {
   int fp4_warps = 4;
   int fp4_blocks_per_sm = 4;
   int fp4_depth = 4;
-  int fp4_stages = 4;  // kernel 3: shared-memory stages of 4 kgroups per warp (2 or 4)
+  int fp4_stages = 4;  // kernel 3: shared-memory stages of 4 kgroups per warp (2, 4 or 8)
   int fp4_lean = 0;    // kernel 3: one activation scale per row and slice (1) or per chunk (0)
   int fp4_probe = 0;   // kernel 3: 1 = leave out the stream's arithmetic (WRONG results; timing probe)
   int fp4_cluster = 0;  // kernel 3: 1 = combine the split-K slices in a thread block cluster (<= 8 slices)

@@ -344,7 +344,8 @@ int main(int argc, char** argv) {
       for (int cluster : {0, 1})
         for (int lean : {0, 1})
           for (int bps : {1, 2, 3, 4, 5, 6, 8})
-            for (int stages : {2, 4}) {
+            for (int stages : {2, 4, 8}) {
+              if (stages == 8 && lean) continue;
               t.fp4_cluster = cluster;
               t.fp4_lean = lean;
               t.fp4_blocks_per_sm = bps;
@@ -370,7 +371,11 @@ int main(int argc, char** argv) {
       for (auto [bps, stages, lean, probe, cluster] :
            {std::tuple{4, 4, 0, 0, 0}, std::tuple{4, 2, 0, 0, 0}, std::tuple{2, 4, 0, 0, 0}, std::tuple{4, 2, 1, 0, 0},
             std::tuple{4, 4, 0, 1, 0}, std::tuple{4, 4, 0, 0, 1}, std::tuple{4, 2, 0, 0, 1}, std::tuple{2, 4, 0, 0, 1},
-            std::tuple{8, 4, 0, 0, 1}, std::tuple{6, 2, 0, 0, 1}, std::tuple{4, 2, 1, 0, 1}, std::tuple{4, 4, 0, 1, 1}}) {
+            std::tuple{8, 4, 0, 0, 1}, std::tuple{6, 2, 0, 0, 1}, std::tuple{4, 2, 1, 0, 1}, std::tuple{4, 4, 0, 1, 1},
+            // Fewer, longer blocks with deeper rings: room on each
+            // multiprocessor for the next kernel's blocks to start their
+            // weight loads (PDL) while this kernel computes.
+            std::tuple{1, 4, 0, 0, 0}, std::tuple{1, 8, 0, 0, 0}, std::tuple{2, 8, 0, 0, 0}, std::tuple{3, 8, 0, 0, 0}}) {
         t.fp4_blocks_per_sm = bps;
         t.fp4_stages = stages;
         t.fp4_lean = lean;

@@ -490,7 +490,8 @@ TEST_CASE("CUDA: every decode-kernel variant agrees with the generic kernels; gr
   t.fp4_kernel = 3;
   t.fp4_warps = 4;
   for (auto [bps, st, lean, cluster] : {std::tuple{4, 4, 0, 0}, std::tuple{32, 4, 0, 0}, std::tuple{1, 2, 1, 0},
-                                        std::tuple{8, 2, 1, 0}, std::tuple{4, 4, 0, 1}, std::tuple{32, 2, 1, 1}}) {
+                                        std::tuple{8, 2, 1, 0}, std::tuple{4, 4, 0, 1}, std::tuple{32, 2, 1, 1},
+                                        std::tuple{2, 8, 0, 0}}) {
     t.fp4_blocks_per_sm = bps;
     t.fp4_stages = st;
     t.fp4_lean = lean;

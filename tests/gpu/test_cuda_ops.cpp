@@ -612,8 +612,9 @@ std::vector<DecodeTuning> fp4_variants() {
   t.fp4_warps = 4;
   for (int cluster : {0, 1})
     for (int lean : {0, 1})
-      for (int stages : {2, 4})
+      for (int stages : {2, 4, 8})
         for (int bps : {1, 4, 32}) {
+          if (stages == 8 && lean) continue;
           t.fp4_cluster = cluster;
           t.fp4_lean = lean;
           t.fp4_stages = stages;
