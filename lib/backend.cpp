@@ -1,6 +1,7 @@
 // Default implementations of the optional Backend operations.
 #include "backend.h"
 
+#include <algorithm>
 #include <new>
 #include <vector>
 
@@ -43,10 +44,18 @@ Status Backend::eval_greedy(const EvalBatch& b, int32_t* argmax) {
       [&](int32_t r, const float* row) { argmax[r] = argmax_row(row, n_vocab); });
 }
 
-Status Backend::eval_topk(const EvalBatch& b, const TopKRequest* reqs, std::vector<TokenLogit>* cands) {
+Status Backend::eval_topk(const EvalBatch& b, const TopKRequest* reqs, TopKResult* cands) {
+  topk_rows_.resize(size_t(std::max(0, b.n - std::clamp(b.logits_first, 0, b.n))));
   return with_logit_rows(
       b, n_vocab, [this](const EvalBatch& e) { return eval(e); },
-      [&](int32_t r, const float* row) { select_topk(row, n_vocab, reqs[r], &cands[r]); });
+      [&](int32_t r, const float* row) { select_candidates(row, n_vocab, reqs[r], &cands[r], &topk_rows_[size_t(r)]); });
+}
+
+Status Backend::topk_row(int32_t r, std::vector<float>* adjusted) {
+  if (r < 0 || size_t(r) >= topk_rows_.size() || topk_rows_[size_t(r)].size() != size_t(n_vocab))
+    return Error(QWEN35_ERR_STATE, "no adjusted row {} from the last candidate selection", r);
+  *adjusted = topk_rows_[size_t(r)];
+  return Status::Ok();
 }
 
 Status Backend::eval_mtp_greedy(const MtpBatch& b, int32_t* argmax) {

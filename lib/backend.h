@@ -73,12 +73,19 @@ class Backend {
   virtual bool device_argmax() const { return false; }
 
   // Sampling candidates: like eval, but instead of logits rows
-  // logits_first..n-1 (b.logits is ignored), cands[r] receives at least
-  // reqs[r].k (id, adjusted logit) pairs, in any order, that include the
-  // k best of row logits_first + r as select_topk() ranks them with
-  // reqs[r]'s adjustments. The default runs eval into temporary rows and
-  // calls select_topk.
-  virtual Status eval_topk(const EvalBatch& b, const TopKRequest* reqs, std::vector<TokenLogit>* cands);
+  // logits_first..n-1 (b.logits is ignored), cands[r].best receives at
+  // least reqs[r].k (id, adjusted logit) pairs, in any order, holding every
+  // token ranked at or above some adjusted logit (so they include the k best
+  // of row logits_first + r as select_topk() ranks them with reqs[r]'s
+  // adjustments); with reqs[r].temperature > 0 also cands[r].total, the
+  // softmax normalizer of the adjusted row (select_candidates() is the
+  // reference). The default runs eval into temporary rows and calls
+  // select_candidates.
+  virtual Status eval_topk(const EvalBatch& b, const TopKRequest* reqs, TopKResult* cands);
+  // The adjusted row r of the last eval_topk call whose request r had a
+  // temperature (for a sampler whose draw needs more than the candidates;
+  // valid until the next eval).
+  virtual Status topk_row(int32_t r, std::vector<float>* adjusted);
   // Whether eval_topk saves work here (the selection runs where the logits
   // are); the generation loop then asks for candidates instead of logits.
   virtual bool device_topk() const { return false; }
@@ -103,6 +110,11 @@ class Backend {
 
   // Width of a logits row (the model's n_vocab); set by the Create function.
   int32_t n_vocab = 0;
+
+ protected:
+  // Backends that sample on the host side: the adjusted rows of the last
+  // eval_topk requests with a temperature (topk_row's default source).
+  std::vector<std::vector<float>> topk_rows_;
 };
 
 struct BackendParams {

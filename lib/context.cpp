@@ -63,11 +63,19 @@ const float* Context::logits(int32_t i) const {
   return logits_.data() + size_t(k) * size_t(m_.hp.n_vocab);
 }
 
-std::vector<TokenLogit>* Context::topk(int32_t i) {
+TopKResult* Context::topk(int32_t i) {
   if (i == -1) i = call_rows_ - 1;  // -1: the last row; other negatives are invalid
   const int32_t k = i - logits_row0_;
   if (i < 0 || i >= call_rows_ || k < 0 || k >= n_topk_rows_) return nullptr;
   return &topk_[size_t(k)];
+}
+
+Status Context::topk_row(int32_t i, std::vector<float>* adjusted) {
+  if (!topk(i)) return Error(QWEN35_ERR_STATE, "row {} of the last call kept no sampling candidates", i);
+  if (i == -1) i = call_rows_ - 1;
+  const int32_t r = i - logits_row0_ - topk_backend_row0_;
+  if (r < 0) return Error(QWEN35_ERR_STATE, "row {} is not from the last candidate selection", i);
+  return be_->topk_row(r, adjusted);
 }
 
 int32_t Context::argmax(int32_t i) const {
@@ -286,8 +294,10 @@ Status Context::eval_rows(int32_t first_row, int32_t n, LogitsMode mode, int32_t
     b.snapshot_row = snapshot_row;
     if (outputs == Outputs::Argmax && b.logits_first < cn)
       QWEN35_TRY(be_->eval_greedy(b, argmax_.data() + (lfirst - (n - n_logits))));
-    else if (outputs == Outputs::TopK && b.logits_first < cn)
-      QWEN35_TRY(be_->eval_topk(b, topk_reqs_ + (lfirst - (n - n_logits)), topk_.data() + (lfirst - (n - n_logits))));
+    else if (outputs == Outputs::TopK && b.logits_first < cn) {
+      topk_backend_row0_ = lfirst - (n - n_logits);
+      QWEN35_TRY(be_->eval_topk(b, topk_reqs_ + topk_backend_row0_, topk_.data() + topk_backend_row0_));
+    }
     else
       QWEN35_TRY(be_->eval(b));
     if (record) {

@@ -79,8 +79,11 @@ class Context {
   const float* logits(int32_t i) const;
   int32_t argmax(int32_t i) const;  // -1 if the call kept no argmax for row i
   // Row i's candidates (decode_topk, decode_with_snapshot_topk; -1 = last
-  // row), or null. Sampler::sample_topk may reorder them.
-  std::vector<TokenLogit>* topk(int32_t i);
+  // row), or null. Sampler::sample_topk / sample_full may reorder them.
+  TopKResult* topk(int32_t i);
+  // Row i's adjusted logits, when its request had a temperature (for a
+  // sample_full that needs more than the candidates): Backend::topk_row.
+  Status topk_row(int32_t i, std::vector<float>* adjusted);
   const float* hidden(int32_t i) const;
   const float* mtp_logits(int32_t pos) const;
 
@@ -180,8 +183,9 @@ class Context {
   int32_t logits_row0_ = 0;      // call-relative row of logits_ (or argmax_) row 0
   int32_t n_logit_rows_ = 0;
   int32_t n_argmax_rows_ = 0;
-  std::vector<std::vector<TokenLogit>> topk_;  // [n_topk_rows] with Outputs::TopK
+  std::vector<TopKResult> topk_;  // [n_topk_rows] with Outputs::TopK
   int32_t n_topk_rows_ = 0;
+  int32_t topk_backend_row0_ = 0;  // topk_ index of row 0 of the backend's last eval_topk
   const TopKRequest* topk_reqs_ = nullptr;     // [logit rows of the call], during the call
   std::vector<float> hidden_;    // [call rows, D] post-norm
   std::vector<float> prenorm_;   // [call rows, D] when mtp_prenorm

@@ -116,19 +116,33 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
   // QWEN35_TOPK_CANDIDATES=0 turns this off (A/B tests).
   const char* env_cands = std::getenv("QWEN35_TOPK_CANDIDATES");
   const bool cands = !ids && ctx.backend().device_topk() && !(env_cands && std::string(env_cands) == "0");
+  // Samplers without top-k ask for the best kMaxRequestK candidates and the
+  // softmax normalizer instead (Sampler::full_request).
   TopKRequest req;
+  auto request = [&](TopKRequest* r) { return sampler.topk_request(r) || sampler.full_request(r); };
   auto decode = [&](const int32_t* t, int32_t n) {
     if (ids) return ctx.decode_argmax(t, n, LogitsMode::Last);
-    if (cands && sampler.topk_request(&req)) {
+    if (cands && request(&req)) {
       ++st.n_candidate_steps;
       return ctx.decode_topk(t, n, req);
     }
     return ctx.decode(t, n, LogitsMode::Last);
   };
-  // The token sampled from call row i (logits, the kept argmax, or the kept candidates).
+  // The token sampled from call row i (logits, the kept argmax, or the kept
+  // candidates); -1 with sample_err set if the row could not be fetched.
+  Status sample_err;
   auto next_of = [&](int32_t i) -> int32_t {
     if (ctx.logits(i)) return sampler.sample(ctx.logits(i));
-    if (std::vector<TokenLogit>* c = ctx.topk(i)) return sampler.sample_topk(*c);
+    if (TopKResult* c = ctx.topk(i)) {
+      if (!sampler.samples_full()) return sampler.sample_topk(c->best);
+      const int32_t t = sampler.sample_full(c->best, c->total);
+      if (t >= 0) return t;
+      // The draw went past the candidates: the same draw on the whole row.
+      ++st.n_candidate_misses;
+      std::vector<float> row;
+      sample_err = ctx.topk_row(i, &row);
+      return sample_err.ok() ? sampler.sample_adjusted(row.data()) : -1;
+    }
     return ctx.argmax(i);
   };
 
@@ -239,6 +253,7 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
     return Status::Ok();
   };
   int32_t tok = next_of(-1);
+  if (tok < 0) return finish(sample_err);
   int32_t draft = -1;  // (ids) the MTP draft of the token after `tok`, from the last speculative step
   while (!stopped) {
     if (ends_before_emit(tok, 1)) break;
@@ -259,6 +274,7 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
       ++st.n_main_passes;
       if (!s.ok()) return finish(on_decode_error(s));
       tok = next_of(-1);
+      if (tok < 0) return finish(sample_err);
       draft = -1;
       ++probes;
       if (tok == d) ++probe_hits;
@@ -280,6 +296,7 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
       if (!s.ok()) return finish(on_decode_error(s));
       if (!go_on) break;
       tok = next_of(-1);
+      if (tok < 0) return finish(sample_err);
       draft = -1;
       continue;
     }
@@ -320,7 +337,9 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
       // With candidates: row 1 is sampled only after the draft is accepted,
       // so its request already counts the draft.
       TopKRequest reqs[2];
-      if (cands && sampler.topk_request(&reqs[0]) && sampler.topk_request_after(d, &reqs[1])) {
+      const bool have_reqs = cands && ((sampler.topk_request(&reqs[0]) && sampler.topk_request_after(d, &reqs[1])) ||
+                                       (sampler.full_request(&reqs[0]) && sampler.full_request_after(d, &reqs[1])));
+      if (have_reqs) {
         st.n_candidate_steps += 1;
         s = ctx.decode_with_snapshot_topk(pair, 2, reqs);
       } else {
@@ -331,11 +350,13 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
       ++window_drafts;
       if (!s.ok()) return finish(on_decode_error(s));
       const int32_t y0 = next_of(0);
+      if (y0 < 0) return finish(sample_err);
       if (y0 == d && !(is_eog(d) && !opt.ignore_eos) && !ctx.abort.load()) {
         ++st.n_accepted;
         ++window_accepted;
         if (!emit(d)) break;  // both tokens are in the context
         tok = next_of(1);
+        if (tok < 0) return finish(sample_err);
       } else {
         // Reject: keep the rows through `tok`, drop the draft's row.
         s = ctx.rollback_to_snapshot();

@@ -36,6 +36,7 @@ struct GenerateStats {
   int32_t n_accepted = 0;
   int32_t n_main_passes = 0;
   int32_t n_candidate_steps = 0;  // main passes that returned sampling candidates (Backend::eval_topk)
+  int32_t n_candidate_misses = 0; // samples without top-k that needed the whole row after all
   StopReason stop = StopReason::None;
 };
 

@@ -1,5 +1,7 @@
 #include "sampler.h"
 
+#include "softmax_norm.h"
+
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -51,6 +53,30 @@ void select_topk(const float* logits, int32_t n_vocab, const TopKRequest& req, s
     heap.pop();
   }
   std::reverse(out->begin(), out->end());
+}
+
+void adjust_row(const float* logits, int32_t n_vocab, const TopKRequest& req, float* out) {
+  for_each_adjusted(logits, n_vocab, req, [&](int32_t id, float l) { out[id] = l; });
+}
+
+void select_candidates(const float* logits, int32_t n_vocab, const TopKRequest& req, TopKResult* out,
+                       std::vector<float>* adjusted) {
+  out->total = 0;
+  if (!(req.temperature > 0.0f)) {
+    select_topk(logits, n_vocab, req, &out->best);
+    return;
+  }
+  std::vector<float> local;
+  std::vector<float>& row = adjusted ? *adjusted : local;
+  row.resize(size_t(std::max(n_vocab, 0)));
+  adjust_row(logits, n_vocab, req, row.data());
+  TopKRequest plain;
+  plain.k = req.k;
+  select_topk(row.data(), n_vocab, plain, &out->best);
+  if (out->best.empty()) return;
+  const double inv = 1.0 / double(req.temperature), mx = double(out->best[0].logit) * inv;
+  std::vector<double> scratch(size_t(n_vocab) / kNormFan + 2);
+  out->total = softmax_normalizer(row.data(), n_vocab, inv, mx, scratch.data());
 }
 
 Sampler::Sampler(int32_t n_vocab, const SamplerOptions& opt) : n_vocab_(n_vocab), opt_(opt) {
@@ -154,13 +180,7 @@ bool Sampler::topk_request(TopKRequest* req) const {
   return true;
 }
 
-bool Sampler::topk_request_after(int32_t token, TopKRequest* req) const {
-  const int32_t k = request_k();
-  if (k == 0) return false;
-  if (opt_.penalty_last_n == 0) {
-    *req = request(k);
-    return true;
-  }
+std::unordered_map<int32_t, int32_t> Sampler::counts_after(int32_t token) const {
   // accept(token) on a copy of the window's counts.
   std::unordered_map<int32_t, int32_t> counts = counts_;
   ++counts[token];
@@ -171,7 +191,17 @@ bool Sampler::topk_request_after(int32_t token, TopKRequest* req) const {
       if (--counts[old] == 0) counts.erase(old);
     }
   }
-  *req = request(k, counts);
+  return counts;
+}
+
+bool Sampler::topk_request_after(int32_t token, TopKRequest* req) const {
+  const int32_t k = request_k();
+  if (k == 0) return false;
+  if (opt_.penalty_last_n == 0) {
+    *req = request(k);
+    return true;
+  }
+  *req = request(k, counts_after(token));
   return true;
 }
 
@@ -223,10 +253,7 @@ int32_t Sampler::draw_sorted() {
   return cands_.back().id;
 }
 
-double Sampler::weight(size_t i) const {
-  const double l = double(pool_[i].logit);
-  return std::isfinite(l) ? std::exp(l / temp_ - mx_) : 0.0;
-}
+double Sampler::weight(size_t i) const { return det_weight(pool_[i].logit, inv_temp_, mx_); }
 
 void Sampler::rank_prefix(size_t m) {
   m = std::min(m, pool_.size());
@@ -237,40 +264,70 @@ void Sampler::rank_prefix(size_t m) {
   sorted_ = m;
 }
 
-void Sampler::rank_through(size_t i) {
+bool Sampler::need(size_t i) {
+  if (i < sorted_) return true;
+  if (!full_pool_) return false;  // candidates only: rank i is not among them
+  if (sorted_ == 0 && i < size_t(kMaxRequestK) && pool_.size() > size_t(kMaxRequestK)) {
+    // The first ranks from one heap pass over the row (cheaper than a
+    // partition of the whole pool); the rest of the pool follows in id order.
+    TopKRequest plain;
+    plain.k = kMaxRequestK;
+    std::vector<TokenLogit> top;
+    select_topk(row_.data(), n_vocab_, plain, &top);
+    std::vector<char> taken(pool_.size(), 0);
+    for (const TokenLogit& t : top) taken[size_t(t.id)] = 1;
+    size_t w = top.size();
+    for (size_t id = 0; id < pool_.size(); ++id)
+      if (!taken[id]) pool_[w++] = {int32_t(id), row_[id]};
+    std::copy(top.begin(), top.end(), pool_.begin());
+    sorted_ = top.size();
+    return true;
+  }
   // Rank more of the pool as the walks need it: 64 first, then x4.
-  if (i >= sorted_) rank_prefix(std::max<size_t>(i + 1, std::max<size_t>(64, 4 * sorted_)));
+  rank_prefix(std::max<size_t>(i + 1, std::max<size_t>(64, 4 * sorted_)));
+  return true;
 }
 
-void Sampler::prepare_all(const float* logits, size_t* n_out, double* s_out) {
+void Sampler::load_row(const float* logits, bool adjusted) {
   const size_t V = size_t(n_vocab_);
   temp_ = opt_.temperature > 0 ? double(opt_.temperature) : 1.0;
   pool_.resize(V);
+  row_.resize(V);
   float best = -std::numeric_limits<float>::infinity();
-  for_each_adjusted(logits, n_vocab_, request(0), [&](int32_t id, float l) {
+  auto put = [&](int32_t id, float l) {
     pool_[size_t(id)] = {id, l};
+    row_[size_t(id)] = l;
     best = std::max(best, l);
-  });
+  };
+  if (adjusted) {
+    for (int32_t i = 0; i < n_vocab_; ++i) put(i, sanitize_logit(logits[i]));
+  } else {
+    for_each_adjusted(logits, n_vocab_, request(0), put);
+  }
   sorted_ = 0;
-  // The normalizer over the whole vocabulary, in id order.
-  mx_ = double(best) / temp_;
-  total_ = 0;
-  for (size_t i = 0; i < V; ++i) total_ += weight(i);
-  auto need = [&](size_t i) { rank_through(i); };
+  full_pool_ = true;
+  inv_temp_ = 1.0 / temp_;
+  mx_ = double(best) * inv_temp_;
+  norm_scratch_.resize((V + kNormFan - 1) / kNormFan + 1);
+  total_ = softmax_normalizer(row_.data(), int64_t(V), inv_temp_, mx_, norm_scratch_.data());
+}
+
+bool Sampler::filter_all(size_t* n_out, double* s_out) {
+  const size_t V = size_t(n_vocab_);
   size_t n = V;
   bool cut = false;
   if (!std::isfinite(total_) || total_ <= 0) {
     // No finite weights (every logit -inf, or an infinite one): the best ranked token.
-    need(0);
+    if (!need(0)) return false;
     *n_out = 1;
     *s_out = 0;
-    return;
+    return true;
   }
   if (opt_.top_p < 1.0f) {
     double cum = 0;
     size_t i = 0;
     while (i < V) {
-      need(i);
+      if (!need(i)) return false;
       cum += weight(i) / total_;
       ++i;
       if (cum >= double(opt_.top_p)) break;
@@ -279,11 +336,11 @@ void Sampler::prepare_all(const float* logits, size_t* n_out, double* s_out) {
     cut = n < V;
   }
   if (opt_.min_p > 0.0f) {
-    need(0);
+    if (!need(0)) return false;
     const double thr = weight(0) / total_ * double(opt_.min_p);
     size_t m = 1;
     while (m < n) {
-      need(m);
+      if (!need(m)) return false;
       if (!(weight(m) / total_ >= thr)) break;
       ++m;
     }
@@ -299,6 +356,27 @@ void Sampler::prepare_all(const float* logits, size_t* n_out, double* s_out) {
   }
   *n_out = n;
   *s_out = s;
+  return true;
+}
+
+int32_t Sampler::draw_all(size_t n, double s) {
+  if (s == 0) return pool_[0].id;
+  const uint64_t saved[4] = {rng_[0], rng_[1], rng_[2], rng_[3]};
+  const double u = uniform();
+  double cum = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (!need(i)) {
+      std::copy(saved, saved + 4, rng_);  // the caller retries with the row: the same draw
+      return -1;
+    }
+    cum += weight(i) / total_ / s;
+    if (u < cum) return pool_[i].id;
+  }
+  if (!need(n - 1)) {
+    std::copy(saved, saved + 4, rng_);
+    return -1;
+  }
+  return pool_[n - 1].id;
 }
 
 int32_t Sampler::sample(const float* logits) {
@@ -318,19 +396,62 @@ int32_t Sampler::sample(const float* logits) {
     filter_sorted();
     return draw_sorted();
   }
+  return sample_row(logits, false);
+}
+
+int32_t Sampler::sample_row(const float* logits, bool adjusted) {
+  load_row(logits, adjusted);
   size_t n = 0;
   double s = 0;
-  prepare_all(logits, &n, &s);
-  if (s == 0) return pool_[0].id;
-  const double u = uniform();
-  double cum = 0;
-  for (size_t i = 0; i < n; ++i) {
-    rank_through(i);
-    cum += weight(i) / total_ / s;
-    if (u < cum) return pool_[i].id;
+  filter_all(&n, &s);  // the whole pool: never short
+  return draw_all(n, s);
+}
+
+int32_t Sampler::sample_adjusted(const float* adjusted) {
+  if (greedy() || (opt_.top_k > 0 && opt_.top_k < n_vocab_)) {
+    TopKRequest plain;
+    plain.k = greedy() ? 1 : opt_.top_k;
+    select_topk(adjusted, n_vocab_, plain, &cands_);
+    if (greedy()) return cands_[0].id;
+    filter_sorted();
+    return draw_sorted();
   }
-  rank_prefix(n);
-  return pool_[n - 1].id;
+  return sample_row(adjusted, true);
+}
+
+bool Sampler::samples_full() const { return !greedy() && !(opt_.top_k > 0 && opt_.top_k < n_vocab_) && n_vocab_ >= 2; }
+
+bool Sampler::full_request(TopKRequest* req) const {
+  if (!samples_full()) return false;
+  *req = request(std::min(kMaxRequestK, n_vocab_ - 1));
+  req->temperature = opt_.temperature;
+  return true;
+}
+
+bool Sampler::full_request_after(int32_t token, TopKRequest* req) const {
+  if (!full_request(req)) return false;
+  if (opt_.penalty_last_n != 0) {
+    std::unordered_map<int32_t, int32_t> counts = counts_after(token);
+    *req = request(req->k, counts);
+    req->temperature = opt_.temperature;
+  }
+  return true;
+}
+
+int32_t Sampler::sample_full(std::vector<TokenLogit>& best, double total) {
+  if (best.empty() || !samples_full()) return -1;
+  std::sort(best.begin(), best.end(), ranks_before);
+  temp_ = opt_.temperature > 0 ? double(opt_.temperature) : 1.0;
+  pool_ = best;
+  sorted_ = pool_.size();
+  full_pool_ = false;
+  inv_temp_ = 1.0 / temp_;
+  mx_ = double(pool_[0].logit) * inv_temp_;
+  total_ = total;
+  size_t n = 0;
+  double s = 0;
+  if (!filter_all(&n, &s)) return -1;
+  return draw_all(n, s);
 }
 
 int32_t Sampler::sample_topk(std::vector<TokenLogit>& best) {
@@ -356,9 +477,10 @@ std::vector<std::pair<int32_t, double>> Sampler::distribution(const float* logit
     for (size_t i = 0; i < probs_.size(); ++i) out.push_back({cands_[i].id, probs_[i]});
     return out;
   }
+  load_row(logits, false);
   size_t n = 0;
   double s = 0;
-  prepare_all(logits, &n, &s);
+  filter_all(&n, &s);
   if (s == 0) return {{pool_[0].id, 1.0}};
   rank_prefix(n);
   for (size_t i = 0; i < n; ++i) out.push_back({pool_[i].id, weight(i) / total_ / s});

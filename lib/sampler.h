@@ -14,8 +14,11 @@
 // logits, so a backend may find them where the logits are (TopKRequest,
 // select_topk) and the sampler finishes from those (sample_topk) with the
 // same result bit for bit. Without top-k the softmax runs over the whole
-// vocabulary: its normalizer is summed in token-id order and only as much
-// of the ranking as top-p, min-p and the draw reach is sorted.
+// vocabulary: its weights and normalizer are defined in softmax_norm.h (a
+// fixed-operation exp, a fixed summation tree) so that a device computes
+// the same bits, and only as much of the ranking as top-p, min-p and the
+// draw reach is sorted; a backend may return the best kMaxRequestK adjusted
+// logits and the normalizer instead of the row (full_request, sample_full).
 #pragma once
 
 #include <cstddef>
@@ -80,11 +83,31 @@ struct TopKRequest {
   int32_t k = 0;                    // 1 .. n_vocab - 1
   float repeat_penalty = 1.0f;
   std::vector<LogitAdjust> adjust;  // sorted by id, one entry per id
+  // > 0: also the softmax normalizer of the adjusted row at this
+  // temperature T (softmax_normalizer in softmax_norm.h, inv_temp = 1.0 / T,
+  // mx = the best adjusted logit * inv_temp): the sampler without top-k
+  // (full_request).
+  float temperature = 0.0f;
 };
 
 // The reference of a request: the k best adjusted logits of a row, sorted
 // by ranks_before.
 void select_topk(const float* logits, int32_t n_vocab, const TopKRequest& req, std::vector<TokenLogit>* out);
+
+// What a backend returns for one request: the candidates (at least the k
+// best, any order) and, when the request has a temperature, the softmax
+// normalizer of the adjusted row (Sampler::sample_full).
+struct TopKResult {
+  std::vector<TokenLogit> best;
+  double total = 0;
+};
+
+// The request's adjustments applied to a row (adjust_logit; sanitized).
+void adjust_row(const float* logits, int32_t n_vocab, const TopKRequest& req, float* out);
+// The reference of a backend's answer: select_topk, and with a temperature
+// the normalizer; `adjusted` (optional) then receives the adjusted row.
+void select_candidates(const float* logits, int32_t n_vocab, const TopKRequest& req, TopKResult* out,
+                       std::vector<float>* adjusted = nullptr);
 
 class Sampler {
  public:
@@ -113,6 +136,23 @@ class Sampler {
   // are used). Same token as sample() on the full row. Reorders `best`.
   int32_t sample_topk(std::vector<TokenLogit>& best);
 
+  // Without top-k (temperature with top-p, min-p or neither): the request
+  // for the best kMaxRequestK adjusted logits and the softmax normalizer of
+  // the whole row (req->temperature > 0), or false for greedy and top-k
+  // samplers. The _after form is the request once `token` is accepted.
+  bool full_request(TopKRequest* req) const;
+  bool samples_full() const;  // whether full_request applies (not greedy, no top-k below n_vocab)
+  bool full_request_after(int32_t token, TopKRequest* req) const;
+  // sample() from what a full_request returned: `best` holds every token
+  // ranked at or above some adjusted logit (at least the request's k, any
+  // order) and `total` the normalizer. The same token as sample() on the row,
+  // or -1 if top-p, min-p or the draw need a rank past `best` (the random
+  // state is then as before the call: sample_adjusted() on the row gives
+  // the same draw). Reorders `best`.
+  int32_t sample_full(std::vector<TokenLogit>& best, double total);
+  // sample() on a row the bias and penalties were already applied to.
+  int32_t sample_adjusted(const float* adjusted);
+
   // The candidate set and probabilities after every filter (for tests):
   // (token, probability) sorted by decreasing probability.
   std::vector<std::pair<int32_t, double>> distribution(const float* logits);
@@ -123,12 +163,20 @@ class Sampler {
   int32_t request_k() const;  // 0: sampling needs more than the k best
   // Top-k path: the filters over cands_ (the k best, sorted) -> probs_.
   void filter_sorted();
-  // No top-k: ranks pool_ lazily. Returns the survivors' count n and their
-  // normalizer s (probability of the i-th ranked token: weight(i) / total_ / s).
-  void prepare_all(const float* logits, size_t* n, double* s);
-  double weight(size_t i) const;  // exp(l / T - max / T) of ranked pool_ entry i
+  std::unordered_map<int32_t, int32_t> counts_after(int32_t token) const;
+  // No top-k. load_row: every token of a row (adjusted here unless
+  // `adjusted`) into pool_, the normalizer total_. filter_all: top-p and
+  // min-p over the ranking: the survivors' count n and their normalizer s
+  // (probability of the i-th ranked token: weight(i) / total_ / s); false if
+  // a rank past the candidates is needed (pool_ from sample_full).
+  // draw_all: the draw, -1 (random state restored) if short.
+  void load_row(const float* logits, bool adjusted);
+  bool filter_all(size_t* n, double* s);
+  int32_t draw_all(size_t n, double s);
+  int32_t sample_row(const float* logits, bool adjusted);
+  double weight(size_t i) const;  // det_weight of ranked pool_ entry i (softmax_norm.h)
   void rank_prefix(size_t m);     // pool_[0, m) sorted best first
-  void rank_through(size_t i);    // pool_[i] ranked (and a margin after it)
+  bool need(size_t i);            // pool_[i] ranked (lazily: with a margin after it); false past the candidates
   int32_t draw_sorted();
   uint64_t next_u64();
   double uniform();  // [0, 1)
@@ -140,10 +188,14 @@ class Sampler {
   std::unordered_map<int32_t, int32_t> counts_;  // token -> occurrences in the window
   std::vector<TokenLogit> cands_;
   std::vector<double> probs_;
-  // No top-k: every token with its adjusted logit, ranked up to sorted_.
+  // No top-k: every token with its adjusted logit (or the candidates of
+  // sample_full), ranked up to sorted_.
   std::vector<TokenLogit> pool_;
+  std::vector<float> row_;            // the adjusted row in id order (the normalizer's input)
+  std::vector<double> norm_scratch_;
   size_t sorted_ = 0;
-  double temp_ = 1.0, mx_ = 0.0, total_ = 0.0;
+  bool full_pool_ = true;             // pool_ holds the whole vocabulary
+  double temp_ = 1.0, inv_temp_ = 1.0, mx_ = 0.0, total_ = 0.0;
 };
 
 }  // namespace qwen35

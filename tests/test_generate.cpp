@@ -449,3 +449,52 @@ TEST_CASE("sampling from backend-selected candidates gives the tokens of samplin
     for (size_t i = 0; i < 3; ++i) CHECK(outs[i].size() == 40);
   }
 }
+
+TEST_CASE("samplers without top-k: candidates and the normalizer from the backend give the tokens of the rows") {
+  // Backend::eval_topk with a temperature returns the best 1,024 adjusted
+  // logits and the softmax normalizer (Sampler::full_request); draws that
+  // go past them re-sample the whole adjusted row. A 3,000-token vocabulary
+  // and hot temperatures make both happen. QWEN35_TOPK_CANDIDATES=0
+  // samples from the copied rows instead: the same tokens.
+  qwen35::SynthConfig mc = tiny_cfg(8);
+  mc.n_vocab = 3000;
+  mc.mtp_mirror = true;
+  Model m(synth_model("gen-mirror-3000", mc));
+  const int V = qwen35_model_n_vocab(m.m);
+  struct Case {
+    float temp, top_p, min_p, presence;
+    bool bias;
+    int mtp;
+  };
+  for (const Case& c : {Case{0.8f, 0.9f, 0.0f, 1.5f, false, 0}, Case{1.8f, 1.0f, 0.0f, 0.0f, true, 0},
+                        Case{2.5f, 1.0f, 0.01f, 0.5f, false, 0}, Case{1.5f, 0.98f, 0.0f, 0.5f, true, 1},
+                        Case{3.0f, 1.0f, 0.0f, 0.0f, false, 1}}) {
+    CAPTURE(c.temp);
+    CAPTURE(c.top_p);
+    CAPTURE(c.min_p);
+    CAPTURE(c.mtp);
+    qwen35_sampler_params sp = qwen35_sampler_default_params(false);
+    sp.temperature = c.temp;
+    sp.top_k = 0;
+    sp.top_p = c.top_p;
+    sp.min_p = c.min_p;
+    sp.presence_penalty = c.presence;
+    const qwen35_logit_bias bias[2] = {{3, 4.0f}, {17, -INFINITY}};
+    if (c.bias) {
+      sp.logit_bias = bias;
+      sp.n_logit_bias = 2;
+    }
+    std::vector<std::vector<int32_t>> outs;
+    for (const char* env : {"1", "0"}) {
+      EnvVar e("QWEN35_TOPK_CANDIDATES", env);
+      for (uint64_t seed : {1, 2}) {
+        sp.seed = seed;
+        Sampler s(m.m, sp);
+        Ctx ctx(m.m, 300, c.mtp != 0);
+        outs.push_back(generate(ctx.c, s.s, prompt_of(6, V, int(seed)), 40, c.mtp).tokens);
+      }
+    }
+    for (size_t i = 0; i < 2; ++i) CHECK(outs[i] == outs[i + 2]);
+    for (size_t i = 0; i < 2; ++i) CHECK(outs[i].size() == 40);
+  }
+}

@@ -350,7 +350,7 @@ TEST_CASE("sampling candidates: decode_topk keeps select_topk of the row; Genera
   CHECK(a->logits(-1) == nullptr);
   std::vector<TokenLogit> want;
   select_topk(b->logits(-1), V, req, &want);
-  std::vector<TokenLogit> got = *a->topk(-1);
+  std::vector<TokenLogit> got = a->topk(-1)->best;
   std::sort(got.begin(), got.end(), ranks_before);
   REQUIRE(got.size() == want.size());
   for (size_t i = 0; i < got.size(); ++i) {
@@ -385,7 +385,7 @@ TEST_CASE("sampling candidates: decode_topk keeps select_topk of the row; Genera
     CAPTURE(row);
     REQUIRE(a->topk(row));
     select_topk(b->logits(row), V, reqs[row], &want);
-    got = *a->topk(row);
+    got = a->topk(row)->best;
     std::sort(got.begin(), got.end(), ranks_before);
     REQUIRE(got.size() == want.size());
     for (size_t i = 0; i < got.size(); ++i) CHECK(got[i].id == want[i].id);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "sampler.h"
+#include "softmax_norm.h"
 
 using namespace qwen35;
 
@@ -367,4 +368,118 @@ TEST_CASE("without top-k: the lazily ranked vocabulary gives the reference distr
       REQUIRE(again.sample(l.data()) == expect);
     }
   }
+}
+
+TEST_CASE("the sampler's softmax: det_exp is exp to 1e-14; the tree normalizer is the sum to rounding") {
+  double worst = 0;
+  for (int i = 0; i <= 200000; ++i) {
+    const double x = -699.99 * i / 200000.0 - 1e-9 * (i % 7);
+    const double want = std::exp(x), got = det_exp(x);
+    worst = std::max(worst, std::abs(got - want) / want);
+  }
+  CHECK(worst < 2e-14);
+  CHECK(det_exp(0.0) == 1.0);
+  CHECK(det_exp(-701.0) == 0.0);
+  CHECK(det_exp(-INFINITY) == 0.0);
+  CHECK(det_exp(std::nan("")) == 0.0);
+  CHECK(det_weight(INFINITY, 1.0, 0.0) == 0.0);
+  // 100,003 weights: three tree levels and partial groups.
+  const auto l = lm_row(100003, 4);
+  float best = -INFINITY;
+  for (float v : l) best = std::max(best, v != v ? -INFINITY : v);
+  const double inv = 1.0 / 0.8, mx = double(best) * inv;
+  std::vector<double> scratch(100003 / kNormFan + 2);
+  const double tree = softmax_normalizer(l.data(), int64_t(l.size()), inv, mx, scratch.data());
+  long double seq = 0;
+  for (float v : l) seq += det_weight(v, inv, mx);
+  CHECK(std::abs(double(seq) - tree) <= 1e-14 * tree);
+}
+
+TEST_CASE("sample_full on the best candidates and the normalizer equals sample on the row") {
+  const int32_t V = 3000;
+  struct Case {
+    float temp, top_p, min_p;
+  };
+  int shorts = 0, fulls = 0;
+  for (const Case& c : {Case{0.7f, 0.9f, 0.0f}, Case{1.0f, 1.0f, 0.0f}, Case{1.3f, 1.0f, 0.0f},
+                        Case{0.9f, 1.0f, 0.05f}, Case{1.2f, 0.95f, 0.01f}}) {
+    CAPTURE(c.temp);
+    CAPTURE(c.top_p);
+    CAPTURE(c.min_p);
+    SamplerOptions o;
+    o.temperature = c.temp;
+    o.top_p = c.top_p;
+    o.min_p = c.min_p;
+    o.presence_penalty = 0.5f;
+    o.repeat_penalty = 1.1f;
+    o.logit_bias = {{3, 4.0f}, {17, -INFINITY}};
+    o.seed = 99;
+    Sampler row(V, o), part(V, o);
+    for (int step = 0; step < 80; ++step) {
+      auto l = lm_row(V, uint32_t(step + 11));
+      if (step % 3 == 0)  // a flat row: the draw often goes past 1,024 ranks
+        for (auto& x : l) x = std::isfinite(x) ? x * 0.05f : x;
+      TopKRequest req;
+      REQUIRE(part.full_request(&req));
+      CHECK(req.k == Sampler::kMaxRequestK);
+      CHECK(req.temperature == c.temp);
+      // What a backend computes: the adjusted row, a rank prefix of at
+      // least k candidates (any order), the tree normalizer.
+      TopKRequest all = req;
+      all.k = V;
+      std::vector<TokenLogit> ranked;
+      select_topk(l.data(), V, all, &ranked);
+      std::vector<float> adj(static_cast<size_t>(V));
+      for (const TokenLogit& t : ranked) adj[size_t(t.id)] = t.logit;
+      std::vector<TokenLogit> best(ranked.begin(), ranked.begin() + req.k + step % 5);
+      std::reverse(best.begin(), best.end());
+      std::vector<double> scratch(V / kNormFan + 2);
+      const double inv = 1.0 / double(c.temp), mx = double(ranked[0].logit) * inv;
+      const double total = softmax_normalizer(adj.data(), V, inv, mx, scratch.data());
+      int32_t b = part.sample_full(best, total);
+      if (b < 0) {
+        ++shorts;
+        b = part.sample_adjusted(adj.data());
+      } else {
+        ++fulls;
+      }
+      const int32_t a = row.sample(l.data());
+      REQUIRE(a == b);
+      row.accept(a);
+      part.accept(b);
+    }
+  }
+  CHECK(shorts > 0);  // both ways were taken
+  CHECK(fulls > shorts);
+  // No full request for greedy or top-k samplers.
+  SamplerOptions o;
+  o.temperature = 0.0f;
+  TopKRequest req;
+  CHECK_FALSE(Sampler(V, o).full_request(&req));
+  o.temperature = 0.8f;
+  o.top_k = 40;
+  CHECK_FALSE(Sampler(V, o).full_request(&req));
+  o.top_k = V;  // top-k that keeps everything: the full path
+  CHECK(Sampler(V, o).full_request(&req));
+}
+
+TEST_CASE("full_request_after counts the accepted token like accept() will") {
+  const int32_t V = 500;
+  SamplerOptions o;
+  o.temperature = 0.8f;
+  o.frequency_penalty = 0.4f;
+  o.penalty_last_n = 3;
+  Sampler s(V, o);
+  for (int t : {5, 6, 7}) s.accept(t);
+  TopKRequest after;
+  REQUIRE(s.full_request_after(9, &after));
+  s.accept(9);
+  TopKRequest now;
+  REQUIRE(s.full_request(&now));
+  REQUIRE(after.adjust.size() == now.adjust.size());
+  for (size_t i = 0; i < now.adjust.size(); ++i) {
+    CHECK(after.adjust[i].id == now.adjust[i].id);
+    CHECK(after.adjust[i].sub == now.adjust[i].sub);
+  }
+  CHECK(after.temperature == now.temperature);
 }

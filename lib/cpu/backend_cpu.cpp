@@ -107,7 +107,7 @@ class CpuBackend final : public Backend {
   // Sampling candidates: the row lands in the reused buffer and is selected
   // here (the context copies k pairs instead of the row). Saying yes lets the
   // generation loop's top-k path run (and be tested) on the CPU.
-  Status eval_topk(const EvalBatch& b, const TopKRequest* reqs, std::vector<TokenLogit>* cands) override;
+  Status eval_topk(const EvalBatch& b, const TopKRequest* reqs, TopKResult* cands) override;
   bool device_topk() const override { return !p_.reference; }
   void reset() override;
   Status save_recurrent(int slot) override;
@@ -605,10 +605,13 @@ Status CpuBackend::eval_greedy(const EvalBatch& b, int32_t* argmax) {
   return argmax_rows(b, argmax, [this](const EvalBatch& e) { return eval(e); });
 }
 
-Status CpuBackend::eval_topk(const EvalBatch& b, const TopKRequest* reqs, std::vector<TokenLogit>* cands) {
+Status CpuBackend::eval_topk(const EvalBatch& b, const TopKRequest* reqs, TopKResult* cands) {
+  topk_rows_.resize(size_t(std::max(0, b.n - std::clamp(b.logits_first, 0, b.n))));
   return logit_rows(
       b, [this](const EvalBatch& e) { return eval(e); },
-      [&](int32_t r, const float* row) { select_topk(row, int32_t(hp_.n_vocab), reqs[r], &cands[r]); });
+      [&](int32_t r, const float* row) {
+        select_candidates(row, int32_t(hp_.n_vocab), reqs[r], &cands[r], &topk_rows_[size_t(r)]);
+      });
 }
 
 // The screen pays off for large vocabularies on kernel sets that have it:
