@@ -124,7 +124,8 @@ class CudaBackend final : public Backend {
   const char* name() const override { return "cuda"; }
   Status eval(const EvalBatch& b) override { return run_eval(b, nullptr); }
   Status eval_greedy(const EvalBatch& b, int32_t* argmax) override { return run_eval(b, argmax); }
-  Status eval_topk(const EvalBatch& b, const TopKRequest* reqs, std::vector<TokenLogit>* cands) override;
+  Status eval_topk(const EvalBatch& b, const TopKRequest* reqs, TopKResult* cands) override;
+  Status topk_row(int32_t r, std::vector<float>* adjusted) override;
   bool device_topk() const override { return true; }
   Status eval_mtp(const MtpBatch& b) override { return run_mtp(b, nullptr); }
   Status eval_mtp_greedy(const MtpBatch& b, int32_t* argmax) override { return run_mtp(b, argmax); }
@@ -147,7 +148,7 @@ class CudaBackend final : public Backend {
 
   // One of argmax (ids) or topk (a request and candidates per logits row) may be set.
   Status run_eval(const EvalBatch& b, int32_t* argmax, const TopKRequest* topk = nullptr,
-                  std::vector<TokenLogit>* cands = nullptr);
+                  TopKResult* cands = nullptr);
   // The sampling-candidate buffers (allocated on the first request).
   Status ensure_topk();
   Status run_mtp(const MtpBatch& b, int32_t* argmax);
@@ -246,6 +247,7 @@ class CudaBackend final : public Backend {
   LogitAdjust *h_topk_adjust_ = nullptr, *d_topk_adjust_ = nullptr;
   TopkOut *h_topk_out_ = nullptr, *d_topk_out_ = nullptr;
   void* d_topk_scratch_ = nullptr;
+  int32_t topk_rows_on_device_ = 0;  // rows of the last eval_topk left adjusted in logits_ (topk_row)
 
   // Scratch, sized for n_batch rows.
   DeviceBuffer scratch_;
@@ -845,7 +847,7 @@ Status CudaBackend::ensure_topk() {
   const size_t head = params + size_t(kTopkRows) * size_t(kTopkMaxAdjust) * sizeof(LogitAdjust);
   const size_t outs = kTopkRows * sizeof(TopkOut);
   QWEN35_TRY(topk_host_.alloc(head + outs, "the sampling-candidate staging buffer"));
-  QWEN35_TRY(topk_dev_.alloc(head + outs + topk_scratch_bytes(), "the sampling-candidate buffers"));
+  QWEN35_TRY(topk_dev_.alloc(head + outs + topk_scratch_bytes(int32_t(hp_.n_vocab)), "the sampling-candidate buffers"));
   auto carve = [params, head](void* base, TopkParams** p, LogitAdjust** a, TopkOut** o) {
     uint8_t* b = static_cast<uint8_t*>(base);
     *p = reinterpret_cast<TopkParams*>(b);
@@ -858,7 +860,8 @@ Status CudaBackend::ensure_topk() {
   return Status::Ok();
 }
 
-Status CudaBackend::eval_topk(const EvalBatch& b, const TopKRequest* reqs, std::vector<TokenLogit>* cands) {
+Status CudaBackend::eval_topk(const EvalBatch& b, const TopKRequest* reqs, TopKResult* cands) {
+  topk_rows_on_device_ = 0;
   const int64_t rows = b.n - b.logits_first;
   if (rows <= 0) return eval(b);
   // Requests the selection does not cover take the rows to the host.
@@ -873,7 +876,8 @@ Status CudaBackend::eval_topk(const EvalBatch& b, const TopKRequest* reqs, std::
 }
 
 Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax, const TopKRequest* topk,
-                             std::vector<TokenLogit>* cands) {
+                             TopKResult* cands) {
+  topk_rows_on_device_ = 0;  // logits_ is about to be rewritten
   const int64_t D = hp_.n_embd, V = hp_.n_vocab;
   if (b.n < 1 || b.n > p_.n_batch) return Error(QWEN35_ERR_INVALID_ARG, "batch of {} rows (limit {})", b.n, p_.n_batch);
   if (b.n_past < 0 || b.n_past + b.n > p_.n_ctx)
@@ -891,6 +895,7 @@ Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax, const TopKRequ
       h_topk_params_[r].k = q.k;
       h_topk_params_[r].n_adjust = int32_t(q.adjust.size());
       h_topk_params_[r].repeat_penalty = q.repeat_penalty;
+      h_topk_params_[r].temperature = q.temperature;
       std::copy(q.adjust.begin(), q.adjust.end(), h_topk_adjust_ + r * kTopkMaxAdjust);
       if (!q.adjust.empty())
         QWEN35_CUDA_TRY(cudaMemcpyAsync(d_topk_adjust_ + r * kTopkMaxAdjust, h_topk_adjust_ + r * kTopkMaxAdjust,
@@ -951,7 +956,8 @@ Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax, const TopKRequ
     for (int64_t r = 0; r < n - lf; ++r) {
       const TopkOut& o = h_topk_out_[r];
       if (!o.failed && o.count >= topk[r].k && o.count <= kTopkCap) {
-        cands[r].assign(o.cands, o.cands + o.count);
+        cands[r].best.assign(o.cands, o.cands + o.count);
+        cands[r].total = o.total;
       } else {
         // More tokens tie at the k-th rank than the candidates hold: rank
         // the row (already adjusted in place) on the host.
@@ -960,10 +966,26 @@ Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax, const TopKRequ
                         "copying a logits row");
         TopKRequest plain;
         plain.k = topk[r].k;
-        select_topk(row.data(), int32_t(V), plain, &cands[r]);
+        plain.temperature = topk[r].temperature;
+        select_candidates(row.data(), int32_t(V), plain, &cands[r]);
       }
     }
+    topk_rows_on_device_ = int32_t(n - lf);
   }
+  return Status::Ok();
+}
+
+Status CudaBackend::topk_row(int32_t r, std::vector<float>* adjusted) {
+  if (topk_rows_on_device_ == 0) return Backend::topk_row(r, adjusted);  // the rows went through the host
+  if (r < 0 || r >= topk_rows_on_device_)
+    return Error(QWEN35_ERR_STATE, "no adjusted row {} from the last candidate selection", r);
+  QWEN35_TRY(select_device());
+  const int64_t V = hp_.n_vocab;
+  adjusted->resize(size_t(V));
+  // The selection adjusted the row in place; it stays until the next pass.
+  QWEN35_CUDA_TRY(cudaMemcpy(adjusted->data(), logits_ + int64_t(r) * V, size_t(V) * sizeof(float),
+                             cudaMemcpyDeviceToHost),
+                  "copying an adjusted logits row");
   return Status::Ok();
 }
 
@@ -971,6 +993,7 @@ Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax, const TopKRequ
 // y = eh_proj [e | hh], a full-attention layer with its own KV cache,
 // shared_head_norm and the LM head.
 Status CudaBackend::run_mtp(const MtpBatch& b, int32_t* argmax) {
+  topk_rows_on_device_ = 0;  // the draft's logits may reuse logits_
   if (!m_.mtp || !dm_.mtp) return Error(QWEN35_ERR_UNSUPPORTED, "the model has no MTP layer");
   if (b.n < 1 || b.n > p_.n_batch) return Error(QWEN35_ERR_INVALID_ARG, "MTP batch of {} rows", b.n);
   if (b.n_past < 0 || b.n_past + b.n > p_.n_ctx)

@@ -1,5 +1,10 @@
 // Sampling candidates on the device (see topk.h).
 //
+// The normalizer (samplers without top-k): the first histogram pass also
+// finds the largest key (the best adjusted logit), a kernel sums the
+// weights of each 32 consecutive ids, one block sums the tree's upper
+// levels; every operation is the one softmax_norm.h performs on the host.
+//
 // The ranking of the sampler (larger adjusted logit, then lower id) is the
 // order of a 32-bit key per token: the float's bits made monotonic (NaN
 // counts as -inf, -0 as +0), ties broken by id. A radix search over the
@@ -9,6 +14,7 @@
 // compacted. The host ranks them and keeps k, which equals select_topk.
 #include "common.cuh"
 #include "launch.cuh"
+#include "softmax_norm.h"
 #include "topk.h"
 
 namespace qwen35::cuda {
@@ -36,6 +42,7 @@ struct State {
   int32_t count;
   int32_t failed;
   int32_t slots;       // compaction counter
+  uint32_t max_key;    // the largest ranking key (the best adjusted logit)
 };
 
 struct Scratch {
@@ -86,9 +93,16 @@ __global__ void __launch_bounds__(kHistThreads) topk_hist_kernel(const float* lo
   const uint32_t prefix = s->state.prefix, mask = s->state.mask;
   for (int i = threadIdx.x; i < kNb; i += blockDim.x) hist[i] = 0;
   __syncthreads();
+  uint32_t best = 0;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < V; i += int64_t(gridDim.x) * blockDim.x) {
     const uint32_t key = rank_key(logits[i]);
+    best = max(best, key);
     if ((key & mask) == prefix) atomicAdd(&hist[(key >> kSh) & (kNb - 1)], 1);
+  }
+  if constexpr (kPass == 0) {
+    // The first pass sees every key: the maximum (for the normalizer).
+    for (int o = 16; o > 0; o >>= 1) best = max(best, __shfl_xor_sync(0xFFFFFFFFu, best, o));
+    if (threadIdx.x % kWarp == 0) atomicMax(&s->state.max_key, best);
   }
   __syncthreads();
   for (int i = threadIdx.x; i < kNb; i += blockDim.x)
@@ -173,6 +187,67 @@ __global__ void topk_compact_kernel(const float* logits, int32_t V, Scratch* s, 
   }
 }
 
+// The float of a ranking key (keys of sanitized logits: no NaN).
+__device__ __forceinline__ float key_value(uint32_t key) {
+  return __uint_as_float((key & 0x80000000u) ? (key & 0x7FFFFFFFu) : ~key);
+}
+
+// The normalizer's first level: warp j sums the weights of ids 32j ..
+// 32j+31 in id order (softmax_normalizer's leaves): each lane computes one
+// weight, lane 0 adds them up in lane order.
+constexpr int kNormThreads = 256;
+
+__global__ void __launch_bounds__(kNormThreads) norm_leaf_kernel(const float* logits, int32_t V,
+                                                                 const TopkParams* params, const Scratch* s,
+                                                                 double* leaves) {
+  static_assert(kNormFan == kWarp, "a leaf is a warp");
+  pdl_prologue();
+  const float temp = params->temperature;
+  if (!(temp > 0.0f)) return;
+  const int64_t j = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t m = (int64_t(V) + kNormFan - 1) / kNormFan;
+  if (j >= m) return;  // whole warps
+  const double inv = sn_div(1.0, double(temp));
+  const double mx = sn_mul(double(key_value(s->state.max_key)), inv);
+  const int64_t i = kNormFan * j + lane;
+  const double w = i < V ? det_weight(logits[i], inv, mx) : 0.0;
+  const int cnt = int(min(int64_t(kNormFan), int64_t(V) - kNormFan * j));
+  double sum = 0.0;
+  for (int k = 0; k < cnt; ++k) sum = sn_add(sum, __shfl_sync(0xFFFFFFFFu, w, k));
+  if (lane == 0) leaves[j] = sum;
+}
+
+// The other levels in one block: level by level, thread j sums entries
+// 32j .. 32j+31 of the level below in order (ping-pong between two arrays).
+constexpr int kTreeThreads = 1024;
+
+__global__ void __launch_bounds__(kTreeThreads) norm_tree_kernel(int32_t V, const TopkParams* params, double* a,
+                                                                 double* b, TopkOut* out) {
+  pdl_prologue();
+  if (!(params->temperature > 0.0f)) {
+    if (threadIdx.x == 0) out->total = 0.0;
+    return;
+  }
+  int64_t m = (int64_t(V) + kNormFan - 1) / kNormFan;
+  double* src = a;
+  double* dst = b;
+  while (m > 1) {
+    const int64_t up = (m + kNormFan - 1) / kNormFan;
+    for (int64_t j = threadIdx.x; j < up; j += blockDim.x) {
+      double sum = 0.0;
+      for (int64_t i = kNormFan * j; i < m && i < kNormFan * (j + 1); ++i) sum = sn_add(sum, __ldcg(src + i));
+      dst[j] = sum;
+    }
+    __syncthreads();
+    double* t = src;
+    src = dst;
+    dst = t;
+    m = up;
+  }
+  if (threadIdx.x == 0) out->total = src[0];
+}
+
 template <int kPass>
 cudaError_t pass(const float* logits, int32_t V, const TopkParams* params, Scratch* s, cudaStream_t stream) {
   cudaError_t e = launch(topk_hist_kernel<kPass>, dim3(kHistBlocks), dim3(kHistThreads), 0, stream, logits, V, s);
@@ -182,7 +257,12 @@ cudaError_t pass(const float* logits, int32_t V, const TopkParams* params, Scrat
 
 }  // namespace
 
-size_t topk_scratch_bytes() { return sizeof(Scratch); }
+// Scratch: the selection's state and bins, then two arrays of ceil(V/32)
+// doubles for the normalizer's tree.
+static int64_t norm_leaves(int32_t V) { return (int64_t(V) + kNormFan - 1) / kNormFan; }
+static size_t norm_offset() { return (sizeof(Scratch) + 15) / 16 * 16; }
+
+size_t topk_scratch_bytes(int32_t V) { return norm_offset() + 2 * size_t(norm_leaves(V)) * sizeof(double); }
 
 cudaError_t topk_candidates(float* logits, int32_t V, const TopkParams* params, const LogitAdjust* adjust,
                             void* scratch, TopkOut* out, cudaStream_t stream) {
@@ -195,6 +275,16 @@ cudaError_t topk_candidates(float* logits, int32_t V, const TopkParams* params, 
   if (e == cudaSuccess) e = pass<2>(logits, V, params, s, stream);
   if (e == cudaSuccess)
     e = launch(topk_compact_kernel, dim3(kHistBlocks), dim3(kHistThreads), 0, stream, logits, V, s, out);
+  // The normalizer (kernels that return at once without a temperature, so
+  // that one captured graph serves every sampler).
+  double* leaves = reinterpret_cast<double*>(static_cast<uint8_t*>(scratch) + norm_offset());
+  const int64_t m = norm_leaves(V);
+  if (e == cudaSuccess)
+    e = launch(norm_leaf_kernel, dim3(unsigned((m * kWarp + kNormThreads - 1) / kNormThreads)), dim3(kNormThreads), 0,
+               stream,
+               logits, V, params, static_cast<const Scratch*>(s), leaves);
+  if (e == cudaSuccess)
+    e = launch(norm_tree_kernel, dim3(1), dim3(kTreeThreads), 0, stream, V, params, leaves, leaves + m, out);
   return e;
 }
 

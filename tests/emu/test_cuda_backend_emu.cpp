@@ -152,9 +152,16 @@ std::vector<int32_t> generate_tokens(qwen35_model* m, const qwen35_sampler_param
 
 TEST_CASE("emulated CUDA backend: sampling from device-selected candidates gives the tokens of the rows") {
   qwen35_model* m = load_cuda("tiny-m-nvfp4");
-  qwen35_sampler_params sp = qwen35_sampler_default_params(false);  // top-k 20, top-p 0.8, presence 1.5
-  sp.seed = 11;
+  for (int full : {0, 1})  // 1: no top-k (the best 1,024 and the normalizer from the device)
   for (bool mtp : {false, true}) {  // with MTP: both rows of the verify passes
+    qwen35_sampler_params sp = qwen35_sampler_default_params(false);  // top-k 20, top-p 0.8, presence 1.5
+    sp.seed = 11;
+    if (full) {
+      sp.top_k = 0;
+      sp.top_p = mtp ? 1.0f : 0.95f;
+      sp.temperature = mtp ? 2.0f : 1.0f;  // hot: some draws go past the candidates
+    }
+    CAPTURE(full);
     CAPTURE(mtp);
     std::vector<int32_t> a, b;
     {

@@ -465,7 +465,7 @@ TEST_CASE("emulated: vision attention (tiled, online softmax) matches scores + s
   emu::set_order(false);
 }
 
-TEST_CASE("emulated: sampling candidates (adjust + radix search + compaction) equal select_topk") {
+TEST_CASE("emulated: sampling candidates (adjust + radix search + compaction) equal select_topk; the normalizer bit for bit") {
   for (bool reverse : {false, true}) {
     emu::set_order(reverse);
     for (int32_t V : {3000, 70000}) {
@@ -476,9 +476,12 @@ TEST_CASE("emulated: sampling candidates (adjust + radix search + compaction) eq
           CAPTURE(k);
           CAPTURE(int(kind));
           const auto logits = topk_row(V, uint32_t(V + k), kind);
-          const TopKRequest req = topk_request(V, k, uint32_t(k));
+          TopKRequest req = topk_request(V, k, uint32_t(k));
+          // The normalizer too (samplers without top-k ask with k = 1024).
+          req.temperature = k == 1024 ? 0.8f : k == 20 ? 1.7f : 0.0f;
           const TopkCaseResult r = run_topk_case<HostArray>(logits, req);
           CHECK(check_topk_case(logits, req, r) == "");
+          if (req.temperature > 0) CHECK(r.total > 0);
           // The flat rows of 70,000 tie far more tokens at the 1024th rank
           // than the candidates hold (check_topk_case checks every failure).
           if (kind == TopkRow::kFlat && V > kTopkCap && k == 1024) CHECK(r.failed);

@@ -274,6 +274,18 @@ int main(int argc, char** argv) {
   st = generate(false, &sampled_rows, rec);
   unsetenv("QWEN35_TOPK_CANDIDATES");
   if (!st.ok()) return fail("generate (sampled, rows)", st);
+  // A sampler without top-k (temperature 1.0, top-p 0.95): the best 1,024
+  // candidates and the softmax normalizer from the device, or rows.
+  SamplerOptions nok;
+  nok.temperature = 1.0f;
+  nok.top_p = 0.95f;
+  nok.seed = 1;
+  GenerateStats full{}, full_rows{};
+  if (!(st = generate(false, &full, nok)).ok()) return fail("generate (no top-k)", st);
+  setenv("QWEN35_TOPK_CANDIDATES", "0", 1);
+  st = generate(false, &full_rows, nok);
+  unsetenv("QWEN35_TOPK_CANDIDATES");
+  if (!st.ok()) return fail("generate (no top-k, rows)", st);
   auto rate = [](const GenerateStats& g) { return g.t_generate_ms > 0 ? g.n_generated / (g.t_generate_ms / 1e3) : 0.0; };
   double t_mtp = 0;
   int drafted = 0, accepted = 0, emitted = 0;
@@ -438,11 +450,12 @@ int main(int argc, char** argv) {
         "\"load_s\": %.3f, \"upload_s\": %.3f, \"device_bytes\": %llu, "
         "\"prefill_tokens_per_s\": %.1f, \"decode_tokens_per_s\": %.1f, \"decode_api_tokens_per_s\": %.1f, "
         "\"decode_generate_tokens_per_s\": %.1f, \"decode_sampled_tokens_per_s\": %.1f, "
-        "\"decode_sampled_rows_tokens_per_s\": %.1f, "
+        "\"decode_sampled_rows_tokens_per_s\": %.1f, \"decode_topp_tokens_per_s\": %.1f, "
+        "\"decode_topp_rows_tokens_per_s\": %.1f, \"topp_misses\": %d, "
         "\"decode_mtp_tokens_per_s\": %.1f, \"mtp_drafted\": %d, \"mtp_accepted\": %d, \"layouts\": \"%s\", "
         "\"tuning\": \"%s\", \"check_rel_batch\": %.4g, \"check_rel_step\": %.4g, \"check_argmax_equal\": %d}\n",
         path.c_str(), device.c_str(), p, n, t_load, t_upload, (unsigned long long)model->device_bytes, pf, dc, dca, dg,
-        rate(sampled), rate(sampled_rows),
+        rate(sampled), rate(sampled_rows), rate(full), rate(full_rows), full.n_candidate_misses,
         mt, drafted, accepted, layouts, cuda::describe(cuda::decode_tuning()).c_str(), check_batch, check_step,
         check_argmax);
   } else {
@@ -453,6 +466,9 @@ int main(int argc, char** argv) {
     std::printf("sampled generate (temp 0.7, top-k 20, top-p 0.8, presence 1.5): %.1f tok/s (device candidates), "
                 "%.1f tok/s (rows to the host)\n",
                 rate(sampled), rate(sampled_rows));
+    std::printf("sampled generate (temp 1.0, top-p 0.95, no top-k): %.1f tok/s (device candidates + normalizer, "
+                "%d of %d draws needed the row), %.1f tok/s (rows to the host)\n",
+                rate(full), full.n_candidate_misses, full.n_generated, rate(full_rows));
     if (model->mtp) std::printf("decode with MTP: %.1f tok/s, %d/%d drafts accepted\n", mt, accepted, drafted);
   }
   return 0;

@@ -286,6 +286,9 @@ for line in open(sys.argv[1]):
     if r.get("decode_sampled_tokens_per_s"):
         out.append(f"sampled {r['decode_sampled_tokens_per_s']:,.0f} tok/s "
                    f"(rows to host {r['decode_sampled_rows_tokens_per_s']:,.0f})")
+    if r.get("decode_topp_tokens_per_s"):
+        out.append(f"no top-k {r['decode_topp_tokens_per_s']:,.0f} tok/s "
+                   f"(rows to host {r['decode_topp_rows_tokens_per_s']:,.0f}, {r.get('topp_misses', 0)} misses)")
     if r.get("decode_mtp_tokens_per_s"):
         out.append(f"MTP {r['decode_mtp_tokens_per_s']:,.0f} tok/s ({r.get('mtp_accepted')}/{r.get('mtp_drafted')} accepted)")
     if r.get("device_bytes"):

@@ -770,7 +770,7 @@ TEST_CASE("CUDA: sampling candidates selected on the device equal select_topk of
       REQUIRE(a->decode_topk(in, n, req).ok());
       REQUIRE(b->decode(in, n, qwen35::LogitsMode::Last).ok());
       REQUIRE(a->topk(-1));
-      std::vector<qwen35::TokenLogit> want, got = *a->topk(-1);
+      std::vector<qwen35::TokenLogit> want, got = a->topk(-1)->best;
       qwen35::select_topk(b->logits(-1), V, req, &want);
       std::sort(got.begin(), got.end(), qwen35::ranks_before);
       REQUIRE(got.size() >= want.size());
@@ -779,11 +779,44 @@ TEST_CASE("CUDA: sampling candidates selected on the device equal select_topk of
         CHECK(got[i].logit == want[i].logit);
       }
     }
+    {
+      // Without top-k: the best 1,024 and the normalizer of the adjusted
+      // row bit for bit, and the adjusted row itself.
+      qwen35::SamplerOptions so;
+      so.temperature = 0.9f;
+      so.top_p = 0.95f;
+      so.presence_penalty = 1.5f;
+      so.logit_bias = {{12, 2.5f}};
+      qwen35::Sampler s(V, so);
+      for (int32_t t : toks) s.accept(t);
+      qwen35::TopKRequest req;
+      REQUIRE(s.full_request(&req));
+      REQUIRE(a->truncate(a->n_past() - 1).ok());
+      REQUIRE(b->truncate(b->n_past() - 1).ok());
+      REQUIRE(a->decode_topk(&toks.back(), 1, req).ok());
+      REQUIRE(b->decode(&toks.back(), 1, qwen35::LogitsMode::Last).ok());
+      qwen35::TopKResult want;
+      std::vector<float> want_row;
+      qwen35::select_candidates(b->logits(-1), V, req, &want, &want_row);
+      REQUIRE(a->topk(-1));
+      CHECK(std::memcmp(&a->topk(-1)->total, &want.total, sizeof(double)) == 0);
+      std::vector<qwen35::TokenLogit> got = a->topk(-1)->best;
+      std::sort(got.begin(), got.end(), qwen35::ranks_before);
+      REQUIRE(got.size() >= want.best.size());
+      for (size_t i = 0; i < want.best.size(); ++i) CHECK(got[i].id == want.best[i].id);
+      std::vector<float> row;
+      REQUIRE(a->topk_row(-1, &row).ok());
+      REQUIRE(row.size() == want_row.size());
+      int differ = 0;
+      for (size_t i = 0; i < row.size(); ++i)
+        differ += std::memcmp(&row[i], &want_row[i], 4) != 0 && !(row[i] != row[i] && want_row[i] != want_row[i]);
+      CHECK(differ == 0);
+    }
     toks.push_back(int32_t((step * 7919 + 11) % V));
   }
   // Generate on the device path and from copied rows: the same tokens (with
   // MTP: the verify passes' two rows, each with its own request).
-  for (float temp : {0.0f, 0.7f})
+  for (float temp : {0.0f, 0.7f, 1.3f})  // 1.3: no top-k (the best 1,024 and the normalizer)
   for (bool mtp : {false, true}) {
     if (mtp && !model->mtp) continue;
     std::vector<int32_t> out[2];
@@ -796,8 +829,8 @@ TEST_CASE("CUDA: sampling candidates selected on the device equal select_topk of
       REQUIRE(qwen35::Context::Create(*model, oo, &c).ok());
       qwen35::SamplerOptions so;
       so.temperature = temp;
-      so.top_k = 20;
-      so.top_p = 0.8f;
+      so.top_k = temp > 1.0f ? 0 : 20;
+      so.top_p = temp > 1.0f ? 1.0f : 0.8f;
       so.presence_penalty = 1.5f;
       so.seed = 3;
       qwen35::Sampler s(V, so);

@@ -1118,7 +1118,7 @@ TEST_CASE("tensor-core NVFP4 matvec with the fused gated-RMSNorm prologue (split
   }
 }
 
-TEST_CASE("sampling candidates on the device equal select_topk (adjusted row bit for bit)") {
+TEST_CASE("sampling candidates on the device equal select_topk (adjusted row and normalizer bit for bit)") {
   QWEN35_REQUIRE_GPU();
   for (int32_t V : {3000, 70000, 248320}) {
     for (int32_t k : {1, 20, 300, 1024}) {
@@ -1127,7 +1127,10 @@ TEST_CASE("sampling candidates on the device equal select_topk (adjusted row bit
         CAPTURE(k);
         CAPTURE(int(kind));
         const auto logits = topk_row(V, uint32_t(V + k), kind);
-        const TopKRequest req = topk_request(V, k, uint32_t(k));
+        TopKRequest req = topk_request(V, k, uint32_t(k));
+        // The normalizer too (samplers without top-k ask with k = 1024): the
+        // device's fixed-operation exp and tree must give the host's bits.
+        req.temperature = k == 1024 ? 0.8f : k == 20 ? 1.7f : 0.0f;
         const TopkCaseResult r = run_topk_case<DevArray>(logits, req);
         CHECK(check_topk_case(logits, req, r) == "");
         if (kind == TopkRow::kFlat && V > cuda::kTopkCap && k == 1024) CHECK(r.failed);

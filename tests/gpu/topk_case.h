@@ -76,6 +76,7 @@ struct TopkCaseResult {
   int32_t count = 0, failed = 0;
   std::vector<TokenLogit> cands;        // as returned, [count]
   std::vector<float> adjusted;          // the row afterwards
+  double total = 0;                     // the normalizer (requests with a temperature)
 };
 
 template <template <typename> class Arr>
@@ -85,10 +86,11 @@ TopkCaseResult run_topk_case(const std::vector<float>& logits, const TopKRequest
   p.k = req.k;
   p.n_adjust = int32_t(req.adjust.size());
   p.repeat_penalty = req.repeat_penalty;
+  p.temperature = req.temperature;
   Arr<float> row(logits);
   Arr<TopkParams> dp(std::vector<TopkParams>{p});
   Arr<LogitAdjust> adj(req.adjust.empty() ? std::vector<LogitAdjust>(1, LogitAdjust{-1, 0, 0, 0}) : req.adjust);
-  Arr<uint8_t> scratch(std::vector<uint8_t>(topk_scratch_bytes(), 0xAB));  // not zeroed: the kernels must
+  Arr<uint8_t> scratch(std::vector<uint8_t>(topk_scratch_bytes(int32_t(logits.size())), 0xAB));  // not zeroed: the kernels must
   std::vector<TopkOut> init(1);
   std::memset(static_cast<void*>(init.data()), 0xCD, sizeof(TopkOut));
   Arr<TopkOut> out(init);
@@ -98,6 +100,7 @@ TopkCaseResult run_topk_case(const std::vector<float>& logits, const TopKRequest
   const std::vector<TopkOut> o = out.download();
   r.count = o[0].count;
   r.failed = o[0].failed;
+  r.total = o[0].total;
   if (r.count >= 0 && r.count <= kTopkCap) r.cands.assign(o[0].cands, o[0].cands + r.count);
   r.adjusted = row.download();
   return r;
@@ -121,6 +124,11 @@ inline std::string check_topk_case(const std::vector<float>& logits, const TopKR
   const float kth = want.back().logit;
   int32_t at_or_above = 0;
   for (int32_t i = 0; i < V; ++i) at_or_above += sanitize_logit(adj[size_t(i)]) >= kth;
+  // The normalizer: softmax_normalizer() of the adjusted row, bit for bit.
+  TopKResult want_full;
+  select_candidates(logits.data(), V, req, &want_full);
+  if (std::memcmp(&want_full.total, &r.total, sizeof(double)) != 0)
+    return "normalizer " + std::to_string(r.total) + " instead of " + std::to_string(want_full.total);
   if (r.failed) {
     return at_or_above > cuda::kTopkCap ? "" : "failed with only " + std::to_string(at_or_above) + " tokens at or above the k-th";
   }
