@@ -45,7 +45,7 @@ Status Backend::eval_greedy(const EvalBatch& b, int32_t* argmax) {
 }
 
 Status Backend::eval_topk(const EvalBatch& b, const TopKRequest* reqs, TopKResult* cands) {
-  topk_rows_.resize(size_t(std::max(0, b.n - std::clamp(b.logits_first, 0, b.n))));
+  topk_rows_.assign(size_t(std::max(0, b.n - std::clamp(b.logits_first, 0, b.n))), std::vector<float>());
   return with_logit_rows(
       b, n_vocab, [this](const EvalBatch& e) { return eval(e); },
       [&](int32_t r, const float* row) { select_candidates(row, n_vocab, reqs[r], &cands[r], &topk_rows_[size_t(r)]); });

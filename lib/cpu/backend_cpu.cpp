@@ -606,7 +606,7 @@ Status CpuBackend::eval_greedy(const EvalBatch& b, int32_t* argmax) {
 }
 
 Status CpuBackend::eval_topk(const EvalBatch& b, const TopKRequest* reqs, TopKResult* cands) {
-  topk_rows_.resize(size_t(std::max(0, b.n - std::clamp(b.logits_first, 0, b.n))));
+  topk_rows_.assign(size_t(std::max(0, b.n - std::clamp(b.logits_first, 0, b.n))), std::vector<float>());
   return logit_rows(
       b, [this](const EvalBatch& e) { return eval(e); },
       [&](int32_t r, const float* row) {

@@ -831,52 +831,57 @@ TEST_CASE("emulated: NVFP4 matvec with the fused gated-RMSNorm prologue (kernels
 }
 
 TEST_CASE("emulated: SwiGLU to BF16 (16-byte and scalar paths) and the BF16 NVFP4 dequantization") {
-  // SwiGLU: aligned rows take the vector kernel, an odd stride the scalar one.
-  for (int64_t ld : {int64_t(40), int64_t(37)}) {
-    CAPTURE(ld);
-    const int64_t n = 5, F = 36;
-    auto g = random_floats(size_t(n * ld), 11, -6, 6), u = random_floats(size_t(n * ld), 12, -3, 3);
-    std::vector<uint16_t> y(size_t(n * ld), 0xFFFF);
-    REQUIRE(swiglu_bf16(g.data(), ld, u.data(), ld, n, F, y.data(), ld, nullptr) == cudaSuccess);
-    bool same = true;
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t k = 0; k < ld; ++k) {
-        const size_t i = size_t(t * ld + k);
-        same &= y[i] == (k < F ? fp32_to_bf16(siluf(g[i]) * u[i]) : uint16_t(0xFFFF));
-      }
-    CHECK(same);
-  }
-  // Dequantization: plain (a partial tile) and paired gate/up, whole and row ranges.
-  for (bool paired : {false, true}) {
-    CAPTURE(paired);
-    const int64_t N = paired ? 24 : 40, K = 192;
-    HostQMat a(GGML_NVFP4, N, K, 51), b(GGML_NVFP4, N, K, 52);
-    const HostTiledFp4 tiled(a, paired ? &b : nullptr);
-    const int64_t rows = paired ? 2 * N : N;
-    std::vector<float> f(size_t(rows * K));
-    REQUIRE(fp4_dequant_rows_f32(tiled.t, 0, rows, f.data(), nullptr) == cudaSuccess);
-    std::vector<float> want(static_cast<size_t>(K));
-    bool exact = true;
-    for (int64_t r = 0; r < rows; ++r) {
-      const HostQMat& m = r < N ? a : b;
-      dequantize_row(GGML_NVFP4, m.data.data() + (r % N) * m.row_bytes, want.data(), K);
-      for (int64_t k = 0; k < K; ++k) exact &= f[size_t(r * K + k)] == want[size_t(k)];  // the tensor scale is the GEMM's
-    }
-    CHECK(exact);
-    for (int64_t r0 : {int64_t(0), int64_t(7)}) {
-      const int64_t nr = r0 == 0 ? rows : rows - 13;
-      CAPTURE(r0);
-      std::vector<uint16_t> bf(size_t(nr * K) + 8, 0xFFFF);
-      REQUIRE(fp4_dequant_rows_bf16(tiled.t, r0, nr, bf.data(), nullptr) == cudaSuccess);
+  for (bool reverse : {false, true}) {  // thread and block order: a missing barrier shows
+    emu::set_order(reverse);
+    CAPTURE(reverse);
+    // SwiGLU: aligned rows take the vector kernel, an odd stride the scalar one.
+    for (int64_t ld : {int64_t(40), int64_t(37)}) {
+      CAPTURE(ld);
+      const int64_t n = 5, F = 36;
+      auto g = random_floats(size_t(n * ld), 11, -6, 6), u = random_floats(size_t(n * ld), 12, -3, 3);
+      std::vector<uint16_t> y(size_t(n * ld), 0xFFFF);
+      REQUIRE(swiglu_bf16(g.data(), ld, u.data(), ld, n, F, y.data(), ld, nullptr) == cudaSuccess);
       bool same = true;
-      for (int64_t r = 0; r < nr; ++r)
-        for (int64_t k = 0; k < K; ++k)
-          same &= bf[size_t(r * K + k)] == fp32_to_bf16(f[size_t((r0 + r) * K + k)]);
-      for (size_t i = size_t(nr * K); i < bf.size(); ++i) same &= bf[i] == 0xFFFF;  // nothing past the range
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t k = 0; k < ld; ++k) {
+          const size_t i = size_t(t * ld + k);
+          same &= y[i] == (k < F ? fp32_to_bf16(siluf(g[i]) * u[i]) : uint16_t(0xFFFF));
+        }
       CHECK(same);
     }
-    // The BF16 kernel writes 16-byte words: a misaligned destination is refused.
-    std::vector<uint16_t> odd(size_t(rows * K) + 8);
-    CHECK(fp4_dequant_rows_bf16(tiled.t, 0, rows, odd.data() + 1, nullptr) == cudaErrorInvalidValue);
+    // Dequantization: plain (a partial tile) and paired gate/up, whole and row ranges.
+    for (bool paired : {false, true}) {
+      CAPTURE(paired);
+      const int64_t N = paired ? 24 : 40, K = 192;
+      HostQMat a(GGML_NVFP4, N, K, 51), b(GGML_NVFP4, N, K, 52);
+      const HostTiledFp4 tiled(a, paired ? &b : nullptr);
+      const int64_t rows = paired ? 2 * N : N;
+      std::vector<float> f(size_t(rows * K));
+      REQUIRE(fp4_dequant_rows_f32(tiled.t, 0, rows, f.data(), nullptr) == cudaSuccess);
+      std::vector<float> want(static_cast<size_t>(K));
+      bool exact = true;
+      for (int64_t r = 0; r < rows; ++r) {
+        const HostQMat& m = r < N ? a : b;
+        dequantize_row(GGML_NVFP4, m.data.data() + (r % N) * m.row_bytes, want.data(), K);
+        for (int64_t k = 0; k < K; ++k) exact &= f[size_t(r * K + k)] == want[size_t(k)];  // the tensor scale is the GEMM's
+      }
+      CHECK(exact);
+      for (int64_t r0 : {int64_t(0), int64_t(7)}) {
+        const int64_t nr = r0 == 0 ? rows : rows - 13;
+        CAPTURE(r0);
+        std::vector<uint16_t> bf(size_t(nr * K) + 8, 0xFFFF);
+        REQUIRE(fp4_dequant_rows_bf16(tiled.t, r0, nr, bf.data(), nullptr) == cudaSuccess);
+        bool same = true;
+        for (int64_t r = 0; r < nr; ++r)
+          for (int64_t k = 0; k < K; ++k)
+            same &= bf[size_t(r * K + k)] == fp32_to_bf16(f[size_t((r0 + r) * K + k)]);
+        for (size_t i = size_t(nr * K); i < bf.size(); ++i) same &= bf[i] == 0xFFFF;  // nothing past the range
+        CHECK(same);
+      }
+      // The BF16 kernel writes 16-byte words: a misaligned destination is refused.
+      std::vector<uint16_t> odd(size_t(rows * K) + 8);
+      CHECK(fp4_dequant_rows_bf16(tiled.t, 0, rows, odd.data() + 1, nullptr) == cudaErrorInvalidValue);
+    }
   }
+  emu::set_order(false);
 }
