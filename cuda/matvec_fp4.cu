@@ -591,11 +591,14 @@ constexpr int kBulkStageBytes = kBulkStageKg * (kFp4CodeBytes + kFp4ScaleBytes);
 constexpr size_t bulk_ring_bytes(int warps, int stages) { return size_t(warps) * stages * (kBulkStageBytes + 8); }
 
 constexpr int kBulkWarps = 4;
+// Kernel 3's run-time flags (tuning fp4_probe, fp4_late_pdl).
+constexpr int kBulkSkipMath = 1, kBulkLateTrigger = 2;
 
 template <int S, bool kLean, int kN, bool kCluster>
 __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
-    fp4_bulk_kernel(Fp4MatvecArgs a, int splits, int64_t kg_per, bool skip_math) {
+    fp4_bulk_kernel(Fp4MatvecArgs a, int splits, int64_t kg_per, int flags) {
   constexpr int W = kBulkWarps;
+  const bool skip_math = flags & kBulkSkipMath, late_trigger = flags & kBulkLateTrigger;
   uint8_t* smem_raw = dynamic_smem<uint8_t>();  // 16-byte aligned, as the bulk copies need
   __shared__ float ss_part[W][kMatvecMaxCols];
   __shared__ int rmax[kMatvecMaxCols];
@@ -636,7 +639,10 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
     for (int i = 0; i < S && i < nst; ++i) issue(i);
   }
   __syncwarp();
-  pdl_wait_and_trigger();
+  // PDL: wait for the previous kernel; let the next one launch now, or
+  // (late_trigger) only once this block has streamed its weights.
+  pdl_wait();
+  if (!late_trigger) pdl_trigger();
 
   // 2. The activation slice, as kernel 2.
   TcInput in = tc_input(a);
@@ -682,6 +688,7 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
       acc[3] *= m.y;
     }
   }
+  if (late_trigger) pdl_trigger();
   // Cluster combine: this warp's sums go to the start of its ring (every
   // bulk copy it issued has completed: it waited for all its stages).
   fp4_finish<W, kCluster>(a, splits, tile, active, g, t, acc, ss_part, is_last, reinterpret_cast<float*>(ring));
@@ -711,7 +718,7 @@ cudaError_t launch_stream(const Fp4MatvecArgs& a, int splits, int64_t kg_per, cu
 }
 
 template <int S, bool kLean, int kN, bool kCluster>
-cudaError_t launch_bulk(const Fp4MatvecArgs& a, int splits, int64_t kg_per, bool skip_math, cudaStream_t stream) {
+cudaError_t launch_bulk(const Fp4MatvecArgs& a, int splits, int64_t kg_per, int flags, cudaStream_t stream) {
   static std::atomic<int> allowed{0};
   auto kernel = fp4_bulk_kernel<S, kLean, kN, kCluster>;
   const size_t smem = bulk_ring_bytes(kBulkWarps, S) + tc_x_bytes(int(4 * kg_per), a.n);
@@ -720,27 +727,27 @@ cudaError_t launch_bulk(const Fp4MatvecArgs& a, int splits, int64_t kg_per, bool
   const dim3 grid(unsigned((a.w.tiles() + kBulkWarps - 1) / kBulkWarps), unsigned(splits));
   // With the cluster combine: one cluster per tile group (its `splits` blocks).
   const dim3 cluster(1, kCluster ? unsigned(splits) : 1u, 1);
-  return launch_clustered(kernel, grid, dim3(kBulkWarps * kWarp), smem, stream, cluster, a, splits, kg_per, skip_math);
+  return launch_clustered(kernel, grid, dim3(kBulkWarps * kWarp), smem, stream, cluster, a, splits, kg_per, flags);
 }
 
 // Kernel 3's instances: 1, 2 or any number of activation rows; the global
 // or the cluster combine.
 template <int S, bool kLean, bool kCluster>
-cudaError_t launch_bulk_rows(const Fp4MatvecArgs& a, int splits, int64_t kg_per, bool skip_math, cudaStream_t stream) {
-  if (a.n == 1) return launch_bulk<S, kLean, 1, kCluster>(a, splits, kg_per, skip_math, stream);
-  if (a.n == 2) return launch_bulk<S, kLean, 2, kCluster>(a, splits, kg_per, skip_math, stream);
-  return launch_bulk<S, kLean, 0, kCluster>(a, splits, kg_per, skip_math, stream);
+cudaError_t launch_bulk_rows(const Fp4MatvecArgs& a, int splits, int64_t kg_per, int flags, cudaStream_t stream) {
+  if (a.n == 1) return launch_bulk<S, kLean, 1, kCluster>(a, splits, kg_per, flags, stream);
+  if (a.n == 2) return launch_bulk<S, kLean, 2, kCluster>(a, splits, kg_per, flags, stream);
+  return launch_bulk<S, kLean, 0, kCluster>(a, splits, kg_per, flags, stream);
 }
 
 template <int S, bool kLean>
-cudaError_t launch_bulk_combine(const Fp4MatvecArgs& a, int splits, int64_t kg_per, bool skip_math, bool cluster,
+cudaError_t launch_bulk_combine(const Fp4MatvecArgs& a, int splits, int64_t kg_per, int flags, bool cluster,
                                 cudaStream_t stream) {
 #ifdef QWEN35_CUDA_EMU
   if (cluster) return cudaErrorNotSupported;
-  return launch_bulk_rows<S, kLean, false>(a, splits, kg_per, skip_math, stream);
+  return launch_bulk_rows<S, kLean, false>(a, splits, kg_per, flags, stream);
 #else
-  return cluster ? launch_bulk_rows<S, kLean, true>(a, splits, kg_per, skip_math, stream)
-                 : launch_bulk_rows<S, kLean, false>(a, splits, kg_per, skip_math, stream);
+  return cluster ? launch_bulk_rows<S, kLean, true>(a, splits, kg_per, flags, stream)
+                 : launch_bulk_rows<S, kLean, false>(a, splits, kg_per, flags, stream);
 #endif
 }
 
@@ -845,7 +852,7 @@ cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream) {
     const size_t smem = bulk_ring_bytes(kBulkWarps, tune.fp4_stages) + tc_x_bytes(int(4 * kg_per), a.n);
     if (aligned && smem <= max_dynamic_smem()) {
       if (splits > 1 && !cluster && (!a.partial || !a.counters)) return cudaErrorInvalidValue;
-      const bool probe = tune.fp4_probe != 0;
+      const int probe = (tune.fp4_probe ? kBulkSkipMath : 0) | (tune.fp4_late_pdl ? kBulkLateTrigger : 0);
       cluster = cluster && splits > 1;
       if (tune.fp4_stages == 8 && !tune.fp4_lean)
         return launch_bulk_combine<8, false>(a, splits, kg_per, probe, cluster, stream);

@@ -172,6 +172,16 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 // PDL halves (launch.cuh's pdl_prologue is both): the streaming kernels
 // issue their first weight loads before waiting for the previous kernel
 // (weights are never written by a kernel), so those loads overlap its end.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
 __device__ __forceinline__ void pdl_wait_and_trigger() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");

@@ -18,6 +18,10 @@
 //   QWEN35_CUDA_FP4_CLUSTER kernel 3: 1 = the split-K slices of a tile group
 //                           form a thread block cluster and are added
 //                           through distributed shared memory (at most 8)
+//   QWEN35_CUDA_FP4_LATE_PDL kernel 3: 1 = each block triggers the next
+//                           kernel's launch after its stream instead of at
+//                           its start (fewer of the next kernel's blocks
+//                           competing for the multiprocessors meanwhile)
 //   QWEN35_CUDA_FP4_PROBE   kernel 3: 1 = skip the stream's arithmetic: wrong
 //                           results, for timing what the rest costs
 //   (kernel 3 always uses 4 warps per block: QWEN35_CUDA_FP4_WARPS is
@@ -53,6 +57,7 @@ struct DecodeTuning {
   int fp4_lean = 0;    // kernel 3: one activation scale per row and slice (1) or per chunk (0)
   int fp4_probe = 0;   // kernel 3: 1 = leave out the stream's arithmetic (WRONG results; timing probe)
   int fp4_cluster = 0;  // kernel 3: 1 = combine the split-K slices in a thread block cluster (<= 8 slices)
+  int fp4_late_pdl = 0;  // kernel 3: 1 = let the next kernel launch only after a block's stream (not at its start)
   int q6k_kernel = 2;
   int q6k_persist = 0;  // kernel 2: 0 = a warp per tile; N = persistent, N blocks per multiprocessor
   int delta_ept = 16;

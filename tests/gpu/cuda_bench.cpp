@@ -397,6 +397,16 @@ int main(int argc, char** argv) {
       }
       t.fp4_probe = 0;
       t.fp4_cluster = 0;
+      // The next kernel launched only after each block's stream (PDL trigger
+      // at the end instead of the start).
+      for (auto [bps, stages] : {std::pair{4, 4}, std::pair{2, 8}}) {
+        t.fp4_blocks_per_sm = bps;
+        t.fp4_stages = stages;
+        t.fp4_lean = 0;
+        t.fp4_late_pdl = 1;
+        variants.push_back(t);
+      }
+      t.fp4_late_pdl = 0;
       // The persistent Q6_K LM head (blocks per multiprocessor).
       for (int persist : {2, 3, 4, 6}) {
         t = base;

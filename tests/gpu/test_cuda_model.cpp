@@ -498,6 +498,9 @@ TEST_CASE("CUDA: every decode-kernel variant agrees with the generic kernels; gr
     t.fp4_cluster = cluster;
     variants.push_back(t);
   }
+  t.fp4_late_pdl = 1;  // the PDL trigger after the stream (graphs: the same ordering)
+  variants.push_back(t);
+  t.fp4_late_pdl = 0;
   for (const auto& v : variants) {
     CAPTURE(qwen35::cuda::describe(v));
     qwen35::cuda::set_decode_tuning(v);
