@@ -108,6 +108,7 @@ class CudaVisionEncoder final : public vision::DeviceEncoder {
 
   int device_ = 0;
   bool all_f32_ = false;  // QWEN35_CUDA_VISION_GEMM=f32
+  bool mma_attn_ = false; // QWEN35_CUDA_VISION_ATTN_MMA=1: the tensor-core attention
   VisionHParams hp_;
   std::string desc_;
   cudaStream_t stream_ = nullptr;
@@ -229,6 +230,7 @@ Status CudaVisionEncoder::init(const Mmproj& mp, int device) {
     return Error(QWEN35_ERR_UNSUPPORTED, "the CUDA vision encoder supports head sizes 32, 64 and 128, not {}",
                  hp_.head_dim);
   if (const char* g = std::getenv("QWEN35_CUDA_VISION_GEMM"); g && std::string(g) == "f32") all_f32_ = true;
+  if (const char* a = std::getenv("QWEN35_CUDA_VISION_ATTN_MMA"); a && std::string(a) == "1") mma_attn_ = true;
   DeviceScope ds(device_);
   QWEN35_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "creating the vision stream");
   gemm_ = std::make_unique<Gemm>();
@@ -297,8 +299,12 @@ Status CudaVisionEncoder::block(const VisBlock& b, int64_t np) {
                   "QKV bias");
   QWEN35_CUDA_TRY(vision_rope(qkv, 3 * C, np, hp_.n_head, DH, C, cs, sn, stream_), "vision RoPE");
   const float scale = 1.0f / std::sqrt(float(DH));
-  QWEN35_CUDA_TRY(vision_attention(qkv, 3 * C, C, 2 * C, np, hp_.n_head, DH, scale, attn, C, stream_),
-                  "vision attention");
+  // The tensor-core kernel when enabled (it falls back where the device's
+  // shared memory is too small).
+  cudaError_t ae = cudaErrorNotSupported;
+  if (mma_attn_) ae = vision_attention_mma(qkv, 3 * C, C, 2 * C, np, hp_.n_head, DH, scale, attn, C, stream_);
+  if (ae == cudaErrorNotSupported) ae = vision_attention(qkv, 3 * C, C, 2 * C, np, hp_.n_head, DH, scale, attn, C, stream_);
+  QWEN35_CUDA_TRY(ae, "vision attention");
   const void* o_in = attn;
   if (b.out.act != ActType::F32) {
     QWEN35_CUDA_TRY(vision_bias_act(attn, C, nullptr, np, C, VisionAct::None, act, C, b.out.act, stream_),

@@ -51,5 +51,14 @@ bool vision_attention_supported(int64_t head_dim);
 cudaError_t vision_attention(const float* qkv, int64_t ld, int64_t k_offset, int64_t v_offset, int64_t n,
                              int64_t n_head, int64_t head_dim, float scale, float* o, int64_t ldo,
                              cudaStream_t stream);
+// The same on tensor cores (vision_attention_mma.cu): mma.sync with every
+// F32 operand split into F16 hi + lo parts (three products per step), so
+// results agree with the F32 kernel to rounding. Same head sizes; ld,
+// k_offset and v_offset multiples of 4 and qkv 16-byte aligned
+// (cudaErrorInvalidValue otherwise); cudaErrorNotSupported where the
+// device's shared memory is too small.
+cudaError_t vision_attention_mma(const float* qkv, int64_t ld, int64_t k_offset, int64_t v_offset, int64_t n,
+                                 int64_t n_head, int64_t head_dim, float scale, float* o, int64_t ldo,
+                                 cudaStream_t stream);
 
 }  // namespace qwen35::cuda

@@ -420,21 +420,23 @@ TEST_CASE("emulated: vision 2-D RoPE matches rope2d_head on q and k, v untouched
   emu::set_order(false);
 }
 
-TEST_CASE("emulated: vision attention (tiled, online softmax) matches scores + softmax_ref + weighted V") {
+TEST_CASE("emulated: vision attention (tiled F32 and tensor cores) matches scores + softmax_ref + weighted V") {
   for (bool reverse : {false, true}) {
     emu::set_order(reverse);
     for (int64_t DH : {32, 64, 128}) {
-      for (int64_t n : {1, 5, 33, 70}) {
+      for (int64_t n : {1, 5, 33, 70, 130}) {
+      for (bool mma : {false, true}) {
         CAPTURE(reverse);
         CAPTURE(DH);
         CAPTURE(n);
+        CAPTURE(mma);
         const int64_t NH = 2, C = NH * DH, ld = 3 * C + 4, ldo = C + 8;
         const float scale = 1.0f / std::sqrt(float(DH));
         auto qkv = random_floats(size_t(n * ld), 41, -2, 2);
         std::vector<float> o(size_t(n * ldo), NAN);
-        REQUIRE_MESSAGE(vision_attention(qkv.data(), ld, C, 2 * C, n, NH, DH, scale, o.data(), ldo, nullptr) ==
-                            cudaSuccess,
-                        std::string(emu::last_error()));
+        const cudaError_t e = mma ? vision_attention_mma(qkv.data(), ld, C, 2 * C, n, NH, DH, scale, o.data(), ldo, nullptr)
+                                  : vision_attention(qkv.data(), ld, C, 2 * C, n, NH, DH, scale, o.data(), ldo, nullptr);
+        REQUIRE_MESSAGE(e == cudaSuccess, std::string(emu::last_error()));
         // The CPU encoder's attention_ref, one query at a time.
         std::vector<float> want(size_t(n * C)), got(size_t(n * C)), sc(static_cast<size_t>(n));
         for (int64_t i = 0; i < n; ++i)
@@ -459,6 +461,7 @@ TEST_CASE("emulated: vision attention (tiled, online softmax) matches scores + s
         for (int64_t i = 0; i < n; ++i)
           for (int64_t c = C; c < ldo; ++c) pad_kept &= std::isnan(o[size_t(i * ldo + c)]);
         CHECK(pad_kept);
+      }
       }
     }
   }

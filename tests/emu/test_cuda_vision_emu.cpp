@@ -111,6 +111,25 @@ TEST_CASE("emulated CUDA vision encoder: fixture images, LC and REF, F16 and F32
   }
 }
 
+TEST_CASE("emulated CUDA vision encoder: the tensor-core attention meets the same bars") {
+  setenv("QWEN35_CUDA_VISION_ATTN_MMA", "1", 1);  // read when the encoder is created
+  auto mp = load_mmproj(fixture("vision/tiny-vis.mmproj.gguf"), true);
+  unsetenv("QWEN35_CUDA_VISION_ATTN_MMA");
+  for (const std::string name : {"sq128", "wide160x96"}) {
+    CAPTURE(name);
+    Image img;
+    REQUIRE(ImageFromFile(fixture("vision/" + name + ".png"), &img).ok());
+    PreprocessOptions po;
+    po.profile = Profile::LlamaCpp;
+    std::vector<float> gpu, cpu;
+    encode_both(*mp, img, po, PosInterp::HalfPixelAntialias, MergerAct::GeluTanh, &gpu, &cpu);
+    const double r_cpu = max_token_rel(gpu, cpu, 256);
+    MESSAGE(name << " F32 GEMMs, tensor-core attention: vs CPU reference " << r_cpu);
+    CHECK(r_cpu <= 1e-4);
+    CHECK(max_token_rel(gpu, read_f32(fixture("vision/" + name + ".emb.f32")), 256) <= 1e-4);
+  }
+}
+
 TEST_CASE("emulated CUDA vision encoder: BF16, F32 and Q8_0 weights, head sizes 64 and 128") {
   struct Case {
     uint32_t type;

@@ -159,6 +159,12 @@ VISION_BENCH=$BUILD/examples/qwen35-bench-vision
 if [ -x "$VISION_BENCH" ]; then
   step "vision encoder 640x480 (CUDA)" 240 "$VISION_BENCH" --device cuda --width 640 --height 480 --reps 5 --check \
     --synth-path "$WORK/qwen35-4b-synth.mmproj.gguf"
+  # A large image (about 2,000 patches: attention dominates), with the F32
+  # attention kernel and with the tensor-core one.
+  step "vision encoder 1280x960 (CUDA)" 240 "$VISION_BENCH" --device cuda --width 1280 --height 960 --reps 3 \
+    --synth-path "$WORK/qwen35-4b-synth.mmproj.gguf"
+  step "vision 1280x960, tensor-core attention" 240 env QWEN35_CUDA_VISION_ATTN_MMA=1 "$VISION_BENCH" --device cuda \
+    --width 1280 --height 960 --reps 3 --check --synth-path "$WORK/qwen35-4b-synth.mmproj.gguf"
 fi
 # The floor: a chain of 32 dependent launches that only read buffers of the
 # decode matrices' sizes (tests/gpu/bw_probe.cu).

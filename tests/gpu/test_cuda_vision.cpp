@@ -109,6 +109,23 @@ TEST_CASE("CUDA vision encoder: fixture images, LC and REF, F16 and F32 GEMMs, v
   }
 }
 
+TEST_CASE("CUDA vision encoder: the tensor-core attention meets the F32 bar") {
+  QWEN35_REQUIRE_GPU();
+  setenv("QWEN35_CUDA_VISION_ATTN_MMA", "1", 1);  // read when the encoder is created
+  auto mp = load_mmproj(fixture("vision/tiny-vis.mmproj.gguf"));
+  attach_cuda(*mp, true);
+  unsetenv("QWEN35_CUDA_VISION_ATTN_MMA");
+  for (const std::string name : kImages) {
+    CAPTURE(name);
+    const Image img = load_image(fixture("vision/" + name + ".png"));
+    const Pair lc = encode_both(*mp, img, VisionOptions::ForProfile(Profile::LlamaCpp));
+    const double r_cpu = max_token_rel(lc.gpu.data, lc.cpu.data, 256);
+    MESSAGE(name << " F32 GEMMs, tensor-core attention: vs CPU reference " << r_cpu);
+    CHECK(r_cpu <= 1e-4);
+    CHECK(max_token_rel(lc.gpu.data, read_f32(fixture("vision/" + name + ".emb.f32")), 256) <= 1e-4);
+  }
+}
+
 TEST_CASE("CUDA vision encoder: per-layer residuals follow the CPU reference (hooks)") {
   QWEN35_REQUIRE_GPU();
   auto mp = load_mmproj(fixture("vision/tiny-vis.mmproj.gguf"));
