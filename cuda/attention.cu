@@ -240,13 +240,14 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_fused_kernel(Fus
   pdl_prologue();
 
   head_rmsnorm(r.qg + t * r.ldqg + h * 2 * Dh, r.q_norm, Dh, r.eps, buf, red);
-  for (int64_t i = threadIdx.x; i < Dh; i += blockDim.x) sq[i] = rope_element(buf, i, r.pos + 3 * t, r.rope);
+  auto cs_of = [&](int64_t row) { return r.rope_cs ? r.rope_cs + row * r.rope.n_rot : nullptr; };
+  for (int64_t i = threadIdx.x; i < Dh; i += blockDim.x) sq[i] = rope_element(buf, i, r.pos + 3 * t, r.rope, cs_of(t));
   const bool writer = h % group == 0 && s == 0;  // writes row t's key and value of KV head g
   for (int64_t u = 0; u <= t; ++u) {
     __syncthreads();  // buf is no longer read
     head_rmsnorm(r.k + u * r.ldk + g * Dh, r.k_norm, Dh, r.eps, buf, red);
     for (int64_t i = threadIdx.x; i < Dh; i += blockDim.x) {
-      const __half kh = __float2half_rn(rope_element(buf, i, r.pos + 3 * u, r.rope));
+      const __half kh = __float2half_rn(rope_element(buf, i, r.pos + 3 * u, r.rope, cs_of(u)));
       const __half vh = __float2half_rn(r.v[u * r.ldv + g * Dh + i]);
       snk[u][i] = __half2float(kh);
       snv[u][i] = __half2float(vh);

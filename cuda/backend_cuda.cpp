@@ -226,6 +226,13 @@ class CudaBackend final : public Backend {
   // Inputs: [n_past, pad x3, tokens[nb], pos[3*nb], argmax[nb]] as int32.
   PinnedBuffer in_host_;
   DeviceBuffer in_dev_;
+  // Per-row rotation tables of the batch (rope_tables of lib/cpu/ops.h on
+  // the host, uploaded with the positions): [n_batch, n_rot]. Null with
+  // QWEN35_CUDA_ROPE_TABLES=0 (the kernels compute them in double).
+  RopeConfig rope_rc_;
+  PinnedBuffer rope_host_;
+  DeviceBuffer rope_dev_;
+  float* d_rope_cs_ = nullptr;
   int32_t* d_npast_ = nullptr;
   int32_t* d_tokens_ = nullptr;
   int32_t* d_pos_ = nullptr;
@@ -320,6 +327,13 @@ Status CudaBackend::init() {
     rope_.n_rot = hp_.n_rot;
     rope_.inv_freq = rope_buf_.as<double>();
     rope_.comp = dcomp;
+    rope_rc_ = rc;
+    if (hp_.n_rot > 0 && !env_off("QWEN35_CUDA_ROPE_TABLES")) {
+      const size_t bytes = size_t(nb) * size_t(hp_.n_rot) * sizeof(float);
+      QWEN35_TRY(rope_host_.alloc(bytes, "the rotation-table staging buffer"));
+      QWEN35_TRY(rope_dev_.alloc(bytes, "the rotation tables of a batch"));
+      d_rope_cs_ = rope_dev_.as<float>();
+    }
   }
 
   // KV caches (F16) of the attention layers and the MTP layer.
@@ -439,6 +453,13 @@ Status CudaBackend::upload_inputs(const int32_t* tokens, const int32_t* pos, int
   QWEN35_CUDA_TRY(cudaMemcpyAsync(d_npast_, hp, size_t(4 + nb + 3 * n) * sizeof(int32_t), cudaMemcpyHostToDevice,
                                   stream_),
                   "uploading the batch");
+  if (d_rope_cs_) {
+    const int64_t nr = hp_.n_rot, half = nr / 2;
+    float* cs = rope_host_.as<float>();
+    for (int64_t i = 0; i < n; ++i) rope_tables(rope_rc_, pos + 3 * i, cs + i * nr, cs + i * nr + half);
+    QWEN35_CUDA_TRY(cudaMemcpyAsync(d_rope_cs_, cs, size_t(n * nr) * sizeof(float), cudaMemcpyHostToDevice, stream_),
+                    "uploading the rotation tables");
+  }
   return Status::Ok();
 }
 
@@ -632,6 +653,7 @@ Status CudaBackend::attention_layer(const DevLayer& L, const KVCache& kv, int64_
   r.q_norm = L.q_norm;
   r.k_norm = L.k_norm;
   r.pos = d_pos_;
+  r.rope_cs = d_rope_cs_;
   r.rope = rope_;
   r.q_out = q_;
   r.k_cache = kv.k;
@@ -1166,7 +1188,8 @@ Status CudaBackend::read_state(int32_t n_rows, int32_t n_mtp_rows, const uint8_t
 }
 
 uint64_t CudaBackend::memory_bytes() const {
-  uint64_t b = kv_buf_.bytes() + rs_buf_.bytes() + scratch_.bytes() + rope_buf_.bytes() + in_dev_.bytes() +
+  uint64_t b = kv_buf_.bytes() + rs_buf_.bytes() + scratch_.bytes() + rope_buf_.bytes() + rope_dev_.bytes() +
+               rope_host_.bytes() + in_dev_.bytes() +
                in_host_.bytes() + stage_.bytes() + gemm_.workspace_bytes() + deq_ahead_.bytes() + topk_host_.bytes() +
                topk_dev_.bytes();
   for (const auto& s : slots_) b += s.bytes();

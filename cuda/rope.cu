@@ -31,8 +31,9 @@ __global__ void __launch_bounds__(kRopeThreads) qkv_norm_rope_kernel(QkvRopeArgs
   const float* src = is_q ? a.qg + t * a.ldqg + job * 2 * Dh : a.k + t * a.ldk + (job - Hq) * Dh;
   head_rmsnorm(src, is_q ? a.q_norm : a.k_norm, Dh, a.eps, buf, red);
   const int32_t* pos = a.pos + 3 * t;
+  const float* cs = a.rope_cs ? a.rope_cs + t * a.rope.n_rot : nullptr;
   for (int64_t i = threadIdx.x; i < Dh; i += blockDim.x) {
-    const float out = rope_element(buf, i, pos, a.rope);
+    const float out = rope_element(buf, i, pos, a.rope, cs);
     if (is_q) a.q_out[t * Hq * Dh + job * Dh + i] = out;
     else a.k_cache[row * kvd + (job - Hq) * Dh + i] = __half_as_ushort(__float2half_rn(out));
   }

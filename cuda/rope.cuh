@@ -31,14 +31,23 @@ __device__ __forceinline__ void head_rmsnorm(const float* src, const float* w, i
 // Element i of the normalized head in buf, rotated for position pos[0..2]:
 // pair p < n_rot/2 rotates (p, p + n_rot/2) by pos[comp[p]] * inv_freq[p]
 // (angles in double, as the CPU reference).
+// With cs_row (the row's [n_rot] host table, see QkvRopeArgs::rope_cs) the
+// cosine and sine are read instead of computed.
 __device__ __forceinline__ float rope_element(const float* buf, int64_t i, const int32_t* pos,
-                                              const RopeTables& rope) {
+                                              const RopeTables& rope, const float* cs_row = nullptr) {
   const int half = rope.n_rot / 2;
   if (i >= 2 * half) return buf[i];
   const int p = int(i < half ? i : i - half);
-  const int comp = rope.comp[p];
-  const double ang = (comp < 3 ? double(pos[comp]) : 0.0) * rope.inv_freq[p];
-  const float c = float(cos(ang)), s = float(sin(ang));
+  float c, s;
+  if (cs_row) {
+    c = cs_row[p];
+    s = cs_row[half + p];
+  } else {
+    const int comp = rope.comp[p];
+    const double ang = (comp < 3 ? double(pos[comp]) : 0.0) * rope.inv_freq[p];
+    c = float(cos(ang));
+    s = float(sin(ang));
+  }
   if (i < half) return buf[i] * c - buf[i + half] * s;
   return buf[i - half] * s + buf[i] * c;
 }

@@ -34,6 +34,11 @@ struct QkvRopeArgs {
   const float* k_norm = nullptr;  // [Dh]
   const int32_t* pos = nullptr;   // [n, 3] device
   RopeTables rope;
+  // Optional: per row the cosines and sines of the rotation, [n, n_rot]
+  // (pair p: cos at [p], sin at [n_rot/2 + p]; rope_tables() of
+  // lib/cpu/ops.h, computed on the host), so the kernels do no double-
+  // precision trigonometry. Null: computed from pos and rope.
+  const float* rope_cs = nullptr;
   // Outputs:
   float* q_out = nullptr;         // [n, Hq*Dh] normalized, rotated queries
   uint16_t* k_cache = nullptr;    // [n_ctx, Hkv*Dh] F16: row n_past+t gets the key

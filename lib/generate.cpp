@@ -230,12 +230,18 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
     }
     return false;
   };
-  auto on_decode_error = [&](const Status& s) -> Status {
-    if (s.code() == QWEN35_ERR_CANCELLED) {
-      st.stop = StopReason::Cancelled;
-      return Status::Ok();
-    }
-    return s;
+  // A pass of the loop failed. Every such pass begins with `emitted`, a
+  // token already streamed to the caller and not yet in the context (the
+  // failed pass left the context as it was). On a cancellation the token is
+  // put in the context all the same (one row, not cancellable), so the
+  // context holds exactly the emitted tokens whenever the cancel lands.
+  auto on_decode_error = [&](const Status& s, int32_t emitted) -> Status {
+    if (s.code() != QWEN35_ERR_CANCELLED) return s;
+    st.stop = StopReason::Cancelled;
+    ctx.abort.store(false);
+    Status keep = ctx.decode(&emitted, 1, LogitsMode::None);
+    ctx.abort.store(true);
+    return keep.code() == QWEN35_ERR_CANCELLED ? Status::Ok() : keep;
   };
 
   if (opt.max_tokens == 0) {
@@ -269,10 +275,10 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
       // Shadow probe: draft the token after `tok`, take a plain step, compare.
       int32_t d = -1;
       Status s = draft_of(tok, &d);
-      if (!s.ok()) return finish(on_decode_error(s));
+      if (!s.ok()) return finish(on_decode_error(s, tok));
       s = decode(&tok, 1);
       ++st.n_main_passes;
-      if (!s.ok()) return finish(on_decode_error(s));
+      if (!s.ok()) return finish(on_decode_error(s, tok));
       tok = next_of(-1);
       if (tok < 0) return finish(sample_err);
       draft = -1;
@@ -293,7 +299,7 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
     if (!draft_now) {
       Status s = decode(&tok, 1);
       ++st.n_main_passes;
-      if (!s.ok()) return finish(on_decode_error(s));
+      if (!s.ok()) return finish(on_decode_error(s, tok));
       if (!go_on) break;
       tok = next_of(-1);
       if (tok < 0) return finish(sample_err);
@@ -304,7 +310,7 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
       // Verify [tok, draft]; the context also drafts the token after the next one.
       if (draft < 0) {
         Status s = draft_of(tok, &draft);
-        if (!s.ok()) return finish(on_decode_error(s));
+        if (!s.ok()) return finish(on_decode_error(s, tok));
       }
       const int32_t d = draft;
       SpecStep r;
@@ -312,7 +318,7 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
       ++st.n_main_passes;
       ++st.n_drafted;
       ++window_drafts;
-      if (!s.ok()) return finish(on_decode_error(s));
+      if (!s.ok()) return finish(on_decode_error(s, tok));
       draft = r.next_draft;
       if (r.accepted && ((is_eog(d) && !opt.ignore_eos) || ctx.abort.load())) {
         // The draft is not emitted: drop its row; the next token is the draft.
@@ -332,7 +338,7 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
       // Draft the token after `tok` with the MTP head, verify both in one pass.
       int32_t d = -1;
       Status s = draft_of(tok, &d);
-      if (!s.ok()) return finish(on_decode_error(s));
+      if (!s.ok()) return finish(on_decode_error(s, tok));
       const int32_t pair[2] = {tok, d};
       // With candidates: row 1 is sampled only after the draft is accepted,
       // so its request already counts the draft.
@@ -348,7 +354,7 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
       ++st.n_main_passes;
       ++st.n_drafted;
       ++window_drafts;
-      if (!s.ok()) return finish(on_decode_error(s));
+      if (!s.ok()) return finish(on_decode_error(s, tok));
       const int32_t y0 = next_of(0);
       if (y0 < 0) return finish(sample_err);
       if (y0 == d && !(is_eog(d) && !opt.ignore_eos) && !ctx.abort.load()) {

@@ -348,11 +348,36 @@ TEST_CASE("max tokens, callback stop, EOG, context overflow and abort from anoth
       killer.join();
       CHECK(st.stop_reason == QWEN35_STOP_CANCELLED);
       CHECK(st.n_generated < 3900);
-      // The context is consistent and usable afterwards.
+      // The context holds the prompt and exactly the emitted tokens, and is
+      // usable afterwards.
       const int np = qwen35_context_n_past(c.c);
-      CHECK(np >= int(prompt.size()));
+      CHECK(np == int(prompt.size()) + st.n_generated);
       Out more = generate(c.c, s.s, {}, 2, mtp);
       CHECK(more.tokens.size() == 2);
+    }
+    for (int after : {1, 3}) {
+      // An abort from the callback lands in the next forward pass, the one
+      // that would add the emitted token to the context: the token is kept.
+      CAPTURE(after);
+      Ctx c(m.m, 256, true);
+      struct Abort {
+        qwen35_context* c;
+        int after, seen = 0;
+      } ab{c.c, after};
+      qwen35_generate_params gp = qwen35_generate_default_params();
+      gp.use_mtp = mtp;
+      gp.ignore_eos = true;
+      gp.on_token = [](qwen35_token t, const char*, size_t, void* ud) {
+        auto* a = static_cast<Abort*>(ud);
+        if (t >= 0 && ++a->seen == a->after) qwen35_context_abort(a->c);
+        return true;
+      };
+      gp.user_data = &ab;
+      qwen35_generate_stats st;
+      REQUIRE(qwen35_generate(c.c, s.s, prompt.data(), int32_t(prompt.size()), &gp, &st) == QWEN35_OK);
+      CHECK(st.stop_reason == QWEN35_STOP_CANCELLED);
+      CHECK(st.n_generated >= after);
+      CHECK(qwen35_context_n_past(c.c) == int(prompt.size()) + st.n_generated);
     }
   }
 }

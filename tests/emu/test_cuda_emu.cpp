@@ -243,6 +243,13 @@ TEST_CASE("emulated: the fused decode attention equals q/k norm + RoPE + split a
             CHECK(r.k_fused == r.k_ref);
             CHECK(r.v_fused == r.v_ref);
             CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int32_t c) { return c == 0; }));
+            // The host's rotation tables: the same cosines and sines as the
+            // kernels compute (here, where both use the host's cos/sin).
+            const FusedAttnResult rt = run_fused_attention_case<HostArray>(Dh, n, n_past, splits, rand, to_f16, true);
+            REQUIRE(rt.ok);
+            CHECK(rel(rt.out_fused, r.out_fused) == 0.0);
+            CHECK(rel(rt.out_ref, r.out_ref) == 0.0);
+            CHECK(rt.k_fused == r.k_fused);
           }
         }
       }

@@ -23,7 +23,8 @@ struct FusedAttnResult {
 
 // rand(n, seed, lo, hi) returns n uniform floats; f16(x) the F16 bits of x.
 template <template <typename> class Arr, typename Rand, typename F16>
-FusedAttnResult run_fused_attention_case(int64_t Dh, int64_t n, int64_t n_past, int splits, Rand rand, F16 f16) {
+FusedAttnResult run_fused_attention_case(int64_t Dh, int64_t n, int64_t n_past, int splits, Rand rand, F16 f16,
+                                         bool tables = false) {
   using namespace qwen35::cuda;
   const int64_t Hq = 4, Hkv = 2, n_ctx = 48, qd = Hq * Dh, kvd = Hkv * Dh;
   RopeConfig rc;
@@ -84,6 +85,12 @@ FusedAttnResult run_fused_attention_case(int64_t Dh, int64_t n, int64_t n_past, 
   r.rope.n_rot = rc.n_rot;
   r.rope.inv_freq = dinv.get();
   r.rope.comp = dcomp.get();
+  // Optionally the host's per-row rotation tables (rope_tables) instead of
+  // the kernels' own trigonometry.
+  std::vector<float> cs(size_t(std::max<int64_t>(n, 1) * rc.n_rot));
+  for (int64_t t = 0; t < n; ++t) rope_tables(rc, pos.data() + 3 * t, cs.data() + t * rc.n_rot, cs.data() + t * rc.n_rot + half);
+  Arr<float> dcs(cs);
+  if (tables) r.rope_cs = dcs.get();
   r.q_out = dq.get();
   r.k_cache = kr.get();
   r.v_cache = vr.get();
