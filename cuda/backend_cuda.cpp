@@ -173,7 +173,15 @@ class CudaBackend final : public Backend {
   // write the activations to xb_ in BF16 itself (fused into the kernel that
   // produces them) and call fp4_gemm_bf16.
   bool direct_bf16(const DevLinear& W, int64_t n) const {
-    return n > kMatvecMaxCols && gemm_type_ == GemmType::BF16 && W.fp4.present() && !(W.blas.present() && fp4_gemm_);
+    return n > kMatvecMaxCols && gemm_type_ == GemmType::BF16 && W.fp4.present() && !(W.blas.present() && fp4_gemm_) &&
+           !medium(W, n);
+  }
+  // Small batches (kMatvecMaxCols < n <= medium_rows_, QWEN35_CUDA_MEDIUM_ROWS):
+  // NVFP4 projections as decode matvecs over row chunks of kMatvecMaxCols,
+  // reading the weights once per chunk instead of dequantizing all of them
+  // for a GEMM.
+  bool medium(const DevLinear& W, int64_t n) const {
+    return W.fp4.present() && n > kMatvecMaxCols && n <= medium_rows_;
   }
   // out (+)= W xb_, xb_: [n, W.cols] BF16 activations.
   Status fp4_gemm_bf16(const DevLinear& W, int64_t n, float* out, int64_t ldo, bool add);
@@ -205,6 +213,7 @@ class CudaBackend final : public Backend {
   bool tiled_attn_ = true;           // batches: the tiled attention kernel
   bool fused_attn_ = true;           // decode: q/k norm, RoPE and attention in one kernel
   bool mma_attn_ = false;            // batches: the tensor-core attention (QWEN35_CUDA_ATTN_MMA=1)
+  int64_t medium_rows_ = 0;          // batches up to this many rows: chunked NVFP4 matvecs (see medium())
   int delta_ept_ = 16;               // delta rule: state elements per thread
   float* delta_scratch_ = nullptr;   // batches: the chunked delta rule's scratch (QWEN35_CUDA_DELTA_CHUNKED=1)
   std::map<GraphKey, cudaGraphExec_t> graphs_;
@@ -295,6 +304,7 @@ Status CudaBackend::init() {
   fused_attn_ = !env_off("QWEN35_CUDA_FUSED_ATTN");
   const char* mma_attn = std::getenv("QWEN35_CUDA_ATTN_MMA");
   mma_attn_ = mma_attn && std::string(mma_attn) == "1";
+  if (const char* mr = std::getenv("QWEN35_CUDA_MEDIUM_ROWS")) medium_rows_ = std::max(0, std::atoi(mr));
   delta_ept_ = decode_tuning().delta_ept;
   const char* chunked = std::getenv("QWEN35_CUDA_DELTA_CHUNKED");
   const bool delta_chunked = chunked && std::string(chunked) == "1";
@@ -495,6 +505,13 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
   if (conv && !(W.fp4.present() && n <= 2)) return Error(QWEN35_ERR_BACKEND, "the fused conv needs the NVFP4 kernel");
   if (gated && !(W.fp4.present() && n <= kMatvecMaxCols))
     return Error(QWEN35_ERR_BACKEND, "the fused gated norm needs the NVFP4 kernel");
+  if (medium(W, n) && !conv && !gated) {
+    // Row chunks through the decode kernels (the norm prologue and the
+    // SwiGLU / add epilogues work per row, so chunks compose).
+    for (int64_t r0 = 0; r0 < n; r0 += kMatvecMaxCols)
+      QWEN35_TRY(project(W, x + r0 * ldx, ldx, std::min<int64_t>(kMatvecMaxCols, n - r0), nw, y + r0 * ldy, ldy, epi));
+    return Status::Ok();
+  }
   if (W.fp4.present() && n <= kMatvecMaxCols) {
     Fp4MatvecArgs a;
     a.w = W.fp4;

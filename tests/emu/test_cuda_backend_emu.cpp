@@ -59,7 +59,7 @@ void check_batch_bar(const char* what) {
   qwen35_context* c = make_ctx(m);
   const FixtureErrors e = run_fixture_cases(c, fx, false, true);
   check_fixture_bar(fx, e, true);
-  MESSAGE(what << ": median " << median(e.main) << " worst " << worst(e.main));
+  MESSAGE(std::string(what) << ": median " << median(e.main) << " worst " << worst(e.main));
   qwen35_context_free(c);
   qwen35_model_free(m);
 }
@@ -114,6 +114,12 @@ TEST_CASE("emulated CUDA backend: one token at a time (the decode kernels, CUDA 
 TEST_CASE("emulated CUDA backend: the chunked delta rule in the batch path meets the fixture bar") {
   EnvVar chunked("QWEN35_CUDA_DELTA_CHUNKED", "1");  // read when the context is created
   check_batch_bar("batch, chunked delta rule");
+}
+
+TEST_CASE("emulated CUDA backend: small batches as chunked NVFP4 matvecs meet the fixture bar") {
+  // The fixture cases of 18-54 rows take the chunked matvecs, the longer ones the GEMMs.
+  EnvVar medium("QWEN35_CUDA_MEDIUM_ROWS", "64");  // read when the context is created
+  check_batch_bar("batch, chunked matvecs up to 64 rows");
 }
 
 TEST_CASE("emulated CUDA backend: the tensor-core attention in the batch path meets the fixture bar") {

@@ -186,6 +186,14 @@ if [ -s "$M4" ]; then
   bench "  prefill: tensor-core attention" env QWEN35_CUDA_ATTN_MMA=1 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
   bench "  prefill: chunked delta + tensor-core attention" env QWEN35_CUDA_DELTA_CHUNKED=1 QWEN35_CUDA_ATTN_MMA=1 \
     "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
+  # Short prompts (a chat turn): GEMMs on dequantized weights against the
+  # decode kernels over row chunks of 8 (QWEN35_CUDA_MEDIUM_ROWS).
+  bench "  prefill 16: GEMMs" "$BIN/qwen35-cuda-bench" -m "$M4" -p 16 -n 8 --device cuda --json
+  bench "  prefill 16: chunked matvecs" env QWEN35_CUDA_MEDIUM_ROWS=64 "$BIN/qwen35-cuda-bench" -m "$M4" -p 16 -n 8 \
+    --device cuda --json
+  bench "  prefill 32: GEMMs" "$BIN/qwen35-cuda-bench" -m "$M4" -p 32 -n 8 --device cuda --json
+  bench "  prefill 32: chunked matvecs" env QWEN35_CUDA_MEDIUM_ROWS=64 "$BIN/qwen35-cuda-bench" -m "$M4" -p 32 -n 8 \
+    --device cuda --json
   bench "  prefill: cached BF16 weights" env QWEN35_CUDA_DEQ_CACHE=1 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
 fi
 # The kernel timeline as it runs (CUPTI: real clocks, PDL overlap, graphs):

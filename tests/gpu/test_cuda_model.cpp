@@ -74,6 +74,20 @@ TEST_CASE("CUDA: fixture logits meet the fixture bar (batch and step, MTP)") {
   }
 }
 
+TEST_CASE("CUDA: small batches as chunked NVFP4 matvecs meet the fixture bar") {
+  QWEN35_REQUIRE_GPU();
+  EnvVar medium("QWEN35_CUDA_MEDIUM_ROWS", "64");  // the fixture cases of 18-54 rows take it
+  for (const char* name : {"tiny-a-nvfp4", "tiny-m-nvfp4"}) {
+    FixtureLogits fx(name);
+    Model m(fixture(std::string("models/") + name + ".gguf"));
+    const bool mtp = std::string(name) == "tiny-m-nvfp4";
+    Ctx ctx(m.m, 512, mtp);
+    const FixtureErrors e = run_fixture_cases(ctx.c, fx, false, mtp);
+    check_fixture_bar(fx, e, mtp);
+    MESSAGE(name << " batch, chunked matvecs: median " << median(e.main) << " worst " << worst(e.main));
+  }
+}
+
 TEST_CASE("CUDA: with F32 GEMMs the batch path stays close to the exact logits") {
   QWEN35_REQUIRE_GPU();
   EnvVar env("QWEN35_CUDA_GEMM", "f32");
