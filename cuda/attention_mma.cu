@@ -20,7 +20,7 @@
 #include "attention.h"
 #include "common.cuh"
 #include "launch.cuh"
-#include "tc_common.cuh"
+#include "flash_mma.cuh"
 
 namespace qwen35::cuda {
 
@@ -40,19 +40,6 @@ struct MmaLayout {  // offsets in halves
   static constexpr int vt = k + kMmaKeys * QS;
   static constexpr size_t bytes = size_t(vt + DH * VS) * sizeof(uint16_t);
 };
-
-__device__ __forceinline__ uint32_t half2_bits(__half2 h) { return *reinterpret_cast<const uint32_t*>(&h); }
-
-// (x, y) -> F16 pairs hi and lo with x ~ hi.x + lo.x (the rounding error of
-// hi, itself rounded to F16).
-__device__ __forceinline__ void split_f16x2(float x, float y, uint32_t& hi, uint32_t& lo) {
-  const __half2 h = __floats2half2_rn(x, y);
-  const float2 hf = __half22float2(h);
-  hi = half2_bits(h);
-  lo = half2_bits(__floats2half2_rn(x - hf.x, y - hf.y));
-}
-
-__device__ __forceinline__ uint32_t ld_smem32(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
 template <int DH>
 __global__ void __launch_bounds__(kMmaWarps * kWarp) attention_mma_kernel(AttnArgs a) {
@@ -120,68 +107,31 @@ __global__ void __launch_bounds__(kMmaWarps * kWarp) attention_mma_kernel(AttnAr
 #pragma unroll 4
     for (int ks = 0; ks < DH / 16; ++ks) {
       const int col = 16 * ks + 2 * t;
-      const uint16_t* qh = sqh + r0 * QS + col;
-      const uint16_t* ql = sql + r0 * QS + col;
-      const uint32_t ah[4] = {ld_smem32(qh), ld_smem32(qh + 8 * QS), ld_smem32(qh + 8), ld_smem32(qh + 8 * QS + 8)};
-      const uint32_t al[4] = {ld_smem32(ql), ld_smem32(ql + 8 * QS), ld_smem32(ql + 8), ld_smem32(ql + 8 * QS + 8)};
+      uint32_t ah[4], al[4];
+      load_a_frag(sqh + r0 * QS + col, QS, ah);
+      load_a_frag(sql + r0 * QS + col, QS, al);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         const uint16_t* kp = sk + (8 * nt + g) * QS + col;
-        const uint32_t b0 = ld_smem32(kp), b1 = ld_smem32(kp + 8);
+        const uint32_t b0 = ld_pair(kp), b1 = ld_pair(kp + 8);
         mma_f16_acc(s[nt], ah, b0, b1);
         mma_f16_acc(s[nt], al, b0, b1);
       }
     }
 
-    // Online softmax per row; the row's values are spread over lanes 4g..4g+3.
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int64_t key = j0 + 8 * nt + 2 * t + e;
-          float& v = s[nt][2 * hr + e];
-          v = key > last[hr] ? -INFINITY : v * a.scale;
-          mx = fmaxf(mx, v);
-        }
-      mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFFu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFFu, mx, 2));
-      // The first tile holds key 0, which every row sees: m is finite from
-      // then on, and exp(m_old - m_new) is 0 the first time.
-      const float m_new = fmaxf(m[hr], mx);
-      const float c = expf(m[hr] - m_new);
-      float ps = 0.0f;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& v = s[nt][2 * hr + e];
-          v = expf(v - m_new);
-          ps += v;
-        }
-      l[hr] = l[hr] * c + ps;
-      m[hr] = m_new;
-#pragma unroll
-      for (int dt = 0; dt < DT; ++dt) {
-        o[dt][2 * hr] *= c;
-        o[dt][2 * hr + 1] *= c;
-      }
-    }
+    // Online softmax per row (flash_mma.cuh): keys past a row's last are masked.
+    online_softmax_tile<NT, DT>(
+        s, a.scale, [&](int hr, int nt, int e) { return j0 + 8 * nt + 2 * t + e > last[hr]; }, m, l, o);
 
     // O += P V over the tile's keys, 16 per step.
 #pragma unroll
     for (int kc = 0; kc < NT / 2; ++kc) {
       uint32_t ph[4], pl[4];
-      split_f16x2(s[2 * kc][0], s[2 * kc][1], ph[0], pl[0]);          // row g, keys 16kc + 2t
-      split_f16x2(s[2 * kc][2], s[2 * kc][3], ph[1], pl[1]);          // row g + 8
-      split_f16x2(s[2 * kc + 1][0], s[2 * kc + 1][1], ph[2], pl[2]);  // row g, keys 16kc + 8 + 2t
-      split_f16x2(s[2 * kc + 1][2], s[2 * kc + 1][3], ph[3], pl[3]);  // row g + 8
+      p_frags<NT>(s, kc, ph, pl);
 #pragma unroll
       for (int dt = 0; dt < DT; ++dt) {
         const uint16_t* vp = svt + (8 * dt + g) * VS + 16 * kc + 2 * t;
-        const uint32_t b0 = ld_smem32(vp), b1 = ld_smem32(vp + 8);
+        const uint32_t b0 = ld_pair(vp), b1 = ld_pair(vp + 8);
         mma_f16_acc(o[dt], ph, b0, b1);
         mma_f16_acc(o[dt], pl, b0, b1);
       }
@@ -190,9 +140,7 @@ __global__ void __launch_bounds__(kMmaWarps * kWarp) attention_mma_kernel(AttnAr
 
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
-    float lt = l[hr];
-    lt += __shfl_xor_sync(0xFFFFFFFFu, lt, 1);
-    lt += __shfl_xor_sync(0xFFFFFFFFu, lt, 2);
+    const float lt = finish_row_sum(l[hr]);
     const int64_t row = t0 + r0 + 8 * hr;
     if (row >= a.n) continue;
     const float inv = 1.0f / lt;

@@ -9,7 +9,7 @@
 // past n are not written.
 #include "common.cuh"
 #include "launch.cuh"
-#include "tc_common.cuh"
+#include "flash_mma.cuh"
 #include "vision_kernels.h"
 
 namespace qwen35::cuda {
@@ -29,28 +29,6 @@ struct VmLayout {  // offsets in halves
   static constexpr int vh = kl + kVmKeys * QS, vl = vh + DH * VS;
   static constexpr size_t bytes = size_t(vl + DH * VS) * sizeof(uint16_t);
 };
-
-__device__ __forceinline__ uint16_t f16_bits(float x) { return __half_as_ushort(__float2half_rn(x)); }
-
-// x ~ hi + lo, both F16 (lo: the rounding error of hi, rounded).
-__device__ __forceinline__ void split_f16(float x, uint16_t& hi, uint16_t& lo) {
-  const __half h = __float2half_rn(x);
-  hi = __half_as_ushort(h);
-  lo = f16_bits(x - __half2float(h));
-}
-
-__device__ __forceinline__ uint32_t pair_bits(uint16_t a, uint16_t b) { return uint32_t(a) | (uint32_t(b) << 16); }
-
-__device__ __forceinline__ uint32_t ld_pair(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
-
-// Rows r0 + (0, 8) and columns col + (0, 8) of a [*, stride] F16 tile as an
-// A fragment.
-__device__ __forceinline__ void load_a(const uint16_t* base, int stride, uint32_t* a) {
-  a[0] = ld_pair(base);
-  a[1] = ld_pair(base + 8 * stride);
-  a[2] = ld_pair(base + 8);
-  a[3] = ld_pair(base + 8 * stride + 8);
-}
 
 template <int DH>
 __global__ void __launch_bounds__(kVmWarps * kWarp)
@@ -107,8 +85,8 @@ __global__ void __launch_bounds__(kVmWarps * kWarp)
     for (int ks = 0; ks < DH / 16; ++ks) {
       const int col = 16 * ks + 2 * t;
       uint32_t ah[4], al[4];
-      load_a(sqh + r0 * QS + col, QS, ah);
-      load_a(sql + r0 * QS + col, QS, al);
+      load_a_frag(sqh + r0 * QS + col, QS, ah);
+      load_a_frag(sql + r0 * QS + col, QS, al);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         const int off = (8 * nt + g) * QS + col;
@@ -120,56 +98,16 @@ __global__ void __launch_bounds__(kVmWarps * kWarp)
       }
     }
 
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& v = s[nt][2 * hr + e];
-          if (j0 + 8 * nt + 2 * t + e >= n) v = -INFINITY;
-          mx = fmaxf(mx, v);
-        }
-      mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFFu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xFFFFFFFFu, mx, 2));
-      // Key 0 is in the first tile: m is finite from then on.
-      const float m_new = fmaxf(m[hr], mx);
-      const float c = expf(m[hr] - m_new);
-      float ps = 0.0f;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& v = s[nt][2 * hr + e];
-          v = expf(v - m_new);
-          ps += v;
-        }
-      l[hr] = l[hr] * c + ps;
-      m[hr] = m_new;
-#pragma unroll
-      for (int dt = 0; dt < DT; ++dt) {
-        acc[dt][2 * hr] *= c;
-        acc[dt][2 * hr + 1] *= c;
-      }
-    }
+    // Online softmax (flash_mma.cuh; the queries carry the scale): keys
+    // past n are masked. Key 0 is in the first tile.
+    online_softmax_tile<NT, DT>(
+        s, 1.0f, [&](int, int nt, int e) { return j0 + 8 * nt + 2 * t + e >= n; }, m, l, acc);
 
     // acc += P V, 16 keys per step.
 #pragma unroll
     for (int kc = 0; kc < NT / 2; ++kc) {
       uint32_t ph[4], pl[4];
-      const float pv[4][2] = {{s[2 * kc][0], s[2 * kc][1]},
-                              {s[2 * kc][2], s[2 * kc][3]},
-                              {s[2 * kc + 1][0], s[2 * kc + 1][1]},
-                              {s[2 * kc + 1][2], s[2 * kc + 1][3]}};
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        uint16_t h0, l0, h1, l1;
-        split_f16(pv[q][0], h0, l0);
-        split_f16(pv[q][1], h1, l1);
-        ph[q] = pair_bits(h0, h1);
-        pl[q] = pair_bits(l0, l1);
-      }
+      p_frags<NT>(s, kc, ph, pl);
 #pragma unroll
       for (int dt = 0; dt < DT; ++dt) {
         const int off = (8 * dt + g) * VS + 16 * kc + 2 * t;
@@ -184,9 +122,7 @@ __global__ void __launch_bounds__(kVmWarps * kWarp)
 
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
-    float lt = l[hr];
-    lt += __shfl_xor_sync(0xFFFFFFFFu, lt, 1);
-    lt += __shfl_xor_sync(0xFFFFFFFFu, lt, 2);
+    const float lt = finish_row_sum(l[hr]);
     const int64_t row = q0 + r0 + 8 * hr;
     if (row >= n) continue;
     const float inv = 1.0f / lt;
