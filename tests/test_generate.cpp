@@ -427,6 +427,34 @@ TEST_CASE("streamed text is valid UTF-8 even when sampled byte tokens are ill-fo
   CHECK(bad_raw > 0);  // the case the test is about did occur
 }
 
+namespace {
+// Generations of 40 tokens after a 6-token prompt, one per seed, with the
+// backend's sampling candidates (QWEN35_TOPK_CANDIDATES=1) and from the
+// copied rows (=0): the same tokens. `bias` adds a bias and a ban.
+void check_candidates_ab(qwen35_model* m, qwen35_sampler_params sp, bool bias, std::initializer_list<uint64_t> seeds,
+                         int mtp) {
+  const int V = qwen35_model_n_vocab(m);
+  const qwen35_logit_bias biases[2] = {{3, 4.0f}, {17, -INFINITY}};
+  if (bias) {
+    sp.logit_bias = biases;
+    sp.n_logit_bias = 2;
+  }
+  std::vector<std::vector<int32_t>> outs;
+  for (const char* env : {"1", "0"}) {
+    EnvVar e("QWEN35_TOPK_CANDIDATES", env);
+    for (uint64_t seed : seeds) {
+      sp.seed = seed;
+      Sampler s(m, sp);
+      Ctx ctx(m, 300, mtp != 0);
+      outs.push_back(generate(ctx.c, s.s, prompt_of(6, V, int(seed)), 40, mtp).tokens);
+    }
+  }
+  const size_t n = seeds.size();
+  for (size_t i = 0; i < n; ++i) CHECK(outs[i] == outs[i + n]);
+  for (size_t i = 0; i < n; ++i) CHECK(outs[i].size() == 40);
+}
+}  // namespace
+
 TEST_CASE("sampling from backend-selected candidates gives the tokens of sampling from the logits") {
   // The CPU fast path selects the k best adjusted logits itself
   // (Backend::eval_topk), like the GPU; QWEN35_TOPK_CANDIDATES=0 samples
@@ -434,7 +462,6 @@ TEST_CASE("sampling from backend-selected candidates gives the tokens of samplin
   qwen35::SynthConfig mc = tiny_cfg(5);
   mc.mtp_mirror = true;
   Model m(synth_model("gen-mirror", mc));
-  const int V = qwen35_model_n_vocab(m.m);
   struct Case {
     float temp;
     int top_k;
@@ -455,23 +482,7 @@ TEST_CASE("sampling from backend-selected candidates gives the tokens of samplin
     sp.presence_penalty = c.presence;
     sp.repeat_penalty = c.repeat;
     sp.penalize_prompt = c.penalize_prompt;
-    const qwen35_logit_bias bias[2] = {{3, 4.0f}, {17, -INFINITY}};
-    if (c.bias) {
-      sp.logit_bias = bias;
-      sp.n_logit_bias = 2;
-    }
-    std::vector<std::vector<int32_t>> outs;
-    for (const char* env : {"1", "0"}) {
-      EnvVar e("QWEN35_TOPK_CANDIDATES", env);
-      for (uint64_t seed : {1, 2, 3}) {
-        sp.seed = seed;
-        Sampler s(m.m, sp);
-        Ctx ctx(m.m, 300, c.mtp != 0);
-        outs.push_back(generate(ctx.c, s.s, prompt_of(6, V, int(seed)), 40, c.mtp).tokens);
-      }
-    }
-    for (size_t i = 0; i < 3; ++i) CHECK(outs[i] == outs[i + 3]);
-    for (size_t i = 0; i < 3; ++i) CHECK(outs[i].size() == 40);
+    check_candidates_ab(m.m, sp, c.bias, {1, 2, 3}, c.mtp);
   }
 }
 
@@ -485,7 +496,6 @@ TEST_CASE("samplers without top-k: candidates and the normalizer from the backen
   mc.n_vocab = 3000;
   mc.mtp_mirror = true;
   Model m(synth_model("gen-mirror-3000", mc));
-  const int V = qwen35_model_n_vocab(m.m);
   struct Case {
     float temp, top_p, min_p, presence;
     bool bias;
@@ -504,22 +514,6 @@ TEST_CASE("samplers without top-k: candidates and the normalizer from the backen
     sp.top_p = c.top_p;
     sp.min_p = c.min_p;
     sp.presence_penalty = c.presence;
-    const qwen35_logit_bias bias[2] = {{3, 4.0f}, {17, -INFINITY}};
-    if (c.bias) {
-      sp.logit_bias = bias;
-      sp.n_logit_bias = 2;
-    }
-    std::vector<std::vector<int32_t>> outs;
-    for (const char* env : {"1", "0"}) {
-      EnvVar e("QWEN35_TOPK_CANDIDATES", env);
-      for (uint64_t seed : {1, 2}) {
-        sp.seed = seed;
-        Sampler s(m.m, sp);
-        Ctx ctx(m.m, 300, c.mtp != 0);
-        outs.push_back(generate(ctx.c, s.s, prompt_of(6, V, int(seed)), 40, c.mtp).tokens);
-      }
-    }
-    for (size_t i = 0; i < 2; ++i) CHECK(outs[i] == outs[i + 2]);
-    for (size_t i = 0; i < 2; ++i) CHECK(outs[i].size() == 40);
+    check_candidates_ab(m.m, sp, c.bias, {1, 2}, c.mtp);
   }
 }

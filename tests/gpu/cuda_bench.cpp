@@ -268,12 +268,17 @@ int main(int argc, char** argv) {
   rec.top_p = 0.8f;
   rec.presence_penalty = 1.5f;
   rec.seed = 1;
+  // Sampled generation with candidates from the backend, then from rows
+  // copied to the host.
+  auto sampled_ab = [&](const SamplerOptions& so, GenerateStats* dev, GenerateStats* rows) -> Status {
+    QWEN35_TRY(generate(false, dev, so));
+    setenv("QWEN35_TOPK_CANDIDATES", "0", 1);
+    const Status r = generate(false, rows, so);
+    unsetenv("QWEN35_TOPK_CANDIDATES");
+    return r;
+  };
   GenerateStats sampled{}, sampled_rows{};
-  if (!(st = generate(false, &sampled, rec)).ok()) return fail("generate (sampled)", st);
-  setenv("QWEN35_TOPK_CANDIDATES", "0", 1);
-  st = generate(false, &sampled_rows, rec);
-  unsetenv("QWEN35_TOPK_CANDIDATES");
-  if (!st.ok()) return fail("generate (sampled, rows)", st);
+  if (!(st = sampled_ab(rec, &sampled, &sampled_rows)).ok()) return fail("generate (sampled)", st);
   // A sampler without top-k (temperature 1.0, top-p 0.95): the best 1,024
   // candidates and the softmax normalizer from the device, or rows.
   SamplerOptions nok;
@@ -281,11 +286,7 @@ int main(int argc, char** argv) {
   nok.top_p = 0.95f;
   nok.seed = 1;
   GenerateStats full{}, full_rows{};
-  if (!(st = generate(false, &full, nok)).ok()) return fail("generate (no top-k)", st);
-  setenv("QWEN35_TOPK_CANDIDATES", "0", 1);
-  st = generate(false, &full_rows, nok);
-  unsetenv("QWEN35_TOPK_CANDIDATES");
-  if (!st.ok()) return fail("generate (no top-k, rows)", st);
+  if (!(st = sampled_ab(nok, &full, &full_rows)).ok()) return fail("generate (no top-k)", st);
   auto rate = [](const GenerateStats& g) { return g.t_generate_ms > 0 ? g.n_generated / (g.t_generate_ms / 1e3) : 0.0; };
   double t_mtp = 0;
   int drafted = 0, accepted = 0, emitted = 0;

@@ -627,28 +627,18 @@ TEST_CASE("CUDA: the tiled attention and every delta-rule thread split agree wit
     // bit can flip a rounding.
     CHECK(ws < 2e-3);
   }
-  {
-    // The tensor-core attention for the prefill's batches.
-    EnvVar e("QWEN35_CUDA_ATTN_MMA", "1");
+  // The batch kernels behind a switch: the tensor-core attention, and the
+  // chunked delta rule (chunks of 128 rows: two delta-rule chunks each, and
+  // a partial one).
+  for (auto [var, what] : {std::pair{"QWEN35_CUDA_ATTN_MMA", "tensor-core attention vs split attention"},
+                           std::pair{"QWEN35_CUDA_DELTA_CHUNKED", "chunked delta rule vs recurrent"}}) {
+    EnvVar e(var, "1");
     t.delta_ept = 16;
     qwen35::cuda::set_decode_tuning(t);
     std::vector<float> pre, steps;
     run(&pre, &steps);
     const double wp = worst_of(pre, base_pre), ws = worst_of(steps, base_steps);
-    MESSAGE("tensor-core attention vs split attention: prefill " << wp << ", steps " << ws);
-    CHECK(wp < 1e-4);
-    CHECK(ws < 2e-3);
-  }
-  {
-    // The chunked delta rule for the prefill's batches (chunks of 128 rows:
-    // two delta-rule chunks each, and a partial one).
-    EnvVar e("QWEN35_CUDA_DELTA_CHUNKED", "1");
-    t.delta_ept = 16;
-    qwen35::cuda::set_decode_tuning(t);
-    std::vector<float> pre, steps;
-    run(&pre, &steps);
-    const double wp = worst_of(pre, base_pre), ws = worst_of(steps, base_steps);
-    MESSAGE("chunked delta rule vs recurrent: prefill " << wp << ", steps " << ws);
+    MESSAGE(what << ": prefill " << wp << ", steps " << ws);
     CHECK(wp < 1e-4);
     CHECK(ws < 2e-3);
   }
