@@ -2,15 +2,17 @@
 // of the memory-bandwidth roofline reached by decode.
 //
 //   qwen35-bench -m MODEL [-p N] [-n N] [-t N] [-r N] [--mtp on|off]
-//                [--device auto|cpu|cuda] [--ctx N] [--sampler greedy|recommended] [--json]
+//                [--device auto|cpu|cuda] [--ctx N] [--sampler greedy|recommended|topp] [--json]
 //
 //   -p N   prompt tokens per prefill measurement (default 256; 0 skips prefill)
 //   -n N   tokens generated per decode measurement (default 32; 0 skips decode)
 //   -t N   CPU threads (default: physical cores)
 //   -r N   repetitions; the reported speeds are medians (default 3)
 //   --mtp  on: speculative decoding with the model's MTP layer (qwen35_generate with use_mtp)
-//   --sampler  greedy (default) or recommended: Qwen3.5's non-thinking
-//          settings (temperature 0.7, top-k 20, top-p 0.8, presence 1.5; seed 1)
+//   --sampler  greedy (default), recommended: Qwen3.5's non-thinking
+//          settings (temperature 0.7, top-k 20, top-p 0.8, presence 1.5; seed 1),
+//          or topp: no top-k (temperature 1.0, top-p 0.95; seed 1), the
+//          softmax over the whole vocabulary
 //   --json print one JSON object instead of text
 //
 // Each repetition starts from an empty context, prefills N pseudo-random
@@ -69,7 +71,7 @@ struct Options {
   int n_ctx = 0;
   bool mtp = false;
   bool json = false;
-  bool recommended = false;  // --sampler recommended
+  std::string sampler = "greedy";  // --sampler greedy|recommended|topp
   qwen35_device device = QWEN35_DEVICE_AUTO;
 };
 
@@ -77,7 +79,7 @@ int usage(int code = 2) {
   // --help: the text on stdout and exit 0; a usage error: stderr and exit 2.
   std::fprintf(code == 0 ? stdout : stderr,
                "usage: qwen35-bench -m MODEL [-p N] [-n N] [-t N] [-r N] [--mtp on|off]\n"
-               "                    [--device auto|cpu|cuda] [--ctx N] [--sampler greedy|recommended] [--json]\n");
+               "                    [--device auto|cpu|cuda] [--ctx N] [--sampler greedy|recommended|topp] [--json]\n");
   return code;
 }
 
@@ -112,8 +114,8 @@ bool parse_args(int argc, char** argv, Options* o) {
       if (ok) o->mtp = std::strcmp(v, "on") == 0;
     } else if (a == "--sampler") {
       const char* v = value();
-      ok = v && (std::strcmp(v, "greedy") == 0 || std::strcmp(v, "recommended") == 0);
-      if (ok) o->recommended = std::strcmp(v, "recommended") == 0;
+      ok = v && (std::strcmp(v, "greedy") == 0 || std::strcmp(v, "recommended") == 0 || std::strcmp(v, "topp") == 0);
+      if (ok) o->sampler = v;
     } else if (a == "--device") {
       const char* v = value();
       ok = v != nullptr;
@@ -272,7 +274,13 @@ int main(int argc, char** argv) {
     return fail("cannot create a context");
   }
   const int threads = o.threads > 0 ? o.threads : qwen35_context_default_params().n_threads;
-  qwen35_sampler_params sp = o.recommended ? qwen35_sampler_default_params(false) : qwen35_sampler_greedy_params();
+  qwen35_sampler_params sp = o.sampler == "greedy" ? qwen35_sampler_greedy_params() : qwen35_sampler_default_params(false);
+  if (o.sampler == "topp") {
+    sp.temperature = 1.0f;
+    sp.top_k = 0;
+    sp.top_p = 0.95f;
+    sp.presence_penalty = 0.0f;
+  }
   sp.seed = 1;
   qwen35_sampler* sampler = nullptr;
   if (qwen35_sampler_create(model, &sp, &sampler) != QWEN35_OK) return fail("cannot create a sampler");
@@ -347,7 +355,7 @@ int main(int argc, char** argv) {
         "\"mtp_drafted\": %lld, \"mtp_accepted\": %lld, \"tokens_per_main_pass\": %.3f, "
         "\"peak_rss_bytes\": %llu}\n",
         o.model.c_str(), qwen35_model_desc(model), dev, kernels, threads, o.mtp ? "true" : "false",
-        o.recommended ? "recommended" : "greedy", o.reps, r.load_ms, o.prompt,
+        o.sampler.c_str(), o.reps, r.load_ms, o.prompt,
         o.gen, prefill, decode, r.bandwidth_gbs, r.bandwidth_one_stream_gbs, (unsigned long long)r.weight_bytes, roofline,
         fraction, (unsigned long long)qwen35_model_host_bytes(model), (unsigned long long)r.context_bytes,
         (long long)r.drafted, (long long)r.accepted, r.passes ? double(r.generated) / double(r.passes) : 0.0,
@@ -355,7 +363,7 @@ int main(int argc, char** argv) {
   } else {
     std::printf("model        %s (%s)\n", o.model.c_str(), qwen35_model_desc(model));
     std::printf("device       %s (%s kernels), %d threads, mtp %s, %s sampler, %d repetitions (medians)\n", dev, kernels,
-                threads, o.mtp ? "on" : "off", o.recommended ? "recommended" : "greedy", o.reps);
+                threads, o.mtp ? "on" : "off", o.sampler.c_str(), o.reps);
     std::printf("load_ms      %.1f (weights mapped, %.1f MiB copied or converted)\n", r.load_ms,
                 double(qwen35_model_host_bytes(model)) / 1048576.0);
     if (o.prompt > 0) std::printf("prefill      %d tokens: %.2f tok/s\n", o.prompt, prefill);

@@ -224,7 +224,7 @@ TEST_CASE("qwen35-logits reproduces the fixture format and qwen35-synth writes l
 
 TEST_CASE("qwen35-bench measures a model with either sampler and prints one JSON object") {
   const std::string model = fixture("models/tiny-m-nvfp4.gguf");
-  for (const char* sampler : {"greedy", "recommended"}) {
+  for (const char* sampler : {"greedy", "recommended", "topp"}) {
     CAPTURE(sampler);
     Result r = run(tool("qwen35-bench") + " -m " + model + " -p 8 -n 8 -r 1 -t 2 --device cpu --mtp on --json --sampler " +
                    sampler);
