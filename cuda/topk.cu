@@ -219,7 +219,8 @@ __global__ void __launch_bounds__(kNormThreads) norm_leaf_kernel(const float* lo
 }
 
 // The other levels in one block: level by level, thread j sums entries
-// 32j .. 32j+31 of the level below in order (ping-pong between two arrays).
+// 32j .. 32j+31 of the level below in order (ping-pong between two arrays;
+// plain loads: the block's barrier makes its own stores visible).
 constexpr int kTreeThreads = 1024;
 
 __global__ void __launch_bounds__(kTreeThreads) norm_tree_kernel(int32_t V, const TopkParams* params, double* a,
@@ -236,7 +237,7 @@ __global__ void __launch_bounds__(kTreeThreads) norm_tree_kernel(int32_t V, cons
     const int64_t up = (m + kNormFan - 1) / kNormFan;
     for (int64_t j = threadIdx.x; j < up; j += blockDim.x) {
       double sum = 0.0;
-      for (int64_t i = kNormFan * j; i < m && i < kNormFan * (j + 1); ++i) sum = sn_add(sum, __ldcg(src + i));
+      for (int64_t i = kNormFan * j; i < m && i < kNormFan * (j + 1); ++i) sum = sn_add(sum, src[i]);
       dst[j] = sum;
     }
     __syncthreads();
