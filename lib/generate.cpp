@@ -231,15 +231,20 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
     return false;
   };
   // A pass of the loop failed. Every such pass begins with `emitted`, a
-  // token already streamed to the caller and not yet in the context (the
-  // failed pass left the context as it was). On a cancellation the token is
-  // put in the context all the same (one row, not cancellable), so the
-  // context holds exactly the emitted tokens whenever the cancel lands.
+  // token already streamed to the caller; `rows` is the context's length
+  // before it (without `emitted`). A failed decode leaves the context as it
+  // was, but a speculative step can fail after its verify rows went in (in
+  // the MTP pass after them). On a cancellation the context is brought to
+  // exactly the emitted tokens: `emitted` is decoded (one row, not
+  // cancellable) if missing, rows past it (an unemitted draft) are dropped.
+  int32_t rows = 0;
   auto on_decode_error = [&](const Status& s, int32_t emitted) -> Status {
     if (s.code() != QWEN35_ERR_CANCELLED) return s;
     st.stop = StopReason::Cancelled;
     ctx.abort.store(false);
-    Status keep = ctx.decode(&emitted, 1, LogitsMode::None);
+    Status keep;
+    if (ctx.n_past() == rows) keep = ctx.decode(&emitted, 1, LogitsMode::None);
+    else if (ctx.n_past() > rows + 1) keep = ctx.truncate(rows + 1);
     ctx.abort.store(true);
     return keep.code() == QWEN35_ERR_CANCELLED ? Status::Ok() : keep;
   };
@@ -264,6 +269,7 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
   while (!stopped) {
     if (ends_before_emit(tok, 1)) break;
     const bool go_on = emit(tok);
+    rows = ctx.n_past();  // `tok` is not in the context yet
     // `tok` is emitted; put it in the context (also when stopping, so the
     // context holds exactly the emitted tokens).
     const bool may_draft = go_on && mtp && st.n_generated > paused_until && ctx.n_past() + 2 <= ctx.n_ctx();
