@@ -429,12 +429,10 @@ bool Sampler::full_request(TopKRequest* req) const {
 }
 
 bool Sampler::full_request_after(int32_t token, TopKRequest* req) const {
-  if (!full_request(req)) return false;
-  if (opt_.penalty_last_n != 0) {
-    std::unordered_map<int32_t, int32_t> counts = counts_after(token);
-    *req = request(req->k, counts);
-    req->temperature = opt_.temperature;
-  }
+  if (!samples_full()) return false;
+  const int32_t k = std::min(kMaxRequestK, n_vocab_ - 1);
+  *req = opt_.penalty_last_n != 0 ? request(k, counts_after(token)) : request(k);
+  req->temperature = opt_.temperature;
   return true;
 }
 
