@@ -1,8 +1,8 @@
 // Tensor-core attention for batches (see attention.h: attention_mma).
 //
 // Flash attention on mma.sync m16n8k16 (F16 x F16 -> F32; fragment mapping
-// in tc_common.cuh). A block of kMmaWarps warps takes kMmaRows query rows of
-// one head (16 per warp) and walks key tiles of kMmaKeys keys through shared
+// in tc_common.cuh). A block of kFlashWarps warps takes kFlashRows query rows of
+// one head (16 per warp) and walks key tiles of kFlashKeys keys through shared
 // memory; each warp keeps, for its rows g and g+8, the running maximum m,
 // the sum l (a partial per lane, added over the row's four lanes at the end)
 // and the unnormalized output in its accumulators (online softmax, as the
@@ -26,38 +26,34 @@ namespace qwen35::cuda {
 
 namespace {
 
-constexpr int kMmaWarps = 4;
-constexpr int kMmaRows = 16 * kMmaWarps;  // query rows per block
-constexpr int kMmaKeys = 32;              // keys per tile
-
 template <int DH>
 struct MmaLayout {  // offsets in halves
-  static constexpr int QS = DH + 8;         // row stride of the query and key tiles
-  static constexpr int VS = kMmaKeys + 8;   // row stride of the transposed values
+  static constexpr int QS = flash_row_stride(DH);
+  static constexpr int VS = kFlashVtStride;
   static constexpr int qh = 0;
-  static constexpr int ql = kMmaRows * QS;
-  static constexpr int k = 2 * kMmaRows * QS;
-  static constexpr int vt = k + kMmaKeys * QS;
+  static constexpr int ql = kFlashRows * QS;
+  static constexpr int k = 2 * kFlashRows * QS;
+  static constexpr int vt = k + kFlashKeys * QS;
   static constexpr size_t bytes = size_t(vt + DH * VS) * sizeof(uint16_t);
 };
 
 template <int DH>
-__global__ void __launch_bounds__(kMmaWarps * kWarp) attention_mma_kernel(AttnArgs a) {
+__global__ void __launch_bounds__(kFlashWarps * kWarp) attention_mma_kernel(AttnArgs a) {
   using L = MmaLayout<DH>;
-  constexpr int QS = L::QS, VS = L::VS, NT = kMmaKeys / 8, DT = DH / 8;
+  constexpr int QS = L::QS, VS = L::VS, NT = kFlashKeys / 8, DT = DH / 8;
   uint16_t* smem = dynamic_smem<uint16_t>();
-  uint16_t* sqh = smem + L::qh;  // [kMmaRows, QS] queries, F16 hi parts
-  uint16_t* sql = smem + L::ql;  // [kMmaRows, QS] lo parts
-  uint16_t* sk = smem + L::k;    // [kMmaKeys, QS] keys
+  uint16_t* sqh = smem + L::qh;  // [kFlashRows, QS] queries, F16 hi parts
+  uint16_t* sql = smem + L::ql;  // [kFlashRows, QS] lo parts
+  uint16_t* sk = smem + L::k;    // [kFlashKeys, QS] keys
   uint16_t* svt = smem + L::vt;  // [DH, VS] values, transposed
   pdl_prologue();
   const int tid = threadIdx.x, warp = tid / kWarp, lane = tid % kWarp, g = lane >> 2, t = lane & 3;
   const int64_t h = blockIdx.x, Hq = a.n_head, kvh = h / (Hq / a.n_head_kv), kvd = a.n_head_kv * DH;
-  const int64_t t0 = (int64_t(gridDim.y) - 1 - blockIdx.y) * kMmaRows;  // the longest tiles start first
+  const int64_t t0 = (int64_t(gridDim.y) - 1 - blockIdx.y) * kFlashRows;  // the longest tiles start first
   const int64_t n_past = *a.n_past;
-  const int64_t kv_end = n_past + min(t0 + kMmaRows, a.n);  // keys [0, kv_end) are seen by some row
+  const int64_t kv_end = n_past + min(t0 + kFlashRows, a.n);  // keys [0, kv_end) are seen by some row
 
-  for (int e = tid; e < kMmaRows * DH / 4; e += blockDim.x) {
+  for (int e = tid; e < kFlashRows * DH / 4; e += blockDim.x) {
     const int r = e / (DH / 4), c = 4 * (e % (DH / 4));
     float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (t0 + r < a.n) v = *reinterpret_cast<const float4*>(a.q + (t0 + r) * Hq * DH + h * DH + c);
@@ -79,9 +75,9 @@ __global__ void __launch_bounds__(kMmaWarps * kWarp) attention_mma_kernel(AttnAr
 #pragma unroll
   for (int dt = 0; dt < DT; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
 
-  for (int64_t j0 = 0; j0 < kv_end; j0 += kMmaKeys) {
+  for (int64_t j0 = 0; j0 < kv_end; j0 += kFlashKeys) {
     __syncthreads();  // the previous tile is no longer read (and the queries are stored)
-    for (int e = tid; e < kMmaKeys * DH / 8; e += blockDim.x) {
+    for (int e = tid; e < kFlashKeys * DH / 8; e += blockDim.x) {
       const int r = e / (DH / 8), c = 8 * (e % (DH / 8));
       const int64_t key = j0 + r;
       uint4 kw = make_uint4(0, 0, 0, 0), vw = make_uint4(0, 0, 0, 0);
@@ -161,8 +157,8 @@ cudaError_t launch_mma(const AttnArgs& a, cudaStream_t stream) {
   if (L::bytes > max_dynamic_smem()) return cudaErrorNotSupported;
   const cudaError_t e = allow_dynamic_smem(attention_mma_kernel<DH>, L::bytes);
   if (e != cudaSuccess) return e;
-  const dim3 grid(unsigned(a.n_head), ceil_div(a.n, kMmaRows));
-  return launch(attention_mma_kernel<DH>, grid, dim3(kMmaWarps * kWarp), L::bytes, stream, a);
+  const dim3 grid(unsigned(a.n_head), ceil_div(a.n, kFlashRows));
+  return launch(attention_mma_kernel<DH>, grid, dim3(kFlashWarps * kWarp), L::bytes, stream, a);
 }
 
 }  // namespace

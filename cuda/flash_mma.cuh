@@ -10,6 +10,15 @@
 
 namespace qwen35::cuda {
 
+// Block geometry of both kernels: kFlashWarps warps of 16 query rows, key
+// tiles of kFlashKeys in shared memory; F16 tiles padded by 8 halves per
+// row so a warp's fragment loads fall on 32 distinct banks.
+constexpr int kFlashWarps = 4;
+constexpr int kFlashRows = 16 * kFlashWarps;  // query rows per block
+constexpr int kFlashKeys = 32;                // keys per tile
+constexpr int flash_row_stride(int dh) { return dh + 8; }  // query and key tiles
+constexpr int kFlashVtStride = kFlashKeys + 8;             // transposed values
+
 // x ~ hi + lo, both F16 (lo: the rounding error of hi, rounded).
 __device__ __forceinline__ void split_f16(float x, uint16_t& hi, uint16_t& lo) {
   const __half h = __float2half_rn(x);

@@ -16,38 +16,34 @@ namespace qwen35::cuda {
 
 namespace {
 
-constexpr int kVmWarps = 4;
-constexpr int kVmRows = 16 * kVmWarps;  // query rows per block
-constexpr int kVmKeys = 32;             // keys per tile
-
 template <int DH>
-struct VmLayout {  // offsets in halves
-  static constexpr int QS = DH + 8;      // row stride of the query and key tiles
-  static constexpr int VS = kVmKeys + 8;  // row stride of the transposed values
-  static constexpr int qh = 0, ql = kVmRows * QS;
-  static constexpr int kh = 2 * kVmRows * QS, kl = kh + kVmKeys * QS;
-  static constexpr int vh = kl + kVmKeys * QS, vl = vh + DH * VS;
+struct VmLayout {  // offsets in halves (the hi and lo parts of each tile)
+  static constexpr int QS = flash_row_stride(DH);
+  static constexpr int VS = kFlashVtStride;
+  static constexpr int qh = 0, ql = kFlashRows * QS;
+  static constexpr int kh = 2 * kFlashRows * QS, kl = kh + kFlashKeys * QS;
+  static constexpr int vh = kl + kFlashKeys * QS, vl = vh + DH * VS;
   static constexpr size_t bytes = size_t(vl + DH * VS) * sizeof(uint16_t);
 };
 
 template <int DH>
-__global__ void __launch_bounds__(kVmWarps * kWarp)
+__global__ void __launch_bounds__(kFlashWarps * kWarp)
     vision_attention_mma_kernel(const float* __restrict__ qkv, int64_t ld, int64_t k_offset, int64_t v_offset,
                                 int64_t n, float scale, float* __restrict__ o, int64_t ldo) {
   using L = VmLayout<DH>;
-  constexpr int QS = L::QS, VS = L::VS, NT = kVmKeys / 8, DT = DH / 8;
+  constexpr int QS = L::QS, VS = L::VS, NT = kFlashKeys / 8, DT = DH / 8;
   uint16_t* smem = dynamic_smem<uint16_t>();
-  uint16_t *sqh = smem + L::qh, *sql = smem + L::ql;  // [kVmRows, QS] scaled queries
-  uint16_t *skh = smem + L::kh, *skl = smem + L::kl;  // [kVmKeys, QS] keys
+  uint16_t *sqh = smem + L::qh, *sql = smem + L::ql;  // [kFlashRows, QS] scaled queries
+  uint16_t *skh = smem + L::kh, *skl = smem + L::kl;  // [kFlashKeys, QS] keys
   uint16_t *svh = smem + L::vh, *svl = smem + L::vl;  // [DH, VS] values, transposed
   pdl_prologue();
   const int tid = threadIdx.x, warp = tid / kWarp, lane = tid % kWarp, g = lane >> 2, t = lane & 3;
-  const int64_t q0 = int64_t(blockIdx.x) * kVmRows, h = blockIdx.y;
+  const int64_t q0 = int64_t(blockIdx.x) * kFlashRows, h = blockIdx.y;
   const float* qb = qkv + h * DH;
   const float* kb = qkv + k_offset + h * DH;
   const float* vb = qkv + v_offset + h * DH;
 
-  for (int e = tid; e < kVmRows * DH / 4; e += blockDim.x) {
+  for (int e = tid; e < kFlashRows * DH / 4; e += blockDim.x) {
     const int r = e / (DH / 4), c = 4 * (e % (DH / 4));
     float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     if (q0 + r < n) v = *reinterpret_cast<const float4*>(qb + (q0 + r) * ld + c);
@@ -60,9 +56,9 @@ __global__ void __launch_bounds__(kVmWarps * kWarp)
 #pragma unroll
   for (int dt = 0; dt < DT; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
 
-  for (int64_t j0 = 0; j0 < n; j0 += kVmKeys) {
+  for (int64_t j0 = 0; j0 < n; j0 += kFlashKeys) {
     __syncthreads();  // the previous tile is no longer read (and the queries are stored)
-    for (int e = tid; e < kVmKeys * DH / 4; e += blockDim.x) {
+    for (int e = tid; e < kFlashKeys * DH / 4; e += blockDim.x) {
       const int r = e / (DH / 4), c = 4 * (e % (DH / 4));
       float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;
       if (j0 + r < n) {
@@ -143,8 +139,8 @@ cudaError_t launch_vm(const float* qkv, int64_t ld, int64_t k_offset, int64_t v_
   if (L::bytes > max_dynamic_smem()) return cudaErrorNotSupported;
   const cudaError_t e = allow_dynamic_smem(vision_attention_mma_kernel<DH>, L::bytes);
   if (e != cudaSuccess) return e;
-  return launch(vision_attention_mma_kernel<DH>, dim3(ceil_div(n, kVmRows), unsigned(n_head)),
-                dim3(kVmWarps * kWarp), L::bytes, stream, qkv, ld, k_offset, v_offset, n, scale, o, ldo);
+  return launch(vision_attention_mma_kernel<DH>, dim3(ceil_div(n, kFlashRows), unsigned(n_head)),
+                dim3(kFlashWarps * kWarp), L::bytes, stream, qkv, ld, k_offset, v_offset, n, scale, o, ldo);
 }
 
 }  // namespace
