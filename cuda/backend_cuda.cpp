@@ -235,8 +235,11 @@ class CudaBackend final : public Backend {
   // Inputs: [n_past, pad x3, tokens[nb], pos[3*nb], argmax[nb]] as int32.
   PinnedBuffer in_host_;
   DeviceBuffer in_dev_;
-  // Per-row rotation tables of the batch (rope_tables of lib/cpu/ops.h on
-  // the host, uploaded with the positions): [n_batch, n_rot]. Null with
+  // Per-row rotation tables of decode-sized batches (rope_tables of
+  // lib/cpu/ops.h on the host, uploaded with the positions):
+  // [kMatvecMaxCols, n_rot]. They shorten a decode step's latency chain;
+  // larger batches keep the kernels' own trigonometry, which runs in
+  // parallel instead of on the host before the batch is queued. Null with
   // QWEN35_CUDA_ROPE_TABLES=0 (the kernels compute them in double).
   RopeConfig rope_rc_;
   PinnedBuffer rope_host_;
@@ -339,7 +342,7 @@ Status CudaBackend::init() {
     rope_.comp = dcomp;
     rope_rc_ = rc;
     if (hp_.n_rot > 0 && !env_off("QWEN35_CUDA_ROPE_TABLES")) {
-      const size_t bytes = size_t(nb) * size_t(hp_.n_rot) * sizeof(float);
+      const size_t bytes = size_t(kMatvecMaxCols) * size_t(hp_.n_rot) * sizeof(float);
       QWEN35_TRY(rope_host_.alloc(bytes, "the rotation-table staging buffer"));
       QWEN35_TRY(rope_dev_.alloc(bytes, "the rotation tables of a batch"));
       d_rope_cs_ = rope_dev_.as<float>();
@@ -463,7 +466,7 @@ Status CudaBackend::upload_inputs(const int32_t* tokens, const int32_t* pos, int
   QWEN35_CUDA_TRY(cudaMemcpyAsync(d_npast_, hp, size_t(4 + nb + 3 * n) * sizeof(int32_t), cudaMemcpyHostToDevice,
                                   stream_),
                   "uploading the batch");
-  if (d_rope_cs_) {
+  if (d_rope_cs_ && n <= kMatvecMaxCols) {
     const int64_t nr = hp_.n_rot, half = nr / 2;
     float* cs = rope_host_.as<float>();
     for (int64_t i = 0; i < n; ++i) rope_tables(rope_rc_, pos + 3 * i, cs + i * nr, cs + i * nr + half);
@@ -670,7 +673,7 @@ Status CudaBackend::attention_layer(const DevLayer& L, const KVCache& kv, int64_
   r.q_norm = L.q_norm;
   r.k_norm = L.k_norm;
   r.pos = d_pos_;
-  r.rope_cs = d_rope_cs_;
+  r.rope_cs = n <= kMatvecMaxCols ? d_rope_cs_ : nullptr;  // tables for decode-sized batches only
   r.rope = rope_;
   r.q_out = q_;
   r.k_cache = kv.k;
