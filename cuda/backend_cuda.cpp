@@ -55,6 +55,9 @@ constexpr int64_t kDequantElems = 32ll << 20;
 constexpr int kMaxAttnSplits = 32;
 // Rows whose outputs go through pinned staging (and may use a CUDA graph).
 constexpr int64_t kStageRows = 2;
+// Batches of kMatvecMaxCols+1 .. this many rows run the NVFP4 projections as
+// chunked decode matvecs (QWEN35_CUDA_MEDIUM_ROWS overrides; 0 = never).
+constexpr int64_t kMediumRowsDefault = 16;
 
 // Weight rows per dequantized block of the GEMM path (the scratch holds
 // `elems` elements, at least 64 rows): blocks start at multiples of 64 rows
@@ -126,6 +129,9 @@ class CudaBackend final : public Backend {
   Status eval_greedy(const EvalBatch& b, int32_t* argmax) override { return run_eval(b, argmax); }
   Status eval_topk(const EvalBatch& b, const TopKRequest* reqs, TopKResult* cands) override;
   Status topk_row(int32_t r, std::vector<float>* adjusted) override;
+  // Moves the adjusted rows of the last device selection to Backend's host
+  // copies before logits_ is rewritten by something other than a main pass.
+  Status keep_topk_rows_on_host();
   bool device_topk() const override { return true; }
   Status eval_mtp(const MtpBatch& b) override { return run_mtp(b, nullptr); }
   Status eval_mtp_greedy(const MtpBatch& b, int32_t* argmax) override { return run_mtp(b, argmax); }
@@ -212,9 +218,9 @@ class CudaBackend final : public Backend {
   bool fp4_gemm_ = false;            // block-scaled FP4 GEMMs for batches (Blackwell)
   bool tiled_attn_ = true;           // batches: the tiled attention kernel
   bool fused_attn_ = true;           // decode: q/k norm, RoPE and attention in one kernel
-  bool mma_attn_ = false;            // batches: the tensor-core attention (QWEN35_CUDA_ATTN_MMA=1)
-  int64_t medium_rows_ = 0;          // batches up to this many rows: chunked NVFP4 matvecs (see medium())
-  int delta_ept_ = 16;               // delta rule: state elements per thread
+  bool mma_attn_ = true;             // batches: the tensor-core attention (QWEN35_CUDA_ATTN_MMA=0: F32 tiles)
+  int64_t medium_rows_ = kMediumRowsDefault;  // batches up to this many rows: chunked NVFP4 matvecs (see medium())
+  int delta_ept_ = 8;                // delta rule: state elements per thread
   float* delta_scratch_ = nullptr;   // batches: the chunked delta rule's scratch (QWEN35_CUDA_DELTA_CHUNKED=1)
   std::map<GraphKey, cudaGraphExec_t> graphs_;
   DequantAhead deq_ahead_;           // prefill: NVFP4 dequantization one projection ahead
@@ -305,8 +311,11 @@ Status CudaBackend::init() {
   use_graphs_ = !env_off("QWEN35_CUDA_GRAPHS");
   tiled_attn_ = !env_off("QWEN35_CUDA_TILED_ATTN");
   fused_attn_ = !env_off("QWEN35_CUDA_FUSED_ATTN");
-  const char* mma_attn = std::getenv("QWEN35_CUDA_ATTN_MMA");
-  mma_attn_ = mma_attn && std::string(mma_attn) == "1";
+  // Defaults from run 10 (H100, 4B NVFP4): the tensor-core prefill attention
+  // took 1.46 ms of a 512-token prefill against 1.68 ms for the F32 tiles;
+  // chunked matvecs prefilled 16 rows at 2,145 tok/s against 1,704 with
+  // dequantization + GEMMs (32 rows: 2,315 against 3,378, so GEMMs there).
+  mma_attn_ = !env_off("QWEN35_CUDA_ATTN_MMA");
   if (const char* mr = std::getenv("QWEN35_CUDA_MEDIUM_ROWS")) medium_rows_ = std::max(0, std::atoi(mr));
   delta_ept_ = decode_tuning().delta_ept;
   const char* chunked = std::getenv("QWEN35_CUDA_DELTA_CHUNKED");
@@ -914,6 +923,7 @@ Status CudaBackend::eval_topk(const EvalBatch& b, const TopKRequest* reqs, TopKR
   if (!device) return Backend::eval_topk(b, reqs, cands);
   QWEN35_TRY(select_device());
   QWEN35_TRY(ensure_topk());
+  topk_rows_.clear();  // rows an earlier selection on the host left (topk_row must not return them)
   return run_eval(b, nullptr, reqs, cands);
 }
 
@@ -1017,6 +1027,19 @@ Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax, const TopKRequ
   return Status::Ok();
 }
 
+Status CudaBackend::keep_topk_rows_on_host() {
+  if (topk_rows_on_device_ == 0) return Status::Ok();
+  QWEN35_TRY(select_device());
+  const int64_t V = hp_.n_vocab;
+  topk_rows_.assign(size_t(topk_rows_on_device_), std::vector<float>(size_t(V)));
+  for (int32_t r = 0; r < topk_rows_on_device_; ++r)
+    QWEN35_CUDA_TRY(cudaMemcpy(topk_rows_[size_t(r)].data(), logits_ + int64_t(r) * V, size_t(V) * sizeof(float),
+                               cudaMemcpyDeviceToHost),
+                    "copying an adjusted logits row");
+  topk_rows_on_device_ = 0;
+  return Status::Ok();
+}
+
 Status CudaBackend::topk_row(int32_t r, std::vector<float>* adjusted) {
   if (topk_rows_on_device_ == 0) return Backend::topk_row(r, adjusted);  // the rows went through the host
   if (r < 0 || r >= topk_rows_on_device_)
@@ -1035,7 +1058,12 @@ Status CudaBackend::topk_row(int32_t r, std::vector<float>* adjusted) {
 // y = eh_proj [e | hh], a full-attention layer with its own KV cache,
 // shared_head_norm and the LM head.
 Status CudaBackend::run_mtp(const MtpBatch& b, int32_t* argmax) {
-  topk_rows_on_device_ = 0;  // the draft's logits may reuse logits_
+  // An MTP pass with logits computes them in logits_, where the last
+  // candidate selection left its adjusted rows (topk_row may still fetch
+  // them: a context with mtp_logits runs such a pass after every main pass);
+  // those go to the host first. Passes that only fill the MTP cache leave
+  // logits_ alone.
+  if (b.logits_first < b.n) QWEN35_TRY(keep_topk_rows_on_host());
   if (!m_.mtp || !dm_.mtp) return Error(QWEN35_ERR_UNSUPPORTED, "the model has no MTP layer");
   if (b.n < 1 || b.n > p_.n_batch) return Error(QWEN35_ERR_INVALID_ARG, "MTP batch of {} rows", b.n);
   if (b.n_past < 0 || b.n_past + b.n > p_.n_ctx)

@@ -743,7 +743,9 @@ template <int S, bool kLean>
 cudaError_t launch_bulk_combine(const Fp4MatvecArgs& a, int splits, int64_t kg_per, int flags, bool cluster,
                                 cudaStream_t stream) {
 #ifdef QWEN35_CUDA_EMU
-  if (cluster) return cudaErrorNotSupported;
+  // No clusters in the emulation: the global combine adds the same slices
+  // in the same order (the cluster's geometry, so the same sums).
+  if (cluster && (!a.partial || !a.counters)) return cudaErrorNotSupported;
   return launch_bulk_rows<S, kLean, false>(a, splits, kg_per, flags, stream);
 #else
   return cluster ? launch_bulk_rows<S, kLean, true>(a, splits, kg_per, flags, stream)

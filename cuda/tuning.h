@@ -17,7 +17,9 @@
 //                           column slice (fewer instructions per mma)
 //   QWEN35_CUDA_FP4_CLUSTER kernel 3: 1 = the split-K slices of a tile group
 //                           form a thread block cluster and are added
-//                           through distributed shared memory (at most 8)
+//                           through distributed shared memory (at most 8;
+//                           default), 0 = through global memory (fence,
+//                           counter, the last block adds)
 //   QWEN35_CUDA_FP4_LATE_PDL kernel 3: 1 = each block triggers the next
 //                           kernel's launch after its stream instead of at
 //                           its start (fewer of the next kernel's blocks
@@ -30,7 +32,7 @@
 //                           2: tensor cores on the tiled Q6_K layout (default;
 //                           chosen at upload, see upload.cpp)
 //   QWEN35_CUDA_DELTA_EPT   delta rule (decode and prefill): state elements
-//                           per thread, 8, 16 (default) or 32 (the first
+//                           per thread, 8 (default), 16 or 32 (the first
 //                           kernel's split); read when a context is created
 //
 // set_decode_tuning() changes them for kernels launched afterwards; contexts
@@ -47,7 +49,11 @@ namespace qwen35::cuda {
 // previous default w4 bps8 d8 at 316.7); kernel 3 w4 bps4 s4 at 404.6-409
 // tok/s against kernel 2's 352-355 in the same runs (runs 5 and 6,
 // docs/gpu-runs/2026-11-26-h100-run5.txt to -run7.txt). Lean mode, 8 warps
-// per block and a 64-register cap did not help there.
+// per block and a 64-register cap did not help there. Since run 10
+// (2026-11-27): the cluster combine (427 / 444 tok/s against 419 / 431
+// without it in runs 9 / 10) and 8 delta-rule state elements per thread
+// (prefill 21,000-24,402 tok/s against 18,397-22,607 with 16 in runs 8-10;
+// decode the same).
 struct DecodeTuning {
   int fp4_kernel = 3;
   int fp4_warps = 4;
@@ -56,11 +62,11 @@ struct DecodeTuning {
   int fp4_stages = 4;  // kernel 3: shared-memory stages of 4 kgroups per warp (2, 4 or 8)
   int fp4_lean = 0;    // kernel 3: one activation scale per row and slice (1) or per chunk (0)
   int fp4_probe = 0;   // kernel 3: 1 = leave out the stream's arithmetic (WRONG results; timing probe)
-  int fp4_cluster = 0;  // kernel 3: 1 = combine the split-K slices in a thread block cluster (<= 8 slices)
+  int fp4_cluster = 1;  // kernel 3: 1 = combine the split-K slices in a thread block cluster (<= 8 slices)
   int fp4_late_pdl = 0;  // kernel 3: 1 = let the next kernel launch only after a block's stream (not at its start)
   int q6k_kernel = 2;
   int q6k_persist = 0;  // kernel 2: 0 = a warp per tile; N = persistent, N blocks per multiprocessor
-  int delta_ept = 16;
+  int delta_ept = 8;
 };
 
 constexpr int kFp4MaxBlocksPerSm = 32;

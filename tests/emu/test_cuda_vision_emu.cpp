@@ -111,8 +111,8 @@ TEST_CASE("emulated CUDA vision encoder: fixture images, LC and REF, F16 and F32
   }
 }
 
-TEST_CASE("emulated CUDA vision encoder: the tensor-core attention meets the same bars") {
-  setenv("QWEN35_CUDA_VISION_ATTN_MMA", "1", 1);  // read when the encoder is created
+TEST_CASE("emulated CUDA vision encoder: the F32 attention kernel (QWEN35_CUDA_VISION_ATTN_MMA=0) meets the same bars") {
+  setenv("QWEN35_CUDA_VISION_ATTN_MMA", "0", 1);  // read when the encoder is created
   auto mp = load_mmproj(fixture("vision/tiny-vis.mmproj.gguf"), true);
   unsetenv("QWEN35_CUDA_VISION_ATTN_MMA");
   for (const std::string name : {"sq128", "wide160x96"}) {
@@ -124,7 +124,7 @@ TEST_CASE("emulated CUDA vision encoder: the tensor-core attention meets the sam
     std::vector<float> gpu, cpu;
     encode_both(*mp, img, po, PosInterp::HalfPixelAntialias, MergerAct::GeluTanh, &gpu, &cpu);
     const double r_cpu = max_token_rel(gpu, cpu, 256);
-    MESSAGE(name << " F32 GEMMs, tensor-core attention: vs CPU reference " << r_cpu);
+    MESSAGE(name << " F32 GEMMs, F32 attention kernel: vs CPU reference " << r_cpu);
     CHECK(r_cpu <= 1e-4);
     CHECK(max_token_rel(gpu, read_f32(fixture("vision/" + name + ".emb.f32")), 256) <= 1e-4);
   }

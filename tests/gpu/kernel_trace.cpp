@@ -57,6 +57,22 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
   CUpti_Activity* rec = nullptr;
   std::vector<KernelRecord> got;
   while (cuptiActivityGetNextRecord(buffer, valid, &rec) == CUPTI_SUCCESS) {
+    if (rec->kind == CUPTI_ACTIVITY_KIND_MEMCPY) {
+      // Copies appear as "memcpy DtoH" etc. with the byte count as the grid.
+      const auto* m = reinterpret_cast<const CUpti_ActivityMemcpy6*>(rec);
+      KernelRecord r;
+      const char* dir = m->copyKind == CUPTI_ACTIVITY_MEMCPY_KIND_HTOD   ? "HtoD"
+                        : m->copyKind == CUPTI_ACTIVITY_MEMCPY_KIND_DTOH ? "DtoH"
+                        : m->copyKind == CUPTI_ACTIVITY_MEMCPY_KIND_DTOD ? "DtoD"
+                                                                         : "other";
+      r.name = std::string("memcpy ") + dir + " (bytes)";
+      r.grid[0] = uint32_t(std::min<uint64_t>(m->bytes, UINT32_MAX));
+      r.grid[1] = r.grid[2] = 0;
+      r.start = m->start;
+      r.end = m->end;
+      got.push_back(std::move(r));
+      continue;
+    }
     if (rec->kind != CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL && rec->kind != CUPTI_ACTIVITY_KIND_KERNEL) continue;
     const auto* k = reinterpret_cast<const CUpti_ActivityKernel10*>(rec);
     KernelRecord r;
@@ -93,7 +109,8 @@ bool trace_start(std::string* why) {
     }
     registered = true;
   }
-  const CUptiResult r = cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
+  CUptiResult r = cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
+  if (r == CUPTI_SUCCESS) r = cuptiActivityEnable(CUPTI_ACTIVITY_KIND_MEMCPY);
   if (r != CUPTI_SUCCESS) {
     const char* s = nullptr;
     cuptiGetResultString(r, &s);
@@ -113,6 +130,7 @@ std::vector<KernelRecord> trace_stop() {
   cudaDeviceSynchronize();
   cuptiActivityFlushAll(1);
   cuptiActivityDisable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
+  cuptiActivityDisable(CUPTI_ACTIVITY_KIND_MEMCPY);
   std::lock_guard<std::mutex> lock(g_mu);
   out.swap(g_recs);
 #endif

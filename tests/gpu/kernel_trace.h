@@ -12,8 +12,8 @@
 namespace qwen35::test {
 
 struct KernelRecord {
-  std::string name;  // demangled, namespaces and template arguments shortened
-  uint32_t grid[3] = {1, 1, 1};
+  std::string name;  // demangled, namespaces and template arguments shortened; "memcpy DtoH (bytes)" etc.
+  uint32_t grid[3] = {1, 1, 1};  // copies: {bytes, 0, 0}
   uint64_t start = 0, end = 0;  // ns
 };
 

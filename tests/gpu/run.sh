@@ -159,12 +159,12 @@ VISION_BENCH=$BUILD/examples/qwen35-bench-vision
 if [ -x "$VISION_BENCH" ]; then
   step "vision encoder 640x480 (CUDA)" 240 "$VISION_BENCH" --device cuda --width 640 --height 480 --reps 5 --check \
     --synth-path "$WORK/qwen35-4b-synth.mmproj.gguf"
-  # A large image (about 2,000 patches: attention dominates), with the F32
-  # attention kernel and with the tensor-core one.
+  # A large image (about 1,200 patches: attention dominates), with the
+  # tensor-core attention (default) and with the F32 kernel.
   step "vision encoder 1280x960 (CUDA)" 240 "$VISION_BENCH" --device cuda --width 1280 --height 960 --reps 3 \
-    --synth-path "$WORK/qwen35-4b-synth.mmproj.gguf"
-  step "vision 1280x960, tensor-core attention" 240 env QWEN35_CUDA_VISION_ATTN_MMA=1 "$VISION_BENCH" --device cuda \
-    --width 1280 --height 960 --reps 3 --check --synth-path "$WORK/qwen35-4b-synth.mmproj.gguf"
+    --check --synth-path "$WORK/qwen35-4b-synth.mmproj.gguf"
+  step "vision 1280x960, F32 attention" 240 env QWEN35_CUDA_VISION_ATTN_MMA=0 "$VISION_BENCH" --device cuda \
+    --width 1280 --height 960 --reps 3 --synth-path "$WORK/qwen35-4b-synth.mmproj.gguf"
 fi
 # The floor: a chain of 32 dependent launches that only read buffers of the
 # decode matrices' sizes (tests/gpu/bw_probe.cu).
@@ -181,18 +181,16 @@ if [ -s "$M4" ]; then
   bench "  fp4 kernel 2 (registers)" env QWEN35_CUDA_FP4_KERNEL=2 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 256 --device cuda --json
   bench "  prefill: split attention" env QWEN35_CUDA_TILED_ATTN=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
   bench "  prefill: delta rule e32" env QWEN35_CUDA_DELTA_EPT=32 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
-  bench "  prefill: delta rule e8" env QWEN35_CUDA_DELTA_EPT=8 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
+  bench "  prefill: delta rule e16" env QWEN35_CUDA_DELTA_EPT=16 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
   bench "  prefill: chunked delta rule" env QWEN35_CUDA_DELTA_CHUNKED=1 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
-  bench "  prefill: tensor-core attention" env QWEN35_CUDA_ATTN_MMA=1 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
-  bench "  prefill: chunked delta + tensor-core attention" env QWEN35_CUDA_DELTA_CHUNKED=1 QWEN35_CUDA_ATTN_MMA=1 \
-    "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
-  # Short prompts (a chat turn): GEMMs on dequantized weights against the
-  # decode kernels over row chunks of 8 (QWEN35_CUDA_MEDIUM_ROWS).
-  bench "  prefill 16: GEMMs" "$BIN/qwen35-cuda-bench" -m "$M4" -p 16 -n 8 --device cuda --json
-  bench "  prefill 16: chunked matvecs" env QWEN35_CUDA_MEDIUM_ROWS=64 "$BIN/qwen35-cuda-bench" -m "$M4" -p 16 -n 8 \
+  bench "  prefill: F32 tiled attention" env QWEN35_CUDA_ATTN_MMA=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
+  # Short prompts (a chat turn): chunked decode matvecs (default up to 16
+  # rows) against GEMMs on dequantized weights (QWEN35_CUDA_MEDIUM_ROWS).
+  bench "  prefill 16: chunked matvecs" "$BIN/qwen35-cuda-bench" -m "$M4" -p 16 -n 8 --device cuda --json
+  bench "  prefill 16: GEMMs" env QWEN35_CUDA_MEDIUM_ROWS=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 16 -n 8 \
     --device cuda --json
-  bench "  prefill 32: GEMMs" "$BIN/qwen35-cuda-bench" -m "$M4" -p 32 -n 8 --device cuda --json
-  bench "  prefill 32: chunked matvecs" env QWEN35_CUDA_MEDIUM_ROWS=64 "$BIN/qwen35-cuda-bench" -m "$M4" -p 32 -n 8 \
+  bench "  prefill 24: GEMMs" "$BIN/qwen35-cuda-bench" -m "$M4" -p 24 -n 8 --device cuda --json
+  bench "  prefill 24: chunked matvecs" env QWEN35_CUDA_MEDIUM_ROWS=64 "$BIN/qwen35-cuda-bench" -m "$M4" -p 24 -n 8 \
     --device cuda --json
   bench "  prefill: cached BF16 weights" env QWEN35_CUDA_DEQ_CACHE=1 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
 fi
@@ -211,8 +209,11 @@ trace() {  # trace LABEL FILE ENV... -- ARGS...: qwen35-cuda-bench --trace into 
 if [ -s "$M4" ] && [ "${QWEN35_GPU_TRACE:-1}" != 0 ]; then
   trace "trace: decode" trace-decode.txt -- -p 512 -n 32 --device cuda --trace decode
   trace "trace: prefill" trace-prefill.txt -- -p 512 -n 1 --device cuda --trace prefill
-  trace "trace: prefill, chunked+mma" trace-prefill-new.txt QWEN35_CUDA_DELTA_CHUNKED=1 QWEN35_CUDA_ATTN_MMA=1 -- \
-    -p 512 -n 1 --device cuda --trace prefill
+  # What the kernels cost without the NVFP4 stream's arithmetic (wrong
+  # results), and a step through the context API (logits to the host).
+  trace "trace: decode, no fp4 math" trace-decode-probe.txt QWEN35_CUDA_FP4_PROBE=1 -- \
+    -p 512 -n 32 --device cuda --trace decode
+  trace "trace: decode via API" trace-decode-api.txt -- -p 512 -n 32 --device cuda --trace api
 fi
 # Per-kernel times under Nsight Compute (when installed; QWEN35_GPU_NCU=0
 # skips it): the bench's --profile runs only the part of interest between

@@ -620,19 +620,23 @@ TEST_CASE("CUDA: the tiled attention and every delta-rule thread split agree wit
     std::vector<float> pre, steps;
     run(&pre, &steps);
     const double wp = worst_of(pre, base_pre), ws = worst_of(steps, base_steps);
-    MESSAGE("tiled attention, " << ept << " delta-rule elements per thread vs split attention, 32: prefill " << wp
+    MESSAGE("tensor-core tiled attention, " << ept << " delta-rule elements per thread vs split attention, 32: prefill " << wp
                                 << ", steps " << ws);
     CHECK(wp < 1e-4);
     // Steps round activations to F16 in the decode kernels: a changed input
     // bit can flip a rounding.
     CHECK(ws < 2e-3);
   }
-  // The batch kernels behind a switch: the tensor-core attention, and the
-  // chunked delta rule (chunks of 128 rows: two delta-rule chunks each, and
-  // a partial one).
-  for (auto [var, what] : {std::pair{"QWEN35_CUDA_ATTN_MMA", "tensor-core attention vs split attention"},
-                           std::pair{"QWEN35_CUDA_DELTA_CHUNKED", "chunked delta rule vs recurrent"}}) {
-    EnvVar e(var, "1");
+  // The batch kernels behind a switch: the F32 tiled attention (the
+  // tensor-core one is the default), and the chunked delta rule (chunks of
+  // 128 rows: two delta-rule chunks each, and a partial one).
+  struct Switch {
+    const char *var, *value, *what;
+  };
+  for (const Switch& sw : {Switch{"QWEN35_CUDA_ATTN_MMA", "0", "F32 tiled attention vs split attention"},
+                           Switch{"QWEN35_CUDA_DELTA_CHUNKED", "1", "chunked delta rule vs recurrent"}}) {
+    const char* what = sw.what;
+    EnvVar e(sw.var, sw.value);
     t.delta_ept = 16;
     qwen35::cuda::set_decode_tuning(t);
     std::vector<float> pre, steps;
@@ -852,7 +856,8 @@ TEST_CASE("CUDA: sampling candidates selected on the device equal select_topk of
       qwen35::GenerateStats st;
       qwen35::MtpPolicy always;
       always.min_rate = 0.0;
-      REQUIRE(qwen35::Generate(*c, s, {5, 17, 300, 42}, go, &st, always).ok());
+      const qwen35::Status gs = qwen35::Generate(*c, s, {5, 17, 300, 42}, go, &st, always);
+      REQUIRE_MESSAGE(gs.ok(), "temperature ", temp, ", mtp ", mtp, ": ", gs.message());
       cand_steps[pass] = st.n_candidate_steps;
       passes = st.n_main_passes;
     }
