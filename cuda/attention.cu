@@ -66,23 +66,46 @@ __device__ __forceinline__ float part_load(const float* p) {
   else return *p;
 }
 
+// At most this many key splits (the merge keeps their statistics in shared
+// memory).
+constexpr int kMaxMergeSplits = 32;
+
+// The partials are read in few round trips: every split's maximum and sum at
+// once (one thread each), then each output element's kMergeBatch splits at a
+// time (independent loads in flight). The arithmetic is the one-split-at-a-
+// time loop's: the same products, added in split order. Every thread of the
+// block calls it.
+constexpr int kMergeBatch = 8;
 template <bool kL2>
 __device__ __forceinline__ void merge_splits(const AttnArgs& a, int64_t t, int64_t h, int64_t Dh) {
+  __shared__ float s_m[kMaxMergeSplits], s_l[kMaxMergeSplits], s_w[kMaxMergeSplits];
   const int64_t base = (t * a.n_head + h) * a.splits;
-  float M = -INFINITY;
-  for (int s = 0; s < a.splits; ++s) M = fmaxf(M, part_load<kL2>(a.part_m + base + s));
-  float L = 0.0f;
-  for (int s = 0; s < a.splits; ++s) {
-    const float ms = part_load<kL2>(a.part_m + base + s);
-    if (ms != -INFINITY) L += part_load<kL2>(a.part_l + base + s) * __expf(ms - M);
+  const int S = a.splits;  // <= kMaxMergeSplits (checked by the launchers)
+  __syncthreads();         // the shared arrays are free (a caller may loop)
+  if (threadIdx.x < S) {
+    s_m[threadIdx.x] = part_load<kL2>(a.part_m + base + threadIdx.x);
+    s_l[threadIdx.x] = part_load<kL2>(a.part_l + base + threadIdx.x);
   }
+  __syncthreads();
+  float M = -INFINITY;
+  for (int s = 0; s < S; ++s) M = fmaxf(M, s_m[s]);
+  if (threadIdx.x < S) s_w[threadIdx.x] = s_m[threadIdx.x] == -INFINITY ? 0.0f : __expf(s_m[threadIdx.x] - M);
+  __syncthreads();
+  float L = 0.0f;
+  for (int s = 0; s < S; ++s)
+    if (s_m[s] != -INFINITY) L += s_l[s] * s_w[s];
   const float inv = 1.0f / L;
   const float* gate = a.gate + t * a.ldgate + h * a.gate_stride;
   for (int64_t i = threadIdx.x; i < Dh; i += blockDim.x) {
     float v = 0.0f;
-    for (int s = 0; s < a.splits; ++s) {
-      const float ms = part_load<kL2>(a.part_m + base + s);
-      if (ms != -INFINITY) v += part_load<kL2>(a.part_o + (base + s) * Dh + i) * __expf(ms - M);
+    for (int s0 = 0; s0 < S; s0 += kMergeBatch) {
+      float o[kMergeBatch];
+#pragma unroll
+      for (int u = 0; u < kMergeBatch; ++u)
+        o[u] = s0 + u < S ? part_load<kL2>(a.part_o + (base + s0 + u) * Dh + i) : 0.0f;
+#pragma unroll
+      for (int u = 0; u < kMergeBatch; ++u)
+        if (s0 + u < S && s_m[s0 + u] != -INFINITY) v += o[u] * s_w[s0 + u];
     }
     a.o[t * a.n_head * Dh + h * Dh + i] = v * inv * sigmoid_f(gate[i]);
   }
@@ -499,7 +522,8 @@ bool attention_head_dim_supported(int64_t head_dim) {
 
 cudaError_t attention(const AttnArgs& a, cudaStream_t stream) {
   if (a.n <= 0) return cudaSuccess;
-  if (!attention_head_dim_supported(a.head_dim) || a.splits < 1 || a.n_head % a.n_head_kv != 0)
+  if (!attention_head_dim_supported(a.head_dim) || a.splits < 1 || a.splits > kMaxMergeSplits ||
+      a.n_head % a.n_head_kv != 0)
     return cudaErrorInvalidValue;
   if (a.tiled && a.tensor_cores && attention_mma_supported(a.head_dim)) return attention_mma(a, stream);
   if (a.tiled) {
@@ -526,7 +550,7 @@ cudaError_t attention_fused(const FusedAttnArgs& f, cudaStream_t stream) {
   const AttnArgs& a = f.attn;
   if (a.n <= 0) return cudaSuccess;
   if (a.n > kFusedAttnRows || !attention_head_dim_supported(a.head_dim) || a.splits < 1 ||
-      a.n_head % a.n_head_kv != 0 || a.tiled || !f.counters || f.rope.head_dim != a.head_dim ||
+      a.splits > kMaxMergeSplits || a.n_head % a.n_head_kv != 0 || a.tiled || !f.counters || f.rope.head_dim != a.head_dim ||
       f.rope.n_head != a.n_head || f.rope.n_head_kv != a.n_head_kv || f.rope.rope.n_rot > a.head_dim ||
       f.rope.k_cache != a.k_cache || f.rope.v_cache != a.v_cache || f.rope.n_past != a.n_past)
     return cudaErrorInvalidValue;

@@ -65,7 +65,7 @@ int32_t argmax(const float* x, int64_t n) {
 
 int usage() {
   std::fprintf(stderr,
-               "usage: qwen35-cuda-bench -m MODEL [-p 512] [-n 128] [--device cuda|cpu] [--json] [--check N]\n"
+               "usage: qwen35-cuda-bench -m MODEL [-p 512] [-n 128] [--ctx N] [--device cuda|cpu] [--json] [--check N]\n"
                "                         [--sweep | --sweep-all] [--profile prefill|decode|api] [--trace prefill|decode|api]\n");
   return 2;
 }
@@ -114,13 +114,14 @@ Status backend_decode_rate(const Model& model, const ContextOptions& o, const st
 
 int main(int argc, char** argv) {
   std::string path, device = "cuda", profile;
-  int p = 512, n = 128, check = 0;
+  int p = 512, n = 128, check = 0, n_ctx = 0;
   bool json = false, sweep = false, sweep_all = false, trace = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "-m" && i + 1 < argc) path = argv[++i];
     else if (a == "-p" && i + 1 < argc) p = std::atoi(argv[++i]);
     else if (a == "-n" && i + 1 < argc) n = std::atoi(argv[++i]);
+    else if (a == "--ctx" && i + 1 < argc) n_ctx = std::atoi(argv[++i]);
     else if (a == "--device" && i + 1 < argc) device = argv[++i];
     else if (a == "--json") json = true;
     else if (a == "--check" && i + 1 < argc) check = std::atoi(argv[++i]);
@@ -131,7 +132,7 @@ int main(int argc, char** argv) {
     else return usage();
   }
   if (path.empty() || p < 1 || n < 1) return usage();
-  if (!profile.empty() && (profile != "prefill" && profile != "decode")) return usage();
+  if (!profile.empty() && profile != "prefill" && profile != "decode" && profile != "api") return usage();
 
   double t0 = now_s();
   std::unique_ptr<Model> model;
@@ -149,7 +150,9 @@ int main(int argc, char** argv) {
   for (int i = 0; i < p; ++i) prompt[size_t(i)] = (i * 7919 + 13) % (V - 1);
 
   ContextOptions o;
-  o.n_ctx = p + 2 * n + 16;
+  // The context's size sets decode attention's key splits (one per 64
+  // positions of capacity, at most 32): --ctx gives a user's larger one.
+  o.n_ctx = std::max(n_ctx, p + 2 * n + 16);
   o.n_batch = std::max(p, 16);
   o.n_threads = 16;
   auto make = [&](bool mtp, std::unique_ptr<Context>* c) {

@@ -179,6 +179,9 @@ if [ -s "$M4" ]; then
   bench "  fp4 kernel 3 lean" env QWEN35_CUDA_FP4_KERNEL=3 QWEN35_CUDA_FP4_LEAN=1 \
     "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 256 --device cuda --json
   bench "  fp4 kernel 2 (registers)" env QWEN35_CUDA_FP4_KERNEL=2 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 256 --device cuda --json
+  # A user's context size (32,768: 32 key splits in decode attention, the
+  # most) at the same 512-token prompt.
+  bench "  decode in a 32K context" "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --ctx 32768 --device cuda --json
   bench "  prefill: split attention" env QWEN35_CUDA_TILED_ATTN=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
   bench "  prefill: delta rule e32" env QWEN35_CUDA_DELTA_EPT=32 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
   bench "  prefill: delta rule e16" env QWEN35_CUDA_DELTA_EPT=16 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda --json
