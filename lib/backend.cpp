@@ -10,12 +10,7 @@ namespace qwen35 {
 namespace {
 
 // Index of the largest of x[0..n) (the first one on ties; NaNs never win).
-int32_t argmax_row(const float* x, int64_t n) {
-  int32_t best = 0;
-  for (int64_t i = 1; i < n; ++i)
-    if (x[i] > x[best] || (x[best] != x[best] && x[i] == x[i])) best = int32_t(i);
-  return best;
-}
+int32_t argmax_row(const float* x, int64_t n) { return argmax_logits(x, n); }
 
 // Runs `run` on a copy of b whose logits rows go to a temporary buffer,
 // then use(r, row) for each of them.

@@ -73,12 +73,7 @@ class TextStream {
   bool matched_ = false;
 };
 
-int32_t argmax(const float* x, int32_t n) {
-  int32_t best = 0;
-  for (int32_t i = 1; i < n; ++i)
-    if (x[i] > x[best]) best = i;
-  return best;
-}
+int32_t argmax(const float* x, int32_t n) { return argmax_logits(x, n); }
 
 // Whether sampling is a plain argmax of the logits (no bias, no effective
 // penalties), so the backend may return token ids instead of logits.

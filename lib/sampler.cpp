@@ -32,6 +32,21 @@ void for_each_adjusted(const float* logits, int32_t n_vocab, const TopKRequest& 
 }
 }  // namespace
 
+int32_t argmax_logits(const float* x, int64_t n) {
+  constexpr int kLanes = 16;
+  float lane[kLanes];
+  for (float& l : lane) l = -INFINITY;
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];  // NaN: keeps lane[j]
+  float m = -INFINITY;
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  for (float l : lane) m = l > m ? l : m;
+  for (int64_t k = 0; k < n; ++k)
+    if (x[k] == m) return int32_t(k);  // (-0 == +0: the first zero, as the plain loop)
+  return 0;                            // every value NaN
+}
+
 void select_topk(const float* logits, int32_t n_vocab, const TopKRequest& req, std::vector<TokenLogit>* out) {
   const size_t k = size_t(std::clamp(req.k, 0, n_vocab));
   out->clear();
@@ -382,12 +397,7 @@ int32_t Sampler::draw_all(size_t n, double s) {
 int32_t Sampler::sample(const float* logits) {
   if (greedy()) {
     // Argmax after bias and penalties; lowest id wins ties.
-    if (opt_.logit_bias.empty() && counts_.empty()) {
-      int32_t best = 0;
-      for (int32_t i = 1; i < n_vocab_; ++i)
-        if (logits[i] > logits[best]) best = i;
-      return best;
-    }
+    if (opt_.logit_bias.empty() && counts_.empty()) return argmax_logits(logits, n_vocab_);
     select_topk(logits, n_vocab_, request(1), &cands_);
     return cands_[0].id;
   }

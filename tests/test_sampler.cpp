@@ -39,6 +39,37 @@ double chi2(const std::map<int32_t, int>& counts, const std::vector<std::pair<in
 }
 }  // namespace
 
+TEST_CASE("argmax_logits: the first largest value, NaNs never win, any length") {
+  // The plain loop it replaces, with NaN handling: the reference.
+  auto ref = [](const std::vector<float>& x) {
+    int32_t best = 0;
+    for (size_t i = 1; i < x.size(); ++i)
+      if (x[i] > x[size_t(best)] || (x[size_t(best)] != x[size_t(best)] && x[i] == x[i])) best = int32_t(i);
+    return best;
+  };
+  uint32_t state = 12345;
+  auto next = [&] { return state = state * 1664525u + 1013904223u; };
+  for (int t = 0; t < 3000; ++t) {
+    const size_t n = 1 + next() % 70;
+    std::vector<float> x(n);
+    for (float& v : x) {
+      const uint32_t r = next() % 12;
+      v = r == 0 ? NAN : r == 1 ? -INFINITY : r == 2 ? 0.0f : r == 3 ? -0.0f : r == 4 ? INFINITY : float(next() % 5);
+    }
+    if (t % 9 == 0) std::fill(x.begin(), x.end(), NAN);
+    if (t % 9 == 1) std::fill(x.begin(), x.end(), -INFINITY);
+    CAPTURE(t);
+    CHECK(qwen35::argmax_logits(x.data(), int64_t(n)) == ref(x));
+  }
+  // A vocabulary-sized row: the maximum once near the end, then tied earlier.
+  std::vector<float> row(248320);
+  for (size_t i = 0; i < row.size(); ++i) row[i] = float((i * 7919) % 1000) * 1e-3f;
+  row[200001] = 3.0f;
+  CHECK(qwen35::argmax_logits(row.data(), int64_t(row.size())) == 200001);
+  row[77] = 3.0f;
+  CHECK(qwen35::argmax_logits(row.data(), int64_t(row.size())) == 77);
+}
+
 TEST_CASE("greedy picks the argmax, lowest id on ties") {
   SamplerOptions o;
   Sampler s(5, o);

@@ -593,12 +593,7 @@ Status CpuBackend::logit_rows(const Batch& b, Eval eval, Use use) {
 template <class Batch, class Eval>
 Status CpuBackend::argmax_rows(const Batch& b, int32_t* argmax, Eval eval) {
   const int64_t V = hp_.n_vocab;
-  return logit_rows(b, eval, [&](int32_t r, const float* x) {
-    int32_t best = 0;
-    for (int64_t i = 1; i < V; ++i)
-      if (x[i] > x[best]) best = int32_t(i);
-    argmax[r] = best;
-  });
+  return logit_rows(b, eval, [&](int32_t r, const float* x) { argmax[r] = argmax_logits(x, V); });
 }
 
 Status CpuBackend::eval_greedy(const EvalBatch& b, int32_t* argmax) {

@@ -26,6 +26,8 @@
 // "trace|" lines (tests/gpu/kernel_trace.h); needs a build with CUPTI.
 // --profile/--trace api: n decode steps through the context API (logits
 // copied to the host, argmax on the host), the kernels and the copies.
+// --probe: NVFP4 kernel 3 without the stream's arithmetic (tuning fp4_probe,
+// WRONG results), set after the upload: what the rest of each kernel costs.
 #include <cuda_profiler_api.h>
 
 #include <algorithm>
@@ -56,17 +58,14 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-int32_t argmax(const float* x, int64_t n) {
-  int32_t b = 0;
-  for (int64_t i = 1; i < n; ++i)
-    if (x[i] > x[b]) b = int32_t(i);
-  return b;
-}
+// What a caller of the context API would use (the library's argmax).
+int32_t argmax(const float* x, int64_t n) { return argmax_logits(x, n); }
 
 int usage() {
   std::fprintf(stderr,
                "usage: qwen35-cuda-bench -m MODEL [-p 512] [-n 128] [--ctx N] [--device cuda|cpu] [--json] [--check N]\n"
-               "                         [--sweep | --sweep-all] [--profile prefill|decode|api] [--trace prefill|decode|api]\n");
+               "                         [--sweep | --sweep-all] [--profile prefill|decode|api] [--trace prefill|decode|api]\n"
+               "                         [--probe]\n");
   return 2;
 }
 
@@ -115,7 +114,7 @@ Status backend_decode_rate(const Model& model, const ContextOptions& o, const st
 int main(int argc, char** argv) {
   std::string path, device = "cuda", profile;
   int p = 512, n = 128, check = 0, n_ctx = 0;
-  bool json = false, sweep = false, sweep_all = false, trace = false;
+  bool json = false, sweep = false, sweep_all = false, trace = false, probe = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "-m" && i + 1 < argc) path = argv[++i];
@@ -126,6 +125,7 @@ int main(int argc, char** argv) {
     else if (a == "--json") json = true;
     else if (a == "--check" && i + 1 < argc) check = std::atoi(argv[++i]);
     else if (a == "--sweep") sweep = true;
+    else if (a == "--probe") probe = true;
     else if (a == "--sweep-all") sweep = sweep_all = true;
     else if (a == "--profile" && i + 1 < argc) profile = argv[++i];
     else if (a == "--trace" && i + 1 < argc) profile = argv[++i], trace = true;
@@ -143,6 +143,11 @@ int main(int argc, char** argv) {
   if (device == "cuda") {
     st = UploadModelToCuda(*model, 0, true);
     if (!st.ok()) return fail("uploading", st);
+    if (probe) {  // after the upload's self-check, which the wrong results would fail
+      cuda::DecodeTuning t = cuda::decode_tuning();
+      t.fp4_probe = 1;
+      cuda::set_decode_tuning(t);
+    }
   }
   const double t_upload = now_s() - t0;
   const int V = model->hp.n_vocab;

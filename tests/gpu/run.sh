@@ -12,7 +12,9 @@
 # bench.json (throughput records), summary.txt (the table).
 # Every step has a time limit; a failing step does not stop the others.
 # Knobs: QWEN35_CUDA_ARCH (e.g. 90a), QWEN35_GPU_WORK (scratch dir for the
-# 2.5 GB model files, default /tmp/qwen35-gpu), QWEN35_GPU_JOBS (default 16).
+# 2.5 GB model files, default /tmp/qwen35-gpu), QWEN35_GPU_JOBS (default 16),
+# QWEN35_GPU_QUICK=1 (about 2 minutes: test_cuda_model, the main 4B bench row
+# and the decode traces only; for a second look within a session's budget).
 set -euo pipefail
 
 ROOT=$(pwd)
@@ -22,6 +24,7 @@ FIX=$(cd "$FIX" 2>/dev/null && pwd || echo "$FIX")
 OUT=${OUT:-$ROOT/.gpu/out}
 WORK=${QWEN35_GPU_WORK:-/tmp/qwen35-gpu}
 JOBS=${QWEN35_GPU_JOBS:-16}
+QUICK=${QWEN35_GPU_QUICK:-0}
 BUILD=$ROOT/build-gpu
 mkdir -p "$OUT" "$WORK"
 LOG=$OUT/run.log
@@ -80,8 +83,10 @@ fi
 step configure 180 cmake "${CMAKE_ARGS[@]}"
 ALL_TARGETS=$(ninja -C "$BUILD" -t targets all 2>/dev/null | cut -d: -f1 || true)
 TARGETS=()
-for t in test_cuda_ops test_cuda_model test_cuda_vision test_fp4_layout test_mtp_loop qwen35-synth qwen35-cuda-bench \
-  qwen35-bench qwen35-bench-vision qwen35-bw-probe; do
+WANT=(test_cuda_ops test_cuda_model test_cuda_vision test_fp4_layout test_mtp_loop qwen35-synth qwen35-cuda-bench
+  qwen35-bench qwen35-bench-vision qwen35-bw-probe)
+[ "$QUICK" = 1 ] && WANT=(test_cuda_model qwen35-synth qwen35-cuda-bench)
+for t in "${WANT[@]}"; do
   if grep -qx "$t" <<<"$ALL_TARGETS"; then TARGETS+=("$t"); fi
 done
 HAVE_BENCH=0
@@ -103,7 +108,7 @@ synth_one() {  # synth_one FILE ARGS...: write FILE unless it exists
 }
 synth_bg() {
   synth_one "$M4" --no-mtp
-  synth_one "$M4MTP" --mtp-mirror
+  [ "$QUICK" = 1 ] || synth_one "$M4MTP" --mtp-mirror
 }
 SYNTH_T=$(date +%s)
 if [ -x "$SYNTH" ]; then
@@ -115,7 +120,9 @@ fi
 
 # ---- tests ----------------------------------------------------------------------
 export QWEN35_FIXTURES=$FIX
-for t in test_cuda_ops test_cuda_model test_cuda_vision test_fp4_layout test_mtp_loop; do
+TESTS=(test_cuda_ops test_cuda_model test_cuda_vision test_fp4_layout test_mtp_loop)
+[ "$QUICK" = 1 ] && TESTS=(test_cuda_model)
+for t in "${TESTS[@]}"; do
   if [ -x "$BIN/$t" ]; then
     step "$t" 300 "$BIN/$t" --duration=true
   else
@@ -127,7 +134,7 @@ if [ -n "$SYNTH_PID" ]; then
   wait "$SYNTH_PID" || true
   cat "$WORK/synth.log" >>"$LOG"
 fi
-ROWS+=("synth 4B files|$([ -s "$M4" ] && [ -s "$M4MTP" ] && echo ok || echo FAIL)|$(($(date +%s) - SYNTH_T))")
+ROWS+=("synth 4B files|$([ -s "$M4" ] && { [ -s "$M4MTP" ] || [ "$QUICK" = 1 ]; } && echo ok || echo FAIL)|$(($(date +%s) - SYNTH_T))")
 
 # ---- throughput ---------------------------------------------------------------
 bench() {  # bench LABEL CMD...: appends {"label": ..., <the tool's JSON>} to bench.json
@@ -144,7 +151,9 @@ bench() {  # bench LABEL CMD...: appends {"label": ..., <the tool's JSON>} to be
   rm -f "$tmp"
 }
 if [ -s "$M4" ]; then
-  bench "bench 4B NVFP4" "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json --check 6 --sweep
+  SWEEP=(--sweep)
+  [ "$QUICK" = 1 ] && SWEEP=()
+  bench "bench 4B NVFP4" "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json --check 6 "${SWEEP[@]}"
   if [ $HAVE_BENCH -eq 1 ]; then
     bench "qwen35-bench 4B NVFP4" "$BUILD/examples/qwen35-bench" -m "$M4" -p 512 -n 128 --device cuda --json
   fi
@@ -173,7 +182,7 @@ if [ -x "$BIN/qwen35-bw-probe" ]; then
 fi
 # The same without one optimization each, for comparison (prefill rows:
 # short decodes).
-if [ -s "$M4" ]; then
+if [ -s "$M4" ] && [ "$QUICK" != 1 ]; then
   bench "  without PDL and graphs" env QWEN35_CUDA_PDL=0 QWEN35_CUDA_GRAPHS=0 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json
   bench "  fp4 kernel 3 (bulk copies)" env QWEN35_CUDA_FP4_KERNEL=3 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 256 --device cuda --json
   bench "  fp4 kernel 3 lean" env QWEN35_CUDA_FP4_KERNEL=3 QWEN35_CUDA_FP4_LEAN=1 \
@@ -214,8 +223,7 @@ if [ -s "$M4" ] && [ "${QWEN35_GPU_TRACE:-1}" != 0 ]; then
   trace "trace: prefill" trace-prefill.txt -- -p 512 -n 1 --device cuda --trace prefill
   # What the kernels cost without the NVFP4 stream's arithmetic (wrong
   # results), and a step through the context API (logits to the host).
-  trace "trace: decode, no fp4 math" trace-decode-probe.txt QWEN35_CUDA_FP4_PROBE=1 -- \
-    -p 512 -n 32 --device cuda --trace decode
+  trace "trace: decode, no fp4 math" trace-decode-probe.txt -- -p 512 -n 32 --device cuda --trace decode --probe
   trace "trace: decode via API" trace-decode-api.txt -- -p 512 -n 32 --device cuda --trace api
 fi
 # Per-kernel times under Nsight Compute (when installed; QWEN35_GPU_NCU=0
