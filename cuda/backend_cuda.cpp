@@ -223,6 +223,10 @@ class CudaBackend final : public Backend {
   int delta_ept_ = 8;                // delta rule: state elements per thread
   float* delta_scratch_ = nullptr;   // batches: the chunked delta rule's scratch (QWEN35_CUDA_DELTA_CHUNKED=1)
   std::map<GraphKey, cudaGraphExec_t> graphs_;
+  // The NVFP4 projection that runs after each one in a step (in_proj ->
+  // out_proj -> gate_up -> down -> the next layer's in_proj), for kernel 3's
+  // L2 prefetch (tuning fp4_prefetch).
+  std::map<const DevLinear*, const DevLinear*> next_linear_;
   DequantAhead deq_ahead_;           // prefill: NVFP4 dequantization one projection ahead
   bool use_deq_ahead_ = false;
 
@@ -318,6 +322,13 @@ Status CudaBackend::init() {
   mma_attn_ = !env_off("QWEN35_CUDA_ATTN_MMA");
   if (const char* mr = std::getenv("QWEN35_CUDA_MEDIUM_ROWS")) medium_rows_ = std::max(0, std::atoi(mr));
   delta_ept_ = decode_tuning().delta_ept;
+  for (size_t il = 0; il < dm_.layers.size(); ++il) {
+    const DevLayer& L = dm_.layers[il];
+    next_linear_[&L.in_proj] = &L.out_proj;
+    next_linear_[&L.out_proj] = &L.gate_up;
+    next_linear_[&L.gate_up] = &L.down;
+    if (il + 1 < dm_.layers.size()) next_linear_[&L.down] = &dm_.layers[il + 1].in_proj;
+  }
   const char* chunked = std::getenv("QWEN35_CUDA_DELTA_CHUNKED");
   const bool delta_chunked = chunked && std::string(chunked) == "1";
   set_pdl(!env_off("QWEN35_CUDA_PDL"));
@@ -537,6 +548,7 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
     a.epilogue = epi == Epi::SwiGLU ? Fp4Epilogue::SwiGLU : epi == Epi::Add ? Fp4Epilogue::Add : Fp4Epilogue::Store;
     a.partial = fp4_partial_;
     a.counters = fp4_counters_;
+    if (auto it = next_linear_.find(&W); it != next_linear_.end() && it->second->fp4.present()) a.next = it->second->fp4;
     if (gated) {
       a.gate_z = gated->z;
       a.ldz = gated->ldz;

@@ -39,6 +39,18 @@ constexpr int kFp4GroupCols = 64;
 constexpr int kFp4CodeBytes = 512;   // per tile and kgroup
 constexpr int kFp4ScaleBytes = 64;   // per tile and kgroup
 
+// Kernel 3's L2 prefetch of the next projection: block b of nb takes bytes
+// [*off, *off + *n) of a `bytes`-long run: 16-byte pieces (the tail past the
+// last whole piece is left out: it is a hint), disjoint, in block order.
+QWEN35_HD void fp4_prefetch_share(uint64_t bytes, int64_t b, int64_t nb, uint64_t* off, uint64_t* n) {
+  const uint64_t per = ((bytes + uint64_t(nb) - 1) / uint64_t(nb) + 15) / 16 * 16;
+  *off = uint64_t(b) * per;
+  *n = 0;
+  if (*off >= bytes) return;
+  const uint64_t left = bytes - *off;
+  *n = (per < left ? per : left) / 16 * 16;
+}
+
 // Bit offsets of register reg's magnitude (3 bits) and sign inside a half.
 QWEN35_HD int fp4_mag_off(int reg) { return reg == 0 ? 9 : reg == 1 ? 6 : reg == 2 ? 0 : 3; }
 QWEN35_HD int fp4_sign_off(int reg) { return reg == 0 ? 15 : reg == 1 ? 12 : reg == 2 ? 13 : 14; }

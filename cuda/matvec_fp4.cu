@@ -592,13 +592,22 @@ constexpr size_t bulk_ring_bytes(int warps, int stages) { return size_t(warps) *
 
 constexpr int kBulkWarps = 4;
 // Kernel 3's run-time flags (tuning fp4_probe, fp4_late_pdl).
-constexpr int kBulkSkipMath = 1, kBulkLateTrigger = 2;
+constexpr int kBulkSkipMath = 1, kBulkLateTrigger = 2, kBulkPrefetchNext = 4, kBulkPrefetchEarly = 8;
+
+// Block b of nb asks L2 for its share of `bytes` at p (fp4_prefetch_share).
+__device__ __forceinline__ void prefetch_share(const uint8_t* p, uint64_t bytes, int64_t b, int64_t nb) {
+  uint64_t off = 0, n = 0;
+  fp4_prefetch_share(bytes, b, nb, &off, &n);
+  if (n > 0) bulk_prefetch_l2(p + off, uint32_t(n));
+}
 
 template <int S, bool kLean, int kN, bool kCluster>
 __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
     fp4_bulk_kernel(Fp4MatvecArgs a, int splits, int64_t kg_per, int flags) {
   constexpr int W = kBulkWarps;
   const bool skip_math = flags & kBulkSkipMath, late_trigger = flags & kBulkLateTrigger;
+  const bool prefetch_next = (flags & kBulkPrefetchNext) && a.next.codes;
+  const bool prefetch_early = prefetch_next && (flags & kBulkPrefetchEarly);
   uint8_t* smem_raw = dynamic_smem<uint8_t>();  // 16-byte aligned, as the bulk copies need
   __shared__ float ss_part[W][kMatvecMaxCols];
   __shared__ int rmax[kMatvecMaxCols];
@@ -612,6 +621,17 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
   const int nkg = int(min(kg_n, kg0 + kg_per) - kg0);  // >= 1
   const int nch = 4 * nkg;
   const int nst = (nkg + kBulkStageKg - 1) / kBulkStageKg;
+  // This block's share of the next projection's codes (warp 0) and scales
+  // (warp 1): after the block's own stream, or (early) right after its own
+  // first stages are requested.
+  auto prefetch = [&] {
+    if (lane != 0 || warp >= 2) return;
+    const Fp4Tiled& nx = a.next;
+    const uint64_t units = uint64_t(nx.tiles()) * uint64_t(nx.kgroups());
+    const int64_t b = int64_t(blockIdx.y) * gridDim.x + blockIdx.x, nb = int64_t(gridDim.x) * gridDim.y;
+    if (warp == 0) prefetch_share(nx.codes, units * kFp4CodeBytes, b, nb);
+    else prefetch_share(nx.scales, units * kFp4ScaleBytes, b, nb);
+  };
   uint8_t* ring = smem_raw + size_t(warp) * S * kBulkStageBytes;                   // [S][2304] this warp's
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem_raw + size_t(W) * S * kBulkStageBytes) + warp * S;  // [S]
   uint8_t* xbase = smem_raw + bulk_ring_bytes(W, S);
@@ -639,6 +659,7 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
     for (int i = 0; i < S && i < nst; ++i) issue(i);
   }
   __syncwarp();
+  if (prefetch_early) prefetch();
   // PDL: wait for the previous kernel; let the next one launch now, or
   // (late_trigger) only once this block has streamed its weights.
   pdl_wait();
@@ -689,6 +710,7 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
     }
   }
   if (late_trigger) pdl_trigger();
+  if (prefetch_next && !prefetch_early) prefetch();
   // Cluster combine: this warp's sums go to the start of its ring (every
   // bulk copy it issued has completed: it waited for all its stages).
   fp4_finish<W, kCluster>(a, splits, tile, active, g, t, acc, ss_part, is_last, reinterpret_cast<float*>(ring));
@@ -854,7 +876,11 @@ cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream) {
     const size_t smem = bulk_ring_bytes(kBulkWarps, tune.fp4_stages) + tc_x_bytes(int(4 * kg_per), a.n);
     if (aligned && smem <= max_dynamic_smem()) {
       if (splits > 1 && !cluster && (!a.partial || !a.counters)) return cudaErrorInvalidValue;
-      const int probe = (tune.fp4_probe ? kBulkSkipMath : 0) | (tune.fp4_late_pdl ? kBulkLateTrigger : 0);
+      const bool next_ok = a.next.codes && a.next.scales &&
+                           ((reinterpret_cast<uintptr_t>(a.next.codes) | reinterpret_cast<uintptr_t>(a.next.scales)) & 15u) == 0;
+      const int probe = (tune.fp4_probe ? kBulkSkipMath : 0) | (tune.fp4_late_pdl ? kBulkLateTrigger : 0) |
+                        (tune.fp4_prefetch && next_ok ? kBulkPrefetchNext : 0) |
+                        (tune.fp4_prefetch == 2 ? kBulkPrefetchEarly : 0);
       cluster = cluster && splits > 1;
       if (tune.fp4_stages == 8 && !tune.fp4_lean)
         return launch_bulk_combine<8, false>(a, splits, kg_per, probe, cluster, stream);

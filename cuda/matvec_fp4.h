@@ -79,6 +79,12 @@ struct Fp4MatvecArgs {
   int conv_k = 0;
   int conv_snapshot_row = -1;
   float* conv_snapshot = nullptr;
+  // Kernel 3 with tuning fp4_prefetch: the weights of the projection that
+  // runs next in the step (codes null: none). Each block asks L2 for its
+  // share of them once its own stream is done, so the next launch's bulk
+  // copies hit L2 even where its blocks could not start early (PDL) for
+  // want of room beside this launch's.
+  Fp4Tiled next;
 };
 
 // Split count chosen for a weight on a device with `sms` multiprocessors;

@@ -147,6 +147,17 @@ __device__ __forceinline__ void bulk_copy_g2s(uint32_t dst, const void* src, uin
 #endif
 }
 
+// Asks L2 to fetch `bytes` (a multiple of 16, 16-byte aligned) at src; no
+// completion to wait for (a hint: sm_90+, nothing in the emulation).
+__device__ __forceinline__ void bulk_prefetch_l2(const void* src, uint32_t bytes) {
+#if !defined(QWEN35_CUDA_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes) : "memory");
+#else
+  (void)src;
+  (void)bytes;
+#endif
+}
+
 // Orders this thread's earlier shared-memory accesses (generic proxy) before
 // its later bulk copies into the same bytes.
 __device__ __forceinline__ void fence_proxy_async_smem() {

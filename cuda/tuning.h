@@ -24,6 +24,10 @@
 //                           kernel's launch after its stream instead of at
 //                           its start (fewer of the next kernel's blocks
 //                           competing for the multiprocessors meanwhile)
+//   QWEN35_CUDA_FP4_PREFETCH kernel 3: 1 = each block, after its stream,
+//                           asks L2 for its share of the next projection's
+//                           weights (cp.async.bulk.prefetch.L2); 2 = right
+//                           after requesting its own first stages
 //   QWEN35_CUDA_FP4_PROBE   kernel 3: 1 = skip the stream's arithmetic: wrong
 //                           results, for timing what the rest costs
 //   (kernel 3 always uses 4 warps per block: QWEN35_CUDA_FP4_WARPS is
@@ -64,6 +68,7 @@ struct DecodeTuning {
   int fp4_probe = 0;   // kernel 3: 1 = leave out the stream's arithmetic (WRONG results; timing probe)
   int fp4_cluster = 1;  // kernel 3: 1 = combine the split-K slices in a thread block cluster (<= 8 slices)
   int fp4_late_pdl = 0;  // kernel 3: 1 = let the next kernel launch only after a block's stream (not at its start)
+  int fp4_prefetch = 0;  // kernel 3: prefetch the next projection's weights into L2: 1 after the stream, 2 at the start
   int q6k_kernel = 2;
   int q6k_persist = 0;  // kernel 2: 0 = a warp per tile; N = persistent, N blocks per multiprocessor
   int delta_ept = 8;

@@ -455,3 +455,25 @@ TEST_CASE("streaming kernels: per-chunk scaled F16 activations give the dot prod
     }
   }
 }
+
+TEST_CASE("kernel 3's L2 prefetch shares: disjoint 16-byte pieces in block order, inside the run") {
+  for (uint64_t bytes : {uint64_t(0), uint64_t(16), uint64_t(100), uint64_t(5898240), uint64_t(13271040), uint64_t(37)}) {
+    for (int64_t nb : {int64_t(1), int64_t(7), int64_t(320), int64_t(576), int64_t(4000)}) {
+      CAPTURE(bytes);
+      CAPTURE(nb);
+      uint64_t covered = 0, end = 0;
+      for (int64_t b = 0; b < nb; ++b) {
+        uint64_t off = 0, n = 0;
+        qwen35::cuda::fp4_prefetch_share(bytes, b, nb, &off, &n);
+        if (n == 0) continue;
+        CHECK(off % 16 == 0);
+        CHECK(n % 16 == 0);
+        CHECK(off >= end);  // after the previous share
+        CHECK(off + n <= bytes);
+        end = off + n;
+        covered += n;
+      }
+      CHECK(covered == bytes / 16 * 16);  // every whole 16-byte piece
+    }
+  }
+}

@@ -430,6 +430,16 @@ int main(int argc, char** argv) {
         variants.push_back(t);
       }
       t.fp4_late_pdl = 0;
+      // The next projection's weights prefetched into L2 by each block after
+      // its stream (with 4 and 2 stages, with and without the cluster combine).
+      for (auto [stages, cluster, mode] :
+           {std::tuple{4, 1, 1}, std::tuple{2, 1, 1}, std::tuple{4, 0, 1}, std::tuple{4, 1, 2}, std::tuple{2, 1, 2}}) {
+        t = base;
+        t.fp4_stages = stages;
+        t.fp4_cluster = cluster;
+        t.fp4_prefetch = mode;
+        variants.push_back(t);
+      }
       // The persistent Q6_K LM head (blocks per multiprocessor).
       for (int persist : {2, 3, 4, 6}) {
         t = base;

@@ -90,7 +90,7 @@ for t in "${WANT[@]}"; do
   if grep -qx "$t" <<<"$ALL_TARGETS"; then TARGETS+=("$t"); fi
 done
 HAVE_BENCH=0
-if grep -qx qwen35-bench <<<"$ALL_TARGETS"; then HAVE_BENCH=1; fi
+if grep -qx qwen35-bench <<<"$ALL_TARGETS" && [ "$QUICK" != 1 ]; then HAVE_BENCH=1; fi
 step build 420 ninja -C "$BUILD" -j"$JOBS" "${TARGETS[@]}"
 BIN=$BUILD/tests
 SYNTH=$BUILD/examples/qwen35-synth
@@ -129,6 +129,10 @@ for t in "${TESTS[@]}"; do
     ROWS+=("$t|NOT BUILT|0")
   fi
 done
+# The model tests again with kernel 3's L2 prefetch of the next weights.
+if [ -x "$BIN/test_cuda_model" ]; then
+  step "test_cuda_model, L2 prefetch" 300 env QWEN35_CUDA_FP4_PREFETCH=1 "$BIN/test_cuda_model" --duration=true
+fi
 
 if [ -n "$SYNTH_PID" ]; then
   wait "$SYNTH_PID" || true
@@ -151,9 +155,12 @@ bench() {  # bench LABEL CMD...: appends {"label": ..., <the tool's JSON>} to be
   rm -f "$tmp"
 }
 if [ -s "$M4" ]; then
-  SWEEP=(--sweep)
-  [ "$QUICK" = 1 ] && SWEEP=()
-  bench "bench 4B NVFP4" "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json --check 6 "${SWEEP[@]}"
+  bench "bench 4B NVFP4" "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json --check 6 --sweep
+  # The next projection's weights prefetched into L2 (kernel 3).
+  bench "  fp4: L2 prefetch of the next weights" env QWEN35_CUDA_FP4_PREFETCH=1 "$BIN/qwen35-cuda-bench" -m "$M4" \
+    -p 512 -n 128 --device cuda --json
+  bench "  fp4: L2 prefetch, early" env QWEN35_CUDA_FP4_PREFETCH=2 "$BIN/qwen35-cuda-bench" -m "$M4" \
+    -p 512 -n 128 --device cuda --json
   if [ $HAVE_BENCH -eq 1 ]; then
     bench "qwen35-bench 4B NVFP4" "$BUILD/examples/qwen35-bench" -m "$M4" -p 512 -n 128 --device cuda --json
   fi
@@ -220,6 +227,10 @@ trace() {  # trace LABEL FILE ENV... -- ARGS...: qwen35-cuda-bench --trace into 
 }
 if [ -s "$M4" ] && [ "${QWEN35_GPU_TRACE:-1}" != 0 ]; then
   trace "trace: decode" trace-decode.txt -- -p 512 -n 32 --device cuda --trace decode
+  trace "trace: decode, L2 prefetch" trace-decode-l2.txt QWEN35_CUDA_FP4_PREFETCH=1 -- -p 512 -n 32 --device cuda \
+    --trace decode
+  trace "trace: decode, L2 prefetch early" trace-decode-l2e.txt QWEN35_CUDA_FP4_PREFETCH=2 -- -p 512 -n 32 \
+    --device cuda --trace decode
   trace "trace: prefill" trace-prefill.txt -- -p 512 -n 1 --device cuda --trace prefill
   # What the kernels cost without the NVFP4 stream's arithmetic (wrong
   # results), and a step through the context API (logits to the host).
