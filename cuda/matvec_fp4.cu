@@ -591,7 +591,7 @@ constexpr int kBulkStageBytes = kBulkStageKg * (kFp4CodeBytes + kFp4ScaleBytes);
 constexpr size_t bulk_ring_bytes(int warps, int stages) { return size_t(warps) * stages * (kBulkStageBytes + 8); }
 
 constexpr int kBulkWarps = 4;
-// Kernel 3's run-time flags (tuning fp4_probe, fp4_late_pdl).
+// Kernel 3's run-time flags (tuning fp4_probe, fp4_late_pdl, fp4_prefetch).
 constexpr int kBulkSkipMath = 1, kBulkLateTrigger = 2, kBulkPrefetchNext = 4, kBulkPrefetchEarly = 8;
 
 // Block b of nb asks L2 for its share of `bytes` at p (fp4_prefetch_share).
