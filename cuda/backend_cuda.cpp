@@ -1040,14 +1040,9 @@ Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax, const TopKRequ
 }
 
 Status CudaBackend::keep_topk_rows_on_host() {
-  if (topk_rows_on_device_ == 0) return Status::Ok();
-  QWEN35_TRY(select_device());
-  const int64_t V = hp_.n_vocab;
-  topk_rows_.assign(size_t(topk_rows_on_device_), std::vector<float>(size_t(V)));
-  for (int32_t r = 0; r < topk_rows_on_device_; ++r)
-    QWEN35_CUDA_TRY(cudaMemcpy(topk_rows_[size_t(r)].data(), logits_ + int64_t(r) * V, size_t(V) * sizeof(float),
-                               cudaMemcpyDeviceToHost),
-                    "copying an adjusted logits row");
+  std::vector<std::vector<float>> rows(static_cast<size_t>(topk_rows_on_device_));
+  for (int32_t r = 0; r < topk_rows_on_device_; ++r) QWEN35_TRY(topk_row(r, &rows[size_t(r)]));
+  if (!rows.empty()) topk_rows_ = std::move(rows);
   topk_rows_on_device_ = 0;
   return Status::Ok();
 }

@@ -9,9 +9,6 @@ namespace qwen35 {
 
 namespace {
 
-// Index of the largest of x[0..n) (the first one on ties; NaNs never win).
-int32_t argmax_row(const float* x, int64_t n) { return argmax_logits(x, n); }
-
 // Runs `run` on a copy of b whose logits rows go to a temporary buffer,
 // then use(r, row) for each of them.
 template <class Batch, class Run, class Use>
@@ -36,7 +33,7 @@ Status with_logit_rows(const Batch& b, int64_t V, Run run, Use use) {
 Status Backend::eval_greedy(const EvalBatch& b, int32_t* argmax) {
   return with_logit_rows(
       b, n_vocab, [this](const EvalBatch& e) { return eval(e); },
-      [&](int32_t r, const float* row) { argmax[r] = argmax_row(row, n_vocab); });
+      [&](int32_t r, const float* row) { argmax[r] = argmax_logits(row, n_vocab); });
 }
 
 Status Backend::eval_topk(const EvalBatch& b, const TopKRequest* reqs, TopKResult* cands) {
@@ -56,7 +53,7 @@ Status Backend::topk_row(int32_t r, std::vector<float>* adjusted) {
 Status Backend::eval_mtp_greedy(const MtpBatch& b, int32_t* argmax) {
   return with_logit_rows(
       b, n_vocab, [this](const MtpBatch& e) { return eval_mtp(e); },
-      [&](int32_t r, const float* row) { argmax[r] = argmax_row(row, n_vocab); });
+      [&](int32_t r, const float* row) { argmax[r] = argmax_logits(row, n_vocab); });
 }
 
 }  // namespace qwen35

@@ -73,8 +73,6 @@ class TextStream {
   bool matched_ = false;
 };
 
-int32_t argmax(const float* x, int32_t n) { return argmax_logits(x, n); }
-
 // Whether sampling is a plain argmax of the logits (no bias, no effective
 // penalties), so the backend may return token ids instead of logits.
 bool plain_argmax(const Sampler& s) {
@@ -255,7 +253,7 @@ Status Generate(Context& ctx, Sampler& sampler, const std::vector<int32_t>& prom
     if (ctx.backend().device_argmax()) return ctx.mtp_draft_argmax(t, d);
     const float* dl = nullptr;
     QWEN35_TRY(ctx.mtp_draft(t, &dl));
-    *d = argmax(dl, V);
+    *d = argmax_logits(dl, V);
     return Status::Ok();
   };
   int32_t tok = next_of(-1);

@@ -58,8 +58,6 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// What a caller of the context API would use (the library's argmax).
-int32_t argmax(const float* x, int64_t n) { return argmax_logits(x, n); }
 
 int usage() {
   std::fprintf(stderr,
@@ -203,7 +201,7 @@ int main(int argc, char** argv) {
 
   // Decode with the device argmax, straight on the backend.
   Backend& be = ctx->backend();
-  int32_t tok = argmax(ctx->logits(-1), V);
+  int32_t tok = argmax_logits(ctx->logits(-1), V);
   std::vector<float> hidden(static_cast<size_t>(model->hp.n_embd));
   auto step = [&](int32_t n_past) {
     EvalBatch b;
@@ -224,7 +222,7 @@ int main(int argc, char** argv) {
   for (int i = 0; i < 4; ++i)
     if (!(st = step(p + i)).ok()) return fail("decode warm-up", st);
   if (!(st = be.restore_recurrent(1)).ok()) return fail("restoring the state", st);
-  tok = argmax(ctx->logits(-1), V);
+  tok = argmax_logits(ctx->logits(-1), V);
   if (profile == "decode") {
     if (!region_start()) return fail("tracing", Error(QWEN35_ERR_UNSUPPORTED, "{}", why));
     for (int i = 0; i < n && st.ok(); ++i) st = step(p + i);
@@ -241,13 +239,13 @@ int main(int argc, char** argv) {
   // Decode through the context API (logits copied to the host every token).
   ctx->reset();
   if (!(st = ctx->decode(prompt.data(), p, LogitsMode::Last)).ok()) return fail("prefill", st);
-  tok = argmax(ctx->logits(-1), V);
+  tok = argmax_logits(ctx->logits(-1), V);
   const bool trace_api = profile == "api";
   if (trace_api && !region_start()) return fail("tracing", Error(QWEN35_ERR_UNSUPPORTED, "{}", why));
   t0 = now_s();
   for (int i = 0; i < n; ++i) {
     if (!(st = ctx->decode(&tok, 1, LogitsMode::Last)).ok()) return fail("decode (api)", st);
-    tok = argmax(ctx->logits(-1), V);
+    tok = argmax_logits(ctx->logits(-1), V);
   }
   const double t_decode_api = now_s() - t0;
   if (trace_api) {
@@ -349,7 +347,7 @@ int main(int argc, char** argv) {
     };
     check_batch = rel(gb->logits(-1), cc->logits(-1));
     check_step = rel(gs->logits(-1), cc->logits(-1));
-    check_argmax = argmax(gb->logits(-1), V) == argmax(cc->logits(-1), V);
+    check_argmax = argmax_logits(gb->logits(-1), V) == argmax_logits(cc->logits(-1), V);
   }
 
   // Decode-kernel variants: backend decoding (device argmax) per tuning.
