@@ -21,14 +21,11 @@
 // norm's factor is applied to the results.
 // Kernel 3 (QWEN35_CUDA_FP4_KERNEL=3): kernel 2 with the weights moved by
 // bulk copies into a ring of shared-memory stages instead of registers.
-#ifndef QWEN35_CUDA_EMU  // (the emulation in tests/emu has no clusters)
-#include <cooperative_groups.h>
-#endif
-
 #include <algorithm>
 #include <atomic>
 
 #include "common.cuh"
+#include "fp4_kernels.cuh"
 #include "launch.cuh"
 #include "matvec_fp4.h"
 #include "tc_common.cuh"
@@ -37,10 +34,6 @@
 namespace qwen35::cuda {
 
 namespace {
-
-#ifndef QWEN35_CUDA_EMU
-namespace cg = cooperative_groups;
-#endif
 
 constexpr int kWarps = 4;           // row tiles per block
 constexpr int kPrefetch = 4;        // kgroups loaded ahead per warp
@@ -137,112 +130,6 @@ __global__ void fp4_dequant_kernel(Fp4Tiled w, int64_t r0, int64_t nr, Out* __re
       }
     }
   }
-}
-
-// ---- matrix-vector product ---------------------------------------------------------
-
-// The finished results of one lane (both kernels): acc[e] is tile row
-// g + 8*(e/2) for activation row 2t + e%2, through the epilogue.
-__device__ __forceinline__ void fp4_store_outputs(const Fp4MatvecArgs& a, int64_t tile, int g, int t,
-                                                  const float* acc) {
-  const Fp4Tiled& w = a.w;
-  if (a.epilogue == Fp4Epilogue::Conv) {
-    // Activation rows 0 and 1 are in lane t = 0 (n <= 2): it walks them in order.
-    if (t != 0) return;
-    const int64_t C = a.conv_channels, Kc = a.conv_k;
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int64_t r = tile * kFp4TileRows + g + 8 * half;
-      if (r >= w.rows) continue;
-      const float v0 = acc[2 * half], v1 = acc[2 * half + 1];
-      if (r >= C) {
-        a.y[r] = v0;
-        if (a.n > 1) a.y[a.ldy + r] = v1;
-        continue;
-      }
-      // Input row tp of the conv: this call's rows, or the window before them.
-      auto in = [&](int64_t tp) { return tp >= 0 ? (tp == 0 ? v0 : v1) : a.conv_window[(Kc - 1 + tp) * C + r]; };
-      const float* taps = a.conv_taps + r * Kc;
-      for (int j = 0; j < a.n; ++j) {
-        float s = 0.0f;
-        for (int64_t k = 0; k < Kc; ++k) s = fmaf(taps[k], in(j - (Kc - 1) + k), s);
-        a.y[j * a.ldy + r] = silu_f(s);
-      }
-      if (a.conv_snapshot_row >= 0 && a.conv_snapshot_row < a.n)
-        for (int64_t k = 0; k + 1 < Kc; ++k) a.conv_snapshot[k * C + r] = in(a.conv_snapshot_row - (Kc - 2) + k);
-      for (int64_t k = 0; k + 1 < Kc; ++k) a.conv_window[k * C + r] = in(a.n - (Kc - 1) + k);
-    }
-    return;
-  }
-  if (a.epilogue == Fp4Epilogue::SwiGLU) {
-    // Rows g (gate) and g+8 (up) of the tile are the pair for output 8*tile + g.
-    const int64_t out = 8 * tile + g;
-    if (out < w.rows) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int j = 2 * t + e;
-        if (j < a.n) a.y[j * a.ldy + out] = silu_f(acc[e]) * acc[2 + e];
-      }
-    }
-    return;
-  }
-#pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    const int64_t row = tile * kFp4TileRows + g + 8 * (e >> 1);
-    const int j = 2 * t + (e & 1);
-    if (row < w.rows && j < a.n) {
-      float* out = a.y + j * a.ldy + row;
-      *out = a.epilogue == Fp4Epilogue::Add ? *out + acc[e] : acc[e];
-    }
-  }
-}
-
-// Split-K combine through global memory (kernels 1 to 3): each block of a
-// tile group writes its sums to a.partial, the last block to arrive (counted
-// in a.counters, left at zero) adds all of them in split order into acc.
-// False in the other blocks: they are done.
-__device__ __forceinline__ bool fp4_combine_global(const Fp4MatvecArgs& a, int splits, int64_t tile, bool active,
-                                                   int g, int t, float* acc, bool& is_last) {
-  const int64_t tiles = a.w.tiles();
-  float* part = a.partial + ((int64_t(blockIdx.y) * tiles + tile) * kFp4TileRows) * kMatvecMaxCols;
-  if (active) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) part[(g + 8 * (e >> 1)) * kMatvecMaxCols + 2 * t + (e & 1)] = acc[e];
-  }
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) is_last = atomicAdd(&a.counters[blockIdx.x], 1) == splits - 1;
-  __syncthreads();
-  if (!is_last) return false;
-  __threadfence();
-  if (active) {
-    // The partials of rows g and g+8 (activation rows 2t, 2t+1), added in
-    // split order; loads issued 8 splits at a time (this is the kernel's tail).
-    acc[0] = acc[1] = acc[2] = acc[3] = 0.0f;
-    const float* base = a.partial + (tile * kFp4TileRows + g) * kMatvecMaxCols + 2 * t;
-    const int64_t split_stride = tiles * kFp4TileRows * kMatvecMaxCols;
-    for (int s0 = 0; s0 < splits; s0 += 8) {
-      float2 lo[8], hi[8];
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        if (s0 + k < splits) {
-          lo[k] = __ldcg(reinterpret_cast<const float2*>(base + (s0 + k) * split_stride));
-          hi[k] = __ldcg(reinterpret_cast<const float2*>(base + (s0 + k) * split_stride + 8 * kMatvecMaxCols));
-        }
-      }
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        if (s0 + k < splits) {
-          acc[0] += lo[k].x;
-          acc[1] += lo[k].y;
-          acc[2] += hi[k].x;
-          acc[3] += hi[k].y;
-        }
-      }
-    }
-  }
-  if (threadIdx.x == 0) a.counters[blockIdx.x] = 0;
-  return true;
 }
 
 // ---- kernel 1 ------------------------------------------------------------------------
@@ -359,7 +246,8 @@ __global__ void __launch_bounds__(kWarps * kWarp) fp4_matvec_kernel(Fp4MatvecArg
   }
 
   // 3. Combine the slices (if split) and write.
-  if (splits > 1 && !fp4_combine_global(a, splits, tile, tile < tiles, g, t, acc, is_last)) return;
+  if (splits > 1 && !fp4_combine_global(a, splits, blockIdx.x, blockIdx.y, tile, tile < tiles, g, t, acc, is_last))
+    return;
   if (tile < tiles) fp4_store_outputs(a, tile, g, t, acc);
 }
 
@@ -387,116 +275,6 @@ int64_t stream_kg_per(const Fp4Tiled& w, int sms, int align_kg, int warps, int b
   s = std::max<int64_t>(s, (w.kgroups() + kStreamMaxSliceKg - 1) / kStreamMaxSliceKg);
   const int64_t per = (w.kgroups() + s - 1) / s;
   return (per + align_kg - 1) / align_kg * align_kg;
-}
-
-// The activation rows and their prologue (norm or gated norm) of a product,
-// as the streaming kernels' shared helpers take them (tc_common.cuh).
-__host__ __device__ __forceinline__ TcInput tc_input(const Fp4MatvecArgs& a) {
-  TcInput in;
-  in.x = a.x;
-  in.ldx = a.ldx;
-  in.n = a.n;
-  in.norm = a.norm;
-  in.gate_z = a.gate_z;
-  in.ldz = a.ldz;
-  in.gate_w = a.gate_w;
-  in.gate_dv = a.gate_dv;
-  in.eps = a.eps;
-  return in;
-}
-
-// One kgroup (64 columns, four mma) of a lane's tile rows: codes c4 and
-// scales s2 as loaded, activation chunks at xb / multipliers at mp.
-// kLean: the activation rows have one multiplier for the whole slice
-// (tc_load_x_impl<true>), applied by the caller to the finished sums.
-template <bool kLean = false>
-__device__ __forceinline__ void fp4_kgroup(float* acc, uint4 c4, uint2 s2, int i, const uint16_t* xb, const float* mp,
-                                           int n) {
-  const uint32_t words[4] = {c4.x, c4.y, c4.z, c4.w};
-#pragma unroll
-  for (int wd = 0; wd < 4; ++wd) {
-    const int c = 4 * i + wd;
-    uint32_t ar[4];
-    fp4_unpack_word(words[wd], ar);
-    const uint2 bv = *reinterpret_cast<const uint2*>(xb + c * n * 16);
-    float d[4];
-    mma_f16(d, ar, bv.x, bv.y);
-    const uint32_t sw = wd < 2 ? s2.x : s2.y;
-    const float2 sc = e4m3x2_to_float2(sw >> (16 * (wd & 1)));  // tile rows g, g+8
-    if constexpr (kLean) {
-      acc[0] = fmaf(d[0], sc.x, acc[0]);
-      acc[1] = fmaf(d[1], sc.x, acc[1]);
-      acc[2] = fmaf(d[2], sc.y, acc[2]);
-      acc[3] = fmaf(d[3], sc.y, acc[3]);
-    } else {
-      const float2 m = *reinterpret_cast<const float2*>(mp + c * kMatvecMaxCols);  // rows 2t, 2t+1
-      acc[0] = fmaf(d[0], sc.x * m.x, acc[0]);
-      acc[1] = fmaf(d[1], sc.x * m.y, acc[1]);
-      acc[2] = fmaf(d[2], sc.y * m.x, acc[2]);
-      acc[3] = fmaf(d[3], sc.y * m.y, acc[3]);
-    }
-  }
-}
-
-// Kernels 2 and 3 after the stream: the encoding's scale, the slices
-// combined (last block of the tile group, in split order), the RMS norm's
-// factor, the epilogue. Every thread of the block calls it.
-//
-// kCluster (kernel 3): the `splits` blocks of a tile group form one thread
-// block cluster (cluster dims 1 x splits, so the rank is blockIdx.y); each
-// block leaves its sums in its own shared memory (`red`, 16 x 8 floats per
-// warp) and the rank-0 block adds all of them in split order through
-// distributed shared memory: the same sums in the same order as the global
-// combine, without its global round trips (fence, counter, partial loads).
-template <int W, bool kCluster = false>
-__device__ __forceinline__ void fp4_finish(const Fp4MatvecArgs& a, int splits, int64_t tile, bool active, int g, int t,
-                                           float* acc, const float (*ss_part)[kMatvecMaxCols], bool& is_last,
-                                           float* red = nullptr) {
-  const Fp4Tiled& w = a.w;
-  const int n = a.n;
-  // The 2^-14 of the A encoding and the tensor scale.
-#pragma unroll
-  for (int e = 0; e < 4; ++e) acc[e] *= 16384.0f * w.scale;
-
-  if constexpr (kCluster) {
-#ifndef QWEN35_CUDA_EMU
-    if (splits > 1) {
-      cg::cluster_group cluster = cg::this_cluster();
-      const int idx = g * kMatvecMaxCols + 2 * t;  // row g (e = 0, 1); row g + 8 (e = 2, 3) is 8 rows on
-      if (active) {
-        red[idx] = acc[0];
-        red[idx + 1] = acc[1];
-        red[idx + 8 * kMatvecMaxCols] = acc[2];
-        red[idx + 8 * kMatvecMaxCols + 1] = acc[3];
-      }
-      cluster.sync();  // every block's sums are in its shared memory
-      const bool leader = blockIdx.y == 0;
-      if (leader && active) {
-        acc[0] = acc[1] = acc[2] = acc[3] = 0.0f;
-        for (int r = 0; r < splits; ++r) {
-          const float* rr = cluster.map_shared_rank(red, r);
-          acc[0] += rr[idx];
-          acc[1] += rr[idx + 1];
-          acc[2] += rr[idx + 8 * kMatvecMaxCols];
-          acc[3] += rr[idx + 8 * kMatvecMaxCols + 1];
-        }
-      }
-      cluster.sync();  // the remote reads are done before any block exits
-      if (!leader) return;
-    }
-#endif
-  } else if (splits > 1 && !fp4_combine_global(a, splits, tile, active, g, t, acc, is_last)) {
-    return;
-  }
-  if (!active) return;
-  if (a.norm) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int j = 2 * t + (e & 1);
-      if (j < n) acc[e] *= tc_rnorm<W>(ss_part, j, w.cols, a.eps);
-    }
-  }
-  fp4_store_outputs(a, tile, g, t, acc);
 }
 
 template <int W, int P>
@@ -560,7 +338,7 @@ __global__ void __launch_bounds__(W * kWarp) fp4_stream_kernel(Fp4MatvecArgs a, 
       }
     }
   }
-  fp4_finish<W>(a, splits, tile, active, g, t, acc, ss_part, is_last);
+  fp4_finish<W>(a, splits, blockIdx.x, blockIdx.y, tile, active, g, t, acc, ss_part, is_last);
 }
 
 // ---- kernel 3: bulk copies into shared memory ---------------------------------------
@@ -584,13 +362,6 @@ __global__ void __launch_bounds__(W * kWarp) fp4_stream_kernel(Fp4MatvecArgs a, 
 // results) leaves out the arithmetic of the stream: a measuring probe of
 // what the weight traffic and the rest cost without it.
 
-constexpr int kBulkStageKg = 4;
-constexpr int kBulkStageBytes = kBulkStageKg * (kFp4CodeBytes + kFp4ScaleBytes);  // 2304
-
-// Dynamic shared memory of kernel 3: the rings, the barriers, the x slice.
-constexpr size_t bulk_ring_bytes(int warps, int stages) { return size_t(warps) * stages * (kBulkStageBytes + 8); }
-
-constexpr int kBulkWarps = 4;
 // Kernel 3's run-time flags (tuning fp4_probe, fp4_late_pdl, fp4_prefetch).
 constexpr int kBulkSkipMath = 1, kBulkLateTrigger = 2, kBulkPrefetchNext = 4, kBulkPrefetchEarly = 8;
 
@@ -620,7 +391,6 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
   const int64_t kg0 = int64_t(blockIdx.y) * kg_per;
   const int nkg = int(min(kg_n, kg0 + kg_per) - kg0);  // >= 1
   const int nch = 4 * nkg;
-  const int nst = (nkg + kBulkStageKg - 1) / kBulkStageKg;
   // This block's share of the next projection's codes (warp 0) and scales
   // (warp 1): after the block's own stream, or (early) right after its own
   // first stages are requested.
@@ -639,24 +409,12 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
   float* mult = reinterpret_cast<float*>(xbase + size_t(nch) * size_t(n) * 32);  // [nch][8]
   const int64_t tile = int64_t(blockIdx.x) * W + warp;
   const bool active = tile < tiles;
-  const uint8_t* codes = w.codes + (tile * kg_n + kg0) * kFp4CodeBytes;
-  const uint8_t* scales = w.scales + (tile * kg_n + kg0) * kFp4ScaleBytes;
+  const BulkRun run = bulk_run(ring, bars, w, tile, kg0, nkg, 0u);
 
-  // Stage st (kgroups 4st .. 4st+3 of the slice) into its ring slot; lane 0.
-  auto issue = [&](int st) {
-    const int k0 = st * kBulkStageKg, nk = min(kBulkStageKg, nkg - k0);
-    uint8_t* dst = ring + (st % S) * kBulkStageBytes;
-    const uint32_t bar = smem_addr(bars + st % S);
-    mbar_expect_tx(bar, uint32_t(nk) * (kFp4CodeBytes + kFp4ScaleBytes));
-    bulk_copy_g2s(smem_addr(dst), codes + size_t(k0) * kFp4CodeBytes, uint32_t(nk) * kFp4CodeBytes, bar);
-    bulk_copy_g2s(smem_addr(dst + kBulkStageKg * kFp4CodeBytes), scales + size_t(k0) * kFp4ScaleBytes,
-                  uint32_t(nk) * kFp4ScaleBytes, bar);
-  };
-
-  // 1. The first S stages (weights are never written by a kernel).
+  // 1. The first S stages.
   if (active && lane == 0) {
     for (int i = 0; i < S; ++i) mbar_init(smem_addr(bars + i), 1);
-    for (int i = 0; i < S && i < nst; ++i) issue(i);
+    bulk_start<S>(run);
   }
   __syncwarp();
   if (prefetch_early) prefetch();
@@ -677,30 +435,7 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
   if (active) {
     const uint16_t* xb = xs + tc_b_row(g, n) * 16 + t * 4;
     const float* mp = mult + 2 * t;
-    for (int st = 0; st < nst; ++st) {
-      const uint8_t* src = ring + (st % S) * kBulkStageBytes;
-      mbar_wait(smem_addr(bars + st % S), uint32_t(st / S) & 1u);
-      const int k0 = st * kBulkStageKg, nk = min(kBulkStageKg, nkg - k0);
-      uint4 c4[kBulkStageKg];
-      uint2 s2[kBulkStageKg];
-#pragma unroll
-      for (int k = 0; k < kBulkStageKg; ++k) {
-        if (k < nk) {
-          c4[k] = *reinterpret_cast<const uint4*>(src + k * kFp4CodeBytes + lane * 16);
-          s2[k] = *reinterpret_cast<const uint2*>(src + kBulkStageKg * kFp4CodeBytes + k * kFp4ScaleBytes + g * 8);
-        }
-      }
-      // The slot is free once every lane has its values: request stage st + S.
-      __syncwarp();
-      if (lane == 0 && st + S < nst) {
-        fence_proxy_async_smem();
-        issue(st + S);
-      }
-      if (skip_math) continue;
-#pragma unroll
-      for (int k = 0; k < kBulkStageKg; ++k)
-        if (k < nk) fp4_kgroup<kLean>(acc, c4[k], s2[k], k0 + k, xb, mp, n);
-    }
+    bulk_stream<S, kLean>(run, acc, xb, mp, n, lane, g, skip_math);
     if constexpr (kLean) {
       const float2 m = *reinterpret_cast<const float2*>(mp);  // rows 2t, 2t+1: the same for every chunk
       acc[0] *= m.x;
@@ -713,7 +448,8 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
   if (prefetch_next && !prefetch_early) prefetch();
   // Cluster combine: this warp's sums go to the start of its ring (every
   // bulk copy it issued has completed: it waited for all its stages).
-  fp4_finish<W, kCluster>(a, splits, tile, active, g, t, acc, ss_part, is_last, reinterpret_cast<float*>(ring));
+  fp4_finish<W, kCluster>(a, splits, blockIdx.x, blockIdx.y, tile, active, g, t, acc, ss_part, is_last,
+                          reinterpret_cast<float*>(ring));
 }
 
 // Raises a kernel's dynamic shared memory limit once to what it needs.
@@ -845,6 +581,25 @@ uint64_t fp4_partial_floats(const Fp4Tiled& w, int sms) {
 
 uint64_t fp4_counter_ints(const Fp4Tiled& w) { return uint64_t((w.tiles() + kWarps - 1) / kWarps); }
 
+Fp4BulkGeometry fp4_bulk_geometry(const Fp4Tiled& w, int sms, int align, int blocks_per_sm, bool cluster) {
+  Fp4BulkGeometry geo;
+  geo.kg_per = stream_kg_per(w, sms, align, kBulkWarps, blocks_per_sm);
+  geo.splits = int((w.kgroups() + geo.kg_per - 1) / geo.kg_per);
+  geo.cluster = cluster;
+  if (cluster && geo.splits > kMaxClusterSplits) {
+    // A cluster holds at most 8 blocks (portable size): wider slices.
+    const int64_t per = (w.kgroups() + kMaxClusterSplits - 1) / kMaxClusterSplits;
+    const int64_t kg_per = (per + align - 1) / align * align;
+    if (kg_per <= kStreamMaxSliceKg) {
+      geo.kg_per = kg_per;
+      geo.splits = int((w.kgroups() + kg_per - 1) / kg_per);
+    } else {
+      geo.cluster = false;
+    }
+  }
+  return geo;
+}
+
 cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream) {
   if (a.n < 1 || a.n > kMatvecMaxCols || !a.w.present()) return cudaErrorInvalidValue;
   if (a.epilogue == Fp4Epilogue::SwiGLU && a.w.pairing != Fp4Pairing::GateUp) return cudaErrorInvalidValue;
@@ -858,20 +613,10 @@ cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream) {
   if (tune.fp4_kernel == 3 && stream_supported(a)) {
     // Kernel 3 needs 16-byte aligned weight runs for the bulk copies (the
     // upload arena's alignment; checked, not assumed) and its shared memory.
-    int64_t kg_per = stream_kg_per(a.w, sms, align, kBulkWarps, tune.fp4_blocks_per_sm);
-    int splits = int((a.w.kgroups() + kg_per - 1) / kg_per);
-    bool cluster = tune.fp4_cluster != 0;
-    if (cluster && splits > kMaxClusterSplits) {
-      // A cluster holds at most 8 blocks (portable size): wider slices.
-      const int64_t per = (a.w.kgroups() + kMaxClusterSplits - 1) / kMaxClusterSplits;
-      kg_per = (per + align - 1) / align * align;
-      splits = int((a.w.kgroups() + kg_per - 1) / kg_per);
-      cluster = kg_per <= kStreamMaxSliceKg;
-      if (!cluster) {
-        kg_per = stream_kg_per(a.w, sms, align, kBulkWarps, tune.fp4_blocks_per_sm);
-        splits = int((a.w.kgroups() + kg_per - 1) / kg_per);
-      }
-    }
+    const Fp4BulkGeometry geo = fp4_bulk_geometry(a.w, sms, align, tune.fp4_blocks_per_sm, tune.fp4_cluster != 0);
+    const int64_t kg_per = geo.kg_per;
+    const int splits = geo.splits;
+    bool cluster = geo.cluster;
     const bool aligned = ((reinterpret_cast<uintptr_t>(a.w.codes) | reinterpret_cast<uintptr_t>(a.w.scales)) & 15u) == 0;
     const size_t smem = bulk_ring_bytes(kBulkWarps, tune.fp4_stages) + tc_x_bytes(int(4 * kg_per), a.n);
     if (aligned && smem <= max_dynamic_smem()) {

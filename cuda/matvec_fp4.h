@@ -96,4 +96,15 @@ uint64_t fp4_counter_ints(const Fp4Tiled& w);
 
 cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream);
 
+// How kernel 3 splits a weight's columns: `splits` slices of kg_per
+// kgroups (multiples of align), for about blocks_per_sm blocks per
+// multiprocessor; with `cluster`, at most 8 slices where that fits the
+// shared memory (cluster false otherwise).
+struct Fp4BulkGeometry {
+  int64_t kg_per = 1;
+  int splits = 1;
+  bool cluster = false;
+};
+Fp4BulkGeometry fp4_bulk_geometry(const Fp4Tiled& w, int sms, int align, int blocks_per_sm, bool cluster);
+
 }  // namespace qwen35::cuda
