@@ -34,6 +34,7 @@
 #include "dequant_ahead.h"
 #include "device_model.h"
 #include "elementwise.h"
+#include "ffn_fp4.h"
 #include "gemm.h"
 #include "matmul.h"
 #include "norm.h"
@@ -165,7 +166,8 @@ class CudaBackend final : public Backend {
   Status launch_graph(const GraphKey& key, const std::function<Status()>& enqueue);
   Status select_device() { return cuda_status(cudaSetDevice(dm_.device), "selecting the CUDA device"); }
   bool aborted() const { return abort_flag && abort_flag->load(std::memory_order_relaxed); }
-  Status sync(const char* what) { return cuda_status(cudaStreamSynchronize(stream_), what); }
+  // Waits for the stream; also reports a fused FFN that gave up waiting.
+  Status sync(const char* what);
   Status upload_inputs(const int32_t* tokens, const int32_t* pos, int64_t n, int32_t n_past);
   Status ensure_slot(int slot, const char* what);
 
@@ -294,6 +296,15 @@ class CudaBackend final : public Backend {
   int64_t logit_rows_ = 1;
   float* fp4_partial_ = nullptr;                            // split-K scratch of the decode kernels
   int* fp4_counters_ = nullptr;
+  // The fused decode FFN (tuning ffn_fused): the down projection's split-K
+  // scratch (it runs beside gate/up), the counters of each layer's launch
+  // (ffn_sync_), and the fault flag in pinned staging.
+  bool ffn_fused_ = false;
+  float* ffn_partial_ = nullptr;
+  int* ffn_counters_ = nullptr;
+  int* ffn_sync_base_ = nullptr;
+  std::map<const DevLayer*, int*> ffn_sync_;
+  int32_t* st_fault_ = nullptr;
   uint16_t* xb_ = nullptr;                                  // [nb, max K] BF16 activations
   void* deq_ = nullptr;                                     // dequantized weight block
   int64_t deq_elems_ = 0;                                   // its size in elements
@@ -412,6 +423,8 @@ Status CudaBackend::init() {
   st_prenorm_ = st_hidden_ + kStageRows * D;
   st_logits_ = st_prenorm_ + kStageRows * D;
   st_argmax_ = reinterpret_cast<int32_t*>(st_logits_ + kStageRows * V);
+  st_fault_ = st_argmax_ + kStageRows;  // inside the 64 spare bytes
+  *st_fault_ = 0;
 
   // Scratch.
   // Decode attention splits the keys over up to 32 blocks per head (about
@@ -445,6 +458,20 @@ Status CudaBackend::init() {
   cv.add(&argmax_scratch_, argmax_scratch_bytes(logit_rows_));
   cv.add(&fp4_partial_, std::max<uint64_t>(1, dm_.fp4_partial_floats));
   cv.add(&fp4_counters_, std::max<uint64_t>(1, dm_.fp4_counter_ints));
+  ffn_fused_ = decode_tuning().ffn_fused && decode_tuning().fp4_kernel == 3;
+  if (ffn_fused_) {
+    uint64_t part = 1, cnt = 1;
+    std::vector<const DevLayer*> layers;
+    for (const DevLayer& L : dm_.layers) layers.push_back(&L);
+    if (dm_.mtp) layers.push_back(&dm_.mtp->block);
+    for (const DevLayer* L : layers) {
+      part = std::max(part, fp4_partial_floats(L->down.fp4, dm_.sms));
+      cnt = std::max(cnt, fp4_counter_ints(L->down.fp4));
+    }
+    cv.add(&ffn_partial_, part);
+    cv.add(&ffn_counters_, cnt);
+    cv.add(&ffn_sync_base_, layers.size() * fp4_ffn_sync_ints());
+  }
   {  // the GEMM path (batches, and an LM head too wide for the decode kernel's shared memory)
     cv.add(&xb_, nb * max_k);
     deq_elems_ = std::max<int64_t>(kDequantElems, 64 * max_k);
@@ -465,9 +492,24 @@ Status CudaBackend::init() {
   }
   QWEN35_TRY(scratch_.alloc(cv.total(), "scratch buffers"));  // zeroed: the split-K counters start at 0
   cv.assign(scratch_.as());
+  if (ffn_fused_) {
+    int* sp = ffn_sync_base_;
+    for (const DevLayer& L : dm_.layers) ffn_sync_[&L] = sp, sp += fp4_ffn_sync_ints();
+    if (dm_.mtp) ffn_sync_[&dm_.mtp->block] = sp;
+  }
   if (fp4_gemm_) {
     const float betas[2] = {0.0f, 1.0f};
     QWEN35_CUDA_TRY(cudaMemcpy(fp4_work_ + 4, betas, sizeof betas, cudaMemcpyHostToDevice), "initializing");
+  }
+  return Status::Ok();
+}
+
+Status CudaBackend::sync(const char* what) {
+  QWEN35_CUDA_TRY(cudaStreamSynchronize(stream_), what);
+  if (st_fault_ && *st_fault_ != 0) {
+    *st_fault_ = 0;
+    return Error(QWEN35_ERR_BACKEND, "the fused FFN kernel gave up waiting for its inputs during {}; its results are "
+                 "wrong (set QWEN35_CUDA_FFN_FUSED=0)", what);
   }
   return Status::Ok();
 }
@@ -818,6 +860,34 @@ Status CudaBackend::ffn(const DevLayer& L, int64_t n, float* h) {
     QWEN35_TRY(project(L.gate_up, h, D, n, L.post_norm, gu_, 2 * F, Epi::Store));
     QWEN35_CUDA_TRY(swiglu_bf16(gu_, 2 * F, gu_ + F, 2 * F, n, F, xb_, F, stream_), "SwiGLU");
     return fp4_gemm_bf16(L.down, n, h, D, true);
+  }
+  if (ffn_fused_ && n <= kMatvecMaxCols && L.gate_up.fp4.present() && L.down.fp4.present()) {
+    Fp4FfnArgs a;
+    Fp4MatvecArgs& g = a.gate_up;
+    g.w = L.gate_up.fp4;
+    g.n = int(n);
+    g.x = h;
+    g.ldx = D;
+    g.norm = L.post_norm;
+    g.eps = hp_.eps;
+    g.y = gu_;
+    g.ldy = 2 * F;
+    g.epilogue = Fp4Epilogue::SwiGLU;
+    g.partial = fp4_partial_;
+    g.counters = fp4_counters_;
+    Fp4MatvecArgs& d = a.down;
+    d.w = L.down.fp4;
+    d.n = int(n);
+    d.x = gu_;
+    d.ldx = 2 * F;
+    d.y = h;
+    d.ldy = D;
+    d.epilogue = Fp4Epilogue::Add;
+    d.partial = ffn_partial_;
+    d.counters = ffn_counters_;
+    a.sync = ffn_sync_.at(&L);
+    a.fault = st_fault_;
+    if (fp4_ffn_supported(a, dm_.sms)) return cuda_status(fp4_ffn(a, dm_.sms, stream_), "the fused FFN");
   }
   QWEN35_TRY(project(L.gate_up, h, D, n, L.post_norm, gu_, 2 * F, Epi::SwiGLU));
   return project(L.down, gu_, 2 * F, n, nullptr, h, D, Epi::Add);

@@ -239,7 +239,9 @@ __host__ __device__ constexpr size_t tc_x_bytes(int nch, int n) { return size_t(
 // mult[c][j] is the same for every chunk c and the kernel applies it once to
 // its finished sums. The gated norm's head factor is then folded into the
 // values before the conversion.
-template <bool kRowScale>
+// kL2: x is read through L2 only (ld.global.cg), for rows that other
+// blocks of the same launch wrote (the fused FFN's down projection).
+template <bool kRowScale, bool kL2 = false>
 __device__ __forceinline__ void tc_load_x_impl(const TcInput& in, int64_t c0, int nch, uint16_t* xs, float* mult,
                                                int* rmax) {
   const int n = in.n, total = n * nch;
@@ -260,7 +262,7 @@ __device__ __forceinline__ void tc_load_x_impl(const TcInput& in, int64_t c0, in
       const float4* xp = reinterpret_cast<const float4*>(in.x + j * in.ldx + col);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const float4 f = xp[i];
+        const float4 f = kL2 ? __ldcg(xp + i) : xp[i];
         v[4 * i] = f.x;
         v[4 * i + 1] = f.y;
         v[4 * i + 2] = f.z;

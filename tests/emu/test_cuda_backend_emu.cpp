@@ -111,6 +111,43 @@ TEST_CASE("emulated CUDA backend: one token at a time (the decode kernels, CUDA 
   qwen35_model_free(m);
 }
 
+TEST_CASE("emulated CUDA backend: the fused FFN (one launch per layer) gives the logits of two launches, bit for bit") {
+  const char* name = "tiny-m-nvfp4";
+  FixtureLogits fx(name);
+  qwen35_model* m = load_cuda(name);
+  const std::vector<int32_t>& s = fx.seqs[0];
+  REQUIRE(s.size() >= 6);
+  // Steps of 1, 2 and 3 rows (the decode kernels), with MTP logits (the MTP
+  // layer's FFN too), graphs on; the contexts read the tuning when created.
+  auto run = [&](bool fused) {
+    const cuda::DecodeTuning saved = cuda::decode_tuning();
+    cuda::DecodeTuning t = saved;
+    t.ffn_fused = fused ? 1 : 0;
+    cuda::set_decode_tuning(t);
+    qwen35_context* c = make_ctx(m);
+    cuda::set_decode_tuning(saved);
+    std::vector<float> out;
+    int32_t pos = 0;
+    for (int rows : {1, 2, 3}) {
+      REQUIRE(qwen35_context_decode(c, &s[size_t(pos)], rows, QWEN35_LOGITS_ALL) == QWEN35_OK);
+      for (int r = 0; r < rows; ++r) {
+        const float* l = qwen35_context_logits(c, r);
+        REQUIRE(l != nullptr);
+        out.insert(out.end(), l, l + fx.V);
+      }
+      pos += rows;
+      for (int32_t p = 0; p < pos; ++p)  // the MTP rows this call filled
+        if (const float* ml = qwen35_context_mtp_logits(c, p)) out.insert(out.end(), ml, ml + fx.V);
+    }
+    qwen35_context_free(c);
+    return out;
+  };
+  const std::vector<float> two = run(false), fused = run(true);
+  REQUIRE(two.size() > size_t(6 * fx.V));  // main and MTP logits
+  CHECK(fused == two);
+  qwen35_model_free(m);
+}
+
 TEST_CASE("emulated CUDA backend: the chunked delta rule in the batch path meets the fixture bar") {
   EnvVar chunked("QWEN35_CUDA_DELTA_CHUNKED", "1");  // read when the context is created
   check_batch_bar("batch, chunked delta rule");

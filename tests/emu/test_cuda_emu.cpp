@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -24,6 +25,7 @@
 #include "fp4_refs.h"
 #include "delta_net.h"
 #include "elementwise.h"
+#include "ffn_case.h"
 #include "fused_attn_case.h"
 #include "kernel_refs.h"
 #include "matvec_fp4.h"
@@ -740,6 +742,51 @@ TEST_CASE("emulated: NVFP4 gate/up with the SwiGLU epilogue (kernels 1-3) matche
       }
     CHECK(std::sqrt(num / den) < 2e-3);
   }
+}
+
+TEST_CASE("emulated: the fused FFN (one launch) equals gate/up + down as two kernel-3 launches, and the CPU") {
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  // D = 256, F = 576: 18 gate/up tile groups, down slices of 1 to 3 kgroups
+  // (the last slice reading fewer tile groups), gate/up unsplit or split.
+  for (int bps : {1, 4, 32})
+    for (int n : {1, 2, 3, 8})
+      for (bool reverse : {false, true}) {
+        CAPTURE(bps);
+        CAPTURE(n);
+        CAPTURE(reverse);
+        emu::set_order(reverse);
+        DecodeTuning tv;
+        tv.fp4_blocks_per_sm = bps;
+        TuningScope ts(tv);
+        const FfnCaseResult r = run_ffn_case<HostArray>(256, 576, n, 4, rand);
+        REQUIRE(r.ok);
+        CHECK(r.fault == 0);
+        // The same slices added in the same order: equal bits.
+        CHECK(std::memcmp(r.fused.data(), r.twice.data(), r.fused.size() * 4) == 0);
+        CHECK(std::memcmp(r.again.data(), r.fused.data(), r.fused.size() * 4) == 0);
+        for (size_t i = 0; i < r.act_fused.size(); ++i)
+          if (!(r.act_fused[i] == r.act_twice[i] || (std::isnan(r.act_fused[i]) && std::isnan(r.act_twice[i])))) {
+            FAIL_CHECK("SwiGLU output " << i << " differs");
+            break;
+          }
+        CHECK(rel(r.fused, r.ref) < 2e-3);  // F16 activations
+        CHECK(std::all_of(r.sync.begin(), r.sync.end(), [](int c) { return c == 0; }));
+      }
+  // Counters left over from a launch that never finished (the ticket
+  // counter one past the first gate/up task): the down tasks give up waiting, raise
+  // the fault flag, and the counters end at zero again.
+  {
+    const FfnCaseResult f = run_ffn_case<HostArray>(256, 576, 1, 4, rand, nullptr, 1, 1);
+    CHECK(f.fault == 1);
+    CHECK(std::all_of(f.sync.begin(), f.sync.end(), [](int c) { return c == 0; }));
+  }
+  // Three layers in a row (alternating counter sets): the same chain.
+  const FfnCaseResult r = run_ffn_case<HostArray>(256, 576, 2, 4, rand, nullptr, 3);
+  REQUIRE(r.ok);
+  CHECK(r.fault == 0);
+  CHECK(std::memcmp(r.fused.data(), r.twice.data(), r.fused.size() * 4) == 0);
+  CHECK(std::all_of(r.sync.begin(), r.sync.end(), [](int c) { return c == 0; }));
+  emu::set_order(false);
 }
 
 TEST_CASE("emulated: NVFP4 matvec with the fused causal-conv epilogue (kernels 1-3, snapshot) matches the CPU") {

@@ -13,6 +13,7 @@
 #include "delta_chunked_case.h"
 #include "delta_net.h"
 #include "elementwise.h"
+#include "ffn_case.h"
 #include "fp4_gemm.h"
 #include "gemm.h"
 #include "fp4_refs.h"
@@ -825,6 +826,56 @@ TEST_CASE("tensor-core NVFP4 gate/up with the SwiGLU epilogue, and the tiled deq
   REQUIRE(fp4_dequant_rows_f32(w.t, F - 5, 10, part_rows.get(), 0) == cudaSuccess);
   auto hp = part_rows.download();
   CHECK(std::memcmp(hp.data(), hf.data() + (F - 5) * K, size_t(10 * K) * 4) == 0);
+}
+
+TEST_CASE("the fused FFN (one launch) equals gate/up + down as two kernel-3 launches, and the CPU") {
+  QWEN35_REQUIRE_GPU();
+  const int sms = device_sms();
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  struct Case {
+    int64_t D, F;
+  };
+  // A small FFN, and the 4B's (2,560 x 9,216: 576 gate/up and 320 down tasks).
+  for (Case cs : {Case{256, 576}, Case{2560, 9216}})
+    for (int bps : {1, 4, 6})
+      for (int n : {1, 2, 3, 8}) {
+        if (cs.D > 256 && (bps == 1 || n == 2 || n == 3)) continue;  // keep the CPU reference short
+        CAPTURE(cs.D);
+        CAPTURE(bps);
+        CAPTURE(n);
+        DecodeTuning tv;
+        tv.fp4_blocks_per_sm = bps;
+        TuningScope ts(tv);
+        const FfnCaseResult r = run_ffn_case<DevArray>(cs.D, cs.F, n, sms, rand);
+        REQUIRE(r.ok);
+        CHECK(r.fault == 0);
+        // The same slices added in the same order: equal bits.
+        CHECK(std::memcmp(r.fused.data(), r.twice.data(), r.fused.size() * 4) == 0);
+        CHECK(std::memcmp(r.again.data(), r.fused.data(), r.fused.size() * 4) == 0);
+        CHECK(std::memcmp(r.act_fused.data(), r.act_twice.data(), size_t(cs.F) * 4) == 0);  // row 0 (NaN padding after)
+        CHECK(max_rel(r.fused, r.ref) < 2e-3);  // F16 activations
+        CHECK(std::all_of(r.sync.begin(), r.sync.end(), [](int c) { return c == 0; }));
+      }
+}
+
+TEST_CASE("the fused FFN: 64 launches in a row on a stream with PDL equal the two-launch chain bit for bit") {
+  QWEN35_REQUIRE_GPU();
+  const int sms = device_sms();
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  cudaStream_t stream = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
+  for (int n : {1, 2}) {
+    CAPTURE(n);
+    // Each launch waits for the previous one's residual stream and takes
+    // its first ticket before that wait (alternating counter sets).
+    const FfnCaseResult r = run_ffn_case<DevArray>(2560, 9216, n, sms, rand, stream, 64);
+    REQUIRE(r.ok);
+    CHECK(r.fault == 0);
+    CHECK(std::memcmp(r.fused.data(), r.twice.data(), r.fused.size() * 4) == 0);
+    CHECK(std::memcmp(r.again.data(), r.fused.data(), r.fused.size() * 4) == 0);
+    CHECK(std::all_of(r.sync.begin(), r.sync.end(), [](int c) { return c == 0; }));
+  }
+  cudaStreamDestroy(stream);
 }
 
 TEST_CASE("Q6_K rows32: matvec, dequantization and embedding rows match the CPU") {
