@@ -27,6 +27,7 @@
 
 #include "attention.h"
 #include "backend.h"
+#include "chain_fp4.h"
 #include "conv.h"
 #include "cpu/ops.h"
 #include "delta_chunked.h"
@@ -34,7 +35,6 @@
 #include "dequant_ahead.h"
 #include "device_model.h"
 #include "elementwise.h"
-#include "ffn_fp4.h"
 #include "gemm.h"
 #include "matmul.h"
 #include "norm.h"
@@ -200,6 +200,15 @@ class CudaBackend final : public Backend {
   Status attention_layer(const DevLayer& L, const KVCache& kv, int64_t n, float* h);
   Status delta_net_layer(const DevLayer& L, int il, int64_t n, int32_t snapshot_row, float* h);
   Status ffn(const DevLayer& L, int64_t n, float* h);
+  // Appends a to the queued chain (flushing a full one first).
+  Status queue_fp4(Fp4MatvecArgs a, const DevLinear& W);
+  // Launches the queued chain (one launch, or stage by stage where the chain
+  // kernel cannot run it); drop_chain forgets it (after an error).
+  Status flush_chain();
+  void drop_chain() {
+    chain_.stages = 0;
+    chaining_ = false;
+  }
   Status decoder_layer(int il, const DevLayer& L, int64_t n, int32_t snapshot_row);
   // Logits (or their argmax) of n rows of normalized hidden states.
   Status lm_head(const DevEmbed& E, const float* hn, int64_t n, float* logits, int32_t* argmax);
@@ -296,15 +305,21 @@ class CudaBackend final : public Backend {
   int64_t logit_rows_ = 1;
   float* fp4_partial_ = nullptr;                            // split-K scratch of the decode kernels
   int* fp4_counters_ = nullptr;
-  // The fused decode FFN (tuning ffn_fused): the down projection's split-K
-  // scratch (it runs beside gate/up), the counters of each layer's launch
-  // (ffn_sync_), and the fault flag in pinned staging.
-  bool ffn_fused_ = false;
-  float* ffn_partial_ = nullptr;
-  int* ffn_counters_ = nullptr;
-  int* ffn_sync_base_ = nullptr;
-  std::map<const DevLayer*, int*> ffn_sync_;
-  int32_t* st_fault_ = nullptr;
+  // Chains of NVFP4 decode projections in one launch (chain_fp4.h, tuning
+  // fp4_chain): 1 = each FFN (gate/up, down), 2 = also each layer's tail
+  // (output projection, FFN, the next layer's input projection). While
+  // chaining_, project() queues its NVFP4 decode products in chain_ (with
+  // a split-K scratch per stage) and flush_chain() launches them: before
+  // any other kernel, and at the end of the layers.
+  int chain_mode_ = 0;
+  bool chaining_ = false;
+  Fp4ChainArgs chain_;
+  const DevLinear* chain_site_ = nullptr;               // the first stage's weight: whose counters
+  std::map<const DevLinear*, int*> chain_sync_;         // counters per call site
+  float* chain_partial_[kFp4ChainMaxStages] = {};
+  int* chain_counters_[kFp4ChainMaxStages] = {};
+  int* chain_sync_base_ = nullptr;
+  int32_t* st_fault_ = nullptr;                         // pinned: a chain gave up waiting
   uint16_t* xb_ = nullptr;                                  // [nb, max K] BF16 activations
   void* deq_ = nullptr;                                     // dequantized weight block
   int64_t deq_elems_ = 0;                                   // its size in elements
@@ -458,19 +473,19 @@ Status CudaBackend::init() {
   cv.add(&argmax_scratch_, argmax_scratch_bytes(logit_rows_));
   cv.add(&fp4_partial_, std::max<uint64_t>(1, dm_.fp4_partial_floats));
   cv.add(&fp4_counters_, std::max<uint64_t>(1, dm_.fp4_counter_ints));
-  ffn_fused_ = decode_tuning().ffn_fused && decode_tuning().fp4_kernel == 3;
-  if (ffn_fused_) {
-    uint64_t part = 1, cnt = 1;
+  chain_mode_ = decode_tuning().fp4_kernel == 3 ? decode_tuning().fp4_chain : 0;
+  std::vector<const DevLinear*> sites;
+  if (chain_mode_ > 0) {
     std::vector<const DevLayer*> layers;
     for (const DevLayer& L : dm_.layers) layers.push_back(&L);
     if (dm_.mtp) layers.push_back(&dm_.mtp->block);
-    for (const DevLayer* L : layers) {
-      part = std::max(part, fp4_partial_floats(L->down.fp4, dm_.sms));
-      cnt = std::max(cnt, fp4_counter_ints(L->down.fp4));
+    for (const DevLayer* L : layers)
+      for (const DevLinear* W : {&L->in_proj, &L->out_proj, &L->gate_up, &L->down}) sites.push_back(W);
+    for (int s = 0; s < kFp4ChainMaxStages; ++s) {
+      cv.add(&chain_partial_[s], std::max<uint64_t>(1, dm_.fp4_partial_floats));
+      cv.add(&chain_counters_[s], std::max<uint64_t>(1, dm_.fp4_counter_ints));
     }
-    cv.add(&ffn_partial_, part);
-    cv.add(&ffn_counters_, cnt);
-    cv.add(&ffn_sync_base_, layers.size() * fp4_ffn_sync_ints());
+    cv.add(&chain_sync_base_, sites.size() * fp4_chain_sync_ints());
   }
   {  // the GEMM path (batches, and an LM head too wide for the decode kernel's shared memory)
     cv.add(&xb_, nb * max_k);
@@ -492,15 +507,7 @@ Status CudaBackend::init() {
   }
   QWEN35_TRY(scratch_.alloc(cv.total(), "scratch buffers"));  // zeroed: the split-K counters start at 0
   cv.assign(scratch_.as());
-  if (ffn_fused_) {
-    int* sp = ffn_sync_base_;
-    for (const DevLayer& L : dm_.layers) ffn_sync_[&L] = sp, sp += fp4_ffn_sync_ints();
-    if (dm_.mtp) ffn_sync_[&dm_.mtp->block] = sp;
-  }
-  if (fp4_gemm_) {
-    const float betas[2] = {0.0f, 1.0f};
-    QWEN35_CUDA_TRY(cudaMemcpy(fp4_work_ + 4, betas, sizeof betas, cudaMemcpyHostToDevice), "initializing");
-  }
+  for (size_t i = 0; i < sites.size(); ++i) chain_sync_[sites[i]] = chain_sync_base_ + i * fp4_chain_sync_ints();
   return Status::Ok();
 }
 
@@ -508,8 +515,8 @@ Status CudaBackend::sync(const char* what) {
   QWEN35_CUDA_TRY(cudaStreamSynchronize(stream_), what);
   if (st_fault_ && *st_fault_ != 0) {
     *st_fault_ = 0;
-    return Error(QWEN35_ERR_BACKEND, "the fused FFN kernel gave up waiting for its inputs during {}; its results are "
-                 "wrong (set QWEN35_CUDA_FFN_FUSED=0)", what);
+    return Error(QWEN35_ERR_BACKEND, "a chain of NVFP4 products gave up waiting for its inputs during {}; its "
+                 "results are wrong (set QWEN35_CUDA_FP4_CHAIN=0)", what);
   }
   return Status::Ok();
 }
@@ -606,8 +613,10 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
       a.conv_snapshot_row = conv->snapshot_row;
       a.conv_snapshot = conv->snapshot;
     }
+    if (chaining_) return queue_fp4(a, W);
     return cuda_status(fp4_matvec(a, dm_.sms, stream_), "an NVFP4 matrix-vector product");
   }
+  QWEN35_TRY(flush_chain());  // (a queued chain runs before anything else)
   // SwiGLU: [gate | up] into gu_ (2F wide), then combined into y.
   const bool swiglu_out = epi == Epi::SwiGLU;
   float* out = swiglu_out ? gu_ : y;
@@ -721,6 +730,7 @@ Status CudaBackend::attention_layer(const DevLayer& L, const KVCache& kv, int64_
   const int64_t D = hp_.n_embd, Dh = hp_.head_dim, qd = hp_.q_dim(), kvd = hp_.kv_dim();
   const int64_t ld = L.in_proj.rows;  // [n, Hq*(q|gate) | k | v]
   QWEN35_TRY(project(L.in_proj, h, D, n, L.attn_norm, mix_, ld, Epi::Store));
+  QWEN35_TRY(flush_chain());  // the queued layer tail (chains) ends with this input projection
   QkvRopeArgs r;
   r.n = n;
   r.n_head = hp_.n_head;
@@ -799,6 +809,7 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
     ldu = ld;
   } else {
     QWEN35_TRY(project(L.in_proj, h, D, n, L.attn_norm, mix_, ld, Epi::Store));
+    QWEN35_TRY(flush_chain());
     ConvArgs c;
     c.n = n;
     c.C = C;
@@ -812,6 +823,7 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
     c.snapshot = window_snap;
     QWEN35_CUDA_TRY(conv_silu(c, stream_), "the causal conv");
   }
+  QWEN35_TRY(flush_chain());  // the queued layer tail (chains) ends with the input projection
   DeltaNetArgs d;
   d.n = n;
   d.Hk = hp_.ssm_heads_k;
@@ -861,36 +873,59 @@ Status CudaBackend::ffn(const DevLayer& L, int64_t n, float* h) {
     QWEN35_CUDA_TRY(swiglu_bf16(gu_, 2 * F, gu_ + F, 2 * F, n, F, xb_, F, stream_), "SwiGLU");
     return fp4_gemm_bf16(L.down, n, h, D, true);
   }
-  if (ffn_fused_ && n <= kMatvecMaxCols && L.gate_up.fp4.present() && L.down.fp4.present()) {
-    Fp4FfnArgs a;
-    Fp4MatvecArgs& g = a.gate_up;
-    g.w = L.gate_up.fp4;
-    g.n = int(n);
-    g.x = h;
-    g.ldx = D;
-    g.norm = L.post_norm;
-    g.eps = hp_.eps;
-    g.y = gu_;
-    g.ldy = 2 * F;
-    g.epilogue = Fp4Epilogue::SwiGLU;
-    g.partial = fp4_partial_;
-    g.counters = fp4_counters_;
-    Fp4MatvecArgs& d = a.down;
-    d.w = L.down.fp4;
-    d.n = int(n);
-    d.x = gu_;
-    d.ldx = 2 * F;
-    d.y = h;
-    d.ldy = D;
-    d.epilogue = Fp4Epilogue::Add;
-    d.partial = ffn_partial_;
-    d.counters = ffn_counters_;
-    a.sync = ffn_sync_.at(&L);
-    a.fault = st_fault_;
-    if (fp4_ffn_supported(a, dm_.sms)) return cuda_status(fp4_ffn(a, dm_.sms, stream_), "the fused FFN");
+  if (chain_mode_ > 0 && !chaining_ && n <= kMatvecMaxCols) {  // gate/up and down as one chain
+    chaining_ = true;
+    Status st = project(L.gate_up, h, D, n, L.post_norm, gu_, 2 * F, Epi::SwiGLU);
+    if (st.ok()) st = project(L.down, gu_, 2 * F, n, nullptr, h, D, Epi::Add);
+    if (st.ok()) st = flush_chain();
+    drop_chain();
+    return st;
   }
   QWEN35_TRY(project(L.gate_up, h, D, n, L.post_norm, gu_, 2 * F, Epi::SwiGLU));
   return project(L.down, gu_, 2 * F, n, nullptr, h, D, Epi::Add);
+}
+
+Status CudaBackend::queue_fp4(Fp4MatvecArgs a, const DevLinear& W) {
+  if (chain_.stages == kFp4ChainMaxStages) QWEN35_TRY(flush_chain());
+  const int s = chain_.stages;
+  a.next = Fp4Tiled{};  // (kernel 3's L2 prefetch hint: not in a chain)
+  if (s == 0) {
+    chain_site_ = &W;
+  } else {
+    // By slice when a reads the SwiGLU outputs of the stage before (the FFN's
+    // down projection), else after the whole stage before.
+    const Fp4MatvecArgs& pr = chain_.stage[s - 1];
+    const bool slice = pr.epilogue == Fp4Epilogue::SwiGLU && a.x == pr.y && a.ldx == pr.ldy && !a.norm &&
+                       !a.gate_z && a.w.pairing == Fp4Pairing::Plain && a.w.cols == pr.w.rows;
+    chain_.dep[s] = slice ? Fp4Dep::Slice : Fp4Dep::Full;
+  }
+  a.partial = chain_partial_[s];
+  a.counters = chain_counters_[s];
+  chain_.stage[s] = a;
+  chain_.stages = s + 1;
+  return Status::Ok();
+}
+
+Status CudaBackend::flush_chain() {
+  const int ns = chain_.stages;
+  chain_.stages = 0;
+  if (ns == 0) return Status::Ok();
+  if (ns > 1) {
+    Fp4ChainArgs c = chain_;
+    c.stages = ns;
+    const auto it = chain_sync_.find(chain_site_);
+    c.sync = it != chain_sync_.end() ? it->second : nullptr;
+    c.fault = st_fault_;
+    if (fp4_chain_supported(c, dm_.sms))
+      return cuda_status(fp4_chain(c, dm_.sms, stream_), "a chain of NVFP4 products");
+  }
+  for (int s = 0; s < ns; ++s) {  // one launch per stage
+    Fp4MatvecArgs a = chain_.stage[s];
+    a.partial = fp4_partial_;
+    a.counters = fp4_counters_;
+    QWEN35_CUDA_TRY(fp4_matvec(a, dm_.sms, stream_), "an NVFP4 matrix-vector product");
+  }
+  return Status::Ok();
 }
 
 Status CudaBackend::decoder_layer(int il, const DevLayer& L, int64_t n, int32_t snapshot_row) {
@@ -924,11 +959,23 @@ Status CudaBackend::enqueue_eval(int64_t n, int32_t snapshot_row, int32_t logits
                                  const OutPlan& out, bool check_abort) {
   const int64_t D = hp_.n_embd;
   if (!from_embd) QWEN35_TRY(embed(dm_.token_embd, d_tokens_, n, h_, D));
+  // Layer tails as chains (tuning fp4_chain 2): each layer's output
+  // projection, FFN and the next layer's input projection in one launch.
+  chaining_ = chain_mode_ == 2 && n <= kMatvecMaxCols;
   for (int il = 0; il < hp_.n_layer; ++il) {
-    if (check_abort && aborted()) return Error(QWEN35_ERR_CANCELLED, "decode aborted");
+    if (check_abort && aborted()) {
+      drop_chain();
+      return Error(QWEN35_ERR_CANCELLED, "decode aborted");
+    }
     Status st = decoder_layer(il, dm_.layers[size_t(il)], n, snapshot_row);
-    if (!st.ok()) return st.prefix(fmt::format("layer {}: ", il));
+    if (!st.ok()) {
+      drop_chain();
+      return st.prefix(fmt::format("layer {}: ", il));
+    }
   }
+  const Status flushed = flush_chain();
+  drop_chain();
+  QWEN35_TRY(flushed);
   if (out.prenorm)
     QWEN35_CUDA_TRY(cudaMemcpyAsync(out.prenorm, h_, size_t(n * D) * sizeof(float), cudaMemcpyDeviceToHost, stream_),
                     "copying hidden states");

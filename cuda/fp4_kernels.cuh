@@ -74,7 +74,9 @@ __device__ __forceinline__ void fp4_store_outputs(const Fp4MatvecArgs& a, int64_
     const int j = 2 * t + (e & 1);
     if (row < w.rows && j < a.n) {
       float* out = a.y + j * a.ldy + row;
-      *out = a.epilogue == Fp4Epilogue::Add ? *out + acc[e] : acc[e];
+      // (Through L2: in a chain launch another multiprocessor may have
+      // written this row of the residual stream since this one cached it.)
+      *out = a.epilogue == Fp4Epilogue::Add ? __ldcg(out) + acc[e] : acc[e];
     }
   }
 }

@@ -600,14 +600,24 @@ Fp4BulkGeometry fp4_bulk_geometry(const Fp4Tiled& w, int sms, int align, int blo
   return geo;
 }
 
-cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream) {
-  if (a.n < 1 || a.n > kMatvecMaxCols || !a.w.present()) return cudaErrorInvalidValue;
-  if (a.epilogue == Fp4Epilogue::SwiGLU && a.w.pairing != Fp4Pairing::GateUp) return cudaErrorInvalidValue;
+// The arguments are complete and consistent (any kernel).
+static bool fp4_args_valid(const Fp4MatvecArgs& a) {
+  if (a.n < 1 || a.n > kMatvecMaxCols || !a.w.present()) return false;
+  if (a.epilogue == Fp4Epilogue::SwiGLU && a.w.pairing != Fp4Pairing::GateUp) return false;
   if (a.epilogue == Fp4Epilogue::Conv &&
       (a.n > 2 || a.w.pairing != Fp4Pairing::Plain || !a.conv_taps || !a.conv_window || a.conv_k < 1 ||
        a.conv_channels > a.w.rows))
-    return cudaErrorInvalidValue;
-  if (a.gate_z && (!a.gate_w || !fp4_gated_supported(a.w, a.gate_dv))) return cudaErrorInvalidValue;
+    return false;
+  return !a.gate_z || (a.gate_w && fp4_gated_supported(a.w, a.gate_dv));
+}
+
+bool fp4_bulk_supported(const Fp4MatvecArgs& a) {
+  const bool aligned = ((reinterpret_cast<uintptr_t>(a.w.codes) | reinterpret_cast<uintptr_t>(a.w.scales)) & 15u) == 0;
+  return fp4_args_valid(a) && stream_supported(a) && aligned;
+}
+
+cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream) {
+  if (!fp4_args_valid(a)) return cudaErrorInvalidValue;
   const int align = a.gate_z ? a.gate_dv / kFp4GroupCols : 1;
   const DecodeTuning tune = decode_tuning();
   if (tune.fp4_kernel == 3 && stream_supported(a)) {

@@ -106,5 +106,8 @@ struct Fp4BulkGeometry {
   bool cluster = false;
 };
 Fp4BulkGeometry fp4_bulk_geometry(const Fp4Tiled& w, int sms, int align, int blocks_per_sm, bool cluster);
+// Kernel 3 can run these arguments: complete, consistent, and aligned for
+// its 16-byte loads and bulk copies (shared memory not checked).
+bool fp4_bulk_supported(const Fp4MatvecArgs& a);
 
 }  // namespace qwen35::cuda

@@ -239,8 +239,8 @@ __host__ __device__ constexpr size_t tc_x_bytes(int nch, int n) { return size_t(
 // mult[c][j] is the same for every chunk c and the kernel applies it once to
 // its finished sums. The gated norm's head factor is then folded into the
 // values before the conversion.
-// kL2: x is read through L2 only (ld.global.cg), for rows that other
-// blocks of the same launch wrote (the fused FFN's down projection).
+// kL2: x and gate_z are read through L2 only (ld.global.cg), for rows that
+// other blocks of the same launch wrote (the later stages of a chain).
 template <bool kRowScale, bool kL2 = false>
 __device__ __forceinline__ void tc_load_x_impl(const TcInput& in, int64_t c0, int nch, uint16_t* xs, float* mult,
                                                int* rmax) {
@@ -275,7 +275,7 @@ __device__ __forceinline__ void tc_load_x_impl(const TcInput& in, int64_t c0, in
         const float4* wp = reinterpret_cast<const float4*>(in.gate_w + col % in.gate_dv);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const float4 z = zp[i], gw = wp[i];
+          const float4 z = kL2 ? __ldcg(zp + i) : zp[i], gw = wp[i];
           v[4 * i] *= gw.x * silu_f(z.x);
           v[4 * i + 1] *= gw.y * silu_f(z.y);
           v[4 * i + 2] *= gw.z * silu_f(z.z);
@@ -341,8 +341,9 @@ __device__ __forceinline__ void tc_load_x(const TcInput& in, int64_t c0, int nch
 
 // Per-warp sums of squares of whole activation rows (K columns) for the RMS
 // norm: ss_part[warp][j]. Every block computes them in the same order, so
-// all blocks (and all split counts) get the same norm factor.
-template <int W>
+// all blocks (and all split counts) get the same norm factor. kL2: as in
+// tc_load_x_impl.
+template <int W, bool kL2 = false>
 __device__ __forceinline__ void tc_row_squares(const TcInput& in, int64_t K, float (*ss_part)[kMatvecMaxCols]) {
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   for (int j = 0; j < in.n; ++j) {
@@ -356,7 +357,8 @@ __device__ __forceinline__ void tc_row_squares(const TcInput& in, int64_t K, flo
       float4 f[kAhead];
 #pragma unroll
       for (int u = 0; u < kAhead; ++u)
-        f[u] = i0 + u * kStride < K / 4 ? xp[i0 + u * kStride] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        f[u] = i0 + u * kStride < K / 4 ? (kL2 ? __ldcg(xp + i0 + u * kStride) : xp[i0 + u * kStride])
+                                        : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
       for (int u = 0; u < kAhead; ++u) {
         if (i0 + u * kStride < K / 4) {

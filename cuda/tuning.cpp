@@ -30,7 +30,7 @@ DecodeTuning clamp(DecodeTuning t) {
   t.fp4_cluster = t.fp4_cluster ? 1 : 0;
   t.fp4_late_pdl = t.fp4_late_pdl ? 1 : 0;
   t.fp4_prefetch = std::clamp(t.fp4_prefetch, 0, 2);
-  t.ffn_fused = t.ffn_fused ? 1 : 0;
+  t.fp4_chain = std::clamp(t.fp4_chain, 0, 2);
   t.q6k_kernel = t.q6k_kernel == 1 ? 1 : 2;
   t.q6k_persist = std::clamp(t.q6k_persist, 0, 16);
   t.delta_ept = t.delta_ept >= 32 ? 32 : t.delta_ept >= 16 ? 16 : 8;
@@ -57,7 +57,7 @@ DecodeTuning decode_tuning() {
     t.fp4_cluster = env_int("QWEN35_CUDA_FP4_CLUSTER", t.fp4_cluster);
     t.fp4_late_pdl = env_int("QWEN35_CUDA_FP4_LATE_PDL", t.fp4_late_pdl);
     t.fp4_prefetch = env_int("QWEN35_CUDA_FP4_PREFETCH", t.fp4_prefetch);
-    t.ffn_fused = env_int("QWEN35_CUDA_FFN_FUSED", t.ffn_fused);
+    t.fp4_chain = env_int("QWEN35_CUDA_FP4_CHAIN", t.fp4_chain);
     t.q6k_kernel = env_int("QWEN35_CUDA_Q6K_KERNEL", t.q6k_kernel);
     t.q6k_persist = env_int("QWEN35_CUDA_Q6K_PERSIST", t.q6k_persist);
     t.delta_ept = env_int("QWEN35_CUDA_DELTA_EPT", t.delta_ept);
@@ -81,7 +81,7 @@ std::string describe(const DecodeTuning& t) {
     return fmt::format("fp4 v3 bps{} s{}{}{}{}{}{}{}, {}, dn e{}", t.fp4_blocks_per_sm, t.fp4_stages,
                        t.fp4_lean ? " lean" : "", t.fp4_cluster ? " cluster" : "", t.fp4_late_pdl ? " late-pdl" : "",
                        t.fp4_prefetch == 2 ? " l2-next-early" : t.fp4_prefetch ? " l2-next" : "",
-                       t.ffn_fused ? " ffn-fused" : "", t.fp4_probe ? " PROBE(no math)" : "", q6k, t.delta_ept);
+                       t.fp4_chain == 2 ? " chain-layers" : t.fp4_chain ? " chain-ffn" : "", t.fp4_probe ? " PROBE(no math)" : "", q6k, t.delta_ept);
   return fmt::format("fp4 v2 w{} bps{} d{}, {}, dn e{}", t.fp4_warps, t.fp4_blocks_per_sm, t.fp4_depth, q6k,
                      t.delta_ept);
 }

@@ -111,18 +111,19 @@ TEST_CASE("emulated CUDA backend: one token at a time (the decode kernels, CUDA 
   qwen35_model_free(m);
 }
 
-TEST_CASE("emulated CUDA backend: the fused FFN (one launch per layer) gives the logits of two launches, bit for bit") {
+TEST_CASE("emulated CUDA backend: chained NVFP4 projections (FFNs, layer tails) give the logits of single launches") {
   const char* name = "tiny-m-nvfp4";
   FixtureLogits fx(name);
   qwen35_model* m = load_cuda(name);
   const std::vector<int32_t>& s = fx.seqs[0];
   REQUIRE(s.size() >= 6);
-  // Steps of 1, 2 and 3 rows (the decode kernels), with MTP logits (the MTP
+  // Steps of 1, 2 and 3 rows (the decode kernels; 1 and 2 with the causal
+  // conv in the input projection's epilogue), with MTP logits (the MTP
   // layer's FFN too), graphs on; the contexts read the tuning when created.
-  auto run = [&](bool fused) {
+  auto run = [&](int chain) {
     const cuda::DecodeTuning saved = cuda::decode_tuning();
     cuda::DecodeTuning t = saved;
-    t.ffn_fused = fused ? 1 : 0;
+    t.fp4_chain = chain;
     cuda::set_decode_tuning(t);
     qwen35_context* c = make_ctx(m);
     cuda::set_decode_tuning(saved);
@@ -142,9 +143,10 @@ TEST_CASE("emulated CUDA backend: the fused FFN (one launch per layer) gives the
     qwen35_context_free(c);
     return out;
   };
-  const std::vector<float> two = run(false), fused = run(true);
-  REQUIRE(two.size() > size_t(6 * fx.V));  // main and MTP logits
-  CHECK(fused == two);
+  const std::vector<float> single = run(0);
+  REQUIRE(single.size() > size_t(6 * fx.V));  // main and MTP logits
+  CHECK(run(1) == single);
+  CHECK(run(2) == single);
   qwen35_model_free(m);
 }
 

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "attention.h"
+#include "chain_case.h"
 #include "conv.h"
 #include "cpu/ops.h"
 #include "cuda_emu.h"
@@ -25,7 +26,6 @@
 #include "fp4_refs.h"
 #include "delta_net.h"
 #include "elementwise.h"
-#include "ffn_case.h"
 #include "fused_attn_case.h"
 #include "kernel_refs.h"
 #include "matvec_fp4.h"
@@ -744,7 +744,7 @@ TEST_CASE("emulated: NVFP4 gate/up with the SwiGLU epilogue (kernels 1-3) matche
   }
 }
 
-TEST_CASE("emulated: the fused FFN (one launch) equals gate/up + down as two kernel-3 launches, and the CPU") {
+TEST_CASE("emulated: the FFN as a chain (one launch) equals gate/up + down as two kernel-3 launches, and the CPU") {
   auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
   // D = 256, F = 576: 18 gate/up tile groups, down slices of 1 to 3 kgroups
   // (the last slice reading fewer tile groups), gate/up unsplit or split.
@@ -786,6 +786,31 @@ TEST_CASE("emulated: the fused FFN (one launch) equals gate/up + down as two ker
   CHECK(r.fault == 0);
   CHECK(std::memcmp(r.fused.data(), r.twice.data(), r.fused.size() * 4) == 0);
   CHECK(std::all_of(r.sync.begin(), r.sync.end(), [](int c) { return c == 0; }));
+  emu::set_order(false);
+}
+
+TEST_CASE("emulated: a layer tail as a chain of four (gated norm, FFN, conv epilogue) equals four launches") {
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  // D = 256, F = 576, 4 heads of 64, the next input projection 640 rows of
+  // which the first 384 go through the conv (1-2 rows; stored for more).
+  for (int bps : {1, 4, 32})
+    for (int n : {1, 2, 3})
+      for (bool reverse : {false, true}) {
+        CAPTURE(bps);
+        CAPTURE(n);
+        CAPTURE(reverse);
+        emu::set_order(reverse);
+        DecodeTuning tv;
+        tv.fp4_blocks_per_sm = bps;
+        TuningScope ts(tv);
+        const TailCaseResult r = run_tail_case<HostArray>(256, 576, 4, 64, 384, 640, n, 4, rand);
+        REQUIRE(r.ok);
+        CHECK(r.fault == 0);
+        CHECK(std::memcmp(r.h_chain.data(), r.h_single.data(), r.h_chain.size() * 4) == 0);
+        CHECK(std::memcmp(r.mix_chain.data(), r.mix_single.data(), r.mix_chain.size() * 4) == 0);
+        CHECK(std::memcmp(r.win_chain.data(), r.win_single.data(), r.win_chain.size() * 4) == 0);
+        CHECK(std::all_of(r.sync.begin(), r.sync.end(), [](int c) { return c == 0; }));
+      }
   emu::set_order(false);
 }
 

@@ -13,8 +13,8 @@
 // --check N: also run an N-token prompt on the CPU backend and report the
 // relative difference of the last row's logits (batch and one-token steps).
 // --sweep: then time backend decoding for a short list of decode-kernel
-// variants (cuda/tuning.h: the default, the fused FFN, the probes, kernel
-// 3 around the default) and print a table (and a "sweep" JSON line);
+// variants (cuda/tuning.h: the default, chained projections, the probes,
+// kernel 3 around the default) and print a table (and a "sweep" JSON line);
 // --sweep-all: every NVFP4 kernel variant instead.
 // --profile prefill|decode: for a profiler started with its collection off
 // (ncu --profile-from-start off, nsys --capture-range=cudaProfilerApi):
@@ -386,20 +386,21 @@ int main(int argc, char** argv) {
               variants.push_back(t);
             }
     } else {
-      // The default first, then the fused FFN (gate/up and down in one
-      // launch, not yet measured) in the same process, with two block-count
-      // choices and without the stream's arithmetic (wrong results; with
-      // the probe of the default, what each costs besides the math), and
-      // the default with the global split-K combine that the fused kernel
-      // uses.
+      // The default first, then chained projections (chain_fp4.h, not yet
+      // measured: each FFN, then each layer's tail, in one launch) in the
+      // same process, with two other block-count choices and without the
+      // stream's arithmetic (wrong results; with the probe of the default,
+      // what each costs besides the math), and the default with the global
+      // split-K combine that the chains use.
       variants.push_back(base);
-      for (auto [bps, probe] : {std::pair{4, 0}, std::pair{2, 0}, std::pair{6, 0}, std::pair{4, 1}}) {
-        t = base;
-        t.ffn_fused = 1;
-        t.fp4_blocks_per_sm = bps;
-        t.fp4_probe = probe;
-        variants.push_back(t);
-      }
+      for (int chain : {1, 2})
+        for (auto [bps, probe] : {std::pair{4, 0}, std::pair{2, 0}, std::pair{6, 0}, std::pair{4, 1}}) {
+          t = base;
+          t.fp4_chain = chain;
+          t.fp4_blocks_per_sm = bps;
+          t.fp4_probe = probe;
+          variants.push_back(t);
+        }
       t = base;
       t.fp4_probe = 1;
       variants.push_back(t);

@@ -8,12 +8,12 @@
 #include <vector>
 
 #include "attention.h"
+#include "chain_case.h"
 #include "conv.h"
 #include "cpu/ops.h"
 #include "delta_chunked_case.h"
 #include "delta_net.h"
 #include "elementwise.h"
-#include "ffn_case.h"
 #include "fp4_gemm.h"
 #include "gemm.h"
 #include "fp4_refs.h"
@@ -828,7 +828,7 @@ TEST_CASE("tensor-core NVFP4 gate/up with the SwiGLU epilogue, and the tiled deq
   CHECK(std::memcmp(hp.data(), hf.data() + (F - 5) * K, size_t(10 * K) * 4) == 0);
 }
 
-TEST_CASE("the fused FFN (one launch) equals gate/up + down as two kernel-3 launches, and the CPU") {
+TEST_CASE("the FFN as a chain (one launch) equals gate/up + down as two kernel-3 launches, and the CPU") {
   QWEN35_REQUIRE_GPU();
   const int sms = device_sms();
   auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
@@ -858,7 +858,7 @@ TEST_CASE("the fused FFN (one launch) equals gate/up + down as two kernel-3 laun
       }
 }
 
-TEST_CASE("the fused FFN: 64 launches in a row on a stream with PDL equal the two-launch chain bit for bit") {
+TEST_CASE("the FFN as a chain: 64 launches in a row on a stream with PDL equal the two-launch sequence bit for bit") {
   QWEN35_REQUIRE_GPU();
   const int sms = device_sms();
   auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
@@ -876,6 +876,34 @@ TEST_CASE("the fused FFN: 64 launches in a row on a stream with PDL equal the tw
     CHECK(std::all_of(r.sync.begin(), r.sync.end(), [](int c) { return c == 0; }));
   }
   cudaStreamDestroy(stream);
+}
+
+TEST_CASE("a layer tail as a chain of four (gated norm, FFN, conv epilogue) equals four kernel-3 launches") {
+  QWEN35_REQUIRE_GPU();
+  const int sms = device_sms();
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  struct Case {
+    int64_t D, F, Hv, dv, C, Nin;
+  };
+  // A small tail, and the 4B delta-net layer's (32 heads of 128, an
+  // input projection of 12,352 rows with 8,192 conv channels).
+  for (Case cs : {Case{256, 576, 4, 64, 384, 640}, Case{2560, 9216, 32, 128, 8192, 12352}})
+    for (int bps : {1, 4, 6})
+      for (int n : {1, 2, 3, 8}) {
+        CAPTURE(cs.D);
+        CAPTURE(bps);
+        CAPTURE(n);
+        DecodeTuning tv;
+        tv.fp4_blocks_per_sm = bps;
+        TuningScope ts(tv);
+        const TailCaseResult r = run_tail_case<DevArray>(cs.D, cs.F, cs.Hv, cs.dv, cs.C, cs.Nin, n, sms, rand);
+        REQUIRE(r.ok);
+        CHECK(r.fault == 0);
+        CHECK(std::memcmp(r.h_chain.data(), r.h_single.data(), r.h_chain.size() * 4) == 0);
+        CHECK(std::memcmp(r.mix_chain.data(), r.mix_single.data(), r.mix_chain.size() * 4) == 0);
+        CHECK(std::memcmp(r.win_chain.data(), r.win_single.data(), r.win_chain.size() * 4) == 0);
+        CHECK(std::all_of(r.sync.begin(), r.sync.end(), [](int c) { return c == 0; }));
+      }
 }
 
 TEST_CASE("Q6_K rows32: matvec, dequantization and embedding rows match the CPU") {

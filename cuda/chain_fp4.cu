@@ -1,0 +1,310 @@
+// A chain of NVFP4 decode projections in one grid (see chain_fp4.h).
+//
+// Tasks: the stages' (tile group, column slice) blocks of kernel 3, stage
+// after stage; within a stage tile group major, except for a stage that
+// waits by slice (Fp4Dep::Slice), which goes slice major. The grid has one
+// block per task; each block takes a ticket (an atomic counter, so tasks go
+// to blocks in the order the blocks start, not by block index) and runs
+// that task like a kernel-3 block: its weight stages requested before the
+// PDL wait, then the activation slice, the stream, the split-K combine
+// through global memory and the epilogue. On top of that, per stage s:
+//  * read[s] counts the tasks past their prologue, when the next stage
+//    waits by slice (it may write what stage s read);
+//  * the block that stores a tile group's outputs (the last of its slices)
+//    publishes them after a fence: in ready[s][slice of s+1 that reads
+//    those columns] for a Slice successor, else in done[s];
+//  * a task of stage s > 0, its weights requested, waits (thread 0,
+//    polling with acquire loads) for ready[s-1][its slice] and read[s-1]
+//    (Slice), or for done[s-1] (Full), then reads its inputs through L2
+//    (other blocks of this launch wrote them).
+// By induction a Full stage starts after every earlier stage has finished,
+// and a Slice stage after every earlier stage but its producer has
+// finished and after its producer's prologues: the same order as separate
+// launches, except that a Slice stage overlaps its producer.
+// Deadlock freedom: a task only waits for tasks with lower tickets, which
+// running blocks took and which never wait for higher tickets, so the waits
+// end whatever number of blocks is resident. (The emulation, which runs
+// blocks one after another, hands the tickets out in order.) The waits are
+// bounded anyway: after 2^24 polls a block gives up, raises the fault flag
+// and goes on (wrong results, no hang). The last block to leave resets the
+// counters. They belong to one call site, so the ticket may be taken before
+// the PDL wait: the previous launch on these counters was a step earlier.
+#include <algorithm>
+#include <atomic>
+
+#include "chain_fp4.h"
+#include "common.cuh"
+#include "fp4_kernels.cuh"
+#include "launch.cuh"
+#include "tc_common.cuh"
+#include "tuning.h"
+
+namespace qwen35::cuda {
+
+namespace {
+
+constexpr int kMaxStages = kFp4ChainMaxStages;
+constexpr int kMaxSlices = 64;                  // column slices of a Slice stage
+constexpr int kStages = 4;                      // kernel 3's default ring
+constexpr int kGroupOutputs = kBulkWarps * 8;   // SwiGLU outputs of a gate/up tile group
+// The sync ints: the ticket counter, blocks gone, a fault seen in this
+// launch; then per stage read, done and ready[kMaxSlices].
+constexpr int kSyncTicket = 0, kSyncExited = 1, kSyncFault = 2, kSyncStages = 4;
+constexpr int kSyncPerStage = 2 + kMaxSlices;
+#ifdef QWEN35_CUDA_EMU
+constexpr uint32_t kMaxPolls = 0;  // blocks run one at a time: an unmet wait never ends
+#else
+constexpr uint32_t kMaxPolls = 1u << 24;
+#endif
+
+enum : int { kDepNone = 0, kDepSlice = 1, kDepFull = 2 };
+
+// The launch's task list (host-computed).
+struct ChainPlan {
+  int stages = 0;
+  int start[kMaxStages + 1] = {};   // first ticket of each stage; start[stages] = tasks
+  int64_t kg_per[kMaxStages] = {};  // kgroups per column slice
+  int splits[kMaxStages] = {};
+  int groups[kMaxStages] = {};      // tile groups (kBulkWarps tiles each)
+  int dep[kMaxStages] = {};         // how stage s waits for s-1
+  bool skip_math = false;           // tuning fp4_probe: timing only
+};
+
+__device__ __forceinline__ int* stage_sync(int* sync, int s) { return sync + kSyncStages + s * kSyncPerStage; }
+// stage_sync(s)[0] = read, [1] = done, [2 + slice] = ready.
+
+__device__ __forceinline__ int ld_acquire(const int* p) {
+#ifdef QWEN35_CUDA_EMU
+  return *p;
+#else
+  int v;
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+#endif
+}
+
+// Thread 0: until *a >= na and *b >= nb (b may be null), bounded.
+__device__ __forceinline__ void wait_counts(int* sync, const int* a, int na, const int* b, int nb, int* fault) {
+  for (uint32_t i = 0;; ++i) {
+    if (ld_acquire(a) >= na && (!b || ld_acquire(b) >= nb)) return;
+    if (i >= kMaxPolls || ld_acquire(sync + kSyncFault) != 0) {
+      *reinterpret_cast<volatile int*>(sync + kSyncFault) = 1;  // the other blocks stop waiting too
+      *reinterpret_cast<volatile int*>(fault) = 1;
+      return;
+    }
+#ifndef QWEN35_CUDA_EMU
+    __nanosleep(64);
+#endif
+  }
+}
+
+// Tile groups of stage s-1 whose outputs a slice of Slice stage s reads.
+__device__ __forceinline__ int groups_per_slice(const ChainPlan& p, int s) {
+  return int(p.kg_per[s] * kFp4GroupCols / kGroupOutputs);
+}
+
+// Task u (0-based within the stage) of stage kS, with argument block a.
+template <int S, int kN, int kS>
+__device__ __forceinline__ void chain_task(const Fp4MatvecArgs& a, const ChainPlan& p, int u, uint8_t* ring,
+                                           uint64_t* bars, uint8_t* xbase, float (*ss_part)[kMatvecMaxCols],
+                                           bool& is_last, int* sync, int* fault) {
+  constexpr int W = kBulkWarps;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int g = lane >> 2, t = lane & 3;
+  const Fp4Tiled& w = a.w;
+  const int n = kN > 0 ? kN : a.n;
+  const int splits = p.splits[kS];
+  const bool by_slice = kS > 0 && p.dep[kS] == kDepSlice;
+  const int64_t group = by_slice ? u % p.groups[kS] : u / splits;
+  const int split = by_slice ? u / p.groups[kS] : u % splits;
+  const int64_t kg0 = int64_t(split) * p.kg_per[kS];
+  const int nkg = int(min(w.kgroups(), kg0 + p.kg_per[kS]) - kg0);  // >= 1
+  const int nch = 4 * nkg;
+  uint16_t* xs = reinterpret_cast<uint16_t*>(xbase);                           // [nch][n][16] F16
+  float* mult = reinterpret_cast<float*>(xbase + size_t(nch) * size_t(n) * 32);  // [nch][8]
+  const int64_t tile = group * W + warp;
+  const bool active = tile < w.tiles();
+  const int next_dep = kS + 1 < p.stages ? p.dep[kS + 1] : kDepNone;
+
+  // 1. The first stages of this warp's weights (never written by a kernel:
+  // before the PDL wait, as kernel 3).
+  const BulkRun run = bulk_run(ring, bars, w, tile, kg0, nkg, 0u);
+  if (active && lane == 0) bulk_start<S>(run);
+  __syncwarp();
+  pdl_wait();
+  pdl_trigger();
+
+  // 2. The inputs of stage kS > 0.
+  if constexpr (kS > 0) {
+    if (threadIdx.x == 0) {
+      int* prev = stage_sync(sync, kS - 1);
+      if (p.dep[kS] == kDepSlice) {
+        const int per = groups_per_slice(p, kS);
+        const int need = min(p.groups[kS - 1], (split + 1) * per) - split * per;
+        wait_counts(sync, prev + 2 + split, need, prev, p.start[kS] - p.start[kS - 1], fault);
+      } else {
+        wait_counts(sync, prev + 1, p.groups[kS - 1], nullptr, 0, fault);
+      }
+    }
+    __syncthreads();
+  }
+
+  // 3. The activation slice (later stages: through L2).
+  TcInput in = tc_input(a);
+  in.n = n;
+  tc_load_x_impl<false, (kS > 0)>(in, kg0 * kFp4GroupCols, nch, xs, mult, nullptr);
+  if (a.norm) tc_row_squares<W, (kS > 0)>(in, w.cols, ss_part);
+  __syncthreads();
+  if (next_dep == kDepSlice && threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(stage_sync(sync, kS), 1);  // read
+  }
+
+  // 4. Stream, combine, store.
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (active) bulk_stream<S, false>(run, acc, xs + tc_b_row(g, n) * 16 + t * 4, mult + 2 * t, n, lane, g, p.skip_math);
+  const bool stored = fp4_finish<W>(a, splits, group, split, tile, active, g, t, acc, ss_part, is_last);
+
+  // 5. Publish the tile group's outputs to the next stage.
+  if (next_dep != kDepNone && stored) {
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int* me = stage_sync(sync, kS);
+      atomicAdd(next_dep == kDepSlice ? me + 2 + int(group / groups_per_slice(p, kS + 1)) : me + 1, 1);
+    }
+  }
+}
+
+// One task per block: a grid of exactly p.start[p.stages] blocks, each
+// taking one ticket. (A loop over tickets in persistent blocks made ptxas
+// keep the loop's invariants in registers and spill, even at 128
+// registers.) Up to four stages: a switch over compile-time stage indices,
+// so each stage's arguments stay in the parameter space. Kernel 3's 6
+// blocks per multiprocessor, 5 for a run-time row count (which spilled a
+// few registers at 6).
+template <int S, int kN>
+__global__ void __launch_bounds__(kBulkWarps * kWarp, kN > 0 ? 6 : 5)
+    fp4_chain_kernel(Fp4MatvecArgs a0, Fp4MatvecArgs a1, Fp4MatvecArgs a2, Fp4MatvecArgs a3, ChainPlan p, int* sync,
+                     int* fault) {
+  constexpr int W = kBulkWarps;
+  uint8_t* smem_raw = dynamic_smem<uint8_t>();  // rings, barriers, the x slice (as kernel 3)
+  __shared__ float ss_part[W][kMatvecMaxCols];
+  __shared__ bool is_last;
+  __shared__ int task_s;
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  uint8_t* ring = smem_raw + size_t(warp) * S * kBulkStageBytes;                                        // [S][2304]
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem_raw + size_t(W) * S * kBulkStageBytes) + warp * S;  // [S]
+  uint8_t* xbase = smem_raw + bulk_ring_bytes(W, S);
+  if (lane == 0)
+    for (int i = 0; i < S; ++i) mbar_init(smem_addr(bars + i), 1);
+  // The ticket before the PDL wait (see above).
+  if (threadIdx.x == 0) task_s = atomicAdd(sync + kSyncTicket, 1);
+  __syncthreads();
+  const int task = task_s;
+  // Tickets past the last task only come from counters that were not reset
+  // (a launch that never finished): nothing to do, and the waiting tasks
+  // give up (the fault flag).
+  if (task < p.start[1]) {
+    chain_task<S, kN, 0>(a0, p, task, ring, bars, xbase, ss_part, is_last, sync, fault);
+  } else if (task < p.start[2]) {
+    chain_task<S, kN, 1>(a1, p, task - p.start[1], ring, bars, xbase, ss_part, is_last, sync, fault);
+  } else if (task < p.start[3]) {
+    chain_task<S, kN, 2>(a2, p, task - p.start[2], ring, bars, xbase, ss_part, is_last, sync, fault);
+  } else if (task < p.start[4]) {
+    chain_task<S, kN, 3>(a3, p, task - p.start[3], ring, bars, xbase, ss_part, is_last, sync, fault);
+  }
+  if (threadIdx.x == 0) {
+    __threadfence();
+    if (atomicAdd(sync + kSyncExited, 1) == int(gridDim.x) - 1) {
+      // Every other block has finished.
+      for (int s = 0; s < p.stages; ++s) {
+        int* ss = stage_sync(sync, s);
+        for (int i = 0; i < kSyncPerStage; ++i) ss[i] = 0;
+      }
+      sync[kSyncTicket] = 0;
+      sync[kSyncFault] = 0;
+      sync[kSyncExited] = 0;
+    }
+  }
+}
+
+ChainPlan make_plan(const Fp4ChainArgs& a, int sms) {
+  const DecodeTuning tune = decode_tuning();
+  ChainPlan p;
+  p.stages = a.stages;
+  for (int s = 0; s < a.stages; ++s) {
+    const Fp4MatvecArgs& st = a.stage[s];
+    const int align = st.gate_z ? st.gate_dv / kFp4GroupCols : 1;
+    const Fp4BulkGeometry geo = fp4_bulk_geometry(st.w, sms, align, tune.fp4_blocks_per_sm, tune.fp4_cluster != 0);
+    p.kg_per[s] = geo.kg_per;
+    p.splits[s] = geo.splits;
+    p.groups[s] = int((st.w.tiles() + kBulkWarps - 1) / kBulkWarps);
+    p.dep[s] = s == 0 ? kDepNone : a.dep[s] == Fp4Dep::Slice ? kDepSlice : kDepFull;
+    p.start[s + 1] = p.start[s] + p.groups[s] * p.splits[s];
+  }
+  for (int s = a.stages; s < kMaxStages; ++s) p.start[s + 1] = p.start[s];
+  p.skip_math = tune.fp4_probe != 0;
+  return p;
+}
+
+size_t chain_smem(const ChainPlan& p, int n) {
+  size_t x = 0;
+  for (int s = 0; s < p.stages; ++s) x = std::max(x, tc_x_bytes(int(4 * p.kg_per[s]), n));
+  return bulk_ring_bytes(kBulkWarps, kStages) + x;
+}
+
+template <int kN>
+cudaError_t launch_chain(const Fp4ChainArgs& a, const ChainPlan& p, cudaStream_t stream) {
+  static std::atomic<int> allowed{0};
+  auto kernel = fp4_chain_kernel<kStages, kN>;
+  const size_t smem = chain_smem(p, a.stage[0].n);
+  if (smem > 48 * 1024 && int(smem) > allowed.load(std::memory_order_relaxed)) {
+    const cudaError_t e = allow_dynamic_smem(kernel, smem);
+    if (e != cudaSuccess) return e;
+    allowed.store(int(smem), std::memory_order_relaxed);
+  }
+  const Fp4MatvecArgs none = a.stage[0];  // unused stages: any valid block
+  auto st = [&](int s) -> const Fp4MatvecArgs& { return s < a.stages ? a.stage[s] : none; };
+  return launch(kernel, dim3(unsigned(p.start[p.stages])), dim3(kBulkWarps * kWarp), smem, stream, st(0), st(1),
+                st(2), st(3), p, a.sync, a.fault);
+}
+
+}  // namespace
+
+uint64_t fp4_chain_sync_ints() { return kSyncStages + uint64_t(kMaxStages) * kSyncPerStage; }
+
+bool fp4_chain_supported(const Fp4ChainArgs& a, int sms) {
+  if (a.stages < 1 || a.stages > kMaxStages || !a.sync || !a.fault) return false;
+  const int n = a.stage[0].n;
+  for (int s = 0; s < a.stages; ++s) {
+    const Fp4MatvecArgs& st = a.stage[s];
+    if (st.n != n || !fp4_bulk_supported(st)) return false;
+    if (s > 0 && a.dep[s] == Fp4Dep::Slice) {
+      // Reads the SwiGLU outputs of stage s-1, column slice by slice.
+      const Fp4MatvecArgs& pr = a.stage[s - 1];
+      if (pr.epilogue != Fp4Epilogue::SwiGLU || st.w.pairing != Fp4Pairing::Plain || st.norm || st.gate_z ||
+          st.x != pr.y || st.ldx != pr.ldy || st.w.cols != pr.w.rows)
+        return false;
+    }
+  }
+  const ChainPlan p = make_plan(a, sms);
+  for (int s = 0; s < a.stages; ++s) {
+    const Fp4MatvecArgs& st = a.stage[s];
+    if (p.dep[s] == kDepSlice && p.splits[s] > kMaxSlices) return false;
+    if (p.splits[s] > 1) {
+      if (!st.partial || !st.counters) return false;
+      for (int r = 0; r < s; ++r)  // split-K scratch of its own (the stages run at the same time)
+        if (p.splits[r] > 1 && (a.stage[r].partial == st.partial || a.stage[r].counters == st.counters)) return false;
+    }
+  }
+  return chain_smem(p, n) <= max_dynamic_smem();
+}
+
+cudaError_t fp4_chain(const Fp4ChainArgs& a, int sms, cudaStream_t stream) {
+  if (!fp4_chain_supported(a, sms)) return cudaErrorInvalidValue;
+  const ChainPlan p = make_plan(a, sms);
+  return a.stage[0].n == 1 ? launch_chain<1>(a, p, stream) : launch_chain<0>(a, p, stream);
+}
+
+}  // namespace qwen35::cuda

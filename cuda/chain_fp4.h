@@ -1,0 +1,65 @@
+// A chain of NVFP4 decode projections in one launch: up to 4 products, each
+// reading what the one before it wrote, as the tasks of one grid of
+// kernel-3 blocks. The decode FFN (gate/up with the RMS norm prologue and
+// SwiGLU epilogue, then down added into the residual stream) is a chain of
+// two; a layer's tail (output projection, gate/up, down, the next layer's
+// input projection) a chain of four. A stage's weights stream in while the
+// stages before it still run, and the kernel boundaries between them (the
+// PDL wait for a whole grid, its drain and ramp) go away. Each stage adds
+// the same column slices in the same order as a kernel-3 launch of it
+// (fp4_bulk_geometry, the global combine), so the results equal those of
+// the stages launched one after another, bit for bit.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "matvec_fp4.h"
+
+namespace qwen35::cuda {
+
+// How stage s > 0 waits for stage s-1.
+enum class Fp4Dep {
+  // Stage s-1 is a gate/up product (SwiGLU) and stage s reads its outputs
+  // (x = y of s-1, no prologue): each column slice of stage s starts once
+  // the tile groups that wrote those columns are done, and once every task
+  // of stage s-1 has read its input (stage s may write it: down adds into
+  // the residual stream gate/up read).
+  Slice,
+  // Stage s starts when stage s-1 is done (and with it, every earlier
+  // stage): for a prologue over whole rows (the RMS norm) or any other use.
+  Full,
+};
+
+constexpr int kFp4ChainMaxStages = 4;
+
+struct Fp4ChainArgs {
+  int stages = 0;
+  // Each stage as fp4_matvec would run it (kernel 3's checks apply), with
+  // its own partial and counters buffers (the stages run at the same time).
+  Fp4MatvecArgs stage[kFp4ChainMaxStages];
+  Fp4Dep dep[kFp4ChainMaxStages] = {};  // dep[s] for s >= 1
+  // fp4_chain_sync_ints() ints of device memory, zero before the first
+  // launch and left at zero by every launch (task tickets, readiness
+  // counters). One set per call site: a launch takes its first ticket before
+  // waiting for the previous kernel, so the launch before the previous one
+  // on the same counters must have completed (other kernels between them:
+  // every kernel of this library waits for its predecessor).
+  int* sync = nullptr;
+  // Set to 1 (never cleared by the kernel) when a task gave up waiting for
+  // its inputs (after about a second: a hardware or scheduling fault, never
+  // expected); the outputs of that launch are then wrong. Memory the device
+  // can write and the host can read after a synchronization (pinned).
+  int* fault = nullptr;
+};
+
+// Whether fp4_chain can run these arguments (stage checks, dependencies,
+// alignment, shared memory); the caller launches the stages one by one
+// otherwise.
+bool fp4_chain_supported(const Fp4ChainArgs& a, int sms);
+uint64_t fp4_chain_sync_ints();
+
+cudaError_t fp4_chain(const Fp4ChainArgs& a, int sms, cudaStream_t stream);
+
+}  // namespace qwen35::cuda

@@ -1,0 +1,304 @@
+// Cases of chained NVFP4 decode projections (fp4_chain, chain_fp4.h)
+// against the same products launched one by one with fp4_matvec (kernel 3)
+// and, for the FFN, against the CPU products: for the GPU op test and the
+// emulated kernels. Arr is a device-array template (DevArray on the GPU, a
+// host vector in the emulation) with a vector constructor, get() and
+// download(); rand(n, seed, lo, hi) gives n uniform floats.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <tuple>
+#include <vector>
+
+#include "chain_fp4.h"
+#include "cpu/ops.h"
+#include "ggml_types.h"
+#include "matvec_fp4.h"
+#include "quants.h"
+
+namespace qwen35::test {
+
+// Random GGUF NVFP4 rows [rows, cols], kept between calls (quantizing the
+// 4B's matrices takes seconds).
+template <typename Rand>
+const std::vector<uint8_t>& random_nvfp4_rows(int64_t rows, int64_t cols, uint32_t seed, Rand rand) {
+  static std::map<std::tuple<int64_t, int64_t, uint32_t>, std::vector<uint8_t>> cache;
+  std::vector<uint8_t>& q = cache[{rows, cols, seed}];
+  if (q.empty()) {
+    const uint64_t rb = row_bytes(*type_info(GGML_NVFP4), cols);
+    const std::vector<float> v = rand(size_t(rows * cols), seed, -0.5f, 0.5f);
+    q.resize(size_t(rows) * rb);
+    for (int64_t r = 0; r < rows; ++r) quantize_row(GGML_NVFP4, v.data() + r * cols, q.data() + r * rb, cols);
+  }
+  return q;
+}
+
+// A tiled NVFP4 weight on the device, repacked from GGUF rows (b: the up
+// rows of a gate/up pair).
+template <template <typename> class Arr>
+struct CaseTiled {
+  Arr<uint8_t> buf;
+  cuda::Fp4Tiled t;
+  bool ok = false;
+  CaseTiled(const std::vector<uint8_t>& a, const std::vector<uint8_t>* b, int64_t rows, int64_t cols, float scale)
+      : buf(std::vector<uint8_t>(bytes(rows, cols, b != nullptr))) {
+    using namespace qwen35::cuda;
+    t.rows = rows;
+    t.cols = cols;
+    t.pairing = b ? Fp4Pairing::GateUp : Fp4Pairing::Plain;
+    t.scale = scale;
+    t.codes = buf.get();
+    t.scales = buf.get() + t.code_bytes();
+    Arr<uint8_t> da(a), db(b ? *b : std::vector<uint8_t>(1));
+    ok = fp4_repack(da.get(), b ? db.get() : nullptr, row_bytes(*type_info(GGML_NVFP4), cols), t, nullptr) ==
+         cudaSuccess;
+    (void)buf.download();  // (the device arrays synchronize here: da and db go out of scope next)
+  }
+  static uint64_t bytes(int64_t rows, int64_t cols, bool pair) {
+    cuda::Fp4Tiled w;
+    w.rows = rows;
+    w.cols = cols;
+    w.pairing = pair ? cuda::Fp4Pairing::GateUp : cuda::Fp4Pairing::Plain;
+    return w.code_bytes() + w.scale_bytes();
+  }
+};
+
+struct FfnCaseResult {
+  bool ok = false;
+  std::vector<float> fused, twice, ref;      // [n, ldh] residual stream after the FFN
+  std::vector<float> act_fused, act_twice;   // [n, lda] SwiGLU outputs
+  std::vector<float> again;                  // a second fused launch from the same input
+  std::vector<int> sync;                     // the chain's counters afterwards (all zero)
+  int fault = 0;
+};
+
+// The FFN as a chain of two (gate/up with the norm and SwiGLU, down added
+// into the residual stream, by slice). D: model width, F: FFN width (a
+// multiple of 64); n activation rows.
+// layers > 1: the FFN applied that many times in a row on `stream` (the
+// chain launches alternating between two sets of counters, as consecutive
+// layers do; with PDL on a created stream), no CPU reference.
+// first_ticket > 0: the chain's ticket counter starts there (as if a launch
+// had not finished: the tasks below it never run), which must end in the
+// fault flag, not in a hang.
+template <template <typename> class Arr, typename Rand>
+FfnCaseResult run_ffn_case(int64_t D, int64_t F, int n, int sms, Rand rand, cudaStream_t stream = nullptr,
+                           int layers = 1, int first_ticket = 0) {
+  using namespace qwen35::cuda;
+  const int64_t ldh = D + 4, lda = F + 8;
+  const uint64_t rb_d = row_bytes(*type_info(GGML_NVFP4), D), rb_f = row_bytes(*type_info(GGML_NVFP4), F);
+  const std::vector<uint8_t>& gate = random_nvfp4_rows(F, D, 11, rand);
+  const std::vector<uint8_t>& up = random_nvfp4_rows(F, D, 12, rand);
+  const std::vector<uint8_t>& down = random_nvfp4_rows(D, F, 13, rand);
+  CaseTiled<Arr> wgu(gate, &up, F, D, 0.5f), wdn(down, nullptr, D, F, 0.75f);
+  const Fp4Tiled &tgu = wgu.t, &tdn = wdn.t;
+  FfnCaseResult r;
+  if (!wgu.ok || !wdn.ok) return r;
+
+  const std::vector<float> h0 = rand(size_t(n * ldh), 14, -2.0f, 2.0f), nw = rand(size_t(D), 15, 0.5f, 1.5f);
+  const std::vector<float> nan_act(size_t(n * lda), NAN);
+  Arr<float> dnw(nw), part_gu(std::vector<float>(std::max<uint64_t>(1, fp4_partial_floats(tgu, sms)))),
+      part_dn(std::vector<float>(std::max<uint64_t>(1, fp4_partial_floats(tdn, sms))));
+  Arr<int> cnt_gu(std::vector<int>(std::max<uint64_t>(1, fp4_counter_ints(tgu)), 0)),
+      cnt_dn(std::vector<int>(std::max<uint64_t>(1, fp4_counter_ints(tdn)), 0));
+  auto products = [&](float* h, float* act) {
+    Fp4ChainArgs a;
+    a.stages = 2;
+    a.dep[1] = Fp4Dep::Slice;
+    Fp4MatvecArgs& gu = a.stage[0];
+    gu.w = tgu;
+    gu.n = n;
+    gu.x = h;
+    gu.ldx = ldh;
+    gu.norm = dnw.get();
+    gu.eps = 1e-6f;
+    gu.y = act;
+    gu.ldy = lda;
+    gu.epilogue = Fp4Epilogue::SwiGLU;
+    gu.partial = part_gu.get();
+    gu.counters = cnt_gu.get();
+    Fp4MatvecArgs& dn = a.stage[1];
+    dn.w = tdn;
+    dn.n = n;
+    dn.x = act;
+    dn.ldx = lda;
+    dn.y = h;
+    dn.ldy = ldh;
+    dn.epilogue = Fp4Epilogue::Add;
+    dn.partial = part_dn.get();
+    dn.counters = cnt_dn.get();
+    return a;
+  };
+
+  // Two kernel-3 launches.
+  Arr<float> h_t(h0), act_t(nan_act);
+  const Fp4ChainArgs two = products(h_t.get(), act_t.get());
+  r.ok = true;
+  for (int l = 0; l < layers; ++l)
+    r.ok = r.ok && fp4_matvec(two.stage[0], sms, stream) == cudaSuccess &&
+           fp4_matvec(two.stage[1], sms, stream) == cudaSuccess;
+  r.twice = h_t.download();
+  r.act_twice = act_t.download();
+
+  // The fused kernel, twice from the same input (the counters must be reset).
+  std::vector<int> sync0(2 * fp4_chain_sync_ints(), 0);
+  sync0[0] = first_ticket;
+  Arr<int> sync(sync0), fault(std::vector<int>(1, 0));
+  for (int run = 0; run < 2; ++run) {
+    Arr<float> h_f(h0), act_f(nan_act);
+    Fp4ChainArgs a = products(h_f.get(), act_f.get());
+    a.fault = fault.get();
+    for (int l = 0; l < layers; ++l) {
+      a.sync = sync.get() + (l % 2) * fp4_chain_sync_ints();
+      r.ok = r.ok && fp4_chain_supported(a, sms) && fp4_chain(a, sms, stream) == cudaSuccess;
+    }
+    (run == 0 ? r.fused : r.again) = h_f.download();
+    if (run == 0) r.act_fused = act_f.download();
+  }
+  r.sync = sync.download();
+  r.fault = fault.download()[0];
+  if (layers > 1) return r;
+
+  // CPU: h += down . (silu(gate . x) * (up . x)), x = rmsnorm(h).
+  r.ref = h0;
+  std::vector<float> x(static_cast<size_t>(D)), act(static_cast<size_t>(F));
+  for (int j = 0; j < n; ++j) {
+    rmsnorm(h0.data() + j * ldh, nw.data(), D, 1e-6f, x.data());
+    for (int64_t i = 0; i < F; ++i) {
+      const float g = vec_dot_ref(GGML_NVFP4, gate.data() + i * rb_d, x.data(), D) * 0.5f;
+      const float u = vec_dot_ref(GGML_NVFP4, up.data() + i * rb_d, x.data(), D) * 0.5f;
+      act[size_t(i)] = siluf(g) * u;
+    }
+    for (int64_t i = 0; i < D; ++i)
+      r.ref[size_t(j * ldh + i)] += vec_dot_ref(GGML_NVFP4, down.data() + i * rb_f, act.data(), F) * 0.75f;
+  }
+  return r;
+}
+
+struct TailCaseResult {
+  bool ok = false;
+  std::vector<float> h_chain, h_single;      // the residual stream afterwards
+  std::vector<float> mix_chain, mix_single;  // the next input projection's outputs
+  std::vector<float> win_chain, win_single;  // its causal-conv window
+  std::vector<int> sync;                     // the chain's counters afterwards (all zero)
+  int fault = 0;
+};
+
+// A delta-net layer's tail as a chain of four against the same four
+// products launched one by one: the output projection (the gated RMSNorm
+// of the delta rule's output, heads of dv, as prologue; added into h), the
+// FFN (gate/up, then down by slice) and the next layer's input projection
+// (RMSNorm; for n <= 2 the causal conv + SiLU over its first C outputs as
+// epilogue, else stored). D: model width, F: FFN width, Hv heads of dv,
+// Nin input-projection rows.
+template <template <typename> class Arr, typename Rand>
+TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64_t C, int64_t Nin, int n, int sms,
+                             Rand rand) {
+  using namespace qwen35::cuda;
+  const int64_t Cv = Hv * dv, ldh = D + 4, lda = F + 8, ldz = Cv + 4, K = 4;
+  CaseTiled<Arr> wout(random_nvfp4_rows(D, Cv, 21, rand), nullptr, D, Cv, 0.5f);
+  // (The FFN case's matrices: quantized once.)
+  CaseTiled<Arr> wgu(random_nvfp4_rows(F, D, 11, rand), &random_nvfp4_rows(F, D, 12, rand), F, D, 0.75f);
+  CaseTiled<Arr> wdn(random_nvfp4_rows(D, F, 13, rand), nullptr, D, F, 0.5f);
+  CaseTiled<Arr> win(random_nvfp4_rows(Nin, D, 25, rand), nullptr, Nin, D, 1.0f);
+  TailCaseResult r;
+  if (!wout.ok || !wgu.ok || !wdn.ok || !win.ok) return r;
+  const std::vector<float> so = rand(size_t(n * Cv), 26, -1.0f, 1.0f), z = rand(size_t(n * ldz), 27, -2.0f, 2.0f),
+                           gw = rand(size_t(dv), 28, 0.5f, 1.5f), h0 = rand(size_t(n * ldh), 29, -2.0f, 2.0f),
+                           post = rand(size_t(D), 30, 0.5f, 1.5f), pre = rand(size_t(D), 31, 0.5f, 1.5f),
+                           taps = rand(size_t(C * K), 32, -0.5f, 0.5f), win0 = rand(size_t((K - 1) * C), 33, -1.0f, 1.0f);
+  Arr<float> dso(so), dz(z), dgw(gw), dpost(post), dpre(pre), dtaps(taps);
+  std::vector<std::vector<float>> part;
+  std::vector<std::vector<int>> cnt;
+  for (const Fp4Tiled* w : {&wout.t, &wgu.t, &wdn.t, &win.t}) {
+    part.emplace_back(std::max<uint64_t>(1, fp4_partial_floats(*w, sms)));
+    cnt.emplace_back(std::max<uint64_t>(1, fp4_counter_ints(*w)), 0);
+  }
+  Arr<float> p0(part[0]), p1(part[1]), p2(part[2]), p3(part[3]);
+  Arr<int> c0(cnt[0]), c1(cnt[1]), c2(cnt[2]), c3(cnt[3]);
+  float* parts[4] = {p0.get(), p1.get(), p2.get(), p3.get()};
+  int* cnts[4] = {c0.get(), c1.get(), c2.get(), c3.get()};
+  auto stages = [&](float* h, float* act, float* mix, float* window) {
+    Fp4ChainArgs a;
+    a.stages = 4;
+    a.dep[1] = Fp4Dep::Full;
+    a.dep[2] = Fp4Dep::Slice;
+    a.dep[3] = Fp4Dep::Full;
+    Fp4MatvecArgs& o = a.stage[0];
+    o.w = wout.t;
+    o.x = dso.get();
+    o.ldx = Cv;
+    o.gate_z = dz.get();
+    o.ldz = ldz;
+    o.gate_w = dgw.get();
+    o.gate_dv = int(dv);
+    o.y = h;
+    o.ldy = ldh;
+    o.epilogue = Fp4Epilogue::Add;
+    Fp4MatvecArgs& g = a.stage[1];
+    g.w = wgu.t;
+    g.x = h;
+    g.ldx = ldh;
+    g.norm = dpost.get();
+    g.y = act;
+    g.ldy = lda;
+    g.epilogue = Fp4Epilogue::SwiGLU;
+    Fp4MatvecArgs& d = a.stage[2];
+    d.w = wdn.t;
+    d.x = act;
+    d.ldx = lda;
+    d.y = h;
+    d.ldy = ldh;
+    d.epilogue = Fp4Epilogue::Add;
+    Fp4MatvecArgs& i = a.stage[3];
+    i.w = win.t;
+    i.x = h;
+    i.ldx = ldh;
+    i.norm = dpre.get();
+    i.y = mix;
+    i.ldy = Nin;
+    i.epilogue = n <= 2 ? Fp4Epilogue::Conv : Fp4Epilogue::Store;
+    if (n <= 2) {
+      i.conv_taps = dtaps.get();
+      i.conv_window = window;
+      i.conv_channels = C;
+      i.conv_k = int(K);
+    }
+    for (int s = 0; s < 4; ++s) {
+      a.stage[s].n = n;
+      a.stage[s].eps = 1e-6f;
+      a.stage[s].partial = parts[s];
+      a.stage[s].counters = cnts[s];
+    }
+    return a;
+  };
+  const std::vector<float> nan_act(size_t(n * lda), NAN), nan_mix(size_t(n * Nin), NAN);
+  {
+    Arr<float> h(h0), act(nan_act), mix(nan_mix), window(win0);
+    const Fp4ChainArgs a = stages(h.get(), act.get(), mix.get(), window.get());
+    r.ok = true;
+    for (int s = 0; s < 4; ++s) r.ok = r.ok && fp4_matvec(a.stage[s], sms, nullptr) == cudaSuccess;
+    r.h_single = h.download();
+    r.mix_single = mix.download();
+    r.win_single = window.download();
+  }
+  std::vector<int> sync0(fp4_chain_sync_ints(), 0);
+  Arr<int> sync(sync0), fault(std::vector<int>(1, 0));
+  {
+    Arr<float> h(h0), act(nan_act), mix(nan_mix), window(win0);
+    Fp4ChainArgs a = stages(h.get(), act.get(), mix.get(), window.get());
+    a.sync = sync.get();
+    a.fault = fault.get();
+    r.ok = r.ok && fp4_chain_supported(a, sms) && fp4_chain(a, sms, nullptr) == cudaSuccess;
+    r.h_chain = h.download();
+    r.mix_chain = mix.download();
+    r.win_chain = window.download();
+  }
+  r.sync = sync.download();
+  r.fault = fault.download()[0];
+  return r;
+}
+
+}  // namespace qwen35::test
