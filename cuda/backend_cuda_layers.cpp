@@ -1,0 +1,421 @@
+// The CUDA backend's matrix products (decode kernels, chains of NVFP4
+// products, the GEMM path), its layers (attention, delta net, FFN) and the
+// LM head; see backend_cuda.h.
+#include "backend_cuda.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace qwen35::cuda {
+
+Status CudaBackend::mm(const MatView& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy, bool add) {
+  if (n <= kMatvecMaxCols)
+    return cuda_status(matvec_generic(w, x, ldx, int(n), y, ldy, add ? Accum::Add : Accum::Store, stream_),
+                       "a matrix-vector product");
+  const int64_t K = w.cols, N = w.rows;
+  const void* X = x;
+  int64_t ldX = ldx;
+  if (gemm_type_ == GemmType::BF16) {
+    QWEN35_CUDA_TRY(convert_rows_bf16(x, ldx, n, K, xb_, stream_), "converting activations");
+    X = xb_;
+    ldX = K;
+  }
+  const int64_t rows_per = gemm_rows_per_block(deq_elems_, K);
+  for (int64_t r0 = 0; r0 < N; r0 += rows_per) {
+    const int64_t nr = std::min(rows_per, N - r0);
+    if (gemm_type_ == GemmType::F32)
+      QWEN35_CUDA_TRY(dequant_rows_f32(w, r0, nr, static_cast<float*>(deq_), stream_), "dequantizing a weight");
+    else
+      QWEN35_CUDA_TRY(dequant_rows_bf16(w, r0, nr, static_cast<uint16_t*>(deq_), stream_), "dequantizing a weight");
+    QWEN35_TRY(gemm_.run(gemm_type_, deq_, nr, K, X, ldX, n, y + r0, ldy, w.scale, add, stream_));
+  }
+  return Status::Ok();
+}
+
+Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int64_t n, const float* nw, float* y,
+                            int64_t ldy, Epi epi, const ConvEpi* conv, const GatedNorm* gated) {
+  const int64_t K = W.cols;
+  if (conv && !(W.fp4.present() && n <= 2)) return Error(QWEN35_ERR_BACKEND, "the fused conv needs the NVFP4 kernel");
+  if (gated && !(W.fp4.present() && n <= kMatvecMaxCols))
+    return Error(QWEN35_ERR_BACKEND, "the fused gated norm needs the NVFP4 kernel");
+  if (medium(W, n) && !conv && !gated) {
+    // Row chunks through the decode kernels (the norm prologue and the
+    // SwiGLU / add epilogues work per row, so chunks compose).
+    for (int64_t r0 = 0; r0 < n; r0 += kMatvecMaxCols)
+      QWEN35_TRY(project(W, x + r0 * ldx, ldx, std::min<int64_t>(kMatvecMaxCols, n - r0), nw, y + r0 * ldy, ldy, epi));
+    return Status::Ok();
+  }
+  if (W.fp4.present() && n <= kMatvecMaxCols) {
+    Fp4MatvecArgs a;
+    a.w = W.fp4;
+    a.n = int(n);
+    a.x = x;
+    a.ldx = ldx;
+    a.norm = nw;
+    a.eps = hp_.eps;
+    a.y = y;
+    a.ldy = ldy;
+    a.epilogue = epi == Epi::SwiGLU ? Fp4Epilogue::SwiGLU : epi == Epi::Add ? Fp4Epilogue::Add : Fp4Epilogue::Store;
+    a.partial = fp4_partial_;
+    a.counters = fp4_counters_;
+    if (auto it = next_linear_.find(&W); it != next_linear_.end() && it->second->fp4.present()) a.next = it->second->fp4;
+    if (gated) {
+      a.gate_z = gated->z;
+      a.ldz = gated->ldz;
+      a.gate_w = gated->w;
+      a.gate_dv = gated->dv;
+    }
+    if (conv) {
+      a.epilogue = Fp4Epilogue::Conv;
+      a.conv_taps = conv->taps;
+      a.conv_window = conv->window;
+      a.conv_channels = conv->channels;
+      a.conv_k = conv->k;
+      a.conv_snapshot_row = conv->snapshot_row;
+      a.conv_snapshot = conv->snapshot;
+    }
+    if (chaining_) return queue_fp4(a, W);
+    return cuda_status(fp4_matvec(a, dm_.sms, stream_), "an NVFP4 matrix-vector product");
+  }
+  QWEN35_TRY(flush_chain());  // (a queued chain runs before anything else)
+  // SwiGLU: [gate | up] into gu_ (2F wide), then combined into y.
+  const bool swiglu_out = epi == Epi::SwiGLU;
+  float* out = swiglu_out ? gu_ : y;
+  const int64_t ldo = swiglu_out ? W.rows : ldy;
+  const bool add = epi == Epi::Add;
+  bool done = false;
+  if (direct_bf16(W, n)) {  // the norm (or the conversion) writes the BF16 activations in one pass
+    if (nw) QWEN35_CUDA_TRY(rmsnorm_rows_bf16(x, ldx, nw, n, K, hp_.eps, xb_, K, stream_), "a norm");
+    else QWEN35_CUDA_TRY(convert_rows_bf16(x, ldx, n, K, xb_, stream_), "converting activations");
+    QWEN35_TRY(fp4_gemm_bf16(W, n, out, ldo, add));
+    done = true;
+  } else if (nw) {
+    QWEN35_CUDA_TRY(rmsnorm_rows(x, ldx, nw, n, K, hp_.eps, xn_, K, stream_), "a norm");
+    x = xn_;
+    ldx = K;
+  }
+  if (!done && W.blas.present() && fp4_gemm_) {  // Blackwell: NVFP4 activations, FP4 tensor cores
+    QWEN35_CUDA_TRY(fp4blas_quantize(x, ldx, n, K, W.blas.scale, xq_, xqs_, fp4_work_, stream_),
+                    "quantizing activations");
+    const Status st = gemm_.run_fp4(W.blas.data, W.blas.scales, W.rows, K, xq_, xqs_, n, out, ldo, fp4_work_ + 1,
+                                    fp4_work_ + (add ? 5 : 4), stream_);
+    if (st.ok()) {
+      done = true;
+    } else if (st.code() == QWEN35_ERR_UNSUPPORTED) {
+      m_.log.warn("{}; using BF16 GEMMs", st.message());
+      fp4_gemm_ = false;
+    } else {
+      return st;
+    }
+  }
+  if (!done && W.fp4.present()) {  // batched: dequantize the tiled weight (ahead, or in row blocks)
+    if (gemm_type_ == GemmType::BF16) {
+      QWEN35_CUDA_TRY(convert_rows_bf16(x, ldx, n, K, xb_, stream_), "converting activations");
+      QWEN35_TRY(fp4_gemm_bf16(W, n, out, ldo, add));
+    } else {
+      const int64_t rows_per = gemm_rows_per_block(deq_elems_, K);
+      for (int64_t r0 = 0; r0 < W.rows; r0 += rows_per) {
+        const int64_t nr = std::min(rows_per, W.rows - r0);
+        QWEN35_CUDA_TRY(fp4_dequant_rows_f32(W.fp4, r0, nr, static_cast<float*>(deq_), stream_), "dequantizing");
+        QWEN35_TRY(gemm_.run(gemm_type_, deq_, nr, K, x, ldx, n, out + r0, ldo, W.fp4.scale, add, stream_));
+      }
+    }
+  } else if (!done) {
+    for (size_t i = 0; i < W.parts.size(); ++i) QWEN35_TRY(mm(W.parts[i], x, ldx, n, out + W.offsets[i], ldo, add));
+  }
+  if (swiglu_out) {
+    const int64_t F = W.rows / 2;
+    QWEN35_CUDA_TRY(swiglu(gu_, W.rows, gu_ + F, W.rows, n, F, stream_), "SwiGLU");
+    if (y != gu_ || ldy != W.rows) return Error(QWEN35_ERR_BACKEND, "SwiGLU output must be the gate/up buffer");
+  }
+  return Status::Ok();
+}
+
+Status CudaBackend::fp4_gemm_bf16(const DevLinear& W, int64_t n, float* out, int64_t ldo, bool add) {
+  const int64_t K = W.cols;
+  if (use_deq_ahead_ && deq_ahead_.fits(W)) return deq_ahead_.gemm(W, xb_, K, n, out, ldo, add, gemm_, stream_);
+  const int64_t rows_per = gemm_rows_per_block(deq_elems_, K);
+  for (int64_t r0 = 0; r0 < W.rows; r0 += rows_per) {
+    const int64_t nr = std::min(rows_per, W.rows - r0);
+    QWEN35_CUDA_TRY(fp4_dequant_rows_bf16(W.fp4, r0, nr, static_cast<uint16_t*>(deq_), stream_), "dequantizing");
+    QWEN35_TRY(gemm_.run(GemmType::BF16, deq_, nr, K, xb_, K, n, out + r0, ldo, W.fp4.scale, add, stream_));
+  }
+  return Status::Ok();
+}
+
+Status CudaBackend::embed(const DevEmbed& E, const int32_t* tokens, int64_t n, float* out, int64_t ldo) {
+  if (E.q6kt.present()) return cuda_status(q6kt_embedding_rows(E.q6kt, tokens, n, out, ldo, stream_), "the embedding");
+  if (E.q6k.present()) return cuda_status(q6k_embedding_rows(E.q6k, tokens, n, out, ldo, stream_), "the embedding");
+  return cuda_status(embedding_rows(E.gguf, tokens, n, out, ldo, stream_), "the embedding");
+}
+
+Status CudaBackend::head(const DevEmbed& E, const float* hn, int64_t n, float* logits, int64_t ldl) {
+  if (!E.repacked()) return mm(E.gguf, hn, hp_.n_embd, n, logits, ldl, false);
+  const Q6kRows32& q = E.q6k;
+  const Q6kTiled& qt = E.q6kt;
+  if (qt.present() && q6kt_matvec_fits(qt, int(n)))
+    return cuda_status(q6kt_matvec(qt, hn, hp_.n_embd, int(n), logits, ldl, Accum::Store, stream_), "the LM head");
+  if (q.present() && q6k_matvec_fits(q, int(n)))
+    return cuda_status(q6k_matvec(q, hn, hp_.n_embd, int(n), logits, ldl, Accum::Store, stream_), "the LM head");
+  // The GEMM path: row blocks dequantized from the repacked layout.
+  const int64_t K = E.cols(), rows = E.rows();
+  const void* X = hn;
+  int64_t ldX = hp_.n_embd;
+  if (gemm_type_ == GemmType::BF16) {
+    QWEN35_CUDA_TRY(convert_rows_bf16(hn, hp_.n_embd, n, K, xb_, stream_), "converting activations");
+    X = xb_;
+    ldX = K;
+  }
+  const int64_t rows_per = gemm_rows_per_block(deq_elems_, K);
+  for (int64_t r0 = 0; r0 < rows; r0 += rows_per) {
+    const int64_t nr = std::min(rows_per, rows - r0);
+    cudaError_t e;
+    if (gemm_type_ == GemmType::F32)
+      e = qt.present() ? q6kt_dequant_rows_f32(qt, r0, nr, static_cast<float*>(deq_), stream_)
+                       : q6k_dequant_rows_f32(q, r0, nr, static_cast<float*>(deq_), stream_);
+    else
+      e = qt.present() ? q6kt_dequant_rows_bf16(qt, r0, nr, static_cast<uint16_t*>(deq_), stream_)
+                       : q6k_dequant_rows_bf16(q, r0, nr, static_cast<uint16_t*>(deq_), stream_);
+    QWEN35_CUDA_TRY(e, "dequantizing");
+    QWEN35_TRY(gemm_.run(gemm_type_, deq_, nr, K, X, ldX, n, logits + r0, ldl, E.scale(), false, stream_));
+  }
+  return Status::Ok();
+}
+
+// ---- layers ------------------------------------------------------------------------
+
+// Full attention (spec §4.4): fused q|gate, k, v projection of the
+// normalized input, q/k norm + RoPE + cache write, causal GQA attention with
+// the sigmoid gate, output projection added into h.
+Status CudaBackend::attention_layer(const DevLayer& L, const KVCache& kv, int64_t n, float* h) {
+  const int64_t D = hp_.n_embd, Dh = hp_.head_dim, qd = hp_.q_dim(), kvd = hp_.kv_dim();
+  const int64_t ld = L.in_proj.rows;  // [n, Hq*(q|gate) | k | v]
+  QWEN35_TRY(project(L.in_proj, h, D, n, L.attn_norm, mix_, ld, Epi::Store));
+  QWEN35_TRY(flush_chain());  // the queued layer tail (chains) ends with this input projection
+  QkvRopeArgs r;
+  r.n = n;
+  r.n_head = hp_.n_head;
+  r.n_head_kv = hp_.n_head_kv;
+  r.head_dim = Dh;
+  r.eps = hp_.eps;
+  r.qg = mix_;
+  r.ldqg = ld;
+  r.k = mix_ + 2 * qd;
+  r.ldk = ld;
+  r.v = mix_ + 2 * qd + kvd;
+  r.ldv = ld;
+  r.q_norm = L.q_norm;
+  r.k_norm = L.k_norm;
+  r.pos = d_pos_;
+  r.rope_cs = n <= kMatvecMaxCols ? d_rope_cs_ : nullptr;  // tables for decode-sized batches only
+  r.rope = rope_;
+  r.q_out = q_;
+  r.k_cache = kv.k;
+  r.v_cache = kv.v;
+  r.n_past = d_npast_;
+  AttnArgs a;
+  a.n = n;
+  a.n_head = hp_.n_head;
+  a.n_head_kv = hp_.n_head_kv;
+  a.head_dim = Dh;
+  a.scale = 1.0f / std::sqrt(float(Dh));
+  a.q = q_;
+  a.k_cache = kv.k;
+  a.v_cache = kv.v;
+  a.gate = mix_ + Dh;
+  a.ldgate = ld;
+  a.gate_stride = 2 * Dh;
+  a.n_past = d_npast_;
+  a.o = o_;
+  a.splits = n <= kMatvecMaxCols ? attn_splits_ : 1;
+  a.part_m = part_m_;
+  a.part_l = part_l_;
+  a.part_o = part_o_;
+  a.tiled = tiled_attn_ && n > kMatvecMaxCols;
+  a.tensor_cores = mma_attn_;
+  if (fused_attn_ && n <= kFusedAttnRows) {
+    FusedAttnArgs f;
+    f.attn = a;
+    f.rope = r;
+    f.counters = attn_counters_;
+    QWEN35_CUDA_TRY(attention_fused(f, stream_), "attention");
+  } else {
+    QWEN35_CUDA_TRY(qkv_norm_rope(r, stream_), "q/k norm and RoPE");
+    QWEN35_CUDA_TRY(attention(a, stream_), "attention");
+  }
+  return project(L.out_proj, o_, qd, n, nullptr, h, D, Epi::Add);
+}
+
+// Gated delta net (spec §4.5): fused qkv, z, beta, alpha projection, causal
+// conv + SiLU, the gated delta rule, gated RMSNorm, output projection.
+Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_t snapshot_row, float* h) {
+  const int64_t D = hp_.n_embd, C = hp_.ssm_conv_dim(), Cv = hp_.ssm_inner, Hv = hp_.ssm_heads_v;
+  const int64_t ld = L.in_proj.rows;  // [n, qkv C | z Cv | beta Hv | alpha Hv]
+  float* const window = conv_[size_t(il)];
+  float* const window_snap = snapshot_row >= 0 ? slot_ptr(kRollbackSlot, window) : nullptr;
+  // Post-conv q|k|v: fused into the projection (written over its output) or
+  // a separate kernel into uc_.
+  const float* uc = uc_;
+  int64_t ldu = C;
+  if (L.in_proj.fp4.present() && n <= 2) {
+    ConvEpi ce;
+    ce.taps = L.conv1d;
+    ce.window = window;
+    ce.channels = C;
+    ce.k = hp_.ssm_conv;
+    ce.snapshot_row = snapshot_row;
+    ce.snapshot = window_snap;
+    QWEN35_TRY(project(L.in_proj, h, D, n, L.attn_norm, mix_, ld, Epi::Store, &ce));
+    uc = mix_;
+    ldu = ld;
+  } else {
+    QWEN35_TRY(project(L.in_proj, h, D, n, L.attn_norm, mix_, ld, Epi::Store));
+    QWEN35_TRY(flush_chain());
+    ConvArgs c;
+    c.n = n;
+    c.C = C;
+    c.K = hp_.ssm_conv;
+    c.u = mix_;
+    c.ldu = ld;
+    c.taps = L.conv1d;
+    c.window = window;
+    c.out = uc_;
+    c.snapshot_row = snapshot_row;
+    c.snapshot = window_snap;
+    QWEN35_CUDA_TRY(conv_silu(c, stream_), "the causal conv");
+  }
+  QWEN35_TRY(flush_chain());  // the queued layer tail (chains) ends with the input projection
+  DeltaNetArgs d;
+  d.n = n;
+  d.Hk = hp_.ssm_heads_k;
+  d.Hv = Hv;
+  d.dk = hp_.ssm_state;
+  d.dv = hp_.ssm_dv;
+  d.eps = hp_.eps;
+  d.uc = uc;
+  d.ldu = ldu;
+  d.b = mix_ + C + Cv;
+  d.ldb = ld;
+  d.a = mix_ + C + Cv + Hv;
+  d.lda = ld;
+  d.ssm_a = L.ssm_a;
+  d.dt_bias = L.dt_bias;
+  d.state = ssm_[size_t(il)];
+  d.out = so_;
+  d.snapshot_row = snapshot_row;
+  d.snapshot = snapshot_row >= 0 ? slot_ptr(kRollbackSlot, ssm_[size_t(il)]) : nullptr;
+  d.elems_per_thread = delta_ept_;
+  if (delta_scratch_ && n > kMatvecMaxCols && snapshot_row < 0)
+    QWEN35_CUDA_TRY(delta_net_chunked(d, delta_scratch_, stream_), "the chunked delta rule");
+  else
+    QWEN35_CUDA_TRY(delta_net(d, stream_), "the delta rule");
+  if (L.out_proj.fp4.present() && n <= kMatvecMaxCols && fp4_gated_supported(L.out_proj.fp4, int(hp_.ssm_dv))) {
+    GatedNorm gn;
+    gn.z = mix_ + C;
+    gn.ldz = ld;
+    gn.w = L.ssm_norm;
+    gn.dv = int(hp_.ssm_dv);
+    return project(L.out_proj, so_, Cv, n, nullptr, h, D, Epi::Add, nullptr, &gn);
+  }
+  if (direct_bf16(L.out_proj, n)) {  // the gated norm writes the GEMM's BF16 activations
+    QWEN35_CUDA_TRY(gated_rmsnorm_bf16(so_, mix_ + C, ld, L.ssm_norm, n, Hv, hp_.ssm_dv, hp_.eps, xb_, stream_),
+                    "the gated norm");
+    return fp4_gemm_bf16(L.out_proj, n, h, D, true);
+  }
+  QWEN35_CUDA_TRY(gated_rmsnorm(so_, mix_ + C, ld, L.ssm_norm, n, Hv, hp_.ssm_dv, hp_.eps, stream_), "the gated norm");
+  return project(L.out_proj, so_, Cv, n, nullptr, h, D, Epi::Add);
+}
+
+// SwiGLU FFN (spec §4.3) of the post-attention-normalized stream, added into h.
+Status CudaBackend::ffn(const DevLayer& L, int64_t n, float* h) {
+  const int64_t D = hp_.n_embd, F = hp_.n_ff;
+  if (direct_bf16(L.down, n)) {  // silu(gate) * up goes straight to BF16 as the down projection's input
+    QWEN35_TRY(project(L.gate_up, h, D, n, L.post_norm, gu_, 2 * F, Epi::Store));
+    QWEN35_CUDA_TRY(swiglu_bf16(gu_, 2 * F, gu_ + F, 2 * F, n, F, xb_, F, stream_), "SwiGLU");
+    return fp4_gemm_bf16(L.down, n, h, D, true);
+  }
+  if (chain_mode_ > 0 && !chaining_ && n <= kMatvecMaxCols) {  // gate/up and down as one chain
+    chaining_ = true;
+    Status st = project(L.gate_up, h, D, n, L.post_norm, gu_, 2 * F, Epi::SwiGLU);
+    if (st.ok()) st = project(L.down, gu_, 2 * F, n, nullptr, h, D, Epi::Add);
+    if (st.ok()) st = flush_chain();
+    drop_chain();
+    return st;
+  }
+  QWEN35_TRY(project(L.gate_up, h, D, n, L.post_norm, gu_, 2 * F, Epi::SwiGLU));
+  return project(L.down, gu_, 2 * F, n, nullptr, h, D, Epi::Add);
+}
+
+Status CudaBackend::queue_fp4(Fp4MatvecArgs a, const DevLinear& W) {
+  if (chain_.stages == kFp4ChainMaxStages) QWEN35_TRY(flush_chain());
+  const int s = chain_.stages;
+  a.next = Fp4Tiled{};  // (kernel 3's L2 prefetch hint: not in a chain)
+  if (s == 0) {
+    chain_site_ = &W;
+  } else {
+    // By slice when a reads the SwiGLU outputs of the stage before (the FFN's
+    // down projection), else after the whole stage before.
+    const Fp4MatvecArgs& pr = chain_.stage[s - 1];
+    const bool slice = pr.epilogue == Fp4Epilogue::SwiGLU && a.x == pr.y && a.ldx == pr.ldy && !a.norm &&
+                       !a.gate_z && a.w.pairing == Fp4Pairing::Plain && a.w.cols == pr.w.rows;
+    chain_.dep[s] = slice ? Fp4Dep::Slice : Fp4Dep::Full;
+  }
+  a.partial = chain_partial_[s];
+  a.counters = chain_counters_[s];
+  chain_.stage[s] = a;
+  chain_.stages = s + 1;
+  return Status::Ok();
+}
+
+Status CudaBackend::flush_chain() {
+  const int ns = chain_.stages;
+  chain_.stages = 0;
+  if (ns == 0) return Status::Ok();
+  if (ns > 1) {
+    Fp4ChainArgs c = chain_;
+    c.stages = ns;
+    const auto it = chain_sync_.find(chain_site_);
+    c.sync = it != chain_sync_.end() ? it->second : nullptr;
+    c.fault = st_fault_;
+    if (fp4_chain_supported(c, dm_.sms))
+      return cuda_status(fp4_chain(c, dm_.sms, stream_), "a chain of NVFP4 products");
+  }
+  for (int s = 0; s < ns; ++s) {  // one launch per stage
+    Fp4MatvecArgs a = chain_.stage[s];
+    a.partial = fp4_partial_;
+    a.counters = fp4_counters_;
+    QWEN35_CUDA_TRY(fp4_matvec(a, dm_.sms, stream_), "an NVFP4 matrix-vector product");
+  }
+  return Status::Ok();
+}
+
+Status CudaBackend::decoder_layer(int il, const DevLayer& L, int64_t n, int32_t snapshot_row) {
+  if (L.is_attn) QWEN35_TRY(attention_layer(L, kv_[size_t(il)], n, h_));
+  else QWEN35_TRY(delta_net_layer(L, il, n, snapshot_row, h_));
+  return ffn(L, n, h_);
+}
+
+Status CudaBackend::lm_head(const DevEmbed& E, const float* hn, int64_t n, float* logits, int32_t* argmax) {
+  const int64_t D = hp_.n_embd, V = hp_.n_vocab;
+  for (int64_t r0 = 0; r0 < n; r0 += logit_rows_) {
+    const int64_t nr = std::min(logit_rows_, n - r0);
+    QWEN35_TRY(head(E, hn + r0 * D, nr, logits_, V));
+    if (argmax) {
+      QWEN35_CUDA_TRY(argmax_rows(logits_, V, nr, V, d_argmax_ + r0, argmax_scratch_, stream_), "argmax");
+    } else {
+      QWEN35_CUDA_TRY(cudaMemcpyAsync(logits + r0 * V, logits_, size_t(nr * V) * sizeof(float), cudaMemcpyDeviceToHost,
+                                      stream_),
+                      "copying logits");
+    }
+  }
+  if (argmax)
+    QWEN35_CUDA_TRY(cudaMemcpyAsync(argmax, d_argmax_, size_t(n) * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_),
+                    "copying the argmax");
+  return Status::Ok();
+}
+
+// ---- evaluation ----------------------------------------------------------------------
+
+}  // namespace qwen35::cuda
