@@ -65,6 +65,33 @@ struct CaseTiled {
   }
 };
 
+// Stages s and s+1 of a chain: the FFN over n rows of the residual stream
+// h (gate/up with the RMS norm and SwiGLU into act, then down added into h,
+// waiting by slice).
+inline void set_ffn_stages(cuda::Fp4ChainArgs& a, int s, const cuda::Fp4Tiled& gu, const cuda::Fp4Tiled& dn, int n,
+                           float* h, int64_t ldh, const float* norm, float* act, int64_t lda) {
+  using namespace qwen35::cuda;
+  a.dep[s + 1] = Fp4Dep::Slice;
+  Fp4MatvecArgs& g = a.stage[s];
+  g.w = gu;
+  g.n = n;
+  g.x = h;
+  g.ldx = ldh;
+  g.norm = norm;
+  g.eps = 1e-6f;
+  g.y = act;
+  g.ldy = lda;
+  g.epilogue = Fp4Epilogue::SwiGLU;
+  Fp4MatvecArgs& d = a.stage[s + 1];
+  d.w = dn;
+  d.n = n;
+  d.x = act;
+  d.ldx = lda;
+  d.y = h;
+  d.ldy = ldh;
+  d.epilogue = Fp4Epilogue::Add;
+}
+
 struct FfnCaseResult {
   bool ok = false;
   std::vector<float> fused, twice, ref;      // [n, ldh] residual stream after the FFN
@@ -106,29 +133,11 @@ FfnCaseResult run_ffn_case(int64_t D, int64_t F, int n, int sms, Rand rand, cuda
   auto products = [&](float* h, float* act) {
     Fp4ChainArgs a;
     a.stages = 2;
-    a.dep[1] = Fp4Dep::Slice;
-    Fp4MatvecArgs& gu = a.stage[0];
-    gu.w = tgu;
-    gu.n = n;
-    gu.x = h;
-    gu.ldx = ldh;
-    gu.norm = dnw.get();
-    gu.eps = 1e-6f;
-    gu.y = act;
-    gu.ldy = lda;
-    gu.epilogue = Fp4Epilogue::SwiGLU;
-    gu.partial = part_gu.get();
-    gu.counters = cnt_gu.get();
-    Fp4MatvecArgs& dn = a.stage[1];
-    dn.w = tdn;
-    dn.n = n;
-    dn.x = act;
-    dn.ldx = lda;
-    dn.y = h;
-    dn.ldy = ldh;
-    dn.epilogue = Fp4Epilogue::Add;
-    dn.partial = part_dn.get();
-    dn.counters = cnt_dn.get();
+    set_ffn_stages(a, 0, tgu, tdn, n, h, ldh, dnw.get(), act, lda);
+    a.stage[0].partial = part_gu.get();
+    a.stage[0].counters = cnt_gu.get();
+    a.stage[1].partial = part_dn.get();
+    a.stage[1].counters = cnt_dn.get();
     return a;
   };
 
@@ -224,7 +233,6 @@ TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64
     Fp4ChainArgs a;
     a.stages = 4;
     a.dep[1] = Fp4Dep::Full;
-    a.dep[2] = Fp4Dep::Slice;
     a.dep[3] = Fp4Dep::Full;
     Fp4MatvecArgs& o = a.stage[0];
     o.w = wout.t;
@@ -237,21 +245,7 @@ TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64
     o.y = h;
     o.ldy = ldh;
     o.epilogue = Fp4Epilogue::Add;
-    Fp4MatvecArgs& g = a.stage[1];
-    g.w = wgu.t;
-    g.x = h;
-    g.ldx = ldh;
-    g.norm = dpost.get();
-    g.y = act;
-    g.ldy = lda;
-    g.epilogue = Fp4Epilogue::SwiGLU;
-    Fp4MatvecArgs& d = a.stage[2];
-    d.w = wdn.t;
-    d.x = act;
-    d.ldx = lda;
-    d.y = h;
-    d.ldy = ldh;
-    d.epilogue = Fp4Epilogue::Add;
+    set_ffn_stages(a, 1, wgu.t, wdn.t, n, h, ldh, dpost.get(), act, lda);
     Fp4MatvecArgs& i = a.stage[3];
     i.w = win.t;
     i.x = h;
@@ -275,27 +269,25 @@ TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64
     return a;
   };
   const std::vector<float> nan_act(size_t(n * lda), NAN), nan_mix(size_t(n * Nin), NAN);
-  {
-    Arr<float> h(h0), act(nan_act), mix(nan_mix), window(win0);
-    const Fp4ChainArgs a = stages(h.get(), act.get(), mix.get(), window.get());
-    r.ok = true;
-    for (int s = 0; s < 4; ++s) r.ok = r.ok && fp4_matvec(a.stage[s], sms, nullptr) == cudaSuccess;
-    r.h_single = h.download();
-    r.mix_single = mix.download();
-    r.win_single = window.download();
-  }
-  std::vector<int> sync0(fp4_chain_sync_ints(), 0);
-  Arr<int> sync(sync0), fault(std::vector<int>(1, 0));
-  {
+  Arr<int> sync(std::vector<int>(fp4_chain_sync_ints(), 0)), fault(std::vector<int>(1, 0));
+  // The four stages one launch each, or as one chain: h, mix and the window after.
+  auto run = [&](bool chain, std::vector<float>* h_out, std::vector<float>* mix_out, std::vector<float>* win_out) {
     Arr<float> h(h0), act(nan_act), mix(nan_mix), window(win0);
     Fp4ChainArgs a = stages(h.get(), act.get(), mix.get(), window.get());
-    a.sync = sync.get();
-    a.fault = fault.get();
-    r.ok = r.ok && fp4_chain_supported(a, sms) && fp4_chain(a, sms, nullptr) == cudaSuccess;
-    r.h_chain = h.download();
-    r.mix_chain = mix.download();
-    r.win_chain = window.download();
-  }
+    bool ok = true;
+    if (chain) {
+      a.sync = sync.get();
+      a.fault = fault.get();
+      ok = fp4_chain_supported(a, sms) && fp4_chain(a, sms, nullptr) == cudaSuccess;
+    } else {
+      for (int s = 0; s < 4; ++s) ok = ok && fp4_matvec(a.stage[s], sms, nullptr) == cudaSuccess;
+    }
+    *h_out = h.download();
+    *mix_out = mix.download();
+    *win_out = window.download();
+    return ok;
+  };
+  r.ok = run(false, &r.h_single, &r.mix_single, &r.win_single) & run(true, &r.h_chain, &r.mix_chain, &r.win_chain);
   r.sync = sync.download();
   r.fault = fault.download()[0];
   return r;

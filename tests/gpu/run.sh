@@ -13,7 +13,8 @@
 # Every step has a time limit; a failing step does not stop the others.
 # Knobs: QWEN35_CUDA_ARCH (e.g. 90a), QWEN35_GPU_WORK (scratch dir for the
 # 2.5 GB model files, default /tmp/qwen35-gpu), QWEN35_GPU_JOBS (default 16),
-# QWEN35_GPU_QUICK=1 (about 2 minutes: test_cuda_model, the main 4B bench row
+# QWEN35_GPU_QUICK=1 (about 2 minutes: test_cuda_model, the op tests of the
+# chained projections, the main 4B bench row with its sweep, the chain rows
 # and the decode traces only; for a second look within a session's budget).
 set -euo pipefail
 
@@ -85,7 +86,7 @@ ALL_TARGETS=$(ninja -C "$BUILD" -t targets all 2>/dev/null | cut -d: -f1 || true
 TARGETS=()
 WANT=(test_cuda_ops test_cuda_model test_cuda_vision test_fp4_layout test_mtp_loop qwen35-synth qwen35-cuda-bench
   qwen35-bench qwen35-bench-vision qwen35-bw-probe)
-[ "$QUICK" = 1 ] && WANT=(test_cuda_model qwen35-synth qwen35-cuda-bench)
+[ "$QUICK" = 1 ] && WANT=(test_cuda_ops test_cuda_model qwen35-synth qwen35-cuda-bench)
 for t in "${WANT[@]}"; do
   if grep -qx "$t" <<<"$ALL_TARGETS"; then TARGETS+=("$t"); fi
 done
@@ -129,6 +130,10 @@ for t in "${TESTS[@]}"; do
     ROWS+=("$t|NOT BUILT|0")
   fi
 done
+# Quick mode: the op tests of the chained projections only.
+if [ "$QUICK" = 1 ] && [ -x "$BIN/test_cuda_ops" ]; then
+  step "test_cuda_ops, chains" 300 "$BIN/test_cuda_ops" -tc="*chain*" --duration=true
+fi
 # The model tests again with chained projections (each layer's tail and
 # each FFN in one launch).
 if [ -x "$BIN/test_cuda_model" ]; then
