@@ -278,9 +278,10 @@ Status CudaBackend::enqueue_eval(int64_t n, int32_t snapshot_row, int32_t logits
                                  const OutPlan& out, bool check_abort) {
   const int64_t D = hp_.n_embd;
   if (!from_embd) QWEN35_TRY(embed(dm_.token_embd, d_tokens_, n, h_, D));
-  // Layer tails as chains (tuning fp4_chain 2): each layer's output
-  // projection, FFN and the next layer's input projection in one launch.
-  chaining_ = chain_mode_ == 2 && n <= kMatvecMaxCols;
+  // Layer tails as chains (tuning fp4_chain 2, 3): each layer's output
+  // projection, FFN and the next layer's input projection in one launch
+  // (3: with the delta net's delta rule in front).
+  chaining_ = chain_mode_ >= 2 && n <= kMatvecMaxCols;
   for (int il = 0; il < hp_.n_layer; ++il) {
     if (check_abort && aborted()) {
       drop_chain();

@@ -163,11 +163,15 @@ class CudaBackend final : public Backend {
   Status ffn(const DevLayer& L, int64_t n, float* h);
   // Appends a to the queued chain (flushing a full one first).
   Status queue_fp4(Fp4MatvecArgs a, const DevLinear& W);
+  // Starts a chain with the delta rule (the queue is empty); `site` names
+  // its counters.
+  void queue_delta(const DeltaNetArgs& d, const DevLinear& site);
   // Launches the queued chain (one launch, or stage by stage where the chain
   // kernel cannot run it); drop_chain forgets it (after an error).
   Status flush_chain();
   void drop_chain() {
     chain_.stages = 0;
+    chain_.delta = false;
     chaining_ = false;
   }
   Status decoder_layer(int il, const DevLayer& L, int64_t n, int32_t snapshot_row);
@@ -268,7 +272,8 @@ class CudaBackend final : public Backend {
   int* fp4_counters_ = nullptr;
   // Chains of NVFP4 decode projections in one launch (chain_fp4.h, tuning
   // fp4_chain): 1 = each FFN (gate/up, down), 2 = also each layer's tail
-  // (output projection, FFN, the next layer's input projection). While
+  // (output projection, FFN, the next layer's input projection), 3 = with
+  // the delta net's delta rule in front. While
   // chaining_, project() queues its NVFP4 decode products in chain_ (with
   // a split-K scratch per stage) and flush_chain() launches them: before
   // any other kernel, and at the end of the layers.

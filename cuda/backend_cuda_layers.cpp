@@ -309,6 +309,8 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
   d.elems_per_thread = delta_ept_;
   if (delta_scratch_ && n > kMatvecMaxCols && snapshot_row < 0)
     QWEN35_CUDA_TRY(delta_net_chunked(d, delta_scratch_, stream_), "the chunked delta rule");
+  else if (chaining_ && chain_mode_ >= 3)  // the first stage of the layer's chain (launched in flush_chain)
+    queue_delta(d, L.out_proj);
   else
     QWEN35_CUDA_TRY(delta_net(d, stream_), "the delta rule");
   if (L.out_proj.fp4.present() && n <= kMatvecMaxCols && fp4_gated_supported(L.out_proj.fp4, int(hp_.ssm_dv))) {
@@ -319,6 +321,7 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
     gn.dv = int(hp_.ssm_dv);
     return project(L.out_proj, so_, Cv, n, nullptr, h, D, Epi::Add, nullptr, &gn);
   }
+  QWEN35_TRY(flush_chain());  // a queued delta rule runs before the norm kernels below
   if (direct_bf16(L.out_proj, n)) {  // the gated norm writes the GEMM's BF16 activations
     QWEN35_CUDA_TRY(gated_rmsnorm_bf16(so_, mix_ + C, ld, L.ssm_norm, n, Hv, hp_.ssm_dv, hp_.eps, xb_, stream_),
                     "the gated norm");
@@ -348,17 +351,25 @@ Status CudaBackend::ffn(const DevLayer& L, int64_t n, float* h) {
   return project(L.down, gu_, 2 * F, n, nullptr, h, D, Epi::Add);
 }
 
+void CudaBackend::queue_delta(const DeltaNetArgs& d, const DevLinear& site) {
+  chain_.stages = 1;  // (the queue is empty: the input projection flushed it)
+  chain_.delta = true;
+  chain_.delta_args = d;
+  chain_site_ = &site;
+}
+
 Status CudaBackend::queue_fp4(Fp4MatvecArgs a, const DevLinear& W) {
   if (chain_.stages == kFp4ChainMaxStages) QWEN35_TRY(flush_chain());
   const int s = chain_.stages;
   a.next = Fp4Tiled{};  // (kernel 3's L2 prefetch hint: not in a chain)
   if (s == 0) {
     chain_site_ = &W;
+    chain_.delta = false;
   } else {
     // By slice when a reads the SwiGLU outputs of the stage before (the FFN's
     // down projection), else after the whole stage before.
     const Fp4MatvecArgs& pr = chain_.stage[s - 1];
-    const bool slice = pr.epilogue == Fp4Epilogue::SwiGLU && a.x == pr.y && a.ldx == pr.ldy && !a.norm &&
+    const bool slice = !(s == 1 && chain_.delta) && pr.epilogue == Fp4Epilogue::SwiGLU && a.x == pr.y && a.ldx == pr.ldy && !a.norm &&
                        !a.gate_z && a.w.pairing == Fp4Pairing::Plain && a.w.cols == pr.w.rows;
     chain_.dep[s] = slice ? Fp4Dep::Slice : Fp4Dep::Full;
   }
@@ -371,18 +382,22 @@ Status CudaBackend::queue_fp4(Fp4MatvecArgs a, const DevLinear& W) {
 
 Status CudaBackend::flush_chain() {
   const int ns = chain_.stages;
+  const bool delta = chain_.delta;
   chain_.stages = 0;
+  chain_.delta = false;
   if (ns == 0) return Status::Ok();
   if (ns > 1) {
     Fp4ChainArgs c = chain_;
     c.stages = ns;
+    c.delta = delta;
     const auto it = chain_sync_.find(chain_site_);
     c.sync = it != chain_sync_.end() ? it->second : nullptr;
     c.fault = st_fault_;
     if (fp4_chain_supported(c, dm_.sms))
       return cuda_status(fp4_chain(c, dm_.sms, stream_), "a chain of NVFP4 products");
   }
-  for (int s = 0; s < ns; ++s) {  // one launch per stage
+  if (delta) QWEN35_CUDA_TRY(delta_net(chain_.delta_args, stream_), "the delta rule");
+  for (int s = delta ? 1 : 0; s < ns; ++s) {  // one launch per stage
     Fp4MatvecArgs a = chain_.stage[s];
     a.partial = fp4_partial_;
     a.counters = fp4_counters_;

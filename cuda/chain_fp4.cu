@@ -2,12 +2,14 @@
 //
 // Tasks: the stages' (tile group, column slice) blocks of kernel 3, stage
 // after stage; within a stage tile group major, except for a stage that
-// waits by slice (Fp4Dep::Slice), which goes slice major. The grid has one
-// block per task; each block takes a ticket (an atomic counter, so tasks go
-// to blocks in the order the blocks start, not by block index) and runs
-// that task like a kernel-3 block: its weight stages requested before the
-// PDL wait, then the activation slice, the stream, the split-K combine
-// through global memory and the epilogue. On top of that, per stage s:
+// waits by slice (Fp4Dep::Slice), which goes slice major. A delta-rule
+// stage 0 has a task per delta_rows(dk) state rows of a head (8 for dk =
+// 128; delta_task). The grid has one block per task; each block takes a
+// ticket (an atomic counter, so tasks go to blocks in the order the blocks
+// start, not by block index) and runs that task like a kernel-3 block: its
+// weight stages requested before the PDL wait, then the activation slice,
+// the stream, the split-K combine through global memory and the epilogue.
+// On top of that, per stage s:
 //  * read[s] counts the tasks past their prologue, when the next stage
 //    waits by slice (it may write what stage s read);
 //  * the block that stores a tile group's outputs (the last of its slices)
@@ -34,6 +36,7 @@
 
 #include "chain_fp4.h"
 #include "common.cuh"
+#include "delta_rule.cuh"
 #include "fp4_kernels.cuh"
 #include "launch.cuh"
 #include "tc_common.cuh"
@@ -59,9 +62,16 @@ constexpr uint32_t kMaxPolls = 1u << 24;
 
 enum : int { kDepNone = 0, kDepSlice = 1, kDepFull = 2 };
 
+// The delta-rule stage: 8 state elements per thread (the default split of
+// delta_net.cu, so the same sums), a task = kDeltaRows(DK) state rows of
+// one head in the block's 128 threads.
+constexpr int kDeltaEpt = 8;
+__host__ __device__ constexpr int delta_rows(int dk) { return kBulkWarps * kWarp / (dk / kDeltaEpt); }
+
 // The launch's task list (host-computed).
 struct ChainPlan {
   int stages = 0;
+  bool delta = false;               // stage 0 is the delta rule
   int start[kMaxStages + 1] = {};   // first ticket of each stage; start[stages] = tasks
   int64_t kg_per[kMaxStages] = {};  // kgroups per column slice
   int splits[kMaxStages] = {};
@@ -176,17 +186,96 @@ __device__ __forceinline__ void chain_task(const Fp4MatvecArgs& a, const ChainPl
   }
 }
 
+// Task u of the delta-rule stage (stage 0): state rows v0 .. v0+R-1 of
+// value head j, the same arithmetic as delta_net.cu's kernel with 8
+// elements per thread (delta_rule.cuh). Its 1-8 rows' inputs are staged in
+// the ring's shared memory at once (the kernel pipelines longer batches).
+template <int DK>
+__device__ __forceinline__ void delta_task(const DeltaNetArgs& d, const ChainPlan& p, int u, uint8_t* smem, int* sync) {
+  constexpr int TPR = DK / kDeltaEpt, NV = kDeltaEpt / 4, R = delta_rows(DK);
+  const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
+  const int64_t per_head = d.dv / R, j = u / per_head, v0 = (u % per_head) * R, kh = j % d.Hk;
+  const int v_local = tid / TPR, sub = tid % TPR;
+  const int64_t v_row = v0 + v_local;
+  const int n = int(d.n);
+  // Shared memory: q|k [n][2*DK], v [n][R], then b, a, and per row the norm
+  // factors and gates (6 x [n]).
+  float* s_qk = reinterpret_cast<float*>(smem);
+  float* s_v = s_qk + n * 2 * DK;
+  float* s_b = s_v + n * R;
+  float *s_a = s_b + n, *s_rq = s_a + n, *s_rk = s_rq + n, *s_beta = s_rk + n, *s_decay = s_beta + n;
+
+  // The state rows, before the PDL wait (as the kernel: no kernel of the
+  // step before this one writes them).
+  float M[kDeltaEpt];
+  float4* st = reinterpret_cast<float4*>(d.state + (j * d.dv + v_row) * DK);
+#pragma unroll
+  for (int i = 0; i < NV; ++i) {
+    const float4 v = st[sub + TPR * i];
+    M[4 * i] = v.x;
+    M[4 * i + 1] = v.y;
+    M[4 * i + 2] = v.z;
+    M[4 * i + 3] = v.w;
+  }
+  const float a_log = d.ssm_a[j], dtb = d.dt_bias[j];
+  pdl_wait();
+  pdl_trigger();
+
+  for (int e = tid; e < n * 2 * DK; e += blockDim.x) {
+    const int r = e / (2 * DK), c = e % (2 * DK), which = c / DK, i = c % DK;
+    s_qk[e] = d.uc[r * d.ldu + (which ? d.Hk * DK : 0) + kh * DK + i];
+  }
+  for (int e = tid; e < n * R; e += blockDim.x) {
+    const int r = e / R, c = e % R;
+    s_v[e] = d.uc[r * d.ldu + 2 * d.Hk * DK + j * d.dv + v0 + c];
+  }
+  for (int r = tid; r < n; r += blockDim.x) {
+    s_b[r] = d.b[r * d.ldb + j];
+    s_a[r] = d.a[r * d.lda + j];
+  }
+  __syncthreads();
+  const float qscale = rsqrtf(float(DK));
+  for (int r = warp; r < n; r += kBulkWarps) {
+    float sq, sk;
+    delta_qk_squares<DK>(s_qk + r * 2 * DK, s_qk + r * 2 * DK + DK, lane, &sq, &sk);
+    if (lane == 0)
+      delta_gates(sq, sk, s_b[r], s_a[r], a_log, dtb, qscale, d.eps, &s_rq[r], &s_rk[r], &s_beta[r], &s_decay[r]);
+  }
+  __syncthreads();
+  for (int t = 0; t < n; ++t) {
+    const float4* q4 = reinterpret_cast<const float4*>(s_qk + t * 2 * DK);
+    const float4* k4 = reinterpret_cast<const float4*>(s_qk + t * 2 * DK + DK);
+    const float o = delta_row<TPR, NV>(M, q4, k4, sub, s_v[t * R + v_local], s_rq[t], s_rk[t], s_beta[t], s_decay[t]);
+    if (sub == 0) d.out[t * d.Hv * d.dv + j * d.dv + v_row] = o;
+    if (t == d.snapshot_row) {
+      float4* sn = reinterpret_cast<float4*>(d.snapshot + (j * d.dv + v_row) * DK);
+#pragma unroll
+      for (int i = 0; i < NV; ++i)
+        sn[sub + TPR * i] = make_float4(M[4 * i], M[4 * i + 1], M[4 * i + 2], M[4 * i + 3]);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < NV; ++i) st[sub + TPR * i] = make_float4(M[4 * i], M[4 * i + 1], M[4 * i + 2], M[4 * i + 3]);
+
+  // Publish to stage 1 (which waits for the whole stage).
+  if (p.stages > 1) {
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) atomicAdd(stage_sync(sync, 0) + 1, 1);
+  }
+}
+
 // One task per block: a grid of exactly p.start[p.stages] blocks, each
 // taking one ticket. (A loop over tickets in persistent blocks made ptxas
 // keep the loop's invariants in registers and spill, even at 128
-// registers.) Up to four stages: a switch over compile-time stage indices,
+// registers.) Up to five stages: a switch over compile-time stage indices,
 // so each stage's arguments stay in the parameter space. Kernel 3's 6
 // blocks per multiprocessor, 5 for a run-time row count (which spilled a
 // few registers at 6).
 template <int S, int kN>
 __global__ void __launch_bounds__(kBulkWarps * kWarp, kN > 0 ? 6 : 5)
-    fp4_chain_kernel(Fp4MatvecArgs a0, Fp4MatvecArgs a1, Fp4MatvecArgs a2, Fp4MatvecArgs a3, ChainPlan p, int* sync,
-                     int* fault) {
+    fp4_chain_kernel(Fp4MatvecArgs a0, Fp4MatvecArgs a1, Fp4MatvecArgs a2, Fp4MatvecArgs a3, Fp4MatvecArgs a4,
+                     DeltaNetArgs d, ChainPlan p, int* sync, int* fault) {
   constexpr int W = kBulkWarps;
   uint8_t* smem_raw = dynamic_smem<uint8_t>();  // rings, barriers, the x slice (as kernel 3)
   __shared__ float ss_part[W][kMatvecMaxCols];
@@ -206,13 +295,24 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, kN > 0 ? 6 : 5)
   // (a launch that never finished): nothing to do, and the waiting tasks
   // give up (the fault flag).
   if (task < p.start[1]) {
-    chain_task<S, kN, 0>(a0, p, task, ring, bars, xbase, ss_part, is_last, sync, fault);
+    if (p.delta) {
+      switch (d.dk) {
+        case 32: delta_task<32>(d, p, task, smem_raw, sync); break;
+        case 64: delta_task<64>(d, p, task, smem_raw, sync); break;
+        case 128: delta_task<128>(d, p, task, smem_raw, sync); break;
+        default: delta_task<256>(d, p, task, smem_raw, sync); break;
+      }
+    } else {
+      chain_task<S, kN, 0>(a0, p, task, ring, bars, xbase, ss_part, is_last, sync, fault);
+    }
   } else if (task < p.start[2]) {
     chain_task<S, kN, 1>(a1, p, task - p.start[1], ring, bars, xbase, ss_part, is_last, sync, fault);
   } else if (task < p.start[3]) {
     chain_task<S, kN, 2>(a2, p, task - p.start[2], ring, bars, xbase, ss_part, is_last, sync, fault);
   } else if (task < p.start[4]) {
     chain_task<S, kN, 3>(a3, p, task - p.start[3], ring, bars, xbase, ss_part, is_last, sync, fault);
+  } else if (task < p.start[5]) {
+    chain_task<S, kN, 4>(a4, p, task - p.start[4], ring, bars, xbase, ss_part, is_last, sync, fault);
   }
   if (threadIdx.x == 0) {
     __threadfence();
@@ -233,7 +333,15 @@ ChainPlan make_plan(const Fp4ChainArgs& a, int sms) {
   const DecodeTuning tune = decode_tuning();
   ChainPlan p;
   p.stages = a.stages;
+  p.delta = a.delta;
   for (int s = 0; s < a.stages; ++s) {
+    if (s == 0 && a.delta) {  // a task per delta_rows state rows of a head
+      p.kg_per[0] = 1;
+      p.splits[0] = 1;
+      p.groups[0] = int(a.delta_args.Hv * (a.delta_args.dv / delta_rows(int(a.delta_args.dk))));
+      p.start[1] = p.groups[0];
+      continue;
+    }
     const Fp4MatvecArgs& st = a.stage[s];
     const int align = st.gate_z ? st.gate_dv / kFp4GroupCols : 1;
     const Fp4BulkGeometry geo = fp4_bulk_geometry(st.w, sms, align, tune.fp4_blocks_per_sm, tune.fp4_cluster != 0);
@@ -250,7 +358,7 @@ ChainPlan make_plan(const Fp4ChainArgs& a, int sms) {
 
 size_t chain_smem(const ChainPlan& p, int n) {
   size_t x = 0;
-  for (int s = 0; s < p.stages; ++s) x = std::max(x, tc_x_bytes(int(4 * p.kg_per[s]), n));
+  for (int s = p.delta ? 1 : 0; s < p.stages; ++s) x = std::max(x, tc_x_bytes(int(4 * p.kg_per[s]), n));
   return bulk_ring_bytes(kBulkWarps, kStages) + x;
 }
 
@@ -258,16 +366,16 @@ template <int kN>
 cudaError_t launch_chain(const Fp4ChainArgs& a, const ChainPlan& p, cudaStream_t stream) {
   static std::atomic<int> allowed{0};
   auto kernel = fp4_chain_kernel<kStages, kN>;
-  const size_t smem = chain_smem(p, a.stage[0].n);
+  const size_t smem = chain_smem(p, a.stage[a.delta ? 1 : 0].n);
   if (smem > 48 * 1024 && int(smem) > allowed.load(std::memory_order_relaxed)) {
     const cudaError_t e = allow_dynamic_smem(kernel, smem);
     if (e != cudaSuccess) return e;
     allowed.store(int(smem), std::memory_order_relaxed);
   }
-  const Fp4MatvecArgs none = a.stage[0];  // unused stages: any valid block
-  auto st = [&](int s) -> const Fp4MatvecArgs& { return s < a.stages ? a.stage[s] : none; };
+  const Fp4MatvecArgs none = a.stage[a.delta ? 1 : 0];  // unused stages: any valid block
+  auto st = [&](int s) -> const Fp4MatvecArgs& { return s < a.stages && !(s == 0 && a.delta) ? a.stage[s] : none; };
   return launch(kernel, dim3(unsigned(p.start[p.stages])), dim3(kBulkWarps * kWarp), smem, stream, st(0), st(1),
-                st(2), st(3), p, a.sync, a.fault);
+                st(2), st(3), st(4), a.delta_args, p, a.sync, a.fault);
 }
 
 }  // namespace
@@ -276,8 +384,19 @@ uint64_t fp4_chain_sync_ints() { return kSyncStages + uint64_t(kMaxStages) * kSy
 
 bool fp4_chain_supported(const Fp4ChainArgs& a, int sms) {
   if (a.stages < 1 || a.stages > kMaxStages || !a.sync || !a.fault) return false;
-  const int n = a.stage[0].n;
-  for (int s = 0; s < a.stages; ++s) {
+  if (a.delta) {
+    // The delta rule: 1-8 rows staged at once in the ring's shared memory
+    // (not the barriers after it), then NVFP4 stages waiting for all of it.
+    const DeltaNetArgs& d = a.delta_args;
+    if (a.stages < 2 || a.dep[1] != Fp4Dep::Full || !delta_net_shape_supported(d.dk, d.dv)) return false;
+    if (d.n < 1 || d.n > kMatvecMaxCols || d.n != a.stage[1].n || d.elems_per_thread != kDeltaEpt) return false;
+    const int R = delta_rows(int(d.dk));
+    if (d.dv % R != 0 || size_t(d.n) * size_t(2 * d.dk + R + 6) * 4 > size_t(kBulkWarps) * kStages * kBulkStageBytes)
+      return false;
+    if (d.snapshot_row >= 0 && !d.snapshot) return false;
+  }
+  const int n = a.stage[a.delta ? 1 : 0].n;
+  for (int s = a.delta ? 1 : 0; s < a.stages; ++s) {
     const Fp4MatvecArgs& st = a.stage[s];
     if (st.n != n || !fp4_bulk_supported(st)) return false;
     if (s > 0 && a.dep[s] == Fp4Dep::Slice) {
@@ -289,12 +408,12 @@ bool fp4_chain_supported(const Fp4ChainArgs& a, int sms) {
     }
   }
   const ChainPlan p = make_plan(a, sms);
-  for (int s = 0; s < a.stages; ++s) {
+  for (int s = a.delta ? 1 : 0; s < a.stages; ++s) {
     const Fp4MatvecArgs& st = a.stage[s];
     if (p.dep[s] == kDepSlice && p.splits[s] > kMaxSlices) return false;
     if (p.splits[s] > 1) {
       if (!st.partial || !st.counters) return false;
-      for (int r = 0; r < s; ++r)  // split-K scratch of its own (the stages run at the same time)
+      for (int r = a.delta ? 1 : 0; r < s; ++r)  // split-K scratch of its own (the stages run at the same time)
         if (p.splits[r] > 1 && (a.stage[r].partial == st.partial || a.stage[r].counters == st.counters)) return false;
     }
   }
@@ -304,7 +423,7 @@ bool fp4_chain_supported(const Fp4ChainArgs& a, int sms) {
 cudaError_t fp4_chain(const Fp4ChainArgs& a, int sms, cudaStream_t stream) {
   if (!fp4_chain_supported(a, sms)) return cudaErrorInvalidValue;
   const ChainPlan p = make_plan(a, sms);
-  return a.stage[0].n == 1 ? launch_chain<1>(a, p, stream) : launch_chain<0>(a, p, stream);
+  return a.stage[a.delta ? 1 : 0].n == 1 ? launch_chain<1>(a, p, stream) : launch_chain<0>(a, p, stream);
 }
 
 }  // namespace qwen35::cuda

@@ -1,20 +1,23 @@
-// A chain of NVFP4 decode projections in one launch: up to 4 products, each
+// A chain of NVFP4 decode projections in one launch: up to 5 stages, each
 // reading what the one before it wrote, as the tasks of one grid of
 // kernel-3 blocks. The decode FFN (gate/up with the RMS norm prologue and
 // SwiGLU epilogue, then down added into the residual stream) is a chain of
 // two; a layer's tail (output projection, gate/up, down, the next layer's
-// input projection) a chain of four. A stage's weights stream in while the
-// stages before it still run, and the kernel boundaries between them (the
-// PDL wait for a whole grid, its drain and ramp) go away. Each stage adds
-// the same column slices in the same order as a kernel-3 launch of it
-// (fp4_bulk_geometry, the global combine), so the results equal those of
-// the stages launched one after another, bit for bit.
+// input projection) a chain of four, five with the delta net's recurrent
+// step in front (the delta rule as stage 0). A stage's weights stream in
+// while the stages before it still run, and the kernel boundaries between
+// them (the PDL wait for a whole grid, its drain and ramp) go away. Each
+// stage adds the same column slices in the same order as a kernel-3 launch
+// of it (fp4_bulk_geometry, the global combine), and the delta rule does
+// the arithmetic of delta_net.cu, so the results equal those of the stages
+// launched one after another, bit for bit.
 #pragma once
 
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
 
+#include "delta_net.h"
 #include "matvec_fp4.h"
 
 namespace qwen35::cuda {
@@ -32,13 +35,18 @@ enum class Fp4Dep {
   Full,
 };
 
-constexpr int kFp4ChainMaxStages = 4;
+constexpr int kFp4ChainMaxStages = 5;
 
 struct Fp4ChainArgs {
   int stages = 0;
   // Each stage as fp4_matvec would run it (kernel 3's checks apply), with
   // its own partial and counters buffers (the stages run at the same time).
   Fp4MatvecArgs stage[kFp4ChainMaxStages];
+  // Stage 0 is the delta rule instead (as delta_net would run it: 1-8 rows,
+  // 8 state elements per thread, no snapshot restrictions; stage[0] unused),
+  // and stage 1 waits for it whole (dep[1] = Full).
+  bool delta = false;
+  DeltaNetArgs delta_args;
   Fp4Dep dep[kFp4ChainMaxStages] = {};  // dep[s] for s >= 1
   // fp4_chain_sync_ints() ints of device memory, zero before the first
   // launch and left at zero by every launch (task tickets, readiness

@@ -18,21 +18,15 @@
 #include <algorithm>
 
 #include "common.cuh"
-#include "launch.cuh"
 #include "delta_net.h"
+#include "delta_rule.cuh"
+#include "launch.cuh"
 
 namespace qwen35::cuda {
 
 namespace {
 
 constexpr int kRowsPerBlock = 32;
-
-template <int TPR>
-__device__ __forceinline__ float group_sum(float v) {
-#pragma unroll
-  for (int o = TPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
-  return v;
-}
 
 template <int DK, int EPT>
 __global__ void __launch_bounds__(kRowsPerBlock * DK / EPT) delta_net_kernel(DeltaNetArgs p) {
@@ -105,55 +99,18 @@ __global__ void __launch_bounds__(kRowsPerBlock * DK / EPT) delta_net_kernel(Del
     __syncthreads();  // chunk t0 is in buf
     // The rows' L2 norms and gates, all at once (warps take rows).
     for (int r = warp; r < cn; r += n_warps) {
-      float sq = 0.0f, sk = 0.0f;
-      for (int i = lane; i < DK; i += kWarp) {
-        const float q = s_qk[buf][r][i], k = s_qk[buf][r][DK + i];
-        sq = fmaf(q, q, sq);
-        sk = fmaf(k, k, sk);
-      }
-      sq = warp_sum(sq);
-      sk = warp_sum(sk);
-      if (lane == 0) {
-        s_rq[r] = qscale / fmaxf(sqrtf(sq), p.eps);
-        s_rk[r] = 1.0f / fmaxf(sqrtf(sk), p.eps);
-        s_beta[r] = sigmoid_f(s_b[buf][r]);
-        s_decay[r] = expf(a_log * softplus_f(s_a[buf][r] + dtb));
-      }
+      float sq, sk;
+      delta_qk_squares<DK>(s_qk[buf][r], s_qk[buf][r] + DK, lane, &sq, &sk);
+      if (lane == 0)
+        delta_gates(sq, sk, s_b[buf][r], s_a[buf][r], a_log, dtb, qscale, p.eps, &s_rq[r], &s_rk[r], &s_beta[r],
+                    &s_decay[r]);
     }
     __syncthreads();
     for (int r = 0; r < cn; ++r) {
       const int64_t t = t0 + r;
       const float4* q4 = reinterpret_cast<const float4*>(s_qk[buf][r]);
       const float4* k4 = reinterpret_cast<const float4*>(s_qk[buf][r] + DK);
-      const float v = s_v[buf][r][v_local];
-      const float rq = s_rq[r], rk = s_rk[r], beta = s_beta[r], decay = s_decay[r];
-
-      // m = (decayed M) k, with four independent partial sums.
-      float m4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-      for (int i = 0; i < NV; ++i) {
-        const float4 k = k4[sub + TPR * i];
-        const float kk[4] = {k.x, k.y, k.z, k.w};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          M[4 * i + e] *= decay;
-          m4[e] = fmaf(M[4 * i + e], kk[e], m4[e]);
-        }
-      }
-      const float m = group_sum<TPR>((m4[0] + m4[1]) + (m4[2] + m4[3])) * rk;
-      const float d = beta * (v - m) * rk;  // the update uses k * rk
-      float o4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-      for (int i = 0; i < NV; ++i) {
-        const float4 k = k4[sub + TPR * i], q = q4[sub + TPR * i];
-        const float kk[4] = {k.x, k.y, k.z, k.w}, qq[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          M[4 * i + e] = fmaf(kk[e], d, M[4 * i + e]);
-          o4[e] = fmaf(M[4 * i + e], qq[e], o4[e]);
-        }
-      }
-      const float o = group_sum<TPR>((o4[0] + o4[1]) + (o4[2] + o4[3])) * rq;
+      const float o = delta_row<TPR, NV>(M, q4, k4, sub, s_v[buf][r][v_local], s_rq[r], s_rk[r], s_beta[r], s_decay[r]);
       if (sub == 0) p.out[t * p.Hv * dv + j * dv + v_row] = o;
       if (t == p.snapshot_row) {
         float4* sn = reinterpret_cast<float4*>(p.snapshot + (j * dv + v_row) * DK);

@@ -111,7 +111,7 @@ TEST_CASE("emulated CUDA backend: one token at a time (the decode kernels, CUDA 
   qwen35_model_free(m);
 }
 
-TEST_CASE("emulated CUDA backend: chained NVFP4 projections (FFNs, layer tails) give the logits of single launches") {
+TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta rule) give the logits of single launches") {
   const char* name = "tiny-m-nvfp4";
   FixtureLogits fx(name);
   qwen35_model* m = load_cuda(name);
@@ -147,6 +147,7 @@ TEST_CASE("emulated CUDA backend: chained NVFP4 projections (FFNs, layer tails) 
   REQUIRE(single.size() > size_t(6 * fx.V));  // main and MTP logits
   CHECK(run(1) == single);
   CHECK(run(2) == single);
+  CHECK(run(3) == single);
   qwen35_model_free(m);
 }
 

@@ -789,28 +789,33 @@ TEST_CASE("emulated: the FFN as a chain (one launch) equals gate/up + down as tw
   emu::set_order(false);
 }
 
-TEST_CASE("emulated: a layer tail as a chain of four (gated norm, FFN, conv epilogue) equals four launches") {
+TEST_CASE("emulated: a layer tail as a chain (delta rule, gated norm, FFN, conv epilogue) equals single launches") {
   auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
   // D = 256, F = 576, 4 heads of 64, the next input projection 640 rows of
-  // which the first 384 go through the conv (1-2 rows; stored for more).
+  // which the first 384 go through the conv (1-2 rows; stored for more);
+  // four stages, or five with the delta rule in front (2 key heads of 32 or 64).
   for (int bps : {1, 4, 32})
     for (int n : {1, 2, 3})
-      for (bool reverse : {false, true}) {
-        CAPTURE(bps);
-        CAPTURE(n);
-        CAPTURE(reverse);
-        emu::set_order(reverse);
-        DecodeTuning tv;
-        tv.fp4_blocks_per_sm = bps;
-        TuningScope ts(tv);
-        const TailCaseResult r = run_tail_case<HostArray>(256, 576, 4, 64, 384, 640, n, 4, rand);
-        REQUIRE(r.ok);
-        CHECK(r.fault == 0);
-        CHECK(std::memcmp(r.h_chain.data(), r.h_single.data(), r.h_chain.size() * 4) == 0);
-        CHECK(std::memcmp(r.mix_chain.data(), r.mix_single.data(), r.mix_chain.size() * 4) == 0);
-        CHECK(std::memcmp(r.win_chain.data(), r.win_single.data(), r.win_chain.size() * 4) == 0);
-        CHECK(std::all_of(r.sync.begin(), r.sync.end(), [](int c) { return c == 0; }));
-      }
+      for (int64_t dk : {0, 32, 64})
+        for (bool reverse : {false, true}) {
+          CAPTURE(bps);
+          CAPTURE(n);
+          CAPTURE(dk);
+          CAPTURE(reverse);
+          emu::set_order(reverse);
+          DecodeTuning tv;
+          tv.fp4_blocks_per_sm = bps;
+          TuningScope ts(tv);
+          const TailCaseResult r = run_tail_case<HostArray>(256, 576, 4, 64, 384, 640, n, 4, rand, dk > 0, 2, dk);
+          REQUIRE(r.ok);
+          CHECK(r.fault == 0);
+          CHECK(std::memcmp(r.so_chain.data(), r.so_single.data(), r.so_chain.size() * 4) == 0);
+          CHECK(std::memcmp(r.st_chain.data(), r.st_single.data(), r.st_chain.size() * 4) == 0);
+          CHECK(std::memcmp(r.h_chain.data(), r.h_single.data(), r.h_chain.size() * 4) == 0);
+          CHECK(std::memcmp(r.mix_chain.data(), r.mix_single.data(), r.mix_chain.size() * 4) == 0);
+          CHECK(std::memcmp(r.win_chain.data(), r.win_single.data(), r.win_chain.size() * 4) == 0);
+          CHECK(std::all_of(r.sync.begin(), r.sync.end(), [](int c) { return c == 0; }));
+        }
   emu::set_order(false);
 }
 

@@ -14,7 +14,9 @@
 
 #include "chain_fp4.h"
 #include "cpu/ops.h"
+#include "delta_net.h"
 #include "ggml_types.h"
+#include "kernel_refs.h"
 #include "matvec_fp4.h"
 #include "quants.h"
 
@@ -188,6 +190,8 @@ FfnCaseResult run_ffn_case(int64_t D, int64_t F, int n, int sms, Rand rand, cuda
 
 struct TailCaseResult {
   bool ok = false;
+  std::vector<float> so_chain, so_single;    // the delta rule's outputs (with the delta stage)
+  std::vector<float> st_chain, st_single;    // its state
   std::vector<float> h_chain, h_single;      // the residual stream afterwards
   std::vector<float> mix_chain, mix_single;  // the next input projection's outputs
   std::vector<float> win_chain, win_single;  // its causal-conv window
@@ -201,10 +205,12 @@ struct TailCaseResult {
 // FFN (gate/up, then down by slice) and the next layer's input projection
 // (RMSNorm; for n <= 2 the causal conv + SiLU over its first C outputs as
 // epilogue, else stored). D: model width, F: FFN width, Hv heads of dv,
-// Nin input-projection rows.
+// Nin input-projection rows. With delta (Hk key heads of dk), the delta
+// rule in front as a fifth stage (against delta_net), its output the
+// output projection's input.
 template <template <typename> class Arr, typename Rand>
 TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64_t C, int64_t Nin, int n, int sms,
-                             Rand rand) {
+                             Rand rand, bool delta = false, int64_t Hk = 0, int64_t dk = 0) {
   using namespace qwen35::cuda;
   const int64_t Cv = Hv * dv, ldh = D + 4, lda = F + 8, ldz = Cv + 4, K = 4;
   CaseTiled<Arr> wout(random_nvfp4_rows(D, Cv, 21, rand), nullptr, D, Cv, 0.5f);
@@ -218,7 +224,14 @@ TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64
                            gw = rand(size_t(dv), 28, 0.5f, 1.5f), h0 = rand(size_t(n * ldh), 29, -2.0f, 2.0f),
                            post = rand(size_t(D), 30, 0.5f, 1.5f), pre = rand(size_t(D), 31, 0.5f, 1.5f),
                            taps = rand(size_t(C * K), 32, -0.5f, 0.5f), win0 = rand(size_t((K - 1) * C), 33, -1.0f, 1.0f);
-  Arr<float> dso(so), dz(z), dgw(gw), dpost(post), dpre(pre), dtaps(taps);
+  Arr<float> dz(z), dgw(gw), dpost(post), dpre(pre), dtaps(taps);
+  // The delta rule's inputs (post-conv q|k|v, b, a, gate parameters, state).
+  const DeltaShape ds{Hk, Hv, dk, dv};
+  const int64_t ldu = 2 * Hk * dk + Hv * dv + 4, ldb = Hv + 3;
+  const std::vector<float> uc = rand(size_t(n * ldu), 34, -1.0f, 1.0f), bb = rand(size_t(n * ldb), 35, -3.0f, 3.0f),
+                           al = rand(size_t(n * ldb), 36, -3.0f, 3.0f), a_log = rand(size_t(Hv), 37, -2.0f, -0.1f),
+                           dtb = rand(size_t(Hv), 38, -1.0f, 1.0f), st0 = rand(size_t(Hv * dv * dk), 39, -0.5f, 0.5f);
+  Arr<float> duc(uc), db(bb), dal(al), dalog(a_log), ddtb(dtb);
   std::vector<std::vector<float>> part;
   std::vector<std::vector<int>> cnt;
   for (const Fp4Tiled* w : {&wout.t, &wgu.t, &wdn.t, &win.t}) {
@@ -229,14 +242,21 @@ TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64
   Arr<int> c0(cnt[0]), c1(cnt[1]), c2(cnt[2]), c3(cnt[3]);
   float* parts[4] = {p0.get(), p1.get(), p2.get(), p3.get()};
   int* cnts[4] = {c0.get(), c1.get(), c2.get(), c3.get()};
-  auto stages = [&](float* h, float* act, float* mix, float* window) {
+  auto stages = [&](float* so_buf, float* state, float* h, float* act, float* mix, float* window) {
     Fp4ChainArgs a;
-    a.stages = 4;
-    a.dep[1] = Fp4Dep::Full;
-    a.dep[3] = Fp4Dep::Full;
-    Fp4MatvecArgs& o = a.stage[0];
+    const int s0 = delta ? 1 : 0;
+    a.stages = 4 + s0;
+    if (delta) {
+      a.delta = true;
+      a.delta_args = delta_args(ds, n, duc.get(), ldu, db.get(), dal.get(), ldb, dalog.get(), ddtb.get(), state, so_buf);
+      a.delta_args.elems_per_thread = 8;
+      a.dep[1] = Fp4Dep::Full;
+    }
+    a.dep[s0 + 1] = Fp4Dep::Full;
+    a.dep[s0 + 3] = Fp4Dep::Full;
+    Fp4MatvecArgs& o = a.stage[s0];
     o.w = wout.t;
-    o.x = dso.get();
+    o.x = so_buf;
     o.ldx = Cv;
     o.gate_z = dz.get();
     o.ldz = ldz;
@@ -245,8 +265,8 @@ TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64
     o.y = h;
     o.ldy = ldh;
     o.epilogue = Fp4Epilogue::Add;
-    set_ffn_stages(a, 1, wgu.t, wdn.t, n, h, ldh, dpost.get(), act, lda);
-    Fp4MatvecArgs& i = a.stage[3];
+    set_ffn_stages(a, s0 + 1, wgu.t, wdn.t, n, h, ldh, dpost.get(), act, lda);
+    Fp4MatvecArgs& i = a.stage[s0 + 3];
     i.w = win.t;
     i.x = h;
     i.ldx = ldh;
@@ -261,33 +281,38 @@ TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64
       i.conv_k = int(K);
     }
     for (int s = 0; s < 4; ++s) {
-      a.stage[s].n = n;
-      a.stage[s].eps = 1e-6f;
-      a.stage[s].partial = parts[s];
-      a.stage[s].counters = cnts[s];
+      a.stage[s0 + s].n = n;
+      a.stage[s0 + s].eps = 1e-6f;
+      a.stage[s0 + s].partial = parts[s];
+      a.stage[s0 + s].counters = cnts[s];
     }
     return a;
   };
   const std::vector<float> nan_act(size_t(n * lda), NAN), nan_mix(size_t(n * Nin), NAN);
   Arr<int> sync(std::vector<int>(fp4_chain_sync_ints(), 0)), fault(std::vector<int>(1, 0));
-  // The four stages one launch each, or as one chain: h, mix and the window after.
-  auto run = [&](bool chain, std::vector<float>* h_out, std::vector<float>* mix_out, std::vector<float>* win_out) {
-    Arr<float> h(h0), act(nan_act), mix(nan_mix), window(win0);
-    Fp4ChainArgs a = stages(h.get(), act.get(), mix.get(), window.get());
+  // The stages one launch each, or as one chain: the outputs after.
+  auto run = [&](bool chain, std::vector<float>* so_out, std::vector<float>* st_out, std::vector<float>* h_out,
+                 std::vector<float>* mix_out, std::vector<float>* win_out) {
+    Arr<float> so_buf(so), state(st0), h(h0), act(nan_act), mix(nan_mix), window(win0);
+    Fp4ChainArgs a = stages(so_buf.get(), state.get(), h.get(), act.get(), mix.get(), window.get());
     bool ok = true;
     if (chain) {
       a.sync = sync.get();
       a.fault = fault.get();
       ok = fp4_chain_supported(a, sms) && fp4_chain(a, sms, nullptr) == cudaSuccess;
     } else {
-      for (int s = 0; s < 4; ++s) ok = ok && fp4_matvec(a.stage[s], sms, nullptr) == cudaSuccess;
+      if (delta) ok = delta_net(a.delta_args, nullptr) == cudaSuccess;
+      for (int s = delta ? 1 : 0; s < a.stages; ++s) ok = ok && fp4_matvec(a.stage[s], sms, nullptr) == cudaSuccess;
     }
+    *so_out = so_buf.download();
+    *st_out = state.download();
     *h_out = h.download();
     *mix_out = mix.download();
     *win_out = window.download();
     return ok;
   };
-  r.ok = run(false, &r.h_single, &r.mix_single, &r.win_single) & run(true, &r.h_chain, &r.mix_chain, &r.win_chain);
+  r.ok = run(false, &r.so_single, &r.st_single, &r.h_single, &r.mix_single, &r.win_single) &
+         run(true, &r.so_chain, &r.st_chain, &r.h_chain, &r.mix_chain, &r.win_chain);
   r.sync = sync.download();
   r.fault = fault.download()[0];
   return r;

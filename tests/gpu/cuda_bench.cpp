@@ -387,13 +387,14 @@ int main(int argc, char** argv) {
             }
     } else {
       // The default first, then chained projections (chain_fp4.h, not yet
-      // measured: each FFN, then each layer's tail, in one launch) in the
+      // measured: each FFN; each layer's tail; the tail with the delta rule
+      // in front, in one launch) in the
       // same process, with two other block-count choices and without the
       // stream's arithmetic (wrong results; with the probe of the default,
       // what each costs besides the math), and the default with the global
       // split-K combine that the chains use.
       variants.push_back(base);
-      for (int chain : {1, 2})
+      for (int chain : {1, 2, 3})
         for (auto [bps, probe] : {std::pair{4, 0}, std::pair{2, 0}, std::pair{6, 0}, std::pair{4, 1}}) {
           t = base;
           t.fp4_chain = chain;

@@ -137,7 +137,7 @@ fi
 # The model tests again with chained projections (each layer's tail and
 # each FFN in one launch).
 if [ -x "$BIN/test_cuda_model" ]; then
-  step "test_cuda_model, chains" 300 env QWEN35_CUDA_FP4_CHAIN=2 "$BIN/test_cuda_model" --duration=true
+  step "test_cuda_model, chains" 300 env QWEN35_CUDA_FP4_CHAIN=3 "$BIN/test_cuda_model" --duration=true
 fi
 
 if [ -n "$SYNTH_PID" ]; then
@@ -166,6 +166,8 @@ if [ -s "$M4" ]; then
   bench "  fp4: chains, FFN" env QWEN35_CUDA_FP4_CHAIN=1 "$BIN/qwen35-cuda-bench" -m "$M4" \
     -p 512 -n 128 --device cuda --json --check 6
   bench "  fp4: chains, layer tails" env QWEN35_CUDA_FP4_CHAIN=2 "$BIN/qwen35-cuda-bench" -m "$M4" \
+    -p 512 -n 128 --device cuda --json --check 6
+  bench "  fp4: chains, tails + delta rule" env QWEN35_CUDA_FP4_CHAIN=3 "$BIN/qwen35-cuda-bench" -m "$M4" \
     -p 512 -n 128 --device cuda --json --check 6
   if [ $HAVE_BENCH -eq 1 ]; then
     bench "qwen35-bench 4B NVFP4" "$BUILD/examples/qwen35-bench" -m "$M4" -p 512 -n 128 --device cuda --json
@@ -233,7 +235,7 @@ trace() {  # trace LABEL FILE ENV... -- ARGS...: qwen35-cuda-bench --trace into 
 }
 if [ -s "$M4" ] && [ "${QWEN35_GPU_TRACE:-1}" != 0 ]; then
   trace "trace: decode" trace-decode.txt -- -p 512 -n 32 --device cuda --trace decode
-  trace "trace: decode, chains" trace-decode-chain.txt QWEN35_CUDA_FP4_CHAIN=2 -- -p 512 -n 32 --device cuda \
+  trace "trace: decode, chains" trace-decode-chain.txt QWEN35_CUDA_FP4_CHAIN=3 -- -p 512 -n 32 --device cuda \
     --trace decode
   trace "trace: prefill" trace-prefill.txt -- -p 512 -n 1 --device cuda --trace prefill
   # What the kernels cost without the NVFP4 stream's arithmetic (wrong
