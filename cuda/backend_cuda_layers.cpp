@@ -366,11 +366,12 @@ Status CudaBackend::queue_fp4(Fp4MatvecArgs a, const DevLinear& W) {
     chain_site_ = &W;
     chain_.delta = false;
   } else {
-    // By slice when a reads the SwiGLU outputs of the stage before (the FFN's
-    // down projection), else after the whole stage before.
+    // By slice when a reads the SwiGLU outputs of the NVFP4 stage before
+    // (the FFN's down projection), else after the whole stage before.
     const Fp4MatvecArgs& pr = chain_.stage[s - 1];
-    const bool slice = !(s == 1 && chain_.delta) && pr.epilogue == Fp4Epilogue::SwiGLU && a.x == pr.y && a.ldx == pr.ldy && !a.norm &&
-                       !a.gate_z && a.w.pairing == Fp4Pairing::Plain && a.w.cols == pr.w.rows;
+    const bool slice = !(s == 1 && chain_.delta) && pr.epilogue == Fp4Epilogue::SwiGLU && a.x == pr.y &&
+                       a.ldx == pr.ldy && !a.norm && !a.gate_z && a.w.pairing == Fp4Pairing::Plain &&
+                       a.w.cols == pr.w.rows;
     chain_.dep[s] = slice ? Fp4Dep::Slice : Fp4Dep::Full;
   }
   a.partial = chain_partial_[s];
@@ -381,24 +382,20 @@ Status CudaBackend::queue_fp4(Fp4MatvecArgs a, const DevLinear& W) {
 }
 
 Status CudaBackend::flush_chain() {
-  const int ns = chain_.stages;
-  const bool delta = chain_.delta;
+  Fp4ChainArgs c = chain_;
   chain_.stages = 0;
   chain_.delta = false;
-  if (ns == 0) return Status::Ok();
-  if (ns > 1) {
-    Fp4ChainArgs c = chain_;
-    c.stages = ns;
-    c.delta = delta;
+  if (c.stages == 0) return Status::Ok();
+  if (c.stages > 1) {
     const auto it = chain_sync_.find(chain_site_);
     c.sync = it != chain_sync_.end() ? it->second : nullptr;
     c.fault = st_fault_;
     if (fp4_chain_supported(c, dm_.sms))
       return cuda_status(fp4_chain(c, dm_.sms, stream_), "a chain of NVFP4 products");
   }
-  if (delta) QWEN35_CUDA_TRY(delta_net(chain_.delta_args, stream_), "the delta rule");
-  for (int s = delta ? 1 : 0; s < ns; ++s) {  // one launch per stage
-    Fp4MatvecArgs a = chain_.stage[s];
+  if (c.delta) QWEN35_CUDA_TRY(delta_net(c.delta_args, stream_), "the delta rule");
+  for (int s = c.delta ? 1 : 0; s < c.stages; ++s) {  // one launch per stage
+    Fp4MatvecArgs a = c.stage[s];
     a.partial = fp4_partial_;
     a.counters = fp4_counters_;
     QWEN35_CUDA_TRY(fp4_matvec(a, dm_.sms, stream_), "an NVFP4 matrix-vector product");

@@ -63,7 +63,7 @@ constexpr uint32_t kMaxPolls = 1u << 24;
 enum : int { kDepNone = 0, kDepSlice = 1, kDepFull = 2 };
 
 // The delta-rule stage: 8 state elements per thread (the default split of
-// delta_net.cu, so the same sums), a task = kDeltaRows(DK) state rows of
+// delta_net.cu, so the same sums), a task = delta_rows(dk) state rows of
 // one head in the block's 128 threads.
 constexpr int kDeltaEpt = 8;
 __host__ __device__ constexpr int delta_rows(int dk) { return kBulkWarps * kWarp / (dk / kDeltaEpt); }
@@ -75,7 +75,7 @@ struct ChainPlan {
   int start[kMaxStages + 1] = {};   // first ticket of each stage; start[stages] = tasks
   int64_t kg_per[kMaxStages] = {};  // kgroups per column slice
   int splits[kMaxStages] = {};
-  int groups[kMaxStages] = {};      // tile groups (kBulkWarps tiles each)
+  int groups[kMaxStages] = {};      // tile groups (kBulkWarps tiles each); delta rule: its tasks
   int dep[kMaxStages] = {};         // how stage s waits for s-1
   bool skip_math = false;           // tuning fp4_probe: timing only
 };
