@@ -14,6 +14,15 @@
 // flight per warp (the first before the PDL wait), activations as F16 per
 // chunk with power-of-two chunk scales (tc_load_x). No split of K: the
 // LM head has thousands of tiles.
+//
+// Kernel 3 (QWEN35_CUDA_Q6K_KERNEL=3), the same layout: kernel 2's
+// arithmetic (q6kt_kgroup), with the weights moved like the NVFP4 kernel
+// 3's: lane 0 of each warp copies stages of 4 kgroups (lo, hi, sc and the
+// super-scales: 3,360 bytes) with cp.async.bulk into a ring of S stages in
+// shared memory, so a warp keeps S x 3.3 KiB in flight (kernel 2 with P =
+// 4: 3.3 KiB in registers). Persistent: each warp walks tiles tile0,
+// tile0 + stride, ..., its ring running on across tile boundaries, and a
+// block converts the activations once.
 #include <atomic>
 
 #include "common.cuh"
@@ -175,6 +184,53 @@ __global__ void q6kt_repack_kernel(const uint8_t* __restrict__ src, uint64_t row
   }
 }
 
+// One kgroup (64 columns, four mma) of a lane's tile rows (kernels 2 and
+// 3): low and high code bits l4 and h2, sub-block scales s2, the
+// super-scales of rows g and g+8, activation chunks at xb / multipliers at
+// mp (as fp4_kgroup).
+__device__ __forceinline__ void q6kt_kgroup(float* acc, uint4 l4, uint2 h2, uint2 s2, float d_g, float d_g8, int i,
+                                            const uint16_t* xb, const float* mp, int n) {
+  const __half2 k1056 = __floats2half2_rn(1056.0f, 1056.0f);
+  const uint32_t lw[4] = {l4.x, l4.y, l4.z, l4.w};
+#pragma unroll
+  for (int wd = 0; wd < 4; ++wd) {
+    const int c = 4 * i + wd;
+    const uint32_t hw = wd < 2 ? h2.x : h2.y;
+    uint32_t ar[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const uint32_t biased = q6kt_reg(lw[wd], hw, wd, r);  // 1024 + q per half
+      const __half2 v = __hsub2(*reinterpret_cast<const __half2*>(&biased), k1056);
+      ar[r] = *reinterpret_cast<const uint32_t*>(&v);
+    }
+    const uint2 bv = *reinterpret_cast<const uint2*>(xb + c * n * 16);
+    float dm[4];
+    mma_f16(dm, ar, bv.x, bv.y);
+    const float2 m = *reinterpret_cast<const float2*>(mp + c * kMatvecMaxCols);  // rows 2t, 2t+1
+    const uint32_t sw = (wd < 2 ? s2.x : s2.y) >> (16 * (wd & 1));
+    const float s0 = d_g * float(int8_t(sw & 0xFFu)), s1 = d_g8 * float(int8_t((sw >> 8) & 0xFFu));
+    acc[0] = fmaf(dm[0], s0 * m.x, acc[0]);
+    acc[1] = fmaf(dm[1], s0 * m.y, acc[1]);
+    acc[2] = fmaf(dm[2], s1 * m.x, acc[2]);
+    acc[3] = fmaf(dm[3], s1 * m.y, acc[3]);
+  }
+}
+
+// The finished outputs of a lane's tile rows (kernels 2 and 3).
+__device__ __forceinline__ void q6kt_store(const Q6kTiled& w, int64_t tile, int g, int t, int n, const float* acc,
+                                           float* y, int64_t ldy, bool add) {
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int64_t row = tile * kFp4TileRows + g + 8 * (e >> 1);
+    const int j = 2 * t + (e & 1);
+    if (row < w.rows && j < n) {
+      float* out = y + j * ldy + row;
+      const float v = acc[e] * w.scale;
+      *out = add ? *out + v : v;
+    }
+  }
+}
+
 // One warp per tile, or (a grid smaller than tiles / W: the persistent
 // launch) tiles tile0, tile0 + gridDim.x * W, ... in turn, so a block
 // converts the activations once for many tiles.
@@ -231,7 +287,6 @@ __global__ void __launch_bounds__(W * kWarp) q6kt_matvec_kernel(Q6kTiled w, TcIn
   // 3. Stream each tile (no barriers from here: the warps go their own ways).
   const uint16_t* xb = xs + tc_b_row(g, n) * 16 + t * 4;  // + chunk * n * 16
   const float* mp = mult + 2 * t;            // + chunk * 8
-  const __half2 k1056 = __floats2half2_rn(1056.0f, 1056.0f);
   for (bool first = true; tile < tiles; tile += stride, first = false) {
     if (!first) start(tile);
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -254,41 +309,96 @@ __global__ void __launch_bounds__(W * kWarp) q6kt_matvec_kernel(Q6kTiled w, TcIn
             sb[p] = ld_stream(sp + (i + P) * 8);
             if (p % 4 == 0) db[p / 4] = ld_stream(dp + ((i + P) / 4) * 8);
           }
-          const uint32_t lw[4] = {l4.x, l4.y, l4.z, l4.w};
-#pragma unroll
-          for (int wd = 0; wd < 4; ++wd) {
-            const int c = 4 * i + wd;
-            const uint32_t hw = wd < 2 ? h2.x : h2.y;
-            uint32_t ar[4];
-#pragma unroll
-            for (int r = 0; r < 4; ++r) {
-              const uint32_t biased = q6kt_reg(lw[wd], hw, wd, r);  // 1024 + q per half
-              const __half2 v = __hsub2(*reinterpret_cast<const __half2*>(&biased), k1056);
-              ar[r] = *reinterpret_cast<const uint32_t*>(&v);
-            }
-            const uint2 bv = *reinterpret_cast<const uint2*>(xb + c * n * 16);
-            float dm[4];
-            mma_f16(dm, ar, bv.x, bv.y);
-            const float2 m = *reinterpret_cast<const float2*>(mp + c * kMatvecMaxCols);  // rows 2t, 2t+1
-            const uint32_t sw = (wd < 2 ? s2.x : s2.y) >> (16 * (wd & 1));
-            const float s0 = d_g * float(int8_t(sw & 0xFFu)), s1 = d_g8 * float(int8_t((sw >> 8) & 0xFFu));
-            acc[0] = fmaf(dm[0], s0 * m.x, acc[0]);
-            acc[1] = fmaf(dm[1], s0 * m.y, acc[1]);
-            acc[2] = fmaf(dm[2], s1 * m.x, acc[2]);
-            acc[3] = fmaf(dm[3], s1 * m.y, acc[3]);
-          }
+          q6kt_kgroup(acc, l4, h2, s2, d_g, d_g8, i, xb, mp, n);
         }
       }
     }
+    q6kt_store(w, tile, g, t, n, acc, y, ldy, add);
+  }
+}
+
+// ---- kernel 3: bulk copies into shared memory ----
+
+constexpr int kQ6kBulkWarps = 4;
+// A stage: 4 kgroups of lo (4 x 512), hi (4 x 256), sc (4 x 64) and their
+// super-scales (32), each a contiguous run of its array.
+constexpr int kQ6kStageLo = 0, kQ6kStageHi = 2048, kQ6kStageSc = 3072, kQ6kStageD = 3328, kQ6kStageBytes = 3360;
+constexpr size_t q6k_ring_bytes(int stages) { return size_t(kQ6kBulkWarps) * stages * (kQ6kStageBytes + 8); }
+
+template <int S>
+__global__ void __launch_bounds__(kQ6kBulkWarps * kWarp) q6kt_bulk_kernel(Q6kTiled w, TcInput in, float* __restrict__ y,
+                                                                         int64_t ldy, bool add) {
+  constexpr int W = kQ6kBulkWarps;
+  uint8_t* smem_raw = dynamic_smem<uint8_t>();
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int g = lane >> 2, t = lane & 3;
+  const int n = in.n;
+  const int kg_n = int(w.kgroups());  // a multiple of 4
+  const int nch = 4 * kg_n, nst = kg_n / 4;
+  uint8_t* ring = smem_raw + size_t(warp) * S * kQ6kStageBytes;                                         // [S][3360]
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem_raw + size_t(W) * S * kQ6kStageBytes) + warp * S;  // [S]
+  uint8_t* xbase = smem_raw + q6k_ring_bytes(S);
+  uint16_t* xs = reinterpret_cast<uint16_t*>(xbase);                           // [nch][n][16] F16
+  float* mult = reinterpret_cast<float*>(xbase + size_t(nch) * size_t(n) * 32);  // [nch][8]
+  // This warp's tiles: tile0, tile0 + stride, ...; stage q of its walk is
+  // stage q % nst of its tile q / nst.
+  const int64_t tiles = w.tiles(), stride = int64_t(gridDim.x) * W, tile0 = int64_t(blockIdx.x) * W + warp;
+  const int64_t count = tile0 < tiles ? (tiles - tile0 + stride - 1) / stride : 0;
+  const int64_t total = count * nst;
+  auto issue = [&](int64_t q) {  // lane 0
+    const int64_t tile = tile0 + (q / nst) * stride;
+    const int64_t st = q % nst, unit = tile * kg_n + 4 * st;
+    uint8_t* dst = ring + (q % S) * kQ6kStageBytes;
+    const uint32_t bar = smem_addr(bars + q % S);
+    mbar_expect_tx(bar, kQ6kStageBytes);
+    bulk_copy_g2s(smem_addr(dst + kQ6kStageLo), w.lo + unit * 512, 2048, bar);
+    bulk_copy_g2s(smem_addr(dst + kQ6kStageHi), w.hi + unit * 256, 1024, bar);
+    bulk_copy_g2s(smem_addr(dst + kQ6kStageSc), w.sc + unit * 64, 256, bar);
+    bulk_copy_g2s(smem_addr(dst + kQ6kStageD), w.d + (tile * nst + st) * 16, 32, bar);
+  };
+
+  // 1. The first S stages (weights are never written by a kernel).
+  if (lane == 0) {
+    for (int i = 0; i < S; ++i) mbar_init(smem_addr(bars + i), 1);
+    for (int64_t q = 0; q < S && q < total; ++q) issue(q);
+  }
+  __syncwarp();
+  pdl_wait_and_trigger();
+
+  // 2. The activations, once per block.
+  tc_load_x(in, 0, nch, xs, mult);
+  __syncthreads();
+
+  // 3. Walk the stages (no barriers from here: the warps go their own ways).
+  const uint16_t* xb = xs + tc_b_row(g, n) * 16 + t * 4;
+  const float* mp = mult + 2 * t;
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int64_t q = 0; q < total; ++q) {
+    const uint8_t* src = ring + (q % S) * kQ6kStageBytes;
+    mbar_wait(smem_addr(bars + q % S), uint32_t(q / S) & 1u);
+    uint4 l4[4];
+    uint2 h2[4], s2[4];
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int64_t row = tile * kFp4TileRows + g + 8 * (e >> 1);
-      const int j = 2 * t + (e & 1);
-      if (row < w.rows && j < n) {
-        float* out = y + j * ldy + row;
-        const float v = acc[e] * w.scale;
-        *out = add ? *out + v : v;
-      }
+    for (int k = 0; k < 4; ++k) {
+      l4[k] = *reinterpret_cast<const uint4*>(src + kQ6kStageLo + k * 512 + lane * 16);
+      h2[k] = *reinterpret_cast<const uint2*>(src + kQ6kStageHi + k * 256 + lane * 8);
+      s2[k] = *reinterpret_cast<const uint2*>(src + kQ6kStageSc + k * 64 + g * 8);
+    }
+    const uint32_t dd = *reinterpret_cast<const uint32_t*>(src + kQ6kStageD + g * 4);
+    // The slot is free once every lane has its values: request stage q + S.
+    __syncwarp();
+    if (lane == 0 && q + S < total) {
+      fence_proxy_async_smem();
+      issue(q + S);
+    }
+    const float d_g = __half2float(__ushort_as_half(uint16_t(dd & 0xFFFFu)));
+    const float d_g8 = __half2float(__ushort_as_half(uint16_t(dd >> 16)));
+    const int st = int(q % nst);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) q6kt_kgroup(acc, l4[k], h2[k], s2[k], d_g, d_g8, 4 * st + k, xb, mp, n);
+    if (st == nst - 1) {  // the tile is done
+      q6kt_store(w, tile0 + (q / nst) * stride, g, t, n, acc, y, ldy, add);
+      acc[0] = acc[1] = acc[2] = acc[3] = 0.0f;
     }
   }
 }
@@ -357,6 +467,25 @@ cudaError_t launch_q6kt(const Q6kTiled& w, const TcInput& in, float* y, int64_t 
   const int persist = decode_tuning().q6k_persist;
   if (persist > 0) blocks = std::min<int64_t>(blocks, int64_t(persist) * multiprocessors());
   return launch(q6kt_matvec_kernel<W, P>, dim3(unsigned(blocks)), dim3(W * kWarp), smem, stream, w, in, y, ldy, add);
+}
+
+// Kernel 3: persistent, blocks per multiprocessor from the tuning
+// (q6k_persist) or 3 (what its shared memory allows at 1 row).
+template <int S>
+cudaError_t launch_q6kt_bulk(const Q6kTiled& w, const TcInput& in, float* y, int64_t ldy, bool add,
+                             cudaStream_t stream) {
+  static std::atomic<int> allowed{0};
+  const size_t smem = q6k_ring_bytes(S) + tc_x_bytes(int(w.cols / 16), in.n);
+  if (smem > 48 * 1024 && int(smem) > allowed.load(std::memory_order_relaxed)) {
+    const cudaError_t e = allow_dynamic_smem(q6kt_bulk_kernel<S>, smem);
+    if (e != cudaSuccess) return e;
+    allowed.store(int(smem), std::memory_order_relaxed);
+  }
+  const int persist = decode_tuning().q6k_persist;
+  const int64_t blocks =
+      std::min<int64_t>((w.tiles() + kQ6kBulkWarps - 1) / kQ6kBulkWarps, int64_t(persist > 0 ? persist : 3) * multiprocessors());
+  return launch(q6kt_bulk_kernel<S>, dim3(unsigned(blocks)), dim3(kQ6kBulkWarps * kWarp), smem, stream, w, in, y, ldy,
+                add);
 }
 
 }  // namespace
@@ -432,6 +561,14 @@ cudaError_t q6kt_matvec(const Q6kTiled& w, const float* x, int64_t ldx, int n, f
   if (!q6kt_matvec_fits(w, n) || !tc_input_aligned(in)) return cudaErrorInvalidValue;
   const DecodeTuning tune = decode_tuning();
   const bool add = acc == Accum::Add;
+  if (tune.q6k_kernel == 3) {
+    // Kernel 3 needs 16-byte aligned arrays for its bulk copies (the upload
+    // arena's alignment; checked) and its shared memory.
+    const bool aligned = ((reinterpret_cast<uintptr_t>(w.lo) | reinterpret_cast<uintptr_t>(w.hi) |
+                           reinterpret_cast<uintptr_t>(w.sc) | reinterpret_cast<uintptr_t>(w.d)) & 15u) == 0;
+    if (aligned && q6k_ring_bytes(4) + tc_x_bytes(int(w.cols / 16), n) <= max_dynamic_smem())
+      return launch_q6kt_bulk<4>(w, in, y, ldy, add, stream);
+  }
   if (tune.fp4_warps == 8)
     return tune.fp4_depth >= 8 ? launch_q6kt<8, 8>(w, in, y, ldy, add, stream) : launch_q6kt<8, 4>(w, in, y, ldy, add, stream);
   return tune.fp4_depth >= 8 ? launch_q6kt<4, 8>(w, in, y, ldy, add, stream) : launch_q6kt<4, 4>(w, in, y, ldy, add, stream);

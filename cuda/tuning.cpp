@@ -31,7 +31,7 @@ DecodeTuning clamp(DecodeTuning t) {
   t.fp4_late_pdl = t.fp4_late_pdl ? 1 : 0;
   t.fp4_prefetch = std::clamp(t.fp4_prefetch, 0, 2);
   t.fp4_chain = std::clamp(t.fp4_chain, 0, 3);
-  t.q6k_kernel = t.q6k_kernel == 1 ? 1 : 2;
+  t.q6k_kernel = t.q6k_kernel == 1 ? 1 : t.q6k_kernel == 3 ? 3 : 2;
   t.q6k_persist = std::clamp(t.q6k_persist, 0, 16);
   t.delta_ept = t.delta_ept >= 32 ? 32 : t.delta_ept >= 16 ? 16 : 8;
   return t;
@@ -74,8 +74,9 @@ void set_decode_tuning(const DecodeTuning& t) {
 }
 
 std::string describe(const DecodeTuning& t) {
-  const std::string q6k =
-      t.q6k_persist > 0 ? fmt::format("q6k v{} p{}", t.q6k_kernel, t.q6k_persist) : fmt::format("q6k v{}", t.q6k_kernel);
+  // (Q6_K kernel 2 keeps fp4_depth kgroups in flight per warp.)
+  const std::string q6k = fmt::format("q6k v{}{}{}", t.q6k_kernel, t.q6k_persist > 0 ? fmt::format(" p{}", t.q6k_persist) : "",
+                                      t.q6k_kernel == 2 && t.fp4_depth != 4 ? fmt::format(" d{}", t.fp4_depth) : "");
   if (t.fp4_kernel == 1) return fmt::format("fp4 v1, {}, dn e{}", q6k, t.delta_ept);
   if (t.fp4_kernel == 3)
     return fmt::format("fp4 v3 bps{} s{}{}{}{}{}{}{}, {}, dn e{}", t.fp4_blocks_per_sm, t.fp4_stages,

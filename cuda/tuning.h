@@ -41,7 +41,9 @@
 //   kernel 2's)
 //   QWEN35_CUDA_Q6K_KERNEL  1: one thread per row (Q6kRows32 layout),
 //                           2: tensor cores on the tiled Q6_K layout (default;
-//                           chosen at upload, see upload.cpp)
+//                           chosen at upload, see upload.cpp), 3: the same
+//                           with the weights moved by bulk copies into
+//                           shared memory (persistent blocks)
 //   QWEN35_CUDA_DELTA_EPT   delta rule (decode and prefill): state elements
 //                           per thread, 8 (default), 16 or 32 (the first
 //                           kernel's split); read when a context is created

@@ -225,7 +225,7 @@ void Uploader::plan_linear(DevLinear* L, std::vector<const Weight*> parts, bool 
 void Uploader::plan_embed(DevEmbed* e, const Weight& w) {
   if (!w.present()) return;
   if (fast_ && w.type == GGML_Q6_K && w.cols % 256 == 0) {
-    if (decode_tuning().q6k_kernel == 2) {  // tiled, for the tensor-core kernel
+    if (decode_tuning().q6k_kernel >= 2) {  // tiled, for the tensor-core kernels 2 and 3
       Q6kTiled q;
       q.rows = w.rows;
       q.cols = w.cols;

@@ -662,7 +662,7 @@ TEST_CASE("emulated: NVFP4 decode kernels 1-3 (tensor cores, bulk copies) match 
   emu::set_order(false);
 }
 
-TEST_CASE("emulated: the tiled Q6_K kernel (tensor cores) matches the CPU products") {
+TEST_CASE("emulated: the tiled Q6_K kernels 2 and 3 (tensor cores, bulk copies) match the CPU products") {
   // 13 tiles (the last partial): more than the 8 warps of the persistent launch.
   const int64_t N = 200, K = 512;
   HostQMat w(GGML_Q6_K, N, K, 52);
@@ -676,25 +676,34 @@ TEST_CASE("emulated: the tiled Q6_K kernel (tensor cores) matches the CPU produc
   q.sc = reinterpret_cast<const int8_t*>(buf.data() + q.lo_bytes() + q.hi_bytes());
   q.d = reinterpret_cast<const uint16_t*>(buf.data() + q.lo_bytes() + q.hi_bytes() + q.sc_bytes());
   REQUIRE(q6kt_repack(w.data.data(), w.row_bytes, 0, N, q, nullptr) == cudaSuccess);
-  for (int n : {1, 2, 5})
-  for (int persist : {0, 1}) {  // a warp per tile; one block (of 2 in the emulation) walking several tiles
-    for (bool reverse : {false, true}) {
-      CAPTURE(n);
-      CAPTURE(persist);
-      CAPTURE(reverse);
-      emu::set_order(reverse);
-      DecodeTuning tv;
-      tv.q6k_persist = persist;
-      TuningScope ts(tv);
-      const int64_t ldx = K + 4, ldy = N + 2;
-      auto x = random_floats(size_t(n * ldx), uint32_t(63 + n), -2, 2);
-      auto y0 = random_floats(size_t(n * ldy), 64, -1, 1);
-      std::vector<float> want(y0), y(y0);
-      for (int j = 0; j < n; ++j)
-        for (int64_t r = 0; r < N; ++r) want[size_t(j * ldy + r)] += float(w.dot(r, x.data() + j * ldx) * 0.75);
-      REQUIRE(q6kt_matvec(q, x.data(), ldx, n, y.data(), ldy, Accum::Add, nullptr) ==
-              cudaSuccess);
-      CHECK(rel(y, want) < 2e-3);
+  for (int n : {1, 2, 5}) {
+    const int64_t ldx = K + 4, ldy = N + 2;
+    auto x = random_floats(size_t(n * ldx), uint32_t(63 + n), -2, 2);
+    auto y0 = random_floats(size_t(n * ldy), 64, -1, 1);
+    std::vector<float> want(y0), first;
+    for (int j = 0; j < n; ++j)
+      for (int64_t r = 0; r < N; ++r) want[size_t(j * ldy + r)] += float(w.dot(r, x.data() + j * ldx) * 0.75);
+    // Kernel 2: a warp per tile; one block (of 2 in the emulation) walking
+    // several tiles. Kernel 3 (bulk copies, persistent): 3 blocks per
+    // multiprocessor, or one, each warp walking 1-2 tiles (its ring running
+    // on across them).
+    for (auto [kernel, persist] : {std::pair{2, 0}, std::pair{2, 1}, std::pair{3, 0}, std::pair{3, 1}}) {
+      for (bool reverse : {false, true}) {
+        CAPTURE(n);
+        CAPTURE(kernel);
+        CAPTURE(persist);
+        CAPTURE(reverse);
+        emu::set_order(reverse);
+        DecodeTuning tv;
+        tv.q6k_kernel = kernel;
+        tv.q6k_persist = persist;
+        TuningScope ts(tv);
+        std::vector<float> y(y0);
+        REQUIRE(q6kt_matvec(q, x.data(), ldx, n, y.data(), ldy, Accum::Add, nullptr) == cudaSuccess);
+        CHECK(rel(y, want) < 2e-3);
+        if (first.empty()) first = y;
+        CHECK(y == first);  // the same arithmetic in every variant: equal bits
+      }
     }
   }
   emu::set_order(false);

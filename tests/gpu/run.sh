@@ -169,6 +169,11 @@ if [ -s "$M4" ]; then
     -p 512 -n 128 --device cuda --json --check 6
   bench "  fp4: chains, tails + delta rule" env QWEN35_CUDA_FP4_CHAIN=3 "$BIN/qwen35-cuda-bench" -m "$M4" \
     -p 512 -n 128 --device cuda --json --check 6
+  # The LM head with the Q6_K kernel 3 (bulk copies), alone and with the chains.
+  bench "  q6k: kernel 3 (bulk copies)" env QWEN35_CUDA_Q6K_KERNEL=3 "$BIN/qwen35-cuda-bench" -m "$M4" \
+    -p 512 -n 128 --device cuda --json --check 6
+  bench "  q6k kernel 3 + chains 3" env QWEN35_CUDA_Q6K_KERNEL=3 QWEN35_CUDA_FP4_CHAIN=3 "$BIN/qwen35-cuda-bench" \
+    -m "$M4" -p 512 -n 128 --device cuda --json
   if [ $HAVE_BENCH -eq 1 ]; then
     bench "qwen35-bench 4B NVFP4" "$BUILD/examples/qwen35-bench" -m "$M4" -p 512 -n 128 --device cuda --json
   fi
@@ -235,8 +240,8 @@ trace() {  # trace LABEL FILE ENV... -- ARGS...: qwen35-cuda-bench --trace into 
 }
 if [ -s "$M4" ] && [ "${QWEN35_GPU_TRACE:-1}" != 0 ]; then
   trace "trace: decode" trace-decode.txt -- -p 512 -n 32 --device cuda --trace decode
-  trace "trace: decode, chains" trace-decode-chain.txt QWEN35_CUDA_FP4_CHAIN=3 -- -p 512 -n 32 --device cuda \
-    --trace decode
+  trace "trace: decode, chains, q6k 3" trace-decode-chain.txt QWEN35_CUDA_FP4_CHAIN=3 QWEN35_CUDA_Q6K_KERNEL=3 -- \
+    -p 512 -n 32 --device cuda --trace decode
   trace "trace: prefill" trace-prefill.txt -- -p 512 -n 1 --device cuda --trace prefill
   # What the kernels cost without the NVFP4 stream's arithmetic (wrong
   # results), and a step through the context API (logits to the host).

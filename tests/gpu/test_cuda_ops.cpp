@@ -1253,7 +1253,7 @@ TEST_CASE("the chunked delta rule matches the sequential reference (chunk edges,
   }
 }
 
-TEST_CASE("tiled Q6_K: the persistent launch (blocks walking several tiles) equals a warp per tile") {
+TEST_CASE("tiled Q6_K: the persistent launches (kernel 2, kernel 3 with bulk copies) equal a warp per tile") {
   QWEN35_REQUIRE_GPU();
   const int64_t N = 40000, K = 256;  // 2,500 tiles: many per warp at 1-3 blocks per multiprocessor
   QMat w(GGML_Q6_K, N, K, 77);
@@ -1281,9 +1281,13 @@ TEST_CASE("tiled Q6_K: the persistent launch (blocks walking several tiles) equa
           want[size_t(j * N + r)] = vec_dot_ref(GGML_Q6_K, w.host.data() + r * w.row_bytes, x.data() + j * K, K);
       CHECK(max_rel(base, want) < 2e-3);
     }
-    for (int persist : {1, 3}) {
+    // Kernel 2 persistent, and kernel 3 (bulk copies; always persistent:
+    // 3 blocks per multiprocessor by default).
+    for (auto [kernel, persist] : {std::pair{2, 1}, std::pair{2, 3}, std::pair{3, 0}, std::pair{3, 1}, std::pair{3, 2}}) {
+      CAPTURE(kernel);
       CAPTURE(persist);
       DecodeTuning tv;
+      tv.q6k_kernel = kernel;
       tv.q6k_persist = persist;
       TuningScope ts(tv);
       dy.upload(std::vector<float>(base.size(), NAN));
