@@ -56,7 +56,7 @@ struct CaseTiled {
     Arr<uint8_t> da(a), db(b ? *b : std::vector<uint8_t>(1));
     ok = fp4_repack(da.get(), b ? db.get() : nullptr, row_bytes(*type_info(GGML_NVFP4), cols), t, nullptr) ==
          cudaSuccess;
-    (void)buf.download();  // (the device arrays synchronize here: da and db go out of scope next)
+    (void)Arr<uint8_t>(std::vector<uint8_t>(1)).download();  // (a device array synchronizes: da, db are freed next)
   }
   static uint64_t bytes(int64_t rows, int64_t cols, bool pair) {
     cuda::Fp4Tiled w;
