@@ -209,14 +209,7 @@ __device__ __forceinline__ void delta_task(const DeltaNetArgs& d, const ChainPla
   // step before this one writes them).
   float M[kDeltaEpt];
   float4* st = reinterpret_cast<float4*>(d.state + (j * d.dv + v_row) * DK);
-#pragma unroll
-  for (int i = 0; i < NV; ++i) {
-    const float4 v = st[sub + TPR * i];
-    M[4 * i] = v.x;
-    M[4 * i + 1] = v.y;
-    M[4 * i + 2] = v.z;
-    M[4 * i + 3] = v.w;
-  }
+  delta_load_row<TPR, NV>(M, st, sub);
   const float a_log = d.ssm_a[j], dtb = d.dt_bias[j];
   pdl_wait();
   pdl_trigger();
@@ -247,15 +240,10 @@ __device__ __forceinline__ void delta_task(const DeltaNetArgs& d, const ChainPla
     const float4* k4 = reinterpret_cast<const float4*>(s_qk + t * 2 * DK + DK);
     const float o = delta_row<TPR, NV>(M, q4, k4, sub, s_v[t * R + v_local], s_rq[t], s_rk[t], s_beta[t], s_decay[t]);
     if (sub == 0) d.out[t * d.Hv * d.dv + j * d.dv + v_row] = o;
-    if (t == d.snapshot_row) {
-      float4* sn = reinterpret_cast<float4*>(d.snapshot + (j * d.dv + v_row) * DK);
-#pragma unroll
-      for (int i = 0; i < NV; ++i)
-        sn[sub + TPR * i] = make_float4(M[4 * i], M[4 * i + 1], M[4 * i + 2], M[4 * i + 3]);
-    }
+    if (t == d.snapshot_row)
+      delta_store_row<TPR, NV>(M, reinterpret_cast<float4*>(d.snapshot + (j * d.dv + v_row) * DK), sub);
   }
-#pragma unroll
-  for (int i = 0; i < NV; ++i) st[sub + TPR * i] = make_float4(M[4 * i], M[4 * i + 1], M[4 * i + 2], M[4 * i + 3]);
+  delta_store_row<TPR, NV>(M, st, sub);
 
   // Publish to stage 1 (which waits for the whole stage).
   if (p.stages > 1) {

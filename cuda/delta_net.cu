@@ -56,14 +56,7 @@ __global__ void __launch_bounds__(kRowsPerBlock * DK / EPT) delta_net_kernel(Del
   // sub + TPR*i of the row.
   float M[EPT];
   float4* st = reinterpret_cast<float4*>(p.state + (j * dv + v_row) * DK);
-#pragma unroll
-  for (int i = 0; i < NV; ++i) {
-    const float4 v = st[sub + TPR * i];
-    M[4 * i] = v.x;
-    M[4 * i + 1] = v.y;
-    M[4 * i + 2] = v.z;
-    M[4 * i + 3] = v.w;
-  }
+  delta_load_row<TPR, NV>(M, st, sub);
   const float a_log = p.ssm_a[j], dtb = p.dt_bias[j];
   pdl_prologue();
 
@@ -112,17 +105,12 @@ __global__ void __launch_bounds__(kRowsPerBlock * DK / EPT) delta_net_kernel(Del
       const float4* k4 = reinterpret_cast<const float4*>(s_qk[buf][r] + DK);
       const float o = delta_row<TPR, NV>(M, q4, k4, sub, s_v[buf][r][v_local], s_rq[r], s_rk[r], s_beta[r], s_decay[r]);
       if (sub == 0) p.out[t * p.Hv * dv + j * dv + v_row] = o;
-      if (t == p.snapshot_row) {
-        float4* sn = reinterpret_cast<float4*>(p.snapshot + (j * dv + v_row) * DK);
-#pragma unroll
-        for (int i = 0; i < NV; ++i)
-          sn[sub + TPR * i] = make_float4(M[4 * i], M[4 * i + 1], M[4 * i + 2], M[4 * i + 3]);
-      }
+      if (t == p.snapshot_row)
+        delta_store_row<TPR, NV>(M, reinterpret_cast<float4*>(p.snapshot + (j * dv + v_row) * DK), sub);
     }
     __syncthreads();  // buf and the norms are rewritten for the next chunks
   }
-#pragma unroll
-  for (int i = 0; i < NV; ++i) st[sub + TPR * i] = make_float4(M[4 * i], M[4 * i + 1], M[4 * i + 2], M[4 * i + 3]);
+  delta_store_row<TPR, NV>(M, st, sub);
 }
 
 template <int DK>

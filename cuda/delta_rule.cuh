@@ -18,6 +18,25 @@ __device__ __forceinline__ float group_sum(float v) {
   return v;
 }
 
+// A thread's share of a state row: float4 groups sub, sub + TPR, ... (NV
+// of them) of `row`, into or out of its registers M.
+template <int TPR, int NV>
+__device__ __forceinline__ void delta_load_row(float* M, const float4* row, int sub) {
+#pragma unroll
+  for (int i = 0; i < NV; ++i) {
+    const float4 v = row[sub + TPR * i];
+    M[4 * i] = v.x;
+    M[4 * i + 1] = v.y;
+    M[4 * i + 2] = v.z;
+    M[4 * i + 3] = v.w;
+  }
+}
+template <int TPR, int NV>
+__device__ __forceinline__ void delta_store_row(const float* M, float4* row, int sub) {
+#pragma unroll
+  for (int i = 0; i < NV; ++i) row[sub + TPR * i] = make_float4(M[4 * i], M[4 * i + 1], M[4 * i + 2], M[4 * i + 3]);
+}
+
 // A whole warp: the sums of squares of a row's q and k (DK floats each),
 // lanes strided over the elements; every lane gets the sums.
 template <int DK>
