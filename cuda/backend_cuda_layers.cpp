@@ -363,8 +363,7 @@ Status CudaBackend::queue_fp4(Fp4MatvecArgs a, const DevLinear& W) {
   const int s = chain_.stages;
   a.next = Fp4Tiled{};  // (kernel 3's L2 prefetch hint: not in a chain)
   if (s == 0) {
-    chain_site_ = &W;
-    chain_.delta = false;
+    chain_site_ = &W;  // (delta is false: flush_chain and drop_chain clear it with the stages)
   } else {
     // By slice when a reads the SwiGLU outputs of the NVFP4 stage before
     // (the FFN's down projection), else after the whole stage before.
