@@ -68,6 +68,8 @@ struct FusedAttnArgs {
   int* counters = nullptr;  // [n, n_head] zeros (left zero)
 };
 
+// Whether attention_fused accepts these arguments.
+bool attention_fused_supported(const FusedAttnArgs& f);
 cudaError_t attention_fused(const FusedAttnArgs& a, cudaStream_t stream);
 
 }  // namespace qwen35::cuda
