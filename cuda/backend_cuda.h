@@ -166,12 +166,15 @@ class CudaBackend final : public Backend {
   // Starts a chain with the delta rule (the queue is empty); `site` names
   // its counters.
   void queue_delta(const DeltaNetArgs& d, const DevLinear& site);
+  // The same with the fused decode attention.
+  void queue_attention(const FusedAttnArgs& f, const DevLinear& site);
   // Launches the queued chain (one launch, or stage by stage where the chain
   // kernel cannot run it); drop_chain forgets it (after an error).
   Status flush_chain();
   void drop_chain() {
     chain_.stages = 0;
     chain_.delta = false;
+    chain_.attn = false;
     chaining_ = false;
   }
   Status decoder_layer(int il, const DevLayer& L, int64_t n, int32_t snapshot_row);
@@ -273,7 +276,8 @@ class CudaBackend final : public Backend {
   // Chains of NVFP4 decode projections in one launch (chain_fp4.h, tuning
   // fp4_chain): 1 = each FFN (gate/up, down), 2 = also each layer's tail
   // (output projection, FFN, the next layer's input projection), 3 = with
-  // the delta net's delta rule in front. While
+  // the delta net's delta rule in front, 4 = also with the fused attention
+  // in front of an attention layer's tail. While
   // chaining_, project() queues its NVFP4 decode products in chain_ (with
   // a split-K scratch per stage) and flush_chain() launches them: before
   // any other kernel, and at the end of the layers.

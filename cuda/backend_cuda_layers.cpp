@@ -240,7 +240,10 @@ Status CudaBackend::attention_layer(const DevLayer& L, const KVCache& kv, int64_
     f.attn = a;
     f.rope = r;
     f.counters = attn_counters_;
-    QWEN35_CUDA_TRY(attention_fused(f, stream_), "attention");
+    if (chaining_ && chain_mode_ >= 4)  // the first stage of the layer's chain (launched in flush_chain)
+      queue_attention(f, L.out_proj);
+    else
+      QWEN35_CUDA_TRY(attention_fused(f, stream_), "attention");
   } else {
     QWEN35_CUDA_TRY(qkv_norm_rope(r, stream_), "q/k norm and RoPE");
     QWEN35_CUDA_TRY(attention(a, stream_), "attention");
@@ -358,6 +361,13 @@ void CudaBackend::queue_delta(const DeltaNetArgs& d, const DevLinear& site) {
   chain_site_ = &site;
 }
 
+void CudaBackend::queue_attention(const FusedAttnArgs& f, const DevLinear& site) {
+  chain_.stages = 1;  // (the queue is empty: the input projection flushed it)
+  chain_.attn = true;
+  chain_.attn_args = f;
+  chain_site_ = &site;
+}
+
 Status CudaBackend::queue_fp4(Fp4MatvecArgs a, const DevLinear& W) {
   if (chain_.stages == kFp4ChainMaxStages) QWEN35_TRY(flush_chain());
   const int s = chain_.stages;
@@ -368,9 +378,9 @@ Status CudaBackend::queue_fp4(Fp4MatvecArgs a, const DevLinear& W) {
     // By slice when a reads the SwiGLU outputs of the NVFP4 stage before
     // (the FFN's down projection), else after the whole stage before.
     const Fp4MatvecArgs& pr = chain_.stage[s - 1];
-    const bool slice = !(s == 1 && chain_.delta) && pr.epilogue == Fp4Epilogue::SwiGLU && a.x == pr.y &&
-                       a.ldx == pr.ldy && !a.norm && !a.gate_z && a.w.pairing == Fp4Pairing::Plain &&
-                       a.w.cols == pr.w.rows;
+    const bool slice = !(s == 1 && fp4_chain_has_head(chain_)) && pr.epilogue == Fp4Epilogue::SwiGLU &&
+                       a.x == pr.y && a.ldx == pr.ldy && !a.norm && !a.gate_z &&
+                       a.w.pairing == Fp4Pairing::Plain && a.w.cols == pr.w.rows;
     chain_.dep[s] = slice ? Fp4Dep::Slice : Fp4Dep::Full;
   }
   a.partial = chain_partial_[s];
@@ -384,6 +394,7 @@ Status CudaBackend::flush_chain() {
   Fp4ChainArgs c = chain_;
   chain_.stages = 0;
   chain_.delta = false;
+  chain_.attn = false;
   if (c.stages == 0) return Status::Ok();
   if (c.stages > 1) {
     const auto it = chain_sync_.find(chain_site_);
@@ -393,7 +404,8 @@ Status CudaBackend::flush_chain() {
       return cuda_status(fp4_chain(c, dm_.sms, stream_), "a chain of NVFP4 products");
   }
   if (c.delta) QWEN35_CUDA_TRY(delta_net(c.delta_args, stream_), "the delta rule");
-  for (int s = c.delta ? 1 : 0; s < c.stages; ++s) {  // one launch per stage
+  if (c.attn) QWEN35_CUDA_TRY(attention_fused(c.attn_args, stream_), "attention");
+  for (int s = fp4_chain_has_head(c) ? 1 : 0; s < c.stages; ++s) {  // one launch per stage
     Fp4MatvecArgs a = c.stage[s];
     a.partial = fp4_partial_;
     a.counters = fp4_counters_;

@@ -4,7 +4,8 @@
 // after stage; within a stage tile group major, except for a stage that
 // waits by slice (Fp4Dep::Slice), which goes slice major. A delta-rule
 // stage 0 has a task per delta_rows(dk) state rows of a head (8 for dk =
-// 128; delta_task). The grid has one block per task; each block takes a
+// 128; delta_task), an attention stage 0 a task per block of the fused
+// decode attention (attention_task). The grid has one block per task; each block takes a
 // ticket (an atomic counter, so tasks go to blocks in the order the blocks
 // start, not by block index) and runs that task like a kernel-3 block: its
 // weight stages requested before the PDL wait, then the activation slice,
@@ -34,6 +35,7 @@
 #include <algorithm>
 #include <atomic>
 
+#include "attention_decode.cuh"
 #include "chain_fp4.h"
 #include "common.cuh"
 #include "delta_rule.cuh"
@@ -71,11 +73,11 @@ __host__ __device__ constexpr int delta_rows(int dk) { return kBulkWarps * kWarp
 // The launch's task list (host-computed).
 struct ChainPlan {
   int stages = 0;
-  bool delta = false;               // stage 0 is the delta rule
+  bool head = false;                // stage 0 is the delta rule or attention
   int start[kMaxStages + 1] = {};   // first ticket of each stage; start[stages] = tasks
   int64_t kg_per[kMaxStages] = {};  // kgroups per column slice
   int splits[kMaxStages] = {};
-  int groups[kMaxStages] = {};      // tile groups (kBulkWarps tiles each); delta rule: its tasks
+  int groups[kMaxStages] = {};      // tile groups (kBulkWarps tiles each); delta rule, attention: its tasks
   int dep[kMaxStages] = {};         // how stage s waits for s-1
   bool skip_math = false;           // tuning fp4_probe: timing only
 };
@@ -253,17 +255,40 @@ __device__ __forceinline__ void delta_task(const DeltaNetArgs& d, const ChainPla
   }
 }
 
+// Task u of the attention stage (stage 0): block (head h, row t, split s)
+// of the fused decode attention, tasks split-major within a head. Its
+// shared memory is the ring's.
+static_assert(kAttnWarps == kBulkWarps, "the attention stage runs in the chain's blocks");
+template <int EPL>
+__device__ __forceinline__ void attention_task(const FusedAttnArgs& f, const ChainPlan& p, int u, uint8_t* smem,
+                                               int* sync) {
+  const AttnArgs& a = f.attn;
+  const int64_t s = u % a.splits, h = (u / a.splits) % a.n_head, t = u / (a.splits * a.n_head);
+  // Two cache rows ahead per warp instead of four: no spills within the
+  // chain's register budget.
+  fused_attention_block<EPL, 2>(f, h, t, s, *reinterpret_cast<FusedAttnSmem<EPL>*>(smem));
+  // Publish to stage 1 (which waits for the whole stage: every task has
+  // published once the merges, which come last in their heads, are done).
+  if (p.stages > 1) {
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) atomicAdd(stage_sync(sync, 0) + 1, 1);
+  }
+}
+
 // One task per block: a grid of exactly p.start[p.stages] blocks, each
 // taking one ticket. (A loop over tickets in persistent blocks made ptxas
 // keep the loop's invariants in registers and spill, even at 128
 // registers.) Up to five stages: a switch over compile-time stage indices,
 // so each stage's arguments stay in the parameter space. Kernel 3's 6
 // blocks per multiprocessor, 5 for a run-time row count (which spilled a
-// few registers at 6).
-template <int S, int kN>
-__global__ void __launch_bounds__(kBulkWarps * kWarp, kN > 0 ? 6 : 5)
+// few registers at 6). kAttn: stage 0 is attention (an instantiation of
+// its own, so that the attention's registers do not count in the others;
+// 5 blocks, as it spills at 6).
+template <int S, int kN, bool kAttn>
+__global__ void __launch_bounds__(kBulkWarps * kWarp, kN > 0 && !kAttn ? 6 : 5)
     fp4_chain_kernel(Fp4MatvecArgs a0, Fp4MatvecArgs a1, Fp4MatvecArgs a2, Fp4MatvecArgs a3, Fp4MatvecArgs a4,
-                     DeltaNetArgs d, ChainPlan p, int* sync, int* fault) {
+                     DeltaNetArgs d, FusedAttnArgs f, ChainPlan p, int* sync, int* fault) {
   constexpr int W = kBulkWarps;
   uint8_t* smem_raw = dynamic_smem<uint8_t>();  // rings, barriers, the x slice (as kernel 3)
   __shared__ float ss_part[W][kMatvecMaxCols];
@@ -283,7 +308,13 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, kN > 0 ? 6 : 5)
   // (a launch that never finished): nothing to do, and the waiting tasks
   // give up (the fault flag).
   if (task < p.start[1]) {
-    if (p.delta) {
+    if constexpr (kAttn) {
+      switch (f.attn.head_dim) {
+        case 64: attention_task<2>(f, p, task, smem_raw, sync); break;
+        case 128: attention_task<4>(f, p, task, smem_raw, sync); break;
+        default: attention_task<8>(f, p, task, smem_raw, sync); break;
+      }
+    } else if (p.head) {
       switch (d.dk) {
         case 32: delta_task<32>(d, p, task, smem_raw, sync); break;
         case 64: delta_task<64>(d, p, task, smem_raw, sync); break;
@@ -321,12 +352,20 @@ ChainPlan make_plan(const Fp4ChainArgs& a, int sms) {
   const DecodeTuning tune = decode_tuning();
   ChainPlan p;
   p.stages = a.stages;
-  p.delta = a.delta;
+  p.head = fp4_chain_has_head(a);
   for (int s = 0; s < a.stages; ++s) {
     if (s == 0 && a.delta) {  // a task per delta_rows state rows of a head
       p.kg_per[0] = 1;
       p.splits[0] = 1;
       p.groups[0] = int(a.delta_args.Hv * (a.delta_args.dv / delta_rows(int(a.delta_args.dk))));
+      p.start[1] = p.groups[0];
+      continue;
+    }
+    if (s == 0 && a.attn) {  // a task per block of the fused attention
+      const AttnArgs& at = a.attn_args.attn;
+      p.kg_per[0] = 1;
+      p.splits[0] = 1;
+      p.groups[0] = int(at.n * at.n_head * at.splits);
       p.start[1] = p.groups[0];
       continue;
     }
@@ -346,24 +385,25 @@ ChainPlan make_plan(const Fp4ChainArgs& a, int sms) {
 
 size_t chain_smem(const ChainPlan& p, int n) {
   size_t x = 0;
-  for (int s = p.delta ? 1 : 0; s < p.stages; ++s) x = std::max(x, tc_x_bytes(int(4 * p.kg_per[s]), n));
+  for (int s = p.head ? 1 : 0; s < p.stages; ++s) x = std::max(x, tc_x_bytes(int(4 * p.kg_per[s]), n));
   return bulk_ring_bytes(kBulkWarps, kStages) + x;
 }
 
-template <int kN>
+template <int kN, bool kAttn>
 cudaError_t launch_chain(const Fp4ChainArgs& a, const ChainPlan& p, cudaStream_t stream) {
   static std::atomic<int> allowed{0};
-  auto kernel = fp4_chain_kernel<kStages, kN>;
-  const size_t smem = chain_smem(p, a.stage[a.delta ? 1 : 0].n);
+  auto kernel = fp4_chain_kernel<kStages, kN, kAttn>;
+  const int first = p.head ? 1 : 0;  // the first NVFP4 stage
+  const size_t smem = chain_smem(p, a.stage[first].n);
   if (smem > 48 * 1024 && int(smem) > allowed.load(std::memory_order_relaxed)) {
     const cudaError_t e = allow_dynamic_smem(kernel, smem);
     if (e != cudaSuccess) return e;
     allowed.store(int(smem), std::memory_order_relaxed);
   }
-  const Fp4MatvecArgs none = a.stage[a.delta ? 1 : 0];  // unused stages: any valid block
-  auto st = [&](int s) -> const Fp4MatvecArgs& { return s < a.stages && !(s == 0 && a.delta) ? a.stage[s] : none; };
+  const Fp4MatvecArgs none = a.stage[first];  // unused stages: any valid block
+  auto st = [&](int s) -> const Fp4MatvecArgs& { return s < a.stages && s >= first ? a.stage[s] : none; };
   return launch(kernel, dim3(unsigned(p.start[p.stages])), dim3(kBulkWarps * kWarp), smem, stream, st(0), st(1),
-                st(2), st(3), st(4), a.delta_args, p, a.sync, a.fault);
+                st(2), st(3), st(4), a.delta_args, a.attn_args, p, a.sync, a.fault);
 }
 
 }  // namespace
@@ -371,7 +411,7 @@ cudaError_t launch_chain(const Fp4ChainArgs& a, const ChainPlan& p, cudaStream_t
 uint64_t fp4_chain_sync_ints() { return kSyncStages + uint64_t(kMaxStages) * kSyncPerStage; }
 
 bool fp4_chain_supported(const Fp4ChainArgs& a, int sms) {
-  if (a.stages < 1 || a.stages > kMaxStages || !a.sync || !a.fault) return false;
+  if (a.stages < 1 || a.stages > kMaxStages || !a.sync || !a.fault || (a.delta && a.attn)) return false;
   if (a.delta) {
     // The delta rule: 1-8 rows staged at once in the ring's shared memory
     // (not the barriers after it), then NVFP4 stages waiting for all of it.
@@ -383,8 +423,19 @@ bool fp4_chain_supported(const Fp4ChainArgs& a, int sms) {
       return false;
     if (d.snapshot_row >= 0 && !d.snapshot) return false;
   }
-  const int n = a.stage[a.delta ? 1 : 0].n;
-  for (int s = a.delta ? 1 : 0; s < a.stages; ++s) {
+  if (a.attn) {
+    // The fused attention's blocks (head_dim up to 256: 512 needs more
+    // registers), its shared memory in the rings, then NVFP4 stages waiting
+    // for all of it.
+    const FusedAttnArgs& f = a.attn_args;
+    if (a.stages < 2 || a.dep[1] != Fp4Dep::Full || !attention_fused_supported(f) || f.attn.n < 1 ||
+        f.attn.n != a.stage[1].n || f.attn.head_dim > 256)
+      return false;
+    if (sizeof(FusedAttnSmem<8>) > size_t(kBulkWarps) * kStages * kBulkStageBytes) return false;
+  }
+  const int first = fp4_chain_has_head(a) ? 1 : 0;
+  const int n = a.stage[first].n;
+  for (int s = first; s < a.stages; ++s) {
     const Fp4MatvecArgs& st = a.stage[s];
     if (st.n != n || !fp4_bulk_supported(st)) return false;
     if (s > 0 && a.dep[s] == Fp4Dep::Slice) {
@@ -396,12 +447,12 @@ bool fp4_chain_supported(const Fp4ChainArgs& a, int sms) {
     }
   }
   const ChainPlan p = make_plan(a, sms);
-  for (int s = a.delta ? 1 : 0; s < a.stages; ++s) {
+  for (int s = first; s < a.stages; ++s) {
     const Fp4MatvecArgs& st = a.stage[s];
     if (p.dep[s] == kDepSlice && p.splits[s] > kMaxSlices) return false;
     if (p.splits[s] > 1) {
       if (!st.partial || !st.counters) return false;
-      for (int r = a.delta ? 1 : 0; r < s; ++r)  // split-K scratch of its own (the stages run at the same time)
+      for (int r = first; r < s; ++r)  // split-K scratch of its own (the stages run at the same time)
         if (p.splits[r] > 1 && (a.stage[r].partial == st.partial || a.stage[r].counters == st.counters)) return false;
     }
   }
@@ -411,7 +462,9 @@ bool fp4_chain_supported(const Fp4ChainArgs& a, int sms) {
 cudaError_t fp4_chain(const Fp4ChainArgs& a, int sms, cudaStream_t stream) {
   if (!fp4_chain_supported(a, sms)) return cudaErrorInvalidValue;
   const ChainPlan p = make_plan(a, sms);
-  return a.stage[a.delta ? 1 : 0].n == 1 ? launch_chain<1>(a, p, stream) : launch_chain<0>(a, p, stream);
+  const bool one = a.stage[p.head ? 1 : 0].n == 1;
+  if (a.attn) return one ? launch_chain<1, true>(a, p, stream) : launch_chain<0, true>(a, p, stream);
+  return one ? launch_chain<1, false>(a, p, stream) : launch_chain<0, false>(a, p, stream);
 }
 
 }  // namespace qwen35::cuda

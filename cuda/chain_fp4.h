@@ -4,19 +4,22 @@
 // SwiGLU epilogue, then down added into the residual stream) is a chain of
 // two; a layer's tail (output projection, gate/up, down, the next layer's
 // input projection) a chain of four, five with the delta net's recurrent
-// step in front (the delta rule as stage 0). A stage's weights stream in
+// step in front (the delta rule as stage 0) or with the fused decode
+// attention in front (an attention layer's tail). A stage's weights stream in
 // while the stages before it still run, and the kernel boundaries between
 // them (the PDL wait for a whole grid, its drain and ramp) go away. Each
 // stage adds the same column slices in the same order as a kernel-3 launch
 // of it (fp4_bulk_geometry, the global combine), and the delta rule does
 // the arithmetic of delta_net.cu, so the results equal those of the stages
-// launched one after another, bit for bit.
+// launched one after another, bit for bit; likewise the attention stage,
+// the fused decode attention's blocks (attention_decode.cuh).
 #pragma once
 
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
 
+#include "attention.h"
 #include "delta_net.h"
 #include "matvec_fp4.h"
 
@@ -47,6 +50,11 @@ struct Fp4ChainArgs {
   // and stage 1 waits for it whole (dep[1] = Full).
   bool delta = false;
   DeltaNetArgs delta_args;
+  // Or stage 0 is the fused decode attention (as attention_fused would run
+  // it: 1-kFusedAttnRows rows, head_dim 64-256; stage[0] unused), and stage
+  // 1 waits for it whole. Not both.
+  bool attn = false;
+  FusedAttnArgs attn_args;
   Fp4Dep dep[kFp4ChainMaxStages] = {};  // dep[s] for s >= 1
   // fp4_chain_sync_ints() ints of device memory, zero before the first
   // launch and left at zero by every launch (task tickets, readiness
@@ -61,6 +69,9 @@ struct Fp4ChainArgs {
   // can write and the host can read after a synchronization (pinned).
   int* fault = nullptr;
 };
+
+// Whether stage 0 is the delta rule or attention rather than an NVFP4 product.
+inline bool fp4_chain_has_head(const Fp4ChainArgs& a) { return a.delta || a.attn; }
 
 // Whether fp4_chain can run these arguments (stage checks, dependencies,
 // alignment, shared memory); the caller launches the stages one by one

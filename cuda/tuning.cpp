@@ -30,7 +30,7 @@ DecodeTuning clamp(DecodeTuning t) {
   t.fp4_cluster = t.fp4_cluster ? 1 : 0;
   t.fp4_late_pdl = t.fp4_late_pdl ? 1 : 0;
   t.fp4_prefetch = std::clamp(t.fp4_prefetch, 0, 2);
-  t.fp4_chain = std::clamp(t.fp4_chain, 0, 3);
+  t.fp4_chain = std::clamp(t.fp4_chain, 0, 4);
   t.q6k_kernel = t.q6k_kernel == 1 ? 1 : t.q6k_kernel == 3 ? 3 : 2;
   t.q6k_persist = std::clamp(t.q6k_persist, 0, 16);
   t.delta_ept = t.delta_ept >= 32 ? 32 : t.delta_ept >= 16 ? 16 : 8;
@@ -74,6 +74,7 @@ void set_decode_tuning(const DecodeTuning& t) {
 }
 
 std::string describe(const DecodeTuning& t) {
+  static constexpr const char* kChains[] = {"", " chain-ffn", " chain-layers", " chain-delta", " chain-delta-attn"};
   // (Q6_K kernel 2 keeps fp4_depth kgroups in flight per warp.)
   const std::string q6k = fmt::format("q6k v{}{}{}", t.q6k_kernel, t.q6k_persist > 0 ? fmt::format(" p{}", t.q6k_persist) : "",
                                       t.q6k_kernel == 2 && t.fp4_depth != 4 ? fmt::format(" d{}", t.fp4_depth) : "");
@@ -82,7 +83,7 @@ std::string describe(const DecodeTuning& t) {
     return fmt::format("fp4 v3 bps{} s{}{}{}{}{}{}{}, {}, dn e{}", t.fp4_blocks_per_sm, t.fp4_stages,
                        t.fp4_lean ? " lean" : "", t.fp4_cluster ? " cluster" : "", t.fp4_late_pdl ? " late-pdl" : "",
                        t.fp4_prefetch == 2 ? " l2-next-early" : t.fp4_prefetch ? " l2-next" : "",
-                       t.fp4_chain == 3 ? " chain-delta" : t.fp4_chain == 2 ? " chain-layers" : t.fp4_chain ? " chain-ffn" : "", t.fp4_probe ? " PROBE(no math)" : "", q6k, t.delta_ept);
+                       kChains[std::clamp(t.fp4_chain, 0, 4)], t.fp4_probe ? " PROBE(no math)" : "", q6k, t.delta_ept);
   return fmt::format("fp4 v2 w{} bps{} d{}, {}, dn e{}", t.fp4_warps, t.fp4_blocks_per_sm, t.fp4_depth, q6k,
                      t.delta_ept);
 }

@@ -36,7 +36,8 @@
 //                           also each layer's tail (output projection, FFN,
 //                           the next layer's input projection), 3 = with
 //                           the delta net's delta rule in front (8 state
-//                           elements per thread); 0 = none
+//                           elements per thread), 4 = also with the fused
+//                           decode attention in front; 0 = none
 //   (kernel 3 always uses 4 warps per block: QWEN35_CUDA_FP4_WARPS is
 //   kernel 2's)
 //   QWEN35_CUDA_Q6K_KERNEL  1: one thread per row (Q6kRows32 layout),
@@ -78,7 +79,8 @@ struct DecodeTuning {
   int fp4_cluster = 1;  // kernel 3: 1 = combine the split-K slices in a thread block cluster (<= 8 slices)
   int fp4_late_pdl = 0;  // kernel 3: 1 = let the next kernel launch only after a block's stream (not at its start)
   int fp4_prefetch = 0;  // kernel 3: prefetch the next projection's weights into L2: 1 after the stream, 2 at the start
-  int fp4_chain = 0;     // kernel 3: chained in one launch: 1 = FFNs, 2 = layer tails, 3 = + delta rule (chain_fp4.h)
+  int fp4_chain = 0;     // kernel 3, chained in one launch (chain_fp4.h): 1 = FFNs, 2 = layer tails,
+                         // 3 = + delta rule, 4 = + attention
   int q6k_kernel = 2;
   int q6k_persist = 0;  // kernel 2: 0 = a warp per tile; N = persistent, N blocks per multiprocessor
   int delta_ept = 8;

@@ -111,7 +111,7 @@ TEST_CASE("emulated CUDA backend: one token at a time (the decode kernels, CUDA 
   qwen35_model_free(m);
 }
 
-TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta rule) give the logits of single launches") {
+TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta rule, attention) give the logits of single launches") {
   const char* name = "tiny-m-nvfp4";
   FixtureLogits fx(name);
   qwen35_model* m = load_cuda(name);
@@ -148,6 +148,7 @@ TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta 
   CHECK(run(1) == single);
   CHECK(run(2) == single);
   CHECK(run(3) == single);
+  CHECK(run(4) == single);
   qwen35_model_free(m);
 }
 

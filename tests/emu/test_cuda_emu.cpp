@@ -798,32 +798,40 @@ TEST_CASE("emulated: the FFN as a chain (one launch) equals gate/up + down as tw
   emu::set_order(false);
 }
 
-TEST_CASE("emulated: a layer tail as a chain (delta rule, gated norm, FFN, conv epilogue) equals single launches") {
+TEST_CASE("emulated: a layer tail as a chain (delta rule or attention, gated norm, FFN, conv epilogue) equals single launches") {
   auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
   // D = 256, F = 576, 4 heads of 64, the next input projection 640 rows of
   // which the first 384 go through the conv (1-2 rows; stored for more);
-  // four stages, or five with the delta rule in front (2 key heads of 32 or 64).
+  // four stages, or five with the delta rule in front (2 key heads of 32 or
+  // 64) or with the fused attention in front (4 query and 2 KV heads of 64
+  // or 128 over 9 or 37 cached rows in 3 splits; 1-2 rows).
   for (int bps : {1, 4, 32})
     for (int n : {1, 2, 3})
-      for (int64_t dk : {0, 32, 64})
+      for (int kind = 0; kind < 5; ++kind)
         for (bool reverse : {false, true}) {
+          TailHead head;
+          if (kind == 1 || kind == 2) {
+            head.kind = TailHead::Delta;
+            head.Hk = 2;
+            head.dk = kind == 1 ? 32 : 64;
+          } else if (kind >= 3) {
+            if (n > 2) continue;
+            head.kind = TailHead::Attention;
+            head.Hq = 4;
+            head.Hkv = 2;
+            head.Dh = kind == 3 ? 64 : 128;
+            head.n_past = kind == 3 ? 9 : 37;
+            head.splits = 3;
+          }
           CAPTURE(bps);
           CAPTURE(n);
-          CAPTURE(dk);
+          CAPTURE(kind);
           CAPTURE(reverse);
           emu::set_order(reverse);
           DecodeTuning tv;
           tv.fp4_blocks_per_sm = bps;
           TuningScope ts(tv);
-          const TailCaseResult r = run_tail_case<HostArray>(256, 576, 4, 64, 384, 640, n, 4, rand, dk > 0, 2, dk);
-          REQUIRE(r.ok);
-          CHECK(r.fault == 0);
-          CHECK(std::memcmp(r.so_chain.data(), r.so_single.data(), r.so_chain.size() * 4) == 0);
-          CHECK(std::memcmp(r.st_chain.data(), r.st_single.data(), r.st_chain.size() * 4) == 0);
-          CHECK(std::memcmp(r.h_chain.data(), r.h_single.data(), r.h_chain.size() * 4) == 0);
-          CHECK(std::memcmp(r.mix_chain.data(), r.mix_single.data(), r.mix_chain.size() * 4) == 0);
-          CHECK(std::memcmp(r.win_chain.data(), r.win_single.data(), r.win_chain.size() * 4) == 0);
-          CHECK(std::all_of(r.sync.begin(), r.sync.end(), [](int c) { return c == 0; }));
+          check_tail_case(run_tail_case<HostArray>(256, 576, 4, 64, 384, 640, n, 4, rand, head));
         }
   emu::set_order(false);
 }

@@ -7,14 +7,18 @@
 #pragma once
 
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <map>
 #include <tuple>
 #include <vector>
 
+#include <doctest/doctest.h>
+
 #include "chain_fp4.h"
 #include "cpu/ops.h"
 #include "delta_net.h"
+#include "fused_attn_case.h"
 #include "ggml_types.h"
 #include "kernel_refs.h"
 #include "matvec_fp4.h"
@@ -188,10 +192,22 @@ FfnCaseResult run_ffn_case(int64_t D, int64_t F, int n, int sms, Rand rand, cuda
   return r;
 }
 
+// What runs in front of a layer tail's output projection, as stage 0 of
+// the chain (against its own kernel launched alone).
+struct TailHead {
+  enum Kind { None, Delta, Attention } kind = None;
+  int64_t Hk = 0, dk = 0;  // Delta: key heads of dk (the value heads are the tail's Hv, dv)
+  // Attention: query and KV heads of Dh (the tail's Hv, dv are unused: the
+  // output projection reads Hq*Dh attention outputs), cached rows, splits.
+  int64_t Hq = 0, Hkv = 0, Dh = 0, n_past = 0;
+  int splits = 1;
+};
+
 struct TailCaseResult {
   bool ok = false;
-  std::vector<float> so_chain, so_single;    // the delta rule's outputs (with the delta stage)
-  std::vector<float> st_chain, st_single;    // its state
+  std::vector<float> so_chain, so_single;    // the delta rule's or the attention's outputs (with a head stage)
+  std::vector<float> st_chain, st_single;    // the delta rule's state
+  std::vector<uint16_t> kv_chain, kv_single; // the attention's K and V caches
   std::vector<float> h_chain, h_single;      // the residual stream afterwards
   std::vector<float> mix_chain, mix_single;  // the next input projection's outputs
   std::vector<float> win_chain, win_single;  // its causal-conv window
@@ -205,14 +221,17 @@ struct TailCaseResult {
 // FFN (gate/up, then down by slice) and the next layer's input projection
 // (RMSNorm; for n <= 2 the causal conv + SiLU over its first C outputs as
 // epilogue, else stored). D: model width, F: FFN width, Hv heads of dv,
-// Nin input-projection rows. With delta (Hk key heads of dk), the delta
-// rule in front as a fifth stage (against delta_net), its output the
-// output projection's input.
+// Nin input-projection rows. With a head, a fifth stage in front whose
+// output is the output projection's input: the delta rule (against
+// delta_net), or the fused decode attention (against attention_fused; an
+// attention layer's tail: the output projection without a prologue).
 template <template <typename> class Arr, typename Rand>
 TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64_t C, int64_t Nin, int n, int sms,
-                             Rand rand, bool delta = false, int64_t Hk = 0, int64_t dk = 0) {
+                             Rand rand, const TailHead& head = {}) {
   using namespace qwen35::cuda;
-  const int64_t Cv = Hv * dv, ldh = D + 4, lda = F + 8, ldz = Cv + 4, K = 4;
+  const bool delta = head.kind == TailHead::Delta, attn = head.kind == TailHead::Attention;
+  const int64_t Cv = attn ? head.Hq * head.Dh : Hv * dv, ldh = D + 4, lda = F + 8, ldz = Cv + 4, K = 4;
+  const int64_t Hk = head.Hk, dk = head.dk;
   CaseTiled<Arr> wout(random_nvfp4_rows(D, Cv, 21, rand), nullptr, D, Cv, 0.5f);
   // (The FFN case's matrices: quantized once.)
   CaseTiled<Arr> wgu(random_nvfp4_rows(F, D, 11, rand), &random_nvfp4_rows(F, D, 12, rand), F, D, 0.75f);
@@ -232,6 +251,10 @@ TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64
                            al = rand(size_t(n * ldb), 36, -3.0f, 3.0f), a_log = rand(size_t(Hv), 37, -2.0f, -0.1f),
                            dtb = rand(size_t(Hv), 38, -1.0f, 1.0f), st0 = rand(size_t(Hv * dv * dk), 39, -0.5f, 0.5f);
   Arr<float> duc(uc), db(bb), dal(al), dalog(a_log), ddtb(dtb);
+  // The attention's inputs (projections, norms, positions, caches).
+  const AttnCaseHost ac = make_attn_case(attn ? head.Hq : 2, attn ? head.Hkv : 1, attn ? head.Dh : 64, attn ? n : 1,
+                                         head.n_past, rand, fp32_to_fp16);
+  AttnCaseDev<Arr> adev(ac, head.splits);
   std::vector<std::vector<float>> part;
   std::vector<std::vector<int>> cnt;
   for (const Fp4Tiled* w : {&wout.t, &wgu.t, &wdn.t, &win.t}) {
@@ -242,14 +265,20 @@ TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64
   Arr<int> c0(cnt[0]), c1(cnt[1]), c2(cnt[2]), c3(cnt[3]);
   float* parts[4] = {p0.get(), p1.get(), p2.get(), p3.get()};
   int* cnts[4] = {c0.get(), c1.get(), c2.get(), c3.get()};
-  auto stages = [&](float* so_buf, float* state, float* h, float* act, float* mix, float* window) {
+  auto stages = [&](float* so_buf, float* state, uint16_t* kc, uint16_t* vc, float* h, float* act, float* mix,
+                    float* window) {
     Fp4ChainArgs a;
-    const int s0 = delta ? 1 : 0;
+    const int s0 = delta || attn ? 1 : 0;
     a.stages = 4 + s0;
     if (delta) {
       a.delta = true;
       a.delta_args = delta_args(ds, n, duc.get(), ldu, db.get(), dal.get(), ldb, dalog.get(), ddtb.get(), state, so_buf);
       a.delta_args.elems_per_thread = 8;
+      a.dep[1] = Fp4Dep::Full;
+    }
+    if (attn) {
+      a.attn = true;
+      a.attn_args = adev.fused(kc, vc, so_buf, true);
       a.dep[1] = Fp4Dep::Full;
     }
     a.dep[s0 + 1] = Fp4Dep::Full;
@@ -258,10 +287,12 @@ TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64
     o.w = wout.t;
     o.x = so_buf;
     o.ldx = Cv;
-    o.gate_z = dz.get();
-    o.ldz = ldz;
-    o.gate_w = dgw.get();
-    o.gate_dv = int(dv);
+    if (!attn) {  // the delta net's gated RMSNorm
+      o.gate_z = dz.get();
+      o.ldz = ldz;
+      o.gate_w = dgw.get();
+      o.gate_dv = int(dv);
+    }
     o.y = h;
     o.ldy = ldh;
     o.epilogue = Fp4Epilogue::Add;
@@ -291,10 +322,12 @@ TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64
   const std::vector<float> nan_act(size_t(n * lda), NAN), nan_mix(size_t(n * Nin), NAN);
   Arr<int> sync(std::vector<int>(fp4_chain_sync_ints(), 0)), fault(std::vector<int>(1, 0));
   // The stages one launch each, or as one chain: the outputs after.
-  auto run = [&](bool chain, std::vector<float>* so_out, std::vector<float>* st_out, std::vector<float>* h_out,
-                 std::vector<float>* mix_out, std::vector<float>* win_out) {
+  auto run = [&](bool chain, std::vector<float>* so_out, std::vector<float>* st_out, std::vector<uint16_t>* kv_out,
+                 std::vector<float>* h_out, std::vector<float>* mix_out, std::vector<float>* win_out) {
     Arr<float> so_buf(so), state(st0), h(h0), act(nan_act), mix(nan_mix), window(win0);
-    Fp4ChainArgs a = stages(so_buf.get(), state.get(), h.get(), act.get(), mix.get(), window.get());
+    Arr<uint16_t> kc(ac.kc), vc(ac.vc);
+    Fp4ChainArgs a =
+        stages(so_buf.get(), state.get(), kc.get(), vc.get(), h.get(), act.get(), mix.get(), window.get());
     bool ok = true;
     if (chain) {
       a.sync = sync.get();
@@ -302,20 +335,39 @@ TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64
       ok = fp4_chain_supported(a, sms) && fp4_chain(a, sms, nullptr) == cudaSuccess;
     } else {
       if (delta) ok = delta_net(a.delta_args, nullptr) == cudaSuccess;
-      for (int s = delta ? 1 : 0; s < a.stages; ++s) ok = ok && fp4_matvec(a.stage[s], sms, nullptr) == cudaSuccess;
+      if (attn) ok = attention_fused(a.attn_args, nullptr) == cudaSuccess;
+      for (int s = delta || attn ? 1 : 0; s < a.stages; ++s)
+        ok = ok && fp4_matvec(a.stage[s], sms, nullptr) == cudaSuccess;
     }
     *so_out = so_buf.download();
     *st_out = state.download();
+    *kv_out = kc.download();
+    const std::vector<uint16_t> v = vc.download();
+    kv_out->insert(kv_out->end(), v.begin(), v.end());
     *h_out = h.download();
     *mix_out = mix.download();
     *win_out = window.download();
     return ok;
   };
-  r.ok = run(false, &r.so_single, &r.st_single, &r.h_single, &r.mix_single, &r.win_single) &
-         run(true, &r.so_chain, &r.st_chain, &r.h_chain, &r.mix_chain, &r.win_chain);
+  r.ok = run(false, &r.so_single, &r.st_single, &r.kv_single, &r.h_single, &r.mix_single, &r.win_single) &
+         run(true, &r.so_chain, &r.st_chain, &r.kv_chain, &r.h_chain, &r.mix_chain, &r.win_chain);
   r.sync = sync.download();
   r.fault = fault.download()[0];
   return r;
+}
+
+// A chained tail equals its single launches bit for bit (the same sums in
+// the same order), and the chain leaves its counters at zero.
+inline void check_tail_case(const TailCaseResult& r) {
+  REQUIRE(r.ok);
+  CHECK(r.fault == 0);
+  CHECK(std::memcmp(r.so_chain.data(), r.so_single.data(), r.so_chain.size() * 4) == 0);
+  CHECK(std::memcmp(r.st_chain.data(), r.st_single.data(), r.st_chain.size() * 4) == 0);
+  CHECK(r.kv_chain == r.kv_single);
+  CHECK(std::memcmp(r.h_chain.data(), r.h_single.data(), r.h_chain.size() * 4) == 0);
+  CHECK(std::memcmp(r.mix_chain.data(), r.mix_single.data(), r.mix_chain.size() * 4) == 0);
+  CHECK(std::memcmp(r.win_chain.data(), r.win_single.data(), r.win_chain.size() * 4) == 0);
+  CHECK(std::all_of(r.sync.begin(), r.sync.end(), [](int c) { return c == 0; }));
 }
 
 }  // namespace qwen35::test

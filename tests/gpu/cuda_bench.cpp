@@ -388,13 +388,13 @@ int main(int argc, char** argv) {
     } else {
       // The default first, then chained projections (chain_fp4.h, not yet
       // measured: each FFN; each layer's tail; the tail with the delta rule
-      // in front, in one launch) in the
+      // in front; also with the attention in front, in one launch) in the
       // same process, with two other block-count choices and without the
       // stream's arithmetic (wrong results; with the probe of the default,
       // what each costs besides the math), and the default with the global
       // split-K combine that the chains use.
       variants.push_back(base);
-      for (int chain : {1, 2, 3})
+      for (int chain : {1, 2, 3, 4})
         for (auto [bps, probe] : {std::pair{4, 0}, std::pair{2, 0}, std::pair{6, 0}, std::pair{4, 1}}) {
           t = base;
           t.fp4_chain = chain;
@@ -432,7 +432,7 @@ int main(int argc, char** argv) {
       variants.push_back(t);
       // The LM head: Q6_K kernel 2 with 8 kgroups in flight per warp, kernel
       // 3 (bulk copies, persistent: 3 and 2 blocks per multiprocessor), and
-      // kernel 3 with the layer chains with the delta rule.
+      // kernel 3 with the layer chains with the delta rule and attention.
       t = base;
       t.fp4_depth = 8;
       variants.push_back(t);
@@ -444,7 +444,7 @@ int main(int argc, char** argv) {
       }
       t = base;
       t.q6k_kernel = 3;
-      t.fp4_chain = 3;
+      t.fp4_chain = 4;
       variants.push_back(t);
     }
     std::unique_ptr<Model> sm;

@@ -135,10 +135,10 @@ done
 if [ "$QUICK" = 1 ] && [ -x "$BIN/test_cuda_ops" ]; then
   step "test_cuda_ops, chains" 300 "$BIN/test_cuda_ops" -tc="*chain*" --duration=true
 fi
-# The model tests again with chained projections (each layer's tail and
-# each FFN in one launch).
+# The model tests again with chained projections (each layer's tail with
+# the delta rule or attention in front, and each FFN, in one launch).
 if [ -x "$BIN/test_cuda_model" ]; then
-  step "test_cuda_model, chains" 300 env QWEN35_CUDA_FP4_CHAIN=3 "$BIN/test_cuda_model" --duration=true
+  step "test_cuda_model, chains" 300 env QWEN35_CUDA_FP4_CHAIN=4 "$BIN/test_cuda_model" --duration=true
 fi
 
 if [ -n "$SYNTH_PID" ]; then
@@ -170,10 +170,12 @@ if [ -s "$M4" ]; then
     -p 512 -n 128 --device cuda --json --check 6
   bench "  fp4: chains, tails + delta rule" env QWEN35_CUDA_FP4_CHAIN=3 "$BIN/qwen35-cuda-bench" -m "$M4" \
     -p 512 -n 128 --device cuda --json --check 6
+  bench "  fp4: chains, + attention" env QWEN35_CUDA_FP4_CHAIN=4 "$BIN/qwen35-cuda-bench" -m "$M4" \
+    -p 512 -n 128 --device cuda --json --check 6
   # The LM head with the Q6_K kernel 3 (bulk copies), alone and with the chains.
   bench "  q6k: kernel 3 (bulk copies)" env QWEN35_CUDA_Q6K_KERNEL=3 "$BIN/qwen35-cuda-bench" -m "$M4" \
     -p 512 -n 128 --device cuda --json --check 6
-  bench "  q6k kernel 3 + chains 3" env QWEN35_CUDA_Q6K_KERNEL=3 QWEN35_CUDA_FP4_CHAIN=3 "$BIN/qwen35-cuda-bench" \
+  bench "  q6k kernel 3 + chains 4" env QWEN35_CUDA_Q6K_KERNEL=3 QWEN35_CUDA_FP4_CHAIN=4 "$BIN/qwen35-cuda-bench" \
     -m "$M4" -p 512 -n 128 --device cuda --json
   if [ $HAVE_BENCH -eq 1 ]; then
     bench "qwen35-bench 4B NVFP4" "$BUILD/examples/qwen35-bench" -m "$M4" -p 512 -n 128 --device cuda --json
@@ -241,7 +243,7 @@ trace() {  # trace LABEL FILE ENV... -- ARGS...: qwen35-cuda-bench --trace into 
 }
 if [ -s "$M4" ] && [ "${QWEN35_GPU_TRACE:-1}" != 0 ]; then
   trace "trace: decode" trace-decode.txt -- -p 512 -n 32 --device cuda --trace decode
-  trace "trace: decode, chains, q6k 3" trace-decode-chain.txt QWEN35_CUDA_FP4_CHAIN=3 QWEN35_CUDA_Q6K_KERNEL=3 -- \
+  trace "trace: decode, chains, q6k 3" trace-decode-chain.txt QWEN35_CUDA_FP4_CHAIN=4 QWEN35_CUDA_Q6K_KERNEL=3 -- \
     -p 512 -n 32 --device cuda --trace decode
   trace "trace: prefill" trace-prefill.txt -- -p 512 -n 1 --device cuda --trace prefill
   # What the kernels cost without the NVFP4 stream's arithmetic (wrong

@@ -878,7 +878,7 @@ TEST_CASE("the FFN as a chain: 64 launches in a row on a stream with PDL equal t
   cudaStreamDestroy(stream);
 }
 
-TEST_CASE("a layer tail as a chain (delta rule, gated norm, FFN, conv epilogue) equals single launches") {
+TEST_CASE("a layer tail as a chain (delta rule or attention, gated norm, FFN, conv epilogue) equals single launches") {
   QWEN35_REQUIRE_GPU();
   const int sms = device_sms();
   auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
@@ -887,28 +887,35 @@ TEST_CASE("a layer tail as a chain (delta rule, gated norm, FFN, conv epilogue) 
   };
   // A small tail, and the 4B delta-net layer's (16 key and 32 value heads
   // of 128, an input projection of 12,352 rows with 8,192 conv channels);
-  // four stages, or five with the delta rule in front.
+  // four stages, or five with the delta rule in front, or with the fused
+  // attention in front (the 4B: 16 query and 4 KV heads of 256, here over
+  // 300 cached rows in 5 splits; 1-2 rows).
   for (Case cs : {Case{256, 576, 4, 64, 384, 640, 2, 64}, Case{2560, 9216, 32, 128, 8192, 12352, 16, 128}})
-    for (bool delta : {false, true})
+    for (int kind = 0; kind < 3; ++kind)
       for (int bps : {1, 4, 6})
         for (int n : {1, 2, 3, 8}) {
+          TailHead head;
+          if (kind == 1) {
+            head.kind = TailHead::Delta;
+            head.Hk = cs.Hk;
+            head.dk = cs.dk;
+          } else if (kind == 2) {
+            if (n > 2) continue;
+            head.kind = TailHead::Attention;
+            head.Hq = cs.D >= 2560 ? 16 : 4;
+            head.Hkv = cs.D >= 2560 ? 4 : 2;
+            head.Dh = cs.D >= 2560 ? 256 : 64;
+            head.n_past = 300;
+            head.splits = 5;
+          }
           CAPTURE(cs.D);
-          CAPTURE(delta);
+          CAPTURE(kind);
           CAPTURE(bps);
           CAPTURE(n);
           DecodeTuning tv;
           tv.fp4_blocks_per_sm = bps;
           TuningScope ts(tv);
-          const TailCaseResult r =
-              run_tail_case<DevArray>(cs.D, cs.F, cs.Hv, cs.dv, cs.C, cs.Nin, n, sms, rand, delta, cs.Hk, cs.dk);
-          REQUIRE(r.ok);
-          CHECK(r.fault == 0);
-          CHECK(std::memcmp(r.so_chain.data(), r.so_single.data(), r.so_chain.size() * 4) == 0);
-          CHECK(std::memcmp(r.st_chain.data(), r.st_single.data(), r.st_chain.size() * 4) == 0);
-          CHECK(std::memcmp(r.h_chain.data(), r.h_single.data(), r.h_chain.size() * 4) == 0);
-          CHECK(std::memcmp(r.mix_chain.data(), r.mix_single.data(), r.mix_chain.size() * 4) == 0);
-          CHECK(std::memcmp(r.win_chain.data(), r.win_single.data(), r.win_chain.size() * 4) == 0);
-          CHECK(std::all_of(r.sync.begin(), r.sync.end(), [](int c) { return c == 0; }));
+          check_tail_case(run_tail_case<DevArray>(cs.D, cs.F, cs.Hv, cs.dv, cs.C, cs.Nin, n, sms, rand, head));
         }
 }
 
