@@ -262,7 +262,8 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
   // a separate kernel into uc_.
   const float* uc = uc_;
   int64_t ldu = C;
-  if (L.in_proj.fp4.present() && n <= 2) {
+  const bool conv_epi = L.in_proj.fp4.present() && n <= 2;
+  if (conv_epi) {
     ConvEpi ce;
     ce.taps = L.conv1d;
     ce.window = window;
@@ -275,7 +276,9 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
     ldu = ld;
   } else {
     QWEN35_TRY(project(L.in_proj, h, D, n, L.attn_norm, mix_, ld, Epi::Store));
-    QWEN35_TRY(flush_chain());
+  }
+  QWEN35_TRY(flush_chain());  // the queued layer tail (chains) ends with the input projection
+  if (!conv_epi) {
     ConvArgs c;
     c.n = n;
     c.C = C;
@@ -289,7 +292,6 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
     c.snapshot = window_snap;
     QWEN35_CUDA_TRY(conv_silu(c, stream_), "the causal conv");
   }
-  QWEN35_TRY(flush_chain());  // the queued layer tail (chains) ends with the input projection
   DeltaNetArgs d;
   d.n = n;
   d.Hk = hp_.ssm_heads_k;
