@@ -198,6 +198,8 @@ Status CudaBackend::init() {
     cv.add(&delta_scratch_, delta_chunked_scratch_floats(nb, Hv, hp_.ssm_state, hp_.ssm_dv));
   cv.add(&logits_, logit_rows_ * V);
   cv.add(&argmax_scratch_, argmax_scratch_bytes(logit_rows_));
+  cv.add(&head_best_, uint64_t(kMatvecMaxCols));
+  cv.add(&head_done_, 1);
   cv.add(&fp4_partial_, std::max<uint64_t>(1, dm_.fp4_partial_floats));
   cv.add(&fp4_counters_, std::max<uint64_t>(1, dm_.fp4_counter_ints));
   chain_mode_ = decode_tuning().fp4_kernel == 3 ? decode_tuning().fp4_chain : 0;

@@ -155,7 +155,11 @@ class CudaBackend final : public Backend {
   // out (+)= W xb_, xb_: [n, W.cols] BF16 activations.
   Status fp4_gemm_bf16(const DevLinear& W, int64_t n, float* out, int64_t ldo, bool add);
   Status embed(const DevEmbed& E, const int32_t* tokens, int64_t n, float* out, int64_t ldo);
-  Status head(const DevEmbed& E, const float* hn, int64_t n, float* logits, int64_t ldl);
+  // With argmax: the ids of the rows' largest logits into argmax too, in
+  // the LM head's epilogue where that kernel can (tuning q6k_argmax; *fused
+  // says whether it did).
+  Status head(const DevEmbed& E, const float* hn, int64_t n, float* logits, int64_t ldl, int32_t* argmax = nullptr,
+              bool* fused = nullptr);
 
   // Layers read the residual stream h and add their output into it.
   Status attention_layer(const DevLayer& L, const KVCache& kv, int64_t n, float* h);
@@ -270,6 +274,8 @@ class CudaBackend final : public Backend {
   float *mtp_in_ = nullptr, *mtp_hid_ = nullptr;            // [nb, 2D], [nb, D]
   float* logits_ = nullptr;                                 // [logit_rows_, V]
   uint8_t* argmax_scratch_ = nullptr;                       // argmax_scratch_bytes(logit_rows_), zero between calls
+  unsigned long long* head_best_ = nullptr;                 // [kMatvecMaxCols] HeadArgmax, zero between calls
+  int* head_done_ = nullptr;                                // HeadArgmax, zero between calls
   int64_t logit_rows_ = 1;
   float* fp4_partial_ = nullptr;                            // split-K scratch of the decode kernels
   int* fp4_counters_ = nullptr;

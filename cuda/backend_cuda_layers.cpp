@@ -151,12 +151,23 @@ Status CudaBackend::embed(const DevEmbed& E, const int32_t* tokens, int64_t n, f
   return cuda_status(embedding_rows(E.gguf, tokens, n, out, ldo, stream_), "the embedding");
 }
 
-Status CudaBackend::head(const DevEmbed& E, const float* hn, int64_t n, float* logits, int64_t ldl) {
+Status CudaBackend::head(const DevEmbed& E, const float* hn, int64_t n, float* logits, int64_t ldl, int32_t* argmax,
+                         bool* fused) {
+  if (fused) *fused = false;
   if (!E.repacked()) return mm(E.gguf, hn, hp_.n_embd, n, logits, ldl, false);
   const Q6kRows32& q = E.q6k;
   const Q6kTiled& qt = E.q6kt;
-  if (qt.present() && q6kt_matvec_fits(qt, int(n)))
-    return cuda_status(q6kt_matvec(qt, hn, hp_.n_embd, int(n), logits, ldl, Accum::Store, stream_), "the LM head");
+  if (qt.present() && q6kt_matvec_fits(qt, int(n))) {
+    HeadArgmax am;
+    am.best = head_best_;
+    am.done = head_done_;
+    am.out = argmax;
+    const bool fuse = argmax && decode_tuning().q6k_argmax != 0 && n <= kMatvecMaxCols;
+    if (fused) *fused = fuse;
+    return cuda_status(
+        q6kt_matvec(qt, hn, hp_.n_embd, int(n), logits, ldl, Accum::Store, stream_, fuse ? &am : nullptr),
+        "the LM head");
+  }
   if (q.present() && q6k_matvec_fits(q, int(n)))
     return cuda_status(q6k_matvec(q, hn, hp_.n_embd, int(n), logits, ldl, Accum::Store, stream_), "the LM head");
   // The GEMM path: row blocks dequantized from the repacked layout.
@@ -426,13 +437,14 @@ Status CudaBackend::lm_head(const DevEmbed& E, const float* hn, int64_t n, float
   const int64_t D = hp_.n_embd, V = hp_.n_vocab;
   for (int64_t r0 = 0; r0 < n; r0 += logit_rows_) {
     const int64_t nr = std::min(logit_rows_, n - r0);
-    QWEN35_TRY(head(E, hn + r0 * D, nr, logits_, V));
-    if (argmax) {
-      QWEN35_CUDA_TRY(argmax_rows(logits_, V, nr, V, d_argmax_ + r0, argmax_scratch_, stream_), "argmax");
-    } else {
+    bool fused = false;
+    QWEN35_TRY(head(E, hn + r0 * D, nr, logits_, V, argmax ? d_argmax_ + r0 : nullptr, &fused));
+    if (!argmax) {
       QWEN35_CUDA_TRY(cudaMemcpyAsync(logits + r0 * V, logits_, size_t(nr * V) * sizeof(float), cudaMemcpyDeviceToHost,
                                       stream_),
                       "copying logits");
+    } else if (!fused) {
+      QWEN35_CUDA_TRY(argmax_rows(logits_, V, nr, V, d_argmax_ + r0, argmax_scratch_, stream_), "argmax");
     }
   }
   if (argmax)

@@ -23,6 +23,12 @@
 // 4: 3.3 KiB in registers). Persistent: each warp walks tiles tile0,
 // tile0 + stride, ..., its ring running on across tile boundaries, and a
 // block converts the activations once.
+//
+// Either kernel can keep, per activation row, the maximum of what it
+// stores (HeadArgmax): each lane tracks its two columns over its tiles, a
+// warp combines its lanes, and a packed 64-bit atomicMax per warp and row
+// (only when it beats the value already there) collects the rows' maxima;
+// the last block converts them into indices.
 #include <atomic>
 
 #include "common.cuh"
@@ -231,12 +237,66 @@ __device__ __forceinline__ void q6kt_store(const Q6kTiled& w, int64_t tile, int 
   }
 }
 
+// ---- the greedy epilogue ----
+
+// The packed key of a stored value v of row `row`: larger for a larger
+// value, and among equal values for a smaller row (-0 counts as +0). NaN
+// gets no key; 0 is below every key (the order bits of a non-NaN value are
+// never all zero).
+__device__ __forceinline__ unsigned long long argmax_key(float v, int64_t row) {
+  uint32_t b = __float_as_uint(v == 0.0f ? 0.0f : v);
+  b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+  return (static_cast<unsigned long long>(b) << 32) | (0xFFFFFFFFu - uint32_t(row));
+}
+
+// keys[c] = the maximum key of column 2t + c over the values q6kt_store
+// (Store) wrote for this tile and the earlier ones.
+__device__ __forceinline__ void q6kt_track(const Q6kTiled& w, int64_t tile, int g, int t, int n, const float* acc,
+                                           unsigned long long* keys) {
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int64_t row = tile * kFp4TileRows + g + 8 * (e >> 1);
+    const int j = 2 * t + (e & 1);
+    const float v = acc[e] * w.scale;  // the stored value (v == v: not NaN)
+    if (row < w.rows && j < n && v == v) keys[e & 1] = max(keys[e & 1], argmax_key(v, row));
+  }
+}
+
+// Every thread of the block, after its warp's last q6kt_track.
+__device__ __forceinline__ void head_argmax_finish(const HeadArgmax& am, unsigned long long* keys, int n, int lane,
+                                                   bool* is_last) {
+#pragma unroll
+  for (int o = 4; o < kWarp; o <<= 1) {  // the 8 lanes of each column pair (same t)
+    keys[0] = max(keys[0], __shfl_xor_sync(0xFFFFFFFFu, keys[0], o));
+    keys[1] = max(keys[1], __shfl_xor_sync(0xFFFFFFFFu, keys[1], o));
+  }
+  if (lane < 4) {
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const int j = 2 * lane + c;
+      if (j < n && keys[c] > __ldcg(am.best + j)) atomicMax(am.best + j, keys[c]);
+    }
+  }
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) *is_last = atomicAdd(am.done, 1) == int(gridDim.x) - 1;
+  __syncthreads();
+  if (!*is_last) return;
+  __threadfence();
+  if (int(threadIdx.x) < n) {
+    const unsigned long long k = __ldcg(am.best + threadIdx.x);
+    am.out[threadIdx.x] = k ? int32_t(0xFFFFFFFFu - uint32_t(k & 0xFFFFFFFFu)) : 0;
+    am.best[threadIdx.x] = 0;
+  }
+  if (threadIdx.x == 0) *am.done = 0;
+}
+
 // One warp per tile, or (a grid smaller than tiles / W: the persistent
 // launch) tiles tile0, tile0 + gridDim.x * W, ... in turn, so a block
 // converts the activations once for many tiles.
-template <int W, int P>
+template <int W, int P, bool kArgmax>
 __global__ void __launch_bounds__(W * kWarp) q6kt_matvec_kernel(Q6kTiled w, TcInput in, float* __restrict__ y,
-                                                                 int64_t ldy, bool add) {
+                                                                 int64_t ldy, bool add, HeadArgmax am) {
   static_assert(P % 4 == 0, "a super-scale covers 4 kgroups");
   uint8_t* smem_raw = dynamic_smem<uint8_t>();
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
@@ -284,7 +344,9 @@ __global__ void __launch_bounds__(W * kWarp) q6kt_matvec_kernel(Q6kTiled w, TcIn
   tc_load_x(in, 0, nch, xs, mult);
   __syncthreads();
 
-  // 3. Stream each tile (no barriers from here: the warps go their own ways).
+  // 3. Stream each tile (no barriers from here to the greedy epilogue: the
+  // warps go their own ways).
+  unsigned long long keys[2] = {0, 0};                      // (kArgmax)
   const uint16_t* xb = xs + tc_b_row(g, n) * 16 + t * 4;  // + chunk * n * 16
   const float* mp = mult + 2 * t;            // + chunk * 8
   for (bool first = true; tile < tiles; tile += stride, first = false) {
@@ -314,6 +376,11 @@ __global__ void __launch_bounds__(W * kWarp) q6kt_matvec_kernel(Q6kTiled w, TcIn
       }
     }
     q6kt_store(w, tile, g, t, n, acc, y, ldy, add);
+    if constexpr (kArgmax) q6kt_track(w, tile, g, t, n, acc, keys);
+  }
+  if constexpr (kArgmax) {
+    __shared__ bool is_last;
+    head_argmax_finish(am, keys, n, lane, &is_last);
   }
 }
 
@@ -325,9 +392,9 @@ constexpr int kQ6kBulkWarps = 4;
 constexpr int kQ6kStageLo = 0, kQ6kStageHi = 2048, kQ6kStageSc = 3072, kQ6kStageD = 3328, kQ6kStageBytes = 3360;
 constexpr size_t q6k_ring_bytes(int stages) { return size_t(kQ6kBulkWarps) * stages * (kQ6kStageBytes + 8); }
 
-template <int S>
+template <int S, bool kArgmax>
 __global__ void __launch_bounds__(kQ6kBulkWarps * kWarp) q6kt_bulk_kernel(Q6kTiled w, TcInput in, float* __restrict__ y,
-                                                                         int64_t ldy, bool add) {
+                                                                         int64_t ldy, bool add, HeadArgmax am) {
   constexpr int W = kQ6kBulkWarps;
   uint8_t* smem_raw = dynamic_smem<uint8_t>();
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
@@ -369,10 +436,12 @@ __global__ void __launch_bounds__(kQ6kBulkWarps * kWarp) q6kt_bulk_kernel(Q6kTil
   tc_load_x(in, 0, nch, xs, mult);
   __syncthreads();
 
-  // 3. Walk the stages (no barriers from here: the warps go their own ways).
+  // 3. Walk the stages (no barriers from here to the greedy epilogue: the
+  // warps go their own ways).
   const uint16_t* xb = xs + tc_b_row(g, n) * 16 + t * 4;
   const float* mp = mult + 2 * t;
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  unsigned long long keys[2] = {0, 0};  // (kArgmax)
   for (int64_t q = 0; q < total; ++q) {
     const uint8_t* src = ring + (q % S) * kQ6kStageBytes;
     mbar_wait(smem_addr(bars + q % S), uint32_t(q / S) & 1u);
@@ -398,8 +467,13 @@ __global__ void __launch_bounds__(kQ6kBulkWarps * kWarp) q6kt_bulk_kernel(Q6kTil
     for (int k = 0; k < 4; ++k) q6kt_kgroup(acc, l4[k], h2[k], s2[k], d_g, d_g8, 4 * st + k, xb, mp, n);
     if (st == nst - 1) {  // the tile is done
       q6kt_store(w, tile0 + (q / nst) * stride, g, t, n, acc, y, ldy, add);
+      if constexpr (kArgmax) q6kt_track(w, tile0 + (q / nst) * stride, g, t, n, acc, keys);
       acc[0] = acc[1] = acc[2] = acc[3] = 0.0f;
     }
+  }
+  if constexpr (kArgmax) {
+    __shared__ bool is_last;
+    head_argmax_finish(am, keys, n, lane, &is_last);
   }
 }
 
@@ -452,12 +526,13 @@ int multiprocessors() {
 #endif
 }
 
-template <int W, int P>
-cudaError_t launch_q6kt(const Q6kTiled& w, const TcInput& in, float* y, int64_t ldy, bool add, cudaStream_t stream) {
+template <int W, int P, bool kArgmax>
+cudaError_t launch_q6kt(const Q6kTiled& w, const TcInput& in, float* y, int64_t ldy, bool add, const HeadArgmax& am,
+                        cudaStream_t stream) {
   static std::atomic<int> allowed{0};
   const size_t smem = tc_x_bytes(int(w.cols / 16), in.n);
   if (smem > 48 * 1024 && int(smem) > allowed.load(std::memory_order_relaxed)) {
-    const cudaError_t e = allow_dynamic_smem(q6kt_matvec_kernel<W, P>, smem);
+    const cudaError_t e = allow_dynamic_smem(q6kt_matvec_kernel<W, P, kArgmax>, smem);
     if (e != cudaSuccess) return e;
     allowed.store(int(smem), std::memory_order_relaxed);
   }
@@ -466,26 +541,27 @@ cudaError_t launch_q6kt(const Q6kTiled& w, const TcInput& in, float* y, int64_t 
   int64_t blocks = (w.tiles() + W - 1) / W;
   const int persist = decode_tuning().q6k_persist;
   if (persist > 0) blocks = std::min<int64_t>(blocks, int64_t(persist) * multiprocessors());
-  return launch(q6kt_matvec_kernel<W, P>, dim3(unsigned(blocks)), dim3(W * kWarp), smem, stream, w, in, y, ldy, add);
+  return launch(q6kt_matvec_kernel<W, P, kArgmax>, dim3(unsigned(blocks)), dim3(W * kWarp), smem, stream, w, in, y,
+                ldy, add, am);
 }
 
 // Kernel 3: persistent, blocks per multiprocessor from the tuning
 // (q6k_persist) or 3 (what its shared memory allows at 1 row).
-template <int S>
+template <int S, bool kArgmax>
 cudaError_t launch_q6kt_bulk(const Q6kTiled& w, const TcInput& in, float* y, int64_t ldy, bool add,
-                             cudaStream_t stream) {
+                             const HeadArgmax& am, cudaStream_t stream) {
   static std::atomic<int> allowed{0};
   const size_t smem = q6k_ring_bytes(S) + tc_x_bytes(int(w.cols / 16), in.n);
   if (smem > 48 * 1024 && int(smem) > allowed.load(std::memory_order_relaxed)) {
-    const cudaError_t e = allow_dynamic_smem(q6kt_bulk_kernel<S>, smem);
+    const cudaError_t e = allow_dynamic_smem(q6kt_bulk_kernel<S, kArgmax>, smem);
     if (e != cudaSuccess) return e;
     allowed.store(int(smem), std::memory_order_relaxed);
   }
   const int persist = decode_tuning().q6k_persist;
   const int64_t blocks =
       std::min<int64_t>((w.tiles() + kQ6kBulkWarps - 1) / kQ6kBulkWarps, int64_t(persist > 0 ? persist : 3) * multiprocessors());
-  return launch(q6kt_bulk_kernel<S>, dim3(unsigned(blocks)), dim3(kQ6kBulkWarps * kWarp), smem, stream, w, in, y, ldy,
-                add);
+  return launch(q6kt_bulk_kernel<S, kArgmax>, dim3(unsigned(blocks)), dim3(kQ6kBulkWarps * kWarp), smem, stream, w, in,
+                y, ldy, add, am);
 }
 
 }  // namespace
@@ -553,25 +629,34 @@ bool q6kt_matvec_fits(const Q6kTiled& w, int n) {
 }
 
 cudaError_t q6kt_matvec(const Q6kTiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc,
-                        cudaStream_t stream) {
+                        cudaStream_t stream, const HeadArgmax* argmax) {
   TcInput in;
   in.x = x;
   in.ldx = ldx;
   in.n = n;
   if (!q6kt_matvec_fits(w, n) || !tc_input_aligned(in)) return cudaErrorInvalidValue;
+  if (argmax && (acc != Accum::Store || !argmax->best || !argmax->done || !argmax->out)) return cudaErrorInvalidValue;
   const DecodeTuning tune = decode_tuning();
   const bool add = acc == Accum::Add;
+  const HeadArgmax am = argmax ? *argmax : HeadArgmax{};
   if (tune.q6k_kernel == 3) {
     // Kernel 3 needs 16-byte aligned arrays for its bulk copies (the upload
     // arena's alignment; checked) and its shared memory.
     const bool aligned = ((reinterpret_cast<uintptr_t>(w.lo) | reinterpret_cast<uintptr_t>(w.hi) |
                            reinterpret_cast<uintptr_t>(w.sc) | reinterpret_cast<uintptr_t>(w.d)) & 15u) == 0;
     if (aligned && q6k_ring_bytes(4) + tc_x_bytes(int(w.cols / 16), n) <= max_dynamic_smem())
-      return launch_q6kt_bulk<4>(w, in, y, ldy, add, stream);
+      return argmax ? launch_q6kt_bulk<4, true>(w, in, y, ldy, add, am, stream)
+                    : launch_q6kt_bulk<4, false>(w, in, y, ldy, add, am, stream);
   }
+  const bool deep = tune.fp4_depth >= 8;
+  if (argmax)  // (4 warps per block: the greedy epilogue is not compiled for 8)
+    return deep ? launch_q6kt<4, 8, true>(w, in, y, ldy, add, am, stream)
+                : launch_q6kt<4, 4, true>(w, in, y, ldy, add, am, stream);
   if (tune.fp4_warps == 8)
-    return tune.fp4_depth >= 8 ? launch_q6kt<8, 8>(w, in, y, ldy, add, stream) : launch_q6kt<8, 4>(w, in, y, ldy, add, stream);
-  return tune.fp4_depth >= 8 ? launch_q6kt<4, 8>(w, in, y, ldy, add, stream) : launch_q6kt<4, 4>(w, in, y, ldy, add, stream);
+    return deep ? launch_q6kt<8, 8, false>(w, in, y, ldy, add, am, stream)
+                : launch_q6kt<8, 4, false>(w, in, y, ldy, add, am, stream);
+  return deep ? launch_q6kt<4, 8, false>(w, in, y, ldy, add, am, stream)
+              : launch_q6kt<4, 4, false>(w, in, y, ldy, add, am, stream);
 }
 
 cudaError_t q6kt_dequant_rows_f32(const Q6kTiled& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream) {

@@ -50,8 +50,22 @@ cudaError_t q6kt_repack(const uint8_t* src, uint64_t row_bytes, int64_t r0, int6
 // 16-byte aligned, ldx % 4 == 0; needs tc_x_bytes(cols/16, n) <= 96 KiB of
 // shared memory (q6kt_matvec_fits; else use the GEMM path).
 bool q6kt_matvec_fits(const Q6kTiled& w, int n);
+
+// Greedy decoding in the product's epilogue (the LM head): out[j] = the
+// argmax of the stored row y[j] (NaN skipped, the first index among equal
+// maxima, 0 when every value is NaN), what argmax_rows() computes from y,
+// without another kernel. The blocks keep a packed 64-bit maximum per row
+// (the value's order bits, then the inverted index); the last block to
+// finish writes out and resets best and done.
+struct HeadArgmax {
+  unsigned long long* best = nullptr;  // [n] device, zero between calls
+  int* done = nullptr;                 // device, zero between calls
+  int32_t* out = nullptr;              // [n] device
+};
+
+// With argmax (not null): acc must be Store.
 cudaError_t q6kt_matvec(const Q6kTiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc,
-                        cudaStream_t stream);
+                        cudaStream_t stream, const HeadArgmax* argmax = nullptr);
 
 cudaError_t q6kt_dequant_rows_f32(const Q6kTiled& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream);
 cudaError_t q6kt_dequant_rows_bf16(const Q6kTiled& w, int64_t r0, int64_t nr, uint16_t* dst, cudaStream_t stream);

@@ -33,6 +33,7 @@ DecodeTuning clamp(DecodeTuning t) {
   t.fp4_chain = std::clamp(t.fp4_chain, 0, 4);
   t.q6k_kernel = t.q6k_kernel == 1 ? 1 : t.q6k_kernel == 3 ? 3 : 2;
   t.q6k_persist = std::clamp(t.q6k_persist, 0, 16);
+  t.q6k_argmax = t.q6k_argmax ? 1 : 0;
   t.delta_ept = t.delta_ept >= 32 ? 32 : t.delta_ept >= 16 ? 16 : 8;
   return t;
 }
@@ -60,6 +61,7 @@ DecodeTuning decode_tuning() {
     t.fp4_chain = env_int("QWEN35_CUDA_FP4_CHAIN", t.fp4_chain);
     t.q6k_kernel = env_int("QWEN35_CUDA_Q6K_KERNEL", t.q6k_kernel);
     t.q6k_persist = env_int("QWEN35_CUDA_Q6K_PERSIST", t.q6k_persist);
+    t.q6k_argmax = env_int("QWEN35_CUDA_Q6K_ARGMAX", t.q6k_argmax);
     t.delta_ept = env_int("QWEN35_CUDA_DELTA_EPT", t.delta_ept);
     g_tuning = clamp(t);
     g_loaded = true;
@@ -76,8 +78,10 @@ void set_decode_tuning(const DecodeTuning& t) {
 std::string describe(const DecodeTuning& t) {
   static constexpr const char* kChains[] = {"", " chain-ffn", " chain-layers", " chain-delta", " chain-delta-attn"};
   // (Q6_K kernel 2 keeps fp4_depth kgroups in flight per warp.)
-  const std::string q6k = fmt::format("q6k v{}{}{}", t.q6k_kernel, t.q6k_persist > 0 ? fmt::format(" p{}", t.q6k_persist) : "",
-                                      t.q6k_kernel == 2 && t.fp4_depth != 4 ? fmt::format(" d{}", t.fp4_depth) : "");
+  const std::string q6k = fmt::format("q6k v{}{}{}{}", t.q6k_kernel,
+                                      t.q6k_persist > 0 ? fmt::format(" p{}", t.q6k_persist) : "",
+                                      t.q6k_kernel == 2 && t.fp4_depth != 4 ? fmt::format(" d{}", t.fp4_depth) : "",
+                                      t.q6k_argmax ? " argmax" : "");
   if (t.fp4_kernel == 1) return fmt::format("fp4 v1, {}, dn e{}", q6k, t.delta_ept);
   if (t.fp4_kernel == 3)
     return fmt::format("fp4 v3 bps{} s{}{}{}{}{}{}{}, {}, dn e{}", t.fp4_blocks_per_sm, t.fp4_stages,

@@ -45,6 +45,9 @@
 //                           chosen at upload, see upload.cpp), 3: the same
 //                           with the weights moved by bulk copies into
 //                           shared memory (persistent blocks)
+//   QWEN35_CUDA_Q6K_ARGMAX  1: greedy decoding takes the argmax in the tiled
+//                           Q6_K LM head's epilogue (HeadArgmax, kernels 2
+//                           and 3) instead of a separate argmax kernel
 //   QWEN35_CUDA_DELTA_EPT   delta rule (decode and prefill): state elements
 //                           per thread, 8 (default), 16 or 32 (the first
 //                           kernel's split); read when a context is created
@@ -83,6 +86,7 @@ struct DecodeTuning {
                          // 3 = + delta rule, 4 = + attention
   int q6k_kernel = 2;
   int q6k_persist = 0;  // kernel 2: 0 = a warp per tile; N = persistent, N blocks per multiprocessor
+  int q6k_argmax = 0;   // kernels 2 and 3: 1 = the greedy argmax in the LM head's epilogue
   int delta_ept = 8;
 };
 

@@ -220,9 +220,13 @@ char* stack_of(int i) {
   while (stacks.size() <= size_t(i)) stacks.emplace_back(new char[kStackBytes]);
   return stacks[size_t(i)].get();
 }
+int64_t g_grids_run = 0;
 }  // namespace
 
+int64_t grids_run() { return g_grids_run; }
+
 bool run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& fn, const char** err) {
+  ++g_grids_run;
   g_grid_dim = grid;
   g_block_dim = block;
   const int nthreads = int(block.x * block.y * block.z);

@@ -79,6 +79,9 @@ void async_wait(int keep_groups);
 // Runs fn as every thread of every block of the grid. Returns false (and
 // fills *err) on a deadlock or an invalid shuffle.
 bool run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& fn, const char** err);
+// Grids run so far (kernel launches, replayed graph nodes included), so tests
+// can count the kernels of a path.
+int64_t grids_run();
 
 // Thread (and block) order of the next launches: false = ascending ids,
 // true = descending. Running a test both ways finds reads that depend on

@@ -235,6 +235,50 @@ TEST_CASE("emulated CUDA backend: sampling from device-selected candidates gives
   qwen35_model_free(m);
 }
 
+TEST_CASE("emulated CUDA backend: the argmax in the LM head's epilogue picks the tokens of the argmax kernel") {
+  // A tied Q6_K head of 256 columns (the tiled layout of Q6_K kernel 2),
+  // plain greedy decoding and MTP speculation (its own LM head pass).
+  SynthConfig cfg;
+  cfg.n_vocab = 600;
+  cfg.n_embd = 256;
+  cfg.n_ff = 512;
+  cfg.head_dim = 64;
+  cfg.n_rot = 32;
+  cfg.sections = {6, 5, 5, 0};
+  cfg.ssm_state = 32;
+  cfg.ssm_dv = 32;
+  cfg.mtp_mirror = true;
+  cfg.seed = 9;
+  const std::string path = synth_model("emu-cuda-q6k-head", cfg);
+  qwen35_model_params mp = qwen35_model_default_params();
+  mp.device = QWEN35_DEVICE_CUDA;
+  qwen35_model* m = nullptr;
+  REQUIRE_MESSAGE(qwen35_model_load(path.c_str(), &mp, &m) == QWEN35_OK, qwen35_errmsg());
+  const qwen35_sampler_params greedy = qwen35_sampler_greedy_params();
+  const int n = 8;
+  auto run = [&](int fused, bool mtp, int64_t* grids) {
+    const cuda::DecodeTuning saved = cuda::decode_tuning();
+    cuda::DecodeTuning t = saved;
+    t.q6k_argmax = fused;
+    cuda::set_decode_tuning(t);
+    const int64_t g0 = emu::grids_run();
+    std::vector<int32_t> out = generate_tokens(m, greedy, n, mtp);
+    *grids = emu::grids_run() - g0;
+    cuda::set_decode_tuning(saved);
+    return out;
+  };
+  for (bool mtp : {false, true}) {
+    CAPTURE(mtp);
+    int64_t g_kernel = 0, g_fused = 0;
+    const std::vector<int32_t> a = run(0, mtp, &g_kernel), b = run(1, mtp, &g_fused);
+    CHECK(a.size() == size_t(n));
+    CHECK(b == a);
+    // One argmax kernel fewer per greedy step (the path ran).
+    CHECK(g_fused + n - 1 <= g_kernel);
+  }
+  qwen35_model_free(m);
+}
+
 TEST_CASE("emulated CUDA backend: greedy MTP speculation (graphs, snapshots, rollback) equals plain greedy") {
   SynthConfig cfg;
   cfg.n_vocab = 600;

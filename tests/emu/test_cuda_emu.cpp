@@ -709,6 +709,101 @@ TEST_CASE("emulated: the tiled Q6_K kernels 2 and 3 (tensor cores, bulk copies) 
   emu::set_order(false);
 }
 
+namespace {
+// argmax_rows()'s rule on the host: NaN skipped, the first of equal maxima,
+// 0 when every value is NaN.
+int32_t host_argmax(const float* y, int64_t N) {
+  int32_t best = -1;
+  for (int64_t r = 0; r < N; ++r)
+    if (y[r] == y[r] && (best < 0 || y[r] > y[best])) best = int32_t(r);
+  return best < 0 ? 0 : best;
+}
+}  // namespace
+
+TEST_CASE("emulated: the tiled Q6_K kernels' greedy epilogue gives argmax_rows() of what they store") {
+  const int64_t N = 200, K = 512;  // 13 tiles, the last partial
+  HostQMat w(GGML_Q6_K, N, K, 53);
+  Q6kTiled q;
+  q.rows = N;
+  q.cols = K;
+  q.scale = 0.75f;
+  std::vector<uint8_t> buf(q.bytes());
+  q.lo = buf.data();
+  q.hi = buf.data() + q.lo_bytes();
+  q.sc = reinterpret_cast<const int8_t*>(buf.data() + q.lo_bytes() + q.hi_bytes());
+  q.d = reinterpret_cast<const uint16_t*>(buf.data() + q.lo_bytes() + q.hi_bytes() + q.sc_bytes());
+  std::vector<unsigned long long> best(8, 0);
+  int done = 0;
+  HeadArgmax am;
+  am.best = best.data();
+  am.done = &done;
+  // The stored rows and the fused argmax, for each kernel variant; the
+  // buffers must be back at zero after each call.
+  auto run = [&](const std::vector<float>& x, int64_t ldx, int n, std::vector<int32_t>* ids) {
+    const int64_t ldy = N + 2;
+    std::vector<float> first;
+    for (auto [kernel, persist] : {std::pair{2, 0}, std::pair{2, 1}, std::pair{3, 0}, std::pair{3, 1}})
+      for (bool reverse : {false, true}) {
+        CAPTURE(kernel);
+        CAPTURE(persist);
+        CAPTURE(reverse);
+        emu::set_order(reverse);
+        DecodeTuning tv;
+        tv.q6k_kernel = kernel;
+        tv.q6k_persist = persist;
+        TuningScope ts(tv);
+        std::vector<float> y(size_t(n * ldy), -7.0f);
+        std::vector<int32_t> out(size_t(n), -1);
+        am.out = out.data();
+        REQUIRE(q6kt_matvec(q, x.data(), ldx, n, y.data(), ldy, Accum::Store, nullptr, &am) == cudaSuccess);
+        for (int j = 0; j < n; ++j) CHECK(out[size_t(j)] == host_argmax(y.data() + j * ldy, N));
+        CHECK(std::all_of(best.begin(), best.end(), [](unsigned long long b) { return b == 0; }));
+        CHECK(done == 0);
+        if (first.empty()) {
+          first = y;
+          *ids = out;
+        }
+        CHECK(out == *ids);
+        // Without the epilogue: the same stored values.
+        std::vector<float> y2(size_t(n * ldy), -7.0f);
+        REQUIRE(q6kt_matvec(q, x.data(), ldx, n, y2.data(), ldy, Accum::Store, nullptr) == cudaSuccess);
+        CHECK(std::memcmp(y.data(), y2.data(), y.size() * 4) == 0);
+      }
+    emu::set_order(false);
+  };
+  REQUIRE(q6kt_repack(w.data.data(), w.row_bytes, 0, N, q, nullptr) == cudaSuccess);
+  std::vector<int32_t> ids;
+  for (int n : {1, 2, 5, 8}) {
+    CAPTURE(n);
+    const int64_t ldx = K + 4;
+    run(random_floats(size_t(n * ldx), uint32_t(70 + n), -2, 2), ldx, n, &ids);
+  }
+  // Ties: row 0 of x gives all-zero logits (index 0); a NaN in row 1 makes
+  // every logit of that row NaN (0).
+  {
+    std::vector<float> x(size_t(2 * K), 0.0f);
+    x[size_t(K + 3)] = NAN;
+    run(x, K, 2, &ids);
+    CHECK(ids == std::vector<int32_t>{0, 0});
+  }
+  // Equal maxima in different tiles: the winning row copied into an earlier
+  // row (the copy wins) and into a later one (the original wins).
+  const std::vector<float> x = random_floats(size_t(K), 81, -2, 2);
+  run(x, K, 1, &ids);
+  const int32_t m = ids[0];
+  const int64_t earlier = m >= 16 ? m % 16 : -1, later = m < N - 16 ? N - 1 - (N - 1 - m) % 16 : -1;
+  REQUIRE((earlier >= 0 || later >= 0));
+  std::vector<uint8_t> rows = w.data;
+  auto copy_row = [&](int64_t dst) {
+    std::memcpy(rows.data() + dst * w.row_bytes, w.data.data() + m * w.row_bytes, size_t(w.row_bytes));
+  };
+  if (earlier >= 0) copy_row(earlier);
+  if (later >= 0) copy_row(later);
+  REQUIRE(q6kt_repack(rows.data(), w.row_bytes, 0, N, q, nullptr) == cudaSuccess);
+  run(x, K, 1, &ids);
+  CHECK(ids[0] == (earlier >= 0 ? earlier : m));
+}
+
 TEST_CASE("emulated: NVFP4 gate/up with the SwiGLU epilogue (kernels 1-3) matches the CPU") {
   const int64_t F = 96, K = 512, sms = 4;
   HostQMat wa(GGML_NVFP4, F, K, 41), wb(GGML_NVFP4, F, K, 42);

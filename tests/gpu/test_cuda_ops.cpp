@@ -1260,7 +1260,7 @@ TEST_CASE("the chunked delta rule matches the sequential reference (chunk edges,
   }
 }
 
-TEST_CASE("tiled Q6_K: the persistent launches (kernel 2, kernel 3 with bulk copies) equal a warp per tile") {
+TEST_CASE("tiled Q6_K: the persistent launches (kernel 2, kernel 3 with bulk copies) equal a warp per tile; the greedy epilogue") {
   QWEN35_REQUIRE_GPU();
   const int64_t N = 40000, K = 256;  // 2,500 tiles: many per warp at 1-3 blocks per multiprocessor
   QMat w(GGML_Q6_K, N, K, 77);
@@ -1301,5 +1301,38 @@ TEST_CASE("tiled Q6_K: the persistent launches (kernel 2, kernel 3 with bulk cop
       REQUIRE(q6kt_matvec(q, dx.get(), K, n, dy.get(), N, Accum::Store, 0) == cudaSuccess);
       CHECK(std::memcmp(dy.download().data(), base.data(), base.size() * 4) == 0);  // the same arithmetic per tile
     }
+    // The greedy epilogue (HeadArgmax): argmax_rows() of the stored rows,
+    // the same stored values, its buffers back at zero; twice in a row.
+    std::vector<int32_t> want_ids;
+    for (int j = 0; j < n; ++j) {
+      int32_t b = 0;
+      for (int64_t r = 1; r < N; ++r)
+        if (base[size_t(j * N + r)] > base[size_t(j * N + b)]) b = int32_t(r);
+      want_ids.push_back(b);
+    }
+    DevArray<unsigned long long> best(std::vector<unsigned long long>(8, 0));
+    DevArray<int> done(std::vector<int>(1, 0));
+    DevArray<int32_t> ids(std::vector<int32_t>(size_t(n), -1));
+    HeadArgmax am;
+    am.best = best.get();
+    am.done = done.get();
+    am.out = ids.get();
+    for (auto [kernel, persist] : {std::pair{2, 0}, std::pair{2, 1}, std::pair{3, 0}, std::pair{3, 2}})
+      for (int rep = 0; rep < 2; ++rep) {
+        CAPTURE(kernel);
+        CAPTURE(persist);
+        DecodeTuning tv;
+        tv.q6k_kernel = kernel;
+        tv.q6k_persist = persist;
+        TuningScope ts(tv);
+        dy.upload(std::vector<float>(base.size(), NAN));
+        ids.upload(std::vector<int32_t>(size_t(n), -1));
+        REQUIRE(q6kt_matvec(q, dx.get(), K, n, dy.get(), N, Accum::Store, 0, &am) == cudaSuccess);
+        CHECK(std::memcmp(dy.download().data(), base.data(), base.size() * 4) == 0);
+        CHECK(ids.download() == want_ids);
+        const auto b = best.download();
+        CHECK(std::all_of(b.begin(), b.end(), [](unsigned long long v) { return v == 0; }));
+        CHECK(done.download()[0] == 0);
+      }
   }
 }
