@@ -28,8 +28,8 @@
 // running blocks took and which never wait for higher tickets, so the waits
 // end whatever number of blocks is resident. (The emulation, which runs
 // blocks one after another, hands the tickets out in order.) The waits are
-// bounded anyway: after 2^24 polls a block gives up, raises the fault flag
-// and goes on (wrong results, no hang). The last block to leave resets the
+// bounded anyway: after about a second a block gives up, raises the fault
+// flag and goes on (wrong results, no hang). The last block to leave resets the
 // counters. They belong to one call site, so the ticket may be taken before
 // the PDL wait: the previous launch on these counters was a step earlier.
 #include <algorithm>
@@ -56,11 +56,20 @@ constexpr int kGroupOutputs = kBulkWarps * 8;   // SwiGLU outputs of a gate/up t
 // launch; then per stage read, done and ready[kMaxSlices].
 constexpr int kSyncTicket = 0, kSyncExited = 1, kSyncFault = 2, kSyncStages = 4;
 constexpr int kSyncPerStage = 2 + kMaxSlices;
+// How long a wait may take before its task gives up: 2^30 ns (about a
+// second, by the global timer). In the emulation blocks run one at a time,
+// so an unmet wait never ends: it gives up at once.
+constexpr uint64_t kMaxWaitNs = 1ull << 30;
+
+__device__ __forceinline__ uint64_t global_ns() {
 #ifdef QWEN35_CUDA_EMU
-constexpr uint32_t kMaxPolls = 0;  // blocks run one at a time: an unmet wait never ends
+  return 0;
 #else
-constexpr uint32_t kMaxPolls = 1u << 24;
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
 #endif
+}
 
 enum : int { kDepNone = 0, kDepSlice = 1, kDepFull = 2 };
 
@@ -97,9 +106,15 @@ __device__ __forceinline__ int ld_acquire(const int* p) {
 
 // Thread 0: until *a >= na and *b >= nb (b may be null), bounded.
 __device__ __forceinline__ void wait_counts(int* sync, const int* a, int na, const int* b, int nb, int* fault) {
-  for (uint32_t i = 0;; ++i) {
+  const uint64_t t0 = global_ns();
+  for (;;) {
     if (ld_acquire(a) >= na && (!b || ld_acquire(b) >= nb)) return;
-    if (i >= kMaxPolls || ld_acquire(sync + kSyncFault) != 0) {
+#ifdef QWEN35_CUDA_EMU
+    const bool give_up = true;
+#else
+    const bool give_up = global_ns() - t0 > kMaxWaitNs;
+#endif
+    if (give_up || ld_acquire(sync + kSyncFault) != 0) {
       *reinterpret_cast<volatile int*>(sync + kSyncFault) = 1;  // the other blocks stop waiting too
       *reinterpret_cast<volatile int*>(fault) = 1;
       return;

@@ -8,7 +8,10 @@
 // the next kernel launch. Because every kernel waits for its predecessor
 // before touching memory, and the predecessor waited for its own, the
 // ordering is the same as without PDL. set_pdl(false) (QWEN35_CUDA_PDL=0)
-// turns the attribute off.
+// turns the attribute off. Kernels trigger only after they waited, so when
+// a kernel starts, the kernel two launches before it has completed: the
+// chained projections (chain_fp4.cu) rely on that to take a ticket from
+// their call site's counters before their own wait.
 #pragma once
 
 #ifdef QWEN35_CUDA_EMU
