@@ -75,7 +75,7 @@ int fail(const char* what, const Status& st) {
 // Greedy decoding of n tokens after the prompt through Backend::eval_greedy
 // (one id per token copied back), in tokens per second.
 Status backend_decode_rate(const Model& model, const ContextOptions& o, const std::vector<int32_t>& prompt, int n,
-                           double* rate) {
+                           double* rate, std::vector<int32_t>* tokens) {
   ContextOptions oo = o;
   oo.use_mtp = false;
   std::unique_ptr<Context> ctx;
@@ -101,8 +101,13 @@ Status backend_decode_rate(const Model& model, const ContextOptions& o, const st
   for (int i = 0; i < 4; ++i) QWEN35_TRY(step(p + i));  // graph capture
   QWEN35_TRY(be.restore_recurrent(1));
   tok = ctx->argmax(-1);
+  tokens->clear();
+  tokens->reserve(size_t(n));
   const double t0 = now_s();
-  for (int i = 0; i < n; ++i) QWEN35_TRY(step(p + i));
+  for (int i = 0; i < n; ++i) {
+    QWEN35_TRY(step(p + i));
+    tokens->push_back(tok);
+  }
   *rate = n / (now_s() - t0);
   return Status::Ok();
 }
@@ -231,9 +236,13 @@ int main(int argc, char** argv) {
     std::printf("profiled %d decode steps after a prefill of %d tokens\n", n, p);
     return 0;
   }
+  std::vector<int32_t> dev_tokens, api_tokens;  // the two greedy loops' tokens: equal
+  dev_tokens.reserve(size_t(n));
   t0 = now_s();
-  for (int i = 0; i < n; ++i)
+  for (int i = 0; i < n; ++i) {
     if (!(st = step(p + i)).ok()) return fail("decode", st);
+    dev_tokens.push_back(tok);
+  }
   const double t_decode = now_s() - t0;
 
   // Decode through the context API (logits copied to the host every token).
@@ -246,7 +255,11 @@ int main(int argc, char** argv) {
   for (int i = 0; i < n; ++i) {
     if (!(st = ctx->decode(&tok, 1, LogitsMode::Last)).ok()) return fail("decode (api)", st);
     tok = argmax_logits(ctx->logits(-1), V);
+    api_tokens.push_back(tok);
   }
+  // Greedy tokens of the backend's device argmax (the argmax kernel, or the
+  // LM head's epilogue) against the host's argmax of the same logits.
+  const int greedy_equal = dev_tokens == api_tokens ? 1 : 0;
   const double t_decode_api = now_s() - t0;
   if (trace_api) {
     region_stop(n);
@@ -446,12 +459,23 @@ int main(int argc, char** argv) {
       t.q6k_kernel = 3;
       t.fp4_chain = 4;
       variants.push_back(t);
+      // The greedy argmax in the LM head's epilogue, alone and with the
+      // chains of mode 4.
+      t = base;
+      t.q6k_argmax = 1;
+      variants.push_back(t);
+      t.fp4_chain = 4;
+      variants.push_back(t);
     }
     std::unique_ptr<Model> sm;
     int sm_q6k = -1;
     std::string rows_json;
     double best = 0;
     std::string best_name;
+    // Each variant's greedy tokens against the first's (the default): the
+    // chained projections and the head's argmax compute the same bits, so
+    // their tokens must be the same; the probes' (no arithmetic) differ.
+    std::vector<int32_t> first_tokens, tokens;
     for (const cuda::DecodeTuning& v : variants) {
       cuda::set_decode_tuning(v);
       if (std::min(v.q6k_kernel, 2) != sm_q6k) {  // the layout: kernel 1's, or the tiled one of 2 and 3
@@ -461,12 +485,15 @@ int main(int argc, char** argv) {
         sm_q6k = std::min(v.q6k_kernel, 2);
       }
       double rate = 0;
-      if (!(st = backend_decode_rate(*sm, o, prompt, n, &rate)).ok()) return fail("decode (sweep)", st);
+      if (!(st = backend_decode_rate(*sm, o, prompt, n, &rate, &tokens)).ok()) return fail("decode (sweep)", st);
+      if (first_tokens.empty()) first_tokens = tokens;
+      const bool same = tokens == first_tokens;
       const std::string name = cuda::describe(v);
-      std::printf("sweep| %-34s | %8.1f tok/s | %6.3f ms/token\n", name.c_str(), rate, 1e3 / rate);
+      std::printf("sweep| %-34s | %8.1f tok/s | %6.3f ms/token | tokens %s\n", name.c_str(), rate, 1e3 / rate,
+                  same ? "= default" : "differ");
       std::fflush(stdout);
-      rows_json += fmt::format("{}{{\"variant\": \"{}\", \"decode_tokens_per_s\": {:.1f}}}", rows_json.empty() ? "" : ", ",
-                               name, rate);
+      rows_json += fmt::format("{}{{\"variant\": \"{}\", \"decode_tokens_per_s\": {:.1f}, \"tokens_equal\": {}}}",
+                               rows_json.empty() ? "" : ", ", name, rate, same ? 1 : 0);
       if (rate > best) {
         best = rate;
         best_name = name;
@@ -491,16 +518,18 @@ int main(int argc, char** argv) {
         "\"decode_sampled_rows_tokens_per_s\": %.1f, \"decode_topp_tokens_per_s\": %.1f, "
         "\"decode_topp_rows_tokens_per_s\": %.1f, \"topp_misses\": %d, "
         "\"decode_mtp_tokens_per_s\": %.1f, \"mtp_drafted\": %d, \"mtp_accepted\": %d, \"layouts\": \"%s\", "
-        "\"tuning\": \"%s\", \"check_rel_batch\": %.4g, \"check_rel_step\": %.4g, \"check_argmax_equal\": %d}\n",
+        "\"tuning\": \"%s\", \"check_rel_batch\": %.4g, \"check_rel_step\": %.4g, \"check_argmax_equal\": %d, "
+        "\"greedy_device_host_equal\": %d}\n",
         path.c_str(), device.c_str(), p, n, t_load, t_upload, (unsigned long long)model->device_bytes, pf, dc, dca, dg,
         rate(sampled), rate(sampled_rows), rate(full), rate(full_rows), full.n_candidate_misses,
         mt, drafted, accepted, layouts, cuda::describe(cuda::decode_tuning()).c_str(), check_batch, check_step,
-        check_argmax);
+        check_argmax, greedy_equal);
   } else {
     std::printf("load %.2f s, upload %.2f s, %.0f MiB on the device\n", t_load, t_upload,
                 double(model->device_bytes) / (1 << 20));
     std::printf("prefill %d tokens: %.1f tok/s\n", p, pf);
     std::printf("decode %d tokens: %.1f tok/s (device argmax), %.1f tok/s (api), %.1f tok/s (generate)\n", n, dc, dca, dg);
+    std::printf("greedy tokens, device argmax vs host argmax of the logits: %s\n", greedy_equal ? "equal" : "DIFFERENT");
     std::printf("sampled generate (temp 0.7, top-k 20, top-p 0.8, presence 1.5): %.1f tok/s (device candidates), "
                 "%.1f tok/s (rows to the host)\n",
                 rate(sampled), rate(sampled_rows));

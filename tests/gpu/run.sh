@@ -177,6 +177,11 @@ if [ -s "$M4" ]; then
     -p 512 -n 128 --device cuda --json --check 6
   bench "  q6k kernel 3 + chains 4" env QWEN35_CUDA_Q6K_KERNEL=3 QWEN35_CUDA_FP4_CHAIN=4 "$BIN/qwen35-cuda-bench" \
     -m "$M4" -p 512 -n 128 --device cuda --json
+  # The greedy argmax in the LM head's epilogue, alone and with the chains.
+  bench "  q6k: argmax in the head" env QWEN35_CUDA_Q6K_ARGMAX=1 "$BIN/qwen35-cuda-bench" -m "$M4" \
+    -p 512 -n 128 --device cuda --json --check 6
+  bench "  chains 4 + head argmax" env QWEN35_CUDA_FP4_CHAIN=4 QWEN35_CUDA_Q6K_ARGMAX=1 "$BIN/qwen35-cuda-bench" \
+    -m "$M4" -p 512 -n 128 --device cuda --json
   if [ $HAVE_BENCH -eq 1 ]; then
     bench "qwen35-bench 4B NVFP4" "$BUILD/examples/qwen35-bench" -m "$M4" -p 512 -n 128 --device cuda --json
   fi
@@ -243,7 +248,8 @@ trace() {  # trace LABEL FILE ENV... -- ARGS...: qwen35-cuda-bench --trace into 
 }
 if [ -s "$M4" ] && [ "${QWEN35_GPU_TRACE:-1}" != 0 ]; then
   trace "trace: decode" trace-decode.txt -- -p 512 -n 32 --device cuda --trace decode
-  trace "trace: decode, chains, q6k 3" trace-decode-chain.txt QWEN35_CUDA_FP4_CHAIN=4 QWEN35_CUDA_Q6K_KERNEL=3 -- \
+  trace "trace: decode, chains, q6k 3" trace-decode-chain.txt QWEN35_CUDA_FP4_CHAIN=4 QWEN35_CUDA_Q6K_KERNEL=3 \
+    QWEN35_CUDA_Q6K_ARGMAX=1 -- \
     -p 512 -n 32 --device cuda --trace decode
   trace "trace: prefill" trace-prefill.txt -- -p 512 -n 1 --device cuda --trace prefill
   # What the kernels cost without the NVFP4 stream's arithmetic (wrong
@@ -354,6 +360,8 @@ for line in open(sys.argv[1]):
     if r.get("check_rel_batch", -1) >= 0:
         out.append(f"vs CPU: rel {r['check_rel_batch']:.2g} batch / {r['check_rel_step']:.2g} step, "
                    f"argmax {'equal' if r.get('check_argmax_equal') == 1 else 'DIFFERENT'}")
+    if r.get("greedy_device_host_equal") == 0:
+        out.append("greedy tokens: device argmax DIFFERENT from the host's")
     print(f"{rec.get('label', '?'):<34} " + ", ".join(out))
 print("targets (H100, 4B NVFP4, batch 1): decode >= 1000 tok/s without MTP, prefill of 512 >= 20000 tok/s")
 EOF
