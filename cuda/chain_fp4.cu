@@ -53,9 +53,14 @@ constexpr int kMaxSlices = 64;                  // column slices of a Slice stag
 constexpr int kStages = 4;                      // kernel 3's default ring
 constexpr int kGroupOutputs = kBulkWarps * 8;   // SwiGLU outputs of a gate/up tile group
 // The sync ints: the ticket counter, blocks gone, a fault seen in this
-// launch; then per stage read, done and ready[kMaxSlices].
-constexpr int kSyncTicket = 0, kSyncExited = 1, kSyncFault = 2, kSyncStages = 4;
-constexpr int kSyncPerStage = 2 + kMaxSlices;
+// launch; then per stage read, done and ready[kMaxSlices]. Each group on
+// 128-byte lines of its own, so that the pollers and producers of one
+// counter do not queue behind those of another at the same L2 slice.
+constexpr int kLineInts = 32;
+constexpr int kSyncTicket = 0, kSyncExited = kLineInts, kSyncFault = 2 * kLineInts, kSyncStages = 3 * kLineInts;
+constexpr int kSyncRead = 0, kSyncDone = kLineInts, kSyncReady = 2 * kLineInts;  // within a stage's ints
+constexpr int kSyncPerStage = kSyncReady + kMaxSlices;
+static_assert(kMaxSlices % kLineInts == 0, "whole lines per stage");
 // How long a wait may take before its task gives up: 2^30 ns (about a
 // second, by the global timer). In the emulation blocks run one at a time,
 // so an unmet wait never ends: it gives up at once.
@@ -92,7 +97,7 @@ struct ChainPlan {
 };
 
 __device__ __forceinline__ int* stage_sync(int* sync, int s) { return sync + kSyncStages + s * kSyncPerStage; }
-// stage_sync(s)[0] = read, [1] = done, [2 + slice] = ready.
+// stage_sync(s)[kSyncRead] = read, [kSyncDone] = done, [kSyncReady + slice] = ready.
 
 __device__ __forceinline__ int ld_acquire(const int* p) {
 #ifdef QWEN35_CUDA_EMU
@@ -104,17 +109,19 @@ __device__ __forceinline__ int ld_acquire(const int* p) {
 #endif
 }
 
-// Thread 0: until *a >= na and *b >= nb (b may be null), bounded.
+// Thread 0: until *a >= na and *b >= nb (b may be null), bounded. Another
+// task's fault is looked at every 64 polls (one more line every waiter
+// polls otherwise).
 __device__ __forceinline__ void wait_counts(int* sync, const int* a, int na, const int* b, int nb, int* fault) {
   const uint64_t t0 = global_ns();
-  for (;;) {
+  for (uint32_t i = 1;; ++i) {
     if (ld_acquire(a) >= na && (!b || ld_acquire(b) >= nb)) return;
 #ifdef QWEN35_CUDA_EMU
     const bool give_up = true;
 #else
     const bool give_up = global_ns() - t0 > kMaxWaitNs;
 #endif
-    if (give_up || ld_acquire(sync + kSyncFault) != 0) {
+    if (give_up || (i % 64 == 0 && ld_acquire(sync + kSyncFault) != 0)) {
       *reinterpret_cast<volatile int*>(sync + kSyncFault) = 1;  // the other blocks stop waiting too
       *reinterpret_cast<volatile int*>(fault) = 1;
       return;
@@ -168,9 +175,9 @@ __device__ __forceinline__ void chain_task(const Fp4MatvecArgs& a, const ChainPl
       if (p.dep[kS] == kDepSlice) {
         const int per = groups_per_slice(p, kS);
         const int need = min(p.groups[kS - 1], (split + 1) * per) - split * per;
-        wait_counts(sync, prev + 2 + split, need, prev, p.start[kS] - p.start[kS - 1], fault);
+        wait_counts(sync, prev + kSyncReady + split, need, prev + kSyncRead, p.start[kS] - p.start[kS - 1], fault);
       } else {
-        wait_counts(sync, prev + 1, p.groups[kS - 1], nullptr, 0, fault);
+        wait_counts(sync, prev + kSyncDone, p.groups[kS - 1], nullptr, 0, fault);
       }
     }
     __syncthreads();
@@ -184,7 +191,7 @@ __device__ __forceinline__ void chain_task(const Fp4MatvecArgs& a, const ChainPl
   __syncthreads();
   if (next_dep == kDepSlice && threadIdx.x == 0) {
     __threadfence();
-    atomicAdd(stage_sync(sync, kS), 1);  // read
+    atomicAdd(stage_sync(sync, kS) + kSyncRead, 1);
   }
 
   // 4. Stream, combine, store.
@@ -198,7 +205,7 @@ __device__ __forceinline__ void chain_task(const Fp4MatvecArgs& a, const ChainPl
     __syncthreads();
     if (threadIdx.x == 0) {
       int* me = stage_sync(sync, kS);
-      atomicAdd(next_dep == kDepSlice ? me + 2 + int(group / groups_per_slice(p, kS + 1)) : me + 1, 1);
+      atomicAdd(next_dep == kDepSlice ? me + kSyncReady + int(group / groups_per_slice(p, kS + 1)) : me + kSyncDone, 1);
     }
   }
 }
@@ -266,7 +273,7 @@ __device__ __forceinline__ void delta_task(const DeltaNetArgs& d, const ChainPla
   if (p.stages > 1) {
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) atomicAdd(stage_sync(sync, 0) + 1, 1);
+    if (threadIdx.x == 0) atomicAdd(stage_sync(sync, 0) + kSyncDone, 1);
   }
 }
 
@@ -287,7 +294,7 @@ __device__ __forceinline__ void attention_task(const FusedAttnArgs& f, const Cha
   if (p.stages > 1) {
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) atomicAdd(stage_sync(sync, 0) + 1, 1);
+    if (threadIdx.x == 0) atomicAdd(stage_sync(sync, 0) + kSyncDone, 1);
   }
 }
 
@@ -348,14 +355,17 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, kN > 0 && !kAttn ? 6 : 5)
   } else if (task < p.start[5]) {
     chain_task<S, kN, 4>(a4, p, task - p.start[4], ring, bars, xbase, ss_part, is_last, sync, fault);
   }
+  // The last block to leave resets the counters (all its threads: the next
+  // kernel waits for this one to complete).
+  __syncthreads();
   if (threadIdx.x == 0) {
     __threadfence();
-    if (atomicAdd(sync + kSyncExited, 1) == int(gridDim.x) - 1) {
-      // Every other block has finished.
-      for (int s = 0; s < p.stages; ++s) {
-        int* ss = stage_sync(sync, s);
-        for (int i = 0; i < kSyncPerStage; ++i) ss[i] = 0;
-      }
+    is_last = atomicAdd(sync + kSyncExited, 1) == int(gridDim.x) - 1;
+  }
+  __syncthreads();
+  if (is_last) {  // every other block has finished
+    for (int i = threadIdx.x; i < p.stages * kSyncPerStage; i += blockDim.x) sync[kSyncStages + i] = 0;
+    if (threadIdx.x == 0) {
       sync[kSyncTicket] = 0;
       sync[kSyncFault] = 0;
       sync[kSyncExited] = 0;
