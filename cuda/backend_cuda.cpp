@@ -210,6 +210,7 @@ Status CudaBackend::init() {
     if (dm_.mtp) layers.push_back(&dm_.mtp->block);
     for (const DevLayer* L : layers)
       for (const DevLinear* W : {&L->in_proj, &L->out_proj, &L->gate_up, &L->down}) sites.push_back(W);
+    if (dm_.mtp) sites.push_back(&dm_.mtp->eh_proj);  // the MTP pass's first chain
     for (int s = 0; s < kFp4ChainMaxStages; ++s) {
       cv.add(&chain_partial_[s], std::max<uint64_t>(1, dm_.fp4_partial_floats));
       cv.add(&chain_counters_[s], std::max<uint64_t>(1, dm_.fp4_counter_ints));
@@ -540,9 +541,15 @@ Status CudaBackend::run_mtp(const MtpBatch& b, int32_t* argmax) {
     QWEN35_TRY(embed(*M.embed, d_tokens_, n, mtp_in_, 2 * D));
     QWEN35_CUDA_TRY(rmsnorm_rows(mtp_in_, 2 * D, M.enorm, n, D, hp_.eps, mtp_in_, 2 * D, stream_), "enorm");
     QWEN35_CUDA_TRY(rmsnorm_rows(mtp_hid_, D, M.hnorm, n, D, hp_.eps, mtp_in_ + D, 2 * D, stream_), "hnorm");
-    QWEN35_TRY(project(M.eh_proj, mtp_in_, 2 * D, n, nullptr, h_, D, Epi::Store));
-    QWEN35_TRY(attention_layer(M.block, mtp_kv_, n, h_));
-    QWEN35_TRY(ffn(M.block, n, h_));
+    // Chains (tuning fp4_chain 2-4, as the main pass): the input
+    // projection and the one after it, then the layer's tail.
+    chaining_ = chain_mode_ >= 2 && n <= kMatvecMaxCols;
+    Status s = project(M.eh_proj, mtp_in_, 2 * D, n, nullptr, h_, D, Epi::Store);
+    if (s.ok()) s = attention_layer(M.block, mtp_kv_, n, h_);
+    if (s.ok()) s = ffn(M.block, n, h_);
+    if (s.ok()) s = flush_chain();
+    drop_chain();
+    QWEN35_TRY(s);
     if (want) {
       const int64_t nl = n - lf;
       QWEN35_CUDA_TRY(rmsnorm_rows(h_ + lf * D, D, M.shared_head_norm, nl, D, hp_.eps, xn_, D, stream_),
