@@ -5,11 +5,12 @@
 // waits by slice (Fp4Dep::Slice), which goes slice major. A delta-rule
 // stage 0 has a task per delta_rows(dk) state rows of a head (8 for dk =
 // 128; delta_task), an attention stage 0 a task per block of the fused
-// decode attention (attention_task). The grid has one block per task; each block takes a
-// ticket (an atomic counter, so tasks go to blocks in the order the blocks
-// start, not by block index) and runs that task like a kernel-3 block: its
-// weight stages requested before the PDL wait, then the activation slice,
-// the stream, the split-K combine through global memory and the epilogue.
+// decode attention (attention_task). The grid has one block per task;
+// each block takes a ticket (an atomic counter, so tasks go to blocks in
+// the order the blocks start, not by block index) and runs that task like
+// a kernel-3 block: its weight stages requested before the PDL wait, then
+// the activation slice, the stream, the split-K combine through global
+// memory and the epilogue.
 // On top of that, per stage s:
 //  * read[s] counts the tasks past their prologue, when the next stage
 //    waits by slice (it may write what stage s read);
@@ -29,8 +30,8 @@
 // end whatever number of blocks is resident. (The emulation, which runs
 // blocks one after another, hands the tickets out in order.) The waits are
 // bounded anyway: after about a second a block gives up, raises the fault
-// flag and goes on (wrong results, no hang). The last block to leave resets the
-// counters. They belong to one call site, so the ticket may be taken before
+// flag and goes on (wrong results, no hang). The last block to leave
+// resets the counters. They belong to one call site, so the ticket may be taken before
 // the PDL wait: the previous launch on these counters was a step earlier.
 #include <algorithm>
 #include <atomic>
@@ -334,7 +335,7 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, kN > 0 && !kAttn ? 6 : 5)
       switch (f.attn.head_dim) {
         case 64: attention_task<2>(f, p, task, smem_raw, sync); break;
         case 128: attention_task<4>(f, p, task, smem_raw, sync); break;
-        default: attention_task<8>(f, p, task, smem_raw, sync); break;
+        default: attention_task<8>(f, p, task, smem_raw, sync); break;  // 256 (fp4_chain_supported)
       }
     } else if (p.head) {
       switch (d.dk) {
@@ -454,7 +455,7 @@ bool fp4_chain_supported(const Fp4ChainArgs& a, int sms) {
     // for all of it.
     const FusedAttnArgs& f = a.attn_args;
     if (a.stages < 2 || a.dep[1] != Fp4Dep::Full || !attention_fused_supported(f) || f.attn.n < 1 ||
-        f.attn.n != a.stage[1].n || f.attn.head_dim > 256)
+        f.attn.n != a.stage[1].n || (f.attn.head_dim != 64 && f.attn.head_dim != 128 && f.attn.head_dim != 256))
       return false;
     if (sizeof(FusedAttnSmem<8>) > size_t(kBulkWarps) * kStages * kBulkStageBytes) return false;
   }
