@@ -40,6 +40,29 @@ qwen35_model* load_cuda(const char* name) {
   return m;
 }
 
+// A small synthetic model (600 tokens, width n_embd, a tied Q6_K
+// embedding) whose MTP layer mirrors the main model (the drafts are right:
+// every verify pass is accepted), on the CUDA backend.
+qwen35_model* load_mirror_synth(const char* name, int32_t n_embd, uint32_t seed) {
+  SynthConfig cfg;
+  cfg.n_vocab = 600;
+  cfg.n_embd = n_embd;
+  cfg.n_ff = 2 * n_embd;
+  cfg.head_dim = 64;
+  cfg.n_rot = 32;
+  cfg.sections = {6, 5, 5, 0};
+  cfg.ssm_state = 32;
+  cfg.ssm_dv = 32;
+  cfg.mtp_mirror = true;
+  cfg.seed = seed;
+  const std::string path = synth_model(name, cfg);
+  qwen35_model_params mp = qwen35_model_default_params();
+  mp.device = QWEN35_DEVICE_CUDA;
+  qwen35_model* m = nullptr;
+  REQUIRE_MESSAGE(qwen35_model_load(path.c_str(), &mp, &m) == QWEN35_OK, qwen35_errmsg());
+  return m;
+}
+
 qwen35_context* make_ctx(qwen35_model* m) {
   qwen35_context_params cp = qwen35_context_default_params();
   cp.n_ctx = 512;
@@ -238,22 +261,7 @@ TEST_CASE("emulated CUDA backend: sampling from device-selected candidates gives
 TEST_CASE("emulated CUDA backend: the argmax in the LM head's epilogue picks the tokens of the argmax kernel") {
   // A tied Q6_K head of 256 columns (the tiled layout of Q6_K kernel 2),
   // plain greedy decoding and MTP speculation (its own LM head pass).
-  SynthConfig cfg;
-  cfg.n_vocab = 600;
-  cfg.n_embd = 256;
-  cfg.n_ff = 512;
-  cfg.head_dim = 64;
-  cfg.n_rot = 32;
-  cfg.sections = {6, 5, 5, 0};
-  cfg.ssm_state = 32;
-  cfg.ssm_dv = 32;
-  cfg.mtp_mirror = true;
-  cfg.seed = 9;
-  const std::string path = synth_model("emu-cuda-q6k-head", cfg);
-  qwen35_model_params mp = qwen35_model_default_params();
-  mp.device = QWEN35_DEVICE_CUDA;
-  qwen35_model* m = nullptr;
-  REQUIRE_MESSAGE(qwen35_model_load(path.c_str(), &mp, &m) == QWEN35_OK, qwen35_errmsg());
+  qwen35_model* m = load_mirror_synth("emu-cuda-q6k-head", 256, 9);
   const qwen35_sampler_params greedy = qwen35_sampler_greedy_params();
   const int n = 8;
   auto run = [&](int fused, bool mtp, int64_t* grids) {
@@ -280,22 +288,7 @@ TEST_CASE("emulated CUDA backend: the argmax in the LM head's epilogue picks the
 }
 
 TEST_CASE("emulated CUDA backend: greedy MTP speculation (graphs, snapshots, rollback) equals plain greedy") {
-  SynthConfig cfg;
-  cfg.n_vocab = 600;
-  cfg.n_embd = 128;
-  cfg.n_ff = 256;
-  cfg.head_dim = 64;
-  cfg.n_rot = 32;
-  cfg.sections = {6, 5, 5, 0};
-  cfg.ssm_state = 32;
-  cfg.ssm_dv = 32;
-  cfg.mtp_mirror = true;  // the drafts are right: every verify pass is accepted
-  cfg.seed = 5;
-  const std::string path = synth_model("emu-cuda-mirror", cfg);
-  qwen35_model_params mp = qwen35_model_default_params();
-  mp.device = QWEN35_DEVICE_CUDA;
-  qwen35_model* m = nullptr;
-  REQUIRE_MESSAGE(qwen35_model_load(path.c_str(), &mp, &m) == QWEN35_OK, qwen35_errmsg());
+  qwen35_model* m = load_mirror_synth("emu-cuda-mirror", 128, 5);
   const qwen35_sampler_params greedy = qwen35_sampler_greedy_params();
   const std::vector<int32_t> plain = generate_tokens(m, greedy, 8, false);
   qwen35_generate_stats st;

@@ -560,6 +560,22 @@ struct HostQMat {
   double dot(int64_t r, const float* x) const { return vec_dot_ref(type, data.data() + r * row_bytes, x, cols); }
 };
 
+// A tiled Q6_K matrix's buffers (scale 0.75), for q6kt_repack to fill.
+struct HostTiledQ6k {
+  std::vector<uint8_t> buf;
+  Q6kTiled q;
+  HostTiledQ6k(int64_t rows, int64_t cols) {
+    q.rows = rows;
+    q.cols = cols;
+    q.scale = 0.75f;
+    buf.resize(q.bytes());
+    q.lo = buf.data();
+    q.hi = buf.data() + q.lo_bytes();
+    q.sc = reinterpret_cast<const int8_t*>(buf.data() + q.lo_bytes() + q.hi_bytes());
+    q.d = reinterpret_cast<const uint16_t*>(buf.data() + q.lo_bytes() + q.hi_bytes() + q.sc_bytes());
+  }
+};
+
 // NVFP4 rows (and, paired, the up rows) repacked into the tiled layout.
 struct HostTiledFp4 {
   std::vector<uint8_t> buf;
@@ -666,15 +682,8 @@ TEST_CASE("emulated: the tiled Q6_K kernels 2 and 3 (tensor cores, bulk copies) 
   // 13 tiles (the last partial): more than the 8 warps of the persistent launch.
   const int64_t N = 200, K = 512;
   HostQMat w(GGML_Q6_K, N, K, 52);
-  Q6kTiled q;
-  q.rows = N;
-  q.cols = K;
-  q.scale = 0.75f;
-  std::vector<uint8_t> buf(q.bytes());
-  q.lo = buf.data();
-  q.hi = buf.data() + q.lo_bytes();
-  q.sc = reinterpret_cast<const int8_t*>(buf.data() + q.lo_bytes() + q.hi_bytes());
-  q.d = reinterpret_cast<const uint16_t*>(buf.data() + q.lo_bytes() + q.hi_bytes() + q.sc_bytes());
+  HostTiledQ6k tiled(N, K);
+  const Q6kTiled& q = tiled.q;
   REQUIRE(q6kt_repack(w.data.data(), w.row_bytes, 0, N, q, nullptr) == cudaSuccess);
   for (int n : {1, 2, 5}) {
     const int64_t ldx = K + 4, ldy = N + 2;
@@ -723,15 +732,8 @@ int32_t host_argmax(const float* y, int64_t N) {
 TEST_CASE("emulated: the tiled Q6_K kernels' greedy epilogue gives argmax_rows() of what they store") {
   const int64_t N = 200, K = 512;  // 13 tiles, the last partial
   HostQMat w(GGML_Q6_K, N, K, 53);
-  Q6kTiled q;
-  q.rows = N;
-  q.cols = K;
-  q.scale = 0.75f;
-  std::vector<uint8_t> buf(q.bytes());
-  q.lo = buf.data();
-  q.hi = buf.data() + q.lo_bytes();
-  q.sc = reinterpret_cast<const int8_t*>(buf.data() + q.lo_bytes() + q.hi_bytes());
-  q.d = reinterpret_cast<const uint16_t*>(buf.data() + q.lo_bytes() + q.hi_bytes() + q.sc_bytes());
+  HostTiledQ6k tiled(N, K);
+  const Q6kTiled& q = tiled.q;
   std::vector<unsigned long long> best(8, 0);
   int done = 0;
   HeadArgmax am;
