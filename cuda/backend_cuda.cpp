@@ -166,7 +166,8 @@ Status CudaBackend::init() {
   st_logits_ = st_prenorm_ + kStageRows * D;
   st_argmax_ = reinterpret_cast<int32_t*>(st_logits_ + kStageRows * V);
   st_fault_ = st_argmax_ + kStageRows;  // inside the 64 spare bytes
-  *st_fault_ = 0;
+  static_assert(kFp4ChainFaultInts * 4 <= 64, "the chain's fault record fits the spare bytes");
+  std::fill(st_fault_, st_fault_ + kFp4ChainFaultInts, 0);
 
   // Scratch.
   // Decode attention splits the keys over up to 32 blocks per head (about
@@ -244,9 +245,12 @@ Status CudaBackend::init() {
 Status CudaBackend::sync(const char* what) {
   QWEN35_CUDA_TRY(cudaStreamSynchronize(stream_), what);
   if (st_fault_ && *st_fault_ != 0) {
-    *st_fault_ = 0;
-    return Error(QWEN35_ERR_BACKEND, "a chain of NVFP4 products gave up waiting for its inputs during {}; its "
-                 "results are wrong (set QWEN35_CUDA_FP4_CHAIN=0)", what);
+    const Status e = Error(QWEN35_ERR_BACKEND,
+                           "a chain of NVFP4 products gave up waiting for its inputs during {} (stage {}, task {}: a "
+                           "counter at {} of {}); its results are wrong (set QWEN35_CUDA_FP4_CHAIN=0)",
+                           what, st_fault_[1], st_fault_[2], st_fault_[3], st_fault_[4]);
+    std::fill(st_fault_, st_fault_ + kFp4ChainFaultInts, 0);
+    return e;
   }
   return Status::Ok();
 }

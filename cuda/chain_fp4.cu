@@ -110,10 +110,12 @@ __device__ __forceinline__ int ld_acquire(const int* p) {
 #endif
 }
 
-// Thread 0: until *a >= na and *b >= nb (b may be null), bounded. Another
-// task's fault is looked at every 64 polls (one more line every waiter
-// polls otherwise).
-__device__ __forceinline__ void wait_counts(int* sync, const int* a, int na, const int* b, int nb, int* fault) {
+// Thread 0 of task `task` of stage `stage`: until *a >= na and *b >= nb (b
+// may be null), bounded. Another task's fault is looked at every 64 polls
+// (one more line every waiter polls otherwise). The first task of the
+// launch to give up records where (fault[1..4], see Fp4ChainArgs::fault).
+__device__ __forceinline__ void wait_counts(int* sync, const int* a, int na, const int* b, int nb, int* fault,
+                                            int stage, int task) {
   const uint64_t t0 = global_ns();
   for (uint32_t i = 1;; ++i) {
     if (ld_acquire(a) >= na && (!b || ld_acquire(b) >= nb)) return;
@@ -123,7 +125,17 @@ __device__ __forceinline__ void wait_counts(int* sync, const int* a, int na, con
     const bool give_up = global_ns() - t0 > kMaxWaitNs;
 #endif
     if (give_up || (i % 64 == 0 && ld_acquire(sync + kSyncFault) != 0)) {
-      *reinterpret_cast<volatile int*>(sync + kSyncFault) = 1;  // the other blocks stop waiting too
+      // The launch's flag (the other blocks stop waiting too); the first to
+      // set it says where in the host's record.
+      if (atomicCAS(sync + kSyncFault, 0, 1) == 0) {
+        volatile int* f = fault;
+        const int have_a = ld_acquire(a);
+        f[1] = stage;
+        f[2] = task;
+        f[3] = have_a < na ? have_a : ld_acquire(b);
+        f[4] = have_a < na ? na : nb;
+        __threadfence_system();
+      }
       *reinterpret_cast<volatile int*>(fault) = 1;
       return;
     }
@@ -176,9 +188,10 @@ __device__ __forceinline__ void chain_task(const Fp4MatvecArgs& a, const ChainPl
       if (p.dep[kS] == kDepSlice) {
         const int per = groups_per_slice(p, kS);
         const int need = min(p.groups[kS - 1], (split + 1) * per) - split * per;
-        wait_counts(sync, prev + kSyncReady + split, need, prev + kSyncRead, p.start[kS] - p.start[kS - 1], fault);
+        wait_counts(sync, prev + kSyncReady + split, need, prev + kSyncRead, p.start[kS] - p.start[kS - 1], fault,
+                    kS, u);
       } else {
-        wait_counts(sync, prev + kSyncDone, p.groups[kS - 1], nullptr, 0, fault);
+        wait_counts(sync, prev + kSyncDone, p.groups[kS - 1], nullptr, 0, fault, kS, u);
       }
     }
     __syncthreads();

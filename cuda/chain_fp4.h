@@ -39,6 +39,7 @@ enum class Fp4Dep {
 };
 
 constexpr int kFp4ChainMaxStages = 5;
+constexpr int kFp4ChainFaultInts = 5;
 
 struct Fp4ChainArgs {
   int stages = 0;
@@ -63,10 +64,13 @@ struct Fp4ChainArgs {
   // on the same counters must have completed (other kernels between them:
   // every kernel of this library waits for its predecessor).
   int* sync = nullptr;
-  // Set to 1 (never cleared by the kernel) when a task gave up waiting for
-  // its inputs (after about a second: a hardware or scheduling fault, never
-  // expected); the outputs of that launch are then wrong. Memory the device
-  // can write and the host can read after a synchronization (pinned).
+  // kFp4ChainFaultInts ints: [0] set to 1 (never cleared by the kernel)
+  // when a task gave up waiting for its inputs (after about a second: a
+  // hardware or scheduling fault, never expected), the outputs of that
+  // launch then being wrong; the first such task of a launch writes its
+  // stage [1], its task index within the stage [2], the counter's value
+  // [3] and what it waited for [4]. Memory the device can write and the
+  // host can read after a synchronization (pinned).
   int* fault = nullptr;
 };
 

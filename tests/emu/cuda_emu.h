@@ -186,6 +186,13 @@ T atomicAdd(T* p, T v) {
   return old;
 }
 inline void __threadfence() {}
+inline void __threadfence_system() {}
+template <typename T>
+T atomicCAS(T* p, T compare, T v) {
+  const T old = *p;
+  if (old == compare) *p = v;
+  return old;
+}
 template <typename T>
 T atomicMax(T* p, T v) {
   const T old = *p;

@@ -879,11 +879,17 @@ TEST_CASE("emulated: the FFN as a chain (one launch) equals gate/up + down as tw
         CHECK(std::all_of(r.sync.begin(), r.sync.end(), [](int c) { return c == 0; }));
       }
   // Counters left over from a launch that never finished (the ticket
-  // counter one past the first gate/up task): the down tasks give up waiting, raise
-  // the fault flag, and the counters end at zero again.
+  // counter one past the first gate/up task): the down tasks give up
+  // waiting, raise the fault flag (the first, down's task 0, saying where:
+  // its slice short of gate/up's first tile group), and the counters end at
+  // zero again.
   {
     const FfnCaseResult f = run_ffn_case<HostArray>(256, 576, 1, 4, rand, nullptr, 1, 1);
     CHECK(f.fault == 1);
+    REQUIRE(f.fault_record.size() == size_t(kFp4ChainFaultInts));
+    CHECK(f.fault_record[1] == 1);
+    CHECK(f.fault_record[2] == 0);
+    CHECK(f.fault_record[3] < f.fault_record[4]);
     CHECK(std::all_of(f.sync.begin(), f.sync.end(), [](int c) { return c == 0; }));
   }
   // Three layers in a row (alternating counter sets): the same chain.

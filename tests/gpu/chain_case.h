@@ -105,6 +105,7 @@ struct FfnCaseResult {
   std::vector<float> again;                  // a second fused launch from the same input
   std::vector<int> sync;                     // the chain's counters afterwards (all zero)
   int fault = 0;
+  std::vector<int> fault_record;             // the fault ints (flag, stage, task, counter, wanted)
 };
 
 // The FFN as a chain of two (gate/up with the norm and SwiGLU, down added
@@ -160,7 +161,7 @@ FfnCaseResult run_ffn_case(int64_t D, int64_t F, int n, int sms, Rand rand, cuda
   // The fused kernel, twice from the same input (the counters must be reset).
   std::vector<int> sync0(2 * fp4_chain_sync_ints(), 0);
   sync0[0] = first_ticket;
-  Arr<int> sync(sync0), fault(std::vector<int>(1, 0));
+  Arr<int> sync(sync0), fault(std::vector<int>(kFp4ChainFaultInts, 0));
   for (int run = 0; run < 2; ++run) {
     Arr<float> h_f(h0), act_f(nan_act);
     Fp4ChainArgs a = products(h_f.get(), act_f.get());
@@ -173,7 +174,8 @@ FfnCaseResult run_ffn_case(int64_t D, int64_t F, int n, int sms, Rand rand, cuda
     if (run == 0) r.act_fused = act_f.download();
   }
   r.sync = sync.download();
-  r.fault = fault.download()[0];
+  r.fault_record = fault.download();
+  r.fault = r.fault_record[0];
   if (layers > 1) return r;
 
   // CPU: h += down . (silu(gate . x) * (up . x)), x = rmsnorm(h).
@@ -213,6 +215,7 @@ struct TailCaseResult {
   std::vector<float> win_chain, win_single;  // its causal-conv window
   std::vector<int> sync;                     // the chain's counters afterwards (all zero)
   int fault = 0;
+  std::vector<int> fault_record;             // the fault ints (flag, stage, task, counter, wanted)
 };
 
 // A delta-net layer's tail as a chain of four against the same four
@@ -320,7 +323,7 @@ TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64
     return a;
   };
   const std::vector<float> nan_act(size_t(n * lda), NAN), nan_mix(size_t(n * Nin), NAN);
-  Arr<int> sync(std::vector<int>(fp4_chain_sync_ints(), 0)), fault(std::vector<int>(1, 0));
+  Arr<int> sync(std::vector<int>(fp4_chain_sync_ints(), 0)), fault(std::vector<int>(kFp4ChainFaultInts, 0));
   // The stages one launch each, or as one chain: the outputs after.
   auto run = [&](bool chain, std::vector<float>* so_out, std::vector<float>* st_out, std::vector<uint16_t>* kv_out,
                  std::vector<float>* h_out, std::vector<float>* mix_out, std::vector<float>* win_out) {
@@ -352,7 +355,8 @@ TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64
   r.ok = run(false, &r.so_single, &r.st_single, &r.kv_single, &r.h_single, &r.mix_single, &r.win_single) &
          run(true, &r.so_chain, &r.st_chain, &r.kv_chain, &r.h_chain, &r.mix_chain, &r.win_chain);
   r.sync = sync.download();
-  r.fault = fault.download()[0];
+  r.fault_record = fault.download();
+  r.fault = r.fault_record[0];
   return r;
 }
 
@@ -360,7 +364,9 @@ TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64
 // the same order), and the chain leaves its counters at zero.
 inline void check_tail_case(const TailCaseResult& r) {
   REQUIRE(r.ok);
-  CHECK(r.fault == 0);
+  CHECK_MESSAGE(r.fault == 0, "a task gave up: stage " << r.fault_record[1] << ", task " << r.fault_record[2]
+                                                       << ", counter " << r.fault_record[3] << " of "
+                                                       << r.fault_record[4]);
   CHECK(std::memcmp(r.so_chain.data(), r.so_single.data(), r.so_chain.size() * 4) == 0);
   CHECK(std::memcmp(r.st_chain.data(), r.st_single.data(), r.st_chain.size() * 4) == 0);
   CHECK(r.kv_chain == r.kv_single);

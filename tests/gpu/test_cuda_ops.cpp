@@ -848,7 +848,7 @@ TEST_CASE("the FFN as a chain (one launch) equals gate/up + down as two kernel-3
         TuningScope ts(tv);
         const FfnCaseResult r = run_ffn_case<DevArray>(cs.D, cs.F, n, sms, rand);
         REQUIRE(r.ok);
-        CHECK(r.fault == 0);
+        CHECK_MESSAGE(r.fault == 0, "a task gave up: stage " << r.fault_record[1] << ", task " << r.fault_record[2]);
         // The same slices added in the same order: equal bits.
         CHECK(std::memcmp(r.fused.data(), r.twice.data(), r.fused.size() * 4) == 0);
         CHECK(std::memcmp(r.again.data(), r.fused.data(), r.fused.size() * 4) == 0);
@@ -870,7 +870,7 @@ TEST_CASE("the FFN as a chain: 64 launches in a row on a stream with PDL equal t
     // its first ticket before that wait (alternating counter sets).
     const FfnCaseResult r = run_ffn_case<DevArray>(2560, 9216, n, sms, rand, stream, 64);
     REQUIRE(r.ok);
-    CHECK(r.fault == 0);
+    CHECK_MESSAGE(r.fault == 0, "a task gave up: stage " << r.fault_record[1] << ", task " << r.fault_record[2]);
     CHECK(std::memcmp(r.fused.data(), r.twice.data(), r.fused.size() * 4) == 0);
     CHECK(std::memcmp(r.again.data(), r.fused.data(), r.fused.size() * 4) == 0);
     CHECK(std::all_of(r.sync.begin(), r.sync.end(), [](int c) { return c == 0; }));
