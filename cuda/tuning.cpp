@@ -38,6 +38,22 @@ DecodeTuning clamp(DecodeTuning t) {
   return t;
 }
 
+// Each field's QWEN35_CUDA_* variable (without the prefix).
+struct Field {
+  const char* env;
+  int DecodeTuning::*member;
+};
+constexpr Field kFields[] = {
+    {"FP4_KERNEL", &DecodeTuning::fp4_kernel},     {"FP4_WARPS", &DecodeTuning::fp4_warps},
+    {"FP4_BPS", &DecodeTuning::fp4_blocks_per_sm}, {"FP4_DEPTH", &DecodeTuning::fp4_depth},
+    {"FP4_STAGES", &DecodeTuning::fp4_stages},     {"FP4_LEAN", &DecodeTuning::fp4_lean},
+    {"FP4_PROBE", &DecodeTuning::fp4_probe},       {"FP4_CLUSTER", &DecodeTuning::fp4_cluster},
+    {"FP4_LATE_PDL", &DecodeTuning::fp4_late_pdl}, {"FP4_PREFETCH", &DecodeTuning::fp4_prefetch},
+    {"FP4_CHAIN", &DecodeTuning::fp4_chain},       {"Q6K_KERNEL", &DecodeTuning::q6k_kernel},
+    {"Q6K_PERSIST", &DecodeTuning::q6k_persist},   {"Q6K_ARGMAX", &DecodeTuning::q6k_argmax},
+    {"DELTA_EPT", &DecodeTuning::delta_ept},
+};
+
 std::mutex g_mu;
 DecodeTuning g_tuning;
 bool g_loaded = false;
@@ -48,21 +64,7 @@ DecodeTuning decode_tuning() {
   std::lock_guard<std::mutex> lock(g_mu);
   if (!g_loaded) {
     DecodeTuning t;
-    t.fp4_kernel = env_int("QWEN35_CUDA_FP4_KERNEL", t.fp4_kernel);
-    t.fp4_warps = env_int("QWEN35_CUDA_FP4_WARPS", t.fp4_warps);
-    t.fp4_blocks_per_sm = env_int("QWEN35_CUDA_FP4_BPS", t.fp4_blocks_per_sm);
-    t.fp4_depth = env_int("QWEN35_CUDA_FP4_DEPTH", t.fp4_depth);
-    t.fp4_stages = env_int("QWEN35_CUDA_FP4_STAGES", t.fp4_stages);
-    t.fp4_lean = env_int("QWEN35_CUDA_FP4_LEAN", t.fp4_lean);
-    t.fp4_probe = env_int("QWEN35_CUDA_FP4_PROBE", t.fp4_probe);
-    t.fp4_cluster = env_int("QWEN35_CUDA_FP4_CLUSTER", t.fp4_cluster);
-    t.fp4_late_pdl = env_int("QWEN35_CUDA_FP4_LATE_PDL", t.fp4_late_pdl);
-    t.fp4_prefetch = env_int("QWEN35_CUDA_FP4_PREFETCH", t.fp4_prefetch);
-    t.fp4_chain = env_int("QWEN35_CUDA_FP4_CHAIN", t.fp4_chain);
-    t.q6k_kernel = env_int("QWEN35_CUDA_Q6K_KERNEL", t.q6k_kernel);
-    t.q6k_persist = env_int("QWEN35_CUDA_Q6K_PERSIST", t.q6k_persist);
-    t.q6k_argmax = env_int("QWEN35_CUDA_Q6K_ARGMAX", t.q6k_argmax);
-    t.delta_ept = env_int("QWEN35_CUDA_DELTA_EPT", t.delta_ept);
+    for (const Field& f : kFields) t.*f.member = env_int(fmt::format("QWEN35_CUDA_{}", f.env).c_str(), t.*f.member);
     g_tuning = clamp(t);
     g_loaded = true;
   }
@@ -73,6 +75,15 @@ void set_decode_tuning(const DecodeTuning& t) {
   std::lock_guard<std::mutex> lock(g_mu);
   g_tuning = clamp(t);
   g_loaded = true;
+}
+
+std::string env_settings(const DecodeTuning& t) {
+  const DecodeTuning d;
+  std::string out;
+  for (const Field& f : kFields)
+    if (t.*f.member != d.*f.member)
+      out += fmt::format("{}QWEN35_CUDA_{}={}", out.empty() ? "" : " ", f.env, t.*f.member);
+  return out;
 }
 
 std::string describe(const DecodeTuning& t) {

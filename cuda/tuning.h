@@ -97,5 +97,9 @@ DecodeTuning decode_tuning();
 void set_decode_tuning(const DecodeTuning& t);
 // "fp4 v2 w4 bps8 d8, q6k v2, dn e16": for logs and tables.
 std::string describe(const DecodeTuning& t);
+// The QWEN35_CUDA_* settings that give t from the defaults
+// ("QWEN35_CUDA_FP4_CHAIN=4 QWEN35_CUDA_Q6K_ARGMAX=1"; empty for the
+// defaults).
+std::string env_settings(const DecodeTuning& t);
 
 }  // namespace qwen35::cuda

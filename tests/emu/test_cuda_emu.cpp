@@ -600,6 +600,15 @@ struct TuningScope {
 
 }  // namespace
 
+TEST_CASE("decode tuning: env_settings names the QWEN35_CUDA_* variables of what differs from the defaults") {
+  CHECK(env_settings(DecodeTuning{}).empty());
+  DecodeTuning t;
+  t.fp4_chain = 4;
+  t.q6k_argmax = 1;
+  t.fp4_blocks_per_sm = 6;
+  CHECK(env_settings(t) == "QWEN35_CUDA_FP4_BPS=6 QWEN35_CUDA_FP4_CHAIN=4 QWEN35_CUDA_Q6K_ARGMAX=1");
+}
+
 TEST_CASE("emulated: NVFP4 decode kernels 1-3 (tensor cores, bulk copies) match the CPU products") {
   // 40 rows: a partial tile; 512 columns: 8 kgroups, two bulk stages.
   const int64_t N = 40, K = 512, sms = 4;
