@@ -687,6 +687,30 @@ TEST_CASE("emulated: NVFP4 decode kernels 1-3 (tensor cores, bulk copies) match 
   emu::set_order(false);
 }
 
+namespace {
+// fn under each tiled Q6_K kernel variant, in both block orders: kernel 2
+// with a warp per tile, or one block (of 2 in the emulation) walking
+// several tiles; kernel 3 (bulk copies, persistent) with 3 blocks per
+// multiprocessor, or one, each warp walking 1-2 tiles (its ring running on
+// across them).
+template <typename F>
+void each_q6k_variant(F fn) {
+  for (auto [kernel, persist] : {std::pair{2, 0}, std::pair{2, 1}, std::pair{3, 0}, std::pair{3, 1}})
+    for (bool reverse : {false, true}) {
+      CAPTURE(kernel);
+      CAPTURE(persist);
+      CAPTURE(reverse);
+      emu::set_order(reverse);
+      DecodeTuning tv;
+      tv.q6k_kernel = kernel;
+      tv.q6k_persist = persist;
+      TuningScope ts(tv);
+      fn();
+    }
+  emu::set_order(false);
+}
+}  // namespace
+
 TEST_CASE("emulated: the tiled Q6_K kernels 2 and 3 (tensor cores, bulk copies) match the CPU products") {
   // 13 tiles (the last partial): more than the 8 warps of the persistent launch.
   const int64_t N = 200, K = 512;
@@ -701,30 +725,15 @@ TEST_CASE("emulated: the tiled Q6_K kernels 2 and 3 (tensor cores, bulk copies) 
     std::vector<float> want(y0), first;
     for (int j = 0; j < n; ++j)
       for (int64_t r = 0; r < N; ++r) want[size_t(j * ldy + r)] += float(w.dot(r, x.data() + j * ldx) * 0.75);
-    // Kernel 2: a warp per tile; one block (of 2 in the emulation) walking
-    // several tiles. Kernel 3 (bulk copies, persistent): 3 blocks per
-    // multiprocessor, or one, each warp walking 1-2 tiles (its ring running
-    // on across them).
-    for (auto [kernel, persist] : {std::pair{2, 0}, std::pair{2, 1}, std::pair{3, 0}, std::pair{3, 1}}) {
-      for (bool reverse : {false, true}) {
-        CAPTURE(n);
-        CAPTURE(kernel);
-        CAPTURE(persist);
-        CAPTURE(reverse);
-        emu::set_order(reverse);
-        DecodeTuning tv;
-        tv.q6k_kernel = kernel;
-        tv.q6k_persist = persist;
-        TuningScope ts(tv);
-        std::vector<float> y(y0);
-        REQUIRE(q6kt_matvec(q, x.data(), ldx, n, y.data(), ldy, Accum::Add, nullptr) == cudaSuccess);
-        CHECK(rel(y, want) < 2e-3);
-        if (first.empty()) first = y;
-        CHECK(y == first);  // the same arithmetic in every variant: equal bits
-      }
-    }
+    CAPTURE(n);
+    each_q6k_variant([&] {
+      std::vector<float> y(y0);
+      REQUIRE(q6kt_matvec(q, x.data(), ldx, n, y.data(), ldy, Accum::Add, nullptr) == cudaSuccess);
+      CHECK(rel(y, want) < 2e-3);
+      if (first.empty()) first = y;
+      CHECK(y == first);  // the same arithmetic in every variant: equal bits
+    });
   }
-  emu::set_order(false);
 }
 
 namespace {
@@ -752,35 +761,23 @@ TEST_CASE("emulated: the tiled Q6_K kernels' greedy epilogue gives argmax_rows()
   // buffers must be back at zero after each call.
   auto run = [&](const std::vector<float>& x, int64_t ldx, int n, std::vector<int32_t>* ids) {
     const int64_t ldy = N + 2;
-    std::vector<float> first;
-    for (auto [kernel, persist] : {std::pair{2, 0}, std::pair{2, 1}, std::pair{3, 0}, std::pair{3, 1}})
-      for (bool reverse : {false, true}) {
-        CAPTURE(kernel);
-        CAPTURE(persist);
-        CAPTURE(reverse);
-        emu::set_order(reverse);
-        DecodeTuning tv;
-        tv.q6k_kernel = kernel;
-        tv.q6k_persist = persist;
-        TuningScope ts(tv);
-        std::vector<float> y(size_t(n * ldy), -7.0f);
-        std::vector<int32_t> out(size_t(n), -1);
-        am.out = out.data();
-        REQUIRE(q6kt_matvec(q, x.data(), ldx, n, y.data(), ldy, Accum::Store, nullptr, &am) == cudaSuccess);
-        for (int j = 0; j < n; ++j) CHECK(out[size_t(j)] == host_argmax(y.data() + j * ldy, N));
-        CHECK(std::all_of(best.begin(), best.end(), [](unsigned long long b) { return b == 0; }));
-        CHECK(done == 0);
-        if (first.empty()) {
-          first = y;
-          *ids = out;
-        }
-        CHECK(out == *ids);
-        // Without the epilogue: the same stored values.
-        std::vector<float> y2(size_t(n * ldy), -7.0f);
-        REQUIRE(q6kt_matvec(q, x.data(), ldx, n, y2.data(), ldy, Accum::Store, nullptr) == cudaSuccess);
-        CHECK(std::memcmp(y.data(), y2.data(), y.size() * 4) == 0);
-      }
-    emu::set_order(false);
+    bool first = true;
+    each_q6k_variant([&] {
+      std::vector<float> y(size_t(n * ldy), -7.0f);
+      std::vector<int32_t> out(size_t(n), -1);
+      am.out = out.data();
+      REQUIRE(q6kt_matvec(q, x.data(), ldx, n, y.data(), ldy, Accum::Store, nullptr, &am) == cudaSuccess);
+      for (int j = 0; j < n; ++j) CHECK(out[size_t(j)] == host_argmax(y.data() + j * ldy, N));
+      CHECK(std::all_of(best.begin(), best.end(), [](unsigned long long b) { return b == 0; }));
+      CHECK(done == 0);
+      if (first) *ids = out;
+      first = false;
+      CHECK(out == *ids);
+      // Without the epilogue: the same stored values.
+      std::vector<float> y2(size_t(n * ldy), -7.0f);
+      REQUIRE(q6kt_matvec(q, x.data(), ldx, n, y2.data(), ldy, Accum::Store, nullptr) == cudaSuccess);
+      CHECK(std::memcmp(y.data(), y2.data(), y.size() * 4) == 0);
+    });
   };
   REQUIRE(q6kt_repack(w.data.data(), w.row_bytes, 0, N, q, nullptr) == cudaSuccess);
   std::vector<int32_t> ids;
