@@ -228,9 +228,12 @@ struct TailCaseResult {
 // output is the output projection's input: the delta rule (against
 // delta_net), or the fused decode attention (against attention_fused; an
 // attention layer's tail: the output projection without a prologue).
+// repeat > 1: the tail applied that many times in a row on `stream` (the
+// chains alternating between two sets of counters, as consecutive layers
+// do; with PDL on a created stream), each from the state the last left.
 template <template <typename> class Arr, typename Rand>
 TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64_t C, int64_t Nin, int n, int sms,
-                             Rand rand, const TailHead& head = {}) {
+                             Rand rand, const TailHead& head = {}, int repeat = 1, cudaStream_t stream = nullptr) {
   using namespace qwen35::cuda;
   const bool delta = head.kind == TailHead::Delta, attn = head.kind == TailHead::Attention;
   const int64_t Cv = attn ? head.Hq * head.Dh : Hv * dv, ldh = D + 4, lda = F + 8, ldz = Cv + 4, K = 4;
@@ -323,7 +326,8 @@ TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64
     return a;
   };
   const std::vector<float> nan_act(size_t(n * lda), NAN), nan_mix(size_t(n * Nin), NAN);
-  Arr<int> sync(std::vector<int>(fp4_chain_sync_ints(), 0)), fault(std::vector<int>(kFp4ChainFaultInts, 0));
+  const uint64_t sync_ints = fp4_chain_sync_ints();
+  Arr<int> sync(std::vector<int>(2 * sync_ints, 0)), fault(std::vector<int>(kFp4ChainFaultInts, 0));
   // The stages one launch each, or as one chain: the outputs after.
   auto run = [&](bool chain, std::vector<float>* so_out, std::vector<float>* st_out, std::vector<uint16_t>* kv_out,
                  std::vector<float>* h_out, std::vector<float>* mix_out, std::vector<float>* win_out) {
@@ -331,16 +335,19 @@ TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64
     Arr<uint16_t> kc(ac.kc), vc(ac.vc);
     Fp4ChainArgs a =
         stages(so_buf.get(), state.get(), kc.get(), vc.get(), h.get(), act.get(), mix.get(), window.get());
+    (void)Arr<int>(std::vector<int>(1)).download();  // (a device array synchronizes: the uploads are done)
     bool ok = true;
-    if (chain) {
-      a.sync = sync.get();
-      a.fault = fault.get();
-      ok = fp4_chain_supported(a, sms) && fp4_chain(a, sms, nullptr) == cudaSuccess;
-    } else {
-      if (delta) ok = delta_net(a.delta_args, nullptr) == cudaSuccess;
-      if (attn) ok = attention_fused(a.attn_args, nullptr) == cudaSuccess;
-      for (int s = delta || attn ? 1 : 0; s < a.stages; ++s)
-        ok = ok && fp4_matvec(a.stage[s], sms, nullptr) == cudaSuccess;
+    for (int r = 0; r < repeat && ok; ++r) {
+      if (chain) {
+        a.sync = sync.get() + (r % 2) * sync_ints;
+        a.fault = fault.get();
+        ok = fp4_chain_supported(a, sms) && fp4_chain(a, sms, stream) == cudaSuccess;
+      } else {
+        if (delta) ok = delta_net(a.delta_args, stream) == cudaSuccess;
+        if (attn) ok = attention_fused(a.attn_args, stream) == cudaSuccess;
+        for (int s = delta || attn ? 1 : 0; s < a.stages; ++s)
+          ok = ok && fp4_matvec(a.stage[s], sms, stream) == cudaSuccess;
+      }
     }
     *so_out = so_buf.download();
     *st_out = state.download();

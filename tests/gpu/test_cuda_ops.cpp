@@ -878,6 +878,34 @@ TEST_CASE("the FFN as a chain: 64 launches in a row on a stream with PDL equal t
   cudaStreamDestroy(stream);
 }
 
+TEST_CASE("32 layer tails as chains in a row on a PDL stream (delta rule or attention in front) equal single launches") {
+  QWEN35_REQUIRE_GPU();
+  const int sms = device_sms();
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  cudaStream_t stream = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
+  // The 4B's delta-net and attention layer tails; each chain takes its
+  // first ticket before waiting for the previous one (alternating counter
+  // sets), its state (residual stream, delta state or KV cache, conv
+  // window) the previous one's.
+  for (int kind : {1, 2})
+    for (int n : {1, 2}) {
+      CAPTURE(kind);
+      CAPTURE(n);
+      TailHead head;
+      head.kind = kind == 1 ? TailHead::Delta : TailHead::Attention;
+      head.Hk = 16;
+      head.dk = 128;
+      head.Hq = 16;
+      head.Hkv = 4;
+      head.Dh = 256;
+      head.n_past = 300;
+      head.splits = 5;
+      check_tail_case(run_tail_case<DevArray>(2560, 9216, 32, 128, 8192, 12352, n, sms, rand, head, 32, stream));
+    }
+  cudaStreamDestroy(stream);
+}
+
 TEST_CASE("a layer tail as a chain (delta rule or attention, gated norm, FFN, conv epilogue) equals single launches") {
   QWEN35_REQUIRE_GPU();
   const int sms = device_sms();
