@@ -543,8 +543,18 @@ Status CudaBackend::run_mtp(const MtpBatch& b, int32_t* argmax) {
   int32_t* out_argmax = want && argmax ? (staged ? st_argmax_ : argmax) : nullptr;
   auto body = [&]() -> Status {
     QWEN35_TRY(embed(*M.embed, d_tokens_, n, mtp_in_, 2 * D));
-    QWEN35_CUDA_TRY(rmsnorm_rows(mtp_in_, 2 * D, M.enorm, n, D, hp_.eps, mtp_in_, 2 * D, stream_), "enorm");
-    QWEN35_CUDA_TRY(rmsnorm_rows(mtp_hid_, D, M.hnorm, n, D, hp_.eps, mtp_in_ + D, 2 * D, stream_), "hnorm");
+    NormRows en, hn;  // enorm in place, hnorm into the second half
+    en.x = mtp_in_;
+    en.ldx = 2 * D;
+    en.w = M.enorm;
+    en.y = mtp_in_;
+    en.ldy = 2 * D;
+    hn.x = mtp_hid_;
+    hn.ldx = D;
+    hn.w = M.hnorm;
+    hn.y = mtp_in_ + D;
+    hn.ldy = 2 * D;
+    QWEN35_CUDA_TRY(rmsnorm_rows_pair(en, hn, n, D, hp_.eps, stream_), "enorm and hnorm");
     // Chains (tuning fp4_chain 2-4, as the main pass): the input
     // projection and the one after it, then the layer's tail.
     chaining_ = chain_mode_ >= 2 && n <= kMatvecMaxCols;

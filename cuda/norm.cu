@@ -14,19 +14,34 @@ constexpr int kNormThreads = 256;
 __device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_out(uint16_t* p, float v) { *p = __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
 
+// A row, by the whole block.
+template <typename Out>
+__device__ __forceinline__ void rmsnorm_row(const float* xr, const float* w, int64_t D, float eps, Out* yr,
+                                            float* red) {
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) ss = fmaf(xr[i], xr[i], ss);
+  ss = block_sum(ss, red);
+  const float scale = rsqrtf(ss / float(D) + eps);
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) store_out(yr + i, xr[i] * scale * (w ? w[i] : 1.0f));
+}
+
 // One block per row.
 template <typename Out>
 __global__ void rmsnorm_kernel(const float* __restrict__ x, int64_t ldx, const float* __restrict__ w, int64_t D,
                                float eps, Out* y, int64_t ldy) {
   pdl_prologue();
   __shared__ float red[32];
-  const float* xr = x + blockIdx.x * ldx;
-  Out* yr = y + blockIdx.x * ldy;
-  float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) ss = fmaf(xr[i], xr[i], ss);
-  ss = block_sum(ss, red);
-  const float scale = rsqrtf(ss / float(D) + eps);
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) store_out(yr + i, xr[i] * scale * (w ? w[i] : 1.0f));
+  rmsnorm_row(x + blockIdx.x * ldx, w, D, eps, y + blockIdx.x * ldy, red);
+}
+
+// Blocks [0, n) take the rows of a, [n, 2n) those of b.
+__global__ void rmsnorm_pair_kernel(NormRows a, NormRows b, int64_t n, int64_t D, float eps) {
+  pdl_prologue();
+  __shared__ float red[32];
+  const int64_t t = blockIdx.x;
+  const NormRows& r = t < n ? a : b;
+  const int64_t row = t < n ? t : t - n;
+  rmsnorm_row(r.x + row * r.ldx, r.w, D, eps, r.y + row * r.ldy, red);
 }
 
 __global__ void add_rmsnorm_kernel(float* __restrict__ h, const float* __restrict__ d, int64_t ldd,
@@ -73,6 +88,12 @@ cudaError_t rmsnorm_rows(const float* x, int64_t ldx, const float* w, int64_t n,
                          int64_t ldy, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
   return launch(rmsnorm_kernel<float>, dim3(unsigned(n)), dim3(kNormThreads), 0, stream, x, ldx, w, D, eps, y, ldy);
+}
+
+cudaError_t rmsnorm_rows_pair(const NormRows& a, const NormRows& b, int64_t n, int64_t D, float eps,
+                              cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  return launch(rmsnorm_pair_kernel, dim3(unsigned(2 * n)), dim3(kNormThreads), 0, stream, a, b, n, D, eps);
 }
 
 cudaError_t rmsnorm_rows_bf16(const float* x, int64_t ldx, const float* w, int64_t n, int64_t D, float eps,

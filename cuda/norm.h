@@ -13,6 +13,19 @@ namespace qwen35::cuda {
 cudaError_t rmsnorm_rows(const float* x, int64_t ldx, const float* w, int64_t n, int64_t D, float eps, float* y,
                          int64_t ldy, cudaStream_t stream);
 
+// Two rmsnorm_rows calls of n rows each in one launch (the MTP pass's
+// embedding and hidden-state norms): the same results. The two must not
+// overlap except each y with its own x.
+struct NormRows {
+  const float* x = nullptr;
+  int64_t ldx = 0;
+  const float* w = nullptr;
+  float* y = nullptr;
+  int64_t ldy = 0;
+};
+cudaError_t rmsnorm_rows_pair(const NormRows& a, const NormRows& b, int64_t n, int64_t D, float eps,
+                              cudaStream_t stream);
+
 // The same rounded to BF16 (as convert_rows_bf16 rounds): the activations
 // of a BF16 GEMM in one pass. y: [n, ldy] BF16 bits.
 cudaError_t rmsnorm_rows_bf16(const float* x, int64_t ldx, const float* w, int64_t n, int64_t D, float eps,

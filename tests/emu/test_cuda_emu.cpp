@@ -264,6 +264,31 @@ TEST_CASE("emulated: the fused decode attention equals q/k norm + RoPE + split a
   emu::set_order(false);
 }
 
+TEST_CASE("emulated: two row norms in one launch equal two rmsnorm_rows calls") {
+  // As the MTP pass: the first in place in the first half of [n, 2D] rows,
+  // the second from other rows into the second half.
+  const int64_t n = 3, D = 320;
+  const auto in = random_floats(size_t(n * 2 * D), 11, -3, 3), hid = random_floats(size_t(n * D), 12, -3, 3);
+  const auto w1 = random_floats(size_t(D), 13, 0.5f, 1.5f), w2 = random_floats(size_t(D), 14, 0.5f, 1.5f);
+  std::vector<float> a(in), b(in);
+  REQUIRE(rmsnorm_rows(a.data(), 2 * D, w1.data(), n, D, 1e-6f, a.data(), 2 * D, nullptr) == cudaSuccess);
+  REQUIRE(rmsnorm_rows(hid.data(), D, w2.data(), n, D, 1e-6f, a.data() + D, 2 * D, nullptr) == cudaSuccess);
+  NormRows p, q;
+  p.x = b.data();
+  p.ldx = 2 * D;
+  p.w = w1.data();
+  p.y = b.data();
+  p.ldy = 2 * D;
+  q.x = hid.data();
+  q.ldx = D;
+  q.w = w2.data();
+  q.y = b.data() + D;
+  q.ldy = 2 * D;
+  REQUIRE(rmsnorm_rows_pair(p, q, n, D, 1e-6f, nullptr) == cudaSuccess);
+  CHECK(std::memcmp(a.data(), b.data(), a.size() * 4) == 0);
+  CHECK(a != in);
+}
+
 TEST_CASE("emulated: the norms with BF16 outputs equal the F32 norms rounded to BF16") {
   const int64_t n = 5, D = 640, heads = 10, dv = 64, ldz = heads * dv + 16;
   auto x = random_floats(size_t(n * (D + 8)), 5, -3, 3);

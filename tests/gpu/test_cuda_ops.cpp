@@ -203,7 +203,27 @@ TEST_CASE("rmsnorm, add+rmsnorm and the gated norm match the CPU") {
   REQUIRE(rmsnorm_rows(dx.get(), D, dw.get(), n, D, 1e-6f, dy.get(), D, 0) == cudaSuccess);
   std::vector<float> want(static_cast<size_t>(n * D));
   for (int64_t t = 0; t < n; ++t) rmsnorm(x.data() + t * D, w.data(), D, 1e-6f, want.data() + t * D);
-  CHECK(max_rel(dy.download(), want) < 1e-6);
+  const std::vector<float> y1 = dy.download();
+  CHECK(max_rel(y1, want) < 1e-6);
+  // Two row sets in one launch (x and d, into two buffers): the bits of two calls.
+  {
+    DevArray<float> dy2(static_cast<size_t>(n * D)), dz(static_cast<size_t>(n * D)), dz2(static_cast<size_t>(n * D));
+    REQUIRE(rmsnorm_rows(dd.get(), D, dw.get(), n, D, 1e-6f, dz.get(), D, 0) == cudaSuccess);
+    NormRows a, b;
+    a.x = dx.get();
+    a.ldx = D;
+    a.w = dw.get();
+    a.y = dy2.get();
+    a.ldy = D;
+    b.x = dd.get();
+    b.ldx = D;
+    b.w = dw.get();
+    b.y = dz2.get();
+    b.ldy = D;
+    REQUIRE(rmsnorm_rows_pair(a, b, n, D, 1e-6f, 0) == cudaSuccess);
+    CHECK(dy2.download() == y1);
+    CHECK(dz2.download() == dz.download());
+  }
 
   REQUIRE(add_rmsnorm_rows(dx.get(), dd.get(), D, dw.get(), n, D, 1e-6f, dy.get(), 0) == cudaSuccess);
   std::vector<float> h(x);
