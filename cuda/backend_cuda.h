@@ -176,10 +176,13 @@ class CudaBackend final : public Backend {
   // kernel cannot run it); drop_chain forgets it (after an error).
   Status flush_chain();
   void drop_chain() {
+    clear_chain_queue();
+    chaining_ = false;
+  }
+  void clear_chain_queue() {
     chain_.stages = 0;
     chain_.delta = false;
     chain_.attn = false;
-    chaining_ = false;
   }
   Status decoder_layer(int il, const DevLayer& L, int64_t n, int32_t snapshot_row);
   // Logits (or their argmax) of n rows of normalized hidden states.

@@ -405,9 +405,7 @@ Status CudaBackend::queue_fp4(Fp4MatvecArgs a, const DevLinear& W) {
 
 Status CudaBackend::flush_chain() {
   Fp4ChainArgs c = chain_;
-  chain_.stages = 0;
-  chain_.delta = false;
-  chain_.attn = false;
+  clear_chain_queue();
   if (c.stages == 0) return Status::Ok();
   if (c.stages > 1) {
     const auto it = chain_sync_.find(chain_site_);
