@@ -38,10 +38,16 @@ __device__ __forceinline__ void pdl_prologue() {
 
 #ifdef QWEN35_CUDA_EMU
 // The emulation runs the grid on the calling thread (tests/emu), or, while
-// a stream capture is open, records it for the graph's launches.
+// a stream capture is open, records it for the graph's launches. A launch
+// the tests make fail (emu::arm_fault) invalidates an open capture, as a
+// refused launch does in the real runtime.
 template <typename... KArgs, typename... Args>
 cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t,
                    Args&&... args) {
+  if (::qwen35::emu::fault_fires(::qwen35::emu::Fault::Launch)) {
+    ::qwen35::emu::capture_invalidate();
+    return cudaErrorLaunchFailure;
+  }
   auto params = std::make_shared<std::tuple<KArgs...>>(std::forward<Args>(args)...);
   auto run = [=] {
     return ::qwen35::emu::run_grid(grid, block, smem, [&] { std::apply(kernel, *params); }, nullptr);

@@ -194,19 +194,50 @@ void async_wait(int keep) {
 
 namespace {
 bool g_capturing = false;
+bool g_capture_valid = true;
 std::vector<Op> g_captured;
+int64_t g_capture_violations = 0;
+std::string g_capture_violation;
 }  // namespace
 
 bool capturing() { return g_capturing; }
 void capture_add(Op op) { g_captured.push_back(std::move(op)); }
 void capture_begin() {
   g_capturing = true;
+  g_capture_valid = true;
   g_captured.clear();
 }
 std::vector<Op> capture_end() {
   g_capturing = false;
   return std::move(g_captured);
 }
+bool capture_refuse(const char* call) {
+  if (!g_capturing) return false;
+  ++g_capture_violations;
+  g_capture_violation = call;
+  g_capture_valid = false;
+  return true;
+}
+void capture_invalidate() {
+  if (g_capturing) g_capture_valid = false;
+}
+bool capture_valid() { return g_capture_valid; }
+int64_t capture_violations() { return g_capture_violations; }
+const char* last_capture_violation() { return g_capture_violation.c_str(); }
+
+namespace {
+int64_t g_fault_at[3] = {-1, -1, -1};  // calls left before the armed fault, per kind
+int64_t g_fault_calls[3] = {};
+}  // namespace
+
+void arm_fault(Fault kind, int64_t n) { g_fault_at[int(kind)] = n < 0 ? -1 : n; }
+bool fault_fires(Fault kind) {
+  const int k = int(kind);
+  ++g_fault_calls[k];
+  if (g_fault_at[k] < 0) return false;
+  return g_fault_at[k]-- == 0;  // fires once, then disarmed (-1)
+}
+int64_t fault_calls(Fault kind) { return g_fault_calls[int(kind)]; }
 
 void set_order(bool reverse) { g_reverse = reverse; }
 

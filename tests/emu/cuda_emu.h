@@ -70,6 +70,35 @@ std::vector<Op> capture_end();
 // Graph launches so far (cuda_host_emu.cpp), so tests can tell that the
 // graph path ran.
 int64_t graph_launches();
+// The capture rules of the real runtime (cudaStreamCaptureModeThreadLocal):
+// a synchronous call (allocation, free, synchronous copy or memset, stream
+// or device synchronization) while a capture is open is refused, and it,
+// like a failed launch, invalidates the capture: ending it fails and gives
+// no graph. capture_refuse() is the stand-ins' check (true: refuse the
+// call); capture_violations() counts the refused calls of the whole run, so
+// tests can demand none (the backend falls back to eager launches quietly).
+bool capture_refuse(const char* call);
+void capture_invalidate();
+bool capture_valid();
+int64_t capture_violations();
+const char* last_capture_violation();
+
+// Fault injection, for tests of the error paths: arm_fault(kind, n) makes
+// the n-th call of that kind from now on (0: the next) fail once, as on a
+// device out of memory (Alloc: cudaMalloc, cudaMallocHost), a launch the
+// runtime refuses (Launch: a kernel launch call; during a capture it also
+// invalidates the capture) or a graph that does not instantiate (Graph:
+// cudaGraphInstantiate); n < 0 disarms. fault_fires() is the stand-ins' check (it counts the call);
+// fault_calls() the calls of a kind so far, so a test can sweep n over a
+// whole operation. live_allocations(): device and pinned allocations not
+// freed yet; bad_frees(): frees of pointers that were not (or no longer)
+// allocated, or with the other kind's call (cuda_host_emu.cpp).
+enum class Fault { Alloc, Launch, Graph };
+void arm_fault(Fault kind, int64_t n);
+bool fault_fires(Fault kind);
+int64_t fault_calls(Fault kind);
+int64_t live_allocations();
+int64_t bad_frees();
 
 // cp.async: copies are queued per thread and happen at the wait.
 void async_copy(void* dst, const void* src, size_t bytes);

@@ -11,8 +11,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <unordered_map>
 #include <vector>
 
 #include "cuda_emu.h"
@@ -23,21 +25,49 @@
 #include "matmul.h"
 #include "quants.h"
 
-extern "C" {
-
-cudaError_t cudaMalloc(void** p, size_t n) {
-  *p = std::malloc(n ? n : 1);
-  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+namespace {
+int64_t g_bad_frees = 0;
+// Live allocations: pointer -> pinned (cudaMallocHost) or device.
+std::unordered_map<void*, bool>& live() {
+  static std::unordered_map<void*, bool> m;
+  return m;
 }
-cudaError_t cudaFree(void* p) {
+cudaError_t emu_alloc(void** p, size_t n, bool pinned, const char* call) {
+  *p = nullptr;
+  if (::qwen35::emu::capture_refuse(call)) return cudaErrorStreamCaptureUnsupported;
+  if (::qwen35::emu::fault_fires(::qwen35::emu::Fault::Alloc)) return cudaErrorMemoryAllocation;
+  *p = std::malloc(n ? n : 1);
+  if (!*p) return cudaErrorMemoryAllocation;
+  live()[*p] = pinned;
+  return cudaSuccess;
+}
+cudaError_t emu_free(void* p, bool pinned, const char* call) {
+  if (::qwen35::emu::capture_refuse(call)) return cudaErrorStreamCaptureUnsupported;
+  if (!p) return cudaSuccess;
+  const auto it = live().find(p);
+  if (it == live().end() || it->second != pinned) {
+    // Not ours, freed twice, or freed with the other kind's call.
+    ++g_bad_frees;
+    std::fprintf(stderr, "emulated CUDA: %s of a pointer it did not allocate\n", call);
+    return cudaErrorInvalidValue;
+  }
+  live().erase(it);
   std::free(p);
   return cudaSuccess;
 }
+}  // namespace
+
+extern "C" {
+
+cudaError_t cudaMalloc(void** p, size_t n) { return emu_alloc(p, n, false, "cudaMalloc"); }
+cudaError_t cudaFree(void* p) { return emu_free(p, false, "cudaFree"); }
 cudaError_t cudaMemset(void* p, int v, size_t n) {
+  if (::qwen35::emu::capture_refuse("cudaMemset")) return cudaErrorStreamCaptureUnsupported;
   std::memset(p, v, n);
   return cudaSuccess;
 }
 cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) {
+  if (::qwen35::emu::capture_refuse("cudaMemcpy")) return cudaErrorStreamCaptureUnsupported;
   std::memcpy(d, s, n);
   return cudaSuccess;
 }
@@ -58,8 +88,12 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
   return cudaSuccess;
 }
 cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  return ::qwen35::emu::capture_refuse("cudaStreamSynchronize") ? cudaErrorStreamCaptureUnsupported : cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize(void) {
+  return ::qwen35::emu::capture_refuse("cudaDeviceSynchronize") ? cudaErrorStreamCaptureUnsupported : cudaSuccess;
+}
 cudaError_t cudaGetDevice(int* d) {
   *d = 0;
   return cudaSuccess;
@@ -98,8 +132,8 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
   *total = size_t(16) << 30;
   return cudaSuccess;
 }
-cudaError_t cudaMallocHost(void** p, size_t n) { return cudaMalloc(p, n); }
-cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
+cudaError_t cudaMallocHost(void** p, size_t n) { return emu_alloc(p, n, true, "cudaMallocHost"); }
+cudaError_t cudaFreeHost(void* p) { return emu_free(p, true, "cudaFreeHost"); }
 cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
   if (::qwen35::emu::capturing()) {
     ::qwen35::emu::capture_add([=] {
@@ -118,7 +152,9 @@ cudaError_t cudaEventCreate(cudaEvent_t* e) {
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
 cudaError_t cudaEventDestroy(cudaEvent_t) { return cudaSuccess; }
 cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) {
+  return ::qwen35::emu::capture_refuse("cudaEventSynchronize") ? cudaErrorStreamCaptureUnsupported : cudaSuccess;
+}
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) {
   *ms = 1.0f;
   return cudaSuccess;
@@ -132,10 +168,14 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) {
   return cudaSuccess;
 }
 cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t* g) {
-  *g = reinterpret_cast<cudaGraph_t>(new OpList(::qwen35::emu::capture_end()));
-  return cudaSuccess;
+  const bool valid = ::qwen35::emu::capture_valid();
+  OpList ops = ::qwen35::emu::capture_end();
+  *g = valid ? reinterpret_cast<cudaGraph_t>(new OpList(std::move(ops))) : nullptr;
+  return valid ? cudaSuccess : cudaErrorStreamCaptureInvalidated;
 }
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t* e, cudaGraph_t g, unsigned long long) {
+  *e = nullptr;
+  if (::qwen35::emu::fault_fires(::qwen35::emu::Fault::Graph)) return cudaErrorInvalidValue;
   *e = reinterpret_cast<cudaGraphExec_t>(new OpList(*reinterpret_cast<OpList*>(g)));
   return cudaSuccess;
 }
@@ -157,14 +197,35 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t) {
   return cudaSuccess;
 }
 // (cudaGetLastError: cuda_emu.cpp, which every emulated test links)
-const char* cudaGetErrorString(cudaError_t) { return "emulated CUDA error"; }
-const char* cudaGetErrorName(cudaError_t) { return "cudaErrorEmulated"; }
+// The errors the stand-ins return, worded as the real runtime's.
+const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    default: return "emulated CUDA error";
+  }
+}
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    default: return "cudaErrorEmulated";
+  }
+}
 
 }  // extern "C"
 
 namespace qwen35 {
 
 int64_t emu::graph_launches() { return g_graph_launches; }
+int64_t emu::live_allocations() { return int64_t(live().size()); }
+int64_t emu::bad_frees() { return g_bad_frees; }
 
 namespace cuda {
 

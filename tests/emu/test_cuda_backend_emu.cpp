@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "backend_emu_util.h"
 #include "context.h"
 #include "cuda_emu.h"
 #include "fixture_logits.h"
@@ -21,7 +22,6 @@
 #include "model.h"
 #include "qwen35/qwen35.h"
 #include "sampler.h"
-#include "synth.h"
 #include "test_util.h"
 #include "tuning.h"
 
@@ -29,50 +29,6 @@ using namespace qwen35;
 using namespace qwen35::test;
 
 namespace {
-
-qwen35_model* load_cuda(const char* name) {
-  qwen35_model_params mp = qwen35_model_default_params();
-  mp.device = QWEN35_DEVICE_CUDA;
-  qwen35_model* m = nullptr;
-  REQUIRE_MESSAGE(qwen35_model_load(fixture(std::string("models/") + name + ".gguf").c_str(), &mp, &m) == QWEN35_OK,
-                  qwen35_errmsg());
-  CHECK(qwen35_model_device(m) == QWEN35_DEVICE_CUDA);
-  return m;
-}
-
-// A small synthetic model (600 tokens, width n_embd, a tied Q6_K
-// embedding) whose MTP layer mirrors the main model (the drafts are right:
-// every verify pass is accepted), on the CUDA backend.
-qwen35_model* load_mirror_synth(const char* name, int32_t n_embd, uint32_t seed) {
-  SynthConfig cfg;
-  cfg.n_vocab = 600;
-  cfg.n_embd = n_embd;
-  cfg.n_ff = 2 * n_embd;
-  cfg.head_dim = 64;
-  cfg.n_rot = 32;
-  cfg.sections = {6, 5, 5, 0};
-  cfg.ssm_state = 32;
-  cfg.ssm_dv = 32;
-  cfg.mtp_mirror = true;
-  cfg.seed = seed;
-  const std::string path = synth_model(name, cfg);
-  qwen35_model_params mp = qwen35_model_default_params();
-  mp.device = QWEN35_DEVICE_CUDA;
-  qwen35_model* m = nullptr;
-  REQUIRE_MESSAGE(qwen35_model_load(path.c_str(), &mp, &m) == QWEN35_OK, qwen35_errmsg());
-  return m;
-}
-
-qwen35_context* make_ctx(qwen35_model* m) {
-  qwen35_context_params cp = qwen35_context_default_params();
-  cp.n_ctx = 512;
-  cp.n_batch = 512;
-  cp.use_mtp = true;
-  cp.mtp_logits = true;
-  qwen35_context* c = nullptr;
-  REQUIRE_MESSAGE(qwen35_context_create(m, &cp, &c) == QWEN35_OK, qwen35_errmsg());
-  return c;
-}
 
 // Every fixture case of tiny-m-nvfp4 decoded in one batch, at the bar.
 void check_batch_bar(const char* what) {
@@ -84,7 +40,7 @@ void check_batch_bar(const char* what) {
   check_fixture_bar(fx, e, true);
   MESSAGE(std::string(what) << ": median " << median(e.main) << " worst " << worst(e.main));
   qwen35_context_free(c);
-  qwen35_model_free(m);
+  free_model(m);
 }
 
 }  // namespace
@@ -131,7 +87,7 @@ TEST_CASE("emulated CUDA backend: one token at a time (the decode kernels, CUDA 
     qwen35_context_free(ce);
   }
   cuda::set_decode_tuning(saved);
-  qwen35_model_free(m);
+  free_model(m);
 }
 
 TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta rule, attention) give the logits of single launches") {
@@ -172,7 +128,7 @@ TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta 
   CHECK(run(2) == single);
   CHECK(run(3) == single);
   CHECK(run(4) == single);
-  qwen35_model_free(m);
+  free_model(m);
 }
 
 TEST_CASE("emulated CUDA backend: the chunked delta rule in the batch path meets the fixture bar") {
@@ -255,7 +211,7 @@ TEST_CASE("emulated CUDA backend: sampling from device-selected candidates gives
     CHECK(a.size() == 6);
     CHECK(a == b);
   }
-  qwen35_model_free(m);
+  free_model(m);
 }
 
 TEST_CASE("emulated CUDA backend: the argmax in the LM head's epilogue picks the tokens of the argmax kernel") {
@@ -284,7 +240,7 @@ TEST_CASE("emulated CUDA backend: the argmax in the LM head's epilogue picks the
     // One argmax kernel fewer per greedy step (the path ran).
     CHECK(g_fused + n - 1 <= g_kernel);
   }
-  qwen35_model_free(m);
+  free_model(m);
 }
 
 TEST_CASE("emulated CUDA backend: greedy MTP speculation (graphs, snapshots, rollback) equals plain greedy") {
@@ -297,5 +253,5 @@ TEST_CASE("emulated CUDA backend: greedy MTP speculation (graphs, snapshots, rol
   CHECK(spec == plain);
   CHECK(st.n_drafted > 0);
   CHECK(st.n_accepted == st.n_drafted);
-  qwen35_model_free(m);
+  free_model(m);
 }

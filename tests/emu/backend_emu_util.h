@@ -1,0 +1,72 @@
+// Helpers of the emulated CUDA backend's tests (test_cuda_backend_emu,
+// test_cuda_faults_emu.cpp): models on the emulated device, contexts, and
+// a free that checks what the emulated runtime saw.
+#pragma once
+
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "cuda_emu.h"
+#include "qwen35/qwen35.h"
+#include "synth.h"
+#include "test_util.h"
+
+namespace qwen35::test {
+
+inline qwen35_model* load_cuda(const char* name) {
+  qwen35_model_params mp = qwen35_model_default_params();
+  mp.device = QWEN35_DEVICE_CUDA;
+  qwen35_model* m = nullptr;
+  REQUIRE_MESSAGE(qwen35_model_load(fixture(std::string("models/") + name + ".gguf").c_str(), &mp, &m) == QWEN35_OK,
+                  qwen35_errmsg());
+  CHECK(qwen35_model_device(m) == QWEN35_DEVICE_CUDA);
+  return m;
+}
+
+// A small synthetic model (600 tokens, width n_embd, a tied Q6_K
+// embedding) whose MTP layer mirrors the main model (the drafts are right:
+// every verify pass is accepted), on the CUDA backend.
+inline qwen35_model* load_mirror_synth(const char* name, int32_t n_embd, uint32_t seed) {
+  SynthConfig cfg;
+  cfg.n_vocab = 600;
+  cfg.n_embd = n_embd;
+  cfg.n_ff = 2 * n_embd;
+  cfg.head_dim = 64;
+  cfg.n_rot = 32;
+  cfg.sections = {6, 5, 5, 0};
+  cfg.ssm_state = 32;
+  cfg.ssm_dv = 32;
+  cfg.mtp_mirror = true;
+  cfg.seed = seed;
+  const std::string path = synth_model(name, cfg);
+  qwen35_model_params mp = qwen35_model_default_params();
+  mp.device = QWEN35_DEVICE_CUDA;
+  qwen35_model* m = nullptr;
+  REQUIRE_MESSAGE(qwen35_model_load(path.c_str(), &mp, &m) == QWEN35_OK, qwen35_errmsg());
+  return m;
+}
+
+inline qwen35_context* make_ctx(qwen35_model* m) {
+  qwen35_context_params cp = qwen35_context_default_params();
+  cp.n_ctx = 512;
+  cp.n_batch = 512;
+  cp.use_mtp = true;
+  cp.mtp_logits = true;
+  qwen35_context* c = nullptr;
+  REQUIRE_MESSAGE(qwen35_context_create(m, &cp, &c) == QWEN35_OK, qwen35_errmsg());
+  return c;
+}
+
+// Frees the model (its contexts freed before) and checks the emulated
+// runtime: no device or pinned memory left, no free of memory it did not
+// hand out, and no call the real runtime refuses during a graph capture
+// (the backend would quietly fall back to eager launches on the GPU).
+inline void free_model(qwen35_model* m) {
+  qwen35_model_free(m);
+  CHECK(emu::live_allocations() == 0);
+  CHECK(emu::bad_frees() == 0);
+  CHECK_MESSAGE(emu::capture_violations() == 0, emu::last_capture_violation());
+}
+
+}  // namespace qwen35::test
