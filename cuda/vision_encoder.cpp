@@ -247,6 +247,9 @@ Status CudaVisionEncoder::init(const Mmproj& mp, int device) {
 
 Status CudaVisionEncoder::reserve(int64_t np) {
   if (np <= cap_np_) return Status::Ok();
+  // The buffers are reallocated one after another (each alloc frees the old
+  // one first): until all of them are, none is known to fit any image.
+  cap_np_ = 0;
   const size_t C = size_t(hp_.n_embd), wide = std::max<size_t>(size_t(hp_.n_ff), C), n = size_t(np);
   QWEN35_TRY(x_.alloc(n * C * 4, "the vision residual stream"));
   QWEN35_TRY(qkv_.alloc(n * 3 * C * 4, "the vision QKV"));

@@ -212,13 +212,15 @@ TEST_CASE("emulated CUDA faults: a decode that fails leaves the context's sequen
   ChainTuning tuning(chain);
   // The calls: a prompt of 6 rows, steps of one row (graphs: the first
   // step captures, the next ones replay), 4 more rows (launched one by one:
-  // a failure there has a sequence to restore), a step; with MTP passes and
-  // their logits.
-  const std::vector<int32_t> tokens = {5, 17, 300, 42, 7, 99, 123, 8, 450, 31, 77, 2, 64};
+  // a failure there has a sequence to restore), 20 rows (the prefill path:
+  // GEMMs on weights dequantized ahead), a step; with MTP passes and their
+  // logits.
+  std::vector<int32_t> tokens = {5, 17, 300, 42, 7, 99, 123, 8, 450, 31, 77, 2};
+  for (int32_t i = 0; i < 21; ++i) tokens.push_back((i * 97 + 13) % 600);
   struct Op {
     int32_t first, n;
   };
-  const std::vector<Op> ops = {{0, 6}, {6, 1}, {7, 1}, {8, 4}, {12, 1}};
+  const std::vector<Op> ops = {{0, 6}, {6, 1}, {7, 1}, {8, 4}, {12, 20}, {32, 1}};
   auto run_op = [&](qwen35_context* c, const Op& op) {
     return qwen35_context_decode(c, tokens.data() + op.first, op.n, QWEN35_LOGITS_LAST);
   };
@@ -244,12 +246,12 @@ TEST_CASE("emulated CUDA faults: a decode that fails leaves the context's sequen
       const int64_t count = after[target].since(before[target], f);
       const std::string kind = fault_name(f);
       const int failed0 = failed;
-      for (int64_t k : positions(count, 6)) {
+      for (int64_t k : positions(count, 5)) {
         CAPTURE(kind);
         CAPTURE(target);
         CAPTURE(k);
         qwen35_context* c = make_ctx(m);
-        for (size_t i = 0; i < ops.size(); ++i) {
+        for (size_t i = 0; i <= target + 1; ++i) {  // up to the call after the failed one
           qwen35_status st;
           if (i == target) {
             Armed armed(f, k);
@@ -277,7 +279,7 @@ TEST_CASE("emulated CUDA faults: a decode that fails leaves the context's sequen
         CHECK(emu::live_allocations() == model_allocs);
       }
       MESSAGE("call " << target << ": " << count << " calls of kind " << kind << ", "
-                      << std::min<int64_t>(count, int64_t(positions(count, 6).size())) << " faults, "
+                      << std::min<int64_t>(count, int64_t(positions(count, 5).size())) << " faults, "
                       << failed - failed0 << " failed");
     }
   MESSAGE("decodes that failed: " << failed << ", went around the fault: " << recovered << ", worst logits after: "
@@ -315,21 +317,23 @@ TEST_CASE("emulated CUDA faults: a greedy MTP generation that fails stops with a
     return qwen35_generate(c, s, prompt.data(), int32_t(prompt.size()), &gp, nullptr);
   };
   std::vector<qwen35_token> want;
-  const Calls c0 = Calls::now();
+  Calls c0, c1;
   {
     qwen35_context* c = nullptr;
     REQUIRE(qwen35_context_create(m, &cp, &c) == QWEN35_OK);
+    c0 = Calls::now();
     REQUIRE(generate(c, &want) == QWEN35_OK);
+    c1 = Calls::now();
     qwen35_context_free(c);
   }
-  const Calls c1 = Calls::now();
   REQUIRE(want.size() == size_t(n));
   std::vector<qwen35_token> all = prompt;
   all.insert(all.end(), want.begin(), want.end());
   int failed = 0;
-  for (emu::Fault f : {emu::Fault::Launch, emu::Fault::Graph}) {
+  for (emu::Fault f : {emu::Fault::Alloc, emu::Fault::Launch, emu::Fault::Graph}) {
     const std::string kind = fault_name(f);
-    for (int64_t k : positions(c1.since(c0, f), 8)) {
+    MESSAGE("a generation: " << c1.since(c0, f) << " calls of kind " << kind);
+    for (int64_t k : positions(c1.since(c0, f), 6)) {
       CAPTURE(kind);
       CAPTURE(k);
       qwen35_context* c = nullptr;

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_emu.h"
 #include "ggml_types.h"
 #include "vision/device_encoder.h"
 #include "vision/encoder.h"
@@ -164,4 +165,90 @@ TEST_CASE("emulated CUDA vision encoder: BF16, F32 and Q8_0 weights, head sizes 
     MESSAGE("type " << c.type << ", head size " << cfg.n_embd / c.n_head << ": max token rel " << r);
     CHECK(r <= c.bar);
   }
+}
+
+TEST_CASE("emulated CUDA vision encoder: faults: an allocation or launch that fails gives an error and the encoder goes on") {
+  // A synthetic projector (F16, 1 block); images of 64x64 (16 patches) and
+  // 96x160 (60 patches: the scratch grows).
+  SynthMmprojConfig cfg;
+  cfg.n_embd = 256;
+  cfg.n_head = 4;
+  cfg.n_ff = 512;
+  cfg.n_block = 1;
+  cfg.proj_dim = 128;
+  const std::string path = std::string(QWEN35_TEST_TMP) + "/emu-vision-faults.mmproj.gguf";
+  Status st = WriteSynthMmproj(cfg, path);
+  REQUIRE_MESSAGE(st.ok(), st.message());
+  std::unique_ptr<Mmproj> mp;
+  st = LoadMmproj(path, true, Logger{}, &mp);
+  REQUIRE_MESSAGE(st.ok(), st.message());
+  auto image = [&](int w, int h) {
+    Image img;
+    std::vector<uint8_t> px(size_t(w) * size_t(h) * 3);
+    for (size_t i = 0; i < px.size(); ++i) px[i] = uint8_t((i * 37 + (i / 288) * 11) & 255);
+    REQUIRE(ImageFromPixels(px.data(), w, h, 3, 0, &img).ok());
+    PreprocessOptions po;
+    po.profile = Profile::LlamaCpp;
+    Preprocessed pre;
+    REQUIRE(Preprocess(img, mp->hp, po, &pre).ok());
+    return pre;
+  };
+  const Preprocessed small = image(64, 64), big = image(96, 160);
+  EncoderOptions eo;
+  auto encode = [&](const Preprocessed& pre, std::vector<float>* out) {
+    out->assign(size_t(pre.nx) * size_t(pre.ny) * size_t(mp->hp.proj_dim), NAN);
+    return mp->device->encode(*mp, pre.patches.data(), pre.gw, pre.gh, eo, out->data());
+  };
+  const int64_t live0 = emu::live_allocations();
+  // Creating the encoder: every allocation made to fail.
+  const int64_t a0 = emu::fault_calls(emu::Fault::Alloc);
+  REQUIRE(CreateCudaVisionEncoder(*mp, nullptr, &mp->device).ok());
+  const int64_t allocs = emu::fault_calls(emu::Fault::Alloc) - a0;
+  mp->device.reset();
+  CHECK(emu::live_allocations() == live0);
+  for (int64_t k = 0; k < allocs; ++k) {
+    CAPTURE(k);
+    emu::arm_fault(emu::Fault::Alloc, k);
+    st = CreateCudaVisionEncoder(*mp, nullptr, &mp->device);
+    emu::arm_fault(emu::Fault::Alloc, -1);
+    CHECK(st.code() == QWEN35_ERR_OUT_OF_MEMORY);
+    CHECK(mp->device == nullptr);
+    CHECK(emu::live_allocations() == live0);
+  }
+  // Encoding: the reference embeddings, then faults in the scratch's growth
+  // (the big image after the small one) and in the launches; after each
+  // failure both images encode to the reference bits.
+  REQUIRE(CreateCudaVisionEncoder(*mp, nullptr, &mp->device).ok());
+  std::vector<float> want_small, want_big, got;
+  REQUIRE(encode(small, &want_small).ok());
+  const int64_t g0 = emu::fault_calls(emu::Fault::Alloc), l0 = emu::fault_calls(emu::Fault::Launch);
+  REQUIRE(encode(big, &want_big).ok());
+  const int64_t grow = emu::fault_calls(emu::Fault::Alloc) - g0, launches = emu::fault_calls(emu::Fault::Launch) - l0;
+  MESSAGE("the big image: " << grow << " allocations, " << launches << " launches");
+  REQUIRE(grow > 0);
+  for (emu::Fault f : {emu::Fault::Alloc, emu::Fault::Launch}) {
+    const int64_t count = f == emu::Fault::Alloc ? grow : launches;
+    for (int64_t k = 0; k < count; k += f == emu::Fault::Alloc ? 1 : std::max<int64_t>(1, count / 6)) {
+      CAPTURE(int(f));
+      CAPTURE(k);
+      // A fresh encoder that has seen the small image only (its scratch
+      // fits 16 patches), so that the big one grows it.
+      mp->device.reset();
+      REQUIRE(CreateCudaVisionEncoder(*mp, nullptr, &mp->device).ok());
+      REQUIRE(encode(small, &got).ok());
+      emu::arm_fault(f, k);
+      st = encode(big, &got);
+      emu::arm_fault(f, -1);
+      CHECK(st.code() == (f == emu::Fault::Alloc ? QWEN35_ERR_OUT_OF_MEMORY : QWEN35_ERR_BACKEND));
+      CHECK(!st.message().empty());
+      REQUIRE(encode(small, &got).ok());
+      CHECK(got == want_small);
+      REQUIRE(encode(big, &got).ok());
+      CHECK(got == want_big);
+    }
+  }
+  mp->device.reset();
+  CHECK(emu::live_allocations() == live0);
+  CHECK(emu::bad_frees() == 0);
+  CHECK(emu::capture_violations() == 0);
 }
