@@ -34,7 +34,6 @@
 // resets the counters. They belong to one call site, so the ticket may be taken before
 // the PDL wait: the previous launch on these counters was a step earlier.
 #include <algorithm>
-#include <atomic>
 
 #include "attention_decode.cuh"
 #include "chain_fp4.h"
@@ -430,15 +429,11 @@ size_t chain_smem(const ChainPlan& p, int n) {
 
 template <int kN, bool kAttn>
 cudaError_t launch_chain(const Fp4ChainArgs& a, const ChainPlan& p, cudaStream_t stream) {
-  static std::atomic<int> allowed{0};
+  static SmemOptIn opt_in;
   auto kernel = fp4_chain_kernel<kStages, kN, kAttn>;
   const int first = p.head ? 1 : 0;  // the first NVFP4 stage
   const size_t smem = chain_smem(p, a.stage[first].n);
-  if (smem > 48 * 1024 && int(smem) > allowed.load(std::memory_order_relaxed)) {
-    const cudaError_t e = allow_dynamic_smem(kernel, smem);
-    if (e != cudaSuccess) return e;
-    allowed.store(int(smem), std::memory_order_relaxed);
-  }
+  if (const cudaError_t e = opt_in.ensure(kernel, smem); e != cudaSuccess) return e;
   const Fp4MatvecArgs none = a.stage[first];  // unused stages: any valid block
   auto st = [&](int s) -> const Fp4MatvecArgs& { return s < a.stages && s >= first ? a.stage[s] : none; };
   return launch(kernel, dim3(unsigned(p.start[p.stages])), dim3(kBulkWarps * kWarp), smem, stream, st(0), st(1),

@@ -23,6 +23,7 @@
 #include <cuda_runtime.h>
 #endif
 
+#include <atomic>
 #include <utility>
 
 namespace qwen35::cuda {
@@ -47,6 +48,10 @@ cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
   if (::qwen35::emu::fault_fires(::qwen35::emu::Fault::Launch)) {
     ::qwen35::emu::capture_invalidate();
     return cudaErrorLaunchFailure;
+  }
+  if (!::qwen35::emu::smem_allowed(reinterpret_cast<const void*>(kernel), smem)) {
+    ::qwen35::emu::capture_invalidate();
+    return cudaErrorInvalidValue;  // as the real launch: more than the kernel's limit
   }
   auto params = std::make_shared<std::tuple<KArgs...>>(std::forward<Args>(args)...);
   auto run = [=] {
@@ -135,17 +140,45 @@ inline size_t max_dynamic_smem() {
 #endif
 }
 
-// Lets `kernel` use `bytes` of dynamic shared memory (more than the default
-// 48 KiB needs an opt-in per kernel; the attribute is per device, so it is
-// set on every call rather than cached).
+// Lets `kernel` use `bytes` of dynamic shared memory on the current device
+// (more than the default 48 KiB needs an opt-in per kernel and device).
+// Called before every launch, or through SmemOptIn, which remembers it.
 template <typename... KArgs>
 cudaError_t allow_dynamic_smem(void (*kernel)(KArgs...), size_t bytes) {
 #ifdef QWEN35_CUDA_EMU
+  if (bytes > max_dynamic_smem()) return cudaErrorInvalidValue;
+  ::qwen35::emu::smem_opt_in(reinterpret_cast<const void*>(kernel), bytes);
   return cudaSuccess;
 #else
   if (bytes <= 48 * 1024) return cudaSuccess;
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
 #endif
 }
+
+// allow_dynamic_smem once per kernel and device: one object per kernel (a
+// function-local static beside its launch). The attribute belongs to the
+// kernel on one device, so a model on a second GPU raises it there too.
+class SmemOptIn {
+ public:
+  template <typename... KArgs>
+  cudaError_t ensure(void (*kernel)(KArgs...), size_t bytes) {
+    if (bytes <= 48 * 1024) return cudaSuccess;
+    int dev = -1;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kDevices) return allow_dynamic_smem(kernel, bytes);
+    std::atomic<int>& allowed = allowed_[dev];
+    if (int(bytes) <= allowed.load(std::memory_order_relaxed)) return cudaSuccess;
+    const cudaError_t e = allow_dynamic_smem(kernel, bytes);
+    if (e == cudaSuccess) {
+      int cur = allowed.load(std::memory_order_relaxed);
+      while (int(bytes) > cur && !allowed.compare_exchange_weak(cur, int(bytes), std::memory_order_relaxed)) {
+      }
+    }
+    return e;
+  }
+
+ private:
+  static constexpr int kDevices = 64;
+  std::atomic<int> allowed_[kDevices] = {};
+};
 
 }  // namespace qwen35::cuda

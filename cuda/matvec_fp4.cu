@@ -22,7 +22,6 @@
 // Kernel 3 (QWEN35_CUDA_FP4_KERNEL=3): kernel 2 with the weights moved by
 // bulk copies into a ring of shared-memory stages instead of registers.
 #include <algorithm>
-#include <atomic>
 
 #include "common.cuh"
 #include "fp4_kernels.cuh"
@@ -452,24 +451,11 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
                           reinterpret_cast<float*>(ring));
 }
 
-// Raises a kernel's dynamic shared memory limit once to what it needs.
-template <typename Kernel>
-cudaError_t allow_smem(Kernel kernel, std::atomic<int>& allowed, size_t smem) {
-  if (smem <= 48 * 1024 || int(smem) <= allowed.load(std::memory_order_relaxed)) return cudaSuccess;
-  const cudaError_t e = allow_dynamic_smem(kernel, smem);
-  if (e == cudaSuccess) {
-    int cur = allowed.load(std::memory_order_relaxed);
-    while (int(smem) > cur && !allowed.compare_exchange_weak(cur, int(smem))) {
-    }
-  }
-  return e;
-}
-
 template <int W, int P>
 cudaError_t launch_stream(const Fp4MatvecArgs& a, int splits, int64_t kg_per, cudaStream_t stream) {
-  static std::atomic<int> allowed{0};
+  static SmemOptIn opt_in;
   const size_t smem = tc_x_bytes(int(4 * kg_per), a.n);
-  const cudaError_t e = allow_smem(fp4_stream_kernel<W, P>, allowed, smem);
+  const cudaError_t e = opt_in.ensure(fp4_stream_kernel<W, P>, smem);
   if (e != cudaSuccess) return e;
   const dim3 grid(unsigned((a.w.tiles() + W - 1) / W), unsigned(splits));
   return launch(fp4_stream_kernel<W, P>, grid, dim3(W * kWarp), smem, stream, a, splits, kg_per);
@@ -477,10 +463,10 @@ cudaError_t launch_stream(const Fp4MatvecArgs& a, int splits, int64_t kg_per, cu
 
 template <int S, bool kLean, int kN, bool kCluster>
 cudaError_t launch_bulk(const Fp4MatvecArgs& a, int splits, int64_t kg_per, int flags, cudaStream_t stream) {
-  static std::atomic<int> allowed{0};
+  static SmemOptIn opt_in;
   auto kernel = fp4_bulk_kernel<S, kLean, kN, kCluster>;
   const size_t smem = bulk_ring_bytes(kBulkWarps, S) + tc_x_bytes(int(4 * kg_per), a.n);
-  const cudaError_t e = allow_smem(kernel, allowed, smem);
+  const cudaError_t e = opt_in.ensure(kernel, smem);
   if (e != cudaSuccess) return e;
   const dim3 grid(unsigned((a.w.tiles() + kBulkWarps - 1) / kBulkWarps), unsigned(splits));
   // With the cluster combine: one cluster per tile group (its `splits` blocks).
@@ -663,8 +649,8 @@ cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream) {
   int64_t kg_per = (a.w.kgroups() + splits - 1) / splits;
   kg_per = (kg_per + align - 1) / align * align;
   const size_t smem = size_t(a.n) * size_t(kg_per) * kFp4GroupCols * sizeof(uint16_t);
-  static std::atomic<int> allowed{0};
-  const cudaError_t e = allow_smem(fp4_matvec_kernel, allowed, smem);
+  static SmemOptIn opt_in;
+  const cudaError_t e = opt_in.ensure(fp4_matvec_kernel, smem);
   if (e != cudaSuccess) return e;
   const dim3 grid(unsigned((a.w.tiles() + kWarps - 1) / kWarps), unsigned(splits));
   return launch(fp4_matvec_kernel, dim3(grid), dim3(kWarps * kWarp), smem, stream, a, splits, kg_per);

@@ -29,7 +29,6 @@
 // warp combines its lanes, and a packed 64-bit atomicMax per warp and row
 // (only when it beats the value already there) collects the rows' maxima;
 // the last block converts them into indices.
-#include <atomic>
 
 #include "common.cuh"
 #include "launch.cuh"
@@ -529,13 +528,9 @@ int multiprocessors() {
 template <int W, int P, bool kArgmax>
 cudaError_t launch_q6kt(const Q6kTiled& w, const TcInput& in, float* y, int64_t ldy, bool add, const HeadArgmax& am,
                         cudaStream_t stream) {
-  static std::atomic<int> allowed{0};
+  static SmemOptIn opt_in;
   const size_t smem = tc_x_bytes(int(w.cols / 16), in.n);
-  if (smem > 48 * 1024 && int(smem) > allowed.load(std::memory_order_relaxed)) {
-    const cudaError_t e = allow_dynamic_smem(q6kt_matvec_kernel<W, P, kArgmax>, smem);
-    if (e != cudaSuccess) return e;
-    allowed.store(int(smem), std::memory_order_relaxed);
-  }
+  if (const cudaError_t e = opt_in.ensure(q6kt_matvec_kernel<W, P, kArgmax>, smem); e != cudaSuccess) return e;
   // Persistent (tuning q6k_persist = blocks per multiprocessor): fewer
   // blocks than tiles / W, each converting the activations once.
   int64_t blocks = (w.tiles() + W - 1) / W;
@@ -550,13 +545,9 @@ cudaError_t launch_q6kt(const Q6kTiled& w, const TcInput& in, float* y, int64_t 
 template <int S, bool kArgmax>
 cudaError_t launch_q6kt_bulk(const Q6kTiled& w, const TcInput& in, float* y, int64_t ldy, bool add,
                              const HeadArgmax& am, cudaStream_t stream) {
-  static std::atomic<int> allowed{0};
+  static SmemOptIn opt_in;
   const size_t smem = q6k_ring_bytes(S) + tc_x_bytes(int(w.cols / 16), in.n);
-  if (smem > 48 * 1024 && int(smem) > allowed.load(std::memory_order_relaxed)) {
-    const cudaError_t e = allow_dynamic_smem(q6kt_bulk_kernel<S, kArgmax>, smem);
-    if (e != cudaSuccess) return e;
-    allowed.store(int(smem), std::memory_order_relaxed);
-  }
+  if (const cudaError_t e = opt_in.ensure(q6kt_bulk_kernel<S, kArgmax>, smem); e != cudaSuccess) return e;
   const int persist = decode_tuning().q6k_persist;
   const int64_t blocks =
       std::min<int64_t>((w.tiles() + kQ6kBulkWarps - 1) / kQ6kBulkWarps, int64_t(persist > 0 ? persist : 3) * multiprocessors());

@@ -83,6 +83,19 @@ bool capture_valid();
 int64_t capture_violations();
 const char* last_capture_violation();
 
+// Devices (cuda_host_emu.cpp): how many the runtime reports (1 unless a
+// test asks for more; all alike, all the same host memory) and the current
+// one (cudaSetDevice).
+void set_device_count(int n);
+int current_device();
+// Dynamic shared memory as the real runtime checks it: a launch with more
+// than 48 KiB needs the kernel's limit raised on the current device first
+// (cudaFuncSetAttribute, which allow_dynamic_smem calls: smem_opt_in), and
+// no launch gets more than the device's 227 KiB. smem_allowed() is the
+// launch's check (false: the launch fails).
+void smem_opt_in(const void* kernel, size_t bytes);
+bool smem_allowed(const void* kernel, size_t bytes);
+
 // Fault injection, for tests of the error paths: arm_fault(kind, n) makes
 // the n-th call of that kind from now on (0: the next) fail once, as on a
 // device out of memory (Alloc: cudaMalloc, cudaMallocHost), a launch the

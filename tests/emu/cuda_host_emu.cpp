@@ -14,7 +14,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
+#include <map>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "cuda_emu.h"
@@ -26,6 +29,9 @@
 #include "quants.h"
 
 namespace {
+int g_device_count = 1, g_current_device = 0;
+// Per device: the kernels' raised dynamic shared memory limits.
+std::map<std::pair<int, const void*>, size_t> g_smem_limit;
 int64_t g_bad_frees = 0;
 // Live allocations: pointer -> pinned (cudaMallocHost) or device.
 std::unordered_map<void*, bool>& live() {
@@ -95,10 +101,14 @@ cudaError_t cudaDeviceSynchronize(void) {
   return ::qwen35::emu::capture_refuse("cudaDeviceSynchronize") ? cudaErrorStreamCaptureUnsupported : cudaSuccess;
 }
 cudaError_t cudaGetDevice(int* d) {
-  *d = 0;
+  *d = ::qwen35::emu::current_device();
   return cudaSuccess;
 }
-cudaError_t cudaSetDevice(int) { return cudaSuccess; }
+cudaError_t cudaSetDevice(int d) {
+  if (d < 0 || d >= g_device_count) return cudaErrorInvalidDevice;
+  g_current_device = d;
+  return cudaSuccess;
+}
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
   std::memset(p, 0, sizeof *p);
   std::strcpy(p->name, "CPU emulation");
@@ -120,7 +130,7 @@ cudaError_t cudaMemcpy2DAsync(void* d, size_t dpitch, const void* s, size_t spit
   return cudaSuccess;
 }
 cudaError_t cudaGetDeviceCount(int* n) {
-  *n = 1;
+  *n = g_device_count;
   return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int) {
@@ -225,6 +235,21 @@ namespace qwen35 {
 
 int64_t emu::graph_launches() { return g_graph_launches; }
 int64_t emu::live_allocations() { return int64_t(live().size()); }
+void emu::set_device_count(int n) {
+  g_device_count = n;
+  if (g_current_device >= n) g_current_device = 0;
+}
+int emu::current_device() { return g_current_device; }
+void emu::smem_opt_in(const void* kernel, size_t bytes) {
+  size_t& limit = g_smem_limit[{g_current_device, kernel}];
+  limit = std::max(limit, bytes);
+}
+bool emu::smem_allowed(const void* kernel, size_t bytes) {
+  if (bytes > size_t(227) * 1024) return false;
+  if (bytes <= size_t(48) * 1024) return true;
+  const auto it = g_smem_limit.find({g_current_device, kernel});
+  return it != g_smem_limit.end() && bytes <= it->second;
+}
 int64_t emu::bad_frees() { return g_bad_frees; }
 
 namespace cuda {

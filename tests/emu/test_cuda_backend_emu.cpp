@@ -255,3 +255,38 @@ TEST_CASE("emulated CUDA backend: greedy MTP speculation (graphs, snapshots, rol
   CHECK(st.n_accepted == st.n_drafted);
   free_model(m);
 }
+
+TEST_CASE("emulated CUDA backend: a model on each of two devices gives the same logits") {
+  // The kernels' shared memory limits belong to a device: a launch on the
+  // second device needs its own opt-in (the emulated runtime checks that).
+  emu::set_device_count(2);
+  const char* name = "tiny-m-nvfp4";
+  FixtureLogits fx(name);
+  std::vector<int32_t> s;
+  for (int32_t i = 0; i < 23; ++i) s.push_back((i * 37 + 5) % fx.V);
+  auto run = [&](int device) {
+    qwen35_model_params mp = qwen35_model_default_params();
+    mp.device = QWEN35_DEVICE_CUDA;
+    mp.device_index = device;
+    qwen35_model* m = nullptr;
+    REQUIRE_MESSAGE(qwen35_model_load(fixture(std::string("models/") + name + ".gguf").c_str(), &mp, &m) == QWEN35_OK,
+                    qwen35_errmsg());
+    qwen35_context* c = make_ctx(m);
+    std::vector<float> out;
+    // A prefill of 20 rows (GEMMs, the tiled attention), then steps.
+    int32_t pos = 0;
+    for (int rows : {20, 1, 2}) {
+      REQUIRE_MESSAGE(qwen35_context_decode(c, &s[size_t(pos)], rows, QWEN35_LOGITS_LAST) == QWEN35_OK,
+                      qwen35_errmsg());
+      const float* l = qwen35_context_logits(c, -1);
+      out.insert(out.end(), l, l + fx.V);
+      pos += rows;
+    }
+    qwen35_context_free(c);
+    free_model(m);
+    return out;
+  };
+  const std::vector<float> a = run(0), b = run(1);
+  emu::set_device_count(1);
+  CHECK(b == a);
+}

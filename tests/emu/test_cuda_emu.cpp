@@ -712,6 +712,45 @@ TEST_CASE("emulated: NVFP4 decode kernels 1-3 (tensor cores, bulk copies) match 
   emu::set_order(false);
 }
 
+TEST_CASE("emulated: a kernel over 48 KiB of shared memory opts in on each device it runs on") {
+  // Kernel 3 with one column slice and 8 rows: a ring of 36 KiB and 37 KiB
+  // of activations. The limit is a property of the kernel on one device:
+  // launched on a second device without its own opt-in, it would fail.
+  const int64_t N = 64, K = 2048, sms = 2;
+  const int n = 8;
+  HostQMat w(GGML_NVFP4, N, K, 5);
+  const HostTiledFp4 tiled(w, nullptr);
+  std::vector<float> part(std::max<uint64_t>(1, fp4_partial_floats(tiled.t, int(sms))));
+  std::vector<int> cnt(std::max<uint64_t>(1, fp4_counter_ints(tiled.t)), 0);
+  const auto x = random_floats(size_t(n * K), 3, -2, 2);
+  DecodeTuning v;
+  v.fp4_kernel = 3;
+  v.fp4_blocks_per_sm = 1;
+  TuningScope ts(v);
+  emu::set_device_count(2);
+  std::vector<float> y[2];
+  for (int dev : {0, 1}) {
+    CAPTURE(dev);
+    REQUIRE(cudaSetDevice(dev) == cudaSuccess);
+    y[dev].assign(size_t(n * N), NAN);
+    Fp4MatvecArgs a;
+    a.w = tiled.t;
+    a.n = n;
+    a.x = x.data();
+    a.ldx = K;
+    a.y = y[dev].data();
+    a.ldy = N;
+    a.epilogue = Fp4Epilogue::Store;
+    a.partial = part.data();
+    a.counters = cnt.data();
+    CHECK(fp4_matvec(a, int(sms), nullptr) == cudaSuccess);
+  }
+  REQUIRE(cudaSetDevice(0) == cudaSuccess);
+  emu::set_device_count(1);
+  CHECK(y[1] == y[0]);
+  CHECK(std::none_of(y[0].begin(), y[0].end(), [](float f) { return std::isnan(f); }));
+}
+
 namespace {
 // fn under each tiled Q6_K kernel variant, in both block orders: kernel 2
 // with a warp per tile, or one block (of 2 in the emulation) walking
