@@ -53,6 +53,10 @@ cudaError_t launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
     ::qwen35::emu::capture_invalidate();
     return cudaErrorInvalidValue;  // as the real launch: more than the kernel's limit
   }
+  if (!::qwen35::emu::launch_shape_ok(grid, block)) {
+    ::qwen35::emu::capture_invalidate();
+    return cudaErrorInvalidConfiguration;  // as the real launch: an empty grid, too many threads
+  }
   auto params = std::make_shared<std::tuple<KArgs...>>(std::forward<Args>(args)...);
   auto run = [=] {
     return ::qwen35::emu::run_grid(grid, block, smem, [&] { std::apply(kernel, *params); }, nullptr);

@@ -95,6 +95,10 @@ int current_device();
 // launch's check (false: the launch fails).
 void smem_opt_in(const void* kernel, size_t bytes);
 bool smem_allowed(const void* kernel, size_t bytes);
+// The launch shapes the real runtime accepts: no empty grid, at most 1,024
+// threads a block (64 in z), grids up to 2^31 - 1 in x and 65,535 in y and
+// z. Tests that launch what it refuses fail as they would on a GPU.
+bool launch_shape_ok(dim3 grid, dim3 block);
 
 // Fault injection, for tests of the error paths: arm_fault(kind, n) makes
 // the n-th call of that kind from now on (0: the next) fail once, as on a

@@ -244,6 +244,12 @@ void emu::smem_opt_in(const void* kernel, size_t bytes) {
   size_t& limit = g_smem_limit[{g_current_device, kernel}];
   limit = std::max(limit, bytes);
 }
+bool emu::launch_shape_ok(dim3 grid, dim3 block) {
+  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
+  if (threads == 0 || threads > 1024 || block.z > 64) return false;
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return false;
+  return grid.x <= 0x7FFFFFFFu && grid.y <= 65535 && grid.z <= 65535;
+}
 bool emu::smem_allowed(const void* kernel, size_t bytes) {
   if (bytes > size_t(227) * 1024) return false;
   if (bytes <= size_t(48) * 1024) return true;
