@@ -126,7 +126,11 @@ Status CudaBackend::init() {
   int n_attn = 0;
   for (int il = 0; il < hp_.n_layer; ++il) n_attn += hp_.is_attn_layer(il);
   const uint64_t kv_elems = uint64_t(nctx) * uint64_t(kvd);
-  QWEN35_TRY(kv_buf_.alloc((uint64_t(n_attn) + (m_.mtp ? 1 : 0)) * 2 * kv_elems * 2, "the KV cache"));
+  if (Status st = kv_buf_.alloc((uint64_t(n_attn) + (m_.mtp ? 1 : 0)) * 2 * kv_elems * 2, "the KV cache"); !st.ok()) {
+    // The one allocation the caller sizes: say how.
+    return Error(st.code(), "{} (n_ctx {}: a smaller n_ctx needs less; qwen35_cuda_memory_info() tells what is free)",
+                 st.message(), nctx);
+  }
   kv_.resize(size_t(hp_.n_layer));
   uint16_t* kvp = kv_buf_.as<uint16_t>();
   auto next_kv = [&]() {
