@@ -167,6 +167,17 @@ void bind_model(py::module_& m) {
   m.def("version", &qwen35_version, "Version of the linked qwen35 library.");
   m.def("version_number", &qwen35_version_number);
   m.def("status_str", [](int s) { return std::string(qwen35_status_str(qwen35_status(s))); });
+  m.def(
+      "cuda_memory_info",
+      [](int device_index) {
+        uint64_t free_bytes = 0, total_bytes = 0;
+        const qwen35_status st = qwen35_cuda_memory_info(device_index, &free_bytes, &total_bytes);
+        if (st != QWEN35_OK) raise_last(st);
+        return py::make_tuple(free_bytes, total_bytes);
+      },
+      py::arg("device_index") = 0,
+      "(free, total) bytes of a CUDA device's memory (qwen35_cuda_memory_info), for sizing n_ctx; raises "
+      "without a usable device or CUDA build.");
 
   py::class_<ModelHandle, ModelPtr>(m, "Model", "A loaded qwen35 GGUF model (qwen35_model).")
       .def(py::init([](const std::string& path, bool use_mmap, int device, int device_index, int n_gpu_layers,

@@ -24,6 +24,19 @@ def test_error_hierarchy():
     assert issubclass(qwen35.Error, RuntimeError)
 
 
+def test_cuda_memory_info():
+    # Without a usable GPU (or a CUDA build) it raises the library's error;
+    # with one it reports the device's memory.
+    try:
+        free, total = _qwen35.cuda_memory_info(0)
+    except qwen35.Error as e:
+        assert str(e)
+    else:
+        assert 0 < free <= total
+    with pytest.raises(qwen35.Error):
+        _qwen35.cuda_memory_info(-1)
+
+
 def test_model_facts(mtp_model_path):
     m = _qwen35.Model(mtp_model_path, device=_qwen35.DEVICE_CPU)
     assert m.n_vocab == 4122
