@@ -60,13 +60,14 @@ inline qwen35_context* make_ctx(qwen35_model* m) {
 
 // Frees the model (its contexts freed before) and checks the emulated
 // runtime: no device or pinned memory left, no free of memory it did not
-// hand out, and no call the real runtime refuses during a graph capture
+// hand out, no copy past the end of an allocation, and no call the real runtime refuses during a graph capture
 // (the backend would quietly fall back to eager launches on the GPU).
 inline void free_model(qwen35_model* m) {
   qwen35_model_free(m);
   CHECK(emu::live_allocations() == 0);
-  CHECK(emu::bad_frees() == 0);
-  CHECK_MESSAGE(emu::capture_violations() == 0, emu::last_capture_violation());
+  CHECK(emu::take_bad_frees() == 0);
+  CHECK(emu::take_bad_copies() == 0);
+  CHECK_MESSAGE(emu::take_capture_violations() == 0, emu::last_capture_violation());
 }
 
 }  // namespace qwen35::test

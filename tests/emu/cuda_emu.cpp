@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 // The CUDA runtime call of the kernel files' host code (the emulation
@@ -222,7 +223,7 @@ void capture_invalidate() {
   if (g_capturing) g_capture_valid = false;
 }
 bool capture_valid() { return g_capture_valid; }
-int64_t capture_violations() { return g_capture_violations; }
+int64_t take_capture_violations() { return std::exchange(g_capture_violations, 0); }
 const char* last_capture_violation() { return g_capture_violation.c_str(); }
 
 namespace {

@@ -75,12 +75,13 @@ int64_t graph_launches();
 // or device synchronization) while a capture is open is refused, and it,
 // like a failed launch, invalidates the capture: ending it fails and gives
 // no graph. capture_refuse() is the stand-ins' check (true: refuse the
-// call); capture_violations() counts the refused calls of the whole run, so
-// tests can demand none (the backend falls back to eager launches quietly).
+// call); take_capture_violations() counts the refused calls since the last
+// take, so tests can demand none (the backend would quietly fall back to
+// eager launches).
 bool capture_refuse(const char* call);
 void capture_invalidate();
 bool capture_valid();
-int64_t capture_violations();
+int64_t take_capture_violations();
 const char* last_capture_violation();
 
 // Devices (cuda_host_emu.cpp): how many the runtime reports (1 unless a
@@ -108,14 +109,17 @@ bool launch_shape_ok(dim3 grid, dim3 block);
 // cudaGraphInstantiate); n < 0 disarms. fault_fires() is the stand-ins' check (it counts the call);
 // fault_calls() the calls of a kind so far, so a test can sweep n over a
 // whole operation. live_allocations(): device and pinned allocations not
-// freed yet; bad_frees(): frees of pointers that were not (or no longer)
-// allocated, or with the other kind's call (cuda_host_emu.cpp).
+// freed yet; take_bad_frees(): frees of pointers that were not (or no
+// longer) allocated, or with the other kind's call, since the last take;
+// take_bad_copies(): likewise copies and fills that start in an allocation
+// and run past its end (cuda_host_emu.cpp).
 enum class Fault { Alloc, Launch, Graph };
 void arm_fault(Fault kind, int64_t n);
 bool fault_fires(Fault kind);
 int64_t fault_calls(Fault kind);
 int64_t live_allocations();
-int64_t bad_frees();
+int64_t take_bad_frees();
+int64_t take_bad_copies();
 
 // cp.async: copies are queued per thread and happen at the wait.
 void async_copy(void* dst, const void* src, size_t bytes);

@@ -16,7 +16,6 @@
 #include <cstring>
 #include <algorithm>
 #include <map>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -32,11 +31,29 @@ namespace {
 int g_device_count = 1, g_current_device = 0;
 // Per device: the kernels' raised dynamic shared memory limits.
 std::map<std::pair<int, const void*>, size_t> g_smem_limit;
-int64_t g_bad_frees = 0;
-// Live allocations: pointer -> pinned (cudaMallocHost) or device.
-std::unordered_map<void*, bool>& live() {
-  static std::unordered_map<void*, bool> m;
+int64_t g_bad_frees = 0, g_bad_copies = 0;
+// Live allocations by address: size, pinned (cudaMallocHost) or device.
+struct Alloc {
+  size_t bytes;
+  bool pinned;
+};
+std::map<const char*, Alloc>& live() {
+  static std::map<const char*, Alloc> m;
   return m;
+}
+// A copy or fill of n bytes at p: within one allocation when p is in one
+// (elsewhere it is pageable host memory, which the emulation cannot tell
+// from a wild device pointer).
+void check_range(const void* p, size_t n, const char* call) {
+  const char* c = static_cast<const char*>(p);
+  auto it = live().upper_bound(c);
+  if (it == live().begin()) return;
+  --it;
+  const char* end = it->first + std::max<size_t>(it->second.bytes, 1);
+  if (c >= end || c + n <= end) return;
+  ++g_bad_copies;
+  std::fprintf(stderr, "emulated CUDA: %s of %zu bytes runs %zu bytes past the end of an allocation of %zu\n", call, n,
+               size_t(c + n - end), it->second.bytes);
 }
 cudaError_t emu_alloc(void** p, size_t n, bool pinned, const char* call) {
   *p = nullptr;
@@ -44,14 +61,14 @@ cudaError_t emu_alloc(void** p, size_t n, bool pinned, const char* call) {
   if (::qwen35::emu::fault_fires(::qwen35::emu::Fault::Alloc)) return cudaErrorMemoryAllocation;
   *p = std::malloc(n ? n : 1);
   if (!*p) return cudaErrorMemoryAllocation;
-  live()[*p] = pinned;
+  live()[static_cast<const char*>(*p)] = Alloc{n, pinned};
   return cudaSuccess;
 }
 cudaError_t emu_free(void* p, bool pinned, const char* call) {
   if (::qwen35::emu::capture_refuse(call)) return cudaErrorStreamCaptureUnsupported;
   if (!p) return cudaSuccess;
-  const auto it = live().find(p);
-  if (it == live().end() || it->second != pinned) {
+  const auto it = live().find(static_cast<const char*>(p));
+  if (it == live().end() || it->second.pinned != pinned) {
     // Not ours, freed twice, or freed with the other kind's call.
     ++g_bad_frees;
     std::fprintf(stderr, "emulated CUDA: %s of a pointer it did not allocate\n", call);
@@ -69,15 +86,20 @@ cudaError_t cudaMalloc(void** p, size_t n) { return emu_alloc(p, n, false, "cuda
 cudaError_t cudaFree(void* p) { return emu_free(p, false, "cudaFree"); }
 cudaError_t cudaMemset(void* p, int v, size_t n) {
   if (::qwen35::emu::capture_refuse("cudaMemset")) return cudaErrorStreamCaptureUnsupported;
+  check_range(p, n, "cudaMemset");
   std::memset(p, v, n);
   return cudaSuccess;
 }
 cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) {
   if (::qwen35::emu::capture_refuse("cudaMemcpy")) return cudaErrorStreamCaptureUnsupported;
+  check_range(d, n, "cudaMemcpy");
+  check_range(s, n, "cudaMemcpy");
   std::memcpy(d, s, n);
   return cudaSuccess;
 }
 cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t) {
+  check_range(d, n, "cudaMemcpyAsync");
+  check_range(s, n, "cudaMemcpyAsync");
   if (::qwen35::emu::capturing()) {
     ::qwen35::emu::capture_add([=] {
       std::memcpy(d, s, n);
@@ -120,6 +142,10 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int) {
 }
 cudaError_t cudaMemcpy2DAsync(void* d, size_t dpitch, const void* s, size_t spitch, size_t width, size_t height,
                               cudaMemcpyKind, cudaStream_t) {
+  if (height > 0) {
+    check_range(d, (height - 1) * dpitch + width, "cudaMemcpy2DAsync");
+    check_range(s, (height - 1) * spitch + width, "cudaMemcpy2DAsync");
+  }
   auto copy = [=] {
     for (size_t r = 0; r < height; ++r)
       std::memcpy(static_cast<char*>(d) + r * dpitch, static_cast<const char*>(s) + r * spitch, width);
@@ -146,6 +172,7 @@ cudaError_t cudaMallocHost(void** p, size_t n) { return emu_alloc(p, n, true, "c
 cudaError_t cudaFreeHost(void* p) { return emu_free(p, true, "cudaFreeHost"); }
 cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
   if (::qwen35::emu::capturing()) {
+    check_range(p, n, "cudaMemsetAsync");
     ::qwen35::emu::capture_add([=] {
       std::memset(p, v, n);
       return true;
@@ -256,7 +283,8 @@ bool emu::smem_allowed(const void* kernel, size_t bytes) {
   const auto it = g_smem_limit.find({g_current_device, kernel});
   return it != g_smem_limit.end() && bytes <= it->second;
 }
-int64_t emu::bad_frees() { return g_bad_frees; }
+int64_t emu::take_bad_frees() { return std::exchange(g_bad_frees, 0); }
+int64_t emu::take_bad_copies() { return std::exchange(g_bad_copies, 0); }
 
 namespace cuda {
 

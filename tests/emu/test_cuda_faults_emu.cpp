@@ -104,6 +104,41 @@ struct Armed {
 
 }  // namespace
 
+TEST_CASE("emulated CUDA faults: the emulated runtime's own checks (faults, capture rules, bounds, frees)") {
+  const int64_t live0 = emu::live_allocations();
+  void* a = nullptr;
+  {
+    Armed armed(emu::Fault::Alloc, 1);  // the second allocation from now
+    REQUIRE(cudaMalloc(&a, 64) == cudaSuccess);
+    void* b = nullptr;
+    CHECK(cudaMalloc(&b, 64) == cudaErrorMemoryAllocation);
+    CHECK(b == nullptr);
+  }
+  CHECK(emu::live_allocations() == live0 + 1);
+  std::vector<char> host(128, 1);
+  CHECK(cudaMemcpy(a, host.data(), 64, cudaMemcpyHostToDevice) == cudaSuccess);
+  CHECK(emu::take_bad_copies() == 0);
+  CHECK(cudaMemcpy(static_cast<char*>(a) + 8, host.data(), 64, cudaMemcpyHostToDevice) == cudaSuccess);
+  CHECK(emu::take_bad_copies() == 1);  // 8 bytes past the end
+  // During a capture: a synchronous call is refused and spoils the capture.
+  cudaStream_t s = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  CHECK(emu::take_capture_violations() == 0);
+  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
+  CHECK(cudaMemsetAsync(a, 0, 64, s) == cudaSuccess);
+  void* c = nullptr;
+  CHECK(cudaMalloc(&c, 16) == cudaErrorStreamCaptureUnsupported);
+  cudaGraph_t g = nullptr;
+  CHECK(cudaStreamEndCapture(s, &g) == cudaErrorStreamCaptureInvalidated);
+  CHECK(g == nullptr);
+  CHECK(emu::take_capture_violations() == 1);
+  CHECK(cudaStreamDestroy(s) == cudaSuccess);
+  CHECK(cudaFree(a) == cudaSuccess);
+  CHECK(cudaFree(a) == cudaErrorInvalidValue);  // twice
+  CHECK(emu::take_bad_frees() == 1);
+  CHECK(emu::live_allocations() == live0);
+}
+
 TEST_CASE("emulated CUDA faults: a model load fails cleanly at every allocation and launch, and AUTO falls back to the CPU") {
   const std::string path = faults_model();
   const qwen35_model_params mp = cuda_params();

@@ -249,6 +249,7 @@ TEST_CASE("emulated CUDA vision encoder: faults: an allocation or launch that fa
   }
   mp->device.reset();
   CHECK(emu::live_allocations() == live0);
-  CHECK(emu::bad_frees() == 0);
-  CHECK(emu::capture_violations() == 0);
+  CHECK(emu::take_bad_frees() == 0);
+  CHECK(emu::take_bad_copies() == 0);
+  CHECK(emu::take_capture_violations() == 0);
 }
