@@ -24,10 +24,10 @@ inline qwen35_model* load_cuda(const char* name) {
   return m;
 }
 
-// A small synthetic model (600 tokens, width n_embd, a tied Q6_K
-// embedding) whose MTP layer mirrors the main model (the drafts are right:
-// every verify pass is accepted), on the CUDA backend.
-inline qwen35_model* load_mirror_synth(const char* name, int32_t n_embd, uint32_t seed) {
+// A small synthetic model's shapes: 600 tokens, width n_embd, head size 64,
+// delta-net dk = dv = 32, NVFP4 matrices, a tied Q6_K embedding, one MTP
+// layer.
+inline SynthConfig small_synth(int32_t n_embd, uint32_t seed) {
   SynthConfig cfg;
   cfg.n_vocab = 600;
   cfg.n_embd = n_embd;
@@ -37,8 +37,15 @@ inline qwen35_model* load_mirror_synth(const char* name, int32_t n_embd, uint32_
   cfg.sections = {6, 5, 5, 0};
   cfg.ssm_state = 32;
   cfg.ssm_dv = 32;
-  cfg.mtp_mirror = true;
   cfg.seed = seed;
+  return cfg;
+}
+
+// small_synth with an MTP layer that mirrors the main model (the drafts are
+// right: every verify pass is accepted), on the CUDA backend.
+inline qwen35_model* load_mirror_synth(const char* name, int32_t n_embd, uint32_t seed) {
+  SynthConfig cfg = small_synth(n_embd, seed);
+  cfg.mtp_mirror = true;
   const std::string path = synth_model(name, cfg);
   qwen35_model_params mp = qwen35_model_default_params();
   mp.device = QWEN35_DEVICE_CUDA;

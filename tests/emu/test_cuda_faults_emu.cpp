@@ -28,21 +28,9 @@ using namespace qwen35::test;
 
 namespace {
 
-// A small synthetic model: NVFP4 matrices and a tied Q6_K embedding (the
-// tiled layouts, their repack kernels and self-checks), one MTP layer.
-std::string faults_model() {
-  SynthConfig cfg;
-  cfg.n_vocab = 600;
-  cfg.n_embd = 128;
-  cfg.n_ff = 256;
-  cfg.head_dim = 64;
-  cfg.n_rot = 32;
-  cfg.sections = {6, 5, 5, 0};
-  cfg.ssm_state = 32;
-  cfg.ssm_dv = 32;
-  cfg.seed = 3;
-  return synth_model("emu-cuda-faults", cfg);
-}
+// A small synthetic model (the tiled NVFP4 and Q6_K layouts, their repack
+// kernels and self-checks; an MTP layer whose drafts are mostly wrong).
+std::string faults_model() { return synth_model("emu-cuda-faults", small_synth(128, 3)); }
 
 qwen35_model_params cuda_params(qwen35_device device = QWEN35_DEVICE_CUDA) {
   qwen35_model_params mp = qwen35_model_default_params();
