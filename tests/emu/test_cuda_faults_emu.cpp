@@ -127,7 +127,8 @@ TEST_CASE("emulated CUDA faults: the emulated runtime's own checks (faults, capt
   CHECK(emu::live_allocations() == live0);
 }
 
-TEST_CASE("emulated CUDA faults: a model load fails cleanly at every allocation and launch, and AUTO falls back to the CPU") {
+TEST_CASE(
+    "emulated CUDA faults: a model load fails cleanly at every allocation and launch, and AUTO falls back to the CPU") {
   const std::string path = faults_model();
   const qwen35_model_params mp = cuda_params();
   const Calls c0 = Calls::now();
@@ -140,7 +141,7 @@ TEST_CASE("emulated CUDA faults: a model load fails cleanly at every allocation 
     MESSAGE("a model load: " << count << " calls of kind " << fault_name(f));
     REQUIRE(count > 0);
     const std::string kind = fault_name(f);
-    for (int64_t k : positions(count, 24)) {
+    for (int64_t k : positions(count, 32)) {  // all of them (27 launches here)
       CAPTURE(kind);
       CAPTURE(k);
       qwen35_model* bad = nullptr;
@@ -191,42 +192,42 @@ TEST_CASE("emulated CUDA faults: a context creation fails cleanly at every alloc
   REQUIRE(qwen35_model_load(faults_model().c_str(), &mp, &m) == QWEN35_OK);
   const int64_t model_allocs = emu::live_allocations();
   for (int chain : {0, 4}) {
-  CAPTURE(chain);
-  ChainTuning tuning(chain);
-  const Calls c0 = Calls::now();
-  qwen35_context* c = make_ctx(m);
-  const Calls c1 = Calls::now();
-  qwen35_context_free(c);
-  CHECK(emu::live_allocations() == model_allocs);
-  const int64_t count = c1.since(c0, emu::Fault::Alloc);
-  MESSAGE("a context creation: " << count << " allocations");
-  REQUIRE(count > 0);
-  qwen35_context_params cp = qwen35_context_default_params();
-  cp.n_ctx = 512;
-  cp.n_batch = 512;
-  cp.use_mtp = true;
-  cp.mtp_logits = true;
-  for (int64_t k = 0; k < count; ++k) {
-    CAPTURE(k);
-    qwen35_context* bad = nullptr;
-    qwen35_status st;
-    {
-      Armed armed(emu::Fault::Alloc, k);
-      st = qwen35_context_create(m, &cp, &bad);
-    }
-    CHECK(st == QWEN35_ERR_OUT_OF_MEMORY);
-    CHECK(bad == nullptr);
-    const std::string msg = qwen35_errmsg();
-    CHECK_MESSAGE(msg.find("memory") != std::string::npos, msg);
-    // The KV cache is what n_ctx sizes: its message says so.
-    if (msg.find("KV cache") != std::string::npos) CHECK_MESSAGE(msg.find("n_ctx 512") != std::string::npos, msg);
+    CAPTURE(chain);
+    ChainTuning tuning(chain);
+    const Calls c0 = Calls::now();
+    qwen35_context* c = make_ctx(m);
+    const Calls c1 = Calls::now();
+    qwen35_context_free(c);
     CHECK(emu::live_allocations() == model_allocs);
-  }
-  // The model still makes working contexts.
-  c = make_ctx(m);
-  const qwen35_token t[3] = {5, 17, 300};
-  CHECK(qwen35_context_decode(c, t, 3, QWEN35_LOGITS_LAST) == QWEN35_OK);
-  qwen35_context_free(c);
+    const int64_t count = c1.since(c0, emu::Fault::Alloc);
+    MESSAGE("a context creation: " << count << " allocations");
+    REQUIRE(count > 0);
+    qwen35_context_params cp = qwen35_context_default_params();
+    cp.n_ctx = 512;
+    cp.n_batch = 512;
+    cp.use_mtp = true;
+    cp.mtp_logits = true;
+    for (int64_t k = 0; k < count; ++k) {
+      CAPTURE(k);
+      qwen35_context* bad = nullptr;
+      qwen35_status st;
+      {
+        Armed armed(emu::Fault::Alloc, k);
+        st = qwen35_context_create(m, &cp, &bad);
+      }
+      CHECK(st == QWEN35_ERR_OUT_OF_MEMORY);
+      CHECK(bad == nullptr);
+      const std::string msg = qwen35_errmsg();
+      CHECK_MESSAGE(msg.find("memory") != std::string::npos, msg);
+      // The KV cache is what n_ctx sizes: its message says so.
+      if (msg.find("KV cache") != std::string::npos) CHECK_MESSAGE(msg.find("n_ctx 512") != std::string::npos, msg);
+      CHECK(emu::live_allocations() == model_allocs);
+    }
+    // The model still makes working contexts.
+    c = make_ctx(m);
+    const qwen35_token t[3] = {5, 17, 300};
+    CHECK(qwen35_context_decode(c, t, 3, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    qwen35_context_free(c);
   }
   free_model(m);
 }
@@ -237,83 +238,83 @@ TEST_CASE("emulated CUDA faults: a decode that fails leaves the context's sequen
   REQUIRE(qwen35_model_load(faults_model().c_str(), &mp, &m) == QWEN35_OK);
   const int32_t V = qwen35_model_n_vocab(m);
   for (int chain : {0, 4}) {
-  CAPTURE(chain);
-  ChainTuning tuning(chain);
-  // The calls: a prompt of 6 rows, steps of one row (graphs: the first
-  // step captures, the next ones replay), 4 more rows (launched one by one:
-  // a failure there has a sequence to restore), 20 rows (the prefill path:
-  // GEMMs on weights dequantized ahead), a step; with MTP passes and their
-  // logits.
-  std::vector<int32_t> tokens = {5, 17, 300, 42, 7, 99, 123, 8, 450, 31, 77, 2};
-  for (int32_t i = 0; i < 21; ++i) tokens.push_back((i * 97 + 13) % 600);
-  struct Op {
-    int32_t first, n;
-  };
-  const std::vector<Op> ops = {{0, 6}, {6, 1}, {7, 1}, {8, 4}, {12, 20}, {32, 1}};
-  auto run_op = [&](qwen35_context* c, const Op& op) {
-    return qwen35_context_decode(c, tokens.data() + op.first, op.n, QWEN35_LOGITS_LAST);
-  };
-  // The reference: no faults; each call's last logits and calls made.
-  std::vector<std::vector<float>> want;
-  std::vector<Calls> before, after;
-  {
-    qwen35_context* c = make_ctx(m);
-    for (const Op& op : ops) {
-      before.push_back(Calls::now());
-      REQUIRE(run_op(c, op) == QWEN35_OK);
-      after.push_back(Calls::now());
-      const float* l = qwen35_context_logits(c, -1);
-      want.emplace_back(l, l + V);
-    }
-    qwen35_context_free(c);
-  }
-  const int64_t model_allocs = emu::live_allocations();
-  double worst = 0;
-  int failed = 0, recovered = 0;
-  for (emu::Fault f : {emu::Fault::Alloc, emu::Fault::Launch, emu::Fault::Graph})
-    for (size_t target = 0; target + 1 < ops.size(); ++target) {
-      const int64_t count = after[target].since(before[target], f);
-      const std::string kind = fault_name(f);
-      const int failed0 = failed;
-      for (int64_t k : positions(count, 5)) {
-        CAPTURE(kind);
-        CAPTURE(target);
-        CAPTURE(k);
-        qwen35_context* c = make_ctx(m);
-        for (size_t i = 0; i <= target + 1; ++i) {  // up to the call after the failed one
-          qwen35_status st;
-          if (i == target) {
-            Armed armed(f, k);
-            st = run_op(c, ops[i]);
-            if (st != QWEN35_OK) {
-              ++failed;
-              const std::string msg = qwen35_errmsg();
-              const bool readable = msg.find("CUDA") != std::string::npos || msg.find("memory") != std::string::npos;
-              CHECK_MESSAGE(readable, msg);
-              if (failed == 1) MESSAGE("for example: " << msg);
-              CHECK(qwen35_context_n_past(c) == ops[i].first);  // the rows are not there
-            } else {
-              ++recovered;  // a way around it (graphs off: eager launches)
-            }
-          }
-          if (i != target || st != QWEN35_OK) REQUIRE_MESSAGE(run_op(c, ops[i]) == QWEN35_OK, qwen35_errmsg());
-          CHECK(qwen35_context_n_past(c) == ops[i].first + ops[i].n);
-          const double e = rel_err(qwen35_context_logits(c, -1), want[i].data(), size_t(V));
-          worst = std::max(worst, e);
-          // The replay of the rows before the failed call may run them in
-          // other batch shapes (other kernels): close, not the same bits.
-          CHECK(e <= 2e-2);
-        }
-        qwen35_context_free(c);
-        CHECK(emu::live_allocations() == model_allocs);
+    CAPTURE(chain);
+    ChainTuning tuning(chain);
+    // The calls: a prompt of 6 rows, steps of one row (graphs: the first
+    // step captures, the next ones replay), 4 more rows (launched one by one:
+    // a failure there has a sequence to restore), 20 rows (the prefill path:
+    // GEMMs on weights dequantized ahead), a step; with MTP passes and their
+    // logits.
+    std::vector<int32_t> tokens = {5, 17, 300, 42, 7, 99, 123, 8, 450, 31, 77, 2};
+    for (int32_t i = 0; i < 21; ++i) tokens.push_back((i * 97 + 13) % 600);
+    struct Op {
+      int32_t first, n;
+    };
+    const std::vector<Op> ops = {{0, 6}, {6, 1}, {7, 1}, {8, 4}, {12, 20}, {32, 1}};
+    auto run_op = [&](qwen35_context* c, const Op& op) {
+      return qwen35_context_decode(c, tokens.data() + op.first, op.n, QWEN35_LOGITS_LAST);
+    };
+    // The reference: no faults; each call's last logits and calls made.
+    std::vector<std::vector<float>> want;
+    std::vector<Calls> before, after;
+    {
+      qwen35_context* c = make_ctx(m);
+      for (const Op& op : ops) {
+        before.push_back(Calls::now());
+        REQUIRE(run_op(c, op) == QWEN35_OK);
+        after.push_back(Calls::now());
+        const float* l = qwen35_context_logits(c, -1);
+        want.emplace_back(l, l + V);
       }
-      MESSAGE("call " << target << ": " << count << " calls of kind " << kind << ", "
-                      << std::min<int64_t>(count, int64_t(positions(count, 5).size())) << " faults, "
-                      << failed - failed0 << " failed");
+      qwen35_context_free(c);
     }
-  MESSAGE("decodes that failed: " << failed << ", went around the fault: " << recovered << ", worst logits after: "
-                                  << worst);
-  CHECK(failed > 0);
+    const int64_t model_allocs = emu::live_allocations();
+    double worst = 0;
+    int failed = 0, recovered = 0;
+    for (emu::Fault f : {emu::Fault::Alloc, emu::Fault::Launch, emu::Fault::Graph})
+      for (size_t target = 0; target + 1 < ops.size(); ++target) {
+        const int64_t count = after[target].since(before[target], f);
+        const std::string kind = fault_name(f);
+        const int failed0 = failed;
+        for (int64_t k : positions(count, 5)) {
+          CAPTURE(kind);
+          CAPTURE(target);
+          CAPTURE(k);
+          qwen35_context* c = make_ctx(m);
+          for (size_t i = 0; i <= target + 1; ++i) {  // up to the call after the failed one
+            qwen35_status st = QWEN35_OK;
+            if (i == target) {
+              Armed armed(f, k);
+              st = run_op(c, ops[i]);
+              if (st != QWEN35_OK) {
+                ++failed;
+                const std::string msg = qwen35_errmsg();
+                const bool readable = msg.find("CUDA") != std::string::npos || msg.find("memory") != std::string::npos;
+                CHECK_MESSAGE(readable, msg);
+                if (failed == 1) MESSAGE("for example: " << msg);
+                CHECK(qwen35_context_n_past(c) == ops[i].first);  // the rows are not there
+              } else {
+                ++recovered;  // a way around it (graphs off: eager launches)
+              }
+            }
+            if (i != target || st != QWEN35_OK) REQUIRE_MESSAGE(run_op(c, ops[i]) == QWEN35_OK, qwen35_errmsg());
+            CHECK(qwen35_context_n_past(c) == ops[i].first + ops[i].n);
+            const double e = rel_err(qwen35_context_logits(c, -1), want[i].data(), size_t(V));
+            worst = std::max(worst, e);
+            // The replay of the rows before the failed call may run them in
+            // other batch shapes (other kernels): close, not the same bits.
+            CHECK(e <= 2e-2);
+          }
+          qwen35_context_free(c);
+          CHECK(emu::live_allocations() == model_allocs);
+        }
+        MESSAGE("call " << target << ": " << count << " calls of kind " << kind << ", "
+                        << std::min<int64_t>(count, int64_t(positions(count, 5).size())) << " faults, "
+                        << failed - failed0 << " failed");
+      }
+    MESSAGE("decodes that failed: " << failed << ", went around the fault: " << recovered
+                                    << ", worst logits after: " << worst);
+    CHECK(failed > 0);
   }
   free_model(m);
 }
