@@ -256,7 +256,10 @@ QWEN35_API int32_t qwen35_context_tokens(const qwen35_context * ctx, qwen35_toke
 QWEN35_API void qwen35_context_abort(qwen35_context * ctx); /* [any] */
 
 /* Snapshot of the whole conversation state (tokens, KV cache, recurrent
- * state, MTP cache). The snapshot is tied to the model file (checked on load). */
+ * state, MTP cache). The snapshot is tied to the model file (checked on load).
+ * A save that fails leaves the context as it was. A load checks the whole
+ * snapshot first: one that fails those checks leaves the context as it was;
+ * one that fails while writing the caches (a device error) leaves it empty. */
 QWEN35_API uint64_t      qwen35_context_state_size(qwen35_context * ctx); /* [ctx] */
 QWEN35_API qwen35_status qwen35_context_state_save(qwen35_context * ctx, void * buf, uint64_t buf_size, uint64_t * written); /* [ctx] */
 QWEN35_API qwen35_status qwen35_context_state_load(qwen35_context * ctx, const void * buf, uint64_t size); /* [ctx] */

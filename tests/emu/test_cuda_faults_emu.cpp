@@ -439,3 +439,76 @@ TEST_CASE("emulated CUDA faults: an aborted prefill returns CANCELLED and leaves
   qwen35_context_free(c);
   free_model(m);
 }
+
+TEST_CASE("emulated CUDA faults: a state save that fails leaves the context as it was; a failed load leaves it empty") {
+  const qwen35_model_params mp = cuda_params();
+  qwen35_model* m = nullptr;
+  REQUIRE(qwen35_model_load(faults_model().c_str(), &mp, &m) == QWEN35_OK);
+  const int32_t V = qwen35_model_n_vocab(m);
+  const std::vector<int32_t> head = {5, 17, 300, 42, 7, 99}, next = {123};
+  // The reference: the 6 rows, then the next one.
+  std::vector<float> want;
+  {
+    qwen35_context* c = make_ctx(m);
+    REQUIRE(qwen35_context_decode(c, head.data(), 6, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    REQUIRE(qwen35_context_decode(c, next.data(), 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    want.assign(qwen35_context_logits(c, -1), qwen35_context_logits(c, -1) + V);
+    qwen35_context_free(c);
+  }
+  qwen35_context* c = make_ctx(m);
+  REQUIRE(qwen35_context_decode(c, head.data(), 6, QWEN35_LOGITS_LAST) == QWEN35_OK);
+  std::vector<uint8_t> state(qwen35_context_state_size(c));
+  uint64_t written = 0;
+  const Calls c0 = Calls::now();
+  REQUIRE(qwen35_context_state_save(c, state.data(), state.size(), &written) == QWEN35_OK);
+  const Calls c1 = Calls::now();
+  const int64_t model_and_ctx = emu::live_allocations();
+  // Saves that fail: the context goes on as if they had not been made.
+  for (emu::Fault f : {emu::Fault::Alloc, emu::Fault::Launch})
+    for (int64_t k : positions(c1.since(c0, f), 4)) {
+      const std::string kind = fault_name(f);
+      CAPTURE(kind);
+      CAPTURE(k);
+      std::vector<uint8_t> other(state.size());
+      uint64_t w = 0;
+      qwen35_status st;
+      {
+        Armed armed(f, k);
+        st = qwen35_context_state_save(c, other.data(), other.size(), &w);
+      }
+      CHECK(st != QWEN35_OK);
+      CHECK(qwen35_context_n_past(c) == 6);
+      CHECK(emu::live_allocations() == model_and_ctx);
+    }
+  REQUIRE(qwen35_context_decode(c, next.data(), 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+  CHECK(rel_err(qwen35_context_logits(c, -1), want.data(), size_t(V)) == 0.0);
+  // Loads that fail while writing the caches leave the context empty; the
+  // same snapshot then loads and goes on as the reference.
+  const Calls l0 = Calls::now();
+  REQUIRE(qwen35_context_state_load(c, state.data(), written) == QWEN35_OK);
+  const Calls l1 = Calls::now();
+  int failed = 0;
+  for (emu::Fault f : {emu::Fault::Alloc, emu::Fault::Launch})
+    for (int64_t k : positions(l1.since(l0, f), 4)) {
+      const std::string kind = fault_name(f);
+      CAPTURE(kind);
+      CAPTURE(k);
+      qwen35_status st;
+      {
+        Armed armed(f, k);
+        st = qwen35_context_state_load(c, state.data(), written);
+      }
+      CHECK(st != QWEN35_OK);
+      failed += st != QWEN35_OK;
+      CHECK(qwen35_context_n_past(c) == 0);
+      REQUIRE(qwen35_context_state_load(c, state.data(), written) == QWEN35_OK);
+      CHECK(qwen35_context_n_past(c) == 6);
+      REQUIRE(qwen35_context_decode(c, next.data(), 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+      CHECK(rel_err(qwen35_context_logits(c, -1), want.data(), size_t(V)) == 0.0);
+    }
+  MESSAGE("saves: " << c1.since(c0, emu::Fault::Alloc) << " allocations, " << c1.since(c0, emu::Fault::Launch)
+                    << " launches; loads: " << l1.since(l0, emu::Fault::Alloc) << " allocations, "
+                    << l1.since(l0, emu::Fault::Launch) << " launches; failed loads " << failed);
+  qwen35_context_free(c);
+  free_model(m);
+}
