@@ -83,6 +83,41 @@ struct ChainTuning {
   ~ChainTuning() { cuda::set_decode_tuning(saved); }
 };
 
+qwen35_model* load_faults_model() {
+  const qwen35_model_params mp = cuda_params();
+  qwen35_model* m = nullptr;
+  REQUIRE_MESSAGE(qwen35_model_load(faults_model().c_str(), &mp, &m) == QWEN35_OK, qwen35_errmsg());
+  return m;
+}
+
+// The first rows of a sequence, the row after them, and the logits a
+// context that never failed gives for that row: the abort and state tests
+// interrupt a context that holds the first rows, then decode the next one.
+struct HeadThenNext {
+  const std::vector<int32_t> head = {5, 17, 300, 42, 7, 99};
+  const int32_t next = 123;
+  std::vector<float> want;
+  explicit HeadThenNext(qwen35_model* m) {
+    qwen35_context* c = with_head(m);
+    REQUIRE(qwen35_context_decode(c, &next, 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    const float* l = qwen35_context_logits(c, -1);
+    want.assign(l, l + qwen35_model_n_vocab(m));
+    qwen35_context_free(c);
+  }
+  qwen35_context* with_head(qwen35_model* m) const {
+    qwen35_context* c = make_ctx(m);
+    REQUIRE(qwen35_context_decode(c, head.data(), int32_t(head.size()), QWEN35_LOGITS_LAST) == QWEN35_OK);
+    return c;
+  }
+  // c holds the first rows: the next one gives the reference's logits, bit
+  // for bit.
+  void check_next(qwen35_context* c) const {
+    REQUIRE(qwen35_context_n_past(c) == int32_t(head.size()));
+    REQUIRE(qwen35_context_decode(c, &next, 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    CHECK(rel_err(qwen35_context_logits(c, -1), want.data(), want.size()) == 0.0);
+  }
+};
+
 // Disarms on scope exit (a failed REQUIRE must not leave a fault armed).
 struct Armed {
   emu::Fault kind;
@@ -187,9 +222,7 @@ TEST_CASE(
 }
 
 TEST_CASE("emulated CUDA faults: a context creation fails cleanly at every allocation and leaves the model usable") {
-  const qwen35_model_params mp = cuda_params();
-  qwen35_model* m = nullptr;
-  REQUIRE(qwen35_model_load(faults_model().c_str(), &mp, &m) == QWEN35_OK);
+  qwen35_model* m = load_faults_model();
   const int64_t model_allocs = emu::live_allocations();
   for (int chain : {0, 4}) {
     CAPTURE(chain);
@@ -233,9 +266,7 @@ TEST_CASE("emulated CUDA faults: a context creation fails cleanly at every alloc
 }
 
 TEST_CASE("emulated CUDA faults: a decode that fails leaves the context's sequence as it was") {
-  const qwen35_model_params mp = cuda_params();
-  qwen35_model* m = nullptr;
-  REQUIRE(qwen35_model_load(faults_model().c_str(), &mp, &m) == QWEN35_OK);
+  qwen35_model* m = load_faults_model();
   const int32_t V = qwen35_model_n_vocab(m);
   for (int chain : {0, 4}) {
     CAPTURE(chain);
@@ -320,9 +351,7 @@ TEST_CASE("emulated CUDA faults: a decode that fails leaves the context's sequen
 }
 
 TEST_CASE("emulated CUDA faults: a greedy MTP generation that fails stops with an error and a consistent context") {
-  const qwen35_model_params mp = cuda_params();
-  qwen35_model* m = nullptr;
-  REQUIRE(qwen35_model_load(faults_model().c_str(), &mp, &m) == QWEN35_OK);
+  qwen35_model* m = load_faults_model();
   const std::vector<qwen35_token> prompt = {5, 17, 300, 42};
   const int n = 8;
   qwen35_context_params cp = qwen35_context_default_params();
@@ -402,24 +431,11 @@ TEST_CASE("emulated CUDA faults: a greedy MTP generation that fails stops with a
 }
 
 TEST_CASE("emulated CUDA faults: an aborted prefill returns CANCELLED and leaves the context as it was") {
-  const qwen35_model_params mp = cuda_params();
-  qwen35_model* m = nullptr;
-  REQUIRE(qwen35_model_load(faults_model().c_str(), &mp, &m) == QWEN35_OK);
-  const int32_t V = qwen35_model_n_vocab(m);
-  const std::vector<int32_t> head = {5, 17, 300, 42, 7, 99}, next = {123};
+  qwen35_model* m = load_faults_model();
+  const HeadThenNext ref(m);
   std::vector<int32_t> longp;
-  for (int32_t i = 0; i < 200; ++i) longp.push_back((i * 131 + 7) % V);
-  // The reference: the 6 rows, then the next one.
-  std::vector<float> want;
-  {
-    qwen35_context* c = make_ctx(m);
-    REQUIRE(qwen35_context_decode(c, head.data(), 6, QWEN35_LOGITS_LAST) == QWEN35_OK);
-    REQUIRE(qwen35_context_decode(c, next.data(), 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
-    want.assign(qwen35_context_logits(c, -1), qwen35_context_logits(c, -1) + V);
-    qwen35_context_free(c);
-  }
-  qwen35_context* c = make_ctx(m);
-  REQUIRE(qwen35_context_decode(c, head.data(), 6, QWEN35_LOGITS_LAST) == QWEN35_OK);
+  for (int32_t i = 0; i < 200; ++i) longp.push_back((i * 131 + 7) % qwen35_model_n_vocab(m));
+  qwen35_context* c = ref.with_head(m);
   // Another thread asks for the abort until the call returns (the call
   // clears the flag when it starts; the backend looks at it between layers).
   std::atomic<bool> done{false};
@@ -433,30 +449,15 @@ TEST_CASE("emulated CUDA faults: an aborted prefill returns CANCELLED and leaves
   done.store(true);
   killer.join();
   CHECK(st == QWEN35_ERR_CANCELLED);
-  CHECK(qwen35_context_n_past(c) == 6);
-  REQUIRE(qwen35_context_decode(c, next.data(), 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
-  CHECK(rel_err(qwen35_context_logits(c, -1), want.data(), size_t(V)) == 0.0);
+  ref.check_next(c);
   qwen35_context_free(c);
   free_model(m);
 }
 
 TEST_CASE("emulated CUDA faults: a state save that fails leaves the context as it was; a failed load leaves it empty") {
-  const qwen35_model_params mp = cuda_params();
-  qwen35_model* m = nullptr;
-  REQUIRE(qwen35_model_load(faults_model().c_str(), &mp, &m) == QWEN35_OK);
-  const int32_t V = qwen35_model_n_vocab(m);
-  const std::vector<int32_t> head = {5, 17, 300, 42, 7, 99}, next = {123};
-  // The reference: the 6 rows, then the next one.
-  std::vector<float> want;
-  {
-    qwen35_context* c = make_ctx(m);
-    REQUIRE(qwen35_context_decode(c, head.data(), 6, QWEN35_LOGITS_LAST) == QWEN35_OK);
-    REQUIRE(qwen35_context_decode(c, next.data(), 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
-    want.assign(qwen35_context_logits(c, -1), qwen35_context_logits(c, -1) + V);
-    qwen35_context_free(c);
-  }
-  qwen35_context* c = make_ctx(m);
-  REQUIRE(qwen35_context_decode(c, head.data(), 6, QWEN35_LOGITS_LAST) == QWEN35_OK);
+  qwen35_model* m = load_faults_model();
+  const HeadThenNext ref(m);
+  qwen35_context* c = ref.with_head(m);
   std::vector<uint8_t> state(qwen35_context_state_size(c));
   uint64_t written = 0;
   const Calls c0 = Calls::now();
@@ -477,11 +478,10 @@ TEST_CASE("emulated CUDA faults: a state save that fails leaves the context as i
         st = qwen35_context_state_save(c, other.data(), other.size(), &w);
       }
       CHECK(st != QWEN35_OK);
-      CHECK(qwen35_context_n_past(c) == 6);
+      CHECK(qwen35_context_n_past(c) == int32_t(ref.head.size()));
       CHECK(emu::live_allocations() == model_and_ctx);
     }
-  REQUIRE(qwen35_context_decode(c, next.data(), 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
-  CHECK(rel_err(qwen35_context_logits(c, -1), want.data(), size_t(V)) == 0.0);
+  ref.check_next(c);
   // Loads that fail while writing the caches leave the context empty; the
   // same snapshot then loads and goes on as the reference.
   const Calls l0 = Calls::now();
@@ -502,9 +502,7 @@ TEST_CASE("emulated CUDA faults: a state save that fails leaves the context as i
       failed += st != QWEN35_OK;
       CHECK(qwen35_context_n_past(c) == 0);
       REQUIRE(qwen35_context_state_load(c, state.data(), written) == QWEN35_OK);
-      CHECK(qwen35_context_n_past(c) == 6);
-      REQUIRE(qwen35_context_decode(c, next.data(), 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
-      CHECK(rel_err(qwen35_context_logits(c, -1), want.data(), size_t(V)) == 0.0);
+      ref.check_next(c);
     }
   MESSAGE("saves: " << c1.since(c0, emu::Fault::Alloc) << " allocations, " << c1.since(c0, emu::Fault::Launch)
                     << " launches; loads: " << l1.since(l0, emu::Fault::Alloc) << " allocations, "
