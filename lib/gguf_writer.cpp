@@ -10,10 +10,13 @@
 namespace qwen35 {
 
 namespace {
+// (resize + memcpy rather than insert of the value's bytes: GCC 12 warned
+// that the insert into an empty vector overflowed, a false positive.)
 template <typename T>
 void put(std::vector<uint8_t>& b, const T& v) {
-  const uint8_t* p = reinterpret_cast<const uint8_t*>(&v);
-  b.insert(b.end(), p, p + sizeof(T));
+  const size_t at = b.size();
+  b.resize(at + sizeof(T));
+  std::memcpy(b.data() + at, &v, sizeof(T));
 }
 void put_str(std::vector<uint8_t>& b, const std::string& s) {
   put(b, uint64_t(s.size()));
