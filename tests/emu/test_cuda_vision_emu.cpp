@@ -54,6 +54,15 @@ double max_token_rel(const std::vector<float>& a, const std::vector<float>& b, s
   return worst;
 }
 
+// A w x h RGB image of a fixed byte pattern.
+Image pattern_image(int w, int h) {
+  Image img;
+  std::vector<uint8_t> px(size_t(w) * size_t(h) * 3);
+  for (size_t i = 0; i < px.size(); ++i) px[i] = uint8_t((i * 37 + (i / 288) * 11) & 255);
+  REQUIRE(ImageFromPixels(px.data(), w, h, 3, 0, &img).ok());
+  return img;
+}
+
 std::unique_ptr<Mmproj> load_mmproj(const std::string& path, bool f32_gemm) {
   std::unique_ptr<Mmproj> mp;
   Status st = LoadMmproj(path, true, Logger{}, &mp);
@@ -153,10 +162,7 @@ TEST_CASE("emulated CUDA vision encoder: BF16, F32 and Q8_0 weights, head sizes 
     REQUIRE_MESSAGE(st.ok(), st.message());
     auto mp = load_mmproj(path, false);
     // 96x160: 6x10 patches, two 32-row attention tiles.
-    Image img;
-    std::vector<uint8_t> px(96 * 160 * 3);
-    for (size_t i = 0; i < px.size(); ++i) px[i] = uint8_t((i * 37 + (i / 288) * 11) & 255);
-    REQUIRE(ImageFromPixels(px.data(), 96, 160, 3, 0, &img).ok());
+    const Image img = pattern_image(96, 160);
     PreprocessOptions po;
     po.profile = Profile::LlamaCpp;
     std::vector<float> gpu, cpu;
@@ -183,10 +189,7 @@ TEST_CASE("emulated CUDA vision encoder: faults: an allocation or launch that fa
   st = LoadMmproj(path, true, Logger{}, &mp);
   REQUIRE_MESSAGE(st.ok(), st.message());
   auto image = [&](int w, int h) {
-    Image img;
-    std::vector<uint8_t> px(size_t(w) * size_t(h) * 3);
-    for (size_t i = 0; i < px.size(); ++i) px[i] = uint8_t((i * 37 + (i / 288) * 11) & 255);
-    REQUIRE(ImageFromPixels(px.data(), w, h, 3, 0, &img).ok());
+    const Image img = pattern_image(w, h);
     PreprocessOptions po;
     po.profile = Profile::LlamaCpp;
     Preprocessed pre;
