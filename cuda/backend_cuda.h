@@ -134,6 +134,12 @@ class CudaBackend final : public Backend {
 
   // y = W x for the generic and GEMM paths (one GGUF part).
   Status mm(const MatView& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy, bool add);
+  // The same for a Q8_0 part in the tiled layout.
+  Status mm_q8(const Q8Tiled& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy, bool add);
+  // The GEMM path of mm and mm_q8: `deq` writes rows r0 .. r0+nr-1 of the
+  // weight to deq_ (F32 or BF16 as gemm_type_ asks).
+  Status mm_gemm(int64_t N, int64_t K, float scale, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy,
+                 bool add, const std::function<cudaError_t(int64_t r0, int64_t nr)>& deq);
   // y = W rmsnorm(x) (no norm when nw is null); Epi::SwiGLU needs a gate_up
   // stack and writes silu(gate) * up, [n, F] with row stride ldy.
   Status project(const DevLinear& W, const float* x, int64_t ldx, int64_t n, const float* nw, float* y, int64_t ldy,

@@ -14,7 +14,24 @@ Status CudaBackend::mm(const MatView& w, const float* x, int64_t ldx, int64_t n,
   if (n <= kMatvecMaxCols)
     return cuda_status(matvec_generic(w, x, ldx, int(n), y, ldy, add ? Accum::Add : Accum::Store, stream_),
                        "a matrix-vector product");
-  const int64_t K = w.cols, N = w.rows;
+  return mm_gemm(w.rows, w.cols, w.scale, x, ldx, n, y, ldy, add, [&](int64_t r0, int64_t nr) {
+    return gemm_type_ == GemmType::F32 ? dequant_rows_f32(w, r0, nr, static_cast<float*>(deq_), stream_)
+                                       : dequant_rows_bf16(w, r0, nr, static_cast<uint16_t*>(deq_), stream_);
+  });
+}
+
+Status CudaBackend::mm_q8(const Q8Tiled& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy, bool add) {
+  if (n <= kMatvecMaxCols && q8t_matvec_fits(w, int(n)))
+    return cuda_status(q8t_matvec(w, x, ldx, int(n), y, ldy, add ? Accum::Add : Accum::Store, dm_.sms, stream_),
+                       "a Q8_0 matrix-vector product");
+  return mm_gemm(w.rows, w.cols, w.scale, x, ldx, n, y, ldy, add, [&](int64_t r0, int64_t nr) {
+    return gemm_type_ == GemmType::F32 ? q8t_dequant_rows_f32(w, r0, nr, static_cast<float*>(deq_), stream_)
+                                       : q8t_dequant_rows_bf16(w, r0, nr, static_cast<uint16_t*>(deq_), stream_);
+  });
+}
+
+Status CudaBackend::mm_gemm(int64_t N, int64_t K, float scale, const float* x, int64_t ldx, int64_t n, float* y,
+                            int64_t ldy, bool add, const std::function<cudaError_t(int64_t r0, int64_t nr)>& deq) {
   const void* X = x;
   int64_t ldX = ldx;
   if (gemm_type_ == GemmType::BF16) {
@@ -25,11 +42,8 @@ Status CudaBackend::mm(const MatView& w, const float* x, int64_t ldx, int64_t n,
   const int64_t rows_per = gemm_rows_per_block(deq_elems_, K);
   for (int64_t r0 = 0; r0 < N; r0 += rows_per) {
     const int64_t nr = std::min(rows_per, N - r0);
-    if (gemm_type_ == GemmType::F32)
-      QWEN35_CUDA_TRY(dequant_rows_f32(w, r0, nr, static_cast<float*>(deq_), stream_), "dequantizing a weight");
-    else
-      QWEN35_CUDA_TRY(dequant_rows_bf16(w, r0, nr, static_cast<uint16_t*>(deq_), stream_), "dequantizing a weight");
-    QWEN35_TRY(gemm_.run(gemm_type_, deq_, nr, K, X, ldX, n, y + r0, ldy, w.scale, add, stream_));
+    QWEN35_CUDA_TRY(deq(r0, nr), "dequantizing a weight");
+    QWEN35_TRY(gemm_.run(gemm_type_, deq_, nr, K, X, ldX, n, y + r0, ldy, scale, add, stream_));
   }
   return Status::Ok();
 }
@@ -123,7 +137,10 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
       }
     }
   } else if (!done) {
-    for (size_t i = 0; i < W.parts.size(); ++i) QWEN35_TRY(mm(W.parts[i], x, ldx, n, out + W.offsets[i], ldo, add));
+    for (size_t i = 0; i < W.parts.size(); ++i) {
+      if (i < W.q8.size() && W.q8[i].present()) QWEN35_TRY(mm_q8(W.q8[i], x, ldx, n, out + W.offsets[i], ldo, add));
+      else QWEN35_TRY(mm(W.parts[i], x, ldx, n, out + W.offsets[i], ldo, add));
+    }
   }
   if (swiglu_out) {
     const int64_t F = W.rows / 2;
@@ -147,6 +164,7 @@ Status CudaBackend::fp4_gemm_bf16(const DevLinear& W, int64_t n, float* out, int
 
 Status CudaBackend::embed(const DevEmbed& E, const int32_t* tokens, int64_t n, float* out, int64_t ldo) {
   if (E.q6kt.present()) return cuda_status(q6kt_embedding_rows(E.q6kt, tokens, n, out, ldo, stream_), "the embedding");
+  if (E.q8t.present()) return cuda_status(q8t_embedding_rows(E.q8t, tokens, n, out, ldo, stream_), "the embedding");
   if (E.q6k.present()) return cuda_status(q6k_embedding_rows(E.q6k, tokens, n, out, ldo, stream_), "the embedding");
   return cuda_status(embedding_rows(E.gguf, tokens, n, out, ldo, stream_), "the embedding");
 }
@@ -154,6 +172,7 @@ Status CudaBackend::embed(const DevEmbed& E, const int32_t* tokens, int64_t n, f
 Status CudaBackend::head(const DevEmbed& E, const float* hn, int64_t n, float* logits, int64_t ldl, int32_t* argmax,
                          bool* fused) {
   if (fused) *fused = false;
+  if (E.q8t.present()) return mm_q8(E.q8t, hn, hp_.n_embd, n, logits, ldl, false);
   if (!E.repacked()) return mm(E.gguf, hn, hp_.n_embd, n, logits, ldl, false);
   const Q6kRows32& q = E.q6k;
   const Q6kTiled& qt = E.q6kt;
@@ -171,28 +190,13 @@ Status CudaBackend::head(const DevEmbed& E, const float* hn, int64_t n, float* l
   if (q.present() && q6k_matvec_fits(q, int(n)))
     return cuda_status(q6k_matvec(q, hn, hp_.n_embd, int(n), logits, ldl, Accum::Store, stream_), "the LM head");
   // The GEMM path: row blocks dequantized from the repacked layout.
-  const int64_t K = E.cols(), rows = E.rows();
-  const void* X = hn;
-  int64_t ldX = hp_.n_embd;
-  if (gemm_type_ == GemmType::BF16) {
-    QWEN35_CUDA_TRY(convert_rows_bf16(hn, hp_.n_embd, n, K, xb_, stream_), "converting activations");
-    X = xb_;
-    ldX = K;
-  }
-  const int64_t rows_per = gemm_rows_per_block(deq_elems_, K);
-  for (int64_t r0 = 0; r0 < rows; r0 += rows_per) {
-    const int64_t nr = std::min(rows_per, rows - r0);
-    cudaError_t e;
+  return mm_gemm(E.rows(), E.cols(), E.scale(), hn, hp_.n_embd, n, logits, ldl, false, [this, &E](int64_t r0, int64_t nr) {
     if (gemm_type_ == GemmType::F32)
-      e = qt.present() ? q6kt_dequant_rows_f32(qt, r0, nr, static_cast<float*>(deq_), stream_)
-                       : q6k_dequant_rows_f32(q, r0, nr, static_cast<float*>(deq_), stream_);
-    else
-      e = qt.present() ? q6kt_dequant_rows_bf16(qt, r0, nr, static_cast<uint16_t*>(deq_), stream_)
-                       : q6k_dequant_rows_bf16(q, r0, nr, static_cast<uint16_t*>(deq_), stream_);
-    QWEN35_CUDA_TRY(e, "dequantizing");
-    QWEN35_TRY(gemm_.run(gemm_type_, deq_, nr, K, X, ldX, n, logits + r0, ldl, E.scale(), false, stream_));
-  }
-  return Status::Ok();
+      return E.q6kt.present() ? q6kt_dequant_rows_f32(E.q6kt, r0, nr, static_cast<float*>(deq_), stream_)
+                              : q6k_dequant_rows_f32(E.q6k, r0, nr, static_cast<float*>(deq_), stream_);
+    return E.q6kt.present() ? q6kt_dequant_rows_bf16(E.q6kt, r0, nr, static_cast<uint16_t*>(deq_), stream_)
+                            : q6k_dequant_rows_bf16(E.q6k, r0, nr, static_cast<uint16_t*>(deq_), stream_);
+  });
 }
 
 // ---- layers ------------------------------------------------------------------------

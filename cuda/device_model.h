@@ -5,9 +5,11 @@
 // Projections that read the same input are stacked by rows into one
 // DevLinear so one kernel computes them all (attention: q|gate, k, v; delta
 // net: qkv, z, beta, alpha; FFN: gate, up). NVFP4 stacks are repacked into
-// the tiled layout of the tensor-core decode kernel (fp4_tiled.h) and the
-// Q6_K embedding / LM head into the row-interleaved layout (q6k_rows32.h);
-// everything else stays in its GGUF layout for the generic kernels.
+// the tiled layout of the tensor-core decode kernel (fp4_tiled.h), Q8_0
+// projections into the Q8_0 tiles (q8_tiled.h) and the Q6_K embedding / LM
+// head into the tiled or row-interleaved layout (q6k_tiled.h,
+// q6k_rows32.h); everything else stays in its GGUF layout for the generic
+// kernels.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +22,7 @@
 #include "matmul.h"
 #include "matvec_fp4.h"
 #include "matvec_q6k.h"
+#include "matvec_q8.h"
 #include "model.h"
 
 namespace qwen35::cuda {
@@ -32,21 +35,29 @@ struct DevLinear {
   bool gate_up = false;         // parts are [gate, up] of a SwiGLU FFN
   std::vector<MatView> parts;   // GGUF layout (empty when fp4 holds the weights)
   std::vector<int64_t> offsets;
+  std::vector<Q8Tiled> q8;      // per part: a Q8_0 part in the tiled layout (its MatView has no data), or absent
   Fp4Tiled fp4;                 // the whole stack in the tiled layout, or absent
   Fp4Blas blas;                 // and in cuBLASLt's FP4 layout (Blackwell prefill), or absent
   bool present() const { return fp4.present() || !parts.empty(); }
 };
 
-// A token embedding / LM head matrix: GGUF layout, Q6kRows32 or Q6kTiled
-// (one of them).
+// A token embedding / LM head matrix: GGUF layout, Q6kRows32, Q6kTiled or
+// Q8Tiled (one of them).
 struct DevEmbed {
   MatView gguf;
   Q6kRows32 q6k;
   Q6kTiled q6kt;
-  bool repacked() const { return q6k.present() || q6kt.present(); }
-  int64_t rows() const { return q6k.present() ? q6k.rows : q6kt.present() ? q6kt.rows : gguf.rows; }
-  int64_t cols() const { return q6k.present() ? q6k.cols : q6kt.present() ? q6kt.cols : gguf.cols; }
-  float scale() const { return q6k.present() ? q6k.scale : q6kt.present() ? q6kt.scale : gguf.scale; }
+  Q8Tiled q8t;
+  bool repacked() const { return q6k.present() || q6kt.present() || q8t.present(); }
+  int64_t rows() const {
+    return q6k.present() ? q6k.rows : q6kt.present() ? q6kt.rows : q8t.present() ? q8t.rows : gguf.rows;
+  }
+  int64_t cols() const {
+    return q6k.present() ? q6k.cols : q6kt.present() ? q6kt.cols : q8t.present() ? q8t.cols : gguf.cols;
+  }
+  float scale() const {
+    return q6k.present() ? q6k.scale : q6kt.present() ? q6kt.scale : q8t.present() ? q8t.scale : gguf.scale;
+  }
 };
 
 struct DevLayer {

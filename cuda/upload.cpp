@@ -2,8 +2,9 @@
 // CudaAvailable, CudaMemoryInfo from lib/backend.h).
 //
 // Every tensor goes into one device allocation. NVFP4 projections that read
-// the same input are stacked and repacked into the tiled decode layout, and
-// a Q6_K embedding / LM head into the row-interleaved layout (the repacking
+// the same input are stacked and repacked into the tiled decode layout,
+// Q8_0 projections into the Q8_0 tiles, and a Q6_K embedding / LM head into
+// the tiled or row-interleaved layout (the repacking
 // runs on the device from a staging copy of the GGUF bytes). After the
 // first repack of each kind a self-check compares the fast kernel with the
 // generic one on the staged GGUF bytes; on a mismatch the upload is redone
@@ -119,7 +120,10 @@ double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
 class Uploader {
  public:
   Uploader(const Model& m, DeviceModel& dm, bool fast, bool fp4_gemm)
-      : m_(m), dm_(dm), fast_(fast), fp4_gemm_(fast && fp4_gemm) {}
+      : m_(m), dm_(dm), fast_(fast), fp4_gemm_(fast && fp4_gemm) {
+    const char* q8 = std::getenv("QWEN35_CUDA_Q8_TILES");
+    q8_tiles_ = fast && !(q8 && std::string(q8) == "0");
+  }
 
   Status run();
   bool self_check_failed() const { return check_failed_; }
@@ -134,6 +138,11 @@ class Uploader {
   struct Q6kJob {
     const Weight* w;
     DevEmbed* out;
+    uint64_t off = 0;
+  };
+  struct Q8Job {  // a part of a stack, or an embedding / LM head
+    const Weight* w;
+    Q8Tiled* out;
     uint64_t off = 0;
   };
 
@@ -162,17 +171,23 @@ class Uploader {
   Status stage(const std::vector<const Weight*>& parts, int64_t r0, int64_t nr);
   Status do_fp4(Fp4Job& job, bool check);
   Status do_q6k(Q6kJob& job, bool check);
+  Status do_q8(Q8Job& job, bool check);
+  MatView staged_view(const Weight& w, int64_t nr) const;
+  Status check_rows(const MatView& g, int64_t out_rows, double bar, const char* kind,
+                    const std::function<cudaError_t(const float* x, float* y)>& fast);
 
   const Model& m_;
   DeviceModel& dm_;
   bool fast_;
   bool fp4_gemm_;
+  bool q8_tiles_;  // Q8_0 weights into the Q8_0 tiles (QWEN35_CUDA_Q8_TILES=0: GGUF layout)
   bool check_failed_ = false;
   uint64_t total_ = 0;
   std::map<const void*, std::pair<uint64_t, uint64_t>> raw_;  // host -> (offset, bytes)
   std::map<const DevLinear*, std::vector<const Weight*>> linear_parts_;
   std::vector<Fp4Job> fp4_jobs_;
   std::vector<Q6kJob> q6k_jobs_;
+  std::vector<Q8Job> q8_jobs_;
   DeviceBuffer staging_;
 };
 
@@ -218,7 +233,22 @@ void Uploader::plan_linear(DevLinear* L, std::vector<const Weight*> parts, bool 
     dm_.fp4_counter_ints = std::max(dm_.fp4_counter_ints, fp4_counter_ints(t));
     return;
   }
-  for (const Weight* w : parts) plan_raw(*w);
+  // Q8_0 parts in the Q8_0 tiles (a part at a time: the tensor-core kernel
+  // does not need the stack), the others as they are.
+  L->q8.assign(parts.size(), Q8Tiled{});
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const Weight& w = *parts[i];
+    if (q8_tiles_ && w.type == GGML_Q8_0 && w.cols % kFp4GroupCols == 0) {
+      Q8Tiled q;
+      q.rows = w.rows;
+      q.cols = w.cols;
+      q.scale = w.scale;
+      L->q8[i] = q;  // pointers filled in do_q8
+      q8_jobs_.push_back({&w, &L->q8[i], reserve(q.code_bytes() + q.scale_bytes())});
+    } else {
+      plan_raw(w);
+    }
+  }
   linear_parts_[L] = parts;
 }
 
@@ -246,6 +276,15 @@ void Uploader::plan_embed(DevEmbed* e, const Weight& w) {
     reserve(q.qh_bytes());
     reserve(q.sc_bytes());
     reserve(q.d_bytes());
+    return;
+  }
+  if (q8_tiles_ && w.type == GGML_Q8_0 && w.cols % kFp4GroupCols == 0) {  // the Q8_0 tiles (embedding rows, LM head)
+    Q8Tiled q;
+    q.rows = w.rows;
+    q.cols = w.cols;
+    q.scale = w.scale;
+    e->q8t = q;  // pointers filled in do_q8
+    q8_jobs_.push_back({&w, &e->q8t, reserve(q.code_bytes() + q.scale_bytes())});
     return;
   }
   plan_raw(w);
@@ -371,6 +410,50 @@ Status Uploader::do_fp4(Fp4Job& job, bool check) {
   return Status::Ok();
 }
 
+// The first nr rows of w as staged (GGUF layout, in staging_).
+MatView Uploader::staged_view(const Weight& w, int64_t nr) const {
+  MatView g;
+  g.type = w.type;
+  g.rows = nr;
+  g.cols = w.cols;
+  g.row_bytes = w.row_bytes;
+  g.data = staging_.as<uint8_t>();
+  g.scale = w.scale;
+  return g;
+}
+
+// Self-check of a repacked weight on its first g.rows rows (staged, GGUF
+// layout): `fast` computes W x for two activation rows from the repacked
+// weight (y: [2, out_rows]; rows past g.rows are not compared), the
+// generic kernel the same from the staged bytes. Over `bar` (relative) the
+// upload is marked to be redone without repacking.
+Status Uploader::check_rows(const MatView& g, int64_t out_rows, double bar, const char* kind,
+                            const std::function<cudaError_t(const float* x, float* y)>& fast) {
+  const int n = 2;
+  const int64_t K = g.cols, nr = g.rows;
+  const auto hx = check_vector(n * K);
+  DeviceBuffer x, yf, yr;
+  QWEN35_TRY(x.alloc(hx.size() * 4, "a self-check"));
+  QWEN35_TRY(yf.alloc(size_t(n * out_rows) * 4, "a self-check"));
+  QWEN35_TRY(yr.alloc(size_t(n * nr) * 4, "a self-check"));
+  QWEN35_CUDA_TRY(cudaMemcpy(x.as(), hx.data(), hx.size() * 4, cudaMemcpyHostToDevice), "a self-check");
+  QWEN35_CUDA_TRY(matvec_generic(g, x.as<float>(), K, n, yr.as<float>(), nr, Accum::Store, nullptr), "a self-check");
+  QWEN35_CUDA_TRY(fast(x.as<float>(), yf.as<float>()), "a self-check");
+  QWEN35_CUDA_TRY(cudaDeviceSynchronize(), "a self-check");
+  std::vector<float> hf(size_t(n * nr)), hr(size_t(n * nr));
+  for (int j = 0; j < n; ++j)
+    QWEN35_CUDA_TRY(cudaMemcpy(hf.data() + j * nr, yf.as<float>() + j * out_rows, size_t(nr) * 4,
+                               cudaMemcpyDeviceToHost),
+                    "a self-check");
+  QWEN35_CUDA_TRY(cudaMemcpy(hr.data(), yr.as(), hr.size() * 4, cudaMemcpyDeviceToHost), "a self-check");
+  const double e = rel_diff(hf, hr);
+  if (!(e < bar)) {
+    m_.log.warn("CUDA {} decode kernel self-check failed (relative difference {:.3g}); using the generic kernels", kind, e);
+    check_failed_ = true;
+  }
+  return Status::Ok();
+}
+
 Status Uploader::do_q6k(Q6kJob& job, bool check) {
   const bool tiled = job.out->q6kt.rows > 0;  // planned tiled (pointers set below)
   Q6kRows32& q = job.out->q6k;
@@ -405,43 +488,38 @@ Status Uploader::do_q6k(Q6kJob& job, bool check) {
       QWEN35_CUDA_TRY(q6k_repack(staging_.as<uint8_t>(), job.w->row_bytes, r0, nr, q, nullptr), "repacking Q6_K weights");
     QWEN35_CUDA_TRY(cudaDeviceSynchronize(), "repacking Q6_K weights");
     if (!check || r0 != 0) continue;
-    // Self-check on the first rows: the fast kernel against the generic one.
-    const int n = 2;
-    const auto hx = check_vector(n * K);
-    DeviceBuffer x, yf, yr;
-    QWEN35_TRY(x.alloc(hx.size() * 4, "a self-check"));
-    QWEN35_TRY(yf.alloc(size_t(n * rows) * 4, "a self-check"));
-    QWEN35_TRY(yr.alloc(size_t(n * nr) * 4, "a self-check"));
-    QWEN35_CUDA_TRY(cudaMemcpy(x.as(), hx.data(), hx.size() * 4, cudaMemcpyHostToDevice), "a self-check");
-    MatView g;
-    g.type = GGML_Q6_K;
-    g.rows = nr;
-    g.cols = K;
-    g.row_bytes = job.w->row_bytes;
-    g.data = staging_.as<uint8_t>();
-    g.scale = job.w->scale;
-    QWEN35_CUDA_TRY(matvec_generic(g, x.as<float>(), K, n, yr.as<float>(), nr, Accum::Store, nullptr), "a self-check");
     // The tiled kernel needs n * K * 2.25 bytes of shared memory; a row too
     // long for it goes through the GEMM path, so only check what it runs.
-    if (tiled && q6kt_matvec_fits(qt, n))
-      QWEN35_CUDA_TRY(q6kt_matvec(qt, x.as<float>(), K, n, yf.as<float>(), rows, Accum::Store, nullptr), "a self-check");
-    else if (tiled)
-      continue;
-    else
-      QWEN35_CUDA_TRY(q6k_matvec(q, x.as<float>(), K, n, yf.as<float>(), rows, Accum::Store, nullptr), "a self-check");
-    QWEN35_CUDA_TRY(cudaDeviceSynchronize(), "a self-check");
-    std::vector<float> hf(size_t(n * nr)), hr(size_t(n * nr));
-    for (int j = 0; j < n; ++j)
-      QWEN35_CUDA_TRY(cudaMemcpy(hf.data() + j * nr, yf.as<float>() + j * rows, size_t(nr) * 4, cudaMemcpyDeviceToHost),
-                      "a self-check");
-    QWEN35_CUDA_TRY(cudaMemcpy(hr.data(), yr.as(), hr.size() * 4, cudaMemcpyDeviceToHost), "a self-check");
-    const double e = rel_diff(hf, hr);
+    if (tiled && !q6kt_matvec_fits(qt, 2)) continue;
     // Kernel 2 rounds the activations to F16 (about 2^-12 relative).
-    if (!(e < (tiled ? 3e-3 : 1e-4))) {
-      m_.log.warn("CUDA Q6_K decode kernel self-check failed (relative difference {:.3g}); using the generic kernels", e);
-      check_failed_ = true;
-      return Status::Ok();
-    }
+    QWEN35_TRY(check_rows(staged_view(*job.w, nr), rows, tiled ? 3e-3 : 1e-4, "Q6_K", [&](const float* x, float* y) {
+      return tiled ? q6kt_matvec(qt, x, K, 2, y, rows, Accum::Store, nullptr)
+                   : q6k_matvec(q, x, K, 2, y, rows, Accum::Store, nullptr);
+    }));
+    if (check_failed_) return Status::Ok();
+  }
+  return Status::Ok();
+}
+
+Status Uploader::do_q8(Q8Job& job, bool check) {
+  Q8Tiled& q = *job.out;
+  q.codes = dev(job.off);
+  q.scales = reinterpret_cast<const uint16_t*>(dev(job.off) + q.code_bytes());
+  const Weight& w = *job.w;
+  const int64_t rows = w.rows, K = w.cols;
+  // In blocks of whole tiles, so the staging copy stays small.
+  const int64_t block = std::max<int64_t>(16, (int64_t(64) << 20) / int64_t(w.row_bytes) / 16 * 16);
+  for (int64_t r0 = 0; r0 < rows; r0 += block) {
+    const int64_t nr = std::min(block, rows - r0);
+    QWEN35_TRY(stage({&w}, r0, nr));
+    QWEN35_CUDA_TRY(q8t_repack(staging_.as<uint8_t>(), w.row_bytes, r0, nr, q, nullptr), "repacking Q8_0 weights");
+    QWEN35_CUDA_TRY(cudaDeviceSynchronize(), "repacking Q8_0 weights");
+    if (!check || r0 != 0 || !q8t_matvec_fits(q, 2)) continue;
+    // F16 activations: about 2^-12 relative.
+    QWEN35_TRY(check_rows(staged_view(w, nr), rows, 3e-3, "Q8_0", [&](const float* x, float* y) {
+      return q8t_matvec(q, x, K, 2, y, rows, Accum::Store, dm_.sms, nullptr);
+    }));
+    if (check_failed_) return Status::Ok();
   }
   return Status::Ok();
 }
@@ -476,6 +554,10 @@ Status Uploader::run() {
   }
   for (size_t i = 0; i < q6k_jobs_.size(); ++i) {
     QWEN35_TRY(do_q6k(q6k_jobs_[i], i == 0));
+    if (check_failed_) return Status::Ok();
+  }
+  for (size_t i = 0; i < q8_jobs_.size(); ++i) {
+    QWEN35_TRY(do_q8(q8_jobs_[i], i == 0));
     if (check_failed_) return Status::Ok();
   }
   QWEN35_CUDA_TRY(cudaDeviceSynchronize(), "uploading weights");

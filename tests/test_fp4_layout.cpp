@@ -2,7 +2,7 @@
 // plain host/device functions in cuda/*.h, so CI runs this without a GPU):
 // the tiled NVFP4 layout and its bit-level E2M1 -> F16 decoding, the
 // tensor-core fragment mapping (emulated from the PTX fragment tables), and
-// the row-interleaved Q6_K layout.
+// the row-interleaved and tiled Q6_K layouts, and the tiled Q8_0 layout.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -15,6 +15,7 @@
 #include "ggml_types.h"
 #include "q6k_rows32.h"
 #include "q6k_tiled.h"
+#include "q8_tiled.h"
 #include "quants.h"
 #include "test_util.h"
 
@@ -474,6 +475,65 @@ TEST_CASE("kernel 3's L2 prefetch shares: disjoint 16-byte pieces in block order
         covered += n;
       }
       CHECK(covered == bytes / 16 * 16);  // every whole 16-byte piece
+    }
+  }
+}
+
+TEST_CASE("tiled Q8_0: registers decode to q, offsets invert the lane bytes, values equal the GGUF ones") {
+  const int64_t rows = 40, cols = 192;  // a partial last tile, three kgroups (six blocks) per row
+  const uint64_t rb = row_bytes(*type_info(GGML_Q8_0), cols);
+  std::vector<uint8_t> m(size_t(rows) * rb);
+  {
+    std::mt19937 rng(33);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<float> v(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      for (float& x : v) x = nd(rng);
+      v[size_t(r % cols)] = -127.0f * 3.0f;  // a code of -127 in some block
+      REQUIRE(quantize_row(GGML_Q8_0, v.data(), m.data() + uint64_t(r) * rb, cols));
+    }
+  }
+  std::vector<float> deq(static_cast<size_t>(cols));
+  for (int64_t tile = 0; tile < (rows + 15) / 16; ++tile) {
+    for (int64_t kg = 0; kg < cols / 64; ++kg) {
+      const uint8_t* row[16];
+      for (int r = 0; r < 16; ++r) {
+        const int64_t src = tile * 16 + r;
+        row[r] = src < rows ? m.data() + uint64_t(src) * rb + uint64_t(kg) * 68 : nullptr;
+      }
+      // The unit as the repack writes it.
+      uint8_t codes[kQ8CodeBytes];
+      uint16_t scales[32];
+      for (int lane = 0; lane < 32; ++lane)
+        for (int h = 0; h < 2; ++h) q8t_lane_bytes(row, lane, h, codes + 512 * h + 16 * lane);
+      for (int g = 0; g < 8; ++g) q8t_g_scales(row, g, scales + 4 * g);
+      // Registers: each half is the F16 number 1024 + q + 128.
+      for (int lane = 0; lane < 32; ++lane) {
+        for (int w = 0; w < 4; ++w) {
+          const uint8_t* b = codes + 512 * (w / 2) + 16 * lane + 8 * (w % 2);
+          uint32_t word[2];
+          std::memcpy(word, b, 8);
+          for (int p = 0; p < 8; ++p) {
+            const uint32_t reg = q8t_reg(word[p / 4], p >> 1);
+            const float hv = fp16_to_fp32(uint16_t((reg >> (16 * (p & 1))) & 0xFFFFu));
+            REQUIRE(hv == 1024.0f + float(b[p]));
+            REQUIRE(fp16_to_fp32(fp32_to_fp16(hv - 1152.0f)) == float(int(b[p]) - 128));  // exact
+            int r, col;
+            fp4_code_position(lane, w, p, &r, &col);
+            REQUIRE(q8t_code_offset(r, col) == int(b - codes) + p);
+          }
+        }
+      }
+      // Every element through the offsets: d * q, the GGUF value.
+      for (int r = 0; r < 16; ++r) {
+        const int64_t src = tile * 16 + r;
+        if (src < rows) dequantize_row(GGML_Q8_0, m.data() + uint64_t(src) * rb, deq.data(), cols);
+        for (int cc = 0; cc < 64; ++cc) {
+          const float d = fp16_to_fp32(scales[q8t_scale_index(r, cc)]);
+          const float v = d * float(int(codes[q8t_code_offset(r, cc)]) - 128);
+          REQUIRE(v == (src < rows ? deq[size_t(kg * 64 + cc)] : 0.0f));
+        }
+      }
     }
   }
 }

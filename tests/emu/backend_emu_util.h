@@ -25,8 +25,9 @@ inline qwen35_model* load_cuda(const char* name) {
 }
 
 // A small synthetic model's shapes: 600 tokens, width n_embd, head size 64,
-// delta-net dk = dv = 32, NVFP4 matrices, a tied Q6_K embedding, one MTP
-// layer.
+// delta-net dk = dv = 32, NVFP4 matrices, a tied embedding (Q6_K from 256
+// columns; below that Q8_0, which the upload puts in the Q8_0 tiles), one
+// MTP layer.
 inline SynthConfig small_synth(int32_t n_embd, uint32_t seed) {
   SynthConfig cfg;
   cfg.n_vocab = 600;

@@ -2,7 +2,7 @@
 // cuda_emu.h (mma.sync emulated from its fragment tables, bulk copies that
 // land at once): the NVFP4 kernels 1-3 with their prologues and epilogues,
 // the chained projections, the tiled Q6_K kernels and their greedy
-// epilogue, against the CPU products and the single launches they replace.
+// epilogue, the tiled Q8_0 kernel, against the CPU products and the single launches they replace.
 // Part of test_cuda_emu (test_cuda_emu.cpp has the main and the other
 // kernels).
 #include <doctest/doctest.h>
@@ -29,6 +29,7 @@
 #include "kernel_refs.h"
 #include "matvec_fp4.h"
 #include "matvec_q6k.h"
+#include "matvec_q8.h"
 #include "quants.h"
 #include "tuning.h"
 #include "norm.h"
@@ -349,6 +350,75 @@ TEST_CASE("emulated: the tiled Q6_K kernels' greedy epilogue gives argmax_rows()
   REQUIRE(q6kt_repack(rows.data(), w.row_bytes, 0, N, q, nullptr) == cudaSuccess);
   run(x, K, 1, &ids);
   CHECK(ids[0] == (earlier >= 0 ? earlier : m));
+}
+
+TEST_CASE("emulated: the tiled Q8_0 kernel (1-8 warps per tile) matches the CPU products; its rows dequantize exactly") {
+  struct Shape {
+    int64_t rows, cols;
+    int sms, slices;
+  };
+  // 25 tiles of 4 kgroups: 1, 2 or 4 slices for 1, 2 or 4 "multiprocessors";
+  // 3 tiles (the last partial) of 5 kgroups: 4 slices, the last empty; 8
+  // slices of one kgroup.
+  for (const Shape sh : {Shape{400, 256, 1, 1}, Shape{400, 256, 2, 2}, Shape{400, 256, 4, 4}, Shape{40, 320, 1, 4},
+                         Shape{40, 512, 1, 8}}) {
+    const int64_t N = sh.rows, K = sh.cols;
+    CAPTURE(N);
+    CAPTURE(K);
+    HostQMat w(GGML_Q8_0, N, K, uint32_t(71 + K));
+    Q8Tiled q;
+    q.rows = N;
+    q.cols = K;
+    q.scale = 0.75f;
+    std::vector<uint8_t> buf(q.code_bytes() + q.scale_bytes());
+    q.codes = buf.data();
+    q.scales = reinterpret_cast<const uint16_t*>(buf.data() + q.code_bytes());
+    // Two repack calls (rows 0-15, then the rest), as the upload's blocks.
+    REQUIRE(q8t_repack(w.data.data(), w.row_bytes, 0, 16, q, nullptr) == cudaSuccess);
+    REQUIRE(q8t_repack(w.data.data() + 16 * w.row_bytes, w.row_bytes, 16, N - 16, q, nullptr) == cudaSuccess);
+    REQUIRE(q8t_slices(q, sh.sms) == sh.slices);
+    std::vector<float> first_row0;
+    for (int n : {1, 2, 5, 8}) {
+      CAPTURE(n);
+      const int64_t ldx = K + 4, ldy = N + 2;
+      auto x = random_floats(size_t(n * ldx), 91, -2, 2);  // row j the same for every n
+      auto y0 = random_floats(size_t(n * ldy), 64, -1, 1);
+      std::vector<float> want(y0), y(y0);
+      for (int j = 0; j < n; ++j)
+        for (int64_t r = 0; r < N; ++r) want[size_t(j * ldy + r)] += float(w.dot(r, x.data() + j * ldx) * 0.75);
+      REQUIRE(q8t_matvec(q, x.data(), ldx, n, y.data(), ldy, Accum::Add, sh.sms, nullptr) == cudaSuccess);
+      CHECK(rel(y, want) < 2e-3);
+      // Store, and row 0 the same bits whatever n is.
+      std::vector<float> ys(size_t(n * ldy), -7.0f);
+      REQUIRE(q8t_matvec(q, x.data(), ldx, n, ys.data(), ldy, Accum::Store, sh.sms, nullptr) == cudaSuccess);
+      for (int64_t r = 0; r < N; ++r) REQUIRE(ys[size_t(r)] + y0[size_t(r)] == y[size_t(r)]);
+      CHECK(ys[size_t(N)] == -7.0f);  // past the rows: untouched
+      std::vector<float> row0(ys.begin(), ys.begin() + N);
+      if (first_row0.empty()) first_row0 = row0;
+      CHECK(row0 == first_row0);
+    }
+    std::vector<float> deq(static_cast<size_t>(N * K)), ref(static_cast<size_t>(K));
+    std::vector<uint16_t> deq16(size_t(3 * K));
+    REQUIRE(q8t_dequant_rows_f32(q, 0, N, deq.data(), nullptr) == cudaSuccess);
+    REQUIRE(q8t_dequant_rows_bf16(q, N - 3, 3, deq16.data(), nullptr) == cudaSuccess);
+    for (int64_t r = 0; r < N; ++r) {
+      dequantize_row(GGML_Q8_0, w.data.data() + r * w.row_bytes, ref.data(), K);
+      REQUIRE(std::memcmp(deq.data() + r * K, ref.data(), size_t(K) * 4) == 0);
+      if (r >= N - 3)
+        for (int64_t k = 0; k < K; ++k)
+          REQUIRE(deq16[size_t((r - (N - 3)) * K + k)] == __bfloat16_as_ushort(__float2bfloat16_rn(ref[size_t(k)])));
+    }
+  }
+  // Bad arguments: an unaligned repack range, a row size that is not Q8_0's.
+  Q8Tiled q;
+  q.rows = 40;
+  q.cols = 256;
+  std::vector<uint8_t> buf(q.code_bytes() + q.scale_bytes()), src(size_t(40 * 272));
+  q.codes = buf.data();
+  q.scales = reinterpret_cast<const uint16_t*>(buf.data() + q.code_bytes());
+  CHECK(q8t_repack(src.data(), 272, 8, 16, q, nullptr) == cudaErrorInvalidValue);
+  CHECK(q8t_repack(src.data(), 270, 0, 16, q, nullptr) == cudaErrorInvalidValue);
+  CHECK(q8t_repack(src.data(), 272, 0, 48, q, nullptr) == cudaErrorInvalidValue);
 }
 
 TEST_CASE("emulated: NVFP4 gate/up with the SwiGLU epilogue (kernels 1-3) matches the CPU") {

@@ -86,8 +86,8 @@ step configure 180 cmake "${CMAKE_ARGS[@]}"
 ALL_TARGETS=$(ninja -C "$BUILD" -t targets all 2>/dev/null | cut -d: -f1 || true)
 TARGETS=()
 WANT=(test_cuda_ops test_cuda_model test_cuda_vision test_fp4_layout test_mtp_loop qwen35-synth qwen35-cuda-bench
-  qwen35-bench qwen35-bench-vision qwen35-bw-probe)
-[ "$QUICK" = 1 ] && WANT=(test_cuda_ops test_cuda_model qwen35-synth qwen35-cuda-bench)
+  qwen35-bench qwen35-bench-vision qwen35-bw-probe qwen35-matvec-bench)
+[ "$QUICK" = 1 ] && WANT=(test_cuda_ops test_cuda_model qwen35-synth qwen35-cuda-bench qwen35-matvec-bench)
 for t in "${WANT[@]}"; do
   if grep -qx "$t" <<<"$ALL_TARGETS"; then TARGETS+=("$t"); fi
 done
@@ -100,6 +100,7 @@ SYNTH=$BUILD/examples/qwen35-synth
 # ---- synthetic 4B files (CPU work, in the background while the tests run) ----
 M4=$WORK/qwen35-4b-nvfp4.gguf
 M4MTP=$WORK/qwen35-4b-nvfp4-mtp-mirror.gguf
+M4Q8=$WORK/qwen35-4b-q8_0.gguf  # every matrix Q8_0 (a mixed recipe's type), full runs only
 synth_one() {  # synth_one FILE ARGS...: write FILE unless it exists
   local f=$1
   shift
@@ -111,6 +112,7 @@ synth_one() {  # synth_one FILE ARGS...: write FILE unless it exists
 synth_bg() {
   synth_one "$M4" --no-mtp
   [ "$QUICK" = 1 ] || synth_one "$M4MTP" --mtp-mirror
+  [ "$QUICK" = 1 ] || synth_one "$M4Q8" --no-mtp --type Q8_0
 }
 SYNTH_T=$(date +%s)
 if [ -x "$SYNTH" ]; then
@@ -131,9 +133,9 @@ for t in "${TESTS[@]}"; do
     ROWS+=("$t|NOT BUILT|0")
   fi
 done
-# Quick mode: the op tests of the chained projections only.
+# Quick mode: the op tests of the chained projections and the Q8_0 tiles only.
 if [ "$QUICK" = 1 ] && [ -x "$BIN/test_cuda_ops" ]; then
-  step "test_cuda_ops, chains" 300 "$BIN/test_cuda_ops" -tc="*chain*" --duration=true
+  step "test_cuda_ops, chains, Q8_0" 300 "$BIN/test_cuda_ops" -tc="*chain*,*Q8_0*" --duration=true
 fi
 # The model tests again with chained projections (each layer's tail with
 # the delta rule or attention in front, and each FFN, in one launch).
@@ -189,6 +191,13 @@ fi
 if [ -s "$M4MTP" ]; then
   bench "bench 4B NVFP4 + MTP (mirror)" "$BIN/qwen35-cuda-bench" -m "$M4MTP" -p 512 -n 128 --device cuda --json
 fi
+# Decode on Q8_0 matrices: the Q8_0 tiles, and the generic kernels (the
+# Q6_K LM head tiled in both).
+if [ -s "$M4Q8" ]; then
+  bench "bench 4B Q8_0" "$BIN/qwen35-cuda-bench" -m "$M4Q8" -p 512 -n 128 --device cuda --json --check 6
+  bench "  Q8_0: generic kernels" env QWEN35_CUDA_Q8_TILES=0 "$BIN/qwen35-cuda-bench" -m "$M4Q8" -p 512 -n 128 \
+    --device cuda --json
+fi
 # The vision encoder on the GPU: a 640x480 image through a random projector
 # of the real Qwen3.5-4B shapes (F16, written to $WORK, about 672 MB), 5
 # timed encodes, and the embeddings compared once with the CPU encoder.
@@ -202,6 +211,13 @@ if [ -x "$VISION_BENCH" ]; then
     --check --synth-path "$WORK/qwen35-4b-synth.mmproj.gguf"
   step "vision 1280x960, F32 attention" 240 env QWEN35_CUDA_VISION_ATTN_MMA=0 "$VISION_BENCH" --device cuda \
     --width 1280 --height 960 --reps 3 --synth-path "$WORK/qwen35-4b-synth.mmproj.gguf"
+fi
+# Each decode matrix-vector kernel against the copy bandwidth, weight type
+# by type, on the 4B's shapes (tests/gpu/matvec_bench.cpp): one activation
+# row (decode), then two (an MTP verify).
+if [ -x "$BIN/qwen35-matvec-bench" ]; then
+  step "matvec bandwidth, n=1" 120 "$BIN/qwen35-matvec-bench"
+  step "matvec bandwidth, n=2" 120 "$BIN/qwen35-matvec-bench" --n 2 --types Q8_0,Q6_K,NVFP4
 fi
 # The floor: a chain of 32 dependent launches that only read buffers of the
 # decode matrices' sizes (tests/gpu/bw_probe.cu).
@@ -319,6 +335,8 @@ TOTAL=$(($(date +%s) - T0))
     IFS='|' read -r label file <<<"$t"
     [ -s "$file" ] && grep '^trace|' "$file" | head -16 | sed "s/^trace|/$label|/"
   done
+  # Decode kernels' bandwidth by weight type (qwen35-matvec-bench).
+  grep '^matvec|' "$LOG" || true
   # The read floor (qwen35-bw-probe).
   awk '/== bandwidth probe \(limit/ {on=1; next} on && /== bandwidth probe:/ {on=0} on && !/^\[run.sh/ {print "probe: " $0}' "$LOG" || true
   # Vision encoder timing (qwen35-bench-vision --device cuda).

@@ -25,6 +25,7 @@
 #include "matmul.h"
 #include "matvec_fp4.h"
 #include "matvec_q6k.h"
+#include "matvec_q8.h"
 #include "quants.h"
 #include "test_util.h"
 #include "topk_case.h"
@@ -801,6 +802,76 @@ TEST_CASE("tiled Q6_K: the persistent launches (kernel 2, kernel 3 with bulk cop
         const auto b = best.download();
         CHECK(std::all_of(b.begin(), b.end(), [](unsigned long long v) { return v == 0; }));
         CHECK(done.download()[0] == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("tiled Q8_0: tensor-core matvec (1-8 warps per tile) and dequantization match the CPU") {
+  QWEN35_REQUIRE_GPU();
+  const int sms = device_sms();
+  struct Shape {
+    int64_t rows, cols;
+    int sms;
+  };
+  // The 4B's FFN down and gate rows with this device's slices, and small
+  // shapes with 1, 2, 4 and 8 slices (a partial last tile, an empty slice).
+  for (const Shape sh : {Shape{2560, 9216, sms}, Shape{9216, 2560, sms}, Shape{400, 256, 1}, Shape{400, 256, 2},
+                         Shape{400, 256, 4}, Shape{40, 320, 1}, Shape{40, 512, 1}}) {
+    const int64_t N = sh.rows, K = sh.cols;
+    CAPTURE(N);
+    CAPTURE(K);
+    CAPTURE(sh.sms);
+    QMat w(GGML_Q8_0, N, K, uint32_t(81 + K));
+    Q8Tiled q;
+    q.rows = N;
+    q.cols = K;
+    q.scale = 0.75f;
+    DevArray<uint8_t> buf(q.code_bytes() + q.scale_bytes());
+    q.codes = buf.get();
+    q.scales = reinterpret_cast<const uint16_t*>(buf.get() + q.code_bytes());
+    REQUIRE(q8t_repack(w.dev.get(), w.row_bytes, 0, 16, q, 0) == cudaSuccess);
+    REQUIRE(q8t_repack(w.dev.get() + 16 * w.row_bytes, w.row_bytes, 16, N - 16, q, 0) == cudaSuccess);
+    MESSAGE("slices per tile: " << q8t_slices(q, sh.sms));
+    DevArray<float> f(static_cast<size_t>(N * K));
+    REQUIRE(q8t_dequant_rows_f32(q, 0, N, f.get(), 0) == cudaSuccess);
+    auto hf = f.download();
+    bool same = true;
+    for (int64_t r = 0; r < N; ++r) {
+      auto row = w.row(r);
+      same &= std::memcmp(hf.data() + r * K, row.data(), size_t(K) * 4) == 0;
+    }
+    CHECK(same);
+    DevArray<uint16_t> bf(static_cast<size_t>(3 * K));
+    REQUIRE(q8t_dequant_rows_bf16(q, N - 3, 3, bf.get(), 0) == cudaSuccess);
+    auto hb = bf.download();
+    same = true;
+    for (int64_t r = 0; r < 3; ++r) {
+      auto row = w.row(N - 3 + r);
+      for (int64_t k = 0; k < K; ++k) same &= hb[size_t(r * K + k)] == fp32_to_bf16(row[size_t(k)]);
+    }
+    CHECK(same);
+    for (int n : {1, 2, 8}) {
+      CAPTURE(n);
+      const int64_t ldx = K + 4, ldy = N + 2;
+      auto x = random_floats(size_t(n * ldx), 63 + n, -2, 2);
+      auto y0 = random_floats(size_t(n * ldy), 64);
+      DevArray<float> dx(x), dy(y0);
+      std::vector<float> want(y0);
+      for (int j = 0; j < n; ++j)
+        for (int64_t r = 0; r < N; ++r)
+          want[size_t(j * ldy + r)] +=
+              vec_dot_ref(GGML_Q8_0, w.host.data() + r * w.row_bytes, x.data() + j * ldx, K) * 0.75f;
+      REQUIRE(q8t_matvec(q, dx.get(), ldx, n, dy.get(), ldy, Accum::Add, sh.sms, 0) == cudaSuccess);
+      CHECK(max_rel(dy.download(), want) < 2e-3);  // F16 activations
+      // Row n-1 alone gives the same bits as in the batch (batch invariance).
+      if (n > 1) {
+        DevArray<float> db(static_cast<size_t>(n * ldy)), d1(static_cast<size_t>(ldy));
+        REQUIRE(q8t_matvec(q, dx.get(), ldx, n, db.get(), ldy, Accum::Store, sh.sms, 0) == cudaSuccess);
+        REQUIRE(q8t_matvec(q, dx.get() + (n - 1) * ldx, ldx, 1, d1.get(), ldy, Accum::Store, sh.sms, 0) ==
+                cudaSuccess);
+        auto hb2 = db.download(), h1 = d1.download();
+        CHECK(std::memcmp(hb2.data() + (n - 1) * ldy, h1.data(), size_t(N) * 4) == 0);
       }
     }
   }
