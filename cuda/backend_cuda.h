@@ -134,9 +134,9 @@ class CudaBackend final : public Backend {
 
   // y = W x for the generic and GEMM paths (one GGUF part).
   Status mm(const MatView& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy, bool add);
-  // The same for a Q8_0 part in the tiled layout.
-  Status mm_q8(const Q8Tiled& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy, bool add);
-  // The GEMM path of mm and mm_q8: `deq` writes rows r0 .. r0+nr-1 of the
+  // The same for a Q8_0 / Q4_K part in its tiles.
+  Status mm_tiles(const KTiles& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy, bool add);
+  // The GEMM path of mm and mm_tiles: `deq` writes rows r0 .. r0+nr-1 of the
   // weight to deq_ (F32 or BF16 as gemm_type_ asks).
   Status mm_gemm(int64_t N, int64_t K, float scale, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy,
                  bool add, const std::function<cudaError_t(int64_t r0, int64_t nr)>& deq);
@@ -157,6 +157,15 @@ class CudaBackend final : public Backend {
   // for a GEMM.
   bool medium(const DevLinear& W, int64_t n) const {
     return W.fp4.present() && n > kMatvecMaxCols && n <= medium_rows_;
+  }
+  // Every part of W in k-quant tiles whose kernel takes n rows (the stack,
+  // or each part): the norm can go into the kernels' prologue.
+  bool tiles_only(const DevLinear& W, int n) const {
+    if (W.stack.present()) return ktiles_matvec_fits(W.stack, n);
+    if (W.tiles.size() != W.parts.size() || W.parts.empty()) return false;
+    for (const KTiles& t : W.tiles)
+      if (!t.present() || !ktiles_matvec_fits(t, n)) return false;
+    return true;
   }
   // out (+)= W xb_, xb_: [n, W.cols] BF16 activations.
   Status fp4_gemm_bf16(const DevLinear& W, int64_t n, float* out, int64_t ldo, bool add);

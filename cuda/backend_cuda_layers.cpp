@@ -20,13 +20,14 @@ Status CudaBackend::mm(const MatView& w, const float* x, int64_t ldx, int64_t n,
   });
 }
 
-Status CudaBackend::mm_q8(const Q8Tiled& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy, bool add) {
-  if (n <= kMatvecMaxCols && q8t_matvec_fits(w, int(n)))
-    return cuda_status(q8t_matvec(w, x, ldx, int(n), y, ldy, add ? Accum::Add : Accum::Store, dm_.sms, stream_),
-                       "a Q8_0 matrix-vector product");
-  return mm_gemm(w.rows, w.cols, w.scale, x, ldx, n, y, ldy, add, [&](int64_t r0, int64_t nr) {
-    return gemm_type_ == GemmType::F32 ? q8t_dequant_rows_f32(w, r0, nr, static_cast<float*>(deq_), stream_)
-                                       : q8t_dequant_rows_bf16(w, r0, nr, static_cast<uint16_t*>(deq_), stream_);
+Status CudaBackend::mm_tiles(const KTiles& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy,
+                             bool add) {
+  if (n <= kMatvecMaxCols && ktiles_matvec_fits(w, int(n)))
+    return cuda_status(ktiles_matvec(w, x, ldx, int(n), y, ldy, add ? Accum::Add : Accum::Store, dm_.sms, stream_),
+                       "a matrix-vector product");
+  return mm_gemm(w.rows(), w.cols(), w.scale(), x, ldx, n, y, ldy, add, [&](int64_t r0, int64_t nr) {
+    return gemm_type_ == GemmType::F32 ? ktiles_dequant_rows_f32(w, r0, nr, static_cast<float*>(deq_), stream_)
+                                       : ktiles_dequant_rows_bf16(w, r0, nr, static_cast<uint16_t*>(deq_), stream_);
   });
 }
 
@@ -100,7 +101,19 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
   const int64_t ldo = swiglu_out ? W.rows : ldy;
   const bool add = epi == Epi::Add;
   bool done = false;
-  if (direct_bf16(W, n)) {  // the norm (or the conversion) writes the BF16 activations in one pass
+  if (nw && n <= kMatvecMaxCols && tiles_only(W, int(n))) {  // k-quant tiles: the norm in the kernels' prologue
+    const Accum acc = add ? Accum::Add : Accum::Store;
+    if (W.stack.present()) {
+      QWEN35_CUDA_TRY(ktiles_matvec(W.stack, x, ldx, int(n), out, ldo, acc, dm_.sms, stream_, nw, hp_.eps),
+                      "a matrix-vector product");
+    } else {
+      for (size_t i = 0; i < W.parts.size(); ++i)
+        QWEN35_CUDA_TRY(ktiles_matvec(W.tiles[i], x, ldx, int(n), out + W.offsets[i], ldo, acc, dm_.sms, stream_, nw,
+                                      hp_.eps),
+                        "a matrix-vector product");
+    }
+    done = true;
+  } else if (direct_bf16(W, n)) {  // the norm (or the conversion) writes the BF16 activations in one pass
     if (nw) QWEN35_CUDA_TRY(rmsnorm_rows_bf16(x, ldx, nw, n, K, hp_.eps, xb_, K, stream_), "a norm");
     else QWEN35_CUDA_TRY(convert_rows_bf16(x, ldx, n, K, xb_, stream_), "converting activations");
     QWEN35_TRY(fp4_gemm_bf16(W, n, out, ldo, add));
@@ -136,9 +149,12 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
         QWEN35_TRY(gemm_.run(gemm_type_, deq_, nr, K, x, ldx, n, out + r0, ldo, W.fp4.scale, add, stream_));
       }
     }
+  } else if (!done && W.stack.present()) {  // (1-8 rows with a norm: above)
+    QWEN35_TRY(mm_tiles(W.stack, x, ldx, n, out, ldo, add));
   } else if (!done) {
     for (size_t i = 0; i < W.parts.size(); ++i) {
-      if (i < W.q8.size() && W.q8[i].present()) QWEN35_TRY(mm_q8(W.q8[i], x, ldx, n, out + W.offsets[i], ldo, add));
+      if (i < W.tiles.size() && W.tiles[i].present())
+        QWEN35_TRY(mm_tiles(W.tiles[i], x, ldx, n, out + W.offsets[i], ldo, add));
       else QWEN35_TRY(mm(W.parts[i], x, ldx, n, out + W.offsets[i], ldo, add));
     }
   }
@@ -164,7 +180,8 @@ Status CudaBackend::fp4_gemm_bf16(const DevLinear& W, int64_t n, float* out, int
 
 Status CudaBackend::embed(const DevEmbed& E, const int32_t* tokens, int64_t n, float* out, int64_t ldo) {
   if (E.q6kt.present()) return cuda_status(q6kt_embedding_rows(E.q6kt, tokens, n, out, ldo, stream_), "the embedding");
-  if (E.q8t.present()) return cuda_status(q8t_embedding_rows(E.q8t, tokens, n, out, ldo, stream_), "the embedding");
+  if (E.tiles.present())
+    return cuda_status(ktiles_embedding_rows(E.tiles, tokens, n, out, ldo, stream_), "the embedding");
   if (E.q6k.present()) return cuda_status(q6k_embedding_rows(E.q6k, tokens, n, out, ldo, stream_), "the embedding");
   return cuda_status(embedding_rows(E.gguf, tokens, n, out, ldo, stream_), "the embedding");
 }
@@ -172,7 +189,7 @@ Status CudaBackend::embed(const DevEmbed& E, const int32_t* tokens, int64_t n, f
 Status CudaBackend::head(const DevEmbed& E, const float* hn, int64_t n, float* logits, int64_t ldl, int32_t* argmax,
                          bool* fused) {
   if (fused) *fused = false;
-  if (E.q8t.present()) return mm_q8(E.q8t, hn, hp_.n_embd, n, logits, ldl, false);
+  if (E.tiles.present()) return mm_tiles(E.tiles, hn, hp_.n_embd, n, logits, ldl, false);
   if (!E.repacked()) return mm(E.gguf, hn, hp_.n_embd, n, logits, ldl, false);
   const Q6kRows32& q = E.q6k;
   const Q6kTiled& qt = E.q6kt;

@@ -5,11 +5,11 @@
 // Projections that read the same input are stacked by rows into one
 // DevLinear so one kernel computes them all (attention: q|gate, k, v; delta
 // net: qkv, z, beta, alpha; FFN: gate, up). NVFP4 stacks are repacked into
-// the tiled layout of the tensor-core decode kernel (fp4_tiled.h), Q8_0
-// projections into the Q8_0 tiles (q8_tiled.h) and the Q6_K embedding / LM
-// head into the tiled or row-interleaved layout (q6k_tiled.h,
-// q6k_rows32.h); everything else stays in its GGUF layout for the generic
-// kernels.
+// the tiled layout of the tensor-core decode kernel (fp4_tiled.h), Q8_0,
+// Q4_K and Q6_K projections and Q8_0 / Q4_K embeddings into their tiles
+// (ktiles.h) and a Q6_K embedding / LM head into the tiled or
+// row-interleaved layout (q6k_tiled.h, q6k_rows32.h); everything else stays
+// in its GGUF layout for the generic kernels.
 #pragma once
 
 #include <cstdint>
@@ -22,7 +22,7 @@
 #include "matmul.h"
 #include "matvec_fp4.h"
 #include "matvec_q6k.h"
-#include "matvec_q8.h"
+#include "ktiles.h"
 #include "model.h"
 
 namespace qwen35::cuda {
@@ -35,28 +35,29 @@ struct DevLinear {
   bool gate_up = false;         // parts are [gate, up] of a SwiGLU FFN
   std::vector<MatView> parts;   // GGUF layout (empty when fp4 holds the weights)
   std::vector<int64_t> offsets;
-  std::vector<Q8Tiled> q8;      // per part: a Q8_0 part in the tiled layout (its MatView has no data), or absent
   Fp4Tiled fp4;                 // the whole stack in the tiled layout, or absent
   Fp4Blas blas;                 // and in cuBLASLt's FP4 layout (Blackwell prefill), or absent
+  KTiles stack;                 // the whole stack in k-quant tiles (parts' MatViews without data), or absent
+  std::vector<KTiles> tiles;    // else per part: a part in k-quant tiles (its MatView has no data), or absent
   bool present() const { return fp4.present() || !parts.empty(); }
 };
 
 // A token embedding / LM head matrix: GGUF layout, Q6kRows32, Q6kTiled or
-// Q8Tiled (one of them).
+// Q8_0 / Q4_K tiles (one of them).
 struct DevEmbed {
   MatView gguf;
   Q6kRows32 q6k;
   Q6kTiled q6kt;
-  Q8Tiled q8t;
-  bool repacked() const { return q6k.present() || q6kt.present() || q8t.present(); }
+  KTiles tiles;
+  bool repacked() const { return q6k.present() || q6kt.present() || tiles.present(); }
   int64_t rows() const {
-    return q6k.present() ? q6k.rows : q6kt.present() ? q6kt.rows : q8t.present() ? q8t.rows : gguf.rows;
+    return q6k.present() ? q6k.rows : q6kt.present() ? q6kt.rows : tiles.present() ? tiles.rows() : gguf.rows;
   }
   int64_t cols() const {
-    return q6k.present() ? q6k.cols : q6kt.present() ? q6kt.cols : q8t.present() ? q8t.cols : gguf.cols;
+    return q6k.present() ? q6k.cols : q6kt.present() ? q6kt.cols : tiles.present() ? tiles.cols() : gguf.cols;
   }
   float scale() const {
-    return q6k.present() ? q6k.scale : q6kt.present() ? q6kt.scale : q8t.present() ? q8t.scale : gguf.scale;
+    return q6k.present() ? q6k.scale : q6kt.present() ? q6kt.scale : tiles.present() ? tiles.scale() : gguf.scale;
   }
 };
 

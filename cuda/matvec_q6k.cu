@@ -34,6 +34,7 @@
 #include "launch.cuh"
 #include "matvec_q6k.h"
 #include "tc_common.cuh"
+#include "tiles_matvec.cuh"
 #include "tuning.h"
 
 namespace qwen35::cuda {
@@ -555,6 +556,35 @@ cudaError_t launch_q6kt_bulk(const Q6kTiled& w, const TcInput& in, float* y, int
                 y, ldy, add, am);
 }
 
+// The tiled layout as a format of tiles_matvec.cuh (Q6_K projections: the
+// warps of a block share a tile by column slices, for the few-tile shapes
+// that kernel 2's warp per tile leaves idle); kernel 2's arithmetic.
+struct Q6kFormat {
+  using Weight = Q6kTiled;
+  struct Frag {
+    uint4 lo;
+    uint2 hi, sc;
+    uint32_t d;  // the super-scales of rows g, g+8 of the kgroup's 256 columns
+  };
+  static constexpr bool kXsum = false;
+  __device__ static Frag zero() { return Frag{make_uint4(0, 0, 0, 0), make_uint2(0, 0), make_uint2(0, 0), 0u}; }
+  __device__ static Frag load(const Q6kTiled& w, int64_t tile, int kg, int lane) {
+    const int64_t kg_n = w.kgroups(), unit = tile * kg_n + kg;
+    const int g = lane >> 2;
+    return Frag{ld_stream(reinterpret_cast<const uint4*>(w.lo) + unit * 32 + lane),
+                ld_stream(reinterpret_cast<const uint2*>(w.hi) + unit * 32 + lane),
+                ld_stream(reinterpret_cast<const uint2*>(w.sc) + unit * 8 + g),
+                ld_stream(reinterpret_cast<const uint32_t*>(w.d) + (tile * (kg_n / 4) + kg / 4) * 8 + g)};
+  }
+  __device__ static void kgroup(float* acc, const Frag& f, int i, const uint16_t* xb, const float* mp, const float*,
+                                int n) {
+    const float d_g = __half2float(__ushort_as_half(uint16_t(f.d & 0xFFFFu)));
+    const float d_g8 = __half2float(__ushort_as_half(uint16_t(f.d >> 16)));
+    q6kt_kgroup(acc, f.lo, f.hi, f.sc, d_g, d_g8, i, xb, mp, n);
+  }
+  __device__ static void load_chunk(const Q6kTiled& w, int64_t r, int64_t c, float* out) { q6kt_load_chunk(w, r, c, out); }
+};
+
 }  // namespace
 
 cudaError_t q6k_repack(const uint8_t* src, uint64_t row_bytes, int64_t r0, int64_t nr, const Q6kRows32& dst,
@@ -667,6 +697,16 @@ cudaError_t q6kt_embedding_rows(const Q6kTiled& w, const int32_t* tokens, int64_
   if (n <= 0) return cudaSuccess;
   return launch(q6kt_dequant_kernel<float>, dim3(ceil_div(n * (w.cols / 16), 256)), dim3(256), 0, stream, w, 0, n,
                 tokens, out, ldo);
+}
+
+int q6kt_slices(const Q6kTiled& w, int sms) { return tiles_slices(w.tiles(), w.kgroups(), sms); }
+
+bool q6kt_sliced_fits(const Q6kTiled& w, int n) { return w.cols % 256 == 0 && tiles_fit<Q6kFormat>(w, n); }
+
+cudaError_t q6kt_matvec_sliced(const Q6kTiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy,
+                               Accum acc, int sms, cudaStream_t stream, const float* norm, float eps) {
+  if (w.cols % 256 != 0) return cudaErrorInvalidValue;
+  return tiles_matvec<Q6kFormat>(w, x, ldx, n, y, ldy, acc, sms, stream, norm, eps);
 }
 
 }  // namespace qwen35::cuda

@@ -67,6 +67,17 @@ struct HeadArgmax {
 cudaError_t q6kt_matvec(const Q6kTiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc,
                         cudaStream_t stream, const HeadArgmax* argmax = nullptr);
 
+// The same product with the warps of a block sharing a tile by column
+// slices (tiles_matvec.cuh, 1-8 warps per tile for `sms` multiprocessors):
+// for Q6_K projections, whose few tiles (FFN down: 160) would leave most of
+// the device idle at a warp per tile. Kernel 2's arithmetic; whole
+// activation rows in shared memory (q6kt_sliced_fits).
+int q6kt_slices(const Q6kTiled& w, int sms);
+bool q6kt_sliced_fits(const Q6kTiled& w, int n);
+cudaError_t q6kt_matvec_sliced(const Q6kTiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy,
+                               Accum acc, int sms, cudaStream_t stream, const float* norm = nullptr,
+                               float eps = 1e-6f);
+
 cudaError_t q6kt_dequant_rows_f32(const Q6kTiled& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream);
 cudaError_t q6kt_dequant_rows_bf16(const Q6kTiled& w, int64_t r0, int64_t nr, uint16_t* dst, cudaStream_t stream);
 cudaError_t q6kt_embedding_rows(const Q6kTiled& w, const int32_t* tokens, int64_t n, float* out, int64_t ldo,

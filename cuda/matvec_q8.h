@@ -33,8 +33,8 @@ int q8t_slices(const Q8Tiled& w, int sms);
 // memory (tc_x_bytes(cols/16, n), at most the device's opt-in limit:
 // q8t_matvec_fits; else use the GEMM path).
 bool q8t_matvec_fits(const Q8Tiled& w, int n);
-cudaError_t q8t_matvec(const Q8Tiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc,
-                       int sms, cudaStream_t stream);
+cudaError_t q8t_matvec(const Q8Tiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc, int sms,
+                       cudaStream_t stream, const float* norm = nullptr, float eps = 1e-6f);
 
 // Rows r0 .. r0+nr-1 dequantized, [nr, cols] (the scale is not applied).
 cudaError_t q8t_dequant_rows_f32(const Q8Tiled& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream);

@@ -2,14 +2,15 @@
 // CudaAvailable, CudaMemoryInfo from lib/backend.h).
 //
 // Every tensor goes into one device allocation. NVFP4 projections that read
-// the same input are stacked and repacked into the tiled decode layout,
-// Q8_0 projections into the Q8_0 tiles, and a Q6_K embedding / LM head into
-// the tiled or row-interleaved layout (the repacking
-// runs on the device from a staging copy of the GGUF bytes). After the
-// first repack of each kind a self-check compares the fast kernel with the
-// generic one on the staged GGUF bytes; on a mismatch the upload is redone
-// without repacking (logged as a warning). QWEN35_CUDA_FAST=0 in the
-// environment turns the repacked layouts off.
+// the same input are stacked and repacked into the tiled decode layout;
+// Q8_0, Q4_K and Q6_K projections (stacked when their parts share a type)
+// and Q8_0 / Q4_K embeddings into their tiles (ktiles.h); a Q6_K embedding
+// / LM head into the tiled or row-interleaved layout. The repacking runs on
+// the device from a staging copy of the GGUF bytes. After the first repack
+// of each kind a self-check compares the fast kernel with the generic one
+// on the staged GGUF bytes; on a mismatch the upload is redone without
+// repacking (logged as a warning). QWEN35_CUDA_FAST=0 in the environment
+// turns the repacked layouts off (QWEN35_CUDA_KTILES=0 the k-quant tiles).
 #include <cuda_runtime_api.h>
 
 #include <cmath>
@@ -121,8 +122,8 @@ class Uploader {
  public:
   Uploader(const Model& m, DeviceModel& dm, bool fast, bool fp4_gemm)
       : m_(m), dm_(dm), fast_(fast), fp4_gemm_(fast && fp4_gemm) {
-    const char* q8 = std::getenv("QWEN35_CUDA_Q8_TILES");
-    q8_tiles_ = fast && !(q8 && std::string(q8) == "0");
+    const char* kt = std::getenv("QWEN35_CUDA_KTILES");
+    ktiles_ = fast && !(kt && std::string(kt) == "0");
   }
 
   Status run();
@@ -140,9 +141,9 @@ class Uploader {
     DevEmbed* out;
     uint64_t off = 0;
   };
-  struct Q8Job {  // a part of a stack, or an embedding / LM head
-    const Weight* w;
-    Q8Tiled* out;
+  struct KJob {  // Q8_0 / Q4_K rows (a stack, a part of one, an embedding / LM head) into tiles
+    std::vector<const Weight*> parts;  // stacked by rows, same type and row length
+    KTiles* out;
     uint64_t off = 0;
   };
 
@@ -171,7 +172,10 @@ class Uploader {
   Status stage(const std::vector<const Weight*>& parts, int64_t r0, int64_t nr);
   Status do_fp4(Fp4Job& job, bool check);
   Status do_q6k(Q6kJob& job, bool check);
-  Status do_q8(Q8Job& job, bool check);
+  Status do_ktiles(KJob& job, bool check);
+  // Plans the parts (stacked by rows) in their tiles when they have them
+  // (and they are on): true.
+  bool plan_ktiles(const std::vector<const Weight*>& parts, KTiles* out);
   MatView staged_view(const Weight& w, int64_t nr) const;
   Status check_rows(const MatView& g, int64_t out_rows, double bar, const char* kind,
                     const std::function<cudaError_t(const float* x, float* y)>& fast);
@@ -180,14 +184,14 @@ class Uploader {
   DeviceModel& dm_;
   bool fast_;
   bool fp4_gemm_;
-  bool q8_tiles_;  // Q8_0 weights into the Q8_0 tiles (QWEN35_CUDA_Q8_TILES=0: GGUF layout)
+  bool ktiles_;  // Q8_0 / Q4_K weights into their tiles (QWEN35_CUDA_KTILES=0: GGUF layout)
   bool check_failed_ = false;
   uint64_t total_ = 0;
   std::map<const void*, std::pair<uint64_t, uint64_t>> raw_;  // host -> (offset, bytes)
   std::map<const DevLinear*, std::vector<const Weight*>> linear_parts_;
   std::vector<Fp4Job> fp4_jobs_;
   std::vector<Q6kJob> q6k_jobs_;
-  std::vector<Q8Job> q8_jobs_;
+  std::vector<KJob> k_jobs_;
   DeviceBuffer staging_;
 };
 
@@ -233,23 +237,27 @@ void Uploader::plan_linear(DevLinear* L, std::vector<const Weight*> parts, bool 
     dm_.fp4_counter_ints = std::max(dm_.fp4_counter_ints, fp4_counter_ints(t));
     return;
   }
-  // Q8_0 parts in the Q8_0 tiles (a part at a time: the tensor-core kernel
-  // does not need the stack), the others as they are.
-  L->q8.assign(parts.size(), Q8Tiled{});
-  for (size_t i = 0; i < parts.size(); ++i) {
-    const Weight& w = *parts[i];
-    if (q8_tiles_ && w.type == GGML_Q8_0 && w.cols % kFp4GroupCols == 0) {
-      Q8Tiled q;
-      q.rows = w.rows;
-      q.cols = w.cols;
-      q.scale = w.scale;
-      L->q8[i] = q;  // pointers filled in do_q8
-      q8_jobs_.push_back({&w, &L->q8[i], reserve(q.code_bytes() + q.scale_bytes())});
-    } else {
-      plan_raw(w);
-    }
-  }
+  // Q8_0 / Q4_K parts in their tiles: the whole stack in one when every
+  // part has the same type and scale (one launch), else part by part; the
+  // others as they are.
   linear_parts_[L] = parts;
+  if (plan_ktiles(parts, &L->stack)) return;
+  L->tiles.assign(parts.size(), KTiles{});
+  for (size_t i = 0; i < parts.size(); ++i)
+    if (!plan_ktiles({parts[i]}, &L->tiles[i])) plan_raw(*parts[i]);
+}
+
+bool Uploader::plan_ktiles(const std::vector<const Weight*>& parts, KTiles* out) {
+  const Weight& w = *parts[0];
+  if (!ktiles_ || !ktiles_supported(w.type, w.cols)) return false;
+  int64_t rows = 0;
+  for (const Weight* p : parts) {
+    if (p->type != w.type || p->cols != w.cols || p->scale != w.scale) return false;
+    rows += p->rows;
+  }
+  *out = ktiles_plan(w.type, rows, w.cols, w.scale);  // pointers placed in do_ktiles
+  k_jobs_.push_back({parts, out, reserve(ktiles_bytes(*out))});
+  return true;
 }
 
 void Uploader::plan_embed(DevEmbed* e, const Weight& w) {
@@ -278,15 +286,7 @@ void Uploader::plan_embed(DevEmbed* e, const Weight& w) {
     reserve(q.d_bytes());
     return;
   }
-  if (q8_tiles_ && w.type == GGML_Q8_0 && w.cols % kFp4GroupCols == 0) {  // the Q8_0 tiles (embedding rows, LM head)
-    Q8Tiled q;
-    q.rows = w.rows;
-    q.cols = w.cols;
-    q.scale = w.scale;
-    e->q8t = q;  // pointers filled in do_q8
-    q8_jobs_.push_back({&w, &e->q8t, reserve(q.code_bytes() + q.scale_bytes())});
-    return;
-  }
+  if (plan_ktiles({&w}, &e->tiles)) return;  // Q8_0 / Q4_K: embedding rows and the LM head from the tiles
   plan_raw(w);
 }
 
@@ -501,23 +501,22 @@ Status Uploader::do_q6k(Q6kJob& job, bool check) {
   return Status::Ok();
 }
 
-Status Uploader::do_q8(Q8Job& job, bool check) {
-  Q8Tiled& q = *job.out;
-  q.codes = dev(job.off);
-  q.scales = reinterpret_cast<const uint16_t*>(dev(job.off) + q.code_bytes());
-  const Weight& w = *job.w;
-  const int64_t rows = w.rows, K = w.cols;
+Status Uploader::do_ktiles(KJob& job, bool check) {
+  KTiles& q = *job.out;
+  ktiles_place(&q, dev(job.off));
+  const Weight& w = *job.parts[0];
+  const int64_t rows = q.rows(), K = w.cols;
   // In blocks of whole tiles, so the staging copy stays small.
   const int64_t block = std::max<int64_t>(16, (int64_t(64) << 20) / int64_t(w.row_bytes) / 16 * 16);
   for (int64_t r0 = 0; r0 < rows; r0 += block) {
     const int64_t nr = std::min(block, rows - r0);
-    QWEN35_TRY(stage({&w}, r0, nr));
-    QWEN35_CUDA_TRY(q8t_repack(staging_.as<uint8_t>(), w.row_bytes, r0, nr, q, nullptr), "repacking Q8_0 weights");
-    QWEN35_CUDA_TRY(cudaDeviceSynchronize(), "repacking Q8_0 weights");
-    if (!check || r0 != 0 || !q8t_matvec_fits(q, 2)) continue;
+    QWEN35_TRY(stage(job.parts, r0, nr));
+    QWEN35_CUDA_TRY(ktiles_repack(q, staging_.as<uint8_t>(), w.row_bytes, r0, nr, nullptr), "repacking weights");
+    QWEN35_CUDA_TRY(cudaDeviceSynchronize(), "repacking weights");
+    if (!check || r0 != 0 || !ktiles_matvec_fits(q, 2)) continue;
     // F16 activations: about 2^-12 relative.
-    QWEN35_TRY(check_rows(staged_view(w, nr), rows, 3e-3, "Q8_0", [&](const float* x, float* y) {
-      return q8t_matvec(q, x, K, 2, y, rows, Accum::Store, dm_.sms, nullptr);
+    QWEN35_TRY(check_rows(staged_view(w, nr), rows, 3e-3, type_info(w.type)->name, [&](const float* x, float* y) {
+      return ktiles_matvec(q, x, K, 2, y, rows, Accum::Store, dm_.sms, nullptr);
     }));
     if (check_failed_) return Status::Ok();
   }
@@ -556,8 +555,12 @@ Status Uploader::run() {
     QWEN35_TRY(do_q6k(q6k_jobs_[i], i == 0));
     if (check_failed_) return Status::Ok();
   }
-  for (size_t i = 0; i < q8_jobs_.size(); ++i) {
-    QWEN35_TRY(do_q8(q8_jobs_[i], i == 0));
+  // A self-check for the first weight of each tiled type.
+  uint64_t checked = 0;
+  for (KJob& job : k_jobs_) {
+    const uint64_t bit = 1ull << job.parts[0]->type;
+    QWEN35_TRY(do_ktiles(job, !(checked & bit)));
+    checked |= bit;
     if (check_failed_) return Status::Ok();
   }
   QWEN35_CUDA_TRY(cudaDeviceSynchronize(), "uploading weights");

@@ -2,7 +2,7 @@
 // plain host/device functions in cuda/*.h, so CI runs this without a GPU):
 // the tiled NVFP4 layout and its bit-level E2M1 -> F16 decoding, the
 // tensor-core fragment mapping (emulated from the PTX fragment tables), and
-// the row-interleaved and tiled Q6_K layouts, and the tiled Q8_0 layout.
+// the row-interleaved and tiled Q6_K layouts, and the tiled Q8_0 and Q4_K layouts.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -15,6 +15,7 @@
 #include "ggml_types.h"
 #include "q6k_rows32.h"
 #include "q6k_tiled.h"
+#include "q4k_tiled.h"
 #include "q8_tiled.h"
 #include "quants.h"
 #include "test_util.h"
@@ -531,6 +532,73 @@ TEST_CASE("tiled Q8_0: registers decode to q, offsets invert the lane bytes, val
         for (int cc = 0; cc < 64; ++cc) {
           const float d = fp16_to_fp32(scales[q8t_scale_index(r, cc)]);
           const float v = d * float(int(codes[q8t_code_offset(r, cc)]) - 128);
+          REQUIRE(v == (src < rows ? deq[size_t(kg * 64 + cc)] : 0.0f));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("tiled Q4_K: registers decode to q, positions invert the lane words, values equal the GGUF ones") {
+  const int64_t rows = 40, cols = 512;  // a partial last tile, two blocks (eight kgroups) per row
+  const uint64_t rb = row_bytes(*type_info(GGML_Q4_K), cols);
+  std::vector<uint8_t> m(size_t(rows) * rb);
+  {
+    std::mt19937 rng(35);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<float> v(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      for (float& x : v) x = nd(rng) + (r % 3 == 0 ? 2.0f : 0.0f);  // some rows without negative values
+      REQUIRE(quantize_row(GGML_Q4_K, v.data(), m.data() + uint64_t(r) * rb, cols));
+    }
+  }
+  std::vector<float> deq(static_cast<size_t>(cols));
+  for (int64_t tile = 0; tile < (rows + 15) / 16; ++tile) {
+    for (int64_t kg = 0; kg < cols / 64; ++kg) {
+      const uint8_t* block[16];
+      for (int r = 0; r < 16; ++r) {
+        const int64_t src = tile * 16 + r;
+        block[r] = src < rows ? m.data() + uint64_t(src) * rb + uint64_t(kg / 4) * 144 : nullptr;
+      }
+      const int kg4 = int(kg % 4);
+      uint32_t words[32][4];
+      uint8_t sm[8][8];
+      uint16_t dm[8][4];
+      for (int lane = 0; lane < 32; ++lane)
+        for (int w = 0; w < 4; ++w) words[lane][w] = q4kt_lane_word(block, kg4, lane, w);
+      for (int g = 0; g < 8; ++g) {
+        q4kt_g_sm(block, kg4, g, sm[g]);
+        q4kt_g_dm(block, g, dm[g]);
+      }
+      // Registers: each half is the F16 number 1024 + q, and the code is
+      // the GGUF one of the position fp4_code_position gives.
+      for (int lane = 0; lane < 32; ++lane)
+        for (int w = 0; w < 4; ++w)
+          for (int p = 0; p < 8; ++p) {
+            int r, col;
+            fp4_code_position(lane, w, p, &r, &col);
+            const uint32_t reg = q4kt_reg(words[lane][w], p >> 1);
+            const float hv = fp16_to_fp32(uint16_t((reg >> (16 * (p & 1))) & 0xFFFFu));
+            const uint32_t want = block[r] ? q4kt_gguf_code(block[r], 64 * kg4 + col) : 0u;
+            REQUIRE(hv == 1024.0f + float(want));
+            int l2, w2, bit;
+            q4kt_position(r, col, &l2, &w2, &bit);
+            REQUIRE(l2 == lane);
+            REQUIRE(w2 == w);
+            REQUIRE(((words[lane][w] >> bit) & 15u) == want);
+          }
+      // Every element: (d*sc) * q - (dmin*m), the GGUF value.
+      for (int r = 0; r < 16; ++r) {
+        const int64_t src = tile * 16 + r;
+        if (src < rows) dequantize_row(GGML_Q4_K, m.data() + uint64_t(src) * rb, deq.data(), cols);
+        const int g = r & 7, up = r >> 3;
+        for (int cc = 0; cc < 64; ++cc) {
+          int lane, w, bit;
+          q4kt_position(r, cc, &lane, &w, &bit);
+          const int sb = cc / 32;
+          const float ds = fp16_to_fp32(dm[g][up]) * float(sm[g][2 * sb + up]);
+          const float mn = fp16_to_fp32(dm[g][2 + up]) * float(sm[g][4 + 2 * sb + up]);
+          const float v = ds * float((words[lane][w] >> bit) & 15u) - mn;
           REQUIRE(v == (src < rows ? deq[size_t(kg * 64 + cc)] : 0.0f));
         }
       }

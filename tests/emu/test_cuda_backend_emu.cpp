@@ -293,7 +293,7 @@ TEST_CASE("emulated CUDA backend: a model on each of two devices gives the same 
   CHECK(b == a);
 }
 
-TEST_CASE("emulated CUDA backend: Q8_0 and mixed-type models (Q8_0 tiles, generic kernels) track the CPU reference") {
+TEST_CASE("emulated CUDA backend: Q8_0, Q4_K and mixed-type models (k-quant tiles, generic kernels) track the CPU reference") {
   struct Shape {
     const char* name;
     SynthConfig cfg;
@@ -307,6 +307,19 @@ TEST_CASE("emulated CUDA backend: Q8_0 and mixed-type models (Q8_0 tiles, generi
     shapes.push_back({"emu-cuda-q8", c, false});
   }
   {
+    SynthConfig c = small_synth(256, 13);  // Q4_K where rows allow (256-column blocks), else F16; Q4_K embedding
+    c.matrix_type = GGML_Q4_K;
+    c.embd_type = GGML_Q4_K;
+    c.n_mtp = 0;
+    shapes.push_back({"emu-cuda-q4k", c, false});
+  }
+  {
+    SynthConfig c = small_synth(256, 14);  // Q6_K projections where rows allow, else F16; Q6_K embedding
+    c.matrix_type = GGML_Q6_K;
+    c.n_mtp = 0;
+    shapes.push_back({"emu-cuda-q6k", c, false});
+  }
+  {
     SynthConfig c = small_synth(128, 12);  // types cycling per matrix (Q8_0 among them), untied head
     c.mixed = true;
     c.untied = true;
@@ -318,40 +331,56 @@ TEST_CASE("emulated CUDA backend: Q8_0 and mixed-type models (Q8_0 tiles, generi
     CAPTURE(sh.name);
     const std::string path = synth_model(sh.name, sh.cfg);
     {
-      // The upload puts the Q8_0 projections into the tiles (and the
-      // self-check passes: otherwise it uploads GGUF layouts only).
+      // The upload puts the Q8_0 and Q4_K weights into their tiles (and the
+      // self-checks pass: otherwise it uploads GGUF layouts only).
       std::unique_ptr<Model> model;
       REQUIRE(LoadModel(path, {}, {}, &model).ok());
       REQUIRE(UploadModelToCuda(*model, 0, true).ok());
       const cuda::DeviceModel* dm = cuda::device_model(*model);
       REQUIRE(dm);
       CHECK(dm->fast);
-      int tiled = 0, q8 = 0;
+      auto tiled_type = [](uint32_t t) { return t == GGML_Q8_0 || t == GGML_Q4_K || t == GGML_Q6_K; };
+      int q6k = 0;
+      for (const Layer& L : model->layers)
+        for (const Weight* w : {&L.wqkv, &L.wgate, &L.ssm_out, &L.wq, &L.wo, &L.ffn_gate, &L.ffn_up, &L.ffn_down})
+          q6k += w->present() && w->type == GGML_Q6_K ? 1 : 0;
+      if (sh.cfg.matrix_type == GGML_Q6_K) CHECK(q6k > 0);
+      int tiled = 0, want = 0;
       for (const Layer& L : model->layers)
         for (const Weight* w : {&L.wqkv, &L.wgate, &L.wbeta, &L.walpha, &L.ssm_out, &L.wq, &L.wk, &L.wv, &L.wo,
                                 &L.ffn_gate, &L.ffn_up, &L.ffn_down})
-          q8 += w->present() && w->type == GGML_Q8_0 ? 1 : 0;
+          want += w->present() && tiled_type(w->type) ? 1 : 0;
+      int stacks = 0;
       for (const cuda::DevLayer& d : dm->layers)
-        for (const cuda::DevLinear* l : {&d.in_proj, &d.out_proj, &d.gate_up, &d.down})
-          for (const cuda::Q8Tiled& q : l->q8) tiled += q.present() ? 1 : 0;
-      CHECK(q8 > 0);
-      CHECK(tiled == q8);
-      // The embedding (tied: also the LM head; Q8_0 in both models, 128
-      // columns being too few for Q6_K) and the untied LM head.
-      CHECK(model->token_embd.type == GGML_Q8_0);
-      CHECK(dm->token_embd.q8t.present());
-      CHECK(dm->output_own.q8t.present() == (!model->tied_output && model->output.type == GGML_Q8_0));
+        for (const cuda::DevLinear* l : {&d.in_proj, &d.out_proj, &d.gate_up, &d.down}) {
+          if (l->stack.present()) {  // every part in one (same type): one launch
+            tiled += int(l->parts.size());
+            stacks += l->parts.size() > 1 ? 1 : 0;
+          }
+          for (const cuda::KTiles& q : l->tiles) tiled += q.present() ? 1 : 0;
+        }
+      CHECK(want > 0);
+      CHECK(tiled == want);
+      if (!sh.mixed) CHECK(stacks > 0);  // gate/up at least
+      // The embedding (tied: also the LM head; Q8_0 where 128 columns are
+      // too few for Q6_K, which has its own kernels there) and the untied
+      // LM head.
+      const bool embd_tiles = model->token_embd.type == GGML_Q8_0 || model->token_embd.type == GGML_Q4_K;
+      CHECK(dm->token_embd.tiles.present() == embd_tiles);
+      CHECK(dm->token_embd.repacked());
+      CHECK(dm->output_own.tiles.present() ==
+            (!model->tied_output && (model->output.type == GGML_Q8_0 || model->output.type == GGML_Q4_K)));
       CHECK(model->tied_output == !sh.cfg.untied);
     }
-    // The CPU reference (float path), the GPU with the Q8_0 tiles and the
-    // GPU with the generic kernels for Q8_0 (QWEN35_CUDA_Q8_TILES=0).
+    // The CPU reference (float path), the GPU with the tiles and the GPU
+    // with the generic kernels for Q8_0 and Q4_K (QWEN35_CUDA_KTILES=0).
     auto load = [&](qwen35_device dev, bool fast) {
       qwen35_model_params mp = qwen35_model_default_params();
       mp.device = dev;
-      if (!fast) setenv("QWEN35_CUDA_Q8_TILES", "0", 1);
+      if (!fast) setenv("QWEN35_CUDA_KTILES", "0", 1);
       qwen35_model* m = nullptr;
       const qwen35_status st = qwen35_model_load(path.c_str(), &mp, &m);
-      unsetenv("QWEN35_CUDA_Q8_TILES");
+      unsetenv("QWEN35_CUDA_KTILES");
       REQUIRE_MESSAGE(st == QWEN35_OK, qwen35_errmsg());
       return m;
     };
@@ -360,7 +389,7 @@ TEST_CASE("emulated CUDA backend: Q8_0 and mixed-type models (Q8_0 tiles, generi
     std::vector<int32_t> s;
     for (int i = 0; i < 24; ++i) s.push_back((i * 37 + 11) % (V - 20));
     // Logits of every position: 20 rows in one call (the GEMM path, the
-    // Q8_0 tiles dequantized) then single steps (decode kernels, graphs);
+    // tiles dequantized) then single steps (decode kernels, graphs);
     // on the CPU the reference path.
     auto logits = [&](qwen35_model* m, bool reference) {
       qwen35_context_params p = qwen35_context_default_params();

@@ -2,7 +2,7 @@
 // cuda_emu.h (mma.sync emulated from its fragment tables, bulk copies that
 // land at once): the NVFP4 kernels 1-3 with their prologues and epilogues,
 // the chained projections, the tiled Q6_K kernels and their greedy
-// epilogue, the tiled Q8_0 kernel, against the CPU products and the single launches they replace.
+// epilogue, the Q8_0 and Q4_K tiles, against the CPU products and the single launches they replace.
 // Part of test_cuda_emu (test_cuda_emu.cpp has the main and the other
 // kernels).
 #include <doctest/doctest.h>
@@ -29,7 +29,7 @@
 #include "kernel_refs.h"
 #include "matvec_fp4.h"
 #include "matvec_q6k.h"
-#include "matvec_q8.h"
+#include "ktiles.h"
 #include "quants.h"
 #include "tuning.h"
 #include "norm.h"
@@ -352,31 +352,36 @@ TEST_CASE("emulated: the tiled Q6_K kernels' greedy epilogue gives argmax_rows()
   CHECK(ids[0] == (earlier >= 0 ? earlier : m));
 }
 
-TEST_CASE("emulated: the tiled Q8_0 kernel (1-8 warps per tile) matches the CPU products; its rows dequantize exactly") {
+TEST_CASE("emulated: the Q8_0, Q4_K and Q6_K tiles (1-8 warps per tile) match the CPU products; their rows dequantize exactly") {
   struct Shape {
+    uint32_t type;
     int64_t rows, cols;
     int sms, slices;
   };
   // 25 tiles of 4 kgroups: 1, 2 or 4 slices for 1, 2 or 4 "multiprocessors";
-  // 3 tiles (the last partial) of 5 kgroups: 4 slices, the last empty; 8
-  // slices of one kgroup.
-  for (const Shape sh : {Shape{400, 256, 1, 1}, Shape{400, 256, 2, 2}, Shape{400, 256, 4, 4}, Shape{40, 320, 1, 4},
-                         Shape{40, 512, 1, 8}}) {
+  // 3 tiles (the last partial) of 5 kgroups: 4 slices, the last empty (Q8_0);
+  // 8 slices of one kgroup.
+  for (const Shape sh : {Shape{GGML_Q8_0, 400, 256, 1, 1}, Shape{GGML_Q8_0, 400, 256, 2, 2},
+                         Shape{GGML_Q8_0, 400, 256, 4, 4}, Shape{GGML_Q8_0, 40, 320, 1, 4}, Shape{GGML_Q8_0, 40, 512, 1, 8},
+                         Shape{GGML_Q4_K, 400, 256, 1, 1}, Shape{GGML_Q4_K, 400, 256, 4, 4},
+                         Shape{GGML_Q4_K, 40, 512, 1, 8}, Shape{GGML_Q4_K, 24, 768, 1, 8},
+                         Shape{GGML_Q6_K, 400, 256, 2, 2}, Shape{GGML_Q6_K, 40, 768, 1, 8}}) {
     const int64_t N = sh.rows, K = sh.cols;
+    CAPTURE(type_info(sh.type)->name);
     CAPTURE(N);
     CAPTURE(K);
-    HostQMat w(GGML_Q8_0, N, K, uint32_t(71 + K));
-    Q8Tiled q;
-    q.rows = N;
-    q.cols = K;
-    q.scale = 0.75f;
-    std::vector<uint8_t> buf(q.code_bytes() + q.scale_bytes());
-    q.codes = buf.data();
-    q.scales = reinterpret_cast<const uint16_t*>(buf.data() + q.code_bytes());
+    HostQMat w(sh.type, N, K, uint32_t(71 + K));
+    REQUIRE(ktiles_supported(sh.type, K));
+    KTiles q = ktiles_plan(sh.type, N, K, 0.75f);
+    std::vector<uint8_t> buf(ktiles_bytes(q));
+    ktiles_place(&q, buf.data());
     // Two repack calls (rows 0-15, then the rest), as the upload's blocks.
-    REQUIRE(q8t_repack(w.data.data(), w.row_bytes, 0, 16, q, nullptr) == cudaSuccess);
-    REQUIRE(q8t_repack(w.data.data() + 16 * w.row_bytes, w.row_bytes, 16, N - 16, q, nullptr) == cudaSuccess);
-    REQUIRE(q8t_slices(q, sh.sms) == sh.slices);
+    REQUIRE(ktiles_repack(q, w.data.data(), w.row_bytes, 0, 16, nullptr) == cudaSuccess);
+    REQUIRE(ktiles_repack(q, w.data.data() + 16 * w.row_bytes, w.row_bytes, 16, N - 16, nullptr) == cudaSuccess);
+    REQUIRE(q.present());
+    REQUIRE((sh.type == GGML_Q8_0   ? q8t_slices(q.q8, sh.sms)
+             : sh.type == GGML_Q4_K ? q4kt_slices(q.q4k, sh.sms)
+                                    : q6kt_slices(q.q6k, sh.sms)) == sh.slices);
     std::vector<float> first_row0;
     for (int n : {1, 2, 5, 8}) {
       CAPTURE(n);
@@ -386,39 +391,61 @@ TEST_CASE("emulated: the tiled Q8_0 kernel (1-8 warps per tile) matches the CPU 
       std::vector<float> want(y0), y(y0);
       for (int j = 0; j < n; ++j)
         for (int64_t r = 0; r < N; ++r) want[size_t(j * ldy + r)] += float(w.dot(r, x.data() + j * ldx) * 0.75);
-      REQUIRE(q8t_matvec(q, x.data(), ldx, n, y.data(), ldy, Accum::Add, sh.sms, nullptr) == cudaSuccess);
+      REQUIRE(ktiles_matvec(q, x.data(), ldx, n, y.data(), ldy, Accum::Add, sh.sms, nullptr) == cudaSuccess);
       CHECK(rel(y, want) < 2e-3);
       // Store, and row 0 the same bits whatever n is.
       std::vector<float> ys(size_t(n * ldy), -7.0f);
-      REQUIRE(q8t_matvec(q, x.data(), ldx, n, ys.data(), ldy, Accum::Store, sh.sms, nullptr) == cudaSuccess);
+      REQUIRE(ktiles_matvec(q, x.data(), ldx, n, ys.data(), ldy, Accum::Store, sh.sms, nullptr) == cudaSuccess);
       for (int64_t r = 0; r < N; ++r) REQUIRE(ys[size_t(r)] + y0[size_t(r)] == y[size_t(r)]);
       CHECK(ys[size_t(N)] == -7.0f);  // past the rows: untouched
       std::vector<float> row0(ys.begin(), ys.begin() + N);
       if (first_row0.empty()) first_row0 = row0;
       CHECK(row0 == first_row0);
+      // The RMS norm in the prologue: y = W (rmsnorm(x) * nw).
+      const auto nw = random_floats(size_t(K), 93, 0.5f, 1.5f);
+      std::vector<float> yn(size_t(n * ldy)), wantn(size_t(n * ldy)), xn(static_cast<size_t>(K));
+      for (int j = 0; j < n; ++j) {
+        double ss = 0;
+        for (int64_t k = 0; k < K; ++k) ss += double(x[size_t(j * ldx + k)]) * x[size_t(j * ldx + k)];
+        const double r = 1.0 / std::sqrt(ss / double(K) + 1e-6);
+        for (int64_t k = 0; k < K; ++k) xn[size_t(k)] = float(x[size_t(j * ldx + k)] * r * nw[size_t(k)]);
+        for (int64_t r2 = 0; r2 < N; ++r2) wantn[size_t(j * ldy + r2)] = float(w.dot(r2, xn.data()) * 0.75);
+      }
+      REQUIRE(ktiles_matvec(q, x.data(), ldx, n, yn.data(), ldy, Accum::Store, sh.sms, nullptr, nw.data(), 1e-6f) ==
+              cudaSuccess);
+      CHECK(rel(yn, wantn) < 2e-3);
     }
-    std::vector<float> deq(static_cast<size_t>(N * K)), ref(static_cast<size_t>(K));
+    // Rows: the values of dequantize_row, as F32, BF16 and looked up by id.
+    std::vector<float> deq(static_cast<size_t>(N * K)), ref(static_cast<size_t>(K)), emb(static_cast<size_t>(3 * K), -1.0f);
     std::vector<uint16_t> deq16(size_t(3 * K));
-    REQUIRE(q8t_dequant_rows_f32(q, 0, N, deq.data(), nullptr) == cudaSuccess);
-    REQUIRE(q8t_dequant_rows_bf16(q, N - 3, 3, deq16.data(), nullptr) == cudaSuccess);
+    const std::vector<int32_t> ids = {int32_t(N - 1), -1, 5};
+    REQUIRE(ktiles_dequant_rows_f32(q, 0, N, deq.data(), nullptr) == cudaSuccess);
+    REQUIRE(ktiles_dequant_rows_bf16(q, N - 3, 3, deq16.data(), nullptr) == cudaSuccess);
+    REQUIRE(ktiles_embedding_rows(q, ids.data(), 3, emb.data(), K, nullptr) == cudaSuccess);
     for (int64_t r = 0; r < N; ++r) {
-      dequantize_row(GGML_Q8_0, w.data.data() + r * w.row_bytes, ref.data(), K);
+      dequantize_row(sh.type, w.data.data() + r * w.row_bytes, ref.data(), K);
       REQUIRE(std::memcmp(deq.data() + r * K, ref.data(), size_t(K) * 4) == 0);
+      if (r == N - 1) CHECK(std::memcmp(emb.data(), ref.data(), size_t(K) * 4) == 0);
+      if (r == 5) CHECK(std::memcmp(emb.data() + 2 * K, ref.data(), size_t(K) * 4) == 0);
       if (r >= N - 3)
         for (int64_t k = 0; k < K; ++k)
           REQUIRE(deq16[size_t((r - (N - 3)) * K + k)] == __bfloat16_as_ushort(__float2bfloat16_rn(ref[size_t(k)])));
     }
+    CHECK(emb[size_t(K)] == -1.0f);  // a negative id: left alone
   }
-  // Bad arguments: an unaligned repack range, a row size that is not Q8_0's.
-  Q8Tiled q;
-  q.rows = 40;
-  q.cols = 256;
-  std::vector<uint8_t> buf(q.code_bytes() + q.scale_bytes()), src(size_t(40 * 272));
-  q.codes = buf.data();
-  q.scales = reinterpret_cast<const uint16_t*>(buf.data() + q.code_bytes());
-  CHECK(q8t_repack(src.data(), 272, 8, 16, q, nullptr) == cudaErrorInvalidValue);
-  CHECK(q8t_repack(src.data(), 270, 0, 16, q, nullptr) == cudaErrorInvalidValue);
-  CHECK(q8t_repack(src.data(), 272, 0, 48, q, nullptr) == cudaErrorInvalidValue);
+  // Bad arguments: an unaligned repack range, a row size that is not the
+  // type's, rows past the end; no tiles for row lengths they cannot hold.
+  KTiles q = ktiles_plan(GGML_Q8_0, 40, 256, 1.0f);
+  std::vector<uint8_t> buf(ktiles_bytes(q)), src(size_t(40 * 272));
+  ktiles_place(&q, buf.data());
+  CHECK(ktiles_repack(q, src.data(), 272, 8, 16, nullptr) == cudaErrorInvalidValue);
+  CHECK(ktiles_repack(q, src.data(), 270, 0, 16, nullptr) == cudaErrorInvalidValue);
+  CHECK(ktiles_repack(q, src.data(), 272, 0, 48, nullptr) == cudaErrorInvalidValue);
+  CHECK(!ktiles_supported(GGML_Q4_K, 128));
+  CHECK(!ktiles_supported(GGML_Q8_0, 96));
+  CHECK(!ktiles_supported(GGML_Q6_K, 128));
+  CHECK(!ktiles_supported(GGML_NVFP4, 256));
+  CHECK(ktiles_plan(GGML_Q4_K, 16, 128, 1.0f).type == 0);
 }
 
 TEST_CASE("emulated: NVFP4 gate/up with the SwiGLU epilogue (kernels 1-3) matches the CPU") {

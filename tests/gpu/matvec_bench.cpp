@@ -20,8 +20,9 @@
 //
 // Kernels: `generic` (matmul.cu, every type in its GGUF layout), `fp4`
 // (NVFP4 in the tiled layout, the decode default), `q6k` (Q6_K tiled, the
-// LM head's kernel), `q8` (Q8_0 tiled). --smoke: small shapes and few
-// launches, for the CPU emulation (CI).
+// LM head's kernel), `tiles` (Q8_0, Q4_K and Q6_K tiled, warps sharing a
+// tile by slices, ktiles.h). --smoke:
+// small shapes and few launches, for the CPU emulation (CI).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -36,10 +37,10 @@
 #include <vector>
 
 #include "ggml_types.h"
+#include "ktiles.h"
 #include "matmul.h"
 #include "matvec_fp4.h"
 #include "matvec_q6k.h"
-#include "matvec_q8.h"
 #include "quants.h"
 
 using namespace qwen35;
@@ -57,8 +58,10 @@ bool ok(cudaError_t e, const char* what) {
 struct Buf {
   void* p = nullptr;
   explicit Buf(size_t n) {
-    if (!ok(cudaMalloc(&p, std::max<size_t>(n, 16)), "cudaMalloc")) p = nullptr;
-    else cudaMemset(p, 0, std::max<size_t>(n, 16));
+    if (!ok(cudaMalloc(&p, std::max<size_t>(n, 16)), "cudaMalloc"))
+      p = nullptr;
+    else
+      cudaMemset(p, 0, std::max<size_t>(n, 16));
   }
   ~Buf() {
     if (p) cudaFree(p);
@@ -107,9 +110,9 @@ struct Case {
   uint32_t type = 0;
   Shape shape{};
   int copies = 1;
-  uint64_t bytes = 0;                              // weight bytes read per launch
+  uint64_t bytes = 0;  // weight bytes read per launch
   std::function<cudaError_t(int, cudaStream_t)> launch;
-  double bar = 0.0;                                // largest allowed relative difference
+  double bar = 0.0;  // largest allowed relative difference
 };
 
 // Median microseconds per launch of a graph of `launches` launches.
@@ -359,24 +362,21 @@ int main(int argc, char** argv) {
           cases.push_back(std::move(c));
         }
       }
-      if (type == GGML_Q8_0 && sh.cols % kFp4GroupCols == 0) {
-        std::vector<Q8Tiled> t(static_cast<size_t>(copies));
+      if (ktiles_supported(type, sh.cols)) {  // Q8_0, Q4_K, Q6_K (sliced)
+        std::vector<KTiles> t(static_cast<size_t>(copies));
         bool good = true;
         for (int i = 0; i < copies && good; ++i) {
-          Q8Tiled& w = t[size_t(i)];
-          w.rows = sh.rows;
-          w.cols = sh.cols;
-          keep.push_back(std::make_unique<Buf>(w.code_bytes()));
-          w.codes = keep.back()->as<uint8_t>();
-          keep.push_back(std::make_unique<Buf>(w.scale_bytes()));
-          w.scales = keep.back()->as<uint16_t>();
-          good = ok(q8t_repack(view(i).data, rb, 0, sh.rows, w, s), "q8t_repack");
+          KTiles& w = t[size_t(i)];
+          w = ktiles_plan(type, sh.rows, sh.cols, 1.0f);
+          keep.push_back(std::make_unique<Buf>(ktiles_bytes(w)));
+          ktiles_place(&w, keep.back()->as<uint8_t>());
+          good = ok(ktiles_repack(w, view(i).data, rb, 0, sh.rows, s), "ktiles_repack");
         }
-        if (good && q8t_matvec_fits(t[0], n)) {
+        if (good && ktiles_matvec_fits(t[0], n)) {
           Case c;
-          c.kernel = "q8";
+          c.kernel = "tiles";
           c.launch = [=](int i, cudaStream_t st) {
-            return q8t_matvec(t[size_t(i)], xp, ldx, n, yp, ldy, Accum::Store, sms, st);
+            return ktiles_matvec(t[size_t(i)], xp, ldx, n, yp, ldy, Accum::Store, sms, st);
           };
           c.bar = 2e-2;
           cases.push_back(std::move(c));

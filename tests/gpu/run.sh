@@ -101,6 +101,7 @@ SYNTH=$BUILD/examples/qwen35-synth
 M4=$WORK/qwen35-4b-nvfp4.gguf
 M4MTP=$WORK/qwen35-4b-nvfp4-mtp-mirror.gguf
 M4Q8=$WORK/qwen35-4b-q8_0.gguf  # every matrix Q8_0 (a mixed recipe's type), full runs only
+M4Q4K=$WORK/qwen35-4b-q4_k.gguf  # every matrix Q4_K (llama.cpp's common type), full runs only
 synth_one() {  # synth_one FILE ARGS...: write FILE unless it exists
   local f=$1
   shift
@@ -113,6 +114,7 @@ synth_bg() {
   synth_one "$M4" --no-mtp
   [ "$QUICK" = 1 ] || synth_one "$M4MTP" --mtp-mirror
   [ "$QUICK" = 1 ] || synth_one "$M4Q8" --no-mtp --type Q8_0
+  [ "$QUICK" = 1 ] || synth_one "$M4Q4K" --no-mtp --type Q4_K
 }
 SYNTH_T=$(date +%s)
 if [ -x "$SYNTH" ]; then
@@ -133,9 +135,9 @@ for t in "${TESTS[@]}"; do
     ROWS+=("$t|NOT BUILT|0")
   fi
 done
-# Quick mode: the op tests of the chained projections and the Q8_0 tiles only.
+# Quick mode: the op tests of the chained projections and the k-quant tiles only.
 if [ "$QUICK" = 1 ] && [ -x "$BIN/test_cuda_ops" ]; then
-  step "test_cuda_ops, chains, Q8_0" 300 "$BIN/test_cuda_ops" -tc="*chain*,*Q8_0*" --duration=true
+  step "test_cuda_ops, chains, tiles" 300 "$BIN/test_cuda_ops" -tc="*chain*,*Q6_K tiles*" --duration=true
 fi
 # The model tests again with chained projections (each layer's tail with
 # the delta rule or attention in front, and each FFN, in one launch).
@@ -191,13 +193,15 @@ fi
 if [ -s "$M4MTP" ]; then
   bench "bench 4B NVFP4 + MTP (mirror)" "$BIN/qwen35-cuda-bench" -m "$M4MTP" -p 512 -n 128 --device cuda --json
 fi
-# Decode on Q8_0 matrices: the Q8_0 tiles, and the generic kernels (the
-# Q6_K LM head tiled in both).
-if [ -s "$M4Q8" ]; then
-  bench "bench 4B Q8_0" "$BIN/qwen35-cuda-bench" -m "$M4Q8" -p 512 -n 128 --device cuda --json --check 6
-  bench "  Q8_0: generic kernels" env QWEN35_CUDA_Q8_TILES=0 "$BIN/qwen35-cuda-bench" -m "$M4Q8" -p 512 -n 128 \
+# Decode on Q8_0 and on Q4_K matrices: their tiles, and the generic
+# kernels (the Q6_K LM head tiled in both).
+for qm in "Q8_0|$M4Q8" "Q4_K|$M4Q4K"; do
+  IFS='|' read -r qt qf <<<"$qm"
+  [ -s "$qf" ] || continue
+  bench "bench 4B $qt" "$BIN/qwen35-cuda-bench" -m "$qf" -p 512 -n 128 --device cuda --json --check 6
+  bench "  $qt: generic kernels" env QWEN35_CUDA_KTILES=0 "$BIN/qwen35-cuda-bench" -m "$qf" -p 512 -n 128 \
     --device cuda --json
-fi
+done
 # The vision encoder on the GPU: a 640x480 image through a random projector
 # of the real Qwen3.5-4B shapes (F16, written to $WORK, about 672 MB), 5
 # timed encodes, and the embeddings compared once with the CPU encoder.
@@ -217,7 +221,7 @@ fi
 # row (decode), then two (an MTP verify).
 if [ -x "$BIN/qwen35-matvec-bench" ]; then
   step "matvec bandwidth, n=1" 120 "$BIN/qwen35-matvec-bench"
-  step "matvec bandwidth, n=2" 120 "$BIN/qwen35-matvec-bench" --n 2 --types Q8_0,Q6_K,NVFP4
+  step "matvec bandwidth, n=2" 120 "$BIN/qwen35-matvec-bench" --n 2 --types Q8_0,Q4_K,Q6_K,NVFP4
 fi
 # The floor: a chain of 32 dependent launches that only read buffers of the
 # decode matrices' sizes (tests/gpu/bw_probe.cu).

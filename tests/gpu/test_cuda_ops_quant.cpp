@@ -25,7 +25,7 @@
 #include "matmul.h"
 #include "matvec_fp4.h"
 #include "matvec_q6k.h"
-#include "matvec_q8.h"
+#include "ktiles.h"
 #include "quants.h"
 #include "test_util.h"
 #include "topk_case.h"
@@ -807,34 +807,38 @@ TEST_CASE("tiled Q6_K: the persistent launches (kernel 2, kernel 3 with bulk cop
   }
 }
 
-TEST_CASE("tiled Q8_0: tensor-core matvec (1-8 warps per tile) and dequantization match the CPU") {
+TEST_CASE("Q8_0, Q4_K and Q6_K tiles: tensor-core matvec (1-8 warps per tile), dequantization and embedding rows match the CPU") {
   QWEN35_REQUIRE_GPU();
   const int sms = device_sms();
   struct Shape {
+    uint32_t type;
     int64_t rows, cols;
     int sms;
   };
   // The 4B's FFN down and gate rows with this device's slices, and small
   // shapes with 1, 2, 4 and 8 slices (a partial last tile, an empty slice).
-  for (const Shape sh : {Shape{2560, 9216, sms}, Shape{9216, 2560, sms}, Shape{400, 256, 1}, Shape{400, 256, 2},
-                         Shape{400, 256, 4}, Shape{40, 320, 1}, Shape{40, 512, 1}}) {
+  for (const Shape sh : {Shape{GGML_Q8_0, 2560, 9216, sms}, Shape{GGML_Q8_0, 9216, 2560, sms},
+                         Shape{GGML_Q4_K, 2560, 9216, sms}, Shape{GGML_Q4_K, 9216, 2560, sms},
+                         Shape{GGML_Q8_0, 400, 256, 1}, Shape{GGML_Q8_0, 400, 256, 2}, Shape{GGML_Q8_0, 400, 256, 4},
+                         Shape{GGML_Q6_K, 2560, 9216, sms}, Shape{GGML_Q8_0, 40, 320, 1}, Shape{GGML_Q8_0, 40, 512, 1},
+                         Shape{GGML_Q4_K, 400, 256, 2}, Shape{GGML_Q4_K, 24, 768, 1}, Shape{GGML_Q6_K, 40, 768, 1}}) {
     const int64_t N = sh.rows, K = sh.cols;
+    CAPTURE(type_info(sh.type)->name);
     CAPTURE(N);
     CAPTURE(K);
     CAPTURE(sh.sms);
-    QMat w(GGML_Q8_0, N, K, uint32_t(81 + K));
-    Q8Tiled q;
-    q.rows = N;
-    q.cols = K;
-    q.scale = 0.75f;
-    DevArray<uint8_t> buf(q.code_bytes() + q.scale_bytes());
-    q.codes = buf.get();
-    q.scales = reinterpret_cast<const uint16_t*>(buf.get() + q.code_bytes());
-    REQUIRE(q8t_repack(w.dev.get(), w.row_bytes, 0, 16, q, 0) == cudaSuccess);
-    REQUIRE(q8t_repack(w.dev.get() + 16 * w.row_bytes, w.row_bytes, 16, N - 16, q, 0) == cudaSuccess);
-    MESSAGE("slices per tile: " << q8t_slices(q, sh.sms));
+    QMat w(sh.type, N, K, uint32_t(81 + K));
+    KTiles q = ktiles_plan(sh.type, N, K, 0.75f);
+    REQUIRE(q.type == sh.type);
+    DevArray<uint8_t> buf(ktiles_bytes(q));
+    ktiles_place(&q, buf.get());
+    REQUIRE(ktiles_repack(q, w.dev.get(), w.row_bytes, 0, 16, 0) == cudaSuccess);
+    REQUIRE(ktiles_repack(q, w.dev.get() + 16 * w.row_bytes, w.row_bytes, 16, N - 16, 0) == cudaSuccess);
+    MESSAGE("slices per tile: " << (sh.type == GGML_Q8_0   ? q8t_slices(q.q8, sh.sms)
+                                    : sh.type == GGML_Q4_K ? q4kt_slices(q.q4k, sh.sms)
+                                                           : q6kt_slices(q.q6k, sh.sms)));
     DevArray<float> f(static_cast<size_t>(N * K));
-    REQUIRE(q8t_dequant_rows_f32(q, 0, N, f.get(), 0) == cudaSuccess);
+    REQUIRE(ktiles_dequant_rows_f32(q, 0, N, f.get(), 0) == cudaSuccess);
     auto hf = f.download();
     bool same = true;
     for (int64_t r = 0; r < N; ++r) {
@@ -843,7 +847,7 @@ TEST_CASE("tiled Q8_0: tensor-core matvec (1-8 warps per tile) and dequantizatio
     }
     CHECK(same);
     DevArray<uint16_t> bf(static_cast<size_t>(3 * K));
-    REQUIRE(q8t_dequant_rows_bf16(q, N - 3, 3, bf.get(), 0) == cudaSuccess);
+    REQUIRE(ktiles_dequant_rows_bf16(q, N - 3, 3, bf.get(), 0) == cudaSuccess);
     auto hb = bf.download();
     same = true;
     for (int64_t r = 0; r < 3; ++r) {
@@ -851,6 +855,12 @@ TEST_CASE("tiled Q8_0: tensor-core matvec (1-8 warps per tile) and dequantizatio
       for (int64_t k = 0; k < K; ++k) same &= hb[size_t(r * K + k)] == fp32_to_bf16(row[size_t(k)]);
     }
     CHECK(same);
+    DevArray<int32_t> ids(std::vector<int32_t>{int32_t(N - 1), 3});
+    DevArray<float> emb(static_cast<size_t>(2 * K));
+    REQUIRE(ktiles_embedding_rows(q, ids.get(), 2, emb.get(), K, 0) == cudaSuccess);
+    auto he = emb.download();
+    CHECK(std::memcmp(he.data(), w.row(N - 1).data(), size_t(K) * 4) == 0);
+    CHECK(std::memcmp(he.data() + K, w.row(3).data(), size_t(K) * 4) == 0);
     for (int n : {1, 2, 8}) {
       CAPTURE(n);
       const int64_t ldx = K + 4, ldy = N + 2;
@@ -861,14 +871,14 @@ TEST_CASE("tiled Q8_0: tensor-core matvec (1-8 warps per tile) and dequantizatio
       for (int j = 0; j < n; ++j)
         for (int64_t r = 0; r < N; ++r)
           want[size_t(j * ldy + r)] +=
-              vec_dot_ref(GGML_Q8_0, w.host.data() + r * w.row_bytes, x.data() + j * ldx, K) * 0.75f;
-      REQUIRE(q8t_matvec(q, dx.get(), ldx, n, dy.get(), ldy, Accum::Add, sh.sms, 0) == cudaSuccess);
+              vec_dot_ref(sh.type, w.host.data() + r * w.row_bytes, x.data() + j * ldx, K) * 0.75f;
+      REQUIRE(ktiles_matvec(q, dx.get(), ldx, n, dy.get(), ldy, Accum::Add, sh.sms, 0) == cudaSuccess);
       CHECK(max_rel(dy.download(), want) < 2e-3);  // F16 activations
       // Row n-1 alone gives the same bits as in the batch (batch invariance).
       if (n > 1) {
         DevArray<float> db(static_cast<size_t>(n * ldy)), d1(static_cast<size_t>(ldy));
-        REQUIRE(q8t_matvec(q, dx.get(), ldx, n, db.get(), ldy, Accum::Store, sh.sms, 0) == cudaSuccess);
-        REQUIRE(q8t_matvec(q, dx.get() + (n - 1) * ldx, ldx, 1, d1.get(), ldy, Accum::Store, sh.sms, 0) ==
+        REQUIRE(ktiles_matvec(q, dx.get(), ldx, n, db.get(), ldy, Accum::Store, sh.sms, 0) == cudaSuccess);
+        REQUIRE(ktiles_matvec(q, dx.get() + (n - 1) * ldx, ldx, 1, d1.get(), ldy, Accum::Store, sh.sms, 0) ==
                 cudaSuccess);
         auto hb2 = db.download(), h1 = d1.download();
         CHECK(std::memcmp(hb2.data() + (n - 1) * ldy, h1.data(), size_t(N) * 4) == 0);

@@ -1,0 +1,53 @@
+// A weight in one of the tiled k-quant layouts of the tensor-core decode
+// kernel (tiles_matvec.cuh): Q8_0 (q8_tiled.h, matvec_q8.cu), Q4_K
+// (q4k_tiled.h, matvec_q4k.cu) or Q6_K (q6k_tiled.h, matvec_q6k.cu: the LM
+// head's layout, here for projections), and the kernels' entry points by
+// type, so that the upload and the backend need not know the formats.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "ggml_types.h"
+#include "matmul.h"
+#include "matvec_q4k.h"
+#include "matvec_q6k.h"
+#include "matvec_q8.h"
+
+namespace qwen35::cuda {
+
+struct KTiles {
+  uint32_t type = 0;  // GGML_Q8_0, GGML_Q4_K or GGML_Q6_K; 0: none
+  Q8Tiled q8;
+  Q4kTiled q4k;
+  Q6kTiled q6k;
+  bool present() const {
+    return type == GGML_Q8_0 ? q8.present() : type == GGML_Q4_K ? q4k.present() : type == GGML_Q6_K && q6k.present();
+  }
+  int64_t rows() const { return type == GGML_Q8_0 ? q8.rows : type == GGML_Q4_K ? q4k.rows : q6k.rows; }
+  int64_t cols() const { return type == GGML_Q8_0 ? q8.cols : type == GGML_Q4_K ? q4k.cols : q6k.cols; }
+  float scale() const { return type == GGML_Q8_0 ? q8.scale : type == GGML_Q4_K ? q4k.scale : q6k.scale; }
+};
+
+// Whether a weight of this type and row length has a tiled layout.
+bool ktiles_supported(uint32_t type, int64_t cols);
+// The layout of a rows x cols weight (no memory yet) and its bytes.
+KTiles ktiles_plan(uint32_t type, int64_t rows, int64_t cols, float scale);
+uint64_t ktiles_bytes(const KTiles& t);
+// Points the layout's arrays into `bytes` of device memory at base (256-byte aligned).
+void ktiles_place(KTiles* t, uint8_t* base);
+// GGUF rows r0 .. r0+nr-1 at src (row r0 first) into the tiles (r0 and nr
+// multiples of 16, except a last range ending at the last row).
+cudaError_t ktiles_repack(const KTiles& t, const uint8_t* src, uint64_t row_bytes, int64_t r0, int64_t nr,
+                          cudaStream_t stream);
+
+bool ktiles_matvec_fits(const KTiles& t, int n);
+cudaError_t ktiles_matvec(const KTiles& t, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc,
+                          int sms, cudaStream_t stream, const float* norm = nullptr, float eps = 1e-6f);
+cudaError_t ktiles_dequant_rows_f32(const KTiles& t, int64_t r0, int64_t nr, float* dst, cudaStream_t stream);
+cudaError_t ktiles_dequant_rows_bf16(const KTiles& t, int64_t r0, int64_t nr, uint16_t* dst, cudaStream_t stream);
+cudaError_t ktiles_embedding_rows(const KTiles& t, const int32_t* tokens, int64_t n, float* out, int64_t ldo,
+                                  cudaStream_t stream);
+
+}  // namespace qwen35::cuda
