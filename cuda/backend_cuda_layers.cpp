@@ -100,11 +100,13 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
   float* out = swiglu_out ? gu_ : y;
   const int64_t ldo = swiglu_out ? W.rows : ldy;
   const bool add = epi == Epi::Add;
-  bool done = false;
-  if (nw && n <= kMatvecMaxCols && tiles_only(W, int(n))) {  // k-quant tiles: the norm in the kernels' prologue
+  bool done = false, swiglu_done = false;
+  if (n <= kMatvecMaxCols && tiles_only(W, int(n))) {  // k-quant tiles: the norm (and SwiGLU) in the kernels
     const Accum acc = add ? Accum::Add : Accum::Store;
     if (W.stack.present()) {
-      QWEN35_CUDA_TRY(ktiles_matvec(W.stack, x, ldx, int(n), out, ldo, acc, dm_.sms, stream_, nw, hp_.eps),
+      swiglu_done = swiglu_out && W.stack.paired();  // silu(gate) * up from a paired stack's lanes
+      QWEN35_CUDA_TRY(ktiles_matvec(W.stack, x, ldx, int(n), swiglu_done ? y : out, swiglu_done ? ldy : ldo, acc,
+                                    dm_.sms, stream_, nw, hp_.eps, swiglu_done),
                       "a matrix-vector product");
     } else {
       for (size_t i = 0; i < W.parts.size(); ++i)
@@ -149,7 +151,7 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
         QWEN35_TRY(gemm_.run(gemm_type_, deq_, nr, K, x, ldx, n, out + r0, ldo, W.fp4.scale, add, stream_));
       }
     }
-  } else if (!done && W.stack.present()) {  // (1-8 rows with a norm: above)
+  } else if (!done && W.stack.present()) {  // (batches; 1-8 rows: above)
     QWEN35_TRY(mm_tiles(W.stack, x, ldx, n, out, ldo, add));
   } else if (!done) {
     for (size_t i = 0; i < W.parts.size(); ++i) {
@@ -158,7 +160,7 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
       else QWEN35_TRY(mm(W.parts[i], x, ldx, n, out + W.offsets[i], ldo, add));
     }
   }
-  if (swiglu_out) {
+  if (swiglu_out && !swiglu_done) {
     const int64_t F = W.rows / 2;
     QWEN35_CUDA_TRY(swiglu(gu_, W.rows, gu_ + F, W.rows, n, F, stream_), "SwiGLU");
     if (y != gu_ || ldy != W.rows) return Error(QWEN35_ERR_BACKEND, "SwiGLU output must be the gate/up buffer");

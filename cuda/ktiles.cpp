@@ -13,22 +13,25 @@ bool ktiles_supported(uint32_t type, int64_t cols) {
   return false;
 }
 
-KTiles ktiles_plan(uint32_t type, int64_t rows, int64_t cols, float scale) {
+KTiles ktiles_plan(uint32_t type, int64_t rows, int64_t cols, float scale, bool paired) {
   KTiles t;
-  if (!ktiles_supported(type, cols)) return t;
+  if (!ktiles_supported(type, cols) || (paired && rows % 16 != 0)) return t;
   t.type = type;
   if (type == GGML_Q8_0) {
     t.q8.rows = rows;
     t.q8.cols = cols;
     t.q8.scale = scale;
+    t.q8.paired = paired;
   } else if (type == GGML_Q4_K) {
     t.q4k.rows = rows;
     t.q4k.cols = cols;
     t.q4k.scale = scale;
+    t.q4k.paired = paired;
   } else {
     t.q6k.rows = rows;
     t.q6k.cols = cols;
     t.q6k.scale = scale;
+    t.q6k.paired = paired;
   }
   return t;
 }
@@ -76,10 +79,10 @@ bool ktiles_matvec_fits(const KTiles& t, int n) {
 }
 
 cudaError_t ktiles_matvec(const KTiles& t, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc,
-                          int sms, cudaStream_t stream, const float* norm, float eps) {
-  if (t.type == GGML_Q8_0) return q8t_matvec(t.q8, x, ldx, n, y, ldy, acc, sms, stream, norm, eps);
-  if (t.type == GGML_Q4_K) return q4kt_matvec(t.q4k, x, ldx, n, y, ldy, acc, sms, stream, norm, eps);
-  if (t.type == GGML_Q6_K) return q6kt_matvec_sliced(t.q6k, x, ldx, n, y, ldy, acc, sms, stream, norm, eps);
+                          int sms, cudaStream_t stream, const float* norm, float eps, bool swiglu) {
+  if (t.type == GGML_Q8_0) return q8t_matvec(t.q8, x, ldx, n, y, ldy, acc, sms, stream, norm, eps, swiglu);
+  if (t.type == GGML_Q4_K) return q4kt_matvec(t.q4k, x, ldx, n, y, ldy, acc, sms, stream, norm, eps, swiglu);
+  if (t.type == GGML_Q6_K) return q6kt_matvec_sliced(t.q6k, x, ldx, n, y, ldy, acc, sms, stream, norm, eps, swiglu);
   return cudaErrorInvalidValue;
 }
 

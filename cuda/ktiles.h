@@ -28,12 +28,15 @@ struct KTiles {
   int64_t rows() const { return type == GGML_Q8_0 ? q8.rows : type == GGML_Q4_K ? q4k.rows : q6k.rows; }
   int64_t cols() const { return type == GGML_Q8_0 ? q8.cols : type == GGML_Q4_K ? q4k.cols : q6k.cols; }
   float scale() const { return type == GGML_Q8_0 ? q8.scale : type == GGML_Q4_K ? q4k.scale : q6k.scale; }
+  bool paired() const { return type == GGML_Q8_0 ? q8.paired : type == GGML_Q4_K ? q4k.paired : q6k.paired; }
 };
 
 // Whether a weight of this type and row length has a tiled layout.
 bool ktiles_supported(uint32_t type, int64_t cols);
-// The layout of a rows x cols weight (no memory yet) and its bytes.
-KTiles ktiles_plan(uint32_t type, int64_t rows, int64_t cols, float scale);
+// The layout of a rows x cols weight (no memory yet) and its bytes; paired:
+// a [gate; up] stack in the pairs of tiles_paired_row (rows % 16 == 0),
+// repacked in one range, whose product may end in SwiGLU.
+KTiles ktiles_plan(uint32_t type, int64_t rows, int64_t cols, float scale, bool paired = false);
 uint64_t ktiles_bytes(const KTiles& t);
 // Points the layout's arrays into `bytes` of device memory at base (256-byte aligned).
 void ktiles_place(KTiles* t, uint8_t* base);
@@ -42,9 +45,12 @@ void ktiles_place(KTiles* t, uint8_t* base);
 cudaError_t ktiles_repack(const KTiles& t, const uint8_t* src, uint64_t row_bytes, int64_t r0, int64_t nr,
                           cudaStream_t stream);
 
+// y = W x (with norm: W rmsnorm(x) and the norm's weights); with swiglu (a
+// paired stack, Store): y[j][i] = silu(gate_i . x_j) * (up_i . x_j), rows/2
+// outputs.
 bool ktiles_matvec_fits(const KTiles& t, int n);
 cudaError_t ktiles_matvec(const KTiles& t, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc,
-                          int sms, cudaStream_t stream, const float* norm = nullptr, float eps = 1e-6f);
+                          int sms, cudaStream_t stream, const float* norm = nullptr, float eps = 1e-6f, bool swiglu = false);
 cudaError_t ktiles_dequant_rows_f32(const KTiles& t, int64_t r0, int64_t nr, float* dst, cudaStream_t stream);
 cudaError_t ktiles_dequant_rows_bf16(const KTiles& t, int64_t r0, int64_t nr, uint16_t* dst, cudaStream_t stream);
 cudaError_t ktiles_embedding_rows(const KTiles& t, const int32_t* tokens, int64_t n, float* out, int64_t ldo,

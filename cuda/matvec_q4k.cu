@@ -22,16 +22,11 @@ __global__ void q4kt_repack_kernel(const uint8_t* __restrict__ src, uint64_t row
                                    Q4kTiled dst, uint8_t* __restrict__ codes, uint8_t* __restrict__ sm,
                                    uint16_t* __restrict__ dm) {
   const int64_t kg_n = dst.kgroups();
-  const int64_t tile0 = r0 / kFp4TileRows;
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= (r1 - r0 + kFp4TileRows - 1) / kFp4TileRows * kg_n * 32) return;
-  const int lane = int(i % 32);
-  const int64_t kg = (i / 32) % kg_n, tile = tile0 + i / 32 / kg_n;
-  const uint8_t* block[kFp4TileRows];
-  for (int r = 0; r < kFp4TileRows; ++r) {
-    const int64_t rr = tile * kFp4TileRows + r;
-    block[r] = rr < r1 && rr < dst.rows ? src + uint64_t(rr - r0) * row_bytes + uint64_t(kg / 4) * 144 : nullptr;
-  }
+  int lane;
+  int64_t kg, tile;
+  const uint8_t* block[kFp4TileRows];  // the 256-column block holding the kgroup
+  if (!tiles_repack_item(src, row_bytes, r0, r1, dst.rows, dst.paired, kg_n, 4, 144, &lane, &kg, &tile, block))
+    return;
   const int64_t unit = tile * kg_n + kg;
   const int kg4 = int(kg % 4);
   uint32_t wd[4];
@@ -128,8 +123,8 @@ cudaError_t q4kt_repack(const uint8_t* src, uint64_t row_bytes, int64_t r0, int6
     return cudaErrorInvalidValue;
   const int64_t r1 = r0 + nr;
   if (r1 > dst.rows || (r1 % kFp4TileRows != 0 && r1 != dst.rows)) return cudaErrorInvalidValue;
-  const int64_t threads = (nr + kFp4TileRows - 1) / kFp4TileRows * dst.kgroups() * 32;
-  return launch_plain(q4kt_repack_kernel, dim3(ceil_div(threads, 256)), dim3(256), 0, stream, src, row_bytes, r0, r1,
+  if (dst.paired && (r0 != 0 || r1 != dst.rows || dst.rows % 16 != 0)) return cudaErrorInvalidValue;  // one range
+  return launch_plain(q4kt_repack_kernel, dim3(ceil_div(tiles_repack_threads(nr, dst.kgroups()), 256)), dim3(256), 0, stream, src, row_bytes, r0, r1,
                       dst, const_cast<uint8_t*>(dst.codes), const_cast<uint8_t*>(dst.sm),
                       const_cast<uint16_t*>(dst.dm));
 }
@@ -139,9 +134,9 @@ int q4kt_slices(const Q4kTiled& w, int sms) { return tiles_slices(w.tiles(), w.k
 bool q4kt_matvec_fits(const Q4kTiled& w, int n) { return w.cols % 256 == 0 && tiles_fit<Q4kFormat>(w, n); }
 
 cudaError_t q4kt_matvec(const Q4kTiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc,
-                        int sms, cudaStream_t stream, const float* norm, float eps) {
+                        int sms, cudaStream_t stream, const float* norm, float eps, bool swiglu) {
   if (w.cols % 256 != 0) return cudaErrorInvalidValue;
-  return tiles_matvec<Q4kFormat>(w, x, ldx, n, y, ldy, acc, sms, stream, norm, eps);
+  return tiles_matvec<Q4kFormat>(w, x, ldx, n, y, ldy, acc, sms, stream, norm, eps, swiglu);
 }
 
 cudaError_t q4kt_dequant_rows_f32(const Q4kTiled& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream) {

@@ -164,16 +164,11 @@ __global__ void q6kt_repack_kernel(const uint8_t* __restrict__ src, uint64_t row
                                    Q6kTiled dst, uint8_t* __restrict__ lo, uint8_t* __restrict__ hi,
                                    int8_t* __restrict__ sc, uint16_t* __restrict__ d) {
   const int64_t kg_n = dst.kgroups();
-  const int64_t tile0 = r0 / kFp4TileRows;
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= (r1 - r0 + kFp4TileRows - 1) / kFp4TileRows * kg_n * 32) return;
-  const int lane = int(i % 32);
-  const int64_t kg = (i / 32) % kg_n, tile = tile0 + i / 32 / kg_n;
-  const uint8_t* block[kFp4TileRows];
-  for (int r = 0; r < kFp4TileRows; ++r) {
-    const int64_t row = tile * kFp4TileRows + r;
-    block[r] = row < r1 && row < dst.rows ? src + uint64_t(row - r0) * row_bytes + uint64_t(kg / 4) * 210 : nullptr;
-  }
+  int lane;
+  int64_t kg, tile;
+  const uint8_t* block[kFp4TileRows];  // the 256-column block holding the kgroup
+  if (!tiles_repack_item(src, row_bytes, r0, r1, dst.rows, dst.paired, kg_n, 4, 210, &lane, &kg, &tile, block))
+    return;
   uint32_t l[4], h[2] = {0, 0};
   for (int w = 0; w < 4; ++w) {
     uint32_t hw = 0;
@@ -494,25 +489,6 @@ __device__ void q6kt_load_chunk(const Q6kTiled& w, int64_t r, int64_t c, float* 
   }
 }
 
-// One thread per (row, 16-column chunk).
-template <typename Out>
-__global__ void q6kt_dequant_kernel(Q6kTiled w, int64_t r0, int64_t nr, const int32_t* __restrict__ tokens,
-                                    Out* __restrict__ dst, int64_t ldo) {
-  pdl_prologue();
-  const int64_t chunks = w.cols / 16;
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= nr * chunks) return;
-  const int64_t t = i / chunks, c = i % chunks;
-  const int64_t r = tokens ? int64_t(tokens[t]) : r0 + t;
-  if (r < 0 || r >= w.rows) return;
-  float v[16];
-  q6kt_load_chunk(w, r, c, v);
-  Out* o = dst + t * ldo + 16 * c;
-  for (int k = 0; k < 16; ++k) {
-    if constexpr (sizeof(Out) == 4) o[k] = v[k];
-    else o[k] = __bfloat16_as_ushort(__float2bfloat16_rn(v[k]));
-  }
-}
 
 // Multiprocessors of the current device (2 in the emulation).
 int multiprocessors() {
@@ -639,8 +615,8 @@ cudaError_t q6kt_repack(const uint8_t* src, uint64_t row_bytes, int64_t r0, int6
   if (dst.cols % 256 != 0 || r0 % kFp4TileRows != 0 || nr <= 0) return cudaErrorInvalidValue;
   const int64_t r1 = r0 + nr;
   if (r1 % kFp4TileRows != 0 && r1 != dst.rows) return cudaErrorInvalidValue;
-  const int64_t threads = (nr + kFp4TileRows - 1) / kFp4TileRows * dst.kgroups() * 32;
-  return launch_plain(q6kt_repack_kernel, dim3(ceil_div(threads, 256)), dim3(256), 0, stream, src, row_bytes, r0, r1,
+  if (dst.paired && (r0 != 0 || r1 != dst.rows || dst.rows % 16 != 0)) return cudaErrorInvalidValue;  // one range
+  return launch_plain(q6kt_repack_kernel, dim3(ceil_div(tiles_repack_threads(nr, dst.kgroups()), 256)), dim3(256), 0, stream, src, row_bytes, r0, r1,
                      dst, const_cast<uint8_t*>(dst.lo), const_cast<uint8_t*>(dst.hi), const_cast<int8_t*>(dst.sc),
                      const_cast<uint16_t*>(dst.d));
 }
@@ -681,22 +657,16 @@ cudaError_t q6kt_matvec(const Q6kTiled& w, const float* x, int64_t ldx, int n, f
 }
 
 cudaError_t q6kt_dequant_rows_f32(const Q6kTiled& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream) {
-  if (nr <= 0) return cudaSuccess;
-  return launch(q6kt_dequant_kernel<float>, dim3(ceil_div(nr * (w.cols / 16), 256)), dim3(256), 0, stream, w, r0, nr,
-                nullptr, dst, w.cols);
+  return tiles_dequant<Q6kFormat>(w, r0, nr, nullptr, dst, w.cols, stream);
 }
 
 cudaError_t q6kt_dequant_rows_bf16(const Q6kTiled& w, int64_t r0, int64_t nr, uint16_t* dst, cudaStream_t stream) {
-  if (nr <= 0) return cudaSuccess;
-  return launch(q6kt_dequant_kernel<uint16_t>, dim3(ceil_div(nr * (w.cols / 16), 256)), dim3(256), 0, stream, w, r0, nr,
-                nullptr, dst, w.cols);
+  return tiles_dequant<Q6kFormat>(w, r0, nr, nullptr, dst, w.cols, stream);
 }
 
 cudaError_t q6kt_embedding_rows(const Q6kTiled& w, const int32_t* tokens, int64_t n, float* out, int64_t ldo,
                                 cudaStream_t stream) {
-  if (n <= 0) return cudaSuccess;
-  return launch(q6kt_dequant_kernel<float>, dim3(ceil_div(n * (w.cols / 16), 256)), dim3(256), 0, stream, w, 0, n,
-                tokens, out, ldo);
+  return tiles_dequant<Q6kFormat>(w, 0, n, tokens, out, ldo, stream);
 }
 
 int q6kt_slices(const Q6kTiled& w, int sms) { return tiles_slices(w.tiles(), w.kgroups(), sms); }
@@ -704,9 +674,9 @@ int q6kt_slices(const Q6kTiled& w, int sms) { return tiles_slices(w.tiles(), w.k
 bool q6kt_sliced_fits(const Q6kTiled& w, int n) { return w.cols % 256 == 0 && tiles_fit<Q6kFormat>(w, n); }
 
 cudaError_t q6kt_matvec_sliced(const Q6kTiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy,
-                               Accum acc, int sms, cudaStream_t stream, const float* norm, float eps) {
+                               Accum acc, int sms, cudaStream_t stream, const float* norm, float eps, bool swiglu) {
   if (w.cols % 256 != 0) return cudaErrorInvalidValue;
-  return tiles_matvec<Q6kFormat>(w, x, ldx, n, y, ldy, acc, sms, stream, norm, eps);
+  return tiles_matvec<Q6kFormat>(w, x, ldx, n, y, ldy, acc, sms, stream, norm, eps, swiglu);
 }
 
 }  // namespace qwen35::cuda

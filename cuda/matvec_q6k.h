@@ -76,7 +76,7 @@ int q6kt_slices(const Q6kTiled& w, int sms);
 bool q6kt_sliced_fits(const Q6kTiled& w, int n);
 cudaError_t q6kt_matvec_sliced(const Q6kTiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy,
                                Accum acc, int sms, cudaStream_t stream, const float* norm = nullptr,
-                               float eps = 1e-6f);
+                               float eps = 1e-6f, bool swiglu = false);
 
 cudaError_t q6kt_dequant_rows_f32(const Q6kTiled& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream);
 cudaError_t q6kt_dequant_rows_bf16(const Q6kTiled& w, int64_t r0, int64_t nr, uint16_t* dst, cudaStream_t stream);

@@ -20,16 +20,11 @@ namespace {
 __global__ void q8t_repack_kernel(const uint8_t* __restrict__ src, uint64_t row_bytes, int64_t r0, int64_t r1,
                                   Q8Tiled dst, uint8_t* __restrict__ codes, uint16_t* __restrict__ scales) {
   const int64_t kg_n = dst.kgroups();
-  const int64_t tile0 = r0 / kFp4TileRows;
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= (r1 - r0 + kFp4TileRows - 1) / kFp4TileRows * kg_n * 32) return;
-  const int lane = int(i % 32);
-  const int64_t kg = (i / 32) % kg_n, tile = tile0 + i / 32 / kg_n;
-  const uint8_t* row[kFp4TileRows];
-  for (int r = 0; r < kFp4TileRows; ++r) {
-    const int64_t rr = tile * kFp4TileRows + r;
-    row[r] = rr < r1 && rr < dst.rows ? src + uint64_t(rr - r0) * row_bytes + uint64_t(kg) * 68 : nullptr;
-  }
+  int lane;
+  int64_t kg, tile;
+  const uint8_t* row[kFp4TileRows];  // a kgroup is two 34-byte blocks
+  if (!tiles_repack_item(src, row_bytes, r0, r1, dst.rows, dst.paired, kg_n, 1, 68, &lane, &kg, &tile, row))
+    return;
   const int64_t unit = tile * kg_n + kg;
   for (int h = 0; h < 2; ++h) {
     uint8_t b[16];
@@ -110,8 +105,8 @@ cudaError_t q8t_repack(const uint8_t* src, uint64_t row_bytes, int64_t r0, int64
     return cudaErrorInvalidValue;
   const int64_t r1 = r0 + nr;
   if (r1 > dst.rows || (r1 % kFp4TileRows != 0 && r1 != dst.rows)) return cudaErrorInvalidValue;
-  const int64_t threads = (nr + kFp4TileRows - 1) / kFp4TileRows * dst.kgroups() * 32;
-  return launch_plain(q8t_repack_kernel, dim3(ceil_div(threads, 256)), dim3(256), 0, stream, src, row_bytes, r0, r1,
+  if (dst.paired && (r0 != 0 || r1 != dst.rows || dst.rows % 16 != 0)) return cudaErrorInvalidValue;  // one range
+  return launch_plain(q8t_repack_kernel, dim3(ceil_div(tiles_repack_threads(nr, dst.kgroups()), 256)), dim3(256), 0, stream, src, row_bytes, r0, r1,
                       dst, const_cast<uint8_t*>(dst.codes), const_cast<uint16_t*>(dst.scales));
 }
 
@@ -120,8 +115,8 @@ int q8t_slices(const Q8Tiled& w, int sms) { return tiles_slices(w.tiles(), w.kgr
 bool q8t_matvec_fits(const Q8Tiled& w, int n) { return tiles_fit<Q8Format>(w, n); }
 
 cudaError_t q8t_matvec(const Q8Tiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc, int sms,
-                       cudaStream_t stream, const float* norm, float eps) {
-  return tiles_matvec<Q8Format>(w, x, ldx, n, y, ldy, acc, sms, stream, norm, eps);
+                       cudaStream_t stream, const float* norm, float eps, bool swiglu) {
+  return tiles_matvec<Q8Format>(w, x, ldx, n, y, ldy, acc, sms, stream, norm, eps, swiglu);
 }
 
 cudaError_t q8t_dequant_rows_f32(const Q8Tiled& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream) {

@@ -35,6 +35,7 @@ struct Q6kTiled {
   const int8_t* sc = nullptr;
   const uint16_t* d = nullptr;
   int64_t rows = 0, cols = 0;  // cols a multiple of 256
+  bool paired = false;         // a gate/up stack in pairs (tiles_paired_row: the SwiGLU epilogue)
   float scale = 1.0f;
   QWEN35_HD bool present() const { return lo != nullptr; }
   QWEN35_HD int64_t tiles() const { return (rows + kFp4TileRows - 1) / kFp4TileRows; }

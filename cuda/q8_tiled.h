@@ -34,6 +34,7 @@ struct Q8Tiled {
   const uint8_t* codes = nullptr;
   const uint16_t* scales = nullptr;
   int64_t rows = 0, cols = 0;  // cols a multiple of 64
+  bool paired = false;         // a gate/up stack in pairs (tiles_paired_row: the SwiGLU epilogue)
   float scale = 1.0f;          // per-tensor output scale
   QWEN35_HD bool present() const { return codes != nullptr; }
   QWEN35_HD int64_t tiles() const { return (rows + kFp4TileRows - 1) / kFp4TileRows; }

@@ -52,7 +52,7 @@ size_t tiles_smem(int64_t cols, int n) {
 // squares of the whole rows in the same order).
 template <class F, int S>
 __global__ void __launch_bounds__(kTileWarps* kWarp)
-    tiles_matvec_kernel(typename F::Weight w, TcInput in, float* __restrict__ y, int64_t ldy, bool add) {
+    tiles_matvec_kernel(typename F::Weight w, TcInput in, float* __restrict__ y, int64_t ldy, bool add, bool swiglu) {
   constexpr int W = kTileWarps, T = W / S, P = kTileDepth;
   uint8_t* smem_raw = dynamic_smem<uint8_t>();
   __shared__ float red[S > 1 ? W : 1][kWarp][4];
@@ -127,27 +127,42 @@ __global__ void __launch_bounds__(kTileWarps* kWarp)
     }
   }
   if (!active) return;
+  float v[4];
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
-    const int64_t row = tile * kFp4TileRows + g + 8 * (e >> 1);
+    const int j = 2 * t + (e & 1);
+    v[e] = j < n ? acc[e] * w.scale * (in.norm ? tc_rnorm<W>(ss_part, j, w.cols, in.eps) : 1.0f) : 0.0f;
+  }
+  if (swiglu) {  // (paired) rows g and g+8: the gate and up rows of output 8 * tile + g
+    const int64_t out = 8 * tile + g;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int j = 2 * t + e;
+      if (j < n && out < w.rows / 2) y[j * ldy + out] = silu_f(v[e]) * v[2 + e];
+    }
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const int i = g + 8 * (e >> 1);
+    const int64_t row = w.paired ? tiles_paired_row(tile, i, w.rows / 2) : tile * kFp4TileRows + i;
     const int j = 2 * t + (e & 1);
     if (row < w.rows && j < n) {
       float* out = y + j * ldy + row;
-      const float v = acc[e] * w.scale * (in.norm ? tc_rnorm<W>(ss_part, j, w.cols, in.eps) : 1.0f);
-      *out = add ? *out + v : v;
+      *out = add ? *out + v[e] : v[e];
     }
   }
 }
 
 template <class F, int S>
-cudaError_t launch_tiles(const typename F::Weight& w, const TcInput& in, float* y, int64_t ldy, bool add,
+cudaError_t launch_tiles(const typename F::Weight& w, const TcInput& in, float* y, int64_t ldy, bool add, bool swiglu,
                          cudaStream_t stream) {
   static SmemOptIn opt_in;
   const size_t smem = tiles_smem<F>(w.cols, in.n);
   if (const cudaError_t e = opt_in.ensure(tiles_matvec_kernel<F, S>, smem); e != cudaSuccess) return e;
   constexpr int T = kTileWarps / S;
   return launch(tiles_matvec_kernel<F, S>, dim3(ceil_div(w.tiles(), T)), dim3(kTileWarps * kWarp), smem, stream, w, in,
-                y, ldy, add);
+                y, ldy, add, swiglu);
 }
 
 // Warps per tile: about 24 warps per multiprocessor in all, as few slices
@@ -162,12 +177,12 @@ inline int tiles_slices(int64_t tiles, int64_t kgroups, int sms) {
 template <class F>
 bool tiles_fit(const typename F::Weight& w, int n) {
   return n >= 1 && n <= kMatvecMaxCols && w.cols > 0 && w.cols % kFp4GroupCols == 0 && w.rows > 0 &&
-         tiles_smem<F>(w.cols, n) <= max_dynamic_smem();
+         (!w.paired || w.rows % 16 == 0) && tiles_smem<F>(w.cols, n) <= max_dynamic_smem();
 }
 
 template <class F>
 cudaError_t tiles_matvec(const typename F::Weight& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy,
-                         Accum acc, int sms, cudaStream_t stream, const float* norm, float eps) {
+                         Accum acc, int sms, cudaStream_t stream, const float* norm, float eps, bool swiglu) {
   TcInput in;
   in.x = x;
   in.ldx = ldx;
@@ -176,21 +191,49 @@ cudaError_t tiles_matvec(const typename F::Weight& w, const float* x, int64_t ld
   in.eps = eps;
   if (!tiles_fit<F>(w, n) || !tc_input_aligned(in)) return cudaErrorInvalidValue;
   const bool add = acc == Accum::Add;
+  if (swiglu && (!w.paired || add)) return cudaErrorInvalidValue;
   switch (tiles_slices(w.tiles(), w.kgroups(), sms)) {
     case 1:
-      return launch_tiles<F, 1>(w, in, y, ldy, add, stream);
+      return launch_tiles<F, 1>(w, in, y, ldy, add, swiglu, stream);
     case 2:
-      return launch_tiles<F, 2>(w, in, y, ldy, add, stream);
+      return launch_tiles<F, 2>(w, in, y, ldy, add, swiglu, stream);
     case 4:
-      return launch_tiles<F, 4>(w, in, y, ldy, add, stream);
+      return launch_tiles<F, 4>(w, in, y, ldy, add, swiglu, stream);
     default:
-      return launch_tiles<F, 8>(w, in, y, ldy, add, stream);
+      return launch_tiles<F, 8>(w, in, y, ldy, add, swiglu, stream);
   }
+}
+
+// Thread i of a repack kernel (one thread per tile, kgroup and lane of the
+// tiles of rows r0 .. r1-1 of a `rows`-row weight; src holds row r0 first):
+// false past the last; else its lane, kgroup and tile, and row[r] the GGUF
+// bytes of tile row r where the kgroup's block starts (a block of
+// block_bytes holds kpb kgroups; null for padding rows).
+__device__ __forceinline__ bool tiles_repack_item(const uint8_t* src, uint64_t row_bytes, int64_t r0, int64_t r1,
+                                                  int64_t rows, bool paired, int64_t kg_n, int kpb, int block_bytes,
+                                                  int* lane, int64_t* kg, int64_t* tile, const uint8_t** row) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= (r1 - r0 + kFp4TileRows - 1) / kFp4TileRows * kg_n * 32) return false;
+  *lane = int(i % 32);
+  *kg = (i / 32) % kg_n;
+  *tile = r0 / kFp4TileRows + i / 32 / kg_n;
+  for (int r = 0; r < kFp4TileRows; ++r) {
+    // (A paired stack is repacked in one range: r0 = 0, r1 = rows.)
+    const int64_t rr = paired ? tiles_paired_row(*tile, r, rows / 2) : *tile * kFp4TileRows + r;
+    row[r] = rr < r1 && rr < rows ? src + uint64_t(rr - r0) * row_bytes + uint64_t(*kg / kpb) * block_bytes : nullptr;
+  }
+  return true;
+}
+
+// The number of repack threads for rows r0 .. r0+nr-1 (tiles_repack_item).
+inline int64_t tiles_repack_threads(int64_t nr, int64_t kg_n) {
+  return (nr + kFp4TileRows - 1) / kFp4TileRows * kg_n * 32;
 }
 
 // Rows of a tiled weight as F32 or BF16 (the GEMM path, embedding rows):
 // one thread per (row, 16-column chunk), F::load_chunk(w, r, c, v) giving
-// the 16 values of row r, columns 16c .. 16c+15 (scale not applied). Rows
+// the 16 values of tile row r (16 * tile + i), columns 16c .. 16c+15 (scale
+// not applied). Rows are stack rows (a paired stack's order undone); rows
 // r0 .. r0+nr-1, or (tokens) rows tokens[0 .. nr-1] (ids outside the rows:
 // left alone).
 template <class F, typename Out>
@@ -204,7 +247,7 @@ __global__ void tiles_dequant_kernel(typename F::Weight w, int64_t r0, int64_t n
   const int64_t r = tokens ? int64_t(tokens[t]) : r0 + t;
   if (r < 0 || r >= w.rows) return;
   float v[16];
-  F::load_chunk(w, r, c, v);
+  F::load_chunk(w, w.paired ? tiles_paired_pos(r, w.rows / 2) : r, c, v);
   Out* o = dst + t * ldo + 16 * c;
   for (int k = 0; k < 16; ++k) {
     if constexpr (sizeof(Out) == 4)

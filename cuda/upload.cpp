@@ -175,8 +175,9 @@ class Uploader {
   Status do_ktiles(KJob& job, bool check);
   // Plans the parts (stacked by rows) in their tiles when they have them
   // (and they are on): true.
-  bool plan_ktiles(const std::vector<const Weight*>& parts, KTiles* out);
+  bool plan_ktiles(const std::vector<const Weight*>& parts, KTiles* out, bool gate_up = false);
   MatView staged_view(const Weight& w, int64_t nr) const;
+  Status check_dequant(const KTiles& q, const MatView& g);
   Status check_rows(const MatView& g, int64_t out_rows, double bar, const char* kind,
                     const std::function<cudaError_t(const float* x, float* y)>& fast);
 
@@ -241,13 +242,13 @@ void Uploader::plan_linear(DevLinear* L, std::vector<const Weight*> parts, bool 
   // part has the same type and scale (one launch), else part by part; the
   // others as they are.
   linear_parts_[L] = parts;
-  if (plan_ktiles(parts, &L->stack)) return;
+  if (plan_ktiles(parts, &L->stack, gate_up)) return;
   L->tiles.assign(parts.size(), KTiles{});
   for (size_t i = 0; i < parts.size(); ++i)
     if (!plan_ktiles({parts[i]}, &L->tiles[i])) plan_raw(*parts[i]);
 }
 
-bool Uploader::plan_ktiles(const std::vector<const Weight*>& parts, KTiles* out) {
+bool Uploader::plan_ktiles(const std::vector<const Weight*>& parts, KTiles* out, bool gate_up) {
   const Weight& w = *parts[0];
   if (!ktiles_ || !ktiles_supported(w.type, w.cols)) return false;
   int64_t rows = 0;
@@ -255,7 +256,9 @@ bool Uploader::plan_ktiles(const std::vector<const Weight*>& parts, KTiles* out)
     if (p->type != w.type || p->cols != w.cols || p->scale != w.scale) return false;
     rows += p->rows;
   }
-  *out = ktiles_plan(w.type, rows, w.cols, w.scale);  // pointers placed in do_ktiles
+  // A gate/up stack in pairs (the SwiGLU epilogue) when its rows allow.
+  const bool paired = gate_up && parts.size() == 2 && parts[0]->rows == parts[1]->rows && parts[0]->rows % 8 == 0;
+  *out = ktiles_plan(w.type, rows, w.cols, w.scale, paired);  // pointers placed in do_ktiles
   k_jobs_.push_back({parts, out, reserve(ktiles_bytes(*out))});
   return true;
 }
@@ -506,19 +509,44 @@ Status Uploader::do_ktiles(KJob& job, bool check) {
   ktiles_place(&q, dev(job.off));
   const Weight& w = *job.parts[0];
   const int64_t rows = q.rows(), K = w.cols;
-  // In blocks of whole tiles, so the staging copy stays small.
-  const int64_t block = std::max<int64_t>(16, (int64_t(64) << 20) / int64_t(w.row_bytes) / 16 * 16);
+  // In blocks of whole tiles, so the staging copy stays small (a paired
+  // stack at once: a tile takes rows from both halves).
+  const int64_t block =
+      q.paired() ? rows : std::max<int64_t>(16, (int64_t(64) << 20) / int64_t(w.row_bytes) / 16 * 16);
   for (int64_t r0 = 0; r0 < rows; r0 += block) {
     const int64_t nr = std::min(block, rows - r0);
     QWEN35_TRY(stage(job.parts, r0, nr));
     QWEN35_CUDA_TRY(ktiles_repack(q, staging_.as<uint8_t>(), w.row_bytes, r0, nr, nullptr), "repacking weights");
     QWEN35_CUDA_TRY(cudaDeviceSynchronize(), "repacking weights");
-    if (!check || r0 != 0 || !ktiles_matvec_fits(q, 2)) continue;
+    if (!check || r0 != 0) continue;
     // F16 activations: about 2^-12 relative.
-    QWEN35_TRY(check_rows(staged_view(w, nr), rows, 3e-3, type_info(w.type)->name, [&](const float* x, float* y) {
-      return ktiles_matvec(q, x, K, 2, y, rows, Accum::Store, dm_.sms, nullptr);
-    }));
+    if (ktiles_matvec_fits(q, 2))
+      QWEN35_TRY(check_rows(staged_view(w, nr), rows, 3e-3, type_info(w.type)->name, [&](const float* x, float* y) {
+        return ktiles_matvec(q, x, K, 2, y, rows, Accum::Store, dm_.sms, nullptr);
+      }));
+    // The rows batches dequantize for their GEMMs: the GGUF values (up to
+    // the generic kernel's rounding, which may fuse a multiply and add).
+    if (!check_failed_) QWEN35_TRY(check_dequant(q, staged_view(w, std::min<int64_t>(nr, 64))));
     if (check_failed_) return Status::Ok();
+  }
+  return Status::Ok();
+}
+
+Status Uploader::check_dequant(const KTiles& q, const MatView& g) {
+  const size_t n = size_t(g.rows * g.cols);
+  DeviceBuffer a, b;
+  QWEN35_TRY(a.alloc(n * 4, "a self-check"));
+  QWEN35_TRY(b.alloc(n * 4, "a self-check"));
+  QWEN35_CUDA_TRY(ktiles_dequant_rows_f32(q, 0, g.rows, a.as<float>(), nullptr), "a self-check");
+  QWEN35_CUDA_TRY(dequant_rows_f32(g, 0, g.rows, b.as<float>(), nullptr), "a self-check");
+  std::vector<float> ha(n), hb(n);
+  QWEN35_CUDA_TRY(cudaMemcpy(ha.data(), a.as(), n * 4, cudaMemcpyDeviceToHost), "a self-check");
+  QWEN35_CUDA_TRY(cudaMemcpy(hb.data(), b.as(), n * 4, cudaMemcpyDeviceToHost), "a self-check");
+  const double e = rel_diff(ha, hb);
+  if (!(e < 1e-6)) {
+    m_.log.warn("CUDA {} dequantization self-check failed (relative difference {:.3g}); using the generic kernels",
+                type_info(g.type)->name, e);
+    check_failed_ = true;
   }
   return Status::Ok();
 }

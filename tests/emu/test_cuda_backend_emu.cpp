@@ -361,7 +361,11 @@ TEST_CASE("emulated CUDA backend: Q8_0, Q4_K and mixed-type models (k-quant tile
         }
       CHECK(want > 0);
       CHECK(tiled == want);
-      if (!sh.mixed) CHECK(stacks > 0);  // gate/up at least
+      if (!sh.mixed) {
+        CHECK(stacks > 0);  // gate/up at least
+        // gate/up in pairs: SwiGLU in the kernel's epilogue.
+        CHECK(dm->layers[0].gate_up.stack.paired());
+      }
       // The embedding (tied: also the LM head; Q8_0 where 128 columns are
       // too few for Q6_K, which has its own kernels there) and the untied
       // LM head.

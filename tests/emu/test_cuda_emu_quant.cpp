@@ -448,6 +448,53 @@ TEST_CASE("emulated: the Q8_0, Q4_K and Q6_K tiles (1-8 warps per tile) match th
   CHECK(ktiles_plan(GGML_Q4_K, 16, 128, 1.0f).type == 0);
 }
 
+TEST_CASE("emulated: paired gate/up tiles (Q8_0, Q4_K, Q6_K): the SwiGLU epilogue, stack-order rows, one-range repack") {
+  for (uint32_t type : {uint32_t(GGML_Q8_0), uint32_t(GGML_Q4_K), uint32_t(GGML_Q6_K)}) {
+    CAPTURE(type_info(type)->name);
+    const int64_t F = 40, N = 2 * F, K = 512;  // [gate; up], 5 tiles of 8 gate + 8 up rows
+    HostQMat w(type, N, K, 101);
+    KTiles q = ktiles_plan(type, N, K, 0.75f, true);
+    REQUIRE(q.paired());
+    std::vector<uint8_t> buf(ktiles_bytes(q));
+    ktiles_place(&q, buf.data());
+    CHECK(ktiles_repack(q, w.data.data(), w.row_bytes, 0, 16, nullptr) == cudaErrorInvalidValue);  // one range only
+    REQUIRE(ktiles_repack(q, w.data.data(), w.row_bytes, 0, N, nullptr) == cudaSuccess);
+    for (int n : {1, 2, 5}) {
+      CAPTURE(n);
+      const int64_t ldx = K + 4;
+      auto x = random_floats(size_t(n * ldx), 103, -2, 2);
+      std::vector<float> plain(size_t(n * N)), want(size_t(n * N)), act(size_t(n * F), -3.0f), want_act(size_t(n * F));
+      for (int j = 0; j < n; ++j) {
+        for (int64_t r = 0; r < N; ++r) want[size_t(j * N + r)] = float(w.dot(r, x.data() + j * ldx) * 0.75);
+        for (int64_t i = 0; i < F; ++i) {
+          const double g = want[size_t(j * N + i)], u = want[size_t(j * N + F + i)];
+          want_act[size_t(j * F + i)] = float(g / (1.0 + std::exp(-g)) * u);
+        }
+      }
+      // Rows in stack order, and the SwiGLU of each pair.
+      REQUIRE(ktiles_matvec(q, x.data(), ldx, n, plain.data(), N, Accum::Store, 1, nullptr) == cudaSuccess);
+      CHECK(rel(plain, want) < 2e-3);
+      REQUIRE(ktiles_matvec(q, x.data(), ldx, n, act.data(), F, Accum::Store, 1, nullptr, nullptr, 1e-6f, true) ==
+              cudaSuccess);
+      CHECK(rel(act, want_act) < 4e-3);
+      // SwiGLU only from a paired stack, never accumulating.
+      CHECK(ktiles_matvec(q, x.data(), ldx, n, act.data(), F, Accum::Add, 1, nullptr, nullptr, 1e-6f, true) ==
+            cudaErrorInvalidValue);
+    }
+    std::vector<float> deq(static_cast<size_t>(N * K)), ref(static_cast<size_t>(K));
+    REQUIRE(ktiles_dequant_rows_f32(q, 0, N, deq.data(), nullptr) == cudaSuccess);
+    for (int64_t r = 0; r < N; ++r) {
+      dequantize_row(type, w.data.data() + r * w.row_bytes, ref.data(), K);
+      REQUIRE(std::memcmp(deq.data() + r * K, ref.data(), size_t(K) * 4) == 0);
+    }
+  }
+  KTiles plain = ktiles_plan(GGML_Q8_0, 32, 256, 1.0f);
+  std::vector<float> x(256), y(32);
+  CHECK(ktiles_matvec(plain, x.data(), 256, 1, y.data(), 16, Accum::Store, 1, nullptr, nullptr, 1e-6f, true) ==
+        cudaErrorInvalidValue);  // not paired (and no memory: refused before any launch)
+  CHECK(ktiles_plan(GGML_Q8_0, 40, 256, 1.0f, true).type == 0);  // 40 rows: no whole pairs of tiles
+}
+
 TEST_CASE("emulated: NVFP4 gate/up with the SwiGLU epilogue (kernels 1-3) matches the CPU") {
   const int64_t F = 96, K = 512, sms = 4;
   HostQMat wa(GGML_NVFP4, F, K, 41), wb(GGML_NVFP4, F, K, 42);

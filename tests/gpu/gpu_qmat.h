@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "gpu_test_util.h"
@@ -46,5 +47,24 @@ struct QMat {
 };
 
 inline double max_rel(const std::vector<float>& a, const std::vector<float>& b) { return rel_err(a.data(), b.data(), a.size()); }
+
+// Whether rows r0 .. r0+nr-1 of w, as downloaded F32 (or BF16, rounded to
+// nearest even) rows of w.cols values, equal the CPU's dequantized rows.
+inline bool rows_equal_f32(const std::vector<float>& got, const QMat& w, int64_t r0, int64_t nr) {
+  bool same = true;
+  for (int64_t r = 0; r < nr; ++r) {
+    auto row = w.row(r0 + r);
+    same &= std::memcmp(got.data() + r * w.cols, row.data(), size_t(w.cols) * 4) == 0;
+  }
+  return same;
+}
+inline bool rows_equal_bf16(const std::vector<uint16_t>& got, const QMat& w, int64_t r0, int64_t nr) {
+  bool same = true;
+  for (int64_t r = 0; r < nr; ++r) {
+    auto row = w.row(r0 + r);
+    for (int64_t k = 0; k < w.cols; ++k) same &= got[size_t(r * w.cols + k)] == fp32_to_bf16(row[size_t(k)]);
+  }
+  return same;
+}
 
 }  // namespace qwen35::test

@@ -467,22 +467,10 @@ TEST_CASE("tiled Q6_K (kernel 2): tensor-core matvec, dequantization and embeddi
   REQUIRE(q6kt_repack(w.dev.get() + 128 * w.row_bytes, w.row_bytes, 128, N - 128, q, 0) == cudaSuccess);
   DevArray<float> f(static_cast<size_t>(N * K));
   REQUIRE(q6kt_dequant_rows_f32(q, 0, N, f.get(), 0) == cudaSuccess);
-  auto hf = f.download();
-  bool same = true;
-  for (int64_t r = 0; r < N; ++r) {
-    auto row = w.row(r);
-    same &= std::memcmp(hf.data() + r * K, row.data(), size_t(K) * 4) == 0;
-  }
-  CHECK(same);
+  CHECK(rows_equal_f32(f.download(), w, 0, N));
   DevArray<uint16_t> bf(static_cast<size_t>(7 * K));
   REQUIRE(q6kt_dequant_rows_bf16(q, 290, 7, bf.get(), 0) == cudaSuccess);
-  auto hb = bf.download();
-  same = true;
-  for (int64_t r = 0; r < 7; ++r) {
-    auto row = w.row(290 + r);
-    for (int64_t k = 0; k < K; ++k) same &= hb[size_t(r * K + k)] == fp32_to_bf16(row[size_t(k)]);
-  }
-  CHECK(same);
+  CHECK(rows_equal_bf16(bf.download(), w, 290, 7));
   for (int n : {1, 2, 5, 8}) {
     CAPTURE(n);
     const int64_t ldx = K + 4, ldy = N + 2;
@@ -839,22 +827,10 @@ TEST_CASE("Q8_0, Q4_K and Q6_K tiles: tensor-core matvec (1-8 warps per tile), d
                                                            : q6kt_slices(q.q6k, sh.sms)));
     DevArray<float> f(static_cast<size_t>(N * K));
     REQUIRE(ktiles_dequant_rows_f32(q, 0, N, f.get(), 0) == cudaSuccess);
-    auto hf = f.download();
-    bool same = true;
-    for (int64_t r = 0; r < N; ++r) {
-      auto row = w.row(r);
-      same &= std::memcmp(hf.data() + r * K, row.data(), size_t(K) * 4) == 0;
-    }
-    CHECK(same);
+    CHECK(rows_equal_f32(f.download(), w, 0, N));
     DevArray<uint16_t> bf(static_cast<size_t>(3 * K));
     REQUIRE(ktiles_dequant_rows_bf16(q, N - 3, 3, bf.get(), 0) == cudaSuccess);
-    auto hb = bf.download();
-    same = true;
-    for (int64_t r = 0; r < 3; ++r) {
-      auto row = w.row(N - 3 + r);
-      for (int64_t k = 0; k < K; ++k) same &= hb[size_t(r * K + k)] == fp32_to_bf16(row[size_t(k)]);
-    }
-    CHECK(same);
+    CHECK(rows_equal_bf16(bf.download(), w, N - 3, 3));
     DevArray<int32_t> ids(std::vector<int32_t>{int32_t(N - 1), 3});
     DevArray<float> emb(static_cast<size_t>(2 * K));
     REQUIRE(ktiles_embedding_rows(q, ids.get(), 2, emb.get(), K, 0) == cudaSuccess);
@@ -883,6 +859,42 @@ TEST_CASE("Q8_0, Q4_K and Q6_K tiles: tensor-core matvec (1-8 warps per tile), d
         auto hb2 = db.download(), h1 = d1.download();
         CHECK(std::memcmp(hb2.data() + (n - 1) * ldy, h1.data(), size_t(N) * 4) == 0);
       }
+    }
+  }
+}
+
+TEST_CASE("paired gate/up tiles (Q8_0, Q4_K, Q6_K): the SwiGLU epilogue and stack-order rows match the CPU") {
+  QWEN35_REQUIRE_GPU();
+  const int sms = device_sms();
+  for (uint32_t type : {uint32_t(GGML_Q8_0), uint32_t(GGML_Q4_K), uint32_t(GGML_Q6_K)}) {
+    CAPTURE(type_info(type)->name);
+    const int64_t F = 9216, N = 2 * F, K = 2560;  // the 4B's FFN gate/up
+    QMat w(type, N, K, 107);
+    KTiles q = ktiles_plan(type, N, K, 0.75f, true);
+    REQUIRE(q.paired());
+    DevArray<uint8_t> buf(ktiles_bytes(q));
+    ktiles_place(&q, buf.get());
+    REQUIRE(ktiles_repack(q, w.dev.get(), w.row_bytes, 0, N, 0) == cudaSuccess);
+    DevArray<float> f(static_cast<size_t>(16 * K));
+    REQUIRE(ktiles_dequant_rows_f32(q, F - 8, 16, f.get(), 0) == cudaSuccess);  // gate rows, then up rows
+    CHECK(rows_equal_f32(f.download(), w, F - 8, 16));
+    for (int n : {1, 2}) {
+      CAPTURE(n);
+      auto x = random_floats(size_t(n * K), 109 + n, -2, 2);
+      DevArray<float> dx(x), dy(static_cast<size_t>(n * N)), da(static_cast<size_t>(n * F));
+      std::vector<float> want(size_t(n * N)), want_act(size_t(n * F));
+      for (int j = 0; j < n; ++j) {
+        for (int64_t r = 0; r < N; ++r)
+          want[size_t(j * N + r)] = vec_dot_ref(type, w.host.data() + r * w.row_bytes, x.data() + j * K, K) * 0.75f;
+        for (int64_t i = 0; i < F; ++i) {
+          const double g = want[size_t(j * N + i)], u = want[size_t(j * N + F + i)];
+          want_act[size_t(j * F + i)] = float(g / (1.0 + std::exp(-g)) * u);
+        }
+      }
+      REQUIRE(ktiles_matvec(q, dx.get(), K, n, dy.get(), N, Accum::Store, sms, 0) == cudaSuccess);
+      CHECK(max_rel(dy.download(), want) < 2e-3);
+      REQUIRE(ktiles_matvec(q, dx.get(), K, n, da.get(), F, Accum::Store, sms, 0, nullptr, 1e-6f, true) == cudaSuccess);
+      CHECK(max_rel(da.download(), want_act) < 4e-3);
     }
   }
 }
