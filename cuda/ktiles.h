@@ -1,8 +1,9 @@
 // A weight in one of the tiled k-quant layouts of the tensor-core decode
 // kernel (tiles_matvec.cuh): Q8_0 (q8_tiled.h, matvec_q8.cu), Q4_K
-// (q4k_tiled.h, matvec_q4k.cu) or Q6_K (q6k_tiled.h, matvec_q6k.cu: the LM
-// head's layout, here for projections), and the kernels' entry points by
-// type, so that the upload and the backend need not know the formats.
+// (q4k_tiled.h, matvec_q4k.cu), Q6_K (q6k_tiled.h, matvec_q6k.cu: the LM
+// head's layout, here for projections) or F16 (f16_tiled.h, matvec_f16.cu),
+// and the kernels' entry points by type, so that the upload and the
+// backend need not know the formats.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -11,6 +12,7 @@
 
 #include "ggml_types.h"
 #include "matmul.h"
+#include "matvec_f16.h"
 #include "matvec_q4k.h"
 #include "matvec_q6k.h"
 #include "matvec_q8.h"
@@ -18,17 +20,42 @@
 namespace qwen35::cuda {
 
 struct KTiles {
-  uint32_t type = 0;  // GGML_Q8_0, GGML_Q4_K or GGML_Q6_K; 0: none
+  uint32_t type = 0;  // GGML_Q8_0, GGML_Q4_K, GGML_Q6_K or GGML_F16; 0: none
   Q8Tiled q8;
   Q4kTiled q4k;
   Q6kTiled q6k;
+  F16Tiled f16;
   bool present() const {
-    return type == GGML_Q8_0 ? q8.present() : type == GGML_Q4_K ? q4k.present() : type == GGML_Q6_K && q6k.present();
+    switch (type) {
+      case GGML_Q8_0: return q8.present();
+      case GGML_Q4_K: return q4k.present();
+      case GGML_Q6_K: return q6k.present();
+      case GGML_F16: return f16.present();
+      default: return false;
+    }
   }
-  int64_t rows() const { return type == GGML_Q8_0 ? q8.rows : type == GGML_Q4_K ? q4k.rows : q6k.rows; }
-  int64_t cols() const { return type == GGML_Q8_0 ? q8.cols : type == GGML_Q4_K ? q4k.cols : q6k.cols; }
-  float scale() const { return type == GGML_Q8_0 ? q8.scale : type == GGML_Q4_K ? q4k.scale : q6k.scale; }
-  bool paired() const { return type == GGML_Q8_0 ? q8.paired : type == GGML_Q4_K ? q4k.paired : q6k.paired; }
+  // The geometry every layout has (rows, cols, scale, paired).
+  template <typename Fn>
+  auto with_layout(Fn&& fn) const {
+    switch (type) {
+      case GGML_Q8_0: return fn(q8);
+      case GGML_Q4_K: return fn(q4k);
+      case GGML_Q6_K: return fn(q6k);
+      default: return fn(f16);
+    }
+  }
+  int64_t rows() const {
+    return with_layout([](const auto& l) { return l.rows; });
+  }
+  int64_t cols() const {
+    return with_layout([](const auto& l) { return l.cols; });
+  }
+  float scale() const {
+    return with_layout([](const auto& l) { return l.scale; });
+  }
+  bool paired() const {
+    return with_layout([](const auto& l) { return l.paired; });
+  }
 };
 
 // Whether a weight of this type and row length has a tiled layout.
@@ -45,6 +72,8 @@ void ktiles_place(KTiles* t, uint8_t* base);
 cudaError_t ktiles_repack(const KTiles& t, const uint8_t* src, uint64_t row_bytes, int64_t r0, int64_t nr,
                           cudaStream_t stream);
 
+// Warps of a block sharing a tile (column slices) on `sms` multiprocessors.
+int ktiles_slices(const KTiles& t, int sms);
 // y = W x (with norm: W rmsnorm(x) and the norm's weights); with swiglu (a
 // paired stack, Store): y[j][i] = silu(gate_i . x_j) * (up_i . x_j), rows/2
 // outputs.

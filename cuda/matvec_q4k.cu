@@ -48,6 +48,7 @@ struct Q4kFormat {
     uint2 dm;  // d (.x) and dmin (.y) of rows g (low half), g+8 (high half)
   };
   static constexpr bool kXsum = true;
+  static constexpr int kDepth = 4;
   __device__ static Frag zero() { return Frag{make_uint4(0, 0, 0, 0), make_uint2(0, 0), make_uint2(0, 0)}; }
   __device__ static Frag load(const Q4kTiled& w, int64_t tile, int kg, int lane) {
     const int64_t kg_n = w.kgroups(), unit = tile * kg_n + kg;

@@ -543,6 +543,7 @@ struct Q6kFormat {
     uint32_t d;  // the super-scales of rows g, g+8 of the kgroup's 256 columns
   };
   static constexpr bool kXsum = false;
+  static constexpr int kDepth = 4;
   __device__ static Frag zero() { return Frag{make_uint4(0, 0, 0, 0), make_uint2(0, 0), make_uint2(0, 0), 0u}; }
   __device__ static Frag load(const Q6kTiled& w, int64_t tile, int kg, int lane) {
     const int64_t kg_n = w.kgroups(), unit = tile * kg_n + kg;

@@ -52,6 +52,7 @@ struct Q8Format {
     uint2 sc;        // the block scales of rows g, g+8: block 0 in .x, block 1 in .y
   };
   static constexpr bool kXsum = false;
+  static constexpr int kDepth = 4;
   __device__ static Frag zero() { return Frag{make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0), make_uint2(0, 0)}; }
   __device__ static Frag load(const Q8Tiled& w, int64_t tile, int kg, int lane) {
     const int64_t unit = tile * w.kgroups() + kg;

@@ -17,6 +17,7 @@
 //   using Weight = ...;                 rows, cols, scale, tiles(), kgroups()
 //   struct Frag;                        one kgroup's loads of one lane
 //   static constexpr bool kXsum;        needs the chunk sums of the activations
+//   static constexpr int kDepth;        kgroups in flight per warp (registers: kDepth Frags)
 //   static Frag zero();
 //   static Frag load(const Weight&, int64_t tile, int kg, int lane);   (ld_stream)
 //   static void kgroup(float* acc, const Frag&, int kg, const uint16_t* xb, const float* mp,
@@ -37,7 +38,6 @@ namespace qwen35::cuda {
 namespace {
 
 constexpr int kTileWarps = 8;  // warps per block
-constexpr int kTileDepth = 4;  // kgroups in flight per warp
 
 // Dynamic shared memory: the activations as tc_load_x writes them, then
 // (kXsum) the chunk sums [nch][8].
@@ -53,7 +53,7 @@ size_t tiles_smem(int64_t cols, int n) {
 template <class F, int S>
 __global__ void __launch_bounds__(kTileWarps* kWarp)
     tiles_matvec_kernel(typename F::Weight w, TcInput in, float* __restrict__ y, int64_t ldy, bool add, bool swiglu) {
-  constexpr int W = kTileWarps, T = W / S, P = kTileDepth;
+  constexpr int W = kTileWarps, T = W / S, P = F::kDepth;
   uint8_t* smem_raw = dynamic_smem<uint8_t>();
   __shared__ float red[S > 1 ? W : 1][kWarp][4];
   __shared__ float ss_part[W][kMatvecMaxCols];  // the RMS norm's sums of squares (in.norm)

@@ -2,7 +2,7 @@
 // plain host/device functions in cuda/*.h, so CI runs this without a GPU):
 // the tiled NVFP4 layout and its bit-level E2M1 -> F16 decoding, the
 // tensor-core fragment mapping (emulated from the PTX fragment tables), and
-// the row-interleaved and tiled Q6_K layouts, and the tiled Q8_0 and Q4_K layouts.
+// the row-interleaved and tiled Q6_K layouts, and the tiled Q8_0, Q4_K and F16 layouts.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -15,6 +15,7 @@
 #include "ggml_types.h"
 #include "q6k_rows32.h"
 #include "q6k_tiled.h"
+#include "f16_tiled.h"
 #include "q4k_tiled.h"
 #include "q8_tiled.h"
 #include "quants.h"
@@ -602,6 +603,43 @@ TEST_CASE("tiled Q4_K: registers decode to q, positions invert the lane words, v
           REQUIRE(v == (src < rows ? deq[size_t(kg * 64 + cc)] : 0.0f));
         }
       }
+    }
+  }
+}
+
+TEST_CASE("tiled F16: each lane's registers hold the GGUF values of their fragment positions; offsets invert them") {
+  const int64_t rows = 24, cols = 128;  // a partial last tile, two kgroups
+  std::vector<uint16_t> m(size_t(rows * cols));
+  std::mt19937 rng(37);
+  for (uint16_t& h : m) h = fp32_to_fp16(std::normal_distribution<float>(0.0f, 1.0f)(rng));
+  for (int64_t tile = 0; tile < (rows + 15) / 16; ++tile) {
+    for (int64_t kg = 0; kg < cols / 64; ++kg) {
+      const uint8_t* row[16];
+      for (int r = 0; r < 16; ++r) {
+        const int64_t src = tile * 16 + r;
+        row[r] = src < rows ? reinterpret_cast<const uint8_t*>(m.data() + src * cols + kg * 64) : nullptr;
+      }
+      uint8_t unit[kF16CodeBytes];
+      for (int lane = 0; lane < 32; ++lane)
+        for (int w = 0; w < 4; ++w)
+          for (int reg = 0; reg < 4; ++reg) {
+            const uint32_t word = f16t_lane_word(row, lane, w, reg);
+            std::memcpy(unit + 512 * w + 16 * lane + 4 * reg, &word, 4);
+            for (int hi = 0; hi < 2; ++hi) {
+              int r, col;
+              fp4_code_position(lane, w, 2 * reg + hi, &r, &col);
+              const int64_t src = tile * 16 + r;
+              const uint16_t want = src < rows ? m[size_t(src * cols + kg * 64 + col)] : uint16_t(0);
+              REQUIRE(uint16_t(word >> (16 * hi)) == want);
+            }
+          }
+      for (int r = 0; r < 16; ++r)
+        for (int cc = 0; cc < 64; ++cc) {
+          const int64_t src = tile * 16 + r;
+          uint16_t got;
+          std::memcpy(&got, unit + f16t_offset(r, cc), 2);
+          REQUIRE(got == (src < rows ? m[size_t(src * cols + kg * 64 + cc)] : uint16_t(0)));
+        }
     }
   }
 }

@@ -293,7 +293,7 @@ TEST_CASE("emulated CUDA backend: a model on each of two devices gives the same 
   CHECK(b == a);
 }
 
-TEST_CASE("emulated CUDA backend: Q8_0, Q4_K and mixed-type models (k-quant tiles, generic kernels) track the CPU reference") {
+TEST_CASE("emulated CUDA backend: Q8_0, Q4_K, Q6_K and mixed-type models (tiles, generic kernels) track the CPU reference") {
   struct Shape {
     const char* name;
     SynthConfig cfg;
@@ -331,15 +331,18 @@ TEST_CASE("emulated CUDA backend: Q8_0, Q4_K and mixed-type models (k-quant tile
     CAPTURE(sh.name);
     const std::string path = synth_model(sh.name, sh.cfg);
     {
-      // The upload puts the Q8_0 and Q4_K weights into their tiles (and the
-      // self-checks pass: otherwise it uploads GGUF layouts only).
+      // The upload puts the Q8_0, Q4_K, Q6_K and F16 projections into their
+      // tiles (and the self-checks pass: otherwise it uploads GGUF layouts
+      // only).
       std::unique_ptr<Model> model;
       REQUIRE(LoadModel(path, {}, {}, &model).ok());
       REQUIRE(UploadModelToCuda(*model, 0, true).ok());
       const cuda::DeviceModel* dm = cuda::device_model(*model);
       REQUIRE(dm);
       CHECK(dm->fast);
-      auto tiled_type = [](uint32_t t) { return t == GGML_Q8_0 || t == GGML_Q4_K || t == GGML_Q6_K; };
+      auto tiled_type = [](uint32_t t) {
+        return t == GGML_Q8_0 || t == GGML_Q4_K || t == GGML_Q6_K || t == GGML_F16;
+      };
       int q6k = 0;
       for (const Layer& L : model->layers)
         for (const Weight* w : {&L.wqkv, &L.wgate, &L.ssm_out, &L.wq, &L.wo, &L.ffn_gate, &L.ffn_up, &L.ffn_down})
@@ -369,11 +372,10 @@ TEST_CASE("emulated CUDA backend: Q8_0, Q4_K and mixed-type models (k-quant tile
       // The embedding (tied: also the LM head; Q8_0 where 128 columns are
       // too few for Q6_K, which has its own kernels there) and the untied
       // LM head.
-      const bool embd_tiles = model->token_embd.type == GGML_Q8_0 || model->token_embd.type == GGML_Q4_K;
-      CHECK(dm->token_embd.tiles.present() == embd_tiles);
+      auto embd_tiled = [&](uint32_t t) { return tiled_type(t) && t != GGML_Q6_K; };  // (Q6_K: its head kernels)
+      CHECK(dm->token_embd.tiles.present() == embd_tiled(model->token_embd.type));
       CHECK(dm->token_embd.repacked());
-      CHECK(dm->output_own.tiles.present() ==
-            (!model->tied_output && (model->output.type == GGML_Q8_0 || model->output.type == GGML_Q4_K)));
+      CHECK(dm->output_own.tiles.present() == (!model->tied_output && embd_tiled(model->output.type)));
       CHECK(model->tied_output == !sh.cfg.untied);
     }
     // The CPU reference (float path), the GPU with the tiles and the GPU

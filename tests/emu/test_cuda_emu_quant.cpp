@@ -352,7 +352,7 @@ TEST_CASE("emulated: the tiled Q6_K kernels' greedy epilogue gives argmax_rows()
   CHECK(ids[0] == (earlier >= 0 ? earlier : m));
 }
 
-TEST_CASE("emulated: the Q8_0, Q4_K and Q6_K tiles (1-8 warps per tile) match the CPU products; their rows dequantize exactly") {
+TEST_CASE("emulated: the Q8_0, Q4_K, Q6_K and F16 tiles (1-8 warps per tile) match the CPU products; their rows dequantize exactly") {
   struct Shape {
     uint32_t type;
     int64_t rows, cols;
@@ -365,7 +365,8 @@ TEST_CASE("emulated: the Q8_0, Q4_K and Q6_K tiles (1-8 warps per tile) match th
                          Shape{GGML_Q8_0, 400, 256, 4, 4}, Shape{GGML_Q8_0, 40, 320, 1, 4}, Shape{GGML_Q8_0, 40, 512, 1, 8},
                          Shape{GGML_Q4_K, 400, 256, 1, 1}, Shape{GGML_Q4_K, 400, 256, 4, 4},
                          Shape{GGML_Q4_K, 40, 512, 1, 8}, Shape{GGML_Q4_K, 24, 768, 1, 8},
-                         Shape{GGML_Q6_K, 400, 256, 2, 2}, Shape{GGML_Q6_K, 40, 768, 1, 8}}) {
+                         Shape{GGML_Q6_K, 400, 256, 2, 2}, Shape{GGML_Q6_K, 40, 768, 1, 8},
+                         Shape{GGML_F16, 400, 256, 2, 2}, Shape{GGML_F16, 40, 320, 1, 4}}) {
     const int64_t N = sh.rows, K = sh.cols;
     CAPTURE(type_info(sh.type)->name);
     CAPTURE(N);
@@ -379,9 +380,7 @@ TEST_CASE("emulated: the Q8_0, Q4_K and Q6_K tiles (1-8 warps per tile) match th
     REQUIRE(ktiles_repack(q, w.data.data(), w.row_bytes, 0, 16, nullptr) == cudaSuccess);
     REQUIRE(ktiles_repack(q, w.data.data() + 16 * w.row_bytes, w.row_bytes, 16, N - 16, nullptr) == cudaSuccess);
     REQUIRE(q.present());
-    REQUIRE((sh.type == GGML_Q8_0   ? q8t_slices(q.q8, sh.sms)
-             : sh.type == GGML_Q4_K ? q4kt_slices(q.q4k, sh.sms)
-                                    : q6kt_slices(q.q6k, sh.sms)) == sh.slices);
+    REQUIRE(ktiles_slices(q, sh.sms) == sh.slices);
     std::vector<float> first_row0;
     for (int n : {1, 2, 5, 8}) {
       CAPTURE(n);
@@ -445,11 +444,12 @@ TEST_CASE("emulated: the Q8_0, Q4_K and Q6_K tiles (1-8 warps per tile) match th
   CHECK(!ktiles_supported(GGML_Q8_0, 96));
   CHECK(!ktiles_supported(GGML_Q6_K, 128));
   CHECK(!ktiles_supported(GGML_NVFP4, 256));
+  CHECK(!ktiles_supported(GGML_BF16, 256));
   CHECK(ktiles_plan(GGML_Q4_K, 16, 128, 1.0f).type == 0);
 }
 
-TEST_CASE("emulated: paired gate/up tiles (Q8_0, Q4_K, Q6_K): the SwiGLU epilogue, stack-order rows, one-range repack") {
-  for (uint32_t type : {uint32_t(GGML_Q8_0), uint32_t(GGML_Q4_K), uint32_t(GGML_Q6_K)}) {
+TEST_CASE("emulated: paired gate/up tiles (Q8_0, Q4_K, Q6_K, F16): the SwiGLU epilogue, stack-order rows, one-range repack") {
+  for (uint32_t type : {uint32_t(GGML_Q8_0), uint32_t(GGML_Q4_K), uint32_t(GGML_Q6_K), uint32_t(GGML_F16)}) {
     CAPTURE(type_info(type)->name);
     const int64_t F = 40, N = 2 * F, K = 512;  // [gate; up], 5 tiles of 8 gate + 8 up rows
     HostQMat w(type, N, K, 101);

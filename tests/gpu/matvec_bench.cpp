@@ -20,8 +20,8 @@
 //
 // Kernels: `generic` (matmul.cu, every type in its GGUF layout), `fp4`
 // (NVFP4 in the tiled layout, the decode default), `q6k` (Q6_K tiled, the
-// LM head's kernel), `tiles` (Q8_0, Q4_K and Q6_K tiled, warps sharing a
-// tile by slices, ktiles.h). --smoke:
+// LM head's kernel), `tiles` (Q8_0, Q4_K, Q6_K and F16 tiled, warps sharing
+// a tile by slices, ktiles.h). --smoke:
 // small shapes and few launches, for the CPU emulation (CI).
 #include <cuda_runtime_api.h>
 
@@ -362,7 +362,7 @@ int main(int argc, char** argv) {
           cases.push_back(std::move(c));
         }
       }
-      if (ktiles_supported(type, sh.cols)) {  // Q8_0, Q4_K, Q6_K (sliced)
+      if (ktiles_supported(type, sh.cols)) {  // Q8_0, Q4_K, Q6_K (sliced), F16
         std::vector<KTiles> t(static_cast<size_t>(copies));
         bool good = true;
         for (int i = 0; i < copies && good; ++i) {

@@ -137,7 +137,7 @@ for t in "${TESTS[@]}"; do
 done
 # Quick mode: the op tests of the chained projections and the k-quant tiles only.
 if [ "$QUICK" = 1 ] && [ -x "$BIN/test_cuda_ops" ]; then
-  step "test_cuda_ops, chains, tiles" 300 "$BIN/test_cuda_ops" -tc="*chain*,*Q6_K tiles*,*paired*" --duration=true
+  step "test_cuda_ops, chains, tiles" 300 "$BIN/test_cuda_ops" -tc="*chain*,*F16 tiles*,*paired*" --duration=true
 fi
 # The model tests again with chained projections (each layer's tail with
 # the delta rule or attention in front, and each FFN, in one launch).
@@ -199,7 +199,7 @@ for qm in "Q8_0|$M4Q8" "Q4_K|$M4Q4K"; do
   IFS='|' read -r qt qf <<<"$qm"
   [ -s "$qf" ] || continue
   bench "bench 4B $qt" "$BIN/qwen35-cuda-bench" -m "$qf" -p 512 -n 128 --device cuda --json --check 6
-  bench "  $qt: generic kernels" env QWEN35_CUDA_KTILES=0 "$BIN/qwen35-cuda-bench" -m "$qf" -p 512 -n 128 \
+  bench "  $qt: generic kernels" env QWEN35_CUDA_KTILES=0 "$BIN/qwen35-cuda-bench" -m "$qf" -p 512 -n 64 \
     --device cuda --json
 done
 # The vision encoder on the GPU: a 640x480 image through a random projector

@@ -795,7 +795,7 @@ TEST_CASE("tiled Q6_K: the persistent launches (kernel 2, kernel 3 with bulk cop
   }
 }
 
-TEST_CASE("Q8_0, Q4_K and Q6_K tiles: tensor-core matvec (1-8 warps per tile), dequantization and embedding rows match the CPU") {
+TEST_CASE("Q8_0, Q4_K, Q6_K and F16 tiles: tensor-core matvec (1-8 warps per tile), dequantization and embedding rows match the CPU") {
   QWEN35_REQUIRE_GPU();
   const int sms = device_sms();
   struct Shape {
@@ -809,7 +809,8 @@ TEST_CASE("Q8_0, Q4_K and Q6_K tiles: tensor-core matvec (1-8 warps per tile), d
                          Shape{GGML_Q4_K, 2560, 9216, sms}, Shape{GGML_Q4_K, 9216, 2560, sms},
                          Shape{GGML_Q8_0, 400, 256, 1}, Shape{GGML_Q8_0, 400, 256, 2}, Shape{GGML_Q8_0, 400, 256, 4},
                          Shape{GGML_Q6_K, 2560, 9216, sms}, Shape{GGML_Q8_0, 40, 320, 1}, Shape{GGML_Q8_0, 40, 512, 1},
-                         Shape{GGML_Q4_K, 400, 256, 2}, Shape{GGML_Q4_K, 24, 768, 1}, Shape{GGML_Q6_K, 40, 768, 1}}) {
+                         Shape{GGML_Q4_K, 400, 256, 2}, Shape{GGML_Q4_K, 24, 768, 1}, Shape{GGML_Q6_K, 40, 768, 1},
+                         Shape{GGML_F16, 2560, 9216, sms}, Shape{GGML_F16, 40, 320, 1}}) {
     const int64_t N = sh.rows, K = sh.cols;
     CAPTURE(type_info(sh.type)->name);
     CAPTURE(N);
@@ -822,9 +823,7 @@ TEST_CASE("Q8_0, Q4_K and Q6_K tiles: tensor-core matvec (1-8 warps per tile), d
     ktiles_place(&q, buf.get());
     REQUIRE(ktiles_repack(q, w.dev.get(), w.row_bytes, 0, 16, 0) == cudaSuccess);
     REQUIRE(ktiles_repack(q, w.dev.get() + 16 * w.row_bytes, w.row_bytes, 16, N - 16, 0) == cudaSuccess);
-    MESSAGE("slices per tile: " << (sh.type == GGML_Q8_0   ? q8t_slices(q.q8, sh.sms)
-                                    : sh.type == GGML_Q4_K ? q4kt_slices(q.q4k, sh.sms)
-                                                           : q6kt_slices(q.q6k, sh.sms)));
+    MESSAGE("slices per tile: " << ktiles_slices(q, sh.sms));
     DevArray<float> f(static_cast<size_t>(N * K));
     REQUIRE(ktiles_dequant_rows_f32(q, 0, N, f.get(), 0) == cudaSuccess);
     CHECK(rows_equal_f32(f.download(), w, 0, N));
@@ -863,10 +862,10 @@ TEST_CASE("Q8_0, Q4_K and Q6_K tiles: tensor-core matvec (1-8 warps per tile), d
   }
 }
 
-TEST_CASE("paired gate/up tiles (Q8_0, Q4_K, Q6_K): the SwiGLU epilogue and stack-order rows match the CPU") {
+TEST_CASE("paired gate/up tiles (Q8_0, Q4_K, Q6_K, F16): the SwiGLU epilogue and stack-order rows match the CPU") {
   QWEN35_REQUIRE_GPU();
   const int sms = device_sms();
-  for (uint32_t type : {uint32_t(GGML_Q8_0), uint32_t(GGML_Q4_K), uint32_t(GGML_Q6_K)}) {
+  for (uint32_t type : {uint32_t(GGML_Q8_0), uint32_t(GGML_Q4_K), uint32_t(GGML_Q6_K), uint32_t(GGML_F16)}) {
     CAPTURE(type_info(type)->name);
     const int64_t F = 9216, N = 2 * F, K = 2560;  // the 4B's FFN gate/up
     QMat w(type, N, K, 107);
