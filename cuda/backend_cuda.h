@@ -134,7 +134,7 @@ class CudaBackend final : public Backend {
 
   // y = W x for the generic and GEMM paths (one GGUF part).
   Status mm(const MatView& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy, bool add);
-  // The same for a Q8_0 / Q4_K part in its tiles.
+  // The same for a weight in tiles (ktiles.h: a part, a stack, an LM head).
   Status mm_tiles(const KTiles& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy, bool add);
   // The GEMM path of mm and mm_tiles: `deq` writes rows r0 .. r0+nr-1 of the
   // weight to deq_ (F32 or BF16 as gemm_type_ asks).

@@ -209,13 +209,14 @@ Status CudaBackend::head(const DevEmbed& E, const float* hn, int64_t n, float* l
   if (q.present() && q6k_matvec_fits(q, int(n)))
     return cuda_status(q6k_matvec(q, hn, hp_.n_embd, int(n), logits, ldl, Accum::Store, stream_), "the LM head");
   // The GEMM path: row blocks dequantized from the repacked layout.
-  return mm_gemm(E.rows(), E.cols(), E.scale(), hn, hp_.n_embd, n, logits, ldl, false, [this, &E](int64_t r0, int64_t nr) {
+  auto deq = [this, &E](int64_t r0, int64_t nr) {
     if (gemm_type_ == GemmType::F32)
       return E.q6kt.present() ? q6kt_dequant_rows_f32(E.q6kt, r0, nr, static_cast<float*>(deq_), stream_)
                               : q6k_dequant_rows_f32(E.q6k, r0, nr, static_cast<float*>(deq_), stream_);
     return E.q6kt.present() ? q6kt_dequant_rows_bf16(E.q6kt, r0, nr, static_cast<uint16_t*>(deq_), stream_)
                             : q6k_dequant_rows_bf16(E.q6k, r0, nr, static_cast<uint16_t*>(deq_), stream_);
-  });
+  };
+  return mm_gemm(E.rows(), E.cols(), E.scale(), hn, hp_.n_embd, n, logits, ldl, false, deq);
 }
 
 // ---- layers ------------------------------------------------------------------------

@@ -6,8 +6,8 @@
 // DevLinear so one kernel computes them all (attention: q|gate, k, v; delta
 // net: qkv, z, beta, alpha; FFN: gate, up). NVFP4 stacks are repacked into
 // the tiled layout of the tensor-core decode kernel (fp4_tiled.h), Q8_0,
-// Q4_K and Q6_K projections and Q8_0 / Q4_K embeddings into their tiles
-// (ktiles.h) and a Q6_K embedding / LM head into the tiled or
+// Q4_K, Q6_K and F16 projections and Q8_0 / Q4_K / F16 embeddings into
+// their tiles (ktiles.h) and a Q6_K embedding / LM head into the tiled or
 // row-interleaved layout (q6k_tiled.h, q6k_rows32.h); everything else stays
 // in its GGUF layout for the generic kernels.
 #pragma once
@@ -43,7 +43,7 @@ struct DevLinear {
 };
 
 // A token embedding / LM head matrix: GGUF layout, Q6kRows32, Q6kTiled or
-// Q8_0 / Q4_K tiles (one of them).
+// tiles of ktiles.h (one of them).
 struct DevEmbed {
   MatView gguf;
   Q6kRows32 q6k;

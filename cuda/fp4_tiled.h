@@ -108,11 +108,11 @@ QWEN35_HD int64_t fp4_source_row(Fp4Pairing pairing, int64_t tile, int i, bool* 
   return kFp4TileRows * tile + i;
 }
 
-// The k-quant tiles (q8_tiled.h, q4k_tiled.h, q6k_tiled.h) of a paired
-// gate/up stack ([gate; up], F rows each): tile t holds gate rows 8t..8t+7
-// as its rows 0-7 and the same up rows as its rows 8-15, so a lane holds a
-// gate output and its up output (the SwiGLU epilogue). The stack row of
-// tile row i, and the tile row (16 * tile + i) of stack row r.
+// The tiles of ktiles.h (q8_tiled.h, q4k_tiled.h, q6k_tiled.h, f16_tiled.h)
+// of a paired gate/up stack ([gate; up], F rows each): tile t holds gate
+// rows 8t..8t+7 as its rows 0-7 and the same up rows as its rows 8-15, so a
+// lane holds a gate output and its up output (the SwiGLU epilogue). The
+// stack row of tile row i, and the tile row (16 * tile + i) of stack row r.
 QWEN35_HD int64_t tiles_paired_row(int64_t tile, int i, int64_t F) {
   return i < 8 ? 8 * tile + i : F + 8 * tile + (i - 8);
 }

@@ -79,7 +79,8 @@ int ktiles_slices(const KTiles& t, int sms);
 // outputs.
 bool ktiles_matvec_fits(const KTiles& t, int n);
 cudaError_t ktiles_matvec(const KTiles& t, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc,
-                          int sms, cudaStream_t stream, const float* norm = nullptr, float eps = 1e-6f, bool swiglu = false);
+                          int sms, cudaStream_t stream, const float* norm = nullptr, float eps = 1e-6f,
+                          bool swiglu = false);
 cudaError_t ktiles_dequant_rows_f32(const KTiles& t, int64_t r0, int64_t nr, float* dst, cudaStream_t stream);
 cudaError_t ktiles_dequant_rows_bf16(const KTiles& t, int64_t r0, int64_t nr, uint16_t* dst, cudaStream_t stream);
 cudaError_t ktiles_embedding_rows(const KTiles& t, const int32_t* tokens, int64_t n, float* out, int64_t ldo,

@@ -125,8 +125,8 @@ cudaError_t q4kt_repack(const uint8_t* src, uint64_t row_bytes, int64_t r0, int6
   const int64_t r1 = r0 + nr;
   if (r1 > dst.rows || (r1 % kFp4TileRows != 0 && r1 != dst.rows)) return cudaErrorInvalidValue;
   if (dst.paired && (r0 != 0 || r1 != dst.rows || dst.rows % 16 != 0)) return cudaErrorInvalidValue;  // one range
-  return launch_plain(q4kt_repack_kernel, dim3(ceil_div(tiles_repack_threads(nr, dst.kgroups()), 256)), dim3(256), 0, stream, src, row_bytes, r0, r1,
-                      dst, const_cast<uint8_t*>(dst.codes), const_cast<uint8_t*>(dst.sm),
+  return launch_plain(q4kt_repack_kernel, dim3(ceil_div(tiles_repack_threads(nr, dst.kgroups()), 256)), dim3(256), 0,
+                      stream, src, row_bytes, r0, r1, dst, const_cast<uint8_t*>(dst.codes), const_cast<uint8_t*>(dst.sm),
                       const_cast<uint16_t*>(dst.dm));
 }
 

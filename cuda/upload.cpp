@@ -3,8 +3,9 @@
 //
 // Every tensor goes into one device allocation. NVFP4 projections that read
 // the same input are stacked and repacked into the tiled decode layout;
-// Q8_0, Q4_K and Q6_K projections (stacked when their parts share a type)
-// and Q8_0 / Q4_K embeddings into their tiles (ktiles.h); a Q6_K embedding
+// Q8_0, Q4_K, Q6_K and F16 projections (stacked when their parts share a
+// type) and Q8_0 / Q4_K / F16 embeddings into their tiles (ktiles.h,
+// gate/up in pairs); a Q6_K embedding
 // / LM head into the tiled or row-interleaved layout. The repacking runs on
 // the device from a staging copy of the GGUF bytes. After the first repack
 // of each kind a self-check compares the fast kernel with the generic one
@@ -141,7 +142,7 @@ class Uploader {
     DevEmbed* out;
     uint64_t off = 0;
   };
-  struct KJob {  // Q8_0 / Q4_K rows (a stack, a part of one, an embedding / LM head) into tiles
+  struct KJob {  // rows of a tiled type (a stack, a part of one, an embedding / LM head) into tiles
     std::vector<const Weight*> parts;  // stacked by rows, same type and row length
     KTiles* out;
     uint64_t off = 0;
@@ -185,7 +186,7 @@ class Uploader {
   DeviceModel& dm_;
   bool fast_;
   bool fp4_gemm_;
-  bool ktiles_;  // Q8_0 / Q4_K weights into their tiles (QWEN35_CUDA_KTILES=0: GGUF layout)
+  bool ktiles_;  // Q8_0 / Q4_K / Q6_K / F16 weights into their tiles (QWEN35_CUDA_KTILES=0: GGUF layout)
   bool check_failed_ = false;
   uint64_t total_ = 0;
   std::map<const void*, std::pair<uint64_t, uint64_t>> raw_;  // host -> (offset, bytes)
@@ -238,9 +239,9 @@ void Uploader::plan_linear(DevLinear* L, std::vector<const Weight*> parts, bool 
     dm_.fp4_counter_ints = std::max(dm_.fp4_counter_ints, fp4_counter_ints(t));
     return;
   }
-  // Q8_0 / Q4_K parts in their tiles: the whole stack in one when every
-  // part has the same type and scale (one launch), else part by part; the
-  // others as they are.
+  // Parts of the tiled types (ktiles.h) in their tiles: the whole stack in
+  // one when every part has the same type and scale (one launch), else part
+  // by part; the others as they are.
   linear_parts_[L] = parts;
   if (plan_ktiles(parts, &L->stack, gate_up)) return;
   L->tiles.assign(parts.size(), KTiles{});
@@ -289,7 +290,7 @@ void Uploader::plan_embed(DevEmbed* e, const Weight& w) {
     reserve(q.d_bytes());
     return;
   }
-  if (plan_ktiles({&w}, &e->tiles)) return;  // Q8_0 / Q4_K: embedding rows and the LM head from the tiles
+  if (plan_ktiles({&w}, &e->tiles)) return;  // tiled types: embedding rows and the LM head from the tiles
   plan_raw(w);
 }
 
