@@ -22,15 +22,9 @@ namespace qwen35::cuda {
 
 constexpr int kF16CodeBytes = 2048;  // per tile and kgroup
 
-struct F16Tiled {
+struct F16Tiled : TileShape {
   const uint8_t* codes = nullptr;
-  int64_t rows = 0, cols = 0;  // cols a multiple of 64
-  bool paired = false;         // a gate/up stack in pairs (tiles_paired_row: the SwiGLU epilogue)
-  float scale = 1.0f;          // per-tensor output scale
   QWEN35_HD bool present() const { return codes != nullptr; }
-  QWEN35_HD int64_t tiles() const { return (rows + kFp4TileRows - 1) / kFp4TileRows; }
-  QWEN35_HD int64_t kgroups() const { return cols / kFp4GroupCols; }
-  QWEN35_HD uint64_t units() const { return uint64_t(tiles()) * uint64_t(kgroups()); }
   QWEN35_HD uint64_t code_bytes() const { return units() * kF16CodeBytes; }
 };
 

@@ -108,6 +108,18 @@ QWEN35_HD int64_t fp4_source_row(Fp4Pairing pairing, int64_t tile, int i, bool* 
   return kFp4TileRows * tile + i;
 }
 
+// The shape of a weight in the tiles of ktiles.h (q8_tiled.h, q4k_tiled.h,
+// q6k_tiled.h, f16_tiled.h), whose layouts add their arrays to it: 16-row
+// tiles, 64-column kgroups, a unit per tile and kgroup.
+struct TileShape {
+  int64_t rows = 0, cols = 0;  // cols a multiple of 64 (of 256 for Q4_K and Q6_K)
+  bool paired = false;         // a gate/up stack in pairs (tiles_paired_row: the SwiGLU epilogue)
+  float scale = 1.0f;          // per-tensor output scale
+  QWEN35_HD int64_t tiles() const { return (rows + kFp4TileRows - 1) / kFp4TileRows; }
+  QWEN35_HD int64_t kgroups() const { return cols / kFp4GroupCols; }
+  QWEN35_HD uint64_t units() const { return uint64_t(tiles()) * uint64_t(kgroups()); }
+};
+
 // The tiles of ktiles.h (q8_tiled.h, q4k_tiled.h, q6k_tiled.h, f16_tiled.h)
 // of a paired gate/up stack ([gate; up], F rows each): tile t holds gate
 // rows 8t..8t+7 as its rows 0-7 and the same up rows as its rows 8-15, so a

@@ -1,4 +1,4 @@
-// The tiled k-quant layouts by type (see ktiles.h).
+// The tiled layouts (Q8_0, Q4_K, Q6_K, F16) by type (see ktiles.h).
 #include "ktiles.h"
 
 namespace qwen35::cuda {
@@ -17,27 +17,11 @@ KTiles ktiles_plan(uint32_t type, int64_t rows, int64_t cols, float scale, bool 
   KTiles t;
   if (!ktiles_supported(type, cols) || (paired && rows % 16 != 0)) return t;
   t.type = type;
-  if (type == GGML_Q8_0) {
-    t.q8.rows = rows;
-    t.q8.cols = cols;
-    t.q8.scale = scale;
-    t.q8.paired = paired;
-  } else if (type == GGML_Q4_K) {
-    t.q4k.rows = rows;
-    t.q4k.cols = cols;
-    t.q4k.scale = scale;
-    t.q4k.paired = paired;
-  } else if (type == GGML_Q6_K) {
-    t.q6k.rows = rows;
-    t.q6k.cols = cols;
-    t.q6k.scale = scale;
-    t.q6k.paired = paired;
-  } else {
-    t.f16.rows = rows;
-    t.f16.cols = cols;
-    t.f16.scale = scale;
-    t.f16.paired = paired;
-  }
+  TileShape& s = t.shape();
+  s.rows = rows;
+  s.cols = cols;
+  s.scale = scale;
+  s.paired = paired;
   return t;
 }
 

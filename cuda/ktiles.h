@@ -34,28 +34,20 @@ struct KTiles {
       default: return false;
     }
   }
-  // The geometry every layout has (rows, cols, scale, paired).
-  template <typename Fn>
-  auto with_layout(Fn&& fn) const {
+  // The shape every layout has (rows, cols, scale, paired).
+  const TileShape& shape() const {
     switch (type) {
-      case GGML_Q8_0: return fn(q8);
-      case GGML_Q4_K: return fn(q4k);
-      case GGML_Q6_K: return fn(q6k);
-      default: return fn(f16);
+      case GGML_Q8_0: return q8;
+      case GGML_Q4_K: return q4k;
+      case GGML_Q6_K: return q6k;
+      default: return f16;
     }
   }
-  int64_t rows() const {
-    return with_layout([](const auto& l) { return l.rows; });
-  }
-  int64_t cols() const {
-    return with_layout([](const auto& l) { return l.cols; });
-  }
-  float scale() const {
-    return with_layout([](const auto& l) { return l.scale; });
-  }
-  bool paired() const {
-    return with_layout([](const auto& l) { return l.paired; });
-  }
+  TileShape& shape() { return const_cast<TileShape&>(static_cast<const KTiles*>(this)->shape()); }
+  int64_t rows() const { return shape().rows; }
+  int64_t cols() const { return shape().cols; }
+  float scale() const { return shape().scale; }
+  bool paired() const { return shape().paired; }
 };
 
 // Whether a weight of this type and row length has a tiled layout.

@@ -31,17 +31,11 @@ constexpr int kQ4kCodeBytes = 512;  // per tile and kgroup
 constexpr int kQ4kSmBytes = 64;     // per tile and kgroup
 constexpr int kQ4kDmBytes = 64;     // per tile and 4 kgroups
 
-struct Q4kTiled {
+struct Q4kTiled : TileShape {
   const uint8_t* codes = nullptr;
   const uint8_t* sm = nullptr;
   const uint16_t* dm = nullptr;
-  int64_t rows = 0, cols = 0;  // cols a multiple of 256
-  bool paired = false;         // a gate/up stack in pairs (tiles_paired_row: the SwiGLU epilogue)
-  float scale = 1.0f;          // per-tensor output scale
   QWEN35_HD bool present() const { return codes != nullptr; }
-  QWEN35_HD int64_t tiles() const { return (rows + kFp4TileRows - 1) / kFp4TileRows; }
-  QWEN35_HD int64_t kgroups() const { return cols / kFp4GroupCols; }
-  QWEN35_HD uint64_t units() const { return uint64_t(tiles()) * uint64_t(kgroups()); }
   QWEN35_HD uint64_t code_bytes() const { return units() * kQ4kCodeBytes; }
   QWEN35_HD uint64_t sm_bytes() const { return units() * kQ4kSmBytes; }
   QWEN35_HD uint64_t dm_bytes() const { return units() / 4 * kQ4kDmBytes; }

@@ -29,18 +29,12 @@
 
 namespace qwen35::cuda {
 
-struct Q6kTiled {
+struct Q6kTiled : TileShape {
   const uint8_t* lo = nullptr;
   const uint8_t* hi = nullptr;
   const int8_t* sc = nullptr;
   const uint16_t* d = nullptr;
-  int64_t rows = 0, cols = 0;  // cols a multiple of 256
-  bool paired = false;         // a gate/up stack in pairs (tiles_paired_row: the SwiGLU epilogue)
-  float scale = 1.0f;
   QWEN35_HD bool present() const { return lo != nullptr; }
-  QWEN35_HD int64_t tiles() const { return (rows + kFp4TileRows - 1) / kFp4TileRows; }
-  QWEN35_HD int64_t kgroups() const { return cols / kFp4GroupCols; }
-  QWEN35_HD uint64_t units() const { return uint64_t(tiles()) * uint64_t(kgroups()); }
   QWEN35_HD uint64_t lo_bytes() const { return units() * 512; }
   QWEN35_HD uint64_t hi_bytes() const { return units() * 256; }
   QWEN35_HD uint64_t sc_bytes() const { return units() * 64; }

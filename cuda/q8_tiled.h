@@ -30,16 +30,10 @@ namespace qwen35::cuda {
 constexpr int kQ8CodeBytes = 1024;  // per tile and kgroup
 constexpr int kQ8ScaleBytes = 64;   // per tile and kgroup
 
-struct Q8Tiled {
+struct Q8Tiled : TileShape {
   const uint8_t* codes = nullptr;
   const uint16_t* scales = nullptr;
-  int64_t rows = 0, cols = 0;  // cols a multiple of 64
-  bool paired = false;         // a gate/up stack in pairs (tiles_paired_row: the SwiGLU epilogue)
-  float scale = 1.0f;          // per-tensor output scale
   QWEN35_HD bool present() const { return codes != nullptr; }
-  QWEN35_HD int64_t tiles() const { return (rows + kFp4TileRows - 1) / kFp4TileRows; }
-  QWEN35_HD int64_t kgroups() const { return cols / kFp4GroupCols; }
-  QWEN35_HD uint64_t units() const { return uint64_t(tiles()) * uint64_t(kgroups()); }
   QWEN35_HD uint64_t code_bytes() const { return units() * kQ8CodeBytes; }
   QWEN35_HD uint64_t scale_bytes() const { return units() * kQ8ScaleBytes; }
 };
