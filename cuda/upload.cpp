@@ -10,8 +10,9 @@
 // the device from a staging copy of the GGUF bytes. After the first repack
 // of each kind a self-check compares the fast kernel with the generic one
 // on the staged GGUF bytes; on a mismatch the upload is redone without
-// repacking (logged as a warning). QWEN35_CUDA_FAST=0 in the environment
-// turns the repacked layouts off (QWEN35_CUDA_KTILES=0 the k-quant tiles).
+// those tiles (a tiled type of ktiles.h) or without any repacking (logged
+// as a warning). QWEN35_CUDA_FAST=0 in the environment turns the repacked
+// layouts off (QWEN35_CUDA_KTILES=0 the tiles of ktiles.h).
 #include <cuda_runtime_api.h>
 
 #include <cmath>
@@ -121,14 +122,16 @@ double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
 // Lays out every tensor in one allocation and fills it.
 class Uploader {
  public:
-  Uploader(const Model& m, DeviceModel& dm, bool fast, bool fp4_gemm)
+  Uploader(const Model& m, DeviceModel& dm, bool fast, bool fp4_gemm, bool ktiles)
       : m_(m), dm_(dm), fast_(fast), fp4_gemm_(fast && fp4_gemm) {
     const char* kt = std::getenv("QWEN35_CUDA_KTILES");
-    ktiles_ = fast && !(kt && std::string(kt) == "0");
+    ktiles_ = fast && ktiles && !(kt && std::string(kt) == "0");
   }
 
   Status run();
   bool self_check_failed() const { return check_failed_; }
+  // The failed self-check was a tiled type's (ktiles.h; they run last).
+  bool ktiles_check_failed() const { return ktiles_check_failed_; }
 
  private:
   struct Fp4Job {
@@ -188,6 +191,7 @@ class Uploader {
   bool fp4_gemm_;
   bool ktiles_;  // Q8_0 / Q4_K / Q6_K / F16 weights into their tiles (QWEN35_CUDA_KTILES=0: GGUF layout)
   bool check_failed_ = false;
+  bool ktiles_check_failed_ = false;
   uint64_t total_ = 0;
   std::map<const void*, std::pair<uint64_t, uint64_t>> raw_;  // host -> (offset, bytes)
   std::map<const DevLinear*, std::vector<const Weight*>> linear_parts_;
@@ -528,6 +532,7 @@ Status Uploader::do_ktiles(KJob& job, bool check) {
     // The rows batches dequantize for their GEMMs: the GGUF values (up to
     // the generic kernel's rounding, which may fuse a multiply and add).
     if (!check_failed_) QWEN35_TRY(check_dequant(q, staged_view(w, std::min<int64_t>(nr, 64))));
+    ktiles_check_failed_ = check_failed_;
     if (check_failed_) return Status::Ok();
   }
   return Status::Ok();
@@ -738,7 +743,8 @@ Status UploadModelToCuda(Model& model, int device_index, bool required) {
   const char* env = std::getenv("QWEN35_CUDA_FAST");
   bool fast = !(env && std::string(env) == "0");
   const char* env_fp4 = std::getenv("QWEN35_CUDA_FP4_GEMM");
-  for (int attempt = 0; attempt < 2; ++attempt) {
+  bool ktiles = true;
+  for (int attempt = 0; attempt < 3; ++attempt) {
     auto dm = std::make_unique<DeviceModel>();
     dm->device = device_index;
     cudaDeviceProp prop{};
@@ -749,11 +755,14 @@ Status UploadModelToCuda(Model& model, int device_index, bool required) {
     dm->sms = prop.multiProcessorCount;
     // FP4 tensor cores (Blackwell): block-scaled FP4 GEMMs for prefill.
     const bool fp4_gemm = prop.major >= 10 && !(env_fp4 && std::string(env_fp4) == "0");
-    Uploader up(model, *dm, fast, fp4_gemm);
+    Uploader up(model, *dm, fast, fp4_gemm, ktiles);
     st = up.run();
     if (!st.ok()) return fail(st);
     if (up.self_check_failed() && fast) {
-      fast = false;  // again with the GGUF layouts only
+      // Again without the tiles of the type that failed (a tiled type: the
+      // k-quant / F16 tiles; else every repacked layout).
+      if (up.ktiles_check_failed() && ktiles) ktiles = false;
+      else fast = false;
       continue;
     }
     model.log.info("uploaded {:.1f} MiB of weights to CUDA device {} ({}, compute capability {}.{}, {} layouts{})",
