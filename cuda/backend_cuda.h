@@ -23,6 +23,7 @@
 #include "dequant_ahead.h"
 #include "device_model.h"
 #include "elementwise.h"
+#include "fusion.h"
 #include "gemm.h"
 #include "matmul.h"
 #include "norm.h"
@@ -50,26 +51,6 @@ constexpr int64_t kMediumRowsDefault = 16;
 inline int64_t gemm_rows_per_block(int64_t elems, int64_t K) { return std::max<int64_t>(64, elems / K / 64 * 64); }
 
 enum class Epi { Store, Add, SwiGLU };
-
-// The delta net's gated RMSNorm, fused into its output projection's
-// prologue when the tensor-core kernel runs it.
-struct GatedNorm {
-  const float* z = nullptr;
-  int64_t ldz = 0;
-  const float* w = nullptr;
-  int dv = 0;
-};
-
-// The delta net's causal conv, fused into its input projection's epilogue
-// when the tensor-core kernel runs it (1 or 2 rows).
-struct ConvEpi {
-  const float* taps = nullptr;
-  float* window = nullptr;
-  int64_t channels = 0;
-  int k = 0;
-  int snapshot_row = -1;
-  float* snapshot = nullptr;
-};
 
 // Where a forward pass leaves its outputs (host memory, pinned or not).
 struct OutPlan {
@@ -167,6 +148,11 @@ class CudaBackend final : public Backend {
       if (!t.present() || !ktiles_matvec_fits(t, n)) return false;
     return true;
   }
+  // Whether project() runs a delta-net layer's causal conv in its input
+  // projection's epilogue (NVFP4 kernels or k-quant tiles, 1-2 rows), and
+  // its gated norm in its output projection's prologue.
+  bool conv_fusable(const DevLayer& L, int64_t n) const;
+  bool gated_fusable(const DevLayer& L, int64_t n) const;
   // out (+)= W xb_, xb_: [n, W.cols] BF16 activations.
   Status fp4_gemm_bf16(const DevLinear& W, int64_t n, float* out, int64_t ldo, bool add);
   Status embed(const DevEmbed& E, const int32_t* tokens, int64_t n, float* out, int64_t ldo);

@@ -52,9 +52,11 @@ Status CudaBackend::mm_gemm(int64_t N, int64_t K, float scale, const float* x, i
 Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int64_t n, const float* nw, float* y,
                             int64_t ldy, Epi epi, const ConvEpi* conv, const GatedNorm* gated) {
   const int64_t K = W.cols;
-  if (conv && !(W.fp4.present() && n <= 2)) return Error(QWEN35_ERR_BACKEND, "the fused conv needs the NVFP4 kernel");
-  if (gated && !(W.fp4.present() && n <= kMatvecMaxCols))
-    return Error(QWEN35_ERR_BACKEND, "the fused gated norm needs the NVFP4 kernel");
+  const bool tiles = !W.fp4.present() && n <= kMatvecMaxCols && tiles_only(W, int(n));
+  if (conv && !((W.fp4.present() || tiles) && n <= 2))
+    return Error(QWEN35_ERR_BACKEND, "the fused conv needs the NVFP4 kernels or k-quant tiles");
+  if (gated && !((W.fp4.present() || tiles) && n <= kMatvecMaxCols))
+    return Error(QWEN35_ERR_BACKEND, "the fused gated norm needs the NVFP4 kernels or k-quant tiles");
   if (medium(W, n) && !conv && !gated) {
     // Row chunks through the decode kernels (the norm prologue and the
     // SwiGLU / add epilogues work per row, so chunks compose).
@@ -101,18 +103,26 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
   const int64_t ldo = swiglu_out ? W.rows : ldy;
   const bool add = epi == Epi::Add;
   bool done = false, swiglu_done = false;
-  if (n <= kMatvecMaxCols && tiles_only(W, int(n))) {  // k-quant tiles: the norm (and SwiGLU) in the kernels
+  if (tiles) {  // k-quant tiles: the norm or gated norm, SwiGLU or the conv in the kernels
     const Accum acc = add ? Accum::Add : Accum::Store;
+    TilesFusion f;
+    f.norm = nw;
+    f.eps = hp_.eps;
+    if (gated) f.gated = *gated;
     if (W.stack.present()) {
       swiglu_done = swiglu_out && W.stack.paired();  // silu(gate) * up from a paired stack's lanes
+      f.swiglu = swiglu_done;
+      if (conv) f.conv = *conv;
       QWEN35_CUDA_TRY(ktiles_matvec(W.stack, x, ldx, int(n), swiglu_done ? y : out, swiglu_done ? ldy : ldo, acc,
-                                    dm_.sms, stream_, nw, hp_.eps, swiglu_done),
+                                    dm_.sms, stream_, f),
                       "a matrix-vector product");
     } else {
-      for (size_t i = 0; i < W.parts.size(); ++i)
-        QWEN35_CUDA_TRY(ktiles_matvec(W.tiles[i], x, ldx, int(n), out + W.offsets[i], ldo, acc, dm_.sms, stream_, nw,
-                                      hp_.eps),
+      for (size_t i = 0; i < W.parts.size(); ++i) {
+        TilesFusion fi = f;
+        if (conv && i == 0) fi.conv = *conv;  // (conv_fusable: the conv's channels are in the first part)
+        QWEN35_CUDA_TRY(ktiles_matvec(W.tiles[i], x, ldx, int(n), out + W.offsets[i], ldo, acc, dm_.sms, stream_, fi),
                         "a matrix-vector product");
+      }
     }
     done = true;
   } else if (direct_bf16(W, n)) {  // the norm (or the conversion) writes the BF16 activations in one pass
@@ -297,7 +307,7 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
   // a separate kernel into uc_.
   const float* uc = uc_;
   int64_t ldu = C;
-  const bool conv_epi = L.in_proj.fp4.present() && n <= 2;
+  const bool conv_epi = conv_fusable(L, n);
   if (conv_epi) {
     ConvEpi ce;
     ce.taps = L.conv1d;
@@ -353,7 +363,7 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
     queue_delta(d, L.out_proj);
   else
     QWEN35_CUDA_TRY(delta_net(d, stream_), "the delta rule");
-  if (L.out_proj.fp4.present() && n <= kMatvecMaxCols && fp4_gated_supported(L.out_proj.fp4, int(hp_.ssm_dv))) {
+  if (gated_fusable(L, n)) {
     GatedNorm gn;
     gn.z = mix_ + C;
     gn.ldz = ld;
@@ -369,6 +379,29 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
   }
   QWEN35_CUDA_TRY(gated_rmsnorm(so_, mix_ + C, ld, L.ssm_norm, n, Hv, hp_.ssm_dv, hp_.eps, stream_), "the gated norm");
   return project(L.out_proj, so_, Cv, n, nullptr, h, D, Epi::Add);
+}
+
+bool CudaBackend::conv_fusable(const DevLayer& L, int64_t n) const {
+  const DevLinear& W = L.in_proj;
+  if (n > 2) return false;
+  if (W.fp4.present()) return true;
+  if (!tiles_only(W, int(n))) return false;
+  const int64_t C = hp_.ssm_conv_dim();
+  return W.stack.present() ? !W.stack.paired() && C <= W.stack.rows() : W.parts[0].rows >= C;
+}
+
+bool CudaBackend::gated_fusable(const DevLayer& L, int64_t n) const {
+  const DevLinear& W = L.out_proj;
+  const int dv = int(hp_.ssm_dv);
+  if (n > kMatvecMaxCols) return false;
+  if (W.fp4.present()) return fp4_gated_supported(W.fp4, dv);
+  // The tiles' prologue loads z = the input projection's outputs from C on
+  // 16 bytes at a time.
+  if (!tiles_only(W, int(n)) || hp_.ssm_conv_dim() % 4 != 0 || L.in_proj.rows % 4 != 0) return false;
+  if (W.stack.present()) return ktiles_gated_fits(W.stack, dv);
+  for (const KTiles& t : W.tiles)
+    if (!ktiles_gated_fits(t, dv)) return false;
+  return true;
 }
 
 // SwiGLU FFN (spec §4.3) of the post-attention-normalized stream, added into h.

@@ -94,6 +94,27 @@ __device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf
 __device__ __forceinline__ float silu_f(float x) { return x / (1.0f + expf(-x)); }
 __device__ __forceinline__ float softplus_f(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
+// Channel r of the delta net's causal conv + SiLU (spec §4.5.2) in a
+// product's epilogue, the product's outputs for this channel being v0 (row
+// 0) and v1 (row 1) of n <= 2 rows: y[j][r] = silu(sum_k taps[r][k] *
+// in(j - (kc-1) + k)), in(t) = v_t for t >= 0, else row kc-1+t of the
+// window [kc-1, C]; the window moves on by n rows, and with 0 <=
+// snapshot_row < n its state after that row goes to snapshot.
+__device__ __forceinline__ void conv_silu_channel(const float* taps, float* window, int64_t C, int64_t kc, int n,
+                                                  int64_t r, float v0, float v1, float* y, int64_t ldy,
+                                                  int snapshot_row, float* snapshot) {
+  auto in = [&](int64_t tp) { return tp >= 0 ? (tp == 0 ? v0 : v1) : window[(kc - 1 + tp) * C + r]; };
+  const float* tr = taps + r * kc;
+  for (int j = 0; j < n; ++j) {
+    float s = 0.0f;
+    for (int64_t k = 0; k < kc; ++k) s = fmaf(tr[k], in(j - (kc - 1) + k), s);
+    y[j * ldy + r] = silu_f(s);
+  }
+  if (snapshot_row >= 0 && snapshot_row < n)
+    for (int64_t k = 0; k + 1 < kc; ++k) snapshot[k * C + r] = in(snapshot_row - (kc - 2) + k);
+  for (int64_t k = 0; k + 1 < kc; ++k) window[k * C + r] = in(n - (kc - 1) + k);
+}
+
 inline unsigned ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
 
 // ---- shared memory ---------------------------------------------------------------

@@ -42,17 +42,8 @@ __device__ __forceinline__ void fp4_store_outputs(const Fp4MatvecArgs& a, int64_
         if (a.n > 1) a.y[a.ldy + r] = v1;
         continue;
       }
-      // Input row tp of the conv: this call's rows, or the window before them.
-      auto in = [&](int64_t tp) { return tp >= 0 ? (tp == 0 ? v0 : v1) : a.conv_window[(Kc - 1 + tp) * C + r]; };
-      const float* taps = a.conv_taps + r * Kc;
-      for (int j = 0; j < a.n; ++j) {
-        float s = 0.0f;
-        for (int64_t k = 0; k < Kc; ++k) s = fmaf(taps[k], in(j - (Kc - 1) + k), s);
-        a.y[j * a.ldy + r] = silu_f(s);
-      }
-      if (a.conv_snapshot_row >= 0 && a.conv_snapshot_row < a.n)
-        for (int64_t k = 0; k + 1 < Kc; ++k) a.conv_snapshot[k * C + r] = in(a.conv_snapshot_row - (Kc - 2) + k);
-      for (int64_t k = 0; k + 1 < Kc; ++k) a.conv_window[k * C + r] = in(a.n - (Kc - 1) + k);
+      conv_silu_channel(a.conv_taps, a.conv_window, C, Kc, a.n, r, v0, v1, a.y, a.ldy, a.conv_snapshot_row,
+                        a.conv_snapshot);
     }
     return;
   }

@@ -82,12 +82,14 @@ bool ktiles_matvec_fits(const KTiles& t, int n) {
   return false;
 }
 
+bool ktiles_gated_fits(const KTiles& t, int dv) { return t.present() && tiles_gated_fits(t.cols(), dv); }
+
 cudaError_t ktiles_matvec(const KTiles& t, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc,
-                          int sms, cudaStream_t stream, const float* norm, float eps, bool swiglu) {
-  if (t.type == GGML_Q8_0) return q8t_matvec(t.q8, x, ldx, n, y, ldy, acc, sms, stream, norm, eps, swiglu);
-  if (t.type == GGML_Q4_K) return q4kt_matvec(t.q4k, x, ldx, n, y, ldy, acc, sms, stream, norm, eps, swiglu);
-  if (t.type == GGML_Q6_K) return q6kt_matvec_sliced(t.q6k, x, ldx, n, y, ldy, acc, sms, stream, norm, eps, swiglu);
-  if (t.type == GGML_F16) return f16t_matvec(t.f16, x, ldx, n, y, ldy, acc, sms, stream, norm, eps, swiglu);
+                          int sms, cudaStream_t stream, const TilesFusion& f) {
+  if (t.type == GGML_Q8_0) return q8t_matvec(t.q8, x, ldx, n, y, ldy, acc, sms, stream, f);
+  if (t.type == GGML_Q4_K) return q4kt_matvec(t.q4k, x, ldx, n, y, ldy, acc, sms, stream, f);
+  if (t.type == GGML_Q6_K) return q6kt_matvec_sliced(t.q6k, x, ldx, n, y, ldy, acc, sms, stream, f);
+  if (t.type == GGML_F16) return f16t_matvec(t.f16, x, ldx, n, y, ldy, acc, sms, stream, f);
   return cudaErrorInvalidValue;
 }
 

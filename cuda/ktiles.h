@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "ggml_types.h"
+#include "fusion.h"
 #include "matmul.h"
 #include "matvec_f16.h"
 #include "matvec_q4k.h"
@@ -66,13 +67,16 @@ cudaError_t ktiles_repack(const KTiles& t, const uint8_t* src, uint64_t row_byte
 
 // Warps of a block sharing a tile (column slices) on `sms` multiprocessors.
 int ktiles_slices(const KTiles& t, int sms);
-// y = W x (with norm: W rmsnorm(x) and the norm's weights); with swiglu (a
-// paired stack, Store): y[j][i] = silu(gate_i . x_j) * (up_i . x_j), rows/2
-// outputs.
+// y = W x for n <= 8 activation rows, with what f fuses (fusion.h): the
+// RMS norm (W rmsnorm(x) and the norm's weights) or the delta net's gated
+// norm in the prologue; SwiGLU (a paired stack, Store: y[j][i] =
+// silu(gate_i . x_j) * (up_i . x_j), rows/2 outputs) or the causal conv
+// (n <= 2, Store, outputs < conv.channels) in the epilogue.
 bool ktiles_matvec_fits(const KTiles& t, int n);
+// Whether the gated norm of heads of dv columns can be the prologue.
+bool ktiles_gated_fits(const KTiles& t, int dv);
 cudaError_t ktiles_matvec(const KTiles& t, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc,
-                          int sms, cudaStream_t stream, const float* norm = nullptr, float eps = 1e-6f,
-                          bool swiglu = false);
+                          int sms, cudaStream_t stream, const TilesFusion& f = {});
 cudaError_t ktiles_dequant_rows_f32(const KTiles& t, int64_t r0, int64_t nr, float* dst, cudaStream_t stream);
 cudaError_t ktiles_dequant_rows_bf16(const KTiles& t, int64_t r0, int64_t nr, uint16_t* dst, cudaStream_t stream);
 cudaError_t ktiles_embedding_rows(const KTiles& t, const int32_t* tokens, int64_t n, float* out, int64_t ldo,

@@ -100,8 +100,8 @@ int f16t_slices(const F16Tiled& w, int sms) { return tiles_slices(w.tiles(), w.k
 bool f16t_matvec_fits(const F16Tiled& w, int n) { return tiles_fit<F16Format>(w, n); }
 
 cudaError_t f16t_matvec(const F16Tiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc,
-                        int sms, cudaStream_t stream, const float* norm, float eps, bool swiglu) {
-  return tiles_matvec<F16Format>(w, x, ldx, n, y, ldy, acc, sms, stream, norm, eps, swiglu);
+                        int sms, cudaStream_t stream, const TilesFusion& f) {
+  return tiles_matvec<F16Format>(w, x, ldx, n, y, ldy, acc, sms, stream, f);
 }
 
 cudaError_t f16t_dequant_rows_f32(const F16Tiled& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream) {

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "f16_tiled.h"
+#include "fusion.h"
 #include "matmul.h"
 
 namespace qwen35::cuda {
@@ -29,8 +30,7 @@ int f16t_slices(const F16Tiled& w, int sms);
 // norm, swiglu: as ktiles_matvec (ktiles.h).
 bool f16t_matvec_fits(const F16Tiled& w, int n);
 cudaError_t f16t_matvec(const F16Tiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc,
-                        int sms, cudaStream_t stream, const float* norm = nullptr, float eps = 1e-6f,
-                        bool swiglu = false);
+                        int sms, cudaStream_t stream, const TilesFusion& f = {});
 
 // Rows r0 .. r0+nr-1 as F32 / BF16, [nr, cols] (the scale is not applied).
 cudaError_t f16t_dequant_rows_f32(const F16Tiled& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream);

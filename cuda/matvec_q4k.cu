@@ -135,9 +135,9 @@ int q4kt_slices(const Q4kTiled& w, int sms) { return tiles_slices(w.tiles(), w.k
 bool q4kt_matvec_fits(const Q4kTiled& w, int n) { return w.cols % 256 == 0 && tiles_fit<Q4kFormat>(w, n); }
 
 cudaError_t q4kt_matvec(const Q4kTiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc,
-                        int sms, cudaStream_t stream, const float* norm, float eps, bool swiglu) {
+                        int sms, cudaStream_t stream, const TilesFusion& f) {
   if (w.cols % 256 != 0) return cudaErrorInvalidValue;
-  return tiles_matvec<Q4kFormat>(w, x, ldx, n, y, ldy, acc, sms, stream, norm, eps, swiglu);
+  return tiles_matvec<Q4kFormat>(w, x, ldx, n, y, ldy, acc, sms, stream, f);
 }
 
 cudaError_t q4kt_dequant_rows_f32(const Q4kTiled& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream) {

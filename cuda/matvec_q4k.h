@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "fusion.h"
 #include "matmul.h"
 #include "q4k_tiled.h"
 
@@ -30,8 +31,7 @@ int q4kt_slices(const Q4kTiled& w, int sms);
 // keeps whole activation rows in shared memory (q4kt_matvec_fits).
 bool q4kt_matvec_fits(const Q4kTiled& w, int n);
 cudaError_t q4kt_matvec(const Q4kTiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc,
-                        int sms, cudaStream_t stream, const float* norm = nullptr, float eps = 1e-6f,
-                        bool swiglu = false);
+                        int sms, cudaStream_t stream, const TilesFusion& f = {});
 
 // Rows r0 .. r0+nr-1 dequantized, [nr, cols] (the scale is not applied):
 // the same values as dequantize_row.

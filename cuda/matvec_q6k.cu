@@ -675,9 +675,9 @@ int q6kt_slices(const Q6kTiled& w, int sms) { return tiles_slices(w.tiles(), w.k
 bool q6kt_sliced_fits(const Q6kTiled& w, int n) { return w.cols % 256 == 0 && tiles_fit<Q6kFormat>(w, n); }
 
 cudaError_t q6kt_matvec_sliced(const Q6kTiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy,
-                               Accum acc, int sms, cudaStream_t stream, const float* norm, float eps, bool swiglu) {
+                               Accum acc, int sms, cudaStream_t stream, const TilesFusion& f) {
   if (w.cols % 256 != 0) return cudaErrorInvalidValue;
-  return tiles_matvec<Q6kFormat>(w, x, ldx, n, y, ldy, acc, sms, stream, norm, eps, swiglu);
+  return tiles_matvec<Q6kFormat>(w, x, ldx, n, y, ldy, acc, sms, stream, f);
 }
 
 }  // namespace qwen35::cuda

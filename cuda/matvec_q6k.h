@@ -10,6 +10,7 @@
 
 #include <cstdint>
 
+#include "fusion.h"
 #include "matmul.h"
 #include "q6k_rows32.h"
 #include "q6k_tiled.h"
@@ -75,8 +76,7 @@ cudaError_t q6kt_matvec(const Q6kTiled& w, const float* x, int64_t ldx, int n, f
 int q6kt_slices(const Q6kTiled& w, int sms);
 bool q6kt_sliced_fits(const Q6kTiled& w, int n);
 cudaError_t q6kt_matvec_sliced(const Q6kTiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy,
-                               Accum acc, int sms, cudaStream_t stream, const float* norm = nullptr,
-                               float eps = 1e-6f, bool swiglu = false);
+                               Accum acc, int sms, cudaStream_t stream, const TilesFusion& f = {});
 
 cudaError_t q6kt_dequant_rows_f32(const Q6kTiled& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream);
 cudaError_t q6kt_dequant_rows_bf16(const Q6kTiled& w, int64_t r0, int64_t nr, uint16_t* dst, cudaStream_t stream);

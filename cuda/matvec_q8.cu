@@ -116,8 +116,8 @@ int q8t_slices(const Q8Tiled& w, int sms) { return tiles_slices(w.tiles(), w.kgr
 bool q8t_matvec_fits(const Q8Tiled& w, int n) { return tiles_fit<Q8Format>(w, n); }
 
 cudaError_t q8t_matvec(const Q8Tiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc, int sms,
-                       cudaStream_t stream, const float* norm, float eps, bool swiglu) {
-  return tiles_matvec<Q8Format>(w, x, ldx, n, y, ldy, acc, sms, stream, norm, eps, swiglu);
+                       cudaStream_t stream, const TilesFusion& f) {
+  return tiles_matvec<Q8Format>(w, x, ldx, n, y, ldy, acc, sms, stream, f);
 }
 
 cudaError_t q8t_dequant_rows_f32(const Q8Tiled& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream) {

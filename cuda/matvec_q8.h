@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "fusion.h"
 #include "matmul.h"
 #include "q8_tiled.h"
 
@@ -34,7 +35,7 @@ int q8t_slices(const Q8Tiled& w, int sms);
 // q8t_matvec_fits; else use the GEMM path).
 bool q8t_matvec_fits(const Q8Tiled& w, int n);
 cudaError_t q8t_matvec(const Q8Tiled& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy, Accum acc, int sms,
-                       cudaStream_t stream, const float* norm = nullptr, float eps = 1e-6f, bool swiglu = false);
+                       cudaStream_t stream, const TilesFusion& f = {});
 
 // Rows r0 .. r0+nr-1 dequantized, [nr, cols] (the scale is not applied).
 cudaError_t q8t_dequant_rows_f32(const Q8Tiled& w, int64_t r0, int64_t nr, float* dst, cudaStream_t stream);

@@ -29,6 +29,7 @@
 #pragma once
 
 #include "common.cuh"
+#include "fusion.h"
 #include "launch.cuh"
 #include "matmul.h"
 #include "tc_common.cuh"
@@ -49,10 +50,13 @@ size_t tiles_smem(int64_t cols, int n) {
 
 // Block b: tiles b*T .. b*T+T-1 (T = W / S), warp w on tile b*T + w/S and
 // kgroup slice w%S. With in.norm, y = W rmsnorm(x) (every block sums the
-// squares of the whole rows in the same order).
+// squares of the whole rows in the same order); with in.gate_z the gated
+// norm (tc_load_x: whole rows, so heads never straddle a block); with
+// conv.taps the causal conv on outputs < conv.channels (n <= 2).
 template <class F, int S>
 __global__ void __launch_bounds__(kTileWarps* kWarp)
-    tiles_matvec_kernel(typename F::Weight w, TcInput in, float* __restrict__ y, int64_t ldy, bool add, bool swiglu) {
+    tiles_matvec_kernel(typename F::Weight w, TcInput in, float* __restrict__ y, int64_t ldy, bool add, bool swiglu,
+                        ConvEpi conv) {
   constexpr int W = kTileWarps, T = W / S, P = F::kDepth;
   uint8_t* smem_raw = dynamic_smem<uint8_t>();
   __shared__ float red[S > 1 ? W : 1][kWarp][4];
@@ -77,7 +81,8 @@ __global__ void __launch_bounds__(kTileWarps* kWarp)
   pdl_wait_and_trigger();
 
   // 2. The activations, whole rows (times the norm weights, whose 1/rms
-  // multiplies the results), and the sums of each chunk's F16 values.
+  // multiplies the results, or through the gated norm), and the sums of
+  // each chunk's F16 values.
   tc_load_x(in, 0, nch, xs, mult);
   if (in.norm) tc_row_squares<W>(in, w.cols, ss_part);
   __syncthreads();
@@ -133,6 +138,22 @@ __global__ void __launch_bounds__(kTileWarps* kWarp)
     const int j = 2 * t + (e & 1);
     v[e] = j < n ? acc[e] * w.scale * (in.norm ? tc_rnorm<W>(ss_part, j, w.cols, in.eps) : 1.0f) : 0.0f;
   }
+  if (conv.taps) {  // n <= 2: activation rows 0 and 1 are in lane t = 0, which walks them in order
+    if (t != 0) return;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t r = tile * kFp4TileRows + g + 8 * half;
+      if (r >= w.rows) continue;
+      if (r < conv.channels) {
+        conv_silu_channel(conv.taps, conv.window, conv.channels, conv.k, n, r, v[2 * half], v[2 * half + 1], y, ldy,
+                          conv.snapshot_row, conv.snapshot);
+      } else {
+        y[r] = v[2 * half];
+        if (n > 1) y[ldy + r] = v[2 * half + 1];
+      }
+    }
+    return;
+  }
   if (swiglu) {  // (paired) rows g and g+8: the gate and up rows of output 8 * tile + g
     const int64_t out = 8 * tile + g;
 #pragma unroll
@@ -156,13 +177,13 @@ __global__ void __launch_bounds__(kTileWarps* kWarp)
 
 template <class F, int S>
 cudaError_t launch_tiles(const typename F::Weight& w, const TcInput& in, float* y, int64_t ldy, bool add, bool swiglu,
-                         cudaStream_t stream) {
+                         const ConvEpi& conv, cudaStream_t stream) {
   static SmemOptIn opt_in;
   const size_t smem = tiles_smem<F>(w.cols, in.n);
   if (const cudaError_t e = opt_in.ensure(tiles_matvec_kernel<F, S>, smem); e != cudaSuccess) return e;
   constexpr int T = kTileWarps / S;
   return launch(tiles_matvec_kernel<F, S>, dim3(ceil_div(w.tiles(), T)), dim3(kTileWarps * kWarp), smem, stream, w, in,
-                y, ldy, add, swiglu);
+                y, ldy, add, swiglu, conv);
 }
 
 // Warps per tile: about 24 warps per multiprocessor in all, as few slices
@@ -182,25 +203,36 @@ bool tiles_fit(const typename F::Weight& w, int n) {
 
 template <class F>
 cudaError_t tiles_matvec(const typename F::Weight& w, const float* x, int64_t ldx, int n, float* y, int64_t ldy,
-                         Accum acc, int sms, cudaStream_t stream, const float* norm, float eps, bool swiglu) {
+                         Accum acc, int sms, cudaStream_t stream, const TilesFusion& f) {
   TcInput in;
   in.x = x;
   in.ldx = ldx;
   in.n = n;
-  in.norm = norm;
-  in.eps = eps;
-  if (!tiles_fit<F>(w, n) || !tc_input_aligned(in)) return cudaErrorInvalidValue;
+  in.norm = f.norm;
+  in.eps = f.eps;
   const bool add = acc == Accum::Add;
-  if (swiglu && (!w.paired || add)) return cudaErrorInvalidValue;
+  if (f.gated.present()) {
+    if (f.norm || !tiles_gated_fits(w.cols, f.gated.dv) || !f.gated.w) return cudaErrorInvalidValue;
+    in.gate_z = f.gated.z;
+    in.ldz = f.gated.ldz;
+    in.gate_w = f.gated.w;
+    in.gate_dv = f.gated.dv;
+  }
+  if (!tiles_fit<F>(w, n) || !tc_input_aligned(in)) return cudaErrorInvalidValue;
+  if (f.swiglu && (!w.paired || add)) return cudaErrorInvalidValue;
+  const ConvEpi& c = f.conv;
+  if (c.present() && (n > 2 || add || f.swiglu || w.paired || !c.window || c.k < 1 || c.channels < 0 ||
+                      c.channels > w.rows || (c.snapshot_row >= 0 && c.snapshot_row < n && !c.snapshot)))
+    return cudaErrorInvalidValue;
   switch (tiles_slices(w.tiles(), w.kgroups(), sms)) {
     case 1:
-      return launch_tiles<F, 1>(w, in, y, ldy, add, swiglu, stream);
+      return launch_tiles<F, 1>(w, in, y, ldy, add, f.swiglu, c, stream);
     case 2:
-      return launch_tiles<F, 2>(w, in, y, ldy, add, swiglu, stream);
+      return launch_tiles<F, 2>(w, in, y, ldy, add, f.swiglu, c, stream);
     case 4:
-      return launch_tiles<F, 4>(w, in, y, ldy, add, swiglu, stream);
+      return launch_tiles<F, 4>(w, in, y, ldy, add, f.swiglu, c, stream);
     default:
-      return launch_tiles<F, 8>(w, in, y, ldy, add, swiglu, stream);
+      return launch_tiles<F, 8>(w, in, y, ldy, add, f.swiglu, c, stream);
   }
 }
 

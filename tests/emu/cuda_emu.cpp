@@ -227,8 +227,8 @@ int64_t take_capture_violations() { return std::exchange(g_capture_violations, 0
 const char* last_capture_violation() { return g_capture_violation.c_str(); }
 
 namespace {
-int64_t g_fault_at[3] = {-1, -1, -1};  // calls left before the armed fault, per kind
-int64_t g_fault_calls[3] = {};
+int64_t g_fault_at[kFaultKinds] = {-1, -1, -1, -1};  // calls left before the armed fault, per kind
+int64_t g_fault_calls[kFaultKinds] = {};
 }  // namespace
 
 void arm_fault(Fault kind, int64_t n) { g_fault_at[int(kind)] = n < 0 ? -1 : n; }

@@ -106,7 +106,9 @@ bool launch_shape_ok(dim3 grid, dim3 block);
 // device out of memory (Alloc: cudaMalloc, cudaMallocHost), a launch the
 // runtime refuses (Launch: a kernel launch call; during a capture it also
 // invalidates the capture) or a graph that does not instantiate (Graph:
-// cudaGraphInstantiate); n < 0 disarms. fault_fires() is the stand-ins'
+// cudaGraphInstantiate) or a kernel that computed wrong values (Corrupt: a
+// synchronous device-to-host cudaMemcpy delivers every 4-byte word with its
+// top byte changed, e.g. a float's sign and exponent); n < 0 disarms. fault_fires() is the stand-ins'
 // check (it counts the call); fault_calls() the calls of a kind so far, so
 // a test can sweep n over a whole operation.
 // live_allocations(): device and pinned allocations not freed yet;
@@ -114,7 +116,8 @@ bool launch_shape_ok(dim3 grid, dim3 block);
 // allocated, or with the other kind's call, since the last take;
 // take_bad_copies(): likewise copies and fills that start in an allocation
 // and run past its end (cuda_host_emu.cpp).
-enum class Fault { Alloc, Launch, Graph };
+enum class Fault { Alloc, Launch, Graph, Corrupt };
+constexpr int kFaultKinds = 4;
 void arm_fault(Fault kind, int64_t n);
 bool fault_fires(Fault kind);
 int64_t fault_calls(Fault kind);

@@ -90,11 +90,13 @@ cudaError_t cudaMemset(void* p, int v, size_t n) {
   std::memset(p, v, n);
   return cudaSuccess;
 }
-cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) {
+cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind kind) {
   if (::qwen35::emu::capture_refuse("cudaMemcpy")) return cudaErrorStreamCaptureUnsupported;
   check_range(d, n, "cudaMemcpy");
   check_range(s, n, "cudaMemcpy");
   std::memcpy(d, s, n);
+  if (kind == cudaMemcpyDeviceToHost && ::qwen35::emu::fault_fires(::qwen35::emu::Fault::Corrupt))
+    for (size_t i = 3; i < n; i += 4) static_cast<unsigned char*>(d)[i] ^= 0xC0;  // (little-endian: the top byte)
   return cudaSuccess;
 }
 cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t) {

@@ -438,3 +438,38 @@ TEST_CASE("emulated CUDA backend: Q8_0, Q4_K, Q6_K and mixed-type models (tiles,
     CHECK(vs_ref < 0.1);
   }
 }
+
+TEST_CASE("emulated CUDA backend: Q8_0 and Q4_K models decode a token in as many kernels as their NVFP4 twins") {
+  // The tiles fuse what the NVFP4 kernels fuse: the RMS norms and the
+  // delta net's gated norm in the prologues, SwiGLU and the causal conv in
+  // the epilogues; so a decode step runs the same kernels per layer.
+  for (uint32_t type : {uint32_t(GGML_Q8_0), uint32_t(GGML_Q4_K)}) {
+    const std::string name = type_info(type)->name;
+    CAPTURE(name);
+    auto kernels_per_token = [&](uint32_t matrix_type) {
+      SynthConfig c = small_synth(256, 15);
+      c.matrix_type = matrix_type;
+      c.embd_type = GGML_Q8_0;
+      c.ssm_dv = 64;  // (the NVFP4 kernels' gated norm takes heads of multiples of 64)
+      c.n_mtp = 0;
+      const std::string path = synth_model(std::string("emu-cuda-twin-dv64-") + type_info(matrix_type)->name, c);
+      qwen35_model_params mp = qwen35_model_default_params();
+      mp.device = QWEN35_DEVICE_CUDA;
+      qwen35_model* m = nullptr;
+      REQUIRE_MESSAGE(qwen35_model_load(path.c_str(), &mp, &m) == QWEN35_OK, qwen35_errmsg());
+      qwen35_context* ctx = make_ctx(m);
+      const std::vector<int32_t> s = {3, 14, 15, 92, 65};
+      REQUIRE(qwen35_context_decode(ctx, s.data(), 3, QWEN35_LOGITS_LAST) == QWEN35_OK);
+      REQUIRE(qwen35_context_decode(ctx, &s[3], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+      const int64_t g0 = emu::grids_run();
+      REQUIRE(qwen35_context_decode(ctx, &s[4], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+      const int64_t grids = emu::grids_run() - g0;
+      qwen35_context_free(ctx);
+      free_model(m);
+      return grids;
+    };
+    const int64_t tiles = kernels_per_token(type), fp4 = kernels_per_token(GGML_NVFP4);
+    MESSAGE(name << ": " << tiles << " kernels per token, NVFP4: " << fp4);
+    CHECK(tiles == fp4);
+  }
+}

@@ -410,7 +410,7 @@ TEST_CASE("emulated: the Q8_0, Q4_K, Q6_K and F16 tiles (1-8 warps per tile) mat
         for (int64_t k = 0; k < K; ++k) xn[size_t(k)] = float(x[size_t(j * ldx + k)] * r * nw[size_t(k)]);
         for (int64_t r2 = 0; r2 < N; ++r2) wantn[size_t(j * ldy + r2)] = float(w.dot(r2, xn.data()) * 0.75);
       }
-      REQUIRE(ktiles_matvec(q, x.data(), ldx, n, yn.data(), ldy, Accum::Store, sh.sms, nullptr, nw.data(), 1e-6f) ==
+      REQUIRE(ktiles_matvec(q, x.data(), ldx, n, yn.data(), ldy, Accum::Store, sh.sms, nullptr, {nw.data(), 1e-6f}) ==
               cudaSuccess);
       CHECK(rel(yn, wantn) < 2e-3);
     }
@@ -474,11 +474,11 @@ TEST_CASE("emulated: paired gate/up tiles (Q8_0, Q4_K, Q6_K, F16): the SwiGLU ep
       // Rows in stack order, and the SwiGLU of each pair.
       REQUIRE(ktiles_matvec(q, x.data(), ldx, n, plain.data(), N, Accum::Store, 1, nullptr) == cudaSuccess);
       CHECK(rel(plain, want) < 2e-3);
-      REQUIRE(ktiles_matvec(q, x.data(), ldx, n, act.data(), F, Accum::Store, 1, nullptr, nullptr, 1e-6f, true) ==
+      REQUIRE(ktiles_matvec(q, x.data(), ldx, n, act.data(), F, Accum::Store, 1, nullptr, {nullptr, 1e-6f, true}) ==
               cudaSuccess);
       CHECK(rel(act, want_act) < 4e-3);
       // SwiGLU only from a paired stack, never accumulating.
-      CHECK(ktiles_matvec(q, x.data(), ldx, n, act.data(), F, Accum::Add, 1, nullptr, nullptr, 1e-6f, true) ==
+      CHECK(ktiles_matvec(q, x.data(), ldx, n, act.data(), F, Accum::Add, 1, nullptr, {nullptr, 1e-6f, true}) ==
             cudaErrorInvalidValue);
     }
     std::vector<float> deq(static_cast<size_t>(N * K)), ref(static_cast<size_t>(K));
@@ -490,9 +490,102 @@ TEST_CASE("emulated: paired gate/up tiles (Q8_0, Q4_K, Q6_K, F16): the SwiGLU ep
   }
   KTiles plain = ktiles_plan(GGML_Q8_0, 32, 256, 1.0f);
   std::vector<float> x(256), y(32);
-  CHECK(ktiles_matvec(plain, x.data(), 256, 1, y.data(), 16, Accum::Store, 1, nullptr, nullptr, 1e-6f, true) ==
+  CHECK(ktiles_matvec(plain, x.data(), 256, 1, y.data(), 16, Accum::Store, 1, nullptr, {nullptr, 1e-6f, true}) ==
         cudaErrorInvalidValue);  // not paired (and no memory: refused before any launch)
   CHECK(ktiles_plan(GGML_Q8_0, 40, 256, 1.0f, true).type == 0);  // 40 rows: no whole pairs of tiles
+}
+
+TEST_CASE("emulated: the Q8_0, Q4_K, Q6_K and F16 tiles with the gated-norm prologue and the conv epilogue match the CPU") {
+  for (uint32_t type : {uint32_t(GGML_Q8_0), uint32_t(GGML_Q4_K), uint32_t(GGML_Q6_K), uint32_t(GGML_F16)}) {
+    CAPTURE(type_info(type)->name);
+    // The delta net's output projection: heads of dv = 128 (8 chunks of a
+    // warp's lanes); 1 and 4 warps per tile.
+    {
+      const int64_t N = 400, K = 512, dv = 128, ldz = K + 16;
+      HostQMat w(type, N, K, 111);
+      KTiles q = ktiles_plan(type, N, K, 0.75f);
+      std::vector<uint8_t> buf(ktiles_bytes(q));
+      ktiles_place(&q, buf.data());
+      REQUIRE(ktiles_repack(q, w.data.data(), w.row_bytes, 0, N, nullptr) == cudaSuccess);
+      REQUIRE(ktiles_gated_fits(q, int(dv)));
+      CHECK(!ktiles_gated_fits(q, 96));   // 6 chunks a head: not a power of two
+      CHECK(!ktiles_gated_fits(q, 768));  // 48 chunks: more than a warp's lanes
+      for (int n : {1, 3, 8}) {
+        for (int sms : {1, 4}) {
+          CAPTURE(n);
+          CAPTURE(sms);
+          REQUIRE(ktiles_slices(q, sms) == sms);
+          auto o = random_floats(static_cast<size_t>(n * K), 112, -2, 2);
+          auto z = random_floats(static_cast<size_t>(n * ldz), 113, -3, 3);
+          auto gw = random_floats(static_cast<size_t>(dv), 114, 0.5f, 1.5f);
+          auto y0 = random_floats(static_cast<size_t>(n * N), 115, -1, 1);
+          std::vector<float> want(y0), y(y0);
+          for (int j = 0; j < n; ++j) {
+            const std::vector<float> xr = gated_prologue_row(o, z, ldz, gw, j, K, dv);
+            for (int64_t r = 0; r < N; ++r) want[size_t(j * N + r)] += float(w.dot(r, xr.data()) * 0.75);
+          }
+          TilesFusion f;
+          f.gated = {z.data(), ldz, gw.data(), int(dv)};
+          REQUIRE(ktiles_matvec(q, o.data(), K, n, y.data(), N, Accum::Add, sms, nullptr, f) == cudaSuccess);
+          CHECK(rel(y, want) < 2e-3);
+        }
+      }
+      // Not with the RMS norm too, nor heads the prologue cannot take.
+      std::vector<float> x(static_cast<size_t>(K)), z(static_cast<size_t>(K)), gw(static_cast<size_t>(dv)),
+          y(static_cast<size_t>(N));
+      TilesFusion f;
+      f.gated = {z.data(), K, gw.data(), int(dv)};
+      f.norm = gw.data();
+      CHECK(ktiles_matvec(q, x.data(), K, 1, y.data(), N, Accum::Store, 1, nullptr, f) == cudaErrorInvalidValue);
+      f.norm = nullptr;
+      f.gated.dv = 96;
+      CHECK(ktiles_matvec(q, x.data(), K, 1, y.data(), N, Accum::Store, 1, nullptr, f) == cudaErrorInvalidValue);
+    }
+    // The input projection: channels below C through the causal conv + SiLU
+    // (window and snapshot updated), the others stored; 1 and 4 warps per
+    // tile.
+    {
+      const int64_t N = 400, K = 256, C = 300, Kc = 4, ldy = N + 3;
+      HostQMat w(type, N, K, 121);
+      KTiles q = ktiles_plan(type, N, K, 0.5f);
+      std::vector<uint8_t> buf(ktiles_bytes(q));
+      ktiles_place(&q, buf.data());
+      REQUIRE(ktiles_repack(q, w.data.data(), w.row_bytes, 0, N, nullptr) == cudaSuccess);
+      auto taps = random_floats(static_cast<size_t>(C * Kc), 122, -1, 1);
+      auto win0 = random_floats(static_cast<size_t>((Kc - 1) * C), 123, -2, 2);
+      for (int n : {1, 2}) {
+        for (int sms : {1, 4}) {
+          CAPTURE(n);
+          CAPTURE(sms);
+          REQUIRE(ktiles_slices(q, sms) == sms);
+          auto x = random_floats(static_cast<size_t>(n * K), uint32_t(124 + n), -2, 2);
+          std::vector<float> u(static_cast<size_t>(n * N)), win(win0), snap;
+          for (int j = 0; j < n; ++j)
+            for (int64_t r = 0; r < N; ++r) u[size_t(j * N + r)] = float(w.dot(r, x.data() + j * K) * 0.5);
+          const std::vector<float> out = conv_epilogue_reference(u, n, N, C, Kc, taps, win, &snap);
+          std::vector<float> y(static_cast<size_t>(n * ldy), NAN), dw(win0), ds(static_cast<size_t>((Kc - 1) * C), NAN);
+          TilesFusion f;
+          f.conv = {taps.data(), dw.data(), C, int(Kc), 0, ds.data()};
+          REQUIRE(ktiles_matvec(q, x.data(), K, n, y.data(), ldy, Accum::Store, sms, nullptr, f) == cudaSuccess);
+          std::vector<float> got(static_cast<size_t>(n * N));
+          for (int j = 0; j < n; ++j)
+            for (int64_t r = 0; r < N; ++r) got[size_t(j * N + r)] = y[size_t(j * ldy + r)];
+          CHECK(rel(got, out) < 3e-3);
+          CHECK(rel(dw, win) < 3e-3);
+          CHECK(rel(ds, snap) < 3e-3);
+        }
+      }
+      // Not for 3 rows, accumulating, or more channels than rows.
+      std::vector<float> x(static_cast<size_t>(3 * K)), y(static_cast<size_t>(3 * N)),
+          win(static_cast<size_t>((Kc - 1) * C));
+      TilesFusion f;
+      f.conv = {taps.data(), win.data(), C, int(Kc), -1, nullptr};
+      CHECK(ktiles_matvec(q, x.data(), K, 3, y.data(), N, Accum::Store, 1, nullptr, f) == cudaErrorInvalidValue);
+      CHECK(ktiles_matvec(q, x.data(), K, 1, y.data(), N, Accum::Add, 1, nullptr, f) == cudaErrorInvalidValue);
+      f.conv.channels = N + 1;
+      CHECK(ktiles_matvec(q, x.data(), K, 1, y.data(), N, Accum::Store, 1, nullptr, f) == cudaErrorInvalidValue);
+    }
+  }
 }
 
 TEST_CASE("emulated: NVFP4 gate/up with the SwiGLU epilogue (kernels 1-3) matches the CPU") {

@@ -1,12 +1,12 @@
 // The CUDA backend's error paths on the emulated device: allocations,
 // kernel launches and graph instantiations made to fail one at a time
 // (emu::arm_fault) while a model loads, a context is created and a context
-// decodes. Each call must fail with a readable error (or, where the backend
-// has a way around the failure, succeed), leave nothing behind (no device
-// or pinned memory, no half-made model or context), and leave what existed
-// before working: the model makes contexts, and a context whose decode
-// failed gives, on the next calls, the logits of a context that never
-// failed.
+// decodes, and the upload's self-checks shown wrong values. Each call must
+// fail with a readable error (or, where the backend has a way around the
+// failure, succeed), leave nothing behind (no device or pinned memory, no
+// half-made model or context), and leave what existed before working: the
+// model makes contexts, and a context whose decode failed gives, on the
+// next calls, the logits of a context that never failed.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -17,7 +17,9 @@
 #include <vector>
 
 #include "backend_emu_util.h"
+#include "bindings/c/handles.h"
 #include "cuda_emu.h"
+#include "device_model.h"
 #include "qwen35/qwen35.h"
 #include "synth.h"
 #include "test_util.h"
@@ -40,10 +42,10 @@ qwen35_model_params cuda_params(qwen35_device device = QWEN35_DEVICE_CUDA) {
 
 // Calls of each kind an operation makes.
 struct Calls {
-  int64_t n[3] = {};
+  int64_t n[emu::kFaultKinds] = {};
   static Calls now() {
     Calls c;
-    for (int k = 0; k < 3; ++k) c.n[k] = emu::fault_calls(emu::Fault(k));
+    for (int k = 0; k < emu::kFaultKinds; ++k) c.n[k] = emu::fault_calls(emu::Fault(k));
     return c;
   }
   int64_t since(const Calls& before, emu::Fault f) const { return n[int(f)] - before.n[int(f)]; }
@@ -66,7 +68,10 @@ std::vector<int64_t> positions(int64_t count, int64_t most) {
 }
 
 std::string fault_name(emu::Fault f) {
-  return f == emu::Fault::Alloc ? "allocation" : f == emu::Fault::Launch ? "launch" : "graph instantiation";
+  return f == emu::Fault::Alloc    ? "allocation"
+         : f == emu::Fault::Launch ? "launch"
+         : f == emu::Fault::Graph  ? "graph instantiation"
+                                   : "wrong values";
 }
 
 // The decode tuning for the contexts created in its scope (they read it
@@ -219,6 +224,70 @@ TEST_CASE(
     qwen35_context_free(c);
     free_model(cpu);
   }
+}
+
+TEST_CASE("emulated CUDA faults: an upload self-check that sees wrong values drops those layouts, and the model works") {
+  // Q8_0 projections (the tiles of ktiles.h) and a Q6_K LM head (its own
+  // tiled layout): the upload checks each repacked type's kernels against
+  // the generic kernel on the staged GGUF bytes. A check that sees wrong
+  // values (as a kernel computing wrong results on some GPU would give)
+  // must redo the upload: without the tiles of ktiles.h when one of theirs
+  // failed, else without any repacked layout. Every synchronous copy back
+  // to the host during the load is corrupted in turn.
+  SynthConfig cfg = small_synth(256, 21);
+  cfg.matrix_type = GGML_Q8_0;
+  cfg.n_mtp = 0;
+  const std::string path = synth_model("emu-cuda-faults-q8-q6k", cfg);
+  const qwen35_model_params mp = cuda_params();
+  auto ktiles_in = [](qwen35_model* m) {
+    int n = 0;
+    for (const cuda::DevLayer& d : cuda::device_model(*m->m)->layers)
+      for (const cuda::DevLinear* l : {&d.in_proj, &d.out_proj, &d.gate_up, &d.down}) {
+        n += l->stack.present() ? 1 : 0;
+        for (const cuda::KTiles& q : l->tiles) n += q.present() ? 1 : 0;
+      }
+    return n;
+  };
+  const std::vector<int32_t> toks = {5, 17, 300, 42, 7, 99};
+  auto last_logits = [&](qwen35_model* m) {
+    qwen35_context* c = make_ctx(m);
+    REQUIRE(qwen35_context_decode(c, toks.data(), int32_t(toks.size()), QWEN35_LOGITS_LAST) == QWEN35_OK);
+    const float* l = qwen35_context_logits(c, -1);
+    std::vector<float> v(l, l + qwen35_model_n_vocab(m));
+    qwen35_context_free(c);
+    return v;
+  };
+  const Calls c0 = Calls::now();
+  qwen35_model* good = nullptr;
+  REQUIRE_MESSAGE(qwen35_model_load(path.c_str(), &mp, &good) == QWEN35_OK, qwen35_errmsg());
+  const int64_t copies = Calls::now().since(c0, emu::Fault::Corrupt);
+  REQUIRE(cuda::device_model(*good->m)->fast);
+  REQUIRE(ktiles_in(good) > 0);
+  const std::vector<float> want = last_logits(good);
+  free_model(good);
+  MESSAGE("a model load: " << copies << " copies to the host");
+  REQUIRE(copies > 0);
+  int ktiles_dropped = 0, all_dropped = 0;
+  for (int64_t k : positions(copies, 24)) {
+    CAPTURE(k);
+    qwen35_model* m = nullptr;
+    {
+      Armed armed(emu::Fault::Corrupt, k);
+      REQUIRE_MESSAGE(qwen35_model_load(path.c_str(), &mp, &m) == QWEN35_OK, qwen35_errmsg());
+    }
+    const cuda::DeviceModel* dm = cuda::device_model(*m->m);
+    const bool fast = dm->fast, tiles = ktiles_in(m) > 0;
+    CHECK((!fast || !tiles));  // one kind of layout or the other dropped
+    ktiles_dropped += fast && !tiles ? 1 : 0;
+    all_dropped += !fast ? 1 : 0;
+    CHECK(rel_err(last_logits(m).data(), want.data(), want.size()) < 1e-2);
+    free_model(m);
+    CHECK(emu::live_allocations() == 0);
+  }
+  MESSAGE("without the tiles of ktiles.h: " << ktiles_dropped << " loads; without any repacked layout: "
+                                            << all_dropped);
+  CHECK(ktiles_dropped > 0);  // both retries taken
+  CHECK(all_dropped > 0);
 }
 
 TEST_CASE("emulated CUDA faults: a context creation fails cleanly at every allocation and leaves the model usable") {

@@ -137,7 +137,7 @@ for t in "${TESTS[@]}"; do
 done
 # Quick mode: the op tests of the chained projections and the k-quant tiles only.
 if [ "$QUICK" = 1 ] && [ -x "$BIN/test_cuda_ops" ]; then
-  step "test_cuda_ops, chains, tiles" 300 "$BIN/test_cuda_ops" -tc="*chain*,*F16 tiles*,*paired*" --duration=true
+  step "test_cuda_ops, chains, tiles" 300 "$BIN/test_cuda_ops" -tc="*chain*,*F16 tiles*,*paired*,*gated-norm prologue*" --duration=true
 fi
 # The model tests again with chained projections (each layer's tail with
 # the delta rule or attention in front, and each FFN, in one launch).

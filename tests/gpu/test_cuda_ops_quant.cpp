@@ -892,8 +892,73 @@ TEST_CASE("paired gate/up tiles (Q8_0, Q4_K, Q6_K, F16): the SwiGLU epilogue and
       }
       REQUIRE(ktiles_matvec(q, dx.get(), K, n, dy.get(), N, Accum::Store, sms, 0) == cudaSuccess);
       CHECK(max_rel(dy.download(), want) < 2e-3);
-      REQUIRE(ktiles_matvec(q, dx.get(), K, n, da.get(), F, Accum::Store, sms, 0, nullptr, 1e-6f, true) == cudaSuccess);
+      REQUIRE(ktiles_matvec(q, dx.get(), K, n, da.get(), F, Accum::Store, sms, 0, {nullptr, 1e-6f, true}) ==
+              cudaSuccess);
       CHECK(max_rel(da.download(), want_act) < 4e-3);
+    }
+  }
+}
+
+TEST_CASE("tiles (Q8_0, Q4_K, Q6_K, F16) with the delta net's gated-norm prologue and conv epilogue match the CPU") {
+  QWEN35_REQUIRE_GPU();
+  const int sms = device_sms();
+  for (uint32_t type : {uint32_t(GGML_Q8_0), uint32_t(GGML_Q4_K), uint32_t(GGML_Q6_K), uint32_t(GGML_F16)}) {
+    CAPTURE(type_info(type)->name);
+    {
+      // The 4B's output projection: 32 heads of dv = 128, added into the stream.
+      const int64_t N = 2560, K = 4096, dv = 128, ldz = 12352;
+      QMat w(type, N, K, 131);
+      KTiles q = ktiles_plan(type, N, K, 0.75f);
+      DevArray<uint8_t> buf(ktiles_bytes(q));
+      ktiles_place(&q, buf.get());
+      REQUIRE(ktiles_repack(q, w.dev.get(), w.row_bytes, 0, N, 0) == cudaSuccess);
+      REQUIRE(ktiles_gated_fits(q, int(dv)));
+      for (int n : {1, 2, 8}) {
+        CAPTURE(n);
+        auto o = random_floats(size_t(n * K), 132, -2, 2);
+        auto z = random_floats(size_t(n * ldz), 133, -3, 3);
+        auto gw = random_floats(size_t(dv), 134, 0.5f, 1.5f);
+        auto y0 = random_floats(size_t(n * N), 135);
+        std::vector<float> want(y0);
+        for (int j = 0; j < n; ++j) {
+          const std::vector<float> xr = gated_prologue_row(o, z, ldz, gw, j, K, dv);
+          for (int64_t r = 0; r < N; ++r)
+            want[size_t(j * N + r)] += vec_dot_ref(type, w.host.data() + r * w.row_bytes, xr.data(), K) * 0.75f;
+        }
+        DevArray<float> d_o(o), d_z(z), d_w(gw), dy(y0);
+        TilesFusion f;
+        f.gated = {d_z.get(), ldz, d_w.get(), int(dv)};
+        REQUIRE(ktiles_matvec(q, d_o.get(), K, n, dy.get(), N, Accum::Add, sms, 0, f) == cudaSuccess);
+        CHECK(max_rel(dy.download(), want) < 2e-3);
+      }
+    }
+    {
+      // The 4B's input projection: 8,192 conv channels of 12,352 outputs.
+      const int64_t N = 12352, K = 2560, C = 8192, Kc = 4;
+      QMat w(type, N, K, 141);
+      KTiles q = ktiles_plan(type, N, K, 0.5f);
+      DevArray<uint8_t> buf(ktiles_bytes(q));
+      ktiles_place(&q, buf.get());
+      REQUIRE(ktiles_repack(q, w.dev.get(), w.row_bytes, 0, N, 0) == cudaSuccess);
+      auto taps = random_floats(size_t(C * Kc), 142, -1, 1);
+      auto win0 = random_floats(size_t((Kc - 1) * C), 143, -2, 2);
+      for (int n : {1, 2}) {
+        CAPTURE(n);
+        auto x = random_floats(size_t(n * K), 144 + n, -2, 2);
+        std::vector<float> u(size_t(n * N)), win(win0), snap;
+        for (int j = 0; j < n; ++j)
+          for (int64_t r = 0; r < N; ++r)
+            u[size_t(j * N + r)] = vec_dot_ref(type, w.host.data() + r * w.row_bytes, x.data() + j * K, K) * 0.5f;
+        const std::vector<float> out = conv_epilogue_reference(u, n, N, C, Kc, taps, win, &snap);
+        DevArray<float> dx(x), dy(static_cast<size_t>(n * N)), d_taps(taps), d_win(win0),
+            d_snap(static_cast<size_t>((Kc - 1) * C));
+        TilesFusion f;
+        f.conv = {d_taps.get(), d_win.get(), C, int(Kc), 0, d_snap.get()};
+        REQUIRE(ktiles_matvec(q, dx.get(), K, n, dy.get(), N, Accum::Store, sms, 0, f) == cudaSuccess);
+        CHECK(max_rel(dy.download(), out) < 3e-3);
+        CHECK(max_rel(d_win.download(), win) < 3e-3);
+        CHECK(max_rel(d_snap.download(), snap) < 3e-3);
+      }
     }
   }
 }
