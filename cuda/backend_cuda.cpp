@@ -234,10 +234,11 @@ Status CudaBackend::init() {
     }
   }
   // Prefill with BF16 GEMMs: dequantize ahead on a second stream
-  // (QWEN35_CUDA_DEQ_AHEAD=0: in row blocks before each GEMM).
-  if (nb > kMatvecMaxCols && gemm_type_ == GemmType::BF16 && !fp4_gemm_ && !env_off("QWEN35_CUDA_DEQ_AHEAD")) {
+  // (QWEN35_CUDA_DEQ_AHEAD=0: in row blocks before each GEMM); with the
+  // FP4 GEMM (Blackwell), the projections it does not take.
+  if (nb > kMatvecMaxCols && gemm_type_ == GemmType::BF16 && !env_off("QWEN35_CUDA_DEQ_AHEAD")) {
     const char* cache = std::getenv("QWEN35_CUDA_DEQ_CACHE");
-    QWEN35_TRY(deq_ahead_.init(dm_, cache && std::string(cache) == "1"));
+    QWEN35_TRY(deq_ahead_.init(dm_, cache && std::string(cache) == "1", fp4_gemm_));
     use_deq_ahead_ = deq_ahead_.bytes() > 0;
   }
   QWEN35_TRY(scratch_.alloc(cv.total(), "scratch buffers"));  // zeroed: the split-K counters start at 0

@@ -125,12 +125,14 @@ class CudaBackend final : public Backend {
   // stack and writes silu(gate) * up, [n, F] with row stride ldy.
   Status project(const DevLinear& W, const float* x, int64_t ldx, int64_t n, const float* nw, float* y, int64_t ldy,
                  Epi epi, const ConvEpi* conv = nullptr, const GatedNorm* gated = nullptr);
-  // Batches with BF16 GEMMs on an NVFP4 stack (no FP4 GEMM): the caller may
-  // write the activations to xb_ in BF16 itself (fused into the kernel that
-  // produces them) and call fp4_gemm_bf16.
+  // Batches with BF16 GEMMs on a whole projection: an NVFP4 stack (no FP4
+  // GEMM) or any other projection that the dequantization ahead holds. The
+  // caller may write the activations to xb_ in BF16 itself (fused into the
+  // kernel that produces them) and call gemm_bf16.
   bool direct_bf16(const DevLinear& W, int64_t n) const {
-    return n > kMatvecMaxCols && gemm_type_ == GemmType::BF16 && W.fp4.present() && !(W.blas.present() && fp4_gemm_) &&
-           !medium(W, n);
+    if (n <= kMatvecMaxCols || gemm_type_ != GemmType::BF16 || medium(W, n)) return false;
+    if (W.fp4.present()) return !(W.blas.present() && fp4_gemm_);
+    return use_deq_ahead_ && deq_ahead_.fits(W);
   }
   // Small batches (kMatvecMaxCols < n <= medium_rows_, QWEN35_CUDA_MEDIUM_ROWS):
   // NVFP4 projections as decode matvecs over row chunks of kMatvecMaxCols,
@@ -153,8 +155,8 @@ class CudaBackend final : public Backend {
   // its gated norm in its output projection's prologue.
   bool conv_fusable(const DevLayer& L, int64_t n) const;
   bool gated_fusable(const DevLayer& L, int64_t n) const;
-  // out (+)= W xb_, xb_: [n, W.cols] BF16 activations.
-  Status fp4_gemm_bf16(const DevLinear& W, int64_t n, float* out, int64_t ldo, bool add);
+  // out (+)= W xb_, xb_: [n, W.cols] BF16 activations (W: direct_bf16).
+  Status gemm_bf16(const DevLinear& W, int64_t n, float* out, int64_t ldo, bool add);
   Status embed(const DevEmbed& E, const int32_t* tokens, int64_t n, float* out, int64_t ldo);
   // With argmax: the ids of the rows' largest logits into argmax too, in
   // the LM head's epilogue where that kernel can (tuning q6k_argmax; *fused

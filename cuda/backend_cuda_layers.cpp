@@ -128,7 +128,7 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
   } else if (direct_bf16(W, n)) {  // the norm (or the conversion) writes the BF16 activations in one pass
     if (nw) QWEN35_CUDA_TRY(rmsnorm_rows_bf16(x, ldx, nw, n, K, hp_.eps, xb_, K, stream_), "a norm");
     else QWEN35_CUDA_TRY(convert_rows_bf16(x, ldx, n, K, xb_, stream_), "converting activations");
-    QWEN35_TRY(fp4_gemm_bf16(W, n, out, ldo, add));
+    QWEN35_TRY(gemm_bf16(W, n, out, ldo, add));
     done = true;
   } else if (nw) {
     QWEN35_CUDA_TRY(rmsnorm_rows(x, ldx, nw, n, K, hp_.eps, xn_, K, stream_), "a norm");
@@ -152,7 +152,7 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
   if (!done && W.fp4.present()) {  // batched: dequantize the tiled weight (ahead, or in row blocks)
     if (gemm_type_ == GemmType::BF16) {
       QWEN35_CUDA_TRY(convert_rows_bf16(x, ldx, n, K, xb_, stream_), "converting activations");
-      QWEN35_TRY(fp4_gemm_bf16(W, n, out, ldo, add));
+      QWEN35_TRY(gemm_bf16(W, n, out, ldo, add));
     } else {
       const int64_t rows_per = gemm_rows_per_block(deq_elems_, K);
       for (int64_t r0 = 0; r0 < W.rows; r0 += rows_per) {
@@ -178,9 +178,10 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
   return Status::Ok();
 }
 
-Status CudaBackend::fp4_gemm_bf16(const DevLinear& W, int64_t n, float* out, int64_t ldo, bool add) {
+Status CudaBackend::gemm_bf16(const DevLinear& W, int64_t n, float* out, int64_t ldo, bool add) {
   const int64_t K = W.cols;
   if (use_deq_ahead_ && deq_ahead_.fits(W)) return deq_ahead_.gemm(W, xb_, K, n, out, ldo, add, gemm_, stream_);
+  if (!W.fp4.present()) return Error(QWEN35_ERR_BACKEND, "internal: a BF16 GEMM on a weight without its BF16 rows");
   const int64_t rows_per = gemm_rows_per_block(deq_elems_, K);
   for (int64_t r0 = 0; r0 < W.rows; r0 += rows_per) {
     const int64_t nr = std::min(rows_per, W.rows - r0);
@@ -375,7 +376,7 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
   if (direct_bf16(L.out_proj, n)) {  // the gated norm writes the GEMM's BF16 activations
     QWEN35_CUDA_TRY(gated_rmsnorm_bf16(so_, mix_ + C, ld, L.ssm_norm, n, Hv, hp_.ssm_dv, hp_.eps, xb_, stream_),
                     "the gated norm");
-    return fp4_gemm_bf16(L.out_proj, n, h, D, true);
+    return gemm_bf16(L.out_proj, n, h, D, true);
   }
   QWEN35_CUDA_TRY(gated_rmsnorm(so_, mix_ + C, ld, L.ssm_norm, n, Hv, hp_.ssm_dv, hp_.eps, stream_), "the gated norm");
   return project(L.out_proj, so_, Cv, n, nullptr, h, D, Epi::Add);
@@ -410,7 +411,7 @@ Status CudaBackend::ffn(const DevLayer& L, int64_t n, float* h) {
   if (direct_bf16(L.down, n)) {  // silu(gate) * up goes straight to BF16 as the down projection's input
     QWEN35_TRY(project(L.gate_up, h, D, n, L.post_norm, gu_, 2 * F, Epi::Store));
     QWEN35_CUDA_TRY(swiglu_bf16(gu_, 2 * F, gu_ + F, 2 * F, n, F, xb_, F, stream_), "SwiGLU");
-    return fp4_gemm_bf16(L.down, n, h, D, true);
+    return gemm_bf16(L.down, n, h, D, true);
   }
   if (chain_mode_ > 0 && !chaining_ && n <= kMatvecMaxCols) {  // gate/up and down as one chain
     chaining_ = true;

@@ -473,3 +473,58 @@ TEST_CASE("emulated CUDA backend: Q8_0 and Q4_K models decode a token in as many
     CHECK(tiles == fp4);
   }
 }
+
+TEST_CASE("emulated CUDA backend: prefill GEMMs of k-quant and mixed models with the dequantization ahead (or cached) equal row blocks") {
+  // Batches of Q8_0 / Q4_K tiles and GGUF-layout parts (the mixed model:
+  // parts of several types and scales, GEMMs per run of one scale) go
+  // through the second stream's dequantization one projection ahead, or
+  // the weights dequantized once (QWEN35_CUDA_DEQ_CACHE=1), instead of
+  // row blocks before each GEMM; the emulated GEMM sums each output in one
+  // order, so the logits are the same bits.
+  struct Shape {
+    const char* name;
+    uint32_t type;
+    bool mixed;
+  };
+  for (const Shape sh : {Shape{"emu-cuda-deq-q8", GGML_Q8_0, false}, Shape{"emu-cuda-deq-q4k", GGML_Q4_K, false},
+                         Shape{"emu-cuda-deq-mixed", GGML_Q8_0, true}}) {
+    CAPTURE(sh.name);
+    SynthConfig c = small_synth(256, 17);
+    c.matrix_type = sh.type;
+    c.mixed = sh.mixed;
+    const std::string path = synth_model(sh.name, c);
+    qwen35_model_params mp = qwen35_model_default_params();
+    mp.device = QWEN35_DEVICE_CUDA;
+    qwen35_model* m = nullptr;
+    REQUIRE_MESSAGE(qwen35_model_load(path.c_str(), &mp, &m) == QWEN35_OK, qwen35_errmsg());
+    const int V = qwen35_model_n_vocab(m);
+    std::vector<int32_t> s;
+    for (int i = 0; i < 20; ++i) s.push_back((i * 41 + 7) % (V - 20));
+    uint64_t bytes[3] = {};
+    auto batch_logits = [&](const char* ahead, const char* cache, uint64_t* ctx_bytes) {
+      EnvVar a("QWEN35_CUDA_DEQ_AHEAD", ahead), b("QWEN35_CUDA_DEQ_CACHE", cache);
+      qwen35_context* ctx = make_ctx(m);  // (reads the switches)
+      *ctx_bytes = qwen35_context_memory_bytes(ctx);
+      REQUIRE(qwen35_context_decode(ctx, s.data(), int32_t(s.size()), QWEN35_LOGITS_ALL) == QWEN35_OK);
+      std::vector<float> out;
+      for (int i = 0; i < int(s.size()); ++i)
+        out.insert(out.end(), qwen35_context_logits(ctx, i), qwen35_context_logits(ctx, i) + V);
+      const float* d = nullptr;
+      if (qwen35_model_has_mtp(m)) {
+        REQUIRE(qwen35_context_mtp_draft(ctx, 42, &d) == QWEN35_OK);
+        out.insert(out.end(), d, d + V);
+      }
+      qwen35_context_free(ctx);
+      return out;
+    };
+    const std::vector<float> blocks = batch_logits("0", "0", &bytes[0]), ahead = batch_logits("1", "0", &bytes[1]),
+                             cached = batch_logits("1", "1", &bytes[2]);
+    // The two projection buffers, and the whole model's projections in BF16.
+    MESSAGE(std::string(sh.name) << ": context bytes " << bytes[0] << ", ahead " << bytes[1] << ", cached " << bytes[2]);
+    CHECK(bytes[1] > bytes[0]);
+    CHECK(bytes[2] > bytes[1]);
+    CHECK(ahead == blocks);
+    CHECK(cached == blocks);
+    free_model(m);
+  }
+}

@@ -537,41 +537,57 @@ TEST_CASE("CUDA: every decode-kernel variant agrees with the generic kernels; gr
 
 TEST_CASE("CUDA: prefill with the dequantization ahead (or cached) equals the row-block path") {
   QWEN35_REQUIRE_GPU();
-  Model m(fixture("models/tiny-m-nvfp4.gguf"));
+  // The NVFP4 fixture (with its MTP layer), a Q4_K model (k-quant tiles,
+  // stacks in one) and a mixed-type model (parts of several types and
+  // layouts, one GEMM per run of one scale).
+  qwen35::SynthConfig q4k;
+  q4k.matrix_type = qwen35::GGML_Q4_K;
+  q4k.n_vocab = 4122;
+  q4k.seed = 8;
+  qwen35::SynthConfig mixed = q4k;
+  mixed.mixed = true;
+  mixed.seed = 9;
+  const std::vector<std::string> paths = {fixture("models/tiny-m-nvfp4.gguf"), synth_model("deq-ahead-q4k", q4k),
+                                          synth_model("deq-ahead-mixed", mixed)};
   const auto s = read_seqs(fixture("logits/seqs.txt"))[2];  // 300 tokens
-  auto run = [&](int n_batch) {
-    Ctx c(m.m, 512, true, n_batch);
-    REQUIRE(qwen35_context_decode(c.c, s.data(), int(s.size()), QWEN35_LOGITS_ALL) == QWEN35_OK);
-    std::vector<float> out;
-    for (int i = 0; i < int(s.size()); i += 37)
-      out.insert(out.end(), qwen35_context_logits(c.c, i), qwen35_context_logits(c.c, i) + 4122);
-    const float* d = nullptr;
-    REQUIRE(qwen35_context_mtp_draft(c.c, 42, &d) == QWEN35_OK);
-    out.insert(out.end(), d, d + 4122);
-    return out;
-  };
-  // Chunks of 64 rows: the prefetch chain wraps from the MTP layer to layer 0.
-  for (int n_batch : {512, 64}) {
-    CAPTURE(n_batch);
-    std::vector<float> blocks;
-    {
-      EnvVar e("QWEN35_CUDA_DEQ_AHEAD", "0");
-      blocks = run(n_batch);
-    }
-    for (bool cache : {false, true}) {
-      CAPTURE(cache);
-      std::vector<float> ahead;
+  for (const std::string& path : paths) {
+    CAPTURE(path);
+    Model m(path);
+    REQUIRE(qwen35_model_n_vocab(m.m) == 4122);
+    auto run = [&](int n_batch) {
+      Ctx c(m.m, 512, true, n_batch);
+      REQUIRE(qwen35_context_decode(c.c, s.data(), int(s.size()), QWEN35_LOGITS_ALL) == QWEN35_OK);
+      std::vector<float> out;
+      for (int i = 0; i < int(s.size()); i += 37)
+        out.insert(out.end(), qwen35_context_logits(c.c, i), qwen35_context_logits(c.c, i) + 4122);
+      const float* d = nullptr;
+      REQUIRE(qwen35_context_mtp_draft(c.c, 42, &d) == QWEN35_OK);
+      out.insert(out.end(), d, d + 4122);
+      return out;
+    };
+    // Chunks of 64 rows: the prefetch chain wraps from the MTP layer to layer 0.
+    for (int n_batch : {512, 64}) {
+      CAPTURE(n_batch);
+      std::vector<float> blocks;
       {
-        EnvVar e("QWEN35_CUDA_DEQ_CACHE", cache ? "1" : "0");
-        ahead = run(n_batch);
+        EnvVar e("QWEN35_CUDA_DEQ_AHEAD", "0");
+        blocks = run(n_batch);
       }
-      // One GEMM per projection instead of row blocks: equal up to the GEMM's rounding.
-      double worst = 0;
-      for (size_t r = 0; r * 4122 < blocks.size(); ++r)
-        worst = std::max(worst, rel_err(ahead.data() + r * 4122, blocks.data() + r * 4122, 4122));
-      MESSAGE((cache ? "cached weights" : "dequantization ahead") << " vs row blocks: worst relative difference "
-                                                                 << worst);
-      CHECK(worst < 1e-4);
+      for (bool cache : {false, true}) {
+        CAPTURE(cache);
+        std::vector<float> ahead;
+        {
+          EnvVar e("QWEN35_CUDA_DEQ_CACHE", cache ? "1" : "0");
+          ahead = run(n_batch);
+        }
+        // One GEMM per projection instead of row blocks: equal up to the GEMM's rounding.
+        double worst = 0;
+        for (size_t r = 0; r * 4122 < blocks.size(); ++r)
+          worst = std::max(worst, rel_err(ahead.data() + r * 4122, blocks.data() + r * 4122, 4122));
+        MESSAGE((cache ? "cached weights" : "dequantization ahead") << " vs row blocks: worst relative difference "
+                                                                   << worst);
+        CHECK(worst < 1e-4);
+      }
     }
   }
 }
