@@ -208,6 +208,7 @@ Status CudaBackend::init() {
   cv.add(&fp4_partial_, std::max<uint64_t>(1, dm_.fp4_partial_floats));
   cv.add(&fp4_counters_, std::max<uint64_t>(1, dm_.fp4_counter_ints));
   chain_mode_ = decode_tuning().fp4_kernel == 3 ? decode_tuning().fp4_chain : 0;
+  chain_early_ = decode_tuning().fp4_chain_early != 0;
   std::vector<const DevLinear*> sites;
   if (chain_mode_ > 0) {
     std::vector<const DevLayer*> layers;

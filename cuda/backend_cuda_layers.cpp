@@ -447,12 +447,17 @@ Status CudaBackend::queue_fp4(Fp4MatvecArgs a, const DevLinear& W) {
     chain_site_ = &W;  // (delta is false: flush_chain and drop_chain clear it with the stages)
   } else {
     // By slice when a reads the SwiGLU outputs of the NVFP4 stage before
-    // (the FFN's down projection), else after the whole stage before.
+    // (the FFN's down projection); by slice until the combine when a reads
+    // its plain outputs (the residual stream through the RMS norm: gate/up
+    // after the output projection, the input projection after down; tuning
+    // fp4_chain_early); else after the whole stage before.
     const Fp4MatvecArgs& pr = chain_.stage[s - 1];
-    const bool slice = !(s == 1 && fp4_chain_has_head(chain_)) && pr.epilogue == Fp4Epilogue::SwiGLU &&
-                       a.x == pr.y && a.ldx == pr.ldy && !a.norm && !a.gate_z &&
-                       a.w.pairing == Fp4Pairing::Plain && a.w.cols == pr.w.rows;
-    chain_.dep[s] = slice ? Fp4Dep::Slice : Fp4Dep::Full;
+    const bool after_head = s == 1 && fp4_chain_has_head(chain_);
+    const bool reads_prev = !after_head && a.x == pr.y && a.ldx == pr.ldy && a.w.cols == pr.w.rows && !a.gate_z;
+    const bool slice = reads_prev && pr.epilogue == Fp4Epilogue::SwiGLU && !a.norm && a.w.pairing == Fp4Pairing::Plain;
+    const bool slice_norm = reads_prev && chain_early_ && pr.w.pairing == Fp4Pairing::Plain &&
+                            (pr.epilogue == Fp4Epilogue::Store || pr.epilogue == Fp4Epilogue::Add);
+    chain_.dep[s] = slice ? Fp4Dep::Slice : slice_norm ? Fp4Dep::SliceNorm : Fp4Dep::Full;
   }
   a.partial = chain_partial_[s];
   a.counters = chain_counters_[s];

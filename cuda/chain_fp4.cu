@@ -19,12 +19,15 @@
 //    those columns] for a Slice successor, else in done[s];
 //  * a task of stage s > 0, its weights requested, waits (thread 0,
 //    polling with acquire loads) for ready[s-1][its slice] and read[s-1]
-//    (Slice), or for done[s-1] (Full), then reads its inputs through L2
-//    (other blocks of this launch wrote them).
+//    (Slice), for ready[s-1][its slice] (SliceNorm), or for done[s-1]
+//    (Full), then reads its inputs through L2 (other blocks of this launch
+//    wrote them); a SliceNorm task, its slice streamed, then waits for
+//    done[s-1] before the row norms, the combine and the epilogue.
 // By induction a Full stage starts after every earlier stage has finished,
-// and a Slice stage after every earlier stage but its producer has
-// finished and after its producer's prologues: the same order as separate
-// launches, except that a Slice stage overlaps its producer.
+// a SliceNorm stage writes only after that, and a Slice stage starts after
+// every earlier stage but its producer has finished and after its
+// producer's prologues: the same order as separate launches, except that
+// Slice and SliceNorm stages overlap their producers.
 // Deadlock freedom: a task only waits for tasks with lower tickets, which
 // running blocks took and which never wait for higher tickets, so the waits
 // end whatever number of blocks is resident. (The emulation, which runs
@@ -76,7 +79,7 @@ __device__ __forceinline__ uint64_t global_ns() {
 #endif
 }
 
-enum : int { kDepNone = 0, kDepSlice = 1, kDepFull = 2 };
+enum : int { kDepNone = 0, kDepSlice = 1, kDepFull = 2, kDepSliceNorm = 3 };
 
 // The delta-rule stage: 8 state elements per thread (the default split of
 // delta_net.cu, so the same sums), a task = delta_rows(dk) state rows of
@@ -92,6 +95,7 @@ struct ChainPlan {
   int64_t kg_per[kMaxStages] = {};  // kgroups per column slice
   int splits[kMaxStages] = {};
   int groups[kMaxStages] = {};      // tile groups (kBulkWarps tiles each); delta rule, attention: its tasks
+  int outputs[kMaxStages] = {};     // outputs of a tile group (kBulkWarps * 8 with SwiGLU, else * 16)
   int dep[kMaxStages] = {};         // how stage s waits for s-1
   bool skip_math = false;           // tuning fp4_probe: timing only
 };
@@ -144,10 +148,43 @@ __device__ __forceinline__ void wait_counts(int* sync, const int* a, int na, con
   }
 }
 
-// Tile groups of stage s-1 whose outputs a slice of Slice stage s reads.
-__device__ __forceinline__ int groups_per_slice(const ChainPlan& p, int s) {
-  return int(p.kg_per[s] * kFp4GroupCols / kGroupOutputs);
+// A SliceNorm task's second wait (thread 0): until *done >= na, as
+// wait_counts but with less state live across the stream before it (the
+// first task to give up records the stage and counts, task -1).
+__device__ __forceinline__ void wait_done(int* sync, const int* done, int na, int* fault, int stage) {
+  const uint64_t t0 = global_ns();
+  for (;;) {
+    const int have = ld_acquire(done);
+    if (have >= na) return;
+#ifdef QWEN35_CUDA_EMU
+    const bool give = true;
+#else
+    const bool give = global_ns() - t0 > kMaxWaitNs || ld_acquire(sync + kSyncFault) != 0;
+#endif
+    if (give) {
+      if (atomicCAS(sync + kSyncFault, 0, 1) == 0) {
+        volatile int* f = fault;
+        f[1] = stage;
+        f[2] = -1;
+        f[3] = have;
+        f[4] = na;
+        __threadfence_system();
+      }
+      *reinterpret_cast<volatile int*>(fault) = 1;
+      return;
+    }
+#ifndef QWEN35_CUDA_EMU
+    __nanosleep(64);
+#endif
+  }
 }
+
+// Tile groups of stage s-1 whose outputs a slice of a Slice or SliceNorm
+// stage s reads.
+__host__ __device__ __forceinline__ int groups_per_slice(const ChainPlan& p, int s) {
+  return int(p.kg_per[s] * kFp4GroupCols / p.outputs[s - 1]);
+}
+__host__ __device__ __forceinline__ bool dep_by_slice(int dep) { return dep == kDepSlice || dep == kDepSliceNorm; }
 
 // Task u (0-based within the stage) of stage kS, with argument block a.
 template <int S, int kN, int kS>
@@ -160,7 +197,8 @@ __device__ __forceinline__ void chain_task(const Fp4MatvecArgs& a, const ChainPl
   const Fp4Tiled& w = a.w;
   const int n = kN > 0 ? kN : a.n;
   const int splits = p.splits[kS];
-  const bool by_slice = kS > 0 && p.dep[kS] == kDepSlice;
+  const int dep = kS > 0 ? p.dep[kS] : kDepNone;
+  const bool by_slice = dep_by_slice(dep);
   const int64_t group = by_slice ? u % p.groups[kS] : u / splits;
   const int split = by_slice ? u / p.groups[kS] : u % splits;
   const int64_t kg0 = int64_t(split) * p.kg_per[kS];
@@ -184,11 +222,12 @@ __device__ __forceinline__ void chain_task(const Fp4MatvecArgs& a, const ChainPl
   if constexpr (kS > 0) {
     if (threadIdx.x == 0) {
       int* prev = stage_sync(sync, kS - 1);
-      if (p.dep[kS] == kDepSlice) {
+      if (by_slice) {
         const int per = groups_per_slice(p, kS);
         const int need = min(p.groups[kS - 1], (split + 1) * per) - split * per;
-        wait_counts(sync, prev + kSyncReady + split, need, prev + kSyncRead, p.start[kS] - p.start[kS - 1], fault,
-                    kS, u);
+        const bool read = dep == kDepSlice;  // (SliceNorm writes only after all of stage kS-1)
+        wait_counts(sync, prev + kSyncReady + split, need, read ? prev + kSyncRead : nullptr,
+                    read ? p.start[kS] - p.start[kS - 1] : 0, fault, kS, u);
       } else {
         wait_counts(sync, prev + kSyncDone, p.groups[kS - 1], nullptr, 0, fault, kS, u);
       }
@@ -200,7 +239,6 @@ __device__ __forceinline__ void chain_task(const Fp4MatvecArgs& a, const ChainPl
   TcInput in = tc_input(a);
   in.n = n;
   tc_load_x_impl<false, (kS > 0)>(in, kg0 * kFp4GroupCols, nch, xs, mult, nullptr);
-  if (a.norm) tc_row_squares<W, (kS > 0)>(in, w.cols, ss_part);
   __syncthreads();
   if (next_dep == kDepSlice && threadIdx.x == 0) {
     __threadfence();
@@ -210,6 +248,18 @@ __device__ __forceinline__ void chain_task(const Fp4MatvecArgs& a, const ChainPl
   // 4. Stream, combine, store.
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   if (active) bulk_stream<S, false>(run, acc, xs + tc_b_row(g, n) * 16 + t * 4, mult + 2 * t, n, lane, g, p.skip_math);
+  if constexpr (kS > 0) {
+    if (dep == kDepSliceNorm) {  // all of the stage before: the rows' norms, then this stage's writes
+      if (threadIdx.x == 0) wait_done(sync, stage_sync(sync, kS - 1) + kSyncDone, p.groups[kS - 1], fault, kS);
+      __syncthreads();
+    }
+  }
+  // The RMS norm's sums of squares over whole rows (after the stream: for
+  // SliceNorm, the rows are whole only now).
+  if (a.norm) {
+    tc_row_squares<W, (kS > 0)>(in, w.cols, ss_part);
+    __syncthreads();
+  }
   const bool stored = fp4_finish<W>(a, splits, group, split, tile, active, g, t, acc, ss_part, is_last);
 
   // 5. Publish the tile group's outputs to the next stage.
@@ -218,7 +268,8 @@ __device__ __forceinline__ void chain_task(const Fp4MatvecArgs& a, const ChainPl
     __syncthreads();
     if (threadIdx.x == 0) {
       int* me = stage_sync(sync, kS);
-      atomicAdd(next_dep == kDepSlice ? me + kSyncReady + int(group / groups_per_slice(p, kS + 1)) : me + kSyncDone, 1);
+      if (dep_by_slice(next_dep)) atomicAdd(me + kSyncReady + int(group / groups_per_slice(p, kS + 1)), 1);
+      if (next_dep != kDepSlice) atomicAdd(me + kSyncDone, 1);
     }
   }
 }
@@ -413,7 +464,11 @@ ChainPlan make_plan(const Fp4ChainArgs& a, int sms) {
     p.kg_per[s] = geo.kg_per;
     p.splits[s] = geo.splits;
     p.groups[s] = int((st.w.tiles() + kBulkWarps - 1) / kBulkWarps);
-    p.dep[s] = s == 0 ? kDepNone : a.dep[s] == Fp4Dep::Slice ? kDepSlice : kDepFull;
+    p.outputs[s] = st.epilogue == Fp4Epilogue::SwiGLU ? kGroupOutputs : kBulkWarps * kFp4TileRows;
+    p.dep[s] = s == 0                            ? kDepNone
+               : a.dep[s] == Fp4Dep::Slice     ? kDepSlice
+               : a.dep[s] == Fp4Dep::SliceNorm ? kDepSliceNorm
+                                               : kDepFull;
     p.start[s + 1] = p.start[s] + p.groups[s] * p.splits[s];
   }
   for (int s = a.stages; s < kMaxStages; ++s) p.start[s + 1] = p.start[s];
@@ -479,11 +534,19 @@ bool fp4_chain_supported(const Fp4ChainArgs& a, int sms) {
           st.x != pr.y || st.ldx != pr.ldy || st.w.cols != pr.w.rows)
         return false;
     }
+    if (s > 0 && a.dep[s] == Fp4Dep::SliceNorm) {
+      // Reads the plain outputs of NVFP4 stage s-1, column slice by slice.
+      const Fp4MatvecArgs& pr = a.stage[s - 1];
+      if (s == first || (pr.epilogue != Fp4Epilogue::Store && pr.epilogue != Fp4Epilogue::Add) ||
+          pr.w.pairing != Fp4Pairing::Plain || st.gate_z || st.x != pr.y || st.ldx != pr.ldy ||
+          st.w.cols != pr.w.rows)
+        return false;
+    }
   }
   const ChainPlan p = make_plan(a, sms);
   for (int s = first; s < a.stages; ++s) {
     const Fp4MatvecArgs& st = a.stage[s];
-    if (p.dep[s] == kDepSlice && p.splits[s] > kMaxSlices) return false;
+    if (dep_by_slice(p.dep[s]) && p.splits[s] > kMaxSlices) return false;
     if (p.splits[s] > 1) {
       if (!st.partial || !st.counters) return false;
       for (int r = first; r < s; ++r)  // split-K scratch of its own (the stages run at the same time)

@@ -36,6 +36,14 @@ enum class Fp4Dep {
   // Stage s starts when stage s-1 is done (and with it, every earlier
   // stage): for a prologue over whole rows (the RMS norm) or any other use.
   Full,
+  // Stage s-1's outputs are plain rows (Store or Add, no pairing) and stage
+  // s reads them (x = y of s-1, the RMS norm prologue or none, no gated
+  // norm): each column slice of stage s loads its activations and streams
+  // its weights once the tile groups that wrote those columns are done,
+  // then waits for all of stage s-1 before the norm factor (whole rows),
+  // the split-K combine and the epilogue, so that everything stage s
+  // writes comes after stage s-1 as with Full.
+  SliceNorm,
 };
 
 constexpr int kFp4ChainMaxStages = 5;
@@ -68,8 +76,9 @@ struct Fp4ChainArgs {
   // when a task gave up waiting for its inputs (after about a second: a
   // hardware or scheduling fault, never expected), the outputs of that
   // launch then being wrong; the first such task of a launch writes its
-  // stage [1], its task index within the stage [2], the counter's value
-  // [3] and what it waited for [4]. Memory the device can write and the
+  // stage [1], its task index within the stage [2] (-1: a SliceNorm
+  // task's wait for the whole stage before), the counter's value [3] and
+  // what it waited for [4]. Memory the device can write and the
   // host can read after a synchronization (pinned).
   int* fault = nullptr;
 };

@@ -14,14 +14,19 @@
 
 namespace qwen35::test {
 
-inline qwen35_model* load_cuda(const char* name) {
+// The model file at path on the emulated device.
+inline qwen35_model* load_cuda_path(const std::string& path) {
   qwen35_model_params mp = qwen35_model_default_params();
   mp.device = QWEN35_DEVICE_CUDA;
   qwen35_model* m = nullptr;
-  REQUIRE_MESSAGE(qwen35_model_load(fixture(std::string("models/") + name + ".gguf").c_str(), &mp, &m) == QWEN35_OK,
-                  qwen35_errmsg());
+  REQUIRE_MESSAGE(qwen35_model_load(path.c_str(), &mp, &m) == QWEN35_OK, qwen35_errmsg());
   CHECK(qwen35_model_device(m) == QWEN35_DEVICE_CUDA);
   return m;
+}
+
+// A fixture model on the emulated device.
+inline qwen35_model* load_cuda(const char* name) {
+  return load_cuda_path(fixture(std::string("models/") + name + ".gguf"));
 }
 
 // A small synthetic model's shapes: 600 tokens, width n_embd, head size 64,
@@ -47,12 +52,7 @@ inline SynthConfig small_synth(int32_t n_embd, uint32_t seed) {
 inline qwen35_model* load_mirror_synth(const char* name, int32_t n_embd, uint32_t seed) {
   SynthConfig cfg = small_synth(n_embd, seed);
   cfg.mtp_mirror = true;
-  const std::string path = synth_model(name, cfg);
-  qwen35_model_params mp = qwen35_model_default_params();
-  mp.device = QWEN35_DEVICE_CUDA;
-  qwen35_model* m = nullptr;
-  REQUIRE_MESSAGE(qwen35_model_load(path.c_str(), &mp, &m) == QWEN35_OK, qwen35_errmsg());
-  return m;
+  return load_cuda_path(synth_model(name, cfg));
 }
 
 inline qwen35_context* make_ctx(qwen35_model* m) {

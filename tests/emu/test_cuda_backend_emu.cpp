@@ -101,10 +101,11 @@ TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta 
   // Steps of 1, 2 and 3 rows (the decode kernels; 1 and 2 with the causal
   // conv in the input projection's epilogue), with MTP logits (the MTP
   // layer's FFN too), graphs on; the contexts read the tuning when created.
-  auto run = [&](int chain) {
+  auto run = [&](int chain, bool early = true) {
     const cuda::DecodeTuning saved = cuda::decode_tuning();
     cuda::DecodeTuning t = saved;
     t.fp4_chain = chain;
+    t.fp4_chain_early = early ? 1 : 0;
     cuda::set_decode_tuning(t);
     qwen35_context* c = make_ctx(m);
     cuda::set_decode_tuning(saved);
@@ -130,6 +131,9 @@ TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta 
   CHECK(run(2) == single);
   CHECK(run(3) == single);
   CHECK(run(4) == single);
+  // The norms' stages after the whole stage before (no SliceNorm waits).
+  CHECK(run(2, false) == single);
+  CHECK(run(4, false) == single);
   free_model(m);
 }
 
@@ -452,11 +456,8 @@ TEST_CASE("emulated CUDA backend: Q8_0 and Q4_K models decode a token in as many
       c.embd_type = GGML_Q8_0;
       c.ssm_dv = 64;  // (the NVFP4 kernels' gated norm takes heads of multiples of 64)
       c.n_mtp = 0;
-      const std::string path = synth_model(std::string("emu-cuda-twin-dv64-") + type_info(matrix_type)->name, c);
-      qwen35_model_params mp = qwen35_model_default_params();
-      mp.device = QWEN35_DEVICE_CUDA;
-      qwen35_model* m = nullptr;
-      REQUIRE_MESSAGE(qwen35_model_load(path.c_str(), &mp, &m) == QWEN35_OK, qwen35_errmsg());
+      const std::string file = std::string("emu-cuda-twin-dv64-") + type_info(matrix_type)->name;
+      qwen35_model* m = load_cuda_path(synth_model(file, c));
       qwen35_context* ctx = make_ctx(m);
       const std::vector<int32_t> s = {3, 14, 15, 92, 65};
       REQUIRE(qwen35_context_decode(ctx, s.data(), 3, QWEN35_LOGITS_LAST) == QWEN35_OK);
@@ -492,11 +493,7 @@ TEST_CASE("emulated CUDA backend: prefill GEMMs of k-quant and mixed models with
     SynthConfig c = small_synth(256, 17);
     c.matrix_type = sh.type;
     c.mixed = sh.mixed;
-    const std::string path = synth_model(sh.name, c);
-    qwen35_model_params mp = qwen35_model_default_params();
-    mp.device = QWEN35_DEVICE_CUDA;
-    qwen35_model* m = nullptr;
-    REQUIRE_MESSAGE(qwen35_model_load(path.c_str(), &mp, &m) == QWEN35_OK, qwen35_errmsg());
+    qwen35_model* m = load_cuda_path(synth_model(sh.name, c));
     const int V = qwen35_model_n_vocab(m);
     std::vector<int32_t> s;
     for (int i = 0; i < 20; ++i) s.push_back((i * 41 + 7) % (V - 20));

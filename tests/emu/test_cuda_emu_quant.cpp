@@ -716,10 +716,15 @@ TEST_CASE("emulated: a layer tail as a chain (delta rule or attention, gated nor
           DecodeTuning tv;
           tv.fp4_blocks_per_sm = bps;
           TuningScope ts(tv);
-          check_tail_case(run_tail_case<HostArray>(256, 576, 4, 64, 384, 640, n, 4, rand, head));
-          // Three in a row (alternating counter sets), each from the last's state.
-          if (bps == 4 && n == 1)
-            check_tail_case(run_tail_case<HostArray>(256, 576, 4, 64, 384, 640, n, 4, rand, head, 3));
+          // The norms' stages after the whole stage before, or by slice
+          // until their combine (SliceNorm).
+          for (Fp4Dep nd : {Fp4Dep::Full, Fp4Dep::SliceNorm}) {
+            CAPTURE(int(nd));
+            check_tail_case(run_tail_case<HostArray>(256, 576, 4, 64, 384, 640, n, 4, rand, head, 1, nullptr, nd));
+            // Three in a row (alternating counter sets), each from the last's state.
+            if (bps == 4 && n == 1)
+              check_tail_case(run_tail_case<HostArray>(256, 576, 4, 64, 384, 640, n, 4, rand, head, 3, nullptr, nd));
+          }
         }
   emu::set_order(false);
 }

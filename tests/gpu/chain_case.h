@@ -231,9 +231,12 @@ struct TailCaseResult {
 // repeat > 1: the tail applied that many times in a row on `stream` (the
 // chains alternating between two sets of counters, as consecutive layers
 // do; with PDL on a created stream), each from the state the last left.
+// norm_dep: how gate/up and the input projection (RMS norms of the
+// residual stream the stage before wrote) wait, Full or SliceNorm.
 template <template <typename> class Arr, typename Rand>
 TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64_t C, int64_t Nin, int n, int sms,
-                             Rand rand, const TailHead& head = {}, int repeat = 1, cudaStream_t stream = nullptr) {
+                             Rand rand, const TailHead& head = {}, int repeat = 1, cudaStream_t stream = nullptr,
+                             qwen35::cuda::Fp4Dep norm_dep = qwen35::cuda::Fp4Dep::Full) {
   using namespace qwen35::cuda;
   const bool delta = head.kind == TailHead::Delta, attn = head.kind == TailHead::Attention;
   const int64_t Cv = attn ? head.Hq * head.Dh : Hv * dv, ldh = D + 4, lda = F + 8, ldz = Cv + 4, K = 4;
@@ -287,8 +290,8 @@ TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64
       a.attn_args = adev.fused(kc, vc, so_buf, true);
       a.dep[1] = Fp4Dep::Full;
     }
-    a.dep[s0 + 1] = Fp4Dep::Full;
-    a.dep[s0 + 3] = Fp4Dep::Full;
+    a.dep[s0 + 1] = norm_dep;
+    a.dep[s0 + 3] = norm_dep;
     Fp4MatvecArgs& o = a.stage[s0];
     o.w = wout.t;
     o.x = so_buf;

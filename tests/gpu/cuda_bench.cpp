@@ -415,6 +415,14 @@ int main(int argc, char** argv) {
           t.fp4_probe = probe;
           variants.push_back(t);
         }
+      // The layer chains with the norms' stages waiting for the whole stage
+      // before (fp4_chain_early 0) instead of by slice until their combine.
+      for (int chain : {2, 4}) {
+        t = base;
+        t.fp4_chain = chain;
+        t.fp4_chain_early = 0;
+        variants.push_back(t);
+      }
       t = base;
       t.fp4_probe = 1;
       variants.push_back(t);

@@ -176,6 +176,8 @@ if [ -s "$M4" ]; then
     -p 512 -n 128 --device cuda --json --check 6
   bench "  fp4: chains, + attention" env QWEN35_CUDA_FP4_CHAIN=4 "$BIN/qwen35-cuda-bench" -m "$M4" \
     -p 512 -n 128 --device cuda --json --check 6
+  bench "  fp4: chains 4, full waits" env QWEN35_CUDA_FP4_CHAIN=4 QWEN35_CUDA_FP4_CHAIN_EARLY=0 \
+    "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json --check 6
   # The LM head with the Q6_K kernel 3 (bulk copies), alone and with the chains.
   bench "  q6k: kernel 3 (bulk copies)" env QWEN35_CUDA_Q6K_KERNEL=3 "$BIN/qwen35-cuda-bench" -m "$M4" \
     -p 512 -n 128 --device cuda --json --check 6

@@ -348,7 +348,11 @@ TEST_CASE("32 layer tails as chains in a row on a PDL stream (delta rule or atte
       head.Dh = 256;
       head.n_past = 300;
       head.splits = 5;
-      check_tail_case(run_tail_case<DevArray>(2560, 9216, 32, 128, 8192, 12352, n, sms, rand, head, 32, stream));
+      for (Fp4Dep nd : {Fp4Dep::Full, Fp4Dep::SliceNorm}) {
+        CAPTURE(int(nd));
+        check_tail_case(
+            run_tail_case<DevArray>(2560, 9216, 32, 128, 8192, 12352, n, sms, rand, head, 32, stream, nd));
+      }
     }
   cudaStreamDestroy(stream);
 }
@@ -390,7 +394,11 @@ TEST_CASE("a layer tail as a chain (delta rule or attention, gated norm, FFN, co
           DecodeTuning tv;
           tv.fp4_blocks_per_sm = bps;
           TuningScope ts(tv);
-          check_tail_case(run_tail_case<DevArray>(cs.D, cs.F, cs.Hv, cs.dv, cs.C, cs.Nin, n, sms, rand, head));
+          for (Fp4Dep nd : {Fp4Dep::Full, Fp4Dep::SliceNorm}) {
+            CAPTURE(int(nd));
+            check_tail_case(
+                run_tail_case<DevArray>(cs.D, cs.F, cs.Hv, cs.dv, cs.C, cs.Nin, n, sms, rand, head, 1, nullptr, nd));
+          }
         }
 }
 
