@@ -451,13 +451,20 @@ Status CudaBackend::queue_fp4(Fp4MatvecArgs a, const DevLinear& W) {
     // its plain outputs (the residual stream through the RMS norm: gate/up
     // after the output projection, the input projection after down; tuning
     // fp4_chain_early); else after the whole stage before.
+    // (queue_delta set the stage before the output projection.)
     const Fp4MatvecArgs& pr = chain_.stage[s - 1];
     const bool after_head = s == 1 && fp4_chain_has_head(chain_);
     const bool reads_prev = !after_head && a.x == pr.y && a.ldx == pr.ldy && a.w.cols == pr.w.rows && !a.gate_z;
     const bool slice = reads_prev && pr.epilogue == Fp4Epilogue::SwiGLU && !a.norm && a.w.pairing == Fp4Pairing::Plain;
     const bool slice_norm = reads_prev && chain_early_ && pr.w.pairing == Fp4Pairing::Plain &&
                             (pr.epilogue == Fp4Epilogue::Store || pr.epilogue == Fp4Epilogue::Add);
-    chain_.dep[s] = slice ? Fp4Dep::Slice : slice_norm ? Fp4Dep::SliceNorm : Fp4Dep::Full;
+    // After the delta rule: the output projection's column slices (whole
+    // heads of its gated norm) by the heads they read (tuning too).
+    const bool heads = after_head && chain_.delta && chain_early_ && a.gate_z && a.x == chain_.delta_args.out;
+    chain_.dep[s] = slice        ? Fp4Dep::Slice
+                    : slice_norm ? Fp4Dep::SliceNorm
+                    : heads      ? Fp4Dep::Heads
+                                 : Fp4Dep::Full;
   }
   a.partial = chain_partial_[s];
   a.counters = chain_counters_[s];

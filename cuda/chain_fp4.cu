@@ -79,7 +79,7 @@ __device__ __forceinline__ uint64_t global_ns() {
 #endif
 }
 
-enum : int { kDepNone = 0, kDepSlice = 1, kDepFull = 2, kDepSliceNorm = 3 };
+enum : int { kDepNone = 0, kDepSlice = 1, kDepFull = 2, kDepSliceNorm = 3, kDepHeads = 4 };
 
 // The delta-rule stage: 8 state elements per thread (the default split of
 // delta_net.cu, so the same sums), a task = delta_rows(dk) state rows of
@@ -96,6 +96,7 @@ struct ChainPlan {
   int splits[kMaxStages] = {};
   int groups[kMaxStages] = {};      // tile groups (kBulkWarps tiles each); delta rule, attention: its tasks
   int outputs[kMaxStages] = {};     // outputs of a tile group (kBulkWarps * 8 with SwiGLU, else * 16)
+  int head_dv = 0, head_tasks = 0;  // a delta-rule stage 0: its heads' width and tasks per head
   int dep[kMaxStages] = {};         // how stage s waits for s-1
   bool skip_math = false;           // tuning fp4_probe: timing only
 };
@@ -121,7 +122,14 @@ __device__ __forceinline__ void wait_counts(int* sync, const int* a, int na, con
                                             int stage, int task) {
   const uint64_t t0 = global_ns();
   for (uint32_t i = 1;; ++i) {
+#ifdef QWEN35_CUDA_EMU
+    // Blocks run one after another in ticket order, so every task waited
+    // for has run: the counts must be exact (more would mean a producer
+    // publishing where this task does not look, or a wrong count here).
+    if (ld_acquire(a) == na && (!b || ld_acquire(b) == nb)) return;
+#else
     if (ld_acquire(a) >= na && (!b || ld_acquire(b) >= nb)) return;
+#endif
 #ifdef QWEN35_CUDA_EMU
     const bool give_up = true;
 #else
@@ -155,7 +163,11 @@ __device__ __forceinline__ void wait_done(int* sync, const int* done, int na, in
   const uint64_t t0 = global_ns();
   for (;;) {
     const int have = ld_acquire(done);
+#ifdef QWEN35_CUDA_EMU
+    if (have == na) return;  // (exact: see wait_counts)
+#else
     if (have >= na) return;
+#endif
 #ifdef QWEN35_CUDA_EMU
     const bool give = true;
 #else
@@ -184,7 +196,19 @@ __device__ __forceinline__ void wait_done(int* sync, const int* done, int na, in
 __host__ __device__ __forceinline__ int groups_per_slice(const ChainPlan& p, int s) {
   return int(p.kg_per[s] * kFp4GroupCols / p.outputs[s - 1]);
 }
-__host__ __device__ __forceinline__ bool dep_by_slice(int dep) { return dep == kDepSlice || dep == kDepSliceNorm; }
+__host__ __device__ __forceinline__ bool dep_by_slice(int dep) {
+  return dep == kDepSlice || dep == kDepSliceNorm || dep == kDepHeads;
+}
+// The column slice of stage 1 that reads head j of a delta-rule stage 0
+// (Heads), and the delta-rule tasks a slice waits for.
+__host__ __device__ __forceinline__ int head_slice(const ChainPlan& p, int64_t j) {
+  return int(j * p.head_dv / (p.kg_per[1] * kFp4GroupCols));
+}
+__host__ __device__ __forceinline__ int head_slice_tasks(const ChainPlan& p, int split) {
+  const int64_t cols = int64_t(p.groups[0] / p.head_tasks) * p.head_dv, w = p.kg_per[1] * kFp4GroupCols;
+  const int64_t c0 = split * w, c1 = c0 + w < cols ? c0 + w : cols;
+  return int((c1 - c0) / p.head_dv) * p.head_tasks;
+}
 
 // Task u (0-based within the stage) of stage kS, with argument block a.
 template <int S, int kN, int kS>
@@ -223,9 +247,12 @@ __device__ __forceinline__ void chain_task(const Fp4MatvecArgs& a, const ChainPl
     if (threadIdx.x == 0) {
       int* prev = stage_sync(sync, kS - 1);
       if (by_slice) {
-        const int per = groups_per_slice(p, kS);
-        const int need = min(p.groups[kS - 1], (split + 1) * per) - split * per;
-        const bool read = dep == kDepSlice;  // (SliceNorm writes only after all of stage kS-1)
+        const int per = dep == kDepHeads ? 0 : groups_per_slice(p, kS);
+        const int need = dep == kDepHeads ? head_slice_tasks(p, split)
+                                          : min(p.groups[kS - 1], (split + 1) * per) - split * per;
+        // (SliceNorm writes only after all of stage kS-1; Heads writes
+        // nothing the delta rule reads.)
+        const bool read = dep == kDepSlice;
         wait_counts(sync, prev + kSyncReady + split, need, read ? prev + kSyncRead : nullptr,
                     read ? p.start[kS] - p.start[kS - 1] : 0, fault, kS, u);
       } else {
@@ -333,11 +360,12 @@ __device__ __forceinline__ void delta_task(const DeltaNetArgs& d, const ChainPla
   }
   delta_store_row<TPR, NV>(M, st, sub);
 
-  // Publish to stage 1 (which waits for the whole stage).
+  // Publish to stage 1 (which waits for the whole stage, or by heads).
   if (p.stages > 1) {
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) atomicAdd(stage_sync(sync, 0) + kSyncDone, 1);
+    if (threadIdx.x == 0)
+      atomicAdd(stage_sync(sync, 0) + (p.dep[1] == kDepHeads ? kSyncReady + head_slice(p, j) : kSyncDone), 1);
   }
 }
 
@@ -446,7 +474,9 @@ ChainPlan make_plan(const Fp4ChainArgs& a, int sms) {
     if (s == 0 && a.delta) {  // a task per delta_rows state rows of a head
       p.kg_per[0] = 1;
       p.splits[0] = 1;
-      p.groups[0] = int(a.delta_args.Hv * (a.delta_args.dv / delta_rows(int(a.delta_args.dk))));
+      p.head_dv = int(a.delta_args.dv);
+      p.head_tasks = int(a.delta_args.dv / delta_rows(int(a.delta_args.dk)));
+      p.groups[0] = int(a.delta_args.Hv) * p.head_tasks;
       p.start[1] = p.groups[0];
       continue;
     }
@@ -468,6 +498,7 @@ ChainPlan make_plan(const Fp4ChainArgs& a, int sms) {
     p.dep[s] = s == 0                            ? kDepNone
                : a.dep[s] == Fp4Dep::Slice     ? kDepSlice
                : a.dep[s] == Fp4Dep::SliceNorm ? kDepSliceNorm
+               : a.dep[s] == Fp4Dep::Heads     ? kDepHeads
                                                : kDepFull;
     p.start[s + 1] = p.start[s] + p.groups[s] * p.splits[s];
   }
@@ -505,7 +536,15 @@ bool fp4_chain_supported(const Fp4ChainArgs& a, int sms) {
     // The delta rule: 1-8 rows staged at once in the ring's shared memory
     // (not the barriers after it), then NVFP4 stages waiting for all of it.
     const DeltaNetArgs& d = a.delta_args;
-    if (a.stages < 2 || a.dep[1] != Fp4Dep::Full || !delta_net_shape_supported(d.dk, d.dv)) return false;
+    if (a.stages < 2 || (a.dep[1] != Fp4Dep::Full && a.dep[1] != Fp4Dep::Heads) ||
+        !delta_net_shape_supported(d.dk, d.dv))
+      return false;
+    // By heads: stage 1 reads the delta rule's outputs through its gated
+    // norm on heads of dv (its column slices whole heads).
+    const Fp4MatvecArgs& o = a.stage[1];
+    if (a.dep[1] == Fp4Dep::Heads && (!o.gate_z || o.gate_dv != d.dv || o.x != d.out || o.ldx != d.Hv * d.dv ||
+                                      o.w.cols != d.Hv * d.dv))
+      return false;
     if (d.n < 1 || d.n > kMatvecMaxCols || d.n != a.stage[1].n || d.elems_per_thread != kDeltaEpt) return false;
     const int R = delta_rows(int(d.dk));
     if (d.dv % R != 0 || size_t(d.n) * size_t(2 * d.dk + R + 6) * 4 > size_t(kBulkWarps) * kStages * kBulkStageBytes)

@@ -44,6 +44,11 @@ enum class Fp4Dep {
   // the split-K combine and the epilogue, so that everything stage s
   // writes comes after stage s-1 as with Full.
   SliceNorm,
+  // Stage 0 is the delta rule and stage s = 1 the output projection with
+  // its gated norm (x = the delta rule's outputs, heads of gate_dv): each
+  // column slice of stage 1 starts once the delta-rule tasks of the heads
+  // in its columns are done (slices hold whole heads).
+  Heads,
 };
 
 constexpr int kFp4ChainMaxStages = 5;
@@ -56,7 +61,7 @@ struct Fp4ChainArgs {
   Fp4MatvecArgs stage[kFp4ChainMaxStages];
   // Stage 0 is the delta rule instead (as delta_net would run it: 1-8 rows,
   // 8 state elements per thread, no snapshot restrictions; stage[0] unused),
-  // and stage 1 waits for it whole (dep[1] = Full).
+  // and stage 1 waits for it whole (dep[1] = Full) or by heads (Heads).
   bool delta = false;
   DeltaNetArgs delta_args;
   // Or stage 0 is the fused decode attention (as attention_fused would run

@@ -232,7 +232,9 @@ struct TailCaseResult {
 // chains alternating between two sets of counters, as consecutive layers
 // do; with PDL on a created stream), each from the state the last left.
 // norm_dep: how gate/up and the input projection (RMS norms of the
-// residual stream the stage before wrote) wait, Full or SliceNorm.
+// residual stream the stage before wrote) wait, Full or SliceNorm (then,
+// with the delta rule in front, the output projection by Heads too: the
+// backend's chains with tuning fp4_chain_early).
 template <template <typename> class Arr, typename Rand>
 TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64_t C, int64_t Nin, int n, int sms,
                              Rand rand, const TailHead& head = {}, int repeat = 1, cudaStream_t stream = nullptr,
@@ -283,7 +285,7 @@ TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64
       a.delta = true;
       a.delta_args = delta_args(ds, n, duc.get(), ldu, db.get(), dal.get(), ldb, dalog.get(), ddtb.get(), state, so_buf);
       a.delta_args.elems_per_thread = 8;
-      a.dep[1] = Fp4Dep::Full;
+      a.dep[1] = norm_dep == Fp4Dep::SliceNorm ? Fp4Dep::Heads : Fp4Dep::Full;
     }
     if (attn) {
       a.attn = true;
