@@ -458,9 +458,11 @@ Status CudaBackend::queue_fp4(Fp4MatvecArgs a, const DevLinear& W) {
     const bool slice = reads_prev && pr.epilogue == Fp4Epilogue::SwiGLU && !a.norm && a.w.pairing == Fp4Pairing::Plain;
     const bool slice_norm = reads_prev && chain_early_ && pr.w.pairing == Fp4Pairing::Plain &&
                             (pr.epilogue == Fp4Epilogue::Store || pr.epilogue == Fp4Epilogue::Add);
-    // After the delta rule: the output projection's column slices (whole
-    // heads of its gated norm) by the heads they read (tuning too).
-    const bool heads = after_head && chain_.delta && chain_early_ && a.gate_z && a.x == chain_.delta_args.out;
+    // After the delta rule or attention: the output projection's column
+    // slices by the heads they read (tuning too).
+    const bool heads = after_head && chain_early_ &&
+                       ((chain_.delta && a.gate_z && a.x == chain_.delta_args.out) ||
+                        (chain_.attn && !a.gate_z && !a.norm && a.x == chain_.attn_args.attn.o));
     chain_.dep[s] = slice        ? Fp4Dep::Slice
                     : slice_norm ? Fp4Dep::SliceNorm
                     : heads      ? Fp4Dep::Heads

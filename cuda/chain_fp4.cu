@@ -96,7 +96,9 @@ struct ChainPlan {
   int splits[kMaxStages] = {};
   int groups[kMaxStages] = {};      // tile groups (kBulkWarps tiles each); delta rule, attention: its tasks
   int outputs[kMaxStages] = {};     // outputs of a tile group (kBulkWarps * 8 with SwiGLU, else * 16)
-  int head_dv = 0, head_tasks = 0;  // a delta-rule stage 0: its heads' width and tasks per head
+  // A head stage 0 (delta rule, attention): the columns of stage 1's
+  // input per head (dv, Dh), its tasks per head, its heads.
+  int head_cols = 0, head_tasks = 0, heads = 0;
   int dep[kMaxStages] = {};         // how stage s waits for s-1
   bool skip_math = false;           // tuning fp4_probe: timing only
 };
@@ -199,15 +201,30 @@ __host__ __device__ __forceinline__ int groups_per_slice(const ChainPlan& p, int
 __host__ __device__ __forceinline__ bool dep_by_slice(int dep) {
   return dep == kDepSlice || dep == kDepSliceNorm || dep == kDepHeads;
 }
-// The column slice of stage 1 that reads head j of a delta-rule stage 0
-// (Heads), and the delta-rule tasks a slice waits for.
-__host__ __device__ __forceinline__ int head_slice(const ChainPlan& p, int64_t j) {
-  return int(j * p.head_dv / (p.kg_per[1] * kFp4GroupCols));
+// Heads: the column slices of stage 1 that read head j of the head stage
+// 0 (first .. last: one for the delta rule, whose slices hold whole heads
+// of the gated norm; attention heads may straddle slices), and the stage-0
+// tasks a slice waits for (those of every head it reads).
+__host__ __device__ __forceinline__ int head_first_slice(const ChainPlan& p, int64_t j) {
+  return int(j * p.head_cols / (p.kg_per[1] * kFp4GroupCols));
+}
+__host__ __device__ __forceinline__ int head_last_slice(const ChainPlan& p, int64_t j) {
+  return int(((j + 1) * p.head_cols - 1) / (p.kg_per[1] * kFp4GroupCols));
 }
 __host__ __device__ __forceinline__ int head_slice_tasks(const ChainPlan& p, int split) {
-  const int64_t cols = int64_t(p.groups[0] / p.head_tasks) * p.head_dv, w = p.kg_per[1] * kFp4GroupCols;
+  const int64_t cols = int64_t(p.heads) * p.head_cols, w = p.kg_per[1] * kFp4GroupCols;
   const int64_t c0 = split * w, c1 = c0 + w < cols ? c0 + w : cols;
-  return int((c1 - c0) / p.head_dv) * p.head_tasks;
+  return int((c1 - 1) / p.head_cols - c0 / p.head_cols + 1) * p.head_tasks;
+}
+// Thread 0 of a head-stage task of head j: publishes its outputs to stage 1.
+__device__ __forceinline__ void publish_head(const ChainPlan& p, int64_t j, int* sync) {
+  int* me = stage_sync(sync, 0);
+  if (p.dep[1] != kDepHeads) {
+    atomicAdd(me + kSyncDone, 1);
+    return;
+  }
+  const int last = head_last_slice(p, j);
+  for (int sl = head_first_slice(p, j); sl <= last; ++sl) atomicAdd(me + kSyncReady + sl, 1);
 }
 
 // Task u (0-based within the stage) of stage kS, with argument block a.
@@ -364,8 +381,7 @@ __device__ __forceinline__ void delta_task(const DeltaNetArgs& d, const ChainPla
   if (p.stages > 1) {
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0)
-      atomicAdd(stage_sync(sync, 0) + (p.dep[1] == kDepHeads ? kSyncReady + head_slice(p, j) : kSyncDone), 1);
+    if (threadIdx.x == 0) publish_head(p, j, sync);
   }
 }
 
@@ -381,12 +397,13 @@ __device__ __forceinline__ void attention_task(const FusedAttnArgs& f, const Cha
   // Two cache rows ahead per warp instead of four: no spills within the
   // chain's register budget.
   fused_attention_block<EPL, 2>(f, h, t, s, *reinterpret_cast<FusedAttnSmem<EPL>*>(smem));
-  // Publish to stage 1 (which waits for the whole stage: every task has
-  // published once the merges, which come last in their heads, are done).
+  // Publish to stage 1 (which waits for the whole stage, or by heads:
+  // once every task of a head has published, the last block of each of
+  // its rows has merged them).
   if (p.stages > 1) {
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) atomicAdd(stage_sync(sync, 0) + kSyncDone, 1);
+    if (threadIdx.x == 0) publish_head(p, h, sync);
   }
 }
 
@@ -474,9 +491,10 @@ ChainPlan make_plan(const Fp4ChainArgs& a, int sms) {
     if (s == 0 && a.delta) {  // a task per delta_rows state rows of a head
       p.kg_per[0] = 1;
       p.splits[0] = 1;
-      p.head_dv = int(a.delta_args.dv);
+      p.head_cols = int(a.delta_args.dv);
       p.head_tasks = int(a.delta_args.dv / delta_rows(int(a.delta_args.dk)));
-      p.groups[0] = int(a.delta_args.Hv) * p.head_tasks;
+      p.heads = int(a.delta_args.Hv);
+      p.groups[0] = p.heads * p.head_tasks;
       p.start[1] = p.groups[0];
       continue;
     }
@@ -484,7 +502,10 @@ ChainPlan make_plan(const Fp4ChainArgs& a, int sms) {
       const AttnArgs& at = a.attn_args.attn;
       p.kg_per[0] = 1;
       p.splits[0] = 1;
-      p.groups[0] = int(at.n * at.n_head * at.splits);
+      p.head_cols = int(at.head_dim);
+      p.head_tasks = int(at.n * at.splits);
+      p.heads = int(at.n_head);
+      p.groups[0] = p.heads * p.head_tasks;
       p.start[1] = p.groups[0];
       continue;
     }
@@ -554,10 +575,17 @@ bool fp4_chain_supported(const Fp4ChainArgs& a, int sms) {
   if (a.attn) {
     // The fused attention's blocks (head_dim up to 256: 512 needs more
     // registers), its shared memory in the rings, then NVFP4 stages waiting
-    // for all of it.
+    // for all of it, or stage 1 by heads (it reads the attention's outputs
+    // with no prologue).
     const FusedAttnArgs& f = a.attn_args;
-    if (a.stages < 2 || a.dep[1] != Fp4Dep::Full || !attention_fused_supported(f) || f.attn.n < 1 ||
-        f.attn.n != a.stage[1].n || (f.attn.head_dim != 64 && f.attn.head_dim != 128 && f.attn.head_dim != 256))
+    const Fp4MatvecArgs& o = a.stage[1];
+    const int64_t qd = f.attn.n_head * f.attn.head_dim;
+    if (a.dep[1] == Fp4Dep::Heads && (o.norm || o.gate_z || o.x != f.attn.o || o.ldx != qd || o.w.cols != qd))
+      return false;
+    if (a.stages < 2 || (a.dep[1] != Fp4Dep::Full && a.dep[1] != Fp4Dep::Heads) || !attention_fused_supported(f))
+      return false;
+    if (f.attn.n < 1 || f.attn.n != a.stage[1].n ||
+        (f.attn.head_dim != 64 && f.attn.head_dim != 128 && f.attn.head_dim != 256))
       return false;
     if (sizeof(FusedAttnSmem<8>) > size_t(kBulkWarps) * kStages * kBulkStageBytes) return false;
   }

@@ -44,10 +44,13 @@ enum class Fp4Dep {
   // the split-K combine and the epilogue, so that everything stage s
   // writes comes after stage s-1 as with Full.
   SliceNorm,
-  // Stage 0 is the delta rule and stage s = 1 the output projection with
-  // its gated norm (x = the delta rule's outputs, heads of gate_dv): each
-  // column slice of stage 1 starts once the delta-rule tasks of the heads
-  // in its columns are done (slices hold whole heads).
+  // Stage 0 is the delta rule and stage 1 the output projection with its
+  // gated norm (x = the delta rule's outputs, heads of gate_dv; its column
+  // slices hold whole heads), or stage 0 is the fused attention and stage
+  // 1 the output projection with no prologue (x = the attention's outputs,
+  // heads of head_dim, which may straddle slices): each column slice of
+  // stage 1 starts once the stage-0 tasks of the heads in its columns are
+  // done.
   Heads,
 };
 
@@ -66,7 +69,7 @@ struct Fp4ChainArgs {
   DeltaNetArgs delta_args;
   // Or stage 0 is the fused decode attention (as attention_fused would run
   // it: 1-kFusedAttnRows rows, head_dim 64-256; stage[0] unused), and stage
-  // 1 waits for it whole. Not both.
+  // 1 waits for it whole or by heads. Not both.
   bool attn = false;
   FusedAttnArgs attn_args;
   Fp4Dep dep[kFp4ChainMaxStages] = {};  // dep[s] for s >= 1

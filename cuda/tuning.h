@@ -85,8 +85,8 @@ struct DecodeTuning {
   int fp4_chain = 0;     // kernel 3, chained in one launch (chain_fp4.h): 1 = FFNs, 2 = layer tails,
                          // 3 = + delta rule, 4 = + attention
   int fp4_chain_early = 1;  // chains: a stage with the RMS norm after a plain one starts by column slice
-                            // (Fp4Dep::SliceNorm), the output projection after the delta rule by heads
-                            // (Fp4Dep::Heads), instead of after the whole stage before (0)
+                            // (Fp4Dep::SliceNorm), the output projection after the delta rule or attention
+                            // by heads (Fp4Dep::Heads), instead of after the whole stage before (0)
   int q6k_kernel = 2;
   int q6k_persist = 0;  // kernel 2: 0 = a warp per tile; N = persistent, N blocks per multiprocessor
   int q6k_argmax = 0;   // kernels 2 and 3: 1 = the greedy argmax in the LM head's epilogue

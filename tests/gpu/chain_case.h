@@ -233,8 +233,8 @@ struct TailCaseResult {
 // do; with PDL on a created stream), each from the state the last left.
 // norm_dep: how gate/up and the input projection (RMS norms of the
 // residual stream the stage before wrote) wait, Full or SliceNorm (then,
-// with the delta rule in front, the output projection by Heads too: the
-// backend's chains with tuning fp4_chain_early).
+// with the delta rule or attention in front, the output projection by
+// Heads too: the backend's chains with tuning fp4_chain_early).
 template <template <typename> class Arr, typename Rand>
 TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64_t C, int64_t Nin, int n, int sms,
                              Rand rand, const TailHead& head = {}, int repeat = 1, cudaStream_t stream = nullptr,
@@ -290,7 +290,7 @@ TailCaseResult run_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64
     if (attn) {
       a.attn = true;
       a.attn_args = adev.fused(kc, vc, so_buf, true);
-      a.dep[1] = Fp4Dep::Full;
+      a.dep[1] = norm_dep == Fp4Dep::SliceNorm ? Fp4Dep::Heads : Fp4Dep::Full;
     }
     a.dep[s0 + 1] = norm_dep;
     a.dep[s0 + 3] = norm_dep;
