@@ -294,7 +294,7 @@ class CudaBackend final : public Backend {
   // a split-K scratch per stage) and flush_chain() launches them: before
   // any other kernel, and at the end of the layers.
   int chain_mode_ = 0;
-  bool chain_early_ = true;  // tuning fp4_chain_early: SliceNorm waits in chains
+  bool chain_early_ = true;  // tuning fp4_chain_early: SliceNorm and Heads waits in chains
   bool chaining_ = false;
   Fp4ChainArgs chain_;
   const DevLinear* chain_site_ = nullptr;               // the first stage's weight: whose counters

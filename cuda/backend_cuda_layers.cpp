@@ -450,8 +450,8 @@ Status CudaBackend::queue_fp4(Fp4MatvecArgs a, const DevLinear& W) {
     // (the FFN's down projection); by slice until the combine when a reads
     // its plain outputs (the residual stream through the RMS norm: gate/up
     // after the output projection, the input projection after down; tuning
-    // fp4_chain_early); else after the whole stage before.
-    // (queue_delta set the stage before the output projection.)
+    // fp4_chain_early); else after the whole stage before. (With the delta
+    // rule or attention in front, queue_delta / queue_attention made stage 0.)
     const Fp4MatvecArgs& pr = chain_.stage[s - 1];
     const bool after_head = s == 1 && fp4_chain_has_head(chain_);
     const bool reads_prev = !after_head && a.x == pr.y && a.ldx == pr.ldy && a.w.cols == pr.w.rows && !a.gate_z;
