@@ -48,10 +48,13 @@ inline SynthConfig small_synth(int32_t n_embd, uint32_t seed) {
 }
 
 // small_synth with an MTP layer that mirrors the main model (the drafts are
-// right: every verify pass is accepted), on the CUDA backend.
-inline qwen35_model* load_mirror_synth(const char* name, int32_t n_embd, uint32_t seed) {
+// right: every verify pass is accepted), on the CUDA backend; its matrices
+// of matrix_type.
+inline qwen35_model* load_mirror_synth(const char* name, int32_t n_embd, uint32_t seed,
+                                       uint32_t matrix_type = GGML_NVFP4) {
   SynthConfig cfg = small_synth(n_embd, seed);
   cfg.mtp_mirror = true;
+  cfg.matrix_type = matrix_type;
   return load_cuda_path(synth_model(name, cfg));
 }
 

@@ -250,16 +250,22 @@ TEST_CASE("emulated CUDA backend: the argmax in the LM head's epilogue picks the
 }
 
 TEST_CASE("emulated CUDA backend: greedy MTP speculation (graphs, snapshots, rollback) equals plain greedy") {
-  qwen35_model* m = load_mirror_synth("emu-cuda-mirror", 128, 5);
-  const qwen35_sampler_params greedy = qwen35_sampler_greedy_params();
-  const std::vector<int32_t> plain = generate_tokens(m, greedy, 8, false);
-  qwen35_generate_stats st;
-  const std::vector<int32_t> spec = generate_tokens(m, greedy, 8, true, &st);
-  CHECK(plain.size() == 8);
-  CHECK(spec == plain);
-  CHECK(st.n_drafted > 0);
-  CHECK(st.n_accepted == st.n_drafted);
-  free_model(m);
+  // NVFP4 matrices, and Q8_0 ones (the k-quant tiles: the verify pass's
+  // two rows through the conv epilogue with its snapshot).
+  for (uint32_t type : {uint32_t(GGML_NVFP4), uint32_t(GGML_Q8_0)}) {
+    const std::string name = type_info(type)->name;
+    CAPTURE(name);
+    qwen35_model* m = load_mirror_synth(type == GGML_NVFP4 ? "emu-cuda-mirror" : "emu-cuda-mirror-q8", 128, 5, type);
+    const qwen35_sampler_params greedy = qwen35_sampler_greedy_params();
+    const std::vector<int32_t> plain = generate_tokens(m, greedy, 8, false);
+    qwen35_generate_stats st;
+    const std::vector<int32_t> spec = generate_tokens(m, greedy, 8, true, &st);
+    CHECK(plain.size() == 8);
+    CHECK(spec == plain);
+    CHECK(st.n_drafted > 0);
+    CHECK(st.n_accepted == st.n_drafted);
+    free_model(m);
+  }
 }
 
 TEST_CASE("emulated CUDA backend: a model on each of two devices gives the same logits") {
