@@ -165,8 +165,7 @@ Status CudaBackend::project(const DevLinear& W, const float* x, int64_t ldx, int
     QWEN35_TRY(mm_tiles(W.stack, x, ldx, n, out, ldo, add));
   } else if (!done) {
     for (size_t i = 0; i < W.parts.size(); ++i) {
-      if (i < W.tiles.size() && W.tiles[i].present())
-        QWEN35_TRY(mm_tiles(W.tiles[i], x, ldx, n, out + W.offsets[i], ldo, add));
+      if (const KTiles* t = W.part_tiles(i)) QWEN35_TRY(mm_tiles(*t, x, ldx, n, out + W.offsets[i], ldo, add));
       else QWEN35_TRY(mm(W.parts[i], x, ldx, n, out + W.offsets[i], ldo, add));
     }
   }

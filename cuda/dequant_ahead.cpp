@@ -11,12 +11,8 @@ namespace qwen35::cuda {
 
 namespace {
 
-// A part's scale and whether it is in tiles.
-const KTiles* part_tiles(const DevLinear& W, size_t i) {
-  return i < W.tiles.size() && W.tiles[i].present() ? &W.tiles[i] : nullptr;
-}
 float part_scale(const DevLinear& W, size_t i) {
-  const KTiles* t = part_tiles(W, i);
+  const KTiles* t = W.part_tiles(i);
   return t ? t->scale() : W.parts[i].scale;
 }
 
@@ -26,7 +22,7 @@ cudaError_t dequant_linear_bf16(const DevLinear& W, uint16_t* dst, cudaStream_t 
   if (W.stack.present()) return ktiles_dequant_rows_bf16(W.stack, 0, W.rows, dst, stream);
   for (size_t i = 0; i < W.parts.size(); ++i) {
     uint16_t* out = dst + W.offsets[i] * W.cols;
-    const KTiles* t = part_tiles(W, i);
+    const KTiles* t = W.part_tiles(i);
     const cudaError_t e = t ? ktiles_dequant_rows_bf16(*t, 0, W.parts[i].rows, out, stream)
                             : dequant_rows_bf16(W.parts[i], 0, W.parts[i].rows, out, stream);
     if (e != cudaSuccess) return e;

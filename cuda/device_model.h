@@ -40,6 +40,8 @@ struct DevLinear {
   KTiles stack;                 // the whole stack in k-quant tiles (parts' MatViews without data), or absent
   std::vector<KTiles> tiles;    // else per part: a part in k-quant tiles (its MatView has no data), or absent
   bool present() const { return fp4.present() || !parts.empty(); }
+  // Part i's tiles, or null (it is in the GGUF layout, or the stack holds it).
+  const KTiles* part_tiles(size_t i) const { return i < tiles.size() && tiles[i].present() ? &tiles[i] : nullptr; }
 };
 
 // A token embedding / LM head matrix: GGUF layout, Q6kRows32, Q6kTiled or

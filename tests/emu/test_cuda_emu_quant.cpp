@@ -93,6 +93,16 @@ struct HostTiledFp4 {
   }
 };
 
+// A weight's rows in the tiles of ktiles.h (host memory, repacked in one range).
+struct HostKTiles {
+  KTiles q;
+  std::vector<uint8_t> buf;
+  HostKTiles(const HostQMat& w, float scale) : q(ktiles_plan(w.type, w.rows, w.cols, scale)), buf(ktiles_bytes(q)) {
+    ktiles_place(&q, buf.data());
+    REQUIRE(ktiles_repack(q, w.data.data(), w.row_bytes, 0, w.rows, nullptr) == cudaSuccess);
+  }
+};
+
 struct TuningScope {
   DecodeTuning saved = decode_tuning();
   explicit TuningScope(const DecodeTuning& t) { set_decode_tuning(t); }
@@ -503,10 +513,8 @@ TEST_CASE("emulated: the Q8_0, Q4_K, Q6_K and F16 tiles with the gated-norm prol
     {
       const int64_t N = 400, K = 512, dv = 128, ldz = K + 16;
       HostQMat w(type, N, K, 111);
-      KTiles q = ktiles_plan(type, N, K, 0.75f);
-      std::vector<uint8_t> buf(ktiles_bytes(q));
-      ktiles_place(&q, buf.data());
-      REQUIRE(ktiles_repack(q, w.data.data(), w.row_bytes, 0, N, nullptr) == cudaSuccess);
+      const HostKTiles tiles(w, 0.75f);
+      const KTiles& q = tiles.q;
       REQUIRE(ktiles_gated_fits(q, int(dv)));
       CHECK(!ktiles_gated_fits(q, 96));   // 6 chunks a head: not a power of two
       CHECK(!ktiles_gated_fits(q, 768));  // 48 chunks: more than a warp's lanes
@@ -547,10 +555,8 @@ TEST_CASE("emulated: the Q8_0, Q4_K, Q6_K and F16 tiles with the gated-norm prol
     {
       const int64_t N = 400, K = 256, C = 300, Kc = 4, ldy = N + 3;
       HostQMat w(type, N, K, 121);
-      KTiles q = ktiles_plan(type, N, K, 0.5f);
-      std::vector<uint8_t> buf(ktiles_bytes(q));
-      ktiles_place(&q, buf.data());
-      REQUIRE(ktiles_repack(q, w.data.data(), w.row_bytes, 0, N, nullptr) == cudaSuccess);
+      const HostKTiles tiles(w, 0.5f);
+      const KTiles& q = tiles.q;
       auto taps = random_floats(static_cast<size_t>(C * Kc), 122, -1, 1);
       auto win0 = random_floats(static_cast<size_t>((Kc - 1) * C), 123, -2, 2);
       for (int n : {1, 2}) {

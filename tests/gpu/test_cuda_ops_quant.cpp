@@ -105,6 +105,17 @@ struct TiledFp4 {
   }
 };
 
+// A weight's rows in the tiles of ktiles.h on the device (repacked in one range).
+struct DevKTiles {
+  KTiles q;
+  DevArray<uint8_t> buf;
+  DevKTiles(const QMat& w, float scale, bool paired = false)
+      : q(ktiles_plan(w.type, w.rows, w.cols, scale, paired)), buf(size_t(ktiles_bytes(q))) {
+    ktiles_place(&q, buf.get());
+    REQUIRE(ktiles_repack(q, w.dev.get(), w.row_bytes, 0, w.rows, 0) == cudaSuccess);
+  }
+};
+
 }  // namespace
 
 TEST_CASE("tensor-core NVFP4 matvec matches the CPU (plain, norm prologue, add, SwiGLU, split K)") {
@@ -877,11 +888,9 @@ TEST_CASE("paired gate/up tiles (Q8_0, Q4_K, Q6_K, F16): the SwiGLU epilogue and
     CAPTURE(type_info(type)->name);
     const int64_t F = 9216, N = 2 * F, K = 2560;  // the 4B's FFN gate/up
     QMat w(type, N, K, 107);
-    KTiles q = ktiles_plan(type, N, K, 0.75f, true);
+    const DevKTiles tiles(w, 0.75f, true);
+    const KTiles& q = tiles.q;
     REQUIRE(q.paired());
-    DevArray<uint8_t> buf(ktiles_bytes(q));
-    ktiles_place(&q, buf.get());
-    REQUIRE(ktiles_repack(q, w.dev.get(), w.row_bytes, 0, N, 0) == cudaSuccess);
     DevArray<float> f(static_cast<size_t>(16 * K));
     REQUIRE(ktiles_dequant_rows_f32(q, F - 8, 16, f.get(), 0) == cudaSuccess);  // gate rows, then up rows
     CHECK(rows_equal_f32(f.download(), w, F - 8, 16));
@@ -916,10 +925,8 @@ TEST_CASE("tiles (Q8_0, Q4_K, Q6_K, F16) with the delta net's gated-norm prologu
       // The 4B's output projection: 32 heads of dv = 128, added into the stream.
       const int64_t N = 2560, K = 4096, dv = 128, ldz = 12352;
       QMat w(type, N, K, 131);
-      KTiles q = ktiles_plan(type, N, K, 0.75f);
-      DevArray<uint8_t> buf(ktiles_bytes(q));
-      ktiles_place(&q, buf.get());
-      REQUIRE(ktiles_repack(q, w.dev.get(), w.row_bytes, 0, N, 0) == cudaSuccess);
+      const DevKTiles tiles(w, 0.75f);
+      const KTiles& q = tiles.q;
       REQUIRE(ktiles_gated_fits(q, int(dv)));
       for (int n : {1, 2, 8}) {
         CAPTURE(n);
@@ -944,10 +951,8 @@ TEST_CASE("tiles (Q8_0, Q4_K, Q6_K, F16) with the delta net's gated-norm prologu
       // The 4B's input projection: 8,192 conv channels of 12,352 outputs.
       const int64_t N = 12352, K = 2560, C = 8192, Kc = 4;
       QMat w(type, N, K, 141);
-      KTiles q = ktiles_plan(type, N, K, 0.5f);
-      DevArray<uint8_t> buf(ktiles_bytes(q));
-      ktiles_place(&q, buf.get());
-      REQUIRE(ktiles_repack(q, w.dev.get(), w.row_bytes, 0, N, 0) == cudaSuccess);
+      const DevKTiles tiles(w, 0.5f);
+      const KTiles& q = tiles.q;
       auto taps = random_floats(size_t(C * Kc), 142, -1, 1);
       auto win0 = random_floats(size_t((Kc - 1) * C), 143, -2, 2);
       for (int n : {1, 2}) {
