@@ -524,7 +524,7 @@ ChainPlan make_plan(const Fp4ChainArgs& a, int sms) {
     p.start[s + 1] = p.start[s] + p.groups[s] * p.splits[s];
   }
   for (int s = a.stages; s < kMaxStages; ++s) p.start[s + 1] = p.start[s];
-  p.skip_math = tune.fp4_probe != 0;
+  p.skip_math = (tune.fp4_probe & kFp4ProbeNoMath) != 0;  // (the other probes: kernel 3 only)
   return p;
 }
 

@@ -26,7 +26,7 @@ DecodeTuning clamp(DecodeTuning t) {
   t.fp4_depth = t.fp4_depth >= 16 ? 16 : t.fp4_depth >= 8 ? 8 : 4;
   t.fp4_stages = t.fp4_stages >= 8 && !t.fp4_lean ? 8 : t.fp4_stages >= 4 ? 4 : 2;  // 8: not in lean mode
   t.fp4_lean = t.fp4_lean ? 1 : 0;
-  t.fp4_probe = t.fp4_probe ? 1 : 0;
+  t.fp4_probe = std::clamp(t.fp4_probe, 0, 7);
   t.fp4_cluster = t.fp4_cluster ? 1 : 0;
   t.fp4_late_pdl = t.fp4_late_pdl ? 1 : 0;
   t.fp4_prefetch = std::clamp(t.fp4_prefetch, 0, 2);
@@ -87,6 +87,17 @@ std::string env_settings(const DecodeTuning& t) {
   return out;
 }
 
+// A probe's label (fp4_probe's bits: no math, no activation load, no combine).
+static std::string probe_label(int probe) {
+  if (!probe) return "";
+  std::string s = " PROBE(no";
+  if (probe & kFp4ProbeNoMath) s += " math,";
+  if (probe & kFp4ProbeNoX) s += " x,";
+  if (probe & kFp4ProbeNoCombine) s += " combine,";
+  s.back() = ')';
+  return s;
+}
+
 std::string describe(const DecodeTuning& t) {
   static constexpr const char* kChains[] = {"", " chain-ffn", " chain-layers", " chain-delta", " chain-delta-attn"};
   // (Q6_K kernel 2 keeps fp4_depth kgroups in flight per warp.)
@@ -101,7 +112,7 @@ std::string describe(const DecodeTuning& t) {
                        t.fp4_prefetch == 2 ? " l2-next-early" : t.fp4_prefetch ? " l2-next" : "",
                        kChains[std::clamp(t.fp4_chain, 0, 4)],
                        t.fp4_chain >= 2 && !t.fp4_chain_early ? " full-waits" : "",
-                       t.fp4_probe ? " PROBE(no math)" : "", q6k, t.delta_ept);
+                       probe_label(t.fp4_probe), q6k, t.delta_ept);
   return fmt::format("fp4 v2 w{} bps{} d{}, {}, dn e{}", t.fp4_warps, t.fp4_blocks_per_sm, t.fp4_depth, q6k,
                      t.delta_ept);
 }

@@ -78,7 +78,8 @@ struct DecodeTuning {
   int fp4_depth = 4;
   int fp4_stages = 4;  // kernel 3: shared-memory stages of 4 kgroups per warp (2, 4 or 8)
   int fp4_lean = 0;    // kernel 3: one activation scale per row and slice (1) or per chunk (0)
-  int fp4_probe = 0;   // kernel 3: 1 = leave out the stream's arithmetic (WRONG results; timing probe)
+  int fp4_probe = 0;   // kernel 3, timing probes (WRONG results), bits: 1 = leave out the stream's arithmetic,
+                       // 2 = the activation load (and row norms), 4 = the split-K combine and the stores
   int fp4_cluster = 1;  // kernel 3: 1 = combine the split-K slices in a thread block cluster (<= 8 slices)
   int fp4_late_pdl = 0;  // kernel 3: 1 = let the next kernel launch only after a block's stream (not at its start)
   int fp4_prefetch = 0;  // kernel 3: prefetch the next projection's weights into L2: 1 after the stream, 2 at the start
@@ -94,6 +95,7 @@ struct DecodeTuning {
 };
 
 constexpr int kFp4MaxBlocksPerSm = 32;
+constexpr int kFp4ProbeNoMath = 1, kFp4ProbeNoX = 2, kFp4ProbeNoCombine = 4;  // fp4_probe's bits
 
 DecodeTuning decode_tuning();
 // Values out of range are clamped to the nearest supported one.

@@ -399,33 +399,32 @@ int main(int argc, char** argv) {
               variants.push_back(t);
             }
     } else {
-      // The default first, then chained projections (chain_fp4.h, not yet
-      // measured: each FFN; each layer's tail; the tail with the delta rule
-      // in front; also with the attention in front, in one launch) in the
-      // same process, with two other block-count choices and without the
-      // stream's arithmetic (wrong results; with the probe of the default,
-      // what each costs besides the math), and the default with the global
-      // split-K combine that the chains use.
+      // The default first, then chained projections (chain_fp4.h: each FFN;
+      // each layer's tail; the tail with the delta rule in front; also with
+      // the attention in front, in one launch; all slower than separate
+      // launches on the H100, run 14), the layer chains with full waits,
+      // and kernel 3's timing probes (wrong results): without the stream's
+      // arithmetic, without the activation load, without the split-K
+      // combine and stores, without all three (what is left: the weight
+      // traffic and the launches).
       variants.push_back(base);
-      for (int chain : {1, 2, 3, 4})
-        for (auto [bps, probe] : {std::pair{4, 0}, std::pair{2, 0}, std::pair{6, 0}, std::pair{4, 1}}) {
-          t = base;
-          t.fp4_chain = chain;
-          t.fp4_blocks_per_sm = bps;
-          t.fp4_probe = probe;
-          variants.push_back(t);
-        }
-      // The layer chains with the norms' stages waiting for the whole stage
-      // before (fp4_chain_early 0) instead of by slice until their combine.
+      for (int chain : {1, 2, 3, 4}) {
+        t = base;
+        t.fp4_chain = chain;
+        variants.push_back(t);
+      }
       for (int chain : {2, 4}) {
         t = base;
         t.fp4_chain = chain;
         t.fp4_chain_early = 0;
         variants.push_back(t);
       }
-      t = base;
-      t.fp4_probe = 1;
-      variants.push_back(t);
+      for (int probe : {cuda::kFp4ProbeNoMath, cuda::kFp4ProbeNoX, cuda::kFp4ProbeNoCombine,
+                        cuda::kFp4ProbeNoMath | cuda::kFp4ProbeNoX | cuda::kFp4ProbeNoCombine}) {
+        t = base;
+        t.fp4_probe = probe;
+        variants.push_back(t);
+      }
       t = base;
       t.fp4_cluster = 0;
       variants.push_back(t);

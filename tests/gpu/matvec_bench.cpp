@@ -3,11 +3,12 @@
 // for most of HBM bandwidth for every type in a file: NVFP4, Q6_K, Q8_0,
 // Q4_K, F16, ...), for tests/gpu/run.sh.
 //
-//   qwen35-matvec-bench [--n N] [--types F16,Q8_0,...] [--smoke]
+//   qwen35-matvec-bench [--n N] [--types F16,Q8_0,...] [--smoke] [--shape ROWSxCOLS]...
+//                       [--sms N] [--check-only] [--fp4-sweep]
 //
 // For each shape of the 4B's decode step (FFN gate+up, FFN down, the
-// delta net's output projection) and each type, the weight is written
-// `copies` times (together past 512 MB, so L2 holds none of them: rows
+// delta net's output and input projections, attention's q/gate, k, v
+// projection) and each type, the weight is written `copies` times (together past 512 MB, so L2 holds none of them: rows
 // repeat a quantized block of 64 random rows) and a CUDA graph of 32
 // launches walks the copies, each launch depending on the one before it
 // (programmatic dependent launch, as in a decode step). Printed per
@@ -21,8 +22,15 @@
 // Kernels: `generic` (matmul.cu, every type in its GGUF layout), `fp4`
 // (NVFP4 in the tiled layout, the decode default), `q6k` (Q6_K tiled, the
 // LM head's kernel), `tiles` (Q8_0, Q4_K, Q6_K and F16 tiled, warps sharing
-// a tile by slices, ktiles.h). --smoke:
-// small shapes and few launches, for the CPU emulation (CI).
+// a tile by slices, ktiles.h). --smoke: small shapes and few launches,
+// for the CPU emulation (CI). --shape (repeatable) replaces the shapes,
+// --sms plans the kernels' grids for that many multiprocessors (the
+// emulation has 2: --sms 132 checks an H100's split-K geometry on the
+// CPU), --check-only checks without timing. A case over its bar prints
+// its first and last checked outputs against the reference. --fp4-sweep
+// adds kernel 3 (NVFP4) in 24 geometries (blocks per multiprocessor 2-8,
+// ring stages 2 or 4, cluster or global split-K combine) as `fp4sweep|`
+// lines, for choosing them per shape.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -42,6 +50,7 @@
 #include "matvec_fp4.h"
 #include "matvec_q6k.h"
 #include "quants.h"
+#include "tuning.h"
 
 using namespace qwen35;
 using namespace qwen35::cuda;
@@ -107,6 +116,7 @@ double copy_bandwidth(size_t bytes, cudaStream_t s) {
 // layout, and a launch of the kernel on copy i.
 struct Case {
   std::string kernel;
+  std::string variant;  // --fp4-sweep: the tuning (printed on its own line kind)
   uint32_t type = 0;
   Shape shape{};
   int copies = 1;
@@ -154,14 +164,16 @@ bool time_case(const Case& c, int launches, int reps, cudaStream_t s, double* us
 }
 
 // The largest |y - ref| over the checked rows (0..15 and the last),
-// relative to the largest |ref|, of activation row 0 .. n-1.
+// relative to the largest |ref|, of activation row 0 .. n-1 (infinite
+// where an output is not finite).
 double check(const std::vector<float>& y, int64_t rows, int n, const std::vector<std::vector<float>>& ref) {
   double err = 0.0, mag = 0.0;
   for (int j = 0; j < n; ++j)
     for (int64_t r = 0; r < rows; ++r) {
       if (r >= 16 && r != rows - 1) continue;
-      const double want = ref[size_t(j)][size_t(r % kBaseRows)];
-      err = std::max(err, std::fabs(double(y[size_t(j * rows + r)]) - want));
+      const double want = ref[size_t(j)][size_t(r % kBaseRows)], got = y[size_t(j * rows + r)];
+      if (!std::isfinite(got)) return HUGE_VAL;  // (NaN would slip through std::max)
+      err = std::max(err, std::fabs(got - want));
       mag = std::max(mag, std::fabs(want));
     }
   return mag > 0.0 ? err / mag : err;
@@ -176,7 +188,11 @@ const char* type_name(uint32_t t) {
 
 int main(int argc, char** argv) {
   int n = 1;
-  bool smoke = false;
+  bool smoke = false, check_only = false, sweep = false;
+  int sms_override = 0;
+  std::vector<Shape> shape_args;
+  std::vector<std::string> shape_names;  // (the Shape's name points into it)
+  shape_names.reserve(64);
   std::vector<uint32_t> types = {GGML_F16, GGML_BF16, GGML_Q8_0, GGML_Q4_K, GGML_Q6_K, GGML_NVFP4, GGML_F32};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -184,6 +200,20 @@ int main(int argc, char** argv) {
       n = std::atoi(argv[++i]);
     } else if (a == "--smoke") {
       smoke = true;
+    } else if (a == "--fp4-sweep") {
+      sweep = true;
+    } else if (a == "--check-only") {
+      check_only = true;
+    } else if (a == "--sms" && i + 1 < argc) {
+      sms_override = std::atoi(argv[++i]);
+    } else if (a == "--shape" && i + 1 < argc && shape_names.size() < 64) {
+      long long r = 0, c = 0;
+      if (std::sscanf(argv[++i], "%lldx%lld", &r, &c) != 2 || r < 1 || c < 1) {
+        std::fprintf(stderr, "qwen35-matvec-bench: --shape wants ROWSxCOLS, not %s\n", argv[i]);
+        return 2;
+      }
+      shape_names.push_back(argv[i]);
+      shape_args.push_back({shape_names.back().c_str(), r, c});
     } else if (a == "--types" && i + 1 < argc) {
       types.clear();
       std::string list = argv[++i];
@@ -200,7 +230,9 @@ int main(int argc, char** argv) {
         p = q + 1;
       }
     } else {
-      std::fprintf(stderr, "usage: qwen35-matvec-bench [--n 1..8] [--types F16,Q8_0,...] [--smoke]\n");
+      std::fprintf(stderr,
+                   "usage: qwen35-matvec-bench [--n 1..8] [--types F16,Q8_0,...] [--smoke] [--shape ROWSxCOLS]... "
+                   "[--sms N] [--check-only] [--fp4-sweep]\n");
       return 2;
     }
   }
@@ -217,12 +249,15 @@ int main(int argc, char** argv) {
   cudaGetDeviceProperties(&prop, 0);
   int sms = 1;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+  if (sms_override > 0) sms = sms_override;
   cudaStream_t s;
   if (!ok(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "stream")) return 1;
 
   const std::vector<Shape> shapes =
-      smoke ? std::vector<Shape>{{"small", 96, 512}, {"wide", 32, 1024}}
-            : std::vector<Shape>{{"ffn gate+up", 18432, 2560}, {"ffn down", 2560, 9216}, {"delta-net out", 2560, 4096}};
+      !shape_args.empty() ? shape_args
+      : smoke             ? std::vector<Shape>{{"small", 96, 512}, {"wide", 32, 1024}}
+            : std::vector<Shape>{{"ffn gate+up", 18432, 2560}, {"ffn down", 2560, 9216}, {"delta-net out", 2560, 4096},
+                                  {"delta-net in", 12352, 2560}, {"attn q+g,k,v", 10240, 2560}};
   const uint64_t min_total = smoke ? (1u << 16) : (512ull << 20);
   const int launches = smoke ? 4 : 32, reps = smoke ? 1 : 5;
   const double bw = copy_bandwidth(smoke ? (1u << 20) : (1ull << 30), s);
@@ -239,6 +274,22 @@ int main(int argc, char** argv) {
   for (float& v : xh) v = nd(rng);
   Buf x(xh.size() * 4), y(size_t(n * max_rows) * 4);
   cudaMemcpy(x.p, xh.data(), xh.size() * 4, cudaMemcpyHostToDevice);
+
+  // --fp4-sweep's variants of kernel 3 (each against the default in the
+  // same process).
+  const DecodeTuning base_tuning = decode_tuning();
+  std::vector<DecodeTuning> fp4_sweep;
+  if (sweep)
+    for (int cluster : {1, 0})
+      for (int stages : {2, 4})
+        for (int bps : {2, 3, 4, 5, 6, 8}) {
+          DecodeTuning v = base_tuning;
+          v.fp4_kernel = 3;
+          v.fp4_cluster = cluster;
+          v.fp4_stages = stages;
+          v.fp4_blocks_per_sm = bps;
+          fp4_sweep.push_back(v);
+        }
 
   int failures = 0;
   for (const Shape& sh : shapes) {
@@ -274,6 +325,10 @@ int main(int argc, char** argv) {
         cudaMemcpy(g0 + have, g0, m, cudaMemcpyDeviceToDevice);
         have += m;
       }
+      // A device-to-device cudaMemcpy may return before it is done, and the
+      // repacks below run on a non-blocking stream, which does not wait
+      // for the legacy stream's copies.
+      if (!ok(cudaDeviceSynchronize(), "weight copies")) return 1;
       auto view = [&](int c) {
         MatView v;
         v.type = type;
@@ -330,6 +385,39 @@ int main(int argc, char** argv) {
             a.partial = partial;
             a.counters = counters;
             return fp4_matvec(a, sms, st);
+          };
+          c.bar = 2e-2;
+          cases.push_back(std::move(c));
+        }
+        // --fp4-sweep: kernel 3's geometry (blocks per multiprocessor,
+        // ring stages, cluster or global combine), the tuning set around
+        // each launch (the launch reads it; the default is put back below).
+        for (const DecodeTuning& v : fp4_sweep) {
+          if (!good) break;
+          Case c;
+          c.kernel = "fp4";
+          const Fp4BulkGeometry geo =
+              fp4_bulk_geometry(t[0], sms, 1, v.fp4_blocks_per_sm, v.fp4_cluster != 0);
+          const int64_t groups = (t[0].tiles() + 3) / 4;  // kernel 3's blocks of 4 warps (a tile each)
+          char desc[96];
+          std::snprintf(desc, sizeof desc, "bps%d s%d %-7s %3lld x %d blocks", v.fp4_blocks_per_sm, v.fp4_stages,
+                        geo.cluster && geo.splits > 1 ? "cluster" : "global", static_cast<long long>(groups),
+                        geo.splits);
+          c.variant = desc;
+          c.launch = [=](int i, cudaStream_t st) {
+            Fp4MatvecArgs a;
+            a.w = t[size_t(i)];
+            a.n = n;
+            a.x = xp;
+            a.ldx = ldx;
+            a.y = yp;
+            a.ldy = ldy;
+            a.partial = partial;
+            a.counters = counters;
+            set_decode_tuning(v);
+            const cudaError_t e = fp4_matvec(a, sms, st);
+            set_decode_tuning(base_tuning);
+            return e;
           };
           c.bar = 2e-2;
           cases.push_back(std::move(c));
@@ -396,11 +484,26 @@ int main(int argc, char** argv) {
           cudaMemcpy(yh.data(), yp, yh.size() * 4, cudaMemcpyDeviceToHost);
           diff = check(yh, sh.rows, n, ref);
         }
+        if (diff > c.bar) {
+          // What went wrong: the first and last checked outputs of row 0.
+          std::vector<float> yh(size_t(n * ldy));
+          cudaMemcpy(yh.data(), yp, yh.size() * 4, cudaMemcpyDeviceToHost);
+          for (int64_t r : {int64_t(0), int64_t(1), int64_t(2), sh.rows - 1})
+            std::printf("matvec|   row %lld: %.6g, want %.6g\n", static_cast<long long>(r), double(yh[size_t(r)]),
+                        double(ref[0][size_t(r % kBaseRows)]));
+        }
         double us = 0.0;
-        const bool timed = diff >= 0.0 && time_case(c, launches, reps, s, &us);
+        const bool timed = diff >= 0.0 && (check_only || time_case(c, launches, reps, s, &us));
         const double gbs = timed && us > 0.0 ? double(c.bytes) / us / 1e3 : 0.0;
         const bool pass = diff >= 0.0 && diff <= c.bar && timed;
         failures += pass ? 0 : 1;
+        if (!c.variant.empty()) {
+          std::printf("fp4sweep| %-13s | %6lld x %-5lld | %-32s | %8.2f | %7.0f | %5.1f%% | %.2e%s\n", sh.name,
+                      static_cast<long long>(sh.rows), static_cast<long long>(sh.cols), c.variant.c_str(), us, gbs,
+                      bw > 0.0 ? 100.0 * gbs * 1e9 / bw : 0.0, diff,
+                      pass ? "" : (diff > c.bar ? "  OVER THE BAR" : "  FAILED"));
+          continue;
+        }
         std::printf("matvec| %-7s | %-5s | %-13s | %6lld x %-5lld | %8.2f | %7.0f | %5.1f%% | %.2e%s\n",
                     c.kernel.c_str(), type_name(type), sh.name, static_cast<long long>(sh.rows),
                     static_cast<long long>(sh.cols), us, gbs, bw > 0.0 ? 100.0 * gbs * 1e9 / bw : 0.0, diff,

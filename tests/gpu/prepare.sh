@@ -13,6 +13,10 @@ cd "$(git rev-parse --show-toplevel)"
 SRC=${1:-../shared/fixtures}
 [ -d "$SRC/models" ] || { echo "prepare.sh: no fixtures at $SRC" >&2; exit 1; }
 
+# The packages whose files .gpu/deps carries (a fresh development machine
+# may not have them yet; a GPU build without stb_image fails).
+./scripts/deps.sh
+
 rm -rf .gpu/fixtures .gpu/deps
 mkdir -p .gpu/fixtures/models .gpu/fixtures/logits .gpu/deps
 cp "$SRC"/models/tiny-a-f32.gguf "$SRC"/models/tiny-a-nvfp4.gguf "$SRC"/models/tiny-m-nvfp4.gguf .gpu/fixtures/models/
@@ -30,7 +34,8 @@ for pkg in libfmt-dev libfmt9 doctest-dev libstb-dev; do
     if [ -f "$f" ] || [ -L "$f" ]; then cp -P --parents "$f" .gpu/deps/; fi
   done
 done
-[ -f .gpu/deps/usr/include/fmt/format.h ] || echo "prepare.sh: warning: fmt headers not found (install libfmt-dev)" >&2
-[ -f .gpu/deps/usr/include/doctest/doctest.h ] || echo "prepare.sh: warning: doctest not found (install doctest-dev)" >&2
+for h in fmt/format.h doctest/doctest.h stb/stb_image.h; do
+  [ -f ".gpu/deps/usr/include/$h" ] || { echo "prepare.sh: $h not found (scripts/deps.sh installs it)" >&2; exit 1; }
+done
 du -sh .gpu | sed 's/^/prepare.sh: /'
 echo "prepare.sh: now run tests/gpu/run.sh on the GPU machine with .gpu carried"

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# tests/gpu/explore.sh [ENV_SETTINGS]...
+#
+# A short follow-up to tests/gpu/run.sh within a device session's budget
+# (about two minutes on an H100): builds only the benchmarks, then
+#  * qwen35-matvec-bench: every decode kernel on the 4B's shapes (one
+#    activation row), and NVFP4 kernel 3 in its 24 geometries
+#    (--fp4-sweep) for one and two rows, once without PDL and with each
+#    timing probe (QWEN35_CUDA_FP4_PROBE, wrong results);
+#  * qwen35-cuda-bench on a synthetic full-size 4B NVFP4 file: decode and
+#    prefill with the defaults and its --sweep of decode variants (with the
+#    probes), then once per ENV_SETTINGS argument (a
+#    space-separated list of VAR=value, e.g. "QWEN35_CUDA_FP4_BPS=3"), each
+#    checked against the CPU.
+# Run from the repository root (after tests/gpu/prepare.sh, .gpu carried).
+# Output in $OUT (default .gpu/out): explore.log (all), summary.txt (the
+# matvec and sweep lines and one line per bench).
+set -uo pipefail
+
+ROOT=$(pwd)
+[ -f "$ROOT/cuda/CMakeLists.txt" ] || { echo "explore.sh: run me from the repository root" >&2; exit 2; }
+OUT=${OUT:-$ROOT/.gpu/out}
+WORK=${QWEN35_GPU_WORK:-/tmp/qwen35-gpu}
+JOBS=${QWEN35_GPU_JOBS:-16}
+BUILD=$ROOT/build-gpu
+mkdir -p "$OUT" "$WORK"
+LOG=$OUT/explore.log
+SUMMARY=$OUT/summary.txt
+: >"$LOG"
+T0=$(date +%s)
+log() { echo "[explore.sh $(($(date +%s) - T0))s] $*" | tee -a "$LOG"; }
+
+CAP=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .' || true)
+case "${CAP:-90}" in
+  90) ARCH=90a ;;
+  100) ARCH=100a ;;
+  120) ARCH=120a ;;
+  *) ARCH=${CAP:-90a} ;;
+esac
+ARCH=${QWEN35_CUDA_ARCH:-$ARCH}
+CMAKE_ARGS=(-S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DQWEN35_CUDA=ON
+  "-DCMAKE_CUDA_ARCHITECTURES=$ARCH")
+DEPS=$ROOT/.gpu/deps/usr
+if [ -d "$DEPS/include/fmt" ]; then
+  FMT_DIR=$(dirname "$(find "$DEPS/lib" -name fmt-config.cmake | head -1)")
+  CMAKE_ARGS+=("-Dfmt_DIR=$FMT_DIR" "-DDOCTEST_INCLUDE_DIR=$DEPS/include")
+  export LD_LIBRARY_PATH=$(dirname "$(find "$DEPS/lib" -name 'libfmt.so*' | head -1)")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+log "building for sm_$ARCH"
+if ! { cmake "${CMAKE_ARGS[@]}" && ninja -C "$BUILD" -j"$JOBS" qwen35-matvec-bench qwen35-cuda-bench qwen35-synth; } \
+  >>"$LOG" 2>&1; then
+  log "build failed"
+  tail -30 "$LOG" >"$SUMMARY"
+  exit 1
+fi
+BIN=$BUILD/tests
+M4=$WORK/qwen35-4b-nvfp4.gguf
+# The 4B file in the background while the kernel benchmarks run.
+if [ ! -s "$M4" ]; then
+  (timeout 240 "$BUILD/examples/qwen35-synth" --preset 4b --no-mtp -o "$M4.part" -t "$JOBS" >"$WORK/synth.log" 2>&1 &&
+    mv -f "$M4.part" "$M4") &
+  SYNTH_PID=$!
+else
+  SYNTH_PID=
+fi
+
+run() {  # run LABEL LIMIT CMD...: output to the log, labelled
+  local label=$1 limit=$2
+  shift 2
+  log "== $label: $*"
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | sed "s/^/$label: /" >>"$LOG"
+}
+run "matvec n=1" 120 "$BIN/qwen35-matvec-bench"
+run "sweep n=1" 120 "$BIN/qwen35-matvec-bench" --types NVFP4 --fp4-sweep
+run "sweep n=2" 120 "$BIN/qwen35-matvec-bench" --types NVFP4 --fp4-sweep --n 2
+run "no PDL n=1" 60 env QWEN35_CUDA_PDL=0 "$BIN/qwen35-matvec-bench" --types NVFP4
+# Kernel 3's timing probes (wrong results, so over the bar): without the
+# arithmetic (1), the activation load (2), the combine and stores (4), all (7).
+for probe in 1 2 4 7; do
+  run "probe $probe n=1" 60 env QWEN35_CUDA_FP4_PROBE=$probe "$BIN/qwen35-matvec-bench" --types NVFP4
+done
+
+[ -n "$SYNTH_PID" ] && wait "$SYNTH_PID"
+if [ -s "$M4" ]; then
+  run "bench defaults" 180 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json --check 6 --sweep
+  i=0
+  for settings in "$@"; do
+    i=$((i + 1))
+    # shellcheck disable=SC2086  # (a list of VAR=value words)
+    run "bench $i ($settings)" 120 env $settings "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda \
+      --json --check 6
+  done
+else
+  log "no 4B file: $(tail -3 "$WORK/synth.log" 2>/dev/null)"
+fi
+
+# One line per qwen35-cuda-bench record; its sweep lines as they are.
+BENCH_PY='
+import json, sys
+for line in sys.stdin:
+    label, _, rest = line.rstrip("\n").partition(": ")
+    if rest.startswith("sweep|"):
+        print(label + ": " + rest)
+        continue
+    try:
+        r = json.loads(rest)
+    except ValueError:
+        print(label, "(unparsed)")
+        continue
+    same = "equal" if r.get("check_argmax_equal") == 1 else "DIFFERENT"
+    print("%s: prefill %.0f tok/s, decode %.0f tok/s, %s, vs CPU rel %.2g, argmax %s" % (
+        label, r.get("prefill_tokens_per_s", 0), r.get("decode_tokens_per_s", 0), r.get("tuning", ""),
+        r.get("check_rel_step", -1), same))
+'
+{
+  echo "qwen35 explore.sh: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), sm_$ARCH," \
+    "$(date -u +%Y-%m-%dT%H:%MZ), $(($(date +%s) - T0))s"
+  grep -E '^(matvec n=1|no PDL n=1|probe [0-9] n=1): matvec\|' "$LOG"
+  grep -E '^sweep n=[12]: (fp4sweep|matvec)\|' "$LOG"
+  grep -E '^bench [^:]*: (\{|sweep\|)' "$LOG" | python3 -c "$BENCH_PY" || true
+  grep -E 'FAILED|OVER THE BAR|row [0-9]+:' "$LOG" | grep -v '^probe' | head -20
+} >"$SUMMARY"
+cat "$SUMMARY"
