@@ -7,6 +7,8 @@
 #    activation row), and NVFP4 kernel 3 in its 24 geometries
 #    (--fp4-sweep) for one and two rows, once without PDL and with each
 #    timing probe (QWEN35_CUDA_FP4_PROBE, wrong results);
+#  * qwen35-stream-probe: a persistent grid streaming a whole decode
+#    step's weights through dependent stages, against separate launches;
 #  * qwen35-cuda-bench on a synthetic full-size 4B NVFP4 file: decode and
 #    prefill with the defaults and its --sweep of decode variants (with the
 #    probes), then once per ENV_SETTINGS argument (a
@@ -47,7 +49,8 @@ if [ -d "$DEPS/include/fmt" ]; then
   export LD_LIBRARY_PATH=$(dirname "$(find "$DEPS/lib" -name 'libfmt.so*' | head -1)")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 log "building for sm_$ARCH"
-if ! { cmake "${CMAKE_ARGS[@]}" && ninja -C "$BUILD" -j"$JOBS" qwen35-matvec-bench qwen35-cuda-bench qwen35-synth; } \
+if ! { cmake "${CMAKE_ARGS[@]}" && ninja -C "$BUILD" -j"$JOBS" qwen35-matvec-bench qwen35-cuda-bench qwen35-synth \
+  qwen35-stream-probe; } \
   >>"$LOG" 2>&1; then
   log "build failed"
   tail -30 "$LOG" >"$SUMMARY"
@@ -74,6 +77,9 @@ run "matvec n=1" 120 "$BIN/qwen35-matvec-bench"
 run "sweep n=1" 120 "$BIN/qwen35-matvec-bench" --types NVFP4 --fp4-sweep
 run "sweep n=2" 120 "$BIN/qwen35-matvec-bench" --types NVFP4 --fp4-sweep --n 2
 run "no PDL n=1" 60 env QWEN35_CUDA_PDL=0 "$BIN/qwen35-matvec-bench" --types NVFP4
+# A persistent grid streaming a whole step's weights across dependent
+# stages, against separate launches (tests/gpu/stream_probe.cu).
+run "stream probe" 60 "$BIN/qwen35-stream-probe"
 # Kernel 3's timing probes (wrong results, so over the bar): without the
 # arithmetic (1), the activation load (2), the combine and stores (4), all (7).
 for probe in 1 2 4 7; do
@@ -116,6 +122,7 @@ for line in sys.stdin:
   echo "qwen35 explore.sh: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), sm_$ARCH," \
     "$(date -u +%Y-%m-%dT%H:%MZ), $(($(date +%s) - T0))s"
   grep -E '^(matvec n=1|no PDL n=1|probe [0-9] n=1): matvec\|' "$LOG"
+  grep -E '^stream probe: stream\|' "$LOG"
   grep -E '^sweep n=[12]: (fp4sweep|matvec)\|' "$LOG"
   grep -E '^bench [^:]*: (\{|sweep\|)' "$LOG" | python3 -c "$BENCH_PY" || true
   grep -E 'FAILED|OVER THE BAR|row [0-9]+:' "$LOG" | grep -v '^probe' | head -20

@@ -86,8 +86,9 @@ step configure 180 cmake "${CMAKE_ARGS[@]}"
 ALL_TARGETS=$(ninja -C "$BUILD" -t targets all 2>/dev/null | cut -d: -f1 || true)
 TARGETS=()
 WANT=(test_cuda_ops test_cuda_model test_cuda_vision test_fp4_layout test_mtp_loop qwen35-synth qwen35-cuda-bench
-  qwen35-bench qwen35-bench-vision qwen35-bw-probe qwen35-matvec-bench)
-[ "$QUICK" = 1 ] && WANT=(test_cuda_ops test_cuda_model qwen35-synth qwen35-cuda-bench qwen35-matvec-bench)
+  qwen35-bench qwen35-bench-vision qwen35-bw-probe qwen35-matvec-bench qwen35-stream-probe)
+[ "$QUICK" = 1 ] && WANT=(test_cuda_ops test_cuda_model qwen35-synth qwen35-cuda-bench qwen35-matvec-bench
+  qwen35-stream-probe)
 for t in "${WANT[@]}"; do
   if grep -qx "$t" <<<"$ALL_TARGETS"; then TARGETS+=("$t"); fi
 done
@@ -230,6 +231,11 @@ fi
 if [ -x "$BIN/qwen35-bw-probe" ]; then
   step "bandwidth probe" 60 "$BIN/qwen35-bw-probe"
 fi
+# A persistent grid streaming a whole step's weights through dependent
+# stages, against separate launches (tests/gpu/stream_probe.cu).
+if [ -x "$BIN/qwen35-stream-probe" ]; then
+  step "stream probe" 60 "$BIN/qwen35-stream-probe"
+fi
 # The same without one optimization each, for comparison (prefill rows:
 # short decodes).
 if [ -s "$M4" ] && [ "$QUICK" != 1 ]; then
@@ -345,6 +351,7 @@ TOTAL=$(($(date +%s) - T0))
   grep '^matvec|' "$LOG" || true
   # The read floor (qwen35-bw-probe).
   awk '/== bandwidth probe \(limit/ {on=1; next} on && /== bandwidth probe:/ {on=0} on && !/^\[run.sh/ {print "probe: " $0}' "$LOG" || true
+  grep '^stream|' "$LOG" || true
   # Vision encoder timing (qwen35-bench-vision --device cuda).
   grep -E '^vision\||^check vs the CPU encoder|^CUDA vision encoder' "$LOG" | sed 's/^/vision: /' || true
   if [ -s "$BENCH" ] && command -v python3 >/dev/null; then
