@@ -136,9 +136,10 @@ for t in "${TESTS[@]}"; do
     ROWS+=("$t|NOT BUILT|0")
   fi
 done
-# Quick mode: the op tests of the chained projections and the k-quant tiles only.
+# Quick mode: the op tests of the chained projections, the k-quant tiles and the
+# Q6_K head's persistent kernels (kernel 3, the greedy epilogue) only.
 if [ "$QUICK" = 1 ] && [ -x "$BIN/test_cuda_ops" ]; then
-  step "test_cuda_ops, chains, tiles" 300 "$BIN/test_cuda_ops" -tc="*chain*,*F16 tiles*,*paired*,*gated-norm prologue*" --duration=true
+  step "test_cuda_ops, chains, tiles" 300 "$BIN/test_cuda_ops" -tc="*chain*,*F16 tiles*,*paired*,*gated-norm prologue*,*persistent launches*" --duration=true
 fi
 # The model tests again with chained projections (each layer's tail with
 # the delta rule or attention in front, and each FFN, in one launch).
