@@ -629,7 +629,8 @@ cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream) {
                            ((reinterpret_cast<uintptr_t>(a.next.codes) | reinterpret_cast<uintptr_t>(a.next.scales)) & 15u) == 0;
       const int probe = (tune.fp4_probe & kFp4ProbeNoMath ? kBulkSkipMath : 0) |
                         (tune.fp4_probe & kFp4ProbeNoX ? kBulkSkipX : 0) |
-                        (tune.fp4_probe & kFp4ProbeNoCombine ? kBulkSkipCombine : 0) | (tune.fp4_late_pdl ? kBulkLateTrigger : 0) |
+                        (tune.fp4_probe & kFp4ProbeNoCombine ? kBulkSkipCombine : 0) |
+                        (tune.fp4_late_pdl ? kBulkLateTrigger : 0) |
                         (tune.fp4_prefetch && next_ok ? kBulkPrefetchNext : 0) |
                         (tune.fp4_prefetch == 2 ? kBulkPrefetchEarly : 0);
       cluster = cluster && splits > 1;
