@@ -23,6 +23,10 @@
 // --work dependent FMAs per 16 bytes per lane, standing in for the
 // arithmetic), free them, and count the stage done (release).
 //
+// Controls: no dependencies at all (the streaming rate), and the producer
+// waiting for the stage before as well (no running ahead, as separate
+// launches behave).
+//
 // Printed per variant: microseconds per step (median of 5 launches after a
 // warm-up) and the weight bytes per second, against the device's copy
 // bandwidth; and the same stages as separate dependent launches of a bulk
@@ -69,6 +73,7 @@ struct Params {
   int ring = 8;                // slots
   int work = 0;                // dependent FMAs per 16 bytes per consumer lane
   int deps = 1;                // 0: consumers do not wait for the stage before (pure streaming)
+  int producer_waits = 0;      // 1: the producer too waits for the stage before (no running ahead: a control)
 };
 
 __device__ __forceinline__ uint64_t umin(uint64_t a, uint64_t b) { return a < b ? a : b; }
@@ -138,6 +143,16 @@ __global__ void stream_kernel(const __grid_constant__ Step st, Params p) {
     if (lane == 0) {
       uint32_t k = 0;  // slots issued so far
       for (int s = 0; s < st.stages; ++s) {
+        if (p.producer_waits && s > 0) {
+          const unsigned want = unsigned(s) * gridDim.x;
+          const uint64_t t0 = now_ns();
+          while (ld_acquire(p.counter) < want) {
+            if (now_ns() - t0 > kMaxWaitNs) {
+              atomicExch(p.fault, 1u);
+              break;
+            }
+          }
+        }
         uint64_t lo, hi;
         share(st, s, &lo, &hi);
         for (uint64_t b = lo; b < hi; b += kSlot, ++k) {
@@ -337,7 +352,7 @@ int main(int argc, char** argv) {
   std::printf("stream| variant | us per step | GB/s | of the copy | us per dependent stage\n");
   auto report = [&](const char* what, double us, int stages) {
     const double gbs = double(total) / (us * 1e3);
-    std::printf("stream| %-44s | %9.1f | %6.0f | %5.1f%% | %5.2f\n", what, us, gbs, 100.0 * gbs / copy_gbs,
+    std::printf("stream| %-62s | %9.1f | %6.0f | %5.1f%% | %5.2f\n", what, us, gbs, 100.0 * gbs / copy_gbs,
                 us / stages);
   };
 
@@ -346,12 +361,13 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaEventCreate(&e1));
   // Persistent variants.
   struct Variant {
-    int ring, consumers, work, deps, mixer;
+    int ring, consumers, work, deps, mixer, producer_waits = 0;
   };
   std::vector<Variant> variants;
   for (int ring : {4, 8, 16, 24}) variants.push_back({ring, 3, 0, 1, 1});
   variants.push_back({16, 3, 0, 0, 1});   // no dependencies: the streaming rate alone
   variants.push_back({16, 3, 0, 1, 0});   // no mixer stages
+  variants.push_back({16, 3, 0, 1, 1, 1});  // the producer waits too: no running ahead (as launches are now)
   if (!quick) {
     for (int work : {32, 96}) variants.push_back({16, 3, work, 1, 1});
     for (int work : {32, 96}) variants.push_back({16, 7, work, 1, 1});
@@ -375,6 +391,7 @@ int main(int argc, char** argv) {
     p.ring = v.ring;
     p.work = v.work;
     p.deps = v.deps;
+    p.producer_waits = v.producer_waits;
     const size_t smem = size_t(v.ring) * kSlot + 2 * size_t(v.ring) * 8;
     CHECK_CUDA(cudaFuncSetAttribute(stream_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     int per_sm = 0;
@@ -406,10 +423,10 @@ int main(int argc, char** argv) {
     }
     unsigned f = 0;
     CHECK_CUDA(cudaMemcpy(&f, fault, 4, cudaMemcpyDeviceToHost));
-    char what[96];
-    std::snprintf(what, sizeof what, "persistent, ring %2d x 8 KB, %d consumer warps%s%s%s", v.ring, v.consumers,
-                  v.work ? (v.work == 32 ? ", work 32" : ", work 96") : "", v.deps ? "" : ", NO deps",
-                  v.mixer ? "" : ", no mixer");
+    char what[128];
+    std::snprintf(what, sizeof what, "persistent, ring %2d x 8 KB, %d consumer warps%s%s%s%s", v.ring,
+                  v.consumers, v.work ? (v.work == 32 ? ", work 32" : ", work 96") : "", v.deps ? "" : ", NO deps",
+                  v.mixer ? "" : ", no mixer", v.producer_waits ? ", producer waits" : "");
     report(what, median(ms) * 1e3, st.stages);
     if (f) {
       std::printf("stream| (a wait gave up: the numbers above are not valid)\n");
