@@ -3,6 +3,8 @@
 
 #include <ucontext.h>
 
+#include <cstdint>
+
 #include <algorithm>
 #include <cstdio>
 #include <memory>
@@ -21,6 +23,106 @@ dim3 g_block_dim, g_grid_dim;
 
 namespace {
 
+// ---- fiber contexts ------------------------------------------------------------------
+//
+// glibc's swapcontext saves and restores the signal mask, a system call
+// per switch: ~1.3 us each on some virtual machines, which made the
+// emulated test suites several times slower there (CI's time limit). On
+// x86-64 (without sanitizers, which need to see stack switches) a fiber
+// switch is a few instructions instead: push the callee-saved registers,
+// MXCSR and the x87 control word, swap stack pointers, pop. Elsewhere the
+// ucontext functions remain.
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#if defined(__has_feature)
+#if !__has_feature(address_sanitizer) && !__has_feature(thread_sanitizer)
+#define QWEN35_EMU_FAST_SWITCH 1
+#endif
+#else
+#define QWEN35_EMU_FAST_SWITCH 1
+#endif
+#endif
+
+#ifdef QWEN35_EMU_FAST_SWITCH
+}  // namespace
+}  // namespace qwen35::emu
+
+// qwen35_emu_switch(&from_sp, to_sp): saves this context on its stack and
+// *from_sp, resumes the one saved at to_sp.
+extern "C" void qwen35_emu_switch(void** from_sp, void* to_sp);
+asm(R"(
+  .text
+  .p2align 4
+  .globl qwen35_emu_switch
+  .type qwen35_emu_switch, @function
+qwen35_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size qwen35_emu_switch, .-qwen35_emu_switch
+  .section .note.GNU-stack,"",@progbits
+  .text
+)");
+
+namespace qwen35::emu {
+namespace {
+
+struct Context {
+  void* sp = nullptr;
+};
+
+void switch_context(Context* from, Context* to) { qwen35_emu_switch(&from->sp, to->sp); }
+
+// A context that starts entry() on the stack [stack, stack + bytes): the
+// frame qwen35_emu_switch pops (this thread's MXCSR and control word, zero
+// registers, entry as the return address), entered as if called (the stack
+// pointer 8 past a 16-byte boundary). entry must never return.
+void make_context(Context* c, char* stack, size_t bytes, void (*entry)()) {
+  uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t(15);
+  auto* frame = reinterpret_cast<uint64_t*>(top - 72);
+  uint32_t mxcsr = 0;
+  uint16_t fpcw = 0;
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  asm volatile("fnstcw %0" : "=m"(fpcw));
+  frame[0] = uint64_t(mxcsr) | (uint64_t(fpcw) << 32);       // top - 72
+  for (int i = 1; i <= 6; ++i) frame[i] = 0;                  // r15 r14 r13 r12 rbx rbp
+  frame[7] = reinterpret_cast<uint64_t>(entry);               // top - 16: the return address
+  frame[8] = 0;                                               // top - 8: entry's (never used) return address
+  c->sp = frame;
+}
+#else
+struct Context {
+  ucontext_t uc;
+};
+
+void switch_context(Context* from, Context* to) { swapcontext(&from->uc, &to->uc); }
+
+void make_context(Context* c, char* stack, size_t bytes, void (*entry)()) {
+  getcontext(&c->uc);
+  c->uc.uc_stack.ss_sp = stack;
+  c->uc.uc_stack.ss_size = bytes;
+  c->uc.uc_link = nullptr;
+  makecontext(&c->uc, entry, 0);
+}
+#endif
+
 enum class Wait { None, Block, Warp, Done };
 
 struct Copy {
@@ -30,7 +132,7 @@ struct Copy {
 };
 
 struct Fiber {
-  ucontext_t ctx;
+  Context ctx;
   uint3 tid;
   int linear = 0;
   Wait wait = Wait::None;
@@ -54,7 +156,7 @@ struct Block {
   std::vector<Warp> warps;
   std::vector<unsigned char> smem;
   const std::function<void()>* fn = nullptr;
-  ucontext_t sched;
+  Context sched;
   Fiber* cur = nullptr;
   std::string error;
 };
@@ -68,14 +170,14 @@ void fiber_main() {
   Block& b = *g_block;
   (*b.fn)();
   b.cur->wait = Wait::Done;
-  swapcontext(&b.cur->ctx, &b.sched);
+  switch_context(&b.cur->ctx, &b.sched);  // (never resumed)
 }
 
 void yield(Wait w) {
   Block& b = *g_block;
   Fiber* f = b.cur;
   f->wait = w;
-  swapcontext(&f->ctx, &b.sched);
+  switch_context(&f->ctx, &b.sched);
 }
 
 // Releases the barriers every live thread (of the block, or of a warp) waits
@@ -276,11 +378,7 @@ bool run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& f
       Fiber& f = b.fibers[size_t(i)];
       f.linear = i;
       f.tid = {unsigned(i % block.x), unsigned(i / block.x % block.y), unsigned(i / (block.x * block.y))};
-      getcontext(&f.ctx);
-      f.ctx.uc_stack.ss_sp = stack_of(i);
-      f.ctx.uc_stack.ss_size = kStackBytes;
-      f.ctx.uc_link = nullptr;
-      makecontext(&f.ctx, fiber_main, 0);
+      make_context(&f.ctx, stack_of(i), kStackBytes, fiber_main);
     }
     for (;;) {
       bool ran = false;
@@ -288,7 +386,7 @@ bool run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& f
         Fiber& f = b.fibers[size_t(g_reverse ? nthreads - 1 - k : k)];
         if (f.wait != Wait::None) continue;
         b.cur = &f;
-        swapcontext(&b.sched, &f.ctx);
+        switch_context(&b.sched, &f.ctx);
         b.cur = nullptr;
         ran = true;
       }

@@ -5,7 +5,7 @@
 // cuda/common.cuh and cuda/launch.cuh include this header instead of the
 // CUDA device headers when QWEN35_CUDA_EMU is defined; tests/emu compiles
 // kernel files (cuda/*.cu) as C++ that way. A launch runs the blocks one
-// after another; the threads of a block are fibers (ucontext) on the calling
+// after another; the threads of a block are fibers (cuda_emu.cpp) on the calling
 // thread, switched only at __syncthreads, __syncwarp and warp shuffles, so a
 // run is deterministic. What it catches: wrong indices and bounds, reads of
 // shared memory before the barrier that publishes it (run the threads in

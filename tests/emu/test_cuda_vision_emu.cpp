@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,13 @@ using namespace qwen35::vision;
 namespace {
 
 std::string fixture(const std::string& rel) { return std::string(QWEN35_FIXTURES_DIR) + "/" + rel; }
+
+// A file in the build's test scratch directory (made if missing: this
+// binary may run before any test that makes it).
+std::string tmp_file(const std::string& name) {
+  std::filesystem::create_directories(QWEN35_TEST_TMP);
+  return std::string(QWEN35_TEST_TMP) + "/" + name;
+}
 
 std::vector<float> read_f32(const std::string& path) {
   std::vector<float> v;
@@ -157,7 +165,7 @@ TEST_CASE("emulated CUDA vision encoder: BF16, F32 and Q8_0 weights, head sizes 
     cfg.n_block = 1;
     cfg.proj_dim = 128;
     cfg.matrix_type = c.type;
-    const std::string path = std::string(QWEN35_TEST_TMP) + "/emu-vision-" + std::to_string(c.type) + ".mmproj.gguf";
+    const std::string path = tmp_file("emu-vision-" + std::to_string(c.type) + ".mmproj.gguf");
     Status st = WriteSynthMmproj(cfg, path);
     REQUIRE_MESSAGE(st.ok(), st.message());
     auto mp = load_mmproj(path, false);
@@ -182,7 +190,7 @@ TEST_CASE("emulated CUDA vision encoder: faults: an allocation or launch that fa
   cfg.n_ff = 512;
   cfg.n_block = 1;
   cfg.proj_dim = 128;
-  const std::string path = std::string(QWEN35_TEST_TMP) + "/emu-vision-faults.mmproj.gguf";
+  const std::string path = tmp_file("emu-vision-faults.mmproj.gguf");
   Status st = WriteSynthMmproj(cfg, path);
   REQUIRE_MESSAGE(st.ok(), st.message());
   std::unique_ptr<Mmproj> mp;
