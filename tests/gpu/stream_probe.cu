@@ -376,7 +376,7 @@ int main(int argc, char** argv) {
     Step st{};
     for (size_t i = 0; i < weights.size(); ++i) {
       st.off[st.stages] = offs[i];
-      st.bytes[st.stages++] = weights[i];
+      st.bytes[st.stages++] = weights[i] & ~uint64_t(15);  // (bulk copies move multiples of 16 bytes)
       if (v.mixer && std::find(after_input.begin(), after_input.end(), int(i)) != after_input.end()) {
         st.off[st.stages] = 0;
         st.bytes[st.stages++] = 0;
