@@ -291,7 +291,8 @@ __device__ __forceinline__ void chain_task(const Fp4MatvecArgs& a, const ChainPl
 
   // 4. Stream, combine, store.
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  if (active) bulk_stream<S, false>(run, acc, xs + tc_b_row(g, n) * 16 + t * 4, mult + 2 * t, n, lane, g, p.skip_math);
+  if (active)
+    bulk_stream<S, false, kN>(run, acc, xs + tc_b_row(g, n) * 16 + t * 4, mult + 2 * t, n, lane, g, p.skip_math);
   if constexpr (kS > 0) {
     if (dep == kDepSliceNorm) {  // all of the stage before: the rows' norms, then this stage's writes
       if (threadIdx.x == 0) wait_done(sync, stage_sync(sync, kS - 1) + kSyncDone, p.groups[kS - 1], fault, kS);

@@ -141,7 +141,9 @@ __host__ __device__ __forceinline__ TcInput tc_input(const Fp4MatvecArgs& a) {
 // scales s2 as loaded, activation chunks at xb / multipliers at mp.
 // kLean: the activation rows have one multiplier for the whole slice
 // (tc_load_x_impl<true>), applied by the caller to the finished sums.
-template <bool kLean = false>
+// kN = 1: one activation row, so acc[1] and acc[3] (rows 2t + 1 >= 1),
+// which nothing stores, are left out (4 of a chunk's ~24 instructions).
+template <bool kLean = false, int kN = 0>
 __device__ __forceinline__ void fp4_kgroup(float* acc, uint4 c4, uint2 s2, int i, const uint16_t* xb, const float* mp,
                                            int n) {
   const uint32_t words[4] = {c4.x, c4.y, c4.z, c4.w};
@@ -157,15 +159,19 @@ __device__ __forceinline__ void fp4_kgroup(float* acc, uint4 c4, uint2 s2, int i
     const float2 sc = e4m3x2_to_float2(sw >> (16 * (wd & 1)));  // tile rows g, g+8
     if constexpr (kLean) {
       acc[0] = fmaf(d[0], sc.x, acc[0]);
-      acc[1] = fmaf(d[1], sc.x, acc[1]);
       acc[2] = fmaf(d[2], sc.y, acc[2]);
-      acc[3] = fmaf(d[3], sc.y, acc[3]);
+      if constexpr (kN != 1) {
+        acc[1] = fmaf(d[1], sc.x, acc[1]);
+        acc[3] = fmaf(d[3], sc.y, acc[3]);
+      }
     } else {
       const float2 m = *reinterpret_cast<const float2*>(mp + c * kMatvecMaxCols);  // rows 2t, 2t+1
       acc[0] = fmaf(d[0], sc.x * m.x, acc[0]);
-      acc[1] = fmaf(d[1], sc.x * m.y, acc[1]);
       acc[2] = fmaf(d[2], sc.y * m.x, acc[2]);
-      acc[3] = fmaf(d[3], sc.y * m.y, acc[3]);
+      if constexpr (kN != 1) {
+        acc[1] = fmaf(d[1], sc.x * m.y, acc[1]);
+        acc[3] = fmaf(d[3], sc.y * m.y, acc[3]);
+      }
     }
   }
 }
@@ -291,8 +297,8 @@ __device__ __forceinline__ void bulk_start(const BulkRun& r) {
 
 // The whole warp: waits for each stage, takes its lane's codes and scales,
 // requests the stage S ahead into the freed slot and (unless skip_math)
-// adds the stage's kgroups into acc (fp4_kgroup; xb, mp as there).
-template <int S, bool kLean>
+// adds the stage's kgroups into acc (fp4_kgroup; xb, mp, kN as there).
+template <int S, bool kLean, int kN = 0>
 __device__ __forceinline__ void bulk_stream(const BulkRun& r, float* acc, const uint16_t* xb, const float* mp, int n,
                                             int lane, int g, bool skip_math) {
   for (int st = 0; st < r.nst; ++st) {
@@ -318,7 +324,7 @@ __device__ __forceinline__ void bulk_stream(const BulkRun& r, float* acc, const 
     if (skip_math) continue;
 #pragma unroll
     for (int k = 0; k < kBulkStageKg; ++k)
-      if (k < nk) fp4_kgroup<kLean>(acc, c4[k], s2[k], k0 + k, xb, mp, n);
+      if (k < nk) fp4_kgroup<kLean, kN>(acc, c4[k], s2[k], k0 + k, xb, mp, n);
   }
 }
 

@@ -438,7 +438,7 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
   if (active) {
     const uint16_t* xb = xs + tc_b_row(g, n) * 16 + t * 4;
     const float* mp = mult + 2 * t;
-    bulk_stream<S, kLean>(run, acc, xb, mp, n, lane, g, skip_math);
+    bulk_stream<S, kLean, kN>(run, acc, xb, mp, n, lane, g, skip_math);
     if constexpr (kLean) {
       const float2 m = *reinterpret_cast<const float2*>(mp);  // rows 2t, 2t+1: the same for every chunk
       acc[0] *= m.x;
