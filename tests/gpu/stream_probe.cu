@@ -30,8 +30,8 @@
 // Printed per variant: microseconds per step (median of 5 launches after a
 // warm-up) and the weight bytes per second, against the device's copy
 // bandwidth; and the same stages as separate dependent launches of a bulk
-// reader (graph + PDL, one per projection, as the decode step launches
-// kernels today): the difference is what persistence can save.
+// reader (bulk_reader.cuh: graph + PDL, one per projection, as the decode
+// step launches kernels today): the difference is what persistence can save.
 //
 //   qwen35-stream-probe [--quick]
 #include <cuda_runtime.h>
@@ -43,6 +43,8 @@
 #include <cstring>
 #include <vector>
 
+#include "bulk_reader.cuh"
+
 #define CHECK_CUDA(x)                                                                              \
   do {                                                                                             \
     cudaError_t e_ = (x);                                                                          \
@@ -53,6 +55,8 @@
   } while (0)
 
 namespace {
+
+using namespace qwen35::probe;
 
 constexpr int kSlot = 8192;       // bytes per ring slot (one bulk copy)
 constexpr int kMaxStages = 192;
@@ -115,6 +119,18 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
   return v;
 }
 
+// Until every block has finished stages 0 .. s-1 (bounded, as wait_bar).
+__device__ __forceinline__ void wait_stages(const Params& p, int s) {
+  const unsigned want = unsigned(s) * gridDim.x;
+  const uint64_t t0 = now_ns();
+  while (ld_acquire(p.counter) < want) {
+    if (now_ns() - t0 > kMaxWaitNs) {
+      atomicExch(p.fault, 1u);
+      return;
+    }
+  }
+}
+
 // The block's share of stage s: [lo, hi) within the stage's bytes.
 __device__ __forceinline__ void share(const Step& st, int s, uint64_t* lo, uint64_t* hi) {
   const uint64_t per = ((st.bytes[s] + gridDim.x - 1) / gridDim.x + 15) / 16 * 16;
@@ -143,16 +159,7 @@ __global__ void stream_kernel(const __grid_constant__ Step st, Params p) {
     if (lane == 0) {
       uint32_t k = 0;  // slots issued so far
       for (int s = 0; s < st.stages; ++s) {
-        if (p.producer_waits && s > 0) {
-          const unsigned want = unsigned(s) * gridDim.x;
-          const uint64_t t0 = now_ns();
-          while (ld_acquire(p.counter) < want) {
-            if (now_ns() - t0 > kMaxWaitNs) {
-              atomicExch(p.fault, 1u);
-              break;
-            }
-          }
-        }
+        if (p.producer_waits && s > 0) wait_stages(p, s);
         uint64_t lo, hi;
         share(st, s, &lo, &hi);
         for (uint64_t b = lo; b < hi; b += kSlot, ++k) {
@@ -178,16 +185,7 @@ __global__ void stream_kernel(const __grid_constant__ Step st, Params p) {
   uint32_t k = 0;
   for (int s = 0; s < st.stages; ++s) {
     if (p.deps && s > 0) {
-      if (ct == 0) {
-        const unsigned want = unsigned(s) * gridDim.x;
-        const uint64_t t0 = now_ns();
-        while (ld_acquire(p.counter) < want) {
-          if (now_ns() - t0 > kMaxWaitNs) {
-            atomicExch(p.fault, 1u);
-            break;
-          }
-        }
-      }
+      if (ct == 0) wait_stages(p, s);
       asm volatile("bar.sync 1, %0;" ::"r"(nct) : "memory");
       // An activation from another block, written in the stage before.
       acc0 += *reinterpret_cast<volatile float*>(p.act + (blockIdx.x + 1 + ct) % gridDim.x);
@@ -221,47 +219,6 @@ __global__ void stream_kernel(const __grid_constant__ Step st, Params p) {
     }
   }
   if (acc0 + acc1 + acc2 + acc3 == 1.2345f) atomicAdd(p.sink, 1u);
-}
-
-// The same stages as separate launches (PDL), each a bulk reader of its
-// bytes (qwen35-bw-probe's), as the decode step launches kernels now.
-constexpr int kStage = 2304, kStages = 4, kWarps = 4;
-
-__global__ void __launch_bounds__(kWarps * 32) read_bulk(const uint8_t* __restrict__ p, size_t stages_total,
-                                                         unsigned* sink, unsigned* fault) {
-  __shared__ __align__(128) uint8_t ring[kWarps][kStages][kStage];
-  __shared__ __align__(8) uint64_t bars[kWarps][kStages];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const size_t gw = size_t(blockIdx.x) * kWarps + warp, nw = size_t(gridDim.x) * kWarps;
-  const size_t mine = gw < stages_total ? (stages_total - gw + nw - 1) / nw : 0;
-  auto issue = [&](size_t k) {
-    const uint32_t bar = saddr(&bars[warp][k % kStages]);
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(kStage) : "memory");
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                     saddr(ring[warp][k % kStages])),
-                 "l"(p + (gw + k * nw) * kStage), "r"(kStage), "r"(bar)
-                 : "memory");
-  };
-  if (lane == 0) {
-    for (int s = 0; s < kStages; ++s)
-      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(saddr(&bars[warp][s])) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    for (size_t k = 0; k < mine && k < kStages; ++k) issue(k);
-  }
-  __syncwarp();
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;" :::);
-  uint32_t a = 0;
-  for (size_t k = 0; k < mine; ++k) {
-    wait_bar(saddr(&bars[warp][k % kStages]), uint32_t(k / kStages) & 1u, fault);
-    a ^= reinterpret_cast<const uint32_t*>(ring[warp][k % kStages])[lane];
-    __syncwarp();
-    if (lane == 0 && k + kStages < mine) {
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-      issue(k + kStages);
-    }
-  }
-  if (a == 0x9E3779B9u) atomicAdd(sink, 1u);
 }
 
 double median(std::vector<float> v) {
@@ -439,17 +396,8 @@ int main(int argc, char** argv) {
     cudaGraph_t g;
     CHECK_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
     for (size_t i = 0; i < weights.size(); ++i) {
-      cudaLaunchConfig_t cfg = {};
-      cfg.gridDim = dim3(unsigned(5 * sms));
-      cfg.blockDim = dim3(unsigned(kWarps * 32));
-      cfg.stream = s;
-      cudaLaunchAttribute attr[1];
-      attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      attr[0].val.programmaticStreamSerializationAllowed = 1;
-      cfg.attrs = attr;
-      cfg.numAttrs = 1;
       const uint8_t* src = w + offs[i];
-      CHECK_CUDA(cudaLaunchKernelEx(&cfg, read_bulk, src, size_t(weights[i] / kStage), sink, fault));
+      CHECK_CUDA(launch_pdl(read_bulk, 5 * sms, kWarps * 32, s, src, size_t(weights[i] / kStage), sink));
     }
     CHECK_CUDA(cudaStreamEndCapture(s, &g));
     cudaGraphExec_t ge;
