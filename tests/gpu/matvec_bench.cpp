@@ -371,27 +371,29 @@ int main(int argc, char** argv) {
         float* partial = keep.back()->as<float>();
         keep.push_back(std::make_unique<Buf>(fp4_counter_ints(t[0]) * 4));
         int* counters = keep.back()->as<int>();
+        // The product on copy i.
+        auto args = [=](int i) {
+          Fp4MatvecArgs a;
+          a.w = t[size_t(i)];
+          a.n = n;
+          a.x = xp;
+          a.ldx = ldx;
+          a.y = yp;
+          a.ldy = ldy;
+          a.partial = partial;
+          a.counters = counters;
+          return a;
+        };
         if (good) {
           Case c;
           c.kernel = "fp4";
-          c.launch = [=](int i, cudaStream_t st) {
-            Fp4MatvecArgs a;
-            a.w = t[size_t(i)];
-            a.n = n;
-            a.x = xp;
-            a.ldx = ldx;
-            a.y = yp;
-            a.ldy = ldy;
-            a.partial = partial;
-            a.counters = counters;
-            return fp4_matvec(a, sms, st);
-          };
+          c.launch = [=](int i, cudaStream_t st) { return fp4_matvec(args(i), sms, st); };
           c.bar = 2e-2;
           cases.push_back(std::move(c));
         }
         // --fp4-sweep: kernel 3's geometry (blocks per multiprocessor,
         // ring stages, cluster or global combine), the tuning set around
-        // each launch (the launch reads it; the default is put back below).
+        // each launch (the launch reads it) and the default put back after.
         for (const DecodeTuning& v : fp4_sweep) {
           if (!good) break;
           Case c;
@@ -405,17 +407,8 @@ int main(int argc, char** argv) {
                         geo.splits);
           c.variant = desc;
           c.launch = [=](int i, cudaStream_t st) {
-            Fp4MatvecArgs a;
-            a.w = t[size_t(i)];
-            a.n = n;
-            a.x = xp;
-            a.ldx = ldx;
-            a.y = yp;
-            a.ldy = ldy;
-            a.partial = partial;
-            a.counters = counters;
             set_decode_tuning(v);
-            const cudaError_t e = fp4_matvec(a, sms, st);
+            const cudaError_t e = fp4_matvec(args(i), sms, st);
             set_decode_tuning(base_tuning);
             return e;
           };
