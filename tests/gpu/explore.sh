@@ -32,22 +32,8 @@ SUMMARY=$OUT/summary.txt
 T0=$(date +%s)
 log() { echo "[explore.sh $(($(date +%s) - T0))s] $*" | tee -a "$LOG"; }
 
-CAP=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .' || true)
-case "${CAP:-90}" in
-  90) ARCH=90a ;;
-  100) ARCH=100a ;;
-  120) ARCH=120a ;;
-  *) ARCH=${CAP:-90a} ;;
-esac
-ARCH=${QWEN35_CUDA_ARCH:-$ARCH}
-CMAKE_ARGS=(-S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DQWEN35_CUDA=ON
-  "-DCMAKE_CUDA_ARCHITECTURES=$ARCH")
-DEPS=$ROOT/.gpu/deps/usr
-if [ -d "$DEPS/include/fmt" ]; then
-  FMT_DIR=$(dirname "$(find "$DEPS/lib" -name fmt-config.cmake | head -1)")
-  CMAKE_ARGS+=("-Dfmt_DIR=$FMT_DIR" "-DDOCTEST_INCLUDE_DIR=$DEPS/include")
-  export LD_LIBRARY_PATH=$(dirname "$(find "$DEPS/lib" -name 'libfmt.so*' | head -1)")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-fi
+# shellcheck source=tests/gpu/gpu_env.sh
+source "$ROOT/tests/gpu/gpu_env.sh"
 log "building for sm_$ARCH"
 if ! { cmake "${CMAKE_ARGS[@]}" && ninja -C "$BUILD" -j"$JOBS" qwen35-matvec-bench qwen35-cuda-bench qwen35-synth \
   qwen35-stream-probe; } \

@@ -62,26 +62,13 @@ step() {
   c++ --version | head -1 || true
 } >>"$LOG" 2>&1
 GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo "unknown GPU")
-CAP=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .' || true)
-case "${CAP:-90}" in
-  90) ARCH=90a ;;
-  100) ARCH=100a ;;
-  120) ARCH=120a ;;
-  *) ARCH=${CAP:-90a} ;;
-esac
-ARCH=${QWEN35_CUDA_ARCH:-$ARCH}
+# shellcheck source=tests/gpu/gpu_env.sh
+source "$ROOT/tests/gpu/gpu_env.sh"
 log "GPU: $GPU_NAME (compute capability ${CAP:-?}), building for sm_$ARCH; fixtures: $FIX"
 
 # ---- configure and build ------------------------------------------------------
-CMAKE_ARGS=(-S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DQWEN35_CUDA=ON
-  "-DCMAKE_CUDA_ARCHITECTURES=$ARCH" "-DQWEN35_FIXTURES=$FIX")
-DEPS=$ROOT/.gpu/deps/usr
-if [ -d "$DEPS/include/fmt" ]; then
-  FMT_DIR=$(dirname "$(find "$DEPS/lib" -name fmt-config.cmake | head -1)")
-  CMAKE_ARGS+=("-Dfmt_DIR=$FMT_DIR" "-DDOCTEST_INCLUDE_DIR=$DEPS/include")
-  export LD_LIBRARY_PATH=$(dirname "$(find "$DEPS/lib" -name 'libfmt.so*' | head -1)")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-  log "using the carried fmt and doctest from $DEPS"
-fi
+CMAKE_ARGS+=("-DQWEN35_FIXTURES=$FIX")
+if [ "$DEPS_USED" = 1 ]; then log "using the carried fmt and doctest from $DEPS"; fi
 step configure 180 cmake "${CMAKE_ARGS[@]}"
 ALL_TARGETS=$(ninja -C "$BUILD" -t targets all 2>/dev/null | cut -d: -f1 || true)
 TARGETS=()
