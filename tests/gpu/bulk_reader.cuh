@@ -19,6 +19,20 @@ __device__ __forceinline__ void pdl() {
 #endif
 }
 
+// The shared-memory address of p (for the PTX operands).
+__device__ __forceinline__ uint32_t saddr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+
+// Whether the mbarrier at bar has completed its phase of this parity.
+__device__ __forceinline__ bool try_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  asm volatile(
+      "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+
 constexpr int kStage = 2304, kStages = 4, kWarps = 4;
 
 __global__ void __launch_bounds__(kWarps * 32) read_bulk(const uint8_t* __restrict__ p, size_t stages_total,
@@ -30,18 +44,17 @@ __global__ void __launch_bounds__(kWarps * 32) read_bulk(const uint8_t* __restri
   const size_t gw = size_t(blockIdx.x) * kWarps + warp, nw = size_t(gridDim.x) * kWarps;
   // This warp's stages: gw, gw + nw, ...
   const size_t mine = gw < stages_total ? (stages_total - gw + nw - 1) / nw : 0;
-  auto addr = [](const void* q) { return uint32_t(__cvta_generic_to_shared(q)); };
   auto issue = [&](size_t k) {
-    const uint32_t bar = addr(&bars[warp][k % kStages]);
+    const uint32_t bar = saddr(&bars[warp][k % kStages]);
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(kStage) : "memory");
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                     addr(ring[warp][k % kStages])),
+                     saddr(ring[warp][k % kStages])),
                  "l"(p + (gw + k * nw) * kStage), "r"(kStage), "r"(bar)
                  : "memory");
   };
   if (lane == 0) {
     for (int s = 0; s < kStages; ++s) {
-      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(addr(&bars[warp][s])) : "memory");
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(saddr(&bars[warp][s])) : "memory");
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     for (size_t k = 0; k < mine && k < kStages; ++k) issue(k);
@@ -50,15 +63,9 @@ __global__ void __launch_bounds__(kWarps * 32) read_bulk(const uint8_t* __restri
   pdl();
   uint32_t a = 0;
   for (size_t k = 0; k < mine; ++k) {
-    const uint32_t bar = addr(&bars[warp][k % kStages]), parity = uint32_t(k / kStages) & 1u;
-    uint32_t done = 0;
-    do {
-      asm volatile(
-          "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
-                   : "=r"(done)
-                   : "r"(bar), "r"(parity)
-                   : "memory");
-    } while (!done);
+    const uint32_t bar = saddr(&bars[warp][k % kStages]), parity = uint32_t(k / kStages) & 1u;
+    while (!try_wait(bar, parity)) {
+    }
     a ^= reinterpret_cast<const uint32_t*>(ring[warp][k % kStages])[lane];
     __syncwarp();
     if (lane == 0 && k + kStages < mine) {
