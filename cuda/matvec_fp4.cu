@@ -361,9 +361,10 @@ __global__ void __launch_bounds__(W * kWarp) fp4_stream_kernel(Fp4MatvecArgs a, 
 // results) leaves out the arithmetic of the stream: a measuring probe of
 // what the weight traffic and the rest cost without it.
 
-// Kernel 3's run-time flags (tuning fp4_probe, fp4_late_pdl, fp4_prefetch).
+// Kernel 3's run-time flags (tuning fp4_probe, fp4_late_pdl, fp4_prefetch, fp4_x_l1).
 constexpr int kBulkSkipMath = 1, kBulkLateTrigger = 2, kBulkPrefetchNext = 4, kBulkPrefetchEarly = 8;
 constexpr int kBulkSkipX = 16, kBulkSkipCombine = 32;  // (probes: no activation load; no combine or stores)
+constexpr int kBulkXL1 = 64;  // the activation rows into L1 before their two passes (with the RMS norm)
 
 // Block b of nb asks L2 for its share of `bytes` at p (fp4_prefetch_share).
 __device__ __forceinline__ void prefetch_share(const uint8_t* p, uint64_t bytes, int64_t b, int64_t nb) {
@@ -428,6 +429,7 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
   TcInput in = tc_input(a);
   in.n = n;  // a compile-time constant for kN > 0
   if (!skip_x) {
+    if ((flags & kBulkXL1) && a.norm) tc_prefetch_rows_l1(in, w.cols);
     tc_load_x_impl<kLean>(in, kg0 * kFp4GroupCols, nch, xs, mult, rmax);
     if (a.norm) tc_row_squares<W>(in, w.cols, ss_part);
   }
@@ -630,7 +632,7 @@ cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream) {
       const int probe = (tune.fp4_probe & kFp4ProbeNoMath ? kBulkSkipMath : 0) |
                         (tune.fp4_probe & kFp4ProbeNoX ? kBulkSkipX : 0) |
                         (tune.fp4_probe & kFp4ProbeNoCombine ? kBulkSkipCombine : 0) |
-                        (tune.fp4_late_pdl ? kBulkLateTrigger : 0) |
+                        (tune.fp4_late_pdl ? kBulkLateTrigger : 0) | (tune.fp4_x_l1 ? kBulkXL1 : 0) |
                         (tune.fp4_prefetch && next_ok ? kBulkPrefetchNext : 0) |
                         (tune.fp4_prefetch == 2 ? kBulkPrefetchEarly : 0);
       cluster = cluster && splits > 1;

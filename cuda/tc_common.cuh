@@ -158,6 +158,16 @@ __device__ __forceinline__ void bulk_prefetch_l2(const void* src, uint32_t bytes
 #endif
 }
 
+// Asks this multiprocessor's L1 for the 128-byte line holding p: no
+// register, nothing to wait for (a hint; nothing in the emulation).
+__device__ __forceinline__ void prefetch_l1(const void* p) {
+#if !defined(QWEN35_CUDA_EMU) && defined(__CUDA_ARCH__)
+  asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+#else
+  (void)p;
+#endif
+}
+
 // Orders this thread's earlier shared-memory accesses (generic proxy) before
 // its later bulk copies into the same bytes.
 __device__ __forceinline__ void fence_proxy_async_smem() {
@@ -371,6 +381,20 @@ __device__ __forceinline__ void tc_row_squares(const TcInput& in, int64_t K, flo
     }
     s = warp_sum(s);
     if (lane == 0) ss_part[warp][j] = s;
+  }
+}
+
+// The block's threads ask L1 for every line of the n activation rows (K
+// columns), a line each: for kernel 3 with the RMS norm (tuning fp4_x_l1),
+// whose slice load and whole-row sums of squares are two passes over x
+// after the PDL wait, so that both wait for L2 once instead of one after
+// the other.
+__device__ __forceinline__ void tc_prefetch_rows_l1(const TcInput& in, int64_t K) {
+  for (int j = 0; j < in.n; ++j) {
+    const uintptr_t first = reinterpret_cast<uintptr_t>(in.x + j * in.ldx) & ~uintptr_t(127);
+    const uintptr_t end = reinterpret_cast<uintptr_t>(in.x + j * in.ldx + K);
+    for (uintptr_t p = first + uintptr_t(threadIdx.x) * 128; p < end; p += uintptr_t(blockDim.x) * 128)
+      prefetch_l1(reinterpret_cast<const void*>(p));
   }
 }
 

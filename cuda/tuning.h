@@ -28,6 +28,10 @@
 //                           asks L2 for its share of the next projection's
 //                           weights (cp.async.bulk.prefetch.L2); 2 = right
 //                           after requesting its own first stages
+//   QWEN35_CUDA_FP4_X_L1    kernel 3: 1 = with the RMS norm, the block first
+//                           asks L1 for the whole activation rows, so that
+//                           the slice load and the rows' sums of squares
+//                           wait for L2 once (not yet measured)
 //   QWEN35_CUDA_FP4_PROBE   kernel 3: 1 = skip the stream's arithmetic: wrong
 //                           results, for timing what the rest costs
 //   QWEN35_CUDA_FP4_CHAIN   kernel 3: chains of decode projections in one
@@ -83,6 +87,7 @@ struct DecodeTuning {
   int fp4_cluster = 1;  // kernel 3: 1 = combine the split-K slices in a thread block cluster (<= 8 slices)
   int fp4_late_pdl = 0;  // kernel 3: 1 = let the next kernel launch only after a block's stream (not at its start)
   int fp4_prefetch = 0;  // kernel 3: prefetch the next projection's weights into L2: 1 after the stream, 2 at the start
+  int fp4_x_l1 = 0;      // kernel 3: 1 = the activation rows into L1 before the slice load and row norms
   int fp4_chain = 0;     // kernel 3, chained in one launch (chain_fp4.h): 1 = FFNs, 2 = layer tails,
                          // 3 = + delta rule, 4 = + attention
   int fp4_chain_early = 1;  // chains: a stage with the RMS norm after a plain one starts by column slice

@@ -148,6 +148,9 @@ TEST_CASE("emulated: NVFP4 decode kernels 1-3 (tensor cores, bulk copies) match 
       v.fp4_blocks_per_sm = lean ? 32 : 1;  // one slice, or the most slices
       variants.push_back(v);
     }
+  v.fp4_x_l1 = 1;  // (a hint: no prefetch in the emulation, but the kernel's path with the flag)
+  variants.push_back(v);
+  v.fp4_x_l1 = 0;
   for (int n : {1, 2, 3}) {
     for (bool norm : {false, true}) {
       const int64_t ldx = K + 8, ldy = N + 5;
