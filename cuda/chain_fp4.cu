@@ -101,6 +101,7 @@ struct ChainPlan {
   int head_cols = 0, head_tasks = 0, heads = 0;
   int dep[kMaxStages] = {};         // how stage s waits for s-1
   bool skip_math = false;           // tuning fp4_probe: timing only
+  unsigned poll_ns = 64;            // tuning fp4_chain_poll_ns: a waiter's sleep between two polls
 };
 
 __device__ __forceinline__ int* stage_sync(int* sync, int s) { return sync + kSyncStages + s * kSyncPerStage; }
@@ -121,7 +122,7 @@ __device__ __forceinline__ int ld_acquire(const int* p) {
 // (one more line every waiter polls otherwise). The first task of the
 // launch to give up records where (fault[1..4], see Fp4ChainArgs::fault).
 __device__ __forceinline__ void wait_counts(int* sync, const int* a, int na, const int* b, int nb, int* fault,
-                                            int stage, int task) {
+                                            int stage, int task, unsigned poll_ns) {
   const uint64_t t0 = global_ns();
   for (uint32_t i = 1;; ++i) {
 #ifdef QWEN35_CUDA_EMU
@@ -153,7 +154,9 @@ __device__ __forceinline__ void wait_counts(int* sync, const int* a, int na, con
       return;
     }
 #ifndef QWEN35_CUDA_EMU
-    __nanosleep(64);
+    if (poll_ns) __nanosleep(poll_ns);
+#else
+    (void)poll_ns;
 #endif
   }
 }
@@ -161,7 +164,8 @@ __device__ __forceinline__ void wait_counts(int* sync, const int* a, int na, con
 // A SliceNorm task's second wait (thread 0): until *done >= na, as
 // wait_counts but with less state live across the stream before it (the
 // first task to give up records the stage and counts, task -1).
-__device__ __forceinline__ void wait_done(int* sync, const int* done, int na, int* fault, int stage) {
+__device__ __forceinline__ void wait_done(int* sync, const int* done, int na, int* fault, int stage,
+                                          unsigned poll_ns) {
   const uint64_t t0 = global_ns();
   for (;;) {
     const int have = ld_acquire(done);
@@ -188,7 +192,9 @@ __device__ __forceinline__ void wait_done(int* sync, const int* done, int na, in
       return;
     }
 #ifndef QWEN35_CUDA_EMU
-    __nanosleep(64);
+    if (poll_ns) __nanosleep(poll_ns);
+#else
+    (void)poll_ns;
 #endif
   }
 }
@@ -271,9 +277,9 @@ __device__ __forceinline__ void chain_task(const Fp4MatvecArgs& a, const ChainPl
         // nothing the delta rule reads.)
         const bool read = dep == kDepSlice;
         wait_counts(sync, prev + kSyncReady + split, need, read ? prev + kSyncRead : nullptr,
-                    read ? p.start[kS] - p.start[kS - 1] : 0, fault, kS, u);
+                    read ? p.start[kS] - p.start[kS - 1] : 0, fault, kS, u, p.poll_ns);
       } else {
-        wait_counts(sync, prev + kSyncDone, p.groups[kS - 1], nullptr, 0, fault, kS, u);
+        wait_counts(sync, prev + kSyncDone, p.groups[kS - 1], nullptr, 0, fault, kS, u, p.poll_ns);
       }
     }
     __syncthreads();
@@ -295,7 +301,8 @@ __device__ __forceinline__ void chain_task(const Fp4MatvecArgs& a, const ChainPl
     bulk_stream<S, false, kN>(run, acc, xs + tc_b_row(g, n) * 16 + t * 4, mult + 2 * t, n, lane, g, p.skip_math);
   if constexpr (kS > 0) {
     if (dep == kDepSliceNorm) {  // all of the stage before: the rows' norms, then this stage's writes
-      if (threadIdx.x == 0) wait_done(sync, stage_sync(sync, kS - 1) + kSyncDone, p.groups[kS - 1], fault, kS);
+      if (threadIdx.x == 0)
+        wait_done(sync, stage_sync(sync, kS - 1) + kSyncDone, p.groups[kS - 1], fault, kS, p.poll_ns);
       __syncthreads();
     }
   }
@@ -526,6 +533,7 @@ ChainPlan make_plan(const Fp4ChainArgs& a, int sms) {
   }
   for (int s = a.stages; s < kMaxStages; ++s) p.start[s + 1] = p.start[s];
   p.skip_math = (tune.fp4_probe & kFp4ProbeNoMath) != 0;  // (the other probes: kernel 3 only)
+  p.poll_ns = unsigned(tune.fp4_chain_poll_ns);
   return p;
 }
 

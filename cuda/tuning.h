@@ -42,6 +42,10 @@
 //                           the delta net's delta rule in front (8 state
 //                           elements per thread), 4 = also with the fused
 //                           decode attention in front; 0 = none
+//   QWEN35_CUDA_FP4_CHAIN_POLL_NS chains: how long (ns, 0..4096, default
+//                           64) a waiting block sleeps between two polls of
+//                           a counter; hundreds of blocks poll the same few
+//                           L2 lines that the producers add to
 //   (kernel 3 always uses 4 warps per block: QWEN35_CUDA_FP4_WARPS is
 //   kernel 2's)
 //   QWEN35_CUDA_Q6K_KERNEL  1: one thread per row (Q6kRows32 layout),
@@ -93,6 +97,7 @@ struct DecodeTuning {
   int fp4_chain_early = 1;  // chains: a stage with the RMS norm after a plain one starts by column slice
                             // (Fp4Dep::SliceNorm), the output projection after the delta rule or attention
                             // by heads (Fp4Dep::Heads), instead of after the whole stage before (0)
+  int fp4_chain_poll_ns = 64;  // chains: sleep between two polls of a counter by a waiting block (0..4096 ns)
   int q6k_kernel = 2;
   int q6k_persist = 0;  // kernel 2: 0 = a warp per tile; N = persistent, N blocks per multiprocessor
   int q6k_argmax = 0;   // kernels 2 and 3: 1 = the greedy argmax in the LM head's epilogue

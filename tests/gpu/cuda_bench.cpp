@@ -419,6 +419,15 @@ int main(int argc, char** argv) {
         t.fp4_chain_early = 0;
         variants.push_back(t);
       }
+      // The chains' waiters polling less often (hundreds of blocks poll the
+      // counters the producers add to; not measured yet).
+      for (int chain : {2, 4})
+        for (int poll : {512, 2048}) {
+          t = base;
+          t.fp4_chain = chain;
+          t.fp4_chain_poll_ns = poll;
+          variants.push_back(t);
+        }
       for (int probe : {cuda::kFp4ProbeNoMath, cuda::kFp4ProbeNoX, cuda::kFp4ProbeNoCombine,
                         cuda::kFp4ProbeNoMath | cuda::kFp4ProbeNoX | cuda::kFp4ProbeNoCombine}) {
         t = base;

@@ -316,6 +316,11 @@ int main(int argc, char** argv) {
   if (!quick) {
     for (int work : {32, 96}) variants.push_back({16, 3, work, 1, 1});
     for (int work : {32, 96}) variants.push_back({16, 7, work, 1, 1});
+    // Kernel 3's arithmetic is ~115 warp instructions per 512 bytes of
+    // weights (docs/cuda.md, "The arithmetic's share of a step"), about
+    // work 96 here; it runs on 16 warps per multiprocessor, so also 15
+    // consumer warps (and a deeper ring for them).
+    for (int ring : {16, 24}) variants.push_back({ring, 15, 96, 1, 1});
   }
   for (const Variant& v : variants) {
     Step st{};
