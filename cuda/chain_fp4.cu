@@ -69,16 +69,6 @@ static_assert(kMaxSlices % kLineInts == 0, "whole lines per stage");
 // so an unmet wait never ends: it gives up at once.
 constexpr uint64_t kMaxWaitNs = 1ull << 30;
 
-__device__ __forceinline__ uint64_t global_ns() {
-#ifdef QWEN35_CUDA_EMU
-  return 0;
-#else
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-#endif
-}
-
 enum : int { kDepNone = 0, kDepSlice = 1, kDepFull = 2, kDepSliceNorm = 3, kDepHeads = 4 };
 
 // The delta-rule stage: 8 state elements per thread (the default split of
@@ -106,16 +96,6 @@ struct ChainPlan {
 
 __device__ __forceinline__ int* stage_sync(int* sync, int s) { return sync + kSyncStages + s * kSyncPerStage; }
 // stage_sync(s)[kSyncRead] = read, [kSyncDone] = done, [kSyncReady + slice] = ready.
-
-__device__ __forceinline__ int ld_acquire(const int* p) {
-#ifdef QWEN35_CUDA_EMU
-  return *p;
-#else
-  int v;
-  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-#endif
-}
 
 // Thread 0 of task `task` of stage `stage`: until *a >= na and *b >= nb (b
 // may be null), bounded. Another task's fault is looked at every 64 polls

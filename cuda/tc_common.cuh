@@ -168,6 +168,29 @@ __device__ __forceinline__ void prefetch_l1(const void* p) {
 #endif
 }
 
+// The global timer in nanoseconds (0 in the emulation), for bounded waits.
+__device__ __forceinline__ uint64_t global_ns() {
+#ifdef QWEN35_CUDA_EMU
+  return 0;
+#else
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+#endif
+}
+
+// A load with acquire semantics at GPU scope: a counter another block
+// published with a release (or a fence and an atomic).
+__device__ __forceinline__ int ld_acquire(const int* p) {
+#ifdef QWEN35_CUDA_EMU
+  return *p;
+#else
+  int v;
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+#endif
+}
+
 // Orders this thread's earlier shared-memory accesses (generic proxy) before
 // its later bulk copies into the same bytes.
 __device__ __forceinline__ void fence_proxy_async_smem() {

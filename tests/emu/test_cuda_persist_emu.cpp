@@ -1,0 +1,47 @@
+// The persistent NVFP4 sequence (persist_fp4.h) on the CPU through the
+// emulation: one block (blocks run one after another in the emulation, and
+// every unit of a stage must be able to wait for the units of the stage
+// before), its four warps interleaving at their warp-wide operations, each
+// streaming its units through its ring across the stages' boundaries. Part
+// of test_cuda_emu.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "cuda_emu.h"
+#include "emu_test_util.h"
+#include "persist_case.h"
+
+using namespace qwen35;
+using namespace qwen35::test;
+
+TEST_CASE("emulated: a persistent NVFP4 sequence equals kernel 3 stage by stage, and the CPU") {
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  // Five stages: a unit per warp or several, one column slice or several
+  // (the first: 40 kgroups, more than a slice holds), rows that end inside
+  // a tile, a stage with fewer units than warps.
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {
+      {200, 2560}, {192, 128}, {72, 192}, {256, 64}, {120, 256}};
+  for (bool reverse : {false, true}) {
+    CAPTURE(reverse);
+    emu::set_order(reverse);
+    const PersistCaseResult r = run_persist_case<HostArray>(shapes, 1, 2, rand);
+    REQUIRE(r.ok);
+    CHECK(r.fault == 0);
+    CHECK(r.repeat_equal);
+    CHECK(r.splits[0] >= 2);  // 40 kgroups in slices of at most 24
+    CHECK(r.worst_kernel3 < 1e-5);  // the same chunks and products, other sums of the slices
+    CHECK(r.worst_cpu < 2e-3);      // F16 activations
+    CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
+  }
+  emu::set_order(false);
+  // Two blocks, run one after the other: block 0's units of later stages
+  // wait for units of block 1 that cannot run before them. The waits give
+  // up: the fault flag, wrong results, no hang (the next launch zeroes the
+  // counters the stages, run out of order, may have left).
+  const PersistCaseResult f = run_persist_case<HostArray>(shapes, 2, 2, rand);
+  REQUIRE(f.ok);
+  CHECK(f.fault == 1);
+}
