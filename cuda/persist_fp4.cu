@@ -263,11 +263,15 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(PersistFp4Args a
 }
 
 
-// Per-warp kgroups of a stage with `splits` slices on `warps` warps.
-int64_t warp_kgroups(int64_t tiles, int64_t kgs, int64_t splits, int64_t warps, int64_t* kg_per, int64_t* sp) {
+// What a unit costs besides its kgroups (the wait, the activation chunks,
+// the combine), in kgroups: a guess that keeps slices from getting tiny.
+constexpr int64_t kUnitCost = 4;
+
+// The busiest warp's work in a stage with `splits` slices on `warps` warps.
+int64_t warp_work(int64_t tiles, int64_t kgs, int64_t splits, int64_t warps, int64_t* kg_per, int64_t* sp) {
   *kg_per = (kgs + splits - 1) / splits;
   *sp = (kgs + *kg_per - 1) / *kg_per;
-  return (tiles * *sp + warps - 1) / warps * *kg_per;
+  return (tiles * *sp + warps - 1) / warps * (*kg_per + kUnitCost);
 }
 
 }  // namespace
@@ -286,7 +290,7 @@ bool persist_fp4_plan(PersistFp4Stage* stages, int count, int blocks) {
     int64_t best = -1, best_kg = 0, best_sp = 0;
     for (int64_t sp = (kgs + kPersistMaxKgPer - 1) / kPersistMaxKgPer; sp <= std::min<int64_t>(kgs, 64); ++sp) {
       int64_t kg = 0, real = 0;
-      const int64_t work = warp_kgroups(tiles, kgs, sp, warps, &kg, &real);
+      const int64_t work = warp_work(tiles, kgs, sp, warps, &kg, &real);
       if (kg <= kPersistMaxKgPer && (best < 0 || work < best)) best = work, best_kg = kg, best_sp = real;
     }
     if (best < 0) return false;

@@ -45,8 +45,9 @@ struct PersistFp4Stage {
   int64_t units = 0;         // tiles x splits
 };
 
-// Chooses each stage's column slices for a grid of `blocks` blocks (fewest
-// kgroups per warp, then fewest slices; at most kPersistMaxKgPer kgroups per
+// Chooses each stage's column slices for a grid of `blocks` blocks (the
+// least work for the busiest warp, counting each unit's fixed costs as a
+// few kgroups; then the fewest slices; at most kPersistMaxKgPer kgroups per
 // slice). False if a stage is not supported (not Plain, no columns, weights
 // not 16-byte aligned).
 bool persist_fp4_plan(PersistFp4Stage* stages, int count, int blocks);

@@ -17,6 +17,52 @@
 using namespace qwen35;
 using namespace qwen35::test;
 
+TEST_CASE("the persistent sequence's plan on the 4B's shapes: slices that fit, few and long") {
+  // (No memory is read: the plan looks at shapes and alignment only.)
+  alignas(16) static float buf[4];
+  auto stage = [](int64_t rows, int64_t cols) {
+    cuda::PersistFp4Stage s;
+    s.w.codes = reinterpret_cast<const uint8_t*>(buf);
+    s.w.scales = reinterpret_cast<const uint8_t*>(buf);
+    s.w.rows = rows;
+    s.w.cols = cols;
+    s.x = buf;
+    s.y = buf;
+    return s;
+  };
+  std::vector<cuda::PersistFp4Stage> st = {stage(12352, 2560), stage(2560, 4096), stage(18432, 2560),
+                                           stage(2560, 9216)};
+  for (int blocks : {1, 7, 132, 396}) {
+    CAPTURE(blocks);
+    REQUIRE(cuda::persist_fp4_plan(st.data(), int(st.size()), blocks));
+    for (const cuda::PersistFp4Stage& s : st) {
+      const int64_t kgs = s.w.kgroups();
+      CHECK(s.kg_per >= 1);
+      CHECK(s.kg_per <= cuda::kPersistMaxKgPer);
+      CHECK(int64_t(s.splits) * s.kg_per >= kgs);
+      CHECK(int64_t(s.splits - 1) * s.kg_per < kgs);
+      CHECK(s.units == s.w.tiles() * s.splits);
+    }
+    if (blocks == 396) {  // an H100 at 3 blocks per multiprocessor: 1,584 warps
+      CHECK(st[2].splits == 4);  // 4,608 units of 10 kgroups: at most 3 per warp
+      CHECK(st[2].kg_per == 10);
+      CHECK(st[3].splits == 9);  // 1,440 units of 16 kgroups: one per warp
+      CHECK(st[3].kg_per == 16);
+    }
+  }
+  const cuda::PersistFp4Sizes z = cuda::persist_fp4_sizes(st.data(), int(st.size()));
+  CHECK(z.max_kg_per <= cuda::kPersistMaxKgPer);
+  // A gate/up pair, an unaligned input, no columns: refused.
+  st[0].w.pairing = cuda::Fp4Pairing::GateUp;
+  CHECK_FALSE(cuda::persist_fp4_plan(st.data(), int(st.size()), 7));
+  st[0].w.pairing = cuda::Fp4Pairing::Plain;
+  st[1].x = buf + 1;
+  CHECK_FALSE(cuda::persist_fp4_plan(st.data(), int(st.size()), 7));
+  st[1].x = buf;
+  st[2].w.cols = 0;
+  CHECK_FALSE(cuda::persist_fp4_plan(st.data(), int(st.size()), 7));
+}
+
 TEST_CASE("emulated: a persistent NVFP4 sequence equals kernel 3 stage by stage, and the CPU") {
   auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
   // Five stages: a unit per warp or several, one column slice or several

@@ -7,6 +7,9 @@
 #    activation row), and NVFP4 kernel 3 in its 24 geometries
 #    (--fp4-sweep) for one and two rows, once without PDL and with each
 #    timing probe (QWEN35_CUDA_FP4_PROBE, wrong results);
+#  * qwen35-persist-bench: a step's NVFP4 products as one launch of the
+#    persistent kernel (persist_fp4.h, real arithmetic, checked against
+#    kernel 3) against separate kernel-3 launches;
 #  * qwen35-stream-probe: a persistent grid streaming a whole decode
 #    step's weights through dependent stages, against separate launches;
 #  * qwen35-cuda-bench on a synthetic full-size 4B NVFP4 file: decode and
@@ -36,7 +39,7 @@ log() { echo "[explore.sh $(($(date +%s) - T0))s] $*" | tee -a "$LOG"; }
 source "$ROOT/tests/gpu/gpu_env.sh"
 log "building for sm_$ARCH"
 if ! { cmake "${CMAKE_ARGS[@]}" && ninja -C "$BUILD" -j"$JOBS" qwen35-matvec-bench qwen35-cuda-bench qwen35-synth \
-  qwen35-stream-probe; } \
+  qwen35-stream-probe qwen35-persist-bench; } \
   >>"$LOG" 2>&1; then
   log "build failed"
   tail -30 "$LOG" >"$SUMMARY"
@@ -66,6 +69,8 @@ run "no PDL n=1" 60 env QWEN35_CUDA_PDL=0 "$BIN/qwen35-matvec-bench" --types NVF
 # A persistent grid streaming a whole step's weights across dependent
 # stages, against separate launches (tests/gpu/stream_probe.cu).
 run "stream probe" 60 "$BIN/qwen35-stream-probe"
+# The persistent kernel on a whole step's NVFP4 products (persist_fp4.h).
+run "persist bench" 120 "$BIN/qwen35-persist-bench"
 # Kernel 3's timing probes (wrong results, so over the bar): without the
 # arithmetic (1), the activation load (2), the combine and stores (4), all (7).
 for probe in 1 2 4 7; do
@@ -109,6 +114,7 @@ for line in sys.stdin:
     "$(date -u +%Y-%m-%dT%H:%MZ), $(($(date +%s) - T0))s"
   grep -E '^(matvec n=1|no PDL n=1|probe [0-9] n=1): matvec\|' "$LOG"
   grep -E '^stream probe: stream\|' "$LOG"
+  grep -E '^persist bench: persist\|' "$LOG"
   grep -E '^sweep n=[12]: (fp4sweep|matvec)\|' "$LOG"
   grep -E '^bench [^:]*: (\{|sweep\|)' "$LOG" | python3 -c "$BENCH_PY" || true
   grep -E 'FAILED|OVER THE BAR|row [0-9]+:' "$LOG" | grep -v '^probe' | head -20

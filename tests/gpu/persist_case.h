@@ -41,8 +41,9 @@ PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>
   const int count = int(shapes.size());
   std::vector<std::vector<uint8_t>> rows_q;
   std::vector<std::unique_ptr<CaseTiled<Arr>>> w;
-  std::vector<Arr<float>> act;  // act[s]: the input of stage s; act[s + 1] its outputs
-  act.emplace_back(rand(size_t(shapes[0].second), 5u, -2.0f, 2.0f));
+  // act[s]: the input of stage s; act[s + 1] its outputs (device arrays do not move: pointers).
+  std::vector<std::unique_ptr<Arr<float>>> act;
+  act.push_back(std::make_unique<Arr<float>>(rand(size_t(shapes[0].second), 5u, -2.0f, 2.0f)));
   for (int s = 0; s < count; ++s) {
     const auto [rows, cols] = shapes[size_t(s)];
     if (s > 0 && shapes[size_t(s - 1)].first < cols) return out;
@@ -50,13 +51,13 @@ PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>
     // Outputs of about the inputs' size (the rows' values are uniform in +-0.5).
     w.push_back(std::make_unique<CaseTiled<Arr>>(rows_q.back(), nullptr, rows, cols, float(std::sqrt(12.0 / cols))));
     if (!w.back()->ok) return out;
-    act.emplace_back(std::vector<float>(size_t(rows), NAN));
+    act.push_back(std::make_unique<Arr<float>>(std::vector<float>(size_t(rows), NAN)));
   }
   std::vector<PersistFp4Stage> table(static_cast<size_t>(count));
   for (int s = 0; s < count; ++s) {
     table[size_t(s)].w = w[size_t(s)]->t;
-    table[size_t(s)].x = act[size_t(s)].get();
-    table[size_t(s)].y = act[size_t(s) + 1].get();
+    table[size_t(s)].x = act[size_t(s)]->get();
+    table[size_t(s)].y = act[size_t(s) + 1]->get();
   }
   if (!persist_fp4_plan(table.data(), count, blocks)) return out;
   for (const PersistFp4Stage& p : table) out.splits.push_back(p.splits);
@@ -77,7 +78,7 @@ PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>
   for (int launch = 0; launch < 2; ++launch) {
     if (persist_fp4(a, blocks, nullptr) != cudaSuccess) return out;
     std::vector<std::vector<float>> got;
-    for (int s = 0; s <= count; ++s) got.push_back(act[size_t(s)].download());
+    for (int s = 0; s <= count; ++s) got.push_back(act[size_t(s)]->download());
     if (launch == 0) first = std::move(got);
     else out.repeat_equal = got == first;
   }

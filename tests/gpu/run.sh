@@ -73,9 +73,9 @@ step configure 180 cmake "${CMAKE_ARGS[@]}"
 ALL_TARGETS=$(ninja -C "$BUILD" -t targets all 2>/dev/null | cut -d: -f1 || true)
 TARGETS=()
 WANT=(test_cuda_ops test_cuda_model test_cuda_vision test_fp4_layout test_mtp_loop qwen35-synth qwen35-cuda-bench
-  qwen35-bench qwen35-bench-vision qwen35-bw-probe qwen35-matvec-bench qwen35-stream-probe)
+  qwen35-bench qwen35-bench-vision qwen35-bw-probe qwen35-matvec-bench qwen35-stream-probe qwen35-persist-bench)
 [ "$QUICK" = 1 ] && WANT=(test_cuda_ops test_cuda_model qwen35-synth qwen35-cuda-bench qwen35-matvec-bench
-  qwen35-stream-probe)
+  qwen35-stream-probe qwen35-persist-bench)
 for t in "${WANT[@]}"; do
   if grep -qx "$t" <<<"$ALL_TARGETS"; then TARGETS+=("$t"); fi
 done
@@ -126,7 +126,7 @@ done
 # Quick mode: the op tests of the chained projections, the k-quant tiles and the
 # Q6_K head's persistent kernels (kernel 3, the greedy epilogue) only.
 if [ "$QUICK" = 1 ] && [ -x "$BIN/test_cuda_ops" ]; then
-  step "test_cuda_ops, chains, tiles" 300 "$BIN/test_cuda_ops" -tc="*chain*,*F16 tiles*,*paired*,*gated-norm prologue*,*persistent launches*" --duration=true
+  step "test_cuda_ops, chains, tiles" 300 "$BIN/test_cuda_ops" -tc="*chain*,*F16 tiles*,*paired*,*gated-norm prologue*,*persistent launches*,*persistent NVFP4*" --duration=true
 fi
 # The model tests again with chained projections (each layer's tail with
 # the delta rule or attention in front, and each FFN, in one launch).
@@ -223,6 +223,11 @@ fi
 # stages, against separate launches (tests/gpu/stream_probe.cu).
 if [ -x "$BIN/qwen35-stream-probe" ]; then
   step "stream probe" 60 "$BIN/qwen35-stream-probe"
+fi
+# A step's NVFP4 products as one persistent launch (persist_fp4.h) against
+# separate kernel-3 launches, with the real arithmetic.
+if [ -x "$BIN/qwen35-persist-bench" ]; then
+  step "persist bench" 120 "$BIN/qwen35-persist-bench"
 fi
 # The same without one optimization each, for comparison (prefill rows:
 # short decodes).
@@ -340,6 +345,7 @@ TOTAL=$(($(date +%s) - T0))
   # The read floor (qwen35-bw-probe).
   awk '/== bandwidth probe \(limit/ {on=1; next} on && /== bandwidth probe:/ {on=0} on && !/^\[run.sh/ {print "probe: " $0}' "$LOG" || true
   grep '^stream|' "$LOG" || true
+  grep '^persist|' "$LOG" || true
   # Vision encoder timing (qwen35-bench-vision --device cuda).
   grep -E '^vision\||^check vs the CPU encoder|^CUDA vision encoder' "$LOG" | sed 's/^/vision: /' || true
   if [ -s "$BENCH" ] && command -v python3 >/dev/null; then

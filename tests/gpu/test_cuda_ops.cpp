@@ -20,6 +20,8 @@
 #include "matmul.h"
 #include "matvec_fp4.h"
 #include "norm.h"
+#include "persist_case.h"
+#include "persist_fp4.h"
 #include "quants.h"
 #include "rope.h"
 #include "test_util.h"
@@ -566,4 +568,31 @@ TEST_CASE("SwiGLU, argmax and the F16 conversions") {
   bool same = true;
   for (size_t i = 0; i < f.size(); ++i) same &= h[i] == fp32_to_fp16(f[i]) && fb[i] == fp16_to_fp32(h[i]);
   CHECK(same);
+}
+
+TEST_CASE("the persistent NVFP4 sequence equals kernel 3 stage by stage on the 4B's shapes, and the CPU") {
+  QWEN35_REQUIRE_GPU();
+  int dev = 0, sms = 0;
+  cuda_check(cudaGetDevice(&dev), "cudaGetDevice");
+  cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "attribute");
+  cuda::PersistFp4Sizes most;
+  most.max_kg_per = cuda::kPersistMaxKgPer;
+  const int per_sm = cuda::persist_fp4_blocks_per_sm(most);
+  REQUIRE(per_sm >= 1);
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  // A delta-net layer's projections (input, output, FFN gate+up as plain
+  // rows, down) and the next input projection, on the whole grid and on
+  // one block per multiprocessor.
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {
+      {12352, 2560}, {2560, 4096}, {18432, 2560}, {2560, 9216}, {12352, 2560}};
+  for (int blocks : {sms * per_sm, sms}) {
+    CAPTURE(blocks);
+    const PersistCaseResult r = run_persist_case<DevArray>(shapes, blocks, sms, rand);
+    REQUIRE(r.ok);
+    CHECK(r.fault == 0);
+    CHECK(r.repeat_equal);
+    CHECK(r.worst_kernel3 < 1e-5);
+    CHECK(r.worst_cpu < 2e-3);
+    CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
+  }
 }
