@@ -124,9 +124,8 @@ __device__ __forceinline__ void warp_wait(const int* p, int need, int* fault, un
 }
 
 // The warp's slice of one activation row as kernel 3's prologue makes it
-// (tc_load_x_impl, one row, no norm): chunk c's 16 values times 2^-e in
-// F16 (pairs in tc_pair_col order), its multiplier 2^e (and 0 for the rows
-// an mma computes beyond the one).
+// (tc_load_x_impl, one row, no norm): chunk c (tc_store_chunk) and its
+// multiplier 2^e (and 0 for the rows an mma computes beyond the one).
 __device__ __forceinline__ void warp_load_x(const float* x, int nch, uint16_t* xs, float* mult, int lane) {
   for (int c = lane; c < nch; c += kWarp) {
     const float4* xp = reinterpret_cast<const float4*>(x + 16 * c);
@@ -142,18 +141,7 @@ __device__ __forceinline__ void warp_load_x(const float* x, int nch, uint16_t* x
     float amax = 0.0f;
 #pragma unroll
     for (int i = 0; i < 16; ++i) amax = fmaxf(amax, fabsf(v[i]));
-    const int e = tc_chunk_exponent(amax);
-    const float inv = pow2f(-e);
-    uint32_t h[8];
-#pragma unroll
-    for (int q = 0; q < 8; ++q) {
-      const int k0 = tc_pair_col(q);
-      const __half2 p = __floats2half2_rn(v[k0] * inv, v[k0 + 1] * inv);
-      h[q] = *reinterpret_cast<const uint32_t*>(&p);
-    }
-    uint4* dst = reinterpret_cast<uint4*>(xs + size_t(c) * 16);
-    dst[0] = make_uint4(h[0], h[1], h[2], h[3]);
-    dst[1] = make_uint4(h[4], h[5], h[6], h[7]);
+    const int e = tc_store_chunk(v, amax, xs + size_t(c) * 16);
 #pragma unroll
     for (int j = 0; j < kMatvecMaxCols; ++j) mult[c * kMatvecMaxCols + j] = j == 0 ? pow2f(e) : 0.0f;
   }

@@ -233,6 +233,25 @@ __device__ __forceinline__ void pdl_wait_and_trigger() {
 #endif
 }
 
+// One 16-column chunk of an activation row as the streaming kernels keep
+// it (fp4_tiled.h): v times 2^-e in F16, the pairs in tc_pair_col order, in
+// the two 16-byte words at dst; e = tc_chunk_exponent(amax) is returned.
+__device__ __forceinline__ int tc_store_chunk(const float* v, float amax, uint16_t* dst) {
+  const int e = tc_chunk_exponent(amax);
+  const float inv = pow2f(-e);
+  uint32_t h[8];
+#pragma unroll
+  for (int q = 0; q < 8; ++q) {
+    const int k0 = tc_pair_col(q);
+    const __half2 p = __floats2half2_rn(v[k0] * inv, v[k0 + 1] * inv);
+    h[q] = *reinterpret_cast<const uint32_t*>(&p);
+  }
+  uint4* d = reinterpret_cast<uint4*>(dst);
+  d[0] = make_uint4(h[0], h[1], h[2], h[3]);
+  d[1] = make_uint4(h[4], h[5], h[6], h[7]);
+  return e;
+}
+
 // Activation rows of a streaming matvec and how they are prepared.
 struct TcInput {
   const float* x = nullptr;       // [n, ldx]
@@ -345,18 +364,7 @@ __device__ __forceinline__ void tc_load_x_impl(const TcInput& in, int64_t c0, in
         atomicMax(rmax + j, __float_as_int(amax));  // non-negative floats order as their bits
         continue;
       }
-      const int e = tc_chunk_exponent(kRowScale ? __int_as_float(rmax[j]) : amax);
-      const float inv = pow2f(-e);
-      uint32_t h[8];
-#pragma unroll
-      for (int q = 0; q < 8; ++q) {
-        const int k0 = tc_pair_col(q);
-        const __half2 p = __floats2half2_rn(v[k0] * inv, v[k0 + 1] * inv);
-        h[q] = *reinterpret_cast<const uint32_t*>(&p);
-      }
-      uint4* dst = reinterpret_cast<uint4*>(xs + (size_t(c) * n + j) * 16);
-      dst[0] = make_uint4(h[0], h[1], h[2], h[3]);
-      dst[1] = make_uint4(h[4], h[5], h[6], h[7]);
+      const int e = tc_store_chunk(v, kRowScale ? __int_as_float(rmax[j]) : amax, xs + (size_t(c) * n + j) * 16);
       mult[c * kMatvecMaxCols + j] = kRowScale ? pow2f(e) : pow2f(e) * head_scale;
     }
   }

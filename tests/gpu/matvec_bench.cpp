@@ -44,6 +44,7 @@
 #include <string>
 #include <vector>
 
+#include "copy_bandwidth.h"
 #include "ggml_types.h"
 #include "ktiles.h"
 #include "matmul.h"
@@ -89,28 +90,6 @@ struct Shape {
 };
 
 constexpr int kBaseRows = 64;  // distinct quantized rows; the matrix repeats them
-
-// The copy bandwidth (bytes read plus written per second) of a device copy.
-double copy_bandwidth(size_t bytes, cudaStream_t s) {
-  Buf a(bytes), b(bytes);
-  if (!a.p || !b.p) return 0.0;
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
-  float best = 1e30f;
-  for (int i = 0; i < 5; ++i) {
-    cudaEventRecord(e0, s);
-    cudaMemcpyAsync(b.p, a.p, bytes, cudaMemcpyDeviceToDevice, s);
-    cudaEventRecord(e1, s);
-    cudaEventSynchronize(e1);
-    float ms = 0.0f;
-    cudaEventElapsedTime(&ms, e0, e1);
-    if (i > 0 && ms > 0.0f) best = std::min(best, ms);
-  }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  return best < 1e30f ? 2.0 * double(bytes) / (best * 1e-3) : 0.0;
-}
 
 // One benchmark case: `copies` weights of one shape and type in some
 // layout, and a launch of the kernel on copy i.
@@ -260,7 +239,7 @@ int main(int argc, char** argv) {
                                   {"delta-net in", 12352, 2560}, {"attn q+g,k,v", 10240, 2560}};
   const uint64_t min_total = smoke ? (1u << 16) : (512ull << 20);
   const int launches = smoke ? 4 : 32, reps = smoke ? 1 : 5;
-  const double bw = copy_bandwidth(smoke ? (1u << 20) : (1ull << 30), s);
+  const double bw = qwen35::test::copy_bandwidth(smoke ? (1u << 20) : (1ull << 30), s);
   std::printf("matvec| device %s, %d multiprocessors, copy %.0f GB/s (read + write), %d activation row%s\n", prop.name,
               sms, bw / 1e9, n, n > 1 ? "s" : "");
   std::printf("matvec| kernel | type | shape | rows x cols | us per launch | GB/s | of the copy | rel. diff\n");

@@ -21,6 +21,7 @@
 #include <random>
 #include <vector>
 
+#include "copy_bandwidth.h"
 #include "matvec_fp4.h"
 #include "persist_fp4.h"
 
@@ -116,29 +117,10 @@ int main(int argc, char** argv) {
   }
 
   // The copy bandwidth (read + write), as qwen35-bench's roofline.
+  const double copy_gbs = qwen35::test::copy_bandwidth(size_t(1) << 30, s) / 1e9;
   cudaEvent_t e0, e1;
   TRY(cudaEventCreate(&e0));
   TRY(cudaEventCreate(&e1));
-  double copy_gbs = 0.0;
-  {
-    const size_t n = size_t(1) << 30;
-    uint8_t *a = nullptr, *b = nullptr;
-    TRY(cudaMalloc(&a, n));
-    TRY(cudaMalloc(&b, n));
-    std::vector<float> ms;
-    for (int r = 0; r < 4; ++r) {
-      TRY(cudaEventRecord(e0, s));
-      TRY(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, s));
-      TRY(cudaEventRecord(e1, s));
-      TRY(cudaEventSynchronize(e1));
-      float t = 0;
-      TRY(cudaEventElapsedTime(&t, e0, e1));
-      if (r > 0) ms.push_back(t);
-    }
-    copy_gbs = 2.0 * double(n) / (median(ms) * 1e6);
-    TRY(cudaFree(a));
-    TRY(cudaFree(b));
-  }
   std::printf("persist| %s, %d multiprocessors, copy %.0f GB/s; a step: %d NVFP4 products, %.3f GB\n", prop.name,
               sms, copy_gbs, count, double(weight_bytes) / 1e9);
   std::printf("persist| variant | us per step | GB/s | of the copy | worst rel. diff vs kernel 3 (every 8th stage)\n");

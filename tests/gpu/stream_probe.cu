@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "bulk_reader.cuh"
+#include "copy_bandwidth.h"
 
 #define CHECK_CUDA(x)                                                                              \
   do {                                                                                             \
@@ -269,29 +270,7 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
 
   // The copy bandwidth (read + write), as qwen35-bench's roofline.
-  double copy_gbs = 0.0;
-  {
-    const size_t n = size_t(1) << 30;
-    uint8_t *a = nullptr, *b = nullptr;
-    CHECK_CUDA(cudaMalloc(&a, n));
-    CHECK_CUDA(cudaMalloc(&b, n));
-    cudaEvent_t e0, e1;
-    CHECK_CUDA(cudaEventCreate(&e0));
-    CHECK_CUDA(cudaEventCreate(&e1));
-    std::vector<float> ms;
-    for (int r = 0; r < 4; ++r) {
-      CHECK_CUDA(cudaEventRecord(e0, s));
-      CHECK_CUDA(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, s));
-      CHECK_CUDA(cudaEventRecord(e1, s));
-      CHECK_CUDA(cudaEventSynchronize(e1));
-      float t = 0;
-      CHECK_CUDA(cudaEventElapsedTime(&t, e0, e1));
-      if (r > 0) ms.push_back(t);
-    }
-    copy_gbs = 2.0 * double(n) / (median(ms) * 1e6);
-    CHECK_CUDA(cudaFree(a));
-    CHECK_CUDA(cudaFree(b));
-  }
+  const double copy_gbs = qwen35::test::copy_bandwidth(size_t(1) << 30, s) / 1e9;
   std::printf("stream| %s, %d multiprocessors, copy %.0f GB/s; a step: %zu projections, %.3f GB\n", prop.name, sms,
               copy_gbs, weights.size(), double(total) / 1e9);
   std::printf("stream| variant | us per step | GB/s | of the copy | us per dependent stage\n");
