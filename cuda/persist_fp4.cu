@@ -172,6 +172,7 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(PersistFp4Args a
   pdl_trigger();
 
   uint32_t seq = 0;  // ring stages consumed
+  int known = -1;    // stages this warp has seen finished (all of 0 .. known)
   Unit c;
   for (bool more = find_unit(st, a.count, first, step, c); more; ++c.k, more = find_unit(st, a.count, first, step, c)) {
     const PersistFp4Stage& p = st[c.s];
@@ -180,8 +181,12 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(PersistFp4Args a
     const int64_t kg0 = int64_t(slice) * p.kg_per;
     const int nkg = int(min(p.w.kgroups(), kg0 + p.kg_per) - kg0), nst = (nkg + kBulkStageKg - 1) / kBulkStageKg;
 
-    // 1. Stage s-1 finished, then this slice of its outputs.
-    if (c.s > 0) warp_wait(a.done + c.s - 1, int(st[c.s - 1].w.tiles()), a.fault, a.poll_ns, lane);
+    // 1. Stage s-1 finished (once per stage: a finished stage stays so),
+    // then this slice of its outputs.
+    if (c.s - 1 > known) {
+      warp_wait(a.done + c.s - 1, int(st[c.s - 1].w.tiles()), a.fault, a.poll_ns, lane);
+      known = c.s - 1;
+    }
     warp_load_x(p.x + kg0 * kFp4GroupCols, 4 * nkg, xs, mult, lane);
     __syncwarp();
 
