@@ -183,8 +183,8 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(PersistFp4Args a
 
     // 1. Stage s-1 finished (once per stage: a finished stage stays so),
     // then this slice of its outputs.
-    if (c.s - 1 > known) {
-      warp_wait(a.done + c.s - 1, int(st[c.s - 1].w.tiles()), a.fault, a.poll_ns, lane);
+    if (c.s - 1 > known && !a.no_waits) {
+      warp_wait(a.done + (c.s - 1) * kPersistDoneStride, int(st[c.s - 1].w.tiles()), a.fault, a.poll_ns, lane);
       known = c.s - 1;
     }
     warp_load_x(p.x + kg0 * kFp4GroupCols, 4 * nkg, xs, mult, lane);
@@ -251,7 +251,7 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(PersistFp4Args a
     }
     __threadfence();
     __syncwarp();
-    if (lane == 0) atomicAdd(a.done + c.s, 1);
+    if (lane == 0) atomicAdd(a.done + c.s * kPersistDoneStride, 1);
   }
 }
 
@@ -329,7 +329,8 @@ cudaError_t persist_fp4(const PersistFp4Args& a, int blocks, cudaStream_t stream
   if (const cudaError_t e = opt_in.ensure(persist_fp4_kernel, smem); e != cudaSuccess) return e;
   // The counters start at zero (the kernel leaves them there too, unless a
   // wait gave up and the stages ran out of order).
-  if (const cudaError_t e = cudaMemsetAsync(a.done, 0, size_t(a.count) * sizeof(int), stream); e != cudaSuccess)
+  if (const cudaError_t e = cudaMemsetAsync(a.done, 0, size_t(a.count) * kPersistDoneStride * sizeof(int), stream);
+      e != cudaSuccess)
     return e;
   if (a.sizes.counter_half) {
     const cudaError_t e = cudaMemsetAsync(a.counters, 0, 2 * a.sizes.counter_half * sizeof(int), stream);

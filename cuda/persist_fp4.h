@@ -34,6 +34,9 @@ namespace qwen35::cuda {
 constexpr int kPersistWarps = 4;     // warps per block
 constexpr int kPersistStages = 4;    // ring stages of 4 kgroups per warp
 constexpr int kPersistMaxKgPer = 24; // kgroups of a unit's column slice (its activation chunks' shared memory)
+// Ints per stage counter: a 128-byte line each, so that the warps polling
+// one stage's counter and those adding to the next one's do not share it.
+constexpr int kPersistDoneStride = 32;
 
 struct PersistFp4Stage {
   Fp4Tiled w;             // Plain pairing
@@ -73,9 +76,10 @@ struct PersistFp4Args {
   PersistFp4Sizes sizes;     // persist_fp4_sizes of the table
   float* partial = nullptr;  // [2 x sizes.partial_half]
   int* counters = nullptr;   // [2 x sizes.counter_half] (zeroed by the launch)
-  int* done = nullptr;       // [count] finished tiles per stage (zeroed by the launch)
+  int* done = nullptr;       // [count x kPersistDoneStride] finished tiles per stage (zeroed by the launch)
   int* fault = nullptr;      // set to 1 if a wait gave up (~1 s; the outputs are then wrong)
   unsigned poll_ns = 64;     // a waiting warp's sleep between polls
+  bool no_waits = false;     // a timing probe: units do not wait for the stage before (WRONG results)
 };
 
 // One launch of `blocks` blocks (the count the table was planned for; all

@@ -8,8 +8,9 @@
 // check: every 8th stage of the persistent launch against kernel 3 on the
 // same inputs (largest difference relative to the largest output; bar
 // 1e-5: the same F16 chunks and products, other sums of the slices).
-// Variants: blocks per multiprocessor (1 .. what fits) and the waiters'
-// poll interval.
+// Variants: blocks per multiprocessor (1 .. what fits), the waiters' poll
+// interval, and a probe without the waits for the stage before (wrong
+// results: the weight stream and the arithmetic alone).
 //
 //   qwen35-persist-bench [--quick]
 #include <cuda_runtime.h>
@@ -199,15 +200,17 @@ int main(int argc, char** argv) {
   int *done = nullptr, *fault = nullptr, *counters = nullptr;
   float* partial = nullptr;
   TRY(cudaMalloc(&dtable, sizeof(PersistFp4Stage) * size_t(count)));
-  TRY(cudaMalloc(&done, sizeof(int) * size_t(count)));
+  TRY(cudaMalloc(&done, sizeof(int) * size_t(count) * kPersistDoneStride));
   TRY(cudaMalloc(&fault, sizeof(int)));
   TRY(cudaMemset(fault, 0, sizeof(int)));
   struct Variant {
     int per_sm;
     unsigned poll_ns;
+    bool no_waits = false;  // the probe: the streaming and arithmetic alone (wrong results)
   };
   std::vector<Variant> variants;
   for (int b = fit; b >= 1; --b) variants.push_back({b, 64});
+  variants.push_back({fit, 64, true});
   if (!quick)
     for (unsigned poll : {0u, 256u, 1024u}) variants.push_back({fit, poll});
   for (const Variant& v : variants) {
@@ -232,14 +235,15 @@ int main(int argc, char** argv) {
     a.done = done;
     a.fault = fault;
     a.poll_ns = v.poll_ns;
+    a.no_waits = v.no_waits;
     double us = 0.0;
     if (!time_it([&] { return ok(persist_fp4(a, blocks, s), "persist_fp4"); }, &us)) return 1;
     int f = 0;
     TRY(cudaMemcpy(&f, fault, sizeof(int), cudaMemcpyDeviceToHost));
     char what[96];
-    std::snprintf(what, sizeof what, "persistent, %d blocks/SM, poll %u ns%s", v.per_sm, v.poll_ns,
-                  f ? " (A WAIT GAVE UP)" : "");
-    report(what, us, check());
+    std::snprintf(what, sizeof what, "persistent, %d blocks/SM, poll %u ns%s%s", v.per_sm, v.poll_ns,
+                  v.no_waits ? ", PROBE: no waits" : "", f ? " (A WAIT GAVE UP)" : "");
+    report(what, us, v.no_waits ? -1.0 : check());
     TRY(cudaMemset(fault, 0, sizeof(int)));
   }
 

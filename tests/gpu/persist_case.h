@@ -64,8 +64,8 @@ PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>
   const PersistFp4Sizes sizes = persist_fp4_sizes(table.data(), count);
   Arr<PersistFp4Stage> dtable(table);
   Arr<float> partial(std::vector<float>(size_t(2 * sizes.partial_half + 1), 0.0f));
-  Arr<int> counters(std::vector<int>(size_t(2 * sizes.counter_half + 1), 0)), done(std::vector<int>(size_t(count), 0)),
-      fault(std::vector<int>(1, 0));
+  Arr<int> counters(std::vector<int>(size_t(2 * sizes.counter_half + 1), 0));
+  Arr<int> done(std::vector<int>(size_t(count) * kPersistDoneStride, 0)), fault(std::vector<int>(1, 0));
   PersistFp4Args a;
   a.stages = dtable.get();
   a.count = count;
