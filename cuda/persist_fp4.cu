@@ -96,7 +96,9 @@ __device__ __forceinline__ void issue_next(Issue& is, const PersistFp4Stage* st,
   }
 }
 
-// The whole warp: until `*p >= need` (bounded; see above).
+// The whole warp: until `*p >= need` (bounded; see above). Once one wait
+// of the launch has given up, the others end within 64 polls (the flag),
+// so a broken launch costs about a second, not a second per stage.
 __device__ __forceinline__ void warp_wait(const int* p, int need, int* fault, unsigned poll_ns, int lane) {
   const uint64_t t0 = global_ns();
   for (uint32_t i = 0;; ++i) {
@@ -110,6 +112,8 @@ __device__ __forceinline__ void warp_wait(const int* p, int need, int* fault, un
 #endif
       if (!ok && give_up) {
         atomicMax(fault, 1);
+        ok = 1;
+      } else if (!ok && i % 64 == 63 && ld_acquire(fault) != 0) {
         ok = 1;
       }
     }
