@@ -296,11 +296,13 @@ __device__ __forceinline__ void bulk_start(const BulkRun& r) {
 }
 
 // The whole warp: waits for each stage, takes its lane's codes and scales,
-// requests the stage S ahead into the freed slot and (unless skip_math)
-// adds the stage's kgroups into acc (fp4_kgroup; xb, mp, kN as there).
-template <int S, bool kLean, int kN = 0>
-__device__ __forceinline__ void bulk_stream(const BulkRun& r, float* acc, const uint16_t* xb, const float* mp, int n,
-                                            int lane, int g, bool skip_math) {
+// has lane 0 call refill(st) once the stage's slot is free (the refill
+// issues the next request into it, if any: fence_proxy_async_smem first),
+// and (unless skip_math) adds the stage's kgroups into acc (fp4_kgroup; xb,
+// mp, kN as there).
+template <int S, bool kLean, int kN, typename Refill>
+__device__ __forceinline__ void bulk_stream_refill(const BulkRun& r, float* acc, const uint16_t* xb, const float* mp,
+                                                   int n, int lane, int g, bool skip_math, Refill&& refill) {
   for (int st = 0; st < r.nst; ++st) {
     const uint32_t q = r.seq0 + uint32_t(st);
     const uint8_t* src = r.ring + (q % S) * kBulkStageBytes;
@@ -315,17 +317,27 @@ __device__ __forceinline__ void bulk_stream(const BulkRun& r, float* acc, const 
         s2[k] = *reinterpret_cast<const uint2*>(src + kBulkStageKg * kFp4CodeBytes + k * kFp4ScaleBytes + g * 8);
       }
     }
-    // The slot is free once every lane has its values: request stage st + S.
+    // The slot is free once every lane has its values.
     __syncwarp();
-    if (lane == 0 && st + S < r.nst) {
-      fence_proxy_async_smem();
-      bulk_issue<S>(r, st + S);
-    }
+    if (lane == 0) refill(st);
     if (skip_math) continue;
 #pragma unroll
     for (int k = 0; k < kBulkStageKg; ++k)
       if (k < nk) fp4_kgroup<kLean, kN>(acc, c4[k], s2[k], k0 + k, xb, mp, n);
   }
+}
+
+// bulk_stream_refill over one run: each freed slot takes the run's stage S
+// ahead.
+template <int S, bool kLean, int kN = 0>
+__device__ __forceinline__ void bulk_stream(const BulkRun& r, float* acc, const uint16_t* xb, const float* mp, int n,
+                                            int lane, int g, bool skip_math) {
+  bulk_stream_refill<S, kLean, kN>(r, acc, xb, mp, n, lane, g, skip_math, [&](int st) {
+    if (st + S < r.nst) {
+      fence_proxy_async_smem();
+      bulk_issue<S>(r, st + S);
+    }
+  });
 }
 
 }  // namespace

@@ -183,7 +183,7 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(PersistFp4Args a
     const int64_t tiles = p.w.tiles(), tile = c.u / p.splits;
     const int slice = int(c.u % p.splits);
     const int64_t kg0 = int64_t(slice) * p.kg_per;
-    const int nkg = int(min(p.w.kgroups(), kg0 + p.kg_per) - kg0), nst = (nkg + kBulkStageKg - 1) / kBulkStageKg;
+    const int nkg = int(min(p.w.kgroups(), kg0 + p.kg_per) - kg0);
 
     // 1. Stage s-1 finished (once per stage: a finished stage stays so),
     // then this slice of its outputs.
@@ -197,30 +197,14 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(PersistFp4Args a
     // 2. The weights through the ring; each freed slot takes the next stage
     // of the warp's list.
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    const uint16_t* xb = xs + tc_b_row(g, 1) * 16 + t * 4;
-    const float* mp = mult + 2 * t;
-    for (int k = 0; k < nst; ++k, ++seq) {
-      const uint8_t* src = ring + (seq % S) * kBulkStageBytes;
-      mbar_wait(smem_addr(bars + seq % S), (seq / S) & 1u);
-      const int k0 = k * kBulkStageKg, nk = min(kBulkStageKg, nkg - k0);
-      uint4 c4[kBulkStageKg];
-      uint2 s2[kBulkStageKg];
-#pragma unroll
-      for (int q = 0; q < kBulkStageKg; ++q) {
-        if (q < nk) {
-          c4[q] = *reinterpret_cast<const uint4*>(src + q * kFp4CodeBytes + lane * 16);
-          s2[q] = *reinterpret_cast<const uint2*>(src + kBulkStageKg * kFp4CodeBytes + q * kFp4ScaleBytes + g * 8);
-        }
-      }
-      __syncwarp();
-      if (lane == 0 && is.valid) {
-        fence_proxy_async_smem();
-        issue_next(is, st, a.count, first, step, ring, bars);
-      }
-#pragma unroll
-      for (int q = 0; q < kBulkStageKg; ++q)
-        if (q < nk) fp4_kgroup<false, 1>(acc, c4[q], s2[q], k0 + q, xb, mp, 1);
-    }
+    const BulkRun run = unit_run(p, c.u, ring, bars, seq);
+    bulk_stream_refill<S, false, 1>(run, acc, xs + tc_b_row(g, 1) * 16 + t * 4, mult + 2 * t, 1, lane, g, false,
+                                    [&](int) {
+                                      if (!is.valid) return;
+                                      fence_proxy_async_smem();
+                                      issue_next(is, st, a.count, first, step, ring, bars);
+                                    });
+    seq += uint32_t(run.nst);
 
     // 3. The encoding's and the tensor's scale; the slices added in order by
     // the last of the tile's units; the store; the tile counted.
