@@ -22,10 +22,16 @@
 // where blocks run one after another, the grid is one block: its warps
 // interleave at their warp-wide operations, the poll included.
 //
-// Split-K scratch: partials and per-tile counters alternate between two
-// halves by stage parity. Stage s+2 starts only after stage s+1 has
-// finished, which started only after every unit of stage s had reset its
-// tile counter and stored, so a half is free when it is used again.
+// Scratch: split-K partials, per-tile counters and per-tile sums of squares
+// (for the next stage's norm) alternate between two halves by stage
+// parity. Stage s+2 starts only after stage s+1 has finished, which started
+// only after every unit of stage s had reset its tile counter and stored,
+// and every unit of stage s+1 read the sums of stage s before it counted
+// its tile, so a half is free when it is used again. The stage counters
+// are put back to zero by the last warp to leave (a count of the warps
+// gone after the stages' counters), so a launch needs no memset node
+// before it in a CUDA graph, which would cost the PDL overlap with the
+// kernel before.
 #include <algorithm>
 
 #include "common.cuh"
@@ -127,35 +133,140 @@ __device__ __forceinline__ void warp_wait(const int* p, int need, int* fault, un
   }
 }
 
-// The warp's slice of one activation row as kernel 3's prologue makes it
-// (tc_load_x_impl, one row, no norm): chunk c (tc_store_chunk) and its
-// multiplier 2^e (and 0 for the rows an mma computes beyond the one).
-__device__ __forceinline__ void warp_load_x(const float* x, int nch, uint16_t* xs, float* mult, int lane) {
-  for (int c = lane; c < nch; c += kWarp) {
-    const float4* xp = reinterpret_cast<const float4*>(x + 16 * c);
-    float v[16];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
+// 1/rms of stage s's input row for its RMS norm: from the per-tile sums of
+// squares stage s-1 left (norm_from_prev), else from the whole row. Every
+// lane gets the same value (a butterfly of commutative adds), every warp
+// the same sums in the same order.
+__device__ __forceinline__ float stage_rnorm(const PersistFp4Stage* st, int s, const PersistFp4Args& a, int lane) {
+  const PersistFp4Stage& p = st[s];
+  float ss = 0.0f;
+  if (p.norm_from_prev) {
+    const float* sq = a.squares + ((s - 1) & 1) * a.sizes.squares_half;  // [tiles of stage s-1]
+    const int64_t tiles = st[s - 1].w.tiles();
+#pragma unroll 4
+    for (int64_t i = lane; i < tiles; i += kWarp) ss += __ldcg(sq + i);
+  } else {
+    const float4* xp = reinterpret_cast<const float4*>(p.x);
+#pragma unroll 4
+    for (int64_t i = lane; i < p.w.cols / 4; i += kWarp) {
       const float4 f = __ldcg(xp + i);
-      v[4 * i] = f.x;
-      v[4 * i + 1] = f.y;
-      v[4 * i + 2] = f.z;
-      v[4 * i + 3] = f.w;
+      ss = fmaf(f.x, f.x, ss);
+      ss = fmaf(f.y, f.y, ss);
+      ss = fmaf(f.z, f.z, ss);
+      ss = fmaf(f.w, f.w, ss);
     }
-    float amax = 0.0f;
+  }
+  ss = warp_sum(ss);
+  return rsqrtf(ss / float(p.w.cols) + p.eps);
+}
+
+// The warp's slice (columns c0 .. c0 + 16 nch - 1) of the stage's one
+// activation row as kernel 3's prologue makes it (tc_load_x_impl): chunk c
+// (tc_store_chunk) of x, times the RMS norm's weights or through the gated
+// norm, and its multiplier 2^e (times the gated norm's head factor; 0 for
+// the rows an mma computes beyond the one). A gated head's chunks are
+// aligned lanes of one pass (slices start on head boundaries).
+__device__ __forceinline__ void warp_load_x(const PersistFp4Stage& p, int64_t c0, int nch, uint16_t* xs, float* mult,
+                                            int lane) {
+  const int hc = p.gate_z ? p.gate_dv / 16 : 1;  // chunks per head of the gated norm
+  for (int base = 0; base < nch; base += kWarp) {  // (the same trip count in every lane: shuffles)
+    const int c = base + lane;
+    const bool valid = c < nch;
+    const int64_t col = c0 + 16 * int64_t(c);
+    float v[16];
+    float ss = 0.0f;
+    if (valid) {
+      const float4* xp = reinterpret_cast<const float4*>(p.x + col);
 #pragma unroll
-    for (int i = 0; i < 16; ++i) amax = fmaxf(amax, fabsf(v[i]));
-    const int e = tc_store_chunk(v, amax, xs + size_t(c) * 16);
+      for (int i = 0; i < 4; ++i) {
+        const float4 f = __ldcg(xp + i);
+        v[4 * i] = f.x;
+        v[4 * i + 1] = f.y;
+        v[4 * i + 2] = f.z;
+        v[4 * i + 3] = f.w;
+      }
+      if (p.gate_z) {
 #pragma unroll
-    for (int j = 0; j < kMatvecMaxCols; ++j) mult[c * kMatvecMaxCols + j] = j == 0 ? pow2f(e) : 0.0f;
+        for (int i = 0; i < 16; ++i) ss = fmaf(v[i], v[i], ss);
+        const float4* zp = reinterpret_cast<const float4*>(p.gate_z + col);
+        const float4* wp = reinterpret_cast<const float4*>(p.gate_w + col % p.gate_dv);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float4 z = __ldcg(zp + i), gw = wp[i];
+          v[4 * i] *= gw.x * silu_f(z.x);
+          v[4 * i + 1] *= gw.y * silu_f(z.y);
+          v[4 * i + 2] *= gw.z * silu_f(z.z);
+          v[4 * i + 3] *= gw.w * silu_f(z.w);
+        }
+      } else if (p.norm) {
+        const float4* wp = reinterpret_cast<const float4*>(p.norm + col);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float4 nw = wp[i];
+          v[4 * i] *= nw.x;
+          v[4 * i + 1] *= nw.y;
+          v[4 * i + 2] *= nw.z;
+          v[4 * i + 3] *= nw.w;
+        }
+      }
+    }
+    float head_scale = 1.0f;
+    if (p.gate_z) {
+      for (int o = 1; o < hc; o <<= 1) ss += __shfl_xor_sync(0xFFFFFFFFu, ss, o);
+      head_scale = rsqrtf(ss / float(p.gate_dv) + p.eps);
+    }
+    if (valid) {
+      float amax = 0.0f;
+#pragma unroll
+      for (int i = 0; i < 16; ++i) amax = fmaxf(amax, fabsf(v[i]));
+      const int e = tc_store_chunk(v, amax, xs + size_t(c) * 16);
+#pragma unroll
+      for (int j = 0; j < kMatvecMaxCols; ++j) mult[c * kMatvecMaxCols + j] = j == 0 ? pow2f(e) * head_scale : 0.0f;
+    }
   }
 }
 
-__global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(PersistFp4Args a) {
+// A finished tile (lanes t = 0 hold rows g and g + 8 of it in v0, v1,
+// scaled and normed): the epilogue, and with `squares` the sum of squares
+// of the 16 stored values into sq[tile] (a fixed order: the next stage's
+// norm adds them up). The whole warp calls it.
+__device__ __forceinline__ void store_tile(const PersistFp4Stage& p, float* sq, int64_t tile, int g, int t, int lane,
+                                           float v0, float v1) {
+  float ss = 0.0f;
+  if (t == 0) {
+    if (p.epilogue == Fp4Epilogue::SwiGLU) {  // rows g (gate) and g + 8 (up): output 8 tile + g
+      const int64_t out = 8 * tile + g;
+      if (out < p.w.rows) p.y[out] = silu_f(v0) * v1;
+    } else {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int64_t r = tile * kFp4TileRows + g + 8 * half;
+        float v = half ? v1 : v0;
+        if (r >= p.w.rows) continue;
+        if (p.epilogue == Fp4Epilogue::Conv && r < p.conv_channels) {
+          conv_silu_channel(p.conv_taps, p.conv_window, p.conv_channels, p.conv_k, 1, r, v, 0.0f, p.y, 0,
+                            p.conv_snapshot_row, p.conv_snapshot);
+          continue;
+        }
+        // (Through L2: another multiprocessor may have written this row of
+        // the residual stream earlier in the launch.)
+        if (p.epilogue == Fp4Epilogue::Add) v += __ldcg(p.y + r);
+        p.y[r] = v;
+        ss = fmaf(v, v, ss);
+      }
+    }
+  }
+  if (p.squares) {
+    ss = warp_sum(ss);
+    if (lane == 0) sq[tile] = ss;
+  }
+}
+
+__global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_constant__ PersistFp4Args a) {
   uint8_t* smem = dynamic_smem<uint8_t>();
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int g = lane >> 2, t = lane & 3;
-  const PersistFp4Stage* st = a.stages;
+  const PersistFp4Stage* st = a.stages ? a.stages : a.inline_stages;
   uint8_t* ring = smem + size_t(warp) * S * kBulkStageBytes;                                         // [S][2304]
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + size_t(W) * S * kBulkStageBytes) + warp * S;  // [S]
   uint8_t* xw = smem + bulk_ring_bytes(W, S) + size_t(warp) * x_bytes(a.sizes.max_kg_per);
@@ -177,6 +288,8 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(PersistFp4Args a
 
   uint32_t seq = 0;  // ring stages consumed
   int known = -1;    // stages this warp has seen finished (all of 0 .. known)
+  int norm_s = -1;   // the stage whose 1/rms the warp holds
+  float rnorm = 1.0f;
   Unit c;
   for (bool more = find_unit(st, a.count, first, step, c); more; ++c.k, more = find_unit(st, a.count, first, step, c)) {
     const PersistFp4Stage& p = st[c.s];
@@ -186,12 +299,16 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(PersistFp4Args a
     const int nkg = int(min(p.w.kgroups(), kg0 + p.kg_per) - kg0);
 
     // 1. Stage s-1 finished (once per stage: a finished stage stays so),
-    // then this slice of its outputs.
+    // the norm's factor (once per stage), then this slice of the inputs.
     if (c.s - 1 > known && !a.no_waits) {
       warp_wait(a.done + (c.s - 1) * kPersistDoneStride, int(st[c.s - 1].w.tiles()), a.fault, a.poll_ns, lane);
       known = c.s - 1;
     }
-    warp_load_x(p.x + kg0 * kFp4GroupCols, 4 * nkg, xs, mult, lane);
+    if (p.norm && norm_s != c.s) {
+      rnorm = stage_rnorm(st, c.s, a, lane);
+      norm_s = c.s;
+    }
+    warp_load_x(p, kg0 * kFp4GroupCols, 4 * nkg, xs, mult, lane);
     __syncwarp();
 
     // 2. The weights through the ring; each freed slot takes the next stage
@@ -207,7 +324,8 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(PersistFp4Args a
     seq += uint32_t(run.nst);
 
     // 3. The encoding's and the tensor's scale; the slices added in order by
-    // the last of the tile's units; the store; the tile counted.
+    // the last of the tile's units; the norm's factor, the epilogue; the
+    // tile counted.
     float r0 = acc[0] * (16384.0f * p.w.scale), r1 = acc[2] * (16384.0f * p.w.scale);  // rows g, g + 8
     if (p.splits > 1) {
       float* part = a.partial + (c.s & 1) * a.sizes.partial_half;  // [splits][tiles][16]
@@ -232,14 +350,29 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(PersistFp4Args a
       }
       if (lane == 0) cnt[tile] = 0;
     }
-    const int64_t row = tile * kFp4TileRows + g;
-    if (t == 0) {
-      if (row < p.w.rows) p.y[row] = r0;
-      if (row + 8 < p.w.rows) p.y[row + 8] = r1;
+    if (p.norm) {
+      r0 *= rnorm;
+      r1 *= rnorm;
     }
+    store_tile(p, a.squares + (c.s & 1) * a.sizes.squares_half, tile, g, t, lane, r0, r1);
     __threadfence();
     __syncwarp();
     if (lane == 0) atomicAdd(a.done + c.s * kPersistDoneStride, 1);
+  }
+
+  // The last warp to leave puts the counters back to zero for the next
+  // launch (every other warp is past its last wait); after a fault the
+  // split-K counters too (stages may have run out of order).
+  if (lane == 0) {
+    __threadfence();
+    int* gone = a.done + a.count * kPersistDoneStride;
+    if (atomicAdd(gone, 1) == int(gridDim.x) * W - 1) {
+      __threadfence();
+      for (int s = 0; s < a.count; ++s) atomicExch(a.done + s * kPersistDoneStride, 0);
+      if (ld_acquire(a.fault) != 0)
+        for (uint64_t i = 0; i < 2 * a.sizes.counter_half; ++i) atomicExch(a.counters + i, 0);
+      atomicExch(gone, 0);
+    }
   }
 }
 
@@ -248,36 +381,92 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(PersistFp4Args a
 // the combine), in kgroups: a guess that keeps slices from getting tiny.
 constexpr int64_t kUnitCost = 4;
 
-// The busiest warp's work in a stage with `splits` slices on `warps` warps.
-int64_t warp_work(int64_t tiles, int64_t kgs, int64_t splits, int64_t warps, int64_t* kg_per, int64_t* sp) {
-  *kg_per = (kgs + splits - 1) / splits;
-  *sp = (kgs + *kg_per - 1) / *kg_per;
-  return (tiles * *sp + warps - 1) / warps * (*kg_per + kUnitCost);
+bool aligned16(const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; }
+
+// Whether the kernel can run stage p (shapes, pairing and epilogue,
+// prologue, alignment); *align: its slices' kgroups must be a multiple of
+// it (whole heads of the gated norm).
+bool stage_ok(const PersistFp4Stage& p, int64_t* align) {
+  const Fp4Tiled& w = p.w;
+  *align = 1;
+  if (!w.present() || w.rows < 1 || w.cols < kFp4GroupCols || w.cols % kFp4GroupCols != 0 || !p.x || !p.y ||
+      !aligned16(w.codes) || !aligned16(w.scales) || !aligned16(p.x))
+    return false;
+  if ((w.pairing == Fp4Pairing::GateUp) != (p.epilogue == Fp4Epilogue::SwiGLU)) return false;
+  if (w.pairing != Fp4Pairing::Plain && w.pairing != Fp4Pairing::GateUp) return false;
+  if (p.epilogue == Fp4Epilogue::Conv &&
+      (!p.conv_taps || !p.conv_window || p.conv_k < 1 || p.conv_channels < 1 || p.conv_channels > w.rows ||
+       p.conv_snapshot_row < -1 || p.conv_snapshot_row > 0 || (p.conv_snapshot_row == 0 && !p.conv_snapshot)))
+    return false;
+  if (p.norm && (p.gate_z || !aligned16(p.norm))) return false;
+  if (p.gate_z) {
+    const int hc = p.gate_dv / 16;  // chunks per head: aligned lanes of one warp
+    if (p.gate_dv % 16 != 0 || hc < 1 || hc > kWarp || (hc & (hc - 1)) != 0 || w.cols % p.gate_dv != 0 ||
+        !p.gate_w || !aligned16(p.gate_z) || !aligned16(p.gate_w))
+      return false;
+    *align = std::max(1, hc / 4);  // (4 chunks per kgroup)
+  }
+  return true;
 }
 
 }  // namespace
+
+bool persist_fp4_stage(const Fp4MatvecArgs& a, PersistFp4Stage* out) {
+  if (!out || a.n != 1) return false;
+  PersistFp4Stage p;
+  p.w = a.w;
+  p.x = a.x;
+  p.y = a.y;
+  p.epilogue = a.epilogue;
+  p.norm = a.norm;
+  p.eps = a.eps;
+  p.gate_z = a.gate_z;
+  p.gate_w = a.gate_w;
+  p.gate_dv = a.gate_dv;
+  p.conv_taps = a.conv_taps;
+  p.conv_window = a.conv_window;
+  p.conv_channels = a.conv_channels;
+  p.conv_k = a.conv_k;
+  p.conv_snapshot_row = a.conv_snapshot_row;
+  p.conv_snapshot = a.conv_snapshot;
+  *out = p;
+  return true;
+}
 
 bool persist_fp4_plan(PersistFp4Stage* stages, int count, int blocks) {
   if (!stages || count < 1 || blocks < 1) return false;
   const int64_t warps = int64_t(blocks) * W;
   for (int s = 0; s < count; ++s) {
     PersistFp4Stage& p = stages[s];
-    const Fp4Tiled& w = p.w;
-    const auto misaligned = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) != 0; };
-    if (!w.present() || w.pairing != Fp4Pairing::Plain || w.rows < 1 || w.cols < kFp4GroupCols ||
-        w.cols % kFp4GroupCols != 0 || !p.x || !p.y || misaligned(w.codes) || misaligned(w.scales) || misaligned(p.x))
-      return false;
-    const int64_t tiles = w.tiles(), kgs = w.kgroups();
+    int64_t align = 1;
+    if (!stage_ok(p, &align)) return false;
+    const int64_t tiles = p.w.tiles(), kgs = p.w.kgroups();
+    // The least work of the busiest warp over the split counts (the first,
+    // the fewest slices, on ties).
     int64_t best = -1, best_kg = 0, best_sp = 0;
     for (int64_t sp = (kgs + kPersistMaxKgPer - 1) / kPersistMaxKgPer; sp <= std::min<int64_t>(kgs, 64); ++sp) {
-      int64_t kg = 0, real = 0;
-      const int64_t work = warp_work(tiles, kgs, sp, warps, &kg, &real);
-      if (kg <= kPersistMaxKgPer && (best < 0 || work < best)) best = work, best_kg = kg, best_sp = real;
+      const int64_t kg = ((kgs + sp - 1) / sp + align - 1) / align * align;
+      if (kg > kPersistMaxKgPer) continue;
+      const int64_t real = (kgs + kg - 1) / kg;
+      const int64_t work = (tiles * real + warps - 1) / warps * (kg + kUnitCost);
+      if (best < 0 || work < best) best = work, best_kg = kg, best_sp = real;
     }
     if (best < 0) return false;
     p.kg_per = int(best_kg);
     p.splits = int(best_sp);
     p.units = tiles * best_sp;
+    p.squares = false;
+    p.norm_from_prev = false;
+  }
+  // A norm over the plain outputs of the stage before: that stage leaves
+  // its tiles' sums of squares.
+  for (int s = 1; s < count; ++s) {
+    PersistFp4Stage &p = stages[s], &q = stages[s - 1];
+    if (p.norm && q.w.pairing == Fp4Pairing::Plain &&
+        (q.epilogue == Fp4Epilogue::Store || q.epilogue == Fp4Epilogue::Add) && q.y == p.x && q.w.rows == p.w.cols) {
+      q.squares = true;
+      p.norm_from_prev = true;
+    }
   }
   return true;
 }
@@ -291,6 +480,7 @@ PersistFp4Sizes persist_fp4_sizes(const PersistFp4Stage* stages, int count) {
       z.partial_half = std::max<uint64_t>(z.partial_half, uint64_t(p.splits) * uint64_t(p.w.tiles()) * kFp4TileRows);
       z.counter_half = std::max<uint64_t>(z.counter_half, uint64_t(p.w.tiles()));
     }
+    if (p.squares) z.squares_half = std::max<uint64_t>(z.squares_half, uint64_t(p.w.tiles()));
   }
   return z;
 }
@@ -308,22 +498,23 @@ int persist_fp4_blocks_per_sm(const PersistFp4Sizes& sizes) {
 #endif
 }
 
+int persist_fp4_grid(const PersistFp4Sizes& sizes, int sms) {
+#ifdef QWEN35_CUDA_EMU
+  (void)sms;
+  return persist_fp4_blocks_per_sm(sizes) > 0 ? 1 : 0;
+#else
+  return std::max(0, sms) * persist_fp4_blocks_per_sm(sizes);
+#endif
+}
+
 cudaError_t persist_fp4(const PersistFp4Args& a, int blocks, cudaStream_t stream) {
-  if (!a.stages || a.count < 1 || blocks < 1 || !a.done || !a.fault || a.sizes.max_kg_per < 1 ||
-      a.sizes.max_kg_per > kPersistMaxKgPer || (a.sizes.partial_half && (!a.partial || !a.counters)))
+  if (a.count < 1 || (!a.stages && a.count > kPersistInline) || blocks < 1 || !a.done || !a.fault ||
+      a.sizes.max_kg_per < 1 || a.sizes.max_kg_per > kPersistMaxKgPer ||
+      (a.sizes.partial_half && (!a.partial || !a.counters)) || (a.sizes.squares_half && !a.squares))
     return cudaErrorInvalidValue;
   static SmemOptIn opt_in;
   const size_t smem = smem_bytes(a.sizes.max_kg_per);
   if (const cudaError_t e = opt_in.ensure(persist_fp4_kernel, smem); e != cudaSuccess) return e;
-  // The counters start at zero (the kernel leaves them there too, unless a
-  // wait gave up and the stages ran out of order).
-  if (const cudaError_t e = cudaMemsetAsync(a.done, 0, size_t(a.count) * kPersistDoneStride * sizeof(int), stream);
-      e != cudaSuccess)
-    return e;
-  if (a.sizes.counter_half) {
-    const cudaError_t e = cudaMemsetAsync(a.counters, 0, 2 * a.sizes.counter_half * sizeof(int), stream);
-    if (e != cudaSuccess) return e;
-  }
   return launch(persist_fp4_kernel, dim3(unsigned(blocks)), dim3(W * kWarp), smem, stream, a);
 }
 

@@ -14,13 +14,16 @@
 // activations (as kernel 3's prologue, the same F16 chunks), streams its
 // weights through kernel 3's arithmetic (fp4_kgroup) and combines its
 // column slices through global memory (the last of a tile's units adds
-// them in slice order).
+// them in slice order), then the epilogue.
 //
-// What it leaves out for now: the RMS norm and gated norm prologues, the
-// SwiGLU / Add / conv epilogues, more than one activation row, the delta
-// rule and attention stages; the backend does not use it. It exists to be
-// measured against separate kernel-3 launches of the same products
-// (qwen35-persist-bench) and tested against them (tests/gpu/persist_case.h).
+// A stage does what kernel 3 does around a product for one activation row:
+// the RMS norm or the delta net's gated norm as its prologue, the Add,
+// SwiGLU or causal-conv epilogue. A norm's 1/rms comes from per-tile sums
+// of squares that the stage before left with its outputs (the planner
+// arranges it where the stage reads them), else from the whole row. So a
+// decode layer's tail (output projection, gate/up, down, the next input
+// projection) is one launch (the backend's QWEN35_CUDA_FP4_PERSIST). Not
+// in it: more than one activation row, the delta rule and attention.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -37,53 +40,97 @@ constexpr int kPersistMaxKgPer = 24; // kgroups of a unit's column slice (its ac
 // Ints per stage counter: a 128-byte line each, so that the warps polling
 // one stage's counter and those adding to the next one's do not share it.
 constexpr int kPersistDoneStride = 32;
+// Stages a launch can carry in its parameters (no table in device memory:
+// what a CUDA graph captures with the launch).
+constexpr int kPersistInline = 6;
 
 struct PersistFp4Stage {
-  Fp4Tiled w;             // Plain pairing
-  const float* x = nullptr;  // [w.cols] F32: read through L2 (another block may have written it in this launch)
-  float* y = nullptr;        // [w.rows] F32
+  Fp4Tiled w;                 // Plain, or GateUp with the SwiGLU epilogue
+  const float* x = nullptr;   // [w.cols] F32: read through L2 (another block may have written it in this launch)
+  float* y = nullptr;         // [w.rows] F32 (GateUp: the w.rows SwiGLU outputs)
+  Fp4Epilogue epilogue = Fp4Epilogue::Store;  // Store, Add (y += W x), SwiGLU (GateUp), Conv (Plain)
+  // Prologue, at most one: the RMS norm (x times these weights; 1/rms(x)
+  // applied to the sums) ...
+  const float* norm = nullptr;    // [w.cols]
+  float eps = 1e-6f;              // (of either norm)
+  // ... or the delta net's gated norm: column c of head h = c / gate_dv
+  // becomes rmsnorm(x_h) * gate_w[c % gate_dv] * silu(gate_z[c]).
+  const float* gate_z = nullptr;  // [w.cols]
+  const float* gate_w = nullptr;  // [gate_dv]
+  int gate_dv = 0;                // 16 * 2^i, at most 512
+  // Conv epilogue (spec §4.5.2): outputs < conv_channels through the causal
+  // conv + SiLU, the window moved on by the row (and copied to the snapshot
+  // for conv_snapshot_row 0); the others stored.
+  const float* conv_taps = nullptr;  // [conv_channels, conv_k]
+  float* conv_window = nullptr;      // [conv_k - 1, conv_channels]
+  int64_t conv_channels = 0;
+  int conv_k = 0;
+  int conv_snapshot_row = -1;
+  float* conv_snapshot = nullptr;
   // Set by persist_fp4_plan:
   int splits = 0;            // column slices
   int kg_per = 0;            // kgroups per slice
   int64_t units = 0;         // tiles x splits
+  bool squares = false;      // leaves per-tile sums of squares of its outputs (the next stage's norm reads them)
+  bool norm_from_prev = false;  // its norm adds the stage before's per-tile sums (else it reads the whole row)
 };
+
+// The stage that does what fp4_matvec does with these arguments (the
+// product, its prologue and epilogue; planned later). False where the
+// persistent kernel cannot: more than one activation row.
+bool persist_fp4_stage(const Fp4MatvecArgs& a, PersistFp4Stage* out);
 
 // Chooses each stage's column slices for a grid of `blocks` blocks (the
 // least work for the busiest warp, counting each unit's fixed costs as a
 // few kgroups; then the fewest slices; at most kPersistMaxKgPer kgroups per
-// slice). False if a stage is not supported (not Plain, no columns, weights
-// not 16-byte aligned).
+// slice; whole heads of the gated norm) and where norms take the sums of
+// squares of the stage before. False if a stage is not supported: no
+// columns, pairing and epilogue do not match, both norms, a gated norm's
+// heads the warps cannot reduce, a conv wider than the outputs, weights or
+// activations not 16-byte aligned.
 bool persist_fp4_plan(PersistFp4Stage* stages, int count, int blocks);
 
 // What a planned sequence needs besides its table: split-K partials
-// (2 x partial_half floats) and per-tile counters (2 x counter_half ints,
-// zeroed by each launch), and the largest slice (its activation chunks'
-// shared memory).
+// (2 x partial_half floats), per-tile counters (2 x counter_half ints) and
+// per-tile sums of squares (2 x squares_half floats), and the largest slice
+// (its activation chunks' shared memory).
 struct PersistFp4Sizes {
   uint64_t partial_half = 0;
   uint64_t counter_half = 0;
+  uint64_t squares_half = 0;
   int max_kg_per = 0;
 };
 PersistFp4Sizes persist_fp4_sizes(const PersistFp4Stage* stages, int count);
 
 // Blocks of the kernel one multiprocessor holds for these sizes (the grid
-// must be resident as a whole: at most sms times this; 1 in the emulation).
+// must be resident as a whole: at most sms times this).
 int persist_fp4_blocks_per_sm(const PersistFp4Sizes& sizes);
+// The grid to plan for on `sms` multiprocessors: sms times the above (1 in
+// the emulation, which runs blocks one after another); 0 if none fits.
+int persist_fp4_grid(const PersistFp4Sizes& sizes, int sms);
 
 struct PersistFp4Args {
-  const PersistFp4Stage* stages = nullptr;  // device copy of the planned table [count]
+  // The planned stages: a device table [count], or (null) the first count
+  // of inline_stages, which travel with the launch (count <= kPersistInline).
+  const PersistFp4Stage* stages = nullptr;
+  PersistFp4Stage inline_stages[kPersistInline];
   int count = 0;
   PersistFp4Sizes sizes;     // persist_fp4_sizes of the table
   float* partial = nullptr;  // [2 x sizes.partial_half]
-  int* counters = nullptr;   // [2 x sizes.counter_half] (zeroed by the launch)
-  int* done = nullptr;       // [count x kPersistDoneStride] finished tiles per stage (zeroed by the launch)
+  float* squares = nullptr;  // [2 x sizes.squares_half]
+  // Counters: zero before the first launch, left at zero by every launch
+  // (the last warp to leave resets them), so a launch needs no memset.
+  int* counters = nullptr;   // [2 x sizes.counter_half] split-K slices per tile
+  int* done = nullptr;       // [(count + 1) x kPersistDoneStride] finished tiles per stage, then warps gone
   int* fault = nullptr;      // set to 1 if a wait gave up (~1 s; the outputs are then wrong)
   unsigned poll_ns = 64;     // a waiting warp's sleep between polls
   bool no_waits = false;     // a timing probe: units do not wait for the stage before (WRONG results)
 };
 
 // One launch of `blocks` blocks (the count the table was planned for; all
-// of them must be resident at once, or waits give up) on `stream`.
+// of them must be resident at once, or waits give up) on `stream`, with
+// PDL like every decode kernel: the first weights are requested before the
+// wait for the previous kernel.
 cudaError_t persist_fp4(const PersistFp4Args& a, int blocks, cudaStream_t stream);
 
 }  // namespace qwen35::cuda

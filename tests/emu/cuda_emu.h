@@ -34,6 +34,10 @@
 // exactly one copy per block (per template instantiation).
 #undef __shared__
 #define __shared__ static
+// Kernel parameters are an ordinary copy here (the host compiler would only
+// warn about the attribute).
+#undef __grid_constant__
+#define __grid_constant__
 #ifndef __launch_bounds__
 #define __launch_bounds__(...)
 #endif
@@ -245,6 +249,12 @@ template <typename T>
 T atomicCAS(T* p, T compare, T v) {
   const T old = *p;
   if (old == compare) *p = v;
+  return old;
+}
+template <typename T>
+T atomicExch(T* p, T v) {
+  const T old = *p;
+  *p = v;
   return old;
 }
 template <typename T>

@@ -52,10 +52,36 @@ TEST_CASE("the persistent sequence's plan on the 4B's shapes: slices that fit, f
   }
   const cuda::PersistFp4Sizes z = cuda::persist_fp4_sizes(st.data(), int(st.size()));
   CHECK(z.max_kg_per <= cuda::kPersistMaxKgPer);
-  // A gate/up pair, an unaligned input, no columns: refused.
+  // A gate/up pair without SwiGLU (and SwiGLU without one), both norms, a
+  // gated norm's heads wider than a warp's lanes, a conv wider than the
+  // outputs, an unaligned input, no columns: refused.
   st[0].w.pairing = cuda::Fp4Pairing::GateUp;
   CHECK_FALSE(cuda::persist_fp4_plan(st.data(), int(st.size()), 7));
+  st[0].epilogue = cuda::Fp4Epilogue::SwiGLU;
+  CHECK(cuda::persist_fp4_plan(st.data(), int(st.size()), 7));
   st[0].w.pairing = cuda::Fp4Pairing::Plain;
+  CHECK_FALSE(cuda::persist_fp4_plan(st.data(), int(st.size()), 7));
+  st[0].epilogue = cuda::Fp4Epilogue::Store;
+  st[1].norm = buf;
+  st[1].gate_z = buf;
+  st[1].gate_w = buf;
+  st[1].gate_dv = 128;
+  CHECK_FALSE(cuda::persist_fp4_plan(st.data(), int(st.size()), 7));
+  st[1].norm = nullptr;
+  REQUIRE(cuda::persist_fp4_plan(st.data(), int(st.size()), 7));
+  CHECK(st[1].kg_per % 2 == 0);
+  st[1].gate_dv = 1024;
+  CHECK_FALSE(cuda::persist_fp4_plan(st.data(), int(st.size()), 7));
+  st[1].gate_z = nullptr;
+  st[0].epilogue = cuda::Fp4Epilogue::Conv;
+  st[0].conv_taps = buf;
+  st[0].conv_window = buf;
+  st[0].conv_k = 4;
+  st[0].conv_channels = 12353;
+  CHECK_FALSE(cuda::persist_fp4_plan(st.data(), int(st.size()), 7));
+  st[0].conv_channels = 8192;
+  CHECK(cuda::persist_fp4_plan(st.data(), int(st.size()), 7));
+  st[0].epilogue = cuda::Fp4Epilogue::Store;
   st[1].x = buf + 1;
   CHECK_FALSE(cuda::persist_fp4_plan(st.data(), int(st.size()), 7));
   st[1].x = buf;
@@ -81,13 +107,57 @@ TEST_CASE("emulated: a persistent NVFP4 sequence equals kernel 3 stage by stage,
     CHECK(r.worst_kernel3 < 1e-5);  // the same chunks and products, other sums of the slices
     CHECK(r.worst_cpu < 2e-3);      // F16 activations
     CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
+    CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));  // (no memset per launch)
   }
   emu::set_order(false);
   // Two blocks, run one after the other: block 0's units of later stages
   // wait for units of block 1 that cannot run before them. The waits give
-  // up: the fault flag, wrong results, no hang (the next launch zeroes the
-  // counters the stages, run out of order, may have left).
+  // up: the fault flag, wrong results, no hang; the last warp to leave still
+  // puts every counter back to zero (the stages ran out of order).
   const PersistCaseResult f = run_persist_case<HostArray>(shapes, 2, 2, rand);
   REQUIRE(f.ok);
   CHECK(f.fault == 1);
+  CHECK(std::all_of(f.counters.begin(), f.counters.end(), [](int c) { return c == 0; }));
+  CHECK(std::all_of(f.done.begin(), f.done.end(), [](int c) { return c == 0; }));
+}
+
+TEST_CASE("emulated: a delta-net layer's tail as one persistent launch (norms, gated norm, SwiGLU, Add, conv) "
+          "tracks kernel 3") {
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  // D 256, FFN 1,600 (down: 25 kgroups, two slices), 2 heads of 128 (the
+  // gated norm's slices hold whole heads: even kgroups), a conv over 320 of
+  // the input projection's 584 outputs (rows that end inside a tile).
+  for (bool inline_stages : {true, false}) {
+    for (bool reverse : {false, true}) {
+      CAPTURE(inline_stages);
+      CAPTURE(reverse);
+      emu::set_order(reverse);
+      const PersistTailResult r = run_persist_tail_case<HostArray>(256, 1600, 2, 128, 320, 584, 1, 2, rand,
+                                                                   inline_stages);
+      REQUIRE(r.ok);
+      CHECK(r.fault == 0);
+      CHECK(r.repeat_equal);
+      CHECK(r.kg_per[0] % 2 == 0);  // whole heads of 128 columns
+      CHECK(r.splits[2] >= 2);
+      // The output projection and down leave their sums of squares for the
+      // norms of gate/up and the input projection.
+      CHECK(r.squares == std::vector<bool>{true, false, true, false});
+      CHECK(r.norm_from_prev == std::vector<bool>{false, true, false, true});
+      MESSAGE("h " << r.worst_h << " act " << r.worst_act << " mix " << r.worst_mix << " window " << r.worst_win
+                   << "; the input projection on the same input: mix " << r.worst_mix_same << " window "
+                   << r.worst_win_same);
+      // Other column slices (and, for the norms, other sums of squares):
+      // rounding, which the F16 activations of the input projection magnify
+      // (on the same input it is the same, below).
+      CHECK(r.worst_h < 1e-5);
+      CHECK(r.worst_act < 1e-5);
+      CHECK(r.worst_mix < 1e-4);
+      CHECK(r.worst_win < 1e-4);
+      CHECK(r.worst_mix_same < 1e-6);
+      CHECK(r.worst_win_same < 1e-6);
+      CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
+      CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));
+    }
+  }
+  emu::set_order(false);
 }

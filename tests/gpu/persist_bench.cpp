@@ -200,7 +200,9 @@ int main(int argc, char** argv) {
   int *done = nullptr, *fault = nullptr, *counters = nullptr;
   float* partial = nullptr;
   TRY(cudaMalloc(&dtable, sizeof(PersistFp4Stage) * size_t(count)));
-  TRY(cudaMalloc(&done, sizeof(int) * size_t(count) * kPersistDoneStride));
+  // (Counters: zero once; every launch leaves them at zero.)
+  TRY(cudaMalloc(&done, sizeof(int) * size_t(count + 1) * kPersistDoneStride));
+  TRY(cudaMemset(done, 0, sizeof(int) * size_t(count + 1) * kPersistDoneStride));
   TRY(cudaMalloc(&fault, sizeof(int)));
   TRY(cudaMemset(fault, 0, sizeof(int)));
   struct Variant {
@@ -225,6 +227,7 @@ int main(int argc, char** argv) {
     if (counters) TRY(cudaFree(counters));
     TRY(cudaMalloc(&partial, 2 * sizes.partial_half * 4 + 4));
     TRY(cudaMalloc(&counters, 2 * sizes.counter_half * 4 + 4));
+    TRY(cudaMemset(counters, 0, 2 * sizes.counter_half * 4 + 4));
     TRY(cudaMemcpy(dtable, table.data(), sizeof(PersistFp4Stage) * size_t(count), cudaMemcpyHostToDevice));
     PersistFp4Args a;
     a.stages = dtable;

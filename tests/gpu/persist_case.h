@@ -6,6 +6,7 @@
 // vector in the emulation); rand(n, seed, lo, hi) gives n uniform floats.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <memory>
@@ -26,7 +27,8 @@ struct PersistCaseResult {
   bool repeat_equal = false;   // a second launch gave the same bits
   double worst_kernel3 = 0.0;  // largest |difference| / largest |output| against kernel 3, over the stages
   double worst_cpu = 0.0;      // the same against the CPU
-  std::vector<int> counters;   // after the launches (all zero)
+  std::vector<int> counters;   // split-K counters after the launches (all zero)
+  std::vector<int> done;       // stage counters after the launches (all zero)
   std::vector<int> splits;     // each stage's column slices as planned
 };
 
@@ -65,7 +67,7 @@ PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>
   Arr<PersistFp4Stage> dtable(table);
   Arr<float> partial(std::vector<float>(size_t(2 * sizes.partial_half + 1), 0.0f));
   Arr<int> counters(std::vector<int>(size_t(2 * sizes.counter_half + 1), 0));
-  Arr<int> done(std::vector<int>(size_t(count) * kPersistDoneStride, 0)), fault(std::vector<int>(1, 0));
+  Arr<int> done(std::vector<int>(size_t(count + 1) * kPersistDoneStride, 0)), fault(std::vector<int>(1, 0));
   PersistFp4Args a;
   a.stages = dtable.get();
   a.count = count;
@@ -84,6 +86,7 @@ PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>
   }
   out.fault = fault.download()[0];
   out.counters = counters.download();
+  out.done = done.download();
 
   // Each stage against kernel 3 and the CPU on the inputs it read.
   for (int s = 0; s < count; ++s) {
@@ -122,6 +125,187 @@ PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>
   }
   out.ok = true;
   return out;
+}
+
+struct PersistTailResult {
+  bool ok = false;
+  int fault = 0;
+  bool repeat_equal = false;  // a second launch from the same inputs gave the same bits
+  // Largest |difference| / largest |value| against the four products as
+  // kernel-3 launches: the residual stream, the SwiGLU outputs, the input
+  // projection's outputs, its conv window.
+  double worst_h = 0.0, worst_act = 0.0, worst_mix = 0.0, worst_win = 0.0;
+  // The input projection alone on the residual stream the persistent launch
+  // left (its input there): the same inputs, so only the norm's factor and
+  // the column slices differ.
+  double worst_mix_same = 0.0, worst_win_same = 0.0;
+  std::vector<int> counters, done;  // after the launches (all zero)
+  std::vector<int> splits, kg_per;  // as planned
+  std::vector<bool> squares, norm_from_prev;
+};
+
+// A delta-net layer's tail for one activation row as one persistent launch
+// (the backend's QWEN35_CUDA_FP4_PERSIST): the output projection with the
+// gated RMSNorm (heads of dv) added into h, gate/up with the RMS norm and
+// SwiGLU, down added into h, the next input projection (Nin rows) with the
+// RMS norm and the causal conv over its first C outputs; against the same
+// four products launched one by one with fp4_matvec (kernel 3). The norms'
+// factors come from the sums of squares of the stage before there, from
+// whole rows in kernel 3: the results agree to rounding, not bit for bit.
+// inline_stages: the table travels in the launch's parameters (the
+// backend's way), else in device memory.
+template <template <typename> class Arr, typename Rand>
+PersistTailResult run_persist_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64_t C, int64_t Nin,
+                                        int blocks, int sms, Rand rand, bool inline_stages) {
+  using namespace qwen35::cuda;
+  const int64_t Cv = Hv * dv, K = 4;
+  CaseTiled<Arr> wout(random_nvfp4_rows(D, Cv, 21, rand), nullptr, D, Cv, 0.5f);
+  CaseTiled<Arr> wgu(random_nvfp4_rows(F, D, 11, rand), &random_nvfp4_rows(F, D, 12, rand), F, D, 0.75f);
+  CaseTiled<Arr> wdn(random_nvfp4_rows(D, F, 13, rand), nullptr, D, F, 0.5f);
+  CaseTiled<Arr> win(random_nvfp4_rows(Nin, D, 25, rand), nullptr, Nin, D, 1.0f);
+  PersistTailResult r;
+  if (!wout.ok || !wgu.ok || !wdn.ok || !win.ok) return r;
+  const std::vector<float> so = rand(size_t(Cv), 26, -1.0f, 1.0f), z = rand(size_t(Cv), 27, -2.0f, 2.0f),
+                           gw = rand(size_t(dv), 28, 0.5f, 1.5f), h0 = rand(size_t(D), 29, -2.0f, 2.0f),
+                           post = rand(size_t(D), 30, 0.5f, 1.5f), pre = rand(size_t(D), 31, 0.5f, 1.5f),
+                           taps = rand(size_t(C * K), 32, -0.5f, 0.5f), win0 = rand(size_t((K - 1) * C), 33, -1.0f, 1.0f);
+  Arr<float> dso(so), dz(z), dgw(gw), dpost(post), dpre(pre), dtaps(taps);
+  // The four products as kernel 3 takes them.
+  auto products = [&](float* h, float* act, float* mix, float* window) {
+    std::vector<Fp4MatvecArgs> a(4);
+    a[0].w = wout.t;
+    a[0].x = dso.get();
+    a[0].ldx = Cv;
+    a[0].gate_z = dz.get();
+    a[0].ldz = Cv;
+    a[0].gate_w = dgw.get();
+    a[0].gate_dv = int(dv);
+    a[0].y = h;
+    a[0].ldy = D;
+    a[0].epilogue = Fp4Epilogue::Add;
+    a[1].w = wgu.t;
+    a[1].x = h;
+    a[1].ldx = D;
+    a[1].norm = dpost.get();
+    a[1].y = act;
+    a[1].ldy = F;
+    a[1].epilogue = Fp4Epilogue::SwiGLU;
+    a[2].w = wdn.t;
+    a[2].x = act;
+    a[2].ldx = F;
+    a[2].y = h;
+    a[2].ldy = D;
+    a[2].epilogue = Fp4Epilogue::Add;
+    a[3].w = win.t;
+    a[3].x = h;
+    a[3].ldx = D;
+    a[3].norm = dpre.get();
+    a[3].y = mix;
+    a[3].ldy = Nin;
+    a[3].epilogue = Fp4Epilogue::Conv;
+    a[3].conv_taps = dtaps.get();
+    a[3].conv_window = window;
+    a[3].conv_channels = C;
+    a[3].conv_k = int(K);
+    for (Fp4MatvecArgs& s : a) {
+      s.n = 1;
+      s.eps = 1e-6f;
+    }
+    return a;
+  };
+  const std::vector<float> nan_act(size_t(F), NAN), nan_mix(size_t(Nin), NAN);
+
+  // Kernel 3, one launch per product.
+  Arr<float> h3(h0), act3(nan_act), mix3(nan_mix), win3(win0);
+  {
+    uint64_t pf = 1, ci = 1;
+    for (const Fp4Tiled* w : {&wout.t, &wgu.t, &wdn.t, &win.t}) {
+      pf = std::max<uint64_t>(pf, fp4_partial_floats(*w, sms));
+      ci = std::max<uint64_t>(ci, fp4_counter_ints(*w));
+    }
+    Arr<float> part(std::vector<float>(size_t(pf), 0.0f));
+    Arr<int> cnt(std::vector<int>(size_t(ci), 0));
+    for (Fp4MatvecArgs& s : products(h3.get(), act3.get(), mix3.get(), win3.get())) {
+      s.partial = part.get();
+      s.counters = cnt.get();
+      if (fp4_matvec(s, sms, nullptr) != cudaSuccess) return r;
+    }
+  }
+  const std::vector<float> h_k3 = h3.download(), act_k3 = act3.download(), mix_k3 = mix3.download(),
+                           win_k3 = win3.download();
+
+  // The persistent launch, twice from the same inputs (on the same counters).
+  std::vector<PersistFp4Stage> table(4);
+  std::unique_ptr<Arr<float>> partial, squares;
+  std::unique_ptr<Arr<int>> counters;
+  Arr<int> done(std::vector<int>(size_t(5) * kPersistDoneStride, 0)), fault(std::vector<int>(1, 0));
+  std::vector<float> first[4];
+  for (int run = 0; run < 2; ++run) {
+    Arr<float> h(h0), act(nan_act), mix(nan_mix), window(win0);
+    const std::vector<Fp4MatvecArgs> k = products(h.get(), act.get(), mix.get(), window.get());
+    for (int s = 0; s < 4; ++s)
+      if (!persist_fp4_stage(k[size_t(s)], &table[size_t(s)])) return r;
+    if (!persist_fp4_plan(table.data(), 4, blocks)) return r;
+    const PersistFp4Sizes sizes = persist_fp4_sizes(table.data(), 4);
+    if (run == 0) {
+      partial = std::make_unique<Arr<float>>(std::vector<float>(size_t(2 * sizes.partial_half + 1), 0.0f));
+      squares = std::make_unique<Arr<float>>(std::vector<float>(size_t(2 * sizes.squares_half + 1), NAN));
+      counters = std::make_unique<Arr<int>>(std::vector<int>(size_t(2 * sizes.counter_half + 1), 0));
+      for (const PersistFp4Stage& p : table) {
+        r.splits.push_back(p.splits);
+        r.kg_per.push_back(p.kg_per);
+        r.squares.push_back(p.squares);
+        r.norm_from_prev.push_back(p.norm_from_prev);
+      }
+    }
+    Arr<PersistFp4Stage> dtable(table);
+    PersistFp4Args a;
+    if (inline_stages) std::copy(table.begin(), table.end(), a.inline_stages);
+    else a.stages = dtable.get();
+    a.count = 4;
+    a.sizes = sizes;
+    a.partial = partial->get();
+    a.squares = squares->get();
+    a.counters = counters->get();
+    a.done = done.get();
+    a.fault = fault.get();
+    if (persist_fp4(a, blocks, nullptr) != cudaSuccess) return r;
+    const std::vector<float> got[4] = {h.download(), act.download(), mix.download(), window.download()};
+    if (run == 0) {
+      for (int i = 0; i < 4; ++i) first[i] = got[i];
+    } else {
+      r.repeat_equal = true;
+      for (int i = 0; i < 4; ++i) r.repeat_equal = r.repeat_equal && got[i] == first[i];
+    }
+  }
+  r.fault = fault.download()[0];
+  r.counters = counters->download();
+  r.done = done.download();
+  auto worst = [](const std::vector<float>& got, const std::vector<float>& ref) {
+    double big = 0.0, d = 0.0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      big = std::max(big, std::fabs(double(ref[i])));
+      d = std::isfinite(got[i]) ? std::max(d, std::fabs(double(got[i]) - double(ref[i]))) : INFINITY;
+    }
+    return d / std::max(big, 1e-30);
+  };
+  {  // kernel 3's input projection on the h the persistent launch left
+    Arr<float> h(first[0]), act(nan_act), mix(nan_mix), window(win0);
+    Fp4MatvecArgs s = products(h.get(), act.get(), mix.get(), window.get())[3];
+    Arr<float> part(std::vector<float>(size_t(fp4_partial_floats(s.w, sms) + 1), 0.0f));
+    Arr<int> cnt(std::vector<int>(size_t(fp4_counter_ints(s.w) + 1), 0));
+    s.partial = part.get();
+    s.counters = cnt.get();
+    if (fp4_matvec(s, sms, nullptr) != cudaSuccess) return r;
+    r.worst_mix_same = worst(first[2], mix.download());
+    r.worst_win_same = worst(first[3], window.download());
+  }
+  r.worst_h = worst(first[0], h_k3);
+  r.worst_act = worst(first[1], act_k3);
+  r.worst_mix = worst(first[2], mix_k3);
+  r.worst_win = worst(first[3], win_k3);
+  r.ok = true;
+  return r;
 }
 
 }  // namespace qwen35::test

@@ -594,5 +594,40 @@ TEST_CASE("the persistent NVFP4 sequence equals kernel 3 stage by stage on the 4
     CHECK(r.worst_kernel3 < 1e-5);
     CHECK(r.worst_cpu < 2e-3);
     CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
+    CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));
+  }
+}
+
+TEST_CASE("the persistent NVFP4 sequence runs a 4B delta-net layer's tail (norms, SwiGLU, Add, conv) as kernel 3") {
+  QWEN35_REQUIRE_GPU();
+  int dev = 0, sms = 0;
+  cuda_check(cudaGetDevice(&dev), "cudaGetDevice");
+  cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "attribute");
+  cuda::PersistFp4Sizes most;
+  most.max_kg_per = cuda::kPersistMaxKgPer;
+  const int per_sm = cuda::persist_fp4_blocks_per_sm(most);
+  REQUIRE(per_sm >= 1);
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  // The 4B: D 2,560, FFN 9,216, 32 value heads of 128, conv over 8,192 of
+  // the input projection's 12,352 rows; the table in the launch's
+  // parameters (the backend's way) and in device memory.
+  for (bool inline_stages : {true, false}) {
+    CAPTURE(inline_stages);
+    const PersistTailResult r =
+        run_persist_tail_case<DevArray>(2560, 9216, 32, 128, 8192, 12352, sms * per_sm, sms, rand, inline_stages);
+    REQUIRE(r.ok);
+    CHECK(r.fault == 0);
+    CHECK(r.repeat_equal);
+    CHECK(r.squares == std::vector<bool>{true, false, true, false});
+    MESSAGE("h " << r.worst_h << " act " << r.worst_act << " mix " << r.worst_mix << " window " << r.worst_win
+                 << "; same input: mix " << r.worst_mix_same << " window " << r.worst_win_same);
+    CHECK(r.worst_h < 1e-5);
+    CHECK(r.worst_act < 1e-5);
+    CHECK(r.worst_mix < 1e-4);
+    CHECK(r.worst_win < 1e-4);
+    CHECK(r.worst_mix_same < 1e-5);
+    CHECK(r.worst_win_same < 1e-5);
+    CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
+    CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));
   }
 }
