@@ -169,9 +169,9 @@ Status CudaBackend::init() {
   st_prenorm_ = st_hidden_ + kStageRows * D;
   st_logits_ = st_prenorm_ + kStageRows * D;
   st_argmax_ = reinterpret_cast<int32_t*>(st_logits_ + kStageRows * V);
-  st_fault_ = st_argmax_ + kStageRows;  // inside the 64 spare bytes
-  static_assert(kFp4ChainFaultInts * 4 <= 64, "the chain's fault record fits the spare bytes");
-  std::fill(st_fault_, st_fault_ + kFp4ChainFaultInts, 0);
+  st_fault_ = st_argmax_ + kStageRows;  // inside the 64 spare bytes: the chain's record, the persistent tail's flag
+  static_assert((kFp4ChainFaultInts + 1) * 4 <= 64, "the fault records fit the spare bytes");
+  std::fill(st_fault_, st_fault_ + kFp4ChainFaultInts + 1, 0);
 
   // Scratch.
   // Decode attention splits the keys over up to 32 blocks per head (about
@@ -209,8 +209,40 @@ Status CudaBackend::init() {
   cv.add(&fp4_counters_, std::max<uint64_t>(1, dm_.fp4_counter_ints));
   chain_mode_ = decode_tuning().fp4_kernel == 3 ? decode_tuning().fp4_chain : 0;
   chain_early_ = decode_tuning().fp4_chain_early != 0;
+  persist_ = decode_tuning().fp4_kernel == 3 && decode_tuning().fp4_persist != 0;
+  if (persist_) {
+    // The tails queue as chains of mode 2 (no delta rule or attention in
+    // front); the grid is planned for the largest slices' shared memory, so
+    // that it is resident whatever a tail's slices.
+    chain_mode_ = 2;
+    persist_poll_ns_ = unsigned(decode_tuning().fp4_chain_poll_ns);
+    PersistFp4Sizes most;
+    most.max_kg_per = kPersistMaxKgPer;
+    persist_grid_ = persist_fp4_grid(most, dm_.sms);
+    // Scratch for any tail: at most min(kgroups, 64) slices of a product.
+    std::vector<const DevLinear*> ws;
+    for (const DevLayer& L : dm_.layers)
+      for (const DevLinear* W : {&L.in_proj, &L.out_proj, &L.gate_up, &L.down}) ws.push_back(W);
+    if (dm_.mtp) {
+      for (const DevLinear* W : {&dm_.mtp->block.in_proj, &dm_.mtp->block.out_proj, &dm_.mtp->block.gate_up,
+                                 &dm_.mtp->block.down, &dm_.mtp->eh_proj})
+        ws.push_back(W);
+    }
+    for (const DevLinear* W : ws) {
+      if (!W->fp4.present()) continue;
+      const uint64_t tiles = uint64_t(W->fp4.tiles()), kgs = uint64_t(W->fp4.kgroups());
+      persist_cap_.partial_half = std::max(persist_cap_.partial_half, std::min<uint64_t>(kgs, 64) * tiles * kFp4TileRows);
+      persist_cap_.counter_half = std::max(persist_cap_.counter_half, tiles);
+      persist_cap_.squares_half = std::max(persist_cap_.squares_half, tiles);
+    }
+    cv.add(&persist_partial_, std::max<uint64_t>(1, 2 * persist_cap_.partial_half));
+    cv.add(&persist_squares_, std::max<uint64_t>(1, 2 * persist_cap_.squares_half));
+    cv.add(&persist_counters_, std::max<uint64_t>(1, 2 * persist_cap_.counter_half));
+    cv.add(&persist_done_, uint64_t(kPersistInline + 1) * kPersistDoneStride);
+    cv.add(&persist_fault_, 1);
+  }
   std::vector<const DevLinear*> sites;
-  if (chain_mode_ > 0) {
+  if (chain_mode_ > 0 && !persist_) {
     std::vector<const DevLayer*> layers;
     for (const DevLayer& L : dm_.layers) layers.push_back(&L);
     if (dm_.mtp) layers.push_back(&dm_.mtp->block);
@@ -257,6 +289,13 @@ Status CudaBackend::sync(const char* what) {
                            what, st_fault_[1], st_fault_[2], st_fault_[3], st_fault_[4]);
     std::fill(st_fault_, st_fault_ + kFp4ChainFaultInts, 0);
     return e;
+  }
+  if (st_fault_ && st_fault_[kFp4ChainFaultInts] != 0) {
+    st_fault_[kFp4ChainFaultInts] = 0;
+    return Error(QWEN35_ERR_BACKEND,
+                 "a persistent layer tail gave up waiting for its inputs during {}; its results are wrong (set "
+                 "QWEN35_CUDA_FP4_PERSIST=0)",
+                 what);
   }
   return Status::Ok();
 }

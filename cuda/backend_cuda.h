@@ -27,6 +27,7 @@
 #include "gemm.h"
 #include "matmul.h"
 #include "norm.h"
+#include "persist_fp4.h"
 #include "rope.h"
 #include "topk.h"
 #include "tuning.h"
@@ -302,7 +303,23 @@ class CudaBackend final : public Backend {
   float* chain_partial_[kFp4ChainMaxStages] = {};
   int* chain_counters_[kFp4ChainMaxStages] = {};
   int* chain_sync_base_ = nullptr;
-  int32_t* st_fault_ = nullptr;                         // pinned: a chain gave up waiting
+  int32_t* st_fault_ = nullptr;                         // pinned: a chain gave up waiting, then a persistent tail
+  // Layer tails of one row as persistent launches (tuning fp4_persist; the
+  // tails are queued as chains of mode 2): flush_chain() runs a queued
+  // chain of NVFP4 products as one persist_fp4 launch of persist_grid_
+  // blocks where the kernel takes it, else one launch per stage.
+  bool persist_ = false;
+  int persist_grid_ = 0;
+  unsigned persist_poll_ns_ = 64;
+  PersistFp4Sizes persist_cap_;                         // what the scratch below holds (halves)
+  float* persist_partial_ = nullptr;
+  float* persist_squares_ = nullptr;
+  int* persist_counters_ = nullptr;                     // zero, left at zero by every launch
+  int* persist_done_ = nullptr;                         // likewise
+  int* persist_fault_ = nullptr;                        // likewise (the report: st_fault_)
+  // Stages s0.. of the chain as one persistent launch; *ran false (and no
+  // launch) where the kernel cannot take them.
+  Status persist_tail(const Fp4ChainArgs& c, int s0, bool* ran);
   uint16_t* xb_ = nullptr;                                  // [nb, max K] BF16 activations
   void* deq_ = nullptr;                                     // dequantized weight block
   int64_t deq_elems_ = 0;                                   // its size in elements

@@ -478,7 +478,7 @@ Status CudaBackend::flush_chain() {
   Fp4ChainArgs c = chain_;
   clear_chain_queue();
   if (c.stages == 0) return Status::Ok();
-  if (c.stages > 1) {
+  if (c.stages > 1 && !persist_) {
     const auto it = chain_sync_.find(chain_site_);
     c.sync = it != chain_sync_.end() ? it->second : nullptr;
     c.fault = st_fault_;
@@ -487,12 +487,43 @@ Status CudaBackend::flush_chain() {
   }
   if (c.delta) QWEN35_CUDA_TRY(delta_net(c.delta_args, stream_), "the delta rule");
   if (c.attn) QWEN35_CUDA_TRY(attention_fused(c.attn_args, stream_), "attention");
-  for (int s = fp4_chain_has_head(c) ? 1 : 0; s < c.stages; ++s) {  // one launch per stage
+  const int s0 = fp4_chain_has_head(c) ? 1 : 0;
+  if (persist_ && c.stages - s0 >= 2) {
+    bool ran = false;
+    QWEN35_TRY(persist_tail(c, s0, &ran));
+    if (ran) return Status::Ok();
+  }
+  for (int s = s0; s < c.stages; ++s) {  // one launch per stage
     Fp4MatvecArgs a = c.stage[s];
     a.partial = fp4_partial_;
     a.counters = fp4_counters_;
     QWEN35_CUDA_TRY(fp4_matvec(a, dm_.sms, stream_), "an NVFP4 matrix-vector product");
   }
+  return Status::Ok();
+}
+
+Status CudaBackend::persist_tail(const Fp4ChainArgs& c, int s0, bool* ran) {
+  *ran = false;
+  const int count = c.stages - s0;
+  if (count < 1 || count > kPersistInline || persist_grid_ < 1) return Status::Ok();
+  PersistFp4Args a;
+  for (int s = 0; s < count; ++s)
+    if (!persist_fp4_stage(c.stage[s0 + s], &a.inline_stages[s])) return Status::Ok();  // (more than one row)
+  if (!persist_fp4_plan(a.inline_stages, count, persist_grid_)) return Status::Ok();
+  a.count = count;
+  a.sizes = persist_fp4_sizes(a.inline_stages, count);
+  if (a.sizes.partial_half > persist_cap_.partial_half || a.sizes.counter_half > persist_cap_.counter_half ||
+      a.sizes.squares_half > persist_cap_.squares_half)
+    return Status::Ok();
+  a.partial = persist_partial_;
+  a.squares = persist_squares_;
+  a.counters = persist_counters_;
+  a.done = persist_done_;
+  a.fault = persist_fault_;
+  a.fault_report = st_fault_ + kFp4ChainFaultInts;
+  a.poll_ns = persist_poll_ns_;
+  QWEN35_CUDA_TRY(persist_fp4(a, persist_grid_, stream_), "a persistent layer tail");
+  *ran = true;
   return Status::Ok();
 }
 

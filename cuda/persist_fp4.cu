@@ -362,15 +362,18 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
 
   // The last warp to leave puts the counters back to zero for the next
   // launch (every other warp is past its last wait); after a fault the
-  // split-K counters too (stages may have run out of order).
+  // split-K counters too (stages may have run out of order), and it reports
+  // the fault.
   if (lane == 0) {
     __threadfence();
     int* gone = a.done + a.count * kPersistDoneStride;
     if (atomicAdd(gone, 1) == int(gridDim.x) * W - 1) {
       __threadfence();
       for (int s = 0; s < a.count; ++s) atomicExch(a.done + s * kPersistDoneStride, 0);
-      if (ld_acquire(a.fault) != 0)
+      if (atomicExch(a.fault, 0) != 0) {  // (the flag, cleared for the next launch, goes to the report)
         for (uint64_t i = 0; i < 2 * a.sizes.counter_half; ++i) atomicExch(a.counters + i, 0);
+        *reinterpret_cast<volatile int*>(a.fault_report) = 1;
+      }
       atomicExch(gone, 0);
     }
   }
@@ -509,6 +512,7 @@ int persist_fp4_grid(const PersistFp4Sizes& sizes, int sms) {
 
 cudaError_t persist_fp4(const PersistFp4Args& a, int blocks, cudaStream_t stream) {
   if (a.count < 1 || (!a.stages && a.count > kPersistInline) || blocks < 1 || !a.done || !a.fault ||
+      !a.fault_report ||
       a.sizes.max_kg_per < 1 || a.sizes.max_kg_per > kPersistMaxKgPer ||
       (a.sizes.partial_half && (!a.partial || !a.counters)) || (a.sizes.squares_half && !a.squares))
     return cudaErrorInvalidValue;

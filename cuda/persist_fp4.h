@@ -122,7 +122,11 @@ struct PersistFp4Args {
   // (the last warp to leave resets them), so a launch needs no memset.
   int* counters = nullptr;   // [2 x sizes.counter_half] split-K slices per tile
   int* done = nullptr;       // [(count + 1) x kPersistDoneStride] finished tiles per stage, then warps gone
-  int* fault = nullptr;      // set to 1 if a wait gave up (~1 s; the outputs are then wrong)
+  int* fault = nullptr;      // [1] set when a wait gave up (~1 s), so the others give up too
+  // Set to 1 (never cleared by the kernel) when a launch's wait gave up: its
+  // outputs are wrong. Written once, by the last warp of such a launch, so
+  // it may be pinned host memory.
+  int* fault_report = nullptr;
   unsigned poll_ns = 64;     // a waiting warp's sleep between polls
   bool no_waits = false;     // a timing probe: units do not wait for the stage before (WRONG results)
 };

@@ -34,6 +34,7 @@ DecodeTuning clamp(DecodeTuning t) {
   t.fp4_chain = std::clamp(t.fp4_chain, 0, 4);
   t.fp4_chain_early = t.fp4_chain_early ? 1 : 0;
   t.fp4_chain_poll_ns = std::clamp(t.fp4_chain_poll_ns, 0, 4096);
+  t.fp4_persist = t.fp4_persist ? 1 : 0;
   t.q6k_kernel = t.q6k_kernel == 1 ? 1 : t.q6k_kernel == 3 ? 3 : 2;
   t.q6k_persist = std::clamp(t.q6k_persist, 0, 16);
   t.q6k_argmax = t.q6k_argmax ? 1 : 0;
@@ -56,6 +57,7 @@ constexpr Field kFields[] = {
     {"Q6K_KERNEL", &DecodeTuning::q6k_kernel},     {"Q6K_PERSIST", &DecodeTuning::q6k_persist},
     {"Q6K_ARGMAX", &DecodeTuning::q6k_argmax},     {"DELTA_EPT", &DecodeTuning::delta_ept},
     {"FP4_X_L1", &DecodeTuning::fp4_x_l1},         {"FP4_CHAIN_POLL_NS", &DecodeTuning::fp4_chain_poll_ns},
+    {"FP4_PERSIST", &DecodeTuning::fp4_persist},
 };
 
 std::mutex g_mu;
@@ -110,13 +112,15 @@ std::string describe(const DecodeTuning& t) {
                                       t.q6k_argmax ? " argmax" : "");
   if (t.fp4_kernel == 1) return fmt::format("fp4 v1, {}, dn e{}", q6k, t.delta_ept);
   if (t.fp4_kernel == 3)
-    return fmt::format("fp4 v3 bps{} s{}{}{}{}{}{}{}{}{}{}, {}, dn e{}", t.fp4_blocks_per_sm, t.fp4_stages,
+    return fmt::format("fp4 v3 bps{} s{}{}{}{}{}{}{}{}{}{}{}, {}, dn e{}", t.fp4_blocks_per_sm, t.fp4_stages,
                        t.fp4_lean ? " lean" : "", t.fp4_cluster ? " cluster" : "", t.fp4_late_pdl ? " late-pdl" : "",
                        t.fp4_prefetch == 2 ? " l2-next-early" : t.fp4_prefetch ? " l2-next" : "",
                        t.fp4_x_l1 ? " x-l1" : "",
-                       kChains[std::clamp(t.fp4_chain, 0, 4)],
-                       t.fp4_chain >= 2 && !t.fp4_chain_early ? " full-waits" : "",
-                       t.fp4_chain && t.fp4_chain_poll_ns != 64 ? fmt::format(" poll{}", t.fp4_chain_poll_ns) : "",
+                       t.fp4_persist ? " persist-tails" : kChains[std::clamp(t.fp4_chain, 0, 4)],
+                       !t.fp4_persist && t.fp4_chain >= 2 && !t.fp4_chain_early ? " full-waits" : "",
+                       (t.fp4_chain || t.fp4_persist) && t.fp4_chain_poll_ns != 64
+                           ? fmt::format(" poll{}", t.fp4_chain_poll_ns)
+                           : "",
                        probe_label(t.fp4_probe), q6k, t.delta_ept);
   return fmt::format("fp4 v2 w{} bps{} d{}, {}, dn e{}", t.fp4_warps, t.fp4_blocks_per_sm, t.fp4_depth, q6k,
                      t.delta_ept);

@@ -101,11 +101,12 @@ TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta 
   // Steps of 1, 2 and 3 rows (the decode kernels; 1 and 2 with the causal
   // conv in the input projection's epilogue), with MTP logits (the MTP
   // layer's FFN too), graphs on; the contexts read the tuning when created.
-  auto run = [&](int chain, bool early = true) {
+  auto run = [&](int chain, bool early = true, bool persist = false) {
     const cuda::DecodeTuning saved = cuda::decode_tuning();
     cuda::DecodeTuning t = saved;
     t.fp4_chain = chain;
     t.fp4_chain_early = early ? 1 : 0;
+    t.fp4_persist = persist ? 1 : 0;
     cuda::set_decode_tuning(t);
     qwen35_context* c = make_ctx(m);
     cuda::set_decode_tuning(saved);
@@ -134,6 +135,20 @@ TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta 
   // The norms' stages after the whole stage before (no SliceNorm waits).
   CHECK(run(2, false) == single);
   CHECK(run(4, false) == single);
+  // Layer tails of the one-row step as persistent launches (persist_fp4.h;
+  // the later steps' products one launch each): other column slices and
+  // the norms' sums of squares from the stage before, so rounding apart
+  // (this tiny model's logits are sensitive to it: kernel 3 planned for one
+  // block per multiprocessor, other split-K slices, differs from its
+  // default by as much, 5.4e-4 at the median).
+  const std::vector<float> persist = run(0, true, true);
+  REQUIRE(persist.size() == single.size());
+  std::vector<double> errs;
+  for (size_t r = 0; r < single.size() / size_t(fx.V); ++r)
+    errs.push_back(rel_err(persist.data() + r * size_t(fx.V), single.data() + r * size_t(fx.V), size_t(fx.V)));
+  MESSAGE("persistent tails against single launches: median " << median(errs) << " worst " << worst(errs));
+  CHECK(worst(errs) < 1e-3);
+  CHECK(persist != single);  // (the persistent kernel ran)
   free_model(m);
 }
 

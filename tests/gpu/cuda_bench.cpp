@@ -408,6 +408,14 @@ int main(int argc, char** argv) {
       // combine and stores, without all three (what is left: the weight
       // traffic and the launches).
       variants.push_back(base);
+      // Layer tails as persistent launches (persist_fp4.h; not measured
+      // yet), at the default poll interval, without sleeps, and at 512 ns.
+      for (int poll : {64, 0, 512}) {
+        t = base;
+        t.fp4_persist = 1;
+        t.fp4_chain_poll_ns = poll;
+        variants.push_back(t);
+      }
       for (int chain : {1, 2, 3, 4}) {
         t = base;
         t.fp4_chain = chain;
@@ -419,15 +427,8 @@ int main(int argc, char** argv) {
         t.fp4_chain_early = 0;
         variants.push_back(t);
       }
-      // The chains' waiters polling less often (hundreds of blocks poll the
-      // counters the producers add to; not measured yet).
-      for (int chain : {2, 4})
-        for (int poll : {512, 2048}) {
-          t = base;
-          t.fp4_chain = chain;
-          t.fp4_chain_poll_ns = poll;
-          variants.push_back(t);
-        }
+      // (The chains' waiters polling less often: QWEN35_CUDA_FP4_CHAIN_POLL_NS,
+      // left out for the persistent tails' rows above.)
       for (int probe : {cuda::kFp4ProbeNoMath, cuda::kFp4ProbeNoX, cuda::kFp4ProbeNoCombine,
                         cuda::kFp4ProbeNoMath | cuda::kFp4ProbeNoX | cuda::kFp4ProbeNoCombine}) {
         t = base;

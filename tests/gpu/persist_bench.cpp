@@ -203,8 +203,8 @@ int main(int argc, char** argv) {
   // (Counters: zero once; every launch leaves them at zero.)
   TRY(cudaMalloc(&done, sizeof(int) * size_t(count + 1) * kPersistDoneStride));
   TRY(cudaMemset(done, 0, sizeof(int) * size_t(count + 1) * kPersistDoneStride));
-  TRY(cudaMalloc(&fault, sizeof(int)));
-  TRY(cudaMemset(fault, 0, sizeof(int)));
+  TRY(cudaMalloc(&fault, 2 * sizeof(int)));  // the flag, the report
+  TRY(cudaMemset(fault, 0, 2 * sizeof(int)));
   struct Variant {
     int per_sm;
     unsigned poll_ns;
@@ -237,17 +237,18 @@ int main(int argc, char** argv) {
     a.counters = counters;
     a.done = done;
     a.fault = fault;
+    a.fault_report = fault + 1;
     a.poll_ns = v.poll_ns;
     a.no_waits = v.no_waits;
     double us = 0.0;
     if (!time_it([&] { return ok(persist_fp4(a, blocks, s), "persist_fp4"); }, &us)) return 1;
     int f = 0;
-    TRY(cudaMemcpy(&f, fault, sizeof(int), cudaMemcpyDeviceToHost));
+    TRY(cudaMemcpy(&f, fault + 1, sizeof(int), cudaMemcpyDeviceToHost));
     char what[96];
     std::snprintf(what, sizeof what, "persistent, %d blocks/SM, poll %u ns%s%s", v.per_sm, v.poll_ns,
                   v.no_waits ? ", PROBE: no waits" : "", f ? " (A WAIT GAVE UP)" : "");
     report(what, us, v.no_waits ? -1.0 : check());
-    TRY(cudaMemset(fault, 0, sizeof(int)));
+    TRY(cudaMemset(fault, 0, 2 * sizeof(int)));
   }
 
   // The same products as dependent kernel-3 launches in a graph (PDL),

@@ -67,7 +67,7 @@ PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>
   Arr<PersistFp4Stage> dtable(table);
   Arr<float> partial(std::vector<float>(size_t(2 * sizes.partial_half + 1), 0.0f));
   Arr<int> counters(std::vector<int>(size_t(2 * sizes.counter_half + 1), 0));
-  Arr<int> done(std::vector<int>(size_t(count + 1) * kPersistDoneStride, 0)), fault(std::vector<int>(1, 0));
+  Arr<int> done(std::vector<int>(size_t(count + 1) * kPersistDoneStride, 0)), fault(std::vector<int>(2, 0));
   PersistFp4Args a;
   a.stages = dtable.get();
   a.count = count;
@@ -76,6 +76,7 @@ PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>
   a.counters = counters.get();
   a.done = done.get();
   a.fault = fault.get();
+  a.fault_report = fault.get() + 1;
   std::vector<std::vector<float>> first;
   for (int launch = 0; launch < 2; ++launch) {
     if (persist_fp4(a, blocks, nullptr) != cudaSuccess) return out;
@@ -84,7 +85,7 @@ PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>
     if (launch == 0) first = std::move(got);
     else out.repeat_equal = got == first;
   }
-  out.fault = fault.download()[0];
+  out.fault = fault.download()[1];  // (the flag itself is back at zero)
   out.counters = counters.download();
   out.done = done.download();
 
@@ -238,7 +239,7 @@ PersistTailResult run_persist_tail_case(int64_t D, int64_t F, int64_t Hv, int64_
   std::vector<PersistFp4Stage> table(4);
   std::unique_ptr<Arr<float>> partial, squares;
   std::unique_ptr<Arr<int>> counters;
-  Arr<int> done(std::vector<int>(size_t(5) * kPersistDoneStride, 0)), fault(std::vector<int>(1, 0));
+  Arr<int> done(std::vector<int>(size_t(5) * kPersistDoneStride, 0)), fault(std::vector<int>(2, 0));
   std::vector<float> first[4];
   for (int run = 0; run < 2; ++run) {
     Arr<float> h(h0), act(nan_act), mix(nan_mix), window(win0);
@@ -269,6 +270,7 @@ PersistTailResult run_persist_tail_case(int64_t D, int64_t F, int64_t Hv, int64_
     a.counters = counters->get();
     a.done = done.get();
     a.fault = fault.get();
+    a.fault_report = fault.get() + 1;
     if (persist_fp4(a, blocks, nullptr) != cudaSuccess) return r;
     const std::vector<float> got[4] = {h.download(), act.download(), mix.download(), window.download()};
     if (run == 0) {
@@ -278,7 +280,7 @@ PersistTailResult run_persist_tail_case(int64_t D, int64_t F, int64_t Hv, int64_
       for (int i = 0; i < 4; ++i) r.repeat_equal = r.repeat_equal && got[i] == first[i];
     }
   }
-  r.fault = fault.download()[0];
+  r.fault = fault.download()[1];
   r.counters = counters->download();
   r.done = done.download();
   auto worst = [](const std::vector<float>& got, const std::vector<float>& ref) {
