@@ -35,6 +35,7 @@
 #include <algorithm>
 
 #include "common.cuh"
+#include "delta_rule.cuh"
 #include "fp4_kernels.cuh"
 #include "launch.cuh"
 #include "persist_fp4.h"
@@ -91,6 +92,10 @@ struct Issue {
 
 __device__ __forceinline__ void issue_next(Issue& is, const PersistFp4Stage* st, int count, int64_t first,
                                            int64_t step, uint8_t* ring, uint64_t* bars) {
+  while (is.valid && st[is.c.s].kind != PersistKind::Product) {  // (units without weights)
+    ++is.c.k;
+    is.valid = find_unit(st, count, first, step, is.c);
+  }
   if (!is.valid) return;
   const BulkRun r = unit_run(st[is.c.s], is.c.u, ring, bars, is.seq0);
   bulk_issue<S>(r, is.st);
@@ -262,6 +267,45 @@ __device__ __forceinline__ void store_tile(const PersistFp4Stage& p, float* sq, 
   }
 }
 
+// One unit of a delta-rule stage: R = 32 / TPR state rows of a head, TPR
+// = DK / 8 lanes a row, as delta_net_kernel<DK, 8> walks one row of input
+// (the same functions, so the same bits). qk: the warp's shared memory for
+// the key head's q and k (2 DK floats).
+template <int DK>
+__device__ __forceinline__ void delta_unit(const DeltaNetArgs& d, int64_t u, float* qk, int lane) {
+  constexpr int TPR = DK / 8, NV = 2, R = kWarp / TPR;
+  const int64_t per_head = d.dv / R, j = u / per_head, kh = j % d.Hk;
+  const int sub = lane % TPR;
+  const int64_t v_row = (u % per_head) * R + lane / TPR;
+  // q and k (through L2: written earlier in this launch), the row's state.
+  for (int i = lane; i < 2 * DK; i += kWarp) qk[i] = __ldcg(d.uc + (i < DK ? 0 : d.Hk * DK) + kh * DK + i % DK);
+  float M[8];
+  float4* row = reinterpret_cast<float4*>(d.state + (j * d.dv + v_row) * DK);
+  delta_load_row<TPR, NV>(M, row, sub);
+  __syncwarp();
+  float sq, sk, rq, rk, beta, decay;
+  delta_qk_squares<DK>(qk, qk + DK, lane, &sq, &sk);
+  delta_gates(sq, sk, __ldcg(d.b + j), __ldcg(d.a + j), d.ssm_a[j], d.dt_bias[j], rsqrtf(float(DK)), d.eps, &rq, &rk,
+              &beta, &decay);
+  const float v = __ldcg(d.uc + 2 * d.Hk * DK + j * d.dv + v_row);
+  const float o = delta_row<TPR, NV>(M, reinterpret_cast<const float4*>(qk), reinterpret_cast<const float4*>(qk + DK),
+                                     sub, v, rq, rk, beta, decay);
+  if (sub == 0) d.out[j * d.dv + v_row] = o;
+  if (d.snapshot_row == 0)
+    delta_store_row<TPR, NV>(M, reinterpret_cast<float4*>(d.snapshot + (j * d.dv + v_row) * DK), sub);
+  delta_store_row<TPR, NV>(M, row, sub);
+  __syncwarp();  // (qk is the next unit's)
+}
+
+__device__ __forceinline__ void delta_unit_dk(const DeltaNetArgs& d, int64_t u, float* qk, int lane) {
+  switch (d.dk) {
+    case 32: delta_unit<32>(d, u, qk, lane); break;
+    case 64: delta_unit<64>(d, u, qk, lane); break;
+    case 128: delta_unit<128>(d, u, qk, lane); break;
+    default: delta_unit<256>(d, u, qk, lane); break;
+  }
+}
+
 __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_constant__ PersistFp4Args a) {
   uint8_t* smem = dynamic_smem<uint8_t>();
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
@@ -293,17 +337,25 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
   Unit c;
   for (bool more = find_unit(st, a.count, first, step, c); more; ++c.k, more = find_unit(st, a.count, first, step, c)) {
     const PersistFp4Stage& p = st[c.s];
-    const int64_t tiles = p.w.tiles(), tile = c.u / p.splits;
-    const int slice = int(c.u % p.splits);
-    const int64_t kg0 = int64_t(slice) * p.kg_per;
-    const int nkg = int(min(p.w.kgroups(), kg0 + p.kg_per) - kg0);
 
     // 1. Stage s-1 finished (once per stage: a finished stage stays so),
     // the norm's factor (once per stage), then this slice of the inputs.
     if (c.s - 1 > known && !a.no_waits) {
-      warp_wait(a.done + (c.s - 1) * kPersistDoneStride, int(st[c.s - 1].w.tiles()), a.fault, a.poll_ns, lane);
+      warp_wait(a.done + (c.s - 1) * kPersistDoneStride, int(persist_stage_tiles(st[c.s - 1])), a.fault, a.poll_ns,
+                lane);
       known = c.s - 1;
     }
+    if (p.kind == PersistKind::DeltaRule) {  // (no weights, no ring stages)
+      delta_unit_dk(p.delta, c.u, reinterpret_cast<float*>(xw), lane);
+      __threadfence();
+      __syncwarp();
+      if (lane == 0) atomicAdd(a.done + c.s * kPersistDoneStride, 1);
+      continue;
+    }
+    const int64_t tiles = p.w.tiles(), tile = c.u / p.splits;
+    const int slice = int(c.u % p.splits);
+    const int64_t kg0 = int64_t(slice) * p.kg_per;
+    const int nkg = int(min(p.w.kgroups(), kg0 + p.kg_per) - kg0);
     if (p.norm && norm_s != c.s) {
       rnorm = stage_rnorm(st, c.s, a, lane);
       norm_s = c.s;
@@ -392,6 +444,14 @@ bool aligned16(const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) ==
 bool stage_ok(const PersistFp4Stage& p, int64_t* align) {
   const Fp4Tiled& w = p.w;
   *align = 1;
+  if (p.kind == PersistKind::DeltaRule) {
+    const DeltaNetArgs& d = p.delta;
+    return d.n == 1 && (d.dk == 32 || d.dk == 64 || d.dk == 128 || d.dk == 256) && d.Hk >= 1 && d.Hv >= 1 &&
+           d.dv >= 1 && d.dv % (256 / d.dk) == 0 && d.uc && d.b && d.a && d.ssm_a && d.dt_bias && d.out &&
+           aligned16(d.state) && d.snapshot_row >= -1 && d.snapshot_row <= 0 &&
+           (d.snapshot_row < 0 || aligned16(d.snapshot));
+  }
+  if (p.kind != PersistKind::Product) return false;
   if (!w.present() || w.rows < 1 || w.cols < kFp4GroupCols || w.cols % kFp4GroupCols != 0 || !p.x || !p.y ||
       !aligned16(w.codes) || !aligned16(w.scales) || !aligned16(p.x))
     return false;
@@ -436,6 +496,15 @@ bool persist_fp4_stage(const Fp4MatvecArgs& a, PersistFp4Stage* out) {
   return true;
 }
 
+bool persist_delta_stage(const DeltaNetArgs& d, PersistFp4Stage* out) {
+  if (!out || d.n != 1) return false;
+  PersistFp4Stage p;
+  p.kind = PersistKind::DeltaRule;
+  p.delta = d;
+  *out = p;
+  return true;
+}
+
 bool persist_fp4_plan(PersistFp4Stage* stages, int count, int blocks) {
   if (!stages || count < 1 || blocks < 1) return false;
   const int64_t warps = int64_t(blocks) * W;
@@ -443,6 +512,14 @@ bool persist_fp4_plan(PersistFp4Stage* stages, int count, int blocks) {
     PersistFp4Stage& p = stages[s];
     int64_t align = 1;
     if (!stage_ok(p, &align)) return false;
+    p.squares = false;
+    p.norm_from_prev = false;
+    if (p.kind == PersistKind::DeltaRule) {  // a unit per 256 / dk state rows (a warp's lanes)
+      p.splits = 1;
+      p.kg_per = 0;
+      p.units = p.delta.Hv * p.delta.dv / (256 / p.delta.dk);
+      continue;
+    }
     const int64_t tiles = p.w.tiles(), kgs = p.w.kgroups();
     // The least work of the busiest warp over the split counts (the first,
     // the fewest slices, on ties).
@@ -458,14 +535,12 @@ bool persist_fp4_plan(PersistFp4Stage* stages, int count, int blocks) {
     p.kg_per = int(best_kg);
     p.splits = int(best_sp);
     p.units = tiles * best_sp;
-    p.squares = false;
-    p.norm_from_prev = false;
   }
   // A norm over the plain outputs of the stage before: that stage leaves
   // its tiles' sums of squares.
   for (int s = 1; s < count; ++s) {
     PersistFp4Stage &p = stages[s], &q = stages[s - 1];
-    if (p.norm && q.w.pairing == Fp4Pairing::Plain &&
+    if (p.kind == PersistKind::Product && q.kind == PersistKind::Product && p.norm && q.w.pairing == Fp4Pairing::Plain &&
         (q.epilogue == Fp4Epilogue::Store || q.epilogue == Fp4Epilogue::Add) && q.y == p.x && q.w.rows == p.w.cols) {
       q.squares = true;
       p.norm_from_prev = true;
@@ -478,6 +553,10 @@ PersistFp4Sizes persist_fp4_sizes(const PersistFp4Stage* stages, int count) {
   PersistFp4Sizes z;
   for (int s = 0; s < count; ++s) {
     const PersistFp4Stage& p = stages[s];
+    if (p.kind == PersistKind::DeltaRule) {  // q and k in a warp's activation chunks (256 bytes a kgroup)
+      z.max_kg_per = std::max(z.max_kg_per, int(p.delta.dk / 32));
+      continue;
+    }
     z.max_kg_per = std::max(z.max_kg_per, p.kg_per);
     if (p.splits > 1) {
       z.partial_half = std::max<uint64_t>(z.partial_half, uint64_t(p.splits) * uint64_t(p.w.tiles()) * kFp4TileRows);

@@ -22,14 +22,17 @@
 // of squares that the stage before left with its outputs (the planner
 // arranges it where the stage reads them), else from the whole row. So a
 // decode layer's tail (output projection, gate/up, down, the next input
-// projection) is one launch (the backend's QWEN35_CUDA_FP4_PERSIST). Not
-// in it: more than one activation row, the delta rule and attention.
+// projection) is one launch (the backend's QWEN35_CUDA_FP4_PERSIST). A
+// stage may also be the delta net's delta rule (no weights: units of state
+// rows), so consecutive delta-net layers are one launch too. Not in it:
+// more than one activation row, attention.
 #pragma once
 
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
 
+#include "delta_net.h"
 #include "matvec_fp4.h"
 
 namespace qwen35::cuda {
@@ -44,7 +47,20 @@ constexpr int kPersistDoneStride = 32;
 // what a CUDA graph captures with the launch).
 constexpr int kPersistInline = 6;
 
+// What a stage computes.
+enum class PersistKind : int32_t {
+  Product,    // an NVFP4 product with its prologue and epilogue (the fields below)
+  DeltaRule,  // the delta net's gated delta rule for one row (`delta`), no weights
+};
+
 struct PersistFp4Stage {
+  PersistKind kind = PersistKind::Product;
+  // kind DeltaRule: as delta_net() with these arguments (n = 1; dk 32, 64,
+  // 128 or 256; dv a multiple of 256 / dk; 8 state elements per thread, so
+  // the bits of delta_net's default), a unit per 256 / dk state rows of a
+  // head. Its inputs come through L2 (the input projection wrote them in
+  // this launch).
+  DeltaNetArgs delta;
   Fp4Tiled w;                 // Plain, or GateUp with the SwiGLU epilogue
   const float* x = nullptr;   // [w.cols] F32: read through L2 (another block may have written it in this launch)
   float* y = nullptr;         // [w.rows] F32 (GateUp: the w.rows SwiGLU outputs)
@@ -75,10 +91,17 @@ struct PersistFp4Stage {
   bool norm_from_prev = false;  // its norm adds the stage before's per-tile sums (else it reads the whole row)
 };
 
+// Tiles (units, for the delta rule) a stage counts as finished when done.
+QWEN35_HD int64_t persist_stage_tiles(const PersistFp4Stage& p) {
+  return p.kind == PersistKind::Product ? p.w.tiles() : p.units;
+}
+
 // The stage that does what fp4_matvec does with these arguments (the
 // product, its prologue and epilogue; planned later). False where the
 // persistent kernel cannot: more than one activation row.
 bool persist_fp4_stage(const Fp4MatvecArgs& a, PersistFp4Stage* out);
+// The same for delta_net() (one row).
+bool persist_delta_stage(const DeltaNetArgs& d, PersistFp4Stage* out);
 
 // Chooses each stage's column slices for a grid of `blocks` blocks (the
 // least work for the busiest warp, counting each unit's fixed costs as a

@@ -161,3 +161,29 @@ TEST_CASE("emulated: a delta-net layer's tail as one persistent launch (norms, g
   }
   emu::set_order(false);
 }
+
+TEST_CASE("emulated: the delta rule as a persistent stage between the input and output projections") {
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  // The tiny fixtures' delta net (2 key heads, 4 value heads of 64: 4 rows
+  // a unit) and the 4B's head size (128: 2 rows a unit).
+  for (int64_t dk : {64, 128}) {
+    for (bool reverse : {false, true}) {
+      CAPTURE(dk);
+      CAPTURE(reverse);
+      emu::set_order(reverse);
+      const PersistDeltaResult r = run_persist_delta_case<HostArray>(256, 2, 4, dk, dk, 1, 2, rand);
+      REQUIRE(r.ok);
+      CHECK(r.fault == 0);
+      CHECK(r.repeat_equal);
+      CHECK(r.units[1] == 4 * dk / (256 / dk));
+      CHECK(r.delta_equal);  // the delta rule kernel's bits
+      MESSAGE("mix " << r.worst_mix << " window " << r.worst_win << " h " << r.worst_h);
+      CHECK(r.worst_mix < 1e-6);
+      CHECK(r.worst_win < 1e-6);
+      CHECK(r.worst_h < 1e-5);
+      CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
+      CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));
+    }
+  }
+  emu::set_order(false);
+}

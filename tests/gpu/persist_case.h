@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "chain_case.h"
+#include "delta_net.h"
+#include "kernel_refs.h"
 #include "ggml_types.h"
 #include "matvec_fp4.h"
 #include "persist_fp4.h"
@@ -306,6 +308,155 @@ PersistTailResult run_persist_tail_case(int64_t D, int64_t F, int64_t Hv, int64_
   r.worst_act = worst(first[1], act_k3);
   r.worst_mix = worst(first[2], mix_k3);
   r.worst_win = worst(first[3], win_k3);
+  r.ok = true;
+  return r;
+}
+
+struct PersistDeltaResult {
+  bool ok = false;
+  int fault = 0;
+  bool repeat_equal = false;  // a second launch from the same inputs gave the same bits
+  // The delta rule against delta_net (8 elements per thread) on the inputs
+  // the persistent launch's input projection left: the same bits.
+  bool delta_equal = false;
+  // Largest |difference| / largest |value|: the input projection (and its
+  // window) against kernel 3 on the same input; the output projection's
+  // residual stream against kernel 3 on the delta rule's outputs.
+  double worst_mix = 0.0, worst_win = 0.0, worst_h = 0.0;
+  std::vector<int> counters, done;  // after the launches (all zero)
+  std::vector<int64_t> units;       // as planned
+};
+
+// A delta-net layer's head for one row as one persistent launch: the input
+// projection (RMS norm, causal conv over q|k|v) -> the delta rule -> the
+// output projection (gated norm, added into h): the stages the backend's
+// QWEN35_CUDA_FP4_PERSIST=2 puts between a layer's FFN and the next.
+template <template <typename> class Arr, typename Rand>
+PersistDeltaResult run_persist_delta_case(int64_t D, int64_t Hk, int64_t Hv, int64_t dk, int64_t dv, int blocks,
+                                          int sms, Rand rand) {
+  using namespace qwen35::cuda;
+  const int64_t Cv = Hv * dv, C = 2 * Hk * dk + Cv, Nin = C + Cv + 2 * Hv, K = 4;
+  CaseTiled<Arr> win(random_nvfp4_rows(Nin, D, 41, rand), nullptr, Nin, D, 1.0f);
+  CaseTiled<Arr> wout(random_nvfp4_rows(D, Cv, 42, rand), nullptr, D, Cv, 0.5f);
+  PersistDeltaResult r;
+  if (!win.ok || !wout.ok) return r;
+  const std::vector<float> h0 = rand(size_t(D), 43, -2.0f, 2.0f), pre = rand(size_t(D), 44, 0.5f, 1.5f),
+                           taps = rand(size_t(C * K), 45, -0.5f, 0.5f), win0 = rand(size_t((K - 1) * C), 46, -1.0f, 1.0f),
+                           a_log = rand(size_t(Hv), 47, -2.0f, -0.1f), dtb = rand(size_t(Hv), 48, -1.0f, 1.0f),
+                           st0 = rand(size_t(Hv * dv * dk), 49, -0.5f, 0.5f), gw = rand(size_t(dv), 50, 0.5f, 1.5f);
+  Arr<float> dpre(pre), dtaps(taps), dalog(a_log), ddtb(dtb), dgw(gw);
+  const std::vector<float> nan_mix(size_t(Nin), NAN), nan_so(size_t(Cv), NAN);
+  const DeltaShape ds{Hk, Hv, dk, dv};
+  auto in_args = [&](float* h, float* mix, float* window) {
+    Fp4MatvecArgs a;
+    a.w = win.t;
+    a.n = 1;
+    a.x = h;
+    a.ldx = D;
+    a.norm = dpre.get();
+    a.y = mix;
+    a.ldy = Nin;
+    a.epilogue = Fp4Epilogue::Conv;
+    a.conv_taps = dtaps.get();
+    a.conv_window = window;
+    a.conv_channels = C;
+    a.conv_k = int(K);
+    return a;
+  };
+  auto delta = [&](float* mix, float* state, float* so) {
+    DeltaNetArgs d = delta_args(ds, 1, mix, Nin, mix + C + Cv, mix + C + Cv + Hv, Nin, dalog.get(), ddtb.get(), state,
+                                so);
+    d.elems_per_thread = 8;
+    return d;
+  };
+  auto out_args = [&](float* so, const float* mix, float* h) {
+    Fp4MatvecArgs a;
+    a.w = wout.t;
+    a.n = 1;
+    a.x = so;
+    a.ldx = Cv;
+    a.gate_z = mix + C;
+    a.ldz = Nin;
+    a.gate_w = dgw.get();
+    a.gate_dv = int(dv);
+    a.y = h;
+    a.ldy = D;
+    a.epilogue = Fp4Epilogue::Add;
+    return a;
+  };
+  auto kernel3 = [&](Fp4MatvecArgs a) {
+    Arr<float> part(std::vector<float>(size_t(fp4_partial_floats(a.w, sms) + 1), 0.0f));
+    Arr<int> cnt(std::vector<int>(size_t(fp4_counter_ints(a.w) + 1), 0));
+    a.partial = part.get();
+    a.counters = cnt.get();
+    return fp4_matvec(a, sms, nullptr) == cudaSuccess;
+  };
+
+  std::unique_ptr<Arr<float>> partial, squares;
+  std::unique_ptr<Arr<int>> counters;
+  Arr<int> done(std::vector<int>(size_t(4) * kPersistDoneStride, 0)), fault(std::vector<int>(2, 0));
+  std::vector<float> first[5];  // h, mix, window, state, so
+  for (int run = 0; run < 2; ++run) {
+    Arr<float> h(h0), mix(nan_mix), window(win0), state(st0), so(nan_so);
+    PersistFp4Stage table[3];
+    if (!persist_fp4_stage(in_args(h.get(), mix.get(), window.get()), &table[0]) ||
+        !persist_delta_stage(delta(mix.get(), state.get(), so.get()), &table[1]) ||
+        !persist_fp4_stage(out_args(so.get(), mix.get(), h.get()), &table[2]) || !persist_fp4_plan(table, 3, blocks))
+      return r;
+    const PersistFp4Sizes sizes = persist_fp4_sizes(table, 3);
+    if (run == 0) {
+      partial = std::make_unique<Arr<float>>(std::vector<float>(size_t(2 * sizes.partial_half + 1), 0.0f));
+      squares = std::make_unique<Arr<float>>(std::vector<float>(size_t(2 * sizes.squares_half + 1), NAN));
+      counters = std::make_unique<Arr<int>>(std::vector<int>(size_t(2 * sizes.counter_half + 1), 0));
+      for (const PersistFp4Stage& p : table) r.units.push_back(p.units);
+    }
+    PersistFp4Args a;
+    std::copy(table, table + 3, a.inline_stages);
+    a.count = 3;
+    a.sizes = sizes;
+    a.partial = partial->get();
+    a.squares = squares->get();
+    a.counters = counters->get();
+    a.done = done.get();
+    a.fault = fault.get();
+    a.fault_report = fault.get() + 1;
+    if (persist_fp4(a, blocks, nullptr) != cudaSuccess) return r;
+    const std::vector<float> got[5] = {h.download(), mix.download(), window.download(), state.download(),
+                                       so.download()};
+    if (run == 0) {
+      for (int i = 0; i < 5; ++i) first[i] = got[i];
+    } else {
+      r.repeat_equal = true;
+      for (int i = 0; i < 5; ++i) r.repeat_equal = r.repeat_equal && got[i] == first[i];
+    }
+  }
+  r.fault = fault.download()[1];
+  r.counters = counters->download();
+  r.done = done.download();
+  auto worst = [](const std::vector<float>& got, const std::vector<float>& ref) {
+    double big = 0.0, d = 0.0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      big = std::max(big, std::fabs(double(ref[i])));
+      d = std::isfinite(got[i]) ? std::max(d, std::fabs(double(got[i]) - double(ref[i]))) : INFINITY;
+    }
+    return d / std::max(big, 1e-30);
+  };
+  {  // the input projection: kernel 3 on the same h
+    Arr<float> h(h0), mix(nan_mix), window(win0);
+    if (!kernel3(in_args(h.get(), mix.get(), window.get()))) return r;
+    r.worst_mix = worst(first[1], mix.download());
+    r.worst_win = worst(first[2], window.download());
+  }
+  {  // the delta rule: delta_net on the persistent launch's mix
+    Arr<float> mix(first[1]), state(st0), so(nan_so);
+    if (delta_net(delta(mix.get(), state.get(), so.get()), nullptr) != cudaSuccess) return r;
+    r.delta_equal = state.download() == first[3] && so.download() == first[4];
+  }
+  {  // the output projection: kernel 3 on the persistent launch's delta outputs
+    Arr<float> mix(first[1]), so(first[4]), h(h0);
+    if (!kernel3(out_args(so.get(), mix.get(), h.get()))) return r;
+    r.worst_h = worst(first[0], h.download());
+  }
   r.ok = true;
   return r;
 }
