@@ -169,7 +169,7 @@ Status CudaBackend::init() {
   st_prenorm_ = st_hidden_ + kStageRows * D;
   st_logits_ = st_prenorm_ + kStageRows * D;
   st_argmax_ = reinterpret_cast<int32_t*>(st_logits_ + kStageRows * V);
-  st_fault_ = st_argmax_ + kStageRows;  // inside the 64 spare bytes: the chain's record, the persistent tail's flag
+  st_fault_ = st_argmax_ + kStageRows;  // inside the 64 spare bytes: the chain's record, the persistent launches' flag
   static_assert((kFp4ChainFaultInts + 1) * 4 <= 64, "the fault records fit the spare bytes");
   std::fill(st_fault_, st_fault_ + kFp4ChainFaultInts + 1, 0);
 
@@ -209,12 +209,13 @@ Status CudaBackend::init() {
   cv.add(&fp4_counters_, std::max<uint64_t>(1, dm_.fp4_counter_ints));
   chain_mode_ = decode_tuning().fp4_kernel == 3 ? decode_tuning().fp4_chain : 0;
   chain_early_ = decode_tuning().fp4_chain_early != 0;
-  persist_ = decode_tuning().fp4_kernel == 3 && decode_tuning().fp4_persist != 0;
+  persist_ = decode_tuning().fp4_kernel == 3 ? decode_tuning().fp4_persist : 0;
   if (persist_) {
-    // The tails queue as chains of mode 2 (no delta rule or attention in
-    // front); the grid is planned for the largest slices' shared memory, so
-    // that it is resident whatever a tail's slices.
-    chain_mode_ = 2;
+    // The products queue while chaining_ (one-row steps); the grid is
+    // planned for the largest slices' shared memory, so that it is resident
+    // whatever a launch's slices.
+    chain_mode_ = 0;
+    persist_q_.reserve(kPersistInline);
     persist_poll_ns_ = unsigned(decode_tuning().fp4_chain_poll_ns);
     PersistFp4Sizes most;
     most.max_kg_per = kPersistMaxKgPer;
@@ -293,7 +294,8 @@ Status CudaBackend::sync(const char* what) {
   if (st_fault_ && st_fault_[kFp4ChainFaultInts] != 0) {
     st_fault_[kFp4ChainFaultInts] = 0;
     return Error(QWEN35_ERR_BACKEND,
-                 "a persistent layer tail gave up waiting for its inputs during {}; its results are wrong (set "
+                 "a persistent launch of decode stages gave up waiting for its inputs during {}; its results are "
+                 "wrong (set "
                  "QWEN35_CUDA_FP4_PERSIST=0)",
                  what);
   }
@@ -332,8 +334,9 @@ Status CudaBackend::enqueue_eval(int64_t n, int32_t snapshot_row, int32_t logits
   if (!from_embd) QWEN35_TRY(embed(dm_.token_embd, d_tokens_, n, h_, D));
   // Layer tails as chains (tuning fp4_chain 2, 3): each layer's output
   // projection, FFN and the next layer's input projection in one launch
-  // (3: with the delta net's delta rule in front).
-  chaining_ = chain_mode_ >= 2 && n <= kMatvecMaxCols;
+  // (3: with the delta net's delta rule in front); or one-row steps'
+  // products as persistent launches (fp4_persist).
+  chaining_ = persist_ ? n == 1 : chain_mode_ >= 2 && n <= kMatvecMaxCols;
   for (int il = 0; il < hp_.n_layer; ++il) {
     if (check_abort && aborted()) {
       drop_chain();
@@ -601,8 +604,9 @@ Status CudaBackend::run_mtp(const MtpBatch& b, int32_t* argmax) {
     hn.ldy = 2 * D;
     QWEN35_CUDA_TRY(rmsnorm_rows_pair(en, hn, n, D, hp_.eps, stream_), "enorm and hnorm");
     // Chains (tuning fp4_chain 2-4, as the main pass): the input
-    // projection and the one after it, then the layer's tail.
-    chaining_ = chain_mode_ >= 2 && n <= kMatvecMaxCols;
+    // projection and the one after it, then the layer's tail (or
+    // persistent launches, fp4_persist).
+    chaining_ = persist_ ? n == 1 : chain_mode_ >= 2 && n <= kMatvecMaxCols;
     Status s = project(M.eh_proj, mtp_in_, 2 * D, n, nullptr, h_, D, Epi::Store);
     if (s.ok()) s = attention_layer(M.block, mtp_kv_, n, h_);
     if (s.ok()) s = ffn(M.block, n, h_);

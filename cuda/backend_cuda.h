@@ -174,6 +174,8 @@ class CudaBackend final : public Backend {
   // Starts a chain with the delta rule (the queue is empty); `site` names
   // its counters.
   void queue_delta(const DeltaNetArgs& d, const DevLinear& site);
+  // Appends the delta rule to the queue of persistent stages.
+  Status queue_persist_delta(const DeltaNetArgs& d);
   // The same with the fused decode attention.
   void queue_attention(const FusedAttnArgs& f, const DevLinear& site);
   // Launches the queued chain (one launch, or stage by stage where the chain
@@ -187,6 +189,7 @@ class CudaBackend final : public Backend {
     chain_.stages = 0;
     chain_.delta = false;
     chain_.attn = false;
+    persist_q_.clear();
   }
   Status decoder_layer(int il, const DevLayer& L, int64_t n, int32_t snapshot_row);
   // Logits (or their argmax) of n rows of normalized hidden states.
@@ -304,11 +307,20 @@ class CudaBackend final : public Backend {
   int* chain_counters_[kFp4ChainMaxStages] = {};
   int* chain_sync_base_ = nullptr;
   int32_t* st_fault_ = nullptr;                         // pinned: a chain gave up waiting, then a persistent tail
-  // Layer tails of one row as persistent launches (tuning fp4_persist; the
-  // tails are queued as chains of mode 2): flush_chain() runs a queued
-  // chain of NVFP4 products as one persist_fp4 launch of persist_grid_
-  // blocks where the kernel takes it, else one launch per stage.
-  bool persist_ = false;
+  // One-row steps' products as persistent launches (tuning fp4_persist):
+  // while chaining_, project() queues its NVFP4 decode products in
+  // persist_q_ instead of chain_ (1: until the next input projection, a
+  // layer's tail; 2: also the delta rule and the products around it, so
+  // delta-net layers follow each other in one launch), and flush_chain()
+  // runs the queue as one persist_fp4 launch of persist_grid_ blocks where
+  // the kernel takes it, else one launch per stage.
+  struct PersistQueued {
+    bool delta = false;
+    Fp4MatvecArgs m;
+    DeltaNetArgs d;
+  };
+  int persist_ = 0;
+  std::vector<PersistQueued> persist_q_;
   int persist_grid_ = 0;
   unsigned persist_poll_ns_ = 64;
   PersistFp4Sizes persist_cap_;                         // what the scratch below holds (halves)
@@ -317,9 +329,8 @@ class CudaBackend final : public Backend {
   int* persist_counters_ = nullptr;                     // zero, left at zero by every launch
   int* persist_done_ = nullptr;                         // likewise
   int* persist_fault_ = nullptr;                        // likewise (the report: st_fault_)
-  // Stages s0.. of the chain as one persistent launch; *ran false (and no
-  // launch) where the kernel cannot take them.
-  Status persist_tail(const Fp4ChainArgs& c, int s0, bool* ran);
+  // Launches the queued stages (one persistent launch, or one per stage).
+  Status flush_persist();
   uint16_t* xb_ = nullptr;                                  // [nb, max K] BF16 activations
   void* deq_ = nullptr;                                     // dequantized weight block
   int64_t deq_elems_ = 0;                                   // its size in elements

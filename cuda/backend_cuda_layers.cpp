@@ -322,7 +322,10 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
   } else {
     QWEN35_TRY(project(L.in_proj, h, D, n, L.attn_norm, mix_, ld, Epi::Store));
   }
-  QWEN35_TRY(flush_chain());  // the queued layer tail (chains) ends with the input projection
+  // The queued layer tail (chains) ends with the input projection, unless
+  // the delta rule joins the queue (persistent launches, fp4_persist 2).
+  const bool delta_queued = chaining_ && persist_ >= 2 && conv_epi;
+  if (!delta_queued) QWEN35_TRY(flush_chain());
   if (!conv_epi) {
     ConvArgs c;
     c.n = n;
@@ -359,6 +362,8 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
   d.elems_per_thread = delta_ept_;
   if (delta_scratch_ && n > kMatvecMaxCols && snapshot_row < 0)
     QWEN35_CUDA_TRY(delta_net_chunked(d, delta_scratch_, stream_), "the chunked delta rule");
+  else if (delta_queued)
+    QWEN35_TRY(queue_persist_delta(d));
   else if (chaining_ && chain_mode_ >= 3)  // the first stage of the layer's chain (launched in flush_chain)
     queue_delta(d, L.out_proj);
   else
@@ -424,6 +429,15 @@ Status CudaBackend::ffn(const DevLayer& L, int64_t n, float* h) {
   return project(L.down, gu_, 2 * F, n, nullptr, h, D, Epi::Add);
 }
 
+Status CudaBackend::queue_persist_delta(const DeltaNetArgs& d) {
+  if (persist_q_.size() == size_t(kPersistInline)) QWEN35_TRY(flush_persist());
+  PersistQueued e;
+  e.delta = true;
+  e.d = d;
+  persist_q_.push_back(e);
+  return Status::Ok();
+}
+
 void CudaBackend::queue_delta(const DeltaNetArgs& d, const DevLinear& site) {
   chain_.stages = 1;  // (the queue is empty: the input projection flushed it)
   chain_.delta = true;
@@ -439,6 +453,14 @@ void CudaBackend::queue_attention(const FusedAttnArgs& f, const DevLinear& site)
 }
 
 Status CudaBackend::queue_fp4(Fp4MatvecArgs a, const DevLinear& W) {
+  if (persist_) {
+    if (persist_q_.size() == size_t(kPersistInline)) QWEN35_TRY(flush_persist());
+    a.next = Fp4Tiled{};  // (kernel 3's L2 prefetch hint: not in a persistent launch)
+    PersistQueued e;
+    e.m = a;
+    persist_q_.push_back(e);
+    return Status::Ok();
+  }
   if (chain_.stages == kFp4ChainMaxStages) QWEN35_TRY(flush_chain());
   const int s = chain_.stages;
   a.next = Fp4Tiled{};  // (kernel 3's L2 prefetch hint: not in a chain)
@@ -475,10 +497,11 @@ Status CudaBackend::queue_fp4(Fp4MatvecArgs a, const DevLinear& W) {
 }
 
 Status CudaBackend::flush_chain() {
+  if (persist_) return flush_persist();
   Fp4ChainArgs c = chain_;
   clear_chain_queue();
   if (c.stages == 0) return Status::Ok();
-  if (c.stages > 1 && !persist_) {
+  if (c.stages > 1) {
     const auto it = chain_sync_.find(chain_site_);
     c.sync = it != chain_sync_.end() ? it->second : nullptr;
     c.fault = st_fault_;
@@ -487,13 +510,7 @@ Status CudaBackend::flush_chain() {
   }
   if (c.delta) QWEN35_CUDA_TRY(delta_net(c.delta_args, stream_), "the delta rule");
   if (c.attn) QWEN35_CUDA_TRY(attention_fused(c.attn_args, stream_), "attention");
-  const int s0 = fp4_chain_has_head(c) ? 1 : 0;
-  if (persist_ && c.stages - s0 >= 2) {
-    bool ran = false;
-    QWEN35_TRY(persist_tail(c, s0, &ran));
-    if (ran) return Status::Ok();
-  }
-  for (int s = s0; s < c.stages; ++s) {  // one launch per stage
+  for (int s = fp4_chain_has_head(c) ? 1 : 0; s < c.stages; ++s) {  // one launch per stage
     Fp4MatvecArgs a = c.stage[s];
     a.partial = fp4_partial_;
     a.counters = fp4_counters_;
@@ -502,28 +519,42 @@ Status CudaBackend::flush_chain() {
   return Status::Ok();
 }
 
-Status CudaBackend::persist_tail(const Fp4ChainArgs& c, int s0, bool* ran) {
-  *ran = false;
-  const int count = c.stages - s0;
-  if (count < 1 || count > kPersistInline || persist_grid_ < 1) return Status::Ok();
+Status CudaBackend::flush_persist() {
+  std::vector<PersistQueued> q;
+  q.swap(persist_q_);
+  persist_q_.reserve(kPersistInline);
+  if (q.empty()) return Status::Ok();
+  // Two or more stages: one launch, if the kernel takes them.
   PersistFp4Args a;
-  for (int s = 0; s < count; ++s)
-    if (!persist_fp4_stage(c.stage[s0 + s], &a.inline_stages[s])) return Status::Ok();  // (more than one row)
-  if (!persist_fp4_plan(a.inline_stages, count, persist_grid_)) return Status::Ok();
-  a.count = count;
-  a.sizes = persist_fp4_sizes(a.inline_stages, count);
-  if (a.sizes.partial_half > persist_cap_.partial_half || a.sizes.counter_half > persist_cap_.counter_half ||
-      a.sizes.squares_half > persist_cap_.squares_half)
-    return Status::Ok();
-  a.partial = persist_partial_;
-  a.squares = persist_squares_;
-  a.counters = persist_counters_;
-  a.done = persist_done_;
-  a.fault = persist_fault_;
-  a.fault_report = st_fault_ + kFp4ChainFaultInts;
-  a.poll_ns = persist_poll_ns_;
-  QWEN35_CUDA_TRY(persist_fp4(a, persist_grid_, stream_), "a persistent layer tail");
-  *ran = true;
+  bool ok = q.size() >= 2 && q.size() <= size_t(kPersistInline) && persist_grid_ > 0;
+  for (size_t s = 0; ok && s < q.size(); ++s)
+    ok = q[s].delta ? persist_delta_stage(q[s].d, &a.inline_stages[s]) : persist_fp4_stage(q[s].m, &a.inline_stages[s]);
+  ok = ok && persist_fp4_plan(a.inline_stages, int(q.size()), persist_grid_);
+  if (ok) {
+    a.count = int(q.size());
+    a.sizes = persist_fp4_sizes(a.inline_stages, a.count);
+    ok = a.sizes.partial_half <= persist_cap_.partial_half && a.sizes.counter_half <= persist_cap_.counter_half &&
+         a.sizes.squares_half <= persist_cap_.squares_half;
+  }
+  if (ok) {
+    a.partial = persist_partial_;
+    a.squares = persist_squares_;
+    a.counters = persist_counters_;
+    a.done = persist_done_;
+    a.fault = persist_fault_;
+    a.fault_report = st_fault_ + kFp4ChainFaultInts;
+    a.poll_ns = persist_poll_ns_;
+    return cuda_status(persist_fp4(a, persist_grid_, stream_), "a persistent launch of decode stages");
+  }
+  for (PersistQueued& e : q) {  // one launch per stage
+    if (e.delta) {
+      QWEN35_CUDA_TRY(delta_net(e.d, stream_), "the delta rule");
+      continue;
+    }
+    e.m.partial = fp4_partial_;
+    e.m.counters = fp4_counters_;
+    QWEN35_CUDA_TRY(fp4_matvec(e.m, dm_.sms, stream_), "an NVFP4 matrix-vector product");
+  }
   return Status::Ok();
 }
 

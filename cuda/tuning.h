@@ -47,13 +47,15 @@
 //                           sleeps between two polls of a counter; hundreds
 //                           poll the same few L2 lines that the producers
 //                           add to
-//   QWEN35_CUDA_FP4_PERSIST kernel 3: 1 = each layer's tail (output
-//                           projection, FFN, the next layer's input
-//                           projection; one activation row) as one launch
+//   QWEN35_CUDA_FP4_PERSIST kernel 3, one-row steps' products as launches
 //                           of the persistent kernel (persist_fp4.h, the
-//                           poll interval above), other steps' products one
-//                           launch each; overrides QWEN35_CUDA_FP4_CHAIN
-//                           (read when a context is created)
+//                           poll interval above): 1 = each layer's tail
+//                           (output projection, FFN, the next layer's input
+//                           projection), 2 = also the delta rule, so a run
+//                           of delta-net layers up to the next attention is
+//                           one launch; steps of more rows: one launch per
+//                           product. Overrides QWEN35_CUDA_FP4_CHAIN (read
+//                           when a context is created)
 //   (kernel 3 always uses 4 warps per block: QWEN35_CUDA_FP4_WARPS is
 //   kernel 2's)
 //   QWEN35_CUDA_Q6K_KERNEL  1: one thread per row (Q6kRows32 layout),
@@ -106,7 +108,8 @@ struct DecodeTuning {
                             // (Fp4Dep::SliceNorm), the output projection after the delta rule or attention
                             // by heads (Fp4Dep::Heads), instead of after the whole stage before (0)
   int fp4_chain_poll_ns = 64;  // chains: sleep between two polls of a counter by a waiting block (0..4096 ns)
-  int fp4_persist = 0;  // kernel 3: 1 = layer tails of one row as persistent launches (persist_fp4.h)
+  int fp4_persist = 0;  // kernel 3, one-row steps as persistent launches (persist_fp4.h): 1 = layer tails,
+                        // 2 = runs of delta-net layers (with their delta rules)
   int q6k_kernel = 2;
   int q6k_persist = 0;  // kernel 2: 0 = a warp per tile; N = persistent, N blocks per multiprocessor
   int q6k_argmax = 0;   // kernels 2 and 3: 1 = the greedy argmax in the LM head's epilogue

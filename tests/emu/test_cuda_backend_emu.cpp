@@ -101,12 +101,12 @@ TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta 
   // Steps of 1, 2 and 3 rows (the decode kernels; 1 and 2 with the causal
   // conv in the input projection's epilogue), with MTP logits (the MTP
   // layer's FFN too), graphs on; the contexts read the tuning when created.
-  auto run = [&](int chain, bool early = true, bool persist = false) {
+  auto run = [&](int chain, bool early = true, int persist = 0) {
     const cuda::DecodeTuning saved = cuda::decode_tuning();
     cuda::DecodeTuning t = saved;
     t.fp4_chain = chain;
     t.fp4_chain_early = early ? 1 : 0;
-    t.fp4_persist = persist ? 1 : 0;
+    t.fp4_persist = persist;
     cuda::set_decode_tuning(t);
     qwen35_context* c = make_ctx(m);
     cuda::set_decode_tuning(saved);
@@ -141,7 +141,7 @@ TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta 
   // (this tiny model's logits are sensitive to it: kernel 3 planned for one
   // block per multiprocessor, other split-K slices, differs from its
   // default by as much, 5.4e-4 at the median).
-  const std::vector<float> persist = run(0, true, true);
+  const std::vector<float> persist = run(0, true, 1);
   REQUIRE(persist.size() == single.size());
   std::vector<double> errs;
   for (size_t r = 0; r < single.size() / size_t(fx.V); ++r)
@@ -149,6 +149,37 @@ TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta 
   MESSAGE("persistent tails against single launches: median " << median(errs) << " worst " << worst(errs));
   CHECK(worst(errs) < 1e-3);
   CHECK(persist != single);  // (the persistent kernel ran)
+  // Also the delta rules: the three delta-net layers and the attention's
+  // input projection in one launch.
+  const std::vector<float> layers = run(0, true, 2);
+  REQUIRE(layers.size() == single.size());
+  errs.clear();
+  for (size_t r = 0; r < single.size() / size_t(fx.V); ++r)
+    errs.push_back(rel_err(layers.data() + r * size_t(fx.V), single.data() + r * size_t(fx.V), size_t(fx.V)));
+  MESSAGE("persistent delta-net layers against single launches: median " << median(errs) << " worst " << worst(errs));
+  CHECK(worst(errs) < 1e-3);  // (equal to the tails' logits here: the delta rule stage has delta_net's bits)
+  // Kernels of a one-row step (the main pass, no MTP logits).
+  auto grids_per_step = [&](int persist) {
+    const cuda::DecodeTuning saved = cuda::decode_tuning();
+    cuda::DecodeTuning t = saved;
+    t.fp4_persist = persist;
+    cuda::set_decode_tuning(t);
+    qwen35_context* c = make_ctx(m);
+    cuda::set_decode_tuning(saved);
+    REQUIRE(qwen35_context_decode(c, &s[0], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    const int64_t g0 = emu::grids_run();
+    REQUIRE(qwen35_context_decode(c, &s[1], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    const int64_t g = emu::grids_run() - g0;
+    qwen35_context_free(c);
+    return g;
+  };
+  const int64_t g0 = grids_per_step(0), g1 = grids_per_step(1), g2 = grids_per_step(2);
+  MESSAGE("kernels per one-row step: " << g0 << " separate, " << g1 << " with persistent tails, " << g2
+                                       << " with persistent delta-net layers");
+  // 4 layers (3 delta net, 1 attention): 4 tails of 4 products in 3 + 2
+  // launches; then the delta rules and input projections join them.
+  CHECK(g1 < g0);
+  CHECK(g2 < g1);
   free_model(m);
 }
 
