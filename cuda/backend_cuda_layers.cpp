@@ -324,7 +324,7 @@ Status CudaBackend::delta_net_layer(const DevLayer& L, int il, int64_t n, int32_
   }
   // The queued layer tail (chains) ends with the input projection, unless
   // the delta rule joins the queue (persistent launches, fp4_persist 2).
-  const bool delta_queued = chaining_ && persist_ >= 2 && conv_epi;
+  const bool delta_queued = chaining_ && persist_ >= 2 && conv_epi && L.in_proj.fp4.present();
   if (!delta_queued) QWEN35_TRY(flush_chain());
   if (!conv_epi) {
     ConvArgs c;

@@ -128,7 +128,12 @@ __device__ __forceinline__ void warp_wait(const int* p, int need, int* fault, un
         ok = 1;
       }
     }
-    if (__shfl_sync(0xFFFFFFFFu, ok, 0)) return;
+    if (__shfl_sync(0xFFFFFFFFu, ok, 0)) {
+      // (The barrier orders lane 0's acquire before every lane's loads of
+      // what the stage before wrote; a shuffle alone promises no ordering.)
+      __syncwarp();
+      return;
+    }
 #ifndef QWEN35_CUDA_EMU
     if (poll_ns) __nanosleep(poll_ns);
 #else

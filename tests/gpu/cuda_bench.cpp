@@ -39,6 +39,7 @@
 #include <memory>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "backend.h"
@@ -408,11 +409,12 @@ int main(int argc, char** argv) {
       // combine and stores, without all three (what is left: the weight
       // traffic and the launches).
       variants.push_back(base);
-      // Layer tails as persistent launches (persist_fp4.h; not measured
-      // yet), at the default poll interval, without sleeps, and at 512 ns.
-      for (int poll : {64, 0, 512}) {
+      // One-row steps as persistent launches (persist_fp4.h; not measured
+      // yet): layer tails, then runs of delta-net layers, at the default
+      // poll interval; the latter without sleeps and at 512 ns.
+      for (auto [persist, poll] : {std::pair{1, 64}, std::pair{2, 64}, std::pair{2, 0}, std::pair{2, 512}}) {
         t = base;
-        t.fp4_persist = 1;
+        t.fp4_persist = persist;
         t.fp4_chain_poll_ns = poll;
         variants.push_back(t);
       }

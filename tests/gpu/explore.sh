@@ -14,7 +14,8 @@
 #    step's weights through dependent stages, against separate launches;
 #  * qwen35-cuda-bench on a synthetic full-size 4B NVFP4 file: decode and
 #    prefill with the defaults and its --sweep of decode variants (with the
-#    probes), then once per ENV_SETTINGS argument (a
+#    probes and the persistent launches), the decode timeline with
+#    QWEN35_CUDA_FP4_PERSIST=2, then once per ENV_SETTINGS argument (a
 #    space-separated list of VAR=value, e.g. "QWEN35_CUDA_FP4_BPS=3"), each
 #    checked against the CPU.
 # Run from the repository root (after tests/gpu/prepare.sh, .gpu carried).
@@ -80,6 +81,10 @@ done
 [ -n "$SYNTH_PID" ] && wait "$SYNTH_PID"
 if [ -s "$M4" ]; then
   run "bench defaults" 180 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json --check 6 --sweep
+  # The decode timeline with the persistent delta-net layers (CUPTI: each
+  # launch's share of a step).
+  run "trace persist" 90 env QWEN35_CUDA_FP4_PERSIST=2 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 32 --device cuda \
+    --trace decode
   i=0
   for settings in "$@"; do
     i=$((i + 1))
@@ -117,6 +122,7 @@ for line in sys.stdin:
   grep -E '^persist bench: persist\|' "$LOG"
   grep -E '^sweep n=[12]: (fp4sweep|matvec)\|' "$LOG"
   grep -E '^bench [^:]*: (\{|sweep\|)' "$LOG" | python3 -c "$BENCH_PY" || true
+  grep -E '^trace persist: trace\|' "$LOG" | head -16
   grep -E 'FAILED|OVER THE BAR|row [0-9]+:' "$LOG" | grep -v '^probe' | head -20
 } >"$SUMMARY"
 cat "$SUMMARY"

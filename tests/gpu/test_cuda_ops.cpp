@@ -598,6 +598,31 @@ TEST_CASE("the persistent NVFP4 sequence equals kernel 3 stage by stage on the 4
   }
 }
 
+TEST_CASE("the persistent NVFP4 sequence runs the 4B's delta rule between its projections as delta_net") {
+  QWEN35_REQUIRE_GPU();
+  int dev = 0, sms = 0;
+  cuda_check(cudaGetDevice(&dev), "cudaGetDevice");
+  cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "attribute");
+  cuda::PersistFp4Sizes most;
+  most.max_kg_per = cuda::kPersistMaxKgPer;
+  const int per_sm = cuda::persist_fp4_blocks_per_sm(most);
+  REQUIRE(per_sm >= 1);
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  // D 2,560; 16 key heads, 32 value heads of 128: the input projection
+  // (12,352 rows, the conv over 8,192), the delta rule, the output projection.
+  const PersistDeltaResult r = run_persist_delta_case<DevArray>(2560, 16, 32, 128, 128, sms * per_sm, sms, rand);
+  REQUIRE(r.ok);
+  CHECK(r.fault == 0);
+  CHECK(r.repeat_equal);
+  CHECK(r.delta_equal);
+  MESSAGE("mix " << r.worst_mix << " window " << r.worst_win << " h " << r.worst_h);
+  CHECK(r.worst_mix < 1e-5);
+  CHECK(r.worst_win < 1e-5);
+  CHECK(r.worst_h < 1e-5);
+  CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
+  CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));
+}
+
 TEST_CASE("the persistent NVFP4 sequence runs a 4B delta-net layer's tail (norms, SwiGLU, Add, conv) as kernel 3") {
   QWEN35_REQUIRE_GPU();
   int dev = 0, sms = 0;
