@@ -211,7 +211,7 @@ Status CudaBackend::init() {
   chain_early_ = decode_tuning().fp4_chain_early != 0;
   persist_ = decode_tuning().fp4_kernel == 3 ? decode_tuning().fp4_persist : 0;
   if (persist_) {
-    // The products queue while chaining_ (one-row steps); the grid is
+    // The products queue while chaining_ (steps of 1-2 rows); the grid is
     // planned for the largest slices' shared memory, so that it is resident
     // whatever a launch's slices.
     chain_mode_ = 0;
@@ -219,6 +219,7 @@ Status CudaBackend::init() {
     persist_poll_ns_ = unsigned(decode_tuning().fp4_chain_poll_ns);
     PersistFp4Sizes most;
     most.max_kg_per = kPersistMaxKgPer;
+    most.max_rows = kPersistMaxRows;
     persist_grid_ = persist_fp4_grid(most, dm_.sms);
     // Scratch for any tail: at most min(kgroups, 64) slices of a product.
     std::vector<const DevLinear*> ws;
@@ -232,9 +233,10 @@ Status CudaBackend::init() {
     for (const DevLinear* W : ws) {
       if (!W->fp4.present()) continue;
       const uint64_t tiles = uint64_t(W->fp4.tiles()), kgs = uint64_t(W->fp4.kgroups());
-      persist_cap_.partial_half = std::max(persist_cap_.partial_half, std::min<uint64_t>(kgs, 64) * tiles * kFp4TileRows);
+      persist_cap_.partial_half =
+          std::max(persist_cap_.partial_half, std::min<uint64_t>(kgs, 64) * tiles * kFp4TileRows * kPersistMaxRows);
       persist_cap_.counter_half = std::max(persist_cap_.counter_half, tiles);
-      persist_cap_.squares_half = std::max(persist_cap_.squares_half, tiles);
+      persist_cap_.squares_half = std::max(persist_cap_.squares_half, tiles * kPersistMaxRows);
     }
     cv.add(&persist_partial_, std::max<uint64_t>(1, 2 * persist_cap_.partial_half));
     cv.add(&persist_squares_, std::max<uint64_t>(1, 2 * persist_cap_.squares_half));
@@ -334,9 +336,9 @@ Status CudaBackend::enqueue_eval(int64_t n, int32_t snapshot_row, int32_t logits
   if (!from_embd) QWEN35_TRY(embed(dm_.token_embd, d_tokens_, n, h_, D));
   // Layer tails as chains (tuning fp4_chain 2, 3): each layer's output
   // projection, FFN and the next layer's input projection in one launch
-  // (3: with the delta net's delta rule in front); or one-row steps'
-  // products as persistent launches (fp4_persist).
-  chaining_ = persist_ ? n == 1 : chain_mode_ >= 2 && n <= kMatvecMaxCols;
+  // (3: with the delta net's delta rule in front); or the products of
+  // steps of 1-2 rows as persistent launches (fp4_persist).
+  chaining_ = persist_ ? n <= kPersistMaxRows : chain_mode_ >= 2 && n <= kMatvecMaxCols;
   for (int il = 0; il < hp_.n_layer; ++il) {
     if (check_abort && aborted()) {
       drop_chain();
@@ -606,7 +608,7 @@ Status CudaBackend::run_mtp(const MtpBatch& b, int32_t* argmax) {
     // Chains (tuning fp4_chain 2-4, as the main pass): the input
     // projection and the one after it, then the layer's tail (or
     // persistent launches, fp4_persist).
-    chaining_ = persist_ ? n == 1 : chain_mode_ >= 2 && n <= kMatvecMaxCols;
+    chaining_ = persist_ ? n <= kPersistMaxRows : chain_mode_ >= 2 && n <= kMatvecMaxCols;
     Status s = project(M.eh_proj, mtp_in_, 2 * D, n, nullptr, h_, D, Epi::Store);
     if (s.ok()) s = attention_layer(M.block, mtp_kv_, n, h_);
     if (s.ok()) s = ffn(M.block, n, h_);

@@ -307,7 +307,7 @@ class CudaBackend final : public Backend {
   int* chain_counters_[kFp4ChainMaxStages] = {};
   int* chain_sync_base_ = nullptr;
   int32_t* st_fault_ = nullptr;                         // pinned: a chain gave up waiting, then a persistent tail
-  // One-row steps' products as persistent launches (tuning fp4_persist):
+  // Products of steps of 1-2 rows as persistent launches (fp4_persist):
   // while chaining_, project() queues its NVFP4 decode products in
   // persist_q_ instead of chain_ (1: until the next input projection, a
   // layer's tail; 2: also the delta rule and the products around it, so

@@ -53,10 +53,15 @@ constexpr uint32_t kMaxEmuPolls = 1u << 14;  // (the emulation: warps interleave
 #endif
 
 // Shared memory per warp: the ring (stages and barriers) and the activation
-// chunks of a slice: [nch][16] F16, then the multipliers [nch][8].
-__host__ __device__ constexpr size_t x_bytes(int max_kg_per) { return size_t(4 * max_kg_per) * 64; }
-__host__ __device__ constexpr size_t smem_bytes(int max_kg_per) {
-  return bulk_ring_bytes(W, S) + size_t(W) * x_bytes(max_kg_per);
+// chunks of a slice: [nch][rows][16] F16, then the multipliers [nch][8].
+__host__ __device__ constexpr size_t x_chunk_bytes(int max_kg_per, int rows) {
+  return size_t(4 * max_kg_per) * 32 * size_t(rows);
+}
+__host__ __device__ constexpr size_t x_bytes(int max_kg_per, int rows) {
+  return x_chunk_bytes(max_kg_per, rows) + size_t(4 * max_kg_per) * 32;
+}
+__host__ __device__ constexpr size_t smem_bytes(int max_kg_per, int rows) {
+  return bulk_ring_bytes(W, S) + size_t(W) * x_bytes(max_kg_per, rows);
 }
 
 // A unit of the warp's list: stage s, list index k.
@@ -143,20 +148,21 @@ __device__ __forceinline__ void warp_wait(const int* p, int need, int* fault, un
   }
 }
 
-// 1/rms of stage s's input row for its RMS norm: from the per-tile sums of
+// 1/rms of stage s's input row j for its RMS norm: from the per-tile sums of
 // squares stage s-1 left (norm_from_prev), else from the whole row. Every
 // lane gets the same value (a butterfly of commutative adds), every warp
 // the same sums in the same order.
-__device__ __forceinline__ float stage_rnorm(const PersistFp4Stage* st, int s, const PersistFp4Args& a, int lane) {
+__device__ __forceinline__ float stage_rnorm(const PersistFp4Stage* st, int s, int j, const PersistFp4Args& a,
+                                             int lane) {
   const PersistFp4Stage& p = st[s];
   float ss = 0.0f;
   if (p.norm_from_prev) {
-    const float* sq = a.squares + ((s - 1) & 1) * a.sizes.squares_half;  // [tiles of stage s-1]
     const int64_t tiles = st[s - 1].w.tiles();
+    const float* sq = a.squares + ((s - 1) & 1) * a.sizes.squares_half + j * tiles;  // [rows][tiles of stage s-1]
 #pragma unroll 4
     for (int64_t i = lane; i < tiles; i += kWarp) ss += __ldcg(sq + i);
   } else {
-    const float4* xp = reinterpret_cast<const float4*>(p.x);
+    const float4* xp = reinterpret_cast<const float4*>(p.x + j * p.ldx);
 #pragma unroll 4
     for (int64_t i = lane; i < p.w.cols / 4; i += kWarp) {
       const float4 f = __ldcg(xp + i);
@@ -170,23 +176,26 @@ __device__ __forceinline__ float stage_rnorm(const PersistFp4Stage* st, int s, c
   return rsqrtf(ss / float(p.w.cols) + p.eps);
 }
 
-// The warp's slice (columns c0 .. c0 + 16 nch - 1) of the stage's one
-// activation row as kernel 3's prologue makes it (tc_load_x_impl): chunk c
-// (tc_store_chunk) of x, times the RMS norm's weights or through the gated
-// norm, and its multiplier 2^e (times the gated norm's head factor; 0 for
-// the rows an mma computes beyond the one). A gated head's chunks are
-// aligned lanes of one pass (slices start on head boundaries).
+// The warp's slice (columns c0 .. c0 + 16 nch - 1) of the stage's
+// activation rows as kernel 3's prologue makes it (tc_load_x_impl): chunk c
+// of row j (tc_store_chunk) of x, times the RMS norm's weights or through
+// the gated norm, at xs[c][j], and its multiplier 2^e (times the gated
+// norm's head factor) at mult[c][j] (0 for the rows an mma computes beyond
+// n). A gated head's chunks are aligned lanes of one pass (items j nch + c;
+// slices start on head boundaries and hold whole heads).
 __device__ __forceinline__ void warp_load_x(const PersistFp4Stage& p, int64_t c0, int nch, uint16_t* xs, float* mult,
                                             int lane) {
   const int hc = p.gate_z ? p.gate_dv / 16 : 1;  // chunks per head of the gated norm
-  for (int base = 0; base < nch; base += kWarp) {  // (the same trip count in every lane: shuffles)
-    const int c = base + lane;
-    const bool valid = c < nch;
+  const int n = p.n, total = n * nch;
+  for (int base = 0; base < total; base += kWarp) {  // (the same trip count in every lane: shuffles)
+    const int item = base + lane;
+    const bool valid = item < total;
+    const int j = valid ? item / nch : 0, c = valid ? item % nch : 0;
     const int64_t col = c0 + 16 * int64_t(c);
     float v[16];
     float ss = 0.0f;
     if (valid) {
-      const float4* xp = reinterpret_cast<const float4*>(p.x + col);
+      const float4* xp = reinterpret_cast<const float4*>(p.x + j * p.ldx + col);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const float4 f = __ldcg(xp + i);
@@ -198,7 +207,7 @@ __device__ __forceinline__ void warp_load_x(const PersistFp4Stage& p, int64_t c0
       if (p.gate_z) {
 #pragma unroll
         for (int i = 0; i < 16; ++i) ss = fmaf(v[i], v[i], ss);
-        const float4* zp = reinterpret_cast<const float4*>(p.gate_z + col);
+        const float4* zp = reinterpret_cast<const float4*>(p.gate_z + j * p.ldz + col);
         const float4* wp = reinterpret_cast<const float4*>(p.gate_w + col % p.gate_dv);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -229,77 +238,97 @@ __device__ __forceinline__ void warp_load_x(const PersistFp4Stage& p, int64_t c0
       float amax = 0.0f;
 #pragma unroll
       for (int i = 0; i < 16; ++i) amax = fmaxf(amax, fabsf(v[i]));
-      const int e = tc_store_chunk(v, amax, xs + size_t(c) * 16);
-#pragma unroll
-      for (int j = 0; j < kMatvecMaxCols; ++j) mult[c * kMatvecMaxCols + j] = j == 0 ? pow2f(e) * head_scale : 0.0f;
+      const int e = tc_store_chunk(v, amax, xs + (size_t(c) * n + j) * 16);
+      mult[c * kMatvecMaxCols + j] = pow2f(e) * head_scale;
     }
   }
+  for (int i = lane; i < nch * kMatvecMaxCols; i += kWarp)
+    if (i % kMatvecMaxCols >= n) mult[i] = 0.0f;
 }
 
-// A finished tile (lanes t = 0 hold rows g and g + 8 of it in v0, v1,
-// scaled and normed): the epilogue, and with `squares` the sum of squares
-// of the 16 stored values into sq[tile] (a fixed order: the next stage's
-// norm adds them up). The whole warp calls it.
+// A finished tile (lanes t = 0 hold r[e] = tile row g + 8 (e / 2) of
+// activation row e % 2, scaled and normed): the epilogue, and with
+// `squares` each row's sum of squares of its 16 stored values into
+// sq[j][tile] (a fixed order: the next stage's norm adds them up). The
+// whole warp calls it.
 __device__ __forceinline__ void store_tile(const PersistFp4Stage& p, float* sq, int64_t tile, int g, int t, int lane,
-                                           float v0, float v1) {
-  float ss = 0.0f;
+                                           const float* r) {
+  const int n = p.n;
+  float ss[kPersistMaxRows] = {0.0f, 0.0f};
   if (t == 0) {
     if (p.epilogue == Fp4Epilogue::SwiGLU) {  // rows g (gate) and g + 8 (up): output 8 tile + g
       const int64_t out = 8 * tile + g;
-      if (out < p.w.rows) p.y[out] = silu_f(v0) * v1;
+      if (out < p.w.rows) {
+#pragma unroll
+        for (int j = 0; j < kPersistMaxRows; ++j)
+          if (j < n) p.y[j * p.ldy + out] = silu_f(r[j]) * r[2 + j];
+      }
     } else {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int64_t r = tile * kFp4TileRows + g + 8 * half;
-        float v = half ? v1 : v0;
-        if (r >= p.w.rows) continue;
-        if (p.epilogue == Fp4Epilogue::Conv && r < p.conv_channels) {
-          conv_silu_channel(p.conv_taps, p.conv_window, p.conv_channels, p.conv_k, 1, r, v, 0.0f, p.y, 0,
-                            p.conv_snapshot_row, p.conv_snapshot);
+        const int64_t row = tile * kFp4TileRows + g + 8 * half;
+        if (row >= p.w.rows) continue;
+        if (p.epilogue == Fp4Epilogue::Conv && row < p.conv_channels) {
+          conv_silu_channel(p.conv_taps, p.conv_window, p.conv_channels, p.conv_k, n, row, r[2 * half],
+                            r[2 * half + 1], p.y, p.ldy, p.conv_snapshot_row, p.conv_snapshot);
           continue;
         }
-        // (Through L2: another multiprocessor may have written this row of
-        // the residual stream earlier in the launch.)
-        if (p.epilogue == Fp4Epilogue::Add) v += __ldcg(p.y + r);
-        p.y[r] = v;
-        ss = fmaf(v, v, ss);
+#pragma unroll
+        for (int j = 0; j < kPersistMaxRows; ++j) {
+          if (j >= n) continue;
+          float v = r[2 * half + j];
+          float* out = p.y + j * p.ldy + row;
+          // (Through L2: another multiprocessor may have written this row of
+          // the residual stream earlier in the launch.)
+          if (p.epilogue == Fp4Epilogue::Add) v += __ldcg(out);
+          *out = v;
+          ss[j] = fmaf(v, v, ss[j]);
+        }
       }
     }
   }
   if (p.squares) {
-    ss = warp_sum(ss);
-    if (lane == 0) sq[tile] = ss;
+    const int64_t tiles = p.w.tiles();
+#pragma unroll
+    for (int j = 0; j < kPersistMaxRows; ++j) {
+      if (j >= n) continue;  // (n is the same in every lane)
+      const float s = warp_sum(ss[j]);
+      if (lane == 0) sq[j * tiles + tile] = s;
+    }
   }
 }
 
 // One unit of a delta-rule stage: R = 32 / TPR state rows of a head, TPR
-// = DK / 8 lanes a row, as delta_net_kernel<DK, 8> walks one row of input
-// (the same functions, so the same bits). qk: the warp's shared memory for
-// the key head's q and k (2 DK floats).
+// = DK / 8 lanes a row, as delta_net_kernel<DK, 8> walks the rows of input
+// in order (the same functions, so the same bits). qk: the warp's shared
+// memory for the key head's q and k of one input row (2 DK floats).
 template <int DK>
 __device__ __forceinline__ void delta_unit(const DeltaNetArgs& d, int64_t u, float* qk, int lane) {
   constexpr int TPR = DK / 8, NV = 2, R = kWarp / TPR;
   const int64_t per_head = d.dv / R, j = u / per_head, kh = j % d.Hk;
   const int sub = lane % TPR;
   const int64_t v_row = (u % per_head) * R + lane / TPR;
-  // q and k (through L2: written earlier in this launch), the row's state.
-  for (int i = lane; i < 2 * DK; i += kWarp) qk[i] = __ldcg(d.uc + (i < DK ? 0 : d.Hk * DK) + kh * DK + i % DK);
   float M[8];
   float4* row = reinterpret_cast<float4*>(d.state + (j * d.dv + v_row) * DK);
   delta_load_row<TPR, NV>(M, row, sub);
-  __syncwarp();
-  float sq, sk, rq, rk, beta, decay;
-  delta_qk_squares<DK>(qk, qk + DK, lane, &sq, &sk);
-  delta_gates(sq, sk, __ldcg(d.b + j), __ldcg(d.a + j), d.ssm_a[j], d.dt_bias[j], rsqrtf(float(DK)), d.eps, &rq, &rk,
-              &beta, &decay);
-  const float v = __ldcg(d.uc + 2 * d.Hk * DK + j * d.dv + v_row);
-  const float o = delta_row<TPR, NV>(M, reinterpret_cast<const float4*>(qk), reinterpret_cast<const float4*>(qk + DK),
-                                     sub, v, rq, rk, beta, decay);
-  if (sub == 0) d.out[j * d.dv + v_row] = o;
-  if (d.snapshot_row == 0)
-    delta_store_row<TPR, NV>(M, reinterpret_cast<float4*>(d.snapshot + (j * d.dv + v_row) * DK), sub);
+  for (int64_t t = 0; t < d.n; ++t) {
+    // q and k of row t (through L2: written earlier in this launch).
+    const float* uc = d.uc + t * d.ldu;
+    for (int i = lane; i < 2 * DK; i += kWarp) qk[i] = __ldcg(uc + (i < DK ? 0 : d.Hk * DK) + kh * DK + i % DK);
+    __syncwarp();
+    float sq, sk, rq, rk, beta, decay;
+    delta_qk_squares<DK>(qk, qk + DK, lane, &sq, &sk);
+    delta_gates(sq, sk, __ldcg(d.b + t * d.ldb + j), __ldcg(d.a + t * d.lda + j), d.ssm_a[j], d.dt_bias[j],
+                rsqrtf(float(DK)), d.eps, &rq, &rk, &beta, &decay);
+    const float v = __ldcg(uc + 2 * d.Hk * DK + j * d.dv + v_row);
+    const float o = delta_row<TPR, NV>(M, reinterpret_cast<const float4*>(qk),
+                                       reinterpret_cast<const float4*>(qk + DK), sub, v, rq, rk, beta, decay);
+    if (sub == 0) d.out[t * d.Hv * d.dv + j * d.dv + v_row] = o;
+    if (t == d.snapshot_row)
+      delta_store_row<TPR, NV>(M, reinterpret_cast<float4*>(d.snapshot + (j * d.dv + v_row) * DK), sub);
+    __syncwarp();  // (qk is the next row's)
+  }
   delta_store_row<TPR, NV>(M, row, sub);
-  __syncwarp();  // (qk is the next unit's)
 }
 
 __device__ __forceinline__ void delta_unit_dk(const DeltaNetArgs& d, int64_t u, float* qk, int lane) {
@@ -318,9 +347,9 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
   const PersistFp4Stage* st = a.stages ? a.stages : a.inline_stages;
   uint8_t* ring = smem + size_t(warp) * S * kBulkStageBytes;                                         // [S][2304]
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + size_t(W) * S * kBulkStageBytes) + warp * S;  // [S]
-  uint8_t* xw = smem + bulk_ring_bytes(W, S) + size_t(warp) * x_bytes(a.sizes.max_kg_per);
-  uint16_t* xs = reinterpret_cast<uint16_t*>(xw);                                   // [nch][16] F16
-  float* mult = reinterpret_cast<float*>(xw + size_t(4 * a.sizes.max_kg_per) * 32);      // [nch][8]
+  uint8_t* xw = smem + bulk_ring_bytes(W, S) + size_t(warp) * x_bytes(a.sizes.max_kg_per, a.sizes.max_rows);
+  uint16_t* xs = reinterpret_cast<uint16_t*>(xw);                                                  // [nch][n][16] F16
+  float* mult = reinterpret_cast<float*>(xw + x_chunk_bytes(a.sizes.max_kg_per, a.sizes.max_rows));  // [nch][8]
   // The warp's units: first, first + step, ... of each stage.
   const int64_t first = blockIdx.x + int64_t(gridDim.x) * warp, step = int64_t(gridDim.x) * W;
 
@@ -337,8 +366,8 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
 
   uint32_t seq = 0;  // ring stages consumed
   int known = -1;    // stages this warp has seen finished (all of 0 .. known)
-  int norm_s = -1;   // the stage whose 1/rms the warp holds
-  float rnorm = 1.0f;
+  int norm_s = -1;   // the stage whose 1/rms the warp holds (for each row)
+  float rnorm0 = 1.0f, rnorm1 = 1.0f;
   Unit c;
   for (bool more = find_unit(st, a.count, first, step, c); more; ++c.k, more = find_unit(st, a.count, first, step, c)) {
     const PersistFp4Stage& p = st[c.s];
@@ -362,7 +391,8 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
     const int64_t kg0 = int64_t(slice) * p.kg_per;
     const int nkg = int(min(p.w.kgroups(), kg0 + p.kg_per) - kg0);
     if (p.norm && norm_s != c.s) {
-      rnorm = stage_rnorm(st, c.s, a, lane);
+      rnorm0 = stage_rnorm(st, c.s, 0, a, lane);
+      if (p.n > 1) rnorm1 = stage_rnorm(st, c.s, 1, a, lane);
       norm_s = c.s;
     }
     warp_load_x(p, kg0 * kFp4GroupCols, 4 * nkg, xs, mult, lane);
@@ -372,24 +402,32 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
     // of the warp's list.
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     const BulkRun run = unit_run(p, c.u, ring, bars, seq);
-    bulk_stream_refill<S, false, 1>(run, acc, xs + tc_b_row(g, 1) * 16 + t * 4, mult + 2 * t, 1, lane, g, false,
-                                    [&](int) {
-                                      if (!is.valid) return;
-                                      fence_proxy_async_smem();
-                                      issue_next(is, st, a.count, first, step, ring, bars);
-                                    });
+    const auto refill = [&](int) {
+      if (!is.valid) return;
+      fence_proxy_async_smem();
+      issue_next(is, st, a.count, first, step, ring, bars);
+    };
+    const uint16_t* xb = xs + tc_b_row(g, p.n) * 16 + t * 4;
+    if (p.n == 1)  // (kernel 3's one-row arithmetic: the second accumulator column left out)
+      bulk_stream_refill<S, false, 1>(run, acc, xb, mult + 2 * t, 1, lane, g, false, refill);
+    else
+      bulk_stream_refill<S, false, 0>(run, acc, xb, mult + 2 * t, p.n, lane, g, false, refill);
     seq += uint32_t(run.nst);
 
     // 3. The encoding's and the tensor's scale; the slices added in order by
     // the last of the tile's units; the norm's factor, the epilogue; the
     // tile counted.
-    float r0 = acc[0] * (16384.0f * p.w.scale), r1 = acc[2] * (16384.0f * p.w.scale);  // rows g, g + 8
+    // r[e]: tile row g + 8 (e / 2), activation row 2t + e % 2 (lanes t = 0 hold rows 0 and 1).
+    float r[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) r[e] = acc[e] * (16384.0f * p.w.scale);
     if (p.splits > 1) {
-      float* part = a.partial + (c.s & 1) * a.sizes.partial_half;  // [splits][tiles][16]
+      float* part = a.partial + (c.s & 1) * a.sizes.partial_half;  // [splits][tiles][16][kPersistMaxRows]
       int* cnt = a.counters + (c.s & 1) * a.sizes.counter_half;    // [tiles]
+      float2* mine = reinterpret_cast<float2*>(part) + (int64_t(slice) * tiles + tile) * kFp4TileRows + g;
       if (t == 0) {
-        part[(int64_t(slice) * tiles + tile) * kFp4TileRows + g] = r0;
-        part[(int64_t(slice) * tiles + tile) * kFp4TileRows + g + 8] = r1;
+        mine[0] = make_float2(r[0], r[1]);
+        mine[8] = make_float2(r[2], r[3]);
       }
       __threadfence();
       __syncwarp();
@@ -398,20 +436,25 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
       if (!__shfl_sync(0xFFFFFFFFu, last, 0)) continue;
       __threadfence();
       if (t == 0) {
-        r0 = r1 = 0.0f;
+        r[0] = r[1] = r[2] = r[3] = 0.0f;
         for (int sl = 0; sl < p.splits; ++sl) {
-          const float* q = part + (int64_t(sl) * tiles + tile) * kFp4TileRows + g;
-          r0 += __ldcg(q);
-          r1 += __ldcg(q + 8);
+          const float2* q = reinterpret_cast<const float2*>(part) + (int64_t(sl) * tiles + tile) * kFp4TileRows + g;
+          const float2 lo = __ldcg(q), hi = __ldcg(q + 8);
+          r[0] += lo.x;
+          r[1] += lo.y;
+          r[2] += hi.x;
+          r[3] += hi.y;
         }
       }
       if (lane == 0) cnt[tile] = 0;
     }
     if (p.norm) {
-      r0 *= rnorm;
-      r1 *= rnorm;
+      r[0] *= rnorm0;
+      r[2] *= rnorm0;
+      r[1] *= rnorm1;
+      r[3] *= rnorm1;
     }
-    store_tile(p, a.squares + (c.s & 1) * a.sizes.squares_half, tile, g, t, lane, r0, r1);
+    store_tile(p, a.squares + (c.s & 1) * a.sizes.squares_half, tile, g, t, lane, r);
     __threadfence();
     __syncwarp();
     if (lane == 0) atomicAdd(a.done + c.s * kPersistDoneStride, 1);
@@ -451,20 +494,23 @@ bool stage_ok(const PersistFp4Stage& p, int64_t* align) {
   *align = 1;
   if (p.kind == PersistKind::DeltaRule) {
     const DeltaNetArgs& d = p.delta;
-    return d.n == 1 && (d.dk == 32 || d.dk == 64 || d.dk == 128 || d.dk == 256) && d.Hk >= 1 && d.Hv >= 1 &&
+    return d.n >= 1 && d.n <= kPersistMaxRows && (d.dk == 32 || d.dk == 64 || d.dk == 128 || d.dk == 256) && d.Hk >= 1 && d.Hv >= 1 &&
            d.dv >= 1 && d.dv % (256 / d.dk) == 0 && d.uc && d.b && d.a && d.ssm_a && d.dt_bias && d.out &&
-           aligned16(d.state) && d.snapshot_row >= -1 && d.snapshot_row <= 0 &&
-           (d.snapshot_row < 0 || aligned16(d.snapshot));
+           aligned16(d.state) && d.snapshot_row >= -1 && d.snapshot_row < d.n &&
+           (d.snapshot_row < 0 || aligned16(d.snapshot)) && (d.n == 1 || (d.ldu >= 0 && d.ldb >= 0 && d.lda >= 0));
   }
   if (p.kind != PersistKind::Product) return false;
   if (!w.present() || w.rows < 1 || w.cols < kFp4GroupCols || w.cols % kFp4GroupCols != 0 || !p.x || !p.y ||
-      !aligned16(w.codes) || !aligned16(w.scales) || !aligned16(p.x))
+      !aligned16(w.codes) || !aligned16(w.scales) || !aligned16(p.x) || p.n < 1 || p.n > kPersistMaxRows)
+    return false;
+  // Rows after the first: 16-byte aligned, not overlapping the one before.
+  if (p.n > 1 && (p.ldx < w.cols || p.ldx % 4 != 0 || p.ldy < w.rows || (p.gate_z && (p.ldz < w.cols || p.ldz % 4 != 0))))
     return false;
   if ((w.pairing == Fp4Pairing::GateUp) != (p.epilogue == Fp4Epilogue::SwiGLU)) return false;
   if (w.pairing != Fp4Pairing::Plain && w.pairing != Fp4Pairing::GateUp) return false;
   if (p.epilogue == Fp4Epilogue::Conv &&
       (!p.conv_taps || !p.conv_window || p.conv_k < 1 || p.conv_channels < 1 || p.conv_channels > w.rows ||
-       p.conv_snapshot_row < -1 || p.conv_snapshot_row > 0 || (p.conv_snapshot_row == 0 && !p.conv_snapshot)))
+       p.conv_snapshot_row < -1 || p.conv_snapshot_row >= p.n || (p.conv_snapshot_row >= 0 && !p.conv_snapshot)))
     return false;
   if (p.norm && (p.gate_z || !aligned16(p.norm))) return false;
   if (p.gate_z) {
@@ -480,11 +526,15 @@ bool stage_ok(const PersistFp4Stage& p, int64_t* align) {
 }  // namespace
 
 bool persist_fp4_stage(const Fp4MatvecArgs& a, PersistFp4Stage* out) {
-  if (!out || a.n != 1) return false;
+  if (!out || a.n < 1 || a.n > kPersistMaxRows) return false;
   PersistFp4Stage p;
   p.w = a.w;
+  p.n = a.n;
   p.x = a.x;
+  p.ldx = a.ldx;
   p.y = a.y;
+  p.ldy = a.ldy;
+  p.ldz = a.ldz;
   p.epilogue = a.epilogue;
   p.norm = a.norm;
   p.eps = a.eps;
@@ -502,10 +552,11 @@ bool persist_fp4_stage(const Fp4MatvecArgs& a, PersistFp4Stage* out) {
 }
 
 bool persist_delta_stage(const DeltaNetArgs& d, PersistFp4Stage* out) {
-  if (!out || d.n != 1) return false;
+  if (!out || d.n < 1 || d.n > kPersistMaxRows) return false;
   PersistFp4Stage p;
   p.kind = PersistKind::DeltaRule;
   p.delta = d;
+  p.n = int(d.n);
   *out = p;
   return true;
 }
@@ -546,7 +597,8 @@ bool persist_fp4_plan(PersistFp4Stage* stages, int count, int blocks) {
   for (int s = 1; s < count; ++s) {
     PersistFp4Stage &p = stages[s], &q = stages[s - 1];
     if (p.kind == PersistKind::Product && q.kind == PersistKind::Product && p.norm && q.w.pairing == Fp4Pairing::Plain &&
-        (q.epilogue == Fp4Epilogue::Store || q.epilogue == Fp4Epilogue::Add) && q.y == p.x && q.w.rows == p.w.cols) {
+        (q.epilogue == Fp4Epilogue::Store || q.epilogue == Fp4Epilogue::Add) && q.y == p.x && q.w.rows == p.w.cols &&
+        q.n == p.n && (p.n == 1 || q.ldy == p.ldx)) {
       q.squares = true;
       p.norm_from_prev = true;
     }
@@ -558,16 +610,19 @@ PersistFp4Sizes persist_fp4_sizes(const PersistFp4Stage* stages, int count) {
   PersistFp4Sizes z;
   for (int s = 0; s < count; ++s) {
     const PersistFp4Stage& p = stages[s];
+    z.max_rows = std::max(z.max_rows, p.n);
     if (p.kind == PersistKind::DeltaRule) {  // q and k in a warp's activation chunks (256 bytes a kgroup)
       z.max_kg_per = std::max(z.max_kg_per, int(p.delta.dk / 32));
       continue;
     }
     z.max_kg_per = std::max(z.max_kg_per, p.kg_per);
-    if (p.splits > 1) {
-      z.partial_half = std::max<uint64_t>(z.partial_half, uint64_t(p.splits) * uint64_t(p.w.tiles()) * kFp4TileRows);
+    if (p.splits > 1) {  // [splits][tiles][16][kPersistMaxRows]
+      z.partial_half = std::max<uint64_t>(z.partial_half, uint64_t(p.splits) * uint64_t(p.w.tiles()) * kFp4TileRows *
+                                                              uint64_t(kPersistMaxRows));
       z.counter_half = std::max<uint64_t>(z.counter_half, uint64_t(p.w.tiles()));
     }
-    if (p.squares) z.squares_half = std::max<uint64_t>(z.squares_half, uint64_t(p.w.tiles()));
+    if (p.squares)  // [rows][tiles]
+      z.squares_half = std::max<uint64_t>(z.squares_half, uint64_t(p.w.tiles()) * uint64_t(kPersistMaxRows));
   }
   return z;
 }
@@ -577,7 +632,7 @@ int persist_fp4_blocks_per_sm(const PersistFp4Sizes& sizes) {
   (void)sizes;
   return 1;
 #else
-  const size_t smem = smem_bytes(sizes.max_kg_per);
+  const size_t smem = smem_bytes(sizes.max_kg_per, sizes.max_rows);
   if (allow_dynamic_smem(persist_fp4_kernel, smem) != cudaSuccess) return 0;
   int n = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, persist_fp4_kernel, W * kWarp, smem) != cudaSuccess) return 0;
@@ -597,11 +652,12 @@ int persist_fp4_grid(const PersistFp4Sizes& sizes, int sms) {
 cudaError_t persist_fp4(const PersistFp4Args& a, int blocks, cudaStream_t stream) {
   if (a.count < 1 || (!a.stages && a.count > kPersistInline) || blocks < 1 || !a.done || !a.fault ||
       !a.fault_report ||
-      a.sizes.max_kg_per < 1 || a.sizes.max_kg_per > kPersistMaxKgPer ||
+      a.sizes.max_kg_per < 1 || a.sizes.max_kg_per > kPersistMaxKgPer || a.sizes.max_rows < 1 ||
+      a.sizes.max_rows > kPersistMaxRows ||
       (a.sizes.partial_half && (!a.partial || !a.counters)) || (a.sizes.squares_half && !a.squares))
     return cudaErrorInvalidValue;
   static SmemOptIn opt_in;
-  const size_t smem = smem_bytes(a.sizes.max_kg_per);
+  const size_t smem = smem_bytes(a.sizes.max_kg_per, a.sizes.max_rows);
   if (const cudaError_t e = opt_in.ensure(persist_fp4_kernel, smem); e != cudaSuccess) return e;
   return launch(persist_fp4_kernel, dim3(unsigned(blocks)), dim3(W * kWarp), smem, stream, a);
 }

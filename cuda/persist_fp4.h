@@ -1,7 +1,7 @@
 // A persistent decode kernel for a sequence of NVFP4 products: the first
 // piece of a persistent decoder (docs/cuda.md, "A persistent decoder").
 //
-// Stage s multiplies its weight with one activation row that stage s-1
+// Stage s multiplies its weight with the activation rows that stage s-1
 // wrote (or the caller, for stage 0) and stores its outputs. One launch
 // runs every stage with a grid that stays resident: the stages' (tile,
 // column slice) units are dealt out to the warps of all blocks before the
@@ -16,7 +16,7 @@
 // column slices through global memory (the last of a tile's units adds
 // them in slice order), then the epilogue.
 //
-// A stage does what kernel 3 does around a product for one activation row:
+// A stage does what kernel 3 does around a product for its rows:
 // the RMS norm or the delta net's gated norm as its prologue, the Add,
 // SwiGLU or causal-conv epilogue. A norm's 1/rms comes from per-tile sums
 // of squares that the stage before left with its outputs (the planner
@@ -24,8 +24,9 @@
 // decode layer's tail (output projection, gate/up, down, the next input
 // projection) is one launch (the backend's QWEN35_CUDA_FP4_PERSIST). A
 // stage may also be the delta net's delta rule (no weights: units of state
-// rows), so consecutive delta-net layers are one launch too. Not in it:
-// more than one activation row, attention.
+// rows), so consecutive delta-net layers are one launch too. Up to two
+// activation rows (an MTP verify step), each with the bits it gets alone.
+// Not in it: attention.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -43,6 +44,9 @@ constexpr int kPersistMaxKgPer = 24; // kgroups of a unit's column slice (its ac
 // Ints per stage counter: a 128-byte line each, so that the warps polling
 // one stage's counter and those adding to the next one's do not share it.
 constexpr int kPersistDoneStride = 32;
+// Activation rows a launch takes: one (decode) or two (an MTP verify step);
+// each row gets the bits it would get alone.
+constexpr int kPersistMaxRows = 2;
 // Stages a launch can carry in its parameters (no table in device memory:
 // what a CUDA graph captures with the launch): the 4B's stages from one
 // attention layer to the next (output projection, FFN, three delta-net
@@ -58,15 +62,18 @@ enum class PersistKind : int32_t {
 
 struct PersistFp4Stage {
   PersistKind kind = PersistKind::Product;
-  // kind DeltaRule: as delta_net() with these arguments (n = 1; dk 32, 64,
+  // kind DeltaRule: as delta_net() with these arguments (n <= 2; dk 32, 64,
   // 128 or 256; dv a multiple of 256 / dk; 8 state elements per thread, so
   // the bits of delta_net's default), a unit per 256 / dk state rows of a
   // head. Its inputs come through L2 (the input projection wrote them in
   // this launch).
   DeltaNetArgs delta;
   Fp4Tiled w;                 // Plain, or GateUp with the SwiGLU epilogue
-  const float* x = nullptr;   // [w.cols] F32: read through L2 (another block may have written it in this launch)
-  float* y = nullptr;         // [w.rows] F32 (GateUp: the w.rows SwiGLU outputs)
+  int n = 1;                  // activation rows, 1..kPersistMaxRows (a delta rule's: delta.n)
+  const float* x = nullptr;   // [n, ldx] F32: read through L2 (another block may have written it in this launch)
+  int64_t ldx = 0;
+  float* y = nullptr;         // [n, ldy] F32: w.rows outputs a row (GateUp: the w.rows SwiGLU outputs)
+  int64_t ldy = 0;
   Fp4Epilogue epilogue = Fp4Epilogue::Store;  // Store, Add (y += W x), SwiGLU (GateUp), Conv (Plain)
   // Prologue, at most one: the RMS norm (x times these weights; 1/rms(x)
   // applied to the sums) ...
@@ -74,12 +81,13 @@ struct PersistFp4Stage {
   float eps = 1e-6f;              // (of either norm)
   // ... or the delta net's gated norm: column c of head h = c / gate_dv
   // becomes rmsnorm(x_h) * gate_w[c % gate_dv] * silu(gate_z[c]).
-  const float* gate_z = nullptr;  // [w.cols]
+  const float* gate_z = nullptr;  // [n, ldz]
+  int64_t ldz = 0;
   const float* gate_w = nullptr;  // [gate_dv]
   int gate_dv = 0;                // 16 * 2^i, at most 512
   // Conv epilogue (spec §4.5.2): outputs < conv_channels through the causal
-  // conv + SiLU, the window moved on by the row (and copied to the snapshot
-  // for conv_snapshot_row 0); the others stored.
+  // conv + SiLU, the window moved on by the rows (and copied to the
+  // snapshot after row conv_snapshot_row); the others stored.
   const float* conv_taps = nullptr;  // [conv_channels, conv_k]
   float* conv_window = nullptr;      // [conv_k - 1, conv_channels]
   int64_t conv_channels = 0;
@@ -101,9 +109,9 @@ QWEN35_HD int64_t persist_stage_tiles(const PersistFp4Stage& p) {
 
 // The stage that does what fp4_matvec does with these arguments (the
 // product, its prologue and epilogue; planned later). False where the
-// persistent kernel cannot: more than one activation row.
+// persistent kernel cannot: more than kPersistMaxRows activation rows.
 bool persist_fp4_stage(const Fp4MatvecArgs& a, PersistFp4Stage* out);
-// The same for delta_net() (one row).
+// The same for delta_net() (at most kPersistMaxRows rows).
 bool persist_delta_stage(const DeltaNetArgs& d, PersistFp4Stage* out);
 
 // Chooses each stage's column slices for a grid of `blocks` blocks (the
@@ -119,12 +127,13 @@ bool persist_fp4_plan(PersistFp4Stage* stages, int count, int blocks);
 // What a planned sequence needs besides its table: split-K partials
 // (2 x partial_half floats), per-tile counters (2 x counter_half ints) and
 // per-tile sums of squares (2 x squares_half floats), and the largest slice
-// (its activation chunks' shared memory).
+// and row count (the activation chunks' shared memory).
 struct PersistFp4Sizes {
   uint64_t partial_half = 0;
   uint64_t counter_half = 0;
   uint64_t squares_half = 0;
   int max_kg_per = 0;
+  int max_rows = 1;
 };
 PersistFp4Sizes persist_fp4_sizes(const PersistFp4Stage* stages, int count);
 

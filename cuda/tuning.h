@@ -47,7 +47,8 @@
 //                           sleeps between two polls of a counter; hundreds
 //                           poll the same few L2 lines that the producers
 //                           add to
-//   QWEN35_CUDA_FP4_PERSIST kernel 3, one-row steps' products as launches
+//   QWEN35_CUDA_FP4_PERSIST kernel 3, the products of steps of 1-2 rows
+//                           (decode, MTP verify) as launches
 //                           of the persistent kernel (persist_fp4.h, the
 //                           poll interval above): 1 = each layer's tail
 //                           (output projection, FFN, the next layer's input
@@ -108,7 +109,7 @@ struct DecodeTuning {
                             // (Fp4Dep::SliceNorm), the output projection after the delta rule or attention
                             // by heads (Fp4Dep::Heads), instead of after the whole stage before (0)
   int fp4_chain_poll_ns = 64;  // chains: sleep between two polls of a counter by a waiting block (0..4096 ns)
-  int fp4_persist = 0;  // kernel 3, one-row steps as persistent launches (persist_fp4.h): 1 = layer tails,
+  int fp4_persist = 0;  // kernel 3, steps of 1-2 rows as persistent launches (persist_fp4.h): 1 = layer tails,
                         // 2 = runs of delta-net layers (with their delta rules)
   int q6k_kernel = 2;
   int q6k_persist = 0;  // kernel 2: 0 = a warp per tile; N = persistent, N blocks per multiprocessor

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend_emu_util.h"
@@ -158,8 +159,9 @@ TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta 
     errs.push_back(rel_err(layers.data() + r * size_t(fx.V), single.data() + r * size_t(fx.V), size_t(fx.V)));
   MESSAGE("persistent delta-net layers against single launches: median " << median(errs) << " worst " << worst(errs));
   CHECK(worst(errs) < 1e-3);  // (equal to the tails' logits here: the delta rule stage has delta_net's bits)
-  // Kernels of a one-row step (the main pass, no MTP logits).
-  auto grids_per_step = [&](int persist) {
+  // Kernels of a one-row step (the main pass, no MTP logits), and of a
+  // two-row step (an MTP verify's shape).
+  auto grids_per_step = [&](int persist, int rows = 1) {
     const cuda::DecodeTuning saved = cuda::decode_tuning();
     cuda::DecodeTuning t = saved;
     t.fp4_persist = persist;
@@ -168,7 +170,7 @@ TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta 
     cuda::set_decode_tuning(saved);
     REQUIRE(qwen35_context_decode(c, &s[0], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
     const int64_t g0 = emu::grids_run();
-    REQUIRE(qwen35_context_decode(c, &s[1], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+    REQUIRE(qwen35_context_decode(c, &s[1], rows, QWEN35_LOGITS_LAST) == QWEN35_OK);
     const int64_t g = emu::grids_run() - g0;
     qwen35_context_free(c);
     return g;
@@ -180,6 +182,8 @@ TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta 
   // launches; then the delta rules and input projections join them.
   CHECK(g1 < g0);
   CHECK(g2 < g1);
+  CHECK(grids_per_step(2, 2) == g2);
+  CHECK(grids_per_step(0, 2) == g0);
   free_model(m);
 }
 
@@ -298,14 +302,24 @@ TEST_CASE("emulated CUDA backend: the argmax in the LM head's epilogue picks the
 TEST_CASE("emulated CUDA backend: greedy MTP speculation (graphs, snapshots, rollback) equals plain greedy") {
   // NVFP4 matrices, and Q8_0 ones (the k-quant tiles: the verify pass's
   // two rows through the conv epilogue with its snapshot).
-  for (uint32_t type : {uint32_t(GGML_NVFP4), uint32_t(GGML_Q8_0)}) {
+  // With NVFP4 also as persistent launches (QWEN35_CUDA_FP4_PERSIST=2: the
+  // one-row steps, the drafts and the two-row verify passes; each row gets
+  // the bits it gets alone).
+  for (auto [type, persist] : {std::pair{uint32_t(GGML_NVFP4), 0}, std::pair{uint32_t(GGML_Q8_0), 0},
+                               std::pair{uint32_t(GGML_NVFP4), 2}}) {
     const std::string name = type_info(type)->name;
     CAPTURE(name);
+    CAPTURE(persist);
+    const cuda::DecodeTuning saved = cuda::decode_tuning();
+    cuda::DecodeTuning t = saved;
+    t.fp4_persist = persist;
+    cuda::set_decode_tuning(t);
     qwen35_model* m = load_mirror_synth(type == GGML_NVFP4 ? "emu-cuda-mirror" : "emu-cuda-mirror-q8", 128, 5, type);
     const qwen35_sampler_params greedy = qwen35_sampler_greedy_params();
     const std::vector<int32_t> plain = generate_tokens(m, greedy, 8, false);
     qwen35_generate_stats st;
     const std::vector<int32_t> spec = generate_tokens(m, greedy, 8, true, &st);
+    cuda::set_decode_tuning(saved);
     CHECK(plain.size() == 8);
     CHECK(spec == plain);
     CHECK(st.n_drafted > 0);

@@ -127,13 +127,15 @@ TEST_CASE("emulated: a delta-net layer's tail as one persistent launch (norms, g
   // D 256, FFN 1,600 (down: 25 kgroups, two slices), 2 heads of 128 (the
   // gated norm's slices hold whole heads: even kgroups), a conv over 320 of
   // the input projection's 584 outputs (rows that end inside a tile).
-  for (bool inline_stages : {true, false}) {
+  // Two rows too (an MTP verify step), with the table inline.
+  for (auto [inline_stages, n] : {std::pair{true, 1}, std::pair{false, 1}, std::pair{true, 2}}) {
     for (bool reverse : {false, true}) {
       CAPTURE(inline_stages);
+      CAPTURE(n);
       CAPTURE(reverse);
       emu::set_order(reverse);
       const PersistTailResult r = run_persist_tail_case<HostArray>(256, 1600, 2, 128, 320, 584, 1, 2, rand,
-                                                                   inline_stages);
+                                                                   inline_stages, n);
       REQUIRE(r.ok);
       CHECK(r.fault == 0);
       CHECK(r.repeat_equal);
@@ -172,6 +174,19 @@ TEST_CASE("emulated: the delta rule as a persistent stage between the input and 
       CAPTURE(reverse);
       emu::set_order(reverse);
       const PersistDeltaResult r = run_persist_delta_case<HostArray>(256, 2, 4, dk, dk, 1, 2, rand);
+      // Two rows: the delta rule walks them in order, and the first row's
+      // results are those of a launch of it alone, bit for bit (what makes
+      // an MTP verify step agree with plain decoding).
+      const PersistDeltaResult r2 = run_persist_delta_case<HostArray>(256, 2, 4, dk, dk, 1, 2, rand, 2);
+      REQUIRE(r2.ok);
+      CHECK(r2.fault == 0);
+      CHECK(r2.repeat_equal);
+      CHECK(r2.delta_equal);
+      CHECK(r2.worst_mix < 1e-6);
+      CHECK(r2.worst_h < 1e-5);
+      CHECK(std::equal(r.h.begin(), r.h.end(), r2.h.begin()));
+      CHECK(std::equal(r.mix.begin(), r.mix.end(), r2.mix.begin()));
+      CHECK(std::equal(r.so.begin(), r.so.end(), r2.so.begin()));
       REQUIRE(r.ok);
       CHECK(r.fault == 0);
       CHECK(r.repeat_equal);

@@ -156,10 +156,10 @@ struct PersistTailResult {
 // factors come from the sums of squares of the stage before there, from
 // whole rows in kernel 3: the results agree to rounding, not bit for bit.
 // inline_stages: the table travels in the launch's parameters (the
-// backend's way), else in device memory.
+// backend's way), else in device memory. n: activation rows (1 or 2).
 template <template <typename> class Arr, typename Rand>
 PersistTailResult run_persist_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64_t C, int64_t Nin,
-                                        int blocks, int sms, Rand rand, bool inline_stages) {
+                                        int blocks, int sms, Rand rand, bool inline_stages, int n = 1) {
   using namespace qwen35::cuda;
   const int64_t Cv = Hv * dv, K = 4;
   CaseTiled<Arr> wout(random_nvfp4_rows(D, Cv, 21, rand), nullptr, D, Cv, 0.5f);
@@ -168,8 +168,8 @@ PersistTailResult run_persist_tail_case(int64_t D, int64_t F, int64_t Hv, int64_
   CaseTiled<Arr> win(random_nvfp4_rows(Nin, D, 25, rand), nullptr, Nin, D, 1.0f);
   PersistTailResult r;
   if (!wout.ok || !wgu.ok || !wdn.ok || !win.ok) return r;
-  const std::vector<float> so = rand(size_t(Cv), 26, -1.0f, 1.0f), z = rand(size_t(Cv), 27, -2.0f, 2.0f),
-                           gw = rand(size_t(dv), 28, 0.5f, 1.5f), h0 = rand(size_t(D), 29, -2.0f, 2.0f),
+  const std::vector<float> so = rand(size_t(n * Cv), 26, -1.0f, 1.0f), z = rand(size_t(n * Cv), 27, -2.0f, 2.0f),
+                           gw = rand(size_t(dv), 28, 0.5f, 1.5f), h0 = rand(size_t(n * D), 29, -2.0f, 2.0f),
                            post = rand(size_t(D), 30, 0.5f, 1.5f), pre = rand(size_t(D), 31, 0.5f, 1.5f),
                            taps = rand(size_t(C * K), 32, -0.5f, 0.5f), win0 = rand(size_t((K - 1) * C), 33, -1.0f, 1.0f);
   Arr<float> dso(so), dz(z), dgw(gw), dpost(post), dpre(pre), dtaps(taps);
@@ -211,12 +211,12 @@ PersistTailResult run_persist_tail_case(int64_t D, int64_t F, int64_t Hv, int64_
     a[3].conv_channels = C;
     a[3].conv_k = int(K);
     for (Fp4MatvecArgs& s : a) {
-      s.n = 1;
+      s.n = n;
       s.eps = 1e-6f;
     }
     return a;
   };
-  const std::vector<float> nan_act(size_t(F), NAN), nan_mix(size_t(Nin), NAN);
+  const std::vector<float> nan_act(size_t(n * F), NAN), nan_mix(size_t(n * Nin), NAN);
 
   // Kernel 3, one launch per product.
   Arr<float> h3(h0), act3(nan_act), mix3(nan_mix), win3(win0);
@@ -325,32 +325,39 @@ struct PersistDeltaResult {
   double worst_mix = 0.0, worst_win = 0.0, worst_h = 0.0;
   std::vector<int> counters, done;  // after the launches (all zero)
   std::vector<int64_t> units;       // as planned
+  std::vector<float> h, mix, so;    // what the persistent launch left: [n, D], [n, Nin], [n, Hv dv]
 };
 
-// A delta-net layer's head for one row as one persistent launch: the input
+// A delta-net layer's head for n rows (1 or 2) as one persistent launch: the input
 // projection (RMS norm, causal conv over q|k|v) -> the delta rule -> the
 // output projection (gated norm, added into h): the stages the backend's
 // QWEN35_CUDA_FP4_PERSIST=2 puts between a layer's FFN and the next.
 template <template <typename> class Arr, typename Rand>
 PersistDeltaResult run_persist_delta_case(int64_t D, int64_t Hk, int64_t Hv, int64_t dk, int64_t dv, int blocks,
-                                          int sms, Rand rand) {
+                                          int sms, Rand rand, int n = 1) {
   using namespace qwen35::cuda;
   const int64_t Cv = Hv * dv, C = 2 * Hk * dk + Cv, Nin = C + Cv + 2 * Hv, K = 4;
   CaseTiled<Arr> win(random_nvfp4_rows(Nin, D, 41, rand), nullptr, Nin, D, 1.0f);
   CaseTiled<Arr> wout(random_nvfp4_rows(D, Cv, 42, rand), nullptr, D, Cv, 0.5f);
   PersistDeltaResult r;
   if (!win.ok || !wout.ok) return r;
-  const std::vector<float> h0 = rand(size_t(D), 43, -2.0f, 2.0f), pre = rand(size_t(D), 44, 0.5f, 1.5f),
+  // (Row 0's inputs do not depend on n: the rows are generated one by one.)
+  std::vector<float> h0;
+  for (int j = 0; j < n; ++j) {
+    const std::vector<float> row = rand(size_t(D), 43 + 100 * j, -2.0f, 2.0f);
+    h0.insert(h0.end(), row.begin(), row.end());
+  }
+  const std::vector<float> pre = rand(size_t(D), 44, 0.5f, 1.5f),
                            taps = rand(size_t(C * K), 45, -0.5f, 0.5f), win0 = rand(size_t((K - 1) * C), 46, -1.0f, 1.0f),
                            a_log = rand(size_t(Hv), 47, -2.0f, -0.1f), dtb = rand(size_t(Hv), 48, -1.0f, 1.0f),
                            st0 = rand(size_t(Hv * dv * dk), 49, -0.5f, 0.5f), gw = rand(size_t(dv), 50, 0.5f, 1.5f);
   Arr<float> dpre(pre), dtaps(taps), dalog(a_log), ddtb(dtb), dgw(gw);
-  const std::vector<float> nan_mix(size_t(Nin), NAN), nan_so(size_t(Cv), NAN);
+  const std::vector<float> nan_mix(size_t(n * Nin), NAN), nan_so(size_t(n * Cv), NAN);
   const DeltaShape ds{Hk, Hv, dk, dv};
   auto in_args = [&](float* h, float* mix, float* window) {
     Fp4MatvecArgs a;
     a.w = win.t;
-    a.n = 1;
+    a.n = n;
     a.x = h;
     a.ldx = D;
     a.norm = dpre.get();
@@ -364,7 +371,7 @@ PersistDeltaResult run_persist_delta_case(int64_t D, int64_t Hk, int64_t Hv, int
     return a;
   };
   auto delta = [&](float* mix, float* state, float* so) {
-    DeltaNetArgs d = delta_args(ds, 1, mix, Nin, mix + C + Cv, mix + C + Cv + Hv, Nin, dalog.get(), ddtb.get(), state,
+    DeltaNetArgs d = delta_args(ds, n, mix, Nin, mix + C + Cv, mix + C + Cv + Hv, Nin, dalog.get(), ddtb.get(), state,
                                 so);
     d.elems_per_thread = 8;
     return d;
@@ -372,7 +379,7 @@ PersistDeltaResult run_persist_delta_case(int64_t D, int64_t Hk, int64_t Hv, int
   auto out_args = [&](float* so, const float* mix, float* h) {
     Fp4MatvecArgs a;
     a.w = wout.t;
-    a.n = 1;
+    a.n = n;
     a.x = so;
     a.ldx = Cv;
     a.gate_z = mix + C;
@@ -457,6 +464,9 @@ PersistDeltaResult run_persist_delta_case(int64_t D, int64_t Hk, int64_t Hv, int
     if (!kernel3(out_args(so.get(), mix.get(), h.get()))) return r;
     r.worst_h = worst(first[0], h.download());
   }
+  r.h = first[0];
+  r.mix = first[1];
+  r.so = first[4];
   r.ok = true;
   return r;
 }
