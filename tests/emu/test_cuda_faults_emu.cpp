@@ -14,6 +14,7 @@
 #include <chrono>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "backend_emu_util.h"
@@ -76,13 +77,15 @@ std::string fault_name(emu::Fault f) {
 
 // The decode tuning for the contexts created in its scope (they read it
 // when created): the chained projections (mode 4: whole layers in one
-// launch, with their pinned fault record) and the LM head's argmax.
+// launch, with their pinned fault record) and the LM head's argmax; or the
+// persistent launches (mode 2: runs of delta-net layers in one launch).
 struct ChainTuning {
   cuda::DecodeTuning saved = cuda::decode_tuning();
-  explicit ChainTuning(int chain) {
+  explicit ChainTuning(int chain, int persist = 0) {
     cuda::DecodeTuning t = saved;
     t.fp4_chain = chain;
     t.q6k_argmax = chain ? 1 : 0;
+    t.fp4_persist = persist;
     cuda::set_decode_tuning(t);
   }
   ~ChainTuning() { cuda::set_decode_tuning(saved); }
@@ -293,9 +296,10 @@ TEST_CASE("emulated CUDA faults: an upload self-check that sees wrong values dro
 TEST_CASE("emulated CUDA faults: a context creation fails cleanly at every allocation and leaves the model usable") {
   qwen35_model* m = load_faults_model();
   const int64_t model_allocs = emu::live_allocations();
-  for (int chain : {0, 4}) {
+  for (auto [chain, persist] : {std::pair{0, 0}, std::pair{4, 0}, std::pair{0, 2}}) {
     CAPTURE(chain);
-    ChainTuning tuning(chain);
+    CAPTURE(persist);
+    ChainTuning tuning(chain, persist);
     const Calls c0 = Calls::now();
     qwen35_context* c = make_ctx(m);
     const Calls c1 = Calls::now();
@@ -337,9 +341,10 @@ TEST_CASE("emulated CUDA faults: a context creation fails cleanly at every alloc
 TEST_CASE("emulated CUDA faults: a decode that fails leaves the context's sequence as it was") {
   qwen35_model* m = load_faults_model();
   const int32_t V = qwen35_model_n_vocab(m);
-  for (int chain : {0, 4}) {
+  for (auto [chain, persist] : {std::pair{0, 0}, std::pair{4, 0}, std::pair{0, 2}}) {
     CAPTURE(chain);
-    ChainTuning tuning(chain);
+    CAPTURE(persist);
+    ChainTuning tuning(chain, persist);
     // The calls: a prompt of 6 rows, steps of one row (graphs: the first
     // step captures, the next ones replay), 4 more rows (launched one by one:
     // a failure there has a sequence to restore), 20 rows (the prefill path:
