@@ -187,6 +187,16 @@ __device__ __forceinline__ void warp_load_x(const PersistFp4Stage& p, int64_t c0
                                             int lane) {
   const int hc = p.gate_z ? p.gate_dv / 16 : 1;  // chunks per head of the gated norm
   const int n = p.n, total = n * nch;
+  TcInput in;
+  in.x = p.x;
+  in.ldx = p.ldx;
+  in.n = n;
+  in.norm = p.norm;
+  in.gate_z = p.gate_z;
+  in.ldz = p.ldz;
+  in.gate_w = p.gate_w;
+  in.gate_dv = p.gate_dv;
+  in.eps = p.eps;
   for (int base = 0; base < total; base += kWarp) {  // (the same trip count in every lane: shuffles)
     const int item = base + lane;
     const bool valid = item < total;
@@ -194,41 +204,7 @@ __device__ __forceinline__ void warp_load_x(const PersistFp4Stage& p, int64_t c0
     const int64_t col = c0 + 16 * int64_t(c);
     float v[16];
     float ss = 0.0f;
-    if (valid) {
-      const float4* xp = reinterpret_cast<const float4*>(p.x + j * p.ldx + col);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float4 f = __ldcg(xp + i);
-        v[4 * i] = f.x;
-        v[4 * i + 1] = f.y;
-        v[4 * i + 2] = f.z;
-        v[4 * i + 3] = f.w;
-      }
-      if (p.gate_z) {
-#pragma unroll
-        for (int i = 0; i < 16; ++i) ss = fmaf(v[i], v[i], ss);
-        const float4* zp = reinterpret_cast<const float4*>(p.gate_z + j * p.ldz + col);
-        const float4* wp = reinterpret_cast<const float4*>(p.gate_w + col % p.gate_dv);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float4 z = __ldcg(zp + i), gw = wp[i];
-          v[4 * i] *= gw.x * silu_f(z.x);
-          v[4 * i + 1] *= gw.y * silu_f(z.y);
-          v[4 * i + 2] *= gw.z * silu_f(z.z);
-          v[4 * i + 3] *= gw.w * silu_f(z.w);
-        }
-      } else if (p.norm) {
-        const float4* wp = reinterpret_cast<const float4*>(p.norm + col);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float4 nw = wp[i];
-          v[4 * i] *= nw.x;
-          v[4 * i + 1] *= nw.y;
-          v[4 * i + 2] *= nw.z;
-          v[4 * i + 3] *= nw.w;
-        }
-      }
-    }
+    if (valid) tc_chunk_values<true>(in, j, col, v, &ss);
     float head_scale = 1.0f;
     if (p.gate_z) {
       for (int o = 1; o < hc; o <<= 1) ss += __shfl_xor_sync(0xFFFFFFFFu, ss, o);

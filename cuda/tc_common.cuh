@@ -268,6 +268,48 @@ struct TcInput {
   float eps = 1e-6f;
 };
 
+// The 16 values of activation row j at columns col .. col + 15 as the
+// prologue converts them: x times the RMS norm's weights, or, gated, times
+// gate_w[col % gate_dv] * silu(z); *ss += the squares of x itself (the
+// gated norm's head statistic, added up by the caller). kL2: x and z
+// through L2 only.
+template <bool kL2>
+__device__ __forceinline__ void tc_chunk_values(const TcInput& in, int j, int64_t col, float* v, float* ss) {
+  const float4* xp = reinterpret_cast<const float4*>(in.x + j * in.ldx + col);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float4 f = kL2 ? __ldcg(xp + i) : xp[i];
+    v[4 * i] = f.x;
+    v[4 * i + 1] = f.y;
+    v[4 * i + 2] = f.z;
+    v[4 * i + 3] = f.w;
+  }
+  if (in.gate_z) {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) *ss = fmaf(v[i], v[i], *ss);
+    const float4* zp = reinterpret_cast<const float4*>(in.gate_z + j * in.ldz + col);
+    const float4* wp = reinterpret_cast<const float4*>(in.gate_w + col % in.gate_dv);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float4 z = kL2 ? __ldcg(zp + i) : zp[i], gw = wp[i];
+      v[4 * i] *= gw.x * silu_f(z.x);
+      v[4 * i + 1] *= gw.y * silu_f(z.y);
+      v[4 * i + 2] *= gw.z * silu_f(z.z);
+      v[4 * i + 3] *= gw.w * silu_f(z.w);
+    }
+  } else if (in.norm) {
+    const float4* wp = reinterpret_cast<const float4*>(in.norm + col);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float4 nw = wp[i];
+      v[4 * i] *= nw.x;
+      v[4 * i + 1] *= nw.y;
+      v[4 * i + 2] *= nw.z;
+      v[4 * i + 3] *= nw.w;
+    }
+  }
+}
+
 // The activation row whose x values lane group g loads as its B column:
 // its own for g < n; row 0 for the others, whose products land in
 // accumulator columns >= n that the chunk multipliers (0 for rows >= n)
@@ -310,41 +352,7 @@ __device__ __forceinline__ void tc_load_x_impl(const TcInput& in, int64_t c0, in
     const int64_t col = c0 + 16 * int64_t(c);
     float v[16];
     float ss = 0.0f;
-    if (valid) {
-      const float4* xp = reinterpret_cast<const float4*>(in.x + j * in.ldx + col);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float4 f = kL2 ? __ldcg(xp + i) : xp[i];
-        v[4 * i] = f.x;
-        v[4 * i + 1] = f.y;
-        v[4 * i + 2] = f.z;
-        v[4 * i + 3] = f.w;
-      }
-      if (in.gate_z) {
-#pragma unroll
-        for (int i = 0; i < 16; ++i) ss = fmaf(v[i], v[i], ss);
-        const float4* zp = reinterpret_cast<const float4*>(in.gate_z + j * in.ldz + col);
-        const float4* wp = reinterpret_cast<const float4*>(in.gate_w + col % in.gate_dv);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float4 z = kL2 ? __ldcg(zp + i) : zp[i], gw = wp[i];
-          v[4 * i] *= gw.x * silu_f(z.x);
-          v[4 * i + 1] *= gw.y * silu_f(z.y);
-          v[4 * i + 2] *= gw.z * silu_f(z.z);
-          v[4 * i + 3] *= gw.w * silu_f(z.w);
-        }
-      } else if (in.norm) {
-        const float4* wp = reinterpret_cast<const float4*>(in.norm + col);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float4 nw = wp[i];
-          v[4 * i] *= nw.x;
-          v[4 * i + 1] *= nw.y;
-          v[4 * i + 2] *= nw.z;
-          v[4 * i + 3] *= nw.w;
-        }
-      }
-    }
+    if (valid) tc_chunk_values<kL2>(in, j, col, v, &ss);
     float head_scale = 1.0f;
     if (in.gate_z) {
       // A head's chunks are hc consecutive items (slices and rows start on

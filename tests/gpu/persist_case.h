@@ -23,6 +23,58 @@
 
 namespace qwen35::test {
 
+// Largest |got - ref| over the largest |ref| (infinite where got is not finite).
+inline double worst_rel(const std::vector<float>& got, const std::vector<float>& ref) {
+  double big = 0.0, d = 0.0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    big = std::max(big, std::fabs(double(ref[i])));
+    d = std::isfinite(got[i]) ? std::max(d, std::fabs(double(got[i]) - double(ref[i]))) : INFINITY;
+  }
+  return d / std::max(big, 1e-30);
+}
+
+// What persistent launches of one planned table share: the scratch, sized
+// by the first launch's table, and the counters, which every launch must
+// leave at zero for the next.
+template <template <typename> class Arr>
+struct PersistScratch {
+  std::unique_ptr<Arr<float>> partial, squares;
+  std::unique_ptr<Arr<int>> counters;
+  std::unique_ptr<Arr<cuda::PersistFp4Stage>> table;
+  Arr<int> done, fault;  // fault: the flag, then the report
+  explicit PersistScratch(int max_stages)
+      : done(std::vector<int>(size_t(max_stages + 1) * cuda::kPersistDoneStride, 0)), fault(std::vector<int>(2, 0)) {}
+  // One launch of the planned stages on `blocks` blocks, in the launch's
+  // parameters or from a table in device memory.
+  bool launch(const cuda::PersistFp4Stage* stages, int count, int blocks, bool inline_stages) {
+    using namespace qwen35::cuda;
+    const PersistFp4Sizes sizes = persist_fp4_sizes(stages, count);
+    if (!partial) {
+      partial = std::make_unique<Arr<float>>(std::vector<float>(size_t(2 * sizes.partial_half + 1), 0.0f));
+      squares = std::make_unique<Arr<float>>(std::vector<float>(size_t(2 * sizes.squares_half + 1), NAN));
+      counters = std::make_unique<Arr<int>>(std::vector<int>(size_t(2 * sizes.counter_half + 1), 0));
+    }
+    PersistFp4Args a;
+    if (inline_stages) {
+      if (count > kPersistInline) return false;
+      std::copy(stages, stages + count, a.inline_stages);
+    } else {
+      table = std::make_unique<Arr<PersistFp4Stage>>(std::vector<PersistFp4Stage>(stages, stages + count));
+      a.stages = table->get();
+    }
+    a.count = count;
+    a.sizes = sizes;
+    a.partial = partial->get();
+    a.squares = squares->get();
+    a.counters = counters->get();
+    a.done = done.get();
+    a.fault = fault.get();
+    a.fault_report = fault.get() + 1;
+    return persist_fp4(a, blocks, nullptr) == cudaSuccess;
+  }
+  int fault_report() const { return fault.download()[1]; }  // (the flag itself is back at zero)
+};
+
 struct PersistCaseResult {
   bool ok = false;
   int fault = 0;
@@ -65,31 +117,18 @@ PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>
   }
   if (!persist_fp4_plan(table.data(), count, blocks)) return out;
   for (const PersistFp4Stage& p : table) out.splits.push_back(p.splits);
-  const PersistFp4Sizes sizes = persist_fp4_sizes(table.data(), count);
-  Arr<PersistFp4Stage> dtable(table);
-  Arr<float> partial(std::vector<float>(size_t(2 * sizes.partial_half + 1), 0.0f));
-  Arr<int> counters(std::vector<int>(size_t(2 * sizes.counter_half + 1), 0));
-  Arr<int> done(std::vector<int>(size_t(count + 1) * kPersistDoneStride, 0)), fault(std::vector<int>(2, 0));
-  PersistFp4Args a;
-  a.stages = dtable.get();
-  a.count = count;
-  a.sizes = sizes;
-  a.partial = partial.get();
-  a.counters = counters.get();
-  a.done = done.get();
-  a.fault = fault.get();
-  a.fault_report = fault.get() + 1;
+  PersistScratch<Arr> scratch(count);
   std::vector<std::vector<float>> first;
   for (int launch = 0; launch < 2; ++launch) {
-    if (persist_fp4(a, blocks, nullptr) != cudaSuccess) return out;
+    if (!scratch.launch(table.data(), count, blocks, false)) return out;
     std::vector<std::vector<float>> got;
     for (int s = 0; s <= count; ++s) got.push_back(act[size_t(s)]->download());
     if (launch == 0) first = std::move(got);
     else out.repeat_equal = got == first;
   }
-  out.fault = fault.download()[1];  // (the flag itself is back at zero)
-  out.counters = counters.download();
-  out.done = done.download();
+  out.fault = scratch.fault_report();
+  out.counters = scratch.counters->download();
+  out.done = scratch.done.download();
 
   // Each stage against kernel 3 and the CPU on the inputs it read.
   for (int s = 0; s < count; ++s) {
@@ -239,9 +278,7 @@ PersistTailResult run_persist_tail_case(int64_t D, int64_t F, int64_t Hv, int64_
 
   // The persistent launch, twice from the same inputs (on the same counters).
   std::vector<PersistFp4Stage> table(4);
-  std::unique_ptr<Arr<float>> partial, squares;
-  std::unique_ptr<Arr<int>> counters;
-  Arr<int> done(std::vector<int>(size_t(5) * kPersistDoneStride, 0)), fault(std::vector<int>(2, 0));
+  PersistScratch<Arr> scratch(4);
   std::vector<float> first[4];
   for (int run = 0; run < 2; ++run) {
     Arr<float> h(h0), act(nan_act), mix(nan_mix), window(win0);
@@ -249,11 +286,7 @@ PersistTailResult run_persist_tail_case(int64_t D, int64_t F, int64_t Hv, int64_
     for (int s = 0; s < 4; ++s)
       if (!persist_fp4_stage(k[size_t(s)], &table[size_t(s)])) return r;
     if (!persist_fp4_plan(table.data(), 4, blocks)) return r;
-    const PersistFp4Sizes sizes = persist_fp4_sizes(table.data(), 4);
     if (run == 0) {
-      partial = std::make_unique<Arr<float>>(std::vector<float>(size_t(2 * sizes.partial_half + 1), 0.0f));
-      squares = std::make_unique<Arr<float>>(std::vector<float>(size_t(2 * sizes.squares_half + 1), NAN));
-      counters = std::make_unique<Arr<int>>(std::vector<int>(size_t(2 * sizes.counter_half + 1), 0));
       for (const PersistFp4Stage& p : table) {
         r.splits.push_back(p.splits);
         r.kg_per.push_back(p.kg_per);
@@ -261,19 +294,7 @@ PersistTailResult run_persist_tail_case(int64_t D, int64_t F, int64_t Hv, int64_
         r.norm_from_prev.push_back(p.norm_from_prev);
       }
     }
-    Arr<PersistFp4Stage> dtable(table);
-    PersistFp4Args a;
-    if (inline_stages) std::copy(table.begin(), table.end(), a.inline_stages);
-    else a.stages = dtable.get();
-    a.count = 4;
-    a.sizes = sizes;
-    a.partial = partial->get();
-    a.squares = squares->get();
-    a.counters = counters->get();
-    a.done = done.get();
-    a.fault = fault.get();
-    a.fault_report = fault.get() + 1;
-    if (persist_fp4(a, blocks, nullptr) != cudaSuccess) return r;
+    if (!scratch.launch(table.data(), 4, blocks, inline_stages)) return r;
     const std::vector<float> got[4] = {h.download(), act.download(), mix.download(), window.download()};
     if (run == 0) {
       for (int i = 0; i < 4; ++i) first[i] = got[i];
@@ -282,17 +303,9 @@ PersistTailResult run_persist_tail_case(int64_t D, int64_t F, int64_t Hv, int64_
       for (int i = 0; i < 4; ++i) r.repeat_equal = r.repeat_equal && got[i] == first[i];
     }
   }
-  r.fault = fault.download()[1];
-  r.counters = counters->download();
-  r.done = done.download();
-  auto worst = [](const std::vector<float>& got, const std::vector<float>& ref) {
-    double big = 0.0, d = 0.0;
-    for (size_t i = 0; i < ref.size(); ++i) {
-      big = std::max(big, std::fabs(double(ref[i])));
-      d = std::isfinite(got[i]) ? std::max(d, std::fabs(double(got[i]) - double(ref[i]))) : INFINITY;
-    }
-    return d / std::max(big, 1e-30);
-  };
+  r.fault = scratch.fault_report();
+  r.counters = scratch.counters->download();
+  r.done = scratch.done.download();
   {  // kernel 3's input projection on the h the persistent launch left
     Arr<float> h(first[0]), act(nan_act), mix(nan_mix), window(win0);
     Fp4MatvecArgs s = products(h.get(), act.get(), mix.get(), window.get())[3];
@@ -301,13 +314,13 @@ PersistTailResult run_persist_tail_case(int64_t D, int64_t F, int64_t Hv, int64_
     s.partial = part.get();
     s.counters = cnt.get();
     if (fp4_matvec(s, sms, nullptr) != cudaSuccess) return r;
-    r.worst_mix_same = worst(first[2], mix.download());
-    r.worst_win_same = worst(first[3], window.download());
+    r.worst_mix_same = worst_rel(first[2], mix.download());
+    r.worst_win_same = worst_rel(first[3], window.download());
   }
-  r.worst_h = worst(first[0], h_k3);
-  r.worst_act = worst(first[1], act_k3);
-  r.worst_mix = worst(first[2], mix_k3);
-  r.worst_win = worst(first[3], win_k3);
+  r.worst_h = worst_rel(first[0], h_k3);
+  r.worst_act = worst_rel(first[1], act_k3);
+  r.worst_mix = worst_rel(first[2], mix_k3);
+  r.worst_win = worst_rel(first[3], win_k3);
   r.ok = true;
   return r;
 }
@@ -399,9 +412,7 @@ PersistDeltaResult run_persist_delta_case(int64_t D, int64_t Hk, int64_t Hv, int
     return fp4_matvec(a, sms, nullptr) == cudaSuccess;
   };
 
-  std::unique_ptr<Arr<float>> partial, squares;
-  std::unique_ptr<Arr<int>> counters;
-  Arr<int> done(std::vector<int>(size_t(4) * kPersistDoneStride, 0)), fault(std::vector<int>(2, 0));
+  PersistScratch<Arr> scratch(3);
   std::vector<float> first[5];  // h, mix, window, state, so
   for (int run = 0; run < 2; ++run) {
     Arr<float> h(h0), mix(nan_mix), window(win0), state(st0), so(nan_so);
@@ -410,24 +421,9 @@ PersistDeltaResult run_persist_delta_case(int64_t D, int64_t Hk, int64_t Hv, int
         !persist_delta_stage(delta(mix.get(), state.get(), so.get()), &table[1]) ||
         !persist_fp4_stage(out_args(so.get(), mix.get(), h.get()), &table[2]) || !persist_fp4_plan(table, 3, blocks))
       return r;
-    const PersistFp4Sizes sizes = persist_fp4_sizes(table, 3);
-    if (run == 0) {
-      partial = std::make_unique<Arr<float>>(std::vector<float>(size_t(2 * sizes.partial_half + 1), 0.0f));
-      squares = std::make_unique<Arr<float>>(std::vector<float>(size_t(2 * sizes.squares_half + 1), NAN));
-      counters = std::make_unique<Arr<int>>(std::vector<int>(size_t(2 * sizes.counter_half + 1), 0));
+    if (run == 0)
       for (const PersistFp4Stage& p : table) r.units.push_back(p.units);
-    }
-    PersistFp4Args a;
-    std::copy(table, table + 3, a.inline_stages);
-    a.count = 3;
-    a.sizes = sizes;
-    a.partial = partial->get();
-    a.squares = squares->get();
-    a.counters = counters->get();
-    a.done = done.get();
-    a.fault = fault.get();
-    a.fault_report = fault.get() + 1;
-    if (persist_fp4(a, blocks, nullptr) != cudaSuccess) return r;
+    if (!scratch.launch(table, 3, blocks, true)) return r;
     const std::vector<float> got[5] = {h.download(), mix.download(), window.download(), state.download(),
                                        so.download()};
     if (run == 0) {
@@ -437,22 +433,14 @@ PersistDeltaResult run_persist_delta_case(int64_t D, int64_t Hk, int64_t Hv, int
       for (int i = 0; i < 5; ++i) r.repeat_equal = r.repeat_equal && got[i] == first[i];
     }
   }
-  r.fault = fault.download()[1];
-  r.counters = counters->download();
-  r.done = done.download();
-  auto worst = [](const std::vector<float>& got, const std::vector<float>& ref) {
-    double big = 0.0, d = 0.0;
-    for (size_t i = 0; i < ref.size(); ++i) {
-      big = std::max(big, std::fabs(double(ref[i])));
-      d = std::isfinite(got[i]) ? std::max(d, std::fabs(double(got[i]) - double(ref[i]))) : INFINITY;
-    }
-    return d / std::max(big, 1e-30);
-  };
+  r.fault = scratch.fault_report();
+  r.counters = scratch.counters->download();
+  r.done = scratch.done.download();
   {  // the input projection: kernel 3 on the same h
     Arr<float> h(h0), mix(nan_mix), window(win0);
     if (!kernel3(in_args(h.get(), mix.get(), window.get()))) return r;
-    r.worst_mix = worst(first[1], mix.download());
-    r.worst_win = worst(first[2], window.download());
+    r.worst_mix = worst_rel(first[1], mix.download());
+    r.worst_win = worst_rel(first[2], window.download());
   }
   {  // the delta rule: delta_net on the persistent launch's mix
     Arr<float> mix(first[1]), state(st0), so(nan_so);
@@ -462,7 +450,7 @@ PersistDeltaResult run_persist_delta_case(int64_t D, int64_t Hk, int64_t Hv, int
   {  // the output projection: kernel 3 on the persistent launch's delta outputs
     Arr<float> mix(first[1]), so(first[4]), h(h0);
     if (!kernel3(out_args(so.get(), mix.get(), h.get()))) return r;
-    r.worst_h = worst(first[0], h.download());
+    r.worst_h = worst_rel(first[0], h.download());
   }
   r.h = first[0];
   r.mix = first[1];

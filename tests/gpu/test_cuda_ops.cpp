@@ -570,14 +570,27 @@ TEST_CASE("SwiGLU, argmax and the F16 conversions") {
   CHECK(same);
 }
 
-TEST_CASE("the persistent NVFP4 sequence equals kernel 3 stage by stage on the 4B's shapes, and the CPU") {
-  QWEN35_REQUIRE_GPU();
-  int dev = 0, sms = 0;
+// The device's multiprocessors and how many blocks of the persistent kernel
+// each holds at its largest slices and two rows (the backend's grid).
+struct PersistGrid {
+  int sms = 0, per_sm = 0;
+};
+static PersistGrid persist_grid() {
+  int dev = 0;
+  PersistGrid g;
   cuda_check(cudaGetDevice(&dev), "cudaGetDevice");
-  cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "attribute");
+  cuda_check(cudaDeviceGetAttribute(&g.sms, cudaDevAttrMultiProcessorCount, dev), "attribute");
   cuda::PersistFp4Sizes most;
   most.max_kg_per = cuda::kPersistMaxKgPer;
-  const int per_sm = cuda::persist_fp4_blocks_per_sm(most);
+  most.max_rows = cuda::kPersistMaxRows;
+  g.per_sm = cuda::persist_fp4_blocks_per_sm(most);
+  return g;
+}
+
+TEST_CASE("the persistent NVFP4 sequence equals kernel 3 stage by stage on the 4B's shapes, and the CPU") {
+  QWEN35_REQUIRE_GPU();
+  const PersistGrid grid = persist_grid();
+  const int sms = grid.sms, per_sm = grid.per_sm;
   REQUIRE(per_sm >= 1);
   auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
   // A delta-net layer's projections (input, output, FFN gate+up as plain
@@ -600,12 +613,8 @@ TEST_CASE("the persistent NVFP4 sequence equals kernel 3 stage by stage on the 4
 
 TEST_CASE("the persistent NVFP4 sequence runs the 4B's delta rule between its projections as delta_net") {
   QWEN35_REQUIRE_GPU();
-  int dev = 0, sms = 0;
-  cuda_check(cudaGetDevice(&dev), "cudaGetDevice");
-  cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "attribute");
-  cuda::PersistFp4Sizes most;
-  most.max_kg_per = cuda::kPersistMaxKgPer;
-  const int per_sm = cuda::persist_fp4_blocks_per_sm(most);
+  const PersistGrid grid = persist_grid();
+  const int sms = grid.sms, per_sm = grid.per_sm;
   REQUIRE(per_sm >= 1);
   auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
   // D 2,560; 16 key heads, 32 value heads of 128: the input projection
@@ -625,12 +634,8 @@ TEST_CASE("the persistent NVFP4 sequence runs the 4B's delta rule between its pr
 
 TEST_CASE("the persistent NVFP4 sequence runs a 4B delta-net layer's tail (norms, SwiGLU, Add, conv) as kernel 3") {
   QWEN35_REQUIRE_GPU();
-  int dev = 0, sms = 0;
-  cuda_check(cudaGetDevice(&dev), "cudaGetDevice");
-  cuda_check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "attribute");
-  cuda::PersistFp4Sizes most;
-  most.max_kg_per = cuda::kPersistMaxKgPer;
-  const int per_sm = cuda::persist_fp4_blocks_per_sm(most);
+  const PersistGrid grid = persist_grid();
+  const int sms = grid.sms, per_sm = grid.per_sm;
   REQUIRE(per_sm >= 1);
   auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
   // The 4B: D 2,560, FFN 9,216, 32 value heads of 128, conv over 8,192 of
