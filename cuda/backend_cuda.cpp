@@ -297,8 +297,7 @@ Status CudaBackend::sync(const char* what) {
     st_fault_[kFp4ChainFaultInts] = 0;
     return Error(QWEN35_ERR_BACKEND,
                  "a persistent launch of decode stages gave up waiting for its inputs during {}; its results are "
-                 "wrong (set "
-                 "QWEN35_CUDA_FP4_PERSIST=0)",
+                 "wrong (set QWEN35_CUDA_FP4_PERSIST=0)",
                  what);
   }
   return Status::Ok();

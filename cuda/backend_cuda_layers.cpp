@@ -520,9 +520,12 @@ Status CudaBackend::flush_chain() {
 }
 
 Status CudaBackend::flush_persist() {
-  std::vector<PersistQueued> q;
-  q.swap(persist_q_);
-  persist_q_.reserve(kPersistInline);
+  // The queue is empty afterwards, whatever happens (and keeps its storage).
+  struct Clear {
+    std::vector<PersistQueued>& q;
+    ~Clear() { q.clear(); }
+  } clear{persist_q_};
+  std::vector<PersistQueued>& q = persist_q_;
   if (q.empty()) return Status::Ok();
   // Two or more stages: one launch, if the kernel takes them.
   PersistFp4Args a;

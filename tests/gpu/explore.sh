@@ -7,6 +7,8 @@
 #    activation row), and NVFP4 kernel 3 in its 24 geometries
 #    (--fp4-sweep) for one and two rows, once without PDL and with each
 #    timing probe (QWEN35_CUDA_FP4_PROBE, wrong results);
+#  * test_cuda_ops' persistent cases (the 4B's shapes, against kernel 3,
+#    delta_net and the CPU), then
 #  * qwen35-persist-bench: a step's NVFP4 products as one launch of the
 #    persistent kernel (persist_fp4.h, real arithmetic, checked against
 #    kernel 3) against separate kernel-3 launches;
@@ -40,7 +42,7 @@ log() { echo "[explore.sh $(($(date +%s) - T0))s] $*" | tee -a "$LOG"; }
 source "$ROOT/tests/gpu/gpu_env.sh"
 log "building for sm_$ARCH"
 if ! { cmake "${CMAKE_ARGS[@]}" && ninja -C "$BUILD" -j"$JOBS" qwen35-matvec-bench qwen35-cuda-bench qwen35-synth \
-  qwen35-stream-probe qwen35-persist-bench; } \
+  qwen35-stream-probe qwen35-persist-bench test_cuda_ops; } \
   >>"$LOG" 2>&1; then
   log "build failed"
   tail -30 "$LOG" >"$SUMMARY"
@@ -70,7 +72,11 @@ run "no PDL n=1" 60 env QWEN35_CUDA_PDL=0 "$BIN/qwen35-matvec-bench" --types NVF
 # A persistent grid streaming a whole step's weights across dependent
 # stages, against separate launches (tests/gpu/stream_probe.cu).
 run "stream probe" 60 "$BIN/qwen35-stream-probe"
-# The persistent kernel on a whole step's NVFP4 products (persist_fp4.h).
+# The persistent kernel's op tests (the 4B's shapes: plain products, a
+# delta-net tail, the delta rule between its projections) against kernel
+# 3, delta_net and the CPU; then on a whole step's NVFP4 products.
+run "persist tests" 180 env QWEN35_FIXTURES="${QWEN35_FIXTURES:-$ROOT/.gpu/fixtures}" "$BIN/test_cuda_ops" \
+  -tc="*persistent NVFP4*" --duration=true
 run "persist bench" 120 "$BIN/qwen35-persist-bench"
 # Kernel 3's timing probes (wrong results, so over the bar): without the
 # arithmetic (1), the activation load (2), the combine and stores (4), all (7).
@@ -119,6 +125,7 @@ for line in sys.stdin:
     "$(date -u +%Y-%m-%dT%H:%MZ), $(($(date +%s) - T0))s"
   grep -E '^(matvec n=1|no PDL n=1|probe [0-9] n=1): matvec\|' "$LOG"
   grep -E '^stream probe: stream\|' "$LOG"
+  grep -E '^persist tests: .*(test cases:|ERROR|MESSAGE|[0-9.]+ s: )' "$LOG" | head -20
   grep -E '^persist bench: persist\|' "$LOG"
   grep -E '^sweep n=[12]: (fp4sweep|matvec)\|' "$LOG"
   grep -E '^bench [^:]*: (\{|sweep\|)' "$LOG" | python3 -c "$BENCH_PY" || true
