@@ -177,49 +177,23 @@ __device__ __forceinline__ float stage_rnorm(const PersistFp4Stage* st, int s, i
 }
 
 // The warp's slice (columns c0 .. c0 + 16 nch - 1) of the stage's
-// activation rows as kernel 3's prologue makes it (tc_load_x_impl): chunk c
-// of row j (tc_store_chunk) of x, times the RMS norm's weights or through
-// the gated norm, at xs[c][j], and its multiplier 2^e (times the gated
-// norm's head factor) at mult[c][j] (0 for the rows an mma computes beyond
-// n). A gated head's chunks are aligned lanes of one pass (items j nch + c;
-// slices start on head boundaries and hold whole heads).
-__device__ __forceinline__ void warp_load_x(const PersistFp4Stage& p, int64_t c0, int nch, uint16_t* xs, float* mult,
-                                            int lane) {
-  const int hc = p.gate_z ? p.gate_dv / 16 : 1;  // chunks per head of the gated norm
-  const int n = p.n, total = n * nch;
+// activation rows as kernel 3's prologue makes it, by one warp
+// (tc_load_x_impl: x through L2, chunk c of row j at xs[c][j], its
+// multiplier at mult[c][j]). A gated head's chunks are aligned lanes of one
+// pass (items j nch + c; slices start on head boundaries and hold whole
+// heads).
+__device__ __forceinline__ void warp_load_x(const PersistFp4Stage& p, int64_t c0, int nch, uint16_t* xs, float* mult) {
   TcInput in;
   in.x = p.x;
   in.ldx = p.ldx;
-  in.n = n;
+  in.n = p.n;
   in.norm = p.norm;
   in.gate_z = p.gate_z;
   in.ldz = p.ldz;
   in.gate_w = p.gate_w;
   in.gate_dv = p.gate_dv;
   in.eps = p.eps;
-  for (int base = 0; base < total; base += kWarp) {  // (the same trip count in every lane: shuffles)
-    const int item = base + lane;
-    const bool valid = item < total;
-    const int j = valid ? item / nch : 0, c = valid ? item % nch : 0;
-    const int64_t col = c0 + 16 * int64_t(c);
-    float v[16];
-    float ss = 0.0f;
-    if (valid) tc_chunk_values<true>(in, j, col, v, &ss);
-    float head_scale = 1.0f;
-    if (p.gate_z) {
-      for (int o = 1; o < hc; o <<= 1) ss += __shfl_xor_sync(0xFFFFFFFFu, ss, o);
-      head_scale = rsqrtf(ss / float(p.gate_dv) + p.eps);
-    }
-    if (valid) {
-      float amax = 0.0f;
-#pragma unroll
-      for (int i = 0; i < 16; ++i) amax = fmaxf(amax, fabsf(v[i]));
-      const int e = tc_store_chunk(v, amax, xs + (size_t(c) * n + j) * 16);
-      mult[c * kMatvecMaxCols + j] = pow2f(e) * head_scale;
-    }
-  }
-  for (int i = lane; i < nch * kMatvecMaxCols; i += kWarp)
-    if (i % kMatvecMaxCols >= n) mult[i] = 0.0f;
+  tc_load_x_impl<false, true, true>(in, c0, nch, xs, mult, nullptr);
 }
 
 // A finished tile (lanes t = 0 hold r[e] = tile row g + 8 (e / 2) of
@@ -371,7 +345,7 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
       if (p.n > 1) rnorm1 = stage_rnorm(st, c.s, 1, a, lane);
       norm_s = c.s;
     }
-    warp_load_x(p, kg0 * kFp4GroupCols, 4 * nkg, xs, mult, lane);
+    warp_load_x(p, kg0 * kFp4GroupCols, 4 * nkg, xs, mult);
     __syncwarp();
 
     // 2. The weights through the ring; each freed slot takes the next stage

@@ -335,9 +335,12 @@ __host__ __device__ constexpr size_t tc_x_bytes(int nch, int n) { return size_t(
 // values before the conversion.
 // kL2: x and gate_z are read through L2 only (ld.global.cg), for rows that
 // other blocks of the same launch wrote (the later stages of a chain).
-template <bool kRowScale, bool kL2 = false>
+// kWarp1: one warp does it all (the persistent kernel's units: every lane of
+// the calling warp must call it; not with kRowScale).
+template <bool kRowScale, bool kL2 = false, bool kWarp1 = false>
 __device__ __forceinline__ void tc_load_x_impl(const TcInput& in, int64_t c0, int nch, uint16_t* xs, float* mult,
                                                int* rmax) {
+  static_assert(!(kRowScale && kWarp1), "the row scale's pass is block-wide");
   const int n = in.n, total = n * nch;
   const int hc = in.gate_z ? in.gate_dv / 16 : 1;  // chunks per head of the gated norm
   if constexpr (kRowScale) {
@@ -345,8 +348,8 @@ __device__ __forceinline__ void tc_load_x_impl(const TcInput& in, int64_t c0, in
     __syncthreads();
   }
   for (int pass = kRowScale ? 0 : 1; pass < 2; ++pass) {
-  for (int base = 0; base < total; base += blockDim.x) {  // the same trip count in every thread
-    const int item = base + int(threadIdx.x);
+  for (int base = 0; base < total; base += kWarp1 ? unsigned(kWarp) : blockDim.x) {  // the same trip count in every thread
+    const int item = base + int(kWarp1 ? threadIdx.x % kWarp : threadIdx.x);
     const bool valid = item < total;
     const int j = valid ? item / nch : 0, c = valid ? item % nch : 0;
     const int64_t col = c0 + 16 * int64_t(c);
@@ -380,7 +383,8 @@ __device__ __forceinline__ void tc_load_x_impl(const TcInput& in, int64_t c0, in
     if (pass == 0) __syncthreads();
   }
   }
-  for (int i = int(threadIdx.x); i < nch * kMatvecMaxCols; i += blockDim.x)
+  for (int i = int(kWarp1 ? threadIdx.x % kWarp : threadIdx.x); i < nch * kMatvecMaxCols;
+       i += kWarp1 ? unsigned(kWarp) : blockDim.x)
     if (i % kMatvecMaxCols >= n) mult[i] = 0.0f;
 }
 
