@@ -242,6 +242,7 @@ Status CudaBackend::init() {
     cv.add(&persist_squares_, std::max<uint64_t>(1, 2 * persist_cap_.squares_half));
     cv.add(&persist_counters_, std::max<uint64_t>(1, 2 * persist_cap_.counter_half));
     cv.add(&persist_done_, uint64_t(kPersistInline + 1) * kPersistDoneStride);
+    cv.add(&persist_tickets_, uint64_t(2) * kPersistDoneStride);
     cv.add(&persist_fault_, 1);
   }
   std::vector<const DevLinear*> sites;

@@ -328,6 +328,8 @@ class CudaBackend final : public Backend {
   float* persist_squares_ = nullptr;
   int* persist_counters_ = nullptr;                     // zero, left at zero by every launch
   int* persist_done_ = nullptr;                         // likewise
+  int* persist_tickets_ = nullptr;                      // likewise: two, for launches in turn (persist_turn_)
+  int persist_turn_ = 0;
   int* persist_fault_ = nullptr;                        // likewise (the report: st_fault_)
   // Launches the queued stages (one persistent launch, or one per stage).
   Status flush_persist();

@@ -544,6 +544,7 @@ Status CudaBackend::flush_persist() {
     a.squares = persist_squares_;
     a.counters = persist_counters_;
     a.done = persist_done_;
+    a.tickets = persist_tickets_ + (persist_turn_ ^= 1) * kPersistDoneStride;
     a.fault = persist_fault_;
     a.fault_report = st_fault_ + kFp4ChainFaultInts;
     a.poll_ns = persist_poll_ns_;

@@ -1,37 +1,50 @@
 // A persistent kernel for a sequence of NVFP4 decode products (see
 // persist_fp4.h).
 //
-// Warp (b, w) of a grid of G blocks owns units b + G*(w + 4k), k = 0, 1, ...
-// of every stage (unit u = tile u / splits, column slice u % splits), in
-// stage order. Lane 0 of the warp keeps kPersistStages ring stages of its
-// weights requested ahead (cp.async.bulk, kernel 3's stages of 4 kgroups),
-// walking its unit list with an issue cursor that runs ahead of the
-// computation across units and stages: each slot the computation frees is
-// refilled at once with the next stage of the list, whichever unit or
-// stage of the sequence it belongs to. Weights are never written by a
-// kernel, so nothing orders these requests but the ring.
+// Units: the stages' (tile u / splits, column slice u % splits) units, stage
+// after stage, numbered by tickets (stage s's units follow stage s-1's).
+// Lane 0 of each warp takes tickets from an atomic counter and queues them
+// (a few per warp, in shared memory), so units go to warps in the order
+// they ask, and every warp's units are in ticket order. It keeps
+// kPersistStages ring stages of its weights requested ahead (cp.async.bulk,
+// kernel 3's stages of 4 kgroups), walking its queue with an issue cursor
+// that runs ahead of the computation across units and stages: each slot the
+// computation frees is refilled at once with the next stage of a queued
+// unit, taking a new ticket when the queue has no stages left to request.
+// (It takes none past a queued unit without weights, a delta-rule unit, so
+// that one warp does not collect a stage of them.) Weights are never
+// written by a kernel, so nothing orders these requests but the ring.
 //
 // A unit of stage s > 0 first waits (the whole warp, polling through lane 0
 // with acquire loads) until done[s-1] counts every tile of stage s-1; the
 // warp that stores a tile's outputs (its last column slice to finish, which
-// adds the slices' partials in slice order) counts it after a fence. A warp
-// only waits for units of earlier stages, which warps of the same grid run
-// before any unit of a later stage (every warp's list is in stage order), so
-// with the whole grid resident the waits end; a wait gives up after about a
+// adds the slices' partials in slice order) counts it after a fence.
+// Deadlock freedom: a unit only waits for units with lower tickets, and the
+// warp holding the lowest unfinished ticket is running (only running warps
+// take tickets), has finished its lower ones, and waits for nothing
+// unfinished; so the waits end whatever number of blocks is resident (other
+// streams' kernels may hold multiprocessors). A wait gives up after about a
 // second anyway (the fault flag; wrong results, no hang). In the emulation,
-// where blocks run one after another, the grid is one block: its warps
-// interleave at their warp-wide operations, the poll included.
+// which runs blocks one after another, the first block takes every ticket;
+// its warps interleave at their warp-wide operations, the poll included.
+// Where a unit's outputs go does not depend on who computes it, so neither
+// do the bits.
 //
 // Scratch: split-K partials, per-tile counters and per-tile sums of squares
 // (for the next stage's norm) alternate between two halves by stage
 // parity. Stage s+2 starts only after stage s+1 has finished, which started
 // only after every unit of stage s had reset its tile counter and stored,
 // and every unit of stage s+1 read the sums of stage s before it counted
-// its tile, so a half is free when it is used again. The stage counters
-// are put back to zero by the last warp to leave (a count of the warps
-// gone after the stages' counters), so a launch needs no memset node
-// before it in a CUDA graph, which would cost the PDL overlap with the
-// kernel before.
+// its tile, so a half is free when it is used again. The counters (the
+// tickets, the stages') are put back to zero by the last warp to leave (a
+// count of the warps gone after the stages' counters), so a launch needs no
+// memset node before it in a CUDA graph, which would cost the PDL overlap
+// with the kernel before. The first tickets are taken before the PDL wait
+// (so that the first weights arrive while the kernel before ends): the
+// launch before on the same ticket counter must have completed, which holds
+// when launches that follow each other in a stream alternate between two
+// counters (kernels trigger only after their wait, so when a kernel starts,
+// the kernel two launches before it has completed).
 #include <algorithm>
 
 #include "common.cuh"
@@ -52,8 +65,11 @@ constexpr uint64_t kMaxWaitNs = 1ull << 30;  // a wait gives up after ~1 s (by t
 constexpr uint32_t kMaxEmuPolls = 1u << 14;  // (the emulation: warps interleave; a wait that never ends)
 #endif
 
-// Shared memory per warp: the ring (stages and barriers) and the activation
-// chunks of a slice: [nch][rows][16] F16, then the multipliers [nch][8].
+constexpr uint32_t kQueue = 8;  // tickets a warp holds (ring stages requested ahead of at most 4 units)
+
+// Shared memory per warp: the ring (stages and barriers), the activation
+// chunks of a slice: [nch][rows][16] F16, then the multipliers [nch][8];
+// after the warps' rings and chunks, their ticket queues [W][kQueue].
 __host__ __device__ constexpr size_t x_chunk_bytes(int max_kg_per, int rows) {
   return size_t(4 * max_kg_per) * 32 * size_t(rows);
 }
@@ -61,22 +77,21 @@ __host__ __device__ constexpr size_t x_bytes(int max_kg_per, int rows) {
   return x_chunk_bytes(max_kg_per, rows) + size_t(4 * max_kg_per) * 32;
 }
 __host__ __device__ constexpr size_t smem_bytes(int max_kg_per, int rows) {
-  return bulk_ring_bytes(W, S) + size_t(W) * x_bytes(max_kg_per, rows);
+  return bulk_ring_bytes(W, S) + size_t(W) * (x_bytes(max_kg_per, rows) + kQueue * sizeof(int));
 }
 
-// A unit of the warp's list: stage s, list index k.
+// A unit: stage s, the unit u within it, its ticket base + u.
 struct Unit {
-  int s = 0, k = 0;
-  int64_t u = 0;  // the unit within its stage
+  int s = 0;
+  int64_t base = 0;  // the ticket of stage s's unit 0
+  int64_t u = 0;
 };
 
-// The first unit of the warp's list at or after (s, k); false past the end.
-__device__ __forceinline__ bool find_unit(const PersistFp4Stage* st, int count, int64_t first, int64_t step, Unit& c) {
-  for (; c.s < count; ++c.s, c.k = 0) {
-    c.u = first + step * c.k;
-    if (c.u < st[c.s].units) return true;
-  }
-  return false;
+// Moves c (at or before ticket t) to ticket t; false past the last stage.
+__device__ __forceinline__ bool locate(const PersistFp4Stage* st, int count, int64_t t, Unit& c) {
+  while (c.s < count && t >= c.base + st[c.s].units) c.base += st[c.s++].units;
+  c.u = t - c.base;
+  return c.s < count;
 }
 
 // The weight run of a unit (kernel 3's BulkRun, its stages numbered from seq0).
@@ -87,28 +102,52 @@ __device__ __forceinline__ BulkRun unit_run(const PersistFp4Stage& st, int64_t u
   return bulk_run(ring, bars, st.w, tile, kg0, nkg, seq0);
 }
 
-// Lane 0's issue cursor: the next ring stage to request.
+// Lane 0's issue cursor over the warp's ticket queue q[kQueue] (shared
+// memory): tickets queued so far (tail; the computation has taken `head`
+// of them), and the queued unit whose ring stages are being requested.
 struct Issue {
-  Unit c;
-  bool valid = false;
-  int st = 0;         // ring stage within the unit's run
-  uint32_t seq0 = 0;  // the warp's ring sequence number of the unit's stage 0
+  Unit c;                  // the last queued unit
+  bool valid = false;      // c has weights with ring stages left to request
+  bool weightless = false; // c has no weights (no more tickets until the computation takes it)
+  bool ended = false;      // a ticket past the last unit was taken
+  int st = 0;              // the next ring stage of c's run
+  uint32_t next = 0;       // the warp's ring sequence number of the next request
+  uint32_t tail = 0;
 };
 
-__device__ __forceinline__ void issue_next(Issue& is, const PersistFp4Stage* st, int count, int64_t first,
-                                           int64_t step, uint8_t* ring, uint64_t* bars) {
-  while (is.valid && st[is.c.s].kind != PersistKind::Product) {  // (units without weights)
-    ++is.c.k;
-    is.valid = find_unit(st, count, first, step, is.c);
+// Lane 0: a ticket for the queue, if the queue takes one (not full, no
+// queued unit without weights, not ended). True if it queued a unit with
+// weights.
+__device__ __forceinline__ bool take_ticket(Issue& is, const PersistFp4Stage* st, int count, int* tickets, int* q,
+                                            uint32_t head) {
+  while (!is.ended && is.tail - head < kQueue && !(is.weightless && head < is.tail)) {
+    const int t = atomicAdd(tickets, 1);
+    if (!locate(st, count, t, is.c)) {
+      is.ended = true;
+      return false;
+    }
+    q[is.tail++ % kQueue] = t;
+    is.weightless = st[is.c.s].kind != PersistKind::Product;
+    if (!is.weightless) {
+      is.valid = true;
+      is.st = 0;
+      return true;
+    }
   }
-  if (!is.valid) return;
-  const BulkRun r = unit_run(st[is.c.s], is.c.u, ring, bars, is.seq0);
-  bulk_issue<S>(r, is.st);
-  if (++is.st == r.nst) {  // on to the next unit of the list
-    is.st = 0;
-    is.seq0 += uint32_t(r.nst);
-    ++is.c.k;
-    is.valid = find_unit(st, count, first, step, is.c);
+  return false;
+}
+
+// Lane 0: requests ring stages (taking tickets as needed) while the ring
+// has free slots (`consumed` stages of the warp's sequence are free again).
+__device__ __forceinline__ void issue_ahead(Issue& is, const PersistFp4Stage* st, int count, int* tickets, int* q,
+                                            uint32_t head, uint32_t consumed, uint8_t* ring, uint64_t* bars) {
+  while (is.next - consumed < uint32_t(S)) {
+    if (!is.valid && !take_ticket(is, st, count, tickets, q, head)) return;
+    const BulkRun r = unit_run(st[is.c.s], is.c.u, ring, bars, is.next - uint32_t(is.st));
+    fence_proxy_async_smem();  // (the slot's reads by this warp before the bulk copy's write)
+    bulk_issue<S>(r, is.st);
+    ++is.next;
+    if (++is.st == r.nst) is.valid = false;
   }
 }
 
@@ -300,26 +339,38 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
   uint8_t* xw = smem + bulk_ring_bytes(W, S) + size_t(warp) * x_bytes(a.sizes.max_kg_per, a.sizes.max_rows);
   uint16_t* xs = reinterpret_cast<uint16_t*>(xw);                                                  // [nch][n][16] F16
   float* mult = reinterpret_cast<float*>(xw + x_chunk_bytes(a.sizes.max_kg_per, a.sizes.max_rows));  // [nch][8]
-  // The warp's units: first, first + step, ... of each stage.
-  const int64_t first = blockIdx.x + int64_t(gridDim.x) * warp, step = int64_t(gridDim.x) * W;
+  int* queue = reinterpret_cast<int*>(smem + smem_bytes(a.sizes.max_kg_per, a.sizes.max_rows)) -
+               (W - warp) * int(kQueue);  // [kQueue]
 
-  // The first ring stages (weights: before the PDL wait).
+  // The first tickets and ring stages (weights: before the PDL wait).
   Issue is;
-  is.valid = find_unit(st, a.count, first, step, is.c);
   if (lane == 0) {
     for (int i = 0; i < S; ++i) mbar_init(smem_addr(bars + i), 1);
-    for (int i = 0; i < S; ++i) issue_next(is, st, a.count, first, step, ring, bars);
+    issue_ahead(is, st, a.count, a.tickets, queue, 0, 0, ring, bars);
   }
   __syncwarp();
   pdl_wait();
   pdl_trigger();
 
-  uint32_t seq = 0;  // ring stages consumed
-  int known = -1;    // stages this warp has seen finished (all of 0 .. known)
-  int norm_s = -1;   // the stage whose 1/rms the warp holds (for each row)
+  uint32_t seq = 0;   // ring stages consumed
+  uint32_t head = 0;  // queued tickets taken
+  int known = -1;     // stages this warp has seen finished (all of 0 .. known)
+  int norm_s = -1;    // the stage whose 1/rms the warp holds (for each row)
   float rnorm0 = 1.0f, rnorm1 = 1.0f;
   Unit c;
-  for (bool more = find_unit(st, a.count, first, step, c); more; ++c.k, more = find_unit(st, a.count, first, step, c)) {
+  for (;;) {
+    // The ring filled up again (taking a ticket if the queue is empty: the
+    // ring is empty then, every unit queued before computed), and the next
+    // queued ticket; -1 when no units are left.
+    int ticket = -1;
+    if (lane == 0) {
+      issue_ahead(is, st, a.count, a.tickets, queue, head, seq, ring, bars);
+      if (head != is.tail) ticket = queue[head % kQueue];
+    }
+    ticket = __shfl_sync(0xFFFFFFFFu, ticket, 0);
+    if (ticket < 0) break;
+    ++head;
+    locate(st, a.count, ticket, c);
     const PersistFp4Stage& p = st[c.s];
 
     // 1. Stage s-1 finished (once per stage: a finished stage stays so),
@@ -352,10 +403,8 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
     // of the warp's list.
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     const BulkRun run = unit_run(p, c.u, ring, bars, seq);
-    const auto refill = [&](int) {
-      if (!is.valid) return;
-      fence_proxy_async_smem();
-      issue_next(is, st, a.count, first, step, ring, bars);
+    const auto refill = [&](int st_done) {
+      issue_ahead(is, st, a.count, a.tickets, queue, head, seq + uint32_t(st_done + 1), ring, bars);
     };
     const uint16_t* xb = xs + tc_b_row(g, p.n) * 16 + t * 4;
     if (p.n == 1)  // (kernel 3's one-row arithmetic: the second accumulator column left out)
@@ -420,6 +469,7 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
     if (atomicAdd(gone, 1) == int(gridDim.x) * W - 1) {
       __threadfence();
       for (int s = 0; s < a.count; ++s) atomicExch(a.done + s * kPersistDoneStride, 0);
+      atomicExch(a.tickets, 0);
       if (atomicExch(a.fault, 0) != 0) {  // (the flag, cleared for the next launch, goes to the report)
         for (uint64_t i = 0; i < 2 * a.sizes.counter_half; ++i) atomicExch(a.counters + i, 0);
         *reinterpret_cast<volatile int*>(a.fault_report) = 1;
@@ -600,7 +650,7 @@ int persist_fp4_grid(const PersistFp4Sizes& sizes, int sms) {
 }
 
 cudaError_t persist_fp4(const PersistFp4Args& a, int blocks, cudaStream_t stream) {
-  if (a.count < 1 || (!a.stages && a.count > kPersistInline) || blocks < 1 || !a.done || !a.fault ||
+  if (a.count < 1 || (!a.stages && a.count > kPersistInline) || blocks < 1 || !a.done || !a.tickets || !a.fault ||
       !a.fault_report ||
       a.sizes.max_kg_per < 1 || a.sizes.max_kg_per > kPersistMaxKgPer || a.sizes.max_rows < 1 ||
       a.sizes.max_rows > kPersistMaxRows ||

@@ -3,13 +3,14 @@
 //
 // Stage s multiplies its weight with the activation rows that stage s-1
 // wrote (or the caller, for stage 0) and stores its outputs. One launch
-// runs every stage with a grid that stays resident: the stages' (tile,
-// column slice) units are dealt out to the warps of all blocks before the
-// launch (unit u of a stage to block u % G, warp u / G % 4, in stage
-// order), so each warp knows its whole list of weight runs, and it streams
-// them through its ring of shared-memory stages without regard to the
-// stages' boundaries: while it waits for stage s-1 to finish, the first
-// stages of its stage-s weights are already arriving. A unit waits for all
+// runs every stage with a grid of persistent blocks: the warps take the
+// stages' (tile, column slice) units in order from a ticket counter (a few
+// ahead of their computation), and each streams its units' weights through
+// its ring of shared-memory stages without regard to the stages'
+// boundaries: while it waits for stage s-1 to finish, the first stages of
+// its stage-s weights are already arriving. A unit only waits for units
+// with lower tickets, so any number of resident blocks finishes the
+// launch (other streams' kernels may hold multiprocessors). A unit waits for all
 // of stage s-1 (a counter of finished tiles), converts its slice of the
 // activations (as kernel 3's prologue, the same F16 chunks), streams its
 // weights through kernel 3's arithmetic (fp4_kgroup) and combines its
@@ -137,8 +138,8 @@ struct PersistFp4Sizes {
 };
 PersistFp4Sizes persist_fp4_sizes(const PersistFp4Stage* stages, int count);
 
-// Blocks of the kernel one multiprocessor holds for these sizes (the grid
-// must be resident as a whole: at most sms times this).
+// Blocks of the kernel one multiprocessor holds for these sizes (a grid of
+// sms times this is resident as a whole on an idle GPU).
 int persist_fp4_blocks_per_sm(const PersistFp4Sizes& sizes);
 // The grid to plan for on `sms` multiprocessors: sms times the above (1 in
 // the emulation, which runs blocks one after another); 0 if none fits.
@@ -157,6 +158,11 @@ struct PersistFp4Args {
   // (the last warp to leave resets them), so a launch needs no memset.
   int* counters = nullptr;   // [2 x sizes.counter_half] split-K slices per tile
   int* done = nullptr;       // [(count + 1) x kPersistDoneStride] finished tiles per stage, then warps gone
+  // [1] units handed out (on a 128-byte line of its own). Taken before the
+  // PDL wait: launches that follow each other in a stream must use two
+  // counters in turn (when a launch starts, the one two kernels before it
+  // has completed and reset its counter).
+  int* tickets = nullptr;
   int* fault = nullptr;      // [1] set when a wait gave up (~1 s), so the others give up too
   // Set to 1 (never cleared by the kernel) when a launch's wait gave up: its
   // outputs are wrong. Written once, by the last warp of such a launch, so
@@ -166,10 +172,10 @@ struct PersistFp4Args {
   bool no_waits = false;     // a timing probe: units do not wait for the stage before (WRONG results)
 };
 
-// One launch of `blocks` blocks (the count the table was planned for; all
-// of them must be resident at once, or waits give up) on `stream`, with
-// PDL like every decode kernel: the first weights are requested before the
-// wait for the previous kernel.
+// One launch of `blocks` blocks (the count the table was planned for; the
+// results do not depend on it, nor on how many are resident) on `stream`,
+// with PDL like every decode kernel: the first tickets are taken and the
+// first weights requested before the wait for the previous kernel.
 cudaError_t persist_fp4(const PersistFp4Args& a, int blocks, cudaStream_t stream);
 
 }  // namespace qwen35::cuda

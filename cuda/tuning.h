@@ -56,10 +56,7 @@
 //                           of delta-net layers up to the next attention is
 //                           one launch; steps of more rows: one launch per
 //                           product. Overrides QWEN35_CUDA_FP4_CHAIN (read
-//                           when a context is created). Needs the whole
-//                           GPU: with other streams' kernels running (two
-//                           contexts decoding at once) a step can fail
-//                           after its waits give up (~1 s)
+//                           when a context is created)
 //   (kernel 3 always uses 4 warps per block: QWEN35_CUDA_FP4_WARPS is
 //   kernel 2's)
 //   QWEN35_CUDA_Q6K_KERNEL  1: one thread per row (Q6kRows32 layout),

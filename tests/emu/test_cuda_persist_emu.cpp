@@ -1,7 +1,6 @@
 // The persistent NVFP4 sequence (persist_fp4.h) on the CPU through the
-// emulation: one block (blocks run one after another in the emulation, and
-// every unit of a stage must be able to wait for the units of the stage
-// before), its four warps interleaving at their warp-wide operations, each
+// emulation: blocks run one after another, so the first block's four warps
+// take every ticket, interleaving at their warp-wide operations, each
 // streaming its units through its ring across the stages' boundaries. Part
 // of test_cuda_emu.
 #include <doctest/doctest.h>
@@ -110,15 +109,31 @@ TEST_CASE("emulated: a persistent NVFP4 sequence equals kernel 3 stage by stage,
     CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));  // (no memset per launch)
   }
   emu::set_order(false);
-  // Two blocks, run one after the other: block 0's units of later stages
-  // wait for units of block 1 that cannot run before them. The waits give
-  // up: the fault flag, wrong results, no hang; the last warp to leave still
-  // puts every counter back to zero (the stages ran out of order).
-  const PersistCaseResult f = run_persist_case<HostArray>(shapes, 2, 2, rand);
+  // Two and three blocks, run one after another: the first block's warps
+  // take every ticket (with static units, its later stages would wait for
+  // units of blocks that cannot run before it ends). The same bits: where
+  // a unit's outputs go does not depend on who computes it.
+  const PersistCaseResult one = run_persist_case<HostArray>(shapes, 1, 2, rand);
+  REQUIRE(one.ok);
+  for (int blocks : {2, 3}) {
+    CAPTURE(blocks);
+    const PersistCaseResult r = run_persist_case<HostArray>(shapes, 1, 2, rand, blocks);  // (planned for 1)
+    REQUIRE(r.ok);
+    CHECK(r.fault == 0);
+    CHECK(r.acts == one.acts);
+    CHECK(std::all_of(r.tickets.begin(), r.tickets.end(), [](int c) { return c == 0; }));
+    CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));
+  }
+  // A table whose stage 0 lacks a unit: a tile of it is never finished, so
+  // stage 1's waits give up. The fault flag, wrong results, no hang; the
+  // last warp to leave still puts every counter back to zero (the split-K
+  // counter of the unfinished tile too).
+  const PersistCaseResult f = run_persist_case<HostArray>(shapes, 1, 2, rand, 0, 1);
   REQUIRE(f.ok);
   CHECK(f.fault == 1);
   CHECK(std::all_of(f.counters.begin(), f.counters.end(), [](int c) { return c == 0; }));
   CHECK(std::all_of(f.done.begin(), f.done.end(), [](int c) { return c == 0; }));
+  CHECK(std::all_of(f.tickets.begin(), f.tickets.end(), [](int c) { return c == 0; }));
 }
 
 TEST_CASE("emulated: a delta-net layer's tail as one persistent launch (norms, gated norm, SwiGLU, Add, conv) "
@@ -192,6 +207,14 @@ TEST_CASE("emulated: the delta rule as a persistent stage between the input and 
       CHECK(r.repeat_equal);
       CHECK(r.units[1] == 4 * dk / (256 / dk));
       CHECK(r.delta_equal);  // the delta rule kernel's bits
+      if (dk == 128 && !reverse) {  // three blocks (the first takes every ticket): the same bits
+        const PersistDeltaResult r3 = run_persist_delta_case<HostArray>(256, 2, 4, dk, dk, 3, 2, rand);
+        REQUIRE(r3.ok);
+        CHECK(r3.fault == 0);
+        CHECK(r3.h == r.h);
+        CHECK(r3.mix == r.mix);
+        CHECK(r3.so == r.so);
+      }
       MESSAGE("mix " << r.worst_mix << " window " << r.worst_win << " h " << r.worst_h);
       CHECK(r.worst_mix < 1e-6);
       CHECK(r.worst_win < 1e-6);

@@ -41,9 +41,12 @@ struct PersistScratch {
   std::unique_ptr<Arr<float>> partial, squares;
   std::unique_ptr<Arr<int>> counters;
   std::unique_ptr<Arr<cuda::PersistFp4Stage>> table;
-  Arr<int> done, fault;  // fault: the flag, then the report
+  Arr<int> done, tickets, fault;  // tickets: two counters, for launches in turn; fault: the flag, then the report
+  int turn = 0;
   explicit PersistScratch(int max_stages)
-      : done(std::vector<int>(size_t(max_stages + 1) * cuda::kPersistDoneStride, 0)), fault(std::vector<int>(2, 0)) {}
+      : done(std::vector<int>(size_t(max_stages + 1) * cuda::kPersistDoneStride, 0)),
+        tickets(std::vector<int>(2 * cuda::kPersistDoneStride, 0)),
+        fault(std::vector<int>(2, 0)) {}
   // One launch of the planned stages on `blocks` blocks, in the launch's
   // parameters or from a table in device memory.
   bool launch(const cuda::PersistFp4Stage* stages, int count, int blocks, bool inline_stages) {
@@ -68,6 +71,7 @@ struct PersistScratch {
     a.squares = squares->get();
     a.counters = counters->get();
     a.done = done.get();
+    a.tickets = tickets.get() + (turn ^= 1) * cuda::kPersistDoneStride;
     a.fault = fault.get();
     a.fault_report = fault.get() + 1;
     return persist_fp4(a, blocks, nullptr) == cudaSuccess;
@@ -83,15 +87,20 @@ struct PersistCaseResult {
   double worst_cpu = 0.0;      // the same against the CPU
   std::vector<int> counters;   // split-K counters after the launches (all zero)
   std::vector<int> done;       // stage counters after the launches (all zero)
+  std::vector<int> tickets;    // ticket counters after the launches (all zero)
   std::vector<int> splits;     // each stage's column slices as planned
+  std::vector<std::vector<float>> acts;  // the first launch's input and stages' outputs
 };
 
 // Stages of (rows, cols); stage s reads the first cols_s outputs of stage
-// s-1 (rows_{s-1} >= cols_s). `blocks` blocks (1 in the emulation), kernel
-// 3's geometry for `sms` multiprocessors.
+// s-1 (rows_{s-1} >= cols_s). `blocks` blocks (the emulation runs them one
+// after another), kernel 3's geometry for `sms` multiprocessors.
+// launch_blocks: the grid launched, if not the one planned for.
+// drop_units: units left out of stage 0 after the plan (a broken table:
+// a tile of stage 0 is never finished, so stage 1's waits give up).
 template <template <typename> class Arr, typename Rand>
 PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>>& shapes, int blocks, int sms,
-                                   Rand rand) {
+                                   Rand rand, int launch_blocks = 0, int64_t drop_units = 0) {
   using namespace qwen35::cuda;
   PersistCaseResult out;
   const int count = int(shapes.size());
@@ -115,12 +124,13 @@ PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>
     table[size_t(s)].x = act[size_t(s)]->get();
     table[size_t(s)].y = act[size_t(s) + 1]->get();
   }
-  if (!persist_fp4_plan(table.data(), count, blocks)) return out;
+  if (!persist_fp4_plan(table.data(), count, blocks) || drop_units >= table[0].units) return out;
   for (const PersistFp4Stage& p : table) out.splits.push_back(p.splits);
+  table[0].units -= drop_units;
   PersistScratch<Arr> scratch(count);
   std::vector<std::vector<float>> first;
   for (int launch = 0; launch < 2; ++launch) {
-    if (!scratch.launch(table.data(), count, blocks, false)) return out;
+    if (!scratch.launch(table.data(), count, launch_blocks ? launch_blocks : blocks, false)) return out;
     std::vector<std::vector<float>> got;
     for (int s = 0; s <= count; ++s) got.push_back(act[size_t(s)]->download());
     if (launch == 0) first = std::move(got);
@@ -129,6 +139,8 @@ PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>
   out.fault = scratch.fault_report();
   out.counters = scratch.counters->download();
   out.done = scratch.done.download();
+  out.tickets = scratch.tickets.download();
+  out.acts = first;
 
   // Each stage against kernel 3 and the CPU on the inputs it read.
   for (int s = 0; s < count; ++s) {
