@@ -608,6 +608,19 @@ TEST_CASE("the persistent NVFP4 sequence equals kernel 3 stage by stage on the 4
     CHECK(r.worst_cpu < 2e-3);
     CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
     CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));
+    CHECK(std::all_of(r.tickets.begin(), r.tickets.end(), [](int c) { return c == 0; }));
+    if (blocks == sms * per_sm) {
+      // Four times the blocks that fit (the plan's): the last three quarters
+      // can start only as blocks of the first quarter leave, as when another
+      // stream's kernels hold multiprocessors (with units dealt out by block,
+      // the first quarter would wait for theirs until the waits gave up).
+      // Units by ticket: the first quarter takes them all; no wait gives up,
+      // the same bits.
+      const PersistCaseResult big = run_persist_case<DevArray>(shapes, blocks, sms, rand, 4 * blocks);
+      REQUIRE(big.ok);
+      CHECK(big.fault == 0);
+      CHECK(big.acts == r.acts);
+    }
   }
 }
 
