@@ -103,16 +103,18 @@ __device__ __forceinline__ void merge_splits(const AttnArgs& a, int64_t t, int64
   }
 }
 
-// The keys a warp walks: j0 + warp, j0 + warp + kAttnWarps, ... below j1.
+// The keys a warp walks: j0 + warp, j0 + warp + ST, ... below j1 (ST: the
+// block's warps, kAttnWarps; 1 for a warp that walks a split alone).
 // Cache rows are read kKeysAhead keys ahead of the arithmetic (raw F16 in
 // registers), so the loads of later keys are in flight while the online
 // softmax of earlier ones runs; the arithmetic is the same, in the same
 // order, as reading each row when it is used.
 template <int EPL>
 constexpr int kKeysAhead = EPL >= 16 ? 2 : 4;
-template <int EPL, int A = kKeysAhead<EPL>>
+template <int EPL, int A = kKeysAhead<EPL>, int ST = kAttnWarps>
 struct KeyStream {
   static constexpr int kAhead = A;
+  static constexpr int kStride = ST;
   __half2 k[kAhead][EPL / 2], v[kAhead][EPL / 2];
 
   // Slot p <- key j's cache rows if j < jc (the keys read from the cache).
@@ -130,7 +132,7 @@ struct KeyStream {
   // The first kAhead keys of the warp.
   __device__ __forceinline__ void start(int64_t j, int64_t jc, const uint16_t* kb, const uint16_t* vb, int64_t kvd) {
 #pragma unroll
-    for (int p = 0; p < kAhead; ++p) fetch(p, j + int64_t(p) * kAttnWarps, jc, kb, vb, kvd);
+    for (int p = 0; p < kAhead; ++p) fetch(p, j + int64_t(p) * ST, jc, kb, vb, kvd);
   }
 };
 
@@ -144,26 +146,26 @@ __device__ __forceinline__ void half2_row_to_float(const __half2* h, float* out)
   }
 }
 
-// Online softmax of one warp over its keys j = j0 + warp + kAttnWarps*i
-// < j1 (ks already holds the first kAhead of them). Keys below jc come from
-// the cache (through ks), the others (j - jc < kFusedAttnRows) from the
-// new rows nk/nv (F32, already F16-rounded); nk/nv may be null if jc >= j1.
-template <int EPL, int KA>
-__device__ __forceinline__ void attend_keys(KeyStream<EPL, KA>& ks, const float* q, int64_t j0, int64_t j1, int64_t jc,
-                                            int warp, int lane, const uint16_t* kb, const uint16_t* vb, int64_t kvd,
-                                            const float (*nk)[EPL * kWarp], const float (*nv)[EPL * kWarp], float& m,
-                                            float& l, float* acc) {
+// Online softmax of one warp over its keys j = j0 + warp + ST*i < j1 (ks
+// already holds the first kAhead of them). Keys below jc come from the
+// cache (through ks), the others (j - jc < kFusedAttnRows) from the new
+// rows nk/nv (F32, already F16-rounded); nk/nv may be null if jc >= j1.
+template <int EPL, int KA, int ST>
+__device__ __forceinline__ void attend_keys(KeyStream<EPL, KA, ST>& ks, const float* q, int64_t j0, int64_t j1,
+                                            int64_t jc, int warp, int lane, const uint16_t* kb, const uint16_t* vb,
+                                            int64_t kvd, const float (*nk)[EPL * kWarp],
+                                            const float (*nv)[EPL * kWarp], float& m, float& l, float* acc) {
   constexpr int A = KA;
-  for (int64_t jb = j0 + warp; jb < j1; jb += int64_t(A) * kAttnWarps) {
+  for (int64_t jb = j0 + warp; jb < j1; jb += int64_t(A) * ST) {
 #pragma unroll
     for (int p = 0; p < A; ++p) {
-      const int64_t j = jb + int64_t(p) * kAttnWarps;
+      const int64_t j = jb + int64_t(p) * ST;
       if (j >= j1) break;
       float kf[EPL], vf[EPL];
       if (j < jc) {
         half2_row_to_float<EPL>(ks.k[p], kf);
         half2_row_to_float<EPL>(ks.v[p], vf);
-        ks.fetch(p, j + int64_t(A) * kAttnWarps, jc, kb, vb, kvd);  // the slot's next key
+        ks.fetch(p, j + int64_t(A) * ST, jc, kb, vb, kvd);  // the slot's next key
       } else {
 #pragma unroll
         for (int e = 0; e < EPL; ++e) {

@@ -47,6 +47,7 @@
 // the kernel two launches before it has completed).
 #include <algorithm>
 
+#include "attention_warp.cuh"
 #include "common.cuh"
 #include "delta_rule.cuh"
 #include "fp4_kernels.cuh"
@@ -329,6 +330,21 @@ __device__ __forceinline__ void delta_unit_dk(const DeltaNetArgs& d, int64_t u, 
   }
 }
 
+// A unit of an attention stage (warp_attention_unit for the head size).
+template <typename Wait>
+__device__ __forceinline__ void attention_unit_dh(const FusedAttnArgs& f, int64_t u, float* sm, int lane,
+                                                  Wait&& wait) {
+  switch (f.attn.head_dim) {
+    case 64: warp_attention_unit<2>(f, u, sm, lane, wait); break;
+    case 128: warp_attention_unit<4>(f, u, sm, lane, wait); break;
+    default: warp_attention_unit<8>(f, u, sm, lane, wait); break;  // 256 (stage_ok)
+  }
+}
+
+// kAttn: the launch has attention stages (an instantiation of its own: the
+// attention unit's registers, ~235 a thread against 155, leave 2 blocks a
+// multiprocessor instead of 3).
+template <bool kAttn>
 __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_constant__ PersistFp4Args a) {
   uint8_t* smem = dynamic_smem<uint8_t>();
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
@@ -375,18 +391,28 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
 
     // 1. Stage s-1 finished (once per stage: a finished stage stays so),
     // the norm's factor (once per stage), then this slice of the inputs.
-    if (c.s - 1 > known && !a.no_waits) {
-      warp_wait(a.done + (c.s - 1) * kPersistDoneStride, int(persist_stage_tiles(st[c.s - 1])), a.fault, a.poll_ns,
-                lane);
-      known = c.s - 1;
-    }
-    if (p.kind == PersistKind::DeltaRule) {  // (no weights, no ring stages)
-      delta_unit_dk(p.delta, c.u, reinterpret_cast<float*>(xw), lane);
+    const auto wait_inputs = [&] {
+      if (c.s - 1 > known && !a.no_waits) {
+        warp_wait(a.done + (c.s - 1) * kPersistDoneStride, int(persist_stage_tiles(st[c.s - 1])), a.fault,
+                  a.poll_ns, lane);
+        known = c.s - 1;
+      }
+    };
+    if (p.kind != PersistKind::Product) {  // (no weights, no ring stages)
+      if constexpr (kAttn) {
+        if (p.kind == PersistKind::Attention)  // (its first cache rows requested before the wait)
+          attention_unit_dh(p.attn, c.u, reinterpret_cast<float*>(xw), lane, wait_inputs);
+      }
+      if (p.kind == PersistKind::DeltaRule) {
+        wait_inputs();
+        delta_unit_dk(p.delta, c.u, reinterpret_cast<float*>(xw), lane);
+      }
       __threadfence();
       __syncwarp();
       if (lane == 0) atomicAdd(a.done + c.s * kPersistDoneStride, 1);
       continue;
     }
+    wait_inputs();
     const int64_t tiles = p.w.tiles(), tile = c.u / p.splits;
     const int slice = int(c.u % p.splits);
     const int64_t kg0 = int64_t(slice) * p.kg_per;
@@ -499,6 +525,18 @@ bool stage_ok(const PersistFp4Stage& p, int64_t* align) {
            aligned16(d.state) && d.snapshot_row >= -1 && d.snapshot_row < d.n &&
            (d.snapshot_row < 0 || aligned16(d.snapshot)) && (d.n == 1 || (d.ldu >= 0 && d.ldb >= 0 && d.lda >= 0));
   }
+  if (p.kind == PersistKind::Attention) {
+    const AttnArgs& t = p.attn.attn;
+    const QkvRopeArgs& r = p.attn.rope;
+    return t.n >= 1 && t.n <= kPersistMaxRows && r.n == t.n && p.n == t.n &&
+           (t.head_dim == 64 || t.head_dim == 128 || t.head_dim == 256) && r.head_dim == t.head_dim &&
+           t.n_head_kv >= 1 && t.n_head % t.n_head_kv == 0 && r.n_head == t.n_head && r.n_head_kv == t.n_head_kv &&
+           t.splits >= 1 && t.splits <= kPersistMaxAttnSplits && !t.tiled && t.n_past && t.k_cache && t.v_cache &&
+           r.k_cache == t.k_cache && r.v_cache == t.v_cache && t.gate && t.o && t.part_m && t.part_l && t.part_o &&
+           p.attn.counters && r.qg && r.k && r.v && r.q_norm && r.k_norm && r.pos &&
+           (r.rope_cs || (r.rope.inv_freq && r.rope.comp) || r.rope.n_rot == 0) && aligned16(t.k_cache) &&
+           aligned16(t.v_cache);
+  }
   if (p.kind != PersistKind::Product) return false;
   if (!w.present() || w.rows < 1 || w.cols < kFp4GroupCols || w.cols % kFp4GroupCols != 0 || !p.x || !p.y ||
       !aligned16(w.codes) || !aligned16(w.scales) || !aligned16(p.x) || p.n < 1 || p.n > kPersistMaxRows)
@@ -561,6 +599,16 @@ bool persist_delta_stage(const DeltaNetArgs& d, PersistFp4Stage* out) {
   return true;
 }
 
+bool persist_attention_stage(const FusedAttnArgs& f, PersistFp4Stage* out) {
+  if (!out || f.attn.n < 1 || f.attn.n > kPersistMaxRows) return false;
+  PersistFp4Stage p;
+  p.kind = PersistKind::Attention;
+  p.attn = f;
+  p.n = int(f.attn.n);
+  *out = p;
+  return true;
+}
+
 bool persist_fp4_plan(PersistFp4Stage* stages, int count, int blocks) {
   if (!stages || count < 1 || blocks < 1) return false;
   const int64_t warps = int64_t(blocks) * W;
@@ -574,6 +622,12 @@ bool persist_fp4_plan(PersistFp4Stage* stages, int count, int blocks) {
       p.splits = 1;
       p.kg_per = 0;
       p.units = p.delta.Hv * p.delta.dv / (256 / p.delta.dk);
+      continue;
+    }
+    if (p.kind == PersistKind::Attention) {  // a unit per (row, head, key split)
+      p.splits = 1;
+      p.kg_per = 0;
+      p.units = p.attn.attn.n * p.attn.attn.n_head * p.attn.attn.splits;
       continue;
     }
     const int64_t tiles = p.w.tiles(), kgs = p.w.kgroups();
@@ -615,6 +669,12 @@ PersistFp4Sizes persist_fp4_sizes(const PersistFp4Stage* stages, int count) {
       z.max_kg_per = std::max(z.max_kg_per, int(p.delta.dk / 32));
       continue;
     }
+    if (p.kind == PersistKind::Attention) {  // warp_attn_smem_floats in a warp's chunks (at least 256 bytes a kgroup)
+      z.attention = true;
+      const int64_t bytes = warp_attn_smem_floats(p.attn.attn.head_dim) * 4;
+      z.max_kg_per = std::max(z.max_kg_per, int((bytes + 255) / 256));
+      continue;
+    }
     z.max_kg_per = std::max(z.max_kg_per, p.kg_per);
     if (p.splits > 1) {  // [splits][tiles][16][kPersistMaxRows]
       z.partial_half = std::max<uint64_t>(z.partial_half, uint64_t(p.splits) * uint64_t(p.w.tiles()) * kFp4TileRows *
@@ -632,10 +692,11 @@ int persist_fp4_blocks_per_sm(const PersistFp4Sizes& sizes) {
   (void)sizes;
   return 1;
 #else
+  const auto kernel = sizes.attention ? persist_fp4_kernel<true> : persist_fp4_kernel<false>;
   const size_t smem = smem_bytes(sizes.max_kg_per, sizes.max_rows);
-  if (allow_dynamic_smem(persist_fp4_kernel, smem) != cudaSuccess) return 0;
+  if (allow_dynamic_smem(kernel, smem) != cudaSuccess) return 0;
   int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, persist_fp4_kernel, W * kWarp, smem) != cudaSuccess) return 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, W * kWarp, smem) != cudaSuccess) return 0;
   return n;
 #endif
 }
@@ -656,10 +717,11 @@ cudaError_t persist_fp4(const PersistFp4Args& a, int blocks, cudaStream_t stream
       a.sizes.max_rows > kPersistMaxRows ||
       (a.sizes.partial_half && (!a.partial || !a.counters)) || (a.sizes.squares_half && !a.squares))
     return cudaErrorInvalidValue;
-  static SmemOptIn opt_in;
+  static SmemOptIn opt_in[2];
+  const auto kernel = a.sizes.attention ? persist_fp4_kernel<true> : persist_fp4_kernel<false>;
   const size_t smem = smem_bytes(a.sizes.max_kg_per, a.sizes.max_rows);
-  if (const cudaError_t e = opt_in.ensure(persist_fp4_kernel, smem); e != cudaSuccess) return e;
-  return launch(persist_fp4_kernel, dim3(unsigned(blocks)), dim3(W * kWarp), smem, stream, a);
+  if (const cudaError_t e = opt_in[a.sizes.attention].ensure(kernel, smem); e != cudaSuccess) return e;
+  return launch(kernel, dim3(unsigned(blocks)), dim3(W * kWarp), smem, stream, a);
 }
 
 }  // namespace qwen35::cuda

@@ -25,15 +25,17 @@
 // decode layer's tail (output projection, gate/up, down, the next input
 // projection) is one launch (the backend's QWEN35_CUDA_FP4_PERSIST). A
 // stage may also be the delta net's delta rule (no weights: units of state
-// rows), so consecutive delta-net layers are one launch too. Up to two
-// activation rows (an MTP verify step), each with the bits it gets alone.
-// Not in it: attention.
+// rows), so consecutive delta-net layers are one launch too, and decode
+// attention (units of (row, head, key split)), so a whole decoder is. Up to
+// two activation rows (an MTP verify step), each with the bits it gets
+// alone.
 #pragma once
 
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
 
+#include "attention.h"
 #include "delta_net.h"
 #include "matvec_fp4.h"
 
@@ -59,6 +61,7 @@ constexpr int kPersistInline = 20;
 enum class PersistKind : int32_t {
   Product,    // an NVFP4 product with its prologue and epilogue (the fields below)
   DeltaRule,  // the delta net's gated delta rule for one row (`delta`), no weights
+  Attention,  // decode attention with its q/k norm, RoPE and cache write (`attn`), no weights
 };
 
 struct PersistFp4Stage {
@@ -69,6 +72,13 @@ struct PersistFp4Stage {
   // head. Its inputs come through L2 (the input projection wrote them in
   // this launch).
   DeltaNetArgs delta;
+  // kind Attention: as attention_fused() with these arguments (n <= 2;
+  // head_dim 64, 128 or 256; attn.splits key splits of at least 16 keys,
+  // at most 128), but a unit per (row, head, split) run by one warp (a
+  // split's keys in order), so the outputs agree with attention_fused's to
+  // rounding. part_m/part_l/part_o hold n x n_head x splits partials;
+  // counters as there. Its inputs come through L2.
+  FusedAttnArgs attn;
   Fp4Tiled w;                 // Plain, or GateUp with the SwiGLU epilogue
   int n = 1;                  // activation rows, 1..kPersistMaxRows (a delta rule's: delta.n)
   const float* x = nullptr;   // [n, ldx] F32: read through L2 (another block may have written it in this launch)
@@ -114,6 +124,10 @@ QWEN35_HD int64_t persist_stage_tiles(const PersistFp4Stage& p) {
 bool persist_fp4_stage(const Fp4MatvecArgs& a, PersistFp4Stage* out);
 // The same for delta_net() (at most kPersistMaxRows rows).
 bool persist_delta_stage(const DeltaNetArgs& d, PersistFp4Stage* out);
+// The same for attention_fused() (at most kPersistMaxRows rows; f.attn.splits
+// the stage's key splits, 1..kPersistMaxAttnSplits).
+bool persist_attention_stage(const FusedAttnArgs& f, PersistFp4Stage* out);
+constexpr int kPersistMaxAttnSplits = 128;
 
 // Chooses each stage's column slices for a grid of `blocks` blocks (the
 // least work for the busiest warp, counting each unit's fixed costs as a
@@ -135,6 +149,7 @@ struct PersistFp4Sizes {
   uint64_t squares_half = 0;
   int max_kg_per = 0;
   int max_rows = 1;
+  bool attention = false;  // an attention stage: the kernel's instantiation with it (more registers, fewer blocks)
 };
 PersistFp4Sizes persist_fp4_sizes(const PersistFp4Stage* stages, int count);
 

@@ -11,6 +11,7 @@
 
 #include "cuda_emu.h"
 #include "emu_test_util.h"
+#include "persist_attn_case.h"
 #include "persist_case.h"
 
 using namespace qwen35;
@@ -221,6 +222,53 @@ TEST_CASE("emulated: the delta rule as a persistent stage between the input and 
       CHECK(r.worst_h < 1e-5);
       CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
       CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));
+    }
+  }
+  emu::set_order(false);
+}
+
+TEST_CASE("emulated: decode attention as a persistent stage between the input and output projections") {
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  // Heads of 64 after 37 cached rows in 4 splits of at least 16 keys (the
+  // last split empty); the 4B's heads of 256 after 200 rows in 8 splits.
+  struct Shape {
+    int64_t Dh, n_past;
+    int splits;
+  };
+  for (const Shape sh : {Shape{64, 37, 4}, Shape{256, 200, 8}}) {
+    for (bool reverse : {false, true}) {
+      CAPTURE(sh.Dh);
+      CAPTURE(reverse);
+      emu::set_order(reverse);
+      const PersistAttnResult r = run_persist_attn_case<HostArray>(256, 4, 2, sh.Dh, sh.n_past, sh.splits, 4, 1, 2,
+                                                                   rand);
+      REQUIRE(r.ok);
+      CHECK(r.fault == 0);
+      CHECK(r.repeat_equal);
+      CHECK(r.units == 4 * sh.splits);
+      MESSAGE("mix " << r.worst_mix << " o " << r.worst_o << " k " << r.worst_k << " v " << r.worst_v << " h "
+                     << r.worst_h << "; cache elements unlike attention_fused's: " << r.cache_rows_differ);
+      CHECK(r.worst_mix < 1e-5);  // (other column slices than kernel 3's)
+      CHECK(r.worst_o < 1e-5);    // one warp per split, warp sums in the norms: rounding
+      CHECK(r.worst_k < 1e-3);    // (F16: an element may round the other way)
+      CHECK(r.worst_v == 0.0);    // (no arithmetic)
+      CHECK(r.worst_h < 1e-5);
+      for (const std::vector<int>* c : {&r.counters, &r.done, &r.tickets, &r.attn_counters})
+        CHECK(std::all_of(c->begin(), c->end(), [](int x) { return x == 0; }));
+      // Two rows (an MTP verify step): the first row's outputs and cache
+      // row are those of a launch of it alone, bit for bit.
+      const PersistAttnResult r2 = run_persist_attn_case<HostArray>(256, 4, 2, sh.Dh, sh.n_past, sh.splits, 4, 1, 2,
+                                                                    rand, 2);
+      REQUIRE(r2.ok);
+      CHECK(r2.fault == 0);
+      CHECK(r2.repeat_equal);
+      CHECK(r2.worst_o < 1e-5);
+      CHECK(r2.worst_h < 1e-5);
+      CHECK(std::equal(r.o.begin(), r.o.end(), r2.o.begin()));
+      CHECK(std::equal(r.h.begin(), r.h.end(), r2.h.begin()));
+      const size_t rows = size_t((sh.n_past + 1) * 2 * sh.Dh);  // the cache rows up to the first new one
+      CHECK(std::equal(r.kc.begin(), r.kc.begin() + rows, r2.kc.begin()));
+      CHECK(std::equal(r.vc.begin(), r.vc.begin() + rows, r2.vc.begin()));
     }
   }
   emu::set_order(false);
