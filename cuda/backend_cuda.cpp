@@ -180,7 +180,12 @@ Status CudaBackend::init() {
   logit_rows_ = std::clamp<int64_t>(int64_t(kLogitsChunkBytes / (uint64_t(V) * 4)), 1, nb);
   ld_mix_ = std::max(2 * qd + 2 * kvd, C + Cv + 2 * Hv);
   const int64_t max_k = std::max({D * 2, qd, Cv, 2 * F});
-  const int64_t part_rows = std::max<int64_t>(nb, int64_t(kMatvecMaxCols) * attn_splits_);
+  // The persistent attention stage (fp4_persist 3): a warp per split of at
+  // least 16 keys (kWarpAttnMinKeys), so more splits than the fused kernel's
+  // blocks of four warps.
+  persist_attn_splits_ = int(std::clamp<int64_t>((nctx + 15) / 16, 1, kPersistMaxAttnSplits));
+  const int64_t part_rows = std::max<int64_t>({nb, int64_t(kMatvecMaxCols) * attn_splits_,
+                                               int64_t(kPersistMaxRows) * persist_attn_splits_});
   Carver cv;
   cv.add(&h_, nb * D);
   cv.add(&xn_, nb * D);
@@ -221,6 +226,8 @@ Status CudaBackend::init() {
     most.max_kg_per = kPersistMaxKgPer;
     most.max_rows = kPersistMaxRows;
     persist_grid_ = persist_fp4_grid(most, dm_.sms);
+    most.attention = true;
+    persist_attn_grid_ = persist_fp4_grid(most, dm_.sms);
     // Scratch for any tail: at most min(kgroups, 64) slices of a product.
     std::vector<const DevLinear*> ws;
     for (const DevLayer& L : dm_.layers)

@@ -176,6 +176,7 @@ class CudaBackend final : public Backend {
   void queue_delta(const DeltaNetArgs& d, const DevLinear& site);
   // Appends the delta rule to the queue of persistent stages.
   Status queue_persist_delta(const DeltaNetArgs& d);
+  Status queue_persist_attention(const FusedAttnArgs& f);
   // The same with the fused decode attention.
   void queue_attention(const FusedAttnArgs& f, const DevLinear& site);
   // Launches the queued chain (one launch, or stage by stage where the chain
@@ -313,15 +314,22 @@ class CudaBackend final : public Backend {
   // layer's tail; 2: also the delta rule and the products around it, so
   // delta-net layers follow each other in one launch), and flush_chain()
   // runs the queue as one persist_fp4 launch of persist_grid_ blocks where
-  // the kernel takes it, else one launch per stage.
+  // the kernel takes it, else one launch per stage. 3: also the fused
+  // decode attention (a launch with it: persist_attn_grid_ blocks, the
+  // kernel's attention instantiation; persist_attn_splits_ key splits
+  // instead of attn_splits_).
   struct PersistQueued {
     bool delta = false;
+    bool attn = false;
     Fp4MatvecArgs m;
     DeltaNetArgs d;
+    FusedAttnArgs f;  // with attn_splits_ (for attention_fused, where the launch is not persistent)
   };
   int persist_ = 0;
   std::vector<PersistQueued> persist_q_;
   int persist_grid_ = 0;
+  int persist_attn_grid_ = 0;
+  int persist_attn_splits_ = 1;
   unsigned persist_poll_ns_ = 64;
   PersistFp4Sizes persist_cap_;                         // what the scratch below holds (halves)
   float* persist_partial_ = nullptr;

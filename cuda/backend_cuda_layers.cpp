@@ -238,7 +238,11 @@ Status CudaBackend::attention_layer(const DevLayer& L, const KVCache& kv, int64_
   const int64_t D = hp_.n_embd, Dh = hp_.head_dim, qd = hp_.q_dim(), kvd = hp_.kv_dim();
   const int64_t ld = L.in_proj.rows;  // [n, Hq*(q|gate) | k | v]
   QWEN35_TRY(project(L.in_proj, h, D, n, L.attn_norm, mix_, ld, Epi::Store));
-  QWEN35_TRY(flush_chain());  // the queued layer tail (chains) ends with this input projection
+  // The queued layer tail (chains, persistent launches) ends with this input
+  // projection, unless the attention joins the queue (fp4_persist 3).
+  const bool attn_queued = chaining_ && persist_ >= 3 && fused_attn_ && n <= kFusedAttnRows &&
+                           L.in_proj.fp4.present() && L.out_proj.fp4.present();
+  if (!attn_queued) QWEN35_TRY(flush_chain());
   QkvRopeArgs r;
   r.n = n;
   r.n_head = hp_.n_head;
@@ -285,7 +289,9 @@ Status CudaBackend::attention_layer(const DevLayer& L, const KVCache& kv, int64_
     f.attn = a;
     f.rope = r;
     f.counters = attn_counters_;
-    if (chaining_ && chain_mode_ >= 4)  // the first stage of the layer's chain (launched in flush_chain)
+    if (attn_queued)
+      QWEN35_TRY(queue_persist_attention(f));
+    else if (chaining_ && chain_mode_ >= 4)  // the first stage of the layer's chain (launched in flush_chain)
       queue_attention(f, L.out_proj);
     else
       QWEN35_CUDA_TRY(attention_fused(f, stream_), "attention");
@@ -438,6 +444,15 @@ Status CudaBackend::queue_persist_delta(const DeltaNetArgs& d) {
   return Status::Ok();
 }
 
+Status CudaBackend::queue_persist_attention(const FusedAttnArgs& f) {
+  if (persist_q_.size() == size_t(kPersistInline)) QWEN35_TRY(flush_persist());
+  PersistQueued e;
+  e.attn = true;
+  e.f = f;
+  persist_q_.push_back(e);
+  return Status::Ok();
+}
+
 void CudaBackend::queue_delta(const DeltaNetArgs& d, const DevLinear& site) {
   chain_.stages = 1;  // (the queue is empty: the input projection flushed it)
   chain_.delta = true;
@@ -529,10 +544,20 @@ Status CudaBackend::flush_persist() {
   if (q.empty()) return Status::Ok();
   // Two or more stages: one launch, if the kernel takes them.
   PersistFp4Args a;
-  bool ok = q.size() >= 2 && q.size() <= size_t(kPersistInline) && persist_grid_ > 0;
-  for (size_t s = 0; ok && s < q.size(); ++s)
-    ok = q[s].delta ? persist_delta_stage(q[s].d, &a.inline_stages[s]) : persist_fp4_stage(q[s].m, &a.inline_stages[s]);
-  ok = ok && persist_fp4_plan(a.inline_stages, int(q.size()), persist_grid_);
+  const bool attn = std::any_of(q.begin(), q.end(), [](const PersistQueued& e) { return e.attn; });
+  const int grid = attn ? persist_attn_grid_ : persist_grid_;
+  bool ok = q.size() >= 2 && q.size() <= size_t(kPersistInline) && grid > 0;
+  for (size_t s = 0; ok && s < q.size(); ++s) {
+    PersistFp4Stage* p = &a.inline_stages[s];
+    if (q[s].attn) {
+      FusedAttnArgs f = q[s].f;
+      f.attn.splits = persist_attn_splits_;
+      ok = persist_attention_stage(f, p);
+    } else {
+      ok = q[s].delta ? persist_delta_stage(q[s].d, p) : persist_fp4_stage(q[s].m, p);
+    }
+  }
+  ok = ok && persist_fp4_plan(a.inline_stages, int(q.size()), grid);
   if (ok) {
     a.count = int(q.size());
     a.sizes = persist_fp4_sizes(a.inline_stages, a.count);
@@ -548,11 +573,15 @@ Status CudaBackend::flush_persist() {
     a.fault = persist_fault_;
     a.fault_report = st_fault_ + kFp4ChainFaultInts;
     a.poll_ns = persist_poll_ns_;
-    return cuda_status(persist_fp4(a, persist_grid_, stream_), "a persistent launch of decode stages");
+    return cuda_status(persist_fp4(a, grid, stream_), "a persistent launch of decode stages");
   }
   for (PersistQueued& e : q) {  // one launch per stage
     if (e.delta) {
       QWEN35_CUDA_TRY(delta_net(e.d, stream_), "the delta rule");
+      continue;
+    }
+    if (e.attn) {
+      QWEN35_CUDA_TRY(attention_fused(e.f, stream_), "attention");
       continue;
     }
     e.m.partial = fp4_partial_;

@@ -54,7 +54,9 @@
 //                           (output projection, FFN, the next layer's input
 //                           projection), 2 = also the delta rule, so a run
 //                           of delta-net layers up to the next attention is
-//                           one launch; steps of more rows: one launch per
+//                           one launch, 3 = also the fused decode attention
+//                           (launches of up to 20 stages, across attention
+//                           layers); steps of more rows: one launch per
 //                           product. Overrides QWEN35_CUDA_FP4_CHAIN (read
 //                           when a context is created)
 //   (kernel 3 always uses 4 warps per block: QWEN35_CUDA_FP4_WARPS is
@@ -110,7 +112,7 @@ struct DecodeTuning {
                             // by heads (Fp4Dep::Heads), instead of after the whole stage before (0)
   int fp4_chain_poll_ns = 64;  // chains: sleep between two polls of a counter by a waiting block (0..4096 ns)
   int fp4_persist = 0;  // kernel 3, steps of 1-2 rows as persistent launches (persist_fp4.h): 1 = layer tails,
-                        // 2 = runs of delta-net layers (with their delta rules)
+                        // 2 = runs of delta-net layers (with their delta rules), 3 = also attention
   int q6k_kernel = 2;
   int q6k_persist = 0;  // kernel 2: 0 = a warp per tile; N = persistent, N blocks per multiprocessor
   int q6k_argmax = 0;   // kernels 2 and 3: 1 = the greedy argmax in the LM head's epilogue

@@ -159,6 +159,18 @@ TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta 
     errs.push_back(rel_err(layers.data() + r * size_t(fx.V), single.data() + r * size_t(fx.V), size_t(fx.V)));
   MESSAGE("persistent delta-net layers against single launches: median " << median(errs) << " worst " << worst(errs));
   CHECK(worst(errs) < 1e-3);  // (equal to the tails' logits here: the delta rule stage has delta_net's bits)
+  // Also the attention (a warp per key split: other sums than the fused
+  // kernel's), so the one- and two-row steps of this model are each one
+  // launch and the head.
+  const std::vector<float> attn = run(0, true, 3);
+  REQUIRE(attn.size() == single.size());
+  errs.clear();
+  for (size_t r = 0; r < single.size() / size_t(fx.V); ++r)
+    errs.push_back(rel_err(attn.data() + r * size_t(fx.V), single.data() + r * size_t(fx.V), size_t(fx.V)));
+  MESSAGE("persistent layers with attention against single launches: median " << median(errs) << " worst "
+                                                                              << worst(errs));
+  CHECK(worst(errs) < 1e-3);  // (the path ran: fewer kernels, below; the out projection's F16 activations may
+                              // round the attention's last bits away, as here)
   // Kernels of a one-row step (the main pass, no MTP logits), and of a
   // two-row step (an MTP verify's shape).
   auto grids_per_step = [&](int persist, int rows = 1) {
@@ -175,14 +187,17 @@ TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta 
     qwen35_context_free(c);
     return g;
   };
-  const int64_t g0 = grids_per_step(0), g1 = grids_per_step(1), g2 = grids_per_step(2);
+  const int64_t g0 = grids_per_step(0), g1 = grids_per_step(1), g2 = grids_per_step(2), g3 = grids_per_step(3);
   MESSAGE("kernels per one-row step: " << g0 << " separate, " << g1 << " with persistent tails, " << g2
-                                       << " with persistent delta-net layers");
+                                       << " with persistent delta-net layers, " << g3 << " with attention too");
   // 4 layers (3 delta net, 1 attention): 4 tails of 4 products in 3 + 2
-  // launches; then the delta rules and input projections join them.
+  // launches; then the delta rules and input projections join them; then
+  // the attention (all 20 stages of the 4 layers in one launch).
   CHECK(g1 < g0);
   CHECK(g2 < g1);
+  CHECK(g3 < g2);
   CHECK(grids_per_step(2, 2) == g2);
+  CHECK(grids_per_step(3, 2) == g3);
   CHECK(grids_per_step(0, 2) == g0);
   free_model(m);
 }
@@ -302,11 +317,11 @@ TEST_CASE("emulated CUDA backend: the argmax in the LM head's epilogue picks the
 TEST_CASE("emulated CUDA backend: greedy MTP speculation (graphs, snapshots, rollback) equals plain greedy") {
   // NVFP4 matrices, and Q8_0 ones (the k-quant tiles: the verify pass's
   // two rows through the conv epilogue with its snapshot).
-  // With NVFP4 also as persistent launches (QWEN35_CUDA_FP4_PERSIST=2: the
-  // one-row steps, the drafts and the two-row verify passes; each row gets
-  // the bits it gets alone).
+  // With NVFP4 also as persistent launches (QWEN35_CUDA_FP4_PERSIST=2 and 3,
+  // with the attention: the one-row steps, the drafts and the two-row verify
+  // passes; each row gets the bits it gets alone).
   for (auto [type, persist] : {std::pair{uint32_t(GGML_NVFP4), 0}, std::pair{uint32_t(GGML_Q8_0), 0},
-                               std::pair{uint32_t(GGML_NVFP4), 2}}) {
+                               std::pair{uint32_t(GGML_NVFP4), 2}, std::pair{uint32_t(GGML_NVFP4), 3}}) {
     const std::string name = type_info(type)->name;
     CAPTURE(name);
     CAPTURE(persist);
