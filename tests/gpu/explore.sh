@@ -17,7 +17,7 @@
 #  * qwen35-cuda-bench on a synthetic full-size 4B NVFP4 file: decode and
 #    prefill with the defaults and its --sweep of decode variants (with the
 #    probes and the persistent launches), the decode timeline with
-#    QWEN35_CUDA_FP4_PERSIST=2, then once per ENV_SETTINGS argument (a
+#    QWEN35_CUDA_FP4_PERSIST=3, then once per ENV_SETTINGS argument (a
 #    space-separated list of VAR=value, e.g. "QWEN35_CUDA_FP4_BPS=3"), each
 #    checked against the CPU.
 # Run from the repository root (after tests/gpu/prepare.sh, .gpu carried).
@@ -73,8 +73,9 @@ run "no PDL n=1" 60 env QWEN35_CUDA_PDL=0 "$BIN/qwen35-matvec-bench" --types NVF
 # stages, against separate launches (tests/gpu/stream_probe.cu).
 run "stream probe" 60 "$BIN/qwen35-stream-probe"
 # The persistent kernel's op tests (the 4B's shapes: plain products, a
-# delta-net tail, the delta rule between its projections) against kernel
-# 3, delta_net and the CPU; then on a whole step's NVFP4 products.
+# delta-net tail, the delta rule and the attention between their
+# projections) against kernel 3, delta_net, attention_fused and the CPU;
+# then on a whole step's NVFP4 products.
 run "persist tests" 180 env QWEN35_FIXTURES="${QWEN35_FIXTURES:-$ROOT/.gpu/fixtures}" "$BIN/test_cuda_ops" \
   -tc="*persistent NVFP4*" --duration=true
 run "persist bench" 120 "$BIN/qwen35-persist-bench"
@@ -87,9 +88,9 @@ done
 [ -n "$SYNTH_PID" ] && wait "$SYNTH_PID"
 if [ -s "$M4" ]; then
   run "bench defaults" 180 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json --check 6 --sweep
-  # The decode timeline with the persistent delta-net layers (CUPTI: each
-  # launch's share of a step).
-  run "trace persist" 90 env QWEN35_CUDA_FP4_PERSIST=2 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 32 --device cuda \
+  # The decode timeline with the persistent layers and attention (CUPTI:
+  # each launch's share of a step).
+  run "trace persist" 90 env QWEN35_CUDA_FP4_PERSIST=3 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 32 --device cuda \
     --trace decode
   i=0
   for settings in "$@"; do

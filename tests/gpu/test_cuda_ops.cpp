@@ -20,6 +20,7 @@
 #include "matmul.h"
 #include "matvec_fp4.h"
 #include "norm.h"
+#include "persist_attn_case.h"
 #include "persist_case.h"
 #include "persist_fp4.h"
 #include "quants.h"
@@ -575,7 +576,7 @@ TEST_CASE("SwiGLU, argmax and the F16 conversions") {
 struct PersistGrid {
   int sms = 0, per_sm = 0;
 };
-static PersistGrid persist_grid() {
+static PersistGrid persist_grid(bool attention = false) {
   int dev = 0;
   PersistGrid g;
   cuda_check(cudaGetDevice(&dev), "cudaGetDevice");
@@ -583,6 +584,7 @@ static PersistGrid persist_grid() {
   cuda::PersistFp4Sizes most;
   most.max_kg_per = cuda::kPersistMaxKgPer;
   most.max_rows = cuda::kPersistMaxRows;
+  most.attention = attention;  // (the kernel's instantiation with attention stages)
   g.per_sm = cuda::persist_fp4_blocks_per_sm(most);
   return g;
 }
@@ -643,6 +645,43 @@ TEST_CASE("the persistent NVFP4 sequence runs the 4B's delta rule between its pr
   CHECK(r.worst_h < 1e-5);
   CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
   CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));
+}
+
+TEST_CASE("the persistent NVFP4 sequence runs the 4B's decode attention between its projections") {
+  QWEN35_REQUIRE_GPU();
+  const PersistGrid grid = persist_grid(true);
+  const int sms = grid.sms, per_sm = grid.per_sm;
+  REQUIRE(per_sm >= 1);
+  MESSAGE("blocks per multiprocessor with attention stages: " << per_sm);
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  // D 2,560; 16 query heads, 4 KV heads of 256, after 500 cached rows: 128
+  // splits (the backend's at a context of 2,048 or more; most of them
+  // empty here) and 32 (every split 16 keys); attention_fused with 8.
+  for (int splits : {128, 32}) {
+    CAPTURE(splits);
+    const PersistAttnResult r = run_persist_attn_case<DevArray>(2560, 16, 4, 256, 500, splits, 8, sms * per_sm, sms,
+                                                                rand);
+    REQUIRE(r.ok);
+    CHECK(r.fault == 0);
+    CHECK(r.repeat_equal);
+    MESSAGE("mix " << r.worst_mix << " o " << r.worst_o << " k " << r.worst_k << " v " << r.worst_v << " h "
+                   << r.worst_h << "; cache elements unlike attention_fused's: " << r.cache_rows_differ);
+    CHECK(r.worst_mix < 1e-5);
+    CHECK(r.worst_o < 1e-5);
+    CHECK(r.worst_k < 1e-3);
+    CHECK(r.worst_v == 0.0);
+    CHECK(r.worst_h < 1e-5);
+    for (const std::vector<int>* c : {&r.counters, &r.done, &r.tickets, &r.attn_counters})
+      CHECK(std::all_of(c->begin(), c->end(), [](int x) { return x == 0; }));
+    // Two rows: the first row's bits are those of a launch of it alone.
+    const PersistAttnResult r2 = run_persist_attn_case<DevArray>(2560, 16, 4, 256, 500, splits, 8, sms * per_sm,
+                                                                 sms, rand, 2);
+    REQUIRE(r2.ok);
+    CHECK(r2.fault == 0);
+    CHECK(r2.worst_o < 1e-5);
+    CHECK(std::equal(r.o.begin(), r.o.end(), r2.o.begin()));
+    CHECK(std::equal(r.h.begin(), r.h.end(), r2.h.begin()));
+  }
 }
 
 TEST_CASE("the persistent NVFP4 sequence runs a 4B delta-net layer's tail (norms, SwiGLU, Add, conv) as kernel 3") {
