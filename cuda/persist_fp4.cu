@@ -342,8 +342,8 @@ __device__ __forceinline__ void attention_unit_dh(const FusedAttnArgs& f, int64_
 }
 
 // kAttn: the launch has attention stages (an instantiation of its own: the
-// attention unit's registers, ~235 a thread against 155, leave 2 blocks a
-// multiprocessor instead of 3).
+// attention unit's registers, 233 a thread against 155 on sm_90a, leave 2
+// blocks a multiprocessor instead of 3).
 template <bool kAttn>
 __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_constant__ PersistFp4Args a) {
   uint8_t* smem = dynamic_smem<uint8_t>();
@@ -399,9 +399,11 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
       }
     };
     if (p.kind != PersistKind::Product) {  // (no weights, no ring stages)
-      if constexpr (kAttn) {
-        if (p.kind == PersistKind::Attention)  // (its first cache rows requested before the wait)
+      if (p.kind == PersistKind::Attention) {
+        if constexpr (kAttn)  // (its first cache rows requested before the wait)
           attention_unit_dh(p.attn, c.u, reinterpret_cast<float*>(xw), lane, wait_inputs);
+        else if (lane == 0)  // (sizes.attention was not set: the launch is wrong, and says so)
+          atomicMax(a.fault, 1);
       }
       if (p.kind == PersistKind::DeltaRule) {
         wait_inputs();

@@ -9,8 +9,10 @@
 // same inputs (largest difference relative to the largest output; bar
 // 1e-5: the same F16 chunks and products, other sums of the slices).
 // Variants: blocks per multiprocessor (1 .. what fits), the waiters' poll
-// interval, and a probe without the waits for the stage before (wrong
-// results: the weight stream and the arithmetic alone).
+// interval, a probe without the waits for the stage before (wrong
+// results: the weight stream and the arithmetic alone), and the kernel's
+// instantiation for launches with attention stages on the same products
+// (what its registers and smaller grid cost: QWEN35_CUDA_FP4_PERSIST=3).
 //
 //   qwen35-persist-bench [--quick]
 #include <cuda_runtime.h>
@@ -211,10 +213,15 @@ int main(int argc, char** argv) {
     int per_sm;
     unsigned poll_ns;
     bool no_waits = false;  // the probe: the streaming and arithmetic alone (wrong results)
+    bool attn_kernel = false;  // the kernel's instantiation for launches with attention (its registers, its grid)
   };
+  PersistFp4Sizes most_attn = most;
+  most_attn.attention = true;
+  const int fit_attn = persist_fp4_blocks_per_sm(most_attn);
   std::vector<Variant> variants;
   for (int b = fit; b >= 1; --b) variants.push_back({b, 64});
   variants.push_back({fit, 64, true});
+  if (fit_attn >= 1) variants.push_back({fit_attn, 64, false, true});
   if (!quick)
     for (unsigned poll : {0u, 256u, 1024u}) variants.push_back({fit, poll});
   for (const Variant& v : variants) {
@@ -223,7 +230,8 @@ int main(int argc, char** argv) {
       std::printf("persist| the plan for %d blocks failed\n", blocks);
       continue;
     }
-    const PersistFp4Sizes sizes = persist_fp4_sizes(table.data(), count);
+    PersistFp4Sizes sizes = persist_fp4_sizes(table.data(), count);
+    sizes.attention = v.attn_kernel;
     if (persist_fp4_blocks_per_sm(sizes) < v.per_sm) continue;
     if (partial) TRY(cudaFree(partial));
     if (counters) TRY(cudaFree(counters));
@@ -251,8 +259,9 @@ int main(int argc, char** argv) {
     if (!time_it(one, &us)) return 1;
     int f = 0;
     TRY(cudaMemcpy(&f, fault + 1, sizeof(int), cudaMemcpyDeviceToHost));
-    char what[96];
-    std::snprintf(what, sizeof what, "persistent, %d blocks/SM, poll %u ns%s%s", v.per_sm, v.poll_ns,
+    char what[128];
+    std::snprintf(what, sizeof what, "persistent%s, %d blocks/SM, poll %u ns%s%s",
+                  v.attn_kernel ? " (attention kernel)" : "", v.per_sm, v.poll_ns,
                   v.no_waits ? ", PROBE: no waits" : "", f ? " (A WAIT GAVE UP)" : "");
     report(what, us, v.no_waits ? -1.0 : check());
     TRY(cudaMemset(fault, 0, 2 * sizeof(int)));
