@@ -206,6 +206,26 @@ struct FusedAttnSmem {
   int last;
 };
 
+// Element i of new row u's key (the normalized head in buf, rotated for
+// row u) and value of KV head g, rounded to F16 as the cache stores them:
+// into nk / nv, and with `write` into cache row n_past + u. kL2: the value
+// through L2 (written earlier in the same launch).
+template <bool kL2>
+__device__ __forceinline__ void new_kv_element(const QkvRopeArgs& r, const float* buf, int64_t i, int64_t u,
+                                               int64_t g, int64_t Dh, int64_t kvd, int64_t n_past, bool write,
+                                               float* nk, float* nv) {
+  const float* cs = r.rope_cs ? r.rope_cs + u * r.rope.n_rot : nullptr;
+  const __half kh = __float2half_rn(rope_element(buf, i, r.pos + 3 * u, r.rope, cs));
+  const float* vp = r.v + u * r.ldv + g * Dh + i;
+  const __half vh = __float2half_rn(kL2 ? __ldcg(vp) : *vp);
+  nk[i] = __half2float(kh);
+  nv[i] = __half2float(vh);
+  if (write) {
+    r.k_cache[(n_past + u) * kvd + g * Dh + i] = __half_as_ushort(kh);
+    r.v_cache[(n_past + u) * kvd + g * Dh + i] = __half_as_ushort(vh);
+  }
+}
+
 // Block (head h, row t, split s) of the fused decode attention, with
 // kAttnWarps warps. Waits for the previous kernel (pdl_prologue) after
 // requesting its first cache rows. Returns whether this block merged the
@@ -236,23 +256,14 @@ __device__ __forceinline__ bool fused_attention_block(const FusedAttnArgs& f, in
   pdl_prologue();
 
   head_rmsnorm(r.qg + t * r.ldqg + h * 2 * Dh, r.q_norm, Dh, r.eps, sh.buf, sh.red);
-  auto cs_of = [&](int64_t row) { return r.rope_cs ? r.rope_cs + row * r.rope.n_rot : nullptr; };
-  for (int64_t i = threadIdx.x; i < Dh; i += blockDim.x)
-    sh.sq[i] = rope_element(sh.buf, i, r.pos + 3 * t, r.rope, cs_of(t));
+  const float* cs = r.rope_cs ? r.rope_cs + t * r.rope.n_rot : nullptr;  // (row t's rotation table)
+  for (int64_t i = threadIdx.x; i < Dh; i += blockDim.x) sh.sq[i] = rope_element(sh.buf, i, r.pos + 3 * t, r.rope, cs);
   const bool writer = h % group == 0 && s == 0;  // writes row t's key and value of KV head g
   for (int64_t u = 0; u <= t; ++u) {
     __syncthreads();  // buf is no longer read
     head_rmsnorm(r.k + u * r.ldk + g * Dh, r.k_norm, Dh, r.eps, sh.buf, sh.red);
-    for (int64_t i = threadIdx.x; i < Dh; i += blockDim.x) {
-      const __half kh = __float2half_rn(rope_element(sh.buf, i, r.pos + 3 * u, r.rope, cs_of(u)));
-      const __half vh = __float2half_rn(r.v[u * r.ldv + g * Dh + i]);
-      sh.nk[u][i] = __half2float(kh);
-      sh.nv[u][i] = __half2float(vh);
-      if (writer && u == t) {
-        r.k_cache[(n_past + t) * kvd + g * Dh + i] = __half_as_ushort(kh);
-        r.v_cache[(n_past + t) * kvd + g * Dh + i] = __half_as_ushort(vh);
-      }
-    }
+    for (int64_t i = threadIdx.x; i < Dh; i += blockDim.x)
+      new_kv_element<false>(r, sh.buf, i, u, g, Dh, kvd, n_past, writer && u == t, sh.nk[u], sh.nv[u]);
   }
   __syncthreads();
 

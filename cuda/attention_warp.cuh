@@ -137,27 +137,18 @@ __device__ __forceinline__ bool warp_attention_unit(const FusedAttnArgs& f, int6
     // The query head, normalized and rotated; the new rows' keys and values
     // up to row t (F16-rounded as the cache stores them); split 0 of the
     // KV head's first query head writes row t's to the cache.
-    auto cs_of = [&](int64_t row) { return r.rope_cs ? r.rope_cs + row * r.rope.n_rot : nullptr; };
+    const float* cs = r.rope_cs ? r.rope_cs + t * r.rope.n_rot : nullptr;  // (row t's rotation table)
     warp_head_rmsnorm<EPL>(r.qg + t * r.ldqg + h * 2 * Dh, r.q_norm, r.eps, buf, lane);
 #pragma unroll
     for (int e = 0; e < EPL; ++e)
-      sq[lane + e * kWarp] = rope_element(buf, lane + e * kWarp, r.pos + 3 * t, r.rope, cs_of(t));
+      sq[lane + e * kWarp] = rope_element(buf, lane + e * kWarp, r.pos + 3 * t, r.rope, cs);
     const bool writer = h % group == 0 && s == 0;
     for (int64_t w = 0; w <= t; ++w) {
       __syncwarp();  // buf is no longer read
       warp_head_rmsnorm<EPL>(r.k + w * r.ldk + g * Dh, r.k_norm, r.eps, buf, lane);
 #pragma unroll
-      for (int e = 0; e < EPL; ++e) {
-        const int64_t i = lane + e * kWarp;
-        const __half kh = __float2half_rn(rope_element(buf, i, r.pos + 3 * w, r.rope, cs_of(w)));
-        const __half vh = __float2half_rn(__ldcg(r.v + w * r.ldv + g * Dh + i));
-        nk[w][i] = __half2float(kh);
-        nv[w][i] = __half2float(vh);
-        if (writer && w == t) {
-          r.k_cache[(n_past + t) * kvd + g * Dh + i] = __half_as_ushort(kh);
-          r.v_cache[(n_past + t) * kvd + g * Dh + i] = __half_as_ushort(vh);
-        }
-      }
+      for (int e = 0; e < EPL; ++e)
+        new_kv_element<true>(r, buf, lane + e * kWarp, w, g, Dh, kvd, n_past, writer && w == t, nk[w], nv[w]);
     }
     __syncwarp();
     float q[EPL];

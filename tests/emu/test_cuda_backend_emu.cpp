@@ -202,6 +202,57 @@ TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta 
   free_model(m);
 }
 
+TEST_CASE("emulated CUDA backend: persistent decode steps with attention stages track the fixture and the default") {
+  // QWEN35_CUDA_FP4_PERSIST=3 one token at a time past the first key split
+  // (16 keys a split: the later steps merge several splits, the others of
+  // the context's splits empty), with graphs, against the default launches
+  // and the exact fixture logits.
+  const char* name = "tiny-m-nvfp4";
+  FixtureLogits fx(name);
+  qwen35_model* m = load_cuda(name);
+  const std::vector<int32_t>& s = fx.seqs[2];
+  const int n = std::min<int>(int(s.size()), 36);
+  REQUIRE(n > 32);
+  auto run = [&](int persist) {
+    const cuda::DecodeTuning saved = cuda::decode_tuning();
+    cuda::DecodeTuning t = saved;
+    t.fp4_persist = persist;
+    cuda::set_decode_tuning(t);
+    qwen35_context* c = make_ctx(m);
+    cuda::set_decode_tuning(saved);
+    std::vector<float> out;
+    for (int i = 0; i < n; ++i) {
+      REQUIRE(qwen35_context_decode(c, &s[size_t(i)], 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+      const float* l = qwen35_context_logits(c, -1);
+      REQUIRE(l != nullptr);
+      out.insert(out.end(), l, l + fx.V);
+    }
+    qwen35_context_free(c);
+    return out;
+  };
+  const std::vector<float> base = run(0), attn = run(3);
+  // The fixture rows of sequence 2 follow those of sequences 0 and 1.
+  const size_t row0 = fx.seqs[0].size() + fx.seqs[1].size();
+  std::vector<double> to_default, to_fixture, default_to_fixture;
+  for (int i = 0; i < n; ++i) {
+    const float* a = attn.data() + size_t(i) * size_t(fx.V);
+    const float* ref = fx.main.data() + (row0 + size_t(i)) * size_t(fx.V);
+    to_default.push_back(rel_err(a, base.data() + size_t(i) * size_t(fx.V), size_t(fx.V)));
+    to_fixture.push_back(rel_err(a, ref, size_t(fx.V)));
+    default_to_fixture.push_back(rel_err(base.data() + size_t(i) * size_t(fx.V), ref, size_t(fx.V)));
+  }
+  MESSAGE("persistent with attention: against the default median " << median(to_default) << " worst "
+                                                                    << worst(to_default) << "; against the fixture "
+                                                                    << median(to_fixture) << " worst "
+                                                                    << worst(to_fixture) << " (the default: "
+                                                                    << worst(default_to_fixture) << ")");
+  CHECK(worst(to_default) < 2e-3);
+  CHECK(median(to_fixture) <= 8e-2);  // (the one-token-at-a-time bar above)
+  CHECK(worst(to_fixture) <= 0.25);
+  CHECK(worst(to_fixture) <= worst(default_to_fixture) + 2e-3);  // no worse than the default's rounding
+  free_model(m);
+}
+
 TEST_CASE("emulated CUDA backend: the chunked delta rule in the batch path meets the fixture bar") {
   EnvVar chunked("QWEN35_CUDA_DELTA_CHUNKED", "1");  // read when the context is created
   check_batch_bar("batch, chunked delta rule");

@@ -75,13 +75,6 @@ PersistAttnResult run_persist_attn_case(int64_t D, int64_t Hq, int64_t Hkv, int6
     a.epilogue = Fp4Epilogue::Add;
     return a;
   };
-  auto kernel3 = [&](Fp4MatvecArgs a) {
-    Arr<float> part(std::vector<float>(size_t(fp4_partial_floats(a.w, sms) + 1), 0.0f));
-    Arr<int> cnt(std::vector<int>(size_t(fp4_counter_ints(a.w) + 1), 0));
-    a.partial = part.get();
-    a.counters = cnt.get();
-    return fp4_matvec(a, sms, nullptr) == cudaSuccess;
-  };
 
   // The persistent launch (twice, from the same inputs); the projections go
   // to the case's mix, which the attention stage reads.
@@ -116,7 +109,7 @@ PersistAttnResult run_persist_attn_case(int64_t D, int64_t Hq, int64_t Hkv, int6
   r.attn_counters = dev.cnt.download();
   {  // the input projection: kernel 3 on the same h
     Arr<float> h(h0), m(std::vector<float>(size_t(n * ld), NAN));
-    if (!kernel3(in_args(h.get(), m.get()))) return r;
+    if (!kernel3_alone<Arr>(in_args(h.get(), m.get()), sms)) return r;
     r.worst_mix = worst_rel(mix, m.download());
   }
   {  // the attention: attention_fused on the launch's projections
@@ -141,7 +134,7 @@ PersistAttnResult run_persist_attn_case(int64_t D, int64_t Hq, int64_t Hkv, int6
   }
   {  // the output projection: kernel 3 on the launch's attention outputs
     Arr<float> o(r.o), h(h0);
-    if (!kernel3(out_args(o.get(), h.get()))) return r;
+    if (!kernel3_alone<Arr>(out_args(o.get(), h.get()), sms)) return r;
     r.worst_h = worst_rel(r.h, h.download());
   }
   r.ok = true;

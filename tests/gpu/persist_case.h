@@ -33,6 +33,18 @@ inline double worst_rel(const std::vector<float>& got, const std::vector<float>&
   return d / std::max(big, 1e-30);
 }
 
+// Kernel 3 alone on the product a (its own split-K scratch), for `sms`
+// multiprocessors; false if the launch failed.
+template <template <typename> class Arr>
+bool kernel3_alone(cuda::Fp4MatvecArgs a, int sms) {
+  using namespace qwen35::cuda;
+  Arr<float> part(std::vector<float>(size_t(fp4_partial_floats(a.w, sms) + 1), 0.0f));
+  Arr<int> cnt(std::vector<int>(size_t(fp4_counter_ints(a.w) + 1), 0));
+  a.partial = part.get();
+  a.counters = cnt.get();
+  return fp4_matvec(a, sms, nullptr) == cudaSuccess;
+}
+
 // What persistent launches of one planned table share: the scratch, sized
 // by the first launch's table, and the counters, which every launch must
 // leave at zero for the next.
@@ -151,15 +163,11 @@ PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>
     k.w = w[size_t(s)]->t;
     k.n = 1;
     Arr<float> dx(x), dy(std::vector<float>(size_t(rows), NAN));
-    Arr<float> kp(std::vector<float>(size_t(fp4_partial_floats(k.w, sms) + 1), 0.0f));
-    Arr<int> kc(std::vector<int>(size_t(fp4_counter_ints(k.w) + 1), 0));
     k.x = dx.get();
     k.ldx = cols;
     k.y = dy.get();
     k.ldy = rows;
-    k.partial = kp.get();
-    k.counters = kc.get();
-    if (fp4_matvec(k, sms, nullptr) != cudaSuccess) return out;
+    if (!kernel3_alone<Arr>(k, sms)) return out;
     const std::vector<float> y3 = dy.download();
     const uint64_t rb = row_bytes(*type_info(GGML_NVFP4), cols);
     double big = 0.0, d3 = 0.0, dc = 0.0;
@@ -320,12 +328,7 @@ PersistTailResult run_persist_tail_case(int64_t D, int64_t F, int64_t Hv, int64_
   r.done = scratch.done.download();
   {  // kernel 3's input projection on the h the persistent launch left
     Arr<float> h(first[0]), act(nan_act), mix(nan_mix), window(win0);
-    Fp4MatvecArgs s = products(h.get(), act.get(), mix.get(), window.get())[3];
-    Arr<float> part(std::vector<float>(size_t(fp4_partial_floats(s.w, sms) + 1), 0.0f));
-    Arr<int> cnt(std::vector<int>(size_t(fp4_counter_ints(s.w) + 1), 0));
-    s.partial = part.get();
-    s.counters = cnt.get();
-    if (fp4_matvec(s, sms, nullptr) != cudaSuccess) return r;
+    if (!kernel3_alone<Arr>(products(h.get(), act.get(), mix.get(), window.get())[3], sms)) return r;
     r.worst_mix_same = worst_rel(first[2], mix.download());
     r.worst_win_same = worst_rel(first[3], window.download());
   }
@@ -416,13 +419,6 @@ PersistDeltaResult run_persist_delta_case(int64_t D, int64_t Hk, int64_t Hv, int
     a.epilogue = Fp4Epilogue::Add;
     return a;
   };
-  auto kernel3 = [&](Fp4MatvecArgs a) {
-    Arr<float> part(std::vector<float>(size_t(fp4_partial_floats(a.w, sms) + 1), 0.0f));
-    Arr<int> cnt(std::vector<int>(size_t(fp4_counter_ints(a.w) + 1), 0));
-    a.partial = part.get();
-    a.counters = cnt.get();
-    return fp4_matvec(a, sms, nullptr) == cudaSuccess;
-  };
 
   PersistScratch<Arr> scratch(3);
   std::vector<float> first[5];  // h, mix, window, state, so
@@ -450,7 +446,7 @@ PersistDeltaResult run_persist_delta_case(int64_t D, int64_t Hk, int64_t Hv, int
   r.done = scratch.done.download();
   {  // the input projection: kernel 3 on the same h
     Arr<float> h(h0), mix(nan_mix), window(win0);
-    if (!kernel3(in_args(h.get(), mix.get(), window.get()))) return r;
+    if (!kernel3_alone<Arr>(in_args(h.get(), mix.get(), window.get()), sms)) return r;
     r.worst_mix = worst_rel(first[1], mix.download());
     r.worst_win = worst_rel(first[2], window.download());
   }
@@ -461,7 +457,7 @@ PersistDeltaResult run_persist_delta_case(int64_t D, int64_t Hk, int64_t Hv, int
   }
   {  // the output projection: kernel 3 on the persistent launch's delta outputs
     Arr<float> mix(first[1]), so(first[4]), h(h0);
-    if (!kernel3(out_args(so.get(), mix.get(), h.get()))) return r;
+    if (!kernel3_alone<Arr>(out_args(so.get(), mix.get(), h.get()), sms)) return r;
     r.worst_h = worst_rel(first[0], h.download());
   }
   r.h = first[0];
