@@ -174,9 +174,6 @@ class CudaBackend final : public Backend {
   // Starts a chain with the delta rule (the queue is empty); `site` names
   // its counters.
   void queue_delta(const DeltaNetArgs& d, const DevLinear& site);
-  // Appends the delta rule to the queue of persistent stages.
-  Status queue_persist_delta(const DeltaNetArgs& d);
-  Status queue_persist_attention(const FusedAttnArgs& f);
   // The same with the fused decode attention.
   void queue_attention(const FusedAttnArgs& f, const DevLinear& site);
   // Launches the queued chain (one launch, or stage by stage where the chain
@@ -339,6 +336,11 @@ class CudaBackend final : public Backend {
   int* persist_tickets_ = nullptr;                      // likewise: two, for launches in turn (persist_turn_)
   int persist_turn_ = 0;
   int* persist_fault_ = nullptr;                        // likewise (the report: st_fault_)
+  // Appends a stage to the queue of persistent stages (flushing it first
+  // when full); the delta rule, the fused decode attention.
+  Status queue_persist(const PersistQueued& e);
+  Status queue_persist_delta(const DeltaNetArgs& d);
+  Status queue_persist_attention(const FusedAttnArgs& f);
   // Launches the queued stages (one persistent launch, or one per stage).
   Status flush_persist();
   uint16_t* xb_ = nullptr;                                  // [nb, max K] BF16 activations

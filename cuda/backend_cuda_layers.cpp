@@ -435,22 +435,24 @@ Status CudaBackend::ffn(const DevLayer& L, int64_t n, float* h) {
   return project(L.down, gu_, 2 * F, n, nullptr, h, D, Epi::Add);
 }
 
-Status CudaBackend::queue_persist_delta(const DeltaNetArgs& d) {
+Status CudaBackend::queue_persist(const PersistQueued& e) {
   if (persist_q_.size() == size_t(kPersistInline)) QWEN35_TRY(flush_persist());
-  PersistQueued e;
-  e.delta = true;
-  e.d = d;
   persist_q_.push_back(e);
   return Status::Ok();
 }
 
+Status CudaBackend::queue_persist_delta(const DeltaNetArgs& d) {
+  PersistQueued e;
+  e.delta = true;
+  e.d = d;
+  return queue_persist(e);
+}
+
 Status CudaBackend::queue_persist_attention(const FusedAttnArgs& f) {
-  if (persist_q_.size() == size_t(kPersistInline)) QWEN35_TRY(flush_persist());
   PersistQueued e;
   e.attn = true;
   e.f = f;
-  persist_q_.push_back(e);
-  return Status::Ok();
+  return queue_persist(e);
 }
 
 void CudaBackend::queue_delta(const DeltaNetArgs& d, const DevLinear& site) {
@@ -469,12 +471,10 @@ void CudaBackend::queue_attention(const FusedAttnArgs& f, const DevLinear& site)
 
 Status CudaBackend::queue_fp4(Fp4MatvecArgs a, const DevLinear& W) {
   if (persist_) {
-    if (persist_q_.size() == size_t(kPersistInline)) QWEN35_TRY(flush_persist());
     a.next = Fp4Tiled{};  // (kernel 3's L2 prefetch hint: not in a persistent launch)
     PersistQueued e;
     e.m = a;
-    persist_q_.push_back(e);
-    return Status::Ok();
+    return queue_persist(e);
   }
   if (chain_.stages == kFp4ChainMaxStages) QWEN35_TRY(flush_chain());
   const int s = chain_.stages;
