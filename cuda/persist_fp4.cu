@@ -4,8 +4,9 @@
 // Units: the stages' (tile u / splits, column slice u % splits) units, stage
 // after stage, numbered by tickets (stage s's units follow stage s-1's).
 // Lane 0 of each warp takes tickets from an atomic counter and queues them
-// (a few per warp, in shared memory), so units go to warps in the order
-// they ask, and every warp's units are in ticket order. It keeps
+// (a few per warp, in shared memory; the next one already requested), so
+// units go to warps in the order they ask, and every warp's units are in
+// ticket order. It keeps
 // kPersistStages ring stages of its weights requested ahead (cp.async.bulk,
 // kernel 3's stages of 4 kgroups), walking its queue with an issue cursor
 // that runs ahead of the computation across units and stages: each slot the
@@ -114,6 +115,11 @@ struct Issue {
   int st = 0;              // the next ring stage of c's run
   uint32_t next = 0;       // the warp's ring sequence number of the next request
   uint32_t tail = 0;
+  // The next ticket, requested when the one before was taken: its atomic's
+  // round trip to L2 overlaps the work in between instead of stalling lane
+  // 0, and with it the warp, in the middle of a unit's stream. (The warp
+  // holds one ticket more; it takes them in order all the same.)
+  int pending = -1;
 };
 
 // Lane 0: a ticket for the queue, if the queue takes one (not full, no
@@ -122,7 +128,8 @@ struct Issue {
 __device__ __forceinline__ bool take_ticket(Issue& is, const PersistFp4Stage* st, int count, int* tickets, int* q,
                                             uint32_t head) {
   while (!is.ended && is.tail - head < kQueue && !(is.weightless && head < is.tail)) {
-    const int t = atomicAdd(tickets, 1);
+    const int t = is.pending;
+    is.pending = atomicAdd(tickets, 1);
     if (!locate(st, count, t, is.c)) {
       is.ended = true;
       return false;
@@ -342,7 +349,7 @@ __device__ __forceinline__ void attention_unit_dh(const FusedAttnArgs& f, int64_
 }
 
 // kAttn: the launch has attention stages (an instantiation of its own: the
-// attention unit's registers, 233 a thread against 155 on sm_90a, leave 2
+// attention unit's registers, 234 a thread against 154 on sm_90a, leave 2
 // blocks a multiprocessor instead of 3).
 template <bool kAttn>
 __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_constant__ PersistFp4Args a) {
@@ -362,6 +369,7 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
   Issue is;
   if (lane == 0) {
     for (int i = 0; i < S; ++i) mbar_init(smem_addr(bars + i), 1);
+    is.pending = atomicAdd(a.tickets, 1);
     issue_ahead(is, st, a.count, a.tickets, queue, 0, 0, ring, bars);
   }
   __syncwarp();
@@ -522,7 +530,8 @@ bool stage_ok(const PersistFp4Stage& p, int64_t* align) {
   *align = 1;
   if (p.kind == PersistKind::DeltaRule) {
     const DeltaNetArgs& d = p.delta;
-    return d.n >= 1 && d.n <= kPersistMaxRows && (d.dk == 32 || d.dk == 64 || d.dk == 128 || d.dk == 256) && d.Hk >= 1 && d.Hv >= 1 &&
+    return d.n >= 1 && d.n <= kPersistMaxRows && (d.dk == 32 || d.dk == 64 || d.dk == 128 || d.dk == 256) &&
+           d.Hk >= 1 && d.Hv >= 1 &&
            d.dv >= 1 && d.dv % (256 / d.dk) == 0 && d.uc && d.b && d.a && d.ssm_a && d.dt_bias && d.out &&
            aligned16(d.state) && d.snapshot_row >= -1 && d.snapshot_row < d.n &&
            (d.snapshot_row < 0 || aligned16(d.snapshot)) && (d.n == 1 || (d.ldu >= 0 && d.ldb >= 0 && d.lda >= 0));
@@ -544,7 +553,8 @@ bool stage_ok(const PersistFp4Stage& p, int64_t* align) {
       !aligned16(w.codes) || !aligned16(w.scales) || !aligned16(p.x) || p.n < 1 || p.n > kPersistMaxRows)
     return false;
   // Rows after the first: 16-byte aligned, not overlapping the one before.
-  if (p.n > 1 && (p.ldx < w.cols || p.ldx % 4 != 0 || p.ldy < w.rows || (p.gate_z && (p.ldz < w.cols || p.ldz % 4 != 0))))
+  if (p.n > 1 &&
+      (p.ldx < w.cols || p.ldx % 4 != 0 || p.ldy < w.rows || (p.gate_z && (p.ldz < w.cols || p.ldz % 4 != 0))))
     return false;
   if ((w.pairing == Fp4Pairing::GateUp) != (p.epilogue == Fp4Epilogue::SwiGLU)) return false;
   if (w.pairing != Fp4Pairing::Plain && w.pairing != Fp4Pairing::GateUp) return false;
@@ -652,7 +662,8 @@ bool persist_fp4_plan(PersistFp4Stage* stages, int count, int blocks) {
   // its tiles' sums of squares.
   for (int s = 1; s < count; ++s) {
     PersistFp4Stage &p = stages[s], &q = stages[s - 1];
-    if (p.kind == PersistKind::Product && q.kind == PersistKind::Product && p.norm && q.w.pairing == Fp4Pairing::Plain &&
+    if (p.kind == PersistKind::Product && q.kind == PersistKind::Product && p.norm &&
+        q.w.pairing == Fp4Pairing::Plain &&
         (q.epilogue == Fp4Epilogue::Store || q.epilogue == Fp4Epilogue::Add) && q.y == p.x && q.w.rows == p.w.cols &&
         q.n == p.n && (p.n == 1 || q.ldy == p.ldx)) {
       q.squares = true;
