@@ -122,8 +122,10 @@ __device__ __forceinline__ bool fp4_combine_global(const Fp4MatvecArgs& a, int s
 }
 
 // The activation rows and their prologue (norm or gated norm) of a product,
-// as the streaming kernels' shared helpers take them (tc_common.cuh).
-__host__ __device__ __forceinline__ TcInput tc_input(const Fp4MatvecArgs& a) {
+// as the streaming kernels' shared helpers take them (tc_common.cuh). A:
+// Fp4MatvecArgs, or a persistent stage (the same fields).
+template <typename A>
+__host__ __device__ __forceinline__ TcInput tc_input(const A& a) {
   TcInput in;
   in.x = a.x;
   in.ldx = a.ldx;

@@ -230,16 +230,7 @@ __device__ __forceinline__ float stage_rnorm(const PersistFp4Stage* st, int s, i
 // pass (items j nch + c; slices start on head boundaries and hold whole
 // heads).
 __device__ __forceinline__ void warp_load_x(const PersistFp4Stage& p, int64_t c0, int nch, uint16_t* xs, float* mult) {
-  TcInput in;
-  in.x = p.x;
-  in.ldx = p.ldx;
-  in.n = p.n;
-  in.norm = p.norm;
-  in.gate_z = p.gate_z;
-  in.ldz = p.ldz;
-  in.gate_w = p.gate_w;
-  in.gate_dv = p.gate_dv;
-  in.eps = p.eps;
+  const TcInput in = tc_input(p);
   tc_load_x_impl<false, true, true>(in, c0, nch, xs, mult, nullptr);
 }
 
