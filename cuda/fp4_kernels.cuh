@@ -178,6 +178,50 @@ __device__ __forceinline__ void fp4_kgroup(float* acc, uint4 c4, uint2 s2, int i
   }
 }
 
+// fp4_kgroup for the FP8 arrangement (fp4_tiled.h; kernel 3 with tuning
+// fp4_fp8): the kgroup's two chunk pairs, one k32 mma each per activation
+// row (kN = 1 or 2). xb: this lane's 8 bytes of the slice's first B
+// fragment ([pairs][kN][256 bytes]); mp: the chunk multipliers ([nch][8]).
+// The lane's D columns are sub-block blk = (lane & 3) / 2's terms (both
+// added here; the other lanes of the quad hold the rest, added once at the
+// end: fp8_quad_sum), so its scales are that chunk's. acc[j] (row g) and
+// acc[2 + j] (row g+8) for activation row j.
+template <int kN>
+__device__ __forceinline__ void fp8_kgroup(float* acc, uint4 c4, uint2 s2, int i, const uint8_t* xb, const float* mp,
+                                           int blk) {
+  static_assert(kN == 1 || kN == 2, "one or two activation rows");
+  const uint32_t words[4] = {c4.x, c4.y, c4.z, c4.w};
+#pragma unroll
+  for (int pr = 0; pr < 2; ++pr) {
+    uint32_t ar[4];
+    fp8_unpack_word(words[2 * pr], ar);          // chunk 2pr: registers 0 (row g), 1 (row g+8)
+    fp8_unpack_word(words[2 * pr + 1], ar + 2);  // chunk 2pr+1: registers 2, 3
+    const float2 sc = e4m3x2_to_float2((pr == 0 ? s2.x : s2.y) >> (16 * blk));  // rows g, g+8 of chunk 2pr + blk
+    const int c = 4 * i + 2 * pr + blk;
+#pragma unroll
+    for (int j = 0; j < kN; ++j) {
+      const uint2 bv = *reinterpret_cast<const uint2*>(xb + ((2 * i + pr) * kN + j) * 256);
+      float d[4];
+      mma_e4m3(d, ar, bv.x, bv.y);
+      const float m = mp[c * kMatvecMaxCols + j];
+      acc[j] = fmaf(d[0] + d[1], sc.x * m, acc[j]);
+      acc[2 + j] = fmaf(d[2] + d[3], sc.y * m, acc[2 + j]);
+    }
+  }
+}
+
+// The FP8 stream's sums of the quad's four lanes (their terms and
+// sub-blocks), in every lane of the quad: then lane t = 0 holds what the
+// F16 arithmetic leaves there (rows g, g+8 for activation rows 0 and 1).
+// The same bits in every lane (the butterfly adds the same pairs).
+__device__ __forceinline__ void fp8_quad_sum(float* acc) {
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    acc[e] += __shfl_xor_sync(0xFFFFFFFFu, acc[e], 1);
+    acc[e] += __shfl_xor_sync(0xFFFFFFFFu, acc[e], 2);
+  }
+}
+
 // Kernels 2 and 3 and the fused FFN after the stream of slice `split` of
 // tile group `group`: the encoding's scale, the slices combined (last block
 // of the tile group, in split order), the RMS norm's factor, the epilogue.
@@ -302,7 +346,9 @@ __device__ __forceinline__ void bulk_start(const BulkRun& r) {
 // issues the next request into it, if any: fence_proxy_async_smem first),
 // and (unless skip_math) adds the stage's kgroups into acc (fp4_kgroup; xb,
 // mp, kN as there).
-template <int S, bool kLean, int kN, typename Refill>
+// kFp8: the codes are in the FP8 arrangement (fp8_kgroup; xb then points at
+// the lane's bytes of the B fragments).
+template <int S, bool kLean, int kN, typename Refill, bool kFp8 = false>
 __device__ __forceinline__ void bulk_stream_refill(const BulkRun& r, float* acc, const uint16_t* xb, const float* mp,
                                                    int n, int lane, int g, bool skip_math, Refill&& refill) {
   for (int st = 0; st < r.nst; ++st) {
@@ -324,22 +370,29 @@ __device__ __forceinline__ void bulk_stream_refill(const BulkRun& r, float* acc,
     if (lane == 0) refill(st);
     if (skip_math) continue;
 #pragma unroll
-    for (int k = 0; k < kBulkStageKg; ++k)
-      if (k < nk) fp4_kgroup<kLean, kN>(acc, c4[k], s2[k], k0 + k, xb, mp, n);
+    for (int k = 0; k < kBulkStageKg; ++k) {
+      if (k < nk) {
+        if constexpr (kFp8)
+          fp8_kgroup<kN>(acc, c4[k], s2[k], k0 + k, reinterpret_cast<const uint8_t*>(xb), mp, (lane & 3) >> 1);
+        else
+          fp4_kgroup<kLean, kN>(acc, c4[k], s2[k], k0 + k, xb, mp, n);
+      }
+    }
   }
 }
 
 // bulk_stream_refill over one run: each freed slot takes the run's stage S
 // ahead.
-template <int S, bool kLean, int kN = 0>
+template <int S, bool kLean, int kN = 0, bool kFp8 = false>
 __device__ __forceinline__ void bulk_stream(const BulkRun& r, float* acc, const uint16_t* xb, const float* mp, int n,
                                             int lane, int g, bool skip_math) {
-  bulk_stream_refill<S, kLean, kN>(r, acc, xb, mp, n, lane, g, skip_math, [&](int st) {
+  auto refill = [&](int st) {
     if (st + S < r.nst) {
       fence_proxy_async_smem();
       bulk_issue<S>(r, st + S);
     }
-  });
+  };
+  bulk_stream_refill<S, kLean, kN, decltype(refill)&, kFp8>(r, acc, xb, mp, n, lane, g, skip_math, refill);
 }
 
 }  // namespace

@@ -81,6 +81,72 @@ QWEN35_HD void fp4_unpack_word(uint32_t w, uint32_t* a) {
   a[3] = ((w << 6) & 0x0E000E00u) | ((w << 1) & 0x80008000u);
 }
 
+// ---- the FP8 arrangement of the codes (kernel 3 with tuning fp4_fp8) ----
+//
+// Hopper has no FP4 tensor cores but has FP8 ones (mma.sync m16n8k32 with
+// E4M3 inputs, sm_89 and later): an E2M1 code becomes the E4M3 byte of the
+// same value times 2^-6 by moving its bits (sign to bit 7, magnitude to bits
+// 2-4), which takes 5 instructions per word of 8 codes against 13 for the
+// F16 pairs above, and one mma covers 32 columns (two NVFP4 sub-blocks)
+// instead of 16. The same tiles, kgroups and scale bytes; only the words
+// differ: lane L = 4g + c holds, for chunk w, the codes of rows g and g+8 at
+// columns 4c .. 4c+3 of the chunk (the k32 A fragment: chunk 2i gives its
+// registers 0-1, chunk 2i+1 registers 2-3). Row g's code for column 4c + b
+// keeps its sign at bit 8b+7 and its magnitude at bits 8b+2..8b+4, so its
+// register is one mask; row g+8's has its sign at bit 8b+5 and magnitude
+// bits m0, m1, m2 at 8b+0, 8b+1, 8b+6: a shift and mask each way.
+//
+// The activations (B, 32 x 8) carry the two sub-blocks in different
+// columns, so that each has its own scale: column 4*blk + term holds term
+// `term` (0-2) of sub-block blk's 16 values (rows 16*blk .. 16*blk + 15 of
+// the fragment, zero elsewhere); columns 3 and 7 are zero. The three terms
+// are E4M3 roundings of the chunk's values, of what the first leaves and of
+// what the first two leave: their sum carries 12 significant bits, more
+// than F16's 11 (subnormal terms aside, which only the chunk's far smaller
+// values reach).
+
+// Tile row and chunk column of code p (0-3: row g, 4-7: row g+8) of lane's word.
+QWEN35_HD void fp8_code_position(int lane, int p, int* row, int* col) {
+  *row = (lane >> 2) + (p >= 4 ? 8 : 0);
+  *col = 4 * (lane & 3) + (p & 3);
+}
+
+QWEN35_HD uint32_t fp8_pack_word(const uint8_t* code) {
+  uint32_t w = 0;
+  for (int b = 0; b < 4; ++b) {
+    const uint32_t lo = code[b], hi = code[4 + b];
+    w |= (((lo >> 3) & 1u) << 7 | (lo & 7u) << 2) << (8 * b);
+    w |= (((hi >> 3) & 1u) << 5 | (hi & 3u) | ((hi >> 2) & 1u) << 6) << (8 * b);
+  }
+  return w;
+}
+
+// Registers of rows g and g+8 (four E4M3 bytes each, E2M1 * 2^-6).
+QWEN35_HD void fp8_unpack_word(uint32_t w, uint32_t* a) {
+  a[0] = w & 0x9C9C9C9Cu;
+  a[1] = ((w << 2) & 0x8C8C8C8Cu) | ((w >> 2) & 0x10101010u);
+}
+
+// Byte of the 256-byte B fragment of a chunk pair (32 lanes x 8 bytes, the
+// lane's two registers) that holds term `term` of sub-block blk's column col.
+QWEN35_HD int fp8_b_byte(int blk, int term, int col) { return 8 * (16 * blk + 4 * term + col / 4) + 4 * blk + col % 4; }
+
+// The 4 words (chunks 0-3) of `lane` in one tile-kgroup, as fp4_lane_words.
+QWEN35_HD void fp8_lane_words(const uint8_t* const* block, int lane, uint32_t* words) {
+  for (int w = 0; w < 4; ++w) {
+    uint8_t code[8];
+    for (int p = 0; p < 8; ++p) {
+      int row, col;
+      fp8_code_position(lane, p, &row, &col);
+      const uint8_t* b = block[row];
+      const int c = 16 * w + col;
+      code[p] = !b ? uint8_t(0) : (c % 16) < 8 ? uint8_t(b[4 + 8 * (c / 16) + c % 8] & 0x0F)
+                                                : uint8_t(b[4 + 8 * (c / 16) + c % 8] >> 4);
+    }
+    words[w] = fp8_pack_word(code);
+  }
+}
+
 // UE4M3 as llama.cpp decodes it -> the E4M3 byte with the same value.
 // 0xFF (480) has no E4M3 equivalent: tensors holding it are not repacked.
 QWEN35_HD uint8_t fp4_normalize_scale(uint8_t b) { return b == 0x7F ? 0 : uint8_t(b & 0x7F); }

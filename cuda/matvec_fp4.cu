@@ -42,7 +42,8 @@ constexpr int kMaxGatedHeads = 128;  // heads of the gated-norm prologue per sli
 
 // ---- repack ---------------------------------------------------------------------
 
-// One thread per (tile, kgroup, lane).
+// One thread per (tile, kgroup, lane). kFp8: only the codes, in the FP8 arrangement.
+template <bool kFp8>
 __global__ void fp4_repack_kernel(const uint8_t* __restrict__ a, const uint8_t* __restrict__ b, uint64_t row_bytes,
                                   Fp4Tiled dst, uint8_t* __restrict__ codes, uint8_t* __restrict__ scales) {
   const int64_t kg_n = dst.kgroups();
@@ -57,6 +58,11 @@ __global__ void fp4_repack_kernel(const uint8_t* __restrict__ a, const uint8_t* 
     block[r] = src < dst.rows ? (second ? b : a) + uint64_t(src) * row_bytes + uint64_t(kg) * 36 : nullptr;
   }
   uint32_t words[4];
+  if constexpr (kFp8) {
+    fp8_lane_words(block, lane, words);
+    reinterpret_cast<uint4*>(codes)[i] = make_uint4(words[0], words[1], words[2], words[3]);
+    return;
+  }
   fp4_lane_words(block, lane, words);
   reinterpret_cast<uint4*>(codes)[i] = make_uint4(words[0], words[1], words[2], words[3]);
   if ((lane & 3) == 0) {
@@ -373,10 +379,11 @@ __device__ __forceinline__ void prefetch_share(const uint8_t* p, uint64_t bytes,
   if (n > 0) bulk_prefetch_l2(p + off, uint32_t(n));
 }
 
-template <int S, bool kLean, int kN, bool kCluster>
+template <int S, bool kLean, int kN, bool kCluster, bool kFp8>
 __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
     fp4_bulk_kernel(Fp4MatvecArgs a, int splits, int64_t kg_per, int flags) {
   constexpr int W = kBulkWarps;
+  static_assert(!kFp8 || (!kLean && (kN == 1 || kN == 2)), "the FP8 arithmetic: 1 or 2 rows, per-chunk scales");
   const bool skip_math = flags & kBulkSkipMath, late_trigger = flags & kBulkLateTrigger;
   const bool skip_x = flags & kBulkSkipX, skip_combine = flags & kBulkSkipCombine;
   const bool prefetch_next = (flags & kBulkPrefetchNext) && a.next.codes;
@@ -407,11 +414,13 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
   uint8_t* ring = smem_raw + size_t(warp) * S * kBulkStageBytes;                   // [S][2304] this warp's
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem_raw + size_t(W) * S * kBulkStageBytes) + warp * S;  // [S]
   uint8_t* xbase = smem_raw + bulk_ring_bytes(W, S);
-  uint16_t* xs = reinterpret_cast<uint16_t*>(xbase);                           // [nch][n][16] F16
-  float* mult = reinterpret_cast<float*>(xbase + size_t(nch) * size_t(n) * 32);  // [nch][8]
+  uint16_t* xs = reinterpret_cast<uint16_t*>(xbase);  // [nch][n][16] F16 (kFp8: [nch/2][n][256 bytes])
+  float* mult = reinterpret_cast<float*>(xbase + size_t(nch) * size_t(n) * (kFp8 ? 128 : 32));  // [nch][8]
   const int64_t tile = int64_t(blockIdx.x) * W + warp;
   const bool active = tile < tiles;
-  const BulkRun run = bulk_run(ring, bars, w, tile, kg0, nkg, 0u);
+  Fp4Tiled wr = w;
+  if constexpr (kFp8) wr.codes = w.codes8;
+  const BulkRun run = bulk_run(ring, bars, wr, tile, kg0, nkg, 0u);
 
   // 1. The first S stages.
   if (active && lane == 0) {
@@ -430,7 +439,7 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
   in.n = n;  // a compile-time constant for kN > 0
   if (!skip_x) {
     if ((flags & kBulkXL1) && a.norm) tc_prefetch_rows_l1(in, w.cols);
-    tc_load_x_impl<kLean>(in, kg0 * kFp4GroupCols, nch, xs, mult, rmax);
+    tc_load_x_impl<kLean, false, false, kFp8>(in, kg0 * kFp4GroupCols, nch, xs, mult, rmax);
     if (a.norm) tc_row_squares<W>(in, w.cols, ss_part);
   }
   __syncthreads();
@@ -438,9 +447,10 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
   // 3. Stream the stages.
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   if (active) {
-    const uint16_t* xb = xs + tc_b_row(g, n) * 16 + t * 4;
-    const float* mp = mult + 2 * t;
-    bulk_stream<S, kLean, kN>(run, acc, xb, mp, n, lane, g, skip_math);
+    const uint16_t* xb = kFp8 ? xs + lane * 4 : xs + tc_b_row(g, n) * 16 + t * 4;
+    const float* mp = kFp8 ? mult : mult + 2 * t;
+    bulk_stream<S, kLean, kN, kFp8>(run, acc, xb, mp, n, lane, g, skip_math);
+    if constexpr (kFp8) fp8_quad_sum(acc);
     if constexpr (kLean) {
       const float2 m = *reinterpret_cast<const float2*>(mp);  // rows 2t, 2t+1: the same for every chunk
       acc[0] *= m.x;
@@ -471,11 +481,11 @@ cudaError_t launch_stream(const Fp4MatvecArgs& a, int splits, int64_t kg_per, cu
   return launch(fp4_stream_kernel<W, P>, grid, dim3(W * kWarp), smem, stream, a, splits, kg_per);
 }
 
-template <int S, bool kLean, int kN, bool kCluster>
+template <int S, bool kLean, int kN, bool kCluster, bool kFp8 = false>
 cudaError_t launch_bulk(const Fp4MatvecArgs& a, int splits, int64_t kg_per, int flags, cudaStream_t stream) {
   static SmemOptIn opt_in;
-  auto kernel = fp4_bulk_kernel<S, kLean, kN, kCluster>;
-  const size_t smem = bulk_ring_bytes(kBulkWarps, S) + tc_x_bytes(int(4 * kg_per), a.n);
+  auto kernel = fp4_bulk_kernel<S, kLean, kN, kCluster, kFp8>;
+  const size_t smem = bulk_ring_bytes(kBulkWarps, S) + (kFp8 ? tc_x8_bytes : tc_x_bytes)(int(4 * kg_per), a.n);
   const cudaError_t e = opt_in.ensure(kernel, smem);
   if (e != cudaSuccess) return e;
   const dim3 grid(unsigned((a.w.tiles() + kBulkWarps - 1) / kBulkWarps), unsigned(splits));
@@ -491,6 +501,21 @@ cudaError_t launch_bulk_rows(const Fp4MatvecArgs& a, int splits, int64_t kg_per,
   if (a.n == 1) return launch_bulk<S, kLean, 1, kCluster>(a, splits, kg_per, flags, stream);
   if (a.n == 2) return launch_bulk<S, kLean, 2, kCluster>(a, splits, kg_per, flags, stream);
   return launch_bulk<S, kLean, 0, kCluster>(a, splits, kg_per, flags, stream);
+}
+
+// The FP8 arithmetic (one or two rows, 4 stages, per-chunk scales).
+cudaError_t launch_bulk_fp8(const Fp4MatvecArgs& a, int splits, int64_t kg_per, int flags, bool cluster,
+                            cudaStream_t stream) {
+#ifdef QWEN35_CUDA_EMU
+  // (No clusters in the emulation: as launch_bulk_combine.)
+  if (cluster && (!a.partial || !a.counters)) return cudaErrorNotSupported;
+#else
+  if (cluster)
+    return a.n == 1 ? launch_bulk<4, false, 1, true, true>(a, splits, kg_per, flags, stream)
+                    : launch_bulk<4, false, 2, true, true>(a, splits, kg_per, flags, stream);
+#endif
+  return a.n == 1 ? launch_bulk<4, false, 1, false, true>(a, splits, kg_per, flags, stream)
+                  : launch_bulk<4, false, 2, false, true>(a, splits, kg_per, flags, stream);
 }
 
 template <int S, bool kLean>
@@ -524,8 +549,11 @@ cudaError_t fp4_repack(const uint8_t* a, const uint8_t* b, uint64_t row_bytes, c
   if (dst.cols % kFp4GroupCols != 0 || (dst.pairing == Fp4Pairing::GateUp && (dst.rows % 8 != 0 || !b)))
     return cudaErrorInvalidValue;
   const int64_t threads = dst.tiles() * dst.kgroups() * 32;
-  return launch_plain(fp4_repack_kernel, dim3(ceil_div(threads, 256)), dim3(256), 0, stream, a, b, row_bytes, dst,
-                     const_cast<uint8_t*>(dst.codes), const_cast<uint8_t*>(dst.scales));
+  const cudaError_t e = launch_plain(fp4_repack_kernel<false>, dim3(ceil_div(threads, 256)), dim3(256), 0, stream, a,
+                                     b, row_bytes, dst, const_cast<uint8_t*>(dst.codes), const_cast<uint8_t*>(dst.scales));
+  if (e != cudaSuccess || !dst.codes8) return e;
+  return launch_plain(fp4_repack_kernel<true>, dim3(ceil_div(threads, 256)), dim3(256), 0, stream, a, b, row_bytes,
+                      dst, const_cast<uint8_t*>(dst.codes8), static_cast<uint8_t*>(nullptr));
 }
 
 template <typename Out>
@@ -624,7 +652,11 @@ cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream) {
     const int splits = geo.splits;
     bool cluster = geo.cluster;
     const bool aligned = ((reinterpret_cast<uintptr_t>(a.w.codes) | reinterpret_cast<uintptr_t>(a.w.scales)) & 15u) == 0;
-    const size_t smem = bulk_ring_bytes(kBulkWarps, tune.fp4_stages) + tc_x_bytes(int(4 * kg_per), a.n);
+    // The FP8 arithmetic where its codes were uploaded (fp4_fp8 at load, on sm_89 or later).
+    const bool fp8 = tune.fp4_fp8 && a.w.codes8 && (a.n == 1 || a.n == 2) && !tune.fp4_lean &&
+                     (reinterpret_cast<uintptr_t>(a.w.codes8) & 15u) == 0;
+    const size_t smem = fp8 ? bulk_ring_bytes(kBulkWarps, 4) + tc_x8_bytes(int(4 * kg_per), a.n)
+                            : bulk_ring_bytes(kBulkWarps, tune.fp4_stages) + tc_x_bytes(int(4 * kg_per), a.n);
     if (aligned && smem <= max_dynamic_smem()) {
       if (splits > 1 && !cluster && (!a.partial || !a.counters)) return cudaErrorInvalidValue;
       const bool next_ok = a.next.codes && a.next.scales &&
@@ -636,6 +668,7 @@ cudaError_t fp4_matvec(const Fp4MatvecArgs& a, int sms, cudaStream_t stream) {
                         (tune.fp4_prefetch && next_ok ? kBulkPrefetchNext : 0) |
                         (tune.fp4_prefetch == 2 ? kBulkPrefetchEarly : 0);
       cluster = cluster && splits > 1;
+      if (fp8) return launch_bulk_fp8(a, splits, kg_per, probe, cluster, stream);
       if (tune.fp4_stages == 8 && !tune.fp4_lean)
         return launch_bulk_combine<8, false>(a, splits, kg_per, probe, cluster, stream);
       if (tune.fp4_stages == 2)

@@ -16,6 +16,9 @@ namespace qwen35::cuda {
 struct Fp4Tiled {
   const uint8_t* codes = nullptr;   // [tiles][kgroups][512]
   const uint8_t* scales = nullptr;  // [tiles][kgroups][64]
+  // [tiles][kgroups][512], optional: the codes in the FP8 arrangement (fp4_tiled.h), which kernel 3 reads for
+  // one or two rows with tuning fp4_fp8; only where the device has FP8 tensor cores (sm_89 and later).
+  const uint8_t* codes8 = nullptr;
   int64_t rows = 0;                 // output rows (Plain) or SwiGLU outputs (GateUp)
   int64_t cols = 0;                 // K, a multiple of 64
   Fp4Pairing pairing = Fp4Pairing::Plain;
@@ -30,7 +33,7 @@ struct Fp4Tiled {
 // Repack GGUF NVFP4 rows (device memory) into the tiled layout `dst` (whose
 // codes/scales point to writable buffers of code_bytes()/scale_bytes()).
 // Plain: `a` holds dst.rows rows. GateUp: `a` (gate) and `b` (up) hold
-// dst.rows rows each.
+// dst.rows rows each. With dst.codes8, the codes in the FP8 arrangement too.
 cudaError_t fp4_repack(const uint8_t* a, const uint8_t* b, uint64_t row_bytes, const Fp4Tiled& dst,
                        cudaStream_t stream);
 

@@ -187,6 +187,9 @@ struct PersistFp4Args {
   bool no_waits = false;     // a timing probe: units do not wait for the stage before (WRONG results)
 };
 
+// (A kernel's parameters: at most 32,764 bytes since CUDA 12.1.)
+static_assert(sizeof(PersistFp4Args) <= 32000, "the inline stages must fit a launch's parameters");
+
 // One launch of `blocks` blocks (the count the table was planned for; the
 // results do not depend on it, nor on how many are resident) on `stream`,
 // with PDL like every decode kernel: the first tickets are taken and the

@@ -68,6 +68,49 @@ __device__ __forceinline__ void mma_f16_acc(float* d, const uint32_t* a, uint32_
 }
 #endif
 
+// mma.sync m16n8k32 with E4M3 inputs and F32 accumulators (sm_89 and
+// later; the FP8 arrangement of fp4_tiled.h), d = A B: lane = 4g + c holds
+// A rows g (registers 0, 2) and g+8 (1, 3) at columns 4c..4c+3 (registers
+// 0-1) and 16+4c.. (2-3), one byte per column; B column g at rows 4c..4c+3
+// (b0) and 16+4c.. (b1); D as m16n8k16's.
+#ifdef QWEN35_CUDA_EMU
+__device__ __forceinline__ float e4m3_byte_value(uint32_t reg, int byte) {
+  const __half_raw h = __nv_cvt_fp8_to_halfraw(__nv_fp8_storage_t((reg >> (8 * byte)) & 0xFFu), __NV_E4M3);
+  return __half2float(__half(h));
+}
+__device__ __forceinline__ void mma_e4m3(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  struct Frag {
+    uint32_t a[4], b[2];
+  };
+  const Frag mine = {{a[0], a[1], a[2], a[3]}, {b0, b1}};
+  Frag all[32];
+  ::qwen35::emu::warp_allgather(&mine, sizeof mine, all);
+  const int lane = ::qwen35::emu::lane_id(), g = lane >> 2, t = lane & 3;
+  for (int e = 0; e < 4; ++e) {
+    const int r = g + 8 * (e >> 1), c = 2 * t + (e & 1);
+    double s = 0;
+    for (int k = 0; k < 32; ++k) {
+      const float av = e4m3_byte_value(all[(r & 7) * 4 + ((k & 15) >> 2)].a[(r >> 3) + 2 * (k >> 4)], k & 3);
+      const float bv = e4m3_byte_value(all[c * 4 + ((k & 15) >> 2)].b[k >> 4], k & 3);
+      s += double(av) * double(bv);
+    }
+    d[e] = float(s);
+  }
+}
+#else
+__device__ __forceinline__ void mma_e4m3(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%10,%10,%10,%10};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.0f));
+#else
+  d[0] = d[1] = d[2] = d[3] = 0.0f;  // (never launched below sm_89: fp4_fp8_supported)
+#endif
+}
+#endif
+
 // Two E4M3 bytes (low 16 bits) -> floats.
 __device__ __forceinline__ float2 e4m3x2_to_float2(uint32_t pair) {
   const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(pair & 0xFFFFu), __NV_E4M3);
@@ -252,6 +295,45 @@ __device__ __forceinline__ int tc_store_chunk(const float* v, float amax, uint16
   return e;
 }
 
+// tc_store_chunk for the FP8 arrangement (fp4_tiled.h): sub-block blk of a
+// chunk pair, v times 2^-e with e = tc_chunk_exponent(amax) + 7 (so the
+// chunk lies below 2^8, E4M3's largest binade), as three E4M3 terms (each
+// the rounding of what the ones before leave: differences of floats within
+// a factor of two, so exact) into its half of the pair's B fragment (dst:
+// 256 bytes; this half's lanes 16*blk .. 16*blk + 15, the other register of
+// each lane and the fourth column zero). Returns e.
+__device__ __forceinline__ int tc_store_chunk8(const float* v, float amax, int blk, uint8_t* dst) {
+  const int e = amax > 0.0f ? tc_chunk_exponent(amax) + 7 : 0;
+  const float inv = pow2f(-e);
+  float r[16];
+#pragma unroll
+  for (int i = 0; i < 16; ++i) r[i] = v[i] * inv;
+  uint32_t tw[4][4] = {};  // [term][column quad]; term 3 stays zero
+#pragma unroll
+  for (int term = 0; term < 3; ++term) {
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+      const __nv_fp8x2_storage_t p =
+          __nv_cvt_float2_to_fp8x2(make_float2(r[2 * q], r[2 * q + 1]), __NV_SATFINITE, __NV_E4M3);
+      if (term < 2) {
+        const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(p, __NV_E4M3);
+        const float2 back = __half22float2(*reinterpret_cast<const __half2*>(&h));
+        r[2 * q] -= back.x;
+        r[2 * q + 1] -= back.y;
+      }
+      tw[term][q >> 1] |= uint32_t(p) << (16 * (q & 1));
+    }
+  }
+  uint4* d = reinterpret_cast<uint4*>(dst + 128 * blk);
+#pragma unroll
+  for (int term = 0; term < 4; ++term) {
+    // Lanes 16*blk + 4*term + (0..3), 8 bytes each: the term in register blk.
+    d[2 * term] = blk == 0 ? make_uint4(tw[term][0], 0u, tw[term][1], 0u) : make_uint4(0u, tw[term][0], 0u, tw[term][1]);
+    d[2 * term + 1] = blk == 0 ? make_uint4(tw[term][2], 0u, tw[term][3], 0u) : make_uint4(0u, tw[term][2], 0u, tw[term][3]);
+  }
+  return e;
+}
+
 // Activation rows of a streaming matvec and how they are prepared.
 struct TcInput {
   const float* x = nullptr;       // [n, ldx]
@@ -319,6 +401,8 @@ __device__ __forceinline__ int tc_b_row(int g, int n) { return g < n ? g : 0; }
 
 // Shared-memory bytes of the prologue's output for a slice of nch chunks.
 __host__ __device__ constexpr size_t tc_x_bytes(int nch, int n) { return size_t(nch) * 32 * size_t(n + 1); }
+// The same for the FP8 arrangement (kFp8): 128 bytes per chunk and row.
+__host__ __device__ constexpr size_t tc_x8_bytes(int nch, int n) { return size_t(nch) * (128 * size_t(n) + 32); }
 
 // Writes the slice of columns c0 .. c0 + 16*nch - 1 of every activation row:
 //   xs   [nch][n][16] F16 (each chunk permuted as fp4_x_index), times 2^-e
@@ -337,10 +421,15 @@ __host__ __device__ constexpr size_t tc_x_bytes(int nch, int n) { return size_t(
 // other blocks of the same launch wrote (the later stages of a chain).
 // kWarp1: one warp does it all (the persistent kernel's units: every lane of
 // the calling warp must call it; not with kRowScale).
-template <bool kRowScale, bool kL2 = false, bool kWarp1 = false>
+// kFp8: xs holds the chunks in the FP8 arrangement (fp4_tiled.h), [nch/2
+// pairs][n][256 bytes] (tc_store_chunk8; nch even), and mult[c][j] is
+// 2^(e-8): the A encoding's 2^-6 against F16's 2^-14, so that the kernels'
+// finish stays the same.
+template <bool kRowScale, bool kL2 = false, bool kWarp1 = false, bool kFp8 = false>
 __device__ __forceinline__ void tc_load_x_impl(const TcInput& in, int64_t c0, int nch, uint16_t* xs, float* mult,
                                                int* rmax) {
   static_assert(!(kRowScale && kWarp1), "the row scale's pass is block-wide");
+  static_assert(!(kRowScale && kFp8), "the FP8 arrangement scales per chunk");
   const int n = in.n, total = n * nch;
   const int hc = in.gate_z ? in.gate_dv / 16 : 1;  // chunks per head of the gated norm
   if constexpr (kRowScale) {
@@ -373,6 +462,11 @@ __device__ __forceinline__ void tc_load_x_impl(const TcInput& in, int64_t c0, in
       for (int i = 0; i < 16; ++i) amax = fmaxf(amax, fabsf(v[i]));
       if (kRowScale && pass == 0) {
         atomicMax(rmax + j, __float_as_int(amax));  // non-negative floats order as their bits
+        continue;
+      }
+      if constexpr (kFp8) {
+        const int e = tc_store_chunk8(v, amax, c & 1, reinterpret_cast<uint8_t*>(xs) + (size_t(c >> 1) * n + j) * 256);
+        mult[c * kMatvecMaxCols + j] = pow2f(e - 8) * head_scale;
         continue;
       }
       const int e = tc_store_chunk(v, kRowScale ? __int_as_float(rmax[j]) : amax, xs + (size_t(c) * n + j) * 16);

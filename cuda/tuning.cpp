@@ -35,6 +35,7 @@ DecodeTuning clamp(DecodeTuning t) {
   t.fp4_chain_early = t.fp4_chain_early ? 1 : 0;
   t.fp4_chain_poll_ns = std::clamp(t.fp4_chain_poll_ns, 0, 4096);
   t.fp4_persist = std::clamp(t.fp4_persist, 0, 3);
+  t.fp4_fp8 = t.fp4_fp8 ? 1 : 0;
   t.q6k_kernel = t.q6k_kernel == 1 ? 1 : t.q6k_kernel == 3 ? 3 : 2;
   t.q6k_persist = std::clamp(t.q6k_persist, 0, 16);
   t.q6k_argmax = t.q6k_argmax ? 1 : 0;
@@ -57,7 +58,7 @@ constexpr Field kFields[] = {
     {"Q6K_KERNEL", &DecodeTuning::q6k_kernel},     {"Q6K_PERSIST", &DecodeTuning::q6k_persist},
     {"Q6K_ARGMAX", &DecodeTuning::q6k_argmax},     {"DELTA_EPT", &DecodeTuning::delta_ept},
     {"FP4_X_L1", &DecodeTuning::fp4_x_l1},         {"FP4_CHAIN_POLL_NS", &DecodeTuning::fp4_chain_poll_ns},
-    {"FP4_PERSIST", &DecodeTuning::fp4_persist},
+    {"FP4_PERSIST", &DecodeTuning::fp4_persist},   {"FP4_FP8", &DecodeTuning::fp4_fp8},
 };
 
 std::mutex g_mu;
@@ -113,7 +114,8 @@ std::string describe(const DecodeTuning& t) {
   if (t.fp4_kernel == 1) return fmt::format("fp4 v1, {}, dn e{}", q6k, t.delta_ept);
   if (t.fp4_kernel == 3)
     return fmt::format("fp4 v3 bps{} s{}{}{}{}{}{}{}{}{}{}{}, {}, dn e{}", t.fp4_blocks_per_sm, t.fp4_stages,
-                       t.fp4_lean ? " lean" : "", t.fp4_cluster ? " cluster" : "", t.fp4_late_pdl ? " late-pdl" : "",
+                       t.fp4_fp8 ? " fp8" : "", t.fp4_lean ? " lean" : "", t.fp4_cluster ? " cluster" : "",
+                       t.fp4_late_pdl ? " late-pdl" : "",
                        t.fp4_prefetch == 2 ? " l2-next-early" : t.fp4_prefetch ? " l2-next" : "",
                        t.fp4_x_l1 ? " x-l1" : "",
                        t.fp4_persist == 3   ? " persist-attn"

@@ -113,6 +113,8 @@ struct DecodeTuning {
   int fp4_chain_poll_ns = 64;  // chains: sleep between two polls of a counter by a waiting block (0..4096 ns)
   int fp4_persist = 0;  // kernel 3, steps of 1-2 rows as persistent launches (persist_fp4.h): 1 = layer tails,
                         // 2 = runs of delta-net layers (with their delta rules), 3 = also attention
+  int fp4_fp8 = 0;  // kernel 3: 1 = the FP8 arithmetic for 1-2 rows (a second copy of the codes, arranged at load;
+                    // sm_89 or later: fp4_tiled.h)
   int q6k_kernel = 2;
   int q6k_persist = 0;  // kernel 2: 0 = a warp per tile; N = persistent, N blocks per multiprocessor
   int q6k_argmax = 0;   // kernels 2 and 3: 1 = the greedy argmax in the LM head's epilogue

@@ -122,8 +122,8 @@ double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
 // Lays out every tensor in one allocation and fills it.
 class Uploader {
  public:
-  Uploader(const Model& m, DeviceModel& dm, bool fast, bool fp4_gemm, bool ktiles)
-      : m_(m), dm_(dm), fast_(fast), fp4_gemm_(fast && fp4_gemm) {
+  Uploader(const Model& m, DeviceModel& dm, bool fast, bool fp4_gemm, bool ktiles, bool fp8_codes)
+      : m_(m), dm_(dm), fast_(fast), fp4_gemm_(fast && fp4_gemm), fp8_codes_(fast && fp8_codes) {
     const char* kt = std::getenv("QWEN35_CUDA_KTILES");
     ktiles_ = fast && ktiles && !(kt && std::string(kt) == "0");
   }
@@ -189,6 +189,7 @@ class Uploader {
   DeviceModel& dm_;
   bool fast_;
   bool fp4_gemm_;
+  bool fp8_codes_;  // the NVFP4 codes in the FP8 arrangement too (Fp4Tiled::codes8)
   bool ktiles_;  // Q8_0 / Q4_K / Q6_K / F16 weights into their tiles (QWEN35_CUDA_KTILES=0: GGUF layout)
   bool check_failed_ = false;
   bool ktiles_check_failed_ = false;
@@ -228,7 +229,7 @@ void Uploader::plan_linear(DevLinear* L, std::vector<const Weight*> parts, bool 
     t.cols = L->cols;
     t.pairing = gate_up ? Fp4Pairing::GateUp : Fp4Pairing::Plain;
     t.scale = parts[0]->scale;
-    Fp4Job job{parts, L, reserve(t.code_bytes() + t.scale_bytes())};
+    Fp4Job job{parts, L, reserve(t.code_bytes() * (fp8_codes_ ? 2 : 1) + t.scale_bytes())};
     L->fp4 = t;  // pointers filled in do_fp4
     if (fp4_gemm_) {
       Fp4Blas bl;
@@ -354,6 +355,7 @@ Status Uploader::do_fp4(Fp4Job& job, bool check) {
   Fp4Tiled& t = job.out->fp4;
   t.codes = dev(job.off);
   t.scales = dev(job.off) + t.code_bytes();
+  if (fp8_codes_) t.codes8 = t.scales + t.scale_bytes();
   const bool gate_up = t.pairing == Fp4Pairing::GateUp;
   const int64_t rows = gate_up ? 2 * t.rows : t.rows;
   QWEN35_TRY(stage(job.parts, 0, rows));
@@ -755,7 +757,9 @@ Status UploadModelToCuda(Model& model, int device_index, bool required) {
     dm->sms = prop.multiProcessorCount;
     // FP4 tensor cores (Blackwell): block-scaled FP4 GEMMs for prefill.
     const bool fp4_gemm = prop.major >= 10 && !(env_fp4 && std::string(env_fp4) == "0");
-    Uploader up(model, *dm, fast, fp4_gemm, ktiles);
+    // FP8 tensor cores (sm_89 and later): kernel 3's FP8 arithmetic wants its own copy of the codes.
+    const bool fp8_codes = decode_tuning().fp4_fp8 && prop.major * 10 + prop.minor >= 89;
+    Uploader up(model, *dm, fast, fp4_gemm, ktiles, fp8_codes);
     st = up.run();
     if (!st.ok()) return fail(st);
     if (up.self_check_failed() && fast) {

@@ -210,6 +210,159 @@ TEST_CASE("emulated tensor-core matvec on the tiled layout equals the CPU dot pr
     }
 }
 
+namespace {
+
+// A signed E4M3 byte's value (no NaN codes reach it here; fp4_blockscale.h's
+// e4m3_value takes the positive scale bytes).
+double e4m3_signed(uint32_t b) {
+  const int e = int((b >> 3) & 15u), m = int(b & 7u);
+  const double mag = e == 0 ? std::ldexp(double(m), -9) : std::ldexp(1.0 + m / 8.0, e - 7);
+  return (b & 0x80u) ? -mag : mag;
+}
+
+// Round to the nearest E4M3 value (ties to the even code), |v| < 464.
+uint8_t e4m3_nearest(double v) {
+  uint8_t best = 0;
+  double best_err = 1e300;
+  for (uint32_t b = 0; b < 0x7F; ++b) {  // the non-negative finite codes
+    const double err = std::fabs(e4m3_signed(b) - std::fabs(v));
+    if (err < best_err || (err == best_err && (b & 1u) == 0)) {
+      best = uint8_t(b);
+      best_err = err;
+    }
+  }
+  return uint8_t(best | (v < 0 && best != 0 ? 0x80u : 0u));
+}
+
+}  // namespace
+
+TEST_CASE("fp8 words: every code at every position decodes to the E4M3 byte of E2M1 * 2^-6, the others unchanged") {
+  std::mt19937 rng(2);
+  for (int p = 0; p < 8; ++p) {
+    for (int code = 0; code < 16; ++code) {
+      for (int trial = 0; trial < 20; ++trial) {
+        uint8_t codes[8];
+        for (uint8_t& c : codes) c = uint8_t(rng() % 16);
+        codes[p] = uint8_t(code);
+        uint32_t a[2];
+        fp8_unpack_word(fp8_pack_word(codes), a);
+        for (int q = 0; q < 8; ++q) {
+          const uint32_t byte = (a[q >> 2] >> (8 * (q & 3))) & 0xFFu;
+          REQUIRE(e4m3_signed(byte) * 64.0 == double(kE2M1[codes[q]]));
+          REQUIRE(((byte >> 7) != 0) == std::signbit(kE2M1[codes[q]]));  // -0 keeps its sign bit
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("fp8 B fragment bytes: each (sub-block, term, column) has its own byte, in register blk of its lane") {
+  std::vector<int> seen(256, 0);
+  for (int blk = 0; blk < 2; ++blk)
+    for (int term = 0; term < 3; ++term)
+      for (int col = 0; col < 16; ++col) {
+        const int b = fp8_b_byte(blk, term, col);
+        REQUIRE(b >= 0);
+        REQUIRE(b < 256);
+        seen[size_t(b)]++;
+        const int lane = b / 8, reg = (b % 8) / 4;
+        CHECK(lane / 4 == term + 4 * blk);  // B column: the term's
+        CHECK(reg == blk);                  // fragment rows 16*blk ..
+        CHECK(4 * (lane % 4) + b % 4 == col);
+      }
+  for (int c : seen) CHECK(c <= 1);
+}
+
+TEST_CASE("emulated FP8 tensor-core matvec (m16n8k32, three E4M3 terms) on the FP8 words equals the CPU dot products") {
+  // The kernel's arithmetic (fp8_kgroup, fp8_quad_sum) with the fragments
+  // taken from the PTX tables for m16n8k32 with 8-bit inputs: A rows g / g+8
+  // (registers 0, 2 / 1, 3), columns 4c+b (+16 for registers 2, 3); B rows
+  // 4c+b (+16 for b1), column g; C rows g / g+8, columns 2c, 2c+1.
+  const int64_t rows = 48, cols = 256;
+  for (Fp4Pairing pairing : {Fp4Pairing::Plain, Fp4Pairing::GateUp}) {
+    auto w = random_nvfp4(rows, cols, 11);
+    auto w2 = random_nvfp4(rows, cols, 12);
+    const uint64_t rb = uint64_t(cols / 64) * 36;
+    std::mt19937 rng(13);
+    std::uniform_real_distribution<float> ud(-3.0f, 3.0f);
+    std::vector<float> x(static_cast<size_t>(cols));
+    for (float& v : x) v = ud(rng);
+    // Per chunk: the exponent and the three terms in B-fragment bytes.
+    const int64_t nch = cols / 16;
+    std::vector<uint8_t> bfrag(size_t(nch / 2) * 256, 0);
+    std::vector<double> mult(static_cast<size_t>(nch));
+    for (int64_t c = 0; c < nch; ++c) {
+      float amax = 0.0f;
+      for (int i = 0; i < 16; ++i) amax = std::max(amax, std::fabs(x[size_t(16 * c + i)]));
+      const int e = tc_chunk_exponent(amax) + 7;
+      mult[size_t(c)] = std::ldexp(1.0, e - 8);
+      for (int i = 0; i < 16; ++i) {
+        double r = std::ldexp(double(x[size_t(16 * c + i)]), -e);
+        for (int term = 0; term < 3; ++term) {
+          const uint8_t q = e4m3_nearest(r);
+          r -= e4m3_signed(q);
+          bfrag[size_t(c / 2) * 256 + size_t(fp8_b_byte(int(c % 2), term, i))] = q;
+        }
+      }
+    }
+    const int64_t tiles = fp4_tiles(pairing, rows);
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      double acc[32][4] = {};
+      for (int64_t kg = 0; kg < cols / 64; ++kg) {
+        const uint8_t* block[16];
+        tile_blocks(w, &w2, rows, cols, pairing, tile, kg, block);
+        uint8_t scales[64];
+        for (int g = 0; g < 8; ++g) fp4_g_scales(block, g, scales + 8 * g);
+        uint32_t words[32][4];
+        for (int lane = 0; lane < 32; ++lane) fp8_lane_words(block, lane, words[lane]);
+        for (int pr = 0; pr < 2; ++pr) {
+          double A[16][32], B[32][8];
+          for (int lane = 0; lane < 32; ++lane) {
+            const int g = lane >> 2, c = lane & 3;
+            uint32_t ar[4];
+            fp8_unpack_word(words[lane][2 * pr], ar);
+            fp8_unpack_word(words[lane][2 * pr + 1], ar + 2);
+            for (int reg = 0; reg < 4; ++reg)
+              for (int b = 0; b < 4; ++b)
+                A[g + 8 * (reg & 1)][4 * c + b + 16 * (reg >> 1)] = e4m3_signed((ar[reg] >> (8 * b)) & 0xFFu);
+            const uint8_t* xb = bfrag.data() + size_t(2 * kg + pr) * 256 + size_t(lane) * 8;
+            for (int b = 0; b < 4; ++b) {
+              B[4 * c + b][g] = e4m3_signed(xb[b]);
+              B[16 + 4 * c + b][g] = e4m3_signed(xb[4 + b]);
+            }
+          }
+          for (int lane = 0; lane < 32; ++lane) {
+            const int g = lane >> 2, c = lane & 3, blk = c >> 1;
+            const int64_t chunk = 4 * kg + 2 * pr + blk;
+            for (int e = 0; e < 4; ++e) {
+              const int r = g + 8 * (e >> 1), col = 2 * c + (e & 1);
+              double d = 0;
+              for (int k = 0; k < 32; ++k) d += A[r][k] * B[k][col];
+              acc[lane][e >> 1] += d * ue4m3_to_fp32(scales[fp4_scale_byte(r, 2 * pr + blk)]) * mult[size_t(chunk)];
+            }
+          }
+        }
+      }
+      for (int g = 0; g < 8; ++g)
+        for (int half = 0; half < 2; ++half) {
+          double sum = 0;
+          for (int c = 0; c < 4; ++c) sum += acc[4 * g + c][half];  // the quad's sums
+          bool second = false;
+          const int64_t src = fp4_source_row(pairing, tile, g + 8 * half, &second);
+          if (src >= rows) continue;
+          const auto& m = second ? w2 : w;
+          const double want = vec_dot_ref(GGML_NVFP4, m.data() + uint64_t(src) * rb, x.data(), cols);
+          // Each x within 2^-12 of its terms' sum (relative): the bound over |w| |x|.
+          std::vector<float> deq(static_cast<size_t>(cols));
+          dequantize_row(GGML_NVFP4, m.data() + uint64_t(src) * rb, deq.data(), cols);
+          double mag = 0;
+          for (int64_t k = 0; k < cols; ++k) mag += std::fabs(double(deq[size_t(k)]) * x[size_t(k)]);
+          REQUIRE(std::fabs(sum * 16384.0 - want) <= std::ldexp(mag, -12) + 1e-6 * (1.0 + std::fabs(want)));
+        }
+    }
+  }
+}
+
 TEST_CASE("Q6_K rows32 units decode to the GGUF values") {
   const int64_t cols = 512, rows = 3;
   std::vector<float> src(static_cast<size_t>(rows * cols));

@@ -253,6 +253,69 @@ TEST_CASE("emulated CUDA backend: persistent decode steps with attention stages 
   free_model(m);
 }
 
+TEST_CASE("emulated CUDA backend: the FP8 arithmetic (QWEN35_CUDA_FP4_FP8) tracks the fixture and the default") {
+  // The codes' FP8 copy is made at load (tuning fp4_fp8 then); the kernels
+  // use it while the tuning says so: one-row steps (with the conv epilogue,
+  // the gated norm, SwiGLU) and a two-row step, graphs on.
+  const char* name = "tiny-m-nvfp4";
+  FixtureLogits fx(name);
+  qwen35_model* m0 = load_cuda(name);
+  const uint64_t bytes0 = qwen35_model_device_bytes(m0);
+  free_model(m0);
+  const cuda::DecodeTuning saved = cuda::decode_tuning();
+  cuda::DecodeTuning t8 = saved;
+  t8.fp4_fp8 = 1;
+  cuda::set_decode_tuning(t8);
+  qwen35_model* m = load_cuda(name);
+  cuda::set_decode_tuning(saved);
+  // The decode layouts with the copy (the upload's self-check, which runs
+  // the FP8 arithmetic on two rows, passed: no fallback to the GGUF layout).
+  CHECK(qwen35_model_device_bytes(m) > bytes0);
+  const std::vector<int32_t>& s = fx.seqs[0];
+  const int n = std::min<int>(int(s.size()), 12);
+  REQUIRE(n > 4);
+  auto run = [&](int fp8) {
+    cuda::DecodeTuning t = saved;
+    t.fp4_fp8 = fp8;
+    cuda::set_decode_tuning(t);
+    qwen35_context* c = make_ctx(m);
+    std::vector<float> out;
+    for (int i = 0; i < n;) {
+      const int rows = i == 2 ? 2 : 1;
+      REQUIRE(qwen35_context_decode(c, &s[size_t(i)], rows, QWEN35_LOGITS_ALL) == QWEN35_OK);
+      for (int r = 0; r < rows; ++r) {
+        const float* l = qwen35_context_logits(c, r);
+        REQUIRE(l != nullptr);
+        out.insert(out.end(), l, l + fx.V);
+      }
+      i += rows;
+    }
+    qwen35_context_free(c);
+    cuda::set_decode_tuning(saved);
+    return out;
+  };
+  const std::vector<float> base = run(0), fp8 = run(1);
+  std::vector<double> to_default, to_fixture, default_to_fixture;
+  for (int i = 0; i < n; ++i) {
+    const float* a = fp8.data() + size_t(i) * size_t(fx.V);
+    const float* ref = fx.main.data() + size_t(i) * size_t(fx.V);
+    to_default.push_back(rel_err(a, base.data() + size_t(i) * size_t(fx.V), size_t(fx.V)));
+    to_fixture.push_back(rel_err(a, ref, size_t(fx.V)));
+    default_to_fixture.push_back(rel_err(base.data() + size_t(i) * size_t(fx.V), ref, size_t(fx.V)));
+  }
+  MESSAGE("FP8 arithmetic: against the default median " << median(to_default) << " worst " << worst(to_default)
+                                                        << "; against the fixture " << median(to_fixture) << " worst "
+                                                        << worst(to_fixture) << " (the default: "
+                                                        << worst(default_to_fixture) << ")");
+  // It ran (other arithmetic, other rounding), and its three E4M3 terms per
+  // activation carry more bits than the default's F16: 3.7e-4 from the
+  // fixture at worst against the default's 6.0e-3.
+  CHECK(worst(to_default) > 0.0);
+  CHECK(worst(to_fixture) < 2e-3);
+  CHECK(worst(to_fixture) <= worst(default_to_fixture));
+  free_model(m);
+}
+
 TEST_CASE("emulated CUDA backend: the chunked delta rule in the batch path meets the fixture bar") {
   EnvVar chunked("QWEN35_CUDA_DELTA_CHUNKED", "1");  // read when the context is created
   check_batch_bar("batch, chunked delta rule");
@@ -371,14 +434,17 @@ TEST_CASE("emulated CUDA backend: greedy MTP speculation (graphs, snapshots, rol
   // With NVFP4 also as persistent launches (QWEN35_CUDA_FP4_PERSIST=2 and 3,
   // with the attention: the one-row steps, the drafts and the two-row verify
   // passes; each row gets the bits it gets alone).
+  // And with the FP8 arithmetic (persist -1: QWEN35_CUDA_FP4_FP8=1).
   for (auto [type, persist] : {std::pair{uint32_t(GGML_NVFP4), 0}, std::pair{uint32_t(GGML_Q8_0), 0},
-                               std::pair{uint32_t(GGML_NVFP4), 2}, std::pair{uint32_t(GGML_NVFP4), 3}}) {
+                               std::pair{uint32_t(GGML_NVFP4), 2}, std::pair{uint32_t(GGML_NVFP4), 3},
+                               std::pair{uint32_t(GGML_NVFP4), -1}}) {
     const std::string name = type_info(type)->name;
     CAPTURE(name);
     CAPTURE(persist);
     const cuda::DecodeTuning saved = cuda::decode_tuning();
     cuda::DecodeTuning t = saved;
-    t.fp4_persist = persist;
+    t.fp4_persist = std::max(persist, 0);
+    t.fp4_fp8 = persist < 0 ? 1 : 0;
     cuda::set_decode_tuning(t);
     qwen35_model* m = load_mirror_synth(type == GGML_NVFP4 ? "emu-cuda-mirror" : "emu-cuda-mirror-q8", 128, 5, type);
     const qwen35_sampler_params greedy = qwen35_sampler_greedy_params();

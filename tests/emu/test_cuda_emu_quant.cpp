@@ -86,9 +86,10 @@ struct HostTiledFp4 {
     t.cols = a.cols;
     t.pairing = b ? Fp4Pairing::GateUp : Fp4Pairing::Plain;
     t.scale = 0.5f;
-    buf.resize(t.code_bytes() + t.scale_bytes());
+    buf.resize(2 * t.code_bytes() + t.scale_bytes());
     t.codes = buf.data();
     t.scales = buf.data() + t.code_bytes();
+    t.codes8 = t.scales + t.scale_bytes();  // (used by the variants with tuning fp4_fp8)
     REQUIRE(fp4_repack(a.data.data(), b ? b->data.data() : nullptr, a.row_bytes, t, nullptr) == cudaSuccess);
   }
 };
@@ -151,6 +152,14 @@ TEST_CASE("emulated: NVFP4 decode kernels 1-3 (tensor cores, bulk copies) match 
   v.fp4_x_l1 = 1;  // (a hint: no prefetch in the emulation, but the kernel's path with the flag)
   variants.push_back(v);
   v.fp4_x_l1 = 0;
+  v.fp4_stages = 4;
+  v.fp4_lean = 0;
+  v.fp4_fp8 = 1;  // the FP8 arithmetic (1 and 2 rows; 3 rows: the F16 one)
+  for (int bps : {1, 32}) {
+    v.fp4_blocks_per_sm = bps;
+    variants.push_back(v);
+  }
+  v.fp4_fp8 = 0;
   for (int n : {1, 2, 3}) {
     for (bool norm : {false, true}) {
       const int64_t ldx = K + 8, ldy = N + 5;
@@ -192,13 +201,52 @@ TEST_CASE("emulated: NVFP4 decode kernels 1-3 (tensor cores, bulk copies) match 
             }
             CHECK(y[size_t(j * ldy + N)] == -7.0f);  // padding untouched
           }
-          CHECK(std::sqrt(num / den) < 2e-3);  // F16 activations
+          // F16 activations (2e-4 here); the FP8 arithmetic's three E4M3 terms
+          // carry more bits (1.3e-5 - 2.1e-5).
+          CHECK(std::sqrt(num / den) < (tv.fp4_fp8 && n <= 2 ? 1e-4 : 2e-3));
           CHECK(std::all_of(cnt.begin(), cnt.end(), [](int c) { return c == 0; }));  // split-K counters reset
         }
       }
     }
   }
   emu::set_order(false);
+}
+
+TEST_CASE("emulated: kernel 3's FP8 arithmetic gives a row the same bits alone and beside another (split K or not)") {
+  // What greedy MTP speculation relies on: the verify pass's two rows each
+  // get the bits of a one-row step.
+  const int64_t N = 48, K = 768, sms = 4;
+  HostQMat w(GGML_NVFP4, N, K, 37);
+  const HostTiledFp4 tiled(w, nullptr);
+  std::vector<float> part(std::max<uint64_t>(1, fp4_partial_floats(tiled.t, int(sms))));
+  std::vector<int> cnt(std::max<uint64_t>(1, fp4_counter_ints(tiled.t)), 0);
+  auto x = random_floats(size_t(2 * K), 77, -3, 3);
+  auto nw = random_floats(size_t(K), 78, 0.5f, 1.5f);
+  for (int bps : {1, 32}) {
+    CAPTURE(bps);
+    DecodeTuning v;
+    v.fp4_fp8 = 1;
+    v.fp4_blocks_per_sm = bps;
+    TuningScope ts(v);
+    auto product = [&](int n, const float* xp) {
+      std::vector<float> y(static_cast<size_t>(n * N), NAN);
+      Fp4MatvecArgs a;
+      a.w = tiled.t;
+      a.n = n;
+      a.x = xp;
+      a.ldx = K;
+      a.norm = nw.data();
+      a.y = y.data();
+      a.ldy = N;
+      a.partial = part.data();
+      a.counters = cnt.data();
+      REQUIRE(fp4_matvec(a, int(sms), nullptr) == cudaSuccess);
+      return y;
+    };
+    const std::vector<float> both = product(2, x.data()), first = product(1, x.data()), second = product(1, x.data() + K);
+    CHECK(std::memcmp(both.data(), first.data(), size_t(N) * 4) == 0);
+    CHECK(std::memcmp(both.data() + N, second.data(), size_t(N) * 4) == 0);
+  }
 }
 
 TEST_CASE("emulated: a kernel over 48 KiB of shared memory opts in on each device it runs on") {
@@ -612,10 +660,11 @@ TEST_CASE("emulated: NVFP4 gate/up with the SwiGLU epilogue (kernels 1-3) matche
       const float g = float(wa.dot(i, x.data() + j * K) * 0.5), u = float(wb.dot(i, x.data() + j * K) * 0.5);
       want[size_t(j * F + i)] = siluf(g) * u;
     }
-  for (int kernel : {1, 2, 3}) {
+  for (int kernel : {1, 2, 3, 4}) {  // 4: kernel 3 with the FP8 arithmetic
     CAPTURE(kernel);
     DecodeTuning v;
-    v.fp4_kernel = kernel;
+    v.fp4_kernel = std::min(kernel, 3);
+    v.fp4_fp8 = kernel == 4 ? 1 : 0;
     v.fp4_blocks_per_sm = 32;  // split K
     TuningScope ts(v);
     std::vector<float> y(static_cast<size_t>(n * 2 * F), NAN);
@@ -754,11 +803,12 @@ TEST_CASE("emulated: NVFP4 matvec with the fused causal-conv epilogue (kernels 1
     for (int j = 0; j < n; ++j)
       for (int64_t r = 0; r < N; ++r) u[size_t(j * N + r)] = float(wq.dot(r, x.data() + j * K) * 0.5);
     const std::vector<float> out = conv_epilogue_reference(u, n, N, C, Kc, taps, win, &snap);
-    for (int kernel : {1, 2, 3}) {
+    for (int kernel : {1, 2, 3, 4}) {  // 4: kernel 3 with the FP8 arithmetic
       CAPTURE(n);
       CAPTURE(kernel);
       DecodeTuning v;
-      v.fp4_kernel = kernel;
+      v.fp4_kernel = std::min(kernel, 3);
+      v.fp4_fp8 = kernel == 4 ? 1 : 0;
       TuningScope ts(v);
       std::vector<float> y(static_cast<size_t>(n * ldy), NAN), dw(win0), ds(static_cast<size_t>((Kc - 1) * C), NAN);
       Fp4MatvecArgs a;
@@ -812,11 +862,12 @@ TEST_CASE("emulated: NVFP4 matvec with the fused gated-RMSNorm prologue (kernels
       const std::vector<float> xr = gated_prologue_row(o, z, ldz, gw, j, K, dv);
       for (int64_t r = 0; r < N; ++r) want[size_t(j * N + r)] += float(wq.dot(r, xr.data()) * 0.5);
     }
-    for (int kernel : {1, 2, 3}) {
+    for (int kernel : {1, 2, 3, 4}) {  // 4: kernel 3 with the FP8 arithmetic
       CAPTURE(dv);
       CAPTURE(kernel);
       DecodeTuning v;
-      v.fp4_kernel = kernel;
+      v.fp4_kernel = std::min(kernel, 3);
+      v.fp4_fp8 = kernel == 4 ? 1 : 0;
       v.fp4_blocks_per_sm = 32;  // split K (on head boundaries)
       TuningScope ts(v);
       std::vector<float> y(y0);
