@@ -4,7 +4,8 @@
 # A short follow-up to tests/gpu/run.sh within a device session's budget
 # (about two minutes on an H100): builds only the benchmarks, then
 #  * qwen35-matvec-bench: every decode kernel on the 4B's shapes (one
-#    activation row), and NVFP4 kernel 3 in its 24 geometries
+#    activation row; NVFP4 kernel 3 also with the FP8 arithmetic, `fp4fp8`
+#    lines, for one and two rows), and NVFP4 kernel 3 in its 24 geometries
 #    (--fp4-sweep) for one and two rows, once without PDL and with each
 #    timing probe (QWEN35_CUDA_FP4_PROBE, wrong results);
 #  * test_cuda_ops' persistent cases (the 4B's shapes, against kernel 3,

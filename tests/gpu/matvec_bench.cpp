@@ -30,7 +30,8 @@
 // its first and last checked outputs against the reference. --fp4-sweep
 // adds kernel 3 (NVFP4) in 24 geometries (blocks per multiprocessor 2-8,
 // ring stages 2 or 4, cluster or global split-K combine) as `fp4sweep|`
-// lines, for choosing them per shape.
+// lines, for choosing them per shape. For one or two rows, `fp4` also runs
+// with the FP8 arithmetic as kernel `fp4fp8` (QWEN35_CUDA_FP4_FP8).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -344,6 +345,8 @@ int main(int argc, char** argv) {
           w.codes = keep.back()->as<uint8_t>();
           keep.push_back(std::make_unique<Buf>(w.scale_bytes()));
           w.scales = keep.back()->as<uint8_t>();
+          keep.push_back(std::make_unique<Buf>(w.code_bytes()));  // the FP8 arrangement (the `fp8` case)
+          w.codes8 = keep.back()->as<uint8_t>();
           good = ok(fp4_repack(view(i).data, nullptr, rb, w, s), "fp4_repack");
         }
         keep.push_back(std::make_unique<Buf>(fp4_partial_floats(t[0], sms) * 4));
@@ -367,6 +370,23 @@ int main(int argc, char** argv) {
           Case c;
           c.kernel = "fp4";
           c.launch = [=](int i, cudaStream_t st) { return fp4_matvec(args(i), sms, st); };
+          c.bar = 2e-2;
+          cases.push_back(std::move(c));
+        }
+        // Kernel 3 with the FP8 arithmetic (tuning fp4_fp8: one or two rows;
+        // the F16 one for more), the tuning set around each launch.
+        if (good && n <= 2) {
+          Case c;
+          c.kernel = "fp4fp8";
+          DecodeTuning v = base_tuning;
+          v.fp4_kernel = 3;
+          v.fp4_fp8 = 1;
+          c.launch = [=](int i, cudaStream_t st) {
+            set_decode_tuning(v);
+            const cudaError_t e = fp4_matvec(args(i), sms, st);
+            set_decode_tuning(base_tuning);
+            return e;
+          };
           c.bar = 2e-2;
           cases.push_back(std::move(c));
         }

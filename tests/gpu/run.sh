@@ -135,6 +135,8 @@ if [ -x "$BIN/test_cuda_model" ]; then
   # And with one-row steps as persistent launches (runs of delta-net layers
   # and attention layers).
   step "test_cuda_model, persistent" 300 env QWEN35_CUDA_FP4_PERSIST=3 "$BIN/test_cuda_model" --duration=true
+  # And with kernel 3's FP8 arithmetic (the codes' FP8 copy made at load).
+  step "test_cuda_model, fp8" 300 env QWEN35_CUDA_FP4_FP8=1 "$BIN/test_cuda_model" --duration=true
 fi
 
 if [ -n "$SYNTH_PID" ]; then
@@ -159,6 +161,10 @@ bench() {  # bench LABEL CMD...: appends {"label": ..., <the tool's JSON>} to be
 }
 if [ -s "$M4" ]; then
   bench "bench 4B NVFP4" "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json --check 6 --sweep
+  # Kernel 3 with the FP8 tensor cores (E2M1 codes as E4M3, three E4M3
+  # terms per activation), checked against the CPU too.
+  bench "  fp4: FP8 arithmetic" env QWEN35_CUDA_FP4_FP8=1 "$BIN/qwen35-cuda-bench" -m "$M4" \
+    -p 512 -n 128 --device cuda --json --check 6
   # One-row steps as persistent launches (layer tails; runs of delta-net
   # layers with their delta rules), checked against the CPU too.
   bench "  fp4: persistent tails" env QWEN35_CUDA_FP4_PERSIST=1 "$BIN/qwen35-cuda-bench" -m "$M4" \
@@ -195,6 +201,8 @@ fi
 if [ -s "$M4MTP" ]; then
   bench "bench 4B NVFP4 + MTP (mirror)" "$BIN/qwen35-cuda-bench" -m "$M4MTP" -p 512 -n 128 --device cuda --json
   bench "  MTP, persistent + attention" env QWEN35_CUDA_FP4_PERSIST=3 "$BIN/qwen35-cuda-bench" -m "$M4MTP" -p 512 \
+    -n 128 --device cuda --json
+  bench "  MTP, FP8 arithmetic" env QWEN35_CUDA_FP4_FP8=1 "$BIN/qwen35-cuda-bench" -m "$M4MTP" -p 512 \
     -n 128 --device cuda --json
 fi
 # Decode on Q8_0 and on Q4_K matrices: their tiles, and the generic
