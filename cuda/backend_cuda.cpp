@@ -222,9 +222,11 @@ Status CudaBackend::init() {
     chain_mode_ = 0;
     persist_q_.reserve(kPersistInline);
     persist_poll_ns_ = unsigned(decode_tuning().fp4_chain_poll_ns);
+    persist_fp8_ = decode_tuning().fp4_fp8 != 0;
     PersistFp4Sizes most;
     most.max_kg_per = kPersistMaxKgPer;
     most.max_rows = kPersistMaxRows;
+    most.fp8 = persist_fp8_;  // (the larger chunks: a launch without them is resident too)
     persist_grid_ = persist_fp4_grid(most, dm_.sms);
     most.attention = true;
     persist_attn_grid_ = persist_fp4_grid(most, dm_.sms);

@@ -560,7 +560,7 @@ Status CudaBackend::flush_persist() {
   ok = ok && persist_fp4_plan(a.inline_stages, int(q.size()), grid);
   if (ok) {
     a.count = int(q.size());
-    a.sizes = persist_fp4_sizes(a.inline_stages, a.count);
+    a.sizes = persist_fp4_sizes(a.inline_stages, a.count, persist_fp8_);
     ok = a.sizes.partial_half <= persist_cap_.partial_half && a.sizes.counter_half <= persist_cap_.counter_half &&
          a.sizes.squares_half <= persist_cap_.squares_half;
   }

@@ -178,18 +178,25 @@ __device__ __forceinline__ void fp4_kgroup(float* acc, uint4 c4, uint2 s2, int i
   }
 }
 
-// fp4_kgroup for the FP8 arrangement (fp4_tiled.h; kernel 3 with tuning
-// fp4_fp8): the kgroup's two chunk pairs, one k32 mma each per activation
-// row (kN = 1 or 2). xb: this lane's 8 bytes of the slice's first B
-// fragment ([pairs][kN][256 bytes]); mp: the chunk multipliers ([nch][8]).
+// fp4_kgroup for the FP8 arrangement (fp4_tiled.h; tuning fp4_fp8): the
+// kgroup's two chunk pairs, one k32 mma each per activation row (kN = 1 or
+// 2). xs: the slice's activations as tc_load_x_impl's kFp8 = 1 (B fragments,
+// [pairs][kN][256 bytes]) or, kCompact, 2 ([chunks][kN][48 bytes]: the lane
+// loads its column's four bytes and puts them in the register of its
+// sub-block, zero in the other); mp: the chunk multipliers ([nch][8]).
 // The lane's D columns are sub-block blk = (lane & 3) / 2's terms (both
 // added here; the other lanes of the quad hold the rest, added once at the
 // end: fp8_quad_sum), so its scales are that chunk's. acc[j] (row g) and
 // acc[2 + j] (row g+8) for activation row j.
-template <int kN>
-__device__ __forceinline__ void fp8_kgroup(float* acc, uint4 c4, uint2 s2, int i, const uint8_t* xb, const float* mp,
-                                           int blk) {
+template <int kN, bool kCompact = false>
+__device__ __forceinline__ void fp8_kgroup(float* acc, uint4 c4, uint2 s2, int i, const uint8_t* xs, const float* mp,
+                                           int lane) {
   static_assert(kN == 1 || kN == 2, "one or two activation rows");
+  const int blk = (lane & 3) >> 1;
+  // The lane's B column (fp8_b_byte): term bt (3: the zero column) of sub-block bb, columns 4 (lane & 3) ...
+  const int bt = (lane >> 2) & 3, bb = lane >> 4;
+  const uint8_t* xb = kCompact ? xs + bb * kN * 48 + (bt == 3 ? 0 : bt) * 16 + 4 * (lane & 3) : xs + lane * 8;
+  const uint32_t m0 = bt != 3 && bb == 0 ? ~0u : 0u, m1 = bt != 3 && bb == 1 ? ~0u : 0u;
   const uint32_t words[4] = {c4.x, c4.y, c4.z, c4.w};
 #pragma unroll
   for (int pr = 0; pr < 2; ++pr) {
@@ -200,7 +207,13 @@ __device__ __forceinline__ void fp8_kgroup(float* acc, uint4 c4, uint2 s2, int i
     const int c = 4 * i + 2 * pr + blk;
 #pragma unroll
     for (int j = 0; j < kN; ++j) {
-      const uint2 bv = *reinterpret_cast<const uint2*>(xb + ((2 * i + pr) * kN + j) * 256);
+      uint2 bv;
+      if constexpr (kCompact) {
+        const uint32_t v = *reinterpret_cast<const uint32_t*>(xb + ((4 * i + 2 * pr) * kN + j) * 48);
+        bv = make_uint2(v & m0, v & m1);
+      } else {
+        bv = *reinterpret_cast<const uint2*>(xb + ((2 * i + pr) * kN + j) * 256);
+      }
       float d[4];
       mma_e4m3(d, ar, bv.x, bv.y);
       const float m = mp[c * kMatvecMaxCols + j];
@@ -346,9 +359,9 @@ __device__ __forceinline__ void bulk_start(const BulkRun& r) {
 // issues the next request into it, if any: fence_proxy_async_smem first),
 // and (unless skip_math) adds the stage's kgroups into acc (fp4_kgroup; xb,
 // mp, kN as there).
-// kFp8: the codes are in the FP8 arrangement (fp8_kgroup; xb then points at
-// the lane's bytes of the B fragments).
-template <int S, bool kLean, int kN, typename Refill, bool kFp8 = false>
+// kFp8 (1, 2): the codes are in the FP8 arrangement, xb the slice's
+// activations as tc_load_x_impl's kFp8 (fp8_kgroup).
+template <int S, bool kLean, int kN, typename Refill, int kFp8 = 0>
 __device__ __forceinline__ void bulk_stream_refill(const BulkRun& r, float* acc, const uint16_t* xb, const float* mp,
                                                    int n, int lane, int g, bool skip_math, Refill&& refill) {
   for (int st = 0; st < r.nst; ++st) {
@@ -372,8 +385,8 @@ __device__ __forceinline__ void bulk_stream_refill(const BulkRun& r, float* acc,
 #pragma unroll
     for (int k = 0; k < kBulkStageKg; ++k) {
       if (k < nk) {
-        if constexpr (kFp8)
-          fp8_kgroup<kN>(acc, c4[k], s2[k], k0 + k, reinterpret_cast<const uint8_t*>(xb), mp, (lane & 3) >> 1);
+        if constexpr (kFp8 != 0)
+          fp8_kgroup<kN, kFp8 == 2>(acc, c4[k], s2[k], k0 + k, reinterpret_cast<const uint8_t*>(xb), mp, lane);
         else
           fp4_kgroup<kLean, kN>(acc, c4[k], s2[k], k0 + k, xb, mp, n);
       }
@@ -383,7 +396,7 @@ __device__ __forceinline__ void bulk_stream_refill(const BulkRun& r, float* acc,
 
 // bulk_stream_refill over one run: each freed slot takes the run's stage S
 // ahead.
-template <int S, bool kLean, int kN = 0, bool kFp8 = false>
+template <int S, bool kLean, int kN = 0, int kFp8 = 0>
 __device__ __forceinline__ void bulk_stream(const BulkRun& r, float* acc, const uint16_t* xb, const float* mp, int n,
                                             int lane, int g, bool skip_math) {
   auto refill = [&](int st) {

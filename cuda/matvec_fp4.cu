@@ -439,7 +439,7 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
   in.n = n;  // a compile-time constant for kN > 0
   if (!skip_x) {
     if ((flags & kBulkXL1) && a.norm) tc_prefetch_rows_l1(in, w.cols);
-    tc_load_x_impl<kLean, false, false, kFp8>(in, kg0 * kFp4GroupCols, nch, xs, mult, rmax);
+    tc_load_x_impl<kLean, false, false, kFp8 ? 1 : 0>(in, kg0 * kFp4GroupCols, nch, xs, mult, rmax);
     if (a.norm) tc_row_squares<W>(in, w.cols, ss_part);
   }
   __syncthreads();
@@ -447,9 +447,9 @@ __global__ void __launch_bounds__(kBulkWarps * kWarp, 6)
   // 3. Stream the stages.
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   if (active) {
-    const uint16_t* xb = kFp8 ? xs + lane * 4 : xs + tc_b_row(g, n) * 16 + t * 4;
+    const uint16_t* xb = kFp8 ? xs : xs + tc_b_row(g, n) * 16 + t * 4;
     const float* mp = kFp8 ? mult : mult + 2 * t;
-    bulk_stream<S, kLean, kN, kFp8>(run, acc, xb, mp, n, lane, g, skip_math);
+    bulk_stream<S, kLean, kN, kFp8 ? 1 : 0>(run, acc, xb, mp, n, lane, g, skip_math);
     if constexpr (kFp8) fp8_quad_sum(acc);
     if constexpr (kLean) {
       const float2 m = *reinterpret_cast<const float2*>(mp);  // rows 2t, 2t+1: the same for every chunk

@@ -70,16 +70,18 @@ constexpr uint32_t kMaxEmuPolls = 1u << 14;  // (the emulation: warps interleave
 constexpr uint32_t kQueue = 8;  // tickets a warp holds (ring stages requested ahead of at most 4 units)
 
 // Shared memory per warp: the ring (stages and barriers), the activation
-// chunks of a slice: [nch][rows][16] F16, then the multipliers [nch][8];
-// after the warps' rings and chunks, their ticket queues [W][kQueue].
-__host__ __device__ constexpr size_t x_chunk_bytes(int max_kg_per, int rows) {
-  return size_t(4 * max_kg_per) * 32 * size_t(rows);
+// chunks of a slice: [nch][rows][16] F16 (the FP8 arithmetic: [nch][rows]
+// [48 bytes], tc_load_x_impl's compact form), then the multipliers
+// [nch][8]; after the warps' rings and chunks, their ticket queues
+// [W][kQueue].
+__host__ __device__ constexpr size_t x_chunk_bytes(const PersistFp4Sizes& z) {
+  return size_t(4 * z.max_kg_per) * (z.fp8 ? 48 : 32) * size_t(z.max_rows);
 }
-__host__ __device__ constexpr size_t x_bytes(int max_kg_per, int rows) {
-  return x_chunk_bytes(max_kg_per, rows) + size_t(4 * max_kg_per) * 32;
+__host__ __device__ constexpr size_t x_bytes(const PersistFp4Sizes& z) {
+  return x_chunk_bytes(z) + size_t(4 * z.max_kg_per) * 32;
 }
-__host__ __device__ constexpr size_t smem_bytes(int max_kg_per, int rows) {
-  return bulk_ring_bytes(W, S) + size_t(W) * (x_bytes(max_kg_per, rows) + kQueue * sizeof(int));
+__host__ __device__ constexpr size_t smem_bytes(const PersistFp4Sizes& z) {
+  return bulk_ring_bytes(W, S) + size_t(W) * (x_bytes(z) + kQueue * sizeof(int));
 }
 
 // A unit: stage s, the unit u within it, its ticket base + u.
@@ -97,11 +99,14 @@ __device__ __forceinline__ bool locate(const PersistFp4Stage* st, int count, int
 }
 
 // The weight run of a unit (kernel 3's BulkRun, its stages numbered from seq0).
+// fp8: the codes in the FP8 arrangement (st.w.codes8).
 __device__ __forceinline__ BulkRun unit_run(const PersistFp4Stage& st, int64_t u, uint8_t* ring, uint64_t* bars,
-                                            uint32_t seq0) {
+                                            uint32_t seq0, bool fp8) {
   const int64_t tile = u / st.splits, kg0 = (u % st.splits) * st.kg_per;
   const int nkg = int(min(st.w.kgroups(), kg0 + st.kg_per) - kg0);
-  return bulk_run(ring, bars, st.w, tile, kg0, nkg, seq0);
+  BulkRun r = bulk_run(ring, bars, st.w, tile, kg0, nkg, seq0);
+  if (fp8) r.codes = st.w.codes8 + (r.codes - st.w.codes);
+  return r;
 }
 
 // Lane 0's issue cursor over the warp's ticket queue q[kQueue] (shared
@@ -148,10 +153,11 @@ __device__ __forceinline__ bool take_ticket(Issue& is, const PersistFp4Stage* st
 // Lane 0: requests ring stages (taking tickets as needed) while the ring
 // has free slots (`consumed` stages of the warp's sequence are free again).
 __device__ __forceinline__ void issue_ahead(Issue& is, const PersistFp4Stage* st, int count, int* tickets, int* q,
-                                            uint32_t head, uint32_t consumed, uint8_t* ring, uint64_t* bars) {
+                                            uint32_t head, uint32_t consumed, uint8_t* ring, uint64_t* bars,
+                                            bool fp8) {
   while (is.next - consumed < uint32_t(S)) {
     if (!is.valid && !take_ticket(is, st, count, tickets, q, head)) return;
-    const BulkRun r = unit_run(st[is.c.s], is.c.u, ring, bars, is.next - uint32_t(is.st));
+    const BulkRun r = unit_run(st[is.c.s], is.c.u, ring, bars, is.next - uint32_t(is.st), fp8);
     fence_proxy_async_smem();  // (the slot's reads by this warp before the bulk copy's write)
     bulk_issue<S>(r, is.st);
     ++is.next;
@@ -229,9 +235,11 @@ __device__ __forceinline__ float stage_rnorm(const PersistFp4Stage* st, int s, i
 // multiplier at mult[c][j]). A gated head's chunks are aligned lanes of one
 // pass (items j nch + c; slices start on head boundaries and hold whole
 // heads).
+// kFp8: in the compact FP8 form (tc_load_x_impl's kFp8 = 2).
+template <bool kFp8>
 __device__ __forceinline__ void warp_load_x(const PersistFp4Stage& p, int64_t c0, int nch, uint16_t* xs, float* mult) {
   const TcInput in = tc_input(p);
-  tc_load_x_impl<false, true, true>(in, c0, nch, xs, mult, nullptr);
+  tc_load_x_impl<false, true, true, kFp8 ? 2 : 0>(in, c0, nch, xs, mult, nullptr);
 }
 
 // A finished tile (lanes t = 0 hold r[e] = tile row g + 8 (e / 2) of
@@ -340,9 +348,11 @@ __device__ __forceinline__ void attention_unit_dh(const FusedAttnArgs& f, int64_
 }
 
 // kAttn: the launch has attention stages (an instantiation of its own: the
-// attention unit's registers, 234 a thread against 154 on sm_90a, leave 2
-// blocks a multiprocessor instead of 3).
-template <bool kAttn>
+// attention unit's registers, 238 a thread against 154 on sm_90a, leave 2
+// blocks a multiprocessor instead of 3). kFp8: the products on the FP8
+// tensor cores (sizes.fp8; also its own: both arithmetics in one kernel
+// took 168 registers and spilled).
+template <bool kAttn, bool kFp8>
 __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_constant__ PersistFp4Args a) {
   uint8_t* smem = dynamic_smem<uint8_t>();
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
@@ -350,18 +360,20 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
   const PersistFp4Stage* st = a.stages ? a.stages : a.inline_stages;
   uint8_t* ring = smem + size_t(warp) * S * kBulkStageBytes;                                         // [S][2304]
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + size_t(W) * S * kBulkStageBytes) + warp * S;  // [S]
-  uint8_t* xw = smem + bulk_ring_bytes(W, S) + size_t(warp) * x_bytes(a.sizes.max_kg_per, a.sizes.max_rows);
-  uint16_t* xs = reinterpret_cast<uint16_t*>(xw);                                                  // [nch][n][16] F16
-  float* mult = reinterpret_cast<float*>(xw + x_chunk_bytes(a.sizes.max_kg_per, a.sizes.max_rows));  // [nch][8]
-  int* queue = reinterpret_cast<int*>(smem + smem_bytes(a.sizes.max_kg_per, a.sizes.max_rows)) -
-               (W - warp) * int(kQueue);  // [kQueue]
+  constexpr bool fp8 = kFp8;
+  PersistFp4Sizes z = a.sizes;
+  z.fp8 = kFp8;  // (persist_kernel chose this instantiation by it)
+  uint8_t* xw = smem + bulk_ring_bytes(W, S) + size_t(warp) * x_bytes(z);
+  uint16_t* xs = reinterpret_cast<uint16_t*>(xw);                // [nch][n][16] F16 (kFp8: [nch][n][48 bytes])
+  float* mult = reinterpret_cast<float*>(xw + x_chunk_bytes(z));  // [nch][8]
+  int* queue = reinterpret_cast<int*>(smem + smem_bytes(z)) - (W - warp) * int(kQueue);  // [kQueue]
 
   // The first tickets and ring stages (weights: before the PDL wait).
   Issue is;
   if (lane == 0) {
     for (int i = 0; i < S; ++i) mbar_init(smem_addr(bars + i), 1);
     is.pending = atomicAdd(a.tickets, 1);
-    issue_ahead(is, st, a.count, a.tickets, queue, 0, 0, ring, bars);
+    issue_ahead(is, st, a.count, a.tickets, queue, 0, 0, ring, bars, fp8);
   }
   __syncwarp();
   pdl_wait();
@@ -379,7 +391,7 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
     // queued ticket; -1 when no units are left.
     int ticket = -1;
     if (lane == 0) {
-      issue_ahead(is, st, a.count, a.tickets, queue, head, seq, ring, bars);
+      issue_ahead(is, st, a.count, a.tickets, queue, head, seq, ring, bars, fp8);
       if (head != is.tail) ticket = queue[head % kQueue];
     }
     ticket = __shfl_sync(0xFFFFFFFFu, ticket, 0);
@@ -423,21 +435,28 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
       if (p.n > 1) rnorm1 = stage_rnorm(st, c.s, 1, a, lane);
       norm_s = c.s;
     }
-    warp_load_x(p, kg0 * kFp4GroupCols, 4 * nkg, xs, mult);
+    warp_load_x<kFp8>(p, kg0 * kFp4GroupCols, 4 * nkg, xs, mult);
     __syncwarp();
 
     // 2. The weights through the ring; each freed slot takes the next stage
     // of the warp's list.
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    const BulkRun run = unit_run(p, c.u, ring, bars, seq);
+    const BulkRun run = unit_run(p, c.u, ring, bars, seq, fp8);
     const auto refill = [&](int st_done) {
-      issue_ahead(is, st, a.count, a.tickets, queue, head, seq + uint32_t(st_done + 1), ring, bars);
+      issue_ahead(is, st, a.count, a.tickets, queue, head, seq + uint32_t(st_done + 1), ring, bars, fp8);
     };
-    const uint16_t* xb = xs + tc_b_row(g, p.n) * 16 + t * 4;
-    if (p.n == 1)  // (kernel 3's one-row arithmetic: the second accumulator column left out)
-      bulk_stream_refill<S, false, 1>(run, acc, xb, mult + 2 * t, 1, lane, g, false, refill);
-    else
-      bulk_stream_refill<S, false, 0>(run, acc, xb, mult + 2 * t, p.n, lane, g, false, refill);
+    using Refill = decltype(refill);
+    if constexpr (kFp8) {  // (the quad's lanes hold different terms and sub-blocks: added, lane t = 0 as below)
+      if (p.n == 1) bulk_stream_refill<S, false, 1, const Refill&, 2>(run, acc, xs, mult, 1, lane, g, false, refill);
+      else bulk_stream_refill<S, false, 2, const Refill&, 2>(run, acc, xs, mult, 2, lane, g, false, refill);
+      fp8_quad_sum(acc);
+    } else {
+      const uint16_t* xb = xs + tc_b_row(g, p.n) * 16 + t * 4;
+      if (p.n == 1)  // (kernel 3's one-row arithmetic: the second accumulator column left out)
+        bulk_stream_refill<S, false, 1>(run, acc, xb, mult + 2 * t, 1, lane, g, false, refill);
+      else
+        bulk_stream_refill<S, false, 0>(run, acc, xb, mult + 2 * t, p.n, lane, g, false, refill);
+    }
     seq += uint32_t(run.nst);
 
     // 3. The encoding's and the tensor's scale; the slices added in order by
@@ -564,6 +583,12 @@ bool stage_ok(const PersistFp4Stage& p, int64_t* align) {
   return true;
 }
 
+// The kernel's instantiation for a launch of these sizes.
+auto persist_kernel(const PersistFp4Sizes& z) {
+  if (z.fp8) return z.attention ? persist_fp4_kernel<true, true> : persist_fp4_kernel<false, true>;
+  return z.attention ? persist_fp4_kernel<true, false> : persist_fp4_kernel<false, false>;
+}
+
 }  // namespace
 
 bool persist_fp4_stage(const Fp4MatvecArgs& a, PersistFp4Stage* out) {
@@ -664,10 +689,12 @@ bool persist_fp4_plan(PersistFp4Stage* stages, int count, int blocks) {
   return true;
 }
 
-PersistFp4Sizes persist_fp4_sizes(const PersistFp4Stage* stages, int count) {
+PersistFp4Sizes persist_fp4_sizes(const PersistFp4Stage* stages, int count, bool fp8) {
   PersistFp4Sizes z;
+  z.fp8 = fp8;
   for (int s = 0; s < count; ++s) {
     const PersistFp4Stage& p = stages[s];
+    if (p.kind == PersistKind::Product && !p.w.codes8) z.fp8 = false;
     z.max_rows = std::max(z.max_rows, p.n);
     if (p.kind == PersistKind::DeltaRule) {  // q and k in a warp's activation chunks (256 bytes a kgroup)
       z.max_kg_per = std::max(z.max_kg_per, int(p.delta.dk / 32));
@@ -696,8 +723,8 @@ int persist_fp4_blocks_per_sm(const PersistFp4Sizes& sizes) {
   (void)sizes;
   return 1;
 #else
-  const auto kernel = sizes.attention ? persist_fp4_kernel<true> : persist_fp4_kernel<false>;
-  const size_t smem = smem_bytes(sizes.max_kg_per, sizes.max_rows);
+  const auto kernel = persist_kernel(sizes);
+  const size_t smem = smem_bytes(sizes);
   if (allow_dynamic_smem(kernel, smem) != cudaSuccess) return 0;
   int n = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, W * kWarp, smem) != cudaSuccess) return 0;
@@ -721,10 +748,11 @@ cudaError_t persist_fp4(const PersistFp4Args& a, int blocks, cudaStream_t stream
       a.sizes.max_rows > kPersistMaxRows ||
       (a.sizes.partial_half && (!a.partial || !a.counters)) || (a.sizes.squares_half && !a.squares))
     return cudaErrorInvalidValue;
-  static SmemOptIn opt_in[2];
-  const auto kernel = a.sizes.attention ? persist_fp4_kernel<true> : persist_fp4_kernel<false>;
-  const size_t smem = smem_bytes(a.sizes.max_kg_per, a.sizes.max_rows);
-  if (const cudaError_t e = opt_in[a.sizes.attention].ensure(kernel, smem); e != cudaSuccess) return e;
+  static SmemOptIn opt_in[4];
+  const auto kernel = persist_kernel(a.sizes);
+  const size_t smem = smem_bytes(a.sizes);
+  if (const cudaError_t e = opt_in[2 * a.sizes.fp8 + a.sizes.attention].ensure(kernel, smem); e != cudaSuccess)
+    return e;
   return launch(kernel, dim3(unsigned(blocks)), dim3(W * kWarp), smem, stream, a);
 }
 

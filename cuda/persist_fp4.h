@@ -150,8 +150,11 @@ struct PersistFp4Sizes {
   int max_kg_per = 0;
   int max_rows = 1;
   bool attention = false;  // an attention stage: the kernel's instantiation with it (more registers, fewer blocks)
+  bool fp8 = false;        // the products on the FP8 tensor cores (their w.codes8; fp4_tiled.h): 48-byte chunks
 };
-PersistFp4Sizes persist_fp4_sizes(const PersistFp4Stage* stages, int count);
+// fp8: the products' FP8 arithmetic where every product stage has its codes
+// in the FP8 arrangement (w.codes8, on a device with FP8 tensor cores).
+PersistFp4Sizes persist_fp4_sizes(const PersistFp4Stage* stages, int count, bool fp8 = false);
 
 // Blocks of the kernel one multiprocessor holds for these sizes (a grid of
 // sms times this is resident as a whole on an idle GPU).

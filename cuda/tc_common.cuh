@@ -302,6 +302,10 @@ __device__ __forceinline__ int tc_store_chunk(const float* v, float amax, uint16
 // a factor of two, so exact) into its half of the pair's B fragment (dst:
 // 256 bytes; this half's lanes 16*blk .. 16*blk + 15, the other register of
 // each lane and the fourth column zero). Returns e.
+// kCompact (the persistent kernel, whose warps each keep a slice): only the
+// terms, 48 bytes at dst (term t's 16 columns at 16 t); the lanes put the
+// zeros in themselves (fp8_kgroup).
+template <bool kCompact = false>
 __device__ __forceinline__ int tc_store_chunk8(const float* v, float amax, int blk, uint8_t* dst) {
   const int e = amax > 0.0f ? tc_chunk_exponent(amax) + 7 : 0;
   const float inv = pow2f(-e);
@@ -323,6 +327,12 @@ __device__ __forceinline__ int tc_store_chunk8(const float* v, float amax, int b
       }
       tw[term][q >> 1] |= uint32_t(p) << (16 * (q & 1));
     }
+  }
+  if constexpr (kCompact) {
+    uint4* d = reinterpret_cast<uint4*>(dst);
+#pragma unroll
+    for (int term = 0; term < 3; ++term) d[term] = make_uint4(tw[term][0], tw[term][1], tw[term][2], tw[term][3]);
+    return e;
   }
   uint4* d = reinterpret_cast<uint4*>(dst + 128 * blk);
 #pragma unroll
@@ -421,11 +431,11 @@ __host__ __device__ constexpr size_t tc_x8_bytes(int nch, int n) { return size_t
 // other blocks of the same launch wrote (the later stages of a chain).
 // kWarp1: one warp does it all (the persistent kernel's units: every lane of
 // the calling warp must call it; not with kRowScale).
-// kFp8: xs holds the chunks in the FP8 arrangement (fp4_tiled.h), [nch/2
-// pairs][n][256 bytes] (tc_store_chunk8; nch even), and mult[c][j] is
-// 2^(e-8): the A encoding's 2^-6 against F16's 2^-14, so that the kernels'
-// finish stays the same.
-template <bool kRowScale, bool kL2 = false, bool kWarp1 = false, bool kFp8 = false>
+// kFp8: xs holds the chunks in the FP8 arrangement (fp4_tiled.h), 1: as B
+// fragments, [nch/2 pairs][n][256 bytes] (tc_store_chunk8; nch even); 2:
+// compact, [nch][n][48 bytes]; and mult[c][j] is 2^(e-8): the A encoding's
+// 2^-6 against F16's 2^-14, so that the kernels' finish stays the same.
+template <bool kRowScale, bool kL2 = false, bool kWarp1 = false, int kFp8 = 0>
 __device__ __forceinline__ void tc_load_x_impl(const TcInput& in, int64_t c0, int nch, uint16_t* xs, float* mult,
                                                int* rmax) {
   static_assert(!(kRowScale && kWarp1), "the row scale's pass is block-wide");
@@ -464,8 +474,10 @@ __device__ __forceinline__ void tc_load_x_impl(const TcInput& in, int64_t c0, in
         atomicMax(rmax + j, __float_as_int(amax));  // non-negative floats order as their bits
         continue;
       }
-      if constexpr (kFp8) {
-        const int e = tc_store_chunk8(v, amax, c & 1, reinterpret_cast<uint8_t*>(xs) + (size_t(c >> 1) * n + j) * 256);
+      if constexpr (kFp8 != 0) {
+        uint8_t* x8 = reinterpret_cast<uint8_t*>(xs);
+        const int e = kFp8 == 2 ? tc_store_chunk8<true>(v, amax, c & 1, x8 + (size_t(c) * n + j) * 48)
+                                : tc_store_chunk8(v, amax, c & 1, x8 + (size_t(c >> 1) * n + j) * 256);
         mult[c * kMatvecMaxCols + j] = pow2f(e - 8) * head_scale;
         continue;
       }

@@ -10,6 +10,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <utility>
@@ -274,9 +275,10 @@ TEST_CASE("emulated CUDA backend: the FP8 arithmetic (QWEN35_CUDA_FP4_FP8) track
   const std::vector<int32_t>& s = fx.seqs[0];
   const int n = std::min<int>(int(s.size()), 12);
   REQUIRE(n > 4);
-  auto run = [&](int fp8) {
+  auto run = [&](int fp8, int persist = 0) {
     cuda::DecodeTuning t = saved;
     t.fp4_fp8 = fp8;
+    t.fp4_persist = persist;
     cuda::set_decode_tuning(t);
     qwen35_context* c = make_ctx(m);
     std::vector<float> out;
@@ -313,6 +315,19 @@ TEST_CASE("emulated CUDA backend: the FP8 arithmetic (QWEN35_CUDA_FP4_FP8) track
   CHECK(worst(to_default) > 0.0);
   CHECK(worst(to_fixture) < 2e-3);
   CHECK(worst(to_fixture) <= worst(default_to_fixture));
+  // And in persistent launches (QWEN35_CUDA_FP4_PERSIST=3: the warps' compact
+  // FP8 activations; the norms' factors from per-tile sums).
+  const std::vector<float> pers = run(1, 3);
+  std::vector<double> p_to_fp8, p_to_fixture;
+  for (int i = 0; i < n; ++i) {
+    const float* a = pers.data() + size_t(i) * size_t(fx.V);
+    p_to_fp8.push_back(rel_err(a, fp8.data() + size_t(i) * size_t(fx.V), size_t(fx.V)));
+    p_to_fixture.push_back(rel_err(a, fx.main.data() + size_t(i) * size_t(fx.V), size_t(fx.V)));
+  }
+  MESSAGE("FP8 persistent: against kernel 3's FP8 " << worst(p_to_fp8) << "; against the fixture "
+                                                    << worst(p_to_fixture));
+  CHECK(worst(p_to_fp8) < 2e-3);
+  CHECK(worst(p_to_fixture) < 2e-3);
   free_model(m);
 }
 
@@ -434,16 +449,17 @@ TEST_CASE("emulated CUDA backend: greedy MTP speculation (graphs, snapshots, rol
   // With NVFP4 also as persistent launches (QWEN35_CUDA_FP4_PERSIST=2 and 3,
   // with the attention: the one-row steps, the drafts and the two-row verify
   // passes; each row gets the bits it gets alone).
-  // And with the FP8 arithmetic (persist -1: QWEN35_CUDA_FP4_FP8=1).
+  // And with the FP8 arithmetic (persist -1: QWEN35_CUDA_FP4_FP8=1; -3: with
+  // persistent mode 3).
   for (auto [type, persist] : {std::pair{uint32_t(GGML_NVFP4), 0}, std::pair{uint32_t(GGML_Q8_0), 0},
                                std::pair{uint32_t(GGML_NVFP4), 2}, std::pair{uint32_t(GGML_NVFP4), 3},
-                               std::pair{uint32_t(GGML_NVFP4), -1}}) {
+                               std::pair{uint32_t(GGML_NVFP4), -1}, std::pair{uint32_t(GGML_NVFP4), -3}}) {
     const std::string name = type_info(type)->name;
     CAPTURE(name);
     CAPTURE(persist);
     const cuda::DecodeTuning saved = cuda::decode_tuning();
     cuda::DecodeTuning t = saved;
-    t.fp4_persist = std::max(persist, 0);
+    t.fp4_persist = persist == -1 ? 0 : std::abs(persist);
     t.fp4_fp8 = persist < 0 ? 1 : 0;
     cuda::set_decode_tuning(t);
     qwen35_model* m = load_mirror_synth(type == GGML_NVFP4 ? "emu-cuda-mirror" : "emu-cuda-mirror-q8", 128, 5, type);

@@ -137,6 +137,32 @@ TEST_CASE("emulated: a persistent NVFP4 sequence equals kernel 3 stage by stage,
   CHECK(std::all_of(f.tickets.begin(), f.tickets.end(), [](int c) { return c == 0; }));
 }
 
+TEST_CASE("emulated: a persistent NVFP4 sequence on the FP8 tensor cores equals kernel 3's FP8 arithmetic and the CPU") {
+  // The warps' compact FP8 activations (48 bytes a chunk) against kernel 3's
+  // B fragments: the same terms, products and sums within a slice.
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {
+      {200, 2560}, {192, 128}, {72, 192}, {256, 64}, {120, 256}};
+  const PersistCaseResult f16 = run_persist_case<HostArray>(shapes, 1, 2, rand);
+  REQUIRE(f16.ok);
+  for (bool reverse : {false, true}) {
+    CAPTURE(reverse);
+    emu::set_order(reverse);
+    const PersistCaseResult r = run_persist_case<HostArray>(shapes, 1, 2, rand, 0, 0, true);
+    REQUIRE(r.ok);
+    CHECK(r.fault == 0);
+    CHECK(r.repeat_equal);
+    CHECK(r.worst_kernel3 < 1e-5);
+    CHECK(r.worst_cpu < 2e-4);              // three E4M3 terms per activation
+    CHECK(r.worst_cpu < f16.worst_cpu / 4);  // (F16 activations: ~1e-3)
+    CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
+    CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));
+    MESSAGE("FP8: against kernel 3 " << r.worst_kernel3 << ", the CPU " << r.worst_cpu << " (F16: "
+                                     << f16.worst_cpu << ")");
+  }
+  emu::set_order(false);
+}
+
 TEST_CASE("emulated: a delta-net layer's tail as one persistent launch (norms, gated norm, SwiGLU, Add, conv) "
           "tracks kernel 3") {
   auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };

@@ -42,7 +42,8 @@ const std::vector<uint8_t>& random_nvfp4_rows(int64_t rows, int64_t cols, uint32
 }
 
 // A tiled NVFP4 weight on the device, repacked from GGUF rows (b: the up
-// rows of a gate/up pair).
+// rows of a gate/up pair), with its codes also in the FP8 arrangement
+// (codes8: for the FP8 arithmetic, tuning fp4_fp8).
 template <template <typename> class Arr>
 struct CaseTiled {
   Arr<uint8_t> buf;
@@ -57,6 +58,7 @@ struct CaseTiled {
     t.scale = scale;
     t.codes = buf.get();
     t.scales = buf.get() + t.code_bytes();
+    t.codes8 = t.scales + t.scale_bytes();
     Arr<uint8_t> da(a), db(b ? *b : std::vector<uint8_t>(1));
     ok = fp4_repack(da.get(), b ? db.get() : nullptr, row_bytes(*type_info(GGML_NVFP4), cols), t, nullptr) ==
          cudaSuccess;
@@ -67,7 +69,7 @@ struct CaseTiled {
     w.rows = rows;
     w.cols = cols;
     w.pairing = pair ? cuda::Fp4Pairing::GateUp : cuda::Fp4Pairing::Plain;
-    return w.code_bytes() + w.scale_bytes();
+    return 2 * w.code_bytes() + w.scale_bytes();
   }
 };
 

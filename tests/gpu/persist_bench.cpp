@@ -12,7 +12,9 @@
 // interval, a probe without the waits for the stage before (wrong
 // results: the weight stream and the arithmetic alone), and the kernel's
 // instantiation for launches with attention stages on the same products
-// (what its registers and smaller grid cost: QWEN35_CUDA_FP4_PERSIST=3).
+// (what its registers and smaller grid cost: QWEN35_CUDA_FP4_PERSIST=3);
+// and both the persistent launch and the kernel-3 launches on the FP8
+// tensor cores (QWEN35_CUDA_FP4_FP8: the codes' FP8 copy, random too).
 //
 //   qwen35-persist-bench [--quick]
 #include <cuda_runtime.h>
@@ -27,6 +29,7 @@
 #include "copy_bandwidth.h"
 #include "matvec_fp4.h"
 #include "persist_fp4.h"
+#include "tuning.h"
 
 using namespace qwen35::cuda;
 
@@ -106,12 +109,16 @@ int main(int argc, char** argv) {
     w.rows = shapes[size_t(i)].first;
     w.cols = shapes[size_t(i)].second;
     w.scale = float(1.0 / std::sqrt(double(w.cols) * 4.3));  // outputs of about the inputs' size
-    uint8_t *codes = nullptr, *scales = nullptr;
+    uint8_t *codes = nullptr, *scales = nullptr, *codes8 = nullptr;
     TRY(cudaMalloc(&codes, w.code_bytes()));
     TRY(cudaMalloc(&scales, w.scale_bytes()));
-    if (!fill(codes, w.code_bytes(), false, rng) || !fill(scales, w.scale_bytes(), true, rng)) return 1;
+    TRY(cudaMalloc(&codes8, w.code_bytes()));
+    if (!fill(codes, w.code_bytes(), false, rng) || !fill(scales, w.scale_bytes(), true, rng) ||
+        !fill(codes8, w.code_bytes(), false, rng))
+      return 1;
     w.codes = codes;
     w.scales = scales;
+    w.codes8 = codes8;
     weight_bytes += w.code_bytes() + w.scale_bytes();
     TRY(cudaMalloc(&act[size_t(i) + 1], size_t(w.rows) * 4));
     table[size_t(i)].w = w;
@@ -163,7 +170,12 @@ int main(int argc, char** argv) {
   TRY(cudaMalloc(&kcnt, k3_counters * 4));
   TRY(cudaMemset(kcnt, 0, k3_counters * 4));
   TRY(cudaMalloc(&tmp, 18432 * 4));
-  auto kernel3 = [&](const PersistFp4Stage& p, float* y, cudaStream_t st) {
+  // fp8: kernel 3's FP8 arithmetic (the tuning it reads at the launch).
+  const DecodeTuning base = decode_tuning();
+  DecodeTuning base8 = base;
+  base8.fp4_fp8 = 1;
+  auto kernel3 = [&](const PersistFp4Stage& p, float* y, cudaStream_t st, bool fp8 = false) {
+    set_decode_tuning(fp8 ? base8 : base);
     Fp4MatvecArgs k;
     k.w = p.w;
     k.n = 1;
@@ -173,14 +185,16 @@ int main(int argc, char** argv) {
     k.ldy = p.w.rows;
     k.partial = kpart;
     k.counters = kcnt;
-    return fp4_matvec(k, sms, st);
+    const cudaError_t e = fp4_matvec(k, sms, st);
+    set_decode_tuning(base);
+    return e;
   };
-  auto check = [&]() -> double {
+  auto check = [&](bool fp8) -> double {
     double worst = 0.0;
     for (int i = 0; i < count; i += 8) {
       const PersistFp4Stage& p = table[size_t(i)];
       std::vector<float> got(size_t(p.w.rows)), want(size_t(p.w.rows));
-      if (!ok(kernel3(p, tmp, s), "kernel 3") || !ok(cudaStreamSynchronize(s), "sync") ||
+      if (!ok(kernel3(p, tmp, s, fp8), "kernel 3") || !ok(cudaStreamSynchronize(s), "sync") ||
           !ok(cudaMemcpy(got.data(), p.y, got.size() * 4, cudaMemcpyDeviceToHost), "download") ||
           !ok(cudaMemcpy(want.data(), tmp, want.size() * 4, cudaMemcpyDeviceToHost), "download"))
         return INFINITY;
@@ -214,14 +228,22 @@ int main(int argc, char** argv) {
     unsigned poll_ns;
     bool no_waits = false;  // the probe: the streaming and arithmetic alone (wrong results)
     bool attn_kernel = false;  // the kernel's instantiation for launches with attention (its registers, its grid)
+    bool fp8 = false;          // the FP8 arithmetic
   };
   PersistFp4Sizes most_attn = most;
   most_attn.attention = true;
   const int fit_attn = persist_fp4_blocks_per_sm(most_attn);
+  PersistFp4Sizes most8 = most;
+  most8.fp8 = true;
+  const int fit8 = persist_fp4_blocks_per_sm(most8);
   std::vector<Variant> variants;
   for (int b = fit; b >= 1; --b) variants.push_back({b, 64});
   variants.push_back({fit, 64, true});
   if (fit_attn >= 1) variants.push_back({fit_attn, 64, false, true});
+  if (fit8 >= 1) {
+    variants.push_back({fit8, 64, false, false, true});
+    variants.push_back({fit8, 64, true, false, true});
+  }
   if (!quick)
     for (unsigned poll : {0u, 256u, 1024u}) variants.push_back({fit, poll});
   for (const Variant& v : variants) {
@@ -230,7 +252,7 @@ int main(int argc, char** argv) {
       std::printf("persist| the plan for %d blocks failed\n", blocks);
       continue;
     }
-    PersistFp4Sizes sizes = persist_fp4_sizes(table.data(), count);
+    PersistFp4Sizes sizes = persist_fp4_sizes(table.data(), count, v.fp8);
     sizes.attention = v.attn_kernel;
     if (persist_fp4_blocks_per_sm(sizes) < v.per_sm) continue;
     if (partial) TRY(cudaFree(partial));
@@ -260,30 +282,31 @@ int main(int argc, char** argv) {
     int f = 0;
     TRY(cudaMemcpy(&f, fault + 1, sizeof(int), cudaMemcpyDeviceToHost));
     char what[128];
-    std::snprintf(what, sizeof what, "persistent%s, %d blocks/SM, poll %u ns%s%s",
-                  v.attn_kernel ? " (attention kernel)" : "", v.per_sm, v.poll_ns,
+    std::snprintf(what, sizeof what, "persistent%s%s, %d blocks/SM, poll %u ns%s%s",
+                  v.attn_kernel ? " (attention kernel)" : "", v.fp8 ? " FP8" : "", v.per_sm, v.poll_ns,
                   v.no_waits ? ", PROBE: no waits" : "", f ? " (A WAIT GAVE UP)" : "");
-    report(what, us, v.no_waits ? -1.0 : check());
+    report(what, us, v.no_waits ? -1.0 : check(v.fp8));
     TRY(cudaMemset(fault, 0, 2 * sizeof(int)));
   }
 
   // The same products as dependent kernel-3 launches in a graph (PDL),
   // after one eager pass (each shape's shared-memory opt-in outside the
-  // capture).
-  {
+  // capture); with the F16 and the FP8 arithmetic.
+  for (bool fp8 : {false, true}) {
     for (const PersistFp4Stage& p : table)
-      if (!ok(kernel3(p, p.y, s), "kernel 3")) return 1;
+      if (!ok(kernel3(p, p.y, s, fp8), "kernel 3")) return 1;
     TRY(cudaStreamSynchronize(s));
     cudaGraph_t g;
     TRY(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
     for (const PersistFp4Stage& p : table)
-      if (!ok(kernel3(p, p.y, s), "kernel 3 (capture)")) return 1;
+      if (!ok(kernel3(p, p.y, s, fp8), "kernel 3 (capture)")) return 1;
     TRY(cudaStreamEndCapture(s, &g));
     cudaGraphExec_t ge;
     TRY(cudaGraphInstantiate(&ge, g, 0));
     double us = 0.0;
     if (!time_it([&] { return ok(cudaGraphLaunch(ge, s), "graph launch"); }, &us)) return 1;
-    report("separate kernel-3 launches (graph + PDL)", us, -1.0);
+    report(fp8 ? "separate kernel-3 launches, FP8 (graph + PDL)" : "separate kernel-3 launches (graph + PDL)", us,
+           -1.0);
     TRY(cudaGraphExecDestroy(ge));
     TRY(cudaGraphDestroy(g));
   }

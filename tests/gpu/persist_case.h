@@ -20,6 +20,7 @@
 #include "matvec_fp4.h"
 #include "persist_fp4.h"
 #include "quants.h"
+#include "tuning.h"
 
 namespace qwen35::test {
 
@@ -34,15 +35,22 @@ inline double worst_rel(const std::vector<float>& got, const std::vector<float>&
 }
 
 // Kernel 3 alone on the product a (its own split-K scratch), for `sms`
-// multiprocessors; false if the launch failed.
+// multiprocessors (fp8: its FP8 arithmetic); false if the launch failed.
 template <template <typename> class Arr>
-bool kernel3_alone(cuda::Fp4MatvecArgs a, int sms) {
+bool kernel3_alone(cuda::Fp4MatvecArgs a, int sms, bool fp8 = false) {
   using namespace qwen35::cuda;
   Arr<float> part(std::vector<float>(size_t(fp4_partial_floats(a.w, sms) + 1), 0.0f));
   Arr<int> cnt(std::vector<int>(size_t(fp4_counter_ints(a.w) + 1), 0));
   a.partial = part.get();
   a.counters = cnt.get();
-  return fp4_matvec(a, sms, nullptr) == cudaSuccess;
+  const DecodeTuning saved = decode_tuning();
+  DecodeTuning t = saved;
+  t.fp4_kernel = 3;
+  t.fp4_fp8 = fp8 ? 1 : 0;
+  set_decode_tuning(t);
+  const bool ok = fp4_matvec(a, sms, nullptr) == cudaSuccess;
+  set_decode_tuning(saved);
+  return ok;
 }
 
 // What persistent launches of one planned table share: the scratch, sized
@@ -60,10 +68,11 @@ struct PersistScratch {
         tickets(std::vector<int>(2 * cuda::kPersistDoneStride, 0)),
         fault(std::vector<int>(2, 0)) {}
   // One launch of the planned stages on `blocks` blocks, in the launch's
-  // parameters or from a table in device memory.
-  bool launch(const cuda::PersistFp4Stage* stages, int count, int blocks, bool inline_stages) {
+  // parameters or from a table in device memory (fp8: the FP8 arithmetic).
+  bool launch(const cuda::PersistFp4Stage* stages, int count, int blocks, bool inline_stages, bool fp8 = false) {
     using namespace qwen35::cuda;
-    const PersistFp4Sizes sizes = persist_fp4_sizes(stages, count);
+    const PersistFp4Sizes sizes = persist_fp4_sizes(stages, count, fp8);
+    if (fp8 && !sizes.fp8) return false;
     if (!partial) {
       partial = std::make_unique<Arr<float>>(std::vector<float>(size_t(2 * sizes.partial_half + 1), 0.0f));
       squares = std::make_unique<Arr<float>>(std::vector<float>(size_t(2 * sizes.squares_half + 1), NAN));
@@ -110,9 +119,10 @@ struct PersistCaseResult {
 // launch_blocks: the grid launched, if not the one planned for.
 // drop_units: units left out of stage 0 after the plan (a broken table:
 // a tile of stage 0 is never finished, so stage 1's waits give up).
+// fp8: the FP8 arithmetic (the persistent launch's and kernel 3's).
 template <template <typename> class Arr, typename Rand>
 PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>>& shapes, int blocks, int sms,
-                                   Rand rand, int launch_blocks = 0, int64_t drop_units = 0) {
+                                   Rand rand, int launch_blocks = 0, int64_t drop_units = 0, bool fp8 = false) {
   using namespace qwen35::cuda;
   PersistCaseResult out;
   const int count = int(shapes.size());
@@ -142,7 +152,7 @@ PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>
   PersistScratch<Arr> scratch(count);
   std::vector<std::vector<float>> first;
   for (int launch = 0; launch < 2; ++launch) {
-    if (!scratch.launch(table.data(), count, launch_blocks ? launch_blocks : blocks, false)) return out;
+    if (!scratch.launch(table.data(), count, launch_blocks ? launch_blocks : blocks, false, fp8)) return out;
     std::vector<std::vector<float>> got;
     for (int s = 0; s <= count; ++s) got.push_back(act[size_t(s)]->download());
     if (launch == 0) first = std::move(got);
@@ -167,7 +177,7 @@ PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>
     k.ldx = cols;
     k.y = dy.get();
     k.ldy = rows;
-    if (!kernel3_alone<Arr>(k, sms)) return out;
+    if (!kernel3_alone<Arr>(k, sms, fp8)) return out;
     const std::vector<float> y3 = dy.download();
     const uint64_t rb = row_bytes(*type_info(GGML_NVFP4), cols);
     double big = 0.0, d3 = 0.0, dc = 0.0;

@@ -165,6 +165,8 @@ if [ -s "$M4" ]; then
   # terms per activation), checked against the CPU too.
   bench "  fp4: FP8 arithmetic" env QWEN35_CUDA_FP4_FP8=1 "$BIN/qwen35-cuda-bench" -m "$M4" \
     -p 512 -n 128 --device cuda --json --check 6
+  bench "  fp4: FP8 + persistent + attention" env QWEN35_CUDA_FP4_FP8=1 QWEN35_CUDA_FP4_PERSIST=3 \
+    "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json --check 6
   # One-row steps as persistent launches (layer tails; runs of delta-net
   # layers with their delta rules), checked against the CPU too.
   bench "  fp4: persistent tails" env QWEN35_CUDA_FP4_PERSIST=1 "$BIN/qwen35-cuda-bench" -m "$M4" \

@@ -576,7 +576,7 @@ TEST_CASE("SwiGLU, argmax and the F16 conversions") {
 struct PersistGrid {
   int sms = 0, per_sm = 0;
 };
-static PersistGrid persist_grid(bool attention = false) {
+static PersistGrid persist_grid(bool attention = false, bool fp8 = false) {
   int dev = 0;
   PersistGrid g;
   cuda_check(cudaGetDevice(&dev), "cudaGetDevice");
@@ -585,6 +585,7 @@ static PersistGrid persist_grid(bool attention = false) {
   most.max_kg_per = cuda::kPersistMaxKgPer;
   most.max_rows = cuda::kPersistMaxRows;
   most.attention = attention;  // (the kernel's instantiation with attention stages)
+  most.fp8 = fp8;              // (the FP8 arithmetic's instantiation and chunks)
   g.per_sm = cuda::persist_fp4_blocks_per_sm(most);
   return g;
 }
@@ -624,6 +625,26 @@ TEST_CASE("the persistent NVFP4 sequence equals kernel 3 stage by stage on the 4
       CHECK(big.acts == r.acts);
     }
   }
+}
+
+TEST_CASE("the persistent NVFP4 sequence on the FP8 tensor cores equals kernel 3's FP8 arithmetic on the 4B's shapes") {
+  QWEN35_REQUIRE_GPU();
+  const PersistGrid grid = persist_grid(false, true);
+  const int sms = grid.sms, per_sm = grid.per_sm;
+  REQUIRE(per_sm >= 1);
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {
+      {12352, 2560}, {2560, 4096}, {18432, 2560}, {2560, 9216}, {12352, 2560}};
+  const PersistCaseResult r = run_persist_case<DevArray>(shapes, sms * per_sm, sms, rand, 0, 0, true);
+  REQUIRE(r.ok);
+  MESSAGE("FP8 persistent: against kernel 3's FP8 " << r.worst_kernel3 << ", the CPU " << r.worst_cpu);
+  CHECK(r.fault == 0);
+  CHECK(r.repeat_equal);
+  CHECK(r.worst_kernel3 < 1e-5);
+  CHECK(r.worst_cpu < 5e-4);  // (emulated: 1.8e-5; the tensor cores' FP8 accumulation may be narrower)
+  CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
+  CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));
+  CHECK(std::all_of(r.tickets.begin(), r.tickets.end(), [](int c) { return c == 0; }));
 }
 
 TEST_CASE("the persistent NVFP4 sequence runs the 4B's delta rule between its projections as delta_net") {
