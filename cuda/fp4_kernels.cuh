@@ -361,7 +361,7 @@ __device__ __forceinline__ void bulk_start(const BulkRun& r) {
 // mp, kN as there).
 // kFp8 (1, 2): the codes are in the FP8 arrangement, xb the slice's
 // activations as tc_load_x_impl's kFp8 (fp8_kgroup).
-template <int S, bool kLean, int kN, typename Refill, int kFp8 = 0>
+template <int S, bool kLean, int kN, int kFp8 = 0, typename Refill>
 __device__ __forceinline__ void bulk_stream_refill(const BulkRun& r, float* acc, const uint16_t* xb, const float* mp,
                                                    int n, int lane, int g, bool skip_math, Refill&& refill) {
   for (int st = 0; st < r.nst; ++st) {
@@ -399,13 +399,12 @@ __device__ __forceinline__ void bulk_stream_refill(const BulkRun& r, float* acc,
 template <int S, bool kLean, int kN = 0, int kFp8 = 0>
 __device__ __forceinline__ void bulk_stream(const BulkRun& r, float* acc, const uint16_t* xb, const float* mp, int n,
                                             int lane, int g, bool skip_math) {
-  auto refill = [&](int st) {
+  bulk_stream_refill<S, kLean, kN, kFp8>(r, acc, xb, mp, n, lane, g, skip_math, [&](int st) {
     if (st + S < r.nst) {
       fence_proxy_async_smem();
       bulk_issue<S>(r, st + S);
     }
-  };
-  bulk_stream_refill<S, kLean, kN, decltype(refill)&, kFp8>(r, acc, xb, mp, n, lane, g, skip_math, refill);
+  });
 }
 
 }  // namespace

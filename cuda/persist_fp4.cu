@@ -360,7 +360,6 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
   const PersistFp4Stage* st = a.stages ? a.stages : a.inline_stages;
   uint8_t* ring = smem + size_t(warp) * S * kBulkStageBytes;                                         // [S][2304]
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + size_t(W) * S * kBulkStageBytes) + warp * S;  // [S]
-  constexpr bool fp8 = kFp8;
   PersistFp4Sizes z = a.sizes;
   z.fp8 = kFp8;  // (persist_kernel chose this instantiation by it)
   uint8_t* xw = smem + bulk_ring_bytes(W, S) + size_t(warp) * x_bytes(z);
@@ -373,7 +372,7 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
   if (lane == 0) {
     for (int i = 0; i < S; ++i) mbar_init(smem_addr(bars + i), 1);
     is.pending = atomicAdd(a.tickets, 1);
-    issue_ahead(is, st, a.count, a.tickets, queue, 0, 0, ring, bars, fp8);
+    issue_ahead(is, st, a.count, a.tickets, queue, 0, 0, ring, bars, kFp8);
   }
   __syncwarp();
   pdl_wait();
@@ -391,7 +390,7 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
     // queued ticket; -1 when no units are left.
     int ticket = -1;
     if (lane == 0) {
-      issue_ahead(is, st, a.count, a.tickets, queue, head, seq, ring, bars, fp8);
+      issue_ahead(is, st, a.count, a.tickets, queue, head, seq, ring, bars, kFp8);
       if (head != is.tail) ticket = queue[head % kQueue];
     }
     ticket = __shfl_sync(0xFFFFFFFFu, ticket, 0);
@@ -441,14 +440,13 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
     // 2. The weights through the ring; each freed slot takes the next stage
     // of the warp's list.
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    const BulkRun run = unit_run(p, c.u, ring, bars, seq, fp8);
+    const BulkRun run = unit_run(p, c.u, ring, bars, seq, kFp8);
     const auto refill = [&](int st_done) {
-      issue_ahead(is, st, a.count, a.tickets, queue, head, seq + uint32_t(st_done + 1), ring, bars, fp8);
+      issue_ahead(is, st, a.count, a.tickets, queue, head, seq + uint32_t(st_done + 1), ring, bars, kFp8);
     };
-    using Refill = decltype(refill);
     if constexpr (kFp8) {  // (the quad's lanes hold different terms and sub-blocks: added, lane t = 0 as below)
-      if (p.n == 1) bulk_stream_refill<S, false, 1, const Refill&, 2>(run, acc, xs, mult, 1, lane, g, false, refill);
-      else bulk_stream_refill<S, false, 2, const Refill&, 2>(run, acc, xs, mult, 2, lane, g, false, refill);
+      if (p.n == 1) bulk_stream_refill<S, false, 1, 2>(run, acc, xs, mult, 1, lane, g, false, refill);
+      else bulk_stream_refill<S, false, 2, 2>(run, acc, xs, mult, 2, lane, g, false, refill);
       fp8_quad_sum(acc);
     } else {
       const uint16_t* xb = xs + tc_b_row(g, p.n) * 16 + t * 4;

@@ -18,10 +18,14 @@
 namespace qwen35::cuda {
 
 #ifdef QWEN35_CUDA_EMU
-// The emulation (tests/emu): the warp's fragments are gathered and each lane
-// forms its four results from the fragment tables above, summing the exact
-// F16 products in double (the hardware keeps at least F32 precision).
-__device__ __forceinline__ void mma_f16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
+// The emulation (tests/emu) of mma.sync m16n8k(8E) with E elements a
+// register (F16: 2, E4M3: 4): the warp's fragments are gathered and each
+// lane forms its four results from the fragment tables (k within a half of
+// 4E: lane 4g + q holds E consecutive k from E q; A rows g, g+8; B column
+// g), summing the exact products in double. value(reg, i): element i of a
+// register, as a float.
+template <int E, typename Value>
+__device__ __forceinline__ void emu_mma(float* d, const uint32_t* a, uint32_t b0, uint32_t b1, Value value) {
   struct Frag {
     uint32_t a[4], b[2];
   };
@@ -29,17 +33,22 @@ __device__ __forceinline__ void mma_f16(float* d, const uint32_t* a, uint32_t b0
   Frag all[32];
   ::qwen35::emu::warp_allgather(&mine, sizeof mine, all);
   const int lane = ::qwen35::emu::lane_id(), g = lane >> 2, t = lane & 3;
-  auto half_at = [](uint32_t reg, int hi) { return __half2float(__ushort_as_half(uint16_t(reg >> (16 * hi)))); };
   for (int e = 0; e < 4; ++e) {
     const int r = g + 8 * (e >> 1), c = 2 * t + (e & 1);
     double s = 0;
-    for (int k = 0; k < 16; ++k) {
-      const float av = half_at(all[(r & 7) * 4 + ((k & 7) >> 1)].a[(r >> 3) + 2 * (k >> 3)], k & 1);
-      const float bv = half_at(all[c * 4 + ((k & 7) >> 1)].b[k >> 3], k & 1);
+    for (int k = 0; k < 8 * E; ++k) {
+      const int q = (k % (4 * E)) / E, half = k / (4 * E), i = k % E;  // lane group, register pair, element
+      const float av = value(all[(r & 7) * 4 + q].a[(r >> 3) + 2 * half], i);
+      const float bv = value(all[c * 4 + q].b[half], i);
       s += double(av) * double(bv);
     }
     d[e] = float(s);
   }
+}
+// (The hardware keeps at least F32 precision.)
+__device__ __forceinline__ void mma_f16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  emu_mma<2>(d, a, b0, b1,
+             [](uint32_t reg, int i) { return __half2float(__ushort_as_half(uint16_t(reg >> (16 * i)))); });
 }
 #else
 __device__ __forceinline__ void mma_f16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
@@ -74,28 +83,12 @@ __device__ __forceinline__ void mma_f16_acc(float* d, const uint32_t* a, uint32_
 // 0-1) and 16+4c.. (2-3), one byte per column; B column g at rows 4c..4c+3
 // (b0) and 16+4c.. (b1); D as m16n8k16's.
 #ifdef QWEN35_CUDA_EMU
-__device__ __forceinline__ float e4m3_byte_value(uint32_t reg, int byte) {
-  const __half_raw h = __nv_cvt_fp8_to_halfraw(__nv_fp8_storage_t((reg >> (8 * byte)) & 0xFFu), __NV_E4M3);
-  return __half2float(__half(h));
-}
+// (Exact F32 sums: the hardware's FP8 accumulation may be narrower.)
 __device__ __forceinline__ void mma_e4m3(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
-  struct Frag {
-    uint32_t a[4], b[2];
-  };
-  const Frag mine = {{a[0], a[1], a[2], a[3]}, {b0, b1}};
-  Frag all[32];
-  ::qwen35::emu::warp_allgather(&mine, sizeof mine, all);
-  const int lane = ::qwen35::emu::lane_id(), g = lane >> 2, t = lane & 3;
-  for (int e = 0; e < 4; ++e) {
-    const int r = g + 8 * (e >> 1), c = 2 * t + (e & 1);
-    double s = 0;
-    for (int k = 0; k < 32; ++k) {
-      const float av = e4m3_byte_value(all[(r & 7) * 4 + ((k & 15) >> 2)].a[(r >> 3) + 2 * (k >> 4)], k & 3);
-      const float bv = e4m3_byte_value(all[c * 4 + ((k & 15) >> 2)].b[k >> 4], k & 3);
-      s += double(av) * double(bv);
-    }
-    d[e] = float(s);
-  }
+  emu_mma<4>(d, a, b0, b1, [](uint32_t reg, int i) {
+    const __half_raw h = __nv_cvt_fp8_to_halfraw(__nv_fp8_storage_t((reg >> (8 * i)) & 0xFFu), __NV_E4M3);
+    return __half2float(__half(h));
+  });
 }
 #else
 __device__ __forceinline__ void mma_e4m3(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
@@ -106,7 +99,7 @@ __device__ __forceinline__ void mma_e4m3(float* d, const uint32_t* a, uint32_t b
       : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.0f));
 #else
-  d[0] = d[1] = d[2] = d[3] = 0.0f;  // (never launched below sm_89: fp4_fp8_supported)
+  d[0] = d[1] = d[2] = d[3] = 0.0f;  // (never launched below sm_89: no FP8 copy of the codes is made there)
 #endif
 }
 #endif

@@ -373,26 +373,30 @@ int main(int argc, char** argv) {
           c.bar = 2e-2;
           cases.push_back(std::move(c));
         }
+        // The product with tuning v, set around each launch (the launch reads
+        // it) and the default put back after.
+        auto tuned = [=](const DecodeTuning& v) {
+          return [=](int i, cudaStream_t st) {
+            set_decode_tuning(v);
+            const cudaError_t e = fp4_matvec(args(i), sms, st);
+            set_decode_tuning(base_tuning);
+            return e;
+          };
+        };
         // Kernel 3 with the FP8 arithmetic (tuning fp4_fp8: one or two rows;
-        // the F16 one for more), the tuning set around each launch.
+        // the F16 one for more).
         if (good && n <= 2) {
           Case c;
           c.kernel = "fp4fp8";
           DecodeTuning v = base_tuning;
           v.fp4_kernel = 3;
           v.fp4_fp8 = 1;
-          c.launch = [=](int i, cudaStream_t st) {
-            set_decode_tuning(v);
-            const cudaError_t e = fp4_matvec(args(i), sms, st);
-            set_decode_tuning(base_tuning);
-            return e;
-          };
+          c.launch = tuned(v);
           c.bar = 2e-2;
           cases.push_back(std::move(c));
         }
         // --fp4-sweep: kernel 3's geometry (blocks per multiprocessor,
-        // ring stages, cluster or global combine), the tuning set around
-        // each launch (the launch reads it) and the default put back after.
+        // ring stages, cluster or global combine).
         for (const DecodeTuning& v : fp4_sweep) {
           if (!good) break;
           Case c;
@@ -405,12 +409,7 @@ int main(int argc, char** argv) {
                         geo.cluster && geo.splits > 1 ? "cluster" : "global", static_cast<long long>(groups),
                         geo.splits);
           c.variant = desc;
-          c.launch = [=](int i, cudaStream_t st) {
-            set_decode_tuning(v);
-            const cudaError_t e = fp4_matvec(args(i), sms, st);
-            set_decode_tuning(base_tuning);
-            return e;
-          };
+          c.launch = tuned(v);
           c.bar = 2e-2;
           cases.push_back(std::move(c));
         }
