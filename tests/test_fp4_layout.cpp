@@ -56,27 +56,36 @@ void tile_blocks(const std::vector<uint8_t>& a, const std::vector<uint8_t>* b, i
   }
 }
 
-}  // namespace
-
-TEST_CASE("fp4 words: every code at every position decodes to E2M1 * 2^-14, the others unchanged") {
-  std::mt19937 rng(1);
+// Every code at every position of a word's eight, 20 times with random
+// codes at the others: check(codes) for each.
+template <typename Check>
+void each_code_at_each_position(uint32_t seed, Check&& check) {
+  std::mt19937 rng(seed);
   for (int p = 0; p < 8; ++p) {
     for (int code = 0; code < 16; ++code) {
       for (int trial = 0; trial < 20; ++trial) {
         uint8_t codes[8];
         for (uint8_t& c : codes) c = uint8_t(rng() % 16);
         codes[p] = uint8_t(code);
-        uint32_t a[4];
-        fp4_unpack_word(fp4_pack_word(codes), a);
-        for (int q = 0; q < 8; ++q) {
-          const float got = half_bits_value((a[q >> 1] >> (16 * (q & 1))) & 0xFFFFu) * 16384.0f;
-          REQUIRE(got == kE2M1[codes[q]]);
-          // -0 keeps its sign bit: the F16 pattern is exact, not just the value.
-          REQUIRE(std::signbit(got) == std::signbit(kE2M1[codes[q]]));
-        }
+        check(codes);
       }
     }
   }
+}
+
+}  // namespace
+
+TEST_CASE("fp4 words: every code at every position decodes to E2M1 * 2^-14, the others unchanged") {
+  each_code_at_each_position(1, [](const uint8_t* codes) {
+    uint32_t a[4];
+    fp4_unpack_word(fp4_pack_word(codes), a);
+    for (int q = 0; q < 8; ++q) {
+      const float got = half_bits_value((a[q >> 1] >> (16 * (q & 1))) & 0xFFFFu) * 16384.0f;
+      REQUIRE(got == kE2M1[codes[q]]);
+      // -0 keeps its sign bit: the F16 pattern is exact, not just the value.
+      REQUIRE(std::signbit(got) == std::signbit(kE2M1[codes[q]]));
+    }
+  });
 }
 
 TEST_CASE("fp4_x_index permutes each 16-column chunk into per-lane B fragments") {
@@ -237,23 +246,15 @@ uint8_t e4m3_nearest(double v) {
 }  // namespace
 
 TEST_CASE("fp8 words: every code at every position decodes to the E4M3 byte of E2M1 * 2^-6, the others unchanged") {
-  std::mt19937 rng(2);
-  for (int p = 0; p < 8; ++p) {
-    for (int code = 0; code < 16; ++code) {
-      for (int trial = 0; trial < 20; ++trial) {
-        uint8_t codes[8];
-        for (uint8_t& c : codes) c = uint8_t(rng() % 16);
-        codes[p] = uint8_t(code);
-        uint32_t a[2];
-        fp8_unpack_word(fp8_pack_word(codes), a);
-        for (int q = 0; q < 8; ++q) {
-          const uint32_t byte = (a[q >> 2] >> (8 * (q & 3))) & 0xFFu;
-          REQUIRE(e4m3_signed(byte) * 64.0 == double(kE2M1[codes[q]]));
-          REQUIRE(((byte >> 7) != 0) == std::signbit(kE2M1[codes[q]]));  // -0 keeps its sign bit
-        }
-      }
+  each_code_at_each_position(2, [](const uint8_t* codes) {
+    uint32_t a[2];
+    fp8_unpack_word(fp8_pack_word(codes), a);
+    for (int q = 0; q < 8; ++q) {
+      const uint32_t byte = (a[q >> 2] >> (8 * (q & 3))) & 0xFFu;
+      REQUIRE(e4m3_signed(byte) * 64.0 == double(kE2M1[codes[q]]));
+      REQUIRE(((byte >> 7) != 0) == std::signbit(kE2M1[codes[q]]));  // -0 keeps its sign bit
     }
-  }
+  });
 }
 
 TEST_CASE("fp8 B fragment bytes: each (sub-block, term, column) has its own byte, in register blk of its lane") {

@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <string>
+#include <vector>
 
 #include "cuda_emu.h"
 #include "qwen35/qwen35.h"
@@ -67,6 +68,18 @@ inline qwen35_context* make_ctx(qwen35_model* m) {
   qwen35_context* c = nullptr;
   REQUIRE_MESSAGE(qwen35_context_create(m, &cp, &c) == QWEN35_OK, qwen35_errmsg());
   return c;
+}
+
+// One decode call of `rows` tokens with every row's logits, appended to out
+// (V floats a row).
+inline void decode_append_logits(qwen35_context* c, const int32_t* tokens, int rows, int64_t V,
+                                 std::vector<float>& out) {
+  REQUIRE(qwen35_context_decode(c, tokens, rows, QWEN35_LOGITS_ALL) == QWEN35_OK);
+  for (int r = 0; r < rows; ++r) {
+    const float* l = qwen35_context_logits(c, r);
+    REQUIRE(l != nullptr);
+    out.insert(out.end(), l, l + V);
+  }
 }
 
 // Frees the model (its contexts freed before) and checks the emulated

@@ -115,12 +115,7 @@ TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta 
     std::vector<float> out;
     int32_t pos = 0;
     for (int rows : {1, 2, 3}) {
-      REQUIRE(qwen35_context_decode(c, &s[size_t(pos)], rows, QWEN35_LOGITS_ALL) == QWEN35_OK);
-      for (int r = 0; r < rows; ++r) {
-        const float* l = qwen35_context_logits(c, r);
-        REQUIRE(l != nullptr);
-        out.insert(out.end(), l, l + fx.V);
-      }
+      decode_append_logits(c, &s[size_t(pos)], rows, fx.V, out);
       pos += rows;
       for (int32_t p = 0; p < pos; ++p)  // the MTP rows this call filled
         if (const float* ml = qwen35_context_mtp_logits(c, p)) out.insert(out.end(), ml, ml + fx.V);
@@ -284,12 +279,7 @@ TEST_CASE("emulated CUDA backend: the FP8 arithmetic (QWEN35_CUDA_FP4_FP8) track
     std::vector<float> out;
     for (int i = 0; i < n;) {
       const int rows = i == 2 ? 2 : 1;
-      REQUIRE(qwen35_context_decode(c, &s[size_t(i)], rows, QWEN35_LOGITS_ALL) == QWEN35_OK);
-      for (int r = 0; r < rows; ++r) {
-        const float* l = qwen35_context_logits(c, r);
-        REQUIRE(l != nullptr);
-        out.insert(out.end(), l, l + fx.V);
-      }
+      decode_append_logits(c, &s[size_t(i)], rows, fx.V, out);
       i += rows;
     }
     qwen35_context_free(c);
