@@ -220,7 +220,8 @@ Status CudaBackend::init() {
     // planned for the largest slices' shared memory, so that it is resident
     // whatever a launch's slices.
     chain_mode_ = 0;
-    persist_q_.reserve(kPersistInline);
+    persist_queue_max_ = size_t(persist_ >= 4 ? kPersistTableMax : kPersistInline);
+    persist_q_.reserve(persist_queue_max_);
     persist_poll_ns_ = unsigned(decode_tuning().fp4_chain_poll_ns);
     persist_fp8_ = decode_tuning().fp4_fp8 != 0;
     PersistFp4Sizes most;
@@ -250,7 +251,8 @@ Status CudaBackend::init() {
     cv.add(&persist_partial_, std::max<uint64_t>(1, 2 * persist_cap_.partial_half));
     cv.add(&persist_squares_, std::max<uint64_t>(1, 2 * persist_cap_.squares_half));
     cv.add(&persist_counters_, std::max<uint64_t>(1, 2 * persist_cap_.counter_half));
-    cv.add(&persist_done_, uint64_t(kPersistInline + 1) * kPersistDoneStride);
+    cv.add(&persist_done_, uint64_t(persist_queue_max_ + 1) * kPersistDoneStride);
+    if (persist_ >= 4) cv.add(&persist_eager_table_, uint64_t(kPersistTableMax));
     cv.add(&persist_tickets_, uint64_t(2) * kPersistDoneStride);
     cv.add(&persist_fault_, 1);
   }
@@ -389,8 +391,15 @@ Status CudaBackend::enqueue_eval(int64_t n, int32_t snapshot_row, int32_t logits
 Status CudaBackend::launch_graph(const GraphKey& key, const std::function<Status()>& enqueue) {
   auto it = graphs_.find(key);
   if (it == graphs_.end()) {
+    // Persistent mode 4: the graph's stage table (allocated now: not while
+    // capturing), filled by the captured launches, uploaded once.
+    PersistTable table;
+    if (persist_ >= 4)
+      QWEN35_TRY(table.dev.alloc(size_t(kPersistTableMax) * sizeof(PersistFp4Stage), "a persistent stage table"));
     QWEN35_CUDA_TRY(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "capturing a CUDA graph");
+    persist_capture_ = persist_ >= 4 ? &table : nullptr;
     Status st = enqueue();
+    persist_capture_ = nullptr;
     cudaGraph_t graph = nullptr;
     const cudaError_t e = cudaStreamEndCapture(stream_, &graph);
     if (!st.ok()) {
@@ -402,6 +411,14 @@ Status CudaBackend::launch_graph(const GraphKey& key, const std::function<Status
     const cudaError_t ie = cudaGraphInstantiate(&exec, graph, 0);
     cudaGraphDestroy(graph);
     QWEN35_CUDA_TRY(ie, "instantiating a CUDA graph");
+    if (!table.host.empty()) {  // (in the stream: before the graph's first launch)
+      const cudaError_t ce = cudaMemcpyAsync(table.dev.as(), table.host.data(),
+                                             table.host.size() * sizeof(PersistFp4Stage), cudaMemcpyHostToDevice,
+                                             stream_);
+      if (ce != cudaSuccess) cudaGraphExecDestroy(exec);
+      QWEN35_CUDA_TRY(ce, "uploading a persistent stage table");
+      persist_tables_[key] = std::move(table);
+    }
     it = graphs_.emplace(key, exec).first;
   }
   return cuda_status(cudaGraphLaunch(it->second, stream_), "launching a CUDA graph");
@@ -768,6 +785,7 @@ uint64_t CudaBackend::memory_bytes() const {
                in_host_.bytes() + stage_.bytes() + gemm_.workspace_bytes() + deq_ahead_.bytes() + topk_host_.bytes() +
                topk_dev_.bytes();
   for (const auto& s : slots_) b += s.bytes();
+  for (const auto& [key, t] : persist_tables_) b += t.dev.bytes();
   return b;
 }
 

@@ -314,7 +314,8 @@ class CudaBackend final : public Backend {
   // the kernel takes it, else one launch per stage. 3: also the fused
   // decode attention (a launch with it: persist_attn_grid_ blocks, the
   // kernel's attention instantiation; persist_attn_splits_ key splits
-  // instead of attn_splits_).
+  // instead of attn_splits_). 4: as 3, the stages in a table in device
+  // memory, so that a step's queue is one launch (persist_table()).
   struct PersistQueued {
     bool delta = false;
     bool attn = false;
@@ -324,6 +325,23 @@ class CudaBackend final : public Backend {
   };
   int persist_ = 0;
   std::vector<PersistQueued> persist_q_;
+  size_t persist_queue_max_ = kPersistInline;        // stages queued before a launch (4: kPersistTableMax)
+  std::vector<PersistFp4Stage> persist_plan_;        // the planned stages of a flush
+  // Mode 4's stage tables: a CUDA graph's launches read theirs at every
+  // replay, so each graph has its own, filled while it is captured and
+  // uploaded before its first launch (launch_graph); launches outside graphs
+  // share one, written by a copy in the stream before each.
+  struct PersistTable {
+    DeviceBuffer dev;                    // [kPersistTableMax]
+    std::vector<PersistFp4Stage> host;  // what the captured launches read
+  };
+  std::map<GraphKey, PersistTable> persist_tables_;
+  PersistTable* persist_capture_ = nullptr;          // the table of the graph being captured
+  PersistFp4Stage* persist_eager_table_ = nullptr;   // [kPersistTableMax] (mode 4: launches outside graphs)
+  // Where the planned stages will be when the launch runs (mode 4): the
+  // captured graph's table, or the eager one after a copy in the stream;
+  // null (no error) if the graph's table is full.
+  Status persist_table(const std::vector<PersistFp4Stage>& plan, const PersistFp4Stage** out);
   int persist_grid_ = 0;
   int persist_attn_grid_ = 0;
   int persist_attn_splits_ = 1;

@@ -436,7 +436,7 @@ Status CudaBackend::ffn(const DevLayer& L, int64_t n, float* h) {
 }
 
 Status CudaBackend::queue_persist(const PersistQueued& e) {
-  if (persist_q_.size() == size_t(kPersistInline)) QWEN35_TRY(flush_persist());
+  if (persist_q_.size() == persist_queue_max_) QWEN35_TRY(flush_persist());
   persist_q_.push_back(e);
   return Status::Ok();
 }
@@ -543,12 +543,14 @@ Status CudaBackend::flush_persist() {
   std::vector<PersistQueued>& q = persist_q_;
   if (q.empty()) return Status::Ok();
   // Two or more stages: one launch, if the kernel takes them.
-  PersistFp4Args a;
   const bool attn = std::any_of(q.begin(), q.end(), [](const PersistQueued& e) { return e.attn; });
   const int grid = attn ? persist_attn_grid_ : persist_grid_;
-  bool ok = q.size() >= 2 && q.size() <= size_t(kPersistInline) && grid > 0;
+  std::vector<PersistFp4Stage>& plan = persist_plan_;
+  plan.assign(q.size(), PersistFp4Stage{});
+  const size_t most = persist_ >= 4 ? size_t(kPersistTableMax) : size_t(kPersistInline);
+  bool ok = q.size() >= 2 && q.size() <= most && grid > 0;
   for (size_t s = 0; ok && s < q.size(); ++s) {
-    PersistFp4Stage* p = &a.inline_stages[s];
+    PersistFp4Stage* p = &plan[s];
     if (q[s].attn) {
       FusedAttnArgs f = q[s].f;
       f.attn.splits = persist_attn_splits_;
@@ -557,12 +559,19 @@ Status CudaBackend::flush_persist() {
       ok = q[s].delta ? persist_delta_stage(q[s].d, p) : persist_fp4_stage(q[s].m, p);
     }
   }
-  ok = ok && persist_fp4_plan(a.inline_stages, int(q.size()), grid);
+  ok = ok && persist_fp4_plan(plan.data(), int(plan.size()), grid);
+  PersistFp4Args a;
   if (ok) {
-    a.count = int(q.size());
-    a.sizes = persist_fp4_sizes(a.inline_stages, a.count, persist_fp8_);
+    a.count = int(plan.size());
+    a.sizes = persist_fp4_sizes(plan.data(), a.count, persist_fp8_);
     ok = a.sizes.partial_half <= persist_cap_.partial_half && a.sizes.counter_half <= persist_cap_.counter_half &&
          a.sizes.squares_half <= persist_cap_.squares_half;
+  }
+  if (ok && persist_ >= 4) {  // the stages from a table in device memory
+    QWEN35_TRY(persist_table(plan, &a.stages));
+    ok = a.stages != nullptr;
+  } else if (ok) {
+    std::copy(plan.begin(), plan.end(), a.inline_stages);
   }
   if (ok) {
     a.partial = persist_partial_;
@@ -588,6 +597,23 @@ Status CudaBackend::flush_persist() {
     e.m.counters = fp4_counters_;
     QWEN35_CUDA_TRY(fp4_matvec(e.m, dm_.sms, stream_), "an NVFP4 matrix-vector product");
   }
+  return Status::Ok();
+}
+
+Status CudaBackend::persist_table(const std::vector<PersistFp4Stage>& plan, const PersistFp4Stage** out) {
+  *out = nullptr;
+  if (PersistTable* t = persist_capture_) {  // a graph's own table, uploaded when its capture ends
+    if (t->host.size() + plan.size() > size_t(kPersistTableMax)) return Status::Ok();
+    *out = t->dev.as<PersistFp4Stage>() + t->host.size();
+    t->host.insert(t->host.end(), plan.begin(), plan.end());
+    return Status::Ok();
+  }
+  // Outside graphs: one table, rewritten in stream order (after the launch
+  // before has read it; the host's copy is staged by the call).
+  QWEN35_CUDA_TRY(cudaMemcpyAsync(persist_eager_table_, plan.data(), plan.size() * sizeof(PersistFp4Stage),
+                                  cudaMemcpyHostToDevice, stream_),
+                  "copying a persistent stage table");
+  *out = persist_eager_table_;
   return Status::Ok();
 }
 

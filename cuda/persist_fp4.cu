@@ -740,7 +740,7 @@ int persist_fp4_grid(const PersistFp4Sizes& sizes, int sms) {
 }
 
 cudaError_t persist_fp4(const PersistFp4Args& a, int blocks, cudaStream_t stream) {
-  if (a.count < 1 || (!a.stages && a.count > kPersistInline) || blocks < 1 || !a.done || !a.tickets || !a.fault ||
+  if (a.count < 1 || a.count > (a.stages ? kPersistTableMax : kPersistInline) || blocks < 1 || !a.done || !a.tickets || !a.fault ||
       !a.fault_report ||
       a.sizes.max_kg_per < 1 || a.sizes.max_kg_per > kPersistMaxKgPer || a.sizes.max_rows < 1 ||
       a.sizes.max_rows > kPersistMaxRows ||

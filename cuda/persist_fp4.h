@@ -56,6 +56,10 @@ constexpr int kPersistMaxRows = 2;
 // layers of five stages, the attention's input projection) are 19. (Over
 // 4 KB of parameters: CUDA 12.1 or later.)
 constexpr int kPersistInline = 20;
+// Stages a launch from a table in device memory takes (what the backend
+// queues with QWEN35_CUDA_FP4_PERSIST=4): a whole decode step of the 4B is
+// 160 (32 layers of five stages), the MTP layer's pass 6.
+constexpr int kPersistTableMax = 256;
 
 // What a stage computes.
 enum class PersistKind : int32_t {
@@ -164,8 +168,10 @@ int persist_fp4_blocks_per_sm(const PersistFp4Sizes& sizes);
 int persist_fp4_grid(const PersistFp4Sizes& sizes, int sms);
 
 struct PersistFp4Args {
-  // The planned stages: a device table [count], or (null) the first count
-  // of inline_stages, which travel with the launch (count <= kPersistInline).
+  // The planned stages: a device table [count] (count <= kPersistTableMax),
+  // or (null) the first count of inline_stages, which travel with the launch
+  // (count <= kPersistInline). A table must hold its stages until the
+  // launch has completed (a CUDA graph's launch reads it at every replay).
   const PersistFp4Stage* stages = nullptr;
   PersistFp4Stage inline_stages[kPersistInline];
   int count = 0;

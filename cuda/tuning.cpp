@@ -34,7 +34,7 @@ DecodeTuning clamp(DecodeTuning t) {
   t.fp4_chain = std::clamp(t.fp4_chain, 0, 4);
   t.fp4_chain_early = t.fp4_chain_early ? 1 : 0;
   t.fp4_chain_poll_ns = std::clamp(t.fp4_chain_poll_ns, 0, 4096);
-  t.fp4_persist = std::clamp(t.fp4_persist, 0, 3);
+  t.fp4_persist = std::clamp(t.fp4_persist, 0, 4);
   t.fp4_fp8 = t.fp4_fp8 ? 1 : 0;
   t.q6k_kernel = t.q6k_kernel == 1 ? 1 : t.q6k_kernel == 3 ? 3 : 2;
   t.q6k_persist = std::clamp(t.q6k_persist, 0, 16);
@@ -118,7 +118,8 @@ std::string describe(const DecodeTuning& t) {
                        t.fp4_late_pdl ? " late-pdl" : "",
                        t.fp4_prefetch == 2 ? " l2-next-early" : t.fp4_prefetch ? " l2-next" : "",
                        t.fp4_x_l1 ? " x-l1" : "",
-                       t.fp4_persist == 3   ? " persist-attn"
+                       t.fp4_persist == 4   ? " persist-step"
+                       : t.fp4_persist == 3 ? " persist-attn"
                        : t.fp4_persist == 2 ? " persist-layers"
                        : t.fp4_persist == 1 ? " persist-tails"
                                             : kChains[std::clamp(t.fp4_chain, 0, 4)],

@@ -112,7 +112,9 @@ struct DecodeTuning {
                             // by heads (Fp4Dep::Heads), instead of after the whole stage before (0)
   int fp4_chain_poll_ns = 64;  // chains: sleep between two polls of a counter by a waiting block (0..4096 ns)
   int fp4_persist = 0;  // kernel 3, steps of 1-2 rows as persistent launches (persist_fp4.h): 1 = layer tails,
-                        // 2 = runs of delta-net layers (with their delta rules), 3 = also attention
+                        // 2 = runs of delta-net layers (with their delta rules), 3 = also attention (launches
+                        // of kPersistInline stages), 4 = as 3 from a stage table in device memory (a step's
+                        // layers in one launch)
   int fp4_fp8 = 0;  // kernel 3: 1 = the FP8 arithmetic for 1-2 rows (a second copy of the codes, arranged at load;
                     // sm_89 or later: fp4_tiled.h)
   int q6k_kernel = 2;

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -247,6 +248,86 @@ TEST_CASE("emulated CUDA backend: persistent decode steps with attention stages 
   CHECK(worst(to_fixture) <= 0.25);
   CHECK(worst(to_fixture) <= worst(default_to_fixture) + 2e-3);  // no worse than the default's rounding
   free_model(m);
+}
+
+TEST_CASE("emulated CUDA backend: persistent steps from a stage table in device memory (QWEN35_CUDA_FP4_PERSIST=4)") {
+  // Mode 4 is mode 3 with the stages in a table in device memory instead of
+  // the launch's parameters (at most kPersistInline = 20 stages), so that a
+  // step's layers are one launch: each CUDA graph has its own table, filled
+  // while it is captured and uploaded once; launches outside graphs copy
+  // theirs in the stream first. One-row steps, a two-row step, and the MTP
+  // pass (a graph of its own), with graphs and without.
+  struct Run {
+    std::vector<float> logits;  // main and MTP logits of every step
+    int64_t kernels = 0;        // grids of the last one-row step
+    uint64_t memory = 0;        // the context's device memory after the steps
+  };
+  auto run = [](qwen35_model* m, const std::vector<int32_t>& s, int64_t V, int persist, bool graphs) {
+    const cuda::DecodeTuning saved = cuda::decode_tuning();
+    cuda::DecodeTuning t = saved;
+    t.fp4_persist = persist;
+    cuda::set_decode_tuning(t);
+    std::optional<EnvVar> eager;
+    if (!graphs) eager.emplace("QWEN35_CUDA_GRAPHS", "0");
+    qwen35_context* c = make_ctx(m);
+    cuda::set_decode_tuning(saved);
+    Run r;
+    int32_t pos = 0;
+    for (int rows : {1, 1, 2, 1, 1}) {
+      const int64_t g0 = emu::grids_run();
+      decode_append_logits(c, &s[size_t(pos)], rows, V, r.logits);
+      r.kernels = emu::grids_run() - g0;
+      pos += rows;
+      for (int32_t p = 0; p < pos; ++p)  // the MTP rows this call filled
+        if (const float* ml = qwen35_context_mtp_logits(c, p)) r.logits.insert(r.logits.end(), ml, ml + V);
+    }
+    r.memory = qwen35_context_memory_bytes(c);
+    qwen35_context_free(c);
+    return r;
+  };
+  auto worst_row_err = [](const std::vector<float>& a, const std::vector<float>& b, int64_t V) {
+    REQUIRE(a.size() == b.size());
+    std::vector<double> errs;
+    for (size_t r = 0; r < a.size() / size_t(V); ++r)
+      errs.push_back(rel_err(a.data() + r * size_t(V), b.data() + r * size_t(V), size_t(V)));
+    return worst(errs);
+  };
+  SUBCASE("the tiny fixture model: 20 stages a step, the bits of mode 3's one launch") {
+    const char* name = "tiny-m-nvfp4";
+    FixtureLogits fx(name);
+    qwen35_model* m = load_cuda(name);
+    const Run r3 = run(m, fx.seqs[0], fx.V, 3, true), r4 = run(m, fx.seqs[0], fx.V, 4, true);
+    const Run r4e = run(m, fx.seqs[0], fx.V, 4, false);
+    REQUIRE(r3.logits.size() > size_t(6 * fx.V));  // main and MTP logits
+    CHECK(r4.logits == r3.logits);   // (the same plan and grid: only where the stages are differs)
+    CHECK(r4e.logits == r4.logits);  // graphs or not
+    CHECK(r4.kernels == r3.kernels);
+    CHECK(r4.memory > r3.memory);  // (the graphs' tables: the main pass's and the MTP pass's)
+    free_model(m);
+  }
+  SUBCASE("a 12-layer model: 60 stages a step, one launch instead of three") {
+    SynthConfig cfg;  // the fixture's shapes (small_synth's delta net is too narrow for the gated-norm stage)
+    cfg.n_vocab = 600;
+    cfg.n_layer = 12;  // (9 delta-net and 3 attention layers)
+    cfg.seed = 23;
+    qwen35_model* m = load_cuda_path(synth_model("emu-cuda-persist-12l", cfg));
+    const int64_t V = qwen35_model_n_vocab(m);
+    std::vector<int32_t> s;
+    for (int32_t i = 0; i < 8; ++i) s.push_back((i * 131 + 7) % int32_t(V));
+    const Run r0 = run(m, s, V, 0, true), r3 = run(m, s, V, 3, true), r4 = run(m, s, V, 4, true);
+    const Run r4e = run(m, s, V, 4, false);
+    MESSAGE("kernels per one-row step: " << r0.kernels << " separate, " << r3.kernels << " with mode 3, "
+                                         << r4.kernels << " with mode 4");
+    CHECK(r4.kernels == r3.kernels - 2);  // (three launches of 20 stages, then one of 60)
+    CHECK(r4e.logits == r4.logits);
+    // Other launch boundaries: a norm after one reads the whole row instead
+    // of the stage before's sums of squares, so rounding apart.
+    const double to3 = worst_row_err(r4.logits, r3.logits, V), to0 = worst_row_err(r4.logits, r0.logits, V);
+    MESSAGE("mode 4 against mode 3: worst " << to3 << ", against single launches: worst " << to0);
+    CHECK(to3 < 1e-3);
+    CHECK(to0 < 2e-3);
+    free_model(m);
+  }
 }
 
 TEST_CASE("emulated CUDA backend: the FP8 arithmetic (QWEN35_CUDA_FP4_FP8) tracks the fixture and the default") {

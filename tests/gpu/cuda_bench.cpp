@@ -411,10 +411,11 @@ int main(int argc, char** argv) {
       variants.push_back(base);
       // One-row steps as persistent launches (persist_fp4.h; not measured
       // yet): layer tails, then runs of delta-net layers, then with the
-      // attention too, at the default poll interval; runs of delta-net
-      // layers also without sleeps and at 512 ns.
-      for (auto [persist, poll] :
-           {std::pair{1, 64}, std::pair{2, 64}, std::pair{3, 64}, std::pair{2, 0}, std::pair{2, 512}}) {
+      // attention too, at the default poll interval, then the whole step's
+      // layers in one launch (its stages in a table in device memory); runs
+      // of delta-net layers also without sleeps and at 512 ns.
+      for (auto [persist, poll] : {std::pair{1, 64}, std::pair{2, 64}, std::pair{3, 64}, std::pair{4, 64},
+                                   std::pair{2, 0}, std::pair{2, 512}}) {
         t = base;
         t.fp4_persist = persist;
         t.fp4_chain_poll_ns = poll;

@@ -18,7 +18,7 @@
 #  * qwen35-cuda-bench on a synthetic full-size 4B NVFP4 file: decode and
 #    prefill with the defaults and its --sweep of decode variants (with the
 #    probes and the persistent launches), the decode timeline with
-#    QWEN35_CUDA_FP4_PERSIST=3, then once per ENV_SETTINGS argument (a
+#    QWEN35_CUDA_FP4_PERSIST=4, then once per ENV_SETTINGS argument (a
 #    space-separated list of VAR=value, e.g. "QWEN35_CUDA_FP4_BPS=3"), each
 #    checked against the CPU.
 # Run from the repository root (after tests/gpu/prepare.sh, .gpu carried).
@@ -89,9 +89,9 @@ done
 [ -n "$SYNTH_PID" ] && wait "$SYNTH_PID"
 if [ -s "$M4" ]; then
   run "bench defaults" 180 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json --check 6 --sweep
-  # The decode timeline with the persistent layers and attention (CUPTI:
-  # each launch's share of a step).
-  run "trace persist" 90 env QWEN35_CUDA_FP4_PERSIST=3 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 32 --device cuda \
+  # The decode timeline with a step's layers in one persistent launch
+  # (CUPTI: each launch's share of a step).
+  run "trace persist" 90 env QWEN35_CUDA_FP4_PERSIST=4 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 32 --device cuda \
     --trace decode
   i=0
   for settings in "$@"; do

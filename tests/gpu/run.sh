@@ -132,9 +132,9 @@ fi
 # the delta rule or attention in front, and each FFN, in one launch).
 if [ -x "$BIN/test_cuda_model" ]; then
   step "test_cuda_model, chains" 300 env QWEN35_CUDA_FP4_CHAIN=4 "$BIN/test_cuda_model" --duration=true
-  # And with one-row steps as persistent launches (runs of delta-net layers
-  # and attention layers).
-  step "test_cuda_model, persistent" 300 env QWEN35_CUDA_FP4_PERSIST=3 "$BIN/test_cuda_model" --duration=true
+  # And with one-row steps as persistent launches (each step's layers in
+  # one launch, its stages in a table in device memory).
+  step "test_cuda_model, persistent" 300 env QWEN35_CUDA_FP4_PERSIST=4 "$BIN/test_cuda_model" --duration=true
   # And with kernel 3's FP8 arithmetic (the codes' FP8 copy made at load).
   step "test_cuda_model, fp8" 300 env QWEN35_CUDA_FP4_FP8=1 "$BIN/test_cuda_model" --duration=true
 fi
@@ -165,15 +165,18 @@ if [ -s "$M4" ]; then
   # terms per activation), checked against the CPU too.
   bench "  fp4: FP8 arithmetic" env QWEN35_CUDA_FP4_FP8=1 "$BIN/qwen35-cuda-bench" -m "$M4" \
     -p 512 -n 128 --device cuda --json --check 6
-  bench "  fp4: FP8 + persistent + attention" env QWEN35_CUDA_FP4_FP8=1 QWEN35_CUDA_FP4_PERSIST=3 \
+  bench "  fp4: FP8 + persistent step" env QWEN35_CUDA_FP4_FP8=1 QWEN35_CUDA_FP4_PERSIST=4 \
     "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json --check 6
   # One-row steps as persistent launches (layer tails; runs of delta-net
-  # layers with their delta rules), checked against the CPU too.
+  # layers with their delta rules; with attention; the whole step's layers
+  # from a stage table in device memory), checked against the CPU too.
   bench "  fp4: persistent tails" env QWEN35_CUDA_FP4_PERSIST=1 "$BIN/qwen35-cuda-bench" -m "$M4" \
     -p 512 -n 128 --device cuda --json --check 6
   bench "  fp4: persistent layers" env QWEN35_CUDA_FP4_PERSIST=2 "$BIN/qwen35-cuda-bench" -m "$M4" \
     -p 512 -n 128 --device cuda --json --check 6
   bench "  fp4: persistent + attention" env QWEN35_CUDA_FP4_PERSIST=3 "$BIN/qwen35-cuda-bench" -m "$M4" \
+    -p 512 -n 128 --device cuda --json --check 6
+  bench "  fp4: persistent step" env QWEN35_CUDA_FP4_PERSIST=4 "$BIN/qwen35-cuda-bench" -m "$M4" \
     -p 512 -n 128 --device cuda --json --check 6
   # Chained projections (each FFN; each layer's tail), checked against the CPU too.
   bench "  fp4: chains, FFN" env QWEN35_CUDA_FP4_CHAIN=1 "$BIN/qwen35-cuda-bench" -m "$M4" \
@@ -202,7 +205,7 @@ if [ -s "$M4" ]; then
 fi
 if [ -s "$M4MTP" ]; then
   bench "bench 4B NVFP4 + MTP (mirror)" "$BIN/qwen35-cuda-bench" -m "$M4MTP" -p 512 -n 128 --device cuda --json
-  bench "  MTP, persistent + attention" env QWEN35_CUDA_FP4_PERSIST=3 "$BIN/qwen35-cuda-bench" -m "$M4MTP" -p 512 \
+  bench "  MTP, persistent step" env QWEN35_CUDA_FP4_PERSIST=4 "$BIN/qwen35-cuda-bench" -m "$M4MTP" -p 512 \
     -n 128 --device cuda --json
   bench "  MTP, FP8 arithmetic" env QWEN35_CUDA_FP4_FP8=1 "$BIN/qwen35-cuda-bench" -m "$M4MTP" -p 512 \
     -n 128 --device cuda --json
@@ -295,7 +298,7 @@ if [ -s "$M4" ] && [ "${QWEN35_GPU_TRACE:-1}" != 0 ]; then
   trace "trace: decode, chains, q6k 3" trace-decode-chain.txt QWEN35_CUDA_FP4_CHAIN=4 QWEN35_CUDA_Q6K_KERNEL=3 \
     QWEN35_CUDA_Q6K_ARGMAX=1 -- \
     -p 512 -n 32 --device cuda --trace decode
-  trace "trace: decode, persistent" trace-decode-persist.txt QWEN35_CUDA_FP4_PERSIST=3 -- \
+  trace "trace: decode, persistent" trace-decode-persist.txt QWEN35_CUDA_FP4_PERSIST=4 -- \
     -p 512 -n 32 --device cuda --trace decode
   trace "trace: prefill" trace-prefill.txt -- -p 512 -n 1 --device cuda --trace prefill
   # What the kernels cost without the NVFP4 stream's arithmetic (wrong

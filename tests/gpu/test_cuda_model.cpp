@@ -518,7 +518,7 @@ TEST_CASE("CUDA: every decode-kernel variant agrees with the generic kernels; gr
   t.fp4_x_l1 = 1;  // the activation rows into L1 first (the same values)
   variants.push_back(t);
   t.fp4_x_l1 = 0;
-  for (int persist : {1, 2, 3}) {  // persistent launches (graphs and eager: the same launches)
+  for (int persist : {1, 2, 3, 4}) {  // persistent launches (graphs and eager: the same launches; 4: stage tables)
     t.fp4_persist = persist;
     variants.push_back(t);
   }
