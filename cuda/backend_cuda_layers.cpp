@@ -547,8 +547,7 @@ Status CudaBackend::flush_persist() {
   const int grid = attn ? persist_attn_grid_ : persist_grid_;
   std::vector<PersistFp4Stage>& plan = persist_plan_;
   plan.assign(q.size(), PersistFp4Stage{});
-  const size_t most = persist_ >= 4 ? size_t(kPersistTableMax) : size_t(kPersistInline);
-  bool ok = q.size() >= 2 && q.size() <= most && grid > 0;
+  bool ok = q.size() >= 2 && q.size() <= persist_queue_max_ && grid > 0;
   for (size_t s = 0; ok && s < q.size(); ++s) {
     PersistFp4Stage* p = &plan[s];
     if (q[s].attn) {

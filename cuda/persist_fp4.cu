@@ -740,8 +740,8 @@ int persist_fp4_grid(const PersistFp4Sizes& sizes, int sms) {
 }
 
 cudaError_t persist_fp4(const PersistFp4Args& a, int blocks, cudaStream_t stream) {
-  if (a.count < 1 || a.count > (a.stages ? kPersistTableMax : kPersistInline) || blocks < 1 || !a.done || !a.tickets || !a.fault ||
-      !a.fault_report ||
+  if (a.count < 1 || a.count > (a.stages ? kPersistTableMax : kPersistInline) || blocks < 1 || !a.done ||
+      !a.tickets || !a.fault || !a.fault_report ||
       a.sizes.max_kg_per < 1 || a.sizes.max_kg_per > kPersistMaxKgPer || a.sizes.max_rows < 1 ||
       a.sizes.max_rows > kPersistMaxRows ||
       (a.sizes.partial_half && (!a.partial || !a.counters)) || (a.sizes.squares_half && !a.squares))

@@ -82,6 +82,16 @@ inline void decode_append_logits(qwen35_context* c, const int32_t* tokens, int r
   }
 }
 
+// The relative error of each row of a against the same row of b (V floats
+// a row; the same number of rows).
+inline std::vector<double> row_errors(const std::vector<float>& a, const std::vector<float>& b, int64_t V) {
+  REQUIRE(a.size() == b.size());
+  std::vector<double> errs;
+  for (size_t r = 0; r < a.size() / size_t(V); ++r)
+    errs.push_back(rel_err(a.data() + r * size_t(V), b.data() + r * size_t(V), size_t(V)));
+  return errs;
+}
+
 // Frees the model (its contexts freed before) and checks the emulated
 // runtime: no device or pinned memory left, no free of memory it did not
 // hand out, no copy past the end of an allocation, and no call the real runtime refuses during a graph capture

@@ -140,30 +140,21 @@ TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta 
   // block per multiprocessor, other split-K slices, differs from its
   // default by as much, 5.4e-4 at the median).
   const std::vector<float> persist = run(0, true, 1);
-  REQUIRE(persist.size() == single.size());
-  std::vector<double> errs;
-  for (size_t r = 0; r < single.size() / size_t(fx.V); ++r)
-    errs.push_back(rel_err(persist.data() + r * size_t(fx.V), single.data() + r * size_t(fx.V), size_t(fx.V)));
+  std::vector<double> errs = row_errors(persist, single, fx.V);
   MESSAGE("persistent tails against single launches: median " << median(errs) << " worst " << worst(errs));
   CHECK(worst(errs) < 1e-3);
   CHECK(persist != single);  // (the persistent kernel ran)
   // Also the delta rules: the three delta-net layers and the attention's
   // input projection in one launch.
   const std::vector<float> layers = run(0, true, 2);
-  REQUIRE(layers.size() == single.size());
-  errs.clear();
-  for (size_t r = 0; r < single.size() / size_t(fx.V); ++r)
-    errs.push_back(rel_err(layers.data() + r * size_t(fx.V), single.data() + r * size_t(fx.V), size_t(fx.V)));
+  errs = row_errors(layers, single, fx.V);
   MESSAGE("persistent delta-net layers against single launches: median " << median(errs) << " worst " << worst(errs));
   CHECK(worst(errs) < 1e-3);  // (equal to the tails' logits here: the delta rule stage has delta_net's bits)
   // Also the attention (a warp per key split: other sums than the fused
   // kernel's), so the one- and two-row steps of this model are each one
   // launch and the head.
   const std::vector<float> attn = run(0, true, 3);
-  REQUIRE(attn.size() == single.size());
-  errs.clear();
-  for (size_t r = 0; r < single.size() / size_t(fx.V); ++r)
-    errs.push_back(rel_err(attn.data() + r * size_t(fx.V), single.data() + r * size_t(fx.V), size_t(fx.V)));
+  errs = row_errors(attn, single, fx.V);
   MESSAGE("persistent layers with attention against single launches: median " << median(errs) << " worst "
                                                                               << worst(errs));
   CHECK(worst(errs) < 1e-3);  // (the path ran: fewer kernels, below; the out projection's F16 activations may
@@ -285,13 +276,6 @@ TEST_CASE("emulated CUDA backend: persistent steps from a stage table in device 
     qwen35_context_free(c);
     return r;
   };
-  auto worst_row_err = [](const std::vector<float>& a, const std::vector<float>& b, int64_t V) {
-    REQUIRE(a.size() == b.size());
-    std::vector<double> errs;
-    for (size_t r = 0; r < a.size() / size_t(V); ++r)
-      errs.push_back(rel_err(a.data() + r * size_t(V), b.data() + r * size_t(V), size_t(V)));
-    return worst(errs);
-  };
   SUBCASE("the tiny fixture model: 20 stages a step, the bits of mode 3's one launch") {
     const char* name = "tiny-m-nvfp4";
     FixtureLogits fx(name);
@@ -322,7 +306,7 @@ TEST_CASE("emulated CUDA backend: persistent steps from a stage table in device 
     CHECK(r4e.logits == r4.logits);
     // Other launch boundaries: a norm after one reads the whole row instead
     // of the stage before's sums of squares, so rounding apart.
-    const double to3 = worst_row_err(r4.logits, r3.logits, V), to0 = worst_row_err(r4.logits, r0.logits, V);
+    const double to3 = worst(row_errors(r4.logits, r3.logits, V)), to0 = worst(row_errors(r4.logits, r0.logits, V));
     MESSAGE("mode 4 against mode 3: worst " << to3 << ", against single launches: worst " << to0);
     CHECK(to3 < 1e-3);
     CHECK(to0 < 2e-3);
