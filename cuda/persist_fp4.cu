@@ -165,6 +165,14 @@ __device__ __forceinline__ void issue_ahead(Issue& is, const PersistFp4Stage* st
   }
 }
 
+// A probe's timeline (PersistFp4Args::timeline): the global time as field
+// f of stage s, the earliest (kTimeFirst*, as the largest complement) or
+// the latest (kTimeLast*).
+__device__ __forceinline__ void note_time(unsigned long long* timeline, int s, int f) {
+  const unsigned long long now = global_ns();
+  atomicMax(timeline + int64_t(s) * kPersistTimeFields + f, persist_time_earliest(f) ? ~now : now);
+}
+
 // The whole warp: until `*p >= need` (bounded; see above). Once one wait
 // of the launch has given up, the others end within 64 polls (the flag),
 // so a broken launch costs about a second, not a second per stage.
@@ -401,11 +409,16 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
 
     // 1. Stage s-1 finished (once per stage: a finished stage stays so),
     // the norm's factor (once per stage), then this slice of the inputs.
+    if (a.timeline && lane == 0) note_time(a.timeline, c.s, kTimeFirstStart);
     const auto wait_inputs = [&] {
       if (c.s - 1 > known && !a.no_waits) {
         warp_wait(a.done + (c.s - 1) * kPersistDoneStride, int(persist_stage_tiles(st[c.s - 1])), a.fault,
                   a.poll_ns, lane);
         known = c.s - 1;
+      }
+      if (a.timeline && lane == 0) {
+        note_time(a.timeline, c.s, kTimeFirstReady);
+        note_time(a.timeline, c.s, kTimeLastReady);
       }
     };
     if (p.kind != PersistKind::Product) {  // (no weights, no ring stages)
@@ -421,7 +434,10 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
       }
       __threadfence();
       __syncwarp();
-      if (lane == 0) atomicAdd(a.done + c.s * kPersistDoneStride, 1);
+      if (lane == 0) {
+        if (a.timeline) note_time(a.timeline, c.s, kTimeLastDone);  // (before the count: a waiter sees it after)
+        atomicAdd(a.done + c.s * kPersistDoneStride, 1);
+      }
       continue;
     }
     wait_inputs();
@@ -500,7 +516,10 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
     store_tile(p, a.squares + (c.s & 1) * a.sizes.squares_half, tile, g, t, lane, r);
     __threadfence();
     __syncwarp();
-    if (lane == 0) atomicAdd(a.done + c.s * kPersistDoneStride, 1);
+    if (lane == 0) {
+      if (a.timeline) note_time(a.timeline, c.s, kTimeLastDone);
+      atomicAdd(a.done + c.s * kPersistDoneStride, 1);
+    }
   }
 
   // The last warp to leave puts the counters back to zero for the next

@@ -194,7 +194,25 @@ struct PersistFp4Args {
   int* fault_report = nullptr;
   unsigned poll_ns = 64;     // a waiting warp's sleep between polls
   bool no_waits = false;     // a timing probe: units do not wait for the stage before (WRONG results)
+  // A timing probe (null: off): [count][kPersistTimeFields] global times in
+  // ns (%globaltimer) per stage, the kTime* fields below, zero before the
+  // launch (a memset); lane 0 of each warp adds a few atomics per unit.
+  // Read them with persist_time().
+  unsigned long long* timeline = nullptr;
 };
+// The timeline's fields per stage: the first unit's start (its ticket
+// located), the first and the last unit's inputs ready (the wait for the
+// stage before over), the last tile finished (before its count, so the
+// stage after sees its inputs ready later). Every field is an atomicMax
+// (the earliest times as their complements), so zero is the start value.
+constexpr int kPersistTimeFields = 4;
+enum PersistTimeField : int { kTimeFirstStart = 0, kTimeFirstReady = 1, kTimeLastReady = 2, kTimeLastDone = 3 };
+QWEN35_HD constexpr bool persist_time_earliest(int f) { return f == kTimeFirstStart || f == kTimeFirstReady; }
+// Field f of stage s of a timeline (0 where no unit wrote it).
+QWEN35_HD unsigned long long persist_time(const unsigned long long* timeline, int64_t s, int f) {
+  const unsigned long long v = timeline[s * kPersistTimeFields + f];
+  return persist_time_earliest(f) && v != 0 ? ~v : v;
+}
 
 // (A kernel's parameters: at most 32,764 bytes since CUDA 12.1.)
 static_assert(sizeof(PersistFp4Args) <= 32000, "the inline stages must fit a launch's parameters");

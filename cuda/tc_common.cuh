@@ -11,6 +11,10 @@
 
 #include <cuda_fp8.h>
 
+#ifdef QWEN35_CUDA_EMU
+#include <atomic>
+#endif
+
 #include "common.cuh"
 #include "fp4_tiled.h"
 #include "matmul.h"
@@ -204,10 +208,13 @@ __device__ __forceinline__ void prefetch_l1(const void* p) {
 #endif
 }
 
-// The global timer in nanoseconds (0 in the emulation), for bounded waits.
+// The global timer in nanoseconds, for bounded waits and timing probes (in
+// the emulation a count of the calls: it orders what the emulated threads
+// did, and the waits there count polls instead).
 __device__ __forceinline__ uint64_t global_ns() {
 #ifdef QWEN35_CUDA_EMU
-  return 0;
+  static std::atomic<uint64_t> calls{0};
+  return ++calls;
 #else
   uint64_t t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));

@@ -263,6 +263,7 @@ T atomicMax(T* p, T v) {
   if (v > old) *p = v;
   return old;
 }
+
 template <typename T>
 T __ldg(const T* p) {
   return *p;

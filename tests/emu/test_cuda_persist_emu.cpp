@@ -108,6 +108,9 @@ TEST_CASE("emulated: a persistent NVFP4 sequence equals kernel 3 stage by stage,
     CHECK(r.worst_cpu < 2e-3);      // F16 activations
     CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
     CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));  // (no memset per launch)
+    // The timeline probe: every stage's times written, in the order the
+    // waits make (the emulated clock counts its readings: strictly).
+    CHECK(timeline_ordered(r.timeline, true));
   }
   emu::set_order(false);
   // Two and three blocks, run one after another: the first block's warps

@@ -128,7 +128,7 @@ for line in sys.stdin:
   grep -E '^(matvec n=1|no PDL n=1|probe [0-9] n=1): matvec\|' "$LOG"
   grep -E '^stream probe: stream\|' "$LOG"
   grep -E '^persist tests: .*(test cases:|ERROR|MESSAGE|[0-9.]+ s: )' "$LOG" | head -30
-  grep -E '^persist bench: persist\|' "$LOG"
+  grep -E '^persist bench: persist(-tl)?\|' "$LOG"
   grep -E '^sweep n=[12]: (fp4sweep|matvec)\|' "$LOG"
   grep -E '^bench [^:]*: (\{|sweep\|)' "$LOG" | python3 -c "$BENCH_PY" || true
   grep -E '^trace persist: trace\|' "$LOG" | head -16

@@ -15,6 +15,9 @@
 // (what its registers and smaller grid cost: QWEN35_CUDA_FP4_PERSIST=3);
 // and both the persistent launch and the kernel-3 launches on the FP8
 // tensor cores (QWEN35_CUDA_FP4_FP8: the codes' FP8 copy, random too).
+// For the first variant of each arithmetic, `persist-tl` lines: the
+// kernel's timeline probe per stage shape (how long a stage waits for the
+// one before, how long its units take from their inputs to its last tile).
 //
 //   qwen35-persist-bench [--quick]
 #include <cuda_runtime.h>
@@ -236,6 +239,51 @@ int main(int argc, char** argv) {
   PersistFp4Sizes most8 = most;
   most8.fp8 = true;
   const int fit8 = persist_fp4_blocks_per_sm(most8);
+  // The timeline probe (PersistFp4Args::timeline): per stage, when its
+  // first unit started, when its first and last units had their inputs,
+  // when its last tile was done. Per shape: the mean wait from the stage
+  // before's last tile to this stage's first unit with its inputs (the
+  // dependency's latency), from there to this stage's last tile (its
+  // span: slices, combine, epilogue), and the spread of the units' ready
+  // times; then the step's sums.
+  unsigned long long* timeline = nullptr;
+  const size_t tl_n = size_t(count) * kPersistTimeFields;
+  TRY(cudaMalloc(&timeline, tl_n * sizeof(unsigned long long)));
+  auto timeline_reset = [&] { return ok(cudaMemset(timeline, 0, tl_n * sizeof(unsigned long long)), "timeline"); };
+  auto timeline_report = [&](const char* label) {
+    std::vector<unsigned long long> t(tl_n);
+    if (!ok(cudaMemcpy(t.data(), timeline, tl_n * sizeof(unsigned long long), cudaMemcpyDeviceToHost), "timeline"))
+      return false;
+    auto at = [&](int st, int f) { return double(persist_time(t.data(), st, f)) / 1e3; };  // us
+    struct Sum {
+      int n = 0;
+      double sync = 0, span = 0, spread = 0;
+    };
+    std::vector<std::pair<std::pair<int64_t, int64_t>, Sum>> by_shape;
+    Sum all;
+    for (int st = 1; st < count; ++st) {
+      const double sync = at(st, kTimeFirstReady) - at(st - 1, kTimeLastDone),
+                   span = at(st, kTimeLastDone) - at(st, kTimeFirstReady),
+                   spread = at(st, kTimeLastReady) - at(st, kTimeFirstReady);
+      const auto same = [&](const auto& e) { return e.first == shapes[size_t(st)]; };
+      auto it = std::find_if(by_shape.begin(), by_shape.end(), same);
+      if (it == by_shape.end()) it = by_shape.insert(by_shape.end(), {shapes[size_t(st)], Sum{}});
+      for (Sum* m : {&it->second, &all}) {
+        ++m->n;
+        m->sync += sync;
+        m->span += span;
+        m->spread += spread;
+      }
+    }
+    std::printf("persist-tl| %s | shape | stages | wait for the stage before, us | span, us | ready spread, us\n",
+                label);
+    for (const auto& [shape, m] : by_shape)
+      std::printf("persist-tl| %s | %lld x %lld | %d | %.2f | %.2f | %.2f\n", label, (long long)shape.first,
+                  (long long)shape.second, m.n, m.sync / m.n, m.span / m.n, m.spread / m.n);
+    std::printf("persist-tl| %s | step: %.1f us from the first unit to the last tile; waits %.1f us, spans %.1f us\n",
+                label, at(count - 1, kTimeLastDone) - at(0, kTimeFirstStart), all.sync, all.span);
+    return true;
+  };
   std::vector<Variant> variants;
   for (int b = fit; b >= 1; --b) variants.push_back({b, 64});
   variants.push_back({fit, 64, true});
@@ -279,6 +327,15 @@ int main(int argc, char** argv) {
       return ok(persist_fp4(a, blocks, s), "persist_fp4");
     };
     if (!time_it(one, &us)) return 1;
+    // One launch more with the timeline probe, for the first variant of
+    // each arithmetic (a few atomics per unit: not in the timed launches).
+    if (!v.no_waits && !v.attn_kernel && v.per_sm == (v.fp8 ? fit8 : fit) && v.poll_ns == 64) {
+      a.timeline = timeline;
+      if (!timeline_reset() || !one() || !ok(cudaStreamSynchronize(s), "sync") ||
+          !timeline_report(v.fp8 ? "FP8" : "F16"))
+        return 1;
+      a.timeline = nullptr;
+    }
     int f = 0;
     TRY(cudaMemcpy(&f, fault + 1, sizeof(int), cudaMemcpyDeviceToHost));
     char what[128];

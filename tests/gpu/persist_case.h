@@ -61,6 +61,7 @@ struct PersistScratch {
   std::unique_ptr<Arr<float>> partial, squares;
   std::unique_ptr<Arr<int>> counters;
   std::unique_ptr<Arr<cuda::PersistFp4Stage>> table;
+  std::unique_ptr<Arr<unsigned long long>> timeline;  // the next launch's timeline probe, if set (zeros)
   Arr<int> done, tickets, fault;  // tickets: two counters, for launches in turn; fault: the flag, then the report
   int turn = 0;
   explicit PersistScratch(int max_stages)
@@ -95,8 +96,10 @@ struct PersistScratch {
     a.tickets = tickets.get() + (turn ^= 1) * cuda::kPersistDoneStride;
     a.fault = fault.get();
     a.fault_report = fault.get() + 1;
+    a.timeline = timeline ? timeline->get() : nullptr;
     return persist_fp4(a, blocks, nullptr) == cudaSuccess;
   }
+
   int fault_report() const { return fault.download()[1]; }  // (the flag itself is back at zero)
 };
 
@@ -111,7 +114,30 @@ struct PersistCaseResult {
   std::vector<int> tickets;    // ticket counters after the launches (all zero)
   std::vector<int> splits;     // each stage's column slices as planned
   std::vector<std::vector<float>> acts;  // the first launch's input and stages' outputs
+  std::vector<unsigned long long> timeline;  // the first launch's timeline probe (PersistFp4Args::timeline)
 };
+
+// Whether a launch's timeline probe is ordered as the waits make it: per
+// stage, the first unit started before any had its inputs, the first had
+// them before the last, and the last tile was done after; and no unit of a
+// stage had its inputs before the stage before was done (strictly, where
+// the clock counts every reading: the emulation's).
+inline bool timeline_ordered(const std::vector<unsigned long long>& t, bool strict) {
+  using namespace qwen35::cuda;
+  const size_t count = t.size() / kPersistTimeFields;
+  auto at = [&](size_t s, int f) { return persist_time(t.data(), int64_t(s), f); };
+  for (size_t s = 0; s < count; ++s) {
+    for (int f = 0; f < kPersistTimeFields; ++f)
+      if (at(s, f) == 0) return false;  // (not written)
+    if (at(s, kTimeFirstStart) > at(s, kTimeFirstReady) || at(s, kTimeFirstReady) > at(s, kTimeLastReady) ||
+        at(s, kTimeLastReady) > at(s, kTimeLastDone))
+      return false;
+    if (s > 0 && (strict ? at(s, kTimeFirstReady) <= at(s - 1, kTimeLastDone)
+                         : at(s, kTimeFirstReady) < at(s - 1, kTimeLastDone)))
+      return false;
+  }
+  return count > 0;
+}
 
 // Stages of (rows, cols); stage s reads the first cols_s outputs of stage
 // s-1 (rows_{s-1} >= cols_s). `blocks` blocks (the emulation runs them one
@@ -152,7 +178,10 @@ PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>
   PersistScratch<Arr> scratch(count);
   std::vector<std::vector<float>> first;
   for (int launch = 0; launch < 2; ++launch) {
+    const std::vector<unsigned long long> zeros(size_t(count) * kPersistTimeFields, 0ull);
+    scratch.timeline = launch == 0 ? std::make_unique<Arr<unsigned long long>>(zeros) : nullptr;  // (the first)
     if (!scratch.launch(table.data(), count, launch_blocks ? launch_blocks : blocks, false, fp8)) return out;
+    if (launch == 0) out.timeline = scratch.timeline->download();
     std::vector<std::vector<float>> got;
     for (int s = 0; s <= count; ++s) got.push_back(act[size_t(s)]->download());
     if (launch == 0) first = std::move(got);

@@ -373,7 +373,7 @@ TOTAL=$(($(date +%s) - T0))
   # The read floor (qwen35-bw-probe).
   awk '/== bandwidth probe \(limit/ {on=1; next} on && /== bandwidth probe:/ {on=0} on && !/^\[run.sh/ {print "probe: " $0}' "$LOG" || true
   grep '^stream|' "$LOG" || true
-  grep '^persist|' "$LOG" || true
+  grep -E '^persist(-tl)?\|' "$LOG" || true
   # Vision encoder timing (qwen35-bench-vision --device cuda).
   grep -E '^vision\||^check vs the CPU encoder|^CUDA vision encoder' "$LOG" | sed 's/^/vision: /' || true
   if [ -s "$BENCH" ] && command -v python3 >/dev/null; then
