@@ -253,6 +253,10 @@ Status CudaBackend::init() {
     cv.add(&persist_counters_, std::max<uint64_t>(1, 2 * persist_cap_.counter_half));
     cv.add(&persist_done_, uint64_t(persist_queue_max_ + 1) * kPersistDoneStride);
     if (persist_ >= 4) cv.add(&persist_eager_table_, uint64_t(kPersistTableMax));
+    if (decode_tuning().fp4_persist_timeline) {  // (a probe: the queue's stages as launched, so no graphs)
+      cv.add(&persist_tl_, uint64_t(kPersistTableMax) * kPersistTimeFields);
+      use_graphs_ = false;
+    }
     cv.add(&persist_tickets_, uint64_t(2) * kPersistDoneStride);
     cv.add(&persist_fault_, 1);
   }
@@ -344,6 +348,7 @@ Status CudaBackend::upload_inputs(const int32_t* tokens, const int32_t* pos, int
 Status CudaBackend::enqueue_eval(int64_t n, int32_t snapshot_row, int32_t logits_first, bool from_embd,
                                  const OutPlan& out, bool check_abort) {
   const int64_t D = hp_.n_embd;
+  persist_tl_begin();
   if (!from_embd) QWEN35_TRY(embed(dm_.token_embd, d_tokens_, n, h_, D));
   // Layer tails as chains (tuning fp4_chain 2, 3): each layer's output
   // projection, FFN and the next layer's input projection in one launch
@@ -530,6 +535,7 @@ Status CudaBackend::run_eval(const EvalBatch& b, int32_t* argmax, const TopKRequ
   const Status done = sync("a decode");
   QWEN35_TRY(st);
   QWEN35_TRY(done);
+  persist_tl_collect();
   if (staged) {
     if (b.hidden) std::memcpy(b.hidden, st_hidden_, size_t(n * D) * sizeof(float));
     if (b.hidden_prenorm) std::memcpy(b.hidden_prenorm, st_prenorm_, size_t(n * D) * sizeof(float));
@@ -618,6 +624,7 @@ Status CudaBackend::run_mtp(const MtpBatch& b, int32_t* argmax) {
   float* out_logits = want && !argmax ? (staged ? st_logits_ : b.logits) : nullptr;
   int32_t* out_argmax = want && argmax ? (staged ? st_argmax_ : argmax) : nullptr;
   auto body = [&]() -> Status {
+    persist_tl_begin();
     QWEN35_TRY(embed(*M.embed, d_tokens_, n, mtp_in_, 2 * D));
     NormRows en, hn;  // enorm in place, hnorm into the second half
     en.x = mtp_in_;
@@ -665,6 +672,7 @@ Status CudaBackend::run_mtp(const MtpBatch& b, int32_t* argmax) {
   const Status done = sync("an MTP pass");
   if (!st.ok()) return st.prefix("MTP: ");
   QWEN35_TRY(done);
+  persist_tl_collect();
   if (staged && out_logits) std::memcpy(b.logits, st_logits_, size_t((n - lf) * V) * sizeof(float));
   if (staged && out_argmax) std::memcpy(argmax, st_argmax_, size_t(n - lf) * sizeof(int32_t));
   return Status::Ok();

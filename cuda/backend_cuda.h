@@ -342,6 +342,13 @@ class CudaBackend final : public Backend {
   // captured graph's table, or the eager one after a copy in the stream;
   // null (no error) if the graph's table is full.
   Status persist_table(const std::vector<PersistFp4Stage>& plan, const PersistFp4Stage** out);
+  // The timeline probe (tuning fp4_persist_timeline; its steps run without
+  // graphs): a pass's launches note their stages' times in consecutive
+  // rows of persist_tl_, reported after the pass (persist_timeline_last).
+  unsigned long long* persist_tl_ = nullptr;          // [kPersistTableMax][kPersistTimeFields]
+  std::vector<PersistStageTime> persist_tl_stages_;   // the pass's stages so far
+  void persist_tl_begin();                            // (at the start of a pass's enqueue)
+  void persist_tl_collect();                          // (after its sync)
   int persist_grid_ = 0;
   int persist_attn_grid_ = 0;
   int persist_attn_splits_ = 1;

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <mutex>
 
 namespace qwen35::cuda {
 
@@ -572,6 +573,20 @@ Status CudaBackend::flush_persist() {
   } else if (ok) {
     std::copy(plan.begin(), plan.end(), a.inline_stages);
   }
+  if (ok && persist_tl_ && persist_tl_stages_.size() + plan.size() <= size_t(kPersistTableMax)) {
+    a.timeline = persist_tl_ + persist_tl_stages_.size() * kPersistTimeFields;
+    for (const PersistFp4Stage& p : plan) {
+      PersistStageTime t;
+      t.kind = p.kind;
+      t.rows = p.kind == PersistKind::Product     ? p.w.rows
+               : p.kind == PersistKind::DeltaRule ? p.delta.Hv
+                                                  : p.attn.attn.n_head;
+      t.cols = p.kind == PersistKind::Product     ? p.w.cols
+               : p.kind == PersistKind::DeltaRule ? p.delta.dv
+                                                  : p.attn.attn.head_dim;
+      persist_tl_stages_.push_back(t);
+    }
+  }
   if (ok) {
     a.partial = persist_partial_;
     a.squares = persist_squares_;
@@ -614,6 +629,40 @@ Status CudaBackend::persist_table(const std::vector<PersistFp4Stage>& plan, cons
                   "copying a persistent stage table");
   *out = persist_eager_table_;
   return Status::Ok();
+}
+
+namespace {
+std::mutex g_timeline_mu;
+std::vector<PersistStageTime> g_timeline;
+}  // namespace
+
+std::vector<PersistStageTime> persist_timeline_last() {
+  std::lock_guard<std::mutex> lock(g_timeline_mu);
+  return g_timeline;
+}
+
+void set_persist_timeline_last(std::vector<PersistStageTime> stages) {
+  std::lock_guard<std::mutex> lock(g_timeline_mu);
+  g_timeline = std::move(stages);
+}
+
+void CudaBackend::persist_tl_begin() {
+  if (!persist_tl_) return;
+  persist_tl_stages_.clear();
+  cudaMemsetAsync(persist_tl_, 0, size_t(kPersistTableMax) * kPersistTimeFields * sizeof(unsigned long long),
+                  stream_);  // (a probe: a failure shows as times never written)
+}
+
+void CudaBackend::persist_tl_collect() {
+  if (!persist_tl_ || persist_tl_stages_.empty()) return;
+  std::vector<unsigned long long> raw(persist_tl_stages_.size() * kPersistTimeFields);
+  if (cudaMemcpy(raw.data(), persist_tl_, raw.size() * sizeof(unsigned long long), cudaMemcpyDeviceToHost) !=
+      cudaSuccess)
+    return;
+  for (size_t s = 0; s < persist_tl_stages_.size(); ++s)
+    for (int f = 0; f < kPersistTimeFields; ++f) persist_tl_stages_[s].t[f] = persist_time(raw.data(), int64_t(s), f);
+  set_persist_timeline_last(std::move(persist_tl_stages_));
+  persist_tl_stages_.clear();
 }
 
 Status CudaBackend::decoder_layer(int il, const DevLayer& L, int64_t n, int32_t snapshot_row) {

@@ -34,6 +34,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "attention.h"
 #include "delta_net.h"
@@ -213,6 +214,20 @@ QWEN35_HD unsigned long long persist_time(const unsigned long long* timeline, in
   const unsigned long long v = timeline[s * kPersistTimeFields + f];
   return persist_time_earliest(f) && v != 0 ? ~v : v;
 }
+
+// A stage's times from a timeline probe (persist_time's fields, in ns),
+// with what the stage was: a product's weight shape, the delta rule's
+// value heads x dv, attention's query heads x head size.
+struct PersistStageTime {
+  PersistKind kind = PersistKind::Product;
+  int64_t rows = 0, cols = 0;
+  unsigned long long t[kPersistTimeFields] = {};
+};
+// The stages of the last decode call's persistent launches, in order,
+// where the backend's tuning fp4_persist_timeline is set (process-wide: a
+// probe for qwen35-cuda-bench; the last call of any context).
+std::vector<PersistStageTime> persist_timeline_last();
+void set_persist_timeline_last(std::vector<PersistStageTime> stages);
 
 // (A kernel's parameters: at most 32,764 bytes since CUDA 12.1.)
 static_assert(sizeof(PersistFp4Args) <= 32000, "the inline stages must fit a launch's parameters");

@@ -36,6 +36,7 @@ DecodeTuning clamp(DecodeTuning t) {
   t.fp4_chain_poll_ns = std::clamp(t.fp4_chain_poll_ns, 0, 4096);
   t.fp4_persist = std::clamp(t.fp4_persist, 0, 4);
   t.fp4_fp8 = t.fp4_fp8 ? 1 : 0;
+  t.fp4_persist_timeline = t.fp4_persist_timeline ? 1 : 0;
   t.q6k_kernel = t.q6k_kernel == 1 ? 1 : t.q6k_kernel == 3 ? 3 : 2;
   t.q6k_persist = std::clamp(t.q6k_persist, 0, 16);
   t.q6k_argmax = t.q6k_argmax ? 1 : 0;
@@ -59,6 +60,7 @@ constexpr Field kFields[] = {
     {"Q6K_ARGMAX", &DecodeTuning::q6k_argmax},     {"DELTA_EPT", &DecodeTuning::delta_ept},
     {"FP4_X_L1", &DecodeTuning::fp4_x_l1},         {"FP4_CHAIN_POLL_NS", &DecodeTuning::fp4_chain_poll_ns},
     {"FP4_PERSIST", &DecodeTuning::fp4_persist},   {"FP4_FP8", &DecodeTuning::fp4_fp8},
+    {"FP4_PERSIST_TIMELINE", &DecodeTuning::fp4_persist_timeline},
 };
 
 std::mutex g_mu;

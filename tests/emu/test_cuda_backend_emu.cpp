@@ -25,6 +25,7 @@
 #include "fixture_logits.h"
 #include "generate.h"
 #include "model.h"
+#include "persist_fp4.h"
 #include "qwen35/qwen35.h"
 #include "sampler.h"
 #include "test_util.h"
@@ -253,10 +254,12 @@ TEST_CASE("emulated CUDA backend: persistent steps from a stage table in device 
     int64_t kernels = 0;        // grids of the last one-row step
     uint64_t memory = 0;        // the context's device memory after the steps
   };
-  auto run = [](qwen35_model* m, const std::vector<int32_t>& s, int64_t V, int persist, bool graphs) {
+  auto run = [](qwen35_model* m, const std::vector<int32_t>& s, int64_t V, int persist, bool graphs,
+                bool timeline = false) {
     const cuda::DecodeTuning saved = cuda::decode_tuning();
     cuda::DecodeTuning t = saved;
     t.fp4_persist = persist;
+    t.fp4_persist_timeline = timeline ? 1 : 0;
     cuda::set_decode_tuning(t);
     std::optional<EnvVar> eager;
     if (!graphs) eager.emplace("QWEN35_CUDA_GRAPHS", "0");
@@ -287,6 +290,49 @@ TEST_CASE("emulated CUDA backend: persistent steps from a stage table in device 
     CHECK(r4e.logits == r4.logits);  // graphs or not
     CHECK(r4.kernels == r3.kernels);
     CHECK(r4.memory > r3.memory);  // (the graphs' tables: the main pass's and the MTP pass's)
+    // The timeline probe (QWEN35_CUDA_FP4_PERSIST_TIMELINE=1; its steps run
+    // without graphs): the same logits, and the last pass's stages (here the
+    // MTP pass: its input projection, attention layer and FFN), every time
+    // written, in the order the waits make (the emulated clock counts its
+    // readings, so strictly).
+    auto ordered = [](const std::vector<cuda::PersistStageTime>& tl) {
+      bool ok = !tl.empty();
+      for (size_t i = 0; i < tl.size(); ++i) {
+        const unsigned long long* t = tl[i].t;
+        ok = ok && t[cuda::kTimeFirstStart] > 0 && t[cuda::kTimeFirstStart] <= t[cuda::kTimeFirstReady] &&
+             t[cuda::kTimeFirstReady] <= t[cuda::kTimeLastReady] && t[cuda::kTimeLastReady] <= t[cuda::kTimeLastDone] &&
+             (i == 0 || t[cuda::kTimeFirstReady] > tl[i - 1].t[cuda::kTimeLastDone]);
+      }
+      return ok;
+    };
+    const Run rt = run(m, fx.seqs[0], fx.V, 4, true, true);
+    CHECK(rt.logits == r4e.logits);
+    std::vector<cuda::PersistStageTime> tl = cuda::persist_timeline_last();
+    REQUIRE(tl.size() == 6);
+    CHECK(tl[2].kind == cuda::PersistKind::Attention);
+    CHECK(ordered(tl));
+    // A context without MTP: the main pass's 20 stages (3 delta-net layers
+    // and an attention layer of five).
+    {
+      const cuda::DecodeTuning saved = cuda::decode_tuning();
+      cuda::DecodeTuning t = saved;
+      t.fp4_persist = 4;
+      t.fp4_persist_timeline = 1;
+      cuda::set_decode_tuning(t);
+      qwen35_context_params cp = qwen35_context_default_params();
+      cp.n_ctx = 64;
+      qwen35_context* c = nullptr;
+      REQUIRE(qwen35_context_create(m, &cp, &c) == QWEN35_OK);
+      cuda::set_decode_tuning(saved);
+      REQUIRE(qwen35_context_decode(c, fx.seqs[0].data(), 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
+      qwen35_context_free(c);
+    }
+    tl = cuda::persist_timeline_last();
+    REQUIRE(tl.size() == 20);
+    CHECK(std::count_if(tl.begin(), tl.end(), [](const auto& e) { return e.kind == cuda::PersistKind::DeltaRule; }) ==
+          3);
+    CHECK(tl[16].kind == cuda::PersistKind::Attention);
+    CHECK(ordered(tl));
     free_model(m);
   }
   SUBCASE("a 12-layer model: 60 stages a step, one launch instead of three") {

@@ -26,6 +26,9 @@
 // "trace|" lines (tests/gpu/kernel_trace.h); needs a build with CUPTI.
 // --profile/--trace api: n decode steps through the context API (logits
 // copied to the host, argmax on the host), the kernels and the copies.
+// With QWEN35_CUDA_FP4_PERSIST and QWEN35_CUDA_FP4_PERSIST_TIMELINE=1 (steps
+// without graphs): `persist-tl` lines after the decode, the persistent
+// kernel's timeline probe of the last step (tests/gpu/persist_timeline.h).
 // --probe: NVFP4 kernel 3 without the stream's arithmetic (tuning fp4_probe,
 // WRONG results), set after the upload: what the rest of each kernel costs.
 #include <cuda_profiler_api.h>
@@ -48,6 +51,8 @@
 #include "generate.h"
 #include "kernel_trace.h"
 #include "model.h"
+#include "persist_fp4.h"
+#include "persist_timeline.h"
 #include "sampler.h"
 #include "tuning.h"
 
@@ -245,6 +250,10 @@ int main(int argc, char** argv) {
     dev_tokens.push_back(tok);
   }
   const double t_decode = now_s() - t0;
+  // The persistent kernel's timeline probe of the last step
+  // (QWEN35_CUDA_FP4_PERSIST_TIMELINE=1 with QWEN35_CUDA_FP4_PERSIST: steps without graphs).
+  if (cuda::decode_tuning().fp4_persist_timeline && cuda::decode_tuning().fp4_persist)
+    test::print_persist_timeline(cuda::persist_timeline_last(), "decode step");
 
   // Decode through the context API (logits copied to the host every token).
   ctx->reset();

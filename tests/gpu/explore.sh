@@ -18,7 +18,8 @@
 #  * qwen35-cuda-bench on a synthetic full-size 4B NVFP4 file: decode and
 #    prefill with the defaults and its --sweep of decode variants (with the
 #    probes and the persistent launches), the decode timeline with
-#    QWEN35_CUDA_FP4_PERSIST=4, then once per ENV_SETTINGS argument (a
+#    QWEN35_CUDA_FP4_PERSIST=4 and its timeline probe (persist-tl lines),
+#    then once per ENV_SETTINGS argument (a
 #    space-separated list of VAR=value, e.g. "QWEN35_CUDA_FP4_BPS=3"), each
 #    checked against the CPU.
 # Run from the repository root (after tests/gpu/prepare.sh, .gpu carried).
@@ -93,6 +94,10 @@ if [ -s "$M4" ]; then
   # (CUPTI: each launch's share of a step).
   run "trace persist" 90 env QWEN35_CUDA_FP4_PERSIST=4 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 32 --device cuda \
     --trace decode
+  # The persistent kernel's own timeline of a step (per stage kind and
+  # shape: the wait for the stage before, the span; steps without graphs).
+  run "timeline persist" 90 env QWEN35_CUDA_FP4_PERSIST=4 QWEN35_CUDA_FP4_PERSIST_TIMELINE=1 \
+    "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda
   i=0
   for settings in "$@"; do
     i=$((i + 1))
@@ -132,6 +137,7 @@ for line in sys.stdin:
   grep -E '^sweep n=[12]: (fp4sweep|matvec)\|' "$LOG"
   grep -E '^bench [^:]*: (\{|sweep\|)' "$LOG" | python3 -c "$BENCH_PY" || true
   grep -E '^trace persist: trace\|' "$LOG" | head -16
+  grep -E '^timeline persist: persist-tl\|' "$LOG"
   grep -E 'FAILED|OVER THE BAR|row [0-9]+:' "$LOG" | grep -v '^probe' | head -20
 } >"$SUMMARY"
 cat "$SUMMARY"

@@ -32,6 +32,7 @@
 #include "copy_bandwidth.h"
 #include "matvec_fp4.h"
 #include "persist_fp4.h"
+#include "persist_timeline.h"
 #include "tuning.h"
 
 using namespace qwen35::cuda;
@@ -239,49 +240,23 @@ int main(int argc, char** argv) {
   PersistFp4Sizes most8 = most;
   most8.fp8 = true;
   const int fit8 = persist_fp4_blocks_per_sm(most8);
-  // The timeline probe (PersistFp4Args::timeline): per stage, when its
-  // first unit started, when its first and last units had their inputs,
-  // when its last tile was done. Per shape: the mean wait from the stage
-  // before's last tile to this stage's first unit with its inputs (the
-  // dependency's latency), from there to this stage's last tile (its
-  // span: slices, combine, epilogue), and the spread of the units' ready
-  // times; then the step's sums.
+  // The timeline probe (PersistFp4Args::timeline, persist_timeline.h).
   unsigned long long* timeline = nullptr;
   const size_t tl_n = size_t(count) * kPersistTimeFields;
   TRY(cudaMalloc(&timeline, tl_n * sizeof(unsigned long long)));
   auto timeline_reset = [&] { return ok(cudaMemset(timeline, 0, tl_n * sizeof(unsigned long long)), "timeline"); };
   auto timeline_report = [&](const char* label) {
-    std::vector<unsigned long long> t(tl_n);
-    if (!ok(cudaMemcpy(t.data(), timeline, tl_n * sizeof(unsigned long long), cudaMemcpyDeviceToHost), "timeline"))
+    std::vector<unsigned long long> raw(tl_n);
+    if (!ok(cudaMemcpy(raw.data(), timeline, tl_n * sizeof(unsigned long long), cudaMemcpyDeviceToHost),
+            "timeline"))
       return false;
-    auto at = [&](int st, int f) { return double(persist_time(t.data(), st, f)) / 1e3; };  // us
-    struct Sum {
-      int n = 0;
-      double sync = 0, span = 0, spread = 0;
-    };
-    std::vector<std::pair<std::pair<int64_t, int64_t>, Sum>> by_shape;
-    Sum all;
-    for (int st = 1; st < count; ++st) {
-      const double sync = at(st, kTimeFirstReady) - at(st - 1, kTimeLastDone),
-                   span = at(st, kTimeLastDone) - at(st, kTimeFirstReady),
-                   spread = at(st, kTimeLastReady) - at(st, kTimeFirstReady);
-      const auto same = [&](const auto& e) { return e.first == shapes[size_t(st)]; };
-      auto it = std::find_if(by_shape.begin(), by_shape.end(), same);
-      if (it == by_shape.end()) it = by_shape.insert(by_shape.end(), {shapes[size_t(st)], Sum{}});
-      for (Sum* m : {&it->second, &all}) {
-        ++m->n;
-        m->sync += sync;
-        m->span += span;
-        m->spread += spread;
-      }
+    std::vector<PersistStageTime> st(static_cast<size_t>(count));
+    for (int i = 0; i < count; ++i) {
+      st[size_t(i)].rows = shapes[size_t(i)].first;
+      st[size_t(i)].cols = shapes[size_t(i)].second;
+      for (int f = 0; f < kPersistTimeFields; ++f) st[size_t(i)].t[f] = persist_time(raw.data(), i, f);
     }
-    std::printf("persist-tl| %s | shape | stages | wait for the stage before, us | span, us | ready spread, us\n",
-                label);
-    for (const auto& [shape, m] : by_shape)
-      std::printf("persist-tl| %s | %lld x %lld | %d | %.2f | %.2f | %.2f\n", label, (long long)shape.first,
-                  (long long)shape.second, m.n, m.sync / m.n, m.span / m.n, m.spread / m.n);
-    std::printf("persist-tl| %s | step: %.1f us from the first unit to the last tile; waits %.1f us, spans %.1f us\n",
-                label, at(count - 1, kTimeLastDone) - at(0, kTimeFirstStart), all.sync, all.span);
+    qwen35::test::print_persist_timeline(st, label);
     return true;
   };
   std::vector<Variant> variants;

@@ -1,0 +1,60 @@
+// The persistent kernel's timeline probe (PersistFp4Args::timeline) in
+// `persist-tl` lines, for qwen35-persist-bench and qwen35-cuda-bench: per
+// stage kind and shape, the mean wait from the stage before's last tile to
+// the stage's first unit with its inputs (the dependency's latency), the
+// mean span from there to the stage's last tile (its units' work, the
+// split-K combine, the epilogue) and the mean spread of its units' ready
+// times; then the whole sequence.
+#pragma once
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "persist_fp4.h"
+
+namespace qwen35::test {
+
+inline void print_persist_timeline(const std::vector<cuda::PersistStageTime>& st, const char* label) {
+  using namespace qwen35::cuda;
+  struct Sum {
+    std::string what;
+    int n = 0;
+    double wait = 0, span = 0, spread = 0;
+  };
+  std::vector<Sum> groups;
+  Sum all;
+  auto us = [&](size_t s, int f) { return double(st[s].t[f]) / 1e3; };
+  for (size_t s = 1; s < st.size(); ++s) {
+    const char* kind = st[s].kind == PersistKind::Product     ? "product"
+                       : st[s].kind == PersistKind::DeltaRule ? "delta rule"
+                                                              : "attention";
+    const std::string what = std::string(kind) + " " + std::to_string(st[s].rows) + " x " + std::to_string(st[s].cols);
+    Sum* g = nullptr;
+    for (Sum& e : groups)
+      if (e.what == what) g = &e;
+    if (!g) {
+      groups.push_back({what});
+      g = &groups.back();
+    }
+    const double wait = us(s, kTimeFirstReady) - us(s - 1, kTimeLastDone),
+                 span = us(s, kTimeLastDone) - us(s, kTimeFirstReady),
+                 spread = us(s, kTimeLastReady) - us(s, kTimeFirstReady);
+    for (Sum* m : {g, &all}) {
+      ++m->n;
+      m->wait += wait;
+      m->span += span;
+      m->spread += spread;
+    }
+  }
+  std::printf("persist-tl| %s | stage | count | wait for the stage before, us | span, us | ready spread, us\n", label);
+  for (const Sum& m : groups)
+    std::printf("persist-tl| %s | %s | %d | %.2f | %.2f | %.2f\n", label, m.what.c_str(), m.n, m.wait / m.n,
+                m.span / m.n, m.spread / m.n);
+  if (!st.empty())
+    std::printf("persist-tl| %s | %zu stages: %.1f us from the first unit to the last tile; waits %.1f us, "
+                "spans %.1f us\n",
+                label, st.size(), us(st.size() - 1, kTimeLastDone) - us(0, kTimeFirstStart), all.wait, all.span);
+}
+
+}  // namespace qwen35::test
