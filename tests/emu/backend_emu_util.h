@@ -82,6 +82,13 @@ inline void decode_append_logits(qwen35_context* c, const int32_t* tokens, int r
   }
 }
 
+// The MTP logits the context holds for positions 0 .. pos-1 (after a
+// decode call up to pos: the rows that call filled), appended to out.
+inline void append_mtp_logits(qwen35_context* c, int32_t pos, int64_t V, std::vector<float>& out) {
+  for (int32_t p = 0; p < pos; ++p)
+    if (const float* ml = qwen35_context_mtp_logits(c, p)) out.insert(out.end(), ml, ml + V);
+}
+
 // The relative error of each row of a against the same row of b (V floats
 // a row; the same number of rows).
 inline std::vector<double> row_errors(const std::vector<float>& a, const std::vector<float>& b, int64_t V) {

@@ -119,8 +119,7 @@ TEST_CASE("emulated CUDA backend: chained projections (FFNs, layer tails, delta 
     for (int rows : {1, 2, 3}) {
       decode_append_logits(c, &s[size_t(pos)], rows, fx.V, out);
       pos += rows;
-      for (int32_t p = 0; p < pos; ++p)  // the MTP rows this call filled
-        if (const float* ml = qwen35_context_mtp_logits(c, p)) out.insert(out.end(), ml, ml + fx.V);
+      append_mtp_logits(c, pos, fx.V, out);
     }
     qwen35_context_free(c);
     return out;
@@ -272,8 +271,7 @@ TEST_CASE("emulated CUDA backend: persistent steps from a stage table in device 
       decode_append_logits(c, &s[size_t(pos)], rows, V, r.logits);
       r.kernels = emu::grids_run() - g0;
       pos += rows;
-      for (int32_t p = 0; p < pos; ++p)  // the MTP rows this call filled
-        if (const float* ml = qwen35_context_mtp_logits(c, p)) r.logits.insert(r.logits.end(), ml, ml + V);
+      append_mtp_logits(c, pos, V, r.logits);
     }
     r.memory = qwen35_context_memory_bytes(c);
     qwen35_context_free(c);
