@@ -24,7 +24,8 @@
 #    checked against the CPU.
 # Run from the repository root (after tests/gpu/prepare.sh, .gpu carried).
 # Output in $OUT (default .gpu/out): explore.log (all), summary.txt (the
-# matvec and sweep lines and one line per bench).
+# matvec and sweep lines and one line per bench; rewritten after each step,
+# so a run cut short still leaves what it measured).
 set -uo pipefail
 
 ROOT=$(pwd)
@@ -61,11 +62,48 @@ else
   SYNTH_PID=
 fi
 
+# One line per qwen35-cuda-bench record; its sweep lines as they are.
+BENCH_PY='
+import json, sys
+for line in sys.stdin:
+    label, _, rest = line.rstrip("\n").partition(": ")
+    if rest.startswith("sweep|"):
+        print(label + ": " + rest)
+        continue
+    try:
+        r = json.loads(rest)
+    except ValueError:
+        print(label, "(unparsed)")
+        continue
+    same = "equal" if r.get("check_argmax_equal") == 1 else "DIFFERENT"
+    print("%s: prefill %.0f tok/s, decode %.0f tok/s, %s, vs CPU rel %.2g, argmax %s" % (
+        label, r.get("prefill_tokens_per_s", 0), r.get("decode_tokens_per_s", 0), r.get("tuning", ""),
+        r.get("check_rel_step", -1), same))
+'
+# The summary so far (rewritten after every step: a run cut short by the
+# device session's limit still leaves one).
+summarize() {
+  {
+    echo "qwen35 explore.sh: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), sm_$ARCH," \
+      "$(date -u +%Y-%m-%dT%H:%MZ), $(($(date +%s) - T0))s"
+    grep -E '^(matvec n=1|no PDL n=1|probe [0-9] n=1): matvec\|' "$LOG"
+    grep -E '^stream probe: stream\|' "$LOG"
+    grep -E '^persist tests: .*(test cases:|ERROR|MESSAGE|[0-9.]+ s: )' "$LOG" | head -30
+    grep -E '^persist bench: persist(-tl)?\|' "$LOG"
+    grep -E '^sweep n=[12]: (fp4sweep|matvec)\|' "$LOG"
+    grep -E '^bench [^:]*: (\{|sweep\|)' "$LOG" | python3 -c "$BENCH_PY" || true
+    grep -E '^trace persist: trace\|' "$LOG" | head -16
+    grep -E '^timeline persist: persist-tl\|' "$LOG"
+    grep -E 'FAILED|OVER THE BAR|row [0-9]+:' "$LOG" | grep -v '^probe' | head -20
+  } >"$SUMMARY"
+}
+
 run() {  # run LABEL LIMIT CMD...: output to the log, labelled
   local label=$1 limit=$2
   shift 2
   log "== $label: $*"
   timeout --kill-after=10 "$limit" "$@" 2>&1 | sed "s/^/$label: /" >>"$LOG"
+  summarize
 }
 run "matvec n=1" 120 "$BIN/qwen35-matvec-bench"
 run "sweep n=1" 120 "$BIN/qwen35-matvec-bench" --types NVFP4 --fp4-sweep
@@ -109,35 +147,5 @@ else
   log "no 4B file: $(tail -3 "$WORK/synth.log" 2>/dev/null)"
 fi
 
-# One line per qwen35-cuda-bench record; its sweep lines as they are.
-BENCH_PY='
-import json, sys
-for line in sys.stdin:
-    label, _, rest = line.rstrip("\n").partition(": ")
-    if rest.startswith("sweep|"):
-        print(label + ": " + rest)
-        continue
-    try:
-        r = json.loads(rest)
-    except ValueError:
-        print(label, "(unparsed)")
-        continue
-    same = "equal" if r.get("check_argmax_equal") == 1 else "DIFFERENT"
-    print("%s: prefill %.0f tok/s, decode %.0f tok/s, %s, vs CPU rel %.2g, argmax %s" % (
-        label, r.get("prefill_tokens_per_s", 0), r.get("decode_tokens_per_s", 0), r.get("tuning", ""),
-        r.get("check_rel_step", -1), same))
-'
-{
-  echo "qwen35 explore.sh: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), sm_$ARCH," \
-    "$(date -u +%Y-%m-%dT%H:%MZ), $(($(date +%s) - T0))s"
-  grep -E '^(matvec n=1|no PDL n=1|probe [0-9] n=1): matvec\|' "$LOG"
-  grep -E '^stream probe: stream\|' "$LOG"
-  grep -E '^persist tests: .*(test cases:|ERROR|MESSAGE|[0-9.]+ s: )' "$LOG" | head -30
-  grep -E '^persist bench: persist(-tl)?\|' "$LOG"
-  grep -E '^sweep n=[12]: (fp4sweep|matvec)\|' "$LOG"
-  grep -E '^bench [^:]*: (\{|sweep\|)' "$LOG" | python3 -c "$BENCH_PY" || true
-  grep -E '^trace persist: trace\|' "$LOG" | head -16
-  grep -E '^timeline persist: persist-tl\|' "$LOG"
-  grep -E 'FAILED|OVER THE BAR|row [0-9]+:' "$LOG" | grep -v '^probe' | head -20
-} >"$SUMMARY"
+summarize
 cat "$SUMMARY"
