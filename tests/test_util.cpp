@@ -1,6 +1,7 @@
 #include "test_util.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -111,7 +112,7 @@ bool copy_gguf_with_f32(const std::string& src, const std::string& dst,
 std::string synth_model(const std::string& name, const SynthConfig& cfg) {
   const std::string path = tmp_path(name + ".gguf");
   if (!file_exists(path)) {
-    const std::string part = path + ".part";
+    const std::string part = path + ".part" + std::to_string(::getpid());  // (another test process may write it too)
     Status st = WriteSynthModel(cfg, part);
     if (!st.ok()) throw std::runtime_error(st.message());
     std::rename(part.c_str(), path.c_str());

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #define STBI_WRITE_NO_STDIO
 #include <stb/stb_image_write.h>
 
@@ -55,8 +57,10 @@ std::vector<uint8_t> random_pixels(int w, int h, uint32_t seed) {
 
 std::string synth_mmproj(const std::string& name, const SynthMmprojConfig& cfg) {
   const std::string path = tmp_path(name + ".mmproj.gguf");
-  Status st = WriteSynthMmproj(cfg, path);
+  const std::string part = path + ".part" + std::to_string(::getpid());  // (renamed into place: see synth_model)
+  Status st = WriteSynthMmproj(cfg, part);
   REQUIRE_MESSAGE(st.ok(), st.message());
+  REQUIRE(std::rename(part.c_str(), path.c_str()) == 0);
   return path;
 }
 

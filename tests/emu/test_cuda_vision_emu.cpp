@@ -10,10 +10,13 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include "cuda_emu.h"
 #include "ggml_types.h"
@@ -35,6 +38,19 @@ std::string fixture(const std::string& rel) { return std::string(QWEN35_FIXTURES
 std::string tmp_file(const std::string& name) {
   std::filesystem::create_directories(QWEN35_TEST_TMP);
   return std::string(QWEN35_TEST_TMP) + "/" + name;
+}
+
+// A synthetic projector file in the scratch directory, written under a
+// name of this process's own and renamed into place, so that another run
+// of this binary (whose file has the same bytes) never maps a half-written
+// file.
+std::string synth_mmproj_file(const std::string& name, const SynthMmprojConfig& cfg) {
+  const std::string path = tmp_file(name + ".mmproj.gguf");
+  const std::string part = path + ".part" + std::to_string(::getpid());
+  const Status st = WriteSynthMmproj(cfg, part);
+  REQUIRE_MESSAGE(st.ok(), st.message());
+  REQUIRE(std::rename(part.c_str(), path.c_str()) == 0);
+  return path;
 }
 
 std::vector<float> read_f32(const std::string& path) {
@@ -165,10 +181,7 @@ TEST_CASE("emulated CUDA vision encoder: BF16, F32 and Q8_0 weights, head sizes 
     cfg.n_block = 1;
     cfg.proj_dim = 128;
     cfg.matrix_type = c.type;
-    const std::string path = tmp_file("emu-vision-" + std::to_string(c.type) + ".mmproj.gguf");
-    Status st = WriteSynthMmproj(cfg, path);
-    REQUIRE_MESSAGE(st.ok(), st.message());
-    auto mp = load_mmproj(path, false);
+    auto mp = load_mmproj(synth_mmproj_file("emu-vision-" + std::to_string(c.type), cfg), false);
     // 96x160: 6x10 patches, two 32-row attention tiles.
     const Image img = pattern_image(96, 160);
     PreprocessOptions po;
@@ -190,11 +203,9 @@ TEST_CASE("emulated CUDA vision encoder: faults: an allocation or launch that fa
   cfg.n_ff = 512;
   cfg.n_block = 1;
   cfg.proj_dim = 128;
-  const std::string path = tmp_file("emu-vision-faults.mmproj.gguf");
-  Status st = WriteSynthMmproj(cfg, path);
-  REQUIRE_MESSAGE(st.ok(), st.message());
+  const std::string path = synth_mmproj_file("emu-vision-faults", cfg);
   std::unique_ptr<Mmproj> mp;
-  st = LoadMmproj(path, true, Logger{}, &mp);
+  Status st = LoadMmproj(path, true, Logger{}, &mp);
   REQUIRE_MESSAGE(st.ok(), st.message());
   auto image = [&](int w, int h) {
     const Image img = pattern_image(w, h);
