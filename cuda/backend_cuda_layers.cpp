@@ -659,8 +659,7 @@ void CudaBackend::persist_tl_collect() {
   if (cudaMemcpy(raw.data(), persist_tl_, raw.size() * sizeof(unsigned long long), cudaMemcpyDeviceToHost) !=
       cudaSuccess)
     return;
-  for (size_t s = 0; s < persist_tl_stages_.size(); ++s)
-    for (int f = 0; f < kPersistTimeFields; ++f) persist_tl_stages_[s].t[f] = persist_time(raw.data(), int64_t(s), f);
+  persist_read_times(raw.data(), persist_tl_stages_);
   set_persist_timeline_last(std::move(persist_tl_stages_));
   persist_tl_stages_.clear();
 }

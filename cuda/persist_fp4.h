@@ -227,6 +227,12 @@ struct PersistStageTime {
 // where the backend's tuning fp4_persist_timeline is set (process-wide: a
 // probe for qwen35-cuda-bench; the last call of any context).
 std::vector<PersistStageTime> persist_timeline_last();
+// Each stage's times (persist_time) from a probe's timeline of at least
+// stages.size() stages.
+inline void persist_read_times(const unsigned long long* timeline, std::vector<PersistStageTime>& stages) {
+  for (size_t s = 0; s < stages.size(); ++s)
+    for (int f = 0; f < kPersistTimeFields; ++f) stages[s].t[f] = persist_time(timeline, int64_t(s), f);
+}
 void set_persist_timeline_last(std::vector<PersistStageTime> stages);
 
 // (A kernel's parameters: at most 32,764 bytes since CUDA 12.1.)

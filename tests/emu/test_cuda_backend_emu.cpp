@@ -26,6 +26,7 @@
 #include "generate.h"
 #include "model.h"
 #include "persist_fp4.h"
+#include "persist_timeline.h"
 #include "qwen35/qwen35.h"
 #include "sampler.h"
 #include "test_util.h"
@@ -293,22 +294,12 @@ TEST_CASE("emulated CUDA backend: persistent steps from a stage table in device 
     // MTP pass: its input projection, attention layer and FFN), every time
     // written, in the order the waits make (the emulated clock counts its
     // readings, so strictly).
-    auto ordered = [](const std::vector<cuda::PersistStageTime>& tl) {
-      bool ok = !tl.empty();
-      for (size_t i = 0; i < tl.size(); ++i) {
-        const unsigned long long* t = tl[i].t;
-        ok = ok && t[cuda::kTimeFirstStart] > 0 && t[cuda::kTimeFirstStart] <= t[cuda::kTimeFirstReady] &&
-             t[cuda::kTimeFirstReady] <= t[cuda::kTimeLastReady] && t[cuda::kTimeLastReady] <= t[cuda::kTimeLastDone] &&
-             (i == 0 || t[cuda::kTimeFirstReady] > tl[i - 1].t[cuda::kTimeLastDone]);
-      }
-      return ok;
-    };
     const Run rt = run(m, fx.seqs[0], fx.V, 4, true, true);
     CHECK(rt.logits == r4e.logits);
     std::vector<cuda::PersistStageTime> tl = cuda::persist_timeline_last();
     REQUIRE(tl.size() == 6);
     CHECK(tl[2].kind == cuda::PersistKind::Attention);
-    CHECK(ordered(tl));
+    CHECK(timeline_ordered(tl, true));
     // A context without MTP: the main pass's 20 stages (3 delta-net layers
     // and an attention layer of five).
     {
@@ -330,7 +321,7 @@ TEST_CASE("emulated CUDA backend: persistent steps from a stage table in device 
     CHECK(std::count_if(tl.begin(), tl.end(), [](const auto& e) { return e.kind == cuda::PersistKind::DeltaRule; }) ==
           3);
     CHECK(tl[16].kind == cuda::PersistKind::Attention);
-    CHECK(ordered(tl));
+    CHECK(timeline_ordered(tl, true));
     free_model(m);
   }
   SUBCASE("a 12-layer model: 60 stages a step, one launch instead of three") {

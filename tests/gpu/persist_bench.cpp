@@ -254,8 +254,8 @@ int main(int argc, char** argv) {
     for (int i = 0; i < count; ++i) {
       st[size_t(i)].rows = shapes[size_t(i)].first;
       st[size_t(i)].cols = shapes[size_t(i)].second;
-      for (int f = 0; f < kPersistTimeFields; ++f) st[size_t(i)].t[f] = persist_time(raw.data(), i, f);
     }
+    persist_read_times(raw.data(), st);
     qwen35::test::print_persist_timeline(st, label);
     return true;
   };

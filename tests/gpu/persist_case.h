@@ -19,6 +19,7 @@
 #include "ggml_types.h"
 #include "matvec_fp4.h"
 #include "persist_fp4.h"
+#include "persist_timeline.h"
 #include "quants.h"
 #include "tuning.h"
 
@@ -114,30 +115,9 @@ struct PersistCaseResult {
   std::vector<int> tickets;    // ticket counters after the launches (all zero)
   std::vector<int> splits;     // each stage's column slices as planned
   std::vector<std::vector<float>> acts;  // the first launch's input and stages' outputs
-  std::vector<unsigned long long> timeline;  // the first launch's timeline probe (PersistFp4Args::timeline)
+  std::vector<cuda::PersistStageTime> timeline;  // the first launch's timeline probe (PersistFp4Args::timeline)
 };
 
-// Whether a launch's timeline probe is ordered as the waits make it: per
-// stage, the first unit started before any had its inputs, the first had
-// them before the last, and the last tile was done after; and no unit of a
-// stage had its inputs before the stage before was done (strictly, where
-// the clock counts every reading: the emulation's).
-inline bool timeline_ordered(const std::vector<unsigned long long>& t, bool strict) {
-  using namespace qwen35::cuda;
-  const size_t count = t.size() / kPersistTimeFields;
-  auto at = [&](size_t s, int f) { return persist_time(t.data(), int64_t(s), f); };
-  for (size_t s = 0; s < count; ++s) {
-    for (int f = 0; f < kPersistTimeFields; ++f)
-      if (at(s, f) == 0) return false;  // (not written)
-    if (at(s, kTimeFirstStart) > at(s, kTimeFirstReady) || at(s, kTimeFirstReady) > at(s, kTimeLastReady) ||
-        at(s, kTimeLastReady) > at(s, kTimeLastDone))
-      return false;
-    if (s > 0 && (strict ? at(s, kTimeFirstReady) <= at(s - 1, kTimeLastDone)
-                         : at(s, kTimeFirstReady) < at(s - 1, kTimeLastDone)))
-      return false;
-  }
-  return count > 0;
-}
 
 // Stages of (rows, cols); stage s reads the first cols_s outputs of stage
 // s-1 (rows_{s-1} >= cols_s). `blocks` blocks (the emulation runs them one
@@ -181,7 +161,10 @@ PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>
     const std::vector<unsigned long long> zeros(size_t(count) * kPersistTimeFields, 0ull);
     scratch.timeline = launch == 0 ? std::make_unique<Arr<unsigned long long>>(zeros) : nullptr;  // (the first)
     if (!scratch.launch(table.data(), count, launch_blocks ? launch_blocks : blocks, false, fp8)) return out;
-    if (launch == 0) out.timeline = scratch.timeline->download();
+    if (launch == 0) {
+      out.timeline.resize(static_cast<size_t>(count));
+      persist_read_times(scratch.timeline->download().data(), out.timeline);
+    }
     std::vector<std::vector<float>> got;
     for (int s = 0; s <= count; ++s) got.push_back(act[size_t(s)]->download());
     if (launch == 0) first = std::move(got);

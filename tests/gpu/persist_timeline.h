@@ -15,6 +15,26 @@
 
 namespace qwen35::test {
 
+// Whether a probe's stage times are ordered as the waits make them: per
+// stage, every time written, the first unit started before any had its
+// inputs, the first had them before the last, and the last tile was done
+// after; and no unit of a stage had its inputs before the stage before was
+// done (strictly, where the clock counts every reading: the emulation's).
+inline bool timeline_ordered(const std::vector<cuda::PersistStageTime>& st, bool strict) {
+  using namespace qwen35::cuda;
+  for (size_t s = 0; s < st.size(); ++s) {
+    const unsigned long long* t = st[s].t;
+    for (int f = 0; f < kPersistTimeFields; ++f)
+      if (t[f] == 0) return false;  // (not written)
+    if (t[kTimeFirstStart] > t[kTimeFirstReady] || t[kTimeFirstReady] > t[kTimeLastReady] ||
+        t[kTimeLastReady] > t[kTimeLastDone])
+      return false;
+    const unsigned long long before = s > 0 ? st[s - 1].t[kTimeLastDone] : 0;
+    if (s > 0 && (strict ? t[kTimeFirstReady] <= before : t[kTimeFirstReady] < before)) return false;
+  }
+  return !st.empty();
+}
+
 inline void print_persist_timeline(const std::vector<cuda::PersistStageTime>& st, const char* label) {
   using namespace qwen35::cuda;
   struct Sum {
