@@ -224,6 +224,7 @@ Status CudaBackend::init() {
     persist_q_.reserve(persist_queue_max_);
     persist_poll_ns_ = unsigned(decode_tuning().fp4_chain_poll_ns);
     persist_fp8_ = decode_tuning().fp4_fp8 != 0;
+    persist_slices_ = decode_tuning().fp4_persist_slices != 0;
     PersistFp4Sizes most;
     most.max_kg_per = kPersistMaxKgPer;
     most.max_rows = kPersistMaxRows;

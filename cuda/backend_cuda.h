@@ -354,6 +354,7 @@ class CudaBackend final : public Backend {
   int persist_attn_splits_ = 1;
   unsigned persist_poll_ns_ = 64;
   bool persist_fp8_ = false;  // the launches' products on the FP8 tensor cores (tuning fp4_fp8, codes8 uploaded)
+  bool persist_slices_ = false;  // stages wait by column slice (tuning fp4_persist_slices)
   PersistFp4Sizes persist_cap_;                         // what the scratch below holds (halves)
   float* persist_partial_ = nullptr;
   float* persist_squares_ = nullptr;

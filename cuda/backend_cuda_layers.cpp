@@ -559,7 +559,7 @@ Status CudaBackend::flush_persist() {
       ok = q[s].delta ? persist_delta_stage(q[s].d, p) : persist_fp4_stage(q[s].m, p);
     }
   }
-  ok = ok && persist_fp4_plan(plan.data(), int(plan.size()), grid);
+  ok = ok && persist_fp4_plan(plan.data(), int(plan.size()), grid, persist_slices_);
   PersistFp4Args a;
   if (ok) {
     a.count = int(plan.size());

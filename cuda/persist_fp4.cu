@@ -31,6 +31,19 @@
 // Where a unit's outputs go does not depend on who computes it, so neither
 // do the bits.
 //
+// Slice waits (PersistFp4Stage::slice_per, planned where a product reads
+// the outputs the stage before stored): a unit of stage s first waits only
+// for the count of stage s-1's outputs in its columns (a counter per column
+// slice of stage s on stage s-1's done line, added by the warp that counts
+// a tile or delta-rule unit), loads them and streams its weights; the unit
+// that stores (a tile's last slice) then waits for all of stage s-1 before
+// the norm's factor, the epilogue and its count. So every count of stage s-1
+// comes after all of stage s-2 (induction: a stage's stores come after the
+// whole stage before, with or without slice waits), a unit of stage s starts
+// after at least one such count, and the argument below for the scratch
+// halves and for what a stage overwrites holds as with whole-stage waits;
+// only the loads and the arithmetic move ahead, so the bits do not change.
+//
 // Scratch: split-K partials, per-tile counters and per-tile sums of squares
 // (for the next stage's norm) alternate between two halves by stage
 // parity. Stage s+2 starts only after stage s+1 has finished, which started
@@ -171,6 +184,12 @@ __device__ __forceinline__ void issue_ahead(Issue& is, const PersistFp4Stage* st
 __device__ __forceinline__ void note_time(unsigned long long* timeline, int s, int f) {
   const unsigned long long now = global_ns();
   atomicMax(timeline + int64_t(s) * kPersistTimeFields + f, persist_time_earliest(f) ? ~now : now);
+}
+
+// Lane 0, stage p's outputs from column col0 on stored (slice waits, the
+// stage after's slice counter on the stage's done line).
+__device__ __forceinline__ void count_slice(const PersistFp4Stage& p, int* line, int64_t col0) {
+  if (col0 < p.slice_limit) atomicAdd(line + 1 + col0 / p.slice_cols, 1);
 }
 
 // The whole warp: until `*p >= need` (bounded; see above). Once one wait
@@ -410,16 +429,22 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
     // 1. Stage s-1 finished (once per stage: a finished stage stays so),
     // the norm's factor (once per stage), then this slice of the inputs.
     if (a.timeline && lane == 0) note_time(a.timeline, c.s, kTimeFirstStart);
-    const auto wait_inputs = [&] {
+    const auto wait_whole = [&] {
       if (c.s - 1 > known && !a.no_waits) {
         warp_wait(a.done + (c.s - 1) * kPersistDoneStride, int(persist_stage_tiles(st[c.s - 1])), a.fault,
                   a.poll_ns, lane);
         known = c.s - 1;
       }
+    };
+    const auto note_ready = [&] {
       if (a.timeline && lane == 0) {
         note_time(a.timeline, c.s, kTimeFirstReady);
         note_time(a.timeline, c.s, kTimeLastReady);
       }
+    };
+    const auto wait_inputs = [&] {
+      wait_whole();
+      note_ready();
     };
     if (p.kind != PersistKind::Product) {  // (no weights, no ring stages)
       if (p.kind == PersistKind::Attention) {
@@ -437,19 +462,38 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
       if (lane == 0) {
         if (a.timeline) note_time(a.timeline, c.s, kTimeLastDone);  // (before the count: a waiter sees it after)
         atomicAdd(a.done + c.s * kPersistDoneStride, 1);
+        if (p.kind == PersistKind::DeltaRule && p.slice_cols) {  // (state rows r0 .. r0 + 256 / dk - 1 of a head)
+          const int64_t rows = 256 / p.delta.dk, per_head = p.delta.dv / rows;
+          count_slice(p, a.done + c.s * kPersistDoneStride, c.u / per_head * p.delta.dv + c.u % per_head * rows);
+        }
       }
       continue;
     }
-    wait_inputs();
     const int64_t tiles = p.w.tiles(), tile = c.u / p.splits;
     const int slice = int(c.u % p.splits);
     const int64_t kg0 = int64_t(slice) * p.kg_per;
     const int nkg = int(min(p.w.kgroups(), kg0 + p.kg_per) - kg0);
-    if (p.norm && norm_s != c.s) {
-      rnorm0 = stage_rnorm(st, c.s, 0, a, lane);
-      if (p.n > 1) rnorm1 = stage_rnorm(st, c.s, 1, a, lane);
-      norm_s = c.s;
+    // By slice: the outputs of stage s-1 in this unit's columns now, the
+    // rest (and the norm's factor) before this unit stores.
+    const bool by_slice = p.slice_per > 0;
+    if (by_slice) {
+      if (c.s - 1 > known && !a.no_waits) {
+        const int64_t lo = kg0 * kFp4GroupCols, hi = min(p.w.cols, lo + int64_t(p.kg_per) * kFp4GroupCols);
+        warp_wait(a.done + (c.s - 1) * kPersistDoneStride + 1 + slice,
+                  int((hi + p.slice_per - 1) / p.slice_per - lo / p.slice_per), a.fault, a.poll_ns, lane);
+      }
+      note_ready();
+    } else {
+      wait_inputs();
     }
+    const auto norm_factors = [&] {
+      if (p.norm && norm_s != c.s) {
+        rnorm0 = stage_rnorm(st, c.s, 0, a, lane);
+        if (p.n > 1) rnorm1 = stage_rnorm(st, c.s, 1, a, lane);
+        norm_s = c.s;
+      }
+    };
+    if (!by_slice) norm_factors();
     warp_load_x<kFp8>(p, kg0 * kFp4GroupCols, 4 * nkg, xs, mult);
     __syncwarp();
 
@@ -507,6 +551,10 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
       }
       if (lane == 0) cnt[tile] = 0;
     }
+    if (by_slice) {  // (this unit stores: everything it writes comes after all of stage s-1, as without)
+      wait_whole();
+      norm_factors();
+    }
     if (p.norm) {
       r[0] *= rnorm0;
       r[2] *= rnorm0;
@@ -519,26 +567,41 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
     if (lane == 0) {
       if (a.timeline) note_time(a.timeline, c.s, kTimeLastDone);
       atomicAdd(a.done + c.s * kPersistDoneStride, 1);
+      if (p.slice_cols)
+        count_slice(p, a.done + c.s * kPersistDoneStride,
+                    tile * (p.epilogue == Fp4Epilogue::SwiGLU ? kFp4TileRows / 2 : kFp4TileRows));
     }
   }
 
   // The last warp to leave puts the counters back to zero for the next
-  // launch (every other warp is past its last wait); after a fault the
-  // split-K counters too (stages may have run out of order), and it reports
-  // the fault.
+  // launch (every other warp is past its last wait), its lanes a stage
+  // each; after a fault the split-K counters too (stages may have run out
+  // of order), and it reports the fault.
+  int* gone = a.done + a.count * kPersistDoneStride;
+  int last = 0;
   if (lane == 0) {
     __threadfence();
-    int* gone = a.done + a.count * kPersistDoneStride;
-    if (atomicAdd(gone, 1) == int(gridDim.x) * W - 1) {
-      __threadfence();
-      for (int s = 0; s < a.count; ++s) atomicExch(a.done + s * kPersistDoneStride, 0);
-      atomicExch(a.tickets, 0);
-      if (atomicExch(a.fault, 0) != 0) {  // (the flag, cleared for the next launch, goes to the report)
-        for (uint64_t i = 0; i < 2 * a.sizes.counter_half; ++i) atomicExch(a.counters + i, 0);
-        *reinterpret_cast<volatile int*>(a.fault_report) = 1;
-      }
-      atomicExch(gone, 0);
-    }
+    last = atomicAdd(gone, 1) == int(gridDim.x) * W - 1;
+  }
+  if (!__shfl_sync(0xFFFFFFFFu, last, 0)) return;
+  __threadfence();
+  for (int s = lane; s < a.count; s += kWarp) {
+    int* line = a.done + s * kPersistDoneStride;
+    atomicExch(line, 0);
+    const PersistFp4Stage& p = st[s];
+    if (p.slice_cols)
+      for (int64_t k = 0; k <= (p.slice_limit - 1) / p.slice_cols; ++k) atomicExch(line + 1 + k, 0);
+  }
+  int faulted = 0;
+  if (lane == 0) faulted = atomicExch(a.fault, 0);  // (the flag, cleared for the next launch, goes to the report)
+  if (__shfl_sync(0xFFFFFFFFu, faulted, 0) != 0)
+    for (uint64_t i = lane; i < 2 * a.sizes.counter_half; i += kWarp) atomicExch(a.counters + i, 0);
+  __threadfence();
+  __syncwarp();
+  if (lane == 0) {
+    atomicExch(a.tickets, 0);
+    if (faulted) *reinterpret_cast<volatile int*>(a.fault_report) = 1;
+    atomicExch(gone, 0);
   }
 }
 
@@ -654,7 +717,7 @@ bool persist_attention_stage(const FusedAttnArgs& f, PersistFp4Stage* out) {
   return true;
 }
 
-bool persist_fp4_plan(PersistFp4Stage* stages, int count, int blocks) {
+bool persist_fp4_plan(PersistFp4Stage* stages, int count, int blocks, bool slice_waits) {
   if (!stages || count < 1 || blocks < 1) return false;
   const int64_t warps = int64_t(blocks) * W;
   for (int s = 0; s < count; ++s) {
@@ -663,6 +726,8 @@ bool persist_fp4_plan(PersistFp4Stage* stages, int count, int blocks) {
     if (!stage_ok(p, &align)) return false;
     p.squares = false;
     p.norm_from_prev = false;
+    p.slice_per = 0;
+    p.slice_cols = p.slice_limit = 0;
     if (p.kind == PersistKind::DeltaRule) {  // a unit per 256 / dk state rows (a warp's lanes)
       p.splits = 1;
       p.kg_per = 0;
@@ -702,6 +767,31 @@ bool persist_fp4_plan(PersistFp4Stage* stages, int count, int blocks) {
       q.squares = true;
       p.norm_from_prev = true;
     }
+  }
+  // Slice waits: a product reading the outputs the stage before stored,
+  // one count of it per `per` columns (a tile's rows, a gate/up tile's
+  // SwiGLU outputs, a delta-rule unit's state rows); not after attention
+  // (a head's outputs come from the last of its splits) nor after the conv.
+  for (int s = 1; slice_waits && s < count; ++s) {
+    PersistFp4Stage &p = stages[s], &q = stages[s - 1];
+    if (p.kind != PersistKind::Product || p.splits > kPersistMaxSliceWaits || p.n != q.n) continue;
+    int64_t outputs = 0, per = 0, ld = 0;
+    const float* y = nullptr;
+    if (q.kind == PersistKind::Product && q.epilogue != Fp4Epilogue::Conv) {
+      outputs = q.w.rows;
+      per = q.epilogue == Fp4Epilogue::SwiGLU ? kFp4TileRows / 2 : kFp4TileRows;
+      y = q.y;
+      ld = q.ldy;
+    } else if (q.kind == PersistKind::DeltaRule) {
+      outputs = q.delta.Hv * q.delta.dv;
+      per = 256 / q.delta.dk;
+      y = q.delta.out;
+      ld = outputs;
+    }
+    if (!y || y != p.x || p.w.cols > outputs || (p.n > 1 && ld != p.ldx)) continue;
+    p.slice_per = int(per);
+    q.slice_cols = int64_t(p.kg_per) * kFp4GroupCols;
+    q.slice_limit = p.w.cols;
   }
   return true;
 }

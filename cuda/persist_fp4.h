@@ -11,7 +11,9 @@
 // its stage-s weights are already arriving. A unit only waits for units
 // with lower tickets, so any number of resident blocks finishes the
 // launch (other streams' kernels may hold multiprocessors). A unit waits for all
-// of stage s-1 (a counter of finished tiles), converts its slice of the
+// of stage s-1 (a counter of finished tiles; or, with slice waits, for the
+// tiles of stage s-1 its column slice reads, and for all of stage s-1 only
+// before it stores), converts its slice of the
 // activations (as kernel 3's prologue, the same F16 chunks), streams its
 // weights through kernel 3's arithmetic (fp4_kgroup) and combines its
 // column slices through global memory (the last of a tile's units adds
@@ -116,7 +118,24 @@ struct PersistFp4Stage {
   int64_t units = 0;         // tiles x splits
   bool squares = false;      // leaves per-tile sums of squares of its outputs (the next stage's norm reads them)
   bool norm_from_prev = false;  // its norm adds the stage before's per-tile sums (else it reads the whole row)
+  // Waits by column slice (persist_fp4_plan's slice_waits): a unit of this
+  // stage starts once the outputs of the stage before in its columns
+  // [lo, hi) are stored (ceil(hi / slice_per) - lo / slice_per counts on
+  // the stage before's slice counter), and waits for the whole stage
+  // before only where it stores (the norm's factor over whole rows, the
+  // combine's last slice, the epilogue), so its weights' stream and
+  // arithmetic overlap the stage before's tail. 0: the whole stage before
+  // first. slice_per: the columns one count of the stage before covers (a
+  // tile's 16 rows, 8 SwiGLU outputs, a delta-rule unit's 256 / dk rows).
+  int slice_per = 0;
+  // The stage before's side (set on it): its outputs in columns below
+  // slice_limit count on counter 1 + column / slice_cols of its done line.
+  int64_t slice_cols = 0;
+  int64_t slice_limit = 0;
 };
+// Column slices a stage that waits by slice may have (its counters share
+// the stage before's done line).
+constexpr int kPersistMaxSliceWaits = kPersistDoneStride - 1;
 
 // Tiles (units, for the delta rule) a stage counts as finished when done.
 QWEN35_HD int64_t persist_stage_tiles(const PersistFp4Stage& p) {
@@ -142,7 +161,11 @@ constexpr int kPersistMaxAttnSplits = 128;
 // columns, pairing and epilogue do not match, both norms, a gated norm's
 // heads the warps cannot reduce, a conv wider than the outputs, weights or
 // activations not 16-byte aligned.
-bool persist_fp4_plan(PersistFp4Stage* stages, int count, int blocks);
+// slice_waits: where a stage reads the outputs the stage before stored
+// (products of plain rows or SwiGLU outputs, the delta rule's outputs; at
+// most kPersistMaxSliceWaits slices), it waits by column slice
+// (PersistFp4Stage::slice_per); the same bits either way.
+bool persist_fp4_plan(PersistFp4Stage* stages, int count, int blocks, bool slice_waits = false);
 
 // What a planned sequence needs besides its table: split-K partials
 // (2 x partial_half floats), per-tile counters (2 x counter_half ints) and
@@ -182,7 +205,9 @@ struct PersistFp4Args {
   // Counters: zero before the first launch, left at zero by every launch
   // (the last warp to leave resets them), so a launch needs no memset.
   int* counters = nullptr;   // [2 x sizes.counter_half] split-K slices per tile
-  int* done = nullptr;       // [(count + 1) x kPersistDoneStride] finished tiles per stage, then warps gone
+  // [(count + 1) x kPersistDoneStride] per stage: finished tiles, then (slice
+  // waits) finished tiles per column slice of the stage after; then warps gone.
+  int* done = nullptr;
   // [1] units handed out (on a 128-byte line of its own). Taken before the
   // PDL wait: launches that follow each other in a stream must use two
   // counters in turn (when a launch starts, the one two kernels before it

@@ -37,6 +37,7 @@ DecodeTuning clamp(DecodeTuning t) {
   t.fp4_persist = std::clamp(t.fp4_persist, 0, 4);
   t.fp4_fp8 = t.fp4_fp8 ? 1 : 0;
   t.fp4_persist_timeline = t.fp4_persist_timeline ? 1 : 0;
+  t.fp4_persist_slices = t.fp4_persist_slices ? 1 : 0;
   t.q6k_kernel = t.q6k_kernel == 1 ? 1 : t.q6k_kernel == 3 ? 3 : 2;
   t.q6k_persist = std::clamp(t.q6k_persist, 0, 16);
   t.q6k_argmax = t.q6k_argmax ? 1 : 0;
@@ -61,6 +62,7 @@ constexpr Field kFields[] = {
     {"FP4_X_L1", &DecodeTuning::fp4_x_l1},         {"FP4_CHAIN_POLL_NS", &DecodeTuning::fp4_chain_poll_ns},
     {"FP4_PERSIST", &DecodeTuning::fp4_persist},   {"FP4_FP8", &DecodeTuning::fp4_fp8},
     {"FP4_PERSIST_TIMELINE", &DecodeTuning::fp4_persist_timeline},
+    {"FP4_PERSIST_SLICES", &DecodeTuning::fp4_persist_slices},
 };
 
 std::mutex g_mu;
@@ -125,7 +127,9 @@ std::string describe(const DecodeTuning& t) {
                        : t.fp4_persist == 2 ? " persist-layers"
                        : t.fp4_persist == 1 ? " persist-tails"
                                             : kChains[std::clamp(t.fp4_chain, 0, 4)],
-                       !t.fp4_persist && t.fp4_chain >= 2 && !t.fp4_chain_early ? " full-waits" : "",
+                       !t.fp4_persist && t.fp4_chain >= 2 && !t.fp4_chain_early ? " full-waits"
+                       : t.fp4_persist && t.fp4_persist_slices                  ? " slice-waits"
+                                                                                : "",
                        (t.fp4_chain || t.fp4_persist) && t.fp4_chain_poll_ns != 64
                            ? fmt::format(" poll{}", t.fp4_chain_poll_ns)
                            : "",

@@ -115,6 +115,8 @@ struct DecodeTuning {
                         // 2 = runs of delta-net layers (with their delta rules), 3 = also attention (launches
                         // of kPersistInline stages), 4 = as 3 from a stage table in device memory (a step's
                         // layers in one launch)
+  int fp4_persist_slices = 0;  // persistent launches: 1 = stages wait for the stage before by column slice, and
+                               // for all of it only before they store (PersistFp4Stage::slice_per; the same bits)
   int fp4_persist_timeline = 0;  // persistent launches: 1 = the timeline probe of each step's launches
                                  // (persist_timeline_last(); the steps without CUDA graphs)
   int fp4_fp8 = 0;  // kernel 3: 1 = the FP8 arithmetic for 1-2 rows (a second copy of the codes, arranged at load;

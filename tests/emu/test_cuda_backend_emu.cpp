@@ -255,11 +255,12 @@ TEST_CASE("emulated CUDA backend: persistent steps from a stage table in device 
     uint64_t memory = 0;        // the context's device memory after the steps
   };
   auto run = [](qwen35_model* m, const std::vector<int32_t>& s, int64_t V, int persist, bool graphs,
-                bool timeline = false) {
+                bool timeline = false, bool slices = false) {
     const cuda::DecodeTuning saved = cuda::decode_tuning();
     cuda::DecodeTuning t = saved;
     t.fp4_persist = persist;
     t.fp4_persist_timeline = timeline ? 1 : 0;
+    t.fp4_persist_slices = slices ? 1 : 0;
     cuda::set_decode_tuning(t);
     std::optional<EnvVar> eager;
     if (!graphs) eager.emplace("QWEN35_CUDA_GRAPHS", "0");
@@ -302,11 +303,12 @@ TEST_CASE("emulated CUDA backend: persistent steps from a stage table in device 
     CHECK(timeline_ordered(tl, true));
     // A context without MTP: the main pass's 20 stages (3 delta-net layers
     // and an attention layer of five).
-    {
+    const auto main_pass = [&](bool slices) {
       const cuda::DecodeTuning saved = cuda::decode_tuning();
       cuda::DecodeTuning t = saved;
       t.fp4_persist = 4;
       t.fp4_persist_timeline = 1;
+      t.fp4_persist_slices = slices ? 1 : 0;
       cuda::set_decode_tuning(t);
       qwen35_context_params cp = qwen35_context_default_params();
       cp.n_ctx = 64;
@@ -315,13 +317,30 @@ TEST_CASE("emulated CUDA backend: persistent steps from a stage table in device 
       cuda::set_decode_tuning(saved);
       REQUIRE(qwen35_context_decode(c, fx.seqs[0].data(), 1, QWEN35_LOGITS_LAST) == QWEN35_OK);
       qwen35_context_free(c);
-    }
-    tl = cuda::persist_timeline_last();
+      return cuda::persist_timeline_last();
+    };
+    // With slice waits: the stages in their order. (The emulation's grid is
+    // one block, for which every stage of this model is one column slice,
+    // so a slice wait waits for the whole stage before here; the op tests
+    // run stages of several slices.)
+    const std::vector<cuda::PersistStageTime> tls = main_pass(true);
+    REQUIRE(tls.size() == 20);
+    CHECK(timeline_ordered(tls, true, true));
+    tl = main_pass(false);
     REQUIRE(tl.size() == 20);
     CHECK(std::count_if(tl.begin(), tl.end(), [](const auto& e) { return e.kind == cuda::PersistKind::DeltaRule; }) ==
           3);
     CHECK(tl[16].kind == cuda::PersistKind::Attention);
     CHECK(timeline_ordered(tl, true));
+    // Slice waits (QWEN35_CUDA_FP4_PERSIST_SLICES=1): the same bits in
+    // modes 3 and 4, graphs or not; the probe's stages in their order.
+    CHECK(run(m, fx.seqs[0], fx.V, 3, true, false, true).logits == r3.logits);
+    CHECK(run(m, fx.seqs[0], fx.V, 4, true, false, true).logits == r4.logits);
+    CHECK(run(m, fx.seqs[0], fx.V, 4, false, false, true).logits == r4.logits);
+    CHECK(run(m, fx.seqs[0], fx.V, 4, true, true, true).logits == r4.logits);
+    tl = cuda::persist_timeline_last();
+    REQUIRE(tl.size() == 6);
+    CHECK(timeline_ordered(tl, true, true));
     free_model(m);
   }
   SUBCASE("a 12-layer model: 60 stages a step, one launch instead of three") {
@@ -339,6 +358,8 @@ TEST_CASE("emulated CUDA backend: persistent steps from a stage table in device 
                                          << r4.kernels << " with mode 4");
     CHECK(r4.kernels == r3.kernels - 2);  // (three launches of 20 stages, then one of 60)
     CHECK(r4e.logits == r4.logits);
+    CHECK(run(m, s, V, 4, true, false, true).logits == r4.logits);  // slice waits: the same bits
+    CHECK(run(m, s, V, 4, false, false, true).logits == r4.logits);
     // Other launch boundaries: a norm after one reads the whole row instead
     // of the stage before's sums of squares, so rounding apart.
     const double to3 = worst(row_errors(r4.logits, r3.logits, V)), to0 = worst(row_errors(r4.logits, r0.logits, V));

@@ -52,6 +52,24 @@ TEST_CASE("the persistent sequence's plan on the 4B's shapes: slices that fit, f
   }
   const cuda::PersistFp4Sizes z = cuda::persist_fp4_sizes(st.data(), int(st.size()));
   CHECK(z.max_kg_per <= cuda::kPersistMaxKgPer);
+  // Slice waits where a stage reads the one before's rows (here every
+  // stage: one buffer), each count of a tile on the slice counter of the
+  // stage after; not for a stage of more slices than a done line holds
+  // (16 rows of 9,216 columns over 1,584 warps: 48 slices of 3 kgroups).
+  for (const cuda::PersistFp4Stage& s : st) CHECK(s.slice_per == 0);
+  REQUIRE(cuda::persist_fp4_plan(st.data(), int(st.size()), 396, true));
+  for (size_t i = 0; i < st.size(); ++i) {
+    CHECK(st[i].slice_per == (i == 0 ? 0 : 16));
+    CHECK(st[i].slice_cols == (i + 1 < st.size() ? st[i + 1].kg_per * 64 : 0));
+    CHECK(st[i].slice_limit == (i + 1 < st.size() ? st[i + 1].w.cols : 0));
+  }
+  std::vector<cuda::PersistFp4Stage> wide = {stage(9216, 256), stage(16, 9216)};
+  REQUIRE(cuda::persist_fp4_plan(wide.data(), 2, 396, true));
+  CHECK(wide[1].splits > cuda::kPersistMaxSliceWaits);
+  CHECK(wide[1].slice_per == 0);
+  CHECK(wide[0].slice_cols == 0);
+  REQUIRE(cuda::persist_fp4_plan(st.data(), int(st.size()), 396));  // (planned again without: none left)
+  for (const cuda::PersistFp4Stage& s : st) CHECK(s.slice_per + s.slice_cols + s.slice_limit == 0);
   // A gate/up pair without SwiGLU (and SwiGLU without one), both norms, a
   // gated norm's heads wider than a warp's lanes, a conv wider than the
   // outputs, an unaligned input, no columns: refused.
@@ -301,4 +319,96 @@ TEST_CASE("emulated: decode attention as a persistent stage between the input an
     }
   }
   emu::set_order(false);
+}
+
+TEST_CASE("emulated: slice waits give the bits of whole-stage waits, and leave every counter at zero") {
+  // A stage that waits by column slice starts on the outputs of the stage
+  // before in its columns and waits for the rest only before it stores:
+  // the same chunks, products and sums, so the same bits. The emulation's
+  // warps interleave at their polls, so units of a stage run while the
+  // stage before is still being computed.
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  auto zeros = [](const std::vector<int>& v) { return std::all_of(v.begin(), v.end(), [](int c) { return c == 0; }); };
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {
+      {200, 2560}, {192, 128}, {72, 192}, {256, 64}, {120, 256}};
+  const PersistCaseResult whole = run_persist_case<HostArray>(shapes, 1, 2, rand);
+  REQUIRE(whole.ok);
+  CHECK(whole.slice_per == std::vector<int>{0, 0, 0, 0, 0});
+  for (bool reverse : {false, true}) {
+    for (int blocks : {0, 3}) {
+      CAPTURE(reverse);
+      CAPTURE(blocks);
+      emu::set_order(reverse);
+      const PersistCaseResult r = run_persist_case<HostArray>(shapes, 1, 2, rand, blocks, 0, false, true);
+      REQUIRE(r.ok);
+      CHECK(r.fault == 0);
+      CHECK(r.repeat_equal);
+      CHECK(r.slice_per == std::vector<int>{0, 16, 16, 16, 16});  // (each reads the plain rows of the one before)
+      CHECK(r.acts == whole.acts);
+      CHECK(zeros(r.counters));
+      CHECK(zeros(r.done));  // (the slice counters on the stages' lines too)
+      CHECK(zeros(r.tickets));
+      CHECK(timeline_ordered(r.timeline, true, true));
+      // (Units that started before the stage before was done: the waits by slice let them.)
+      int early = 0;
+      for (size_t s = 1; s < r.timeline.size(); ++s)
+        early += r.timeline[s].t[cuda::kTimeFirstReady] < r.timeline[s - 1].t[cuda::kTimeLastDone];
+      CHECK(early >= 2);
+      MESSAGE("stages with units ready before the stage before was done: " << early);
+    }
+  }
+  emu::set_order(false);
+  // The broken table (a tile of stage 0 never finished): stage 1's slice
+  // waits give up, every counter is back at zero.
+  const PersistCaseResult f = run_persist_case<HostArray>(shapes, 1, 2, rand, 0, 1, false, true);
+  REQUIRE(f.ok);
+  CHECK(f.fault == 1);
+  CHECK(zeros(f.counters));
+  CHECK(zeros(f.done));
+  CHECK(zeros(f.tickets));
+
+  // A delta-net layer's tail (gate/up after the output projection's Add,
+  // down after SwiGLU, the input projection after down: the norms' factors
+  // and the residual stream's writes after all of the stage before), one
+  // and two rows.
+  for (auto [inline_stages, n] : {std::pair{true, 1}, std::pair{false, 1}, std::pair{true, 2}}) {
+    CAPTURE(inline_stages);
+    CAPTURE(n);
+    const PersistTailResult w = run_persist_tail_case<HostArray>(256, 1600, 2, 128, 320, 584, 1, 2, rand,
+                                                                 inline_stages, n);
+    const PersistTailResult r = run_persist_tail_case<HostArray>(256, 1600, 2, 128, 320, 584, 1, 2, rand,
+                                                                 inline_stages, n, true);
+    REQUIRE(w.ok);
+    REQUIRE(r.ok);
+    CHECK(r.fault == 0);
+    CHECK(r.repeat_equal);
+    CHECK(w.slice_per == std::vector<int>{0, 0, 0, 0});
+    CHECK(r.slice_per == std::vector<int>{0, 16, 8, 16});
+    CHECK(r.h == w.h);
+    CHECK(r.act == w.act);
+    CHECK(r.mix == w.mix);
+    CHECK(r.window == w.window);
+    CHECK(zeros(r.counters));
+    CHECK(zeros(r.done));
+  }
+
+  // The output projection after the delta rule, by the heads in its slice.
+  for (int64_t dk : {64, 128}) {
+    for (int n : {1, 2}) {
+      CAPTURE(dk);
+      CAPTURE(n);
+      const PersistDeltaResult w = run_persist_delta_case<HostArray>(256, 2, 4, dk, dk, 1, 2, rand, n);
+      const PersistDeltaResult r = run_persist_delta_case<HostArray>(256, 2, 4, dk, dk, 1, 2, rand, n, true);
+      REQUIRE(w.ok);
+      REQUIRE(r.ok);
+      CHECK(r.fault == 0);
+      CHECK(r.repeat_equal);
+      CHECK(r.slice_per == std::vector<int>{0, 0, int(256 / dk)});
+      CHECK(r.h == w.h);
+      CHECK(r.mix == w.mix);
+      CHECK(r.so == w.so);
+      CHECK(zeros(r.counters));
+      CHECK(zeros(r.done));
+    }
+  }
 }

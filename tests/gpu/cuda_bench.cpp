@@ -422,7 +422,8 @@ int main(int argc, char** argv) {
       // yet): layer tails, then runs of delta-net layers, then with the
       // attention too, at the default poll interval, then the whole step's
       // layers in one launch (its stages in a table in device memory); runs
-      // of delta-net layers also without sleeps and at 512 ns.
+      // of delta-net layers also without sleeps and at 512 ns; the step in
+      // one launch with its stages waiting by column slice.
       for (auto [persist, poll] : {std::pair{1, 64}, std::pair{2, 64}, std::pair{3, 64}, std::pair{4, 64},
                                    std::pair{2, 0}, std::pair{2, 512}}) {
         t = base;
@@ -430,6 +431,10 @@ int main(int argc, char** argv) {
         t.fp4_chain_poll_ns = poll;
         variants.push_back(t);
       }
+      t = base;
+      t.fp4_persist = 4;
+      t.fp4_persist_slices = 1;
+      variants.push_back(t);
       for (int chain : {1, 2, 3, 4}) {
         t = base;
         t.fp4_chain = chain;

@@ -18,7 +18,8 @@
 #  * qwen35-cuda-bench on a synthetic full-size 4B NVFP4 file: decode and
 #    prefill with the defaults and its --sweep of decode variants (with the
 #    probes and the persistent launches), the decode timeline with
-#    QWEN35_CUDA_FP4_PERSIST=4 and its timeline probe (persist-tl lines),
+#    QWEN35_CUDA_FP4_PERSIST=4 and its timeline probe (persist-tl lines;
+#    also with QWEN35_CUDA_FP4_PERSIST_SLICES=1),
 #    then once per ENV_SETTINGS argument (a
 #    space-separated list of VAR=value, e.g. "QWEN35_CUDA_FP4_BPS=3"), each
 #    checked against the CPU.
@@ -93,7 +94,7 @@ summarize() {
     grep -E '^sweep n=[12]: (fp4sweep|matvec)\|' "$LOG"
     grep -E '^bench [^:]*: (\{|sweep\|)' "$LOG" | python3 -c "$BENCH_PY" || true
     grep -E '^trace persist: trace\|' "$LOG" | head -16
-    grep -E '^timeline persist: persist-tl\|' "$LOG"
+    grep -E '^timeline persist( slices)?: persist-tl\|' "$LOG"
     grep -E 'FAILED|OVER THE BAR|row [0-9]+:' "$LOG" | grep -v '^probe' | head -20
   } >"$SUMMARY"
 }
@@ -136,6 +137,10 @@ if [ -s "$M4" ]; then
   # shape: the wait for the stage before, the span; steps without graphs).
   run "timeline persist" 90 env QWEN35_CUDA_FP4_PERSIST=4 QWEN35_CUDA_FP4_PERSIST_TIMELINE=1 \
     "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda
+  # The same with the stages waiting by column slice (how far a stage's
+  # units now start before the stage before is done: negative waits).
+  run "timeline persist slices" 90 env QWEN35_CUDA_FP4_PERSIST=4 QWEN35_CUDA_FP4_PERSIST_SLICES=1 \
+    QWEN35_CUDA_FP4_PERSIST_TIMELINE=1 "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 16 --device cuda
   i=0
   for settings in "$@"; do
     i=$((i + 1))

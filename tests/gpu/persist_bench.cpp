@@ -233,6 +233,7 @@ int main(int argc, char** argv) {
     bool no_waits = false;  // the probe: the streaming and arithmetic alone (wrong results)
     bool attn_kernel = false;  // the kernel's instantiation for launches with attention (its registers, its grid)
     bool fp8 = false;          // the FP8 arithmetic
+    bool slices = false;       // stages wait by column slice (persist_fp4_plan's slice_waits)
   };
   PersistFp4Sizes most_attn = most;
   most_attn.attention = true;
@@ -262,16 +263,18 @@ int main(int argc, char** argv) {
   std::vector<Variant> variants;
   for (int b = fit; b >= 1; --b) variants.push_back({b, 64});
   variants.push_back({fit, 64, true});
+  variants.push_back({fit, 64, false, false, false, true});
   if (fit_attn >= 1) variants.push_back({fit_attn, 64, false, true});
   if (fit8 >= 1) {
     variants.push_back({fit8, 64, false, false, true});
     variants.push_back({fit8, 64, true, false, true});
+    variants.push_back({fit8, 64, false, false, true, true});
   }
   if (!quick)
     for (unsigned poll : {0u, 256u, 1024u}) variants.push_back({fit, poll});
   for (const Variant& v : variants) {
     const int blocks = sms * v.per_sm;
-    if (!persist_fp4_plan(table.data(), count, blocks)) {
+    if (!persist_fp4_plan(table.data(), count, blocks, v.slices)) {
       std::printf("persist| the plan for %d blocks failed\n", blocks);
       continue;
     }
@@ -307,15 +310,16 @@ int main(int argc, char** argv) {
     if (!v.no_waits && !v.attn_kernel && v.per_sm == (v.fp8 ? fit8 : fit) && v.poll_ns == 64) {
       a.timeline = timeline;
       if (!timeline_reset() || !one() || !ok(cudaStreamSynchronize(s), "sync") ||
-          !timeline_report(v.fp8 ? "FP8" : "F16"))
+          !timeline_report(v.fp8 ? (v.slices ? "FP8 slice waits" : "FP8") : v.slices ? "F16 slice waits" : "F16"))
         return 1;
       a.timeline = nullptr;
     }
     int f = 0;
     TRY(cudaMemcpy(&f, fault + 1, sizeof(int), cudaMemcpyDeviceToHost));
     char what[128];
-    std::snprintf(what, sizeof what, "persistent%s%s, %d blocks/SM, poll %u ns%s%s",
-                  v.attn_kernel ? " (attention kernel)" : "", v.fp8 ? " FP8" : "", v.per_sm, v.poll_ns,
+    std::snprintf(what, sizeof what, "persistent%s%s%s, %d blocks/SM, poll %u ns%s%s",
+                  v.attn_kernel ? " (attention kernel)" : "", v.fp8 ? " FP8" : "", v.slices ? " slice waits" : "",
+                  v.per_sm, v.poll_ns,
                   v.no_waits ? ", PROBE: no waits" : "", f ? " (A WAIT GAVE UP)" : "");
     report(what, us, v.no_waits ? -1.0 : check(v.fp8));
     TRY(cudaMemset(fault, 0, 2 * sizeof(int)));

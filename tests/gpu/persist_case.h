@@ -114,6 +114,7 @@ struct PersistCaseResult {
   std::vector<int> done;       // stage counters after the launches (all zero)
   std::vector<int> tickets;    // ticket counters after the launches (all zero)
   std::vector<int> splits;     // each stage's column slices as planned
+  std::vector<int> slice_per;  // each stage's slice waits as planned (0: none)
   std::vector<std::vector<float>> acts;  // the first launch's input and stages' outputs
   std::vector<cuda::PersistStageTime> timeline;  // the first launch's timeline probe (PersistFp4Args::timeline)
 };
@@ -126,9 +127,11 @@ struct PersistCaseResult {
 // drop_units: units left out of stage 0 after the plan (a broken table:
 // a tile of stage 0 is never finished, so stage 1's waits give up).
 // fp8: the FP8 arithmetic (the persistent launch's and kernel 3's).
+// slices: planned with slice waits (persist_fp4_plan).
 template <template <typename> class Arr, typename Rand>
 PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>>& shapes, int blocks, int sms,
-                                   Rand rand, int launch_blocks = 0, int64_t drop_units = 0, bool fp8 = false) {
+                                   Rand rand, int launch_blocks = 0, int64_t drop_units = 0, bool fp8 = false,
+                                   bool slices = false) {
   using namespace qwen35::cuda;
   PersistCaseResult out;
   const int count = int(shapes.size());
@@ -152,8 +155,11 @@ PersistCaseResult run_persist_case(const std::vector<std::pair<int64_t, int64_t>
     table[size_t(s)].x = act[size_t(s)]->get();
     table[size_t(s)].y = act[size_t(s) + 1]->get();
   }
-  if (!persist_fp4_plan(table.data(), count, blocks) || drop_units >= table[0].units) return out;
-  for (const PersistFp4Stage& p : table) out.splits.push_back(p.splits);
+  if (!persist_fp4_plan(table.data(), count, blocks, slices) || drop_units >= table[0].units) return out;
+  for (const PersistFp4Stage& p : table) {
+    out.splits.push_back(p.splits);
+    out.slice_per.push_back(p.slice_per);
+  }
   table[0].units -= drop_units;
   PersistScratch<Arr> scratch(count);
   std::vector<std::vector<float>> first;
@@ -224,8 +230,9 @@ struct PersistTailResult {
   // the column slices differ.
   double worst_mix_same = 0.0, worst_win_same = 0.0;
   std::vector<int> counters, done;  // after the launches (all zero)
-  std::vector<int> splits, kg_per;  // as planned
+  std::vector<int> splits, kg_per, slice_per;  // as planned
   std::vector<bool> squares, norm_from_prev;
+  std::vector<float> h, act, mix, window;  // what the persistent launch left
 };
 
 // A delta-net layer's tail for one activation row as one persistent launch
@@ -238,9 +245,11 @@ struct PersistTailResult {
 // whole rows in kernel 3: the results agree to rounding, not bit for bit.
 // inline_stages: the table travels in the launch's parameters (the
 // backend's way), else in device memory. n: activation rows (1 or 2).
+// slices: planned with slice waits.
 template <template <typename> class Arr, typename Rand>
 PersistTailResult run_persist_tail_case(int64_t D, int64_t F, int64_t Hv, int64_t dv, int64_t C, int64_t Nin,
-                                        int blocks, int sms, Rand rand, bool inline_stages, int n = 1) {
+                                        int blocks, int sms, Rand rand, bool inline_stages, int n = 1,
+                                        bool slices = false) {
   using namespace qwen35::cuda;
   const int64_t Cv = Hv * dv, K = 4;
   CaseTiled<Arr> wout(random_nvfp4_rows(D, Cv, 21, rand), nullptr, D, Cv, 0.5f);
@@ -327,11 +336,12 @@ PersistTailResult run_persist_tail_case(int64_t D, int64_t F, int64_t Hv, int64_
     const std::vector<Fp4MatvecArgs> k = products(h.get(), act.get(), mix.get(), window.get());
     for (int s = 0; s < 4; ++s)
       if (!persist_fp4_stage(k[size_t(s)], &table[size_t(s)])) return r;
-    if (!persist_fp4_plan(table.data(), 4, blocks)) return r;
+    if (!persist_fp4_plan(table.data(), 4, blocks, slices)) return r;
     if (run == 0) {
       for (const PersistFp4Stage& p : table) {
         r.splits.push_back(p.splits);
         r.kg_per.push_back(p.kg_per);
+        r.slice_per.push_back(p.slice_per);
         r.squares.push_back(p.squares);
         r.norm_from_prev.push_back(p.norm_from_prev);
       }
@@ -358,6 +368,10 @@ PersistTailResult run_persist_tail_case(int64_t D, int64_t F, int64_t Hv, int64_
   r.worst_act = worst_rel(first[1], act_k3);
   r.worst_mix = worst_rel(first[2], mix_k3);
   r.worst_win = worst_rel(first[3], win_k3);
+  r.h = first[0];
+  r.act = first[1];
+  r.mix = first[2];
+  r.window = first[3];
   r.ok = true;
   return r;
 }
@@ -375,6 +389,7 @@ struct PersistDeltaResult {
   double worst_mix = 0.0, worst_win = 0.0, worst_h = 0.0;
   std::vector<int> counters, done;  // after the launches (all zero)
   std::vector<int64_t> units;       // as planned
+  std::vector<int> slice_per;       // as planned
   std::vector<float> h, mix, so;    // what the persistent launch left: [n, D], [n, Nin], [n, Hv dv]
 };
 
@@ -382,9 +397,10 @@ struct PersistDeltaResult {
 // projection (RMS norm, causal conv over q|k|v) -> the delta rule -> the
 // output projection (gated norm, added into h): the stages the backend's
 // QWEN35_CUDA_FP4_PERSIST=2 puts between a layer's FFN and the next.
+// slices: planned with slice waits (the output projection by heads).
 template <template <typename> class Arr, typename Rand>
 PersistDeltaResult run_persist_delta_case(int64_t D, int64_t Hk, int64_t Hv, int64_t dk, int64_t dv, int blocks,
-                                          int sms, Rand rand, int n = 1) {
+                                          int sms, Rand rand, int n = 1, bool slices = false) {
   using namespace qwen35::cuda;
   const int64_t Cv = Hv * dv, C = 2 * Hk * dk + Cv, Nin = C + Cv + 2 * Hv, K = 4;
   CaseTiled<Arr> win(random_nvfp4_rows(Nin, D, 41, rand), nullptr, Nin, D, 1.0f);
@@ -449,10 +465,15 @@ PersistDeltaResult run_persist_delta_case(int64_t D, int64_t Hk, int64_t Hv, int
     PersistFp4Stage table[3];
     if (!persist_fp4_stage(in_args(h.get(), mix.get(), window.get()), &table[0]) ||
         !persist_delta_stage(delta(mix.get(), state.get(), so.get()), &table[1]) ||
-        !persist_fp4_stage(out_args(so.get(), mix.get(), h.get()), &table[2]) || !persist_fp4_plan(table, 3, blocks))
+        !persist_fp4_stage(out_args(so.get(), mix.get(), h.get()), &table[2]) ||
+        !persist_fp4_plan(table, 3, blocks, slices))
       return r;
-    if (run == 0)
-      for (const PersistFp4Stage& p : table) r.units.push_back(p.units);
+    if (run == 0) {
+      for (const PersistFp4Stage& p : table) {
+        r.units.push_back(p.units);
+        r.slice_per.push_back(p.slice_per);
+      }
+    }
     if (!scratch.launch(table, 3, blocks, true)) return r;
     const std::vector<float> got[5] = {h.download(), mix.download(), window.download(), state.download(),
                                        so.download()};

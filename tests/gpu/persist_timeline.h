@@ -20,7 +20,10 @@ namespace qwen35::test {
 // inputs, the first had them before the last, and the last tile was done
 // after; and no unit of a stage had its inputs before the stage before was
 // done (strictly, where the clock counts every reading: the emulation's).
-inline bool timeline_ordered(const std::vector<cuda::PersistStageTime>& st, bool strict) {
+// by_slice: the stages wait by column slice, so a stage's units have their
+// inputs after the stage before's first unit had its, and its last tile is
+// done after the stage before's.
+inline bool timeline_ordered(const std::vector<cuda::PersistStageTime>& st, bool strict, bool by_slice = false) {
   using namespace qwen35::cuda;
   for (size_t s = 0; s < st.size(); ++s) {
     const unsigned long long* t = st[s].t;
@@ -29,8 +32,14 @@ inline bool timeline_ordered(const std::vector<cuda::PersistStageTime>& st, bool
     if (t[kTimeFirstStart] > t[kTimeFirstReady] || t[kTimeFirstReady] > t[kTimeLastReady] ||
         t[kTimeLastReady] > t[kTimeLastDone])
       return false;
-    const unsigned long long before = s > 0 ? st[s - 1].t[kTimeLastDone] : 0;
-    if (s > 0 && (strict ? t[kTimeFirstReady] <= before : t[kTimeFirstReady] < before)) return false;
+    if (s == 0) continue;
+    const unsigned long long* b = st[s - 1].t;
+    const auto after = [&](unsigned long long later, unsigned long long earlier) {
+      return strict ? later > earlier : later >= earlier;
+    };
+    if (by_slice ? !after(t[kTimeFirstReady], b[kTimeFirstReady]) || !after(t[kTimeLastDone], b[kTimeLastDone])
+                 : !after(t[kTimeFirstReady], b[kTimeLastDone]))
+      return false;
   }
   return !st.empty();
 }

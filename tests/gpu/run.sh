@@ -178,6 +178,8 @@ if [ -s "$M4" ]; then
     -p 512 -n 128 --device cuda --json --check 6
   bench "  fp4: persistent step" env QWEN35_CUDA_FP4_PERSIST=4 "$BIN/qwen35-cuda-bench" -m "$M4" \
     -p 512 -n 128 --device cuda --json --check 6
+  bench "  fp4: persistent step, slice waits" env QWEN35_CUDA_FP4_PERSIST=4 QWEN35_CUDA_FP4_PERSIST_SLICES=1 \
+    "$BIN/qwen35-cuda-bench" -m "$M4" -p 512 -n 128 --device cuda --json --check 6
   # Chained projections (each FFN; each layer's tail), checked against the CPU too.
   bench "  fp4: chains, FFN" env QWEN35_CUDA_FP4_CHAIN=1 "$BIN/qwen35-cuda-bench" -m "$M4" \
     -p 512 -n 128 --device cuda --json --check 6

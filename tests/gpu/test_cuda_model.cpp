@@ -522,7 +522,11 @@ TEST_CASE("CUDA: every decode-kernel variant agrees with the generic kernels; gr
     t.fp4_persist = persist;
     variants.push_back(t);
   }
+  t.fp4_persist_slices = 1;  // (mode 4 waiting by column slice: mode 4's bits, checked below)
+  variants.push_back(t);
+  t.fp4_persist_slices = 0;
   t.fp4_persist = 0;
+  std::vector<float> persist4;
   for (const auto& v : variants) {
     CAPTURE(qwen35::cuda::describe(v));
     qwen35::cuda::set_decode_tuning(v);
@@ -534,6 +538,8 @@ TEST_CASE("CUDA: every decode-kernel variant agrees with the generic kernels; gr
       eager = run_steps(fast.m);
     }
     CHECK(std::memcmp(graphs.data(), eager.data(), eager.size() * 4) == 0);
+    if (v.fp4_persist == 4 && !v.fp4_persist_slices) persist4 = graphs;
+    if (v.fp4_persist_slices) CHECK(graphs == persist4);
     double worst = 0;
     for (size_t r = 0; r * 4122 < generic.size(); ++r)
       worst = std::max(worst, rel_err(graphs.data() + r * 4122, generic.data() + r * 4122, 4122));

@@ -735,3 +735,58 @@ TEST_CASE("the persistent NVFP4 sequence runs a 4B delta-net layer's tail (norms
     CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));
   }
 }
+
+TEST_CASE("the persistent NVFP4 sequence waiting by column slice gives the bits of whole-stage waits (4B shapes)") {
+  QWEN35_REQUIRE_GPU();
+  const PersistGrid grid = persist_grid();
+  const int sms = grid.sms, per_sm = grid.per_sm;
+  REQUIRE(per_sm >= 1);
+  auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
+  auto zeros = [](const std::vector<int>& v) { return std::all_of(v.begin(), v.end(), [](int c) { return c == 0; }); };
+  const int blocks = sms * per_sm;
+  // The products of a delta-net layer in a row, on the plan's grid and on
+  // four times it (the later blocks start as the first ones leave).
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {
+      {12352, 2560}, {2560, 4096}, {18432, 2560}, {2560, 9216}, {12352, 2560}};
+  const PersistCaseResult whole = run_persist_case<DevArray>(shapes, blocks, sms, rand);
+  REQUIRE(whole.ok);
+  for (int launch_blocks : {0, 4 * blocks}) {
+    CAPTURE(launch_blocks);
+    const PersistCaseResult r = run_persist_case<DevArray>(shapes, blocks, sms, rand, launch_blocks, 0, false, true);
+    REQUIRE(r.ok);
+    CHECK(r.fault == 0);
+    CHECK(r.repeat_equal);
+    CHECK(r.slice_per == std::vector<int>{0, 16, 16, 16, 16});
+    CHECK(r.acts == whole.acts);
+    CHECK(zeros(r.counters));
+    CHECK(zeros(r.done));
+    CHECK(zeros(r.tickets));
+    if (!launch_blocks) CHECK(timeline_ordered(r.timeline, false, true));
+  }
+  // A delta-net layer's tail (norms after all of the stage before) and its
+  // head (the output projection by the heads of its slice).
+  const PersistTailResult tw =
+      run_persist_tail_case<DevArray>(2560, 9216, 32, 128, 8192, 12352, blocks, sms, rand, false);
+  const PersistTailResult ts =
+      run_persist_tail_case<DevArray>(2560, 9216, 32, 128, 8192, 12352, blocks, sms, rand, false, 1, true);
+  REQUIRE(tw.ok);
+  REQUIRE(ts.ok);
+  CHECK(ts.fault == 0);
+  CHECK(ts.slice_per == std::vector<int>{0, 16, 8, 16});
+  CHECK(ts.h == tw.h);
+  CHECK(ts.act == tw.act);
+  CHECK(ts.mix == tw.mix);
+  CHECK(ts.window == tw.window);
+  CHECK(zeros(ts.counters));
+  CHECK(zeros(ts.done));
+  const PersistDeltaResult dw = run_persist_delta_case<DevArray>(2560, 16, 32, 128, 128, blocks, sms, rand);
+  const PersistDeltaResult ds = run_persist_delta_case<DevArray>(2560, 16, 32, 128, 128, blocks, sms, rand, 1, true);
+  REQUIRE(dw.ok);
+  REQUIRE(ds.ok);
+  CHECK(ds.fault == 0);
+  CHECK(ds.slice_per == std::vector<int>{0, 0, 2});
+  CHECK(ds.h == dw.h);
+  CHECK(ds.so == dw.so);
+  CHECK(zeros(ds.counters));
+  CHECK(zeros(ds.done));
+}
