@@ -1,10 +1,13 @@
 // The persistent kernel's timeline probe (PersistFp4Args::timeline) in
 // `persist-tl` lines, for qwen35-persist-bench and qwen35-cuda-bench: per
 // stage kind and shape, the mean wait from the stage before's last tile to
-// the stage's first unit with its inputs (the dependency's latency), the
-// mean span from there to the stage's last tile (its units' work, the
-// split-K combine, the epilogue) and the mean spread of its units' ready
-// times; then the whole sequence.
+// the stage's first unit with its inputs (the dependency's latency;
+// negative where stages wait by column slice and start early), the mean
+// span from there to the stage's last tile (its units' work, the split-K
+// combine, the epilogue), the mean spread of its units' ready times, and
+// the mean time from the stage before's last tile to the stage's (wait +
+// span: the stage's share of the sequence's critical path); then the whole
+// sequence.
 #pragma once
 
 #include <cstdio>
@@ -49,7 +52,7 @@ inline void print_persist_timeline(const std::vector<cuda::PersistStageTime>& st
   struct Sum {
     std::string what;
     int n = 0;
-    double wait = 0, span = 0, spread = 0;
+    double wait = 0, span = 0, spread = 0, step = 0;
   };
   std::vector<Sum> groups;
   Sum all;
@@ -74,12 +77,15 @@ inline void print_persist_timeline(const std::vector<cuda::PersistStageTime>& st
       m->wait += wait;
       m->span += span;
       m->spread += spread;
+      m->step += wait + span;
     }
   }
-  std::printf("persist-tl| %s | stage | count | wait for the stage before, us | span, us | ready spread, us\n", label);
+  std::printf("persist-tl| %s | stage | count | wait for the stage before, us | span, us | ready spread, us | "
+              "last tile after the stage before's, us\n",
+              label);
   for (const Sum& m : groups)
-    std::printf("persist-tl| %s | %s | %d | %.2f | %.2f | %.2f\n", label, m.what.c_str(), m.n, m.wait / m.n,
-                m.span / m.n, m.spread / m.n);
+    std::printf("persist-tl| %s | %s | %d | %.2f | %.2f | %.2f | %.2f\n", label, m.what.c_str(), m.n, m.wait / m.n,
+                m.span / m.n, m.spread / m.n, m.step / m.n);
   if (!st.empty())
     std::printf("persist-tl| %s | %zu stages: %.1f us from the first unit to the last tile; waits %.1f us, "
                 "spans %.1f us\n",
