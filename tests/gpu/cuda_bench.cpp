@@ -422,10 +422,12 @@ int main(int argc, char** argv) {
       // yet): layer tails, then runs of delta-net layers, then with the
       // attention too, at the default poll interval, then the whole step's
       // layers in one launch (its stages in a table in device memory); runs
-      // of delta-net layers also without sleeps and at 512 ns; the step in
-      // one launch with its stages waiting by column slice.
+      // of delta-net layers also without sleeps and at 512 ns, the step in
+      // one launch at 256 ns (up to ~1,500 warps poll one stage's counter,
+      // the line the stage's tiles are counted on); the step in one launch
+      // with its stages waiting by column slice.
       for (auto [persist, poll] : {std::pair{1, 64}, std::pair{2, 64}, std::pair{3, 64}, std::pair{4, 64},
-                                   std::pair{2, 0}, std::pair{2, 512}}) {
+                                   std::pair{2, 0}, std::pair{2, 512}, std::pair{4, 256}}) {
         t = base;
         t.fp4_persist = persist;
         t.fp4_chain_poll_ns = poll;
