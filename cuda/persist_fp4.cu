@@ -186,6 +186,23 @@ __device__ __forceinline__ void note_time(unsigned long long* timeline, int s, i
   atomicMax(timeline + int64_t(s) * kPersistTimeFields + f, persist_time_earliest(f) ? ~now : now);
 }
 
+// Lane 0: the conv epilogue's taps and window for the channels of a tile
+// into L2 (weights and state that nothing in the launch writes before the
+// tile's epilogue, which otherwise reads them from DRAM on the stage's
+// critical path).
+__device__ __forceinline__ void conv_prefetch(const PersistFp4Stage& p, int64_t tile) {
+  const int64_t r0 = tile * kFp4TileRows, r1 = min(r0 + kFp4TileRows, p.conv_channels);
+  if (r0 >= r1) return;
+  constexpr int64_t kLine = 32;  // floats
+  for (int64_t i = r0 * p.conv_k; i < r1 * p.conv_k; i += kLine) prefetch_l2(p.conv_taps + i);
+  prefetch_l2(p.conv_taps + r1 * p.conv_k - 1);
+  for (int k = 0; k + 1 < p.conv_k; ++k) {
+    const float* w = p.conv_window + k * p.conv_channels;
+    prefetch_l2(w + r0);
+    prefetch_l2(w + r1 - 1);
+  }
+}
+
 // Lane 0, stage p's outputs from column col0 on stored (slice waits, the
 // stage after's slice counter on the stage's done line).
 __device__ __forceinline__ void count_slice(const PersistFp4Stage& p, int* line, int64_t col0) {
@@ -325,25 +342,32 @@ __device__ __forceinline__ void store_tile(const PersistFp4Stage& p, float* sq, 
 // = DK / 8 lanes a row, as delta_net_kernel<DK, 8> walks the rows of input
 // in order (the same functions, so the same bits). qk: the warp's shared
 // memory for the key head's q and k of one input row (2 DK floats).
-template <int DK>
-__device__ __forceinline__ void delta_unit(const DeltaNetArgs& d, int64_t u, float* qk, int lane) {
+// wait(): the inputs' wait, after the state rows are loaded (only this
+// unit touches them in a launch, and the launch before has completed).
+template <int DK, typename Wait>
+__device__ __forceinline__ void delta_unit(const DeltaNetArgs& d, int64_t u, float* qk, int lane, Wait&& wait) {
   constexpr int TPR = DK / 8, NV = 2, R = kWarp / TPR;
   const int64_t per_head = d.dv / R, j = u / per_head, kh = j % d.Hk;
   const int sub = lane % TPR;
   const int64_t v_row = (u % per_head) * R + lane / TPR;
+  // What does not depend on the stage before (the state rows, the head's
+  // weights) is requested before the wait.
   float M[8];
   float4* row = reinterpret_cast<float4*>(d.state + (j * d.dv + v_row) * DK);
   delta_load_row<TPR, NV>(M, row, sub);
+  const float ssm_a = d.ssm_a[j], dt_bias = d.dt_bias[j];
+  wait();
   for (int64_t t = 0; t < d.n; ++t) {
-    // q and k of row t (through L2: written earlier in this launch).
+    // Row t's inputs (through L2: written earlier in this launch), all
+    // requested before any is used: one round trip.
     const float* uc = d.uc + t * d.ldu;
+    const float b = __ldcg(d.b + t * d.ldb + j), a = __ldcg(d.a + t * d.lda + j),
+                v = __ldcg(uc + 2 * d.Hk * DK + j * d.dv + v_row);
     for (int i = lane; i < 2 * DK; i += kWarp) qk[i] = __ldcg(uc + (i < DK ? 0 : d.Hk * DK) + kh * DK + i % DK);
     __syncwarp();
     float sq, sk, rq, rk, beta, decay;
     delta_qk_squares<DK>(qk, qk + DK, lane, &sq, &sk);
-    delta_gates(sq, sk, __ldcg(d.b + t * d.ldb + j), __ldcg(d.a + t * d.lda + j), d.ssm_a[j], d.dt_bias[j],
-                rsqrtf(float(DK)), d.eps, &rq, &rk, &beta, &decay);
-    const float v = __ldcg(uc + 2 * d.Hk * DK + j * d.dv + v_row);
+    delta_gates(sq, sk, b, a, ssm_a, dt_bias, rsqrtf(float(DK)), d.eps, &rq, &rk, &beta, &decay);
     const float o = delta_row<TPR, NV>(M, reinterpret_cast<const float4*>(qk),
                                        reinterpret_cast<const float4*>(qk + DK), sub, v, rq, rk, beta, decay);
     if (sub == 0) d.out[t * d.Hv * d.dv + j * d.dv + v_row] = o;
@@ -354,12 +378,13 @@ __device__ __forceinline__ void delta_unit(const DeltaNetArgs& d, int64_t u, flo
   delta_store_row<TPR, NV>(M, row, sub);
 }
 
-__device__ __forceinline__ void delta_unit_dk(const DeltaNetArgs& d, int64_t u, float* qk, int lane) {
+template <typename Wait>
+__device__ __forceinline__ void delta_unit_dk(const DeltaNetArgs& d, int64_t u, float* qk, int lane, Wait&& wait) {
   switch (d.dk) {
-    case 32: delta_unit<32>(d, u, qk, lane); break;
-    case 64: delta_unit<64>(d, u, qk, lane); break;
-    case 128: delta_unit<128>(d, u, qk, lane); break;
-    default: delta_unit<256>(d, u, qk, lane); break;
+    case 32: delta_unit<32>(d, u, qk, lane, wait); break;
+    case 64: delta_unit<64>(d, u, qk, lane, wait); break;
+    case 128: delta_unit<128>(d, u, qk, lane, wait); break;
+    default: delta_unit<256>(d, u, qk, lane, wait); break;
   }
 }
 
@@ -453,10 +478,8 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
         else if (lane == 0)  // (sizes.attention was not set: the launch is wrong, and says so)
           atomicMax(a.fault, 1);
       }
-      if (p.kind == PersistKind::DeltaRule) {
-        wait_inputs();
-        delta_unit_dk(p.delta, c.u, reinterpret_cast<float*>(xw), lane);
-      }
+      if (p.kind == PersistKind::DeltaRule)  // (its state rows loaded before the wait)
+        delta_unit_dk(p.delta, c.u, reinterpret_cast<float*>(xw), lane, wait_inputs);
       __threadfence();
       __syncwarp();
       if (lane == 0) {
@@ -473,6 +496,12 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
     const int slice = int(c.u % p.splits);
     const int64_t kg0 = int64_t(slice) * p.kg_per;
     const int nkg = int(min(p.w.kgroups(), kg0 + p.kg_per) - kg0);
+    // Weights the prologue and epilogue read, into L2 before the wait: the
+    // norm's over this slice (a line a lane), the conv's for this tile.
+    if (p.norm)
+      for (int64_t i = kg0 * kFp4GroupCols + 32 * lane; i < (kg0 + nkg) * kFp4GroupCols; i += 32 * kWarp)
+        prefetch_l2(p.norm + i);
+    if (p.epilogue == Fp4Epilogue::Conv && slice == 0 && lane == 0) conv_prefetch(p, tile);
     // By slice: the outputs of stage s-1 in this unit's columns now, the
     // rest (and the norm's factor) before this unit stores.
     const bool by_slice = p.slice_per > 0;

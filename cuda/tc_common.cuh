@@ -198,6 +198,18 @@ __device__ __forceinline__ void bulk_prefetch_l2(const void* src, uint32_t bytes
 #endif
 }
 
+// Asks L2 for the 128-byte line holding p: no register, nothing to wait
+// for (a hint; the emulation reads the byte, so that a wrong address shows).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+#if defined(QWEN35_CUDA_EMU)
+  (void)*static_cast<const volatile char*>(p);
+#elif defined(__CUDA_ARCH__)
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#else
+  (void)p;
+#endif
+}
+
 // Asks this multiprocessor's L1 for the 128-byte line holding p: no
 // register, nothing to wait for (a hint; nothing in the emulation).
 __device__ __forceinline__ void prefetch_l1(const void* p) {
