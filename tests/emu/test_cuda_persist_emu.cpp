@@ -124,8 +124,8 @@ TEST_CASE("emulated: a persistent NVFP4 sequence equals kernel 3 stage by stage,
     CHECK(r.splits[0] >= 2);  // 40 kgroups in slices of at most 24
     CHECK(r.worst_kernel3 < 1e-5);  // the same chunks and products, other sums of the slices
     CHECK(r.worst_cpu < 2e-3);      // F16 activations
-    CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
-    CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));  // (no memset per launch)
+    CHECK(all_zero(r.counters));
+    CHECK(all_zero(r.done));  // (no memset per launch)
     // The timeline probe: every stage's times written, in the order the
     // waits make (the emulated clock counts its readings: strictly).
     CHECK(timeline_ordered(r.timeline, true));
@@ -143,8 +143,8 @@ TEST_CASE("emulated: a persistent NVFP4 sequence equals kernel 3 stage by stage,
     REQUIRE(r.ok);
     CHECK(r.fault == 0);
     CHECK(r.acts == one.acts);
-    CHECK(std::all_of(r.tickets.begin(), r.tickets.end(), [](int c) { return c == 0; }));
-    CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));
+    CHECK(all_zero(r.tickets));
+    CHECK(all_zero(r.done));
   }
   // A table whose stage 0 lacks a unit: a tile of it is never finished, so
   // stage 1's waits give up. The fault flag, wrong results, no hang; the
@@ -153,9 +153,9 @@ TEST_CASE("emulated: a persistent NVFP4 sequence equals kernel 3 stage by stage,
   const PersistCaseResult f = run_persist_case<HostArray>(shapes, 1, 2, rand, 0, 1);
   REQUIRE(f.ok);
   CHECK(f.fault == 1);
-  CHECK(std::all_of(f.counters.begin(), f.counters.end(), [](int c) { return c == 0; }));
-  CHECK(std::all_of(f.done.begin(), f.done.end(), [](int c) { return c == 0; }));
-  CHECK(std::all_of(f.tickets.begin(), f.tickets.end(), [](int c) { return c == 0; }));
+  CHECK(all_zero(f.counters));
+  CHECK(all_zero(f.done));
+  CHECK(all_zero(f.tickets));
 }
 
 TEST_CASE("emulated: a persistent NVFP4 sequence on the FP8 tensor cores equals kernel 3's FP8 arithmetic and the CPU") {
@@ -176,8 +176,8 @@ TEST_CASE("emulated: a persistent NVFP4 sequence on the FP8 tensor cores equals 
     CHECK(r.worst_kernel3 < 1e-5);
     CHECK(r.worst_cpu < 2e-4);              // three E4M3 terms per activation
     CHECK(r.worst_cpu < f16.worst_cpu / 4);  // (F16 activations: ~1e-3)
-    CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
-    CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));
+    CHECK(all_zero(r.counters));
+    CHECK(all_zero(r.done));
     MESSAGE("FP8: against kernel 3 " << r.worst_kernel3 << ", the CPU " << r.worst_cpu << " (F16: "
                                      << f16.worst_cpu << ")");
   }
@@ -220,8 +220,8 @@ TEST_CASE("emulated: a delta-net layer's tail as one persistent launch (norms, g
       CHECK(r.worst_win < 1e-4);
       CHECK(r.worst_mix_same < 1e-6);
       CHECK(r.worst_win_same < 1e-6);
-      CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
-      CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));
+      CHECK(all_zero(r.counters));
+      CHECK(all_zero(r.done));
     }
   }
   emu::set_order(false);
@@ -267,8 +267,8 @@ TEST_CASE("emulated: the delta rule as a persistent stage between the input and 
       CHECK(r.worst_mix < 1e-6);
       CHECK(r.worst_win < 1e-6);
       CHECK(r.worst_h < 1e-5);
-      CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
-      CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));
+      CHECK(all_zero(r.counters));
+      CHECK(all_zero(r.done));
     }
   }
   emu::set_order(false);
@@ -301,7 +301,7 @@ TEST_CASE("emulated: decode attention as a persistent stage between the input an
       CHECK(r.worst_v == 0.0);    // (no arithmetic)
       CHECK(r.worst_h < 1e-5);
       for (const std::vector<int>* c : {&r.counters, &r.done, &r.tickets, &r.attn_counters})
-        CHECK(std::all_of(c->begin(), c->end(), [](int x) { return x == 0; }));
+        CHECK(all_zero(*c));
       // Two rows (an MTP verify step): the first row's outputs and cache
       // row are those of a launch of it alone, bit for bit.
       const PersistAttnResult r2 = run_persist_attn_case<HostArray>(256, 4, 2, sh.Dh, sh.n_past, sh.splits, 4, 1, 2,
@@ -328,7 +328,6 @@ TEST_CASE("emulated: slice waits give the bits of whole-stage waits, and leave e
   // warps interleave at their polls, so units of a stage run while the
   // stage before is still being computed.
   auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
-  auto zeros = [](const std::vector<int>& v) { return std::all_of(v.begin(), v.end(), [](int c) { return c == 0; }); };
   const std::vector<std::pair<int64_t, int64_t>> shapes = {
       {200, 2560}, {192, 128}, {72, 192}, {256, 64}, {120, 256}};
   const PersistCaseResult whole = run_persist_case<HostArray>(shapes, 1, 2, rand);
@@ -345,9 +344,9 @@ TEST_CASE("emulated: slice waits give the bits of whole-stage waits, and leave e
       CHECK(r.repeat_equal);
       CHECK(r.slice_per == std::vector<int>{0, 16, 16, 16, 16});  // (each reads the plain rows of the one before)
       CHECK(r.acts == whole.acts);
-      CHECK(zeros(r.counters));
-      CHECK(zeros(r.done));  // (the slice counters on the stages' lines too)
-      CHECK(zeros(r.tickets));
+      CHECK(all_zero(r.counters));
+      CHECK(all_zero(r.done));  // (the slice counters on the stages' lines too)
+      CHECK(all_zero(r.tickets));
       CHECK(timeline_ordered(r.timeline, true, true));
       // (Units that started before the stage before was done: the waits by slice let them.)
       int early = 0;
@@ -369,9 +368,9 @@ TEST_CASE("emulated: slice waits give the bits of whole-stage waits, and leave e
   const PersistCaseResult f = run_persist_case<HostArray>(shapes, 1, 2, rand, 0, 1, false, true);
   REQUIRE(f.ok);
   CHECK(f.fault == 1);
-  CHECK(zeros(f.counters));
-  CHECK(zeros(f.done));
-  CHECK(zeros(f.tickets));
+  CHECK(all_zero(f.counters));
+  CHECK(all_zero(f.done));
+  CHECK(all_zero(f.tickets));
 
   // A delta-net layer's tail (gate/up after the output projection's Add,
   // down after SwiGLU, the input projection after down: the norms' factors
@@ -390,12 +389,9 @@ TEST_CASE("emulated: slice waits give the bits of whole-stage waits, and leave e
     CHECK(r.repeat_equal);
     CHECK(w.slice_per == std::vector<int>{0, 0, 0, 0});
     CHECK(r.slice_per == std::vector<int>{0, 16, 8, 16});
-    CHECK(r.h == w.h);
-    CHECK(r.act == w.act);
-    CHECK(r.mix == w.mix);
-    CHECK(r.window == w.window);
-    CHECK(zeros(r.counters));
-    CHECK(zeros(r.done));
+    CHECK(same_bits(r, w));
+    CHECK(all_zero(r.counters));
+    CHECK(all_zero(r.done));
   }
 
   // The output projection after the delta rule, by the heads in its slice.
@@ -410,11 +406,9 @@ TEST_CASE("emulated: slice waits give the bits of whole-stage waits, and leave e
       CHECK(r.fault == 0);
       CHECK(r.repeat_equal);
       CHECK(r.slice_per == std::vector<int>{0, 0, int(256 / dk)});
-      CHECK(r.h == w.h);
-      CHECK(r.mix == w.mix);
-      CHECK(r.so == w.so);
-      CHECK(zeros(r.counters));
-      CHECK(zeros(r.done));
+      CHECK(same_bits(r, w));
+      CHECK(all_zero(r.counters));
+      CHECK(all_zero(r.done));
     }
   }
 }

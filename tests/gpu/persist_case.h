@@ -510,4 +510,17 @@ PersistDeltaResult run_persist_delta_case(int64_t D, int64_t Hk, int64_t Hv, int
   return r;
 }
 
+// Every counter at zero (what each launch must leave for the next).
+inline bool all_zero(const std::vector<int>& v) {
+  return std::all_of(v.begin(), v.end(), [](int c) { return c == 0; });
+}
+
+// The same outputs and states, bit for bit (slice waits against whole-stage waits).
+inline bool same_bits(const PersistTailResult& a, const PersistTailResult& b) {
+  return a.h == b.h && a.act == b.act && a.mix == b.mix && a.window == b.window;
+}
+inline bool same_bits(const PersistDeltaResult& a, const PersistDeltaResult& b) {
+  return a.h == b.h && a.mix == b.mix && a.so == b.so;
+}
+
 }  // namespace qwen35::test

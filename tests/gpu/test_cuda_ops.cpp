@@ -609,9 +609,9 @@ TEST_CASE("the persistent NVFP4 sequence equals kernel 3 stage by stage on the 4
     CHECK(r.repeat_equal);
     CHECK(r.worst_kernel3 < 1e-5);
     CHECK(r.worst_cpu < 2e-3);
-    CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
-    CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));
-    CHECK(std::all_of(r.tickets.begin(), r.tickets.end(), [](int c) { return c == 0; }));
+    CHECK(all_zero(r.counters));
+    CHECK(all_zero(r.done));
+    CHECK(all_zero(r.tickets));
     CHECK(timeline_ordered(r.timeline, false));  // (the global timer may read the same across multiprocessors)
     if (blocks == sms * per_sm) {
       // Four times the blocks that fit (the plan's): the last three quarters
@@ -643,9 +643,9 @@ TEST_CASE("the persistent NVFP4 sequence on the FP8 tensor cores equals kernel 3
   CHECK(r.repeat_equal);
   CHECK(r.worst_kernel3 < 1e-5);
   CHECK(r.worst_cpu < 5e-4);  // (emulated: 1.8e-5; the tensor cores' FP8 accumulation may be narrower)
-  CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
-  CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));
-  CHECK(std::all_of(r.tickets.begin(), r.tickets.end(), [](int c) { return c == 0; }));
+  CHECK(all_zero(r.counters));
+  CHECK(all_zero(r.done));
+  CHECK(all_zero(r.tickets));
 }
 
 TEST_CASE("the persistent NVFP4 sequence runs the 4B's delta rule between its projections as delta_net") {
@@ -665,8 +665,8 @@ TEST_CASE("the persistent NVFP4 sequence runs the 4B's delta rule between its pr
   CHECK(r.worst_mix < 1e-5);
   CHECK(r.worst_win < 1e-5);
   CHECK(r.worst_h < 1e-5);
-  CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
-  CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));
+  CHECK(all_zero(r.counters));
+  CHECK(all_zero(r.done));
 }
 
 TEST_CASE("the persistent NVFP4 sequence runs the 4B's decode attention between its projections") {
@@ -694,7 +694,7 @@ TEST_CASE("the persistent NVFP4 sequence runs the 4B's decode attention between 
     CHECK(r.worst_v == 0.0);
     CHECK(r.worst_h < 1e-5);
     for (const std::vector<int>* c : {&r.counters, &r.done, &r.tickets, &r.attn_counters})
-      CHECK(std::all_of(c->begin(), c->end(), [](int x) { return x == 0; }));
+      CHECK(all_zero(*c));
     // Two rows: the first row's bits are those of a launch of it alone.
     const PersistAttnResult r2 = run_persist_attn_case<DevArray>(2560, 16, 4, 256, 500, splits, 8, sms * per_sm,
                                                                  sms, rand, 2);
@@ -731,8 +731,8 @@ TEST_CASE("the persistent NVFP4 sequence runs a 4B delta-net layer's tail (norms
     CHECK(r.worst_win < 1e-4);
     CHECK(r.worst_mix_same < 1e-5);
     CHECK(r.worst_win_same < 1e-5);
-    CHECK(std::all_of(r.counters.begin(), r.counters.end(), [](int c) { return c == 0; }));
-    CHECK(std::all_of(r.done.begin(), r.done.end(), [](int c) { return c == 0; }));
+    CHECK(all_zero(r.counters));
+    CHECK(all_zero(r.done));
   }
 }
 
@@ -742,7 +742,6 @@ TEST_CASE("the persistent NVFP4 sequence waiting by column slice gives the bits 
   const int sms = grid.sms, per_sm = grid.per_sm;
   REQUIRE(per_sm >= 1);
   auto rand = [](size_t n, uint32_t seed, float lo, float hi) { return random_floats(n, seed, lo, hi); };
-  auto zeros = [](const std::vector<int>& v) { return std::all_of(v.begin(), v.end(), [](int c) { return c == 0; }); };
   const int blocks = sms * per_sm;
   // The products of a delta-net layer in a row, on the plan's grid and on
   // four times it (the later blocks start as the first ones leave).
@@ -758,9 +757,9 @@ TEST_CASE("the persistent NVFP4 sequence waiting by column slice gives the bits 
     CHECK(r.repeat_equal);
     CHECK(r.slice_per == std::vector<int>{0, 16, 16, 16, 16});
     CHECK(r.acts == whole.acts);
-    CHECK(zeros(r.counters));
-    CHECK(zeros(r.done));
-    CHECK(zeros(r.tickets));
+    CHECK(all_zero(r.counters));
+    CHECK(all_zero(r.done));
+    CHECK(all_zero(r.tickets));
     if (!launch_blocks) CHECK(timeline_ordered(r.timeline, false, true));
   }
   // A delta-net layer's tail (norms after all of the stage before) and its
@@ -773,20 +772,16 @@ TEST_CASE("the persistent NVFP4 sequence waiting by column slice gives the bits 
   REQUIRE(ts.ok);
   CHECK(ts.fault == 0);
   CHECK(ts.slice_per == std::vector<int>{0, 16, 8, 16});
-  CHECK(ts.h == tw.h);
-  CHECK(ts.act == tw.act);
-  CHECK(ts.mix == tw.mix);
-  CHECK(ts.window == tw.window);
-  CHECK(zeros(ts.counters));
-  CHECK(zeros(ts.done));
+  CHECK(same_bits(ts, tw));
+  CHECK(all_zero(ts.counters));
+  CHECK(all_zero(ts.done));
   const PersistDeltaResult dw = run_persist_delta_case<DevArray>(2560, 16, 32, 128, 128, blocks, sms, rand);
   const PersistDeltaResult ds = run_persist_delta_case<DevArray>(2560, 16, 32, 128, 128, blocks, sms, rand, 1, true);
   REQUIRE(dw.ok);
   REQUIRE(ds.ok);
   CHECK(ds.fault == 0);
   CHECK(ds.slice_per == std::vector<int>{0, 0, 2});
-  CHECK(ds.h == dw.h);
-  CHECK(ds.so == dw.so);
-  CHECK(zeros(ds.counters));
-  CHECK(zeros(ds.done));
+  CHECK(same_bits(ds, dw));
+  CHECK(all_zero(ds.counters));
+  CHECK(all_zero(ds.done));
 }
