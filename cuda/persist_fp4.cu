@@ -868,10 +868,17 @@ int persist_fp4_blocks_per_sm(const PersistFp4Sizes& sizes) {
 #endif
 }
 
+#ifdef QWEN35_CUDA_EMU
+namespace {
+int g_emu_grid = 1;
+}  // namespace
+void persist_emu_set_grid(int blocks) { g_emu_grid = std::max(1, blocks); }
+#endif
+
 int persist_fp4_grid(const PersistFp4Sizes& sizes, int sms) {
 #ifdef QWEN35_CUDA_EMU
   (void)sms;
-  return persist_fp4_blocks_per_sm(sizes) > 0 ? 1 : 0;
+  return persist_fp4_blocks_per_sm(sizes) > 0 ? g_emu_grid : 0;
 #else
   return std::max(0, sms) * persist_fp4_blocks_per_sm(sizes);
 #endif

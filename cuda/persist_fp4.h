@@ -190,6 +190,12 @@ int persist_fp4_blocks_per_sm(const PersistFp4Sizes& sizes);
 // The grid to plan for on `sms` multiprocessors: sms times the above (1 in
 // the emulation, which runs blocks one after another); 0 if none fits.
 int persist_fp4_grid(const PersistFp4Sizes& sizes, int sms);
+#ifdef QWEN35_CUDA_EMU
+// The emulation's answer to persist_fp4_grid (default 1). A test sets more
+// to plan the stages for a larger grid (more column slices, as on a GPU);
+// the launch's first block still takes every ticket there.
+void persist_emu_set_grid(int blocks);
+#endif
 
 struct PersistFp4Args {
   // The planned stages: a device table [count] (count <= kPersistTableMax),

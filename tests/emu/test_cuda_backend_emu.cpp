@@ -341,6 +341,28 @@ TEST_CASE("emulated CUDA backend: persistent steps from a stage table in device 
     tl = cuda::persist_timeline_last();
     REQUIRE(tl.size() == 6);
     CHECK(timeline_ordered(tl, true, true));
+    // Planned for a grid of 16 blocks (the emulation runs them one after
+    // another, so the first takes every ticket), the stages have several
+    // column slices, as on a GPU (the output projections and down: 4):
+    // slice waits still give mode 4's bits, one and two rows, graphs or
+    // not. (Units do not start early here: each stage's units are dealt
+    // evenly to the one block's four warps, which finish it together; the
+    // op tests have stages that start early.)
+    {
+      cuda::persist_emu_set_grid(16);
+      struct Reset {
+        ~Reset() { cuda::persist_emu_set_grid(1); }
+      } reset;
+      const Run w = run(m, fx.seqs[0], fx.V, 4, true);
+      CHECK(run(m, fx.seqs[0], fx.V, 4, true, false, true).logits == w.logits);
+      CHECK(run(m, fx.seqs[0], fx.V, 4, false, false, true).logits == w.logits);
+      const double to_one = worst(row_errors(w.logits, r4.logits, fx.V));  // (other slices: rounding)
+      MESSAGE("mode 4 planned for 16 blocks against 1: worst " << to_one);
+      CHECK(to_one < 2e-3);
+      const std::vector<cuda::PersistStageTime> t16 = main_pass(true);
+      REQUIRE(t16.size() == 20);
+      CHECK(timeline_ordered(t16, true, true));
+    }
     free_model(m);
   }
   SUBCASE("a 12-layer model: 60 stages a step, one launch instead of three") {
