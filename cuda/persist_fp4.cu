@@ -203,10 +203,12 @@ __device__ __forceinline__ void conv_prefetch(const PersistFp4Stage& p, int64_t 
   }
 }
 
-// Lane 0, stage p's outputs from column col0 on stored (slice waits, the
-// stage after's slice counter on the stage's done line).
-__device__ __forceinline__ void count_slice(const PersistFp4Stage& p, int* line, int64_t col0) {
-  if (col0 < p.slice_limit) atomicAdd(line + 1 + col0 / p.slice_cols, 1);
+// Lane 0, count i of stage p stored (tile i, or delta-rule unit i): with
+// slice waits after it, on the stage after's slice counter of those
+// columns (on the stage's done line).
+__device__ __forceinline__ void count_slice(const PersistFp4Stage& p, int* line, int64_t i) {
+  const int64_t col0 = i * persist_count_cols(p);
+  if (p.slice_cols && col0 < p.slice_limit) atomicAdd(line + 1 + col0 / p.slice_cols, 1);
 }
 
 // The whole warp: until `*p >= need` (bounded; see above). Once one wait
@@ -485,10 +487,7 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
       if (lane == 0) {
         if (a.timeline) note_time(a.timeline, c.s, kTimeLastDone);  // (before the count: a waiter sees it after)
         atomicAdd(a.done + c.s * kPersistDoneStride, 1);
-        if (p.kind == PersistKind::DeltaRule && p.slice_cols) {  // (state rows r0 .. r0 + 256 / dk - 1 of a head)
-          const int64_t rows = 256 / p.delta.dk, per_head = p.delta.dv / rows;
-          count_slice(p, a.done + c.s * kPersistDoneStride, c.u / per_head * p.delta.dv + c.u % per_head * rows);
-        }
+        count_slice(p, a.done + c.s * kPersistDoneStride, c.u);  // (unit u: state rows u * 256 / dk on)
       }
       continue;
     }
@@ -596,9 +595,7 @@ __global__ void __launch_bounds__(W * kWarp) persist_fp4_kernel(const __grid_con
     if (lane == 0) {
       if (a.timeline) note_time(a.timeline, c.s, kTimeLastDone);
       atomicAdd(a.done + c.s * kPersistDoneStride, 1);
-      if (p.slice_cols)
-        count_slice(p, a.done + c.s * kPersistDoneStride,
-                    tile * (p.epilogue == Fp4Epilogue::SwiGLU ? kFp4TileRows / 2 : kFp4TileRows));
+      count_slice(p, a.done + c.s * kPersistDoneStride, tile);
     }
   }
 
@@ -798,27 +795,25 @@ bool persist_fp4_plan(PersistFp4Stage* stages, int count, int blocks, bool slice
     }
   }
   // Slice waits: a product reading the outputs the stage before stored,
-  // one count of it per `per` columns (a tile's rows, a gate/up tile's
-  // SwiGLU outputs, a delta-rule unit's state rows); not after attention
+  // one count of it per persist_count_cols columns (a tile's rows, a gate/up
+  // tile's SwiGLU outputs, a delta-rule unit's state rows); not after attention
   // (a head's outputs come from the last of its splits) nor after the conv.
   for (int s = 1; slice_waits && s < count; ++s) {
     PersistFp4Stage &p = stages[s], &q = stages[s - 1];
     if (p.kind != PersistKind::Product || p.splits > kPersistMaxSliceWaits || p.n != q.n) continue;
-    int64_t outputs = 0, per = 0, ld = 0;
+    int64_t outputs = 0, ld = 0;
     const float* y = nullptr;
     if (q.kind == PersistKind::Product && q.epilogue != Fp4Epilogue::Conv) {
       outputs = q.w.rows;
-      per = q.epilogue == Fp4Epilogue::SwiGLU ? kFp4TileRows / 2 : kFp4TileRows;
       y = q.y;
       ld = q.ldy;
     } else if (q.kind == PersistKind::DeltaRule) {
       outputs = q.delta.Hv * q.delta.dv;
-      per = 256 / q.delta.dk;
       y = q.delta.out;
       ld = outputs;
     }
     if (!y || y != p.x || p.w.cols > outputs || (p.n > 1 && ld != p.ldx)) continue;
-    p.slice_per = int(per);
+    p.slice_per = int(persist_count_cols(q));
     q.slice_cols = int64_t(p.kg_per) * kFp4GroupCols;
     q.slice_limit = p.w.cols;
   }

@@ -125,8 +125,8 @@ struct PersistFp4Stage {
   // before only where it stores (the norm's factor over whole rows, the
   // combine's last slice, the epilogue), so its weights' stream and
   // arithmetic overlap the stage before's tail. 0: the whole stage before
-  // first. slice_per: the columns one count of the stage before covers (a
-  // tile's 16 rows, 8 SwiGLU outputs, a delta-rule unit's 256 / dk rows).
+  // first. slice_per: the columns one count of the stage before covers
+  // (its persist_count_cols).
   int slice_per = 0;
   // The stage before's side (set on it): its outputs in columns below
   // slice_limit count on counter 1 + column / slice_cols of its done line.
@@ -140,6 +140,17 @@ constexpr int kPersistMaxSliceWaits = kPersistDoneStride - 1;
 // Tiles (units, for the delta rule) a stage counts as finished when done.
 QWEN35_HD int64_t persist_stage_tiles(const PersistFp4Stage& p) {
   return p.kind == PersistKind::Product ? p.w.tiles() : p.units;
+}
+
+// The output columns one count of a stage covers (a tile's 16 rows, a
+// gate/up tile's 8 SwiGLU outputs, a delta-rule unit's 256 / dk state
+// rows), so count i (tile i, unit i) is of columns from i times this on:
+// what slice waits count and wait for (slice_per, slice_cols). 0 for
+// attention, whose head outputs come from the last of its splits.
+QWEN35_HD int64_t persist_count_cols(const PersistFp4Stage& p) {
+  if (p.kind == PersistKind::DeltaRule) return 256 / p.delta.dk;
+  if (p.kind != PersistKind::Product) return 0;
+  return p.epilogue == Fp4Epilogue::SwiGLU ? kFp4TileRows / 2 : kFp4TileRows;
 }
 
 // The stage that does what fp4_matvec does with these arguments (the
